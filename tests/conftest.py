@@ -1,0 +1,37 @@
+"""Shared pytest fixtures: where the parity fixtures live, deterministic seeds, small thread counts."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("VRWKV_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Folder with the original implementations' outputs (../shared/fixtures or $VRWKV_FIXTURES)."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"parity fixtures not found at {FIXTURES} (set VRWKV_FIXTURES)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def load_fixture(fixtures_dir):
+    """Load one fixture file by name with weights_only=True (cached per session)."""
+    cache = {}
+
+    def _load(name: str):
+        if name not in cache:
+            cache[name] = torch.load(fixtures_dir / name, map_location="cpu", weights_only=True)
+        return cache[name]
+
+    return _load
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
