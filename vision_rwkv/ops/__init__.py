@@ -1,0 +1,14 @@
+"""Token-mixing operators of Vision-RWKV / RWKV-CLIP, each with a plain-PyTorch reference and a Triton fast path.
+
+* :func:`q_shift`, :func:`bi_shift_1d` - token shifts (``shift.py``).
+* :func:`bi_wkv` - v4 bidirectional WKV, modes "exact" and "original" (``bi_wkv/``).
+* :func:`bi_wkv6` - RWKV-6 bidirectional WKV (``bi_wkv6/``).
+
+``backend=None`` picks Triton for CUDA tensors when available, else the reference; ``VRWKV_BACKEND`` forces one.
+"""
+from .bi_wkv import bi_wkv, bi_wkv_naive, bi_wkv_reference
+from .bi_wkv6 import bi_wkv6, bi_wkv6_naive, bi_wkv6_reference
+from .shift import bi_shift_1d, q_shift
+
+__all__ = ["q_shift", "bi_shift_1d", "bi_wkv", "bi_wkv6", "bi_wkv_reference", "bi_wkv_naive",
+           "bi_wkv6_reference", "bi_wkv6_naive"]

@@ -1,0 +1,26 @@
+"""Input checks shared by the operators (clear errors that name the problem)."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensors(op: str, **tensors: torch.Tensor) -> torch.device:
+    """Every argument is a floating tensor of a supported dtype on one device; returns that device."""
+    device = None
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}; expected one of float16, bfloat16, float32, float64")
+        if device is None:
+            device, first = t.device, name
+        elif t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {device}; move all inputs to one device")
+    return device
+
+
+def check_shape(op: str, name: str, t: torch.Tensor, shape: tuple) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")

@@ -1,0 +1,43 @@
+"""v4 bidirectional WKV (Vision-RWKV): public entry point with backend dispatch."""
+from __future__ import annotations
+
+import torch
+
+from .._validate import check_shape, check_tensors
+from ..dispatch import resolve_backend, triton_impl
+from .reference import MODES, bi_wkv_naive, bi_wkv_reference
+
+__all__ = ["bi_wkv", "bi_wkv_reference", "bi_wkv_naive", "MODES"]
+
+
+def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
+           chunks: int = 32, backend: str | None = None) -> torch.Tensor:
+    """Bidirectional WKV of Vision-RWKV (DESIGN.md §3).
+
+    Args:
+        w, u: (C,) per-step decay and bonus (the model passes ``spatial_decay / T`` and ``spatial_first / T``).
+        k, v: (B, T, C) keys and values.
+        mode: "exact" (the paper's Eq. 5) or "original" (the function of the pre-2025 CUDA kernel that trained the
+            released checkpoints, chunk size ``ceil(T / chunks)``).
+        chunks: P, the original kernel's chunk count (used by "original" only; 32, or 16 for VRWKV-L / seg).
+        backend: None (auto), "reference" or "triton".
+    Returns:
+        (B, T, C) tensor in v's dtype (fp32 accumulation whatever the input dtype).
+    """
+    op = "bi_wkv"
+    device = check_tensors(op, w=w, u=u, k=k, v=v)
+    if mode not in MODES:
+        raise ValueError(f"{op}: unknown mode {mode!r}; expected one of {MODES}")
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise ValueError(f"{op}: chunks must be an int >= 1, got {chunks!r}")
+    if k.dim() != 3:
+        raise ValueError(f"{op}: k must have shape (B, T, C), got {tuple(k.shape)}")
+    b, t, c = k.shape
+    if t < 1:
+        raise ValueError(f"{op}: empty sequence (T=0)")
+    check_shape(op, "v", v, (b, t, c))
+    check_shape(op, "w", w, (c,))
+    check_shape(op, "u", u, (c,))
+    if resolve_backend(op, device, backend) == "triton":
+        return triton_impl(op)(w, u, k, v, mode, chunks)
+    return bi_wkv_reference(w, u, k, v, mode, chunks)

@@ -1,0 +1,78 @@
+"""Backend selection for the token-mixing operators.
+
+``backend=None`` (auto) reads the environment variable ``VRWKV_BACKEND`` (``reference`` or ``triton``) when set
+(in auto mode CPU tensors still use the reference unless ``TRITON_INTERPRET=1``); otherwise CUDA tensors use the Triton kernel when ``vision_rwkv.ops.<op>.triton`` imports, and everything else
+(CPU tensors in particular) uses the plain-PyTorch reference. Forcing ``triton`` on CPU tensors is allowed only
+under ``TRITON_INTERPRET=1``. Triton modules are imported lazily, so ``import vision_rwkv`` never imports triton.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable
+
+import torch
+
+__all__ = ["BACKENDS", "resolve_backend", "triton_impl", "triton_available"]
+
+BACKENDS = ("reference", "triton")
+
+# op package name -> name of the function its ``triton`` module must expose
+_TRITON_FUNCS = {"bi_wkv": "bi_wkv_triton", "bi_wkv6": "bi_wkv6_triton"}
+_cache: dict[str, Callable | BaseException] = {}
+
+
+def _load(op: str) -> Callable | BaseException:
+    if op not in _cache:
+        try:
+            mod = importlib.import_module(f"vision_rwkv.ops.{op}.triton")
+            _cache[op] = getattr(mod, _TRITON_FUNCS[op])
+        except Exception as e:  # ImportError, missing triton, missing function, ...
+            _cache[op] = e
+    return _cache[op]
+
+
+def triton_available(op: str) -> bool:
+    """True when ``vision_rwkv.ops.<op>.triton`` imports and exposes its kernel entry point."""
+    return not isinstance(_load(op), BaseException)
+
+
+def triton_impl(op: str) -> Callable:
+    """The Triton entry point of ``op`` (e.g. ``bi_wkv_triton``); a clear RuntimeError when it is unavailable."""
+    fn = _load(op)
+    if isinstance(fn, BaseException):
+        raise RuntimeError(
+            f"{op}: the Triton backend is not available (vision_rwkv.ops.{op}.triton.{_TRITON_FUNCS[op]} "
+            f"could not be loaded: {type(fn).__name__}: {fn}); use backend='reference'"
+        ) from fn
+    return fn
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(op: str, device: torch.device, backend: str | None) -> str:
+    """Pick the backend ("reference" or "triton") for an ``op`` call on tensors living on ``device``."""
+    if backend is None:
+        env = os.environ.get("VRWKV_BACKEND", "").strip().lower()
+        if env:
+            if env not in BACKENDS:
+                raise ValueError(f"VRWKV_BACKEND={env!r} is not one of {BACKENDS}")
+            if env == "triton" and device.type != "cuda" and not _interpret():
+                return "reference"  # auto mode: CPU tensors use the reference unless Triton is interpreted
+            backend = env
+        elif device.type == "cuda" and triton_available(op):
+            return "triton"
+        else:
+            return "reference"
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto) or one of {BACKENDS}")
+    if backend == "triton":
+        if device.type != "cuda" and not _interpret():
+            raise RuntimeError(
+                f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 to run "
+                "the Triton kernels on CPU in the interpreter"
+            )
+        triton_impl(op)  # raises a clear error when the kernel module is missing
+    return backend
