@@ -1,0 +1,261 @@
+"""The model skeleton shared by VRWKV (v4) and VRWKV6: patch embed + learned position embedding, a stack of
+:class:`~vision_rwkv.models._layers.Block`, final LayerNorm, global-average-pool classifier, and the timm model
+API (``forward_features``, ``forward_head``, ``forward_intermediates``, ``prune_intermediate_layers``,
+``group_matcher``, ``no_weight_decay``, ``set_grad_checkpointing``, ``get_classifier``, ``reset_classifier``,
+``feature_info``).
+
+Any input size works: images are zero-padded to whole patches and the position embedding is resized
+(bicubic, no antialias) on every forward whose token grid differs from the stored one.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+from timm.layers import to_2tuple, trunc_normal_
+from timm.models._features import feature_take_indices
+
+from ._layers import Block, GridSize, PatchEmbed, check_image_batch, resample_pos_embed
+
+__all__ = ['VisionRWKVBase']
+
+# (layer_id, num_layers, drop_path) -> (spatial_mix, channel_mix)
+MixerFactory = Callable[[int, int], Tuple[nn.Module, nn.Module]]
+
+
+class VisionRWKVBase(nn.Module):
+    """Backbone + classifier common to both RWKV families; subclasses supply the token/channel mixers.
+
+    Args:
+        mixer_factory: ``f(layer_id, num_layers) -> (spatial_mix, channel_mix)`` for each block.
+        img_size: nominal input size; with ``patch_size`` it fixes the stored position-embedding grid unless
+            ``pos_embed_grid`` is given.
+        patch_size: patch (and stride) of the conv patch embedding.
+        in_chans: input channels.
+        num_classes: classifier outputs (0 = no classifier, ``forward`` returns pooled features).
+        global_pool: 'avg' (mean over tokens) or '' (no pooling; ``forward_head`` works per token).
+        embed_dim: width C.
+        depth: number of blocks.
+        post_norm: post-norm blocks (norm on the mixer outputs) instead of pre-norm.
+        init_values: layer-scale init (None = no layer scale).
+        final_norm: final LayerNorm on the output tokens.
+        drop_rate: dropout before the classifier.
+        pos_drop_rate: dropout after adding the position embedding.
+        drop_path_rate: stochastic depth, linearly increasing from 0 to this over the blocks.
+        head_hidden_size: if set, a Linear(C, hidden) + Tanh "pre-logits" layer before the classifier (VRWKV-L).
+        pos_embed_grid: (rows, cols) of the stored position embedding, overriding ``img_size // patch_size``.
+    """
+
+    def __init__(
+            self,
+            mixer_factory: MixerFactory,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: Union[int, Tuple[int, int]] = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 192,
+            depth: int = 12,
+            post_norm: bool = False,
+            init_values: Optional[float] = None,
+            final_norm: bool = True,
+            drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            head_hidden_size: Optional[int] = None,
+            pos_embed_grid: Optional[Union[int, Tuple[int, int]]] = None,
+    ):
+        super().__init__()
+        if global_pool not in ('', 'avg'):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        if depth < 1:
+            raise ValueError(f'depth must be >= 1, got {depth}')
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.embed_dim = embed_dim
+        self.head_hidden_size = head_hidden_size or embed_dim
+        self.num_prefix_tokens = 0
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_size = self.patch_embed.patch_size
+        if pos_embed_grid is None:
+            self.pos_grid = self.patch_embed.feat_size(to_2tuple(img_size))
+        else:
+            self.pos_grid = tuple(to_2tuple(pos_embed_grid))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], embed_dim))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
+        blocks = []
+        for i in range(depth):
+            spatial_mix, channel_mix = mixer_factory(i, depth)
+            blocks.append(Block(
+                embed_dim, spatial_mix, channel_mix, first=i == 0, post_norm=post_norm,
+                init_values=init_values, drop_path=dpr[i]))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
+
+        if head_hidden_size:
+            self.pre_logits = nn.Sequential(OrderedDict([
+                ('fc', nn.Linear(embed_dim, head_hidden_size)),
+                ('act', nn.Tanh()),
+            ]))
+        else:
+            self.pre_logits = nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+        r = self.patch_size[0]
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=r) for i in range(depth)]
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        """Linear: trunc normal std .02, zero bias; LayerNorm: weight 1, bias 0 (the original recipe)."""
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ timm API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Position embedding and every decay / bonus / token-mix interpolation parameter."""
+        skip = {'pos_embed'}
+        for name, _ in self.named_parameters():
+            leaf = name.rsplit('.', 1)[-1]
+            if leaf.startswith('spatial_') or leaf.startswith('time_'):
+                skip.add(name)
+        return skip
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Parameter groups for timm's layer-wise lr decay: stem, one group per block, final norm (head last)."""
+        return dict(
+            stem=r'^pos_embed|^patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward (torch.utils.checkpoint, non-reentrant)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the final Linear classifier (the VRWKV-L pre-logits layer is kept)."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('', 'avg'):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ------------------------------------------------------------------ forward
+    def feature_grid(self, img_size: Tuple[int, int]) -> GridSize:
+        """Token grid (rows, cols) for an input image of (H, W)."""
+        return self.patch_embed.feat_size(img_size)
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
+        check_image_batch(x, self.in_chans, type(self).__name__)
+        x = self.patch_embed(x)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        x = x + resample_pos_embed(self.pos_embed, self.pos_grid, grid)
+        return self.pos_drop(x), grid
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor, grid: GridSize) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(block, x, grid, use_reentrant=False)
+        return block(x, grid)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batch (B, in_chans, H, W) -> final-norm tokens (B, N, C), N = ceil(H/p) * ceil(W/p)."""
+        x, grid = self._embed(x)
+        for block in self.blocks:
+            x = self._run_block(block, x, grid)
+        return self.norm(x)
+
+    def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batch -> final-norm feature map (B, C, ceil(H/p), ceil(W/p)) (the original backbone output)."""
+        rows, cols = self.feature_grid(x.shape[-2:])
+        tokens = self.forward_features(x)
+        return tokens.reshape(tokens.shape[0], rows, cols, -1).permute(0, 3, 1, 2).contiguous()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (B, N, C) -> logits (or the pooled / pre-logits features when ``pre_logits``)."""
+        if self.global_pool == 'avg':
+            x = x.mean(dim=1)
+        x = self.pre_logits(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward returning block outputs (timm semantics).
+
+        Args:
+            x: image batch (B, in_chans, H, W).
+            indices: last n blocks if int, all if None, these block indices if a sequence (negative from the end).
+            norm: apply the final norm to every intermediate.
+            stop_early: stop after the last requested block.
+            output_fmt: 'NCHW' (B, C, rows, cols) maps or 'NLC' (B, N, C) tokens.
+            intermediates_only: return only the list of intermediates.
+        Returns:
+            the list of intermediates, or (final-norm tokens (B, N, C), intermediates).
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x, grid = self._embed(x)
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._run_block(block, x, grid)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        if output_fmt == 'NCHW':
+            batch = x.shape[0]
+            intermediates = [
+                y.reshape(batch, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last of ``indices`` (and optionally the final norm / head)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.pre_logits = nn.Identity()
+            self.head_hidden_size = self.embed_dim
+            self.reset_classifier(0, '')
+        return take_indices

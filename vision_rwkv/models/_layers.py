@@ -1,0 +1,193 @@
+"""Layers shared by the VRWKV (v4) and VRWKV6 backbones.
+
+* :class:`PatchEmbed` - non-overlapping conv patch embedding that zero-pads the bottom/right edge when the image is
+  not a multiple of the patch size (an image smaller than one patch becomes one padded patch).
+* :func:`resample_pos_embed` - bicubic resize of a (1, N, C) token grid embedding (align_corners=False, no
+  antialias: the interpolation the original models were trained and evaluated with).
+* :func:`check_image_batch` - clear errors for malformed image batches.
+* :class:`ChannelMix` - the RWKV channel mix (squared-ReLU MLP gated by a sigmoid receptance) with Q-Shift.
+* :class:`Block` - one residual block: optional ``norm0`` (block 0 only), pre- or post-norm spatial / channel
+  mixing, optional layer scale and drop path.
+* ``fancy_*`` helpers - the per-layer "fancy" initialisation ratios of the original models.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerScale, to_2tuple
+
+from vision_rwkv.ops import q_shift
+
+__all__ = [
+    'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'ChannelMix', 'Block',
+    'layer_ratios', 'channel_ratio', 'lerp_mix',
+]
+
+GridSize = Tuple[int, int]
+
+
+def layer_ratios(layer_id: int, num_layers: int) -> Tuple[float, float]:
+    """Return the "fancy" init ratios ``(i / (L - 1), 1 - i / L)`` of layer ``i`` out of ``L``.
+
+    A single-layer model uses 0 for the first ratio (the original divides by zero there).
+    """
+    ratio_0_to_1 = layer_id / (num_layers - 1) if num_layers > 1 else 0.0
+    ratio_1_to_almost0 = 1.0 - layer_id / num_layers
+    return ratio_0_to_1, ratio_1_to_almost0
+
+
+def channel_ratio(dim: int) -> torch.Tensor:
+    """``c / C`` for every channel c (float32, shape (C,)): the base of the token-mix fancy init."""
+    return torch.arange(dim, dtype=torch.float32) / dim
+
+
+def channel_position(dim: int) -> torch.Tensor:
+    """``c / (C - 1)`` for every channel (0 for C == 1), float64: the base of the decay fancy init."""
+    return torch.arange(dim, dtype=torch.float64) / max(dim - 1, 1)
+
+
+def lerp_mix(x: torch.Tensor, shifted: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """``x * mix + shifted * (1 - mix)``: the token-shift interpolation (``mix`` weights the unshifted token)."""
+    return x * mix + shifted * (1 - mix)
+
+
+def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model') -> None:
+    """Raise a clear error when ``x`` is not a non-empty floating point (B, in_chans, H, W) batch."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{model_name} expects a torch.Tensor image batch, got {type(x).__name__}')
+    if x.ndim != 4:
+        raise ValueError(
+            f'{model_name} expects a 4-D image batch (B, C, H, W); got a {x.ndim}-D tensor of shape '
+            f'{tuple(x.shape)}' + (' (add a batch dimension with x.unsqueeze(0))' if x.ndim == 3 else ''))
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f'{model_name} expects {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); '
+            f'create the model with in_chans={x.shape[1]} to change it')
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f'{model_name} got a zero-sized image: input shape {tuple(x.shape)} has H={x.shape[2]}, '
+                         f'W={x.shape[3]}')
+    if not x.is_floating_point():
+        raise TypeError(f'{model_name} expects a floating point image batch, got dtype {x.dtype} '
+                        f'(convert with x.float() and normalise first)')
+
+
+class PatchEmbed(nn.Module):
+    """Conv patch embedding with bottom/right zero padding to a whole number of patches.
+
+    Returns the (B, C, H/p, W/p) feature map (H/p, W/p rounded up).
+    """
+
+    def __init__(self, patch_size: int | Tuple[int, int] = 16, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.patch_size = to_2tuple(patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=True)
+
+    def feat_size(self, img_size: Tuple[int, int]) -> GridSize:
+        """Token grid (rows, cols) produced for an image of ``img_size`` = (H, W)."""
+        return tuple(math.ceil(s / p) for s, p in zip(img_size, self.patch_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = (-x.shape[-2]) % self.patch_size[0]
+        pad_w = (-x.shape[-1]) % self.patch_size[1]
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return self.proj(x)
+
+
+def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: GridSize) -> torch.Tensor:
+    """Resize a (1, Hs*Ws, C) row-major position embedding to (1, Hd*Wd, C).
+
+    Bicubic, ``align_corners=False``, ``antialias=False`` (what the original models use; timm's
+    ``resample_abs_pos_embed`` antialiases by default and differs by ~3e-3). Returns the input when the grids match.
+    """
+    src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
+    if src_grid == dst_grid:
+        return pos_embed
+    num_tokens, dim = pos_embed.shape[-2:]
+    if num_tokens != src_grid[0] * src_grid[1]:
+        raise ValueError(f'position embedding has {num_tokens} tokens, not a {src_grid[0]}x{src_grid[1]} grid')
+    grid = pos_embed.reshape(1, src_grid[0], src_grid[1], dim).permute(0, 3, 1, 2)
+    orig_dtype = grid.dtype
+    grid = F.interpolate(grid.float(), size=dst_grid, mode='bicubic', align_corners=False, antialias=False)
+    return grid.to(orig_dtype).flatten(2).transpose(1, 2)
+
+
+class ChannelMix(nn.Module):
+    """RWKV channel mix with Q-Shift: ``sigmoid(R xr) * V relu(K xk)^2`` (optional LayerNorm on the hidden).
+
+    ``head_size`` None shifts whole-channel quarters (v4); an int shifts quarters inside each head (v6).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            hidden_dim: int,
+            key_norm: bool = False,
+            head_size: Optional[int] = None,
+    ):
+        super().__init__()
+        self.head_size = head_size
+        _, ratio_1_to_almost0 = layer_ratios(layer_id, num_layers)
+        base = channel_ratio(dim)
+        self.spatial_mix_k = nn.Parameter(base.pow(ratio_1_to_almost0))
+        self.spatial_mix_r = nn.Parameter(base.pow(ratio_1_to_almost0))
+        self.key = nn.Linear(dim, hidden_dim, bias=False)
+        self.key_norm = nn.LayerNorm(hidden_dim) if key_norm else None
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        shifted = q_shift(x, grid_size, self.head_size)
+        xk = lerp_mix(x, shifted, self.spatial_mix_k)
+        xr = lerp_mix(x, shifted, self.spatial_mix_r)
+        k = torch.square(torch.relu(self.key(xk)))
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k)
+
+
+class Block(nn.Module):
+    """One VRWKV block around a spatial (token) mix and a channel mix.
+
+    Pre-norm:  ``x += dp(ls1(spatial(norm1(x))))``; ``x += dp(ls2(channel(norm2(x))))``.
+    Post-norm: ``x += dp(ls1(norm1(spatial(x))))``; ``x += dp(ls2(norm2(channel(x))))``.
+    Block 0 first applies ``norm0`` to its input.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            spatial_mix: nn.Module,
+            channel_mix: nn.Module,
+            first: bool = False,
+            post_norm: bool = False,
+            init_values: Optional[float] = None,
+            drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.post_norm = post_norm
+        self.norm0 = nn.LayerNorm(dim) if first else nn.Identity()
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.spatial_mix = spatial_mix
+        self.channel_mix = channel_mix
+        self.ls1 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        x = self.norm0(x)
+        if self.post_norm:
+            x = x + self.drop_path1(self.ls1(self.norm1(self.spatial_mix(x, grid_size))))
+            x = x + self.drop_path2(self.ls2(self.norm2(self.channel_mix(x, grid_size))))
+        else:
+            x = x + self.drop_path1(self.ls1(self.spatial_mix(self.norm1(x), grid_size)))
+            x = x + self.drop_path2(self.ls2(self.channel_mix(self.norm2(x), grid_size)))
+        return x

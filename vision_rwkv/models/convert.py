@@ -1,0 +1,377 @@
+"""Original Vision-RWKV checkpoints <-> this package's layout.
+
+Original (mmcls) layout, after stripping ``backbone.`` / ``module.`` prefixes, and ours:
+
+==========================================  ==========================================
+original                                    ours
+==========================================  ==========================================
+``patch_embed.projection.{weight,bias}``    ``patch_embed.proj.{weight,bias}``
+``pos_embed``                               ``pos_embed``
+``layers.{i}.ln{0,1,2}.*``                  ``blocks.{i}.norm{0,1,2}.*``
+``layers.{i}.gamma{1,2}``                   ``blocks.{i}.ls{1,2}.gamma``
+``layers.{i}.att.*``                        ``blocks.{i}.spatial_mix.*``
+``layers.{i}.ffn.*``                        ``blocks.{i}.channel_mix.*``
+``ln1.*`` (final norm)                      ``norm.*``
+``head.fc.*``                               ``head.*``
+``head.0.*`` / ``head.2.*`` (VRWKV-L)       ``pre_logits.fc.*`` / ``head.*``
+==========================================  ==========================================
+
+Token-mix vectors stored as (1, 1, C) in the original (``spatial_mix_*``, ``time_maa_{x,w,k,v,r,g}``,
+v6 ``time_decay``) are (C,) here. :func:`original_to_ours` and :func:`ours_to_original` are exact inverses.
+
+:func:`checkpoint_filter_fn` is the timm ``pretrained_filter_fn`` of every registered model, so
+``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` loads an original ``.pth``
+or a converted ``.safetensors``. :func:`build_from_original` builds a model from an original constructor-argument
+dict. :func:`convert_file` writes our layout as safetensors (``tools/convert_checkpoint.py``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    'unwrap_state_dict', 'detect_family', 'is_original_layout', 'original_to_ours', 'ours_to_original',
+    'checkpoint_filter_fn', 'build_from_original', 'model_kwargs_from_original', 'load_checkpoint_file',
+    'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES',
+]
+
+FAMILY_NAMES = {'vrwkv': 'VRWKV (v4)', 'vrwkv6': 'VRWKV6'}
+
+_STRIP_PREFIXES = ('module.', 'backbone.', '_orig_mod.')
+
+# original -> ours, applied in order (first match wins)
+_TO_OURS: List[Tuple[str, str]] = [
+    (r'^patch_embed\.projection\.(weight|bias)$', r'patch_embed.proj.\1'),
+    (r'^pos_embed$', r'pos_embed'),
+    (r'^layers\.(\d+)\.ln([012])\.(weight|bias)$', r'blocks.\1.norm\2.\3'),
+    (r'^layers\.(\d+)\.gamma([12])$', r'blocks.\1.ls\2.gamma'),
+    (r'^layers\.(\d+)\.att\.(.+)$', r'blocks.\1.spatial_mix.\2'),
+    (r'^layers\.(\d+)\.ffn\.(.+)$', r'blocks.\1.channel_mix.\2'),
+    (r'^ln1\.(weight|bias)$', r'norm.\1'),
+    (r'^head\.fc\.(weight|bias)$', r'head.\1'),
+    (r'^head\.0\.(weight|bias)$', r'pre_logits.fc.\1'),
+    (r'^head\.2\.(weight|bias)$', r'head.\1'),
+]
+
+# ours -> original; the classifier rule depends on whether the model has a pre-logits layer
+_TO_ORIGINAL: List[Tuple[str, str]] = [
+    (r'^patch_embed\.proj\.(weight|bias)$', r'patch_embed.projection.\1'),
+    (r'^pos_embed$', r'pos_embed'),
+    (r'^blocks\.(\d+)\.norm([012])\.(weight|bias)$', r'layers.\1.ln\2.\3'),
+    (r'^blocks\.(\d+)\.ls([12])\.gamma$', r'layers.\1.gamma\2'),
+    (r'^blocks\.(\d+)\.spatial_mix\.(.+)$', r'layers.\1.att.\2'),
+    (r'^blocks\.(\d+)\.channel_mix\.(.+)$', r'layers.\1.ffn.\2'),
+    (r'^norm\.(weight|bias)$', r'ln1.\1'),
+    (r'^pre_logits\.fc\.(weight|bias)$', r'head.0.\1'),
+]
+
+# parameters stored (1, 1, C) in the original and (C,) here
+_VECTOR_3D = re.compile(
+    r'(^|\.)(att|ffn|spatial_mix|channel_mix)\.(spatial_mix_[kvr]|time_maa_[xwkvrg]|time_decay)$')
+
+
+class CheckpointMismatchError(KeyError):
+    """A checkpoint does not fit the model: wrong family, missing / unexpected keys or wrong shapes."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; print it as written
+        return str(self.args[0]) if self.args else ''
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Return the flat tensor dict of ``checkpoint``.
+
+    Accepts a raw state dict or one wrapped in ``'state_dict'`` / ``'model'`` / ``'module'``; strips
+    ``module.`` / ``backbone.`` / ``_orig_mod.`` prefixes (and ``prefix`` if given, e.g. ``'image_model.'``); drops
+    non-tensor entries (mmcls ``meta``).
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'expected a state dict (mapping of names to tensors), got {type(checkpoint).__name__}')
+    sd: Mapping[str, Any] = checkpoint
+    for key in ('state_dict', 'model', 'module'):
+        if key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+            break
+    out: Dict[str, torch.Tensor] = {}
+    for name, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if prefix:
+            if not name.startswith(prefix):
+                continue
+            name = name[len(prefix):]
+        changed = True
+        while changed:
+            changed = False
+            for p in _STRIP_PREFIXES:
+                if name.startswith(p):
+                    name, changed = name[len(p):], True
+        out[name] = value
+    if not out:
+        raise CheckpointMismatchError('checkpoint holds no tensors' + (f' under prefix {prefix!r}' if prefix else ''))
+    return out
+
+
+def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """'vrwkv' (v4) or 'vrwkv6' from the token-mix parameter names (either layout)."""
+    names = list(state_dict)
+    if any(n.endswith('.time_faaaa') or '.time_maa_' in n for n in names):
+        return 'vrwkv6'
+    if any(n.endswith('.spatial_decay') for n in names):
+        return 'vrwkv'
+    raise CheckpointMismatchError(
+        'cannot tell the model family of this checkpoint: it has neither v4 `spatial_decay` nor v6 '
+        f'`time_faaaa` / `time_maa_*` parameters (first keys: {names[:5]})')
+
+
+def is_original_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for the original mmcls layout (``layers.{i}`` blocks), False for ours (``blocks.{i}``)."""
+    names = list(state_dict)
+    if any(n.startswith('layers.') for n in names):
+        return True
+    if any(n.startswith('blocks.') for n in names):
+        return False
+    raise CheckpointMismatchError(f'not a Vision-RWKV state dict: no `layers.*` or `blocks.*` keys '
+                                  f'(first keys: {names[:5]})')
+
+
+def _rename(name: str, rules: Iterable[Tuple[str, str]]) -> Optional[str]:
+    for pattern, repl in rules:
+        if re.match(pattern, name):
+            return re.sub(pattern, repl, name)
+    return None
+
+
+def original_to_ours(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Map an (unwrapped) original state dict to our names and shapes. Unknown keys raise, listed."""
+    out, unknown = {}, []
+    for name, value in state_dict.items():
+        new = _rename(name, _TO_OURS)
+        if new is None:
+            unknown.append(name)
+            continue
+        if _VECTOR_3D.search(new):
+            value = value.reshape(-1)
+        out[new] = value
+    if unknown:
+        raise CheckpointMismatchError(f'unexpected keys in original checkpoint (no mapping): {sorted(unknown)}')
+    return out
+
+
+def ours_to_original(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Inverse of :func:`original_to_ours` (our model's state dict -> original names, (1, 1, C) vectors)."""
+    has_pre_logits = any(n.startswith('pre_logits.') for n in state_dict)
+    head_rule = (r'^head\.(weight|bias)$', r'head.2.\1' if has_pre_logits else r'head.fc.\1')
+    out, unknown = {}, []
+    for name, value in state_dict.items():
+        new = _rename(name, _TO_ORIGINAL + [head_rule])
+        if new is None:
+            unknown.append(name)
+            continue
+        if _VECTOR_3D.search(name):
+            value = value.reshape(1, 1, -1)
+        out[new] = value
+    if unknown:
+        raise CheckpointMismatchError(f'keys with no original equivalent: {sorted(unknown)}')
+    return out
+
+
+def _square_grid(num_tokens: int) -> Tuple[int, int]:
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise CheckpointMismatchError(
+            f'checkpoint pos_embed has {num_tokens} tokens, not a square grid; create the model with a matching '
+            f'img_size / pos_embed_grid')
+    return side, side
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm ``pretrained_filter_fn``: turn an original or converted checkpoint into ``model``'s state dict.
+
+    Unwraps and strips prefixes, converts the original layout, checks the family (v4 vs v6), resizes the position
+    embedding (bicubic, no antialias) to the model's grid, drops classifier weights when the model has no
+    classifier, and raises :class:`CheckpointMismatchError` listing missing / unexpected keys and shape mismatches
+    (the classifier may differ in class count: timm re-initialises it then).
+    """
+    from ._layers import resample_pos_embed
+
+    sd = unwrap_state_dict(state_dict)
+    family = detect_family(sd)
+    model_family = getattr(model, 'family', None)
+    if model_family is not None and family != model_family:
+        raise CheckpointMismatchError(
+            f'checkpoint is a {FAMILY_NAMES[family]} state dict but the model is {FAMILY_NAMES[model_family]} '
+            f'({type(model).__name__}); create a `{family}_*` model for it')
+    if is_original_layout(sd):
+        sd = original_to_ours(sd)
+
+    model_sd = model.state_dict()
+    if 'pos_embed' in sd and 'pos_embed' in model_sd and sd['pos_embed'].shape != model_sd['pos_embed'].shape:
+        src = sd['pos_embed']
+        if src.shape[-1] != model_sd['pos_embed'].shape[-1]:
+            raise CheckpointMismatchError(
+                f'pos_embed width {src.shape[-1]} != model width {model_sd["pos_embed"].shape[-1]}')
+        sd['pos_embed'] = resample_pos_embed(src, _square_grid(src.shape[1]), model.pos_grid)
+
+    is_head = lambda n: n.startswith('head.')  # noqa: E731
+    is_pre_logits = lambda n: n.startswith('pre_logits.')  # noqa: E731
+    if not any(is_head(n) for n in model_sd):  # model without classifier: drop the checkpoint's
+        sd = {k: v for k, v in sd.items() if not is_head(k)}
+        if not any(is_pre_logits(n) for n in model_sd):
+            sd = {k: v for k, v in sd.items() if not is_pre_logits(k)}
+
+    missing = sorted(set(model_sd) - set(sd))
+    unexpected = sorted(set(sd) - set(model_sd))
+    wrong_shape = sorted(
+        f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}'
+        for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape and not is_head(k))
+    if missing or unexpected or wrong_shape:
+        head_hint = ''
+        if any(is_head(k) for k in missing) and not any(is_head(k) for k in sd):
+            head_hint = ' (the checkpoint has no classifier: create the model with num_classes=0)'
+        raise CheckpointMismatchError(
+            f'checkpoint does not fit {type(model).__name__}:'
+            + (f'\n  missing keys: {missing}{head_hint}' if missing else '')
+            + (f'\n  unexpected keys: {unexpected}' if unexpected else '')
+            + (f'\n  shape mismatches: {wrong_shape}' if wrong_shape else ''))
+    return sd
+
+
+# ---------------------------------------------------------------------- original constructor arguments
+# original VRWKV / VRWKV6 __init__ argument -> (our kwarg, converter); None = accepted and ignored
+_IGNORED = ('out_indices', 'init_mode', 'init_cfg', 'output_cls_token', 'shift_mode')
+_REQUIRED_VALUES = {'shift_pixel': 1, 'channel_gamma': 0.25, 'interpolate_mode': 'bicubic', 'with_cls_token': False}
+_RENAMES = {
+    'img_size': 'img_size', 'patch_size': 'patch_size', 'in_channels': 'in_chans', 'embed_dims': 'embed_dim',
+    'depth': 'depth', 'drop_rate': 'pos_drop_rate', 'drop_path_rate': 'drop_path_rate', 'post_norm': 'post_norm',
+    'key_norm': 'key_norm', 'k_norm': 'key_norm', 'init_values': 'init_values', 'hidden_rate': 'mlp_ratio',
+    'final_norm': 'final_norm', 'hidden_dims': 'head_hidden_size', 'num_classes': 'num_classes',
+}
+
+
+def model_kwargs_from_original(config: Mapping[str, Any], family: str) -> Dict[str, Any]:
+    """Translate an original VRWKV / VRWKV6 constructor-argument dict to our kwargs (unknown keys raise)."""
+    kwargs: Dict[str, Any] = {}
+    unknown = []
+    for key, value in config.items():
+        if key in _IGNORED:
+            continue
+        if key == 'with_cp':
+            kwargs['_grad_checkpointing'] = bool(value)
+        elif key in _REQUIRED_VALUES:
+            if value != _REQUIRED_VALUES[key]:
+                raise ValueError(f'original config {key}={value!r} is not supported (only {_REQUIRED_VALUES[key]!r})')
+        elif key == 'num_heads':
+            if family != 'vrwkv6':
+                raise ValueError('num_heads is a VRWKV6 argument; this is a v4 checkpoint')
+            embed = config.get('embed_dims', 256)
+            if embed % value:
+                raise ValueError(f'embed_dims {embed} is not divisible by num_heads {value}')
+            kwargs['head_size'] = embed // value
+        elif key in _RENAMES:
+            kwargs[_RENAMES[key]] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f'unknown original config keys: {sorted(unknown)}')
+    # original defaults that differ from ours
+    kwargs.setdefault('embed_dim', 256 if family == 'vrwkv' else 192)
+    kwargs.setdefault('img_size', 224)
+    kwargs.setdefault('patch_size', 16)
+    if family == 'vrwkv6':
+        kwargs.setdefault('head_size', kwargs['embed_dim'] // 3)  # original default num_heads=3
+    return kwargs
+
+
+def build_from_original(
+        config: Mapping[str, Any],
+        state_dict: Mapping[str, Any],
+        wkv_mode: str = 'original',
+        wkv_chunks: int = 32,
+        prefix: Optional[str] = None,
+) -> nn.Module:
+    """Build our model from an original constructor-argument dict and load the converted ``state_dict``.
+
+    The family comes from the state dict; the classifier size from its head (none: ``num_classes=0``).
+    ``wkv_mode`` / ``wkv_chunks`` select the v4 Bi-WKV function (ignored for v6). Returns the model in eval mode;
+    ``model.forward_features(x)`` gives (B, N, C) tokens and ``model.forward_features_map(x)`` the (B, C, H, W) map.
+    """
+    from .vrwkv import VRWKV
+    from .vrwkv6 import VRWKV6
+
+    sd = unwrap_state_dict(state_dict, prefix=prefix)
+    family = detect_family(sd)
+    if is_original_layout(sd):
+        sd = original_to_ours(sd)
+    kwargs = model_kwargs_from_original(config, family)
+    grad_ckpt = kwargs.pop('_grad_checkpointing', False)
+    if 'head.weight' in sd:
+        kwargs.setdefault('num_classes', sd['head.weight'].shape[0])
+        if 'pre_logits.fc.weight' in sd:
+            kwargs.setdefault('head_hidden_size', sd['pre_logits.fc.weight'].shape[0])
+    else:
+        kwargs['num_classes'] = 0
+    if 'pos_embed' in sd:
+        kwargs['pos_embed_grid'] = _square_grid(sd['pos_embed'].shape[1])
+    if family == 'vrwkv':
+        model = VRWKV(wkv_mode=wkv_mode, wkv_chunks=wkv_chunks, **kwargs)
+    else:
+        model = VRWKV6(**kwargs)
+    model.load_state_dict(checkpoint_filter_fn(sd, model))
+    model.set_grad_checkpointing(grad_ckpt)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------- files
+def load_checkpoint_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file or a ``.pth`` / ``.pt`` / ``.bin`` (``torch.load(weights_only=True)``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    if path.endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path, device='cpu')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # corrupt file, or pickled objects weights_only refuses
+        raise ValueError(f'cannot read checkpoint {path}: {e}') from e
+
+
+def convert_file(
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        model_name: Optional[str] = None,
+        **model_kwargs: Any,
+) -> Dict[str, Any]:
+    """Convert an original checkpoint file to our layout and write it as safetensors.
+
+    With ``model_name`` the converted weights are checked against ``timm.create_model(model_name, **model_kwargs)``
+    (class count taken from the checkpoint) and any mismatch raises before writing. The write is atomic.
+    Returns a summary dict (family, number of tensors, num_classes, destination).
+    """
+    from safetensors.torch import save_file
+
+    dst = os.fspath(dst)
+    if not dst.endswith('.safetensors'):
+        raise ValueError(f'output must be a .safetensors file, got {dst}')
+    sd = unwrap_state_dict(load_checkpoint_file(src))
+    family = detect_family(sd)
+    if is_original_layout(sd):
+        sd = original_to_ours(sd)
+    num_classes = sd['head.weight'].shape[0] if 'head.weight' in sd else 0
+    if model_name is not None:
+        import timm
+        model_kwargs.setdefault('num_classes', num_classes)
+        with torch.device('meta'):
+            model = timm.create_model(model_name, **model_kwargs)
+        sd = checkpoint_filter_fn(sd, model)
+    sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    metadata = {'format': 'pt', 'family': family, 'layout': 'vision_rwkv'}
+    tmp = dst + '.tmp'
+    save_file(sd, tmp, metadata=metadata)
+    os.replace(tmp, dst)
+    return dict(family=family, num_tensors=len(sd), num_classes=num_classes, dst=dst)

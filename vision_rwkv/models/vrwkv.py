@@ -1,0 +1,230 @@
+"""Vision-RWKV (v4) backbones, timm-registered.
+
+Paper: "Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures" (arXiv:2403.02308).
+Written from the description in DESIGN.md §3 (no code from the original repository).
+
+Each block mixes tokens with a Q-Shift + bidirectional WKV ("spatial mix") and channels with a squared-ReLU MLP
+("channel mix"). The Bi-WKV operator has two modes: ``'exact'`` (the paper's Eq. 5, default for new models) and
+``'original'`` (the function the released checkpoints were trained with; ``wkv_chunks`` = its chunk count P).
+Loading original weights through ``pretrained=True`` selects ``'original'`` unless ``wkv_mode`` is passed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+
+from vision_rwkv.ops import bi_wkv, q_shift
+
+from ._base import VisionRWKVBase
+from ._layers import ChannelMix, GridSize, channel_position, channel_ratio, layer_ratios, lerp_mix
+from .convert import checkpoint_filter_fn
+
+__all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
+
+WKV_MODES = ('exact', 'original')
+
+
+def _check_wkv_mode(mode: str, chunks: int) -> None:
+    if mode not in WKV_MODES:
+        raise ValueError(f'wkv_mode must be one of {WKV_MODES}, got {mode!r}')
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or chunks < 1:
+        raise ValueError(f'wkv_chunks must be a positive int, got {chunks!r}')
+
+
+class SpatialMix(nn.Module):
+    """v4 token mix: Q-Shift interpolation, k/v/r projections, Bi-WKV with per-step decay and bonus
+    ``spatial_decay / T``, ``spatial_first / T``, optional LayerNorm, sigmoid(r) gate, output projection."""
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            key_norm: bool = False,
+            wkv_mode: str = 'exact',
+            wkv_chunks: int = 32,
+    ):
+        super().__init__()
+        _check_wkv_mode(wkv_mode, wkv_chunks)
+        self.wkv_mode = wkv_mode
+        self.wkv_chunks = wkv_chunks
+        ratio_0_to_1, ratio_1_to_almost0 = layer_ratios(layer_id, num_layers)
+        pos = channel_position(dim)
+        self.spatial_decay = nn.Parameter((-5 + 8 * pos.pow(0.7 + 1.3 * ratio_0_to_1)).float())
+        zigzag = 0.5 * (((torch.arange(dim) + 1) % 3) - 1).float()
+        self.spatial_first = nn.Parameter(math.log(0.3) + zigzag)
+        base = channel_ratio(dim)
+        self.spatial_mix_k = nn.Parameter(base.pow(ratio_1_to_almost0))
+        self.spatial_mix_v = nn.Parameter(base.pow(ratio_1_to_almost0) + 0.3 * ratio_0_to_1)
+        self.spatial_mix_r = nn.Parameter(base.pow(0.5 * ratio_1_to_almost0))
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.key_norm = nn.LayerNorm(dim) if key_norm else None
+        self.output = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        num_tokens = x.shape[1]
+        shifted = q_shift(x, grid_size)
+        k = self.key(lerp_mix(x, shifted, self.spatial_mix_k))
+        v = self.value(lerp_mix(x, shifted, self.spatial_mix_v))
+        r = self.receptance(lerp_mix(x, shifted, self.spatial_mix_r))
+        y = bi_wkv(self.spatial_decay / num_tokens, self.spatial_first / num_tokens, k, v,
+                   mode=self.wkv_mode, chunks=self.wkv_chunks)
+        if self.key_norm is not None:
+            y = self.key_norm(y)
+        return self.output(torch.sigmoid(r) * y)
+
+    def extra_repr(self) -> str:
+        return f'wkv_mode={self.wkv_mode!r}, wkv_chunks={self.wkv_chunks}'
+
+
+class VRWKV(VisionRWKVBase):
+    """Vision-RWKV (v4) with a global-average-pool classifier.
+
+    Args (beyond :class:`~vision_rwkv.models._base.VisionRWKVBase`):
+        mlp_ratio: channel-mix hidden width / C (the original ``hidden_rate``).
+        key_norm: LayerNorm on the WKV output and on the channel-mix hidden.
+        wkv_mode: 'exact' (Eq. 5) or 'original' (the released checkpoints' kernel function).
+        wkv_chunks: chunk count P of the 'original' mode (32; 16 for the segmentation and VRWKV-L weights).
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: Union[int, Tuple[int, int]] = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            embed_dim: int = 192,
+            depth: int = 12,
+            mlp_ratio: float = 4.0,
+            post_norm: bool = False,
+            init_values: Optional[float] = None,
+            key_norm: bool = False,
+            final_norm: bool = True,
+            drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            head_hidden_size: Optional[int] = None,
+            pos_embed_grid: Optional[Union[int, Tuple[int, int]]] = None,
+            wkv_mode: str = 'exact',
+            wkv_chunks: int = 32,
+    ):
+        _check_wkv_mode(wkv_mode, wkv_chunks)
+        hidden_dim = int(embed_dim * mlp_ratio)
+
+        def mixers(layer_id: int, num_layers: int) -> Tuple[nn.Module, nn.Module]:
+            return (
+                SpatialMix(embed_dim, layer_id, num_layers, key_norm, wkv_mode, wkv_chunks),
+                ChannelMix(embed_dim, layer_id, num_layers, hidden_dim, key_norm, head_size=None),
+            )
+
+        super().__init__(
+            mixers, img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            global_pool=global_pool, embed_dim=embed_dim, depth=depth, post_norm=post_norm,
+            init_values=init_values, final_norm=final_norm, drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
+            drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid)
+        self.family = 'vrwkv'
+
+    @property
+    def wkv_mode(self) -> str:
+        return self.blocks[0].spatial_mix.wkv_mode
+
+    @property
+    def wkv_chunks(self) -> int:
+        return self.blocks[0].spatial_mix.wkv_chunks
+
+    def set_wkv_mode(self, mode: str, chunks: Optional[int] = None) -> None:
+        """Switch every block's Bi-WKV to ``mode`` ('exact' | 'original'); ``chunks`` (P) keeps its value if None."""
+        chunks = self.wkv_chunks if chunks is None else chunks
+        _check_wkv_mode(mode, chunks)
+        for block in self.blocks:
+            block.spatial_mix.wkv_mode = mode
+            block.spatial_mix.wkv_chunks = chunks
+
+
+# ---------------------------------------------------------------------- pretrained configs
+@dataclass
+class VRWKVPretrainedCfg(PretrainedCfg):
+    """timm PretrainedCfg plus the Bi-WKV function the weights were trained with (used when loading them)."""
+    wkv_mode: Optional[str] = None
+    wkv_chunks: Optional[int] = None
+
+
+def _cfg(file: str = '', **kwargs: Any) -> VRWKVPretrainedCfg:
+    return VRWKVPretrainedCfg(**{
+        'hf_hub_id': 'OpenGVLab/Vision-RWKV', 'hf_hub_filename': file,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'paper_ids': 'arXiv:2403.02308',
+        'paper_name': 'Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures',
+        'origin_url': 'https://github.com/OpenGVLab/Vision-RWKV', 'license': 'apache-2.0',
+        'wkv_mode': 'original', 'wkv_chunks': 32,
+        **kwargs,
+    })
+
+
+default_cfgs = generate_default_cfgs({
+    'vrwkv_tiny_patch16_224.in1k': _cfg('vrwkv_t_in1k_224.pth'),
+    'vrwkv_small_patch16_224.in1k': _cfg('vrwkv_s_in1k_224.pth'),
+    'vrwkv_base_patch16_224.in1k': _cfg('vrwkv_b_in1k_224.pth'),
+    'vrwkv_large_patch16_384.in22k_ft_in1k': _cfg(
+        'vrwkv_l_22kto1k_384.pth', input_size=(3, 384, 384), crop_pct=1.0, wkv_chunks=16),
+})
+
+
+def _create_vrwkv(variant: str, pretrained: bool = False, **kwargs: Any) -> VRWKV:
+    if pretrained and 'wkv_mode' not in kwargs:
+        # run original weights with the Bi-WKV function they were trained with (the cfg says which)
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        kwargs['wkv_mode'] = getattr(cfg, 'wkv_mode', None) or 'original'
+        if 'wkv_chunks' not in kwargs:
+            kwargs['wkv_chunks'] = getattr(cfg, 'wkv_chunks', None) or 32
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        VRWKV, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+@register_model
+def vrwkv_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV:
+    """VRWKV-T: C 192, 12 blocks, pre-norm, no layer scale (6.2M params)."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12)
+    return _create_vrwkv('vrwkv_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vrwkv_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV:
+    """VRWKV-S: C 384, 12 blocks, post-norm, layer scale 1.0, drop path 0.3 (23.8M params)."""
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, post_norm=True, init_values=1.0, drop_path_rate=0.3)
+    return _create_vrwkv('vrwkv_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vrwkv_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV:
+    """VRWKV-B: C 768, 12 blocks, post-norm, layer scale 1e-5, drop path 0.5 (93.7M params)."""
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, post_norm=True, init_values=1e-5, drop_path_rate=0.5)
+    return _create_vrwkv('vrwkv_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vrwkv_large_patch16_384(pretrained: bool = False, **kwargs: Any) -> VRWKV:
+    """VRWKV-L: C 1024, 24 blocks, post-norm, layer scale 1e-5, key norm, Linear-Tanh-Linear head; position
+    embedding stored on the 12x12 grid of its 192px pre-training and resized to the 384px input (334.9M params)."""
+    model_args = dict(
+        img_size=384, patch_size=16, embed_dim=1024, depth=24, post_norm=True, init_values=1e-5, key_norm=True,
+        drop_path_rate=0.1, head_hidden_size=3072, pos_embed_grid=12)
+    return _create_vrwkv('vrwkv_large_patch16_384', pretrained=pretrained, **dict(model_args, **kwargs))
