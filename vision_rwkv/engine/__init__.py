@@ -1,0 +1,69 @@
+"""vision_rwkv.engine: the training/eval pieces shared by the classification, CLIP and segmentation tools.
+
+Public API (import from ``vision_rwkv.engine``):
+
+Config (``config.py``)
+    load_config(path, overrides=None, schema=None) -> DictConfig
+        YAML with ``_base_`` (str or list, relative to the file), struct mode: a key the base/schema lacks is a
+        ConfigError naming it; ``key=value`` / ``+new.key=value`` / ``~key`` overrides; nodes named ``*kwargs`` are
+        free-form. ``${...}`` interpolations are resolved.
+    apply_overrides(cfg, overrides), merge_strict(base, update), save_config(cfg, path), to_dict(node), ConfigError
+
+Distributed (``distributed.py``) -- single process and torchrun share one code path
+    init_distributed(device="auto", backend=None) -> DistInfo(rank, world_size, local_rank, device)
+        (``.distributed``, ``.is_main``); gloo on CPU, nccl on CUDA.
+    cleanup_distributed(), wrap_ddp(model, info), unwrap_model(model), convert_sync_batchnorm(model, info)
+    get_rank(), get_world_size(), is_main_process(), barrier(), print_rank0(...)
+    all_reduce_sum(t), all_reduce_mean(t), reduce_dict(d), all_gather_object(obj), broadcast_object(obj)
+
+Precision (``precision.py``)
+    autocast(precision, device) -> context ("fp32" no-op | "bf16" | "fp16"), make_grad_scaler(precision, device)
+    (enabled for fp16 only), check_precision(name), precision_dtype(name)
+
+Data loading (``loader.py``) -- deterministic and resumable
+    EpochLoader(dataset, batch_size, shuffle=True, drop_last=True, seed=0, num_workers=0, collate_fn=None,
+                info=None, seeded=True)
+        ``iter_epoch(epoch, start_batch=0)`` yields (batch_index, batch); per-process batch size; rank r gets
+        DistributedSampler's shard; random augmentation is seeded per (seed, epoch, index); samples returned as
+        ``None`` (unreadable) are dropped and counted in ``num_skipped``.
+    ResumableSampler, ShardSampler (eval shards without padding), SeededSamples, seeded_rng(seed),
+    sample_seed(seed, epoch, index), collate_drop_none(batch), seed_everything(seed, rank=0, deterministic=False)
+
+Checkpoints (``checkpoint.py``)
+    atomic_save(obj, path) (temp file in the same folder + os.replace), load_checkpoint(path) (weights_only=True),
+    CheckpointManager(run_dir, keep_last=3, mode="max") (``save(state, step, metric)``, ``latest()``,
+    ``resolve("latest" | path | None)``, ``best_path``), find_latest_checkpoint(dir),
+    capture_rng_state() / restore_rng_state(s), gather_rng_states() / restore_rank_rng(states),
+    load_model_weights(model, path, key="auto") (training checkpoint -> EMA or model weights; .pt or .safetensors)
+
+Logging (``logger.py``)
+    MetricLogger(run_dir, tensorboard=False): ``log(step, metrics, split)`` -> ``<split>_metrics.csv`` (+ TB),
+    ``plot()`` -> ``curves.png``, ``truncate_after(step)``; progress(iterable, total, desc) (tqdm on rank 0);
+    plot_curves(series, path); read_metrics_csv(path)
+
+Training loop (``loop.py``)
+    Trainer(model, optimizer, train_loader: EpochLoader, loss_fn, *, run_dir, info=None, epochs=None,
+            max_steps=None, scheduler=None, ema=None, precision="fp32", grad_accum_steps=1, clip_grad=None,
+            clip_mode="norm", eval_fn=None, eval_every_epochs=1, eval_every_steps=None, best_metric=None,
+            best_mode="max", ckpt_every_steps=None, ckpt_every_epochs=1, keep_last=3, log_every=10,
+            tensorboard=False, after_step=None, stop_after_steps=None, show_progress=True, extra_state=None)
+        ``fit(resume=None | "latest" | path) -> dict`` (step, epoch, train_loss, train_time_s, last eval metrics,
+        best); ``train_step(micro_batches)``; ``evaluate()``; ``state_dict()`` / ``load_state_dict()``; ``save()``.
+        ``loss_fn(model, batch) -> loss | (loss, {name: float})`` runs under autocast with the batch on the
+        device; ``eval_fn(model) -> {name: float}`` runs on every rank (reduce inside it); EMA metrics get an
+        ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step.
+    move_to_device(obj, device), clip_gradients(params, max_norm, mode)
+
+Classification (``classification.py``): train_classifier(cfg) -> dict, evaluate_classifier(cfg) -> dict.
+"""
+from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, find_latest_checkpoint,
+                         gather_rng_states, load_checkpoint, load_model_weights, restore_rank_rng, restore_rng_state)
+from .config import ConfigError, apply_overrides, load_config, merge_strict, save_config, to_dict
+from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
+                          cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
+                          is_main_process, print_rank0, reduce_dict, unwrap_model, wrap_ddp)
+from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler, collate_drop_none, sample_seed,
+                     seed_everything, seeded_rng)
+from .logger import MetricLogger, plot_curves, progress, read_metrics_csv
+from .loop import Trainer, clip_gradients, move_to_device
+from .precision import autocast, check_precision, make_grad_scaler, precision_dtype

@@ -1,0 +1,75 @@
+"""Checkpoints: atomic save leaves nothing partial on failure, weights_only loads, RNG round trip, keep-last, best."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from vision_rwkv.engine import checkpoint as ck
+
+
+def test_atomic_save_failure_leaves_no_file(tmp_path, monkeypatch):
+    target = tmp_path / "ckpt.pt"
+    ck.atomic_save({"a": torch.ones(3)}, target)
+    real_save = torch.save
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        ck.atomic_save({"a": torch.zeros(3)}, target)
+    with pytest.raises(OSError):
+        ck.atomic_save({"a": torch.zeros(3)}, tmp_path / "new.pt")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temp files, no new.pt
+    assert torch.equal(ck.load_checkpoint(target)["a"], torch.ones(3))  # old content intact
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ck.load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="junk.pt"):
+        ck.load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_rng_roundtrip_through_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    state = ck.capture_rng_state()
+    ck.atomic_save({"rng": state}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(2), np.random.randn())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ck.restore_rng_state(ck.load_checkpoint(tmp_path / "r.pt")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(2), np.random.randn())
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+    assert got[3] == expected[3]
+
+
+def test_manager_keep_last_best_and_latest(tmp_path):
+    m = ck.CheckpointManager(tmp_path, keep_last=2, mode="max")
+    assert m.resolve("latest") is None and m.resolve(None) is None
+    for step, metric in [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.65)]:
+        m.save({"w": torch.tensor(float(step))}, step, metric)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.pt", "ckpt_00000003.pt", "ckpt_00000004.pt"]
+    assert m.latest().name == "ckpt_00000004.pt"
+    best = ck.load_checkpoint(m.best_path)
+    assert float(best["w"]) == 2.0 and best["best"] == {"value": 0.7, "step": 2, "mode": "max"}
+    m2 = ck.CheckpointManager(tmp_path, mode="max")
+    m2.load_best_tracking(ck.load_checkpoint(m.latest()))
+    assert m2.best_value == 0.7 and not m2.is_better(0.69) and m2.is_better(0.71)
+    with pytest.raises(FileNotFoundError):
+        m.resolve(tmp_path / "nope.pt")
+
+
+def test_load_model_weights_prefers_ema_and_names_bad_keys(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    ema_sd = {f"module.{k}": torch.full_like(v, 7.0) for k, v in model.state_dict().items()}
+    ck.atomic_save({"model": model.state_dict(), "ema": ema_sd}, tmp_path / "c.pt")
+    ck.load_model_weights(model, tmp_path / "c.pt")
+    assert torch.all(model.weight == 7.0)
+    ck.atomic_save({"model": {"weight": torch.zeros(2, 2), "extra": torch.zeros(1)}}, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError, match="missing keys.*bias.*unexpected keys.*extra"):
+        ck.load_model_weights(model, tmp_path / "bad.pt")

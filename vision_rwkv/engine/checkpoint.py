@@ -1,0 +1,215 @@
+"""Training checkpoints: atomic writes, ``weights_only=True`` loads, RNG capture, keep-last-N, best tracking.
+
+A training state is a plain dict (everything in it loads with ``torch.load(weights_only=True)``)::
+
+    {"model": ..., "optimizer": ..., "scheduler": ..., "scaler": ..., "ema": ...,   # state_dicts (None if unused)
+     "step": int, "epoch": int, "batch_in_epoch": int,                              # data position
+     "rng": [per-rank RNG states], "best": {"value": float | None, "step": int},
+     "extra": {...}}                                                               # anything else (plain types)
+
+Files: ``<run_dir>/checkpoints/ckpt_<step>.pt`` (the last ``keep_last`` are kept), ``best.pt`` (copy of the best
+one by a metric), written as ``.<name>.tmp.<pid>`` in the same folder and moved into place with ``os.replace``,
+so a crash never leaves a partial checkpoint under a real name.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
+
+__all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
+           "find_latest_checkpoint", "load_model_weights"]
+
+_CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace`` onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; clear errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f"cannot load checkpoint {path} (weights_only=True): {err}") from err
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's python / numpy / torch CPU / CUDA RNG states, as weights_only-loadable types."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The ``ckpt_<step>.pt`` with the highest step in ``ckpt_dir`` (None if there is none)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "auto",
+                       strict: bool = True) -> nn.Module:
+    """Load model weights from a training checkpoint (``model`` or ``ema`` entry) or a plain state dict file
+    (``.pt``/``.pth`` with weights_only, or ``.safetensors``). ``key="auto"`` prefers ``ema`` when present."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        sd = load_file(str(path))
+    else:
+        ckpt = load_checkpoint(path)
+        sd = ckpt
+        if isinstance(ckpt, dict) and key is not None:
+            if key == "auto":
+                key = "ema" if ckpt.get("ema") is not None else ("model" if "model" in ckpt else None)
+                if key == "ema":
+                    sd = _ema_to_model_state(ckpt["ema"])
+                elif key == "model":
+                    sd = ckpt["model"]
+            elif key == "ema":
+                sd = _ema_to_model_state(ckpt["ema"])
+            else:
+                if key not in ckpt:
+                    raise KeyError(f"checkpoint {path} has no entry {key!r} (entries: {sorted(ckpt)})")
+                sd = ckpt[key]
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    target = unwrap_model(model)
+    missing, unexpected = target.load_state_dict(sd, strict=False)
+    if strict and (missing or unexpected):
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing keys {list(missing)}, "
+                           f"unexpected keys {list(unexpected)}")
+    return model
+
+
+def _ema_to_model_state(ema_sd: dict[str, Any]) -> dict[str, Any]:
+    """timm ModelEmaV3 state dicts prefix the weights with ``module.``."""
+    return {k.removeprefix("module."): v for k, v in ema_sd.items()}
+
+
+class CheckpointManager:
+    """Writes ``ckpt_<step>.pt`` into ``<run_dir>/checkpoints``, keeps the newest ``keep_last``, and copies the state
+    to ``best.pt`` whenever ``metric`` improves (``mode`` "max" or "min"). Only rank 0 writes files."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int = 3, mode: str = "max"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"best-checkpoint mode must be 'max' or 'min', got {mode!r}")
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = int(keep_last)
+        self.mode = mode
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.pt"
+
+    def latest(self) -> Path | None:
+        return find_latest_checkpoint(self.dir)
+
+    def resolve(self, resume: str | os.PathLike | None) -> Path | None:
+        """``None``/"" -> None; ``"latest"`` -> newest checkpoint here (None if none); a path -> that file."""
+        if resume is None or str(resume) in ("", "none", "None", "false", "False"):
+            return None
+        if str(resume) == "latest":
+            return self.latest()
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"resume checkpoint not found: {path}")
+        return path
+
+    def is_better(self, metric: float) -> bool:
+        if self.best_value is None:
+            return True
+        return metric > self.best_value if self.mode == "max" else metric < self.best_value
+
+    def save(self, state: dict[str, Any], step: int, metric: float | None = None) -> Path | None:
+        """Save ``state`` as step ``step`` (rank 0 only); returns the path on rank 0."""
+        improved = metric is not None and self.is_better(metric)
+        if improved:
+            self.best_value, self.best_step = float(metric), int(step)
+        state = dict(state)
+        state["best"] = {"value": self.best_value, "step": self.best_step, "mode": self.mode}
+        if not is_main_process():
+            return None
+        path = atomic_save(state, self.dir / f"ckpt_{int(step):08d}.pt")
+        if improved:
+            atomic_save(state, self.best_path)
+        self._prune()
+        return path
+
+    def load_best_tracking(self, state: dict[str, Any]) -> None:
+        best = state.get("best") or {}
+        self.best_value, self.best_step = best.get("value"), best.get("step")
+
+    def _prune(self) -> None:
+        if self.keep_last <= 0:
+            return
+        found = sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _CKPT_RE.match(p.name)))
+        for _, p in found[:-self.keep_last]:
+            p.unlink(missing_ok=True)
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """RNG states of every rank (index = rank); call on all ranks."""
+    return all_gather_object(capture_rng_state())
+
+
+def restore_rank_rng(states: list[dict[str, Any]] | dict[str, Any]) -> None:
+    """Restore this rank's RNG from a list saved by :func:`gather_rng_states` (or one state)."""
+    if isinstance(states, dict):
+        restore_rng_state(states)
+        return
+    rank = get_rank()
+    if rank >= len(states):
+        warnings.warn(f"checkpoint has RNG states for {len(states)} ranks, this is rank {rank}: the run continues, "
+                      "but not exactly (resume with the same world size for an exact continuation)")
+    restore_rng_state(states[rank % len(states)])
+
+
+__all__ += ["gather_rng_states", "restore_rank_rng"]

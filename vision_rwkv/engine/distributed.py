@@ -1,0 +1,177 @@
+"""Distributed helpers: one code path for a single process and for ``torchrun`` (DDP; gloo on CPU, nccl on CUDA).
+
+``init_distributed()`` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``); without it (or with ``WORLD_SIZE=1``) it returns a single-process :class:`DistInfo`. All the
+reduce helpers are no-ops in a single process, so callers never branch on it.
+"""
+from __future__ import annotations
+
+import builtins
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistInfo", "init_distributed", "cleanup_distributed", "is_dist", "get_rank", "get_world_size", "is_main_process",
+    "barrier", "all_reduce_sum", "all_reduce_mean", "reduce_dict", "all_gather_object", "broadcast_object",
+    "print_rank0", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank, world size, local rank and its device."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _pick_device(device: str | torch.device | None, local_rank: int) -> torch.device:
+    if device is None or str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return device
+
+
+def init_distributed(device: str | torch.device | None = "auto", backend: str | None = None,
+                     timeout_s: float = 1800.0) -> DistInfo:
+    """Initialise the process group when launched by torchrun (or already initialised); else single process.
+
+    ``device``: "auto" (CUDA if available), "cpu", "cuda"; under torchrun CUDA ranks use ``cuda:LOCAL_RANK``.
+    ``backend``: default nccl for CUDA, gloo for CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = _pick_device(device, local_rank)
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+    if world_size <= 1:
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return DistInfo(0, 1, 0, dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
+    dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group if one is initialised."""
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t`` over ranks (a new tensor; ``t`` itself is left unchanged)."""
+    t = t.detach().clone()
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (a new tensor)."""
+    return all_reduce_sum(t) / get_world_size()
+
+
+def reduce_dict(values: dict[str, float], device: torch.device | str = "cpu", average: bool = True) -> dict[str, float]:
+    """All-reduce a dict of python numbers (mean or sum over ranks); same keys on every rank required."""
+    if not is_dist() or not values:
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    t = all_reduce_sum(t)
+    if average:
+        t /= get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """List of ``obj`` from every rank (``[obj]`` in a single process)."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def print_rank0(*args: Any, **kwargs: Any) -> None:
+    """``print`` on rank 0 only."""
+    if is_main_process():
+        builtins.print(*args, **kwargs, flush=True)
+
+
+def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False, **kwargs: Any) -> nn.Module:
+    """Move ``model`` to ``info.device`` and wrap it in DistributedDataParallel when distributed."""
+    model = model.to(info.device)
+    if not info.distributed:
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters, **kwargs)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def convert_sync_batchnorm(model: nn.Module, info: DistInfo | None = None) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm when running distributed (a no-op in a single process)."""
+    if (info.distributed if info is not None else is_dist()):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model

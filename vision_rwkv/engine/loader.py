@@ -1,0 +1,225 @@
+"""Resumable, deterministic data loading shared by the training tools.
+
+- :class:`ResumableSampler` shuffles like ``DistributedSampler`` (``randperm`` seeded by ``seed + epoch``, padded to
+  a multiple of the world size, rank ``r`` takes ``indices[r::world]``), can start in the middle of an epoch, and
+  yields ``(index, epoch)`` keys.
+- :class:`SeededSamples` runs ``dataset[index]`` with python/numpy/torch RNGs seeded from ``(seed, epoch, index)``
+  (and restores the caller's RNG afterwards), so random augmentation depends only on which sample of which epoch
+  it is: not on worker count, worker order, or on whether the run was resumed.
+- :class:`EpochLoader` puts both around a ``DataLoader`` (its own generator: it never consumes the global torch RNG)
+  and drops samples the dataset returned as ``None`` (corrupt images), counting them in ``num_skipped``.
+- :func:`seed_everything` seeds python/numpy/torch (offset by rank) and optionally enables deterministic kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from .distributed import DistInfo
+
+__all__ = ["seed_everything", "sample_seed", "seeded_rng", "SeededSamples", "ResumableSampler", "ShardSampler",
+           "EpochLoader", "collate_drop_none"]
+
+
+def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch with ``seed + rank``; ``deterministic`` also asks torch for deterministic
+    kernels (``use_deterministic_algorithms(warn_only=True)``, cuDNN deterministic, no benchmark)."""
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % (2 ** 32))
+    torch.manual_seed(s)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that depends only on (seed, epoch, index)."""
+    return int(np.random.SeedSequence([int(seed) % (2 ** 32), int(epoch), int(index)]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int):
+    """Run a block with python/numpy/torch-CPU RNGs seeded by ``seed``; the previous states come back after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class SeededSamples(Dataset):
+    """``self[(index, epoch)]`` = ``dataset[index]`` computed under :func:`seeded_rng` of ``(seed, epoch, index)``."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
+        with seeded_rng(sample_seed(self.seed, epoch, index)):
+            return self.dataset[int(index)]
+
+
+class ResumableSampler(Sampler):
+    """Distributed-aware sampler yielding ``(index, epoch)``; ``set_epoch`` and ``set_start`` (samples to skip on
+    this rank) position it, so a resumed run sees exactly the batches an uninterrupted run would."""
+
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        if length <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        self.length, self.num_replicas, self.rank = int(length), int(num_replicas), int(rank)
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.epoch, self.start = 0, 0
+        if self.drop_last:
+            self.per_rank = self.length // self.num_replicas
+        else:
+            self.per_rank = math.ceil(self.length / self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_start(self, start: int) -> None:
+        self.start = int(start)
+
+    def indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        total = self.per_rank * self.num_replicas
+        if total > len(order):
+            pad = total - len(order)
+            order += (order * math.ceil(pad / len(order)))[:pad]
+        else:
+            order = order[:total]
+        return order[self.rank:total:self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in self.indices()[self.start:]:
+            yield (i, self.epoch)
+
+    def __len__(self) -> int:
+        return max(self.per_rank - self.start, 0)
+
+
+class ShardSampler(Sampler):
+    """Evaluation sampler: rank ``r`` takes ``range(r, n, world)`` (no padding, no duplicates; shards may differ in
+    size by one, so reduce sums, not means)."""
+
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0):
+        self.length, self.num_replicas, self.rank = int(length), int(num_replicas), int(rank)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))
+
+
+def collate_drop_none(batch: Sequence[Any], collate: Callable = default_collate) -> tuple[Any, int]:
+    """Drop ``None`` samples (unreadable images), collate the rest; returns ``(batch or None, dropped count)``."""
+    kept = [b for b in batch if b is not None]
+    dropped = len(batch) - len(kept)
+    return (collate(kept) if kept else None), dropped
+
+
+class _DropNoneCollate:
+    """Picklable wrapper (for worker processes) around a user collate function."""
+
+    def __init__(self, collate: Callable | None):
+        self.collate = collate or default_collate
+
+    def __call__(self, batch):
+        return collate_drop_none(batch, self.collate)
+
+
+class EpochLoader:
+    """Batches of one epoch for this rank, resumable mid-epoch, with deterministic per-sample augmentation.
+
+    ``batch_size`` is per process. ``iter_epoch(epoch, start_batch)`` yields ``(batch_index, batch)`` pairs;
+    ``batch_index`` counts every batch of the epoch (a batch whose samples were all unreadable is skipped but
+    still counted). ``num_skipped`` counts dropped samples since construction.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
+                 seed: int = 0, num_workers: int = 0, collate_fn: Callable | None = None, pin_memory: bool = False,
+                 info: DistInfo | None = None, seeded: bool = True, persistent_workers: bool = False,
+                 prefetch_factor: int | None = None):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty")
+        self.info = info or DistInfo()
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, int(seed)
+        self.num_workers, self.pin_memory = int(num_workers), pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.prefetch_factor = prefetch_factor
+        self.collate = _DropNoneCollate(collate_fn)
+        self.samples = SeededSamples(dataset, seed) if seeded else _KeyIndex(dataset)
+        self.sampler = ResumableSampler(len(dataset), self.info.world_size, self.info.rank, shuffle, seed)
+        self.num_skipped = 0
+        if len(self) == 0:
+            raise ValueError(f"dataset of {len(dataset)} samples gives no batch of {batch_size} per process "
+                             f"(world size {self.info.world_size}, drop_last={drop_last})")
+
+    def __len__(self) -> int:
+        n = self.sampler.per_rank
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, Any]]:
+        n_batches = len(self)
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(start_batch * self.batch_size)
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1000003 + epoch)
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0 and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        dl = DataLoader(self.samples, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
+                        collate_fn=self.collate, pin_memory=self.pin_memory, drop_last=self.drop_last, generator=g,
+                        persistent_workers=False, **kwargs)
+        for pos, (batch, dropped) in enumerate(dl, start=start_batch):
+            if pos >= n_batches:
+                break
+            self.num_skipped += dropped
+            if batch is not None:
+                yield pos, batch
+
+
+class _KeyIndex(Dataset):
+    """Unseeded counterpart of SeededSamples: accepts ``(index, epoch)`` keys."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index = key if isinstance(key, (int, np.integer)) else key[0]
+        return self.dataset[int(index)]

@@ -1,0 +1,157 @@
+"""Run logging: tqdm progress on rank 0, CSV metrics per split, optional TensorBoard, PNG curves (matplotlib Agg).
+
+``MetricLogger(run_dir)`` writes ``<run_dir>/<split>_metrics.csv`` (one row per ``log`` call, columns = ``step``,
+``epoch`` and the union of metric names; the file is rewritten when a new column appears) and, with
+``tensorboard=True``, event files under ``<run_dir>/tb``. ``plot()`` draws every metric against ``step`` into
+``<run_dir>/curves.png``. On ranks other than 0 all methods are no-ops.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from .distributed import is_main_process
+
+__all__ = ["MetricLogger", "progress", "read_metrics_csv", "plot_curves"]
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, **kwargs):
+    """``tqdm`` over ``iterable`` on rank 0 (or when ``enabled``), the plain iterable elsewhere."""
+    if enabled is None:
+        enabled = is_main_process()
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a metrics CSV as dicts of floats (empty cells skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLike, x: str = "step") -> Path | None:
+    """One subplot per metric name, one line per split; returns the PNG path (None if nothing to plot)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names: list[str] = []
+    for rows in series.values():
+        for row in rows:
+            names += [k for k in row if k not in (x, "epoch") and k not in names]
+    if not names:
+        return None
+    cols = min(3, len(names))
+    nrows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for split, rows in series.items():
+            pts = [(r[x], r[name]) for r in rows if name in r and x in r]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="." if len(pts) < 30 else None, label=split)
+        ax.set_title(name)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+class MetricLogger:
+    """CSV (+ optional TensorBoard) metric logging for one run directory."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = False, enabled: bool | None = None):
+        self.run_dir = Path(run_dir)
+        self.enabled = is_main_process() if enabled is None else enabled
+        self._tb = None
+        if self.enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                except ImportError as err:  # tensorboard is optional
+                    print(f"[logger] TensorBoard disabled: {err}")
+
+    def csv_path(self, split: str) -> Path:
+        return self.run_dir / f"{split}_metrics.csv"
+
+    def log(self, step: int, metrics: dict[str, Any], split: str = "train", epoch: int | None = None) -> None:
+        """Append one row of metrics (numbers) for ``split`` at ``step``."""
+        if not self.enabled:
+            return
+        row: dict[str, Any] = {"step": int(step)}
+        if epoch is not None:
+            row["epoch"] = int(epoch)
+        row.update({k: float(v) for k, v in metrics.items()})
+        path = self.csv_path(split)
+        header = _read_header(path)
+        if header is None or any(k not in header for k in row):
+            rows = _read_rows(path)
+            header = list(header or []) + [k for k in row if k not in (header or [])]
+            _write_rows(path, header, rows + [row])
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=header).writerow(row)
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a resumed run re-logs them)."""
+        if not self.enabled:
+            return
+        for path in self.run_dir.glob("*_metrics.csv"):
+            header = _read_header(path)
+            rows = [r for r in _read_rows(path) if float(r.get("step", 0)) <= step]
+            _write_rows(path, header or [], rows)
+
+    def plot(self, filename: str = "curves.png") -> Path | None:
+        """Draw all splits' metrics to ``<run_dir>/<filename>``."""
+        if not self.enabled:
+            return None
+        series = {p.name[: -len("_metrics.csv")]: read_metrics_csv(p) for p in sorted(self.run_dir.glob("*_metrics.csv"))}
+        return plot_curves(series, self.run_dir / filename)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _read_header(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        return next(csv.reader(f), None)
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_rows(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)

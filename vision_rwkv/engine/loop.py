@@ -1,0 +1,323 @@
+"""The generic training loop shared by the classification, CLIP and segmentation tools.
+
+:class:`Trainer` owns one run: optimizer steps with gradient accumulation (DDP ``no_sync`` on all but the last
+micro-batch), autocast + GradScaler, gradient clipping, EMA update, per-iteration scheduler steps, periodic
+evaluation, atomic checkpoints with exact resume, best-checkpoint tracking, tqdm progress, CSV/TensorBoard logs
+and PNG curves. Task code supplies only ``loss_fn`` (and optionally ``eval_fn`` / ``after_step``).
+
+Typical use::
+
+    info = init_distributed("auto")
+    model = wrap_ddp(model, info)
+    loader = EpochLoader(train_set, batch_size, seed=cfg.seed, info=info)
+    trainer = Trainer(model, optimizer, loader, loss_fn, info=info, run_dir=run_dir, epochs=10,
+                      scheduler=sched, ema=ema, precision="bf16", grad_accum_steps=2, clip_grad=1.0,
+                      eval_fn=evaluate, best_metric="top1")
+    result = trainer.fit(resume="latest")   # {"step", "epoch", "train_loss", <last eval metrics>, "best", ...}
+
+Contracts:
+- ``loss_fn(model, batch) -> loss`` or ``(loss, {name: float})``; ``batch`` is already on the device (tensors in
+  nested tuples/lists/dicts are moved; other objects, e.g. caption strings, are passed as is). It runs inside
+  the autocast context. ``model`` is the (possibly DDP-wrapped) training model.
+- ``eval_fn(model) -> {name: float}`` is called on every rank with the unwrapped model (and again with the EMA
+  module, metrics prefixed ``ema_``); it must reduce across ranks itself (see ``distributed.all_reduce_sum``).
+- ``after_step(trainer)`` runs after each optimizer step (e.g. clamp CLIP's logit scale).
+- The schedule is per optimizer step: a timm scheduler gets ``step_update(step)`` each step and ``step(epoch)``
+  at each epoch end; a torch scheduler gets ``step()`` each step.
+- ``stop_after_steps`` ends ``fit`` early WITHOUT saving (a simulated crash, for resume tests).
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointManager, gather_rng_states, load_checkpoint, restore_rank_rng
+from .distributed import DistInfo, print_rank0, reduce_dict, unwrap_model
+from .loader import EpochLoader
+from .logger import MetricLogger, progress
+from .precision import autocast, check_precision, make_grad_scaler
+
+__all__ = ["Trainer", "move_to_device", "clip_gradients"]
+
+
+def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Recursively move tensors in tuples/lists/dicts to ``device``; other objects pass through."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        return {k: move_to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        moved = [move_to_device(v, device, non_blocking) for v in obj]
+        return type(obj)(moved) if isinstance(obj, list) else tuple(moved)
+    return obj
+
+
+def clip_gradients(parameters, max_norm: float | None, mode: str = "norm") -> float:
+    """Clip by total L2 norm (``mode="norm"``) or by value (``"value"``); returns the pre-clip total norm."""
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return 0.0
+    if mode == "norm":
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        return float(norm)
+    if mode == "value":
+        norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        if max_norm:
+            torch.nn.utils.clip_grad_value_(params, max_norm)
+        return float(norm)
+    raise ValueError(f"unknown clip mode {mode!r}; expected 'norm' or 'value'")
+
+
+class Trainer:
+    """One training run (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_loader: EpochLoader,
+                 loss_fn: Callable[[nn.Module, Any], Any], *, run_dir: str | Path, info: DistInfo | None = None,
+                 epochs: int | None = None, max_steps: int | None = None, scheduler: Any = None,
+                 ema: nn.Module | None = None, precision: str = "fp32", grad_accum_steps: int = 1,
+                 clip_grad: float | None = None, clip_mode: str = "norm",
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, eval_every_epochs: int = 1,
+                 eval_every_steps: int | None = None, best_metric: str | None = None, best_mode: str = "max",
+                 ckpt_every_steps: int | None = None, ckpt_every_epochs: int = 1, keep_last: int = 3,
+                 log_every: int = 10, tensorboard: bool = False, after_step: Callable[["Trainer"], None] | None = None,
+                 stop_after_steps: int | None = None, show_progress: bool = True, extra_state: dict | None = None):
+        if grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+        self.info = info or DistInfo()
+        self.model, self.optimizer, self.loader, self.loss_fn = model, optimizer, train_loader, loss_fn
+        self.scheduler, self.ema = scheduler, ema
+        self.precision = check_precision(precision)
+        self.device = self.info.device
+        self.scaler = make_grad_scaler(self.precision, self.device)
+        self.accum = int(grad_accum_steps)
+        self.clip_grad, self.clip_mode = clip_grad, clip_mode
+        self.steps_per_epoch = len(train_loader) // self.accum
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train_loader)} batches per epoch is less than grad_accum_steps={self.accum}")
+        if epochs is None and max_steps is None:
+            raise ValueError("give epochs or max_steps")
+        self.total_steps = int(max_steps) if max_steps is not None else int(epochs) * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.eval_fn, self.eval_every_epochs, self.eval_every_steps = eval_fn, eval_every_epochs, eval_every_steps
+        self.best_metric = best_metric
+        self.ckpt_every_steps, self.ckpt_every_epochs = ckpt_every_steps, ckpt_every_epochs
+        self.log_every, self.after_step = max(1, int(log_every)), after_step
+        self.stop_after_steps, self.show_progress = stop_after_steps, show_progress
+        self.run_dir = Path(run_dir)
+        self.ckpt = CheckpointManager(self.run_dir, keep_last=keep_last, mode=best_mode)
+        self.logger = MetricLogger(self.run_dir, tensorboard=tensorboard and self.info.is_main,
+                                   enabled=self.info.is_main)
+        self.extra_state: dict[str, Any] = dict(extra_state or {})
+        self.step = 0            # optimizer steps done
+        self.epoch = 0           # current epoch
+        self.batch_in_epoch = 0  # batches of the current epoch consumed
+        self.last_eval: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state (call on every rank: RNG states are gathered)."""
+        sched = self.scheduler.state_dict() if self.scheduler is not None else None
+        return {
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": sched,
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.info.world_size,
+            "rng": gather_rng_states(),
+            "extra": self.extra_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise RuntimeError("the run uses EMA but the checkpoint has no EMA state")
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        self.extra_state = dict(state.get("extra") or {})
+        self.ckpt.load_best_tracking(state)
+        restore_rank_rng(state["rng"])
+
+    def save(self, metric: float | None = None) -> Path | None:
+        state = self.state_dict()
+        return self.ckpt.save(state, self.step, metric)
+
+    def resume(self, resume: str | Path | None) -> bool:
+        """Restore from a checkpoint path or ``"latest"``; returns whether a checkpoint was loaded."""
+        path = self.ckpt.resolve(resume)
+        if path is None:
+            if resume not in (None, "", "latest"):
+                raise FileNotFoundError(f"resume checkpoint not found: {resume}")
+            return False
+        state = load_checkpoint(path, map_location="cpu")
+        self.load_state_dict(state)
+        self.logger.truncate_after(self.step)
+        print_rank0(f"[trainer] resumed from {path} at step {self.step} (epoch {self.epoch}, "
+                    f"batch {self.batch_in_epoch})")
+        return True
+
+    # ------------------------------------------------------------------------------------------- steps
+    def _no_sync(self, last: bool):
+        if not last and isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        return nullcontext()
+
+    def train_step(self, micro_batches: list[Any]) -> dict[str, float]:
+        """One optimizer step over ``micro_batches`` (already on the device); returns loss, grad norm, lr."""
+        self.model.train()
+        logs: dict[str, float] = {}
+        total = 0.0
+        n = len(micro_batches)
+        for i, batch in enumerate(micro_batches):
+            with self._no_sync(i == n - 1):
+                with autocast(self.precision, self.device):
+                    out = self.loss_fn(self.model, batch)
+                loss, extra = (out if isinstance(out, tuple) else (out, {}))
+                if not torch.isfinite(loss.detach()).all():
+                    raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}")
+                self.scaler.scale(loss / n).backward()
+            total += float(loss.detach()) / n
+            for k, v in extra.items():
+                logs[k] = logs.get(k, 0.0) + float(v) / n
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = clip_gradients(self.model.parameters(), self.clip_grad, self.clip_mode)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(unwrap_model(self.model), step=self.step)
+        if self.scheduler is not None:
+            if hasattr(self.scheduler, "step_update"):
+                self.scheduler.step_update(num_updates=self.step)
+            else:
+                self.scheduler.step()
+        if self.after_step is not None:
+            self.after_step(self)
+        logs.update(loss=total, grad_norm=grad_norm, lr=float(self.optimizer.param_groups[0]["lr"]))
+        return logs
+
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_fn`` on the model (and the EMA model, prefixed ``ema_``)."""
+        if self.eval_fn is None:
+            return {}
+        metrics = dict(self.eval_fn(unwrap_model(self.model)))
+        if self.ema is not None:
+            ema_module = getattr(self.ema, "module", self.ema)
+            metrics.update({f"ema_{k}": v for k, v in self.eval_fn(ema_module).items()})
+        self.last_eval = metrics
+        self.logger.log(self.step, metrics, split="val", epoch=self.epoch)
+        print_rank0(f"[eval] step {self.step} epoch {self.epoch}: " +
+                    ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def _checkpoint(self, evaluated: dict[str, float] | None) -> None:
+        metric = None
+        if self.best_metric is not None and evaluated:
+            if self.best_metric not in evaluated:
+                raise KeyError(f"best_metric {self.best_metric!r} not among eval metrics {sorted(evaluated)}")
+            metric = float(evaluated[self.best_metric])
+        self.save(metric)
+
+    # ------------------------------------------------------------------------------------------- fit
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train to ``total_steps`` (resuming first if asked); returns the final metrics."""
+        self.resume(resume)
+        start_time = time.perf_counter()
+        window: dict[str, float] = {}
+        window_n, window_samples, window_t = 0, 0, time.perf_counter()
+        last_train_loss = float("nan")
+        while self.step < self.total_steps:
+            bar = progress(self.loader.iter_epoch(self.epoch, self.batch_in_epoch),
+                           total=self.steps_per_epoch * self.accum - self.batch_in_epoch,
+                           desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                           enabled=self.info.is_main and self.show_progress)
+            micro: list[Any] = []
+            for pos, batch in bar:
+                if pos >= self.steps_per_epoch * self.accum:
+                    break
+                micro.append(move_to_device(batch, self.device, non_blocking=True))
+                if (pos + 1) % self.accum:
+                    continue
+                window_samples += sum(_batch_len(b) for b in micro) * self.info.world_size
+                logs = self.train_step(micro)
+                micro = []
+                self.batch_in_epoch = pos + 1
+                for k, v in logs.items():
+                    window[k] = window.get(k, 0.0) + v
+                window_n += 1
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                if self.step % self.log_every == 0 or self.step == self.total_steps:
+                    avg = {k: v / window_n for k, v in window.items()}
+                    avg = reduce_dict(avg, self.device if self.device.type == "cuda" else "cpu")
+                    avg["lr"] = logs["lr"]
+                    now = time.perf_counter()
+                    avg["samples_per_s"] = window_samples / max(now - window_t, 1e-9)
+                    avg["skipped_samples"] = float(self.loader.num_skipped)
+                    last_train_loss = avg["loss"]
+                    self.logger.log(self.step, avg, split="train", epoch=self.epoch)
+                    self.history.append({"step": self.step, **avg})
+                    window, window_n, window_samples, window_t = {}, 0, 0, now
+                if self.stop_after_steps is not None and self.step >= self.stop_after_steps:
+                    self.logger.close()
+                    return {"step": self.step, "stopped": True}
+                end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch * self.accum
+                done = self.step >= self.total_steps
+                evaluated = None
+                if self.eval_every_steps and self.step % self.eval_every_steps == 0 and not end_of_epoch:
+                    evaluated = self.evaluate()
+                if (self.ckpt_every_steps and self.step % self.ckpt_every_steps == 0 and not end_of_epoch
+                        and not done):
+                    self._checkpoint(evaluated)
+                if done:
+                    break
+            if hasattr(bar, "close"):
+                bar.close()
+            epoch_finished = self.batch_in_epoch >= self.steps_per_epoch * self.accum
+            if epoch_finished:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if self.scheduler is not None and hasattr(self.scheduler, "step_update"):
+                    self.scheduler.step(self.epoch)
+            done = self.step >= self.total_steps
+            evaluated = None
+            if self.eval_fn is not None and (done or (epoch_finished and self.epoch % self.eval_every_epochs == 0)):
+                evaluated = self.evaluate()
+            if done or (epoch_finished and self.ckpt_every_epochs and self.epoch % self.ckpt_every_epochs == 0):
+                self._checkpoint(evaluated)
+        if self.loader.num_skipped:
+            print_rank0(f"[trainer] skipped {self.loader.num_skipped} unreadable samples")
+        self.logger.plot()
+        self.logger.close()
+        result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": last_train_loss,
+                                  "train_time_s": time.perf_counter() - start_time,
+                                  "skipped_samples": self.loader.num_skipped}
+        result.update(self.last_eval)
+        if self.ckpt.best_value is not None:
+            result["best"] = {"metric": self.best_metric, "value": self.ckpt.best_value, "step": self.ckpt.best_step}
+        return result
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, (list, tuple)) and batch:
+        return _batch_len(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_len(next(iter(batch.values())))
+    return 1
