@@ -1,0 +1,63 @@
+"""Multi-level neck: a list of backbone feature maps -> a feature pyramid at chosen scales.
+
+A plain ViT / VRWKV gives every block output at one stride (the patch size). The neck turns four of them into
+strides 4/8/16/32 the way ViTDet's simple feature pyramid / mmseg's MultiLevelNeck do: a 1x1 lateral conv per
+level, then transposed convs to upsample (x2, x4), identity, or max pooling to downsample, then a 3x3 conv.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .layers import ConvBNReLU, NormLayer
+
+
+def _resample(chs: int, scale: float, norm_layer: NormLayer) -> nn.Module:
+    """x`scale` resampling: stacked 2x2 stride-2 transposed convs (norm + GELU between them) or max pooling."""
+    if scale <= 0 or not math.log2(scale).is_integer():
+        raise ValueError(f"neck scales must be powers of two (…, 0.5, 1, 2, 4, …), got {scale}")
+    if scale == 1:
+        return nn.Identity()
+    if scale < 1:
+        k = int(round(1 / scale))
+        return nn.MaxPool2d(kernel_size=k, stride=k, ceil_mode=True)
+    layers = []
+    for i in range(int(round(math.log2(scale)))):
+        if i > 0:
+            layers += [norm_layer(chs), nn.GELU()]
+        layers.append(nn.ConvTranspose2d(chs, chs, kernel_size=2, stride=2))
+    return nn.Sequential(*layers)
+
+
+class MultiLevelNeck(nn.Module):
+    """Resample each input level by its own scale after a 1x1 lateral conv, then refine with a 3x3 conv-BN-ReLU."""
+
+    def __init__(
+            self,
+            in_channels: Sequence[int],
+            out_channels: int,
+            scales: Sequence[float] = (4, 2, 1, 0.5),
+            norm_layer: NormLayer = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        if len(in_channels) != len(scales):
+            raise ValueError(f"neck got {len(in_channels)} input levels but {len(scales)} scales")
+        self.in_channels = list(in_channels)
+        self.out_channels = out_channels
+        self.scales = [float(s) for s in scales]
+        self.lateral = nn.ModuleList(ConvBNReLU(c, out_channels, 1, norm_layer=norm_layer, act=False)
+                                     for c in in_channels)
+        self.resample = nn.ModuleList(_resample(out_channels, s, norm_layer) for s in self.scales)
+        self.fuse = nn.ModuleList(ConvBNReLU(out_channels, out_channels, 3, norm_layer=norm_layer)
+                                  for _ in in_channels)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(feats) != len(self.lateral):
+            raise ValueError(f"neck expects {len(self.lateral)} feature maps, got {len(feats)}")
+        out = []
+        for x, lat, res, fuse in zip(feats, self.lateral, self.resample, self.fuse):
+            out.append(fuse(res(lat(x))))
+        return out

@@ -1,0 +1,264 @@
+"""Encoder-decoder segmentor: timm backbone -> multi-level neck -> UperNet decode head + FCN auxiliary head.
+
+Any timm model with `forward_intermediates` works as the backbone (VRWKV / VRWKV6, ViT, ConvNeXt, ...): four
+of its block (or stage) outputs are taken, evenly spaced by default, and the neck resamples each to the target
+strides (4/8/16/32 of the input) using the backbone's `feature_info` reductions.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .heads import FCNHead, UperNetHead, resize
+from .neck import MultiLevelNeck
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["Segmentor", "create_segmentor", "evenly_spaced_indices", "load_backbone_weights", "seg_param_groups"]
+
+
+def evenly_spaced_indices(num_blocks: int, n: int = 4) -> list[int]:
+    """`n` block indices spread evenly over `num_blocks`, ending at the last block (12 blocks -> 2, 5, 8, 11)."""
+    if num_blocks < 1:
+        raise ValueError("backbone reports no blocks / stages")
+    return [max(0, math.ceil((i + 1) * num_blocks / n) - 1) for i in range(n)]
+
+
+def _feature_specs(backbone: nn.Module, indices: Sequence[int], probe_size: int) -> tuple[list[int], list[int]]:
+    """(channels, reduction) of the requested intermediates, from `feature_info` or, failing that, a probe run."""
+    info = getattr(backbone, "feature_info", None)
+    if isinstance(info, (list, tuple)) and info and all(isinstance(i, dict) for i in info):
+        return [info[i]["num_chs"] for i in indices], [info[i]["reduction"] for i in indices]
+    if info is not None and hasattr(info, "channels"):  # timm FeatureInfo object
+        return [info.channels(i) for i in indices], [info.reduction(i) for i in indices]
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        feats = backbone.forward_intermediates(torch.zeros(1, 3, probe_size, probe_size), indices=sorted(set(indices)),
+                                               output_fmt="NCHW", intermediates_only=True)
+    backbone.train(was_training)
+    by_idx = dict(zip(sorted(set(indices)), feats))
+    return ([by_idx[i].shape[1] for i in indices],
+            [probe_size // by_idx[i].shape[-1] for i in indices])
+
+
+def _num_feature_levels(backbone: nn.Module) -> int:
+    info = getattr(backbone, "feature_info", None)
+    if info is not None:
+        return len(info)
+    blocks = getattr(backbone, "blocks", None) or getattr(backbone, "stages", None)
+    if blocks is None:
+        raise ValueError("cannot tell how many blocks the backbone has; give model.out_indices explicitly")
+    return len(blocks)
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> None:
+    """Load a local checkpoint (safetensors or torch file, loaded with weights_only=True) into the backbone.
+
+    Wrapping keys ('model', 'state_dict', 'module.' prefixes) are removed, the model family's timm
+    `checkpoint_filter_fn` is applied when it has one (e.g. position-embedding resizing), classifier weights are
+    dropped. With `strict`, remaining missing or unexpected keys raise an error that lists them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained backbone file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state: Any = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    if all(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items()}
+    filter_fn = getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, backbone)
+    own = backbone.state_dict()
+    classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    classifiers = [classifier] if isinstance(classifier, str) else list(classifier)
+    state = {k: v for k, v in state.items()
+             if not (any(k.startswith(c + ".") for c in classifiers) and k not in own)}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise RuntimeError(f"pretrained backbone {path} does not match the model: missing keys {list(missing)}, "
+                           f"unexpected keys {list(unexpected)}")
+    _logger.info("loaded backbone weights from %s (missing %d, unexpected %d)", path, len(missing), len(unexpected))
+
+
+class Segmentor(nn.Module):
+    """Backbone + neck + UperNet decode head (+ FCN auxiliary head), trained with pixel cross-entropy.
+
+    `forward(img)` returns class logits at the input resolution; `forward(img, target)` returns a dict with
+    `loss` (decode + aux_weight * aux), `loss_decode` and `loss_aux`, so DDP wrapping sees one forward call.
+    """
+
+    def __init__(
+            self,
+            backbone: nn.Module,
+            num_classes: int,
+            out_indices: Sequence[int] | None = None,
+            norm_intermediates: bool = False,
+            strides: Sequence[int] = (4, 8, 16, 32),
+            neck_channels: int | None = None,
+            decode_channels: int = 512,
+            pool_scales: Sequence[int] = (1, 2, 3, 6),
+            dropout: float = 0.1,
+            aux_channels: int = 256,
+            aux_weight: float = 0.4,
+            aux_level: int = 2,
+            ignore_index: int = 255,
+            align_corners: bool = False,
+            probe_size: int = 224,
+            prune_backbone: bool = True,
+    ):
+        super().__init__()
+        if not hasattr(backbone, "forward_intermediates"):
+            raise TypeError(f"backbone {type(backbone).__name__} has no forward_intermediates()")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.align_corners = align_corners
+        self.aux_weight = aux_weight
+        self.aux_level = aux_level
+        self.norm_intermediates = norm_intermediates
+
+        n_levels = _num_feature_levels(backbone) if out_indices is None else None
+        indices = evenly_spaced_indices(n_levels, len(strides)) if out_indices is None else list(out_indices)
+        if out_indices is not None:
+            n = _num_feature_levels(backbone)
+            indices = [i + n if i < 0 else i for i in indices]
+            if any(not 0 <= i < n for i in indices):
+                raise ValueError(f"out_indices {list(out_indices)} out of range for a backbone with {n} blocks")
+        if len(indices) != len(strides):
+            raise ValueError(f"{len(indices)} out_indices but {len(strides)} strides")
+        self.out_indices = indices
+        self._take = sorted(set(indices))
+        in_chs, reductions = _feature_specs(backbone, indices, probe_size)
+        self.feature_channels = in_chs
+        self.feature_reductions = reductions
+        self.strides = list(strides)
+        if prune_backbone and hasattr(backbone, "prune_intermediate_layers"):
+            # drop the classifier (and the final norm when unused) so DDP sees no parameters without gradients
+            backbone.prune_intermediate_layers(self._take, prune_norm=not norm_intermediates, prune_head=True)
+        self.backbone = backbone
+
+        neck_chs = neck_channels or max(in_chs)
+        self.neck = MultiLevelNeck(in_chs, neck_chs, scales=[r / s for r, s in zip(reductions, strides)])
+        self.decode_head = UperNetHead([neck_chs] * len(strides), num_classes, channels=decode_channels,
+                                       pool_scales=pool_scales, dropout=dropout, align_corners=align_corners)
+        self.aux_head = None
+        if aux_weight > 0:
+            if not 0 <= aux_level < len(strides):
+                raise ValueError(f"aux_level {aux_level} is not one of the {len(strides)} levels")
+            self.aux_head = FCNHead(neck_chs, num_classes, channels=aux_channels, dropout=dropout)
+
+    def extract_features(self, img: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone intermediates (in `out_indices` order) through the neck: a pyramid at `strides`."""
+        if img.ndim != 4 or img.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(img.shape)}")
+        feats = self.backbone.forward_intermediates(img, indices=self._take, norm=self.norm_intermediates,
+                                                    output_fmt="NCHW", intermediates_only=True)
+        by_idx = dict(zip(self._take, feats))
+        return self.neck([by_idx[i] for i in self.out_indices])
+
+    def forward_heads(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decode logits (finest level) and auxiliary logits (aux level, None without aux head), not resized."""
+        pyramid = self.extract_features(img)
+        aux = self.aux_head(pyramid[self.aux_level]) if self.aux_head is not None and self.training else None
+        return self.decode_head(pyramid), aux
+
+    def seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy averaged over non-ignored pixels, logits upsampled to the label size first."""
+        logits = resize(logits, target.shape[-2:], self.align_corners)
+        valid = (target != self.ignore_index).sum()
+        loss = F.cross_entropy(logits.float(), target.long(), ignore_index=self.ignore_index, reduction="sum")
+        return loss / valid.clamp(min=1)
+
+    def forward(self, img: torch.Tensor, target: torch.Tensor | None = None):
+        logits, aux = self.forward_heads(img)
+        if target is None:
+            return resize(logits, img.shape[-2:], self.align_corners)
+        if target.ndim != 3 or target.shape[0] != img.shape[0]:
+            raise ValueError(f"target must be (B, H, W) label maps, got {tuple(target.shape)}")
+        losses = {"loss_decode": self.seg_loss(logits, target)}
+        total = losses["loss_decode"]
+        if aux is not None:
+            losses["loss_aux"] = self.seg_loss(aux, target)
+            total = total + self.aux_weight * losses["loss_aux"]
+        losses["loss"] = total
+        return losses
+
+
+def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> Segmentor:
+    """Build a Segmentor from a `model:` config mapping.
+
+    Keys: backbone (timm name), backbone_kwargs (passed to timm.create_model), pretrained (local file or null),
+    num_classes, out_indices, norm_intermediates, strides, neck_channels, decode_channels, pool_scales, dropout,
+    aux_channels, aux_weight, aux_level, ignore_index, align_corners, probe_size.
+    """
+    cfg = dict(cfg)
+    import vision_rwkv  # noqa: F401  (registers the VRWKV models with timm)
+    name = cfg.pop("backbone")
+    kwargs = dict(cfg.pop("backbone_kwargs", None) or {})
+    kwargs.setdefault("num_classes", 0)
+    pretrained = cfg.pop("pretrained", None)
+    n_cls = cfg.pop("num_classes", None) if num_classes is None else num_classes
+    cfg.pop("num_classes", None)
+    if n_cls is None:
+        raise ValueError("model.num_classes is not set (and the dataset did not give one)")
+    backbone = timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained:
+        load_backbone_weights(backbone, pretrained)
+    for key in ("out_indices", "strides", "pool_scales"):
+        if cfg.get(key) is not None:
+            cfg[key] = list(cfg[key])
+    return Segmentor(backbone, int(n_cls), **cfg)
+
+
+def seg_param_groups(model: Segmentor, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """Optimizer groups: backbone with layer-wise lr decay from its `group_matcher`, heads at full lr.
+
+    Layer ids come from timm's `group_parameters(backbone, backbone.group_matcher())` (stem 0, blocks 1..L, final
+    norm after them); the neck and heads sit one layer above the backbone's last, so with decay d a parameter in
+    layer i gets lr scale d ** (top - i) (BEiT / mmseg convention: the last block gets d, the heads 1). Every group
+    carries `lr_scale`; 1-D parameters (norms, biases) and the backbone's `no_weight_decay()` names get no decay.
+    """
+    from timm.models import group_parameters
+
+    backbone = model.backbone
+    skip = set(backbone.no_weight_decay()) if hasattr(backbone, "no_weight_decay") else set()
+    if layer_decay is not None and layer_decay != 1.0:
+        if not hasattr(backbone, "group_matcher"):
+            raise ValueError(f"layer-wise lr decay needs a backbone with group_matcher(); "
+                             f"{type(backbone).__name__} has none")
+        layer_of = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+        top = max(layer_of.values()) + 1
+    else:
+        layer_of, top, layer_decay = {}, 0, 1.0
+    groups: dict[tuple[int, bool], dict] = {}
+    named = [("backbone." + n, p, layer_of.get(n, top)) for n, p in backbone.named_parameters()]
+    named += [(n, p, top) for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    for name, param, layer in named:
+        if not param.requires_grad:
+            continue
+        bare = name[len("backbone."):] if name.startswith("backbone.") else None
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or (bare is not None and bare in skip)
+        key = (layer, no_decay)
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": float(layer_decay ** (top - layer)), "layer_id": layer}
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups)]

@@ -1,0 +1,228 @@
+"""Joint image + mask augmentation for segmentation (albumentations 2.x), mmseg's ADE20K recipe.
+
+Train: random keep-ratio rescale (ratio 0.5-2.0 of a base (long, short) scale) -> random crop with
+cat_max_ratio -> horizontal flip -> photometric distortion -> normalise -> pad to the crop size (image 0, mask
+ignore index) -> tensors. Test: keep-ratio resize of the image only (the mask stays at its original size, since
+predictions are resized back to it) -> normalise -> tensors.
+
+Randomness: every call reseeds the albumentations transforms from Python's global `random` module, so a sample
+loaded under the engine's per-sample seeding (`SeededSamples`) is augmented identically on every run / resume.
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Sequence
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network version check on import
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform  # noqa: E402
+
+__all__ = ["RandomResizeKeepRatio", "CatMaxRatioCrop", "PhotoMetricDistortion", "SegTrainTransform",
+           "SegTestTransform", "keep_ratio_size", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    a, b = v
+    return int(a), int(b)
+
+
+def keep_ratio_size(h: int, w: int, scale: Sequence[float]) -> tuple[int, int]:
+    """(H, W) after mmseg's keep-ratio resize to `scale` = (long, short): the largest size whose long side fits
+    max(scale) and short side fits min(scale)."""
+    long_edge, short_edge = max(scale), min(scale)
+    f = min(long_edge / max(h, w), short_edge / min(h, w))
+    return max(1, int(h * f + 0.5)), max(1, int(w * f + 0.5))
+
+
+class RandomResizeKeepRatio(DualTransform):
+    """Keep-ratio resize to `scale` x r, r ~ U(ratio_range) (no randomness when `ratio_range` is None);
+    bilinear for the image, nearest for the mask."""
+
+    def __init__(self, scale: Sequence[float], ratio_range: Sequence[float] | None = (0.5, 2.0), p: float = 1.0):
+        super().__init__(p=p)
+        self.scale = tuple(float(s) for s in scale)
+        self.ratio_range = tuple(ratio_range) if ratio_range is not None else None
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        r = 1.0 if self.ratio_range is None else self.py_random.uniform(*self.ratio_range)
+        return {"size": keep_ratio_size(h, w, [s * r for s in self.scale])}
+
+    def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
+        return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+    def apply_to_mask(self, mask: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
+        return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("scale", "ratio_range")
+
+
+class CatMaxRatioCrop(DualTransform):
+    """Random crop of at most `size` (H, W); retried up to `max_tries` times until no single class covers more
+    than `cat_max_ratio` of the crop's labelled (non-ignore) pixels (mmseg's RandomCrop). If no try passes, the
+    last crop is used. A side shorter than the crop is kept whole (pad afterwards)."""
+
+    def __init__(self, size: int | Sequence[int], cat_max_ratio: float = 0.75, ignore_index: int = 255,
+                 max_tries: int = 10, p: float = 1.0):
+        super().__init__(p=p)
+        self.size = _pair(size)
+        self.cat_max_ratio = float(cat_max_ratio)
+        self.ignore_index = int(ignore_index)
+        self.max_tries = int(max_tries)
+
+    def _random_box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        ch, cw = min(self.size[0], h), min(self.size[1], w)
+        y1 = self.py_random.randint(0, h - ch)
+        x1 = self.py_random.randint(0, w - cw)
+        return y1, x1, y1 + ch, x1 + cw
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        h, w = params["shape"][:2]
+        box = self._random_box(h, w)
+        mask = data.get("mask")
+        if mask is not None and self.cat_max_ratio < 1.0:
+            for _ in range(self.max_tries - 1):
+                if self.passes(mask[box[0]:box[2], box[1]:box[3]]):
+                    break
+                box = self._random_box(h, w)
+        return {"box": box}
+
+    def passes(self, crop_mask: np.ndarray) -> bool:
+        """True when the crop has > 1 labelled class and none covers more than cat_max_ratio of labelled pixels."""
+        _, counts = np.unique(crop_mask[crop_mask != self.ignore_index], return_counts=True)
+        return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
+
+    def apply(self, img: np.ndarray, box: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        return np.ascontiguousarray(img[box[0]:box[2], box[1]:box[3]])
+
+    def apply_to_mask(self, mask: np.ndarray, box: tuple[int, int, int, int], **params: Any) -> np.ndarray:
+        return np.ascontiguousarray(mask[box[0]:box[2], box[1]:box[3]])
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size", "cat_max_ratio", "ignore_index", "max_tries")
+
+
+class PhotoMetricDistortion(ImageOnlyTransform):
+    """mmseg's photometric distortion on uint8 RGB, each step applied with probability 0.5: brightness
+    (+U(-delta, delta)), contrast (xU(range), randomly before or after the HSV steps), saturation (S x U(range)),
+    hue (H + U{-hue_delta..hue_delta} on OpenCV's 0-180 hue scale); values clipped to [0, 255] after each step."""
+
+    def __init__(self, brightness_delta: int = 32, contrast_range: Sequence[float] = (0.5, 1.5),
+                 saturation_range: Sequence[float] = (0.5, 1.5), hue_delta: int = 18, p: float = 1.0):
+        super().__init__(p=p)
+        self.brightness_delta = brightness_delta
+        self.contrast_range = tuple(contrast_range)
+        self.saturation_range = tuple(saturation_range)
+        self.hue_delta = hue_delta
+
+    def get_params(self) -> dict[str, Any]:
+        r = self.py_random
+        return {
+            "brightness": r.uniform(-self.brightness_delta, self.brightness_delta) if r.random() < 0.5 else None,
+            "contrast_first": r.random() < 0.5,
+            "contrast": r.uniform(*self.contrast_range) if r.random() < 0.5 else None,
+            "saturation": r.uniform(*self.saturation_range) if r.random() < 0.5 else None,
+            "hue": r.randint(-self.hue_delta, self.hue_delta) if r.random() < 0.5 else None,
+        }
+
+    def apply(self, img: np.ndarray, brightness=None, contrast_first=True, contrast=None, saturation=None,
+              hue=None, **params: Any) -> np.ndarray:
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"photometric distortion expects HxWx3 uint8 RGB, got {img.dtype} {img.shape}")
+        out = img.astype(np.float32)
+        if brightness is not None:
+            out = np.clip(out + brightness, 0, 255)
+        if contrast_first and contrast is not None:
+            out = np.clip(out * contrast, 0, 255)
+        if saturation is not None or hue is not None:
+            hsv = cv2.cvtColor(out.astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+            if saturation is not None:
+                hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+            if hue is not None:
+                hsv[..., 0] = (hsv[..., 0] + hue) % 180
+            out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+        if not contrast_first and contrast is not None:
+            out = np.clip(out * contrast, 0, 255)
+        return out.astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("brightness_delta", "contrast_range", "saturation_range", "hue_delta")
+
+
+def _to_tensors(image: np.ndarray, mask: np.ndarray | None) -> dict[str, torch.Tensor]:
+    out = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()}
+    if mask is not None:
+        out["mask"] = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
+    return out
+
+
+class _Reseeded:
+    """Calls an albumentations Compose after reseeding each of its transforms with its own seed drawn from
+    Python's global `random` (distinct per transform, so decisions are not correlated)."""
+
+    def __init__(self, transforms: list):
+        self.pipeline = A.Compose(transforms)
+
+    def reseed(self) -> None:
+        base = random.getrandbits(32)
+        for i, t in enumerate(self.pipeline.transforms):
+            t.set_random_seed(int(np.random.SeedSequence([base, i]).generate_state(1)[0]))
+
+
+class SegTrainTransform(_Reseeded):
+    """Training augmentation; `__call__(image=HxWx3 uint8, mask=HxW int)` -> {"image": (3,h,w) float, "mask": (h,w)
+    int64} with (h, w) = crop size."""
+
+    def __init__(
+            self,
+            crop_size: int | Sequence[int],
+            scale: Sequence[float],
+            ratio_range: Sequence[float] | None = (0.5, 2.0),
+            cat_max_ratio: float = 0.75,
+            flip_prob: float = 0.5,
+            photometric: bool = True,
+            mean: Sequence[float] = IMAGENET_MEAN,
+            std: Sequence[float] = IMAGENET_STD,
+            ignore_index: int = 255,
+    ):
+        ch, cw = _pair(crop_size)
+        transforms = [RandomResizeKeepRatio(scale, ratio_range),
+                      CatMaxRatioCrop((ch, cw), cat_max_ratio, ignore_index),
+                      A.HorizontalFlip(p=flip_prob)]
+        if photometric:
+            transforms.append(PhotoMetricDistortion())
+        transforms += [A.Normalize(mean=[m / 255 for m in mean], std=[s / 255 for s in std], max_pixel_value=255.0),
+                       A.PadIfNeeded(min_height=ch, min_width=cw, position="top_left",
+                                     border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index)]
+        super().__init__(transforms)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
+        self.reseed()
+        out = self.pipeline(image=image, mask=mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.int32))
+        return _to_tensors(out["image"], out["mask"])
+
+
+class SegTestTransform(_Reseeded):
+    """Test preprocessing: keep-ratio resize of the image to `scale` (None: keep size) and normalisation; the mask
+    (if given) is returned unchanged as int64."""
+
+    def __init__(self, scale: Sequence[float] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
+        transforms = [RandomResizeKeepRatio(scale, None)] if scale is not None else []
+        transforms.append(A.Normalize(mean=[m / 255 for m in mean], std=[s / 255 for s in std], max_pixel_value=255.0))
+        super().__init__(transforms)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        out = self.pipeline(image=image)
+        return _to_tensors(out["image"], mask)
