@@ -1,1 +1,22 @@
-"""rwkv_clip: RWKV-CLIP (RWKV-6 image and text towers) with the open_clip interface."""
+"""rwkv_clip: RWKV-CLIP (RWKV-6 image and text towers) with the open_clip interface.
+
+    import rwkv_clip
+    model, preprocess_train, preprocess_val = rwkv_clip.create_model_and_transforms("RWKV-CLIP-B-32")
+    tokenizer = rwkv_clip.get_tokenizer("RWKV-CLIP-B-32")
+    image_features = model.encode_image(images, normalize=True)
+    text_features = model.encode_text(tokenizer(["a photo of a cat"]), normalize=True)
+
+Importing the package registers the VRWKV timm models and the RWKV-CLIP model configs with open_clip
+(`open_clip.list_models()`, `open_clip.get_tokenizer(name)`).
+"""
+from .convert import build_from_original, convert_original_state_dict
+from .factory import (create_model, create_model_and_transforms, get_model_config, get_tokenizer, image_transforms,
+                      list_models, load_checkpoint, load_state_dict, register_model_configs)
+from .model import LOGIT_SCALE_MAX, ImageTower, RWKVCLIP
+from .text_model import TextRWKV
+
+__all__ = [
+    "RWKVCLIP", "ImageTower", "TextRWKV", "LOGIT_SCALE_MAX", "create_model", "create_model_and_transforms",
+    "get_tokenizer", "get_model_config", "list_models", "load_checkpoint", "load_state_dict", "image_transforms",
+    "register_model_configs", "build_from_original", "convert_original_state_dict",
+]

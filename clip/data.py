@@ -1,0 +1,285 @@
+"""Image-text data for RWKV-CLIP: CSV/TSV tables and webdataset-style tar shards, several captions per image.
+
+Every dataset here is map-style (index -> sample), so DistributedSampler sharding and exact resume work the same
+for all of them. A sample is `{"image": Tensor, "captions": [str, ...], "skipped": int}`; `skipped` counts the
+unreadable (missing or corrupt) images that were passed over to produce it: an unreadable image is replaced by
+the next readable one (so every batch keeps its size, which DDP's feature gather needs) and counted.
+
+* `CsvCaptionDataset`: a CSV/TSV with an image-path column and one or more caption columns
+  (empty cells ignored); relative paths are resolved against `root` (default: the table's folder).
+* `TarCaptionDataset`: webdataset-style tar shards (`key.jpg` + `key.txt`, extra caption files such as
+  `key.syn.txt`, or `key.json` with a "caption"/"captions" field). The member index is read once from the tar
+  headers; samples are then read by offset. Shard lists accept brace ranges: `data/shard-{000..009}.tar`.
+* `CaptionCollate`: per sample, each time it is seen, one caption drawn uniformly (the diverse-description
+  recipe), deterministic in (seed, epoch, sample index) so resumed and multi-process runs see the same draws.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "CsvCaptionDataset", "TarCaptionDataset", "expand_shards", "load_image", "CaptionCollate",
+    "draw_caption", "UnreadableImage", "IMAGE_EXTENSIONS",
+]
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
+_MAX_FALLBACKS = 64
+
+
+class UnreadableImage(Exception):
+    """An image file that is missing or cannot be decoded."""
+
+
+def load_image(source: Union[str, Path, bytes], name: str = "") -> Image.Image:
+    """Open an image from a path or bytes and convert to RGB; `UnreadableImage` naming it on any failure."""
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(source))
+        else:
+            img = Image.open(source)
+        img.load()
+        return img.convert("RGB")
+    except Exception as e:  # missing file, truncated data, not an image ...
+        raise UnreadableImage(f"cannot read image {name or source}: {type(e).__name__}: {e}") from e
+
+
+class _FallbackDataset(Dataset):
+    """Shared __getitem__: read sample idx; if its image is unreadable, try idx+1, idx+2, ... and count."""
+
+    transform: Optional[Callable]
+    skip_unreadable: bool = True
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _read(self, idx: int) -> tuple[Image.Image, list[str]]:
+        raise NotImplementedError
+
+    def __getitem__(self, idx: int) -> dict:
+        n = len(self)
+        for skipped in range(min(_MAX_FALLBACKS, n)):
+            try:
+                img, captions = self._read((idx + skipped) % n)
+            except UnreadableImage:
+                if not self.skip_unreadable:
+                    raise
+                continue
+            image = self.transform(img) if self.transform is not None else img
+            return {"image": image, "captions": captions, "skipped": skipped, "index": idx}
+        raise RuntimeError(f"{type(self).__name__}: {min(_MAX_FALLBACKS, n)} consecutive unreadable images "
+                           f"starting at index {idx}; check the data")
+
+
+def _parse_caption_keys(caption_keys: Union[str, Sequence[str]]) -> list[str]:
+    if isinstance(caption_keys, str):
+        caption_keys = [k.strip() for k in caption_keys.split(",") if k.strip()]
+    keys = list(caption_keys)
+    if not keys:
+        raise ValueError("at least one caption column is needed")
+    return keys
+
+
+class CsvCaptionDataset(_FallbackDataset):
+    """Image-text pairs from a CSV (`sep=","`) or TSV (`sep="\\t"`, default for .tsv files).
+
+    Args:
+        path: the table.
+        img_key: column with image paths.
+        caption_keys: caption column(s): a list or a comma-separated string; empty cells are ignored, a row
+            with no caption is an error.
+        transform: image transform (e.g. preprocess_train).
+        root: folder for relative image paths (default: the table's folder).
+        sep: field separator (default from the extension).
+        skip_unreadable: replace an unreadable image by the next readable sample and count it (training);
+            False raises `UnreadableImage` naming the file (evaluation, where a substitute would skew metrics).
+    """
+
+    def __init__(
+            self,
+            path: Union[str, Path],
+            img_key: str = "filepath",
+            caption_keys: Union[str, Sequence[str]] = "title",
+            transform: Optional[Callable] = None,
+            root: Optional[Union[str, Path]] = None,
+            sep: Optional[str] = None,
+            skip_unreadable: bool = True,
+    ):
+        path = Path(path)
+        self.skip_unreadable = skip_unreadable
+        if not path.is_file():
+            raise FileNotFoundError(f"caption table not found: {path}")
+        if sep is None:
+            sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        self.root = Path(root) if root is not None else path.parent
+        self.transform = transform
+        keys = _parse_caption_keys(caption_keys)
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=sep)
+            columns = reader.fieldnames or []
+            missing = [k for k in [img_key, *keys] if k not in columns]
+            if missing:
+                raise KeyError(f"{path}: column(s) {missing} not found; columns are {columns}")
+            self.images: list[str] = []
+            self.captions: list[list[str]] = []
+            for line, row in enumerate(reader, start=2):
+                caps = [row[k].strip() for k in keys if row[k] is not None and row[k].strip()]
+                if not caps:
+                    raise ValueError(f"{path} line {line}: no caption in columns {keys}")
+                self.images.append(row[img_key])
+                self.captions.append(caps)
+        if not self.images:
+            raise ValueError(f"{path}: no rows")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_path(self, idx: int) -> Path:
+        p = Path(self.images[idx])
+        return p if p.is_absolute() else self.root / p
+
+    def _read(self, idx: int) -> tuple[Image.Image, list[str]]:
+        return load_image(self.image_path(idx)), self.captions[idx]
+
+
+def expand_shards(spec: Union[str, Sequence[str]]) -> list[str]:
+    """Expand `a-{000..003}.tar` ranges (zero padded), `::`-separated lists and lists of such specs."""
+    if not isinstance(spec, str):
+        return [s for item in spec for s in expand_shards(item)]
+    out: list[str] = []
+    for part in spec.split("::"):
+        m = re.search(r"\{(\d+)\.\.(\d+)\}", part)
+        if m is None:
+            out.append(part)
+            continue
+        lo, hi = m.group(1), m.group(2)
+        width = len(lo)
+        for i in range(int(lo), int(hi) + 1):
+            out.extend(expand_shards(part[: m.start()] + str(i).zfill(width) + part[m.end():]))
+    return out
+
+
+@dataclass
+class _Member:
+    shard: int
+    offset: int
+    size: int
+
+
+class TarCaptionDataset(_FallbackDataset):
+    """webdataset-style tar shards read as a map-style dataset.
+
+    Members are grouped by key (the basename up to its first dot, within the same folder); a sample needs one
+    image (`jpg/jpeg/png/webp/bmp/ppm`) and at least one caption: every member whose extension ends with
+    `txt` (sorted by extension, so `txt` comes first) and the "caption"/"captions" field of a `json` member.
+    Samples without an image or caption are ignored (and counted in `incomplete`).
+    """
+
+    def __init__(self, shards: Union[str, Sequence[str]], transform: Optional[Callable] = None,
+                 skip_unreadable: bool = True):
+        self.skip_unreadable = skip_unreadable
+        self.shards = expand_shards(shards)
+        if not self.shards:
+            raise ValueError("no tar shards given")
+        self.transform = transform
+        self.samples: list[dict[str, _Member]] = []
+        self.incomplete = 0
+        for si, shard in enumerate(self.shards):
+            if not os.path.isfile(shard):
+                raise FileNotFoundError(f"tar shard not found: {shard}")
+            groups: dict[str, dict[str, _Member]] = {}
+            order: list[str] = []
+            try:
+                with tarfile.open(shard, "r:") as tar:
+                    for info in tar:
+                        if not info.isfile():
+                            continue
+                        folder, base = os.path.split(info.name)
+                        if "." not in base:
+                            continue
+                        stem, ext = base.split(".", 1)
+                        key = f"{folder}/{stem}"
+                        if key not in groups:
+                            groups[key] = {}
+                            order.append(key)
+                        groups[key][ext.lower()] = _Member(si, info.offset_data, info.size)
+            except tarfile.TarError as e:
+                raise RuntimeError(f"cannot read tar shard {shard}: {e}") from e
+            for key in order:
+                g = groups[key]
+                has_image = any(e in g for e in IMAGE_EXTENSIONS)
+                has_text = any(e.endswith("txt") for e in g) or "json" in g
+                if has_image and has_text:
+                    self.samples.append(g)
+                else:
+                    self.incomplete += 1
+        if not self.samples:
+            raise ValueError(f"no image+caption samples in shards {self.shards[:3]}...")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _bytes(self, m: _Member) -> bytes:
+        with open(self.shards[m.shard], "rb") as f:
+            f.seek(m.offset)
+            return f.read(m.size)
+
+    def _read(self, idx: int) -> tuple[Image.Image, list[str]]:
+        g = self.samples[idx]
+        captions = [self._bytes(g[e]).decode("utf-8").strip() for e in sorted(g) if e.endswith("txt")]
+        if "json" in g:
+            meta = json.loads(self._bytes(g["json"]).decode("utf-8"))
+            extra = meta.get("captions", meta.get("caption", []))
+            captions += [extra] if isinstance(extra, str) else list(extra)
+        captions = [c for c in captions if c]
+        ext = next(e for e in IMAGE_EXTENSIONS if e in g)
+        img = load_image(self._bytes(g[ext]), name=f"{self.shards[g[ext].shard]}:{idx}.{ext}")
+        if not captions:
+            raise UnreadableImage(f"sample {idx} of {self.shards[g[ext].shard]} has only empty captions")
+        return img, captions
+
+
+def draw_caption(captions: Sequence[str], seed: int, epoch: int, index: int) -> str:
+    """One caption drawn uniformly, deterministic in (seed, epoch, sample index)."""
+    if len(captions) == 1:
+        return captions[0]
+    return captions[random.Random(f"{seed}:{epoch}:{index}").randrange(len(captions))]
+
+
+class CaptionCollate:
+    """Collate samples into a batch dict: images, tokens of ONE caption per sample, skipped-image count.
+
+    The caption is drawn uniformly by `draw_caption(captions, seed, epoch, dataset index)`: a fresh draw every
+    time a sample is seen (each sample is seen once per epoch), identical for any number of DataLoader workers
+    or ranks, and reproduced exactly by a resumed run. Call `set_epoch` before creating each epoch's iterator.
+    """
+
+    def __init__(self, tokenizer: Callable, seed: int = 0):
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, batch: list[dict]) -> dict:
+        images = torch.stack([b["image"] for b in batch])
+        texts = [draw_caption(b["captions"], self.seed, self.epoch, b["index"]) for b in batch]
+        return {
+            "images": images,
+            "texts": self.tokenizer(texts),
+            "skipped": sum(b["skipped"] for b in batch),
+            "index": torch.tensor([b["index"] for b in batch]),
+        }

@@ -1,0 +1,192 @@
+"""Model factory in the style of open_clip's `factory.py`: named JSON configs, transforms, tokenizer, weights.
+
+    model, preprocess_train, preprocess_val = rwkv_clip.create_model_and_transforms("RWKV-CLIP-B-32")
+    tokenizer = rwkv_clip.get_tokenizer("RWKV-CLIP-B-32")
+
+Pretrained weights load from a LOCAL file only (nothing is downloaded): our own checkpoints (state dict, or a
+training checkpoint holding one under "model"/"state_dict") and the original RWKV-CLIP release format
+(`image_model.*`, `text_model.*`, `logit_scale`, optional `module.` prefixes, bf16 tensors), in .pt/.pth or
+.safetensors files.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.transform import image_transform
+
+from .model import RWKVCLIP
+from .model_configs import CONFIG_DIR
+
+__all__ = [
+    "list_models", "get_model_config", "register_model_configs", "create_model", "create_model_and_transforms",
+    "get_tokenizer", "load_state_dict", "load_checkpoint", "image_transforms",
+]
+
+_MODEL_CONFIGS: dict[str, dict] = {}
+
+
+def register_model_configs(path: Union[str, Path] = CONFIG_DIR) -> None:
+    """Register a config file or a folder of JSON configs (ours and, through `add_model_config`, open_clip's)."""
+    path = Path(path)
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    for f in files:
+        cfg = json.loads(f.read_text())
+        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise ValueError(f"model config {f} needs the keys embed_dim, vision_cfg and text_cfg")
+        _MODEL_CONFIGS[f.stem] = cfg
+    open_clip.add_model_config(path)
+
+
+def list_models() -> list[str]:
+    """Names of the RWKV-CLIP model configs."""
+    return sorted(_MODEL_CONFIGS)
+
+
+def get_model_config(model_name: str) -> dict:
+    """A deep copy of the named config (KeyError naming the known configs when unknown)."""
+    if model_name not in _MODEL_CONFIGS:
+        raise KeyError(f"unknown RWKV-CLIP model config {model_name!r}; known: {list_models()}")
+    return copy.deepcopy(_MODEL_CONFIGS[model_name])
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path} (weights load from a local path only)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"could not read checkpoint {path} with torch.load(weights_only=True): {e}") from e
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
+    return obj
+
+
+def load_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """Read a local checkpoint and return OUR state dict (original RWKV-CLIP files are converted;
+    `module.` / `_orig_mod.` prefixes are stripped)."""
+    from .convert import convert_original_state_dict, is_original_state_dict, strip_prefixes
+    sd = strip_prefixes(_read_state_dict(path))
+    if is_original_state_dict(sd):
+        sd = convert_original_state_dict(sd)
+    return sd
+
+
+def load_checkpoint(model: torch.nn.Module, path_or_state_dict: Union[str, Path, dict], strict: bool = True) -> None:
+    """Load weights into `model`, upcasting/downcasting floats to the model's dtypes; clear error listing
+    missing and unexpected keys when strict."""
+    if isinstance(path_or_state_dict, dict):
+        from .convert import convert_original_state_dict, is_original_state_dict, strip_prefixes
+        sd = strip_prefixes(path_or_state_dict)
+        if is_original_state_dict(sd):
+            sd = convert_original_state_dict(sd)
+        source = "state dict"
+    else:
+        sd = load_state_dict(path_or_state_dict)
+        source = str(path_or_state_dict)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if strict and (missing or unexpected):
+        raise RuntimeError(
+            f"checkpoint {source} does not match the model: missing keys {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''} ({len(missing)}), unexpected keys {unexpected[:20]}"
+            f"{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)})")
+    fixed = {}
+    for k, v in sd.items():
+        if k not in own:
+            continue
+        if own[k].shape != v.shape:
+            raise RuntimeError(f"checkpoint {source}: {k} has shape {tuple(v.shape)}, model expects "
+                               f"{tuple(own[k].shape)}")
+        fixed[k] = v.to(own[k].dtype) if v.is_floating_point() else v
+    model.load_state_dict(fixed, strict=strict)
+
+
+def create_model(
+        model_name: str,
+        pretrained: Optional[Union[str, Path]] = None,
+        precision: str = "fp32",
+        device: Union[str, torch.device] = "cpu",
+        output_dict: bool = False,
+        **model_kwargs: Any,
+) -> RWKVCLIP:
+    """Build a named RWKV-CLIP model.
+
+    Args:
+        model_name: one of `list_models()`.
+        pretrained: optional LOCAL checkpoint path (ours or the original release format).
+        precision: "fp32", "bf16" or "fp16" (weights cast; for training keep fp32 and use autocast).
+        device: where to put the model.
+        output_dict: forward returns a dict.
+        **model_kwargs: overrides merged into the config (dicts merge key by key), e.g.
+            vision_cfg={"drop_path_rate": 0.0}, text_cfg={"layers": 2}.
+    """
+    if isinstance(model_name, str) and model_name.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(f"{model_name!r}: rwkv_clip loads weights from a local file only; pass pretrained=PATH")
+    cfg = _merge(get_model_config(model_name), model_kwargs)
+    model = RWKVCLIP(**cfg, output_dict=output_dict)
+    if pretrained:
+        load_checkpoint(model, pretrained)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return model.to(device=device, dtype=dtype)
+
+
+def image_transforms(image_size: int, aug_cfg: Optional[dict] = None) -> tuple[Callable, Callable]:
+    """(train, val) transforms: open_clip's `image_transform` with OpenAI mean/std, bicubic resize (shortest
+    side) + center crop for val, RandomResizedCrop for train."""
+    train = image_transform(image_size, is_train=True, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD,
+                            interpolation="bicubic", aug_cfg=aug_cfg)
+    val = image_transform(image_size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD,
+                          interpolation="bicubic", resize_mode="shortest")
+    return train, val
+
+
+def create_model_and_transforms(
+        model_name: str,
+        pretrained: Optional[Union[str, Path]] = None,
+        precision: str = "fp32",
+        device: Union[str, torch.device] = "cpu",
+        output_dict: bool = False,
+        aug_cfg: Optional[dict] = None,
+        **model_kwargs: Any,
+) -> tuple[RWKVCLIP, Callable, Callable]:
+    """(model, preprocess_train, preprocess_val) like `open_clip.create_model_and_transforms`."""
+    model = create_model(model_name, pretrained, precision=precision, device=device, output_dict=output_dict,
+                         **model_kwargs)
+    train, val = image_transforms(model.visual.image_size[0], aug_cfg=aug_cfg)
+    return model, train, val
+
+
+def get_tokenizer(model_name: str = "RWKV-CLIP-B-32", context_length: Optional[int] = None):
+    """open_clip's SimpleTokenizer (CLIP BPE, SOT 49406, EOT 49407, pad 0) with the config's context length."""
+    get_model_config(model_name)  # clear error for unknown names
+    return open_clip.get_tokenizer(model_name, context_length=context_length)
+
+
+register_model_configs(CONFIG_DIR)
