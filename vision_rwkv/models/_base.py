@@ -40,13 +40,16 @@ class VisionRWKVBase(nn.Module):
         embed_dim: width C.
         depth: number of blocks.
         post_norm: post-norm blocks (norm on the mixer outputs) instead of pre-norm.
-        init_values: layer-scale init (None = no layer scale).
+        init_values: layer-scale init (None or False = no layer scale; ``timm.create_model`` drops None kwargs,
+            so pass False there).
         final_norm: final LayerNorm on the output tokens.
         drop_rate: dropout before the classifier.
         pos_drop_rate: dropout after adding the position embedding.
         drop_path_rate: stochastic depth, linearly increasing from 0 to this over the blocks.
-        head_hidden_size: if set, a Linear(C, hidden) + Tanh "pre-logits" layer before the classifier (VRWKV-L).
-        pos_embed_grid: (rows, cols) of the stored position embedding, overriding ``img_size // patch_size``.
+        head_hidden_size: if set (non-zero), a Linear(C, hidden) + Tanh "pre-logits" layer before the classifier
+            (VRWKV-L); 0 = none.
+        pos_embed_grid: (rows, cols) of the stored position embedding, overriding ``img_size // patch_size``
+            (0 = derive from img_size).
     """
 
     def __init__(
@@ -83,7 +86,7 @@ class VisionRWKVBase(nn.Module):
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.patch_size = self.patch_embed.patch_size
-        if pos_embed_grid is None:
+        if not pos_embed_grid:
             self.pos_grid = self.patch_embed.feat_size(to_2tuple(img_size))
         else:
             self.pos_grid = tuple(to_2tuple(pos_embed_grid))

@@ -157,7 +157,8 @@ class Block(nn.Module):
 
     Pre-norm:  ``x += dp(ls1(spatial(norm1(x))))``; ``x += dp(ls2(channel(norm2(x))))``.
     Post-norm: ``x += dp(ls1(norm1(spatial(x))))``; ``x += dp(ls2(norm2(channel(x))))``.
-    Block 0 first applies ``norm0`` to its input.
+    Block 0 first applies ``norm0`` to its input. Layer scale exists unless ``init_values`` is None or False
+    (pass False through ``timm.create_model``, which drops None-valued kwargs).
     """
 
     def __init__(
@@ -177,8 +178,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.spatial_mix = spatial_mix
         self.channel_mix = channel_mix
-        self.ls1 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
-        self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        layer_scale = init_values is not None and init_values is not False
+        self.ls1 = LayerScale(dim, init_values) if layer_scale else nn.Identity()
+        self.ls2 = LayerScale(dim, init_values) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 

@@ -204,8 +204,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     model_family = getattr(model, 'family', None)
     if model_family is not None and family != model_family:
         raise CheckpointMismatchError(
-            f'checkpoint is a {FAMILY_NAMES[family]} state dict but the model is {FAMILY_NAMES[model_family]} '
-            f'({type(model).__name__}); create a `{family}_*` model for it')
+            f'checkpoint is a {FAMILY_NAMES[family]} state dict but the model is {FAMILY_NAMES[model_family]}; '
+            f'create a `{family}_*` model for it')
     if is_original_layout(sd):
         sd = original_to_ours(sd)
 

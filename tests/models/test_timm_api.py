@@ -1,0 +1,218 @@
+"""timm citizenship, tested the way timm's tests/test_models.py tests its own models (tiny widths, CPU)."""
+import pytest
+import timm
+import timm.optim
+import torch
+import torch.nn as nn
+
+from conftest import ALL_NAMES, V4_NAMES, V6_NAMES, family_of, tiny_model
+
+pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
+
+
+def test_registered():
+    names = timm.list_models('vrwkv*')
+    assert set(names) == set(ALL_NAMES)
+    for name in ALL_NAMES:
+        assert timm.is_model(name)
+        assert name in timm.list_pretrained('vrwkv*') or any(p.startswith(name + '.') for p in timm.list_pretrained())
+
+
+@pytest.mark.parametrize('name', ALL_NAMES)
+def test_default_cfgs(name):
+    model = tiny_model(name)
+    cfg = model.pretrained_cfg
+    assert cfg['architecture'] == name
+    assert cfg['hf_hub_id'] == 'OpenGVLab/Vision-RWKV'
+    expected_file = {
+        'vrwkv_tiny_patch16_224': 'vrwkv_t_in1k_224.pth', 'vrwkv_small_patch16_224': 'vrwkv_s_in1k_224.pth',
+        'vrwkv_base_patch16_224': 'vrwkv_b_in1k_224.pth', 'vrwkv_large_patch16_384': 'vrwkv_l_22kto1k_384.pth',
+        'vrwkv6_tiny_patch16_224': 'vrwkv6_t_in1k_224.pth', 'vrwkv6_small_patch16_224': 'vrwkv6_s_in1k_224.pth',
+        'vrwkv6_base_patch16_224': 'vrwkv6_b_in1k_224.pth'}[name]
+    assert cfg['hf_hub_filename'] == expected_file
+    assert cfg['num_classes'] == 1000
+    assert cfg['input_size'] == ((3, 384, 384) if '384' in name else (3, 224, 224))
+    # first_conv / classifier name real modules (timm uses them to adapt in_chans / num_classes)
+    modules = dict(model.named_modules())
+    assert isinstance(modules[cfg['first_conv']], nn.Conv2d)
+    assert modules[cfg['classifier']] is model.get_classifier()
+    if family_of(name) == 'vrwkv':
+        assert cfg['wkv_mode'] == 'original'
+        assert cfg['wkv_chunks'] == (16 if 'large' in name else 32)
+        assert model.wkv_mode == 'exact'  # new models default to the paper's formula
+
+    # timm's test_model_default_cfgs: forward_features / reset_classifier / forward_head shapes
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (1, 3 * 4, model.num_features)
+        assert model.forward_head(feats, pre_logits=True).shape[-1] == model.head_hidden_size
+        model.reset_classifier(0)
+        assert isinstance(model.get_classifier(), nn.Identity)
+        assert model(x).shape == (1, model.head_hidden_size)
+        model.reset_classifier(0, '')
+        assert model(x).shape == (1, 12, model.head_hidden_size)  # no pooling: per-token
+        model.reset_classifier(5, 'avg')
+        assert model(x).shape == (1, 5)
+    with pytest.raises(ValueError, match='global_pool'):
+        model.reset_classifier(5, 'max')
+
+
+@pytest.mark.parametrize('name', ['vrwkv_small_patch16_224', 'vrwkv_large_patch16_384', 'vrwkv6_base_patch16_224'])
+def test_forward_backward(name, perturb):
+    """timm's test_model_forward / test_model_backward: output shape, finite, every parameter gets a gradient."""
+    model = perturb(tiny_model(name, drop_path_rate=0.0))
+    model.train()
+    x = torch.randn(2, 3, 48, 32, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+               or p.grad.abs().sum() == 0]
+    assert not no_grad
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('name', ['vrwkv_tiny_patch16_224', 'vrwkv_large_patch16_384', 'vrwkv6_small_patch16_224'])
+def test_forward_intermediates(name, perturb):
+    model = perturb(tiny_model(name)).eval()
+    x = torch.randn(2, 3, 50, 33)
+    grid = (4, 3)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        assert len(inter) == len(model.blocks)
+        for feat, info in zip(inter, model.feature_info):
+            assert feat.shape == (2, info['num_chs'], *grid)
+            assert -(-x.shape[-2] // info['reduction']) == feat.shape[-2]  # padded: ceil
+        # final features equal forward_features (timm's consistency check)
+        assert torch.allclose(final, model.forward_features(x), atol=1e-6)
+        # and are the normalised last block output
+        tokens = inter[-1].flatten(2).transpose(1, 2)
+        assert torch.allclose(final, model.norm(tokens), atol=1e-6)
+        # NLC, norm, index selection, intermediates_only, stop_early
+        nlc = model.forward_intermediates(x, indices=[0, -1], output_fmt='NLC', norm=True, intermediates_only=True)
+        assert [t.shape for t in nlc] == [(2, 12, model.embed_dim)] * 2
+        assert torch.allclose(nlc[1], final, atol=1e-6)
+        assert torch.allclose(nlc[0], model.norm(inter[0].flatten(2).transpose(1, 2)), atol=1e-6)
+        last2 = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(last2) == 2 and torch.equal(last2[0], inter[-2])
+        early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+        assert torch.equal(early[0], inter[0])
+    with pytest.raises(ValueError, match='output_fmt'):
+        model.forward_intermediates(x, output_fmt='NHWC')
+
+
+@pytest.mark.parametrize('name', ['vrwkv_base_patch16_224', 'vrwkv6_tiny_patch16_224'])
+def test_features_only(name, perturb):
+    model = tiny_model(name, depth=4, features_only=True)
+    assert model.feature_info.channels() == [32] * 3
+    assert model.feature_info.reduction() == [16] * 3
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        feats = model(x)
+    assert [f.shape for f in feats] == [(2, 32, 4, 5)] * 3
+    # explicit indices; blocks after the last one are pruned
+    model = tiny_model(name, depth=4, features_only=True, out_indices=(0, 2))
+    assert len(model.model.blocks) == 3
+    with torch.no_grad():
+        feats = model(x)
+    assert len(feats) == 2
+
+    full = perturb(tiny_model(name, depth=4)).eval()
+    with torch.no_grad():
+        ref = full.forward_intermediates(x, indices=[1], intermediates_only=True)[0]
+        pruned_idx = full.prune_intermediate_layers([1])
+        assert pruned_idx == [1] and len(full.blocks) == 2
+        assert isinstance(full.head, nn.Identity)
+        assert torch.equal(full.forward_intermediates(x, indices=[1], intermediates_only=True)[0], ref)
+
+
+def test_group_matcher_layer_decay():
+    model = tiny_model('vrwkv_small_patch16_224')
+    groups = timm.models.group_parameters(model, model.group_matcher())
+    stem = groups[0]
+    assert set(stem) == {'pos_embed', 'patch_embed.proj.weight', 'patch_embed.proj.bias'}
+    opt = timm.optim.create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, layer_decay=0.9)
+    scale_of = {}
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group['params']:
+            scale_of[name_of[id(p)]] = (group['lr_scale'], group['weight_decay'])
+    # like timm's ViT: stem = layer 0, block i = layer i + 1 (the final norm joins the last block), head last
+    layer_max = len(model.blocks) + 1
+    assert scale_of['pos_embed'][0] == pytest.approx(0.9 ** layer_max)
+    assert scale_of['patch_embed.proj.weight'][0] == pytest.approx(0.9 ** layer_max)
+    assert scale_of['blocks.0.spatial_mix.key.weight'][0] == pytest.approx(0.9 ** (layer_max - 1))
+    assert scale_of['blocks.2.channel_mix.value.weight'][0] == pytest.approx(0.9 ** (layer_max - 3))
+    assert scale_of['norm.weight'][0] == pytest.approx(0.9)
+    assert scale_of['head.weight'][0] == pytest.approx(1.0)
+    # weight decay: off for pos_embed and the token-mix parameters, on for projection matrices
+    assert scale_of['pos_embed'][1] == 0.0
+    assert scale_of['blocks.1.spatial_mix.spatial_decay'][1] == 0.0
+    assert scale_of['blocks.1.spatial_mix.key.weight'][1] == 0.05
+
+
+def test_no_weight_decay_v6():
+    model = tiny_model('vrwkv6_tiny_patch16_224')
+    nwd = model.no_weight_decay()
+    for suffix in ('time_faaaa', 'time_maa_w1', 'time_maa_w2', 'time_decay_w1', 'time_decay', 'time_maa_g'):
+        assert f'blocks.0.spatial_mix.{suffix}' in nwd
+    assert 'pos_embed' in nwd
+    assert 'blocks.0.spatial_mix.key.weight' not in nwd
+    assert all(n in dict(model.named_parameters()) for n in nwd)
+
+
+@pytest.mark.parametrize('name', ['vrwkv_small_patch16_224', 'vrwkv6_tiny_patch16_224'])
+def test_grad_checkpointing_same_grads(name, perturb):
+    """Checkpointed blocks give identical outputs and gradients, drop path included (RNG state is replayed)."""
+    x = torch.randn(2, 3, 32, 48)
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = perturb(tiny_model(name, drop_path_rate=0.5)).train()
+        model.set_grad_checkpointing(ckpt)
+        torch.manual_seed(123)
+        out = model(x)
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (out0, g0), (out1, g1) = results
+    assert torch.equal(out0, out1)
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_grad_checkpointing_is_used(monkeypatch):
+    import vision_rwkv.models._base as base
+    calls = []
+    real = base.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get('use_reentrant'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base, 'checkpoint', counting)
+    model = tiny_model('vrwkv_tiny_patch16_224')
+    model.set_grad_checkpointing()
+    model(torch.randn(1, 3, 32, 32)).sum().backward()
+    assert calls == [False] * 3
+    with torch.no_grad():  # nothing to recompute in inference
+        model(torch.randn(1, 3, 32, 32))
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize('name', V4_NAMES[:1] + V6_NAMES[:1])
+def test_kwargs_override(name):
+    """Any constructor kwarg goes through timm.create_model (False/0 stand for None, which timm drops)."""
+    model = tiny_model(name, post_norm=True, init_values=0.5, key_norm=True, mlp_ratio=2.0, drop_path_rate=0.2,
+                       img_size=96, patch_size=8, in_chans=1)
+    assert model.blocks[0].post_norm
+    assert torch.equal(model.blocks[1].ls1.gamma, torch.full((32,), 0.5))
+    assert model.blocks[2].spatial_mix.key_norm is not None
+    assert model.blocks[0].channel_mix.key.out_features == 64
+    assert model.blocks[2].drop_path1.drop_prob == pytest.approx(0.2)
+    assert model.pos_embed.shape == (1, 144, 32)
+    assert model(torch.randn(1, 1, 24, 24)).shape == (1, 7)
+    large = tiny_model('vrwkv_large_patch16_384', init_values=False, head_hidden_size=0, pos_embed_grid=0)
+    assert isinstance(large.blocks[0].ls1, nn.Identity) and isinstance(large.pre_logits, nn.Identity)
+    assert large.pos_grid == (24, 24)
