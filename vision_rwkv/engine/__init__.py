@@ -46,9 +46,10 @@ Training loop (``loop.py``)
             max_steps=None, scheduler=None, ema=None, precision="fp32", grad_accum_steps=1, clip_grad=None,
             clip_mode="norm", eval_fn=None, eval_every_epochs=1, eval_every_steps=None, best_metric=None,
             best_mode="max", ckpt_every_steps=None, ckpt_every_epochs=1, keep_last=3, log_every=10,
-            tensorboard=False, after_step=None, stop_after_steps=None, show_progress=True, extra_state=None)
+            tensorboard=False, after_step=None, stop_after_steps=None, show_progress=True, extra_state=None,
+            plot=True)
         ``fit(resume=None | "latest" | path) -> dict`` (step, epoch, train_loss, train_time_s, last eval metrics,
-        best); ``train_step(micro_batches)``; ``evaluate()``; ``state_dict()`` / ``load_state_dict()``; ``save()``.
+        best) and, with ``plot``, draws ``curves.png``; ``train_step(micro_batches)``; ``evaluate()``; ``state_dict()`` / ``load_state_dict()``; ``save()``.
         ``loss_fn(model, batch) -> loss | (loss, {name: float})`` runs under autocast with the batch on the
         device; ``eval_fn(model) -> {name: float}`` runs on every rank (reduce inside it); EMA metrics get an
         ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step.

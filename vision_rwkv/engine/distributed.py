@@ -171,7 +171,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def convert_sync_batchnorm(model: nn.Module, info: DistInfo | None = None) -> nn.Module:
-    """BatchNorm -> SyncBatchNorm when running distributed (a no-op in a single process)."""
-    if (info.distributed if info is not None else is_dist()):
+    """BatchNorm -> SyncBatchNorm when running distributed on CUDA. A no-op in a single process, and on CPU, where
+    PyTorch's DDP refuses SyncBatchNorm ("only work with GPU modules"): CPU ranks keep per-rank BatchNorm."""
+    distributed = info.distributed if info is not None else is_dist()
+    device = info.device if info is not None else next(model.parameters(), torch.empty(0)).device
+    if distributed and torch.device(device).type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

@@ -50,16 +50,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 @contextlib.contextmanager
 def seeded_rng(seed: int):
     """Run a block with python/numpy/torch-CPU RNGs seeded by ``seed``; the previous states come back after."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU generator only (torch.manual_seed is ~100x slower)
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
 
 
 class SeededSamples(Dataset):

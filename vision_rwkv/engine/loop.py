@@ -86,7 +86,8 @@ class Trainer:
                  eval_every_steps: int | None = None, best_metric: str | None = None, best_mode: str = "max",
                  ckpt_every_steps: int | None = None, ckpt_every_epochs: int = 1, keep_last: int = 3,
                  log_every: int = 10, tensorboard: bool = False, after_step: Callable[["Trainer"], None] | None = None,
-                 stop_after_steps: int | None = None, show_progress: bool = True, extra_state: dict | None = None):
+                 stop_after_steps: int | None = None, show_progress: bool = True, extra_state: dict | None = None,
+                 plot: bool = True):
         if grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
         self.info = info or DistInfo()
@@ -108,7 +109,7 @@ class Trainer:
         self.best_metric = best_metric
         self.ckpt_every_steps, self.ckpt_every_epochs = ckpt_every_steps, ckpt_every_epochs
         self.log_every, self.after_step = max(1, int(log_every)), after_step
-        self.stop_after_steps, self.show_progress = stop_after_steps, show_progress
+        self.stop_after_steps, self.show_progress, self.plot = stop_after_steps, show_progress, plot
         self.run_dir = Path(run_dir)
         self.ckpt = CheckpointManager(self.run_dir, keep_last=keep_last, mode=best_mode)
         self.logger = MetricLogger(self.run_dir, tensorboard=tensorboard and self.info.is_main,
@@ -212,13 +213,18 @@ class Trainer:
         return logs
 
     def evaluate(self) -> dict[str, float]:
-        """Run ``eval_fn`` on the model (and the EMA model, prefixed ``ema_``)."""
+        """Run ``eval_fn`` under ``no_grad`` on the model in eval mode (and on the EMA model, prefixed ``ema_``)."""
         if self.eval_fn is None:
             return {}
-        metrics = dict(self.eval_fn(unwrap_model(self.model)))
-        if self.ema is not None:
-            ema_module = getattr(self.ema, "module", self.ema)
-            metrics.update({f"ema_{k}": v for k, v in self.eval_fn(ema_module).items()})
+        model = unwrap_model(self.model)
+        model.eval()
+        with torch.no_grad():
+            metrics = dict(self.eval_fn(model))
+            if self.ema is not None:
+                ema_module = getattr(self.ema, "module", self.ema)
+                ema_module.eval()
+                metrics.update({f"ema_{k}": v for k, v in self.eval_fn(ema_module).items()})
+        model.train()
         self.last_eval = metrics
         self.logger.log(self.step, metrics, split="val", epoch=self.epoch)
         print_rank0(f"[eval] step {self.step} epoch {self.epoch}: " +
@@ -302,7 +308,8 @@ class Trainer:
                 self._checkpoint(evaluated)
         if self.loader.num_skipped:
             print_rank0(f"[trainer] skipped {self.loader.num_skipped} unreadable samples")
-        self.logger.plot()
+        if self.plot:
+            self.logger.plot()
         self.logger.close()
         result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": last_train_loss,
                                   "train_time_s": time.perf_counter() - start_time,

@@ -1,0 +1,51 @@
+"""Shared by test_ddp.py: train a tiny conv net (GroupNorm: SyncBN needs CUDA) on Shapes for a few steps, 1 or 2 processes."""
+import os
+
+import torch
+from torch import nn
+
+from vision_rwkv.data.shapes import ShapesClassification
+from vision_rwkv.engine import (EpochLoader, Trainer, cleanup_distributed, convert_sync_batchnorm, init_distributed,
+                                seed_everything, unwrap_model, wrap_ddp)
+
+
+def flip_half(img):
+    import random
+    import torchvision.transforms.functional as F
+    t = F.to_tensor(img)
+    return t.flip(-1) if random.random() < 0.5 else t
+
+
+def build_model() -> nn.Module:
+    seed_everything(0)  # same init on every rank
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GroupNorm(2, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 8))
+
+
+def build_and_train(run_dir: str, global_batch: int, steps: int, accum: int = 1) -> dict:
+    info = init_distributed("cpu")
+    model = build_model()
+    model = wrap_ddp(convert_sync_batchnorm(model, info), info)
+    ds = ShapesClassification("train", length=64, image_size=16, transform=flip_half)
+    per_rank = global_batch // info.world_size // accum
+    loader = EpochLoader(ds, per_rank, seed=5, info=info)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def loss_fn(m, batch):
+        return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+    trainer = Trainer(model, opt, loader, loss_fn, run_dir=run_dir, info=info, max_steps=steps,
+                      grad_accum_steps=accum, show_progress=False, ckpt_every_epochs=0, plot=False)
+    trainer.fit()
+    state = {k: v.clone() for k, v in unwrap_model(model).state_dict().items()}
+    cleanup_distributed()
+    return state
+
+
+def spawn_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, global_batch: int, steps: int):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    state = build_and_train(run_dir, global_batch, steps)
+    if rank == 0:
+        torch.save(state, out_path)
