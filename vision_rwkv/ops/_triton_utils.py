@@ -1,0 +1,48 @@
+"""Small helpers shared by the Triton operator modules (``vision_rwkv/ops/*/triton.py``).
+
+Nothing here imports triton, so the dispatcher can import it cheaply.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def debug_poison() -> bool:
+    """True when ``VRWKV_TRITON_DEBUG=1``: kernel outputs are allocated filled with NaN (tests turn this on so an
+    element a kernel forgets to write shows up as NaN)."""
+    return os.environ.get("VRWKV_TRITON_DEBUG", "0") == "1"
+
+
+def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs; NaN-filled in debug mode."""
+    if debug_poison():
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    n = int(n)
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    """Raise a clear error unless ``t`` is a float32/bfloat16/float16 tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devs = {name: t.device for name, t in tensors.items()}
+    if len(set(devs.values())) > 1:
+        raise ValueError(f"all inputs must be on one device, got {devs}")

@@ -1,0 +1,674 @@
+"""Triton kernels for the v4 Bi-WKV (DESIGN.md §3), forward and backward, modes "exact" and "original".
+
+Math (per batch b and channel c; w, u are the PER-STEP decay and bonus, lam = e^{-w}, U = e^{u}):
+    x_t = e^{k_t - m} with m = max_t k_t (one max per (b, c): every decay factor of a whole sequence is bounded by
+    e^{|w| T}, so one shift keeps all sums finite and exact in fp32 accumulation),
+    a_t = sum_{i<t} lam^{t-1-i} x_i (v_i)    causal exclusive state,   b_t = sum_{i>t} lam^{i-t-1} x_i (v_i),
+    exact:    Num_t = a_t + b_t + U x_t v_t,  Den_t = same with v := 1,  y_t = Num_t / Den_t            (Eq. 5)
+    original (chunks of S = ceil(T/P) tokens, s_o = start of t's chunk, gam = e^{w}):
+              Num_t = lam (a_t + b_t) + (1 - lam) h_t + kap J_t + D_t x_t v_t with
+              h_t = sum_{s_o <= i < t} lam^{t-1-i} x_i v_i,  J_t = sum_{s_o < i < t} gam^{t-1-i} x_i v_i,
+              kap = (1 - e^w) e^w,  D_t = U + [t > s_o] (1 - e^w)
+    which is the closed form of the pre-2025 kernel written in DESIGN.md §3.
+
+Parallel form: the sequence is cut into kernel chunks of BT tokens (never straddling an "original" chunk). Pass 1
+writes per-chunk summaries (chunk max of k and decayed sums), pass 2 scans the summaries over chunks (one program per
+(b, channel block), associative scans over blocks of chunks) and writes each chunk's incoming states, pass 3 scans
+inside each chunk (tl.associative_scan over the token axis, carries injected afterwards) and writes y. Short
+sequences (one chunk) run pass 3 alone. Exclusive scans of loaded inputs use shifted loads; exclusive scans of values
+computed in registers (the backward's adjoint scans of p = gy/Den, q = -p y) use a 6-tuple monoid that carries
+"the state before the last element" alongside the inclusive state.
+
+Backward (no tensors saved besides the inputs, m and the per-chunk forward carries): recompute Num/Den, then with
+p_t = gy_t / Den_t, q_t = -p_t y_t the input gradients are the TRANSPOSED weight operator applied to p and q:
+    gv = x * (W^T p),  gk = x * (v * (W^T p) + W^T q),  gu = U sum_t x_t (p_t v_t + q_t),
+and gw uses the adjoint identity d/dgate sum_t c_t S_t = sum_tau S_tau * (transposed scan of c)_tau.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_utils import cdiv, check_float, check_same_device, new_empty, next_pow2
+
+__all__ = ["bi_wkv_triton", "CONFIG"]
+
+# Launch configuration (the benchmark may override entries). single_max_t: the longest T handled by one chunk
+# (pass 3 alone); chunk_t: kernel chunk length otherwise; block_c: channels per program; carry_ncb: chunks per scan
+# block in pass 2.
+CONFIG = dict(single_max_t=64, chunk_t=64, block_c=32, warps=4, carry_ncb=32, carry_block_c=32)
+
+
+# ------------------------------------------------------------------------------------------------- jit helpers
+@triton.jit
+def _lin_comb(g1, n1, d1, g2, n2, d2):
+    # composition of affine maps s -> g s + (n, d); the left operand comes first in processing order
+    return g1 * g2, g2 * n1 + n2, g2 * d1 + d2
+
+
+@triton.jit
+def _excl_comb(g1, h1, p1, q1, ep1, eq1, g2, h2, p2, q2, ep2, eq2):
+    # (g, p, q): inclusive affine map; (h, ep, eq): map giving the state BEFORE the segment's last element
+    return g1 * g2, g1 * h2, g2 * p1 + p2, g2 * q1 + q2, h2 * p1 + ep2, h2 * q1 + eq2
+
+
+@triton.jit
+def _geometry(j, T, S, NSUB, BT: tl.constexpr):
+    """Kernel chunk j -> (start token, length, sub-index inside its original chunk, is last sub-chunk)."""
+    o = j // NSUB
+    q = j - o * NSUB
+    s = o * S + q * BT
+    oe = tl.minimum((o + 1) * S, T)
+    e = tl.minimum(s + BT, oe)
+    n = tl.maximum(e - s, 0)
+    return s, n, q, e >= oe
+
+
+@triton.jit
+def _load_tile(base, rows, cols, st, sc, mask, other):
+    ptrs = base + rows.to(tl.int64)[:, None] * st + cols.to(tl.int64)[None, :] * sc
+    return tl.load(ptrs, mask=mask, other=other).to(tl.float32)
+
+
+@triton.jit
+def _load_vec(base, cols, cmask):
+    return tl.load(base + cols, mask=cmask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _forward_states(kb, vb, skt, skc, svt, svc, s, n, r, cols, cmask, m, lam, gam,
+                    ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d, S, ORIG: tl.constexpr):
+    """Load one chunk and return x, v and the causal / anticausal (and local) exclusive states."""
+    t = s + r
+    valid = r < n
+    cm = cmask[None, :]
+    m2 = valid[:, None] & cm
+    k = _load_tile(kb, t, cols, skt, skc, m2, -float("inf"))
+    v = _load_tile(vb, t, cols, svt, svc, m2, 0.0)
+    x = tl.exp(k - m[None, :])
+    # causal exclusive scan: row r >= 1 takes token t-1, carry injected through the gate product
+    mp = ((r >= 1) & valid)[:, None] & cm
+    kp = _load_tile(kb, t - 1, cols, skt, skc, mp, -float("inf"))
+    vp = _load_tile(vb, t - 1, cols, svt, svc, mp, 0.0)
+    xp = tl.exp(kp - m[None, :])
+    xvp = xp * vp
+    lam2 = lam[None, :] + tl.zeros_like(x)
+    g_c = tl.where((r >= 1)[:, None], lam2, 1.0)
+    gc, an, ad = tl.associative_scan((g_c, xvp, xp), 0, _lin_comb)
+    # anticausal exclusive scan: row r < n-1 takes token t+1
+    mn = ((r + 1) < n)[:, None] & cm
+    kn = _load_tile(kb, t + 1, cols, skt, skc, mn, -float("inf"))
+    vn = _load_tile(vb, t + 1, cols, svt, svc, mn, 0.0)
+    xn = tl.exp(kn - m[None, :])
+    g_a = tl.where(((r + 1) < n)[:, None], lam2, 1.0)
+    ga, bn, bd = tl.associative_scan((g_a, xn * vn, xn), 0, _lin_comb, reverse=True)
+    a_n = an + gc * ca_n[None, :]
+    a_d = ad + gc * ca_d[None, :]
+    b_n = bn + ga * cb_n[None, :]
+    b_d = bd + ga * cb_d[None, :]
+    if ORIG:
+        h_n = an + gc * ch_n[None, :]
+        h_d = ad + gc * ch_d[None, :]
+        g_j = tl.where((r >= 1)[:, None], gam[None, :] + tl.zeros_like(x), 1.0)
+        keep = (((t - 1) % S) != 0)[:, None]
+        xpj = tl.where(keep, xp, 0.0)
+        gj, jn, jd = tl.associative_scan((g_j, xpj * vp, xpj), 0, _lin_comb)
+        j_n = jn + gj * cj_n[None, :]
+        j_d = jd + gj * cj_d[None, :]
+    else:
+        h_n = a_n
+        h_d = a_d
+        j_n = a_n
+        j_d = a_d
+    return x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d
+
+
+@triton.jit
+def _num_den(x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, t, lam, uu, w, S, ORIG: tl.constexpr):
+    if ORIG:
+        ew = tl.exp(w)[None, :]
+        l2 = lam[None, :]
+        kap = (1.0 - ew) * ew
+        dd = uu[None, :] + tl.where(((t % S) != 0)[:, None], 1.0 - ew, 0.0)
+        num = l2 * (a_n + b_n) + (1.0 - l2) * h_n + kap * j_n + dd * x * v
+        den = l2 * (a_d + b_d) + (1.0 - l2) * h_d + kap * j_d + dd * x
+    else:
+        num = a_n + b_n + uu[None, :] * x * v
+        den = a_d + b_d + uu[None, :] * x
+    return num, den
+
+
+@triton.jit
+def _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR: tl.constexpr, ORIG: tl.constexpr):
+    """Incoming states of chunk j from pass 2's "state after chunk" buffer (B, NC, NCAR, C)."""
+    prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
+    nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
+    has_prev = cmask & (j > 0)
+    has_next = cmask & (j + 1 < NC)
+    ca_n = tl.load(CAR + prev + 0 * C + cols, mask=has_prev, other=0.0)
+    ca_d = tl.load(CAR + prev + 1 * C + cols, mask=has_prev, other=0.0)
+    cb_n = tl.load(CAR + nxt + 2 * C + cols, mask=has_next, other=0.0)
+    cb_d = tl.load(CAR + nxt + 3 * C + cols, mask=has_next, other=0.0)
+    if ORIG:
+        loc = has_prev & (q > 0)
+        ch_n = tl.load(CAR + prev + 4 * C + cols, mask=loc, other=0.0)
+        ch_d = tl.load(CAR + prev + 5 * C + cols, mask=loc, other=0.0)
+        cj_n = tl.load(CAR + prev + 6 * C + cols, mask=loc, other=0.0)
+        cj_d = tl.load(CAR + prev + 7 * C + cols, mask=loc, other=0.0)
+    else:
+        ch_n = ca_n
+        ch_d = ca_d
+        cj_n = ca_n
+        cj_d = ca_d
+    return ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d
+
+
+# ------------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
+                        NSUM: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """Pass 1: per chunk, the max of k and the decayed sums of x = e^{k - max} (and x v) seen from its two ends."""
+    b = tl.program_id(0)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    j = tl.program_id(2)
+    cmask = cols < C
+    s, n, q, is_last = _geometry(j, T, S, NSUB, BT)
+    r = tl.arange(0, BT)
+    t = s + r
+    valid = r < n
+    m2 = valid[:, None] & cmask[None, :]
+    k = _load_tile(K + b.to(tl.int64) * skb, t, cols, skt, skc, m2, -float("inf"))
+    v = _load_tile(V + b.to(tl.int64) * svb, t, cols, svt, svc, m2, 0.0)
+    w = _load_vec(W, cols, cmask)
+    mj = tl.max(k, axis=0)
+    mj_safe = tl.where(mj > -float("inf"), mj, 0.0)
+    d_end = (n - 1 - r).to(tl.float32)[:, None]
+    d_start = r.to(tl.float32)[:, None]
+    ke = k - mj_safe[None, :]
+    xe = tl.exp(ke - w[None, :] * d_end)
+    xs = tl.exp(ke - w[None, :] * d_start)
+    base = (b * NC + j).to(tl.int64) * NSUM * C
+    tl.store(SUMM + base + 0 * C + cols, tl.sum(xe * v, axis=0), mask=cmask)
+    tl.store(SUMM + base + 1 * C + cols, tl.sum(xe, axis=0), mask=cmask)
+    tl.store(SUMM + base + 2 * C + cols, tl.sum(xs * v, axis=0), mask=cmask)
+    tl.store(SUMM + base + 3 * C + cols, tl.sum(xs, axis=0), mask=cmask)
+    if ORIG:
+        keep = ((t % S) != 0)[:, None]
+        xg = tl.where(keep, tl.exp(ke + w[None, :] * d_end), 0.0)
+        tl.store(SUMM + base + 4 * C + cols, tl.sum(xg * v, axis=0), mask=cmask)
+        tl.store(SUMM + base + 5 * C + cols, tl.sum(xg, axis=0), mask=cmask)
+    tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
+
+
+@triton.jit
+def _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, s_idx, c_idx, GAMMA: tl.constexpr,
+                     RESET: tl.constexpr, REVERSE: tl.constexpr, RESCALE: tl.constexpr, NSUM: tl.constexpr,
+                     NCAR: tl.constexpr, BT: tl.constexpr, NCB: tl.constexpr):
+    """Scan one stream (num, den) of chunk summaries over all chunks; store the state after each chunk.
+    RESET: 0 none, 1 reset before chunks that start an original chunk, 2 before chunks that end one."""
+    rows = tl.arange(0, NCB)
+    carry_n = tl.zeros_like(w)
+    carry_d = tl.zeros_like(w)
+    nblk = tl.cdiv(NC, NCB)
+    for ib in range(0, nblk):
+        if REVERSE:
+            blk = nblk - 1 - ib
+        else:
+            blk = ib
+        j = blk * NCB + rows
+        jv = j < NC
+        s, n, q, is_last = _geometry(j, T, S, NSUB, BT)
+        nf = n.to(tl.float32)[:, None]
+        if GAMMA:
+            g = tl.exp(w[None, :] * nf)
+        else:
+            g = tl.exp(-w[None, :] * nf)
+        if RESET == 1:
+            g = tl.where((q == 0)[:, None], 0.0, g)
+        if RESET == 2:
+            g = tl.where(is_last[:, None], 0.0, g)
+        g = tl.where(jv[:, None], g, 1.0)
+        m2 = jv[:, None] & cmask[None, :]
+        off = (b * NC + j).to(tl.int64)[:, None]
+        vn = tl.load(SUMM + off * NSUM * C + s_idx * C + cols[None, :], mask=m2, other=0.0)
+        vd = tl.load(SUMM + off * NSUM * C + (s_idx + 1) * C + cols[None, :], mask=m2, other=0.0)
+        if RESCALE:
+            mj = tl.load(MJ + off * C + cols[None, :], mask=m2, other=-float("inf"))
+            sc = tl.where(mj > -float("inf"), tl.exp(mj - m[None, :]), 0.0)
+            vn = vn * sc
+            vd = vd * sc
+        gp, sn, sd = tl.associative_scan((g, vn, vd), 0, _lin_comb, reverse=REVERSE)
+        sn = sn + gp * carry_n[None, :]
+        sd = sd + gp * carry_d[None, :]
+        tl.store(CAR + off * NCAR * C + c_idx * C + cols[None, :], sn, mask=m2)
+        tl.store(CAR + off * NCAR * C + (c_idx + 1) * C + cols[None, :], sd, mask=m2)
+        if REVERSE:
+            pick = (rows == 0)[:, None]
+        else:
+            pick = (rows == NCB - 1)[:, None]
+        carry_n = tl.sum(tl.where(pick, sn, 0.0), axis=0)
+        carry_d = tl.sum(tl.where(pick, sd, 0.0), axis=0)
+
+
+@triton.jit
+def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NCAR: tl.constexpr,
+                  RESCALE: tl.constexpr, ORIG: tl.constexpr, LOCAL_REV: tl.constexpr, BT: tl.constexpr,
+                  NCB: tl.constexpr, BC: tl.constexpr):
+    """Pass 2: states after each chunk. Slots: 0,1 causal (lam); 2,3 anticausal (lam); ORIG: 4,5 local lam and
+    6,7 local gam, on the causal side (forward, LOCAL_REV=0) or the anticausal side (backward, LOCAL_REV=1).
+    Summaries: 0,1 causal lam; 2,3 anticausal lam; 4,5 gam (on the local side)."""
+    b = tl.program_id(0)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    cmask = cols < C
+    w = _load_vec(W, cols, cmask)
+    m = tl.zeros_like(w)
+    if RESCALE:
+        mx = tl.full([BC], -float("inf"), tl.float32)
+        rows = tl.arange(0, NCB)
+        for ib in range(0, tl.cdiv(NC, NCB)):
+            j = ib * NCB + rows
+            m2 = (j < NC)[:, None] & cmask[None, :]
+            mj = tl.load(MJ + (b * NC + j).to(tl.int64)[:, None] * C + cols[None, :], mask=m2, other=-float("inf"))
+            mx = tl.maximum(mx, tl.max(mj, axis=0))
+        m = tl.where(mx > -float("inf"), mx, 0.0)
+        tl.store(M + b.to(tl.int64) * C + cols, m, mask=cmask)
+    _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, 0, 0, False, 0, False, RESCALE,
+                     NSUM, NCAR, BT, NCB)
+    _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, 2, 2, False, 0, True, RESCALE,
+                     NSUM, NCAR, BT, NCB)
+    if ORIG:
+        if LOCAL_REV:
+            _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, 2, 4, False, 2, True, RESCALE,
+                             NSUM, NCAR, BT, NCB)
+            _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, 4, 6, True, 2, True, RESCALE,
+                             NSUM, NCAR, BT, NCB)
+        else:
+            _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, 0, 4, False, 1, False, RESCALE,
+                             NSUM, NCAR, BT, NCB)
+            _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, 4, 6, True, 1, False, RESCALE,
+                             NSUM, NCAR, BT, NCB)
+
+
+@triton.jit
+def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
+                NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    """Pass 3 (or the whole forward when SINGLE): y for one chunk."""
+    b = tl.program_id(0)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    j = tl.program_id(2)
+    cmask = cols < C
+    s, n, q, is_last = _geometry(j, T, S, NSUB, BT)
+    r = tl.arange(0, BT)
+    t = s + r
+    kb = K + b.to(tl.int64) * skb
+    vb = V + b.to(tl.int64) * svb
+    w = _load_vec(W, cols, cmask)
+    lam = tl.exp(-w)
+    gam = tl.exp(w)
+    uu = tl.exp(_load_vec(U, cols, cmask))
+    if SINGLE:
+        k0 = _load_tile(kb, t, cols, skt, skc, (r < n)[:, None] & cmask[None, :], -float("inf"))
+        mx = tl.max(k0, axis=0)
+        m = tl.where(mx > -float("inf"), mx, 0.0)
+        tl.store(M + b.to(tl.int64) * C + cols, m, mask=cmask)
+        z = tl.zeros_like(w)
+        ca_n = z
+        ca_d = z
+        cb_n = z
+        cb_d = z
+        ch_n = z
+        ch_d = z
+        cj_n = z
+        cj_d = z
+    else:
+        m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+        ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q,
+                                                                           NCAR, ORIG)
+    x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _forward_states(
+        kb, vb, skt, skc, svt, svc, s, n, r, cols, cmask, m, lam, gam,
+        ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d, S, ORIG)
+    num, den = _num_den(x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, t, lam, uu, w, S, ORIG)
+    y = num / den
+    m2 = (r < n)[:, None] & cmask[None, :]
+    yp = Y + b.to(tl.int64) * T * C + t.to(tl.int64)[:, None] * C + cols[None, :]
+    tl.store(yp, y.to(Y.dtype.element_ty), mask=m2)
+
+
+# ------------------------------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_pq(kb, vb, gb, skt, skc, svt, svc, sgt, sgc, s, n, r, cols, cmask, m, lam, gam, uu, w,
+            CAR, b, j, NC, C, q, S, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr):
+    if SINGLE:
+        z = tl.zeros_like(w)
+        ca_n = z
+        ca_d = z
+        cb_n = z
+        cb_d = z
+        ch_n = z
+        ch_d = z
+        cj_n = z
+        cj_d = z
+    else:
+        ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q,
+                                                                           NCAR, ORIG)
+    x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _forward_states(
+        kb, vb, skt, skc, svt, svc, s, n, r, cols, cmask, m, lam, gam,
+        ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d, S, ORIG)
+    t = s + r
+    num, den = _num_den(x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, t, lam, uu, w, S, ORIG)
+    m2 = (r < n)[:, None] & cmask[None, :]
+    gy = _load_tile(gb, t, cols, sgt, sgc, m2, 0.0)
+    p = tl.where(m2, gy / den, 0.0)
+    y = tl.where(m2, num / den, 0.0)
+    qq = -p * y
+    return x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, p, qq
+
+
+@triton.jit
+def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB,
+                        NC, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr,
+                        BC: tl.constexpr):
+    """Backward pass 1: per chunk, decayed sums of p and q seen from the chunk's two ends."""
+    b = tl.program_id(0)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    j = tl.program_id(2)
+    cmask = cols < C
+    s, n, q, is_last = _geometry(j, T, S, NSUB, BT)
+    r = tl.arange(0, BT)
+    w = _load_vec(W, cols, cmask)
+    lam = tl.exp(-w)
+    gam = tl.exp(w)
+    uu = tl.exp(_load_vec(U, cols, cmask))
+    m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+    x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, p, qq = _bwd_pq(
+        K + b.to(tl.int64) * skb, V + b.to(tl.int64) * svb, GY + b.to(tl.int64) * sgb, skt, skc, svt, svc, sgt, sgc,
+        s, n, r, cols, cmask, m, lam, gam, uu, w, CAR, b, j, NC, C, q, S, NCAR, ORIG, False)
+    d_end = (n - 1 - r).to(tl.float32)[:, None]
+    d_start = r.to(tl.float32)[:, None]
+    fe = tl.where((r < n)[:, None], tl.exp(-w[None, :] * d_end), 0.0)
+    fs = tl.where((r < n)[:, None], tl.exp(-w[None, :] * d_start), 0.0)
+    base = (b * NC + j).to(tl.int64) * NSUM * C
+    tl.store(SUMM + base + 0 * C + cols, tl.sum(fe * p, axis=0), mask=cmask)
+    tl.store(SUMM + base + 1 * C + cols, tl.sum(fe * qq, axis=0), mask=cmask)
+    tl.store(SUMM + base + 2 * C + cols, tl.sum(fs * p, axis=0), mask=cmask)
+    tl.store(SUMM + base + 3 * C + cols, tl.sum(fs * qq, axis=0), mask=cmask)
+    if ORIG:
+        fg = tl.where((r < n)[:, None], tl.exp(w[None, :] * d_start), 0.0)
+        tl.store(SUMM + base + 4 * C + cols, tl.sum(fg * p, axis=0), mask=cmask)
+        tl.store(SUMM + base + 5 * C + cols, tl.sum(fg * qq, axis=0), mask=cmask)
+
+
+@triton.jit
+def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
+                T, C, S, NSUB, NC, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr,
+                BC: tl.constexpr):
+    """Backward pass 3 (or the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu."""
+    b = tl.program_id(0)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    j = tl.program_id(2)
+    cmask = cols < C
+    s, n, q, is_last = _geometry(j, T, S, NSUB, BT)
+    r = tl.arange(0, BT)
+    t = s + r
+    valid = r < n
+    m2 = valid[:, None] & cmask[None, :]
+    w = _load_vec(W, cols, cmask)
+    lam = tl.exp(-w)
+    gam = tl.exp(w)
+    uu = tl.exp(_load_vec(U, cols, cmask))
+    m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+    x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, p, qq = _bwd_pq(
+        K + b.to(tl.int64) * skb, V + b.to(tl.int64) * svb, GY + b.to(tl.int64) * sgb, skt, skc, svt, svc, sgt, sgc,
+        s, n, r, cols, cmask, m, lam, gam, uu, w, CAR, b, j, NC, C, q, S, NCAR, ORIG, SINGLE)
+    # adjoint carries (state after chunk j-1 for the causal side, after chunk j+1 for the anticausal side)
+    if SINGLE:
+        z = tl.zeros_like(w)
+        cbt_p = z
+        cbt_q = z
+        cat_p = z
+        cat_q = z
+        cht_p = z
+        cht_q = z
+        cjt_p = z
+        cjt_q = z
+    else:
+        prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
+        nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
+        has_prev = cmask & (j > 0)
+        has_next = cmask & (j + 1 < NC)
+        cbt_p = tl.load(BCAR + prev + 0 * C + cols, mask=has_prev, other=0.0)
+        cbt_q = tl.load(BCAR + prev + 1 * C + cols, mask=has_prev, other=0.0)
+        cat_p = tl.load(BCAR + nxt + 2 * C + cols, mask=has_next, other=0.0)
+        cat_q = tl.load(BCAR + nxt + 3 * C + cols, mask=has_next, other=0.0)
+        if ORIG:
+            loc = has_next & (is_last == 0)
+            cht_p = tl.load(BCAR + nxt + 4 * C + cols, mask=loc, other=0.0)
+            cht_q = tl.load(BCAR + nxt + 5 * C + cols, mask=loc, other=0.0)
+            cjt_p = tl.load(BCAR + nxt + 6 * C + cols, mask=loc, other=0.0)
+            cjt_q = tl.load(BCAR + nxt + 7 * C + cols, mask=loc, other=0.0)
+        else:
+            cht_p = cat_p
+            cht_q = cat_q
+            cjt_p = cat_p
+            cjt_q = cat_q
+    one = tl.full([BT, BC], 1.0, tl.float32)
+    zero = tl.zeros([BT, BC], tl.float32)
+    lam2 = lam[None, :] + zero
+    g_l = tl.where(valid[:, None], lam2, 1.0)
+    # transposed causal part (sources t > n): anticausal exclusive scans of p, q
+    ga, ha, _p, _q, eap, eaq = tl.associative_scan((g_l, one, p, qq, zero, zero), 0, _excl_comb, reverse=True)
+    at_p = eap + ha * cat_p[None, :]
+    at_q = eaq + ha * cat_q[None, :]
+    # transposed anticausal part (sources t < n): causal exclusive scans
+    gb_, hb, _p2, _q2, ebp, ebq = tl.associative_scan((g_l, one, p, qq, zero, zero), 0, _excl_comb)
+    bt_p = ebp + hb * cbt_p[None, :]
+    bt_q = ebq + hb * cbt_q[None, :]
+    if ORIG:
+        ht_p = eap + ha * cht_p[None, :]
+        ht_q = eaq + ha * cht_q[None, :]
+        g_g = tl.where(valid[:, None], gam[None, :] + zero, 1.0)
+        gj_, hj, _p3, _q3, ejp, ejq = tl.associative_scan((g_g, one, p, qq, zero, zero), 0, _excl_comb, reverse=True)
+        notstart = ((t % S) != 0)[:, None]
+        jt_p = tl.where(notstart, ejp + hj * cjt_p[None, :], 0.0)
+        jt_q = tl.where(notstart, ejq + hj * cjt_q[None, :], 0.0)
+        ew = tl.exp(w)[None, :]
+        l2 = lam[None, :]
+        kap = (1.0 - ew) * ew
+        dd = uu[None, :] + tl.where(notstart, 1.0 - ew, 0.0)
+        gxv = l2 * (at_p + bt_p) + (1.0 - l2) * ht_p + kap * jt_p + dd * p
+        gx = l2 * (at_q + bt_q) + (1.0 - l2) * ht_q + kap * jt_q + dd * qq
+        # gw: coefficient derivatives + gate derivatives (adjoint identity)
+        dkap = ew - 2.0 * ew * ew
+        ddd = tl.where(notstart, -ew, 0.0)
+        gw_e = (p * (-l2 * (a_n + b_n) + l2 * h_n + dkap * j_n + ddd * x * v)
+                + qq * (-l2 * (a_d + b_d) + l2 * h_d + dkap * j_d + ddd * x))
+        gw_e += -l2 * l2 * (a_n * at_p + a_d * at_q + b_n * bt_p + b_d * bt_q)
+        gw_e += -l2 * (1.0 - l2) * (h_n * ht_p + h_d * ht_q)
+        gw_e += ew * kap * (j_n * jt_p + j_d * jt_q)
+    else:
+        gxv = at_p + bt_p + uu[None, :] * p
+        gx = at_q + bt_q + uu[None, :] * qq
+        gw_e = -lam[None, :] * (a_n * at_p + a_d * at_q + b_n * bt_p + b_d * bt_q)
+    gv = x * gxv
+    gk = x * (v * gxv + gx)
+    gu_e = uu[None, :] * x * (p * v + qq)
+    gw_e = tl.where(m2, gw_e, 0.0)
+    gu_e = tl.where(m2, gu_e, 0.0)
+    off = b.to(tl.int64) * T * C + t.to(tl.int64)[:, None] * C + cols[None, :]
+    tl.store(GK + off, gk.to(GK.dtype.element_ty), mask=m2)
+    tl.store(GV + off, gv.to(GV.dtype.element_ty), mask=m2)
+    poff = (b * NC + j).to(tl.int64) * C + cols
+    tl.store(GWP + poff, tl.sum(gw_e, axis=0), mask=cmask)
+    tl.store(GUP + poff, tl.sum(gu_e, axis=0), mask=cmask)
+
+
+# ------------------------------------------------------------------------------------------------- host side
+def _plan(T: int, mode: str, chunks: int):
+    """Chunk geometry: (S, BT, NSUB, NC, single)."""
+    cfg = CONFIG
+    if mode == "exact":
+        S = T
+        if T <= cfg["single_max_t"]:
+            BT = next_pow2(T)
+        else:
+            BT = cfg["chunk_t"]
+    else:
+        S = cdiv(T, chunks)
+        BT = min(next_pow2(S), cfg["chunk_t"])
+    NSUB = cdiv(S, BT)
+    NC = cdiv(T, S) * NSUB
+    return S, BT, NSUB, NC, NC == 1
+
+
+def _block_c(BT: int, C: int) -> int:
+    bc = CONFIG["block_c"]
+    # keep the tile near 2K elements
+    while bc > 4 and BT * bc > 2048:
+        bc //= 2
+    return max(1, min(bc, next_pow2(C)))
+
+
+def _grid_c(C, BC):
+    return triton.cdiv(C, BC)
+
+
+def _fwd(w, u, k, v, mode: str, chunks: int):
+    B, T, C = k.shape
+    orig = mode == "original"
+    S, BT, NSUB, NC, single = _plan(T, mode, chunks)
+    BC = _block_c(BT, C)
+    nw = CONFIG["warps"]
+    dev = k.device
+    ncar = 8 if orig else 4
+    nsum = 6 if orig else 4
+    y = new_empty((B, T, C), v.dtype, dev)
+    m = new_empty((B, C), torch.float32, dev)
+    car = new_empty((B, NC, ncar, C), torch.float32, dev) if not single else torch.empty(0, device=dev)
+    w32 = w.float().contiguous()
+    u32 = u.float().contiguous()
+    grid = (B, _grid_c(C, BC), NC)
+    if not single:
+        summ = new_empty((B, NC, nsum, C), torch.float32, dev)
+        mj = new_empty((B, NC, C), torch.float32, dev)
+        _fwd_summary_kernel[grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
+                                  NSUM=nsum, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
+        cbc = min(CONFIG["carry_block_c"], next_pow2(C))
+        _carry_kernel[(B, triton.cdiv(C, cbc))](summ, mj, w32, car, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
+                                                RESCALE=True, ORIG=orig, LOCAL_REV=False, BT=BT,
+                                                NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=cbc, num_warps=nw)
+    _fwd_kernel[grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
+                      NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
+    return y, m, car
+
+
+def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
+    B, T, C = k.shape
+    orig = mode == "original"
+    S, BT, NSUB, NC, single = _plan(T, mode, chunks)
+    BC = _block_c(BT, C)
+    nw = CONFIG["warps"]
+    dev = k.device
+    ncar = 8 if orig else 4
+    nsum = 6 if orig else 4
+    w32 = w.float().contiguous()
+    u32 = u.float().contiguous()
+    gk = new_empty((B, T, C), k.dtype, dev)
+    gv = new_empty((B, T, C), v.dtype, dev)
+    gwp = new_empty((B * NC, C), torch.float32, dev)
+    gup = new_empty((B * NC, C), torch.float32, dev)
+    grid = (B, _grid_c(C, BC), NC)
+    if not single:
+        summ = new_empty((B, NC, nsum, C), torch.float32, dev)
+        bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
+        _bwd_summary_kernel[grid](k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(),
+                                  T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
+        cbc = min(CONFIG["carry_block_c"], next_pow2(C))
+        _carry_kernel[(B, triton.cdiv(C, cbc))](summ, summ, w32, bcar, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
+                                                RESCALE=False, ORIG=orig, LOCAL_REV=True, BT=BT,
+                                                NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=cbc, num_warps=nw)
+    else:
+        bcar = car
+    _bwd_kernel[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(),
+                      T, C, S, NSUB, NC, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
+    gw = gwp.sum(0).to(w.dtype)
+    gu = gup.sum(0).to(u.dtype)
+    return gw, gu, gk, gv
+
+
+# ------------------------------------------------------------------------------------------------- torch ops
+@torch.library.custom_op("vision_rwkv::bi_wkv_triton_fwd", mutates_args=())
+def _bi_wkv_fwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str,
+                   chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd(w, u, k, v, mode, chunks)
+
+
+@_bi_wkv_fwd_op.register_fake
+def _(w, u, k, v, mode, chunks):
+    B, T, C = k.shape
+    S, BT, NSUB, NC, single = _plan(T, mode, chunks)
+    ncar = 8 if mode == "original" else 4
+    car = k.new_empty((0,), dtype=torch.float32) if single else k.new_empty((B, NC, ncar, C), dtype=torch.float32)
+    return v.new_empty((B, T, C)), k.new_empty((B, C), dtype=torch.float32), car
+
+
+@torch.library.custom_op("vision_rwkv::bi_wkv_triton_bwd", mutates_args=())
+def _bi_wkv_bwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
+                   car: torch.Tensor, gy: torch.Tensor, mode: str,
+                   chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd(w, u, k, v, m, car, gy, mode, chunks)
+
+
+@_bi_wkv_bwd_op.register_fake
+def _(w, u, k, v, m, car, gy, mode, chunks):
+    return w.new_empty(w.shape), u.new_empty(u.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    w, u, k, v, mode, chunks = inputs
+    y, m, car = output
+    ctx.save_for_backward(w, u, k, v, m, car)
+    ctx.mode = mode
+    ctx.chunks = chunks
+    ctx.mark_non_differentiable(m, car)
+
+
+def _backward(ctx, gy, _gm, _gcar):
+    w, u, k, v, m, car = ctx.saved_tensors
+    gw, gu, gk, gv = _bi_wkv_bwd_op(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
+    return gw, gu, gk, gv, None, None
+
+
+torch.library.register_autograd("vision_rwkv::bi_wkv_triton_fwd", _backward, setup_context=_setup_context)
+
+
+def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
+                  chunks: int = 32) -> torch.Tensor:
+    """Bi-WKV with Triton kernels. k, v (B, T, C) float32/bfloat16/float16 (any strides); w, u (C,) per-step decay
+    and bonus; mode "exact" (Eq. 5) or "original" (the pre-2025 kernel's function with ``chunks`` = P).
+    Returns y (B, T, C) in v's dtype; differentiable in w, u, k, v; a torch custom op (torch.compile-friendly)."""
+    for name, t in (("w", w), ("u", u), ("k", k), ("v", v)):
+        if t.dtype != torch.float64:
+            check_float(name, t)
+    check_same_device(w=w, u=u, k=k, v=v)
+    if k.dim() != 3 or v.shape != k.shape:
+        raise ValueError(f"k and v must both be (B, T, C), got {tuple(k.shape)} and {tuple(v.shape)}")
+    C = k.shape[2]
+    if w.shape != (C,) or u.shape != (C,):
+        raise ValueError(f"w and u must be ({C},), got {tuple(w.shape)} and {tuple(u.shape)}")
+    if mode not in ("exact", "original"):
+        raise ValueError(f"mode must be 'exact' or 'original', got {mode!r}")
+    if int(chunks) < 1:
+        raise ValueError(f"chunks must be >= 1, got {chunks}")
+    if any(t.dtype == torch.float64 for t in (w, u, k, v)):
+        # the kernels accumulate in fp32; float64 callers (gradcheck) get the exact O(T) reference instead
+        from .reference import bi_wkv_reference
+
+        return bi_wkv_reference(w, u, k, v, mode, int(chunks))
+    if k.numel() == 0:
+        return v.new_zeros(v.shape) + 0 * (w.sum() + u.sum() + k.sum())
+    y, _m, _car = _bi_wkv_fwd_op(w, u, k, v, mode, int(chunks))
+    return y
