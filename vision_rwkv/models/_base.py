@@ -115,7 +115,8 @@ class VisionRWKVBase(nn.Module):
 
         r = self.patch_size[0]
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=r) for i in range(depth)]
-        self.apply(self._init_weights)
+        if not self.pos_embed.is_meta:  # meta-device builds (size counting, deferred init) have nothing to fill
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

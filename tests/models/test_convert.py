@@ -1,0 +1,232 @@
+"""Original checkpoint conversion: the key mapping both ways, wrapped / prefixed files, loading through
+``timm.create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...))``, the Bi-WKV mode switch, errors,
+safetensors output and the CLI."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_model
+from vision_rwkv.models import VRWKV6, build_from_original, checkpoint_filter_fn, ours_to_original, original_to_ours
+from vision_rwkv.models.convert import (
+    CheckpointMismatchError, convert_file, detect_family, load_checkpoint_file, model_kwargs_from_original,
+    unwrap_state_dict)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def original_checkpoint(model: torch.nn.Module) -> dict:
+    """An mmcls-style original checkpoint made from our model by the inverse mapping."""
+    sd = ours_to_original(model.state_dict())
+    return {'meta': {'epoch': 300, 'mmcls_version': '0.25.0'},
+            'state_dict': {(k if k.startswith('head.') else 'backbone.' + k): v for k, v in sd.items()}}
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize('fixture', ['vrwkv4_prenorm.pt', 'vrwkv6.pt'])
+def test_mapping_matches_real_original_keys(load_fixture, fixture):
+    """Our model built from a fixture's config maps to exactly the original key set and shapes, both ways."""
+    fx = load_fixture(fixture)
+    model = build_from_original(fx['config'], fx['state_dict'])
+    back = ours_to_original(model.state_dict())
+    assert back.keys() == fx['state_dict'].keys()
+    for k, v in fx['state_dict'].items():
+        assert back[k].shape == v.shape, k
+        assert torch.equal(back[k], v), k
+    ours = original_to_ours(fx['state_dict'])
+    assert ours.keys() == model.state_dict().keys()
+    assert original_to_ours(back).keys() == ours.keys()
+
+
+def test_explicit_key_mapping():
+    model = tiny_model('vrwkv_large_patch16_384', depth=2)
+    orig = ours_to_original(model.state_dict())
+    for ours_key, orig_key in [
+        ('patch_embed.proj.weight', 'patch_embed.projection.weight'), ('norm.bias', 'ln1.bias'),
+        ('blocks.0.norm0.weight', 'layers.0.ln0.weight'), ('blocks.1.norm2.bias', 'layers.1.ln2.bias'),
+        ('blocks.1.ls1.gamma', 'layers.1.gamma1'), ('blocks.0.spatial_mix.spatial_decay', 'layers.0.att.spatial_decay'),
+        ('blocks.1.channel_mix.key_norm.weight', 'layers.1.ffn.key_norm.weight'),
+        ('pre_logits.fc.weight', 'head.0.weight'), ('head.weight', 'head.2.weight'), ('pos_embed', 'pos_embed'),
+    ]:
+        assert torch.equal(orig[orig_key].reshape(-1), model.state_dict()[ours_key].reshape(-1)), ours_key
+    assert orig['layers.0.att.spatial_mix_k'].shape == (1, 1, 32)
+    assert model.blocks[0].spatial_mix.spatial_mix_k.shape == (32,)
+    plain = ours_to_original(tiny_model('vrwkv_tiny_patch16_224').state_dict())
+    assert 'head.fc.weight' in plain and 'head.2.weight' not in plain
+
+
+def test_unwrap_and_family():
+    model = tiny_model('vrwkv6_small_patch16_224')
+    sd = ours_to_original(model.state_dict())
+    for wrapped in ({'state_dict': {'module.backbone.' + k: v for k, v in sd.items()}},
+                    {'model': {'backbone.' + k: v for k, v in sd.items()}, 'epoch': 3}, sd):
+        assert unwrap_state_dict(wrapped).keys() == sd.keys()
+        assert detect_family(unwrap_state_dict(wrapped)) == 'vrwkv6'
+    assert detect_family(model.state_dict()) == 'vrwkv6'
+    assert detect_family(tiny_model('vrwkv_tiny_patch16_224').state_dict()) == 'vrwkv'
+    with pytest.raises(CheckpointMismatchError, match='cannot tell the model family'):
+        detect_family({'layers.0.ln1.weight': torch.ones(2)})
+    with pytest.raises(CheckpointMismatchError, match='no tensors'):
+        unwrap_state_dict({'meta': {'a': 1}})
+
+
+def test_filter_errors_list_keys():
+    model = tiny_model('vrwkv_small_patch16_224')
+    sd = ours_to_original(model.state_dict())
+    missing = {k: v for k, v in sd.items() if k != 'layers.1.gamma2'}
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys: \['blocks.1.ls2.gamma'\]"):
+        checkpoint_filter_fn(missing, model)
+    extra = dict(sd, **{'layers.0.att.mystery': torch.zeros(3)})
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys: \['blocks.0.spatial_mix.mystery'\]"):
+        checkpoint_filter_fn(extra, model)
+    unmapped = dict(sd, **{'neck.proj.weight': torch.zeros(3)})
+    with pytest.raises(CheckpointMismatchError, match=r"no mapping\): \['neck.proj.weight'\]"):
+        checkpoint_filter_fn(unmapped, model)
+    with pytest.raises(CheckpointMismatchError, match='VRWKV6 state dict but the model is VRWKV \\(v4\\)'):
+        checkpoint_filter_fn(ours_to_original(tiny_model('vrwkv6_tiny_patch16_224').state_dict()), model)
+    with pytest.raises(CheckpointMismatchError, match='VRWKV \\(v4\\) state dict but the model is VRWKV6'):
+        checkpoint_filter_fn(sd, tiny_model('vrwkv6_tiny_patch16_224'))
+    wide = ours_to_original(tiny_model('vrwkv_small_patch16_224', embed_dim=48).state_dict())
+    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
+        checkpoint_filter_fn({k: v for k, v in wide.items() if k != 'pos_embed'}, model)
+    no_head = {k: v for k, v in sd.items() if not k.startswith('head.')}
+    with pytest.raises(CheckpointMismatchError, match='num_classes=0'):
+        checkpoint_filter_fn(no_head, model)
+    headless = tiny_model('vrwkv_small_patch16_224', num_classes=0)
+    headless.load_state_dict(checkpoint_filter_fn(no_head, headless))
+    headless.load_state_dict(checkpoint_filter_fn(sd, headless))  # a classifier checkpoint into a backbone
+
+
+def test_filter_resamples_pos_embed():
+    src = tiny_model('vrwkv_tiny_patch16_224', img_size=64)  # 4x4 grid
+    dst = tiny_model('vrwkv_tiny_patch16_224', img_size=96)  # 6x6 grid
+    sd = checkpoint_filter_fn(ours_to_original(src.state_dict()), dst)
+    assert sd['pos_embed'].shape == (1, 36, 32)
+    dst.load_state_dict(sd)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():  # the stored resize equals the on-the-fly resize
+        assert torch.allclose(src._embed(x)[0], dst._embed(x)[0], atol=1e-6)
+
+
+def test_timm_pretrained_from_original_pth(tmp_path, perturb):
+    src = perturb(tiny_model('vrwkv_small_patch16_224'))
+    path = tmp_path / 'vrwkv_s_in1k_224.pth'
+    torch.save(original_checkpoint(src), path)
+    kw = dict(embed_dim=32, depth=3)
+    loaded = timm.create_model('vrwkv_small_patch16_224', pretrained=True, **kw,
+                               pretrained_cfg_overlay=dict(file=str(path), num_classes=7))
+    assert_same_weights(src, loaded)
+    assert (loaded.wkv_mode, loaded.wkv_chunks) == ('original', 32)
+    explicit = timm.create_model('vrwkv_small_patch16_224', pretrained=True, wkv_mode='exact', **kw,
+                                 pretrained_cfg_overlay=dict(file=str(path), num_classes=7))
+    assert explicit.wkv_mode == 'exact'
+    seg = timm.create_model('vrwkv_small_patch16_224', pretrained=True, **kw,
+                            pretrained_cfg_overlay=dict(file=str(path), num_classes=7, wkv_chunks=16))
+    assert (seg.wkv_mode, seg.wkv_chunks) == ('original', 16)
+    fresh = timm.create_model('vrwkv_small_patch16_224', **kw)
+    assert fresh.wkv_mode == 'exact'
+    # new class count: timm re-initialises the classifier, everything else loads
+    tuned = timm.create_model('vrwkv_small_patch16_224', pretrained=True, num_classes=3, **kw,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    assert tuned.head.out_features == 3
+    assert torch.equal(tuned.blocks[2].spatial_mix.key.weight, src.blocks[2].spatial_mix.key.weight)
+    # features_only on pretrained weights
+    feats = timm.create_model('vrwkv_small_patch16_224', pretrained=True, features_only=True, **kw,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    src.eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        src.set_wkv_mode('original', 32)
+        ref = src.forward_intermediates(x, intermediates_only=True)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats.eval()(x), ref))
+    # a VRWKV checkpoint into a VRWKV6 model
+    with pytest.raises(CheckpointMismatchError, match='VRWKV \\(v4\\) state dict'):
+        timm.create_model('vrwkv6_tiny_patch16_224', pretrained=True, embed_dim=32, depth=3, head_size=16,
+                          pretrained_cfg_overlay=dict(file=str(path), num_classes=7))
+
+
+def test_timm_pretrained_large_uses_16_chunks(tmp_path):
+    src = tiny_model('vrwkv_large_patch16_384', depth=2)
+    path = tmp_path / 'vrwkv_l_22kto1k_384.pth'
+    torch.save({'model': ours_to_original(src.state_dict())}, path)  # InternImage-style wrapper, no prefix
+    loaded = timm.create_model('vrwkv_large_patch16_384', pretrained=True, embed_dim=32, depth=2,
+                               head_hidden_size=48, pretrained_cfg_overlay=dict(file=str(path), num_classes=7))
+    assert (loaded.wkv_mode, loaded.wkv_chunks) == ('original', 16)
+    assert loaded.pos_grid == (12, 12)
+    assert_same_weights(src, loaded)
+
+
+def test_convert_file_and_cli(tmp_path, perturb):
+    src = perturb(tiny_model('vrwkv6_small_patch16_224', num_classes=1000))
+    pth = tmp_path / 'vrwkv6_s_in1k_224.pth'
+    torch.save(original_checkpoint(src), pth)
+
+    out = tmp_path / 'lib.safetensors'
+    summary = convert_file(pth, out, model_name='vrwkv6_small_patch16_224', embed_dim=32, depth=3, head_size=16)
+    assert summary['family'] == 'vrwkv6' and summary['num_classes'] == 1000
+    tensors = load_file(out)
+    assert tensors.keys() == src.state_dict().keys()
+
+    spec = importlib.util.spec_from_file_location('convert_checkpoint', ROOT / 'tools' / 'convert_checkpoint.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli_out = tmp_path / 'cli.safetensors'
+    assert cli.main([str(pth), str(cli_out)]) == 0
+    assert all(torch.equal(load_file(cli_out)[k], v) for k, v in tensors.items())
+    # the CLI's --model check catches a checkpoint of the wrong family / size and writes nothing
+    bad_out = tmp_path / 'bad.safetensors'
+    assert cli.main([str(pth), str(bad_out), '--model', 'vrwkv_tiny_patch16_224']) == 1
+    assert cli.main([str(pth), str(bad_out), '--model', 'vrwkv6_tiny_patch16_224']) == 1  # width 192 != 32
+    assert cli.main([str(tmp_path / 'nope.pth'), str(bad_out)]) == 1
+    assert not bad_out.exists()
+
+    loaded = timm.create_model('vrwkv6_small_patch16_224', pretrained=True, embed_dim=32, depth=3, head_size=16,
+                               pretrained_cfg_overlay=dict(file=str(cli_out)))
+    assert_same_weights(src, loaded)
+
+
+def test_load_checkpoint_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='not found'):
+        load_checkpoint_file(tmp_path / 'missing.pth')
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='cannot read checkpoint'):
+        load_checkpoint_file(corrupt)
+    with pytest.raises(ValueError, match='.safetensors'):
+        convert_file(corrupt, tmp_path / 'out.pt')
+
+
+def test_original_config_translation():
+    kw = model_kwargs_from_original(
+        dict(img_size=192, patch_size=16, embed_dims=1024, depth=24, post_norm=True, init_values=1e-5, k_norm=True,
+             hidden_rate=4, hidden_dims=3072, drop_path_rate=0.1, with_cp=True, shift_pixel=1,
+             interpolate_mode='bicubic', out_indices=-1), 'vrwkv')
+    assert kw['key_norm'] is True and kw['head_hidden_size'] == 3072 and kw['embed_dim'] == 1024
+    assert kw['mlp_ratio'] == 4 and kw['_grad_checkpointing'] is True
+    assert model_kwargs_from_original(dict(embed_dims=320, num_heads=4), 'vrwkv6')['head_size'] == 80
+    with pytest.raises(ValueError, match=r"unknown original config keys: \['frobnicate'\]"):
+        model_kwargs_from_original(dict(embed_dims=64, frobnicate=1), 'vrwkv')
+    with pytest.raises(ValueError, match='shift_pixel'):
+        model_kwargs_from_original(dict(shift_pixel=2), 'vrwkv')
+    with pytest.raises(ValueError, match='num_heads'):
+        model_kwargs_from_original(dict(num_heads=2), 'vrwkv')
+
+
+def test_rwkv_clip_image_tower_from_original(load_fixture):
+    """The RWKV-CLIP fixture's image tower (4 heads of 80, hidden_rate 1) via build_from_original(prefix=...)."""
+    fx = load_fixture('rwkvclip.pt')
+    model = build_from_original(fx['config']['image'], fx['state_dict'], prefix='image_model.')
+    assert isinstance(model, VRWKV6) and model.head_size == 80
+    with torch.no_grad():
+        out = model.forward_features_map(fx['inputs']['image'])
+    ref = fx['intermediates']['image_tokens_final']
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5
