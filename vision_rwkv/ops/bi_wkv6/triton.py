@@ -1,0 +1,322 @@
+"""Triton kernels for the bidirectional RWKV-6 WKV (DESIGN.md §4), forward and backward.
+
+Per batch and head (key channel j, value channel i, decay d = e^{logd}):
+    y_t[i] = sum_j r_t[j] ( u_j k_t[j] v_t[i] + sum_{n != t} (prod_{m strictly between n and t} d_m[j]) k_n[j] v_n[i] )
+= a causal RWKV-6 pass with bonus u plus the time-reversed causal pass with u = 0. Both are the same kernel run in
+"kernel time" tau (tau = t for the causal pass, tau = T-1-t for the reversed one; grid axis 1 picks the direction),
+so there is no T limit and no flipped copies.
+
+Chunked form (BT = 16 tokens per chunk, one program per (batch, head, direction) walking the chunks in order with
+the N x N state S in registers; cumulative log decays c = cumsum(logd) inside a chunk, cex = c - logd):
+    y_chunk = (r * e^{cex}) @ S  +  A @ v,   A[t, n] = sum_j r_t[j] k_n[j] e^{cex_t[j] - c_n[j]} (n < t),
+              A[t, t] = sum_j r_t[j] u_j k_t[j]
+    S <- e^{c_last} * S + (k * e^{c_last - c})^T @ v
+Every exponent is <= 0 (pairwise differences inside the chunk are formed explicitly, 16 x 16 x N per chunk), so
+any decay (logd down to -inf) is safe. Outputs accumulate in fp32; the two directions are written to separate fp32
+planes and summed.
+
+Backward, per direction: an ascending sweep with S gives gr (and r * gr without the bonus, D); a descending sweep
+with the adjoint state dS = sum_{tau > t} (prod_{t<m<tau} d_m) r_tau gy_tau^T gives gk, gv (and E = k * gk without
+the bonus), and d logd_m = sum_{t > m} D_t - sum_{p >= m} E_p as a suffix sum carried along the same sweep.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_utils import check_float, check_same_device, new_empty, next_pow2
+
+__all__ = ["bi_wkv6_triton", "CONFIG"]
+
+CONFIG = dict(block_t=16, block_j=16, warps=4)
+# decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
+# decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
+LOGD_MIN: tl.constexpr = -60.0
+
+
+@triton.jit
+def _cums(lw):
+    """fp64 in-chunk cumulative log decay -> (cex = c_{t-1}, c_last - c_t, c_last) in fp32. fp64 keeps the
+    differences of large prefix sums exact (strong decays would otherwise cost relative precision)."""
+    l64 = lw.to(tl.float64)
+    cum = tl.cumsum(l64, axis=0)
+    last = tl.sum(l64, axis=0)
+    return (cum - l64).to(tl.float32), (last[None, :] - cum).to(tl.float32), last.to(tl.float32)
+
+
+@triton.jit
+def _pos(tau, T, d):
+    # kernel time -> memory position (d = 0 causal, d = 1 reversed)
+    return tl.where(d == 0, tau, T - 1 - tau)
+
+
+@triton.jit
+def _ld(base, pos, cols, st, sn, mask):
+    ptrs = base + pos.to(tl.int64)[:, None] * st + cols.to(tl.int64)[None, :] * sn
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
+    """e^{cex_t - c_n} for n < t inside the chunk, [BT(t), BT(n), BJ] (0 elsewhere), for key channels cj."""
+    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
+    cj_ = tl.cumsum(lwj, axis=0)
+    cexj = cj_ - lwj
+    expo = (cexj[:, None, :] - cj_[None, :, :]).to(tl.float32)
+    tt = rt[:, None, None]
+    nn = rt[None, :, None]
+    expo = tl.where(nn == tt - 1, 0.0, expo)
+    expo = tl.where(nn < tt, expo, -float("inf"))
+    return tl.exp(expo)
+
+
+@triton.jit
+def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
+                   slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
+                   PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    d = tl.program_id(1)
+    b = pid // H
+    h = pid - b * H
+    rt = tl.arange(0, BT)
+    cn = tl.arange(0, BN)
+    nmask = cn < N
+    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
+    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32) * (d == 0).to(tl.float32)
+    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)
+    S = tl.zeros([BN, BN], tl.float32)
+    for c in range(0, tl.cdiv(T, BT)):
+        tau = c * BT + rt
+        tv = tau < T
+        pos = _pos(tau, T, d)
+        m2 = tv[:, None] & nmask[None, :]
+        r = _ld(Rb, pos, cn, srt, srn, m2)
+        k = _ld(Kb, pos, cn, skt, skn, m2)
+        v = _ld(Vb, pos, cn, svt, svn, m2)
+        lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
+        cex, ctail, clast = _cums(lw)
+        y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)
+        A = tl.zeros([BT, BT], tl.float32)
+        for jb in tl.static_range(BN // BJ):
+            cj = jb * BJ + tl.arange(0, BJ)
+            jm = cj < N
+            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
+            kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
+            A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+        bonus = tl.sum(r * u[None, :] * k, axis=1)
+        A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
+        y += tl.dot(A, v, input_precision=PREC)
+        yp = Y2 + (plane + pos.to(tl.int64)[:, None]) * H * N + h * N + cn[None, :]
+        tl.store(yp, y, mask=m2)
+        kd = k * tl.exp(ctail)
+        S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)
+
+
+@triton.jit
+def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, srn, skb, skt, skh, skn,
+                   svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, BT: tl.constexpr,
+                   BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    d = tl.program_id(1)
+    b = pid // H
+    h = pid - b * H
+    B = tl.num_programs(0) // H
+    rt = tl.arange(0, BT)
+    cn = tl.arange(0, BN)
+    nmask = cn < N
+    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
+    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    Gb = GY + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32) * (d == 0).to(tl.float32)
+    plane = ((d * B + b) * T).to(tl.int64)
+    NCH = tl.cdiv(T, BT)
+    # ---- ascending sweep: gr and D = r * (gr without bonus)
+    S = tl.zeros([BN, BN], tl.float32)
+    for c in range(0, NCH):
+        tau = c * BT + rt
+        tv = tau < T
+        pos = _pos(tau, T, d)
+        m2 = tv[:, None] & nmask[None, :]
+        r = _ld(Rb, pos, cn, srt, srn, m2)
+        k = _ld(Kb, pos, cn, skt, skn, m2)
+        v = _ld(Vb, pos, cn, svt, svn, m2)
+        lwraw = _ld(Lb, pos, cn, slt, sln, m2)
+        lw = tl.maximum(lwraw, LOGD_MIN)
+        gy = _ld(Gb, pos, cn, sgt, sgn, m2)
+        cex, ctail, clast = _cums(lw)
+        G = tl.dot(gy, tl.trans(v), input_precision=PREC)  # G[t, n] = gy_t . v_n
+        gr = tl.exp(cex) * tl.dot(gy, tl.trans(S), input_precision=PREC)
+        for jb in tl.static_range(BN // BJ):
+            cj = jb * BJ + tl.arange(0, BJ)
+            jm = cj < N
+            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
+            grj = tl.sum(G[:, :, None] * kj[None, :, :] * e3, axis=1)
+            place = (cj[:, None] == cn[None, :]).to(tl.float32)
+            gr += tl.dot(grj, place, input_precision="ieee")
+        dterm = r * gr
+        gvy = tl.sum(gy * v, axis=1)
+        gr += u[None, :] * k * gvy[:, None]
+        off = (plane + pos.to(tl.int64)[:, None]) * H * N + h * N + cn[None, :]
+        tl.store(GR2 + off, gr, mask=m2)
+        tl.store(GL2 + off, dterm, mask=m2)
+        kd = k * tl.exp(ctail)
+        S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)
+    tl.debug_barrier()
+    # ---- descending sweep: gk, gv, E = k * (gk without bonus), d logd as a suffix sum
+    dS = tl.zeros([BN, BN], tl.float32)
+    acc = tl.zeros([BN], tl.float32)
+    gu = tl.zeros([BN], tl.float32)
+    for ci in range(0, NCH):
+        c = NCH - 1 - ci
+        tau = c * BT + rt
+        tv = tau < T
+        pos = _pos(tau, T, d)
+        m2 = tv[:, None] & nmask[None, :]
+        off = (plane + pos.to(tl.int64)[:, None]) * H * N + h * N + cn[None, :]
+        dterm = tl.load(GL2 + off, mask=m2, other=0.0)
+        tl.debug_barrier()
+        r = _ld(Rb, pos, cn, srt, srn, m2)
+        k = _ld(Kb, pos, cn, skt, skn, m2)
+        v = _ld(Vb, pos, cn, svt, svn, m2)
+        lwraw = _ld(Lb, pos, cn, slt, sln, m2)
+        lw = tl.maximum(lwraw, LOGD_MIN)
+        gy = _ld(Gb, pos, cn, sgt, sgn, m2)
+        cex, ctail, clast = _cums(lw)
+        eb = tl.exp(ctail)
+        gk = eb * tl.dot(v, tl.trans(dS), input_precision=PREC)
+        gv = tl.dot(k * eb, dS, input_precision=PREC)
+        G = tl.dot(gy, tl.trans(v), input_precision=PREC)
+        A = tl.zeros([BT, BT], tl.float32)
+        for jb in tl.static_range(BN // BJ):
+            cj = jb * BJ + tl.arange(0, BJ)
+            jm = cj < N
+            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
+            kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
+            A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+            gkj = tl.sum(G[:, :, None] * rj[:, None, :] * e3, axis=0)
+            place = (cj[:, None] == cn[None, :]).to(tl.float32)
+            gk += tl.dot(gkj, place, input_precision="ieee")
+        eterm = k * gk
+        gv += tl.dot(tl.trans(A), gy, input_precision=PREC)
+        gvy = tl.sum(gy * v, axis=1)
+        rb = tl.sum(r * u[None, :] * k, axis=1)
+        gv += rb[:, None] * gy
+        gk += u[None, :] * r * gvy[:, None]
+        gu += tl.sum(r * k * gvy[:, None], axis=0)
+        x = tl.where(m2, dterm - eterm, 0.0)
+        glog = tl.cumsum(x, axis=0, reverse=True) + acc[None, :] - dterm
+        glog = tl.where(lwraw >= LOGD_MIN, glog, 0.0)  # the clamp's derivative
+        acc += tl.sum(x, axis=0)
+        tl.store(GK2 + off, gk, mask=m2)
+        tl.store(GV2 + off, gv, mask=m2)
+        tl.store(GL2 + off, glog, mask=m2)
+        dS = tl.exp(clast)[:, None] * dS + tl.dot(tl.trans(r * tl.exp(cex)), gy, input_precision=PREC)
+    gu = gu * (d == 0).to(tl.float32)
+    tl.store(GU2 + ((d * B + b) * H + h).to(tl.int64) * N + cn, gu, mask=nmask)
+
+
+# ------------------------------------------------------------------------------------------------- host side
+def _cfg(N: int, dtype: torch.dtype):
+    BN = max(16, next_pow2(N))
+    BJ = min(CONFIG["block_j"], BN)
+    prec = "ieee" if dtype == torch.float32 else "tf32"
+    nw = CONFIG["warps"] if BN <= 64 else max(CONFIG["warps"], 8)
+    return CONFIG["block_t"], BN, BJ, prec, nw
+
+
+def _fwd(r, k, v, logd, u):
+    B, T, H, N = r.shape
+    BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
+    y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
+    _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
+                               T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, num_warps=nw)
+    return (y2[0] + y2[1]).to(v.dtype)
+
+
+def _bwd(r, k, v, logd, u, gy):
+    B, T, H, N = r.shape
+    BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
+    dev = r.device
+    gr2 = new_empty((2, B, T, H, N), torch.float32, dev)
+    gk2 = new_empty((2, B, T, H, N), torch.float32, dev)
+    gv2 = new_empty((2, B, T, H, N), torch.float32, dev)
+    gl2 = new_empty((2, B, T, H, N), torch.float32, dev)
+    gu2 = new_empty((2, B, H, N), torch.float32, dev)
+    _v6_bwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), gy, gr2, gk2, gv2, gl2, gu2, *r.stride(), *k.stride(),
+                               *v.stride(), *logd.stride(), *gy.stride(), T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec,
+                               num_warps=nw)
+    gr = (gr2[0] + gr2[1]).to(r.dtype)
+    gk = (gk2[0] + gk2[1]).to(k.dtype)
+    gv = (gv2[0] + gv2[1]).to(v.dtype)
+    gl = (gl2[0] + gl2[1]).to(logd.dtype)
+    gu = gu2.sum((0, 1)).to(u.dtype)
+    return gr, gk, gv, gl, gu
+
+
+@torch.library.custom_op("vision_rwkv::bi_wkv6_triton", mutates_args=())
+def _bi_wkv6_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor,
+                u: torch.Tensor) -> torch.Tensor:
+    return _fwd(r, k, v, logd, u)
+
+
+@_bi_wkv6_op.register_fake
+def _(r, k, v, logd, u):
+    return v.new_empty(v.shape)
+
+
+@torch.library.custom_op("vision_rwkv::bi_wkv6_triton_bwd", mutates_args=())
+def _bi_wkv6_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor, u: torch.Tensor,
+                    gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd(r, k, v, logd, u, gy)
+
+
+@_bi_wkv6_bwd_op.register_fake
+def _(r, k, v, logd, u, gy):
+    return r.new_empty(r.shape), k.new_empty(k.shape), v.new_empty(v.shape), logd.new_empty(logd.shape), \
+        u.new_empty(u.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, gy):
+    r, k, v, logd, u = ctx.saved_tensors
+    return _bi_wkv6_bwd_op(r, k, v, logd, u, gy)
+
+
+torch.library.register_autograd("vision_rwkv::bi_wkv6_triton", _backward, setup_context=_setup_context)
+
+
+def bi_wkv6_triton(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor,
+                   u: torch.Tensor) -> torch.Tensor:
+    """Bidirectional RWKV-6 WKV with Triton kernels. r, k, v, logd (B, T, H, N) float32/bfloat16/float16 (any
+    strides), logd = log of the per-step decay (<= 0); u (H, N). Returns (B, T, H, N) in v's dtype; differentiable
+    in all five inputs; a torch custom op (torch.compile-friendly)."""
+    tensors = dict(r=r, k=k, v=v, logd=logd, u=u)
+    if any(t.dtype == torch.float64 for t in tensors.values()):
+        from .reference import bi_wkv6_reference
+
+        return bi_wkv6_reference(r, k, v, logd, u)
+    for name, t in tensors.items():
+        check_float(name, t)
+    check_same_device(**tensors)
+    if r.dim() != 4:
+        raise ValueError(f"r must be (B, T, H, N), got {tuple(r.shape)}")
+    for name in ("k", "v", "logd"):
+        if tensors[name].shape != r.shape:
+            raise ValueError(f"{name} must have r's shape {tuple(r.shape)}, got {tuple(tensors[name].shape)}")
+    if u.shape != r.shape[2:]:
+        raise ValueError(f"u must be (H, N) = {tuple(r.shape[2:])}, got {tuple(u.shape)}")
+    if r.numel() == 0:
+        return v.new_zeros(v.shape)
+    return _bi_wkv6_op(r, k, v, logd, u)
