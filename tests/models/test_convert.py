@@ -139,6 +139,10 @@ def test_timm_pretrained_from_original_pth(tmp_path, perturb):
                               pretrained_cfg_overlay=dict(file=str(path)))
     assert tuned.head.out_features == 3
     assert torch.equal(tuned.blocks[2].spatial_mix.key.weight, src.blocks[2].spatial_mix.key.weight)
+    # timm adapts the first conv (cfg first_conv) to another channel count
+    gray = timm.create_model('vrwkv_small_patch16_224', pretrained=True, in_chans=1, **kw,
+                             pretrained_cfg_overlay=dict(file=str(path), num_classes=7))
+    assert torch.allclose(gray.patch_embed.proj.weight, src.patch_embed.proj.weight.sum(1, keepdim=True))
     # features_only on pretrained weights
     feats = timm.create_model('vrwkv_small_patch16_224', pretrained=True, features_only=True, **kw,
                               pretrained_cfg_overlay=dict(file=str(path)))

@@ -106,3 +106,18 @@ def test_batch_independence_and_determinism(name, perturb):
         full = model(x)
         single = model(x[1:2])
     assert torch.allclose(full[1:2], single, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_bf16_autocast_and_bf16_weights(name, perturb):
+    model = perturb(tiny_model(name))
+    x = torch.randn(2, 3, 48, 64)
+    ref = model.forward_features(x).detach()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model.forward_features(x)
+        loss = model(x).float().square().mean()
+    assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 2e-2
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    half = perturb(tiny_model(name)).to(torch.bfloat16)
+    assert half(x.bfloat16()).dtype == torch.bfloat16

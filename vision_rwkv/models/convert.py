@@ -195,7 +195,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     Unwraps and strips prefixes, converts the original layout, checks the family (v4 vs v6), resizes the position
     embedding (bicubic, no antialias) to the model's grid, drops classifier weights when the model has no
     classifier, and raises :class:`CheckpointMismatchError` listing missing / unexpected keys and shape mismatches
-    (the classifier may differ in class count: timm re-initialises it then).
+    (the classifier may differ in class count and the patch embedding in input channels: timm adapts those).
     """
     from ._layers import resample_pos_embed
 
@@ -226,9 +226,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
 
     missing = sorted(set(model_sd) - set(sd))
     unexpected = sorted(set(sd) - set(model_sd))
+    def adaptable(k: str) -> bool:
+        # timm re-creates the classifier for another class count and adapts the first conv to other in_chans
+        if is_head(k):
+            return True
+        a, b = sd[k].shape, model_sd[k].shape
+        return k == 'patch_embed.proj.weight' and len(a) == len(b) == 4 and a[0] == b[0] and a[2:] == b[2:]
+
     wrong_shape = sorted(
         f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}'
-        for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape and not is_head(k))
+        for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape and not adaptable(k))
     if missing or unexpected or wrong_shape:
         head_hint = ''
         if any(is_head(k) for k in missing) and not any(is_head(k) for k in sd):

@@ -6,7 +6,11 @@ Written from the description in DESIGN.md §3 (no code from the original reposit
 Each block mixes tokens with a Q-Shift + bidirectional WKV ("spatial mix") and channels with a squared-ReLU MLP
 ("channel mix"). The Bi-WKV operator has two modes: ``'exact'`` (the paper's Eq. 5, default for new models) and
 ``'original'`` (the function the released checkpoints were trained with; ``wkv_chunks`` = its chunk count P).
-Loading original weights through ``pretrained=True`` selects ``'original'`` unless ``wkv_mode`` is passed.
+With ``pretrained=True`` the model takes ``wkv_mode`` / ``wkv_chunks`` from its pretrained cfg (the registered
+cfgs name original hub files: ``'original'`` with P=32, P=16 for VRWKV-L) unless ``wkv_mode`` is passed; override
+the cfg for other files, e.g. ``pretrained_cfg_overlay=dict(file=PATH, wkv_chunks=16)`` for the segmentation
+backbones or ``dict(file=PATH, wkv_mode='exact')`` for weights fine-tuned in exact mode. ``set_wkv_mode`` switches
+an existing model.
 """
 from __future__ import annotations
 
