@@ -1,0 +1,147 @@
+"""Classification datasets from files: ImageFolder trees and CSV lists of (path, label).
+
+Images are opened with PIL and converted to RGB (grayscale, palette, RGBA, CMYK, 16-bit all work). An image that
+cannot be read (missing, truncated, not an image) is skipped: ``__getitem__`` returns ``None``, the loader's
+collate (``vision_rwkv.engine.EpochLoader``, or :func:`vision_rwkv.engine.collate_drop_none`) drops it and
+counts it, and the dataset warns once per file with the reason. A missing root, an empty folder, or a CSV
+without the needed columns raises an error that names the problem.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+__all__ = ["IMG_EXTENSIONS", "load_rgb", "ImageFolderDataset", "CsvImageDataset"]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped), never half an image
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as RGB; alpha is composited onto black, palette/greyscale/CMYK are converted."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+            return Image.alpha_composite(background, im).convert("RGB")
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            im = im.point(lambda v: v * (1 / 256)).convert("L")
+        return im.convert("RGB")
+
+
+class _SkippingDataset(Dataset):
+    """Shared ``__getitem__``: load, transform, return ``None`` (and warn once) for unreadable files."""
+
+    samples: list[tuple[str, int]]
+    transform: Callable | None
+
+    def __init__(self) -> None:
+        self.num_failed = 0
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            img = load_rgb(path)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            self.num_failed += 1
+            if path not in self._warned:
+                self._warned.add(path)
+                warnings.warn(f"skipping unreadable image {path}: {type(err).__name__}: {err}", stacklevel=2)
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+class ImageFolderDataset(_SkippingDataset):
+    """``root/<class name>/**/<image>``: classes are the sorted sub-folder names (or ``classes`` given)."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
+                 extensions: Sequence[str] = IMG_EXTENSIONS, classes: Sequence[str] | None = None):
+        super().__init__()
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder root not found: {self.root}")
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes is None:
+            classes = found
+        else:
+            missing = [c for c in classes if c not in found]
+            if missing:
+                raise FileNotFoundError(f"class folders missing under {self.root}: {missing}")
+        if not classes:
+            raise ValueError(f"image folder {self.root} has no class sub-folders")
+        self.classes = list(classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        exts = tuple(e.lower() for e in extensions)
+        self.samples = []
+        for c in self.classes:
+            for dirpath, _, files in sorted(os.walk(self.root / c, followlinks=True)):
+                for f in sorted(files):
+                    if f.lower().endswith(exts):
+                        self.samples.append((os.path.join(dirpath, f), self.class_to_idx[c]))
+        if not self.samples:
+            raise ValueError(f"image folder {self.root} has no images with extensions {list(exts)}")
+        self.transform = transform
+
+
+class CsvImageDataset(_SkippingDataset):
+    """A CSV with a header naming ``path_col`` and ``label_col``; relative paths are resolved against ``root``
+    (default: the CSV's folder). Labels are integers, or class names (mapped to the sorted names, or to the
+    order of ``classes`` if given)."""
+
+    def __init__(self, csv_path: str | os.PathLike, root: str | os.PathLike | None = None,
+                 transform: Callable | None = None, path_col: str = "path", label_col: str = "label",
+                 classes: Sequence[str] | None = None, delimiter: str = ","):
+        super().__init__()
+        self.csv_path = Path(csv_path)
+        if not self.csv_path.is_file():
+            raise FileNotFoundError(f"CSV file not found: {self.csv_path}")
+        self.root = Path(root) if root is not None else self.csv_path.parent
+        with open(self.csv_path, newline="") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            cols = reader.fieldnames or []
+            for col in (path_col, label_col):
+                if col not in cols:
+                    raise ValueError(f"CSV {self.csv_path} has no column {col!r} (columns: {cols})")
+            rows = [(r[path_col], r[label_col].strip()) for r in reader]
+        if not rows:
+            raise ValueError(f"CSV {self.csv_path} has no rows")
+        if all(_is_int(lbl) for _, lbl in rows) and classes is None:
+            labels = [int(lbl) for _, lbl in rows]
+            if min(labels) < 0:
+                raise ValueError(f"CSV {self.csv_path} has negative labels")
+            self.classes = [str(i) for i in range(max(labels) + 1)]
+        else:
+            self.classes = list(classes) if classes is not None else sorted({lbl for _, lbl in rows})
+            index = {c: i for i, c in enumerate(self.classes)}
+            unknown = sorted({lbl for _, lbl in rows if lbl not in index})
+            if unknown:
+                raise ValueError(f"CSV {self.csv_path} has labels not in classes: {unknown[:10]}")
+            labels = [index[lbl] for _, lbl in rows]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(str(p if os.path.isabs(p) else self.root / p), y) for (p, _), y in zip(rows, labels)]
+        self.transform = transform
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,399 @@
+"""Image classification training and evaluation (library side of ``tools/train.py`` / ``tools/eval.py``).
+
+``train_classifier(cfg) -> dict`` and ``evaluate_classifier(cfg) -> dict`` take a config loaded by
+:func:`vision_rwkv.engine.load_config` from ``configs/classification/*.yaml`` (``base.yaml`` defines every key).
+Built from timm's pieces (``create_transform`` with RandAugment / random erasing, ``Mixup``/CutMix,
+``create_optimizer_v2`` with layer decay over the model's ``group_matcher``, ``create_scheduler_v2`` stepped per
+iteration, ``ModelEmaV3``, ``SoftTargetCrossEntropy`` / ``LabelSmoothingCrossEntropy``, ``accuracy``) and the
+shared engine (:class:`~vision_rwkv.engine.loop.Trainer`: DDP, AMP, accumulation, clipping, exact resume).
+
+Data (``data.type``): ``shapes`` (embedded procedural data), ``imagefolder`` (``data.train_dir`` / ``data.val_dir``
+trees) or ``csv`` (``data.train_csv`` / ``data.val_csv`` with ``path,label`` columns, relative to ``data.csv_root``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import load_model_weights
+from .config import save_config, to_dict
+from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_main_process,
+                          print_rank0, unwrap_model, wrap_ddp)
+from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
+from .logger import progress
+from .loop import Trainer
+from .precision import autocast
+
+__all__ = ["create_classifier", "build_datasets", "build_eval_dataset", "build_transforms", "build_optimizer",
+           "build_scheduler", "build_mixup_and_loss", "train_classifier", "evaluate_classifier", "evaluate_loader",
+           "lr_for_batch", "plot_confusion_matrix"]
+
+
+# ------------------------------------------------------------------------------------------------- model
+def create_classifier(cfg: DictConfig, num_classes: int | None = None) -> nn.Module:
+    """``timm.create_model(cfg.model.name, ...)`` (``import vision_rwkv`` registers the VRWKV models); optional
+    ``model.checkpoint`` initial weights (training checkpoint -> EMA/model, or a state dict; strict)."""
+    import timm
+
+    import vision_rwkv  # noqa: F401  (registers the models)
+
+    m = cfg.model
+    kwargs = dict(to_dict(m.kwargs) or {})
+    if m.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = m.drop_path_rate
+    if m.drop_rate is not None:
+        kwargs["drop_rate"] = m.drop_rate
+    n = num_classes if num_classes is not None else m.num_classes
+    model = timm.create_model(m.name, pretrained=bool(m.pretrained), num_classes=n, **kwargs)
+    if m.checkpoint:
+        load_model_weights(model, m.checkpoint)
+    if m.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ValueError(f"model {m.name} does not support gradient checkpointing")
+        model.set_grad_checkpointing(True)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------- data
+def build_transforms(cfg: DictConfig) -> tuple[Any, Any]:
+    """(train, eval) transforms from ``cfg.aug`` and ``cfg.data.input_size`` with timm's ``create_transform``."""
+    from timm.data import create_transform
+
+    a, size = cfg.aug, int(cfg.data.input_size)
+    common = dict(interpolation=a.interpolation, mean=tuple(a.mean), std=tuple(a.std))
+    train = create_transform(size, is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
+                             vflip=a.vflip, color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
+                             re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count, **common)
+    eval_size = int(cfg.eval.input_size or size)
+    evaluation = create_transform(eval_size, is_training=False, crop_pct=a.crop_pct, crop_mode=a.crop_mode,
+                                  **common)
+    return train, evaluation
+
+
+def _shapes(cfg: DictConfig, split: str, transform: Any) -> Dataset:
+    from ..data.shapes import ShapesClassification
+    s = cfg.data.shapes
+    length = s.train_length if split == "train" else s.val_length
+    return ShapesClassification(split, length=length, seed=s.seed, image_size=s.image_size, transform=transform)
+
+
+def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str] | None = None) -> Dataset:
+    from ..data.folder import CsvImageDataset, ImageFolderDataset
+    d = cfg.data
+    if d.type == "imagefolder":
+        root = d.train_dir if split == "train" else d.val_dir
+        if not root:
+            raise ValueError(f"data.type=imagefolder needs data.{'train' if split == 'train' else 'val'}_dir")
+        return ImageFolderDataset(root, transform=transform, classes=classes)
+    if d.type == "csv":
+        path = d.train_csv if split == "train" else d.val_csv
+        if not path:
+            raise ValueError(f"data.type=csv needs data.{'train' if split == 'train' else 'val'}_csv")
+        return CsvImageDataset(path, root=d.csv_root, transform=transform, classes=classes)
+    raise ValueError(f"unknown data.type {d.type!r}; expected 'shapes', 'imagefolder' or 'csv'")
+
+
+def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset | None, list[str]]:
+    """(train, val or None, class names)."""
+    train_tf, eval_tf = build_transforms(cfg)
+    if cfg.data.type == "shapes":
+        train = _shapes(cfg, "train", train_tf)
+        val = _shapes(cfg, cfg.data.shapes.val_split, eval_tf) if cfg.data.shapes.val_length else None
+        return train, val, list(train.classes)
+    train = _file_dataset(cfg, "train", train_tf)
+    has_val = (cfg.data.val_dir if cfg.data.type == "imagefolder" else cfg.data.val_csv)
+    val = _file_dataset(cfg, "val", eval_tf, classes=list(train.classes)) if has_val else None
+    return train, val, list(train.classes)
+
+
+def build_eval_dataset(cfg: DictConfig) -> tuple[Dataset, list[str]]:
+    """The evaluation split with the eval transform (at ``eval.input_size`` if set)."""
+    _, eval_tf = build_transforms(cfg)
+    if cfg.data.type == "shapes":
+        ds = _shapes(cfg, cfg.eval.split if cfg.eval.split != "val" else cfg.data.shapes.val_split, eval_tf)
+        return ds, list(ds.classes)
+    classes = list(cfg.data.classes) if cfg.data.classes else None
+    ds = _file_dataset(cfg, "val", eval_tf, classes=classes)
+    return ds, list(ds.classes)
+
+
+# ------------------------------------------------------------------------------------------------- optim
+def lr_for_batch(cfg: DictConfig, global_batch: int) -> float:
+    """``optim.lr`` if set, else ``optim.lr_base * global_batch / optim.lr_base_size`` (linear scaling rule)."""
+    o = cfg.optim
+    if o.lr is not None:
+        return float(o.lr)
+    return float(o.lr_base) * global_batch / float(o.lr_base_size)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """timm ``create_optimizer_v2`` (no weight decay on 1-D params and ``no_weight_decay()``; layer decay via
+    ``group_matcher`` when ``optim.layer_decay`` is set)."""
+    from timm.optim import create_optimizer_v2
+    o = cfg.optim
+    kwargs: dict[str, Any] = {}
+    if o.opt.lower().endswith("adamw") or o.opt.lower().endswith("adam") or o.opt.lower() == "lamb":
+        kwargs.update(betas=tuple(o.betas), eps=o.eps)
+    return create_optimizer_v2(unwrap_model(model), opt=o.opt, lr=lr, weight_decay=o.weight_decay,
+                               momentum=o.momentum, layer_decay=o.layer_decay, **kwargs)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """timm ``create_scheduler_v2`` stepped per optimizer step (``step_on_epochs=False``); the cosine floor is
+    ``sched.min_lr`` or ``sched.min_lr_ratio * lr``."""
+    from timm.scheduler import create_scheduler_v2
+    s = cfg.sched
+    min_lr = s.min_lr if s.min_lr is not None else s.min_lr_ratio * _peak_lr(optimizer)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=s.sched, num_epochs=cfg.train.epochs,
+                                       decay_epochs=s.decay_epochs, decay_milestones=list(s.decay_milestones),
+                                       cooldown_epochs=s.cooldown_epochs, min_lr=min_lr, warmup_lr=s.warmup_lr,
+                                       warmup_epochs=s.warmup_epochs, warmup_prefix=s.warmup_prefix,
+                                       decay_rate=s.decay_rate, step_on_epochs=False,
+                                       updates_per_epoch=steps_per_epoch)
+    return scheduler
+
+
+def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
+    return max(g.get("lr", 0.0) / max(g.get("lr_scale", 1.0), 1e-12) for g in optimizer.param_groups)
+
+
+def build_mixup_and_loss(cfg: DictConfig, num_classes: int):
+    """(mixup callable or None, training loss): SoftTargetCrossEntropy with mixup/cutmix (label smoothing inside
+    the soft targets), LabelSmoothingCrossEntropy with smoothing, else CrossEntropyLoss."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    a = cfg.aug
+    mixup_active = a.mixup > 0 or a.cutmix > 0 or a.cutmix_minmax is not None
+    if mixup_active:
+        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix,
+                      cutmix_minmax=list(a.cutmix_minmax) if a.cutmix_minmax is not None else None,
+                      prob=a.mixup_prob, switch_prob=a.mixup_switch_prob, mode=a.mixup_mode,
+                      label_smoothing=a.label_smoothing, num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    if a.label_smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=a.label_smoothing)
+    return None, nn.CrossEntropyLoss()
+
+
+# ------------------------------------------------------------------------------------------------- eval
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
+                    precision: str = "fp32", show_progress: bool = False) -> dict[str, Any]:
+    """Top-1/top-5, mean loss, per-class accuracy and the confusion matrix, summed over ranks (each rank evaluates
+    its own shard). ``throughput`` = images/s of the model forward alone (all ranks)."""
+    model.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@5, loss sum, count, forward seconds
+    k5 = min(5, num_classes)
+    skipped = 0
+    for batch in progress(loader, total=len(loader), desc="eval", enabled=show_progress and is_main_process()):
+        batch, dropped = batch
+        skipped += dropped
+        if batch is None:
+            continue
+        x, y = batch[0].to(device), batch[1].to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with autocast(precision, device):
+            logits = model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        totals[3] += time.perf_counter() - t0
+        logits = logits.float()
+        if logits.shape[-1] != num_classes:
+            raise ValueError(f"model outputs {logits.shape[-1]} classes, the dataset has {num_classes}")
+        totals[1] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        top5 = logits.topk(k5, dim=-1).indices
+        totals[0] += (top5 == y[:, None]).any(-1).sum()
+        totals[2] += y.numel()
+        conf.index_put_((y, logits.argmax(-1)), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+    conf = all_reduce_sum(conf)
+    totals = all_reduce_sum(totals)
+    skipped = int(all_reduce_sum(torch.tensor(float(skipped), device=device)).item())
+    n = max(float(totals[2]), 1.0)
+    per_class_n = conf.sum(1)
+    per_class = (conf.diag() / per_class_n.clamp(min=1)).tolist()
+    return {
+        "top1": float(conf.diag().sum()) / n * 100.0,
+        "top5": float(totals[0]) / n * 100.0,  # top-min(5, num_classes)
+        "loss": float(totals[1]) / n,
+        "num_samples": int(totals[2]),
+        "skipped_samples": skipped,
+        "throughput": float(totals[2]) / max(float(totals[3]), 1e-9),
+        "per_class_accuracy": [a * 100.0 for a in per_class],
+        "per_class_count": [int(c) for c in per_class_n.tolist()],
+        "confusion_matrix": conf.long().cpu().tolist(),
+    }
+
+
+def plot_confusion_matrix(conf: list[list[int]], class_names: list[str], path: str | Path,
+                          title: str = "confusion matrix") -> Path:
+    """Row-normalised confusion matrix (rows = true class) as a PNG; counts written in the cells when small."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(conf, dtype=np.float64)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(class_names)
+    size = min(max(4.0, 0.45 * n + 2), 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 40:
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _eval_loader(ds: Dataset, batch_size: int, num_workers: int, info: DistInfo) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), info.world_size, info.rank),
+                      num_workers=num_workers, collate_fn=collate_drop_none, pin_memory=info.device.type == "cuda")
+
+
+# ------------------------------------------------------------------------------------------------- entry points
+def train_classifier(cfg: DictConfig) -> dict[str, Any]:
+    """Train per ``cfg`` (single process or under torchrun); returns the final metrics: ``top1``/``top5``/``loss``
+    on the validation split (and ``ema_*``), ``train_loss``, ``train_time_s``, ``best``, ``run_dir``,
+    ``checkpoint`` (path of the last checkpoint)."""
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
+    from timm.utils import ModelEmaV3
+
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed, info.rank, deterministic=cfg.deterministic)
+    run_dir = Path(cfg.run_dir)
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    train_set, val_set, classes = build_datasets(cfg)
+    num_classes = len(classes)
+    if cfg.model.num_classes not in (None, num_classes):
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the data has {num_classes} classes")
+    seed_everything(cfg.seed, 0)  # identical initial weights on every rank
+    model = create_classifier(cfg, num_classes)
+    seed_everything(cfg.seed, info.rank)
+    model = wrap_ddp(model, info)
+    t = cfg.train
+    loader = EpochLoader(train_set, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
+                         num_workers=cfg.data.num_workers, info=info, pin_memory=info.device.type == "cuda")
+    global_batch = t.batch_size * info.world_size * t.grad_accum_steps
+    lr = lr_for_batch(cfg, global_batch)
+    optimizer = build_optimizer(cfg, model, lr)
+    steps_per_epoch = len(loader) // t.grad_accum_steps
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    ema = None
+    if cfg.ema.enabled:
+        ema = ModelEmaV3(unwrap_model(model), decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
+    mixup, criterion = build_mixup_and_loss(cfg, num_classes)
+    if mixup is not None and t.batch_size % 2:
+        raise ValueError(f"mixup/cutmix need an even per-process batch size, got {t.batch_size}")
+    print_rank0(f"[train] {cfg.model.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+                f"{num_classes} classes, {len(train_set)} train images, global batch {global_batch}, lr {lr:.3g}, "
+                f"{steps_per_epoch} steps/epoch x {t.epochs} epochs, world size {info.world_size}, {info.device}")
+
+    def loss_fn(m: nn.Module, batch: Any):
+        x, y = batch
+        if mixup is not None:
+            x, y = mixup(x, y)
+        logits = m(x)
+        loss = criterion(logits, y)
+        if mixup is None:
+            return loss, {"train_top1": (logits.detach().argmax(-1) == y).float().mean() * 100.0}
+        return loss
+
+    eval_fn = None
+    if val_set is not None:
+        val_loader = _eval_loader(val_set, cfg.eval.batch_size or t.batch_size, cfg.data.num_workers, info)
+
+        def eval_fn(m: nn.Module) -> dict[str, float]:
+            r = evaluate_loader(m, val_loader, num_classes, info.device, t.precision)
+            return {k: r[k] for k in ("top1", "top5", "loss") if k in r}
+
+    best_metric = t.best_metric if val_set is not None else None
+    if best_metric and cfg.ema.enabled and cfg.ema.select_best:
+        best_metric = f"ema_{best_metric}"
+    trainer = Trainer(model, optimizer, loader, loss_fn, run_dir=run_dir, info=info, epochs=t.epochs,
+                      scheduler=scheduler, ema=ema, precision=t.precision, grad_accum_steps=t.grad_accum_steps,
+                      clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, eval_fn=eval_fn,
+                      eval_every_epochs=t.eval_every_epochs, best_metric=best_metric, best_mode="max",
+                      ckpt_every_steps=t.ckpt_every_steps, ckpt_every_epochs=t.ckpt_every_epochs,
+                      keep_last=t.keep_last, log_every=t.log_every, tensorboard=t.tensorboard,
+                      stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,
+                      extra_state={"classes": classes})
+    result = trainer.fit(resume=cfg.resume)
+    result.update(run_dir=str(run_dir), num_classes=num_classes, classes=classes,
+                  checkpoint=str(trainer.ckpt.latest()) if trainer.ckpt.latest() else None,
+                  total_time_s=time.perf_counter() - t_start)
+    if info.is_main and not result.get("stopped"):
+        with open(run_dir / "final_metrics.json", "w") as f:
+            json.dump({k: v for k, v in result.items() if k != "classes"}, f, indent=2)
+    return result
+
+
+def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.model`` (any timm name; weights from ``eval.checkpoint`` -- a training checkpoint or a state
+    dict -- or ``model.pretrained``) on the eval split at ``eval.input_size`` (default ``data.input_size``).
+    Writes ``metrics.json``, ``per_class.csv`` and ``confusion_matrix.png`` to ``eval.out_dir`` (default
+    ``<run_dir>/eval``) and returns the metrics."""
+    info = init_distributed(cfg.device)
+    try:
+        seed_everything(cfg.seed, info.rank)
+        ds, classes = build_eval_dataset(cfg)
+        model = create_classifier(cfg, len(classes))
+        if cfg.eval.checkpoint:
+            load_model_weights(model, cfg.eval.checkpoint, key=cfg.eval.weights)
+        model = model.to(info.device)
+        loader = _eval_loader(ds, cfg.eval.batch_size or cfg.train.batch_size, cfg.data.num_workers, info)
+        t0 = time.perf_counter()
+        r = evaluate_loader(model, loader, len(classes), info.device, cfg.eval.precision or cfg.train.precision,
+                            show_progress=cfg.train.show_progress)
+        r["eval_time_s"] = time.perf_counter() - t0
+        r["input_size"] = int(cfg.eval.input_size or cfg.data.input_size)
+        r["classes"] = classes
+        out_dir = Path(cfg.eval.out_dir or (Path(cfg.run_dir) / "eval"))
+        if info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with open(out_dir / "metrics.json", "w") as f:
+                json.dump(r, f, indent=2)
+            with open(out_dir / "per_class.csv", "w") as f:
+                f.write("class,accuracy,count\n")
+                for name, acc, cnt in zip(classes, r["per_class_accuracy"], r["per_class_count"]):
+                    f.write(f"{name},{acc:.4f},{cnt}\n")
+            r["confusion_matrix_png"] = str(plot_confusion_matrix(
+                r["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
+                title=f"{cfg.model.name} top-1 {r['top1']:.2f}%"))
+            print_rank0(f"[eval] {cfg.model.name} @ {r['input_size']}: top-1 {r['top1']:.2f}%  "
+                        f"top-5 {r.get('top5', float('nan')):.2f}%  loss {r['loss']:.4f}  "
+                        f"{r['throughput']:.1f} img/s  ({r['num_samples']} images)  -> {out_dir}")
+        return r
+    finally:
+        cleanup_distributed()
