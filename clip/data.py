@@ -10,8 +10,9 @@ the next readable one (so every batch keeps its size, which DDP's feature gather
 * `TarCaptionDataset`: webdataset-style tar shards (`key.jpg` + `key.txt`, extra caption files such as
   `key.syn.txt`, or `key.json` with a "caption"/"captions" field). The member index is read once from the tar
   headers; samples are then read by offset. Shard lists accept brace ranges: `data/shard-{000..009}.tar`.
-* `CaptionCollate`: per sample, each time it is seen, one caption drawn uniformly (the diverse-description
-  recipe), deterministic in (seed, epoch, sample index) so resumed and multi-process runs see the same draws.
+* `ShapesCaptionSamples`: the embedded procedural Shapes captions in the same sample format.
+* `RandomCaptionDataset`: per sample, each time it is read, one caption drawn uniformly (the diverse-description
+  recipe); under the engine's seeded loader the draw is deterministic in (seed, epoch, sample index).
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
-    "CsvCaptionDataset", "TarCaptionDataset", "expand_shards", "load_image", "CaptionCollate",
-    "draw_caption", "UnreadableImage", "IMAGE_EXTENSIONS",
+    "CsvCaptionDataset", "TarCaptionDataset", "ShapesCaptionSamples", "RandomCaptionDataset", "expand_shards",
+    "load_image", "UnreadableImage", "IMAGE_EXTENSIONS",
 ]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm")
@@ -251,35 +252,43 @@ class TarCaptionDataset(_FallbackDataset):
         return img, captions
 
 
-def draw_caption(captions: Sequence[str], seed: int, epoch: int, index: int) -> str:
-    """One caption drawn uniformly, deterministic in (seed, epoch, sample index)."""
-    if len(captions) == 1:
-        return captions[0]
-    return captions[random.Random(f"{seed}:{epoch}:{index}").randrange(len(captions))]
+class ShapesCaptionSamples(Dataset):
+    """The embedded Shapes captions (`vision_rwkv.data.shapes.ShapesCaptions`) in this module's sample format."""
+
+    def __init__(self, split: str = "train", length: Optional[int] = None, seed: int = 0, image_size: int = 64,
+                 num_captions: int = 5, transform: Optional[Callable] = None):
+        from vision_rwkv.data.shapes import ShapesCaptions
+        self.base = ShapesCaptions(split, length, seed, image_size, num_captions, transform=transform)
+        self.classes = list(self.base.classes)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, idx: int) -> dict:
+        image, captions = self.base[idx]
+        return {"image": image, "captions": captions, "skipped": 0, "index": idx}
+
+    @property
+    def targets(self) -> list[int]:
+        return self.base.targets
 
 
-class CaptionCollate:
-    """Collate samples into a batch dict: images, tokens of ONE caption per sample, skipped-image count.
+class RandomCaptionDataset(Dataset):
+    """Training view of a caption dataset: `(image, tokens, skipped)` with ONE caption drawn uniformly from the
+    sample's captions every time the sample is read (the diverse-description recipe).
 
-    The caption is drawn uniformly by `draw_caption(captions, seed, epoch, dataset index)`: a fresh draw every
-    time a sample is seen (each sample is seen once per epoch), identical for any number of DataLoader workers
-    or ranks, and reproduced exactly by a resumed run. Call `set_epoch` before creating each epoch's iterator.
+    The draw uses python's `random`; under `vision_rwkv.engine.EpochLoader` (seeded per (seed, epoch, index)) it
+    is therefore a fresh draw each epoch that is identical for any number of workers or ranks and after a resume.
     """
 
-    def __init__(self, tokenizer: Callable, seed: int = 0):
+    def __init__(self, dataset: Dataset, tokenizer: Callable):
+        self.dataset = dataset
         self.tokenizer = tokenizer
-        self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __len__(self) -> int:
+        return len(self.dataset)
 
-    def __call__(self, batch: list[dict]) -> dict:
-        images = torch.stack([b["image"] for b in batch])
-        texts = [draw_caption(b["captions"], self.seed, self.epoch, b["index"]) for b in batch]
-        return {
-            "images": images,
-            "texts": self.tokenizer(texts),
-            "skipped": sum(b["skipped"] for b in batch),
-            "index": torch.tensor([b["index"] for b in batch]),
-        }
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        s = self.dataset[idx]
+        caption = s["captions"][random.randrange(len(s["captions"]))]
+        return s["image"], self.tokenizer([caption])[0], s["skipped"]

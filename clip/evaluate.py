@@ -11,6 +11,7 @@ Definitions (DESIGN.md §5, clip_benchmark):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -25,7 +26,8 @@ from .data import CsvCaptionDataset, load_image
 __all__ = [
     "retrieval_metrics", "recall_at_k", "classification_metrics", "zero_shot_classifier", "encode_images",
     "zero_shot_evaluate", "retrieval_evaluate", "KarpathyJsonDataset", "ImageCaptionsList",
-    "load_classnames_templates", "save_retrieval_grid", "collate_retrieval",
+    "load_classnames_templates", "save_retrieval_grid", "collate_retrieval", "make_retrieval_loader",
+    "EvalCfg", "ZeroShotCfg", "RetrievalCfg", "run_evaluation",
 ]
 
 
@@ -290,3 +292,178 @@ def make_retrieval_loader(kind: str, path: str, transform: Callable, batch_size:
     else:
         raise ValueError(f"unknown retrieval data kind {kind!r} (csv, karpathy)")
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_retrieval)
+
+
+# ----------------------------------------------------------------------------------------------- runner
+
+@dataclass
+class ZeroShotCfg:
+    data: str = "shapes"                 # shapes | imagefolder | csv | none
+    path: Optional[str] = None           # ImageFolder root or CSV file
+    classes: str = "shapes"              # built-in set (shapes, imagenet, cifar10, ...) or a JSON/TXT file
+    img_key: str = "filepath"            # CSV image column
+    label_key: str = "label"             # CSV label column (class index or class name)
+    split: str = "test"                  # Shapes split
+    length: int = 400                    # Shapes samples
+
+
+@dataclass
+class RetrievalCfg:
+    data: str = "shapes"                 # shapes | csv | karpathy | none
+    path: Optional[str] = None           # CSV / Karpathy JSON
+    img_key: str = "filepath"
+    caption_keys: list = field(default_factory=lambda: ["title"])
+    root: Optional[str] = None           # image folder for relative paths
+    split: str = "test"                  # Shapes split / Karpathy split
+    length: int = 200                    # Shapes images
+    num_captions: int = 5                # Shapes captions per image
+
+
+@dataclass
+class EvalCfg:
+    every_epochs: int = 1
+    every_steps: Optional[int] = None
+    batch_size: int = 64
+    workers: int = 0
+    shapes_image_size: int = 64
+    shapes_seed: int = 0
+    grid_png: bool = True                # write retrieval_grid.png (top-5 images for a few text queries)
+    zero_shot: ZeroShotCfg = field(default_factory=ZeroShotCfg)
+    retrieval: RetrievalCfg = field(default_factory=RetrievalCfg)
+
+
+class _CsvLabels(Dataset):
+    def __init__(self, path: str, img_key: str, label_key: str, classnames: Sequence[str],
+                 transform: Optional[Callable], root: Optional[str] = None):
+        import csv
+        path_ = Path(path)
+        if not path_.is_file():
+            raise FileNotFoundError(f"zero-shot CSV not found: {path}")
+        root_ = Path(root) if root else path_.parent
+        sep = "\t" if path_.suffix.lower() in (".tsv", ".tab") else ","
+        index = {c: i for i, c in enumerate(classnames)}
+        self.items = []
+        with open(path_, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=sep)
+            for k in (img_key, label_key):
+                if k not in (reader.fieldnames or []):
+                    raise KeyError(f"{path}: column {k!r} not found; columns are {reader.fieldnames}")
+            for row in reader:
+                lab = row[label_key].strip()
+                if lab.lstrip("-").isdigit():
+                    y = int(lab)
+                elif lab in index:
+                    y = index[lab]
+                else:
+                    raise ValueError(f"{path}: label {lab!r} is neither a class index nor a class name")
+                if not 0 <= y < len(classnames):
+                    raise ValueError(f"{path}: label {y} out of range for {len(classnames)} classes")
+                p = Path(row[img_key])
+                self.items.append((p if p.is_absolute() else root_ / p, y))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, idx: int):
+        p, y = self.items[idx]
+        img = load_image(p)
+        return (self.transform(img) if self.transform else img), y
+
+
+def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoader, list[str], list]:
+    if zs.classes == "folders":  # ImageFolder class folder names with the OpenAI ImageNet templates
+        if zs.data != "imagefolder":
+            raise ValueError("zero_shot.classes=folders needs zero_shot.data=imagefolder")
+        classnames, templates = [], load_classnames_templates("imagenet")[1]
+    else:
+        classnames, templates = load_classnames_templates(zs.classes)
+    if zs.data == "shapes":
+        from vision_rwkv.data.shapes import ShapesClassification
+        ds = ShapesClassification(zs.split, zs.length, cfg.shapes_seed, cfg.shapes_image_size, transform=transform)
+    elif zs.data == "imagefolder":
+        from torchvision.datasets import ImageFolder
+        if not zs.path or not Path(zs.path).is_dir():
+            raise FileNotFoundError(f"zero-shot ImageFolder root not found: {zs.path}")
+        ds = ImageFolder(zs.path, transform=transform, loader=load_image)
+        if zs.classes == "folders":
+            classnames = [c.replace("_", " ") for c in ds.classes]
+        elif len(ds.classes) != len(classnames):
+            raise ValueError(f"ImageFolder {zs.path} has {len(ds.classes)} class folders but the class set "
+                                 f"{zs.classes!r} has {len(classnames)} names")
+    elif zs.data == "csv":
+        ds = _CsvLabels(zs.path, zs.img_key, zs.label_key, classnames, transform)
+    else:
+        raise ValueError(f"unknown zero_shot.data {zs.data!r} (shapes, imagefolder, csv, none)")
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers), classnames, templates
+
+
+def _retrieval_loader(rt: Any, cfg: Any, transform: Callable) -> DataLoader:
+    if rt.data == "shapes":
+        from .data import ShapesCaptionSamples
+        ds = ShapesCaptionSamples(rt.split, rt.length, cfg.shapes_seed, cfg.shapes_image_size, rt.num_captions,
+                                  transform=transform)
+    elif rt.data == "csv":
+        ds = CsvCaptionDataset(rt.path, rt.img_key, list(rt.caption_keys), transform, rt.root,
+                               skip_unreadable=False)
+    elif rt.data in ("karpathy", "json"):
+        ds = KarpathyJsonDataset(rt.path, rt.root, rt.split, transform)
+    else:
+        raise ValueError(f"unknown retrieval.data {rt.data!r} (shapes, csv, karpathy, none)")
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                      collate_fn=collate_retrieval)
+
+
+def _unnormalize(x: torch.Tensor) -> torch.Tensor:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
+    return (x.float().cpu() * std + mean).clamp(0, 1)
+
+
+def run_evaluation(model, tokenizer, transform: Callable, cfg: Any, device: Union[str, torch.device] = "cpu",
+                   out_dir: Optional[Union[str, Path]] = None, precision: str = "fp32",
+                   scalars_only: bool = False) -> dict:
+    """Zero-shot classification and/or retrieval as configured by an `EvalCfg`; optional retrieval PNG grid in
+    `out_dir`. Returns flat metrics (`zeroshot_acc1`, ..., `image_retrieval_recall@1`, ...); with
+    scalars_only=False also the zero-shot predictions and the grid path."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, Any] = {}
+    if cfg.zero_shot.data != "none":
+        loader, classnames, templates = _zero_shot_loader(cfg.zero_shot, cfg, transform)
+        zs = zero_shot_evaluate(model, tokenizer, loader, classnames, templates, device, precision)
+        for k in ("acc1", "acc5", "mean_per_class_recall"):
+            out[f"zeroshot_{k}"] = zs[k]
+        out["zeroshot_num_samples"] = zs["num_samples"]
+        out["zeroshot_chance_acc1"] = 1.0 / len(classnames)
+        if not scalars_only:
+            out["zeroshot_classnames"] = list(classnames)
+            out["zeroshot_predictions"] = zs["predictions"]
+    if cfg.retrieval.data != "none":
+        loader = _retrieval_loader(cfg.retrieval, cfg, transform)
+        rt = retrieval_evaluate(model, tokenizer, loader, device, precision, return_features=True)
+        feats = rt.pop("_features")
+        out.update(rt)
+        if cfg.grid_png and out_dir is not None:
+            ds = loader.dataset
+            scores = feats["text"] @ feats["image"].T
+            # one query per image for the first images (their first caption)
+            first = [int((feats["text_to_image"] == i).nonzero()[0]) for i in range(min(6, out["num_images"]))]
+            needed = sorted({j for q in first for j in scores[q].topk(min(5, scores.shape[1])).indices.tolist()})
+            images = {j: _unnormalize(ds[j]["image"]) for j in needed}
+            path = save_retrieval_grid(Path(out_dir) / "retrieval_grid.png", feats["texts"], _LazyImages(images),
+                                       scores, feats["text_to_image"], query_index=first)
+            if not scalars_only:
+                out["retrieval_grid"] = str(path)
+    if was_training:
+        model.train()
+    return out
+
+
+class _LazyImages:
+    def __init__(self, images: dict):
+        self.images = images
+
+    def __getitem__(self, idx: int):
+        return self.images[idx]

@@ -1,0 +1,281 @@
+"""Contrastive training of RWKV-CLIP on the shared engine (`vision_rwkv.engine.Trainer`).
+
+    cfg = load_clip_config("configs/clip/demo_shapes.yaml", ["train.max_steps=100"])
+    result = train_clip(cfg)          # {"step", "train_loss", "acc1", "image_retrieval_recall@1", ...}
+
+Per step: each sample contributes one caption drawn uniformly from its captions; symmetric InfoNCE with
+open_clip's `ClipLoss` (features gathered across ranks with gradients, local-loss form); AdamW with the
+configured warm-up schedule; autocast (fp32/bf16/fp16 + GradScaler); gradient clipping; the logit scale is
+clamped to [0, ln 100] after every optimiser step. Checkpoints are atomic and `resume="latest"` continues
+exactly (model, optimizer, scheduler, scaler, step, data position, RNG). Unreadable images are replaced by the
+next readable sample and counted (`skipped_images`). Runs under `torchrun` with DDP (gloo on CPU).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from open_clip.loss import ClipLoss
+
+from vision_rwkv.engine import (DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object, cleanup_distributed,
+                                init_distributed, load_config, print_rank0, save_config, seed_everything, to_dict,
+                                unwrap_model, wrap_ddp)
+
+from .data import CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
+from .evaluate import EvalCfg, run_evaluation
+from .factory import create_model_and_transforms, get_tokenizer
+
+__all__ = ["ClipTrainConfig", "load_clip_config", "train_clip", "build_optimizer", "build_scheduler",
+           "build_train_dataset"]
+
+
+@dataclass
+class ModelCfg:
+    name: str = "RWKV-CLIP-Tiny-demo"       # a rwkv_clip.list_models() name
+    pretrained: Optional[str] = None         # local checkpoint to start from (ours or original)
+    kwargs: dict = field(default_factory=dict)  # overrides merged into the model config (vision_cfg/text_cfg)
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataCfg:
+    kind: str = "shapes"                      # shapes | csv | tar
+    train: Optional[str] = None               # CSV/TSV path, or tar shard spec ("a-{000..009}.tar")
+    img_key: str = "filepath"                 # CSV image column
+    caption_keys: list = field(default_factory=lambda: ["title"])  # CSV caption column(s)
+    root: Optional[str] = None                # folder for relative CSV image paths
+    sep: Optional[str] = None                 # CSV separator (default from the extension)
+    augment: bool = True                      # open_clip's train transform (RandomResizedCrop) vs the val one
+    workers: int = 0
+    shapes_length: int = 4000
+    shapes_image_size: int = 64
+    shapes_num_captions: int = 5
+    shapes_seed: int = 0
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 1e-3
+    weight_decay: float = 0.2
+    betas: list = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    wd_all_params: bool = False               # True = decay every parameter (the original recipe)
+
+
+@dataclass
+class SchedCfg:
+    name: str = "cosine"                      # cosine | onecycle | constant
+    warmup_frac: float = 0.1                  # warm-up length as a fraction of all steps ...
+    warmup_steps: Optional[int] = None        # ... or in steps (takes precedence)
+    min_lr_ratio: float = 0.0                 # cosine floor (fraction of lr)
+    div_factor: float = 25.0                  # onecycle: initial lr = lr / div_factor
+    final_div_factor: float = 1e4             # onecycle: final lr = initial lr / final_div_factor
+    cycle_momentum: bool = True               # onecycle: cycle beta1 in [0.85, 0.95] (torch default, original)
+
+
+@dataclass
+class TrainCfg:
+    batch_size: int = 64                      # GLOBAL batch (split evenly over the ranks)
+    epochs: Optional[int] = None
+    max_steps: Optional[int] = None
+    precision: str = "fp32"                   # fp32 | bf16 | fp16
+    clip_grad: Optional[float] = 1.0
+    grad_accum_steps: int = 1
+    local_loss: bool = True
+    gather_with_grad: bool = True
+    seed: int = 0
+    device: str = "auto"
+    ckpt_every_steps: Optional[int] = None
+    ckpt_every_epochs: int = 1
+    keep_last: int = 2
+    log_every: int = 10
+    tensorboard: bool = True
+    show_progress: bool = True
+    stop_after_steps: Optional[int] = None    # stop early WITHOUT saving (simulated crash, for resume tests)
+    threads: Optional[int] = None             # torch.set_num_threads per process
+
+
+@dataclass
+class ClipTrainConfig:
+    run_dir: str = "runs/clip"
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    sched: SchedCfg = field(default_factory=SchedCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+
+def load_clip_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] | None = None) -> DictConfig:
+    """A CLIP training config: YAML (with `_base_`) checked against `ClipTrainConfig` (unknown keys raise),
+    plus `key=value` overrides. With no path, the schema defaults."""
+    if path is None:
+        from vision_rwkv.engine import apply_overrides
+        return apply_overrides(OmegaConf.structured(ClipTrainConfig), overrides)
+    return load_config(path, overrides, schema=ClipTrainConfig)
+
+
+# ----------------------------------------------------------------------------------------------- builders
+
+def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset:
+    """The training dataset of `data` (a DataCfg): Shapes captions, CSV/TSV table or tar shards."""
+    if data.kind == "shapes":
+        base = ShapesCaptionSamples("train", data.shapes_length, data.shapes_seed, data.shapes_image_size,
+                                    data.shapes_num_captions, transform=transform)
+    elif data.kind == "csv":
+        if not data.train:
+            raise ValueError("data.train must name the CSV/TSV file for data.kind=csv")
+        base = CsvCaptionDataset(data.train, data.img_key, list(data.caption_keys), transform, data.root, data.sep)
+    elif data.kind == "tar":
+        if not data.train:
+            raise ValueError("data.train must name the tar shards for data.kind=tar")
+        base = TarCaptionDataset(data.train, transform)
+    else:
+        raise ValueError(f"unknown data.kind {data.kind!r} (shapes, csv, tar)")
+    return RandomCaptionDataset(base, tokenizer)
+
+
+def build_optimizer(model: torch.nn.Module, optim: Any) -> torch.optim.AdamW:
+    """AdamW; weight decay on >= 2-D weights outside `model.no_weight_decay()` (or on all with wd_all_params)."""
+    nwd = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if optim.wd_all_params or (p.ndim >= 2 and name not in nwd):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": float(optim.weight_decay)}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=float(optim.lr), betas=tuple(float(b) for b in optim.betas),
+                             eps=float(optim.eps))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched: Any, lr: float, total_steps: int):
+    """Per-step schedule: `cosine` (linear warm-up then cosine to min_lr_ratio * lr), `constant` (warm-up then
+    flat) or `onecycle` (torch OneCycleLR as in the original recipe)."""
+    warmup = int(sched.warmup_steps) if sched.warmup_steps is not None else int(round(sched.warmup_frac * total_steps))
+    if sched.name == "onecycle":
+        pct = min(max(warmup / total_steps, 1e-6), 0.999)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct, div_factor=sched.div_factor,
+            final_div_factor=sched.final_div_factor, cycle_momentum=sched.cycle_momentum)
+    if sched.name not in ("cosine", "constant"):
+        raise ValueError(f"unknown sched.name {sched.name!r} (cosine, constant, onecycle)")
+    floor = float(sched.min_lr_ratio)
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if sched.name == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _ClipObjective:
+    """loss_fn for the Trainer: symmetric InfoNCE over (possibly gathered) normalised features."""
+
+    def __init__(self, info: DistInfo, local_loss: bool, gather_with_grad: bool):
+        self.loss = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
+                             rank=info.rank, world_size=info.world_size)
+        self.trainer: Optional[Trainer] = None
+
+    def __call__(self, model, batch):
+        images, texts, skipped = batch
+        image_features, text_features, logit_scale = model(images, texts)
+        loss = self.loss(image_features.float(), text_features.float(), logit_scale.float())
+        n_skipped = int(skipped.sum())
+        if self.trainer is not None:
+            extra = self.trainer.extra_state
+            extra["skipped_images"] = int(extra.get("skipped_images", 0)) + n_skipped
+        return loss, {"logit_scale": float(logit_scale.detach()), "skipped_images": float(n_skipped)}
+
+
+def _clamp_logit_scale(trainer: Trainer) -> None:
+    unwrap_model(trainer.model).clamp_logit_scale()
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def train_clip(cfg: DictConfig | ClipTrainConfig | dict, resume: Optional[str] = None) -> dict:
+    """Train RWKV-CLIP as configured; returns the final metrics (train loss, last eval, skipped images, time).
+
+    `resume`: None (fresh run; an existing run folder is resumed only if asked), "latest" or a checkpoint path.
+    Works in one process and under torchrun (one process per rank).
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.merge(OmegaConf.structured(ClipTrainConfig), cfg)
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(int(tc.threads))
+    info = init_distributed(tc.device)
+    try:
+        return _train(cfg, info, resume)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
+    tc = cfg.train
+    if tc.batch_size % info.world_size:
+        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {info.world_size}")
+    run_dir = Path(cfg.run_dir)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    seed_everything(tc.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+
+    model, preprocess_train, preprocess_val = create_model_and_transforms(
+        cfg.model.name, pretrained=cfg.model.pretrained, **to_dict(cfg.model.kwargs))
+    model.set_grad_checkpointing(bool(cfg.model.grad_checkpointing))
+    model = model.to(info.device)
+    tokenizer = get_tokenizer(cfg.model.name, context_length=model.context_length)
+
+    train_set = build_train_dataset(cfg.data, preprocess_train if cfg.data.augment else preprocess_val, tokenizer)
+    loader = EpochLoader(train_set, tc.batch_size // info.world_size, shuffle=True, drop_last=True, seed=tc.seed,
+                         num_workers=cfg.data.workers, info=info)
+    optimizer = build_optimizer(model, cfg.optim)
+    if tc.max_steps is None and not tc.epochs:
+        raise ValueError("set train.epochs or train.max_steps")
+    steps_per_epoch = len(loader) // tc.grad_accum_steps
+    total = int(tc.max_steps) if tc.max_steps is not None else int(tc.epochs) * steps_per_epoch
+    scheduler = build_scheduler(optimizer, cfg.sched, float(cfg.optim.lr), total)
+    objective = _ClipObjective(info, tc.local_loss, tc.gather_with_grad)
+    ddp_model = wrap_ddp(model, info)
+
+    eval_fn = None
+    if cfg.eval.zero_shot.data != "none" or cfg.eval.retrieval.data != "none":
+        def eval_fn(m):
+            metrics = None
+            if info.is_main:
+                metrics = run_evaluation(m, tokenizer, preprocess_val, cfg.eval, device=info.device,
+                                         out_dir=run_dir, precision=tc.precision, scalars_only=True)
+            return broadcast_object(metrics) if info.distributed else metrics
+
+    trainer = Trainer(
+        ddp_model, optimizer, loader, objective, run_dir=run_dir, info=info, epochs=tc.epochs, max_steps=total,
+        scheduler=scheduler, precision=tc.precision, grad_accum_steps=tc.grad_accum_steps, clip_grad=tc.clip_grad,
+        eval_fn=eval_fn, eval_every_epochs=cfg.eval.every_epochs, eval_every_steps=cfg.eval.every_steps,
+        ckpt_every_steps=tc.ckpt_every_steps, ckpt_every_epochs=tc.ckpt_every_epochs, keep_last=tc.keep_last,
+        log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
+        stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress)
+    objective.trainer = trainer
+    result = trainer.fit(resume=resume)
+    skipped = torch.tensor(float(trainer.extra_state.get("skipped_images", 0)))
+    result["skipped_images"] = int(all_reduce_sum(skipped).item())
+    result["history"] = list(trainer.history)
+    result["logit_scale"] = float(unwrap_model(trainer.model).logit_scale.detach().exp())
+    result["run_dir"] = str(run_dir)
+    if result["skipped_images"]:
+        print_rank0(f"[train_clip] skipped {result['skipped_images']} unreadable images")
+    return result
