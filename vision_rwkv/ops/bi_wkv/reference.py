@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["bi_wkv_reference", "bi_wkv_naive", "MODES"]
+__all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "MODES"]
 
 MODES = ("exact", "original")
 
@@ -61,9 +62,80 @@ def bi_wkv_naive(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return y.transpose(1, 2)
 
 
+def decay_scan(x: torch.Tensor, w: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """Inclusive decayed prefix sum ``h_t = sum_{n <= t} exp(-w (t - n)) x_n`` along the last dim.
+
+    ``x`` (C, M, T), ``w`` (C,) (may be negative: growth). Blocks of ``block`` steps use a (block x block)
+    per-channel matrix; the block totals are combined by the same scan over blocks (decay ``w * block``),
+    recursively, so time is O(T * block) and memory O(T). Every factor is ``exp(-w d)`` of an exact integer
+    distance ``d >= 0``, so nothing cancels (also not in the gradient w.r.t. ``w``) and the magnitudes stay within
+    ``exp(|w| T)``.
+    """
+    c, m, t_len = x.shape
+    if t_len <= block:
+        idx = torch.arange(t_len, device=x.device)
+        dist = idx[:, None] - idx[None, :]
+        mat = torch.exp(-w[:, None, None] * dist.clamp(min=0).to(x.dtype)) * (dist >= 0).to(x.dtype)
+        return torch.matmul(x, mat.transpose(1, 2))
+    nblk = -(-t_len // block)
+    xp = F.pad(x, (0, nblk * block - t_len)).reshape(c, m * nblk, block)
+    intra = decay_scan(xp, w, block).reshape(c, m, nblk, block)
+    carry = decay_scan(intra[..., -1], w * block, block)  # state at the end of every block
+    carry = F.pad(carry[..., :-1], (1, 0))  # state at the end of the previous block
+    steps = torch.exp(-w[:, None] * torch.arange(1, block + 1, device=x.device, dtype=x.dtype))
+    out = intra + carry[..., None] * steps[:, None, None, :]
+    return out.reshape(c, m, nblk * block)[..., :t_len]
+
+
+def _shift_right(h: torch.Tensor) -> torch.Tensor:
+    """h_{t-1} along the last dim (0 at t = 0)."""
+    return F.pad(h[..., :-1], (1, 0))
+
+
+def _shift_left(h: torch.Tensor) -> torch.Tensor:
+    """h_{t+1} along the last dim (0 at the end)."""
+    return F.pad(h[..., 1:], (0, 1))
+
+
 def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
-                     chunks: int = 32) -> torch.Tensor:
-    """O(T)-memory reference (fp32 accumulation; result in v's dtype)."""
+                     chunks: int = 32, block: int = 32) -> torch.Tensor:
+    """O(T)-time, O(T)-memory reference of either mode (fp32 or float64 accumulation; result in v's dtype).
+
+    One max of k per (batch, channel) keeps exp(k) in range; every other factor is a decay ``exp(-w d)`` bounded
+    by ``exp(|w| T)`` (|w| T = |spatial_decay| in the model). Differentiable by autograd.
+    """
+    if mode not in MODES:
+        raise ValueError(f"bi_wkv_reference: unknown mode {mode!r}; expected one of {MODES}")
     dt = torch.promote_types(k.dtype, torch.float32)
-    y = bi_wkv_naive(w.to(dt), u.to(dt), k.to(dt), v.to(dt), mode, chunks)
-    return y.to(v.dtype)
+    b, t_len, c = k.shape
+    w = w.to(dt)
+    u = u.to(dt)
+    kc = k.to(dt).permute(2, 0, 1)  # (C, B, T)
+    vc = v.to(dt).permute(2, 0, 1)
+    a = torch.exp(kc - kc.amax(dim=-1, keepdim=True).detach())
+    x = torch.cat([a * vc, a], dim=1)  # (C, 2B, T): numerator and denominator terms
+    diag = torch.exp(u)[:, None, None] * x
+    if mode == "exact":
+        h = decay_scan(torch.cat([x, x.flip(-1)], dim=1), w, block)
+        fwd, bwd = h.split(2 * b, dim=1)
+        tot = diag + _shift_right(fwd) + _shift_left(bwd.flip(-1))
+    else:
+        size = -(-t_len // chunks)  # S = ceil(T / P) tokens per chunk
+        nch = -(-t_len // size)
+        xr = F.pad(x, (0, nch * size - t_len)).reshape(c, 2 * b * nch, size)
+        first = torch.ones(size, dtype=dt, device=x.device)
+        first[0] = 0
+        hg = decay_scan(torch.cat([xr, xr * first], dim=0), torch.cat([w, -w]), block)
+        h, g = hg.reshape(2 * c, 2 * b, nch, size).split(c, dim=0)
+        # tokens before t's chunk: exp(-w (t - n)); state at the end of every chunk via a scan over chunks
+        ends = decay_scan(h[..., -1], w * size, block)
+        ends = F.pad(ends[..., :-1], (1, 0))
+        steps = torch.exp(-w[:, None] * torch.arange(1, size + 1, device=x.device, dtype=dt))
+        pre = ends[..., None] * steps[:, None, None, :]
+        # inside the chunk: exp(-w (t-n-1)) for s <= n < t, (1 - e^w) exp(w (t-n)) for s < n <= t
+        inner = pre + _shift_right(h) - torch.expm1(w)[:, None, None, None] * g
+        inner = inner.reshape(c, 2 * b, nch * size)[..., :t_len]
+        after = decay_scan(x.flip(-1), w, block).flip(-1)  # sum_{n >= t} exp(-w (n - t)) x_n
+        tot = diag + inner + _shift_left(after) * torch.exp(-w)[:, None, None]
+    y = tot[:, :b] / tot[:, b:]
+    return y.permute(1, 2, 0).to(v.dtype)
