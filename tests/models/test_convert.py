@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_model
+from model_helpers import tiny_model
 from vision_rwkv.models import VRWKV6, build_from_original, checkpoint_filter_fn, ours_to_original, original_to_ours
 from vision_rwkv.models.convert import (
     CheckpointMismatchError, convert_file, detect_family, load_checkpoint_file, model_kwargs_from_original,
@@ -215,7 +215,9 @@ def test_original_config_translation():
              hidden_rate=4, hidden_dims=3072, drop_path_rate=0.1, with_cp=True, shift_pixel=1,
              interpolate_mode='bicubic', out_indices=-1), 'vrwkv')
     assert kw['key_norm'] is True and kw['head_hidden_size'] == 3072 and kw['embed_dim'] == 1024
-    assert kw['mlp_ratio'] == 4 and kw['_grad_checkpointing'] is True
+    assert kw['mlp_ratio'] == 4 and 'with_cp' not in kw
+    assert build_from_original(dict(embed_dims=32, depth=1, with_cp=True),
+                               tiny_model('vrwkv_tiny_patch16_224', depth=1).state_dict()).grad_checkpointing
     assert model_kwargs_from_original(dict(embed_dims=320, num_heads=4), 'vrwkv6')['head_size'] == 80
     with pytest.raises(ValueError, match=r"unknown original config keys: \['frobnicate'\]"):
         model_kwargs_from_original(dict(embed_dims=64, frobnicate=1), 'vrwkv')

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
-from conftest import tiny_model
+from model_helpers import tiny_model
 
 NAMES = ['vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224']
 

@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from conftest import tiny_model
+from model_helpers import tiny_model
 
 # published sizes (README / paper): params of backbone + 1000-class head
 PUBLISHED_M = {

@@ -5,7 +5,7 @@ import timm.optim
 import torch
 import torch.nn as nn
 
-from conftest import ALL_NAMES, V4_NAMES, V6_NAMES, family_of, tiny_model
+from model_helpers import ALL_NAMES, V4_NAMES, V6_NAMES, family_of, tiny_model
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 

@@ -250,7 +250,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
 
 # ---------------------------------------------------------------------- original constructor arguments
 # original VRWKV / VRWKV6 __init__ argument -> (our kwarg, converter); None = accepted and ignored
-_IGNORED = ('out_indices', 'init_mode', 'init_cfg', 'output_cls_token', 'shift_mode')
+# with_cp (activation checkpointing) is a training choice, not architecture: build_from_original applies it
+_IGNORED = ('out_indices', 'init_mode', 'init_cfg', 'output_cls_token', 'shift_mode', 'with_cp')
 _REQUIRED_VALUES = {'shift_pixel': 1, 'channel_gamma': 0.25, 'interpolate_mode': 'bicubic', 'with_cls_token': False}
 _RENAMES = {
     'img_size': 'img_size', 'patch_size': 'patch_size', 'in_channels': 'in_chans', 'embed_dims': 'embed_dim',
@@ -267,9 +268,7 @@ def model_kwargs_from_original(config: Mapping[str, Any], family: str) -> Dict[s
     for key, value in config.items():
         if key in _IGNORED:
             continue
-        if key == 'with_cp':
-            kwargs['_grad_checkpointing'] = bool(value)
-        elif key in _REQUIRED_VALUES:
+        if key in _REQUIRED_VALUES:
             if value != _REQUIRED_VALUES[key]:
                 raise ValueError(f'original config {key}={value!r} is not supported (only {_REQUIRED_VALUES[key]!r})')
         elif key == 'num_heads':
@@ -315,7 +314,6 @@ def build_from_original(
     if is_original_layout(sd):
         sd = original_to_ours(sd)
     kwargs = model_kwargs_from_original(config, family)
-    grad_ckpt = kwargs.pop('_grad_checkpointing', False)
     if 'head.weight' in sd:
         kwargs.setdefault('num_classes', sd['head.weight'].shape[0])
         if 'pre_logits.fc.weight' in sd:
@@ -329,7 +327,7 @@ def build_from_original(
     else:
         model = VRWKV6(**kwargs)
     model.load_state_dict(checkpoint_filter_fn(sd, model))
-    model.set_grad_checkpointing(grad_ckpt)
+    model.set_grad_checkpointing(bool(config.get('with_cp', False)))
     return model.eval()
 
 
