@@ -8,7 +8,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("VRWKV_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Tiny test tensors: more threads only add contention (pytest runs with -n 2 workers on 2 cores).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
