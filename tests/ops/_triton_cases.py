@@ -1,0 +1,202 @@
+"""Check the Triton Bi-WKV kernels against float64 references, case by case.
+
+Imported by ``test_bi_wkv_triton.py`` / ``test_bi_wkv6_triton.py`` (CUDA, in-process) and run as a script in a
+subprocess with ``TRITON_INTERPRET=1`` (CPU): ``python _triton_cases.py <op> '<json list of cases>'`` prints one JSON
+object {case name: result}. A result holds the relative errors ``|out - ref| / |ref|`` (2-norm, float64) of y and of
+every gradient, whether everything was finite, and an error string when the call raised.
+
+Outputs are NaN-poisoned before every launch (``VRWKV_TRITON_DEBUG=1``), so an element a kernel forgets to write
+shows up as a non-finite value.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import traceback
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.double()
+    b = b.double()
+    scale = max(b.norm().item(), 1e-12 * max(1, b.numel()) ** 0.5)
+    return (a - b).norm().item() / scale
+
+
+def _maybe_noncontig(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """Same values, other strides: 'T' = stored time-major-last (a transposed copy), 'S' = every other element."""
+    if layout == "T":
+        return x.transpose(1, -1).contiguous().transpose(1, -1)
+    if layout == "S":
+        big = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
+        big[..., ::2] = x
+        return big[..., ::2]
+    return x
+
+
+def v4_inputs(B, T, C, dtype, device, seed=0, kscale=1.0, kpm=None, wT=None, wstep=None, uT=None):
+    g = torch.Generator().manual_seed(seed)
+    if kpm is not None:  # k = +-kpm
+        k = (torch.randint(0, 2, (B, T, C), generator=g) * 2 - 1).double() * kpm
+    else:
+        k = torch.randn(B, T, C, generator=g, dtype=torch.float64) * kscale
+    v = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    if wstep is not None:  # per-step decays given directly
+        w = torch.tensor(wstep, dtype=torch.float64).repeat(C)[:C]
+    else:
+        wt = torch.tensor(wT, dtype=torch.float64).repeat(C)[:C] if wT is not None else \
+            -5 + 8 * torch.rand(C, generator=g, dtype=torch.float64)
+        w = wt / T
+    ut = torch.tensor(uT, dtype=torch.float64).repeat(C)[:C] if uT is not None else torch.randn(C, generator=g,
+                                                                                               dtype=torch.float64)
+    u = ut / T
+    gy = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+    cast = lambda x: x.to(dtype).to(device)  # noqa: E731
+    return w.float().to(device), u.float().to(device), cast(k), cast(v), cast(gy)
+
+
+def run_v4(case: dict, device: str) -> dict:
+    from vision_rwkv.ops import bi_wkv_naive, bi_wkv_reference
+    from vision_rwkv.ops.bi_wkv import triton as tri
+
+    cfg = dict(tri.CONFIG)
+    tri.CONFIG.update(case.get("config", {}))
+    try:
+        dtype = DTYPES[case.get("dtype", "fp32")]
+        B, T, C = case["shape"]
+        mode = case.get("mode", "exact")
+        P = case.get("chunks", 32)
+        w, u, k, v, gy = v4_inputs(B, T, C, dtype, device, seed=case.get("seed", 0), kscale=case.get("kscale", 1.0),
+                                   kpm=case.get("kpm"), wT=case.get("wT"), wstep=case.get("wstep"), uT=case.get("uT"))
+        leaves = [x.clone().requires_grad_() for x in (w, u, k, v)]
+        args = [_maybe_noncontig(x, case.get("layout", "")) if x.dim() == 3 else x for x in leaves]
+        if case.get("public_api"):
+            from vision_rwkv.ops import bi_wkv
+
+            y = bi_wkv(*args, mode=mode, chunks=P, backend="triton")
+        elif case.get("compile"):
+            fn = torch.compile(lambda *a: tri.bi_wkv_triton(*a, mode=mode, chunks=P) * 2.0, backend="aot_eager",
+                               fullgraph=True)
+            y = fn(*args) / 2.0
+        else:
+            y = tri.bi_wkv_triton(*args, mode=mode, chunks=P)
+        grads = torch.autograd.grad(y, leaves, gy)
+        ref_in = [x.detach().double().requires_grad_() for x in (w, u, k, v)]
+        ref_fn = bi_wkv_naive if T <= 512 else bi_wkv_reference
+        y_ref = ref_fn(*ref_in, mode, P)
+        g_ref = torch.autograd.grad(y_ref, ref_in, gy.double())
+        out = {"y": _rel(y, y_ref), "dtype_ok": y.dtype == v.dtype and all(
+            g.dtype == x.dtype for g, x in zip(grads, leaves))}
+        for name, a, b in zip(("gw", "gu", "gk", "gv"), grads, g_ref):
+            out[name] = _rel(a, b)
+        out["finite"] = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+        return out
+    except Exception as e:  # reported to the test, which fails with the traceback
+        return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+    finally:
+        tri.CONFIG.clear()
+        tri.CONFIG.update(cfg)
+
+
+def v6_inputs(B, T, H, N, dtype, device, seed=0, dscale=1.0, dshift=0.0, logd_const=None):
+    g = torch.Generator().manual_seed(seed)
+    r, k, v, gy = (torch.randn(B, T, H, N, generator=g, dtype=torch.float64) for _ in range(4))
+    if logd_const is not None:
+        logd = torch.full((B, T, H, N), float(logd_const), dtype=torch.float64)
+        logd[..., ::2] = -math.exp(dshift)
+    else:
+        logd = -torch.exp(torch.randn(B, T, H, N, generator=g, dtype=torch.float64) * dscale + dshift)
+    u = torch.randn(H, N, generator=g, dtype=torch.float64)
+    cast = lambda x: x.to(dtype).to(device)  # noqa: E731
+    return cast(r), cast(k), cast(v), cast(logd), u.float().to(device), cast(gy)
+
+
+def run_v6(case: dict, device: str) -> dict:
+    from vision_rwkv.ops import bi_wkv6_naive, bi_wkv6_reference
+    from vision_rwkv.ops.bi_wkv6 import triton as tri
+
+    cfg = dict(tri.CONFIG)
+    tri.CONFIG.update(case.get("config", {}))
+    try:
+        dtype = DTYPES[case.get("dtype", "fp32")]
+        B, T, H, N = case["shape"]
+        r, k, v, logd, u, gy = v6_inputs(B, T, H, N, dtype, device, seed=case.get("seed", 0),
+                                         dscale=case.get("dscale", 1.0), dshift=case.get("dshift", 0.0),
+                                         logd_const=case.get("logd_const"))
+        leaves = [x.clone().requires_grad_() for x in (r, k, v, logd, u)]
+        args = [_maybe_noncontig(x, case.get("layout", "")) if x.dim() == 4 else x for x in leaves]
+        if case.get("public_api"):
+            from vision_rwkv.ops import bi_wkv6
+
+            y = bi_wkv6(*args, backend="triton")
+        elif case.get("compile"):
+            fn = torch.compile(lambda *a: tri.bi_wkv6_triton(*a) * 2.0, backend="aot_eager", fullgraph=True)
+            y = fn(*args) / 2.0
+        else:
+            y = tri.bi_wkv6_triton(*args)
+        grads = torch.autograd.grad(y, leaves, gy)
+        # e^-1e4 == e^-inf == 0: the references need finite log decays
+        ref_in = [x.detach().double().clamp_min(-1e4).requires_grad_() for x in (r, k, v, logd, u)]
+        ref_fn = bi_wkv6_naive if T <= 256 else bi_wkv6_reference
+        y_ref = ref_fn(*ref_in)
+        g_ref = torch.autograd.grad(y_ref, ref_in, gy.double())
+        out = {"y": _rel(y, y_ref), "dtype_ok": y.dtype == v.dtype and all(
+            g.dtype == x.dtype for g, x in zip(grads, leaves))}
+        for name, a, b in zip(("gr", "gk", "gv", "glogd", "gu"), grads, g_ref):
+            out[name] = _rel(a, b)
+        out["finite"] = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+        return out
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+    finally:
+        tri.CONFIG.clear()
+        tri.CONFIG.update(cfg)
+
+
+RUNNERS = {"bi_wkv": run_v4, "bi_wkv6": run_v6}
+
+
+def tolerances(dtype: str, op: str) -> tuple[float, float]:
+    """(y, gradients) relative tolerances (METHOD.md: fp32 ~1e-5 vs float64; bf16 1e-3..1e-2)."""
+    if dtype == "fp32":
+        return 1e-5, 3e-5
+    if dtype == "fp16":
+        return 3e-3, 6e-3
+    return 1e-2, 2e-2
+
+
+def check(result: dict, dtype: str, op: str) -> None:
+    """Assert a case result is within tolerance (raises AssertionError naming the quantity)."""
+    assert "error" not in result, result.get("error")
+    assert result["finite"], f"non-finite output or gradient (unwritten element?): {result}"
+    assert result["dtype_ok"], f"output/gradient dtype differs from the input's: {result}"
+    ty, tg = tolerances(dtype, op)
+    for key, val in result.items():
+        if key in ("finite", "dtype_ok"):
+            continue
+        tol = ty if key == "y" else tg
+        assert val == val and val <= tol, f"{key}: relative error {val:.3e} > {tol:.1e} ({result})"
+
+
+def run_in_interpreter(op: str, cases: dict, timeout: float = 600) -> dict:
+    """Run ``cases`` {name: case} of ``op`` on CPU under TRITON_INTERPRET=1 in a fresh subprocess."""
+    import subprocess
+
+    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), op, json.dumps(cases)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"interpreter subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    _op, _cases = sys.argv[1], json.loads(sys.argv[2])
+    _res = {name: RUNNERS[_op](case, "cpu") for name, case in _cases.items()}
+    print(json.dumps(_res))

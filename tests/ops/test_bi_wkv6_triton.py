@@ -1,0 +1,60 @@
+"""Triton bidirectional RWKV-6 WKV kernels vs float64 references: forward and all five gradients.
+
+CPU: the kernels run under TRITON_INTERPRET=1 in one subprocess on tiny shapes (T=1, T not a multiple of the
+16-token chunk, head size not a power of two, strong / extreme decays incl. logd = -inf, bf16/fp16, non-contiguous
+inputs, the public dispatcher, torch.compile without graph breaks). CUDA (when present): real shapes, including
+T far beyond the original kernel's 256. Outputs are NaN-poisoned before every launch.
+"""
+import pytest
+import torch
+
+from _triton_cases import check, run_in_interpreter, run_v6
+
+pytest.importorskip("triton")
+
+CPU_CASES = {
+    "T1": dict(shape=(1, 1, 1, 16)),
+    "T_not_multiple": dict(shape=(2, 21, 2, 16)),
+    "head_size_24_odd_T": dict(shape=(1, 19, 1, 24)),
+    "strong_decays": dict(shape=(1, 18, 1, 16), dscale=3.0),
+    "extreme_decays_inf": dict(shape=(1, 17, 1, 16), logd_const=float("-inf"), dshift=-3.0),
+    "extreme_decays_1e4": dict(shape=(1, 17, 1, 16), logd_const=-1e4, dshift=-1.0),
+    "bf16": dict(shape=(1, 20, 1, 16), dtype="bf16"),
+    "fp16": dict(shape=(1, 9, 1, 16), dtype="fp16"),
+    "noncontig": dict(shape=(1, 18, 2, 16), layout="T"),
+    "public_api": dict(shape=(1, 5, 1, 16), public_api=True),
+    "torch_compile_fullgraph": dict(shape=(1, 5, 1, 16), compile=True),
+}
+
+CUDA_CASES = {
+    "64x196x3x64": dict(shape=(64, 196, 3, 64)),
+    "64x196x12x64_bf16": dict(shape=(64, 196, 12, 64), dtype="bf16"),
+    "16x1024x6x64": dict(shape=(4, 1024, 6, 64)),
+    "16x1024x6x64_bf16": dict(shape=(16, 1024, 6, 64), dtype="bf16"),
+    "2x4096x6x64": dict(shape=(2, 4096, 6, 64)),
+    "1x16384x2x64": dict(shape=(1, 16384, 2, 64)),
+    "head80": dict(shape=(4, 197, 4, 80)),
+    "strong_decays": dict(shape=(4, 300, 2, 64), dscale=2.0, dshift=1.0),
+    "extreme_decays_inf": dict(shape=(2, 100, 2, 64), logd_const=float("-inf")),
+    "noncontig": dict(shape=(4, 196, 3, 64), layout="T"),
+    "fp16": dict(shape=(8, 196, 3, 64), dtype="fp16"),
+    "compile": dict(shape=(2, 196, 3, 64), compile=True),
+}
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    return run_in_interpreter("bi_wkv6", CPU_CASES)
+
+
+@pytest.mark.parametrize("name", list(CPU_CASES))
+def test_bi_wkv6_triton_interpreter(interpreter_results, name):
+    check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv6")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(CUDA_CASES))
+def test_bi_wkv6_triton_cuda(name, monkeypatch):
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    case = CUDA_CASES[name]
+    check(run_v6(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv6")

@@ -1,0 +1,70 @@
+"""Triton v4 Bi-WKV kernels vs float64 references: forward and all four gradients.
+
+CPU: the kernels run under TRITON_INTERPRET=1 in one subprocess on tiny shapes (awkward sizes, T=1, k = +-60,
+extreme decays, bf16/fp16, non-contiguous inputs, the public dispatcher, torch.compile without graph breaks).
+CUDA (when present): the same checks at real shapes. Outputs are NaN-poisoned before every launch.
+"""
+import pytest
+import torch
+
+from _triton_cases import check, run_in_interpreter, run_v4
+
+pytest.importorskip("triton")
+
+# config overrides force the multi-chunk path (pass 1 + carry scan + pass 3) on tiny sequences
+CHUNKED = {"single_max_t": 8, "chunk_t": 8, "carry_ncb": 2}
+
+CPU_CASES = {
+    "single_chunk": dict(shape=(2, 7, 5)),
+    "T1": dict(shape=(1, 1, 3)),
+    "chunked_T_not_multiple": dict(shape=(1, 19, 5), config=CHUNKED),
+    "k_pm60_extreme_wT": dict(shape=(1, 12, 4), kpm=60.0, wT=[5.0, -5.0, 0.0, 1e-3], uT=[3.0, -3.0, 0.0, 1.0],
+                              config=CHUNKED),
+    "extreme_per_step_decay": dict(shape=(1, 13, 4), kscale=3.0, wstep=[20.0, -3.0, 2.0, 0.5], config=CHUNKED),
+    "bf16": dict(shape=(1, 19, 5), dtype="bf16", config=CHUNKED),
+    "fp16": dict(shape=(1, 9, 3), dtype="fp16"),
+    "original_P4_subchunks": dict(shape=(1, 19, 3), mode="original", chunks=4, config={"chunk_t": 2}),
+    "original_P32_S1": dict(shape=(1, 11, 3), mode="original", chunks=32),
+    "original_single": dict(shape=(1, 6, 3), mode="original", chunks=1),
+    "noncontig_transposed": dict(shape=(1, 10, 5), layout="T", config=CHUNKED),
+    "noncontig_strided": dict(shape=(1, 6, 5), layout="S", mode="original", chunks=3),
+    "public_api": dict(shape=(1, 6, 3), public_api=True),
+    "torch_compile_fullgraph": dict(shape=(1, 6, 3), compile=True),
+}
+
+CUDA_CASES = {
+    "exact_64x196x192": dict(shape=(64, 196, 192)),
+    "exact_64x196x192_bf16": dict(shape=(64, 196, 192), dtype="bf16"),
+    "exact_2x1024x64": dict(shape=(2, 1024, 64)),
+    "exact_16x1024x384_bf16": dict(shape=(16, 1024, 384), dtype="bf16"),
+    "exact_2x4096x96": dict(shape=(2, 4096, 96)),
+    "exact_1x16384x192": dict(shape=(1, 16384, 192)),
+    "exact_1x65537x8": dict(shape=(1, 65537, 8)),
+    "exact_k_pm60": dict(shape=(4, 196, 64), kpm=60.0),
+    "exact_extreme_per_step": dict(shape=(2, 300, 8), kscale=3.0, wstep=[20.0, -0.1, 2.0, 0.5, 1e-4, 0.0, 5.0, 1.0]),
+    "exact_noncontig": dict(shape=(3, 300, 77), layout="T"),
+    "exact_fp16": dict(shape=(8, 196, 192), dtype="fp16"),
+    "original_8x196x192": dict(shape=(8, 196, 192), mode="original"),
+    "original_2x1024x64_P16": dict(shape=(2, 1024, 64), mode="original", chunks=16),
+    "original_2x4096x32": dict(shape=(2, 4096, 32), mode="original"),
+    "original_bf16": dict(shape=(8, 196, 64), mode="original", dtype="bf16"),
+    "compile": dict(shape=(2, 196, 64), compile=True),
+}
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    return run_in_interpreter("bi_wkv", CPU_CASES)
+
+
+@pytest.mark.parametrize("name", list(CPU_CASES))
+def test_bi_wkv_triton_interpreter(interpreter_results, name):
+    check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(CUDA_CASES))
+def test_bi_wkv_triton_cuda(name, monkeypatch):
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    case = CUDA_CASES[name]
+    check(run_v4(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv")
