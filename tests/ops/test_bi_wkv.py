@@ -1,0 +1,200 @@
+"""v4 Bi-WKV: O(T) reference vs the naive O(T^2) forms, precision, gradients, fixtures of the original kernel."""
+import math
+
+import pytest
+import torch
+
+from vision_rwkv.ops import bi_wkv, bi_wkv_naive, bi_wkv_reference
+
+F64 = torch.float64
+
+
+def make_inputs(b, t, c, decay=5.0, k_scale=3.0, dtype=F64, seed=0):
+    """Per-step w = decay / T with decays of both signs (growth and decay), bonus u = first / T."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.rand(c, generator=g, dtype=F64) * 2 - 1) * decay / t
+    u = torch.randn(c, generator=g, dtype=F64) / t
+    k = torch.randn(b, t, c, generator=g, dtype=F64) * k_scale
+    v = torch.randn(b, t, c, generator=g, dtype=F64)
+    return [x.to(dtype) for x in (w, u, k, v)]
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def rows_direct(w, u, k, v, mode, chunks, rows):
+    """Output rows ``rows`` straight from the definition of DESIGN.md §3 (float64, O(T) per row)."""
+    w, u, k, v = (x.double() for x in (w, u, k, v))
+    t_len = k.shape[1]
+    n = torch.arange(t_len, dtype=F64)[:, None]
+    out = []
+    for t in rows:
+        if mode == "exact":
+            f = torch.exp(-((t - n).abs() - 1) * w)
+            f[t] = torch.exp(u)
+        else:
+            size = math.ceil(t_len / chunks)
+            s = size * (t // size)
+            f = torch.where(n < s, torch.exp(-w * (t - n)), torch.exp(-w * (t - n - 1)))
+            inside = (n > s) & (n < t)
+            f = f + inside * (-torch.expm1(w)) * torch.exp(w * (t - n))
+            f = torch.where(n > t, torch.exp(-w * (n - t)), f)
+            f[t] = torch.exp(u) + (t > s) * (-torch.expm1(w))
+        wt = f[None] * torch.exp(k - k.amax(1, keepdim=True))
+        out.append((wt * v).sum(1) / wt.sum(1))
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 31, 32, 33, 100])
+@pytest.mark.parametrize("mode,chunks", [("exact", 32), ("original", 32), ("original", 16), ("original", 5)])
+def test_reference_matches_naive_float64(t, mode, chunks):
+    for b, decay in ((1, 8.0), (2, 0.5)):
+        w, u, k, v = make_inputs(b, t, 5, decay=decay, seed=t)
+        ref = bi_wkv_reference(w, u, k, v, mode, chunks, block=4)  # small blocks: several scan levels
+        torch.testing.assert_close(ref, bi_wkv_naive(w, u, k, v, mode, chunks), rtol=1e-12, atol=1e-12)
+
+
+def test_naive_matches_literal_rows():
+    w, u, k, v = make_inputs(2, 37, 3)
+    rows = [0, 1, 5, 17, 36]
+    for mode in ("exact", "original"):
+        torch.testing.assert_close(bi_wkv_naive(w, u, k, v, mode, 8)[:, rows], rows_direct(w, u, k, v, mode, 8, rows))
+
+
+def test_original_differs_from_exact():
+    w, u, k, v = make_inputs(1, 50, 4, decay=6.0)
+    assert rel_err(bi_wkv_reference(w, u, k, v, "original"), bi_wkv_reference(w, u, k, v, "exact")) > 1e-4
+
+
+@pytest.mark.parametrize("t", [2, 33, 100, 257])
+@pytest.mark.parametrize("mode,chunks", [("exact", 32), ("original", 32), ("original", 16)])
+@pytest.mark.parametrize("decay", [-8.0, 8.0, 0.5])
+def test_fp32_close_to_float64(t, mode, chunks, decay):
+    w, u, k, v = make_inputs(2, t, 7, decay=decay, seed=t)
+    exact = bi_wkv_naive(w, u, k, v, mode, chunks)
+    y32 = bi_wkv(*(x.float() for x in (w, u, k, v)), mode=mode, chunks=chunks, backend="reference")
+    assert y32.dtype == torch.float32
+    assert rel_err(y32, exact) < 2e-6
+
+
+def test_large_keys_and_decay_do_not_overflow():
+    t = 64
+    w, u, _, v = make_inputs(1, t, 6, decay=8.0)
+    k = (torch.rand(1, t, 6, dtype=F64) * 2 - 1) * 60  # exp(60) overflows fp32 without the max shift
+    k[0, 3] = 60.0
+    for mode in ("exact", "original"):
+        y = bi_wkv(w.float(), u.float(), k.float(), v.float(), mode=mode, backend="reference")
+        assert torch.isfinite(y).all()
+        assert rel_err(y, bi_wkv_naive(w, u, k, v, mode)) < 2e-6
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_half_inputs_accumulate_in_fp32(dtype, tol):
+    w, u, k, v = make_inputs(2, 65, 5, decay=4.0, dtype=dtype)
+    for mode in ("exact", "original"):
+        y = bi_wkv(w, u, k, v, mode=mode, backend="reference")
+        assert y.dtype == dtype
+        exact = bi_wkv_naive(*(x.double() for x in (w, u, k, v)), mode)  # same (rounded) inputs
+        assert rel_err(y, exact) < tol
+
+
+def test_output_dtype_follows_v():
+    w, u, k, v = make_inputs(1, 9, 3, dtype=torch.float32)
+    assert bi_wkv(w, u, k, v.bfloat16(), backend="reference").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("mode,chunks,t", [("exact", 32, 1), ("exact", 32, 7), ("original", 3, 7),
+                                           ("original", 2, 5), ("original", 32, 9)])
+def test_gradcheck(mode, chunks, t):
+    w, u, k, v = make_inputs(1, t, 3, decay=3.0, k_scale=1.0, seed=t)
+    args = [x.requires_grad_() for x in (w, u, k, v)]
+    fn = lambda *a: bi_wkv_reference(*a, mode=mode, chunks=chunks, block=2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("mode", ["exact", "original"])
+def test_gradients_match_naive(mode):
+    w, u, k, v = make_inputs(2, 45, 5, decay=6.0, seed=3)
+    gy = torch.randn(2, 45, 5, dtype=F64)
+    grads = []
+    for fn in (bi_wkv_reference, bi_wkv_naive):
+        args = [x.clone().requires_grad_() for x in (w, u, k, v)]
+        (fn(*args, mode, 7) * gy).sum().backward()
+        grads.append([a.grad for a in args])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["exact", "original"])
+def test_long_grid_4096_tokens(mode):
+    """A 64x64 grid: fp32 O(T) result against rows computed from the definition, gradients finite."""
+    w, u, k, v = make_inputs(1, 4096, 4, decay=7.0, dtype=torch.float32)
+    args = [x.requires_grad_() for x in (w, u, k, v)]
+    y = bi_wkv(*args, mode=mode, backend="reference")
+    rows = [0, 1, 127, 128, 2049, 4095]
+    assert rel_err(y[:, rows], rows_direct(w, u, k, v, mode, 32, rows)) < 2e-6
+    y.square().sum().backward()
+    assert all(torch.isfinite(a.grad).all() for a in args)
+
+
+# ---------------------------------------------------------------- fixtures of the original CUDA kernels
+
+V4_CASES = ["T16", "T50", "T196", "T1024"]
+
+
+@pytest.fixture(scope="module")
+def kernels_v4(load_fixture):
+    return load_fixture("kernels_io.pt")["v4"]
+
+
+@pytest.mark.parametrize("case", V4_CASES)
+def test_fixture_forward(kernels_v4, case):
+    e = kernels_v4[case]
+    w, u, k, v = (e["inputs"][n] for n in ("w", "u", "k", "v"))
+    assert rel_err(bi_wkv(w, u, k, v, mode="exact", backend="reference"), e["y_eq5_f64"]) < 2e-6
+    y = bi_wkv(w, u, k, v, mode="original", chunks=32, backend="reference")
+    assert rel_err(y, e["y_closed_form_f64"]) < 2e-6
+    assert rel_err(y, e["y_old_kernel"]) < 5e-6
+    # in float64 the reference reproduces the float64 targets to rounding
+    w, u, k, v = (x.double() for x in (w, u, k, v))
+    assert rel_err(bi_wkv_reference(w, u, k, v, "exact"), e["y_eq5_f64"]) < 1e-12
+    assert rel_err(bi_wkv_reference(w, u, k, v, "original", 32), e["y_closed_form_f64"]) < 1e-12
+
+
+@pytest.mark.parametrize("case", V4_CASES)
+def test_fixture_original_backward_w_u(kernels_v4, case):
+    """The original backward's gw, gu are the exact derivatives of its forward (its gk, gv are not: not targeted)."""
+    e = kernels_v4[case]
+    args = [e["inputs"][n].clone().requires_grad_() for n in ("w", "u", "k", "v")]
+    y = bi_wkv(*args, mode="original", chunks=32, backend="reference")
+    (y * e["inputs"]["gy"]).sum().backward()
+    g = e["grads_cuda_new"]
+    assert rel_err(args[0].grad, g["gw"]) < 5e-6
+    assert rel_err(args[1].grad, g["gu"]) < 5e-6
+
+
+# ---------------------------------------------------------------- input validation
+
+def test_bad_inputs():
+    w, u, k, v = make_inputs(2, 5, 3, dtype=torch.float32)
+    with pytest.raises(ValueError, match="mode"):
+        bi_wkv(w, u, k, v, mode="fast")
+    with pytest.raises(ValueError, match="chunks"):
+        bi_wkv(w, u, k, v, mode="original", chunks=0)
+    with pytest.raises(ValueError, match="v has shape"):
+        bi_wkv(w, u, k, v[:, :4])
+    with pytest.raises(ValueError, match="w has shape"):
+        bi_wkv(w[:2], u, k, v)
+    with pytest.raises(ValueError, match=r"\(B, T, C\)"):
+        bi_wkv(w, u, k[0], v[0])
+    with pytest.raises(ValueError, match="T=0"):
+        bi_wkv(w, u, k[:, :0], v[:, :0])
+    with pytest.raises(TypeError, match="dtype"):
+        bi_wkv(w, u, k.long(), v)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        bi_wkv(w.tolist(), u, k, v)
+    with pytest.raises(ValueError, match="device"):
+        bi_wkv(w.to("meta"), u, k, v)
+    with pytest.raises(ValueError, match="backend"):
+        bi_wkv(w, u, k, v, backend="cuda")
