@@ -1,0 +1,133 @@
+"""Caption data: CSV/TSV, webdataset-style tar shards, unreadable images, per-sample caption draws."""
+import io
+import json
+import tarfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rwkv_clip.data import (CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset,
+                            UnreadableImage, expand_shards)
+from vision_rwkv.engine import EpochLoader
+
+
+def _png_bytes(value: int, size: int = 8) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _to_tensor(img):
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float()
+
+
+def _csv(tmp_path, sep=","):
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(5):
+        (tmp_path / "img" / f"{i}.png").write_bytes(_png_bytes(10 * i))
+        rows.append([f"img/{i}.png", f"raw {i}", f"syn {i}" if i != 2 else "", f"llm {i}"])
+    (tmp_path / "img" / "3.png").write_bytes(b"\x89PNG corrupt")  # corrupt
+    rows[4][0] = "img/missing.png"  # missing
+    path = tmp_path / ("data.tsv" if sep == "\t" else "data.csv")
+    path.write_text("\n".join([sep.join(["filepath", "raw", "syn", "llm"])] + [sep.join(r) for r in rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("sep", [",", "\t"])
+def test_csv_several_captions_and_unreadable_images_are_skipped_and_counted(tmp_path, sep):
+    ds = CsvCaptionDataset(_csv(tmp_path, sep), caption_keys="raw,syn,llm", transform=_to_tensor)
+    assert len(ds) == 5
+    assert ds.captions[0] == ["raw 0", "syn 0", "llm 0"] and ds.captions[2] == ["raw 2", "llm 2"]
+    s = ds[1]
+    assert s["skipped"] == 0 and s["captions"][0] == "raw 1" and s["image"][0, 0, 0] == 10
+    s = ds[3]  # corrupt -> 4 missing -> wraps to 0
+    assert s["skipped"] == 2 and s["captions"][0] == "raw 0" and s["image"][0, 0, 0] == 0
+    (tmp_path / "b").mkdir()
+    strict = CsvCaptionDataset(_csv(tmp_path / "b", sep), caption_keys=["raw"], skip_unreadable=False)
+    with pytest.raises(UnreadableImage, match="3.png"):
+        strict[3]
+
+
+def test_csv_errors(tmp_path):
+    path = _csv(tmp_path)
+    with pytest.raises(KeyError, match="nope"):
+        CsvCaptionDataset(path, caption_keys=["nope"])
+    with pytest.raises(FileNotFoundError):
+        CsvCaptionDataset(tmp_path / "none.csv")
+    path.write_text("filepath,raw\nimg/0.png,\n")
+    with pytest.raises(ValueError, match="no caption"):
+        CsvCaptionDataset(path, caption_keys=["raw"])
+
+
+def _tar(path, samples):
+    with tarfile.open(path, "w") as tar:
+        for name, data in samples:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_tar_shards(tmp_path):
+    _tar(tmp_path / "shard-000.tar", [
+        ("a/0001.jpg", _png_bytes(1)), ("a/0001.txt", b"raw one"), ("a/0001.syn.txt", b"syn one"),
+        ("a/0002.png", _png_bytes(2)), ("a/0002.json", json.dumps({"captions": ["j1", "j2"]}).encode()),
+        ("a/0003.txt", b"caption without image"),
+    ])
+    _tar(tmp_path / "shard-001.tar", [
+        ("0004.jpg", b"broken image bytes"), ("0004.txt", b"four"),
+        ("0005.webp", _png_bytes(5)), ("0005.txt", b"five"), ("0005.llm.txt", b"five llm"),
+    ])
+    spec = str(tmp_path / "shard-{000..001}.tar")
+    assert expand_shards(spec) == [str(tmp_path / "shard-000.tar"), str(tmp_path / "shard-001.tar")]
+    ds = TarCaptionDataset(spec, transform=_to_tensor)
+    assert len(ds) == 4 and ds.incomplete == 1
+    assert ds[0]["captions"] == ["syn one", "raw one"]  # caption members in extension order (syn.txt < txt)
+    assert ds[1]["captions"] == ["j1", "j2"] and ds[1]["image"][0, 0, 0] == 2
+    s = ds[2]  # broken -> next sample
+    assert s["skipped"] == 1 and sorted(s["captions"]) == ["five", "five llm"] and s["image"][0, 0, 0] == 5
+    with pytest.raises(FileNotFoundError, match="shard"):
+        TarCaptionDataset(str(tmp_path / "nope-{0..1}.tar"))
+
+
+def test_expand_shards_lists():
+    assert expand_shards("a{1..3}.tar::b.tar") == ["a1.tar", "a2.tar", "a3.tar", "b.tar"]
+    assert expand_shards(["x{08..10}"]) == ["x08", "x09", "x10"]
+
+
+class _Captions(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return {"image": torch.full((3, 2, 2), float(i)), "captions": [f"{i}-{j}" for j in range(3)], "skipped": 0,
+                "index": i}
+
+
+def test_random_caption_draw_is_uniform_and_reproducible_per_epoch():
+    drawn = []
+    tok = lambda texts: torch.tensor([[int(t[0]) * 10 + int(t[-1])] for t in texts])  # noqa: E731
+    ds = RandomCaptionDataset(_Captions(), tok)
+    loader = EpochLoader(ds, batch_size=3, seed=7)
+    epochs = [[b[1].flatten().tolist() for _, b in loader.iter_epoch(e)] for e in range(60)]
+    again = [[b[1].flatten().tolist() for _, b in loader.iter_epoch(e)] for e in (3, 17)]
+    assert again == [epochs[3], epochs[17]]  # same (seed, epoch) -> same draws
+    for ep in epochs:
+        drawn += [v % 10 for batch in ep for v in batch]
+    counts = Counter(drawn)
+    assert set(counts) == {0, 1, 2}
+    assert all(abs(c / len(drawn) - 1 / 3) < 0.05 for c in counts.values())
+    # resuming in the middle of an epoch gives the same batches
+    assert [b[1].flatten().tolist() for _, b in loader.iter_epoch(5, start_batch=1)] == epochs[5][1:]
+    images, tokens, skipped = next(iter(loader.iter_epoch(0)))[1]
+    assert images.shape == (3, 3, 2, 2) and tokens.shape == (3, 1) and skipped.tolist() == [0, 0, 0]
+
+
+def test_shapes_caption_samples():
+    ds = ShapesCaptionSamples("test", length=4, image_size=16, num_captions=3)
+    s = ds[2]
+    assert s["image"].shape == (3, 16, 16) and len(s["captions"]) == 3 and len(set(s["captions"])) == 3
+    assert len(ds.targets) == 4

@@ -1,0 +1,189 @@
+"""Retrieval / zero-shot metrics against brute force, the zero-shot classifier definition, eval data formats, and
+evaluation of a plain open_clip model."""
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from clip_helpers import tiny_model
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import rwkv_clip
+from rwkv_clip.evaluate import (EvalCfg, KarpathyJsonDataset, classification_metrics, collate_retrieval,
+                                load_classnames_templates, retrieval_metrics, run_evaluation, save_retrieval_grid,
+                                zero_shot_classifier)
+
+
+def _brute_force_recalls(sim: np.ndarray, text_to_image: list[int], k: int) -> tuple[float, float]:
+    """sim: (texts, images). Text->image: rank of the text's image; image->text: best rank of its captions."""
+    n_texts, n_images = sim.shape
+    t2i_hits = 0
+    for t in range(n_texts):
+        order = sorted(range(n_images), key=lambda i: -sim[t, i])
+        t2i_hits += text_to_image[t] in order[:k]
+    i2t_hits = 0
+    for i in range(n_images):
+        order = sorted(range(n_texts), key=lambda t: -sim[t, i])
+        i2t_hits += any(text_to_image[t] == i for t in order[:k])
+    return t2i_hits / n_texts, i2t_hits / n_images
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_recall_at_k_matches_brute_force_with_several_captions_per_image(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_images = 13
+    caps_per_image = torch.randint(1, 6, (n_images,), generator=g)  # 1..5 captions, uneven
+    text_to_image = torch.repeat_interleave(torch.arange(n_images), caps_per_image)
+    text_to_image = text_to_image[torch.randperm(len(text_to_image), generator=g)]  # texts in any order
+    img = F.normalize(torch.randn(n_images, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(len(text_to_image), 8, generator=g), dim=-1)
+    # make some texts close to their image so recalls are neither 0 nor 1
+    txt = F.normalize(txt + 0.8 * img[text_to_image] * (torch.rand(len(txt), 1, generator=g) > 0.5), dim=-1)
+    ks = (1, 2, 5, 10, 50)
+    got = retrieval_metrics(img, txt, text_to_image, ks)
+    sim = (txt @ img.T).numpy()
+    for k in ks:
+        t2i, i2t = _brute_force_recalls(sim, text_to_image.tolist(), k)
+        assert got[f"image_retrieval_recall@{k}"] == pytest.approx(t2i)
+        assert got[f"text_retrieval_recall@{k}"] == pytest.approx(i2t)
+    assert got["image_retrieval_recall@50"] == 1.0 and got["text_retrieval_recall@50"] == 1.0
+    assert 0 < got["text_retrieval_recall@1"] < 1
+
+
+def test_classification_metrics_brute_force():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 7, generator=g)
+    target = torch.randint(0, 6, (50,), generator=g)  # class 6 never occurs
+    m = classification_metrics(logits, target, 7)
+    top1 = logits.argmax(1)
+    assert m["acc1"] == pytest.approx((top1 == target).float().mean().item())
+    top5 = logits.argsort(1, descending=True)[:, :5]
+    assert m["acc5"] == pytest.approx(np.mean([t in row for t, row in zip(target.tolist(), top5.tolist())]))
+    per_class = [((top1 == target) & (target == c)).sum().item() / (target == c).sum().item()
+                 for c in range(7) if (target == c).any()]
+    assert m["mean_per_class_recall"] == pytest.approx(np.mean(per_class))
+
+
+def test_zero_shot_classifier_definition():
+    torch.manual_seed(0)
+    m = tiny_model().eval()
+    tok = rwkv_clip.get_tokenizer("RWKV-CLIP-Tiny-demo", context_length=16)
+    classes = ["circle", "square", "star"]
+    templates = ["a photo of a {}.", "a drawing of a {c}", lambda c: f"{c}!"]
+    W = zero_shot_classifier(m, tok, classes, templates)
+    with torch.no_grad():
+        for j, c in enumerate(classes):
+            texts = [f"a photo of a {c}.", f"a drawing of a {c}", f"{c}!"]
+            e = F.normalize(m.encode_text(tok(texts)), dim=-1).mean(0)
+            assert torch.allclose(W[:, j], F.normalize(e, dim=0), atol=1e-5)
+    with pytest.raises(ValueError, match="placeholder"):
+        zero_shot_classifier(m, tok, classes, ["no placeholder"])
+
+
+def test_class_sets_and_files(tmp_path):
+    names, templates = load_classnames_templates("shapes")
+    assert "circle" in names and len(names) == 8 and all("{}" in t for t in templates)
+    names, templates = load_classnames_templates("imagenet")
+    assert len(names) == 1000 and len(templates) == 80
+    (tmp_path / "c.json").write_text(json.dumps({"classnames": ["a", "b"], "templates": ["x {}"]}))
+    assert load_classnames_templates(str(tmp_path / "c.json")) == (["a", "b"], ["x {}"])
+    (tmp_path / "c.txt").write_text("apple\n\npear\n")
+    names, templates = load_classnames_templates(str(tmp_path / "c.txt"))
+    assert names == ["apple", "pear"] and len(templates) == 80
+    with pytest.raises(FileNotFoundError, match="built-in"):
+        load_classnames_templates("no-such-set")
+
+
+def _write_images(folder, n, size=20):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = folder / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_karpathy_json_and_list_formats(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    _write_images(tmp_path / "imgs", 3)
+    karpathy = {"images": [
+        {"filepath": "imgs", "filename": "im0.png", "split": "test", "sentences": [{"raw": "a"}, {"raw": "b"}]},
+        {"filepath": "imgs", "filename": "im1.png", "split": "train", "sentences": [{"raw": "c"}]},
+        {"filepath": "imgs", "filename": "im2.png", "split": "test", "sentences": [{"raw": "d"}]},
+    ]}
+    (tmp_path / "k.json").write_text(json.dumps(karpathy))
+    ds = KarpathyJsonDataset(tmp_path / "k.json", split="test")
+    assert [c for _, c in ds.items] == [["a", "b"], ["d"]]
+    (tmp_path / "l.json").write_text(json.dumps([{"image": "imgs/im1.png", "caption": ["x", "y"]},
+                                                 {"image": "imgs/im2.png", "caption": "z"}]))
+    ds = KarpathyJsonDataset(tmp_path / "l.json")
+    assert [c for _, c in ds.items] == [["x", "y"], ["z"]]
+    ds.transform = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    images, caps = collate_retrieval([ds[0], ds[1]])
+    assert images.shape == (2, 3, 20, 20) and caps == [["x", "y"], ["z"]]
+
+
+def test_run_evaluation_csv_and_imagefolder_with_plain_open_clip_model(tmp_path):
+    """The evaluation works for any open_clip-interface model: here a tiny open_clip ViT with random weights."""
+    cfg_path = tmp_path / "Tiny-ViT-test.json"
+    cfg_path.write_text(json.dumps({"embed_dim": 16,
+                                    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                                   "patch_size": 16},
+                                    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                                 "layers": 1}}))
+    open_clip.add_model_config(cfg_path)
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("Tiny-ViT-test")
+    tok = open_clip.get_tokenizer("Tiny-ViT-test")
+    # ImageFolder for zero-shot, CSV with two caption columns for retrieval
+    for c in ("circle", "red_square"):
+        (tmp_path / "zs" / c).mkdir(parents=True)
+        _write_images(tmp_path / "zs" / c, 3)
+    (tmp_path / "rt").mkdir()
+    paths = _write_images(tmp_path / "rt", 4)
+    with open(tmp_path / "rt.csv", "w") as f:
+        f.write("filepath,cap_a,cap_b\n")
+        for i, p in enumerate(paths):
+            f.write(f"rt/{p.name},caption {i},{'other ' + str(i) if i % 2 else ''}\n")
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.structured(EvalCfg)
+    cfg.batch_size = 3
+    cfg.zero_shot.data, cfg.zero_shot.path, cfg.zero_shot.classes = "imagefolder", str(tmp_path / "zs"), "folders"
+    cfg.retrieval.data, cfg.retrieval.path = "csv", str(tmp_path / "rt.csv")
+    cfg.retrieval.caption_keys = ["cap_a", "cap_b"]
+    out = run_evaluation(model, tok, preprocess, cfg, out_dir=tmp_path / "out")
+    assert out["zeroshot_num_samples"] == 6 and out["zeroshot_classnames"] == ["circle", "red square"]
+    assert out["num_images"] == 4 and out["num_texts"] == 6  # two rows have a second caption
+    assert 0 <= out["image_retrieval_recall@1"] <= 1 and out["text_retrieval_recall@10"] == 1.0
+    assert (tmp_path / "out" / "retrieval_grid.png").stat().st_size > 1000
+    # an unreadable image is an error in evaluation (a substitute would skew the metrics)
+    paths[2].write_bytes(b"not an image")
+    with pytest.raises(Exception, match="cannot read image"):
+        run_evaluation(model, tok, preprocess, cfg)
+
+
+def test_retrieval_grid_png(tmp_path):
+    scores = torch.randn(4, 6)
+    images = [torch.rand(3, 8, 8) for _ in range(6)]
+    p = save_retrieval_grid(tmp_path / "g.png", ["q0", "q1", "q2", "q3"], images, scores,
+                            torch.tensor([0, 1, 2, 3]), top_k=3)
+    assert p.is_file() and Image.open(p).size[0] > 100
+
+
+def test_shapes_evaluation_of_rwkv_clip(tmp_path):
+    from omegaconf import OmegaConf
+    torch.manual_seed(0)
+    m = tiny_model()
+    _, _, preprocess = rwkv_clip.create_model_and_transforms("RWKV-CLIP-Tiny-demo", vision_cfg={"image_size": 16})
+    cfg = OmegaConf.structured(EvalCfg)
+    cfg.shapes_image_size = 16
+    cfg.zero_shot.length, cfg.retrieval.length, cfg.retrieval.num_captions = 16, 8, 3
+    tok = rwkv_clip.get_tokenizer("RWKV-CLIP-Tiny-demo", context_length=16)
+    out = run_evaluation(m, tok, preprocess, cfg, out_dir=tmp_path)
+    assert out["zeroshot_num_samples"] == 16 and out["zeroshot_chance_acc1"] == 1 / 8
+    assert out["num_images"] == 8 and out["num_texts"] == 24
+    assert (tmp_path / "retrieval_grid.png").is_file()
