@@ -1,0 +1,142 @@
+"""RWKV-6 bidirectional WKV: chunked reference vs the naive form, precision, gradients, fixtures of the original."""
+import pytest
+import torch
+
+from vision_rwkv.ops import bi_wkv6, bi_wkv6_naive, bi_wkv6_reference
+
+F64 = torch.float64
+
+
+def make_inputs(b, t, h, n, decay=(0.0, 1.0), dtype=F64, seed=0):
+    """logd uniform in -[lo, hi] per token and channel (the model's -exp(w))."""
+    g = torch.Generator().manual_seed(seed)
+    r, k, v = (torch.randn(b, t, h, n, generator=g, dtype=F64) for _ in range(3))
+    lo, hi = decay
+    logd = -(lo + (hi - lo) * torch.rand(b, t, h, n, generator=g, dtype=F64))
+    u = torch.randn(h, n, generator=g, dtype=F64)
+    return [x.to(dtype) for x in (r, k, v, logd, u)]
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def rows_direct(r, k, v, logd, u, rows):
+    """Output rows straight from DESIGN.md §4 (float64): products of d over the tokens strictly between n and t."""
+    r, k, v, logd, u = (x.double() for x in (r, k, v, logd, u))
+    t_len = r.shape[1]
+    out = []
+    for t in rows:
+        acc = torch.einsum("bhj,hj,bhj,bhi->bhi", r[:, t], u, k[:, t], v[:, t])
+        # log of prod_{n<m<t} d_m for n < t (suffix sums) and of prod_{t<m<n} d_m for n > t (prefix sums)
+        zero = torch.zeros_like(logd[:, :1])
+        before = torch.cat([logd[:, 1:t].flip(1).cumsum(1).flip(1), zero], 1) if t > 0 else logd[:, :0]
+        after = torch.cat([zero, logd[:, t + 1:-1].cumsum(1)], 1) if t < t_len - 1 else logd[:, :0]
+        for lo, hi, dec in ((0, t, before), (t + 1, t_len, after)):
+            acc = acc + torch.einsum("bhj,bnhj,bnhi->bhi", r[:, t], torch.exp(dec) * k[:, lo:hi], v[:, lo:hi])
+        out.append(acc)
+    return torch.stack(out, 1)
+
+
+def test_naive_matches_definition():
+    args = make_inputs(2, 9, 2, 3, decay=(0.0, 2.0))
+    rows = list(range(9))
+    torch.testing.assert_close(bi_wkv6_naive(*args), rows_direct(*args, rows))
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 15, 16, 17, 33, 100])
+@pytest.mark.parametrize("decay", [(0.0, 1e-3), (0.0, 1.0), (20.0, 30.0)])
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_reference_matches_naive_float64(t, decay, chunk):
+    args = make_inputs(2, t, 2, 5, decay=decay, seed=t)
+    torch.testing.assert_close(bi_wkv6_reference(*args, chunk=chunk), bi_wkv6_naive(*args), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("t", [7, 64, 100])
+@pytest.mark.parametrize("decay", [(0.0, 1e-4), (0.0, 2.0), (25.0, 30.0)])
+def test_fp32_close_to_float64(t, decay):
+    args = make_inputs(1, t, 3, 8, decay=decay, seed=t)
+    y32 = bi_wkv6(*(x.float() for x in args), backend="reference")
+    assert y32.dtype == torch.float32
+    assert rel_err(y32, bi_wkv6_naive(*args)) < 1e-6
+
+
+def test_fp32_mixed_strong_and_weak_decay():
+    """Huge decays early in a chunk followed by tiny ones: relative decays must not lose digits (no A - A)."""
+    r, k, v, logd, u = make_inputs(1, 64, 2, 8, decay=(0.0, 1e-3), seed=5)
+    logd[:, :20] = -30.0
+    y32 = bi_wkv6(*(x.float() for x in (r, k, v, logd, u)), backend="reference")
+    assert rel_err(y32, bi_wkv6_naive(r, k, v, logd, u)) < 1e-6
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_half_inputs_accumulate_in_fp32(dtype, tol):
+    args = make_inputs(2, 40, 2, 8, decay=(0.0, 1.0), dtype=dtype)
+    y = bi_wkv6(*args, backend="reference")
+    assert y.dtype == dtype
+    assert rel_err(y, bi_wkv6_naive(*(x.double() for x in args))) < tol
+
+
+@pytest.mark.parametrize("t,chunk,decay", [(1, 64, (0.0, 1.0)), (7, 2, (0.0, 1.0)), (9, 4, (0.0, 3.0)),
+                                           (6, 4, (20.0, 30.0))])
+def test_gradcheck(t, chunk, decay):
+    args = [x.requires_grad_() for x in make_inputs(1, t, 2, 3, decay=decay, seed=t)]
+    fn = lambda *a: bi_wkv6_reference(*a, chunk=chunk)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_gradients_match_naive():
+    base = make_inputs(2, 37, 2, 4, decay=(0.0, 2.0), seed=1)
+    gy = torch.randn(2, 37, 2, 4, dtype=F64)
+    grads = []
+    for fn in (lambda *a: bi_wkv6_reference(*a, chunk=8), bi_wkv6_naive):
+        args = [x.clone().requires_grad_() for x in base]
+        (fn(*args) * gy).sum().backward()
+        grads.append([a.grad for a in args])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_long_sequence_4096_tokens():
+    args = [x.requires_grad_() for x in make_inputs(1, 4096, 2, 4, decay=(0.0, 0.05), dtype=torch.float32)]
+    y = bi_wkv6(*args, backend="reference")
+    rows = [0, 63, 64, 2000, 4095]
+    assert rel_err(y[:, rows], rows_direct(*args, rows)) < 1e-6
+    y.square().sum().backward()
+    assert all(torch.isfinite(a.grad).all() for a in args)
+
+
+# ---------------------------------------------------------------- fixtures of the original CUDA kernel
+
+@pytest.mark.parametrize("case", ["T16", "T50"])
+def test_fixture_forward_backward(load_fixture, case):
+    e = load_fixture("kernels_io.pt")["v6"][case]
+    i, o = e["inputs"], e["outputs"]
+    h, n = i["u"].shape
+    r, k, v, w = (i[name].reshape(1, -1, h, n).clone().requires_grad_() for name in ("r", "k", "v", "w"))
+    u = i["u"].clone().requires_grad_()
+    y = bi_wkv6(r, k, v, -torch.exp(w), u, backend="reference")  # the file's w is raw: decay = exp(-exp(w))
+    assert rel_err(y.reshape(o["y"].shape), o["y"]) < 2e-6
+    (y.reshape(i["gy"].shape) * i["gy"]).sum().backward()
+    for name, t in (("gr", r), ("gk", k), ("gv", v), ("gw", w), ("gu", u)):
+        assert rel_err(t.grad.reshape(o[name].shape), o[name]) < 3e-6, name
+
+
+# ---------------------------------------------------------------- input validation
+
+def test_bad_inputs():
+    r, k, v, logd, u = make_inputs(1, 5, 2, 4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="logd has shape"):
+        bi_wkv6(r, k, v, logd[:, :4], u)
+    with pytest.raises(ValueError, match="u has shape"):
+        bi_wkv6(r, k, v, logd, u.flatten())
+    with pytest.raises(ValueError, match=r"\(B, T, H, N\)"):
+        bi_wkv6(r[0], k[0], v[0], logd[0], u)
+    with pytest.raises(ValueError, match="T=0"):
+        bi_wkv6(r[:, :0], k[:, :0], v[:, :0], logd[:, :0], u)
+    with pytest.raises(TypeError, match="dtype"):
+        bi_wkv6(r, k.int(), v, logd, u)
+    with pytest.raises(ValueError, match="device"):
+        bi_wkv6(r, k, v, logd, u.to("meta"))
+    with pytest.raises(ValueError, match="backend"):
+        bi_wkv6(r, k, v, logd, u, backend="fast")
