@@ -1,0 +1,102 @@
+"""Backend selection: auto/forced/env-var behaviour, clear errors, lazy import of the Triton modules."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vision_rwkv.ops import bi_wkv, bi_wkv6, dispatch
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")  # only used as a label: resolve_backend never touches the device
+
+
+@pytest.fixture
+def fake_triton(monkeypatch):
+    """Pretend the Triton modules load; the fakes record their calls and return recognisable outputs."""
+    calls = []
+
+    def fake_v4(w, u, k, v, mode, chunks):
+        calls.append(("bi_wkv", mode, chunks))
+        return torch.full_like(v, 7.0)
+
+    def fake_v6(r, k, v, logd, u):
+        calls.append(("bi_wkv6",))
+        return torch.full_like(v, 8.0)
+
+    monkeypatch.setattr(dispatch, "_cache", {"bi_wkv": fake_v4, "bi_wkv6": fake_v6})
+    return calls
+
+
+@pytest.fixture
+def no_triton(monkeypatch):
+    monkeypatch.setattr(dispatch, "_cache", {"bi_wkv": ImportError("no module"), "bi_wkv6": ImportError("no module")})
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv("VRWKV_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def test_auto_picks_triton_for_cuda_only_when_available(fake_triton):
+    assert dispatch.resolve_backend("bi_wkv", CUDA, None) == "triton"
+    assert dispatch.resolve_backend("bi_wkv6", CPU, None) == "reference"
+
+
+def test_auto_falls_back_to_reference(no_triton):
+    assert dispatch.resolve_backend("bi_wkv", CUDA, None) == "reference"
+    assert dispatch.resolve_backend("bi_wkv", CPU, None) == "reference"
+
+
+def test_env_var_forces(monkeypatch, fake_triton):
+    monkeypatch.setenv("VRWKV_BACKEND", "reference")
+    assert dispatch.resolve_backend("bi_wkv", CUDA, None) == "reference"
+    monkeypatch.setenv("VRWKV_BACKEND", "triton")
+    assert dispatch.resolve_backend("bi_wkv", CUDA, None) == "triton"
+    assert dispatch.resolve_backend("bi_wkv", CPU, None) == "reference"  # auto mode: CPU stays on the reference
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.resolve_backend("bi_wkv", CPU, None) == "triton"
+    monkeypatch.setenv("VRWKV_BACKEND", "fast")
+    with pytest.raises(ValueError, match="VRWKV_BACKEND"):
+        dispatch.resolve_backend("bi_wkv", CPU, None)
+
+
+def test_forced_triton_on_cpu_needs_interpreter(monkeypatch, fake_triton):
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        dispatch.resolve_backend("bi_wkv", CPU, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.resolve_backend("bi_wkv", CPU, "triton") == "triton"
+
+
+def test_forced_triton_unavailable_is_a_clear_error(monkeypatch, no_triton):
+    with pytest.raises(RuntimeError, match="Triton backend is not available"):
+        dispatch.resolve_backend("bi_wkv6", CUDA, "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="bi_wkv_triton"):
+        dispatch.resolve_backend("bi_wkv", CPU, "triton")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend"):
+        dispatch.resolve_backend("bi_wkv", CPU, "cuda")
+
+
+def test_public_ops_route_to_the_selected_backend(monkeypatch, fake_triton):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    k = torch.randn(1, 4, 3)
+    w = torch.randn(3)
+    y = bi_wkv(w, w, k, k, mode="original", chunks=5, backend="triton")
+    assert torch.all(y == 7) and fake_triton == [("bi_wkv", "original", 5)]
+    r = torch.randn(1, 4, 2, 3)
+    assert torch.all(bi_wkv6(r, r, r, -r.abs(), torch.randn(2, 3), backend="triton") == 8)
+    # auto mode on CPU never calls the kernels
+    y = bi_wkv(w, w, k, k)
+    assert not torch.all(y == 7) and len(fake_triton) == 2
+
+
+def test_importing_the_package_does_not_import_triton_modules():
+    code = ("import sys, vision_rwkv, vision_rwkv.ops; "
+            "bad = [m for m in sys.modules if m.startswith('vision_rwkv.ops') and m.endswith('triton')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
