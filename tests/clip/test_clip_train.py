@@ -1,0 +1,104 @@
+"""Contrastive training: a tiny model overfits a small caption set; kill/resume reproduces the loss; precision,
+grad checkpointing, optimiser groups and schedules."""
+import math
+
+import pytest
+import torch
+from clip_helpers import TINY_MODEL_KW, tiny_model
+
+from rwkv_clip.train import build_optimizer, build_scheduler, load_clip_config, train_clip
+from vision_rwkv.engine import ConfigError, read_metrics_csv
+
+
+def _cfg(run_dir, *overrides):
+    cfg = load_clip_config(None, [
+        f"run_dir={run_dir}", "data.kind=shapes", "data.shapes_image_size=16", "data.augment=false",
+        "train.log_every=1", "train.show_progress=false", "train.tensorboard=false", "train.ckpt_every_epochs=0",
+        "eval.zero_shot.data=none", "eval.retrieval.data=none", "eval.shapes_image_size=16", *overrides])
+    cfg.model.kwargs = TINY_MODEL_KW
+    return cfg
+
+
+def test_tiny_model_overfits_small_caption_set(tmp_path):
+    """16 image-caption pairs: after training, retrieval on the same pairs is (nearly) perfect."""
+    cfg = _cfg(tmp_path / "overfit", "data.shapes_length=16", "data.shapes_num_captions=1", "train.batch_size=16",
+               "train.max_steps=30", "optim.lr=1e-2", "optim.weight_decay=0.0", "sched.name=constant",
+               "sched.warmup_steps=5", "eval.retrieval.data=shapes", "eval.retrieval.split=train",
+               "eval.retrieval.length=16", "eval.retrieval.num_captions=1", "eval.every_epochs=1000",
+               "eval.grid_png=true")
+    result = train_clip(cfg)
+    assert result["step"] == 30
+    losses = [h["loss"] for h in result["history"]]
+    assert losses[-1] < 0.2 * losses[0]
+    assert result["image_retrieval_recall@1"] >= 0.9, result
+    assert result["text_retrieval_recall@1"] >= 0.9, result
+    assert 1 / 0.07 < result["logit_scale"] <= 100 + 1e-3  # learned upwards, clamped at 100
+    run = tmp_path / "overfit"
+    assert (run / "curves.png").is_file() and (run / "retrieval_grid.png").is_file()
+    assert len(read_metrics_csv(run / "train_metrics.csv")) == 30
+    assert list((run / "checkpoints").glob("ckpt_*.pt"))
+
+
+def test_kill_and_resume_reproduces_the_loss(tmp_path):
+    common = ["data.shapes_length=24", "train.batch_size=8", "train.max_steps=7", "train.ckpt_every_steps=2",
+              "data.augment=true", "optim.lr=2e-3", "sched.name=cosine", "sched.warmup_steps=2"]
+    full = train_clip(_cfg(tmp_path / "full", *common))
+    crashed = train_clip(_cfg(tmp_path / "resumed", *common, "train.stop_after_steps=5"))
+    assert crashed.get("stopped") and crashed["step"] == 5  # last checkpoint: step 4
+    resumed = train_clip(_cfg(tmp_path / "resumed", *common), resume="latest")
+    assert resumed["step"] == 7
+    full_loss = {h["step"]: h["loss"] for h in full["history"]}
+    res_loss = {h["step"]: h["loss"] for h in resumed["history"]}
+    assert sorted(res_loss) == [5, 6, 7]  # resumed after step 4, crossing an epoch boundary (3 steps/epoch)
+    for step, loss in res_loss.items():
+        assert loss == pytest.approx(full_loss[step], rel=1e-5, abs=1e-6), step
+    # the CSV of the resumed run continues the crashed one without duplicates
+    steps = [int(r["step"]) for r in read_metrics_csv(tmp_path / "resumed" / "train_metrics.csv")]
+    assert steps == list(range(1, 8))
+
+
+def test_bf16_autocast_and_grad_checkpointing(tmp_path):
+    cfg = _cfg(tmp_path / "bf16", "data.shapes_length=8", "train.batch_size=4", "train.max_steps=2",
+               "train.precision=bf16", "model.grad_checkpointing=true")
+    result = train_clip(cfg)
+    assert result["step"] == 2 and math.isfinite(result["train_loss"])
+
+
+def test_optimizer_groups_and_schedules():
+    m = tiny_model()
+    cfg = load_clip_config(None)
+    opt = build_optimizer(m, cfg.optim)
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert "logit_scale" in nd and "text.blocks.0.att.time_decay" in nd and "text.ln_out.weight" in nd
+    assert "text.blocks.0.att.key.weight" in {names[id(p)] for p in decay["params"]}
+    cfg.optim.wd_all_params = True
+    assert len(build_optimizer(m, cfg.optim).param_groups) == 1  # the original recipe: decay everything
+
+    def lrs(name, steps=20, **kw):
+        o = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sc = load_clip_config(None, [f"sched.name={name}"] + [f"sched.{k}={v}" for k, v in kw.items()]).sched
+        s = build_scheduler(o, sc, 1.0, steps)
+        out = []
+        for _ in range(steps):
+            out.append(o.param_groups[0]["lr"])
+            o.step()
+            s.step()
+        return out
+
+    cos = lrs("cosine", warmup_steps=4)
+    assert cos[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and cos[-1] < 0.05 and cos == sorted(cos[:4]) + cos[4:]
+    one = lrs("onecycle", warmup_frac=0.1)
+    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, rel=1e-3) and one[-1] < 1e-3
+    assert lrs("constant", warmup_steps=2)[2:] == [1.0] * 18
+
+
+def test_unknown_config_keys_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_clip_config(None, ["optim.lrr=1"])
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  batchsize: 3\n")
+    with pytest.raises(ConfigError, match="batchsize"):
+        load_clip_config(p)
