@@ -27,7 +27,7 @@ __all__ = [
     "retrieval_metrics", "recall_at_k", "classification_metrics", "zero_shot_classifier", "encode_images",
     "zero_shot_evaluate", "retrieval_evaluate", "KarpathyJsonDataset", "ImageCaptionsList",
     "load_classnames_templates", "save_retrieval_grid", "collate_retrieval", "make_retrieval_loader",
-    "EvalCfg", "ZeroShotCfg", "RetrievalCfg", "run_evaluation",
+    "EvalCfg", "ZeroShotCfg", "RetrievalCfg", "run_evaluation", "load_model_for_eval",
 ]
 
 
@@ -467,3 +467,45 @@ class _LazyImages:
 
     def __getitem__(self, idx: int):
         return self.images[idx]
+
+
+def load_model_for_eval(model_name: Optional[str] = None, pretrained: Optional[str] = None,
+                        run_dir: Optional[Union[str, Path]] = None, device: Union[str, torch.device] = "cpu",
+                        context_length: Optional[int] = None) -> tuple[Any, Any, Callable]:
+    """(model, tokenizer, preprocess_val) for evaluation.
+
+    * `run_dir`: a `train_clip` run; the model name and overrides come from its config.yaml, the weights from
+      `pretrained` or else its latest checkpoint.
+    * `model_name` in `rwkv_clip.list_models()`: RWKV-CLIP with optional local `pretrained` weights.
+    * any other `model_name`: an open_clip model (`open_clip.create_model_and_transforms(name, pretrained)`;
+      `pretrained` must be a local file, nothing is downloaded).
+    """
+    import open_clip
+
+    from .factory import create_model_and_transforms, get_tokenizer, list_models
+    kwargs: dict = {}
+    if run_dir is not None:
+        from omegaconf import OmegaConf
+        from vision_rwkv.engine import find_latest_checkpoint
+        cfg_path = Path(run_dir) / "config.yaml"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path} not found: not a train_clip run folder")
+        run_cfg = OmegaConf.load(cfg_path)
+        model_name = model_name or str(run_cfg.model.name)
+        kwargs = OmegaConf.to_container(run_cfg.model.kwargs, resolve=True) or {}
+        if pretrained is None:
+            latest = find_latest_checkpoint(Path(run_dir) / "checkpoints")
+            if latest is None:
+                raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
+            pretrained = str(latest)
+    if model_name is None:
+        raise ValueError("give a model name or a run folder")
+    if model_name in list_models():
+        model, _, preprocess = create_model_and_transforms(model_name, pretrained=pretrained, device=device, **kwargs)
+        tokenizer = get_tokenizer(model_name, context_length=context_length or model.context_length)
+    else:
+        if pretrained is not None and not Path(pretrained).is_file():
+            raise FileNotFoundError(f"pretrained weights must be a local file, got {pretrained!r}")
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name, context_length=context_length)
+    return model.eval(), tokenizer, preprocess

@@ -1,0 +1,83 @@
+"""tools/eval_zeroshot.py: a train_clip run folder on held-out Shapes, and a plain open_clip model on CSV data."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+TINY = dict(embed_dim=32,
+            vision_cfg=dict(embed_dim=32, depth=1, image_size=16, patch_size=4, head_size=16, mlp_ratio=2.0),
+            text_cfg=dict(width=32, layers=1, head_size=16, hidden_dim=64, context_length=16))
+
+
+def _fake_run(run_dir: Path) -> dict:
+    """A run folder as train_clip leaves it: config.yaml + checkpoints/ckpt_*.pt (training-state dict)."""
+    import rwkv_clip
+    from rwkv_clip.train import load_clip_config
+    from vision_rwkv.engine import save_config
+    cfg = load_clip_config(None, [f"run_dir={run_dir}"])
+    cfg.model.kwargs = TINY
+    save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(3)
+    model = rwkv_clip.create_model("RWKV-CLIP-Tiny-demo", **TINY)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "step": 7}, run_dir / "checkpoints" / "ckpt_00000007.pt")
+    return model.state_dict()
+
+
+def test_eval_cli_on_run_folder(tmp_path):
+    import eval_zeroshot as cli
+    run = tmp_path / "run"
+    weights = _fake_run(run)
+    out = tmp_path / "res" / "metrics.json"
+    metrics = cli.main(["--run-dir", str(run), "--shapes-image-size", "16", "--zeroshot-length", "16",
+                        "--retrieval-length", "8", "--batch-size", "8", "--output", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["zeroshot_num_samples"] == 16 and saved["num_images"] == 8 and saved["num_texts"] == 40
+    for k in ("zeroshot_acc1", "zeroshot_acc5", "zeroshot_mean_per_class_recall", "image_retrieval_recall@1",
+              "image_retrieval_recall@5", "image_retrieval_recall@10", "text_retrieval_recall@1",
+              "text_retrieval_recall@5", "text_retrieval_recall@10"):
+        assert 0.0 <= saved[k] <= 1.0, k
+    assert saved["image_retrieval_recall@10"] == 1.0  # text->image over 8 images: always in the top 10
+    assert (out.parent / "retrieval_grid.png").is_file()
+    assert metrics["zeroshot_acc1"] == saved["zeroshot_acc1"]
+    # the evaluated model is the checkpoint's: same features as the saved weights give
+    from rwkv_clip.evaluate import load_model_for_eval
+    model, tok, _ = load_model_for_eval(run_dir=run)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert tok(["x"]).shape == (1, 16)
+
+
+def test_eval_cli_plain_open_clip_model_on_csv(tmp_path):
+    import open_clip
+
+    import eval_zeroshot as cli
+    cfg = tmp_path / "Tiny-ViT-cli-test.json"
+    cfg.write_text(json.dumps({"embed_dim": 16,
+                               "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                              "patch_size": 16},
+                               "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                                            "layers": 1}}))
+    open_clip.add_model_config(cfg)
+    rng = np.random.default_rng(0)
+    lines = ["filepath\tlabel\ttitle\talt"]
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png\t{['circle', 'star'][i % 2]}\tpicture {i}\tphoto {i}")
+    (tmp_path / "data.tsv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "m.json"
+    metrics = cli.main(["--model", "Tiny-ViT-cli-test", "--zeroshot-data", "csv", "--zeroshot-path",
+                        str(tmp_path / "data.tsv"), "--classes", "shapes", "--retrieval-data", "csv",
+                        "--retrieval-path", str(tmp_path / "data.tsv"), "--caption-keys", "title,alt",
+                        "--output", str(out), "--no-grid"])
+    assert metrics["zeroshot_num_samples"] == 6 and metrics["num_texts"] == 12
+    assert not (tmp_path / "retrieval_grid.png").exists()
+    with pytest.raises(FileNotFoundError, match="local file"):
+        cli.main(["--model", "Tiny-ViT-cli-test", "--pretrained", "laion2b_s34b_b79k", "--output", str(out)])

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Zero-shot classification and image-text retrieval for RWKV-CLIP or any open_clip model
+(thin CLI over `rwkv_clip.evaluate`).
+
+    # a train_clip run (model config + latest checkpoint), on held-out Shapes
+    python tools/eval_zeroshot.py --run-dir runs/clip_demo_shapes --output results.json
+    # original RWKV-CLIP weights, ImageNet-style folder + Flickr30k Karpathy split
+    python tools/eval_zeroshot.py --model RWKV-CLIP-B-32 --pretrained RWKV-CLIP-B32-YFCC15M.pt \\
+        --zeroshot-data imagefolder --zeroshot-path /data/imagenet/val --classes imagenet \\
+        --retrieval-data karpathy --retrieval-path /data/flickr30k/dataset_flickr30k.json \\
+        --retrieval-root /data/flickr30k/images
+    # a plain open_clip model with local weights, CSV retrieval data with two caption columns
+    python tools/eval_zeroshot.py --model ViT-B-32 --pretrained vit_b32.pt --zeroshot-data none \\
+        --retrieval-data csv --retrieval-path pairs.csv --caption-keys title,alt
+
+Metrics (JSON): zeroshot_acc1/acc5/mean_per_class_recall, image_retrieval_recall@{1,5,10} (text->image) and
+text_retrieval_recall@{1,5,10} (image->text, any of the image's captions), clip_benchmark's definitions.
+A PNG grid of the top retrieved images for a few captions is written next to the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="rwkv_clip or open_clip model name")
+    p.add_argument("--pretrained", default=None, help="local checkpoint (ours, original RWKV-CLIP or open_clip)")
+    p.add_argument("--run-dir", default=None, help="a train_clip run folder (config.yaml + latest checkpoint)")
+    p.add_argument("--zeroshot-data", default="shapes", choices=["shapes", "imagefolder", "csv", "none"])
+    p.add_argument("--zeroshot-path", default=None, help="ImageFolder root or CSV (image + label columns)")
+    p.add_argument("--classes", default="shapes",
+                   help="built-in class set (shapes, imagenet, imagenet-simple, cifar10), 'folders', or a file")
+    p.add_argument("--label-key", default="label")
+    p.add_argument("--zeroshot-length", type=int, default=400, help="Shapes test samples")
+    p.add_argument("--retrieval-data", default="shapes", choices=["shapes", "csv", "karpathy", "none"])
+    p.add_argument("--retrieval-path", default=None, help="CSV/TSV or Karpathy JSON")
+    p.add_argument("--retrieval-root", default=None, help="image folder for relative paths")
+    p.add_argument("--img-key", default="filepath")
+    p.add_argument("--caption-keys", default="title", help="comma-separated CSV caption columns")
+    p.add_argument("--split", default="test", help="Karpathy / Shapes split")
+    p.add_argument("--retrieval-length", type=int, default=200, help="Shapes test images")
+    p.add_argument("--shapes-image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", default="eval_results.json", help="JSON output file")
+    p.add_argument("--no-grid", action="store_true", help="do not write the retrieval PNG grid")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from omegaconf import OmegaConf
+
+    from rwkv_clip.evaluate import EvalCfg, load_model_for_eval, run_evaluation
+
+    cfg = OmegaConf.structured(EvalCfg)
+    cfg.batch_size, cfg.workers, cfg.shapes_image_size = args.batch_size, args.workers, args.shapes_image_size
+    cfg.grid_png = not args.no_grid
+    zs, rt = cfg.zero_shot, cfg.retrieval
+    zs.data, zs.path, zs.classes, zs.label_key, zs.img_key = (args.zeroshot_data, args.zeroshot_path, args.classes,
+                                                              args.label_key, args.img_key)
+    zs.length, zs.split = args.zeroshot_length, args.split
+    rt.data, rt.path, rt.root, rt.img_key, rt.split = (args.retrieval_data, args.retrieval_path, args.retrieval_root,
+                                                        args.img_key, args.split)
+    rt.caption_keys = [k.strip() for k in args.caption_keys.split(",") if k.strip()]
+    rt.length = args.retrieval_length
+
+    model, tokenizer, preprocess = load_model_for_eval(args.model, args.pretrained, args.run_dir, args.device)
+    out_path = Path(args.output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = run_evaluation(model, tokenizer, preprocess, cfg, device=args.device, out_dir=out_path.parent,
+                             precision=args.precision)
+    metrics = {k: v for k, v in metrics.items() if k != "zeroshot_predictions"}
+    metrics["model"] = args.model or args.run_dir
+    out_path.write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
