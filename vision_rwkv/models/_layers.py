@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, to_2tuple
 
-from vision_rwkv.ops import q_shift
+from vision_rwkv.ops import fused, q_shift
 
 __all__ = [
     'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'ChannelMix', 'Block',
@@ -143,6 +143,8 @@ class ChannelMix(nn.Module):
         self.value = nn.Linear(hidden_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        if fused.fused_enabled(x):
+            return self._forward_fused(x, grid_size)
         shifted = q_shift(x, grid_size, self.head_size)
         xk = lerp_mix(x, shifted, self.spatial_mix_k)
         xr = lerp_mix(x, shifted, self.spatial_mix_r)
@@ -150,6 +152,16 @@ class ChannelMix(nn.Module):
         if self.key_norm is not None:
             k = self.key_norm(k)
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
+
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        """Same function with fused kernels: one shift+lerp pass writing xk, xr in the compute dtype, relu^2 and
+        the sigmoid gate as single elementwise passes."""
+        mix = torch.stack((self.spatial_mix_k, self.spatial_mix_r))
+        xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype=fused.compute_dtype(x))
+        k = fused.relu_square(self.key(xk))
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        return fused.sigmoid_mul(self.receptance(xr), self.value(k))
 
 
 class Block(nn.Module):

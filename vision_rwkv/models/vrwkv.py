@@ -24,7 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from vision_rwkv.ops import bi_wkv, q_shift
+from vision_rwkv.ops import bi_wkv, fused, q_shift
 
 from ._base import VisionRWKVBase
 from ._layers import ChannelMix, GridSize, channel_position, channel_ratio, layer_ratios, lerp_mix
@@ -75,6 +75,8 @@ class SpatialMix(nn.Module):
         self.output = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        if fused.fused_enabled(x):
+            return self._forward_fused(x, grid_size)
         num_tokens = x.shape[1]
         shifted = q_shift(x, grid_size)
         k = self.key(lerp_mix(x, shifted, self.spatial_mix_k))
@@ -85,6 +87,21 @@ class SpatialMix(nn.Module):
         if self.key_norm is not None:
             y = self.key_norm(y)
         return self.output(torch.sigmoid(r) * y)
+
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        """Same function with fused kernels: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype; the
+        WKV output feeds one sigmoid-gate pass."""
+        num_tokens = x.shape[1]
+        mix = torch.stack((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r))
+        xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x))
+        k = self.key(xk)
+        v = self.value(xv)
+        r = self.receptance(xr)
+        y = bi_wkv(self.spatial_decay / num_tokens, self.spatial_first / num_tokens, k, v,
+                   mode=self.wkv_mode, chunks=self.wkv_chunks)
+        if self.key_norm is not None:
+            y = self.key_norm(y)
+        return self.output(fused.sigmoid_mul(r, y))
 
     def extra_repr(self) -> str:
         return f'wkv_mode={self.wkv_mode!r}, wkv_chunks={self.wkv_chunks}'

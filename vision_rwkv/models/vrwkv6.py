@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from vision_rwkv.ops import bi_wkv6, q_shift
+from vision_rwkv.ops import bi_wkv6, fused, q_shift
 
 from ._base import VisionRWKVBase
 from ._layers import ChannelMix, GridSize, channel_position, channel_ratio, layer_ratios
@@ -76,6 +76,8 @@ class SpatialMixV6(nn.Module):
         self.ln_x = nn.GroupNorm(self.num_heads, dim, eps=ln_x_eps)
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        if fused.fused_enabled(x):
+            return self._forward_fused(x, grid_size)
         batch, num_tokens, dim = x.shape
         heads, head_size = self.num_heads, self.head_size
         xx = q_shift(x, grid_size, head_size) - x
@@ -100,6 +102,31 @@ class SpatialMixV6(nn.Module):
             y = self.key_norm(y)
         y = self.ln_x(y.reshape(batch * num_tokens, dim)).view(batch, num_tokens, dim)
         return self.output(y * g)
+
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        """Same function with fused kernels: shift + first interpolation in one pass, the five data-dependent
+        interpolations in one pass (x read once, outputs in the compute dtype), the log decay in one pass and
+        GroupNorm * SiLU(gate) in one pass."""
+        batch, num_tokens, dim = x.shape
+        heads, head_size = self.num_heads, self.head_size
+        dtype = fused.compute_dtype(x)
+        xxx = fused.token_shift_mix(x, grid_size, self.time_maa_x[None], None, head_size, out_dtype=dtype)[0]
+        m = torch.tanh(xxx @ self.time_maa_w1).view(batch * num_tokens, 5, self.mix_rank).transpose(0, 1)
+        m = torch.bmm(m, self.time_maa_w2).view(5, batch, num_tokens, dim)
+        maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
+        xw, xk, xv, xr, xg = fused.token_shift_mix(x, grid_size, maa, m, head_size, out_dtype=dtype)
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        logd = fused.decay_logd(self.time_decay, torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2)
+        shape = (batch, num_tokens, heads, head_size)
+        y = bi_wkv6(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), self.time_faaaa)
+        y = y.reshape(batch, num_tokens, dim)
+        if self.key_norm is not None:
+            y = self.key_norm(y)
+        y = fused.group_norm_mul(y, self.gate(xg), heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
+                                 gate_act='silu', out_dtype=dtype)
+        return self.output(y)
 
 
 class VRWKV6(VisionRWKVBase):

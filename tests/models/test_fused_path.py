@@ -1,0 +1,90 @@
+"""The models' fused GPU path computes the same function as their plain-PyTorch path, and the models compile.
+
+* CPU: a subprocess runs tiny models under ``TRITON_INTERPRET=1`` twice - plain path (``VRWKV_BACKEND=reference``)
+  vs fused path (``VRWKV_BACKEND=triton``: fused elementwise kernels + Triton WKV kernels, NaN-poisoned) - and
+  compares logits and every parameter gradient (v4 pre-norm, v4 post-norm with key norm and layer scale, v6
+  post-norm, v6 with a head size that is not a power of two; non-square grids from padded images).
+* CPU: ``torch.compile(model, fullgraph=True)`` traces both families (reference path) without a graph break.
+* CUDA (when present): fused vs plain path under bf16 autocast at a real size, and the fused model under
+  ``torch.compile(fullgraph=True)``.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import vision_rwkv  # noqa: F401
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _fused_model_case import compare  # noqa: E402
+
+CASES = [
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 2}],
+    ["vrwkv_large_patch16_384", {"embed_dim": 12, "depth": 1, "head_hidden_size": 8, "pos_embed_grid": 2}],
+    ["vrwkv6_small_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16}],
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 24, "depth": 1, "head_size": 12}],
+]
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore")
+    env.pop("VRWKV_BACKEND", None)
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "_fused_model_case.py"), json.dumps(CASES)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return list(json.loads(proc.stdout.strip().splitlines()[-1]).values())
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
+def test_fused_path_matches_plain_path_interpreter(interpreter_results, index):
+    res = interpreter_results[index]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["same_grads"], res
+    assert res["y"] < 1e-5, res
+    assert res["grad_max"] < 1e-4, res
+
+
+@pytest.mark.parametrize("name,kw", [("vrwkv_small_patch16_224", dict(embed_dim=16, depth=2)),
+                                     ("vrwkv6_tiny_patch16_224", dict(embed_dim=32, depth=2, head_size=16))])
+def test_compile_fullgraph_cpu(name, kw):
+    torch._dynamo.reset()
+    model = timm.create_model(name, num_classes=5, **kw).eval()
+    x = torch.randn(2, 3, 40, 56)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x))
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv_small_patch16_224", "vrwkv6_tiny_patch16_224",
+                                  "vrwkv6_small_patch16_224"])
+def test_fused_path_cuda(name, monkeypatch):
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    fp32 = compare(name, {}, device="cuda", img=(224, 288), batch=4)
+    assert "error" not in fp32, fp32.get("error")
+    assert fp32["finite"] and fp32["y"] < 1e-3 and fp32["grad_max"] < 1e-2, fp32
+    bf16 = compare(name, {}, device="cuda", img=(224, 288), batch=4, autocast=True)
+    assert "error" not in bf16, bf16.get("error")
+    assert bf16["finite"] and bf16["y"] < 3e-2 and bf16["grad_max"] < 1e-1, bf16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"])
+def test_compile_fullgraph_cuda(name):
+    torch._dynamo.reset()
+    model = timm.create_model(name, num_classes=5).cuda().eval()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = compiled(x)
+        ref = model(x)
+    assert ((out.float() - ref.float()).norm() / ref.float().norm()).item() < 2e-2

@@ -1,0 +1,166 @@
+"""Check the fused Triton elementwise kernels (``vision_rwkv.ops.fused``) against float64 references, case by case.
+
+Imported by ``test_fused_triton.py`` (CUDA, in-process) and run as a script in a subprocess with
+``TRITON_INTERPRET=1`` (CPU): ``python _fused_cases.py '<json dict of cases>'`` prints one JSON object
+{case name: result}. A result holds the relative errors ``|out - ref| / |ref|`` (2-norm, float64) of the output and
+of every gradient, whether everything was finite, whether dtypes are as promised, or an error string.
+
+Outputs are NaN-poisoned before every launch (``VRWKV_TRITON_DEBUG=1``), so an element a kernel forgets to write
+shows up as a non-finite value. Inputs are random (never zeros) and drawn fresh per case (seeded by the case).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.double()
+    b = b.double()
+    scale = max(b.norm().item(), 1e-12 * max(1, b.numel()) ** 0.5)
+    return (a - b).norm().item() / scale
+
+
+def _randn(shape, g, dtype, device, scale=1.0):
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+def _inputs(case: dict, device: str):
+    """Leaves (float tensors, requires_grad), the call on the fused op, the call on the reference."""
+    from vision_rwkv.ops import fused
+    from vision_rwkv.ops.fused import reference as ref
+
+    g = torch.Generator().manual_seed(case.get("seed", 0))
+    dtype = DTYPES[case.get("dtype", "fp32")]
+    out_dtype = DTYPES[case["out_dtype"]] if "out_dtype" in case else None
+    op = case["op"]
+    backend = case.get("backend", "triton")
+    if op in ("token_shift_mix", "shift_lerp"):
+        B, H, W, C = case["shape"]
+        M = case.get("M", 3)
+        hs = case.get("head_size")
+        x = _randn((B, H * W, C), g, dtype, device)
+        a = torch.rand(M, C, generator=g, dtype=torch.float64).float().to(device)
+        leaves = {"x": x, "a": a}
+        if case.get("with_m"):
+            leaves["m"] = _randn((M, B, H * W, C), g, dtype, device, 0.5)
+        if op == "shift_lerp":
+            fn = lambda t: fused.shift_lerp(t["x"], (H, W), t["a"], hs, out_dtype, backend)  # noqa: E731
+            rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), 1 - t["a"], None, hs)  # noqa: E731
+        else:
+            fn = lambda t: fused.token_shift_mix(t["x"], (H, W), t["a"], t.get("m"), hs, out_dtype,  # noqa: E731
+                                                 backend)
+            rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), t["a"], t.get("m"), hs)  # noqa: E731
+        odt = out_dtype or dtype
+    elif op == "sigmoid_mul":
+        shape = case["shape"]
+        leaves = {"r": _randn(shape, g, dtype, device, 3.0), "y": _randn(shape, g, dtype, device)}
+        fn = lambda t: fused.sigmoid_mul(t["r"], t["y"], backend)  # noqa: E731
+        rf = lambda t: ref.sigmoid_mul_reference(t["r"], t["y"])  # noqa: E731
+        odt = dtype
+    elif op == "relu_square":
+        leaves = {"x": _randn(case["shape"], g, dtype, device, 2.0)}
+        fn = lambda t: fused.relu_square(t["x"], backend)  # noqa: E731
+        rf = lambda t: ref.relu_square_reference(t["x"])  # noqa: E731
+        odt = dtype
+    elif op == "group_norm_mul":
+        shape, groups = case["shape"], case["groups"]
+        c = shape[-1]
+        act = case.get("gate_act")
+        leaves = {"y": _randn(shape, g, dtype, device, 2.0) + 0.5, "g": _randn(shape, g, dtype, device),
+                  "weight": _randn((c,), g, torch.float32, device) + 1.0,
+                  "bias": _randn((c,), g, torch.float32, device)}
+        fn = lambda t: fused.group_norm_mul(t["y"], t["g"], groups, t["weight"], t["bias"], 1e-5, act,  # noqa: E731
+                                            out_dtype, backend)
+        rf = lambda t: ref.group_norm_mul_reference(t["y"], t["g"], groups, t["weight"], t["bias"], 1e-5,  # noqa
+                                                    act)
+        odt = out_dtype or dtype
+    elif op == "decay_logd":
+        shape = case["shape"]
+        leaves = {"w0": _randn((shape[-1],), g, torch.float32, device) - 1.0, "z": _randn(shape, g, dtype, device)}
+        fn = lambda t: fused.decay_logd(t["w0"], t["z"], backend)  # noqa: E731
+        rf = lambda t: ref.decay_logd_reference(t["w0"], t["z"])  # noqa: E731
+        odt = torch.float32
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    return leaves, fn, rf, odt
+
+
+def run_case(case: dict, device: str) -> dict:
+    try:
+        leaves, fn, rf, odt = _inputs(case, device)
+        leaves = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+        if case.get("layout") == "T":  # non-contiguous activations: same values, transposed storage
+            args = {k: (v.transpose(0, 1).contiguous().transpose(0, 1) if v.dim() >= 3 else v)
+                    for k, v in leaves.items()}
+        else:
+            args = dict(leaves)
+        if case.get("compile"):
+            cfn = torch.compile(lambda **t: fn(t) * 2, backend="aot_eager", fullgraph=True)
+            y = cfn(**args) / 2
+        else:
+            y = fn(args)
+        gen = torch.Generator().manual_seed(1234)
+        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype).to(y.device)
+        grads = torch.autograd.grad(y, list(leaves.values()), gy)
+        ref_in = {k: v.detach().double().requires_grad_() for k, v in leaves.items()}
+        y_ref = rf(ref_in)
+        g_ref = torch.autograd.grad(y_ref, list(ref_in.values()), gy.double())
+        out = {"y": _rel(y, y_ref),
+               "dtype_ok": y.dtype == odt and all(gr.dtype == v.dtype for gr, v in zip(grads, leaves.values()))}
+        for name, a, b in zip(leaves, grads, g_ref):
+            out["g" + name] = _rel(a, b)
+        out["finite"] = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(gr).all()) for gr in grads)
+        return out
+    except Exception as e:  # reported to the test, which fails with the traceback
+        return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+
+
+def tolerances(dtype: str) -> tuple[float, float]:
+    """(output, gradients) relative tolerances (METHOD.md: fp32 far under 1e-3 vs float64; bf16 1e-3..1e-2).
+    The tolerance follows the lowest precision among the inputs and the output."""
+    if dtype == "fp32":
+        return 1e-6, 1e-5
+    if dtype == "fp16":
+        return 2e-3, 4e-3
+    return 1e-2, 2e-2
+
+
+def check(result: dict, case: dict) -> None:
+    """Assert a case result is within tolerance (raises AssertionError naming the quantity)."""
+    assert "error" not in result, result.get("error")
+    assert result["finite"], f"non-finite output or gradient (unwritten element?): {result}"
+    assert result["dtype_ok"], f"output/gradient dtype differs from the promised one: {result}"
+    dts = [case.get("dtype", "fp32"), case.get("out_dtype", "fp32")]
+    worst = "bf16" if "bf16" in dts else "fp16" if "fp16" in dts else "fp32"
+    ty, tg = tolerances(worst)
+    for key, val in result.items():
+        if key in ("finite", "dtype_ok"):
+            continue
+        tol = ty if key == "y" else tg
+        assert val == val and val <= tol, f"{key}: relative error {val:.3e} > {tol:.1e} ({result})"
+
+
+def run_in_interpreter(cases: dict, timeout: float = 900) -> dict:
+    """Run ``cases`` {name: case} on CPU under TRITON_INTERPRET=1 in a fresh subprocess."""
+    import subprocess
+
+    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(cases)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"interpreter subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    _cases = json.loads(sys.argv[1])
+    _res = {name: run_case(case, "cpu") for name, case in _cases.items()}
+    print(json.dumps(_res))

@@ -1,0 +1,110 @@
+"""Fused-op references and dispatch (CPU): the references compute exactly the model formulas, the public ops
+pick the reference on CPU, clear errors name bad inputs, and the models' fused switch is off on CPU."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vision_rwkv.models._layers import lerp_mix
+from vision_rwkv.ops import fused, q_shift
+from vision_rwkv.ops.fused import reference as ref
+
+
+def _rand(*shape, dtype=torch.float64):
+    return torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape,head_size", [((2, 3, 5, 7), None), ((1, 4, 4, 24), 8), ((1, 1, 6, 3), None)])
+def test_token_shift_mix_reference_is_lerp_and_ddlerp(shape, head_size):
+    b, h, w, c = shape
+    x = _rand(b, h * w, c)
+    mix = torch.rand(3, c, dtype=torch.float64)
+    out = fused.shift_lerp(x, (h, w), mix, head_size)
+    shifted = q_shift(x, (h, w), head_size)
+    for i in range(3):
+        torch.testing.assert_close(out[i], lerp_mix(x, shifted, mix[i]))
+    m = _rand(3, b, h * w, c)
+    dd = fused.token_shift_mix(x, (h, w), mix, m, head_size)
+    for i in range(3):
+        torch.testing.assert_close(dd[i], x + (shifted - x) * (mix[i] + m[i]))
+
+
+def test_token_shift_mix_reference_gradcheck():
+    x = _rand(1, 6, 5).requires_grad_()
+    a = torch.rand(2, 5, dtype=torch.float64).requires_grad_()
+    m = _rand(2, 1, 6, 5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *t: ref.token_shift_mix_reference(t[0], (2, 3), t[1], t[2], None),
+                                    (x, a, m))
+
+
+def test_elementwise_references():
+    r, y = _rand(4, 9), _rand(4, 9)
+    torch.testing.assert_close(fused.sigmoid_mul(r, y), torch.sigmoid(r) * y)
+    torch.testing.assert_close(fused.relu_square(r), torch.relu(r) ** 2)
+    w0, z = _rand(9), _rand(2, 4, 9)
+    torch.testing.assert_close(fused.decay_logd(w0, z), -torch.exp(w0 + z))
+    # bf16 activations: math in fp32, result in the promoted dtype
+    rb, yb = r.bfloat16(), y.float()
+    assert fused.sigmoid_mul(rb, yb).dtype == torch.float32
+    assert fused.relu_square(rb).dtype == torch.bfloat16
+
+
+def test_group_norm_mul_reference_matches_module():
+    y, g = _rand(2, 5, 12), _rand(2, 5, 12)
+    gn = torch.nn.GroupNorm(3, 12, eps=1e-5).double()
+    with torch.no_grad():
+        gn.weight.normal_()
+        gn.bias.normal_()
+    expect = gn(y.reshape(10, 12)).reshape(2, 5, 12) * F.silu(g)
+    out = fused.group_norm_mul(y, g, 3, gn.weight, gn.bias, 1e-5, gate_act="silu")
+    torch.testing.assert_close(out, expect)
+    out_bf16 = fused.group_norm_mul(y.float(), g.float(), 3, gn.weight.float(), gn.bias.float(),
+                                    out_dtype=torch.bfloat16)
+    assert out_bf16.dtype == torch.bfloat16
+    assert math.isfinite(out_bf16.float().sum().item())
+
+
+def test_cpu_uses_reference_and_models_stay_plain(monkeypatch):
+    x = torch.randn(1, 4, 8)
+    monkeypatch.delenv("VRWKV_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not fused.fused_enabled(x)
+    assert fused._resolve("x", x.device, None) == "reference"
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        fused.sigmoid_mul(x, x, backend="triton")
+    monkeypatch.setenv("VRWKV_BACKEND", "triton")  # without the interpreter CPU stays on the reference
+    assert not fused.fused_enabled(x)
+    assert fused._resolve("x", x.device, None) == "reference"
+    monkeypatch.setenv("VRWKV_BACKEND", "fast")
+    with pytest.raises(ValueError, match="VRWKV_BACKEND"):
+        fused.relu_square(x)
+
+
+def test_compute_dtype_follows_autocast():
+    x = torch.randn(2, 3)
+    assert fused.compute_dtype(x) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused.compute_dtype(x) == torch.bfloat16
+
+
+def test_bad_inputs_name_the_problem():
+    x = torch.randn(2, 12, 8)
+    with pytest.raises(ValueError, match="grid_size"):
+        fused.shift_lerp(x, (3, 5), torch.rand(3, 8))
+    with pytest.raises(ValueError, match="head_size"):
+        fused.shift_lerp(x, (3, 4), torch.rand(3, 8), head_size=3)
+    with pytest.raises(ValueError, match=r"a must be \(M, C\)"):
+        fused.token_shift_mix(x, (3, 4), torch.rand(3, 7))
+    with pytest.raises(ValueError, match="m has shape"):
+        fused.token_shift_mix(x, (3, 4), torch.rand(2, 8), torch.rand(3, 2, 12, 8))
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        fused.relu_square(torch.arange(4))
+    with pytest.raises(ValueError, match="num_groups"):
+        fused.group_norm_mul(x, x, 3, torch.ones(8), torch.zeros(8))
+    with pytest.raises(ValueError, match="gate_act"):
+        fused.group_norm_mul(x, x, 2, torch.ones(8), torch.zeros(8), gate_act="gelu")
+    with pytest.raises(ValueError, match="y has shape"):
+        fused.sigmoid_mul(x, x[:, :3])
+    with pytest.raises(ValueError, match="unknown backend"):
+        fused.sigmoid_mul(x, x, backend="cuda")

@@ -1,0 +1,76 @@
+"""Fused Triton elementwise kernels (``vision_rwkv.ops.fused``) vs float64 references: output and every gradient.
+
+CPU: the kernels run under TRITON_INTERPRET=1 in one subprocess on tiny, awkward shapes (1x1 and 1xW grids,
+non-square grids, batch 1, C < 4 and odd C, head sizes that are not powers of two, token counts not a multiple of
+the tile, bf16 / fp16 I/O, fp32 activations written as bf16, non-contiguous inputs, the public dispatcher through
+torch.compile(fullgraph=True)). CUDA (when present): the same checks at real VRWKV shapes. Outputs are
+NaN-poisoned before every launch.
+"""
+import pytest
+import torch
+
+from _fused_cases import check, run_case, run_in_interpreter
+
+pytest.importorskip("triton")
+
+TSM = "token_shift_mix"
+CPU_CASES = {
+    "tsm_v4_odd_C": dict(op=TSM, shape=(2, 3, 5, 7), M=3),
+    "tsm_v4_C3_quarters_empty": dict(op=TSM, shape=(1, 4, 3, 3), M=2),
+    "tsm_v4_1x1_grid": dict(op=TSM, shape=(3, 1, 1, 9), M=1),
+    "tsm_v4_1xW_grid": dict(op=TSM, shape=(1, 1, 37, 5), M=3),
+    "tsm_v4_Hx1_grid": dict(op=TSM, shape=(2, 35, 1, 6), M=2),
+    "tsm_v4_many_tiles": dict(op=TSM, shape=(1, 9, 8, 70), M=3),
+    "tsm_v6_head12_ddlerp": dict(op=TSM, shape=(2, 3, 4, 36), M=5, with_m=True, head_size=12),
+    "tsm_v6_head6_ddlerp_bf16": dict(op=TSM, shape=(1, 5, 3, 12), M=5, with_m=True, head_size=6, dtype="bf16"),
+    "tsm_fp32_in_bf16_out": dict(op=TSM, shape=(2, 4, 5, 8), M=3, out_dtype="bf16"),
+    "tsm_fp16": dict(op=TSM, shape=(1, 3, 3, 8), M=2, dtype="fp16"),
+    "tsm_noncontig": dict(op=TSM, shape=(2, 3, 3, 8), M=5, with_m=True, head_size=4, layout="T"),
+    "shift_lerp_v6_compile": dict(op="shift_lerp", shape=(1, 3, 2, 8), M=2, head_size=4, compile=True),
+    "sigmoid_mul_odd": dict(op="sigmoid_mul", shape=(3, 37)),
+    "sigmoid_mul_bf16": dict(op="sigmoid_mul", shape=(2, 5, 11), dtype="bf16"),
+    "sigmoid_mul_noncontig_compile": dict(op="sigmoid_mul", shape=(2, 5, 3), layout="T", compile=True),
+    "relu_square_odd": dict(op="relu_square", shape=(5, 13)),
+    "relu_square_fp16": dict(op="relu_square", shape=(1, 2, 9), dtype="fp16"),
+    "gn_mul_silu": dict(op="group_norm_mul", shape=(2, 5, 12), groups=3, gate_act="silu"),
+    "gn_mul_plain_odd_groupsize": dict(op="group_norm_mul", shape=(7, 15), groups=5),
+    "gn_mul_bf16_out": dict(op="group_norm_mul", shape=(1, 6, 8), groups=2, gate_act="silu", dtype="bf16"),
+    "gn_mul_one_group": dict(op="group_norm_mul", shape=(3, 10), groups=1, gate_act="silu", compile=True),
+    "decay_logd": dict(op="decay_logd", shape=(2, 5, 6)),
+    "decay_logd_bf16_z": dict(op="decay_logd", shape=(1, 7, 5), dtype="bf16"),
+}
+
+CUDA_CASES = {
+    "tsm_v4_T_1024": dict(op=TSM, shape=(4, 64, 64, 192), M=3, out_dtype="bf16"),
+    "tsm_v4_S_224": dict(op=TSM, shape=(16, 14, 14, 384), M=2),
+    "tsm_v4_odd": dict(op=TSM, shape=(3, 13, 17, 100), M=3),
+    "tsm_v6_ddlerp_B": dict(op=TSM, shape=(4, 14, 14, 768), M=5, with_m=True, head_size=64, dtype="bf16"),
+    "tsm_v6_head80": dict(op=TSM, shape=(2, 7, 7, 640), M=5, with_m=True, head_size=80),
+    "tsm_noncontig": dict(op=TSM, shape=(2, 14, 14, 192), M=3, layout="T"),
+    "sigmoid_mul": dict(op="sigmoid_mul", shape=(8, 4096, 192), dtype="bf16"),
+    "sigmoid_mul_fp32_odd": dict(op="sigmoid_mul", shape=(3, 197, 101)),
+    "relu_square": dict(op="relu_square", shape=(8, 1024, 768), dtype="bf16"),
+    "gn_mul_v6_S": dict(op="group_norm_mul", shape=(16, 196, 384), groups=6, gate_act="silu", out_dtype="bf16"),
+    "gn_mul_v6_B_bf16": dict(op="group_norm_mul", shape=(8, 1024, 768), groups=12, gate_act="silu",
+                             dtype="bf16"),
+    "gn_mul_head80": dict(op="group_norm_mul", shape=(4, 50, 640), groups=8, gate_act="silu"),
+    "decay_logd": dict(op="decay_logd", shape=(8, 1024, 384), dtype="bf16"),
+    "compile": dict(op=TSM, shape=(2, 14, 14, 192), M=5, with_m=True, head_size=64, compile=True),
+}
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    return run_in_interpreter(CPU_CASES)
+
+
+@pytest.mark.parametrize("name", list(CPU_CASES))
+def test_fused_triton_interpreter(interpreter_results, name):
+    check(interpreter_results[name], CPU_CASES[name])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(CUDA_CASES))
+def test_fused_triton_cuda(name, monkeypatch):
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    check(run_case(CUDA_CASES[name], "cuda"), CUDA_CASES[name])

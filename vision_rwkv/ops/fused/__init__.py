@@ -1,0 +1,192 @@
+"""Fused elementwise operators around the WKV kernels (the memory-bound "glue" of the VRWKV blocks).
+
+Each op has a plain-PyTorch reference (``reference.py``) and a Triton kernel pair, forward and backward, registered
+as a torch custom op (``triton.py``, imported lazily):
+
+* :func:`token_shift_mix` / :func:`shift_lerp` - Q-Shift + interpolation writing the M mixed inputs of a token or
+  channel mix in one pass, in the compute dtype (v4 lerp, v6 per-head shift, v6 data-dependent "ddlerp").
+* :func:`sigmoid_mul` - ``sigmoid(r) * y``; :func:`relu_square` - ``relu(x)^2``.
+* :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
+
+``backend=None`` picks Triton for CUDA tensors (when triton imports) and the reference otherwise; the environment
+variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :func:`fused_enabled` is the switch the
+models use: True only for CUDA tensors on the Triton backend, so CPU runs are exactly the plain-PyTorch models.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from .._validate import check_shape, check_tensors
+from .reference import (decay_logd_reference, group_norm_mul_reference, relu_square_reference,
+                        sigmoid_mul_reference, token_shift_mix_reference)
+
+__all__ = ["token_shift_mix", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
+           "fused_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
+
+# When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
+# inductor, which then generates its own fused kernels (False). Read at trace time.
+FUSED_UNDER_COMPILE = True
+
+_triton_mod = None
+
+
+def _triton():
+    """The Triton module, or the exception its import raised."""
+    global _triton_mod
+    if _triton_mod is None:
+        try:
+            _triton_mod = importlib.import_module("vision_rwkv.ops.fused.triton")
+        except Exception as e:  # missing triton, no GPU toolchain, ...
+            _triton_mod = e
+    return _triton_mod
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
+    if backend is None:
+        env = os.environ.get("VRWKV_BACKEND", "").strip().lower()
+        if env and env not in ("reference", "triton"):
+            raise ValueError(f"VRWKV_BACKEND={env!r} is not one of ('reference', 'triton')")
+        if env == "reference":
+            return "reference"
+        if device.type == "cuda" or (env == "triton" and _interpret()):
+            return "reference" if isinstance(_triton(), BaseException) else "triton"
+        return "reference"
+    if backend not in ("reference", "triton"):
+        raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto), 'reference' or 'triton'")
+    if backend == "triton":
+        if device.type != "cuda" and not _interpret():
+            raise RuntimeError(f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); set "
+                               "TRITON_INTERPRET=1 to run the Triton kernels on CPU in the interpreter")
+        mod = _triton()
+        if isinstance(mod, BaseException):
+            raise RuntimeError(f"{op}: the Triton backend is not available ({type(mod).__name__}: {mod}); "
+                               "use backend='reference'") from mod
+    return backend
+
+
+def _is_compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # older torch
+        return False
+
+
+def fused_enabled(x: torch.Tensor) -> bool:
+    """Whether the models should take their fused path for activations ``x``: CUDA tensors whose backend resolves
+    to Triton (and, while torch.compile traces, only if :data:`FUSED_UNDER_COMPILE`). CPU tensors only with
+    ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton`` (tests)."""
+    if x.device.type != "cuda" and not (_interpret() and os.environ.get("VRWKV_BACKEND", "") == "triton"):
+        return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
+    if _is_compiling() and not FUSED_UNDER_COMPILE:
+        return False
+    return _resolve("fused", x.device, None) == "triton"
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the next matmul computes in: the autocast dtype of x's device when autocast is on, else x's."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _check_grid(op: str, x: torch.Tensor, grid_size: Tuple[int, int], head_size: Optional[int]) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"{op}: expected x of shape (B, N, C), got {tuple(x.shape)}")
+    if len(grid_size) != 2 or int(grid_size[0]) * int(grid_size[1]) != x.shape[1] or min(grid_size) < 1:
+        raise ValueError(f"{op}: grid_size {tuple(grid_size)} does not match the {x.shape[1]} tokens of x")
+    if head_size is not None and (int(head_size) < 1 or x.shape[2] % int(head_size)):
+        raise ValueError(f"{op}: channels C={x.shape[2]} are not a multiple of head_size={head_size}")
+
+
+def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, m: Optional[torch.Tensor] = None,
+                    head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
+                    backend: Optional[str] = None) -> torch.Tensor:
+    """``out[i] = x + (q_shift(x, grid_size, head_size) - x) * (a[i] + m[i])`` for i < M, in one pass.
+
+    Args:
+        x: (B, N, C) tokens, row-major on grid_size = (H, W).
+        a: (M, C) weights of the shifted token (M = 1..8).
+        m: optional (M, B, N, C) data-dependent offsets (RWKV-6 ddlerp).
+        head_size: None = v4 whole-channel quarters; an int = quarters inside every head (v6).
+        out_dtype: dtype of the result (default x's; the models pass the autocast dtype).
+        backend: None (auto), 'reference' or 'triton'.
+    Returns:
+        (M, B, N, C) tensor; ``out[i]`` is contiguous.
+    """
+    op = "token_shift_mix"
+    tensors = dict(x=x, a=a) if m is None else dict(x=x, a=a, m=m)
+    device = check_tensors(op, **tensors)
+    _check_grid(op, x, grid_size, head_size)
+    if a.dim() != 2 or a.shape[1] != x.shape[2] or not 1 <= a.shape[0] <= 8:
+        raise ValueError(f"{op}: a must be (M, C) with C={x.shape[2]} and 1 <= M <= 8, got {tuple(a.shape)}")
+    if m is not None:
+        check_shape(op, "m", m, (a.shape[0],) + tuple(x.shape))
+    if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
+        return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype)
+    return token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
+
+
+def shift_lerp(x: torch.Tensor, grid_size: Tuple[int, int], mix: torch.Tensor, head_size: Optional[int] = None,
+               out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """``out[i] = x * mix[i] + q_shift(x) * (1 - mix[i])`` (mix weights the unshifted token), (M, B, N, C)."""
+    return token_shift_mix(x, grid_size, 1 - mix, None, head_size, out_dtype, backend)
+
+
+def sigmoid_mul(r: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """``sigmoid(r) * y`` (same shapes), fp32 math, result in ``result_type(r, y)``."""
+    op = "sigmoid_mul"
+    device = check_tensors(op, r=r, y=y)
+    check_shape(op, "y", y, tuple(r.shape))
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (r.dtype, y.dtype):
+        return _triton().sigmoid_mul_triton(r, y)
+    return sigmoid_mul_reference(r, y)
+
+
+def relu_square(x: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """``relu(x) ** 2`` in x's dtype."""
+    op = "relu_square"
+    device = check_tensors(op, x=x)
+    if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
+        return _triton().relu_square_triton(x)
+    return relu_square_reference(x)
+
+
+def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float = 1e-5, gate_act: Optional[str] = None, out_dtype: Optional[torch.dtype] = None,
+                   backend: Optional[str] = None) -> torch.Tensor:
+    """Per-token ``GroupNorm(num_groups, C)(y) * act(g)`` over the last dim C (act None or 'silu').
+
+    y, g: (..., C); weight, bias: (C,). Result in ``out_dtype`` (default ``result_type(y, g)``).
+    """
+    op = "group_norm_mul"
+    device = check_tensors(op, y=y, g=g, weight=weight, bias=bias)
+    check_shape(op, "g", g, tuple(y.shape))
+    c = y.shape[-1]
+    if num_groups < 1 or c % num_groups:
+        raise ValueError(f"{op}: C={c} is not a multiple of num_groups={num_groups}")
+    check_shape(op, "weight", weight, (c,))
+    check_shape(op, "bias", bias, (c,))
+    if gate_act not in (None, "silu"):
+        raise ValueError(f"{op}: gate_act must be None or 'silu', got {gate_act!r}")
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype):
+        return _triton().group_norm_mul_triton(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
+    return group_norm_mul_reference(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
+
+
+def decay_logd(w0: torch.Tensor, z: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """``-exp(w0 + z)`` in float32: w0 (C,) broadcast over z (..., C) (the VRWKV6 per-token log decay)."""
+    op = "decay_logd"
+    device = check_tensors(op, w0=w0, z=z)
+    check_shape(op, "w0", w0, (z.shape[-1],))
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (w0.dtype, z.dtype):
+        return _triton().decay_logd_triton(w0, z)
+    return decay_logd_reference(w0, z)

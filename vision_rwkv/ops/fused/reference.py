@@ -1,0 +1,84 @@
+"""Plain-PyTorch references of the fused elementwise kernels (``triton.py`` beside this file).
+
+* :func:`token_shift_mix_reference` - Q-Shift + (data-dependent) interpolation, the mixed inputs of a token mix:
+  ``out[i] = x + (q_shift(x) - x) * (a[i] + m[i])`` for i < M, written in ``out_dtype``. With ``a = 1 - mu`` and
+  no ``m`` this is the v4 / channel-mix lerp ``x * mu + shift(x) * (1 - mu)``; with ``a = maa`` and ``m`` the
+  RWKV-6 "ddlerp".
+* :func:`sigmoid_mul_reference` - ``sigmoid(r) * y`` (receptance gating).
+* :func:`relu_square_reference` - ``relu(x) ** 2`` (channel-mix hidden activation).
+* :func:`group_norm_mul_reference` - ``GroupNorm(y) * act(g)`` per token (the VRWKV6 ``ln_x`` + gate epilogue).
+* :func:`decay_logd_reference` - ``-exp(w0 + z)`` (the VRWKV6 per-token log decay).
+
+All compute in float32 (float64 inputs stay float64) and are differentiable through autograd.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..shift import q_shift
+
+__all__ = ["token_shift_mix_reference", "sigmoid_mul_reference", "relu_square_reference",
+           "group_norm_mul_reference", "decay_logd_reference"]
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def token_shift_mix_reference(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor,
+                              m: Optional[torch.Tensor] = None, head_size: Optional[int] = None,
+                              out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``out[i] = x + (q_shift(x, grid_size, head_size) - x) * (a[i] + m[i])``.
+
+    Args:
+        x: (B, N, C) tokens, row-major on ``grid_size`` = (H, W).
+        a: (M, C) per-channel interpolation weights (of the shifted token).
+        m: optional (M, B, N, C) data-dependent offsets added to ``a``.
+        head_size: None = v4 whole-channel quarters, else per-head quarters (v6).
+        out_dtype: dtype of the result (default x's).
+    Returns:
+        (M, B, N, C) tensor in ``out_dtype``.
+    """
+    out_dtype = out_dtype or x.dtype
+    xf = _acc(x)
+    xx = q_shift(xf, grid_size, head_size) - xf
+    coef = _acc(a)[:, None, None, :]
+    if m is not None:
+        coef = coef + _acc(m)
+    return (xf.unsqueeze(0) + xx.unsqueeze(0) * coef).to(out_dtype)
+
+
+def sigmoid_mul_reference(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(r) * y`` computed in float32, returned in ``result_type(r, y)``."""
+    out_dtype = torch.promote_types(r.dtype, y.dtype)
+    return (torch.sigmoid(_acc(r)) * _acc(y)).to(out_dtype)
+
+
+def relu_square_reference(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x) ** 2`` in x's dtype."""
+    return torch.square(torch.relu(_acc(x))).to(x.dtype)
+
+
+def group_norm_mul_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,
+                             bias: torch.Tensor, eps: float = 1e-5, gate_act: Optional[str] = None,
+                             out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``GroupNorm(num_groups)(y) * act(g)`` with every token (row of the last dim C) normalised on its own.
+
+    y, g: (..., C); weight, bias: (C,); gate_act None or 'silu'. Result in ``out_dtype`` (default
+    ``result_type(y, g)``).
+    """
+    out_dtype = out_dtype or torch.promote_types(y.dtype, g.dtype)
+    c = y.shape[-1]
+    yn = F.group_norm(_acc(y).reshape(-1, c), num_groups, _acc(weight), _acc(bias), eps).reshape(y.shape)
+    gate = _acc(g)
+    if gate_act == "silu":
+        gate = F.silu(gate)
+    return (yn * gate).to(out_dtype)
+
+
+def decay_logd_reference(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``-exp(w0 + z)`` in float32 (float64 stays float64): the VRWKV6 log decay, w0 (C,) broadcast over z."""
+    return -torch.exp(_acc(w0) + _acc(z))

@@ -1,0 +1,515 @@
+"""Triton kernels for the elementwise work around the WKV operators, forward and backward, as torch custom ops.
+
+* ``token_shift_mix``: Q-Shift + interpolation in one pass. ``out[i] = x + (shift(x) - x) * (a[i] + m[i])`` for
+  i < M: each program reads a (tokens x channels) tile of x and, per channel quarter, the neighbour token's value
+  (left / right / up / down, inside the same image, zero outside), and writes the M mixed inputs of the next
+  projections directly in the compute dtype (bf16 under autocast) - no shifted copy, no fp32 intermediates.
+  Backward: one pass writes dx (own-token term + the inverse shift of the neighbour terms: quarter q's inverse is
+  q ^ 1), d m[i] = g[i] * xx, and per-tile partial sums of d a[i] (summed by torch: deterministic).
+* ``sigmoid_mul``: ``sigmoid(r) * y``; ``relu_square``: ``relu(x)^2`` (fp32 math, I/O in the tensors' dtypes).
+* ``group_norm_mul``: per-token GroupNorm (affine) times a gate ``act(g)`` (act = identity or SiLU: the VRWKV6
+  ``ln_x(y) * silu(gate)``), several rows per program; backward with per-program partials of d weight / d bias.
+* ``decay_logd``: ``-exp(w0[c] + z)`` in float32 (the VRWKV6 per-token log decay from the decay LoRA output).
+
+Outputs are allocated with :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned when
+``VRWKV_TRITON_DEBUG=1``). Shapes and dtypes are checked by the public wrappers in ``__init__.py``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_utils import cdiv, new_empty, next_pow2
+
+__all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
+           "decay_logd_triton", "CONFIG"]
+
+CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096)
+
+
+# ---------------------------------------------------------------------------------------------- token shift + mix
+@triton.jit
+def _neighbour(n, q, H, W):
+    """Token offset and validity of the neighbour that quarter q reads (0 left, 1 right, 2 up, 3 down) for the
+    tokens n (index inside their image, row-major on an H x W grid)."""
+    row = n // W
+    col = n - row * W
+    delta = tl.where(q == 0, -1, tl.where(q == 1, 1, tl.where(q == 2, -W, W)))
+    valid = tl.where(q == 0, col > 0, tl.where(q == 1, col < W - 1, tl.where(q == 2, row > 0, row < H - 1)))
+    return delta, valid
+
+
+@triton.jit
+def _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT: tl.constexpr, BC: tl.constexpr):
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    cmask = c < C
+    mask = (t < NTOK)[:, None] & cmask[None, :]
+    n = (t % N)[:, None]
+    cc = c % HS
+    q = ((cc >= Q1).to(tl.int32) + (cc >= Q2).to(tl.int32) + (cc >= Q3).to(tl.int32))[None, :]
+    offs = t.to(tl.int64)[:, None] * C + c[None, :]
+    return c, cmask, mask, n, q, offs
+
+
+@triton.jit
+def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
+                    M: tl.constexpr, HAS_M: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
+    delta, valid = _neighbour(n, q, H, W)
+    valid = valid & mask
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
+    xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
+    pa = A + c
+    po = OUT + offs
+    pm = MM + offs
+    for i in tl.static_range(M):
+        coef = tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if HAS_M:
+            coef = coef + tl.load(pm, mask=mask, other=0.0).to(tl.float32)
+            pm += plane
+        tl.store(po, (x + xx * coef).to(OUT.dtype.element_ty), mask=mask)
+        po += plane
+        pa += C
+
+
+@triton.jit
+def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
+                    M: tl.constexpr, HAS_M: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
+    delta, valid = _neighbour(n, q, H, W)
+    valid = valid & mask
+    # the tokens whose quarter-q neighbour is this token: the neighbour in the opposite direction (q ^ 1)
+    idelta, ivalid = _neighbour(n, q ^ 1, H, W)
+    ivalid = ivalid & mask
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
+    xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
+    isrc = offs + tl.where(ivalid, idelta, 0).to(tl.int64) * C
+    gx = tl.zeros([BT, BC], tl.float32)
+    pa = A + c
+    pg = GO
+    pm = MM
+    pgm = GM
+    pgap = GAP + tl.program_id(0).to(tl.int64) * M * C + c
+    for i in tl.static_range(M):
+        a = tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        g = tl.load(pg + offs, mask=mask, other=0.0).to(tl.float32)
+        gi = tl.load(pg + isrc, mask=ivalid, other=0.0).to(tl.float32)
+        coef = a
+        coefi = a
+        if HAS_M:
+            coef = a + tl.load(pm + offs, mask=mask, other=0.0).to(tl.float32)
+            coefi = a + tl.load(pm + isrc, mask=ivalid, other=0.0).to(tl.float32)
+            pm += plane
+        gx += g * (1.0 - coef) + gi * coefi
+        gxx = g * xx
+        tl.store(pgap, tl.sum(gxx, axis=0), mask=cmask)
+        if HAS_M:
+            tl.store(pgm + offs, gxx.to(GM.dtype.element_ty), mask=mask)
+            pgm += plane
+        pg += plane
+        pa += C
+        pgap += C
+    tl.store(GX + offs, gx.to(GX.dtype.element_ty), mask=mask)
+
+
+def _quarters(c: int, head_size: int) -> tuple[int, int, int, int]:
+    """(period, b1, b2, b3): channel c's quarter is found from c % period (period = C for v4, head size for v6)."""
+    hs = c if head_size <= 0 else head_size
+    return (hs,) + tuple(int(hs * k / 4) for k in (1, 2, 3))  # type: ignore[return-value]
+
+
+def _tsm_launch(x, H, W, head_size, nmix):
+    B, N, C = x.shape
+    ntok = B * N
+    bt = CONFIG["block_t"]
+    bc = min(CONFIG["block_c"], next_pow2(C))
+    grid = (cdiv(ntok, bt), cdiv(C, bc))
+    return (ntok, N, C, H, W, *_quarters(C, head_size), ntok * C), dict(M=nmix, BT=bt, BC=bc), grid
+
+
+@torch.library.custom_op("vision_rwkv::token_shift_mix", mutates_args=())
+def _tsm_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
+            out_dtype: torch.dtype) -> torch.Tensor:
+    nmix = a.shape[0]
+    args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
+    out = new_empty((nmix,) + tuple(x.shape), out_dtype, x.device)
+    _tsm_fwd_kernel[grid](x, a, x if m is None else m, out, *args, HAS_M=m is not None,
+                          num_warps=CONFIG["warps"], **meta)
+    return out
+
+
+@_tsm_op.register_fake
+def _(x, H, W, head_size, a, m, out_dtype):
+    return x.new_empty((a.shape[0],) + tuple(x.shape), dtype=out_dtype)
+
+
+@torch.library.custom_op("vision_rwkv::token_shift_mix_bwd", mutates_args=())
+def _tsm_bwd_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
+                gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    nmix = a.shape[0]
+    args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
+    gout = gout.contiguous()
+    gx = new_empty(x.shape, x.dtype, x.device)
+    gap = new_empty((grid[0], nmix, x.shape[-1]), torch.float32, x.device)
+    gm = new_empty(m.shape, m.dtype, m.device) if m is not None else x.new_empty((0,))
+    _tsm_bwd_kernel[grid](x, a, x if m is None else m, gout, gx, gap, x if m is None else gm, *args,
+                          HAS_M=m is not None, num_warps=CONFIG["warps"], **meta)
+    return gx, gap.sum(0).to(a.dtype), gm
+
+
+@_tsm_bwd_op.register_fake
+def _(x, H, W, head_size, a, m, gout):
+    return x.new_empty(x.shape), a.new_empty(a.shape), (m.new_empty(m.shape) if m is not None else x.new_empty((0,)))
+
+
+def _tsm_setup(ctx, inputs, output):
+    x, H, W, head_size, a, m, _ = inputs
+    ctx.meta = (H, W, head_size, m is not None)
+    ctx.save_for_backward(x, a, m)
+
+
+def _tsm_backward(ctx, gout):
+    x, a, m = ctx.saved_tensors
+    H, W, head_size, has_m = ctx.meta
+    gx, ga, gm = _tsm_bwd_op(x, H, W, head_size, a, m if has_m else None, gout)
+    return gx, None, None, None, ga, (gm if has_m else None), None
+
+
+torch.library.register_autograd("vision_rwkv::token_shift_mix", _tsm_backward, setup_context=_tsm_setup)
+
+
+def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor,
+                           m: Optional[torch.Tensor] = None, head_size: Optional[int] = None,
+                           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Fused ``x + (q_shift(x) - x) * (a[i] + m[i])`` -> (M, B, N, C) in ``out_dtype`` (see the module docstring).
+    Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None."""
+    x = x.contiguous()
+    a = a.contiguous()
+    m = m.contiguous() if m is not None else None
+    return _tsm_op(x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- elementwise
+@triton.jit
+def _offsets(n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < n
+
+
+@triton.jit
+def _sigmoid_mul_fwd_kernel(R, Y, OUT, n, BLOCK: tl.constexpr):
+    offs, mask = _offsets(n, BLOCK)
+    r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + offs, (tl.sigmoid(r) * y).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sigmoid_mul_bwd_kernel(R, Y, G, GR, GY, n, BLOCK: tl.constexpr):
+    offs, mask = _offsets(n, BLOCK)
+    r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    s = tl.sigmoid(r)
+    tl.store(GY + offs, (g * s).to(GY.dtype.element_ty), mask=mask)
+    tl.store(GR + offs, (g * y * s * (1.0 - s)).to(GR.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _relu_square_fwd_kernel(X, OUT, n, BLOCK: tl.constexpr):
+    offs, mask = _offsets(n, BLOCK)
+    x = tl.maximum(tl.load(X + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+    tl.store(OUT + offs, (x * x).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _relu_square_bwd_kernel(X, G, GX, n, BLOCK: tl.constexpr):
+    offs, mask = _offsets(n, BLOCK)
+    x = tl.maximum(tl.load(X + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(GX + offs, (2.0 * x * g).to(GX.dtype.element_ty), mask=mask)
+
+
+def _elem_grid(n: int):
+    return (cdiv(n, CONFIG["block_elem"]),), dict(BLOCK=CONFIG["block_elem"], num_warps=CONFIG["elem_warps"])
+
+
+@torch.library.custom_op("vision_rwkv::sigmoid_mul", mutates_args=())
+def _sigmoid_mul_op(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = new_empty(y.shape, torch.promote_types(r.dtype, y.dtype), y.device)
+    grid, meta = _elem_grid(y.numel())
+    _sigmoid_mul_fwd_kernel[grid](r, y, out, y.numel(), **meta)
+    return out
+
+
+@_sigmoid_mul_op.register_fake
+def _(r, y):
+    return y.new_empty(y.shape, dtype=torch.promote_types(r.dtype, y.dtype))
+
+
+@torch.library.custom_op("vision_rwkv::sigmoid_mul_bwd", mutates_args=())
+def _sigmoid_mul_bwd_op(r: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    g = g.contiguous()
+    gr = new_empty(r.shape, r.dtype, r.device)
+    gy = new_empty(y.shape, y.dtype, y.device)
+    grid, meta = _elem_grid(y.numel())
+    _sigmoid_mul_bwd_kernel[grid](r, y, g, gr, gy, y.numel(), **meta)
+    return gr, gy
+
+
+@_sigmoid_mul_bwd_op.register_fake
+def _(r, y, g):
+    return r.new_empty(r.shape), y.new_empty(y.shape)
+
+
+def _sm_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _sm_backward(ctx, g):
+    r, y = ctx.saved_tensors
+    return _sigmoid_mul_bwd_op(r, y, g)
+
+
+torch.library.register_autograd("vision_rwkv::sigmoid_mul", _sm_backward, setup_context=_sm_setup)
+
+
+def sigmoid_mul_triton(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fused ``sigmoid(r) * y`` (same shapes), fp32 math, result in ``result_type(r, y)``."""
+    return _sigmoid_mul_op(r.contiguous(), y.contiguous())
+
+
+@torch.library.custom_op("vision_rwkv::relu_square", mutates_args=())
+def _relu_square_op(x: torch.Tensor) -> torch.Tensor:
+    out = new_empty(x.shape, x.dtype, x.device)
+    grid, meta = _elem_grid(x.numel())
+    _relu_square_fwd_kernel[grid](x, out, x.numel(), **meta)
+    return out
+
+
+@_relu_square_op.register_fake
+def _(x):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("vision_rwkv::relu_square_bwd", mutates_args=())
+def _relu_square_bwd_op(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    g = g.contiguous()
+    gx = new_empty(x.shape, x.dtype, x.device)
+    grid, meta = _elem_grid(x.numel())
+    _relu_square_bwd_kernel[grid](x, g, gx, x.numel(), **meta)
+    return gx
+
+
+@_relu_square_bwd_op.register_fake
+def _(x, g):
+    return x.new_empty(x.shape)
+
+
+def _rs_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _rs_backward(ctx, g):
+    (x,) = ctx.saved_tensors
+    return _relu_square_bwd_op(x, g)
+
+
+torch.library.register_autograd("vision_rwkv::relu_square", _rs_backward, setup_context=_rs_setup)
+
+
+def relu_square_triton(x: torch.Tensor) -> torch.Tensor:
+    """Fused ``relu(x) ** 2`` in x's dtype (fp32 math)."""
+    return _relu_square_op(x.contiguous())
+
+
+# ---------------------------------------------------------------------------------------------- group norm * gate
+@triton.jit
+def _gn_load(Y, G, rows, NROWS, C, GS, BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
+    gi = tl.arange(0, BG)
+    si = tl.arange(0, BS)
+    ch = gi[:, None] * GS + si[None, :]  # [BG, BS]
+    cmask = (si < GS)[None, :] & (ch < C)
+    mask = (rows < NROWS)[:, None, None] & cmask[None, :, :]
+    offs = rows.to(tl.int64)[:, None, None] * C + ch[None, :, :]
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    return ch, cmask, mask, offs, y, g
+
+
+@triton.jit
+def _gn_stats(y, mask, GS, eps):
+    mean = tl.sum(y, axis=2) / GS
+    d = tl.where(mask, y - mean[:, :, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=2) / GS + eps)
+    return d * rstd[:, :, None], rstd
+
+
+@triton.jit
+def _gn_mul_fwd_kernel(Y, G, WT, BS_, OUT, NROWS, C, GS, eps, SILU: tl.constexpr, BR: tl.constexpr,
+                       BG: tl.constexpr, BS: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    ch, cmask, mask, offs, y, g = _gn_load(Y, G, rows, NROWS, C, GS, BR, BG, BS)
+    if SILU:
+        g = g * tl.sigmoid(g)
+    yhat, rstd = _gn_stats(y, mask, GS, eps)
+    w = tl.load(WT + ch, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
+    b = tl.load(BS_ + ch, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
+    tl.store(OUT + offs, ((yhat * w + b) * g).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gn_mul_bwd_kernel(Y, G, WT, BS_, GO, GY, GG, GWP, GBP, NROWS, C, GS, eps, iters, SILU: tl.constexpr,
+                       BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    gi = tl.arange(0, BG)
+    si = tl.arange(0, BS)
+    ch = gi[:, None] * GS + si[None, :]
+    cmask = (si < GS)[None, :] & (ch < C)
+    w = tl.load(WT + ch, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
+    b = tl.load(BS_ + ch, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
+    gw = tl.zeros([BG, BS], tl.float32)
+    gb = tl.zeros([BG, BS], tl.float32)
+    for it in range(iters):
+        rows = (it * nprog + pid) * BR + tl.arange(0, BR)
+        ch, cmask, mask, offs, y, g = _gn_load(Y, G, rows, NROWS, C, GS, BR, BG, BS)
+        yhat, rstd = _gn_stats(y, mask, GS, eps)
+        go = tl.load(GO + offs, mask=mask, other=0.0).to(tl.float32)
+        ggate = go * (yhat * w + b)
+        if SILU:
+            sg = tl.sigmoid(g)
+            ggate = ggate * sg * (1.0 + g * (1.0 - sg))
+            g = g * sg
+        tl.store(GG + offs, ggate.to(GG.dtype.element_ty), mask=mask)
+        gog = go * g
+        gw += tl.sum(gog * yhat, axis=0)
+        gb += tl.sum(gog, axis=0)
+        dyh = tl.where(mask, gog * w, 0.0)
+        m1 = tl.sum(dyh, axis=2) / GS
+        m2 = tl.sum(dyh * yhat, axis=2) / GS
+        gy = rstd[:, :, None] * (dyh - m1[:, :, None] - yhat * m2[:, :, None])
+        tl.store(GY + offs, gy.to(GY.dtype.element_ty), mask=mask)
+    tl.store(GWP + pid.to(tl.int64) * C + ch, gw, mask=cmask)
+    tl.store(GBP + pid.to(tl.int64) * C + ch, gb, mask=cmask)
+
+
+def _gn_meta(nrows: int, c: int, groups: int):
+    gs = c // groups
+    bg, bs = next_pow2(groups), next_pow2(gs)
+    br = max(1, min(next_pow2(nrows), CONFIG["gn_elems"] // (bg * bs)))
+    return gs, dict(BR=br, BG=bg, BS=bs, num_warps=4)
+
+
+@torch.library.custom_op("vision_rwkv::group_norm_mul", mutates_args=())
+def _gn_mul_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+               eps: float, silu: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    c = y.shape[-1]
+    nrows = y.numel() // c
+    gs, meta = _gn_meta(nrows, c, groups)
+    out = new_empty(y.shape, out_dtype, y.device)
+    _gn_mul_fwd_kernel[(cdiv(nrows, meta["BR"]),)](y, g, weight, bias, out, nrows, c, gs, eps, SILU=silu,
+                                                        **meta)
+    return out
+
+
+@_gn_mul_op.register_fake
+def _(y, g, groups, weight, bias, eps, silu, out_dtype):
+    return y.new_empty(y.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("vision_rwkv::group_norm_mul_bwd", mutates_args=())
+def _gn_mul_bwd_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float, silu: bool, gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    gout = gout.contiguous()
+    c = y.shape[-1]
+    nrows = y.numel() // c
+    gs, meta = _gn_meta(nrows, c, groups)
+    nblocks = cdiv(nrows, meta["BR"])
+    nprog = min(nblocks, 1024)
+    iters = cdiv(nblocks, nprog)
+    gy = new_empty(y.shape, y.dtype, y.device)
+    gg = new_empty(g.shape, g.dtype, g.device)
+    gwp = new_empty((nprog, c), torch.float32, y.device)
+    gbp = new_empty((nprog, c), torch.float32, y.device)
+    _gn_mul_bwd_kernel[(nprog,)](y, g, weight, bias, gout, gy, gg, gwp, gbp, nrows, c, gs, eps, iters,
+                                 SILU=silu, **meta)
+    return gy, gg, gwp.sum(0).to(weight.dtype), gbp.sum(0).to(bias.dtype)
+
+
+@_gn_mul_bwd_op.register_fake
+def _(y, g, groups, weight, bias, eps, silu, gout):
+    return y.new_empty(y.shape), g.new_empty(g.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+def _gn_setup(ctx, inputs, output):
+    y, g, groups, weight, bias, eps, silu, _ = inputs
+    ctx.meta = (groups, eps, silu)
+    ctx.save_for_backward(y, g, weight, bias)
+
+
+def _gn_backward(ctx, gout):
+    y, g, weight, bias = ctx.saved_tensors
+    groups, eps, silu = ctx.meta
+    gy, gg, gw, gb = _gn_mul_bwd_op(y, g, groups, weight, bias, eps, silu, gout)
+    return gy, gg, None, gw, gb, None, None, None
+
+
+torch.library.register_autograd("vision_rwkv::group_norm_mul", _gn_backward, setup_context=_gn_setup)
+
+
+def group_norm_mul_triton(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,
+                          bias: torch.Tensor, eps: float = 1e-5, gate_act: Optional[str] = None,
+                          out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Fused per-token ``GroupNorm(num_groups)(y) * act(g)`` over the last dim (act: None or 'silu'); result in
+    ``out_dtype``."""
+    return _gn_mul_op(y.contiguous(), g.contiguous(), int(num_groups), weight.contiguous(), bias.contiguous(),
+                      float(eps), gate_act == "silu", out_dtype or torch.promote_types(y.dtype, g.dtype))
+
+
+# ---------------------------------------------------------------------------------------------- v6 log decay
+@triton.jit
+def _decay_fwd_kernel(W0, Z, OUT, n, C, BLOCK: tl.constexpr):
+    offs, mask = _offsets(n, BLOCK)
+    w0 = tl.load(W0 + offs % C, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(Z + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + offs, -tl.exp(w0 + z), mask=mask)
+
+
+@torch.library.custom_op("vision_rwkv::decay_logd", mutates_args=())
+def _decay_op(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    out = new_empty(z.shape, torch.float32, z.device)
+    grid, meta = _elem_grid(z.numel())
+    _decay_fwd_kernel[grid](w0, z, out, z.numel(), z.shape[-1], **meta)
+    return out
+
+
+@_decay_op.register_fake
+def _(w0, z):
+    return z.new_empty(z.shape, dtype=torch.float32)
+
+
+def _decay_setup(ctx, inputs, output):
+    ctx.z_dtype = inputs[1].dtype
+    ctx.w0_dtype = inputs[0].dtype
+    ctx.save_for_backward(output)
+
+
+def _decay_backward(ctx, g):
+    (logd,) = ctx.saved_tensors
+    gz = g * logd  # d(-e^{w0+z}) = -e^{w0+z} = logd
+    return gz.reshape(-1, gz.shape[-1]).sum(0).to(ctx.w0_dtype), gz.to(ctx.z_dtype)
+
+
+torch.library.register_autograd("vision_rwkv::decay_logd", _decay_backward, setup_context=_decay_setup)
+
+
+def decay_logd_triton(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Fused ``-exp(w0 + z)`` (w0 (C,) broadcast over z (..., C)), float32 result."""
+    return _decay_op(w0.contiguous(), z.contiguous())
