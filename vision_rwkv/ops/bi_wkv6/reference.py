@@ -35,59 +35,108 @@ def bi_wkv6_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch
     return torch.einsum("bhtn,bnhi->bthi", att, v)
 
 
-def _intra_chunk(q, k, v, a, a_ex):
-    """Strictly-causal part inside chunks of L = 2^m tokens: ``y_t = sum_{n<t} (q_t . k_n exp(A_{t-1} - A_n)) v_n``.
+class _IntraChunk(torch.autograd.Function):
+    """Strictly-causal part inside chunks of L = 2^m tokens: ``y_t = sum_{n<t} (q_t . (k_n exp(A_{t-1} - A_n))) v_n``.
 
-    q, k, v (G, L, N) in the compute dtype; a = A (inclusive cumulative log decay inside the chunk) and
-    a_ex = A_{t-1}, both float64 so that their differences keep every digit. Binary-tree split: at each level,
-    every block's second half attends to its first half through the block midpoint ``ref``, with the safe factors
-    exp(A_{t-1} - A_ref) <= 1 on the queries and exp(A_ref - A_n) <= 1 on the keys (never exp(A) * exp(-A)).
-    Cost O(L^2 N) per chunk, memory O(L N log L).
+    q, k, v (G, L, N) contiguous, in the compute dtype; ``a`` (G, L, N) float64: A_i = log prod_{m<=i} d_m inside
+    the chunk (float64 so that differences keep every digit; each is rounded once to the compute dtype).
+    Binary-tree split: at level h every block of 2h tokens lets its second half attend to its first half through
+    the block midpoint ``ref``, with the safe factors exp(A_{t-1} - A_ref) <= 1 on the queries and
+    exp(A_ref - A_n) <= 1 on the keys (never exp(A) * exp(-A), which overflows for strong decays).
+    Cost O(L^2 N) per chunk; memory O(L N log L). Hand-written backward (autograd through the levels would move
+    float64 gradients around and is ~3x slower).
     """
-    g, l, n = q.shape
-    dt = q.dtype
-    y = None  # output of the blocks of the current level, built bottom-up (h = 1, 2, 4, ...)
-    h = 1
-    while h < l:
-        nb = l // (2 * h)
-        # unbind (not indexing): its backward is one stack instead of a zero-filled tensor per slice
-        (_, q1), (k0, _), (v0, _), (a0, _), (_, ax1) = (
-            x.reshape(g, nb, 2, h, n).unbind(2) for x in (q, k, v, a, a_ex))
-        ref = a0[:, :, h - 1:h]  # (G, nb, 1, N): A at the last token of the first half
-        qf = q1 * torch.exp((ax1 - ref).to(dt))
-        kf = k0 * torch.exp((ref - a0).to(dt))
-        if h == 1:
-            contrib = (qf * kf).sum(-1, keepdim=True) * v0
-        else:
-            contrib = torch.matmul(torch.matmul(qf, kf.transpose(-1, -2)), v0)
-        if y is None:
-            y = torch.cat([torch.zeros_like(contrib), contrib], dim=2)
-        else:
-            y0, y1 = y.reshape(g, nb, 2, h, n).unbind(2)
-            y = torch.cat([y0, y1 + contrib], dim=2)
-        h *= 2
-    return y.reshape(g, l, n) if y is not None else torch.zeros_like(v)
+
+    @staticmethod
+    def forward(ctx, q, k, v, a):
+        g, l, n = q.shape
+        dt = q.dtype
+        y = torch.zeros_like(v)
+        saved = []
+        h = 1
+        while h < l:
+            nb = l // (2 * h)
+            q5, k5, v5, a5, y5 = (x.view(g, nb, 2, h, n) for x in (q, k, v, a, y))
+            ref = a5[:, :, 0, h - 1:h]  # (G, nb, 1, N): A at the last token of the first half
+            # query exponent A_{t-1} - A_ref: exactly 0 for the first token of the second half
+            eq = torch.exp(torch.cat([torch.zeros_like(ref), a5[:, :, 1, :h - 1] - ref], dim=2).to(dt))
+            ek = torch.exp((ref - a5[:, :, 0]).to(dt))
+            qf = q5[:, :, 1] * eq
+            kf = k5[:, :, 0] * ek
+            if h == 1:
+                att = (qf * kf).sum(-1, keepdim=True)
+                y5[:, :, 1] += att * v5[:, :, 0]
+            else:
+                att = torch.matmul(qf, kf.transpose(-1, -2))
+                y5[:, :, 1] += torch.matmul(att, v5[:, :, 0])
+            saved += [eq, ek, att]
+            h *= 2
+        ctx.save_for_backward(q, k, v, *saved)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        q, k, v, *saved = ctx.saved_tensors
+        g, l, n = q.shape
+        gy = gy.contiguous()
+        gq, gk, gv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        ga = torch.zeros_like(q)  # gradient w.r.t. A, accumulated in the compute dtype
+        h = 1
+        while h < l:
+            eq, ek, att = saved[:3]
+            saved = saved[3:]
+            nb = l // (2 * h)
+            q5, k5, v5, gy5, gq5, gk5, gv5, ga5 = (
+                x.view(g, nb, 2, h, n) for x in (q, k, v, gy, gq, gk, gv, ga))
+            q1, k0, v0, gc = q5[:, :, 1], k5[:, :, 0], v5[:, :, 0], gy5[:, :, 1]
+            qf = q1 * eq
+            kf = k0 * ek
+            if h == 1:
+                gatt = (gc * v0).sum(-1, keepdim=True)
+                gv5[:, :, 0] += att * gc
+                g_qf = gatt * kf
+                g_kf = gatt * qf
+            else:
+                gatt = torch.matmul(gc, v0.transpose(-1, -2))
+                gv5[:, :, 0] += torch.matmul(att.transpose(-1, -2), gc)
+                g_qf = torch.matmul(gatt, kf)
+                g_kf = torch.matmul(gatt.transpose(-1, -2), qf)
+            gq1 = g_qf * eq
+            gk0 = g_kf * ek
+            gq5[:, :, 1] += gq1
+            gk5[:, :, 0] += gk0
+            pq = (gq1 * q1)[:, :, 1:]  # d loss / d (A_{t-1} - A_ref) for the queries with a non-zero exponent
+            pk = gk0 * k0  # d loss / d (A_ref - A_n)
+            ga5[:, :, 1, :h - 1] += pq
+            ga5[:, :, 0] -= pk
+            ga5[:, :, 0, h - 1] += pk.sum(2) - pq.sum(2)
+            h *= 2
+        return gq, gk, gv, ga.double()
 
 
 def _causal_chunked(r, k, v, logd, chunk):
     """Causal RWKV-6 pass WITHOUT the bonus term: ``y_t = r_t . sum_{n<t} prod_{n<m<t} d_m k_n v_n^T``.
 
-    r, k, v, logd (G, T, N) in the compute dtype; ``chunk`` a power of two. Inside a chunk: :func:`_intra_chunk`;
+    r, k, v, logd (G, T, N) in the compute dtype; ``chunk`` a power of two. Inside a chunk: :class:`_IntraChunk`;
     across chunks an (N x N) state (Python loop over chunks) whose every factor is a decay <= 1.
     """
     g, t_len, n = r.shape
     nc = -(-t_len // chunk)
     pad = nc * chunk - t_len
-    r, k, v, logd = (F.pad(x, (0, 0, 0, pad)).reshape(g * nc, chunk, n) for x in (r, k, v, logd))
+    if pad:
+        r, k, v, logd = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, v, logd))
+    r, k, v, logd = (x.reshape(g * nc, chunk, n) for x in (r, k, v, logd))
     a = torch.cumsum(logd.double(), dim=1)  # A_i: log prod_{m <= i} d_m inside the chunk
     a_ex = F.pad(a[:, :-1], (0, 0, 1, 0))  # A_{i-1}
-    y = _intra_chunk(r, k, v, a, a_ex)
+    y = _IntraChunk.apply(r, k, v, a)
     if nc > 1:
         dt = r.dtype
-        q_dec = r * torch.exp(a_ex).to(dt)  # decay from the chunk start to t (exclusive of t)
-        k_dec = k * torch.exp(a[:, -1:] - a).to(dt)  # decay from n (exclusive) to the chunk end
+        # exponents are exact float64 differences rounded once to dt; exp in dt
+        q_dec = r * torch.exp(a_ex.to(dt))  # decay from the chunk start to t (exclusive of t)
+        k_dec = k * torch.exp((a[:, -1:] - a).to(dt))  # decay from n (exclusive) to the chunk end
         upd = torch.matmul(k_dec.transpose(1, 2), v).reshape(g, nc, n, n)
-        chunk_decay = torch.exp(a[:, -1]).to(dt).reshape(g, nc, n, 1)
+        chunk_decay = torch.exp(a[:, -1].to(dt)).reshape(g, nc, n, 1)
         states = [torch.zeros_like(upd[:, 0])]
         for dec_c, upd_c in zip(chunk_decay.unbind(1)[:-1], upd.unbind(1)[:-1]):  # unbind: cheap backward
             states.append(states[-1] * dec_c + upd_c)
