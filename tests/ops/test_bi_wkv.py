@@ -198,3 +198,13 @@ def test_bad_inputs():
         bi_wkv(w.to("meta"), u, k, v)
     with pytest.raises(ValueError, match="backend"):
         bi_wkv(w, u, k, v, backend="cuda")
+
+
+def test_autocast_region_keeps_fp32_accumulation():
+    w, u, k, v = make_inputs(2, 70, 5, decay=5.0, dtype=torch.float32)
+    for mode in ("exact", "original"):
+        plain = bi_wkv(w, u, k, v, mode=mode, backend="reference")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = bi_wkv(w, u, k, v, mode=mode, backend="reference")
+        assert inside.dtype == torch.float32
+        torch.testing.assert_close(inside, plain, rtol=0, atol=0)

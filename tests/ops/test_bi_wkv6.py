@@ -140,3 +140,29 @@ def test_bad_inputs():
         bi_wkv6(r, k, v, logd, u.to("meta"))
     with pytest.raises(ValueError, match="backend"):
         bi_wkv6(r, k, v, logd, u, backend="fast")
+
+
+def test_autocast_region_keeps_fp32_accumulation():
+    args = make_inputs(1, 70, 2, 8, dtype=torch.float32)
+    plain = bi_wkv6(*args, backend="reference")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = bi_wkv6(*args, backend="reference")
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+def test_zero_decay_minus_inf_log():
+    """logd = -inf (a decay of exactly 0) cuts the sequence; no NaN from inf - inf, gradients finite."""
+    r, k, v, logd, u = make_inputs(1, 40, 2, 3, decay=(0.0, 1.0))
+    logd[:, 17] = -float("inf")
+    clipped = logd.clamp(min=-800.0)  # exp(-800) == 0 in float64 as well
+    args = [x.requires_grad_() for x in (r, k, v, logd, u)]
+    y = bi_wkv6_reference(*args, chunk=8)
+    torch.testing.assert_close(y, bi_wkv6_naive(r, k, v, clipped, u), rtol=1e-12, atol=1e-12)
+    y.sum().backward()
+    assert all(torch.isfinite(a.grad).all() for a in args)
+
+
+def test_chunk_must_be_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        bi_wkv6_reference(*make_inputs(1, 5, 1, 2), chunk=12)

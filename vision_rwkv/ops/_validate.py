@@ -1,6 +1,8 @@
 """Input checks shared by the operators (clear errors that name the problem)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -24,3 +26,11 @@ def check_tensors(op: str, **tensors: torch.Tensor) -> torch.device:
 def check_shape(op: str, name: str, t: torch.Tensor, shape: tuple) -> None:
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def no_autocast(t: torch.Tensor):
+    """Context that switches autocast off on ``t``'s device: the references accumulate in fp32 (or float64)
+    whatever autocast region the model runs in."""
+    if t.device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    return contextlib.nullcontext()

@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._validate import no_autocast
+
 __all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "MODES"]
 
 MODES = ("exact", "original")
@@ -106,6 +108,11 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
     """
     if mode not in MODES:
         raise ValueError(f"bi_wkv_reference: unknown mode {mode!r}; expected one of {MODES}")
+    with no_autocast(k):
+        return _bi_wkv_reference(w, u, k, v, mode, chunks, block)
+
+
+def _bi_wkv_reference(w, u, k, v, mode, chunks, block):
     dt = torch.promote_types(k.dtype, torch.float32)
     b, t_len, c = k.shape
     w = w.to(dt)

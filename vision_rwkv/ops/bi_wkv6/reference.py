@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._validate import no_autocast
+
 __all__ = ["bi_wkv6_reference", "bi_wkv6_naive"]
 
 
@@ -152,8 +154,17 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     ``chunk`` (a power of two) tokens per chunk. Stable for any ``logd <= 0`` (also -30 per step): every
     exponentiated quantity is a sum of log decays over a token range, i.e. <= 0. Differentiable by autograd.
     """
+    if chunk < 1 or chunk & (chunk - 1):
+        raise ValueError(f"bi_wkv6_reference: chunk must be a power of two, got {chunk}")
+    with no_autocast(r):
+        return _bi_wkv6_reference(r, k, v, logd, u, chunk)
+
+
+def _bi_wkv6_reference(r, k, v, logd, u, chunk):
     dt = torch.promote_types(r.dtype, torch.float32)
     b, t_len, h, n = r.shape
+    # exp(-1e4) is 0 in every float format: clamping keeps -inf (a decay of exactly 0) from making inf - inf
+    logd = logd.clamp(min=-1e4)
     xs = [x.to(dt).permute(0, 2, 1, 3).reshape(b * h, t_len, n) for x in (r, k, v, logd)]
     both = [torch.cat([x, x.flip(1)], dim=0) for x in xs]  # causal pass and reversed pass in one batch
     chunk = min(chunk, 1 << (t_len - 1).bit_length())  # a power of two, no larger than needed
