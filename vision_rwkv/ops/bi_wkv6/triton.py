@@ -29,10 +29,12 @@ from .._triton_utils import check_float, check_same_device, new_empty, next_pow2
 
 __all__ = ["bi_wkv6_triton", "CONFIG"]
 
-CONFIG = dict(block_t=16, block_j=16, warps=4)
+# fp32_precision: tl.dot input precision for fp32 inputs ("ieee" exact fp32 FMAs, or "tf32x3"); bf16/fp16 inputs
+# use "tf32" (their own rounding dominates)
+CONFIG = dict(block_t=16, block_j=16, warps=4, fp32_precision="ieee")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
-LOGD_MIN: tl.constexpr = -60.0
+LOGD_MIN = tl.constexpr(-60.0)
 
 
 @triton.jit
@@ -160,7 +162,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
             kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
             grj = tl.sum(G[:, :, None] * kj[None, :, :] * e3, axis=1)
             place = (cj[:, None] == cn[None, :]).to(tl.float32)
-            gr += tl.dot(grj, place, input_precision="ieee")
+            gr += tl.dot(grj, place, input_precision=PREC)
         dterm = r * gr
         gvy = tl.sum(gy * v, axis=1)
         gr += u[None, :] * k * gvy[:, None]
@@ -204,7 +206,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
             A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
             gkj = tl.sum(G[:, :, None] * rj[:, None, :] * e3, axis=0)
             place = (cj[:, None] == cn[None, :]).to(tl.float32)
-            gk += tl.dot(gkj, place, input_precision="ieee")
+            gk += tl.dot(gkj, place, input_precision=PREC)
         eterm = k * gk
         gv += tl.dot(tl.trans(A), gy, input_precision=PREC)
         gvy = tl.sum(gy * v, axis=1)
@@ -228,7 +230,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
 def _cfg(N: int, dtype: torch.dtype):
     BN = max(16, next_pow2(N))
     BJ = min(CONFIG["block_j"], BN)
-    prec = "ieee" if dtype == torch.float32 else "tf32"
+    prec = CONFIG["fp32_precision"] if dtype == torch.float32 else "tf32"
     nw = CONFIG["warps"] if BN <= 64 else max(CONFIG["warps"], 8)
     return CONFIG["block_t"], BN, BJ, prec, nw
 

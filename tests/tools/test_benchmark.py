@@ -1,0 +1,56 @@
+"""tools/benchmark.py: a tiny CPU run of both tables writes sane JSON; the anchor lookup picks the best original."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vision_rwkv import benchmark as bm
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_best_anchor_prefers_old_kernel_where_it_runs():
+    kern = bm.load_anchors("kernels")
+    if kern is None:
+        pytest.skip("no anchors")
+    ms, impl = bm._best_anchor(kern, "v4_biwkv", (64, 196, 192), "fwd+bwd")
+    assert impl == "old_cuda_Tmax256" and ms == pytest.approx(0.35589, rel=1e-3)
+    ms, impl = bm._best_anchor(kern, "v4_biwkv", (4, 4096, 384), "fwd+bwd")
+    assert impl == "official_cuda_new"
+    ms, impl = bm._best_anchor(kern, "v6_biwkv", (4, 4096, 6, 64), "fwd+bwd")
+    assert ms is None  # the original v6 backward does not run at T = 4096
+
+
+def test_op_bytes_match_anchor_floor():
+    kern = bm.load_anchors("kernels")
+    if kern is None:
+        pytest.skip("no anchors")
+    import torch
+
+    row = next(r for r in kern["rows"] if r["op"] == "v6_biwkv" and r["B"] == 16)
+    fb, fbb = bm._op_bytes("v6_biwkv", (16, 1024, 6, 64), torch.float32)
+    assert fb / bm.DRAM_BPS * 1e3 == pytest.approx(row["dram_floor_fwd_ms"], rel=1e-6)
+    assert fbb / bm.DRAM_BPS * 1e3 == pytest.approx(row["dram_floor_fwdbwd_ms"], rel=1e-6)
+
+
+def test_cli_quick_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--ops", "--backbones", "--device", "cpu",
+           "--quick", "--dtype", "fp32", "--shapes", "1,20,64", "--model", "vrwkv_tiny_patch16_224", "--res", "32",
+           "--no-train", "--iters", "1", "--warmup", "0", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## Operators" in proc.stdout and "## Backbones" in proc.stdout
+    data = json.loads(out.read_text())
+    ops = data["ops"]
+    assert {r["op"] for r in ops} == {"v4_biwkv", "v6_biwkv"}
+    assert all("error" not in r for r in ops), [r.get("error") for r in ops]
+    assert all(r["ms"] > 0 and r["GBps"] > 0 for r in ops)
+    assert {r["mode"] for r in ops} == {"fwd", "fwd+bwd"}
+    bbs = data["backbones"]
+    ours = [r for r in bbs if r["model"] == "vrwkv_tiny_patch16_224"]
+    assert ours and all("error" not in r and r["img_per_s"] > 0 for r in ours), ours
+    assert any(r["model"].startswith("deit") for r in bbs)
+    assert "ratio_vs_deit" in ours[0]

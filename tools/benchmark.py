@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Benchmark the Bi-WKV operators and the backbones; prints markdown tables and writes JSON.
+
+Examples:
+  python tools/benchmark.py --ops --device cuda --out benchmarks/results/h100_ops.json
+  python tools/benchmark.py --backbones --device cuda --dtype bf16 --out bb.json
+  python tools/benchmark.py --ops --backbones --device cpu --quick          # tiny CPU smoke run
+Kernel launch settings can be overridden for sweeps: --kernel-config v4.chunk_t=128 --kernel-config v6.warps=8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from vision_rwkv import benchmark as bm
+
+
+def _parse_shapes(text: str | None):
+    if not text:
+        return None
+    return [tuple(int(x) for x in s.split(",")) for s in text.split(";") if s]
+
+
+def _apply_kernel_config(items):
+    for item in items or []:
+        key, val = item.split("=", 1)
+        op, name = key.split(".", 1)
+        if op == "v4":
+            from vision_rwkv.ops.bi_wkv import triton as mod
+        elif op == "v6":
+            from vision_rwkv.ops.bi_wkv6 import triton as mod
+        else:
+            raise SystemExit(f"--kernel-config: unknown op {op!r} (v4 or v6)")
+        if name not in mod.CONFIG:
+            raise SystemExit(f"--kernel-config: unknown key {name!r}; known: {sorted(mod.CONFIG)}")
+        mod.CONFIG[name] = type(mod.CONFIG[name])(val)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ops", action="store_true", help="operator table")
+    p.add_argument("--backbones", action="store_true", help="backbone table")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", action="append", choices=list(bm.DTYPES), help="repeatable; default fp32 and bf16")
+    p.add_argument("--out", help="write all rows (and metadata) to this JSON file")
+    p.add_argument("--quick", action="store_true", help="tiny shapes / batches, few iterations (smoke test)")
+    p.add_argument("--iters", type=int, default=None, help="timed repetitions (median; default 20, quick 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3, quick 1)")
+    p.add_argument("--shapes", help="op shapes 'B,T,C;B,T,C' (v6 uses H = C/64)")
+    p.add_argument("--op", action="append", choices=["v4_biwkv", "v6_biwkv"], help="repeatable; default both")
+    p.add_argument("--v4-mode", action="append", choices=["exact", "original"], help="repeatable; default both")
+    p.add_argument("--backend", action="append", choices=["reference", "triton"],
+                   help="repeatable; default triton on CUDA, reference on CPU")
+    p.add_argument("--model", action="append", help="backbone(s); default all of vision_rwkv.benchmark.BACKBONES")
+    p.add_argument("--res", action="append", type=int, help="resolution(s); default 224 512 1024")
+    p.add_argument("--batch", action="append", help="RES=BATCH, repeatable")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    p.add_argument("--no-deit", action="store_true", help="skip the DeiT rows")
+    p.add_argument("--kernel-config", action="append", help="v4.KEY=VAL or v6.KEY=VAL (Triton launch settings)")
+    args = p.parse_args(argv)
+    if not (args.ops or args.backbones):
+        p.error("choose --ops and/or --backbones")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    _apply_kernel_config(args.kernel_config)
+    dtypes = args.dtype or ["fp32", "bf16"]
+    iters = args.iters or (2 if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    meta = dict(torch=torch.__version__, python=platform.python_version(), device=args.device, iters=iters,
+                warmup=warmup, argv=sys.argv[1:] if argv is None else list(argv))
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except Exception:
+        pass
+    out: dict = {"meta": meta}
+    tick = lambda r: print("  " + json.dumps({k: r[k] for k in r if k in ("op", "model", "wkv_mode", "dtype", "shape",  # noqa: E731
+                                              "res", "mode", "train", "ms", "img_per_s", "error")}), flush=True)
+    if args.ops:
+        shapes = _parse_shapes(args.shapes) or ([(2, 40, 64), (1, 300, 64)] if args.quick else None)
+        rows = bm.bench_ops(args.device, dtypes, shapes, ops=args.op or ("v4_biwkv", "v6_biwkv"),
+                            backends=args.backend, v4_modes=args.v4_mode or ("exact", "original"), iters=iters,
+                            warmup=warmup, progress=tick)
+        out["ops"] = rows
+        print("\n## Operators\n")
+        print(bm.format_table(rows, bm.OPS_COLUMNS))
+    if args.backbones:
+        batches = {int(b.split("=")[0]): int(b.split("=")[1]) for b in args.batch} if args.batch else None
+        models = args.model
+        res = args.res
+        if args.quick:
+            models = models or ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
+            res = res or [64]
+            batches = batches or {r: 1 for r in res}
+        rows = bm.bench_backbones(args.device, models, res or (224, 512, 1024), batches, dtypes,
+                                  train=not args.no_train, train_batch=2 if args.quick else 128, iters=iters,
+                                  warmup=warmup, with_deit=not args.no_deit, progress=tick)
+        out["backbones"] = rows
+        print("\n## Backbones\n")
+        print(bm.format_table(rows, bm.BACKBONE_COLUMNS))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,339 @@
+"""Benchmarks of the Bi-WKV operators and of whole backbones (library behind ``tools/benchmark.py``).
+
+* :func:`bench_ops` - ms of forward and forward+backward of ``bi_wkv`` (v4, both modes) and ``bi_wkv6`` per backend,
+  achieved GB/s, % of the memory floor (bytes that must move once / 3.0 TB/s, the anchors' convention) and the
+  speed-up over the best original kernel of ``benchmarks/anchors/kernels.json``.
+* :func:`bench_backbones` - images/s and peak memory of our VRWKV / VRWKV6 and timm's DeiT (fused attention),
+  inference at several resolutions and a training step, fp32 and bf16 autocast, with ratios to DeiT measured in the
+  same run and to the original numbers of ``benchmarks/anchors/backbones.json``.
+
+GPU timings: CUDA events around each call, median of ``iters`` after ``warmup`` calls (TF32 off, like the anchors).
+CPU timings: wall clock (perf_counter), median. Every function returns a list of plain dicts (JSON-ready).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+__all__ = ["OP_SHAPES", "BACKBONES", "load_anchors", "time_fn", "bench_ops", "bench_backbones", "format_table",
+           "DRAM_BPS"]
+
+DRAM_BPS = 3.0e12  # bytes/s used for the memory floor (anchors' convention, H100 HBM3 as measured)
+OP_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192)]
+BACKBONES = {  # ours -> timm reference of the same size, and the anchors' names
+    "vrwkv_tiny_patch16_224": ("deit_tiny_patch16_224", "VRWKV-T", "DeiT-T"),
+    "vrwkv_small_patch16_224": ("deit_small_patch16_224", "VRWKV-S", "DeiT-S"),
+    "vrwkv_base_patch16_224": ("deit_base_patch16_224", "VRWKV-B", "DeiT-B"),
+    "vrwkv6_tiny_patch16_224": ("deit_tiny_patch16_224", "VRWKV6-T", "DeiT-T"),
+    "vrwkv6_small_patch16_224": ("deit_small_patch16_224", "VRWKV6-S", "DeiT-S"),
+    "vrwkv6_base_patch16_224": ("deit_base_patch16_224", "VRWKV6-B", "DeiT-B"),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_ANCHOR_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "anchors"
+
+
+def load_anchors(name: str, directory: str | os.PathLike | None = None) -> dict | None:
+    """``kernels`` or ``backbones`` anchors (None when the file is missing). Directory: argument, else
+    ``$VRWKV_ANCHORS``, else ``benchmarks/anchors`` of the repository."""
+    d = Path(directory or os.environ.get("VRWKV_ANCHORS", _ANCHOR_DIR))
+    path = d / f"{name}.json"
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, iters: int = 20, warmup: int = 3) -> dict:
+    """Median / min / max milliseconds of ``fn()`` (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    if device.type == "cuda":
+        evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for a, b in evs:
+            a.record()
+            fn()
+            b.record()
+        torch.cuda.synchronize(device)
+        times = [a.elapsed_time(b) for a, b in evs]
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "iters": iters}
+
+
+# ----------------------------------------------------------------------------------------------------------- ops
+def _op_inputs(op: str, shape, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    if op == "v4_biwkv":
+        B, T, C = shape
+        k = torch.randn(B, T, C, generator=g)
+        v = torch.randn(B, T, C, generator=g)
+        w = (-5 + 8 * torch.rand(C, generator=g)) / T
+        u = torch.randn(C, generator=g) / T
+        ins = [w.to(device), u.to(device), k.to(dtype).to(device), v.to(dtype).to(device)]
+    else:
+        B, T, H, N = shape
+        r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
+        logd = -torch.exp(-6 + 5 * torch.rand(B, T, H, N, generator=g))
+        u = torch.randn(H, N, generator=g) * 0.1
+        ins = [x.to(dtype).to(device) for x in (r, k, v, logd)] + [u.to(device)]
+    return ins
+
+
+def _op_bytes(op: str, shape, dtype) -> tuple[int, int]:
+    """(forward, forward+backward) bytes that must move once: each big input read once, each output written once."""
+    n = math.prod(shape)
+    es = torch.empty((), dtype=dtype).element_size()
+    if op == "v4_biwkv":  # fwd: k, v -> y; bwd: k, v, gy -> gk, gv
+        return 3 * n * es, 8 * n * es
+    return 5 * n * es, 14 * n * es  # fwd: r, k, v, logd -> y; bwd: r, k, v, logd, gy -> 4 grads
+
+
+def _best_anchor(kern: dict | None, op: str, shape, mode: str) -> tuple[float | None, str | None]:
+    """Fastest original kernel (not the naive torch versions) for this op/shape/mode ('fwd' or 'fwd+bwd')."""
+    if kern is None:
+        return None, None
+    best = (None, None)
+    for row in kern["rows"]:
+        if row["op"] != op or row["mode"] != mode or "ms" not in row or row["impl"].startswith("naive"):
+            continue
+        rshape = (row["B"], row["T"], row["H"], row["C"] // row["H"]) if op == "v6_biwkv" else (row["B"], row["T"],
+                                                                                                 row["C"])
+        if tuple(rshape) != tuple(shape):
+            continue
+        if best[0] is None or row["ms"] < best[0]:
+            best = (row["ms"], row["impl"])
+    return best
+
+
+def _op_callable(op: str, mode: str, backend: str, ins: list, grad: bool, wkv_mode: str = "exact", chunks: int = 32):
+    from vision_rwkv.ops import bi_wkv, bi_wkv6
+
+    if op == "v4_biwkv":
+        f = lambda *a: bi_wkv(*a, mode=wkv_mode, chunks=chunks, backend=backend)  # noqa: E731
+    else:
+        f = lambda *a: bi_wkv6(*a, backend=backend)  # noqa: E731
+    if not grad:
+        def run():
+            with torch.no_grad():
+                return f(*ins)
+        return run
+    leaves = [x.detach().clone().requires_grad_() for x in ins]
+    gy = torch.randn_like(f(*leaves).detach())
+
+    def run():
+        y = f(*leaves)
+        y.backward(gy)
+    return run
+
+
+def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), shapes: Iterable | None = None,
+              ops: Iterable[str] = ("v4_biwkv", "v6_biwkv"), backends: Iterable[str] | None = None,
+              v4_modes: Iterable[str] = ("exact", "original"), iters: int = 20, warmup: int = 3,
+              anchors_dir=None, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Time the operators; one row per (op, mode, backend, dtype, shape, fwd | fwd+bwd)."""
+    dev = torch.device(device)
+    if backends is None:
+        backends = ("triton",) if dev.type == "cuda" else ("reference",)
+    kern = load_anchors("kernels", anchors_dir)
+    shapes = list(shapes or OP_SHAPES)
+    rows = []
+    for op in ops:
+        for shape3 in shapes:
+            B, T, C = shape3
+            shape = (B, T, C) if op == "v4_biwkv" else (B, T, C // 64, 64)
+            for wkv_mode in (v4_modes if op == "v4_biwkv" else ("-",)):
+                for backend in backends:
+                    for dname in dtypes:
+                        dtype = DTYPES[dname]
+                        fb, fbb = _op_bytes(op, shape, dtype)
+                        for mode, grad, nbytes in (("fwd", False, fb), ("fwd+bwd", True, fbb)):
+                            row = dict(op=op, wkv_mode=wkv_mode, backend=backend, dtype=dname, B=B, T=T, C=C,
+                                       shape=list(shape), mode=mode, device=str(dev))
+                            try:
+                                ins = _op_inputs(op, shape, dtype, dev)
+                                fn = _op_callable(op, mode, backend, ins, grad, wkv_mode=wkv_mode if op == "v4_biwkv"
+                                                  else "exact")
+                                if dev.type == "cuda":
+                                    torch.cuda.reset_peak_memory_stats(dev)
+                                row.update(time_fn(fn, dev, iters, warmup))
+                                if dev.type == "cuda":
+                                    row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+                                row["bytes"] = nbytes
+                                row["GBps"] = nbytes / (row["ms"] * 1e-3) / 1e9
+                                row["floor_ms"] = nbytes / DRAM_BPS * 1e3
+                                row["pct_floor"] = 100.0 * row["floor_ms"] / row["ms"]
+                                if wkv_mode != "original":
+                                    ams, aimpl = _best_anchor(kern, op, shape, mode)
+                                    if ams is not None:
+                                        row["anchor_ms"] = ams
+                                        row["anchor_impl"] = aimpl
+                                        row["speedup_vs_original"] = ams / row["ms"]
+                            except Exception as e:  # keep going: a failing row is reported, not fatal
+                                row["error"] = f"{type(e).__name__}: {e}"[:300]
+                            finally:
+                                if dev.type == "cuda":
+                                    torch.cuda.empty_cache()
+                            rows.append(row)
+                            if progress:
+                                progress(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------- backbones
+def _anchor_backbone(bb: dict | None, name: str, res: int, dtype: str, batch: int, train: bool) -> float | None:
+    if bb is None:
+        return None
+    rows = bb["train" if train else "inference"]
+    cands = [r for r in rows if r.get("model") == name and r.get("dtype") == dtype and "img_per_s" in r
+             and r.get("res", 224 if train else None) == res]
+    same = [r for r in cands if r.get("batch") == batch]
+    pick = same or cands
+    return max(r["img_per_s"] for r in pick) if pick else None
+
+
+def _make_model(name: str, res: int, device, **kw):
+    import timm
+
+    import vision_rwkv  # noqa: F401  (registers our models)
+
+    model = timm.create_model(name, pretrained=False, img_size=res, num_classes=1000, **kw)
+    return model.to(device)
+
+
+def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool, dev: torch.device, iters: int,
+                        warmup: int) -> dict:
+    model = _make_model(name, res, dev)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    x = torch.randn(batch, 3, res, res, device=dev)
+    amp = dtype != "fp32"
+    adt = DTYPES[dtype]
+    if train:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        target = torch.randint(0, 1000, (batch,), device=dev)
+
+        def step():
+            with torch.autocast(dev.type, dtype=adt, enabled=amp):
+                loss = torch.nn.functional.cross_entropy(model(x), target)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=adt, enabled=amp):
+                model.forward_features(x)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t = time_fn(step, dev, iters, warmup)
+    row = dict(params_M=params, **t, img_per_s=batch / (t["ms"] * 1e-3))
+    if dev.type == "cuda":
+        row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+    return row
+
+
+def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, resolutions: Iterable[int] = (224, 512,
+                    1024), batches: dict | None = None, dtypes: Iterable[str] = ("fp32", "bf16"), train: bool = True,
+                    train_batch: int = 128, iters: int = 20, warmup: int = 3, with_deit: bool = True,
+                    anchors_dir=None, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Inference (forward_features) images/s + peak memory per (model, resolution, dtype), DeiT of the same size in
+    the same run, and a training step (forward + backward + AdamW) at 224."""
+    dev = torch.device(device)
+    bb = load_anchors("backbones", anchors_dir)
+    batches = batches or ({224: 256, 512: 64, 1024: 16} if dev.type == "cuda" else {224: 2, 512: 1, 1024: 1})
+    models = list(models or BACKBONES)
+    rows = []
+    deit_cache: dict = {}
+
+    def run(name, label, res, batch, dtype, is_train):
+        key = (name, res, batch, dtype, is_train)
+        if key in deit_cache:
+            return deit_cache[key]
+        row = dict(model=name, label=label, res=res, batch=batch, dtype=dtype, train=is_train, device=str(dev))
+        try:
+            row.update(_bench_one_backbone(name, res, batch, dtype, is_train, dev, iters, warmup))
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        finally:
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        anchor = _anchor_backbone(bb, label, res, dtype, batch, is_train)
+        if anchor is not None:
+            row["anchor_img_per_s"] = anchor
+            if "img_per_s" in row:
+                row["ratio_vs_original"] = row["img_per_s"] / anchor
+        deit_cache[key] = row
+        return row
+
+    cases = [(r, batches[r], d, False) for r in resolutions for d in dtypes]
+    if train:
+        cases += [(224, train_batch, d, True) for d in dtypes]
+    for name in models:
+        deit, label, deit_label = BACKBONES.get(name, (None, name, None))
+        for res, batch, dtype, is_train in cases:
+            ours = dict(run(name, label, res, batch, dtype, is_train))
+            if with_deit and deit is not None:
+                ref = run(deit, deit_label, res, batch, dtype, is_train)
+                if "img_per_s" in ref and "img_per_s" in ours:
+                    ours["deit"] = deit
+                    ours["deit_img_per_s"] = ref["img_per_s"]
+                    ours["ratio_vs_deit"] = ours["img_per_s"] / ref["img_per_s"]
+                    if "peak_mem_GiB" in ref and "peak_mem_GiB" in ours:
+                        ours["deit_peak_mem_GiB"] = ref["peak_mem_GiB"]
+                rows.append(ours)
+            else:
+                rows.append(ours)
+            if progress:
+                progress(ours)
+    if with_deit:
+        rows += [dict(r) for k, r in deit_cache.items() if k[0].startswith("deit")]
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------- print
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Markdown table; columns = (header, key, format)."""
+    head = "| " + " | ".join(h for h, _, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    lines = [head, sep]
+    for r in rows:
+        cells = []
+        for _, key, fmt in columns:
+            val = r.get(key)
+            if val is None:
+                cells.append("error" if key in ("ms", "img_per_s") and "error" in r else "")
+            elif isinstance(val, (int, float)) and fmt:
+                cells.append(format(val, fmt))
+            else:
+                cells.append(str(val))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+OPS_COLUMNS = [("op", "op", ""), ("mode", "wkv_mode", ""), ("backend", "backend", ""), ("dtype", "dtype", ""),
+               ("B,T,C", "shape", ""), ("pass", "mode", ""), ("ms", "ms", ".4f"), ("GB/s", "GBps", ".0f"),
+               ("% floor", "pct_floor", ".1f"), ("original ms", "anchor_ms", ".4f"),
+               ("x original", "speedup_vs_original", ".2f")]
+BACKBONE_COLUMNS = [("model", "model", ""), ("res", "res", ""), ("batch", "batch", ""), ("dtype", "dtype", ""),
+                    ("train", "train", ""), ("img/s", "img_per_s", ".1f"), ("peak GiB", "peak_mem_GiB", ".2f"),
+                    ("DeiT img/s", "deit_img_per_s", ".1f"), ("x DeiT", "ratio_vs_deit", ".2f"),
+                    ("DeiT GiB", "deit_peak_mem_GiB", ".2f"), ("original img/s", "anchor_img_per_s", ".1f"),
+                    ("x original", "ratio_vs_original", ".2f")]
