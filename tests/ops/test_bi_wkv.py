@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vision_rwkv.ops import bi_wkv, bi_wkv_naive, bi_wkv_reference
+from vision_rwkv.ops.bi_wkv.reference import _naive_factor, original_kernel_kv_grads
 
 F64 = torch.float64
 
@@ -172,6 +173,31 @@ def test_fixture_original_backward_w_u(kernels_v4, case):
     g = e["grads_cuda_new"]
     assert rel_err(args[0].grad, g["gw"]) < 5e-6
     assert rel_err(args[1].grad, g["gu"]) < 5e-6
+
+
+def test_original_kernel_kv_grads_formula():
+    """O(T) helper vs the DESIGN.md formula written with full (T, T) weight matrices (float64)."""
+    w, u, k, v = make_inputs(2, 23, 3, decay=5.0)
+    gy = torch.randn(2, 23, 3, dtype=F64)
+    gk, gv = original_kernel_kv_grads(w, u, k, v, gy, chunks=4, block=4)
+    ek = torch.exp(k).transpose(1, 2)[:, :, None, :]  # (B, C, 1, n)
+    w5 = _naive_factor(w, u, 23, "exact", 4)[None] * ek  # (B, C, t, n)
+    wc = _naive_factor(w, u, 23, "original", 4)[None] * ek
+    vt, gt = v.transpose(1, 2), gy.transpose(1, 2)
+    zc = wc.sum(-1)
+    yc = (wc * vt[:, :, None, :]).sum(-1) / zc
+    gv_ref = ((gt / zc)[..., None] * w5).sum(2)
+    gk_ref = ((gt / zc)[..., None] * w5 * (vt[:, :, None, :] - yc[..., None])).sum(2)
+    torch.testing.assert_close(gv, gv_ref.transpose(1, 2))
+    torch.testing.assert_close(gk, gk_ref.transpose(1, 2))
+
+
+@pytest.mark.parametrize("case", V4_CASES)
+def test_fixture_original_kernel_kv_grads(kernels_v4, case):
+    e = kernels_v4[case]
+    gk, gv = original_kernel_kv_grads(*(e["inputs"][n] for n in ("w", "u", "k", "v", "gy")), chunks=32)
+    assert rel_err(gk, e["grads_cuda_new"]["gk"]) < 5e-6
+    assert rel_err(gv, e["grads_cuda_new"]["gv"]) < 5e-6
 
 
 # ---------------------------------------------------------------- input validation

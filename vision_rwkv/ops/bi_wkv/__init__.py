@@ -5,9 +5,9 @@ import torch
 
 from .._validate import check_shape, check_tensors
 from ..dispatch import resolve_backend, triton_impl
-from .reference import MODES, bi_wkv_naive, bi_wkv_reference
+from .reference import MODES, bi_wkv_naive, bi_wkv_reference, original_kernel_kv_grads
 
-__all__ = ["bi_wkv", "bi_wkv_reference", "bi_wkv_naive", "MODES"]
+__all__ = ["bi_wkv", "bi_wkv_reference", "bi_wkv_naive", "original_kernel_kv_grads", "MODES"]
 
 
 def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",

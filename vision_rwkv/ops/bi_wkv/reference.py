@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .._validate import no_autocast
 
-__all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "MODES"]
+__all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "original_kernel_kv_grads", "MODES"]
 
 MODES = ("exact", "original")
 
@@ -112,37 +112,72 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
         return _bi_wkv_reference(w, u, k, v, mode, chunks, block)
 
 
-def _bi_wkv_reference(w, u, k, v, mode, chunks, block):
+def _exact_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, block: int) -> torch.Tensor:
+    """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T)."""
+    m = x.shape[1]
+    fwd, bwd = decay_scan(torch.cat([x, x.flip(-1)], dim=1), w, block).split(m, dim=1)
+    return torch.exp(u)[:, None, None] * x + _shift_right(fwd) + _shift_left(bwd.flip(-1))
+
+
+def _original_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, chunks: int,
+                            block: int) -> torch.Tensor:
+    """``sum_n f_tn x_n`` with the factors of the pre-2025 kernel's closed form (chunks of S = ceil(T / P))."""
+    c, m, t_len = x.shape
+    size = -(-t_len // chunks)  # S = ceil(T / P) tokens per chunk
+    nch = -(-t_len // size)
+    xr = F.pad(x, (0, nch * size - t_len)).reshape(c, m * nch, size)
+    first = torch.ones(size, dtype=x.dtype, device=x.device)
+    first[0] = 0
+    hg = decay_scan(torch.cat([xr, xr * first], dim=0), torch.cat([w, -w]), block)
+    h, g = hg.reshape(2 * c, m, nch, size).split(c, dim=0)
+    # tokens before t's chunk: exp(-w (t - n)); state at the end of every chunk via a scan over chunks
+    ends = decay_scan(h[..., -1], w * size, block)
+    ends = F.pad(ends[..., :-1], (1, 0))
+    steps = torch.exp(-w[:, None] * torch.arange(1, size + 1, device=x.device, dtype=x.dtype))
+    pre = ends[..., None] * steps[:, None, None, :]
+    # inside the chunk: exp(-w (t-n-1)) for s <= n < t, (1 - e^w) exp(w (t-n)) for s < n <= t
+    inner = pre + _shift_right(h) - torch.expm1(w)[:, None, None, None] * g
+    inner = inner.reshape(c, m, nch * size)[..., :t_len]
+    after = decay_scan(x.flip(-1), w, block).flip(-1)  # sum_{n >= t} exp(-w (n - t)) x_n
+    return torch.exp(u)[:, None, None] * x + inner + _shift_left(after) * torch.exp(-w)[:, None, None]
+
+
+def _prepare(w, u, k, v):
     dt = torch.promote_types(k.dtype, torch.float32)
-    b, t_len, c = k.shape
-    w = w.to(dt)
-    u = u.to(dt)
     kc = k.to(dt).permute(2, 0, 1)  # (C, B, T)
-    vc = v.to(dt).permute(2, 0, 1)
-    a = torch.exp(kc - kc.amax(dim=-1, keepdim=True).detach())
+    a = torch.exp(kc - kc.amax(dim=-1, keepdim=True).detach())  # one max of k per (b, c)
+    return w.to(dt), u.to(dt), a, v.to(dt).permute(2, 0, 1)
+
+
+def _bi_wkv_reference(w, u, k, v, mode, chunks, block):
+    b = k.shape[0]
+    w, u, a, vc = _prepare(w, u, k, v)
     x = torch.cat([a * vc, a], dim=1)  # (C, 2B, T): numerator and denominator terms
-    diag = torch.exp(u)[:, None, None] * x
     if mode == "exact":
-        h = decay_scan(torch.cat([x, x.flip(-1)], dim=1), w, block)
-        fwd, bwd = h.split(2 * b, dim=1)
-        tot = diag + _shift_right(fwd) + _shift_left(bwd.flip(-1))
+        tot = _exact_weights_apply(x, w, u, block)
     else:
-        size = -(-t_len // chunks)  # S = ceil(T / P) tokens per chunk
-        nch = -(-t_len // size)
-        xr = F.pad(x, (0, nch * size - t_len)).reshape(c, 2 * b * nch, size)
-        first = torch.ones(size, dtype=dt, device=x.device)
-        first[0] = 0
-        hg = decay_scan(torch.cat([xr, xr * first], dim=0), torch.cat([w, -w]), block)
-        h, g = hg.reshape(2 * c, 2 * b, nch, size).split(c, dim=0)
-        # tokens before t's chunk: exp(-w (t - n)); state at the end of every chunk via a scan over chunks
-        ends = decay_scan(h[..., -1], w * size, block)
-        ends = F.pad(ends[..., :-1], (1, 0))
-        steps = torch.exp(-w[:, None] * torch.arange(1, size + 1, device=x.device, dtype=dt))
-        pre = ends[..., None] * steps[:, None, None, :]
-        # inside the chunk: exp(-w (t-n-1)) for s <= n < t, (1 - e^w) exp(w (t-n)) for s < n <= t
-        inner = pre + _shift_right(h) - torch.expm1(w)[:, None, None, None] * g
-        inner = inner.reshape(c, 2 * b, nch * size)[..., :t_len]
-        after = decay_scan(x.flip(-1), w, block).flip(-1)  # sum_{n >= t} exp(-w (n - t)) x_n
-        tot = diag + inner + _shift_left(after) * torch.exp(-w)[:, None, None]
+        tot = _original_weights_apply(x, w, u, chunks, block)
     y = tot[:, :b] / tot[:, b:]
     return y.permute(1, 2, 0).to(v.dtype)
+
+
+@torch.no_grad()
+def original_kernel_kv_grads(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gy: torch.Tensor,
+                             chunks: int = 32, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k and v "gradients" the pre-2025 CUDA backward returns for output gradient ``gy`` (DESIGN.md §3).
+
+    They are NOT the derivatives of its forward: with W5 the Eq. 5 weights and Zc, yc the closed form's denominator
+    and output, ``gv_n = sum_t gy_t W5_tn / Zc_t`` and ``gk_n = sum_t gy_t W5_tn (v_n - yc_t) / Zc_t``. Provided to
+    reproduce original training runs bit-for-bit in spirit; our "original" mode uses true gradients. O(T).
+    """
+    b = k.shape[0]
+    with no_autocast(k):
+        w, u, a, vc = _prepare(w, u, k, v)
+        tot = _original_weights_apply(torch.cat([a * vc, a], dim=1), w, u, chunks, block)
+        zc = tot[:, b:]
+        yc = tot[:, :b] / zc
+        p = gy.to(a.dtype).permute(2, 0, 1) / zc
+        s_p, s_py = _exact_weights_apply(torch.cat([p, p * yc], dim=1), w, u, block).split(b, dim=1)  # f symmetric
+        gv = a * s_p
+        gk = a * (vc * s_p - s_py)
+    return gk.permute(1, 2, 0).to(k.dtype), gv.permute(1, 2, 0).to(v.dtype)
