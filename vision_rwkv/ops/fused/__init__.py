@@ -10,7 +10,8 @@ as a torch custom op (``triton.py``, imported lazily):
 
 ``backend=None`` picks Triton for CUDA tensors (when triton imports) and the reference otherwise; the environment
 variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :func:`fused_enabled` is the switch the
-models use: True only for CUDA tensors on the Triton backend, so CPU runs are exactly the plain-PyTorch models.
+models use: True only for CUDA tensors on the Triton backend, so CPU runs are exactly the plain-PyTorch models;
+``VRWKV_FUSED=0`` turns the models' fused path off everywhere (the WKV operators keep their own dispatch).
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def fused_enabled(x: torch.Tensor) -> bool:
     """Whether the models should take their fused path for activations ``x``: CUDA tensors whose backend resolves
     to Triton (and, while torch.compile traces, only if :data:`FUSED_UNDER_COMPILE`). CPU tensors only with
     ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton`` (tests)."""
+    if os.environ.get("VRWKV_FUSED", "1").strip() == "0":
+        return False  # the plain path on any device (before/after profiles and benchmarks)
     if x.device.type != "cuda" and not (_interpret() and os.environ.get("VRWKV_BACKEND", "") == "triton"):
         return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
     if _is_compiling() and not FUSED_UNDER_COMPILE:

@@ -1,0 +1,96 @@
+"""Profiling / benchmark tooling (CPU): op grouping, labels restored, tables, benchmark plan, CLI smoke run."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vision_rwkv import profiling
+from vision_rwkv.models import _layers, vrwkv, vrwkv6
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def test_classify_groups():
+    c = profiling.classify
+    assert c(["aten::copy_", "aten::zeros_like", "vrwkv::shift+lerp", "aten::linear"]) == "shift+lerp"
+    assert c(["aten::sum", "vision_rwkv::bi_wkv6_triton"], "_v6_fwd_kernel") == "WKV"
+    assert c(["cuLaunchKernel", "vision_rwkv::token_shift_mix"], "_tsm_fwd_kernel") == "shift+lerp"
+    assert c(["vision_rwkv::group_norm_mul"]) == "norms"
+    assert c(["vision_rwkv::sigmoid_mul"]) == "elementwise/other"
+    assert c(["cudaLaunchKernel", "aten::mm", "aten::matmul", "aten::linear"], "nvjet_x") == "GEMMs"
+    assert c(["aten::_to_copy", "aten::to", "aten::linear"], "elementwise_kernel") == "casts/copies"
+    assert c(["aten::native_layer_norm", "aten::layer_norm"]) == "norms"
+    assert c(["aten::_scaled_dot_product_flash_attention"]) == "attention"
+    assert c(["aten::sigmoid"], "vectorized_elementwise_kernel") == "elementwise/other"
+    assert c([], "sm90_xmma_gemm_bf16") == "GEMMs"
+    assert c([], "Memcpy DtoD") == "casts/copies"
+
+
+def test_label_model_calls_restores_functions():
+    before = (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6)
+    with profiling.label_model_calls():
+        assert _layers.q_shift is not before[0] and vrwkv.bi_wkv is not before[2]
+    assert (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6) == before
+
+
+def test_profile_cpu_groups_partition_time():
+    model = profiling.build_backbone("VRWKV-T", 32, device="cpu").eval()
+    x = torch.randn(1, 3, 32, 32)
+
+    def fn():
+        with torch.inference_mode():
+            return model.forward_features(x)
+
+    res = profiling.profile_backbone(fn, steps=1, warmup=1, device="cpu")
+    shares = {g: v["share"] for g, v in res["groups"].items()}
+    assert set(shares) == set(profiling.GROUPS)
+    assert abs(sum(shares.values()) - 1) < 1e-6
+    for g in ("WKV", "shift+lerp", "GEMMs", "norms"):
+        assert shares[g] > 0, (g, shares)
+    assert "| WKV |" in profiling.format_profile({"t": res})
+
+
+def test_benchmark_plan_and_table():
+    from benchmark_backbones import plan
+
+    cfgs = plan(["VRWKV-T"], [224, 1024], ["bf16"], ["eager", "compile"], True, ["VRWKV-T"])
+    assert cfgs[0] == dict(model="VRWKV-T", res=224, dtype="bf16", mode="eager", kind="inference")
+    assert dict(model="DeiT-T", res=224, dtype="bf16", mode="eager", kind="train") in cfgs
+    assert dict(model="VRWKV-T", res=1024, dtype="bf16", mode="eager-unfused", kind="inference") in cfgs
+    assert cfgs[-1]["mode"] == "compile"
+    results = [dict(model="VRWKV-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
+                    img_per_s=2400.0, peak_mem_GiB=0.5),
+               dict(model="DeiT-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
+                    img_per_s=1000.0, peak_mem_GiB=0.6),
+               dict(model="VRWKV-S", res=1024, dtype="bf16", mode="compile", kind="inference", batch=16,
+                    error="RuntimeError: x")]
+    anchors = {"inference": [dict(model="VRWKV-T", res=1024, dtype="bf16", img_per_s=473.0)]}
+    table = profiling.format_benchmark(results, anchors)
+    assert "| 2400 | 0.50 | 1000 | 2.40 | 0.60 | 473 |" in table
+    assert "RuntimeError: x" in table
+
+
+def test_benchmark_skips_after_deadline():
+    out = profiling.benchmark_backbones([dict(model="VRWKV-T", res=224, dtype="bf16")], deadline_s=-1)
+    assert out[0]["skipped"] == "deadline"
+
+
+def test_profile_cli_cpu(tmp_path):
+    import profile_backbone
+
+    res = profile_backbone.main(["--device", "cpu", "--models", "VRWKV6-T", "--img-size", "32", "--batch", "1",
+                                 "--steps", "1", "--json", str(tmp_path / "p.json"), "--md", str(tmp_path / "p.md")])
+    assert set(res) == {"VRWKV6-T fused", "VRWKV6-T plain"}
+    assert json.loads((tmp_path / "p.json").read_text())["VRWKV6-T fused"]["total_ms"] > 0
+    assert "top kernels" in (tmp_path / "p.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check")
+def test_benchmark_cli_needs_cuda(tmp_path):
+    import benchmark_backbones
+
+    with pytest.raises(SystemExit):
+        benchmark_backbones.main(["--out", str(tmp_path / "b.json")])
