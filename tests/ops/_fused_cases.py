@@ -87,6 +87,24 @@ def _inputs(case: dict, device: str):
         fn = lambda t: fused.decay_logd(t["w0"], t["z"], backend)  # noqa: E731
         rf = lambda t: ref.decay_logd_reference(t["w0"], t["z"])  # noqa: E731
         odt = torch.float32
+    elif op == "add_norm":
+        shape, post = case["shape"], case.get("post", False)
+        c = shape[-1]
+        leaves = {"x": _randn(shape, g, torch.float32, device), "y": _randn(shape, g, dtype, device, 2.0) + 0.3,
+                  "weight": _randn((c,), g, torch.float32, device) + 1.0,
+                  "bias": _randn((c,), g, torch.float32, device)}
+        if case.get("gamma", True):
+            leaves["gamma"] = _randn((c,), g, torch.float32, device)
+
+        def combine(out):  # one output for the gradient check: both s and (pre-norm) n get a gradient
+            s, n = out
+            return s if post else s + 0.7 * n.to(s.dtype)
+
+        fn = lambda t: combine(fused.add_norm(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"], 1e-5,  # noqa
+                                              post, out_dtype, backend))
+        rf = lambda t: combine(ref.add_norm_reference(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"],  # noqa
+                                                      1e-5, post))
+        odt = torch.float32
     else:
         raise ValueError(f"unknown op {op!r}")
     return leaves, fn, rf, odt

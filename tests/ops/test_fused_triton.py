@@ -38,6 +38,12 @@ CPU_CASES = {
     "gn_mul_one_group": dict(op="group_norm_mul", shape=(3, 10), groups=1, gate_act="silu", compile=True),
     "decay_logd": dict(op="decay_logd", shape=(2, 5, 6)),
     "decay_logd_bf16_z": dict(op="decay_logd", shape=(1, 7, 5), dtype="bf16"),
+    "add_norm_post": dict(op="add_norm", shape=(2, 5, 12), post=True),
+    "add_norm_post_no_gamma_odd_C": dict(op="add_norm", shape=(9, 5), post=True, gamma=False),
+    "add_norm_pre": dict(op="add_norm", shape=(3, 7, 6), post=False),
+    "add_norm_pre_bf16_y_bf16_out": dict(op="add_norm", shape=(2, 3, 10), dtype="bf16", out_dtype="bf16",
+                                         gamma=False),
+    "add_norm_pre_compile_noncontig": dict(op="add_norm", shape=(2, 3, 4), compile=True, layout="T"),
 }
 
 CUDA_CASES = {
@@ -55,6 +61,10 @@ CUDA_CASES = {
                              dtype="bf16"),
     "gn_mul_head80": dict(op="group_norm_mul", shape=(4, 50, 640), groups=8, gate_act="silu"),
     "decay_logd": dict(op="decay_logd", shape=(8, 1024, 384), dtype="bf16"),
+    "add_norm_post_S": dict(op="add_norm", shape=(16, 1024, 384), post=True, dtype="bf16"),
+    "add_norm_post_B_fp32": dict(op="add_norm", shape=(4, 196, 768), post=True),
+    "add_norm_pre_T": dict(op="add_norm", shape=(16, 1024, 192), dtype="bf16", out_dtype="bf16"),
+    "add_norm_pre_odd": dict(op="add_norm", shape=(3, 197, 100), gamma=False),
     "compile": dict(op=TSM, shape=(2, 14, 14, 192), M=5, with_m=True, head_size=64, compile=True),
 }
 

@@ -198,6 +198,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         x = self.norm0(x)
+        if fused.fused_enabled(x) and self._fusable():
+            return self._forward_fused(x, grid_size)
         if self.post_norm:
             x = x + self.drop_path1(self.ls1(self.norm1(self.spatial_mix(x, grid_size))))
             x = x + self.drop_path2(self.ls2(self.norm2(self.channel_mix(x, grid_size))))
@@ -205,3 +207,25 @@ class Block(nn.Module):
             x = x + self.drop_path1(self.ls1(self.spatial_mix(self.norm1(x), grid_size)))
             x = x + self.drop_path2(self.ls2(self.channel_mix(self.norm2(x), grid_size)))
         return x
+
+    def _fusable(self) -> bool:
+        """The fused residual + LayerNorm kernel covers LayerNorm, LayerScale / Identity and inactive drop path."""
+        no_drop = not self.training or (isinstance(self.drop_path1, nn.Identity) and
+                                        isinstance(self.drop_path2, nn.Identity))
+        scales_ok = all(isinstance(m, (nn.Identity, LayerScale)) for m in (self.ls1, self.ls2))
+        return no_drop and scales_ok and isinstance(self.norm1, nn.LayerNorm) and isinstance(self.norm2, nn.LayerNorm)
+
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        """Same function with the residual add, layer scale and LayerNorm of each half fused in one pass
+        (post-norm: ``x + g * LN(mix(x))``; pre-norm: the spatial-mix residual add and ``norm2`` together, whose
+        output, read only by the channel mix, is written in the compute dtype)."""
+        g1 = self.ls1.gamma if isinstance(self.ls1, LayerScale) else None
+        g2 = self.ls2.gamma if isinstance(self.ls2, LayerScale) else None
+        n1, n2 = self.norm1, self.norm2
+        if self.post_norm:
+            x, _ = fused.add_norm(x, self.spatial_mix(x, grid_size), g1, n1.weight, n1.bias, n1.eps, post=True)
+            x, _ = fused.add_norm(x, self.channel_mix(x, grid_size), g2, n2.weight, n2.bias, n2.eps, post=True)
+            return x
+        x, h = fused.add_norm(x, self.spatial_mix(n1(x), grid_size), g1, n2.weight, n2.bias, n2.eps, post=False,
+                              out_dtype=fused.compute_dtype(x))
+        return x + self.ls2(self.channel_mix(h, grid_size))

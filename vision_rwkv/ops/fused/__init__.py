@@ -7,6 +7,7 @@ as a torch custom op (``triton.py``, imported lazily):
   channel mix in one pass, in the compute dtype (v4 lerp, v6 per-head shift, v6 data-dependent "ddlerp").
 * :func:`sigmoid_mul` - ``sigmoid(r) * y``; :func:`relu_square` - ``relu(x)^2``.
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
+* :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
 
 ``backend=None`` picks Triton for CUDA tensors (when triton imports) and the reference otherwise; the environment
 variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :func:`fused_enabled` is the switch the
@@ -22,11 +23,11 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import check_shape, check_tensors
-from .reference import (decay_logd_reference, group_norm_mul_reference, relu_square_reference,
+from .reference import (add_norm_reference, decay_logd_reference, group_norm_mul_reference, relu_square_reference,
                         sigmoid_mul_reference, token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-           "fused_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
+           "add_norm", "fused_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
@@ -193,3 +194,28 @@ def decay_logd(w0: torch.Tensor, z: torch.Tensor, backend: Optional[str] = None)
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (w0.dtype, z.dtype):
         return _triton().decay_logd_triton(w0, z)
     return decay_logd_reference(w0, z)
+
+
+def add_norm(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+             bias: torch.Tensor, eps: float = 1e-5, post: bool = False, out_dtype: Optional[torch.dtype] = None,
+             backend: Optional[str] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Residual + LayerNorm over the last dim C in one pass.
+
+    post=True: ``s = x + gamma * LN(y)`` -> ``(s, None)`` (post-norm block).
+    post=False: ``s = x + gamma * y``, ``n = LN(s)`` -> ``(s, n)`` (pre-norm block; n in ``out_dtype``).
+    x, y: (..., C) (s keeps x's dtype: the residual stream); gamma: (C,) layer scale or None; weight, bias: (C,).
+    """
+    op = "add_norm"
+    tensors = dict(x=x, y=y, weight=weight, bias=bias)
+    if gamma is not None:
+        tensors["gamma"] = gamma
+    device = check_tensors(op, **tensors)
+    c = x.shape[-1]
+    check_shape(op, "y", y, tuple(x.shape))
+    for name in ("weight", "bias", "gamma"):
+        if name in tensors:
+            check_shape(op, name, tensors[name], (c,))
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (x.dtype, y.dtype):
+        s, n = _triton().add_norm_triton(x, y, gamma, weight, bias, eps, post, out_dtype)
+        return s, (None if post else n)
+    return add_norm_reference(x, y, gamma, weight, bias, eps, post, out_dtype)

@@ -8,6 +8,8 @@
 * :func:`relu_square_reference` - ``relu(x) ** 2`` (channel-mix hidden activation).
 * :func:`group_norm_mul_reference` - ``GroupNorm(y) * act(g)`` per token (the VRWKV6 ``ln_x`` + gate epilogue).
 * :func:`decay_logd_reference` - ``-exp(w0 + z)`` (the VRWKV6 per-token log decay).
+* :func:`add_norm_reference` - residual + LayerNorm (post-norm ``x + gamma * LN(y)``; pre-norm ``s = x + gamma * y``,
+  ``LN(s)``).
 
 All compute in float32 (float64 inputs stay float64) and are differentiable through autograd.
 """
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from ..shift import q_shift
 
 __all__ = ["token_shift_mix_reference", "sigmoid_mul_reference", "relu_square_reference",
-           "group_norm_mul_reference", "decay_logd_reference"]
+           "group_norm_mul_reference", "decay_logd_reference", "add_norm_reference"]
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -82,3 +84,22 @@ def group_norm_mul_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, 
 def decay_logd_reference(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``-exp(w0 + z)`` in float32 (float64 stays float64): the VRWKV6 log decay, w0 (C,) broadcast over z."""
     return -torch.exp(_acc(w0) + _acc(z))
+
+
+def add_norm_reference(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+                       bias: torch.Tensor, eps: float = 1e-5, post: bool = False,
+                       out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Residual + LayerNorm over the last dim C.
+
+    post=True: ``s = x + gamma * LN(y)`` (post-norm block), returns ``(s, None)``;
+    post=False: ``s = x + gamma * y`` and ``n = LN(s)`` (pre-norm block: the next mixer's input), returns
+    ``(s, n)`` with n in ``out_dtype`` (default x's). s is in x's dtype; gamma None = no layer scale.
+    """
+    c = x.shape[-1]
+    g = _acc(gamma) if gamma is not None else 1.0
+    if post:
+        s = _acc(x) + g * F.layer_norm(_acc(y), (c,), _acc(weight), _acc(bias), eps)
+        return s.to(x.dtype), None
+    s = (_acc(x) + g * _acc(y)).to(x.dtype)
+    n = F.layer_norm(_acc(s), (c,), _acc(weight), _acc(bias), eps)
+    return s, n.to(out_dtype or x.dtype)

@@ -10,6 +10,8 @@
 * ``group_norm_mul``: per-token GroupNorm (affine) times a gate ``act(g)`` (act = identity or SiLU: the VRWKV6
   ``ln_x(y) * silu(gate)``), several rows per program; backward with per-program partials of d weight / d bias.
 * ``decay_logd``: ``-exp(w0[c] + z)`` in float32 (the VRWKV6 per-token log decay from the decay LoRA output).
+* ``add_norm``: residual + LayerNorm per token, one read of each input: post-norm ``s = x + gamma * LN(y)``;
+  pre-norm ``s = x + gamma * y`` and ``n = LN(s)`` (n in the compute dtype: the next token mix reads it).
 
 Outputs are allocated with :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned when
 ``VRWKV_TRITON_DEBUG=1``). Shapes and dtypes are checked by the public wrappers in ``__init__.py``.
@@ -25,7 +27,7 @@ import triton.language as tl
 from .._triton_utils import cdiv, new_empty, next_pow2
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
-           "decay_logd_triton", "CONFIG"]
+           "decay_logd_triton", "add_norm_triton", "CONFIG"]
 
 CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096)
 
@@ -513,3 +515,181 @@ torch.library.register_autograd("vision_rwkv::decay_logd", _decay_backward, setu
 def decay_logd_triton(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Fused ``-exp(w0 + z)`` (w0 (C,) broadcast over z (..., C)), float32 result."""
     return _decay_op(w0.contiguous(), z.contiguous())
+
+
+# ---------------------------------------------------------------------------------------------- residual + LayerNorm
+@triton.jit
+def _ln_rows(v, mask, C, eps):
+    mean = tl.sum(v, axis=1) / C
+    d = tl.where(mask, v - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / C + eps)
+    return d * rstd[:, None], rstd
+
+
+@triton.jit
+def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, S, NOUT, R, C, eps, POST: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                         BR: tl.constexpr, BC: tl.constexpr):
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BC)
+    cmask = cols < C
+    mask = (rows < R)[:, None] & cmask[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(LW + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    b = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_GAMMA:
+        g = tl.load(GAM + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    else:
+        g = tl.full([1, BC], 1.0, tl.float32)
+    if POST:
+        yhat, rstd = _ln_rows(y, mask, C, eps)
+        tl.store(S + offs, (x + g * (yhat * w + b)).to(S.dtype.element_ty), mask=mask)
+    else:
+        s = x + g * y
+        tl.store(S + offs, s.to(S.dtype.element_ty), mask=mask)
+        shat, rstd = _ln_rows(s, mask, C, eps)
+        tl.store(NOUT + offs, (shat * w + b).to(NOUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, GS, GN, GX, GY, GGP, GWP, GBP, R, C, eps, iters,
+                         POST: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_GS: tl.constexpr, HAS_GN: tl.constexpr,
+                         BR: tl.constexpr, BC: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cols = tl.arange(0, BC)
+    cmask = cols < C
+    w = tl.load(LW + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    b = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_GAMMA:
+        g = tl.load(GAM + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    else:
+        g = tl.full([1, BC], 1.0, tl.float32)
+    acc_g = tl.zeros([BC], tl.float32)
+    acc_w = tl.zeros([BC], tl.float32)
+    acc_b = tl.zeros([BC], tl.float32)
+    for it in range(iters):
+        rows = (it * nprog + pid) * BR + tl.arange(0, BR)
+        mask = (rows < R)[:, None] & cmask[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_GS:
+            gs = tl.load(GS + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            gs = tl.zeros([BR, BC], tl.float32)
+        if POST:
+            # s = x + g * (yhat * w + b)
+            yhat, rstd = _ln_rows(y, mask, C, eps)
+            gln = gs * g
+            acc_g += tl.sum(gs * (yhat * w + b), axis=0)
+            acc_w += tl.sum(gln * yhat, axis=0)
+            acc_b += tl.sum(gln, axis=0)
+            dyh = tl.where(mask, gln * w, 0.0)
+            m1 = tl.sum(dyh, axis=1) / C
+            m2 = tl.sum(dyh * yhat, axis=1) / C
+            gy = rstd[:, None] * (dyh - m1[:, None] - yhat * m2[:, None])
+            gx = gs
+        else:
+            # s = x + g * y, n = LN(s): the gradient reaching s is gs + LN'(gn)
+            s = tl.load(SV + offs, mask=mask, other=0.0).to(tl.float32)
+            shat, rstd = _ln_rows(s, mask, C, eps)
+            gtot = gs
+            if HAS_GN:
+                gn = tl.load(GN + offs, mask=mask, other=0.0).to(tl.float32)
+                acc_w += tl.sum(gn * shat, axis=0)
+                acc_b += tl.sum(gn, axis=0)
+                dsh = tl.where(mask, gn * w, 0.0)
+                m1 = tl.sum(dsh, axis=1) / C
+                m2 = tl.sum(dsh * shat, axis=1) / C
+                gtot = gtot + rstd[:, None] * (dsh - m1[:, None] - shat * m2[:, None])
+            acc_g += tl.sum(gtot * y, axis=0)
+            gy = gtot * g
+            gx = gtot
+        tl.store(GX + offs, gx.to(GX.dtype.element_ty), mask=mask)
+        tl.store(GY + offs, gy.to(GY.dtype.element_ty), mask=mask)
+    base = pid.to(tl.int64) * C + cols
+    tl.store(GGP + base, acc_g, mask=cmask)
+    tl.store(GWP + base, acc_w, mask=cmask)
+    tl.store(GBP + base, acc_b, mask=cmask)
+
+
+def _an_meta(rows: int, c: int):
+    bc = next_pow2(c)
+    br = max(1, min(next_pow2(rows), CONFIG["gn_elems"] // bc))
+    return dict(BR=br, BC=bc, num_warps=4 if bc <= 512 else 8)
+
+
+@torch.library.custom_op("vision_rwkv::add_norm", mutates_args=())
+def _add_norm_op(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+                 bias: torch.Tensor, eps: float, post: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    c = x.shape[-1]
+    rows = x.numel() // c
+    meta = _an_meta(rows, c)
+    s = new_empty(x.shape, x.dtype, x.device)
+    n = x.new_empty((0,)) if post else new_empty(x.shape, out_dtype, x.device)
+    _add_norm_fwd_kernel[(cdiv(rows, meta["BR"]),)](x, y, weight if gamma is None else gamma, weight, bias, s,
+                                                    s if post else n, rows, c, eps, POST=post,
+                                                    HAS_GAMMA=gamma is not None, **meta)
+    return s, n
+
+
+@_add_norm_op.register_fake
+def _(x, y, gamma, weight, bias, eps, post, out_dtype):
+    return x.new_empty(x.shape), (x.new_empty((0,)) if post else x.new_empty(x.shape, dtype=out_dtype))
+
+
+@torch.library.custom_op("vision_rwkv::add_norm_bwd", mutates_args=())
+def _add_norm_bwd_op(y: torch.Tensor, s: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+                     bias: torch.Tensor, eps: float, post: bool, gs: Optional[torch.Tensor], gn: Optional[torch.Tensor],
+                     x_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    c = y.shape[-1]
+    rows = y.numel() // c
+    meta = _an_meta(rows, c)
+    nblocks = cdiv(rows, meta["BR"])
+    nprog = min(nblocks, 1024)
+    iters = cdiv(nblocks, nprog)
+    gs = gs.contiguous() if gs is not None else None
+    gn = gn.contiguous() if gn is not None else None
+    gx = new_empty(y.shape, x_dtype, y.device)
+    gy = new_empty(y.shape, y.dtype, y.device)
+    parts = new_empty((3, nprog, c), torch.float32, y.device)
+    dummy = y
+    _add_norm_bwd_kernel[(nprog,)](y, s if not post else dummy, weight if gamma is None else gamma, weight, bias,
+                                   gs if gs is not None else dummy, gn if gn is not None else dummy, gx, gy,
+                                   parts[0], parts[1], parts[2], rows, c, eps, iters, POST=post,
+                                   HAS_GAMMA=gamma is not None, HAS_GS=gs is not None, HAS_GN=gn is not None, **meta)
+    ggam = parts[0].sum(0).to(gamma.dtype) if gamma is not None else weight.new_empty((0,))
+    return gx, gy, ggam, parts[1].sum(0).to(weight.dtype), parts[2].sum(0).to(bias.dtype)
+
+
+@_add_norm_bwd_op.register_fake
+def _(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype):
+    return (y.new_empty(y.shape, dtype=x_dtype), y.new_empty(y.shape),
+            gamma.new_empty(gamma.shape) if gamma is not None else weight.new_empty((0,)),
+            weight.new_empty(weight.shape), bias.new_empty(bias.shape))
+
+
+def _an_setup(ctx, inputs, output):
+    x, y, gamma, weight, bias, eps, post, _ = inputs
+    ctx.meta = (eps, post, gamma is not None, x.dtype)
+    ctx.save_for_backward(y, output[0] if not post else None, gamma, weight, bias)
+
+
+def _an_backward(ctx, gs, gn):
+    y, s, gamma, weight, bias = ctx.saved_tensors
+    eps, post, has_gamma, x_dtype = ctx.meta
+    gx, gy, ggam, gw, gb = _add_norm_bwd_op(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
+                                            None if post else gn, x_dtype)
+    return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None
+
+
+torch.library.register_autograd("vision_rwkv::add_norm", _an_backward, setup_context=_an_setup)
+
+
+def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+                    bias: torch.Tensor, eps: float = 1e-5, post: bool = False,
+                    out_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused residual + LayerNorm over the last dim (see ``add_norm`` in ``__init__.py``)."""
+    return _add_norm_op(x.contiguous(), y.contiguous(), gamma.contiguous() if gamma is not None else None,
+                        weight.contiguous(), bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype)
