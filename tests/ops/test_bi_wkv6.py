@@ -97,6 +97,21 @@ def test_gradients_match_naive():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("decay", [(0.0, 1e-3), (0.0, 1.0), (20.0, 30.0)])
+def test_fp32_gradients_close_to_float64(decay):
+    """Also the log-decay gradient, which is tiny for strong decays: no O(1) terms may cancel in fp32."""
+    base = make_inputs(1, 150, 2, 8, decay=decay, seed=2)
+    base[3][:, 40:50] = -30.0
+    gy = torch.randn(1, 150, 2, 8, dtype=F64)
+    grads = []
+    for dt in (F64, torch.float32):
+        args = [x.to(dt).detach().requires_grad_() for x in base]
+        (bi_wkv6(*args, backend="reference") * gy.to(dt)).sum().backward()
+        grads.append([a.grad for a in args])
+    for name, a, b in zip(("r", "k", "v", "logd", "u"), grads[1], grads[0]):
+        assert rel_err(a, b) < 2e-6, name
+
+
 def test_long_sequence_4096_tokens():
     args = [x.requires_grad_() for x in make_inputs(1, 4096, 2, 4, decay=(0.0, 0.05), dtype=torch.float32)]
     y = bi_wkv6(*args, backend="reference")
