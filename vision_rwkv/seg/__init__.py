@@ -1,0 +1,35 @@
+"""Semantic segmentation: any timm backbone with `forward_intermediates` (VRWKV / VRWKV6 first) -> multi-level
+neck -> UperNet + FCN auxiliary head, mmseg's ADE20K recipe without mmseg.
+
+Public API::
+
+    Segmentor, create_segmentor(model_cfg, num_classes), seg_param_groups(model, wd, layer_decay)
+    MultiLevelNeck, UperNetHead, FCNHead
+    whole_inference, slide_inference, inference, predict            # test-time inference
+    SegMetric, confusion_matrix, metrics_from_confusion, format_table
+    FolderSegDataset, ADE20KDataset, CityscapesDataset, ShapesSegDataset
+    SegTrainTransform, SegTestTransform                              # albumentations pipelines
+    PolyWarmupLR, build_optimizer
+    load_seg_config(path, overrides), train_segmentor(cfg), test_segmentor(cfg), evaluate_segmentor(...)
+    run_demo(out_dir)                                                # the README's Shapes demo
+"""
+from .config import SegConfig, load_seg_config
+from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
+from .heads import FCNHead, UperNetHead
+from .inference import inference, predict, slide_inference, whole_inference
+from .metrics import SegMetric, confusion_matrix, format_table, metrics_from_confusion
+from .neck import MultiLevelNeck
+from .optim import PolyWarmupLR, build_optimizer, poly_warmup_factor
+from .segmentor import Segmentor, create_segmentor, evenly_spaced_indices, load_backbone_weights, seg_param_groups
+from .train import build_datasets, build_segmentor, evaluate_segmentor, test_segmentor, train_segmentor
+
+
+def __getattr__(name: str):
+    # the transforms import albumentations / OpenCV (slow); load them on first use
+    if name in ("SegTrainTransform", "SegTestTransform"):
+        from . import transforms
+        return getattr(transforms, name)
+    if name == "run_demo":
+        from .demo import run_demo
+        return run_demo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

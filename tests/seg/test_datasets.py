@@ -1,0 +1,99 @@
+"""Segmentation datasets: folder pairs, ADE20K / Cityscapes layouts, Shapes masks, and their errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vision_rwkv.seg.datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, ShapesSegDataset
+
+
+def _write(path, array, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format=fmt)
+
+
+def _pair(root, name, h=12, w=16, labels=(0, 1, 2), img_ext=".jpg", ann_ext=".png"):
+    rng = np.random.default_rng(abs(hash(name)) % 1000)
+    _write(root / "img" / f"{name}{img_ext}", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    _write(root / "ann" / f"{name}{ann_ext}", rng.choice(np.array(labels, dtype=np.uint8), size=(h, w)))
+
+
+def test_folder_dataset_loads_pairs(tmp_path):
+    _pair(tmp_path, "a")
+    _pair(tmp_path, "sub/b", labels=(0, 2, 255))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
+    assert len(ds) == 2 and ds.num_classes == 3
+    s = ds[1]
+    assert s["name"] == "sub/b.jpg" and s["image"].shape == (3, 12, 16) and s["mask"].dtype == torch.int64
+    assert set(s["mask"].unique().tolist()) <= {0, 2, 255}
+    assert s["ori_size"].tolist() == [12, 16]
+
+
+def test_size_mismatch_is_an_error(tmp_path):
+    _pair(tmp_path, "a")
+    _write(tmp_path / "ann" / "a.png", np.zeros((10, 16), dtype=np.uint8))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
+    with pytest.raises(ValueError, match=r"a.jpg: image size 16x12 .* mask size 16x10"):
+        ds[0]
+
+
+def test_label_out_of_range_is_an_error(tmp_path):
+    _pair(tmp_path, "a", labels=(0, 1, 7))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
+    with pytest.raises(ValueError, match=r"a.jpg: label values \[7\] are outside the class range \[0, 3\)"):
+        ds[0]
+
+
+def test_missing_files_are_named(tmp_path):
+    _pair(tmp_path, "a")
+    _write(tmp_path / "img" / "orphan.jpg", np.zeros((4, 4, 3), dtype=np.uint8))
+    with pytest.raises(FileNotFoundError, match="orphan.png"):
+        FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg"])
+    with pytest.raises(FileNotFoundError, match="annotation directory not found"):
+        FolderSegDataset(tmp_path / "img", tmp_path / "nothing", ["bg"])
+    with pytest.raises(FileNotFoundError, match="no images ending in '.tif'"):
+        FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg"], img_suffix=".tif")
+
+
+def test_rgb_mask_and_corrupt_image_are_errors(tmp_path):
+    _pair(tmp_path, "a")
+    _write(tmp_path / "ann" / "a.png", np.zeros((12, 16, 3), dtype=np.uint8))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
+    with pytest.raises(ValueError, match="single-channel"):
+        ds[0]
+    _pair(tmp_path, "a")
+    (tmp_path / "img" / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="cannot read image .*a.jpg"):
+        ds[0]
+
+
+def test_ade20k_layout_reduces_zero_label(tmp_path):
+    for split in ("training", "validation"):
+        img = np.full((6, 8, 3), 100, dtype=np.uint8)
+        ann = np.array([[0, 1, 150, 255] * 2] * 6, dtype=np.uint8)
+        _write(tmp_path / "images" / split / f"ADE_{split}_1.jpg", img)
+        _write(tmp_path / "annotations" / split / f"ADE_{split}_1.png", ann)
+    ds = ADE20KDataset(tmp_path, "validation")
+    assert ds.num_classes == 150 and ds.classes[0] == "wall"
+    assert ds[0]["mask"][0, :4].tolist() == [255, 0, 149, 255]  # 0 ("other") and 255 ignored, others shifted
+    assert len(ADE20KDataset(tmp_path, "train")) == 1
+    with pytest.raises(ValueError, match="split"):
+        ADE20KDataset(tmp_path, "test")
+
+
+def test_cityscapes_layout(tmp_path):
+    img = np.zeros((4, 8, 3), dtype=np.uint8)
+    ann = np.array([[0, 18, 255, 3] * 2] * 4, dtype=np.uint8)
+    _write(tmp_path / "leftImg8bit" / "val" / "ulm" / "ulm_000001_000019_leftImg8bit.png", img)
+    _write(tmp_path / "gtFine" / "val" / "ulm" / "ulm_000001_000019_gtFine_labelTrainIds.png", ann)
+    ds = CityscapesDataset(tmp_path, "val")
+    assert ds.num_classes == 19 and ds[0]["mask"][0, :4].tolist() == [0, 18, 255, 3]
+
+
+def test_shapes_masks():
+    ds = ShapesSegDataset("val", length=3, image_size=32)
+    s = ds[2]
+    assert ds.num_classes == 9 and ds.classes[0] == "background"
+    assert s["image"].shape == (3, 32, 32) and s["mask"].shape == (32, 32)
+    labels = set(s["mask"].unique().tolist())
+    assert 0 in labels and len(labels) == 2  # background + one shape

@@ -1,0 +1,129 @@
+"""Segmentor: shapes for several timm backbones, losses with ignore pixels, gradients, weights loading, overfitting."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vision_rwkv.seg.metrics import SegMetric
+from vision_rwkv.seg.segmentor import Segmentor, create_segmentor, evenly_spaced_indices, load_backbone_weights
+
+
+def test_evenly_spaced_indices():
+    assert evenly_spaced_indices(12) == [2, 5, 8, 11]
+    assert evenly_spaced_indices(24) == [5, 11, 17, 23]
+    assert evenly_spaced_indices(4) == [0, 1, 2, 3]
+    assert evenly_spaced_indices(2) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("backbone", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224", "vit_tiny_patch16_224"])
+def test_forward_shapes_loss_and_grads(backbone, tiny_model_cfg):
+    model = create_segmentor(tiny_model_cfg(backbone, depth=2, num_classes=5))
+    assert model.feature_reductions == [8, 8, 8, 8] and model.neck.scales == [2.0, 1.0, 0.5, 0.25]
+    x = torch.randn(2, 3, 40, 24)  # non-square, not a multiple of 32
+    target = torch.randint(0, 5, (2, 40, 24))
+    target[0, :5] = 255
+    losses = model(x, target)
+    assert set(losses) == {"loss", "loss_decode", "loss_aux"}
+    assert losses["loss"].item() == pytest.approx(losses["loss_decode"].item() + 0.4 * losses["loss_aux"].item(),
+                                                  rel=1e-5)
+    losses["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"parameters without gradient (DDP would need find_unused_parameters): {no_grad}"
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 5, 40, 24) and torch.isfinite(logits).all()
+
+
+def test_hierarchical_timm_backbone():
+    """A ConvNeXt (strides 4..32 already) gets identity resampling in the neck."""
+    import timm
+    backbone = timm.create_model("convnext_atto", num_classes=0, dims=(16, 16, 32, 32), depths=(1, 1, 1, 1))
+    model = Segmentor(backbone, num_classes=3, decode_channels=16, aux_channels=8, neck_channels=16)
+    assert model.out_indices == [0, 1, 2, 3] and model.neck.scales == [1.0, 1.0, 1.0, 1.0]
+    model.eval()
+    assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+
+
+def test_loss_matches_cross_entropy_with_ignore(tiny_model_cfg):
+    model = create_segmentor(tiny_model_cfg(num_classes=3))
+    logits = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 32, 32))
+    target[:, :10] = 255
+    up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+    ref = F.cross_entropy(up, target, ignore_index=255)
+    assert model.seg_loss(logits, target).item() == pytest.approx(ref.item(), rel=1e-5)
+    all_ignored = torch.full((2, 32, 32), 255)
+    assert model.seg_loss(logits, all_ignored).item() == 0.0  # not NaN
+
+
+def test_explicit_out_indices_and_errors(tiny_model_cfg):
+    model = create_segmentor(tiny_model_cfg(depth=4, out_indices=[-1, 1, 2, 3]))
+    assert model.out_indices == [3, 1, 2, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        create_segmentor(tiny_model_cfg(depth=2, out_indices=[0, 1, 2, 3]))
+    with pytest.raises(TypeError, match="forward_intermediates"):
+        Segmentor(nn.Conv2d(3, 8, 1), num_classes=2)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="num_classes"):
+        create_segmentor({k: v for k, v in tiny_model_cfg().items() if k != "num_classes"})
+
+
+def test_no_aux_head_in_eval_and_sync_bn_conversion(tiny_model_cfg):
+    model = create_segmentor(tiny_model_cfg())
+    model.eval()
+    logits, aux = model.forward_heads(torch.randn(1, 3, 32, 32))
+    assert aux is None and logits.shape[-2:] == (8, 8)  # stride 4
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.decode_head.modules())
+
+
+def test_load_backbone_weights(tmp_path, tiny_model_cfg):
+    import timm
+    src = timm.create_model("vrwkv_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32,
+                            num_classes=7)
+    with torch.no_grad():
+        src.pos_embed.normal_()
+    path = tmp_path / "backbone.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
+    model = create_segmentor(tiny_model_cfg(pretrained=str(path)))
+    torch.testing.assert_close(model.backbone.pos_embed, src.pos_embed)
+    torch.testing.assert_close(model.backbone.blocks[1].spatial_mix.key.weight, src.blocks[1].spatial_mix.key.weight)
+    from safetensors.torch import save_file
+    bad = {k: v for k, v in src.state_dict().items() if "blocks.1" not in k}
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises((RuntimeError, KeyError), match="missing keys"):
+        create_segmentor(tiny_model_cfg(pretrained=str(tmp_path / "bad.safetensors")))
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_backbone_weights(model.backbone, tmp_path / "nope.pth")
+
+
+def test_tiny_segmentor_overfits_a_few_images(tiny_model_cfg):
+    """4 Shapes images, 9 classes: training on them alone must reach mIoU ~100% (decoder at stride 2 so that
+    32px shape boundaries are representable)."""
+    from vision_rwkv.data.shapes import make_sample
+    torch.manual_seed(0)
+    samples = [make_sample(i, "train", image_size=32) for i in range(4)]
+    img = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 127.5 - 1 for s in samples])
+    mask = torch.stack([torch.from_numpy(s.mask.astype(np.int64)) for s in samples])
+    model = create_segmentor(tiny_model_cfg(depth=2, num_classes=9, dropout=0.0, strides=[2, 4, 8, 16]))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    history = []
+    for step in range(1, 201):
+        model.train()
+        opt.zero_grad()
+        model(img, mask)["loss"].backward()
+        opt.step()
+        if step % 20 == 0:
+            model.eval()
+            metric = SegMetric(9)
+            with torch.no_grad():
+                metric.update(model(img).argmax(1), mask)
+            res = metric.compute()
+            history.append((step, round(res["mIoU"], 3)))
+            if res["mIoU"] > 0.95:
+                break
+    assert res["mIoU"] > 0.95 and res["aAcc"] > 0.99, history

@@ -1,0 +1,114 @@
+"""Joint image + mask augmentation: geometry stays aligned, padding uses the ignore index, cat_max_ratio
+retries, per-call reseeding from Python's `random`, keep-ratio test resize."""
+import random
+
+import numpy as np
+import pytest
+
+from vision_rwkv.seg.transforms import (IMAGENET_MEAN, IMAGENET_STD, CatMaxRatioCrop, PhotoMetricDistortion,
+                                        SegTestTransform, SegTrainTransform, keep_ratio_size)
+
+
+def _label_image(h=40, w=56):
+    """Mask with big blocks; the image's red channel encodes the label (40 * label)."""
+    mask = np.zeros((h, w), dtype=np.uint8)
+    mask[:, w // 2:] = 1
+    mask[h // 2:, : w // 3] = 2
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[..., 0] = mask * 40 + 20
+    img[..., 1] = 90
+    return img, mask
+
+
+def _red(image_tensor):
+    return image_tensor[0].numpy() * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+
+
+def test_image_and_mask_stay_aligned():
+    img, mask = _label_image()
+    tf = SegTrainTransform(crop_size=(32, 32), scale=(56, 40), ratio_range=(0.5, 2.0), cat_max_ratio=1.0,
+                           photometric=False)
+    flipped_seen = set()
+    for seed in range(12):
+        random.seed(seed)
+        out = tf(img, mask)
+        m = out["mask"].numpy()
+        assert out["image"].shape == (3, 32, 32) and m.shape == (32, 32)
+        valid = m != 255
+        decoded = np.rint((_red(out["image"]) - 20) / 40)
+        assert (decoded[valid] == m[valid]).mean() > 0.93  # only bilinear edge pixels may differ
+        # which side is class 1 on? (records that flips happen, and with the mask)
+        cols = np.where((m == 1).any(0))[0]
+        if len(cols) and len(np.where((m == 0).any(0))[0]):
+            flipped_seen.add(bool(cols.mean() < np.where((m == 0).any(0))[0].mean()))
+    assert flipped_seen == {True, False}
+
+
+def test_padding_uses_ignore_index_and_zero_image():
+    img, mask = _label_image(20, 20)
+    tf = SegTrainTransform(crop_size=(48, 40), scale=(20, 20), ratio_range=None, cat_max_ratio=1.0,
+                           flip_prob=0.0, photometric=False, ignore_index=255)
+    out = tf(img, mask)
+    m, x = out["mask"].numpy(), out["image"].numpy()
+    assert m.shape == (48, 40)
+    assert (m[20:] == 255).all() and (m[:, 20:] == 255).all() and (m[:20, :20] != 255).all()
+    assert (x[:, 20:] == 0).all() and (x[:, :, 20:] == 0).all()  # padded after normalisation (mmseg)
+
+
+def test_same_python_seed_same_augmentation():
+    img, mask = _label_image()
+    tf = SegTrainTransform(crop_size=32, scale=(56, 40), cat_max_ratio=0.75)
+    random.seed(3)
+    a = tf(img, mask)
+    random.seed(3)
+    b = tf(img, mask)
+    random.seed(4)
+    c = tf(img, mask)
+    assert (a["image"] == b["image"]).all() and (a["mask"] == b["mask"]).all()
+    assert not (a["image"] == c["image"]).all()
+
+
+def test_cat_max_ratio_retries_crops():
+    # 40x40 mask, class 1 on the top 16 rows: a 20x20 crop passes (no class > 75%) for 9 of its 21 row offsets
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[:16] = 1
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    results = {}
+    for tries in (1, 10):
+        crop = CatMaxRatioCrop(20, cat_max_ratio=0.75, max_tries=tries)
+        passed = 0
+        for seed in range(30):
+            crop.set_random_seed(seed)
+            box = crop.get_params_dependent_on_data({"shape": mask.shape}, {"image": image, "mask": mask})["box"]
+            assert box[2] - box[0] == 20 and box[3] - box[1] == 20
+            passed += crop.passes(mask[box[0]:box[2], box[1]:box[3]])
+        results[tries] = passed
+    assert results[10] >= 28 and results[1] < 20, results  # ~43% of single crops pass, ~99.6% of 10 tries
+    assert not CatMaxRatioCrop(8).passes(np.array([[0, 0], [0, 255]]))  # one class only
+    assert CatMaxRatioCrop(8).passes(np.array([[0, 1], [255, 255]]))    # ignore pixels do not count
+
+
+def test_photometric_distortion_changes_only_the_image():
+    img, mask = _label_image()
+    t = PhotoMetricDistortion(p=1.0)
+    changed = 0
+    for seed in range(6):
+        t.set_random_seed(seed)
+        out = t(image=img, mask=mask)
+        assert out["image"].dtype == np.uint8 and out["image"].shape == img.shape
+        assert (out["mask"] == mask).all()
+        changed += int(not np.array_equal(out["image"], img))
+    assert changed >= 4
+    with pytest.raises(ValueError, match="uint8"):
+        t.apply(img.astype(np.float32))
+
+
+def test_test_transform_keeps_ratio_and_mask():
+    assert keep_ratio_size(512, 683, (2048, 512)) == (512, 683)
+    assert keep_ratio_size(100, 300, (2048, 512)) == (512, 1536)
+    assert keep_ratio_size(1000, 4000, (2048, 512)) == (512, 2048)
+    img, mask = _label_image(30, 45)
+    out = SegTestTransform(scale=(90, 60))(image=img, mask=mask)
+    assert out["image"].shape == (3, 60, 90) and out["mask"].shape == (30, 45)
+    assert (out["mask"].numpy() == mask).all()
+    assert SegTestTransform(scale=None)(image=img)["image"].shape == (3, 30, 45)

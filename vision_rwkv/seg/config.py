@@ -1,0 +1,133 @@
+"""The segmentation config schema (every key a config file or override may set) and its loader.
+
+Configs are YAML files under `configs/segmentation/` with `_base_` inheritance; `load_seg_config(path,
+overrides)` checks them against :class:`SegConfig` (typed; an unknown key is a ConfigError naming it).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig
+
+__all__ = ["SegConfig", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "TestConfig", "load_seg_config"]
+
+
+# Optional list fields are typed Optional[Any]: the engine's strict-mode walk cannot iterate a None list node.
+@dataclass
+class ModelConfig:
+    backbone: str = "vrwkv_tiny_patch16_224"      # timm model name
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # timm.create_model overrides
+    pretrained: Optional[str] = None              # local backbone checkpoint (.pth / .safetensors)
+    out_indices: Optional[Any] = None  # list of ints        # None: 4 evenly spaced blocks
+    norm_intermediates: bool = False
+    strides: List[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    neck_channels: Optional[int] = None            # None: backbone width
+    decode_channels: int = 512
+    pool_scales: List[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    dropout: float = 0.1
+    aux_channels: int = 256
+    aux_weight: float = 0.4
+    aux_level: int = 2
+    align_corners: bool = False
+    probe_size: int = 224
+
+
+@dataclass
+class DataConfig:
+    type: str = "ade20k"                           # ade20k | cityscapes | folder | shapes
+    root: Optional[str] = None                     # ade20k / cityscapes root
+    train_split: str = "training"
+    val_split: str = "validation"
+    # type=folder: image + mask directories, class names (list, or a text file with one name per line)
+    img_dir: Optional[str] = None
+    ann_dir: Optional[str] = None
+    val_img_dir: Optional[str] = None
+    val_ann_dir: Optional[str] = None
+    classes: Optional[Any] = None
+    img_suffix: str = ".jpg"
+    seg_map_suffix: str = ".png"
+    reduce_zero_label: bool = False
+    # type=shapes
+    image_size: int = 64
+    train_length: int = 2000
+    val_length: int = 200
+    shapes_seed: int = 0
+    # all
+    ignore_index: int = 255
+    max_val_images: Optional[int] = None           # evaluate on the first N validation images only
+    batch_size: int = 2                            # per process
+    num_workers: int = 2
+    crop_size: List[int] = field(default_factory=lambda: [512, 512])
+    scale: List[int] = field(default_factory=lambda: [2048, 512])  # (long, short) base scale of the rescale
+    ratio_range: Optional[Any] = field(default_factory=lambda: [0.5, 2.0])  # [lo, hi] or None
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    mean: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    std: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-5
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    layer_decay: Optional[float] = 0.95            # None / 1.0: no layer-wise decay
+    max_iters: int = 160000
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+    min_lr: float = 0.0
+    clip_grad: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/seg"
+    seed: int = 0
+    device: str = "auto"
+    num_threads: Optional[int] = None              # torch CPU threads during the run (None: torch's default)
+    precision: str = "fp32"                        # fp32 | bf16 | fp16
+    resume: Optional[str] = None                   # None | "latest" | checkpoint path
+    log_every: int = 50
+    eval_every: Optional[int] = 16000              # iterations; None: only at the end
+    ckpt_every: Optional[int] = 16000
+    keep_last: int = 2
+    sync_bn: bool = True
+    find_unused_parameters: bool = False
+    tensorboard: bool = False
+    show_progress: bool = True
+    deterministic: bool = False
+    stop_after_steps: Optional[int] = None         # end early without saving (simulated crash, for tests)
+
+
+@dataclass
+class TestConfig:
+    mode: str = "slide"                            # whole | slide
+    crop_size: List[int] = field(default_factory=lambda: [512, 512])
+    stride: List[int] = field(default_factory=lambda: [341, 341])
+    scale: Optional[Any] = field(default_factory=lambda: [2048, 512])  # keep-ratio test resize; None: keep
+    flip: bool = False
+    scales: List[float] = field(default_factory=lambda: [1.0])
+    checkpoint: Optional[str] = None               # None: best (else latest) checkpoint of train.run_dir
+    out_dir: Optional[str] = None                  # None: <run_dir>/test
+    num_visualize: int = 4
+
+
+@dataclass
+class SegConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+def load_seg_config(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> DictConfig:
+    """Load a segmentation YAML config (with `_base_` chain) against the schema, then apply `key=value` overrides.
+    Unknown keys raise `vision_rwkv.engine.ConfigError`."""
+    from vision_rwkv.engine import load_config
+
+    return load_config(path, overrides=overrides, schema=SegConfig)

@@ -1,0 +1,327 @@
+"""Config-driven segmentation training and testing on the shared engine (`vision_rwkv.engine`).
+
+    cfg = load_seg_config("configs/segmentation/demo_shapes.yaml", ["train.run_dir=runs/demo"])
+    train_segmentor(cfg)   # -> {"step", "train_loss", "mIoU", "mAcc", "aAcc", "best", ...}
+    test_segmentor(cfg)    # -> {"mIoU", "mAcc", "aAcc", "per_class", "checkpoint", "files", ...}
+
+Training: iteration-based AdamW + poly/warm-up over layer-decayed groups, SyncBN + DDP under torchrun, AMP,
+atomic checkpoints with exact resume (`train.resume=latest`), periodic mIoU evaluation on the validation split.
+Testing: whole / sliding-window inference (optional flip / multi-scale) at the original image size, metrics JSON,
+per-class table, PNG overlays. Metrics returned by this module are percentages.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Subset
+
+from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
+from .inference import inference
+from .metrics import SegMetric, format_table
+from .optim import PolyWarmupLR, build_optimizer
+from .segmentor import Segmentor, create_segmentor
+from .visualize import save_overlays
+
+__all__ = ["build_datasets", "build_segmentor", "evaluate_segmentor", "train_segmentor", "test_segmentor",
+           "resolve_checkpoint"]
+
+
+def _plain(node: Any) -> Any:
+    """Plain python containers for an omegaconf node (other values pass through)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _class_list(classes: Any) -> list[str]:
+    if classes is None:
+        raise ValueError("data.classes must be set for type=folder (a list of names or a text file, one per line)")
+    if isinstance(classes, str):
+        path = Path(classes)
+        if not path.is_file():
+            raise FileNotFoundError(f"class list file not found: {path}")
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    else:
+        names = [str(c) for c in classes]
+    if not names:
+        raise ValueError("the class list is empty")
+    return names
+
+
+def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, SegDataset]:
+    """Datasets named by `cfg.data` with the train augmentation / test preprocessing of `cfg.data` / `cfg.test`."""
+    from .transforms import SegTestTransform, SegTrainTransform  # albumentations: imported on first use
+
+    d = cfg.data
+    out: dict[str, SegDataset] = {}
+    for split in splits:
+        if split == "train":
+            tf = SegTrainTransform(crop_size=list(d.crop_size), scale=list(d.scale),
+                                   ratio_range=list(d.ratio_range) if d.ratio_range is not None else None,
+                                   cat_max_ratio=d.cat_max_ratio, flip_prob=d.flip_prob, photometric=d.photometric,
+                                   mean=list(d.mean), std=list(d.std), ignore_index=d.ignore_index)
+        elif split == "val":
+            scale = cfg.test.scale
+            tf = SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(d.mean), std=list(d.std))
+        else:
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'val'")
+        if d.type == "shapes":
+            ds: SegDataset = ShapesSegDataset(split, length=d.train_length if split == "train" else d.val_length,
+                                              seed=d.shapes_seed, image_size=d.image_size, transform=tf,
+                                              ignore_index=d.ignore_index)
+        elif d.type == "ade20k":
+            _need(d.root, "data.root")
+            ds = ADE20KDataset(d.root, d.train_split if split == "train" else d.val_split, tf, d.ignore_index)
+        elif d.type == "cityscapes":
+            _need(d.root, "data.root")
+            ds = CityscapesDataset(d.root, d.train_split if split == "train" else d.val_split, tf, d.ignore_index)
+        elif d.type == "folder":
+            img_dir = d.img_dir if split == "train" else d.val_img_dir
+            ann_dir = d.ann_dir if split == "train" else d.val_ann_dir
+            prefix = "" if split == "train" else "val_"
+            _need(img_dir, f"data.{prefix}img_dir")
+            _need(ann_dir, f"data.{prefix}ann_dir")
+            ds = FolderSegDataset(img_dir, ann_dir, _class_list(_plain(d.classes)), d.img_suffix,
+                                  d.seg_map_suffix, d.reduce_zero_label, d.ignore_index, tf)
+        else:
+            raise ValueError(f"unknown data.type {d.type!r}; expected ade20k, cityscapes, folder or shapes")
+        out[split] = ds
+    return out
+
+
+def _need(value: Any, key: str) -> None:
+    if value in (None, ""):
+        raise ValueError(f"config key {key} must be set for this data.type")
+
+
+def build_segmentor(cfg: Any, num_classes: int, load_pretrained: bool = True) -> Segmentor:
+    """The Segmentor of `cfg.model` for `num_classes` classes (ignore index from `cfg.data`)."""
+    model_cfg = dict(_plain(cfg.model))
+    if not load_pretrained:
+        model_cfg["pretrained"] = None
+    model_cfg["ignore_index"] = cfg.data.ignore_index
+    return create_segmentor(model_cfg, num_classes=num_classes)
+
+
+def _percent(results: dict) -> dict:
+    out = {k: 100.0 * v for k, v in results.items() if k in ("mIoU", "mAcc", "aAcc")}
+    out["per_class"] = {n: {m: 100.0 * v for m, v in r.items()} for n, r in results["per_class"].items()}
+    out["num_pixels"] = results["num_pixels"]
+    return out
+
+
+@torch.no_grad()
+def evaluate_segmentor(
+        model: nn.Module,
+        dataset: SegDataset,
+        *,
+        mode: str = "whole",
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+        precision: str = "fp32",
+        device: torch.device | str | None = None,
+        num_workers: int = 0,
+        max_images: int | None = None,
+        show_progress: bool = True,
+        overlay_path: str | Path | None = None,
+        num_visualize: int = 0,
+) -> dict:
+    """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc of `model` on `dataset` (test-preprocessed samples:
+    normalised image, original-size mask). Each rank evaluates its shard; the confusion matrix is summed over
+    ranks. Rank 0 writes an overlay PNG of its first `num_visualize` images when `overlay_path` is given."""
+    from vision_rwkv.engine import ShardSampler, autocast, get_rank, get_world_size, progress
+
+    base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    was_training = base.training
+    base.eval()
+    device = torch.device(device) if device is not None else next(base.parameters()).device
+    if max_images is not None:
+        dataset = Subset(dataset, range(min(max_images, len(dataset))))  # type: ignore[assignment]
+    raw = dataset.dataset if isinstance(dataset, Subset) else dataset
+    sampler = ShardSampler(len(dataset), get_world_size(), get_rank())
+    # own generator: evaluation never consumes the global torch RNG (keeps training runs resumable exactly)
+    loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(0))
+    metric = SegMetric(raw.num_classes, raw.ignore_index, raw.classes)
+    align = getattr(base, "align_corners", False)
+    vis: list[tuple[int, np.ndarray]] = []
+    for i, sample in progress(enumerate(loader), total=len(loader), desc="eval", enabled=show_progress):
+        img = sample["image"].to(device)
+        mask = sample["mask"]
+        with autocast(precision, device):
+            probs = inference(base, img, out_size=mask.shape[-2:], mode=mode, crop_size=crop_size, stride=stride,
+                              flip=flip, scales=scales, align_corners=align)
+        pred = probs.argmax(dim=1).cpu()
+        metric.update(pred, mask)
+        if overlay_path is not None and get_rank() == 0 and len(vis) < num_visualize:
+            vis.append((sampler.rank + i * sampler.num_replicas, pred[0].numpy()))
+    results = _percent(metric.compute())
+    if vis:
+        images, gts, preds, names = [], [], [], []
+        for idx, pred in vis:
+            image, mask, name = raw.load(idx)  # original image, label map as evaluated
+            images.append(image)
+            gts.append(mask)
+            preds.append(pred)
+            names.append(name)
+        results["overlay"] = str(save_overlays(overlay_path, images, gts, preds, raw.classes, raw.ignore_index,
+                                               titles=names))
+    base.train(was_training)
+    return results
+
+
+def _test_kwargs(cfg: Any) -> dict:
+    t = cfg.test
+    return dict(mode=t.mode, crop_size=list(t.crop_size), stride=list(t.stride), flip=bool(t.flip),
+                scales=list(t.scales))
+
+
+def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{stem}.json"
+    table_path = out_dir / f"{stem}_per_class.txt"
+    frac = {k: (v / 100.0 if k in ("mIoU", "mAcc", "aAcc") else v) for k, v in results.items()}
+    frac["per_class"] = {n: {m: v / 100.0 for m, v in r.items()} for n, r in results["per_class"].items()}
+    json_path.write_text(json.dumps(results, indent=2, allow_nan=True))
+    table_path.write_text(format_table(frac) + "\n")
+    return {"json": str(json_path), "table": str(table_path)}
+
+
+def train_segmentor(cfg: Any) -> dict:
+    """Train the segmentor described by `cfg` (a config from `load_seg_config`); returns the trainer's final
+    metrics (step, train_loss, last validation mIoU / mAcc / aAcc in percent, best, files)."""
+    from vision_rwkv.engine import (EpochLoader, Trainer, cleanup_distributed, convert_sync_batchnorm,
+                                    init_distributed, is_main_process, print_rank0, save_config, seed_everything,
+                                    wrap_ddp)
+
+    t, o = cfg.train, cfg.optim
+    info = init_distributed(t.device)
+    threads = torch.get_num_threads()
+    if t.num_threads:
+        torch.set_num_threads(int(t.num_threads))
+    try:
+        seed_everything(t.seed, info.rank, deterministic=t.deterministic)
+        run_dir = Path(t.run_dir)
+        if info.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+        datasets = build_datasets(cfg)
+        train_set, val_set = datasets["train"], datasets["val"]
+        model = build_segmentor(cfg, train_set.num_classes)
+        if t.sync_bn and info.distributed:
+            if info.device.type == "cpu":  # torch's SyncBatchNorm has no CPU implementation
+                print_rank0("[seg] train.sync_bn: SyncBatchNorm needs GPUs; CPU processes keep per-process BatchNorm")
+            else:
+                model = convert_sync_batchnorm(model, info)
+        model = model.to(info.device)
+        optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, layer_decay=o.layer_decay,
+                                    betas=list(o.betas))
+        scheduler = PolyWarmupLR(optimizer, o.max_iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr)
+        ddp_model = wrap_ddp(model, info, find_unused_parameters=t.find_unused_parameters)
+        loader = EpochLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True, seed=t.seed,
+                             num_workers=cfg.data.num_workers, info=info)
+        last_full: dict[str, Any] = {}
+
+        def eval_fn(m: nn.Module) -> dict[str, float]:
+            res = evaluate_segmentor(m, val_set, precision=t.precision, device=info.device,
+                                     num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
+                                     show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
+            last_full.clear()
+            last_full.update(res)
+            return {k: res[k] for k in ("mIoU", "mAcc", "aAcc")}
+
+        trainer = Trainer(ddp_model, optimizer, loader, _seg_loss, run_dir=run_dir, info=info,
+                          max_steps=o.max_iters, scheduler=scheduler, precision=t.precision, clip_grad=o.clip_grad,
+                          eval_fn=eval_fn, eval_every_epochs=_NEVER,
+                          eval_every_steps=t.eval_every, best_metric="mIoU", best_mode="max",
+                          ckpt_every_steps=t.ckpt_every, ckpt_every_epochs=0, keep_last=t.keep_last,
+                          log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
+                          show_progress=t.show_progress)
+        result = trainer.fit(resume=t.resume)
+        if last_full and info.is_main:
+            result["files"] = _write_results(last_full, run_dir, "val_metrics")
+            print_rank0(format_table({**{k: last_full[k] / 100 for k in ("mIoU", "mAcc", "aAcc")},
+                                      "per_class": {n: {m: v / 100 for m, v in r.items()}
+                                                    for n, r in last_full["per_class"].items()}}))
+        if last_full:
+            result["per_class"] = last_full["per_class"]
+        result["run_dir"] = str(run_dir)
+        result["num_classes"] = train_set.num_classes
+        if is_main_process():
+            (run_dir / "train_result.json").write_text(json.dumps(result, indent=2, default=str, allow_nan=True))
+        return result
+    finally:
+        torch.set_num_threads(threads)
+        cleanup_distributed()
+
+
+_NEVER = 10 ** 9  # iteration-based: no per-epoch evaluation
+
+
+def _seg_loss(model: nn.Module, batch: Mapping[str, Any]):
+    out = model(batch["image"], batch["mask"])
+    extra = {k: float(v.detach()) for k, v in out.items() if k != "loss"}
+    return out["loss"], extra
+
+
+def resolve_checkpoint(cfg: Any) -> Path:
+    """`test.checkpoint` if set, else `<run_dir>/checkpoints/best.pt`, else the newest `ckpt_*.pt` there."""
+    from vision_rwkv.engine import find_latest_checkpoint
+
+    if cfg.test.checkpoint:
+        path = Path(cfg.test.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"test checkpoint not found: {path}")
+        return path
+    ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
+    if (ckpt_dir / "best.pt").is_file():
+        return ckpt_dir / "best.pt"
+    latest = find_latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint to test: set test.checkpoint or train first (looked in {ckpt_dir})")
+    return latest
+
+
+def test_segmentor(cfg: Any) -> dict:
+    """Evaluate a trained segmentor on the validation split with `cfg.test` settings; writes `metrics.json`,
+    `metrics_per_class.txt` and `overlays.png` to `test.out_dir` (default `<run_dir>/test`) and returns the
+    metrics (percent) with the checkpoint used and the written files."""
+    from vision_rwkv.engine import cleanup_distributed, init_distributed, is_main_process, load_model_weights, \
+        print_rank0
+
+    info = init_distributed(cfg.train.device)
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads:
+        torch.set_num_threads(int(cfg.train.num_threads))
+    try:
+        val_set = build_datasets(cfg, splits=("val",))["val"]
+        model = build_segmentor(cfg, val_set.num_classes, load_pretrained=False)
+        ckpt = resolve_checkpoint(cfg)
+        load_model_weights(model, ckpt, key="auto")
+        model = model.to(info.device)
+        out_dir = Path(cfg.test.out_dir) if cfg.test.out_dir else Path(cfg.train.run_dir) / "test"
+        results = evaluate_segmentor(model, val_set, precision=cfg.train.precision, device=info.device,
+                                     num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
+                                     show_progress=cfg.train.show_progress and info.is_main,
+                                     overlay_path=out_dir / "overlays.png", num_visualize=cfg.test.num_visualize,
+                                     **_test_kwargs(cfg))
+        results["checkpoint"] = str(ckpt)
+        if is_main_process():
+            results["files"] = _write_results(results, out_dir, "metrics")
+            if "overlay" in results:
+                results["files"]["overlay"] = results.pop("overlay")
+            frac = {k: results[k] / 100 for k in ("mIoU", "mAcc", "aAcc")}
+            frac["per_class"] = {n: {m: v / 100 for m, v in r.items()} for n, r in results["per_class"].items()}
+            print_rank0(format_table(frac))
+        return results
+    finally:
+        torch.set_num_threads(threads)
+        cleanup_distributed()
+
+
+test_segmentor.__test__ = False  # a library function, not a pytest test (its name starts with "test")
