@@ -44,6 +44,11 @@ def test_auto_picks_triton_for_cuda_only_when_available(fake_triton):
     assert dispatch.resolve_backend("bi_wkv6", CPU, None) == "reference"
 
 
+def test_auto_uses_reference_for_float64(fake_triton):
+    assert dispatch.resolve_backend("bi_wkv", CUDA, None, (torch.float32, torch.float64)) == "reference"
+    assert dispatch.resolve_backend("bi_wkv", CUDA, None, (torch.float32, torch.bfloat16)) == "triton"
+
+
 def test_auto_falls_back_to_reference(no_triton):
     assert dispatch.resolve_backend("bi_wkv", CUDA, None) == "reference"
     assert dispatch.resolve_backend("bi_wkv", CPU, None) == "reference"

@@ -1,9 +1,10 @@
 """Backend selection for the token-mixing operators.
 
-``backend=None`` (auto) reads the environment variable ``VRWKV_BACKEND`` (``reference`` or ``triton``) when set
-(in auto mode CPU tensors still use the reference unless ``TRITON_INTERPRET=1``); otherwise CUDA tensors use the Triton kernel when ``vision_rwkv.ops.<op>.triton`` imports, and everything else
-(CPU tensors in particular) uses the plain-PyTorch reference. Forcing ``triton`` on CPU tensors is allowed only
-under ``TRITON_INTERPRET=1``. Triton modules are imported lazily, so ``import vision_rwkv`` never imports triton.
+``backend=None`` (auto) reads the environment variable ``VRWKV_BACKEND`` (``reference`` or ``triton``) when set (in
+auto mode CPU tensors still use the reference unless ``TRITON_INTERPRET=1``); otherwise CUDA tensors use the Triton
+kernel when ``vision_rwkv.ops.<op>.triton`` imports, and everything else (CPU tensors in particular) uses the
+plain-PyTorch reference. Forcing ``triton`` on CPU tensors is allowed only under ``TRITON_INTERPRET=1``. Triton
+modules are imported lazily, so ``import vision_rwkv`` never imports them.
 """
 from __future__ import annotations
 
@@ -52,8 +53,13 @@ def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(op: str, device: torch.device, backend: str | None) -> str:
-    """Pick the backend ("reference" or "triton") for an ``op`` call on tensors living on ``device``."""
+def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: tuple = ()) -> str:
+    """Pick the backend ("reference" or "triton") for an ``op`` call on tensors living on ``device``.
+
+    ``dtypes``: the input dtypes; in auto mode float64 inputs (gradcheck, precision studies) use the reference.
+    """
+    if backend is None and torch.float64 in dtypes:
+        return "reference"
     if backend is None:
         env = os.environ.get("VRWKV_BACKEND", "").strip().lower()
         if env:

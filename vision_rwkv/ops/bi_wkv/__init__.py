@@ -38,6 +38,6 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     check_shape(op, "v", v, (b, t, c))
     check_shape(op, "w", w, (c,))
     check_shape(op, "u", u, (c,))
-    if resolve_backend(op, device, backend) == "triton":
+    if resolve_backend(op, device, backend, (w.dtype, u.dtype, k.dtype, v.dtype)) == "triton":
         return triton_impl(op)(w, u, k, v, mode, chunks)
     return bi_wkv_reference(w, u, k, v, mode, chunks)

@@ -32,6 +32,6 @@ def bi_wkv6(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tenso
     for name, x in (("k", k), ("v", v), ("logd", logd)):
         check_shape(op, name, x, (b, t, h, n))
     check_shape(op, "u", u, (h, n))
-    if resolve_backend(op, device, backend) == "triton":
+    if resolve_backend(op, device, backend, tuple(x.dtype for x in (r, k, v, logd, u))) == "triton":
         return triton_impl(op)(r, k, v, logd, u)
     return bi_wkv6_reference(r, k, v, logd, u)
