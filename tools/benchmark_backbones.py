@@ -8,7 +8,7 @@ Inference is ``forward_features`` (no head) under ``torch.inference_mode`` (bf16
 off, like the anchors); the training step is forward + cross-entropy backward + AdamW at 224, batch 128. Modes:
 ``eager`` (fused path), ``eager-unfused`` (``VRWKV_FUSED=0``), ``compile`` (``torch.compile(fullgraph=True)``).
 Results are appended to the JSON after every measurement, so a run cut short keeps what it measured; the markdown
-table adds the ratio to DeiT and the original implementations' numbers (../shared/anchors/backbones.json).
+table adds the ratio to DeiT and the original implementations' numbers (benchmarks/anchors/backbones.json).
 """
 from __future__ import annotations
 
@@ -53,8 +53,10 @@ def main(argv=None) -> list:
     ap.add_argument("--unfused", nargs="*", default=["VRWKV-T", "VRWKV6-T"],
                     help="models also timed on the plain path (VRWKV_FUSED=0)")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="stop starting configs after this many s")
-    ap.add_argument("--anchors", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "anchors" /
-                    "backbones.json")
+    root = Path(__file__).resolve().parents[1]
+    anchors = next((p for p in (root / "benchmarks" / "anchors" / "backbones.json",
+                                root.parent / "shared" / "anchors" / "backbones.json") if p.is_file()), None)
+    ap.add_argument("--anchors", type=Path, default=anchors, help="the originals' numbers (backbones.json)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--md", type=Path, default=None)
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -87,7 +89,7 @@ def main(argv=None) -> list:
     results = benchmark_backbones(cfgs, deadline_s=args.deadline, on_result=save)
     skipped = [r for r in results if "skipped" in r]
     args.out.write_text(json.dumps({"meta": meta, "results": done + skipped}, indent=1))
-    anchors = json.loads(args.anchors.read_text()) if args.anchors.is_file() else None
+    anchors = json.loads(args.anchors.read_text()) if args.anchors and args.anchors.is_file() else None
     table = format_benchmark(results, anchors)
     print(table)
     if args.md:

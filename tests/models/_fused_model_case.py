@@ -16,8 +16,10 @@ import traceback
 import torch
 
 
-def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False
-            ) -> dict:
+def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
+            compile_fused: bool = False) -> dict:
+    """Plain vs fused path of ``timm.create_model(name, **kwargs)`` (eval mode: no drop-path draws), forward and
+    backward; ``compile_fused`` runs the fused pass through ``torch.compile(fullgraph=True, backend='aot_eager')``."""
     import timm
 
     import vision_rwkv  # noqa: F401
@@ -34,8 +36,12 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
         for backend in ("reference", "triton"):
             os.environ["VRWKV_BACKEND"] = backend
             model.zero_grad()
+            fwd = model
+            if backend == "triton" and compile_fused:
+                torch._dynamo.reset()
+                fwd = torch.compile(model, fullgraph=True, backend="aot_eager")
             with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                out = model(x)
+                out = fwd(x)
             out.float().square().mean().backward()
             results[backend] = (out.detach().double(),
                                 {n: p.grad.detach().double() for n, p in model.named_parameters()
@@ -56,4 +62,5 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cases = json.loads(sys.argv[1])
-    print(json.dumps({f"{n}|{json.dumps(kw, sort_keys=True)}": compare(n, kw) for n, kw in cases}))
+    print(json.dumps({f"{n}|{json.dumps(kw, sort_keys=True)}": compare(n, kw, compile_fused=kw.pop("compile", False))
+                      for n, kw in cases}))

@@ -47,6 +47,22 @@ def _triton():
     return _triton_mod
 
 
+@torch.compiler.assume_constant_result
+def _triton_ok() -> bool:
+    """Whether the Triton module imports. Run eagerly even while torch.compile traces (the import would otherwise
+    break the graph); it also loads the WKV operators' Triton modules into their dispatcher's cache, so a model's
+    first call may be a compiled one."""
+    mod = _triton()
+    try:
+        from ..dispatch import triton_available
+
+        for op in ("bi_wkv", "bi_wkv6"):
+            triton_available(op)
+    except Exception:  # the WKV dispatcher reports its own errors when used
+        pass
+    return not isinstance(mod, BaseException)
+
+
 def _interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -59,7 +75,7 @@ def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
         if env == "reference":
             return "reference"
         if device.type == "cuda" or (env == "triton" and _interpret()):
-            return "reference" if isinstance(_triton(), BaseException) else "triton"
+            return "triton" if _triton_ok() else "reference"
         return "reference"
     if backend not in ("reference", "triton"):
         raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto), 'reference' or 'triton'")
@@ -67,8 +83,8 @@ def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
         if device.type != "cuda" and not _interpret():
             raise RuntimeError(f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); set "
                                "TRITON_INTERPRET=1 to run the Triton kernels on CPU in the interpreter")
-        mod = _triton()
-        if isinstance(mod, BaseException):
+        if not _triton_ok():
+            mod = _triton()
             raise RuntimeError(f"{op}: the Triton backend is not available ({type(mod).__name__}: {mod}); "
                                "use backend='reference'") from mod
     return backend
