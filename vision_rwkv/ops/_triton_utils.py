@@ -46,3 +46,15 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     devs = {name: t.device for name, t in tensors.items()}
     if len(set(devs.values())) > 1:
         raise ValueError(f"all inputs must be on one device, got {devs}")
+
+
+def config_from_env(config: dict, var: str) -> dict:
+    """Update a kernel CONFIG dict in place from ``$var`` = "key=value,key=value" (values cast to the existing
+    entry's type); unknown keys raise a clear error. Used for launch-setting sweeps."""
+    text = os.environ.get(var, "").strip()
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, _, val = item.partition("=")
+        if key not in config:
+            raise ValueError(f"{var}: unknown key {key!r}; known: {sorted(config)}")
+        config[key] = type(config[key])(val)
+    return config

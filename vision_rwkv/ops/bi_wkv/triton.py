@@ -33,14 +33,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, check_float, check_same_device, new_empty, next_pow2
+from .._triton_utils import cdiv, check_float, check_same_device, config_from_env, new_empty, next_pow2
 
 __all__ = ["bi_wkv_triton", "CONFIG"]
 
 # Launch configuration (the benchmark may override entries). single_max_t: the longest T handled by one chunk
 # (pass 3 alone); chunk_t: kernel chunk length otherwise; block_c: channels per program; carry_ncb: chunks per scan
 # block in pass 2.
-CONFIG = dict(single_max_t=64, chunk_t=64, block_c=32, warps=4, carry_ncb=32, carry_block_c=32)
+# max_tile: the most elements (BT * BC) of one program's tile. $VRWKV_TRITON_V4="key=value,..." overrides.
+CONFIG = config_from_env(dict(single_max_t=64, chunk_t=64, block_c=32, warps=4, carry_ncb=32, carry_block_c=32,
+                              max_tile=2048), "VRWKV_TRITON_V4")
 
 
 # ------------------------------------------------------------------------------------------------- jit helpers
@@ -168,7 +170,7 @@ def _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR: tl.constexpr, ORIG
 
 
 # ------------------------------------------------------------------------------------------------- forward
-@triton.jit
+@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
                         NSUM: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """Pass 1: per chunk, the max of k and the decayed sums of x = e^{k - max} (and x v) seen from its two ends."""
@@ -254,7 +256,7 @@ def _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, s_i
         carry_d = tl.sum(tl.where(pick, sd, 0.0), axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NCAR: tl.constexpr,
                   RESCALE: tl.constexpr, ORIG: tl.constexpr, LOCAL_REV: tl.constexpr, BT: tl.constexpr,
                   NCB: tl.constexpr, BC: tl.constexpr):
@@ -293,7 +295,7 @@ def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NC
                              NSUM, NCAR, BT, NCB)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
                 NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """Pass 3 (or the whole forward when SINGLE): y for one chunk."""
@@ -368,7 +370,7 @@ def _bwd_pq(kb, vb, gb, skt, skc, svt, svc, sgt, sgc, s, n, r, cols, cmask, m, l
     return x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, p, qq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB,
                         NC, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr,
                         BC: tl.constexpr):
@@ -402,7 +404,7 @@ def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, s
         tl.store(SUMM + base + 5 * C + cols, tl.sum(fg * qq, axis=0), mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
                 T, C, S, NSUB, NC, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr,
                 BC: tl.constexpr):
@@ -526,8 +528,7 @@ def _plan(T: int, mode: str, chunks: int):
 
 def _block_c(BT: int, C: int) -> int:
     bc = CONFIG["block_c"]
-    # keep the tile near 2K elements
-    while bc > 4 and BT * bc > 2048:
+    while bc > 4 and BT * bc > CONFIG["max_tile"]:
         bc //= 2
     return max(1, min(bc, next_pow2(C)))
 
@@ -645,6 +646,24 @@ def _backward(ctx, gy, _gm, _gcar):
 torch.library.register_autograd("vision_rwkv::bi_wkv_triton_fwd", _backward, setup_context=_setup_context)
 
 
+class _BiWKV(torch.autograd.Function):
+    """Eager-mode path (lower call overhead than the custom op's dispatch); same kernels."""
+
+    @staticmethod
+    def forward(ctx, w, u, k, v, mode, chunks):
+        y, m, car = _fwd(w, u, k, v, mode, chunks)
+        ctx.save_for_backward(w, u, k, v, m, car)
+        ctx.mode = mode
+        ctx.chunks = chunks
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        w, u, k, v, m, car = ctx.saved_tensors
+        gw, gu, gk, gv = _bwd(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
+        return gw, gu, gk, gv, None, None
+
+
 def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
                   chunks: int = 32) -> torch.Tensor:
     """Bi-WKV with Triton kernels. k, v (B, T, C) float32/bfloat16/float16 (any strides); w, u (C,) per-step decay
@@ -670,5 +689,7 @@ def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
         return bi_wkv_reference(w, u, k, v, mode, int(chunks))
     if k.numel() == 0:
         return v.new_zeros(v.shape) + 0 * (w.sum() + u.sum() + k.sum())
-    y, _m, _car = _bi_wkv_fwd_op(w, u, k, v, mode, int(chunks))
-    return y
+    if torch.compiler.is_compiling():
+        y, _m, _car = _bi_wkv_fwd_op(w, u, k, v, mode, int(chunks))
+        return y
+    return _BiWKV.apply(w, u, k, v, mode, int(chunks))

@@ -25,13 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import check_float, check_same_device, new_empty, next_pow2
+from .._triton_utils import check_float, check_same_device, config_from_env, new_empty, next_pow2
 
 __all__ = ["bi_wkv6_triton", "CONFIG"]
 
 # fp32_precision: tl.dot input precision for fp32 inputs ("ieee" exact fp32 FMAs, or "tf32x3"); bf16/fp16 inputs
 # use "tf32" (their own rounding dominates)
-CONFIG = dict(block_t=16, block_j=16, warps=4, fp32_precision="ieee")
+# $VRWKV_TRITON_V6="key=value,..." overrides. stages: software-pipelining depth of the chunk loops.
+CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="ieee", stages=1), "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
 LOGD_MIN = tl.constexpr(-60.0)
@@ -73,10 +74,10 @@ def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
     return tl.exp(expo)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                    slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
-                   PREC: tl.constexpr):
+                   PREC: tl.constexpr, STAGES: tl.constexpr):
     pid = tl.program_id(0)
     d = tl.program_id(1)
     b = pid // H
@@ -91,7 +92,7 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32) * (d == 0).to(tl.float32)
     plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)
     S = tl.zeros([BN, BN], tl.float32)
-    for c in range(0, tl.cdiv(T, BT)):
+    for c in tl.range(0, tl.cdiv(T, BT), num_stages=STAGES):
         tau = c * BT + rt
         tv = tau < T
         pos = _pos(tau, T, d)
@@ -119,10 +120,10 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
         S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "H", "N"])
 def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, srn, skb, skt, skh, skn,
                    svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, BT: tl.constexpr,
-                   BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+                   BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr):
     pid = tl.program_id(0)
     d = tl.program_id(1)
     b = pid // H
@@ -141,7 +142,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
     NCH = tl.cdiv(T, BT)
     # ---- ascending sweep: gr and D = r * (gr without bonus)
     S = tl.zeros([BN, BN], tl.float32)
-    for c in range(0, NCH):
+    for c in tl.range(0, NCH, num_stages=STAGES):
         tau = c * BT + rt
         tv = tau < T
         pos = _pos(tau, T, d)
@@ -176,7 +177,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
     dS = tl.zeros([BN, BN], tl.float32)
     acc = tl.zeros([BN], tl.float32)
     gu = tl.zeros([BN], tl.float32)
-    for ci in range(0, NCH):
+    for ci in tl.range(0, NCH, num_stages=STAGES):
         c = NCH - 1 - ci
         tau = c * BT + rt
         tv = tau < T
@@ -240,7 +241,7 @@ def _fwd(r, k, v, logd, u):
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
     y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
     _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
-                               T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, num_warps=nw)
+                               T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, STAGES=CONFIG["stages"], num_warps=nw)
     return (y2[0] + y2[1]).to(v.dtype)
 
 
@@ -255,7 +256,7 @@ def _bwd(r, k, v, logd, u, gy):
     gu2 = new_empty((2, B, H, N), torch.float32, dev)
     _v6_bwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), gy, gr2, gk2, gv2, gl2, gu2, *r.stride(), *k.stride(),
                                *v.stride(), *logd.stride(), *gy.stride(), T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec,
-                               num_warps=nw)
+                               STAGES=CONFIG["stages"], num_warps=nw)
     gr = (gr2[0] + gr2[1]).to(r.dtype)
     gk = (gk2[0] + gk2[1]).to(k.dtype)
     gv = (gv2[0] + gv2[1]).to(v.dtype)
@@ -299,6 +300,19 @@ def _backward(ctx, gy):
 torch.library.register_autograd("vision_rwkv::bi_wkv6_triton", _backward, setup_context=_setup_context)
 
 
+class _BiWKV6(torch.autograd.Function):
+    """Eager-mode path (lower call overhead than the custom op's dispatch); same kernels."""
+
+    @staticmethod
+    def forward(ctx, r, k, v, logd, u):
+        ctx.save_for_backward(r, k, v, logd, u)
+        return _fwd(r, k, v, logd, u)
+
+    @staticmethod
+    def backward(ctx, gy):
+        return _bwd(*ctx.saved_tensors, gy)
+
+
 def bi_wkv6_triton(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor,
                    u: torch.Tensor) -> torch.Tensor:
     """Bidirectional RWKV-6 WKV with Triton kernels. r, k, v, logd (B, T, H, N) float32/bfloat16/float16 (any
@@ -321,4 +335,6 @@ def bi_wkv6_triton(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torc
         raise ValueError(f"u must be (H, N) = {tuple(r.shape[2:])}, got {tuple(u.shape)}")
     if r.numel() == 0:
         return v.new_zeros(v.shape)
-    return _bi_wkv6_op(r, k, v, logd, u)
+    if torch.compiler.is_compiling():
+        return _bi_wkv6_op(r, k, v, logd, u)
+    return _BiWKV6.apply(r, k, v, logd, u)

@@ -1,0 +1,248 @@
+"""Launch-setting sweep and overhead analysis of the Triton Bi-WKV kernels (run on a GPU machine).
+
+  python benchmarks/sweep.py warm v4 '<json config>'   # compile every kernel variant of one config (parallel-safe)
+  python benchmarks/sweep.py time out.json              # time all configs: eager (autograd) and CUDA-graph replays
+  python benchmarks/sweep.py profile                    # torch.profiler kernel table of the default configs
+  python benchmarks/sweep.py overhead                   # CPU cost of one Triton launch / one op call
+
+Eager = what a user gets (autograd.Function path, CUDA events around each call); graph = the same host functions
+captured in a CUDA graph and replayed (GPU time without launch overhead).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+V4_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192)]
+V6_SHAPES = [(64, 196, 3, 64), (64, 196, 12, 64), (16, 1024, 6, 64), (4, 4096, 6, 64)]
+V4_CONFIGS = {
+    "c1_default": {},
+    "c2_single256": {"single_max_t": 256},
+    "c3_tile1k_single256": {"single_max_t": 256, "max_tile": 1024, "block_c": 16},
+    "c4_chunk128_bc16": {"single_max_t": 256, "chunk_t": 128, "block_c": 16},
+    "c5_w8_tile4k": {"single_max_t": 256, "warps": 8, "max_tile": 4096},
+    "c6_chunk32": {"single_max_t": 32, "chunk_t": 32},
+}
+V6_CONFIGS = {
+    "v1_default": {},
+    "v2_w8_tf32x3": {"warps": 8, "fp32_precision": "tf32x3"},
+    "v3_w8_tf32x3_s2": {"warps": 8, "fp32_precision": "tf32x3", "stages": 2},
+    "v4_w4_tf32x3_s2": {"warps": 4, "fp32_precision": "tf32x3", "stages": 2},
+    "v5_w8_tf32x3_bj8_s2": {"warps": 8, "fp32_precision": "tf32x3", "block_j": 8, "stages": 2},
+}
+
+
+def _med_ms(fn, iters=20, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for a, b in evs:
+        a.record()
+        fn()
+        b.record()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in evs)
+
+
+def _graph_ms(fn, iters=20):
+    fn()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return _med_ms(g.replay, iters, 2)
+
+
+def _v4_case(shape, dtype):
+    B, T, C = shape
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(B, T, C, generator=g).to(dtype).cuda()
+    v = torch.randn(B, T, C, generator=g).to(dtype).cuda()
+    w = ((-5 + 8 * torch.rand(C, generator=g)) / T).cuda()
+    u = (torch.randn(C, generator=g) / T).cuda()
+    gy = torch.randn(B, T, C, generator=g).to(dtype).cuda()
+    return w, u, k, v, gy
+
+
+def _v6_case(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    r, k, v, gy = (torch.randn(*shape, generator=g).to(dtype).cuda() for _ in range(4))
+    logd = (-torch.exp(-6 + 5 * torch.rand(*shape, generator=g))).to(dtype).cuda()
+    u = (0.1 * torch.randn(shape[2], shape[3], generator=g)).cuda()
+    return r, k, v, logd, u, gy
+
+
+def _v4_fns(shape, dtype, mode="exact"):
+    from vision_rwkv.ops.bi_wkv import triton as m
+
+    w, u, k, v, gy = _v4_case(shape, dtype)
+    leaves = [x.clone().requires_grad_() for x in (w, u, k, v)]
+
+    def eager_f():
+        with torch.no_grad():
+            m.bi_wkv_triton(w, u, k, v, mode, 32)
+
+    def eager_fb():
+        m.bi_wkv_triton(*leaves, mode, 32).backward(gy)
+
+    def raw_f():
+        m._fwd(w, u, k, v, mode, 32)
+
+    def raw_fb():
+        y, mm, car = m._fwd(w, u, k, v, mode, 32)
+        m._bwd(w, u, k, v, mm, car, gy, mode, 32)
+    return eager_f, eager_fb, raw_f, raw_fb
+
+
+def _v6_fns(shape, dtype):
+    from vision_rwkv.ops.bi_wkv6 import triton as m
+
+    r, k, v, logd, u, gy = _v6_case(shape, dtype)
+    leaves = [x.clone().requires_grad_() for x in (r, k, v, logd, u)]
+
+    def eager_f():
+        with torch.no_grad():
+            m.bi_wkv6_triton(r, k, v, logd, u)
+
+    def eager_fb():
+        m.bi_wkv6_triton(*leaves).backward(gy)
+
+    def raw_f():
+        m._fwd(r, k, v, logd, u)
+
+    def raw_fb():
+        m._fwd(r, k, v, logd, u)
+        m._bwd(r, k, v, logd, u, gy)
+    return eager_f, eager_fb, raw_f, raw_fb
+
+
+def _set(op, cfg):
+    if op == "v4":
+        from vision_rwkv.ops.bi_wkv import triton as m
+    else:
+        from vision_rwkv.ops.bi_wkv6 import triton as m
+    base = getattr(m, "_BASE_CONFIG", None)
+    if base is None:
+        base = m._BASE_CONFIG = dict(m.CONFIG)
+    m.CONFIG.clear()
+    m.CONFIG.update(base)
+    m.CONFIG.update(cfg)
+
+
+def warm(op, cfg, dtypes=("fp32", "bf16")):
+    _set(op, cfg)
+    for dn in dtypes:
+        dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dn]
+        for shape in (V4_SHAPES if op == "v4" else V6_SHAPES):
+            fns = _v4_fns(shape, dt) if op == "v4" else _v6_fns(shape, dt)
+            fns[1]()
+            if op == "v4" and dn == "fp32":
+                _v4_fns(shape, dt, "original")[1]()
+    torch.cuda.synchronize()
+
+
+def time_all(out, deadline):
+    rows = []
+    for op, cfgs, shapes in (("v4", V4_CONFIGS, V4_SHAPES), ("v6", V6_CONFIGS, V6_SHAPES)):
+        for name, cfg in cfgs.items():
+            _set(op, cfg)
+            for dn in ("fp32", "bf16"):
+                dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dn]
+                for shape in shapes:
+                    if time.time() > deadline:
+                        print("deadline reached", flush=True)
+                        json.dump(rows, open(out, "w"), indent=1)
+                        return rows
+                    row = dict(op=op, config=name, dtype=dn, shape=list(shape))
+                    try:
+                        ef, efb, rf, rfb = _v4_fns(shape, dt) if op == "v4" else _v6_fns(shape, dt)
+                        row["eager_f"] = _med_ms(ef)
+                        row["eager_fb"] = _med_ms(efb)
+                        row["graph_f"] = _graph_ms(rf)
+                        row["graph_fb"] = _graph_ms(rfb)
+                    except Exception as e:
+                        row["error"] = f"{type(e).__name__}: {e}"[:200]
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    torch.cuda.empty_cache()
+    json.dump(rows, open(out, "w"), indent=1)
+    return rows
+
+
+def profile():
+    from torch.profiler import ProfilerActivity, profile as prof
+
+    for op, shape in (("v4", (64, 196, 192)), ("v4", (16, 1024, 384)), ("v6", (64, 196, 12, 64))):
+        fns = _v4_fns(shape, torch.float32) if op == "v4" else _v6_fns(shape, torch.float32)
+        for _ in range(3):
+            fns[1]()
+        torch.cuda.synchronize()
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            for _ in range(5):
+                fns[1]()
+            torch.cuda.synchronize()
+        print(f"==== {op} {shape} fwd+bwd x5 (eager)")
+        print(p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=40))
+        print(p.key_averages().table(sort_by="cpu_time_total", row_limit=10, max_name_column_width=40))
+
+
+def overhead():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _empty(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19,
+               A: tl.constexpr, Bc: tl.constexpr):
+        pass
+
+    x = torch.zeros(8, device="cuda")
+    args = [x] * 8 + [3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25]
+    _empty[(1,)](*args, A=1, Bc=2)
+    torch.cuda.synchronize()
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _empty[(1,)](*args, A=1, Bc=2)
+    torch.cuda.synchronize()
+    print(f"empty triton launch (20 args): {(time.perf_counter() - t0) / n * 1e6:.1f} us", flush=True)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        torch.empty(1000, device="cuda")
+    print(f"torch.empty: {(time.perf_counter() - t0) / n * 1e6:.1f} us")
+    from vision_rwkv.ops.bi_wkv import triton as m
+
+    w, u, k, v, gy = _v4_case((2, 196, 64), torch.float32)
+    for name, fn in (("custom op fwd", lambda: m._bi_wkv_fwd_op(w, u, k, v, "exact", 32)),
+                     ("autograd.Function fwd", lambda: m._BiWKV.apply(w, u, k, v, "exact", 32)),
+                     ("raw _fwd", lambda: m._fwd(w, u, k, v, "exact", 32))):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(500):
+            fn()
+        torch.cuda.synchronize()
+        print(f"{name} (2,196,64): {(time.perf_counter() - t0) / 500 * 1e6:.1f} us/call", flush=True)
+
+
+if __name__ == "__main__":
+    torch.backends.cuda.matmul.allow_tf32 = False
+    what = sys.argv[1]
+    if what == "warm":
+        warm(sys.argv[2], json.loads(sys.argv[3]))
+    elif what == "time":
+        time_all(sys.argv[2], time.time() + float(sys.argv[3]) if len(sys.argv) > 3 else 1e18)
+    elif what == "profile":
+        profile()
+    elif what == "overhead":
+        overhead()
