@@ -6,7 +6,8 @@
 
 Inference is ``forward_features`` (no head) under ``torch.inference_mode`` (bf16 autocast for bf16; fp32 with TF32
 off, like the anchors); the training step is forward + cross-entropy backward + AdamW at 224, batch 128. Modes:
-``eager`` (fused path), ``eager-unfused`` (``VRWKV_FUSED=0``), ``compile`` (``torch.compile(fullgraph=True)``).
+``eager`` (fused path), ``eager-unfused`` (``VRWKV_FUSED=0``), ``compile`` (``torch.compile(fullgraph=True)``
+of the fused path) and ``compile-plain`` (compiled plain elementwise code: inductor's own fusions).
 Results are appended to the JSON after every measurement, so a run cut short keeps what it measured; the markdown
 table adds the ratio to DeiT and the original implementations' numbers (benchmarks/anchors/backbones.json).
 """
@@ -27,19 +28,26 @@ from vision_rwkv.profiling import benchmark_backbones, deit_of, format_benchmark
 OURS = ["VRWKV-T", "VRWKV-S", "VRWKV-B", "VRWKV6-T", "VRWKV6-S", "VRWKV6-B"]
 
 
-def plan(models, res_list, dtypes, modes, train, unfused_models) -> list:
-    """Benchmark configs in priority order (what matters most first, so a deadline cuts the least important)."""
+def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=None) -> list:
+    """Benchmark configs in priority order (what matters most first, so a deadline cuts the least important):
+    eager first dtype (+ plain-path and training rows), eager other dtypes, then compiled (first dtype, at
+    ``compile_res`` resolutions, largest first, with a compile-plain row for the ``unfused_models``)."""
     labels = list(dict.fromkeys(sum(([m, deit_of(m)] for m in models), [])))
     cfgs = []
-    for mode in modes:
+    if "eager" in modes:
         for dtype in dtypes:
             for res in res_list:
-                cfgs += [dict(model=m, res=res, dtype=dtype, mode=mode, kind="inference") for m in labels]
-            if mode == "eager" and dtype == dtypes[0]:
+                cfgs += [dict(model=m, res=res, dtype=dtype, mode="eager", kind="inference") for m in labels]
+            if dtype == dtypes[0]:
                 cfgs += [dict(model=m, res=r, dtype=dtype, mode="eager-unfused", kind="inference")
-                         for m in unfused_models for r in (res_list[0], res_list[-1])]
+                         for m in unfused_models for r in sorted({res_list[0], res_list[-1]})]
                 if train:
                     cfgs += [dict(model=m, res=224, dtype=dtype, mode="eager", kind="train") for m in labels]
+    if "compile" in modes:
+        for res in sorted(compile_res or res_list, reverse=True):
+            cfgs += [dict(model=m, res=res, dtype=dtypes[0], mode="compile", kind="inference") for m in labels]
+            cfgs += [dict(model=m, res=res, dtype=dtypes[0], mode="compile-plain", kind="inference")
+                     for m in unfused_models]
     return cfgs
 
 
@@ -49,6 +57,8 @@ def main(argv=None) -> list:
     ap.add_argument("--res", nargs="+", type=int, default=[224, 512, 1024])
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     ap.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
+    ap.add_argument("--compile-res", nargs="+", type=int, default=None,
+                    help="resolutions of the compiled runs (default --res)")
     ap.add_argument("--train", action="store_true", help="also time a training step at 224 (first dtype)")
     ap.add_argument("--unfused", nargs="*", default=["VRWKV-T", "VRWKV6-T"],
                     help="models also timed on the plain path (VRWKV_FUSED=0)")
@@ -61,7 +71,7 @@ def main(argv=None) -> list:
     ap.add_argument("--md", type=Path, default=None)
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = ap.parse_args(argv)
-    cfgs = plan(args.models, args.res, args.dtypes, args.modes, args.train, args.unfused or [])
+    cfgs = plan(args.models, args.res, args.dtypes, args.modes, args.train, args.unfused or [], args.compile_res)
     if args.dry_run:
         for c in cfgs:
             print(c)

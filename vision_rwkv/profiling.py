@@ -293,9 +293,10 @@ def benchmark_backbones(configs: List[Dict], deadline_s: float = float("inf"),
                         on_result: Optional[Callable[[Dict], None]] = None) -> List[Dict]:
     """Run benchmark ``configs`` in order until ``deadline_s`` (seconds from now) passes.
 
-    A config: ``{"model": label, "res": int, "dtype": "fp32"|"bf16", "mode": "eager"|"compile"|"eager-unfused",
-    "kind": "inference"|"train", "batch": optional}``. "eager-unfused" sets ``VRWKV_FUSED=0`` (the models' plain
-    path with the Triton WKV). Results carry the config, ``img_per_s``, ``ms``, ``peak_mem_GiB`` or ``error``;
+    A config: ``{"model": label, "res": int, "dtype": "fp32"|"bf16", "mode": "eager"|"compile"|"eager-unfused"|
+    "compile-plain", "kind": "inference"|"train", "batch": optional}``. "eager-unfused" sets ``VRWKV_FUSED=0``
+    (the models' plain path with the Triton WKV); "compile-plain" compiles the plain elementwise code (inductor
+    generates the fusions; the WKV stays a custom op) instead of the fused custom ops. Results carry the config, ``img_per_s``, ``ms``, ``peak_mem_GiB`` or ``error``;
     configs left when the deadline passes are returned with ``skipped``.
     """
     import gc
@@ -313,6 +314,9 @@ def benchmark_backbones(configs: List[Dict], deadline_s: float = float("inf"),
         old = os.environ.get("VRWKV_FUSED")
         if cfg.get("mode") == "eager-unfused":
             os.environ["VRWKV_FUSED"] = "0"
+        from vision_rwkv.ops import fused
+        old_under_compile = fused.FUSED_UNDER_COMPILE
+        fused.FUSED_UNDER_COMPILE = cfg.get("mode") != "compile-plain"
         try:
             torch.manual_seed(0)
             train = cfg.get("kind", "inference") == "train"
@@ -321,13 +325,13 @@ def benchmark_backbones(configs: List[Dict], deadline_s: float = float("inf"),
             dtype = _DTYPES[cfg["dtype"]]
             t0 = time.perf_counter()
             if train:
-                fwd = torch.compile(model, fullgraph=True) if cfg.get("mode") == "compile" else model
+                fwd = torch.compile(model, fullgraph=True) if cfg.get("mode", "").startswith("compile") else model
                 target = torch.randint(0, 1000, (res["batch"],), device="cuda")
                 res.update(time_train_step(model, x, target, dtype, forward=fwd))
             else:
                 model.eval()
                 fwd = model.forward_features
-                if cfg.get("mode") == "compile":
+                if cfg.get("mode", "").startswith("compile"):
                     torch._dynamo.reset()
                     fwd = torch.compile(fwd, fullgraph=True)
                 res.update(time_inference(fwd, x, dtype))
@@ -336,6 +340,7 @@ def benchmark_backbones(configs: List[Dict], deadline_s: float = float("inf"),
         except Exception as e:  # recorded, the run goes on
             res["error"] = f"{type(e).__name__}: {str(e)[:500]}"
         finally:
+            fused.FUSED_UNDER_COMPILE = old_under_compile
             if old is None:
                 os.environ.pop("VRWKV_FUSED", None)
             else:
@@ -370,7 +375,7 @@ def format_benchmark(results: List[Dict], anchors: Optional[Dict] = None) -> str
             lines.append(f"| {key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[0]} | {r.get('batch')} | "
                          f"{why[:60]} | | | | | |")
             continue
-        mode = "eager" if key[2] == "eager-unfused" else key[2]
+        mode = {"eager-unfused": "eager", "compile-plain": "compile"}.get(key[2], key[2])
         d = ok.get((deit_of(r["model"]), key[1], mode, key[3], key[4]))
         orig = anchor.get((r["model"], key[1], key[3], key[4]))
         deit_cells = (f"{d['img_per_s']:.0f} | {r['img_per_s'] / d['img_per_s']:.2f} | {d['peak_mem_GiB']:.2f}"

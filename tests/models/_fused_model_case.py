@@ -50,7 +50,9 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
         rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()  # noqa: E731
         grad_errs = {n: rel(gf[n], gr[n]) for n in gr}
         worst = max(grad_errs, key=grad_errs.get)
+        ordered = sorted(grad_errs.values())
         return {"y": rel(yf, yr), "grad_max": grad_errs[worst], "grad_worst": worst,
+                "grad_median": ordered[len(ordered) // 2],
                 "same_grads": sorted(gr) == sorted(gf),
                 "finite": bool(torch.isfinite(yf).all()) and all(bool(torch.isfinite(g).all()) for g in gf.values())}
     except Exception as e:

@@ -60,7 +60,7 @@ def test_benchmark_plan_and_table():
     assert cfgs[0] == dict(model="VRWKV-T", res=224, dtype="bf16", mode="eager", kind="inference")
     assert dict(model="DeiT-T", res=224, dtype="bf16", mode="eager", kind="train") in cfgs
     assert dict(model="VRWKV-T", res=1024, dtype="bf16", mode="eager-unfused", kind="inference") in cfgs
-    assert cfgs[-1]["mode"] == "compile"
+    assert cfgs[-1]["mode"] == "compile-plain" and cfgs[-2]["mode"] == "compile" and cfgs[-1]["res"] == 224
     results = [dict(model="VRWKV-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
                     img_per_s=2400.0, peak_mem_GiB=0.5),
                dict(model="DeiT-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
