@@ -13,6 +13,9 @@
 * ``add_norm``: residual + LayerNorm per token, one read of each input: post-norm ``s = x + gamma * LN(y)``;
   pre-norm ``s = x + gamma * y`` and ``n = LN(s)`` (n in the compute dtype: the next token mix reads it).
 
+In eager mode each op is a ``torch.autograd.Function`` over the kernels (less call overhead); while torch.compile
+traces, the same kernels run as the custom ops (with fake implementations: no graph breaks).
+
 Outputs are allocated with :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned when
 ``VRWKV_TRITON_DEBUG=1``). Shapes and dtypes are checked by the public wrappers in ``__init__.py``.
 """
@@ -135,9 +138,7 @@ def _tsm_launch(x, H, W, head_size, nmix):
     return (ntok, N, C, H, W, *_quarters(C, head_size), ntok * C), dict(M=nmix, BT=bt, BC=bc), grid
 
 
-@torch.library.custom_op("vision_rwkv::token_shift_mix", mutates_args=())
-def _tsm_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
-            out_dtype: torch.dtype) -> torch.Tensor:
+def _tsm_fwd(x, H, W, head_size, a, m, out_dtype):
     nmix = a.shape[0]
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
     out = new_empty((nmix,) + tuple(x.shape), out_dtype, x.device)
@@ -146,14 +147,18 @@ def _tsm_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m:
     return out
 
 
+@torch.library.custom_op("vision_rwkv::token_shift_mix", mutates_args=())
+def _tsm_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
+            out_dtype: torch.dtype) -> torch.Tensor:
+    return _tsm_fwd(x, H, W, head_size, a, m, out_dtype)
+
+
 @_tsm_op.register_fake
 def _(x, H, W, head_size, a, m, out_dtype):
     return x.new_empty((a.shape[0],) + tuple(x.shape), dtype=out_dtype)
 
 
-@torch.library.custom_op("vision_rwkv::token_shift_mix_bwd", mutates_args=())
-def _tsm_bwd_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
-                gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tsm_bwd(x, H, W, head_size, a, m, gout):
     nmix = a.shape[0]
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
     gout = gout.contiguous()
@@ -163,6 +168,12 @@ def _tsm_bwd_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor
     _tsm_bwd_kernel[grid](x, a, x if m is None else m, gout, gx, gap, x if m is None else gm, *args,
                           HAS_M=m is not None, num_warps=CONFIG["warps"], **meta)
     return gx, gap.sum(0).to(a.dtype), gm
+
+
+@torch.library.custom_op("vision_rwkv::token_shift_mix_bwd", mutates_args=())
+def _tsm_bwd_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
+                gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _tsm_bwd(x, H, W, head_size, a, m, gout)
 
 
 @_tsm_bwd_op.register_fake
@@ -186,6 +197,21 @@ def _tsm_backward(ctx, gout):
 torch.library.register_autograd("vision_rwkv::token_shift_mix", _tsm_backward, setup_context=_tsm_setup)
 
 
+class _TokenShiftMix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, H, W, head_size, a, m, out_dtype):
+        ctx.meta = (H, W, head_size, m is not None)
+        ctx.save_for_backward(x, a, m)
+        return _tsm_fwd(x, H, W, head_size, a, m, out_dtype)
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, a, m = ctx.saved_tensors
+        H, W, head_size, has_m = ctx.meta
+        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, gout)
+        return gx, None, None, None, ga, (gm if has_m else None), None
+
+
 def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor,
                            m: Optional[torch.Tensor] = None, head_size: Optional[int] = None,
                            out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -194,7 +220,8 @@ def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch
     x = x.contiguous()
     a = a.contiguous()
     m = m.contiguous() if m is not None else None
-    return _tsm_op(x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype)
+    args = (x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype)
+    return _tsm_op(*args) if torch.compiler.is_compiling() else _TokenShiftMix.apply(*args)
 
 
 # ---------------------------------------------------------------------------------------------- elementwise
@@ -242,12 +269,16 @@ def _elem_grid(n: int):
     return (cdiv(n, CONFIG["block_elem"]),), dict(BLOCK=CONFIG["block_elem"], num_warps=CONFIG["elem_warps"])
 
 
-@torch.library.custom_op("vision_rwkv::sigmoid_mul", mutates_args=())
-def _sigmoid_mul_op(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _sigmoid_mul_fwd(r, y):
     out = new_empty(y.shape, torch.promote_types(r.dtype, y.dtype), y.device)
     grid, meta = _elem_grid(y.numel())
     _sigmoid_mul_fwd_kernel[grid](r, y, out, y.numel(), **meta)
     return out
+
+
+@torch.library.custom_op("vision_rwkv::sigmoid_mul", mutates_args=())
+def _sigmoid_mul_op(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return _sigmoid_mul_fwd(r, y)
 
 
 @_sigmoid_mul_op.register_fake
@@ -255,14 +286,18 @@ def _(r, y):
     return y.new_empty(y.shape, dtype=torch.promote_types(r.dtype, y.dtype))
 
 
-@torch.library.custom_op("vision_rwkv::sigmoid_mul_bwd", mutates_args=())
-def _sigmoid_mul_bwd_op(r: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _sigmoid_mul_bwd(r, y, g):
     g = g.contiguous()
     gr = new_empty(r.shape, r.dtype, r.device)
     gy = new_empty(y.shape, y.dtype, y.device)
     grid, meta = _elem_grid(y.numel())
     _sigmoid_mul_bwd_kernel[grid](r, y, g, gr, gy, y.numel(), **meta)
     return gr, gy
+
+
+@torch.library.custom_op("vision_rwkv::sigmoid_mul_bwd", mutates_args=())
+def _sigmoid_mul_bwd_op(r: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _sigmoid_mul_bwd(r, y, g)
 
 
 @_sigmoid_mul_bwd_op.register_fake
@@ -282,17 +317,33 @@ def _sm_backward(ctx, g):
 torch.library.register_autograd("vision_rwkv::sigmoid_mul", _sm_backward, setup_context=_sm_setup)
 
 
+class _SigmoidMul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, y):
+        ctx.save_for_backward(r, y)
+        return _sigmoid_mul_fwd(r, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _sigmoid_mul_bwd(*ctx.saved_tensors, g)
+
+
 def sigmoid_mul_triton(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Fused ``sigmoid(r) * y`` (same shapes), fp32 math, result in ``result_type(r, y)``."""
-    return _sigmoid_mul_op(r.contiguous(), y.contiguous())
+    r, y = r.contiguous(), y.contiguous()
+    return _sigmoid_mul_op(r, y) if torch.compiler.is_compiling() else _SigmoidMul.apply(r, y)
 
 
-@torch.library.custom_op("vision_rwkv::relu_square", mutates_args=())
-def _relu_square_op(x: torch.Tensor) -> torch.Tensor:
+def _relu_square_fwd(x):
     out = new_empty(x.shape, x.dtype, x.device)
     grid, meta = _elem_grid(x.numel())
     _relu_square_fwd_kernel[grid](x, out, x.numel(), **meta)
     return out
+
+
+@torch.library.custom_op("vision_rwkv::relu_square", mutates_args=())
+def _relu_square_op(x: torch.Tensor) -> torch.Tensor:
+    return _relu_square_fwd(x)
 
 
 @_relu_square_op.register_fake
@@ -300,13 +351,17 @@ def _(x):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("vision_rwkv::relu_square_bwd", mutates_args=())
-def _relu_square_bwd_op(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def _relu_square_bwd(x, g):
     g = g.contiguous()
     gx = new_empty(x.shape, x.dtype, x.device)
     grid, meta = _elem_grid(x.numel())
     _relu_square_bwd_kernel[grid](x, g, gx, x.numel(), **meta)
     return gx
+
+
+@torch.library.custom_op("vision_rwkv::relu_square_bwd", mutates_args=())
+def _relu_square_bwd_op(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return _relu_square_bwd(x, g)
 
 
 @_relu_square_bwd_op.register_fake
@@ -326,9 +381,21 @@ def _rs_backward(ctx, g):
 torch.library.register_autograd("vision_rwkv::relu_square", _rs_backward, setup_context=_rs_setup)
 
 
+class _ReluSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _relu_square_fwd(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _relu_square_bwd(ctx.saved_tensors[0], g)
+
+
 def relu_square_triton(x: torch.Tensor) -> torch.Tensor:
     """Fused ``relu(x) ** 2`` in x's dtype (fp32 math)."""
-    return _relu_square_op(x.contiguous())
+    x = x.contiguous()
+    return _relu_square_op(x) if torch.compiler.is_compiling() else _ReluSquare.apply(x)
 
 
 # ---------------------------------------------------------------------------------------------- group norm * gate
@@ -409,9 +476,7 @@ def _gn_meta(nrows: int, c: int, groups: int):
     return gs, dict(BR=br, BG=bg, BS=bs, num_warps=4)
 
 
-@torch.library.custom_op("vision_rwkv::group_norm_mul", mutates_args=())
-def _gn_mul_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
-               eps: float, silu: bool, out_dtype: torch.dtype) -> torch.Tensor:
+def _gn_mul_fwd(y, g, groups, weight, bias, eps, silu, out_dtype):
     c = y.shape[-1]
     nrows = y.numel() // c
     gs, meta = _gn_meta(nrows, c, groups)
@@ -421,14 +486,18 @@ def _gn_mul_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tens
     return out
 
 
+@torch.library.custom_op("vision_rwkv::group_norm_mul", mutates_args=())
+def _gn_mul_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+               eps: float, silu: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    return _gn_mul_fwd(y, g, groups, weight, bias, eps, silu, out_dtype)
+
+
 @_gn_mul_op.register_fake
 def _(y, g, groups, weight, bias, eps, silu, out_dtype):
     return y.new_empty(y.shape, dtype=out_dtype)
 
 
-@torch.library.custom_op("vision_rwkv::group_norm_mul_bwd", mutates_args=())
-def _gn_mul_bwd_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
-                   eps: float, silu: bool, gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout):
     gout = gout.contiguous()
     c = y.shape[-1]
     nrows = y.numel() // c
@@ -443,6 +512,13 @@ def _gn_mul_bwd_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.
     _gn_mul_bwd_kernel[(nprog,)](y, g, weight, bias, gout, gy, gg, gwp, gbp, nrows, c, gs, eps, iters,
                                  SILU=silu, **meta)
     return gy, gg, gwp.sum(0).to(weight.dtype), gbp.sum(0).to(bias.dtype)
+
+
+@torch.library.custom_op("vision_rwkv::group_norm_mul_bwd", mutates_args=())
+def _gn_mul_bwd_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float, silu: bool, gout: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout)
 
 
 @_gn_mul_bwd_op.register_fake
@@ -466,13 +542,29 @@ def _gn_backward(ctx, gout):
 torch.library.register_autograd("vision_rwkv::group_norm_mul", _gn_backward, setup_context=_gn_setup)
 
 
+class _GroupNormMul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, g, groups, weight, bias, eps, silu, out_dtype):
+        ctx.meta = (groups, eps, silu)
+        ctx.save_for_backward(y, g, weight, bias)
+        return _gn_mul_fwd(y, g, groups, weight, bias, eps, silu, out_dtype)
+
+    @staticmethod
+    def backward(ctx, gout):
+        y, g, weight, bias = ctx.saved_tensors
+        groups, eps, silu = ctx.meta
+        gy, gg, gw, gb = _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout)
+        return gy, gg, None, gw, gb, None, None, None
+
+
 def group_norm_mul_triton(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,
                           bias: torch.Tensor, eps: float = 1e-5, gate_act: Optional[str] = None,
                           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Fused per-token ``GroupNorm(num_groups)(y) * act(g)`` over the last dim (act: None or 'silu'); result in
     ``out_dtype``."""
-    return _gn_mul_op(y.contiguous(), g.contiguous(), int(num_groups), weight.contiguous(), bias.contiguous(),
-                      float(eps), gate_act == "silu", out_dtype or torch.promote_types(y.dtype, g.dtype))
+    args = (y.contiguous(), g.contiguous(), int(num_groups), weight.contiguous(), bias.contiguous(), float(eps),
+            gate_act == "silu", out_dtype or torch.promote_types(y.dtype, g.dtype))
+    return _gn_mul_op(*args) if torch.compiler.is_compiling() else _GroupNormMul.apply(*args)
 
 
 # ---------------------------------------------------------------------------------------------- v6 log decay
@@ -484,12 +576,16 @@ def _decay_fwd_kernel(W0, Z, OUT, n, C, BLOCK: tl.constexpr):
     tl.store(OUT + offs, -tl.exp(w0 + z), mask=mask)
 
 
-@torch.library.custom_op("vision_rwkv::decay_logd", mutates_args=())
-def _decay_op(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def _decay_fwd(w0, z):
     out = new_empty(z.shape, torch.float32, z.device)
     grid, meta = _elem_grid(z.numel())
     _decay_fwd_kernel[grid](w0, z, out, z.numel(), z.shape[-1], **meta)
     return out
+
+
+@torch.library.custom_op("vision_rwkv::decay_logd", mutates_args=())
+def _decay_op(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return _decay_fwd(w0, z)
 
 
 @_decay_op.register_fake
@@ -512,9 +608,22 @@ def _decay_backward(ctx, g):
 torch.library.register_autograd("vision_rwkv::decay_logd", _decay_backward, setup_context=_decay_setup)
 
 
+class _DecayLogd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w0, z):
+        out = _decay_fwd(w0, z)
+        _decay_setup(ctx, (w0, z), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return _decay_backward(ctx, g)
+
+
 def decay_logd_triton(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Fused ``-exp(w0 + z)`` (w0 (C,) broadcast over z (..., C)), float32 result."""
-    return _decay_op(w0.contiguous(), z.contiguous())
+    w0, z = w0.contiguous(), z.contiguous()
+    return _decay_op(w0, z) if torch.compiler.is_compiling() else _DecayLogd.apply(w0, z)
 
 
 # ---------------------------------------------------------------------------------------------- residual + LayerNorm
@@ -620,9 +729,7 @@ def _an_meta(rows: int, c: int):
     return dict(BR=br, BC=bc, num_warps=4 if bc <= 512 else 8)
 
 
-@torch.library.custom_op("vision_rwkv::add_norm", mutates_args=())
-def _add_norm_op(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
-                 bias: torch.Tensor, eps: float, post: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype):
     c = x.shape[-1]
     rows = x.numel() // c
     meta = _an_meta(rows, c)
@@ -634,15 +741,18 @@ def _add_norm_op(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor]
     return s, n
 
 
+@torch.library.custom_op("vision_rwkv::add_norm", mutates_args=())
+def _add_norm_op(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+                 bias: torch.Tensor, eps: float, post: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype)
+
+
 @_add_norm_op.register_fake
 def _(x, y, gamma, weight, bias, eps, post, out_dtype):
     return x.new_empty(x.shape), (x.new_empty((0,)) if post else x.new_empty(x.shape, dtype=out_dtype))
 
 
-@torch.library.custom_op("vision_rwkv::add_norm_bwd", mutates_args=())
-def _add_norm_bwd_op(y: torch.Tensor, s: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
-                     bias: torch.Tensor, eps: float, post: bool, gs: Optional[torch.Tensor], gn: Optional[torch.Tensor],
-                     x_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype):
     c = y.shape[-1]
     rows = y.numel() // c
     meta = _an_meta(rows, c)
@@ -661,6 +771,13 @@ def _add_norm_bwd_op(y: torch.Tensor, s: torch.Tensor, gamma: Optional[torch.Ten
                                    HAS_GAMMA=gamma is not None, HAS_GS=gs is not None, HAS_GN=gn is not None, **meta)
     ggam = parts[0].sum(0).to(gamma.dtype) if gamma is not None else weight.new_empty((0,))
     return gx, gy, ggam, parts[1].sum(0).to(weight.dtype), parts[2].sum(0).to(bias.dtype)
+
+
+@torch.library.custom_op("vision_rwkv::add_norm_bwd", mutates_args=())
+def _add_norm_bwd_op(y: torch.Tensor, s: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+                     bias: torch.Tensor, eps: float, post: bool, gs: Optional[torch.Tensor], gn: Optional[torch.Tensor],
+                     x_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype)
 
 
 @_add_norm_bwd_op.register_fake
@@ -687,9 +804,27 @@ def _an_backward(ctx, gs, gn):
 torch.library.register_autograd("vision_rwkv::add_norm", _an_backward, setup_context=_an_setup)
 
 
+class _AddNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, gamma, weight, bias, eps, post, out_dtype):
+        s, n = _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype)
+        ctx.meta = (eps, post, gamma is not None, x.dtype)
+        ctx.save_for_backward(y, s if not post else None, gamma, weight, bias)
+        return s, n
+
+    @staticmethod
+    def backward(ctx, gs, gn):
+        y, s, gamma, weight, bias = ctx.saved_tensors
+        eps, post, has_gamma, x_dtype = ctx.meta
+        gx, gy, ggam, gw, gb = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
+                                             None if post else gn, x_dtype)
+        return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None
+
+
 def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
                     bias: torch.Tensor, eps: float = 1e-5, post: bool = False,
                     out_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused residual + LayerNorm over the last dim (see ``add_norm`` in ``__init__.py``)."""
-    return _add_norm_op(x.contiguous(), y.contiguous(), gamma.contiguous() if gamma is not None else None,
-                        weight.contiguous(), bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype)
+    args = (x.contiguous(), y.contiguous(), gamma.contiguous() if gamma is not None else None, weight.contiguous(),
+            bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype)
+    return _add_norm_op(*args) if torch.compiler.is_compiling() else _AddNorm.apply(*args)
