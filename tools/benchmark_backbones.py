@@ -28,26 +28,42 @@ from vision_rwkv.profiling import benchmark_backbones, deit_of, format_benchmark
 OURS = ["VRWKV-T", "VRWKV-S", "VRWKV-B", "VRWKV6-T", "VRWKV6-S", "VRWKV6-B"]
 
 
-def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=None) -> list:
+def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=None, compile_first=None) -> list:
     """Benchmark configs in priority order (what matters most first, so a deadline cuts the least important):
-    eager first dtype (+ plain-path and training rows), eager other dtypes, then compiled (first dtype, at
-    ``compile_res`` resolutions, largest first, with a compile-plain row for the ``unfused_models``)."""
-    labels = list(dict.fromkeys(sum(([m, deit_of(m)] for m in models), [])))
+    eager in the first dtype (+ plain-path rows for ``unfused_models`` and the training step), compiled runs of
+    ``compile_first`` (+ their DeiT and a compile-plain row), eager in the other dtypes, then the other compiled
+    runs (first dtype, ``compile_res`` resolutions, largest first)."""
+    def with_deit(ms):
+        return list(dict.fromkeys(sum(([m, deit_of(m)] for m in ms), [])))
+
+    labels = with_deit(models)
+    first = with_deit([m for m in (compile_first or []) if m in models])
+    dt0 = dtypes[0]
     cfgs = []
+
+    def compiled(ms):
+        out = []
+        for res in sorted(compile_res or res_list, reverse=True):
+            out += [dict(model=m, res=res, dtype=dt0, mode="compile", kind="inference") for m in ms]
+            out += [dict(model=m, res=res, dtype=dt0, mode="compile-plain", kind="inference")
+                    for m in ms if m in unfused_models]
+        return out
+
     if "eager" in modes:
-        for dtype in dtypes:
+        for res in res_list:
+            cfgs += [dict(model=m, res=res, dtype=dt0, mode="eager", kind="inference") for m in labels]
+        cfgs += [dict(model=m, res=r, dtype=dt0, mode="eager-unfused", kind="inference")
+                 for m in unfused_models for r in sorted({res_list[0], res_list[-1]})]
+        if train:
+            cfgs += [dict(model=m, res=224, dtype=dt0, mode="eager", kind="train") for m in labels]
+    if "compile" in modes:
+        cfgs += compiled(first)
+    if "eager" in modes:
+        for dtype in dtypes[1:]:
             for res in res_list:
                 cfgs += [dict(model=m, res=res, dtype=dtype, mode="eager", kind="inference") for m in labels]
-            if dtype == dtypes[0]:
-                cfgs += [dict(model=m, res=r, dtype=dtype, mode="eager-unfused", kind="inference")
-                         for m in unfused_models for r in sorted({res_list[0], res_list[-1]})]
-                if train:
-                    cfgs += [dict(model=m, res=224, dtype=dtype, mode="eager", kind="train") for m in labels]
     if "compile" in modes:
-        for res in sorted(compile_res or res_list, reverse=True):
-            cfgs += [dict(model=m, res=res, dtype=dtypes[0], mode="compile", kind="inference") for m in labels]
-            cfgs += [dict(model=m, res=res, dtype=dtypes[0], mode="compile-plain", kind="inference")
-                     for m in unfused_models]
+        cfgs += compiled([m for m in labels if m not in first])
     return cfgs
 
 
@@ -59,6 +75,8 @@ def main(argv=None) -> list:
     ap.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
     ap.add_argument("--compile-res", nargs="+", type=int, default=None,
                     help="resolutions of the compiled runs (default --res)")
+    ap.add_argument("--compile-first", nargs="*", default=["VRWKV-T", "VRWKV6-T"],
+                    help="models whose compiled runs come before the second dtype")
     ap.add_argument("--train", action="store_true", help="also time a training step at 224 (first dtype)")
     ap.add_argument("--unfused", nargs="*", default=["VRWKV-T", "VRWKV6-T"],
                     help="models also timed on the plain path (VRWKV_FUSED=0)")
@@ -71,7 +89,8 @@ def main(argv=None) -> list:
     ap.add_argument("--md", type=Path, default=None)
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = ap.parse_args(argv)
-    cfgs = plan(args.models, args.res, args.dtypes, args.modes, args.train, args.unfused or [], args.compile_res)
+    cfgs = plan(args.models, args.res, args.dtypes, args.modes, args.train, args.unfused or [], args.compile_res,
+                args.compile_first)
     if args.dry_run:
         for c in cfgs:
             print(c)

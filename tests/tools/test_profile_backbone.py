@@ -56,11 +56,16 @@ def test_profile_cpu_groups_partition_time():
 def test_benchmark_plan_and_table():
     from benchmark_backbones import plan
 
-    cfgs = plan(["VRWKV-T"], [224, 1024], ["bf16"], ["eager", "compile"], True, ["VRWKV-T"])
+    cfgs = plan(["VRWKV-T", "VRWKV-S"], [224, 1024], ["bf16", "fp32"], ["eager", "compile"], True, ["VRWKV-T"],
+                compile_first=["VRWKV-T"])
     assert cfgs[0] == dict(model="VRWKV-T", res=224, dtype="bf16", mode="eager", kind="inference")
     assert dict(model="DeiT-T", res=224, dtype="bf16", mode="eager", kind="train") in cfgs
     assert dict(model="VRWKV-T", res=1024, dtype="bf16", mode="eager-unfused", kind="inference") in cfgs
-    assert cfgs[-1]["mode"] == "compile-plain" and cfgs[-2]["mode"] == "compile" and cfgs[-1]["res"] == 224
+    modes = [(c["mode"], c["dtype"], c["model"]) for c in cfgs]
+    first_compile = modes.index(("compile", "bf16", "VRWKV-T"))
+    assert first_compile < modes.index(("eager", "fp32", "VRWKV-T")) < modes.index(("compile", "bf16", "VRWKV-S"))
+    assert ("compile-plain", "bf16", "VRWKV-T") in modes and ("compile-plain", "bf16", "VRWKV-S") not in modes
+    assert cfgs[-1] == dict(model="DeiT-S", res=224, dtype="bf16", mode="compile", kind="inference")
     results = [dict(model="VRWKV-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
                     img_per_s=2400.0, peak_mem_GiB=0.5),
                dict(model="DeiT-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
