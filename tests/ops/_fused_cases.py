@@ -58,6 +58,21 @@ def _inputs(case: dict, device: str):
                                                  backend)
             rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), t["a"], t.get("m"), hs)  # noqa: E731
         odt = out_dtype or dtype
+    elif op == "token_shift_mix_lora":
+        B, H, W, C = case["shape"]
+        M, R = case.get("M", 5), case.get("R", 16)
+        hs = case.get("head_size")
+        leaves = {"x": _randn((B, H * W, C), g, dtype, device),
+                  "a": torch.rand(M, C, generator=g, dtype=torch.float64).float().to(device),
+                  "h": _randn((B, H * W, M * R), g, dtype, device, 0.5),
+                  "w2": _randn((M, R, C), g, torch.float32, device, 0.3)}
+        fn = lambda t: fused.token_shift_mix_lora(t["x"], (H, W), t["a"], t["h"], t["w2"], hs, out_dtype,  # noqa
+                                                  backend)
+
+        def rf(t):
+            m = torch.bmm(t["h"].reshape(-1, M, R).transpose(0, 1), t["w2"]).view(M, B, H * W, C)
+            return ref.token_shift_mix_reference(t["x"], (H, W), t["a"], m, hs)
+        odt = out_dtype or dtype
     elif op == "sigmoid_mul":
         shape = case["shape"]
         leaves = {"r": _randn(shape, g, dtype, device, 3.0), "y": _randn(shape, g, dtype, device)}

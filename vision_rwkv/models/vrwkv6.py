@@ -105,16 +105,16 @@ class SpatialMixV6(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         """Same function with fused kernels: shift + first interpolation in one pass, the five data-dependent
-        interpolations in one pass (x read once, outputs in the compute dtype), the log decay in one pass and
-        GroupNorm * SiLU(gate) in one pass."""
+        interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C) offsets never
+        stored, outputs in the compute dtype), the log decay in one pass and GroupNorm * SiLU(gate) in one pass."""
         batch, num_tokens, dim = x.shape
         heads, head_size = self.num_heads, self.head_size
         dtype = fused.compute_dtype(x)
         xxx = fused.token_shift_mix(x, grid_size, self.time_maa_x[None], None, head_size, out_dtype=dtype)[0]
-        m = torch.tanh(xxx @ self.time_maa_w1).view(batch * num_tokens, 5, self.mix_rank).transpose(0, 1)
-        m = torch.bmm(m, self.time_maa_w2).view(5, batch, num_tokens, dim)
+        lora = torch.tanh(xxx @ self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
         maa = torch.stack((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        xw, xk, xv, xr, xg = fused.token_shift_mix(x, grid_size, maa, m, head_size, out_dtype=dtype)
+        xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
+                                                        out_dtype=dtype)
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)

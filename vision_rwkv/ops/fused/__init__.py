@@ -5,6 +5,7 @@ as a torch custom op (``triton.py``, imported lazily):
 
 * :func:`token_shift_mix` / :func:`shift_lerp` - Q-Shift + interpolation writing the M mixed inputs of a token or
   channel mix in one pass, in the compute dtype (v4 lerp, v6 per-head shift, v6 data-dependent "ddlerp").
+* :func:`token_shift_mix_lora` - the v6 ddlerp with its rank-R LoRA computed inside the kernel.
 * :func:`sigmoid_mul` - ``sigmoid(r) * y``; :func:`relu_square` - ``relu(x)^2``.
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
 * :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
@@ -26,7 +27,7 @@ from .._validate import check_shape, check_tensors
 from .reference import (add_norm_reference, decay_logd_reference, group_norm_mul_reference, relu_square_reference,
                         sigmoid_mul_reference, token_shift_mix_reference)
 
-__all__ = ["token_shift_mix", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
+__all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
            "add_norm", "fused_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
@@ -152,6 +153,32 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
         check_shape(op, "m", m, (a.shape[0],) + tuple(x.shape))
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
         return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype)
+    return token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
+
+
+def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, h: torch.Tensor,
+                         w2: torch.Tensor, head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
+                         backend: Optional[str] = None) -> torch.Tensor:
+    """:func:`token_shift_mix` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` (the RWKV-6 ddlerp LoRA).
+
+    Args:
+        x: (B, N, C) tokens; a: (M, C); h: (B, N, M*R) LoRA hidden (``tanh(xxx @ W1)``); w2: (M, R, C).
+    Returns:
+        (M, B, N, C) in ``out_dtype``. The Triton kernel computes m per tile (R a power of two >= 16), the
+        reference materialises it with one bmm (in h's dtype, as under autocast).
+    """
+    op = "token_shift_mix_lora"
+    device = check_tensors(op, x=x, a=a, h=h, w2=w2)
+    _check_grid(op, x, grid_size, head_size)
+    if w2.dim() != 3 or w2.shape[2] != x.shape[2] or a.shape != (w2.shape[0], x.shape[2]):
+        raise ValueError(f"{op}: w2 must be (M, R, C) and a (M, C) with C={x.shape[2]}, got {tuple(w2.shape)} and "
+                         f"{tuple(a.shape)}")
+    nmix, rank = w2.shape[0], w2.shape[1]
+    check_shape(op, "h", h, tuple(x.shape[:2]) + (nmix * rank,))
+    pow2 = rank >= 16 and rank & (rank - 1) == 0
+    if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64 and pow2:
+        return _triton().token_shift_mix_lora_triton(x, grid_size, a, h, w2, head_size, out_dtype)
+    m = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2.to(h.dtype)).view((nmix,) + tuple(x.shape))
     return token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
 
 

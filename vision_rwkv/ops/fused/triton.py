@@ -6,6 +6,8 @@
   projections directly in the compute dtype (bf16 under autocast) - no shifted copy, no fp32 intermediates.
   Backward: one pass writes dx (own-token term + the inverse shift of the neighbour terms: quarter q's inverse is
   q ^ 1), d m[i] = g[i] * xx, and per-tile partial sums of d a[i] (summed by torch: deterministic).
+* ``token_shift_mix_lora``: the same with ``m[i] = h_i @ W2[i]`` (the RWKV-6 ddlerp LoRA, rank R) computed per
+  tile with ``tl.dot`` instead of read from memory (the (5, B, N, C) m is never stored in the forward).
 * ``sigmoid_mul``: ``sigmoid(r) * y``; ``relu_square``: ``relu(x)^2`` (fp32 math, I/O in the tensors' dtypes).
 * ``group_norm_mul``: per-token GroupNorm (affine) times a gate ``act(g)`` (act = identity or SiLU: the VRWKV6
   ``ln_x(y) * silu(gate)``), several rows per program; backward with per-program partials of d weight / d bias.
@@ -30,7 +32,7 @@ import triton.language as tl
 from .._triton_utils import cdiv, new_empty, next_pow2
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
-           "decay_logd_triton", "add_norm_triton", "CONFIG"]
+           "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "CONFIG"]
 
 CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096)
 
@@ -828,3 +830,122 @@ def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tens
     args = (x.contiguous(), y.contiguous(), gamma.contiguous() if gamma is not None else None, weight.contiguous(),
             bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype)
     return _add_norm_op(*args) if torch.compiler.is_compiling() else _AddNorm.apply(*args)
+
+
+# ---------------------------------------------------------------------------------------------- v6 ddlerp + LoRA
+@triton.jit
+def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
+                         M: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+    c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
+    delta, valid = _neighbour(n, q, H, W)
+    valid = valid & mask
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
+    xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    rr = tl.arange(0, R)
+    ph = HH + t.to(tl.int64)[:, None] * (M * R) + rr[None, :]
+    pw = W2 + rr[:, None] * C + c[None, :]
+    pa = A + c
+    po = OUT + offs
+    for i in tl.static_range(M):
+        h = tl.load(ph, mask=(t < NTOK)[:, None], other=0.0)
+        # w2 rounded to h's dtype (as autocast does), then both exactly in fp32: 16-bit values are exact in tf32
+        w2 = tl.load(pw, mask=cmask[None, :], other=0.0).to(h.dtype).to(tl.float32)
+        coef = tl.dot(h.to(tl.float32), w2, input_precision=PREC) + tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(po, (x + xx * coef).to(OUT.dtype.element_ty), mask=mask)
+        ph += R
+        pw += R * C
+        pa += C
+        po += plane
+
+
+def _lora_m(h, w2):
+    """m[i] = h[:, i*R:(i+1)*R] @ w2[i] -> (M, tokens, C) in h's dtype (the materialised LoRA output)."""
+    nmix, rank, c = w2.shape
+    return torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2.to(h.dtype))
+
+
+def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
+    nmix, rank, _ = w2.shape
+    args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
+    meta["BT"] = max(meta["BT"], 16)
+    meta["BC"] = max(meta["BC"], 16)
+    grid = (cdiv(args[0], meta["BT"]), cdiv(x.shape[-1], meta["BC"]))
+    out = new_empty((nmix,) + tuple(x.shape), out_dtype, x.device)
+    prec = "ieee" if h.dtype == torch.float32 else "tf32"
+    _tsm_lora_fwd_kernel[grid](x, a, h, w2, out, *args, R=rank, PREC=prec, num_warps=CONFIG["warps"], **meta)
+    return out
+
+
+def _tsm_lora_bwd(x, H, W, head_size, a, h, w2, gout):
+    nmix, rank, c = w2.shape
+    m = _lora_m(h, w2)  # recomputed (M, tokens, C)
+    gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m.view((nmix,) + tuple(x.shape)), gout)
+    gm = gm.view(nmix, -1, c)
+    gh = torch.bmm(gm, w2.to(gm.dtype).transpose(1, 2)).transpose(0, 1).reshape(h.shape).to(h.dtype)
+    gw2 = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1).transpose(1, 2).float(), gm.float()).to(w2.dtype)
+    return gx, ga, gh, gw2
+
+
+@torch.library.custom_op("vision_rwkv::token_shift_mix_lora", mutates_args=())
+def _tsm_lora_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, h: torch.Tensor,
+                 w2: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    return _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype)
+
+
+@_tsm_lora_op.register_fake
+def _(x, H, W, head_size, a, h, w2, out_dtype):
+    return x.new_empty((w2.shape[0],) + tuple(x.shape), dtype=out_dtype)
+
+
+@torch.library.custom_op("vision_rwkv::token_shift_mix_lora_bwd", mutates_args=())
+def _tsm_lora_bwd_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, h: torch.Tensor,
+                     w2: torch.Tensor, gout: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _tsm_lora_bwd(x, H, W, head_size, a, h, w2, gout)
+
+
+@_tsm_lora_bwd_op.register_fake
+def _(x, H, W, head_size, a, h, w2, gout):
+    return x.new_empty(x.shape), a.new_empty(a.shape), h.new_empty(h.shape), w2.new_empty(w2.shape)
+
+
+def _tsm_lora_setup(ctx, inputs, output):
+    x, H, W, head_size, a, h, w2, _ = inputs
+    ctx.meta = (H, W, head_size)
+    ctx.save_for_backward(x, a, h, w2)
+
+
+def _tsm_lora_backward(ctx, gout):
+    x, a, h, w2 = ctx.saved_tensors
+    gx, ga, gh, gw2 = _tsm_lora_bwd_op(x, *ctx.meta, a, h, w2, gout)
+    return gx, None, None, None, ga, gh, gw2, None
+
+
+torch.library.register_autograd("vision_rwkv::token_shift_mix_lora", _tsm_lora_backward,
+                                setup_context=_tsm_lora_setup)
+
+
+class _TokenShiftMixLora(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, H, W, head_size, a, h, w2, out_dtype):
+        ctx.meta = (H, W, head_size)
+        ctx.save_for_backward(x, a, h, w2)
+        return _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype)
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, a, h, w2 = ctx.saved_tensors
+        gx, ga, gh, gw2 = _tsm_lora_bwd(x, *ctx.meta, a, h, w2, gout)
+        return gx, None, None, None, ga, gh, gw2, None
+
+
+def token_shift_mix_lora_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor, h: torch.Tensor,
+                                w2: torch.Tensor, head_size: Optional[int] = None,
+                                out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``token_shift_mix`` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` computed in the kernel (never stored):
+    the RWKV-6 ddlerp with its LoRA. h (B, N, M*R) (e.g. tanh(xxx @ W1)), w2 (M, R, C), R a power of two >= 16."""
+    args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(),
+            h.contiguous(), w2.contiguous(), out_dtype or x.dtype)
+    return _tsm_lora_op(*args) if torch.compiler.is_compiling() else _TokenShiftMixLora.apply(*args)
