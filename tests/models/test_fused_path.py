@@ -2,7 +2,8 @@
 
 * CPU: a subprocess runs tiny models under ``TRITON_INTERPRET=1`` twice - plain path (``VRWKV_BACKEND=reference``)
   vs fused path (``VRWKV_BACKEND=triton``: fused elementwise kernels + Triton WKV kernels, NaN-poisoned) - and
-  compares logits and every parameter gradient (v4 pre-norm, v4 post-norm with key norm and layer scale, v6
+  compares logits and every parameter gradient (v4 pre-norm - the fused chain where each residual add carries the
+  next LayerNorm -, v4 post-norm with key norm and layer scale, v6
   post-norm, v6 with a head size that is not a power of two; non-square grids from padded images; the fused path
   traced by ``torch.compile(fullgraph=True)`` as the model's first call).
 * CPU: ``torch.compile(model, fullgraph=True)`` traces both families (reference path) without a graph break.
@@ -28,7 +29,7 @@ CASES = [
     ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 2}],
     ["vrwkv_large_patch16_384", {"embed_dim": 12, "depth": 1, "head_hidden_size": 8, "pos_embed_grid": 2}],
     ["vrwkv6_small_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16}],
-    ["vrwkv6_tiny_patch16_224", {"embed_dim": 24, "depth": 1, "head_size": 12}],
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 24, "depth": 2, "head_size": 12}],
     ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 1, "compile": True}],
 ]
 

@@ -18,6 +18,8 @@ from torch.utils.checkpoint import checkpoint
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
 
+from vision_rwkv.ops import fused
+
 from ._layers import Block, GridSize, PatchEmbed, check_image_batch, resample_pos_embed
 
 __all__ = ['VisionRWKVBase']
@@ -184,9 +186,30 @@ class VisionRWKVBase(nn.Module):
             return checkpoint(block, x, grid, use_reentrant=False)
         return block(x, grid)
 
+    def _chain_fusable(self, x: torch.Tensor) -> bool:
+        """Whether the fused pre-norm chain applies: fused kernels on, pre-norm LayerNorm blocks, no checkpointing."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return False
+        if not fused.fused_enabled(x):
+            return False
+        return all(not b.post_norm and b._fusable() for b in self.blocks)
+
+    def _forward_chain(self, x: torch.Tensor, grid: GridSize) -> torch.Tensor:
+        """Pre-norm blocks with every residual add fused with the LayerNorm that follows it (the next block's
+        ``norm1`` included), the normalised activations written once in the compute dtype."""
+        blocks = self.blocks
+        x = blocks[0].norm0(x)
+        h = blocks[0].norm1(x)
+        for i, block in enumerate(blocks):
+            next_norm = blocks[i + 1].norm1 if i + 1 < len(blocks) else None
+            x, h = block.forward_chain(x, h, grid, next_norm)
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch (B, in_chans, H, W) -> final-norm tokens (B, N, C), N = ceil(H/p) * ceil(W/p)."""
         x, grid = self._embed(x)
+        if self._chain_fusable(x):
+            return self.norm(self._forward_chain(x, grid))
         for block in self.blocks:
             x = self._run_block(block, x, grid)
         return self.norm(x)

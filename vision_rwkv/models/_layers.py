@@ -229,3 +229,19 @@ class Block(nn.Module):
         x, h = fused.add_norm(x, self.spatial_mix(n1(x), grid_size), g1, n2.weight, n2.bias, n2.eps, post=False,
                               out_dtype=fused.compute_dtype(x))
         return x + self.ls2(self.channel_mix(h, grid_size))
+
+    def forward_chain(self, x: torch.Tensor, h: torch.Tensor, grid_size: GridSize,
+                      next_norm: Optional[nn.LayerNorm]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Fused pre-norm block inside a chain (see ``VisionRWKVBase.forward_features``): takes the residual ``x``
+        and ``h = norm1(x)``, returns the new residual and ``next_norm`` of it (the next block's ``norm1``, fused
+        into this block's last residual add; None for the last block). Needs ``_fusable()`` and pre-norm."""
+        g1 = self.ls1.gamma if isinstance(self.ls1, LayerScale) else None
+        g2 = self.ls2.gamma if isinstance(self.ls2, LayerScale) else None
+        n2 = self.norm2
+        dtype = fused.compute_dtype(x)
+        x, h = fused.add_norm(x, self.spatial_mix(h, grid_size), g1, n2.weight, n2.bias, n2.eps, post=False,
+                              out_dtype=dtype)
+        y = self.channel_mix(h, grid_size)
+        if next_norm is None:
+            return x + self.ls2(y), None
+        return fused.add_norm(x, y, g2, next_norm.weight, next_norm.bias, next_norm.eps, post=False, out_dtype=dtype)
