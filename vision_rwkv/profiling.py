@@ -65,6 +65,10 @@ def classify(chain: List[str], kernel: str = "") -> str:
         if name.startswith("aten::") and name not in ("aten::empty", "aten::empty_strided", "aten::view"):
             break  # the innermost real aten op decides
     low = kernel.lower()
+    if "_tsm" in low:
+        return "shift+lerp"
+    if "_add_norm" in low or "_gn_mul" in low:
+        return "norms"
     if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "cublas", "sm90_", "conv")):
         return "GEMMs"
     if any(s in low for s in ("flash", "fmha", "attention", "attn")):
@@ -79,8 +83,9 @@ def classify(chain: List[str], kernel: str = "") -> str:
 @contextlib.contextmanager
 def label_model_calls() -> Iterator[None]:
     """While active, the models' ``q_shift`` / ``lerp_mix`` calls run inside ``vrwkv::shift+lerp`` and their
-    ``bi_wkv`` / ``bi_wkv6`` calls inside ``vrwkv::WKV`` profiler ranges (module attributes patched, then
-    restored)."""
+    ``bi_wkv`` / ``bi_wkv6`` calls inside ``vrwkv::WKV`` profiler ranges, and the fused ops inside the range of
+    their group (shift+lerp; norms for the residual+LayerNorm and GroupNorm*gate kernels; elementwise/other for
+    the gates) - module attributes patched, then restored."""
     from vision_rwkv.models import _layers, vrwkv, vrwkv6
 
     def wrap(fn: Callable, group: str) -> Callable:
@@ -89,9 +94,15 @@ def label_model_calls() -> Iterator[None]:
                 return fn(*args, **kwargs)
         return labelled
 
+    from vision_rwkv.ops import fused
+
     patches = [(mod, name, group) for mod in (_layers, vrwkv, vrwkv6)
                for name, group in (("q_shift", "shift+lerp"), ("lerp_mix", "shift+lerp"), ("bi_wkv", "WKV"),
                                    ("bi_wkv6", "WKV")) if hasattr(mod, name)]
+    patches += [(fused, name, group) for name, group in (
+        ("shift_lerp", "shift+lerp"), ("token_shift_mix", "shift+lerp"), ("token_shift_mix_lora", "shift+lerp"),
+        ("add_norm", "norms"), ("group_norm_mul", "norms"), ("sigmoid_mul", "elementwise/other"),
+        ("relu_square", "elementwise/other"), ("decay_logd", "elementwise/other"))]
     saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
     try:
         for mod, name, group in patches:

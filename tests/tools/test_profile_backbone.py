@@ -27,13 +27,18 @@ def test_classify_groups():
     assert c(["aten::sigmoid"], "vectorized_elementwise_kernel") == "elementwise/other"
     assert c([], "sm90_xmma_gemm_bf16") == "GEMMs"
     assert c([], "Memcpy DtoD") == "casts/copies"
+    assert c(["cuLaunchKernelEx"], "_tsm_lora_fwd_kernel") == "shift+lerp"
+    assert c(["cuLaunchKernelEx"], "_add_norm_fwd_kernel") == "norms"
 
 
 def test_label_model_calls_restores_functions():
-    before = (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6)
+    from vision_rwkv.ops import fused
+
+    before = (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6, fused.add_norm)
     with profiling.label_model_calls():
         assert _layers.q_shift is not before[0] and vrwkv.bi_wkv is not before[2]
-    assert (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6) == before
+        assert fused.add_norm is not before[4]
+    assert (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6, fused.add_norm) == before
 
 
 def test_profile_cpu_groups_partition_time():
