@@ -72,17 +72,40 @@ def build_transforms(cfg: DictConfig) -> tuple[Any, Any]:
     train = create_transform(size, is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
                              vflip=a.vflip, color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
                              re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count, **common)
+    _fix_posterize(train)
     eval_size = int(cfg.eval.input_size or size)
     evaluation = create_transform(eval_size, is_training=False, crop_pct=a.crop_pct, crop_mode=a.crop_mode,
                                   **common)
     return train, evaluation
 
 
+def _posterize_zero_safe(img, bits_to_keep, **_):
+    """timm's posterize, but 0 bits gives a black image as Pillow < 13 did (Pillow 13 raises ValueError, which
+    timm's "inc" RandAugment reaches whenever the sampled magnitude is clipped to 10)."""
+    from PIL import Image, ImageOps
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_posterize(transform: Any) -> None:
+    from timm.data import auto_augment
+    for t in getattr(transform, "transforms", [transform]):
+        if isinstance(t, (auto_augment.RandAugment, auto_augment.AutoAugment)):
+            ops = t.ops if isinstance(t, auto_augment.RandAugment) else [op for sub in t.policy for op in sub]
+            for op in ops:
+                if op.aug_fn is auto_augment.posterize:
+                    op.aug_fn = _posterize_zero_safe
+
+
 def _shapes(cfg: DictConfig, split: str, transform: Any) -> Dataset:
     from ..data.shapes import ShapesClassification
     s = cfg.data.shapes
     length = s.train_length if split == "train" else s.val_length
-    return ShapesClassification(split, length=length, seed=s.seed, image_size=s.image_size, transform=transform)
+    return ShapesClassification(split, length=length, seed=s.seed, image_size=s.image_size, transform=transform,
+                                cache=s.cache)
 
 
 def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str] | None = None) -> Dataset:
@@ -280,9 +303,11 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     on the validation split (and ``ema_*``), ``train_loss``, ``train_time_s``, ``best``, ``run_dir``,
     ``checkpoint`` (path of the last checkpoint)."""
     info = init_distributed(cfg.device)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(cfg, info)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         cleanup_distributed()
 
 

@@ -1,0 +1,97 @@
+"""ImageFolder / CSV datasets: RGB conversion, unreadable images skipped and counted, clear errors."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from vision_rwkv.data.folder import CsvImageDataset, ImageFolderDataset, load_rgb
+from vision_rwkv.engine import EpochLoader
+
+
+def _save(path, mode):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    if mode == "RGB":
+        Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).save(path)
+    elif mode == "L":
+        Image.fromarray(rng.integers(0, 255, (9, 7), dtype=np.uint8)).save(path)
+    elif mode == "RGBA":
+        a = rng.integers(0, 255, (9, 7, 4), dtype=np.uint8)
+        a[..., 3] = 0  # fully transparent -> composited onto black
+        Image.fromarray(a, "RGBA").save(path)
+    elif mode == "P":
+        Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("P").save(path)
+    elif mode == "I;16":
+        Image.fromarray(rng.integers(0, 65535, (9, 7), dtype=np.uint16)).save(path)
+    elif mode == "corrupt":
+        path.write_bytes(b"\xff\xd8\xff garbage, not a jpeg")
+    elif mode == "truncated":
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "train"
+    for i, mode in enumerate(["RGB", "L", "RGBA", "P", "I;16"]):
+        _save(root / "cat" / f"{i}.png", mode)
+    _save(root / "dog" / "a.png", "RGB")
+    _save(root / "dog" / "sub" / "b.png", "L")
+    _save(root / "dog" / "broken.jpg", "corrupt")
+    _save(root / "dog" / "cut.png", "truncated")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_rgb_and_skips(tree):
+    ds = ImageFolderDataset(tree)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 9
+    for i in range(len(ds)):
+        path, label = ds.samples[i]
+        if path.endswith(("broken.jpg", "cut.png")):
+            with pytest.warns(UserWarning, match="unreadable"):
+                assert ds[i] is None
+        else:
+            img, y = ds[i]
+            assert img.mode == "RGB" and img.size == (7, 9) and y == label
+    assert ds.num_failed == 2
+    rgba = load_rgb(tree / "cat" / "2.png")
+    assert np.asarray(rgba).max() == 0  # transparent pixels composited onto black
+    loader = EpochLoader(ImageFolderDataset(tree, transform=lambda im: np.asarray(im).mean()), 3, shuffle=False,
+                         drop_last=False)
+    with pytest.warns(UserWarning):
+        n = sum(len(b[1]) for _, b in loader.iter_epoch(0))
+    assert n == 7 and loader.num_skipped == 2
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ImageFolderDataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        ImageFolderDataset(tmp_path / "empty")
+    (tmp_path / "noimg" / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images"):
+        ImageFolderDataset(tmp_path / "noimg")
+    (tmp_path / "x" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="b"):
+        ImageFolderDataset(tmp_path / "x", classes=["a", "b"])
+
+
+def test_csv_dataset(tree, tmp_path):
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path,label\ntrain/cat/0.png,cat\n{tree}/dog/a.png,dog\ntrain/dog/missing.png,dog\n")
+    ds = CsvImageDataset(csv)
+    assert ds.classes == ["cat", "dog"] and len(ds) == 3
+    assert ds[0][1] == 0 and ds[1][1] == 1
+    with pytest.warns(UserWarning, match="missing.png"):
+        assert ds[2] is None
+    csv2 = tmp_path / "ints.csv"
+    csv2.write_text("file,y\ntrain/cat/1.png,2\n")
+    ds2 = CsvImageDataset(csv2, path_col="file", label_col="y")
+    assert ds2.classes == ["0", "1", "2"] and ds2[0][1] == 2 and ds2[0][0].mode == "RGB"
+    with pytest.raises(ValueError, match="no column 'path'"):
+        CsvImageDataset(csv2)
+    with pytest.raises(FileNotFoundError, match="CSV file not found"):
+        CsvImageDataset(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="not in classes"):
+        CsvImageDataset(csv, classes=["cat"])

@@ -1,0 +1,98 @@
+"""Classification library: layer-decay parameter groups vs hand-computed scales, overfitting a tiny VRWKV,
+kill + resume with the full augmentation stack (RandAugment, random erasing, mixup/cutmix, drop path, EMA)."""
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import vision_rwkv  # noqa: F401
+from vision_rwkv.engine import load_checkpoint, load_config
+from vision_rwkv.engine.classification import build_optimizer, build_scheduler, train_classifier
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "classification" / "demo_shapes.yaml"
+TINY = ["model.kwargs.img_size=16", "model.kwargs.patch_size=4", "model.kwargs.embed_dim=32", "model.kwargs.depth=2",
+        "data.input_size=16", "data.shapes.image_size=16", "train.show_progress=false", "train.plot=false",
+        "train.tensorboard=false"]
+
+
+def test_layer_decay_groups_follow_group_matcher(tmp_path):
+    cfg = load_config(DEMO, ["optim.layer_decay=0.5", "optim.lr=1.0", "optim.weight_decay=0.1",
+                             "sched.warmup_epochs=0", "train.epochs=2"])
+    model = timm.create_model("vrwkv_tiny_patch16_224", num_classes=8, img_size=16, patch_size=4, embed_dim=32,
+                              depth=3)
+    opt = build_optimizer(cfg, model, lr=1.0)
+    # hand-computed from group_matcher: stem (pos_embed, patch_embed) = layer 0, blocks.i = layer i+1, the final
+    # norm joins the last block (timm's MATCH_PREV_GROUP), the head is the top layer 4; scale = 0.5^(4 - layer)
+    def expected_scale(name: str) -> float:
+        if name.startswith(("pos_embed", "patch_embed")):
+            return 0.5 ** 4
+        if name.startswith("blocks."):
+            return 0.5 ** (3 - int(name.split(".")[1]))
+        if name.startswith("norm."):
+            return 0.5 ** 1
+        assert name.startswith("head."), name
+        return 1.0
+
+    no_wd = set(model.no_weight_decay())
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    names = dict(model.named_parameters())
+    assert len(group_of) == len(names)
+    for name, p in names.items():
+        g = group_of[id(p)]
+        assert g["lr_scale"] == pytest.approx(expected_scale(name)), name
+        wd = 0.0 if (p.ndim <= 1 or name in no_wd or name.endswith(".bias")) else 0.1
+        assert g["weight_decay"] == wd, name
+    # the scheduler applies the scale: lr of each group = schedule value x its scale
+    sched = build_scheduler(cfg, opt, steps_per_epoch=5)
+    sched.step_update(num_updates=3)
+    peak = max(g["lr"] / g["lr_scale"] for g in opt.param_groups)
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(peak * g["lr_scale"])
+    assert 0.01 < peak < 1.0  # inside the cosine: below the peak lr 1.0, above the floor 0.05
+
+
+def test_tiny_vrwkv_overfits_64_images(tmp_path):
+    cfg = load_config(DEMO, TINY + [
+        f"run_dir={tmp_path}", "data.shapes.train_length=64", "data.shapes.val_length=64", "data.shapes.val_split=train",
+        "aug.hflip=0.0", "aug.vflip=0.0", "train.batch_size=16", "train.epochs=25", "optim.lr=1e-2",
+        "optim.weight_decay=0.0", "sched.warmup_epochs=1", "train.eval_every_epochs=25",
+        "train.ckpt_every_epochs=25", "model.kwargs.embed_dim=48"])
+    result = train_classifier(cfg)
+    assert result["top1"] == 100.0, result  # evaluated on the 64 training images (no augmentation)
+    assert result["train_loss"] < 0.3 and result["loss"] < 0.3
+
+
+def test_kill_and_resume_gives_same_weights_with_full_augmentation(tmp_path):
+    common = TINY + ["data.shapes.train_length=48", "data.shapes.val_length=16", "train.batch_size=8",
+                     "train.epochs=2", "aug.auto_augment=rand-m9-n2-mstd0.5-inc1", "aug.re_prob=0.25",
+                     "aug.mixup=0.8", "aug.cutmix=1.0", "aug.label_smoothing=0.1", "model.drop_path_rate=0.1",
+                     "ema.enabled=true", "ema.decay=0.9", "train.ckpt_every_steps=4", "deterministic=true"]
+    full = train_classifier(load_config(DEMO, common + [f"run_dir={tmp_path / 'full'}"]))
+    assert full["step"] == 12
+    stopped = train_classifier(load_config(DEMO, common + [f"run_dir={tmp_path / 'b'}", "train.stop_after_steps=10"]))
+    assert stopped.get("stopped")
+    resumed = train_classifier(load_config(DEMO, common + [f"run_dir={tmp_path / 'b'}", "resume=latest"]))
+    assert resumed["step"] == 12
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "ckpt_00000012.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "ckpt_00000012.pt")
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    assert full["top1"] == resumed["top1"] and full["ema_top1"] == resumed["ema_top1"]
+
+
+def test_randaugment_posterize_zero_bits_does_not_crash():
+    # timm's "inc" RandAugment asks Pillow for 0-bit posterize at magnitude 10; Pillow >= 13 raises on it
+    import numpy as np
+    from PIL import Image
+    from timm.data import auto_augment
+
+    from vision_rwkv.engine.classification import build_transforms
+    cfg = load_config(DEMO, ["aug.auto_augment=rand-m10-n2-mstd0-inc1"])
+    train_tf, _ = build_transforms(cfg)
+    ra = next(t for t in train_tf.transforms if isinstance(t, auto_augment.RandAugment))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    op.prob = 1.0
+    img = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    assert np.asarray(op(img)).max() == 0  # 0 bits kept -> black, as Pillow < 13 did
