@@ -19,21 +19,12 @@ import torch
 
 V4_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192)]
 V6_SHAPES = [(64, 196, 3, 64), (64, 196, 12, 64), (16, 1024, 6, 64), (4, 4096, 6, 64)]
-V4_CONFIGS = {
-    "c1_default": {},
-    "c2_single256": {"single_max_t": 256},
-    "c3_tile1k_single256": {"single_max_t": 256, "max_tile": 1024, "block_c": 16},
-    "c4_chunk128_bc16": {"single_max_t": 256, "chunk_t": 128, "block_c": 16},
-    "c5_w8_tile4k": {"single_max_t": 256, "warps": 8, "max_tile": 4096},
-    "c6_chunk32": {"single_max_t": 32, "chunk_t": 32},
+V4_CONFIGS = {  # round 3 (round 2 picked chunk_t=32, block_c=32 as the vectorized default)
+    "d_default": {},
+    "s1_scalar_w1_t16": {"scalar": 1, "warps": 1, "chunk_t": 16, "single_max_t": 16},
+    "s2_scalar_w2_t16": {"scalar": 1, "warps": 2, "chunk_t": 16, "single_max_t": 16},
 }
-V6_CONFIGS = {
-    "v1_default": {},
-    "v2_w8_tf32x3": {"warps": 8, "fp32_precision": "tf32x3"},
-    "v3_w8_tf32x3_s2": {"warps": 8, "fp32_precision": "tf32x3", "stages": 2},
-    "v4_w4_tf32x3_s2": {"warps": 4, "fp32_precision": "tf32x3", "stages": 2},
-    "v5_w8_tf32x3_bj8_s2": {"warps": 8, "fp32_precision": "tf32x3", "block_j": 8, "stages": 2},
-}
+V6_CONFIGS = {"v_default": {}}  # round 2 picked warps=4, tf32x3, stages=2
 
 
 def _med_ms(fn, iters=20, warmup=3):
@@ -151,9 +142,11 @@ def warm(op, cfg, dtypes=("fp32", "bf16")):
     torch.cuda.synchronize()
 
 
-def time_all(out, deadline):
+def time_all(out, deadline, ops=("v4", "v6")):
     rows = []
     for op, cfgs, shapes in (("v4", V4_CONFIGS, V4_SHAPES), ("v6", V6_CONFIGS, V6_SHAPES)):
+        if op not in ops:
+            continue
         for name, cfg in cfgs.items():
             _set(op, cfg)
             for dn in ("fp32", "bf16"):
@@ -241,7 +234,8 @@ if __name__ == "__main__":
     if what == "warm":
         warm(sys.argv[2], json.loads(sys.argv[3]))
     elif what == "time":
-        time_all(sys.argv[2], time.time() + float(sys.argv[3]) if len(sys.argv) > 3 else 1e18)
+        time_all(sys.argv[2], time.time() + float(sys.argv[3]) if len(sys.argv) > 3 else 1e18,
+                 tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else ("v4", "v6"))
     elif what == "profile":
         profile()
     elif what == "overhead":

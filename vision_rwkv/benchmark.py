@@ -7,7 +7,9 @@
   inference at several resolutions and a training step, fp32 and bf16 autocast, with ratios to DeiT measured in the
   same run and to the original numbers of ``benchmarks/anchors/backbones.json``.
 
-GPU timings: CUDA events around each call, median of ``iters`` after ``warmup`` calls (TF32 off, like the anchors).
+GPU timings: CUDA events around each call, median of ``iters`` after ``warmup`` calls (TF32 off, like the anchors);
+ops also get ``graph_ms``, the same call captured in a CUDA graph and replayed (GPU time without Python and kernel
+launch overhead, which is large for Triton launches on small problems).
 CPU timings: wall clock (perf_counter), median. Every function returns a list of plain dicts (JSON-ready).
 """
 from __future__ import annotations
@@ -77,6 +79,21 @@ def time_fn(fn: Callable[[], object], device: torch.device, iters: int = 20, war
     return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "iters": iters}
 
 
+def time_graph(fn: Callable[[], object], iters: int = 20) -> float:
+    """Median ms of replaying ``fn`` captured in a CUDA graph (GPU time without Python / launch overhead)."""
+    fn()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_fn(graph.replay, torch.device("cuda"), iters, 2)["ms"]
+
+
 # ----------------------------------------------------------------------------------------------------------- ops
 def _op_inputs(op: str, shape, dtype, device, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -138,8 +155,7 @@ def _op_callable(op: str, mode: str, backend: str, ins: list, grad: bool, wkv_mo
     gy = torch.randn_like(f(*leaves).detach())
 
     def run():
-        y = f(*leaves)
-        y.backward(gy)
+        torch.autograd.grad(f(*leaves), leaves, gy)
     return run
 
 
@@ -175,16 +191,24 @@ def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), sh
                                 row.update(time_fn(fn, dev, iters, warmup))
                                 if dev.type == "cuda":
                                     row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+                                    try:
+                                        row["graph_ms"] = time_graph(fn, iters)
+                                    except Exception as e:  # capture can fail for non-capturable backends
+                                        row["graph_error"] = f"{type(e).__name__}: {e}"[:200]
                                 row["bytes"] = nbytes
                                 row["GBps"] = nbytes / (row["ms"] * 1e-3) / 1e9
                                 row["floor_ms"] = nbytes / DRAM_BPS * 1e3
                                 row["pct_floor"] = 100.0 * row["floor_ms"] / row["ms"]
+                                if "graph_ms" in row:
+                                    row["graph_pct_floor"] = 100.0 * row["floor_ms"] / row["graph_ms"]
                                 if wkv_mode != "original":
                                     ams, aimpl = _best_anchor(kern, op, shape, mode)
                                     if ams is not None:
                                         row["anchor_ms"] = ams
                                         row["anchor_impl"] = aimpl
                                         row["speedup_vs_original"] = ams / row["ms"]
+                                        if "graph_ms" in row:
+                                            row["graph_speedup_vs_original"] = ams / row["graph_ms"]
                             except Exception as e:  # keep going: a failing row is reported, not fatal
                                 row["error"] = f"{type(e).__name__}: {e}"[:300]
                             finally:
@@ -331,7 +355,8 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 OPS_COLUMNS = [("op", "op", ""), ("mode", "wkv_mode", ""), ("backend", "backend", ""), ("dtype", "dtype", ""),
                ("B,T,C", "shape", ""), ("pass", "mode", ""), ("ms", "ms", ".4f"), ("GB/s", "GBps", ".0f"),
                ("% floor", "pct_floor", ".1f"), ("original ms", "anchor_ms", ".4f"),
-               ("x original", "speedup_vs_original", ".2f")]
+               ("x original", "speedup_vs_original", ".2f"), ("graph ms", "graph_ms", ".4f"),
+               ("graph % floor", "graph_pct_floor", ".1f"), ("graph x original", "graph_speedup_vs_original", ".2f")]
 BACKBONE_COLUMNS = [("model", "model", ""), ("res", "res", ""), ("batch", "batch", ""), ("dtype", "dtype", ""),
                     ("train", "train", ""), ("img/s", "img_per_s", ".1f"), ("peak GiB", "peak_mem_GiB", ".2f"),
                     ("DeiT img/s", "deit_img_per_s", ".1f"), ("x DeiT", "ratio_vs_deit", ".2f"),

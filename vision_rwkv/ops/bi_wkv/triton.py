@@ -26,8 +26,7 @@ and gw uses the adjoint identity d/dgate sum_t c_t S_t = sum_tau S_tau * (transp
 """
 from __future__ import annotations
 
-import math
-import os
+import inspect
 
 import torch
 import triton
@@ -40,9 +39,12 @@ __all__ = ["bi_wkv_triton", "CONFIG"]
 # Launch configuration (the benchmark may override entries). single_max_t: the longest T handled by one chunk
 # (pass 3 alone); chunk_t: kernel chunk length otherwise; block_c: channels per program; carry_ncb: chunks per scan
 # block in pass 2.
-# max_tile: the most elements (BT * BC) of one program's tile. $VRWKV_TRITON_V4="key=value,..." overrides.
-CONFIG = config_from_env(dict(single_max_t=64, chunk_t=64, block_c=32, warps=4, carry_ncb=32, carry_block_c=32,
-                              max_tile=2048), "VRWKV_TRITON_V4")
+# max_tile: the most elements (BT * BC) of one program's tile. scalar=1: kernels compiled without pointer-alignment
+# specialization (scalar, still coalesced loads), so each thread owns one channel and the whole chunk of tokens and
+# the scans run sequentially in registers; the channel block is then 32 * warps. $VRWKV_TRITON_V4="key=value,..."
+# overrides.
+CONFIG = config_from_env(dict(single_max_t=32, chunk_t=32, block_c=32, warps=4, carry_ncb=32, carry_block_c=32,
+                              max_tile=2048, scalar=0), "VRWKV_TRITON_V4")
 
 
 # ------------------------------------------------------------------------------------------------- jit helpers
@@ -170,7 +172,6 @@ def _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR: tl.constexpr, ORIG
 
 
 # ------------------------------------------------------------------------------------------------- forward
-@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
                         NSUM: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """Pass 1: per chunk, the max of k and the decayed sums of x = e^{k - max} (and x v) seen from its two ends."""
@@ -256,7 +257,6 @@ def _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, s_i
         carry_d = tl.sum(tl.where(pick, sd, 0.0), axis=0)
 
 
-@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NCAR: tl.constexpr,
                   RESCALE: tl.constexpr, ORIG: tl.constexpr, LOCAL_REV: tl.constexpr, BT: tl.constexpr,
                   NCB: tl.constexpr, BC: tl.constexpr):
@@ -295,7 +295,6 @@ def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NC
                              NSUM, NCAR, BT, NCB)
 
 
-@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
                 NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """Pass 3 (or the whole forward when SINGLE): y for one chunk."""
@@ -370,7 +369,6 @@ def _bwd_pq(kb, vb, gb, skt, skc, svt, svc, sgt, sgc, s, n, r, cols, cmask, m, l
     return x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, p, qq
 
 
-@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB,
                         NC, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr,
                         BC: tl.constexpr):
@@ -404,7 +402,6 @@ def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, s
         tl.store(SUMM + base + 5 * C + cols, tl.sum(fg * qq, axis=0), mask=cmask)
 
 
-@triton.jit(do_not_specialize=["T", "C", "S", "NSUB", "NC"])
 def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
                 T, C, S, NSUB, NC, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr,
                 BC: tl.constexpr):
@@ -508,6 +505,25 @@ def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, s
     tl.store(GUP + poff, tl.sum(gu_e, axis=0), mask=cmask)
 
 
+_SIZES = ["T", "C", "S", "NSUB", "NC"]
+_PTRS = {"K", "V", "W", "U", "Y", "M", "CAR", "SUMM", "MJ", "GY", "BCAR", "GK", "GV", "GWP", "GUP"}
+
+
+def _variants(fn):
+    ptrs = [p for p in inspect.signature(fn).parameters if p in _PTRS]
+    return (triton.jit(fn, do_not_specialize=_SIZES),
+            triton.jit(fn, do_not_specialize=_SIZES, do_not_specialize_on_alignment=ptrs))
+
+
+_KERNELS = {name: _variants(fn) for name, fn in (
+    ("fwd_summary", _fwd_summary_kernel), ("carry", _carry_kernel), ("fwd", _fwd_kernel),
+    ("bwd_summary", _bwd_summary_kernel), ("bwd", _bwd_kernel))}
+
+
+def _k(name):
+    return _KERNELS[name][1 if CONFIG["scalar"] else 0]
+
+
 # ------------------------------------------------------------------------------------------------- host side
 def _plan(T: int, mode: str, chunks: int):
     """Chunk geometry: (S, BT, NSUB, NC, single)."""
@@ -527,6 +543,8 @@ def _plan(T: int, mode: str, chunks: int):
 
 
 def _block_c(BT: int, C: int) -> int:
+    if CONFIG["scalar"]:
+        return 32 * CONFIG["warps"]
     bc = CONFIG["block_c"]
     while bc > 4 and BT * bc > CONFIG["max_tile"]:
         bc //= 2
@@ -555,13 +573,13 @@ def _fwd(w, u, k, v, mode: str, chunks: int):
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         mj = new_empty((B, NC, C), torch.float32, dev)
-        _fwd_summary_kernel[grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
+        _k("fwd_summary")[grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
                                   NSUM=nsum, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
-        cbc = min(CONFIG["carry_block_c"], next_pow2(C))
-        _carry_kernel[(B, triton.cdiv(C, cbc))](summ, mj, w32, car, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
+        cbc = 32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C))
+        _k("carry")[(B, triton.cdiv(C, cbc))](summ, mj, w32, car, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
                                                 RESCALE=True, ORIG=orig, LOCAL_REV=False, BT=BT,
                                                 NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=cbc, num_warps=nw)
-    _fwd_kernel[grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
+    _k("fwd")[grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
                       NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
     return y, m, car
 
@@ -585,15 +603,15 @@ def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
-        _bwd_summary_kernel[grid](k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(),
+        _k("bwd_summary")[grid](k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(),
                                   T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
-        cbc = min(CONFIG["carry_block_c"], next_pow2(C))
-        _carry_kernel[(B, triton.cdiv(C, cbc))](summ, summ, w32, bcar, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
+        cbc = 32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C))
+        _k("carry")[(B, triton.cdiv(C, cbc))](summ, summ, w32, bcar, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
                                                 RESCALE=False, ORIG=orig, LOCAL_REV=True, BT=BT,
                                                 NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=cbc, num_warps=nw)
     else:
         bcar = car
-    _bwd_kernel[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(),
+    _k("bwd")[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(),
                       T, C, S, NSUB, NC, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
     gw = gwp.sum(0).to(w.dtype)
     gu = gup.sum(0).to(u.dtype)
