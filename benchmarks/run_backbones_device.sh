@@ -13,15 +13,16 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,nohe
 python -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
 left() { echo $(( LIMIT - SECONDS )); }
 if [ "${1:-all}" = "all" ]; then
-  timeout 150 python -m pytest -q -x -p no:cacheprovider tests/ops/test_fused_triton.py tests/models/test_fused_path.py \
-    -k "cuda and not compile_fullgraph" 2>&1 | tail -25 | tee "$OUT/tests.log"
+  timeout 130 python -m pytest -q -p no:cacheprovider tests/ops/test_fused_triton.py tests/models/test_fused_path.py \
+    -k "cuda and not compile_fullgraph" -rf 2>&1 | tail -25 | tee "$OUT/tests.log"
   echo "tests done at ${SECONDS}s"
-  timeout 80 python tools/profile_backbone.py --models VRWKV-T VRWKV6-T VRWKV-S DeiT-T --img-size 1024 \
-    --batch 8 --json "$OUT/h100_profile.json" --md "$OUT/h100_profile.md" 2>&1 | grep "^|"
+  timeout 70 python tools/profile_backbone.py --models VRWKV-T VRWKV6-T DeiT-T --img-size 1024 \
+    --batch 16 --json "$OUT/h100_profile.json" --md "$OUT/h100_profile.md" 2>&1 | grep "^|"
   echo "profile done at ${SECONDS}s"
   timeout $(( $(left) - 5 )) python tools/benchmark_backbones.py --out "$OUT/h100_backbones.json" \
     --md "$OUT/h100_backbones.md" --res 224 512 1024 --dtypes bf16 fp32 --modes eager compile --train \
-    --compile-res 1024 --deadline $(( $(left) - 70 )) 2>&1 | grep -v '^{' | grep -v "deadline |" | tail -100
+    --compile-res 1024 --compile-first VRWKV-T --deadline $(( $(left) - 60 )) 2>&1 | grep -v '^{' \
+    | grep -v "deadline |" | tail -110
 else
   timeout 200 python -m pytest -q -p no:cacheprovider tests/models/test_fused_path.py -k "compile_fullgraph_cuda" \
     2>&1 | tail -20 | tee "$OUT/tests_compile.log"

@@ -6,7 +6,8 @@
 
 Inference is ``forward_features`` (no head) under ``torch.inference_mode`` (bf16 autocast for bf16; fp32 with TF32
 off, like the anchors); the training step is forward + cross-entropy backward + AdamW at 224, batch 128. Modes:
-``eager`` (fused path), ``eager-unfused`` (``VRWKV_FUSED=0``), ``compile`` (``torch.compile(fullgraph=True)``
+``eager`` (fused path), ``eager-graph`` (CUDA-graph replays of the eager forward: GPU time without host launch
+overhead), ``eager-unfused`` (``VRWKV_FUSED=0``), ``compile`` (``torch.compile(fullgraph=True)``
 of the fused path) and ``compile-plain`` (compiled plain elementwise code: inductor's own fusions).
 Results are appended to the JSON after every measurement, so a run cut short keeps what it measured; the markdown
 table adds the ratio to DeiT and the original implementations' numbers (benchmarks/anchors/backbones.json).
@@ -30,7 +31,8 @@ OURS = ["VRWKV-T", "VRWKV-S", "VRWKV-B", "VRWKV6-T", "VRWKV6-S", "VRWKV6-B"]
 
 def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=None, compile_first=None) -> list:
     """Benchmark configs in priority order (what matters most first, so a deadline cuts the least important):
-    eager in the first dtype (+ plain-path rows for ``unfused_models`` and the training step), compiled runs of
+    eager in the first dtype (+ CUDA-graph replays at the smallest and largest resolution, plain-path rows for
+    ``unfused_models`` and the training step), compiled runs of
     ``compile_first`` (+ their DeiT and a compile-plain row), eager in the other dtypes, then the other compiled
     runs (first dtype, ``compile_res`` resolutions, largest first)."""
     def with_deit(ms):
@@ -52,6 +54,8 @@ def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=Non
     if "eager" in modes:
         for res in res_list:
             cfgs += [dict(model=m, res=res, dtype=dt0, mode="eager", kind="inference") for m in labels]
+        for res in sorted({res_list[0], res_list[-1]}, reverse=True):
+            cfgs += [dict(model=m, res=res, dtype=dt0, mode="eager-graph", kind="inference") for m in labels]
         cfgs += [dict(model=m, res=r, dtype=dt0, mode="eager-unfused", kind="inference")
                  for m in unfused_models for r in sorted({res_list[0], res_list[-1]})]
         if train:

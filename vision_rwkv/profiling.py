@@ -227,22 +227,38 @@ def _adaptive_iters(step: Callable[[], object], target_s: float, max_iters: int)
 
 
 def time_inference(fn: Callable[[torch.Tensor], object], x: torch.Tensor, dtype: Optional[torch.dtype],
-                   warmup: int = 2, target_s: float = 0.6, max_iters: int = 25) -> Dict:
+                   warmup: int = 2, target_s: float = 0.6, max_iters: int = 25, graph: bool = False) -> Dict:
     """Median CUDA-event time of ``fn(x)`` under ``torch.inference_mode`` (and bf16/fp16 autocast when ``dtype``).
 
-    Returns ``{"ms", "img_per_s", "peak_mem_GiB", "iters"}``; peak memory is the allocator peak during the timed
-    calls (weights included).
+    ``graph=True`` captures one call in a CUDA graph and times its replays (no host launch overhead; autocast's
+    weight cache off, as graph capture requires). Returns ``{"ms", "img_per_s", "peak_mem_GiB", "iters"}``; peak
+    memory is the allocator peak during the timed calls (weights included).
     """
     def step():
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None,
+                            cache_enabled=not graph):
             return fn(x)
 
     with torch.inference_mode():
+        if graph:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(cuda_graph):
+                step()
+            step = cuda_graph.replay  # noqa: F811
         for _ in range(warmup):
             step()
         torch.cuda.synchronize()
         iters = _adaptive_iters(step, target_s, max_iters)
-        torch.cuda.reset_peak_memory_stats()
+        if not graph:  # a graph's memory is allocated at capture (counted from there)
+            torch.cuda.reset_peak_memory_stats()
         times = _cuda_times(step, iters)
     ms = statistics.median(times)
     return {"ms": ms, "img_per_s": x.shape[0] / ms * 1000, "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2 ** 30,
@@ -282,7 +298,7 @@ BACKBONES = {
     "VRWKV6-B": "vrwkv6_base_patch16_224",
     "DeiT-T": "deit_tiny_patch16_224", "DeiT-S": "deit_small_patch16_224", "DeiT-B": "deit_base_patch16_224",
 }
-BATCH = {224: 256, 512: 64, 1024: 32, 2048: 4}
+BATCH = {224: 256, 512: 128, 1024: 64, 2048: 8}
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -307,7 +323,8 @@ def benchmark_backbones(configs: List[Dict], deadline_s: float = float("inf"),
 
     A config: ``{"model": label, "res": int, "dtype": "fp32"|"bf16", "mode": "eager"|"compile"|"eager-unfused"|
     "compile-plain", "kind": "inference"|"train", "batch": optional}``. "eager-unfused" sets ``VRWKV_FUSED=0``
-    (the models' plain path with the Triton WKV); "compile-plain" compiles the plain elementwise code (inductor
+    (the models' plain path with the Triton WKV); "eager-graph" times CUDA-graph replays of the eager forward (no
+    host launch overhead); "compile-plain" compiles the plain elementwise code (inductor
     generates the fusions; the WKV stays a custom op) instead of the fused custom ops. Results carry the config, ``img_per_s``, ``ms``, ``peak_mem_GiB`` or ``error``;
     configs left when the deadline passes are returned with ``skipped``.
     """
@@ -346,7 +363,7 @@ def benchmark_backbones(configs: List[Dict], deadline_s: float = float("inf"),
                 if cfg.get("mode", "").startswith("compile"):
                     torch._dynamo.reset()
                     fwd = torch.compile(fwd, fullgraph=True)
-                res.update(time_inference(fwd, x, dtype))
+                res.update(time_inference(fwd, x, dtype, graph=cfg.get("mode") == "eager-graph"))
             res["wall_s"] = time.perf_counter() - t0
             res["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
         except Exception as e:  # recorded, the run goes on
@@ -387,7 +404,7 @@ def format_benchmark(results: List[Dict], anchors: Optional[Dict] = None) -> str
             lines.append(f"| {key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[0]} | {r.get('batch')} | "
                          f"{why[:60]} | | | | | |")
             continue
-        mode = {"eager-unfused": "eager", "compile-plain": "compile"}.get(key[2], key[2])
+        mode = {"eager-unfused": "eager", "compile-plain": "compile"}.get(key[2], key[2])  # DeiT has no plain path
         d = ok.get((deit_of(r["model"]), key[1], mode, key[3], key[4]))
         orig = anchor.get((r["model"], key[1], key[3], key[4]))
         deit_cells = (f"{d['img_per_s']:.0f} | {r['img_per_s'] / d['img_per_s']:.2f} | {d['peak_mem_GiB']:.2f}"
