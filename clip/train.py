@@ -177,8 +177,11 @@ def build_optimizer(model: torch.nn.Module, optim: Any) -> torch.optim.AdamW:
     groups = [{"params": decay, "weight_decay": float(optim.weight_decay)}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=float(optim.lr), betas=tuple(float(b) for b in optim.betas),
-                             eps=float(optim.eps))
+    kwargs = dict(lr=float(optim.lr), betas=tuple(float(b) for b in optim.betas), eps=float(optim.eps))
+    try:  # the fused kernel (CPU and CUDA) is several times faster, e.g. on the 49408-row text embedding
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: Any, lr: float, total_steps: int):

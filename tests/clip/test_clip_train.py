@@ -102,3 +102,23 @@ def test_unknown_config_keys_are_errors(tmp_path):
     p.write_text("train:\n  batchsize: 3\n")
     with pytest.raises(ConfigError, match="batchsize"):
         load_clip_config(p)
+
+
+def test_csv_training_skips_and_counts_unreadable_images(tmp_path):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    lines = ["filepath,raw,syn"]
+    for i in range(8):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(p)
+        lines.append(f"{p.name},picture {i},a photo number {i}")
+    (tmp_path / "2.png").write_bytes(b"corrupt")
+    (tmp_path / "5.png").unlink()
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    cfg = _cfg(tmp_path / "run", "data.kind=csv", f"data.train={tmp_path / 'pairs.csv'}", "data.caption_keys=[raw,syn]",
+               "train.batch_size=4", "train.max_steps=2")
+    result = train_clip(cfg)
+    assert result["step"] == 2 and result["skipped_images"] == 2  # one epoch: each bad image met once
+    rows = read_metrics_csv(tmp_path / "run" / "train_metrics.csv")
+    assert sum(r["skipped_images"] for r in rows) == 2
