@@ -2,6 +2,7 @@
 # Backbone performance run on a lent GPU (tools/benchmark_backbones.py, tools/profile_backbone.py).
 #   LIMIT=420 bash benchmarks/run_backbones_device.sh all      # CUDA tests + profile + benchmarks in priority order
 #   LIMIT=420 bash benchmarks/run_backbones_device.sh compile  # compile tests + compiled benchmarks
+#   LIMIT=130 bash benchmarks/run_backbones_device.sh confirm  # short re-measure: eager bf16 224/1024, VRWKV-T profile
 # The benchmark stops starting new configs ~70 s before LIMIT (seconds); results are saved after each config.
 # Writes under $OUT (default ./out): tests.log, h100_profile.{json,md}, h100_backbones*.{json,md}.
 set -u
@@ -23,6 +24,12 @@ if [ "${1:-all}" = "all" ]; then
     --md "$OUT/h100_backbones.md" --res 224 512 1024 --dtypes bf16 fp32 --modes eager compile --train \
     --compile-res 1024 --compile-first VRWKV-T --deadline $(( $(left) - 60 )) 2>&1 | grep -v '^{' \
     | grep -v "deadline |" | tail -110
+elif [ "$1" = "confirm" ]; then
+  timeout 40 python tools/profile_backbone.py --models VRWKV-T --img-size 1024 --batch 16 --no-compare-unfused \
+    --json "$OUT/h100_profile_confirm.json" --md "$OUT/h100_profile_confirm.md" 2>&1 | grep "^|"
+  timeout $(( $(left) - 5 )) python tools/benchmark_backbones.py --out "$OUT/h100_backbones_confirm.json" \
+    --md "$OUT/h100_backbones_confirm.md" --models VRWKV-T VRWKV-S VRWKV-B VRWKV6-T --res 224 1024 --dtypes bf16 \
+    --modes eager --unfused --deadline $(( $(left) - 25 )) 2>&1 | grep -v '^{' | grep -v "deadline |" | tail -40
 else
   timeout 200 python -m pytest -q -p no:cacheprovider tests/models/test_fused_path.py -k "compile_fullgraph_cuda" \
     2>&1 | tail -20 | tee "$OUT/tests_compile.log"

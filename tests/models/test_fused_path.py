@@ -92,3 +92,16 @@ def test_compile_fullgraph_cuda(name):
         out = compiled(x)
         ref = model(x)
     assert ((out.float() - ref.float()).norm() / ref.float().norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 40, 56), (1, 3, 16, 16), (1, 4, 7, 9)])
+def test_patch_embed_tokens_match_conv(shape):
+    """The GEMM patch embedding of the fused path equals the conv + flatten, padding included."""
+    from vision_rwkv.models._layers import PatchEmbed
+
+    pe = PatchEmbed(16, shape[1], 24).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    ref = pe(x)
+    tokens, grid = pe.forward_tokens(x)
+    assert grid == tuple(ref.shape[-2:])
+    torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2))

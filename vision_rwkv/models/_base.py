@@ -175,9 +175,12 @@ class VisionRWKVBase(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
         check_image_batch(x, self.in_chans, type(self).__name__)
-        x = self.patch_embed(x)
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)
+        if fused.fused_enabled(x):
+            x, grid = self.patch_embed.forward_tokens(x)
+        else:
+            x = self.patch_embed(x)
+            grid = (x.shape[-2], x.shape[-1])
+            x = x.flatten(2).transpose(1, 2)
         x = x + resample_pos_embed(self.pos_embed, self.pos_grid, grid)
         return self.pos_drop(x), grid
 

@@ -97,6 +97,24 @@ class PatchEmbed(nn.Module):
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return self.proj(x)
 
+    def forward_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
+        """The same embedding as one GEMM straight into token layout: (B, in_chans, H, W) -> ((B, N, C), grid).
+
+        Patches are cut with a reshape (in the compute dtype) and multiplied by the flattened conv weight, which
+        avoids cuDNN's slow implicit-GEMM path for this stride = kernel convolution and the (B, C, H, W) ->
+        (B, N, C) transpose copy. Used on the fused GPU path.
+        """
+        pad_h = (-x.shape[-2]) % self.patch_size[0]
+        pad_w = (-x.shape[-1]) % self.patch_size[1]
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        b, c, h, w = x.shape
+        ph, pw = self.patch_size
+        grid = (h // ph, w // pw)
+        x = x.to(fused.compute_dtype(x))
+        patches = x.reshape(b, c, grid[0], ph, grid[1], pw).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * ph * pw)
+        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias), grid
+
 
 def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: GridSize) -> torch.Tensor:
     """Resize a (1, Hs*Ws, C) row-major position embedding to (1, Hd*Wd, C).
