@@ -81,7 +81,10 @@ def _inputs(case: dict, device: str):
         odt = dtype
     elif op == "relu_square":
         leaves = {"x": _randn(case["shape"], g, dtype, device, 2.0)}
-        fn = lambda t: fused.relu_square(t["x"], backend)  # noqa: E731
+        if case.get("inplace"):  # over a temporary (x * 1), as the models do with a Linear output
+            fn = lambda t: fused.relu_square(t["x"] * 1, backend, inplace=True)  # noqa: E731
+        else:
+            fn = lambda t: fused.relu_square(t["x"], backend)  # noqa: E731
         rf = lambda t: ref.relu_square_reference(t["x"])  # noqa: E731
         odt = dtype
     elif op == "group_norm_mul":

@@ -176,7 +176,7 @@ class ChannelMix(nn.Module):
         the sigmoid gate as single elementwise passes."""
         mix = torch.stack((self.spatial_mix_k, self.spatial_mix_r))
         xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype=fused.compute_dtype(x))
-        k = fused.relu_square(self.key(xk))
+        k = fused.relu_square(self.key(xk), inplace=True)  # over the Linear output: one hidden buffer, not two
         if self.key_norm is not None:
             k = self.key_norm(k)
         return fused.sigmoid_mul(self.receptance(xr), self.value(k))

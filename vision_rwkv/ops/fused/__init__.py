@@ -198,12 +198,13 @@ def sigmoid_mul(r: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None)
     return sigmoid_mul_reference(r, y)
 
 
-def relu_square(x: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
-    """``relu(x) ** 2`` in x's dtype."""
+def relu_square(x: torch.Tensor, backend: Optional[str] = None, inplace: bool = False) -> torch.Tensor:
+    """``relu(x) ** 2`` in x's dtype. ``inplace=True`` lets the Triton path write the result over x (a temporary
+    such as a Linear output; its backward then works from the output) - the reference stays out of place."""
     op = "relu_square"
     device = check_tensors(op, x=x)
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
-        return _triton().relu_square_triton(x)
+        return _triton().relu_square_inplace_triton(x) if inplace else _triton().relu_square_triton(x)
     return relu_square_reference(x)
 
 

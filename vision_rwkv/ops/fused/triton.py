@@ -32,7 +32,8 @@ import triton.language as tl
 from .._triton_utils import cdiv, new_empty, next_pow2
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
-           "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "CONFIG"]
+           "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
+           "CONFIG"]
 
 CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096)
 
@@ -392,6 +393,42 @@ class _ReluSquare(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return _relu_square_bwd(ctx.saved_tensors[0], g)
+
+
+@triton.jit
+def _relu_square_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
+    offs, mask = _offsets(n, BLOCK)
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(GX + offs, (2.0 * tl.sqrt(y) * g).to(GX.dtype.element_ty), mask=mask)
+
+
+class _ReluSquareInplace(torch.autograd.Function):
+    """``relu(x)^2`` written over x (saves one hidden-sized buffer); backward from the output, relu(x) = sqrt(y)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        grid, meta = _elem_grid(x.numel())
+        _relu_square_fwd_kernel[grid](x, x, x.numel(), **meta)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        g = g.contiguous()
+        gx = new_empty(y.shape, y.dtype, y.device)
+        grid, meta = _elem_grid(y.numel())
+        _relu_square_bwd_from_out_kernel[grid](y, g, gx, y.numel(), **meta)
+        return gx
+
+
+def relu_square_inplace_triton(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x) ** 2`` written over a contiguous x in eager mode (out of place while torch.compile traces)."""
+    if torch.compiler.is_compiling() or not x.is_contiguous():
+        return relu_square_triton(x)
+    return _ReluSquareInplace.apply(x)
 
 
 def relu_square_triton(x: torch.Tensor) -> torch.Tensor:
