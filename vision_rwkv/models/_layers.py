@@ -111,9 +111,11 @@ class PatchEmbed(nn.Module):
         b, c, h, w = x.shape
         ph, pw = self.patch_size
         grid = (h // ph, w // pw)
-        x = x.to(fused.compute_dtype(x))
-        patches = x.reshape(b, c, grid[0], ph, grid[1], pw).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * ph * pw)
-        return F.linear(patches, self.proj.weight.flatten(1), self.proj.bias), grid
+        view = x.reshape(b, c, grid[0], ph, grid[1], pw).permute(0, 2, 4, 1, 3, 5)
+        # one copy: cut the patches and cast to the compute dtype together (no intermediate cast of the image)
+        patches = torch.empty(view.shape, dtype=fused.compute_dtype(x), device=x.device).copy_(view)
+        return F.linear(patches.view(b, grid[0] * grid[1], c * ph * pw), self.proj.weight.flatten(1),
+                        self.proj.bias), grid
 
 
 def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: GridSize) -> torch.Tensor:
