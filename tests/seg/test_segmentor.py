@@ -56,6 +56,12 @@ def test_loss_matches_cross_entropy_with_ignore(tiny_model_cfg):
     assert model.seg_loss(logits, target).item() == pytest.approx(ref.item(), rel=1e-5)
     all_ignored = torch.full((2, 32, 32), 255)
     assert model.seg_loss(logits, all_ignored).item() == 0.0  # not NaN
+    weighted = create_segmentor(tiny_model_cfg(num_classes=3, class_weight=[0.2, 1.0, 3.0]))
+    ref_w = F.cross_entropy(up, target, weight=torch.tensor([0.2, 1.0, 3.0]), ignore_index=255)
+    assert weighted.seg_loss(logits, target).item() == pytest.approx(ref_w.item(), rel=1e-5)
+    assert "class_weight" not in weighted.state_dict()  # a loss setting, not a weight
+    with pytest.raises(ValueError, match="class_weight"):
+        create_segmentor(tiny_model_cfg(num_classes=3, class_weight=[1.0, 2.0]))
 
 
 def test_explicit_out_indices_and_errors(tiny_model_cfg):

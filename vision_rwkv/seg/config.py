@@ -30,6 +30,7 @@ class ModelConfig:
     aux_channels: int = 256
     aux_weight: float = 0.4
     aux_level: int = 2
+    class_weight: Optional[Any] = None             # per-class cross-entropy weights (list), None: unweighted
     align_corners: bool = False
     probe_size: int = 224
 

@@ -119,6 +119,7 @@ class Segmentor(nn.Module):
             aux_weight: float = 0.4,
             aux_level: int = 2,
             ignore_index: int = 255,
+            class_weight: Sequence[float] | None = None,
             align_corners: bool = False,
             probe_size: int = 224,
             prune_backbone: bool = True,
@@ -130,6 +131,10 @@ class Segmentor(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        if class_weight is not None and len(class_weight) != num_classes:
+            raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} classes")
+        self.register_buffer("class_weight", None if class_weight is None else
+                             torch.tensor([float(w) for w in class_weight]), persistent=False)
         self.align_corners = align_corners
         self.aux_weight = aux_weight
         self.aux_level = aux_level
@@ -181,11 +186,18 @@ class Segmentor(nn.Module):
         return self.decode_head(pyramid), aux
 
     def seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy averaged over non-ignored pixels, logits upsampled to the label size first."""
+        """Cross-entropy averaged over non-ignored pixels (weighted mean with `class_weight`), logits upsampled
+        to the label size first; 0 when every pixel is ignored."""
         logits = resize(logits, target.shape[-2:], self.align_corners)
-        valid = (target != self.ignore_index).sum()
-        loss = F.cross_entropy(logits.float(), target.long(), ignore_index=self.ignore_index, reduction="sum")
-        return loss / valid.clamp(min=1)
+        target = target.long()
+        valid = target != self.ignore_index
+        if self.class_weight is None:
+            denom = valid.sum()
+        else:
+            denom = self.class_weight[target[valid]].sum()
+        loss = F.cross_entropy(logits.float(), target, weight=self.class_weight, ignore_index=self.ignore_index,
+                               reduction="sum")
+        return loss / denom.clamp(min=1e-12) if bool(valid.any()) else loss * 0.0
 
     def forward(self, img: torch.Tensor, target: torch.Tensor | None = None):
         logits, aux = self.forward_heads(img)
@@ -207,7 +219,7 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
 
     Keys: backbone (timm name), backbone_kwargs (passed to timm.create_model), pretrained (local file or null),
     num_classes, out_indices, norm_intermediates, strides, neck_channels, decode_channels, pool_scales, dropout,
-    aux_channels, aux_weight, aux_level, ignore_index, align_corners, probe_size.
+    aux_channels, aux_weight, aux_level, ignore_index, class_weight, align_corners, probe_size.
     """
     cfg = dict(cfg)
     import vision_rwkv  # noqa: F401  (registers the VRWKV models with timm)
@@ -222,7 +234,7 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
     backbone = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained:
         load_backbone_weights(backbone, pretrained)
-    for key in ("out_indices", "strides", "pool_scales"):
+    for key in ("out_indices", "strides", "pool_scales", "class_weight"):
         if cfg.get(key) is not None:
             cfg[key] = list(cfg[key])
     return Segmentor(backbone, int(n_cls), **cfg)

@@ -182,14 +182,19 @@ def _test_kwargs(cfg: Any) -> dict:
                 scales=list(t.scales))
 
 
+def _table(results: dict) -> str:
+    """The per-class table of percent-valued `results` (format_table takes fractions)."""
+    frac = {k: results[k] / 100.0 for k in ("mIoU", "mAcc", "aAcc")}
+    frac["per_class"] = {n: {m: v / 100.0 for m, v in r.items()} for n, r in results["per_class"].items()}
+    return format_table(frac)
+
+
 def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
     table_path = out_dir / f"{stem}_per_class.txt"
-    frac = {k: (v / 100.0 if k in ("mIoU", "mAcc", "aAcc") else v) for k, v in results.items()}
-    frac["per_class"] = {n: {m: v / 100.0 for m, v in r.items()} for n, r in results["per_class"].items()}
     json_path.write_text(json.dumps(results, indent=2, allow_nan=True))
-    table_path.write_text(format_table(frac) + "\n")
+    table_path.write_text(_table(results) + "\n")
     return {"json": str(json_path), "table": str(table_path)}
 
 
@@ -245,9 +250,7 @@ def train_segmentor(cfg: Any) -> dict:
         result = trainer.fit(resume=t.resume)
         if last_full and info.is_main:
             result["files"] = _write_results(last_full, run_dir, "val_metrics")
-            print_rank0(format_table({**{k: last_full[k] / 100 for k in ("mIoU", "mAcc", "aAcc")},
-                                      "per_class": {n: {m: v / 100 for m, v in r.items()}
-                                                    for n, r in last_full["per_class"].items()}}))
+            print_rank0(_table(last_full))
         if last_full:
             result["per_class"] = last_full["per_class"]
         result["run_dir"] = str(run_dir)
@@ -315,9 +318,7 @@ def test_segmentor(cfg: Any) -> dict:
             results["files"] = _write_results(results, out_dir, "metrics")
             if "overlay" in results:
                 results["files"]["overlay"] = results.pop("overlay")
-            frac = {k: results[k] / 100 for k in ("mIoU", "mAcc", "aAcc")}
-            frac["per_class"] = {n: {m: v / 100 for m, v in r.items()} for n, r in results["per_class"].items()}
-            print_rank0(format_table(frac))
+            print_rank0(_table(results))
         return results
     finally:
         torch.set_num_threads(threads)

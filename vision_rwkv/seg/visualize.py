@@ -29,7 +29,7 @@ def colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) ->
 
 def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[np.ndarray | None],
                   preds: Sequence[np.ndarray], class_names: Sequence[str], ignore_index: int = 255,
-                  alpha: float = 0.6, titles: Sequence[str] | None = None) -> Path:
+                  alpha: float = 0.8, titles: Sequence[str] | None = None) -> Path:
     """Write a PNG grid: one row per image (image, GT overlay, prediction overlay) and a legend of the classes
     present. Images are (H, W, 3) uint8 at the label maps' size."""
     import matplotlib
