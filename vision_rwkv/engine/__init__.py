@@ -55,7 +55,14 @@ Training loop (``loop.py``)
         ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step.
     move_to_device(obj, device), clip_gradients(params, max_norm, mode)
 
-Classification (``classification.py``): train_classifier(cfg) -> dict, evaluate_classifier(cfg) -> dict.
+Classification (``classification.py``, not imported here: ``from vision_rwkv.engine.classification import ...``)
+    train_classifier(cfg) -> dict: top1/top5/loss (validation, last eval; ema_* with EMA), train_loss, step, epoch,
+        train_time_s, total_time_s, best {metric, value, step}, run_dir, checkpoint, classes, num_classes.
+    evaluate_classifier(cfg) -> dict: top1, top5, loss, per_class_accuracy, per_class_count, confusion_matrix,
+        throughput (images/s of the forward), num_samples, skipped_samples, input_size, confusion_matrix_png.
+    cfg = load_config("configs/classification/<name>.yaml", overrides); every key is defined in base.yaml.
+
+Exact resume needs the same world size and per-process batch size; RNG streams are per rank.
 """
 from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, find_latest_checkpoint,
                          gather_rng_states, load_checkpoint, load_model_weights, restore_rank_rng, restore_rng_state)

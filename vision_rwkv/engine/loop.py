@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -149,6 +150,10 @@ class Trainer:
                 raise RuntimeError("the run uses EMA but the checkpoint has no EMA state")
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        saved_world = int(state.get("world_size", self.info.world_size))
+        if saved_world != self.info.world_size:
+            warnings.warn(f"checkpoint was written with world size {saved_world}, resuming with "
+                          f"{self.info.world_size}: training continues, but not batch-for-batch identically")
         self.extra_state = dict(state.get("extra") or {})
         self.ckpt.load_best_tracking(state)
         restore_rank_rng(state["rng"])
