@@ -194,7 +194,7 @@ class Trainer:
                     out = self.loss_fn(self.model, batch)
                 loss, extra = (out if isinstance(out, tuple) else (out, {}))
                 if not torch.isfinite(loss.detach()).all():
-                    raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}")
+                    raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {self.step}")
                 self.scaler.scale(loss / n).backward()
             total += float(loss.detach()) / n
             for k, v in extra.items():
