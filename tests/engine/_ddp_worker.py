@@ -1,4 +1,4 @@
-"""Shared by test_ddp.py: train a tiny conv net (GroupNorm: SyncBN needs CUDA) on Shapes for a few steps, 1 or 2 processes."""
+"""Shared by test_engine_ddp.py: train a tiny conv net (GroupNorm: SyncBN needs CUDA) on Shapes for a few steps, 1 or 2 processes."""
 import os
 
 import torch
