@@ -26,7 +26,7 @@ from .data import CsvCaptionDataset, load_image
 __all__ = [
     "retrieval_metrics", "recall_at_k", "classification_metrics", "zero_shot_classifier", "encode_images",
     "zero_shot_evaluate", "retrieval_evaluate", "KarpathyJsonDataset", "ImageCaptionsList",
-    "load_classnames_templates", "save_retrieval_grid", "collate_retrieval", "make_retrieval_loader",
+    "load_classnames_templates", "save_retrieval_grid", "collate_retrieval",
     "EvalCfg", "ZeroShotCfg", "RetrievalCfg", "run_evaluation", "load_model_for_eval",
 ]
 
@@ -280,18 +280,6 @@ def save_retrieval_grid(path: Union[str, Path], queries: Sequence[str], images: 
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
-
-
-def make_retrieval_loader(kind: str, path: str, transform: Callable, batch_size: int = 64, workers: int = 0,
-                          **kwargs: Any) -> DataLoader:
-    """Loader for retrieval data: kind "csv" (CsvCaptionDataset kwargs) or "karpathy" (KarpathyJsonDataset)."""
-    if kind == "csv":
-        ds = CsvCaptionDataset(path, transform=transform, skip_unreadable=False, **kwargs)
-    elif kind in ("karpathy", "json"):
-        ds = KarpathyJsonDataset(path, transform=transform, **kwargs)
-    else:
-        raise ValueError(f"unknown retrieval data kind {kind!r} (csv, karpathy)")
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_retrieval)
 
 
 # ----------------------------------------------------------------------------------------------- runner

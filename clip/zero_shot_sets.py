@@ -11,8 +11,8 @@ from typing import Callable, Union
 
 __all__ = ["BUILTIN_SETS", "get_set"]
 
-_GENERIC_TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.", "a low resolution photo of a {}.",
-                      "a close-up photo of a {}.")
+_GENERIC_TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.",
+                      "a low resolution photo of a {}.", "a close-up photo of a {}.")
 _CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from clip_helpers import tiny_model
 from PIL import Image
-from torch.utils.data import DataLoader
 
 import rwkv_clip
 from rwkv_clip.evaluate import (EvalCfg, KarpathyJsonDataset, classification_metrics, collate_retrieval,

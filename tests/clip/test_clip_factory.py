@@ -32,7 +32,8 @@ def test_b32_and_b16_configs_are_the_published_architecture():
         cfg = rwkv_clip.get_model_config(name)
         v, t = cfg["vision_cfg"], cfg["text_cfg"]
         assert cfg["embed_dim"] == 640
-        assert (v["embed_dim"], v["depth"], v["head_size"], v["patch_size"], v["image_size"]) == (640, 12, 80, patch, 224)
+        assert (v["embed_dim"], v["depth"], v["head_size"], v["patch_size"], v["image_size"]) == (
+            640, 12, 80, patch, 224)
         assert int(v["embed_dim"] * v["mlp_ratio"]) == 3200 and v["drop_path_rate"] == 0.3 and not v["post_norm"]
         assert (t["width"], t["layers"], t["head_size"], t["hidden_dim"], t["vocab_size"], t["context_length"]) == (
             640, 6, 64, 2240, 49408, 77)
