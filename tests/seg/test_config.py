@@ -45,7 +45,8 @@ def test_ade20k_recipe_values():
         assert list(c.data.crop_size) == [512, 512] and list(c.data.scale) == [2048, 512]
         assert list(c.data.ratio_range) == [0.5, 2.0] and c.data.cat_max_ratio == 0.75
         assert c.test.mode == "slide" and list(c.test.stride) == [341, 341]
-        assert c.model.decode_channels == 512 and c.model.aux_weight == 0.4 and list(c.model.pool_scales) == [1, 2, 3, 6]
+        assert c.model.decode_channels == 512 and c.model.aux_weight == 0.4
+        assert list(c.model.pool_scales) == [1, 2, 3, 6]
         assert c.data.reduce_zero_label is False and c.data.type == "ade20k"  # ADE20KDataset reduces itself
 
 

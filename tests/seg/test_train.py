@@ -16,7 +16,8 @@ TINY = [
     "model.backbone_kwargs.img_size=32", "model.backbone_kwargs.embed_dim=32", "model.backbone_kwargs.depth=2",
     "model.neck_channels=32", "model.decode_channels=16", "model.aux_channels=8",
     "data.image_size=32", "data.crop_size=[32,32]", "data.scale=[32,32]", "data.train_length=40",
-    "data.val_length=6", "data.batch_size=4", "optim.max_iters=6", "optim.warmup_iters=2", "optim.lr=1e-3",
+    "data.val_length=6", "data.batch_size=4", "data.num_workers=0", "optim.max_iters=6", "optim.warmup_iters=2",
+    "optim.lr=1e-3",
     "train.log_every=1", "train.ckpt_every=2", "train.eval_every=null", "train.show_progress=false",
     "test.crop_size=[32,32]", "test.stride=[16,16]", "test.num_visualize=2",
 ]

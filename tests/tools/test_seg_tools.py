@@ -8,8 +8,8 @@ DEMO = ROOT / "configs" / "segmentation" / "demo_shapes.yaml"
 TINY = ["model.backbone_kwargs.img_size=32", "model.backbone_kwargs.embed_dim=32", "model.backbone_kwargs.depth=2",
         "model.neck_channels=32", "model.decode_channels=16", "model.aux_channels=8", "data.image_size=32",
         "data.crop_size=[32,32]", "data.scale=[32,32]", "data.train_length=16", "data.val_length=4",
-        "data.batch_size=4", "optim.max_iters=3", "optim.warmup_iters=1", "train.ckpt_every=null",
-        "train.show_progress=false", "test.num_visualize=1"]
+        "data.batch_size=4", "data.num_workers=0", "optim.max_iters=3", "optim.warmup_iters=1",
+        "train.ckpt_every=null", "train.show_progress=false", "test.num_visualize=1"]
 
 
 def _tool(name):

@@ -1,4 +1,5 @@
-"""Class names of the standard segmentation benchmarks (ADE20K-150 in reduce-zero-label order, Cityscapes-19 trainIds)."""
+"""Class names of the standard segmentation benchmarks: ADE20K-150 in reduce-zero-label order, Cityscapes-19
+train ids."""
 
 ADE20K_CLASSES: tuple[str, ...] = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",

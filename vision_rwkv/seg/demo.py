@@ -41,8 +41,11 @@ def run_demo(out_dir: str | Path = "runs/seg_demo", config: str | Path | None = 
     test/metrics.json, test/metrics_per_class.txt, test/overlays.png, demo_result.json) and returns the test
     metrics (percent), the all-background baseline on the same images and wall-clock times.
 
-    Reference run (2 CPU cores, torch 2.14, 500 iterations of batch 8, held-out Shapes `val` split of 200
-    images): see demo_result.json of a run; numbers are documented in the segmentation report / README.
+    Reference run (configs/segmentation/demo_shapes.yaml: 600 iterations of batch 32 on 32x32 images, tested on
+    the 200 held-out Shapes `val` images, torch 2.14 CPU, one compute thread + one data worker):
+    mIoU 34.8%, mAcc 55.5%, aAcc 89.2%; the all-background prediction scores mIoU 9.4%, mAcc 11.1%, aAcc 85.0%.
+    Training took 175 CPU-seconds in the main process (plus the data worker); 5.4 minutes wall on a 2-core
+    machine shared with other jobs (load ~5), an estimated ~3 minutes on an idle one.
     """
     path = Path(config) if config is not None else DEMO_CONFIG
     if not path.is_file():

@@ -17,7 +17,8 @@ import torch.distributed as dist
 __all__ = ["SegMetric", "confusion_matrix", "metrics_from_confusion", "format_table"]
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts, rows = ground truth, columns = prediction; ignored pixels skipped."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} shapes differ")

@@ -10,10 +10,16 @@ __all__ = ["make_palette", "colorize", "save_overlays"]
 
 
 def make_palette(num_classes: int, seed: int = 3) -> np.ndarray:
-    """(num_classes, 3) uint8 distinct-ish colours; class 0 of a background-first class list stays dark grey."""
+    """(num_classes, 3) uint8 colours: matplotlib's qualitative tab10 / tab20 for up to 20 classes, else
+    golden-ratio-spaced hues with alternating saturation / value."""
+    if num_classes <= 20:
+        from matplotlib import colormaps
+        cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
+        pal = np.array([cmap(i)[:3] for i in range(num_classes)])
+        return (pal * 255).round().astype(np.uint8)
+    import colorsys
     rng = np.random.default_rng(seed)
     hues = (np.arange(num_classes) * 0.618033988749895 + rng.uniform()) % 1.0
-    import colorsys
     pal = np.array([colorsys.hsv_to_rgb(h, 0.75 if i % 2 else 0.95, 0.95 if i % 3 else 0.75)
                     for i, h in enumerate(hues)])
     return (pal * 255).round().astype(np.uint8)
