@@ -29,8 +29,9 @@ def test_config_loads_and_builds(path):
     if cfg.model.backbone.startswith("vrwkv6"):
         toy.append("+model.backbone_kwargs.head_size=16")
     small = load_seg_config(path, toy)
-    model = build_segmentor(small, num_classes=5)
-    assert model.out_indices == [0, 0, 1, 1] and model.num_classes == 5
+    n = len(cfg.model.class_weight) if cfg.model.class_weight is not None else 5
+    model = build_segmentor(small, num_classes=n)
+    assert model.out_indices == [0, 0, 1, 1] and model.num_classes == n
 
 
 def test_ade20k_recipe_values():

@@ -71,6 +71,23 @@ def test_test_segmentor_writes_metrics_table_and_overlays(tmp_path):
         test_segmentor(_cfg(tmp_path / "empty"))
 
 
+def test_periodic_evaluation_runs_once_per_step(tmp_path, monkeypatch):
+    """eval_every dividing max_iters: the trainer asks again at the last step; the segmentor evaluates once."""
+    import vision_rwkv.seg.train as seg_train
+    calls = []
+    real = seg_train.evaluate_segmentor
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seg_train, "evaluate_segmentor", counting)
+    res = train_segmentor(_cfg(tmp_path, "optim.max_iters=4", "train.eval_every=2", "train.ckpt_every=null"))
+    assert res["step"] == 4 and len(calls) == 2
+    val_rows = read_metrics_csv(tmp_path / "val_metrics.csv")
+    assert [int(r["step"]) for r in val_rows][:2] == [2, 4]
+
+
 def test_constant_baseline_matches_definition():
     from vision_rwkv.seg.datasets import ShapesSegDataset
     from vision_rwkv.seg.demo import constant_baseline

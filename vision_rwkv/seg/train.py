@@ -231,14 +231,18 @@ def train_segmentor(cfg: Any) -> dict:
         loader = EpochLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True, seed=t.seed,
                              num_workers=cfg.data.num_workers, info=info)
         last_full: dict[str, Any] = {}
+        evaluated_at: list[int] = []
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            res = evaluate_segmentor(m, val_set, precision=t.precision, device=info.device,
-                                     num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
-                                     show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
-            last_full.clear()
-            last_full.update(res)
-            return {k: res[k] for k in ("mIoU", "mAcc", "aAcc")}
+            # the trainer asks twice at the last step when eval_every divides max_iters: evaluate once
+            if not (evaluated_at and evaluated_at[-1] == trainer.step and last_full):
+                res = evaluate_segmentor(m, val_set, precision=t.precision, device=info.device,
+                                         num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
+                                         show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
+                last_full.clear()
+                last_full.update(res)
+                evaluated_at.append(trainer.step)
+            return {k: last_full[k] for k in ("mIoU", "mAcc", "aAcc")}
 
         trainer = Trainer(ddp_model, optimizer, loader, _seg_loss, run_dir=run_dir, info=info,
                           max_steps=o.max_iters, scheduler=scheduler, precision=t.precision, clip_grad=o.clip_grad,
