@@ -98,3 +98,39 @@ def test_constant_baseline_matches_definition():
     present = len(masks.unique())  # classes with ground-truth pixels: IoU 0 except background
     assert res["aAcc"] == pytest.approx(100 * bg / masks.numel())
     assert res["mIoU"] == pytest.approx(100 * bg / masks.numel() / present)
+
+
+@pytest.mark.slow  # a subprocess (fresh interpreter: torch + timm + albumentations imports)
+def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
+    """A real crash: tools/train_seg.py is SIGKILLed once its second checkpoint exists; resuming from the newest
+    checkpoint left on disk ends with exactly the uninterrupted run's weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = ["optim.max_iters=30", "train.ckpt_every=4", "train.keep_last=3"]
+    crash_dir = tmp_path / "crash"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train_seg.py"), str(DEMO), *TINY, *steps,
+                             f"train.run_dir={crash_dir}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 300
+        while not (crash_dir / "checkpoints" / "ckpt_00000008.pt").exists():
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.time() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in (crash_dir / "checkpoints").iterdir())
+    assert "ckpt_00000030.pt" not in left and not any(".tmp" in n and not n.startswith(".") for n in left)
+    resumed = train_segmentor(_cfg(crash_dir, *steps, "train.resume=latest"))
+    full = train_segmentor(_cfg(tmp_path / "full", *steps))
+    assert resumed["step"] == full["step"] == 30
+    a, b = _final_state(tmp_path / "full"), _final_state(crash_dir)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+    assert full["mIoU"] == resumed["mIoU"]
