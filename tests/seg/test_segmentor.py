@@ -71,7 +71,9 @@ def test_explicit_out_indices_and_errors(tiny_model_cfg):
         create_segmentor(tiny_model_cfg(depth=2, out_indices=[0, 1, 2, 3]))
     with pytest.raises(TypeError, match="forward_intermediates"):
         Segmentor(nn.Conv2d(3, 8, 1), num_classes=2)
-    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="3 input channels"):  # the backbone's own check
         model(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match="num_classes"):
         create_segmentor({k: v for k, v in tiny_model_cfg().items() if k != "num_classes"})

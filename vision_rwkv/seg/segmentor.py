@@ -140,13 +140,13 @@ class Segmentor(nn.Module):
         self.aux_level = aux_level
         self.norm_intermediates = norm_intermediates
 
-        n_levels = _num_feature_levels(backbone) if out_indices is None else None
-        indices = evenly_spaced_indices(n_levels, len(strides)) if out_indices is None else list(out_indices)
-        if out_indices is not None:
-            n = _num_feature_levels(backbone)
-            indices = [i + n if i < 0 else i for i in indices]
-            if any(not 0 <= i < n for i in indices):
-                raise ValueError(f"out_indices {list(out_indices)} out of range for a backbone with {n} blocks")
+        n_levels = _num_feature_levels(backbone)
+        if out_indices is None:
+            indices = evenly_spaced_indices(n_levels, len(strides))
+        else:
+            indices = [int(i) + n_levels if i < 0 else int(i) for i in out_indices]
+            if any(not 0 <= i < n_levels for i in indices):
+                raise ValueError(f"out_indices {list(out_indices)} out of range for a backbone with {n_levels} blocks")
         if len(indices) != len(strides):
             raise ValueError(f"{len(indices)} out_indices but {len(strides)} strides")
         self.out_indices = indices
@@ -172,8 +172,8 @@ class Segmentor(nn.Module):
 
     def extract_features(self, img: torch.Tensor) -> list[torch.Tensor]:
         """Backbone intermediates (in `out_indices` order) through the neck: a pyramid at `strides`."""
-        if img.ndim != 4 or img.shape[1] != 3:
-            raise ValueError(f"expected images (B, 3, H, W), got shape {tuple(img.shape)}")
+        if img.ndim != 4:
+            raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(img.shape)}")
         feats = self.backbone.forward_intermediates(img, indices=self._take, norm=self.norm_intermediates,
                                                     output_fmt="NCHW", intermediates_only=True)
         by_idx = dict(zip(self._take, feats))
