@@ -23,6 +23,7 @@ import os
 import random
 import re
 import tarfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -57,17 +58,19 @@ def load_image(source: Union[str, Path, bytes], name: str = "") -> Image.Image:
         raise UnreadableImage(f"cannot read image {name or source}: {type(e).__name__}: {e}") from e
 
 
-class _FallbackDataset(Dataset):
+class _FallbackDataset(Dataset, ABC):
     """Shared __getitem__: read sample idx; if its image is unreadable, try idx+1, idx+2, ... and count."""
 
     transform: Optional[Callable]
     skip_unreadable: bool = True
 
+    @abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of samples."""
 
+    @abstractmethod
     def _read(self, idx: int) -> tuple[Image.Image, list[str]]:
-        raise NotImplementedError
+        """Return (image, captions) of sample `idx`; raise UnreadableImage if the image cannot be read."""
 
     def __getitem__(self, idx: int) -> dict:
         n = len(self)

@@ -7,6 +7,7 @@ and its values must be class ids in [0, num_classes) or the ignore index; errors
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,7 +31,7 @@ def check_label_map(mask: np.ndarray, num_classes: int, ignore_index: int, where
                          f"and are not the ignore index {ignore_index}")
 
 
-class SegDataset(Dataset):
+class SegDataset(Dataset, ABC):
     """Base class: subclasses implement `__len__` and `load(index) -> (image HxWx3 uint8, mask HxW int, name)`."""
 
     classes: Sequence[str] = ()
@@ -43,8 +44,9 @@ class SegDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @abstractmethod
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        raise NotImplementedError
+        """Return (image HxWx3 uint8, mask HxW, name) of sample `index`."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, name = self.load(index)
