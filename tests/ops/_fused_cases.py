@@ -11,20 +11,12 @@ shows up as a non-finite value. Inputs are random (never zeros) and drawn fresh 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.double()
-    b = b.double()
-    scale = max(b.norm().item(), 1e-12 * max(1, b.numel()) ** 0.5)
-    return (a - b).norm().item() / scale
+from _case_utils import DTYPES, check_result, rel_err as _rel, run_script_in_interpreter
 
 
 def _randn(shape, g, dtype, device, scale=1.0):
@@ -169,30 +161,16 @@ def tolerances(dtype: str) -> tuple[float, float]:
 
 
 def check(result: dict, case: dict) -> None:
-    """Assert a case result is within tolerance (raises AssertionError naming the quantity)."""
-    assert "error" not in result, result.get("error")
-    assert result["finite"], f"non-finite output or gradient (unwritten element?): {result}"
-    assert result["dtype_ok"], f"output/gradient dtype differs from the promised one: {result}"
+    """Assert a case result is within tolerance (raises AssertionError naming the quantity).
+    The tolerance follows the lowest precision among the inputs and the output."""
     dts = [case.get("dtype", "fp32"), case.get("out_dtype", "fp32")]
     worst = "bf16" if "bf16" in dts else "fp16" if "fp16" in dts else "fp32"
-    ty, tg = tolerances(worst)
-    for key, val in result.items():
-        if key in ("finite", "dtype_ok"):
-            continue
-        tol = ty if key == "y" else tg
-        assert val == val and val <= tol, f"{key}: relative error {val:.3e} > {tol:.1e} ({result})"
+    check_result(result, *tolerances(worst))
 
 
 def run_in_interpreter(cases: dict, timeout: float = 900) -> dict:
     """Run ``cases`` {name: case} on CPU under TRITON_INTERPRET=1 in a fresh subprocess."""
-    import subprocess
-
-    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), json.dumps(cases)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"interpreter subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_script_in_interpreter(__file__, [json.dumps(cases)], timeout)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import traceback
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.double()
-    b = b.double()
-    scale = max(b.norm().item(), 1e-12 * max(1, b.numel()) ** 0.5)
-    return (a - b).norm().item() / scale
+from _case_utils import DTYPES, check_result, rel_err as _rel, run_script_in_interpreter
 
 
 def _maybe_noncontig(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -172,27 +164,12 @@ def tolerances(dtype: str, op: str) -> tuple[float, float]:
 
 def check(result: dict, dtype: str, op: str) -> None:
     """Assert a case result is within tolerance (raises AssertionError naming the quantity)."""
-    assert "error" not in result, result.get("error")
-    assert result["finite"], f"non-finite output or gradient (unwritten element?): {result}"
-    assert result["dtype_ok"], f"output/gradient dtype differs from the input's: {result}"
-    ty, tg = tolerances(dtype, op)
-    for key, val in result.items():
-        if key in ("finite", "dtype_ok"):
-            continue
-        tol = ty if key == "y" else tg
-        assert val == val and val <= tol, f"{key}: relative error {val:.3e} > {tol:.1e} ({result})"
+    check_result(result, *tolerances(dtype, op))
 
 
 def run_in_interpreter(op: str, cases: dict, timeout: float = 600) -> dict:
     """Run ``cases`` {name: case} of ``op`` on CPU under TRITON_INTERPRET=1 in a fresh subprocess."""
-    import subprocess
-
-    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), op, json.dumps(cases)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"interpreter subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_script_in_interpreter(__file__, [op, json.dumps(cases)], timeout)
 
 
 if __name__ == "__main__":
