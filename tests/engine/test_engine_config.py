@@ -81,3 +81,89 @@ def test_save_config_roundtrip(cfg_dir, tmp_path):
     again = OmegaConf.load(out)
     assert again.train.lr == 0.25 and again.train.run_dir == "runs/vit"
     assert not list((tmp_path / "run").glob(".*tmp*"))
+
+
+# ------------------------------------------------------------------- schema-first merge (schema -> bases -> file)
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, Dict, List, Optional  # noqa: E402
+
+
+@dataclass
+class _Model:
+    name: str = "tiny"
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    out_indices: Optional[List[int]] = None
+    weights: Optional[List[float]] = None
+
+
+@dataclass
+class _Train:
+    lr: float = 0.1
+    epochs: int = 1
+    resume: Optional[str] = None
+
+
+@dataclass
+class _Schema:
+    model: _Model = field(default_factory=_Model)
+    train: _Train = field(default_factory=_Train)
+    extra: Optional[_Train] = None
+
+
+def test_schema_then_bases_then_file_then_overrides(tmp_path):
+    """A child may set a schema key that its _base_ chain never mentions; later layers win."""
+    (tmp_path / "root.yaml").write_text("train:\n  lr: 0.3\n")
+    (tmp_path / "mid.yaml").write_text("_base_: root.yaml\ntrain:\n  lr: 0.4\nmodel:\n  name: mid\n")
+    (tmp_path / "leaf.yaml").write_text("_base_: mid.yaml\ntrain:\n  epochs: 7\nmodel:\n  kwargs: {depth: 2}\n")
+    cfg = load_config(tmp_path / "leaf.yaml", ["train.resume=latest", "+model.kwargs.width=8"], schema=_Schema)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.resume) == (0.4, 7, "latest")
+    assert cfg.model.name == "mid" and dict(cfg.model.kwargs) == {"depth": 2, "width": 8}
+    assert cfg.model.out_indices is None
+    with pytest.raises(ConfigError, match=r"train\.epohcs.*leaf2\.yaml"):
+        (tmp_path / "leaf2.yaml").write_text("_base_: mid.yaml\ntrain:\n  epohcs: 7\n")
+        load_config(tmp_path / "leaf2.yaml", schema=_Schema)
+    # the schema also checks the root of the chain, naming that file
+    (tmp_path / "badroot.yaml").write_text("modle:\n  name: x\n")
+    (tmp_path / "child.yaml").write_text("_base_: badroot.yaml\n")
+    with pytest.raises(ConfigError, match=r"modle.*badroot\.yaml"):
+        load_config(tmp_path / "child.yaml", schema=_Schema)
+    # no file at all: the schema defaults (+ overrides)
+    assert load_config(None, ["train.lr=0.5"], schema=_Schema).train.lr == 0.5
+    with pytest.raises(ConfigError):
+        load_config(None)
+
+
+def test_null_optional_list_and_dict_in_schema(tmp_path):
+    """Optional[List[...]] / Optional[dataclass] = None nodes: the strict-mode walk must not iterate them."""
+    (tmp_path / "a.yaml").write_text("model:\n  out_indices: [1, 2]\n")
+    cfg = load_config(tmp_path / "a.yaml", ["model.weights=[0.5, 1]"], schema=_Schema)
+    assert list(cfg.model.out_indices) == [1, 2] and list(cfg.model.weights) == [0.5, 1.0] and cfg.extra is None
+    cfg = load_config(tmp_path / "a.yaml", ["model.out_indices=null"], schema=_Schema)
+    assert cfg.model.out_indices is None
+    (tmp_path / "b.yaml").write_text("{}\n")
+    assert load_config(tmp_path / "b.yaml", schema=_Schema).model.weights is None
+
+
+def test_wrong_value_type_is_a_config_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs.*a\.yaml"):
+        load_config(tmp_path / "a.yaml", schema=_Schema)
+    (tmp_path / "b.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"model\.out_indices"):
+        load_config(tmp_path / "b.yaml", ["model.out_indices=[x]"], schema=_Schema)
+
+
+def test_sibling_root_bases_add_keys_after_an_inheriting_sibling(cfg_dir):
+    """Without a schema the root files define the keys: a root listed after an inheriting base still adds its own."""
+    (cfg_dir / "bases" / "opt.yaml").write_text("opt:\n  name: adamw\n")
+    (cfg_dir / "combo.yaml").write_text("_base_: [base.yaml, bases/opt.yaml]\nopt:\n  name: sgd\n")
+    cfg = load_config(cfg_dir / "combo.yaml")
+    assert cfg.opt.name == "sgd" and cfg.train.epochs == 5 and cfg.model.name == "resnet10t"
+    with pytest.raises(ConfigError, match=r"opt\.nmae"):
+        load_config(cfg_dir / "combo.yaml", ["opt.nmae=x"])
+
+
+def test_bad_base_value(tmp_path):
+    (tmp_path / "a.yaml").write_text("_base_: {x: 1}\n")
+    with pytest.raises(ConfigError, match="must be a file name or a list"):
+        load_config(tmp_path / "a.yaml")

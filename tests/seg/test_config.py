@@ -13,10 +13,29 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "segmentation"
 TOP_LEVEL = sorted(p for p in CONFIGS.glob("*.yaml"))
 
 
-def test_default_base_lists_every_schema_key_with_its_default():
-    base = OmegaConf.load(CONFIGS / "_base_" / "default.yaml")
-    schema = OmegaConf.structured(SegConfig)
-    assert OmegaConf.to_container(base) == OmegaConf.to_container(schema)
+def test_schema_defaults_under_every_file_of_the_chain(tmp_path):
+    """Schema defaults -> bases -> file -> overrides: a file may set any schema key, even one its bases never
+    mention (no base has to repeat the schema)."""
+    (tmp_path / "base.yaml").write_text("data:\n  batch_size: 4\noptim:\n  lr: 0.5\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\noptim:\n  lr: 0.25\ntrain:\n  keep_last: 7\n"
+                                         "model:\n  out_indices: [1, 3]\n")
+    cfg = load_seg_config(tmp_path / "child.yaml", ["train.keep_last=9", "model.class_weight=[1, 0.5]"])
+    defaults = OmegaConf.structured(SegConfig)
+    assert cfg.data.batch_size == 4 and cfg.optim.lr == 0.25 and cfg.train.keep_last == 9
+    assert list(cfg.model.out_indices) == [1, 3] and list(cfg.model.class_weight) == [1.0, 0.5]
+    assert cfg.optim.max_iters == defaults.optim.max_iters and cfg.test == defaults.test
+    # list-typed Optional keys are null by default and can be set back to null
+    assert load_seg_config(tmp_path / "child.yaml", ["model.out_indices=null"]).model.out_indices is None
+    with pytest.raises(ConfigError, match="train.keep_lats"):
+        load_seg_config(tmp_path / "child.yaml", ["train.keep_lats=1"])
+
+
+def test_root_config_files_list_only_what_differs_from_the_schema():
+    """No shipped file restates the whole schema (the old _base_/default.yaml did)."""
+    n_schema = len(OmegaConf.to_container(OmegaConf.structured(SegConfig))["data"])
+    for path in CONFIGS.rglob("*.yaml"):
+        raw = OmegaConf.load(path)
+        assert len(raw.get("data", {})) < n_schema, path
 
 
 @pytest.mark.parametrize("path", TOP_LEVEL, ids=lambda p: p.stem)
@@ -53,9 +72,16 @@ def test_ade20k_recipe_values():
 
 def test_unknown_keys_are_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"_base_: {CONFIGS / '_base_' / 'default.yaml'}\noptim:\n  lr_typo: 0.1\n")
-    with pytest.raises(ConfigError, match="optim.lr_typo"):
+    bad.write_text(f"_base_: {CONFIGS / '_base_' / 'ade20k.yaml'}\noptim:\n  lr_typo: 0.1\n")
+    with pytest.raises(ConfigError, match=r"optim\.lr_typo.*bad\.yaml"):
         load_seg_config(bad)
+    # a root file (no _base_) is checked against the schema too, and the error names that file
+    (tmp_path / "root.yaml").write_text("data:\n  batch_sise: 3\n")
+    (tmp_path / "leaf.yaml").write_text("_base_: root.yaml\n")
+    with pytest.raises(ConfigError, match=r"data\.batch_sise.*root\.yaml"):
+        load_seg_config(tmp_path / "leaf.yaml")
+    with pytest.raises(ConfigError, match="model.out_indices"):  # typed: a list of ints
+        load_seg_config(CONFIGS / "demo_shapes.yaml", ["model.out_indices=[a,b]"])
     with pytest.raises(ConfigError, match="data.crop"):
         load_seg_config(CONFIGS / "demo_shapes.yaml", ["data.crop=[4,4]"])
     with pytest.raises(ConfigError, match="not found"):

@@ -4,10 +4,13 @@ Public API (import from ``vision_rwkv.engine``):
 
 Config (``config.py``)
     load_config(path, overrides=None, schema=None) -> DictConfig
-        YAML with ``_base_`` (str or list, relative to the file), struct mode: a key the base/schema lacks is a
-        ConfigError naming it; ``key=value`` / ``+new.key=value`` / ``~key`` overrides; nodes named ``*kwargs`` are
-        free-form. ``${...}`` interpolations are resolved.
-    apply_overrides(cfg, overrides), merge_strict(base, update), save_config(cfg, path), to_dict(node), ConfigError
+        merges schema defaults (a dataclass, optional) -> every file of the YAML's ``_base_`` chain (str or list,
+        relative to the file; bases first) -> overrides. With a schema every file may set any schema key; without
+        one the root files (no ``_base_``) define the keys. A key not defined is a ConfigError naming the key and
+        the file (a wrongly typed value too); ``key=value`` / ``+new.key=value`` / ``~key`` overrides; nodes
+        named ``*kwargs`` are free-form. ``${...}`` interpolations are resolved. ``path=None``: schema defaults.
+    config_layers(path) -> [(file, keys, is_root)], apply_overrides(cfg, overrides), merge_strict(base, update),
+    save_config(cfg, path), to_dict(node), ConfigError
 
 Distributed (``distributed.py``) -- single process and torchrun share one code path
     init_distributed(device="auto", backend=None) -> DistInfo(rank, world_size, local_rank, device)
@@ -66,7 +69,7 @@ Exact resume needs the same world size and per-process batch size; RNG streams a
 """
 from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, find_latest_checkpoint,
                          gather_rng_states, load_checkpoint, load_model_weights, restore_rank_rng, restore_rng_state)
-from .config import ConfigError, apply_overrides, load_config, merge_strict, save_config, to_dict
+from .config import ConfigError, apply_overrides, config_layers, load_config, merge_strict, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
                           cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
                           is_main_process, print_rank0, reduce_dict, unwrap_model, wrap_ddp)

@@ -1,11 +1,18 @@
 """YAML configs with ``_base_`` inheritance, ``key=value`` overrides and unknown-key errors (omegaconf).
 
 A config file may name one or more base files in ``_base_`` (a string or a list; paths relative to the file).
-Bases are merged in order, then the file itself on top. Once a file has a base (or a ``schema`` is given), the
-merged result is in *struct mode*: setting a key that the base/schema does not define raises
-:class:`ConfigError` naming the key. Nodes whose key ends in ``kwargs`` (e.g. ``model.kwargs``) are open
-dictionaries, free to take any key (they are passed through as ``**kwargs``). A command-line override
-``+key=value`` adds a new key on purpose; ``key=value`` must name an existing one. ``~key`` deletes a key.
+:func:`config_layers` flattens that chain, bases first (depth-first, in list order), and :func:`load_config`
+merges, in this order: the ``schema`` defaults (a dataclass, when given) -> every file of the chain -> the
+command-line overrides. Which keys exist is decided by
+
+- the schema, when one is given: every file (root bases included) may set any schema key, and only those;
+- otherwise the root files of the chain (files without ``_base_``, e.g. ``configs/classification/base.yaml``):
+  they define the keys, every file that has a ``_base_`` may only set keys defined before it.
+
+Setting an undefined key raises :class:`ConfigError` naming the key and the file. Nodes whose key ends in
+``kwargs`` (e.g. ``model.kwargs``) are open dictionaries, free to take any key (they are passed through as
+``**kwargs``). A command-line override ``+key=value`` adds a new key on purpose; ``key=value`` must name an
+existing one. ``~key`` deletes a key.
 """
 from __future__ import annotations
 
@@ -14,9 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-__all__ = ["ConfigError", "load_config", "apply_overrides", "merge_strict", "save_config", "to_dict"]
+__all__ = ["ConfigError", "load_config", "config_layers", "apply_overrides", "merge_strict", "save_config",
+           "to_dict"]
 
 BASE_KEY = "_base_"
 OPEN_SUFFIX = "kwargs"
@@ -27,18 +35,22 @@ class ConfigError(ValueError):
 
 
 def _open_kwargs_nodes(cfg: Any) -> None:
-    """Struct mode everywhere except nodes named ``*kwargs`` (free-form keyword dictionaries)."""
+    """Struct mode everywhere except nodes named ``*kwargs`` (free-form keyword dictionaries).
+
+    Walks the raw nodes: a ``None`` / missing container (e.g. a schema's ``Optional[List[int]] = None``) has no
+    children, and interpolations are not resolved here."""
+    if not isinstance(cfg, (DictConfig, ListConfig)) or cfg._is_none() or cfg._is_missing():
+        return
     if isinstance(cfg, DictConfig):
         for key in list(cfg.keys()):
             node = cfg._get_node(key)
-            if isinstance(node, DictConfig):
-                if str(key).endswith(OPEN_SUFFIX):
-                    OmegaConf.set_struct(node, False)
-                else:
-                    _open_kwargs_nodes(node)
-            elif isinstance(node, ListConfig):
-                for item in node:
-                    _open_kwargs_nodes(item)
+            if isinstance(node, DictConfig) and str(key).endswith(OPEN_SUFFIX):
+                OmegaConf.set_struct(node, False)
+            else:
+                _open_kwargs_nodes(node)
+    else:
+        for index in range(len(cfg)):
+            _open_kwargs_nodes(cfg._get_node(index))
 
 
 def _strict(cfg: DictConfig) -> DictConfig:
@@ -59,6 +71,10 @@ def merge_strict(base: DictConfig, update: DictConfig | dict, where: str = "conf
         merged = OmegaConf.merge(base, update)
     except (ConfigAttributeError, ConfigKeyError) as err:
         raise ConfigError(_unknown_key_message(err, where)) from None
+    except ValidationError as err:  # a value of the wrong type for a typed (schema) key
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"invalid value for config key '{key}' in {where}: {reason}") from None
     return _strict(merged)
 
 
@@ -74,23 +90,28 @@ def _read_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _load_with_bases(path: Path, stack: tuple[Path, ...] = ()) -> tuple[DictConfig, bool]:
-    """Returns (merged config, whether it inherited from a base)."""
+def config_layers(path: str | os.PathLike) -> list[tuple[Path, DictConfig, bool]]:
+    """The ``_base_`` chain of a YAML file as ``(file, its own keys, is_root)`` triples, bases first (depth-first,
+    in ``_base_`` list order; paths relative to the including file). ``is_root``: the file has no ``_base_``."""
+    return _layers(Path(path), ())
+
+
+def _layers(path: Path, stack: tuple[Path, ...]) -> list[tuple[Path, DictConfig, bool]]:
     path = path.resolve()
     if path in stack:
         raise ConfigError(f"circular _base_ chain: {' -> '.join(str(p) for p in (*stack, path))}")
     cfg = _read_yaml(path)
     bases = cfg.pop(BASE_KEY, None)
-    if bases is None:
-        return cfg, False
     if isinstance(bases, str):
         bases = [bases]
-    merged: DictConfig | None = None
+    if bases is not None and not (isinstance(bases, (list, ListConfig)) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{BASE_KEY} in {path} must be a file name or a list of file names, got {bases!r}")
+    if not bases:
+        return [(path, cfg, True)]
+    layers: list[tuple[Path, DictConfig, bool]] = []
     for base in bases:
-        base_cfg, _ = _load_with_bases((path.parent / str(base)), (*stack, path))
-        merged = base_cfg if merged is None else OmegaConf.merge(merged, base_cfg)
-    assert merged is not None, f"empty _base_ list in {path}"
-    return merge_strict(merged, cfg, where=str(path)), True
+        layers += _layers(path.parent / base, (*stack, path))
+    return layers + [(path, cfg, False)]
 
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictConfig:
@@ -126,14 +147,26 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
     return cfg
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] | None = None, schema: Any = None,
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | None = None, schema: Any = None,
                 resolve: bool = True) -> DictConfig:
-    """Load a YAML config with its ``_base_`` chain, check it against ``schema`` (a dataclass or dict; optional),
-    apply command-line ``overrides`` and resolve ``${...}`` interpolations. Unknown keys raise ConfigError."""
-    cfg, _ = _load_with_bases(Path(path))
+    """Load a config: ``schema`` defaults (a dataclass / dict / DictConfig; optional) -> every file of the YAML's
+    ``_base_`` chain -> command-line ``overrides``, then resolve ``${...}`` interpolations. With a schema, every
+    file may set any schema key; without one, the root files of the chain define the keys (module docstring).
+    Unknown keys raise ConfigError naming the key and the file. ``path=None`` (schema only) gives the defaults."""
+    if path is None and schema is None:
+        raise ConfigError("load_config needs a config path, a schema, or both")
+    cfg: DictConfig | None = None
     if schema is not None:
-        cfg = merge_strict(OmegaConf.structured(schema) if not isinstance(schema, DictConfig) else schema, cfg,
-                           where=str(path))
+        cfg = _strict(schema.copy() if isinstance(schema, DictConfig) else OmegaConf.structured(schema))
+    for file, layer, is_root in (config_layers(path) if path is not None else ()):
+        if cfg is None:
+            cfg = layer
+        elif is_root and schema is None:  # another root base (a sibling in a _base_ list) adds its keys
+            OmegaConf.set_struct(cfg, False)
+            cfg = OmegaConf.merge(cfg, layer)
+        else:
+            cfg = merge_strict(cfg, layer, where=str(file))
+    assert cfg is not None
     cfg = apply_overrides(cfg, overrides)
     if resolve:
         OmegaConf.resolve(cfg)

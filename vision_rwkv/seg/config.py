@@ -1,7 +1,9 @@
 """The segmentation config schema (every key a config file or override may set) and its loader.
 
-Configs are YAML files under `configs/segmentation/` with `_base_` inheritance; `load_seg_config(path,
-overrides)` checks them against :class:`SegConfig` (typed; an unknown key is a ConfigError naming it).
+Configs are YAML files under `configs/segmentation/` (optionally with `_base_` inheritance);
+`load_seg_config(path, overrides)` merges the :class:`SegConfig` defaults -> every file of the `_base_` chain ->
+the `key=value` overrides. Every file may set any schema key and only those (typed; an unknown key is a
+ConfigError naming the key and the file), so a config file lists only what differs from these defaults.
 """
 from __future__ import annotations
 
@@ -14,25 +16,24 @@ from omegaconf import DictConfig
 __all__ = ["SegConfig", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "TestConfig", "load_seg_config"]
 
 
-# Optional list fields are typed Optional[Any]: the engine's strict-mode walk cannot iterate a None list node.
 @dataclass
 class ModelConfig:
-    backbone: str = "vrwkv_tiny_patch16_224"      # timm model name
-    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # timm.create_model overrides
-    pretrained: Optional[str] = None              # local backbone checkpoint (.pth / .safetensors)
-    out_indices: Optional[Any] = None  # list of ints        # None: 4 evenly spaced blocks
-    norm_intermediates: bool = False
-    strides: List[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    backbone: str = "vrwkv_tiny_patch16_224"      # any timm model with forward_intermediates
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # timm.create_model kwargs (img_size, ...)
+    pretrained: Optional[str] = None              # local backbone checkpoint (.pth / .safetensors); never downloaded
+    out_indices: Optional[List[int]] = None       # None: 4 evenly spaced blocks (12 blocks -> 2, 5, 8, 11)
+    norm_intermediates: bool = False              # apply the backbone's final norm to every taken block output
+    strides: List[int] = field(default_factory=lambda: [4, 8, 16, 32])  # neck output strides
     neck_channels: Optional[int] = None            # None: backbone width
-    decode_channels: int = 512
-    pool_scales: List[int] = field(default_factory=lambda: [1, 2, 3, 6])
+    decode_channels: int = 512                    # UperNet channels
+    pool_scales: List[int] = field(default_factory=lambda: [1, 2, 3, 6])  # PPM
     dropout: float = 0.1
-    aux_channels: int = 256
+    aux_channels: int = 256                       # FCN auxiliary head on level aux_level
     aux_weight: float = 0.4
     aux_level: int = 2
-    class_weight: Optional[Any] = None             # per-class cross-entropy weights (list), None: unweighted
+    class_weight: Optional[List[float]] = None    # per-class cross-entropy weights, None: unweighted
     align_corners: bool = False
-    probe_size: int = 224
+    probe_size: int = 224                         # input size for probing a backbone without feature_info
 
 
 @dataclass
@@ -46,7 +47,7 @@ class DataConfig:
     ann_dir: Optional[str] = None
     val_img_dir: Optional[str] = None
     val_ann_dir: Optional[str] = None
-    classes: Optional[Any] = None
+    classes: Optional[Any] = None                 # list of names or a text file (one name per line)
     img_suffix: str = ".jpg"
     seg_map_suffix: str = ".png"
     reduce_zero_label: bool = False
@@ -58,11 +59,11 @@ class DataConfig:
     # all
     ignore_index: int = 255
     max_val_images: Optional[int] = None           # evaluate on the first N validation images only
-    batch_size: int = 2                            # per process
+    batch_size: int = 2                            # per process (16 = 8 GPUs x 2)
     num_workers: int = 2
     crop_size: List[int] = field(default_factory=lambda: [512, 512])
     scale: List[int] = field(default_factory=lambda: [2048, 512])  # (long, short) base scale of the rescale
-    ratio_range: Optional[Any] = field(default_factory=lambda: [0.5, 2.0])  # [lo, hi] or None
+    ratio_range: Optional[List[float]] = field(default_factory=lambda: [0.5, 2.0])  # [lo, hi] or None
     cat_max_ratio: float = 0.75
     flip_prob: float = 0.5
     photometric: bool = True
@@ -109,7 +110,7 @@ class TestConfig:
     mode: str = "slide"                            # whole | slide
     crop_size: List[int] = field(default_factory=lambda: [512, 512])
     stride: List[int] = field(default_factory=lambda: [341, 341])
-    scale: Optional[Any] = field(default_factory=lambda: [2048, 512])  # keep-ratio test resize; None: keep
+    scale: Optional[List[int]] = field(default_factory=lambda: [2048, 512])  # keep-ratio test resize; None: keep
     flip: bool = False
     scales: List[float] = field(default_factory=lambda: [1.0])
     checkpoint: Optional[str] = None               # None: best (else latest) checkpoint of train.run_dir
@@ -127,8 +128,8 @@ class SegConfig:
 
 
 def load_seg_config(path: str | os.PathLike, overrides: Sequence[str] | None = None) -> DictConfig:
-    """Load a segmentation YAML config (with `_base_` chain) against the schema, then apply `key=value` overrides.
-    Unknown keys raise `vision_rwkv.engine.ConfigError`."""
+    """Schema defaults -> the YAML's `_base_` chain -> `key=value` overrides (module docstring). Unknown keys raise
+    `vision_rwkv.engine.ConfigError` naming the key and the file."""
     from vision_rwkv.engine import load_config
 
     return load_config(path, overrides=overrides, schema=SegConfig)
