@@ -109,3 +109,51 @@ def test_non_finite_loss_is_an_error(tmp_path):
                 lambda m, b: m(b[0]).sum() * float("nan"), run_dir=tmp_path, epochs=1, show_progress=False)
     with pytest.raises(FloatingPointError, match="non-finite"):
         t.fit()
+
+
+def _counting_trainer(run_dir, **kw):
+    """A linear model on 40 samples, batch 8 -> 5 optimizer steps per epoch; records the steps of every eval and
+    every checkpoint save."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    ds = torch.utils.data.TensorDataset(torch.randn(40, 3), torch.randint(0, 2, (40,)))
+    evals, saves = [], []
+    holder = {}
+
+    def eval_fn(m):
+        evals.append(holder["t"].step)
+        return {"score": float(holder["t"].step)}
+
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), EpochLoader(ds, 8, seed=0),
+                lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), run_dir=run_dir, eval_fn=eval_fn,
+                show_progress=False, plot=False, **kw)
+    holder["t"] = t
+    real_save = t.ckpt.save
+
+    def save(state, step, metric=None):
+        saves.append(step)
+        return real_save(state, step, metric)
+
+    t.ckpt.save = save
+    return t, evals, saves
+
+
+@pytest.mark.parametrize("kw,want_evals,want_saves", [
+    # eval_every_steps divides max_steps, the run ends mid-epoch: one evaluation (and one save) at the last step
+    (dict(max_steps=4, eval_every_steps=2, ckpt_every_steps=2, ckpt_every_epochs=0), [2, 4], [2, 4]),
+    # step-based eval / checkpoints that land on an epoch end are kept even when the epoch schedule skips it
+    (dict(max_steps=12, eval_every_steps=5, eval_every_epochs=1000, ckpt_every_steps=5, ckpt_every_epochs=0),
+     [5, 10, 12], [5, 10, 12]),
+    # both schedules due at the same step: once
+    (dict(epochs=2, eval_every_steps=5, eval_every_epochs=1, ckpt_every_steps=5, ckpt_every_epochs=1),
+     [5, 10], [5, 10]),
+    # epoch schedule only (the classification default), eval_every_epochs=0 / None: only at the end
+    (dict(epochs=3, eval_every_epochs=2, ckpt_every_epochs=2), [10, 15], [10, 15]),
+    (dict(epochs=2, eval_every_epochs=0, ckpt_every_epochs=0), [10], [10]),
+    (dict(epochs=2, eval_every_epochs=None, ckpt_every_epochs=None), [10], [10]),
+])
+def test_each_step_evaluates_and_saves_at_most_once(tmp_path, kw, want_evals, want_saves):
+    t, evals, saves = _counting_trainer(tmp_path, **kw)
+    t.fit()
+    assert evals == want_evals and saves == want_saves
+    assert [int(r["step"]) for r in read_metrics_csv(tmp_path / "val_metrics.csv")] == want_evals

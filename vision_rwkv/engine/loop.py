@@ -24,6 +24,9 @@ Contracts:
 - ``after_step(trainer)`` runs after each optimizer step (e.g. clamp CLIP's logit scale).
 - The schedule is per optimizer step: a timm scheduler gets ``step_update(step)`` each step and ``step(epoch)``
   at each epoch end; a torch scheduler gets ``step()`` each step.
+- Evaluation and checkpoints run after an optimizer step when the step schedule (``eval_every_steps`` /
+  ``ckpt_every_steps``), the epoch schedule (``eval_every_epochs`` / ``ckpt_every_epochs``, at an epoch end; 0 or
+  None = never) or the end of training asks, each at most once per step.
 - ``stop_after_steps`` ends ``fit`` early WITHOUT saving (a simulated crash, for resume tests).
 """
 from __future__ import annotations
@@ -236,6 +239,22 @@ class Trainer:
                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
+    @staticmethod
+    def _every(count: int, period: int | None) -> bool:
+        return bool(period) and count % int(period) == 0
+
+    def _eval_and_checkpoint(self, epoch_finished: bool, done: bool) -> None:
+        """After an optimizer step: evaluate and/or checkpoint, each at most once, when the step schedule
+        (``*_every_steps``), the epoch schedule (``*_every_epochs``, at an epoch end) or the end of training asks."""
+        if self.eval_fn is not None and (done or self._every(self.step, self.eval_every_steps)
+                                         or (epoch_finished and self._every(self.epoch, self.eval_every_epochs))):
+            evaluated = self.evaluate()
+        else:
+            evaluated = None
+        if (done or self._every(self.step, self.ckpt_every_steps)
+                or (epoch_finished and self._every(self.epoch, self.ckpt_every_epochs))):
+            self._checkpoint(evaluated)
+
     def _checkpoint(self, evaluated: dict[str, float] | None) -> None:
         metric = None
         if self.best_metric is not None and evaluated:
@@ -287,16 +306,10 @@ class Trainer:
                 if self.stop_after_steps is not None and self.step >= self.stop_after_steps:
                     self.logger.close()
                     return {"step": self.step, "stopped": True}
-                end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch * self.accum
-                done = self.step >= self.total_steps
-                evaluated = None
-                if self.eval_every_steps and self.step % self.eval_every_steps == 0 and not end_of_epoch:
-                    evaluated = self.evaluate()
-                if (self.ckpt_every_steps and self.step % self.ckpt_every_steps == 0 and not end_of_epoch
-                        and not done):
-                    self._checkpoint(evaluated)
-                if done:
+                if self.step >= self.total_steps:
                     break
+                if self.batch_in_epoch < self.steps_per_epoch * self.accum:  # epoch ends are handled below
+                    self._eval_and_checkpoint(epoch_finished=False, done=False)
             if hasattr(bar, "close"):
                 bar.close()
             epoch_finished = self.batch_in_epoch >= self.steps_per_epoch * self.accum
@@ -305,12 +318,7 @@ class Trainer:
                 self.batch_in_epoch = 0
                 if self.scheduler is not None and hasattr(self.scheduler, "step_update"):
                     self.scheduler.step(self.epoch)
-            done = self.step >= self.total_steps
-            evaluated = None
-            if self.eval_fn is not None and (done or (epoch_finished and self.epoch % self.eval_every_epochs == 0)):
-                evaluated = self.evaluate()
-            if done or (epoch_finished and self.ckpt_every_epochs and self.epoch % self.ckpt_every_epochs == 0):
-                self._checkpoint(evaluated)
+            self._eval_and_checkpoint(epoch_finished, done=self.step >= self.total_steps)
         if self.loader.num_skipped:
             print_rank0(f"[trainer] skipped {self.loader.num_skipped} unreadable samples")
         if self.plot:
