@@ -2,7 +2,9 @@
 
 Token embedding (no position embedding) -> blocks (pre-norm, `ln0` on block 0) -> `ln_out`; each block is a
 time mix (per-head 1-D bidirectional shift, RWKV-6 "ddlerp" token mixing, bidirectional WKV-6, GroupNorm
-`ln_x`) and a channel mix (squared-ReLU feed-forward with a sigmoid receptance gate).
+`ln_x`) and a channel mix (squared-ReLU feed-forward with a sigmoid receptance gate). Both mixers are the classes
+of the vision backbones (`vision_rwkv.models.mixing.TimeMixV6` / `ChannelMix`) with the text tower's token shift,
+parameter layout, init and eps, so the text tower also runs the fused CUDA kernels where they apply.
 
 The sentence embedding is the mean over ALL positions (padding included) of the L2-normalised token features;
 it is not re-normalised. Parameter names follow the original checkpoints (`emb`, `blocks.{i}.att.time_maa_x`, ...)
@@ -18,160 +20,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from vision_rwkv.ops import bi_shift_1d, bi_wkv6
+from vision_rwkv.models.mixing import ChannelMix, TimeMixV6, fused_prenorm_step
+from vision_rwkv.ops import fused
 
-__all__ = ["TextTimeMix", "TextChannelMix", "TextBlock", "TextRWKV"]
-
-MIX_EXTRA_DIM = 32  # low-rank width of the data-dependent token-shift mix (5 targets: w, k, v, r, g)
-DECAY_EXTRA_DIM = 64  # low-rank width of the data-dependent decay
-
-
-def _channel_ratio(dim: int) -> torch.Tensor:
-    """x_c = c / C for c in [0, C), shaped (1, 1, C) (the 'fancy' init's channel ratio)."""
-    return (torch.arange(dim, dtype=torch.float32) / dim).view(1, 1, dim)
-
-
-class TextTimeMix(nn.Module):
-    """RWKV-6 token mixing with a per-head 1-D bidirectional shift and a bidirectional WKV-6.
-
-    Args:
-        dim: model width C.
-        head_size: channels per head N (C must be a multiple of N).
-        layer_idx, depth: position of the block (used by the init only).
-        ln_x_eps: epsilon of the GroupNorm over each head's output (1e-5 * head_size_divisor**2).
-        wkv_backend: passed to `vision_rwkv.ops.bi_wkv6` (None = auto).
-    """
-
-    def __init__(
-            self,
-            dim: int,
-            head_size: int,
-            layer_idx: int,
-            depth: int,
-            ln_x_eps: float = 6.4e-4,
-            wkv_backend: Optional[str] = None,
-    ):
-        super().__init__()
-        if dim % head_size != 0:
-            raise ValueError(f"text width {dim} is not a multiple of head_size {head_size}")
-        self.dim = dim
-        self.head_size = head_size
-        self.num_heads = dim // head_size
-        self.layer_idx = layer_idx
-        self.depth = depth
-        self.wkv_backend = wkv_backend
-
-        self.time_maa_x = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_maa_w = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_maa_k = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_maa_v = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_maa_r = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_maa_g = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_maa_w1 = nn.Parameter(torch.empty(dim, 5 * MIX_EXTRA_DIM))
-        self.time_maa_w2 = nn.Parameter(torch.empty(5, MIX_EXTRA_DIM, dim))
-        self.time_decay = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_decay_w1 = nn.Parameter(torch.empty(dim, DECAY_EXTRA_DIM))
-        self.time_decay_w2 = nn.Parameter(torch.empty(DECAY_EXTRA_DIM, dim))
-        self.time_faaaa = nn.Parameter(torch.empty(self.num_heads, head_size))
-
-        self.receptance = nn.Linear(dim, dim, bias=False)
-        self.key = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(dim, dim, bias=False)
-        self.output = nn.Linear(dim, dim, bias=False)
-        self.gate = nn.Linear(dim, dim, bias=False)
-        self.ln_x = nn.GroupNorm(self.num_heads, dim, eps=ln_x_eps)
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """The original 'fancy' init of the text tower (layer-dependent mixes, decays and bonuses)."""
-        dim, i, depth = self.dim, self.layer_idx, self.depth
-        ratio_0_to_1 = i / max(depth - 1, 1)
-        ratio_1_to_almost0 = 1.0 - i / depth
-        x = _channel_ratio(dim)
-        self.time_maa_x.copy_(1.0 - x.pow(ratio_1_to_almost0))
-        self.time_maa_w.copy_(1.0 - x.pow(ratio_1_to_almost0))
-        self.time_maa_k.copy_(1.0 - x.pow(ratio_1_to_almost0))
-        self.time_maa_v.copy_(1.0 - (x.pow(ratio_1_to_almost0) + 0.3 * ratio_0_to_1))
-        self.time_maa_r.copy_(1.0 - x.pow(0.5 * ratio_1_to_almost0))
-        self.time_maa_g.copy_(1.0 - x.pow(0.5 * ratio_1_to_almost0))
-        self.time_maa_w1.zero_()
-        self.time_maa_w2.uniform_(-0.01, 0.01)
-        n = torch.arange(dim, dtype=torch.float32) / max(dim - 1, 1)
-        self.time_decay.copy_((-6.0 + 5.0 * n.pow(0.7 + 1.3 * ratio_0_to_1)).view(1, 1, dim))
-        self.time_decay_w1.zero_()
-        self.time_decay_w2.uniform_(-0.01, 0.01)
-        zigzag = 0.1 * (((torch.arange(dim) + 1) % 3) - 1).float()
-        self.time_faaaa.copy_((ratio_0_to_1 * (1.0 - n) + zigzag).view(self.num_heads, self.head_size))
-        self.ln_x.reset_parameters()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        H, N = self.num_heads, self.head_size
-        xx = bi_shift_1d(x, N) - x
-        xxx = x + xx * self.time_maa_x
-        # data-dependent lerp amounts for the five targets (w, k, v, r, g), each (B, T, C)
-        mix = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, MIX_EXTRA_DIM).transpose(0, 1)
-        mw, mk, mv, mr, mg = torch.bmm(mix, self.time_maa_w2).view(5, B, T, C).unbind(0)
-        xw = x + xx * (self.time_maa_w + mw)
-        xk = x + xx * (self.time_maa_k + mk)
-        xv = x + xx * (self.time_maa_v + mv)
-        xr = x + xx * (self.time_maa_r + mr)
-        xg = x + xx * (self.time_maa_g + mg)
-
-        r = self.receptance(xr)
-        k = self.key(xk)
-        v = self.value(xv)
-        g = F.silu(self.gate(xg))
-        w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
-
-        # the WKV runs in fp32 (decays near 1 need it); log of the per-step decay is -exp(w)
-        logd = -torch.exp(w.float())
-        y = bi_wkv6(
-            r.float().view(B, T, H, N),
-            k.float().view(B, T, H, N),
-            v.float().view(B, T, H, N),
-            logd.view(B, T, H, N),
-            self.time_faaaa.float(),
-            backend=self.wkv_backend,
-        )
-        y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
-        return self.output(y.to(g.dtype) * g)
-
-
-class TextChannelMix(nn.Module):
-    """Feed-forward with the bidirectional shift: sigmoid(R xr) * V relu(K xk)^2."""
-
-    def __init__(self, dim: int, hidden_dim: int, head_size: int, layer_idx: int, depth: int):
-        super().__init__()
-        self.dim = dim
-        self.head_size = head_size
-        self.layer_idx = layer_idx
-        self.depth = depth
-        self.time_maa_k = nn.Parameter(torch.empty(1, 1, dim))
-        self.time_maa_r = nn.Parameter(torch.empty(1, 1, dim))
-        self.key = nn.Linear(dim, hidden_dim, bias=False)
-        self.receptance = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(hidden_dim, dim, bias=False)
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        x = _channel_ratio(self.dim)
-        ratio_1_to_almost0 = 1.0 - self.layer_idx / self.depth
-        self.time_maa_k.copy_(1.0 - x.pow(ratio_1_to_almost0))
-        self.time_maa_r.copy_(1.0 - x.pow(ratio_1_to_almost0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xx = bi_shift_1d(x, self.head_size) - x
-        xk = x + xx * self.time_maa_k
-        xr = x + xx * self.time_maa_r
-        k = torch.relu(self.key(xk)).square()
-        return torch.sigmoid(self.receptance(xr)) * self.value(k)
-
+__all__ = ["TextBlock", "TextRWKV"]
 
 class TextBlock(nn.Module):
-    """Pre-norm block: x += att(ln1(x)); x += ffn(ln2(x)); block 0 first applies `ln0` to the embeddings."""
+    """Pre-norm block: x += att(ln1(x)); x += ffn(ln2(x)); block 0 first applies `ln0` to the embeddings.
+
+    `att` is the shared RWKV-6 time mix and `ffn` the shared channel mix (`vision_rwkv.models.mixing`) with the
+    text tower's settings: per-head 1-D bidirectional shift, the original text parameter layout and init
+    (`param_style="rwkv_clip_text"`: (1, 1, C) vectors, `time_maa_{k,r}` weighting the shifted token), no key norm,
+    `ln_x` eps `ln_x_eps`, WKV in float32. On CUDA (fused path) the decay, GroupNorm * gate, relu^2, sigmoid gate and
+    residual + LayerNorm run as fused kernels; the 1-D shift and its interpolations stay plain PyTorch.
+    """
 
     def __init__(
             self,
@@ -184,19 +46,32 @@ class TextBlock(nn.Module):
             wkv_backend: Optional[str] = None,
     ):
         super().__init__()
+        if dim % head_size != 0:
+            raise ValueError(f"text width {dim} is not a multiple of head_size {head_size}")
         self.layer_idx = layer_idx
         self.ln0 = nn.LayerNorm(dim) if layer_idx == 0 else None
         self.ln1 = nn.LayerNorm(dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.att = TextTimeMix(dim, head_size, layer_idx, depth, ln_x_eps=ln_x_eps, wkv_backend=wkv_backend)
-        self.ffn = TextChannelMix(dim, hidden_dim, head_size, layer_idx, depth)
+        self.att = TimeMixV6(dim, layer_idx, depth, head_size, key_norm=False, ln_x_eps=ln_x_eps,
+                             token_shift="bi_shift_1d", param_style="rwkv_clip_text", fp32_wkv=True,
+                             wkv_backend=wkv_backend)
+        self.ffn = ChannelMix(dim, layer_idx, depth, hidden_dim, key_norm=False, head_size=head_size,
+                              token_shift="bi_shift_1d", param_style="rwkv_clip_text")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ln0 is not None:
             x = self.ln0(x)
+        if fused.fused_enabled(x):
+            return self.forward_chain(x, self.ln1(x), None)[0]
         x = x + self.att(self.ln1(x))
         x = x + self.ffn(self.ln2(x))
         return x
+
+    def forward_chain(self, x: torch.Tensor, h: torch.Tensor,
+                      next_norm: Optional[nn.LayerNorm]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Fused path: residual `x` and `h = ln1(x)` -> (new residual, `next_norm` of it or None), each residual add
+        fused with the LayerNorm that follows it (`ln2`, then the next block's `ln1`)."""
+        return fused_prenorm_step(x, h, self.att, self.ffn, self.ln2, next_norm=next_norm)
 
 
 class TextRWKV(nn.Module):
@@ -253,6 +128,7 @@ class TextRWKV(nn.Module):
                   "att.output": 0.0, "ffn.value": 0.0, "ffn.receptance": 0.0}
         for i, block in enumerate(self.blocks):
             block.att.reset_parameters()
+            block.att.ln_x.reset_parameters()
             block.ffn.reset_parameters()
             for name, module in block.named_modules():
                 if not isinstance(module, nn.Linear):
@@ -296,12 +172,23 @@ class TextRWKV(nn.Module):
         if text.shape[1] > self.context_length:
             raise ValueError(f"text has {text.shape[1]} tokens, more than context_length {self.context_length}")
         x = self.emb(text)
+        if fused.fused_enabled(x) and not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return self.ln_out(self._forward_chain(x))
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
         return self.ln_out(x)
+
+    def _forward_chain(self, x: torch.Tensor) -> torch.Tensor:
+        """Fused path: every residual add carries the LayerNorm that follows it (the next block's `ln1` included)."""
+        blocks = self.blocks
+        x = blocks[0].ln0(x)
+        h = blocks[0].ln1(x)
+        for i, block in enumerate(blocks):
+            x, h = block.forward_chain(x, h, blocks[i + 1].ln1 if i + 1 < len(blocks) else None)
+        return x
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Sentence embedding: mean over all positions of L2-normalised token features (not re-normalised)."""

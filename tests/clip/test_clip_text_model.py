@@ -1,25 +1,31 @@
-"""Text tower: layer-level semantics (ln_x eps, bidirectional shift, pooling), init, lock, checkpointing."""
+"""Text tower: layer-level semantics (ln_x eps, bidirectional shift, pooling), init, lock, checkpointing; its
+mixers are the shared `vision_rwkv.models.mixing` classes with the text settings."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from rwkv_clip.text_model import TextRWKV, TextTimeMix
+from rwkv_clip.text_model import TextBlock, TextRWKV
+from vision_rwkv.models.mixing import ChannelMix, TimeMixV6
 from vision_rwkv.ops import bi_wkv6_naive
 
 
-def _time_mix_by_hand(m: TextTimeMix, x: torch.Tensor, eps: float) -> torch.Tensor:
+def _bi_shift_by_hand(x: torch.Tensor, N: int) -> torch.Tensor:
+    shifted = torch.zeros_like(x)
+    for h in range(x.shape[-1] // N):
+        lo, mid, hi = h * N, h * N + N // 2, (h + 1) * N
+        shifted[:, 1:, lo:mid] = x[:, :-1, lo:mid]   # first half of each head: token t-1
+        shifted[:, :-1, mid:hi] = x[:, 1:, mid:hi]   # second half: token t+1
+    return shifted
+
+
+def _time_mix_by_hand(m: TimeMixV6, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Plain re-statement of DESIGN.md §4/§5 for one time mix (explicit loops over heads, naive WKV)."""
     B, T, C = x.shape
     N = m.head_size
     H = C // N
-    shifted = torch.zeros_like(x)
-    for h in range(H):
-        lo, mid, hi = h * N, h * N + N // 2, (h + 1) * N
-        shifted[:, 1:, lo:mid] = x[:, :-1, lo:mid]   # first half of each head: token t-1
-        shifted[:, :-1, mid:hi] = x[:, 1:, mid:hi]   # second half: token t+1
-    xx = shifted - x
+    xx = _bi_shift_by_hand(x, N) - x
     xxx = x + xx * m.time_maa_x
     lo_rank = torch.tanh(xxx @ m.time_maa_w1).view(B, T, 5, 32)
     mixes = [lo_rank[:, :, i] @ m.time_maa_w2[i] for i in range(5)]  # w, k, v, r, g
@@ -42,12 +48,13 @@ def _randomise(module: torch.nn.Module, scale: float = 0.3) -> None:
 
 def test_time_mix_matches_hand_written_reference_and_ln_x_eps_is_6_4e_4():
     torch.manual_seed(1)
-    m = TextTimeMix(dim=48, head_size=16, layer_idx=1, depth=3, ln_x_eps=6.4e-4)
+    m = TextBlock(dim=48, hidden_dim=96, head_size=16, layer_idx=1, depth=3, ln_x_eps=6.4e-4).att
+    assert isinstance(m, TimeMixV6) and m.token_shift == "bi_shift_1d" and m.fp32_wkv and m.key_norm is None
     assert m.ln_x.eps == pytest.approx(6.4e-4) and m.ln_x.num_groups == 3
     _randomise(m)
     # small value projections: the WKV output is tiny, so the GroupNorm eps visibly matters
     with torch.no_grad():
-        m.value.weight.mul_(0.002)
+        m.value.weight.mul_(0.0005)
     x = torch.randn(2, 7, 48)
     out = m(x)
     ref = _time_mix_by_hand(m, x, eps=6.4e-4)
@@ -57,6 +64,36 @@ def test_time_mix_matches_hand_written_reference_and_ln_x_eps_is_6_4e_4():
     assert err < 1e-5
     # the eps is observable at this scale: 1e-5 would give a clearly different layer output
     assert (out - wrong_eps).abs().max() / scale > max(100 * err, 1e-3)
+
+
+def test_channel_mix_matches_hand_written_reference():
+    """ffn: xx = shift(x) - x; xk = x + xx * maa_k; xr = x + xx * maa_r; sigmoid(R xr) * V relu(K xk)^2."""
+    torch.manual_seed(3)
+    f = TextBlock(dim=32, hidden_dim=40, head_size=8, layer_idx=1, depth=2).ffn
+    assert isinstance(f, ChannelMix) and f.token_shift == "bi_shift_1d" and f.key_norm is None
+    assert f.time_maa_k.shape == (1, 1, 32) and not hasattr(f, "spatial_mix_k")
+    _randomise(f)
+    x = torch.randn(2, 9, 32)
+    xx = _bi_shift_by_hand(x, 8) - x
+    xk, xr = x + xx * f.time_maa_k, x + xx * f.time_maa_r
+    ref = torch.sigmoid(xr @ f.receptance.weight.T) * (torch.relu(xk @ f.key.weight.T) ** 2 @ f.value.weight.T)
+    torch.testing.assert_close(f(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_block_parameter_names_shapes_and_order():
+    """The original checkpoint names and (1, 1, C) shapes; registration order kept (optimizer states are saved by
+    parameter index)."""
+    b = TextBlock(dim=32, hidden_dim=48, head_size=16, layer_idx=0, depth=2)
+    vec = (1, 1, 32)
+    expected = [("ln0.weight", (32,)), ("ln0.bias", (32,)), ("ln1.weight", (32,)), ("ln1.bias", (32,)),
+                ("ln2.weight", (32,)), ("ln2.bias", (32,))]
+    expected += [(f"att.time_maa_{c}", vec) for c in "xwkvrg"]
+    expected += [("att.time_maa_w1", (32, 160)), ("att.time_maa_w2", (5, 32, 32)), ("att.time_decay", vec),
+                 ("att.time_decay_w1", (32, 64)), ("att.time_decay_w2", (64, 32)), ("att.time_faaaa", (2, 16))]
+    expected += [(f"att.{n}.weight", (32, 32)) for n in ("receptance", "key", "value", "output", "gate")]
+    expected += [("att.ln_x.weight", (32,)), ("att.ln_x.bias", (32,)), ("ffn.time_maa_k", vec), ("ffn.time_maa_r", vec),
+                 ("ffn.key.weight", (48, 32)), ("ffn.receptance.weight", (32, 32)), ("ffn.value.weight", (32, 48))]
+    assert [(n, tuple(p.shape)) for n, p in b.named_parameters()] == expected
 
 
 def test_text_tower_eps_from_head_size_divisor():

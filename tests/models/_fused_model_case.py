@@ -5,9 +5,15 @@ Run as a script in a subprocess with ``TRITON_INTERPRET=1`` (CPU; ``test_fused_p
 both passes (``backend`` forced per op is not exposed by the models, so the fused pass sets
 ``VRWKV_BACKEND=triton`` and the Triton WKV kernels run too); the comparison is relative 2-norm error of the logits
 and of every parameter gradient. Fused outputs are NaN-poisoned (``VRWKV_TRITON_DEBUG=1``).
+
+``name`` is a registered timm model (image input) or :data:`TEXT_TOWER` (the RWKV-CLIP text tower, token-id input;
+its kwargs are ``TextRWKV`` arguments plus ``tokens`` = sequence length). ``calls`` counts, for the fused pass, the
+calls of each fused elementwise op and of each Triton WKV entry point (``wkv:<op>``), so a test can tell that the
+fused kernels really ran (not counted when the pass is compiled).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,24 +21,77 @@ import traceback
 
 import torch
 
+TEXT_TOWER = "rwkv_clip.TextRWKV"
+FUSED_OPS = ("token_shift_mix", "token_shift_mix_lora", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
+             "add_norm")
 
-def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
-            compile_fused: bool = False) -> dict:
-    """Plain vs fused path of ``timm.create_model(name, **kwargs)`` (eval mode: no drop-path draws), forward and
-    backward; ``compile_fused`` runs the fused pass through ``torch.compile(fullgraph=True, backend='aot_eager')``."""
+
+def _build(name: str, kwargs: dict, gen: torch.Generator, img, batch: int):
+    """(model, input) on CPU: a timm model and an image batch, or the text tower and a batch of token ids."""
+    if name == TEXT_TOWER:
+        from rwkv_clip.text_model import TextRWKV
+
+        kw = dict(kwargs)
+        tokens = kw.pop("tokens")
+        model = TextRWKV(**kw)
+        return model, lambda: torch.randint(0, kw["vocab_size"], (batch, tokens), generator=gen)
     import timm
 
     import vision_rwkv  # noqa: F401
 
+    model = timm.create_model(name, num_classes=5, **kwargs)
+    return model, lambda: torch.randn(batch, 3, *img, generator=gen)
+
+
+class _CallCounter:
+    """Counts calls of the fused ops (module attributes the models look up at call time) and of the Triton WKV
+    entry points while active."""
+
+    def __init__(self):
+        self.calls = {}
+        self._saved = []
+
+    def _wrap(self, key, fn):
+        def counted(*args, **kwargs):
+            self.calls[key] = self.calls.get(key, 0) + 1
+            return fn(*args, **kwargs)
+        return counted
+
+    def __enter__(self):
+        from vision_rwkv.ops import fused
+
+        for op in FUSED_OPS:
+            self._saved.append((fused, op, getattr(fused, op)))
+            setattr(fused, op, self._wrap(op, getattr(fused, op)))
+        for op in ("bi_wkv", "bi_wkv6"):
+            mod = sys.modules[f"vision_rwkv.ops.{op}"]
+            impl = mod.triton_impl
+            self._saved.append((mod, "triton_impl", impl))
+            mod.triton_impl = lambda name, _impl=impl: self._wrap(f"wkv:{name}", _impl(name))
+        return self
+
+    def __exit__(self, *exc):
+        for owner, attr, value in reversed(self._saved):
+            setattr(owner, attr, value)
+        self._saved.clear()
+
+
+def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
+            compile_fused: bool = False) -> dict:
+    """Plain vs fused path of ``timm.create_model(name, **kwargs)`` or the text tower (eval mode: no drop-path
+    draws), forward and backward; ``compile_fused`` runs the fused pass through
+    ``torch.compile(fullgraph=True, backend='aot_eager')``."""
     try:
         torch.manual_seed(0)
-        model = timm.create_model(name, num_classes=5, **kwargs).to(device).eval()  # eval: no drop path draws
         gen = torch.Generator().manual_seed(1)
+        model, make_input = _build(name, kwargs, gen, img, batch)
+        model = model.to(device).eval()  # eval: no drop path draws
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen).to(device) * 0.05)
-        x = torch.randn(batch, 3, *img, generator=gen).to(device)
+        x = make_input().to(device)
         results = {}
+        counter = _CallCounter()
         for backend in ("reference", "triton"):
             os.environ["VRWKV_BACKEND"] = backend
             model.zero_grad()
@@ -40,9 +99,11 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
             if backend == "triton" and compile_fused:
                 torch._dynamo.reset()
                 fwd = torch.compile(model, fullgraph=True, backend="aot_eager")
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                out = fwd(x)
-            out.float().square().mean().backward()
+            counted = counter if backend == "triton" and not compile_fused else contextlib.nullcontext()
+            with counted:
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                    out = fwd(x)
+                out.float().square().mean().backward()
             results[backend] = (out.detach().double(),
                                 {n: p.grad.detach().double() for n, p in model.named_parameters()
                                  if p.grad is not None})
@@ -53,7 +114,7 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
         ordered = sorted(grad_errs.values())
         return {"y": rel(yf, yr), "grad_max": grad_errs[worst], "grad_worst": worst,
                 "grad_median": ordered[len(ordered) // 2],
-                "same_grads": sorted(gr) == sorted(gf),
+                "same_grads": sorted(gr) == sorted(gf), "calls": counter.calls,
                 "finite": bool(torch.isfinite(yf).all()) and all(bool(torch.isfinite(g).all()) for g in gf.values())}
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
@@ -64,5 +125,6 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
 if __name__ == "__main__":
     torch.set_num_threads(1)
     cases = json.loads(sys.argv[1])
-    print(json.dumps({f"{n}|{json.dumps(kw, sort_keys=True)}": compare(n, kw, compile_fused=kw.pop("compile", False))
+    print(json.dumps({f"{n}|{json.dumps(kw, sort_keys=True)}": compare(n, kw, compile_fused=kw.pop("compile", False),
+                                                                       batch=kw.pop("batch", 2))
                       for n, kw in cases}))

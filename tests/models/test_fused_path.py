@@ -5,7 +5,10 @@
   compares logits and every parameter gradient (v4 pre-norm - the fused chain where each residual add carries the
   next LayerNorm -, v4 post-norm with key norm and layer scale, v6
   post-norm, v6 with a head size that is not a power of two; non-square grids from padded images; the fused path
-  traced by ``torch.compile(fullgraph=True)`` as the model's first call).
+  traced by ``torch.compile(fullgraph=True)`` as the model's first call; the RWKV-CLIP text tower, whose 1-D shift
+  has no fused shift kernel but whose decay, GroupNorm * gate, relu^2, sigmoid gate, residual + LayerNorm chain and
+  WKV run fused: T not a multiple of the kernel blocks, batch 1, head size 12, odd hidden width). Each case also
+  checks which fused kernels ran, so a model that silently stayed on the plain path fails.
 * CPU: ``torch.compile(model, fullgraph=True)`` traces both families (reference path) without a graph break.
 * CUDA (when present): fused vs plain path under bf16 autocast at a real size, and the fused model under
   ``torch.compile(fullgraph=True)``.
@@ -23,7 +26,7 @@ import vision_rwkv  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _fused_model_case import compare  # noqa: E402
+from _fused_model_case import TEXT_TOWER, compare  # noqa: E402
 
 CASES = [
     ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 2}],
@@ -31,7 +34,17 @@ CASES = [
     ["vrwkv6_small_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16}],
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 24, "depth": 2, "head_size": 12}],
     ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 1, "compile": True}],
+    [TEXT_TOWER, {"vocab_size": 97, "context_length": 16, "width": 32, "layers": 2, "head_size": 16,
+                  "hidden_dim": 72, "tokens": 13}],
+    [TEXT_TOWER, {"vocab_size": 97, "context_length": 16, "width": 36, "layers": 3, "head_size": 12,
+                  "hidden_dim": 50, "tokens": 7, "batch": 1}],
 ]
+V4_OPS = {"token_shift_mix", "sigmoid_mul", "relu_square", "add_norm", "wkv:bi_wkv"}
+V6_OPS = {"token_shift_mix", "token_shift_mix_lora", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
+          "add_norm", "wkv:bi_wkv6"}
+TEXT_OPS = {"sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd", "add_norm", "wkv:bi_wkv6"}
+# fused kernels each case must run (None: compiled pass, not counted); the text tower has no fused 1-D shift
+EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS, V6_OPS, None, TEXT_OPS, TEXT_OPS]
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +58,16 @@ def interpreter_results():
     return list(json.loads(proc.stdout.strip().splitlines()[-1]).values())
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_fused_path_matches_plain_path_interpreter(interpreter_results, index):
     res = interpreter_results[index]
     assert "error" not in res, res.get("error")
     assert res["finite"] and res["same_grads"], res
     assert res["y"] < 1e-5, res
     assert res["grad_max"] < 1e-4, res
+    expected = EXPECTED_CALLS[index]
+    if expected is not None:
+        assert set(res["calls"]) == expected, res["calls"]
 
 
 @pytest.mark.parametrize("name,kw", [("vrwkv_small_patch16_224", dict(embed_dim=16, depth=2)),

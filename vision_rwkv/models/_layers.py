@@ -5,10 +5,12 @@
 * :func:`resample_pos_embed` - bicubic resize of a (1, N, C) token grid embedding (align_corners=False, no
   antialias: the interpolation the original models were trained and evaluated with).
 * :func:`check_image_batch` - clear errors for malformed image batches.
-* :class:`ChannelMix` - the RWKV channel mix (squared-ReLU MLP gated by a sigmoid receptance) with Q-Shift.
 * :class:`Block` - one residual block: optional ``norm0`` (block 0 only), pre- or post-norm spatial / channel
   mixing, optional layer scale and drop path.
-* ``fancy_*`` helpers - the per-layer "fancy" initialisation ratios of the original models.
+
+The mixers (:class:`~vision_rwkv.models.mixing.ChannelMix`, :class:`~vision_rwkv.models.mixing.TimeMixV6`) and the
+fancy-init helpers live in :mod:`vision_rwkv.models.mixing` (shared with the RWKV-CLIP text tower); the helpers are
+re-exported here.
 """
 from __future__ import annotations
 
@@ -20,39 +22,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, to_2tuple
 
-from vision_rwkv.ops import fused, q_shift
+from vision_rwkv.ops import fused
+
+from .mixing import channel_position, channel_ratio, fused_prenorm_step, layer_ratios, lerp_mix
 
 __all__ = [
-    'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'ChannelMix', 'Block',
-    'layer_ratios', 'channel_ratio', 'lerp_mix',
+    'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'Block',
+    'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
 GridSize = Tuple[int, int]
-
-
-def layer_ratios(layer_id: int, num_layers: int) -> Tuple[float, float]:
-    """Return the "fancy" init ratios ``(i / (L - 1), 1 - i / L)`` of layer ``i`` out of ``L``.
-
-    A single-layer model uses 0 for the first ratio (the original divides by zero there).
-    """
-    ratio_0_to_1 = layer_id / (num_layers - 1) if num_layers > 1 else 0.0
-    ratio_1_to_almost0 = 1.0 - layer_id / num_layers
-    return ratio_0_to_1, ratio_1_to_almost0
-
-
-def channel_ratio(dim: int) -> torch.Tensor:
-    """``c / C`` for every channel c (float32, shape (C,)): the base of the token-mix fancy init."""
-    return torch.arange(dim, dtype=torch.float32) / dim
-
-
-def channel_position(dim: int) -> torch.Tensor:
-    """``c / (C - 1)`` for every channel (0 for C == 1), float64: the base of the decay fancy init."""
-    return torch.arange(dim, dtype=torch.float64) / max(dim - 1, 1)
-
-
-def lerp_mix(x: torch.Tensor, shifted: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-    """``x * mix + shifted * (1 - mix)``: the token-shift interpolation (``mix`` weights the unshifted token)."""
-    return x * mix + shifted * (1 - mix)
 
 
 def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model') -> None:
@@ -136,54 +115,6 @@ def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: Gr
     return grid.to(orig_dtype).flatten(2).transpose(1, 2)
 
 
-class ChannelMix(nn.Module):
-    """RWKV channel mix with Q-Shift: ``sigmoid(R xr) * V relu(K xk)^2`` (optional LayerNorm on the hidden).
-
-    ``head_size`` None shifts whole-channel quarters (v4); an int shifts quarters inside each head (v6).
-    """
-
-    def __init__(
-            self,
-            dim: int,
-            layer_id: int,
-            num_layers: int,
-            hidden_dim: int,
-            key_norm: bool = False,
-            head_size: Optional[int] = None,
-    ):
-        super().__init__()
-        self.head_size = head_size
-        _, ratio_1_to_almost0 = layer_ratios(layer_id, num_layers)
-        base = channel_ratio(dim)
-        self.spatial_mix_k = nn.Parameter(base.pow(ratio_1_to_almost0))
-        self.spatial_mix_r = nn.Parameter(base.pow(ratio_1_to_almost0))
-        self.key = nn.Linear(dim, hidden_dim, bias=False)
-        self.key_norm = nn.LayerNorm(hidden_dim) if key_norm else None
-        self.receptance = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(hidden_dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        if fused.fused_enabled(x):
-            return self._forward_fused(x, grid_size)
-        shifted = q_shift(x, grid_size, self.head_size)
-        xk = lerp_mix(x, shifted, self.spatial_mix_k)
-        xr = lerp_mix(x, shifted, self.spatial_mix_r)
-        k = torch.square(torch.relu(self.key(xk)))
-        if self.key_norm is not None:
-            k = self.key_norm(k)
-        return torch.sigmoid(self.receptance(xr)) * self.value(k)
-
-    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        """Same function with fused kernels: one shift+lerp pass writing xk, xr in the compute dtype, relu^2 and
-        the sigmoid gate as single elementwise passes."""
-        mix = torch.stack((self.spatial_mix_k, self.spatial_mix_r))
-        xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype=fused.compute_dtype(x))
-        k = fused.relu_square(self.key(xk), inplace=True)  # over the Linear output: one hidden buffer, not two
-        if self.key_norm is not None:
-            k = self.key_norm(k)
-        return fused.sigmoid_mul(self.receptance(xr), self.value(k))
-
-
 class Block(nn.Module):
     """One VRWKV block around a spatial (token) mix and a channel mix.
 
@@ -235,33 +166,26 @@ class Block(nn.Module):
         scales_ok = all(isinstance(m, (nn.Identity, LayerScale)) for m in (self.ls1, self.ls2))
         return no_drop and scales_ok and isinstance(self.norm1, nn.LayerNorm) and isinstance(self.norm2, nn.LayerNorm)
 
+    def _gammas(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        return tuple(ls.gamma if isinstance(ls, LayerScale) else None for ls in (self.ls1, self.ls2))
+
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         """Same function with the residual add, layer scale and LayerNorm of each half fused in one pass
         (post-norm: ``x + g * LN(mix(x))``; pre-norm: the spatial-mix residual add and ``norm2`` together, whose
         output, read only by the channel mix, is written in the compute dtype)."""
-        g1 = self.ls1.gamma if isinstance(self.ls1, LayerScale) else None
-        g2 = self.ls2.gamma if isinstance(self.ls2, LayerScale) else None
+        g1, g2 = self._gammas()
         n1, n2 = self.norm1, self.norm2
         if self.post_norm:
             x, _ = fused.add_norm(x, self.spatial_mix(x, grid_size), g1, n1.weight, n1.bias, n1.eps, post=True)
             x, _ = fused.add_norm(x, self.channel_mix(x, grid_size), g2, n2.weight, n2.bias, n2.eps, post=True)
             return x
-        x, h = fused.add_norm(x, self.spatial_mix(n1(x), grid_size), g1, n2.weight, n2.bias, n2.eps, post=False,
-                              out_dtype=fused.compute_dtype(x))
-        return x + self.ls2(self.channel_mix(h, grid_size))
+        return self.forward_chain(x, n1(x), grid_size, None)[0]
 
     def forward_chain(self, x: torch.Tensor, h: torch.Tensor, grid_size: GridSize,
                       next_norm: Optional[nn.LayerNorm]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Fused pre-norm block inside a chain (see ``VisionRWKVBase.forward_features``): takes the residual ``x``
         and ``h = norm1(x)``, returns the new residual and ``next_norm`` of it (the next block's ``norm1``, fused
         into this block's last residual add; None for the last block). Needs ``_fusable()`` and pre-norm."""
-        g1 = self.ls1.gamma if isinstance(self.ls1, LayerScale) else None
-        g2 = self.ls2.gamma if isinstance(self.ls2, LayerScale) else None
-        n2 = self.norm2
-        dtype = fused.compute_dtype(x)
-        x, h = fused.add_norm(x, self.spatial_mix(h, grid_size), g1, n2.weight, n2.bias, n2.eps, post=False,
-                              out_dtype=dtype)
-        y = self.channel_mix(h, grid_size)
-        if next_norm is None:
-            return x + self.ls2(y), None
-        return fused.add_norm(x, y, g2, next_norm.weight, next_norm.bias, next_norm.eps, post=False, out_dtype=dtype)
+        g1, g2 = self._gammas()
+        return fused_prenorm_step(x, h, lambda t: self.spatial_mix(t, grid_size),
+                                  lambda t: self.channel_mix(t, grid_size), self.norm2, g1, g2, next_norm)

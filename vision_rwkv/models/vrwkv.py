@@ -20,15 +20,15 @@ from typing import Any, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import PretrainedCfg, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import PretrainedCfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
 from vision_rwkv.ops import bi_wkv, fused, q_shift
 
 from ._base import VisionRWKVBase
-from ._layers import ChannelMix, GridSize, channel_position, channel_ratio, layer_ratios, lerp_mix
-from .convert import checkpoint_filter_fn
+from ._factory import build_backbone, hub_cfg
+from ._layers import GridSize
+from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -181,18 +181,7 @@ class VRWKVPretrainedCfg(PretrainedCfg):
 
 
 def _cfg(file: str = '', **kwargs: Any) -> VRWKVPretrainedCfg:
-    return VRWKVPretrainedCfg(**{
-        'hf_hub_id': 'OpenGVLab/Vision-RWKV', 'hf_hub_filename': file,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head',
-        'paper_ids': 'arXiv:2403.02308',
-        'paper_name': 'Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures',
-        'origin_url': 'https://github.com/OpenGVLab/Vision-RWKV', 'license': 'apache-2.0',
-        'wkv_mode': 'original', 'wkv_chunks': 32,
-        **kwargs,
-    })
+    return VRWKVPretrainedCfg(**hub_cfg(file, **{'wkv_mode': 'original', 'wkv_chunks': 32, **kwargs}))
 
 
 default_cfgs = generate_default_cfgs({
@@ -211,13 +200,7 @@ def _create_vrwkv(variant: str, pretrained: bool = False, **kwargs: Any) -> VRWK
         kwargs['wkv_mode'] = getattr(cfg, 'wkv_mode', None) or 'original'
         if 'wkv_chunks' not in kwargs:
             kwargs['wkv_chunks'] = getattr(cfg, 'wkv_chunks', None) or 32
-    out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
-        VRWKV, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-        **kwargs,
-    )
+    return build_backbone(VRWKV, variant, pretrained, **kwargs)
 
 
 @register_model

@@ -1,0 +1,144 @@
+"""The mixers shared by the backbones and the RWKV-CLIP text tower (vision_rwkv.models.mixing): what the token shift
+and the parameter style change, and what they must not."""
+import pytest
+import torch
+
+from vision_rwkv.models.mixing import ChannelMix, TimeMixV6, fused_prenorm_step
+from vision_rwkv.ops import bi_shift_1d, q_shift
+
+
+def _randomise(module: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(module.named_parameters()):
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+
+
+def _copy_params(src: torch.nn.Module, dst: torch.nn.Module, rename=None) -> None:
+    """Load src's parameters into dst, reshaping (C,) <-> (1, 1, C) vectors and renaming where asked."""
+    rename = rename or {}
+    own = dst.state_dict()
+    state = {}
+    for name, value in src.state_dict().items():
+        target = rename.get(name, (name, None))
+        new_name, fn = target if isinstance(target, tuple) else (target, None)
+        value = fn(value) if fn is not None else value
+        state[new_name] = value.reshape(own[new_name].shape)
+    dst.load_state_dict(state)
+
+
+@pytest.mark.parametrize("shift,grid", [("q_shift", (3, 5)), ("bi_shift_1d", None)])
+def test_channel_mix_param_styles_are_one_function(shift, grid):
+    """'vrwkv' (mu weights the unshifted token) and 'rwkv_clip_text' (maa weights the shifted one) with maa = 1 - mu
+    compute the same function, for either token shift."""
+    torch.manual_seed(0)
+    a = ChannelMix(24, 1, 3, 40, head_size=8, token_shift=shift, param_style="vrwkv")
+    b = ChannelMix(24, 1, 3, 40, head_size=8, token_shift=shift, param_style="rwkv_clip_text")
+    assert a.spatial_mix_k.shape == (24,) and b.time_maa_k.shape == (1, 1, 24)
+    # the fancy inits are the same interpolation too
+    torch.testing.assert_close(b.time_maa_k.flatten(), 1 - a.spatial_mix_k)
+    _randomise(a)
+    flip = lambda t: 1 - t  # noqa: E731
+    _copy_params(a, b, {"spatial_mix_k": ("time_maa_k", flip), "spatial_mix_r": ("time_maa_r", flip)})
+    x = torch.randn(2, 15, 24)
+    torch.testing.assert_close(b(x, grid), a(x, grid), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.shift_weights(), b.shift_weights())
+
+
+def test_channel_mix_uses_its_token_shift():
+    torch.manual_seed(1)
+    m = ChannelMix(16, 0, 2, 32, head_size=8, token_shift="bi_shift_1d", param_style="rwkv_clip_text")
+    _randomise(m)
+    x = torch.randn(1, 6, 16)
+    xx = bi_shift_1d(x, 8) - x
+    xk, xr = x + xx * m.time_maa_k, x + xx * m.time_maa_r
+    ref = torch.sigmoid(m.receptance(xr)) * m.value(torch.relu(m.key(xk)) ** 2)
+    torch.testing.assert_close(m(x), ref)
+    v4 = ChannelMix(16, 0, 2, 32, head_size=None)
+    _randomise(v4)
+    shifted = q_shift(x, (2, 3))
+    xk = x * v4.spatial_mix_k + shifted * (1 - v4.spatial_mix_k)
+    xr = x * v4.spatial_mix_r + shifted * (1 - v4.spatial_mix_r)
+    ref = torch.sigmoid(v4.receptance(xr)) * v4.value(torch.relu(v4.key(xk)) ** 2)
+    torch.testing.assert_close(v4(x, (2, 3)), ref)
+
+
+def test_time_mix_param_style_changes_layout_and_init_not_math():
+    """Same parameters, same shift: the 'vrwkv6' and 'rwkv_clip_text' styles (and fp32_wkv, a no-op in fp32) give
+    the same output; the styles differ in vector shapes, LoRA init and parameter order only."""
+    torch.manual_seed(2)
+    vis = TimeMixV6(32, 1, 3, head_size=16, token_shift="bi_shift_1d", param_style="vrwkv6")
+    txt = TimeMixV6(32, 1, 3, head_size=16, token_shift="bi_shift_1d", param_style="rwkv_clip_text", fp32_wkv=True)
+    assert vis.time_maa_x.shape == vis.time_decay.shape == (32,)
+    assert txt.time_maa_x.shape == txt.time_decay.shape == (1, 1, 32)
+    assert txt.time_maa_w1.abs().max() == 0 and txt.time_decay_w1.abs().max() == 0
+    assert 0 < txt.time_maa_w2.abs().max() <= 0.01 and 0 < vis.time_maa_w1.abs().max() <= 1e-4
+    for name in ("time_maa_x", "time_maa_v", "time_maa_g", "time_decay", "time_faaaa"):
+        torch.testing.assert_close(getattr(txt, name).flatten(), getattr(vis, name).flatten(), rtol=0, atol=1e-6)
+    names = [n for n, _ in vis.named_parameters()]
+    assert names.index("gate.weight") < names.index("output.weight")
+    names = [n for n, _ in txt.named_parameters()]
+    assert names.index("output.weight") < names.index("gate.weight")
+    _randomise(vis)
+    _copy_params(vis, txt)
+    x = torch.randn(2, 9, 32)
+    torch.testing.assert_close(txt(x), vis(x), rtol=1e-5, atol=1e-6)
+
+
+def test_time_mix_token_shift_is_the_only_difference():
+    """The q_shift and bi_shift_1d time mixes differ only by the shift: on a 1 x T grid whose channels see no
+    vertical neighbour the results differ, and the ddlerp reads exactly shift(x) - x."""
+    torch.manual_seed(3)
+    grid_mix = TimeMixV6(32, 0, 2, head_size=16, token_shift="q_shift")
+    seq_mix = TimeMixV6(32, 0, 2, head_size=16, token_shift="bi_shift_1d")
+    _randomise(grid_mix)
+    _copy_params(grid_mix, seq_mix)
+    x = torch.randn(1, 8, 32)
+    for m, shifted in ((grid_mix, q_shift(x, (2, 4), 16)), (seq_mix, bi_shift_1d(x, 16))):
+        xw, _, _, _, xg = m._ddlerp(x, (2, 4))
+        xx = shifted - x
+        lora = torch.tanh((x + xx * m.time_maa_x) @ m.time_maa_w1).view(8, 5, 32)
+        torch.testing.assert_close(xw[0], x[0] + xx[0] * (m.time_maa_w + lora[:, 0] @ m.time_maa_w2[0]))
+        torch.testing.assert_close(xg[0], x[0] + xx[0] * (m.time_maa_g + lora[:, 4] @ m.time_maa_w2[4]))
+    assert (grid_mix(x, (2, 4)) - seq_mix(x)).abs().max() > 1e-3
+
+
+def test_mixer_argument_errors():
+    with pytest.raises(ValueError, match="token_shift must be one of"):
+        TimeMixV6(32, 0, 1, head_size=16, token_shift="causal")
+    with pytest.raises(ValueError, match="param_style must be one of"):
+        TimeMixV6(32, 0, 1, head_size=16, param_style="vrwkv")
+    with pytest.raises(ValueError, match="not a multiple of head_size"):
+        TimeMixV6(30, 0, 1, head_size=16)
+    with pytest.raises(ValueError, match="needs a head_size"):
+        ChannelMix(16, 0, 1, 32, head_size=None, token_shift="bi_shift_1d")
+    with pytest.raises(ValueError, match="param_style must be one of"):
+        ChannelMix(16, 0, 1, 32, param_style="vrwkv6")
+    with pytest.raises(ValueError, match="needs the token grid"):
+        TimeMixV6(32, 0, 1, head_size=16)(torch.randn(1, 4, 32))
+    with pytest.raises(ValueError, match="needs the token grid"):
+        ChannelMix(16, 0, 1, 32)(torch.randn(1, 4, 16))
+
+
+@pytest.mark.parametrize("with_scale,with_next", [(False, False), (True, True)])
+def test_fused_prenorm_step_matches_plain_prenorm_block(with_scale, with_next):
+    """The fused-path block helper (reference kernels on CPU) is the plain pre-norm block."""
+    torch.manual_seed(4)
+    c = 12
+    norm1, norm2, nxt = (torch.nn.LayerNorm(c) for _ in range(3))
+    _randomise(torch.nn.ModuleList([norm1, norm2, nxt]), 0.3)
+    lin2 = torch.nn.Linear(c, c)
+    g1, g2 = (torch.randn(c), torch.randn(c)) if with_scale else (None, None)
+    x = torch.randn(2, 5, c, dtype=torch.float64)
+    for m in (norm1, norm2, nxt, lin2):
+        m.double()
+    if with_scale:
+        g1, g2 = g1.double(), g2.double()
+    y, h = fused_prenorm_step(x, norm1(x), torch.tanh, lin2, norm2, g1, g2, nxt if with_next else None)
+    s = x + (torch.tanh(norm1(x)) * (g1 if with_scale else 1))
+    ref = s + lin2(norm2(s)) * (g2 if with_scale else 1)
+    torch.testing.assert_close(y, ref)
+    if with_next:
+        torch.testing.assert_close(h, nxt(ref))
+    else:
+        assert h is None

@@ -1,0 +1,391 @@
+"""RWKV mixers shared by the vision backbones (VRWKV v4 / VRWKV6) and the RWKV-CLIP text tower.
+
+* :func:`token_shift` - the token shift of a mixer: ``'q_shift'`` (2-D Q-Shift on the token grid, whole-channel
+  quarters for v4, per-head quarters for v6) or ``'bi_shift_1d'`` (per-head 1-D bidirectional shift of the text
+  tower). Only the Q-Shift has fused shift + interpolation kernels; the other fused kernels do not depend on it.
+* :class:`ChannelMix` - ``sigmoid(R xr) * V relu(K xk)^2`` on token-shift interpolations (DESIGN.md §3-5).
+* :class:`TimeMixV6` - the RWKV-6 time mix: data-dependent interpolation ("ddlerp"), per-token decay,
+  bidirectional WKV-6, per-head GroupNorm and SiLU gate (DESIGN.md §4-5).
+* :func:`fused_prenorm_step` - the fused-path residual adds of a pre-norm block (each add carries a LayerNorm).
+* ``layer_ratios`` / ``channel_ratio`` / ``channel_position`` / ``lerp_mix`` - the "fancy" init ratios and the
+  v4-style interpolation.
+
+What differs between the models stays a constructor argument: the token shift, ``param_style`` (the names, shapes,
+parameterisation and init the original checkpoints use), ``key_norm``, ``ln_x_eps`` and ``fp32_wkv``. Linear
+layers and the ``ln_x`` affine parameters are initialised by the models (trunc normal for the backbones,
+orthogonal with per-role gains for the text tower).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
+
+__all__ = [
+    'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step',
+    'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
+]
+
+GridSize = Tuple[int, int]
+TOKEN_SHIFTS = ('q_shift', 'bi_shift_1d')
+CHANNEL_MIX_STYLES = ('vrwkv', 'rwkv_clip_text')
+TIME_MIX_STYLES = ('vrwkv6', 'rwkv_clip_text')
+
+
+def layer_ratios(layer_id: int, num_layers: int) -> Tuple[float, float]:
+    """Return the "fancy" init ratios ``(i / (L - 1), 1 - i / L)`` of layer ``i`` out of ``L``.
+
+    A single-layer model uses 0 for the first ratio (the original divides by zero there).
+    """
+    ratio_0_to_1 = layer_id / (num_layers - 1) if num_layers > 1 else 0.0
+    ratio_1_to_almost0 = 1.0 - layer_id / num_layers
+    return ratio_0_to_1, ratio_1_to_almost0
+
+
+def channel_ratio(dim: int) -> torch.Tensor:
+    """``c / C`` for every channel c (float32, shape (C,)): the base of the token-mix fancy init."""
+    return torch.arange(dim, dtype=torch.float32) / dim
+
+
+def channel_position(dim: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``c / (C - 1)`` for every channel (0 for C == 1), in ``dtype``: the base of the decay fancy init."""
+    return torch.arange(dim, dtype=dtype) / max(dim - 1, 1)
+
+
+def lerp_mix(x: torch.Tensor, shifted: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """``x * mix + shifted * (1 - mix)``: the token-shift interpolation (``mix`` weights the unshifted token)."""
+    return x * mix + shifted * (1 - mix)
+
+
+def _check_choice(what: str, value: str, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f'{what} must be one of {choices}, got {value!r}')
+
+
+def _check_shift(kind: str, head_size: Optional[int]) -> None:
+    _check_choice('token_shift', kind, TOKEN_SHIFTS)
+    if kind == 'bi_shift_1d' and head_size is None:
+        raise ValueError("token_shift 'bi_shift_1d' is per head: it needs a head_size")
+
+
+def token_shift(x: torch.Tensor, kind: str, head_size: Optional[int], grid_size: Optional[GridSize]) -> torch.Tensor:
+    """Shift tokens ``x`` (B, N, C): ``'q_shift'`` on the row-major ``grid_size`` (head_size None = whole-channel
+    quarters) or ``'bi_shift_1d'`` along the sequence (``grid_size`` unused)."""
+    if kind == 'q_shift':
+        if grid_size is None:
+            raise ValueError("token_shift 'q_shift' needs the token grid: pass grid_size=(rows, cols)")
+        return q_shift(x, grid_size, head_size)
+    return bi_shift_1d(x, head_size)
+
+
+def _fold(vectors: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels."""
+    return torch.stack(vectors).reshape(len(vectors), -1)
+
+
+class ChannelMix(nn.Module):
+    """RWKV channel mix: ``sigmoid(R xr) * V relu(K xk)^2`` (optional LayerNorm on the hidden).
+
+    Args:
+        dim, hidden_dim: width C and feed-forward width.
+        layer_id, num_layers: block position (fancy init).
+        key_norm: LayerNorm on the hidden (VRWKV-L).
+        head_size: None = v4 whole-channel Q-Shift quarters; an int = per-head shift.
+        token_shift: ``'q_shift'`` (backbones; forward needs ``grid_size``) or ``'bi_shift_1d'`` (text tower).
+        param_style: the interpolation parameters, as the original checkpoints store them:
+            ``'vrwkv'``: ``spatial_mix_{k,r}`` (C,) weight the UNshifted token, ``xk = x * mu + shift(x) * (1 - mu)``,
+            init ``x_c^(1-i/L)``; ``'rwkv_clip_text'``: ``time_maa_{k,r}`` (1, 1, C) weight the shifted token,
+            ``xk = x + (shift(x) - x) * maa``, init ``1 - x_c^(1-i/L)`` (the same function, reparameterised).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            hidden_dim: int,
+            key_norm: bool = False,
+            head_size: Optional[int] = None,
+            token_shift: str = 'q_shift',
+            param_style: str = 'vrwkv',
+    ):
+        super().__init__()
+        _check_shift(token_shift, head_size)
+        _check_choice('param_style', param_style, CHANNEL_MIX_STYLES)
+        self.head_size = head_size
+        self.token_shift = token_shift
+        self.param_style = param_style
+        self.dim = dim
+        self.layer_id, self.num_layers = layer_id, num_layers
+        if param_style == 'vrwkv':
+            self.spatial_mix_k = nn.Parameter(torch.empty(dim))
+            self.spatial_mix_r = nn.Parameter(torch.empty(dim))
+        else:
+            self.time_maa_k = nn.Parameter(torch.empty(1, 1, dim))
+            self.time_maa_r = nn.Parameter(torch.empty(1, 1, dim))
+        self.reset_parameters()
+        self.key = nn.Linear(dim, hidden_dim, bias=False)
+        self.key_norm = nn.LayerNorm(hidden_dim) if key_norm else None
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(hidden_dim, dim, bias=False)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fancy init of the interpolation vectors (the Linear layers are initialised by the model)."""
+        _, ratio_1_to_almost0 = layer_ratios(self.layer_id, self.num_layers)
+        mu = channel_ratio(self.dim).pow(ratio_1_to_almost0)
+        if self.param_style == 'vrwkv':
+            self.spatial_mix_k.copy_(mu)
+            self.spatial_mix_r.copy_(mu)
+        else:
+            self.time_maa_k.copy_((1.0 - mu).view_as(self.time_maa_k))
+            self.time_maa_r.copy_((1.0 - mu).view_as(self.time_maa_r))
+
+    def shift_weights(self) -> torch.Tensor:
+        """(2, C) weights of the shifted token for (k, r): ``1 - mu`` or ``maa``."""
+        if self.param_style == 'vrwkv':
+            return 1 - torch.stack((self.spatial_mix_k, self.spatial_mix_r))
+        return _fold((self.time_maa_k, self.time_maa_r))
+
+    def _mixed_inputs(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> Tuple[torch.Tensor, torch.Tensor]:
+        shifted = token_shift(x, self.token_shift, self.head_size, grid_size)
+        if self.param_style == 'vrwkv':
+            return lerp_mix(x, shifted, self.spatial_mix_k), lerp_mix(x, shifted, self.spatial_mix_r)
+        xx = shifted - x
+        return x + xx * self.time_maa_k, x + xx * self.time_maa_r
+
+    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None) -> torch.Tensor:
+        if fused.fused_enabled(x):
+            return self._forward_fused(x, grid_size)
+        xk, xr = self._mixed_inputs(x, grid_size)
+        k = torch.square(torch.relu(self.key(xk)))
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k)
+
+    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
+        """Same function with fused kernels: with the Q-Shift one shift + interpolation pass writes xk, xr in the
+        compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
+        elementwise passes."""
+        if self.token_shift == 'q_shift':
+            xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size,
+                                           out_dtype=fused.compute_dtype(x))
+        else:
+            xk, xr = self._mixed_inputs(x, grid_size)
+        k = fused.relu_square(self.key(xk), inplace=True)  # over the Linear output: one hidden buffer, not two
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        return fused.sigmoid_mul(self.receptance(xr), self.value(k))
+
+    def extra_repr(self) -> str:
+        return f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}'
+
+
+class TimeMixV6(nn.Module):
+    """RWKV-6 time mix, parameterised by its token shift (VRWKV6 / RWKV-CLIP image tower and RWKV-CLIP text tower).
+
+    ``xx = shift(x) - x``; five data-dependent interpolations (w, k, v, r, g) through a rank-``mix_rank`` tanh
+    bottleneck; per-token decay ``w = time_decay + tanh(x_w D1) D2`` with per-step ``d = exp(-exp(w))``;
+    ``y = BiWKV6(r, k, v, d, u=time_faaaa)``; optional ``key_norm`` LayerNorm; ``out = W_o(ln_x(y) * silu(W_g x_g))``
+    with ``ln_x`` a GroupNorm over the heads of each token.
+
+    Args:
+        dim: width C (a multiple of head_size).
+        layer_id, num_layers: block position (fancy init).
+        head_size: channels per head N (64; 80 in the RWKV-CLIP image tower).
+        key_norm: LayerNorm(C) on the WKV output (VRWKV6 option; the text tower has none).
+        ln_x_eps: GroupNorm eps (1e-5 backbones; 1e-5 * head_size_divisor^2 = 6.4e-4 text tower).
+        mix_rank, decay_rank: LoRA ranks of the interpolation (32) and of the decay (64).
+        token_shift: ``'q_shift'`` (per-head 2-D Q-Shift; forward needs ``grid_size``) or ``'bi_shift_1d'``.
+        param_style: ``'vrwkv6'``: vectors ``time_maa_*``, ``time_decay`` stored (C,), all four LoRA matrices
+            U(-1e-4, 1e-4), decay / bonus init computed in float64; ``'rwkv_clip_text'``: vectors stored (1, 1, C)
+            (the original text checkpoints' shape), down-projections ``time_maa_w1`` / ``time_decay_w1`` zero and
+            up-projections U(-0.01, 0.01), decay / bonus init computed in float32, ``output`` registered before
+            ``gate`` (the text tower's parameter order, which index-based optimizer states depend on).
+        fp32_wkv: run the WKV on float32 r, k, v, u (the text tower) and cast the normalised output back to the
+            gate's dtype; False (backbones) runs it in the activations' dtype (it accumulates in fp32 anyway).
+        wkv_backend: backend of :func:`vision_rwkv.ops.bi_wkv6` (None = auto).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            layer_id: int,
+            num_layers: int,
+            head_size: int = 64,
+            key_norm: bool = False,
+            ln_x_eps: float = 1e-5,
+            mix_rank: int = 32,
+            decay_rank: int = 64,
+            token_shift: str = 'q_shift',
+            param_style: str = 'vrwkv6',
+            fp32_wkv: bool = False,
+            wkv_backend: Optional[str] = None,
+    ):
+        super().__init__()
+        if dim % head_size:
+            raise ValueError(f'width {dim} is not a multiple of head_size {head_size}')
+        _check_shift(token_shift, head_size)
+        _check_choice('param_style', param_style, TIME_MIX_STYLES)
+        self.dim = dim
+        self.head_size = head_size
+        self.num_heads = dim // head_size
+        self.mix_rank = mix_rank
+        self.layer_id, self.num_layers = layer_id, num_layers
+        self.token_shift = token_shift
+        self.param_style = param_style
+        self.fp32_wkv = fp32_wkv
+        self.wkv_backend = wkv_backend
+        vec = (dim,) if param_style == 'vrwkv6' else (1, 1, dim)
+        self.time_maa_x = nn.Parameter(torch.empty(vec))
+        self.time_maa_w = nn.Parameter(torch.empty(vec))
+        self.time_maa_k = nn.Parameter(torch.empty(vec))
+        self.time_maa_v = nn.Parameter(torch.empty(vec))
+        self.time_maa_r = nn.Parameter(torch.empty(vec))
+        self.time_maa_g = nn.Parameter(torch.empty(vec))
+        self.time_maa_w1 = nn.Parameter(torch.empty(dim, 5 * mix_rank))
+        self.time_maa_w2 = nn.Parameter(torch.empty(5, mix_rank, dim))
+        self.time_decay = nn.Parameter(torch.empty(vec))
+        self.time_decay_w1 = nn.Parameter(torch.empty(dim, decay_rank))
+        self.time_decay_w2 = nn.Parameter(torch.empty(decay_rank, dim))
+        self.time_faaaa = nn.Parameter(torch.empty(self.num_heads, head_size))
+        self.reset_parameters()
+        self.receptance = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        if param_style == 'vrwkv6':
+            self.gate = nn.Linear(dim, dim, bias=False)
+            self.key_norm = nn.LayerNorm(dim) if key_norm else None
+            self.output = nn.Linear(dim, dim, bias=False)
+        else:  # the text tower's registration order (optimizer states are saved by parameter index)
+            self.output = nn.Linear(dim, dim, bias=False)
+            self.gate = nn.Linear(dim, dim, bias=False)
+            self.key_norm = nn.LayerNorm(dim) if key_norm else None
+        self.ln_x = nn.GroupNorm(self.num_heads, dim, eps=ln_x_eps)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fancy init (DESIGN.md §4) of the interpolation, decay and bonus parameters, per ``param_style``."""
+        dim = self.dim
+        ratio_0_to_1, ratio_1_to_almost0 = layer_ratios(self.layer_id, self.num_layers)
+        base = channel_ratio(dim)
+        for param, value in (
+                (self.time_maa_x, 1.0 - base.pow(ratio_1_to_almost0)),
+                (self.time_maa_w, 1.0 - base.pow(ratio_1_to_almost0)),
+                (self.time_maa_k, 1.0 - base.pow(ratio_1_to_almost0)),
+                (self.time_maa_v, 1.0 - (base.pow(ratio_1_to_almost0) + 0.3 * ratio_0_to_1)),
+                (self.time_maa_r, 1.0 - base.pow(0.5 * ratio_1_to_almost0)),
+                (self.time_maa_g, 1.0 - base.pow(0.5 * ratio_1_to_almost0))):
+            param.copy_(value.view_as(param))
+        if self.param_style == 'vrwkv6':
+            self.time_maa_w1.uniform_(-1e-4, 1e-4)
+            self.time_maa_w2.uniform_(-1e-4, 1e-4)
+            self.time_decay_w1.uniform_(-1e-4, 1e-4)
+            self.time_decay_w2.uniform_(-1e-4, 1e-4)
+            dtype = torch.float64
+        else:
+            self.time_maa_w1.zero_()
+            self.time_maa_w2.uniform_(-0.01, 0.01)
+            self.time_decay_w1.zero_()
+            self.time_decay_w2.uniform_(-0.01, 0.01)
+            dtype = torch.float32
+        pos = channel_position(dim, dtype)
+        self.time_decay.copy_((-6 + 5 * pos.pow(0.7 + 1.3 * ratio_0_to_1)).view_as(self.time_decay))
+        zigzag = 0.1 * (((torch.arange(dim) + 1) % 3) - 1).to(dtype)
+        self.time_faaaa.copy_((ratio_0_to_1 * (1 - pos) + zigzag).view_as(self.time_faaaa))
+
+    def _ddlerp(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> Tuple[torch.Tensor, ...]:
+        """The five interpolated inputs (x_w, x_k, x_v, x_r, x_g) in plain PyTorch."""
+        batch, num_tokens, dim = x.shape
+        xx = token_shift(x, self.token_shift, self.head_size, grid_size) - x
+        xxx = x + xx * self.time_maa_x
+        m = torch.tanh(xxx @ self.time_maa_w1).view(batch * num_tokens, 5, self.mix_rank).transpose(0, 1)
+        m = torch.bmm(m, self.time_maa_w2).view(5, batch, num_tokens, dim)
+        mw, mk, mv, mr, mg = m.unbind(dim=0)
+        return (x + xx * (self.time_maa_w + mw), x + xx * (self.time_maa_k + mk), x + xx * (self.time_maa_v + mv),
+                x + xx * (self.time_maa_r + mr), x + xx * (self.time_maa_g + mg))
+
+    def _wkv(self, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor) -> torch.Tensor:
+        """BiWKV6 of (B, T, C) r, k, v and log decay -> (B, T, C), then the optional key norm."""
+        batch, num_tokens, dim = r.shape
+        shape = (batch, num_tokens, self.num_heads, self.head_size)
+        u = self.time_faaaa
+        if self.fp32_wkv:
+            r, k, v, u = r.float(), k.float(), v.float(), u.float()
+        y = bi_wkv6(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), u, backend=self.wkv_backend)
+        y = y.reshape(batch, num_tokens, dim)
+        return y if self.key_norm is None else self.key_norm(y)
+
+    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None) -> torch.Tensor:
+        if fused.fused_enabled(x):
+            return self._forward_fused(x, grid_size)
+        batch, num_tokens, dim = x.shape
+        xw, xk, xv, xr, xg = self._ddlerp(x, grid_size)
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        g = F.silu(self.gate(xg))
+        w = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
+        y = self._wkv(r, k, v, -torch.exp(w))
+        y = self.ln_x(y.reshape(batch * num_tokens, dim)).view(batch, num_tokens, dim)
+        if self.fp32_wkv:
+            y = y.to(g.dtype)
+        return self.output(y * g)
+
+    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
+        """Same function with fused kernels. Q-Shift: shift + first interpolation in one pass, the five
+        data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
+        offsets never stored, outputs in the compute dtype); the 1-D shift has no such kernel (plain PyTorch).
+        Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass."""
+        heads, head_size = self.num_heads, self.head_size
+        dtype = fused.compute_dtype(x)
+        if self.token_shift == 'q_shift':
+            xxx = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype)[0]
+            lora = torch.tanh(xxx @ self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
+            maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
+            xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
+                                                            out_dtype=dtype)
+        else:
+            xw, xk, xv, xr, xg = self._ddlerp(x, grid_size)
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        logd = fused.decay_logd(self.time_decay.reshape(-1),
+                                torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2)
+        y = self._wkv(r, k, v, logd)
+        y = fused.group_norm_mul(y, self.gate(xg), heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
+                                 gate_act='silu', out_dtype=dtype)
+        return self.output(y)
+
+    def extra_repr(self) -> str:
+        return (f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}, '
+                f'fp32_wkv={self.fp32_wkv}')
+
+
+def fused_prenorm_step(
+        x: torch.Tensor,
+        h: torch.Tensor,
+        token_mix: Callable[[torch.Tensor], torch.Tensor],
+        channel_mix: Callable[[torch.Tensor], torch.Tensor],
+        norm2: nn.LayerNorm,
+        gamma1: Optional[torch.Tensor] = None,
+        gamma2: Optional[torch.Tensor] = None,
+        next_norm: Optional[nn.LayerNorm] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One pre-norm block on the fused path from the residual ``x`` and ``h = norm1(x)``.
+
+    ``x += gamma1 * token_mix(h)`` fused with ``norm2``; ``x += gamma2 * channel_mix(norm2(x))`` fused with
+    ``next_norm`` (the next block's ``norm1``; None = plain add). Returns ``(x, next_norm(x) or None)``; the
+    normalised activations are written in the compute dtype (only the next mixer reads them). gamma None = no
+    layer scale.
+    """
+    dtype = fused.compute_dtype(x)
+    x, h = fused.add_norm(x, token_mix(h), gamma1, norm2.weight, norm2.bias, norm2.eps, post=False, out_dtype=dtype)
+    y = channel_mix(h)
+    if next_norm is None:
+        return (x + y if gamma2 is None else x + y * gamma2), None
+    return fused.add_norm(x, y, gamma2, next_norm.weight, next_norm.bias, next_norm.eps, post=False, out_dtype=dtype)
