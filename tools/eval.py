@@ -1,30 +1,33 @@
 #!/usr/bin/env python
-"""Evaluate an image classifier: ``python tools/eval.py CONFIG [key=value ...]``.
+"""Evaluate an image classifier (thin CLI over `vision_rwkv.engine.classification.evaluate_classifier`).
 
-Any timm model name (``model.name=resnet18 model.pretrained=true``) or a checkpoint
-(``eval.checkpoint=runs/demo_shapes/checkpoints/best.pt``), at any resolution (``eval.input_size=48``).
-Prints top-1/top-5, throughput; writes metrics.json, per_class.csv and confusion_matrix.png to eval.out_dir
-(default <run_dir>/eval). Works under torchrun (each rank evaluates a shard).
+    python tools/eval.py CONFIG [key=value ...] [--checkpoint PATH]
+    python tools/eval.py configs/classification/demo_shapes.yaml --checkpoint runs/demo_shapes/checkpoints/best.pt
+    python tools/eval.py configs/classification/demo_shapes.yaml model.name=resnet18 model.pretrained=true
+
+``--config CONFIG`` is an alias of the positional CONFIG; ``--checkpoint PATH`` is the same as
+``eval.checkpoint=PATH`` (a training checkpoint, EMA weights preferred, or a state dict). Any timm model name
+works, at any resolution (``eval.input_size=48``). Prints top-1/top-5 and throughput; writes metrics.json,
+per_class.csv and confusion_matrix.png to eval.out_dir (default <run_dir>/eval). Works under torchrun (each rank
+evaluates a shard).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from vision_rwkv.engine import ConfigError, load_config
 from vision_rwkv.engine.classification import evaluate_classifier
+from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="YAML config (configs/classification/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    parser.add_argument("--checkpoint", default=None, help="shortcut for eval.checkpoint=PATH")
-    args = parser.parse_intermixed_args(argv)
-    overrides = list(args.overrides) + ([f"eval.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    parser = config_arg_parser(__doc__.splitlines()[0], "YAML config (configs/classification/*.yaml)",
+                               checkpoint="checkpoint to evaluate (same as eval.checkpoint=PATH)",
+                               epilog=__doc__.split("\n\n", 1)[1])
+    args = parse_config_args(parser, argv, option_keys={"checkpoint": "eval.checkpoint"})
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
     result = evaluate_classifier(cfg)

@@ -13,6 +13,9 @@
     python tools/eval_zeroshot.py --model ViT-B-32 --pretrained vit_b32.pt --zeroshot-data none \\
         --retrieval-data csv --retrieval-path pairs.csv --caption-keys title,alt
 
+No config file: the model comes from --run-dir (a train_clip run) or --model with --pretrained (alias
+--checkpoint), the data from the --zeroshot-* / --retrieval-* options.
+
 Metrics (JSON): zeroshot_acc1/acc5/mean_per_class_recall, image_retrieval_recall@{1,5,10} (text->image) and
 text_retrieval_recall@{1,5,10} (image->text, any of the image's captions), clip_benchmark's definitions.
 A PNG grid of the top retrieved images for a few captions is written next to the JSON.
@@ -28,7 +31,9 @@ from pathlib import Path
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="rwkv_clip or open_clip model name")
-    p.add_argument("--pretrained", default=None, help="local checkpoint (ours, original RWKV-CLIP or open_clip)")
+    p.add_argument("--pretrained", "--checkpoint", dest="pretrained", default=None,
+                   help="local checkpoint (ours, original RWKV-CLIP or open_clip); --checkpoint is an alias, as in "
+                        "tools/eval.py and tools/test_seg.py")
     p.add_argument("--run-dir", default=None, help="a train_clip run folder (config.yaml + latest checkpoint)")
     p.add_argument("--zeroshot-data", default="shapes", choices=["shapes", "imagefolder", "csv", "none"])
     p.add_argument("--zeroshot-path", default=None, help="ImageFolder root or CSV (image + label columns)")

@@ -1,25 +1,30 @@
 #!/usr/bin/env python
-"""Test a trained segmentor: ``python tools/test_seg.py CONFIG [key=value ...]``.
+"""Test a trained segmentor (thin CLI over `vision_rwkv.seg.test_segmentor`).
 
-Uses test.checkpoint (default: best, else latest checkpoint of train.run_dir) and the config's test settings
-(``test.mode=slide|whole``, ``test.crop_size``, ``test.stride``, ``test.flip=true``,
-``test.scales=[0.75,1.0,1.25]``). Prints mIoU / mAcc / aAcc and the per-class IoU table; writes metrics.json,
-metrics_per_class.txt and overlays.png to test.out_dir (default <run_dir>/test). Works under torchrun.
-Thin CLI over :func:`vision_rwkv.seg.test_segmentor`.
+    python tools/test_seg.py CONFIG [key=value ...] [--checkpoint PATH]
+    python tools/test_seg.py configs/segmentation/demo_shapes.yaml test.flip=true test.scales=[0.75,1.0,1.25]
+
+``--config CONFIG`` is an alias of the positional CONFIG; ``--checkpoint PATH`` is the same as
+``test.checkpoint=PATH`` (default: the best, else the latest checkpoint of train.run_dir). The config's test
+settings apply (``test.mode=slide|whole``, ``test.crop_size``, ``test.stride``, ``test.flip``, ``test.scales``).
+Prints mIoU / mAcc / aAcc and the per-class IoU table; writes metrics.json, metrics_per_class.txt and
+overlays.png to test.out_dir (default <run_dir>/test). Works under torchrun. Exit status 2 for a bad command line
+or config, 1 when there is no checkpoint to test.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import List, Optional
 
+from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="YAML config used for training")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys)")
-    return parser.parse_args(argv)
+
+def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
+    parser = config_arg_parser(__doc__.splitlines()[0], "YAML config used for training",
+                               checkpoint="checkpoint to test (same as test.checkpoint=PATH)",
+                               epilog=__doc__.split("\n\n", 1)[1])
+    return parse_config_args(parser, argv, option_keys={"checkpoint": "test.checkpoint"})
 
 
 def main(argv: Optional[List[str]] = None) -> int:

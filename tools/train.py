@@ -1,26 +1,28 @@
 #!/usr/bin/env python
-"""Train an image classifier from a config: ``python tools/train.py CONFIG [key=value ...]``.
+"""Train an image classifier from a config (thin CLI over `vision_rwkv.engine.classification.train_classifier`).
 
-Single process: ``python tools/train.py configs/classification/demo_shapes.yaml train.epochs=2``.
-Several processes / GPUs: ``torchrun --nproc_per_node=8 tools/train.py configs/classification/vrwkv_tiny_in1k.yaml
-data.root=/data/imagenet``. Resume: ``resume=latest`` (newest checkpoint in run_dir) or ``resume=PATH``.
-Overrides must name keys of configs/classification/base.yaml (``+key=value`` adds a new one).
+    python tools/train.py CONFIG [key=value ...] [--resume latest|PATH]
+    python tools/train.py configs/classification/demo_shapes.yaml train.epochs=2
+    torchrun --nproc_per_node=8 tools/train.py configs/classification/vrwkv_tiny_in1k.yaml data.root=/data/imagenet
+
+``--config CONFIG`` is an alias of the positional CONFIG. ``--resume latest`` (newest checkpoint in run_dir) or
+``--resume PATH`` is the same as the override ``resume=latest`` / ``resume=PATH``. Overrides must name keys of
+configs/classification/base.yaml (``+key=value`` adds a new one, ``~key`` deletes one).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from vision_rwkv.engine import ConfigError, load_config
 from vision_rwkv.engine.classification import train_classifier
+from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="YAML config (configs/classification/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_intermixed_args(argv)
+    parser = config_arg_parser(__doc__.splitlines()[0], "YAML config (configs/classification/*.yaml)", resume=True,
+                               epilog=__doc__.split("\n\n", 1)[1])
+    args = parse_config_args(parser, argv, option_keys={"resume": "resume"})
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:

@@ -1,25 +1,29 @@
 #!/usr/bin/env python
-"""Train a semantic segmentor: ``python tools/train_seg.py CONFIG [key=value ...]``.
+"""Train a semantic segmentor (thin CLI over `vision_rwkv.seg.train_segmentor`).
 
-CONFIG is a YAML file under configs/segmentation/ (``_base_`` inheritance); overrides use dotted keys, e.g.
-``optim.max_iters=2000 model.pretrained=vrwkv_t.safetensors train.resume=latest``. Multi-GPU:
-``torchrun --nproc_per_node 8 tools/train_seg.py CONFIG`` (BatchNorm becomes SyncBatchNorm, data.batch_size is
-per process). Writes checkpoints, CSV logs, curves.png and val_metrics.json under train.run_dir.
-Thin CLI over :func:`vision_rwkv.seg.train_segmentor`.
+    python tools/train_seg.py CONFIG [key=value ...] [--resume latest|PATH]
+    python tools/train_seg.py configs/segmentation/demo_shapes.yaml optim.max_iters=2000
+    torchrun --nproc_per_node 8 tools/train_seg.py configs/segmentation/upernet_vrwkv_tiny_ade20k_512.yaml \\
+        model.pretrained=vrwkv_t.safetensors
+
+CONFIG is a YAML file under configs/segmentation/ (``--config CONFIG`` is an alias); overrides use dotted keys of
+the schema (vision_rwkv/seg/config.py). ``--resume latest|PATH`` is the same as ``train.resume=latest|PATH``.
+Under torchrun BatchNorm becomes SyncBatchNorm and data.batch_size is per process. Writes checkpoints, CSV logs,
+curves.png and val_metrics.json under train.run_dir. Exit status 2 for a bad command line or config.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import List, Optional
 
+from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="YAML config, e.g. configs/segmentation/demo_shapes.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides (dotted keys)")
-    return parser.parse_args(argv)
+
+def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
+    parser = config_arg_parser(__doc__.splitlines()[0], "YAML config, e.g. configs/segmentation/demo_shapes.yaml",
+                               resume=True, epilog=__doc__.split("\n\n", 1)[1])
+    return parse_config_args(parser, argv, option_keys={"resume": "train.resume"})
 
 
 def main(argv: Optional[List[str]] = None) -> int:

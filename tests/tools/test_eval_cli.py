@@ -60,3 +60,33 @@ def test_eval_wrong_checkpoint_names_keys(trained, tmp_path):
     with pytest.raises(RuntimeError, match="missing keys"):
         load_tool("eval").main([str(DEMO), *TINY, "model.kwargs.depth=2", f"eval.out_dir={tmp_path}",
                                 "--checkpoint", str(run / "checkpoints" / "best.pt")])
+
+
+@pytest.mark.parametrize("argv_tail", [["--checkpoint", "runs/x/best.pt", "eval.input_size=40"],
+                                       ["eval.input_size=40", "--checkpoint", "runs/x/best.pt"]])
+@pytest.mark.parametrize("config_form", ["positional", "option"])
+def test_eval_command_line_forms(monkeypatch, config_form, argv_tail):
+    """CONFIG positionally or with --config; --checkpoint PATH is eval.checkpoint=PATH, anywhere on the line."""
+    mod = load_tool("eval")
+    seen = []
+    monkeypatch.setattr(mod, "evaluate_classifier", lambda cfg: seen.append(cfg) or {})
+    head = [str(DEMO)] if config_form == "positional" else ["--config", str(DEMO)]
+    mod.main([*head, *argv_tail])
+    (cfg,) = seen
+    assert cfg.eval.checkpoint == "runs/x/best.pt" and cfg.eval.input_size == 40
+
+
+def test_eval_command_line_errors(monkeypatch, capsys):
+    mod = load_tool("eval")
+    monkeypatch.setattr(mod, "evaluate_classifier", lambda cfg: pytest.fail("must not evaluate"))
+    for argv, message in [([str(DEMO), "eval.checkpoint=a.pt", "--checkpoint", "b.pt"], "both set eval.checkpoint"),
+                          (["eval.split=test"], "CONFIG file is required")]:
+        with pytest.raises(SystemExit) as exc:
+            mod.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_eval_zeroshot_checkpoint_is_an_alias_of_pretrained():
+    parser = load_tool("eval_zeroshot").build_parser()
+    assert parser.parse_args(["--model", "ViT-B-32", "--checkpoint", "w.pt"]).pretrained == "w.pt"
+    assert parser.parse_args(["--model", "ViT-B-32", "--pretrained", "w.pt"]).pretrained == "w.pt"

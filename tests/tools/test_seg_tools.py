@@ -38,3 +38,32 @@ def test_cli_config_errors(tmp_path, capsys):
     assert _tool("test_seg").main([str(tmp_path / "nope.yaml")]) == 2
     assert _tool("test_seg").main([str(DEMO), f"train.run_dir={tmp_path / 'none'}"]) == 1
     assert "no checkpoint to test" in capsys.readouterr().err
+
+
+def test_train_seg_resume_latest_and_test_seg_checkpoint_option(tmp_path, capsys):
+    """train_seg: a run stopped (without saving) at step 2 resumes from its step-1 checkpoint with --resume latest;
+    test_seg --checkpoint PATH tests that file (same as test.checkpoint=PATH)."""
+    run = f"train.run_dir={tmp_path}"
+    args = [str(DEMO), *TINY, run, "train.ckpt_every=1", "train.eval_every=null"]
+    assert _tool("train_seg").main([*args, "train.stop_after_steps=2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt_*.pt")) == ["ckpt_00000001.pt"]
+    capsys.readouterr()
+    assert _tool("train_seg").main(["--resume", "latest", *args]) == 0
+    assert '"step": 3' in capsys.readouterr().out
+    ckpt = tmp_path / "checkpoints" / "ckpt_00000002.pt"  # not the default choice (best.pt)
+    out = tmp_path / "test_ckpt2"
+    assert _tool("test_seg").main(["--config", str(DEMO), *TINY, run, "--checkpoint", str(ckpt),
+                                   f"test.out_dir={out}"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["checkpoint"] == str(ckpt)
+
+
+def test_seg_tools_command_line_errors(tmp_path, capsys):
+    import pytest
+    cases = [("train_seg", [str(DEMO), "train.resume=latest", "--resume", "latest"], "both set train.resume"),
+             ("test_seg", [str(DEMO), "test.checkpoint=a.pt", "--checkpoint", "b.pt"], "both set test.checkpoint"),
+             ("test_seg", ["test.flip=true"], "CONFIG file is required"),
+             ("train_seg", [str(DEMO), "--config", str(DEMO)], "config is given twice")]
+    for tool, argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            _tool(tool).main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err, argv

@@ -49,3 +49,100 @@ def test_train_cli_missing_data_root_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         train.main([str(DEMO), *TINY, f"run_dir={tmp_path}", "data.type=imagefolder",
                     f"data.train_dir={tmp_path / 'nowhere'}"])
+
+
+# --------------------------------------------------------------------------- one command-line form for all trainers
+CLIP = ROOT / "configs" / "clip" / "demo_shapes.yaml"
+SEG = ROOT / "configs" / "segmentation" / "demo_shapes.yaml"
+
+
+def _capture(tool: str, monkeypatch) -> tuple:
+    """(module, calls): the tool with its library training function replaced by a recorder of (cfg, resume)."""
+    calls = []
+    mod = load_tool(tool)
+    if tool == "train":
+        def fake(cfg):
+            calls.append((cfg, cfg.resume))
+            return {"stopped": True}
+        monkeypatch.setattr(mod, "train_classifier", fake)
+    elif tool == "train_seg":
+        import vision_rwkv.seg
+
+        def fake(cfg):
+            calls.append((cfg, cfg.train.resume))
+            return {}
+        monkeypatch.setattr(vision_rwkv.seg, "train_segmentor", fake)
+    else:
+        import rwkv_clip.train
+
+        def fake(cfg, resume=None):
+            calls.append((cfg, resume))
+            return {"stopped": True}
+        monkeypatch.setattr(rwkv_clip.train, "train_clip", fake)
+    return mod, calls
+
+
+# tool -> (config, an override, how to read it back, the config key --resume stands for)
+TOOLS = {
+    "train": (DEMO, "train.epochs=7", lambda c: c.train.epochs, "resume"),
+    "train_seg": (SEG, "optim.max_iters=7", lambda c: c.optim.max_iters, "train.resume"),
+    "train_clip": (CLIP, "train.max_steps=7", lambda c: c.train.max_steps, None),
+}
+
+
+FORMS = ["positional", "config_option", "resume_latest", "resume_first", "resume_path", "resume_key"]
+
+
+@pytest.mark.parametrize("tool,form", [(t, f) for t in sorted(TOOLS) for f in FORMS
+                                       if not (f == "resume_key" and TOOLS[t][3] is None)])  # CLIP: --resume only
+def test_trainers_accept_the_same_command_line(tool, form, monkeypatch, tmp_path):
+    config, override, read, key = TOOLS[tool]
+    ckpt = str(tmp_path / "a dir" / "ckpt_00000002.pt")
+    argv, resume = {
+        "positional": ([str(config), override], None),
+        "config_option": (["--config", str(config), override], None),
+        "resume_latest": ([str(config), override, "--resume", "latest"], "latest"),
+        "resume_first": (["--resume", "latest", str(config), override], "latest"),
+        "resume_path": ([str(config), "--resume", ckpt, override], ckpt),
+        "resume_key": ([str(config), override, f"{key}=latest"], "latest"),
+    }[form]
+    mod, calls = _capture(tool, monkeypatch)
+    mod.main(argv)
+    (cfg, got_resume), = calls
+    assert read(cfg) == 7 and got_resume == resume
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_trainers_reject_ambiguous_command_lines(tool, monkeypatch, capsys):
+    config, override, _, key = TOOLS[tool]
+    mod, calls = _capture(tool, monkeypatch)
+    bad = [([str(config), "--config", str(config)], "config is given twice"),
+           ([str(config), override, str(config)], "not a key=value override")]
+    if key is not None:
+        bad += [([override], "CONFIG file is required"),
+                ([str(config), f"{key}=latest", "--resume", "latest"], f"both set {key}")]
+    for argv, message in bad:
+        with pytest.raises(SystemExit) as exc:
+            mod.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err, argv
+    assert not calls
+
+
+def test_train_clip_without_config_uses_the_schema_defaults(monkeypatch):
+    mod, calls = _capture("train_clip", monkeypatch)
+    mod.main(["train.max_steps=3", "--resume", "latest"])
+    (cfg, resume), = calls
+    from rwkv_clip.train import load_clip_config
+    assert cfg.train.max_steps == 3 and resume == "latest" and cfg.run_dir == load_clip_config(None).run_dir
+
+
+def test_train_cli_resume_latest_continues_a_stopped_run(tmp_path):
+    """A run stopped without saving after step 3 (checkpoint at step 2) resumes with --resume latest to step 4."""
+    train = load_tool("train")
+    base = [str(DEMO), *TINY, f"run_dir={tmp_path}", "train.ckpt_every_steps=2", "train.plot=false",
+            "train.log_every=1", "train.tensorboard=false"]
+    assert train.main([*base, "train.stop_after_steps=3"])["stopped"]
+    result = train.main([*base, "--resume", "latest"])
+    assert result["step"] == 4
+    from vision_rwkv.engine import read_metrics_csv
+    assert [int(r["step"]) for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2, 3, 4]

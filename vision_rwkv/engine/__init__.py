@@ -58,6 +58,12 @@ Training loop (``loop.py``)
         ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step.
     move_to_device(obj, device), clip_gradients(params, max_norm, mode)
 
+Command line (``cli.py``, not imported here: ``from vision_rwkv.engine.cli import ...``)
+    config_arg_parser(description, config_help, config_required=True, resume=False, checkpoint=None) and
+    parse_config_args(parser, argv, option_keys={"resume": "train.resume"}) -> ConfigArgs(config, overrides,
+    options): the form every config-driven tool takes, ``CONFIG [key=value ...] [--resume latest|PATH]
+    [--checkpoint PATH]`` (``--config CONFIG`` alias; options that stand for a config key become overrides).
+
 Classification (``classification.py``, not imported here: ``from vision_rwkv.engine.classification import ...``)
     train_classifier(cfg) -> dict: top1/top5/loss (validation, last eval; ema_* with EMA), train_loss, step, epoch,
         train_time_s, total_time_s, best {metric, value, step}, run_dir, checkpoint, classes, num_classes.

@@ -1,0 +1,42 @@
+"""The shared tool command line: CONFIG [key=value ...] with --config / --resume / --checkpoint options."""
+import pytest
+
+from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+
+
+def _parse(argv, required=True, **keys):
+    parser = config_arg_parser("t", "cfg", config_required=required, resume=True, checkpoint="ckpt")
+    return parse_config_args(parser, argv, option_keys=keys or {"resume": "train.resume"})
+
+
+def test_positional_config_overrides_and_options_interleaved():
+    a = _parse(["--resume", "latest", "c.yaml", "a.b=1", "+new.k=2", "~x.y"])
+    assert a.config == "c.yaml" and a.overrides == ["a.b=1", "+new.k=2", "~x.y", "train.resume='latest'"]
+    a = _parse(["a.b=1", "--config", "c.yaml"])
+    assert a.config == "c.yaml" and a.overrides == ["a.b=1"] and a.options.resume is None
+
+
+def test_option_values_are_literal_strings():
+    from omegaconf import OmegaConf
+    path = "runs/a b/it's: 1.pt"
+    a = _parse(["c.yaml", "--resume", path])
+    assert OmegaConf.from_dotlist(a.overrides).train.resume == path
+    assert OmegaConf.from_dotlist(_parse(["c.yaml", "--resume", "123"]).overrides).train.resume == "123"
+
+
+def test_config_may_be_optional():
+    a = _parse(["k=1"], required=False)
+    assert a.config is None and a.overrides == ["k=1"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["k=1"], "CONFIG file is required"),
+    (["c.yaml", "--config", "d.yaml"], "given twice"),
+    (["c.yaml", "d.yaml"], "not a key=value override"),
+    (["c.yaml", "train.resume=x", "--resume", "latest"], "both set train.resume"),
+    (["c.yaml", "+train.resume=x", "--resume", "latest"], "both set train.resume"),
+])
+def test_usage_errors_exit_2_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _parse(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err

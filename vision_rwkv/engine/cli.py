@@ -1,0 +1,81 @@
+"""The command-line form shared by the config-driven tools (train, train_seg, train_clip, eval, test_seg).
+
+    tool.py CONFIG [key=value ...] [--resume latest|PATH] [--checkpoint PATH]
+    tool.py --config CONFIG [key=value ...]          (the same; ``--config`` is an alias of the positional)
+
+The first positional argument is the config file unless it looks like an override (``key=value``,
+``+key=value``, ``~key``); every other positional must be an override. Options that stand for a config key
+(``--resume`` -> ``train.resume``, ``--checkpoint`` -> ``eval.checkpoint``, ...) are appended as overrides; giving
+both the option and an override of its key is an error. Options and positionals may be interleaved.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+__all__ = ["ConfigArgs", "config_arg_parser", "parse_config_args"]
+
+RESUME_HELP = "'latest' (newest checkpoint of the run folder) or a checkpoint path"
+
+
+@dataclass
+class ConfigArgs:
+    """Parsed command line: the config file (or None), the overrides in order, and the parsed options."""
+    config: str | None
+    overrides: list[str] = field(default_factory=list)
+    options: argparse.Namespace = field(default_factory=argparse.Namespace)
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg or arg.startswith("~")
+
+
+def config_arg_parser(description: str, config_help: str, *, config_required: bool = True, resume: bool = False,
+                      checkpoint: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with ``CONFIG [key=value ...]`` positionals and ``--config`` (``config_required=False``:
+    the config may be left out); ``resume`` adds ``--resume latest|PATH``; ``checkpoint`` (its help text) adds
+    ``--checkpoint PATH``. Tools may add their own options; parse with :func:`parse_config_args`."""
+    config = "CONFIG" if config_required else "[CONFIG]"
+    parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     usage=f"%(prog)s {config} [key=value ...] [options]",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(config_required=config_required)
+    parser.add_argument("args", nargs="*", metavar="CONFIG key=value",
+                        help=f"{config_help}, then config overrides (key=value, +new.key=value, ~key)")
+    parser.add_argument("--config", dest="config_option", metavar="CONFIG", default=None,
+                        help="the config file (alias of the positional CONFIG)")
+    if resume:
+        parser.add_argument("--resume", default=None, metavar="latest|PATH", help=RESUME_HELP)
+    if checkpoint:
+        parser.add_argument("--checkpoint", default=None, metavar="PATH", help=checkpoint)
+    return parser
+
+
+def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
+                      option_keys: Mapping[str, str] | None = None) -> ConfigArgs:
+    """Parse ``argv`` (``None``: sys.argv[1:]); ``option_keys`` maps an option's dest to the config key it sets
+    (e.g. ``{"resume": "train.resume"}``). Usage errors exit with status 2 (argparse)."""
+    ns = parser.parse_intermixed_args(argv)
+    positional = list(ns.args)
+    config = positional.pop(0) if positional and not _is_override(positional[0]) else None
+    if ns.config_option is not None:
+        if config is not None:
+            parser.error(f"the config is given twice ({config!r} and --config {ns.config_option!r}); give it once")
+        config = ns.config_option
+    if config is None and ns.config_required:
+        parser.error("a CONFIG file is required (first positional argument, or --config CONFIG)")
+    for arg in positional:
+        if not _is_override(arg):
+            parser.error(f"{arg!r} is not a key=value override (only the first argument may be the config file)")
+    overrides = positional
+    for dest, key in (option_keys or {}).items():
+        value = getattr(ns, dest, None)
+        if value is None:
+            continue
+        clash = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+        if clash:
+            parser.error(f"--{dest.replace('_', '-')} and the override {clash[0]!r} both set {key}; give one")
+        quoted = str(value).replace("'", "''")  # a YAML single-quoted string: the path/word as given
+        overrides = [*overrides, f"{key}='{quoted}'"]
+    return ConfigArgs(config, overrides, ns)
