@@ -52,7 +52,9 @@ Training loop (``loop.py``)
             tensorboard=False, after_step=None, stop_after_steps=None, show_progress=True, extra_state=None,
             plot=True)
         ``fit(resume=None | "latest" | path) -> dict`` (step, epoch, train_loss, train_time_s, last eval metrics,
-        best) and, with ``plot``, draws ``curves.png``; ``train_step(micro_batches)``; ``evaluate()``; ``state_dict()`` / ``load_state_dict()``; ``save()``.
+        best) and, with ``plot``, draws ``curves.png``; ``train_step(micro_batches)``; ``evaluate()``;
+        ``state_dict()`` / ``load_state_dict()``; ``save()``. Evaluation / checkpoints run when the step schedule,
+        the epoch schedule (at an epoch end) or the end of training asks, each at most once per step.
         ``loss_fn(model, batch) -> loss | (loss, {name: float})`` runs under autocast with the batch on the
         device; ``eval_fn(model) -> {name: float}`` runs on every rank (reduce inside it); EMA metrics get an
         ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step.
