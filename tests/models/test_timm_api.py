@@ -216,3 +216,36 @@ def test_kwargs_override(name):
     large = tiny_model('vrwkv_large_patch16_384', init_values=False, head_hidden_size=0, pos_embed_grid=0)
     assert isinstance(large.blocks[0].ls1, nn.Identity) and isinstance(large.pre_logits, nn.Identity)
     assert large.pos_grid == (24, 24)
+
+
+@pytest.mark.parametrize('name', ['vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'])
+def test_set_input_size(name, perturb):
+    """timm's set_input_size: the stored position embedding moves to the new grid once; outputs at that size are
+    unchanged (the per-forward resize did the same), a new patch size resamples the kernel, bad sizes raise."""
+    model = perturb(tiny_model(name)).eval()
+    x = torch.randn(2, 3, 40, 72)
+    with torch.no_grad():
+        before = model(x)
+        pos_before = model.pos_embed.clone()
+        model.set_input_size((40, 72))
+        assert model.pos_grid == (3, 5) and model.pos_embed.shape == (1, 15, model.embed_dim)
+        assert torch.allclose(model(x), before, atol=1e-6)
+        assert model.pretrained_cfg['input_size'] != (3, 40, 72)  # the checkpoint's metadata stays
+        assert not torch.equal(model.pos_embed[:, :4], pos_before[:, :4])  # really resampled, not sliced
+        assert model.pos_embed.requires_grad
+
+        kernel = model.patch_embed.proj.weight.clone()
+        model.set_input_size(patch_size=32)
+        assert model.patch_embed.proj.weight.shape[-2:] == (32, 32)
+        assert model.patch_embed.proj.weight.shape[:2] == kernel.shape[:2]
+        assert model.pos_grid == (2, 3) and model.feature_info[-1]['reduction'] == 32
+        assert model.forward_features(x).shape == (2, 6, model.embed_dim)
+        # FlexiViT property of the resampled kernel: a constant patch keeps its embedding
+        flat = torch.ones(1, 3, 32, 32)
+        emb16 = torch.nn.functional.conv2d(flat[..., :16, :16], kernel, stride=16).flatten()
+        emb32 = (model.patch_embed.proj(flat) - model.patch_embed.proj.bias[:, None, None]).flatten()
+        assert torch.allclose(emb32, emb16, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match='img_size'):
+        model.set_input_size((0, 32))
+    with pytest.raises(ValueError, match='patch_size'):
+        model.set_input_size(patch_size=-1)

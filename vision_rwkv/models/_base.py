@@ -17,6 +17,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
+from timm.models._input import update_model_input_size
 
 from vision_rwkv.ops import fused
 
@@ -167,6 +168,44 @@ class VisionRWKVBase(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            patch_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
+        """Make ``img_size`` (and ``patch_size``) the model's nominal input, as timm's ``set_input_size``.
+
+        The stored position embedding is resampled once to the new token grid (so forwards at that size skip the
+        per-call resize; other sizes still work), and a new patch size resamples the patch-embedding kernel.
+        ``img_size=None`` keeps the current nominal size.
+        """
+        if img_size is None:
+            img_size = self._nominal_img_size()
+        img_size = tuple(to_2tuple(img_size))
+        if len(img_size) != 2 or any(int(s) <= 0 for s in img_size):
+            raise ValueError(f'img_size must be a positive (H, W), got {img_size}')
+        if patch_size is not None:
+            patch_size = tuple(to_2tuple(patch_size))
+            if any(int(p) <= 0 for p in patch_size):
+                raise ValueError(f'patch_size must be positive, got {patch_size}')
+            self.patch_embed.set_patch_size(patch_size)
+            self.patch_size = self.patch_embed.patch_size
+            for info in self.feature_info:
+                info['reduction'] = self.patch_size[0]
+        new_grid = self.patch_embed.feat_size(img_size)
+        if new_grid != tuple(self.pos_grid):
+            with torch.no_grad():
+                pos = resample_pos_embed(self.pos_embed.detach(), self.pos_grid, new_grid)
+            self.pos_embed = nn.Parameter(pos.contiguous(), requires_grad=self.pos_embed.requires_grad)
+            self.pos_grid = new_grid
+        update_model_input_size(self, img_size, patch_size=patch_size)  # the checkpoint's pretrained_cfg is kept
+
+    def _nominal_img_size(self) -> Tuple[int, int]:
+        size = getattr(self, '_traits', {}).get('img_size')
+        if size is not None:
+            return tuple(size)
+        return tuple(g * p for g, p in zip(self.pos_grid, self.patch_size))
 
     # ------------------------------------------------------------------ forward
     def feature_grid(self, img_size: Tuple[int, int]) -> GridSize:

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, to_2tuple
+from timm.layers import DropPath, LayerScale, resample_patch_embed, to_2tuple
 
 from vision_rwkv.ops import fused
 
@@ -64,6 +64,26 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = to_2tuple(patch_size)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=True)
+
+    def set_patch_size(self, patch_size: int | Tuple[int, int]) -> None:
+        """Switch to a new patch size, resampling the kernel so patches keep their embeddings as far as possible
+        (timm's pseudo-inverse ``resample_patch_embed``, FlexiViT)."""
+        patch_size = to_2tuple(patch_size)
+        if patch_size == self.patch_size:
+            return
+        old = self.proj
+        new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=patch_size, stride=patch_size,
+                        bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(resample_patch_embed(old.weight, list(patch_size)))
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+        new.weight.requires_grad_(old.weight.requires_grad)
+        if new.bias is not None:
+            new.bias.requires_grad_(old.bias.requires_grad)
+        new.train(old.training)
+        self.proj = new
+        self.patch_size = patch_size
 
     def feat_size(self, img_size: Tuple[int, int]) -> GridSize:
         """Token grid (rows, cols) produced for an image of ``img_size`` = (H, W)."""
