@@ -82,11 +82,11 @@ def classify(chain: List[str], kernel: str = "") -> str:
 
 @contextlib.contextmanager
 def label_model_calls() -> Iterator[None]:
-    """While active, the models' ``q_shift`` / ``lerp_mix`` calls run inside ``vrwkv::shift+lerp`` and their
+    """While active, the models' ``q_shift`` / ``bi_shift_1d`` / ``lerp_mix`` calls run inside ``vrwkv::shift+lerp`` and their
     ``bi_wkv`` / ``bi_wkv6`` calls inside ``vrwkv::WKV`` profiler ranges, and the fused ops inside the range of
     their group (shift+lerp; norms for the residual+LayerNorm and GroupNorm*gate kernels; elementwise/other for
     the gates) - module attributes patched, then restored."""
-    from vision_rwkv.models import _layers, vrwkv, vrwkv6
+    from vision_rwkv.models import _layers, mixing, vrwkv, vrwkv6
 
     def wrap(fn: Callable, group: str) -> Callable:
         def labelled(*args, **kwargs):
@@ -96,8 +96,9 @@ def label_model_calls() -> Iterator[None]:
 
     from vision_rwkv.ops import fused
 
-    patches = [(mod, name, group) for mod in (_layers, vrwkv, vrwkv6)
-               for name, group in (("q_shift", "shift+lerp"), ("lerp_mix", "shift+lerp"), ("bi_wkv", "WKV"),
+    patches = [(mod, name, group) for mod in (_layers, mixing, vrwkv, vrwkv6)
+               for name, group in (("q_shift", "shift+lerp"), ("bi_shift_1d", "shift+lerp"),
+                                   ("lerp_mix", "shift+lerp"), ("bi_wkv", "WKV"),
                                    ("bi_wkv6", "WKV")) if hasattr(mod, name)]
     patches += [(fused, name, group) for name, group in (
         ("shift_lerp", "shift+lerp"), ("token_shift_mix", "shift+lerp"), ("token_shift_mix_lora", "shift+lerp"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vision_rwkv import profiling
-from vision_rwkv.models import _layers, vrwkv, vrwkv6
+from vision_rwkv.models import mixing, vrwkv, vrwkv6
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -34,15 +34,17 @@ def test_classify_groups():
 def test_label_model_calls_restores_functions():
     from vision_rwkv.ops import fused
 
-    before = (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6, fused.add_norm)
+    names = [(mixing, "q_shift"), (mixing, "bi_shift_1d"), (mixing, "lerp_mix"), (mixing, "bi_wkv6"),
+             (vrwkv, "bi_wkv"), (fused, "add_norm")]
+    before = [getattr(mod, name) for mod, name in names]
     with profiling.label_model_calls():
-        assert _layers.q_shift is not before[0] and vrwkv.bi_wkv is not before[2]
-        assert fused.add_norm is not before[4]
-    assert (_layers.q_shift, _layers.lerp_mix, vrwkv.bi_wkv, vrwkv6.bi_wkv6, fused.add_norm) == before
+        assert all(getattr(mod, name) is not fn for (mod, name), fn in zip(names, before))
+    assert [getattr(mod, name) for mod, name in names] == before
 
 
-def test_profile_cpu_groups_partition_time():
-    model = profiling.build_backbone("VRWKV-T", 32, device="cpu").eval()
+@pytest.mark.parametrize("name", ["VRWKV-T", "VRWKV6-T"])
+def test_profile_cpu_groups_partition_time(name):
+    model = profiling.build_backbone(name, 32, device="cpu").eval()
     x = torch.randn(1, 3, 32, 32)
 
     def fn():
