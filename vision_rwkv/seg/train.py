@@ -231,22 +231,18 @@ def train_segmentor(cfg: Any) -> dict:
         loader = EpochLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True, seed=t.seed,
                              num_workers=cfg.data.num_workers, info=info)
         last_full: dict[str, Any] = {}
-        evaluated_at: list[int] = []
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            # the trainer asks twice at the last step when eval_every divides max_iters: evaluate once
-            if not (evaluated_at and evaluated_at[-1] == trainer.step and last_full):
-                res = evaluate_segmentor(m, val_set, precision=t.precision, device=info.device,
-                                         num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
-                                         show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
-                last_full.clear()
-                last_full.update(res)
-                evaluated_at.append(trainer.step)
-            return {k: last_full[k] for k in ("mIoU", "mAcc", "aAcc")}
+            res = evaluate_segmentor(m, val_set, precision=t.precision, device=info.device,
+                                     num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
+                                     show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
+            last_full.clear()
+            last_full.update(res)  # the full result (per-class IoU) for the files written after fit
+            return {k: res[k] for k in ("mIoU", "mAcc", "aAcc")}
 
         trainer = Trainer(ddp_model, optimizer, loader, _seg_loss, run_dir=run_dir, info=info,
                           max_steps=o.max_iters, scheduler=scheduler, precision=t.precision, clip_grad=o.clip_grad,
-                          eval_fn=eval_fn, eval_every_epochs=_NEVER,
+                          eval_fn=eval_fn, eval_every_epochs=0,
                           eval_every_steps=t.eval_every, best_metric="mIoU", best_mode="max",
                           ckpt_every_steps=t.ckpt_every, ckpt_every_epochs=0, keep_last=t.keep_last,
                           log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
@@ -265,9 +261,6 @@ def train_segmentor(cfg: Any) -> dict:
     finally:
         torch.set_num_threads(threads)
         cleanup_distributed()
-
-
-_NEVER = 10 ** 9  # iteration-based: no per-epoch evaluation
 
 
 def _seg_loss(model: nn.Module, batch: Mapping[str, Any]):
