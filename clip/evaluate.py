@@ -21,6 +21,8 @@ from open_clip import build_zero_shot_classifier
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vision_rwkv.engine.logger import pyplot, save_figure
+
 from .data import CsvCaptionDataset, load_image
 
 __all__ = [
@@ -250,9 +252,7 @@ def save_retrieval_grid(path: Union[str, Path], queries: Sequence[str], images: 
         scores: (num_texts, num_images) similarities.
         text_to_image: (num_texts,) ground-truth image of each text (frames hits when given).
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = list(query_index) if query_index is not None else list(range(min(max_queries, len(queries))))
     k = min(top_k, scores.shape[1])
@@ -275,11 +275,7 @@ def save_retrieval_grid(path: Union[str, Path], queries: Sequence[str], images: 
         text = queries[q] if len(queries[q]) < 60 else queries[q][:57] + "..."
         axes[r][0].set_ylabel(text, fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 # ----------------------------------------------------------------------------------------------- runner

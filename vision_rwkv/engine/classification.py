@@ -32,7 +32,7 @@ from .config import save_config, to_dict
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_main_process,
                           print_rank0, unwrap_model, wrap_ddp)
 from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
-from .logger import progress
+from .logger import progress, pyplot, save_figure
 from .loop import Trainer
 from .precision import autocast
 
@@ -265,9 +265,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, num_classes: int, devi
 def plot_confusion_matrix(conf: list[list[int]], class_names: list[str], path: str | Path,
                           title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows = true class) as a PNG; counts written in the cells when small."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     m = np.asarray(conf, dtype=np.float64)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -289,11 +287,7 @@ def plot_confusion_matrix(conf: list[list[int]], class_names: list[str], path: s
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _eval_loader(ds: Dataset, batch_size: int, num_workers: int, info: DistInfo) -> DataLoader:

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from .distributed import is_main_process
 
-__all__ = ["MetricLogger", "progress", "read_metrics_csv", "plot_curves"]
+__all__ = ["MetricLogger", "progress", "read_metrics_csv", "plot_curves", "pyplot", "save_figure"]
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, **kwargs):
@@ -37,11 +37,26 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLike, x: str = "step") -> Path | None:
-    """One subplot per metric name, one line per split; returns the PNG path (None if nothing to plot)."""
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (files only, no display needed)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` as ``path`` (parent folders created) and close it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
+
+
+def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLike, x: str = "step") -> Path | None:
+    """One subplot per metric name, one line per split; returns the PNG path (None if nothing to plot)."""
+    plt = pyplot()
 
     names: list[str] = []
     for rows in series.values():
@@ -65,11 +80,7 @@ def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLi
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class MetricLogger:

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vision_rwkv.engine.logger import pyplot, save_figure
+
 __all__ = ["make_palette", "colorize", "save_overlays"]
 
 
@@ -38,13 +40,9 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
                   alpha: float = 0.8, titles: Sequence[str] | None = None) -> Path:
     """Write a PNG grid: one row per image (image, GT overlay, prediction overlay) and a legend of the classes
     present. Images are (H, W, 3) uint8 at the label maps' size."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     palette = make_palette(len(class_names))
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.8), squeeze=False)
@@ -70,6 +68,4 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
