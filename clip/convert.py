@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
-from vision_rwkv.models.convert import model_kwargs_from_original, original_to_ours
+from vision_rwkv.models.convert import model_kwargs_from_original, original_to_ours, strip_key_prefixes
 
 from .model import RWKVCLIP
 
@@ -38,13 +38,7 @@ def strip_prefixes(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     for name, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
             continue
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if name.startswith(p):
-                    name, changed = name[len(p):], True
-        out[name] = value
+        out[strip_key_prefixes(name, _PREFIXES)] = value
     return out
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,7 +37,7 @@ import torch.nn as nn
 __all__ = [
     'unwrap_state_dict', 'detect_family', 'is_original_layout', 'original_to_ours', 'ours_to_original',
     'checkpoint_filter_fn', 'build_from_original', 'model_kwargs_from_original', 'load_checkpoint_file',
-    'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES',
+    'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes',
 ]
 
 FAMILY_NAMES = {'vrwkv': 'VRWKV (v4)', 'vrwkv6': 'VRWKV6'}
@@ -82,6 +82,17 @@ class CheckpointMismatchError(KeyError):
         return str(self.args[0]) if self.args else ''
 
 
+def strip_key_prefixes(name: str, prefixes: Sequence[str]) -> str:
+    """``name`` without any leading run of wrapper ``prefixes`` (e.g. ``module._orig_mod.x`` -> ``x``)."""
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if name.startswith(p):
+                name, changed = name[len(p):], True
+    return name
+
+
 def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Return the flat tensor dict of ``checkpoint``.
 
@@ -104,13 +115,7 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = Non
             if not name.startswith(prefix):
                 continue
             name = name[len(prefix):]
-        changed = True
-        while changed:
-            changed = False
-            for p in _STRIP_PREFIXES:
-                if name.startswith(p):
-                    name, changed = name[len(p):], True
-        out[name] = value
+        out[strip_key_prefixes(name, _STRIP_PREFIXES)] = value
     if not out:
         raise CheckpointMismatchError('checkpoint holds no tensors' + (f' under prefix {prefix!r}' if prefix else ''))
     return out
