@@ -28,9 +28,10 @@ class ImageTower(nn.Module):
     """A timm backbone (`trunk`) returning globally pooled features, with open_clip's vision-tower methods.
 
     Args:
-        timm_model_name: registered timm name; the RWKV-CLIP configs use `vrwkv6_tiny_patch16_224` as the base
-            because its defaults are the CLIP tower's (pre-norm, no layer scale) and timm.create_model drops
-            None-valued overrides, so `init_values=None` could not switch off the layer scale of S/B.
+        timm_model_name: registered timm name: `vrwkv6_clip_patch32_224` / `vrwkv6_clip_patch16_224` for the
+            RWKV-CLIP B towers; the tiny demo and converted fixtures use `vrwkv6_tiny_patch16_224` (pre-norm, no
+            layer scale) with overrides (timm.create_model drops None-valued overrides, so `init_values=None` could
+            not switch off the layer scale of VRWKV6-S/B).
         image_size: input resolution (sets the pos-embed grid).
         timm_kwargs: constructor overrides passed to `timm.create_model` (embed_dim, depth, head_size, ...).
     """

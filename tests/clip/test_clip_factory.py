@@ -4,6 +4,7 @@ import math
 import numpy as np
 import open_clip
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from clip_helpers import tiny_model
@@ -32,9 +33,14 @@ def test_b32_and_b16_configs_are_the_published_architecture():
         cfg = rwkv_clip.get_model_config(name)
         v, t = cfg["vision_cfg"], cfg["text_cfg"]
         assert cfg["embed_dim"] == 640
-        assert (v["embed_dim"], v["depth"], v["head_size"], v["patch_size"], v["image_size"]) == (
-            640, 12, 80, patch, 224)
-        assert int(v["embed_dim"] * v["mlp_ratio"]) == 3200 and v["drop_path_rate"] == 0.3 and not v["post_norm"]
+        assert v["timm_model_name"] == f"vrwkv6_clip_patch{patch}_224" and v["image_size"] == 224
+        assert v["drop_path_rate"] == 0.3
+        with torch.device("meta"):  # the registered tower at full size, no memory
+            tower = timm.create_model(v["timm_model_name"], drop_path_rate=v["drop_path_rate"])
+        assert (tower.embed_dim, len(tower.blocks), tower.head_size, tower.patch_size) == (640, 12, 80, (patch,) * 2)
+        assert tower.blocks[0].channel_mix.key.weight.shape == (3200, 640) and not tower.blocks[0].post_norm
+        assert tower.num_classes == 0 and tower.pos_embed.shape == (1, (224 // patch) ** 2, 640)
+        assert tower.pretrained_cfg["mean"] == open_clip.OPENAI_DATASET_MEAN
         assert (t["width"], t["layers"], t["head_size"], t["hidden_dim"], t["vocab_size"], t["context_length"]) == (
             640, 6, 64, 2240, 49408, 77)
         assert 1e-5 * t["head_size_divisor"] ** 2 == pytest.approx(6.4e-4)

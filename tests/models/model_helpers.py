@@ -6,7 +6,8 @@ import vision_rwkv  # noqa: F401  (registers the models)
 
 V4_NAMES = ['vrwkv_tiny_patch16_224', 'vrwkv_small_patch16_224', 'vrwkv_base_patch16_224', 'vrwkv_large_patch16_384']
 V6_NAMES = ['vrwkv6_tiny_patch16_224', 'vrwkv6_small_patch16_224', 'vrwkv6_base_patch16_224']
-ALL_NAMES = V4_NAMES + V6_NAMES
+ALL_NAMES = V4_NAMES + V6_NAMES  # the Vision-RWKV classifiers (one hub file each)
+CLIP_TOWER_NAMES = ['vrwkv6_clip_patch32_224', 'vrwkv6_clip_patch16_224']  # RWKV-CLIP image towers
 
 # width / depth small enough for CPU tests, every other setting of the registered config kept
 TINY_KW = {

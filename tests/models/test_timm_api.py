@@ -5,17 +5,32 @@ import timm.optim
 import torch
 import torch.nn as nn
 
-from model_helpers import ALL_NAMES, V4_NAMES, V6_NAMES, family_of, tiny_model
+from model_helpers import ALL_NAMES, CLIP_TOWER_NAMES, V4_NAMES, V6_NAMES, family_of, tiny_model
 
 pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
 
 def test_registered():
     names = timm.list_models('vrwkv*')
-    assert set(names) == set(ALL_NAMES)
+    assert set(names) == set(ALL_NAMES + CLIP_TOWER_NAMES)
     for name in ALL_NAMES:
         assert timm.is_model(name)
         assert name in timm.list_pretrained('vrwkv*') or any(p.startswith(name + '.') for p in timm.list_pretrained())
+    assert not set(timm.list_pretrained('vrwkv6_clip*'))  # weights come with whole RWKV-CLIP checkpoints
+
+
+@pytest.mark.parametrize('name', CLIP_TOWER_NAMES)
+def test_clip_towers(name, perturb):
+    """The RWKV-CLIP image towers: pooled features, no classifier, CLIP normalisation, tiny forward/backward."""
+    model = perturb(tiny_model(name, num_classes=0))
+    cfg = model.pretrained_cfg
+    assert cfg['num_classes'] == 0 and cfg['mean'] == timm.data.OPENAI_CLIP_MEAN
+    assert model.patch_size == ((32, 32) if 'patch32' in name else (16, 16))
+    x = torch.randn(2, 3, 64, 48)
+    out = model(x)
+    assert out.shape == (2, model.num_features)
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize('name', ALL_NAMES)

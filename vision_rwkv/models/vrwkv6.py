@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple, Union
 
 import torch.nn as nn
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.models import generate_default_cfgs, register_model
 
 from ._base import VisionRWKVBase
@@ -79,10 +80,26 @@ class VRWKV6(VisionRWKVBase):
         self.head_size = head_size
 
 
+def _clip_tower_cfg(**kwargs: Any) -> dict:
+    """Pretrained-cfg of an RWKV-CLIP image tower: no classifier, OpenAI CLIP normalisation. Its weights come
+    with a whole RWKV-CLIP checkpoint (``rwkv_clip.create_model(..., pretrained=PATH)``), not a timm hub file."""
+    return {
+        'num_classes': 0, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 1.0,
+        'interpolation': 'bicubic', 'mean': OPENAI_CLIP_MEAN, 'std': OPENAI_CLIP_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'paper_ids': 'arXiv:2406.06973',
+        'paper_name': 'RWKV-CLIP: A Robust Vision-Language Representation Learner',
+        'origin_url': 'https://github.com/deepglint/RWKV-CLIP', 'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
 default_cfgs = generate_default_cfgs({
     'vrwkv6_tiny_patch16_224.in1k': hub_cfg('vrwkv6_t_in1k_224.pth'),
     'vrwkv6_small_patch16_224.in1k': hub_cfg('vrwkv6_s_in1k_224.pth'),
     'vrwkv6_base_patch16_224.in1k': hub_cfg('vrwkv6_b_in1k_224.pth'),
+    'vrwkv6_clip_patch32_224': _clip_tower_cfg(),
+    'vrwkv6_clip_patch16_224': _clip_tower_cfg(),
 })
 
 
@@ -111,3 +128,18 @@ def vrwkv6_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
     model_args = dict(
         patch_size=16, embed_dim=768, depth=12, head_size=64, post_norm=True, init_values=1e-5, drop_path_rate=0.5)
     return _create_vrwkv6('vrwkv6_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vrwkv6_clip_patch32_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
+    """RWKV-CLIP-B/32 image tower: C 640 (8 heads of 80), 12 blocks, hidden 3200, pre-norm, no layer scale,
+    patch 32, no classifier (``num_classes=0``: pooled features)."""
+    model_args = dict(patch_size=32, embed_dim=640, depth=12, head_size=80, mlp_ratio=5.0)
+    return _create_vrwkv6('vrwkv6_clip_patch32_224', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vrwkv6_clip_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
+    """RWKV-CLIP-B/16 image tower: as ``vrwkv6_clip_patch32_224`` with patch 16."""
+    model_args = dict(patch_size=16, embed_dim=640, depth=12, head_size=80, mlp_ratio=5.0)
+    return _create_vrwkv6('vrwkv6_clip_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
