@@ -22,8 +22,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
-from vision_rwkv.engine import (ConfigError, DistInfo, EpochLoader, Trainer, all_reduce_sum, apply_overrides,
-                                broadcast_object, cleanup_distributed, init_distributed, merge_strict, print_rank0,
+from vision_rwkv.engine import (DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object,
+                                cleanup_distributed, init_distributed, load_config, print_rank0,
                                 save_config, seed_everything, to_dict, unwrap_model, wrap_ddp)
 
 from .data import CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
@@ -111,36 +111,10 @@ class ClipTrainConfig:
     eval: EvalCfg = field(default_factory=EvalCfg)
 
 
-def _yaml_layers(path: Path, stack: tuple = ()) -> list[tuple[Path, DictConfig]]:
-    """The `_base_` chain of a YAML file, bases first (paths relative to the file)."""
-    path = path.resolve()
-    if path in stack:
-        raise ConfigError(f"circular _base_ chain: {' -> '.join(str(p) for p in (*stack, path))}")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as err:
-        raise ConfigError(f"cannot parse config {path}: {err}") from err
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"config {path} must be a mapping at top level")
-    bases = cfg.pop("_base_", None) or []
-    layers: list[tuple[Path, DictConfig]] = []
-    for base in [bases] if isinstance(bases, str) else list(bases):
-        layers += _yaml_layers(path.parent / str(base), (*stack, path))
-    return layers + [(path, cfg)]
-
-
 def load_clip_config(path: Optional[str | os.PathLike] = None, overrides: Sequence[str] | None = None) -> DictConfig:
     """A CLIP training config: the `ClipTrainConfig` defaults, then every file of the YAML's `_base_` chain (each
     checked against the schema: unknown keys raise ConfigError), then `key=value` overrides."""
-    cfg = OmegaConf.structured(ClipTrainConfig)
-    if path is not None:
-        for file, layer in _yaml_layers(Path(path)):
-            cfg = merge_strict(cfg, layer, where=str(file))
-    cfg = apply_overrides(cfg, overrides)
-    OmegaConf.resolve(cfg)
-    return cfg
+    return load_config(path, overrides, schema=ClipTrainConfig)
 
 
 # ----------------------------------------------------------------------------------------------- builders
