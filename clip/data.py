@@ -256,24 +256,53 @@ class TarCaptionDataset(_FallbackDataset):
 
 
 class ShapesCaptionSamples(Dataset):
-    """The embedded Shapes captions (`vision_rwkv.data.shapes.ShapesCaptions`) in this module's sample format."""
+    """The embedded Shapes captions (`vision_rwkv.data.shapes.ShapesCaptions`) in this module's sample format.
+
+    `group_by` (one of `vision_rwkv.data.shapes.DRAWN_ATTRIBUTES`, e.g. "color") with `group_size` G re-orders the
+    samples so that every run of G consecutive indices shares that attribute (samples left over per attribute value
+    are dropped, so the length shrinks a little). Sampled with `EpochLoader(..., group_size=G)`, each batch is then
+    made of groups that cannot be told apart by that attribute: hard negatives for the contrastive loss, which
+    otherwise learns the easy attribute (colour) long before the shape.
+    """
 
     def __init__(self, split: str = "train", length: Optional[int] = None, seed: int = 0, image_size: int = 64,
-                 num_captions: int = 5, transform: Optional[Callable] = None):
-        from vision_rwkv.data.shapes import ShapesCaptions
+                 num_captions: int = 5, transform: Optional[Callable] = None, group_by: Optional[str] = None,
+                 group_size: int = 1):
+        from vision_rwkv.data.shapes import DRAWN_ATTRIBUTES, ShapesCaptions, drawn_attributes
         self.base = ShapesCaptions(split, length, seed, image_size, num_captions, transform=transform)
         self.classes = list(self.base.classes)
+        self.group_size = 1
+        self.order: Optional[list[int]] = None  # position -> Shapes index (None = identity)
+        if group_by is None:
+            return
+        if group_by not in DRAWN_ATTRIBUTES:
+            raise ValueError(f"unknown Shapes group_by {group_by!r}; expected one of {DRAWN_ATTRIBUTES}")
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        by_value: dict[str, list[int]] = {}
+        for i in range(len(self.base)):
+            by_value.setdefault(drawn_attributes(i, split, seed)[group_by], []).append(i)
+        groups = [ids[j:j + group_size] for ids in by_value.values()
+                  for j in range(0, len(ids) - group_size + 1, group_size)]
+        if not groups:
+            raise ValueError(f"Shapes length {len(self.base)} gives no group of {group_size} samples with one "
+                             f"{group_by}")
+        groups.sort(key=lambda g: g[0])  # deterministic interleaving of the attribute values
+        self.order = [i for g in groups for i in g]
+        self.group_size = int(group_size)
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.base) if self.order is None else len(self.order)
 
     def __getitem__(self, idx: int) -> dict:
-        image, captions = self.base[idx]
-        return {"image": image, "captions": captions, "skipped": 0, "index": idx}
+        index = idx if self.order is None else self.order[idx]
+        image, captions = self.base[index]
+        return {"image": image, "captions": captions, "skipped": 0, "index": index}
 
     @property
     def targets(self) -> list[int]:
-        return self.base.targets
+        targets = self.base.targets
+        return targets if self.order is None else [targets[i] for i in self.order]
 
 
 class RandomCaptionDataset(Dataset):

@@ -56,6 +56,8 @@ class DataCfg:
     shapes_image_size: int = 64
     shapes_num_captions: int = 5
     shapes_seed: int = 0
+    shapes_group_by: Optional[str] = None     # e.g. "color": batches of same-colour groups (hard negatives)
+    shapes_group_size: int = 8                # samples per group (the per-rank batch must be a multiple)
 
 
 @dataclass
@@ -123,7 +125,8 @@ def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset
     """The training dataset of `data` (a DataCfg): Shapes captions, CSV/TSV table or tar shards."""
     if data.kind == "shapes":
         base = ShapesCaptionSamples("train", data.shapes_length, data.shapes_seed, data.shapes_image_size,
-                                    data.shapes_num_captions, transform=transform)
+                                    data.shapes_num_captions, transform=transform, group_by=data.shapes_group_by,
+                                    group_size=data.shapes_group_size)
     elif data.kind == "csv":
         if not data.train:
             raise ValueError("data.train must name the CSV/TSV file for data.kind=csv")
@@ -242,8 +245,9 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     tokenizer = get_tokenizer(cfg.model.name, context_length=model.context_length)
 
     train_set = build_train_dataset(cfg.data, preprocess_train if cfg.data.augment else preprocess_val, tokenizer)
+    group_size = getattr(train_set.dataset, "group_size", 1)  # Shapes hard-negative groups (data.shapes_group_by)
     loader = EpochLoader(train_set, tc.batch_size // info.world_size, shuffle=True, drop_last=True, seed=tc.seed,
-                         num_workers=cfg.data.workers, info=info)
+                         num_workers=cfg.data.workers, info=info, group_size=group_size)
     optimizer = build_optimizer(model, cfg.optim)
     if tc.max_steps is None and not tc.epochs:
         raise ValueError("set train.epochs or train.max_steps")

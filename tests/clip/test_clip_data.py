@@ -131,3 +131,25 @@ def test_shapes_caption_samples():
     s = ds[2]
     assert s["image"].shape == (3, 16, 16) and len(s["captions"]) == 3 and len(set(s["captions"])) == 3
     assert len(ds.targets) == 4
+
+
+def test_shapes_grouped_by_colour_for_hard_negative_batches():
+    from vision_rwkv.data.shapes import CLASS_NAMES, drawn_attributes
+    ds = ShapesCaptionSamples("train", length=120, image_size=12, num_captions=2, group_by="color", group_size=4)
+    assert ds.group_size == 4 and len(ds) % 4 == 0 and 120 - 8 * 3 <= len(ds) <= 120  # < 4 left over per colour
+    order = [ds[i]["index"] for i in range(len(ds))]
+    assert len(set(order)) == len(order) and all(0 <= i < 120 for i in order)
+    colours = [drawn_attributes(i, "train", 0)["color"] for i in order]
+    blocks = [colours[j:j + 4] for j in range(0, len(colours), 4)]
+    assert all(len(set(b)) == 1 for b in blocks)
+    assert len({b[0] for b in blocks}) > 1
+    assert ds.targets == [CLASS_NAMES.index(drawn_attributes(i, "train", 0)["shape"]) for i in order]
+    # the loader keeps groups whole: every batch of 8 = two same-colour groups of 4
+    loader = EpochLoader(ds, 8, seed=0, group_size=4, collate_fn=lambda b: [s["index"] for s in b])
+    for _, idx in loader.iter_epoch(1):
+        cols = [drawn_attributes(i, "train", 0)["color"] for i in idx]
+        assert len(set(cols[:4])) == 1 and len(set(cols[4:])) == 1
+    with pytest.raises(ValueError, match="group_by"):
+        ShapesCaptionSamples("train", length=8, group_by="shade")
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        EpochLoader(ds, 6, group_size=4)

@@ -7,7 +7,7 @@ import torch
 
 from vision_rwkv.data.shapes import (CLASS_NAMES, COLOR_NAMES, SEG_CLASS_NAMES, ZERO_SHOT_TEMPLATES, ShapesCaptions,
                                      ShapesClassification, ShapesDataset, ShapesSegmentation, collate_captions,
-                                     make_sample)
+                                     drawn_attributes, make_sample)
 
 
 def _digest(a: np.ndarray) -> str:
@@ -111,3 +111,15 @@ def test_cache_returns_identical_samples():
     for i in range(6):
         assert torch.equal(plain[i][0], cached[i][0]) and torch.equal(cached[i][0], cached[i][0])
     assert len(cached._cache) == 6
+
+
+def test_drawn_attributes_match_the_rendered_sample_and_targets():
+    for split in ("train", "test"):
+        for i in range(12):
+            s = make_sample(i, split, seed=5, image_size=12, num_captions=1)
+            a = drawn_attributes(i, split, seed=5)
+            assert a == {k: s.attributes[k] for k in ("shape", "color", "size", "background")}
+    ds = ShapesDataset("val", length=10, seed=2, image_size=12)
+    assert ds.targets == [ds[i].label for i in range(10)]
+    with pytest.raises(ValueError, match="unknown Shapes split"):
+        drawn_attributes(0, "dev")

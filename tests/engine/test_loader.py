@@ -1,6 +1,7 @@
 """Loader: DistributedSampler-compatible shards, mid-epoch start, augmentation independent of workers/resume."""
 import random
 
+import pytest
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
@@ -23,6 +24,34 @@ def test_sampler_matches_distributed_sampler():
             for epoch in (0, 3):
                 ours.set_epoch(epoch), ref.set_epoch(epoch)
                 assert [i for i, _ in ours] == list(ref)
+
+
+def test_grouped_sampler_keeps_groups_whole_and_shards_them():
+    def groups_of(idx):
+        return [tuple(idx[j:j + 4]) for j in range(0, len(idx), 4)]
+
+    single = ResumableSampler(24, 1, 0, shuffle=True, seed=3, group_size=4)
+    for epoch in (0, 1):
+        single.set_epoch(epoch)
+        idx = [i for i, _ in single]
+        assert sorted(idx) == list(range(24))
+        assert all(g == tuple(range(g[0], g[0] + 4)) and g[0] % 4 == 0 for g in groups_of(idx))
+    single.set_epoch(0)
+    e0 = single.indices()
+    single.set_epoch(1)
+    assert single.indices() != e0 and groups_of(single.indices()) != groups_of(e0)
+    # two ranks: rank r takes groups r::2, so each global batch (2 groups) is the single-process batch
+    ranks = [ResumableSampler(24, 2, r, shuffle=True, seed=3, group_size=4) for r in range(2)]
+    per_rank = [groups_of(s.indices()) for s in ranks]
+    assert [g for pair in zip(*per_rank) for g in pair] == groups_of(e0)
+    assert ranks[0].per_rank == 12
+    # mid-epoch start skips whole samples of this rank's list
+    ranks[1].set_start(4)
+    assert [i for i, _ in ranks[1]] == ranks[1].indices()[4:]
+    # padding with whole groups when the groups do not split evenly; errors name the problem
+    assert len(ResumableSampler(20, 3, 2, group_size=4).indices()) == 8
+    with pytest.raises(ValueError, match="divide the dataset length"):
+        ResumableSampler(22, group_size=4)
 
 
 def test_shard_sampler_covers_once():

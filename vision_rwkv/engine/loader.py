@@ -80,21 +80,31 @@ class SeededSamples(Dataset):
 
 class ResumableSampler(Sampler):
     """Distributed-aware sampler yielding ``(index, epoch)``; ``set_epoch`` and ``set_start`` (samples to skip on
-    this rank) position it, so a resumed run sees exactly the batches an uninterrupted run would."""
+    this rank) position it, so a resumed run sees exactly the batches an uninterrupted run would.
+
+    ``group_size > 1`` samples whole groups: indices ``[g*G, (g+1)*G)`` stay together and in order, the groups are
+    shuffled and dealt to the ranks (rank ``r`` takes groups ``r::world``). With a per-rank batch that is a multiple
+    of G, every batch is made of whole groups (e.g. hard-negative batches from a dataset that puts similar samples
+    next to each other), and the global batch is the same for any world size. ``length`` must be a multiple of G.
+    """
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, group_size: int = 1):
         if length <= 0:
             raise ValueError("cannot sample from an empty dataset")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        if group_size < 1 or length % group_size:
+            raise ValueError(f"group_size {group_size} must be >= 1 and divide the dataset length {length}")
         self.length, self.num_replicas, self.rank = int(length), int(num_replicas), int(rank)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.group_size = int(group_size)
         self.epoch, self.start = 0, 0
+        groups = self.length // self.group_size
         if self.drop_last:
-            self.per_rank = self.length // self.num_replicas
+            self.per_rank = groups // self.num_replicas * self.group_size
         else:
-            self.per_rank = math.ceil(self.length / self.num_replicas)
+            self.per_rank = math.ceil(groups / self.num_replicas) * self.group_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -103,19 +113,22 @@ class ResumableSampler(Sampler):
         self.start = int(start)
 
     def indices(self) -> list[int]:
+        groups = self.length // self.group_size
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.length, generator=g).tolist()
+            order = torch.randperm(groups, generator=g).tolist()
         else:
-            order = list(range(self.length))
-        total = self.per_rank * self.num_replicas
+            order = list(range(groups))
+        total = self.per_rank // self.group_size * self.num_replicas
         if total > len(order):
             pad = total - len(order)
             order += (order * math.ceil(pad / len(order)))[:pad]
         else:
             order = order[:total]
-        return order[self.rank:total:self.num_replicas]
+        mine = order[self.rank:total:self.num_replicas]
+        gs = self.group_size
+        return mine if gs == 1 else [g * gs + j for g in mine for j in range(gs)]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for i in self.indices()[self.start:]:
@@ -161,17 +174,20 @@ class EpochLoader:
 
     ``batch_size`` is per process. ``iter_epoch(epoch, start_batch)`` yields ``(batch_index, batch)`` pairs;
     ``batch_index`` counts every batch of the epoch (a batch whose samples were all unreadable is skipped but
-    still counted). ``num_skipped`` counts dropped samples since construction.
+    still counted). ``num_skipped`` counts dropped samples since construction. ``group_size``: see
+    :class:`ResumableSampler` (batches of whole groups; ``batch_size`` must be a multiple of it).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0, num_workers: int = 0, collate_fn: Callable | None = None, pin_memory: bool = False,
                  info: DistInfo | None = None, seeded: bool = True, persistent_workers: bool = False,
-                 prefetch_factor: int | None = None):
+                 prefetch_factor: int | None = None, group_size: int = 1):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
+        if group_size > 1 and batch_size % group_size:
+            raise ValueError(f"batch_size {batch_size} (per process) must be a multiple of group_size {group_size}")
         self.info = info or DistInfo()
         self.dataset = dataset
         self.batch_size = int(batch_size)
@@ -181,7 +197,8 @@ class EpochLoader:
         self.prefetch_factor = prefetch_factor
         self.collate = _DropNoneCollate(collate_fn)
         self.samples = SeededSamples(dataset, seed) if seeded else _KeyIndex(dataset)
-        self.sampler = ResumableSampler(len(dataset), self.info.world_size, self.info.rank, shuffle, seed)
+        self.sampler = ResumableSampler(len(dataset), self.info.world_size, self.info.rank, shuffle, seed,
+                                        group_size=group_size)
         self.num_skipped = 0
         if len(self) == 0:
             raise ValueError(f"dataset of {len(dataset)} samples gives no batch of {batch_size} per process "
