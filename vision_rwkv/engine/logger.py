@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from .distributed import is_main_process
 
-__all__ = ["MetricLogger", "progress", "read_metrics_csv", "plot_curves", "pyplot", "save_figure"]
+__all__ = ["MetricLogger", "progress", "read_metrics_csv", "curve_names", "plot_curves", "pyplot", "save_figure"]
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, **kwargs):
@@ -54,14 +55,26 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
     return path
 
 
-def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLike, x: str = "step") -> Path | None:
-    """One subplot per metric name, one line per split; returns the PNG path (None if nothing to plot)."""
-    plt = pyplot()
+# Bookkeeping columns logged next to the metrics (sample counts, chance levels): not curves.
+_NOT_CURVES = re.compile(r"(^|_)num_|(^|_)chance(_|$)")
 
+
+def curve_names(series: dict[str, list[dict[str, float]]], x: str = "step") -> list[str]:
+    """The metric names `plot_curves` draws: every column of every split in first-seen order, except the x axis,
+    ``epoch`` and bookkeeping columns (``num_*`` / ``*_num_*`` counts, ``*chance*`` reference levels)."""
     names: list[str] = []
     for rows in series.values():
         for row in rows:
-            names += [k for k in row if k not in (x, "epoch") and k not in names]
+            names += [k for k in row if k not in (x, "epoch") and k not in names and not _NOT_CURVES.search(k)]
+    return names
+
+
+def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLike, x: str = "step") -> Path | None:
+    """One subplot per metric name (see `curve_names`), one line per split; returns the PNG path (None if nothing
+    to plot)."""
+    plt = pyplot()
+
+    names = curve_names(series, x)
     if not names:
         return None
     cols = min(3, len(names))

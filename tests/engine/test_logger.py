@@ -1,0 +1,26 @@
+"""Metric logging: CSV round trip and which columns the curves PNG draws."""
+from vision_rwkv.engine import MetricLogger, read_metrics_csv
+from vision_rwkv.engine.logger import curve_names, plot_curves
+
+
+def test_curve_names_skip_axis_and_bookkeeping_columns():
+    series = {
+        "train": [{"step": 1, "epoch": 0, "loss": 2.0, "lr": 1e-3, "skipped_images": 0}],
+        "val": [{"step": 1, "zeroshot_acc1": 0.3, "zeroshot_num_samples": 400, "zeroshot_chance_acc1": 0.125,
+                 "num_images": 200, "num_texts": 1000, "image_retrieval_recall@1": 0.4, "loss": 1.5}],
+    }
+    assert curve_names(series) == ["loss", "lr", "skipped_images", "zeroshot_acc1", "image_retrieval_recall@1"]
+    assert curve_names({"val": [{"step": 1, "num_images": 3}]}) == []
+
+
+def test_logger_csv_and_png(tmp_path):
+    log = MetricLogger(tmp_path, enabled=True)
+    for step in (1, 2, 3):
+        log.log(step, {"loss": 1.0 / step})
+    log.log(3, {"acc1": 0.5, "num_images": 10}, split="val")
+    rows = read_metrics_csv(tmp_path / "train_metrics.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["loss"] for r in rows] == [1.0, 0.5, 1.0 / 3]
+    png = log.plot()
+    assert png is not None and png.is_file() and png.stat().st_size > 1000
+    assert plot_curves({"val": [{"step": 1, "num_images": 3}]}, tmp_path / "none.png") is None
