@@ -28,7 +28,7 @@ def test_run_demo_smoke(tmp_path):
     assert DEMO_CONFIG.is_file()
     out = run_demo(overrides=[
         f"run_dir={tmp_path}", "train.max_steps=2", "train.batch_size=8", "train.show_progress=false",
-        "train.tensorboard=false", "data.workers=0", "data.shapes_length=16", "data.shapes_image_size=16",
+        "train.tensorboard=false", "data.workers=0", "data.shapes_length=64", "data.shapes_image_size=16",
         "eval.shapes_image_size=16", "eval.zero_shot.length=8", "eval.retrieval.length=4",
         "model.kwargs.embed_dim=32",
         "model.kwargs.vision_cfg={embed_dim: 32, depth: 1, image_size: 16, patch_size: 4, head_size: 16}",

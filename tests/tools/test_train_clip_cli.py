@@ -1,5 +1,5 @@
 """tools/train_clip.py: YAML config with _base_, overrides, --resume latest, and DDP under torchrun (2 gloo
-processes) giving the same loss curve as one process at the same global batch."""
+processes) giving the same loss curve as one process at the same global batch, with colour-grouped batches."""
 import json
 import os
 import socket
@@ -23,8 +23,10 @@ model:
     vision_cfg: {{embed_dim: 32, depth: 1, image_size: 16, patch_size: 4, head_size: 16, mlp_ratio: 2.0}}
     text_cfg: {{width: 32, layers: 1, head_size: 16, hidden_dim: 64, context_length: 16}}
 data:
-  shapes_length: 32
+  shapes_length: 96
   shapes_image_size: 16
+  shapes_group_by: color     # hard-negative groups of 4 (one per rank and step under DDP)
+  shapes_group_size: 4
   augment: true
 train:
   batch_size: 8
