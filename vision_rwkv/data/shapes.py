@@ -304,7 +304,7 @@ _DRAWN_NAMES = {"shape": CLASS_NAMES, "color": COLOR_NAMES, "size": SIZE_NAMES, 
 
 
 def drawn_attributes(index: int, split: str = "train", seed: int = 0) -> dict[str, str]:
-    """Shape, colour, size and background of sample ``index`` without rendering it (~20 us; equal to the
+    """Shape, colour, size and background of sample ``index`` without rendering it (~0.1 ms; equal to the
     corresponding ``make_sample(...).attributes`` entries)."""
     if split not in _SPLIT_KEYS:
         raise ValueError(f"unknown Shapes split {split!r}; expected one of {SPLITS}")
