@@ -26,6 +26,17 @@ CPU_CASES = {
     "torch_compile_fullgraph": dict(shape=(1, 5, 1, 16), compile=True),
 }
 
+# the chunk-parallel kernels (triton_chunk.py): every CPU case again, plus several scan blocks in both directions and
+# 32-token chunks
+CHUNK = {"algo": "chunk", "scan_ncb": 2}
+CPU_CASES.update({f"{name}_chunk": dict(case, config=CHUNK) for name, case in list(CPU_CASES.items())})
+CPU_CASES.update({
+    "chunk_many_blocks": dict(shape=(2, 83, 1, 16), dscale=2.0, config=CHUNK),
+    "chunk_bt32_head24": dict(shape=(1, 70, 2, 24), config=dict(CHUNK, block_t=32, block_j=8)),
+    "chunk_one_block_scan": dict(shape=(1, 50, 1, 16), config={"algo": "chunk"}),
+    "chunk_bf16_states": dict(shape=(1, 40, 1, 16), dtype="bf16", config=dict(CHUNK, state_dtype="input")),
+})
+
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
     "64x196x12x64_bf16": dict(shape=(64, 196, 12, 64), dtype="bf16"),
@@ -40,6 +51,12 @@ CUDA_CASES = {
     "fp16": dict(shape=(8, 196, 3, 64), dtype="fp16"),
     "compile": dict(shape=(2, 196, 3, 64), compile=True),
 }
+
+CUDA_CASES.update({f"{name}_chunk": dict(case, config={"algo": "chunk"}) for name, case in list(CUDA_CASES.items())})
+CUDA_CASES["16x1024x6x64_bf16_chunk_bf16_states"] = dict(shape=(16, 1024, 6, 64), dtype="bf16",
+                                                        config={"algo": "chunk", "state_dtype": "input"})
+CUDA_CASES["2x4096x6x64_chunk_bt32"] = dict(shape=(2, 4096, 6, 64), config={"algo": "chunk", "block_t": 32,
+                                                                           "block_j": 8})
 
 
 @pytest.fixture(scope="module")

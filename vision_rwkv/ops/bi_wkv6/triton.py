@@ -32,7 +32,12 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # fp32_precision: tl.dot input precision for fp32 inputs ("tf32x3": three tf32 tensor-core products, ~fp32 accuracy;
 # "ieee": exact fp32 FMAs, 3x slower on an H100 because of register spills); bf16/fp16 inputs use "tf32"
 # $VRWKV_TRITON_V6="key=value,..." overrides. stages: software-pipelining depth of the chunk loops.
-CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2), "VRWKV_TRITON_V6")
+# algo: "walk" (the kernels below: one program per (batch, head, direction) walking the chunks) or "chunk"
+# (triton_chunk.py: one program per chunk, N x N states scanned over chunks; scan_ncb chunks per scan block and
+# scan_elems the scan tile size; state_dtype "fp32" or "input": 16-bit states for 16-bit inputs, half the state
+# traffic). "walk" stays the default until "chunk" has been validated and timed on a GPU.
+CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="walk",
+                              scan_ncb=16, scan_elems=4096, state_dtype="fp32"), "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
 LOGD_MIN = tl.constexpr(-60.0)
@@ -236,9 +241,19 @@ def _cfg(N: int, dtype: torch.dtype):
     return CONFIG["block_t"], BN, BJ, prec, nw
 
 
+def _chunk_algo() -> bool:
+    if CONFIG["algo"] not in ("walk", "chunk"):
+        raise ValueError(f"VRWKV_TRITON_V6 algo must be 'walk' or 'chunk', got {CONFIG['algo']!r}")
+    return CONFIG["algo"] == "chunk"
+
+
 def _fwd(r, k, v, logd, u):
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
+    if _chunk_algo():
+        from .triton_chunk import chunk_fwd
+
+        return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw))
     y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
     _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
                                T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, STAGES=CONFIG["stages"], num_warps=nw)
@@ -248,6 +263,10 @@ def _fwd(r, k, v, logd, u):
 def _bwd(r, k, v, logd, u, gy):
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
+    if _chunk_algo():
+        from .triton_chunk import chunk_bwd
+
+        return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw))
     dev = r.device
     gr2 = new_empty((2, B, T, H, N), torch.float32, dev)
     gk2 = new_empty((2, B, T, H, N), torch.float32, dev)

@@ -1,0 +1,301 @@
+"""Chunk-parallel Triton kernels for the bidirectional RWKV-6 WKV (DESIGN.md §4), forward and backward.
+
+The "walk" kernels in ``triton.py`` run one program per (batch, head, direction) that walks all chunks in order:
+B*H*2 programs, T/16 dependent steps each. Here every chunk is its own program and the recurrence over chunks
+only touches the N x N states (fla's chunked form, written for both directions at once):
+
+In memory order, for chunk c with in-chunk cumulative log decays cin (inclusive), cex = cin - logd (exclusive),
+ctot (chunk total), ctail = ctot - cin (all <= 0, every exponential below is <= 1):
+    causal state before chunk c      P_c = sum_{n < start} (prod_{n<m<start} d_m) k_n v_n^T
+    anticausal state after chunk c   Q_c = sum_{n >= end} (prod_{end<=m<n} d_m) k_n v_n^T
+    P_{c+1} = e^{ctot_c} P_c + (k e^{ctail})^T v          Q_{c-1} = e^{ctot_c} Q_c + (k e^{cex})^T v
+    y = (r e^{cex}) P_c + (r e^{ctail}) Q_c + A v,  A[t, n] = sum_j r_t[j] k_n[j] prod_{m strictly between} d_m[j]
+                                                     (both triangles; diagonal = sum_j r_t[j] u[j] k_t[j])
+Kernels: ``_state_kernel`` (per chunk: both state increments and ctot), ``_scan_kernel`` (per (batch, head, row
+block, stream): associative scan over blocks of chunks, in place, leaving the state INCLUDING each chunk), and the
+per-chunk output kernels. The states are (B*H, NC, BN, BN), fp32 (or the inputs' 16-bit dtype with
+``state_dtype=input``, rounded once each; sums stay fp32): their traffic (~2 N^2 values per chunk and stream) is
+what a larger ``block_t`` saves.
+
+Backward: the same state machinery on (k, v) and on (r, gy) (the adjoint states), then per chunk
+    gr = e^{cex} (gy P^T) + e^{ctail} (gy Q^T) + intra + u k (gy.v),   gk = e^{ctail} (v GP^T) + e^{cex} (v GQ^T) + ...
+    gv = (k e^{ctail}) GP + (k e^{cex}) GQ + A^T gy,     gu = sum_t r k (gy.v)
+with GQ / GP the causal / anticausal states of (r, gy). With Dc, Da = r * (causal / anticausal part of gr) and
+Ec, Ea = k * (causal / anticausal part of gk) (no bonus):
+    d logd_m = sum_{t > m} (Dc + Ea - Ec - Da)_t - (Ec + Da)_m,
+an in-chunk suffix sum written per chunk plus a suffix sum of chunk totals added on the host.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_utils import cdiv, new_empty, next_pow2
+from .triton import LOGD_MIN, _cums, _ld
+
+__all__ = ["chunk_fwd", "chunk_bwd"]
+
+
+@triton.jit
+def _lin2(g1, s1, g2, s2):
+    # composition of s -> g s + d maps; the left operand comes first in processing order
+    return g1 * g2, g2 * s1 + s2
+
+
+@triton.jit
+def _pair_sym(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
+    """prod_{m strictly between t and n} d_m[j] for t != n inside the chunk, [BT(t), BT(n), BJ]; 0 on the diagonal."""
+    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
+    cin = tl.cumsum(lwj, axis=0)
+    cex = cin - lwj
+    tt = rt[:, None, None]
+    nn = rt[None, :, None]
+    lower = (cex[:, None, :] - cin[None, :, :]).to(tl.float32)  # n < t: sum_{n<m<t} = cex_t - cin_n
+    upper = (cex[None, :, :] - cin[:, None, :]).to(tl.float32)  # n > t: sum_{t<m<n} = cex_n - cin_t
+    expo = tl.where(nn < tt, lower, tl.where(nn > tt, upper, -float("inf")))
+    expo = tl.where((nn == tt - 1) | (nn == tt + 1), 0.0, expo)  # neighbours: empty product, exactly 1
+    return tl.exp(expo)
+
+
+@triton.jit
+def _load_state(S, pid, c, NC, ok, BN: tl.constexpr):
+    """The (BN, BN) state of chunk c of (batch*head) pid from a (B*H, NC, BN, BN) buffer; zeros where not ok."""
+    rows = tl.arange(0, BN)
+    off = (pid * NC + c).to(tl.int64) * BN * BN + rows[:, None] * BN + rows[None, :]
+    return tl.load(S + off, mask=ok & (rows[:, None] >= 0), other=0.0).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, slt, slh, sln, T, H, N, NC, BH,
+                  BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Per chunk: causal increment (x e^{ctail})^T y into S[0], anticausal (x e^{cex})^T y into S[1], ctot."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
+    b = pid // H
+    h = pid - b * H
+    rt = tl.arange(0, BT)
+    cn = tl.arange(0, BN)
+    pos = c * BT + rt
+    m2 = (pos < T)[:, None] & (cn < N)[None, :]
+    x = _ld(X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh, pos, cn, sxt, sxn, m2)
+    y = _ld(Y + b.to(tl.int64) * syb + h.to(tl.int64) * syh, pos, cn, syt, syn, m2)
+    lw = tl.maximum(_ld(LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh, pos, cn, slt, sln, m2), LOGD_MIN)
+    cex, ctail, ctot = _cums(lw)
+    d_c = tl.dot(tl.trans(x * tl.exp(ctail)), y, input_precision=PREC)
+    d_a = tl.dot(tl.trans(x * tl.exp(cex)), y, input_precision=PREC)
+    off = (pid * NC + c).to(tl.int64) * BN * BN + cn[:, None] * BN + cn[None, :]
+    tl.store(S + off, d_c.to(S.dtype.element_ty))
+    tl.store(S + BH.to(tl.int64) * NC * BN * BN + off, d_a.to(S.dtype.element_ty))
+    tl.store(GT + (pid * NC + c).to(tl.int64) * BN + cn, ctot)
+
+
+@triton.jit(do_not_specialize=["NC", "BH"])
+def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.constexpr):
+    """In place over chunks: stream 0 (causal) S_c <- e^{ctot_c} S_{c-1} + S_c ascending, stream 1 (anticausal)
+    S_c <- e^{ctot_c} S_{c+1} + S_c descending; program axis 2 = buffer * 2 + stream, RJ state rows per program."""
+    pid = tl.program_id(0)
+    jb = tl.program_id(1)
+    z = tl.program_id(2)
+    rev = z % 2
+    Sb = S + z.to(tl.int64) * BH * NC * BN * BN
+    flat = tl.arange(0, RJ * BN)
+    jrow = jb * RJ + flat // BN
+    icol = flat % BN
+    rows = tl.arange(0, NCB)
+    carry = tl.zeros([RJ * BN], tl.float32)
+    nblk = tl.cdiv(NC, NCB)
+    for ib in range(0, nblk):
+        # stream 1 walks the chunks backwards; the rows of a block are then loaded in reversed order so that one
+        # forward scan serves both streams
+        blk = tl.where(rev == 1, nblk - 1 - ib, ib)
+        cidx = tl.where(rev == 1, blk * NCB + NCB - 1 - rows, blk * NCB + rows)
+        cv = (cidx < NC)[:, None] & (jrow < BN)[None, :]
+        base = (pid * NC + cidx).to(tl.int64)
+        off = base[:, None] * BN * BN + (jrow * BN + icol)[None, :]
+        d = tl.load(Sb + off, mask=cv, other=0.0).to(tl.float32)
+        g = tl.exp(tl.load(GT + base[:, None] * BN + jrow[None, :], mask=cv, other=0.0))
+        gp, s = tl.associative_scan((g, d), 0, _lin2)
+        s = s + gp * carry[None, :]
+        tl.store(Sb + off, s.to(Sb.dtype.element_ty), mask=cv)
+        carry = tl.sum(tl.where((rows == NCB - 1)[:, None], s, 0.0), axis=0)
+
+
+@triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
+                slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
+                PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
+    b = pid // H
+    h = pid - b * H
+    rt = tl.arange(0, BT)
+    cn = tl.arange(0, BN)
+    nmask = cn < N
+    pos = c * BT + rt
+    tv = pos < T
+    m2 = tv[:, None] & nmask[None, :]
+    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
+    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    r = _ld(Rb, pos, cn, srt, srn, m2)
+    k = _ld(Kb, pos, cn, skt, skn, m2)
+    v = _ld(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, pos, cn, svt, svn, m2)
+    lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
+    cex, ctail, ctot = _cums(lw)
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    P = _load_state(S, pid, c - 1, NC, c > 0, BN)
+    Q = _load_state(S + BH.to(tl.int64) * NC * BN * BN, pid, c + 1, NC, c + 1 < NC, BN)
+    y = tl.dot(r * tl.exp(cex), P, input_precision=PREC)
+    y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
+    A = tl.zeros([BT, BT], tl.float32)
+    for jb in tl.static_range(BN // BJ):
+        cj = jb * BJ + tl.arange(0, BJ)
+        jm = cj < N
+        e3 = _pair_sym(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+        rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
+        kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
+        A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+    bonus = tl.sum(r * u[None, :] * k, axis=1)
+    A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
+    y += tl.dot(A, v, input_precision=PREC)
+    yp = Y + ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+    tl.store(yp, y.to(Y.dtype.element_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
+                svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
+                BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
+    b = pid // H
+    h = pid - b * H
+    rt = tl.arange(0, BT)
+    cn = tl.arange(0, BN)
+    nmask = cn < N
+    pos = c * BT + rt
+    tv = pos < T
+    m2 = tv[:, None] & nmask[None, :]
+    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
+    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    r = _ld(Rb, pos, cn, srt, srn, m2)
+    k = _ld(Kb, pos, cn, skt, skn, m2)
+    v = _ld(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, pos, cn, svt, svn, m2)
+    gy = _ld(GY + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh, pos, cn, sgt, sgn, m2)
+    lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
+    cex, ctail, ctot = _cums(lw)
+    ecx = tl.exp(cex)
+    etl = tl.exp(ctail)
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    plane = BH.to(tl.int64) * NC * BN * BN
+    P = _load_state(S, pid, c - 1, NC, c > 0, BN)
+    Q = _load_state(S + plane, pid, c + 1, NC, c + 1 < NC, BN)
+    GQ = _load_state(S + 2 * plane, pid, c - 1, NC, c > 0, BN)
+    GP = _load_state(S + 3 * plane, pid, c + 1, NC, c + 1 < NC, BN)
+    # inter-chunk parts; suffix _c: causal direction (sources before the query), _a: anticausal
+    gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
+    gr_a = etl * tl.dot(gy, tl.trans(Q), input_precision=PREC)
+    gk_c = etl * tl.dot(v, tl.trans(GP), input_precision=PREC)
+    gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
+    gv = tl.dot(k * etl, GP, input_precision=PREC) + tl.dot(k * ecx, GQ, input_precision=PREC)
+    # intra-chunk parts
+    G = tl.dot(gy, tl.trans(v), input_precision=PREC)  # G[t, n] = gy_t . v_n
+    lower = (rt[None, :] < rt[:, None])[:, :, None]  # [t, n]: n < t
+    upper = (rt[None, :] > rt[:, None])[:, :, None]
+    A = tl.zeros([BT, BT], tl.float32)
+    for jb in tl.static_range(BN // BJ):
+        cj = jb * BJ + tl.arange(0, BJ)
+        jm = cj < N
+        e3 = _pair_sym(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+        rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
+        kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
+        place = (cj[:, None] == cn[None, :]).to(tl.float32)
+        xk = G[:, :, None] * kj[None, :, :] * e3
+        gr_c += tl.dot(tl.sum(tl.where(lower, xk, 0.0), axis=1), place, input_precision=PREC)
+        gr_a += tl.dot(tl.sum(tl.where(upper, xk, 0.0), axis=1), place, input_precision=PREC)
+        xr = G[:, :, None] * rj[:, None, :] * e3
+        gk_c += tl.dot(tl.sum(tl.where(lower, xr, 0.0), axis=0), place, input_precision=PREC)
+        gk_a += tl.dot(tl.sum(tl.where(upper, xr, 0.0), axis=0), place, input_precision=PREC)
+        A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+    bonus = tl.sum(r * u[None, :] * k, axis=1)
+    A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
+    gv += tl.dot(tl.trans(A), gy, input_precision=PREC)
+    gvy = tl.sum(gy * v, axis=1)
+    gr = gr_c + gr_a + u[None, :] * k * gvy[:, None]
+    gk = gk_c + gk_a + u[None, :] * r * gvy[:, None]
+    d_c = r * gr_c
+    d_a = r * gr_a
+    e_c = k * gk_c
+    e_a = k * gk_a
+    zz = tl.where(m2, d_c + e_a - e_c - d_a, 0.0)
+    glp = tl.cumsum(zz, axis=0, reverse=True) - zz - (e_c + d_a)
+    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+    tl.store(GR + off, gr.to(GR.dtype.element_ty), mask=m2)
+    tl.store(GK + off, gk.to(GK.dtype.element_ty), mask=m2)
+    tl.store(GV + off, gv.to(GV.dtype.element_ty), mask=m2)
+    tl.store(GLP + off, glp, mask=m2)
+    coff = (pid * NC + c).to(tl.int64) * BN + cn
+    tl.store(ZT + coff, tl.sum(zz, axis=0))
+    tl.store(GUP + coff, tl.sum(r * k * gvy[:, None], axis=0))
+
+
+# ------------------------------------------------------------------------------------------------- host side
+def _states(pairs, logd, cfg, T, H, N, NC, BN):
+    """Fill and scan the states of each (x, y) pair: fp32 (len(pairs), 2, B*H, NC, BN, BN), stream 0 causal
+    (including the chunk), stream 1 anticausal (including the chunk)."""
+    B = logd.shape[0]
+    BH = B * H
+    BT, _, _, prec, nw = cfg
+    from .triton import CONFIG
+
+    sdt = pairs[0][1].dtype if CONFIG["state_dtype"] == "input" else torch.float32
+    if CONFIG["state_dtype"] not in ("fp32", "input"):
+        raise ValueError(f"VRWKV_TRITON_V6 state_dtype must be 'fp32' or 'input', got {CONFIG['state_dtype']!r}")
+    S = new_empty((len(pairs), 2, BH, NC, BN, BN), sdt, logd.device)
+    GT = new_empty((BH, NC, BN), torch.float32, logd.device)
+    for i, (x, y) in enumerate(pairs):
+        _state_kernel[(BH, NC)](x, y, logd, S[i], GT, *x.stride(), *y.stride(), *logd.stride(), T, H, N, NC, BH,
+                                BT=BT, BN=BN, PREC=prec, num_warps=nw)
+    ncb = min(next_pow2(CONFIG["scan_ncb"]), next_pow2(NC))
+    rj = min(BN, max(1, next_pow2(CONFIG["scan_elems"] // (ncb * BN) + 1) // 2))  # a power of two
+    _scan_kernel[(BH, cdiv(BN, rj), 2 * len(pairs))](S, GT, NC, BH, BN=BN, RJ=rj, NCB=ncb, num_warps=nw)
+    return S
+
+
+def chunk_fwd(r, k, v, logd, u, cfg):
+    """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``."""
+    B, T, H, N = r.shape
+    BT, BN, BJ, prec, nw = cfg
+    NC = cdiv(T, BT)
+    S = _states([(k, v)], logd, cfg, T, H, N, NC, BN)
+    y = new_empty((B, T, H, N), v.dtype, r.device)
+    _fwd_kernel[(B * H, NC)](r, k, v, logd, u, y, S, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
+                             T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, PREC=prec, num_warps=nw)
+    return y
+
+
+def chunk_bwd(r, k, v, logd, u, gy, cfg):
+    """(gr, gk, gv, glogd, gu) in the inputs' dtypes."""
+    B, T, H, N = r.shape
+    BT, BN, BJ, prec, nw = cfg
+    NC = cdiv(T, BT)
+    dev = r.device
+    S = _states([(k, v), (r, gy)], logd, cfg, T, H, N, NC, BN)
+    gr = new_empty((B, T, H, N), r.dtype, dev)
+    gk = new_empty((B, T, H, N), k.dtype, dev)
+    gv = new_empty((B, T, H, N), v.dtype, dev)
+    glp = new_empty((B, T, H, N), torch.float32, dev)
+    zt = new_empty((B * H, NC, BN), torch.float32, dev)
+    gup = new_empty((B * H, NC, BN), torch.float32, dev)
+    _bwd_kernel[(B * H, NC)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, *r.stride(), *k.stride(),
+                             *v.stride(), *logd.stride(), *gy.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ,
+                             PREC=prec, num_warps=nw)
+    # suffix sums of the chunk totals (chunks after each chunk), broadcast to the chunk's tokens
+    zt = zt.view(B, H, NC, BN)[..., :N]
+    after = zt.flip(2).cumsum(2).flip(2) - zt
+    carry = after.permute(0, 2, 1, 3).repeat_interleave(BT, dim=1)[:, :T]
+    glogd = torch.where(logd >= LOGD_MIN.value, glp + carry, 0.0).to(logd.dtype)
+    gu = gup.view(B, H, NC, BN)[..., :N].sum((0, 2)).to(u.dtype)
+    return gr, gk, gv, glogd, gu
