@@ -26,14 +26,16 @@ CPU_CASES = {
     "torch_compile_fullgraph": dict(shape=(1, 5, 1, 16), compile=True),
 }
 
-# the chunk-parallel kernels (triton_chunk.py): every CPU case again, plus several scan blocks in both directions and
-# 32-token chunks
-CHUNK = {"algo": "chunk", "scan_ncb": 2}
+# the chunk-parallel kernels (triton_chunk.py): every CPU case again (states every 32 tokens: the output kernels walk
+# the sub-chunk in between), plus several state chunks and scan blocks in both directions, states at every
+# sub-chunk, 32-token sub-chunks, 16-bit states
+CHUNK = {"algo": "chunk", "scan_ncb": 2, "state_t": 32}
 CPU_CASES.update({f"{name}_chunk": dict(case, config=CHUNK) for name, case in list(CPU_CASES.items())})
 CPU_CASES.update({
     "chunk_many_blocks": dict(shape=(2, 83, 1, 16), dscale=2.0, config=CHUNK),
-    "chunk_bt32_head24": dict(shape=(1, 70, 2, 24), config=dict(CHUNK, block_t=32, block_j=8)),
-    "chunk_one_block_scan": dict(shape=(1, 50, 1, 16), config={"algo": "chunk"}),
+    "chunk_state_every_subchunk": dict(shape=(1, 83, 1, 16), dscale=2.0, config=dict(CHUNK, state_t=16)),
+    "chunk_bt32_head24": dict(shape=(1, 70, 2, 24), config=dict(CHUNK, block_t=32, block_j=8, state_t=64)),
+    "chunk_one_block_scan": dict(shape=(1, 150, 1, 16), config={"algo": "chunk"}),
     "chunk_bf16_states": dict(shape=(1, 40, 1, 16), dtype="bf16", config=dict(CHUNK, state_dtype="input")),
 })
 
@@ -56,7 +58,9 @@ CUDA_CASES.update({f"{name}_chunk": dict(case, config={"algo": "chunk"}) for nam
 CUDA_CASES["16x1024x6x64_bf16_chunk_bf16_states"] = dict(shape=(16, 1024, 6, 64), dtype="bf16",
                                                         config={"algo": "chunk", "state_dtype": "input"})
 CUDA_CASES["2x4096x6x64_chunk_bt32"] = dict(shape=(2, 4096, 6, 64), config={"algo": "chunk", "block_t": 32,
-                                                                           "block_j": 8})
+                                                                           "block_j": 8, "state_t": 128})
+CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0, config={"algo": "chunk",
+                                                                                        "state_t": 16})
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,11 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # $VRWKV_TRITON_V6="key=value,..." overrides. stages: software-pipelining depth of the chunk loops.
 # algo: "walk" (the kernels below: one program per (batch, head, direction) walking the chunks) or "chunk"
 # (triton_chunk.py: one program per chunk, N x N states scanned over chunks; scan_ncb chunks per scan block and
-# scan_elems the scan tile size; state_dtype "fp32" or "input": 16-bit states for 16-bit inputs, half the state
-# traffic). "walk" stays the default until "chunk" has been validated and timed on a GPU.
+# scan_elems the scan tile size; states are stored every state_t tokens (a multiple of block_t; the output kernels
+# walk the block_t sub-chunks in between); state_dtype "fp32" or "input": 16-bit states for 16-bit inputs, half the
+# state traffic). "walk" stays the default until "chunk" has been validated and timed on a GPU.
 CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="walk",
-                              scan_ncb=16, scan_elems=4096, state_dtype="fp32"), "VRWKV_TRITON_V6")
+                              scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32"), "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
 LOGD_MIN = tl.constexpr(-60.0)

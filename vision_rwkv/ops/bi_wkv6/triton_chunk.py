@@ -66,28 +66,61 @@ def _load_state(S, pid, c, NC, ok, BN: tl.constexpr):
     return tl.load(S + off, mask=ok & (rows[:, None] >= 0), other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.constexpr, BN: tl.constexpr,
+          PREC: tl.constexpr, ANTI: tl.constexpr):
+    """Apply sub-chunks [s0, s1) of (x, y) to the state S: causal (ascending) S <- e^{ctot} S + (x e^{ctail})^T y,
+    anticausal (ANTI, descending) S <- e^{ctot} S + (x e^{cex})^T y."""
+    rt = tl.arange(0, BT)
+    cn = tl.arange(0, BN)
+    for i in range(s0, s1):
+        if ANTI:
+            sc = s1 - 1 - (i - s0)
+        else:
+            sc = i
+        pos = sc * BT + rt
+        m2 = (pos < T)[:, None] & (cn < N)[None, :]
+        x = _ld(Xb, pos, cn, sxt, sxn, m2)
+        y = _ld(Yb, pos, cn, syt, syn, m2)
+        cex, ctail, ctot = _cums(tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN))
+        if ANTI:
+            xs = x * tl.exp(cex)
+        else:
+            xs = x * tl.exp(ctail)
+        S = tl.exp(ctot)[:, None] * S + tl.dot(tl.trans(xs), y, input_precision=PREC)
+    return S
+
+
 @triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, slt, slh, sln, T, H, N, NC, BH,
-                  BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """Per chunk: causal increment (x e^{ctail})^T y into S[0], anticausal (x e^{cex})^T y into S[1], ctot."""
+                  BT: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
+    """Per state chunk (NS sub-chunks of BT tokens): causal increment sum_n e^{ctot - cin_n} x_n y_n^T into S[0],
+    anticausal sum_n e^{cex_n} x_n y_n^T into S[1] (cumulative log decays from the state chunk's ends), ctot."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
     b = pid // H
     h = pid - b * H
     rt = tl.arange(0, BT)
     cn = tl.arange(0, BN)
-    pos = c * BT + rt
-    m2 = (pos < T)[:, None] & (cn < N)[None, :]
-    x = _ld(X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh, pos, cn, sxt, sxn, m2)
-    y = _ld(Y + b.to(tl.int64) * syb + h.to(tl.int64) * syh, pos, cn, syt, syn, m2)
-    lw = tl.maximum(_ld(LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh, pos, cn, slt, sln, m2), LOGD_MIN)
-    cex, ctail, ctot = _cums(lw)
-    d_c = tl.dot(tl.trans(x * tl.exp(ctail)), y, input_precision=PREC)
-    d_a = tl.dot(tl.trans(x * tl.exp(cex)), y, input_precision=PREC)
+    Xb = X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh
+    Yb = Y + b.to(tl.int64) * syb + h.to(tl.int64) * syh
+    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    d_c = tl.zeros([BN, BN], tl.float32)
+    d_a = tl.zeros([BN, BN], tl.float32)
+    before = tl.zeros([BN], tl.float32)  # log decay from the state chunk's start to the sub-chunk's start
+    for i in range(0, NS):
+        pos = (c * NS + i) * BT + rt
+        m2 = (pos < T)[:, None] & (cn < N)[None, :]
+        x = _ld(Xb, pos, cn, sxt, sxn, m2)
+        y = _ld(Yb, pos, cn, syt, syn, m2)
+        cex, ctail, ctot = _cums(tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN))
+        d_c = tl.exp(ctot)[:, None] * d_c + tl.dot(tl.trans(x * tl.exp(ctail)), y, input_precision=PREC)
+        d_a += tl.dot(tl.trans(x * tl.exp(before[None, :] + cex)), y, input_precision=PREC)
+        before += ctot
     off = (pid * NC + c).to(tl.int64) * BN * BN + cn[:, None] * BN + cn[None, :]
     tl.store(S + off, d_c.to(S.dtype.element_ty))
     tl.store(S + BH.to(tl.int64) * NC * BN * BN + off, d_a.to(S.dtype.element_ty))
-    tl.store(GT + (pid * NC + c).to(tl.int64) * BN + cn, ctot)
+    tl.store(GT + (pid * NC + c).to(tl.int64) * BN + cn, before)
 
 
 @triton.jit(do_not_specialize=["NC", "BH"])
@@ -124,9 +157,11 @@ def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.cons
 @triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                 slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
-                PREC: tl.constexpr):
+                NS: tl.constexpr, PREC: tl.constexpr):
+    """y for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
+    cs = c // NS
     b = pid // H
     h = pid - b * H
     rt = tl.arange(0, BT)
@@ -137,15 +172,19 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
     m2 = tv[:, None] & nmask[None, :]
     Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
     Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
     Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
     r = _ld(Rb, pos, cn, srt, srn, m2)
     k = _ld(Kb, pos, cn, skt, skn, m2)
-    v = _ld(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, pos, cn, svt, svn, m2)
+    v = _ld(Vb, pos, cn, svt, svn, m2)
     lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
     cex, ctail, ctot = _cums(lw)
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
-    P = _load_state(S, pid, c - 1, NC, c > 0, BN)
-    Q = _load_state(S + BH.to(tl.int64) * NC * BN * BN, pid, c + 1, NC, c + 1 < NC, BN)
+    # states at the sub-chunk's edges: the state chunk's incoming states walked over its other sub-chunks
+    P = _load_state(S, pid, cs - 1, NC, cs > 0, BN)
+    P = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, cs * NS, c, P, BT, BN, PREC, False)
+    Q = _load_state(S + BH.to(tl.int64) * NC * BN * BN, pid, cs + 1, NC, cs + 1 < NC, BN)
+    Q = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, c + 1, cs * NS + NS, Q, BT, BN, PREC, True)
     y = tl.dot(r * tl.exp(cex), P, input_precision=PREC)
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
     A = tl.zeros([BT, BT], tl.float32)
@@ -166,9 +205,11 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
 @triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
                 svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
-                BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+                BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
+    """Gradients for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
     pid = tl.program_id(0)
     c = tl.program_id(1)
+    cs = c // NS
     b = pid // H
     h = pid - b * H
     rt = tl.arange(0, BT)
@@ -179,21 +220,28 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     m2 = tv[:, None] & nmask[None, :]
     Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
     Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    Gb = GY + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
     Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
     r = _ld(Rb, pos, cn, srt, srn, m2)
     k = _ld(Kb, pos, cn, skt, skn, m2)
-    v = _ld(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, pos, cn, svt, svn, m2)
-    gy = _ld(GY + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh, pos, cn, sgt, sgn, m2)
+    v = _ld(Vb, pos, cn, svt, svn, m2)
+    gy = _ld(Gb, pos, cn, sgt, sgn, m2)
     lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
     cex, ctail, ctot = _cums(lw)
     ecx = tl.exp(cex)
     etl = tl.exp(ctail)
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
     plane = BH.to(tl.int64) * NC * BN * BN
-    P = _load_state(S, pid, c - 1, NC, c > 0, BN)
-    Q = _load_state(S + plane, pid, c + 1, NC, c + 1 < NC, BN)
-    GQ = _load_state(S + 2 * plane, pid, c - 1, NC, c > 0, BN)
-    GP = _load_state(S + 3 * plane, pid, c + 1, NC, c + 1 < NC, BN)
+    first = cs * NS
+    P = _load_state(S, pid, cs - 1, NC, cs > 0, BN)
+    P = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, first, c, P, BT, BN, PREC, False)
+    Q = _load_state(S + plane, pid, cs + 1, NC, cs + 1 < NC, BN)
+    Q = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, c + 1, first + NS, Q, BT, BN, PREC, True)
+    GQ = _load_state(S + 2 * plane, pid, cs - 1, NC, cs > 0, BN)
+    GQ = _walk(Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, first, c, GQ, BT, BN, PREC, False)
+    GP = _load_state(S + 3 * plane, pid, cs + 1, NC, cs + 1 < NC, BN)
+    GP = _walk(Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, c + 1, first + NS, GP, BT, BN, PREC, True)
     # inter-chunk parts; suffix _c: causal direction (sources before the query), _a: anticausal
     gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
     gr_a = etl * tl.dot(gy, tl.trans(Q), input_precision=PREC)
@@ -236,28 +284,39 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     tl.store(GK + off, gk.to(GK.dtype.element_ty), mask=m2)
     tl.store(GV + off, gv.to(GV.dtype.element_ty), mask=m2)
     tl.store(GLP + off, glp, mask=m2)
-    coff = (pid * NC + c).to(tl.int64) * BN + cn
+    coff = (pid * tl.num_programs(1) + c).to(tl.int64) * BN + cn
     tl.store(ZT + coff, tl.sum(zz, axis=0))
     tl.store(GUP + coff, tl.sum(r * k * gvy[:, None], axis=0))
 
 
 # ------------------------------------------------------------------------------------------------- host side
-def _states(pairs, logd, cfg, T, H, N, NC, BN):
-    """Fill and scan the states of each (x, y) pair: fp32 (len(pairs), 2, B*H, NC, BN, BN), stream 0 causal
-    (including the chunk), stream 1 anticausal (including the chunk)."""
-    B = logd.shape[0]
-    BH = B * H
-    BT, _, _, prec, nw = cfg
+def _geometry(T: int, BT: int):
+    """(sub-chunks, sub-chunks per state chunk, state chunks): states are kept every ``state_t`` tokens."""
     from .triton import CONFIG
 
-    sdt = pairs[0][1].dtype if CONFIG["state_dtype"] == "input" else torch.float32
+    st = int(CONFIG["state_t"])
+    if st < BT or st % BT:
+        raise ValueError(f"VRWKV_TRITON_V6 state_t must be a multiple of block_t={BT}, got {st}")
+    nsub = cdiv(T, BT)
+    ns = min(st // BT, nsub)
+    return nsub, ns, cdiv(nsub, ns)
+
+
+def _states(pairs, logd, cfg, T, H, N, NS, NC, BN):
+    """Fill and scan the states of each (x, y) pair: (len(pairs), 2, B*H, NC, BN, BN), stream 0 causal, stream 1
+    anticausal, each INCLUDING its state chunk; fp32, or the 16-bit input dtype with ``state_dtype=input``."""
+    from .triton import CONFIG
+
+    BH = logd.shape[0] * H
+    BT, _, _, prec, nw = cfg
     if CONFIG["state_dtype"] not in ("fp32", "input"):
         raise ValueError(f"VRWKV_TRITON_V6 state_dtype must be 'fp32' or 'input', got {CONFIG['state_dtype']!r}")
+    sdt = pairs[0][1].dtype if CONFIG["state_dtype"] == "input" else torch.float32
     S = new_empty((len(pairs), 2, BH, NC, BN, BN), sdt, logd.device)
     GT = new_empty((BH, NC, BN), torch.float32, logd.device)
     for i, (x, y) in enumerate(pairs):
         _state_kernel[(BH, NC)](x, y, logd, S[i], GT, *x.stride(), *y.stride(), *logd.stride(), T, H, N, NC, BH,
-                                BT=BT, BN=BN, PREC=prec, num_warps=nw)
+                                BT=BT, BN=BN, NS=NS, PREC=prec, num_warps=nw)
     ncb = min(next_pow2(CONFIG["scan_ncb"]), next_pow2(NC))
     rj = min(BN, max(1, next_pow2(CONFIG["scan_elems"] // (ncb * BN) + 1) // 2))  # a power of two
     _scan_kernel[(BH, cdiv(BN, rj), 2 * len(pairs))](S, GT, NC, BH, BN=BN, RJ=rj, NCB=ncb, num_warps=nw)
@@ -268,11 +327,11 @@ def chunk_fwd(r, k, v, logd, u, cfg):
     """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``."""
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = cfg
-    NC = cdiv(T, BT)
-    S = _states([(k, v)], logd, cfg, T, H, N, NC, BN)
+    nsub, NS, NC = _geometry(T, BT)
+    S = _states([(k, v)], logd, cfg, T, H, N, NS, NC, BN)
     y = new_empty((B, T, H, N), v.dtype, r.device)
-    _fwd_kernel[(B * H, NC)](r, k, v, logd, u, y, S, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
-                             T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, PREC=prec, num_warps=nw)
+    _fwd_kernel[(B * H, nsub)](r, k, v, logd, u, y, S, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
+                               T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, num_warps=nw)
     return y
 
 
@@ -280,22 +339,22 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg):
     """(gr, gk, gv, glogd, gu) in the inputs' dtypes."""
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = cfg
-    NC = cdiv(T, BT)
+    nsub, NS, NC = _geometry(T, BT)
     dev = r.device
-    S = _states([(k, v), (r, gy)], logd, cfg, T, H, N, NC, BN)
+    S = _states([(k, v), (r, gy)], logd, cfg, T, H, N, NS, NC, BN)
     gr = new_empty((B, T, H, N), r.dtype, dev)
     gk = new_empty((B, T, H, N), k.dtype, dev)
     gv = new_empty((B, T, H, N), v.dtype, dev)
     glp = new_empty((B, T, H, N), torch.float32, dev)
-    zt = new_empty((B * H, NC, BN), torch.float32, dev)
-    gup = new_empty((B * H, NC, BN), torch.float32, dev)
-    _bwd_kernel[(B * H, NC)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, *r.stride(), *k.stride(),
-                             *v.stride(), *logd.stride(), *gy.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ,
-                             PREC=prec, num_warps=nw)
-    # suffix sums of the chunk totals (chunks after each chunk), broadcast to the chunk's tokens
-    zt = zt.view(B, H, NC, BN)[..., :N]
+    zt = new_empty((B * H, nsub, BN), torch.float32, dev)
+    gup = new_empty((B * H, nsub, BN), torch.float32, dev)
+    _bwd_kernel[(B * H, nsub)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, *r.stride(), *k.stride(),
+                               *v.stride(), *logd.stride(), *gy.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ,
+                               NS=NS, PREC=prec, num_warps=nw)
+    # suffix sums of the sub-chunk totals (sub-chunks after each one), broadcast to the sub-chunk's tokens
+    zt = zt.view(B, H, nsub, BN)[..., :N]
     after = zt.flip(2).cumsum(2).flip(2) - zt
     carry = after.permute(0, 2, 1, 3).repeat_interleave(BT, dim=1)[:, :T]
     glogd = torch.where(logd >= LOGD_MIN.value, glp + carry, 0.0).to(logd.dtype)
-    gu = gup.view(B, H, NC, BN)[..., :N].sum((0, 2)).to(u.dtype)
+    gu = gup.view(B, H, nsub, BN)[..., :N].sum((0, 2)).to(u.dtype)
     return gr, gk, gv, glogd, gu
