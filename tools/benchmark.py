@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 from pathlib import Path
@@ -25,21 +24,6 @@ def _parse_shapes(text: str | None):
     if not text:
         return None
     return [tuple(int(x) for x in s.split(",")) for s in text.split(";") if s]
-
-
-def _apply_kernel_config(items):
-    for item in items or []:
-        key, val = item.split("=", 1)
-        op, name = key.split(".", 1)
-        if op == "v4":
-            from vision_rwkv.ops.bi_wkv import triton as mod
-        elif op == "v6":
-            from vision_rwkv.ops.bi_wkv6 import triton as mod
-        else:
-            raise SystemExit(f"--kernel-config: unknown op {op!r} (v4 or v6)")
-        if name not in mod.CONFIG:
-            raise SystemExit(f"--kernel-config: unknown key {name!r}; known: {sorted(mod.CONFIG)}")
-        mod.CONFIG[name] = type(mod.CONFIG[name])(val)
 
 
 def main(argv=None) -> int:
@@ -68,7 +52,10 @@ def main(argv=None) -> int:
         p.error("choose --ops and/or --backbones")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    _apply_kernel_config(args.kernel_config)
+    try:
+        bm.apply_kernel_config(args.kernel_config)
+    except ValueError as e:
+        raise SystemExit(f"--kernel-config: {e}")
     dtypes = args.dtype or ["fp32", "bf16"]
     iters = args.iters or (2 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)

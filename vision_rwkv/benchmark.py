@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import torch
 
 __all__ = ["OP_SHAPES", "BACKBONES", "load_anchors", "time_fn", "bench_ops", "bench_backbones", "format_table",
-           "DRAM_BPS"]
+           "DRAM_BPS", "apply_kernel_config", "kernel_configs"]
 
 DRAM_BPS = 3.0e12  # bytes/s used for the memory floor (anchors' convention, H100 HBM3 as measured)
 OP_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192)]
@@ -39,6 +39,30 @@ BACKBONES = {  # ours -> timm reference of the same size, and the anchors' names
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _ANCHOR_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "anchors"
+
+
+def kernel_configs() -> dict[str, dict]:
+    """The live launch-setting dicts of the Triton operators: {"v4": ..., "v6": ...} (imports Triton)."""
+    from .ops.bi_wkv import triton as v4
+    from .ops.bi_wkv6 import triton as v6
+
+    return {"v4": v4.CONFIG, "v6": v6.CONFIG}
+
+
+def apply_kernel_config(items: Iterable[str] | None) -> None:
+    """Set Triton launch settings from "v4.KEY=VAL" / "v6.KEY=VAL" items (values cast to the entry's type);
+    ValueError naming the problem for an unknown op or key."""
+    configs = kernel_configs() if items else {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        op, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ValueError(f"expected OP.KEY=VALUE, got {item!r}")
+        if op not in configs:
+            raise ValueError(f"unknown op {op!r} in {item!r} (v4 or v6)")
+        if name not in configs[op]:
+            raise ValueError(f"unknown key {name!r} in {item!r}; known: {sorted(configs[op])}")
+        configs[op][name] = type(configs[op][name])(val)
 
 
 def load_anchors(name: str, directory: str | os.PathLike | None = None) -> dict | None:

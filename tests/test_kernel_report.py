@@ -1,0 +1,82 @@
+"""vision_rwkv.kernel_report: Triton launches compiled for sm_90 on a CPU-only machine, cubins read by cuobjdump.
+
+Asserts properties the v4 kernels were designed for (static SASS, no GPU needed): the register-sequential kernels
+(triton_seq.py) cross no threads (no shuffles or barriers) and spill nothing, while the tile-scan kernels they
+replace shuffle; channel loads vectorize when C % 16 == 0.
+"""
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from vision_rwkv import benchmark as bm  # noqa: E402
+from vision_rwkv.kernel_report import capture_kernels, cuobjdump_path, format_rows, kernel_rows, sass_counts  # noqa: E402
+
+pytestmark = pytest.mark.skipif(cuobjdump_path() is None, reason="cuobjdump (shipped with triton) not found")
+
+
+@pytest.fixture
+def restore_kernel_config():
+    saved = {k: dict(v) for k, v in bm.kernel_configs().items()}
+    yield
+    for k, v in bm.kernel_configs().items():
+        v.clear()
+        v.update(saved[k])
+
+
+def _v4_rows(shape, dtype, settings):
+    from vision_rwkv.ops.bi_wkv import triton as t4
+
+    bm.apply_kernel_config(settings)
+    w, u, k, v = bm._op_inputs("v4_biwkv", shape, dtype, "cpu")
+    with capture_kernels(90, tag="fwd") as fwd:
+        y, m, car = t4._fwd(w, u, k, v, "exact", 32)
+    assert y.shape == k.shape and y.dtype == v.dtype and not fwd[0].kernel.asm["cubin"] == b""
+    with capture_kernels(90, tag="bwd") as bwd:
+        t4._bwd(w, u, k, v, m, car, torch.randn_like(y), "exact", 32)
+    return {(r["tag"], r["kernel"]): r for r in kernel_rows(fwd + bwd)}
+
+
+@pytest.mark.slow
+def test_seq_kernels_cross_no_threads(restore_kernel_config):
+    rows = _v4_rows((2, 100, 64), torch.bfloat16, ["v4.seq=1"])
+    names = {("fwd", "_seq_fwd_summary_kernel"), ("fwd", "_carry_kernel"), ("fwd", "_seq_fwd_kernel"),
+             ("bwd", "_seq_bwd_summary_kernel"), ("bwd", "_carry_kernel"), ("bwd", "_seq_bwd_kernel")}
+    assert set(rows) == names
+    for key in names - {("fwd", "_carry_kernel"), ("bwd", "_carry_kernel")}:
+        r = rows[key]
+        assert r["shfl"] == 0 and r["bar"] == 0, r
+        assert r["local"] == 0 and r["stack"] == 0, r  # nothing spilled
+        assert 0 < r["regs"] <= 255 and r["ldg"] > 0 and r["mufu"] > 0, r
+    # 64 channels per program, one warp: two adjacent bf16 channels per thread -> 32-bit loads, none 16-bit
+    assert rows[("fwd", "_seq_fwd_kernel")]["ldg_16bit"] == 0
+    assert rows[("fwd", "_seq_fwd_kernel")]["grid"] == [2, 1, 7]  # B, channel blocks, ceil(100 / 16) chunks
+    table = format_rows(list(rows.values()))
+    assert "_seq_fwd_kernel" in table and table.count("\n") == len(rows) + 2
+
+
+@pytest.mark.slow
+def test_scan_kernels_shuffle(restore_kernel_config):
+    rows = _v4_rows((1, 70, 32), torch.float32, [])
+    assert rows[("fwd", "_fwd_kernel")]["shfl"] > 0
+    assert rows[("fwd", "_fwd_kernel")]["grid"] == [1, 1, 3]
+
+
+def test_sass_counts_parses_predicated_ops():
+    sass = ("        /*0010*/              @!P0 FMUL R28, R28, 0.5 ;   /* 0x3f0000001c1c8820 */\n"
+            "        /*0020*/                   MUFU.EX2 R73, R28 ;      /* 0x0000001c00497308 */\n"
+            "        /*0030*/                   LDG.E.128 R4, desc[UR4][R2.64] ;\n"
+            "        /*0040*/               @P1 LDG.E.U16 R5, desc[UR4][R2.64] ;\n")
+    c = sass_counts(sass)
+    assert c == {"FMUL": 1, "MUFU.EX2": 1, "LDG.E.128": 1, "LDG.E.U16": 1}
+
+
+def test_apply_kernel_config_errors(restore_kernel_config):
+    with pytest.raises(ValueError, match="unknown key 'nope'"):
+        bm.apply_kernel_config(["v4.nope=1"])
+    with pytest.raises(ValueError, match="unknown op 'v5'"):
+        bm.apply_kernel_config(["v5.seq=1"])
+    with pytest.raises(ValueError, match="OP.KEY=VALUE"):
+        bm.apply_kernel_config(["seq=1"])
+    bm.apply_kernel_config(["v4.seq_t=8", "v6.algo=chunk"])
+    assert bm.kernel_configs()["v4"]["seq_t"] == 8 and bm.kernel_configs()["v6"]["algo"] == "chunk"

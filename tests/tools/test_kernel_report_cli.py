@@ -1,0 +1,34 @@
+"""tools/kernel_report.py: compiles the v6 chunk kernels for sm_90 on CPU and writes one row per kernel launch."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vision_rwkv.kernel_report import cuobjdump_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cuobjdump_path() is None, reason="cuobjdump (shipped with triton) not found")
+def test_cli_v6_chunk_variant(tmp_path):
+    out = tmp_path / "kr.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--op", "v6_biwkv", "--shape", "1,40,64",
+           "--dtype", "fp32", "--variant", "chunk:v6.algo=chunk,v6.state_t=32", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    kernels = [(r["tag"], r["kernel"]) for r in rows]
+    assert kernels == [("chunk/fwd", "_state_kernel"), ("chunk/fwd", "_scan_kernel"), ("chunk/fwd", "_fwd_kernel"),
+                       ("chunk/bwd", "_state_kernel"), ("chunk/bwd", "_scan_kernel"), ("chunk/bwd", "_bwd_kernel")]
+    fwd = rows[2]
+    assert fwd["grid"] == [1, 3] and fwd["mma"] > 0 and fwd["regs"] > 0  # 3 sub-chunks of 16; tensor-core dots
+    assert "| chunk/fwd | _fwd_kernel | 1x3 |" in proc.stdout
+
+
+def test_cli_rejects_bad_variant():
+    cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--variant", "x:v4.nope=1", "--shape", "1,8,32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0 and "unknown key 'nope'" in proc.stderr

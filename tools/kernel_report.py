@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Static report of the Bi-WKV Triton kernels compiled for an H100 (sm_90), on a machine WITHOUT a GPU.
+
+Runs each operator's forward and backward host code on CPU tensors of the given shape with every Triton launch
+compiled ahead of time and recorded instead of run, then prints per kernel: grid, warps, registers, stack / local
+memory (spills), shared memory, and static SASS counts (instructions, global loads and how many are 16-byte /
+16-bit, stores, shuffles, barriers, special-function ops, tensor-core and fp64 ops). ``thr_instr/elem`` =
+static instructions x launched threads / elements: exact for loop-free kernels, a lower bound for kernels with loops.
+
+Examples:
+  python tools/kernel_report.py --op v4_biwkv --shape 16,4096,192 --dtype bf16 --variant scan --variant seq:v4.seq=1
+  python tools/kernel_report.py --op v6_biwkv --shape 16,4096,192 --variant walk --variant chunk:v6.algo=chunk
+A variant is NAME[:OP.KEY=VAL,...] (the same settings as tools/benchmark.py --kernel-config).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from vision_rwkv import benchmark as bm
+from vision_rwkv.kernel_report import capture_kernels, format_rows, kernel_rows
+
+
+def _parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, settings = text.partition(":")
+    return name, [s for s in settings.split(",") if s]
+
+
+def report(op: str, shape: tuple, dtype: str, variants: list[tuple[str, list[str]]], mode: str = "exact",
+           arch: int = 90) -> list[dict]:
+    """Rows of ``kernel_rows`` for each variant's forward and backward launches (tag "<variant>/fwd|bwd")."""
+    from vision_rwkv.ops.bi_wkv import triton as t4
+    from vision_rwkv.ops.bi_wkv6 import triton as t6
+
+    shape_op = shape if op == "v4_biwkv" else (shape[0], shape[1], shape[2] // 64, 64)
+    ins = bm._op_inputs(op, shape_op, bm.DTYPES[dtype], "cpu")
+    elems = math.prod(shape)
+    saved = {k: copy.deepcopy(v) for k, v in bm.kernel_configs().items()}
+    rows = []
+    try:
+        for name, settings in variants:
+            for key, cfg in bm.kernel_configs().items():
+                cfg.clear()
+                cfg.update(saved[key])
+            bm.apply_kernel_config(settings)
+            with capture_kernels(arch, tag=f"{name}/fwd") as fwd_recs:
+                if op == "v4_biwkv":
+                    y, m, car = t4._fwd(*ins, mode, 32)
+                else:
+                    y = t6._fwd(*ins)
+            with capture_kernels(arch, tag=f"{name}/bwd") as bwd_recs:
+                if op == "v4_biwkv":
+                    t4._bwd(*ins, m, car, torch.randn_like(y), mode, 32)
+                else:
+                    t6._bwd(*ins, torch.randn_like(y))
+            for row in kernel_rows(fwd_recs + bwd_recs):
+                row["thr_instr/elem"] = round(row["instr"] * row["programs"] * row["warps"] * 32 / elems, 1)
+                rows.append(row)
+    finally:
+        for key, cfg in bm.kernel_configs().items():
+            cfg.clear()
+            cfg.update(saved[key])
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--op", choices=["v4_biwkv", "v6_biwkv"], default="v4_biwkv")
+    p.add_argument("--shape", default="16,4096,192", help="B,T,C (v6: H = C/64 heads of 64)")
+    p.add_argument("--dtype", choices=list(bm.DTYPES), default="bf16")
+    p.add_argument("--mode", choices=["exact", "original"], default="exact", help="v4 mode")
+    p.add_argument("--variant", action="append", help="NAME[:OP.KEY=VAL,...], repeatable; default: current settings")
+    p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100/H200)")
+    p.add_argument("--json", type=Path, help="write the rows here")
+    args = p.parse_args(argv)
+    shape = tuple(int(x) for x in args.shape.split(","))
+    if len(shape) != 3 or (args.op == "v6_biwkv" and shape[2] % 64):
+        p.error(f"--shape must be B,T,C (C a multiple of 64 for v6), got {args.shape!r}")
+    variants = [_parse_variant(v) for v in (args.variant or ["default"])]
+    try:
+        rows = report(args.op, shape, args.dtype, variants, args.mode, args.arch)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"kernel_report: {e}")
+    print(f"{args.op} {args.mode if args.op == 'v4_biwkv' else ''} shape {shape} {args.dtype}, sm_{args.arch}, "
+          f"static SASS counts\n")
+    table = format_rows(rows)
+    lines = table.splitlines()
+    lines[0] += " thr_instr/elem |"
+    lines[1] += "---|"
+    for i, r in enumerate(rows):
+        lines[i + 2] += f" {r['thr_instr/elem']} |"
+    print("\n".join(lines))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(op=args.op, shape=shape, dtype=args.dtype, mode=args.mode,
+                                             arch=args.arch, rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
