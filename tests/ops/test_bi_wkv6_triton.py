@@ -37,6 +37,9 @@ CPU_CASES.update({
     "chunk_bt32_head24": dict(shape=(1, 70, 2, 24), config=dict(CHUNK, block_t=32, block_j=8, state_t=64)),
     "chunk_one_block_scan": dict(shape=(1, 150, 1, 16), config={"algo": "chunk"}),
     "chunk_bf16_states": dict(shape=(1, 40, 1, 16), dtype="bf16", config=dict(CHUNK, state_dtype="input")),
+    # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
+    "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
+    "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
 })
 
 CUDA_CASES = {
@@ -59,6 +62,9 @@ CUDA_CASES["16x1024x6x64_bf16_chunk_bf16_states"] = dict(shape=(16, 1024, 6, 64)
                                                         config={"algo": "chunk", "state_dtype": "input"})
 CUDA_CASES["2x4096x6x64_chunk_bt32"] = dict(shape=(2, 4096, 6, 64), config={"algo": "chunk", "block_t": 32,
                                                                            "block_j": 8, "state_t": 128})
+CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
+CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
+                                                        config={"algo": "chunk"})
 CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0, config={"algo": "chunk",
                                                                                         "state_t": 16})
 
