@@ -17,14 +17,20 @@ import time
 
 import torch
 
-V4_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192)]
-V6_SHAPES = [(64, 196, 3, 64), (64, 196, 12, 64), (16, 1024, 6, 64), (4, 4096, 6, 64)]
-V4_CONFIGS = {  # round 3 (round 2 picked chunk_t=32, block_c=32 as the vectorized default)
+V4_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192), (16, 4096, 192)]
+V6_SHAPES = [(64, 196, 3, 64), (64, 196, 12, 64), (16, 1024, 6, 64), (4, 4096, 6, 64), (16, 4096, 3, 64)]
+V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exact-mode kernels (triton_seq.py)
     "d_default": {},
-    "s1_scalar_w1_t16": {"scalar": 1, "warps": 1, "chunk_t": 16, "single_max_t": 16},
-    "s2_scalar_w2_t16": {"scalar": 1, "warps": 2, "chunk_t": 16, "single_max_t": 16},
+    "seq_t16": {"seq": 1},
+    "seq_t16_bc128": {"seq": 1, "seq_bc": 128, "seq_warps": 2},
+    "seq_t32_bwd32": {"seq": 1, "seq_t": 32, "seq_bc": 64, "seq_bwd_bc": 32},
 }
-V6_CONFIGS = {"v_default": {}}  # round 2 picked warps=4, tf32x3, stages=2
+V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
+    "walk": {},
+    "chunk": {"algo": "chunk"},
+    "chunk_st128": {"algo": "chunk", "state_t": 128},
+    "chunk_16bit_states": {"algo": "chunk", "state_dtype": "input"},
+}
 
 
 def _med_ms(fn, iters=20, warmup=3):
