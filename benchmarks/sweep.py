@@ -30,6 +30,7 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     "chunk": {"algo": "chunk"},
     "chunk_st128": {"algo": "chunk", "state_t": 128},
     "chunk_16bit_states": {"algo": "chunk", "state_dtype": "input"},
+    "chunk_w8": {"algo": "chunk", "warps": 8},
 }
 
 
