@@ -47,15 +47,31 @@ TEXT_OPS = {"sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd", "add_n
 EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS, V6_OPS, None, TEXT_OPS, TEXT_OPS]
 
 
-@pytest.fixture(scope="module")
-def interpreter_results():
+# the opt-in WKV kernels (v4 register-sequential, v6 chunk-parallel) inside whole models: small chunks so that the
+# 3 x 3 (v4) / 2 x 3 (v6) token grids and the 13-token text span several chunks and carries
+NEW_KERNELS = {"VRWKV_TRITON_V4": "seq=1,seq_t=4,seq_bc=32,seq_bwd_bc=32,carry_ncb=2",
+               "VRWKV_TRITON_V6": "algo=chunk,state_t=32,scan_ncb=2"}
+NEW_KERNEL_CASES = [0, 2, 5]
+
+
+def _run_cases(cases, extra_env=None):
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore", **(extra_env or {}))
     env.pop("VRWKV_BACKEND", None)
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "_fused_model_case.py"), json.dumps(CASES)],
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "_fused_model_case.py"), json.dumps(cases)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return list(json.loads(proc.stdout.strip().splitlines()[-1]).values())
+
+
+@pytest.fixture(scope="module")
+def interpreter_results():
+    return _run_cases(CASES)
+
+
+@pytest.fixture(scope="module")
+def new_kernel_results():
+    return _run_cases([CASES[i] for i in NEW_KERNEL_CASES], NEW_KERNELS)
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
@@ -68,6 +84,14 @@ def test_fused_path_matches_plain_path_interpreter(interpreter_results, index):
     expected = EXPECTED_CALLS[index]
     if expected is not None:
         assert set(res["calls"]) == expected, res["calls"]
+
+
+@pytest.mark.parametrize("pos", range(len(NEW_KERNEL_CASES)), ids=[CASES[i][0] for i in NEW_KERNEL_CASES])
+def test_new_wkv_kernels_in_models_interpreter(new_kernel_results, pos):
+    res = new_kernel_results[pos]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert set(res["calls"]) == EXPECTED_CALLS[NEW_KERNEL_CASES[pos]], res["calls"]
 
 
 @pytest.mark.parametrize("name,kw", [("vrwkv_small_patch16_224", dict(embed_dim=16, depth=2)),
