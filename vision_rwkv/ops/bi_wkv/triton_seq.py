@@ -66,16 +66,46 @@ def _walk_back_states(pk, pv, skt, svt, s, T, cmask, m, lam, b_n, b_d, L: tl.con
     return bns, bds
 
 
-def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, NC,
-                            L: tl.constexpr, BC: tl.constexpr):
-    """Pass 1: per chunk, its max of k and the decayed sums of x = e^{k - max} (and x v) to its end / start."""
+@triton.jit
+def _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L: tl.constexpr, BC: tl.constexpr):
+    """Program (batch, channel block, chunk) -> b, chunk j, its first token s, channels, mask, k / v row pointers."""
     b = tl.program_id(0)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     j = tl.program_id(2)
-    cmask = cols < C
     s = j * L
     pk = K + b.to(tl.int64) * skb + s.to(tl.int64) * skt + cols.to(tl.int64) * skc
     pv = V + b.to(tl.int64) * svb + s.to(tl.int64) * svt + cols.to(tl.int64) * svc
+    return b, j, s, cols, cols < C, pk, pv
+
+
+@triton.jit
+def _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, C, L: tl.constexpr,
+                  BC: tl.constexpr):
+    """Program coordinates, row pointers of k, v, gy at the chunk's first token, lam = e^{-w}, e^u and the max m."""
+    b, j, s, cols, cmask, pk, pv = _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L, BC)
+    pg = GY + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
+    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
+    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
+    m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+    return b, j, s, cols, cmask, pk, pv, pg, lam, uu, m
+
+
+@triton.jit
+def _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, uu, a_n, a_d, b_n, b_d):
+    """Token r of the chunk: x = e^{k - m}, v, p = gy / den and q = -p y (0 where not ok)."""
+    x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
+    v = _row(pv, r, svt, ok, 0.0)
+    gy = _row(pg, r, sgt, ok, 0.0)
+    den = a_d + b_d + uu * x
+    p = tl.where(ok, gy / den, 0.0)
+    q = tl.where(ok, -p * ((a_n + b_n + uu * x * v) / den), 0.0)
+    return x, v, p, q
+
+
+def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, NC,
+                            L: tl.constexpr, BC: tl.constexpr):
+    """Pass 1: per chunk, its max of k and the decayed sums of x = e^{k - max} (and x v) to its end / start."""
+    b, j, s, cols, cmask, pk, pv = _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L, BC)
     lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
     ks = ()
     vs = ()
@@ -111,13 +141,7 @@ def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, 
 def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, NC,
                     SINGLE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
     """Pass 3 (the whole forward when SINGLE): y for one chunk."""
-    b = tl.program_id(0)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    j = tl.program_id(2)
-    cmask = cols < C
-    s = j * L
-    pk = K + b.to(tl.int64) * skb + s.to(tl.int64) * skt + cols.to(tl.int64) * skc
-    pv = V + b.to(tl.int64) * svb + s.to(tl.int64) * svt + cols.to(tl.int64) * svc
+    b, j, s, cols, cmask, pk, pv = _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L, BC)
     lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
     uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
     if SINGLE:
@@ -163,17 +187,8 @@ def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, N
 def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, NC,
                             L: tl.constexpr, BC: tl.constexpr):
     """Backward pass 1: per chunk, the decayed sums of p = gy / den and q = -p y to its end / start."""
-    b = tl.program_id(0)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    j = tl.program_id(2)
-    cmask = cols < C
-    s = j * L
-    pk = K + b.to(tl.int64) * skb + s.to(tl.int64) * skt + cols.to(tl.int64) * skc
-    pv = V + b.to(tl.int64) * svb + s.to(tl.int64) * svt + cols.to(tl.int64) * svc
-    pg = GY + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
-    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
-    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
-    m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+    b, j, s, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc,
+                                                                 sgb, sgt, sgc, C, L, BC)
     a_n, a_d, b_n, b_d = _carries(CAR, b, j, NC, C, cols, cmask, 0, 2)
     bns, bds = _walk_back_states(pk, pv, skt, svt, s, T, cmask, m, lam, b_n, b_d, L)
     e_p = tl.zeros([BC], tl.float32)
@@ -184,12 +199,7 @@ def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, sv
     for r in tl.static_range(L):
         valid = s + r < T
         ok = cmask & valid
-        x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
-        v = _row(pv, r, svt, ok, 0.0)
-        gy = _row(pg, r, sgt, ok, 0.0)
-        den = a_d + bds[r] + uu * x
-        p = tl.where(ok, gy / den, 0.0)
-        q = tl.where(ok, -p * ((a_n + bns[r] + uu * x * v) / den), 0.0)
+        x, v, p, q = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, uu, a_n, a_d, bns[r], bds[r])
         g = tl.where(valid, lam, 1.0)
         e_p = e_p * g + p
         e_q = e_q * g + q
@@ -208,17 +218,8 @@ def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, sv
 def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
                     T, C, NC, SINGLE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
     """Backward pass 3 (the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu."""
-    b = tl.program_id(0)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    j = tl.program_id(2)
-    cmask = cols < C
-    s = j * L
-    pk = K + b.to(tl.int64) * skb + s.to(tl.int64) * skt + cols.to(tl.int64) * skc
-    pv = V + b.to(tl.int64) * svb + s.to(tl.int64) * svt + cols.to(tl.int64) * svc
-    pg = GY + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
-    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
-    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
-    m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+    b, j, s, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc,
+                                                                 sgb, sgt, sgc, C, L, BC)
     if SINGLE:
         z = tl.zeros([BC], tl.float32)
         a_n = z
@@ -244,12 +245,7 @@ def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, sk
     gxs = ()
     for r in tl.static_range(L):
         ok = cmask & (s + r < T)
-        x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
-        v = _row(pv, r, svt, ok, 0.0)
-        gy = _row(pg, r, sgt, ok, 0.0)
-        den = a_d + bds[r] + uu * x
-        p = tl.where(ok, gy / den, 0.0)
-        q = tl.where(ok, -p * ((a_n + bns[r] + uu * x * v) / den), 0.0)
+        x, v, p, q = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, uu, a_n, a_d, bns[r], bds[r])
         gw += tl.where(ok, bns[r] * bt_p + bds[r] * bt_q, 0.0)
         gu += x * (p * v + q)
         ans = ans + (a_n,)

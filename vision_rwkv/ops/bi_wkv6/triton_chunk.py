@@ -100,6 +100,38 @@ def _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.cons
     return S
 
 
+@triton.jit
+def _coords(T, H, N, NS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
+    """Program (batch*head, sub-chunk) -> pid, sub-chunk c, state chunk cs, b, h, token / channel ranges, masks."""
+    pid = tl.program_id(0)
+    c = tl.program_id(1)
+    b = pid // H
+    rt = tl.arange(0, BT)
+    cn = tl.arange(0, BN)
+    nmask = cn < N
+    pos = c * BT + rt
+    tv = pos < T
+    return pid, c, c // NS, b, pid - b * H, rt, cn, nmask, pos, tv, tv[:, None] & nmask[None, :]
+
+
+@triton.jit
+def _head(X, b, h, sb, sh):
+    return X + b.to(tl.int64) * sb + h.to(tl.int64) * sh
+
+
+@triton.jit
+def _edge_states(S, plane, BH, pid, c, cs, NC, NS: tl.constexpr, Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N,
+                 BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """States of (x, y) at sub-chunk c's edges: the causal state before it and the anticausal state after it, from
+    the scanned state-chunk states (stream ``plane`` and ``plane + 1`` of S) walked over the sub-chunks between."""
+    size = BH.to(tl.int64) * NC * BN * BN
+    P = _load_state(S + plane * size, pid, cs - 1, NC, cs > 0, BN)
+    P = _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, cs * NS, c, P, BT, BN, PREC, False)
+    Q = _load_state(S + (plane + 1) * size, pid, cs + 1, NC, cs + 1 < NC, BN)
+    Q = _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, c + 1, cs * NS + NS, Q, BT, BN, PREC, True)
+    return P, Q
+
+
 @triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, slt, slh, sln, T, H, N, NC, BH,
                   BT: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
@@ -111,9 +143,9 @@ def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, 
     h = pid - b * H
     rt = tl.arange(0, BT)
     cn = tl.arange(0, BN)
-    Xb = X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh
-    Yb = Y + b.to(tl.int64) * syb + h.to(tl.int64) * syh
-    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    Xb = _head(X, b, h, sxb, sxh)
+    Yb = _head(Y, b, h, syb, syh)
+    Lb = _head(LD, b, h, slb, slh)
     d_c = tl.zeros([BN, BN], tl.float32)
     d_a = tl.zeros([BN, BN], tl.float32)
     before = tl.zeros([BN], tl.float32)  # log decay from the state chunk's start to the sub-chunk's start
@@ -168,21 +200,11 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
                 slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
                 NS: tl.constexpr, PREC: tl.constexpr):
     """y for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    cs = c // NS
-    b = pid // H
-    h = pid - b * H
-    rt = tl.arange(0, BT)
-    cn = tl.arange(0, BN)
-    nmask = cn < N
-    pos = c * BT + rt
-    tv = pos < T
-    m2 = tv[:, None] & nmask[None, :]
-    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
-    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
+    Rb = _head(R, b, h, srb, srh)
+    Kb = _head(K, b, h, skb, skh)
+    Vb = _head(V, b, h, svb, svh)
+    Lb = _head(LD, b, h, slb, slh)
     r = _ld(Rb, pos, cn, srt, srn, m2)
     k = _ld(Kb, pos, cn, skt, skn, m2)
     v = _ld(Vb, pos, cn, svt, svn, m2)
@@ -190,10 +212,7 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
     cex, ctail, ctot = _cums(lw)
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
     # states at the sub-chunk's edges: the state chunk's incoming states walked over its other sub-chunks
-    P = _load_state(S, pid, cs - 1, NC, cs > 0, BN)
-    P = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, cs * NS, c, P, BT, BN, PREC, False)
-    Q = _load_state(S + BH.to(tl.int64) * NC * BN * BN, pid, cs + 1, NC, cs + 1 < NC, BN)
-    Q = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, c + 1, cs * NS + NS, Q, BT, BN, PREC, True)
+    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
     y = tl.dot(r * tl.exp(cex), P, input_precision=PREC)
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
     if tl.max(-ctot, axis=0) <= FAST_DECAY:
@@ -224,22 +243,12 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
                 svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
                 BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
     """Gradients for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    cs = c // NS
-    b = pid // H
-    h = pid - b * H
-    rt = tl.arange(0, BT)
-    cn = tl.arange(0, BN)
-    nmask = cn < N
-    pos = c * BT + rt
-    tv = pos < T
-    m2 = tv[:, None] & nmask[None, :]
-    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
-    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    Gb = GY + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
-    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+    pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
+    Rb = _head(R, b, h, srb, srh)
+    Kb = _head(K, b, h, skb, skh)
+    Vb = _head(V, b, h, svb, svh)
+    Gb = _head(GY, b, h, sgb, sgh)
+    Lb = _head(LD, b, h, slb, slh)
     r = _ld(Rb, pos, cn, srt, srn, m2)
     k = _ld(Kb, pos, cn, skt, skn, m2)
     v = _ld(Vb, pos, cn, svt, svn, m2)
@@ -249,16 +258,8 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     ecx = tl.exp(cex)
     etl = tl.exp(ctail)
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
-    plane = BH.to(tl.int64) * NC * BN * BN
-    first = cs * NS
-    P = _load_state(S, pid, cs - 1, NC, cs > 0, BN)
-    P = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, first, c, P, BT, BN, PREC, False)
-    Q = _load_state(S + plane, pid, cs + 1, NC, cs + 1 < NC, BN)
-    Q = _walk(Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, c + 1, first + NS, Q, BT, BN, PREC, True)
-    GQ = _load_state(S + 2 * plane, pid, cs - 1, NC, cs > 0, BN)
-    GQ = _walk(Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, first, c, GQ, BT, BN, PREC, False)
-    GP = _load_state(S + 3 * plane, pid, cs + 1, NC, cs + 1 < NC, BN)
-    GP = _walk(Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, c + 1, first + NS, GP, BT, BN, PREC, True)
+    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
+    GQ, GP = _edge_states(S, 2, BH, pid, c, cs, NC, NS, Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, BT, BN, PREC)
     # inter-chunk parts; suffix _c: causal direction (sources before the query), _a: anticausal
     gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
     gr_a = etl * tl.dot(gy, tl.trans(Q), input_precision=PREC)
