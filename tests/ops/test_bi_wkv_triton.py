@@ -32,13 +32,17 @@ CPU_CASES = {
     "torch_compile_fullgraph": dict(shape=(1, 6, 3), compile=True),
 }
 
-# the register-sequential exact-mode kernels (triton_seq.py, VRWKV_TRITON_V4 seq=1): every exact CPU case again with
-# 4-token chunks (several chunks and carry blocks), 64 / 32 channels per program (two channel blocks for C=40)
-SEQ = {"seq": 1, "seq_t": 4, "seq_bc": 64, "seq_bwd_bc": 32, "carry_ncb": 2}
-CPU_CASES.update({f"{name}_seq": dict(case, config=SEQ) for name, case in list(CPU_CASES.items())
-                  if case.get("mode", "exact") == "exact"})
+# the register-sequential kernels (triton_seq.py, VRWKV_TRITON_V4 seq=1): every CPU case again with 4-token chunks
+# (several chunks and carry blocks; 2-token sub-chunks of original chunks where the scan case splits them),
+# 64 / 32 channels per program (two channel blocks for C=40)
+SEQ = {"seq": 1, "seq_t": 4, "seq_t_orig": 4, "seq_bc": 64, "seq_bwd_bc": 32, "carry_ncb": 2}
+CPU_CASES.update({f"{name}_seq": dict(case, config=dict(SEQ, seq_t_orig=2 if "config" in case and
+                                                         case["config"].get("chunk_t") == 2 else 4))
+                  for name, case in list(CPU_CASES.items())})
 CPU_CASES.update({
     "seq_C40_two_channel_blocks": dict(shape=(2, 23, 40), config=SEQ),
+    "seq_original_P3_C40": dict(shape=(2, 23, 40), mode="original", chunks=3, config=SEQ),
+    "seq_original_bf16": dict(shape=(1, 19, 5), mode="original", chunks=4, dtype="bf16", config=SEQ),
     "seq_single_chunk_T8": dict(shape=(2, 7, 5), config=dict(SEQ, seq_t=8)),
     "seq_noncontig_strided": dict(shape=(1, 9, 5), layout="S", config=SEQ),
 })
@@ -62,8 +66,7 @@ CUDA_CASES = {
     "compile": dict(shape=(2, 196, 64), compile=True),
 }
 
-CUDA_CASES.update({f"{name}_seq": dict(case, config={"seq": 1}) for name, case in list(CUDA_CASES.items())
-                   if case.get("mode", "exact") == "exact"})
+CUDA_CASES.update({f"{name}_seq": dict(case, config={"seq": 1}) for name, case in list(CUDA_CASES.items())})
 CUDA_CASES["exact_2x4096x96_seq32"] = dict(shape=(2, 4096, 96), config={"seq": 1, "seq_t": 32, "seq_bc": 64})
 
 

@@ -43,12 +43,12 @@ __all__ = ["bi_wkv_triton", "CONFIG"]
 # specialization (scalar, still coalesced loads), so each thread owns one channel and the whole chunk of tokens and
 # the scans run sequentially in registers; the channel block is then 32 * warps. $VRWKV_TRITON_V4="key=value,..."
 # overrides.
-# seq=1: mode "exact" runs the register-sequential kernels of triton_seq.py (chunks of seq_t tokens walked in
-# registers; seq_bc channels per program, seq_bwd_bc for the backward's last kernel, seq_warps warps; same carry
-# kernel); off until validated and timed on a GPU.
+# seq=1: both modes run the register-sequential kernels of triton_seq.py (chunks of seq_t tokens, seq_t_orig in
+# mode "original", walked in registers; seq_bc channels per program, seq_bwd_bc for the backward's last kernel,
+# seq_warps warps; same carry kernel); off until validated and timed on a GPU.
 CONFIG = config_from_env(dict(single_max_t=32, chunk_t=32, block_c=32, warps=4, carry_ncb=32, carry_block_c=32,
-                              max_tile=2048, scalar=0, seq=0, seq_t=16, seq_bc=64, seq_bwd_bc=32, seq_warps=1),
-                         "VRWKV_TRITON_V4")
+                              max_tile=2048, scalar=0, seq=0, seq_t=16, seq_t_orig=8, seq_bc=64, seq_bwd_bc=32,
+                              seq_warps=1), "VRWKV_TRITON_V4")
 
 
 # ------------------------------------------------------------------------------------------------- jit helpers
@@ -560,10 +560,10 @@ def _grid_c(C, BC):
 
 
 def _fwd(w, u, k, v, mode: str, chunks: int):
-    if mode == "exact" and CONFIG["seq"]:
+    if CONFIG["seq"]:
         from .triton_seq import seq_fwd
 
-        return seq_fwd(w, u, k, v, CONFIG)
+        return seq_fwd(w, u, k, v, mode, chunks, CONFIG)
     B, T, C = k.shape
     orig = mode == "original"
     S, BT, NSUB, NC, single = _plan(T, mode, chunks)
@@ -593,10 +593,10 @@ def _fwd(w, u, k, v, mode: str, chunks: int):
 
 
 def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
-    if mode == "exact" and CONFIG["seq"]:
+    if CONFIG["seq"]:
         from .triton_seq import seq_bwd
 
-        return seq_bwd(w, u, k, v, m, car, gy, CONFIG)
+        return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG)
     B, T, C = k.shape
     orig = mode == "original"
     S, BT, NSUB, NC, single = _plan(T, mode, chunks)
@@ -640,11 +640,10 @@ def _bi_wkv_fwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.T
 @_bi_wkv_fwd_op.register_fake
 def _(w, u, k, v, mode, chunks):
     B, T, C = k.shape
-    if mode == "exact" and CONFIG["seq"]:
-        from .triton_seq import _geometry
+    if CONFIG["seq"]:
+        from .triton_seq import seq_plan
 
-        NC = _geometry(T, C, CONFIG)[1]
-        single = NC == 1
+        S, BT, NSUB, NC, single = seq_plan(T, mode, chunks, CONFIG)
     else:
         S, BT, NSUB, NC, single = _plan(T, mode, chunks)
     ncar = 8 if mode == "original" else 4

@@ -1,19 +1,21 @@
-"""Register-sequential Triton kernels for the v4 Bi-WKV, mode "exact" (DESIGN.md §3), forward and backward.
+"""Register-sequential Triton kernels for the v4 Bi-WKV (DESIGN.md §3), both modes, forward and backward.
 
 The scan kernels in ``triton.py`` hold a (tokens x channels) tile per program and scan it across threads
 (``tl.associative_scan`` with 3-6 operands): most of their instructions are warp shuffles (see
-``tools/kernel_report.py``). Here every thread owns whole channels: a chunk of L tokens (L = ``seq_t``, unrolled at
-compile time) is walked token by token with the states in registers, loads are rows of channels (coalesced,
-vectorized when a thread owns several adjacent channels), and nothing crosses threads. Values needed by a later
-walk in the other direction are kept in compile-time tuples (registers).
+``tools/kernel_report.py``). Here every thread owns whole channels: a chunk of L tokens (unrolled at compile time)
+is walked token by token with the states in registers, loads are rows of channels (coalesced, vectorized when a
+thread owns several adjacent channels), and nothing crosses threads. Values needed by a later walk in the other
+direction are kept in compile-time tuples (registers).
 
-Same math and the same chunk summaries / carries as ``triton.py`` (whose carry kernel scans them over chunks):
-per (b, c), x_t = e^{k_t - m} with one max m, lam = e^{-w};
+Same math, chunk geometry, chunk summaries and carries as ``triton.py`` (whose carry kernel scans them over chunks;
+see its docstring for the "original" mode's extra local streams h, J): per (b, c), x_t = e^{k_t - m} with one max
+m, lam = e^{-w}, gam = e^{w};
     a_t = sum_{i<t} lam^{t-1-i} x_i v_i (and with v := 1),   b_t = sum_{i>t} lam^{i-t-1} x_i v_i,
-    y_t = (a_t + b_t + e^u x_t v_t) / (a_t^d + b_t^d + e^u x_t).
-Backward with p = gy / den, q = -p y and the adjoint (transposed) states of p, q:
-    gv = x (at_p + bt_p + e^u p),  gk = x (v (at_p + bt_p + e^u p) + at_q + bt_q + e^u q),
-    gw = -lam sum_t (a_t . at_t + b_t . bt_t),  gu = e^u sum_t x (p v + q).
+    exact:    y_t = (a_t + b_t + e^u x_t v_t) / (same with v := 1),
+    original: num_t = lam (a_t + b_t) + (1 - lam) h_t + kap J_t + D_t x_t v_t.
+Backward with p = gy / den, q = -p y and the adjoint (transposed) states at, bt (and ht, jt) of p, q:
+    gv = x gxv,  gk = x (v gxv + gx),  gxv = at_p + bt_p + e^u p (exact),  gu = e^u sum_t x (p v + q),
+    gw = -lam sum_t (a_t . at_t + b_t . bt_t) (exact; "original" adds the coefficient derivatives).
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
+from .triton import _geometry, _load_fwd_carries
 
-__all__ = ["seq_fwd", "seq_bwd"]
+__all__ = ["seq_fwd", "seq_bwd", "seq_plan"]
 
-_SIZES = ["T", "NC"]  # C stays specializable: C % 16 == 0 lets the channel loads vectorize
+_SIZES = ["T", "S", "NSUB", "NC"]  # C stays specializable: C % 16 == 0 lets the channel loads vectorize
 
 
 @triton.jit
@@ -35,247 +38,335 @@ def _row(p0, r, st, ok, other):
 
 
 @triton.jit
-def _carries(CAR, b, j, NC, C, cols, cmask, prev_slot: tl.constexpr, next_slot: tl.constexpr):
-    """(slot prev_slot, prev_slot + 1) of chunk j - 1 and (next_slot, next_slot + 1) of chunk j + 1 of a
-    (B, NC, 4, C) carry buffer; zeros at the sequence ends."""
-    prev = (b * NC + j - 1).to(tl.int64) * 4 * C
-    nxt = (b * NC + j + 1).to(tl.int64) * 4 * C
-    hp = cmask & (j > 0)
-    hn = cmask & (j + 1 < NC)
-    p0 = tl.load(CAR + prev + prev_slot * C + cols, mask=hp, other=0.0)
-    p1 = tl.load(CAR + prev + (prev_slot + 1) * C + cols, mask=hp, other=0.0)
-    n0 = tl.load(CAR + nxt + next_slot * C + cols, mask=hn, other=0.0)
-    n1 = tl.load(CAR + nxt + (next_slot + 1) * C + cols, mask=hn, other=0.0)
-    return p0, p1, n0, n1
+def _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, L: tl.constexpr, BC: tl.constexpr):
+    """Program (batch, channel block, chunk) -> b, chunk j, its first token s, valid length n, index q inside its
+    original chunk, is-last flag, channels, mask, k / v row pointers, lam = e^{-w}."""
+    b = tl.program_id(0)
+    cols = tl.program_id(1) * BC + tl.arange(0, BC)
+    j = tl.program_id(2)
+    s, n, q, is_last = _geometry(j, T, S, NSUB, L)
+    cmask = cols < C
+    pk = K + b.to(tl.int64) * skb + s.to(tl.int64) * skt + cols.to(tl.int64) * skc
+    pv = V + b.to(tl.int64) * svb + s.to(tl.int64) * svt + cols.to(tl.int64) * svc
+    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
+    return b, j, s, n, q, is_last, cols, cmask, pk, pv, lam
 
 
 @triton.jit
-def _walk_back_states(pk, pv, skt, svt, s, T, cmask, m, lam, b_n, b_d, L: tl.constexpr):
+def _diag(uu, lam, s, r, S, ORIG: tl.constexpr):
+    """Coefficient of x_t v_t in the numerator: e^u (exact), D_t = e^u + [t not an original-chunk start](1 - e^w)."""
+    if ORIG:
+        return uu + tl.where((s + r) % S != 0, 1.0 - 1.0 / lam, 0.0)
+    else:
+        return uu
+
+
+@triton.jit
+def _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L: tl.constexpr):
     """Backward walk over the chunk: tuples of the anticausal exclusive states (b_n, b_d), in token order."""
     bns = ()
     bds = ()
     for r in tl.static_range(L - 1, -1, -1):
-        ok = cmask & (s + r < T)
+        ok = cmask & (r < n)
         x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
         v = _row(pv, r, svt, ok, 0.0)
         bns = (b_n,) + bns
         bds = (b_d,) + bds
-        g = tl.where(s + r < T, lam, 1.0)
+        g = tl.where(r < n, lam, 1.0)
         b_n = b_n * g + x * v
         b_d = b_d * g + x
     return bns, bds
 
 
 @triton.jit
-def _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L: tl.constexpr, BC: tl.constexpr):
-    """Program (batch, channel block, chunk) -> b, chunk j, its first token s, channels, mask, k / v row pointers."""
-    b = tl.program_id(0)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    j = tl.program_id(2)
-    s = j * L
-    pk = K + b.to(tl.int64) * skb + s.to(tl.int64) * skt + cols.to(tl.int64) * skc
-    pv = V + b.to(tl.int64) * svb + s.to(tl.int64) * svt + cols.to(tl.int64) * svc
-    return b, j, s, cols, cols < C, pk, pv
+def _forward_part(a, h, jj, lam, ORIG: tl.constexpr):
+    """The causal part of the numerator / denominator: a (exact), lam a + (1 - lam) h + kap J (original)."""
+    if ORIG:
+        gam = 1.0 / lam
+        return lam * a + (1.0 - lam) * h + (1.0 - gam) * gam * jj
+    else:
+        return a
 
 
 @triton.jit
-def _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, C, L: tl.constexpr,
-                  BC: tl.constexpr):
-    """Program coordinates, row pointers of k, v, gy at the chunk's first token, lam = e^{-w}, e^u and the max m."""
-    b, j, s, cols, cmask, pk, pv = _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L, BC)
-    pg = GY + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
-    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
-    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
-    m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
-    return b, j, s, cols, cmask, pk, pv, pg, lam, uu, m
-
-
-@triton.jit
-def _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, uu, a_n, a_d, b_n, b_d):
-    """Token r of the chunk: x = e^{k - m}, v, p = gy / den and q = -p y (0 where not ok)."""
+def _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, f_n, f_d, b_n, b_d, dg):
+    """Token r: x = e^{k - m}, v, p = gy / den and q = -p y (0 where not ok), with the numerator
+    f_n + b_n + dg x v (f: the causal part, b: the anticausal part with its coefficient)."""
     x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
     v = _row(pv, r, svt, ok, 0.0)
     gy = _row(pg, r, sgt, ok, 0.0)
-    den = a_d + b_d + uu * x
+    den = f_d + b_d + dg * x
     p = tl.where(ok, gy / den, 0.0)
-    q = tl.where(ok, -p * ((a_n + b_n + uu * x * v) / den), 0.0)
+    q = tl.where(ok, -p * ((f_n + b_n + dg * x * v) / den), 0.0)
     return x, v, p, q
 
 
-def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, NC,
-                            L: tl.constexpr, BC: tl.constexpr):
-    """Pass 1: per chunk, its max of k and the decayed sums of x = e^{k - max} (and x v) to its end / start."""
-    b, j, s, cols, cmask, pk, pv = _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L, BC)
-    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
+def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
+                            NSUM: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+    """Pass 1: per chunk, its max of k and the decayed sums of x = e^{k - max} (and x v) to its end / start
+    (original: also the e^w-growth sums of the tokens that do not start an original chunk)."""
+    b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
+                                                              L, BC)
     ks = ()
     vs = ()
     mj = tl.full([BC], -float("inf"), tl.float32)
     for r in tl.static_range(L):
-        ok = cmask & (s + r < T)
+        ok = cmask & (r < n)
         kr = _row(pk, r, skt, ok, -float("inf"))
         ks = ks + (kr,)
         vs = vs + (_row(pv, r, svt, ok, 0.0),)
         mj = tl.maximum(mj, kr)
     ms = tl.where(mj > -float("inf"), mj, 0.0)
-    e_n = tl.zeros([BC], tl.float32)
-    e_d = tl.zeros([BC], tl.float32)
-    s_n = tl.zeros([BC], tl.float32)
-    s_d = tl.zeros([BC], tl.float32)
+    z = tl.zeros([BC], tl.float32)
+    e_n = z
+    e_d = z
+    s_n = z
+    s_d = z
+    g_n = z
+    g_d = z
     pw = tl.full([BC], 1.0, tl.float32)
     for r in tl.static_range(L):
         x = tl.exp(ks[r] - ms)
-        g = tl.where(s + r < T, lam, 1.0)
+        g = tl.where(r < n, lam, 1.0)
         e_n = e_n * g + x * vs[r]
         e_d = e_d * g + x
         s_n += pw * x * vs[r]
         s_d += pw * x
         pw = pw * lam
-    base = (b * NC + j).to(tl.int64) * 4 * C
+        if ORIG:
+            xk = tl.where((s + r) % S != 0, x, 0.0)
+            gg = tl.where(r < n, 1.0 / lam, 1.0)
+            g_n = g_n * gg + xk * vs[r]
+            g_d = g_d * gg + xk
+    base = (b * NC + j).to(tl.int64) * NSUM * C
     tl.store(SUMM + base + 0 * C + cols, e_n, mask=cmask)
     tl.store(SUMM + base + 1 * C + cols, e_d, mask=cmask)
     tl.store(SUMM + base + 2 * C + cols, s_n, mask=cmask)
     tl.store(SUMM + base + 3 * C + cols, s_d, mask=cmask)
+    if ORIG:
+        tl.store(SUMM + base + 4 * C + cols, g_n, mask=cmask)
+        tl.store(SUMM + base + 5 * C + cols, g_d, mask=cmask)
     tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
 
 
-def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, NC,
-                    SINGLE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, NCAR: tl.constexpr,
+                    ORIG: tl.constexpr, SINGLE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
     """Pass 3 (the whole forward when SINGLE): y for one chunk."""
-    b, j, s, cols, cmask, pk, pv = _chunk_rows(K, V, skb, skt, skc, svb, svt, svc, C, L, BC)
-    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
+    b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
+                                                              L, BC)
     uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
     if SINGLE:
         mx = tl.full([BC], -float("inf"), tl.float32)
         for r in tl.static_range(L):
-            mx = tl.maximum(mx, _row(pk, r, skt, cmask & (s + r < T), -float("inf")))
+            mx = tl.maximum(mx, _row(pk, r, skt, cmask & (r < n), -float("inf")))
         m = tl.where(mx > -float("inf"), mx, 0.0)
         tl.store(M + b.to(tl.int64) * C + cols, m, mask=cmask)
-        a_n = tl.zeros([BC], tl.float32)
-        a_d = tl.zeros([BC], tl.float32)
-        b_n = tl.zeros([BC], tl.float32)
-        b_d = tl.zeros([BC], tl.float32)
+        z = tl.zeros([BC], tl.float32)
+        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
     else:
         m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
-        a_n, a_d, b_n, b_d = _carries(CAR, b, j, NC, C, cols, cmask, 0, 2)
-    ans = ()
-    ads = ()
+        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
+    fns = ()
+    fds = ()
     xs = ()
     xvs = ()
     for r in tl.static_range(L):
-        ok = cmask & (s + r < T)
+        ok = cmask & (r < n)
         x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
         xv = x * _row(pv, r, svt, ok, 0.0)
-        ans = ans + (a_n,)
-        ads = ads + (a_d,)
+        fns = fns + (_forward_part(a_n, h_n, j_n, lam, ORIG),)
+        fds = fds + (_forward_part(a_d, h_d, j_d, lam, ORIG),)
         xs = xs + (x,)
         xvs = xvs + (xv,)
         a_n = a_n * lam + xv
         a_d = a_d * lam + x
+        if ORIG:
+            h_n = h_n * lam + xv
+            h_d = h_d * lam + x
+            keep = (s + r) % S != 0
+            j_n = j_n / lam + tl.where(keep, xv, 0.0)
+            j_d = j_d / lam + tl.where(keep, x, 0.0)
+    bc = lam if ORIG else 1.0  # coefficient of the anticausal state
     py = Y + (b.to(tl.int64) * T + s) * C + cols
     for r in tl.static_range(L - 1, -1, -1):
-        valid = s + r < T
-        ok = cmask & valid
-        x = xs[r]
-        xv = xvs[r]
-        y = (ans[r] + b_n + uu * xv) / (ads[r] + b_d + uu * x)
+        ok = cmask & (r < n)
+        dg = _diag(uu, lam, s, r, S, ORIG)
+        y = (fns[r] + bc * b_n + dg * xvs[r]) / (fds[r] + bc * b_d + dg * xs[r])
         tl.store(py + r * C, y.to(Y.dtype.element_ty), mask=ok)
-        g = tl.where(valid, lam, 1.0)
-        b_n = b_n * g + xv
-        b_d = b_d * g + x
+        g = tl.where(r < n, lam, 1.0)
+        b_n = b_n * g + xvs[r]
+        b_d = b_d * g + xs[r]
 
 
-def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, NC,
-                            L: tl.constexpr, BC: tl.constexpr):
-    """Backward pass 1: per chunk, the decayed sums of p = gy / den and q = -p y to its end / start."""
-    b, j, s, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc,
-                                                                 sgb, sgt, sgc, C, L, BC)
-    a_n, a_d, b_n, b_d = _carries(CAR, b, j, NC, C, cols, cmask, 0, 2)
-    bns, bds = _walk_back_states(pk, pv, skt, svt, s, T, cmask, m, lam, b_n, b_d, L)
-    e_p = tl.zeros([BC], tl.float32)
-    e_q = tl.zeros([BC], tl.float32)
-    s_p = tl.zeros([BC], tl.float32)
-    s_q = tl.zeros([BC], tl.float32)
+@triton.jit
+def _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, L: tl.constexpr,
+                  BC: tl.constexpr):
+    """``_chunk`` plus the gy row pointers, e^u and the max m."""
+    b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
+                                                              L, BC)
+    pg = GY + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
+    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
+    m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+    return b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m
+
+
+def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB,
+                            NC, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr,
+                            BC: tl.constexpr):
+    """Backward pass 1: per chunk, the decayed sums of p = gy / den and q = -p y to its end / start (original: also
+    the e^w-growth sums from its start)."""
+    b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(
+        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, L, BC)
+    a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
+    bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
+    bc = lam if ORIG else 1.0
+    z = tl.zeros([BC], tl.float32)
+    e_p = z
+    e_q = z
+    s_p = z
+    s_q = z
+    g_p = z
+    g_q = z
     pw = tl.full([BC], 1.0, tl.float32)
+    pg_ = tl.full([BC], 1.0, tl.float32)
     for r in tl.static_range(L):
-        valid = s + r < T
-        ok = cmask & valid
-        x, v, p, q = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, uu, a_n, a_d, bns[r], bds[r])
-        g = tl.where(valid, lam, 1.0)
+        ok = cmask & (r < n)
+        x, v, p, qq = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, _forward_part(a_n, h_n, j_n, lam, ORIG),
+                                _forward_part(a_d, h_d, j_d, lam, ORIG), bc * bns[r], bc * bds[r],
+                                _diag(uu, lam, s, r, S, ORIG))
+        g = tl.where(r < n, lam, 1.0)
         e_p = e_p * g + p
-        e_q = e_q * g + q
+        e_q = e_q * g + qq
         s_p += pw * p
-        s_q += pw * q
+        s_q += pw * qq
         pw = pw * lam
         a_n = a_n * lam + x * v
         a_d = a_d * lam + x
-    base = (b * NC + j).to(tl.int64) * 4 * C
+        if ORIG:
+            g_p += pg_ * p
+            g_q += pg_ * qq
+            pg_ = pg_ / lam
+            h_n = h_n * lam + x * v
+            h_d = h_d * lam + x
+            keep = (s + r) % S != 0
+            j_n = j_n / lam + tl.where(keep, x * v, 0.0)
+            j_d = j_d / lam + tl.where(keep, x, 0.0)
+    base = (b * NC + j).to(tl.int64) * NSUM * C
     tl.store(SUMM + base + 0 * C + cols, e_p, mask=cmask)
     tl.store(SUMM + base + 1 * C + cols, e_q, mask=cmask)
     tl.store(SUMM + base + 2 * C + cols, s_p, mask=cmask)
     tl.store(SUMM + base + 3 * C + cols, s_q, mask=cmask)
+    if ORIG:
+        tl.store(SUMM + base + 4 * C + cols, g_p, mask=cmask)
+        tl.store(SUMM + base + 5 * C + cols, g_q, mask=cmask)
 
 
 def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
-                    T, C, NC, SINGLE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+                    T, C, S, NSUB, NC, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr,
+                    L: tl.constexpr, BC: tl.constexpr):
     """Backward pass 3 (the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu."""
-    b, j, s, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc,
-                                                                 sgb, sgt, sgc, C, L, BC)
+    b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(
+        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, L, BC)
+    z = tl.zeros([BC], tl.float32)
     if SINGLE:
-        z = tl.zeros([BC], tl.float32)
-        a_n = z
-        a_d = z
-        b_n = z
-        b_d = z
-        bt_p = z
-        bt_q = z
-        at_p = z
-        at_q = z
+        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
+        bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q = z, z, z, z, z, z, z, z
     else:
-        a_n, a_d, b_n, b_d = _carries(CAR, b, j, NC, C, cols, cmask, 0, 2)
-        bt_p, bt_q, at_p, at_q = _carries(BCAR, b, j, NC, C, cols, cmask, 0, 2)
-    bns, bds = _walk_back_states(pk, pv, skt, svt, s, T, cmask, m, lam, b_n, b_d, L)
-    # forward walk: y, p, q; causal states a and causal adjoint states bt (exclusive)
-    gw = tl.zeros([BC], tl.float32)
-    gu = tl.zeros([BC], tl.float32)
-    ans = ()
-    ads = ()
-    ps = ()
-    qs = ()
-    gxvs = ()
-    gxs = ()
+        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
+        prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
+        nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
+        hp = cmask & (j > 0)
+        hn = cmask & (j + 1 < NC)
+        bt_p = tl.load(BCAR + prev + 0 * C + cols, mask=hp, other=0.0)
+        bt_q = tl.load(BCAR + prev + 1 * C + cols, mask=hp, other=0.0)
+        at_p = tl.load(BCAR + nxt + 2 * C + cols, mask=hn, other=0.0)
+        at_q = tl.load(BCAR + nxt + 3 * C + cols, mask=hn, other=0.0)
+        if ORIG:
+            loc = hn & (is_last == 0)
+            ht_p = tl.load(BCAR + nxt + 4 * C + cols, mask=loc, other=0.0)
+            ht_q = tl.load(BCAR + nxt + 5 * C + cols, mask=loc, other=0.0)
+            jt_p = tl.load(BCAR + nxt + 6 * C + cols, mask=loc, other=0.0)
+            jt_q = tl.load(BCAR + nxt + 7 * C + cols, mask=loc, other=0.0)
+        else:
+            ht_p, ht_q, jt_p, jt_q = z, z, z, z
+    bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
+    bc = lam if ORIG else 1.0
+    gam = 1.0 / lam
+    kap = (1.0 - gam) * gam
+    # forward walk: y, p, q; causal states a (h, J) and the causal adjoint states bt (all exclusive)
+    gw_b = z  # sum b . bt
+    gw_c = z  # original: the coefficient derivatives at fixed states
+    gu = z
+    ans, ads, hns, hds, jns, jds, ps, qs, gxvs, gxs = (), (), (), (), (), (), (), (), (), ()
     for r in tl.static_range(L):
-        ok = cmask & (s + r < T)
-        x, v, p, q = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, uu, a_n, a_d, bns[r], bds[r])
-        gw += tl.where(ok, bns[r] * bt_p + bds[r] * bt_q, 0.0)
-        gu += x * (p * v + q)
+        ok = cmask & (r < n)
+        dg = _diag(uu, lam, s, r, S, ORIG)
+        x, v, p, qq = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, _forward_part(a_n, h_n, j_n, lam, ORIG),
+                                _forward_part(a_d, h_d, j_d, lam, ORIG), bc * bns[r], bc * bds[r], dg)
+        gw_b += tl.where(ok, bns[r] * bt_p + bds[r] * bt_q, 0.0)
+        gu += x * (p * v + qq)
+        if ORIG:
+            ddd = tl.where((s + r) % S != 0, -gam, 0.0)
+            dkap = gam - 2.0 * gam * gam
+            gw_c += tl.where(ok, p * (-lam * (a_n + bns[r]) + lam * h_n + dkap * j_n + ddd * x * v)
+                             + qq * (-lam * (a_d + bds[r]) + lam * h_d + dkap * j_d + ddd * x), 0.0)
+            hns = hns + (h_n,)
+            hds = hds + (h_d,)
+            jns = jns + (j_n,)
+            jds = jds + (j_d,)
+            h_n = h_n * lam + x * v
+            h_d = h_d * lam + x
+            keep = (s + r) % S != 0
+            j_n = j_n * gam + tl.where(keep, x * v, 0.0)
+            j_d = j_d * gam + tl.where(keep, x, 0.0)
         ans = ans + (a_n,)
         ads = ads + (a_d,)
         ps = ps + (p,)
-        qs = qs + (q,)
-        gxvs = gxvs + (bt_p + uu * p,)
-        gxs = gxs + (bt_q + uu * q,)
+        qs = qs + (qq,)
+        gxvs = gxvs + (bc * bt_p + dg * p,)
+        gxs = gxs + (bc * bt_q + dg * qq,)
         a_n = a_n * lam + x * v
         a_d = a_d * lam + x
         bt_p = bt_p * lam + p
-        bt_q = bt_q * lam + q
-    # backward walk: anticausal adjoint states at (exclusive), then the gradients
+        bt_q = bt_q * lam + qq
+    # backward walk: anticausal adjoint states at (ht, jt), exclusive; then the gradients
+    gw_a = z  # sum a . at
+    gw_h = z
+    gw_j = z
     pgk = GK + (b.to(tl.int64) * T + s) * C + cols
     pgv = GV + (b.to(tl.int64) * T + s) * C + cols
     for r in tl.static_range(L - 1, -1, -1):
-        valid = s + r < T
-        ok = cmask & valid
+        ok = cmask & (r < n)
         x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
         v = _row(pv, r, svt, ok, 0.0)
-        gxv = gxvs[r] + at_p
-        gx = gxs[r] + at_q
-        gw += tl.where(ok, ans[r] * at_p + ads[r] * at_q, 0.0)
+        gxv = gxvs[r] + bc * at_p
+        gx = gxs[r] + bc * at_q
+        gw_a += tl.where(ok, ans[r] * at_p + ads[r] * at_q, 0.0)
+        if ORIG:
+            keep = (s + r) % S != 0
+            jm_p = tl.where(keep, jt_p, 0.0)
+            jm_q = tl.where(keep, jt_q, 0.0)
+            gxv += (1.0 - lam) * ht_p + kap * jm_p
+            gx += (1.0 - lam) * ht_q + kap * jm_q
+            gw_h += tl.where(ok, hns[r] * ht_p + hds[r] * ht_q, 0.0)
+            gw_j += tl.where(ok, jns[r] * jm_p + jds[r] * jm_q, 0.0)
         tl.store(pgk + r * C, (x * (v * gxv + gx)).to(GK.dtype.element_ty), mask=ok)
         tl.store(pgv + r * C, (x * gxv).to(GV.dtype.element_ty), mask=ok)
-        g = tl.where(valid, lam, 1.0)
+        g = tl.where(r < n, lam, 1.0)
         at_p = at_p * g + ps[r]
         at_q = at_q * g + qs[r]
+        if ORIG:
+            ht_p = ht_p * g + ps[r]
+            ht_q = ht_q * g + qs[r]
+            gg = tl.where(r < n, gam, 1.0)
+            jt_p = jt_p * gg + ps[r]
+            jt_q = jt_q * gg + qs[r]
+    if ORIG:
+        gw = gw_c - lam * lam * (gw_a + gw_b) - lam * (1.0 - lam) * gw_h + gam * kap * gw_j
+    else:
+        gw = -lam * (gw_a + gw_b)
     poff = (b * NC + j).to(tl.int64) * C + cols
-    tl.store(GWP + poff, -lam * gw, mask=cmask)
+    tl.store(GWP + poff, gw, mask=cmask)
     tl.store(GUP + poff, uu * gu, mask=cmask)
 
 
@@ -285,70 +376,87 @@ _KERNELS = {name: triton.jit(fn, do_not_specialize=_SIZES) for name, fn in (
 
 
 # ------------------------------------------------------------------------------------------------- host side
-def _geometry(T: int, C: int, cfg: dict, key: str = "seq_bc"):
-    """(L, NC, BC, warps): chunk length (a power of two, at most seq_t), chunks, channels per program (``cfg[key]``)
-    and warps (seq_warps, at most one per 32 channels)."""
-    L = min(next_pow2(T), next_pow2(cfg["seq_t"]))
+def seq_plan(T: int, mode: str, chunks: int, cfg: dict):
+    """Chunk geometry (S, L, NSUB, NC, single) as ``triton._plan``: kernel chunks of L tokens (``seq_t``; original
+    mode ``seq_t_orig``, at most a power of two covering S) that never straddle an original chunk of S tokens."""
+    if mode == "exact":
+        S = T
+        L = min(next_pow2(T), next_pow2(cfg["seq_t"]))
+    else:
+        S = cdiv(T, chunks)
+        L = min(next_pow2(S), next_pow2(cfg["seq_t_orig"]))
+    NSUB = cdiv(S, L)
+    NC = cdiv(T, S) * NSUB
+    return S, L, NSUB, NC, NC == 1
+
+
+def _blocks(C: int, cfg: dict, key: str):
+    """(channels per program, warps): ``cfg[key]`` channels (a power of two >= 32 or covering C), seq_warps warps."""
     BC = min(next_pow2(cfg[key]), max(32, next_pow2(C)))
-    return L, cdiv(T, L), BC, max(1, min(cfg["seq_warps"], BC // 32))
+    return BC, max(1, min(cfg["seq_warps"], BC // 32))
 
 
-def _carry(summ, mj, w32, out, m, T, C, NC, L, rescale: bool, cfg: dict):
+def _carry(summ, mj, w32, out, m, T, C, S, NSUB, NC, L, orig: bool, forward: bool, cfg: dict):
     from .triton import _k
 
-    nw = cfg["warps"]
     cbc = min(cfg["carry_block_c"], next_pow2(C))
-    _k("carry")[(m.shape[0], triton.cdiv(C, cbc))](summ, mj, w32, out, m, T, C, T, cdiv(T, L), NC, NSUM=4, NCAR=4,
-                                                   RESCALE=rescale, ORIG=False, LOCAL_REV=False, BT=L,
-                                                   NCB=min(cfg["carry_ncb"], next_pow2(NC)), BC=cbc, num_warps=nw)
+    _k("carry")[(m.shape[0], triton.cdiv(C, cbc))](summ, mj, w32, out, m, T, C, S, NSUB, NC, NSUM=6 if orig else 4,
+                                                   NCAR=8 if orig else 4, RESCALE=forward, ORIG=orig,
+                                                   LOCAL_REV=not forward, BT=L,
+                                                   NCB=min(cfg["carry_ncb"], next_pow2(NC)), BC=cbc,
+                                                   num_warps=cfg["warps"])
 
 
-def seq_fwd(w, u, k, v, cfg: dict):
-    """Exact-mode forward: (y, m, carries) as ``triton._fwd`` returns them (same carry layout)."""
+def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
+    """Forward: (y, m, carries) as ``triton._fwd`` returns them (same carry layout)."""
     B, T, C = k.shape
-    L, NC, BC, nw = _geometry(T, C, cfg)
+    orig = mode == "original"
+    S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
+    BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
-    single = NC == 1
+    ncar, nsum = (8, 6) if orig else (4, 4)
     y = new_empty((B, T, C), v.dtype, dev)
     m = new_empty((B, C), torch.float32, dev)
-    car = new_empty((B, NC, 4, C), torch.float32, dev) if not single else torch.empty(0, device=dev)
+    car = new_empty((B, NC, ncar, C), torch.float32, dev) if not single else torch.empty(0, device=dev)
     w32 = w.float().contiguous()
     u32 = u.float().contiguous()
     grid = (B, triton.cdiv(C, BC), NC)
     if not single:
-        summ = new_empty((B, NC, 4, C), torch.float32, dev)
+        summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         mj = new_empty((B, NC, C), torch.float32, dev)
-        _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, NC, L=L, BC=BC,
-                                      num_warps=nw)
-        _carry(summ, mj, w32, car, m, T, C, NC, L, True, cfg)
-    _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, NC, SINGLE=single, L=L, BC=BC,
-                          num_warps=nw)
+        _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, NSUM=nsum,
+                                      ORIG=orig, L=L, BC=BC, num_warps=nw)
+        _carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True, cfg)
+    _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, NCAR=ncar,
+                          ORIG=orig, SINGLE=single, L=L, BC=BC, num_warps=nw)
     return y, m, car
 
 
-def seq_bwd(w, u, k, v, m, car, gy, cfg: dict):
-    """Exact-mode backward: (gw, gu, gk, gv)."""
+def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
+    """Backward: (gw, gu, gk, gv)."""
     B, T, C = k.shape
-    L, NC, BC, nw = _geometry(T, C, cfg)
+    orig = mode == "original"
+    S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
+    BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
-    single = NC == 1
+    ncar, nsum = (8, 6) if orig else (4, 4)
     w32 = w.float().contiguous()
     u32 = u.float().contiguous()
     gk = new_empty((B, T, C), k.dtype, dev)
     gv = new_empty((B, T, C), v.dtype, dev)
     gwp = new_empty((B * NC, C), torch.float32, dev)
     gup = new_empty((B * NC, C), torch.float32, dev)
-    grid = (B, triton.cdiv(C, BC), NC)
     if not single:
-        summ = new_empty((B, NC, 4, C), torch.float32, dev)
-        bcar = new_empty((B, NC, 4, C), torch.float32, dev)
-        _KERNELS["bwd_summary"][grid](k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(),
-                                      T, C, NC, L=L, BC=BC, num_warps=nw)
-        _carry(summ, summ, w32, bcar, m, T, C, NC, L, False, cfg)
+        summ = new_empty((B, NC, nsum, C), torch.float32, dev)
+        bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
+        _KERNELS["bwd_summary"][(B, triton.cdiv(C, BC), NC)](
+            k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, NSUM=nsum,
+            NCAR=ncar, ORIG=orig, L=L, BC=BC, num_warps=nw)
+        _carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False, cfg)
     else:
         bcar = car
-    _, _, BCB, nwb = _geometry(T, C, cfg, "seq_bwd_bc")  # the backward kernel holds 6 values per token and channel
-    _KERNELS["bwd"][(B, triton.cdiv(C, BCB), NC)](k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(),
-                                                  *v.stride(), *gy.stride(), T, C, NC, SINGLE=single, L=L, BC=BCB,
-                                                  num_warps=nwb)
+    BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
+    _KERNELS["bwd"][(B, triton.cdiv(C, BCB), NC)](
+        k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC,
+        NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB, num_warps=nwb)
     return gwp.sum(0).to(w.dtype), gup.sum(0).to(u.dtype), gk, gv
