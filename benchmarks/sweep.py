@@ -28,6 +28,7 @@ V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exac
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
     "walk": {},
     "chunk": {"algo": "chunk"},
+    "chunk_st32": {"algo": "chunk", "state_t": 32},
     "chunk_st128": {"algo": "chunk", "state_t": 128},
     "chunk_16bit_states": {"algo": "chunk", "state_dtype": "input"},
     "chunk_w8": {"algo": "chunk", "warps": 8},
