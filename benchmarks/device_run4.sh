@@ -16,7 +16,7 @@ W='import sys, json; sys.path.insert(0, "benchmarks"); import sweep'
 
 if [ "${1:-tests}" = "tests" ]; then
   # compile every new variant in parallel processes (the Triton cache is shared), then test
-  for cfg in '{"seq":1}' '{"seq":1,"seq_bc":128,"seq_warps":2}' '{"seq":1,"seq_t":32,"seq_bc":64,"seq_bwd_bc":32}'; do
+  for cfg in '{"seq":1}' '{"seq":1,"seq_bc":128,"seq_warps":2}' '{"seq":1,"seq_t":8,"seq_bwd_bc":64}'; do
     for dt in fp32 bf16; do
       (timeout 150 python -c "$W; sweep.warm('v4', json.loads(sys.argv[1]), ('$dt',))" "$cfg" >/dev/null 2>>"$OUT/warm_errors.log") &
     done

@@ -23,7 +23,7 @@ V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exac
     "d_default": {},
     "seq_t16": {"seq": 1},
     "seq_t16_bc128": {"seq": 1, "seq_bc": 128, "seq_warps": 2},
-    "seq_t32_bwd32": {"seq": 1, "seq_t": 32, "seq_bc": 64, "seq_bwd_bc": 32},
+    "seq_t8_bwd64": {"seq": 1, "seq_t": 8, "seq_bwd_bc": 64},
 }
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
     "walk": {},
