@@ -39,6 +39,11 @@ PY
   timeout 330 python -m pytest -q -n 6 -p no:cacheprovider tests/ops/test_bi_wkv_triton.py tests/ops/test_bi_wkv6_triton.py \
     -k "cuda and (seq or chunk)" > "$OUT/cuda_tests_new.log" 2>&1
   grep -E "relative|Error|passed|failed" "$OUT/cuda_tests_new.log" | cut -c1-300 | tail -30
+  stamp "op tests done"
+  # whole models (fused path vs plain path, fp32 and bf16 autocast) with the new WKV kernels
+  VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk timeout 150 python -m pytest -q -p no:cacheprovider \
+    tests/models/test_fused_path.py -k "cuda" > "$OUT/cuda_models_new.log" 2>&1
+  grep -E "Error|passed|failed" "$OUT/cuda_models_new.log" | cut -c1-300 | tail -8
   stamp "tests done"
 else
   timeout 300 python benchmarks/sweep.py time "$OUT/sweep4.json" 290 > "$OUT/sweep4.log" 2>&1
