@@ -36,12 +36,12 @@ for cfg in ({}, {"seq": 1}):
     print("exact_1x65537x8", cfg, run_v4(dict(shape=(1, 65537, 8), config=cfg), "cuda"))
 PY
   stamp "65537"
-  timeout 330 python -m pytest -q -n 6 -p no:cacheprovider tests/ops/test_bi_wkv_triton.py tests/ops/test_bi_wkv6_triton.py \
+  timeout 270 python -m pytest -q -n 6 -p no:cacheprovider tests/ops/test_bi_wkv_triton.py tests/ops/test_bi_wkv6_triton.py \
     -k "cuda and (seq or chunk)" > "$OUT/cuda_tests_new.log" 2>&1
   grep -E "relative|Error|passed|failed" "$OUT/cuda_tests_new.log" | cut -c1-300 | tail -30
   stamp "op tests done"
   # whole models (fused path vs plain path, fp32 and bf16 autocast) with the new WKV kernels
-  VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk timeout 150 python -m pytest -q -p no:cacheprovider \
+  VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk timeout 120 python -m pytest -q -p no:cacheprovider \
     tests/models/test_fused_path.py -k "cuda" > "$OUT/cuda_models_new.log" 2>&1
   grep -E "Error|passed|failed" "$OUT/cuda_models_new.log" | cut -c1-300 | tail -8
   stamp "tests done"
