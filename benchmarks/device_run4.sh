@@ -28,7 +28,7 @@ if [ "${1:-tests}" = "tests" ]; then
   done
   wait
   stamp "compiled"; grep -c Error "$OUT/warm_errors.log"; grep Error "$OUT/warm_errors.log" | head -5
-  python - <<'PY' 2>&1 | tee "$OUT/exact_65537.txt"
+  timeout 90 python - <<'PY' 2>&1 | tee "$OUT/exact_65537.txt"
 import sys
 sys.path.insert(0, "tests/ops")
 from _triton_cases import run_v4
