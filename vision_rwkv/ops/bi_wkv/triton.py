@@ -175,6 +175,33 @@ def _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR: tl.constexpr, ORIG
     return ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d
 
 
+@triton.jit
+def _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask, is_last, NCAR: tl.constexpr, ORIG: tl.constexpr):
+    """Incoming adjoint states of chunk j from the backward carry buffer (B, NC, NCAR, C): the causal one (bt) from
+    chunk j - 1, the anticausal ones (at; original: the local ht, jt, zero after an original chunk's end) from
+    chunk j + 1."""
+    prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
+    nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
+    has_prev = cmask & (j > 0)
+    has_next = cmask & (j + 1 < NC)
+    bt_p = tl.load(BCAR + prev + 0 * C + cols, mask=has_prev, other=0.0)
+    bt_q = tl.load(BCAR + prev + 1 * C + cols, mask=has_prev, other=0.0)
+    at_p = tl.load(BCAR + nxt + 2 * C + cols, mask=has_next, other=0.0)
+    at_q = tl.load(BCAR + nxt + 3 * C + cols, mask=has_next, other=0.0)
+    if ORIG:
+        loc = has_next & (is_last == 0)
+        ht_p = tl.load(BCAR + nxt + 4 * C + cols, mask=loc, other=0.0)
+        ht_q = tl.load(BCAR + nxt + 5 * C + cols, mask=loc, other=0.0)
+        jt_p = tl.load(BCAR + nxt + 6 * C + cols, mask=loc, other=0.0)
+        jt_q = tl.load(BCAR + nxt + 7 * C + cols, mask=loc, other=0.0)
+    else:
+        ht_p = at_p
+        ht_q = at_q
+        jt_p = at_p
+        jt_q = at_q
+    return bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q
+
+
 # ------------------------------------------------------------------------------------------------- forward
 def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
                         NSUM: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
@@ -439,25 +466,8 @@ def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, s
         cjt_p = z
         cjt_q = z
     else:
-        prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
-        nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
-        has_prev = cmask & (j > 0)
-        has_next = cmask & (j + 1 < NC)
-        cbt_p = tl.load(BCAR + prev + 0 * C + cols, mask=has_prev, other=0.0)
-        cbt_q = tl.load(BCAR + prev + 1 * C + cols, mask=has_prev, other=0.0)
-        cat_p = tl.load(BCAR + nxt + 2 * C + cols, mask=has_next, other=0.0)
-        cat_q = tl.load(BCAR + nxt + 3 * C + cols, mask=has_next, other=0.0)
-        if ORIG:
-            loc = has_next & (is_last == 0)
-            cht_p = tl.load(BCAR + nxt + 4 * C + cols, mask=loc, other=0.0)
-            cht_q = tl.load(BCAR + nxt + 5 * C + cols, mask=loc, other=0.0)
-            cjt_p = tl.load(BCAR + nxt + 6 * C + cols, mask=loc, other=0.0)
-            cjt_q = tl.load(BCAR + nxt + 7 * C + cols, mask=loc, other=0.0)
-        else:
-            cht_p = cat_p
-            cht_q = cat_q
-            cjt_p = cat_p
-            cjt_q = cat_q
+        cbt_p, cbt_q, cat_p, cat_q, cht_p, cht_q, cjt_p, cjt_q = _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask,
+                                                                                  is_last, NCAR, ORIG)
     one = tl.full([BT, BC], 1.0, tl.float32)
     zero = tl.zeros([BT, BC], tl.float32)
     lam2 = lam[None, :] + zero

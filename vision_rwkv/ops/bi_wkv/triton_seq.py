@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
-from .triton import _geometry, _load_fwd_carries
+from .triton import _geometry, _load_bwd_carries, _load_fwd_carries
 
 __all__ = ["seq_fwd", "seq_bwd", "seq_plan"]
 
@@ -118,12 +118,7 @@ def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, 
         mj = tl.maximum(mj, kr)
     ms = tl.where(mj > -float("inf"), mj, 0.0)
     z = tl.zeros([BC], tl.float32)
-    e_n = z
-    e_d = z
-    s_n = z
-    s_d = z
-    g_n = z
-    g_d = z
+    e_n, e_d, s_n, s_d, g_n, g_d = z, z, z, z, z, z  # sums to the chunk's end, from its start, growth sums
     pw = tl.full([BC], 1.0, tl.float32)
     for r in tl.static_range(L):
         x = tl.exp(ks[r] - ms)
@@ -221,12 +216,7 @@ def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, sv
     bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
     bc = lam if ORIG else 1.0
     z = tl.zeros([BC], tl.float32)
-    e_p = z
-    e_q = z
-    s_p = z
-    s_q = z
-    g_p = z
-    g_q = z
+    e_p, e_q, s_p, s_q, g_p, g_q = z, z, z, z, z, z
     pw = tl.full([BC], 1.0, tl.float32)
     pg_ = tl.full([BC], 1.0, tl.float32)
     for r in tl.static_range(L):
@@ -273,22 +263,8 @@ def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, sk
         bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q = z, z, z, z, z, z, z, z
     else:
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
-        prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
-        nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
-        hp = cmask & (j > 0)
-        hn = cmask & (j + 1 < NC)
-        bt_p = tl.load(BCAR + prev + 0 * C + cols, mask=hp, other=0.0)
-        bt_q = tl.load(BCAR + prev + 1 * C + cols, mask=hp, other=0.0)
-        at_p = tl.load(BCAR + nxt + 2 * C + cols, mask=hn, other=0.0)
-        at_q = tl.load(BCAR + nxt + 3 * C + cols, mask=hn, other=0.0)
-        if ORIG:
-            loc = hn & (is_last == 0)
-            ht_p = tl.load(BCAR + nxt + 4 * C + cols, mask=loc, other=0.0)
-            ht_q = tl.load(BCAR + nxt + 5 * C + cols, mask=loc, other=0.0)
-            jt_p = tl.load(BCAR + nxt + 6 * C + cols, mask=loc, other=0.0)
-            jt_q = tl.load(BCAR + nxt + 7 * C + cols, mask=loc, other=0.0)
-        else:
-            ht_p, ht_q, jt_p, jt_q = z, z, z, z
+        bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q = _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask, is_last,
+                                                                           NCAR, ORIG)
     bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
     bc = lam if ORIG else 1.0
     gam = 1.0 / lam
