@@ -80,6 +80,40 @@ def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
     return tl.exp(expo)
 
 
+@triton.jit
+def _pair_sym(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
+    """prod_{m strictly between t and n} d_m[j] for t != n inside the chunk, [BT(t), BT(n), BJ]; 0 on the diagonal."""
+    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
+    cin = tl.cumsum(lwj, axis=0)
+    cex = cin - lwj
+    tt = rt[:, None, None]
+    nn = rt[None, :, None]
+    lower = (cex[:, None, :] - cin[None, :, :]).to(tl.float32)  # n < t: sum_{n<m<t} = cex_t - cin_n
+    upper = (cex[None, :, :] - cin[:, None, :]).to(tl.float32)  # n > t: sum_{t<m<n} = cex_n - cin_t
+    expo = tl.where(nn < tt, lower, tl.where(nn > tt, upper, -float("inf")))
+    expo = tl.where((nn == tt - 1) | (nn == tt + 1), 0.0, expo)  # neighbours: empty product, exactly 1
+    return tl.exp(expo)
+
+
+@triton.jit
+def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BN: tl.constexpr,
+                 BJ: tl.constexpr, BOTH: tl.constexpr):
+    """A[t, n] = sum_j r_t[j] k_n[j] prod_{m strictly between n and t} d_m[j] inside the chunk for n < t (BOTH: for
+    every n != t; the diagonal stays 0), from explicit pairwise decays in key-channel blocks of BJ (any decay)."""
+    A = tl.zeros([BT, BT], tl.float32)
+    for jb in tl.static_range(BN // BJ):
+        cj = jb * BJ + tl.arange(0, BJ)
+        jm = cj < N
+        if BOTH:
+            e3 = _pair_sym(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+        else:
+            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+        rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
+        kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
+        A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+    return A
+
+
 @triton.jit(do_not_specialize=["T", "H", "N"])
 def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                    slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
@@ -109,14 +143,7 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
         lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
         cex, ctail, clast = _cums(lw)
         y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)
-        A = tl.zeros([BT, BT], tl.float32)
-        for jb in tl.static_range(BN // BJ):
-            cj = jb * BJ + tl.arange(0, BJ)
-            jm = cj < N
-            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
-            rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
-            kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
-            A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, False)
         bonus = tl.sum(r * u[None, :] * k, axis=1)
         A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
         y += tl.dot(A, v, input_precision=PREC)

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
-from .triton import LOGD_MIN, _cums, _ld
+from .triton import LOGD_MIN, _cums, _ld, _pair_scores, _pair_sym
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
 
@@ -50,21 +50,6 @@ FAST_DECAY = tl.constexpr(20.0)
 def _lin2(g1, s1, g2, s2):
     # composition of s -> g s + d maps; the left operand comes first in processing order
     return g1 * g2, g2 * s1 + s2
-
-
-@triton.jit
-def _pair_sym(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
-    """prod_{m strictly between t and n} d_m[j] for t != n inside the chunk, [BT(t), BT(n), BJ]; 0 on the diagonal."""
-    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
-    cin = tl.cumsum(lwj, axis=0)
-    cex = cin - lwj
-    tt = rt[:, None, None]
-    nn = rt[None, :, None]
-    lower = (cex[:, None, :] - cin[None, :, :]).to(tl.float32)  # n < t: sum_{n<m<t} = cex_t - cin_n
-    upper = (cex[None, :, :] - cin[:, None, :]).to(tl.float32)  # n > t: sum_{t<m<n} = cex_n - cin_t
-    expo = tl.where(nn < tt, lower, tl.where(nn > tt, upper, -float("inf")))
-    expo = tl.where((nn == tt - 1) | (nn == tt + 1), 0.0, expo)  # neighbours: empty product, exactly 1
-    return tl.exp(expo)
 
 
 @triton.jit
@@ -223,14 +208,7 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
         up = tl.dot(r * ecn, tl.trans(k * ecx), input_precision=PREC)  # [t, n] = sum_j r e^{-cin_t} k e^{cex_n}
         A = tl.where(rt[None, :] < rt[:, None], low, tl.where(rt[None, :] > rt[:, None], up, 0.0))
     else:
-        A = tl.zeros([BT, BT], tl.float32)
-        for jb in tl.static_range(BN // BJ):
-            cj = jb * BJ + tl.arange(0, BJ)
-            jm = cj < N
-            e3 = _pair_sym(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
-            rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
-            kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
-            A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, True)
     bonus = tl.sum(r * u[None, :] * k, axis=1)
     A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
     y += tl.dot(A, v, input_precision=PREC)
