@@ -151,55 +151,50 @@ def _num_den(x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, t, lam, uu, w, S, ORI
 
 
 @triton.jit
-def _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR: tl.constexpr, ORIG: tl.constexpr):
-    """Incoming states of chunk j from pass 2's "state after chunk" buffer (B, NC, NCAR, C)."""
+def _load_carries(CAR, b, j, NC, C, cols, cmask, local_ok, NCAR: tl.constexpr, ORIG: tl.constexpr,
+                  LOCAL_NEXT: tl.constexpr):
+    """Incoming states of chunk j from a carry buffer (B, NC, NCAR, C) holding each chunk's state after it: slots
+    0, 1 of chunk j - 1 (causal side), 2, 3 of chunk j + 1 (anticausal side) and, in original mode, the local
+    slots 4..7 of chunk j - 1 (LOCAL_NEXT=False) or j + 1 (True) where ``local_ok``; zeros past the ends."""
     prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
     nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
     has_prev = cmask & (j > 0)
     has_next = cmask & (j + 1 < NC)
-    ca_n = tl.load(CAR + prev + 0 * C + cols, mask=has_prev, other=0.0)
-    ca_d = tl.load(CAR + prev + 1 * C + cols, mask=has_prev, other=0.0)
-    cb_n = tl.load(CAR + nxt + 2 * C + cols, mask=has_next, other=0.0)
-    cb_d = tl.load(CAR + nxt + 3 * C + cols, mask=has_next, other=0.0)
+    p0 = tl.load(CAR + prev + 0 * C + cols, mask=has_prev, other=0.0)
+    p1 = tl.load(CAR + prev + 1 * C + cols, mask=has_prev, other=0.0)
+    n0 = tl.load(CAR + nxt + 2 * C + cols, mask=has_next, other=0.0)
+    n1 = tl.load(CAR + nxt + 3 * C + cols, mask=has_next, other=0.0)
     if ORIG:
-        loc = has_prev & (q > 0)
-        ch_n = tl.load(CAR + prev + 4 * C + cols, mask=loc, other=0.0)
-        ch_d = tl.load(CAR + prev + 5 * C + cols, mask=loc, other=0.0)
-        cj_n = tl.load(CAR + prev + 6 * C + cols, mask=loc, other=0.0)
-        cj_d = tl.load(CAR + prev + 7 * C + cols, mask=loc, other=0.0)
-    else:
-        ch_n = ca_n
-        ch_d = ca_d
-        cj_n = ca_n
-        cj_d = ca_d
-    return ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d
+        if LOCAL_NEXT:
+            base = nxt
+            loc = has_next & local_ok
+        else:
+            base = prev
+            loc = has_prev & local_ok
+        l0 = tl.load(CAR + base + 4 * C + cols, mask=loc, other=0.0)
+        l1 = tl.load(CAR + base + 5 * C + cols, mask=loc, other=0.0)
+        l2 = tl.load(CAR + base + 6 * C + cols, mask=loc, other=0.0)
+        l3 = tl.load(CAR + base + 7 * C + cols, mask=loc, other=0.0)
+    else:  # no local streams: any value serves
+        l0 = p0
+        l1 = p1
+        l2 = p0
+        l3 = p1
+    return p0, p1, n0, n1, l0, l1, l2, l3
+
+
+@triton.jit
+def _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR: tl.constexpr, ORIG: tl.constexpr):
+    """Incoming states of chunk j from pass 2's "state after chunk" buffer: (a_n, a_d, b_n, b_d, h_n, h_d, J_n,
+    J_d); the local h, J continue only inside an original chunk (q > 0)."""
+    return _load_carries(CAR, b, j, NC, C, cols, cmask, q > 0, NCAR, ORIG, False)
 
 
 @triton.jit
 def _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask, is_last, NCAR: tl.constexpr, ORIG: tl.constexpr):
-    """Incoming adjoint states of chunk j from the backward carry buffer (B, NC, NCAR, C): the causal one (bt) from
-    chunk j - 1, the anticausal ones (at; original: the local ht, jt, zero after an original chunk's end) from
-    chunk j + 1."""
-    prev = (b * NC + j - 1).to(tl.int64) * NCAR * C
-    nxt = (b * NC + j + 1).to(tl.int64) * NCAR * C
-    has_prev = cmask & (j > 0)
-    has_next = cmask & (j + 1 < NC)
-    bt_p = tl.load(BCAR + prev + 0 * C + cols, mask=has_prev, other=0.0)
-    bt_q = tl.load(BCAR + prev + 1 * C + cols, mask=has_prev, other=0.0)
-    at_p = tl.load(BCAR + nxt + 2 * C + cols, mask=has_next, other=0.0)
-    at_q = tl.load(BCAR + nxt + 3 * C + cols, mask=has_next, other=0.0)
-    if ORIG:
-        loc = has_next & (is_last == 0)
-        ht_p = tl.load(BCAR + nxt + 4 * C + cols, mask=loc, other=0.0)
-        ht_q = tl.load(BCAR + nxt + 5 * C + cols, mask=loc, other=0.0)
-        jt_p = tl.load(BCAR + nxt + 6 * C + cols, mask=loc, other=0.0)
-        jt_q = tl.load(BCAR + nxt + 7 * C + cols, mask=loc, other=0.0)
-    else:
-        ht_p = at_p
-        ht_q = at_q
-        jt_p = at_p
-        jt_q = at_q
-    return bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q
+    """Incoming adjoint states of chunk j: (bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q); the local ht, jt
+    continue only inside an original chunk (not after its last kernel chunk)."""
+    return _load_carries(BCAR, b, j, NC, C, cols, cmask, is_last == 0, NCAR, ORIG, True)
 
 
 # ------------------------------------------------------------------------------------------------- forward
@@ -569,6 +564,18 @@ def _grid_c(C, BC):
     return triton.cdiv(C, BC)
 
 
+def launch_carry(summ, mj, w32, out, m, T: int, C: int, S: int, NSUB: int, NC: int, BT: int, orig: bool,
+                 forward: bool, block_c: int):
+    """Pass 2: scan the chunk summaries ``summ`` (B, NC, 4 or 6, C) over chunks into ``out`` (B, NC, 4 or 8, C).
+    forward: rescale by the chunk maxima ``mj`` and write the global max ``m``; else the backward's adjoint states
+    (original mode: local streams on the anticausal side)."""
+    _k("carry")[(m.shape[0], triton.cdiv(C, block_c))](summ, mj, w32, out, m, T, C, S, NSUB, NC,
+                                                       NSUM=6 if orig else 4, NCAR=8 if orig else 4,
+                                                       RESCALE=forward, ORIG=orig, LOCAL_REV=not forward, BT=BT,
+                                                       NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=block_c,
+                                                       num_warps=CONFIG["warps"])
+
+
 def _fwd(w, u, k, v, mode: str, chunks: int):
     if CONFIG["seq"]:
         from .triton_seq import seq_fwd
@@ -593,10 +600,8 @@ def _fwd(w, u, k, v, mode: str, chunks: int):
         mj = new_empty((B, NC, C), torch.float32, dev)
         _k("fwd_summary")[grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
                                   NSUM=nsum, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
-        cbc = 32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C))
-        _k("carry")[(B, triton.cdiv(C, cbc))](summ, mj, w32, car, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
-                                                RESCALE=True, ORIG=orig, LOCAL_REV=False, BT=BT,
-                                                NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=cbc, num_warps=nw)
+        launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, BT, orig, True,
+                     32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C)))
     _k("fwd")[grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
                       NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
     return y, m, car
@@ -627,10 +632,8 @@ def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
         _k("bwd_summary")[grid](k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(),
                                   T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
-        cbc = 32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C))
-        _k("carry")[(B, triton.cdiv(C, cbc))](summ, summ, w32, bcar, m, T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar,
-                                                RESCALE=False, ORIG=orig, LOCAL_REV=True, BT=BT,
-                                                NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=cbc, num_warps=nw)
+        launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, BT, orig, False,
+                     32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C)))
     else:
         bcar = car
     _k("bwd")[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(),

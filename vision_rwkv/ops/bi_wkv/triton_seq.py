@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
-from .triton import _geometry, _load_bwd_carries, _load_fwd_carries
+from .triton import _geometry, _load_bwd_carries, _load_fwd_carries, launch_carry
 
 __all__ = ["seq_fwd", "seq_bwd", "seq_plan"]
 
@@ -372,17 +372,6 @@ def _blocks(C: int, cfg: dict, key: str):
     return BC, max(1, min(cfg["seq_warps"], BC // 32))
 
 
-def _carry(summ, mj, w32, out, m, T, C, S, NSUB, NC, L, orig: bool, forward: bool, cfg: dict):
-    from .triton import _k
-
-    cbc = min(cfg["carry_block_c"], next_pow2(C))
-    _k("carry")[(m.shape[0], triton.cdiv(C, cbc))](summ, mj, w32, out, m, T, C, S, NSUB, NC, NSUM=6 if orig else 4,
-                                                   NCAR=8 if orig else 4, RESCALE=forward, ORIG=orig,
-                                                   LOCAL_REV=not forward, BT=L,
-                                                   NCB=min(cfg["carry_ncb"], next_pow2(NC)), BC=cbc,
-                                                   num_warps=cfg["warps"])
-
-
 def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
     """Forward: (y, m, carries) as ``triton._fwd`` returns them (same carry layout)."""
     B, T, C = k.shape
@@ -402,7 +391,8 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
         mj = new_empty((B, NC, C), torch.float32, dev)
         _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, NSUM=nsum,
                                       ORIG=orig, L=L, BC=BC, num_warps=nw)
-        _carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True, cfg)
+        launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True,
+                     min(cfg["carry_block_c"], next_pow2(C)))
     _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, NCAR=ncar,
                           ORIG=orig, SINGLE=single, L=L, BC=BC, num_warps=nw)
     return y, m, car
@@ -428,7 +418,8 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
         _KERNELS["bwd_summary"][(B, triton.cdiv(C, BC), NC)](
             k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, NSUM=nsum,
             NCAR=ncar, ORIG=orig, L=L, BC=BC, num_warps=nw)
-        _carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False, cfg)
+        launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
+                     min(cfg["carry_block_c"], next_pow2(C)))
     else:
         bcar = car
     BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
