@@ -101,6 +101,20 @@ def _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, f_n, f_d, b_n, b_d, dg):
     return x, v, p, q
 
 
+@triton.jit
+def _store_summary(SUMM, b, j, NC, C, cols, cmask, e0, e1, s0, s1, g0, g1, NSUM: tl.constexpr, ORIG: tl.constexpr):
+    """Chunk j's summary slots in (B, NC, NSUM, C): 0, 1 decayed to its end, 2, 3 from its start, and in original
+    mode 4, 5 the e^w-growth sums."""
+    base = (b * NC + j).to(tl.int64) * NSUM * C
+    tl.store(SUMM + base + 0 * C + cols, e0, mask=cmask)
+    tl.store(SUMM + base + 1 * C + cols, e1, mask=cmask)
+    tl.store(SUMM + base + 2 * C + cols, s0, mask=cmask)
+    tl.store(SUMM + base + 3 * C + cols, s1, mask=cmask)
+    if ORIG:
+        tl.store(SUMM + base + 4 * C + cols, g0, mask=cmask)
+        tl.store(SUMM + base + 5 * C + cols, g1, mask=cmask)
+
+
 def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
                             NSUM: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
     """Pass 1: per chunk, its max of k and the decayed sums of x = e^{k - max} (and x v) to its end / start
@@ -133,14 +147,7 @@ def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, 
             gg = tl.where(r < n, 1.0 / lam, 1.0)
             g_n = g_n * gg + xk * vs[r]
             g_d = g_d * gg + xk
-    base = (b * NC + j).to(tl.int64) * NSUM * C
-    tl.store(SUMM + base + 0 * C + cols, e_n, mask=cmask)
-    tl.store(SUMM + base + 1 * C + cols, e_d, mask=cmask)
-    tl.store(SUMM + base + 2 * C + cols, s_n, mask=cmask)
-    tl.store(SUMM + base + 3 * C + cols, s_d, mask=cmask)
-    if ORIG:
-        tl.store(SUMM + base + 4 * C + cols, g_n, mask=cmask)
-        tl.store(SUMM + base + 5 * C + cols, g_d, mask=cmask)
+    _store_summary(SUMM, b, j, NC, C, cols, cmask, e_n, e_d, s_n, s_d, g_n, g_d, NSUM, ORIG)
     tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
 
 
@@ -241,14 +248,7 @@ def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, sv
             keep = (s + r) % S != 0
             j_n = j_n / lam + tl.where(keep, x * v, 0.0)
             j_d = j_d / lam + tl.where(keep, x, 0.0)
-    base = (b * NC + j).to(tl.int64) * NSUM * C
-    tl.store(SUMM + base + 0 * C + cols, e_p, mask=cmask)
-    tl.store(SUMM + base + 1 * C + cols, e_q, mask=cmask)
-    tl.store(SUMM + base + 2 * C + cols, s_p, mask=cmask)
-    tl.store(SUMM + base + 3 * C + cols, s_q, mask=cmask)
-    if ORIG:
-        tl.store(SUMM + base + 4 * C + cols, g_p, mask=cmask)
-        tl.store(SUMM + base + 5 * C + cols, g_q, mask=cmask)
+    _store_summary(SUMM, b, j, NC, C, cols, cmask, e_p, e_q, s_p, s_q, g_p, g_q, NSUM, ORIG)
 
 
 def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,

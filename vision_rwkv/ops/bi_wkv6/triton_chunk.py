@@ -53,6 +53,16 @@ def _lin2(g1, s1, g2, s2):
 
 
 @triton.jit
+def _fast_scores(r, k, ecx, ecn, rt, PREC: tl.constexpr):
+    """Intra-sub-chunk scores A[t, n] (n != t, diagonal 0) for weak decays, factored through the sub-chunk's start:
+    n < t: sum_j r_t e^{cex_t} k_n e^{-cin_n}; n > t: sum_j r_t e^{-cin_t} k_n e^{cex_n} (ecx = e^{cex},
+    ecn = e^{-cin}; two tensor-core products)."""
+    low = tl.dot(r * ecx, tl.trans(k * ecn), input_precision=PREC)
+    up = tl.dot(r * ecn, tl.trans(k * ecx), input_precision=PREC)
+    return tl.where(rt[None, :] < rt[:, None], low, tl.where(rt[None, :] > rt[:, None], up, 0.0))
+
+
+@triton.jit
 def _load_state(S, pid, c, NC, ok, BN: tl.constexpr):
     """The (BN, BN) state of chunk c of (batch*head) pid from a (B*H, NC, BN, BN) buffer; zeros where not ok."""
     rows = tl.arange(0, BN)
@@ -202,11 +212,7 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
     if tl.max(-ctot, axis=0) <= FAST_DECAY:
         # factorized through the sub-chunk's start: two tensor-core products (every factor <= e^FAST_DECAY)
-        ecx = tl.exp(cex)
-        ecn = tl.exp(-(cex + lw))
-        low = tl.dot(r * ecx, tl.trans(k * ecn), input_precision=PREC)  # [t, n] = sum_j r e^{cex_t} k e^{-cin_n}
-        up = tl.dot(r * ecn, tl.trans(k * ecx), input_precision=PREC)  # [t, n] = sum_j r e^{-cin_t} k e^{cex_n}
-        A = tl.where(rt[None, :] < rt[:, None], low, tl.where(rt[None, :] > rt[:, None], up, 0.0))
+        A = _fast_scores(r, k, tl.exp(cex), tl.exp(-(cex + lw)), rt, PREC)
     else:
         A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, True)
     bonus = tl.sum(r * u[None, :] * k, axis=1)
@@ -257,9 +263,7 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
         gr_a += ecn * tl.dot(G_up, k * ecx, input_precision=PREC)
         gk_c += ecn * tl.dot(tl.trans(G_lo), r * ecx, input_precision=PREC)
         gk_a += ecx * tl.dot(tl.trans(G_up), r * ecn, input_precision=PREC)
-        low = tl.dot(r * ecx, tl.trans(k * ecn), input_precision=PREC)
-        up = tl.dot(r * ecn, tl.trans(k * ecx), input_precision=PREC)
-        A = tl.where(lo2, low, tl.where(up2, up, 0.0))
+        A = _fast_scores(r, k, ecx, ecn, rt, PREC)
     else:
         lower = lo2[:, :, None]
         upper = up2[:, :, None]
