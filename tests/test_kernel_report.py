@@ -83,3 +83,30 @@ def test_apply_kernel_config_errors(restore_kernel_config):
         bm.apply_kernel_config(["seq=1"])
     bm.apply_kernel_config(["v4.seq_t=8", "v6.algo=chunk"])
     assert bm.kernel_configs()["v4"]["seq_t"] == 8 and bm.kernel_configs()["v6"]["algo"] == "chunk"
+
+
+@pytest.mark.parametrize("op", ["linear_relu_square", "linear_sigmoid_mul"])
+def test_gemm_epilogue_kernel_uses_wgmma_without_spills(op, restore_kernel_config):
+    """The GEMM-epilogue kernel compiles for sm_90 to warpgroup tensor-core MMAs (HGMMA) fed by asynchronous
+    128-bit copies, with 128-bit output stores and no local-memory spills (bf16, real channel widths)."""
+    import subprocess
+    import tempfile
+
+    from vision_rwkv.ops.fused import linear_triton as lt
+
+    x, w, y = (torch.empty(s, dtype=torch.bfloat16) for s in ((512, 192), (768, 192), (512, 768)))
+    with capture_kernels(90, tag="fwd") as recs:
+        if op == "linear_relu_square":
+            lt._relu_square_fwd(x, w)
+        else:
+            lt._sigmoid_mul_fwd(x, w, y, save_pre=True)
+    (row,) = kernel_rows(recs)
+    assert row["local"] == 0 and row["stack"] == 0, row
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/k.cubin"
+        with open(path, "wb") as f:
+            f.write(recs[0].kernel.asm["cubin"])
+        ops = sass_counts(subprocess.run([cuobjdump_path(), "-sass", path], capture_output=True, text=True,
+                                         check=True).stdout)
+    assert any(k.startswith("HGMMA") for k in ops), sorted(ops)
+    assert ops["LDGSTS.E.BYPASS.128"] > 0 and ops["STG.E.128"] > 0, sorted(ops)

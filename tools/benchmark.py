@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Benchmark the Bi-WKV operators and the backbones; prints markdown tables and writes JSON.
+"""Benchmark the Bi-WKV operators, the GEMM-epilogue ops and the backbones; prints markdown tables and writes JSON.
 
 Examples:
   python tools/benchmark.py --ops --device cuda --out benchmarks/results/h100_ops.json
+  python tools/benchmark.py --gemm --device cuda --kernel-config gemm.bm=64     # fused GEMMs vs cuBLAS + kernel
   python tools/benchmark.py --backbones --device cuda --dtype bf16 --out bb.json
   python tools/benchmark.py --ops --backbones --device cpu --quick          # tiny CPU smoke run
 Kernel launch settings can be overridden for sweeps: --kernel-config v4.chunk_t=128 --kernel-config v6.warps=8
@@ -29,6 +30,7 @@ def _parse_shapes(text: str | None):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", action="store_true", help="operator table")
+    p.add_argument("--gemm", action="store_true", help="GEMM-epilogue table (fused vs cuBLAS + elementwise)")
     p.add_argument("--backbones", action="store_true", help="backbone table")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", action="append", choices=list(bm.DTYPES), help="repeatable; default fp32 and bf16")
@@ -48,8 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-deit", action="store_true", help="skip the DeiT rows")
     p.add_argument("--kernel-config", action="append", help="v4.KEY=VAL or v6.KEY=VAL (Triton launch settings)")
     args = p.parse_args(argv)
-    if not (args.ops or args.backbones):
-        p.error("choose --ops and/or --backbones")
+    if not (args.ops or args.gemm or args.backbones):
+        p.error("choose --ops, --gemm and/or --backbones")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
         pass
     out: dict = {"meta": meta}
     tick = lambda r: print("  " + json.dumps({k: r[k] for k in r if k in ("op", "model", "wkv_mode", "dtype", "shape",  # noqa: E731
-                                              "res", "mode", "train", "ms", "img_per_s", "error")}), flush=True)
+                                              "res", "mode", "train", "ms", "img_per_s", "error", "epilogue", "impl", "M", "K", "N")}), flush=True)
     if args.ops:
         shapes = _parse_shapes(args.shapes) or ([(2, 40, 64), (1, 300, 64)] if args.quick else None)
         rows = bm.bench_ops(args.device, dtypes, shapes, ops=args.op or ("v4_biwkv", "v6_biwkv"),
@@ -80,6 +82,13 @@ def main(argv=None) -> int:
         out["ops"] = rows
         print("\n## Operators\n")
         print(bm.format_table(rows, bm.OPS_COLUMNS))
+    if args.gemm:
+        shapes = [(300, 40, 72, "relu_square"), (300, 40, 40, "sigmoid_mul")] if args.quick else None
+        rows = bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes, iters=iters, warmup=warmup,
+                                       progress=tick)
+        out["gemm"] = rows
+        print("\n## GEMM epilogues\n")
+        print(bm.format_table(rows, bm.GEMM_COLUMNS))
     if args.backbones:
         batches = {int(b.split("=")[0]): int(b.split("=")[1]) for b in args.batch} if args.batch else None
         models = args.model

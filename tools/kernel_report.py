@@ -10,6 +10,8 @@ static instructions x launched threads / elements: exact for loop-free kernels, 
 Examples:
   python tools/kernel_report.py --op v4_biwkv --shape 16,4096,192 --dtype bf16 --variant scan --variant seq:v4.seq=1
   python tools/kernel_report.py --op v6_biwkv --shape 16,4096,192 --variant walk --variant chunk:v6.algo=chunk
+  python tools/kernel_report.py --op linear_relu_square --shape 65536,192,768 --variant bm128 --variant bm64:gemm.bm=64
+GEMM-epilogue ops take --shape M,K,N and report their forward kernel (elements = M x N outputs).
 A variant is NAME[:OP.KEY=VAL,...] (the same settings as tools/benchmark.py --kernel-config).
 """
 from __future__ import annotations
@@ -32,15 +34,11 @@ def _parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [s for s in settings.split(",") if s]
 
 
-def report(op: str, shape: tuple, dtype: str, variants: list[tuple[str, list[str]]], mode: str = "exact",
-           arch: int = 90) -> list[dict]:
-    """Rows of ``kernel_rows`` for each variant's forward and backward launches (tag "<variant>/fwd|bwd")."""
-    from vision_rwkv.ops.bi_wkv import triton as t4
-    from vision_rwkv.ops.bi_wkv6 import triton as t6
+GEMM_OPS = ("linear_relu_square", "linear_sigmoid_mul")
 
-    shape_op = shape if op == "v4_biwkv" else (shape[0], shape[1], shape[2] // 64, 64)
-    ins = bm._op_inputs(op, shape_op, bm.DTYPES[dtype], "cpu")
-    elems = math.prod(shape)
+
+def _with_variants(variants: list[tuple[str, list[str]]], body) -> list[dict]:
+    """Run ``body(name)`` once per variant with its launch settings applied (restored afterwards); rows joined."""
     saved = {k: copy.deepcopy(v) for k, v in bm.kernel_configs().items()}
     rows = []
     try:
@@ -49,19 +47,7 @@ def report(op: str, shape: tuple, dtype: str, variants: list[tuple[str, list[str
                 cfg.clear()
                 cfg.update(saved[key])
             bm.apply_kernel_config(settings)
-            with capture_kernels(arch, tag=f"{name}/fwd") as fwd_recs:
-                if op == "v4_biwkv":
-                    y, m, car = t4._fwd(*ins, mode, 32)
-                else:
-                    y = t6._fwd(*ins)
-            with capture_kernels(arch, tag=f"{name}/bwd") as bwd_recs:
-                if op == "v4_biwkv":
-                    t4._bwd(*ins, m, car, torch.randn_like(y), mode, 32)
-                else:
-                    t6._bwd(*ins, torch.randn_like(y))
-            for row in kernel_rows(fwd_recs + bwd_recs):
-                row["thr_instr/elem"] = round(row["instr"] * row["programs"] * row["warps"] * 32 / elems, 1)
-                rows.append(row)
+            rows += body(name)
     finally:
         for key, cfg in bm.kernel_configs().items():
             cfg.clear()
@@ -69,10 +55,61 @@ def report(op: str, shape: tuple, dtype: str, variants: list[tuple[str, list[str
     return rows
 
 
+def _gemm_report(op: str, shape: tuple, dtype: str, variants: list[tuple[str, list[str]]], arch: int) -> list[dict]:
+    """Rows for the forward GEMM-epilogue kernel of ``op`` at (M, K, N)."""
+    from vision_rwkv.ops.fused import linear_triton as lt
+
+    M, K, N = shape
+    dt = bm.DTYPES[dtype]
+    x, w, y = torch.empty(M, K, dtype=dt), torch.empty(N, K, dtype=dt), torch.empty(M, N, dtype=dt)
+
+    def body(name):
+        with capture_kernels(arch, tag=f"{name}/fwd") as recs:
+            if op == "linear_relu_square":
+                lt._relu_square_fwd(x, w)
+            else:
+                lt._sigmoid_mul_fwd(x, w, y, save_pre=True)
+        rows = kernel_rows(recs)
+        for row in rows:
+            row["thr_instr/elem"] = round(row["instr"] * row["programs"] * row["warps"] * 32 / (M * N), 1)
+        return rows
+    return _with_variants(variants, body)
+
+
+def report(op: str, shape: tuple, dtype: str, variants: list[tuple[str, list[str]]], mode: str = "exact",
+           arch: int = 90) -> list[dict]:
+    """Rows of ``kernel_rows`` for each variant's forward and backward launches (tag "<variant>/fwd|bwd")."""
+    from vision_rwkv.ops.bi_wkv import triton as t4
+    from vision_rwkv.ops.bi_wkv6 import triton as t6
+
+    if op in GEMM_OPS:
+        return _gemm_report(op, shape, dtype, variants, arch)
+    shape_op = shape if op == "v4_biwkv" else (shape[0], shape[1], shape[2] // 64, 64)
+    ins = bm._op_inputs(op, shape_op, bm.DTYPES[dtype], "cpu")
+    elems = math.prod(shape)
+
+    def body(name):
+        with capture_kernels(arch, tag=f"{name}/fwd") as fwd_recs:
+            if op == "v4_biwkv":
+                y, m, car = t4._fwd(*ins, mode, 32)
+            else:
+                y = t6._fwd(*ins)
+        with capture_kernels(arch, tag=f"{name}/bwd") as bwd_recs:
+            if op == "v4_biwkv":
+                t4._bwd(*ins, m, car, torch.randn_like(y), mode, 32)
+            else:
+                t6._bwd(*ins, torch.randn_like(y))
+        rows = kernel_rows(fwd_recs + bwd_recs)
+        for row in rows:
+            row["thr_instr/elem"] = round(row["instr"] * row["programs"] * row["warps"] * 32 / elems, 1)
+        return rows
+    return _with_variants(variants, body)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--op", choices=["v4_biwkv", "v6_biwkv"], default="v4_biwkv")
-    p.add_argument("--shape", default="16,4096,192", help="B,T,C (v6: H = C/64 heads of 64)")
+    p.add_argument("--op", choices=["v4_biwkv", "v6_biwkv", *GEMM_OPS], default="v4_biwkv")
+    p.add_argument("--shape", default="16,4096,192", help="B,T,C (v6: H = C/64 heads of 64); GEMM ops: M,K,N")
     p.add_argument("--dtype", choices=list(bm.DTYPES), default="bf16")
     p.add_argument("--mode", choices=["exact", "original"], default="exact", help="v4 mode")
     p.add_argument("--variant", action="append", help="NAME[:OP.KEY=VAL,...], repeatable; default: current settings")
@@ -81,7 +118,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     shape = tuple(int(x) for x in args.shape.split(","))
     if len(shape) != 3 or (args.op == "v6_biwkv" and shape[2] % 64):
-        p.error(f"--shape must be B,T,C (C a multiple of 64 for v6), got {args.shape!r}")
+        p.error(f"--shape must be B,T,C (C a multiple of 64 for v6) or M,K,N, got {args.shape!r}")
     variants = [_parse_variant(v) for v in (args.variant or ["default"])]
     try:
         rows = report(args.op, shape, args.dtype, variants, args.mode, args.arch)

@@ -42,15 +42,17 @@ _ANCHOR_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "anchors"
 
 
 def kernel_configs() -> dict[str, dict]:
-    """The live launch-setting dicts of the Triton operators: {"v4": ..., "v6": ...} (imports Triton)."""
+    """The live launch-setting dicts of the Triton operators: {"v4": ..., "v6": ..., "gemm": ...} (imports
+    Triton)."""
     from .ops.bi_wkv import triton as v4
     from .ops.bi_wkv6 import triton as v6
+    from .ops.fused import linear_triton as gemm
 
-    return {"v4": v4.CONFIG, "v6": v6.CONFIG}
+    return {"v4": v4.CONFIG, "v6": v6.CONFIG, "gemm": gemm.CONFIG}
 
 
 def apply_kernel_config(items: Iterable[str] | None) -> None:
-    """Set Triton launch settings from "v4.KEY=VAL" / "v6.KEY=VAL" items (values cast to the entry's type);
+    """Set Triton launch settings from "v4.KEY=VAL" / "v6.KEY=VAL" / "gemm.KEY=VAL" items (values cast to the entry's type);
     ValueError naming the problem for an unknown op or key."""
     configs = kernel_configs() if items else {}
     for item in items or []:
@@ -59,7 +61,7 @@ def apply_kernel_config(items: Iterable[str] | None) -> None:
         if not sep or not dot:
             raise ValueError(f"expected OP.KEY=VALUE, got {item!r}")
         if op not in configs:
-            raise ValueError(f"unknown op {op!r} in {item!r} (v4 or v6)")
+            raise ValueError(f"unknown op {op!r} in {item!r} (one of {sorted(configs)})")
         if name not in configs[op]:
             raise ValueError(f"unknown key {name!r} in {item!r}; known: {sorted(configs[op])}")
         configs[op][name] = type(configs[op][name])(val)
@@ -244,6 +246,89 @@ def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), sh
     return rows
 
 
+# -------------------------------------------------------------------------------------------- GEMM epilogues
+# (M, K, N, epilogue): the channel-mix key (C -> 4C, relu^2) and a receptance gate (C -> C, sigmoid * y) of
+# VRWKV-T / S / B at 1024x1024, batch 16 (M = 16 x 4096 tokens)
+GEMM_SHAPES = [(65536, c, n, epi) for c in (192, 384, 768) for n, epi in ((4 * c, "relu_square"),
+                                                                          (c, "sigmoid_mul"))]
+
+
+def _gemm_callable(epi: str, impl: str, backend: str, x, w, y, grad: bool):
+    """``impl`` 'fused': the GEMM-epilogue op; 'unfused': F.linear (cuBLAS) + the elementwise op (what the fused
+    path runs without VRWKV_FUSED_GEMM)."""
+    import torch.nn.functional as F
+
+    from vision_rwkv.ops import fused
+
+    if epi == "relu_square":
+        if impl == "fused":
+            f = lambda x, w, y: fused.linear_relu_square(x, w, backend=backend)  # noqa: E731
+        else:
+            f = lambda x, w, y: fused.relu_square(F.linear(x, w), backend=backend, inplace=True)  # noqa: E731
+    elif impl == "fused":
+        f = lambda x, w, y: fused.linear_sigmoid_mul(x, w, y, backend=backend)  # noqa: E731
+    else:
+        f = lambda x, w, y: fused.sigmoid_mul(F.linear(x, w), y, backend=backend)  # noqa: E731
+    if not grad:
+        def run():
+            with torch.no_grad():
+                return f(x, w, y)
+        return run
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, y) if t is not None]
+    args = leaves + [None] * (3 - len(leaves))
+    gy = torch.randn_like(f(*args).detach())
+
+    def run():
+        torch.autograd.grad(f(*args), leaves, gy)
+    return run
+
+
+def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), shapes: Iterable | None = None,
+                         iters: int = 20, warmup: int = 3,
+                         progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Time the GEMM-epilogue ops against cuBLAS + the elementwise kernel; one row per (epilogue, dtype, shape,
+    pass, impl). ``vs_unfused`` = unfused ms / fused ms of the same (epilogue, dtype, shape, pass)."""
+    dev = torch.device(device)
+    backend = "triton" if dev.type == "cuda" else "reference"
+    rows = []
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        es = torch.empty((), dtype=dtype).element_size()
+        for M, K, N, epi in (shapes or GEMM_SHAPES):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(M, K, generator=g).to(dtype).to(dev)
+            w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype).to(dev)
+            y = torch.randn(M, N, generator=g).to(dtype).to(dev) if epi == "sigmoid_mul" else None
+            io = (M * K + N * K + M * N * (2 if y is not None else 1)) * es  # the fused forward's compulsory traffic
+            for mode, grad in (("fwd", False), ("fwd+bwd", True)):
+                base = None
+                for impl in ("unfused", "fused"):
+                    row = dict(epilogue=epi, impl=impl, backend=backend, dtype=dname, M=M, K=K, N=N, mode=mode,
+                               device=str(dev))
+                    try:
+                        fn = _gemm_callable(epi, impl, backend, x, w, y, grad)
+                        row.update(time_fn(fn, dev, iters, warmup))
+                        if dev.type == "cuda":
+                            row["graph_ms"] = time_graph(fn, iters)
+                        flops = 2 * M * K * N * (3 if grad else 1)
+                        row["TFLOPs"] = flops / (row["ms"] * 1e-3) / 1e12
+                        if not grad:
+                            row["pct_floor"] = 100.0 * io / DRAM_BPS * 1e3 / row["ms"]
+                        if impl == "unfused":
+                            base = row["ms"]
+                        elif base is not None:
+                            row["vs_unfused"] = base / row["ms"]
+                    except Exception as e:  # a failing row is reported, not fatal
+                        row["error"] = f"{type(e).__name__}: {e}"[:300]
+                    rows.append(row)
+                    if progress:
+                        progress(row)
+            del x, w, y
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------- backbones
 def _anchor_backbone(bb: dict | None, name: str, res: int, dtype: str, batch: int, train: bool) -> float | None:
     if bb is None:
@@ -381,6 +466,10 @@ OPS_COLUMNS = [("op", "op", ""), ("mode", "wkv_mode", ""), ("backend", "backend"
                ("% floor", "pct_floor", ".1f"), ("original ms", "anchor_ms", ".4f"),
                ("x original", "speedup_vs_original", ".2f"), ("graph ms", "graph_ms", ".4f"),
                ("graph % floor", "graph_pct_floor", ".1f"), ("graph x original", "graph_speedup_vs_original", ".2f")]
+GEMM_COLUMNS = [("epilogue", "epilogue", ""), ("impl", "impl", ""), ("dtype", "dtype", ""), ("M", "M", ""),
+                ("K", "K", ""), ("N", "N", ""), ("pass", "mode", ""), ("ms", "ms", ".4f"),
+                ("graph ms", "graph_ms", ".4f"), ("TFLOP/s", "TFLOPs", ".0f"), ("% floor (fwd)", "pct_floor", ".1f"),
+                ("x unfused", "vs_unfused", ".2f")]
 BACKBONE_COLUMNS = [("model", "model", ""), ("res", "res", ""), ("batch", "batch", ""), ("dtype", "dtype", ""),
                     ("train", "train", ""), ("img/s", "img_per_s", ".1f"), ("peak GiB", "peak_mem_GiB", ".2f"),
                     ("DeiT img/s", "deit_img_per_s", ".1f"), ("x DeiT", "ratio_vs_deit", ".2f"),

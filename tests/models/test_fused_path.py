@@ -53,6 +53,11 @@ NEW_KERNELS = {"VRWKV_TRITON_V4": "seq=1,seq_t=4,seq_bc=32,seq_bwd_bc=32,carry_n
                "VRWKV_TRITON_V6": "algo=chunk,state_t=32,scan_ncb=2"}
 NEW_KERNEL_CASES = [0, 2, 5]
 
+# the GEMM-epilogue kernels (VRWKV_FUSED_GEMM=1) replace the relu^2 and sigmoid-gate passes: v4 pre-norm, v4 with
+# key norm (LayerNorm after the fused relu^2), v6, the text tower
+GEMM_CASES = [0, 1, 2, 5]
+GEMM_OPS = {"linear_relu_square", "linear_sigmoid_mul"}
+
 
 def _run_cases(cases, extra_env=None):
     pytest.importorskip("triton")
@@ -92,6 +97,36 @@ def test_new_wkv_kernels_in_models_interpreter(new_kernel_results, pos):
     assert "error" not in res, res.get("error")
     assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
     assert set(res["calls"]) == EXPECTED_CALLS[NEW_KERNEL_CASES[pos]], res["calls"]
+
+
+@pytest.fixture(scope="module")
+def gemm_results():
+    return _run_cases([CASES[i] for i in GEMM_CASES], {"VRWKV_FUSED_GEMM": "1"})
+
+
+@pytest.mark.parametrize("pos", range(len(GEMM_CASES)), ids=[CASES[i][0] for i in GEMM_CASES])
+def test_gemm_epilogues_in_models_interpreter(gemm_results, pos):
+    res = gemm_results[pos]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    expected = (EXPECTED_CALLS[GEMM_CASES[pos]] - {"relu_square", "sigmoid_mul"}) | GEMM_OPS
+    assert set(res["calls"]) == expected, res["calls"]
+
+
+def test_gemm_epilogues_skip_wrapped_linears(monkeypatch):
+    """A projection with a hook, a bias or a subclass type keeps its own forward (e.g. LoRA / PEFT wrappers)."""
+    from vision_rwkv.models import mixing
+
+    monkeypatch.setenv("VRWKV_FUSED_GEMM", "1")
+    plain = torch.nn.Linear(8, 4, bias=False)
+    assert mixing._epilogue_ready(plain)
+    hooked = torch.nn.Linear(8, 4, bias=False)
+    hooked.register_forward_hook(lambda *a: None)
+    biased = torch.nn.Linear(8, 4)
+    sub = type("Wrapped", (torch.nn.Linear,), {})(8, 4, bias=False)
+    assert not any(mixing._epilogue_ready(m) for m in (hooked, biased, sub))
+    monkeypatch.setenv("VRWKV_FUSED_GEMM", "0")
+    assert not mixing._epilogue_ready(plain)
 
 
 @pytest.mark.parametrize("name,kw", [("vrwkv_small_patch16_224", dict(embed_dim=16, depth=2)),

@@ -79,6 +79,20 @@ def _inputs(case: dict, device: str):
             fn = lambda t: fused.relu_square(t["x"], backend)  # noqa: E731
         rf = lambda t: ref.relu_square_reference(t["x"])  # noqa: E731
         odt = dtype
+    elif op in ("linear_relu_square", "linear_sigmoid_mul"):
+        shape, n = case["shape"], case["N"]
+        leaves = {"x": _randn(shape, g, dtype, device), "weight": _randn((n, shape[-1]), g, torch.float32, device,
+                                                                         shape[-1] ** -0.5)}
+        if op == "linear_relu_square":
+            fn = lambda t: fused.linear_relu_square(t["x"], t["weight"], backend)  # noqa: E731
+            rf = lambda t: ref.linear_relu_square_reference(t["x"], t["weight"])  # noqa: E731
+            odt = dtype
+        else:
+            ydt = DTYPES[case.get("y_dtype", case.get("dtype", "fp32"))]
+            leaves["y"] = _randn(tuple(shape[:-1]) + (n,), g, ydt, device)
+            fn = lambda t: fused.linear_sigmoid_mul(t["x"], t["weight"], t["y"], backend)  # noqa: E731
+            rf = lambda t: ref.linear_sigmoid_mul_reference(t["x"], t["weight"], t["y"])  # noqa: E731
+            odt = torch.promote_types(dtype, ydt)
     elif op == "group_norm_mul":
         shape, groups = case["shape"], case["groups"]
         c = shape[-1]
@@ -120,7 +134,20 @@ def _inputs(case: dict, device: str):
     return leaves, fn, rf, odt
 
 
+def _gemm_config(case: dict) -> dict:
+    """Apply the case's GEMM launch settings (small tiles: several M / N tiles and K steps on tiny shapes);
+    returns the previous settings."""
+    if "gemm" not in case:
+        return {}
+    from vision_rwkv.ops.fused import linear_triton
+
+    old = dict(linear_triton.CONFIG)
+    linear_triton.CONFIG.update(case["gemm"])
+    return old
+
+
 def run_case(case: dict, device: str) -> dict:
+    old_gemm = _gemm_config(case)
     try:
         leaves, fn, rf, odt = _inputs(case, device)
         leaves = {k: v.clone().requires_grad_() for k, v in leaves.items()}
@@ -148,6 +175,11 @@ def run_case(case: dict, device: str) -> dict:
         return out
     except Exception as e:  # reported to the test, which fails with the traceback
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+    finally:
+        if old_gemm:
+            from vision_rwkv.ops.fused import linear_triton
+
+            linear_triton.CONFIG.update(old_gemm)
 
 
 def tolerances(dtype: str) -> tuple[float, float]:
@@ -163,7 +195,7 @@ def tolerances(dtype: str) -> tuple[float, float]:
 def check(result: dict, case: dict) -> None:
     """Assert a case result is within tolerance (raises AssertionError naming the quantity).
     The tolerance follows the lowest precision among the inputs and the output."""
-    dts = [case.get("dtype", "fp32"), case.get("out_dtype", "fp32")]
+    dts = [case.get("dtype", "fp32"), case.get("out_dtype", "fp32"), case.get("y_dtype", "fp32")]
     worst = "bf16" if "bf16" in dts else "fp16" if "fp16" in dts else "fp32"
     check_result(result, *tolerances(worst))
 

@@ -14,6 +14,7 @@ from _fused_cases import check, run_case, run_in_interpreter
 pytest.importorskip("triton")
 
 TSM = "token_shift_mix"
+_SMALL_GEMM = dict(bm=16, bn=16, bk=16, group_m=2)
 CPU_CASES = {
     "tsm_v4_odd_C": dict(op=TSM, shape=(2, 3, 5, 7), M=3),
     "tsm_v4_C3_quarters_empty": dict(op=TSM, shape=(1, 4, 3, 3), M=2),
@@ -51,6 +52,16 @@ CPU_CASES = {
     "add_norm_pre_bf16_y_bf16_out": dict(op="add_norm", shape=(2, 3, 10), dtype="bf16", out_dtype="bf16",
                                          gamma=False),
     "add_norm_pre_compile_noncontig": dict(op="add_norm", shape=(2, 3, 4), compile=True, layout="T"),
+    # GEMM epilogues: several M / N tiles (partial last ones), K steps with a partial last one, grouped program ids
+    "linear_relu_square_tiles": dict(op="linear_relu_square", shape=(2, 37, 40), N=24, gemm=_SMALL_GEMM),
+    "linear_relu_square_even_k": dict(op="linear_relu_square", shape=(3, 5, 32), N=48, gemm=_SMALL_GEMM),
+    "linear_relu_square_default_tiles_2d": dict(op="linear_relu_square", shape=(7, 12), N=20),
+    "linear_relu_square_fp16_compile": dict(op="linear_relu_square", shape=(1, 9, 16), N=16, dtype="fp16",
+                                            compile=True),
+    "linear_sigmoid_mul_tiles": dict(op="linear_sigmoid_mul", shape=(2, 21, 24), N=40, gemm=_SMALL_GEMM),
+    "linear_sigmoid_mul_bf16_y": dict(op="linear_sigmoid_mul", shape=(1, 6, 20), N=12, y_dtype="bf16"),
+    "linear_sigmoid_mul_noncontig_compile": dict(op="linear_sigmoid_mul", shape=(3, 4, 16), N=16, layout="T",
+                                                 compile=True, gemm=_SMALL_GEMM),
 }
 
 CUDA_CASES = {
@@ -79,6 +90,12 @@ CUDA_CASES = {
     "add_norm_pre_T": dict(op="add_norm", shape=(16, 1024, 192), dtype="bf16", out_dtype="bf16"),
     "add_norm_pre_odd": dict(op="add_norm", shape=(3, 197, 100), gamma=False),
     "compile": dict(op=TSM, shape=(2, 14, 14, 192), M=5, with_m=True, head_size=64, compile=True),
+    "linear_relu_square_T_1024": dict(op="linear_relu_square", shape=(4, 4096, 192), N=768, dtype="bf16"),
+    "linear_relu_square_fp32_odd": dict(op="linear_relu_square", shape=(3, 197, 100), N=300),
+    "linear_sigmoid_mul_T_1024": dict(op="linear_sigmoid_mul", shape=(4, 4096, 192), N=192, dtype="bf16"),
+    "linear_sigmoid_mul_B_fp32_y": dict(op="linear_sigmoid_mul", shape=(8, 196, 768), N=768, dtype="bf16",
+                                        y_dtype="fp32"),
+    "linear_sigmoid_mul_odd_compile": dict(op="linear_sigmoid_mul", shape=(2, 197, 72), N=40, compile=True),
 }
 
 

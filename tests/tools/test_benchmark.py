@@ -37,18 +37,23 @@ def test_op_bytes_match_anchor_floor():
 
 def test_cli_quick_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--ops", "--backbones", "--device", "cpu",
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--ops", "--gemm", "--backbones", "--device", "cpu",
            "--quick", "--dtype", "fp32", "--shapes", "1,20,64", "--model", "vrwkv_tiny_patch16_224", "--res", "32",
            "--no-train", "--iters", "1", "--warmup", "0", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "## Operators" in proc.stdout and "## Backbones" in proc.stdout
+    assert "## Operators" in proc.stdout and "## Backbones" in proc.stdout and "## GEMM epilogues" in proc.stdout
     data = json.loads(out.read_text())
     ops = data["ops"]
     assert {r["op"] for r in ops} == {"v4_biwkv", "v6_biwkv"}
     assert all("error" not in r for r in ops), [r.get("error") for r in ops]
     assert all(r["ms"] > 0 and r["GBps"] > 0 for r in ops)
     assert {r["mode"] for r in ops} == {"fwd", "fwd+bwd"}
+    gemm = data["gemm"]
+    assert all("error" not in r and r["ms"] > 0 for r in gemm), gemm
+    assert {(r["epilogue"], r["impl"], r["mode"]) for r in gemm} == {
+        (e, i, m) for e in ("relu_square", "sigmoid_mul") for i in ("fused", "unfused") for m in ("fwd", "fwd+bwd")}
+    assert all("vs_unfused" in r for r in gemm if r["impl"] == "fused")
     bbs = data["backbones"]
     ours = [r for r in bbs if r["model"] == "vrwkv_tiny_patch16_224"]
     assert ours and all("error" not in r and r["img_per_s"] > 0 for r in ours), ours

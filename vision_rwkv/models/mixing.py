@@ -7,6 +7,9 @@
 * :class:`TimeMixV6` - the RWKV-6 time mix: data-dependent interpolation ("ddlerp"), per-token decay,
   bidirectional WKV-6, per-head GroupNorm and SiLU gate (DESIGN.md §4-5).
 * :func:`fused_prenorm_step` - the fused-path residual adds of a pre-norm block (each add carries a LayerNorm).
+* :func:`key_relu_square` / :func:`receptance_gate` - the fused path's ``relu(key(x))^2`` and
+  ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
+  :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass.
 * ``layer_ratios`` / ``channel_ratio`` / ``channel_position`` / ``lerp_mix`` - the "fancy" init ratios and the
   v4-style interpolation.
 
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
 
 __all__ = [
-    'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step',
+    'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'key_relu_square',
+    'receptance_gate',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
@@ -80,6 +84,29 @@ def token_shift(x: torch.Tensor, kind: str, head_size: Optional[int], grid_size:
             raise ValueError("token_shift 'q_shift' needs the token grid: pass grid_size=(rows, cols)")
         return q_shift(x, grid_size, head_size)
     return bi_shift_1d(x, head_size)
+
+
+def _epilogue_ready(linear: nn.Module) -> bool:
+    """A projection the GEMM-epilogue kernels may replace: a bias-free ``nn.Linear`` (exact type: wrappers such as
+    LoRA layers keep their own forward) without hooks, with the fused GEMMs switched on."""
+    return (fused.fused_gemm_enabled() and type(linear) is nn.Linear and linear.bias is None
+            and not linear._forward_hooks and not linear._forward_pre_hooks)
+
+
+def key_relu_square(key: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Fused path: ``relu(key(x)) ** 2`` - one GEMM with the activation in its epilogue when allowed, else the
+    Linear and an in-place relu^2 pass over its output."""
+    if _epilogue_ready(key):
+        return fused.linear_relu_square(x, key.weight)
+    return fused.relu_square(key(x), inplace=True)  # over the Linear output: one hidden buffer, not two
+
+
+def receptance_gate(receptance: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Fused path: ``sigmoid(receptance(x)) * y`` - one GEMM with the gate in its epilogue when allowed, else the
+    Linear and one sigmoid-gate pass."""
+    if _epilogue_ready(receptance):
+        return fused.linear_sigmoid_mul(x, receptance.weight, y)
+    return fused.sigmoid_mul(receptance(x), y)
 
 
 def _fold(vectors: Tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -170,16 +197,17 @@ class ChannelMix(nn.Module):
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
         """Same function with fused kernels: with the Q-Shift one shift + interpolation pass writes xk, xr in the
         compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
-        elementwise passes."""
+        elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
+        :func:`receptance_gate`)."""
         if self.token_shift == 'q_shift':
             xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size,
                                            out_dtype=fused.compute_dtype(x))
         else:
             xk, xr = self._mixed_inputs(x, grid_size)
-        k = fused.relu_square(self.key(xk), inplace=True)  # over the Linear output: one hidden buffer, not two
+        k = key_relu_square(self.key, xk)
         if self.key_norm is not None:
             k = self.key_norm(k)
-        return fused.sigmoid_mul(self.receptance(xr), self.value(k))
+        return receptance_gate(self.receptance, xr, self.value(k))
 
     def extra_repr(self) -> str:
         return f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}'

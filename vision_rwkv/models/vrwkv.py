@@ -28,7 +28,7 @@ from vision_rwkv.ops import bi_wkv, fused, q_shift
 from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
-from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
+from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix, receptance_gate
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -90,18 +90,17 @@ class SpatialMix(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         """Same function with fused kernels: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype; the
-        WKV output feeds one sigmoid-gate pass."""
+        WKV output feeds one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
         num_tokens = x.shape[1]
         mix = torch.stack((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r))
         xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x))
         k = self.key(xk)
         v = self.value(xv)
-        r = self.receptance(xr)
         y = bi_wkv(self.spatial_decay / num_tokens, self.spatial_first / num_tokens, k, v,
                    mode=self.wkv_mode, chunks=self.wkv_chunks)
         if self.key_norm is not None:
             y = self.key_norm(y)
-        return self.output(fused.sigmoid_mul(r, y))
+        return self.output(receptance_gate(self.receptance, xr, y))
 
     def extra_repr(self) -> str:
         return f'wkv_mode={self.wkv_mode!r}, wkv_chunks={self.wkv_chunks}'

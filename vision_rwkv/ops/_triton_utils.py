@@ -24,6 +24,17 @@ def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def run_op(custom_op, function, forward, *args):
+    """Run a Triton operator the cheapest correct way: its torch custom op while torch.compile traces, its
+    ``torch.autograd.Function`` when a tensor argument needs a gradient, and otherwise the bare ``forward(*args)``
+    (inference: no autograd or dispatcher bookkeeping on the host, which dominates small-batch eager runs)."""
+    if torch.compiler.is_compiling():
+        return custom_op(*args)
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return function.apply(*args)
+    return forward(*args)
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
     n = int(n)

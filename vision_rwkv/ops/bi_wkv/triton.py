@@ -32,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, check_float, check_same_device, config_from_env, new_empty, next_pow2
+from .._triton_utils import (cdiv, check_float, check_same_device, config_from_env, new_empty, next_pow2,
+                             run_op)
 
 __all__ = ["bi_wkv_triton", "CONFIG"]
 
@@ -561,7 +562,7 @@ def _block_c(BT: int, C: int) -> int:
 
 
 def _grid_c(C, BC):
-    return triton.cdiv(C, BC)
+    return cdiv(C, BC)
 
 
 def launch_carry(summ, mj, w32, out, m, T: int, C: int, S: int, NSUB: int, NC: int, BT: int, orig: bool,
@@ -569,7 +570,7 @@ def launch_carry(summ, mj, w32, out, m, T: int, C: int, S: int, NSUB: int, NC: i
     """Pass 2: scan the chunk summaries ``summ`` (B, NC, 4 or 6, C) over chunks into ``out`` (B, NC, 4 or 8, C).
     forward: rescale by the chunk maxima ``mj`` and write the global max ``m``; else the backward's adjoint states
     (original mode: local streams on the anticausal side)."""
-    _k("carry")[(m.shape[0], triton.cdiv(C, block_c))](summ, mj, w32, out, m, T, C, S, NSUB, NC,
+    _k("carry")[(m.shape[0], cdiv(C, block_c))](summ, mj, w32, out, m, T, C, S, NSUB, NC,
                                                        NSUM=6 if orig else 4, NCAR=8 if orig else 4,
                                                        RESCALE=forward, ORIG=orig, LOCAL_REV=not forward, BT=BT,
                                                        NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=block_c,
@@ -737,7 +738,12 @@ def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
         return bi_wkv_reference(w, u, k, v, mode, int(chunks))
     if k.numel() == 0:
         return v.new_zeros(v.shape) + 0 * (w.sum() + u.sum() + k.sum())
-    if torch.compiler.is_compiling():
-        y, _m, _car = _bi_wkv_fwd_op(w, u, k, v, mode, int(chunks))
-        return y
-    return _BiWKV.apply(w, u, k, v, mode, int(chunks))
+    return run_op(_compiled_fwd, _BiWKV, _output_only, w, u, k, v, mode, int(chunks))
+
+
+def _compiled_fwd(w, u, k, v, mode, chunks):
+    return _bi_wkv_fwd_op(w, u, k, v, mode, chunks)[0]
+
+
+def _output_only(w, u, k, v, mode, chunks):
+    return _fwd(w, u, k, v, mode, chunks)[0]

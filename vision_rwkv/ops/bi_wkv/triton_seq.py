@@ -385,7 +385,7 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
     car = new_empty((B, NC, ncar, C), torch.float32, dev) if not single else torch.empty(0, device=dev)
     w32 = w.float().contiguous()
     u32 = u.float().contiguous()
-    grid = (B, triton.cdiv(C, BC), NC)
+    grid = (B, cdiv(C, BC), NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         mj = new_empty((B, NC, C), torch.float32, dev)
@@ -415,7 +415,7 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
-        _KERNELS["bwd_summary"][(B, triton.cdiv(C, BC), NC)](
+        _KERNELS["bwd_summary"][(B, cdiv(C, BC), NC)](
             k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, NSUM=nsum,
             NCAR=ncar, ORIG=orig, L=L, BC=BC, num_warps=nw)
         launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
@@ -423,7 +423,7 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
     else:
         bcar = car
     BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
-    _KERNELS["bwd"][(B, triton.cdiv(C, BCB), NC)](
+    _KERNELS["bwd"][(B, cdiv(C, BCB), NC)](
         k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC,
         NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB, num_warps=nwb)
     return gwp.sum(0).to(w.dtype), gup.sum(0).to(u.dtype), gk, gv

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import check_float, check_same_device, config_from_env, new_empty, next_pow2
+from .._triton_utils import check_float, check_same_device, config_from_env, new_empty, next_pow2, run_op
 
 __all__ = ["bi_wkv6_triton", "CONFIG"]
 
@@ -382,6 +382,4 @@ def bi_wkv6_triton(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torc
         raise ValueError(f"u must be (H, N) = {tuple(r.shape[2:])}, got {tuple(u.shape)}")
     if r.numel() == 0:
         return v.new_zeros(v.shape)
-    if torch.compiler.is_compiling():
-        return _bi_wkv6_op(r, k, v, logd, u)
-    return _BiWKV6.apply(r, k, v, logd, u)
+    return run_op(_bi_wkv6_op, _BiWKV6, _fwd, r, k, v, logd, u)

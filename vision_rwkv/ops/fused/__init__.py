@@ -7,6 +7,8 @@ as a torch custom op (``triton.py``, imported lazily):
   channel mix in one pass, in the compute dtype (v4 lerp, v6 per-head shift, v6 data-dependent "ddlerp").
 * :func:`token_shift_mix_lora` - the v6 ddlerp with its rank-R LoRA computed inside the kernel.
 * :func:`sigmoid_mul` - ``sigmoid(r) * y``; :func:`relu_square` - ``relu(x)^2``.
+* :func:`linear_relu_square` / :func:`linear_sigmoid_mul` - a bias-free projection with those activations in its
+  GEMM epilogue (``linear_triton.py``; the models use them when :func:`fused_gemm_enabled`).
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
 * :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
 
@@ -14,6 +16,9 @@ as a torch custom op (``triton.py``, imported lazily):
 variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :func:`fused_enabled` is the switch the
 models use: True only for CUDA tensors on the Triton backend, so CPU runs are exactly the plain-PyTorch models;
 ``VRWKV_FUSED=0`` turns the models' fused path off everywhere (the WKV operators keep their own dispatch).
+``VRWKV_FUSED_GEMM=1`` additionally lets the fused path run the channel-mix key and the receptance projections as
+Triton GEMMs with their activation in the epilogue (off by default until timed against cuBLAS + the elementwise
+kernels on a GPU: ``benchmarks/device_run5.sh``).
 """
 from __future__ import annotations
 
@@ -24,17 +29,20 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import check_shape, check_tensors
-from .reference import (add_norm_reference, decay_logd_reference, group_norm_mul_reference, relu_square_reference,
+from .reference import (add_norm_reference, decay_logd_reference, group_norm_mul_reference,
+                        linear_relu_square_reference, linear_sigmoid_mul_reference, relu_square_reference,
                         sigmoid_mul_reference, token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-           "add_norm", "fused_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
+           "add_norm", "linear_relu_square", "linear_sigmoid_mul", "fused_enabled", "fused_gemm_enabled",
+           "compute_dtype", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
 FUSED_UNDER_COMPILE = True
 
 _triton_mod = None
+_linear_mod = None
 
 
 def _triton():
@@ -48,8 +56,23 @@ def _triton():
     return _triton_mod
 
 
-@torch.compiler.assume_constant_result
+def _linear():
+    """The GEMM-epilogue Triton module (imported on first use; it imports ``triton.py``, checked first)."""
+    global _linear_mod
+    if _linear_mod is None:
+        _linear_mod = importlib.import_module("vision_rwkv.ops.fused.linear_triton")
+    return _linear_mod
+
+
 def _triton_ok() -> bool:
+    """Whether the Triton module imports (eager calls after the first one only read the cached import result)."""
+    if _triton_mod is not None and not _is_compiling():
+        return not isinstance(_triton_mod, BaseException)
+    return _triton_ok_traced()
+
+
+@torch.compiler.assume_constant_result
+def _triton_ok_traced() -> bool:
     """Whether the Triton module imports. Run eagerly even while torch.compile traces (the import would otherwise
     break the graph); it also loads the WKV operators' Triton modules into their dispatcher's cache, so a model's
     first call may be a compiled one."""
@@ -109,6 +132,12 @@ def fused_enabled(x: torch.Tensor) -> bool:
     if _is_compiling() and not FUSED_UNDER_COMPILE:
         return False
     return _resolve("fused", x.device, None) == "triton"
+
+
+def fused_gemm_enabled() -> bool:
+    """Whether the fused path also runs projections with their activation in the GEMM epilogue
+    (``VRWKV_FUSED_GEMM=1``; off by default)."""
+    return os.environ.get("VRWKV_FUSED_GEMM", "0").strip() == "1"
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -206,6 +235,46 @@ def relu_square(x: torch.Tensor, backend: Optional[str] = None, inplace: bool = 
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
         return _triton().relu_square_inplace_triton(x) if inplace else _triton().relu_square_triton(x)
     return relu_square_reference(x)
+
+
+def _check_linear(op: str, x: torch.Tensor, weight: torch.Tensor) -> None:
+    if x.dim() < 1 or weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"{op}: weight must be (N, K) with K = x.shape[-1] = {x.shape[-1] if x.dim() else None}, "
+                         f"got {tuple(weight.shape)}")
+
+
+def linear_relu_square(x: torch.Tensor, weight: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """``relu(x @ weight^T) ** 2`` (a bias-free ``nn.Linear`` and the channel-mix squared ReLU) in one GEMM.
+
+    x: (..., K); weight: (N, K). Computes in :func:`compute_dtype` of x (both operands cast to the autocast dtype
+    under autocast, as ``F.linear`` would); returns (..., N) in that dtype, differentiable in x and weight.
+    """
+    op = "linear_relu_square"
+    device = check_tensors(op, x=x, weight=weight)
+    _check_linear(op, x, weight)
+    dtype = compute_dtype(x)
+    x, weight = x.to(dtype), weight.to(dtype)
+    if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
+        return _linear().linear_relu_square_triton(x, weight)
+    return linear_relu_square_reference(x, weight)
+
+
+def linear_sigmoid_mul(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
+                       backend: Optional[str] = None) -> torch.Tensor:
+    """``sigmoid(x @ weight^T) * y`` (a bias-free receptance projection and its gate) in one GEMM.
+
+    x: (..., K); weight: (N, K); y: (..., N). The GEMM computes in :func:`compute_dtype` of x; the result has
+    ``result_type(x, y)`` (x in that dtype), differentiable in x, weight and y.
+    """
+    op = "linear_sigmoid_mul"
+    device = check_tensors(op, x=x, weight=weight, y=y)
+    _check_linear(op, x, weight)
+    check_shape(op, "y", y, tuple(x.shape[:-1]) + (weight.shape[0],))
+    dtype = compute_dtype(x)
+    x, weight = x.to(dtype), weight.to(dtype)
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (dtype, y.dtype):
+        return _linear().linear_sigmoid_mul_triton(x, weight, y)
+    return linear_sigmoid_mul_reference(x, weight, y)
 
 
 def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,

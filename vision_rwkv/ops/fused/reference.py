@@ -6,6 +6,8 @@
   RWKV-6 "ddlerp".
 * :func:`sigmoid_mul_reference` - ``sigmoid(r) * y`` (receptance gating).
 * :func:`relu_square_reference` - ``relu(x) ** 2`` (channel-mix hidden activation).
+* :func:`linear_relu_square_reference` / :func:`linear_sigmoid_mul_reference` - a bias-free projection followed by
+  those two activations (the GEMM-epilogue kernels of ``linear_triton.py``).
 * :func:`group_norm_mul_reference` - ``GroupNorm(y) * act(g)`` per token (the VRWKV6 ``ln_x`` + gate epilogue).
 * :func:`decay_logd_reference` - ``-exp(w0 + z)`` (the VRWKV6 per-token log decay).
 * :func:`add_norm_reference` - residual + LayerNorm (post-norm ``x + gamma * LN(y)``; pre-norm ``s = x + gamma * y``,
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from ..shift import q_shift
 
 __all__ = ["token_shift_mix_reference", "sigmoid_mul_reference", "relu_square_reference",
+           "linear_relu_square_reference", "linear_sigmoid_mul_reference",
            "group_norm_mul_reference", "decay_logd_reference", "add_norm_reference"]
 
 
@@ -62,6 +65,16 @@ def sigmoid_mul_reference(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def relu_square_reference(x: torch.Tensor) -> torch.Tensor:
     """``relu(x) ** 2`` in x's dtype."""
     return torch.square(torch.relu(_acc(x))).to(x.dtype)
+
+
+def linear_relu_square_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``relu(x @ weight^T) ** 2`` (weight cast to x's dtype, as autocast does), result in x's dtype."""
+    return relu_square_reference(F.linear(x, weight.to(x.dtype)))
+
+
+def linear_sigmoid_mul_reference(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(x @ weight^T) * y`` (weight cast to x's dtype), result in ``result_type(x, y)``."""
+    return sigmoid_mul_reference(F.linear(x, weight.to(x.dtype)), y)
 
 
 def group_norm_mul_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,

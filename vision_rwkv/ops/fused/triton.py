@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, new_empty, next_pow2
+from .._triton_utils import cdiv, new_empty, next_pow2, run_op
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
            "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
@@ -224,7 +224,7 @@ def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch
     a = a.contiguous()
     m = m.contiguous() if m is not None else None
     args = (x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype)
-    return _tsm_op(*args) if torch.compiler.is_compiling() else _TokenShiftMix.apply(*args)
+    return run_op(_tsm_op, _TokenShiftMix, _tsm_fwd, *args)
 
 
 # ---------------------------------------------------------------------------------------------- elementwise
@@ -334,7 +334,7 @@ class _SigmoidMul(torch.autograd.Function):
 def sigmoid_mul_triton(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Fused ``sigmoid(r) * y`` (same shapes), fp32 math, result in ``result_type(r, y)``."""
     r, y = r.contiguous(), y.contiguous()
-    return _sigmoid_mul_op(r, y) if torch.compiler.is_compiling() else _SigmoidMul.apply(r, y)
+    return run_op(_sigmoid_mul_op, _SigmoidMul, _sigmoid_mul_fwd, r, y)
 
 
 def _relu_square_fwd(x):
@@ -403,13 +403,18 @@ def _relu_square_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
     tl.store(GX + offs, (2.0 * tl.sqrt(y) * g).to(GX.dtype.element_ty), mask=mask)
 
 
+def _relu_square_inplace_fwd(x):
+    grid, meta = _elem_grid(x.numel())
+    _relu_square_fwd_kernel[grid](x, x, x.numel(), **meta)
+    return x
+
+
 class _ReluSquareInplace(torch.autograd.Function):
     """``relu(x)^2`` written over x (saves one hidden-sized buffer); backward from the output, relu(x) = sqrt(y)."""
 
     @staticmethod
     def forward(ctx, x):
-        grid, meta = _elem_grid(x.numel())
-        _relu_square_fwd_kernel[grid](x, x, x.numel(), **meta)
+        _relu_square_inplace_fwd(x)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         return x
@@ -428,13 +433,13 @@ def relu_square_inplace_triton(x: torch.Tensor) -> torch.Tensor:
     """``relu(x) ** 2`` written over a contiguous x in eager mode (out of place while torch.compile traces)."""
     if torch.compiler.is_compiling() or not x.is_contiguous():
         return relu_square_triton(x)
-    return _ReluSquareInplace.apply(x)
+    return run_op(None, _ReluSquareInplace, _relu_square_inplace_fwd, x)
 
 
 def relu_square_triton(x: torch.Tensor) -> torch.Tensor:
     """Fused ``relu(x) ** 2`` in x's dtype (fp32 math)."""
     x = x.contiguous()
-    return _relu_square_op(x) if torch.compiler.is_compiling() else _ReluSquare.apply(x)
+    return run_op(_relu_square_op, _ReluSquare, _relu_square_fwd, x)
 
 
 # ---------------------------------------------------------------------------------------------- group norm * gate
@@ -603,7 +608,7 @@ def group_norm_mul_triton(y: torch.Tensor, g: torch.Tensor, num_groups: int, wei
     ``out_dtype``."""
     args = (y.contiguous(), g.contiguous(), int(num_groups), weight.contiguous(), bias.contiguous(), float(eps),
             gate_act == "silu", out_dtype or torch.promote_types(y.dtype, g.dtype))
-    return _gn_mul_op(*args) if torch.compiler.is_compiling() else _GroupNormMul.apply(*args)
+    return run_op(_gn_mul_op, _GroupNormMul, _gn_mul_fwd, *args)
 
 
 # ---------------------------------------------------------------------------------------------- v6 log decay
@@ -662,7 +667,7 @@ class _DecayLogd(torch.autograd.Function):
 def decay_logd_triton(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Fused ``-exp(w0 + z)`` (w0 (C,) broadcast over z (..., C)), float32 result."""
     w0, z = w0.contiguous(), z.contiguous()
-    return _decay_op(w0, z) if torch.compiler.is_compiling() else _DecayLogd.apply(w0, z)
+    return run_op(_decay_op, _DecayLogd, _decay_fwd, w0, z)
 
 
 # ---------------------------------------------------------------------------------------------- residual + LayerNorm
@@ -866,7 +871,7 @@ def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tens
     """Fused residual + LayerNorm over the last dim (see ``add_norm`` in ``__init__.py``)."""
     args = (x.contiguous(), y.contiguous(), gamma.contiguous() if gamma is not None else None, weight.contiguous(),
             bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype)
-    return _add_norm_op(*args) if torch.compiler.is_compiling() else _AddNorm.apply(*args)
+    return run_op(_add_norm_op, _AddNorm, _add_norm_fwd, *args)
 
 
 # ---------------------------------------------------------------------------------------------- v6 ddlerp + LoRA
@@ -985,4 +990,4 @@ def token_shift_mix_lora_triton(x: torch.Tensor, grid_size: tuple[int, int], a: 
     the RWKV-6 ddlerp with its LoRA. h (B, N, M*R) (e.g. tanh(xxx @ W1)), w2 (M, R, C), R a power of two >= 16."""
     args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(),
             h.contiguous(), w2.contiguous(), out_dtype or x.dtype)
-    return _tsm_lora_op(*args) if torch.compiler.is_compiling() else _TokenShiftMixLora.apply(*args)
+    return run_op(_tsm_lora_op, _TokenShiftMixLora, _tsm_lora_fwd, *args)

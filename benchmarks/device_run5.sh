@@ -1,9 +1,10 @@
 #!/bin/bash
-# Device plan, round 4 (see benchmarks/results/README.md, "Round 4"): validate and time the kernels written without
-# a GPU in session 4 -- v4 exact register-sequential kernels (VRWKV_TRITON_V4 seq=1) and v6 chunk-parallel kernels
-# (VRWKV_TRITON_V6 algo=chunk) -- against the current defaults. Two calls of <= 10 min:
-#   bash benchmarks/device_run4.sh tests    # compile, CUDA tests of the new variants (+ the exact_1x65537x8 errors)
-#   bash benchmarks/device_run4.sh bench    # op sweep (eager + CUDA graph), backbones at 1024 bf16 old vs new
+# Device plan, rounds 4-5 (see benchmarks/results/README.md, "Round 4" and "Round 5"): validate and time the kernels
+# written without a GPU in sessions 4-5 -- v4 register-sequential kernels (VRWKV_TRITON_V4 seq=1), v6 chunk-parallel
+# kernels (VRWKV_TRITON_V6 algo=chunk), GEMMs with relu^2 / sigmoid-gate epilogues (VRWKV_FUSED_GEMM=1) -- against
+# the current defaults. Two calls of <= 10 min:
+#   bash benchmarks/device_run5.sh tests    # compile, CUDA tests of the new variants (+ the exact_1x65537x8 errors)
+#   bash benchmarks/device_run5.sh bench    # op sweep, GEMM-epilogue table, backbones 224/1024 bf16 old vs new
 # Everything lands in $OUT; the last lines printed are the tables.
 export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-device_out}
@@ -26,6 +27,10 @@ if [ "${1:-tests}" = "tests" ]; then
       (timeout 150 python -c "$W; sweep.warm('v6', json.loads(sys.argv[1]), ('$dt',))" "$cfg" >/dev/null 2>>"$OUT/warm_errors.log") &
     done
   done
+  for cfg in "gemm.warps=8" "gemm.warps=4" "gemm.bm=64,gemm.warps=4"; do
+    (timeout 150 python tools/benchmark.py --gemm --dtype bf16 --iters 1 --warmup 1 --kernel-config ${cfg%%,*} \
+      $( [ "$cfg" != "${cfg%%,*}" ] && echo --kernel-config ${cfg#*,} ) >/dev/null 2>>"$OUT/warm_errors.log") &
+  done
   wait
   stamp "compiled"; grep -c Error "$OUT/warm_errors.log"; grep Error "$OUT/warm_errors.log" | head -5
   timeout 90 python - <<'PY' 2>&1 | tee "$OUT/exact_65537.txt"
@@ -37,16 +42,16 @@ for cfg in ({}, {"seq": 1}):
 PY
   stamp "65537"
   timeout 270 python -m pytest -q -n 6 -p no:cacheprovider tests/ops/test_bi_wkv_triton.py tests/ops/test_bi_wkv6_triton.py \
-    -k "cuda and (seq or chunk)" > "$OUT/cuda_tests_new.log" 2>&1
+    tests/ops/test_fused_triton.py -k "cuda and (seq or chunk or linear)" > "$OUT/cuda_tests_new.log" 2>&1
   grep -E "relative|Error|passed|failed" "$OUT/cuda_tests_new.log" | cut -c1-300 | tail -30
   stamp "op tests done"
   # whole models (fused path vs plain path, fp32 and bf16 autocast) with the new WKV kernels
-  VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk timeout 120 python -m pytest -q -p no:cacheprovider \
+  VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 timeout 120 python -m pytest -q -p no:cacheprovider \
     tests/models/test_fused_path.py -k "cuda" > "$OUT/cuda_models_new.log" 2>&1
   grep -E "Error|passed|failed" "$OUT/cuda_models_new.log" | cut -c1-300 | tail -8
   stamp "tests done"
 else
-  timeout 300 python benchmarks/sweep.py time "$OUT/sweep4.json" 290 > "$OUT/sweep4.log" 2>&1
+  timeout 210 python benchmarks/sweep.py time "$OUT/sweep4.json" 200 > "$OUT/sweep4.log" 2>&1
   stamp "sweep done"
   python - <<'PY'
 import json, os
@@ -57,9 +62,15 @@ for r in rows:
     print(f"{r['op']} {r['config']:20} {r['dtype']:4} {str(r['shape']):18} eager {r['eager_f']:.3f} {r['eager_fb']:.3f}"
           f" graph {r['graph_f']:.3f} {r['graph_fb']:.3f}")
 PY
-  for variant in "old:" "new:VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk"; do
+  for cfg in "gemm.warps=8" "gemm.warps=4"; do
+    timeout 45 python tools/benchmark.py --gemm --dtype bf16 --iters 10 --warmup 2 --kernel-config $cfg \
+      --out "$OUT/gemm_${cfg#*=}.json" > "$OUT/gemm_${cfg#*=}.log" 2>&1
+    echo "== GEMM epilogues $cfg"; grep "^|" "$OUT/gemm_${cfg#*=}.log" | grep -E "fwd\+bwd|fused" | head -14
+  done
+  stamp "gemm done"
+  for variant in "old:" "new:VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1"; do
     name=${variant%%:*}; envs=${variant#*:}
-    env $envs timeout 120 python tools/benchmark.py --backbones --model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 \
+    env $envs timeout 110 python tools/benchmark.py --backbones --model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 \
       --model vrwkv_small_patch16_224 --model vrwkv6_small_patch16_224 --res 224 --res 1024 --batch 224=256 --batch 1024=16 \
       --dtype bf16 --no-train --iters 10 --warmup 2 --out "$OUT/bb4_$name.json" > "$OUT/bb4_$name.log" 2>&1
     echo "== backbones $name"; grep "^|" "$OUT/bb4_$name.log" | head -14

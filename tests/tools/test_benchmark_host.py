@@ -1,0 +1,36 @@
+"""tools/benchmark_host.py: host cost and launch counts of one forward with the device launches stubbed (CPU)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(tmp_path, name, extra_env=None):
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark_host.py"), "--model", "vrwkv_tiny_patch16_224",
+           "--model", "deit_tiny_patch16_224", "--repeats", "1", "--calls", "2", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VRWKV_", "TRITON_"))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**env, **(extra_env or {})})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| vrwkv_tiny_patch16_224 | fused" in proc.stdout
+    return {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+
+
+def test_launch_counts_and_fused_gemms(tmp_path):
+    base = _run(tmp_path, "base")
+    ours, deit = base["vrwkv_tiny_patch16_224"], base["deit_tiny_patch16_224"]
+    assert ours["host_ms"] > 0 and deit["host_ms"] > 0
+    assert deit["triton_launches"] == 0 and deit["gemms"] == 48  # 4 Linear layers x 12 blocks
+    # 12 blocks: 2 shift+lerp, 1 WKV (one chunk at 4 tokens), 2 sigmoid gates, 1 relu^2, 2 residual+norm (the last
+    # block's second add has no next norm); 7 projections per block + the patch embedding
+    assert ours["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 24,
+                                        "_relu_square_fwd_kernel": 12, "_add_norm_fwd_kernel": 23}
+    assert ours["gemms"] == 85
+    gemm = _run(tmp_path, "gemm", {"VRWKV_FUSED_GEMM": "1"})["vrwkv_tiny_patch16_224"]
+    # the key and both receptance projections become Triton GEMMs that absorb relu^2 and the sigmoid gates
+    assert gemm["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_fwd_kernel": 12, "_linear_act_kernel": 36,
+                                        "_add_norm_fwd_kernel": 23}
+    assert gemm["gemms"] == 85 - 36 and gemm["launches"] == ours["launches"] - 36

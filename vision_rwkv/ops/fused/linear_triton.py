@@ -1,0 +1,255 @@
+"""Triton GEMMs with the RWKV activations fused into their epilogue, forward and backward, as torch custom ops.
+
+* ``linear_relu_square``: ``relu(x @ W^T) ** 2`` - the channel-mix key projection and its squared ReLU. The hidden
+  (4C wide, the largest activation of a block) is written once, already activated: the separate relu^2 pass (one
+  read and one write of the hidden) disappears.
+* ``linear_sigmoid_mul``: ``sigmoid(x @ W^T) * y`` - a receptance projection and its gate on ``y`` (the WKV output
+  or the channel-mix value). The receptance never round-trips through memory in inference; in training it is
+  written once beside the product (the backward needs it).
+
+One kernel serves both: (BM x BN) output tiles over a K loop of ``tl.dot`` (tensor cores for 16-bit inputs), program
+ids grouped along M so neighbouring programs share W tiles in L2, and the activation applied to the fp32 accumulator
+before the single store. x may be any (M, K) strided view; W is the (N, K) ``nn.Linear`` weight (no transpose copy).
+
+Backward: the activation's derivative is one elementwise pass (``relu^2`` from its output, ``2 sqrt(out)``; the
+sigmoid gate from the saved receptance, the kernels of ``triton.py``), then two cuBLAS GEMMs (dx, dW).
+
+Launch settings live in ``CONFIG`` (``VRWKV_TRITON_GEMM="bm=..,bn=..,bk=..,warps=..,stages=..,group_m=.."``); 0 for
+bn picks 64 or 128 from N. Outputs are allocated with :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned
+when ``VRWKV_TRITON_DEBUG=1``). Shapes and dtypes are checked by the public wrappers in ``__init__.py``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_utils import cdiv, config_from_env, new_empty, run_op
+from .triton import _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel, _elem_grid
+
+__all__ = ["linear_relu_square_triton", "linear_sigmoid_mul_triton", "CONFIG"]
+
+CONFIG = config_from_env(dict(bm=128, bn=0, bk=64, warps=8, stages=3, group_m=8), "VRWKV_TRITON_GEMM")
+
+EPI_RELU_SQUARE = 0
+EPI_SIGMOID_MUL = 1
+
+
+@triton.jit
+def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
+                       EPI: tl.constexpr, SAVE_PRE: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_rows
+    pid_n = (pid % per_group) // group_rows
+
+    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    m_ok = rm < M
+    n_ok = rn < N
+    px = X + rm[:, None] * sxm + rk[None, :] * sxk
+    pw = WT + rn[None, :] * swn + rk[:, None] * swk
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        if EVEN_K:
+            a = tl.load(px, mask=m_ok[:, None], other=0.0)
+            b = tl.load(pw, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = (k0 + rk) < K
+            a = tl.load(px, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(pw, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+        px += BK * sxk
+        pw += BK * swk
+
+    mask = m_ok[:, None] & n_ok[None, :]
+    offs = rm[:, None] * N + rn[None, :]
+    if SAVE_PRE:
+        tl.store(PRE + offs, acc.to(PRE.dtype.element_ty), mask=mask)
+    if EPI == 0:
+        pos = tl.maximum(acc, 0.0)
+        res = pos * pos
+    else:
+        res = tl.sigmoid(acc) * tl.load(AUX + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + offs, res.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """fp32 inputs follow torch's matmul setting (full fp32 unless TF32 is allowed); 16-bit inputs use the tensor
+    cores whatever this says."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _launch(x2, w, aux, out, pre, epi: int):
+    M, K = x2.shape
+    N = w.shape[0]
+    cfg = CONFIG
+    bn = cfg["bn"] or (128 if N % 128 == 0 else 64)
+    grid = (cdiv(M, cfg["bm"]) * cdiv(N, bn),)
+    _linear_act_kernel[grid](x2, w, out if aux is None else aux, out, out if pre is None else pre, M, N, K,
+                             x2.stride(0), x2.stride(1), w.stride(0), w.stride(1),
+                             EPI=epi, SAVE_PRE=pre is not None, EVEN_K=K % cfg["bk"] == 0,
+                             PREC=_precision(x2.dtype), BM=cfg["bm"], BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"],
+                             num_warps=cfg["warps"], num_stages=cfg["stages"])
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) as an (M, K) matrix (a view when the leading dims collapse, else a copy)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _weight_grad(g2: torch.Tensor, x2: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
+    """dx (x's shape) and dW from the pre-activation gradient g2 (M, N)."""
+    return (g2 @ w).view(x.shape), g2.t() @ x2
+
+
+# ---------------------------------------------------------------------------------------------- relu^2 epilogue
+def _relu_square_fwd(x, w):
+    x2 = _rows(x)
+    out = new_empty((x2.shape[0], w.shape[0]), x.dtype, x.device)
+    _launch(x2, w, None, out, None, EPI_RELU_SQUARE)
+    return out.view(*x.shape[:-1], w.shape[0])
+
+
+def _relu_square_bwd(x, w, y, g):
+    x2 = _rows(x)
+    y2, g2 = y.reshape(-1, y.shape[-1]), g.reshape(-1, g.shape[-1]).contiguous()
+    gpre = new_empty(y2.shape, x.dtype, x.device)
+    grid, meta = _elem_grid(y2.numel())
+    _relu_square_bwd_from_out_kernel[grid](y2, g2, gpre, y2.numel(), **meta)
+    return _weight_grad(gpre, x2, x, w)
+
+
+@torch.library.custom_op("vision_rwkv::linear_relu_square", mutates_args=())
+def _relu_square_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return _relu_square_fwd(x, w)
+
+
+@_relu_square_op.register_fake
+def _(x, w):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+@torch.library.custom_op("vision_rwkv::linear_relu_square_bwd", mutates_args=())
+def _relu_square_bwd_op(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor,
+                        g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _relu_square_bwd(x, w, y, g)
+
+
+@_relu_square_bwd_op.register_fake
+def _(x, w, y, g):
+    return x.new_empty(x.shape), w.new_empty(w.shape)
+
+
+def _rs_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output)
+
+
+def _rs_backward(ctx, g):
+    return _relu_square_bwd_op(*ctx.saved_tensors, g)
+
+
+torch.library.register_autograd("vision_rwkv::linear_relu_square", _rs_backward, setup_context=_rs_setup)
+
+
+class _LinearReluSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        y = _relu_square_fwd(x, w)
+        ctx.save_for_backward(x, w, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return _relu_square_bwd(*ctx.saved_tensors, g)
+
+
+def linear_relu_square_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``relu(x @ w^T) ** 2``: x (..., K), w (N, K) of x's dtype -> (..., N) in x's dtype (fp32 accumulation)."""
+    return run_op(_relu_square_op, _LinearReluSquare, _relu_square_fwd, x, w.contiguous())
+
+
+# ---------------------------------------------------------------------------------------------- sigmoid-gate epilogue
+def _sigmoid_mul_fwd(x, w, y, save_pre: bool = False):
+    x2 = _rows(x)
+    n = w.shape[0]
+    out = new_empty((x2.shape[0], n), torch.promote_types(x.dtype, y.dtype), x.device)
+    pre = new_empty((x2.shape[0], n), x.dtype, x.device) if save_pre else None
+    _launch(x2, w, y.reshape(-1, n), out, pre, EPI_SIGMOID_MUL)
+    out = out.view(*x.shape[:-1], n)
+    return (out, pre.view(out.shape)) if save_pre else out
+
+
+def _sigmoid_mul_bwd(x, w, y, pre, g):
+    x2 = _rows(x)
+    n = w.shape[0]
+    pre2, y2, g2 = pre.reshape(-1, n), y.reshape(-1, n), g.reshape(-1, n).contiguous()
+    gpre = new_empty(pre2.shape, x.dtype, x.device)
+    gy = new_empty(y2.shape, y.dtype, y.device)
+    grid, meta = _elem_grid(y2.numel())
+    _sigmoid_mul_bwd_kernel[grid](pre2, y2, g2, gpre, gy, y2.numel(), **meta)
+    gx, gw = _weight_grad(gpre, x2, x, w)
+    return gx, gw, gy.view(y.shape)
+
+
+@torch.library.custom_op("vision_rwkv::linear_sigmoid_mul", mutates_args=())
+def _sigmoid_mul_op(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _sigmoid_mul_fwd(x, w, y, save_pre=True)
+
+
+@_sigmoid_mul_op.register_fake
+def _(x, w, y):
+    shape = (*x.shape[:-1], w.shape[0])
+    return x.new_empty(shape, dtype=torch.promote_types(x.dtype, y.dtype)), x.new_empty(shape)
+
+
+@torch.library.custom_op("vision_rwkv::linear_sigmoid_mul_bwd", mutates_args=())
+def _sigmoid_mul_bwd_op(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, pre: torch.Tensor,
+                        g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _sigmoid_mul_bwd(x, w, y, pre, g)
+
+
+@_sigmoid_mul_bwd_op.register_fake
+def _(x, w, y, pre, g):
+    return x.new_empty(x.shape), w.new_empty(w.shape), y.new_empty(y.shape)
+
+
+def _sm_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _sm_backward(ctx, g, _gpre):
+    return _sigmoid_mul_bwd_op(*ctx.saved_tensors, g)
+
+
+torch.library.register_autograd("vision_rwkv::linear_sigmoid_mul", _sm_backward, setup_context=_sm_setup)
+
+
+class _LinearSigmoidMul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, y):
+        out, pre = _sigmoid_mul_fwd(x, w, y, save_pre=True)
+        ctx.save_for_backward(x, w, y, pre)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return _sigmoid_mul_bwd(*ctx.saved_tensors, g)
+
+
+def _compiled_sigmoid_mul(x, w, y):
+    return _sigmoid_mul_op(x, w, y)[0]
+
+
+def linear_sigmoid_mul_triton(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(x @ w^T) * y``: x (..., K), w (N, K) of x's dtype, y (..., N) -> ``result_type(x, y)``."""
+    return run_op(_compiled_sigmoid_mul, _LinearSigmoidMul, _sigmoid_mul_fwd, x, w.contiguous(), y.contiguous())
