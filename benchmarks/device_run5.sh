@@ -3,7 +3,8 @@
 # written without a GPU in sessions 4-5 -- v4 register-sequential kernels (VRWKV_TRITON_V4 seq=1), v6 chunk-parallel
 # kernels (VRWKV_TRITON_V6 algo=chunk), GEMMs with relu^2 / sigmoid-gate epilogues (VRWKV_FUSED_GEMM=1) -- against
 # the current defaults. Two calls of <= 10 min:
-#   bash benchmarks/device_run5.sh tests    # compile, CUDA tests of the new variants (+ the exact_1x65537x8 errors)
+#   bash benchmarks/device_run5.sh tests    # compile, CUDA tests of the new variants (+ the exact_1x65537x8 errors),
+#                                           # compute-sanitizer memcheck over every kernel family
 #   bash benchmarks/device_run5.sh bench    # op sweep, GEMM-epilogue table, backbones 224/1024 bf16 old vs new
 # Everything lands in $OUT; the last lines printed are the tables.
 export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
@@ -19,21 +20,21 @@ if [ "${1:-tests}" = "tests" ]; then
   # compile every new variant in parallel processes (the Triton cache is shared), then test
   for cfg in '{"seq":1}' '{"seq":1,"seq_bc":128,"seq_warps":2}' '{"seq":1,"seq_t":8,"seq_bwd_bc":64}'; do
     for dt in fp32 bf16; do
-      (timeout 150 python -c "$W; sweep.warm('v4', json.loads(sys.argv[1]), ('$dt',))" "$cfg" >/dev/null 2>>"$OUT/warm_errors.log") &
+      (timeout 120 python -c "$W; sweep.warm('v4', json.loads(sys.argv[1]), ('$dt',))" "$cfg" >/dev/null 2>>"$OUT/warm_errors.log") &
     done
   done
   for cfg in '{"algo":"chunk"}' '{"algo":"chunk","state_t":128}' '{"algo":"chunk","state_dtype":"input"}'; do
     for dt in fp32 bf16; do
-      (timeout 150 python -c "$W; sweep.warm('v6', json.loads(sys.argv[1]), ('$dt',))" "$cfg" >/dev/null 2>>"$OUT/warm_errors.log") &
+      (timeout 120 python -c "$W; sweep.warm('v6', json.loads(sys.argv[1]), ('$dt',))" "$cfg" >/dev/null 2>>"$OUT/warm_errors.log") &
     done
   done
   for cfg in "gemm.warps=8" "gemm.warps=4" "gemm.bm=64,gemm.warps=4"; do
-    (timeout 150 python tools/benchmark.py --gemm --dtype bf16 --iters 1 --warmup 1 --kernel-config ${cfg%%,*} \
+    (timeout 120 python tools/benchmark.py --gemm --dtype bf16 --iters 1 --warmup 1 --kernel-config ${cfg%%,*} \
       $( [ "$cfg" != "${cfg%%,*}" ] && echo --kernel-config ${cfg#*,} ) >/dev/null 2>>"$OUT/warm_errors.log") &
   done
   wait
   stamp "compiled"; grep -c Error "$OUT/warm_errors.log"; grep Error "$OUT/warm_errors.log" | head -5
-  timeout 90 python - <<'PY' 2>&1 | tee "$OUT/exact_65537.txt"
+  timeout 60 python - <<'PY' 2>&1 | tee "$OUT/exact_65537.txt"
 import sys
 sys.path.insert(0, "tests/ops")
 from _triton_cases import run_v4
@@ -41,14 +42,19 @@ for cfg in ({}, {"seq": 1}):
     print("exact_1x65537x8", cfg, run_v4(dict(shape=(1, 65537, 8), config=cfg), "cuda"))
 PY
   stamp "65537"
-  timeout 270 python -m pytest -q -n 6 -p no:cacheprovider tests/ops/test_bi_wkv_triton.py tests/ops/test_bi_wkv6_triton.py \
+  timeout 200 python -m pytest -q -n 6 -p no:cacheprovider tests/ops/test_bi_wkv_triton.py tests/ops/test_bi_wkv6_triton.py \
     tests/ops/test_fused_triton.py -k "cuda and (seq or chunk or linear)" > "$OUT/cuda_tests_new.log" 2>&1
   grep -E "relative|Error|passed|failed" "$OUT/cuda_tests_new.log" | cut -c1-300 | tail -30
   stamp "op tests done"
   # whole models (fused path vs plain path, fp32 and bf16 autocast) with the new WKV kernels
-  VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 timeout 120 python -m pytest -q -p no:cacheprovider \
+  VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 timeout 100 python -m pytest -q -p no:cacheprovider \
     tests/models/test_fused_path.py -k "cuda" > "$OUT/cuda_models_new.log" 2>&1
   grep -E "Error|passed|failed" "$OUT/cuda_models_new.log" | cut -c1-300 | tail -8
+  stamp "model tests done"
+  # every kernel family (old and new) under compute-sanitizer memcheck: out-of-bounds accesses fail the run
+  timeout 100 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 3 python benchmarks/sanitize_ops.py \
+    > "$OUT/sanitizer.log" 2>&1; echo "sanitizer rc=$?" | tee -a "$OUT/sanitizer.log"; grep -c " ok$" "$OUT/sanitizer.log"
+  grep -E "NON-FINITE|ERROR SUMMARY|Invalid" "$OUT/sanitizer.log" | head -5
   stamp "tests done"
 else
   timeout 210 python benchmarks/sweep.py time "$OUT/sweep4.json" 200 > "$OUT/sweep4.log" 2>&1

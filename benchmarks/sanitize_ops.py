@@ -1,45 +1,105 @@
-"""Small forward+backward calls of every Triton kernel variant, meant to run under compute-sanitizer (memcheck):
-single-chunk and multi-chunk v4 paths in both modes, fp32 and bf16, odd sizes, and the RWKV-6 kernels.
-Prints one line per case; exits non-zero if an output is non-finite."""
+"""Small forward+backward calls of every Triton kernel family, meant to run under compute-sanitizer (memcheck):
+
+* v4 Bi-WKV: tile-scan (default) and register-sequential (``seq=1``) kernels, single- and multi-chunk paths, both
+  modes, odd sizes;
+* v6 Bi-WKV: walk (default) and chunk-parallel (``algo=chunk``) kernels, several state chunks, head size 80;
+* the fused elementwise kernels and the GEMM-epilogue kernels (partial tiles in M, N and K).
+
+fp32 and bf16 everywhere. Prints one line per case; exits non-zero if an output or gradient is non-finite.
+    compute-sanitizer --tool memcheck --error-exitcode 3 python benchmarks/sanitize_ops.py
+"""
 import os
 import sys
 
 import torch
 
 os.environ.setdefault("VRWKV_TRITON_DEBUG", "1")
+from vision_rwkv.ops import fused  # noqa: E402
 from vision_rwkv.ops.bi_wkv import triton as v4  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
 
-dev = "cuda"
+dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # "cpu" with TRITON_INTERPRET=1: a dry run of this script
 bad = 0
 torch.manual_seed(0)
-cases = [((2, 37, 40), "exact", 32, {}), ((2, 300, 40), "exact", 32, {}), ((1, 301, 33), "original", 32, {}),
-         ((2, 53, 17), "original", 4, {"chunk_t": 8}), ((1, 1, 5), "exact", 32, {})]
-for (B, T, C), mode, P, cfg in cases:
-    for dt in (torch.float32, torch.bfloat16):
-        old = dict(v4.CONFIG)
-        v4.CONFIG.update(cfg)
-        w = (torch.randn(C, device=dev) / T).requires_grad_()
-        u = (torch.randn(C, device=dev) / T).requires_grad_()
-        k = torch.randn(B, T, C, device=dev, dtype=dt).requires_grad_()
-        v = torch.randn(B, T, C, device=dev, dtype=dt).requires_grad_()
-        y = v4.bi_wkv_triton(w, u, k, v, mode, P)
-        y.backward(torch.randn_like(y))
-        ok = all(torch.isfinite(t).all().item() for t in (y, w.grad, u.grad, k.grad, v.grad))
-        bad += not ok
-        print("v4", (B, T, C), mode, P, dt, "ok" if ok else "NON-FINITE", flush=True)
-        v4.CONFIG.clear()
-        v4.CONFIG.update(old)
-for (B, T, H, N) in [(2, 37, 2, 64), (1, 20, 1, 80), (1, 1, 1, 64)]:
-    for dt in (torch.float32, torch.bfloat16):
-        r, k, v = (torch.randn(B, T, H, N, device=dev, dtype=dt).requires_grad_() for _ in range(3))
-        logd = (-torch.exp(torch.randn(B, T, H, N, device=dev))).to(dt).requires_grad_()
-        u = torch.randn(H, N, device=dev).requires_grad_()
-        y = v6.bi_wkv6_triton(r, k, v, logd, u)
-        y.backward(torch.randn_like(y))
-        ok = all(torch.isfinite(t).all().item() for t in (y, r.grad, k.grad, v.grad, logd.grad, u.grad))
-        bad += not ok
-        print("v6", (B, T, H, N), dt, "ok" if ok else "NON-FINITE", flush=True)
-torch.cuda.synchronize()
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+def check(tag, outputs, leaves):
+    """Backward with a random cotangent, then count the case bad if anything is non-finite."""
+    global bad
+    outs = outputs if isinstance(outputs, tuple) else (outputs,)
+    torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
+    ok = all(torch.isfinite(t).all().item() for t in (*outs, *(x.grad for x in leaves)))
+    bad += not ok
+    print(*tag, "ok" if ok else "NON-FINITE", flush=True)
+
+
+def leaf(*shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(*shape, device=dev) * scale).to(dtype).requires_grad_()
+
+
+def with_config(config, settings, fn):
+    old = dict(config)
+    config.update(settings)
+    try:
+        fn()
+    finally:
+        config.clear()
+        config.update(old)
+
+
+V4_CASES = [((2, 37, 40), "exact", 32, {}), ((2, 300, 40), "exact", 32, {}), ((1, 301, 33), "original", 32, {}),
+            ((2, 53, 17), "original", 4, {"chunk_t": 8}), ((1, 1, 5), "exact", 32, {})]
+for seq in (0, 1):
+    for (B, T, C), mode, P, cfg in V4_CASES:
+        for dt in DTYPES:
+            def run_v4():
+                w, u = leaf(C, scale=1 / T), leaf(C, scale=1 / T)
+                k, v = leaf(B, T, C, dtype=dt), leaf(B, T, C, dtype=dt)
+                check(("v4", "seq" if seq else "scan", (B, T, C), mode, P, dt), v4.bi_wkv_triton(w, u, k, v, mode, P),
+                      (w, u, k, v))
+            with_config(v4.CONFIG, dict(cfg, seq=seq), run_v4)
+
+for algo, cfg in (("walk", {}), ("chunk", {"state_t": 32})):
+    for (B, T, H, N) in [(2, 37, 2, 64), (1, 20, 1, 80), (1, 1, 1, 64), (1, 131, 2, 64)]:
+        for dt in DTYPES:
+            def run_v6():
+                r, k, v = (leaf(B, T, H, N, dtype=dt) for _ in range(3))
+                logd = (-torch.exp(torch.randn(B, T, H, N, device=dev))).to(dt).requires_grad_()
+                u = leaf(H, N)
+                check(("v6", algo, (B, T, H, N), dt), v6.bi_wkv6_triton(r, k, v, logd, u), (r, k, v, logd, u))
+            with_config(v6.CONFIG, dict(cfg, algo=algo), run_v6)
+
+for dt in DTYPES:
+    B, Hh, Ww, C = 2, 5, 7, 40
+    x, a = leaf(B, Hh * Ww, C, dtype=dt), leaf(3, C)
+    check(("token_shift_mix", dt), fused.token_shift_mix(x, (Hh, Ww), a, backend="triton"), (x, a))
+    x, a, h, w2 = leaf(B, Hh * Ww, C, dtype=dt), leaf(5, C), leaf(B, Hh * Ww, 5 * 16, dtype=dt), leaf(5, 16, C)
+    check(("token_shift_mix_lora", dt), fused.token_shift_mix_lora(x, (Hh, Ww), a, h, w2, 8, backend="triton"),
+          (x, a, h, w2))
+    r, y = leaf(3, 37, dtype=dt), leaf(3, 37, dtype=dt)
+    check(("sigmoid_mul", dt), fused.sigmoid_mul(r, y, backend="triton"), (r, y))
+    x = leaf(5, 13, dtype=dt)
+    check(("relu_square", dt), fused.relu_square(x, backend="triton"), (x,))
+    y, g, wt, bs = leaf(2, 7, 48, dtype=dt), leaf(2, 7, 48, dtype=dt), leaf(48), leaf(48)
+    check(("group_norm_mul", dt), fused.group_norm_mul(y, g, 3, wt, bs, gate_act="silu", backend="triton"),
+          (y, g, wt, bs))
+    w0, z = leaf(24), leaf(3, 5, 24, dtype=dt)
+    check(("decay_logd", dt), fused.decay_logd(w0, z, backend="triton"), (w0, z))
+    x, y, gam, wt, bs = leaf(3, 7, 40), leaf(3, 7, 40, dtype=dt), leaf(40), leaf(40), leaf(40)
+    check(("add_norm pre", dt), fused.add_norm(x, y, gam, wt, bs, backend="triton"), (x, y, gam, wt, bs))
+    for shape, n, gemm in (((2, 37, 40), 24, dict(bm=16, bn=16, bk=16)), ((3, 70, 192), 200, {})):
+        def run_gemm():
+            x, wt = leaf(*shape, dtype=dt), leaf(n, shape[-1], scale=shape[-1] ** -0.5)
+            y = leaf(*shape[:-1], n, dtype=dt)
+            check(("linear_relu_square", dt, shape, n), fused.linear_relu_square(x, wt, backend="triton"), (x, wt))
+            check(("linear_sigmoid_mul", dt, shape, n), fused.linear_sigmoid_mul(x, wt, y, backend="triton"),
+                  (x, wt, y))
+        from vision_rwkv.ops.fused import linear_triton
+
+        with_config(linear_triton.CONFIG, gemm, run_gemm)
+
+if dev == "cuda":
+    torch.cuda.synchronize()
 print("sanitize cases done, bad =", bad)
 sys.exit(1 if bad else 0)

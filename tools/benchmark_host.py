@@ -8,8 +8,10 @@ CPU tensors with ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton``, but every 
 our Python (wrappers, checks, dispatch, autograd bookkeeping, allocations) plus PyTorch's per-op overhead - the part
 a real launch adds on top is Triton's launcher and cuBLAS's, per launch. DeiT runs under the same stubs.
 
-Per model and path it prints: best-of-repeats host ms per forward (tiny input: 2x2 tokens), Triton launches,
-GEMMs, and other (non-view) aten ops per forward - each of those is a kernel launch on a GPU.
+Per model and path it prints: host time per forward (thread CPU time, best of the repeats; tiny input: 2x2 tokens)
+and its ratio to DeiT-T's measured in the same run (the absolute numbers drift by +-30% between runs on a shared VM;
+the ratio much less), Triton launches, GEMMs, and other (non-view) aten ops per forward - each of those is a kernel
+launch on a GPU.
 
     python tools/benchmark_host.py                                  # VRWKV-T, VRWKV6-T, DeiT-T
     python tools/benchmark_host.py --model vrwkv_small_patch16_224 --out host.json
@@ -84,7 +86,7 @@ class _AtenCount(TorchDispatchMode):
 
 
 def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20) -> dict:
-    """Host ms per forward (best of ``repeats`` means over ``calls``) and launches per forward of ``name``."""
+    """Host ms per forward (thread CPU time, best of ``repeats`` means over ``calls``) and launches per forward."""
     os.environ["VRWKV_FUSED"] = "1" if fused else "0"
     model = timm.create_model(name, img_size=32, num_classes=0).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -93,10 +95,10 @@ def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20) ->
             model.forward_features(x)
         best = float("inf")
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(calls):
                 model.forward_features(x)
-            best = min(best, (time.perf_counter() - t0) / calls)
+            best = min(best, (time.thread_time() - t0) / calls)
         stubs.triton.clear()
         stubs.gemm = 0
         with _AtenCount() as aten:
@@ -123,11 +125,15 @@ def main(argv=None) -> int:
         for fused in ((True, False) if ours and args.plain else (True,)):
             rows.append(measure(name, fused, args.repeats, args.calls))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "triton_by_kernel"}), flush=True)
-    print("\n| model | path | host ms / forward | Triton launches | GEMMs | other aten ops | launches |")
-    print("|---|---|---|---|---|---|---|")
+    deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)
+    print("\n| model | path | host ms / forward | x DeiT | Triton launches | GEMMs | other aten ops | launches |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         path = r["path"] + (" + fused GEMMs" if r["fused_gemm"] == "1" and r["path"] == "fused" else "")
-        print(f"| {r['model']} | {path} | {r['host_ms']:.2f} | {r['triton_launches']} | {r['gemms']} | "
+        if deit:
+            r["vs_deit"] = r["host_ms"] / deit
+        ratio = f"{r['vs_deit']:.2f}" if deit else ""
+        print(f"| {r['model']} | {path} | {r['host_ms']:.2f} | {ratio} | {r['triton_launches']} | {r['gemms']} | "
               f"{r['other_aten_ops']} | {r['launches']} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

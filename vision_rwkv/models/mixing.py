@@ -110,7 +110,10 @@ def receptance_gate(receptance: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 
 
 def _fold(vectors: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels."""
+    """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels (one vector:
+    a view, no copy)."""
+    if len(vectors) == 1:
+        return vectors[0].reshape(1, -1)
     return torch.stack(vectors).reshape(len(vectors), -1)
 
 
@@ -200,8 +203,12 @@ class ChannelMix(nn.Module):
         elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
         :func:`receptance_gate`)."""
         if self.token_shift == 'q_shift':
-            xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size,
-                                           out_dtype=fused.compute_dtype(x))
+            out_dtype = fused.compute_dtype(x)
+            if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
+                mix = torch.stack((self.spatial_mix_k, self.spatial_mix_r))
+                xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype)
+            else:
+                xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size, out_dtype)
         else:
             xk, xr = self._mixed_inputs(x, grid_size)
         k = key_relu_square(self.key, xk)

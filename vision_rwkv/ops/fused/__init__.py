@@ -159,7 +159,7 @@ def _check_grid(op: str, x: torch.Tensor, grid_size: Tuple[int, int], head_size:
 
 def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, m: Optional[torch.Tensor] = None,
                     head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
-                    backend: Optional[str] = None) -> torch.Tensor:
+                    backend: Optional[str] = None, one_minus: bool = False) -> torch.Tensor:
     """``out[i] = x + (q_shift(x, grid_size, head_size) - x) * (a[i] + m[i])`` for i < M, in one pass.
 
     Args:
@@ -169,6 +169,8 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
         head_size: None = v4 whole-channel quarters; an int = quarters inside every head (v6).
         out_dtype: dtype of the result (default x's; the models pass the autocast dtype).
         backend: None (auto), 'reference' or 'triton'.
+        one_minus: ``a`` holds the weights of the UNshifted token (the v4 ``mu``): ``1 - a`` is used, computed in
+            the kernel (no separate launch).
     Returns:
         (M, B, N, C) tensor; ``out[i]`` is contiguous.
     """
@@ -181,8 +183,8 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
     if m is not None:
         check_shape(op, "m", m, (a.shape[0],) + tuple(x.shape))
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
-        return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype)
-    return token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
+        return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype, one_minus)
+    return token_shift_mix_reference(x, grid_size, 1 - a if one_minus else a, m, head_size, out_dtype)
 
 
 def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, h: torch.Tensor,
@@ -214,7 +216,7 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
 def shift_lerp(x: torch.Tensor, grid_size: Tuple[int, int], mix: torch.Tensor, head_size: Optional[int] = None,
                out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> torch.Tensor:
     """``out[i] = x * mix[i] + q_shift(x) * (1 - mix[i])`` (mix weights the unshifted token), (M, B, N, C)."""
-    return token_shift_mix(x, grid_size, 1 - mix, None, head_size, out_dtype, backend)
+    return token_shift_mix(x, grid_size, mix, None, head_size, out_dtype, backend, one_minus=True)
 
 
 def sigmoid_mul(r: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
@@ -243,6 +245,12 @@ def _check_linear(op: str, x: torch.Tensor, weight: torch.Tensor) -> None:
                          f"got {tuple(weight.shape)}")
 
 
+def _operands(x: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+    """x and weight in the dtype the GEMM computes in (what autocast would give F.linear), and that dtype."""
+    dtype = compute_dtype(x)
+    return (x if x.dtype == dtype else x.to(dtype)), (weight if weight.dtype == dtype else weight.to(dtype)), dtype
+
+
 def linear_relu_square(x: torch.Tensor, weight: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
     """``relu(x @ weight^T) ** 2`` (a bias-free ``nn.Linear`` and the channel-mix squared ReLU) in one GEMM.
 
@@ -252,8 +260,7 @@ def linear_relu_square(x: torch.Tensor, weight: torch.Tensor, backend: Optional[
     op = "linear_relu_square"
     device = check_tensors(op, x=x, weight=weight)
     _check_linear(op, x, weight)
-    dtype = compute_dtype(x)
-    x, weight = x.to(dtype), weight.to(dtype)
+    x, weight, dtype = _operands(x, weight)
     if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
         return _linear().linear_relu_square_triton(x, weight)
     return linear_relu_square_reference(x, weight)
@@ -270,8 +277,7 @@ def linear_sigmoid_mul(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
     device = check_tensors(op, x=x, weight=weight, y=y)
     _check_linear(op, x, weight)
     check_shape(op, "y", y, tuple(x.shape[:-1]) + (weight.shape[0],))
-    dtype = compute_dtype(x)
-    x, weight = x.to(dtype), weight.to(dtype)
+    x, weight, dtype = _operands(x, weight)
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (dtype, y.dtype):
         return _linear().linear_sigmoid_mul_triton(x, weight, y)
     return linear_sigmoid_mul_reference(x, weight, y)

@@ -83,9 +83,9 @@ def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
 def _precision(dtype: torch.dtype) -> str:
     """fp32 inputs follow torch's matmul setting (full fp32 unless TF32 is allowed); 16-bit inputs use the tensor
     cores whatever this says."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+    if dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
 
 
 def _launch(x2, w, aux, out, pre, epi: int):

@@ -65,7 +65,7 @@ def _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT: tl.constexpr, BC: tl.constexpr):
 
 @triton.jit
 def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
-                    M: tl.constexpr, HAS_M: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+                    M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -77,6 +77,8 @@ def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
     pm = MM + offs
     for i in tl.static_range(M):
         coef = tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if ONE_MINUS:
+            coef = 1.0 - coef
         if HAS_M:
             coef = coef + tl.load(pm, mask=mask, other=0.0).to(tl.float32)
             pm += plane
@@ -87,7 +89,8 @@ def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
 
 @triton.jit
 def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
-                    M: tl.constexpr, HAS_M: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+                    M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, BT: tl.constexpr,
+                    BC: tl.constexpr):
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -106,6 +109,8 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, NTOK, N, C, H, W, HS, Q1, Q2, Q3,
     pgap = GAP + tl.program_id(0).to(tl.int64) * M * C + c
     for i in tl.static_range(M):
         a = tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if ONE_MINUS:
+            a = 1.0 - a
         g = tl.load(pg + offs, mask=mask, other=0.0).to(tl.float32)
         gi = tl.load(pg + isrc, mask=ivalid, other=0.0).to(tl.float32)
         coef = a
@@ -116,7 +121,10 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, NTOK, N, C, H, W, HS, Q1, Q2, Q3,
             pm += plane
         gx += g * (1.0 - coef) + gi * coefi
         gxx = g * xx
-        tl.store(pgap, tl.sum(gxx, axis=0), mask=cmask)
+        if ONE_MINUS:  # d(1 - a) / da = -1
+            tl.store(pgap, -tl.sum(gxx, axis=0), mask=cmask)
+        else:
+            tl.store(pgap, tl.sum(gxx, axis=0), mask=cmask)
         if HAS_M:
             tl.store(pgm + offs, gxx.to(GM.dtype.element_ty), mask=mask)
             pgm += plane
@@ -141,27 +149,27 @@ def _tsm_launch(x, H, W, head_size, nmix):
     return (ntok, N, C, H, W, *_quarters(C, head_size), ntok * C), dict(M=nmix, BT=bt, BC=bc), grid
 
 
-def _tsm_fwd(x, H, W, head_size, a, m, out_dtype):
+def _tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus=False):
     nmix = a.shape[0]
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
     out = new_empty((nmix,) + tuple(x.shape), out_dtype, x.device)
-    _tsm_fwd_kernel[grid](x, a, x if m is None else m, out, *args, HAS_M=m is not None,
+    _tsm_fwd_kernel[grid](x, a, x if m is None else m, out, *args, HAS_M=m is not None, ONE_MINUS=one_minus,
                           num_warps=CONFIG["warps"], **meta)
     return out
 
 
 @torch.library.custom_op("vision_rwkv::token_shift_mix", mutates_args=())
 def _tsm_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
-            out_dtype: torch.dtype) -> torch.Tensor:
-    return _tsm_fwd(x, H, W, head_size, a, m, out_dtype)
+            out_dtype: torch.dtype, one_minus: bool) -> torch.Tensor:
+    return _tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus)
 
 
 @_tsm_op.register_fake
-def _(x, H, W, head_size, a, m, out_dtype):
+def _(x, H, W, head_size, a, m, out_dtype, one_minus):
     return x.new_empty((a.shape[0],) + tuple(x.shape), dtype=out_dtype)
 
 
-def _tsm_bwd(x, H, W, head_size, a, m, gout):
+def _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus=False):
     nmix = a.shape[0]
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
     gout = gout.contiguous()
@@ -169,32 +177,32 @@ def _tsm_bwd(x, H, W, head_size, a, m, gout):
     gap = new_empty((grid[0], nmix, x.shape[-1]), torch.float32, x.device)
     gm = new_empty(m.shape, m.dtype, m.device) if m is not None else x.new_empty((0,))
     _tsm_bwd_kernel[grid](x, a, x if m is None else m, gout, gx, gap, x if m is None else gm, *args,
-                          HAS_M=m is not None, num_warps=CONFIG["warps"], **meta)
+                          HAS_M=m is not None, ONE_MINUS=one_minus, num_warps=CONFIG["warps"], **meta)
     return gx, gap.sum(0).to(a.dtype), gm
 
 
 @torch.library.custom_op("vision_rwkv::token_shift_mix_bwd", mutates_args=())
 def _tsm_bwd_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, m: Optional[torch.Tensor],
-                gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _tsm_bwd(x, H, W, head_size, a, m, gout)
+                gout: torch.Tensor, one_minus: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus)
 
 
 @_tsm_bwd_op.register_fake
-def _(x, H, W, head_size, a, m, gout):
+def _(x, H, W, head_size, a, m, gout, one_minus):
     return x.new_empty(x.shape), a.new_empty(a.shape), (m.new_empty(m.shape) if m is not None else x.new_empty((0,)))
 
 
 def _tsm_setup(ctx, inputs, output):
-    x, H, W, head_size, a, m, _ = inputs
-    ctx.meta = (H, W, head_size, m is not None)
+    x, H, W, head_size, a, m, _, one_minus = inputs
+    ctx.meta = (H, W, head_size, m is not None, one_minus)
     ctx.save_for_backward(x, a, m)
 
 
 def _tsm_backward(ctx, gout):
     x, a, m = ctx.saved_tensors
-    H, W, head_size, has_m = ctx.meta
-    gx, ga, gm = _tsm_bwd_op(x, H, W, head_size, a, m if has_m else None, gout)
-    return gx, None, None, None, ga, (gm if has_m else None), None
+    H, W, head_size, has_m, one_minus = ctx.meta
+    gx, ga, gm = _tsm_bwd_op(x, H, W, head_size, a, m if has_m else None, gout, one_minus)
+    return gx, None, None, None, ga, (gm if has_m else None), None, None
 
 
 torch.library.register_autograd("vision_rwkv::token_shift_mix", _tsm_backward, setup_context=_tsm_setup)
@@ -202,28 +210,29 @@ torch.library.register_autograd("vision_rwkv::token_shift_mix", _tsm_backward, s
 
 class _TokenShiftMix(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, H, W, head_size, a, m, out_dtype):
-        ctx.meta = (H, W, head_size, m is not None)
+    def forward(ctx, x, H, W, head_size, a, m, out_dtype, one_minus):
+        ctx.meta = (H, W, head_size, m is not None, one_minus)
         ctx.save_for_backward(x, a, m)
-        return _tsm_fwd(x, H, W, head_size, a, m, out_dtype)
+        return _tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus)
 
     @staticmethod
     def backward(ctx, gout):
         x, a, m = ctx.saved_tensors
-        H, W, head_size, has_m = ctx.meta
-        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, gout)
-        return gx, None, None, None, ga, (gm if has_m else None), None
+        H, W, head_size, has_m, one_minus = ctx.meta
+        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, gout, one_minus)
+        return gx, None, None, None, ga, (gm if has_m else None), None, None
 
 
 def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor,
                            m: Optional[torch.Tensor] = None, head_size: Optional[int] = None,
-                           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                           out_dtype: Optional[torch.dtype] = None, one_minus: bool = False) -> torch.Tensor:
     """Fused ``x + (q_shift(x) - x) * (a[i] + m[i])`` -> (M, B, N, C) in ``out_dtype`` (see the module docstring).
-    Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None."""
+    Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None. ``one_minus``: a weights the unshifted token
+    (the kernel uses 1 - a; no separate launch computes it)."""
     x = x.contiguous()
     a = a.contiguous()
     m = m.contiguous() if m is not None else None
-    args = (x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype)
+    args = (x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype, bool(one_minus))
     return run_op(_tsm_op, _TokenShiftMix, _tsm_fwd, *args)
 
 
