@@ -67,11 +67,11 @@ class TextBlock(nn.Module):
         x = x + self.ffn(self.ln2(x))
         return x
 
-    def forward_chain(self, x: torch.Tensor, h: torch.Tensor,
-                      next_norm: Optional[nn.LayerNorm]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Fused path: residual `x` and `h = ln1(x)` -> (new residual, `next_norm` of it or None), each residual add
-        fused with the LayerNorm that follows it (`ln2`, then the next block's `ln1`)."""
-        return fused_prenorm_step(x, h, self.att, self.ffn, self.ln2, next_norm=next_norm)
+    def forward_chain(self, x: torch.Tensor, h: torch.Tensor, next_norm: Optional[nn.LayerNorm],
+                      next_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Fused path: residual `x` and `h = ln1(x)` -> (new residual, `next_norm` of it in `next_dtype` or None),
+        each residual add fused with the LayerNorm that follows it (`ln2`, then the next block's `ln1` or `ln_out`)."""
+        return fused_prenorm_step(x, h, self.att, self.ffn, self.ln2, next_norm=next_norm, next_dtype=next_dtype)
 
 
 class TextRWKV(nn.Module):
@@ -173,7 +173,7 @@ class TextRWKV(nn.Module):
             raise ValueError(f"text has {text.shape[1]} tokens, more than context_length {self.context_length}")
         x = self.emb(text)
         if fused.fused_enabled(x) and not (self.grad_checkpointing and torch.is_grad_enabled()):
-            return self.ln_out(self._forward_chain(x))
+            return self._forward_chain(x)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
@@ -182,13 +182,15 @@ class TextRWKV(nn.Module):
         return self.ln_out(x)
 
     def _forward_chain(self, x: torch.Tensor) -> torch.Tensor:
-        """Fused path: every residual add carries the LayerNorm that follows it (the next block's `ln1` included)."""
+        """Fused path: every residual add carries the LayerNorm that follows it (the next block's `ln1`, then
+        `ln_out`); returns the `ln_out` tokens (in the residual's dtype, as the LayerNorm would)."""
         blocks = self.blocks
         x = blocks[0].ln0(x)
         h = blocks[0].ln1(x)
         for i, block in enumerate(blocks):
-            x, h = block.forward_chain(x, h, blocks[i + 1].ln1 if i + 1 < len(blocks) else None)
-        return x
+            last = i + 1 == len(blocks)
+            x, h = block.forward_chain(x, h, self.ln_out if last else blocks[i + 1].ln1, x.dtype if last else None)
+        return h
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Sentence embedding: mean over all positions of L2-normalised token features (not re-normalised)."""

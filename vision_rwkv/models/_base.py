@@ -238,20 +238,24 @@ class VisionRWKVBase(nn.Module):
 
     def _forward_chain(self, x: torch.Tensor, grid: GridSize) -> torch.Tensor:
         """Pre-norm blocks with every residual add fused with the LayerNorm that follows it (the next block's
-        ``norm1`` included), the normalised activations written once in the compute dtype."""
+        ``norm1``, the final ``norm`` after the last block), the normalised activations written once (in the compute
+        dtype, the final ones in the residual's). Returns the final-norm tokens."""
         blocks = self.blocks
         x = blocks[0].norm0(x)
         h = blocks[0].norm1(x)
+        final = self.norm if isinstance(self.norm, nn.LayerNorm) else None
         for i, block in enumerate(blocks):
-            next_norm = blocks[i + 1].norm1 if i + 1 < len(blocks) else None
-            x, h = block.forward_chain(x, h, grid, next_norm)
-        return x
+            if i + 1 < len(blocks):
+                x, h = block.forward_chain(x, h, grid, blocks[i + 1].norm1)
+            else:
+                x, h = block.forward_chain(x, h, grid, final, x.dtype)
+        return h if final is not None else self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch (B, in_chans, H, W) -> final-norm tokens (B, N, C), N = ceil(H/p) * ceil(W/p)."""
         x, grid = self._embed(x)
         if self._chain_fusable(x):
-            return self.norm(self._forward_chain(x, grid))
+            return self._forward_chain(x, grid)
         for block in self.blocks:
             x = self._run_block(block, x, grid)
         return self.norm(x)

@@ -202,10 +202,12 @@ class Block(nn.Module):
         return self.forward_chain(x, n1(x), grid_size, None)[0]
 
     def forward_chain(self, x: torch.Tensor, h: torch.Tensor, grid_size: GridSize,
-                      next_norm: Optional[nn.LayerNorm]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                      next_norm: Optional[nn.LayerNorm],
+                      next_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Fused pre-norm block inside a chain (see ``VisionRWKVBase.forward_features``): takes the residual ``x``
-        and ``h = norm1(x)``, returns the new residual and ``next_norm`` of it (the next block's ``norm1``, fused
-        into this block's last residual add; None for the last block). Needs ``_fusable()`` and pre-norm."""
+        and ``h = norm1(x)``, returns the new residual and ``next_norm`` of it (the next block's ``norm1`` or the
+        model's final norm, fused into this block's last residual add, output in ``next_dtype``; None: a plain add).
+        Needs ``_fusable()`` and pre-norm."""
         g1, g2 = self._gammas()
         return fused_prenorm_step(x, h, lambda t: self.spatial_mix(t, grid_size),
-                                  lambda t: self.channel_mix(t, grid_size), self.norm2, g1, g2, next_norm)
+                                  lambda t: self.channel_mix(t, grid_size), self.norm2, g1, g2, next_norm, next_dtype)

@@ -410,17 +410,20 @@ def fused_prenorm_step(
         gamma1: Optional[torch.Tensor] = None,
         gamma2: Optional[torch.Tensor] = None,
         next_norm: Optional[nn.LayerNorm] = None,
+        next_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One pre-norm block on the fused path from the residual ``x`` and ``h = norm1(x)``.
 
     ``x += gamma1 * token_mix(h)`` fused with ``norm2``; ``x += gamma2 * channel_mix(norm2(x))`` fused with
-    ``next_norm`` (the next block's ``norm1``; None = plain add). Returns ``(x, next_norm(x) or None)``; the
-    normalised activations are written in the compute dtype (only the next mixer reads them). gamma None = no
-    layer scale.
+    ``next_norm`` (the next block's ``norm1``, or the model's final norm; None = plain add). Returns
+    ``(x, next_norm(x) or None)``. ``norm2``'s output is written in the compute dtype (only the channel mix reads
+    it); ``next_norm``'s in ``next_dtype`` (None = the compute dtype; the final norm passes the residual's dtype,
+    what ``nn.LayerNorm`` returns under autocast). gamma None = no layer scale.
     """
     dtype = fused.compute_dtype(x)
     x, h = fused.add_norm(x, token_mix(h), gamma1, norm2.weight, norm2.bias, norm2.eps, post=False, out_dtype=dtype)
     y = channel_mix(h)
     if next_norm is None:
         return (x + y if gamma2 is None else x + y * gamma2), None
-    return fused.add_norm(x, y, gamma2, next_norm.weight, next_norm.bias, next_norm.eps, post=False, out_dtype=dtype)
+    return fused.add_norm(x, y, gamma2, next_norm.weight, next_norm.bias, next_norm.eps, post=False,
+                          out_dtype=next_dtype or dtype)
