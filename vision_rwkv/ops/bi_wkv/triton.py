@@ -577,6 +577,26 @@ def launch_carry(summ, mj, w32, out, m, T: int, C: int, S: int, NSUB: int, NC: i
                                                        num_warps=CONFIG["warps"])
 
 
+def fwd_buffers(w, u, k, v, NC: int, ncar: int, single: bool):
+    """Forward outputs and fp32 parameters shared by the tile-scan and sequential paths: y (B, T, C) in v's dtype,
+    the per-channel max m (B, C), the carries (B, NC, ncar, C) (empty for a single chunk), w and u in fp32."""
+    B, T, C = k.shape
+    dev = k.device
+    car = new_empty((B, NC, ncar, C), torch.float32, dev) if not single else torch.empty(0, device=dev)
+    return (new_empty((B, T, C), v.dtype, dev), new_empty((B, C), torch.float32, dev), car,
+            w.float().contiguous(), u.float().contiguous())
+
+
+def bwd_buffers(w, u, k, v, NC: int):
+    """Backward buffers shared by both paths: w, u in fp32, gk / gv in k's / v's dtype, per-chunk partial sums of
+    gw / gu (B * NC, C) in fp32."""
+    B, T, C = k.shape
+    dev = k.device
+    return (w.float().contiguous(), u.float().contiguous(), new_empty((B, T, C), k.dtype, dev),
+            new_empty((B, T, C), v.dtype, dev), new_empty((B * NC, C), torch.float32, dev),
+            new_empty((B * NC, C), torch.float32, dev))
+
+
 def _fwd(w, u, k, v, mode: str, chunks: int):
     if CONFIG["seq"]:
         from .triton_seq import seq_fwd
@@ -588,13 +608,8 @@ def _fwd(w, u, k, v, mode: str, chunks: int):
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]
     dev = k.device
-    ncar = 8 if orig else 4
-    nsum = 6 if orig else 4
-    y = new_empty((B, T, C), v.dtype, dev)
-    m = new_empty((B, C), torch.float32, dev)
-    car = new_empty((B, NC, ncar, C), torch.float32, dev) if not single else torch.empty(0, device=dev)
-    w32 = w.float().contiguous()
-    u32 = u.float().contiguous()
+    ncar, nsum = (8, 6) if orig else (4, 4)
+    y, m, car, w32, u32 = fwd_buffers(w, u, k, v, NC, ncar, single)
     grid = (B, _grid_c(C, BC), NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
@@ -619,14 +634,8 @@ def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]
     dev = k.device
-    ncar = 8 if orig else 4
-    nsum = 6 if orig else 4
-    w32 = w.float().contiguous()
-    u32 = u.float().contiguous()
-    gk = new_empty((B, T, C), k.dtype, dev)
-    gv = new_empty((B, T, C), v.dtype, dev)
-    gwp = new_empty((B * NC, C), torch.float32, dev)
-    gup = new_empty((B * NC, C), torch.float32, dev)
+    ncar, nsum = (8, 6) if orig else (4, 4)
+    w32, u32, gk, gv, gwp, gup = bwd_buffers(w, u, k, v, NC)
     grid = (B, _grid_c(C, BC), NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
-from .triton import _geometry, _load_bwd_carries, _load_fwd_carries, launch_carry
+from .triton import _geometry, _load_bwd_carries, _load_fwd_carries, bwd_buffers, fwd_buffers, launch_carry
 
 __all__ = ["seq_fwd", "seq_bwd", "seq_plan"]
 
@@ -380,11 +380,7 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
-    y = new_empty((B, T, C), v.dtype, dev)
-    m = new_empty((B, C), torch.float32, dev)
-    car = new_empty((B, NC, ncar, C), torch.float32, dev) if not single else torch.empty(0, device=dev)
-    w32 = w.float().contiguous()
-    u32 = u.float().contiguous()
+    y, m, car, w32, u32 = fwd_buffers(w, u, k, v, NC, ncar, single)
     grid = (B, cdiv(C, BC), NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
@@ -406,12 +402,7 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
-    w32 = w.float().contiguous()
-    u32 = u.float().contiguous()
-    gk = new_empty((B, T, C), k.dtype, dev)
-    gv = new_empty((B, T, C), v.dtype, dev)
-    gwp = new_empty((B * NC, C), torch.float32, dev)
-    gup = new_empty((B * NC, C), torch.float32, dev)
+    w32, u32, gk, gv, gwp, gup = bwd_buffers(w, u, k, v, NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
