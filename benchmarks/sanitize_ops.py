@@ -88,6 +88,9 @@ for dt in DTYPES:
     check(("decay_logd", dt), fused.decay_logd(w0, z, backend="triton"), (w0, z))
     x, y, gam, wt, bs = leaf(3, 7, 40), leaf(3, 7, 40, dtype=dt), leaf(40), leaf(40), leaf(40)
     check(("add_norm pre", dt), fused.add_norm(x, y, gam, wt, bs, backend="triton"), (x, y, gam, wt, bs))
+    keep = torch.tensor([0.0, 1.25, 0.8], device=x.device)  # drop path's per-sample factors (3 samples of 7 rows)
+    check(("add_norm post drop path", dt), fused.add_norm(x, y, gam, wt, bs, post=True, backend="triton",
+                                                          sample_scale=keep)[0], (x, y, gam, wt, bs))
     for shape, n, gemm in (((2, 37, 40), 24, dict(bm=16, bn=16, bk=16)), ((3, 70, 192), 200, {})):
         def run_gemm():
             x, wt = leaf(*shape, dtype=dt), leaf(n, shape[-1], scale=shape[-1] ** -0.5)

@@ -10,6 +10,11 @@ and of every parameter gradient. Fused outputs are NaN-poisoned (``VRWKV_TRITON_
 its kwargs are ``TextRWKV`` arguments plus ``tokens`` = sequence length). ``calls`` counts, for the fused pass, the
 calls of each fused elementwise op and of each Triton WKV entry point (``wkv:<op>``), so a test can tell that the
 fused kernels really ran (not counted when the pass is compiled).
+
+``train=True`` runs both passes in training mode from the same RNG seed, so drop path draws the same per-sample masks
+in the plain path (timm ``DropPath``) and in the fused path (per-sample factors of the fused residual adds);
+``drops`` counts the (dropped, kept) samples the plain pass's DropPath modules produced, so a test can tell that
+both kinds occurred.
 """
 from __future__ import annotations
 
@@ -76,25 +81,41 @@ class _CallCounter:
         self._saved.clear()
 
 
+def _count_drops(model: torch.nn.Module, drops: list) -> list:
+    """Forward hooks on the model's DropPath modules that add (dropped, kept) sample counts to ``drops``."""
+    from timm.layers import DropPath
+
+    def hook(module, inputs, out):
+        if module.training and module.drop_prob > 0:
+            zero = out.detach().flatten(1).abs().sum(1) == 0
+            drops[0] += int(zero.sum())
+            drops[1] += int((~zero).sum())
+
+    return [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DropPath)]
+
+
 def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
-            compile_fused: bool = False) -> dict:
-    """Plain vs fused path of ``timm.create_model(name, **kwargs)`` or the text tower (eval mode: no drop-path
-    draws), forward and backward; ``compile_fused`` runs the fused pass through
-    ``torch.compile(fullgraph=True, backend='aot_eager')``."""
+            compile_fused: bool = False, train: bool = False) -> dict:
+    """Plain vs fused path of ``timm.create_model(name, **kwargs)`` or the text tower, forward and backward (eval
+    mode unless ``train``: then both passes draw the same drop-path masks); ``compile_fused`` runs the fused pass
+    through ``torch.compile(fullgraph=True, backend='aot_eager')``."""
     try:
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(1)
         model, make_input = _build(name, kwargs, gen, img, batch)
-        model = model.to(device).eval()  # eval: no drop path draws
+        model = model.to(device).train(train)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=gen).to(device) * 0.05)
         x = make_input().to(device)
         results = {}
         counter = _CallCounter()
+        drops = [0, 0]
+        hooks = _count_drops(model, drops)
         for backend in ("reference", "triton"):
             os.environ["VRWKV_BACKEND"] = backend
             model.zero_grad()
+            torch.manual_seed(2)  # the same drop-path draws in both passes (train mode)
             fwd = model
             if backend == "triton" and compile_fused:
                 torch._dynamo.reset()
@@ -104,6 +125,9 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                     out = fwd(x)
                 out.float().square().mean().backward()
+            if backend == "reference":
+                for h in hooks:
+                    h.remove()
             results[backend] = (out.detach().double(),
                                 {n: p.grad.detach().double() for n, p in model.named_parameters()
                                  if p.grad is not None})
@@ -114,7 +138,7 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
         ordered = sorted(grad_errs.values())
         return {"y": rel(yf, yr), "grad_max": grad_errs[worst], "grad_worst": worst,
                 "grad_median": ordered[len(ordered) // 2],
-                "same_grads": sorted(gr) == sorted(gf), "calls": counter.calls,
+                "same_grads": sorted(gr) == sorted(gf), "calls": counter.calls, "drops": drops,
                 "finite": bool(torch.isfinite(yf).all()) and all(bool(torch.isfinite(g).all()) for g in gf.values())}
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
@@ -126,5 +150,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     cases = json.loads(sys.argv[1])
     print(json.dumps({f"{n}|{json.dumps(kw, sort_keys=True)}": compare(n, kw, compile_fused=kw.pop("compile", False),
-                                                                       batch=kw.pop("batch", 2))
+                                                                       batch=kw.pop("batch", 2),
+                                                                       train=kw.pop("train", False))
                       for n, kw in cases}))

@@ -47,6 +47,16 @@ TEXT_OPS = {"sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd", "add_n
 EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS, V6_OPS, None, TEXT_OPS, TEXT_OPS]
 
 
+# training mode with drop path: timm DropPath in the plain pass, per-sample factors of the fused residual adds in the
+# fused pass (same RNG draws): v4 pre-norm chain, v4 post-norm with layer scale, v6 post-norm
+TRAIN_CASES = [
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 3, "drop_path_rate": 0.6, "batch": 4, "train": True}],
+    ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 2, "drop_path_rate": 0.6, "batch": 4, "train": True}],
+    ["vrwkv6_small_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "drop_path_rate": 0.6, "batch": 4,
+                                  "train": True}],
+]
+TRAIN_EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS]
+
 # the opt-in WKV kernels (v4 register-sequential, v6 chunk-parallel) inside whole models: small chunks so that the
 # 3 x 3 (v4) / 2 x 3 (v6) token grids and the 13-token text span several chunks and carries
 NEW_KERNELS = {"VRWKV_TRITON_V4": "seq=1,seq_t=4,seq_bc=32,seq_bwd_bc=32,carry_ncb=2",
@@ -89,6 +99,23 @@ def test_fused_path_matches_plain_path_interpreter(interpreter_results, index):
     expected = EXPECTED_CALLS[index]
     if expected is not None:
         assert set(res["calls"]) == expected, res["calls"]
+
+
+@pytest.fixture(scope="module")
+def train_results():
+    return _run_cases(TRAIN_CASES)
+
+
+@pytest.mark.parametrize("index", range(len(TRAIN_CASES)), ids=[c[0] for c in TRAIN_CASES])
+def test_fused_path_drop_path_training_interpreter(train_results, index):
+    """Training mode with drop path stays on the fused path (the residual adds take drop path's per-sample factors)
+    and matches the plain path drawing the same masks; both dropped and kept samples occur."""
+    res = train_results[index]
+    assert "error" not in res, res.get("error")
+    dropped, kept = res["drops"]
+    assert dropped > 0 and kept > 0, res["drops"]
+    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert set(res["calls"]) == TRAIN_EXPECTED_CALLS[index], res["calls"]
 
 
 @pytest.mark.parametrize("pos", range(len(NEW_KERNEL_CASES)), ids=[CASES[i][0] for i in NEW_KERNEL_CASES])
@@ -154,6 +181,17 @@ def test_fused_path_cuda(name, monkeypatch):
     assert "error" not in bf16, bf16.get("error")
     # two bf16 computations of the same function: compare typical gradients tightly, the worst one loosely
     assert bf16["finite"] and bf16["y"] < 3e-2 and bf16["grad_median"] < 3e-2 and bf16["grad_max"] < 0.25, bf16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["vrwkv_small_patch16_224", "vrwkv6_small_patch16_224"])
+def test_fused_path_drop_path_training_cuda(name, monkeypatch):
+    """S models train with drop path 0.3 by default: the fused path in training mode vs the plain path (fp32)."""
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    res = compare(name, {"drop_path_rate": 0.5}, device="cuda", img=(224, 288), batch=8, train=True)
+    assert "error" not in res, res.get("error")
+    assert min(res["drops"]) > 0, res["drops"]
+    assert res["finite"] and res["y"] < 1e-3 and res["grad_max"] < 1e-2, res
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

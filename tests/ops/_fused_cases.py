@@ -119,15 +119,20 @@ def _inputs(case: dict, device: str):
                   "bias": _randn((c,), g, torch.float32, device)}
         if case.get("gamma", True):
             leaves["gamma"] = _randn((c,), g, torch.float32, device)
+        scale = None
+        if case.get("sample_scale"):  # a constant per-sample branch factor (drop path): sample 0 dropped, others
+            scale = torch.rand(shape[0], generator=g, dtype=torch.float64) * 1.5 + 0.5  # random, never 1
+            scale[0] = 0.0
+            scale = scale.float().to(device)
 
         def combine(out):  # one output for the gradient check: both s and (pre-norm) n get a gradient
             s, n = out
             return s if post else s + 0.7 * n.to(s.dtype)
 
         fn = lambda t: combine(fused.add_norm(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"], 1e-5,  # noqa
-                                              post, out_dtype, backend))
+                                              post, out_dtype, backend, sample_scale=scale))
         rf = lambda t: combine(ref.add_norm_reference(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"],  # noqa
-                                                      1e-5, post))
+                                                      1e-5, post, sample_scale=scale))
         odt = torch.float32
     else:
         raise ValueError(f"unknown op {op!r}")

@@ -55,6 +55,14 @@ CPU_CASES = {
     "add_norm_pre_bf16_y_bf16_out": dict(op="add_norm", shape=(2, 3, 10), dtype="bf16", out_dtype="bf16",
                                          gamma=False),
     "add_norm_pre_compile_noncontig": dict(op="add_norm", shape=(2, 3, 4), compile=True, layout="T"),
+    # drop path's per-sample branch factor: several samples per row block, sample boundaries inside blocks and
+    # several programs (C=100: 32-row blocks over 3 x 37 rows)
+    "add_norm_post_sample_scale": dict(op="add_norm", shape=(3, 5, 12), post=True, sample_scale=True),
+    "add_norm_post_sample_scale_blocks": dict(op="add_norm", shape=(3, 37, 100), post=True, sample_scale=True),
+    "add_norm_pre_sample_scale_bf16_odd_C": dict(op="add_norm", shape=(4, 3, 7), dtype="bf16", out_dtype="bf16",
+                                                 sample_scale=True),
+    "add_norm_pre_sample_scale_no_gamma_compile": dict(op="add_norm", shape=(2, 3, 4), gamma=False, compile=True,
+                                                       layout="T", sample_scale=True),
     # GEMM epilogues: several M / N tiles (partial last ones), K steps with a partial last one, grouped program ids
     "linear_relu_square_tiles": dict(op="linear_relu_square", shape=(2, 37, 40), N=24, gemm=_SMALL_GEMM),
     "linear_relu_square_even_k": dict(op="linear_relu_square", shape=(3, 5, 32), N=48, gemm=_SMALL_GEMM),
@@ -92,6 +100,10 @@ CUDA_CASES = {
     "add_norm_post_B_fp32": dict(op="add_norm", shape=(4, 196, 768), post=True),
     "add_norm_pre_T": dict(op="add_norm", shape=(16, 1024, 192), dtype="bf16", out_dtype="bf16"),
     "add_norm_pre_odd": dict(op="add_norm", shape=(3, 197, 100), gamma=False),
+    "add_norm_post_sample_scale_S": dict(op="add_norm", shape=(16, 196, 384), post=True, dtype="bf16",
+                                         sample_scale=True),
+    "add_norm_pre_sample_scale_T": dict(op="add_norm", shape=(8, 1024, 192), dtype="bf16", out_dtype="bf16",
+                                        sample_scale=True),
     "compile": dict(op=TSM, shape=(2, 14, 14, 192), M=5, with_m=True, head_size=64, compile=True),
     "linear_relu_square_T_1024": dict(op="linear_relu_square", shape=(4, 4096, 192), N=768, dtype="bf16"),
     "linear_relu_square_fp32_odd": dict(op="linear_relu_square", shape=(3, 197, 100), N=300),

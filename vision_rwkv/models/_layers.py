@@ -24,7 +24,8 @@ from timm.layers import DropPath, LayerScale, resample_patch_embed, to_2tuple
 
 from vision_rwkv.ops import fused
 
-from .mixing import channel_position, channel_ratio, fused_prenorm_step, layer_ratios, lerp_mix
+from .mixing import (channel_position, channel_ratio, drop_path_scale, fusable_drop_path, fused_prenorm_step,
+                     layer_ratios, lerp_mix)
 
 __all__ = [
     'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'Block',
@@ -180,24 +181,28 @@ class Block(nn.Module):
         return x
 
     def _fusable(self) -> bool:
-        """The fused residual + LayerNorm kernel covers LayerNorm, LayerScale / Identity and inactive drop path."""
-        no_drop = not self.training or (isinstance(self.drop_path1, nn.Identity) and
-                                        isinstance(self.drop_path2, nn.Identity))
+        """The fused residual + LayerNorm kernel covers LayerNorm, LayerScale / Identity and timm DropPath /
+        Identity (drop path becomes a per-sample factor of the fused add)."""
+        drops_ok = all(fusable_drop_path(m) for m in (self.drop_path1, self.drop_path2))
         scales_ok = all(isinstance(m, (nn.Identity, LayerScale)) for m in (self.ls1, self.ls2))
-        return no_drop and scales_ok and isinstance(self.norm1, nn.LayerNorm) and isinstance(self.norm2, nn.LayerNorm)
+        return drops_ok and scales_ok and isinstance(self.norm1, nn.LayerNorm) and isinstance(self.norm2, nn.LayerNorm)
 
     def _gammas(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         return tuple(ls.gamma if isinstance(ls, LayerScale) else None for ls in (self.ls1, self.ls2))
 
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        """Same function with the residual add, layer scale and LayerNorm of each half fused in one pass
-        (post-norm: ``x + g * LN(mix(x))``; pre-norm: the spatial-mix residual add and ``norm2`` together, whose
+        """Same function with the residual add, layer scale, drop path and LayerNorm of each half fused in one pass
+        (post-norm: ``x + dp(g * LN(mix(x)))``; pre-norm: the spatial-mix residual add and ``norm2`` together, whose
         output, read only by the channel mix, is written in the compute dtype)."""
         g1, g2 = self._gammas()
         n1, n2 = self.norm1, self.norm2
         if self.post_norm:
-            x, _ = fused.add_norm(x, self.spatial_mix(x, grid_size), g1, n1.weight, n1.bias, n1.eps, post=True)
-            x, _ = fused.add_norm(x, self.channel_mix(x, grid_size), g2, n2.weight, n2.bias, n2.eps, post=True)
+            y = self.spatial_mix(x, grid_size)
+            x, _ = fused.add_norm(x, y, g1, n1.weight, n1.bias, n1.eps, post=True,
+                                  sample_scale=drop_path_scale(self.drop_path1, y))
+            y = self.channel_mix(x, grid_size)
+            x, _ = fused.add_norm(x, y, g2, n2.weight, n2.bias, n2.eps, post=True,
+                                  sample_scale=drop_path_scale(self.drop_path2, y))
             return x
         return self.forward_chain(x, n1(x), grid_size, None)[0]
 
@@ -210,4 +215,5 @@ class Block(nn.Module):
         Needs ``_fusable()`` and pre-norm."""
         g1, g2 = self._gammas()
         return fused_prenorm_step(x, h, lambda t: self.spatial_mix(t, grid_size),
-                                  lambda t: self.channel_mix(t, grid_size), self.norm2, g1, g2, next_norm, next_dtype)
+                                  lambda t: self.channel_mix(t, grid_size), self.norm2, g1, g2, next_norm, next_dtype,
+                                  self.drop_path1, self.drop_path2)

@@ -7,6 +7,7 @@
 * :class:`TimeMixV6` - the RWKV-6 time mix: data-dependent interpolation ("ddlerp"), per-token decay,
   bidirectional WKV-6, per-head GroupNorm and SiLU gate (DESIGN.md §4-5).
 * :func:`fused_prenorm_step` - the fused-path residual adds of a pre-norm block (each add carries a LayerNorm).
+* :func:`drop_path_scale` - the per-sample branch factor a timm ``DropPath`` draws, for the fused residual adds.
 * :func:`key_relu_square` / :func:`receptance_gate` - the fused path's ``relu(key(x))^2`` and
   ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
   :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass.
@@ -25,11 +26,13 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 
 from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
 
 __all__ = [
-    'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'key_relu_square',
+    'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
+    'key_relu_square',
     'receptance_gate',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
@@ -401,6 +404,25 @@ class TimeMixV6(nn.Module):
                 f'fp32_wkv={self.fp32_wkv}')
 
 
+def drop_path_scale(drop_path: Optional[nn.Module], branch: torch.Tensor) -> Optional[torch.Tensor]:
+    """The (B,) float32 factor that ``drop_path`` (a timm ``DropPath``, ``nn.Identity`` or None) applies to the samples of
+    ``branch`` (B, ...) in this call - ``bernoulli(keep_prob) / keep_prob`` (without the division when
+    ``scale_by_keep`` is off) - or None when it is the identity (eval mode, rate 0). Draws from the RNG exactly
+    when and as much as the module itself would, so the fused residual adds reproduce its masks."""
+    if type(drop_path) is not DropPath or not drop_path.training or drop_path.drop_prob == 0.0:
+        return None
+    keep_prob = 1.0 - drop_path.drop_prob
+    scale = branch.new_empty((branch.shape[0],), dtype=torch.float32).bernoulli_(keep_prob)
+    if keep_prob > 0.0 and drop_path.scale_by_keep:
+        scale.div_(keep_prob)
+    return scale
+
+
+def fusable_drop_path(drop_path: nn.Module) -> bool:
+    """Whether the fused residual adds can stand in for ``drop_path``: ``nn.Identity`` or a plain timm ``DropPath``."""
+    return type(drop_path) in (nn.Identity, DropPath)
+
+
 def fused_prenorm_step(
         x: torch.Tensor,
         h: torch.Tensor,
@@ -411,19 +433,29 @@ def fused_prenorm_step(
         gamma2: Optional[torch.Tensor] = None,
         next_norm: Optional[nn.LayerNorm] = None,
         next_dtype: Optional[torch.dtype] = None,
+        drop_path1: Optional[nn.Module] = None,
+        drop_path2: Optional[nn.Module] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One pre-norm block on the fused path from the residual ``x`` and ``h = norm1(x)``.
 
-    ``x += gamma1 * token_mix(h)`` fused with ``norm2``; ``x += gamma2 * channel_mix(norm2(x))`` fused with
-    ``next_norm`` (the next block's ``norm1``, or the model's final norm; None = plain add). Returns
-    ``(x, next_norm(x) or None)``. ``norm2``'s output is written in the compute dtype (only the channel mix reads
-    it); ``next_norm``'s in ``next_dtype`` (None = the compute dtype; the final norm passes the residual's dtype,
-    what ``nn.LayerNorm`` returns under autocast). gamma None = no layer scale.
+    ``x += drop_path1(gamma1 * token_mix(h))`` fused with ``norm2``; ``x += drop_path2(gamma2 *
+    channel_mix(norm2(x)))`` fused with ``next_norm`` (the next block's ``norm1``, or the model's final norm; None =
+    plain add). Returns ``(x, next_norm(x) or None)``. ``norm2``'s output is written in the compute dtype (only the
+    channel mix reads it); ``next_norm``'s in ``next_dtype`` (None = the compute dtype; the final norm passes the
+    residual's dtype, what ``nn.LayerNorm`` returns under autocast). gamma None = no layer scale; the drop paths
+    (timm ``DropPath``, ``nn.Identity`` or None) become per-sample factors of the fused adds
+    (:func:`drop_path_scale`).
     """
     dtype = fused.compute_dtype(x)
-    x, h = fused.add_norm(x, token_mix(h), gamma1, norm2.weight, norm2.bias, norm2.eps, post=False, out_dtype=dtype)
+    y = token_mix(h)
+    x, h = fused.add_norm(x, y, gamma1, norm2.weight, norm2.bias, norm2.eps, post=False, out_dtype=dtype,
+                          sample_scale=drop_path_scale(drop_path1, y))
     y = channel_mix(h)
+    scale = drop_path_scale(drop_path2, y)
     if next_norm is None:
-        return (x + y if gamma2 is None else x + y * gamma2), None
+        branch = y if gamma2 is None else y * gamma2
+        if scale is not None:
+            branch = branch * scale.view((-1,) + (1,) * (branch.dim() - 1))
+        return x + branch, None
     return fused.add_norm(x, y, gamma2, next_norm.weight, next_norm.bias, next_norm.eps, post=False,
-                          out_dtype=next_dtype or dtype)
+                          out_dtype=next_dtype or dtype, sample_scale=scale)

@@ -317,24 +317,33 @@ def decay_logd(w0: torch.Tensor, z: torch.Tensor, backend: Optional[str] = None)
 
 def add_norm(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
              bias: torch.Tensor, eps: float = 1e-5, post: bool = False, out_dtype: Optional[torch.dtype] = None,
-             backend: Optional[str] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+             backend: Optional[str] = None,
+             sample_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Residual + LayerNorm over the last dim C in one pass.
 
     post=True: ``s = x + gamma * LN(y)`` -> ``(s, None)`` (post-norm block).
     post=False: ``s = x + gamma * y``, ``n = LN(s)`` -> ``(s, n)`` (pre-norm block; n in ``out_dtype``).
     x, y: (..., C) (s keeps x's dtype: the residual stream); gamma: (C,) layer scale or None; weight, bias: (C,).
+    sample_scale: optional (B,) per-sample factor of the branch for x of shape (B, ..., C) - drop path's
+    ``mask / keep_prob`` (see :func:`vision_rwkv.models.mixing.drop_path_scale`); not differentiated.
     """
     op = "add_norm"
     tensors = dict(x=x, y=y, weight=weight, bias=bias)
     if gamma is not None:
         tensors["gamma"] = gamma
+    if sample_scale is not None:
+        tensors["sample_scale"] = sample_scale
     device = check_tensors(op, **tensors)
     c = x.shape[-1]
     check_shape(op, "y", y, tuple(x.shape))
     for name in ("weight", "bias", "gamma"):
         if name in tensors:
             check_shape(op, name, tensors[name], (c,))
+    if sample_scale is not None:
+        if x.dim() < 2:
+            raise ValueError(f"{op}: sample_scale needs x of shape (B, ..., C), got {tuple(x.shape)}")
+        check_shape(op, "sample_scale", sample_scale, (x.shape[0],))
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (x.dtype, y.dtype):
-        s, n = _triton().add_norm_triton(x, y, gamma, weight, bias, eps, post, out_dtype)
+        s, n = _triton().add_norm_triton(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
         return s, (None if post else n)
-    return add_norm_reference(x, y, gamma, weight, bias, eps, post, out_dtype)
+    return add_norm_reference(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)

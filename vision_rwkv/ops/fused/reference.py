@@ -101,15 +101,20 @@ def decay_logd_reference(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 def add_norm_reference(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
                        bias: torch.Tensor, eps: float = 1e-5, post: bool = False,
-                       out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                       out_dtype: Optional[torch.dtype] = None,
+                       sample_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Residual + LayerNorm over the last dim C.
 
     post=True: ``s = x + gamma * LN(y)`` (post-norm block), returns ``(s, None)``;
     post=False: ``s = x + gamma * y`` and ``n = LN(s)`` (pre-norm block: the next mixer's input), returns
     ``(s, n)`` with n in ``out_dtype`` (default x's). s is in x's dtype; gamma None = no layer scale.
+    sample_scale: optional (B,) factor of sample b's branch (``gamma * LN(y)`` or ``gamma * y``; drop path), for x
+    of shape (B, ..., C).
     """
     c = x.shape[-1]
     g = _acc(gamma) if gamma is not None else 1.0
+    if sample_scale is not None:
+        g = g * _acc(sample_scale).view((-1,) + (1,) * (x.dim() - 1))
     if post:
         s = _acc(x) + g * F.layer_norm(_acc(y), (c,), _acc(weight), _acc(bias), eps)
         return s.to(x.dtype), None

@@ -13,7 +13,8 @@
   ``ln_x(y) * silu(gate)``), several rows per program; backward with per-program partials of d weight / d bias.
 * ``decay_logd``: ``-exp(w0[c] + z)`` in float32 (the VRWKV6 per-token log decay from the decay LoRA output).
 * ``add_norm``: residual + LayerNorm per token, one read of each input: post-norm ``s = x + gamma * LN(y)``;
-  pre-norm ``s = x + gamma * y`` and ``n = LN(s)`` (n in the compute dtype: the next token mix reads it).
+  pre-norm ``s = x + gamma * y`` and ``n = LN(s)`` (n in the compute dtype: the next token mix reads it); an optional
+  per-sample factor of the branch (drop path's mask / keep_prob) is read per row.
 
 In eager mode each op is a ``torch.autograd.Function`` over the kernels (less call overhead); while torch.compile
 traces, the same kernels run as the custom ops (with fake implementations: no graph breaks).
@@ -689,8 +690,16 @@ def _ln_rows(v, mask, C, eps):
 
 
 @triton.jit
-def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, S, NOUT, R, C, eps, POST: tl.constexpr, HAS_GAMMA: tl.constexpr,
-                         BR: tl.constexpr, BC: tl.constexpr):
+def _row_scale(KEEP, rows, R, RPS, HAS_KEEP: tl.constexpr):
+    """Each row's sample scale (drop path's mask / keep_prob of sample ``row // RPS``) as (BR, 1), or 1."""
+    if HAS_KEEP:
+        return tl.load(KEEP + rows // RPS, mask=rows < R, other=0.0).to(tl.float32)[:, None]
+    return tl.full([1, 1], 1.0, tl.float32)
+
+
+@triton.jit
+def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps, POST: tl.constexpr,
+                         HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BC)
     cmask = cols < C
@@ -704,6 +713,7 @@ def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, S, NOUT, R, C, eps, POST: tl.constex
         g = tl.load(GAM + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     else:
         g = tl.full([1, BC], 1.0, tl.float32)
+    g = g * _row_scale(KEEP, rows, R, RPS, HAS_KEEP)  # the factor of the branch
     if POST:
         yhat, rstd = _ln_rows(y, mask, C, eps)
         tl.store(S + offs, (x + g * (yhat * w + b)).to(S.dtype.element_ty), mask=mask)
@@ -715,9 +725,9 @@ def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, S, NOUT, R, C, eps, POST: tl.constex
 
 
 @triton.jit
-def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, GS, GN, GX, GY, GGP, GWP, GBP, R, C, eps, iters,
-                         POST: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_GS: tl.constexpr, HAS_GN: tl.constexpr,
-                         BR: tl.constexpr, BC: tl.constexpr):
+def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GGP, GWP, GBP, R, C, RPS, eps, iters,
+                         POST: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_GS: tl.constexpr,
+                         HAS_GN: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BC)
@@ -736,15 +746,17 @@ def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, GS, GN, GX, GY, GGP, GWP, GBP, R, C
         mask = (rows < R)[:, None] & cmask[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
         y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        kk = _row_scale(KEEP, rows, R, RPS, HAS_KEEP)
+        gk = g * kk  # the factor of the branch
         if HAS_GS:
             gs = tl.load(GS + offs, mask=mask, other=0.0).to(tl.float32)
         else:
             gs = tl.zeros([BR, BC], tl.float32)
         if POST:
-            # s = x + g * (yhat * w + b)
+            # s = x + k * g * (yhat * w + b), k = the row's sample scale (1 without drop path)
             yhat, rstd = _ln_rows(y, mask, C, eps)
-            gln = gs * g
-            acc_g += tl.sum(gs * (yhat * w + b), axis=0)
+            gln = gs * gk
+            acc_g += tl.sum(gs * kk * (yhat * w + b), axis=0)
             acc_w += tl.sum(gln * yhat, axis=0)
             acc_b += tl.sum(gln, axis=0)
             dyh = tl.where(mask, gln * w, 0.0)
@@ -753,7 +765,7 @@ def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, GS, GN, GX, GY, GGP, GWP, GBP, R, C
             gy = rstd[:, None] * (dyh - m1[:, None] - yhat * m2[:, None])
             gx = gs
         else:
-            # s = x + g * y, n = LN(s): the gradient reaching s is gs + LN'(gn)
+            # s = x + k * g * y, n = LN(s): the gradient reaching s is gs + LN'(gn)
             s = tl.load(SV + offs, mask=mask, other=0.0).to(tl.float32)
             shat, rstd = _ln_rows(s, mask, C, eps)
             gtot = gs
@@ -765,8 +777,8 @@ def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, GS, GN, GX, GY, GGP, GWP, GBP, R, C
                 m1 = tl.sum(dsh, axis=1) / C
                 m2 = tl.sum(dsh * shat, axis=1) / C
                 gtot = gtot + rstd[:, None] * (dsh - m1[:, None] - shat * m2[:, None])
-            acc_g += tl.sum(gtot * y, axis=0)
-            gy = gtot * g
+            acc_g += tl.sum(gtot * kk * y, axis=0)
+            gy = gtot * gk
             gx = gtot
         tl.store(GX + offs, gx.to(GX.dtype.element_ty), mask=mask)
         tl.store(GY + offs, gy.to(GY.dtype.element_ty), mask=mask)
@@ -782,30 +794,38 @@ def _an_meta(rows: int, c: int):
     return dict(BR=br, BC=bc, num_warps=4 if bc <= 512 else 8)
 
 
-def _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype):
+def _rows_per_sample(x, sample_scale):
+    """Rows (tokens) of x per entry of sample_scale (1 without one: the argument is unused then)."""
+    return x.numel() // x.shape[-1] // x.shape[0] if sample_scale is not None and x.numel() else 1
+
+
+def _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale=None):
     c = x.shape[-1]
     rows = x.numel() // c
     meta = _an_meta(rows, c)
     s = new_empty(x.shape, x.dtype, x.device)
     n = x.new_empty((0,)) if post else new_empty(x.shape, out_dtype, x.device)
-    _add_norm_fwd_kernel[(cdiv(rows, meta["BR"]),)](x, y, weight if gamma is None else gamma, weight, bias, s,
-                                                    s if post else n, rows, c, eps, POST=post,
-                                                    HAS_GAMMA=gamma is not None, **meta)
+    _add_norm_fwd_kernel[(cdiv(rows, meta["BR"]),)](x, y, weight if gamma is None else gamma, weight, bias,
+                                                    weight if sample_scale is None else sample_scale, s,
+                                                    s if post else n, rows, c, _rows_per_sample(x, sample_scale),
+                                                    eps, POST=post, HAS_GAMMA=gamma is not None,
+                                                    HAS_KEEP=sample_scale is not None, **meta)
     return s, n
 
 
 @torch.library.custom_op("vision_rwkv::add_norm", mutates_args=())
 def _add_norm_op(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
-                 bias: torch.Tensor, eps: float, post: bool, out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    return _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype)
+                 bias: torch.Tensor, eps: float, post: bool, out_dtype: torch.dtype,
+                 sample_scale: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
 
 
 @_add_norm_op.register_fake
-def _(x, y, gamma, weight, bias, eps, post, out_dtype):
+def _(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale):
     return x.new_empty(x.shape), (x.new_empty((0,)) if post else x.new_empty(x.shape, dtype=out_dtype))
 
 
-def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype):
+def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale=None):
     c = y.shape[-1]
     rows = y.numel() // c
     meta = _an_meta(rows, c)
@@ -819,9 +839,11 @@ def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype):
     parts = new_empty((3, nprog, c), torch.float32, y.device)
     dummy = y
     _add_norm_bwd_kernel[(nprog,)](y, s if not post else dummy, weight if gamma is None else gamma, weight, bias,
+                                   weight if sample_scale is None else sample_scale,
                                    gs if gs is not None else dummy, gn if gn is not None else dummy, gx, gy,
-                                   parts[0], parts[1], parts[2], rows, c, eps, iters, POST=post,
-                                   HAS_GAMMA=gamma is not None, HAS_GS=gs is not None, HAS_GN=gn is not None, **meta)
+                                   parts[0], parts[1], parts[2], rows, c, _rows_per_sample(y, sample_scale), eps,
+                                   iters, POST=post, HAS_GAMMA=gamma is not None, HAS_KEEP=sample_scale is not None,
+                                   HAS_GS=gs is not None, HAS_GN=gn is not None, **meta)
     ggam = parts[0].sum(0).to(gamma.dtype) if gamma is not None else weight.new_empty((0,))
     return gx, gy, ggam, parts[1].sum(0).to(weight.dtype), parts[2].sum(0).to(bias.dtype)
 
@@ -829,29 +851,30 @@ def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype):
 @torch.library.custom_op("vision_rwkv::add_norm_bwd", mutates_args=())
 def _add_norm_bwd_op(y: torch.Tensor, s: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
                      bias: torch.Tensor, eps: float, post: bool, gs: Optional[torch.Tensor], gn: Optional[torch.Tensor],
-                     x_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype)
+                     x_dtype: torch.dtype, sample_scale: Optional[torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale)
 
 
 @_add_norm_bwd_op.register_fake
-def _(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype):
+def _(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale):
     return (y.new_empty(y.shape, dtype=x_dtype), y.new_empty(y.shape),
             gamma.new_empty(gamma.shape) if gamma is not None else weight.new_empty((0,)),
             weight.new_empty(weight.shape), bias.new_empty(bias.shape))
 
 
 def _an_setup(ctx, inputs, output):
-    x, y, gamma, weight, bias, eps, post, _ = inputs
+    x, y, gamma, weight, bias, eps, post, _, sample_scale = inputs
     ctx.meta = (eps, post, gamma is not None, x.dtype)
-    ctx.save_for_backward(y, output[0] if not post else None, gamma, weight, bias)
+    ctx.save_for_backward(y, output[0] if not post else None, gamma, weight, bias, sample_scale)
 
 
 def _an_backward(ctx, gs, gn):
-    y, s, gamma, weight, bias = ctx.saved_tensors
+    y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
     eps, post, has_gamma, x_dtype = ctx.meta
     gx, gy, ggam, gw, gb = _add_norm_bwd_op(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                            None if post else gn, x_dtype)
-    return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None
+                                            None if post else gn, x_dtype, sample_scale)
+    return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None, None
 
 
 torch.library.register_autograd("vision_rwkv::add_norm", _an_backward, setup_context=_an_setup)
@@ -859,27 +882,28 @@ torch.library.register_autograd("vision_rwkv::add_norm", _an_backward, setup_con
 
 class _AddNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, gamma, weight, bias, eps, post, out_dtype):
-        s, n = _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype)
+    def forward(ctx, x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale):
+        s, n = _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
         ctx.meta = (eps, post, gamma is not None, x.dtype)
-        ctx.save_for_backward(y, s if not post else None, gamma, weight, bias)
+        ctx.save_for_backward(y, s if not post else None, gamma, weight, bias, sample_scale)
         return s, n
 
     @staticmethod
     def backward(ctx, gs, gn):
-        y, s, gamma, weight, bias = ctx.saved_tensors
+        y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
         eps, post, has_gamma, x_dtype = ctx.meta
         gx, gy, ggam, gw, gb = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                             None if post else gn, x_dtype)
-        return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None
+                                             None if post else gn, x_dtype, sample_scale)
+        return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None, None
 
 
 def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
-                    bias: torch.Tensor, eps: float = 1e-5, post: bool = False,
-                    out_dtype: Optional[torch.dtype] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    bias: torch.Tensor, eps: float = 1e-5, post: bool = False, out_dtype: Optional[torch.dtype] = None,
+                    sample_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused residual + LayerNorm over the last dim (see ``add_norm`` in ``__init__.py``)."""
     args = (x.contiguous(), y.contiguous(), gamma.contiguous() if gamma is not None else None, weight.contiguous(),
-            bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype)
+            bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype,
+            sample_scale.contiguous() if sample_scale is not None else None)
     return run_op(_add_norm_op, _AddNorm, _add_norm_fwd, *args)
 
 
