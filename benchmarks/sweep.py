@@ -1,7 +1,9 @@
 """Launch-setting sweep and overhead analysis of the Triton Bi-WKV kernels (run on a GPU machine).
 
   python benchmarks/sweep.py warm v4 '<json config>'   # compile every kernel variant of one config (parallel-safe)
-  python benchmarks/sweep.py time out.json              # time all configs: eager (autograd) and CUDA-graph replays
+  python benchmarks/sweep.py time out.json [SECONDS [OPS [CONFIGS]]]
+                                                        # time all configs (or the comma-separated OPS / CONFIGS
+                                                        # names): eager (autograd) and CUDA-graph replays
   python benchmarks/sweep.py profile                    # torch.profiler kernel table of the default configs
   python benchmarks/sweep.py overhead                   # CPU cost of one Triton launch / one op call
 
@@ -150,32 +152,42 @@ def warm(op, cfg, dtypes=("fp32", "bf16")):
     torch.cuda.synchronize()
 
 
-def time_all(out, deadline, ops=("v4", "v6")):
-    rows = []
-    for op, cfgs, shapes in (("v4", V4_CONFIGS, V4_SHAPES), ("v6", V6_CONFIGS, V6_SHAPES)):
-        if op not in ops:
-            continue
-        for name, cfg in cfgs.items():
-            _set(op, cfg)
+def _time_cases(ops, configs):
+    """(op, config name, config, dtype name, shape) in timing order: shape by shape, both ops interleaved, every
+    selected config of a (op, dtype, shape) back to back, so a deadline cuts the largest shapes of every op and
+    config evenly and each timed row has its counterparts."""
+    table = {"v4": (V4_CONFIGS, V4_SHAPES), "v6": (V6_CONFIGS, V6_SHAPES)}
+    for i in range(max(len(V4_SHAPES), len(V6_SHAPES))):
+        for op in ops:
+            cfgs, shapes = table[op]
+            if i >= len(shapes):
+                continue
             for dn in ("fp32", "bf16"):
-                dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dn]
-                for shape in shapes:
-                    if time.time() > deadline:
-                        print("deadline reached", flush=True)
-                        json.dump(rows, open(out, "w"), indent=1)
-                        return rows
-                    row = dict(op=op, config=name, dtype=dn, shape=list(shape))
-                    try:
-                        ef, efb, rf, rfb = _v4_fns(shape, dt) if op == "v4" else _v6_fns(shape, dt)
-                        row["eager_f"] = _med_ms(ef)
-                        row["eager_fb"] = _med_ms(efb)
-                        row["graph_f"] = _graph_ms(rf)
-                        row["graph_fb"] = _graph_ms(rfb)
-                    except Exception as e:
-                        row["error"] = f"{type(e).__name__}: {e}"[:200]
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    torch.cuda.empty_cache()
+                for name, cfg in cfgs.items():
+                    if configs is None or name in configs:
+                        yield op, name, cfg, dn, shapes[i]
+
+
+def time_all(out, deadline, ops=("v4", "v6"), configs=None):
+    rows = []
+    for op, name, cfg, dn, shape in _time_cases(ops, configs):
+        if time.time() > deadline:
+            print("deadline reached", flush=True)
+            break
+        _set(op, cfg)
+        dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dn]
+        row = dict(op=op, config=name, dtype=dn, shape=list(shape))
+        try:
+            ef, efb, rf, rfb = _v4_fns(shape, dt) if op == "v4" else _v6_fns(shape, dt)
+            row["eager_f"] = _med_ms(ef)
+            row["eager_fb"] = _med_ms(efb)
+            row["graph_f"] = _graph_ms(rf)
+            row["graph_fb"] = _graph_ms(rfb)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"[:200]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        torch.cuda.empty_cache()
     json.dump(rows, open(out, "w"), indent=1)
     return rows
 
@@ -243,7 +255,8 @@ if __name__ == "__main__":
         warm(sys.argv[2], json.loads(sys.argv[3]))
     elif what == "time":
         time_all(sys.argv[2], time.time() + float(sys.argv[3]) if len(sys.argv) > 3 else 1e18,
-                 tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else ("v4", "v6"))
+                 tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else ("v4", "v6"),
+                 set(sys.argv[5].split(",")) if len(sys.argv) > 5 else None)
     elif what == "profile":
         profile()
     elif what == "overhead":

@@ -1,0 +1,77 @@
+#!/bin/bash
+# Device plan, round 6: everything in ONE call that fits a session's 15 minutes of device time (machine start about
+# 1-2 min + this script, bounded to about 570 s by the step timeouts below):
+#     run(command="bash benchmarks/device_run6.sh", timeout_s=590)
+# 1. Correctness, in parallel (<= 240 s): the CUDA tests with the current defaults (every op, fused-kernel and model
+#    case, the opt-in kernels' own cases included; pytest -v, so a killed run still leaves a line per test), the
+#    whole-model CUDA tests with every opt-in on, compute-sanitizer memcheck over every kernel family, and compile
+#    warm-ups of the timing steps (so that step 2 hits the Triton cache).
+# 2. Timing, one process at a time (<= 315 s): WKV kernels old vs new (benchmarks/sweep.py, eager and CUDA graph), the
+#    GEMM-epilogue table, backbones VRWKV/VRWKV6 T and S at 224 and 1024 in bf16 plus a training step at 224, with the
+#    current defaults ("old", DeiT of the same size in the same run) and with every opt-in ("new").
+# 3. benchmarks/device_summary.py: summary.md (tests, backbones against DeiT and the issue-3 targets, kernels old/new)
+#    and verdict.json (which opt-in to make default, by the rule in its docstring), printed last.
+# $OUT gets at most 8 files: summary.md, verdict.json, the four timing JSONs, gpu.txt and logs.tar.gz (every log).
+export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+OUT=${OUT:-device_out}
+W=${W:-/tmp/device_run6}
+rm -rf "$W"; mkdir -p "$OUT" "$W"
+T0=$(date +%s)
+stamp() { echo "[$1 at $(( $(date +%s) - T0 ))s]"; }
+NEW="VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1"
+MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 --model vrwkv_small_patch16_224 \
+--model vrwkv6_small_patch16_224"
+BB="--backbones --res 224 --res 1024 --batch 224=256 --batch 1024=16 --dtype bf16"
+{ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,memory.used --format=csv
+  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  git log --oneline -1; } > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+# ---- 1. correctness + compile warm-ups (parallel; the GPU is shared, nothing here is timed)
+# (the test files with CUDA cases: the device image lacks open_clip / albumentations / omegaconf, which other test
+# folders import at collection)
+CUDA_TESTS="tests/ops tests/models tests/tools/test_profile_backbone.py"
+PT_TIMEOUT=$(python -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
+timeout 240 python -m pytest -v -n 8 -p no:cacheprovider $PT_TIMEOUT $CUDA_TESTS -k cuda \
+  > "$W/tests_default.log" 2>&1 &
+env $NEW timeout 200 python -m pytest -v -p no:cacheprovider $PT_TIMEOUT tests/models/test_fused_path.py -k cuda \
+  > "$W/tests_optin.log" 2>&1 &
+( timeout 220 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 3 python benchmarks/sanitize_ops.py \
+  > "$W/sanitizer.log" 2>&1; echo "sanitizer rc=$?" >> "$W/sanitizer.log" ) &
+for m in vrwkv_tiny_patch16_224 vrwkv6_tiny_patch16_224 vrwkv_small_patch16_224 vrwkv6_small_patch16_224; do
+  ( timeout 110 python tools/benchmark.py $BB --model $m --iters 1 --warmup 1 --no-deit
+    env $NEW timeout 110 python tools/benchmark.py $BB --model $m --iters 1 --warmup 1 --no-deit
+  ) > "$W/warm_$m.log" 2>&1 &
+done
+i=0
+for cfg in 'v4 {}' 'v4 {"seq":1}' 'v6 {}' 'v6 {"algo":"chunk"}'; do
+  i=$((i + 1))
+  timeout 200 python benchmarks/sweep.py warm ${cfg%% *} "${cfg#* }" > "$W/warm_sweep_$i.log" 2>&1 &
+done
+timeout 120 python tools/benchmark.py --gemm --dtype bf16 --iters 1 --warmup 1 > "$W/warm_gemm.log" 2>&1 &
+wait
+stamp "correctness + warm-ups done"
+grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$W/tests_default.log" | cut -c1-200 | tail -12
+grep -E "[0-9]+ (passed|failed)" "$W/tests_optin.log" | tail -2
+grep -E "ERROR SUMMARY|NON-FINITE|sanitizer rc" "$W/sanitizer.log" | head -5
+
+# ---- 2. timing (GPU to itself)
+timeout 85 python benchmarks/sweep.py time "$OUT/sweep.json" 65 v4,v6 d_default,seq_t16,walk,chunk \
+  > "$W/sweep.log" 2>&1
+stamp "sweep done"
+timeout 40 python tools/benchmark.py --gemm --dtype bf16 --iters 10 --warmup 2 --out "$OUT/gemm.json" \
+  > "$W/gemm.log" 2>&1
+stamp "gemm done"
+timeout 100 python tools/benchmark.py $BB $MODELS --iters 10 --warmup 2 --out "$OUT/bb_old.json" > "$W/bb_old.log" 2>&1
+stamp "backbones old done"
+env $NEW timeout 90 python tools/benchmark.py $BB $MODELS --iters 10 --warmup 2 --no-deit --out "$OUT/bb_new.json" \
+  > "$W/bb_new.log" 2>&1
+stamp "backbones new done"
+
+# ---- 3. summary (the tables are the last thing printed)
+cp "$W"/tests_default.log "$W"/tests_optin.log "$W"/sanitizer.log "$OUT"/ 2>/dev/null
+tar -czf "$W/logs.tar.gz" -C "$W" $(cd "$W" && ls *.log) 2>/dev/null
+python benchmarks/device_summary.py "$OUT"
+rm -f "$OUT"/tests_default.log "$OUT"/tests_optin.log "$OUT"/sanitizer.log
+mv "$W/logs.tar.gz" "$OUT/"
+stamp "all done"

@@ -1,0 +1,213 @@
+"""Summarise one device run of ``benchmarks/device_run6.sh``: test outcomes, backbone and operator timings of the
+current defaults ("old") against the opt-in kernels ("new"), the issue-3 targets, and which opt-ins to make default.
+
+    python benchmarks/device_summary.py OUT_DIR      # reads the files below, writes summary.md + verdict.json there
+
+Inputs (missing ones are reported, not fatal): ``tests_default.log`` / ``tests_optin.log`` (``pytest -v``, the CUDA
+tests with the current defaults / the whole-model tests with every opt-in), ``sanitizer.log``, ``sweep.json``
+(``benchmarks/sweep.py time``: old and new WKV kernels, eager and CUDA-graph ms), ``gemm.json`` (``tools/benchmark.py
+--gemm``), ``bb_old.json`` / ``bb_new.json`` (``tools/benchmark.py --backbones``; DeiT rows in the old run only).
+
+An opt-in is made default (``verdict.json``) only if its CUDA tests ran and all passed, the whole-model tests with the
+opt-ins passed, and it is faster: geometric mean over the sweep's shapes and dtypes of old / new CUDA-graph
+forward+backward time >= 1.1 and of the eager time >= 1.0 (WKV kernels), or of unfused / fused time >= 1.05 (GEMM
+epilogues).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+OUTCOME = re.compile(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+TEST_ID = re.compile(r"(\S+\.py::\S+)")
+TARGETS = {  # issue 3, bf16 autocast, ratio to DeiT of the same size measured in the same run
+    (1024, False): 2.0,
+    (224, False): 0.5,
+    (224, True): 0.7,
+}
+SWEEP_PAIRS = {"v4": ("d_default", "seq_t16"), "v6": ("walk", "chunk")}
+OPT_INS = {  # verdict key -> (test file and id marker of its CUDA cases, environment switch that turns it on)
+    "v4_seq": ("test_bi_wkv_triton.py::", "_seq", "VRWKV_TRITON_V4=seq=1"),
+    "v6_chunk": ("test_bi_wkv6_triton.py::", "_chunk", "VRWKV_TRITON_V6=algo=chunk"),
+    "fused_gemm": ("test_fused_triton.py::", "[linear_", "VRWKV_FUSED_GEMM=1"),
+}
+
+
+def parse_pytest_log(text: str) -> dict[str, str]:
+    """Test id -> outcome from ``pytest -v`` output (plain and xdist line layouts); the last outcome of an id wins."""
+    outcomes = {}
+    for line in text.splitlines():
+        tid, res = TEST_ID.search(line), OUTCOME.search(line)
+        if tid and res:
+            outcomes[tid.group(1)] = res.group(1)
+    return outcomes
+
+
+def geomean(values: Iterable[float]) -> Optional[float]:
+    vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def sweep_speedups(rows: list[dict], op: str) -> list[dict]:
+    """Per (dtype, shape): old / new ms of the op's pair of configs, eager and CUDA-graph, forward and fwd+bwd."""
+    old_name, new_name = SWEEP_PAIRS[op]
+    by_key = {(r["config"], r["dtype"], tuple(r["shape"])): r for r in rows if r.get("op") == op and "error" not in r}
+    out = []
+    for (cfg, dtype, shape), old in sorted(by_key.items()):
+        new = by_key.get((new_name, dtype, shape))
+        if cfg != old_name or new is None:
+            continue
+        row = dict(op=op, dtype=dtype, shape=list(shape))
+        for k in ("eager_f", "eager_fb", "graph_f", "graph_fb"):
+            row[k + "_old"], row[k + "_new"] = old[k], new[k]
+            row[k + "_x"] = old[k] / new[k] if new[k] > 0 else None
+        out.append(row)
+    return out
+
+
+def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Our models' rows: img/s old and new, DeiT (from the old run), ratios, peak memory and the target per row."""
+    deit = {(r["model"], r["res"], r["dtype"], r["train"]): r for r in old if str(r.get("model", "")).startswith("deit")}
+    new_by = {(r["model"], r["res"], r["dtype"], r["train"]): r for r in new}
+    out = []
+    for r in old:
+        if str(r.get("model", "")).startswith("deit"):
+            continue
+        key = (r["model"], r["res"], r["dtype"], r["train"])
+        n = new_by.get(key, {})
+        d = deit.get((r.get("deit"), r["res"], r["dtype"], r["train"]), {})
+        d_ips = d.get("img_per_s") or r.get("deit_img_per_s")
+        row = dict(model=r["model"], res=r["res"], dtype=r["dtype"], train=r["train"], old=r.get("img_per_s"),
+                   new=n.get("img_per_s"), deit=d_ips, mem_old=r.get("peak_mem_GiB"), mem_new=n.get("peak_mem_GiB"),
+                   mem_deit=d.get("peak_mem_GiB") or r.get("deit_peak_mem_GiB"),
+                   error=r.get("error") or n.get("error"))
+        for v in ("old", "new"):
+            row[f"x_deit_{v}"] = row[v] / d_ips if row[v] and d_ips else None
+        target = TARGETS.get((r["res"], bool(r["train"]))) if r["dtype"] == "bf16" else None
+        row["target"] = target
+        best = max((x for x in (row["x_deit_old"], row["x_deit_new"]) if x is not None), default=None)
+        row["met"] = None if target is None or best is None else best >= target
+        out.append(row)
+    return out
+
+
+def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: list[dict],
+            gemm: list[dict]) -> dict:
+    """Which opt-ins become default, with the evidence (see the module docstring for the rule)."""
+    optin_ok = bool(optin_tests) and all(o in ("PASSED", "SKIPPED") for o in optin_tests.values()) and any(
+        o == "PASSED" for o in optin_tests.values())
+    result = {}
+    for key, (file, marker, env) in OPT_INS.items():
+        own = {t: o for t, o in default_tests.items() if file in t and marker in t}
+        ran = [o for o in own.values() if o != "SKIPPED"]
+        tests_ok = bool(ran) and all(o == "PASSED" for o in ran)
+        failed = sorted(t for t, o in own.items() if o in ("FAILED", "ERROR"))
+        if key == "fused_gemm":
+            speed = geomean(r.get("vs_unfused") for r in gemm if r.get("impl") == "fused")
+            fast = speed is not None and speed >= 1.05
+            evidence = dict(vs_unfused_geomean=speed)
+        else:
+            rows = sweep_speedups(sweep, "v4" if key == "v4_seq" else "v6")
+            graph = geomean(r["graph_fb_x"] for r in rows)
+            eager = geomean(r["eager_fb_x"] for r in rows)
+            fast = graph is not None and eager is not None and graph >= 1.1 and eager >= 1.0
+            evidence = dict(graph_fb_speedup_geomean=graph, eager_fb_speedup_geomean=eager, shapes=len(rows))
+        result[key] = dict(make_default=tests_ok and optin_ok and fast, env=env, tests_ran=len(ran),
+                           tests_failed=failed, model_tests_with_opt_ins_ok=optin_ok, faster=fast, **evidence)
+    return result
+
+
+def _fmt(v, spec=".2f") -> str:
+    return "" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+
+
+def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], verdicts: dict,
+           sanitizer: Optional[str], missing: list[str]) -> str:
+    lines = ["# Device run summary", ""]
+    if missing:
+        lines += [f"Missing inputs: {', '.join(missing)}", ""]
+    lines += ["## Tests", "", "| log | passed | failed | skipped |", "|---|---|---|---|"]
+    for name, res in tests.items():
+        vals = list(res.values())
+        lines.append(f"| {name} | {vals.count('PASSED')} | {vals.count('FAILED') + vals.count('ERROR')} | "
+                     f"{vals.count('SKIPPED')} |")
+    failed = sorted(f"{name}: {t}" for name, res in tests.items() for t, o in res.items() if o in ("FAILED", "ERROR"))
+    lines += [f"- FAILED {t}" for t in failed[:30]]
+    if sanitizer is not None:
+        lines += ["", f"Sanitizer: {sanitizer}"]
+    lines += ["", "## Backbones (img/s; x = ratio to DeiT of the same size in the same run)", "",
+              "| model | res | dtype | train | old | new | DeiT | x old | x new | target | met | GiB old/new/DeiT |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in bb:
+        mem = "/".join(_fmt(r[k]) for k in ("mem_old", "mem_new", "mem_deit"))
+        lines.append(f"| {r['model']} | {r['res']} | {r['dtype']} | {r['train']} | {_fmt(r['old'], '.0f')} | "
+                     f"{_fmt(r['new'], '.0f')} | {_fmt(r['deit'], '.0f')} | {_fmt(r['x_deit_old'])} | "
+                     f"{_fmt(r['x_deit_new'])} | {_fmt(r['target'])} | {_fmt(r['met'])} | {mem} |"
+                     + (f" {r['error'][:80]}" if r.get("error") else ""))
+    lines += ["", "## WKV kernels, old / new ms (x = speedup of new)", "",
+              "| op | dtype | shape | eager fwd+bwd old | new | x | graph fwd+bwd old | new | x |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for op in SWEEP_PAIRS:
+        for r in sweep_speedups(sweep, op):
+            lines.append(f"| {op} | {r['dtype']} | {tuple(r['shape'])} | {_fmt(r['eager_fb_old'], '.3f')} | "
+                         f"{_fmt(r['eager_fb_new'], '.3f')} | {_fmt(r['eager_fb_x'])} | "
+                         f"{_fmt(r['graph_fb_old'], '.3f')} | {_fmt(r['graph_fb_new'], '.3f')} | "
+                         f"{_fmt(r['graph_fb_x'])} |")
+    lines += ["", "## Verdict (make default?)", ""]
+    for key, v in verdicts.items():
+        ev = ", ".join(f"{k}={_fmt(val, '.3f')}" for k, val in v.items() if k not in ("make_default", "env"))
+        lines.append(f"- {key} ({v['env']}): {'YES' if v['make_default'] else 'no'} - {ev}")
+    return "\n".join(lines) + "\n"
+
+
+def _load_json(path: Path, key: Optional[str], missing: list[str]) -> list[dict]:
+    if not path.exists():
+        missing.append(path.name)
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        missing.append(f"{path.name} (unreadable)")
+        return []
+    return data.get(key, []) if key else data
+
+
+def summarise(out_dir: str | Path) -> tuple[str, dict]:
+    """Read a device run's files in ``out_dir``; write ``summary.md`` and ``verdict.json`` there; return both."""
+    out = Path(out_dir)
+    missing: list[str] = []
+    tests = {}
+    for name in ("tests_default", "tests_optin"):
+        path = out / f"{name}.log"
+        if path.exists():
+            tests[name] = parse_pytest_log(path.read_text(errors="replace"))
+        else:
+            missing.append(path.name)
+            tests[name] = {}
+    sanitizer = None
+    if (out / "sanitizer.log").exists():
+        text = (out / "sanitizer.log").read_text(errors="replace")
+        rc = re.findall(r"sanitizer rc=(\d+)", text)
+        summary = re.findall(r"ERROR SUMMARY: \d+ errors?", text)
+        sanitizer = (f"rc={rc[-1] if rc else '?'}, {summary[-1] if summary else 'no ERROR SUMMARY line'}, "
+                     f"{len(re.findall(r' ok$', text, re.M))} cases ok, "
+                     f"{len(re.findall('NON-FINITE', text))} non-finite")
+    else:
+        missing.append("sanitizer.log")
+    sweep = _load_json(out / "sweep.json", None, missing)
+    gemm = _load_json(out / "gemm.json", "gemm", missing)
+    bb = backbone_rows(_load_json(out / "bb_old.json", "backbones", missing),
+                       _load_json(out / "bb_new.json", "backbones", missing))
+    verdicts = verdict(tests["tests_default"], tests["tests_optin"], sweep, gemm)
+    text = render(tests, bb, sweep, verdicts, sanitizer, missing)
+    (out / "summary.md").write_text(text)
+    (out / "verdict.json").write_text(json.dumps(dict(verdict=verdicts, backbones=bb), indent=1))
+    return text, verdicts
+
+
+if __name__ == "__main__":
+    print(summarise(sys.argv[1] if len(sys.argv) > 1 else "device_out")[0])

@@ -1,0 +1,122 @@
+"""benchmarks/device_summary.py: parses a device run's logs and JSON, computes the ratios and targets, and decides which
+opt-in kernels become default only on passing tests and measured speed-ups."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import device_summary as ds  # noqa: E402
+
+XDIST_LOG = """\
+[gw0] [  1%] PASSED tests/ops/test_bi_wkv_triton.py::test_bi_wkv_triton_cuda[exact_64x196x192]
+[gw1] [  2%] PASSED tests/ops/test_bi_wkv_triton.py::test_bi_wkv_triton_cuda[exact_64x196x192_seq]
+[gw1] [  3%] FAILED tests/ops/test_bi_wkv6_triton.py::test_bi_wkv6_triton_cuda[16x1024x6x64_chunk]
+[gw0] [  4%] PASSED tests/ops/test_bi_wkv6_triton.py::test_bi_wkv6_triton_cuda[64x196x3x64]
+[gw2] [  5%] PASSED tests/ops/test_fused_triton.py::test_fused_triton_cuda[linear_relu_square_T_1024]
+[gw2] [  6%] SKIPPED tests/ops/test_fused_triton.py::test_fused_triton_cuda[linear_sigmoid_mul_T_1024]
+FAILED tests/ops/test_bi_wkv6_triton.py::test_bi_wkv6_triton_cuda[16x1024x6x64_chunk] - AssertionError: y 0.3
+"""
+PLAIN_LOG = """\
+tests/models/test_fused_path.py::test_fused_path_cuda[vrwkv_tiny_patch16_224] PASSED                     [ 50%]
+tests/models/test_fused_path.py::test_compile_fullgraph_cuda[vrwkv_tiny_patch16_224] PASSED              [100%]
+======================== 2 passed, 31 deselected in 40.1s ========================
+"""
+
+
+def _sweep_rows(v4_speedup: float, v6_speedup: float) -> list:
+    rows = []
+    for op, (old, new), x, shape in (("v4", ds.SWEEP_PAIRS["v4"], v4_speedup, [16, 1024, 384]),
+                                     ("v6", ds.SWEEP_PAIRS["v6"], v6_speedup, [16, 1024, 6, 64])):
+        for dtype in ("fp32", "bf16"):
+            base = dict(op=op, dtype=dtype, shape=shape)
+            rows.append(dict(base, config=old, eager_f=1.0, eager_fb=3.0, graph_f=0.5, graph_fb=2.0))
+            rows.append(dict(base, config=new, eager_f=1.0 / x, eager_fb=3.0 / x, graph_f=0.5 / x, graph_fb=2.0 / x))
+    rows.append(dict(op="v4", config="seq_t16", dtype="fp32", shape=[1, 16384, 192], error="RuntimeError: oom"))
+    return rows
+
+
+def test_parse_pytest_log_both_layouts():
+    res = ds.parse_pytest_log(XDIST_LOG + PLAIN_LOG)
+    assert res["tests/ops/test_bi_wkv_triton.py::test_bi_wkv_triton_cuda[exact_64x196x192_seq]"] == "PASSED"
+    assert res["tests/ops/test_bi_wkv6_triton.py::test_bi_wkv6_triton_cuda[16x1024x6x64_chunk]"] == "FAILED"
+    assert res["tests/ops/test_fused_triton.py::test_fused_triton_cuda[linear_sigmoid_mul_T_1024]"] == "SKIPPED"
+    assert res["tests/models/test_fused_path.py::test_fused_path_cuda[vrwkv_tiny_patch16_224]"] == "PASSED"
+    assert len(res) == 8
+
+
+def test_sweep_speedups_pairs_configs_and_skips_errors():
+    rows = ds.sweep_speedups(_sweep_rows(2.0, 1.5), "v4")
+    assert len(rows) == 2 and {r["dtype"] for r in rows} == {"fp32", "bf16"}
+    assert all(r["graph_fb_x"] == pytest.approx(2.0) and r["eager_f_x"] == pytest.approx(2.0) for r in rows)
+    assert ds.sweep_speedups(_sweep_rows(2.0, 0.5), "v6")[0]["graph_fb_x"] == pytest.approx(0.5)
+
+
+def test_verdict_needs_passing_tests_model_tests_and_speed():
+    default = ds.parse_pytest_log(XDIST_LOG)
+    optin = ds.parse_pytest_log(PLAIN_LOG)
+    gemm = [dict(impl="unfused", mode="fwd", ms=1.0), dict(impl="fused", mode="fwd", ms=0.8, vs_unfused=1.25),
+            dict(impl="fused", mode="fwd+bwd", ms=2.0, vs_unfused=1.1)]
+    v = ds.verdict(default, optin, _sweep_rows(2.0, 3.0), gemm)
+    assert v["v4_seq"]["make_default"] and v["v4_seq"]["tests_ran"] == 1
+    # v6 chunk is 3x faster, but one of its CUDA cases failed
+    assert not v["v6_chunk"]["make_default"] and v["v6_chunk"]["faster"]
+    assert v["v6_chunk"]["tests_failed"] == ["tests/ops/test_bi_wkv6_triton.py::test_bi_wkv6_triton_cuda"
+                                             "[16x1024x6x64_chunk]"]
+    assert v["fused_gemm"]["make_default"] and v["fused_gemm"]["vs_unfused_geomean"] == pytest.approx(1.1726, 1e-3)
+    # slower: no
+    assert not ds.verdict(default, optin, _sweep_rows(1.05, 3.0), gemm)["v4_seq"]["make_default"]
+    # whole-model tests with the opt-ins failed or never ran: nothing becomes default
+    broken = dict(optin, **{"tests/models/test_fused_path.py::test_fused_path_cuda[vrwkv6_tiny_patch16_224]": "FAILED"})
+    for models in (broken, {}):
+        assert not any(x["make_default"] for x in ds.verdict(default, models, _sweep_rows(2.0, 3.0), gemm).values())
+    # no CUDA case of the opt-in ran (all skipped): no
+    skipped = {k: "SKIPPED" for k in default}
+    assert not ds.verdict(skipped, optin, _sweep_rows(2.0, 3.0), gemm)["v4_seq"]["make_default"]
+
+
+def test_backbone_rows_ratios_and_targets():
+    old = [dict(model="vrwkv_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1500.0,
+                peak_mem_GiB=0.7, deit="deit_tiny_patch16_224"),
+           dict(model="vrwkv_tiny_patch16_224", res=224, dtype="bf16", train=True, img_per_s=2000.0,
+                deit="deit_tiny_patch16_224"),
+           dict(model="deit_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1000.0,
+                peak_mem_GiB=1.2),
+           dict(model="deit_tiny_patch16_224", res=224, dtype="bf16", train=True, img_per_s=4000.0)]
+    new = [dict(model="vrwkv_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=2100.0,
+                peak_mem_GiB=0.6),
+           dict(model="vrwkv_tiny_patch16_224", res=224, dtype="bf16", train=True, error="RuntimeError: boom")]
+    rows = ds.backbone_rows(old, new)
+    assert len(rows) == 2
+    hi, tr = rows
+    assert hi["x_deit_old"] == pytest.approx(1.5) and hi["x_deit_new"] == pytest.approx(2.1)
+    assert hi["target"] == 2.0 and hi["met"] is True and hi["mem_deit"] == 1.2
+    assert tr["x_deit_old"] == pytest.approx(0.5) and tr["new"] is None and tr["target"] == 0.7
+    assert tr["met"] is False and "boom" in tr["error"]
+
+
+def test_summarise_files_end_to_end(tmp_path):
+    (tmp_path / "tests_default.log").write_text(XDIST_LOG)
+    (tmp_path / "tests_optin.log").write_text(PLAIN_LOG)
+    (tmp_path / "sanitizer.log").write_text("v4 scan ok\nv6 chunk ok\n========= ERROR SUMMARY: 0 errors\n"
+                                            "sanitizer rc=0\n")
+    (tmp_path / "sweep.json").write_text(json.dumps(_sweep_rows(2.0, 0.9)))
+    (tmp_path / "bb_old.json").write_text(json.dumps({"backbones": [
+        dict(model="vrwkv6_small_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=300.0,
+             deit="deit_small_patch16_224"),
+        dict(model="deit_small_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=500.0)]}))
+    # gemm.json and bb_new.json missing: reported, not fatal
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_summary.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "Missing inputs: gemm.json, bb_new.json" in text
+    assert "ERROR SUMMARY: 0 errors" in text and "2 cases ok" in text
+    assert "| vrwkv6_small_patch16_224 | 1024 | bf16 | False | 300 |  | 500 | 0.60 |" in text
+    assert "- v4_seq (VRWKV_TRITON_V4=seq=1): YES" in text and "- v6_chunk (VRWKV_TRITON_V6=algo=chunk): no" in text
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["verdict"]["v4_seq"]["make_default"] and not verdict["verdict"]["fused_gemm"]["make_default"]
+    assert (tmp_path / "summary.md").read_text() == text.rstrip("\n") + "\n"
