@@ -8,7 +8,8 @@
 #    warm-ups of the timing steps (so that step 2 hits the Triton cache).
 # 2. Timing, one process at a time (<= 315 s): WKV kernels old vs new (benchmarks/sweep.py, eager and CUDA graph), the
 #    GEMM-epilogue table, backbones VRWKV/VRWKV6 T and S at 224 and 1024 in bf16 plus a training step at 224, with the
-#    current defaults ("old", DeiT of the same size in the same run) and with every opt-in ("new").
+#    current defaults ("old", DeiT of the same size in the same run) and with every opt-in ("new"); inference also
+#    as CUDA-graph replays (--graph: what eager 224, which is launch-bound, would give without the host overhead).
 # 3. benchmarks/device_summary.py: summary.md (tests, backbones against DeiT and the issue-3 targets, kernels old/new)
 #    and verdict.json (which opt-in to make default, by the rule in its docstring), printed last.
 # $OUT gets at most 8 files: summary.md, verdict.json, the four timing JSONs, gpu.txt and logs.tar.gz (every log).
@@ -62,9 +63,10 @@ stamp "sweep done"
 timeout 40 python tools/benchmark.py --gemm --dtype bf16 --iters 10 --warmup 2 --out "$OUT/gemm.json" \
   > "$W/gemm.log" 2>&1
 stamp "gemm done"
-timeout 100 python tools/benchmark.py $BB $MODELS --iters 10 --warmup 2 --out "$OUT/bb_old.json" > "$W/bb_old.log" 2>&1
+timeout 100 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 --out "$OUT/bb_old.json" \
+  > "$W/bb_old.log" 2>&1
 stamp "backbones old done"
-env $NEW timeout 90 python tools/benchmark.py $BB $MODELS --iters 10 --warmup 2 --no-deit --out "$OUT/bb_new.json" \
+env $NEW timeout 90 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 --no-deit --out "$OUT/bb_new.json" \
   > "$W/bb_new.log" 2>&1
 stamp "backbones new done"
 

@@ -85,8 +85,12 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
                    new=n.get("img_per_s"), deit=d_ips, mem_old=r.get("peak_mem_GiB"), mem_new=n.get("peak_mem_GiB"),
                    mem_deit=d.get("peak_mem_GiB") or r.get("deit_peak_mem_GiB"),
                    error=r.get("error") or n.get("error"))
-        for v in ("old", "new"):
+        row["graph_deit"] = d.get("graph_img_per_s") or r.get("deit_graph_img_per_s")
+        for v, src in (("old", r), ("new", n)):
             row[f"x_deit_{v}"] = row[v] / d_ips if row[v] and d_ips else None
+            row[f"graph_{v}"] = src.get("graph_img_per_s")
+            row[f"graph_x_deit_{v}"] = (row[f"graph_{v}"] / row["graph_deit"]
+                                        if row[f"graph_{v}"] and row["graph_deit"] else None)
         target = TARGETS.get((r["res"], bool(r["train"]))) if r["dtype"] == "bf16" else None
         row["target"] = target
         best = max((x for x in (row["x_deit_old"], row["x_deit_new"]) if x is not None), default=None)
@@ -139,14 +143,16 @@ def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], 
     lines += [f"- FAILED {t}" for t in failed[:30]]
     if sanitizer is not None:
         lines += ["", f"Sanitizer: {sanitizer}"]
-    lines += ["", "## Backbones (img/s; x = ratio to DeiT of the same size in the same run)", "",
-              "| model | res | dtype | train | old | new | DeiT | x old | x new | target | met | GiB old/new/DeiT |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Backbones (img/s; x = ratio to DeiT of the same size in the same run; graph = CUDA-graph "
+              "replays, both models)", "",
+              "| model | res | dtype | train | old | new | DeiT | x old | x new | target | met | GiB old/new/DeiT | "
+              "graph x DeiT old/new |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bb:
         mem = "/".join(_fmt(r[k]) for k in ("mem_old", "mem_new", "mem_deit"))
+        gx = "/".join(_fmt(r[k]) for k in ("graph_x_deit_old", "graph_x_deit_new"))
         lines.append(f"| {r['model']} | {r['res']} | {r['dtype']} | {r['train']} | {_fmt(r['old'], '.0f')} | "
                      f"{_fmt(r['new'], '.0f')} | {_fmt(r['deit'], '.0f')} | {_fmt(r['x_deit_old'])} | "
-                     f"{_fmt(r['x_deit_new'])} | {_fmt(r['target'])} | {_fmt(r['met'])} | {mem} |"
+                     f"{_fmt(r['x_deit_new'])} | {_fmt(r['target'])} | {_fmt(r['met'])} | {mem} | {gx} |"
                      + (f" {r['error'][:80]}" if r.get("error") else ""))
     lines += ["", "## WKV kernels, old / new ms (x = speedup of new)", "",
               "| op | dtype | shape | eager fwd+bwd old | new | x | graph fwd+bwd old | new | x |",

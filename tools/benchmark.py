@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--res", action="append", type=int, help="resolution(s); default 224 512 1024")
     p.add_argument("--batch", action="append", help="RES=BATCH, repeatable")
     p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    p.add_argument("--graph", action="store_true",
+                   help="backbones: also time inference as CUDA-graph replays (no Python / launch overhead; CUDA only)")
     p.add_argument("--no-deit", action="store_true", help="skip the DeiT rows")
     p.add_argument("--kernel-config", action="append", help="v4.KEY=VAL or v6.KEY=VAL (Triton launch settings)")
     args = p.parse_args(argv)
@@ -99,7 +101,7 @@ def main(argv=None) -> int:
             batches = batches or {r: 1 for r in res}
         rows = bm.bench_backbones(args.device, models, res or (224, 512, 1024), batches, dtypes,
                                   train=not args.no_train, train_batch=2 if args.quick else 128, iters=iters,
-                                  warmup=warmup, with_deit=not args.no_deit, progress=tick)
+                                  warmup=warmup, with_deit=not args.no_deit, progress=tick, graph=args.graph)
         out["backbones"] = rows
         print("\n## Backbones\n")
         print(bm.format_table(rows, bm.BACKBONE_COLUMNS))

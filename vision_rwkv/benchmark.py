@@ -351,7 +351,7 @@ def _make_model(name: str, res: int, device, **kw):
 
 
 def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool, dev: torch.device, iters: int,
-                        warmup: int) -> dict:
+                        warmup: int, graph: bool = False) -> dict:
     model = _make_model(name, res, dev)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     x = torch.randn(batch, 3, res, res, device=dev)
@@ -371,8 +371,8 @@ def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool
     else:
         model.eval()
 
-        def step():
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=adt, enabled=amp):
+        def step(cache: bool = True):
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=adt, enabled=amp, cache_enabled=cache):
                 model.forward_features(x)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -380,15 +380,24 @@ def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool
     row = dict(params_M=params, **t, img_per_s=batch / (t["ms"] * 1e-3))
     if dev.type == "cuda":
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+        if graph and not train:  # autocast's weight-cast cache must be off while a graph is captured
+            try:
+                row["graph_ms"] = time_graph(lambda: step(cache=False), iters)
+                row["graph_img_per_s"] = batch / (row["graph_ms"] * 1e-3)
+            except Exception as e:  # a capture failure is reported in the row, the eager numbers stay
+                row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
     return row
 
 
 def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, resolutions: Iterable[int] = (224, 512,
                     1024), batches: dict | None = None, dtypes: Iterable[str] = ("fp32", "bf16"), train: bool = True,
                     train_batch: int = 128, iters: int = 20, warmup: int = 3, with_deit: bool = True,
-                    anchors_dir=None, progress: Callable[[dict], None] | None = None) -> list[dict]:
+                    anchors_dir=None, progress: Callable[[dict], None] | None = None,
+                    graph: bool = False) -> list[dict]:
     """Inference (forward_features) images/s + peak memory per (model, resolution, dtype), DeiT of the same size in
-    the same run, and a training step (forward + backward + AdamW) at 224."""
+    the same run, and a training step (forward + backward + AdamW) at 224. ``graph``: inference is also timed as
+    CUDA-graph replays (``graph_img_per_s``: GPU time without the Python / launch overhead of eager calls; CUDA
+    only)."""
     dev = torch.device(device)
     bb = load_anchors("backbones", anchors_dir)
     batches = batches or ({224: 256, 512: 64, 1024: 16} if dev.type == "cuda" else {224: 2, 512: 1, 1024: 1})
@@ -402,7 +411,7 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
             return deit_cache[key]
         row = dict(model=name, label=label, res=res, batch=batch, dtype=dtype, train=is_train, device=str(dev))
         try:
-            row.update(_bench_one_backbone(name, res, batch, dtype, is_train, dev, iters, warmup))
+            row.update(_bench_one_backbone(name, res, batch, dtype, is_train, dev, iters, warmup, graph))
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {e}"[:300]
         finally:
@@ -431,6 +440,9 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
                     ours["ratio_vs_deit"] = ours["img_per_s"] / ref["img_per_s"]
                     if "peak_mem_GiB" in ref and "peak_mem_GiB" in ours:
                         ours["deit_peak_mem_GiB"] = ref["peak_mem_GiB"]
+                    if "graph_img_per_s" in ref and "graph_img_per_s" in ours:
+                        ours["deit_graph_img_per_s"] = ref["graph_img_per_s"]
+                        ours["graph_ratio_vs_deit"] = ours["graph_img_per_s"] / ref["graph_img_per_s"]
                 rows.append(ours)
             else:
                 rows.append(ours)
@@ -474,4 +486,5 @@ BACKBONE_COLUMNS = [("model", "model", ""), ("res", "res", ""), ("batch", "batch
                     ("train", "train", ""), ("img/s", "img_per_s", ".1f"), ("peak GiB", "peak_mem_GiB", ".2f"),
                     ("DeiT img/s", "deit_img_per_s", ".1f"), ("x DeiT", "ratio_vs_deit", ".2f"),
                     ("DeiT GiB", "deit_peak_mem_GiB", ".2f"), ("original img/s", "anchor_img_per_s", ".1f"),
-                    ("x original", "ratio_vs_original", ".2f")]
+                    ("x original", "ratio_vs_original", ".2f"), ("graph img/s", "graph_img_per_s", ".1f"),
+                    ("graph x DeiT", "graph_ratio_vs_deit", ".2f")]

@@ -39,7 +39,7 @@ def test_cli_quick_cpu(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--ops", "--gemm", "--backbones", "--device", "cpu",
            "--quick", "--dtype", "fp32", "--shapes", "1,20,64", "--model", "vrwkv_tiny_patch16_224", "--res", "32",
-           "--no-train", "--iters", "1", "--warmup", "0", "--out", str(out)]
+           "--no-train", "--graph", "--iters", "1", "--warmup", "0", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "## Operators" in proc.stdout and "## Backbones" in proc.stdout and "## GEMM epilogues" in proc.stdout
@@ -59,3 +59,4 @@ def test_cli_quick_cpu(tmp_path):
     assert ours and all("error" not in r and r["img_per_s"] > 0 for r in ours), ours
     assert any(r["model"].startswith("deit") for r in bbs)
     assert "ratio_vs_deit" in ours[0]
+    assert not any(k.startswith("graph") for r in bbs for k in r)  # CUDA graphs only on CUDA

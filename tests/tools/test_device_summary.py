@@ -80,11 +80,11 @@ def test_verdict_needs_passing_tests_model_tests_and_speed():
 
 def test_backbone_rows_ratios_and_targets():
     old = [dict(model="vrwkv_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1500.0,
-                peak_mem_GiB=0.7, deit="deit_tiny_patch16_224"),
+                peak_mem_GiB=0.7, deit="deit_tiny_patch16_224", graph_img_per_s=1800.0),
            dict(model="vrwkv_tiny_patch16_224", res=224, dtype="bf16", train=True, img_per_s=2000.0,
                 deit="deit_tiny_patch16_224"),
            dict(model="deit_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1000.0,
-                peak_mem_GiB=1.2),
+                peak_mem_GiB=1.2, graph_img_per_s=1200.0),
            dict(model="deit_tiny_patch16_224", res=224, dtype="bf16", train=True, img_per_s=4000.0)]
     new = [dict(model="vrwkv_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=2100.0,
                 peak_mem_GiB=0.6),
@@ -94,6 +94,7 @@ def test_backbone_rows_ratios_and_targets():
     hi, tr = rows
     assert hi["x_deit_old"] == pytest.approx(1.5) and hi["x_deit_new"] == pytest.approx(2.1)
     assert hi["target"] == 2.0 and hi["met"] is True and hi["mem_deit"] == 1.2
+    assert hi["graph_x_deit_old"] == pytest.approx(1.5) and hi["graph_x_deit_new"] is None
     assert tr["x_deit_old"] == pytest.approx(0.5) and tr["new"] is None and tr["target"] == 0.7
     assert tr["met"] is False and "boom" in tr["error"]
 
