@@ -107,7 +107,8 @@ def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20) ->
     return dict(model=name, path="fused" if fused else "plain", fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
                 host_ms=best * 1e3, triton_launches=sum(stubs.triton.values()), gemms=stubs.gemm,
                 other_aten_ops=other, launches=sum(stubs.triton.values()) + stubs.gemm + other,
-                triton_by_kernel=dict(stubs.triton))
+                triton_by_kernel=dict(stubs.triton),
+                aten_by_op={op: n for op, n in sorted(aten.ops.items()) if op not in VIEW_OPS})
 
 
 def main(argv=None) -> int:
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
         ours = not name.startswith(("deit", "vit"))
         for fused in ((True, False) if ours and args.plain else (True,)):
             rows.append(measure(name, fused, args.repeats, args.calls))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "triton_by_kernel"}), flush=True)
+            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("triton_by_kernel", "aten_by_op")}),
+                  flush=True)
     deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)
     print("\n| model | path | host ms / forward | x DeiT | Triton launches | GEMMs | other aten ops | launches |")
     print("|---|---|---|---|---|---|---|---|")
