@@ -45,11 +45,14 @@ VIEW_OPS = {"aten.view", "aten._unsafe_view", "aten.select", "aten.unbind", "ate
 
 
 class _Stubs:
-    """Replace Triton launches and ``F.linear`` by recording stubs while active."""
+    """Replace Triton launches and ``F.linear`` by recording stubs while active. ``record(kind, fn, args, out)``, if
+    given, also sees every stubbed call: kind 'triton' (fn = the kernel's Python function, args = its launch
+    arguments) or 'linear' (args = (x, weight, bias), out = the stub's output)."""
 
-    def __init__(self):
+    def __init__(self, record=None):
         self.triton = collections.Counter()
         self.gemm = 0
+        self.record = record
 
     def __enter__(self):
         from triton.runtime import interpreter
@@ -58,10 +61,17 @@ class _Stubs:
 
         def run(fn_self, *args, grid, warmup, **kwargs):
             stubs.triton[fn_self.fn.__name__] += 1
+            if stubs.record is not None:
+                stubs.record("triton", fn_self.fn, args, None)
 
         def linear(x, weight, bias=None):
             stubs.gemm += 1
-            return x.new_empty((*x.shape[:-1], weight.shape[0]))
+            dev = x.device.type  # the output dtype F.linear would give (the autocast dtype inside autocast)
+            out = x.new_empty((*x.shape[:-1], weight.shape[0]),
+                              dtype=torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype)
+            if stubs.record is not None:
+                stubs.record("linear", None, (x, weight, bias), out)
+            return out
 
         self._saved = [(interpreter.InterpretedFunction, "run", interpreter.InterpretedFunction.run),
                        (F, "linear", F.linear), (torch.nn.modules.linear.F, "linear", F.linear)]

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Roofline floor of one inference forward at a real size, computed on CPU (no GPU needed).
+
+The fused GPU path of a model runs on CPU tensors of the real shape with every device launch stubbed out (Triton
+kernels in interpreter mode, ``F.linear`` and ``F.scaled_dot_product_attention`` replaced by recording stubs, the
+remaining aten ops run by PyTorch under a dispatch mode that records them). Each launch gets the bytes of its tensor
+operands (each distinct tensor read or written once; GEMM operands in the compute dtype) and, for matrix products
+(GEMMs, the GEMM-epilogue kernels, attention), its FLOPs. Its floor is ``max(bytes / bandwidth, FLOPs / matrix
+rate)``; summed over the launches this is a lower bound on the GPU time of that sequence of kernels, as long as the
+tensors do not fit in L2 (use a batch whose activation planes are well above 50 MB: 1024 px, batch 64). The
+WKV / elementwise kernels' arithmetic is not counted (their FLOPs are small next to their bytes at these shapes).
+
+The table compares the floor with the issue-3 target: 2x the images/s DeiT of the same size reached in the
+anchors (``benchmarks/anchors/backbones.json``, H100, bf16), and shows DeiT's own floor by the same method.
+
+    python tools/roofline.py                                          # VRWKV-T, VRWKV6-T vs DeiT-T, 1024 px, batch 64
+    python tools/roofline.py --model vrwkv_small_patch16_224 --res 1024 --batch 64 --out roofline.json
+    VRWKV_FUSED_GEMM=1 python tools/roofline.py                       # with the GEMM-epilogue kernels
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_host import VIEW_OPS, _Stubs  # noqa: E402  (sets TRITON_INTERPRET=1 before triton is imported)
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
+
+import vision_rwkv  # noqa: E402,F401
+from vision_rwkv import benchmark as bm  # noqa: E402
+from vision_rwkv.profiling import GROUPS, classify  # noqa: E402
+
+MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
+BANDWIDTH = 3.0e12  # bytes/s: a device-to-device copy on the H100 of the device pool (KINDS.md), as the anchors use
+MATRIX_RATE = {"bf16": 800e12, "fp16": 800e12, "fp32": 67e12}  # FLOP/s: measured bf16 GEMM; fp32 without TF32
+_MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution"}
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
+def _unique_bytes(tensors, itemsize=None) -> int:
+    """Bytes of the distinct tensors (by storage address and shape; ``itemsize`` overrides the dtype's size)."""
+    seen, total = set(), 0
+    for t in tensors:
+        key = (t.data_ptr(), tuple(t.shape), t.dtype)
+        if key not in seen and t.numel():
+            seen.add(key)
+            total += t.numel() * (itemsize or t.element_size())
+    return total
+
+
+def _triton_group(fn) -> str:
+    mod, name = fn.__module__, fn.__name__
+    if ".bi_wkv" in mod:
+        return "WKV"
+    if "_tsm" in name:
+        return "shift+lerp"
+    if "_add_norm" in name or "_gn_" in name:
+        return "norms"
+    if "_linear" in name:
+        return "GEMMs"
+    return "elementwise/other"
+
+
+def _matmul_flops(op: str, args, out) -> float:
+    if op == "aten.convolution":  # 2 x outputs x (in channels / groups x kernel area)
+        return 2.0 * out.numel() * args[1][0].numel()
+    a, b = (args[1], args[2]) if op in ("aten.addmm", "aten.baddbmm") else (args[0], args[1])
+    return 2.0 * a.numel() * b.shape[-1]
+
+
+class LaunchLog(TorchDispatchMode):
+    """Records (group, name, bytes, FLOPs) per launch: aten ops through the dispatch mode, stubbed Triton kernels,
+    GEMMs and attention through :meth:`record`."""
+
+    def __init__(self, compute_itemsize: int):
+        super().__init__()
+        self.rows = []
+        self.itemsize = compute_itemsize
+
+    def add(self, group: str, name: str, nbytes: float, flops: float = 0.0) -> None:
+        self.rows.append((group, name, float(nbytes), float(flops)))
+
+    def record(self, kind, fn, args, out) -> None:
+        if kind == "triton":
+            flops = 2.0 * args[5] * args[6] * args[7] if fn.__name__ == "_linear_act_kernel" else 0.0  # M, N, K
+            self.add(_triton_group(fn), fn.__name__, _unique_bytes(_tensors(args)), flops)
+        else:  # linear: x, weight (and bias) in the compute dtype, the output
+            x, weight, bias = args
+            self.add("GEMMs", "linear", _unique_bytes([x, weight, out] + ([bias] if bias is not None else []),
+                                                      self.itemsize), 2.0 * x.numel() * weight.shape[0])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        op = str(func.overloadpacket)
+        if op not in VIEW_OPS:
+            flops = _matmul_flops(op, args, out) if op in _MATMUL_OPS else 0.0
+            self.add(classify(["aten::" + op[len("aten."):]]), op, _unique_bytes(_tensors((args, kwargs, out))),
+                     flops)
+        return out
+
+
+def _sdpa_stub(log: LaunchLog):
+    """Flash attention's compulsory traffic (q, k, v, out once) and FLOPs (QK^T and PV), no T x T matrix."""
+    def sdpa(q, k, v, *args, **kwargs):
+        out = q.new_empty(q.shape)
+        log.add("attention", "scaled_dot_product_attention", _unique_bytes([q, k, v, out]),
+                4.0 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1])
+        return out
+    return sdpa
+
+
+def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float) -> dict:
+    """Launch list and roofline floor of ``forward_features`` of ``name`` at ``res`` x ``res``, ``batch`` images."""
+    adt = bm.DTYPES[dtype]
+    rate = MATRIX_RATE[dtype]
+    model = timm.create_model(name, img_size=res, num_classes=0).eval()
+    x = torch.randn(batch, 3, res, res)
+    log = LaunchLog(torch.empty((), dtype=adt).element_size())
+    saved = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _sdpa_stub(log)
+    try:
+        with torch.no_grad(), _Stubs(record=log.record), torch.autocast("cpu", dtype=adt, enabled=dtype != "fp32"):
+            with log:
+                model.forward_features(x)
+    finally:
+        F.scaled_dot_product_attention = saved
+    groups = collections.defaultdict(lambda: dict(launches=0, GB=0.0, GFLOP=0.0, floor_ms=0.0))
+    for group, _, nbytes, flops in log.rows:
+        g = groups[group]
+        g["launches"] += 1
+        g["GB"] += nbytes / 1e9
+        g["GFLOP"] += flops / 1e9
+        g["floor_ms"] += max(nbytes / bandwidth, flops / rate) * 1e3
+    floor = sum(g["floor_ms"] for g in groups.values())
+    by_name = collections.defaultdict(lambda: [0, 0.0])
+    for group, op, nbytes, flops in log.rows:
+        by_name[(group, op)][0] += 1
+        by_name[(group, op)][1] += max(nbytes / bandwidth, flops / rate) * 1e3
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])
+    row = dict(model=name, res=res, batch=batch, dtype=dtype, launches=len(log.rows),
+               top=[dict(group=g, op=op, launches=n, floor_ms=ms) for (g, op), (n, ms) in top],
+               GB=sum(g["GB"] for g in groups.values()), GFLOP=sum(g["GFLOP"] for g in groups.values()),
+               floor_ms=floor, floor_img_per_s=batch / (floor * 1e-3),
+               groups={k: groups[k] for k in GROUPS if k in groups})
+    if name in bm.BACKBONES:
+        deit, label, deit_label = bm.BACKBONES[name]
+    else:  # a DeiT (or another timm model): its own anchor only
+        deit, deit_label = None, None
+        label = {v[0]: v[2] for v in bm.BACKBONES.values()}.get(name)
+    anchors = bm.load_anchors("backbones")
+    ref = bm._anchor_backbone(anchors, label, res, dtype, batch, False) if label else None
+    if ref:
+        row["anchor_img_per_s"] = ref  # the original VRWKV / DeiT measured on an H100 (anchors)
+    if deit:
+        row["deit"] = deit
+        deit_ips = bm._anchor_backbone(anchors, deit_label, res, dtype, batch, False)
+        if deit_ips:
+            row["deit_img_per_s"] = deit_ips
+            row["target_img_per_s"] = 2 * deit_ips
+            row["target_ms"] = batch / (2 * deit_ips) * 1e3
+            row["floor_vs_target"] = floor / row["target_ms"]
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help=f"repeatable; default {MODELS} and their DeiT")
+    p.add_argument("--res", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--dtype", default="bf16", choices=list(MATRIX_RATE))
+    p.add_argument("--bandwidth", type=float, default=BANDWIDTH, help="bytes/s (default: measured H100 copy)")
+    p.add_argument("--out", type=Path, help="write the rows as JSON")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    models = list(args.model or MODELS)
+    for m in list(models):
+        deit = bm.BACKBONES.get(m, (None,))[0]
+        if deit and deit not in models:
+            models.append(deit)
+    rows = []
+    for name in models:
+        rows.append(measure(name, args.res, args.batch, args.dtype, args.bandwidth))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("groups", "top")}), flush=True)
+    print(f"\n## Roofline floor of forward_features, {args.res}x{args.res}, batch {args.batch}, {args.dtype} "
+          f"({args.bandwidth / 1e12:.2f} TB/s, {MATRIX_RATE[args.dtype] / 1e12:.0f} TFLOP/s)\n")
+    print("| model | launches | GB moved | GEMM/attn GFLOP | floor ms | floor img/s | DeiT img/s (H100) | "
+          "2x DeiT target ms | floor / target |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        tgt = f"{r['target_ms']:.2f}" if "target_ms" in r else ""
+        ratio = f"{r['floor_vs_target']:.2f}" if "floor_vs_target" in r else ""
+        deit = f"{r['deit_img_per_s']:.0f}" if "deit_img_per_s" in r else ""
+        print(f"| {r['model']} | {r['launches']} | {r['GB']:.2f} | {r['GFLOP']:.0f} | {r['floor_ms']:.2f} | "
+              f"{r['floor_img_per_s']:.0f} | {deit} | {tgt} | {ratio} |")
+    print("\n| model | " + " | ".join(f"{g} ms (launches)" for g in GROUPS) + " |")
+    print("|---|" + "---|" * len(GROUPS))
+    for r in rows:
+        cells = [f"{r['groups'][g]['floor_ms']:.2f} ({r['groups'][g]['launches']})" if g in r["groups"] else ""
+                 for g in GROUPS]
+        print(f"| {r['model']} | " + " | ".join(cells) + " |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(dict(torch=torch.__version__, bandwidth=args.bandwidth,
+                                            matrix_rate=MATRIX_RATE[args.dtype], rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
