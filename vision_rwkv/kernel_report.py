@@ -75,7 +75,8 @@ def capture_kernels(arch: int = 90, tag: str = "") -> Iterator[list[CompiledLaun
             cache[key] = triton.compile(ASTSource(self, signature, constexprs, attrs), target=target,
                                         options=options.__dict__)
         g = grid(bound) if callable(grid) else grid
-        records.append(CompiledLaunch(self.fn.__name__, tuple(int(x) for x in g), cache[key], tag))
+        records.append(CompiledLaunch(self.fn.__name__, tuple(int(x) for x in g), cache[key], tag,
+                                      dict(module=self.fn.__module__)))
         return None
 
     tjit.JITFunction.run = fake_run

@@ -691,10 +691,14 @@ def _ln_rows(v, mask, C, eps):
 
 @triton.jit
 def _row_scale(KEEP, rows, R, RPS, HAS_KEEP: tl.constexpr):
-    """Each row's sample scale (drop path's mask / keep_prob of sample ``row // RPS``) as (BR, 1), or 1."""
+    """Each row's sample scale (drop path's mask / keep_prob of sample ``row // RPS``) as (BR, 1); ones without
+    KEEP (a constant the compiler folds away). One return of one type: the GPU compiler rejects returns of
+    different shapes, which the interpreter accepts."""
     if HAS_KEEP:
-        return tl.load(KEEP + rows // RPS, mask=rows < R, other=0.0).to(tl.float32)[:, None]
-    return tl.full([1, 1], 1.0, tl.float32)
+        scale = tl.load(KEEP + rows // RPS, mask=rows < R, other=0.0).to(tl.float32)
+    else:
+        scale = tl.full(rows.shape, 1.0, tl.float32)
+    return scale[:, None]
 
 
 @triton.jit

@@ -1,0 +1,64 @@
+"""Every Triton kernel the models launch on their fused path compiles for an H100 (sm_90), forward and backward, with
+the default kernels and with every opt-in, fp32 and bf16 autocast, drop path in training - checked on CPU.
+
+The interpreter tests (``test_fused_path.py``, ``tests/ops``) check what the kernels compute; they cannot see
+programs that only the GPU compiler rejects (a jit helper returning different shapes from two branches passed every
+interpreter test and failed every CUDA compile). ``_compile_models.py`` runs the models with each launch turned into
+an ahead-of-time compile (``vision_rwkv.kernel_report.capture_kernels``) in a fresh process.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+from vision_rwkv.kernel_report import cuobjdump_path  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPT_INS = {"VRWKV_TRITON_V4": "seq=1", "VRWKV_TRITON_V6": "algo=chunk", "VRWKV_FUSED_GEMM": "1"}
+LARGE = {"embed_dim": 64, "depth": 1, "head_hidden_size": 32, "pos_embed_grid": 2, "wkv_mode": "original"}
+CASES = [
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2}, {}],  # pre-norm chain, exact tile-scan WKV
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2, "amp": True}, OPT_INS],  # seq WKV, GEMM epilogues
+    ["vrwkv_small_patch16_224", {"embed_dim": 64, "depth": 2, "drop_path_rate": 0.5, "train": True, "amp": True}, {}],
+    ["vrwkv_large_patch16_384", LARGE, {}],  # key norm, original-mode WKV
+    ["vrwkv_large_patch16_384", dict(LARGE, amp=True), {"VRWKV_TRITON_V4": "seq=1", "VRWKV_FUSED_GEMM": "1"}],
+    ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 2, "drop_path_rate": 0.5, "train": True}, {}],  # walk
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 2, "amp": True}, OPT_INS],  # chunk-parallel v6
+    ["rwkv_clip.TextRWKV", {"vocab_size": 97, "context_length": 77, "width": 128, "layers": 2, "head_size": 64,
+                            "hidden_dim": 256, "tokens": 77, "amp": True}, {}],
+]
+
+
+def _all_kernels() -> set:
+    """module:name of every Triton kernel of the operator modules (the v4 ones are built with triton.jit at import)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    code = ("import json, triton.runtime.jit as j\n"
+            "from vision_rwkv.ops.bi_wkv import triton as a, triton_seq as b\n"
+            "from vision_rwkv.ops.bi_wkv6 import triton as c, triton_chunk as d\n"
+            "from vision_rwkv.ops.fused import triton as e, linear_triton as f\n"
+            "ks = [k for v in a._KERNELS.values() for k in v] + list(b._KERNELS.values())\n"
+            "ks += [v for m in (c, d, e, f) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
+            " and n.endswith('_kernel') and v.__module__ == m.__name__]\n"
+            "print(json.dumps(sorted({f'{k.fn.__module__}:{k.fn.__name__}' for k in ks})))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cuobjdump_path() is None, reason="Triton's NVIDIA backend tools (ptxas) not found")
+def test_model_kernels_compile_for_sm90():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VRWKV_", "TRITON_"))}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "_compile_models.py"), json.dumps(CASES)], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    compiled = set(res.pop("kernels"))
+    failed = {k: v for k, v in res.items() if not v.startswith("ok ")}
+    assert not failed, "\n\n".join(f"{k}:\n{v}" for k, v in failed.items())
+    assert all(int(v.split()[1]) > 0 for v in res.values()), res  # every case launched kernels
+    assert compiled == _all_kernels(), (sorted(_all_kernels() - compiled), sorted(compiled - _all_kernels()))
