@@ -65,8 +65,13 @@ def _linear():
 
 
 def _triton_ok() -> bool:
-    """Whether the Triton module imports (eager calls after the first one only read the cached import result)."""
-    if _triton_mod is not None and not _is_compiling():
+    """Whether the Triton module imports (eager calls after the first one only read the cached import result).
+
+    While torch.compile traces, the cached global must not be read before :func:`_triton_ok_traced` has imported
+    the modules: dynamo keeps the first value it reads of a global for the whole trace, so a model whose first call
+    is compiled would see ``None`` and trace ``importlib.import_module`` (a graph break; an error with
+    ``fullgraph=True``)."""
+    if not _is_compiling() and _triton_mod is not None:
         return not isinstance(_triton_mod, BaseException)
     return _triton_ok_traced()
 
@@ -82,7 +87,9 @@ def _triton_ok_traced() -> bool:
 
         for op in ("bi_wkv", "bi_wkv6"):
             triton_available(op)
-    except Exception:  # the WKV dispatcher reports its own errors when used
+        if not isinstance(mod, BaseException):
+            _linear()  # the GEMM-epilogue module too (VRWKV_FUSED_GEMM=1)
+    except Exception:  # the WKV dispatcher / the GEMM ops report their own errors when used
         pass
     return not isinstance(mod, BaseException)
 
