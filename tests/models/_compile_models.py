@@ -1,5 +1,6 @@
 """Compile, for sm_90, every Triton kernel that whole models launch on their fused path (forward and backward), on a
-machine without a GPU; print one JSON object {case: "ok N" | error, "kernels": ["module:kernel", ...]}.
+machine without a GPU; print one JSON object {case: "ok N" | error, "kernels": ["module:kernel", ...],
+"max_shared_bytes": {"module:kernel": bytes}}.
 
 The Triton interpreter (the CPU tests' way of running the kernels) accepts programs that the GPU compiler rejects
 (e.g. a ``@triton.jit`` helper returning tensors of different shapes from two branches), so interpreter tests alone
@@ -105,6 +106,11 @@ def main(cases: list) -> dict:
             results[key] = _attempt(run_case, name, kwargs, env, records)
         results["ops"] = _attempt(run_ops, records)
     results["kernels"] = sorted({f"{r.extra['module']}:{r.name}" for r in records})
+    shared = {}
+    for r in records:  # the most shared memory each kernel asked for (launch fails above the device's limit)
+        key = f"{r.extra['module']}:{r.name}"
+        shared[key] = max(shared.get(key, 0), int(r.kernel.metadata.shared))
+    results["max_shared_bytes"] = shared
     return results
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Every Triton kernel the models launch on their fused path compiles for an H100 (sm_90), forward and backward, with
-the default kernels and with every opt-in, fp32 and bf16 autocast, drop path in training - checked on CPU.
+the default kernels and with every opt-in, fp32 and bf16 autocast, drop path in training, and fits the shared memory
+of an H100 block - checked on CPU.
 
 The interpreter tests (``test_fused_path.py``, ``tests/ops``) check what the kernels compute; they cannot see
 programs that only the GPU compiler rejects (a jit helper returning different shapes from two branches passed every
@@ -17,6 +18,7 @@ pytest.importorskip("triton")
 from vision_rwkv.kernel_report import cuobjdump_path  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+H100_MAX_SHARED = 227 * 1024  # bytes of shared memory one block can opt in to on sm_90
 OPT_INS = {"VRWKV_TRITON_V4": "seq=1", "VRWKV_TRITON_V6": "algo=chunk", "VRWKV_FUSED_GEMM": "1"}
 LARGE = {"embed_dim": 64, "depth": 1, "head_hidden_size": 32, "pos_embed_grid": 2, "wkv_mode": "original"}
 CASES = [
@@ -27,6 +29,9 @@ CASES = [
     ["vrwkv_large_patch16_384", dict(LARGE, amp=True), {"VRWKV_TRITON_V4": "seq=1", "VRWKV_FUSED_GEMM": "1"}],
     ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 2, "drop_path_rate": 0.5, "train": True}, {}],  # walk
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 2, "amp": True}, OPT_INS],  # chunk-parallel v6
+    # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
+    # memory than an H100 block has: the walk kernels run instead
+    ["vrwkv6_clip_patch16_224", {"depth": 1, "amp": True}, OPT_INS],
     ["rwkv_clip.TextRWKV", {"vocab_size": 97, "context_length": 77, "width": 128, "layers": 2, "head_size": 64,
                             "hidden_dim": 256, "tokens": 77, "amp": True}, {}],
 ]
@@ -58,7 +63,11 @@ def test_model_kernels_compile_for_sm90():
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     compiled = set(res.pop("kernels"))
+    shared = res.pop("max_shared_bytes")
     failed = {k: v for k, v in res.items() if not v.startswith("ok ")}
     assert not failed, "\n\n".join(f"{k}:\n{v}" for k, v in failed.items())
     assert all(int(v.split()[1]) > 0 for v in res.values()), res  # every case launched kernels
     assert compiled == _all_kernels(), (sorted(_all_kernels() - compiled), sorted(compiled - _all_kernels()))
+    # a block may have at most 227 KB of shared memory on an H100 (Triton raises OutOfResources at launch above it)
+    over = {k: v for k, v in shared.items() if v > H100_MAX_SHARED}
+    assert not over, over

@@ -269,16 +269,22 @@ def _cfg(N: int, dtype: torch.dtype):
     return CONFIG["block_t"], BN, BJ, prec, nw
 
 
-def _chunk_algo() -> bool:
+# the chunk-parallel kernels hold BN x BN state tiles: at BN = 128 (head sizes 65..128, e.g. the RWKV-CLIP towers'
+# 80) the backward needs ~270 KB of shared memory, over the 227 KB an H100 block can have; those use the walk
+CHUNK_MAX_BN = 64
+
+
+def _chunk_algo(BN: int) -> bool:
+    """Whether this call takes the chunk-parallel kernels: ``algo='chunk'`` and padded head size <= CHUNK_MAX_BN."""
     if CONFIG["algo"] not in ("walk", "chunk"):
         raise ValueError(f"VRWKV_TRITON_V6 algo must be 'walk' or 'chunk', got {CONFIG['algo']!r}")
-    return CONFIG["algo"] == "chunk"
+    return CONFIG["algo"] == "chunk" and BN <= CHUNK_MAX_BN
 
 
 def _fwd(r, k, v, logd, u):
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
-    if _chunk_algo():
+    if _chunk_algo(BN):
         from .triton_chunk import chunk_fwd
 
         return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw))
@@ -291,7 +297,7 @@ def _fwd(r, k, v, logd, u):
 def _bwd(r, k, v, logd, u, gy):
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
-    if _chunk_algo():
+    if _chunk_algo(BN):
         from .triton_chunk import chunk_bwd
 
         return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw))
