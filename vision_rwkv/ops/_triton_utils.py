@@ -35,6 +35,13 @@ def run_op(custom_op, function, forward, *args):
     return forward(*args)
 
 
+def split_param_grads(sums: torch.Tensor, *params) -> tuple:
+    """The rows of ``sums`` - the gradients of several small parameters reduced in one launch, stacked - each in its
+    parameter's dtype (None for a parameter that is None). The kernels' backward custom ops return the stacked
+    tensor (a custom op's outputs may not alias each other) and their autograd formulas split it."""
+    return tuple(None if p is None else s.to(p.dtype) for s, p in zip(sums, params))
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
     n = int(n)

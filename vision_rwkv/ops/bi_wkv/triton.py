@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import (cdiv, check_float, check_same_device, config_from_env, new_empty, next_pow2,
-                             run_op)
+                             run_op, split_param_grads)
 
 __all__ = ["bi_wkv_triton", "CONFIG"]
 
@@ -589,12 +589,12 @@ def fwd_buffers(w, u, k, v, NC: int, ncar: int, single: bool):
 
 def bwd_buffers(w, u, k, v, NC: int):
     """Backward buffers shared by both paths: w, u in fp32, gk / gv in k's / v's dtype, per-chunk partial sums of
-    gw / gu (B * NC, C) in fp32."""
+    gw and gu in one (2, B * NC, C) fp32 buffer (reduced in one launch: ``parts.sum(1)``)."""
     B, T, C = k.shape
     dev = k.device
     return (w.float().contiguous(), u.float().contiguous(), new_empty((B, T, C), k.dtype, dev),
-            new_empty((B, T, C), v.dtype, dev), new_empty((B * NC, C), torch.float32, dev),
-            new_empty((B * NC, C), torch.float32, dev))
+            new_empty((B, T, C), v.dtype, dev), new_empty((2, B * NC, C), torch.float32, dev))
+
 
 
 def _fwd(w, u, k, v, mode: str, chunks: int):
@@ -635,7 +635,7 @@ def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
     nw = CONFIG["warps"]
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
-    w32, u32, gk, gv, gwp, gup = bwd_buffers(w, u, k, v, NC)
+    w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC)
     grid = (B, _grid_c(C, BC), NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
@@ -646,11 +646,9 @@ def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
                      32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C)))
     else:
         bcar = car
-    _k("bwd")[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(),
-                      T, C, S, NSUB, NC, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
-    gw = gwp.sum(0).to(w.dtype)
-    gu = gup.sum(0).to(u.dtype)
-    return gw, gu, gk, gv
+    _k("bwd")[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, parts[0], parts[1], *k.stride(), *v.stride(),
+                      *gy.stride(), T, C, S, NSUB, NC, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
+    return parts.sum(1), gk, gv
 
 
 # ------------------------------------------------------------------------------------------------- torch ops
@@ -677,13 +675,13 @@ def _(w, u, k, v, mode, chunks):
 @torch.library.custom_op("vision_rwkv::bi_wkv_triton_bwd", mutates_args=())
 def _bi_wkv_bwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
                    car: torch.Tensor, gy: torch.Tensor, mode: str,
-                   chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _bwd(w, u, k, v, m, car, gy, mode, chunks)
 
 
 @_bi_wkv_bwd_op.register_fake
 def _(w, u, k, v, m, car, gy, mode, chunks):
-    return w.new_empty(w.shape), u.new_empty(u.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    return w.new_empty((2,) + tuple(w.shape), dtype=torch.float32), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -697,8 +695,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gy, _gm, _gcar):
     w, u, k, v, m, car = ctx.saved_tensors
-    gw, gu, gk, gv = _bi_wkv_bwd_op(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
-    return gw, gu, gk, gv, None, None
+    gwu, gk, gv = _bi_wkv_bwd_op(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
+    return (*split_param_grads(gwu, w, u), gk, gv, None, None)
 
 
 torch.library.register_autograd("vision_rwkv::bi_wkv_triton_fwd", _backward, setup_context=_setup_context)
@@ -718,8 +716,8 @@ class _BiWKV(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         w, u, k, v, m, car = ctx.saved_tensors
-        gw, gu, gk, gv = _bwd(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
-        return gw, gu, gk, gv, None, None
+        gwu, gk, gv = _bwd(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
+        return (*split_param_grads(gwu, w, u), gk, gv, None, None)
 
 
 def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",

@@ -395,14 +395,14 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
 
 
 def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
-    """Backward: (gw, gu, gk, gv)."""
+    """Backward: (gwu, gk, gv); gwu (2, C) fp32 = d w and d u stacked (one reduction launch)."""
     B, T, C = k.shape
     orig = mode == "original"
     S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
-    w32, u32, gk, gv, gwp, gup = bwd_buffers(w, u, k, v, NC)
+    w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
@@ -415,6 +415,6 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
         bcar = car
     BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
     _KERNELS["bwd"][(B, cdiv(C, BCB), NC)](
-        k, v, gy, w32, u32, m, car, bcar, gk, gv, gwp, gup, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC,
-        NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB, num_warps=nwb)
-    return gwp.sum(0).to(w.dtype), gup.sum(0).to(u.dtype), gk, gv
+        k, v, gy, w32, u32, m, car, bcar, gk, gv, parts[0], parts[1], *k.stride(), *v.stride(), *gy.stride(), T, C, S,
+        NSUB, NC, NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB, num_warps=nwb)
+    return parts.sum(1), gk, gv

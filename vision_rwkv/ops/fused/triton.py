@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, new_empty, next_pow2, run_op
+from .._triton_utils import cdiv, new_empty, next_pow2, run_op, split_param_grads
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
            "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
@@ -561,23 +561,22 @@ def _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout):
     iters = cdiv(nblocks, nprog)
     gy = new_empty(y.shape, y.dtype, y.device)
     gg = new_empty(g.shape, g.dtype, g.device)
-    gwp = new_empty((nprog, c), torch.float32, y.device)
-    gbp = new_empty((nprog, c), torch.float32, y.device)
-    _gn_mul_bwd_kernel[(nprog,)](y, g, weight, bias, gout, gy, gg, gwp, gbp, nrows, c, gs, eps, iters,
+    parts = new_empty((2, nprog, c), torch.float32, y.device)  # per-program partial sums of d weight, d bias
+    _gn_mul_bwd_kernel[(nprog,)](y, g, weight, bias, gout, gy, gg, parts[0], parts[1], nrows, c, gs, eps, iters,
                                  SILU=silu, **meta)
-    return gy, gg, gwp.sum(0).to(weight.dtype), gbp.sum(0).to(bias.dtype)
+    return gy, gg, parts.sum(1)  # d weight and d bias stacked: one reduction launch
 
 
 @torch.library.custom_op("vision_rwkv::group_norm_mul_bwd", mutates_args=())
 def _gn_mul_bwd_op(y: torch.Tensor, g: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
-                   eps: float, silu: bool, gout: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   eps: float, silu: bool, gout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout)
 
 
 @_gn_mul_bwd_op.register_fake
 def _(y, g, groups, weight, bias, eps, silu, gout):
-    return y.new_empty(y.shape), g.new_empty(g.shape), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+    return y.new_empty(y.shape), g.new_empty(g.shape), weight.new_empty((2,) + tuple(weight.shape),
+                                                                        dtype=torch.float32)
 
 
 def _gn_setup(ctx, inputs, output):
@@ -589,8 +588,8 @@ def _gn_setup(ctx, inputs, output):
 def _gn_backward(ctx, gout):
     y, g, weight, bias = ctx.saved_tensors
     groups, eps, silu = ctx.meta
-    gy, gg, gw, gb = _gn_mul_bwd_op(y, g, groups, weight, bias, eps, silu, gout)
-    return gy, gg, None, gw, gb, None, None, None
+    gy, gg, gwb = _gn_mul_bwd_op(y, g, groups, weight, bias, eps, silu, gout)
+    return (gy, gg, None, *split_param_grads(gwb, weight, bias), None, None, None)
 
 
 torch.library.register_autograd("vision_rwkv::group_norm_mul", _gn_backward, setup_context=_gn_setup)
@@ -607,8 +606,8 @@ class _GroupNormMul(torch.autograd.Function):
     def backward(ctx, gout):
         y, g, weight, bias = ctx.saved_tensors
         groups, eps, silu = ctx.meta
-        gy, gg, gw, gb = _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout)
-        return gy, gg, None, gw, gb, None, None, None
+        gy, gg, gwb = _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout)
+        return (gy, gg, None, *split_param_grads(gwb, weight, bias), None, None, None)
 
 
 def group_norm_mul_triton(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,
@@ -848,37 +847,35 @@ def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_
                                    parts[0], parts[1], parts[2], rows, c, _rows_per_sample(y, sample_scale), eps,
                                    iters, POST=post, HAS_GAMMA=gamma is not None, HAS_KEEP=sample_scale is not None,
                                    HAS_GS=gs is not None, HAS_GN=gn is not None, **meta)
-    ggam = parts[0].sum(0).to(gamma.dtype) if gamma is not None else weight.new_empty((0,))
-    return gx, gy, ggam, parts[1].sum(0).to(weight.dtype), parts[2].sum(0).to(bias.dtype)
+    return gx, gy, parts.sum(1)  # d gamma, d weight, d bias stacked: one reduction launch
 
 
 @torch.library.custom_op("vision_rwkv::add_norm_bwd", mutates_args=())
 def _add_norm_bwd_op(y: torch.Tensor, s: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
                      bias: torch.Tensor, eps: float, post: bool, gs: Optional[torch.Tensor], gn: Optional[torch.Tensor],
                      x_dtype: torch.dtype, sample_scale: Optional[torch.Tensor]
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale)
 
 
 @_add_norm_bwd_op.register_fake
 def _(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale):
     return (y.new_empty(y.shape, dtype=x_dtype), y.new_empty(y.shape),
-            gamma.new_empty(gamma.shape) if gamma is not None else weight.new_empty((0,)),
-            weight.new_empty(weight.shape), bias.new_empty(bias.shape))
+            weight.new_empty((3,) + tuple(weight.shape), dtype=torch.float32))
 
 
 def _an_setup(ctx, inputs, output):
     x, y, gamma, weight, bias, eps, post, _, sample_scale = inputs
-    ctx.meta = (eps, post, gamma is not None, x.dtype)
+    ctx.meta = (eps, post, x.dtype)
     ctx.save_for_backward(y, output[0] if not post else None, gamma, weight, bias, sample_scale)
 
 
 def _an_backward(ctx, gs, gn):
     y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
-    eps, post, has_gamma, x_dtype = ctx.meta
-    gx, gy, ggam, gw, gb = _add_norm_bwd_op(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                            None if post else gn, x_dtype, sample_scale)
-    return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None, None
+    eps, post, x_dtype = ctx.meta
+    gx, gy, sums = _add_norm_bwd_op(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
+                                    None if post else gn, x_dtype, sample_scale)
+    return (gx, gy, *split_param_grads(sums, gamma, weight, bias), None, None, None, None)
 
 
 torch.library.register_autograd("vision_rwkv::add_norm", _an_backward, setup_context=_an_setup)
@@ -888,17 +885,17 @@ class _AddNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale):
         s, n = _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
-        ctx.meta = (eps, post, gamma is not None, x.dtype)
+        ctx.meta = (eps, post, x.dtype)
         ctx.save_for_backward(y, s if not post else None, gamma, weight, bias, sample_scale)
         return s, n
 
     @staticmethod
     def backward(ctx, gs, gn):
         y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
-        eps, post, has_gamma, x_dtype = ctx.meta
-        gx, gy, ggam, gw, gb = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                             None if post else gn, x_dtype, sample_scale)
-        return gx, gy, (ggam if has_gamma else None), gw, gb, None, None, None, None
+        eps, post, x_dtype = ctx.meta
+        gx, gy, sums = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
+                                     None if post else gn, x_dtype, sample_scale)
+        return (gx, gy, *split_param_grads(sums, gamma, weight, bias), None, None, None, None)
 
 
 def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
