@@ -15,6 +15,7 @@ launch on a GPU.
 
     python tools/benchmark_host.py                                  # VRWKV-T, VRWKV6-T, DeiT-T
     python tools/benchmark_host.py --model vrwkv_small_patch16_224 --out host.json
+    python tools/benchmark_host.py --train                          # a training step (forward + backward)
 """
 from __future__ import annotations
 
@@ -44,6 +45,23 @@ VIEW_OPS = {"aten.view", "aten._unsafe_view", "aten.select", "aten.unbind", "ate
             "aten.empty", "aten.new_empty", "aten.promote_types", "aten.detach", "aten.alias"}
 
 
+class _LinearStub(torch.autograd.Function):
+    """A stubbed ``F.linear`` inside autograd (training mode): the forward records one GEMM, the backward two (d x
+    and d weight; a bias gradient is counted as one more launch) and returns unwritten gradients."""
+
+    @staticmethod
+    def forward(ctx, stubs, x, weight, bias, shape, dtype):
+        ctx.stubs, ctx.shapes, ctx.has_bias = stubs, (x, weight), bias is not None
+        return x.new_empty(shape, dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.shapes
+        ctx.stubs.gemm += 2 + ctx.has_bias
+        gb = g.new_empty(weight.shape[:1]) if ctx.has_bias else None
+        return None, g.new_empty(x.shape, dtype=x.dtype), g.new_empty(weight.shape, dtype=weight.dtype), gb, None, None
+
+
 class _Stubs:
     """Replace Triton launches and ``F.linear`` by recording stubs while active. ``record(kind, fn, args, out)``, if
     given, also sees every stubbed call: kind 'triton' (fn = the kernel's Python function, args = its launch
@@ -67,8 +85,12 @@ class _Stubs:
         def linear(x, weight, bias=None):
             stubs.gemm += 1
             dev = x.device.type  # the output dtype F.linear would give (the autocast dtype inside autocast)
-            out = x.new_empty((*x.shape[:-1], weight.shape[0]),
-                              dtype=torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype)
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            shape = (*x.shape[:-1], weight.shape[0])
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+                out = _LinearStub.apply(stubs, x, weight, bias, shape, dtype)
+            else:
+                out = x.new_empty(shape, dtype=dtype)
             if stubs.record is not None:
                 stubs.record("linear", None, (x, weight, bias), out)
             return out
@@ -95,26 +117,37 @@ class _AtenCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20) -> dict:
-    """Host ms per forward (thread CPU time, best of ``repeats`` means over ``calls``) and launches per forward."""
+def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False) -> dict:
+    """Host ms per forward (thread CPU time, best of ``repeats`` means over ``calls``) and launches per forward;
+    ``train``: per training step instead (train mode, forward + backward of the features' sum, gradients cleared
+    between steps; no optimizer step)."""
     os.environ["VRWKV_FUSED"] = "1" if fused else "0"
-    model = timm.create_model(name, img_size=32, num_classes=0).eval()
+    model = timm.create_model(name, img_size=32, num_classes=0).train(train)
     x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad(), _Stubs() as stubs:
-        for _ in range(3):
+
+    def step():
+        if train:
+            model.zero_grad(set_to_none=True)
+            model.forward_features(x).float().sum().backward()
+        else:
             model.forward_features(x)
+
+    with torch.set_grad_enabled(train), _Stubs() as stubs:
+        for _ in range(3):
+            step()
         best = float("inf")
         for _ in range(repeats):
             t0 = time.thread_time()
             for _ in range(calls):
-                model.forward_features(x)
+                step()
             best = min(best, (time.thread_time() - t0) / calls)
         stubs.triton.clear()
         stubs.gemm = 0
         with _AtenCount() as aten:
-            model.forward_features(x)
+            step()
     other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS)
     return dict(model=name, path="fused" if fused else "plain", fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
+                mode="train" if train else "inference",
                 host_ms=best * 1e3, triton_launches=sum(stubs.triton.values()), gemms=stubs.gemm,
                 other_aten_ops=other, launches=sum(stubs.triton.values()) + stubs.gemm + other,
                 triton_by_kernel=dict(stubs.triton),
@@ -127,6 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--plain", action="store_true", help="also the plain path (VRWKV_FUSED=0) of our models")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=20)
+    p.add_argument("--train", action="store_true", help="a training step (forward + backward) instead of a forward")
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -134,11 +168,12 @@ def main(argv=None) -> int:
     for name in args.model or MODELS:
         ours = not name.startswith(("deit", "vit"))
         for fused in ((True, False) if ours and args.plain else (True,)):
-            rows.append(measure(name, fused, args.repeats, args.calls))
+            rows.append(measure(name, fused, args.repeats, args.calls, args.train))
             print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("triton_by_kernel", "aten_by_op")}),
                   flush=True)
     deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)
-    print("\n| model | path | host ms / forward | x DeiT | Triton launches | GEMMs | other aten ops | launches |")
+    unit = "training step" if args.train else "forward"
+    print(f"\n| model | path | host ms / {unit} | x DeiT | Triton launches | GEMMs | other aten ops | launches |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         path = r["path"] + (" + fused GEMMs" if r["fused_gemm"] == "1" and r["path"] == "fused" else "")

@@ -8,10 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp_path, name, extra_env=None):
+def _run(tmp_path, name, extra_env=None, extra_args=()):
     out = tmp_path / f"{name}.json"
     cmd = [sys.executable, str(ROOT / "tools" / "benchmark_host.py"), "--model", "vrwkv_tiny_patch16_224",
-           "--model", "deit_tiny_patch16_224", "--repeats", "1", "--calls", "2", "--out", str(out)]
+           "--model", "deit_tiny_patch16_224", "--repeats", "1", "--calls", "2", "--out", str(out), *extra_args]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VRWKV_", "TRITON_"))}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**env, **(extra_env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,3 +39,20 @@ def test_launch_counts_and_fused_gemms(tmp_path):
                                         "_add_norm_fwd_kernel": 24}
     assert gemm["gemms"] == 85 - 36 and gemm["launches"] == ours["launches"] - 36
     assert gemm["vs_deit"] > 0
+
+
+def test_training_step_launches(tmp_path):
+    rows = _run(tmp_path, "train", extra_args=("--train",))
+    ours, deit = rows["vrwkv_tiny_patch16_224"], rows["deit_tiny_patch16_224"]
+    assert ours["mode"] == deit["mode"] == "train" and ours["host_ms"] > 0 and deit["host_ms"] > 0
+    # forward kernels as in inference, and each one's backward kernel (the WKV at 4 tokens: one chunk each way)
+    fwd = {"_tsm_fwd_kernel": 24, "_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 24, "_relu_square_fwd_kernel": 12,
+           "_add_norm_fwd_kernel": 24}
+    bwd = {"_tsm_bwd_kernel": 24, "_bwd_kernel": 12, "_sigmoid_mul_bwd_kernel": 24,
+           "_relu_square_bwd_from_out_kernel": 12, "_add_norm_bwd_kernel": 24}
+    assert ours["triton_by_kernel"] == {**fwd, **bwd}
+    # 85 forward GEMMs, each with d input and d weight (+ d bias for the patch embedding)
+    assert ours["gemms"] == 85 * 3 + 1 and deit["gemms"] == 48 * 3 + 48
+    # one reduction per backward kernel that has parameter gradients (shift: mix weights; WKV: w and u together;
+    # residual + norm: gamma, weight and bias together) and the loss sum
+    assert ours["aten_by_op"]["aten.sum"] == 24 + 12 + 24 + 1
