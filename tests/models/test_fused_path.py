@@ -73,9 +73,11 @@ NEW_KERNELS = {"VRWKV_TRITON_V4": "seq=1,seq_t=4,seq_bc=32,seq_bwd_bc=32,carry_n
 NEW_KERNEL_CASES = [0, 2, 5]
 
 # the GEMM-epilogue kernels (VRWKV_FUSED_GEMM=1) replace the relu^2 and sigmoid-gate passes: v4 pre-norm, v4 with
-# key norm (LayerNorm after the fused relu^2), v6, the text tower
+# key norm (LayerNorm after the fused relu^2), v6, the text tower; in the RWKV-6 mixes also the LoRAs' tanh and the
+# decay pass
 GEMM_CASES = [0, 1, 2, 5]
 GEMM_OPS = {"linear_relu_square", "linear_sigmoid_mul"}
+LORA_OPS = {"linear_tanh", "linear_decay"}
 
 
 def _run_cases(cases, extra_env=None):
@@ -160,6 +162,8 @@ def test_gemm_epilogues_in_models_interpreter(gemm_results, pos):
     assert "error" not in res, res.get("error")
     assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
     expected = (EXPECTED_CALLS[GEMM_CASES[pos]] - {"relu_square", "sigmoid_mul"}) | GEMM_OPS
+    if "decay_logd" in expected:  # RWKV-6 mixes
+        expected = (expected - {"decay_logd"}) | LORA_OPS
     assert set(res["calls"]) == expected, res["calls"]
 
 

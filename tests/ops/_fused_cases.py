@@ -93,6 +93,24 @@ def _inputs(case: dict, device: str):
             fn = lambda t: fused.linear_sigmoid_mul(t["x"], t["weight"], t["y"], backend)  # noqa: E731
             rf = lambda t: ref.linear_sigmoid_mul_reference(t["x"], t["weight"], t["y"])  # noqa: E731
             odt = torch.promote_types(dtype, ydt)
+    elif op in ("linear_tanh", "linear_decay"):
+        # the RWKV-6 LoRA stages: the (K, N) LoRA matrix passed transposed (a strided (N, K) view, as the models do)
+        shape, n = case["shape"], case["N"]
+        leaves = {"x": _randn(shape, g, dtype, device),
+                  "w": _randn((shape[-1], n), g, torch.float32, device, shape[-1] ** -0.5)}
+
+        def weight(t):
+            return t["w"].t() if case.get("transposed", True) else t["w"].t().contiguous()
+
+        if op == "linear_tanh":
+            fn = lambda t: fused.linear_tanh(t["x"], weight(t), backend)  # noqa: E731
+            rf = lambda t: ref.linear_tanh_reference(t["x"], weight(t))  # noqa: E731
+            odt = dtype
+        else:
+            leaves["w0"] = _randn((n,), g, torch.float32, device, 0.5) - 1.0
+            fn = lambda t: fused.linear_decay(t["x"], weight(t), t["w0"], backend)  # noqa: E731
+            rf = lambda t: ref.linear_decay_reference(t["x"], weight(t), t["w0"])  # noqa: E731
+            odt = torch.float32
     elif op == "group_norm_mul":
         shape, groups = case["shape"], case["groups"]
         c = shape[-1]
@@ -162,6 +180,7 @@ def run_case(case: dict, device: str) -> dict:
         else:
             args = dict(leaves)
         if case.get("compile"):
+            torch._dynamo.reset()  # every case compiles the same lambda code: no recompile limit across cases
             cfn = torch.compile(lambda **t: fn(t) * 2, backend="aot_eager", fullgraph=True)
             y = cfn(**args) / 2
         else:

@@ -73,6 +73,14 @@ CPU_CASES = {
     "linear_sigmoid_mul_bf16_y": dict(op="linear_sigmoid_mul", shape=(1, 6, 20), N=12, y_dtype="bf16"),
     "linear_sigmoid_mul_noncontig_compile": dict(op="linear_sigmoid_mul", shape=(3, 4, 16), N=16, layout="T",
                                                  compile=True, gemm=_SMALL_GEMM),
+    # the RWKV-6 LoRA stages (tanh; -exp(w0 + .) in fp32), weights as transposed views of the (K, N) LoRA matrices
+    # (16-bit inputs as fp16: the interpreter's bf16 tl.dot is not reliable; bf16 runs in the CUDA cases)
+    "linear_tanh_tiles": dict(op="linear_tanh", shape=(2, 37, 40), N=40, gemm=_SMALL_GEMM),
+    "linear_tanh_fp16_contiguous_w": dict(op="linear_tanh", shape=(1, 9, 32), N=24, dtype="fp16", transposed=False),
+    "linear_tanh_compile": dict(op="linear_tanh", shape=(2, 5, 16), N=32, compile=True),
+    "linear_decay_tiles": dict(op="linear_decay", shape=(2, 21, 24), N=40, gemm=_SMALL_GEMM),
+    "linear_decay_fp16_noncontig": dict(op="linear_decay", shape=(3, 4, 32), N=20, dtype="fp16", layout="T"),
+    "linear_decay_compile": dict(op="linear_decay", shape=(1, 7, 16), N=16, compile=True, gemm=_SMALL_GEMM),
 }
 
 CUDA_CASES = {
@@ -111,6 +119,10 @@ CUDA_CASES = {
     "linear_sigmoid_mul_B_fp32_y": dict(op="linear_sigmoid_mul", shape=(8, 196, 768), N=768, dtype="bf16",
                                         y_dtype="fp32"),
     "linear_sigmoid_mul_odd_compile": dict(op="linear_sigmoid_mul", shape=(2, 197, 72), N=40, compile=True),
+    "linear_tanh_v6_lora_T_1024": dict(op="linear_tanh", shape=(4, 4096, 192), N=160, dtype="bf16"),
+    "linear_tanh_fp32_odd": dict(op="linear_tanh", shape=(3, 197, 100), N=64),
+    "linear_decay_v6_T_1024": dict(op="linear_decay", shape=(4, 4096, 64), N=192, dtype="bf16"),
+    "linear_decay_clip_odd_compile": dict(op="linear_decay", shape=(2, 197, 64), N=640, compile=True),
 }
 
 

@@ -112,6 +112,24 @@ def receptance_gate(receptance: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return fused.sigmoid_mul(receptance(x), y)
 
 
+def lora_tanh(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """Fused path: ``tanh(x @ w1)``, the first stage of an RWKV-6 LoRA - one GEMM with the tanh in its epilogue when
+    the fused GEMMs are on (``w1`` read through a transposed view, no copy), else the product and a tanh pass."""
+    if fused.fused_gemm_enabled():
+        return fused.linear_tanh(x, w1.t())
+    return torch.tanh(x @ w1)
+
+
+def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """Fused path: the RWKV-6 log decay ``-exp(w0 + tanh(x @ w1) @ w2)`` in float32 - with the fused GEMMs, two GEMMs
+    with the tanh and the decay in their epilogues (the second product never stored), else the products, a tanh pass
+    and one decay pass."""
+    h = lora_tanh(x, w1)
+    if fused.fused_gemm_enabled():
+        return fused.linear_decay(h, w2.t(), w0)
+    return fused.decay_logd(w0, h @ w2)
+
+
 def _fold(vectors: Tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels (one vector:
     a view, no copy)."""
@@ -378,12 +396,13 @@ class TimeMixV6(nn.Module):
         """Same function with fused kernels. Q-Shift: shift + first interpolation in one pass, the five
         data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
         offsets never stored, outputs in the compute dtype); the 1-D shift has no such kernel (plain PyTorch).
-        Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass."""
+        Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh
+        and the decay ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
         heads, head_size = self.num_heads, self.head_size
         dtype = fused.compute_dtype(x)
         if self.token_shift == 'q_shift':
             xxx = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype)[0]
-            lora = torch.tanh(xxx @ self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
+            lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
             maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
             xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
                                                             out_dtype=dtype)
@@ -392,8 +411,7 @@ class TimeMixV6(nn.Module):
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        logd = fused.decay_logd(self.time_decay.reshape(-1),
-                                torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2)
+        logd = lora_decay(xw, self.time_decay_w1, self.time_decay_w2, self.time_decay.reshape(-1))
         y = self._wkv(r, k, v, logd)
         y = fused.group_norm_mul(y, self.gate(xg), heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
                                  gate_act='silu', out_dtype=dtype)

@@ -8,7 +8,8 @@ as a torch custom op (``triton.py``, imported lazily):
 * :func:`token_shift_mix_lora` - the v6 ddlerp with its rank-R LoRA computed inside the kernel.
 * :func:`sigmoid_mul` - ``sigmoid(r) * y``; :func:`relu_square` - ``relu(x)^2``.
 * :func:`linear_relu_square` / :func:`linear_sigmoid_mul` - a bias-free projection with those activations in its
-  GEMM epilogue (``linear_triton.py``; the models use them when :func:`fused_gemm_enabled`).
+  GEMM epilogue (``linear_triton.py``; the models use them when :func:`fused_gemm_enabled`); likewise
+  :func:`linear_tanh` and :func:`linear_decay` for the two stages of the RWKV-6 LoRAs.
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
 * :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
 
@@ -16,8 +17,8 @@ as a torch custom op (``triton.py``, imported lazily):
 variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :func:`fused_enabled` is the switch the
 models use: True only for CUDA tensors on the Triton backend, so CPU runs are exactly the plain-PyTorch models;
 ``VRWKV_FUSED=0`` turns the models' fused path off everywhere (the WKV operators keep their own dispatch).
-``VRWKV_FUSED_GEMM=1`` additionally lets the fused path run the channel-mix key and the receptance projections as
-Triton GEMMs with their activation in the epilogue (off by default until timed against cuBLAS + the elementwise
+``VRWKV_FUSED_GEMM=1`` additionally lets the fused path run the channel-mix key and the receptance projections (and
+the RWKV-6 LoRA products, with tanh / the log decay) as Triton GEMMs with their activation in the epilogue (off by default until timed against cuBLAS + the elementwise
 kernels on a GPU: ``benchmarks/device_run6.sh``).
 """
 from __future__ import annotations
@@ -29,13 +30,13 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import check_shape, check_tensors
-from .reference import (add_norm_reference, decay_logd_reference, group_norm_mul_reference,
-                        linear_relu_square_reference, linear_sigmoid_mul_reference, relu_square_reference,
-                        sigmoid_mul_reference, token_shift_mix_reference)
+from .reference import (add_norm_reference, decay_logd_reference, group_norm_mul_reference, linear_decay_reference,
+                        linear_relu_square_reference, linear_sigmoid_mul_reference, linear_tanh_reference,
+                        relu_square_reference, sigmoid_mul_reference, token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-           "add_norm", "linear_relu_square", "linear_sigmoid_mul", "fused_enabled", "fused_gemm_enabled",
-           "compute_dtype", "FUSED_UNDER_COMPILE"]
+           "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay", "fused_enabled",
+           "fused_gemm_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
@@ -288,6 +289,33 @@ def linear_sigmoid_mul(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (dtype, y.dtype):
         return _linear().linear_sigmoid_mul_triton(x, weight, y)
     return linear_sigmoid_mul_reference(x, weight, y)
+
+
+def linear_tanh(x: torch.Tensor, weight: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """``tanh(x @ weight^T)`` in one GEMM (the first stage of an RWKV-6 LoRA: pass ``w1.t()`` for ``x @ w1``; any
+    strides, no copy). Computes in :func:`compute_dtype` of x; returns (..., N) in that dtype, differentiable in x
+    and weight."""
+    op = "linear_tanh"
+    device = check_tensors(op, x=x, weight=weight)
+    _check_linear(op, x, weight)
+    x, weight, dtype = _operands(x, weight)
+    if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
+        return _linear().linear_tanh_triton(x, weight)
+    return linear_tanh_reference(x, weight)
+
+
+def linear_decay(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """``-exp(w0 + x @ weight^T)`` in float32 in one GEMM (the RWKV-6 log decay from its LoRA: pass ``w2.t()`` for
+    ``x @ w2``). x: (..., K); weight: (N, K), any strides; w0: (N,). The product computes in :func:`compute_dtype`
+    of x and is not rounded before the decay; differentiable in x, weight and w0."""
+    op = "linear_decay"
+    device = check_tensors(op, x=x, weight=weight, w0=w0)
+    _check_linear(op, x, weight)
+    check_shape(op, "w0", w0, (weight.shape[0],))
+    x, weight, dtype = _operands(x, weight)
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (dtype, w0.dtype):
+        return _linear().linear_decay_triton(x, weight, w0)
+    return linear_decay_reference(x, weight, w0)
 
 
 def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,

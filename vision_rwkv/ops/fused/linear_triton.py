@@ -6,13 +6,17 @@
 * ``linear_sigmoid_mul``: ``sigmoid(x @ W^T) * y`` - a receptance projection and its gate on ``y`` (the WKV output
   or the channel-mix value). The receptance never round-trips through memory in inference; in training it is
   written once beside the product (the backward needs it).
+* ``linear_tanh``: ``tanh(x @ W^T)`` - the first stage of the RWKV-6 LoRAs (ddlerp and decay).
+* ``linear_decay``: ``-exp(w0 + x @ W^T)`` in float32 - the RWKV-6 log decay from the decay LoRA's second stage
+  (the pre-activation never stored, and never rounded to 16 bits).
 
 One kernel serves both: (BM x BN) output tiles over a K loop of ``tl.dot`` (tensor cores for 16-bit inputs), program
 ids grouped along M so neighbouring programs share W tiles in L2, and the activation applied to the fp32 accumulator
 before the single store. x may be any (M, K) strided view; W is the (N, K) ``nn.Linear`` weight (no transpose copy).
 
 Backward: the activation's derivative is one elementwise pass (``relu^2`` from its output, ``2 sqrt(out)``; the
-sigmoid gate from the saved receptance, the kernels of ``triton.py``), then two cuBLAS GEMMs (dx, dW).
+sigmoid gate from the saved receptance, the kernels of ``triton.py``; tanh ``1 - out^2`` and the decay ``out``, both
+from the output), then two cuBLAS GEMMs (dx, dW).
 
 Launch settings live in ``CONFIG`` (``VRWKV_TRITON_GEMM="bm=..,bn=..,bk=..,warps=..,stages=..,group_m=.."``); 0 for
 bn picks 64 or 128 from N. Outputs are allocated with :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned
@@ -25,14 +29,18 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
-from .triton import _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel, _elem_grid
+from .triton import (_elem_grid, _mul_kernel, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
+                     _tanh_bwd_from_out_kernel)
 
-__all__ = ["linear_relu_square_triton", "linear_sigmoid_mul_triton", "CONFIG"]
+__all__ = ["linear_relu_square_triton", "linear_sigmoid_mul_triton", "linear_tanh_triton", "linear_decay_triton",
+           "CONFIG"]
 
 CONFIG = config_from_env(dict(bm=128, bn=0, bk=64, warps=8, stages=3, group_m=8), "VRWKV_TRITON_GEMM")
 
 EPI_RELU_SQUARE = 0
 EPI_SIGMOID_MUL = 1
+EPI_TANH = 2
+EPI_DECAY = 3  # AUX holds w0 (N,)
 
 
 @triton.jit
@@ -75,8 +83,12 @@ def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
     if EPI == 0:
         pos = tl.maximum(acc, 0.0)
         res = pos * pos
-    else:
+    elif EPI == 1:
         res = tl.sigmoid(acc) * tl.load(AUX + offs, mask=mask, other=0.0).to(tl.float32)
+    elif EPI == 2:
+        res = 2.0 * tl.sigmoid(2.0 * acc) - 1.0  # tanh, saturating to +-1 for large |acc|
+    else:
+        res = -tl.exp(acc + tl.load(AUX + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :])
     tl.store(OUT + offs, res.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -253,3 +265,133 @@ def _compiled_sigmoid_mul(x, w, y):
 def linear_sigmoid_mul_triton(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``sigmoid(x @ w^T) * y``: x (..., K), w (N, K) of x's dtype, y (..., N) -> ``result_type(x, y)``."""
     return run_op(_compiled_sigmoid_mul, _LinearSigmoidMul, _sigmoid_mul_fwd, x, w.contiguous(), y.contiguous())
+
+
+# ---------------------------------------------------------------------------------------------- tanh / decay epilogues
+def _tanh_fwd(x, w):
+    x2 = _rows(x)
+    out = new_empty((x2.shape[0], w.shape[0]), x.dtype, x.device)
+    _launch(x2, w, None, out, None, EPI_TANH)
+    return out.view(*x.shape[:-1], w.shape[0])
+
+
+def _tanh_bwd(x, w, y, g):
+    x2 = _rows(x)
+    y2, g2 = y.reshape(-1, y.shape[-1]), g.reshape(-1, g.shape[-1]).contiguous()
+    gpre = new_empty(y2.shape, x.dtype, x.device)
+    grid, meta = _elem_grid(y2.numel())
+    _tanh_bwd_from_out_kernel[grid](y2, g2, gpre, y2.numel(), **meta)
+    return _weight_grad(gpre, x2, x, w)
+
+
+@torch.library.custom_op("vision_rwkv::linear_tanh", mutates_args=())
+def _tanh_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return _tanh_fwd(x, w)
+
+
+@_tanh_op.register_fake
+def _(x, w):
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+@torch.library.custom_op("vision_rwkv::linear_tanh_bwd", mutates_args=())
+def _tanh_bwd_op(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor,
+                 g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _tanh_bwd(x, w, y, g)
+
+
+@_tanh_bwd_op.register_fake
+def _(x, w, y, g):
+    return x.new_empty(x.shape), w.new_empty(w.shape)
+
+
+def _out_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output)
+
+
+def _tanh_backward(ctx, g):
+    return _tanh_bwd_op(*ctx.saved_tensors, g)
+
+
+torch.library.register_autograd("vision_rwkv::linear_tanh", _tanh_backward, setup_context=_out_setup)
+
+
+class _LinearTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        y = _tanh_fwd(x, w)
+        ctx.save_for_backward(x, w, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return _tanh_bwd(*ctx.saved_tensors, g)
+
+
+def linear_tanh_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``tanh(x @ w^T)``: x (..., K), w (N, K) of x's dtype, any strides (a transposed LoRA matrix needs no copy)
+    -> (..., N) in x's dtype (fp32 accumulation)."""
+    return run_op(_tanh_op, _LinearTanh, _tanh_fwd, x, w)
+
+
+def _decay_fwd(x, w, w0):
+    x2 = _rows(x)
+    out = new_empty((x2.shape[0], w.shape[0]), torch.float32, x.device)
+    _launch(x2, w, w0, out, None, EPI_DECAY)
+    return out.view(*x.shape[:-1], w.shape[0])
+
+
+def _decay_bwd(x, w, w0, y, g):
+    """d(-exp(w0 + z)) / dz = the output itself: gz = g * y, then d x, d w and d w0 = the column sums of gz."""
+    x2 = _rows(x)
+    y2, g2 = y.reshape(-1, y.shape[-1]), g.reshape(-1, g.shape[-1]).contiguous()
+    gz = new_empty(y2.shape, torch.float32, x.device)
+    grid, meta = _elem_grid(y2.numel())
+    _mul_kernel[grid](y2, g2, gz, y2.numel(), **meta)
+    gx, gw = _weight_grad(gz.to(x.dtype), x2, x, w)
+    return gx, gw, gz.sum(0).to(w0.dtype)
+
+
+@torch.library.custom_op("vision_rwkv::linear_decay", mutates_args=())
+def _decay_op(x: torch.Tensor, w: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    return _decay_fwd(x, w, w0)
+
+
+@_decay_op.register_fake
+def _(x, w, w0):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("vision_rwkv::linear_decay_bwd", mutates_args=())
+def _decay_bwd_op(x: torch.Tensor, w: torch.Tensor, w0: torch.Tensor, y: torch.Tensor,
+                  g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _decay_bwd(x, w, w0, y, g)
+
+
+@_decay_bwd_op.register_fake
+def _(x, w, w0, y, g):
+    return x.new_empty(x.shape), w.new_empty(w.shape), w0.new_empty(w0.shape)
+
+
+def _decay_backward(ctx, g):
+    return _decay_bwd_op(*ctx.saved_tensors, g)
+
+
+torch.library.register_autograd("vision_rwkv::linear_decay", _decay_backward, setup_context=_out_setup)
+
+
+class _LinearDecay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, w0):
+        y = _decay_fwd(x, w, w0)
+        ctx.save_for_backward(x, w, w0, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return _decay_bwd(*ctx.saved_tensors, g)
+
+
+def linear_decay_triton(x: torch.Tensor, w: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """``-exp(w0 + x @ w^T)`` in float32: x (..., K), w (N, K) of x's dtype (any strides), w0 (N,) -> (..., N)."""
+    return run_op(_decay_op, _LinearDecay, _decay_fwd, x, w, w0.contiguous())

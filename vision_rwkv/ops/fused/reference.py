@@ -77,6 +77,16 @@ def linear_sigmoid_mul_reference(x: torch.Tensor, weight: torch.Tensor, y: torch
     return sigmoid_mul_reference(F.linear(x, weight.to(x.dtype)), y)
 
 
+def linear_tanh_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``tanh(x @ weight^T)`` (weight cast to x's dtype), result in x's dtype."""
+    return torch.tanh(_acc(F.linear(x, weight.to(x.dtype)))).to(x.dtype)
+
+
+def linear_decay_reference(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """``-exp(w0 + x @ weight^T)`` in float32 (float64 stays float64): the product in x's dtype, then the decay."""
+    return decay_logd_reference(w0, F.linear(x, weight.to(x.dtype)))
+
+
 def group_norm_mul_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,
                              bias: torch.Tensor, eps: float = 1e-5, gate_act: Optional[str] = None,
                              out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:

@@ -413,6 +413,24 @@ def _relu_square_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
     tl.store(GX + offs, (2.0 * tl.sqrt(y) * g).to(GX.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _tanh_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
+    """d tanh from its output: g * (1 - y^2) (the GEMM-epilogue tanh's backward)."""
+    offs, mask = _offsets(n, BLOCK)
+    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(GX + offs, (g * (1.0 - y * y)).to(GX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _mul_kernel(A, B, OUT, n, BLOCK: tl.constexpr):
+    """a * b in fp32 (the GEMM-epilogue decay's backward: its derivative is its output)."""
+    offs, mask = _offsets(n, BLOCK)
+    a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(OUT + offs, (a * b).to(OUT.dtype.element_ty), mask=mask)
+
+
 def _relu_square_inplace_fwd(x):
     grid, meta = _elem_grid(x.numel())
     _relu_square_fwd_kernel[grid](x, x, x.numel(), **meta)
