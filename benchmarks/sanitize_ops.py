@@ -98,6 +98,9 @@ for dt in DTYPES:
             check(("linear_relu_square", dt, shape, n), fused.linear_relu_square(x, wt, backend="triton"), (x, wt))
             check(("linear_sigmoid_mul", dt, shape, n), fused.linear_sigmoid_mul(x, wt, y, backend="triton"),
                   (x, wt, y))
+            w1, w0 = leaf(shape[-1], n, scale=shape[-1] ** -0.5), leaf(n)  # LoRA layout: (K, N), used transposed
+            check(("linear_tanh", dt, shape, n), fused.linear_tanh(x, w1.t(), backend="triton"), (x, w1))
+            check(("linear_decay", dt, shape, n), fused.linear_decay(x, w1.t(), w0, backend="triton"), (x, w1, w0))
         from vision_rwkv.ops.fused import linear_triton
 
         with_config(linear_triton.CONFIG, gemm, run_gemm)
