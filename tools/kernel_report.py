@@ -66,7 +66,7 @@ def _gemm_report(op: str, shape: tuple, dtype: str, variants: list[tuple[str, li
     def body(name):
         with capture_kernels(arch, tag=f"{name}/fwd") as recs:
             if op == "linear_relu_square":
-                lt._relu_square_fwd(x, w)
+                lt.linear_relu_square_triton(x, w)  # no gradient needed: the bare forward
             else:
                 lt._sigmoid_mul_fwd(x, w, y, save_pre=True)
         rows = kernel_rows(recs)

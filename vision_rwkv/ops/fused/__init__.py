@@ -259,19 +259,24 @@ def _operands(x: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torc
     return (x if x.dtype == dtype else x.to(dtype)), (weight if weight.dtype == dtype else weight.to(dtype)), dtype
 
 
+def _linear_activation(op: str, x: torch.Tensor, weight: torch.Tensor, backend: Optional[str], reference):
+    """``act(x @ weight^T)`` by the GEMM-epilogue kernel ``<op>_triton`` or ``reference``: checked, operands in the
+    compute dtype."""
+    device = check_tensors(op, x=x, weight=weight)
+    _check_linear(op, x, weight)
+    x, weight, dtype = _operands(x, weight)
+    if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
+        return getattr(_linear(), f"{op}_triton")(x, weight)
+    return reference(x, weight)
+
+
 def linear_relu_square(x: torch.Tensor, weight: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
     """``relu(x @ weight^T) ** 2`` (a bias-free ``nn.Linear`` and the channel-mix squared ReLU) in one GEMM.
 
     x: (..., K); weight: (N, K). Computes in :func:`compute_dtype` of x (both operands cast to the autocast dtype
     under autocast, as ``F.linear`` would); returns (..., N) in that dtype, differentiable in x and weight.
     """
-    op = "linear_relu_square"
-    device = check_tensors(op, x=x, weight=weight)
-    _check_linear(op, x, weight)
-    x, weight, dtype = _operands(x, weight)
-    if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
-        return _linear().linear_relu_square_triton(x, weight)
-    return linear_relu_square_reference(x, weight)
+    return _linear_activation("linear_relu_square", x, weight, backend, linear_relu_square_reference)
 
 
 def linear_sigmoid_mul(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor,
@@ -295,13 +300,7 @@ def linear_tanh(x: torch.Tensor, weight: torch.Tensor, backend: Optional[str] = 
     """``tanh(x @ weight^T)`` in one GEMM (the first stage of an RWKV-6 LoRA: pass ``w1.t()`` for ``x @ w1``; any
     strides, no copy). Computes in :func:`compute_dtype` of x; returns (..., N) in that dtype, differentiable in x
     and weight."""
-    op = "linear_tanh"
-    device = check_tensors(op, x=x, weight=weight)
-    _check_linear(op, x, weight)
-    x, weight, dtype = _operands(x, weight)
-    if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
-        return _linear().linear_tanh_triton(x, weight)
-    return linear_tanh_reference(x, weight)
+    return _linear_activation("linear_tanh", x, weight, backend, linear_tanh_reference)
 
 
 def linear_decay(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:

@@ -123,70 +123,70 @@ def _weight_grad(g2: torch.Tensor, x2: torch.Tensor, x: torch.Tensor, w: torch.T
     return (g2 @ w).view(x.shape), g2.t() @ x2
 
 
-# ---------------------------------------------------------------------------------------------- relu^2 epilogue
-def _relu_square_fwd(x, w):
-    x2 = _rows(x)
-    out = new_empty((x2.shape[0], w.shape[0]), x.dtype, x.device)
-    _launch(x2, w, None, out, None, EPI_RELU_SQUARE)
-    return out.view(*x.shape[:-1], w.shape[0])
+# ------------------------------------------------------------------- relu^2 and tanh epilogues (backward from y)
+def _output_activation(name: str, epi: int, bwd_kernel, doc: str):
+    """The torch op of ``act(x @ w^T)`` for an activation whose derivative is a function of its output (relu^2:
+    ``2 sqrt(y)``, tanh: ``1 - y^2``, one elementwise ``bwd_kernel``): forward / backward host code, the custom ops
+    ``vision_rwkv::<name>`` (+ ``_bwd``) with fake implementations and autograd, the eager autograd Function, and
+    the entry point (x (..., K), w (N, K) of x's dtype, any strides -> (..., N) in x's dtype, fp32 accumulation)."""
+
+    def fwd(x, w):
+        x2 = _rows(x)
+        out = new_empty((x2.shape[0], w.shape[0]), x.dtype, x.device)
+        _launch(x2, w, None, out, None, epi)
+        return out.view(*x.shape[:-1], w.shape[0])
+
+    def bwd(x, w, y, g):
+        x2 = _rows(x)
+        y2, g2 = y.reshape(-1, y.shape[-1]), g.reshape(-1, g.shape[-1]).contiguous()
+        gpre = new_empty(y2.shape, x.dtype, x.device)
+        grid, meta = _elem_grid(y2.numel())
+        bwd_kernel[grid](y2, g2, gpre, y2.numel(), **meta)
+        return _weight_grad(gpre, x2, x, w)
+
+    def op_fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return fwd(x, w)
+
+    def bwd_op_fn(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return bwd(x, w, y, g)
+
+    op = torch.library.custom_op(f"vision_rwkv::{name}", op_fn, mutates_args=())
+    op.register_fake(lambda x, w: x.new_empty((*x.shape[:-1], w.shape[0])))
+    bwd_op = torch.library.custom_op(f"vision_rwkv::{name}_bwd", bwd_op_fn, mutates_args=())
+    bwd_op.register_fake(lambda x, w, y, g: (x.new_empty(x.shape), w.new_empty(w.shape)))
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output)
+
+    torch.library.register_autograd(f"vision_rwkv::{name}", lambda ctx, g: bwd_op(*ctx.saved_tensors, g),
+                                    setup_context=setup)
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            y = fwd(x, w)
+            ctx.save_for_backward(x, w, y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            return bwd(*ctx.saved_tensors, g)
+
+    def entry(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return run_op(op, Function, fwd, x, w)
+
+    entry.__name__ = f"{name}_triton"
+    entry.__doc__ = doc
+    return entry
 
 
-def _relu_square_bwd(x, w, y, g):
-    x2 = _rows(x)
-    y2, g2 = y.reshape(-1, y.shape[-1]), g.reshape(-1, g.shape[-1]).contiguous()
-    gpre = new_empty(y2.shape, x.dtype, x.device)
-    grid, meta = _elem_grid(y2.numel())
-    _relu_square_bwd_from_out_kernel[grid](y2, g2, gpre, y2.numel(), **meta)
-    return _weight_grad(gpre, x2, x, w)
-
-
-@torch.library.custom_op("vision_rwkv::linear_relu_square", mutates_args=())
-def _relu_square_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return _relu_square_fwd(x, w)
-
-
-@_relu_square_op.register_fake
-def _(x, w):
-    return x.new_empty((*x.shape[:-1], w.shape[0]))
-
-
-@torch.library.custom_op("vision_rwkv::linear_relu_square_bwd", mutates_args=())
-def _relu_square_bwd_op(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor,
-                        g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _relu_square_bwd(x, w, y, g)
-
-
-@_relu_square_bwd_op.register_fake
-def _(x, w, y, g):
-    return x.new_empty(x.shape), w.new_empty(w.shape)
-
-
-def _rs_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output)
-
-
-def _rs_backward(ctx, g):
-    return _relu_square_bwd_op(*ctx.saved_tensors, g)
-
-
-torch.library.register_autograd("vision_rwkv::linear_relu_square", _rs_backward, setup_context=_rs_setup)
-
-
-class _LinearReluSquare(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w):
-        y = _relu_square_fwd(x, w)
-        ctx.save_for_backward(x, w, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        return _relu_square_bwd(*ctx.saved_tensors, g)
-
-
-def linear_relu_square_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``relu(x @ w^T) ** 2``: x (..., K), w (N, K) of x's dtype -> (..., N) in x's dtype (fp32 accumulation)."""
-    return run_op(_relu_square_op, _LinearReluSquare, _relu_square_fwd, x, w.contiguous())
+linear_relu_square_triton = _output_activation(
+    "linear_relu_square", EPI_RELU_SQUARE, _relu_square_bwd_from_out_kernel,
+    "``relu(x @ w^T) ** 2``: x (..., K), w (N, K) of x's dtype -> (..., N) in x's dtype (fp32 accumulation).")
+linear_tanh_triton = _output_activation(
+    "linear_tanh", EPI_TANH, _tanh_bwd_from_out_kernel,
+    "``tanh(x @ w^T)``: x (..., K), w (N, K) of x's dtype, any strides (a transposed LoRA matrix needs no copy) "
+    "-> (..., N) in x's dtype (fp32 accumulation).")
 
 
 # ---------------------------------------------------------------------------------------------- sigmoid-gate epilogue
@@ -267,73 +267,7 @@ def linear_sigmoid_mul_triton(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor)
     return run_op(_compiled_sigmoid_mul, _LinearSigmoidMul, _sigmoid_mul_fwd, x, w.contiguous(), y.contiguous())
 
 
-# ---------------------------------------------------------------------------------------------- tanh / decay epilogues
-def _tanh_fwd(x, w):
-    x2 = _rows(x)
-    out = new_empty((x2.shape[0], w.shape[0]), x.dtype, x.device)
-    _launch(x2, w, None, out, None, EPI_TANH)
-    return out.view(*x.shape[:-1], w.shape[0])
-
-
-def _tanh_bwd(x, w, y, g):
-    x2 = _rows(x)
-    y2, g2 = y.reshape(-1, y.shape[-1]), g.reshape(-1, g.shape[-1]).contiguous()
-    gpre = new_empty(y2.shape, x.dtype, x.device)
-    grid, meta = _elem_grid(y2.numel())
-    _tanh_bwd_from_out_kernel[grid](y2, g2, gpre, y2.numel(), **meta)
-    return _weight_grad(gpre, x2, x, w)
-
-
-@torch.library.custom_op("vision_rwkv::linear_tanh", mutates_args=())
-def _tanh_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return _tanh_fwd(x, w)
-
-
-@_tanh_op.register_fake
-def _(x, w):
-    return x.new_empty((*x.shape[:-1], w.shape[0]))
-
-
-@torch.library.custom_op("vision_rwkv::linear_tanh_bwd", mutates_args=())
-def _tanh_bwd_op(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor,
-                 g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _tanh_bwd(x, w, y, g)
-
-
-@_tanh_bwd_op.register_fake
-def _(x, w, y, g):
-    return x.new_empty(x.shape), w.new_empty(w.shape)
-
-
-def _out_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, output)
-
-
-def _tanh_backward(ctx, g):
-    return _tanh_bwd_op(*ctx.saved_tensors, g)
-
-
-torch.library.register_autograd("vision_rwkv::linear_tanh", _tanh_backward, setup_context=_out_setup)
-
-
-class _LinearTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w):
-        y = _tanh_fwd(x, w)
-        ctx.save_for_backward(x, w, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        return _tanh_bwd(*ctx.saved_tensors, g)
-
-
-def linear_tanh_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``tanh(x @ w^T)``: x (..., K), w (N, K) of x's dtype, any strides (a transposed LoRA matrix needs no copy)
-    -> (..., N) in x's dtype (fp32 accumulation)."""
-    return run_op(_tanh_op, _LinearTanh, _tanh_fwd, x, w)
-
-
+# ---------------------------------------------------------------------------------------------- decay epilogue
 def _decay_fwd(x, w, w0):
     x2 = _rows(x)
     out = new_empty((x2.shape[0], w.shape[0]), torch.float32, x.device)
@@ -377,7 +311,11 @@ def _decay_backward(ctx, g):
     return _decay_bwd_op(*ctx.saved_tensors, g)
 
 
-torch.library.register_autograd("vision_rwkv::linear_decay", _decay_backward, setup_context=_out_setup)
+def _decay_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output)
+
+
+torch.library.register_autograd("vision_rwkv::linear_decay", _decay_backward, setup_context=_decay_setup)
 
 
 class _LinearDecay(torch.autograd.Function):
