@@ -85,7 +85,8 @@ def main(argv=None) -> int:
         print("\n## Operators\n")
         print(bm.format_table(rows, bm.OPS_COLUMNS))
     if args.gemm:
-        shapes = [(300, 40, 72, "relu_square"), (300, 40, 40, "sigmoid_mul")] if args.quick else None
+        shapes = ([(300, 40, 72, "relu_square"), (300, 40, 40, "sigmoid_mul"), (300, 40, 32, "tanh"),
+                   (300, 16, 40, "decay")] if args.quick else None)
         rows = bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes, iters=iters, warmup=warmup,
                                        progress=tick)
         out["gemm"] = rows

@@ -251,6 +251,8 @@ def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), sh
 # VRWKV-T / S / B at 1024x1024, batch 16 (M = 16 x 4096 tokens)
 GEMM_SHAPES = [(65536, c, n, epi) for c in (192, 384, 768) for n, epi in ((4 * c, "relu_square"),
                                                                           (c, "sigmoid_mul"))]
+# the RWKV-6 LoRA stages at VRWKV6-T / B sizes: x (C) -> 5 x 32 with tanh; 64 -> C with the log decay
+GEMM_SHAPES += [(65536, c, 160, "tanh") for c in (192, 768)] + [(65536, 64, c, "decay") for c in (192, 768)]
 
 
 def _gemm_callable(epi: str, impl: str, backend: str, x, w, y, grad: bool):
@@ -265,6 +267,16 @@ def _gemm_callable(epi: str, impl: str, backend: str, x, w, y, grad: bool):
             f = lambda x, w, y: fused.linear_relu_square(x, w, backend=backend)  # noqa: E731
         else:
             f = lambda x, w, y: fused.relu_square(F.linear(x, w), backend=backend, inplace=True)  # noqa: E731
+    elif epi == "tanh":  # y unused
+        if impl == "fused":
+            f = lambda x, w, y: fused.linear_tanh(x, w, backend=backend)  # noqa: E731
+        else:
+            f = lambda x, w, y: torch.tanh(F.linear(x, w))  # noqa: E731
+    elif epi == "decay":  # y holds w0 (N,)
+        if impl == "fused":
+            f = lambda x, w, y: fused.linear_decay(x, w, y, backend=backend)  # noqa: E731
+        else:
+            f = lambda x, w, y: fused.decay_logd(y, F.linear(x, w), backend=backend)  # noqa: E731
     elif impl == "fused":
         f = lambda x, w, y: fused.linear_sigmoid_mul(x, w, y, backend=backend)  # noqa: E731
     else:
@@ -298,8 +310,13 @@ def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",)
             g = torch.Generator().manual_seed(0)
             x = torch.randn(M, K, generator=g).to(dtype).to(dev)
             w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype).to(dev)
-            y = torch.randn(M, N, generator=g).to(dtype).to(dev) if epi == "sigmoid_mul" else None
-            io = (M * K + N * K + M * N * (2 if y is not None else 1)) * es  # the fused forward's compulsory traffic
+            y = None
+            if epi == "sigmoid_mul":  # the gated tensor
+                y = torch.randn(M, N, generator=g).to(dtype).to(dev)
+            elif epi == "decay":  # w0, the decay's per-channel offset (the output is fp32)
+                y = (torch.randn(N, generator=g) * 0.5 - 1.0).to(dev)
+            # the fused forward's compulsory traffic: x, w, the output (+ the gated tensor)
+            io = (M * K + N * K) * es + M * N * (4 if epi == "decay" else es) * (1 + (epi == "sigmoid_mul"))
             for mode, grad in (("fwd", False), ("fwd+bwd", True)):
                 base = None
                 for impl in ("unfused", "fused"):
