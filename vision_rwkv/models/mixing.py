@@ -7,10 +7,12 @@
 * :class:`TimeMixV6` - the RWKV-6 time mix: data-dependent interpolation ("ddlerp"), per-token decay,
   bidirectional WKV-6, per-head GroupNorm and SiLU gate (DESIGN.md §4-5).
 * :func:`fused_prenorm_step` - the fused-path residual adds of a pre-norm block (each add carries a LayerNorm).
-* :func:`drop_path_scale` - the per-sample branch factor a timm ``DropPath`` draws, for the fused residual adds.
+* :func:`drop_path_scale` / :func:`fusable_drop_path` - the per-sample branch factor a timm ``DropPath`` draws, for
+  the fused residual adds.
 * :func:`key_relu_square` / :func:`receptance_gate` - the fused path's ``relu(key(x))^2`` and
   ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
-  :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass.
+  :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
+  :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
 * ``layer_ratios`` / ``channel_ratio`` / ``channel_position`` / ``lerp_mix`` - the "fancy" init ratios and the
   v4-style interpolation.
 
@@ -32,8 +34,7 @@ from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
-    'key_relu_square',
-    'receptance_gate',
+    'fusable_drop_path', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
