@@ -9,6 +9,7 @@ import os
 import torch
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+GRID_YZ_MAX = 65535  # CUDA's limit on a launch grid's y and z extents (where the WKV kernels put their chunks)
 
 
 def debug_poison() -> bool:

@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import (cdiv, check_float, check_same_device, config_from_env, new_empty, next_pow2,
-                             run_op, split_param_grads)
+from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_same_device, config_from_env, new_empty,
+                             next_pow2, run_op, split_param_grads)
 
 __all__ = ["bi_wkv_triton", "CONFIG"]
 
@@ -552,6 +552,23 @@ def _plan(T: int, mode: str, chunks: int):
     return S, BT, NSUB, NC, NC == 1
 
 
+def _chosen_plan(T: int, mode: str, chunks: int):
+    """(seq, plan): the register-sequential kernels when enabled and their chunk count fits a grid axis, else the
+    tile-scan kernels (32-token chunks by default: T up to ~2M tokens); a clear error beyond that."""
+    if CONFIG["seq"]:
+        from .triton_seq import seq_plan
+
+        plan = seq_plan(T, mode, chunks, CONFIG)
+        if plan[3] <= GRID_YZ_MAX:
+            return True, plan
+    plan = _plan(T, mode, chunks)
+    if plan[3] > GRID_YZ_MAX:
+        raise ValueError(f"bi_wkv: T={T} tokens make {plan[3]} chunks of {plan[1]} tokens, more than the {GRID_YZ_MAX} "
+                         f"a CUDA grid axis holds; use longer chunks (VRWKV_TRITON_V4=chunk_t=..., now "
+                         f"{CONFIG['chunk_t']}) or backend='reference'")
+    return False, plan
+
+
 def _block_c(BT: int, C: int) -> int:
     if CONFIG["scalar"]:
         return 32 * CONFIG["warps"]
@@ -598,13 +615,13 @@ def bwd_buffers(w, u, k, v, NC: int):
 
 
 def _fwd(w, u, k, v, mode: str, chunks: int):
-    if CONFIG["seq"]:
+    B, T, C = k.shape
+    seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
+    if seq:
         from .triton_seq import seq_fwd
 
         return seq_fwd(w, u, k, v, mode, chunks, CONFIG)
-    B, T, C = k.shape
     orig = mode == "original"
-    S, BT, NSUB, NC, single = _plan(T, mode, chunks)
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]
     dev = k.device
@@ -624,13 +641,13 @@ def _fwd(w, u, k, v, mode: str, chunks: int):
 
 
 def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
-    if CONFIG["seq"]:
+    B, T, C = k.shape
+    seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
+    if seq:
         from .triton_seq import seq_bwd
 
         return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG)
-    B, T, C = k.shape
     orig = mode == "original"
-    S, BT, NSUB, NC, single = _plan(T, mode, chunks)
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]
     dev = k.device
@@ -661,12 +678,7 @@ def _bi_wkv_fwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.T
 @_bi_wkv_fwd_op.register_fake
 def _(w, u, k, v, mode, chunks):
     B, T, C = k.shape
-    if CONFIG["seq"]:
-        from .triton_seq import seq_plan
-
-        S, BT, NSUB, NC, single = seq_plan(T, mode, chunks, CONFIG)
-    else:
-        S, BT, NSUB, NC, single = _plan(T, mode, chunks)
+    _, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     ncar = 8 if mode == "original" else 4
     car = k.new_empty((0,), dtype=torch.float32) if single else k.new_empty((B, NC, ncar, C), dtype=torch.float32)
     return v.new_empty((B, T, C)), k.new_empty((B, C), dtype=torch.float32), car

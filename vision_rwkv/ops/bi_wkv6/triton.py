@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import check_float, check_same_device, config_from_env, new_empty, next_pow2, run_op
+from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_same_device, config_from_env, new_empty,
+                             next_pow2, run_op)
 
 __all__ = ["bi_wkv6_triton", "CONFIG"]
 
@@ -274,17 +275,18 @@ def _cfg(N: int, dtype: torch.dtype):
 CHUNK_MAX_BN = 64
 
 
-def _chunk_algo(BN: int) -> bool:
-    """Whether this call takes the chunk-parallel kernels: ``algo='chunk'`` and padded head size <= CHUNK_MAX_BN."""
+def _chunk_algo(BN: int, T: int, BT: int) -> bool:
+    """Whether this call takes the chunk-parallel kernels: ``algo='chunk'``, padded head size <= CHUNK_MAX_BN and
+    its sub-chunks (grid axis y) within a CUDA grid; otherwise the walk kernels (grid (B*H, 2): any T)."""
     if CONFIG["algo"] not in ("walk", "chunk"):
         raise ValueError(f"VRWKV_TRITON_V6 algo must be 'walk' or 'chunk', got {CONFIG['algo']!r}")
-    return CONFIG["algo"] == "chunk" and BN <= CHUNK_MAX_BN
+    return CONFIG["algo"] == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX
 
 
 def _fwd(r, k, v, logd, u):
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
-    if _chunk_algo(BN):
+    if _chunk_algo(BN, T, BT):
         from .triton_chunk import chunk_fwd
 
         return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw))
@@ -297,7 +299,7 @@ def _fwd(r, k, v, logd, u):
 def _bwd(r, k, v, logd, u, gy):
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
-    if _chunk_algo(BN):
+    if _chunk_algo(BN, T, BT):
         from .triton_chunk import chunk_bwd
 
         return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw))
