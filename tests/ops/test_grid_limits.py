@@ -13,24 +13,26 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(cuobjdump_path() is None, reason="Triton's NVIDIA backend tools not found")]
 
 
+def _with_config_restored(module):
+    """Yield the kernel module; its CONFIG (launch settings) is restored afterwards."""
+    saved = dict(module.CONFIG)
+    yield module
+    module.CONFIG.clear()
+    module.CONFIG.update(saved)
+
+
 @pytest.fixture
 def v4():
     from vision_rwkv.ops.bi_wkv import triton as t4
 
-    saved = dict(t4.CONFIG)
-    yield t4
-    t4.CONFIG.clear()
-    t4.CONFIG.update(saved)
+    yield from _with_config_restored(t4)
 
 
 @pytest.fixture
 def v6():
     from vision_rwkv.ops.bi_wkv6 import triton as t6
 
-    saved = dict(t6.CONFIG)
-    yield t6
-    t6.CONFIG.clear()
-    t6.CONFIG.update(saved)
+    yield from _with_config_restored(t6)
 
 
 def test_v4_seq_falls_back_to_tile_scan_beyond_the_grid(v4):
