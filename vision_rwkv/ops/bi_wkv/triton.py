@@ -613,7 +613,6 @@ def bwd_buffers(w, u, k, v, NC: int):
             new_empty((B, T, C), v.dtype, dev), new_empty((2, B * NC, C), torch.float32, dev))
 
 
-
 def _fwd(w, u, k, v, mode: str, chunks: int):
     B, T, C = k.shape
     seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)

@@ -18,8 +18,8 @@ variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :fu
 models use: True only for CUDA tensors on the Triton backend, so CPU runs are exactly the plain-PyTorch models;
 ``VRWKV_FUSED=0`` turns the models' fused path off everywhere (the WKV operators keep their own dispatch).
 ``VRWKV_FUSED_GEMM=1`` additionally lets the fused path run the channel-mix key and the receptance projections (and
-the RWKV-6 LoRA products, with tanh / the log decay) as Triton GEMMs with their activation in the epilogue (off by default until timed against cuBLAS + the elementwise
-kernels on a GPU: ``benchmarks/device_run6.sh``).
+the RWKV-6 LoRA products, with tanh / the log decay) as Triton GEMMs with their activation in the epilogue (off by
+default until timed against cuBLAS + the elementwise kernels on a GPU: ``benchmarks/device_run6.sh``).
 """
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
-from .triton import (_elem_grid, _mul_kernel, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
-                     _tanh_bwd_from_out_kernel)
+from .triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
+                     _tanh_bwd_from_out_kernel, decay_grads)
 
 __all__ = ["linear_relu_square_triton", "linear_sigmoid_mul_triton", "linear_tanh_triton", "linear_decay_triton",
            "CONFIG"]
@@ -276,14 +276,10 @@ def _decay_fwd(x, w, w0):
 
 
 def _decay_bwd(x, w, w0, y, g):
-    """d(-exp(w0 + z)) / dz = the output itself: gz = g * y, then d x, d w and d w0 = the column sums of gz."""
-    x2 = _rows(x)
-    y2, g2 = y.reshape(-1, y.shape[-1]), g.reshape(-1, g.shape[-1]).contiguous()
-    gz = new_empty(y2.shape, torch.float32, x.device)
-    grid, meta = _elem_grid(y2.numel())
-    _mul_kernel[grid](y2, g2, gz, y2.numel(), **meta)
-    gx, gw = _weight_grad(gz.to(x.dtype), x2, x, w)
-    return gx, gw, gz.sum(0).to(w0.dtype)
+    """d z = g * y (the decay is its own derivative, as for ``decay_logd``), then d x, d w and d w0."""
+    gw0, gz = decay_grads(g, y, w0.dtype, x.dtype)
+    gx, gw = _weight_grad(gz.reshape(-1, gz.shape[-1]), _rows(x), x, w)
+    return gx, gw, gw0
 
 
 @torch.library.custom_op("vision_rwkv::linear_decay", mutates_args=())

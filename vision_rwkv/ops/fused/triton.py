@@ -422,15 +422,6 @@ def _tanh_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
     tl.store(GX + offs, (g * (1.0 - y * y)).to(GX.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _mul_kernel(A, B, OUT, n, BLOCK: tl.constexpr):
-    """a * b in fp32 (the GEMM-epilogue decay's backward: its derivative is its output)."""
-    offs, mask = _offsets(n, BLOCK)
-    a = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(OUT + offs, (a * b).to(OUT.dtype.element_ty), mask=mask)
-
-
 def _relu_square_inplace_fwd(x):
     grid, meta = _elem_grid(x.numel())
     _relu_square_fwd_kernel[grid](x, x, x.numel(), **meta)
@@ -670,10 +661,16 @@ def _decay_setup(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
+def decay_grads(g: torch.Tensor, logd: torch.Tensor, w0_dtype: torch.dtype, z_dtype: torch.dtype):
+    """Gradients of ``logd = -exp(w0 + z)`` from its output (its own derivative): d w0 (the column sums, in
+    w0_dtype) and d z (in z_dtype). Shared with the decay GEMM epilogue's backward (``linear_triton.py``)."""
+    gz = g * logd
+    return gz.reshape(-1, gz.shape[-1]).sum(0).to(w0_dtype), gz.to(z_dtype)
+
+
 def _decay_backward(ctx, g):
     (logd,) = ctx.saved_tensors
-    gz = g * logd  # d(-e^{w0+z}) = -e^{w0+z} = logd
-    return gz.reshape(-1, gz.shape[-1]).sum(0).to(ctx.w0_dtype), gz.to(ctx.z_dtype)
+    return decay_grads(g, logd, ctx.w0_dtype, ctx.z_dtype)
 
 
 torch.library.register_autograd("vision_rwkv::decay_logd", _decay_backward, setup_context=_decay_setup)
