@@ -7,7 +7,7 @@
 #    whole-model CUDA tests with every opt-in on, compute-sanitizer memcheck over every kernel family, and compile
 #    warm-ups of the timing steps (so that step 2 hits the Triton cache).
 # 2. Timing, one process at a time (<= 325 s): WKV kernels old vs new (benchmarks/sweep.py, eager and CUDA graph), the
-#    GEMM-epilogue table, backbones VRWKV/VRWKV6 T and S at 224 and 1024 in bf16 plus a training step at 224, with the
+#    GEMM-epilogue table (with the mixed-operand GEMMs of VRWKV_FUSED_MIX against the shift pass + cuBLAS), backbones VRWKV/VRWKV6 T and S at 224 and 1024 in bf16 plus a training step at 224, with the
 #    current defaults ("old", DeiT of the same size in the same run) and with every opt-in ("new"); inference also
 #    as CUDA-graph replays (--graph: what eager 224, which is launch-bound, would give without the host overhead).
 # 3. benchmarks/device_summary.py: summary.md (tests, backbones against DeiT and the issue-3 targets, kernels old/new)
@@ -19,7 +19,7 @@ W=${W:-/tmp/device_run6}
 rm -rf "$W"; mkdir -p "$OUT" "$W"
 T0=$(date +%s)
 stamp() { echo "[$1 at $(( $(date +%s) - T0 ))s]"; }
-NEW="VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1"
+NEW="VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 VRWKV_FUSED_MIX=1"
 MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 --model vrwkv_small_patch16_224 \
 --model vrwkv6_small_patch16_224"
 BB="--backbones --res 224 --res 1024 --batch 224=256 --batch 1024=16 --dtype bf16"
@@ -60,11 +60,11 @@ grep -E "ERROR SUMMARY|NON-FINITE|sanitizer rc" "$W/sanitizer.log" | head -5
 # ---- 2. timing (GPU to itself)
 # (the chunk variants with fewer state bytes: tools/roofline.py puts the chunk WKV's floor at 8.9 ms for VRWKV6-T at
 # 1024 / b64, 6.5 with states every 128 tokens or in 16 bits)
-timeout 95 python benchmarks/sweep.py time "$OUT/sweep.json" 75 v4,v6 \
+timeout 85 python benchmarks/sweep.py time "$OUT/sweep.json" 65 v4,v6 \
   d_default,seq_t16,walk,chunk,chunk_st128,chunk_16bit_states \
   > "$W/sweep.log" 2>&1
 stamp "sweep done"
-timeout 40 python tools/benchmark.py --gemm --dtype bf16 --iters 10 --warmup 2 --out "$OUT/gemm.json" \
+timeout 55 python tools/benchmark.py --gemm --dtype bf16 --iters 10 --warmup 2 --out "$OUT/gemm.json" \
   > "$W/gemm.log" 2>&1
 stamp "gemm done"
 timeout 100 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 --out "$OUT/bb_old.json" \

@@ -11,7 +11,7 @@ tests with the current defaults / the whole-model tests with every opt-in), ``sa
 An opt-in is made default (``verdict.json``) only if its CUDA tests ran and all passed, the whole-model tests with the
 opt-ins passed, and it is faster: geometric mean over the sweep's shapes and dtypes of old / new CUDA-graph
 forward+backward time >= 1.1 and of the eager time >= 1.0 (WKV kernels), or of unfused / fused time >= 1.05 (GEMM
-epilogues).
+epilogues; the mixed-operand GEMMs of ``VRWKV_FUSED_MIX`` by their own rows of the GEMM table, ``mix_*``).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ OPT_INS = {  # verdict key -> (test file and id marker of its CUDA cases, enviro
     "v4_seq": ("test_bi_wkv_triton.py::", "_seq", "VRWKV_TRITON_V4=seq=1"),
     "v6_chunk": ("test_bi_wkv6_triton.py::", "_chunk", "VRWKV_TRITON_V6=algo=chunk"),
     "fused_gemm": ("test_fused_triton.py::", "[linear_", "VRWKV_FUSED_GEMM=1"),
+    "fused_mix": ("test_fused_triton.py::", "[mix_linear_", "VRWKV_FUSED_MIX=1"),
 }
 
 
@@ -110,8 +111,9 @@ def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: l
         ran = [o for o in own.values() if o != "SKIPPED"]
         tests_ok = bool(ran) and all(o == "PASSED" for o in ran)
         failed = sorted(t for t, o in own.items() if o in ("FAILED", "ERROR"))
-        if key == "fused_gemm":
-            speed = geomean(r.get("vs_unfused") for r in gemm if r.get("impl") == "fused")
+        if key in ("fused_gemm", "fused_mix"):  # the GEMM table's epilogue rows / its mixed-operand rows
+            speed = geomean(r.get("vs_unfused") for r in gemm if r.get("impl") == "fused"
+                            and str(r.get("epilogue", "")).startswith("mix_") == (key == "fused_mix"))
             fast = speed is not None and speed >= 1.05
             evidence = dict(vs_unfused_geomean=speed)
         else:

@@ -30,7 +30,8 @@ def _parse_shapes(text: str | None):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", action="store_true", help="operator table")
-    p.add_argument("--gemm", action="store_true", help="GEMM-epilogue table (fused vs cuBLAS + elementwise)")
+    p.add_argument("--gemm", action="store_true",
+                   help="GEMM-epilogue table (fused vs cuBLAS + elementwise; mixed-operand GEMMs vs shift pass + cuBLAS)")
     p.add_argument("--backbones", action="store_true", help="backbone table")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", action="append", choices=list(bm.DTYPES), help="repeatable; default fp32 and bf16")
@@ -89,6 +90,9 @@ def main(argv=None) -> int:
                    (300, 16, 40, "decay")] if args.quick else None)
         rows = bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes, iters=iters, warmup=warmup,
                                        progress=tick)
+        mix_shapes = [(1, 5, 6, 64, "v4x3"), (1, 5, 6, 64, "v6x5")] if args.quick else None
+        rows += bm.bench_mix_gemms(args.device, args.dtype or ["bf16"], mix_shapes, iters=iters, warmup=warmup,
+                                   progress=tick)
         out["gemm"] = rows
         print("\n## GEMM epilogues\n")
         print(bm.format_table(rows, bm.GEMM_COLUMNS))

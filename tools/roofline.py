@@ -41,6 +41,8 @@ from vision_rwkv.profiling import GROUPS, classify  # noqa: E402
 MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
 BANDWIDTH = 3.0e12  # bytes/s: a device-to-device copy on the H100 of the device pool (KINDS.md), as the anchors use
 MATRIX_RATE = {"bf16": 800e12, "fp16": 800e12, "fp32": 67e12}  # FLOP/s: measured bf16 GEMM; fp32 without TF32
+# Triton GEMM kernels: position of M in their arguments (M, N, K follow each other)
+_GEMM_KERNEL_MNK = {"_linear_act_kernel": 5, "_mix_linear_kernel": 8}
 _MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution"}
 
 
@@ -93,7 +95,8 @@ class LaunchLog(TorchDispatchMode):
 
     def record(self, kind, fn, args, out) -> None:
         if kind == "triton":
-            flops = 2.0 * args[5] * args[6] * args[7] if fn.__name__ == "_linear_act_kernel" else 0.0  # M, N, K
+            mnk = _GEMM_KERNEL_MNK.get(fn.__name__)
+            flops = 2.0 * args[mnk] * args[mnk + 1] * args[mnk + 2] if mnk is not None else 0.0
             self.add(_triton_group(fn), fn.__name__, _unique_bytes(_tensors(args)), flops)
         else:  # linear: x, weight (and bias) in the compute dtype, the output
             x, weight, bias = args

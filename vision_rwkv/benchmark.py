@@ -346,6 +346,92 @@ def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",)
     return rows
 
 
+# ------------------------------------------------------------------------------------- mixed-operand GEMMs
+# (batch, grid rows, grid cols, C, variant): the projections of one token mix at 1024x1024, batch 16, VRWKV-T / S / B
+# widths. 'v4x3': the k, v, r lerps + projections; 'v6x5': the five ddlerp interpolations (LoRA offsets) + C -> C
+# projections (the decay's C -> 64 one stands in as a fifth C -> C: same operand traffic)
+MIX_SHAPES = [(16, 64, 64, c, v) for v in ("v4x3", "v6x5") for c in (192, 384, 768)]
+
+
+def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size):
+    """(unfused, fused) inference callables of one token mix's projections: the interpolation pass writing every
+    mixed input (``shift_lerp`` / ``token_shift_mix_lora``) + one cuBLAS GEMM each, against one ``mix_linear`` per
+    projection (the mixed inputs never written)."""
+    import torch.nn.functional as F
+
+    from vision_rwkv.ops import fused
+
+    n = len(ws)
+    if variant.startswith("v4"):
+        def unfused():
+            mixed = fused.shift_lerp(x, grid, a, None, x.dtype, backend)
+            return [F.linear(mixed[i], ws[i]) for i in range(n)]
+
+        def fused_run():
+            return [fused.mix_linear(x, grid, a[i], ws[i], one_minus=True, backend=backend) for i in range(n)]
+    else:
+        rank = w2.shape[1]
+
+        def unfused():
+            mixed = fused.token_shift_mix_lora(x, grid, a, h, w2, head_size, x.dtype, backend)
+            return [F.linear(mixed[i], ws[i]) for i in range(n)]
+
+        def fused_run():
+            return [fused.mix_linear(x, grid, a[i], ws[i], head_size, h[..., i * rank:(i + 1) * rank], w2[i],
+                                     backend=backend) for i in range(n)]
+    return unfused, fused_run
+
+
+def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), shapes: Iterable | None = None,
+                    iters: int = 20, warmup: int = 3, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Time a token mix's projections with their Q-Shift interpolations inside the GEMMs (:func:`fused.mix_linear`)
+    against the interpolation pass + cuBLAS, inference forward; rows in the GEMM table's layout (``epilogue`` =
+    ``mix_<variant>``, M tokens, K = N = C, ``vs_unfused``)."""
+    dev = torch.device(device)
+    backend = "triton" if dev.type == "cuda" else "reference"
+    rows = []
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        es = torch.empty((), dtype=dtype).element_size()
+        for B, H, W, C, variant in (shapes or MIX_SHAPES):
+            n = 3 if variant.startswith("v4") else 5
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
+            a = torch.rand(n, C, generator=g).to(dev)
+            ws = [(torch.randn(C, C, generator=g) * C ** -0.5).to(dtype).to(dev) for _ in range(n)]
+            h = w2 = None
+            if variant.startswith("v6"):
+                h = (torch.randn(B, H * W, n * 32, generator=g) * 0.5).to(dtype).to(dev)
+                w2 = (torch.randn(n, 32, C, generator=g) * 0.1).to(dev)
+            io = (B * H * W * C * (1 + n) + n * C * C) * es + (h.numel() * es if h is not None else 0)
+            base = None
+            for impl, fn in zip(("unfused", "fused"), _mix_callables(variant, backend, x, (H, W), a, ws, h, w2, 64)):
+                row = dict(epilogue=f"mix_{variant}", impl=impl, backend=backend, dtype=dname, M=B * H * W, K=C, N=C,
+                           mode="fwd", device=str(dev))
+                try:
+                    def run(fn=fn):
+                        with torch.no_grad():
+                            return fn()
+                    row.update(time_fn(run, dev, iters, warmup))
+                    if dev.type == "cuda":
+                        row["graph_ms"] = time_graph(run, iters)
+                    row["TFLOPs"] = 2 * B * H * W * C * C * n / (row["ms"] * 1e-3) / 1e12
+                    row["pct_floor"] = 100.0 * io / DRAM_BPS * 1e3 / row["ms"]
+                    if impl == "unfused":
+                        base = row["ms"]
+                    elif base is not None:
+                        row["vs_unfused"] = base / row["ms"]
+                except Exception as e:  # a failing row is reported, not fatal
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                rows.append(row)
+                if progress:
+                    progress(row)
+            del x, ws, h, w2
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------- backbones
 def _anchor_backbone(bb: dict | None, name: str, res: int, dtype: str, batch: int, train: bool) -> float | None:
     if bb is None:

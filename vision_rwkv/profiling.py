@@ -52,6 +52,8 @@ def classify(chain: List[str], kernel: str = "") -> str:
                 return "shift+lerp"
             if "group_norm" in low:
                 return "norms"
+            if "linear" in low:  # the Triton GEMMs (epilogue activations, mixed operands)
+                return "GEMMs"
             return "elementwise/other"
     for name in chain:
         if "attention" in name and name.startswith("aten::"):
@@ -69,7 +71,8 @@ def classify(chain: List[str], kernel: str = "") -> str:
         return "shift+lerp"
     if "_add_norm" in low or "_gn_mul" in low:
         return "norms"
-    if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "cublas", "sm90_", "conv")):
+    if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "cublas", "sm90_", "conv", "_linear_act",
+                              "_mix_linear")):
         return "GEMMs"
     if any(s in low for s in ("flash", "fmha", "attention", "attn")):
         return "attention"

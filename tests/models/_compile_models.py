@@ -27,10 +27,11 @@ from vision_rwkv.ops.bi_wkv import triton_seq  # noqa: E402,F401
 from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton_chunk  # noqa: E402,F401
 from vision_rwkv.ops.fused import linear_triton  # noqa: E402,F401
+from vision_rwkv.ops.fused import mix_linear_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import triton as fused_triton  # noqa: E402,F401
 
 TEXT_TOWER = "rwkv_clip.TextRWKV"
-OPT_INS = ("VRWKV_TRITON_V4", "VRWKV_TRITON_V6", "VRWKV_FUSED_GEMM")
+OPT_INS = ("VRWKV_TRITON_V4", "VRWKV_TRITON_V6", "VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX")
 
 
 def _configure(env: dict) -> None:
@@ -47,9 +48,10 @@ def _configure(env: dict) -> None:
 
 
 def run_case(name: str, kwargs: dict, env: dict, records: list) -> str:
-    """Forward + backward of one model (train mode, optional bf16 autocast) with launches captured."""
+    """Forward + backward of one model (train mode, optional bf16 autocast; ``infer``: forward only, without
+    autograd) with launches captured."""
     kw = dict(kwargs)
-    amp, train = kw.pop("amp", False), kw.pop("train", False)
+    amp, train, infer = kw.pop("amp", False), kw.pop("train", False), kw.pop("infer", False)
     _configure(env)
     torch.manual_seed(0)
     if name == TEXT_TOWER:
@@ -67,9 +69,10 @@ def run_case(name: str, kwargs: dict, env: dict, records: list) -> str:
         x = torch.randn(2, 3, 100, 120)
     model.train(train)
     before = len(records)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp), torch.set_grad_enabled(not infer):
         out = model(x)
-    out.float().sum().backward()
+    if not infer:
+        out.float().sum().backward()
     return f"ok {len(records) - before}"
 
 

@@ -14,7 +14,8 @@ fused kernels really ran (not counted when the pass is compiled).
 ``train=True`` runs both passes in training mode from the same RNG seed, so drop path draws the same per-sample masks
 in the plain path (timm ``DropPath``) and in the fused path (per-sample factors of the fused residual adds);
 ``drops`` counts the (dropped, kept) samples the plain pass's DropPath modules produced, so a test can tell that
-both kinds occurred.
+both kinds occurred. ``infer=True`` runs both forwards under ``torch.no_grad()`` (the inference-only fused paths,
+e.g. ``VRWKV_FUSED_MIX=1``) and compares the logits only.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch
 
 TEXT_TOWER = "rwkv_clip.TextRWKV"
 FUSED_OPS = ("token_shift_mix", "token_shift_mix_lora", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-             "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay")
+             "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay", "mix_linear")
 
 
 def _build(name: str, kwargs: dict, gen: torch.Generator, img, batch: int):
@@ -95,7 +96,7 @@ def _count_drops(model: torch.nn.Module, drops: list) -> list:
 
 
 def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
-            compile_fused: bool = False, train: bool = False) -> dict:
+            compile_fused: bool = False, train: bool = False, infer: bool = False) -> dict:
     """Plain vs fused path of ``timm.create_model(name, **kwargs)`` or the text tower, forward and backward (eval
     mode unless ``train``: then both passes draw the same drop-path masks); ``compile_fused`` runs the fused pass
     through ``torch.compile(fullgraph=True, backend='aot_eager')``."""
@@ -121,10 +122,11 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
                 torch._dynamo.reset()
                 fwd = torch.compile(model, fullgraph=True, backend="aot_eager")
             counted = counter if backend == "triton" and not compile_fused else contextlib.nullcontext()
-            with counted:
+            with counted, torch.set_grad_enabled(not infer):
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                     out = fwd(x)
-                out.float().square().mean().backward()
+                if not infer:
+                    out.float().square().mean().backward()
             if backend == "reference":
                 for h in hooks:
                     h.remove()
@@ -134,9 +136,9 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
         (yr, gr), (yf, gf) = results["reference"], results["triton"]
         rel = lambda a, b: ((a - b).norm() / b.norm().clamp_min(1e-30)).item()  # noqa: E731
         grad_errs = {n: rel(gf[n], gr[n]) for n in gr}
-        worst = max(grad_errs, key=grad_errs.get)
-        ordered = sorted(grad_errs.values())
-        return {"y": rel(yf, yr), "grad_max": grad_errs[worst], "grad_worst": worst,
+        worst = max(grad_errs, key=grad_errs.get) if grad_errs else None
+        ordered = sorted(grad_errs.values()) or [0.0]
+        return {"y": rel(yf, yr), "grad_max": grad_errs.get(worst, 0.0), "grad_worst": worst,
                 "grad_median": ordered[len(ordered) // 2],
                 "same_grads": sorted(gr) == sorted(gf), "calls": counter.calls, "drops": drops,
                 "finite": bool(torch.isfinite(yf).all()) and all(bool(torch.isfinite(g).all()) for g in gf.values())}
@@ -151,5 +153,6 @@ if __name__ == "__main__":
     cases = json.loads(sys.argv[1])
     print(json.dumps({f"{n}|{json.dumps(kw, sort_keys=True)}": compare(n, kw, compile_fused=kw.pop("compile", False),
                                                                        batch=kw.pop("batch", 2),
-                                                                       train=kw.pop("train", False))
+                                                                       train=kw.pop("train", False),
+                                                                       infer=kw.pop("infer", False))
                       for n, kw in cases}))

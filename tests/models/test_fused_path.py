@@ -80,6 +80,14 @@ GEMM_OPS = {"linear_relu_square", "linear_sigmoid_mul"}
 LORA_OPS = {"linear_tanh", "linear_decay"}
 
 
+# the Q-Shift interpolations inside the projections' GEMMs (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4
+# post-norm with key norm and layer scale, v6 post-norm, v6 head size 12 (alone and with the GEMM epilogues: the
+# decay LoRA's second stage); the mixed-input passes and the separate activation passes must not run
+MIX_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 1, 2, 3)]
+MIX_EXPECTED_CALLS = [{"mix_linear", "add_norm", "wkv:bi_wkv"}] * 2 + [
+    {"mix_linear", "group_norm_mul", "decay_logd", "add_norm", "wkv:bi_wkv6"}] * 2
+
+
 def _run_cases(cases, extra_env=None):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore", **(extra_env or {}))
@@ -167,6 +175,48 @@ def test_gemm_epilogues_in_models_interpreter(gemm_results, pos):
     assert set(res["calls"]) == expected, res["calls"]
 
 
+@pytest.fixture(scope="module")
+def mix_results():
+    return _run_cases(MIX_CASES, {"VRWKV_FUSED_MIX": "1"})
+
+
+@pytest.fixture(scope="module")
+def mix_gemm_results():
+    return _run_cases(MIX_CASES[2:], {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_GEMM": "1"})
+
+
+@pytest.mark.parametrize("pos", range(len(MIX_CASES)), ids=[c[0] for c in MIX_CASES])
+def test_mix_gemms_in_models_interpreter(mix_results, pos):
+    """Inference with the interpolations formed in the GEMMs matches the plain path, and no mixed input pass ran."""
+    res = mix_results[pos]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["y"] < 1e-5, res
+    assert set(res["calls"]) == MIX_EXPECTED_CALLS[pos], res["calls"]
+
+
+@pytest.mark.parametrize("pos", range(2), ids=[c[0] for c in MIX_CASES[2:]])
+def test_mix_gemms_with_epilogues_in_v6_interpreter(mix_gemm_results, pos):
+    res = mix_gemm_results[pos]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["y"] < 1e-5, res
+    assert set(res["calls"]) == (MIX_EXPECTED_CALLS[2] - {"decay_logd"}) | {"linear_decay"}, res["calls"]
+
+
+def test_mix_gemms_only_in_inference(monkeypatch):
+    """The mixed-operand GEMMs are used without autograd recording only (training keeps the stored mixed inputs),
+    for plain projections, when switched on."""
+    from vision_rwkv.models import mixing
+
+    plain = torch.nn.Linear(8, 4, bias=False)
+    monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
+    assert mixing.mix_gemm_ready(plain) is False  # grad mode on
+    with torch.no_grad():
+        assert mixing.mix_gemm_ready(plain)
+        assert not mixing.mix_gemm_ready(plain, torch.nn.Linear(8, 4))
+        monkeypatch.setenv("VRWKV_FUSED_MIX", "0")
+        assert not mixing.mix_gemm_ready(plain)
+
+
 def test_gemm_epilogues_skip_wrapped_linears(monkeypatch):
     """A projection with a hook, a bias or a subclass type keeps its own forward (e.g. LoRA / PEFT wrappers)."""
     from vision_rwkv.models import mixing
@@ -208,6 +258,21 @@ def test_fused_path_cuda(name, monkeypatch):
     assert "error" not in bf16, bf16.get("error")
     # two bf16 computations of the same function: compare typical gradients tightly, the worst one loosely
     assert bf16["finite"] and bf16["y"] < 3e-2 and bf16["grad_median"] < 3e-2 and bf16["grad_max"] < 0.25, bf16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv_small_patch16_224", "vrwkv6_tiny_patch16_224",
+                                  "vrwkv6_small_patch16_224"])
+def test_mix_gemms_cuda(name, monkeypatch):
+    """Inference with the interpolations inside the GEMMs (VRWKV_FUSED_MIX=1) vs the plain path, fp32 and bf16."""
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
+    fp32 = compare(name, {}, device="cuda", img=(224, 288), batch=4, infer=True)
+    assert "error" not in fp32, fp32.get("error")
+    assert fp32["finite"] and fp32["y"] < 1e-3 and "mix_linear" in fp32["calls"], fp32
+    bf16 = compare(name, {}, device="cuda", img=(224, 288), batch=4, autocast=True, infer=True)
+    assert "error" not in bf16, bf16.get("error")
+    assert bf16["finite"] and bf16["y"] < 3e-2, bf16
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,6 +1,6 @@
 """Every Triton kernel the models launch on their fused path compiles for an H100 (sm_90), forward and backward, with
-the default kernels and with every opt-in, fp32 and bf16 autocast, drop path in training, and fits the shared memory
-of an H100 block - checked on CPU.
+the default kernels and with every opt-in (inference-only ones without autograd), fp32 and bf16 autocast, drop path in
+training, and fits the shared memory of an H100 block - checked on CPU.
 
 The interpreter tests (``test_fused_path.py``, ``tests/ops``) check what the kernels compute; they cannot see
 programs that only the GPU compiler rejects (a jit helper returning different shapes from two branches passed every
@@ -32,6 +32,12 @@ CASES = [
     # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
     # memory than an H100 block has: the walk kernels run instead
     ["vrwkv6_clip_patch16_224", {"depth": 1, "amp": True}, OPT_INS],
+    # inference with the interpolations inside the projections' GEMMs: v4 (bf16), v6 with the GEMM epilogues (bf16),
+    # v6 post-norm on the fp32 residual stream
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2, "amp": True, "infer": True}, {"VRWKV_FUSED_MIX": "1"}],
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "infer": True},
+     {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_GEMM": "1"}],
+    ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 1, "infer": True}, {"VRWKV_FUSED_MIX": "1"}],
     ["rwkv_clip.TextRWKV", {"vocab_size": 97, "context_length": 77, "width": 128, "layers": 2, "head_size": 64,
                             "hidden_dim": 256, "tokens": 77, "amp": True}, {}],
 ]
@@ -43,9 +49,9 @@ def _all_kernels() -> set:
     code = ("import json, triton.runtime.jit as j\n"
             "from vision_rwkv.ops.bi_wkv import triton as a, triton_seq as b\n"
             "from vision_rwkv.ops.bi_wkv6 import triton as c, triton_chunk as d\n"
-            "from vision_rwkv.ops.fused import triton as e, linear_triton as f\n"
+            "from vision_rwkv.ops.fused import triton as e, linear_triton as f, mix_linear_triton as g\n"
             "ks = [k for v in a._KERNELS.values() for k in v] + list(b._KERNELS.values())\n"
-            "ks += [v for m in (c, d, e, f) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
+            "ks += [v for m in (c, d, e, f, g) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
             " and n.endswith('_kernel') and v.__module__ == m.__name__]\n"
             "print(json.dumps(sorted({f'{k.fn.__module__}:{k.fn.__name__}' for k in ks})))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -111,6 +111,28 @@ def _inputs(case: dict, device: str):
             fn = lambda t: fused.linear_decay(t["x"], weight(t), t["w0"], backend)  # noqa: E731
             rf = lambda t: ref.linear_decay_reference(t["x"], weight(t), t["w0"])  # noqa: E731
             odt = torch.float32
+    elif op == "mix_linear":
+        # a projection of a Q-Shift interpolation (v4 mu / v6 maa, optional LoRA offset from a column slice of the
+        # LoRA hidden, as the models pass it), with each epilogue
+        B, H, W, C = case["shape"]
+        n, hs, act = case["N"], case.get("head_size"), case.get("act", "none")
+        one_minus, rank = case.get("one_minus", False), case.get("R")
+        leaves = {"x": _randn((B, H * W, C), g, dtype, device),
+                  "a": torch.rand(C, generator=g, dtype=torch.float64).float().to(device),
+                  "weight": _randn((n, C), g, torch.float32, device, C ** -0.5)}
+        if rank:
+            leaves["h"] = _randn((B, H * W, 3 * rank), g, dtype, device, 0.5)
+            leaves["w2"] = _randn((rank, C), g, torch.float32, device, 0.3)
+        if act == "sigmoid_mul":
+            leaves["y"] = _randn((B, H * W, n), g, dtype, device)
+
+        def mix_args(t):
+            h = t["h"][..., rank:2 * rank] if rank else None  # the middle slice: a strided view
+            return (t["x"], (H, W), t["a"], t["weight"], hs, h, t.get("w2"), one_minus, act, t.get("y"))
+
+        fn = lambda t: fused.mix_linear(*mix_args(t), backend=backend)  # noqa: E731
+        rf = lambda t: ref.mix_linear_reference(*mix_args(t))  # noqa: E731
+        odt = dtype
     elif op == "group_norm_mul":
         shape, groups = case["shape"], case["groups"]
         c = shape[-1]
@@ -157,15 +179,21 @@ def _inputs(case: dict, device: str):
     return leaves, fn, rf, odt
 
 
+def _gemm_module(case: dict):
+    """The kernel module whose launch settings the case's ``gemm`` entry sets."""
+    from vision_rwkv.ops.fused import linear_triton, mix_linear_triton
+
+    return mix_linear_triton if case["op"] == "mix_linear" else linear_triton
+
+
 def _gemm_config(case: dict) -> dict:
     """Apply the case's GEMM launch settings (small tiles: several M / N tiles and K steps on tiny shapes);
     returns the previous settings."""
     if "gemm" not in case:
         return {}
-    from vision_rwkv.ops.fused import linear_triton
-
-    old = dict(linear_triton.CONFIG)
-    linear_triton.CONFIG.update(case["gemm"])
+    config = _gemm_module(case).CONFIG
+    old = dict(config)
+    config.update(case["gemm"])
     return old
 
 
@@ -201,9 +229,7 @@ def run_case(case: dict, device: str) -> dict:
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
     finally:
         if old_gemm:
-            from vision_rwkv.ops.fused import linear_triton
-
-            linear_triton.CONFIG.update(old_gemm)
+            _gemm_module(case).CONFIG.update(old_gemm)
 
 
 def tolerances(dtype: str) -> tuple[float, float]:

@@ -108,3 +108,43 @@ def test_bad_inputs_name_the_problem():
         fused.sigmoid_mul(x, x[:, :3])
     with pytest.raises(ValueError, match="unknown backend"):
         fused.sigmoid_mul(x, x, backend="cuda")
+
+
+def test_mix_linear_bad_inputs_name_the_problem():
+    x, w, a = torch.randn(2, 12, 8), torch.randn(5, 8), torch.rand(8)
+    with pytest.raises(ValueError, match="grid_size"):
+        fused.mix_linear(x, (3, 5), a, w)
+    with pytest.raises(ValueError, match="a has shape"):
+        fused.mix_linear(x, (3, 4), torch.rand(1, 8), w)
+    with pytest.raises(ValueError, match="weight must be"):
+        fused.mix_linear(x, (3, 4), a, torch.randn(5, 7))
+    with pytest.raises(ValueError, match="act must be one of"):
+        fused.mix_linear(x, (3, 4), a, w, act="gelu")
+    with pytest.raises(ValueError, match="both h and w2"):
+        fused.mix_linear(x, (3, 4), a, w, h=torch.randn(2, 12, 16))
+    with pytest.raises(ValueError, match="h has shape"):
+        fused.mix_linear(x, (3, 4), a, w, h=torch.randn(2, 12, 8), w2=torch.randn(16, 8))
+    with pytest.raises(ValueError, match="w2 must be"):
+        fused.mix_linear(x, (3, 4), a, w, h=torch.randn(2, 12, 16), w2=torch.randn(16, 5))
+    with pytest.raises(ValueError, match="only of it"):
+        fused.mix_linear(x, (3, 4), a, w, act="sigmoid_mul")
+    with pytest.raises(ValueError, match="only of it"):
+        fused.mix_linear(x, (3, 4), a, w, y=torch.randn(2, 12, 5))
+    with pytest.raises(ValueError, match="y has shape"):
+        fused.mix_linear(x, (3, 4), a, w, act="sigmoid_mul", y=torch.randn(2, 12, 4))
+
+
+def test_mix_linear_reference_is_the_shift_pass_and_the_projection():
+    """The reference equals the interpolation op's output (v4 lerp / v6 ddlerp with the LoRA offset) fed to the
+    projection and its activation (float64)."""
+    g = torch.Generator().manual_seed(0)
+    x, a = torch.randn(2, 12, 16, generator=g, dtype=torch.float64), torch.rand(16, generator=g, dtype=torch.float64)
+    w, y = torch.randn(6, 16, generator=g, dtype=torch.float64), torch.randn(2, 12, 6, generator=g, dtype=torch.float64)
+    h, w2 = torch.randn(2, 12, 4, generator=g, dtype=torch.float64), torch.randn(4, 16, generator=g, dtype=torch.float64)
+    lerp = fused.shift_lerp(x, (3, 4), a[None])[0]
+    torch.testing.assert_close(fused.mix_linear(x, (3, 4), a, w, one_minus=True, act="sigmoid_mul", y=y),
+                               torch.sigmoid(lerp @ w.t()) * y)
+    ddlerp = fused.token_shift_mix_lora(x, (3, 4), a[None], h, w2[None], head_size=8)[0]
+    torch.testing.assert_close(fused.mix_linear(x, (3, 4), a, w, 8, h, w2, act="relu_square"),
+                               torch.relu(ddlerp @ w.t()) ** 2)
+    torch.testing.assert_close(fused.mix_linear(x, (3, 4), a, w, 8, h, w2, act="tanh"), torch.tanh(ddlerp @ w.t()))

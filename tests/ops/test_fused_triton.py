@@ -81,6 +81,22 @@ CPU_CASES = {
     "linear_decay_tiles": dict(op="linear_decay", shape=(2, 21, 24), N=40, gemm=_SMALL_GEMM),
     "linear_decay_fp16_noncontig": dict(op="linear_decay", shape=(3, 4, 32), N=20, dtype="fp16", layout="T"),
     "linear_decay_compile": dict(op="linear_decay", shape=(1, 7, 16), N=16, compile=True, gemm=_SMALL_GEMM),
+    # projections of the Q-Shift interpolation (mixed input formed in the GEMM's operand load): v4 mu with
+    # whole-channel quarters, v6 per-head quarters with the LoRA offset, every epilogue, tiles over M / N / K with
+    # partial last ones and quarter boundaries inside K tiles
+    "mix_linear_v4_tiles": dict(op="mix_linear", shape=(2, 5, 7, 40), N=24, one_minus=True, gemm=_SMALL_GEMM),
+    "mix_linear_v4_1xW_relu_square": dict(op="mix_linear", shape=(1, 1, 37, 20), N=40, act="relu_square",
+                                          one_minus=True, gemm=_SMALL_GEMM),
+    "mix_linear_v4_sigmoid_mul_fp16": dict(op="mix_linear", shape=(2, 3, 4, 16), N=16, act="sigmoid_mul",
+                                           one_minus=True, dtype="fp16"),
+    "mix_linear_v6_lora_tiles": dict(op="mix_linear", shape=(2, 4, 5, 48), N=40, head_size=12, R=16,
+                                     gemm=_SMALL_GEMM),
+    "mix_linear_v6_lora_tanh_odd_C": dict(op="mix_linear", shape=(1, 3, 5, 20), N=32, head_size=10, R=16,
+                                          act="tanh", gemm=_SMALL_GEMM),
+    "mix_linear_v6_lora_fp16_compile": dict(op="mix_linear", shape=(1, 3, 3, 32), N=16, head_size=8, R=16,
+                                            dtype="fp16", compile=True),
+    "mix_linear_Hx1_grid_compile": dict(op="mix_linear", shape=(2, 9, 1, 12), N=20, act="sigmoid_mul",
+                                        compile=True, gemm=_SMALL_GEMM),
 }
 
 CUDA_CASES = {
@@ -123,6 +139,18 @@ CUDA_CASES = {
     "linear_tanh_fp32_odd": dict(op="linear_tanh", shape=(3, 197, 100), N=64),
     "linear_decay_v6_T_1024": dict(op="linear_decay", shape=(4, 4096, 64), N=192, dtype="bf16"),
     "linear_decay_clip_odd_compile": dict(op="linear_decay", shape=(2, 197, 64), N=640, compile=True),
+    "mix_linear_v4_T_1024_bf16": dict(op="mix_linear", shape=(4, 64, 64, 192), N=192, one_minus=True,
+                                      dtype="bf16"),
+    "mix_linear_v4_key_relu_square_S": dict(op="mix_linear", shape=(8, 14, 14, 384), N=1536, act="relu_square",
+                                            one_minus=True, dtype="bf16"),
+    "mix_linear_v4_receptance_odd_fp32": dict(op="mix_linear", shape=(3, 13, 17, 100), N=100, act="sigmoid_mul",
+                                              one_minus=True),
+    "mix_linear_v6_lora_T_1024_bf16": dict(op="mix_linear", shape=(2, 64, 64, 192), N=192, head_size=64, R=32,
+                                           dtype="bf16"),
+    "mix_linear_v6_lora_tanh_B": dict(op="mix_linear", shape=(4, 14, 14, 768), N=64, head_size=64, R=32,
+                                      act="tanh", dtype="bf16"),
+    "mix_linear_head80_fp32_compile": dict(op="mix_linear", shape=(2, 7, 9, 640), N=640, head_size=80, R=32,
+                                           compile=True),
 }
 
 

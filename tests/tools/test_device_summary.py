@@ -67,6 +67,17 @@ def test_verdict_needs_passing_tests_model_tests_and_speed():
     assert v["v6_chunk"]["tests_failed"] == ["tests/ops/test_bi_wkv6_triton.py::test_bi_wkv6_triton_cuda"
                                              "[16x1024x6x64_chunk]"]
     assert v["fused_gemm"]["make_default"] and v["fused_gemm"]["vs_unfused_geomean"] == pytest.approx(1.1726, 1e-3)
+    # the mixed-operand GEMMs are judged by their own rows only (none here: not faster, and no CUDA case ran)
+    assert not v["fused_mix"]["make_default"] and v["fused_mix"]["vs_unfused_geomean"] is None
+    mix = gemm + [dict(epilogue="mix_v4x3", impl="fused", mode="fwd", ms=0.5, vs_unfused=1.5),
+                  dict(epilogue="mix_v6x5", impl="fused", mode="fwd", ms=0.5, vs_unfused=0.6)]
+    mix_tests = dict(default, **{"tests/ops/test_fused_triton.py::test_fused_triton_cuda[mix_linear_v4_T_1024_bf16]":
+                                 "PASSED"})
+    v = ds.verdict(mix_tests, optin, _sweep_rows(2.0, 3.0), mix)
+    assert v["fused_mix"]["vs_unfused_geomean"] == pytest.approx(0.9487, 1e-3) and not v["fused_mix"]["faster"]
+    assert v["fused_gemm"]["vs_unfused_geomean"] == pytest.approx(1.1726, 1e-3)
+    mix[-1]["vs_unfused"] = 1.2
+    assert ds.verdict(mix_tests, optin, _sweep_rows(2.0, 3.0), mix)["fused_mix"]["make_default"]
     # slower: no
     assert not ds.verdict(default, optin, _sweep_rows(1.05, 3.0), gemm)["v4_seq"]["make_default"]
     # whole-model tests with the opt-ins failed or never ran: nothing becomes default

@@ -13,6 +13,8 @@
   ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
   :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
   :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
+* :func:`mix_gemm_ready` - whether the Q-Shift interpolations ride in the projections' GEMMs (inference,
+  ``VRWKV_FUSED_MIX=1``): the mixed inputs are then never written.
 * ``layer_ratios`` / ``channel_ratio`` / ``channel_position`` / ``lerp_mix`` - the "fancy" init ratios and the
   v4-style interpolation.
 
@@ -34,7 +36,7 @@ from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
-    'fusable_drop_path', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay',
+    'fusable_drop_path', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
@@ -90,11 +92,24 @@ def token_shift(x: torch.Tensor, kind: str, head_size: Optional[int], grid_size:
     return bi_shift_1d(x, head_size)
 
 
+def _plain_linear(linear: nn.Module) -> bool:
+    """A projection a fused GEMM kernel may replace: a bias-free ``nn.Linear`` (exact type: wrappers such as LoRA
+    layers keep their own forward) without hooks."""
+    return (type(linear) is nn.Linear and linear.bias is None and not linear._forward_hooks
+            and not linear._forward_pre_hooks)
+
+
 def _epilogue_ready(linear: nn.Module) -> bool:
-    """A projection the GEMM-epilogue kernels may replace: a bias-free ``nn.Linear`` (exact type: wrappers such as
-    LoRA layers keep their own forward) without hooks, with the fused GEMMs switched on."""
-    return (fused.fused_gemm_enabled() and type(linear) is nn.Linear and linear.bias is None
-            and not linear._forward_hooks and not linear._forward_pre_hooks)
+    """A plain projection, with the GEMM-epilogue kernels switched on."""
+    return fused.fused_gemm_enabled() and _plain_linear(linear)
+
+
+def mix_gemm_ready(*linears: nn.Module) -> bool:
+    """Whether the fused path forms the Q-Shift interpolations inside the GEMMs of these projections
+    (:func:`vision_rwkv.ops.fused.mix_linear`): switched on (``VRWKV_FUSED_MIX=1``), in inference (no autograd
+    recording: in training the separately stored mixed inputs are cheaper than recomputing them per projection),
+    plain projections."""
+    return fused.fused_mix_enabled() and not torch.is_grad_enabled() and all(_plain_linear(m) for m in linears)
 
 
 def key_relu_square(key: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -224,6 +239,8 @@ class ChannelMix(nn.Module):
         compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
         elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
         :func:`receptance_gate`)."""
+        if self.token_shift == 'q_shift' and mix_gemm_ready(self.key, self.receptance):
+            return self._forward_mix_gemm(x, grid_size)
         if self.token_shift == 'q_shift':
             out_dtype = fused.compute_dtype(x)
             if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
@@ -237,6 +254,18 @@ class ChannelMix(nn.Module):
         if self.key_norm is not None:
             k = self.key_norm(k)
         return receptance_gate(self.receptance, xr, self.value(k))
+
+    def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        """Fused inference path with the Q-Shift interpolations inside the key and receptance GEMMs (relu^2 and
+        the sigmoid gate in their epilogues): xk, xr are never written."""
+        one_minus = self.param_style == 'vrwkv'  # mu weights the unshifted token: the kernel takes 1 - mu itself
+        mu_k, mu_r = ((self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r))
+        k = fused.mix_linear(x, grid_size, mu_k.reshape(-1), self.key.weight, self.head_size, one_minus=one_minus,
+                             act='relu_square')
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        return fused.mix_linear(x, grid_size, mu_r.reshape(-1), self.receptance.weight, self.head_size,
+                                one_minus=one_minus, act='sigmoid_mul', y=self.value(k))
 
     def extra_repr(self) -> str:
         return f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}'
@@ -401,6 +430,12 @@ class TimeMixV6(nn.Module):
         and the decay ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
         heads, head_size = self.num_heads, self.head_size
         dtype = fused.compute_dtype(x)
+        if self.token_shift == 'q_shift' and mix_gemm_ready(self.receptance, self.key, self.value, self.gate):
+            r, k, v, g, logd = self._projections_mix_gemm(x, grid_size)
+            y = self._wkv(r, k, v, logd)
+            y = fused.group_norm_mul(y, g, heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, gate_act='silu',
+                                     out_dtype=dtype)
+            return self.output(y)
         if self.token_shift == 'q_shift':
             xxx = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype)[0]
             lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
@@ -417,6 +452,28 @@ class TimeMixV6(nn.Module):
         y = fused.group_norm_mul(y, self.gate(xg), heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
                                  gate_act='silu', out_dtype=dtype)
         return self.output(y)
+
+    def _projections_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, ...]:
+        """Fused inference path: r, k, v, gate and the log decay with the ddlerp inside the GEMMs - the first
+        interpolation in the LoRA down-projection (tanh epilogue), each of the five data-dependent ones (with its
+        rank-R LoRA offset) in its projection; the interpolated inputs are never written."""
+        hs, rank = self.head_size, self.mix_rank
+        lora = fused.mix_linear(x, grid_size, self.time_maa_x.reshape(-1), self.time_maa_w1.t(), hs, act='tanh')
+        maa = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
+
+        def project(i: int, weight: torch.Tensor, act: str = 'none') -> torch.Tensor:
+            return fused.mix_linear(x, grid_size, maa[i].reshape(-1), weight, hs, h=lora[..., i * rank:(i + 1) * rank],
+                                    w2=self.time_maa_w2[i], act=act)
+
+        r, k, v = project(3, self.receptance.weight), project(1, self.key.weight), project(2, self.value.weight)
+        g = project(4, self.gate.weight)
+        w0 = self.time_decay.reshape(-1)
+        hidden = project(0, self.time_decay_w1.t(), act='tanh')
+        if fused.fused_gemm_enabled():
+            logd = fused.linear_decay(hidden, self.time_decay_w2.t(), w0)
+        else:
+            logd = fused.decay_logd(w0, hidden @ self.time_decay_w2)
+        return r, k, v, g, logd
 
     def extra_repr(self) -> str:
         return (f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}, '

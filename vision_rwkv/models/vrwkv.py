@@ -28,7 +28,8 @@ from vision_rwkv.ops import bi_wkv, fused, q_shift
 from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
-from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix, receptance_gate
+from .mixing import (ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix, mix_gemm_ready,
+                     receptance_gate)
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -94,6 +95,8 @@ class SpatialMix(nn.Module):
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         """Same function with fused kernels: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype; the
         WKV output feeds one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
+        if mix_gemm_ready(self.key, self.value, self.receptance):
+            return self._forward_mix_gemm(x, grid_size)
         mix = torch.stack((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r))
         xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x))
         k = self.key(xk)
@@ -102,6 +105,17 @@ class SpatialMix(nn.Module):
         if self.key_norm is not None:
             y = self.key_norm(y)
         return self.output(receptance_gate(self.receptance, xr, y))
+
+    def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+        """Fused inference path with the Q-Shift lerps inside the k, v, r GEMMs (the sigmoid gate on the WKV
+        output in the receptance GEMM's epilogue): xk, xv, xr are never written."""
+        k = fused.mix_linear(x, grid_size, self.spatial_mix_k, self.key.weight, one_minus=True)
+        v = fused.mix_linear(x, grid_size, self.spatial_mix_v, self.value.weight, one_minus=True)
+        y = bi_wkv(*self.per_step(x.shape[1]), k, v, mode=self.wkv_mode, chunks=self.wkv_chunks)
+        if self.key_norm is not None:
+            y = self.key_norm(y)
+        return self.output(fused.mix_linear(x, grid_size, self.spatial_mix_r, self.receptance.weight, one_minus=True,
+                                            act='sigmoid_mul', y=y))
 
     def extra_repr(self) -> str:
         return f'wkv_mode={self.wkv_mode!r}, wkv_chunks={self.wkv_chunks}'

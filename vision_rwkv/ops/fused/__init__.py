@@ -10,6 +10,9 @@ as a torch custom op (``triton.py``, imported lazily):
 * :func:`linear_relu_square` / :func:`linear_sigmoid_mul` - a bias-free projection with those activations in its
   GEMM epilogue (``linear_triton.py``; the models use them when :func:`fused_gemm_enabled`); likewise
   :func:`linear_tanh` and :func:`linear_decay` for the two stages of the RWKV-6 LoRAs.
+* :func:`mix_linear` - a projection whose GEMM operand is the Q-Shift interpolation, formed tile by tile while
+  loaded (``mix_linear_triton.py``): the mixed inputs of the projections are never written (``VRWKV_FUSED_MIX=1``
+  lets the models use it in inference).
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
 * :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
 
@@ -30,13 +33,14 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import check_shape, check_tensors
-from .reference import (add_norm_reference, decay_logd_reference, group_norm_mul_reference, linear_decay_reference,
-                        linear_relu_square_reference, linear_sigmoid_mul_reference, linear_tanh_reference,
-                        relu_square_reference, sigmoid_mul_reference, token_shift_mix_reference)
+from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_reference,
+                        linear_decay_reference, linear_relu_square_reference, linear_sigmoid_mul_reference,
+                        linear_tanh_reference, mix_linear_reference, relu_square_reference, sigmoid_mul_reference,
+                        token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-           "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay", "fused_enabled",
-           "fused_gemm_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
+           "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay", "mix_linear", "fused_enabled",
+           "fused_gemm_enabled", "fused_mix_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
@@ -44,6 +48,7 @@ FUSED_UNDER_COMPILE = True
 
 _triton_mod = None
 _linear_mod = None
+_mix_mod = None
 
 
 def _triton():
@@ -63,6 +68,14 @@ def _linear():
     if _linear_mod is None:
         _linear_mod = importlib.import_module("vision_rwkv.ops.fused.linear_triton")
     return _linear_mod
+
+
+def _mix():
+    """The mixed-operand GEMM module (imported on first use, like :func:`_linear`)."""
+    global _mix_mod
+    if _mix_mod is None:
+        _mix_mod = importlib.import_module("vision_rwkv.ops.fused.mix_linear_triton")
+    return _mix_mod
 
 
 def _triton_ok() -> bool:
@@ -89,7 +102,8 @@ def _triton_ok_traced() -> bool:
         for op in ("bi_wkv", "bi_wkv6"):
             triton_available(op)
         if not isinstance(mod, BaseException):
-            _linear()  # the GEMM-epilogue module too (VRWKV_FUSED_GEMM=1)
+            _linear()  # the GEMM-epilogue modules too (VRWKV_FUSED_GEMM=1, VRWKV_FUSED_MIX=1)
+            _mix()
     except Exception:  # the WKV dispatcher / the GEMM ops report their own errors when used
         pass
     return not isinstance(mod, BaseException)
@@ -146,6 +160,12 @@ def fused_gemm_enabled() -> bool:
     """Whether the fused path also runs projections with their activation in the GEMM epilogue
     (``VRWKV_FUSED_GEMM=1``; off by default)."""
     return os.environ.get("VRWKV_FUSED_GEMM", "0").strip() == "1"
+
+
+def fused_mix_enabled() -> bool:
+    """Whether the fused path computes the Q-Shift interpolations inside the projections' GEMMs (:func:`mix_linear`)
+    in inference (``VRWKV_FUSED_MIX=1``; off by default until timed on a GPU)."""
+    return os.environ.get("VRWKV_FUSED_MIX", "0").strip() == "1"
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -315,6 +335,54 @@ def linear_decay(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor, backen
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (dtype, w0.dtype):
         return _linear().linear_decay_triton(x, weight, w0)
     return linear_decay_reference(x, weight, w0)
+
+
+def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, weight: torch.Tensor,
+               head_size: Optional[int] = None, h: Optional[torch.Tensor] = None, w2: Optional[torch.Tensor] = None,
+               one_minus: bool = False, act: str = "none", y: Optional[torch.Tensor] = None,
+               backend: Optional[str] = None) -> torch.Tensor:
+    """One projection of a token / channel mix with its Q-Shift interpolation as the GEMM operand:
+    ``act(mix @ weight^T)``, ``mix = x + (q_shift(x, grid_size, head_size) - x) * coef``.
+
+    Args:
+        x: (B, T, C) tokens, row-major on grid_size = (H, W).
+        a: (C,) interpolation weights of the shifted token (``one_minus``: of the unshifted token, the v4 ``mu``).
+        weight: (N, C) bias-free projection (any strides: ``w1.t()`` for a LoRA's ``x @ w1``).
+        head_size: None = v4 whole-channel quarters; an int = quarters inside every head (v6).
+        h, w2: optional RWKV-6 LoRA offset ``coef += h @ w2``: h (B, T, R) (a column slice of the LoRA hidden),
+            w2 (R, C); R a power of two >= 16 on the Triton path.
+        act: ``'none'``, ``'relu_square'``, ``'tanh'`` or ``'sigmoid_mul'`` (``sigmoid(.) * y``, y (B, T, N)).
+    Returns:
+        (B, T, N) in :func:`compute_dtype` of x (``sigmoid_mul``: promoted with y's dtype); differentiable in x, a,
+        h, w2, weight and y. The Triton kernel forms the mixed input per tile while loading the GEMM operand (never
+        stored); the reference writes it (in the compute dtype) and multiplies.
+    """
+    op = "mix_linear"
+    tensors = dict(x=x, a=a, weight=weight, **{k: v for k, v in dict(h=h, w2=w2, y=y).items() if v is not None})
+    device = check_tensors(op, **tensors)
+    _check_grid(op, x, grid_size, head_size)
+    if act not in MIX_ACTS:
+        raise ValueError(f"{op}: act must be one of {MIX_ACTS}, got {act!r}")
+    c = x.shape[2]
+    check_shape(op, "a", a, (c,))
+    _check_linear(op, x, weight)
+    if (h is None) != (w2 is None):
+        raise ValueError(f"{op}: pass both h and w2 (the LoRA offset) or neither")
+    if h is not None:
+        if w2.dim() != 2 or w2.shape[1] != c:
+            raise ValueError(f"{op}: w2 must be (R, C) with C={c}, got {tuple(w2.shape)}")
+        check_shape(op, "h", h, tuple(x.shape[:2]) + (w2.shape[0],))
+    if (act == "sigmoid_mul") != (y is not None):
+        raise ValueError(f"{op}: y is the gated tensor of act='sigmoid_mul' and only of it")
+    if y is not None:
+        check_shape(op, "y", y, tuple(x.shape[:2]) + (weight.shape[0],))
+    dtype = compute_dtype(x)
+    weight = weight if weight.dtype == dtype else weight.to(dtype)
+    rank_ok = h is None or (w2.shape[0] >= 16 and w2.shape[0] & (w2.shape[0] - 1) == 0)
+    if (_resolve(op, device, backend) == "triton" and dtype != torch.float64 and x.dtype != torch.float64
+            and rank_ok):
+        return _mix().mix_linear_triton(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y)
+    return mix_linear_reference(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y)
 
 
 def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,

@@ -41,21 +41,49 @@ EPI_RELU_SQUARE = 0
 EPI_SIGMOID_MUL = 1
 EPI_TANH = 2
 EPI_DECAY = 3  # AUX holds w0 (N,)
+EPI_NONE = 4
 
 
 @triton.jit
-def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
-                       EPI: tl.constexpr, SAVE_PRE: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+def _grouped_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of this program: program ids run down GROUP_M row tiles before moving to the next
+    column tile, so neighbouring programs share W tiles in L2."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
     per_group = GROUP_M * num_n
     first_m = (pid // per_group) * GROUP_M
     group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
 
+
+@triton.jit
+def _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI: tl.constexpr, SAVE_PRE: tl.constexpr):
+    """Apply epilogue EPI to the fp32 accumulator tile (rows rm, columns rn) and store it (and, with SAVE_PRE, the
+    pre-activation) into the row-major (M, N) outputs."""
+    mask = m_ok[:, None] & n_ok[None, :]
+    offs = rm[:, None] * N + rn[None, :]
+    if SAVE_PRE:
+        tl.store(PRE + offs, acc.to(PRE.dtype.element_ty), mask=mask)
+    if EPI == 0:
+        pos = tl.maximum(acc, 0.0)
+        res = pos * pos
+    elif EPI == 1:
+        res = tl.sigmoid(acc) * tl.load(AUX + offs, mask=mask, other=0.0).to(tl.float32)
+    elif EPI == 2:
+        res = 2.0 * tl.sigmoid(2.0 * acc) - 1.0  # tanh, saturating to +-1 for large |acc|
+    elif EPI == 3:
+        res = -tl.exp(acc + tl.load(AUX + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :])
+    else:
+        res = acc
+    tl.store(OUT + offs, res.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
+                       EPI: tl.constexpr, SAVE_PRE: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
     rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -76,20 +104,7 @@ def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
         px += BK * sxk
         pw += BK * swk
 
-    mask = m_ok[:, None] & n_ok[None, :]
-    offs = rm[:, None] * N + rn[None, :]
-    if SAVE_PRE:
-        tl.store(PRE + offs, acc.to(PRE.dtype.element_ty), mask=mask)
-    if EPI == 0:
-        pos = tl.maximum(acc, 0.0)
-        res = pos * pos
-    elif EPI == 1:
-        res = tl.sigmoid(acc) * tl.load(AUX + offs, mask=mask, other=0.0).to(tl.float32)
-    elif EPI == 2:
-        res = 2.0 * tl.sigmoid(2.0 * acc) - 1.0  # tanh, saturating to +-1 for large |acc|
-    else:
-        res = -tl.exp(acc + tl.load(AUX + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :])
-    tl.store(OUT + offs, res.to(OUT.dtype.element_ty), mask=mask)
+    _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI, SAVE_PRE)
 
 
 def _precision(dtype: torch.dtype) -> str:

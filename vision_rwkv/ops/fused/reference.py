@@ -8,6 +8,8 @@
 * :func:`relu_square_reference` - ``relu(x) ** 2`` (channel-mix hidden activation).
 * :func:`linear_relu_square_reference` / :func:`linear_sigmoid_mul_reference` - a bias-free projection followed by
   those two activations (the GEMM-epilogue kernels of ``linear_triton.py``).
+* :func:`mix_linear_reference` - one mixed input of a token / channel mix and its projection (+ activation): the
+  Q-Shift interpolation as the GEMM's operand (``mix_linear_triton.py``).
 * :func:`group_norm_mul_reference` - ``GroupNorm(y) * act(g)`` per token (the VRWKV6 ``ln_x`` + gate epilogue).
 * :func:`decay_logd_reference` - ``-exp(w0 + z)`` (the VRWKV6 per-token log decay).
 * :func:`add_norm_reference` - residual + LayerNorm (post-norm ``x + gamma * LN(y)``; pre-norm ``s = x + gamma * y``,
@@ -26,7 +28,10 @@ from ..shift import q_shift
 
 __all__ = ["token_shift_mix_reference", "sigmoid_mul_reference", "relu_square_reference",
            "linear_relu_square_reference", "linear_sigmoid_mul_reference",
+           "linear_tanh_reference", "linear_decay_reference", "mix_linear_reference",
            "group_norm_mul_reference", "decay_logd_reference", "add_norm_reference"]
+
+MIX_ACTS = ("none", "relu_square", "sigmoid_mul", "tanh")
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -85,6 +90,26 @@ def linear_tanh_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
 def linear_decay_reference(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
     """``-exp(w0 + x @ weight^T)`` in float32 (float64 stays float64): the product in x's dtype, then the decay."""
     return decay_logd_reference(w0, F.linear(x, weight.to(x.dtype)))
+
+
+def mix_linear_reference(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, weight: torch.Tensor,
+                         head_size: Optional[int] = None, h: Optional[torch.Tensor] = None,
+                         w2: Optional[torch.Tensor] = None, one_minus: bool = False, act: str = "none",
+                         y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``act(mix @ weight^T)`` with ``mix = x + (q_shift(x) - x) * coef`` written in weight's dtype, where
+    ``coef = a`` (``1 - a`` with ``one_minus``: a weights the unshifted token) plus ``h @ w2`` when h is given
+    (w2 cast to h's dtype, the product in h's dtype, as under autocast). a (C,), weight (N, C), h (B, N, R),
+    w2 (R, C); act one of ``MIX_ACTS`` (``'sigmoid_mul'`` multiplies ``sigmoid(.)`` into y)."""
+    coef = (1 - a) if one_minus else a
+    m = None if h is None else (h @ w2.to(h.dtype)).unsqueeze(0)
+    mix = token_shift_mix_reference(x, grid_size, coef.reshape(1, -1), m, head_size, out_dtype=weight.dtype)[0]
+    if act == "relu_square":
+        return linear_relu_square_reference(mix, weight)
+    if act == "sigmoid_mul":
+        return linear_sigmoid_mul_reference(mix, weight, y)
+    if act == "tanh":
+        return linear_tanh_reference(mix, weight)
+    return F.linear(mix, weight)
 
 
 def group_norm_mul_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,

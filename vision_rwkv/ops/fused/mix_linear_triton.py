@@ -1,0 +1,232 @@
+"""Triton GEMM whose operand is the Q-Shift interpolation of a token / channel mix, computed while it is loaded.
+
+``mix_linear``: ``act(mix @ W^T)`` with ``mix = x + (q_shift(x) - x) * coef`` and ``coef = a`` (``1 - a`` for the v4
+``mu``), plus the RWKV-6 LoRA offset ``h @ W2`` when given. The separate pass that writes the mixed input (one
+plane per projection, read back by the GEMM) disappears: each K step of the GEMM loads the x tile and, per channel
+quarter, the neighbour token's values (left / right / up / down on the token grid, zero outside the image), forms
+the mixed tile in registers (the LoRA offset by a rank-R ``tl.dot`` on an h tile loaded once per program) and feeds
+it to the tensor-core product. Per projection this reads x (the neighbours mostly hit L2) instead of writing and
+reading a mixed plane: 2 plane transfers fewer per projection, ~7 per VRWKV block, ~8 per VRWKV6 block.
+
+The epilogues are those of ``linear_triton.py`` (none, relu^2, sigmoid gate on y, tanh), by the same helper.
+
+Backward (training): the mixed input is recomputed by the ``token_shift_mix`` kernels (one projection), then
+the activation's derivative, two cuBLAS GEMMs (d mix, d W) and the ``token_shift_mix`` backward (d x, d a and,
+with the LoRA, d h and d W2). The models use this op for inference (``VRWKV_FUSED_MIX=1``): in training the
+stored mixed inputs of the separate pass are cheaper than one recompute per projection.
+
+Launch settings: ``CONFIG`` (``VRWKV_TRITON_MIX="bm=..,bn=..,bk=..,warps=..,stages=..,group_m=.."``; bn 0 = 64 or
+128 from N). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned in debug mode).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton_utils import cdiv, config_from_env, new_empty, run_op
+from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _epilogue_store, _grouped_tile,
+                            _precision, _weight_grad)
+from .triton import (_elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
+                     _tanh_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
+
+__all__ = ["mix_linear_triton", "CONFIG", "ACT_EPILOGUES"]
+
+CONFIG = config_from_env(dict(bm=64, bn=0, bk=64, warps=4, stages=2, group_m=8), "VRWKV_TRITON_MIX")
+ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul": EPI_SIGMOID_MUL, "tanh": EPI_TANH}
+
+
+@triton.jit
+def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, M, N, K, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk,
+                       EPI: tl.constexpr, SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr,
+                       R: tl.constexpr, PREC: tl.constexpr, LORA_PREC: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
+    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    m_ok = rm < M
+    n_ok = rn < N
+    n_img = (rm % NTOK)[:, None]  # token index inside its image
+    rr = tl.arange(0, R)
+    if HAS_LORA:  # this program's rows of the LoRA hidden, exactly in fp32 (16-bit values are exact in tf32)
+        hrow = tl.load(HH + rm[:, None] * shm + rr[None, :], mask=m_ok[:, None], other=0.0)
+        hf = hrow.to(tl.float32)
+    pw = WT + rn[None, :] * swn + rk[:, None] * swk
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        c = k0 + rk
+        c_ok = c < K
+        cc = c % HS
+        q = ((cc >= Q1).to(tl.int32) + (cc >= Q2).to(tl.int32) + (cc >= Q3).to(tl.int32))[None, :]
+        delta, valid = _neighbour(n_img, q, H, W)
+        ok = m_ok[:, None] & c_ok[None, :]
+        valid = valid & ok
+        offs = rm[:, None] * K + c[None, :]
+        x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
+        xx = tl.load(X + offs + tl.where(valid, delta, 0).to(tl.int64) * K, mask=valid, other=0.0).to(tl.float32) - x
+        coef = tl.load(A + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        if ONE_MINUS:
+            coef = 1.0 - coef
+        if HAS_LORA:
+            w2 = tl.load(W2 + rr[:, None] * K + c[None, :], mask=c_ok[None, :], other=0.0)
+            coef = coef + tl.dot(hf, w2.to(hrow.dtype).to(tl.float32), input_precision=LORA_PREC)
+        b = tl.load(pw, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot((x + xx * coef).to(b.dtype), b, acc, input_precision=PREC)
+        pw += BK * swk
+    _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI, SAVE_PRE)
+
+
+def _out_dtype(weight: torch.Tensor, y: Optional[torch.Tensor]) -> torch.dtype:
+    return weight.dtype if y is None else torch.promote_types(weight.dtype, y.dtype)
+
+
+def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False):
+    """(out, pre): out (B, T, N); pre the saved pre-activation (sigmoid gate in training) or an empty tensor."""
+    B, T, C = x.shape
+    rows, n = B * T, weight.shape[0]
+    out = new_empty((rows, n), _out_dtype(weight, y), x.device)
+    pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else out.new_empty((0,))
+    h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
+    if h2 is not None and h2.stride(1) != 1:
+        h2 = h2.contiguous()
+    cfg = CONFIG
+    bn = cfg["bn"] or (128 if n % 128 == 0 else 64)
+    hs, q1, q2, q3 = _quarters(C, head_size)
+    grid = (cdiv(rows, cfg["bm"]) * cdiv(n, bn),)
+    _mix_linear_kernel[grid](
+        x, a, x if h2 is None else h2, x if w2 is None else w2, weight, out if y is None else y.reshape(rows, n),
+        out, pre, rows, n, C, T, H, W, hs, q1, q2, q3, 0 if h2 is None else h2.stride(0),
+        weight.stride(0), weight.stride(1),
+        EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre, HAS_LORA=h2 is not None, ONE_MINUS=one_minus,
+        R=16 if h2 is None else h2.shape[1], PREC=_precision(weight.dtype),
+        LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
+        BM=cfg["bm"], BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=cfg["warps"], num_stages=cfg["stages"])
+    return out.view(B, T, n), pre
+
+
+def _bwd(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g):
+    """Gradients (x, a, h, w2, weight, y) of ``mix_linear`` (None where the input is None)."""
+    n = weight.shape[0]
+    g2 = g.reshape(-1, n).contiguous()
+    gy = None
+    if act == "none":
+        gpre = g2
+    else:
+        gpre = new_empty(g2.shape, weight.dtype, x.device)
+        grid, meta = _elem_grid(g2.numel())
+        if act == "sigmoid_mul":
+            y2 = y.reshape(-1, n)
+            gy = new_empty(y2.shape, y.dtype, y.device)
+            _sigmoid_mul_bwd_kernel[grid](pre, y2, g2, gpre, gy, g2.numel(), **meta)
+            gy = gy.view(y.shape)
+        else:
+            kernel = _relu_square_bwd_from_out_kernel if act == "relu_square" else _tanh_bwd_from_out_kernel
+            kernel[grid](out.reshape(-1, n), g2, gpre, g2.numel(), **meta)
+    a1 = a.reshape(1, -1)
+    if h is None:
+        mix = _tsm_fwd(x, H, W, head_size, a1, None, weight.dtype, one_minus)[0]
+    else:
+        mix = _tsm_lora_fwd(x, H, W, head_size, a1, h.contiguous(), w2.unsqueeze(0), weight.dtype)[0]
+    gmix, gw = _weight_grad(gpre, mix.reshape(-1, mix.shape[-1]), mix, weight)
+    if h is None:
+        gx, ga, _ = _tsm_bwd(x, H, W, head_size, a1, None, gmix.unsqueeze(0), one_minus)
+        return gx, ga.view(a.shape), None, None, gw, gy
+    gx, ga, gh, gw2 = _tsm_lora_bwd(x, H, W, head_size, a1, h, w2.unsqueeze(0), gmix.unsqueeze(0))
+    return gx, ga.view(a.shape), gh, gw2.view(w2.shape), gw, gy
+
+
+@torch.library.custom_op("vision_rwkv::mix_linear", mutates_args=())
+def _mix_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, h: Optional[torch.Tensor],
+            w2: Optional[torch.Tensor], weight: torch.Tensor, y: Optional[torch.Tensor], one_minus: bool,
+            act: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=act == "sigmoid_mul")
+
+
+@_mix_op.register_fake
+def _(x, H, W, head_size, a, h, w2, weight, y, one_minus, act):
+    out = x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=_out_dtype(weight, y))
+    pre = x.new_empty((out.numel() // out.shape[-1], out.shape[-1]) if act == "sigmoid_mul" else (0,),
+                      dtype=weight.dtype)
+    return out, pre
+
+
+@torch.library.custom_op("vision_rwkv::mix_linear_bwd", mutates_args=())
+def _mix_bwd_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, h: Optional[torch.Tensor],
+                w2: Optional[torch.Tensor], weight: torch.Tensor, y: Optional[torch.Tensor], out: torch.Tensor,
+                pre: torch.Tensor, one_minus: bool, act: str, g: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grads = _bwd(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g)
+    return tuple(x.new_empty((0,)) if t is None else t for t in grads)  # custom ops return tensors, not None
+
+
+@_mix_bwd_op.register_fake
+def _(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g):
+    def like(t):
+        return x.new_empty((0,)) if t is None else t.new_empty(t.shape)
+
+    return like(x), like(a), like(h), like(w2), like(weight), like(y)
+
+
+def _mix_setup(ctx, inputs, output):
+    x, H, W, head_size, a, h, w2, weight, y, one_minus, act = inputs
+    ctx.meta = (H, W, head_size, h is not None, y is not None, one_minus, act)
+    ctx.save_for_backward(x, a, h, w2, weight, y, output[0], output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _mix_backward(ctx, g, _gpre):
+    x, a, h, w2, weight, y, out, pre = ctx.saved_tensors
+    H, W, head_size, has_h, has_y, one_minus, act = ctx.meta
+    return _input_grads(_mix_bwd_op(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g),
+                        has_h, has_y)
+
+
+torch.library.register_autograd("vision_rwkv::mix_linear", _mix_backward, setup_context=_mix_setup)
+
+
+class _MixLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, H, W, head_size, a, h, w2, weight, y, one_minus, act):
+        out, pre = _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=act == "sigmoid_mul")
+        ctx.meta = (H, W, head_size, one_minus, act)
+        ctx.save_for_backward(x, a, h, w2, weight, y, out, pre)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, a, h, w2, weight, y, out, pre = ctx.saved_tensors
+        H, W, head_size, one_minus, act = ctx.meta
+        return _input_grads(_bwd(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g),
+                            h is not None, y is not None)
+
+
+def _input_grads(grads, has_h: bool, has_y: bool):
+    """The gradients of (x, H, W, head_size, a, h, w2, weight, y, one_minus, act) from ``_bwd``'s six."""
+    gx, ga, gh, gw2, gw, gy = grads
+    return (gx, None, None, None, ga, gh if has_h else None, gw2 if has_h else None, gw, gy if has_y else None,
+            None, None)
+
+
+def _compiled(*args):
+    return _mix_op(*args)[0]
+
+
+def _eager(*args):
+    return _fwd(*args)[0]
+
+
+def mix_linear_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor, weight: torch.Tensor,
+                      head_size: Optional[int] = None, h: Optional[torch.Tensor] = None,
+                      w2: Optional[torch.Tensor] = None, one_minus: bool = False, act: str = "none",
+                      y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``act((x + (q_shift(x) - x) * coef) @ weight^T)`` (see the module docstring): x (B, T, C) contiguous, a (C,),
+    weight (N, C) in the compute dtype (any strides), h (B, T, R) (a column slice of the LoRA hidden is fine), w2
+    (R, C), y (B, T, N) for ``act='sigmoid_mul'``. Returns (B, T, N) in weight's dtype (``sigmoid_mul``: promoted
+    with y's)."""
+    args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(), h,
+            None if w2 is None else w2.contiguous(), weight, None if y is None else y.contiguous(), bool(one_minus),
+            act)
+    return run_op(_compiled, _MixLinear, _eager, *args)
