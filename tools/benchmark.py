@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ops", action="store_true", help="operator table")
     p.add_argument("--gemm", action="store_true",
-                   help="GEMM-epilogue table (fused vs cuBLAS + elementwise; mixed-operand GEMMs vs shift pass + cuBLAS)")
+                   help="GEMM-epilogue table (fused vs cuBLAS + elementwise; mixed-operand GEMMs vs the shift pass + "
+                        "cuBLAS)")
     p.add_argument("--backbones", action="store_true", help="backbone table")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", action="append", choices=list(bm.DTYPES), help="repeatable; default fp32 and bf16")
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
                    (300, 16, 40, "decay")] if args.quick else None)
         rows = bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes, iters=iters, warmup=warmup,
                                        progress=tick)
-        mix_shapes = [(1, 5, 6, 64, "v4x3"), (1, 5, 6, 64, "v6x5")] if args.quick else None
+        mix_shapes = [(1, 5, 6, 64, v) for v in ("v4x3", "v6x5", "v6gn")] if args.quick else None
         rows += bm.bench_mix_gemms(args.device, args.dtype or ["bf16"], mix_shapes, iters=iters, warmup=warmup,
                                    progress=tick)
         out["gemm"] = rows

@@ -42,7 +42,7 @@ MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
 BANDWIDTH = 3.0e12  # bytes/s: a device-to-device copy on the H100 of the device pool (KINDS.md), as the anchors use
 MATRIX_RATE = {"bf16": 800e12, "fp16": 800e12, "fp32": 67e12}  # FLOP/s: measured bf16 GEMM; fp32 without TF32
 # Triton GEMM kernels: position of M in their arguments (M, N, K follow each other)
-_GEMM_KERNEL_MNK = {"_linear_act_kernel": 5, "_mix_linear_kernel": 8}
+_GEMM_KERNEL_MNK = {"_linear_act_kernel": 5, "_mix_linear_kernel": 8, "_norm_linear_kernel": 6}
 _MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution"}
 
 
@@ -67,10 +67,10 @@ def _triton_group(fn) -> str:
         return "WKV"
     if "_tsm" in name:
         return "shift+lerp"
-    if "_add_norm" in name or "_gn_" in name:
-        return "norms"
     if "_linear" in name:
         return "GEMMs"
+    if "_add_norm" in name or "_gn_" in name:
+        return "norms"
     return "elementwise/other"
 
 

@@ -42,18 +42,20 @@ _ANCHOR_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "anchors"
 
 
 def kernel_configs() -> dict[str, dict]:
-    """The live launch-setting dicts of the Triton operators: {"v4": ..., "v6": ..., "gemm": ...} (imports
-    Triton)."""
+    """The live launch-setting dicts of the Triton operators: {"v4": ..., "v6": ..., "gemm": ..., "mix": ...,
+    "norm": ...} (imports Triton)."""
     from .ops.bi_wkv import triton as v4
     from .ops.bi_wkv6 import triton as v6
     from .ops.fused import linear_triton as gemm
+    from .ops.fused import mix_linear_triton as mix
+    from .ops.fused import norm_linear_triton as norm
 
-    return {"v4": v4.CONFIG, "v6": v6.CONFIG, "gemm": gemm.CONFIG}
+    return {"v4": v4.CONFIG, "v6": v6.CONFIG, "gemm": gemm.CONFIG, "mix": mix.CONFIG, "norm": norm.CONFIG}
 
 
 def apply_kernel_config(items: Iterable[str] | None) -> None:
-    """Set Triton launch settings from "v4.KEY=VAL" / "v6.KEY=VAL" / "gemm.KEY=VAL" items (values cast to the entry's type);
-    ValueError naming the problem for an unknown op or key."""
+    """Set Triton launch settings from "v4.KEY=VAL" / "v6.KEY=VAL" / "gemm.KEY=VAL" / "mix.KEY=VAL" / "norm.KEY=VAL"
+    items (values cast to the entry's type); ValueError naming the problem for an unknown op or key."""
     configs = kernel_configs() if items else {}
     for item in items or []:
         key, sep, val = item.partition("=")
@@ -349,20 +351,30 @@ def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",)
 # ------------------------------------------------------------------------------------- mixed-operand GEMMs
 # (batch, grid rows, grid cols, C, variant): the projections of one token mix at 1024x1024, batch 16, VRWKV-T / S / B
 # widths. 'v4x3': the k, v, r lerps + projections; 'v6x5': the five ddlerp interpolations (LoRA offsets) + C -> C
-# projections (the decay's C -> 64 one stands in as a fifth C -> C: same operand traffic)
-MIX_SHAPES = [(16, 64, 64, c, v) for v in ("v4x3", "v6x5") for c in (192, 384, 768)]
+# projections (the decay's C -> 64 one stands in as a fifth C -> C: same operand traffic); 'v6gn': the output
+# projection of GroupNorm(y) * silu(gate) (heads of 64)
+MIX_SHAPES = [(16, 64, 64, c, v) for v in ("v4x3", "v6x5", "v6gn") for c in (192, 384, 768)]
 
 
 def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size):
     """(unfused, fused) inference callables of one token mix's projections: the interpolation pass writing every
     mixed input (``shift_lerp`` / ``token_shift_mix_lora``) + one cuBLAS GEMM each, against one ``mix_linear`` per
-    projection (the mixed inputs never written)."""
+    projection (the mixed inputs never written); 'v6gn': the ``group_norm_mul`` pass + cuBLAS against
+    ``group_norm_mul_linear``."""
     import torch.nn.functional as F
 
     from vision_rwkv.ops import fused
 
     n = len(ws)
-    if variant.startswith("v4"):
+    if variant == "v6gn":  # x: the WKV output, h: the gate, a: the GroupNorm affine (weight, bias)
+        def unfused():
+            gated = fused.group_norm_mul(x, h, x.shape[-1] // head_size, a[0], a[1], 1e-5, "silu", x.dtype, backend)
+            return F.linear(gated, ws[0])
+
+        def fused_run():
+            return fused.group_norm_mul_linear(x, h, x.shape[-1] // head_size, a[0], a[1], ws[0], 1e-5, "silu",
+                                               backend)
+    elif variant.startswith("v4"):
         def unfused():
             mixed = fused.shift_lerp(x, grid, a, None, x.dtype, backend)
             return [F.linear(mixed[i], ws[i]) for i in range(n)]
@@ -385,8 +397,10 @@ def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size)
 def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), shapes: Iterable | None = None,
                     iters: int = 20, warmup: int = 3, progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Time a token mix's projections with their Q-Shift interpolations inside the GEMMs (:func:`fused.mix_linear`)
-    against the interpolation pass + cuBLAS, inference forward; rows in the GEMM table's layout (``epilogue`` =
-    ``mix_<variant>``, M tokens, K = N = C, ``vs_unfused``)."""
+    against the interpolation pass + cuBLAS, and the RWKV-6 output projection with GroupNorm * gate inside its GEMM
+    (:func:`fused.group_norm_mul_linear`) against the pass + cuBLAS, inference forward (the ops of
+    ``VRWKV_FUSED_MIX=1``); rows in the GEMM table's layout (``epilogue`` = ``mix_<variant>``, M tokens, K = N = C,
+    ``vs_unfused``)."""
     dev = torch.device(device)
     backend = "triton" if dev.type == "cuda" else "reference"
     rows = []
@@ -394,15 +408,18 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
         dtype = DTYPES[dname]
         es = torch.empty((), dtype=dtype).element_size()
         for B, H, W, C, variant in (shapes or MIX_SHAPES):
-            n = 3 if variant.startswith("v4") else 5
+            n = {"v4x3": 3, "v6x5": 5, "v6gn": 1}[variant]
             g = torch.Generator().manual_seed(0)
             x = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
             a = torch.rand(n, C, generator=g).to(dev)
             ws = [(torch.randn(C, C, generator=g) * C ** -0.5).to(dtype).to(dev) for _ in range(n)]
             h = w2 = None
-            if variant.startswith("v6"):
+            if variant == "v6x5":
                 h = (torch.randn(B, H * W, n * 32, generator=g) * 0.5).to(dtype).to(dev)
                 w2 = (torch.randn(n, 32, C, generator=g) * 0.1).to(dev)
+            elif variant == "v6gn":  # the gate (a full plane) and the GroupNorm affine parameters
+                h = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
+                a = torch.stack((torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g) * 0.1)).to(dev)
             io = (B * H * W * C * (1 + n) + n * C * C) * es + (h.numel() * es if h is not None else 0)
             base = None
             for impl, fn in zip(("unfused", "fused"), _mix_callables(variant, backend, x, (H, W), a, ws, h, w2, 64)):

@@ -50,10 +50,10 @@ def classify(chain: List[str], kernel: str = "") -> str:
                 return "WKV"
             if "token_shift_mix" in low:
                 return "shift+lerp"
+            if "linear" in low:  # the Triton GEMMs (epilogue activations, mixed / normalised operands)
+                return "GEMMs"
             if "group_norm" in low:
                 return "norms"
-            if "linear" in low:  # the Triton GEMMs (epilogue activations, mixed operands)
-                return "GEMMs"
             return "elementwise/other"
     for name in chain:
         if "attention" in name and name.startswith("aten::"):
@@ -72,7 +72,7 @@ def classify(chain: List[str], kernel: str = "") -> str:
     if "_add_norm" in low or "_gn_mul" in low:
         return "norms"
     if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "cublas", "sm90_", "conv", "_linear_act",
-                              "_mix_linear")):
+                              "_mix_linear", "_norm_linear")):
         return "GEMMs"
     if any(s in low for s in ("flash", "fmha", "attention", "attn")):
         return "attention"

@@ -28,6 +28,7 @@ from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton_chunk  # noqa: E402,F401
 from vision_rwkv.ops.fused import linear_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import mix_linear_triton  # noqa: E402,F401
+from vision_rwkv.ops.fused import norm_linear_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import triton as fused_triton  # noqa: E402,F401
 
 TEXT_TOWER = "rwkv_clip.TextRWKV"

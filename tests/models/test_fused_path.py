@@ -80,12 +80,13 @@ GEMM_OPS = {"linear_relu_square", "linear_sigmoid_mul"}
 LORA_OPS = {"linear_tanh", "linear_decay"}
 
 
-# the Q-Shift interpolations inside the projections' GEMMs (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4
-# post-norm with key norm and layer scale, v6 post-norm, v6 head size 12 (alone and with the GEMM epilogues: the
-# decay LoRA's second stage); the mixed-input passes and the separate activation passes must not run
+# the Q-Shift interpolations inside the projections' GEMMs and, in the RWKV-6 mixes, GroupNorm * gate inside the
+# output projection's (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4 post-norm with key norm and layer scale, v6
+# post-norm, v6 head size 12 (no power of two: the gn_mul pass + the projection), alone and with the GEMM epilogues
+# (the decay LoRA's second stage); the mixed-input passes and the separate activation passes must not run
 MIX_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 1, 2, 3)]
-MIX_EXPECTED_CALLS = [{"mix_linear", "add_norm", "wkv:bi_wkv"}] * 2 + [
-    {"mix_linear", "group_norm_mul", "decay_logd", "add_norm", "wkv:bi_wkv6"}] * 2
+_V6_MIX_OPS = {"mix_linear", "group_norm_mul_linear", "decay_logd", "add_norm", "wkv:bi_wkv6"}
+MIX_EXPECTED_CALLS = [{"mix_linear", "add_norm", "wkv:bi_wkv"}] * 2 + [_V6_MIX_OPS, _V6_MIX_OPS | {"group_norm_mul"}]
 
 
 def _run_cases(cases, extra_env=None):
@@ -199,7 +200,7 @@ def test_mix_gemms_with_epilogues_in_v6_interpreter(mix_gemm_results, pos):
     res = mix_gemm_results[pos]
     assert "error" not in res, res.get("error")
     assert res["finite"] and res["y"] < 1e-5, res
-    assert set(res["calls"]) == (MIX_EXPECTED_CALLS[2] - {"decay_logd"}) | {"linear_decay"}, res["calls"]
+    assert set(res["calls"]) == (MIX_EXPECTED_CALLS[2 + pos] - {"decay_logd"}) | {"linear_decay"}, res["calls"]
 
 
 def test_mix_gemms_only_in_inference(monkeypatch):

@@ -145,6 +145,19 @@ def _inputs(case: dict, device: str):
         rf = lambda t: ref.group_norm_mul_reference(t["y"], t["g"], groups, t["weight"], t["bias"], 1e-5,  # noqa
                                                     act)
         odt = out_dtype or dtype
+    elif op == "group_norm_mul_linear":
+        shape, groups, n = case["shape"], case["groups"], case["N"]
+        c = shape[-1]
+        act = case.get("gate_act")
+        leaves = {"y": _randn(shape, g, dtype, device, 2.0) + 0.5, "g": _randn(shape, g, dtype, device),
+                  "gn_weight": _randn((c,), g, torch.float32, device) + 1.0,
+                  "gn_bias": _randn((c,), g, torch.float32, device),
+                  "weight": _randn((n, c), g, torch.float32, device, c ** -0.5)}
+        fn = lambda t: fused.group_norm_mul_linear(t["y"], t["g"], groups, t["gn_weight"], t["gn_bias"],  # noqa
+                                                   t["weight"], 1e-5, act, backend)
+        rf = lambda t: ref.group_norm_mul_linear_reference(t["y"], t["g"], groups, t["gn_weight"],  # noqa: E731
+                                                           t["gn_bias"], 1e-5, act, t["weight"])
+        odt = dtype
     elif op == "decay_logd":
         shape = case["shape"]
         leaves = {"w0": _randn((shape[-1],), g, torch.float32, device) - 1.0, "z": _randn(shape, g, dtype, device)}
@@ -183,7 +196,10 @@ def _gemm_module(case: dict):
     """The kernel module whose launch settings the case's ``gemm`` entry sets."""
     from vision_rwkv.ops.fused import linear_triton, mix_linear_triton
 
-    return mix_linear_triton if case["op"] == "mix_linear" else linear_triton
+    from vision_rwkv.ops.fused import norm_linear_triton
+
+    return {"mix_linear": mix_linear_triton, "group_norm_mul_linear": norm_linear_triton}.get(case["op"],
+                                                                                              linear_triton)
 
 
 def _gemm_config(case: dict) -> dict:

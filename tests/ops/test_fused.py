@@ -140,7 +140,8 @@ def test_mix_linear_reference_is_the_shift_pass_and_the_projection():
     g = torch.Generator().manual_seed(0)
     x, a = torch.randn(2, 12, 16, generator=g, dtype=torch.float64), torch.rand(16, generator=g, dtype=torch.float64)
     w, y = torch.randn(6, 16, generator=g, dtype=torch.float64), torch.randn(2, 12, 6, generator=g, dtype=torch.float64)
-    h, w2 = torch.randn(2, 12, 4, generator=g, dtype=torch.float64), torch.randn(4, 16, generator=g, dtype=torch.float64)
+    h = torch.randn(2, 12, 4, generator=g, dtype=torch.float64)
+    w2 = torch.randn(4, 16, generator=g, dtype=torch.float64)
     lerp = fused.shift_lerp(x, (3, 4), a[None])[0]
     torch.testing.assert_close(fused.mix_linear(x, (3, 4), a, w, one_minus=True, act="sigmoid_mul", y=y),
                                torch.sigmoid(lerp @ w.t()) * y)

@@ -97,6 +97,15 @@ CPU_CASES = {
                                             dtype="fp16", compile=True),
     "mix_linear_Hx1_grid_compile": dict(op="mix_linear", shape=(2, 9, 1, 12), N=20, act="sigmoid_mul",
                                         compile=True, gemm=_SMALL_GEMM),
+    # the RWKV-6 output projection with GroupNorm * gate in its operand load: one head per K step, several M / N
+    # tiles with partial last ones; a head size that is no power of two takes the gn_mul pass + the projection
+    "gn_linear_silu_tiles": dict(op="group_norm_mul_linear", shape=(2, 19, 48), groups=3, N=40, gate_act="silu",
+                                 gemm=dict(bm=16, bn=16, group_m=2)),
+    "gn_linear_plain_one_group_fp16": dict(op="group_norm_mul_linear", shape=(7, 32), groups=1, N=24, dtype="fp16"),
+    "gn_linear_silu_compile": dict(op="group_norm_mul_linear", shape=(1, 5, 32), groups=2, N=16, gate_act="silu",
+                                   compile=True),
+    "gn_linear_head12_fallback": dict(op="group_norm_mul_linear", shape=(2, 5, 36), groups=3, N=20,
+                                      gate_act="silu"),
 }
 
 CUDA_CASES = {
@@ -151,6 +160,12 @@ CUDA_CASES = {
                                       act="tanh", dtype="bf16"),
     "mix_linear_head80_fp32_compile": dict(op="mix_linear", shape=(2, 7, 9, 640), N=640, head_size=80, R=32,
                                            compile=True),
+    "gn_linear_v6_T_1024_bf16": dict(op="group_norm_mul_linear", shape=(4, 4096, 192), groups=3, N=192,
+                                     gate_act="silu", dtype="bf16"),
+    "gn_linear_v6_B_fp32_odd_rows": dict(op="group_norm_mul_linear", shape=(3, 197, 768), groups=12, N=768,
+                                         gate_act="silu"),
+    "gn_linear_head80_compile": dict(op="group_norm_mul_linear", shape=(2, 50, 640), groups=8, N=640,
+                                     gate_act="silu", compile=True),
 }
 
 

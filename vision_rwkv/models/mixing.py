@@ -433,9 +433,11 @@ class TimeMixV6(nn.Module):
         if self.token_shift == 'q_shift' and mix_gemm_ready(self.receptance, self.key, self.value, self.gate):
             r, k, v, g, logd = self._projections_mix_gemm(x, grid_size)
             y = self._wkv(r, k, v, logd)
-            y = fused.group_norm_mul(y, g, heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, gate_act='silu',
-                                     out_dtype=dtype)
-            return self.output(y)
+            if not _plain_linear(self.output):
+                return self.output(fused.group_norm_mul(y, g, heads, self.ln_x.weight, self.ln_x.bias,
+                                                        self.ln_x.eps, gate_act='silu', out_dtype=dtype))
+            return fused.group_norm_mul_linear(y, g, heads, self.ln_x.weight, self.ln_x.bias, self.output.weight,
+                                               self.ln_x.eps, gate_act='silu')
         if self.token_shift == 'q_shift':
             xxx = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype)[0]
             lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel

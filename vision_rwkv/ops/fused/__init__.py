@@ -13,6 +13,8 @@ as a torch custom op (``triton.py``, imported lazily):
 * :func:`mix_linear` - a projection whose GEMM operand is the Q-Shift interpolation, formed tile by tile while
   loaded (``mix_linear_triton.py``): the mixed inputs of the projections are never written (``VRWKV_FUSED_MIX=1``
   lets the models use it in inference).
+* :func:`group_norm_mul_linear` - the VRWKV6 output projection with ``group_norm_mul`` formed in its operand load
+  (``norm_linear_triton.py``; also inference with ``VRWKV_FUSED_MIX=1``).
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
 * :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
 
@@ -33,14 +35,16 @@ from typing import Optional, Tuple
 import torch
 
 from .._validate import check_shape, check_tensors
-from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_reference,
+from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
+                        group_norm_mul_reference,
                         linear_decay_reference, linear_relu_square_reference, linear_sigmoid_mul_reference,
                         linear_tanh_reference, mix_linear_reference, relu_square_reference, sigmoid_mul_reference,
                         token_shift_mix_reference)
 
-__all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-           "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay", "mix_linear", "fused_enabled",
-           "fused_gemm_enabled", "fused_mix_enabled", "compute_dtype", "FUSED_UNDER_COMPILE"]
+__all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
+           "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
+           "mix_linear", "group_norm_mul_linear", "fused_enabled", "fused_gemm_enabled", "fused_mix_enabled",
+           "compute_dtype", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
@@ -49,6 +53,7 @@ FUSED_UNDER_COMPILE = True
 _triton_mod = None
 _linear_mod = None
 _mix_mod = None
+_norm_linear_mod = None
 
 
 def _triton():
@@ -78,6 +83,14 @@ def _mix():
     return _mix_mod
 
 
+def _norm_linear():
+    """The GroupNorm-operand GEMM module (imported on first use, like :func:`_linear`)."""
+    global _norm_linear_mod
+    if _norm_linear_mod is None:
+        _norm_linear_mod = importlib.import_module("vision_rwkv.ops.fused.norm_linear_triton")
+    return _norm_linear_mod
+
+
 def _triton_ok() -> bool:
     """Whether the Triton module imports (eager calls after the first one only read the cached import result).
 
@@ -104,6 +117,7 @@ def _triton_ok_traced() -> bool:
         if not isinstance(mod, BaseException):
             _linear()  # the GEMM-epilogue modules too (VRWKV_FUSED_GEMM=1, VRWKV_FUSED_MIX=1)
             _mix()
+            _norm_linear()
     except Exception:  # the WKV dispatcher / the GEMM ops report their own errors when used
         pass
     return not isinstance(mod, BaseException)
@@ -405,6 +419,39 @@ def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: to
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype):
         return _triton().group_norm_mul_triton(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
     return group_norm_mul_reference(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
+
+
+def group_norm_mul_linear(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_weight: torch.Tensor,
+                          gn_bias: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5,
+                          gate_act: Optional[str] = None, backend: Optional[str] = None) -> torch.Tensor:
+    """``(GroupNorm(num_groups)(y) * act(g)) @ weight^T`` per token: the RWKV-6 ``output(ln_x(y) * silu(gate))``.
+
+    y, g: (..., C); gn_weight, gn_bias: (C,); weight: (N, C) bias-free projection; gate_act None or 'silu'.
+    Returns (..., N) in :func:`compute_dtype` of y, differentiable in y, g, gn_weight, gn_bias and weight. The Triton
+    kernel normalises and gates each head's tile while loading the GEMM operand (the gated tensor is never stored;
+    head size C / num_groups a power of two >= 16, else the ``group_norm_mul`` pass and the projection).
+    """
+    op = "group_norm_mul_linear"
+    device = check_tensors(op, y=y, g=g, gn_weight=gn_weight, gn_bias=gn_bias, weight=weight)
+    check_shape(op, "g", g, tuple(y.shape))
+    c = y.shape[-1]
+    if num_groups < 1 or c % num_groups:
+        raise ValueError(f"{op}: C={c} is not a multiple of num_groups={num_groups}")
+    check_shape(op, "gn_weight", gn_weight, (c,))
+    check_shape(op, "gn_bias", gn_bias, (c,))
+    _check_linear(op, y, weight)
+    if gate_act not in (None, "silu"):
+        raise ValueError(f"{op}: gate_act must be None or 'silu', got {gate_act!r}")
+    dtype = compute_dtype(y)
+    weight = weight if weight.dtype == dtype else weight.to(dtype)
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype, dtype):
+        hs = c // num_groups
+        if hs >= 16 and hs & (hs - 1) == 0:
+            return _norm_linear().group_norm_mul_linear_triton(y, g, num_groups, gn_weight, gn_bias, eps, gate_act,
+                                                               weight)
+        gated = group_norm_mul(y, g, num_groups, gn_weight, gn_bias, eps, gate_act, dtype, backend)
+        return torch.nn.functional.linear(gated, weight)
+    return group_norm_mul_linear_reference(y, g, num_groups, gn_weight, gn_bias, eps, gate_act, weight)
 
 
 def decay_logd(w0: torch.Tensor, z: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:

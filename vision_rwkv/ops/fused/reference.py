@@ -10,6 +10,7 @@
   those two activations (the GEMM-epilogue kernels of ``linear_triton.py``).
 * :func:`mix_linear_reference` - one mixed input of a token / channel mix and its projection (+ activation): the
   Q-Shift interpolation as the GEMM's operand (``mix_linear_triton.py``).
+* :func:`group_norm_mul_linear_reference` - ``group_norm_mul`` fed to a projection (``norm_linear_triton.py``).
 * :func:`group_norm_mul_reference` - ``GroupNorm(y) * act(g)`` per token (the VRWKV6 ``ln_x`` + gate epilogue).
 * :func:`decay_logd_reference` - ``-exp(w0 + z)`` (the VRWKV6 per-token log decay).
 * :func:`add_norm_reference` - residual + LayerNorm (post-norm ``x + gamma * LN(y)``; pre-norm ``s = x + gamma * y``,
@@ -29,7 +30,7 @@ from ..shift import q_shift
 __all__ = ["token_shift_mix_reference", "sigmoid_mul_reference", "relu_square_reference",
            "linear_relu_square_reference", "linear_sigmoid_mul_reference",
            "linear_tanh_reference", "linear_decay_reference", "mix_linear_reference",
-           "group_norm_mul_reference", "decay_logd_reference", "add_norm_reference"]
+           "group_norm_mul_reference", "group_norm_mul_linear_reference", "decay_logd_reference", "add_norm_reference"]
 
 MIX_ACTS = ("none", "relu_square", "sigmoid_mul", "tanh")
 
@@ -127,6 +128,15 @@ def group_norm_mul_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, 
     if gate_act == "silu":
         gate = F.silu(gate)
     return (yn * gate).to(out_dtype)
+
+
+def group_norm_mul_linear_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_weight: torch.Tensor,
+                                    gn_bias: torch.Tensor, eps: float, gate_act: Optional[str],
+                                    weight: torch.Tensor) -> torch.Tensor:
+    """``(GroupNorm(y) * act(g)) @ weight^T``: the gated tensor written in weight's dtype (as the fused path's
+    ``group_norm_mul`` pass writes it in the compute dtype), then the projection; result in weight's dtype."""
+    gated = group_norm_mul_reference(y, g, num_groups, gn_weight, gn_bias, eps, gate_act, out_dtype=weight.dtype)
+    return F.linear(gated, weight)
 
 
 def decay_logd_reference(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
