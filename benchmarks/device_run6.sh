@@ -19,7 +19,7 @@ W=${W:-/tmp/device_run6}
 rm -rf "$W"; mkdir -p "$OUT" "$W"
 T0=$(date +%s)
 stamp() { echo "[$1 at $(( $(date +%s) - T0 ))s]"; }
-NEW="VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 VRWKV_FUSED_MIX=1"
+NEW="VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1"
 MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 --model vrwkv_small_patch16_224 \
 --model vrwkv6_small_patch16_224"
 BB="--backbones --res 224 --res 1024 --batch 224=256 --batch 1024=16 --dtype bf16"

@@ -11,7 +11,8 @@ tests with the current defaults / the whole-model tests with every opt-in), ``sa
 An opt-in is made default (``verdict.json``) only if its CUDA tests ran and all passed, the whole-model tests with the
 opt-ins passed, and it is faster: geometric mean over the sweep's shapes and dtypes of old / new CUDA-graph
 forward+backward time >= 1.1 and of the eager time >= 1.0 (WKV kernels), or of unfused / fused time >= 1.05 (GEMM
-epilogues; the mixed-operand GEMMs of ``VRWKV_FUSED_MIX`` by their own rows of the GEMM table, ``mix_*``).
+epilogues; the mixed-operand GEMMs of ``VRWKV_FUSED_MIX`` and the fused MLP of ``VRWKV_FUSED_MLP`` by their own rows
+of the GEMM table, ``mix_*`` / ``mlp``).
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ OPT_INS = {  # verdict key -> (test file and id marker of its CUDA cases, enviro
     "v6_chunk": ("test_bi_wkv6_triton.py::", "_chunk", "VRWKV_TRITON_V6=algo=chunk"),
     "fused_gemm": ("test_fused_triton.py::", "[linear_", "VRWKV_FUSED_GEMM=1"),
     "fused_mix": ("test_fused_triton.py::", "[mix_linear_", "VRWKV_FUSED_MIX=1"),
+    "fused_mlp": ("test_fused_triton.py::", "[mix_mlp_", "VRWKV_FUSED_MLP=1"),
 }
+GEMM_ROWS = {"fused_gemm": "epilogue", "fused_mix": "mix_", "fused_mlp": "mlp"}  # whose rows of the GEMM table
 
 
 def parse_pytest_log(text: str) -> dict[str, str]:
@@ -100,6 +103,11 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
     return out
 
 
+def _gemm_row_kind(row: dict) -> str:
+    epi = str(row.get("epilogue", ""))
+    return "mix_" if epi.startswith("mix_") else "mlp" if epi == "mlp" else "epilogue"
+
+
 def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: list[dict],
             gemm: list[dict]) -> dict:
     """Which opt-ins become default, with the evidence (see the module docstring for the rule)."""
@@ -111,9 +119,9 @@ def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: l
         ran = [o for o in own.values() if o != "SKIPPED"]
         tests_ok = bool(ran) and all(o == "PASSED" for o in ran)
         failed = sorted(t for t, o in own.items() if o in ("FAILED", "ERROR"))
-        if key in ("fused_gemm", "fused_mix"):  # the GEMM table's epilogue rows / its mixed-operand rows
+        if key in GEMM_ROWS:  # the GEMM table's epilogue rows / its mixed-operand rows / its fused-MLP rows
             speed = geomean(r.get("vs_unfused") for r in gemm if r.get("impl") == "fused"
-                            and str(r.get("epilogue", "")).startswith("mix_") == (key == "fused_mix"))
+                            and _gemm_row_kind(r) == GEMM_ROWS[key])
             fast = speed is not None and speed >= 1.05
             evidence = dict(vs_unfused_geomean=speed)
         else:

@@ -41,8 +41,10 @@ from vision_rwkv.profiling import GROUPS, classify  # noqa: E402
 MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
 BANDWIDTH = 3.0e12  # bytes/s: a device-to-device copy on the H100 of the device pool (KINDS.md), as the anchors use
 MATRIX_RATE = {"bf16": 800e12, "fp16": 800e12, "fp32": 67e12}  # FLOP/s: measured bf16 GEMM; fp32 without TF32
-# Triton GEMM kernels: position of M in their arguments (M, N, K follow each other)
-_GEMM_KERNEL_MNK = {"_linear_act_kernel": 5, "_mix_linear_kernel": 8, "_norm_linear_kernel": 6}
+# Triton GEMM kernels: position of M in their arguments (M, N, K follow each other) and FLOPs per M x N x K (the fused
+# MLP: two products of M x C x HID)
+_GEMM_KERNEL_MNK = {"_linear_act_kernel": (5, 2), "_mix_linear_kernel": (8, 2), "_norm_linear_kernel": (6, 2),
+                    "_mix_mlp_kernel": (5, 4)}
 _MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution"}
 
 
@@ -67,7 +69,7 @@ def _triton_group(fn) -> str:
         return "WKV"
     if "_tsm" in name:
         return "shift+lerp"
-    if "_linear" in name:
+    if "_linear" in name or "_mlp" in name:
         return "GEMMs"
     if "_add_norm" in name or "_gn_" in name:
         return "norms"
@@ -95,8 +97,8 @@ class LaunchLog(TorchDispatchMode):
 
     def record(self, kind, fn, args, out) -> None:
         if kind == "triton":
-            mnk = _GEMM_KERNEL_MNK.get(fn.__name__)
-            flops = 2.0 * args[mnk] * args[mnk + 1] * args[mnk + 2] if mnk is not None else 0.0
+            at, per = _GEMM_KERNEL_MNK.get(fn.__name__, (None, 0))
+            flops = float(per) * args[at] * args[at + 1] * args[at + 2] if at is not None else 0.0
             self.add(_triton_group(fn), fn.__name__, _unique_bytes(_tensors(args)), flops)
         else:  # linear: x, weight (and bias) in the compute dtype, the output
             x, weight, bias = args

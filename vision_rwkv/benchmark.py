@@ -352,8 +352,10 @@ def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",)
 # (batch, grid rows, grid cols, C, variant): the projections of one token mix at 1024x1024, batch 16, VRWKV-T / S / B
 # widths. 'v4x3': the k, v, r lerps + projections; 'v6x5': the five ddlerp interpolations (LoRA offsets) + C -> C
 # projections (the decay's C -> 64 one stands in as a fifth C -> C: same operand traffic); 'v6gn': the output
-# projection of GroupNorm(y) * silu(gate) (heads of 64)
+# projection of GroupNorm(y) * silu(gate) (heads of 64); 'mlp': the channel mix's key (relu^2) and value projections
+# with the hidden on chip (VRWKV_FUSED_MLP, C <= 256)
 MIX_SHAPES = [(16, 64, 64, c, v) for v in ("v4x3", "v6x5", "v6gn") for c in (192, 384, 768)]
+MIX_SHAPES += [(16, 64, 64, 192, "mlp")]
 
 
 def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size):
@@ -366,7 +368,14 @@ def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size)
     from vision_rwkv.ops import fused
 
     n = len(ws)
-    if variant == "v6gn":  # x: the WKV output, h: the gate, a: the GroupNorm affine (weight, bias)
+    if variant == "mlp":  # ws: the key (4C x C) and value (C x 4C) weights
+        def unfused():
+            return F.linear(fused.mix_linear(x, grid, a[0], ws[0], one_minus=True, act="relu_square",
+                                             backend=backend), ws[1])
+
+        def fused_run():
+            return fused.mix_mlp(x, grid, a[0], ws[0], ws[1], one_minus=True, backend=backend)
+    elif variant == "v6gn":  # x: the WKV output, h: the gate, a: the GroupNorm affine (weight, bias)
         def unfused():
             gated = fused.group_norm_mul(x, h, x.shape[-1] // head_size, a[0], a[1], 1e-5, "silu", x.dtype, backend)
             return F.linear(gated, ws[0])
@@ -399,8 +408,9 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
     """Time a token mix's projections with their Q-Shift interpolations inside the GEMMs (:func:`fused.mix_linear`)
     against the interpolation pass + cuBLAS, and the RWKV-6 output projection with GroupNorm * gate inside its GEMM
     (:func:`fused.group_norm_mul_linear`) against the pass + cuBLAS, inference forward (the ops of
-    ``VRWKV_FUSED_MIX=1``); rows in the GEMM table's layout (``epilogue`` = ``mix_<variant>``, M tokens, K = N = C,
-    ``vs_unfused``)."""
+    ``VRWKV_FUSED_MIX=1``), and the key-value MLP in one kernel (:func:`fused.mix_mlp`, ``VRWKV_FUSED_MLP=1``)
+    against the relu^2 GEMM + cuBLAS; rows in the GEMM table's layout (``epilogue`` = ``mix_<variant>`` or ``mlp``,
+    M tokens, K = N = C, ``vs_unfused``)."""
     dev = torch.device(device)
     backend = "triton" if dev.type == "cuda" else "reference"
     rows = []
@@ -408,11 +418,15 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
         dtype = DTYPES[dname]
         es = torch.empty((), dtype=dtype).element_size()
         for B, H, W, C, variant in (shapes or MIX_SHAPES):
-            n = {"v4x3": 3, "v6x5": 5, "v6gn": 1}[variant]
+            n = {"v4x3": 3, "v6x5": 5, "v6gn": 1, "mlp": 1}[variant]
             g = torch.Generator().manual_seed(0)
             x = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
             a = torch.rand(n, C, generator=g).to(dev)
-            ws = [(torch.randn(C, C, generator=g) * C ** -0.5).to(dtype).to(dev) for _ in range(n)]
+            if variant == "mlp":
+                ws = [(torch.randn(4 * C, C, generator=g) * C ** -0.5).to(dtype).to(dev),
+                      (torch.randn(C, 4 * C, generator=g) * (4 * C) ** -0.5).to(dtype).to(dev)]
+            else:
+                ws = [(torch.randn(C, C, generator=g) * C ** -0.5).to(dtype).to(dev) for _ in range(n)]
             h = w2 = None
             if variant == "v6x5":
                 h = (torch.randn(B, H * W, n * 32, generator=g) * 0.5).to(dtype).to(dev)
@@ -420,11 +434,11 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
             elif variant == "v6gn":  # the gate (a full plane) and the GroupNorm affine parameters
                 h = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
                 a = torch.stack((torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g) * 0.1)).to(dev)
-            io = (B * H * W * C * (1 + n) + n * C * C) * es + (h.numel() * es if h is not None else 0)
+            io = (B * H * W * C * (1 + n) + sum(w.numel() for w in ws)) * es + (h.numel() * es if h is not None else 0)
             base = None
             for impl, fn in zip(("unfused", "fused"), _mix_callables(variant, backend, x, (H, W), a, ws, h, w2, 64)):
-                row = dict(epilogue=f"mix_{variant}", impl=impl, backend=backend, dtype=dname, M=B * H * W, K=C, N=C,
-                           mode="fwd", device=str(dev))
+                row = dict(epilogue="mlp" if variant == "mlp" else f"mix_{variant}", impl=impl, backend=backend,
+                           dtype=dname, M=B * H * W, K=C, N=C, mode="fwd", device=str(dev))
                 try:
                     def run(fn=fn):
                         with torch.no_grad():
@@ -432,7 +446,7 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
                     row.update(time_fn(run, dev, iters, warmup))
                     if dev.type == "cuda":
                         row["graph_ms"] = time_graph(run, iters)
-                    row["TFLOPs"] = 2 * B * H * W * C * C * n / (row["ms"] * 1e-3) / 1e12
+                    row["TFLOPs"] = 2 * B * H * W * sum(w.numel() for w in ws) / (row["ms"] * 1e-3) / 1e12
                     row["pct_floor"] = 100.0 * io / DRAM_BPS * 1e3 / row["ms"]
                     if impl == "unfused":
                         base = row["ms"]

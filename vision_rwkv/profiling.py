@@ -50,7 +50,7 @@ def classify(chain: List[str], kernel: str = "") -> str:
                 return "WKV"
             if "token_shift_mix" in low:
                 return "shift+lerp"
-            if "linear" in low:  # the Triton GEMMs (epilogue activations, mixed / normalised operands)
+            if "linear" in low or "mlp" in low:  # the Triton GEMMs (epilogues, mixed / normalised operands, MLP)
                 return "GEMMs"
             if "group_norm" in low:
                 return "norms"
@@ -72,7 +72,7 @@ def classify(chain: List[str], kernel: str = "") -> str:
     if "_add_norm" in low or "_gn_mul" in low:
         return "norms"
     if any(s in low for s in ("gemm", "nvjet", "cutlass", "xmma", "wgmma", "cublas", "sm90_", "conv", "_linear_act",
-                              "_mix_linear", "_norm_linear")):
+                              "_mix_linear", "_norm_linear", "_mix_mlp")):
         return "GEMMs"
     if any(s in low for s in ("flash", "fmha", "attention", "attn")):
         return "attention"

@@ -28,11 +28,12 @@ from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton_chunk  # noqa: E402,F401
 from vision_rwkv.ops.fused import linear_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import mix_linear_triton  # noqa: E402,F401
+from vision_rwkv.ops.fused import mix_mlp_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import norm_linear_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import triton as fused_triton  # noqa: E402,F401
 
 TEXT_TOWER = "rwkv_clip.TextRWKV"
-OPT_INS = ("VRWKV_TRITON_V4", "VRWKV_TRITON_V6", "VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX")
+OPT_INS = ("VRWKV_TRITON_V4", "VRWKV_TRITON_V6", "VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX", "VRWKV_FUSED_MLP")
 
 
 def _configure(env: dict) -> None:

@@ -81,9 +81,10 @@ LORA_OPS = {"linear_tanh", "linear_decay"}
 
 
 # the Q-Shift interpolations inside the projections' GEMMs and, in the RWKV-6 mixes, GroupNorm * gate inside the
-# output projection's (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4 post-norm with key norm and layer scale, v6
-# post-norm, v6 head size 12 (no power of two: the gn_mul pass + the projection), alone and with the GEMM epilogues
-# (the decay LoRA's second stage); the mixed-input passes and the separate activation passes must not run
+# output projection's GEMM (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4 post-norm with key norm and layer
+# scale, v6 post-norm, v6 head size 12 (no power of two: the gn_mul pass + the projection), alone and with the GEMM
+# epilogues (the decay LoRA's second stage); the mixed-input passes and the separate activation passes must not run.
+# With VRWKV_FUSED_MLP=1 also the channel mix's key-value MLP in one kernel (not across v4-L's key norm)
 MIX_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 1, 2, 3)]
 _V6_MIX_OPS = {"mix_linear", "group_norm_mul_linear", "decay_logd", "add_norm", "wkv:bi_wkv6"}
 MIX_EXPECTED_CALLS = [{"mix_linear", "add_norm", "wkv:bi_wkv"}] * 2 + [_V6_MIX_OPS, _V6_MIX_OPS | {"group_norm_mul"}]
@@ -182,6 +183,20 @@ def mix_results():
 
 
 @pytest.fixture(scope="module")
+def mlp_results():
+    return _run_cases(MIX_CASES[:3], {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_MLP": "1"})
+
+
+@pytest.mark.parametrize("pos", range(3), ids=[c[0] for c in MIX_CASES[:3]])
+def test_fused_mlp_in_models_interpreter(mlp_results, pos):
+    res = mlp_results[pos]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["y"] < 1e-5, res
+    expected = MIX_EXPECTED_CALLS[pos] | ({"mix_mlp"} if pos != 1 else set())  # case 1: key norm, no fused MLP
+    assert set(res["calls"]) == expected, res["calls"]
+
+
+@pytest.fixture(scope="module")
 def mix_gemm_results():
     return _run_cases(MIX_CASES[2:], {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_GEMM": "1"})
 
@@ -265,9 +280,11 @@ def test_fused_path_cuda(name, monkeypatch):
 @pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv_small_patch16_224", "vrwkv6_tiny_patch16_224",
                                   "vrwkv6_small_patch16_224"])
 def test_mix_gemms_cuda(name, monkeypatch):
-    """Inference with the interpolations inside the GEMMs (VRWKV_FUSED_MIX=1) vs the plain path, fp32 and bf16."""
+    """Inference with the interpolations inside the GEMMs and the fused MLP (VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1) vs
+    the plain path, fp32 and bf16."""
     monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
     monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
+    monkeypatch.setenv("VRWKV_FUSED_MLP", "1")
     fp32 = compare(name, {}, device="cuda", img=(224, 288), batch=4, infer=True)
     assert "error" not in fp32, fp32.get("error")
     assert fp32["finite"] and fp32["y"] < 1e-3 and "mix_linear" in fp32["calls"], fp32

@@ -35,6 +35,8 @@ CASES = [
     # inference with the interpolations inside the projections' GEMMs: v4 (bf16), v6 with the GEMM epilogues (bf16),
     # v6 post-norm on the fp32 residual stream
     ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2, "amp": True, "infer": True}, {"VRWKV_FUSED_MIX": "1"}],
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 192, "depth": 1, "amp": True, "infer": True},
+     {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_MLP": "1"}],  # the fused MLP at VRWKV-T's width
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "infer": True},
      {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_GEMM": "1"}],
     ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 1, "infer": True}, {"VRWKV_FUSED_MIX": "1"}],
@@ -50,9 +52,9 @@ def _all_kernels() -> set:
             "from vision_rwkv.ops.bi_wkv import triton as a, triton_seq as b\n"
             "from vision_rwkv.ops.bi_wkv6 import triton as c, triton_chunk as d\n"
             "from vision_rwkv.ops.fused import triton as e, linear_triton as f, mix_linear_triton as g\n"
-            "from vision_rwkv.ops.fused import norm_linear_triton as h\n"
+            "from vision_rwkv.ops.fused import norm_linear_triton as h, mix_mlp_triton as i\n"
             "ks = [k for v in a._KERNELS.values() for k in v] + list(b._KERNELS.values())\n"
-            "ks += [v for m in (c, d, e, f, g, h) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
+            "ks += [v for m in (c, d, e, f, g, h, i) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
             " and n.endswith('_kernel') and v.__module__ == m.__name__]\n"
             "print(json.dumps(sorted({f'{k.fn.__module__}:{k.fn.__name__}' for k in ks})))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -145,6 +145,19 @@ def _inputs(case: dict, device: str):
         rf = lambda t: ref.group_norm_mul_reference(t["y"], t["g"], groups, t["weight"], t["bias"], 1e-5,  # noqa
                                                     act)
         odt = out_dtype or dtype
+    elif op == "mix_mlp":
+        # the channel mix's key-value MLP on the interpolated input (hidden on chip)
+        B, H, W, C = case["shape"]
+        hid, hs, one_minus = case["hidden"], case.get("head_size"), case.get("one_minus", False)
+        leaves = {"x": _randn((B, H * W, C), g, dtype, device),
+                  "a": torch.rand(C, generator=g, dtype=torch.float64).float().to(device),
+                  "key_weight": _randn((hid, C), g, torch.float32, device, C ** -0.5),
+                  "value_weight": _randn((C, hid), g, torch.float32, device, hid ** -0.5)}
+        fn = lambda t: fused.mix_mlp(t["x"], (H, W), t["a"], t["key_weight"], t["value_weight"], hs,  # noqa: E731
+                                     one_minus, backend)
+        rf = lambda t: ref.mix_mlp_reference(t["x"], (H, W), t["a"], t["key_weight"], t["value_weight"], hs,  # noqa
+                                             one_minus)
+        odt = dtype
     elif op == "group_norm_mul_linear":
         shape, groups, n = case["shape"], case["groups"], case["N"]
         c = shape[-1]
@@ -196,10 +209,10 @@ def _gemm_module(case: dict):
     """The kernel module whose launch settings the case's ``gemm`` entry sets."""
     from vision_rwkv.ops.fused import linear_triton, mix_linear_triton
 
-    from vision_rwkv.ops.fused import norm_linear_triton
+    from vision_rwkv.ops.fused import mix_mlp_triton, norm_linear_triton
 
-    return {"mix_linear": mix_linear_triton, "group_norm_mul_linear": norm_linear_triton}.get(case["op"],
-                                                                                              linear_triton)
+    modules = {"mix_linear": mix_linear_triton, "group_norm_mul_linear": norm_linear_triton, "mix_mlp": mix_mlp_triton}
+    return modules.get(case["op"], linear_triton)
 
 
 def _gemm_config(case: dict) -> dict:

@@ -106,6 +106,15 @@ CPU_CASES = {
                                    compile=True),
     "gn_linear_head12_fallback": dict(op="group_norm_mul_linear", shape=(2, 5, 36), groups=3, N=20,
                                       gate_act="silu"),
+    # the key-value MLP with the hidden on chip: several hidden chunks with a partial last one, row tiles with a
+    # partial last one, C not a power of two (padded channel tile); above max_c the two-GEMM fallback
+    "mix_mlp_v4_tiles": dict(op="mix_mlp", shape=(2, 5, 7, 24), hidden=40, one_minus=True,
+                             gemm=dict(bm=16, bh=16)),
+    "mix_mlp_v6_head8_fp16": dict(op="mix_mlp", shape=(1, 3, 4, 16), hidden=64, head_size=8, dtype="fp16"),
+    "mix_mlp_1xW_compile": dict(op="mix_mlp", shape=(1, 1, 9, 20), hidden=48, one_minus=True, compile=True,
+                                gemm=dict(bm=16, bh=16)),
+    "mix_mlp_wide_fallback": dict(op="mix_mlp", shape=(1, 3, 3, 20), hidden=32, one_minus=True,
+                                  gemm=dict(max_c=16)),
 }
 
 CUDA_CASES = {
@@ -160,6 +169,10 @@ CUDA_CASES = {
                                       act="tanh", dtype="bf16"),
     "mix_linear_head80_fp32_compile": dict(op="mix_linear", shape=(2, 7, 9, 640), N=640, head_size=80, R=32,
                                            compile=True),
+    "mix_mlp_v4_T_1024_bf16": dict(op="mix_mlp", shape=(4, 64, 64, 192), hidden=768, one_minus=True,
+                                   dtype="bf16"),
+    "mix_mlp_v6_T_fp32_odd": dict(op="mix_mlp", shape=(3, 13, 17, 192), hidden=768, head_size=64),
+    "mix_mlp_C100_compile": dict(op="mix_mlp", shape=(2, 14, 14, 100), hidden=300, one_minus=True, compile=True),
     "gn_linear_v6_T_1024_bf16": dict(op="group_norm_mul_linear", shape=(4, 4096, 192), groups=3, N=192,
                                      gate_act="silu", dtype="bf16"),
     "gn_linear_v6_B_fp32_odd_rows": dict(op="group_norm_mul_linear", shape=(3, 197, 768), groups=12, N=768,

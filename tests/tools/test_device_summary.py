@@ -78,6 +78,12 @@ def test_verdict_needs_passing_tests_model_tests_and_speed():
     assert v["fused_gemm"]["vs_unfused_geomean"] == pytest.approx(1.1726, 1e-3)
     mix[-1]["vs_unfused"] = 1.2
     assert ds.verdict(mix_tests, optin, _sweep_rows(2.0, 3.0), mix)["fused_mix"]["make_default"]
+    # the fused MLP: its own rows
+    mlp_tests = dict(mix_tests, **{"tests/ops/test_fused_triton.py::test_fused_triton_cuda[mix_mlp_v4_T_1024_bf16]":
+                                   "PASSED"})
+    v = ds.verdict(mlp_tests, optin, _sweep_rows(2.0, 3.0), mix + [dict(epilogue="mlp", impl="fused", vs_unfused=0.8)])
+    assert v["fused_mlp"]["vs_unfused_geomean"] == pytest.approx(0.8) and not v["fused_mlp"]["make_default"]
+    assert v["fused_mix"]["make_default"] and v["fused_mix"]["vs_unfused_geomean"] == pytest.approx(1.3416, 1e-3)
     # slower: no
     assert not ds.verdict(default, optin, _sweep_rows(1.05, 3.0), gemm)["v4_seq"]["make_default"]
     # whole-model tests with the opt-ins failed or never ran: nothing becomes default

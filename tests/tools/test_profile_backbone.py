@@ -24,6 +24,7 @@ def test_classify_groups():
     assert c(["vision_rwkv::mix_linear"], "_mix_linear_kernel") == "GEMMs"
     assert c(["cuLaunchKernelEx"], "_mix_linear_kernel") == "GEMMs"  # eager: no custom op on the chain
     assert c(["cuLaunchKernelEx"], "_norm_linear_kernel") == "GEMMs"
+    assert c(["vision_rwkv::mix_mlp"], "_mix_mlp_kernel") == "GEMMs" and c([], "_mix_mlp_kernel") == "GEMMs"
     assert c(["vision_rwkv::group_norm_mul_linear"], "_norm_linear_kernel") == "GEMMs"
     assert c(["cudaLaunchKernel", "aten::mm", "aten::matmul", "aten::linear"], "nvjet_x") == "GEMMs"
     assert c(["aten::_to_copy", "aten::to", "aten::linear"], "elementwise_kernel") == "casts/copies"

@@ -256,16 +256,20 @@ class ChannelMix(nn.Module):
         return receptance_gate(self.receptance, xr, self.value(k))
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        """Fused inference path with the Q-Shift interpolations inside the key and receptance GEMMs (relu^2 and
-        the sigmoid gate in their epilogues): xk, xr are never written."""
+        """Fused inference path with the Q-Shift interpolations inside the key and receptance GEMMs (relu^2 and the
+        sigmoid gate in their epilogues): xk, xr are never written. With ``VRWKV_FUSED_MLP=1`` key, relu^2 and value
+        run as one kernel (:func:`fused.mix_mlp`, unless a key norm sits between them): nor is the hidden."""
         one_minus = self.param_style == 'vrwkv'  # mu weights the unshifted token: the kernel takes 1 - mu itself
         mu_k, mu_r = ((self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r))
-        k = fused.mix_linear(x, grid_size, mu_k.reshape(-1), self.key.weight, self.head_size, one_minus=one_minus,
-                             act='relu_square')
-        if self.key_norm is not None:
-            k = self.key_norm(k)
+        if self.key_norm is None and _plain_linear(self.value) and fused.fused_mlp_enabled():  # one kernel
+            v = fused.mix_mlp(x, grid_size, mu_k.reshape(-1), self.key.weight, self.value.weight, self.head_size,
+                              one_minus=one_minus)
+        else:
+            k = fused.mix_linear(x, grid_size, mu_k.reshape(-1), self.key.weight, self.head_size,
+                                 one_minus=one_minus, act='relu_square')
+            v = self.value(k if self.key_norm is None else self.key_norm(k))
         return fused.mix_linear(x, grid_size, mu_r.reshape(-1), self.receptance.weight, self.head_size,
-                                one_minus=one_minus, act='sigmoid_mul', y=self.value(k))
+                                one_minus=one_minus, act='sigmoid_mul', y=v)
 
     def extra_repr(self) -> str:
         return f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}'

@@ -13,6 +13,9 @@ as a torch custom op (``triton.py``, imported lazily):
 * :func:`mix_linear` - a projection whose GEMM operand is the Q-Shift interpolation, formed tile by tile while
   loaded (``mix_linear_triton.py``): the mixed inputs of the projections are never written (``VRWKV_FUSED_MIX=1``
   lets the models use it in inference).
+* :func:`mix_mlp` - the channel mix's key-value MLP (``relu(K mix(x))^2`` then V) in one kernel whose 4C-wide hidden
+  never leaves the SM (``mix_mlp_triton.py``; inference with ``VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1``, narrow
+  models).
 * :func:`group_norm_mul_linear` - the VRWKV6 output projection with ``group_norm_mul`` formed in its operand load
   (``norm_linear_triton.py``; also inference with ``VRWKV_FUSED_MIX=1``).
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
@@ -36,14 +39,15 @@ import torch
 
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
-                        group_norm_mul_reference,
+                        group_norm_mul_reference, mix_mlp_reference,
                         linear_decay_reference, linear_relu_square_reference, linear_sigmoid_mul_reference,
                         linear_tanh_reference, mix_linear_reference, relu_square_reference, sigmoid_mul_reference,
                         token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
-           "mix_linear", "group_norm_mul_linear", "fused_enabled", "fused_gemm_enabled", "fused_mix_enabled",
+           "mix_linear", "mix_mlp", "group_norm_mul_linear", "fused_enabled", "fused_gemm_enabled", "fused_mix_enabled",
+           "fused_mlp_enabled",
            "compute_dtype", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
@@ -54,6 +58,7 @@ _triton_mod = None
 _linear_mod = None
 _mix_mod = None
 _norm_linear_mod = None
+_mlp_mod = None
 
 
 def _triton():
@@ -91,6 +96,14 @@ def _norm_linear():
     return _norm_linear_mod
 
 
+def _mlp():
+    """The fused key-value MLP module (imported on first use, like :func:`_linear`)."""
+    global _mlp_mod
+    if _mlp_mod is None:
+        _mlp_mod = importlib.import_module("vision_rwkv.ops.fused.mix_mlp_triton")
+    return _mlp_mod
+
+
 def _triton_ok() -> bool:
     """Whether the Triton module imports (eager calls after the first one only read the cached import result).
 
@@ -118,6 +131,7 @@ def _triton_ok_traced() -> bool:
             _linear()  # the GEMM-epilogue modules too (VRWKV_FUSED_GEMM=1, VRWKV_FUSED_MIX=1)
             _mix()
             _norm_linear()
+            _mlp()
     except Exception:  # the WKV dispatcher / the GEMM ops report their own errors when used
         pass
     return not isinstance(mod, BaseException)
@@ -180,6 +194,12 @@ def fused_mix_enabled() -> bool:
     """Whether the fused path computes the Q-Shift interpolations inside the projections' GEMMs (:func:`mix_linear`)
     in inference (``VRWKV_FUSED_MIX=1``; off by default until timed on a GPU)."""
     return os.environ.get("VRWKV_FUSED_MIX", "0").strip() == "1"
+
+
+def fused_mlp_enabled() -> bool:
+    """Whether the fused inference path (:func:`fused_mix_enabled`) also runs the channel mix's key-value MLP in one
+    kernel (:func:`mix_mlp`; ``VRWKV_FUSED_MLP=1``, its own switch: less DRAM traffic, more L2 traffic)."""
+    return os.environ.get("VRWKV_FUSED_MLP", "0").strip() == "1"
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -419,6 +439,37 @@ def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: to
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype):
         return _triton().group_norm_mul_triton(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
     return group_norm_mul_reference(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
+
+
+def mix_mlp(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, key_weight: torch.Tensor,
+            value_weight: torch.Tensor, head_size: Optional[int] = None, one_minus: bool = False,
+            backend: Optional[str] = None) -> torch.Tensor:
+    """The channel mix's key-value MLP on its Q-Shift interpolation: ``relu(mix @ key_weight^T)^2 @ value_weight^T``
+    with ``mix`` as in :func:`mix_linear` (``a`` (C,) of the shifted token, ``one_minus`` for the v4 ``mu``).
+
+    x: (B, T, C); key_weight: (HID, C); value_weight: (C, HID). Returns (B, T, C) in :func:`compute_dtype` of x,
+    differentiable in x, a and both weights. The Triton kernel keeps the HID-wide hidden on chip (never stored) for
+    C up to ``mix_mlp_triton.CONFIG["max_c"]`` (256); wider models run :func:`mix_linear` (relu^2 epilogue) and
+    the value GEMM.
+    """
+    op = "mix_mlp"
+    device = check_tensors(op, x=x, a=a, key_weight=key_weight, value_weight=value_weight)
+    _check_grid(op, x, grid_size, head_size)
+    c = x.shape[2]
+    check_shape(op, "a", a, (c,))
+    _check_linear(op, x, key_weight)
+    if value_weight.dim() != 2 or tuple(value_weight.shape) != (c, key_weight.shape[0]):
+        raise ValueError(f"{op}: value_weight must be (C, HID) = ({c}, {key_weight.shape[0]}), got "
+                         f"{tuple(value_weight.shape)}")
+    dtype = compute_dtype(x)
+    wk = key_weight if key_weight.dtype == dtype else key_weight.to(dtype)
+    wv = value_weight if value_weight.dtype == dtype else value_weight.to(dtype)
+    if _resolve(op, device, backend) == "triton" and torch.float64 not in (x.dtype, dtype):
+        if c <= _mlp().CONFIG["max_c"]:
+            return _mlp().mix_mlp_triton(x, grid_size, a, wk, wv, head_size, one_minus)
+        hidden = mix_linear(x, grid_size, a, wk, head_size, one_minus=one_minus, act="relu_square", backend=backend)
+        return torch.nn.functional.linear(hidden, wv)
+    return mix_mlp_reference(x, grid_size, a, wk, wv, head_size, one_minus)
 
 
 def group_norm_mul_linear(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_weight: torch.Tensor,

@@ -10,6 +10,7 @@
   those two activations (the GEMM-epilogue kernels of ``linear_triton.py``).
 * :func:`mix_linear_reference` - one mixed input of a token / channel mix and its projection (+ activation): the
   Q-Shift interpolation as the GEMM's operand (``mix_linear_triton.py``).
+* :func:`mix_mlp_reference` - the channel mix's key-value MLP on the interpolated input (``mix_mlp_triton.py``).
 * :func:`group_norm_mul_linear_reference` - ``group_norm_mul`` fed to a projection (``norm_linear_triton.py``).
 * :func:`group_norm_mul_reference` - ``GroupNorm(y) * act(g)`` per token (the VRWKV6 ``ln_x`` + gate epilogue).
 * :func:`decay_logd_reference` - ``-exp(w0 + z)`` (the VRWKV6 per-token log decay).
@@ -28,9 +29,9 @@ import torch.nn.functional as F
 from ..shift import q_shift
 
 __all__ = ["token_shift_mix_reference", "sigmoid_mul_reference", "relu_square_reference",
-           "linear_relu_square_reference", "linear_sigmoid_mul_reference",
-           "linear_tanh_reference", "linear_decay_reference", "mix_linear_reference",
-           "group_norm_mul_reference", "group_norm_mul_linear_reference", "decay_logd_reference", "add_norm_reference"]
+           "linear_relu_square_reference", "linear_sigmoid_mul_reference", "linear_tanh_reference",
+           "linear_decay_reference", "mix_linear_reference", "mix_mlp_reference", "group_norm_mul_reference",
+           "group_norm_mul_linear_reference", "decay_logd_reference", "add_norm_reference"]
 
 MIX_ACTS = ("none", "relu_square", "sigmoid_mul", "tanh")
 
@@ -111,6 +112,15 @@ def mix_linear_reference(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
     if act == "tanh":
         return linear_tanh_reference(mix, weight)
     return F.linear(mix, weight)
+
+
+def mix_mlp_reference(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, key_weight: torch.Tensor,
+                      value_weight: torch.Tensor, head_size: Optional[int] = None,
+                      one_minus: bool = False) -> torch.Tensor:
+    """``relu(mix @ key_weight^T)^2 @ value_weight^T`` with the interpolation of :func:`mix_linear_reference`; the
+    hidden in key_weight's dtype (as the fused path stores it), the result in value_weight's dtype."""
+    hidden = mix_linear_reference(x, grid_size, a, key_weight, head_size, one_minus=one_minus, act="relu_square")
+    return F.linear(hidden, value_weight.to(hidden.dtype))
 
 
 def group_norm_mul_reference(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor,
