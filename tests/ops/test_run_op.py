@@ -47,3 +47,22 @@ def test_compile_uses_custom_op():
 
     out = torch.compile(fn, backend="eager", fullgraph=True)(torch.ones(2))
     assert seen == ["custom_op"] and torch.equal(out, torch.full((2,), 2.0))
+
+
+def test_env_get_reads_the_environment_live(monkeypatch):
+    """The fast environment read behind the backend / fused-path switches sees every change at once and agrees with
+    ``os.environ.get`` (set, changed, empty, unset, non-ASCII)."""
+    import os
+
+    from vision_rwkv.ops._triton_utils import env_get
+
+    name = "VRWKV_TEST_ENV_GET"
+    monkeypatch.delenv(name, raising=False)
+    assert env_get(name, "dflt") == "dflt" == os.environ.get(name, "dflt")
+    for value in ("1", "0", "", "triton", "caf\u00e9"):
+        monkeypatch.setenv(name, value)
+        assert env_get(name) == value == os.environ.get(name)
+    os.environ[name] = "direct"
+    assert env_get(name) == "direct"
+    del os.environ[name]
+    assert env_get(name, "gone") == "gone"

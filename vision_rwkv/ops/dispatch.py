@@ -9,10 +9,11 @@ modules are imported lazily, so ``import vision_rwkv`` never imports them.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Callable
 
 import torch
+
+from ._triton_utils import env_get
 
 __all__ = ["BACKENDS", "resolve_backend", "triton_impl", "triton_available"]
 
@@ -50,7 +51,7 @@ def triton_impl(op: str) -> Callable:
 
 
 def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return env_get("TRITON_INTERPRET", "0") == "1"
 
 
 def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: tuple = ()) -> str:
@@ -61,7 +62,7 @@ def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: 
     if backend is None and torch.float64 in dtypes:
         return "reference"
     if backend is None:
-        env = os.environ.get("VRWKV_BACKEND", "").strip().lower()
+        env = env_get("VRWKV_BACKEND", "").strip().lower()
         if env:
             if env not in BACKENDS:
                 raise ValueError(f"VRWKV_BACKEND={env!r} is not one of {BACKENDS}")

@@ -32,11 +32,11 @@ default until timed against cuBLAS + the elementwise kernels on a GPU: ``benchma
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Optional, Tuple
 
 import torch
 
+from .._triton_utils import env_get
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, mix_mlp_reference,
@@ -138,12 +138,12 @@ def _triton_ok_traced() -> bool:
 
 
 def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return env_get("TRITON_INTERPRET", "0") == "1"
 
 
 def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
     if backend is None:
-        env = os.environ.get("VRWKV_BACKEND", "").strip().lower()
+        env = env_get("VRWKV_BACKEND", "").strip().lower()
         if env and env not in ("reference", "triton"):
             raise ValueError(f"VRWKV_BACKEND={env!r} is not one of ('reference', 'triton')")
         if env == "reference":
@@ -175,9 +175,9 @@ def fused_enabled(x: torch.Tensor) -> bool:
     """Whether the models should take their fused path for activations ``x``: CUDA tensors whose backend resolves
     to Triton (and, while torch.compile traces, only if :data:`FUSED_UNDER_COMPILE`). CPU tensors only with
     ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton`` (tests)."""
-    if os.environ.get("VRWKV_FUSED", "1").strip() == "0":
+    if env_get("VRWKV_FUSED", "1").strip() == "0":
         return False  # the plain path on any device (before/after profiles and benchmarks)
-    if x.device.type != "cuda" and not (_interpret() and os.environ.get("VRWKV_BACKEND", "") == "triton"):
+    if x.device.type != "cuda" and not (_interpret() and env_get("VRWKV_BACKEND", "") == "triton"):
         return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
     if _is_compiling() and not FUSED_UNDER_COMPILE:
         return False
@@ -187,19 +187,19 @@ def fused_enabled(x: torch.Tensor) -> bool:
 def fused_gemm_enabled() -> bool:
     """Whether the fused path also runs projections with their activation in the GEMM epilogue
     (``VRWKV_FUSED_GEMM=1``; off by default)."""
-    return os.environ.get("VRWKV_FUSED_GEMM", "0").strip() == "1"
+    return env_get("VRWKV_FUSED_GEMM", "0").strip() == "1"
 
 
 def fused_mix_enabled() -> bool:
     """Whether the fused path computes the Q-Shift interpolations inside the projections' GEMMs (:func:`mix_linear`)
     in inference (``VRWKV_FUSED_MIX=1``; off by default until timed on a GPU)."""
-    return os.environ.get("VRWKV_FUSED_MIX", "0").strip() == "1"
+    return env_get("VRWKV_FUSED_MIX", "0").strip() == "1"
 
 
 def fused_mlp_enabled() -> bool:
     """Whether the fused inference path (:func:`fused_mix_enabled`) also runs the channel mix's key-value MLP in one
     kernel (:func:`mix_mlp`; ``VRWKV_FUSED_MLP=1``, its own switch: less DRAM traffic, more L2 traffic)."""
-    return os.environ.get("VRWKV_FUSED_MLP", "0").strip() == "1"
+    return env_get("VRWKV_FUSED_MLP", "0").strip() == "1"
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
