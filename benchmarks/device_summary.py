@@ -104,8 +104,8 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
 
 
 def _gemm_row_kind(row: dict) -> str:
-    epi = str(row.get("epilogue", ""))
-    return "mix_" if epi.startswith("mix_") else "mlp" if epi == "mlp" else "epilogue"
+    epi = str(row.get("epilogue", ""))  # the residual-epilogue rows ("res") belong to VRWKV_FUSED_MIX too
+    return "mix_" if epi.startswith("mix_") or epi == "res" else "mlp" if epi == "mlp" else "epilogue"
 
 
 def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: list[dict],

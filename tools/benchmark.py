@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                    (300, 16, 40, "decay")] if args.quick else None)
         rows = bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes, iters=iters, warmup=warmup,
                                        progress=tick)
-        mix_shapes = [(1, 5, 6, 64, v) for v in ("v4x3", "v6x5", "v6gn", "mlp")] if args.quick else None
+        mix_shapes = [(1, 5, 6, 64, v) for v in ("v4x3", "v6x5", "v6gn", "mlp", "res")] if args.quick else None
         rows += bm.bench_mix_gemms(args.device, args.dtype or ["bf16"], mix_shapes, iters=iters, warmup=warmup,
                                    progress=tick)
         out["gemm"] = rows

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -41,10 +42,9 @@ from vision_rwkv.profiling import GROUPS, classify  # noqa: E402
 MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
 BANDWIDTH = 3.0e12  # bytes/s: a device-to-device copy on the H100 of the device pool (KINDS.md), as the anchors use
 MATRIX_RATE = {"bf16": 800e12, "fp16": 800e12, "fp32": 67e12}  # FLOP/s: measured bf16 GEMM; fp32 without TF32
-# Triton GEMM kernels: position of M in their arguments (M, N, K follow each other) and FLOPs per M x N x K (the fused
+# Triton GEMM kernels: FLOPs per M x N x K, the three arguments that follow the kernel's parameter ``M`` (the fused
 # MLP: two products of M x C x HID)
-_GEMM_KERNEL_MNK = {"_linear_act_kernel": (5, 2), "_mix_linear_kernel": (8, 2), "_norm_linear_kernel": (6, 2),
-                    "_mix_mlp_kernel": (5, 4)}
+_GEMM_KERNEL_FLOPS = {"_linear_act_kernel": 2, "_mix_linear_kernel": 2, "_norm_linear_kernel": 2, "_mix_mlp_kernel": 4}
 _MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution"}
 
 
@@ -97,8 +97,10 @@ class LaunchLog(TorchDispatchMode):
 
     def record(self, kind, fn, args, out) -> None:
         if kind == "triton":
-            at, per = _GEMM_KERNEL_MNK.get(fn.__name__, (None, 0))
-            flops = float(per) * args[at] * args[at + 1] * args[at + 2] if at is not None else 0.0
+            flops = 0.0
+            if fn.__name__ in _GEMM_KERNEL_FLOPS:
+                at = list(inspect.signature(fn).parameters).index("M")
+                flops = float(_GEMM_KERNEL_FLOPS[fn.__name__]) * args[at] * args[at + 1] * args[at + 2]
             self.add(_triton_group(fn), fn.__name__, _unique_bytes(_tensors(args)), flops)
         else:  # linear: x, weight (and bias) in the compute dtype, the output
             x, weight, bias = args

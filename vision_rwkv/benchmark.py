@@ -353,9 +353,10 @@ def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",)
 # widths. 'v4x3': the k, v, r lerps + projections; 'v6x5': the five ddlerp interpolations (LoRA offsets) + C -> C
 # projections (the decay's C -> 64 one stands in as a fifth C -> C: same operand traffic); 'v6gn': the output
 # projection of GroupNorm(y) * silu(gate) (heads of 64); 'mlp': the channel mix's key (relu^2) and value projections
-# with the hidden on chip (VRWKV_FUSED_MLP, C <= 256)
+# with the hidden on chip (VRWKV_FUSED_MLP, C <= 256); 'res': the channel mix's receptance GEMM (sigmoid gate on y)
+# with the block's residual add + LayerNorm (pre-norm) in its epilogue, against the GEMM + add_norm
 MIX_SHAPES = [(16, 64, 64, c, v) for v in ("v4x3", "v6x5", "v6gn") for c in (192, 384, 768)]
-MIX_SHAPES += [(16, 64, 64, 192, "mlp")]
+MIX_SHAPES += [(16, 64, 64, 192, "mlp")] + [(16, 64, 64, c, "res") for c in (192, 384)]
 
 
 def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size):
@@ -368,7 +369,18 @@ def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size)
     from vision_rwkv.ops import fused
 
     n = len(ws)
-    if variant == "mlp":  # ws: the key (4C x C) and value (C x 4C) weights
+    if variant == "res":  # h: the gated tensor y; a[1:]: the residual stream's LayerNorm (weight, bias)
+        x_res = x.float()
+
+        def unfused():
+            out = fused.mix_linear(x, grid, a[0], ws[0], one_minus=True, act="sigmoid_mul", y=h, backend=backend)
+            return fused.add_norm(x_res, out, None, a[1], a[2], 1e-5, False, x.dtype, backend)
+
+        def fused_run():
+            spec = fused.ResidualNorm(x_res, None, a[1], a[2], 1e-5, False, x.dtype)
+            return fused.mix_linear(x, grid, a[0], ws[0], one_minus=True, act="sigmoid_mul", y=h, backend=backend,
+                                    residual=spec)
+    elif variant == "mlp":  # ws: the key (4C x C) and value (C x 4C) weights
         def unfused():
             return F.linear(fused.mix_linear(x, grid, a[0], ws[0], one_minus=True, act="relu_square",
                                              backend=backend), ws[1])
@@ -418,7 +430,7 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
         dtype = DTYPES[dname]
         es = torch.empty((), dtype=dtype).element_size()
         for B, H, W, C, variant in (shapes or MIX_SHAPES):
-            n = {"v4x3": 3, "v6x5": 5, "v6gn": 1, "mlp": 1}[variant]
+            n = {"v4x3": 3, "v6x5": 5, "v6gn": 1, "mlp": 1, "res": 1}[variant]
             g = torch.Generator().manual_seed(0)
             x = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
             a = torch.rand(n, C, generator=g).to(dev)
@@ -434,10 +446,15 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
             elif variant == "v6gn":  # the gate (a full plane) and the GroupNorm affine parameters
                 h = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
                 a = torch.stack((torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g) * 0.1)).to(dev)
+            elif variant == "res":  # the gated tensor; the mix weights and the LayerNorm affine parameters
+                h = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
+                a = torch.stack((torch.rand(C, generator=g), torch.rand(C, generator=g) + 0.5,
+                                 torch.randn(C, generator=g) * 0.1)).to(dev)
             io = (B * H * W * C * (1 + n) + sum(w.numel() for w in ws)) * es + (h.numel() * es if h is not None else 0)
             base = None
             for impl, fn in zip(("unfused", "fused"), _mix_callables(variant, backend, x, (H, W), a, ws, h, w2, 64)):
-                row = dict(epilogue="mlp" if variant == "mlp" else f"mix_{variant}", impl=impl, backend=backend,
+                row = dict(epilogue=variant if variant in ("mlp", "res") else f"mix_{variant}", impl=impl,
+                           backend=backend,
                            dtype=dname, M=B * H * W, K=C, N=C, mode="fwd", device=str(dev))
                 try:
                     def run(fn=fn):

@@ -23,6 +23,37 @@ def _randn(shape, g, dtype, device, scale=1.0):
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
 
 
+def _with_residual(case: dict, leaves: dict, g, device: str, shape: tuple, call, rf):
+    """A GEMM op's call (``call(t, **kw)``) and reference with a block's residual add + LayerNorm (``residual=``):
+    adds the residual x / layer scale / LayerNorm affine leaves; the checked output is s (post-norm) or
+    s + 0.7 n (pre-norm), as for ``add_norm``. Returns (fn, rf, output dtype)."""
+    from vision_rwkv.ops import fused
+    from vision_rwkv.ops.fused import reference as ref
+
+    post = case["residual"] == "post"
+    c = shape[-1]
+    leaves.update(res_x=_randn(shape, g, torch.float32, device), ln_w=_randn((c,), g, torch.float32, device) + 1.0,
+                  ln_b=_randn((c,), g, torch.float32, device))
+    if case.get("gamma", True):
+        leaves["gamma"] = _randn((c,), g, torch.float32, device)
+    n_dtype = DTYPES[case.get("n_dtype", "fp32")]
+
+    def spec(t):
+        return fused.ResidualNorm(t["res_x"], t.get("gamma"), t["ln_w"], t["ln_b"], 1e-5, post, n_dtype)
+
+    def combine(out):
+        s, n = out
+        return s if post else s + 0.7 * n.to(s.dtype)
+
+    def fused_fn(t):
+        return combine(call(t, residual=spec(t)))
+
+    def ref_fn(t):
+        return combine(ref.add_norm_reference(t["res_x"], rf(t), t.get("gamma"), t["ln_w"], t["ln_b"], 1e-5, post,
+                                              n_dtype))
+    return fused_fn, ref_fn, torch.float32
+
+
 def _inputs(case: dict, device: str):
     """Leaves (float tensors, requires_grad), the call on the fused op, the call on the reference."""
     from vision_rwkv.ops import fused
@@ -130,9 +161,12 @@ def _inputs(case: dict, device: str):
             h = t["h"][..., rank:2 * rank] if rank else None  # the middle slice: a strided view
             return (t["x"], (H, W), t["a"], t["weight"], hs, h, t.get("w2"), one_minus, act, t.get("y"))
 
-        fn = lambda t: fused.mix_linear(*mix_args(t), backend=backend)  # noqa: E731
+        call = lambda t, **kw: fused.mix_linear(*mix_args(t), backend=backend, **kw)  # noqa: E731
+        fn = call
         rf = lambda t: ref.mix_linear_reference(*mix_args(t))  # noqa: E731
         odt = dtype
+        if "residual" in case:
+            fn, rf, odt = _with_residual(case, leaves, g, device, (B, H * W, n), call, rf)
     elif op == "group_norm_mul":
         shape, groups = case["shape"], case["groups"]
         c = shape[-1]
@@ -166,11 +200,14 @@ def _inputs(case: dict, device: str):
                   "gn_weight": _randn((c,), g, torch.float32, device) + 1.0,
                   "gn_bias": _randn((c,), g, torch.float32, device),
                   "weight": _randn((n, c), g, torch.float32, device, c ** -0.5)}
-        fn = lambda t: fused.group_norm_mul_linear(t["y"], t["g"], groups, t["gn_weight"], t["gn_bias"],  # noqa
-                                                   t["weight"], 1e-5, act, backend)
+        call = lambda t, **kw: fused.group_norm_mul_linear(t["y"], t["g"], groups, t["gn_weight"],  # noqa: E731
+                                                           t["gn_bias"], t["weight"], 1e-5, act, backend, **kw)
+        fn = call
         rf = lambda t: ref.group_norm_mul_linear_reference(t["y"], t["g"], groups, t["gn_weight"],  # noqa: E731
                                                            t["gn_bias"], 1e-5, act, t["weight"])
         odt = dtype
+        if "residual" in case:
+            fn, rf, odt = _with_residual(case, leaves, g, device, tuple(shape[:-1]) + (n,), call, rf)
     elif op == "decay_logd":
         shape = case["shape"]
         leaves = {"w0": _randn((shape[-1],), g, torch.float32, device) - 1.0, "z": _randn(shape, g, dtype, device)}
@@ -226,6 +263,29 @@ def _gemm_config(case: dict) -> dict:
     return old
 
 
+def _run_infer(case: dict, fn, rf, odt, leaves: dict, args: dict) -> dict:
+    """Forward-only check of an inference kernel: output error and flags; ``fused.add_norm`` (what the composed,
+    unfused form calls) raises while the op runs, so a silent fallback fails the case."""
+    from vision_rwkv.ops import fused
+
+    def composed(*a, **k):
+        raise AssertionError("the composed add_norm path ran instead of the fused epilogue")
+
+    saved = fused.add_norm
+    fused.add_norm = composed
+    try:
+        with torch.no_grad():
+            if case.get("compile"):
+                torch._dynamo.reset()
+                y = torch.compile(lambda **t: fn(t), backend="aot_eager", fullgraph=True)(**args)
+            else:
+                y = fn(args)
+    finally:
+        fused.add_norm = saved
+    y_ref = rf({k: v.detach().double() for k, v in leaves.items()})
+    return {"y": _rel(y, y_ref), "dtype_ok": y.dtype == odt, "finite": bool(torch.isfinite(y).all())}
+
+
 def run_case(case: dict, device: str) -> dict:
     old_gemm = _gemm_config(case)
     try:
@@ -236,6 +296,8 @@ def run_case(case: dict, device: str) -> dict:
                     for k, v in leaves.items()}
         else:
             args = dict(leaves)
+        if case.get("infer"):  # inference-only kernels (no autograd): forward under no_grad, the composed
+            return _run_infer(case, fn, rf, odt, leaves, args)  # fallback (add_norm) must not run
         if case.get("compile"):
             torch._dynamo.reset()  # every case compiles the same lambda code: no recompile limit across cases
             cfn = torch.compile(lambda **t: fn(t) * 2, backend="aot_eager", fullgraph=True)
@@ -274,7 +336,7 @@ def tolerances(dtype: str) -> tuple[float, float]:
 def check(result: dict, case: dict) -> None:
     """Assert a case result is within tolerance (raises AssertionError naming the quantity).
     The tolerance follows the lowest precision among the inputs and the output."""
-    dts = [case.get("dtype", "fp32"), case.get("out_dtype", "fp32"), case.get("y_dtype", "fp32")]
+    dts = [case.get(k, "fp32") for k in ("dtype", "out_dtype", "y_dtype", "n_dtype")]
     worst = "bf16" if "bf16" in dts else "fp16" if "fp16" in dts else "fp32"
     check_result(result, *tolerances(worst))
 

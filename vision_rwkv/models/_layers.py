@@ -25,7 +25,7 @@ from timm.layers import DropPath, LayerScale, resample_patch_embed, to_2tuple
 from vision_rwkv.ops import fused
 
 from .mixing import (channel_position, channel_ratio, drop_path_scale, fusable_drop_path, fused_prenorm_step,
-                     layer_ratios, lerp_mix)
+                     fuses_residual, layer_ratios, lerp_mix)
 
 __all__ = [
     'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'Block',
@@ -193,16 +193,20 @@ class Block(nn.Module):
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         """Same function with the residual add, layer scale, drop path and LayerNorm of each half fused in one pass
         (post-norm: ``x + dp(g * LN(mix(x)))``; pre-norm: the spatial-mix residual add and ``norm2`` together, whose
-        output, read only by the channel mix, is written in the compute dtype)."""
+        output, read only by the channel mix, is written in the compute dtype) - or, in inference with
+        ``VRWKV_FUSED_MIX=1``, in the epilogue of the mixer's last GEMM (:func:`fuses_residual`)."""
         g1, g2 = self._gammas()
         n1, n2 = self.norm1, self.norm2
         if self.post_norm:
-            y = self.spatial_mix(x, grid_size)
-            x, _ = fused.add_norm(x, y, g1, n1.weight, n1.bias, n1.eps, post=True,
-                                  sample_scale=drop_path_scale(self.drop_path1, y))
-            y = self.channel_mix(x, grid_size)
-            x, _ = fused.add_norm(x, y, g2, n2.weight, n2.bias, n2.eps, post=True,
-                                  sample_scale=drop_path_scale(self.drop_path2, y))
+            for mixer, gamma, norm, drop_path in ((self.spatial_mix, g1, n1, self.drop_path1),
+                                                  (self.channel_mix, g2, n2, self.drop_path2)):
+                scale = drop_path_scale(drop_path, x)  # (the mixers draw no random numbers: same draws)
+                if scale is None and fuses_residual(mixer):  # the add + LayerNorm in the mixer's last GEMM
+                    x, _ = mixer(x, grid_size, residual=fused.ResidualNorm(x, gamma, norm.weight, norm.bias, norm.eps,
+                                                                           post=True))
+                else:
+                    x, _ = fused.add_norm(x, mixer(x, grid_size), gamma, norm.weight, norm.bias, norm.eps, post=True,
+                                          sample_scale=scale)
             return x
         return self.forward_chain(x, n1(x), grid_size, None)[0]
 
@@ -214,6 +218,7 @@ class Block(nn.Module):
         model's final norm, fused into this block's last residual add, output in ``next_dtype``; None: a plain add).
         Needs ``_fusable()`` and pre-norm."""
         g1, g2 = self._gammas()
-        return fused_prenorm_step(x, h, lambda t: self.spatial_mix(t, grid_size),
-                                  lambda t: self.channel_mix(t, grid_size), self.norm2, g1, g2, next_norm, next_dtype,
-                                  self.drop_path1, self.drop_path2)
+        return fused_prenorm_step(x, h, lambda t, **kw: self.spatial_mix(t, grid_size, **kw),
+                                  lambda t, **kw: self.channel_mix(t, grid_size, **kw), self.norm2, g1, g2, next_norm,
+                                  next_dtype, self.drop_path1, self.drop_path2,
+                                  fuse_residual=(fuses_residual(self.spatial_mix), fuses_residual(self.channel_mix)))

@@ -36,7 +36,7 @@ from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
-    'fusable_drop_path', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready',
+    'fusable_drop_path', 'fuses_residual', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
@@ -225,21 +225,31 @@ class ChannelMix(nn.Module):
         xx = shifted - x
         return x + xx * self.time_maa_k, x + xx * self.time_maa_r
 
-    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
+                residual: Optional[fused.ResidualNorm] = None):
+        """The channel mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``."""
         if fused.fused_enabled(x):
-            return self._forward_fused(x, grid_size)
-        xk, xr = self._mixed_inputs(x, grid_size)
-        k = torch.square(torch.relu(self.key(xk)))
-        if self.key_norm is not None:
-            k = self.key_norm(k)
-        return torch.sigmoid(self.receptance(xr)) * self.value(k)
+            if residual is not None and self.fuses_residual():
+                return self._forward_mix_gemm(x, grid_size, residual)
+            out = self._forward_fused(x, grid_size)
+        else:
+            xk, xr = self._mixed_inputs(x, grid_size)
+            k = torch.square(torch.relu(self.key(xk)))
+            if self.key_norm is not None:
+                k = self.key_norm(k)
+            out = torch.sigmoid(self.receptance(xr)) * self.value(k)
+        return out if residual is None else residual.apply(out)
+
+    def fuses_residual(self) -> bool:
+        """The mixed-operand inference path: the receptance GEMM's epilogue can take the residual add + LayerNorm."""
+        return self.token_shift == 'q_shift' and mix_gemm_ready(self.key, self.receptance)
 
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
         """Same function with fused kernels: with the Q-Shift one shift + interpolation pass writes xk, xr in the
         compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
         elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
         :func:`receptance_gate`)."""
-        if self.token_shift == 'q_shift' and mix_gemm_ready(self.key, self.receptance):
+        if self.fuses_residual():  # the mixed-operand path (here without the residual epilogue)
             return self._forward_mix_gemm(x, grid_size)
         if self.token_shift == 'q_shift':
             out_dtype = fused.compute_dtype(x)
@@ -255,10 +265,12 @@ class ChannelMix(nn.Module):
             k = self.key_norm(k)
         return receptance_gate(self.receptance, xr, self.value(k))
 
-    def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+    def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize,
+                          residual: Optional[fused.ResidualNorm] = None):
         """Fused inference path with the Q-Shift interpolations inside the key and receptance GEMMs (relu^2 and the
         sigmoid gate in their epilogues): xk, xr are never written. With ``VRWKV_FUSED_MLP=1`` key, relu^2 and value
-        run as one kernel (:func:`fused.mix_mlp`, unless a key norm sits between them): nor is the hidden."""
+        run as one kernel (:func:`fused.mix_mlp`, unless a key norm sits between them): nor is the hidden. With
+        ``residual`` the receptance GEMM also does the block's residual add + LayerNorm and returns ``(x, n)``."""
         one_minus = self.param_style == 'vrwkv'  # mu weights the unshifted token: the kernel takes 1 - mu itself
         mu_k, mu_r = ((self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r))
         if self.key_norm is None and _plain_linear(self.value) and fused.fused_mlp_enabled():  # one kernel
@@ -269,7 +281,7 @@ class ChannelMix(nn.Module):
                                  one_minus=one_minus, act='relu_square')
             v = self.value(k if self.key_norm is None else self.key_norm(k))
         return fused.mix_linear(x, grid_size, mu_r.reshape(-1), self.receptance.weight, self.head_size,
-                                one_minus=one_minus, act='sigmoid_mul', y=v)
+                                one_minus=one_minus, act='sigmoid_mul', y=v, residual=residual)
 
     def extra_repr(self) -> str:
         return f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}'
@@ -410,9 +422,24 @@ class TimeMixV6(nn.Module):
         y = y.reshape(batch, num_tokens, dim)
         return y if self.key_norm is None else self.key_norm(y)
 
-    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
+                residual: Optional[fused.ResidualNorm] = None):
+        """The time mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``."""
         if fused.fused_enabled(x):
-            return self._forward_fused(x, grid_size)
+            if residual is not None and self.fuses_residual():
+                return self._forward_fused(x, grid_size, residual)
+            out = self._forward_fused(x, grid_size)
+        else:
+            out = self._forward_plain(x, grid_size)
+        return out if residual is None else residual.apply(out)
+
+    def fuses_residual(self) -> bool:
+        """The mixed-operand inference path: the output GEMM (GroupNorm * gate operand) can take the residual add +
+        LayerNorm into its epilogue."""
+        return (self.token_shift == 'q_shift' and mix_gemm_ready(self.receptance, self.key, self.value, self.gate)
+                and _plain_linear(self.output))
+
+    def _forward_plain(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
         batch, num_tokens, dim = x.shape
         xw, xk, xv, xr, xg = self._ddlerp(x, grid_size)
         r = self.receptance(xr)
@@ -426,22 +453,19 @@ class TimeMixV6(nn.Module):
             y = y.to(g.dtype)
         return self.output(y * g)
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
-        """Same function with fused kernels. Q-Shift: shift + first interpolation in one pass, the five
+    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
+                       residual: Optional[fused.ResidualNorm] = None):
+        """Same function with fused kernels (``residual``: only with :meth:`fuses_residual`). Q-Shift: shift + first interpolation in one pass, the five
         data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
         offsets never stored, outputs in the compute dtype); the 1-D shift has no such kernel (plain PyTorch).
         Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh
         and the decay ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
         heads, head_size = self.num_heads, self.head_size
         dtype = fused.compute_dtype(x)
-        if self.token_shift == 'q_shift' and mix_gemm_ready(self.receptance, self.key, self.value, self.gate):
+        if self.fuses_residual():
             r, k, v, g, logd = self._projections_mix_gemm(x, grid_size)
-            y = self._wkv(r, k, v, logd)
-            if not _plain_linear(self.output):
-                return self.output(fused.group_norm_mul(y, g, heads, self.ln_x.weight, self.ln_x.bias,
-                                                        self.ln_x.eps, gate_act='silu', out_dtype=dtype))
-            return fused.group_norm_mul_linear(y, g, heads, self.ln_x.weight, self.ln_x.bias, self.output.weight,
-                                               self.ln_x.eps, gate_act='silu')
+            return fused.group_norm_mul_linear(self._wkv(r, k, v, logd), g, heads, self.ln_x.weight, self.ln_x.bias,
+                                               self.output.weight, self.ln_x.eps, gate_act='silu', residual=residual)
         if self.token_shift == 'q_shift':
             xxx = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype)[0]
             lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
@@ -500,6 +524,14 @@ def drop_path_scale(drop_path: Optional[nn.Module], branch: torch.Tensor) -> Opt
     return scale
 
 
+def fuses_residual(mixer: nn.Module) -> bool:
+    """Whether ``mixer`` (a token or channel mix) takes its block's residual add + LayerNorm into the epilogue of its
+    last GEMM right now: ``mixer(x, grid_size, residual=ResidualNorm(...))`` then returns ``(x, norm(x))`` (the
+    inference path of ``VRWKV_FUSED_MIX=1``)."""
+    check = getattr(mixer, 'fuses_residual', None)
+    return bool(check is not None and check())
+
+
 def fusable_drop_path(drop_path: nn.Module) -> bool:
     """Whether the fused residual adds can stand in for ``drop_path``: ``nn.Identity`` or a plain timm ``DropPath``."""
     return type(drop_path) in (nn.Identity, DropPath)
@@ -517,6 +549,7 @@ def fused_prenorm_step(
         next_dtype: Optional[torch.dtype] = None,
         drop_path1: Optional[nn.Module] = None,
         drop_path2: Optional[nn.Module] = None,
+        fuse_residual: Tuple[bool, bool] = (False, False),
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One pre-norm block on the fused path from the residual ``x`` and ``h = norm1(x)``.
 
@@ -526,14 +559,22 @@ def fused_prenorm_step(
     channel mix reads it); ``next_norm``'s in ``next_dtype`` (None = the compute dtype; the final norm passes the
     residual's dtype, what ``nn.LayerNorm`` returns under autocast). gamma None = no layer scale; the drop paths
     (timm ``DropPath``, ``nn.Identity`` or None) become per-sample factors of the fused adds
-    (:func:`drop_path_scale`).
+    (:func:`drop_path_scale`). ``fuse_residual``: whether the token / channel mix takes the residual add + LayerNorm
+    into its last GEMM (``mixer(t, residual=ResidualNorm)`` returns ``(x, norm(x))``; see :func:`fuses_residual`),
+    used when no drop path applies.
     """
     dtype = fused.compute_dtype(x)
-    y = token_mix(h)
-    x, h = fused.add_norm(x, y, gamma1, norm2.weight, norm2.bias, norm2.eps, post=False, out_dtype=dtype,
-                          sample_scale=drop_path_scale(drop_path1, y))
+    scale = drop_path_scale(drop_path1, x)  # (the mixers draw no random numbers: same draws as after token_mix)
+    if fuse_residual[0] and scale is None:
+        x, h = token_mix(h, residual=fused.ResidualNorm(x, gamma1, norm2.weight, norm2.bias, norm2.eps, False, dtype))
+    else:
+        x, h = fused.add_norm(x, token_mix(h), gamma1, norm2.weight, norm2.bias, norm2.eps, post=False,
+                              out_dtype=dtype, sample_scale=scale)
+    scale = drop_path_scale(drop_path2, x)
+    if fuse_residual[1] and scale is None and next_norm is not None:
+        return channel_mix(h, residual=fused.ResidualNorm(x, gamma2, next_norm.weight, next_norm.bias, next_norm.eps,
+                                                          False, next_dtype or dtype))
     y = channel_mix(h)
-    scale = drop_path_scale(drop_path2, y)
     if next_norm is None:
         branch = y if gamma2 is None else y * gamma2
         if scale is not None:

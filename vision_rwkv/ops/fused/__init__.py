@@ -32,7 +32,7 @@ default until timed against cuBLAS + the elementwise kernels on a GPU: ``benchma
 from __future__ import annotations
 
 import importlib
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -48,7 +48,7 @@ __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
            "mix_linear", "mix_mlp", "group_norm_mul_linear", "fused_enabled", "fused_gemm_enabled", "fused_mix_enabled",
            "fused_mlp_enabled",
-           "compute_dtype", "FUSED_UNDER_COMPILE"]
+           "compute_dtype", "ResidualNorm", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
@@ -371,10 +371,44 @@ def linear_decay(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor, backen
     return linear_decay_reference(x, weight, w0)
 
 
+class ResidualNorm(NamedTuple):
+    """A block's residual add + LayerNorm, to fuse into the epilogue of its branch's last GEMM: the op then returns
+    ``add_norm(x, branch, gamma, weight, bias, eps, post, out_dtype)`` = ``(s, n)`` instead of the branch."""
+
+    x: torch.Tensor
+    gamma: Optional[torch.Tensor]
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float = 1e-5
+    post: bool = False
+    out_dtype: Optional[torch.dtype] = None
+
+    def apply(self, branch: torch.Tensor, backend: Optional[str] = None):
+        """``add_norm`` of this residual and ``branch`` (the unfused form)."""
+        return add_norm(self.x, branch, self.gamma, self.weight, self.bias, self.eps, self.post, self.out_dtype,
+                        backend)
+
+    def check(self, op: str, shape: Tuple[int, ...]) -> None:
+        check_tensors(op, **{k: v for k, v in dict(residual_x=self.x, residual_gamma=self.gamma,
+                                                   residual_weight=self.weight, residual_bias=self.bias).items()
+                             if v is not None})
+        check_shape(op, "residual.x", self.x, shape)
+        for name in ("gamma", "weight", "bias"):
+            if getattr(self, name) is not None:
+                check_shape(op, f"residual.{name}", getattr(self, name), (shape[-1],))
+
+    def fusable(self, n: int, *tensors: Optional[torch.Tensor]) -> bool:
+        """Whether a Triton epilogue can take it: no gradient needed (of these or the op's ``tensors``), rows of at
+        most 512 channels (a program holds whole rows: wider ones spill registers on an H100), no float64."""
+        all_tensors = (self.x, self.gamma, self.weight, self.bias) + tensors
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in all_tensors)
+        return not needs_grad and n <= 512 and self.x.dtype != torch.float64
+
+
 def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, weight: torch.Tensor,
                head_size: Optional[int] = None, h: Optional[torch.Tensor] = None, w2: Optional[torch.Tensor] = None,
                one_minus: bool = False, act: str = "none", y: Optional[torch.Tensor] = None,
-               backend: Optional[str] = None) -> torch.Tensor:
+               backend: Optional[str] = None, residual: Optional[ResidualNorm] = None):
     """One projection of a token / channel mix with its Q-Shift interpolation as the GEMM operand:
     ``act(mix @ weight^T)``, ``mix = x + (q_shift(x, grid_size, head_size) - x) * coef``.
 
@@ -386,6 +420,9 @@ def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, wei
         h, w2: optional RWKV-6 LoRA offset ``coef += h @ w2``: h (B, T, R) (a column slice of the LoRA hidden),
             w2 (R, C); R a power of two >= 16 on the Triton path.
         act: ``'none'``, ``'relu_square'``, ``'tanh'`` or ``'sigmoid_mul'`` (``sigmoid(.) * y``, y (B, T, N)).
+        residual: optional :class:`ResidualNorm` (N = C): return the block's ``(s, n)`` instead of the projection,
+            the residual add + LayerNorm in the GEMM's epilogue (inference; composed with :func:`add_norm` when a
+            gradient is needed or N > 512).
     Returns:
         (B, T, N) in :func:`compute_dtype` of x (``sigmoid_mul``: promoted with y's dtype); differentiable in x, a,
         h, w2, weight and y. The Triton kernel forms the mixed input per tile while loading the GEMM operand (never
@@ -410,11 +447,22 @@ def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, wei
         raise ValueError(f"{op}: y is the gated tensor of act='sigmoid_mul' and only of it")
     if y is not None:
         check_shape(op, "y", y, tuple(x.shape[:2]) + (weight.shape[0],))
+    if residual is not None:
+        residual.check(op, tuple(x.shape[:2]) + (weight.shape[0],))
     dtype = compute_dtype(x)
     weight = weight if weight.dtype == dtype else weight.to(dtype)
     rank_ok = h is None or (w2.shape[0] >= 16 and w2.shape[0] & (w2.shape[0] - 1) == 0)
-    if (_resolve(op, device, backend) == "triton" and dtype != torch.float64 and x.dtype != torch.float64
-            and rank_ok):
+    triton_ok = (_resolve(op, device, backend) == "triton" and dtype != torch.float64 and x.dtype != torch.float64
+                 and rank_ok)
+    if residual is not None:
+        if triton_ok and residual.fusable(weight.shape[0], x, a, h, w2, weight, y):
+            r = residual
+            return _mix().mix_linear_residual_triton(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y,
+                                                     r.x, r.gamma, r.weight, r.bias, r.eps, r.post,
+                                                     r.out_dtype or r.x.dtype)
+        return residual.apply(mix_linear(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y, backend),
+                              backend)
+    if triton_ok:
         return _mix().mix_linear_triton(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y)
     return mix_linear_reference(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y)
 
@@ -474,13 +522,16 @@ def mix_mlp(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, key_we
 
 def group_norm_mul_linear(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_weight: torch.Tensor,
                           gn_bias: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5,
-                          gate_act: Optional[str] = None, backend: Optional[str] = None) -> torch.Tensor:
+                          gate_act: Optional[str] = None, backend: Optional[str] = None,
+                          residual: Optional[ResidualNorm] = None):
     """``(GroupNorm(num_groups)(y) * act(g)) @ weight^T`` per token: the RWKV-6 ``output(ln_x(y) * silu(gate))``.
 
     y, g: (..., C); gn_weight, gn_bias: (C,); weight: (N, C) bias-free projection; gate_act None or 'silu'.
     Returns (..., N) in :func:`compute_dtype` of y, differentiable in y, g, gn_weight, gn_bias and weight. The Triton
     kernel normalises and gates each head's tile while loading the GEMM operand (the gated tensor is never stored;
     head size C / num_groups a power of two >= 16, else the ``group_norm_mul`` pass and the projection).
+    ``residual`` (:class:`ResidualNorm`, N = C): return the block's ``(s, n)`` instead, the residual add + LayerNorm in
+    the epilogue (inference; composed with :func:`add_norm` when a gradient is needed).
     """
     op = "group_norm_mul_linear"
     device = check_tensors(op, y=y, g=g, gn_weight=gn_weight, gn_bias=gn_bias, weight=weight)
@@ -493,11 +544,23 @@ def group_norm_mul_linear(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_
     _check_linear(op, y, weight)
     if gate_act not in (None, "silu"):
         raise ValueError(f"{op}: gate_act must be None or 'silu', got {gate_act!r}")
+    if residual is not None:
+        residual.check(op, tuple(y.shape[:-1]) + (weight.shape[0],))
     dtype = compute_dtype(y)
     weight = weight if weight.dtype == dtype else weight.to(dtype)
+    hs = c // num_groups
+    kernel_ok = (_resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype, dtype)
+                 and hs >= 16 and hs & (hs - 1) == 0)
+    if residual is not None:
+        r = residual
+        if kernel_ok and r.fusable(weight.shape[0], y, g, gn_weight, gn_bias, weight):
+            return _norm_linear().group_norm_mul_linear_residual_triton(
+                y, g, num_groups, gn_weight, gn_bias, eps, gate_act, weight, r.x, r.gamma, r.weight, r.bias, r.eps,
+                r.post, r.out_dtype or r.x.dtype)
+        return r.apply(group_norm_mul_linear(y, g, num_groups, gn_weight, gn_bias, weight, eps, gate_act, backend),
+                       backend)
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype, dtype):
-        hs = c // num_groups
-        if hs >= 16 and hs & (hs - 1) == 0:
+        if kernel_ok:
             return _norm_linear().group_norm_mul_linear_triton(y, g, num_groups, gn_weight, gn_bias, eps, gate_act,
                                                                weight)
         gated = group_norm_mul(y, g, num_groups, gn_weight, gn_bias, eps, gate_act, dtype, backend)

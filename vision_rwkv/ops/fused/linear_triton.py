@@ -65,6 +65,12 @@ def _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI: tl.constexpr
     offs = rm[:, None] * N + rn[None, :]
     if SAVE_PRE:
         tl.store(PRE + offs, acc.to(PRE.dtype.element_ty), mask=mask)
+    tl.store(OUT + offs, _activate(acc, AUX, offs, mask, rn, n_ok, EPI).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _activate(acc, AUX, offs, mask, rn, n_ok, EPI: tl.constexpr):
+    """Epilogue EPI of the fp32 accumulator tile, in fp32 (AUX: the gated tensor of EPI 1, w0 of EPI 3)."""
     if EPI == 0:
         pos = tl.maximum(acc, 0.0)
         res = pos * pos
@@ -76,7 +82,41 @@ def _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI: tl.constexpr
         res = -tl.exp(acc + tl.load(AUX + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :])
     else:
         res = acc
-    tl.store(OUT + offs, res.to(OUT.dtype.element_ty), mask=mask)
+    return res
+
+
+@triton.jit
+def _row_norm(v, mask, N, eps):
+    """LayerNorm statistics of the rows of v (BM x BN, columns >= N masked): (v - mean) * rstd, zero outside mask."""
+    v = tl.where(mask, v, 0.0)
+    mean = tl.sum(v, axis=1) / N
+    d = tl.where(mask, v - mean[:, None], 0.0)
+    return d * (1.0 / tl.sqrt(tl.sum(d * d, axis=1) / N + eps))[:, None]
+
+
+@triton.jit
+def _residual_norm_store(val, RX, GAMMA, LNW, LNB, SOUT, NOUT, rm, rn, m_ok, n_ok, N, eps, POST: tl.constexpr,
+                         HAS_GAMMA: tl.constexpr):
+    """The block's residual add + LayerNorm on a GEMM's fp32 branch tile ``val`` holding whole rows (BN >= N), as
+    ``add_norm`` computes it: post-norm ``s = x + gamma * LN(val)``; pre-norm ``s = x + gamma * val`` and
+    ``n = LN(s)``. x is read from RX, s written to SOUT (x's dtype), n to NOUT."""
+    mask = m_ok[:, None] & n_ok[None, :]
+    offs = rm[:, None] * N + rn[None, :]
+    x = tl.load(RX + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(LNW + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    b = tl.load(LNB + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_GAMMA:
+        gamma = tl.load(GAMMA + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    else:
+        gamma = w * 0.0 + 1.0  # same shape in both branches (the GPU compiler requires it)
+    if POST:
+        tl.store(SOUT + offs, (x + gamma * (_row_norm(val, mask, N, eps) * w + b)).to(SOUT.dtype.element_ty),
+                 mask=mask)
+    else:
+        s = (x + gamma * val).to(SOUT.dtype.element_ty)
+        tl.store(SOUT + offs, s, mask=mask)
+        tl.store(NOUT + offs, (_row_norm(s.to(tl.float32), mask, N, eps) * w + b).to(NOUT.dtype.element_ty),
+                 mask=mask)
 
 
 @triton.jit

@@ -26,24 +26,28 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, config_from_env, new_empty, run_op
-from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _epilogue_store, _grouped_tile,
-                            _precision, _weight_grad)
+from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
+from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
+                            _grouped_tile, _precision, _residual_norm_store, _weight_grad)
 from .triton import (_elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
                      _tanh_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
 
-__all__ = ["mix_linear_triton", "CONFIG", "ACT_EPILOGUES"]
+__all__ = ["mix_linear_triton", "mix_linear_residual_triton", "CONFIG", "ACT_EPILOGUES"]
 
 # bk 32: 85 / 136 / 185 registers (v4 C 192 / v6 C 192 / v6 C 768, sm_90, bf16) against 122 / 169 / 241 with bk 64
-CONFIG = config_from_env(dict(bm=64, bn=0, bk=32, warps=4, stages=2, group_m=8), "VRWKV_TRITON_MIX")
+# with the residual epilogue a program holds whole rows: bn = next_pow2(N), bm = res_elems / bn (16..bm), res_warps
+# warps (sm_90, bf16: 128-186 registers, no spill, for C 192 / 384; rows of 1024 spill: the public ops take <= 512)
+CONFIG = config_from_env(dict(bm=64, bn=0, bk=32, warps=4, stages=2, group_m=8, res_warps=8, res_elems=8192),
+                         "VRWKV_TRITON_MIX")
 ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul": EPI_SIGMOID_MUL, "tanh": EPI_TANH}
 
 
 @triton.jit
-def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, M, N, K, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk,
-                       EPI: tl.constexpr, SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr,
-                       R: tl.constexpr, PREC: tl.constexpr, LORA_PREC: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, M, N, K, NTOK, H, W, HS, Q1, Q2,
+                       Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr, SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr,
+                       ONE_MINUS: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr, R: tl.constexpr,
+                       PREC: tl.constexpr, LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
     rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -77,34 +81,54 @@ def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, M, N, K, NTOK, H, W, HS,
         b = tl.load(pw, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot((x + xx * coef).to(b.dtype), b, acc, input_precision=PREC)
         pw += BK * swk
-    _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI, SAVE_PRE)
+    if RES == 0:
+        _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI, SAVE_PRE)
+    else:  # whole rows (one column tile): the block's residual add + LayerNorm, OUT = the new residual
+        val = _activate(acc, AUX, rm[:, None] * N + rn[None, :], m_ok[:, None] & n_ok[None, :], rn, n_ok, EPI)
+        _residual_norm_store(val, RX, GAMMA, LNW, LNB, OUT, NOUT, rm, rn, m_ok, n_ok, N, ln_eps, RES == 2,
+                             HAS_GAMMA)
 
 
 def _out_dtype(weight: torch.Tensor, y: Optional[torch.Tensor]) -> torch.dtype:
     return weight.dtype if y is None else torch.promote_types(weight.dtype, y.dtype)
 
 
-def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False):
-    """(out, pre): out (B, T, N); pre the saved pre-activation (sigmoid gate in training) or an empty tensor."""
+def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False, residual=None):
+    """(out, pre): out (B, T, N); pre the saved pre-activation (sigmoid gate in training) or an empty tensor.
+    ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype): the block's residual add + LayerNorm in the
+    epilogue (whole rows per program); then (s, n) with n None for post-norm."""
     B, T, C = x.shape
     rows, n = B * T, weight.shape[0]
-    out = new_empty((rows, n), _out_dtype(weight, y), x.device)
-    pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else out.new_empty((0,))
+    cfg = CONFIG
+    if residual is None:
+        out = new_empty((rows, n), _out_dtype(weight, y), x.device)
+        pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else out.new_empty((0,))
+        bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
+        res_args, res, has_gamma, eps = (out,) * 5, 0, False, 0.0
+    else:
+        x_res, gamma, lnw, lnb, eps, post, n_dtype = residual
+        out = new_empty((rows, n), x_res.dtype, x.device)  # the new residual stream
+        pre = new_empty((0 if post else rows, n), n_dtype, x.device)  # pre-norm: the next LayerNorm's output
+        bn, warps = next_pow2(max(n, 16)), cfg["res_warps"]
+        bm = max(16, min(cfg["bm"], cfg["res_elems"] // bn))
+        res_args = (x_res, out if gamma is None else gamma, lnw, lnb, pre)
+        res, has_gamma = 2 if post else 1, gamma is not None
     h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
     if h2 is not None and h2.stride(1) != 1:
         h2 = h2.contiguous()
-    cfg = CONFIG
-    bn = cfg["bn"] or (128 if n % 128 == 0 else 64)
     hs, q1, q2, q3 = _quarters(C, head_size)
-    grid = (cdiv(rows, cfg["bm"]) * cdiv(n, bn),)
+    grid = (cdiv(rows, bm) * cdiv(n, bn),)
     _mix_linear_kernel[grid](
         x, a, x if h2 is None else h2, x if w2 is None else w2, weight, out if y is None else y.reshape(rows, n),
-        out, pre, rows, n, C, T, H, W, hs, q1, q2, q3, 0 if h2 is None else h2.stride(0),
-        weight.stride(0), weight.stride(1),
-        EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre, HAS_LORA=h2 is not None, ONE_MINUS=one_minus,
-        R=16 if h2 is None else h2.shape[1], PREC=_precision(weight.dtype),
-        LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
-        BM=cfg["bm"], BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=cfg["warps"], num_stages=cfg["stages"])
+        out, pre, *res_args, rows, n, C, T, H, W, hs, q1, q2, q3, 0 if h2 is None else h2.stride(0),
+        weight.stride(0), weight.stride(1), float(eps),
+        EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre and residual is None, HAS_LORA=h2 is not None,
+        ONE_MINUS=one_minus, RES=res, HAS_GAMMA=has_gamma, R=16 if h2 is None else h2.shape[1],
+        PREC=_precision(weight.dtype), LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
+        BM=bm, BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=warps, num_stages=cfg["stages"])
+    if residual is not None:
+        s = out.view(residual[0].shape)
+        return s, (None if residual[5] else pre.view(s.shape))
     return out.view(B, T, n), pre
 
 
@@ -231,3 +255,37 @@ def mix_linear_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tens
             None if w2 is None else w2.contiguous(), weight, None if y is None else y.contiguous(), bool(one_minus),
             act)
     return run_op(_compiled, _MixLinear, _eager, *args)
+
+
+# ------------------------------------------------------------------ with the block's residual add + LayerNorm (inference)
+@torch.library.custom_op("vision_rwkv::mix_linear_residual", mutates_args=())
+def _mix_res_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, h: Optional[torch.Tensor],
+                w2: Optional[torch.Tensor], weight: torch.Tensor, y: Optional[torch.Tensor], one_minus: bool, act: str,
+                x_res: torch.Tensor, gamma: Optional[torch.Tensor], ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                eps: float, post: bool, n_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    s, n = _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act,
+                residual=(x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype))
+    return s, (s.new_empty((0,)) if n is None else n)  # custom ops return tensors, not None
+
+
+@_mix_res_op.register_fake
+def _(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype):
+    return x_res.new_empty(x_res.shape), x_res.new_empty((0,) if post else x_res.shape, dtype=n_dtype)
+
+
+def mix_linear_residual_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor, weight: torch.Tensor,
+                               head_size: Optional[int], h: Optional[torch.Tensor], w2: Optional[torch.Tensor],
+                               one_minus: bool, act: str, y: Optional[torch.Tensor], x_res: torch.Tensor,
+                               gamma: Optional[torch.Tensor], ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                               eps: float, post: bool, n_dtype: torch.dtype):
+    """:func:`mix_linear_triton` whose epilogue is the block's residual add + LayerNorm (``add_norm`` of x_res and
+    the projection's output; whole rows per program) -> ``(s, n)`` (n None for post-norm). Inference only: no
+    autograd (the public wrapper composes ``mix_linear`` and ``add_norm`` when a gradient is needed)."""
+    args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(), h,
+            None if w2 is None else w2.contiguous(), weight, None if y is None else y.contiguous(), bool(one_minus),
+            act, x_res.contiguous(), None if gamma is None else gamma.contiguous(), ln_weight.contiguous(),
+            ln_bias.contiguous(), float(eps), bool(post), n_dtype)
+    if torch.compiler.is_compiling():
+        s, n = _mix_res_op(*args)
+        return s, (None if post else n)
+    return _fwd(*args[:11], residual=args[11:])

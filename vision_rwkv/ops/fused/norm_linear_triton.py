@@ -16,23 +16,29 @@ from N). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, config_from_env, new_empty, run_op
-from .linear_triton import EPI_NONE, _epilogue_store, _grouped_tile, _precision, _weight_grad
+from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
+from .linear_triton import EPI_NONE, _epilogue_store, _grouped_tile, _precision, _residual_norm_store, _weight_grad
 from .triton import _gn_mul_bwd, _gn_mul_fwd
 
-__all__ = ["group_norm_mul_linear_triton", "CONFIG"]
+__all__ = ["group_norm_mul_linear_triton", "group_norm_mul_linear_residual_triton", "CONFIG"]
 
-CONFIG = config_from_env(dict(bm=64, bn=0, warps=4, stages=2, group_m=8), "VRWKV_TRITON_NORM_GEMM")
+# with the residual epilogue a program holds whole rows: bn = next_pow2(N), bm = res_elems / bn (16..bm), res_warps
+# warps (sm_90, bf16: 128-186 registers, no spill, for C 192 / 384; rows of 1024 spill: the public ops take <= 512)
+CONFIG = config_from_env(dict(bm=64, bn=0, warps=4, stages=2, group_m=8, res_warps=8, res_elems=8192),
+                         "VRWKV_TRITON_NORM_GEMM")
 
 
 @triton.jit
-def _norm_linear_kernel(Y, G, GW, GB, WT, OUT, M, N, K, eps, swn, swk, SILU: tl.constexpr, EPI: tl.constexpr,
-                      PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HS: tl.constexpr,
-                      GROUP_M: tl.constexpr):
+def _norm_linear_kernel(Y, G, GW, GB, WT, OUT, RX, GAMMA, LNW, LNB, NOUT, M, N, K, eps, swn, swk, ln_eps,
+                        SILU: tl.constexpr, EPI: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                        PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HS: tl.constexpr,
+                        GROUP_M: tl.constexpr):
     pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
     rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
@@ -56,20 +62,38 @@ def _norm_linear_kernel(Y, G, GW, GB, WT, OUT, M, N, K, eps, swn, swk, SILU: tl.
         wt = tl.load(pw, mask=n_ok[None, :], other=0.0)
         acc = tl.dot(((d * rstd[:, None] * w + b) * g).to(wt.dtype), wt, acc, input_precision=PREC)
         pw += HS * swk
-    _epilogue_store(acc, OUT, OUT, OUT, rm, rn, m_ok, n_ok, N, EPI, False)
+    if RES == 0:
+        _epilogue_store(acc, OUT, OUT, OUT, rm, rn, m_ok, n_ok, N, EPI, False)
+    else:  # whole rows (one column tile): the block's residual add + LayerNorm, OUT = the new residual
+        _residual_norm_store(acc, RX, GAMMA, LNW, LNB, OUT, NOUT, rm, rn, m_ok, n_ok, N, ln_eps, RES == 2, HAS_GAMMA)
 
 
-def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight):
+def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight, residual=None):
+    """The projection (..., N); with ``residual`` = (x_res, gamma, ln_weight, ln_bias, ln_eps, post, n_dtype) the
+    block's residual add + LayerNorm in the epilogue instead: (s, n), n None for post-norm."""
     c = y.shape[-1]
     rows, n = y.numel() // c, weight.shape[0]
-    out = new_empty((rows, n), weight.dtype, y.device)
     cfg = CONFIG
-    bn = cfg["bn"] or (128 if n % 128 == 0 else 64)
-    grid = (cdiv(rows, cfg["bm"]) * cdiv(n, bn),)
-    _norm_linear_kernel[grid](y, g, gn_weight, gn_bias, weight, out, rows, n, c, eps, weight.stride(0),
-                            weight.stride(1), SILU=silu, EPI=EPI_NONE, PREC=_precision(weight.dtype), BM=cfg["bm"],
-                            BN=bn, HS=c // groups, GROUP_M=cfg["group_m"], num_warps=cfg["warps"],
-                            num_stages=cfg["stages"])
+    if residual is None:
+        out = new_empty((rows, n), weight.dtype, y.device)
+        bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
+        res_args, res, has_gamma, ln_eps = (out,) * 5, 0, False, 0.0
+    else:
+        x_res, gamma, lnw, lnb, ln_eps, post, n_dtype = residual
+        out = new_empty((rows, n), x_res.dtype, y.device)  # the new residual stream
+        nout = new_empty((0 if post else rows, n), n_dtype, y.device)  # pre-norm: the next LayerNorm's output
+        bn, warps = next_pow2(max(n, 16)), cfg["res_warps"]
+        bm = max(16, min(cfg["bm"], cfg["res_elems"] // bn))
+        res_args = (x_res, out if gamma is None else gamma, lnw, lnb, nout)
+        res, has_gamma = 2 if post else 1, gamma is not None
+    grid = (cdiv(rows, bm) * cdiv(n, bn),)
+    _norm_linear_kernel[grid](y, g, gn_weight, gn_bias, weight, out, *res_args, rows, n, c, eps, weight.stride(0),
+                              weight.stride(1), float(ln_eps), SILU=silu, EPI=EPI_NONE, RES=res, HAS_GAMMA=has_gamma,
+                              PREC=_precision(weight.dtype), BM=bm, BN=bn, HS=c // groups, GROUP_M=cfg["group_m"],
+                              num_warps=warps, num_stages=cfg["stages"])
+    if residual is not None:
+        s = out.view(residual[0].shape)
+        return s, (None if residual[5] else nout.view(s.shape))
     return out.view(*y.shape[:-1], n)
 
 
@@ -149,3 +173,33 @@ def group_norm_mul_linear_triton(y: torch.Tensor, g: torch.Tensor, num_groups: i
     args = (y.contiguous(), g.contiguous(), int(num_groups), gn_weight.contiguous(), gn_bias.contiguous(),
             float(eps), gate_act == "silu", weight)
     return run_op(_op, _GroupNormMulLinear, _fwd, *args)
+
+
+# ------------------------------------------------------------------ with the block's residual add + LayerNorm (inference)
+@torch.library.custom_op("vision_rwkv::group_norm_mul_linear_residual", mutates_args=())
+def _res_op(y: torch.Tensor, g: torch.Tensor, groups: int, gn_weight: torch.Tensor, gn_bias: torch.Tensor, eps: float,
+            silu: bool, weight: torch.Tensor, x_res: torch.Tensor, gamma: Optional[torch.Tensor],
+            ln_weight: torch.Tensor, ln_bias: torch.Tensor, ln_eps: float, post: bool,
+            n_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    s, n = _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight,
+                residual=(x_res, gamma, ln_weight, ln_bias, ln_eps, post, n_dtype))
+    return s, (s.new_empty((0,)) if n is None else n)  # custom ops return tensors, not None
+
+
+@_res_op.register_fake
+def _(y, g, groups, gn_weight, gn_bias, eps, silu, weight, x_res, gamma, ln_weight, ln_bias, ln_eps, post, n_dtype):
+    return x_res.new_empty(x_res.shape), x_res.new_empty((0,) if post else x_res.shape, dtype=n_dtype)
+
+
+def group_norm_mul_linear_residual_triton(y, g, num_groups, gn_weight, gn_bias, eps, gate_act, weight, x_res, gamma,
+                                          ln_weight, ln_bias, ln_eps, post, n_dtype):
+    """:func:`group_norm_mul_linear_triton` whose epilogue is the block's residual add + LayerNorm (``add_norm`` of
+    x_res and the projection's output; whole rows per program) -> ``(s, n)`` (n None for post-norm). Inference only
+    (the public wrapper composes the op and ``add_norm`` when a gradient is needed)."""
+    args = (y.contiguous(), g.contiguous(), int(num_groups), gn_weight.contiguous(), gn_bias.contiguous(),
+            float(eps), gate_act == "silu", weight, x_res.contiguous(), None if gamma is None else gamma.contiguous(),
+            ln_weight.contiguous(), ln_bias.contiguous(), float(ln_eps), bool(post), n_dtype)
+    if torch.compiler.is_compiling():
+        s, n = _res_op(*args)
+        return s, (None if post else n)
+    return _fwd(*args[:8], residual=args[8:])
