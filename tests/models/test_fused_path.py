@@ -81,15 +81,14 @@ LORA_OPS = {"linear_tanh", "linear_decay"}
 
 
 # the Q-Shift interpolations inside the projections' GEMMs, in the RWKV-6 mixes GroupNorm * gate inside the output
-# projection's GEMM, and the block's residual add + LayerNorm in the epilogue of each mixer's last GEMM (the channel
-# mixes; the RWKV-6 token mix; not the v4 token mix, whose output projection is cuBLAS) (VRWKV_FUSED_MIX=1, inference
-# only): v4 pre-norm, v4 post-norm with key norm and layer scale, v6 post-norm, v6 head size 12 (no power of two: the
+# projection's GEMM, and the block's residual add + LayerNorm in the epilogue of each mixer's last GEMM (the v4 token
+# mix's output projection as a Triton GEMM: linear_add_norm) (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4 post-norm with key norm and layer scale, v6 post-norm, v6 head size 12 (no power of two: the
 # gn_mul pass + the projection + add_norm), alone and with the GEMM epilogues (the decay LoRA's second stage); the
 # mixed-input passes and the separate activation passes must not run. With VRWKV_FUSED_MLP=1 also the channel mix's
 # key-value MLP in one kernel (not across v4-L's key norm)
 MIX_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 1, 2, 3)]
 _V6_MIX_OPS = {"mix_linear", "group_norm_mul_linear", "decay_logd", "wkv:bi_wkv6"}
-MIX_EXPECTED_CALLS = [{"mix_linear", "add_norm", "wkv:bi_wkv"}] * 2 + [
+MIX_EXPECTED_CALLS = [{"mix_linear", "linear_add_norm", "wkv:bi_wkv"}] * 2 + [
     _V6_MIX_OPS, _V6_MIX_OPS | {"group_norm_mul", "add_norm"}]
 
 
@@ -211,8 +210,8 @@ def test_mix_gemms_in_models_interpreter(mix_results, pos):
     assert "error" not in res, res.get("error")
     assert res["finite"] and res["y"] < 1e-5, res
     assert set(res["calls"]) == MIX_EXPECTED_CALLS[pos], res["calls"]
-    if pos < 2:  # v4: the token mixes' add_norm only (one per block); the channel mixes' went into their GEMMs
-        assert res["calls"]["add_norm"] == MIX_CASES[pos][1]["depth"], res["calls"]
+    if pos < 2:  # v4: the token mixes' output projections carry their add_norm (one per block)
+        assert res["calls"]["linear_add_norm"] == MIX_CASES[pos][1]["depth"], res["calls"]
 
 
 @pytest.mark.parametrize("pos", range(2), ids=[c[0] for c in MIX_CASES[2:]])

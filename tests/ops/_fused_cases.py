@@ -192,6 +192,13 @@ def _inputs(case: dict, device: str):
         rf = lambda t: ref.mix_mlp_reference(t["x"], (H, W), t["a"], t["key_weight"], t["value_weight"], hs,  # noqa
                                              one_minus)
         odt = dtype
+    elif op == "linear_add_norm":  # a projection with the block's residual add + LayerNorm (always a residual)
+        shape, n = case["shape"], case["N"]
+        leaves = {"x": _randn(shape, g, dtype, device),
+                  "weight": _randn((n, shape[-1]), g, torch.float32, device, shape[-1] ** -0.5)}
+        call = lambda t, **kw: fused.linear_add_norm(t["x"], t["weight"], kw["residual"], backend)  # noqa: E731
+        rf = lambda t: torch.nn.functional.linear(t["x"], t["weight"].to(t["x"].dtype))  # noqa: E731
+        fn, rf, odt = _with_residual(case, leaves, g, device, tuple(shape[:-1]) + (n,), call, rf)
     elif op == "group_norm_mul_linear":
         shape, groups, n = case["shape"], case["groups"], case["N"]
         c = shape[-1]
@@ -248,7 +255,8 @@ def _gemm_module(case: dict):
 
     from vision_rwkv.ops.fused import mix_mlp_triton, norm_linear_triton
 
-    modules = {"mix_linear": mix_linear_triton, "group_norm_mul_linear": norm_linear_triton, "mix_mlp": mix_mlp_triton}
+    modules = {"mix_linear": mix_linear_triton, "linear_add_norm": mix_linear_triton,
+               "group_norm_mul_linear": norm_linear_triton, "mix_mlp": mix_mlp_triton}
     return modules.get(case["op"], linear_triton)
 
 

@@ -80,9 +80,23 @@ class SpatialMix(nn.Module):
         kernel launch on a GPU instead of two)."""
         return tuple(torch._foreach_div([self.spatial_decay, self.spatial_first], num_tokens))
 
-    def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
+        """The token mix of x; with ``residual`` (see :func:`~vision_rwkv.models.mixing.fuses_residual`) the block's
+        ``(x, norm(x))``."""
         if fused.fused_enabled(x):
-            return self._forward_fused(x, grid_size)
+            if residual is not None and self.fuses_residual():
+                return self._forward_mix_gemm(x, grid_size, residual)
+            out = self._forward_fused(x, grid_size)
+        else:
+            out = self._forward_plain(x, grid_size)
+        return out if residual is None else residual.apply(out)
+
+    def fuses_residual(self) -> bool:
+        """The mixed-operand inference path: the output projection runs as a Triton GEMM with the residual add +
+        LayerNorm in its epilogue."""
+        return mix_gemm_ready(self.key, self.value, self.receptance, self.output)
+
+    def _forward_plain(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         shifted = q_shift(x, grid_size)
         k = self.key(lerp_mix(x, shifted, self.spatial_mix_k))
         v = self.value(lerp_mix(x, shifted, self.spatial_mix_v))
@@ -106,16 +120,18 @@ class SpatialMix(nn.Module):
             y = self.key_norm(y)
         return self.output(receptance_gate(self.receptance, xr, y))
 
-    def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+    def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """Fused inference path with the Q-Shift lerps inside the k, v, r GEMMs (the sigmoid gate on the WKV
-        output in the receptance GEMM's epilogue): xk, xv, xr are never written."""
+        output in the receptance GEMM's epilogue): xk, xv, xr are never written. With ``residual`` the output
+        projection also does the block's residual add + LayerNorm (:func:`fused.linear_add_norm`)."""
         k = fused.mix_linear(x, grid_size, self.spatial_mix_k, self.key.weight, one_minus=True)
         v = fused.mix_linear(x, grid_size, self.spatial_mix_v, self.value.weight, one_minus=True)
         y = bi_wkv(*self.per_step(x.shape[1]), k, v, mode=self.wkv_mode, chunks=self.wkv_chunks)
         if self.key_norm is not None:
             y = self.key_norm(y)
-        return self.output(fused.mix_linear(x, grid_size, self.spatial_mix_r, self.receptance.weight, one_minus=True,
-                                            act='sigmoid_mul', y=y))
+        gated = fused.mix_linear(x, grid_size, self.spatial_mix_r, self.receptance.weight, one_minus=True,
+                                 act='sigmoid_mul', y=y)
+        return self.output(gated) if residual is None else fused.linear_add_norm(gated, self.output.weight, residual)
 
     def extra_repr(self) -> str:
         return f'wkv_mode={self.wkv_mode!r}, wkv_chunks={self.wkv_chunks}'

@@ -46,7 +46,7 @@ from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, grou
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
-           "mix_linear", "mix_mlp", "group_norm_mul_linear", "fused_enabled", "fused_gemm_enabled", "fused_mix_enabled",
+           "mix_linear", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled", "fused_gemm_enabled", "fused_mix_enabled",
            "fused_mlp_enabled",
            "compute_dtype", "ResidualNorm", "FUSED_UNDER_COMPILE"]
 
@@ -487,6 +487,29 @@ def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: to
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype):
         return _triton().group_norm_mul_triton(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
     return group_norm_mul_reference(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
+
+
+def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, residual: ResidualNorm, backend: Optional[str] = None):
+    """A bias-free projection and the block's residual add + LayerNorm in its epilogue: ``residual.apply(x @
+    weight^T)`` = ``(s, n)`` (n None for post-norm) - the v4 token mix's output projection on the fused inference
+    path. x: (B, T, K); weight: (N, K). The Triton kernel (whole rows per program) for N <= 512 without gradients;
+    otherwise the projection and :func:`add_norm` (differentiable)."""
+    op = "linear_add_norm"
+    device = check_tensors(op, x=x, weight=weight)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: expected x of shape (B, T, K), got {tuple(x.shape)}")
+    _check_linear(op, x, weight)
+    residual.check(op, tuple(x.shape[:2]) + (weight.shape[0],))
+    dtype = compute_dtype(x)
+    weight = weight if weight.dtype == dtype else weight.to(dtype)
+    if (_resolve(op, device, backend) == "triton" and torch.float64 not in (x.dtype, dtype)
+            and residual.fusable(weight.shape[0], x, weight)):
+        r = residual
+        xc = x.to(dtype).contiguous()
+        return _mix().mix_linear_residual_triton(xc, (1, x.shape[1]), xc, weight, None, None, None, False, "none",
+                                                 None, r.x, r.gamma, r.weight, r.bias, r.eps, r.post,
+                                                 r.out_dtype or r.x.dtype, shift=False)
+    return residual.apply(torch.nn.functional.linear(x, weight), backend)
 
 
 def mix_mlp(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, key_weight: torch.Tensor,

@@ -45,7 +45,8 @@ ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul"
 @triton.jit
 def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, M, N, K, NTOK, H, W, HS, Q1, Q2,
                        Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr, SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr,
-                       ONE_MINUS: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr, R: tl.constexpr,
+                       ONE_MINUS: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr, SHIFT: tl.constexpr,
+                       R: tl.constexpr,
                        PREC: tl.constexpr, LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
@@ -64,22 +65,27 @@ def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOU
     for k0 in range(0, K, BK):
         c = k0 + rk
         c_ok = c < K
-        cc = c % HS
-        q = ((cc >= Q1).to(tl.int32) + (cc >= Q2).to(tl.int32) + (cc >= Q3).to(tl.int32))[None, :]
-        delta, valid = _neighbour(n_img, q, H, W)
         ok = m_ok[:, None] & c_ok[None, :]
-        valid = valid & ok
         offs = rm[:, None] * K + c[None, :]
-        x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
-        xx = tl.load(X + offs + tl.where(valid, delta, 0).to(tl.int64) * K, mask=valid, other=0.0).to(tl.float32) - x
-        coef = tl.load(A + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        if ONE_MINUS:
-            coef = 1.0 - coef
-        if HAS_LORA:
-            w2 = tl.load(W2 + rr[:, None] * K + c[None, :], mask=c_ok[None, :], other=0.0)
-            coef = coef + tl.dot(hf, w2.to(hrow.dtype).to(tl.float32), input_precision=LORA_PREC)
         b = tl.load(pw, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot((x + xx * coef).to(b.dtype), b, acc, input_precision=PREC)
+        if SHIFT:
+            cc = c % HS
+            q = ((cc >= Q1).to(tl.int32) + (cc >= Q2).to(tl.int32) + (cc >= Q3).to(tl.int32))[None, :]
+            delta, valid = _neighbour(n_img, q, H, W)
+            valid = valid & ok
+            x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
+            xx = tl.load(X + offs + tl.where(valid, delta, 0).to(tl.int64) * K, mask=valid,
+                         other=0.0).to(tl.float32) - x
+            coef = tl.load(A + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+            if ONE_MINUS:
+                coef = 1.0 - coef
+            if HAS_LORA:
+                w2 = tl.load(W2 + rr[:, None] * K + c[None, :], mask=c_ok[None, :], other=0.0)
+                coef = coef + tl.dot(hf, w2.to(hrow.dtype).to(tl.float32), input_precision=LORA_PREC)
+            operand = (x + xx * coef).to(b.dtype)
+        else:  # a plain projection of x (the residual epilogue on an ordinary Linear)
+            operand = tl.load(X + offs, mask=ok, other=0.0).to(b.dtype)
+        acc = tl.dot(operand, b, acc, input_precision=PREC)
         pw += BK * swk
     if RES == 0:
         _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI, SAVE_PRE)
@@ -93,10 +99,11 @@ def _out_dtype(weight: torch.Tensor, y: Optional[torch.Tensor]) -> torch.dtype:
     return weight.dtype if y is None else torch.promote_types(weight.dtype, y.dtype)
 
 
-def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False, residual=None):
+def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False, residual=None, shift=True):
     """(out, pre): out (B, T, N); pre the saved pre-activation (sigmoid gate in training) or an empty tensor.
     ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype): the block's residual add + LayerNorm in the
-    epilogue (whole rows per program); then (s, n) with n None for post-norm."""
+    epilogue (whole rows per program); then (s, n) with n None for post-norm. ``shift=False``: the operand is x itself
+    (a plain projection; a, h, w2 unused)."""
     B, T, C = x.shape
     rows, n = B * T, weight.shape[0]
     cfg = CONFIG
@@ -123,7 +130,7 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
         out, pre, *res_args, rows, n, C, T, H, W, hs, q1, q2, q3, 0 if h2 is None else h2.stride(0),
         weight.stride(0), weight.stride(1), float(eps),
         EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre and residual is None, HAS_LORA=h2 is not None,
-        ONE_MINUS=one_minus, RES=res, HAS_GAMMA=has_gamma, R=16 if h2 is None else h2.shape[1],
+        ONE_MINUS=one_minus, RES=res, HAS_GAMMA=has_gamma, SHIFT=shift, R=16 if h2 is None else h2.shape[1],
         PREC=_precision(weight.dtype), LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
         BM=bm, BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=warps, num_stages=cfg["stages"])
     if residual is not None:
@@ -262,14 +269,15 @@ def mix_linear_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tens
 def _mix_res_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, h: Optional[torch.Tensor],
                 w2: Optional[torch.Tensor], weight: torch.Tensor, y: Optional[torch.Tensor], one_minus: bool, act: str,
                 x_res: torch.Tensor, gamma: Optional[torch.Tensor], ln_weight: torch.Tensor, ln_bias: torch.Tensor,
-                eps: float, post: bool, n_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                eps: float, post: bool, n_dtype: torch.dtype, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
     s, n = _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act,
-                residual=(x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype))
+                residual=(x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype), shift=shift)
     return s, (s.new_empty((0,)) if n is None else n)  # custom ops return tensors, not None
 
 
 @_mix_res_op.register_fake
-def _(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype):
+def _(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype,
+      shift):
     return x_res.new_empty(x_res.shape), x_res.new_empty((0,) if post else x_res.shape, dtype=n_dtype)
 
 
@@ -277,15 +285,16 @@ def mix_linear_residual_triton(x: torch.Tensor, grid_size: tuple[int, int], a: t
                                head_size: Optional[int], h: Optional[torch.Tensor], w2: Optional[torch.Tensor],
                                one_minus: bool, act: str, y: Optional[torch.Tensor], x_res: torch.Tensor,
                                gamma: Optional[torch.Tensor], ln_weight: torch.Tensor, ln_bias: torch.Tensor,
-                               eps: float, post: bool, n_dtype: torch.dtype):
+                               eps: float, post: bool, n_dtype: torch.dtype, shift: bool = True):
     """:func:`mix_linear_triton` whose epilogue is the block's residual add + LayerNorm (``add_norm`` of x_res and
     the projection's output; whole rows per program) -> ``(s, n)`` (n None for post-norm). Inference only: no
-    autograd (the public wrapper composes ``mix_linear`` and ``add_norm`` when a gradient is needed)."""
+    autograd (the public wrapper composes ``mix_linear`` and ``add_norm`` when a gradient is needed). ``shift=False``:
+    a plain projection of x (``fused.linear_add_norm``)."""
     args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(), h,
             None if w2 is None else w2.contiguous(), weight, None if y is None else y.contiguous(), bool(one_minus),
             act, x_res.contiguous(), None if gamma is None else gamma.contiguous(), ln_weight.contiguous(),
-            ln_bias.contiguous(), float(eps), bool(post), n_dtype)
+            ln_bias.contiguous(), float(eps), bool(post), n_dtype, bool(shift))
     if torch.compiler.is_compiling():
         s, n = _mix_res_op(*args)
         return s, (None if post else n)
-    return _fwd(*args[:11], residual=args[11:])
+    return _fwd(*args[:11], residual=args[11:18], shift=args[18])
