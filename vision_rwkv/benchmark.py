@@ -20,7 +20,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 
@@ -297,6 +297,24 @@ def _gemm_callable(epi: str, impl: str, backend: str, x, w, y, grad: bool):
     return run
 
 
+def _time_pair_row(row: dict, fn: Callable[[], object], dev: torch.device, iters: int, warmup: int, flops: float,
+                   io: Optional[float], base: Optional[float]) -> Optional[float]:
+    """Time ``fn`` into ``row`` (ms, CUDA-graph ms, TFLOP/s, % of the memory floor when ``io`` bytes are given) for
+    the unfused / fused pairs of the GEMM table: the unfused row returns its ms as the ``base`` of the fused one,
+    which gets ``vs_unfused`` = base / ms."""
+    row.update(time_fn(fn, dev, iters, warmup))
+    if dev.type == "cuda":
+        row["graph_ms"] = time_graph(fn, iters)
+    row["TFLOPs"] = flops / (row["ms"] * 1e-3) / 1e12
+    if io is not None:
+        row["pct_floor"] = 100.0 * io / DRAM_BPS * 1e3 / row["ms"]
+    if row["impl"] == "unfused":
+        return row["ms"]
+    if base is not None:
+        row["vs_unfused"] = base / row["ms"]
+    return base
+
+
 def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), shapes: Iterable | None = None,
                          iters: int = 20, warmup: int = 3,
                          progress: Callable[[dict], None] | None = None) -> list[dict]:
@@ -326,17 +344,8 @@ def bench_gemm_epilogues(device: str = "cuda", dtypes: Iterable[str] = ("bf16",)
                                device=str(dev))
                     try:
                         fn = _gemm_callable(epi, impl, backend, x, w, y, grad)
-                        row.update(time_fn(fn, dev, iters, warmup))
-                        if dev.type == "cuda":
-                            row["graph_ms"] = time_graph(fn, iters)
-                        flops = 2 * M * K * N * (3 if grad else 1)
-                        row["TFLOPs"] = flops / (row["ms"] * 1e-3) / 1e12
-                        if not grad:
-                            row["pct_floor"] = 100.0 * io / DRAM_BPS * 1e3 / row["ms"]
-                        if impl == "unfused":
-                            base = row["ms"]
-                        elif base is not None:
-                            row["vs_unfused"] = base / row["ms"]
+                        base = _time_pair_row(row, fn, dev, iters, warmup, 2 * M * K * N * (3 if grad else 1),
+                                              None if grad else io, base)
                     except Exception as e:  # a failing row is reported, not fatal
                         row["error"] = f"{type(e).__name__}: {e}"[:300]
                     rows.append(row)
@@ -460,15 +469,8 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
                     def run(fn=fn):
                         with torch.no_grad():
                             return fn()
-                    row.update(time_fn(run, dev, iters, warmup))
-                    if dev.type == "cuda":
-                        row["graph_ms"] = time_graph(run, iters)
-                    row["TFLOPs"] = 2 * B * H * W * sum(w.numel() for w in ws) / (row["ms"] * 1e-3) / 1e12
-                    row["pct_floor"] = 100.0 * io / DRAM_BPS * 1e3 / row["ms"]
-                    if impl == "unfused":
-                        base = row["ms"]
-                    elif base is not None:
-                        row["vs_unfused"] = base / row["ms"]
+                    base = _time_pair_row(row, run, dev, iters, warmup, 2 * B * H * W * sum(w.numel() for w in ws),
+                                          io, base)
                 except Exception as e:  # a failing row is reported, not fatal
                     row["error"] = f"{type(e).__name__}: {e}"[:300]
                 rows.append(row)

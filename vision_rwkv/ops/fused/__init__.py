@@ -46,19 +46,15 @@ from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, grou
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
-           "mix_linear", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled", "fused_gemm_enabled", "fused_mix_enabled",
-           "fused_mlp_enabled",
-           "compute_dtype", "ResidualNorm", "FUSED_UNDER_COMPILE"]
+           "mix_linear", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled", "fused_gemm_enabled",
+           "fused_mix_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
 FUSED_UNDER_COMPILE = True
 
 _triton_mod = None
-_linear_mod = None
-_mix_mod = None
-_norm_linear_mod = None
-_mlp_mod = None
+_gemm_mods: dict = {}  # GEMM-kernel module name -> module, filled on first use
 
 
 def _triton():
@@ -72,36 +68,29 @@ def _triton():
     return _triton_mod
 
 
+def _gemm_module(name: str):
+    """A GEMM-kernel module of this package (``linear_triton``, ``mix_linear_triton``, ...), imported on first use
+    (each imports ``triton.py``, whose import :func:`_triton_ok` checks first)."""
+    mod = _gemm_mods.get(name)
+    if mod is None:
+        mod = _gemm_mods[name] = importlib.import_module(f"vision_rwkv.ops.fused.{name}")
+    return mod
+
+
 def _linear():
-    """The GEMM-epilogue Triton module (imported on first use; it imports ``triton.py``, checked first)."""
-    global _linear_mod
-    if _linear_mod is None:
-        _linear_mod = importlib.import_module("vision_rwkv.ops.fused.linear_triton")
-    return _linear_mod
+    return _gemm_module("linear_triton")
 
 
 def _mix():
-    """The mixed-operand GEMM module (imported on first use, like :func:`_linear`)."""
-    global _mix_mod
-    if _mix_mod is None:
-        _mix_mod = importlib.import_module("vision_rwkv.ops.fused.mix_linear_triton")
-    return _mix_mod
+    return _gemm_module("mix_linear_triton")
 
 
 def _norm_linear():
-    """The GroupNorm-operand GEMM module (imported on first use, like :func:`_linear`)."""
-    global _norm_linear_mod
-    if _norm_linear_mod is None:
-        _norm_linear_mod = importlib.import_module("vision_rwkv.ops.fused.norm_linear_triton")
-    return _norm_linear_mod
+    return _gemm_module("norm_linear_triton")
 
 
 def _mlp():
-    """The fused key-value MLP module (imported on first use, like :func:`_linear`)."""
-    global _mlp_mod
-    if _mlp_mod is None:
-        _mlp_mod = importlib.import_module("vision_rwkv.ops.fused.mix_mlp_triton")
-    return _mlp_mod
+    return _gemm_module("mix_mlp_triton")
 
 
 def _triton_ok() -> bool:
@@ -467,6 +456,20 @@ def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, wei
     return mix_linear_reference(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y)
 
 
+def _check_group_norm(op: str, y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: tuple, bias: tuple,
+                      gate_act: Optional[str]) -> None:
+    """Shapes of a GroupNorm * gate: g like y, C a multiple of num_groups, (name, tensor) weight and bias (C,), and
+    the gate activation."""
+    check_shape(op, "g", g, tuple(y.shape))
+    c = y.shape[-1]
+    if num_groups < 1 or c % num_groups:
+        raise ValueError(f"{op}: C={c} is not a multiple of num_groups={num_groups}")
+    for name, t in (weight, bias):
+        check_shape(op, name, t, (c,))
+    if gate_act not in (None, "silu"):
+        raise ValueError(f"{op}: gate_act must be None or 'silu', got {gate_act!r}")
+
+
 def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: torch.Tensor, bias: torch.Tensor,
                    eps: float = 1e-5, gate_act: Optional[str] = None, out_dtype: Optional[torch.dtype] = None,
                    backend: Optional[str] = None) -> torch.Tensor:
@@ -476,14 +479,7 @@ def group_norm_mul(y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: to
     """
     op = "group_norm_mul"
     device = check_tensors(op, y=y, g=g, weight=weight, bias=bias)
-    check_shape(op, "g", g, tuple(y.shape))
-    c = y.shape[-1]
-    if num_groups < 1 or c % num_groups:
-        raise ValueError(f"{op}: C={c} is not a multiple of num_groups={num_groups}")
-    check_shape(op, "weight", weight, (c,))
-    check_shape(op, "bias", bias, (c,))
-    if gate_act not in (None, "silu"):
-        raise ValueError(f"{op}: gate_act must be None or 'silu', got {gate_act!r}")
+    _check_group_norm(op, y, g, num_groups, ("weight", weight), ("bias", bias), gate_act)
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype):
         return _triton().group_norm_mul_triton(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
     return group_norm_mul_reference(y, g, num_groups, weight, bias, eps, gate_act, out_dtype)
@@ -558,15 +554,9 @@ def group_norm_mul_linear(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_
     """
     op = "group_norm_mul_linear"
     device = check_tensors(op, y=y, g=g, gn_weight=gn_weight, gn_bias=gn_bias, weight=weight)
-    check_shape(op, "g", g, tuple(y.shape))
-    c = y.shape[-1]
-    if num_groups < 1 or c % num_groups:
-        raise ValueError(f"{op}: C={c} is not a multiple of num_groups={num_groups}")
-    check_shape(op, "gn_weight", gn_weight, (c,))
-    check_shape(op, "gn_bias", gn_bias, (c,))
+    _check_group_norm(op, y, g, num_groups, ("gn_weight", gn_weight), ("gn_bias", gn_bias), gate_act)
     _check_linear(op, y, weight)
-    if gate_act not in (None, "silu"):
-        raise ValueError(f"{op}: gate_act must be None or 'silu', got {gate_act!r}")
+    c = y.shape[-1]
     if residual is not None:
         residual.check(op, tuple(y.shape[:-1]) + (weight.shape[0],))
     dtype = compute_dtype(y)

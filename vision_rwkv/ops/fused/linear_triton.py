@@ -24,11 +24,13 @@ when ``VRWKV_TRITON_DEBUG=1``). Shapes and dtypes are checked by the public wrap
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, config_from_env, new_empty, run_op
+from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
 from .triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
                      _tanh_bwd_from_out_kernel, decay_grads)
 
@@ -45,16 +47,18 @@ EPI_NONE = 4
 
 
 @triton.jit
-def _grouped_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-    """(row tile, column tile) of this program: program ids run down GROUP_M row tiles before moving to the next
-    column tile, so neighbouring programs share W tiles in L2."""
+def _gemm_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Rows rm (int64), columns rn and their in-bounds masks of this program's output tile: program ids run down
+    GROUP_M row tiles before moving to the next column tile, so neighbouring programs share W tiles in L2."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
     per_group = GROUP_M * num_n
     first_m = (pid // per_group) * GROUP_M
     group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    return first_m + (pid % per_group) % group_rows, (pid % per_group) // group_rows
+    rm = (first_m + (pid % per_group) % group_rows).to(tl.int64) * BM + tl.arange(0, BM)
+    rn = ((pid % per_group) // group_rows) * BN + tl.arange(0, BN)
+    return rm, rn, rm < M, rn < N
 
 
 @triton.jit
@@ -123,12 +127,8 @@ def _residual_norm_store(val, RX, GAMMA, LNW, LNB, SOUT, NOUT, rm, rn, m_ok, n_o
 def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
                        EPI: tl.constexpr, SAVE_PRE: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
-    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _gemm_tile(M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < N
     px = X + rm[:, None] * sxm + rk[None, :] * sxk
     pw = WT + rn[None, :] * swn + rk[:, None] * swk
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -145,6 +145,38 @@ def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
         pw += BK * swk
 
     _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI, SAVE_PRE)
+
+
+class ResidualLaunch(NamedTuple):
+    """Outputs and launch settings of a GEMM kernel with the residual epilogue (``_residual_norm_store``)."""
+
+    s: torch.Tensor  # (rows, N) the new residual stream, in x_res's dtype (the kernel's OUT)
+    n: torch.Tensor  # (rows, N) pre-norm: the next LayerNorm's output; post-norm: empty
+    args: tuple  # the kernel's RX, GAMMA, LNW, LNB, NOUT
+    meta: dict  # RES (1 pre-norm, 2 post-norm), HAS_GAMMA
+    eps: float
+    bm: int
+    bn: int
+    warps: int
+
+    def results(self, shape):
+        """What the op returns: ``(s, n)`` viewed as ``shape``, n None for post-norm."""
+        s = self.s.view(shape)
+        return s, (self.n.view(shape) if self.meta["RES"] == 1 else None)
+
+
+def residual_launch(residual, rows: int, n: int, cfg: dict, device) -> ResidualLaunch:
+    """Allocate the outputs of the residual epilogue and pick its tiles: one program holds whole rows, bn =
+    next_pow2(N), bm = ``cfg["res_elems"]`` / bn (between 16 and ``cfg["bm"]``), ``cfg["res_warps"]`` warps.
+    ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype)."""
+    x_res, gamma, lnw, lnb, eps, post, n_dtype = residual
+    s = new_empty((rows, n), x_res.dtype, device)
+    nout = new_empty((0 if post else rows, n), n_dtype, device)
+    bn = next_pow2(max(n, 16))
+    bm = max(16, min(cfg["bm"], cfg["res_elems"] // bn))
+    return ResidualLaunch(s, nout, (x_res, s if gamma is None else gamma, lnw, lnb, nout),
+                          dict(RES=2 if post else 1, HAS_GAMMA=gamma is not None), float(eps), bm, bn,
+                          cfg["res_warps"])
 
 
 def _precision(dtype: torch.dtype) -> str:

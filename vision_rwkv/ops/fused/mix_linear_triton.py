@@ -26,9 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
+from .._triton_utils import cdiv, config_from_env, new_empty, run_op
 from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
-                            _grouped_tile, _precision, _residual_norm_store, _weight_grad)
+                            _gemm_tile, _precision, _residual_norm_store, _weight_grad, residual_launch)
 from .triton import (_elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
                      _tanh_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
 
@@ -49,12 +49,8 @@ def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOU
                        R: tl.constexpr,
                        PREC: tl.constexpr, LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
-    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _gemm_tile(M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
-    m_ok = rm < M
-    n_ok = rn < N
     n_img = (rm % NTOK)[:, None]  # token index inside its image
     rr = tl.arange(0, R)
     if HAS_LORA:  # this program's rows of the LoRA hidden, exactly in fp32 (16-bit values are exact in tf32)
@@ -111,15 +107,10 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
         out = new_empty((rows, n), _out_dtype(weight, y), x.device)
         pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else out.new_empty((0,))
         bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
-        res_args, res, has_gamma, eps = (out,) * 5, 0, False, 0.0
+        res_args, res_meta, eps = (out,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        x_res, gamma, lnw, lnb, eps, post, n_dtype = residual
-        out = new_empty((rows, n), x_res.dtype, x.device)  # the new residual stream
-        pre = new_empty((0 if post else rows, n), n_dtype, x.device)  # pre-norm: the next LayerNorm's output
-        bn, warps = next_pow2(max(n, 16)), cfg["res_warps"]
-        bm = max(16, min(cfg["bm"], cfg["res_elems"] // bn))
-        res_args = (x_res, out if gamma is None else gamma, lnw, lnb, pre)
-        res, has_gamma = 2 if post else 1, gamma is not None
+        rl = residual_launch(residual, rows, n, cfg, x.device)
+        out, pre, res_args, res_meta, eps, bm, bn, warps = rl.s, rl.n, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
     if h2 is not None and h2.stride(1) != 1:
         h2 = h2.contiguous()
@@ -130,12 +121,11 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
         out, pre, *res_args, rows, n, C, T, H, W, hs, q1, q2, q3, 0 if h2 is None else h2.stride(0),
         weight.stride(0), weight.stride(1), float(eps),
         EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre and residual is None, HAS_LORA=h2 is not None,
-        ONE_MINUS=one_minus, RES=res, HAS_GAMMA=has_gamma, SHIFT=shift, R=16 if h2 is None else h2.shape[1],
+        ONE_MINUS=one_minus, SHIFT=shift, R=16 if h2 is None else h2.shape[1], **res_meta,
         PREC=_precision(weight.dtype), LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
         BM=bm, BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=warps, num_stages=cfg["stages"])
     if residual is not None:
-        s = out.view(residual[0].shape)
-        return s, (None if residual[5] else pre.view(s.shape))
+        return rl.results(residual[0].shape)
     return out.view(B, T, n), pre
 
 
@@ -264,7 +254,7 @@ def mix_linear_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tens
     return run_op(_compiled, _MixLinear, _eager, *args)
 
 
-# ------------------------------------------------------------------ with the block's residual add + LayerNorm (inference)
+# ------------------------------------------------------------ with the block's residual add + LayerNorm (inference)
 @torch.library.custom_op("vision_rwkv::mix_linear_residual", mutates_args=())
 def _mix_res_op(x: torch.Tensor, H: int, W: int, head_size: int, a: torch.Tensor, h: Optional[torch.Tensor],
                 w2: Optional[torch.Tensor], weight: torch.Tensor, y: Optional[torch.Tensor], one_minus: bool, act: str,

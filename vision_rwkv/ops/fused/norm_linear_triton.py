@@ -22,8 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
-from .linear_triton import EPI_NONE, _epilogue_store, _grouped_tile, _precision, _residual_norm_store, _weight_grad
+from .._triton_utils import cdiv, config_from_env, new_empty, run_op
+from .linear_triton import (EPI_NONE, _epilogue_store, _gemm_tile, _precision, _residual_norm_store, _weight_grad,
+                            residual_launch)
 from .triton import _gn_mul_bwd, _gn_mul_fwd
 
 __all__ = ["group_norm_mul_linear_triton", "group_norm_mul_linear_residual_triton", "CONFIG"]
@@ -39,12 +40,8 @@ def _norm_linear_kernel(Y, G, GW, GB, WT, OUT, RX, GAMMA, LNW, LNB, NOUT, M, N, 
                         SILU: tl.constexpr, EPI: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr,
                         PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HS: tl.constexpr,
                         GROUP_M: tl.constexpr):
-    pid_m, pid_n = _grouped_tile(M, N, BM, BN, GROUP_M)
-    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    rm, rn, m_ok, n_ok = _gemm_tile(M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, HS)
-    m_ok = rm < M
-    n_ok = rn < N
     pw = WT + rn[None, :] * swn + rk[:, None] * swk
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, HS):  # one head per step
@@ -77,23 +74,17 @@ def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight, residual=None):
     if residual is None:
         out = new_empty((rows, n), weight.dtype, y.device)
         bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
-        res_args, res, has_gamma, ln_eps = (out,) * 5, 0, False, 0.0
+        res_args, res_meta, ln_eps = (out,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        x_res, gamma, lnw, lnb, ln_eps, post, n_dtype = residual
-        out = new_empty((rows, n), x_res.dtype, y.device)  # the new residual stream
-        nout = new_empty((0 if post else rows, n), n_dtype, y.device)  # pre-norm: the next LayerNorm's output
-        bn, warps = next_pow2(max(n, 16)), cfg["res_warps"]
-        bm = max(16, min(cfg["bm"], cfg["res_elems"] // bn))
-        res_args = (x_res, out if gamma is None else gamma, lnw, lnb, nout)
-        res, has_gamma = 2 if post else 1, gamma is not None
+        rl = residual_launch(residual, rows, n, cfg, y.device)
+        out, res_args, res_meta, ln_eps, bm, bn, warps = rl.s, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     grid = (cdiv(rows, bm) * cdiv(n, bn),)
     _norm_linear_kernel[grid](y, g, gn_weight, gn_bias, weight, out, *res_args, rows, n, c, eps, weight.stride(0),
-                              weight.stride(1), float(ln_eps), SILU=silu, EPI=EPI_NONE, RES=res, HAS_GAMMA=has_gamma,
+                              weight.stride(1), float(ln_eps), SILU=silu, EPI=EPI_NONE, **res_meta,
                               PREC=_precision(weight.dtype), BM=bm, BN=bn, HS=c // groups, GROUP_M=cfg["group_m"],
                               num_warps=warps, num_stages=cfg["stages"])
     if residual is not None:
-        s = out.view(residual[0].shape)
-        return s, (None if residual[5] else nout.view(s.shape))
+        return rl.results(residual[0].shape)
     return out.view(*y.shape[:-1], n)
 
 
@@ -175,7 +166,7 @@ def group_norm_mul_linear_triton(y: torch.Tensor, g: torch.Tensor, num_groups: i
     return run_op(_op, _GroupNormMulLinear, _fwd, *args)
 
 
-# ------------------------------------------------------------------ with the block's residual add + LayerNorm (inference)
+# ------------------------------------------------------------ with the block's residual add + LayerNorm (inference)
 @torch.library.custom_op("vision_rwkv::group_norm_mul_linear_residual", mutates_args=())
 def _res_op(y: torch.Tensor, g: torch.Tensor, groups: int, gn_weight: torch.Tensor, gn_bias: torch.Tensor, eps: float,
             silu: bool, weight: torch.Tensor, x_res: torch.Tensor, gamma: Optional[torch.Tensor],
