@@ -3,7 +3,10 @@
 * v4 Bi-WKV: tile-scan (default) and register-sequential (``seq=1``) kernels, single- and multi-chunk paths, both
   modes, odd sizes;
 * v6 Bi-WKV: walk (default) and chunk-parallel (``algo=chunk``) kernels, several state chunks, head size 80;
-* the fused elementwise kernels and the GEMM-epilogue kernels (partial tiles in M, N and K).
+* the fused elementwise kernels and the GEMM-epilogue kernels (partial tiles in M, N and K);
+* the mixed-operand GEMMs (``mix_linear``, v4 and v6 with the LoRA offset, every epilogue; ``group_norm_mul_linear``;
+  ``mix_mlp``) and their residual-epilogue forms (inference: forward only), whose operand loads gather neighbour
+  tokens.
 
 fp32 and bf16 everywhere. Prints one line per case; exits non-zero if an output or gradient is non-finite.
     compute-sanitizer --tool memcheck --error-exitcode 3 python benchmarks/sanitize_ops.py
@@ -30,6 +33,15 @@ def check(tag, outputs, leaves):
     outs = outputs if isinstance(outputs, tuple) else (outputs,)
     torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
     ok = all(torch.isfinite(t).all().item() for t in (*outs, *(x.grad for x in leaves)))
+    bad += not ok
+    print(*tag, "ok" if ok else "NON-FINITE", flush=True)
+
+
+def check_fwd(tag, outputs):
+    """Forward-only kernels (the residual epilogues run without autograd): count the case bad if non-finite."""
+    global bad
+    outs = [o for o in (outputs if isinstance(outputs, tuple) else (outputs,)) if o is not None]
+    ok = all(torch.isfinite(o).all().item() for o in outs)
     bad += not ok
     print(*tag, "ok" if ok else "NON-FINITE", flush=True)
 
@@ -104,6 +116,52 @@ for dt in DTYPES:
         from vision_rwkv.ops.fused import linear_triton
 
         with_config(linear_triton.CONFIG, gemm, run_gemm)
+
+from vision_rwkv.ops.fused import mix_linear_triton, mix_mlp_triton, norm_linear_triton  # noqa: E402
+
+SMALL = dict(bm=16, bn=16, bk=16, res_elems=256)
+for dt in DTYPES:
+    B, Hh, Ww, C, N = 2, 5, 7, 40, 24
+    T = Hh * Ww
+
+    def run_mix():
+        x, a, wt = leaf(B, T, C, dtype=dt), leaf(C), leaf(N, C, scale=C ** -0.5)
+        y = leaf(B, T, N, dtype=dt)
+        for act in ("none", "relu_square", "tanh", "sigmoid_mul"):
+            gated = y if act == "sigmoid_mul" else None
+            check(("mix_linear v4", act, dt), fused.mix_linear(x, (Hh, Ww), a, wt, one_minus=True, act=act, y=gated,
+                                                                backend="triton"),
+                  (x, a, wt) + ((y,) if gated is not None else ()))
+        h, w2 = leaf(B, T, 48, dtype=dt), leaf(16, C)
+        check(("mix_linear v6 lora", dt), fused.mix_linear(x, (Hh, Ww), a, wt, 8, h[..., 16:32], w2, backend="triton"),
+              (x, a, wt, h, w2))
+        wk, wv = leaf(72, C, scale=C ** -0.5), leaf(C, 72, scale=72 ** -0.5)
+        check(("mix_mlp", dt), fused.mix_mlp(x, (Hh, Ww), a, wk, wv, one_minus=True, backend="triton"), (x, a, wk, wv))
+        with torch.no_grad():
+            for post in (False, True):
+                res = fused.ResidualNorm(torch.randn(B, T, C, device=dev), torch.randn(C, device=dev),
+                                         torch.randn(C, device=dev), torch.randn(C, device=dev), 1e-5, post, dt)
+                wc = torch.randn(C, C, device=dev) * C ** -0.5
+                check_fwd(("mix_linear residual", "post" if post else "pre", dt),
+                          fused.mix_linear(x, (Hh, Ww), a, wc, act="sigmoid_mul", y=x, backend="triton", residual=res))
+                check_fwd(("linear_add_norm", "post" if post else "pre", dt),
+                          fused.linear_add_norm(x, wc, res, backend="triton"))
+
+    def run_gn():
+        y, g, gw, gb = leaf(2, 7, 48, dtype=dt), leaf(2, 7, 48, dtype=dt), leaf(48), leaf(48)
+        wt = leaf(N, 48, scale=48 ** -0.5)
+        check(("group_norm_mul_linear", dt), fused.group_norm_mul_linear(y, g, 3, gw, gb, wt, gate_act="silu",
+                                                                         backend="triton"), (y, g, gw, gb, wt))
+        with torch.no_grad():
+            res = fused.ResidualNorm(torch.randn(2, 7, 48, device=dev), None, torch.randn(48, device=dev),
+                                     torch.randn(48, device=dev), 1e-5, False, dt)
+            check_fwd(("group_norm_mul_linear residual", dt),
+                      fused.group_norm_mul_linear(y, g, 3, gw, gb, torch.randn(48, 48, device=dev), gate_act="silu",
+                                                  backend="triton", residual=res))
+
+    with_config(mix_linear_triton.CONFIG, SMALL,
+                lambda: with_config(mix_mlp_triton.CONFIG, dict(bm=16, bh=16), run_mix))
+    with_config(norm_linear_triton.CONFIG, dict(bm=16, bn=16, res_elems=256), run_gn)
 
 if dev == "cuda":
     torch.cuda.synchronize()
