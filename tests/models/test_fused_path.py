@@ -203,6 +203,48 @@ def mix_gemm_results():
     return _run_cases(MIX_CASES[2:], {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_GEMM": "1"})
 
 
+@pytest.fixture(scope="module")
+def mix_compile_results():
+    cases = [[CASES[i][0], dict(CASES[i][1], infer=True, compile=True)] for i in (0, 2)]
+    return _run_cases(cases, {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_MLP": "1"})
+
+
+@pytest.mark.parametrize("pos", range(2), ids=[CASES[i][0] for i in (0, 2)])
+def test_mix_gemms_compile_fullgraph_interpreter(mix_compile_results, pos):
+    """Inference with every mixed-operand kernel and residual epilogue traced by torch.compile(fullgraph=True) (their
+    custom ops: no graph break) matches the plain path."""
+    res = mix_compile_results[pos]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["y"] < 1e-5, res
+
+
+_TRACED_OPS_SCRIPT = """
+import json, torch, timm, vision_rwkv
+model = timm.create_model("vrwkv6_small_patch16_224", embed_dim=32, depth=1, head_size=16, num_classes=3).eval()
+ops = set()
+def backend(gm, inputs):
+    ops.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+    return gm
+with torch.no_grad():
+    torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 3, 32, 48))
+print(json.dumps(sorted(o for o in ops if o.startswith("vision_rwkv."))))
+"""
+
+
+def test_mix_gemms_traced_as_custom_ops():
+    """The compiled inference graph of a VRWKV6 model with VRWKV_FUSED_MIX=1 holds the mixed-operand and residual-
+    epilogue custom ops (not the plain path, not the separate interpolation / add_norm passes)."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_BACKEND="triton", VRWKV_FUSED_MIX="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", _TRACED_OPS_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ops = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {"vision_rwkv.mix_linear.default", "vision_rwkv.mix_linear_residual.default",
+            "vision_rwkv.group_norm_mul_linear_residual.default"} <= ops, ops
+    assert not any("token_shift_mix" in o or "add_norm" in o for o in ops), ops
+
+
 @pytest.mark.parametrize("pos", range(len(MIX_CASES)), ids=[c[0] for c in MIX_CASES])
 def test_mix_gemms_in_models_interpreter(mix_results, pos):
     """Inference with the interpolations formed in the GEMMs matches the plain path, and no mixed input pass ran."""
