@@ -36,7 +36,8 @@ from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
-    'fusable_drop_path', 'fuses_residual', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready',
+    'fusable_drop_path', 'fuses_residual', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay',
+    'mix_gemm_ready',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
@@ -229,7 +230,7 @@ class ChannelMix(nn.Module):
                 residual: Optional[fused.ResidualNorm] = None):
         """The channel mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``."""
         if fused.fused_enabled(x):
-            if residual is not None and self.fuses_residual():
+            if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
                 return self._forward_mix_gemm(x, grid_size, residual)
             out = self._forward_fused(x, grid_size)
         else:
@@ -249,8 +250,6 @@ class ChannelMix(nn.Module):
         compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
         elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
         :func:`receptance_gate`)."""
-        if self.fuses_residual():  # the mixed-operand path (here without the residual epilogue)
-            return self._forward_mix_gemm(x, grid_size)
         if self.token_shift == 'q_shift':
             out_dtype = fused.compute_dtype(x)
             if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
@@ -426,8 +425,8 @@ class TimeMixV6(nn.Module):
                 residual: Optional[fused.ResidualNorm] = None):
         """The time mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``."""
         if fused.fused_enabled(x):
-            if residual is not None and self.fuses_residual():
-                return self._forward_fused(x, grid_size, residual)
+            if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
+                return self._forward_mix_gemm(x, grid_size, residual)
             out = self._forward_fused(x, grid_size)
         else:
             out = self._forward_plain(x, grid_size)
@@ -453,19 +452,14 @@ class TimeMixV6(nn.Module):
             y = y.to(g.dtype)
         return self.output(y * g)
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
-                       residual: Optional[fused.ResidualNorm] = None):
-        """Same function with fused kernels (``residual``: only with :meth:`fuses_residual`). Q-Shift: shift + first interpolation in one pass, the five
+    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
+        """Same function with fused kernels. Q-Shift: shift + first interpolation in one pass, the five
         data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
         offsets never stored, outputs in the compute dtype); the 1-D shift has no such kernel (plain PyTorch).
         Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh
         and the decay ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
         heads, head_size = self.num_heads, self.head_size
         dtype = fused.compute_dtype(x)
-        if self.fuses_residual():
-            r, k, v, g, logd = self._projections_mix_gemm(x, grid_size)
-            return fused.group_norm_mul_linear(self._wkv(r, k, v, logd), g, heads, self.ln_x.weight, self.ln_x.bias,
-                                               self.output.weight, self.ln_x.eps, gate_act='silu', residual=residual)
         if self.token_shift == 'q_shift':
             xxx = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype)[0]
             lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
@@ -482,6 +476,15 @@ class TimeMixV6(nn.Module):
         y = fused.group_norm_mul(y, self.gate(xg), heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
                                  gate_act='silu', out_dtype=dtype)
         return self.output(y)
+
+    def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
+        """Fused inference path: the projections with the ddlerp in their GEMMs, the WKV, and the output GEMM with
+        GroupNorm * SiLU(gate) in its operand load (and, with ``residual``, the block's residual add + LayerNorm in
+        its epilogue: then ``(x, n)``)."""
+        r, k, v, g, logd = self._projections_mix_gemm(x, grid_size)
+        return fused.group_norm_mul_linear(self._wkv(r, k, v, logd), g, self.num_heads, self.ln_x.weight,
+                                           self.ln_x.bias, self.output.weight, self.ln_x.eps, gate_act='silu',
+                                           residual=residual)
 
     def _projections_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, ...]:
         """Fused inference path: r, k, v, gate and the log decay with the ddlerp inside the GEMMs - the first

@@ -84,7 +84,7 @@ class SpatialMix(nn.Module):
         """The token mix of x; with ``residual`` (see :func:`~vision_rwkv.models.mixing.fuses_residual`) the block's
         ``(x, norm(x))``."""
         if fused.fused_enabled(x):
-            if residual is not None and self.fuses_residual():
+            if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
                 return self._forward_mix_gemm(x, grid_size, residual)
             out = self._forward_fused(x, grid_size)
         else:
@@ -109,7 +109,7 @@ class SpatialMix(nn.Module):
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         """Same function with fused kernels: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype; the
         WKV output feeds one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
-        if mix_gemm_ready(self.key, self.value, self.receptance):
+        if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
             return self._forward_mix_gemm(x, grid_size)
         mix = torch.stack((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r))
         xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x))

@@ -26,6 +26,8 @@ def env_get(name: str, default: str = "") -> str:
         key = _ENV_KEYS[name] = os.fsencode(name)
     value = _ENV_DATA.get(key)
     return default if value is None else os.fsdecode(value)
+
+
 GRID_YZ_MAX = 65535  # CUDA's limit on a launch grid's y and z extents (where the WKV kernels put their chunks)
 
 

@@ -39,10 +39,9 @@ import torch
 from .._triton_utils import env_get
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
-                        group_norm_mul_reference, mix_mlp_reference,
-                        linear_decay_reference, linear_relu_square_reference, linear_sigmoid_mul_reference,
-                        linear_tanh_reference, mix_linear_reference, relu_square_reference, sigmoid_mul_reference,
-                        token_shift_mix_reference)
+                        group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
+                        linear_sigmoid_mul_reference, linear_tanh_reference, mix_linear_reference, mix_mlp_reference,
+                        relu_square_reference, sigmoid_mul_reference, token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
