@@ -4,9 +4,9 @@
   modes, odd sizes;
 * v6 Bi-WKV: walk (default) and chunk-parallel (``algo=chunk``) kernels, several state chunks, head size 80;
 * the fused elementwise kernels and the GEMM-epilogue kernels (partial tiles in M, N and K);
-* the mixed-operand GEMMs (``mix_linear``, v4 and v6 with the LoRA offset, every epilogue; ``group_norm_mul_linear``;
-  ``mix_mlp``) and their residual-epilogue forms (inference: forward only), whose operand loads gather neighbour
-  tokens.
+* the mixed-operand GEMMs (``mix_linear``, v4 and v6 with the LoRA offset, every epilogue; ``mix_linear_group``;
+  ``group_norm_mul_linear``; ``mix_mlp``) and their residual-epilogue forms (inference: forward only), whose operand
+  loads gather neighbour tokens.
 
 fp32 and bf16 everywhere. Prints one line per case; exits non-zero if an output or gradient is non-finite.
     compute-sanitizer --tool memcheck --error-exitcode 3 python benchmarks/sanitize_ops.py
@@ -135,6 +135,13 @@ for dt in DTYPES:
         h, w2 = leaf(B, T, 48, dtype=dt), leaf(16, C)
         check(("mix_linear v6 lora", dt), fused.mix_linear(x, (Hh, Ww), a, wt, 8, h[..., 16:32], w2, backend="triton"),
               (x, a, wt, h, w2))
+        ws, a4, w24 = [leaf(N, C, scale=C ** -0.5) for _ in range(4)], leaf(4, C), leaf(4, 16, C)
+        check(("mix_linear_group v4", dt), torch.stack(fused.mix_linear_group(x, (Hh, Ww), a4[:2], ws[:2],
+                                                                               one_minus=True, backend="triton")),
+              (x, a4, *ws[:2]))
+        h5 = leaf(B, T, 80, dtype=dt)
+        check(("mix_linear_group v6 lora", dt), torch.stack(fused.mix_linear_group(
+            x, (Hh, Ww), a4, ws, 8, h5[..., 16:], w24, backend="triton")), (x, a4, *ws, h5, w24))
         wk, wv = leaf(72, C, scale=C ** -0.5), leaf(C, 72, scale=72 ** -0.5)
         check(("mix_mlp", dt), fused.mix_mlp(x, (Hh, Ww), a, wk, wv, one_minus=True, backend="triton"), (x, a, wk, wv))
         with torch.no_grad():

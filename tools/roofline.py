@@ -99,8 +99,11 @@ class LaunchLog(TorchDispatchMode):
         if kind == "triton":
             flops = 0.0
             if fn.__name__ in _GEMM_KERNEL_FLOPS:
-                at = list(inspect.signature(fn).parameters).index("M")
+                params = list(inspect.signature(fn).parameters)
+                at = params.index("M")
                 flops = float(_GEMM_KERNEL_FLOPS[fn.__name__]) * args[at] * args[at + 1] * args[at + 2]
+                if "P" in params:  # projections per launch (mix_linear_group)
+                    flops *= args[params.index("P")]
             self.add(_triton_group(fn), fn.__name__, _unique_bytes(_tensors(args)), flops)
         else:  # linear: x, weight (and bias) in the compute dtype, the output
             x, weight, bias = args

@@ -369,9 +369,10 @@ MIX_SHAPES += [(16, 64, 64, 192, "mlp")] + [(16, 64, 64, c, "res") for c in (192
 
 
 def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size):
-    """(unfused, fused) inference callables of one token mix's projections: the interpolation pass writing every
-    mixed input (``shift_lerp`` / ``token_shift_mix_lora``) + one cuBLAS GEMM each, against one ``mix_linear`` per
-    projection (the mixed inputs never written); 'v6gn': the ``group_norm_mul`` pass + cuBLAS against
+    """(unfused, fused[, fused_each]) inference callables of one token mix's projections: the interpolation pass
+    writing every mixed input (``shift_lerp`` / ``token_shift_mix_lora``) + one cuBLAS GEMM each, against
+    ``mix_linear_group`` (the mixed inputs never written, x read once per output tile for all projections) and, as
+    ``fused_each``, one ``mix_linear`` launch per projection; 'v6gn': the ``group_norm_mul`` pass + cuBLAS against
     ``group_norm_mul_linear``."""
     import torch.nn.functional as F
 
@@ -410,7 +411,11 @@ def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size)
             return [F.linear(mixed[i], ws[i]) for i in range(n)]
 
         def fused_run():
+            return fused.mix_linear_group(x, grid, a, ws, one_minus=True, backend=backend)
+
+        def fused_each():
             return [fused.mix_linear(x, grid, a[i], ws[i], one_minus=True, backend=backend) for i in range(n)]
+        return unfused, fused_run, fused_each
     else:
         rank = w2.shape[1]
 
@@ -419,8 +424,12 @@ def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size)
             return [F.linear(mixed[i], ws[i]) for i in range(n)]
 
         def fused_run():
+            return fused.mix_linear_group(x, grid, a, ws, head_size, h, w2, backend=backend)
+
+        def fused_each():
             return [fused.mix_linear(x, grid, a[i], ws[i], head_size, h[..., i * rank:(i + 1) * rank], w2[i],
                                      backend=backend) for i in range(n)]
+        return unfused, fused_run, fused_each
     return unfused, fused_run
 
 
@@ -461,7 +470,8 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
                                  torch.randn(C, generator=g) * 0.1)).to(dev)
             io = (B * H * W * C * (1 + n) + sum(w.numel() for w in ws)) * es + (h.numel() * es if h is not None else 0)
             base = None
-            for impl, fn in zip(("unfused", "fused"), _mix_callables(variant, backend, x, (H, W), a, ws, h, w2, 64)):
+            for impl, fn in zip(("unfused", "fused", "fused_each"),
+                                _mix_callables(variant, backend, x, (H, W), a, ws, h, w2, 64)):
                 row = dict(epilogue=variant if variant in ("mlp", "res") else f"mix_{variant}", impl=impl,
                            backend=backend,
                            dtype=dname, M=B * H * W, K=C, N=C, mode="fwd", device=str(dev))

@@ -87,8 +87,8 @@ LORA_OPS = {"linear_tanh", "linear_decay"}
 # mixed-input passes and the separate activation passes must not run. With VRWKV_FUSED_MLP=1 also the channel mix's
 # key-value MLP in one kernel (not across v4-L's key norm)
 MIX_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 1, 2, 3)]
-_V6_MIX_OPS = {"mix_linear", "group_norm_mul_linear", "decay_logd", "wkv:bi_wkv6"}
-MIX_EXPECTED_CALLS = [{"mix_linear", "linear_add_norm", "wkv:bi_wkv"}] * 2 + [
+_V6_MIX_OPS = {"mix_linear", "mix_linear_group", "group_norm_mul_linear", "decay_logd", "wkv:bi_wkv6"}
+MIX_EXPECTED_CALLS = [{"mix_linear", "mix_linear_group", "linear_add_norm", "wkv:bi_wkv"}] * 2 + [
     _V6_MIX_OPS, _V6_MIX_OPS | {"group_norm_mul", "add_norm"}]
 
 
@@ -240,8 +240,8 @@ def test_mix_gemms_traced_as_custom_ops():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ops = set(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert {"vision_rwkv.mix_linear.default", "vision_rwkv.mix_linear_residual.default",
-            "vision_rwkv.group_norm_mul_linear_residual.default"} <= ops, ops
+    assert {"vision_rwkv.mix_linear.default", "vision_rwkv.mix_linear_group.default",
+            "vision_rwkv.mix_linear_residual.default", "vision_rwkv.group_norm_mul_linear_residual.default"} <= ops, ops
     assert not any("token_shift_mix" in o or "add_norm" in o for o in ops), ops
 
 

@@ -167,6 +167,27 @@ def _inputs(case: dict, device: str):
         odt = dtype
         if "residual" in case:
             fn, rf, odt = _with_residual(case, leaves, g, device, (B, H * W, n), call, rf)
+    elif op == "mix_linear_group":
+        # P projections of one x in one launch (v4 key / value; v6 key / value / receptance / gate with the LoRA
+        # offsets from a column slice of the LoRA hidden, as the models pass it); the checked output stacks them
+        B, H, W, C = case["shape"]
+        n, hs, P = case["N"], case.get("head_size"), case["P"]
+        one_minus, rank = case.get("one_minus", False), case.get("R")
+        leaves = {"x": _randn((B, H * W, C), g, dtype, device),
+                  "a": torch.rand(P, C, generator=g, dtype=torch.float64).float().to(device)}
+        for p in range(P):
+            leaves[f"weight{p}"] = _randn((n, C), g, torch.float32, device, C ** -0.5)
+        if rank:
+            leaves["h"] = _randn((B, H * W, (P + 1) * rank), g, dtype, device, 0.5)
+            leaves["w2"] = _randn((P, rank, C), g, torch.float32, device, 0.3)
+
+        def group_args(t):
+            h = t["h"][..., rank:] if rank else None  # all but the first slice: a strided view
+            return (t["x"], (H, W), t["a"], [t[f"weight{p}"] for p in range(P)], hs, h, t.get("w2"), one_minus)
+
+        fn = lambda t: torch.stack(fused.mix_linear_group(*group_args(t), backend=backend))  # noqa: E731
+        rf = lambda t: torch.stack(ref.mix_linear_group_reference(*group_args(t)))  # noqa: E731
+        odt = dtype
     elif op == "group_norm_mul":
         shape, groups = case["shape"], case["groups"]
         c = shape[-1]
@@ -256,6 +277,7 @@ def _gemm_module(case: dict):
     from vision_rwkv.ops.fused import mix_mlp_triton, norm_linear_triton
 
     modules = {"mix_linear": mix_linear_triton, "linear_add_norm": mix_linear_triton,
+               "mix_linear_group": mix_linear_triton,
                "group_norm_mul_linear": norm_linear_triton, "mix_mlp": mix_mlp_triton}
     return modules.get(case["op"], linear_triton)
 

@@ -134,6 +134,44 @@ def test_mix_linear_bad_inputs_name_the_problem():
         fused.mix_linear(x, (3, 4), a, w, act="sigmoid_mul", y=torch.randn(2, 12, 4))
 
 
+def test_mix_linear_group_bad_inputs_name_the_problem():
+    x, ws, a = torch.randn(2, 12, 8), [torch.randn(5, 8), torch.randn(5, 8)], torch.rand(2, 8)
+    with pytest.raises(ValueError, match="weights is empty"):
+        fused.mix_linear_group(x, (3, 4), a, [])
+    with pytest.raises(ValueError, match="grid_size"):
+        fused.mix_linear_group(x, (3, 5), a, ws)
+    with pytest.raises(ValueError, match="a has 8 rows for 2 weights"):
+        fused.mix_linear_group(x, (3, 4), torch.rand(8), ws)
+    with pytest.raises(ValueError, match=r"a\[1\] has shape"):
+        fused.mix_linear_group(x, (3, 4), [a[0], torch.rand(7)], ws)
+    with pytest.raises(ValueError, match=r"weights\[1\]: weight must be"):
+        fused.mix_linear_group(x, (3, 4), a, [ws[0], torch.randn(5, 7)])
+    with pytest.raises(ValueError, match="one N"):
+        fused.mix_linear_group(x, (3, 4), a, [ws[0], torch.randn(6, 8)])
+    with pytest.raises(ValueError, match="both h and w2"):
+        fused.mix_linear_group(x, (3, 4), a, ws, w2=torch.randn(2, 16, 8))
+    with pytest.raises(ValueError, match="w2 must be"):
+        fused.mix_linear_group(x, (3, 4), a, ws, h=torch.randn(2, 12, 32), w2=torch.randn(3, 16, 8))
+    with pytest.raises(ValueError, match="h has shape"):
+        fused.mix_linear_group(x, (3, 4), a, ws, h=torch.randn(2, 12, 16), w2=torch.randn(2, 16, 8))
+    with pytest.raises(TypeError, match=r"weights\[0\]"):
+        fused.mix_linear_group(x, (3, 4), a, [ws[0].long(), ws[1]])
+
+
+def test_mix_linear_group_is_one_mix_linear_per_projection():
+    """Each output of the group is the single-projection op with that projection's row of a and LoRA slice."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 16, generator=g, dtype=torch.float64)
+    a = torch.rand(3, 16, generator=g, dtype=torch.float64)
+    ws = [torch.randn(6, 16, generator=g, dtype=torch.float64) for _ in range(3)]
+    h = torch.randn(2, 12, 3 * 4, generator=g, dtype=torch.float64)
+    w2 = torch.randn(3, 4, 16, generator=g, dtype=torch.float64)
+    for p, out in enumerate(fused.mix_linear_group(x, (3, 4), a, ws, one_minus=True)):
+        torch.testing.assert_close(out, fused.mix_linear(x, (3, 4), a[p], ws[p], one_minus=True))
+    for p, out in enumerate(fused.mix_linear_group(x, (3, 4), a, ws, 8, h, w2)):
+        torch.testing.assert_close(out, fused.mix_linear(x, (3, 4), a[p], ws[p], 8, h[..., 4 * p:4 * p + 4], w2[p]))
+
+
 def test_mix_linear_reference_is_the_shift_pass_and_the_projection():
     """The reference equals the interpolation op's output (v4 lerp / v6 ddlerp with the LoRA offset) fed to the
     projection and its activation (float64)."""

@@ -97,6 +97,18 @@ CPU_CASES = {
                                             dtype="fp16", compile=True),
     "mix_linear_Hx1_grid_compile": dict(op="mix_linear", shape=(2, 9, 1, 12), N=20, act="sigmoid_mul",
                                         compile=True, gemm=_SMALL_GEMM),
+    # several projections of one x in one launch (projection index fastest in the program id): v4 lerps, v6 LoRA
+    # offsets from a strided column slice, several M / N tiles and K steps with partial last ones, odd C, fp16
+    "mix_linear_group_v4_tiles": dict(op="mix_linear_group", shape=(2, 5, 7, 40), N=24, P=2, one_minus=True,
+                                      gemm=_SMALL_GEMM),
+    "mix_linear_group_v6_lora_tiles": dict(op="mix_linear_group", shape=(2, 4, 5, 48), N=40, P=4, head_size=12,
+                                           R=16, gemm=_SMALL_GEMM),
+    "mix_linear_group_v6_odd_C_fp16_compile": dict(op="mix_linear_group", shape=(1, 3, 5, 20), N=12, P=3,
+                                                   head_size=10, R=16, dtype="fp16", compile=True),
+    "mix_linear_group_v6_five_two_launches": dict(op="mix_linear_group", shape=(2, 3, 4, 32), N=16, P=5,
+                                                  head_size=8, R=16),
+    "mix_linear_group_1xW_one_compile": dict(op="mix_linear_group", shape=(1, 1, 9, 12), N=20, P=1,
+                                             one_minus=True, compile=True, gemm=_SMALL_GEMM),
     # the RWKV-6 output projection with GroupNorm * gate in its operand load: one head per K step, several M / N
     # tiles with partial last ones; a head size that is no power of two takes the gn_mul pass + the projection
     "gn_linear_silu_tiles": dict(op="group_norm_mul_linear", shape=(2, 19, 48), groups=3, N=40, gate_act="silu",
@@ -191,6 +203,14 @@ CUDA_CASES = {
                                       act="tanh", dtype="bf16"),
     "mix_linear_head80_fp32_compile": dict(op="mix_linear", shape=(2, 7, 9, 640), N=640, head_size=80, R=32,
                                            compile=True),
+    "mix_linear_group_v4_kv_T_1024_bf16": dict(op="mix_linear_group", shape=(4, 64, 64, 192), N=192, P=2,
+                                               one_minus=True, dtype="bf16"),
+    "mix_linear_group_v6_kvrg_T_1024_bf16": dict(op="mix_linear_group", shape=(2, 64, 64, 192), N=192, P=4,
+                                                 head_size=64, R=32, dtype="bf16"),
+    "mix_linear_group_v6_B_odd_rows_fp32": dict(op="mix_linear_group", shape=(3, 13, 15, 768), N=768, P=4,
+                                                head_size=64, R=32),
+    "mix_linear_group_head80_compile": dict(op="mix_linear_group", shape=(2, 7, 9, 640), N=640, P=4, head_size=80,
+                                            R=32, compile=True),
     "mix_mlp_v4_T_1024_bf16": dict(op="mix_mlp", shape=(4, 64, 64, 192), hidden=768, one_minus=True,
                                    dtype="bf16"),
     "mix_mlp_v6_T_fp32_odd": dict(op="mix_mlp", shape=(3, 13, 17, 192), hidden=768, head_size=64),

@@ -53,8 +53,10 @@ def test_cli_quick_cpu(tmp_path):
     assert all("error" not in r and r["ms"] > 0 for r in gemm), gemm
     assert {(r["epilogue"], r["impl"], r["mode"]) for r in gemm} == {
         (e, i, m) for e in ("relu_square", "sigmoid_mul", "tanh", "decay") for i in ("fused", "unfused")
-        for m in ("fwd", "fwd+bwd")} | {(e, i, "fwd") for e in ("mix_v4x3", "mix_v6x5", "mix_v6gn", "mlp", "res") for i in ("fused", "unfused")}
-    assert all("vs_unfused" in r for r in gemm if r["impl"] == "fused")
+        for m in ("fwd", "fwd+bwd")} | {(e, i, "fwd") for e in ("mix_v4x3", "mix_v6x5", "mix_v6gn", "mlp", "res")
+                                        for i in ("fused", "unfused")} | {
+        (e, "fused_each", "fwd") for e in ("mix_v4x3", "mix_v6x5")}  # grouped vs one launch per projection
+    assert all("vs_unfused" in r for r in gemm if r["impl"].startswith("fused"))
     bbs = data["backbones"]
     ours = [r for r in bbs if r["model"] == "vrwkv_tiny_patch16_224"]
     assert ours and all("error" not in r and r["img_per_s"] > 0 for r in ours), ours

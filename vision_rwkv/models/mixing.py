@@ -489,19 +489,18 @@ class TimeMixV6(nn.Module):
     def _projections_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, ...]:
         """Fused inference path: r, k, v, gate and the log decay with the ddlerp inside the GEMMs - the first
         interpolation in the LoRA down-projection (tanh epilogue), each of the five data-dependent ones (with its
-        rank-R LoRA offset) in its projection; the interpolated inputs are never written."""
+        rank-R LoRA offset) in its projection (k, v, r and the gate in one launch that reads x once); the
+        interpolated inputs are never written."""
         hs, rank = self.head_size, self.mix_rank
         lora = fused.mix_linear(x, grid_size, self.time_maa_x.reshape(-1), self.time_maa_w1.t(), hs, act='tanh')
-        maa = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
-
-        def project(i: int, weight: torch.Tensor, act: str = 'none') -> torch.Tensor:
-            return fused.mix_linear(x, grid_size, maa[i].reshape(-1), weight, hs, h=lora[..., i * rank:(i + 1) * rank],
-                                    w2=self.time_maa_w2[i], act=act)
-
-        r, k, v = project(3, self.receptance.weight), project(1, self.key.weight), project(2, self.value.weight)
-        g = project(4, self.gate.weight)
+        # the LoRA hidden's slices are ordered w, k, v, r, g: k, v, r, g are its last four, contiguous
+        maa = tuple(m.reshape(-1) for m in (self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
+        k, v, r, g = fused.mix_linear_group(x, grid_size, maa, (self.key.weight, self.value.weight,
+                                                                self.receptance.weight, self.gate.weight), hs,
+                                            h=lora[..., rank:], w2=self.time_maa_w2[1:])
         w0 = self.time_decay.reshape(-1)
-        hidden = project(0, self.time_decay_w1.t(), act='tanh')
+        hidden = fused.mix_linear(x, grid_size, self.time_maa_w.reshape(-1), self.time_decay_w1.t(), hs,
+                                  h=lora[..., :rank], w2=self.time_maa_w2[0], act='tanh')
         if fused.fused_gemm_enabled():
             logd = fused.linear_decay(hidden, self.time_decay_w2.t(), w0)
         else:

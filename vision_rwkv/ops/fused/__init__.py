@@ -13,6 +13,8 @@ as a torch custom op (``triton.py``, imported lazily):
 * :func:`mix_linear` - a projection whose GEMM operand is the Q-Shift interpolation, formed tile by tile while
   loaded (``mix_linear_triton.py``): the mixed inputs of the projections are never written (``VRWKV_FUSED_MIX=1``
   lets the models use it in inference).
+* :func:`mix_linear_group` - several such projections of one x in one launch (``mix_group_triton.py``): x is read
+  from DRAM once for all of them (the models' key / value / receptance / gate with ``VRWKV_FUSED_MIX=1``).
 * :func:`mix_mlp` - the channel mix's key-value MLP (``relu(K mix(x))^2`` then V) in one kernel whose 4C-wide hidden
   never leaves the SM (``mix_mlp_triton.py``; inference with ``VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1``, narrow
   models).
@@ -32,7 +34,7 @@ default until timed against cuBLAS + the elementwise kernels on a GPU: ``benchma
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -40,13 +42,14 @@ from .._triton_utils import env_get
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
-                        linear_sigmoid_mul_reference, linear_tanh_reference, mix_linear_reference, mix_mlp_reference,
-                        relu_square_reference, sigmoid_mul_reference, token_shift_mix_reference)
+                        linear_sigmoid_mul_reference, linear_tanh_reference, mix_linear_group_reference,
+                        mix_linear_reference, mix_mlp_reference, relu_square_reference, sigmoid_mul_reference,
+                        token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
-           "mix_linear", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled", "fused_gemm_enabled",
-           "fused_mix_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm", "FUSED_UNDER_COMPILE"]
+           "mix_linear", "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled",
+           "fused_gemm_enabled", "fused_mix_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm", "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
@@ -118,6 +121,7 @@ def _triton_ok_traced() -> bool:
         if not isinstance(mod, BaseException):
             _linear()  # the GEMM-epilogue modules too (VRWKV_FUSED_GEMM=1, VRWKV_FUSED_MIX=1)
             _mix()
+            _gemm_module("mix_group_triton")
             _norm_linear()
             _mlp()
     except Exception:  # the WKV dispatcher / the GEMM ops report their own errors when used
@@ -453,6 +457,66 @@ def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, wei
     if triton_ok:
         return _mix().mix_linear_triton(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y)
     return mix_linear_reference(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y)
+
+
+def mix_linear_group(x: torch.Tensor, grid_size: Tuple[int, int], a, weights: Sequence[torch.Tensor],
+                     head_size: Optional[int] = None, h: Optional[torch.Tensor] = None,
+                     w2: Optional[torch.Tensor] = None, one_minus: bool = False,
+                     backend: Optional[str] = None) -> Tuple[torch.Tensor, ...]:
+    """P projections of one token mix, each :func:`mix_linear` with its own interpolation, in one launch:
+    ``out[p] = mix_p @ weights[p]^T``, ``mix_p = x + (q_shift(x) - x) * coef_p``.
+
+    The Triton kernel runs the P projections of an output tile side by side, so x and its shifted rows are read from
+    DRAM once for all of them (the v4 key and value; the RWKV-6 key, value, receptance and gate); groups of more than
+    4 take one launch per 4.
+
+    Args:
+        x: (B, T, C) tokens, row-major on grid_size = (H, W).
+        a: the P interpolation weights, a (P, C) tensor or P (C,) vectors (``one_minus``: of the unshifted token,
+            the v4 ``mu``).
+        weights: P bias-free (N, C) projections (one N for all).
+        head_size: None = v4 whole-channel quarters; an int = quarters inside every head (v6).
+        h, w2: optional RWKV-6 LoRA offsets ``coef_p += h[..., pR:(p+1)R] @ w2[p]``: h (B, T, P * R) (a column
+            slice of the LoRA hidden is fine), w2 (P, R, C); R a power of two >= 16 on the Triton path.
+    Returns:
+        A tuple of P (B, T, N) tensors in :func:`compute_dtype` of x; differentiable in x, a, h, w2 and the weights.
+    """
+    op = "mix_linear_group"
+    weights, coefs = tuple(weights), tuple(a)
+    if not weights:
+        raise ValueError(f"{op}: weights is empty; pass one (N, C) weight per projection")
+    lora = {k: v for k, v in dict(h=h, w2=w2).items() if v is not None}
+    device = check_tensors(op, x=x, **{f"a[{i}]": c for i, c in enumerate(coefs)},
+                           **{f"weights[{i}]": w for i, w in enumerate(weights)}, **lora)
+    _check_grid(op, x, grid_size, head_size)
+    P, c = len(weights), x.shape[2]
+    if len(coefs) != P:
+        raise ValueError(f"{op}: a has {len(coefs)} rows for {P} weights; pass one (C,) vector per projection")
+    for i, (coef, w) in enumerate(zip(coefs, weights)):
+        check_shape(op, f"a[{i}]", coef, (c,))
+        _check_linear(f"{op}: weights[{i}]", x, w)
+        if w.shape[0] != weights[0].shape[0]:
+            raise ValueError(f"{op}: all weights must have one N; weights[0] is {tuple(weights[0].shape)}, "
+                             f"weights[{i}] {tuple(w.shape)}")
+    if (h is None) != (w2 is None):
+        raise ValueError(f"{op}: pass both h and w2 (the LoRA offsets) or neither")
+    if h is not None:
+        if w2.dim() != 3 or w2.shape[0] != P or w2.shape[2] != c:
+            raise ValueError(f"{op}: w2 must be (P, R, C) with P={P}, C={c}, got {tuple(w2.shape)}")
+        check_shape(op, "h", h, tuple(x.shape[:2]) + (P * w2.shape[1],))
+    dtype = compute_dtype(x)
+    weights = tuple(w if w.dtype == dtype else w.to(dtype) for w in weights)
+    rank = None if h is None else w2.shape[1]
+    if (_resolve(op, device, backend) == "triton" and dtype != torch.float64 and x.dtype != torch.float64
+            and (rank is None or (rank >= 16 and rank & (rank - 1) == 0))):
+        mod, outs = _gemm_module("mix_group_triton"), ()
+        for s in range(0, P, mod.MAX_GROUP):
+            e = min(P, s + mod.MAX_GROUP)
+            outs += tuple(mod.mix_linear_group_triton(
+                x, grid_size, coefs[s:e], weights[s:e], head_size, None if h is None else h[..., s * rank:e * rank],
+                None if w2 is None else w2[s:e], one_minus).unbind(0))
+        return outs
+    return mix_linear_group_reference(x, grid_size, torch.stack(coefs), weights, head_size, h, w2, one_minus)
 
 
 def _check_group_norm(op: str, y: torch.Tensor, g: torch.Tensor, num_groups: int, weight: tuple, bias: tuple,

@@ -50,7 +50,12 @@ EPI_NONE = 4
 def _gemm_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
     """Rows rm (int64), columns rn and their in-bounds masks of this program's output tile: program ids run down
     GROUP_M row tiles before moving to the next column tile, so neighbouring programs share W tiles in L2."""
-    pid = tl.program_id(0)
+    return _gemm_tile_of(tl.program_id(0), M, N, BM, BN, GROUP_M)
+
+
+@triton.jit
+def _gemm_tile_of(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """:func:`_gemm_tile` of tile index ``pid`` (a kernel whose program ids also enumerate something else)."""
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
     per_group = GROUP_M * num_n

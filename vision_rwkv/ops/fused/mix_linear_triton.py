@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
 from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
-                            _gemm_tile, _precision, _residual_norm_store, _weight_grad, residual_launch)
+                            _gemm_tile_of, _precision, _residual_norm_store, _weight_grad, residual_launch)
 from .triton import (_elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
                      _tanh_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
 
@@ -43,13 +43,24 @@ ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul"
 
 
 @triton.jit
-def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, M, N, K, NTOK, H, W, HS, Q1, Q2,
-                       Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr, SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr,
-                       ONE_MINUS: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr, SHIFT: tl.constexpr,
-                       R: tl.constexpr,
+def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, A1, A2, A3, WT1, WT2, WT3, M, N,
+                       K, P, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr, SAVE_PRE: tl.constexpr,
+                       HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr,
+                       SHIFT: tl.constexpr, R: tl.constexpr,
                        PREC: tl.constexpr, LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, GROUP_M: tl.constexpr):
-    rm, rn, m_ok, n_ok = _gemm_tile(M, N, BM, BN, GROUP_M)
+    # P <= 4 projections of one x (mix_linear_group; 1 otherwise), projection p with coefficients A_p and weight WT_p
+    # (A, WT for p = 0): the P programs of an output tile are neighbours, so x and its shifted rows come from DRAM
+    # once and from L2 for the other projections
+    pid = tl.program_id(0)
+    proj = pid % P
+    rm, rn, m_ok, n_ok = _gemm_tile_of(pid // P, M, N, BM, BN, GROUP_M)
+    if P > 1:
+        A = tl.where(proj == 1, A1, tl.where(proj == 2, A2, tl.where(proj == 3, A3, A)))
+        WT = tl.where(proj == 1, WT1, tl.where(proj == 2, WT2, tl.where(proj == 3, WT3, WT)))
+        HH += proj * R
+        W2 += proj.to(tl.int64) * R * K
+        OUT += proj.to(tl.int64) * M * N
     rk = tl.arange(0, BK)
     n_img = (rm % NTOK)[:, None]  # token index inside its image
     rr = tl.arange(0, R)
@@ -95,16 +106,20 @@ def _out_dtype(weight: torch.Tensor, y: Optional[torch.Tensor]) -> torch.dtype:
     return weight.dtype if y is None else torch.promote_types(weight.dtype, y.dtype)
 
 
-def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False, residual=None, shift=True):
+def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False, residual=None, shift=True,
+         group=()):
     """(out, pre): out (B, T, N); pre the saved pre-activation (sigmoid gate in training) or an empty tensor.
     ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype): the block's residual add + LayerNorm in the
     epilogue (whole rows per program); then (s, n) with n None for post-norm. ``shift=False``: the operand is x itself
-    (a plain projection; a, h, w2 unused)."""
+    (a plain projection; a, h, w2 unused). ``group`` = ((a_1, weight_1), ...): up to 3 more projections in the same
+    launch (``act='none'``, no residual; weights with weight's shape and strides), with w2 (P, R, C) and h (B, T,
+    P * R); then out is (P, B, T, N)."""
     B, T, C = x.shape
+    P = 1 + len(group)
     rows, n = B * T, weight.shape[0]
     cfg = CONFIG
     if residual is None:
-        out = new_empty((rows, n), _out_dtype(weight, y), x.device)
+        out = new_empty((P * rows, n), _out_dtype(weight, y), x.device)
         pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else out.new_empty((0,))
         bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
         res_args, res_meta, eps = (out,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
@@ -114,19 +129,20 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
     h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
     if h2 is not None and h2.stride(1) != 1:
         h2 = h2.contiguous()
+    more = list(group) + [(a, weight)] * (3 - len(group))
     hs, q1, q2, q3 = _quarters(C, head_size)
-    grid = (cdiv(rows, bm) * cdiv(n, bn),)
+    grid = (P * cdiv(rows, bm) * cdiv(n, bn),)
     _mix_linear_kernel[grid](
         x, a, x if h2 is None else h2, x if w2 is None else w2, weight, out if y is None else y.reshape(rows, n),
-        out, pre, *res_args, rows, n, C, T, H, W, hs, q1, q2, q3, 0 if h2 is None else h2.stride(0),
-        weight.stride(0), weight.stride(1), float(eps),
+        out, pre, *res_args, *(m[0] for m in more), *(m[1] for m in more), rows, n, C, P, T, H, W, hs, q1, q2, q3,
+        0 if h2 is None else h2.stride(0), weight.stride(0), weight.stride(1), float(eps),
         EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre and residual is None, HAS_LORA=h2 is not None,
-        ONE_MINUS=one_minus, SHIFT=shift, R=16 if h2 is None else h2.shape[1], **res_meta,
+        ONE_MINUS=one_minus, SHIFT=shift, R=16 if h2 is None else h2.shape[1] // P, **res_meta,
         PREC=_precision(weight.dtype), LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
         BM=bm, BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=warps, num_stages=cfg["stages"])
     if residual is not None:
         return rl.results(residual[0].shape)
-    return out.view(B, T, n), pre
+    return (out.view(P, B, T, n) if group else out.view(B, T, n)), pre
 
 
 def _bwd(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g):

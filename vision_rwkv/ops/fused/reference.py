@@ -10,6 +10,8 @@
   those two activations (the GEMM-epilogue kernels of ``linear_triton.py``).
 * :func:`mix_linear_reference` - one mixed input of a token / channel mix and its projection (+ activation): the
   Q-Shift interpolation as the GEMM's operand (``mix_linear_triton.py``).
+* :func:`mix_linear_group_reference` - several such projections of one x, each with its own interpolation
+  (``mix_group_triton.py``).
 * :func:`mix_mlp_reference` - the channel mix's key-value MLP on the interpolated input (``mix_mlp_triton.py``).
 * :func:`group_norm_mul_linear_reference` - ``group_norm_mul`` fed to a projection (``norm_linear_triton.py``).
 * :func:`group_norm_mul_reference` - ``GroupNorm(y) * act(g)`` per token (the VRWKV6 ``ln_x`` + gate epilogue).
@@ -30,8 +32,9 @@ from ..shift import q_shift
 
 __all__ = ["token_shift_mix_reference", "sigmoid_mul_reference", "relu_square_reference",
            "linear_relu_square_reference", "linear_sigmoid_mul_reference", "linear_tanh_reference",
-           "linear_decay_reference", "mix_linear_reference", "mix_mlp_reference", "group_norm_mul_reference",
-           "group_norm_mul_linear_reference", "decay_logd_reference", "add_norm_reference"]
+           "linear_decay_reference", "mix_linear_reference", "mix_linear_group_reference", "mix_mlp_reference",
+           "group_norm_mul_reference", "group_norm_mul_linear_reference", "decay_logd_reference",
+           "add_norm_reference"]
 
 MIX_ACTS = ("none", "relu_square", "sigmoid_mul", "tanh")
 
@@ -112,6 +115,19 @@ def mix_linear_reference(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
     if act == "tanh":
         return linear_tanh_reference(mix, weight)
     return F.linear(mix, weight)
+
+
+def mix_linear_group_reference(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor,
+                               weights: Tuple[torch.Tensor, ...], head_size: Optional[int] = None,
+                               h: Optional[torch.Tensor] = None, w2: Optional[torch.Tensor] = None,
+                               one_minus: bool = False) -> Tuple[torch.Tensor, ...]:
+    """P projections of one x, each :func:`mix_linear_reference` with its own interpolation: a (P, C), weights P
+    (N, C) tensors, h (B, N, P * R) (projection p takes columns p R to (p + 1) R), w2 (P, R, C)."""
+    rank = None if h is None else h.shape[-1] // len(weights)
+    return tuple(mix_linear_reference(x, grid_size, a[p], w, head_size,
+                                      None if h is None else h[..., p * rank:(p + 1) * rank],
+                                      None if w2 is None else w2[p], one_minus)
+                 for p, w in enumerate(weights))
 
 
 def mix_mlp_reference(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, key_weight: torch.Tensor,
