@@ -80,10 +80,11 @@ GEMM_OPS = {"linear_relu_square", "linear_sigmoid_mul"}
 LORA_OPS = {"linear_tanh", "linear_decay"}
 
 
-# the Q-Shift interpolations inside the projections' GEMMs, in the RWKV-6 mixes GroupNorm * gate inside the output
-# projection's GEMM, and the block's residual add + LayerNorm in the epilogue of each mixer's last GEMM (the v4 token
-# mix's output projection as a Triton GEMM: linear_add_norm) (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4 post-norm with key norm and layer scale, v6 post-norm, v6 head size 12 (no power of two: the
-# gn_mul pass + the projection + add_norm), alone and with the GEMM epilogues (the decay LoRA's second stage); the
+# the Q-Shift interpolations inside the projections' GEMMs (k / v and k / v / r / g grouped in one launch), in the
+# RWKV-6 mixes GroupNorm * gate inside the output projection's GEMM, and the block's residual add + LayerNorm in the
+# epilogue of each mixer's last GEMM (the v4 token mix's output projection as a Triton GEMM: linear_add_norm)
+# (VRWKV_FUSED_MIX=1, inference only): v4 pre-norm, v4 post-norm with key norm and layer scale, v6 post-norm, v6 head
+# size 12 (no power of two: the gn_mul pass + the projection + add_norm), alone and with the GEMM epilogues (the decay LoRA's second stage); the
 # mixed-input passes and the separate activation passes must not run. With VRWKV_FUSED_MLP=1 also the channel mix's
 # key-value MLP in one kernel (not across v4-L's key norm)
 MIX_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 1, 2, 3)]

@@ -513,8 +513,8 @@ class TimeMixV6(nn.Module):
 
 
 def drop_path_scale(drop_path: Optional[nn.Module], branch: torch.Tensor) -> Optional[torch.Tensor]:
-    """The (B,) float32 factor that ``drop_path`` (a timm ``DropPath``, ``nn.Identity`` or None) applies to the samples of
-    ``branch`` (B, ...) in this call - ``bernoulli(keep_prob) / keep_prob`` (without the division when
+    """The (B,) float32 factor that ``drop_path`` (a timm ``DropPath``, ``nn.Identity`` or None) applies to the samples
+    of ``branch`` (B, ...) in this call - ``bernoulli(keep_prob) / keep_prob`` (without the division when
     ``scale_by_keep`` is off) - or None when it is the identity (eval mode, rate 0). Draws from the RNG exactly
     when and as much as the module itself would, so the fused residual adds reproduce its masks."""
     if type(drop_path) is not DropPath or not drop_path.training or drop_path.drop_prob == 0.0:

@@ -122,8 +122,9 @@ class SpatialMix(nn.Module):
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """Fused inference path with the Q-Shift lerps inside the k, v, r GEMMs (k and v in one launch that reads x
-        once; the sigmoid gate on the WKV output in the receptance GEMM's epilogue): xk, xv, xr are never written. With ``residual`` the output
-        projection also does the block's residual add + LayerNorm (:func:`fused.linear_add_norm`)."""
+        once; the sigmoid gate on the WKV output in the receptance GEMM's epilogue): xk, xv, xr are never written.
+        With ``residual`` the output projection also does the block's residual add + LayerNorm
+        (:func:`fused.linear_add_norm`)."""
         k, v = fused.mix_linear_group(x, grid_size, (self.spatial_mix_k, self.spatial_mix_v),
                                       (self.key.weight, self.value.weight), one_minus=True)
         y = bi_wkv(*self.per_step(x.shape[1]), k, v, mode=self.wkv_mode, chunks=self.wkv_chunks)

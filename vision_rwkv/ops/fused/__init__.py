@@ -49,7 +49,8 @@ from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, grou
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
            "mix_linear", "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled",
-           "fused_gemm_enabled", "fused_mix_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm", "FUSED_UNDER_COMPILE"]
+           "fused_gemm_enabled", "fused_mix_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm",
+           "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
@@ -349,7 +350,8 @@ def linear_tanh(x: torch.Tensor, weight: torch.Tensor, backend: Optional[str] = 
     return _linear_activation("linear_tanh", x, weight, backend, linear_tanh_reference)
 
 
-def linear_decay(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+def linear_decay(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor,
+                 backend: Optional[str] = None) -> torch.Tensor:
     """``-exp(w0 + x @ weight^T)`` in float32 in one GEMM (the RWKV-6 log decay from its LoRA: pass ``w2.t()`` for
     ``x @ w2``). x: (..., K); weight: (N, K), any strides; w0: (N,). The product computes in :func:`compute_dtype`
     of x and is not rounded before the decay; differentiable in x, weight and w0."""

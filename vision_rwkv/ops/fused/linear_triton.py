@@ -239,7 +239,8 @@ def _output_activation(name: str, epi: int, bwd_kernel, doc: str):
     def op_fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return fwd(x, w)
 
-    def bwd_op_fn(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def bwd_op_fn(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor,
+                  g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return bwd(x, w, y, g)
 
     op = torch.library.custom_op(f"vision_rwkv::{name}", op_fn, mutates_args=())

@@ -44,11 +44,11 @@ ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul"
 
 @triton.jit
 def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, A1, A2, A3, WT1, WT2, WT3, M, N,
-                       K, P, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr, SAVE_PRE: tl.constexpr,
-                       HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr,
-                       SHIFT: tl.constexpr, R: tl.constexpr,
-                       PREC: tl.constexpr, LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       BK: tl.constexpr, GROUP_M: tl.constexpr):
+                       K, P, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr,
+                       SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr, RES: tl.constexpr,
+                       HAS_GAMMA: tl.constexpr, SHIFT: tl.constexpr, R: tl.constexpr, PREC: tl.constexpr,
+                       LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       GROUP_M: tl.constexpr):
     # P <= 4 projections of one x (mix_linear_group; 1 otherwise), projection p with coefficients A_p and weight WT_p
     # (A, WT for p = 0): the P programs of an output tile are neighbours, so x and its shifted rows come from DRAM
     # once and from L2 for the other projections
