@@ -59,13 +59,17 @@ class _LinearStub(torch.autograd.Function):
         x, weight = ctx.shapes
         ctx.stubs.gemm += 2 + ctx.has_bias
         gb = g.new_empty(weight.shape[:1]) if ctx.has_bias else None
-        return None, g.new_empty(x.shape, dtype=x.dtype), g.new_empty(weight.shape, dtype=weight.dtype), gb, None, None
+        gx, gw = g.new_empty(x.shape, dtype=x.dtype), g.new_empty(weight.shape, dtype=weight.dtype)
+        if ctx.stubs.record is not None:
+            ctx.stubs.record("linear_bwd", None, (g, x, weight, gb), (gx, gw))
+        return None, gx, gw, gb, None, None
 
 
 class _Stubs:
     """Replace Triton launches and ``F.linear`` by recording stubs while active. ``record(kind, fn, args, out)``, if
     given, also sees every stubbed call: kind 'triton' (fn = the kernel's Python function, args = its launch
-    arguments) or 'linear' (args = (x, weight, bias), out = the stub's output)."""
+    arguments), 'linear' (args = (x, weight, bias), out = the stub's output) or, in training, 'linear_bwd' (args =
+    (grad_out, x, weight, grad_bias or None), out = (grad_x, grad_weight))."""
 
     def __init__(self, record=None):
         self.triton = collections.Counter()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Roofline floor of one inference forward at a real size, computed on CPU (no GPU needed).
+"""Roofline floor of one inference forward (or one training step) at a real size, computed on CPU (no GPU needed).
 
 The fused GPU path of a model runs on CPU tensors of the real shape with every device launch stubbed out (Triton
 kernels in interpreter mode, ``F.linear`` and ``F.scaled_dot_product_attention`` replaced by recording stubs, the
@@ -10,12 +10,16 @@ rate)``; summed over the launches this is a lower bound on the GPU time of that 
 tensors do not fit in L2 (use a batch whose activation planes are well above 50 MB: 1024 px, batch 64). The
 WKV / elementwise kernels' arithmetic is not counted (their FLOPs are small next to their bytes at these shapes).
 
-The table compares the floor with the issue-3 target: 2x the images/s DeiT of the same size reached in the
-anchors (``benchmarks/anchors/backbones.json``, H100, bf16), and shows DeiT's own floor by the same method.
+The table compares the floor with the issue-3 target (``TARGETS``: 2x the images/s DeiT of the same size reached
+in the anchors, ``benchmarks/anchors/backbones.json``, H100, bf16, at 1024 px; 0.5x at 224; 0.7x for a training
+step at 224), and shows DeiT's own floor by the same method. ``--train``: forward + backward (stubbed GEMM
+backward: d x and d W; flash attention's backward: 2.5x its forward FLOPs) + one fused AdamW step (28 bytes per
+parameter).
 
     python tools/roofline.py                                          # VRWKV-T, VRWKV6-T vs DeiT-T, 1024 px, batch 64
     python tools/roofline.py --model vrwkv_small_patch16_224 --res 1024 --batch 64 --out roofline.json
     VRWKV_FUSED_GEMM=1 python tools/roofline.py                       # with the GEMM-epilogue kernels
+    python tools/roofline.py --train --res 224 --batch 128            # a training step, against 0.7x DeiT
 """
 from __future__ import annotations
 
@@ -96,6 +100,14 @@ class LaunchLog(TorchDispatchMode):
         self.rows.append((group, name, float(nbytes), float(flops)))
 
     def record(self, kind, fn, args, out) -> None:
+        if kind == "linear_bwd":  # d x = g @ W and d W = g^T @ x (compute dtype), and a bias gradient's reduction
+            g, x, weight, gb = args
+            flops = 2.0 * g.numel() * weight.shape[1]
+            self.add("GEMMs", "linear_bwd", _unique_bytes([g, weight, out[0]], self.itemsize), flops)
+            self.add("GEMMs", "linear_bwd", _unique_bytes([g, x, out[1]], self.itemsize), flops)
+            if gb is not None:
+                self.add("elementwise/other", "bias_grad", _unique_bytes([g, gb]))
+            return
         if kind == "triton":
             flops = 0.0
             if fn.__name__ in _GEMM_KERNEL_FLOPS:
@@ -120,31 +132,66 @@ class LaunchLog(TorchDispatchMode):
         return out
 
 
+class _AttentionStub(torch.autograd.Function):
+    """Flash attention in training: the forward's record, and a backward that reads q, k, v, out, d out and writes
+    d q, d k, d v with 2.5x the forward's FLOPs (QK^T recomputed, then d V, d P, d Q, d K)."""
+
+    @staticmethod
+    def forward(ctx, log, flops, q, k, v):
+        out = q.new_empty(q.shape)
+        log.add("attention", "scaled_dot_product_attention", _unique_bytes([q, k, v, out]), flops)
+        ctx.log, ctx.flops = log, flops
+        ctx.save_for_backward(q, k, v, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, out = ctx.saved_tensors
+        grads = [t.new_empty(t.shape) for t in (q, k, v)]
+        ctx.log.add("attention", "scaled_dot_product_attention_bwd", _unique_bytes([q, k, v, out, g, *grads]),
+                    2.5 * ctx.flops)
+        return (None, None, *grads)
+
+
 def _sdpa_stub(log: LaunchLog):
     """Flash attention's compulsory traffic (q, k, v, out once) and FLOPs (QK^T and PV), no T x T matrix."""
     def sdpa(q, k, v, *args, **kwargs):
+        flops = 4.0 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            return _AttentionStub.apply(log, flops, q, k, v)
         out = q.new_empty(q.shape)
-        log.add("attention", "scaled_dot_product_attention", _unique_bytes([q, k, v, out]),
-                4.0 * q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * q.shape[-1])
+        log.add("attention", "scaled_dot_product_attention", _unique_bytes([q, k, v, out]), flops)
         return out
     return sdpa
 
 
-def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float) -> dict:
-    """Launch list and roofline floor of ``forward_features`` of ``name`` at ``res`` x ``res``, ``batch`` images."""
+# issue 3's targets: images/s as a multiple of DeiT of the same size, bf16 autocast, by (resolution, training)
+TARGETS = {(1024, False): 2.0, (224, False): 0.5, (224, True): 0.7}
+ADAMW_BYTES_PER_PARAM = 28  # one fused AdamW step in fp32: read p, grad, m, v; write p, m, v
+
+
+def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float, train: bool = False) -> dict:
+    """Launch list and roofline floor of ``forward_features`` of ``name`` at ``res`` x ``res``, ``batch`` images;
+    ``train``: one training step instead (train mode, forward + backward of the features' mean, then one fused AdamW
+    step over the parameters, counted as ``ADAMW_BYTES_PER_PARAM`` bytes each)."""
     adt = bm.DTYPES[dtype]
     rate = MATRIX_RATE[dtype]
-    model = timm.create_model(name, img_size=res, num_classes=0).eval()
+    model = timm.create_model(name, img_size=res, num_classes=0).train(train)
     x = torch.randn(batch, 3, res, res)
     log = LaunchLog(torch.empty((), dtype=adt).element_size())
     saved = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _sdpa_stub(log)
     try:
-        with torch.no_grad(), _Stubs(record=log.record), torch.autocast("cpu", dtype=adt, enabled=dtype != "fp32"):
+        with torch.set_grad_enabled(train), _Stubs(record=log.record):
             with log:
-                model.forward_features(x)
+                with torch.autocast("cpu", dtype=adt, enabled=dtype != "fp32"):
+                    feats = model.forward_features(x)
+                if train:
+                    feats.float().mean().backward()
     finally:
         F.scaled_dot_product_attention = saved
+    if train:
+        log.add("elementwise/other", "adamw", ADAMW_BYTES_PER_PARAM * sum(p.numel() for p in model.parameters()))
     groups = collections.defaultdict(lambda: dict(launches=0, GB=0.0, GFLOP=0.0, floor_ms=0.0))
     for group, _, nbytes, flops in log.rows:
         g = groups[group]
@@ -158,7 +205,7 @@ def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float) -> di
         by_name[(group, op)][0] += 1
         by_name[(group, op)][1] += max(nbytes / bandwidth, flops / rate) * 1e3
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])
-    row = dict(model=name, res=res, batch=batch, dtype=dtype, launches=len(log.rows),
+    row = dict(model=name, res=res, batch=batch, dtype=dtype, train=train, launches=len(log.rows),
                top=[dict(group=g, op=op, launches=n, floor_ms=ms) for (g, op), (n, ms) in top],
                GB=sum(g["GB"] for g in groups.values()), GFLOP=sum(g["GFLOP"] for g in groups.values()),
                floor_ms=floor, floor_img_per_s=batch / (floor * 1e-3),
@@ -169,16 +216,19 @@ def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float) -> di
         deit, deit_label = None, None
         label = {v[0]: v[2] for v in bm.BACKBONES.values()}.get(name)
     anchors = bm.load_anchors("backbones")
-    ref = bm._anchor_backbone(anchors, label, res, dtype, batch, False) if label else None
+    ref = bm._anchor_backbone(anchors, label, res, dtype, batch, train) if label else None
     if ref:
         row["anchor_img_per_s"] = ref  # the original VRWKV / DeiT measured on an H100 (anchors)
     if deit:
         row["deit"] = deit
-        deit_ips = bm._anchor_backbone(anchors, deit_label, res, dtype, batch, False)
+        deit_ips = bm._anchor_backbone(anchors, deit_label, res, dtype, batch, train)
+        ratio = TARGETS.get((res, train))
         if deit_ips:
             row["deit_img_per_s"] = deit_ips
-            row["target_img_per_s"] = 2 * deit_ips
-            row["target_ms"] = batch / (2 * deit_ips) * 1e3
+        if deit_ips and ratio:
+            row["target_x_deit"] = ratio
+            row["target_img_per_s"] = ratio * deit_ips
+            row["target_ms"] = batch / (ratio * deit_ips) * 1e3
             row["floor_vs_target"] = floor / row["target_ms"]
     return row
 
@@ -190,6 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dtype", default="bf16", choices=list(MATRIX_RATE))
     p.add_argument("--bandwidth", type=float, default=BANDWIDTH, help="bytes/s (default: measured H100 copy)")
+    p.add_argument("--train", action="store_true", help="a training step (forward + backward + AdamW) per batch")
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -200,19 +251,21 @@ def main(argv=None) -> int:
             models.append(deit)
     rows = []
     for name in models:
-        rows.append(measure(name, args.res, args.batch, args.dtype, args.bandwidth))
+        rows.append(measure(name, args.res, args.batch, args.dtype, args.bandwidth, args.train))
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("groups", "top")}), flush=True)
-    print(f"\n## Roofline floor of forward_features, {args.res}x{args.res}, batch {args.batch}, {args.dtype} "
+    what = "a training step" if args.train else "forward_features"
+    print(f"\n## Roofline floor of {what}, {args.res}x{args.res}, batch {args.batch}, {args.dtype} "
           f"({args.bandwidth / 1e12:.2f} TB/s, {MATRIX_RATE[args.dtype] / 1e12:.0f} TFLOP/s)\n")
+    ratio = TARGETS.get((args.res, args.train))
     print("| model | launches | GB moved | GEMM/attn GFLOP | floor ms | floor img/s | DeiT img/s (H100) | "
-          "2x DeiT target ms | floor / target |")
+          f"{ratio or '-'}x DeiT target ms | floor / target |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tgt = f"{r['target_ms']:.2f}" if "target_ms" in r else ""
-        ratio = f"{r['floor_vs_target']:.2f}" if "floor_vs_target" in r else ""
+        vs = f"{r['floor_vs_target']:.2f}" if "floor_vs_target" in r else ""
         deit = f"{r['deit_img_per_s']:.0f}" if "deit_img_per_s" in r else ""
         print(f"| {r['model']} | {r['launches']} | {r['GB']:.2f} | {r['GFLOP']:.0f} | {r['floor_ms']:.2f} | "
-              f"{r['floor_img_per_s']:.0f} | {deit} | {tgt} | {ratio} |")
+              f"{r['floor_img_per_s']:.0f} | {deit} | {tgt} | {vs} |")
     print("\n| model | " + " | ".join(f"{g} ms (launches)" for g in GROUPS) + " |")
     print("|---|" + "---|" * len(GROUPS))
     for r in rows:
