@@ -5,8 +5,9 @@ The fused GPU path of a model runs on CPU tensors of the real shape with every d
 kernels in interpreter mode, ``F.linear`` and ``F.scaled_dot_product_attention`` replaced by recording stubs, the
 remaining aten ops run by PyTorch under a dispatch mode that records them). Each launch gets the bytes of its tensor
 operands (each distinct tensor read or written once; GEMM operands in the compute dtype) and, for matrix products
-(GEMMs, the GEMM-epilogue kernels, attention), its FLOPs. Its floor is ``max(bytes / bandwidth, FLOPs / matrix
-rate)``; summed over the launches this is a lower bound on the GPU time of that sequence of kernels, as long as the
+(GEMMs, the GEMM-epilogue kernels, attention), its FLOPs; a stubbed ``F.linear`` also gets the casts autocast would
+launch for its operands not in the compute dtype (fp32 weights, an fp32 input; in training their gradients' casts
+back). Its floor is ``max(bytes / bandwidth, FLOPs / matrix rate)``; summed over the launches this is a lower bound on the GPU time of that sequence of kernels, as long as the
 tensors do not fit in L2 (use a batch whose activation planes are well above 50 MB: 1024 px, batch 64). The
 WKV / elementwise kernels' arithmetic is not counted (their FLOPs are small next to their bytes at these shapes).
 
@@ -99,6 +100,12 @@ class LaunchLog(TorchDispatchMode):
     def add(self, group: str, name: str, nbytes: float, flops: float = 0.0) -> None:
         self.rows.append((group, name, float(nbytes), float(flops)))
 
+    def _autocast_cast(self, t: torch.Tensor, dtype: torch.dtype) -> None:
+        """The cast autocast does for a stubbed ``F.linear`` operand (or its gradient) not in the compute dtype."""
+        if t is not None and t.dtype != dtype and t.is_floating_point():
+            self.add("casts/copies", "autocast_cast",
+                     t.numel() * (t.element_size() + torch.empty((), dtype=dtype).element_size()))
+
     def record(self, kind, fn, args, out) -> None:
         if kind == "linear_bwd":  # d x = g @ W and d W = g^T @ x (compute dtype), and a bias gradient's reduction
             g, x, weight, gb = args
@@ -107,6 +114,8 @@ class LaunchLog(TorchDispatchMode):
             self.add("GEMMs", "linear_bwd", _unique_bytes([g, x, out[1]], self.itemsize), flops)
             if gb is not None:
                 self.add("elementwise/other", "bias_grad", _unique_bytes([g, gb]))
+            for grad in out:  # gradients of fp32 operands come back through autocast's casts
+                self._autocast_cast(grad, g.dtype)
             return
         if kind == "triton":
             flops = 0.0
@@ -117,8 +126,10 @@ class LaunchLog(TorchDispatchMode):
                 if "P" in params:  # projections per launch (mix_linear_group)
                     flops *= args[params.index("P")]
             self.add(_triton_group(fn), fn.__name__, _unique_bytes(_tensors(args)), flops)
-        else:  # linear: x, weight (and bias) in the compute dtype, the output
+        else:  # linear: x, weight (and bias) in the compute dtype, the output; autocast's casts of the operands
             x, weight, bias = args
+            for t in args:
+                self._autocast_cast(t, out.dtype)
             self.add("GEMMs", "linear", _unique_bytes([x, weight, out] + ([bias] if bias is not None else []),
                                                       self.itemsize), 2.0 * x.numel() * weight.shape[0])
 

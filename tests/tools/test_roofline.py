@@ -75,5 +75,7 @@ def test_launch_bytes(rows):
     total = 24 * (elems * (4 + 2 + 4 + 2) + 2 * 192 * 4) + elems * 2
     assert top["_add_norm_fwd_kernel"]["launches"] == 24
     assert top["_add_norm_fwd_kernel"]["floor_ms"] == pytest.approx(total / 3.0e12 * 1e3, rel=1e-9)
+    # autocast's casts of the cuBLAS projections' fp32 weights (and of fp32 inputs such as the image patches)
+    assert top["autocast_cast"]["launches"] >= top["linear"]["launches"] == 12 * 7 + 1
     # one WKV output launch per block, the two Q-Shift + lerp passes per block
     assert top["_fwd_kernel"]["launches"] == 12 and top["_tsm_fwd_kernel"]["launches"] == 24
