@@ -10,7 +10,9 @@ tests with the current defaults / the whole-model tests with every opt-in), ``sa
 
 An opt-in is made default (``verdict.json``) only if its CUDA tests ran and all passed, the whole-model tests with the
 opt-ins passed, and it is faster: geometric mean over the sweep's shapes and dtypes of old / new CUDA-graph
-forward+backward time >= 1.1 and of the eager time >= 1.0 (WKV kernels), or of unfused / fused time >= 1.05 (GEMM
+forward+backward time >= 1.1 and of the eager time >= 1.0 (WKV kernels; v6 also forward alone:
+``make_default_forward_only`` when the chunk forward passes that rule but its backward alone is slower than the walk
+kernels', to be switched on as ``algo=chunk,bwd_algo=walk``; the whole opt-in then is not made default), or of unfused / fused time >= 1.05 (GEMM
 epilogues; the mixed-operand GEMMs of ``VRWKV_FUSED_MIX`` and the fused MLP of ``VRWKV_FUSED_MLP`` by their own rows
 of the GEMM table, ``mix_*`` / ``mlp``).
 """
@@ -103,6 +105,12 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
     return out
 
 
+def _backward_x(row: dict, kind: str) -> Optional[float]:
+    """old / new time of the backward alone (fwd+bwd minus fwd) of a sweep_speedups row."""
+    old, new = row[f"{kind}_fb_old"] - row[f"{kind}_f_old"], row[f"{kind}_fb_new"] - row[f"{kind}_f_new"]
+    return old / new if old > 0 and new > 0 else None
+
+
 def _gemm_row_kind(row: dict) -> str:
     epi = str(row.get("epilogue", ""))  # the residual-epilogue rows ("res") belong to VRWKV_FUSED_MIX too
     return "mix_" if epi.startswith("mix_") or epi == "res" else "mlp" if epi == "mlp" else "epilogue"
@@ -130,6 +138,16 @@ def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: l
             eager = geomean(r["eager_fb_x"] for r in rows)
             fast = graph is not None and eager is not None and graph >= 1.1 and eager >= 1.0
             evidence = dict(graph_fb_speedup_geomean=graph, eager_fb_speedup_geomean=eager, shapes=len(rows))
+            if key == "v6_chunk":  # forward and backward pick their kernels apart (bwd_algo): judge each alone
+                graph_f, eager_f = geomean(r["graph_f_x"] for r in rows), geomean(r["eager_f_x"] for r in rows)
+                fast_f = graph_f is not None and eager_f is not None and graph_f >= 1.1 and eager_f >= 1.0
+                graph_b = geomean(_backward_x(r, "graph") for r in rows)
+                bwd_ok = graph_b is None or graph_b >= 1.0  # a slower chunk backward: keep the walk backward
+                fast = fast and bwd_ok
+                evidence.update(graph_f_speedup_geomean=graph_f, eager_f_speedup_geomean=eager_f,
+                                graph_bwd_speedup_geomean=graph_b,
+                                make_default_forward_only=tests_ok and optin_ok and fast_f and not bwd_ok,
+                                forward_only_env="VRWKV_TRITON_V6=algo=chunk,bwd_algo=walk")
         result[key] = dict(make_default=tests_ok and optin_ok and fast, env=env, tests_ran=len(ran),
                            tests_failed=failed, model_tests_with_opt_ins_ok=optin_ok, faster=fast, **evidence)
     return result

@@ -37,6 +37,9 @@ CPU_CASES.update({
     "chunk_bt32_head24": dict(shape=(1, 70, 2, 24), config=dict(CHUNK, block_t=32, block_j=8, state_t=64)),
     "chunk_one_block_scan": dict(shape=(1, 150, 1, 16), config={"algo": "chunk"}),
     "chunk_bf16_states": dict(shape=(1, 40, 1, 16), dtype="bf16", config=dict(CHUNK, state_dtype="input")),
+    # forward and backward on different kernel families (bwd_algo): each recomputes what it needs
+    "chunk_fwd_walk_bwd": dict(shape=(2, 37, 2, 16), dscale=2.0, config=dict(CHUNK, bwd_algo="walk")),
+    "walk_fwd_chunk_bwd": dict(shape=(1, 41, 1, 16), config=dict(CHUNK, algo="walk", bwd_algo="chunk")),
     # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
     "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
@@ -85,3 +88,21 @@ def test_bi_wkv6_triton_cuda(name, monkeypatch):
     monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
     case = CUDA_CASES[name]
     check(run_v6(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv6")
+
+
+def test_bwd_algo_picks_the_backward_kernels(monkeypatch):
+    """``bwd_algo`` sets the backward's kernel family on its own ('' follows ``algo``); a bad value names its key."""
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+
+    monkeypatch.setitem(v6.CONFIG, "algo", "chunk")
+    monkeypatch.setitem(v6.CONFIG, "bwd_algo", "")
+    assert v6._chunk_algo(64, 1024, 16) and v6._chunk_algo(64, 1024, 16, backward=True)
+    monkeypatch.setitem(v6.CONFIG, "bwd_algo", "walk")
+    assert v6._chunk_algo(64, 1024, 16) and not v6._chunk_algo(64, 1024, 16, backward=True)
+    monkeypatch.setitem(v6.CONFIG, "algo", "walk")
+    monkeypatch.setitem(v6.CONFIG, "bwd_algo", "chunk")
+    assert not v6._chunk_algo(64, 1024, 16) and v6._chunk_algo(64, 1024, 16, backward=True)
+    assert not v6._chunk_algo(128, 1024, 16, backward=True)  # head sizes above 64 keep the walk kernels
+    monkeypatch.setitem(v6.CONFIG, "bwd_algo", "scan")
+    with pytest.raises(ValueError, match="bwd_algo must be"):
+        v6._chunk_algo(64, 1024, 16, backward=True)

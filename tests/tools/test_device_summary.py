@@ -90,6 +90,20 @@ def test_verdict_needs_passing_tests_model_tests_and_speed():
     broken = dict(optin, **{"tests/models/test_fused_path.py::test_fused_path_cuda[vrwkv6_tiny_patch16_224]": "FAILED"})
     for models in (broken, {}):
         assert not any(x["make_default"] for x in ds.verdict(default, models, _sweep_rows(2.0, 3.0), gemm).values())
+    # v6: a chunk forward 3x faster with a backward slower than the walk kernels' (2.4 / 1.8 ms against 2.0 / 1.5)
+    # -> the forward alone
+    rows = _sweep_rows(2.0, 3.0)
+    for r in rows:
+        if r["op"] == "v6" and r["config"] == "chunk":
+            r.update(eager_fb=r["eager_f"] + 2.4, graph_fb=r["graph_f"] + 1.8)
+    passing = {k: "PASSED" for k in default}
+    v6 = ds.verdict(passing, optin, rows, gemm)["v6_chunk"]
+    assert v6["graph_f_speedup_geomean"] == pytest.approx(3.0)
+    assert v6["graph_bwd_speedup_geomean"] == pytest.approx(1.5 / 1.8)
+    assert v6["make_default_forward_only"] and not v6["make_default"]
+    assert v6["forward_only_env"] == "VRWKV_TRITON_V6=algo=chunk,bwd_algo=walk"
+    v6 = ds.verdict(passing, optin, _sweep_rows(2.0, 3.0), gemm)["v6_chunk"]  # both faster: the whole opt-in
+    assert v6["make_default"] and not v6["make_default_forward_only"]
     # no CUDA case of the opt-in ran (all skipped): no
     skipped = {k: "SKIPPED" for k in default}
     assert not ds.verdict(skipped, optin, _sweep_rows(2.0, 3.0), gemm)["v4_seq"]["make_default"]

@@ -37,9 +37,12 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # (triton_chunk.py: one program per chunk, N x N states scanned over chunks; scan_ncb chunks per scan block and
 # scan_elems the scan tile size; states are stored every state_t tokens (a multiple of block_t; the output kernels
 # walk the block_t sub-chunks in between); state_dtype "fp32" or "input": 16-bit states for 16-bit inputs, half the
-# state traffic). "walk" stays the default until "chunk" has been validated and timed on a GPU.
+# state traffic). "walk" stays the default until "chunk" has been validated and timed on a GPU. bwd_algo: the
+# backward's own choice ("" = algo's; each backward recomputes what it needs, so forward and backward may differ:
+# e.g. the chunk forward for inference with the walk backward in training).
 CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="walk",
-                              scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32"), "VRWKV_TRITON_V6")
+                              bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32"),
+                         "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
 LOGD_MIN = tl.constexpr(-60.0)
@@ -275,12 +278,15 @@ def _cfg(N: int, dtype: torch.dtype):
 CHUNK_MAX_BN = 64
 
 
-def _chunk_algo(BN: int, T: int, BT: int) -> bool:
-    """Whether this call takes the chunk-parallel kernels: ``algo='chunk'``, padded head size <= CHUNK_MAX_BN and
-    its sub-chunks (grid axis y) within a CUDA grid; otherwise the walk kernels (grid (B*H, 2): any T)."""
-    if CONFIG["algo"] not in ("walk", "chunk"):
-        raise ValueError(f"VRWKV_TRITON_V6 algo must be 'walk' or 'chunk', got {CONFIG['algo']!r}")
-    return CONFIG["algo"] == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX
+def _chunk_algo(BN: int, T: int, BT: int, backward: bool = False) -> bool:
+    """Whether this call takes the chunk-parallel kernels: ``algo='chunk'`` (the backward: ``bwd_algo`` when set),
+    padded head size <= CHUNK_MAX_BN and its sub-chunks (grid axis y) within a CUDA grid; otherwise the walk kernels
+    (grid (B*H, 2): any T)."""
+    algo = (backward and CONFIG["bwd_algo"]) or CONFIG["algo"]
+    if algo not in ("walk", "chunk"):
+        key = "bwd_algo" if backward and CONFIG["bwd_algo"] else "algo"
+        raise ValueError(f"VRWKV_TRITON_V6 {key} must be 'walk' or 'chunk', got {algo!r}")
+    return algo == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX
 
 
 def _fwd(r, k, v, logd, u):
@@ -299,7 +305,7 @@ def _fwd(r, k, v, logd, u):
 def _bwd(r, k, v, logd, u, gy):
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
-    if _chunk_algo(BN, T, BT):
+    if _chunk_algo(BN, T, BT, backward=True):
         from .triton_chunk import chunk_bwd
 
         return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw))
