@@ -46,21 +46,25 @@ ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul"
 def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, A1, A2, A3, WT1, WT2, WT3, M, N,
                        K, P, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr,
                        SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr, RES: tl.constexpr,
-                       HAS_GAMMA: tl.constexpr, SHIFT: tl.constexpr, R: tl.constexpr, PREC: tl.constexpr,
-                       LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                       GROUP_M: tl.constexpr):
-    # P <= 4 projections of one x (mix_linear_group; 1 otherwise), projection p with coefficients A_p and weight WT_p
-    # (A, WT for p = 0): the P programs of an output tile are neighbours, so x and its shifted rows come from DRAM
-    # once and from L2 for the other projections
+                       HAS_GAMMA: tl.constexpr, SHIFT: tl.constexpr, R: tl.constexpr, GROUP: tl.constexpr,
+                       PREC: tl.constexpr, LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr, GROUP_M: tl.constexpr):
+    # GROUP: P <= 4 projections of one x (mix_linear_group), projection p with coefficients A_p and weight WT_p (A,
+    # WT for p = 0): the P programs of an output tile are neighbours, so x and its shifted rows come from DRAM once
+    # and from L2 for the other projections. Pointer arguments a call does not use are None (constexpr: no host-side
+    # specialization cost per launch), and only read under the constexpr flags that need them.
     pid = tl.program_id(0)
-    proj = pid % P
-    rm, rn, m_ok, n_ok = _gemm_tile_of(pid // P, M, N, BM, BN, GROUP_M)
-    if P > 1:
+    if GROUP:
+        proj = pid % P
+        rm, rn, m_ok, n_ok = _gemm_tile_of(pid // P, M, N, BM, BN, GROUP_M)
         A = tl.where(proj == 1, A1, tl.where(proj == 2, A2, tl.where(proj == 3, A3, A)))
         WT = tl.where(proj == 1, WT1, tl.where(proj == 2, WT2, tl.where(proj == 3, WT3, WT)))
-        HH += proj * R
-        W2 += proj.to(tl.int64) * R * K
         OUT += proj.to(tl.int64) * M * N
+        if HAS_LORA:
+            HH += proj * R
+            W2 += proj.to(tl.int64) * R * K
+    else:
+        rm, rn, m_ok, n_ok = _gemm_tile_of(pid, M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
     n_img = (rm % NTOK)[:, None]  # token index inside its image
     rr = tl.arange(0, R)
@@ -120,29 +124,29 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
     cfg = CONFIG
     if residual is None:
         out = new_empty((P * rows, n), _out_dtype(weight, y), x.device)
-        pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else out.new_empty((0,))
+        pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else None  # None: not a kernel argument
         bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
-        res_args, res_meta, eps = (out,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
+        res_args, res_meta, eps = (None,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
         rl = residual_launch(residual, rows, n, cfg, x.device)
         out, pre, res_args, res_meta, eps, bm, bn, warps = rl.s, rl.n, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
     if h2 is not None and h2.stride(1) != 1:
         h2 = h2.contiguous()
-    more = list(group) + [(a, weight)] * (3 - len(group))
+    more = list(group) + [(a, weight) if group else (None, None)] * (3 - len(group))  # unused group slots: p = 0's
     hs, q1, q2, q3 = _quarters(C, head_size)
     grid = (P * cdiv(rows, bm) * cdiv(n, bn),)
     _mix_linear_kernel[grid](
-        x, a, x if h2 is None else h2, x if w2 is None else w2, weight, out if y is None else y.reshape(rows, n),
-        out, pre, *res_args, *(m[0] for m in more), *(m[1] for m in more), rows, n, C, P, T, H, W, hs, q1, q2, q3,
+        x, a if shift else None, h2, w2, weight, None if y is None else y.reshape(rows, n), out, pre, *res_args,
+        *(m[0] for m in more), *(m[1] for m in more), rows, n, C, P, T, H, W, hs, q1, q2, q3,
         0 if h2 is None else h2.stride(0), weight.stride(0), weight.stride(1), float(eps),
         EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre and residual is None, HAS_LORA=h2 is not None,
-        ONE_MINUS=one_minus, SHIFT=shift, R=16 if h2 is None else h2.shape[1] // P, **res_meta,
+        ONE_MINUS=one_minus, SHIFT=shift, R=16 if h2 is None else h2.shape[1] // P, GROUP=bool(group), **res_meta,
         PREC=_precision(weight.dtype), LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
         BM=bm, BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=warps, num_stages=cfg["stages"])
     if residual is not None:
         return rl.results(residual[0].shape)
-    return (out.view(P, B, T, n) if group else out.view(B, T, n)), pre
+    return (out.view(P, B, T, n) if group else out.view(B, T, n)), (out.new_empty((0,)) if pre is None else pre)
 
 
 def _bwd(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g):
