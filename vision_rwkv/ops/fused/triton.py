@@ -975,7 +975,13 @@ def _tsm_lora_bwd(x, H, W, head_size, a, h, w2, gout):
     gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m.view((nmix,) + tuple(x.shape)), gout)
     gm = gm.view(nmix, -1, c)
     gh = torch.bmm(gm, w2.to(gm.dtype).transpose(1, 2)).transpose(0, 1).reshape(h.shape).to(h.dtype)
-    gw2 = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1).transpose(1, 2).float(), gm.float()).to(w2.dtype)
+    hT = h.reshape(-1, nmix, rank).transpose(0, 1).transpose(1, 2)
+    if gm.dtype == torch.bfloat16 and hT.dtype == torch.bfloat16:
+        # as autocast's weight gradients: a bf16 product (fp32 accumulation inside the GEMM), no fp32 copies of the
+        # (M, tokens, C) gradient; fp16 keeps fp32 operands (a sum over every token can leave fp16's range)
+        gw2 = torch.bmm(hT, gm).to(w2.dtype)
+    else:
+        gw2 = torch.bmm(hT.float(), gm.float()).to(w2.dtype)
     return gx, ga, gh, gw2
 
 
