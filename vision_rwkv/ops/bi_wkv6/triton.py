@@ -318,10 +318,10 @@ def _bwd(r, k, v, logd, u, gy):
     _v6_bwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), gy, gr2, gk2, gv2, gl2, gu2, *r.stride(), *k.stride(),
                                *v.stride(), *logd.stride(), *gy.stride(), T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec,
                                STAGES=CONFIG["stages"], num_warps=nw)
-    gr = (gr2[0] + gr2[1]).to(r.dtype)
-    gk = (gk2[0] + gk2[1]).to(k.dtype)
-    gv = (gv2[0] + gv2[1]).to(v.dtype)
-    gl = (gl2[0] + gl2[1]).to(logd.dtype)
+    # the two directions' planes summed in fp32 and written in the input's dtype by one launch each (no fp32 sum
+    # plane written and read back by a separate cast)
+    gr, gk, gv, gl = (torch.add(g2[0], g2[1], out=new_empty(t.shape, t.dtype, dev))
+                      for g2, t in ((gr2, r), (gk2, k), (gv2, v), (gl2, logd)))
     gu = gu2.sum((0, 1)).to(u.dtype)
     return gr, gk, gv, gl, gu
 
