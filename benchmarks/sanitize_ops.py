@@ -86,9 +86,13 @@ for dt in DTYPES:
     B, Hh, Ww, C = 2, 5, 7, 40
     x, a = leaf(B, Hh * Ww, C, dtype=dt), leaf(3, C)
     check(("token_shift_mix", dt), fused.token_shift_mix(x, (Hh, Ww), a, backend="triton"), (x, a))
+    check(("shift_lerp split", dt), torch.stack(fused.shift_lerp(x, (Hh, Ww), a, backend="triton", split=True)),
+          (x, a))
     x, a, h, w2 = leaf(B, Hh * Ww, C, dtype=dt), leaf(5, C), leaf(B, Hh * Ww, 5 * 16, dtype=dt), leaf(5, 16, C)
     check(("token_shift_mix_lora", dt), fused.token_shift_mix_lora(x, (Hh, Ww), a, h, w2, 8, backend="triton"),
           (x, a, h, w2))
+    check(("token_shift_mix_lora split", dt), torch.stack(fused.token_shift_mix_lora(
+        x, (Hh, Ww), a, h, w2, 8, backend="triton", split=True)), (x, a, h, w2))
     r, y = leaf(3, 37, dtype=dt), leaf(3, 37, dtype=dt)
     check(("sigmoid_mul", dt), fused.sigmoid_mul(r, y, backend="triton"), (r, y))
     x = leaf(5, 13, dtype=dt)

@@ -23,6 +23,12 @@ def _randn(shape, g, dtype, device, scale=1.0):
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
 
 
+def _stacked(out):
+    """One tensor from an op's (M, ...) output or its ``split=True`` tuple (stack's backward hands each of the M
+    outputs its own gradient, as a caller unpacking them would)."""
+    return torch.stack(out) if isinstance(out, tuple) else out
+
+
 def _with_residual(case: dict, leaves: dict, g, device: str, shape: tuple, call, rf):
     """A GEMM op's call (``call(t, **kw)``) and reference with a block's residual add + LayerNorm (``residual=``):
     adds the residual x / layer scale / LayerNorm affine leaves; the checked output is s (post-norm) or
@@ -73,12 +79,14 @@ def _inputs(case: dict, device: str):
         leaves = {"x": x, "a": a}
         if case.get("with_m"):
             leaves["m"] = _randn((M, B, H * W, C), g, dtype, device, 0.5)
+        split = case.get("split", False)  # M separate outputs (gradients read in place), checked stacked
         if op == "shift_lerp":
-            fn = lambda t: fused.shift_lerp(t["x"], (H, W), t["a"], hs, out_dtype, backend)  # noqa: E731
+            fn = lambda t: _stacked(fused.shift_lerp(t["x"], (H, W), t["a"], hs, out_dtype, backend,  # noqa: E731
+                                                     split=split))
             rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), 1 - t["a"], None, hs)  # noqa: E731
         else:
-            fn = lambda t: fused.token_shift_mix(t["x"], (H, W), t["a"], t.get("m"), hs, out_dtype,  # noqa: E731
-                                                 backend)
+            fn = lambda t: _stacked(fused.token_shift_mix(t["x"], (H, W), t["a"], t.get("m"), hs,  # noqa: E731
+                                                          out_dtype, backend, split=split))
             rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), t["a"], t.get("m"), hs)  # noqa: E731
         odt = out_dtype or dtype
     elif op == "token_shift_mix_lora":
@@ -89,8 +97,8 @@ def _inputs(case: dict, device: str):
                   "a": torch.rand(M, C, generator=g, dtype=torch.float64).float().to(device),
                   "h": _randn((B, H * W, M * R), g, dtype, device, 0.5),
                   "w2": _randn((M, R, C), g, torch.float32, device, 0.3)}
-        fn = lambda t: fused.token_shift_mix_lora(t["x"], (H, W), t["a"], t["h"], t["w2"], hs, out_dtype,  # noqa
-                                                  backend)
+        fn = lambda t: _stacked(fused.token_shift_mix_lora(t["x"], (H, W), t["a"], t["h"], t["w2"], hs,  # noqa
+                                                           out_dtype, backend, split=case.get("split", False)))
 
         def rf(t):
             m = torch.bmm(t["h"].reshape(-1, M, R).transpose(0, 1), t["w2"]).view(M, B, H * W, C)

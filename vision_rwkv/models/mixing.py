@@ -254,9 +254,10 @@ class ChannelMix(nn.Module):
             out_dtype = fused.compute_dtype(x)
             if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
                 mix = torch.stack((self.spatial_mix_k, self.spatial_mix_r))
-                xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype)
+                xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype, split=True)
             else:
-                xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size, out_dtype)
+                xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size, out_dtype,
+                                               split=True)
         else:
             xk, xr = self._mixed_inputs(x, grid_size)
         k = key_relu_square(self.key, xk)
@@ -461,11 +462,12 @@ class TimeMixV6(nn.Module):
         heads, head_size = self.num_heads, self.head_size
         dtype = fused.compute_dtype(x)
         if self.token_shift == 'q_shift':
-            xxx = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype)[0]
+            xxx, = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype,
+                                         split=True)
             lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
             maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
             xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
-                                                            out_dtype=dtype)
+                                                            out_dtype=dtype, split=True)
         else:
             xw, xk, xv, xr, xg = self._ddlerp(x, grid_size)
         r = self.receptance(xr)

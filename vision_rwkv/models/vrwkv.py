@@ -112,7 +112,7 @@ class SpatialMix(nn.Module):
         if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
             return self._forward_mix_gemm(x, grid_size)
         mix = torch.stack((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r))
-        xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x))
+        xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x), split=True)
         k = self.key(xk)
         v = self.value(xv)
         y = bi_wkv(*self.per_step(x.shape[1]), k, v, mode=self.wkv_mode, chunks=self.wkv_chunks)

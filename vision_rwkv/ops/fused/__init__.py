@@ -214,7 +214,7 @@ def _check_grid(op: str, x: torch.Tensor, grid_size: Tuple[int, int], head_size:
 
 def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, m: Optional[torch.Tensor] = None,
                     head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
-                    backend: Optional[str] = None, one_minus: bool = False) -> torch.Tensor:
+                    backend: Optional[str] = None, one_minus: bool = False, split: bool = False):
     """``out[i] = x + (q_shift(x, grid_size, head_size) - x) * (a[i] + m[i])`` for i < M, in one pass.
 
     Args:
@@ -226,8 +226,10 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
         backend: None (auto), 'reference' or 'triton'.
         one_minus: ``a`` holds the weights of the UNshifted token (the v4 ``mu``): ``1 - a`` is used, computed in
             the kernel (no separate launch).
+        split: return a tuple of the M (B, N, C) mixed inputs instead (what a caller unpacking them wants: in
+            training their gradients then reach the backward kernel without being stacked into one tensor).
     Returns:
-        (M, B, N, C) tensor; ``out[i]`` is contiguous.
+        (M, B, N, C) tensor (``split``: M tensors); ``out[i]`` is contiguous.
     """
     op = "token_shift_mix"
     tensors = dict(x=x, a=a) if m is None else dict(x=x, a=a, m=m)
@@ -238,19 +240,21 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
     if m is not None:
         check_shape(op, "m", m, (a.shape[0],) + tuple(x.shape))
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
-        return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype, one_minus)
-    return token_shift_mix_reference(x, grid_size, 1 - a if one_minus else a, m, head_size, out_dtype)
+        return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype, one_minus, split)
+    out = token_shift_mix_reference(x, grid_size, 1 - a if one_minus else a, m, head_size, out_dtype)
+    return out.unbind(0) if split else out
 
 
 def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, h: torch.Tensor,
                          w2: torch.Tensor, head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
-                         backend: Optional[str] = None) -> torch.Tensor:
+                         backend: Optional[str] = None, split: bool = False):
     """:func:`token_shift_mix` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` (the RWKV-6 ddlerp LoRA).
 
     Args:
         x: (B, N, C) tokens; a: (M, C); h: (B, N, M*R) LoRA hidden (``tanh(xxx @ W1)``); w2: (M, R, C).
+        split: a tuple of the M mixed inputs instead of one tensor (see :func:`token_shift_mix`).
     Returns:
-        (M, B, N, C) in ``out_dtype``. The Triton kernel computes m per tile (R a power of two >= 16), the
+        (M, B, N, C) in ``out_dtype`` (``split``: M tensors). The Triton kernel computes m per tile (R a power of two >= 16), the
         reference materialises it with one bmm (in h's dtype, as under autocast).
     """
     op = "token_shift_mix_lora"
@@ -263,15 +267,17 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
     check_shape(op, "h", h, tuple(x.shape[:2]) + (nmix * rank,))
     pow2 = rank >= 16 and rank & (rank - 1) == 0
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64 and pow2:
-        return _triton().token_shift_mix_lora_triton(x, grid_size, a, h, w2, head_size, out_dtype)
+        return _triton().token_shift_mix_lora_triton(x, grid_size, a, h, w2, head_size, out_dtype, split)
     m = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2.to(h.dtype)).view((nmix,) + tuple(x.shape))
-    return token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
+    out = token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
+    return out.unbind(0) if split else out
 
 
 def shift_lerp(x: torch.Tensor, grid_size: Tuple[int, int], mix: torch.Tensor, head_size: Optional[int] = None,
-               out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None) -> torch.Tensor:
-    """``out[i] = x * mix[i] + q_shift(x) * (1 - mix[i])`` (mix weights the unshifted token), (M, B, N, C)."""
-    return token_shift_mix(x, grid_size, mix, None, head_size, out_dtype, backend, one_minus=True)
+               out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None, split: bool = False):
+    """``out[i] = x * mix[i] + q_shift(x) * (1 - mix[i])`` (mix weights the unshifted token), (M, B, N, C)
+    (``split``: M tensors, see :func:`token_shift_mix`)."""
+    return token_shift_mix(x, grid_size, mix, None, head_size, out_dtype, backend, one_minus=True, split=split)
 
 
 def sigmoid_mul(r: torch.Tensor, y: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:

@@ -89,9 +89,10 @@ def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
 
 
 @triton.jit
-def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
-                    M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, BT: tl.constexpr,
-                    BC: tl.constexpr):
+def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
+                    M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT: tl.constexpr,
+                    BT: tl.constexpr, BC: tl.constexpr):
+    # the output gradients: one (M, ...) tensor at GO, or (SPLIT, M <= 5) one tensor per mixed input at GO, G1, ..
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -109,6 +110,15 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, NTOK, N, C, H, W, HS, Q1, Q2, Q3,
     pgm = GM
     pgap = GAP + tl.program_id(0).to(tl.int64) * M * C + c
     for i in tl.static_range(M):
+        if SPLIT:
+            if i == 1:
+                pg = G1
+            if i == 2:
+                pg = G2
+            if i == 3:
+                pg = G3
+            if i == 4:
+                pg = G4
         a = tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if ONE_MINUS:
             a = 1.0 - a
@@ -129,7 +139,8 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, NTOK, N, C, H, W, HS, Q1, Q2, Q3,
         if HAS_M:
             tl.store(pgm + offs, gxx.to(GM.dtype.element_ty), mask=mask)
             pgm += plane
-        pg += plane
+        if not SPLIT:
+            pg += plane
         pa += C
         pgap += C
     tl.store(GX + offs, gx.to(GX.dtype.element_ty), mask=mask)
@@ -170,16 +181,25 @@ def _(x, H, W, head_size, a, m, out_dtype, one_minus):
     return x.new_empty((a.shape[0],) + tuple(x.shape), dtype=out_dtype)
 
 
+MAX_SPLIT = 5  # mixed inputs whose gradients the backward kernel reads from separate tensors
+
+
 def _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus=False):
+    """Gradients (x, a, m) of ``token_shift_mix``; ``gout`` the (M, ...) output gradient, or a sequence of the M
+    outputs' gradients (each read in place: no stacked copy)."""
     nmix = a.shape[0]
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
-    gout = gout.contiguous()
+    split = isinstance(gout, (list, tuple))
+    if split and len(gout) > MAX_SPLIT:
+        gout, split = torch.stack(gout), False
+    gs = [g.contiguous() for g in gout] if split else [gout.contiguous()]
+    gs += [None] * (MAX_SPLIT - len(gs))
     gx = new_empty(x.shape, x.dtype, x.device)
     gap = new_empty((grid[0], nmix, x.shape[-1]), torch.float32, x.device)
-    gm = new_empty(m.shape, m.dtype, m.device) if m is not None else x.new_empty((0,))
-    _tsm_bwd_kernel[grid](x, a, x if m is None else m, gout, gx, gap, x if m is None else gm, *args,
-                          HAS_M=m is not None, ONE_MINUS=one_minus, num_warps=CONFIG["warps"], **meta)
-    return gx, gap.sum(0).to(a.dtype), gm
+    gm = new_empty(m.shape, m.dtype, m.device) if m is not None else None
+    _tsm_bwd_kernel[grid](x, a, m, gs[0], gx, gap, gm, *gs[1:], *args, HAS_M=m is not None, ONE_MINUS=one_minus,
+                          SPLIT=split, num_warps=CONFIG["warps"], **meta)
+    return gx, gap.sum(0).to(a.dtype), (x.new_empty((0,)) if gm is None else gm)
 
 
 @torch.library.custom_op("vision_rwkv::token_shift_mix_bwd", mutates_args=())
@@ -210,31 +230,48 @@ torch.library.register_autograd("vision_rwkv::token_shift_mix", _tsm_backward, s
 
 
 class _TokenShiftMix(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, H, W, head_size, a, m, out_dtype, one_minus):
-        ctx.meta = (H, W, head_size, m is not None, one_minus)
-        ctx.save_for_backward(x, a, m)
-        return _tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus)
+    """Eager autograd of ``token_shift_mix``; the last argument ``split``: return the M mixed inputs as M outputs,
+    whose gradients the backward kernel then reads where they are (unpacking one (M, ...) output instead would
+    stack the M gradients again in the backward)."""
 
     @staticmethod
-    def backward(ctx, gout):
+    def forward(ctx, x, H, W, head_size, a, m, out_dtype, one_minus, split):
+        ctx.meta = (H, W, head_size, m is not None, one_minus, split)
+        ctx.save_for_backward(x, a, m)
+        out = _tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus)
+        return out.unbind(0) if split else out
+
+    @staticmethod
+    def backward(ctx, *gout):
         x, a, m = ctx.saved_tensors
-        H, W, head_size, has_m, one_minus = ctx.meta
-        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, gout, one_minus)
-        return gx, None, None, None, ga, (gm if has_m else None), None, None
+        H, W, head_size, has_m, one_minus, split = ctx.meta
+        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, gout if split else gout[0], one_minus)
+        return gx, None, None, None, ga, (gm if has_m else None), None, None, None
+
+
+def run_split_op(custom_op, function, forward, args: tuple, split: bool):
+    """:func:`run_op` for the ops returning M mixed inputs: with ``split`` a tuple of M tensors (in training from
+    ``function``'s M outputs, so their gradients need no stacking), else one (M, ...) tensor."""
+    if torch.compiler.is_compiling():  # a custom op's outputs may not alias each other: unbind after it
+        out = custom_op(*args)
+    elif torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
+        return function.apply(*args, split)
+    else:
+        out = forward(*args)
+    return out.unbind(0) if split else out
 
 
 def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor,
                            m: Optional[torch.Tensor] = None, head_size: Optional[int] = None,
-                           out_dtype: Optional[torch.dtype] = None, one_minus: bool = False) -> torch.Tensor:
-    """Fused ``x + (q_shift(x) - x) * (a[i] + m[i])`` -> (M, B, N, C) in ``out_dtype`` (see the module docstring).
-    Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None. ``one_minus``: a weights the unshifted token
-    (the kernel uses 1 - a; no separate launch computes it)."""
+                           out_dtype: Optional[torch.dtype] = None, one_minus: bool = False, split: bool = False):
+    """Fused ``x + (q_shift(x) - x) * (a[i] + m[i])`` -> (M, B, N, C) in ``out_dtype`` (see the module docstring;
+    ``split``: a tuple of the M (B, N, C) tensors). Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None.
+    ``one_minus``: a weights the unshifted token (the kernel uses 1 - a; no separate launch computes it)."""
     x = x.contiguous()
     a = a.contiguous()
     m = m.contiguous() if m is not None else None
     args = (x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype, bool(one_minus))
-    return run_op(_tsm_op, _TokenShiftMix, _tsm_fwd, *args)
+    return run_split_op(_tsm_op, _TokenShiftMix, _tsm_fwd, args, split)
 
 
 # ---------------------------------------------------------------------------------------------- elementwise
@@ -1025,24 +1062,29 @@ torch.library.register_autograd("vision_rwkv::token_shift_mix_lora", _tsm_lora_b
 
 
 class _TokenShiftMixLora(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, H, W, head_size, a, h, w2, out_dtype):
-        ctx.meta = (H, W, head_size)
-        ctx.save_for_backward(x, a, h, w2)
-        return _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype)
+    """Eager autograd of ``token_shift_mix_lora``; ``split`` as for :class:`_TokenShiftMix`."""
 
     @staticmethod
-    def backward(ctx, gout):
+    def forward(ctx, x, H, W, head_size, a, h, w2, out_dtype, split):
+        ctx.meta = (H, W, head_size)
+        ctx.split = split
+        ctx.save_for_backward(x, a, h, w2)
+        out = _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype)
+        return out.unbind(0) if split else out
+
+    @staticmethod
+    def backward(ctx, *gout):
         x, a, h, w2 = ctx.saved_tensors
-        gx, ga, gh, gw2 = _tsm_lora_bwd(x, *ctx.meta, a, h, w2, gout)
-        return gx, None, None, None, ga, gh, gw2, None
+        gx, ga, gh, gw2 = _tsm_lora_bwd(x, *ctx.meta, a, h, w2, gout if ctx.split else gout[0])
+        return gx, None, None, None, ga, gh, gw2, None, None
 
 
 def token_shift_mix_lora_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor, h: torch.Tensor,
                                 w2: torch.Tensor, head_size: Optional[int] = None,
-                                out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                                out_dtype: Optional[torch.dtype] = None, split: bool = False):
     """``token_shift_mix`` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` computed in the kernel (never stored):
-    the RWKV-6 ddlerp with its LoRA. h (B, N, M*R) (e.g. tanh(xxx @ W1)), w2 (M, R, C), R a power of two >= 16."""
+    the RWKV-6 ddlerp with its LoRA. h (B, N, M*R) (e.g. tanh(xxx @ W1)), w2 (M, R, C), R a power of two >= 16.
+    ``split``: a tuple of the M mixed inputs instead of one (M, B, N, C) tensor."""
     args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(),
             h.contiguous(), w2.contiguous(), out_dtype or x.dtype)
-    return run_op(_tsm_lora_op, _TokenShiftMixLora, _tsm_lora_fwd, *args)
+    return run_split_op(_tsm_lora_op, _TokenShiftMixLora, _tsm_lora_fwd, args, split)
