@@ -701,8 +701,8 @@ def _decay_setup(ctx, inputs, output):
 def decay_grads(g: torch.Tensor, logd: torch.Tensor, w0_dtype: torch.dtype, z_dtype: torch.dtype):
     """Gradients of ``logd = -exp(w0 + z)`` from its output (its own derivative): d w0 (the column sums, in
     w0_dtype) and d z (in z_dtype). Shared with the decay GEMM epilogue's backward (``linear_triton.py``)."""
-    gz = g * logd
-    return gz.reshape(-1, gz.shape[-1]).sum(0).to(w0_dtype), gz.to(z_dtype)
+    gz = torch.mul(g, logd, out=new_empty(logd.shape, z_dtype, logd.device))  # in z's dtype in one launch
+    return gz.reshape(-1, gz.shape[-1]).sum(0, dtype=torch.float32).to(w0_dtype), gz
 
 
 def _decay_backward(ctx, g):
