@@ -142,3 +142,25 @@ def test_fused_prenorm_step_matches_plain_prenorm_block(with_scale, with_next):
         torch.testing.assert_close(h, nxt(ref))
     else:
         assert h is None
+
+
+def test_fold_caches_stacked_vectors_in_inference_only():
+    """Eager inference keeps the stacked mix vectors while they are unchanged; an in-place update (optimizer step,
+    load_state_dict) is seen at once; with autograd recording every call stacks (the gradient flows to each vector)."""
+    from vision_rwkv.models.mixing import _fold
+
+    a, b = torch.nn.Parameter(torch.rand(1, 1, 6)), torch.nn.Parameter(torch.rand(1, 1, 6))  # text-tower layout
+    cache = {}
+    with torch.no_grad():
+        first = _fold((a, b), cache, 'ab')
+        assert _fold((a, b), cache, 'ab') is first
+        assert first.shape == (2, 6)
+        torch.testing.assert_close(first, torch.cat((a, b)).reshape(2, 6))
+        a.add_(1.0)
+        updated = _fold((a, b), cache, 'ab')
+        assert updated is not first
+        torch.testing.assert_close(updated[0], a.reshape(-1))
+    stacked = _fold((a, b), cache, 'ab')
+    assert stacked.requires_grad and stacked is not updated
+    stacked.sum().backward()
+    assert a.grad is not None and b.grad is not None

@@ -147,12 +147,19 @@ def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Te
     return fused.decay_logd(w0, h @ w2)
 
 
-def _fold(vectors: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = '') -> torch.Tensor:
     """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels (one vector:
-    a view, no copy)."""
+    a view, no copy). With ``cache`` (a dict of the owning module) eager inference keeps the stacked copy under
+    ``name`` while the vectors are unchanged (same storage and version counters): no stack launch per forward."""
     if len(vectors) == 1:
         return vectors[0].reshape(1, -1)
-    return torch.stack(vectors).reshape(len(vectors), -1)
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.stack(vectors).reshape(len(vectors), -1)
+    key = tuple((v.data_ptr(), v._version, v.dtype, v.device) for v in vectors)
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, torch.stack(vectors).reshape(len(vectors), -1))
+    return hit[1]
 
 
 class ChannelMix(nn.Module):
@@ -182,6 +189,7 @@ class ChannelMix(nn.Module):
             param_style: str = 'vrwkv',
     ):
         super().__init__()
+        self._folded: dict = {}  # stacked mix vectors of eager inference (see _fold)
         _check_shift(token_shift, head_size)
         _check_choice('param_style', param_style, CHANNEL_MIX_STYLES)
         self.head_size = head_size
@@ -217,7 +225,7 @@ class ChannelMix(nn.Module):
         """(2, C) weights of the shifted token for (k, r): ``1 - mu`` or ``maa``."""
         if self.param_style == 'vrwkv':
             return 1 - torch.stack((self.spatial_mix_k, self.spatial_mix_r))
-        return _fold((self.time_maa_k, self.time_maa_r))
+        return _fold((self.time_maa_k, self.time_maa_r), self._folded, 'kr')
 
     def _mixed_inputs(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> Tuple[torch.Tensor, torch.Tensor]:
         shifted = token_shift(x, self.token_shift, self.head_size, grid_size)
@@ -253,7 +261,7 @@ class ChannelMix(nn.Module):
         if self.token_shift == 'q_shift':
             out_dtype = fused.compute_dtype(x)
             if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
-                mix = torch.stack((self.spatial_mix_k, self.spatial_mix_r))
+                mix = _fold((self.spatial_mix_k, self.spatial_mix_r), self._folded, 'kr')
                 xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype, split=True)
             else:
                 xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size, out_dtype,
@@ -329,6 +337,7 @@ class TimeMixV6(nn.Module):
             wkv_backend: Optional[str] = None,
     ):
         super().__init__()
+        self._folded: dict = {}  # stacked mix vectors of eager inference (see _fold)
         if dim % head_size:
             raise ValueError(f'width {dim} is not a multiple of head_size {head_size}')
         _check_shift(token_shift, head_size)
@@ -465,7 +474,8 @@ class TimeMixV6(nn.Module):
             xxx, = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype,
                                          split=True)
             lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
-            maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
+            maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g),
+                        self._folded, 'wkvrg')
             xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
                                                             out_dtype=dtype, split=True)
         else:

@@ -28,7 +28,7 @@ from vision_rwkv.ops import bi_wkv, fused, q_shift
 from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
-from .mixing import (ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix, mix_gemm_ready,
+from .mixing import (ChannelMix, _fold, channel_position, channel_ratio, layer_ratios, lerp_mix, mix_gemm_ready,
                      receptance_gate)
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
@@ -57,6 +57,7 @@ class SpatialMix(nn.Module):
             wkv_chunks: int = 32,
     ):
         super().__init__()
+        self._folded: dict = {}  # stacked mix vectors of eager inference (see _fold)
         _check_wkv_mode(wkv_mode, wkv_chunks)
         self.wkv_mode = wkv_mode
         self.wkv_chunks = wkv_chunks
@@ -111,7 +112,7 @@ class SpatialMix(nn.Module):
         WKV output feeds one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
         if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
             return self._forward_mix_gemm(x, grid_size)
-        mix = torch.stack((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r))
+        mix = _fold((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), self._folded, 'kvr')
         xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x), split=True)
         k = self.key(xk)
         v = self.value(xv)
