@@ -160,6 +160,8 @@ def test_fold_caches_stacked_vectors_in_inference_only():
         updated = _fold((a, b), cache, 'ab')
         assert updated is not first
         torch.testing.assert_close(updated[0], a.reshape(-1))
+        c = torch.nn.Parameter(a.detach().clone())  # a replaced parameter object: recomputed
+        assert _fold((c, b), cache, 'ab') is not updated
     stacked = _fold((a, b), cache, 'ab')
     assert stacked.requires_grad and stacked is not updated
     stacked.sum().backward()

@@ -150,16 +150,17 @@ def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Te
 def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = '') -> torch.Tensor:
     """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels (one vector:
     a view, no copy). With ``cache`` (a dict of the owning module) eager inference keeps the stacked copy under
-    ``name`` while the vectors are unchanged (same storage and version counters): no stack launch per forward."""
+    ``name`` while the vectors are unchanged (the same tensor objects, storages and version counters): no stack
+    launch per forward."""
     if len(vectors) == 1:
         return vectors[0].reshape(1, -1)
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return torch.stack(vectors).reshape(len(vectors), -1)
-    key = tuple((v.data_ptr(), v._version, v.dtype, v.device) for v in vectors)
-    hit = cache.get(name)
-    if hit is None or hit[0] != key:
-        hit = cache[name] = (key, torch.stack(vectors).reshape(len(vectors), -1))
-    return hit[1]
+    state = tuple((v.data_ptr(), v._version) for v in vectors)
+    hit = cache.get(name)  # (the vectors themselves: held, so an identity check cannot match a recycled object)
+    if hit is None or hit[1] != state or any(c is not v for c, v in zip(hit[0], vectors)):
+        hit = cache[name] = (tuple(vectors), state, torch.stack(vectors).reshape(len(vectors), -1))
+    return hit[2]
 
 
 class ChannelMix(nn.Module):
