@@ -104,7 +104,7 @@ class LaunchLog(TorchDispatchMode):
         """The cast autocast does for a stubbed ``F.linear`` operand (or its gradient) not in the compute dtype."""
         if t is not None and t.dtype != dtype and t.is_floating_point():
             self.add("casts/copies", "autocast_cast",
-                     t.numel() * (t.element_size() + torch.empty((), dtype=dtype).element_size()))
+                     t.numel() * (t.element_size() + dtype.itemsize))
 
     def record(self, kind, fn, args, out) -> None:
         if kind == "linear_bwd":  # d x = g @ W and d W = g^T @ x (compute dtype), and a bias gradient's reduction

@@ -44,15 +44,34 @@ def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def autograd_needed(args) -> bool:
+    """Whether a call must record autograd: grad mode is on and a tensor among ``args`` requires a gradient (other
+    entries, None included, are ignored)."""
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
 def run_op(custom_op, function, forward, *args):
     """Run a Triton operator the cheapest correct way: its torch custom op while torch.compile traces, its
     ``torch.autograd.Function`` when a tensor argument needs a gradient, and otherwise the bare ``forward(*args)``
     (inference: no autograd or dispatcher bookkeeping on the host, which dominates small-batch eager runs)."""
     if torch.compiler.is_compiling():
         return custom_op(*args)
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+    if autograd_needed(args):
         return function.apply(*args)
     return forward(*args)
+
+
+def run_split_op(custom_op, function, forward, args: tuple, split: bool):
+    """:func:`run_op` for the ops returning M mixed inputs as one (M, ...) tensor: with ``split`` a tuple of the M
+    tensors instead (in training ``function.apply(*args, True)``'s M outputs, whose gradients then need no stacking;
+    ``function`` takes ``split`` as its last argument)."""
+    if torch.compiler.is_compiling():  # a custom op's outputs may not alias each other: unbind after it
+        out = custom_op(*args)
+    elif autograd_needed(args):
+        return function.apply(*args, split)
+    else:
+        out = forward(*args)
+    return out.unbind(0) if split else out
 
 
 def split_param_grads(sums: torch.Tensor, *params) -> tuple:

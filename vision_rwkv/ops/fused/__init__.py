@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .._triton_utils import env_get
+from .._triton_utils import autograd_needed, env_get
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
@@ -401,7 +401,7 @@ class ResidualNorm(NamedTuple):
         """Whether a Triton epilogue can take it: no gradient needed (of these or the op's ``tensors``), rows of at
         most 512 channels (a program holds whole rows: wider ones spill registers on an H100), no float64."""
         all_tensors = (self.x, self.gamma, self.weight, self.bias) + tensors
-        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in all_tensors)
+        needs_grad = autograd_needed(all_tensors)
         return not needs_grad and n <= 512 and self.x.dtype != torch.float64
 
 

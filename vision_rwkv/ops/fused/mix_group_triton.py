@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from .._triton_utils import autograd_needed
 from .mix_linear_triton import _fwd
 from .triton import _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
 
@@ -139,6 +140,6 @@ def mix_linear_group_triton(x: torch.Tensor, grid_size: tuple[int, int], coefs: 
     w2 = None if w2 is None else w2.contiguous()
     if torch.compiler.is_compiling():
         return _group_op(x, H, W, hs, h, w2, bool(one_minus), coefs, weights)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h, w2, *coefs, *weights)):
+    if autograd_needed((x, h, w2, *coefs, *weights)):
         return _MixLinearGroup.apply(x, H, W, hs, h, w2, bool(one_minus), *coefs, *weights)
     return _group_fwd(x, H, W, hs, h, w2, bool(one_minus), coefs, weights)

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, new_empty, next_pow2, run_op, split_param_grads
+from .._triton_utils import cdiv, new_empty, next_pow2, run_op, run_split_op, split_param_grads
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
            "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
@@ -247,18 +247,6 @@ class _TokenShiftMix(torch.autograd.Function):
         H, W, head_size, has_m, one_minus, split = ctx.meta
         gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, gout if split else gout[0], one_minus)
         return gx, None, None, None, ga, (gm if has_m else None), None, None, None
-
-
-def run_split_op(custom_op, function, forward, args: tuple, split: bool):
-    """:func:`run_op` for the ops returning M mixed inputs: with ``split`` a tuple of M tensors (in training from
-    ``function``'s M outputs, so their gradients need no stacking), else one (M, ...) tensor."""
-    if torch.compiler.is_compiling():  # a custom op's outputs may not alias each other: unbind after it
-        out = custom_op(*args)
-    elif torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
-        return function.apply(*args, split)
-    else:
-        out = forward(*args)
-    return out.unbind(0) if split else out
 
 
 def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor,
