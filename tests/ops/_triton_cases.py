@@ -120,6 +120,8 @@ def run_v6(case: dict, device: str) -> dict:
         r, k, v, logd, u, gy = v6_inputs(B, T, H, N, dtype, device, seed=case.get("seed", 0),
                                          dscale=case.get("dscale", 1.0), dshift=case.get("dshift", 0.0),
                                          logd_const=case.get("logd_const"))
+        if case.get("logd_dtype"):  # as under autocast: r, k, v in 16 bits, the log decay in fp32
+            logd = logd.to(DTYPES[case["logd_dtype"]])
         leaves = [x.clone().requires_grad_() for x in (r, k, v, logd, u)]
         args = [_maybe_noncontig(x, case.get("layout", "")) if x.dim() == 4 else x for x in leaves]
         if case.get("public_api"):

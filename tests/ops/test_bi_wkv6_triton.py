@@ -21,6 +21,7 @@ CPU_CASES = {
     "extreme_decays_1e4": dict(shape=(1, 17, 1, 16), logd_const=-1e4, dshift=-1.0),
     "bf16": dict(shape=(1, 20, 1, 16), dtype="bf16"),
     "fp16": dict(shape=(1, 9, 1, 16), dtype="fp16"),
+    "bf16_logd_fp32": dict(shape=(2, 13, 2, 16), dtype="bf16", logd_dtype="fp32"),
     "noncontig": dict(shape=(1, 18, 2, 16), layout="T"),
     "public_api": dict(shape=(1, 5, 1, 16), public_api=True),
     "torch_compile_fullgraph": dict(shape=(1, 5, 1, 16), compile=True),
@@ -57,6 +58,7 @@ CUDA_CASES = {
     "extreme_decays_inf": dict(shape=(2, 100, 2, 64), logd_const=float("-inf")),
     "noncontig": dict(shape=(4, 196, 3, 64), layout="T"),
     "fp16": dict(shape=(8, 196, 3, 64), dtype="fp16"),
+    "bf16_logd_fp32": dict(shape=(16, 196, 3, 64), dtype="bf16", logd_dtype="fp32"),
     "compile": dict(shape=(2, 196, 3, 64), compile=True),
 }
 

@@ -43,6 +43,21 @@ def _check_wkv_mode(mode: str, chunks: int) -> None:
         raise ValueError(f'wkv_chunks must be a positive int, got {chunks!r}')
 
 
+class _DivPair(torch.autograd.Function):
+    """``(a / n, b / n)`` with one foreach launch forward and one backward (autograd's own backward of a foreach
+    division launches one division per gradient)."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, n: int):
+        ctx.n = n
+        return tuple(torch._foreach_div([a, b], n))
+
+    @staticmethod
+    def backward(ctx, ga: torch.Tensor, gb: torch.Tensor):
+        ga, gb = torch._foreach_div([ga, gb], ctx.n)
+        return ga, gb, None
+
+
 class SpatialMix(nn.Module):
     """v4 token mix: Q-Shift interpolation, k/v/r projections, Bi-WKV with per-step decay and bonus
     ``spatial_decay / T``, ``spatial_first / T``, optional LayerNorm, sigmoid(r) gate, output projection."""
@@ -78,8 +93,11 @@ class SpatialMix(nn.Module):
 
     def per_step(self, num_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-step decay and bonus ``(spatial_decay / T, spatial_first / T)``, both from one foreach division (one
-        kernel launch on a GPU instead of two)."""
-        return tuple(torch._foreach_div([self.spatial_decay, self.spatial_first], num_tokens))
+        kernel launch on a GPU instead of two; in training their gradients too)."""
+        pair = (self.spatial_decay, self.spatial_first)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in pair) and not torch.compiler.is_compiling():
+            return _DivPair.apply(*pair, num_tokens)
+        return tuple(torch._foreach_div(list(pair), num_tokens))
 
     def forward(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """The token mix of x; with ``residual`` (see :func:`~vision_rwkv.models.mixing.fuses_residual`) the block's

@@ -302,7 +302,9 @@ def _fwd(r, k, v, logd, u):
     return torch.add(y2[0], y2[1], out=new_empty(v.shape, v.dtype, r.device))  # summed in fp32, one launch
 
 
-def _bwd(r, k, v, logd, u, gy):
+def _bwd(r, k, v, logd, u, gy, grouped: bool = True):
+    """Gradients (r, k, v, logd, u). Walk kernels: with ``grouped`` the gradients sharing a dtype come back as views
+    of one tensor (summed by one launch); the custom op passes False (its outputs may not alias each other)."""
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype)
     if _chunk_algo(BN, T, BT, backward=True):
@@ -310,18 +312,28 @@ def _bwd(r, k, v, logd, u, gy):
 
         return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw))
     dev = r.device
-    gr2 = new_empty((2, B, T, H, N), torch.float32, dev)
-    gk2 = new_empty((2, B, T, H, N), torch.float32, dev)
-    gv2 = new_empty((2, B, T, H, N), torch.float32, dev)
-    gl2 = new_empty((2, B, T, H, N), torch.float32, dev)
+    # the two directions' fp32 planes of the gradients sharing a dtype live in one (n, 2, B, T, H, N) buffer, so that
+    # one launch per dtype (r, k, v: the compute dtype; logd: fp32 under autocast) sums them straight into that dtype
+    groups: dict = {}
+    for i, t in enumerate((r, k, v, logd)):
+        groups.setdefault(t.dtype if grouped else i, []).append(i)
+    bufs = {key: new_empty((len(idx), 2, B, T, H, N), torch.float32, dev) for key, idx in groups.items()}
+    planes = [None] * 4
+    for key, idx in groups.items():
+        for j, i in enumerate(idx):
+            planes[i] = bufs[key][j]
     gu2 = new_empty((2, B, H, N), torch.float32, dev)
-    _v6_bwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), gy, gr2, gk2, gv2, gl2, gu2, *r.stride(), *k.stride(),
+    _v6_bwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), gy, *planes, gu2, *r.stride(), *k.stride(),
                                *v.stride(), *logd.stride(), *gy.stride(), T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec,
                                STAGES=CONFIG["stages"], num_warps=nw)
-    # the two directions' planes summed in fp32 and written in the input's dtype by one launch each (no fp32 sum
-    # plane written and read back by a separate cast)
-    gr, gk, gv, gl = (torch.add(g2[0], g2[1], out=new_empty(t.shape, t.dtype, dev))
-                      for g2, t in ((gr2, r), (gk2, k), (gv2, v), (gl2, logd)))
+    grads = [None] * 4
+    for key, idx in groups.items():
+        buf = bufs[key]
+        dtype = (r, k, v, logd)[idx[0]].dtype
+        summed = torch.add(buf[:, 0], buf[:, 1], out=new_empty((len(idx), B, T, H, N), dtype, dev))
+        for j, i in enumerate(idx):
+            grads[i] = summed[j]
+    gr, gk, gv, gl = grads
     gu = gu2.sum((0, 1)).to(u.dtype)
     return gr, gk, gv, gl, gu
 
@@ -340,7 +352,7 @@ def _(r, k, v, logd, u):
 @torch.library.custom_op("vision_rwkv::bi_wkv6_triton_bwd", mutates_args=())
 def _bi_wkv6_bwd_op(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor, u: torch.Tensor,
                     gy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _bwd(r, k, v, logd, u, gy)
+    return _bwd(r, k, v, logd, u, gy, grouped=False)
 
 
 @_bi_wkv6_bwd_op.register_fake

@@ -999,7 +999,11 @@ def _tsm_lora_bwd(x, H, W, head_size, a, h, w2, gout):
     m = _lora_m(h, w2)  # recomputed (M, tokens, C)
     gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m.view((nmix,) + tuple(x.shape)), gout)
     gm = gm.view(nmix, -1, c)
-    gh = torch.bmm(gm, w2.to(gm.dtype).transpose(1, 2)).transpose(0, 1).reshape(h.shape).to(h.dtype)
+    # d h[t, i*R:(i+1)*R] = gm[i, t] @ w2[i]^T, written in place through a (M, tokens, R) view of (tokens, M, R):
+    # the batched GEMM takes the strided output (batch stride R), no transposing copy
+    gh = torch.empty((gm.shape[1], nmix, rank), dtype=gm.dtype, device=gm.device)
+    torch.bmm(gm, w2.to(gm.dtype).transpose(1, 2), out=gh.transpose(0, 1))
+    gh = gh.view(h.shape).to(h.dtype)
     hT = h.reshape(-1, nmix, rank).transpose(0, 1).transpose(1, 2)
     if gm.dtype == torch.bfloat16 and hT.dtype == torch.bfloat16:
         # as autocast's weight gradients: a bf16 product (fp32 accumulation inside the GEMM), no fp32 copies of the
