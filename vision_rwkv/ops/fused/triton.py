@@ -976,12 +976,6 @@ def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, pl
         po += plane
 
 
-def _lora_m(h, w2):
-    """m[i] = h[:, i*R:(i+1)*R] @ w2[i] -> (M, tokens, C) in h's dtype (the materialised LoRA output)."""
-    nmix, rank, c = w2.shape
-    return torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2.to(h.dtype))
-
-
 def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
     nmix, rank, _ = w2.shape
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
@@ -996,13 +990,14 @@ def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
 
 def _tsm_lora_bwd(x, H, W, head_size, a, h, w2, gout):
     nmix, rank, c = w2.shape
-    m = _lora_m(h, w2)  # recomputed (M, tokens, C)
+    w2h = w2.to(h.dtype)  # (one cast for both products below)
+    m = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2h)  # the LoRA output recomputed: (M, tokens, C)
     gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m.view((nmix,) + tuple(x.shape)), gout)
     gm = gm.view(nmix, -1, c)
     # d h[t, i*R:(i+1)*R] = gm[i, t] @ w2[i]^T, written in place through a (M, tokens, R) view of (tokens, M, R):
     # the batched GEMM takes the strided output (batch stride R), no transposing copy
     gh = torch.empty((gm.shape[1], nmix, rank), dtype=gm.dtype, device=gm.device)
-    torch.bmm(gm, w2.to(gm.dtype).transpose(1, 2), out=gh.transpose(0, 1))
+    torch.bmm(gm, w2h.to(gm.dtype).transpose(1, 2), out=gh.transpose(0, 1))
     gh = gh.view(h.shape).to(h.dtype)
     hT = h.reshape(-1, nmix, rank).transpose(0, 1).transpose(1, 2)
     if gm.dtype == torch.bfloat16 and hT.dtype == torch.bfloat16:
