@@ -199,5 +199,9 @@ def test_per_step_divides_by_tokens_with_one_foreach_each_way():
     torch.testing.assert_close(w, (mix.spatial_decay / 7).detach(), rtol=0, atol=0)
     torch.testing.assert_close(u, (mix.spatial_first / 7).detach(), rtol=0, atol=0)
     torch.testing.assert_close(got, (mix.spatial_decay.grad, mix.spatial_first.grad), rtol=0, atol=0)
-    with torch.no_grad():
-        assert not mix.per_step(7)[0].requires_grad
+    with torch.no_grad():  # eager inference: kept while the parameters and T are unchanged
+        w, u = mix.per_step(7)
+        assert not w.requires_grad and mix.per_step(7)[0] is w
+        torch.testing.assert_close(mix.per_step(9)[1], mix.spatial_first / 9, rtol=0, atol=0)
+        mix.spatial_decay.mul_(2.0)
+        torch.testing.assert_close(mix.per_step(9)[0], mix.spatial_decay / 9, rtol=0, atol=0)

@@ -25,7 +25,7 @@ orthogonal with per-role gains for the text tower).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -147,20 +147,27 @@ def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Te
     return fused.decay_logd(w0, h @ w2)
 
 
-def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = '') -> torch.Tensor:
-    """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels (one vector:
-    a view, no copy). With ``cache`` (a dict of the owning module) eager inference keeps the stacked copy under
-    ``name`` while the vectors are unchanged (the same tensor objects, storages and version counters): no stack
-    launch per forward."""
-    if len(vectors) == 1:
-        return vectors[0].reshape(1, -1)
+def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict], name: str,
+                         make: Callable[[], Any], key: Any = None) -> Any:
+    """``make()``, a value computed from the parameter tensors ``vectors`` only (and ``key``). With ``cache`` (a dict
+    of the owning module) eager inference keeps it under ``name`` while the vectors are unchanged (the same tensor
+    objects, storages and version counters) and ``key`` is equal: no launch per forward. With autograd recording or
+    under torch.compile it is computed each call."""
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return torch.stack(vectors).reshape(len(vectors), -1)
-    state = tuple((v.data_ptr(), v._version) for v in vectors)
+        return make()
+    state = (key,) + tuple((v.data_ptr(), v._version) for v in vectors)
     hit = cache.get(name)  # (the vectors themselves: held, so an identity check cannot match a recycled object)
     if hit is None or hit[1] != state or any(c is not v for c, v in zip(hit[0], vectors)):
-        hit = cache[name] = (tuple(vectors), state, torch.stack(vectors).reshape(len(vectors), -1))
+        hit = cache[name] = (tuple(vectors), state, make())
     return hit[2]
+
+
+def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = '') -> torch.Tensor:
+    """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels (one vector:
+    a view, no copy); with ``cache``, kept across eager inference forwards (:func:`derived_in_inference`)."""
+    if len(vectors) == 1:
+        return vectors[0].reshape(1, -1)
+    return derived_in_inference(vectors, cache, name, lambda: torch.stack(vectors).reshape(len(vectors), -1))
 
 
 class ChannelMix(nn.Module):
@@ -190,7 +197,7 @@ class ChannelMix(nn.Module):
             param_style: str = 'vrwkv',
     ):
         super().__init__()
-        self._folded: dict = {}  # stacked mix vectors of eager inference (see _fold)
+        self._folded: dict = {}  # values derived from the parameters, kept in eager inference (derived_in_inference)
         _check_shift(token_shift, head_size)
         _check_choice('param_style', param_style, CHANNEL_MIX_STYLES)
         self.head_size = head_size
@@ -338,7 +345,7 @@ class TimeMixV6(nn.Module):
             wkv_backend: Optional[str] = None,
     ):
         super().__init__()
-        self._folded: dict = {}  # stacked mix vectors of eager inference (see _fold)
+        self._folded: dict = {}  # values derived from the parameters, kept in eager inference (derived_in_inference)
         if dim % head_size:
             raise ValueError(f'width {dim} is not a multiple of head_size {head_size}')
         _check_shift(token_shift, head_size)

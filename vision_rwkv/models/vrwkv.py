@@ -28,8 +28,8 @@ from vision_rwkv.ops import bi_wkv, fused, q_shift
 from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
-from .mixing import (ChannelMix, _fold, channel_position, channel_ratio, layer_ratios, lerp_mix, mix_gemm_ready,
-                     receptance_gate)
+from .mixing import (ChannelMix, _fold, channel_position, channel_ratio, derived_in_inference, layer_ratios, lerp_mix,
+                     mix_gemm_ready, receptance_gate)
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -72,7 +72,7 @@ class SpatialMix(nn.Module):
             wkv_chunks: int = 32,
     ):
         super().__init__()
-        self._folded: dict = {}  # stacked mix vectors of eager inference (see _fold)
+        self._folded: dict = {}  # values derived from the parameters, kept in eager inference (derived_in_inference)
         _check_wkv_mode(wkv_mode, wkv_chunks)
         self.wkv_mode = wkv_mode
         self.wkv_chunks = wkv_chunks
@@ -93,11 +93,13 @@ class SpatialMix(nn.Module):
 
     def per_step(self, num_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-step decay and bonus ``(spatial_decay / T, spatial_first / T)``, both from one foreach division (one
-        kernel launch on a GPU instead of two; in training their gradients too)."""
+        kernel launch on a GPU instead of two; in training their gradients too; in eager inference kept while the
+        parameters and T are unchanged)."""
         pair = (self.spatial_decay, self.spatial_first)
         if torch.is_grad_enabled() and any(p.requires_grad for p in pair) and not torch.compiler.is_compiling():
             return _DivPair.apply(*pair, num_tokens)
-        return tuple(torch._foreach_div(list(pair), num_tokens))
+        return derived_in_inference(pair, self._folded, 'per_step',
+                                    lambda: tuple(torch._foreach_div(list(pair), num_tokens)), key=num_tokens)
 
     def forward(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """The token mix of x; with ``residual`` (see :func:`~vision_rwkv.models.mixing.fuses_residual`) the block's
