@@ -187,3 +187,22 @@ def test_mix_linear_reference_is_the_shift_pass_and_the_projection():
     torch.testing.assert_close(fused.mix_linear(x, (3, 4), a, w, 8, h, w2, act="relu_square"),
                                torch.relu(ddlerp @ w.t()) ** 2)
     torch.testing.assert_close(fused.mix_linear(x, (3, 4), a, w, 8, h, w2, act="tanh"), torch.tanh(ddlerp @ w.t()))
+
+
+def test_gemm_weight_grad_comes_in_the_weights_layout():
+    """The GEMM-epilogue kernels' dW: for a LoRA matrix passed transposed (``w1.t()``) it comes in that transposed
+    layout, so the (K, N) parameter's gradient needs no layout copy; the fake kernels (torch.compile) promise the
+    same strides."""
+    pytest.importorskip("triton")
+    from vision_rwkv.ops.fused.linear_triton import _like_weight, _weight_grad
+
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    g = torch.randn(10, 4, dtype=torch.float64)
+    p = torch.randn(6, 4, dtype=torch.float64)  # (K, N), as time_decay_w1
+    for w in (p.t(), p.t().contiguous(), torch.randn(1, 6, dtype=torch.float64).t().t()):
+        gx, gw = _weight_grad(g[:, :w.shape[0]], x.reshape(10, 6), x, w)
+        assert gw.shape == w.shape and gw.stride() == _like_weight(w).stride() == w.stride()
+        torch.testing.assert_close(gw, g[:, :w.shape[0]].t() @ x.reshape(10, 6))
+        torch.testing.assert_close(gx, (g[:, :w.shape[0]] @ w).view(x.shape))
+    _, gw = _weight_grad(g, x.reshape(10, 6), x, p.t())
+    assert gw.t().is_contiguous()  # the parameter p's gradient, as autograd's transpose hands it on

@@ -210,9 +210,21 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _transposed(w: torch.Tensor) -> bool:
+    """Whether w (N, K) is the transposed view of a contiguous (K, N) tensor (a LoRA matrix passed as ``w1.t()``)."""
+    return w.shape[0] > 1 and w.stride() == (1, w.shape[0])
+
+
+def _like_weight(w: torch.Tensor) -> torch.Tensor:
+    """An empty tensor of w's shape in the layout :func:`_weight_grad` gives its gradient (the fake kernels' dW)."""
+    return w.new_empty(w.shape[::-1]).t() if _transposed(w) else w.new_empty(w.shape)
+
+
 def _weight_grad(g2: torch.Tensor, x2: torch.Tensor, x: torch.Tensor, w: torch.Tensor):
-    """dx (x's shape) and dW from the pre-activation gradient g2 (M, N)."""
-    return (g2 @ w).view(x.shape), g2.t() @ x2
+    """dx (x's shape) and dW from the pre-activation gradient g2 (M, N). dW comes in w's layout when w is a
+    transposed view (``x2^T g2`` transposed back), so the (K, N) parameter's gradient needs no layout copy."""
+    gw = (x2.t() @ g2).t() if _transposed(w) else g2.t() @ x2
+    return (g2 @ w).view(x.shape), gw
 
 
 # ------------------------------------------------------------------- relu^2 and tanh epilogues (backward from y)
@@ -246,7 +258,7 @@ def _output_activation(name: str, epi: int, bwd_kernel, doc: str):
     op = torch.library.custom_op(f"vision_rwkv::{name}", op_fn, mutates_args=())
     op.register_fake(lambda x, w: x.new_empty((*x.shape[:-1], w.shape[0])))
     bwd_op = torch.library.custom_op(f"vision_rwkv::{name}_bwd", bwd_op_fn, mutates_args=())
-    bwd_op.register_fake(lambda x, w, y, g: (x.new_empty(x.shape), w.new_empty(w.shape)))
+    bwd_op.register_fake(lambda x, w, y, g: (x.new_empty(x.shape), _like_weight(w)))
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs, output)
@@ -324,7 +336,7 @@ def _sigmoid_mul_bwd_op(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, pre: 
 
 @_sigmoid_mul_bwd_op.register_fake
 def _(x, w, y, pre, g):
-    return x.new_empty(x.shape), w.new_empty(w.shape), y.new_empty(y.shape)
+    return x.new_empty(x.shape), _like_weight(w), y.new_empty(y.shape)
 
 
 def _sm_setup(ctx, inputs, output):
@@ -393,7 +405,7 @@ def _decay_bwd_op(x: torch.Tensor, w: torch.Tensor, w0: torch.Tensor, y: torch.T
 
 @_decay_bwd_op.register_fake
 def _(x, w, w0, y, g):
-    return x.new_empty(x.shape), w.new_empty(w.shape), w0.new_empty(w0.shape)
+    return x.new_empty(x.shape), _like_weight(w), w0.new_empty(w0.shape)
 
 
 def _decay_backward(ctx, g):

@@ -28,7 +28,8 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
 from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
-                            _gemm_tile_of, _precision, _residual_norm_store, _weight_grad, residual_launch)
+                            _gemm_tile_of, _like_weight, _precision, _residual_norm_store, _weight_grad,
+                            residual_launch)
 from .triton import (_elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
                      _tanh_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
 
@@ -209,7 +210,7 @@ def _(x, H, W, head_size, a, h, w2, weight, y, out, pre, one_minus, act, g):
     def like(t):
         return x.new_empty((0,)) if t is None else t.new_empty(t.shape)
 
-    return like(x), like(a), like(h), like(w2), like(weight), like(y)
+    return like(x), like(a), like(h), like(w2), _like_weight(weight), like(y)
 
 
 def _mix_setup(ctx, inputs, output):

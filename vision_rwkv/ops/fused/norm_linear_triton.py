@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
-from .linear_triton import (EPI_NONE, _epilogue_store, _gemm_tile, _precision, _residual_norm_store, _weight_grad,
-                            residual_launch)
+from .linear_triton import (EPI_NONE, _epilogue_store, _gemm_tile, _like_weight, _precision, _residual_norm_store,
+                            _weight_grad, residual_launch)
 from .triton import _gn_mul_bwd, _gn_mul_fwd
 
 __all__ = ["group_norm_mul_linear_triton", "group_norm_mul_linear_residual_triton", "CONFIG"]
@@ -119,7 +119,7 @@ def _bwd_op(y: torch.Tensor, g: torch.Tensor, groups: int, gn_weight: torch.Tens
 @_bwd_op.register_fake
 def _(y, g, groups, gn_weight, gn_bias, eps, silu, weight, gout):
     return (y.new_empty(y.shape), g.new_empty(g.shape), gn_weight.new_empty((2,) + tuple(gn_weight.shape)),
-            weight.new_empty(weight.shape))
+            _like_weight(weight))
 
 
 def _input_grads(grads, gn_weight, gn_bias):
