@@ -15,7 +15,9 @@ The table compares the floor with the issue-3 target (``TARGETS``: 2x the images
 in the anchors, ``benchmarks/anchors/backbones.json``, H100, bf16, at 1024 px; 0.5x at 224; 0.7x for a training
 step at 224), and shows DeiT's own floor by the same method. ``--train``: forward + backward (stubbed GEMM
 backward: d x and d W; flash attention's backward: 2.5x its forward FLOPs) + one fused AdamW step (28 bytes per
-parameter).
+parameter). The last column estimates the peak memory of the same run (live tensor bytes, see :class:`LiveBytes`;
+parameters and the input included, autocast's cached weight casts too, AdamW's moments in training): the 1024
+target also asks for less memory than DeiT.
 
     python tools/roofline.py                                          # VRWKV-T, VRWKV6-T vs DeiT-T, 1024 px, batch 64
     python tools/roofline.py --model vrwkv_small_patch16_224 --res 1024 --batch 64 --out roofline.json
@@ -29,6 +31,7 @@ import collections
 import inspect
 import json
 import sys
+import weakref
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +54,9 @@ MATRIX_RATE = {"bf16": 800e12, "fp16": 800e12, "fp32": 67e12}  # FLOP/s: measure
 # MLP: two products of M x C x HID)
 _GEMM_KERNEL_FLOPS = {"_linear_act_kernel": 2, "_mix_linear_kernel": 2, "_norm_linear_kernel": 2, "_mix_mlp_kernel": 4}
 _MATMUL_OPS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution"}
+# Triton kernels that may write an input in place (input argument, output argument): the same tensor passed as both
+# is read and written, where distinct tensors passed twice are dummy pointers of unused arguments (counted once)
+_INPLACE_ARGS = {"_add_norm_fwd_kernel": ("X", "S")}
 
 
 def _tensors(tree) -> list[torch.Tensor]:
@@ -88,14 +94,55 @@ def _matmul_flops(op: str, args, out) -> float:
     return 2.0 * a.numel() * b.shape[-1]
 
 
+class LiveBytes:
+    """Bytes held by live tensors (per storage) and their peak: an estimate of what the CUDA caching allocator's
+    ``max_memory_allocated`` reports for the same allocations (without its block rounding). A storage first seen as
+    the output of a non-view op is an allocation; it is released when the last tensor seen on it dies. Storages that
+    exist before (parameters, the input) are the ``base``; :meth:`hold` adds bytes kept to the end (autocast's
+    cached weight casts)."""
+
+    def __init__(self, base: int, known_ptrs=()):
+        self.live = self.peak = base
+        self._known = set(known_ptrs)
+        self._storages = {}  # data_ptr -> [tensors seen alive, nbytes]
+
+    def hold(self, nbytes: int) -> None:
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def track(self, t: torch.Tensor, allocates: bool) -> None:
+        storage = t.untyped_storage()
+        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        if not nbytes or ptr in self._known:
+            return
+        entry = self._storages.get(ptr)
+        if entry is None:
+            if not allocates:  # a view of a storage allocated outside (e.g. of a parameter): not new memory
+                return
+            entry = self._storages[ptr] = [0, nbytes]
+            self.hold(nbytes)
+        entry[0] += 1
+        weakref.finalize(t, self._release, ptr)
+
+    def _release(self, ptr: int) -> None:
+        entry = self._storages[ptr]
+        entry[0] -= 1
+        if not entry[0]:
+            del self._storages[ptr]
+            self.live -= entry[1]
+
+
 class LaunchLog(TorchDispatchMode):
     """Records (group, name, bytes, FLOPs) per launch: aten ops through the dispatch mode, stubbed Triton kernels,
-    GEMMs and attention through :meth:`record`."""
+    GEMMs and attention through :meth:`record`; with ``memory`` (a :class:`LiveBytes`) also the live bytes of every
+    op's outputs."""
 
-    def __init__(self, compute_itemsize: int):
+    def __init__(self, compute_itemsize: int, memory: LiveBytes | None = None):
         super().__init__()
         self.rows = []
         self.itemsize = compute_itemsize
+        self.memory = memory
+        self._cached_casts = set()
 
     def add(self, group: str, name: str, nbytes: float, flops: float = 0.0) -> None:
         self.rows.append((group, name, float(nbytes), float(flops)))
@@ -125,17 +172,31 @@ class LaunchLog(TorchDispatchMode):
                 flops = float(_GEMM_KERNEL_FLOPS[fn.__name__]) * args[at] * args[at + 1] * args[at + 2]
                 if "P" in params:  # projections per launch (mix_linear_group)
                     flops *= args[params.index("P")]
-            self.add(_triton_group(fn), fn.__name__, _unique_bytes(_tensors(args)), flops)
+            nbytes = _unique_bytes(_tensors(args))
+            if fn.__name__ in _INPLACE_ARGS:
+                params = list(inspect.signature(fn).parameters)
+                src, dst = (args[params.index(name)] for name in _INPLACE_ARGS[fn.__name__])
+                if src.data_ptr() == dst.data_ptr():
+                    nbytes += src.numel() * src.element_size()
+            self.add(_triton_group(fn), fn.__name__, nbytes, flops)
         else:  # linear: x, weight (and bias) in the compute dtype, the output; autocast's casts of the operands
             x, weight, bias = args
             for t in args:
                 self._autocast_cast(t, out.dtype)
+            for t in (weight, bias):  # autocast keeps the cast of an fp32 leaf parameter until its context exits
+                if (self.memory is not None and t is not None and t.dtype != out.dtype and t.requires_grad
+                        and t.is_leaf and id(t) not in self._cached_casts):
+                    self._cached_casts.add(id(t))
+                    self.memory.hold(t.numel() * out.dtype.itemsize)
             self.add("GEMMs", "linear", _unique_bytes([x, weight, out] + ([bias] if bias is not None else []),
                                                       self.itemsize), 2.0 * x.numel() * weight.shape[0])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         op = str(func.overloadpacket)
+        if self.memory is not None:
+            for t in _tensors(out):
+                self.memory.track(t, allocates=op not in VIEW_OPS or op in ("aten.empty", "aten.new_empty"))
         if op not in VIEW_OPS:
             flops = _matmul_flops(op, args, out) if op in _MATMUL_OPS else 0.0
             self.add(classify(["aten::" + op[len("aten."):]]), op, _unique_bytes(_tensors((args, kwargs, out))),
@@ -189,7 +250,12 @@ def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float, train
     rate = MATRIX_RATE[dtype]
     model = timm.create_model(name, img_size=res, num_classes=0).train(train)
     x = torch.randn(batch, 3, res, res)
-    log = LaunchLog(torch.empty((), dtype=adt).element_size())
+    state = [*model.parameters(), *model.buffers(), x]
+    base = sum(t.untyped_storage().nbytes() for t in state)
+    if train:  # AdamW's two fp32 moments exist from the first step on
+        base += 8 * sum(p.numel() for p in model.parameters())
+    memory = LiveBytes(base, (t.untyped_storage().data_ptr() for t in state))
+    log = LaunchLog(torch.empty((), dtype=adt).element_size(), memory)
     saved = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _sdpa_stub(log)
     try:
@@ -219,7 +285,7 @@ def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float, train
     row = dict(model=name, res=res, batch=batch, dtype=dtype, train=train, launches=len(log.rows),
                top=[dict(group=g, op=op, launches=n, floor_ms=ms) for (g, op), (n, ms) in top],
                GB=sum(g["GB"] for g in groups.values()), GFLOP=sum(g["GFLOP"] for g in groups.values()),
-               floor_ms=floor, floor_img_per_s=batch / (floor * 1e-3),
+               floor_ms=floor, floor_img_per_s=batch / (floor * 1e-3), peak_GiB_est=memory.peak / 2 ** 30,
                groups={k: groups[k] for k in GROUPS if k in groups})
     if name in bm.BACKBONES:
         deit, label, deit_label = bm.BACKBONES[name]
@@ -269,14 +335,14 @@ def main(argv=None) -> int:
           f"({args.bandwidth / 1e12:.2f} TB/s, {MATRIX_RATE[args.dtype] / 1e12:.0f} TFLOP/s)\n")
     ratio = TARGETS.get((args.res, args.train))
     print("| model | launches | GB moved | GEMM/attn GFLOP | floor ms | floor img/s | DeiT img/s (H100) | "
-          f"{ratio or '-'}x DeiT target ms | floor / target |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"{ratio or '-'}x DeiT target ms | floor / target | peak GiB (est.) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tgt = f"{r['target_ms']:.2f}" if "target_ms" in r else ""
         vs = f"{r['floor_vs_target']:.2f}" if "floor_vs_target" in r else ""
         deit = f"{r['deit_img_per_s']:.0f}" if "deit_img_per_s" in r else ""
         print(f"| {r['model']} | {r['launches']} | {r['GB']:.2f} | {r['GFLOP']:.0f} | {r['floor_ms']:.2f} | "
-              f"{r['floor_img_per_s']:.0f} | {deit} | {tgt} | {vs} |")
+              f"{r['floor_img_per_s']:.0f} | {deit} | {tgt} | {vs} | {r['peak_GiB_est']:.2f} |")
     print("\n| model | " + " | ".join(f"{g} ms (launches)" for g in GROUPS) + " |")
     print("|---|" + "---|" * len(GROUPS))
     for r in rows:

@@ -93,6 +93,12 @@ MIX_EXPECTED_CALLS = [{"mix_linear", "mix_linear_group", "linear_add_norm", "wkv
     _V6_MIX_OPS, _V6_MIX_OPS | {"group_norm_mul", "add_norm"}]
 
 
+# eager inference on the default path: the blocks update the residual stream in place (fused.add_norm(inplace=True);
+# the pre-norm chain of v4 / v6, the post-norm blocks of v4-S / v6-S)
+INFER_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 2, 3)] + [
+    ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 2, "infer": True}]]
+
+
 def _run_cases(cases, extra_env=None):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore", **(extra_env or {}))
@@ -123,6 +129,20 @@ def test_fused_path_matches_plain_path_interpreter(interpreter_results, index):
     expected = EXPECTED_CALLS[index]
     if expected is not None:
         assert set(res["calls"]) == expected, res["calls"]
+
+
+@pytest.fixture(scope="module")
+def infer_results():
+    return _run_cases(INFER_CASES)
+
+
+@pytest.mark.parametrize("index", range(len(INFER_CASES)), ids=[c[0] for c in INFER_CASES])
+def test_fused_inference_in_place_residual_interpreter(infer_results, index):
+    """Eager inference (no autograd) with the residual adds written in place matches the plain path."""
+    res = infer_results[index]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["y"] < 1e-5, res
+    assert res["calls"]["add_norm"] >= 2, res["calls"]
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,14 @@ def test_fused_prenorm_step_matches_plain_prenorm_block(with_scale, with_next):
         torch.testing.assert_close(h, nxt(ref))
     else:
         assert h is None
+    with torch.no_grad():  # eager inference of a chain that owns x: the residual adds write into it
+        x_own = x.clone()
+        y_own, h_own = fused_prenorm_step(x_own, norm1(x), torch.tanh, lin2, norm2, g1, g2,
+                                          nxt if with_next else None, inplace=True)
+    assert y_own is x_own
+    torch.testing.assert_close(y_own, ref)
+    if with_next:
+        torch.testing.assert_close(h_own, nxt(ref))
 
 
 def test_fold_caches_stacked_vectors_in_inference_only():

@@ -270,6 +270,14 @@ def _inputs(case: dict, device: str):
 
         fn = lambda t: combine(fused.add_norm(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"], 1e-5,  # noqa
                                               post, out_dtype, backend, sample_scale=scale))
+        if case.get("inplace"):  # s written into (a copy of) x, which the op returns as s
+            def fn(t):
+                x = t["x"].detach().clone()
+                s, n = fused.add_norm(x, t["y"], t.get("gamma"), t["weight"], t["bias"], 1e-5, post, out_dtype,
+                                      backend, sample_scale=scale, inplace=True)
+                if s is not x:
+                    raise AssertionError("add_norm(inplace=True) did not return x as s")
+                return combine((s, n))
         rf = lambda t: combine(ref.add_norm_reference(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"],  # noqa
                                                       1e-5, post, sample_scale=scale))
         odt = torch.float32
@@ -336,6 +344,11 @@ def run_case(case: dict, device: str) -> dict:
             args = dict(leaves)
         if case.get("infer"):  # inference-only kernels (no autograd): forward under no_grad, the composed
             return _run_infer(case, fn, rf, odt, leaves, args)  # fallback (add_norm) must not run
+        if case.get("inplace"):  # in-place forms: eager inference only
+            with torch.no_grad():
+                y = fn(args)
+            y_ref = rf({k: v.detach().double() for k, v in leaves.items()})
+            return {"y": _rel(y, y_ref), "dtype_ok": y.dtype == odt, "finite": bool(torch.isfinite(y).all())}
         if case.get("compile"):
             torch._dynamo.reset()  # every case compiles the same lambda code: no recompile limit across cases
             cfn = torch.compile(lambda **t: fn(t) * 2, backend="aot_eager", fullgraph=True)

@@ -206,3 +206,21 @@ def test_gemm_weight_grad_comes_in_the_weights_layout():
         torch.testing.assert_close(gx, (g[:, :w.shape[0]] @ w).view(x.shape))
     _, gw = _weight_grad(g, x.reshape(10, 6), x, p.t())
     assert gw.t().is_contiguous()  # the parameter p's gradient, as autograd's transpose hands it on
+
+
+def test_add_norm_inplace_writes_x_and_refuses_autograd():
+    """add_norm(inplace=True): s is x, updated in place, equal to the functional result; refused with autograd
+    recording or a non-contiguous x (named in the error)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    w, b, gamma = torch.randn(8), torch.randn(8), torch.randn(8)
+    s_ref, n_ref = fused.add_norm(x, y, gamma, w, b)
+    x_own = x.clone()
+    s, n = fused.add_norm(x_own, y, gamma, w, b, inplace=True)
+    assert s is x_own
+    torch.testing.assert_close(s, s_ref)
+    torch.testing.assert_close(n, n_ref)
+    with pytest.raises(ValueError, match="inplace is for eager inference.*autograd recording=True"):
+        fused.add_norm(x.clone().requires_grad_(), y, gamma, w, b, inplace=True)
+    with pytest.raises(ValueError, match="contiguous=False"):
+        fused.add_norm(x.transpose(0, 1), y.transpose(0, 1), gamma, w, b, inplace=True)

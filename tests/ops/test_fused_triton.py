@@ -62,6 +62,8 @@ CPU_CASES = {
     "add_norm_pre_bf16_y_bf16_out": dict(op="add_norm", shape=(2, 3, 10), dtype="bf16", out_dtype="bf16",
                                          gamma=False),
     "add_norm_pre_compile_noncontig": dict(op="add_norm", shape=(2, 3, 4), compile=True, layout="T"),
+    "add_norm_pre_inplace_bf16_y": dict(op="add_norm", shape=(3, 7, 6), dtype="bf16", inplace=True),
+    "add_norm_post_inplace_odd_C": dict(op="add_norm", shape=(9, 5), post=True, inplace=True),
     # drop path's per-sample branch factor: several samples per row block, sample boundaries inside blocks and
     # several programs (C=100: 32-row blocks over 3 x 37 rows)
     "add_norm_post_sample_scale": dict(op="add_norm", shape=(3, 5, 12), post=True, sample_scale=True),
@@ -183,6 +185,7 @@ CUDA_CASES = {
     "add_norm_post_B_fp32": dict(op="add_norm", shape=(4, 196, 768), post=True),
     "add_norm_pre_T": dict(op="add_norm", shape=(16, 1024, 192), dtype="bf16", out_dtype="bf16"),
     "add_norm_pre_odd": dict(op="add_norm", shape=(3, 197, 100), gamma=False),
+    "add_norm_pre_T_inplace": dict(op="add_norm", shape=(16, 1024, 192), dtype="bf16", out_dtype="bf16", inplace=True),
     "add_norm_post_sample_scale_S": dict(op="add_norm", shape=(16, 196, 384), post=True, dtype="bf16",
                                          sample_scale=True),
     "add_norm_pre_sample_scale_T": dict(op="add_norm", shape=(8, 1024, 192), dtype="bf16", out_dtype="bf16",

@@ -236,26 +236,42 @@ class VisionRWKVBase(nn.Module):
             return False
         return all(not b.post_norm and b._fusable() for b in self.blocks)
 
+    def _owns_residual(self, x: torch.Tensor) -> bool:
+        """Whether the blocks may update the residual stream in place: eager inference on the fused path, no module
+        hooks on the blocks (they are called without ``__call__``), fusable blocks."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not fused.fused_enabled(x):
+            return False
+        return all(b._fusable() and not (b._forward_hooks or b._forward_pre_hooks) for b in self.blocks)
+
     def _forward_chain(self, x: torch.Tensor, grid: GridSize) -> torch.Tensor:
-        """Pre-norm blocks with every residual add fused with the LayerNorm that follows it (the next block's
-        ``norm1``, the final ``norm`` after the last block), the normalised activations written once (in the compute
-        dtype, the final ones in the residual's). Returns the final-norm tokens."""
+        """Pre-norm blocks from ``x = norm0(embedding)`` with every residual add fused with the LayerNorm that follows
+        it (the next block's ``norm1``, the final ``norm`` after the last block), the normalised activations written
+        once (in the compute dtype, the final ones in the residual's). Returns the final-norm tokens. In eager
+        inference the adds write into x (one residual buffer; x is this chain's own tensor)."""
         blocks = self.blocks
-        x = blocks[0].norm0(x)
-        h = blocks[0].norm1(x)
+        inplace = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and x.is_contiguous()
+        # (in the compute dtype, as every later block's norm1 output from the fused adds: half the bytes held
+        # through block 0 under autocast)
+        h = blocks[0].norm1(x).to(fused.compute_dtype(x))
         final = self.norm if isinstance(self.norm, nn.LayerNorm) else None
         for i, block in enumerate(blocks):
             if i + 1 < len(blocks):
-                x, h = block.forward_chain(x, h, grid, blocks[i + 1].norm1)
+                x, h = block.forward_chain(x, h, grid, blocks[i + 1].norm1, inplace=inplace)
             else:
-                x, h = block.forward_chain(x, h, grid, final, x.dtype)
+                x, h = block.forward_chain(x, h, grid, final, x.dtype, inplace=inplace)
         return h if final is not None else self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch (B, in_chans, H, W) -> final-norm tokens (B, N, C), N = ceil(H/p) * ceil(W/p)."""
         x, grid = self._embed(x)
         if self._chain_fusable(x):
+            x = self.blocks[0].norm0(x)  # (rebound: the embedding's output is not held while the chain runs)
             return self._forward_chain(x, grid)
+        if self._owns_residual(x) and x.is_contiguous():  # post-norm blocks, eager inference: one residual buffer
+            x = self.blocks[0].norm0(x)
+            for block in self.blocks:
+                x = block.forward_body(x, grid, inplace=True)
+            return self.norm(x)
         for block in self.blocks:
             x = self._run_block(block, x, grid)
         return self.norm(x)

@@ -169,9 +169,13 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        x = self.norm0(x)
+        return self.forward_body(self.norm0(x), grid_size)
+
+    def forward_body(self, x: torch.Tensor, grid_size: GridSize, inplace: bool = False) -> torch.Tensor:
+        """The block after ``norm0``. ``inplace`` (eager inference, x handed over by the caller): the fused post-norm
+        residual adds write into x."""
         if fused.fused_enabled(x) and self._fusable():
-            return self._forward_fused(x, grid_size)
+            return self._forward_fused(x, grid_size, inplace)
         if self.post_norm:
             x = x + self.drop_path1(self.ls1(self.norm1(self.spatial_mix(x, grid_size))))
             x = x + self.drop_path2(self.ls2(self.norm2(self.channel_mix(x, grid_size))))
@@ -190,7 +194,7 @@ class Block(nn.Module):
     def _gammas(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         return tuple(ls.gamma if isinstance(ls, LayerScale) else None for ls in (self.ls1, self.ls2))
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, inplace: bool = False) -> torch.Tensor:
         """Same function with the residual add, layer scale, drop path and LayerNorm of each half fused in one pass
         (post-norm: ``x + dp(g * LN(mix(x)))``; pre-norm: the spatial-mix residual add and ``norm2`` together, whose
         output, read only by the channel mix, is written in the compute dtype) - or, in inference with
@@ -206,19 +210,21 @@ class Block(nn.Module):
                                                                            post=True))
                 else:
                     x, _ = fused.add_norm(x, mixer(x, grid_size), gamma, norm.weight, norm.bias, norm.eps, post=True,
-                                          sample_scale=scale)
+                                          sample_scale=scale, inplace=inplace)
             return x
         return self.forward_chain(x, n1(x), grid_size, None)[0]
 
     def forward_chain(self, x: torch.Tensor, h: torch.Tensor, grid_size: GridSize,
-                      next_norm: Optional[nn.LayerNorm],
-                      next_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                      next_norm: Optional[nn.LayerNorm], next_dtype: Optional[torch.dtype] = None,
+                      inplace: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Fused pre-norm block inside a chain (see ``VisionRWKVBase.forward_features``): takes the residual ``x``
         and ``h = norm1(x)``, returns the new residual and ``next_norm`` of it (the next block's ``norm1`` or the
         model's final norm, fused into this block's last residual add, output in ``next_dtype``; None: a plain add).
-        Needs ``_fusable()`` and pre-norm."""
+        Needs ``_fusable()`` and pre-norm. ``inplace``: the residual adds write into x (eager inference on a chain
+        that owns x)."""
         g1, g2 = self._gammas()
         return fused_prenorm_step(x, h, lambda t, **kw: self.spatial_mix(t, grid_size, **kw),
                                   lambda t, **kw: self.channel_mix(t, grid_size, **kw), self.norm2, g1, g2, next_norm,
                                   next_dtype, self.drop_path1, self.drop_path2,
-                                  fuse_residual=(fuses_residual(self.spatial_mix), fuses_residual(self.channel_mix)))
+                                  fuse_residual=(fuses_residual(self.spatial_mix), fuses_residual(self.channel_mix)),
+                                  inplace=inplace)

@@ -279,7 +279,9 @@ class ChannelMix(nn.Module):
         k = key_relu_square(self.key, xk)
         if self.key_norm is not None:
             k = self.key_norm(k)
-        return receptance_gate(self.receptance, xr, self.value(k))
+        v = self.value(k)
+        del k  # (the 4C-wide hidden is not held through the gate: less peak memory)
+        return receptance_gate(self.receptance, xr, v)
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize,
                           residual: Optional[fused.ResidualNorm] = None):
@@ -482,19 +484,25 @@ class TimeMixV6(nn.Module):
             xxx, = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype,
                                          split=True)
             lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
+            del xxx
             maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g),
                         self._folded, 'wkvrg')
             xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
                                                             out_dtype=dtype, split=True)
+            del lora
         else:
             xw, xk, xv, xr, xg = self._ddlerp(x, grid_size)
+        # (order and dels for peak memory: the decay's intermediates are freed before the projections allocate, and
+        # the five mixed inputs - in inference one (5, B, N, C) buffer - are not held through the WKV)
+        logd = lora_decay(xw, self.time_decay_w1, self.time_decay_w2, self.time_decay.reshape(-1))
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        logd = lora_decay(xw, self.time_decay_w1, self.time_decay_w2, self.time_decay.reshape(-1))
+        g = self.gate(xg)
+        del xw, xk, xv, xr, xg
         y = self._wkv(r, k, v, logd)
-        y = fused.group_norm_mul(y, self.gate(xg), heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
-                                 gate_act='silu', out_dtype=dtype)
+        y = fused.group_norm_mul(y, g, heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, gate_act='silu',
+                                 out_dtype=dtype)
         return self.output(y)
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
@@ -572,6 +580,7 @@ def fused_prenorm_step(
         drop_path1: Optional[nn.Module] = None,
         drop_path2: Optional[nn.Module] = None,
         fuse_residual: Tuple[bool, bool] = (False, False),
+        inplace: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One pre-norm block on the fused path from the residual ``x`` and ``h = norm1(x)``.
 
@@ -583,7 +592,8 @@ def fused_prenorm_step(
     (timm ``DropPath``, ``nn.Identity`` or None) become per-sample factors of the fused adds
     (:func:`drop_path_scale`). ``fuse_residual``: whether the token / channel mix takes the residual add + LayerNorm
     into its last GEMM (``mixer(t, residual=ResidualNorm)`` returns ``(x, norm(x))``; see :func:`fuses_residual`),
-    used when no drop path applies.
+    used when no drop path applies. ``inplace`` (eager inference, x owned by the caller): the residual adds write
+    into x (see :func:`fused.add_norm`), one residual buffer for the whole chain.
     """
     dtype = fused.compute_dtype(x)
     scale = drop_path_scale(drop_path1, x)  # (the mixers draw no random numbers: same draws as after token_mix)
@@ -591,7 +601,7 @@ def fused_prenorm_step(
         x, h = token_mix(h, residual=fused.ResidualNorm(x, gamma1, norm2.weight, norm2.bias, norm2.eps, False, dtype))
     else:
         x, h = fused.add_norm(x, token_mix(h), gamma1, norm2.weight, norm2.bias, norm2.eps, post=False,
-                              out_dtype=dtype, sample_scale=scale)
+                              out_dtype=dtype, sample_scale=scale, inplace=inplace)
     scale = drop_path_scale(drop_path2, x)
     if fuse_residual[1] and scale is None and next_norm is not None:
         return channel_mix(h, residual=fused.ResidualNorm(x, gamma2, next_norm.weight, next_norm.bias, next_norm.eps,
@@ -601,6 +611,6 @@ def fused_prenorm_step(
         branch = y if gamma2 is None else y * gamma2
         if scale is not None:
             branch = branch * scale.view((-1,) + (1,) * (branch.dim() - 1))
-        return x + branch, None
+        return (x.add_(branch) if inplace else x + branch), None
     return fused.add_norm(x, y, gamma2, next_norm.weight, next_norm.bias, next_norm.eps, post=False,
-                          out_dtype=next_dtype or dtype, sample_scale=scale)
+                          out_dtype=next_dtype or dtype, sample_scale=scale, inplace=inplace)

@@ -28,8 +28,8 @@ from vision_rwkv.ops import bi_wkv, fused, q_shift
 from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
-from .mixing import (ChannelMix, _fold, channel_position, channel_ratio, derived_in_inference, layer_ratios, lerp_mix,
-                     mix_gemm_ready, receptance_gate)
+from .mixing import (ChannelMix, _epilogue_ready, _fold, channel_position, channel_ratio, derived_in_inference,
+                     layer_ratios, lerp_mix, mix_gemm_ready, receptance_gate)
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -136,10 +136,16 @@ class SpatialMix(nn.Module):
         xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x), split=True)
         k = self.key(xk)
         v = self.value(xv)
+        # without the gate epilogue the receptance runs before the WKV, so the mixed inputs (in inference one
+        # (3, B, N, C) buffer) are not held through it: less peak memory
+        r = None if _epilogue_ready(self.receptance) else self.receptance(xr)
+        if r is not None:
+            del xr
+        del xk, xv
         y = bi_wkv(*self.per_step(x.shape[1]), k, v, mode=self.wkv_mode, chunks=self.wkv_chunks)
         if self.key_norm is not None:
             y = self.key_norm(y)
-        return self.output(receptance_gate(self.receptance, xr, y))
+        return self.output(receptance_gate(self.receptance, xr, y) if r is None else fused.sigmoid_mul(r, y))
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """Fused inference path with the Q-Shift lerps inside the k, v, r GEMMs (k and v in one launch that reads x

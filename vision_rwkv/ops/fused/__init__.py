@@ -664,8 +664,8 @@ def decay_logd(w0: torch.Tensor, z: torch.Tensor, backend: Optional[str] = None)
 
 def add_norm(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
              bias: torch.Tensor, eps: float = 1e-5, post: bool = False, out_dtype: Optional[torch.dtype] = None,
-             backend: Optional[str] = None,
-             sample_scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+             backend: Optional[str] = None, sample_scale: Optional[torch.Tensor] = None,
+             inplace: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Residual + LayerNorm over the last dim C in one pass.
 
     post=True: ``s = x + gamma * LN(y)`` -> ``(s, None)`` (post-norm block).
@@ -673,8 +673,15 @@ def add_norm(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], we
     x, y: (..., C) (s keeps x's dtype: the residual stream); gamma: (C,) layer scale or None; weight, bias: (C,).
     sample_scale: optional (B,) per-sample factor of the branch for x of shape (B, ..., C) - drop path's
     ``mask / keep_prob`` (see :func:`vision_rwkv.models.mixing.drop_path_scale`); not differentiated.
+    inplace: write s into x (contiguous; eager, without autograd recording): an inference chain that owns its
+    residual stream keeps one buffer for it instead of a new one per add; s is then x.
     """
     op = "add_norm"
+    if inplace and (autograd_needed((x, y, gamma, weight, bias)) or not x.is_contiguous()
+                    or torch.compiler.is_compiling()):
+        raise ValueError(f"{op}: inplace is for eager inference on a contiguous x (got contiguous="
+                         f"{x.is_contiguous()}, autograd recording={autograd_needed((x, y, gamma, weight, bias))}, "
+                         f"compiling={torch.compiler.is_compiling()})")
     tensors = dict(x=x, y=y, weight=weight, bias=bias)
     if gamma is not None:
         tensors["gamma"] = gamma
@@ -691,6 +698,7 @@ def add_norm(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], we
             raise ValueError(f"{op}: sample_scale needs x of shape (B, ..., C), got {tuple(x.shape)}")
         check_shape(op, "sample_scale", sample_scale, (x.shape[0],))
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (x.dtype, y.dtype):
-        s, n = _triton().add_norm_triton(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
+        s, n = _triton().add_norm_triton(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale, inplace)
         return s, (None if post else n)
-    return add_norm_reference(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
+    s, n = add_norm_reference(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
+    return (x.copy_(s), n) if inplace else (s, n)

@@ -842,11 +842,11 @@ def _rows_per_sample(x, sample_scale):
     return x.numel() // x.shape[-1] // x.shape[0] if sample_scale is not None and x.numel() else 1
 
 
-def _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale=None):
+def _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale=None, inplace=False):
     c = x.shape[-1]
     rows = x.numel() // c
     meta = _an_meta(rows, c)
-    s = new_empty(x.shape, x.dtype, x.device)
+    s = x if inplace else new_empty(x.shape, x.dtype, x.device)  # (each program reads its rows before writing them)
     n = x.new_empty((0,)) if post else new_empty(x.shape, out_dtype, x.device)
     _add_norm_fwd_kernel[(cdiv(rows, meta["BR"]),)](x, y, weight if gamma is None else gamma, weight, bias,
                                                     weight if sample_scale is None else sample_scale, s,
@@ -940,11 +940,15 @@ class _AddNorm(torch.autograd.Function):
 
 def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
                     bias: torch.Tensor, eps: float = 1e-5, post: bool = False, out_dtype: Optional[torch.dtype] = None,
-                    sample_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused residual + LayerNorm over the last dim (see ``add_norm`` in ``__init__.py``)."""
+                    sample_scale: Optional[torch.Tensor] = None,
+                    inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused residual + LayerNorm over the last dim (see ``add_norm`` in ``__init__.py``; ``inplace``: s written into
+    x, eager inference only)."""
     args = (x.contiguous(), y.contiguous(), gamma.contiguous() if gamma is not None else None, weight.contiguous(),
             bias.contiguous(), float(eps), bool(post), out_dtype or x.dtype,
             sample_scale.contiguous() if sample_scale is not None else None)
+    if inplace:  # (``add_norm`` checked: eager, no autograd)
+        return _add_norm_fwd(*args, inplace=True)
     return run_op(_add_norm_op, _AddNorm, _add_norm_fwd, *args)
 
 
