@@ -128,6 +128,11 @@ def test_backbone_rows_ratios_and_targets():
     assert hi["graph_x_deit_old"] == pytest.approx(1.5) and hi["graph_x_deit_new"] is None
     assert tr["x_deit_old"] == pytest.approx(0.5) and tr["new"] is None and tr["target"] == 0.7
     assert tr["met"] is False and "boom" in tr["error"]
+    # at 1024 the target also asks for less memory than DeiT, from a configuration fast enough
+    new[0]["peak_mem_GiB"] = 1.3
+    assert ds.backbone_rows(old, new)[0]["met"] is False
+    old[0]["img_per_s"] = 2050.0
+    assert ds.backbone_rows(old, new)[0]["met"] is True  # the old configuration: 2.05x with 0.7 GiB
 
 
 def test_summarise_files_end_to_end(tmp_path):
