@@ -44,14 +44,21 @@ def _with_residual(case: dict, leaves: dict, g, device: str, shape: tuple, call,
         leaves["gamma"] = _randn((c,), g, torch.float32, device)
     n_dtype = DTYPES[case.get("n_dtype", "fp32")]
 
-    def spec(t):
-        return fused.ResidualNorm(t["res_x"], t.get("gamma"), t["ln_w"], t["ln_b"], 1e-5, post, n_dtype)
+    def spec(t, x_res=None):
+        return fused.ResidualNorm(t["res_x"] if x_res is None else x_res, t.get("gamma"), t["ln_w"], t["ln_b"], 1e-5,
+                                  post, n_dtype, x_res is not None)
 
     def combine(out):
         s, n = out
         return s if post else s + 0.7 * n.to(s.dtype)
 
     def fused_fn(t):
+        if case.get("inplace"):  # s written into (a copy of) the residual x
+            x_own = t["res_x"].detach().clone()
+            s, n = call(t, residual=spec(t, x_own))
+            if s.untyped_storage().data_ptr() != x_own.untyped_storage().data_ptr():
+                raise AssertionError("the residual epilogue with inplace=True did not write into x")
+            return combine((s, n))
         return combine(call(t, residual=spec(t)))
 
     def ref_fn(t):

@@ -598,14 +598,15 @@ def fused_prenorm_step(
     dtype = fused.compute_dtype(x)
     scale = drop_path_scale(drop_path1, x)  # (the mixers draw no random numbers: same draws as after token_mix)
     if fuse_residual[0] and scale is None:
-        x, h = token_mix(h, residual=fused.ResidualNorm(x, gamma1, norm2.weight, norm2.bias, norm2.eps, False, dtype))
+        x, h = token_mix(h, residual=fused.ResidualNorm(x, gamma1, norm2.weight, norm2.bias, norm2.eps, False, dtype,
+                                                        inplace))
     else:
         x, h = fused.add_norm(x, token_mix(h), gamma1, norm2.weight, norm2.bias, norm2.eps, post=False,
                               out_dtype=dtype, sample_scale=scale, inplace=inplace)
     scale = drop_path_scale(drop_path2, x)
     if fuse_residual[1] and scale is None and next_norm is not None:
         return channel_mix(h, residual=fused.ResidualNorm(x, gamma2, next_norm.weight, next_norm.bias, next_norm.eps,
-                                                          False, next_dtype or dtype))
+                                                          False, next_dtype or dtype, inplace))
     y = channel_mix(h)
     if next_norm is None:
         branch = y if gamma2 is None else y * gamma2

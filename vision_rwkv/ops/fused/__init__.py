@@ -382,11 +382,12 @@ class ResidualNorm(NamedTuple):
     eps: float = 1e-5
     post: bool = False
     out_dtype: Optional[torch.dtype] = None
+    inplace: bool = False  # s written into x (eager inference; x must not be an operand of the op that takes it)
 
     def apply(self, branch: torch.Tensor, backend: Optional[str] = None):
         """``add_norm`` of this residual and ``branch`` (the unfused form)."""
         return add_norm(self.x, branch, self.gamma, self.weight, self.bias, self.eps, self.post, self.out_dtype,
-                        backend)
+                        backend, inplace=self.inplace)
 
     def check(self, op: str, shape: Tuple[int, ...]) -> None:
         check_tensors(op, **{k: v for k, v in dict(residual_x=self.x, residual_gamma=self.gamma,
@@ -459,7 +460,7 @@ def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, wei
             r = residual
             return _mix().mix_linear_residual_triton(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y,
                                                      r.x, r.gamma, r.weight, r.bias, r.eps, r.post,
-                                                     r.out_dtype or r.x.dtype)
+                                                     r.out_dtype or r.x.dtype, inplace=r.inplace)
         return residual.apply(mix_linear(x, grid_size, a, weight, head_size, h, w2, one_minus, act, y, backend),
                               backend)
     if triton_ok:
@@ -575,7 +576,7 @@ def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, residual: ResidualNor
         xc = x.to(dtype).contiguous()
         return _mix().mix_linear_residual_triton(xc, (1, x.shape[1]), xc, weight, None, None, None, False, "none",
                                                  None, r.x, r.gamma, r.weight, r.bias, r.eps, r.post,
-                                                 r.out_dtype or r.x.dtype, shift=False)
+                                                 r.out_dtype or r.x.dtype, shift=False, inplace=r.inplace)
     return residual.apply(torch.nn.functional.linear(x, weight), backend)
 
 
@@ -640,7 +641,7 @@ def group_norm_mul_linear(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_
         if kernel_ok and r.fusable(weight.shape[0], y, g, gn_weight, gn_bias, weight):
             return _norm_linear().group_norm_mul_linear_residual_triton(
                 y, g, num_groups, gn_weight, gn_bias, eps, gate_act, weight, r.x, r.gamma, r.weight, r.bias, r.eps,
-                r.post, r.out_dtype or r.x.dtype)
+                r.post, r.out_dtype or r.x.dtype, inplace=r.inplace)
         return r.apply(group_norm_mul_linear(y, g, num_groups, gn_weight, gn_bias, weight, eps, gate_act, backend),
                        backend)
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype, dtype):

@@ -170,12 +170,13 @@ class ResidualLaunch(NamedTuple):
         return s, (self.n.view(shape) if self.meta["RES"] == 1 else None)
 
 
-def residual_launch(residual, rows: int, n: int, cfg: dict, device) -> ResidualLaunch:
+def residual_launch(residual, rows: int, n: int, cfg: dict, device, inplace: bool = False) -> ResidualLaunch:
     """Allocate the outputs of the residual epilogue and pick its tiles: one program holds whole rows, bn =
     next_pow2(N), bm = ``cfg["res_elems"]`` / bn (between 16 and ``cfg["bm"]``), ``cfg["res_warps"]`` warps.
-    ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype)."""
+    ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype). ``inplace``: s is x_res itself (each
+    program reads its rows of x_res before writing them; x_res must not be the GEMM's operand)."""
     x_res, gamma, lnw, lnb, eps, post, n_dtype = residual
-    s = new_empty((rows, n), x_res.dtype, device)
+    s = x_res.view(rows, n) if inplace else new_empty((rows, n), x_res.dtype, device)
     nout = new_empty((0 if post else rows, n), n_dtype, device)
     bn = next_pow2(max(n, 16))
     bm = max(16, min(cfg["bm"], cfg["res_elems"] // bn))

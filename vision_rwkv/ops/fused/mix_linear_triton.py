@@ -112,7 +112,7 @@ def _out_dtype(weight: torch.Tensor, y: Optional[torch.Tensor]) -> torch.dtype:
 
 
 def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False, residual=None, shift=True,
-         group=()):
+         group=(), inplace=False):
     """(out, pre): out (B, T, N); pre the saved pre-activation (sigmoid gate in training) or an empty tensor.
     ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype): the block's residual add + LayerNorm in the
     epilogue (whole rows per program); then (s, n) with n None for post-norm. ``shift=False``: the operand is x itself
@@ -129,7 +129,7 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
         bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
         res_args, res_meta, eps = (None,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        rl = residual_launch(residual, rows, n, cfg, x.device)
+        rl = residual_launch(residual, rows, n, cfg, x.device, inplace)
         out, pre, res_args, res_meta, eps, bm, bn, warps = rl.s, rl.n, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
     if h2 is not None and h2.stride(1) != 1:
@@ -296,11 +296,13 @@ def mix_linear_residual_triton(x: torch.Tensor, grid_size: tuple[int, int], a: t
                                head_size: Optional[int], h: Optional[torch.Tensor], w2: Optional[torch.Tensor],
                                one_minus: bool, act: str, y: Optional[torch.Tensor], x_res: torch.Tensor,
                                gamma: Optional[torch.Tensor], ln_weight: torch.Tensor, ln_bias: torch.Tensor,
-                               eps: float, post: bool, n_dtype: torch.dtype, shift: bool = True):
+                               eps: float, post: bool, n_dtype: torch.dtype, shift: bool = True,
+                               inplace: bool = False):
     """:func:`mix_linear_triton` whose epilogue is the block's residual add + LayerNorm (``add_norm`` of x_res and
     the projection's output; whole rows per program) -> ``(s, n)`` (n None for post-norm). Inference only: no
     autograd (the public wrapper composes ``mix_linear`` and ``add_norm`` when a gradient is needed). ``shift=False``:
-    a plain projection of x (``fused.linear_add_norm``)."""
+    a plain projection of x (``fused.linear_add_norm``). ``inplace``: s written into x_res (eager; x_res must not be
+    x: other programs read x's shifted rows)."""
     args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(), h,
             None if w2 is None else w2.contiguous(), weight, None if y is None else y.contiguous(), bool(one_minus),
             act, x_res.contiguous(), None if gamma is None else gamma.contiguous(), ln_weight.contiguous(),
@@ -308,4 +310,4 @@ def mix_linear_residual_triton(x: torch.Tensor, grid_size: tuple[int, int], a: t
     if torch.compiler.is_compiling():
         s, n = _mix_res_op(*args)
         return s, (None if post else n)
-    return _fwd(*args[:11], residual=args[11:18], shift=args[18])
+    return _fwd(*args[:11], residual=args[11:18], shift=args[18], inplace=inplace and x_res.is_contiguous())

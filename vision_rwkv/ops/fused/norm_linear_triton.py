@@ -65,7 +65,7 @@ def _norm_linear_kernel(Y, G, GW, GB, WT, OUT, RX, GAMMA, LNW, LNB, NOUT, M, N, 
         _residual_norm_store(acc, RX, GAMMA, LNW, LNB, OUT, NOUT, rm, rn, m_ok, n_ok, N, ln_eps, RES == 2, HAS_GAMMA)
 
 
-def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight, residual=None):
+def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight, residual=None, inplace=False):
     """The projection (..., N); with ``residual`` = (x_res, gamma, ln_weight, ln_bias, ln_eps, post, n_dtype) the
     block's residual add + LayerNorm in the epilogue instead: (s, n), n None for post-norm."""
     c = y.shape[-1]
@@ -76,7 +76,7 @@ def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight, residual=None):
         bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
         res_args, res_meta, ln_eps = (out,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        rl = residual_launch(residual, rows, n, cfg, y.device)
+        rl = residual_launch(residual, rows, n, cfg, y.device, inplace)
         out, res_args, res_meta, ln_eps, bm, bn, warps = rl.s, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     grid = (cdiv(rows, bm) * cdiv(n, bn),)
     _norm_linear_kernel[grid](y, g, gn_weight, gn_bias, weight, out, *res_args, rows, n, c, eps, weight.stride(0),
@@ -183,14 +183,15 @@ def _(y, g, groups, gn_weight, gn_bias, eps, silu, weight, x_res, gamma, ln_weig
 
 
 def group_norm_mul_linear_residual_triton(y, g, num_groups, gn_weight, gn_bias, eps, gate_act, weight, x_res, gamma,
-                                          ln_weight, ln_bias, ln_eps, post, n_dtype):
+                                          ln_weight, ln_bias, ln_eps, post, n_dtype, inplace: bool = False):
     """:func:`group_norm_mul_linear_triton` whose epilogue is the block's residual add + LayerNorm (``add_norm`` of
     x_res and the projection's output; whole rows per program) -> ``(s, n)`` (n None for post-norm). Inference only
-    (the public wrapper composes the op and ``add_norm`` when a gradient is needed)."""
+    (the public wrapper composes the op and ``add_norm`` when a gradient is needed). ``inplace``: s written into
+    x_res (eager)."""
     args = (y.contiguous(), g.contiguous(), int(num_groups), gn_weight.contiguous(), gn_bias.contiguous(),
             float(eps), gate_act == "silu", weight, x_res.contiguous(), None if gamma is None else gamma.contiguous(),
             ln_weight.contiguous(), ln_bias.contiguous(), float(ln_eps), bool(post), n_dtype)
     if torch.compiler.is_compiling():
         s, n = _res_op(*args)
         return s, (None if post else n)
-    return _fwd(*args[:8], residual=args[8:])
+    return _fwd(*args[:8], residual=args[8:], inplace=inplace and x_res.is_contiguous())
