@@ -264,3 +264,30 @@ def test_set_input_size(name, perturb):
         model.set_input_size((0, 32))
     with pytest.raises(ValueError, match='patch_size'):
         model.set_input_size(patch_size=-1)
+
+
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv_small_patch16_224"])
+def test_in_place_inference_path_matches_and_keeps_block_hooks(monkeypatch, name):
+    """Eager inference on the fused path (forced on CPU: the fused ops' references run) updates the residual stream
+    in place, calling the blocks without ``__call__`` (pre-norm chain, post-norm loop); the image is left unchanged,
+    the result equals the per-block forward of autograd mode, and a forward hook on a block switches the post-norm
+    loop back to calling the blocks (the hook runs)."""
+    from vision_rwkv.ops import fused
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, embed_dim=16, depth=2, img_size=32).eval()
+    monkeypatch.setattr(fused, "fused_enabled", lambda x: True)
+    x = torch.randn(2, 3, 32, 32)
+    x0 = x.clone()
+    ref = model.forward_features(x).detach()  # autograd mode: no in-place adds
+    with torch.no_grad():
+        out = model.forward_features(x)
+        torch.testing.assert_close(out, ref)
+        calls = []
+        handle = model.blocks[1].register_forward_hook(lambda m, i, o: calls.append(1))
+        hooked = model.forward_features(x)
+        handle.remove()
+    torch.testing.assert_close(hooked, ref)
+    torch.testing.assert_close(x, x0, rtol=0, atol=0)
+    if model.blocks[0].post_norm:
+        assert calls == [1]
