@@ -236,10 +236,16 @@ class VisionRWKVBase(nn.Module):
             return False
         return all(not b.post_norm and b._fusable() for b in self.blocks)
 
+    @staticmethod
+    def _in_place_ok(x: torch.Tensor) -> bool:
+        """Whether the residual stream x (this forward's own tensor) may be updated in place: eager inference, x
+        contiguous."""
+        return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and x.is_contiguous()
+
     def _owns_residual(self, x: torch.Tensor) -> bool:
-        """Whether the blocks may update the residual stream in place: eager inference on the fused path, no module
-        hooks on the blocks (they are called without ``__call__``), fusable blocks."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not fused.fused_enabled(x):
+        """Whether the post-norm blocks may update the residual stream in place (:meth:`_in_place_ok`) on the fused
+        path: fusable blocks without module hooks (they are called without ``__call__``)."""
+        if not self._in_place_ok(x) or not fused.fused_enabled(x):
             return False
         return all(b._fusable() and not (b._forward_hooks or b._forward_pre_hooks) for b in self.blocks)
 
@@ -249,7 +255,7 @@ class VisionRWKVBase(nn.Module):
         once (in the compute dtype, the final ones in the residual's). Returns the final-norm tokens. In eager
         inference the adds write into x (one residual buffer; x is this chain's own tensor)."""
         blocks = self.blocks
-        inplace = not torch.is_grad_enabled() and not torch.compiler.is_compiling() and x.is_contiguous()
+        inplace = self._in_place_ok(x)
         # (in the compute dtype, as every later block's norm1 output from the fused adds: half the bytes held
         # through block 0 under autocast)
         h = blocks[0].norm1(x).to(fused.compute_dtype(x))
@@ -267,7 +273,7 @@ class VisionRWKVBase(nn.Module):
         if self._chain_fusable(x):
             x = self.blocks[0].norm0(x)  # (rebound: the embedding's output is not held while the chain runs)
             return self._forward_chain(x, grid)
-        if self._owns_residual(x) and x.is_contiguous():  # post-norm blocks, eager inference: one residual buffer
+        if self._owns_residual(x):  # post-norm blocks, eager inference: one residual buffer
             x = self.blocks[0].norm0(x)
             for block in self.blocks:
                 x = block.forward_body(x, grid, inplace=True)

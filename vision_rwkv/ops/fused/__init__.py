@@ -678,11 +678,11 @@ def add_norm(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], we
     residual stream keeps one buffer for it instead of a new one per add; s is then x.
     """
     op = "add_norm"
-    if inplace and (autograd_needed((x, y, gamma, weight, bias)) or not x.is_contiguous()
-                    or torch.compiler.is_compiling()):
-        raise ValueError(f"{op}: inplace is for eager inference on a contiguous x (got contiguous="
-                         f"{x.is_contiguous()}, autograd recording={autograd_needed((x, y, gamma, weight, bias))}, "
-                         f"compiling={torch.compiler.is_compiling()})")
+    if inplace:
+        recording, compiling = autograd_needed((x, y, gamma, weight, bias)), torch.compiler.is_compiling()
+        if recording or compiling or not x.is_contiguous():
+            raise ValueError(f"{op}: inplace is for eager inference on a contiguous x (got contiguous="
+                             f"{x.is_contiguous()}, autograd recording={recording}, compiling={compiling})")
     tensors = dict(x=x, y=y, weight=weight, bias=bias)
     if gamma is not None:
         tensors["gamma"] = gamma

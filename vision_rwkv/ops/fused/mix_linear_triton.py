@@ -310,4 +310,4 @@ def mix_linear_residual_triton(x: torch.Tensor, grid_size: tuple[int, int], a: t
     if torch.compiler.is_compiling():
         s, n = _mix_res_op(*args)
         return s, (None if post else n)
-    return _fwd(*args[:11], residual=args[11:18], shift=args[18], inplace=inplace and x_res.is_contiguous())
+    return _fwd(*args[:11], residual=args[11:18], shift=args[18], inplace=inplace)

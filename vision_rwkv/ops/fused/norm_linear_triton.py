@@ -194,4 +194,4 @@ def group_norm_mul_linear_residual_triton(y, g, num_groups, gn_weight, gn_bias, 
     if torch.compiler.is_compiling():
         s, n = _res_op(*args)
         return s, (None if post else n)
-    return _fwd(*args[:8], residual=args[8:], inplace=inplace and x_res.is_contiguous())
+    return _fwd(*args[:8], residual=args[8:], inplace=inplace)
