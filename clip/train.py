@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
 from vision_rwkv.engine import (DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object,
-                                cleanup_distributed, init_distributed, load_config, print_rank0,
+                                cleanup_distributed, compile_for_training, init_distributed, load_config, print_rank0,
                                 save_config, seed_everything, to_dict, unwrap_model, wrap_ddp)
 
 from .data import CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
@@ -86,6 +86,9 @@ class TrainCfg:
     epochs: Optional[int] = None
     max_steps: Optional[int] = None
     precision: str = "fp32"                   # fp32 | bf16 | fp16
+    compile: bool = False                     # torch.compile the training forward; checkpoints stay plain
+    compile_backend: str = "inductor"
+    compile_mode: Optional[str] = None        # None | default | reduce-overhead | max-autotune | ...
     clip_grad: Optional[float] = 1.0
     grad_accum_steps: int = 1
     local_loss: bool = True
@@ -255,7 +258,7 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     total = int(tc.max_steps) if tc.max_steps is not None else int(tc.epochs) * steps_per_epoch
     scheduler = build_scheduler(optimizer, cfg.sched, float(cfg.optim.lr), total)
     objective = _ClipObjective(info, tc.local_loss, tc.gather_with_grad)
-    ddp_model = wrap_ddp(model, info)
+    ddp_model = compile_for_training(wrap_ddp(model, info), tc.compile, tc.compile_backend, tc.compile_mode)
 
     eval_fn = None
     if cfg.eval.zero_shot.data != "none" or cfg.eval.retrieval.data != "none":

@@ -122,3 +122,23 @@ def test_csv_training_skips_and_counts_unreadable_images(tmp_path):
     assert result["step"] == 2 and result["skipped_images"] == 2  # one epoch: each bad image met once
     rows = read_metrics_csv(tmp_path / "run" / "train_metrics.csv")
     assert sum(r["skipped_images"] for r in rows) == 2
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """``train.compile=true``: the step runs through torch.compile and gives the eager run's losses; the checkpoint
+    keeps the plain model's keys."""
+    import torch._dynamo
+
+    from vision_rwkv.engine import load_checkpoint
+
+    common = ["data.shapes_length=8", "train.batch_size=4", "train.max_steps=3", "train.ckpt_every_steps=3"]
+    eager = train_clip(_cfg(tmp_path / "eager", *common))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = train_clip(_cfg(tmp_path / "compiled", *common, "train.compile=true", "train.compile_backend=aot_eager"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert [h["loss"] for h in compiled["history"]] == pytest.approx([h["loss"] for h in eager["history"]],
+                                                                     rel=1e-5, abs=1e-6)
+    keys = [sorted(load_checkpoint(next((tmp_path / r / "checkpoints").glob("ckpt_*.pt")))["model"])
+            for r in ("eager", "compiled")]
+    assert keys[0] == keys[1]

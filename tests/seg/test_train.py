@@ -134,3 +134,19 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
     assert full["mIoU"] == resumed["mIoU"]
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """``train.compile=true``: the segmentor's training forward runs through torch.compile, gives the eager run's
+    losses and writes a plain checkpoint."""
+    import torch._dynamo
+
+    steps = ["optim.max_iters=3", "train.ckpt_every=3"]
+    train_segmentor(_cfg(tmp_path / "eager", *steps))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    train_segmentor(_cfg(tmp_path / "compiled", *steps, "train.compile=true", "train.compile_backend=aot_eager"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    loss = {r: [x["loss"] for x in read_metrics_csv(tmp_path / r / "train_metrics.csv")] for r in ("eager", "compiled")}
+    assert len(loss["eager"]) == 3 and loss["compiled"] == pytest.approx(loss["eager"], rel=1e-5, abs=1e-6)
+    assert sorted(_final_state(tmp_path / "compiled")["model"]) == sorted(_final_state(tmp_path / "eager")["model"])

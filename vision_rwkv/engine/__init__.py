@@ -60,6 +60,11 @@ Training loop (``loop.py``)
         ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step.
     move_to_device(obj, device), clip_gradients(params, max_norm, mode)
 
+Compilation (``compiling.py``)
+    compile_for_training(model, enabled, backend="inductor", mode=None, where="train") -> the model or
+    ``torch.compile(model, ...)`` (config keys ``train.compile`` / ``train.compile_backend`` / ``train.compile_mode``
+    of every training tool; unknown backends / modes are a ValueError naming the key), COMPILE_MODES
+
 Command line (``cli.py``, not imported here: ``from vision_rwkv.engine.cli import ...``)
     config_arg_parser(description, config_help, config_required=True, resume=False, checkpoint=None) and
     parse_config_args(parser, argv, option_keys={"resume": "train.resume"}) -> ConfigArgs(config, overrides,
@@ -77,6 +82,7 @@ Exact resume needs the same world size and per-process batch size; RNG streams a
 """
 from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, find_latest_checkpoint,
                          gather_rng_states, load_checkpoint, load_model_weights, restore_rank_rng, restore_rng_state)
+from .compiling import COMPILE_MODES, compile_for_training
 from .config import ConfigError, apply_overrides, config_layers, load_config, merge_strict, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
                           cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,

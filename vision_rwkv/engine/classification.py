@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_model_weights
+from .compiling import compile_for_training
 from .config import save_config, to_dict
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_main_process,
                           print_rank0, unwrap_model, wrap_ddp)
@@ -370,6 +371,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     best_metric = t.best_metric if val_set is not None else None
     if best_metric and cfg.ema.enabled and cfg.ema.select_best:
         best_metric = f"ema_{best_metric}"
+    model = compile_for_training(model, t.compile, t.compile_backend, t.compile_mode)
     trainer = Trainer(model, optimizer, loader, loss_fn, run_dir=run_dir, info=info, epochs=t.epochs,
                       scheduler=scheduler, ema=ema, precision=t.precision, grad_accum_steps=t.grad_accum_steps,
                       clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, eval_fn=eval_fn,

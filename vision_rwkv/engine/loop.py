@@ -181,8 +181,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- steps
     def _no_sync(self, last: bool):
-        if not last and isinstance(self.model, nn.parallel.DistributedDataParallel):
-            return self.model.no_sync()
+        ddp = getattr(self.model, "_orig_mod", self.model)  # DDP inside a torch.compile wrapper too
+        if not last and isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return ddp.no_sync()
         return nullcontext()
 
     def train_step(self, micro_batches: list[Any]) -> dict[str, float]:

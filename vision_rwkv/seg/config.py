@@ -92,6 +92,9 @@ class TrainConfig:
     device: str = "auto"
     num_threads: Optional[int] = None              # torch CPU threads during the run (None: torch's default)
     precision: str = "fp32"                        # fp32 | bf16 | fp16
+    compile: bool = False                          # torch.compile the training forward; checkpoints stay plain
+    compile_backend: str = "inductor"
+    compile_mode: Optional[str] = None             # None | default | reduce-overhead | max-autotune | ...
     resume: Optional[str] = None                   # None | "latest" | checkpoint path
     log_every: int = 50
     eval_every: Optional[int] = 16000              # iterations; None: only at the end

@@ -201,8 +201,8 @@ def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
 def train_segmentor(cfg: Any) -> dict:
     """Train the segmentor described by `cfg` (a config from `load_seg_config`); returns the trainer's final
     metrics (step, train_loss, last validation mIoU / mAcc / aAcc in percent, best, files)."""
-    from vision_rwkv.engine import (EpochLoader, Trainer, cleanup_distributed, convert_sync_batchnorm,
-                                    init_distributed, is_main_process, print_rank0, save_config, seed_everything,
+    from vision_rwkv.engine import (EpochLoader, Trainer, cleanup_distributed, compile_for_training,
+                                    convert_sync_batchnorm, init_distributed, is_main_process, print_rank0, save_config, seed_everything,
                                     wrap_ddp)
 
     t, o = cfg.train, cfg.optim
@@ -228,6 +228,7 @@ def train_segmentor(cfg: Any) -> dict:
                                     betas=list(o.betas))
         scheduler = PolyWarmupLR(optimizer, o.max_iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr)
         ddp_model = wrap_ddp(model, info, find_unused_parameters=t.find_unused_parameters)
+        ddp_model = compile_for_training(ddp_model, t.compile, t.compile_backend, t.compile_mode)
         loader = EpochLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True, seed=t.seed,
                              num_workers=cfg.data.num_workers, info=info)
         last_full: dict[str, Any] = {}

@@ -1,0 +1,40 @@
+"""``torch.compile`` for the training forward (timm's ``--torchcompile``), one switch for every training tool.
+
+The compiled module wraps the (DDP-wrapped) training model; checkpoints, EMA and evaluation keep using the plain
+module (:func:`~vision_rwkv.engine.unwrap_model` strips both wrappers), so a run can be resumed with or without
+compilation. On the GPU path the WKV and fused kernels are torch custom ops: the compiled graph keeps them whole
+and inductor fuses the plain elementwise code around them (and, with ``mode="reduce-overhead"``, replays the step
+as CUDA graphs: no per-launch host cost).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["COMPILE_MODES", "compile_for_training"]
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_for_training(model: nn.Module, enabled: bool, backend: str = "inductor", mode: Optional[str] = None,
+                         where: str = "train") -> nn.Module:
+    """``torch.compile(model, backend=backend, mode=mode)`` when ``enabled``, else ``model`` unchanged.
+
+    ``where`` names the config section in errors (``train.compile_backend=...``). Unknown backends and modes, and a
+    mode with a backend other than inductor (torch ignores it there), raise ValueError before anything compiles."""
+    if not enabled:
+        return model
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"{where}.compile_mode={mode!r} is not a torch.compile mode; expected one of "
+                         f"{COMPILE_MODES} or null")
+    import torch._dynamo
+
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ValueError(f"{where}.compile_backend={backend!r} is not a torch.compile backend; available: "
+                         f"{sorted(backends)}")
+    if mode is not None and backend != "inductor":
+        raise ValueError(f"{where}.compile_mode={mode!r} applies to the inductor backend only, not {backend!r}")
+    return torch.compile(model, backend=backend, mode=mode)
