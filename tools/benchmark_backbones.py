@@ -33,7 +33,7 @@ def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=Non
     """Benchmark configs in priority order (what matters most first, so a deadline cuts the least important):
     eager in the first dtype (+ CUDA-graph replays at the smallest and largest resolution, plain-path rows for
     ``unfused_models`` and the training step), compiled runs of
-    ``compile_first`` (+ their DeiT and a compile-plain row), eager in the other dtypes, then the other compiled
+    ``compile_first`` (+ their DeiT, a compile-plain row and, with ``train``, the compiled training step), eager in the other dtypes, then the other compiled
     runs (first dtype, ``compile_res`` resolutions, largest first)."""
     def with_deit(ms):
         return list(dict.fromkeys(sum(([m, deit_of(m)] for m in ms), [])))
@@ -49,6 +49,8 @@ def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=Non
             out += [dict(model=m, res=res, dtype=dt0, mode="compile", kind="inference") for m in ms]
             out += [dict(model=m, res=res, dtype=dt0, mode="compile-plain", kind="inference")
                     for m in ms if m in unfused_models]
+        if train:  # the training step under torch.compile (the tools' train.compile=true)
+            out += [dict(model=m, res=224, dtype=dt0, mode="compile", kind="train") for m in ms]
         return out
 
     if "eager" in modes:

@@ -78,7 +78,10 @@ def test_benchmark_plan_and_table():
     first_compile = modes.index(("compile", "bf16", "VRWKV-T"))
     assert first_compile < modes.index(("eager", "fp32", "VRWKV-T")) < modes.index(("compile", "bf16", "VRWKV-S"))
     assert ("compile-plain", "bf16", "VRWKV-T") in modes and ("compile-plain", "bf16", "VRWKV-S") not in modes
-    assert cfgs[-1] == dict(model="DeiT-S", res=224, dtype="bf16", mode="compile", kind="inference")
+    assert cfgs[-1] == dict(model="DeiT-S", res=224, dtype="bf16", mode="compile", kind="train")
+    compiled_train = [cfgs.index(dict(model=m, res=224, dtype="bf16", mode="compile", kind="train"))
+                      for m in ("VRWKV-T", "DeiT-T")]  # the compile-first models' compiled training steps
+    assert max(compiled_train) < modes.index(("eager", "fp32", "VRWKV-T"))
     results = [dict(model="VRWKV-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
                     img_per_s=2400.0, peak_mem_GiB=0.5),
                dict(model="DeiT-T", res=1024, dtype="bf16", mode="eager", kind="inference", batch=16,
