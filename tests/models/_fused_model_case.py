@@ -83,6 +83,26 @@ class _CallCounter:
         self._saved.clear()
 
 
+@contextlib.contextmanager
+def _count_launches(counts: dict):
+    """Counts the Triton kernel launches (by kernel name) while active: under ``TRITON_INTERPRET=1`` every launch,
+    eager or from a compiled graph's custom op, goes through the interpreter's ``run``."""
+    from triton.runtime import interpreter
+
+    run = interpreter.InterpretedFunction.run
+
+    def counted(fn_self, *args, **kwargs):
+        name = fn_self.fn.__name__
+        counts[name] = counts.get(name, 0) + 1
+        return run(fn_self, *args, **kwargs)
+
+    interpreter.InterpretedFunction.run = counted
+    try:
+        yield counts
+    finally:
+        interpreter.InterpretedFunction.run = run
+
+
 def _count_drops(model: torch.nn.Module, drops: list) -> list:
     """Forward hooks on the model's DropPath modules that add (dropped, kept) sample counts to ``drops``."""
     from timm.layers import DropPath
@@ -97,10 +117,11 @@ def _count_drops(model: torch.nn.Module, drops: list) -> list:
 
 
 def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
-            compile_fused: bool = False, train: bool = False, infer: bool = False) -> dict:
+            compile_fused: bool | str = False, train: bool = False, infer: bool = False) -> dict:
     """Plain vs fused path of ``timm.create_model(name, **kwargs)`` or the text tower, forward and backward (eval
     mode unless ``train``: then both passes draw the same drop-path masks); ``compile_fused`` runs the fused pass
-    through ``torch.compile(fullgraph=True, backend='aot_eager')``."""
+    through ``torch.compile(fullgraph=True, backend='aot_eager')`` (a string: that backend, e.g. ``'inductor'``).
+    ``launches`` counts the fused pass's Triton launches by kernel (CPU interpreter only)."""
     try:
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(1)
@@ -113,6 +134,7 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
         results = {}
         counter = _CallCounter()
         drops = [0, 0]
+        launches: dict = {}
         hooks = _count_drops(model, drops)
         for backend in ("reference", "triton"):
             os.environ["VRWKV_BACKEND"] = backend
@@ -121,9 +143,12 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
             fwd = model
             if backend == "triton" and compile_fused:
                 torch._dynamo.reset()
-                fwd = torch.compile(model, fullgraph=True, backend="aot_eager")
+                fwd = torch.compile(model, fullgraph=True,
+                                    backend=compile_fused if isinstance(compile_fused, str) else "aot_eager")
             counted = counter if backend == "triton" and not compile_fused else contextlib.nullcontext()
-            with counted, torch.set_grad_enabled(not infer):
+            interpreted = os.environ.get("TRITON_INTERPRET") == "1" and backend == "triton"
+            launched = _count_launches(launches) if interpreted else contextlib.nullcontext()
+            with counted, launched, torch.set_grad_enabled(not infer):
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                     out = fwd(x)
                 if not infer:
@@ -141,7 +166,7 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
         ordered = sorted(grad_errs.values()) or [0.0]
         return {"y": rel(yf, yr), "grad_max": grad_errs.get(worst, 0.0), "grad_worst": worst,
                 "grad_median": ordered[len(ordered) // 2],
-                "same_grads": sorted(gr) == sorted(gf), "calls": counter.calls, "drops": drops,
+                "same_grads": sorted(gr) == sorted(gf), "calls": counter.calls, "drops": drops, "launches": launches,
                 "finite": bool(torch.isfinite(yf).all()) and all(bool(torch.isfinite(g).all()) for g in gf.values())}
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}

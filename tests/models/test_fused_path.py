@@ -66,6 +66,20 @@ COMPILE_FIRST_CASES = [
                   "hidden_dim": 72, "tokens": 13, "compile": True}],
 ]
 
+# torch.compile with inductor (what train.compile=true and the benchmarks' compile rows use): inductor lowers the
+# custom ops as fallback kernels around its own generated code (buffer reuse, strides); training mode, v4 post-norm
+# with drop path and layer scale, v6 pre-norm
+INDUCTOR_CASES = [
+    ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 2, "compile": "inductor", "train": True,
+                                 "drop_path_rate": 0.5, "batch": 4}],
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "compile": "inductor", "train": True}],
+]
+# kernels the compiled graphs must launch (forward and backward of the WKV and of the fused elementwise ops)
+INDUCTOR_KERNELS = [{"_fwd_kernel", "_bwd_kernel", "_tsm_fwd_kernel", "_tsm_bwd_kernel", "_add_norm_fwd_kernel",
+                     "_add_norm_bwd_kernel"},
+                    {"_v6_fwd_kernel", "_v6_bwd_kernel", "_tsm_lora_fwd_kernel", "_gn_mul_fwd_kernel",
+                     "_gn_mul_bwd_kernel", "_decay_fwd_kernel", "_add_norm_bwd_kernel"}]
+
 # the opt-in WKV kernels (v4 register-sequential, v6 chunk-parallel) inside whole models: small chunks so that the
 # 3 x 3 (v4) / 2 x 3 (v6) token grids and the 13-token text span several chunks and carries
 NEW_KERNELS = {"VRWKV_TRITON_V4": "seq=1,seq_t=4,seq_bc=32,seq_bwd_bc=32,carry_ncb=2",
@@ -172,6 +186,23 @@ def test_compiled_first_call_interpreter(compile_first_results, index):
     res = compile_first_results[index]
     assert "error" not in res, res.get("error")
     assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    if index == 0:
+        assert min(res["drops"]) > 0, res["drops"]
+
+
+@pytest.fixture(scope="module")
+def inductor_results():
+    return _run_cases(INDUCTOR_CASES)
+
+
+@pytest.mark.parametrize("index", range(len(INDUCTOR_CASES)), ids=[c[0] for c in INDUCTOR_CASES])
+def test_inductor_training_interpreter(inductor_results, index):
+    """torch.compile(fullgraph=True) with inductor, forward + backward in training mode: the Triton kernels run as
+    custom ops inside the compiled graphs and the result equals the plain path's."""
+    res = inductor_results[index]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert INDUCTOR_KERNELS[index] <= set(res["launches"]), res["launches"]
     if index == 0:
         assert min(res["drops"]) > 0, res["drops"]
 
