@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
                     os.environ.pop("VRWKV_FUSED", None)
                 else:
                     os.environ["VRWKV_FUSED"] = old
-        del model
+        model = x = None  # free before the next model
     table = format_profile(results)
     header = (f"Share of {args.device} time per op group, inference forward_features, {args.img_size}x"
               f"{args.img_size}, batch {args.batch}, {args.dtype}\n\n")

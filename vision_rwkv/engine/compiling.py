@@ -29,9 +29,9 @@ def compile_for_training(model: nn.Module, enabled: bool, backend: str = "induct
     if mode is not None and mode not in COMPILE_MODES:
         raise ValueError(f"{where}.compile_mode={mode!r} is not a torch.compile mode; expected one of "
                          f"{COMPILE_MODES} or null")
-    import torch._dynamo
+    from torch._dynamo import list_backends
 
-    backends = torch._dynamo.list_backends(exclude_tags=())
+    backends = list_backends(exclude_tags=())
     if backend not in backends:
         raise ValueError(f"{where}.compile_backend={backend!r} is not a torch.compile backend; available: "
                          f"{sorted(backends)}")
