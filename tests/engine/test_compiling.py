@@ -34,6 +34,19 @@ def test_bad_settings_name_the_key(backend, mode, key):
         compile_for_training(nn.Linear(2, 2), True, backend=backend, mode=mode)
 
 
+def test_compiling_tags_the_compile_caches_with_the_ops_sources(monkeypatch):
+    """A graph cached against older custom ops must not be replayed: the tag (a hash of vision_rwkv/ops) joins any
+    tag the user set, once."""
+    from vision_rwkv.engine.compiling import ops_cache_tag
+
+    tag = ops_cache_tag()
+    assert tag.startswith("vision_rwkv-") and len(tag) == len("vision_rwkv-") + 16 and tag == ops_cache_tag()
+    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "mine")
+    compile_for_training(nn.Linear(2, 2), True, backend="eager")
+    compile_for_training(nn.Linear(2, 2), True, backend="eager")
+    assert torch.compiler.config.cache_key_tag == f"mine+{tag}"
+
+
 def test_modes_are_torch_modes():
     from torch._inductor import list_mode_options
 

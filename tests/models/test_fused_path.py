@@ -107,6 +107,17 @@ MIX_EXPECTED_CALLS = [{"mix_linear", "mix_linear_group", "linear_add_norm", "wkv
     _V6_MIX_OPS, _V6_MIX_OPS | {"group_norm_mul", "add_norm"}]
 
 
+# training with the mixed-operand GEMMs (VRWKV_FUSED_MIX_TRAIN=1 VRWKV_FUSED_MLP=1: the mixed inputs and the MLP
+# hidden recomputed in the backward): v4 pre-norm, v4 post-norm with drop path and layer scale, v6 post-norm, v6
+# pre-norm with drop path; the separate mixed-input passes must not run in the forward
+MIX_TRAIN_CASES = [CASES[0], TRAIN_CASES[1], CASES[2],
+                   ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "drop_path_rate": 0.6,
+                                                "batch": 4, "train": True}]]
+_MIX_TRAIN_V6 = {"mix_linear", "mix_linear_group", "decay_logd", "wkv:bi_wkv6", "group_norm_mul_linear", "add_norm",
+                 "mix_mlp"}
+MIX_TRAIN_EXPECTED_CALLS = [{"mix_linear", "mix_linear_group", "linear_add_norm", "add_norm", "mix_mlp",
+                             "wkv:bi_wkv"}] * 2 + [_MIX_TRAIN_V6] * 2
+
 # eager inference on the default path: the blocks update the residual stream in place (fused.add_norm(inplace=True);
 # the pre-norm chain of v4 / v6, the post-norm blocks of v4-S / v6-S)
 INFER_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 2, 3)] + [
@@ -191,8 +202,27 @@ def test_compiled_first_call_interpreter(compile_first_results, index):
 
 
 @pytest.fixture(scope="module")
-def inductor_results():
-    return _run_cases(INDUCTOR_CASES)
+def mix_train_results():
+    return _run_cases(MIX_TRAIN_CASES, {"VRWKV_FUSED_MIX_TRAIN": "1", "VRWKV_FUSED_MLP": "1"})
+
+
+@pytest.mark.parametrize("index", range(len(MIX_TRAIN_CASES)), ids=[c[0] for c in MIX_TRAIN_CASES])
+def test_mix_gemms_in_training_interpreter(mix_train_results, index):
+    """Training through the mixed-operand GEMMs and the fused MLP (their backward recomputes the mixed inputs and
+    the hidden): the same logits and parameter gradients as the plain path, drop path included."""
+    res = mix_train_results[index]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert set(res["calls"]) == MIX_TRAIN_EXPECTED_CALLS[index], res["calls"]
+    assert "_mix_mlp_kernel" in res["launches"] and "_mix_linear_kernel" in res["launches"], res["launches"]
+    if MIX_TRAIN_CASES[index][1].get("drop_path_rate"):
+        assert min(res["drops"]) > 0, res["drops"]
+
+
+@pytest.fixture(scope="module")
+def inductor_results(tmp_path_factory):
+    # a fresh inductor cache: a cached graph compiled against an older signature of our custom ops would be replayed
+    return _run_cases(INDUCTOR_CASES, {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path_factory.mktemp("inductor_cache"))})
 
 
 @pytest.mark.parametrize("index", range(len(INDUCTOR_CASES)), ids=[c[0] for c in INDUCTOR_CASES])
@@ -316,19 +346,25 @@ def test_mix_gemms_with_epilogues_in_v6_interpreter(mix_gemm_results, pos):
     assert set(res["calls"]) == (MIX_EXPECTED_CALLS[2 + pos] - {"decay_logd"}) | {"linear_decay"}, res["calls"]
 
 
-def test_mix_gemms_only_in_inference(monkeypatch):
-    """The mixed-operand GEMMs are used without autograd recording only (training keeps the stored mixed inputs),
-    for plain projections, when switched on."""
+def test_mix_gemms_switches(monkeypatch):
+    """The mixed-operand GEMMs: in inference with VRWKV_FUSED_MIX=1, in training (grad mode) with
+    VRWKV_FUSED_MIX_TRAIN=1 only (by default training keeps the stored mixed inputs), for plain projections."""
     from vision_rwkv.models import mixing
 
     plain = torch.nn.Linear(8, 4, bias=False)
     monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
+    monkeypatch.delenv("VRWKV_FUSED_MIX_TRAIN", raising=False)
     assert mixing.mix_gemm_ready(plain) is False  # grad mode on
+    monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "1")
+    assert mixing.mix_gemm_ready(plain) and not mixing.mix_gemm_ready(plain, torch.nn.Linear(8, 4))
     with torch.no_grad():
         assert mixing.mix_gemm_ready(plain)
         assert not mixing.mix_gemm_ready(plain, torch.nn.Linear(8, 4))
         monkeypatch.setenv("VRWKV_FUSED_MIX", "0")
-        assert not mixing.mix_gemm_ready(plain)
+        assert not mixing.mix_gemm_ready(plain)  # (VRWKV_FUSED_MIX_TRAIN does not switch inference on)
+    monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "0")
+    monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
+    assert not mixing.mix_gemm_ready(plain)
 
 
 def test_gemm_epilogues_skip_wrapped_linears(monkeypatch):

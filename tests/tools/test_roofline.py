@@ -9,12 +9,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp_path_factory, *extra):
+def _run(tmp_path_factory, *extra, env=None):
     out = tmp_path_factory.mktemp("roofline") / "roof.json"
     cmd = [sys.executable, str(ROOT / "tools" / "roofline.py"), "--model", "vrwkv_tiny_patch16_224", "--res", "224",
            "--batch", "1", "--out", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={k: v for k, v in __import__("os").environ.items() if not k.startswith("VRWKV_")})
+                          env={**{k: v for k, v in __import__("os").environ.items() if not k.startswith("VRWKV_")},
+                               **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "floor / target" in proc.stdout
     data = json.loads(out.read_text())
@@ -101,6 +102,27 @@ def test_peak_memory_estimate(rows, rows_b9):
     assert 4 < per_image["vrwkv_tiny_patch16_224"] <= 10, per_image
     assert 4 < per_image["vrwkv6_tiny_patch16_224"] <= 11.1, per_image
     assert per_image["deit_tiny_patch16_224"] > 11.5, per_image
+
+
+@pytest.mark.parametrize("env,bounds", [({}, (142, 188)),
+                                        ({"VRWKV_FUSED_MIX_TRAIN": "1"}, (125, 146)),
+                                        ({"VRWKV_FUSED_MIX_TRAIN": "1", "VRWKV_FUSED_MLP": "1"}, (106, 124))],
+                         ids=["default", "mix_train", "mix_train_mlp"])
+def test_training_memory_per_image(tmp_path_factory, env, bounds):
+    """Activation bytes a training step holds per extra image, in fp32 planes (C x tokens x 4 bytes; DeiT-T ~131):
+    VRWKV-T / VRWKV6-T ~137 / ~183 by default (a pre-norm residual add without layer scale does not keep its branch:
+    ~150 / ~195 when it did); ``VRWKV_FUSED_MIX_TRAIN=1`` recomputes the mixed inputs in the backward instead of
+    storing them (~120 / ~141) and with ``VRWKV_FUSED_MLP=1`` the channel mix's 4C hidden too (~101 / ~120): a stored
+    branch, mixed input or hidden slipping back in exceeds the bounds."""
+    args = ("--train", "--model", "vrwkv6_tiny_patch16_224")
+    one, nine = _run(tmp_path_factory, *args, env=env), _run(tmp_path_factory, *args, "--batch", "9", env=env)
+    plane = 192 * 196 * 4
+    per_image = {m: (nine[m]["peak_GiB_est"] - one[m]["peak_GiB_est"]) * 2 ** 30 / 8 / plane for m in one}
+    assert 125 < per_image["deit_tiny_patch16_224"] < 137, per_image
+    assert per_image["vrwkv_tiny_patch16_224"] < bounds[0], per_image
+    assert per_image["vrwkv6_tiny_patch16_224"] < bounds[1], per_image
+    if not env:
+        assert per_image["vrwkv_tiny_patch16_224"] > 130 and per_image["vrwkv6_tiny_patch16_224"] > 150, per_image
 
 
 def test_live_bytes_counts_storages_not_views():

@@ -14,7 +14,8 @@
   :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
   :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
 * :func:`mix_gemm_ready` - whether the Q-Shift interpolations ride in the projections' GEMMs (inference,
-  ``VRWKV_FUSED_MIX=1``): the mixed inputs are then never written.
+  ``VRWKV_FUSED_MIX=1``; training, ``VRWKV_FUSED_MIX_TRAIN=1``): the mixed inputs are then never written (in
+  training: recomputed by the backward).
 * ``layer_ratios`` / ``channel_ratio`` / ``channel_position`` / ``lerp_mix`` - the "fancy" init ratios and the
   v4-style interpolation.
 
@@ -107,10 +108,11 @@ def _epilogue_ready(linear: nn.Module) -> bool:
 
 def mix_gemm_ready(*linears: nn.Module) -> bool:
     """Whether the fused path forms the Q-Shift interpolations inside the GEMMs of these projections
-    (:func:`vision_rwkv.ops.fused.mix_linear`): switched on (``VRWKV_FUSED_MIX=1``), in inference (no autograd
-    recording: in training the separately stored mixed inputs are cheaper than recomputing them per projection),
-    plain projections."""
-    return fused.fused_mix_enabled() and not torch.is_grad_enabled() and all(_plain_linear(m) for m in linears)
+    (:func:`vision_rwkv.ops.fused.mix_linear`): plain projections, and switched on - in inference (no grad mode) by
+    ``VRWKV_FUSED_MIX=1``, in training by ``VRWKV_FUSED_MIX_TRAIN=1`` (a memory saving: the ops' backward recomputes
+    the mixed inputs instead of storing them; off by default, where storing them once is the faster choice)."""
+    enabled = fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_mix_enabled()
+    return enabled and all(_plain_linear(m) for m in linears)
 
 
 def key_relu_square(key: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, grou
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
            "mix_linear", "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled",
-           "fused_gemm_enabled", "fused_mix_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm",
+           "fused_gemm_enabled", "fused_mix_enabled", "fused_mix_train_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm",
            "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
@@ -187,6 +187,14 @@ def fused_mix_enabled() -> bool:
     """Whether the fused path computes the Q-Shift interpolations inside the projections' GEMMs (:func:`mix_linear`)
     in inference (``VRWKV_FUSED_MIX=1``; off by default until timed on a GPU)."""
     return env_get("VRWKV_FUSED_MIX", "0").strip() == "1"
+
+
+def fused_mix_train_enabled() -> bool:
+    """Whether the models also take the mixed-operand GEMMs of :func:`fused_mix_enabled` in training
+    (``VRWKV_FUSED_MIX_TRAIN=1``; off by default): their backward recomputes the mixed inputs (with
+    ``VRWKV_FUSED_MLP=1`` also the channel mix's hidden) instead of storing them - less activation memory, a few
+    more FLOPs in the backward."""
+    return env_get("VRWKV_FUSED_MIX_TRAIN", "0").strip() == "1"
 
 
 def fused_mlp_enabled() -> bool:

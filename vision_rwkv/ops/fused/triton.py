@@ -771,6 +771,7 @@ def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps, POST:
 def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GGP, GWP, GBP, R, C, RPS, eps, iters,
                          POST: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_GS: tl.constexpr,
                          HAS_GN: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    # (Y is read only where the gradients need the branch: post-norm, or the layer scale's gradient)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BC)
@@ -788,7 +789,10 @@ def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GGP, GWP, GBP
         rows = (it * nprog + pid) * BR + tl.arange(0, BR)
         mask = (rows < R)[:, None] & cmask[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        if POST or HAS_GAMMA:
+            y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            y = tl.zeros([BR, BC], tl.float32)
         kk = _row_scale(KEEP, rows, R, RPS, HAS_KEEP)
         gk = g * kk  # the factor of the branch
         if HAS_GS:
@@ -868,19 +872,29 @@ def _(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale):
     return x.new_empty(x.shape), (x.new_empty((0,)) if post else x.new_empty(x.shape, dtype=out_dtype))
 
 
-def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale=None):
-    c = y.shape[-1]
-    rows = y.numel() // c
+def _add_norm_needs_y(post: bool, gamma) -> bool:
+    """Whether add_norm's backward reads the branch y: post-norm (LN(y)) or a layer scale (d gamma = sum(d s * y));
+    a pre-norm add without one does not save it (one activation plane less per residual add in training)."""
+    return post or gamma is not None
+
+
+def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale=None, y_dtype=None):
+    """Gradients (x, y, stacked param sums). ``y`` may be None when :func:`_add_norm_needs_y` is False (then
+    ``y_dtype`` gives d y's dtype)."""
+    ref = y if y is not None else s
+    c = ref.shape[-1]
+    rows = ref.numel() // c
     meta = _an_meta(rows, c)
     nblocks = cdiv(rows, meta["BR"])
     nprog = min(nblocks, 1024)
     iters = cdiv(nblocks, nprog)
     gs = gs.contiguous() if gs is not None else None
     gn = gn.contiguous() if gn is not None else None
-    gx = new_empty(y.shape, x_dtype, y.device)
-    gy = new_empty(y.shape, y.dtype, y.device)
-    parts = new_empty((3, nprog, c), torch.float32, y.device)
-    dummy = y
+    gx = new_empty(ref.shape, x_dtype, ref.device)
+    gy = new_empty(ref.shape, y.dtype if y is not None else y_dtype, ref.device)
+    parts = new_empty((3, nprog, c), torch.float32, ref.device)
+    dummy = ref
+    y = ref if y is None else y
     _add_norm_bwd_kernel[(nprog,)](y, s if not post else dummy, weight if gamma is None else gamma, weight, bias,
                                    weight if sample_scale is None else sample_scale,
                                    gs if gs is not None else dummy, gn if gn is not None else dummy, gx, gy,
@@ -891,30 +905,37 @@ def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_
 
 
 @torch.library.custom_op("vision_rwkv::add_norm_bwd", mutates_args=())
-def _add_norm_bwd_op(y: torch.Tensor, s: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
+def _add_norm_bwd_op(y: Optional[torch.Tensor], s: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
                      bias: torch.Tensor, eps: float, post: bool, gs: Optional[torch.Tensor], gn: Optional[torch.Tensor],
-                     x_dtype: torch.dtype, sample_scale: Optional[torch.Tensor]
+                     x_dtype: torch.dtype, sample_scale: Optional[torch.Tensor], y_dtype: torch.dtype
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale)
+    return _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale, y_dtype)
 
 
 @_add_norm_bwd_op.register_fake
-def _(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale):
-    return (y.new_empty(y.shape, dtype=x_dtype), y.new_empty(y.shape),
+def _(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale, y_dtype):
+    ref = y if y is not None else s
+    return (ref.new_empty(ref.shape, dtype=x_dtype), ref.new_empty(ref.shape, dtype=y_dtype),
             weight.new_empty((3,) + tuple(weight.shape), dtype=torch.float32))
+
+
+def _an_save(ctx, x, y, s, gamma, weight, bias, eps, post, sample_scale):
+    """What add_norm's backward keeps: y only where it is read (:func:`_add_norm_needs_y`), s for pre-norm."""
+    ctx.meta = (eps, post, x.dtype, y.dtype)
+    ctx.save_for_backward(y if _add_norm_needs_y(post, gamma) else None, None if post else s, gamma, weight, bias,
+                          sample_scale)
 
 
 def _an_setup(ctx, inputs, output):
     x, y, gamma, weight, bias, eps, post, _, sample_scale = inputs
-    ctx.meta = (eps, post, x.dtype)
-    ctx.save_for_backward(y, output[0] if not post else None, gamma, weight, bias, sample_scale)
+    _an_save(ctx, x, y, output[0], gamma, weight, bias, eps, post, sample_scale)
 
 
 def _an_backward(ctx, gs, gn):
     y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
-    eps, post, x_dtype = ctx.meta
+    eps, post, x_dtype, y_dtype = ctx.meta
     gx, gy, sums = _add_norm_bwd_op(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                    None if post else gn, x_dtype, sample_scale)
+                                    None if post else gn, x_dtype, sample_scale, y_dtype)
     return (gx, gy, *split_param_grads(sums, gamma, weight, bias), None, None, None, None)
 
 
@@ -925,16 +946,15 @@ class _AddNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale):
         s, n = _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale)
-        ctx.meta = (eps, post, x.dtype)
-        ctx.save_for_backward(y, s if not post else None, gamma, weight, bias, sample_scale)
+        _an_save(ctx, x, y, s, gamma, weight, bias, eps, post, sample_scale)
         return s, n
 
     @staticmethod
     def backward(ctx, gs, gn):
         y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
-        eps, post, x_dtype = ctx.meta
+        eps, post, x_dtype, y_dtype = ctx.meta
         gx, gy, sums = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                     None if post else gn, x_dtype, sample_scale)
+                                     None if post else gn, x_dtype, sample_scale, y_dtype)
         return (gx, gy, *split_param_grads(sums, gamma, weight, bias), None, None, None, None)
 
 
