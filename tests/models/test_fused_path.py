@@ -428,6 +428,23 @@ def test_mix_gemms_cuda(name, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv_small_patch16_224", "vrwkv6_tiny_patch16_224",
+                                  "vrwkv6_small_patch16_224"])
+def test_mix_gemms_training_cuda(name, monkeypatch):
+    """Training through the mixed-operand GEMMs and the fused MLP (VRWKV_FUSED_MIX_TRAIN=1 VRWKV_FUSED_MLP=1) vs the
+    plain path: logits and every parameter gradient, fp32 and bf16 autocast."""
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "1")
+    monkeypatch.setenv("VRWKV_FUSED_MLP", "1")
+    fp32 = compare(name, {}, device="cuda", img=(224, 288), batch=4)
+    assert "error" not in fp32, fp32.get("error")
+    assert fp32["finite"] and fp32["y"] < 1e-3 and fp32["grad_max"] < 1e-2 and "mix_linear" in fp32["calls"], fp32
+    bf16 = compare(name, {}, device="cuda", img=(224, 288), batch=4, autocast=True)
+    assert "error" not in bf16, bf16.get("error")
+    assert bf16["finite"] and bf16["y"] < 3e-2 and bf16["grad_median"] < 3e-2 and bf16["grad_max"] < 0.25, bf16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["vrwkv_small_patch16_224", "vrwkv6_small_patch16_224"])
 def test_fused_path_drop_path_training_cuda(name, monkeypatch):
     """S models train with drop path 0.3 by default: the fused path in training mode vs the plain path (fp32)."""

@@ -1,6 +1,6 @@
 """Every Triton kernel the models launch on their fused path compiles for an H100 (sm_90), forward and backward, with
-the default kernels and with every opt-in (inference-only ones without autograd), fp32 and bf16 autocast, drop path in
-training, and fits the shared memory of an H100 block - checked on CPU.
+the default kernels and with every opt-in (the mixed-operand GEMMs in inference and in training), fp32 and bf16
+autocast, drop path in training, and fits the shared memory of an H100 block - checked on CPU.
 
 The interpreter tests (``test_fused_path.py``, ``tests/ops``) check what the kernels compute; they cannot see
 programs that only the GPU compiler rejects (a jit helper returning different shapes from two branches passed every
@@ -40,6 +40,11 @@ CASES = [
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "infer": True},
      {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_GEMM": "1"}],
     ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 1, "infer": True}, {"VRWKV_FUSED_MIX": "1"}],
+    # training through the mixed-operand GEMMs (their backward recomputes the mixed inputs / the MLP hidden)
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 192, "depth": 1, "amp": True, "train": True},
+     {"VRWKV_FUSED_MIX_TRAIN": "1", "VRWKV_FUSED_MLP": "1"}],
+    ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "train": True, "drop_path_rate": 0.5},
+     {"VRWKV_FUSED_MIX_TRAIN": "1"}],
     ["rwkv_clip.TextRWKV", {"vocab_size": 97, "context_length": 77, "width": 128, "layers": 2, "head_size": 64,
                             "hidden_dim": 256, "tokens": 77, "amp": True}, {}],
 ]
