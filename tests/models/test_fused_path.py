@@ -109,14 +109,16 @@ MIX_EXPECTED_CALLS = [{"mix_linear", "mix_linear_group", "linear_add_norm", "wkv
 
 # training with the mixed-operand GEMMs (VRWKV_FUSED_MIX_TRAIN=1 VRWKV_FUSED_MLP=1: the mixed inputs and the MLP
 # hidden recomputed in the backward): v4 pre-norm, v4 post-norm with drop path and layer scale, v6 post-norm, v6
-# pre-norm with drop path; the separate mixed-input passes must not run in the forward
+# pre-norm with drop path, v6 post-norm traced by torch.compile (aot_eager); the separate mixed-input passes must not
+# run in the forward
 MIX_TRAIN_CASES = [CASES[0], TRAIN_CASES[1], CASES[2],
                    ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "drop_path_rate": 0.6,
-                                                "batch": 4, "train": True}]]
+                                                "batch": 4, "train": True}],
+                   [CASES[2][0], dict(CASES[2][1], compile=True)]]  # traced: the ops' custom ops and their autograd
 _MIX_TRAIN_V6 = {"mix_linear", "mix_linear_group", "decay_logd", "wkv:bi_wkv6", "group_norm_mul_linear", "add_norm",
                  "mix_mlp"}
 MIX_TRAIN_EXPECTED_CALLS = [{"mix_linear", "mix_linear_group", "linear_add_norm", "add_norm", "mix_mlp",
-                             "wkv:bi_wkv"}] * 2 + [_MIX_TRAIN_V6] * 2
+                             "wkv:bi_wkv"}] * 2 + [_MIX_TRAIN_V6] * 2 + [None]
 
 # eager inference on the default path: the blocks update the residual stream in place (fused.add_norm(inplace=True);
 # the pre-norm chain of v4 / v6, the post-norm blocks of v4-S / v6-S)
@@ -213,7 +215,8 @@ def test_mix_gemms_in_training_interpreter(mix_train_results, index):
     res = mix_train_results[index]
     assert "error" not in res, res.get("error")
     assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
-    assert set(res["calls"]) == MIX_TRAIN_EXPECTED_CALLS[index], res["calls"]
+    if MIX_TRAIN_EXPECTED_CALLS[index] is not None:  # (a compiled pass is not counted)
+        assert set(res["calls"]) == MIX_TRAIN_EXPECTED_CALLS[index], res["calls"]
     assert "_mix_mlp_kernel" in res["launches"] and "_mix_linear_kernel" in res["launches"], res["launches"]
     if MIX_TRAIN_CASES[index][1].get("drop_path_rate"):
         assert min(res["drops"]) > 0, res["drops"]
