@@ -13,6 +13,7 @@ captured in a CUDA graph and replayed (GPU time without launch overhead).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -187,9 +188,17 @@ def time_all(out, deadline, ops=("v4", "v6"), configs=None):
             row["error"] = f"{type(e).__name__}: {e}"[:200]
         rows.append(row)
         print(json.dumps(row), flush=True)
+        _write_rows(rows, out)  # after every row: a run killed by its timeout keeps what it measured
         torch.cuda.empty_cache()
-    json.dump(rows, open(out, "w"), indent=1)
+    _write_rows(rows, out)
     return rows
+
+
+def _write_rows(rows, out):
+    tmp = f"{out}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(tmp, out)
 
 
 def profile():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", action="append", help="RES=BATCH, repeatable")
     p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
     p.add_argument("--graph", action="store_true",
-                   help="backbones: also time inference as CUDA-graph replays (no Python / launch overhead; CUDA only)")
+                   help="backbones: also time inference and the training step as CUDA-graph replays (no Python / "
+                        "launch overhead; CUDA only)")
     p.add_argument("--no-deit", action="store_true", help="skip the DeiT rows")
     p.add_argument("--kernel-config", action="append", help="v4.KEY=VAL or v6.KEY=VAL (Triton launch settings)")
     args = p.parse_args(argv)
@@ -76,8 +78,23 @@ def main(argv=None) -> int:
     except Exception:
         pass
     out: dict = {"meta": meta}
-    tick = lambda r: print("  " + json.dumps({k: r[k] for k in r if k in ("op", "model", "wkv_mode", "dtype", "shape",  # noqa: E731
-                                              "res", "mode", "train", "ms", "img_per_s", "error", "epilogue", "impl", "M", "K", "N")}), flush=True)
+    section = {"key": "ops"}  # where tick() files its rows until the section's full list replaces them
+
+    def save() -> None:
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{args.out}.tmp")
+            tmp.write_text(json.dumps(out, indent=1))
+            os.replace(tmp, args.out)
+
+    def tick(r: dict) -> None:
+        """Print a row as it comes and keep the JSON up to date: a run cut short (a timeout) keeps what it measured."""
+        print("  " + json.dumps({k: r[k] for k in r if k in ("op", "model", "wkv_mode", "dtype", "shape", "res", "mode",
+                                                              "train", "ms", "img_per_s", "error", "epilogue", "impl",
+                                                              "M", "K", "N")}), flush=True)
+        out.setdefault(section["key"], []).append(r)
+        save()
+
     if args.ops:
         shapes = _parse_shapes(args.shapes) or ([(2, 40, 64), (1, 300, 64)] if args.quick else None)
         rows = bm.bench_ops(args.device, dtypes, shapes, ops=args.op or ("v4_biwkv", "v6_biwkv"),
@@ -87,6 +104,7 @@ def main(argv=None) -> int:
         print("\n## Operators\n")
         print(bm.format_table(rows, bm.OPS_COLUMNS))
     if args.gemm:
+        section["key"] = "gemm"
         shapes = ([(300, 40, 72, "relu_square"), (300, 40, 40, "sigmoid_mul"), (300, 40, 32, "tanh"),
                    (300, 16, 40, "decay")] if args.quick else None)
         rows = bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes, iters=iters, warmup=warmup,
@@ -98,6 +116,7 @@ def main(argv=None) -> int:
         print("\n## GEMM epilogues\n")
         print(bm.format_table(rows, bm.GEMM_COLUMNS))
     if args.backbones:
+        section["key"] = "backbones"
         batches = {int(b.split("=")[0]): int(b.split("=")[1]) for b in args.batch} if args.batch else None
         models = args.model
         res = args.res
@@ -112,9 +131,7 @@ def main(argv=None) -> int:
         print("\n## Backbones\n")
         print(bm.format_table(rows, bm.BACKBONE_COLUMNS))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
+        save()
         print(f"\nwrote {args.out}")
     return 0
 

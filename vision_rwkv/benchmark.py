@@ -122,6 +122,34 @@ def time_graph(fn: Callable[[], object], iters: int = 20) -> float:
     return time_fn(graph.replay, torch.device("cuda"), iters, 2)["ms"]
 
 
+def time_train_graph(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype, amp: bool,
+                     iters: int = 20) -> float:
+    """Median ms of replaying one whole training step (forward, cross-entropy backward, AdamW with ``capturable``)
+    captured in a CUDA graph: the step's GPU time without Python / launch overhead (eager 224-px training is
+    launch-bound). Gradients are None at capture, so each replay's backward writes them anew (no accumulation)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=True)
+
+    def step():
+        with torch.autocast("cuda", dtype=dtype, enabled=amp, cache_enabled=False):
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # (also creates AdamW's state before the capture)
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return time_fn(graph.replay, torch.device("cuda"), iters, 2)["ms"]
+
+
 # ----------------------------------------------------------------------------------------------------------- ops
 def _op_inputs(op: str, shape, dtype, device, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -543,9 +571,10 @@ def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool
     row = dict(params_M=params, **t, img_per_s=batch / (t["ms"] * 1e-3))
     if dev.type == "cuda":
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
-        if graph and not train:  # autocast's weight-cast cache must be off while a graph is captured
+        if graph:  # autocast's weight-cast cache must be off while a graph is captured
             try:
-                row["graph_ms"] = time_graph(lambda: step(cache=False), iters)
+                row["graph_ms"] = (time_train_graph(model, x, target, adt, amp, iters) if train
+                                   else time_graph(lambda: step(cache=False), iters))
                 row["graph_img_per_s"] = batch / (row["graph_ms"] * 1e-3)
             except Exception as e:  # a capture failure is reported in the row, the eager numbers stay
                 row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -558,9 +587,9 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
                     anchors_dir=None, progress: Callable[[dict], None] | None = None,
                     graph: bool = False) -> list[dict]:
     """Inference (forward_features) images/s + peak memory per (model, resolution, dtype), DeiT of the same size in
-    the same run, and a training step (forward + backward + AdamW) at 224. ``graph``: inference is also timed as
-    CUDA-graph replays (``graph_img_per_s``: GPU time without the Python / launch overhead of eager calls; CUDA
-    only)."""
+    the same run, and a training step (forward + backward + AdamW) at 224. ``graph``: inference and the training
+    step are also timed as CUDA-graph replays (``graph_img_per_s``: GPU time without the Python / launch overhead of
+    eager calls; CUDA only)."""
     dev = torch.device(device)
     bb = load_anchors("backbones", anchors_dir)
     batches = batches or ({224: 256, 512: 64, 1024: 16} if dev.type == "cuda" else {224: 2, 512: 1, 1024: 1})

@@ -63,3 +63,25 @@ def test_cli_quick_cpu(tmp_path):
     assert any(r["model"].startswith("deit") for r in bbs)
     assert "ratio_vs_deit" in ours[0]
     assert not any(k.startswith("graph") for r in bbs for k in r)  # CUDA graphs only on CUDA
+
+
+def test_json_keeps_rows_of_a_run_cut_short(tmp_path, monkeypatch):
+    """Each measured row is in the JSON as soon as it is printed (atomically replaced), so a run stopped by a timeout
+    keeps its rows; the section's full list replaces the partial one at its end."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark as tool
+
+    out = tmp_path / "bench.json"
+
+    def fake_backbones(*args, progress=None, **kwargs):
+        progress(dict(model="vrwkv_tiny_patch16_224", res=32, img_per_s=5.0))
+        seen = json.loads(out.read_text())["backbones"]
+        assert seen == [dict(model="vrwkv_tiny_patch16_224", res=32, img_per_s=5.0)]
+        raise KeyboardInterrupt  # the timeout
+
+    monkeypatch.setattr(tool.bm, "bench_backbones", fake_backbones)
+    with pytest.raises(KeyboardInterrupt):
+        tool.main(["--backbones", "--device", "cpu", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["backbones"][0]["img_per_s"] == 5.0 and "meta" in data
+    assert not (tmp_path / "bench.json.tmp").exists()
