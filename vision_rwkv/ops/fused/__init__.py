@@ -12,7 +12,7 @@ as a torch custom op (``triton.py``, imported lazily):
   :func:`linear_tanh` and :func:`linear_decay` for the two stages of the RWKV-6 LoRAs.
 * :func:`mix_linear` - a projection whose GEMM operand is the Q-Shift interpolation, formed tile by tile while
   loaded (``mix_linear_triton.py``): the mixed inputs of the projections are never written (``VRWKV_FUSED_MIX=1``
-  lets the models use it in inference).
+  lets the models use it in inference, ``VRWKV_FUSED_MIX_TRAIN=1`` in training, where its backward recomputes them).
 * :func:`mix_linear_group` - several such projections of one x in one launch (``mix_group_triton.py``): x is read
   from DRAM once for all of them (the models' key / value / receptance / gate with ``VRWKV_FUSED_MIX=1``).
 * :func:`mix_mlp` - the channel mix's key-value MLP (``relu(K mix(x))^2`` then V) in one kernel whose 4C-wide hidden

@@ -12,8 +12,9 @@ The epilogues are those of ``linear_triton.py`` (none, relu^2, sigmoid gate on y
 
 Backward (training): the mixed input is recomputed by the ``token_shift_mix`` kernels (one projection), then
 the activation's derivative, two cuBLAS GEMMs (d mix, d W) and the ``token_shift_mix`` backward (d x, d a and,
-with the LoRA, d h and d W2). The models use this op for inference (``VRWKV_FUSED_MIX=1``): in training the
-stored mixed inputs of the separate pass are cheaper than one recompute per projection.
+with the LoRA, d h and d W2). The models use this op for inference (``VRWKV_FUSED_MIX=1``); in training only with
+``VRWKV_FUSED_MIX_TRAIN=1`` (less activation memory: by default the stored mixed inputs of the separate pass are
+cheaper than one recompute per projection).
 
 Launch settings: ``CONFIG`` (``VRWKV_TRITON_MIX="bm=..,bn=..,bk=..,warps=..,stages=..,group_m=.."``; bn 0 = 64 or
 128 from N). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned in debug mode).

@@ -11,7 +11,8 @@ saved DRAM traffic outweighs the extra L2 traffic is for a GPU to tell (own opt-
 
 Backward (training): recompute the interpolation and the hidden (``token_shift_mix`` + ``linear_relu_square``
 kernels), then cuBLAS GEMMs, the relu^2 derivative from the hidden, and the ``token_shift_mix`` backward. The models
-use this op for inference (``VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1``).
+use this op for inference (``VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1``) and, with ``VRWKV_FUSED_MIX_TRAIN=1
+VRWKV_FUSED_MLP=1``, in training (the 4C hidden is then never stored for the backward).
 
 Launch settings: ``CONFIG`` (``VRWKV_TRITON_MLP="bm=..,bh=..,warps=..,stages=..,max_c=.."``; bm 0 = 64 for C <= 256,
 else 32). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned in debug mode).
