@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from vision_rwkv.data.shapes import ShapesClassification
-from vision_rwkv.engine import (EpochLoader, Trainer, cleanup_distributed, convert_sync_batchnorm, init_distributed,
-                                seed_everything, unwrap_model, wrap_ddp)
+from vision_rwkv.engine import (EpochLoader, Trainer, cleanup_distributed, compile_for_training, convert_sync_batchnorm,
+                                init_distributed, seed_everything, unwrap_model, wrap_ddp)
 
 
 def flip_half(img):
@@ -22,10 +22,21 @@ def build_model() -> nn.Module:
                          nn.Flatten(), nn.Linear(8, 8))
 
 
-def build_and_train(run_dir: str, global_batch: int, steps: int, accum: int = 1) -> dict:
+def build_and_train(run_dir: str, global_batch: int, steps: int, accum: int = 1, compile: bool = False) -> dict:
+    """Train; returns the state dict plus ``allreduce_calls`` (gradient buckets all-reduced, DDP only)."""
     info = init_distributed("cpu")
     model = build_model()
     model = wrap_ddp(convert_sync_batchnorm(model, info), info)
+    calls = torch.zeros(())
+    if info.distributed:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def counting_hook(state, bucket):
+            calls.add_(1)
+            return allreduce_hook(state, bucket)
+
+        model.register_comm_hook(None, counting_hook)
+    model = compile_for_training(model, compile, backend="aot_eager")
     ds = ShapesClassification("train", length=64, image_size=16, transform=flip_half)
     per_rank = global_batch // info.world_size // accum
     loader = EpochLoader(ds, per_rank, seed=5, info=info)
@@ -38,14 +49,16 @@ def build_and_train(run_dir: str, global_batch: int, steps: int, accum: int = 1)
                       grad_accum_steps=accum, show_progress=False, ckpt_every_epochs=0, plot=False)
     trainer.fit()
     state = {k: v.clone() for k, v in unwrap_model(model).state_dict().items()}
+    state["allreduce_calls"] = calls
     cleanup_distributed()
     return state
 
 
-def spawn_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, global_batch: int, steps: int):
+def spawn_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, global_batch: int, steps: int,
+                accum: int = 1, compile: bool = False):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    state = build_and_train(run_dir, global_batch, steps)
+    state = build_and_train(run_dir, global_batch, steps, accum, compile)
     if rank == 0:
         torch.save(state, out_path)
