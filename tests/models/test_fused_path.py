@@ -126,6 +126,15 @@ INFER_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 2, 3)] 
     ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 2, "infer": True}]]
 
 
+def assert_matches_plain(res: dict, grads: bool = True) -> None:
+    """A case of ``_fused_model_case.compare`` ran, is finite and matches the plain path: the logits (relative error
+    < 1e-5) and, with ``grads``, the same parameters got gradients, each within 1e-4."""
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["y"] < 1e-5, res
+    if grads:
+        assert res["same_grads"] and res["grad_max"] < 1e-4, res
+
+
 def _run_cases(cases, extra_env=None):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", VRWKV_TRITON_DEBUG="1", PYTHONWARNINGS="ignore", **(extra_env or {}))
@@ -167,8 +176,7 @@ def infer_results():
 def test_fused_inference_in_place_residual_interpreter(infer_results, index):
     """Eager inference (no autograd) with the residual adds written in place matches the plain path."""
     res = infer_results[index]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["y"] < 1e-5, res
+    assert_matches_plain(res, grads=False)
     assert res["calls"]["add_norm"] >= 2, res["calls"]
 
 
@@ -197,8 +205,7 @@ def compile_first_results():
 @pytest.mark.parametrize("index", range(len(COMPILE_FIRST_CASES)), ids=[c[0] for c in COMPILE_FIRST_CASES])
 def test_compiled_first_call_interpreter(compile_first_results, index):
     res = compile_first_results[index]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert_matches_plain(res)
     if index == 0:
         assert min(res["drops"]) > 0, res["drops"]
 
@@ -213,8 +220,7 @@ def test_mix_gemms_in_training_interpreter(mix_train_results, index):
     """Training through the mixed-operand GEMMs and the fused MLP (their backward recomputes the mixed inputs and
     the hidden): the same logits and parameter gradients as the plain path, drop path included."""
     res = mix_train_results[index]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert_matches_plain(res)
     if MIX_TRAIN_EXPECTED_CALLS[index] is not None:  # (a compiled pass is not counted)
         assert set(res["calls"]) == MIX_TRAIN_EXPECTED_CALLS[index], res["calls"]
     assert "_mix_mlp_kernel" in res["launches"] and "_mix_linear_kernel" in res["launches"], res["launches"]
@@ -233,8 +239,7 @@ def test_inductor_training_interpreter(inductor_results, index):
     """torch.compile(fullgraph=True) with inductor, forward + backward in training mode: the Triton kernels run as
     custom ops inside the compiled graphs and the result equals the plain path's."""
     res = inductor_results[index]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert_matches_plain(res)
     assert INDUCTOR_KERNELS[index] <= set(res["launches"]), res["launches"]
     if index == 0:
         assert min(res["drops"]) > 0, res["drops"]
@@ -243,8 +248,7 @@ def test_inductor_training_interpreter(inductor_results, index):
 @pytest.mark.parametrize("pos", range(len(NEW_KERNEL_CASES)), ids=[CASES[i][0] for i in NEW_KERNEL_CASES])
 def test_new_wkv_kernels_in_models_interpreter(new_kernel_results, pos):
     res = new_kernel_results[pos]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert_matches_plain(res)
     assert set(res["calls"]) == EXPECTED_CALLS[NEW_KERNEL_CASES[pos]], res["calls"]
 
 
@@ -256,8 +260,7 @@ def gemm_results():
 @pytest.mark.parametrize("pos", range(len(GEMM_CASES)), ids=[CASES[i][0] for i in GEMM_CASES])
 def test_gemm_epilogues_in_models_interpreter(gemm_results, pos):
     res = gemm_results[pos]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
+    assert_matches_plain(res)
     expected = (EXPECTED_CALLS[GEMM_CASES[pos]] - {"relu_square", "sigmoid_mul"}) | GEMM_OPS
     if "decay_logd" in expected:  # RWKV-6 mixes
         expected = (expected - {"decay_logd"}) | LORA_OPS
@@ -277,8 +280,7 @@ def mlp_results():
 @pytest.mark.parametrize("pos", range(3), ids=[c[0] for c in MIX_CASES[:3]])
 def test_fused_mlp_in_models_interpreter(mlp_results, pos):
     res = mlp_results[pos]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["y"] < 1e-5, res
+    assert_matches_plain(res, grads=False)
     expected = MIX_EXPECTED_CALLS[pos] | ({"mix_mlp"} if pos != 1 else set())  # case 1: key norm, no fused MLP
     assert set(res["calls"]) == expected, res["calls"]
 
@@ -299,8 +301,7 @@ def test_mix_gemms_compile_fullgraph_interpreter(mix_compile_results, pos):
     """Inference with every mixed-operand kernel and residual epilogue traced by torch.compile(fullgraph=True) (their
     custom ops: no graph break) matches the plain path."""
     res = mix_compile_results[pos]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["y"] < 1e-5, res
+    assert_matches_plain(res, grads=False)
 
 
 _TRACED_OPS_SCRIPT = """
@@ -334,8 +335,7 @@ def test_mix_gemms_traced_as_custom_ops():
 def test_mix_gemms_in_models_interpreter(mix_results, pos):
     """Inference with the interpolations formed in the GEMMs matches the plain path, and no mixed input pass ran."""
     res = mix_results[pos]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["y"] < 1e-5, res
+    assert_matches_plain(res, grads=False)
     assert set(res["calls"]) == MIX_EXPECTED_CALLS[pos], res["calls"]
     if pos < 2:  # v4: the token mixes' output projections carry their add_norm (one per block)
         assert res["calls"]["linear_add_norm"] == MIX_CASES[pos][1]["depth"], res["calls"]
@@ -344,8 +344,7 @@ def test_mix_gemms_in_models_interpreter(mix_results, pos):
 @pytest.mark.parametrize("pos", range(2), ids=[c[0] for c in MIX_CASES[2:]])
 def test_mix_gemms_with_epilogues_in_v6_interpreter(mix_gemm_results, pos):
     res = mix_gemm_results[pos]
-    assert "error" not in res, res.get("error")
-    assert res["finite"] and res["y"] < 1e-5, res
+    assert_matches_plain(res, grads=False)
     assert set(res["calls"]) == (MIX_EXPECTED_CALLS[2 + pos] - {"decay_logd"}) | {"linear_decay"}, res["calls"]
 
 
