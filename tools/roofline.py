@@ -23,6 +23,7 @@ target also asks for less memory than DeiT.
     python tools/roofline.py --model vrwkv_small_patch16_224 --res 1024 --batch 64 --out roofline.json
     VRWKV_FUSED_GEMM=1 python tools/roofline.py                       # with the GEMM-epilogue kernels
     python tools/roofline.py --train --res 224 --batch 128            # a training step, against 0.7x DeiT
+    python tools/roofline.py --train --res 224 --batch 8 --holders 12  # who holds the memory at the peak
 """
 from __future__ import annotations
 
@@ -74,6 +75,27 @@ def _unique_bytes(tensors, itemsize=None) -> int:
     return total
 
 
+_SITE_SKIP = ("/tools/", "_triton_utils.py", "/torch/", "/triton/")
+
+
+def _call_site(depth: int = 2) -> str:
+    """The ``depth`` innermost functions of the model / operator code on the current stack, innermost first, methods
+    with their class and the innermost with its line (``ChannelMix._forward_fused:286 < ChannelMix.forward``): who
+    allocated a tensor. Frames of this tool, torch and triton are skipped."""
+    names, frame = [], sys._getframe(1)
+    while frame is not None and len(names) < depth:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if ("/vision_rwkv/" in path or "/timm/" in path or "/clip/" in path) and not any(
+                skip in path for skip in _SITE_SKIP):
+            name = frame.f_code.co_qualname.replace(".<locals>", "")  # (not f_locals: it would keep the locals alive)
+            names.append(f"{name}:{frame.f_lineno}" if not names else name)
+        frame = frame.f_back
+    return " < ".join(names) or NO_PYTHON_FRAME
+
+
+NO_PYTHON_FRAME = "no model frame (the autograd engine: parameter gradients, ...)"
+
+
 def _triton_group(fn) -> str:
     mod, name = fn.__module__, fn.__name__
     if ".bi_wkv" in mod:
@@ -99,16 +121,34 @@ class LiveBytes:
     ``max_memory_allocated`` reports for the same allocations (without its block rounding). A storage first seen as
     the output of a non-view op is an allocation; it is released when the last tensor seen on it dies. Storages that
     exist before (parameters, the input) are the ``base``; :meth:`hold` adds bytes kept to the end (autocast's
-    cached weight casts)."""
+    cached weight casts). ``peak_holders`` says who held the bytes at the peak: each allocation is labelled with
+    the innermost model / operator functions that made it (:func:`_call_site`)."""
+
+    BASE, HELD = "parameters, buffers, input (+ AdamW moments)", "autocast's cached weight casts"
 
     def __init__(self, base: int, known_ptrs=()):
         self.live = self.peak = base
         self._known = set(known_ptrs)
-        self._storages = {}  # data_ptr -> [tensors seen alive, nbytes]
+        self._storages = {}  # data_ptr -> [tensors seen alive, nbytes, label]
+        self._held = 0
+        self._base = base
+        self.peak_holders: dict = {self.BASE: base}
 
-    def hold(self, nbytes: int) -> None:
+    def hold(self, nbytes: int, label: str | None = None) -> None:
+        if label is None:
+            self._held += nbytes
         self.live += nbytes
-        self.peak = max(self.peak, self.live)
+        if self.live > self.peak:
+            self.peak = self.live
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        holders = collections.Counter({self.BASE: self._base})
+        if self._held:
+            holders[self.HELD] = self._held
+        for _, nbytes, label in self._storages.values():
+            holders[label] += nbytes
+        self.peak_holders = dict(holders)
 
     def track(self, t: torch.Tensor, allocates: bool) -> None:
         storage = t.untyped_storage()
@@ -119,8 +159,8 @@ class LiveBytes:
         if entry is None:
             if not allocates:  # a view of a storage allocated outside (e.g. of a parameter): not new memory
                 return
-            entry = self._storages[ptr] = [0, nbytes]
-            self.hold(nbytes)
+            entry = self._storages[ptr] = [0, nbytes, _call_site()]
+            self.hold(nbytes, entry[2])
         entry[0] += 1
         weakref.finalize(t, self._release, ptr)
 
@@ -286,6 +326,8 @@ def measure(name: str, res: int, batch: int, dtype: str, bandwidth: float, train
                top=[dict(group=g, op=op, launches=n, floor_ms=ms) for (g, op), (n, ms) in top],
                GB=sum(g["GB"] for g in groups.values()), GFLOP=sum(g["GFLOP"] for g in groups.values()),
                floor_ms=floor, floor_img_per_s=batch / (floor * 1e-3), peak_GiB_est=memory.peak / 2 ** 30,
+               peak_holders=[dict(site=k, GiB=v / 2 ** 30) for k, v in sorted(memory.peak_holders.items(),
+                                                                               key=lambda kv: -kv[1])],
                groups={k: groups[k] for k in GROUPS if k in groups})
     if name in bm.BACKBONES:
         deit, label, deit_label = bm.BACKBONES[name]
@@ -318,6 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bf16", choices=list(MATRIX_RATE))
     p.add_argument("--bandwidth", type=float, default=BANDWIDTH, help="bytes/s (default: measured H100 copy)")
     p.add_argument("--train", action="store_true", help="a training step (forward + backward + AdamW) per batch")
+    p.add_argument("--holders", type=int, default=0, metavar="N",
+                   help="also print the N largest holders of memory at the peak (by allocating call site)")
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -329,7 +373,8 @@ def main(argv=None) -> int:
     rows = []
     for name in models:
         rows.append(measure(name, args.res, args.batch, args.dtype, args.bandwidth, args.train))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("groups", "top")}), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("groups", "top", "peak_holders")}),
+              flush=True)
     what = "a training step" if args.train else "forward_features"
     print(f"\n## Roofline floor of {what}, {args.res}x{args.res}, batch {args.batch}, {args.dtype} "
           f"({args.bandwidth / 1e12:.2f} TB/s, {MATRIX_RATE[args.dtype] / 1e12:.0f} TFLOP/s)\n")
@@ -349,6 +394,12 @@ def main(argv=None) -> int:
         cells = [f"{r['groups'][g]['floor_ms']:.2f} ({r['groups'][g]['launches']})" if g in r["groups"] else ""
                  for g in GROUPS]
         print(f"| {r['model']} | " + " | ".join(cells) + " |")
+    if args.holders:
+        for r in rows:
+            print(f"\n{r['model']}: what is held at the peak ({r['peak_GiB_est']:.3f} GiB est.), allocated by\n")
+            print("| site (innermost first) | GiB | share |\n|---|---|---|")
+            for h in r["peak_holders"][:args.holders]:
+                print(f"| {h['site']} | {h['GiB']:.3f} | {h['GiB'] / r['peak_GiB_est']:.1%} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(torch=torch.__version__, bandwidth=args.bandwidth,
