@@ -134,9 +134,12 @@ class LiveBytes:
         self._base = base
         self.peak_holders: dict = {self.BASE: base}
 
-    def hold(self, nbytes: int, label: str | None = None) -> None:
-        if label is None:
-            self._held += nbytes
+    def hold(self, nbytes: int) -> None:
+        """Bytes kept to the end of the run (autocast's cached weight casts)."""
+        self._held += nbytes
+        self._grow(nbytes)
+
+    def _grow(self, nbytes: int) -> None:
         self.live += nbytes
         if self.live > self.peak:
             self.peak = self.live
@@ -160,7 +163,7 @@ class LiveBytes:
             if not allocates:  # a view of a storage allocated outside (e.g. of a parameter): not new memory
                 return
             entry = self._storages[ptr] = [0, nbytes, _call_site()]
-            self.hold(nbytes, entry[2])
+            self._grow(nbytes)
         entry[0] += 1
         weakref.finalize(t, self._release, ptr)
 
