@@ -37,6 +37,14 @@ def bi_wkv6_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch
     return torch.einsum("bhtn,bnhi->bthi", att, v)
 
 
+def _exp_of_difference(a: torch.Tensor, b: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """``exp((a - b).to(dt))`` for float64 a, b: the difference computed in float64 and rounded once to dt while it
+    is stored, the exponential in place (one dt tensor written, no float64 temporary: the same bits). No autograd
+    (``out=``): inside :class:`_IntraChunk`'s forward."""
+    out = torch.empty(torch.broadcast_shapes(a.shape, b.shape), dtype=dt, device=a.device)
+    return torch.sub(a, b, out=out).exp_()
+
+
 class _IntraChunk(torch.autograd.Function):
     """Strictly-causal part inside chunks of L = 2^m tokens: ``y_t = sum_{n<t} (q_t . (k_n exp(A_{t-1} - A_n))) v_n``.
 
@@ -60,9 +68,11 @@ class _IntraChunk(torch.autograd.Function):
             nb = l // (2 * h)
             q5, k5, v5, a5, y5 = (x.view(g, nb, 2, h, n) for x in (q, k, v, a, y))
             ref = a5[:, :, 0, h - 1:h]  # (G, nb, 1, N): A at the last token of the first half
-            # query exponent A_{t-1} - A_ref: exactly 0 for the first token of the second half
-            eq = torch.exp(torch.cat([torch.zeros_like(ref), a5[:, :, 1, :h - 1] - ref], dim=2).to(dt))
-            ek = torch.exp((ref - a5[:, :, 0]).to(dt))
+            # query exponent A_{t-1} - A_ref: exactly 0 for the first token of the second half (factor 1)
+            eq = q.new_empty((g, nb, h, n))
+            eq[:, :, 0] = 1.0
+            eq[:, :, 1:] = _exp_of_difference(a5[:, :, 1, :h - 1], ref, dt)
+            ek = _exp_of_difference(ref, a5[:, :, 0], dt)
             qf = q5[:, :, 1] * eq
             kf = k5[:, :, 0] * ek
             if h == 1:
