@@ -36,6 +36,23 @@ def test_forward_shapes_loss_and_grads(backbone, tiny_model_cfg):
     assert logits.shape == (2, 5, 40, 24) and torch.isfinite(logits).all()
 
 
+def test_grad_checkpointing_gives_the_same_gradients(tiny_model_cfg):
+    """model.grad_checkpointing (mmseg's with_cp): the backbone recomputes its blocks in the backward, with the same
+    loss and gradients."""
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = create_segmentor(tiny_model_cfg("vrwkv_tiny_patch16_224", depth=2, num_classes=5, dropout=0.0,
+                                                grad_checkpointing=ckpt))
+        assert model.backbone.grad_checkpointing is ckpt
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        target = torch.randint(0, 5, (2, 32, 32), generator=torch.Generator().manual_seed(2))
+        model(x, target)["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6, msg=n)
+
+
 def test_hierarchical_timm_backbone():
     """A ConvNeXt (strides 4..32 already) gets identity resampling in the neck."""
     import timm

@@ -21,6 +21,7 @@ class ModelConfig:
     backbone: str = "vrwkv_tiny_patch16_224"      # any timm model with forward_intermediates
     backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # timm.create_model kwargs (img_size, ...)
     pretrained: Optional[str] = None              # local backbone checkpoint (.pth / .safetensors); never downloaded
+    grad_checkpointing: bool = False              # recompute backbone blocks in the backward (mmseg's with_cp)
     out_indices: Optional[List[int]] = None       # None: 4 evenly spaced blocks (12 blocks -> 2, 5, 8, 11)
     norm_intermediates: bool = False              # apply the backbone's final norm to every taken block output
     strides: List[int] = field(default_factory=lambda: [4, 8, 16, 32])  # neck output strides

@@ -218,8 +218,9 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
     """Build a Segmentor from a `model:` config mapping.
 
     Keys: backbone (timm name), backbone_kwargs (passed to timm.create_model), pretrained (local file or null),
-    num_classes, out_indices, norm_intermediates, strides, neck_channels, decode_channels, pool_scales, dropout,
-    aux_channels, aux_weight, aux_level, ignore_index, class_weight, align_corners, probe_size.
+    grad_checkpointing (recompute the backbone's blocks in the backward; mmseg's ``with_cp``), num_classes,
+    out_indices, norm_intermediates, strides, neck_channels, decode_channels, pool_scales, dropout, aux_channels,
+    aux_weight, aux_level, ignore_index, class_weight, align_corners, probe_size.
     """
     cfg = dict(cfg)
     import vision_rwkv  # noqa: F401  (registers the VRWKV models with timm)
@@ -234,6 +235,8 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
     backbone = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained:
         load_backbone_weights(backbone, pretrained)
+    if cfg.pop("grad_checkpointing", False):
+        backbone.set_grad_checkpointing(True)  # (every timm model has it)
     for key in ("out_indices", "strides", "pool_scales", "class_weight"):
         if cfg.get(key) is not None:
             cfg[key] = list(cfg[key])
