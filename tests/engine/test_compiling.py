@@ -34,9 +34,24 @@ def test_bad_settings_name_the_key(backend, mode, key):
         compile_for_training(nn.Linear(2, 2), True, backend=backend, mode=mode)
 
 
+def test_import_tags_the_compile_caches_with_the_ops_sources():
+    """A graph cached against older custom ops must not be replayed: importing vision_rwkv adds a hash of
+    vision_rwkv/ops to torch's compile-cache key, after a tag the user set (fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    from vision_rwkv.engine.compiling import ops_cache_tag
+
+    code = "import torch, vision_rwkv; print(torch.compiler.config.cache_key_tag)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TORCH_COMPILE_CACHE_KEY_TAG="mine"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == f"mine+{ops_cache_tag()}"
+
+
 def test_compiling_tags_the_compile_caches_with_the_ops_sources(monkeypatch):
-    """A graph cached against older custom ops must not be replayed: the tag (a hash of vision_rwkv/ops) joins any
-    tag the user set, once."""
+    """compile_for_training adds the tag again if it was reset since the import, once."""
     from vision_rwkv.engine.compiling import ops_cache_tag
 
     tag = ops_cache_tag()

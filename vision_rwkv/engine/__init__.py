@@ -63,8 +63,8 @@ Training loop (``loop.py``)
 Compilation (``compiling.py``)
     compile_for_training(model, enabled, backend="inductor", mode=None, where="train") -> the model or
     ``torch.compile(model, ...)`` (config keys ``train.compile`` / ``train.compile_backend`` / ``train.compile_mode``
-    of every training tool; unknown backends / modes are a ValueError naming the key; it adds
-    ``compiling.ops_cache_tag()``, a hash of the operator sources, to torch's compile-cache key), COMPILE_MODES
+    of every training tool; unknown backends / modes are a ValueError naming the key; the compile-cache key carries
+    ``compiling.ops_cache_tag()``, a hash of the operator sources, as from ``import vision_rwkv``), COMPILE_MODES
 
 Command line (``cli.py``, not imported here: ``from vision_rwkv.engine.cli import ...``)
     config_arg_parser(description, config_help, config_required=True, resume=False, checkpoint=None) and

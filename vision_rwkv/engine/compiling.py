@@ -8,12 +8,12 @@ as CUDA graphs: no per-launch host cost).
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
+
+from ..ops._cache_tag import ops_cache_tag, tag_compile_caches
 
 __all__ = ["COMPILE_MODES", "compile_for_training", "ops_cache_tag"]
 
@@ -39,20 +39,5 @@ def compile_for_training(model: nn.Module, enabled: bool, backend: str = "induct
                          f"{sorted(backends)}")
     if mode is not None and backend != "inductor":
         raise ValueError(f"{where}.compile_mode={mode!r} applies to the inductor backend only, not {backend!r}")
-    tag = ops_cache_tag()
-    current = torch.compiler.config.cache_key_tag
-    if tag not in current.split("+"):
-        torch.compiler.config.cache_key_tag = f"{current}+{tag}" if current else tag
+    tag_compile_caches()  # (done at import of vision_rwkv.ops; again here in case the tag was reset since)
     return torch.compile(model, backend=backend, mode=mode)
-
-
-def ops_cache_tag() -> str:
-    """``vision_rwkv-<hash of the operator sources>``, added to ``torch.compiler.config.cache_key_tag`` by
-    :func:`compile_for_training`: torch's compile caches key a graph on the ops it calls, not on how a custom op's
-    backward is written, so a graph cached before an update of ``vision_rwkv/ops`` could be replayed against the new
-    ops (e.g. a changed backward signature). Direct ``torch.compile`` users can set the same tag themselves."""
-    root = Path(__file__).resolve().parents[1] / "ops"
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"vision_rwkv-{digest.hexdigest()[:16]}"

@@ -5,10 +5,15 @@
 * :func:`bi_wkv6` - RWKV-6 bidirectional WKV (``bi_wkv6/``).
 
 ``backend=None`` picks Triton for CUDA tensors when available, else the reference; ``VRWKV_BACKEND`` forces one.
+Importing this package salts torch's compile caches with a hash of these sources (``_cache_tag.py``), so a graph
+compiled against older operators is not replayed.
 """
+from ._cache_tag import tag_compile_caches
 from .bi_wkv import bi_wkv, bi_wkv_naive, bi_wkv_reference
 from .bi_wkv6 import bi_wkv6, bi_wkv6_naive, bi_wkv6_reference
 from .shift import bi_shift_1d, q_shift
 
 __all__ = ["q_shift", "bi_shift_1d", "bi_wkv", "bi_wkv6", "bi_wkv_reference", "bi_wkv_naive",
            "bi_wkv6_reference", "bi_wkv6_naive"]
+
+tag_compile_caches()
