@@ -126,28 +126,18 @@ def time_train_graph(model: torch.nn.Module, x: torch.Tensor, target: torch.Tens
                      iters: int = 20) -> float:
     """Median ms of replaying one whole training step (forward, cross-entropy backward, AdamW with ``capturable``)
     captured in a CUDA graph: the step's GPU time without Python / launch overhead (eager 224-px training is
-    launch-bound). Gradients are None at capture, so each replay's backward writes them anew (no accumulation)."""
+    launch-bound). Gradients are None at capture, so each replay's backward writes them anew (no accumulation);
+    the warm-up calls of :func:`time_graph` create AdamW's state before the capture."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=True)
 
     def step():
+        opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=dtype, enabled=amp, cache_enabled=False):
             loss = torch.nn.functional.cross_entropy(model(x), target)
         loss.backward()
         opt.step()
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # (also creates AdamW's state before the capture)
-            opt.zero_grad(set_to_none=True)
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    opt.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return time_fn(graph.replay, torch.device("cuda"), iters, 2)["ms"]
+    return time_graph(step, iters)
 
 
 # ----------------------------------------------------------------------------------------------------------- ops

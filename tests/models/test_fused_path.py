@@ -190,10 +190,9 @@ def test_fused_path_drop_path_training_interpreter(train_results, index):
     """Training mode with drop path stays on the fused path (the residual adds take drop path's per-sample factors)
     and matches the plain path drawing the same masks; both dropped and kept samples occur."""
     res = train_results[index]
-    assert "error" not in res, res.get("error")
+    assert_matches_plain(res)
     dropped, kept = res["drops"]
     assert dropped > 0 and kept > 0, res["drops"]
-    assert res["finite"] and res["same_grads"] and res["y"] < 1e-5 and res["grad_max"] < 1e-4, res
     assert set(res["calls"]) == TRAIN_EXPECTED_CALLS[index], res["calls"]
 
 
