@@ -10,8 +10,8 @@ a real launch adds on top is Triton's launcher and cuBLAS's, per launch. DeiT ru
 
 Per model and path it prints: host time per forward (thread CPU time, best of the repeats; tiny input: 2x2 tokens)
 and its ratio to DeiT-T's measured in the same run (the absolute numbers drift by +-30% between runs on a shared VM;
-the ratio much less), Triton launches, GEMMs, and other (non-view) aten ops per forward - each of those is a kernel
-launch on a GPU.
+the ratio much less), Triton launches, GEMMs (the stubbed Linears and the aten matrix products), and other
+(non-view) aten ops per forward - each of those is a kernel launch on a GPU.
 
     python tools/benchmark_host.py                                  # VRWKV-T, VRWKV6-T, DeiT-T
     python tools/benchmark_host.py --model vrwkv_small_patch16_224 --out host.json
@@ -43,6 +43,7 @@ MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224", "deit_tiny_patch1
 VIEW_OPS = {"aten.view", "aten._unsafe_view", "aten.select", "aten.unbind", "aten.permute", "aten.transpose",
             "aten.t", "aten.expand", "aten.slice", "aten.split", "aten.as_strided", "aten.reshape",
             "aten.empty", "aten.new_empty", "aten.promote_types", "aten.detach", "aten.alias"}
+MATMUL_OPS = {"aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm"}  # counted with the stubbed F.linear GEMMs
 
 
 class _LinearStub(torch.autograd.Function):
@@ -149,11 +150,13 @@ def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, tr
         stubs.gemm = 0
         with _AtenCount() as aten:
             step()
-    other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS)
+    matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # (batched) products not via F.linear
+    other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
+    gemms = stubs.gemm + matmuls
     return dict(model=name, path="fused" if fused else "plain", fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
                 mode="train" if train else "inference",
-                host_ms=best * 1e3, triton_launches=sum(stubs.triton.values()), gemms=stubs.gemm,
-                other_aten_ops=other, launches=sum(stubs.triton.values()) + stubs.gemm + other,
+                host_ms=best * 1e3, triton_launches=sum(stubs.triton.values()), gemms=gemms,
+                other_aten_ops=other, launches=sum(stubs.triton.values()) + gemms + other,
                 triton_by_kernel=dict(stubs.triton),
                 aten_by_op={op: n for op, n in sorted(aten.ops.items()) if op not in VIEW_OPS})
 

@@ -8,7 +8,8 @@ and of every parameter gradient. Fused outputs are NaN-poisoned (``VRWKV_TRITON_
 
 ``name`` is a registered timm model (image input) or :data:`TEXT_TOWER` (the RWKV-CLIP text tower, token-id input;
 its kwargs are ``TextRWKV`` arguments plus ``tokens`` = sequence length). ``calls`` counts, for the fused pass, the
-calls of each fused elementwise op and of each Triton WKV entry point (``wkv:<op>``), so a test can tell that the
+calls of each fused elementwise op, of the token mixes' batched projections (``linear_stack``) and of each Triton WKV
+entry point (``wkv:<op>``), so a test can tell that the
 fused kernels really ran (not counted when the pass is compiled).
 
 ``train=True`` runs both passes in training mode from the same RNG seed, so drop path draws the same per-sample masks
@@ -70,6 +71,10 @@ class _CallCounter:
         for op in FUSED_OPS:
             self._saved.append((fused, op, getattr(fused, op)))
             setattr(fused, op, self._wrap(op, getattr(fused, op)))
+        for name in ("mixing", "vrwkv"):  # the token mixes' batched projection GEMM (looked up in these modules)
+            mod = sys.modules[f"vision_rwkv.models.{name}"]
+            self._saved.append((mod, "linear_stack", mod.linear_stack))
+            mod.linear_stack = self._wrap("linear_stack", mod.linear_stack)
         for op in ("bi_wkv", "bi_wkv6"):
             mod = sys.modules[f"vision_rwkv.ops.{op}"]
             impl = mod.triton_impl

@@ -39,9 +39,9 @@ CASES = [
     [TEXT_TOWER, {"vocab_size": 97, "context_length": 16, "width": 36, "layers": 3, "head_size": 12,
                   "hidden_dim": 50, "tokens": 7, "batch": 1}],
 ]
-V4_OPS = {"token_shift_mix", "sigmoid_mul", "relu_square", "add_norm", "wkv:bi_wkv"}
-V6_OPS = {"token_shift_mix", "token_shift_mix_lora", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-          "add_norm", "wkv:bi_wkv6"}
+V4_OPS = {"token_shift_mix", "linear_stack", "sigmoid_mul", "relu_square", "add_norm", "wkv:bi_wkv"}
+V6_OPS = {"token_shift_mix", "token_shift_mix_lora", "linear_stack", "sigmoid_mul", "relu_square", "group_norm_mul",
+          "decay_logd", "add_norm", "wkv:bi_wkv6"}
 TEXT_OPS = {"sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd", "add_norm", "wkv:bi_wkv6"}
 # fused kernels each case must run (None: compiled pass, not counted); the text tower has no fused 1-D shift
 EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS, V6_OPS, None, TEXT_OPS, TEXT_OPS]

@@ -213,3 +213,39 @@ def test_per_step_divides_by_tokens_with_one_foreach_each_way():
         torch.testing.assert_close(mix.per_step(9)[1], mix.spatial_first / 9, rtol=0, atol=0)
         mix.spatial_decay.mul_(2.0)
         torch.testing.assert_close(mix.per_step(9)[0], mix.spatial_decay / 9, rtol=0, atol=0)
+
+
+def test_linear_stack_projects_together_and_caches_in_inference_only():
+    """linear_stack: the token mixes' M projections as one batched GEMM, equal to the Linears; eager inference keeps
+    the stacked weight (cast to the inputs' dtype) while the weights are unchanged; in training each call stacks and
+    every weight gets its gradient."""
+    from vision_rwkv.models.mixing import linear_stack, stackable
+
+    gen = torch.Generator().manual_seed(0)
+    linears = [torch.nn.Linear(6, 5, bias=False) for _ in range(3)]
+    x = torch.randn(3, 2, 4, 6, generator=gen)
+    ref = torch.stack([lin(x[i]) for i, lin in enumerate(linears)])
+    cache = {}
+    with torch.no_grad():
+        y = linear_stack(linears, x, cache, 'w')
+        torch.testing.assert_close(y, ref.detach(), rtol=1e-5, atol=1e-6)
+        held = cache['w'][2]
+        linear_stack(linears, x, cache, 'w')
+        assert cache['w'][2] is held
+        linear_stack(linears, x.bfloat16(), cache, 'w')  # another input dtype: another stacked copy
+        assert cache['w'][2].dtype == torch.bfloat16
+        linears[1].weight.mul_(2.0)  # an in-place update (optimizer step, load_state_dict) is seen at once
+        y2 = linear_stack(linears, x, cache, 'w')
+        torch.testing.assert_close(y2[1], 2 * ref[1].detach(), rtol=1e-5, atol=1e-6)
+    y3 = linear_stack(linears, x, cache, 'w')
+    assert y3.requires_grad
+    y3.sum().backward()
+    assert all(lin.weight.grad is not None for lin in linears)
+    torch.testing.assert_close(linears[2].weight.grad, x[2].reshape(-1, 6).sum(0).expand(5, 6))
+    assert stackable(*linears)
+    hooked = torch.nn.Linear(6, 5, bias=False)
+    hooked.register_forward_hook(lambda *a: None)
+    assert not stackable(linears[0], hooked)
+    assert not stackable(linears[0], torch.nn.Linear(6, 5))  # a bias
+    assert not stackable(linears[0], torch.nn.Linear(6, 4, bias=False))  # another shape
+    assert not stackable(linears[0], torch.nn.Linear(6, 5, bias=False).half())

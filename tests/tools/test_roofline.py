@@ -82,8 +82,10 @@ def test_launch_bytes(rows):
     total = 24 * (elems * (4 + 2 + 4 + 2) + 2 * 192 * 4) + elems * 2
     assert top["_add_norm_fwd_kernel"]["launches"] == 24
     assert top["_add_norm_fwd_kernel"]["floor_ms"] == pytest.approx(total / 3.0e12 * 1e3, rel=1e-9)
-    # autocast's casts of the cuBLAS projections' fp32 weights (and of fp32 inputs such as the image patches)
-    assert top["autocast_cast"]["launches"] >= top["linear"]["launches"] == 12 * 7 + 1
+    # autocast's casts of the cuBLAS projections' fp32 weights (and of fp32 inputs such as the image patches); the
+    # token mix's k, v, r in one batched GEMM (its stacked weight cast once)
+    assert top["autocast_cast"]["launches"] >= top["linear"]["launches"] == 12 * 4 + 1
+    assert top["aten.bmm"]["launches"] == 12
     # one WKV output launch per block, the two Q-Shift + lerp passes per block
     assert top["_fwd_kernel"]["launches"] == 12 and top["_tsm_fwd_kernel"]["launches"] == 24
 
@@ -105,25 +107,27 @@ def test_peak_memory_estimate(rows, rows_b9):
     assert per_image["deit_tiny_patch16_224"] > 11.5, per_image
 
 
-@pytest.mark.parametrize("env,bounds", [({}, (142, 188)),
-                                        ({"VRWKV_FUSED_MIX_TRAIN": "1"}, (125, 146)),
+@pytest.mark.parametrize("env,bounds", [({}, (150, 197)),
+                                        ({"VRWKV_FUSED_MIX_TRAIN": "1"}, (128, 148)),
                                         ({"VRWKV_FUSED_MIX_TRAIN": "1", "VRWKV_FUSED_MLP": "1"}, (106, 124))],
                          ids=["default", "mix_train", "mix_train_mlp"])
 def test_training_memory_per_image(tmp_path_factory, env, bounds):
-    """Activation bytes a training step holds per extra image, in fp32 planes (C x tokens x 4 bytes; DeiT-T ~131):
-    VRWKV-T / VRWKV6-T ~137 / ~183 by default (a pre-norm residual add without layer scale does not keep its branch:
-    ~150 / ~195 when it did); ``VRWKV_FUSED_MIX_TRAIN=1`` recomputes the mixed inputs in the backward instead of
-    storing them (~120 / ~141) and with ``VRWKV_FUSED_MLP=1`` the channel mix's 4C hidden too (~101 / ~120): a stored
-    branch, mixed input or hidden slipping back in exceeds the bounds."""
+    """Activation bytes a training step holds per extra image (peak at batch 9 minus batch 5, / 4: both peaks
+    dominated by activations, so a change of fixed costs - weights, their casts - does not leak in), in fp32 planes
+    (C x tokens x 4 bytes; DeiT-T ~139): VRWKV-T / VRWKV6-T ~146 / ~192 by default (a pre-norm residual add without
+    layer scale does not keep its branch); ``VRWKV_FUSED_MIX_TRAIN=1`` recomputes the mixed inputs in the backward
+    instead of storing them (~123 / ~144) and with ``VRWKV_FUSED_MLP=1`` the channel mix's 4C hidden too (~102 /
+    ~120): a stored branch, mixed input or hidden slipping back in exceeds the bounds."""
     args = ("--train", "--model", "vrwkv6_tiny_patch16_224")
-    one, nine = _run(tmp_path_factory, *args, env=env), _run(tmp_path_factory, *args, "--batch", "9", env=env)
+    five = _run(tmp_path_factory, *args, "--batch", "5", env=env)
+    nine = _run(tmp_path_factory, *args, "--batch", "9", env=env)
     plane = 192 * 196 * 4
-    per_image = {m: (nine[m]["peak_GiB_est"] - one[m]["peak_GiB_est"]) * 2 ** 30 / 8 / plane for m in one}
-    assert 125 < per_image["deit_tiny_patch16_224"] < 137, per_image
+    per_image = {m: (nine[m]["peak_GiB_est"] - five[m]["peak_GiB_est"]) * 2 ** 30 / 4 / plane for m in five}
+    assert 133 < per_image["deit_tiny_patch16_224"] < 145, per_image
     assert per_image["vrwkv_tiny_patch16_224"] < bounds[0], per_image
     assert per_image["vrwkv6_tiny_patch16_224"] < bounds[1], per_image
     if not env:
-        assert per_image["vrwkv_tiny_patch16_224"] > 130 and per_image["vrwkv6_tiny_patch16_224"] > 150, per_image
+        assert per_image["vrwkv_tiny_patch16_224"] > 135 and per_image["vrwkv6_tiny_patch16_224"] > 160, per_image
 
 
 def test_peak_holders(tmp_path_factory, rows, train_rows):

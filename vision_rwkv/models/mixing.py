@@ -26,7 +26,7 @@ orthogonal with per-role gains for the text tower).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
+from vision_rwkv.ops.stacked_linear import stacked_linear
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
@@ -113,6 +114,29 @@ def mix_gemm_ready(*linears: nn.Module) -> bool:
     the mixed inputs instead of storing them; off by default, where storing them once is the faster choice)."""
     enabled = fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_mix_enabled()
     return enabled and all(_plain_linear(m) for m in linears)
+
+
+def stackable(*linears: nn.Module) -> bool:
+    """Whether one batched GEMM may run these projections (:func:`linear_stack`): plain bias-free ``nn.Linear``s
+    without hooks (see :func:`_plain_linear`) with weights of one shape, dtype and device."""
+    w0 = linears[0].weight
+    return all(_plain_linear(m) and m.weight.shape == w0.shape and m.weight.dtype == w0.dtype
+               and m.weight.device == w0.device for m in linears)
+
+
+def linear_stack(linears: Sequence[nn.Linear], x: torch.Tensor, cache: Optional[dict] = None,
+                 name: str = '') -> torch.Tensor:
+    """``stack([linears[i](x[i]) for i])`` as one batched GEMM (:func:`vision_rwkv.ops.stacked_linear`): x (M, ..., C)
+    -> (M, ..., C_out). Fused path: the mixed inputs of a token mix come from one kernel as one (M, B, N, C) tensor,
+    so k, v, r (v4) or k, v, r, g (v6) take one launch instead of M - and in training one weight cast and two
+    backward GEMMs instead of M casts and 2M GEMMs. With ``cache`` eager inference keeps the stacked weight, cast to
+    x's dtype, while the weights are unchanged (:func:`derived_in_inference`): no stack or cast per forward."""
+    weights = tuple(lin.weight for lin in linears)
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return stacked_linear(x, weights)
+    m, c = x.shape[0], x.shape[-1]
+    w = derived_in_inference(weights, cache, name, lambda: torch.stack(weights).to(x.dtype), key=x.dtype)
+    return torch.bmm(x.reshape(m, -1, c), w.transpose(1, 2)).view(*x.shape[:-1], w.shape[1])
 
 
 def key_relu_square(key: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -477,10 +501,10 @@ class TimeMixV6(nn.Module):
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
         """Same function with fused kernels. Q-Shift: shift + first interpolation in one pass, the five
         data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
-        offsets never stored, outputs in the compute dtype); the 1-D shift has no such kernel (plain PyTorch).
-        Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh
+        offsets never stored, outputs in the compute dtype), then k, v, r and the gate in one batched GEMM
+        (:func:`linear_stack`; plain projections); the 1-D shift has no such kernel (plain PyTorch). Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh
         and the decay ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
-        heads, head_size = self.num_heads, self.head_size
+        head_size = self.head_size
         dtype = fused.compute_dtype(x)
         if self.token_shift == 'q_shift':
             xxx, = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype,
@@ -489,6 +513,16 @@ class TimeMixV6(nn.Module):
             del xxx
             maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g),
                         self._folded, 'wkvrg')
+            projections = (self.key, self.value, self.receptance, self.gate)
+            if stackable(*projections):  # k, v, r, g in one batched GEMM of the four mixed inputs (one tensor)
+                xw, xkvrg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
+                                                       out_dtype=dtype, split=(1, 4))
+                del lora
+                logd = lora_decay(xw, self.time_decay_w1, self.time_decay_w2, self.time_decay.reshape(-1))
+                del xw
+                k, v, r, g = linear_stack(projections, xkvrg, self._folded, 'w_kvrg')
+                del xkvrg
+                return self._wkv_out(r, k, v, g, logd, dtype)
             xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
                                                             out_dtype=dtype, split=True)
             del lora
@@ -502,8 +536,13 @@ class TimeMixV6(nn.Module):
         v = self.value(xv)
         g = self.gate(xg)
         del xw, xk, xv, xr, xg
+        return self._wkv_out(r, k, v, g, logd, dtype)
+
+    def _wkv_out(self, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, logd: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+        """Fused path after the projections: the WKV, GroupNorm * SiLU(gate) in one pass, the output projection."""
         y = self._wkv(r, k, v, logd)
-        y = fused.group_norm_mul(y, g, heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, gate_act='silu',
+        y = fused.group_norm_mul(y, g, self.num_heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, gate_act='silu',
                                  out_dtype=dtype)
         return self.output(y)
 

@@ -29,7 +29,7 @@ from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
 from .mixing import (ChannelMix, _epilogue_ready, _fold, channel_position, channel_ratio, derived_in_inference,
-                     layer_ratios, lerp_mix, mix_gemm_ready, receptance_gate)
+                     layer_ratios, lerp_mix, linear_stack, mix_gemm_ready, receptance_gate, stackable)
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -128,20 +128,35 @@ class SpatialMix(nn.Module):
         return self.output(torch.sigmoid(r) * y)
 
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        """Same function with fused kernels: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype; the
-        WKV output feeds one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
+        """Same function with fused kernels: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype (one
+        tensor), and one batched GEMM projects them (:func:`linear_stack`; plain projections); the WKV output feeds
+        one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
         if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
             return self._forward_mix_gemm(x, grid_size)
         mix = _fold((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), self._folded, 'kvr')
-        xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=fused.compute_dtype(x), split=True)
-        k = self.key(xk)
-        v = self.value(xv)
-        # without the gate epilogue the receptance runs before the WKV, so the mixed inputs (in inference one
-        # (3, B, N, C) buffer) are not held through it: less peak memory
-        r = None if _epilogue_ready(self.receptance) else self.receptance(xr)
-        if r is not None:
-            del xr
-        del xk, xv
+        dtype = fused.compute_dtype(x)
+        gate_epilogue = _epilogue_ready(self.receptance)  # sigmoid(r) * y in the receptance GEMM, after the WKV
+        together = (self.key, self.value) if gate_epilogue else (self.key, self.value, self.receptance)
+        if stackable(*together):  # k, v (and r) in one batched GEMM of their mixed inputs (one tensor)
+            if gate_epilogue:
+                xkv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=dtype, split=(2, 1))
+                k, v = linear_stack(together, xkv, self._folded, 'w_kv')
+                r = None
+                del xkv
+            else:
+                k, v, r = linear_stack(together, fused.shift_lerp(x, grid_size, mix, out_dtype=dtype), self._folded,
+                                       'w_kvr')
+                xr = None
+        else:
+            xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=dtype, split=True)
+            k = self.key(xk)
+            v = self.value(xv)
+            # without the gate epilogue the receptance runs before the WKV, so the mixed inputs (in inference one
+            # (3, B, N, C) buffer) are not held through it: less peak memory
+            r = None if gate_epilogue else self.receptance(xr)
+            if r is not None:
+                del xr
+            del xk, xv
         y = bi_wkv(*self.per_step(x.shape[1]), k, v, mode=self.wkv_mode, chunks=self.wkv_chunks)
         if self.key_norm is not None:
             y = self.key_norm(y)

@@ -61,17 +61,56 @@ def run_op(custom_op, function, forward, *args):
     return forward(*args)
 
 
-def run_split_op(custom_op, function, forward, args: tuple, split: bool):
-    """:func:`run_op` for the ops returning M mixed inputs as one (M, ...) tensor: with ``split`` a tuple of the M
-    tensors instead (in training ``function.apply(*args, True)``'s M outputs, whose gradients then need no stacking;
-    ``function`` takes ``split`` as its last argument)."""
-    if torch.compiler.is_compiling():  # a custom op's outputs may not alias each other: unbind after it
+def run_split_op(custom_op, function, forward, args: tuple, split):
+    """:func:`run_op` for the ops returning M mixed inputs as one (M, ...) tensor, shaped by ``split`` (see
+    :func:`split_outputs`); in training ``function.apply(*args, split)`` returns the parts themselves, whose gradients
+    then reach the backward kernel without being stacked (``function`` takes ``split`` as its last argument)."""
+    if torch.compiler.is_compiling():  # a custom op's outputs may not alias each other: split after it
         out = custom_op(*args)
     elif autograd_needed(args):
         return function.apply(*args, split)
     else:
         out = forward(*args)
-    return out.unbind(0) if split else out
+    return split_outputs(out, split)
+
+
+def check_split(op: str, split, nmix: int) -> None:
+    """Raise a clear error unless ``split`` is a bool or a tuple of positive group sizes summing to ``nmix``."""
+    if isinstance(split, bool):
+        return
+    if (not isinstance(split, (tuple, list)) or not all(isinstance(n, int) and n >= 1 for n in split)
+            or sum(split) != nmix):
+        raise ValueError(f"{op}: split must be True, False or a tuple of positive group sizes summing to the "
+                         f"{nmix} mixed inputs, got {split!r}")
+
+
+def split_outputs(out: torch.Tensor, split):
+    """The (M, ...) tensor ``out`` as a caller asked for it: ``False`` -> itself, ``True`` -> its M planes, a tuple of
+    group sizes (summing to M) -> consecutive groups, a group of one as its plane (...), a larger one as an
+    (n, ...) view (e.g. ``(1, 4)``: one input for a LoRA, four for one batched GEMM). Every part is a view."""
+    if split is False:
+        return out
+    if split is True:
+        return out.unbind(0)
+    parts, start = [], 0
+    for n in split:
+        parts.append(out[start] if n == 1 else out[start:start + n])
+        start += n
+    return tuple(parts)
+
+
+def plane_grads(gout: tuple, split):
+    """The gradients of :func:`split_outputs`' parts (an autograd Function's ``*grad_outputs``) as the backward
+    kernels read them: the one (M, ...) gradient (``split`` False), else the list of the M per-plane gradients
+    (views of the groups' gradients: nothing is stacked)."""
+    if split is False:
+        return gout[0]
+    if split is True:
+        return list(gout)
+    planes = []
+    for g, n in zip(gout, split):
+        planes.extend([g] if n == 1 else g.unbind(0))
+    return planes
 
 
 def split_param_grads(sums: torch.Tensor, *params) -> tuple:

@@ -34,11 +34,11 @@ default until timed against cuBLAS + the elementwise kernels on a GPU: ``benchma
 from __future__ import annotations
 
 import importlib
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._triton_utils import autograd_needed, env_get
+from .._triton_utils import autograd_needed, check_split, env_get, split_outputs
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
@@ -55,6 +55,9 @@ __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
 # inductor, which then generates its own fused kernels (False). Read at trace time.
 FUSED_UNDER_COMPILE = True
+
+# ``split`` of the mixing ops: False (one (M, B, N, C) tensor), True (M tensors) or group sizes summing to M
+Split = Union[bool, Tuple[int, ...]]
 
 _triton_mod = None
 _gemm_mods: dict = {}  # GEMM-kernel module name -> module, filled on first use
@@ -222,7 +225,7 @@ def _check_grid(op: str, x: torch.Tensor, grid_size: Tuple[int, int], head_size:
 
 def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, m: Optional[torch.Tensor] = None,
                     head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
-                    backend: Optional[str] = None, one_minus: bool = False, split: bool = False):
+                    backend: Optional[str] = None, one_minus: bool = False, split: Split = False):
     """``out[i] = x + (q_shift(x, grid_size, head_size) - x) * (a[i] + m[i])`` for i < M, in one pass.
 
     Args:
@@ -234,10 +237,12 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
         backend: None (auto), 'reference' or 'triton'.
         one_minus: ``a`` holds the weights of the UNshifted token (the v4 ``mu``): ``1 - a`` is used, computed in
             the kernel (no separate launch).
-        split: return a tuple of the M (B, N, C) mixed inputs instead (what a caller unpacking them wants: in
-            training their gradients then reach the backward kernel without being stacked into one tensor).
+        split: ``True``: a tuple of the M (B, N, C) mixed inputs instead (what a caller unpacking them wants: in
+            training their gradients then reach the backward kernel without being stacked into one tensor); a tuple
+            of group sizes summing to M: consecutive groups, a group of one as a (B, N, C) tensor, a larger one as
+            an (n, B, N, C) view (e.g. ``(2, 1)``: two inputs for one batched GEMM, one for another projection).
     Returns:
-        (M, B, N, C) tensor (``split``: M tensors); ``out[i]`` is contiguous.
+        (M, B, N, C) tensor (or its parts, see ``split``); ``out[i]`` is contiguous.
     """
     op = "token_shift_mix"
     tensors = dict(x=x, a=a) if m is None else dict(x=x, a=a, m=m)
@@ -247,22 +252,24 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
         raise ValueError(f"{op}: a must be (M, C) with C={x.shape[2]} and 1 <= M <= 8, got {tuple(a.shape)}")
     if m is not None:
         check_shape(op, "m", m, (a.shape[0],) + tuple(x.shape))
+    check_split(op, split, a.shape[0])
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
         return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype, one_minus, split)
     out = token_shift_mix_reference(x, grid_size, 1 - a if one_minus else a, m, head_size, out_dtype)
-    return out.unbind(0) if split else out
+    return split_outputs(out, split)
 
 
 def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, h: torch.Tensor,
                          w2: torch.Tensor, head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
-                         backend: Optional[str] = None, split: bool = False):
+                         backend: Optional[str] = None, split: Split = False):
     """:func:`token_shift_mix` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` (the RWKV-6 ddlerp LoRA).
 
     Args:
         x: (B, N, C) tokens; a: (M, C); h: (B, N, M*R) LoRA hidden (``tanh(xxx @ W1)``); w2: (M, R, C).
-        split: a tuple of the M mixed inputs instead of one tensor (see :func:`token_shift_mix`).
+        split: the M mixed inputs as separate tensors or groups instead of one tensor (see
+            :func:`token_shift_mix`).
     Returns:
-        (M, B, N, C) in ``out_dtype`` (``split``: M tensors). The Triton kernel computes m per tile (R a power of two >= 16), the
+        (M, B, N, C) in ``out_dtype`` (or its parts, see ``split``). The Triton kernel computes m per tile (R a power of two >= 16), the
         reference materialises it with one bmm (in h's dtype, as under autocast).
     """
     op = "token_shift_mix_lora"
@@ -273,18 +280,19 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
                          f"{tuple(a.shape)}")
     nmix, rank = w2.shape[0], w2.shape[1]
     check_shape(op, "h", h, tuple(x.shape[:2]) + (nmix * rank,))
+    check_split(op, split, nmix)
     pow2 = rank >= 16 and rank & (rank - 1) == 0
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64 and pow2:
         return _triton().token_shift_mix_lora_triton(x, grid_size, a, h, w2, head_size, out_dtype, split)
     m = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2.to(h.dtype)).view((nmix,) + tuple(x.shape))
     out = token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
-    return out.unbind(0) if split else out
+    return split_outputs(out, split)
 
 
 def shift_lerp(x: torch.Tensor, grid_size: Tuple[int, int], mix: torch.Tensor, head_size: Optional[int] = None,
-               out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None, split: bool = False):
+               out_dtype: Optional[torch.dtype] = None, backend: Optional[str] = None, split: Split = False):
     """``out[i] = x * mix[i] + q_shift(x) * (1 - mix[i])`` (mix weights the unshifted token), (M, B, N, C)
-    (``split``: M tensors, see :func:`token_shift_mix`)."""
+    (or its parts, see ``split`` of :func:`token_shift_mix`)."""
     return token_shift_mix(x, grid_size, mix, None, head_size, out_dtype, backend, one_minus=True, split=split)
 
 

@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import cdiv, new_empty, next_pow2, run_op, run_split_op, split_param_grads
+from .._triton_utils import (cdiv, new_empty, next_pow2, plane_grads, run_op, run_split_op, split_outputs,
+                             split_param_grads)
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
            "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
@@ -230,30 +231,29 @@ torch.library.register_autograd("vision_rwkv::token_shift_mix", _tsm_backward, s
 
 
 class _TokenShiftMix(torch.autograd.Function):
-    """Eager autograd of ``token_shift_mix``; the last argument ``split``: return the M mixed inputs as M outputs,
-    whose gradients the backward kernel then reads where they are (unpacking one (M, ...) output instead would
-    stack the M gradients again in the backward)."""
+    """Eager autograd of ``token_shift_mix``; the last argument ``split`` (see :func:`split_outputs`): the M mixed
+    inputs come back as separate outputs (planes or groups of planes), whose gradients the backward kernel then reads
+    where they are (unpacking one (M, ...) output instead would stack the M gradients again in the backward)."""
 
     @staticmethod
     def forward(ctx, x, H, W, head_size, a, m, out_dtype, one_minus, split):
         ctx.meta = (H, W, head_size, m is not None, one_minus, split)
         ctx.save_for_backward(x, a, m)
-        out = _tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus)
-        return out.unbind(0) if split else out
+        return split_outputs(_tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus), split)
 
     @staticmethod
     def backward(ctx, *gout):
         x, a, m = ctx.saved_tensors
         H, W, head_size, has_m, one_minus, split = ctx.meta
-        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, gout if split else gout[0], one_minus)
+        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, plane_grads(gout, split), one_minus)
         return gx, None, None, None, ga, (gm if has_m else None), None, None, None
 
 
 def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor,
                            m: Optional[torch.Tensor] = None, head_size: Optional[int] = None,
-                           out_dtype: Optional[torch.dtype] = None, one_minus: bool = False, split: bool = False):
+                           out_dtype: Optional[torch.dtype] = None, one_minus: bool = False, split=False):
     """Fused ``x + (q_shift(x) - x) * (a[i] + m[i])`` -> (M, B, N, C) in ``out_dtype`` (see the module docstring;
-    ``split``: a tuple of the M (B, N, C) tensors). Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None.
+    ``split``: its planes or groups of planes, see :func:`split_outputs`). Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None.
     ``one_minus``: a weights the unshifted token (the kernel uses 1 - a; no separate launch computes it)."""
     x = x.contiguous()
     a = a.contiguous()
@@ -1080,22 +1080,21 @@ class _TokenShiftMixLora(torch.autograd.Function):
         ctx.meta = (H, W, head_size)
         ctx.split = split
         ctx.save_for_backward(x, a, h, w2)
-        out = _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype)
-        return out.unbind(0) if split else out
+        return split_outputs(_tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype), split)
 
     @staticmethod
     def backward(ctx, *gout):
         x, a, h, w2 = ctx.saved_tensors
-        gx, ga, gh, gw2 = _tsm_lora_bwd(x, *ctx.meta, a, h, w2, gout if ctx.split else gout[0])
+        gx, ga, gh, gw2 = _tsm_lora_bwd(x, *ctx.meta, a, h, w2, plane_grads(gout, ctx.split))
         return gx, None, None, None, ga, gh, gw2, None, None
 
 
 def token_shift_mix_lora_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor, h: torch.Tensor,
                                 w2: torch.Tensor, head_size: Optional[int] = None,
-                                out_dtype: Optional[torch.dtype] = None, split: bool = False):
+                                out_dtype: Optional[torch.dtype] = None, split=False):
     """``token_shift_mix`` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` computed in the kernel (never stored):
     the RWKV-6 ddlerp with its LoRA. h (B, N, M*R) (e.g. tanh(xxx @ W1)), w2 (M, R, C), R a power of two >= 16.
-    ``split``: a tuple of the M mixed inputs instead of one (M, B, N, C) tensor."""
+    ``split``: its planes or groups of planes instead of one (M, B, N, C) tensor (see :func:`split_outputs`)."""
     args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(),
             h.contiguous(), w2.contiguous(), out_dtype or x.dtype)
     return run_split_op(_tsm_lora_op, _TokenShiftMixLora, _tsm_lora_fwd, args, split)

@@ -1,0 +1,74 @@
+"""Several bias-free projections of the same shape as one batched GEMM, with weight gradients in the weights' layout.
+
+A token mix projects M mixed inputs, produced by one kernel as one (M, tokens, C) tensor, with M weights of one shape
+(v4: key, value, receptance; v6: key, value, receptance, gate). ``stacked_linear`` runs them as one ``bmm`` in the
+forward and two in the backward, instead of M and 2M GEMMs, and casts the stacked weight once (as autocast casts a
+Linear's weight): fewer launches per training step, where a 224-px step is launch-bound on the host.
+
+Its backward writes the weight gradient as ``gy^T @ x`` (M, C_out, C): each parameter's gradient is a contiguous
+slice in the parameter's layout, which autograd's accumulation takes as it is (autograd's own ``bmm`` backward of
+``x @ stack(W)^T`` gives transposed views, which it would copy: one launch per weight).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["stacked_linear"]
+
+
+class _StackedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        w = torch.stack(weights).to(x.dtype)  # (M, C_out, C) in the compute dtype: one stack, one cast
+        ctx.save_for_backward(x, w)
+        ctx.weight_dtypes = tuple(p.dtype for p in weights)
+        return torch.bmm(x, w.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gy = gy.to(x.dtype)
+        gx = torch.bmm(gy, w) if ctx.needs_input_grad[0] else None
+        if not any(ctx.needs_input_grad[1:]):
+            return (gx,) + (None,) * len(ctx.weight_dtypes)
+        gw = torch.bmm(gy.transpose(1, 2), x)  # (M, C_out, C): each slice in its weight's layout
+        dtypes = set(ctx.weight_dtypes)
+        if len(dtypes) == 1:
+            gw = gw.to(dtypes.pop())  # one cast for all M (fp32 parameters under autocast)
+            grads = gw.unbind(0)
+        else:
+            grads = tuple(g.to(dt) for g, dt in zip(gw.unbind(0), ctx.weight_dtypes))
+        return (gx,) + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:]))
+
+
+def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``stack([x[i] @ weights[i].T for i in range(M)])`` as one batched GEMM.
+
+    Args:
+        x: (M, ..., C) inputs, one per projection (the compute dtype: weights are cast to ``x.dtype``).
+        weights: M weights of one shape (C_out, C) (bias-free ``nn.Linear`` weights).
+    Returns:
+        (M, ..., C_out) in ``x.dtype``; differentiable in x and every weight (weight gradients in the weights'
+        dtypes and layouts).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 2:
+        raise ValueError(f"stacked_linear: x must be an (M, ..., C) tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    m, c = x.shape[0], x.shape[-1]
+    if len(weights) != m:
+        raise ValueError(f"stacked_linear: {len(weights)} weights for the {m} inputs of x {tuple(x.shape)}")
+    shape = weights[0].shape
+    for i, w in enumerate(weights):
+        if w.dim() != 2 or w.shape != shape or w.shape[1] != c:
+            raise ValueError(f"stacked_linear: weights must all be (C_out, {c}) of one shape, weight {i} is "
+                             f"{tuple(w.shape)} (weight 0: {tuple(shape)})")
+        if w.device != x.device:
+            raise ValueError(f"stacked_linear: weight {i} is on {w.device}, x on {x.device}")
+    x2 = x.reshape(m, -1, c)
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        y = _StackedLinear.apply(x2, *weights)
+    else:
+        y = torch.bmm(x2, torch.stack(tuple(weights)).to(x.dtype).transpose(1, 2))
+    return y.view(*x.shape[:-1], shape[0])
