@@ -24,9 +24,26 @@ def _randn(shape, g, dtype, device, scale=1.0):
 
 
 def _stacked(out):
-    """One tensor from an op's (M, ...) output or its ``split=True`` tuple (stack's backward hands each of the M
-    outputs its own gradient, as a caller unpacking them would)."""
-    return torch.stack(out) if isinstance(out, tuple) else out
+    """One (M, B, N, C) tensor from a mixing op's output, its ``split=True`` tuple or its groups (``split=(2, 1)``:
+    (n, B, N, C) views and (B, N, C) planes); cat's backward hands each part its own gradient, as a caller unpacking
+    them would."""
+    if not isinstance(out, tuple):
+        return out
+    return torch.cat([o if o.dim() == 4 else o.unsqueeze(0) for o in out])
+
+
+def _weights(leaves: dict, a: torch.Tensor, vectors: bool):
+    """The interpolation weights as leaves: ``a`` (M, C) itself, or (``vectors``, the models' training call) M leaves
+    of shape (1, 1, C) as the parameters are stored. Returns (the op's argument from the leaves, the (M, C) matrix
+    for the reference)."""
+    if not vectors:
+        leaves["a"] = a
+        return (lambda t: t["a"]), (lambda t: t["a"])
+    m, c = a.shape
+    for i in range(m):
+        leaves[f"a{i}"] = a[i].reshape(1, 1, c).clone()
+    return ((lambda t: tuple(t[f"a{i}"] for i in range(m))),
+            (lambda t: torch.cat([t[f"a{i}"].reshape(1, c) for i in range(m)])))
 
 
 def _with_residual(case: dict, leaves: dict, g, device: str, shape: tuple, call, rf):
@@ -83,33 +100,35 @@ def _inputs(case: dict, device: str):
         hs = case.get("head_size")
         x = _randn((B, H * W, C), g, dtype, device)
         a = torch.rand(M, C, generator=g, dtype=torch.float64).float().to(device)
-        leaves = {"x": x, "a": a}
+        leaves = {"x": x}
+        arg_a, mat_a = _weights(leaves, a, case.get("vectors", False))
         if case.get("with_m"):
             leaves["m"] = _randn((M, B, H * W, C), g, dtype, device, 0.5)
-        split = case.get("split", False)  # M separate outputs (gradients read in place), checked stacked
+        split = case.get("split", False)  # M separate outputs / groups (gradients read in place), checked stacked
         if op == "shift_lerp":
-            fn = lambda t: _stacked(fused.shift_lerp(t["x"], (H, W), t["a"], hs, out_dtype, backend,  # noqa: E731
+            fn = lambda t: _stacked(fused.shift_lerp(t["x"], (H, W), arg_a(t), hs, out_dtype, backend,  # noqa: E731
                                                      split=split))
-            rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), 1 - t["a"], None, hs)  # noqa: E731
+            rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), 1 - mat_a(t), None, hs)  # noqa: E731
         else:
-            fn = lambda t: _stacked(fused.token_shift_mix(t["x"], (H, W), t["a"], t.get("m"), hs,  # noqa: E731
+            fn = lambda t: _stacked(fused.token_shift_mix(t["x"], (H, W), arg_a(t), t.get("m"), hs,  # noqa: E731
                                                           out_dtype, backend, split=split))
-            rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), t["a"], t.get("m"), hs)  # noqa: E731
+            rf = lambda t: ref.token_shift_mix_reference(t["x"], (H, W), mat_a(t), t.get("m"), hs)  # noqa: E731
         odt = out_dtype or dtype
     elif op == "token_shift_mix_lora":
         B, H, W, C = case["shape"]
         M, R = case.get("M", 5), case.get("R", 16)
         hs = case.get("head_size")
-        leaves = {"x": _randn((B, H * W, C), g, dtype, device),
-                  "a": torch.rand(M, C, generator=g, dtype=torch.float64).float().to(device),
-                  "h": _randn((B, H * W, M * R), g, dtype, device, 0.5),
-                  "w2": _randn((M, R, C), g, torch.float32, device, 0.3)}
-        fn = lambda t: _stacked(fused.token_shift_mix_lora(t["x"], (H, W), t["a"], t["h"], t["w2"], hs,  # noqa
+        leaves = {"x": _randn((B, H * W, C), g, dtype, device)}
+        arg_a, mat_a = _weights(leaves, torch.rand(M, C, generator=g, dtype=torch.float64).float().to(device),
+                                case.get("vectors", False))
+        leaves.update(h=_randn((B, H * W, M * R), g, dtype, device, 0.5), w2=_randn((M, R, C), g, torch.float32,
+                                                                                   device, 0.3))
+        fn = lambda t: _stacked(fused.token_shift_mix_lora(t["x"], (H, W), arg_a(t), t["h"], t["w2"], hs,  # noqa
                                                            out_dtype, backend, split=case.get("split", False)))
 
         def rf(t):
             m = torch.bmm(t["h"].reshape(-1, M, R).transpose(0, 1), t["w2"]).view(M, B, H * W, C)
-            return ref.token_shift_mix_reference(t["x"], (H, W), t["a"], m, hs)
+            return ref.token_shift_mix_reference(t["x"], (H, W), mat_a(t), m, hs)
         odt = out_dtype or dtype
     elif op == "sigmoid_mul":
         shape = case["shape"]

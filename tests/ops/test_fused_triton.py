@@ -31,6 +31,18 @@ CPU_CASES = {
     "tsm_split_v6_ddlerp": dict(op=TSM, shape=(2, 3, 4, 12), M=5, with_m=True, head_size=6, split=True),
     "tsm_split_one_bf16": dict(op=TSM, shape=(1, 4, 3, 8), M=1, dtype="bf16", split=True),
     "tsm_split_M7_stacked_fallback": dict(op=TSM, shape=(1, 3, 3, 8), M=7, split=True),
+    # split=(groups): consecutive groups, a group of one as a plane (the models feed a group to one batched GEMM)
+    "tsm_groups_2_1_bf16": dict(op=TSM, shape=(2, 3, 4, 12), M=3, split=(2, 1), dtype="bf16"),
+    # vectors=True: the interpolation weights as M separate (1, 1, C) tensors read in place (the models' training
+    # call: no stack per step), each gets its gradient; more than 5: stacked
+    "tsm_vectors_v6_ddlerp_groups": dict(op=TSM, shape=(2, 3, 4, 12), M=5, with_m=True, head_size=6, vectors=True,
+                                         split=(1, 4)),
+    "shift_lerp_vectors_v4_odd_C": dict(op="shift_lerp", shape=(2, 3, 5, 7), M=3, vectors=True),
+    "shift_lerp_vectors_v4_compile": dict(op="shift_lerp", shape=(1, 3, 4, 8), M=2, vectors=True, split=True,
+                                          compile=True),
+    "tsm_vectors_M7_stacked": dict(op=TSM, shape=(1, 3, 3, 8), M=7, vectors=True, split=True),
+    "tsm_lora_vectors_groups_bf16": dict(op="token_shift_mix_lora", shape=(1, 3, 5, 16), head_size=8, dtype="bf16",
+                                         vectors=True, split=(1, 4)),
     "shift_lerp_split_v4_compile": dict(op="shift_lerp", shape=(1, 3, 4, 8), M=3, split=True, compile=True),
     "tsm_lora_split_fp16": dict(op="token_shift_mix_lora", shape=(1, 3, 5, 16), head_size=8, dtype="fp16",
                                 split=True),
@@ -203,6 +215,12 @@ CUDA_CASES = {
     "shift_lerp_split_v4_T_bf16": dict(op="shift_lerp", shape=(8, 14, 14, 192), M=3, dtype="bf16", split=True),
     "tsm_lora_split_v6_S_bf16": dict(op="token_shift_mix_lora", shape=(4, 14, 14, 384), R=32, head_size=64,
                                      dtype="bf16", split=True),
+    # the models' training calls: interpolation vectors read in place, outputs in groups for the batched GEMMs
+    "tsm_lora_vectors_groups_v6_T_bf16": dict(op="token_shift_mix_lora", shape=(8, 14, 14, 192), R=32, head_size=64,
+                                              dtype="bf16", out_dtype="bf16", vectors=True, split=(1, 4)),
+    "shift_lerp_vectors_v4_T_bf16": dict(op="shift_lerp", shape=(8, 14, 14, 192), M=3, dtype="bf16", vectors=True),
+    "tsm_vectors_v6_channel_mix_bf16": dict(op=TSM, shape=(8, 14, 14, 384), M=2, head_size=64, dtype="bf16",
+                                            vectors=True, split=True),
     "linear_relu_square_T_1024": dict(op="linear_relu_square", shape=(4, 4096, 192), N=768, dtype="bf16"),
     "linear_relu_square_fp32_odd": dict(op="linear_relu_square", shape=(3, 197, 100), N=300),
     "linear_sigmoid_mul_T_1024": dict(op="linear_sigmoid_mul", shape=(4, 4096, 192), N=192, dtype="bf16"),

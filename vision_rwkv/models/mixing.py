@@ -188,11 +188,15 @@ def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict
     return hit[2]
 
 
-def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = '') -> torch.Tensor:
-    """Stack per-channel vectors stored (C,) or (1, 1, C) into the (M, C) layout of the fused kernels (one vector:
-    a view, no copy); with ``cache``, kept across eager inference forwards (:func:`derived_in_inference`)."""
+def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = ''):
+    """Per-channel vectors stored (C,) or (1, 1, C) as the interpolation weights of the fused mixing ops: one vector
+    as a (1, C) view; with autograd recording (eager training) the vectors themselves - the kernels read each where
+    it is (no stack launched per step; each vector gets its gradient); else stacked into the (M, C) layout, and with
+    ``cache`` kept across eager inference forwards (:func:`derived_in_inference`)."""
     if len(vectors) == 1:
         return vectors[0].reshape(1, -1)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and len(vectors) <= fused.MAX_WEIGHT_VECTORS:
+        return vectors
     return derived_in_inference(vectors, cache, name, lambda: torch.stack(vectors).reshape(len(vectors), -1))
 
 
@@ -259,7 +263,7 @@ class ChannelMix(nn.Module):
         """(2, C) weights of the shifted token for (k, r): ``1 - mu`` or ``maa``."""
         if self.param_style == 'vrwkv':
             return 1 - torch.stack((self.spatial_mix_k, self.spatial_mix_r))
-        return _fold((self.time_maa_k, self.time_maa_r), self._folded, 'kr')
+        return torch.stack((self.time_maa_k, self.time_maa_r)).reshape(2, -1)
 
     def _mixed_inputs(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> Tuple[torch.Tensor, torch.Tensor]:
         shifted = token_shift(x, self.token_shift, self.head_size, grid_size)
@@ -298,7 +302,8 @@ class ChannelMix(nn.Module):
                 mix = _fold((self.spatial_mix_k, self.spatial_mix_r), self._folded, 'kr')
                 xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype, split=True)
             else:
-                xk, xr = fused.token_shift_mix(x, grid_size, self.shift_weights(), None, self.head_size, out_dtype,
+                maa = _fold((self.time_maa_k, self.time_maa_r), self._folded, 'kr')
+                xk, xr = fused.token_shift_mix(x, grid_size, maa, None, self.head_size, out_dtype,
                                                split=True)
         else:
             xk, xr = self._mixed_inputs(x, grid_size)

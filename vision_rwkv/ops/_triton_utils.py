@@ -61,17 +61,32 @@ def run_op(custom_op, function, forward, *args):
     return forward(*args)
 
 
-def run_split_op(custom_op, function, forward, args: tuple, split):
-    """:func:`run_op` for the ops returning M mixed inputs as one (M, ...) tensor, shaped by ``split`` (see
-    :func:`split_outputs`); in training ``function.apply(*args, split)`` returns the parts themselves, whose gradients
-    then reach the backward kernel without being stacked (``function`` takes ``split`` as its last argument)."""
-    if torch.compiler.is_compiling():  # a custom op's outputs may not alias each other: split after it
-        out = custom_op(*args)
-    elif autograd_needed(args):
-        return function.apply(*args, split)
+def run_split_op(custom_op, function, forward, args: tuple, a, split):
+    """:func:`run_op` for the mixing ops (token shift + interpolation), whose 5th argument is the interpolation
+    weights ``a``: an (M, C) tensor or a tuple of M vectors (what training passes: the kernels read each vector where
+    it is, no stack per step). ``args`` are the op's other arguments in order (``a`` goes after the first four).
+    Returns the (M, ...) output shaped by ``split`` (:func:`split_outputs`). In training ``function.apply(*args,
+    split, vectors, *parts)`` returns the parts themselves, whose gradients then reach the backward kernel without
+    being stacked, and hands each vector its gradient. While torch.compile traces, the custom op gets one (M, C)
+    tensor (a traced stack; its outputs may not alias each other, so the split comes after)."""
+    vectors = not isinstance(a, torch.Tensor)
+    parts = tuple(v.contiguous() for v in a) if vectors else (a.contiguous(),)
+    if torch.compiler.is_compiling():
+        a2 = torch.stack([v.reshape(-1) for v in parts]) if vectors else parts[0]
+        out = custom_op(*args[:4], a2, *args[4:])
+    elif autograd_needed(args + parts):
+        return function.apply(*args, split, vectors, *parts)
     else:
-        out = forward(*args)
+        out = forward(*args[:4], parts if vectors else parts[0], *args[4:])
     return split_outputs(out, split)
+
+
+def coef_grads(ga: torch.Tensor, parts: tuple, vectors: bool) -> tuple:
+    """The gradients of :func:`run_split_op`'s interpolation inputs from the backward kernels' (M, C) ``ga``: itself
+    for an (M, C) tensor, else one row per vector (a view, in the vector's shape and dtype)."""
+    if not vectors:
+        return (ga.to(parts[0].dtype),)
+    return tuple(g.view(v.shape).to(v.dtype) for g, v in zip(ga.unbind(0), parts))
 
 
 def check_split(op: str, split, nmix: int) -> None:

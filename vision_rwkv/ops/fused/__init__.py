@@ -223,14 +223,42 @@ def _check_grid(op: str, x: torch.Tensor, grid_size: Tuple[int, int], head_size:
         raise ValueError(f"{op}: channels C={x.shape[2]} are not a multiple of head_size={head_size}")
 
 
-def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, m: Optional[torch.Tensor] = None,
+MAX_WEIGHT_VECTORS = 5  # interpolation vectors the Triton kernels read as separate tensors (more are stacked)
+
+
+def _mix_weights(op: str, a, c: int, tensors: dict) -> Tuple[object, int]:
+    """Validate the interpolation weights ``a`` of a mixing op - an (M, C) tensor or a sequence of M vectors of C
+    elements (any shape, e.g. the (1, 1, C) parameters) - adding them to ``tensors`` (for the dtype / device check).
+    Returns (what the Triton path takes: the tensor or a tuple of <= 5 vectors, else their stack; M)."""
+    if isinstance(a, torch.Tensor):
+        tensors["a"] = a
+        return a, a.shape[0]
+    vectors = tuple(a)
+    if not 1 <= len(vectors) <= 8:
+        raise ValueError(f"{op}: a must be an (M, C) tensor or 1..8 vectors, got {len(vectors)} vectors")
+    for i, v in enumerate(vectors):
+        tensors[f"a[{i}]"] = v
+        if isinstance(v, torch.Tensor) and v.numel() != c:
+            raise ValueError(f"{op}: a[{i}] has {v.numel()} elements {tuple(v.shape)}; expected C={c}")
+    if len(vectors) > MAX_WEIGHT_VECTORS:
+        return _stack_weights(vectors), len(vectors)
+    return vectors, len(vectors)
+
+
+def _stack_weights(a) -> torch.Tensor:
+    """(M, C) interpolation weights from :func:`_mix_weights`' result (the reference paths take a matrix)."""
+    return a if isinstance(a, torch.Tensor) else torch.stack([v.reshape(-1) for v in a])
+
+
+def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a, m: Optional[torch.Tensor] = None,
                     head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
                     backend: Optional[str] = None, one_minus: bool = False, split: Split = False):
     """``out[i] = x + (q_shift(x, grid_size, head_size) - x) * (a[i] + m[i])`` for i < M, in one pass.
 
     Args:
         x: (B, N, C) tokens, row-major on grid_size = (H, W).
-        a: (M, C) weights of the shifted token (M = 1..8).
+        a: (M, C) weights of the shifted token (M = 1..8), or a sequence of M vectors of C elements each (e.g.
+            the model's (1, 1, C) parameters: the Triton kernels read up to 5 of them where they are, no stack).
         m: optional (M, B, N, C) data-dependent offsets (RWKV-6 ddlerp).
         head_size: None = v4 whole-channel quarters; an int = quarters inside every head (v6).
         out_dtype: dtype of the result (default x's; the models pass the autocast dtype).
@@ -245,16 +273,20 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor
         (M, B, N, C) tensor (or its parts, see ``split``); ``out[i]`` is contiguous.
     """
     op = "token_shift_mix"
-    tensors = dict(x=x, a=a) if m is None else dict(x=x, a=a, m=m)
+    tensors = dict(x=x) if m is None else dict(x=x, m=m)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: expected x of shape (B, N, C), got {tuple(x.shape)}")
+    a, nmix = _mix_weights(op, a, x.shape[2], tensors)
     device = check_tensors(op, **tensors)
     _check_grid(op, x, grid_size, head_size)
-    if a.dim() != 2 or a.shape[1] != x.shape[2] or not 1 <= a.shape[0] <= 8:
+    if isinstance(a, torch.Tensor) and (a.dim() != 2 or a.shape[1] != x.shape[2] or not 1 <= nmix <= 8):
         raise ValueError(f"{op}: a must be (M, C) with C={x.shape[2]} and 1 <= M <= 8, got {tuple(a.shape)}")
     if m is not None:
-        check_shape(op, "m", m, (a.shape[0],) + tuple(x.shape))
-    check_split(op, split, a.shape[0])
+        check_shape(op, "m", m, (nmix,) + tuple(x.shape))
+    check_split(op, split, nmix)
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64:
         return _triton().token_shift_mix_triton(x, grid_size, a, m, head_size, out_dtype, one_minus, split)
+    a = _stack_weights(a)
     out = token_shift_mix_reference(x, grid_size, 1 - a if one_minus else a, m, head_size, out_dtype)
     return split_outputs(out, split)
 
@@ -265,7 +297,8 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
     """:func:`token_shift_mix` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` (the RWKV-6 ddlerp LoRA).
 
     Args:
-        x: (B, N, C) tokens; a: (M, C); h: (B, N, M*R) LoRA hidden (``tanh(xxx @ W1)``); w2: (M, R, C).
+        x: (B, N, C) tokens; a: (M, C) or M vectors (see :func:`token_shift_mix`); h: (B, N, M*R) LoRA hidden
+            (``tanh(xxx @ W1)``); w2: (M, R, C).
         split: the M mixed inputs as separate tensors or groups instead of one tensor (see
             :func:`token_shift_mix`).
     Returns:
@@ -273,11 +306,16 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
         reference materialises it with one bmm (in h's dtype, as under autocast).
     """
     op = "token_shift_mix_lora"
-    device = check_tensors(op, x=x, a=a, h=h, w2=w2)
+    tensors = dict(x=x, h=h, w2=w2)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: expected x of shape (B, N, C), got {tuple(x.shape)}")
+    a, nmix_a = _mix_weights(op, a, x.shape[2], tensors)
+    device = check_tensors(op, **tensors)
     _check_grid(op, x, grid_size, head_size)
-    if w2.dim() != 3 or w2.shape[2] != x.shape[2] or a.shape != (w2.shape[0], x.shape[2]):
+    a_shape = tuple(a.shape) if isinstance(a, torch.Tensor) else (nmix_a, x.shape[2])
+    if w2.dim() != 3 or w2.shape[2] != x.shape[2] or a_shape != (w2.shape[0], x.shape[2]):
         raise ValueError(f"{op}: w2 must be (M, R, C) and a (M, C) with C={x.shape[2]}, got {tuple(w2.shape)} and "
-                         f"{tuple(a.shape)}")
+                         f"{a_shape}")
     nmix, rank = w2.shape[0], w2.shape[1]
     check_shape(op, "h", h, tuple(x.shape[:2]) + (nmix * rank,))
     check_split(op, split, nmix)
@@ -285,7 +323,7 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
     if _resolve(op, device, backend) == "triton" and x.dtype != torch.float64 and pow2:
         return _triton().token_shift_mix_lora_triton(x, grid_size, a, h, w2, head_size, out_dtype, split)
     m = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2.to(h.dtype)).view((nmix,) + tuple(x.shape))
-    out = token_shift_mix_reference(x, grid_size, a, m, head_size, out_dtype)
+    out = token_shift_mix_reference(x, grid_size, _stack_weights(a), m, head_size, out_dtype)
     return split_outputs(out, split)
 
 

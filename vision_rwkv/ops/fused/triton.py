@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton_utils import (cdiv, new_empty, next_pow2, plane_grads, run_op, run_split_op, split_outputs,
-                             split_param_grads)
+from .._triton_utils import (cdiv, coef_grads, new_empty, next_pow2, plane_grads, run_op, run_split_op,
+                             split_outputs, split_param_grads)
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
            "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
@@ -66,8 +66,26 @@ def _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT: tl.constexpr, BC: tl.constexpr):
 
 
 @triton.jit
-def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
-                    M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+def _coef_ptr(pa, i: tl.constexpr, A1, A2, A3, A4, c, SPLIT_A: tl.constexpr):
+    """Pointer to the i-th interpolation vector's channels c: the next row of the (M, C) A (``pa`` advanced by the
+    caller) or, with SPLIT_A, the vector passed as its own argument (A for i = 0, then A1..A4)."""
+    if SPLIT_A:
+        if i == 1:
+            pa = A1 + c
+        if i == 2:
+            pa = A2 + c
+        if i == 3:
+            pa = A3 + c
+        if i == 4:
+            pa = A4 + c
+    return pa
+
+
+@triton.jit
+def _tsm_fwd_kernel(X, A, MM, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
+                    M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT_A: tl.constexpr,
+                    BT: tl.constexpr, BC: tl.constexpr):
+    # the interpolation vectors: rows of one (M, C) tensor at A, or (SPLIT_A, M <= 5) one tensor each at A, A1, ..
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -78,6 +96,7 @@ def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
     po = OUT + offs
     pm = MM + offs
     for i in tl.static_range(M):
+        pa = _coef_ptr(pa, i, A1, A2, A3, A4, c, SPLIT_A)
         coef = tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if ONE_MINUS:
             coef = 1.0 - coef
@@ -90,10 +109,11 @@ def _tsm_fwd_kernel(X, A, MM, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
 
 
 @triton.jit
-def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
+def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
                     M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT: tl.constexpr,
-                    BT: tl.constexpr, BC: tl.constexpr):
-    # the output gradients: one (M, ...) tensor at GO, or (SPLIT, M <= 5) one tensor per mixed input at GO, G1, ..
+                    SPLIT_A: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    # the output gradients: one (M, ...) tensor at GO, or (SPLIT, M <= 5) one tensor per mixed input at GO, G1, ..;
+    # the interpolation vectors as in the forward kernel (SPLIT_A)
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -120,6 +140,7 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, NTOK, N, C, H, W,
                 pg = G3
             if i == 4:
                 pg = G4
+        pa = _coef_ptr(pa, i, A1, A2, A3, A4, c, SPLIT_A)
         a = tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
         if ONE_MINUS:
             a = 1.0 - a
@@ -162,12 +183,22 @@ def _tsm_launch(x, H, W, head_size, nmix):
     return (ntok, N, C, H, W, *_quarters(C, head_size), ntok * C), dict(M=nmix, BT=bt, BC=bc), grid
 
 
+def coef_args(a):
+    """The interpolation vectors as kernel arguments: ``(A, (A1, .., A4), SPLIT_A, M, dtype)`` from an (M, C) tensor
+    (one pointer, rows) or a tuple of M <= 5 contiguous vectors of C elements (one pointer each: no stacked copy,
+    no launch to make one - what training passes, where a stack would run every step)."""
+    if isinstance(a, torch.Tensor):
+        return a, (None,) * 4, False, a.shape[0], a.dtype
+    extra = tuple(a[1:]) + (None,) * (5 - len(a))
+    return a[0], extra, True, len(a), a[0].dtype
+
+
 def _tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus=False):
-    nmix = a.shape[0]
+    a0, extra, split_a, nmix, _ = coef_args(a)
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
     out = new_empty((nmix,) + tuple(x.shape), out_dtype, x.device)
-    _tsm_fwd_kernel[grid](x, a, x if m is None else m, out, *args, HAS_M=m is not None, ONE_MINUS=one_minus,
-                          num_warps=CONFIG["warps"], **meta)
+    _tsm_fwd_kernel[grid](x, a0, x if m is None else m, out, *extra, *args, HAS_M=m is not None, ONE_MINUS=one_minus,
+                          SPLIT_A=split_a, num_warps=CONFIG["warps"], **meta)
     return out
 
 
@@ -187,8 +218,9 @@ MAX_SPLIT = 5  # mixed inputs whose gradients the backward kernel reads from sep
 
 def _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus=False):
     """Gradients (x, a, m) of ``token_shift_mix``; ``gout`` the (M, ...) output gradient, or a sequence of the M
-    outputs' gradients (each read in place: no stacked copy)."""
-    nmix = a.shape[0]
+    outputs' gradients (each read in place: no stacked copy); ``a`` as for :func:`coef_args` (its gradient is
+    (M, C) either way, in its dtype)."""
+    a0, extra, split_a, nmix, a_dtype = coef_args(a)
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
     split = isinstance(gout, (list, tuple))
     if split and len(gout) > MAX_SPLIT:
@@ -198,9 +230,9 @@ def _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus=False):
     gx = new_empty(x.shape, x.dtype, x.device)
     gap = new_empty((grid[0], nmix, x.shape[-1]), torch.float32, x.device)
     gm = new_empty(m.shape, m.dtype, m.device) if m is not None else None
-    _tsm_bwd_kernel[grid](x, a, m, gs[0], gx, gap, gm, *gs[1:], *args, HAS_M=m is not None, ONE_MINUS=one_minus,
-                          SPLIT=split, num_warps=CONFIG["warps"], **meta)
-    return gx, gap.sum(0).to(a.dtype), (x.new_empty((0,)) if gm is None else gm)
+    _tsm_bwd_kernel[grid](x, a0, m, gs[0], gx, gap, gm, *gs[1:], *extra, *args, HAS_M=m is not None,
+                          ONE_MINUS=one_minus, SPLIT=split, SPLIT_A=split_a, num_warps=CONFIG["warps"], **meta)
+    return gx, gap.sum(0).to(a_dtype), (x.new_empty((0,)) if gm is None else gm)
 
 
 @torch.library.custom_op("vision_rwkv::token_shift_mix_bwd", mutates_args=())
@@ -231,35 +263,39 @@ torch.library.register_autograd("vision_rwkv::token_shift_mix", _tsm_backward, s
 
 
 class _TokenShiftMix(torch.autograd.Function):
-    """Eager autograd of ``token_shift_mix``; the last argument ``split`` (see :func:`split_outputs`): the M mixed
-    inputs come back as separate outputs (planes or groups of planes), whose gradients the backward kernel then reads
-    where they are (unpacking one (M, ...) output instead would stack the M gradients again in the backward)."""
+    """Eager autograd of ``token_shift_mix``; after the op's arguments (without ``a``): ``split`` (see
+    :func:`split_outputs`: the M mixed inputs come back as separate outputs, planes or groups of planes, whose
+    gradients the backward kernel then reads where they are - unpacking one (M, ...) output instead would stack the
+    M gradients again in the backward), ``vectors`` and the interpolation weights (one (M, C) tensor, or M vectors
+    read in place: see :func:`run_split_op`)."""
 
     @staticmethod
-    def forward(ctx, x, H, W, head_size, a, m, out_dtype, one_minus, split):
-        ctx.meta = (H, W, head_size, m is not None, one_minus, split)
-        ctx.save_for_backward(x, a, m)
-        return split_outputs(_tsm_fwd(x, H, W, head_size, a, m, out_dtype, one_minus), split)
+    def forward(ctx, x, H, W, head_size, m, out_dtype, one_minus, split, vectors, *a):
+        ctx.meta = (H, W, head_size, m is not None, one_minus, split, vectors)
+        ctx.save_for_backward(x, m, *a)
+        return split_outputs(_tsm_fwd(x, H, W, head_size, a if vectors else a[0], m, out_dtype, one_minus), split)
 
     @staticmethod
     def backward(ctx, *gout):
-        x, a, m = ctx.saved_tensors
-        H, W, head_size, has_m, one_minus, split = ctx.meta
-        gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m if has_m else None, plane_grads(gout, split), one_minus)
-        return gx, None, None, None, ga, (gm if has_m else None), None, None, None
+        x, m, *a = ctx.saved_tensors
+        H, W, head_size, has_m, one_minus, split, vectors = ctx.meta
+        gx, ga, gm = _tsm_bwd(x, H, W, head_size, tuple(a) if vectors else a[0], m if has_m else None,
+                              plane_grads(gout, split), one_minus)
+        return (gx, None, None, None, (gm if has_m else None), None, None, None, None,
+                *coef_grads(ga, a, vectors))
 
 
-def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor,
-                           m: Optional[torch.Tensor] = None, head_size: Optional[int] = None,
-                           out_dtype: Optional[torch.dtype] = None, one_minus: bool = False, split=False):
+def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a, m: Optional[torch.Tensor] = None,
+                           head_size: Optional[int] = None, out_dtype: Optional[torch.dtype] = None,
+                           one_minus: bool = False, split=False):
     """Fused ``x + (q_shift(x) - x) * (a[i] + m[i])`` -> (M, B, N, C) in ``out_dtype`` (see the module docstring;
-    ``split``: its planes or groups of planes, see :func:`split_outputs`). Inputs are made contiguous; a is (M, C), m (M, B, N, C) or None.
+    ``split``: its planes or groups of planes, see :func:`split_outputs`). Inputs are made contiguous; a is (M, C) or
+    a tuple of M <= 5 vectors of C elements (read where they are), m (M, B, N, C) or None.
     ``one_minus``: a weights the unshifted token (the kernel uses 1 - a; no separate launch computes it)."""
     x = x.contiguous()
-    a = a.contiguous()
     m = m.contiguous() if m is not None else None
-    args = (x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a, m, out_dtype or x.dtype, bool(one_minus))
-    return run_split_op(_tsm_op, _TokenShiftMix, _tsm_fwd, args, split)
+    args = (x, int(grid_size[0]), int(grid_size[1]), int(head_size or 0), m, out_dtype or x.dtype, bool(one_minus))
+    return run_split_op(_tsm_op, _TokenShiftMix, _tsm_fwd, args, a, split)
 
 
 # ---------------------------------------------------------------------------------------------- elementwise
@@ -974,8 +1010,9 @@ def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tens
 
 # ---------------------------------------------------------------------------------------------- v6 ddlerp + LoRA
 @triton.jit
-def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
-                         M: tl.constexpr, R: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
+                         M: tl.constexpr, R: tl.constexpr, SPLIT_A: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                         PREC: tl.constexpr):
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -992,6 +1029,7 @@ def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, NTOK, N, C, H, W, HS, Q1, Q2, Q3, pl
         h = tl.load(ph, mask=(t < NTOK)[:, None], other=0.0)
         # w2 rounded to h's dtype (as autocast does), then both exactly in fp32: 16-bit values are exact in tf32
         w2 = tl.load(pw, mask=cmask[None, :], other=0.0).to(h.dtype).to(tl.float32)
+        pa = _coef_ptr(pa, i, A1, A2, A3, A4, c, SPLIT_A)
         coef = tl.dot(h.to(tl.float32), w2, input_precision=PREC) + tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
         tl.store(po, (x + xx * coef).to(OUT.dtype.element_ty), mask=mask)
         ph += R
@@ -1008,7 +1046,9 @@ def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
     grid = (cdiv(args[0], meta["BT"]), cdiv(x.shape[-1], meta["BC"]))
     out = new_empty((nmix,) + tuple(x.shape), out_dtype, x.device)
     prec = "ieee" if h.dtype == torch.float32 else "tf32"
-    _tsm_lora_fwd_kernel[grid](x, a, h, w2, out, *args, R=rank, PREC=prec, num_warps=CONFIG["warps"], **meta)
+    a0, extra, split_a, _, _ = coef_args(a)
+    _tsm_lora_fwd_kernel[grid](x, a0, h, w2, out, *extra, *args, R=rank, SPLIT_A=split_a, PREC=prec,
+                               num_warps=CONFIG["warps"], **meta)
     return out
 
 
@@ -1073,28 +1113,31 @@ torch.library.register_autograd("vision_rwkv::token_shift_mix_lora", _tsm_lora_b
 
 
 class _TokenShiftMixLora(torch.autograd.Function):
-    """Eager autograd of ``token_shift_mix_lora``; ``split`` as for :class:`_TokenShiftMix`."""
+    """Eager autograd of ``token_shift_mix_lora``; ``split``, ``vectors`` and the interpolation weights last, as for
+    :class:`_TokenShiftMix`."""
 
     @staticmethod
-    def forward(ctx, x, H, W, head_size, a, h, w2, out_dtype, split):
+    def forward(ctx, x, H, W, head_size, h, w2, out_dtype, split, vectors, *a):
         ctx.meta = (H, W, head_size)
-        ctx.split = split
-        ctx.save_for_backward(x, a, h, w2)
-        return split_outputs(_tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype), split)
+        ctx.split, ctx.vectors = split, vectors
+        ctx.save_for_backward(x, h, w2, *a)
+        return split_outputs(_tsm_lora_fwd(x, H, W, head_size, a if vectors else a[0], h, w2, out_dtype), split)
 
     @staticmethod
     def backward(ctx, *gout):
-        x, a, h, w2 = ctx.saved_tensors
-        gx, ga, gh, gw2 = _tsm_lora_bwd(x, *ctx.meta, a, h, w2, plane_grads(gout, ctx.split))
-        return gx, None, None, None, ga, gh, gw2, None, None
+        x, h, w2, *a = ctx.saved_tensors
+        gx, ga, gh, gw2 = _tsm_lora_bwd(x, *ctx.meta, tuple(a) if ctx.vectors else a[0], h, w2,
+                                        plane_grads(gout, ctx.split))
+        return (gx, None, None, None, gh, gw2, None, None, None, *coef_grads(ga, a, ctx.vectors))
 
 
-def token_shift_mix_lora_triton(x: torch.Tensor, grid_size: tuple[int, int], a: torch.Tensor, h: torch.Tensor,
+def token_shift_mix_lora_triton(x: torch.Tensor, grid_size: tuple[int, int], a, h: torch.Tensor,
                                 w2: torch.Tensor, head_size: Optional[int] = None,
                                 out_dtype: Optional[torch.dtype] = None, split=False):
     """``token_shift_mix`` with ``m[i] = h[..., i*R:(i+1)*R] @ w2[i]`` computed in the kernel (never stored):
-    the RWKV-6 ddlerp with its LoRA. h (B, N, M*R) (e.g. tanh(xxx @ W1)), w2 (M, R, C), R a power of two >= 16.
-    ``split``: its planes or groups of planes instead of one (M, B, N, C) tensor (see :func:`split_outputs`)."""
-    args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), a.contiguous(),
-            h.contiguous(), w2.contiguous(), out_dtype or x.dtype)
-    return run_split_op(_tsm_lora_op, _TokenShiftMixLora, _tsm_lora_fwd, args, split)
+    the RWKV-6 ddlerp with its LoRA. h (B, N, M*R) (e.g. tanh(xxx @ W1)), w2 (M, R, C), R a power of two >= 16; a
+    (M, C) or a tuple of M <= 5 vectors. ``split``: its planes or groups of planes instead of one (M, B, N, C)
+    tensor (see :func:`split_outputs`)."""
+    args = (x.contiguous(), int(grid_size[0]), int(grid_size[1]), int(head_size or 0), h.contiguous(),
+            w2.contiguous(), out_dtype or x.dtype)
+    return run_split_op(_tsm_lora_op, _TokenShiftMixLora, _tsm_lora_fwd, args, a, split)
