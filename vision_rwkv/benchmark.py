@@ -387,8 +387,10 @@ MIX_SHAPES += [(16, 64, 64, 192, "mlp")] + [(16, 64, 64, c, "res") for c in (192
 
 
 def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size):
-    """(unfused, fused[, fused_each]) inference callables of one token mix's projections: the interpolation pass
-    writing every mixed input (``shift_lerp`` / ``token_shift_mix_lora``) + one cuBLAS GEMM each, against
+    """(unfused, fused[, fused_each]) inference callables of one token mix's projections: the default path - the
+    interpolation pass writing every mixed input (``shift_lerp`` / ``token_shift_mix_lora``) + the projections as
+    the models run them (one cuBLAS batched GEMM of the stacked weights, stacked once as eager inference keeps them;
+    v6: the first, the decay input's, as its own GEMM) - against
     ``mix_linear_group`` (the mixed inputs never written, x read once per output tile for all projections) and, as
     ``fused_each``, one ``mix_linear`` launch per projection; 'v6gn': the ``group_norm_mul`` pass + cuBLAS against
     ``group_norm_mul_linear``."""
@@ -424,9 +426,11 @@ def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size)
             return fused.group_norm_mul_linear(x, h, x.shape[-1] // head_size, a[0], a[1], ws[0], 1e-5, "silu",
                                                backend)
     elif variant.startswith("v4"):
+        w_stack = torch.stack(ws).transpose(1, 2)
+
         def unfused():
             mixed = fused.shift_lerp(x, grid, a, None, x.dtype, backend)
-            return [F.linear(mixed[i], ws[i]) for i in range(n)]
+            return torch.bmm(mixed.reshape(n, -1, x.shape[-1]), w_stack)
 
         def fused_run():
             return fused.mix_linear_group(x, grid, a, ws, one_minus=True, backend=backend)
@@ -436,10 +440,11 @@ def _mix_callables(variant: str, backend: str, x, grid, a, ws, h, w2, head_size)
         return unfused, fused_run, fused_each
     else:
         rank = w2.shape[1]
+        w_stack = torch.stack(ws[1:]).transpose(1, 2)
 
         def unfused():
             mixed = fused.token_shift_mix_lora(x, grid, a, h, w2, head_size, x.dtype, backend)
-            return [F.linear(mixed[i], ws[i]) for i in range(n)]
+            return F.linear(mixed[0], ws[0]), torch.bmm(mixed[1:].reshape(n - 1, -1, x.shape[-1]), w_stack)
 
         def fused_run():
             return fused.mix_linear_group(x, grid, a, ws, head_size, h, w2, backend=backend)
