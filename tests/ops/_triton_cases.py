@@ -65,22 +65,26 @@ def run_v4(case: dict, device: str) -> dict:
         P = case.get("chunks", 32)
         w, u, k, v, gy = v4_inputs(B, T, C, dtype, device, seed=case.get("seed", 0), kscale=case.get("kscale", 1.0),
                                    kpm=case.get("kpm"), wT=case.get("wT"), wstep=case.get("wstep"), uT=case.get("uT"))
+        # scale: the kernels take the parameters (w, u = per-step values / scale) and scale them as they load them
+        scale = float(case.get("scale", 1.0))
+        if scale != 1.0:
+            w, u = (w.double() / scale).float(), (u.double() / scale).float()
         leaves = [x.clone().requires_grad_() for x in (w, u, k, v)]
         args = [_maybe_noncontig(x, case.get("layout", "")) if x.dim() == 3 else x for x in leaves]
         if case.get("public_api"):
             from vision_rwkv.ops import bi_wkv
 
-            y = bi_wkv(*args, mode=mode, chunks=P, backend="triton")
+            y = bi_wkv(*args, mode=mode, chunks=P, backend="triton", scale=scale)
         elif case.get("compile"):
-            fn = torch.compile(lambda *a: tri.bi_wkv_triton(*a, mode=mode, chunks=P) * 2.0, backend="aot_eager",
-                               fullgraph=True)
+            fn = torch.compile(lambda *a: tri.bi_wkv_triton(*a, mode=mode, chunks=P, scale=scale) * 2.0,
+                               backend="aot_eager", fullgraph=True)
             y = fn(*args) / 2.0
         else:
-            y = tri.bi_wkv_triton(*args, mode=mode, chunks=P)
+            y = tri.bi_wkv_triton(*args, mode=mode, chunks=P, scale=scale)
         grads = torch.autograd.grad(y, leaves, gy)
         ref_in = [x.detach().double().requires_grad_() for x in (w, u, k, v)]
         ref_fn = bi_wkv_naive if B * C * T * T <= 2e7 else bi_wkv_reference  # naive: (B, C, T, T) weights
-        y_ref = ref_fn(*ref_in, mode, P)
+        y_ref = ref_fn(ref_in[0] * scale, ref_in[1] * scale, *ref_in[2:], mode, P)
         g_ref = torch.autograd.grad(y_ref, ref_in, gy.double())
         out = {"y": _rel(y, y_ref), "dtype_ok": y.dtype == v.dtype and all(
             g.dtype == x.dtype for g, x in zip(grads, leaves))}

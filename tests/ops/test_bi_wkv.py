@@ -249,3 +249,23 @@ def test_autocast_region_keeps_fp32_accumulation():
             inside = bi_wkv(w, u, k, v, mode=mode, backend="reference")
         assert inside.dtype == torch.float32
         torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["exact", "original"])
+def test_scale_uses_scaled_parameters_and_their_gradients(mode):
+    """``scale``: the decay and bonus used are scale * w, scale * u (the models pass the stored parameters and 1 / T;
+    the Triton kernels scale as they load); the gradients are w.r.t. the unscaled w, u."""
+    g = torch.Generator().manual_seed(3)
+    t_len = 13
+    w_p = (torch.randn(6, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    u_p = torch.randn(6, generator=g, dtype=torch.float64).requires_grad_()
+    k, v = (torch.randn(2, t_len, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    y = bi_wkv(w_p, u_p, k, v, mode=mode, chunks=4, scale=1 / t_len)
+    gw, gu = torch.autograd.grad(y.sum(), (w_p, u_p))
+    y_ref = bi_wkv(w_p / t_len, u_p / t_len, k, v, mode=mode, chunks=4)
+    gw_ref, gu_ref = torch.autograd.grad(y_ref.sum(), (w_p, u_p))
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close((gw, gu), (gw_ref, gu_ref), rtol=1e-10, atol=1e-12)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="scale must be a finite float > 0"):
+            bi_wkv(w_p, u_p, k, v, scale=bad)

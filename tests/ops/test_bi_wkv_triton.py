@@ -30,6 +30,13 @@ CPU_CASES = {
     "noncontig_strided": dict(shape=(1, 6, 5), layout="S", mode="original", chunks=3),
     "public_api": dict(shape=(1, 6, 3), public_api=True),
     "torch_compile_fullgraph": dict(shape=(1, 6, 3), compile=True),
+    # scale: the parameters passed as they are stored (the models' training call: scale = 1 / T, no division
+    # launched), scaled by the kernels as they load them; the gradients are w.r.t. the stored values
+    "scale_1_over_T_several_chunks": dict(shape=(2, 23, 5), scale=1 / 23, config=CHUNKED),
+    "scale_single_chunk": dict(shape=(2, 7, 5), scale=1 / 7),
+    "scale_original_bf16": dict(shape=(1, 19, 6), mode="original", chunks=4, dtype="bf16", scale=1 / 19,
+                                config={"chunk_t": 2}),
+    "scale_public_api_compile": dict(shape=(1, 6, 3), compile=True, scale=0.25),
 }
 
 # the register-sequential kernels (triton_seq.py, VRWKV_TRITON_V4 seq=1): every CPU case again with 4-token chunks
@@ -64,6 +71,8 @@ CUDA_CASES = {
     "original_2x4096x32": dict(shape=(2, 4096, 32), mode="original"),
     "original_bf16": dict(shape=(8, 196, 64), mode="original", dtype="bf16"),
     "compile": dict(shape=(2, 196, 64), compile=True),
+    "scale_64x196x192_bf16": dict(shape=(64, 196, 192), dtype="bf16", scale=1 / 196),
+    "scale_original_8x196x192": dict(shape=(8, 196, 192), mode="original", scale=1 / 196),
 }
 
 CUDA_CASES.update({f"{name}_seq": dict(case, config={"seq": 1}) for name, case in list(CUDA_CASES.items())})

@@ -16,8 +16,8 @@ def fake_triton(monkeypatch):
     """Pretend the Triton modules load; the fakes record their calls and return recognisable outputs."""
     calls = []
 
-    def fake_v4(w, u, k, v, mode, chunks):
-        calls.append(("bi_wkv", mode, chunks))
+    def fake_v4(w, u, k, v, mode, chunks, scale):
+        calls.append(("bi_wkv", mode, chunks) + (() if scale == 1.0 else (scale,)))
         return torch.full_like(v, 7.0)
 
     def fake_v6(r, k, v, logd, u):

@@ -1,6 +1,8 @@
 """v4 bidirectional WKV (Vision-RWKV): public entry point with backend dispatch."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._validate import check_shape, check_tensors
@@ -11,16 +13,20 @@ __all__ = ["bi_wkv", "bi_wkv_reference", "bi_wkv_naive", "original_kernel_kv_gra
 
 
 def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
-           chunks: int = 32, backend: str | None = None) -> torch.Tensor:
+           chunks: int = 32, backend: str | None = None, scale: float = 1.0) -> torch.Tensor:
     """Bidirectional WKV of Vision-RWKV (DESIGN.md §3).
 
     Args:
-        w, u: (C,) per-step decay and bonus (the model passes ``spatial_decay / T`` and ``spatial_first / T``).
+        w, u: (C,) per-step decay and bonus (the model passes ``spatial_decay / T`` and ``spatial_first / T``, or,
+            with ``scale``, the parameters themselves).
         k, v: (B, T, C) keys and values.
         mode: "exact" (the paper's Eq. 5) or "original" (the function of the pre-2025 CUDA kernel that trained the
             released checkpoints, chunk size ``ceil(T / chunks)``).
         chunks: P, the original kernel's chunk count (used by "original" only; 32, or 16 for VRWKV-L / seg).
         backend: None (auto), "reference" or "triton".
+        scale: the decay and bonus used are ``scale * w`` and ``scale * u`` (gradients w.r.t. w and u): with
+            ``scale = 1 / T`` the Triton kernels scale the parameters as they load them, so a training step launches
+            no division for them (equal to ``w / T`` within one rounding).
     Returns:
         (B, T, C) tensor in v's dtype (fp32 accumulation whatever the input dtype).
     """
@@ -38,6 +44,10 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     check_shape(op, "v", v, (b, t, c))
     check_shape(op, "w", w, (c,))
     check_shape(op, "u", u, (c,))
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{op}: scale must be a finite float > 0, got {scale!r}")
     if resolve_backend(op, device, backend, (w.dtype, u.dtype, k.dtype, v.dtype)) == "triton":
-        return triton_impl(op)(w, u, k, v, mode, chunks)
+        return triton_impl(op)(w, u, k, v, mode, chunks, float(scale))
+    if scale != 1:
+        w, u = w * scale, u * scale
     return bi_wkv_reference(w, u, k, v, mode, chunks)

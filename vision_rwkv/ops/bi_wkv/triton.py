@@ -199,7 +199,7 @@ def _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask, is_last, NCAR: tl.constexp
 
 
 # ------------------------------------------------------------------------------------------------- forward
-def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
+def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, SCALE,
                         NSUM: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """Pass 1: per chunk, the max of k and the decayed sums of x = e^{k - max} (and x v) seen from its two ends."""
     b = tl.program_id(0)
@@ -213,7 +213,7 @@ def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S
     m2 = valid[:, None] & cmask[None, :]
     k = _load_tile(K + b.to(tl.int64) * skb, t, cols, skt, skc, m2, -float("inf"))
     v = _load_tile(V + b.to(tl.int64) * svb, t, cols, svt, svc, m2, 0.0)
-    w = _load_vec(W, cols, cmask)
+    w = _load_vec(W, cols, cmask) * SCALE
     mj = tl.max(k, axis=0)
     mj_safe = tl.where(mj > -float("inf"), mj, 0.0)
     d_end = (n - 1 - r).to(tl.float32)[:, None]
@@ -284,7 +284,7 @@ def _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, s_i
         carry_d = tl.sum(tl.where(pick, sd, 0.0), axis=0)
 
 
-def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NCAR: tl.constexpr,
+def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, SCALE, NSUM: tl.constexpr, NCAR: tl.constexpr,
                   RESCALE: tl.constexpr, ORIG: tl.constexpr, LOCAL_REV: tl.constexpr, BT: tl.constexpr,
                   NCB: tl.constexpr, BC: tl.constexpr):
     """Pass 2: states after each chunk. Slots: 0,1 causal (lam); 2,3 anticausal (lam); ORIG: 4,5 local lam and
@@ -293,7 +293,7 @@ def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NC
     b = tl.program_id(0)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     cmask = cols < C
-    w = _load_vec(W, cols, cmask)
+    w = _load_vec(W, cols, cmask) * SCALE
     m = tl.zeros_like(w)
     if RESCALE:
         mx = tl.full([BC], -float("inf"), tl.float32)
@@ -322,7 +322,7 @@ def _carry_kernel(SUMM, MJ, W, CAR, M, T, C, S, NSUB, NC, NSUM: tl.constexpr, NC
                              NSUM, NCAR, BT, NCB)
 
 
-def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
+def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, SCALE,
                 NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     """Pass 3 (or the whole forward when SINGLE): y for one chunk."""
     b = tl.program_id(0)
@@ -334,10 +334,10 @@ def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NS
     t = s + r
     kb = K + b.to(tl.int64) * skb
     vb = V + b.to(tl.int64) * svb
-    w = _load_vec(W, cols, cmask)
+    w = _load_vec(W, cols, cmask) * SCALE
     lam = tl.exp(-w)
     gam = tl.exp(w)
-    uu = tl.exp(_load_vec(U, cols, cmask))
+    uu = tl.exp(_load_vec(U, cols, cmask) * SCALE)
     if SINGLE:
         k0 = _load_tile(kb, t, cols, skt, skc, (r < n)[:, None] & cmask[None, :], -float("inf"))
         mx = tl.max(k0, axis=0)
@@ -397,7 +397,7 @@ def _bwd_pq(kb, vb, gb, skt, skc, svt, svc, sgt, sgc, s, n, r, cols, cmask, m, l
 
 
 def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB,
-                        NC, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr,
+                        NC, SCALE, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr,
                         BC: tl.constexpr):
     """Backward pass 1: per chunk, decayed sums of p and q seen from the chunk's two ends."""
     b = tl.program_id(0)
@@ -406,10 +406,10 @@ def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, s
     cmask = cols < C
     s, n, q, is_last = _geometry(j, T, S, NSUB, BT)
     r = tl.arange(0, BT)
-    w = _load_vec(W, cols, cmask)
+    w = _load_vec(W, cols, cmask) * SCALE
     lam = tl.exp(-w)
     gam = tl.exp(w)
-    uu = tl.exp(_load_vec(U, cols, cmask))
+    uu = tl.exp(_load_vec(U, cols, cmask) * SCALE)
     m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
     x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, p, qq = _bwd_pq(
         K + b.to(tl.int64) * skb, V + b.to(tl.int64) * svb, GY + b.to(tl.int64) * sgb, skt, skc, svt, svc, sgt, sgc,
@@ -430,7 +430,7 @@ def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, s
 
 
 def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
-                T, C, S, NSUB, NC, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr,
+                T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr,
                 BC: tl.constexpr):
     """Backward pass 3 (or the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu."""
     b = tl.program_id(0)
@@ -442,10 +442,10 @@ def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, s
     t = s + r
     valid = r < n
     m2 = valid[:, None] & cmask[None, :]
-    w = _load_vec(W, cols, cmask)
+    w = _load_vec(W, cols, cmask) * SCALE
     lam = tl.exp(-w)
     gam = tl.exp(w)
-    uu = tl.exp(_load_vec(U, cols, cmask))
+    uu = tl.exp(_load_vec(U, cols, cmask) * SCALE)
     m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
     x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, p, qq = _bwd_pq(
         K + b.to(tl.int64) * skb, V + b.to(tl.int64) * svb, GY + b.to(tl.int64) * sgb, skt, skc, svt, svc, sgt, sgc,
@@ -511,8 +511,9 @@ def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, s
     tl.store(GK + off, gk.to(GK.dtype.element_ty), mask=m2)
     tl.store(GV + off, gv.to(GV.dtype.element_ty), mask=m2)
     poff = (b * NC + j).to(tl.int64) * C + cols
-    tl.store(GWP + poff, tl.sum(gw_e, axis=0), mask=cmask)
-    tl.store(GUP + poff, tl.sum(gu_e, axis=0), mask=cmask)
+    # gradients of the stored w, u (the kernels used SCALE * w, SCALE * u)
+    tl.store(GWP + poff, tl.sum(gw_e, axis=0) * SCALE, mask=cmask)
+    tl.store(GUP + poff, tl.sum(gu_e, axis=0) * SCALE, mask=cmask)
 
 
 _SIZES = ["T", "C", "S", "NSUB", "NC"]
@@ -583,11 +584,11 @@ def _grid_c(C, BC):
 
 
 def launch_carry(summ, mj, w32, out, m, T: int, C: int, S: int, NSUB: int, NC: int, BT: int, orig: bool,
-                 forward: bool, block_c: int):
+                 forward: bool, block_c: int, scale: float = 1.0):
     """Pass 2: scan the chunk summaries ``summ`` (B, NC, 4 or 6, C) over chunks into ``out`` (B, NC, 4 or 8, C).
     forward: rescale by the chunk maxima ``mj`` and write the global max ``m``; else the backward's adjoint states
     (original mode: local streams on the anticausal side)."""
-    _k("carry")[(m.shape[0], cdiv(C, block_c))](summ, mj, w32, out, m, T, C, S, NSUB, NC,
+    _k("carry")[(m.shape[0], cdiv(C, block_c))](summ, mj, w32, out, m, T, C, S, NSUB, NC, float(scale),
                                                        NSUM=6 if orig else 4, NCAR=8 if orig else 4,
                                                        RESCALE=forward, ORIG=orig, LOCAL_REV=not forward, BT=BT,
                                                        NCB=min(CONFIG["carry_ncb"], next_pow2(NC)), BC=block_c,
@@ -613,13 +614,13 @@ def bwd_buffers(w, u, k, v, NC: int):
             new_empty((B, T, C), v.dtype, dev), new_empty((2, B * NC, C), torch.float32, dev))
 
 
-def _fwd(w, u, k, v, mode: str, chunks: int):
+def _fwd(w, u, k, v, mode: str, chunks: int, scale: float = 1.0):
     B, T, C = k.shape
     seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     if seq:
         from .triton_seq import seq_fwd
 
-        return seq_fwd(w, u, k, v, mode, chunks, CONFIG)
+        return seq_fwd(w, u, k, v, mode, chunks, CONFIG, scale)
     orig = mode == "original"
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]
@@ -630,22 +631,22 @@ def _fwd(w, u, k, v, mode: str, chunks: int):
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         mj = new_empty((B, NC, C), torch.float32, dev)
-        _k("fwd_summary")[grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
+        _k("fwd_summary")[grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
                                   NSUM=nsum, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
         launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, BT, orig, True,
-                     32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C)))
-    _k("fwd")[grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC,
+                     32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C)), scale)
+    _k("fwd")[grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
                       NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
     return y, m, car
 
 
-def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
+def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, scale: float = 1.0):
     B, T, C = k.shape
     seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     if seq:
         from .triton_seq import seq_bwd
 
-        return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG)
+        return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG, scale)
     orig = mode == "original"
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]
@@ -657,25 +658,25 @@ def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int):
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
         _k("bwd_summary")[grid](k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(),
-                                  T, C, S, NSUB, NC, NSUM=nsum, NCAR=ncar, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
+                                  T, C, S, NSUB, NC, scale, NSUM=nsum, NCAR=ncar, ORIG=orig, BT=BT, BC=BC, num_warps=nw)
         launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, BT, orig, False,
-                     32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C)))
+                     32 * nw if CONFIG["scalar"] else min(CONFIG["carry_block_c"], next_pow2(C)), scale)
     else:
         bcar = car
     _k("bwd")[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, parts[0], parts[1], *k.stride(), *v.stride(),
-                      *gy.stride(), T, C, S, NSUB, NC, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
+                      *gy.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
     return parts.sum(1), gk, gv
 
 
 # ------------------------------------------------------------------------------------------------- torch ops
 @torch.library.custom_op("vision_rwkv::bi_wkv_triton_fwd", mutates_args=())
 def _bi_wkv_fwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str,
-                   chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fwd(w, u, k, v, mode, chunks)
+                   chunks: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _fwd(w, u, k, v, mode, chunks, scale)
 
 
 @_bi_wkv_fwd_op.register_fake
-def _(w, u, k, v, mode, chunks):
+def _(w, u, k, v, mode, chunks, scale):
     B, T, C = k.shape
     _, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     ncar = 8 if mode == "original" else 4
@@ -686,28 +687,29 @@ def _(w, u, k, v, mode, chunks):
 @torch.library.custom_op("vision_rwkv::bi_wkv_triton_bwd", mutates_args=())
 def _bi_wkv_bwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor,
                    car: torch.Tensor, gy: torch.Tensor, mode: str,
-                   chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _bwd(w, u, k, v, m, car, gy, mode, chunks)
+                   chunks: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _bwd(w, u, k, v, m, car, gy, mode, chunks, scale)
 
 
 @_bi_wkv_bwd_op.register_fake
-def _(w, u, k, v, m, car, gy, mode, chunks):
+def _(w, u, k, v, m, car, gy, mode, chunks, scale):
     return w.new_empty((2,) + tuple(w.shape), dtype=torch.float32), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    w, u, k, v, mode, chunks = inputs
+    w, u, k, v, mode, chunks, scale = inputs
     y, m, car = output
     ctx.save_for_backward(w, u, k, v, m, car)
     ctx.mode = mode
     ctx.chunks = chunks
+    ctx.scale = scale
     ctx.mark_non_differentiable(m, car)
 
 
 def _backward(ctx, gy, _gm, _gcar):
     w, u, k, v, m, car = ctx.saved_tensors
-    gwu, gk, gv = _bi_wkv_bwd_op(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
-    return (*split_param_grads(gwu, w, u), gk, gv, None, None)
+    gwu, gk, gv = _bi_wkv_bwd_op(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks, ctx.scale)
+    return (*split_param_grads(gwu, w, u), gk, gv, None, None, None)
 
 
 torch.library.register_autograd("vision_rwkv::bi_wkv_triton_fwd", _backward, setup_context=_setup_context)
@@ -717,25 +719,28 @@ class _BiWKV(torch.autograd.Function):
     """Eager-mode path (lower call overhead than the custom op's dispatch); same kernels."""
 
     @staticmethod
-    def forward(ctx, w, u, k, v, mode, chunks):
-        y, m, car = _fwd(w, u, k, v, mode, chunks)
+    def forward(ctx, w, u, k, v, mode, chunks, scale):
+        y, m, car = _fwd(w, u, k, v, mode, chunks, scale)
         ctx.save_for_backward(w, u, k, v, m, car)
         ctx.mode = mode
         ctx.chunks = chunks
+        ctx.scale = scale
         return y
 
     @staticmethod
     def backward(ctx, gy):
         w, u, k, v, m, car = ctx.saved_tensors
-        gwu, gk, gv = _bwd(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks)
-        return (*split_param_grads(gwu, w, u), gk, gv, None, None)
+        gwu, gk, gv = _bwd(w, u, k, v, m, car, gy, ctx.mode, ctx.chunks, ctx.scale)
+        return (*split_param_grads(gwu, w, u), gk, gv, None, None, None)
 
 
 def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
-                  chunks: int = 32) -> torch.Tensor:
+                  chunks: int = 32, scale: float = 1.0) -> torch.Tensor:
     """Bi-WKV with Triton kernels. k, v (B, T, C) float32/bfloat16/float16 (any strides); w, u (C,) per-step decay
-    and bonus; mode "exact" (Eq. 5) or "original" (the pre-2025 kernel's function with ``chunks`` = P).
-    Returns y (B, T, C) in v's dtype; differentiable in w, u, k, v; a torch custom op (torch.compile-friendly)."""
+    and bonus, used as ``scale * w``, ``scale * u`` (the kernels scale them as they load them: the model passes its
+    parameters and 1 / T, no division launched); mode "exact" (Eq. 5) or "original" (the pre-2025 kernel's function
+    with ``chunks`` = P). Returns y (B, T, C) in v's dtype; differentiable in w, u, k, v; a torch custom op
+    (torch.compile-friendly)."""
     for name, t in (("w", w), ("u", u), ("k", k), ("v", v)):
         if t.dtype != torch.float64:
             check_float(name, t)
@@ -749,19 +754,22 @@ def bi_wkv_triton(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
         raise ValueError(f"mode must be 'exact' or 'original', got {mode!r}")
     if int(chunks) < 1:
         raise ValueError(f"chunks must be >= 1, got {chunks}")
+    scale = float(scale)
     if any(t.dtype == torch.float64 for t in (w, u, k, v)):
         # the kernels accumulate in fp32; float64 callers (gradcheck) get the exact O(T) reference instead
         from .reference import bi_wkv_reference
 
+        if scale != 1.0:
+            w, u = w * scale, u * scale
         return bi_wkv_reference(w, u, k, v, mode, int(chunks))
     if k.numel() == 0:
         return v.new_zeros(v.shape) + 0 * (w.sum() + u.sum() + k.sum())
-    return run_op(_compiled_fwd, _BiWKV, _output_only, w, u, k, v, mode, int(chunks))
+    return run_op(_compiled_fwd, _BiWKV, _output_only, w, u, k, v, mode, int(chunks), scale)
 
 
-def _compiled_fwd(w, u, k, v, mode, chunks):
-    return _bi_wkv_fwd_op(w, u, k, v, mode, chunks)[0]
+def _compiled_fwd(w, u, k, v, mode, chunks, scale):
+    return _bi_wkv_fwd_op(w, u, k, v, mode, chunks, scale)[0]
 
 
-def _output_only(w, u, k, v, mode, chunks):
-    return _fwd(w, u, k, v, mode, chunks)[0]
+def _output_only(w, u, k, v, mode, chunks, scale):
+    return _fwd(w, u, k, v, mode, chunks, scale)[0]

@@ -38,9 +38,9 @@ def _row(p0, r, st, ok, other):
 
 
 @triton.jit
-def _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, L: tl.constexpr, BC: tl.constexpr):
+def _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, SCALE, L: tl.constexpr, BC: tl.constexpr):
     """Program (batch, channel block, chunk) -> b, chunk j, its first token s, valid length n, index q inside its
-    original chunk, is-last flag, channels, mask, k / v row pointers, lam = e^{-w}."""
+    original chunk, is-last flag, channels, mask, k / v row pointers, lam = e^{-w} (w = SCALE * the stored w)."""
     b = tl.program_id(0)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     j = tl.program_id(2)
@@ -48,7 +48,7 @@ def _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, L: tl.constexpr
     cmask = cols < C
     pk = K + b.to(tl.int64) * skb + s.to(tl.int64) * skt + cols.to(tl.int64) * skc
     pv = V + b.to(tl.int64) * svb + s.to(tl.int64) * svt + cols.to(tl.int64) * svc
-    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0))
+    lam = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0) * SCALE)
     return b, j, s, n, q, is_last, cols, cmask, pk, pv, lam
 
 
@@ -115,12 +115,12 @@ def _store_summary(SUMM, b, j, NC, C, cols, cmask, e0, e1, s0, s1, g0, g1, NSUM:
         tl.store(SUMM + base + 5 * C + cols, g1, mask=cmask)
 
 
-def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC,
+def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, SCALE,
                             NSUM: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
     """Pass 1: per chunk, its max of k and the decayed sums of x = e^{k - max} (and x v) to its end / start
     (original: also the e^w-growth sums of the tokens that do not start an original chunk)."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
-                                                              L, BC)
+                                                              SCALE, L, BC)
     ks = ()
     vs = ()
     mj = tl.full([BC], -float("inf"), tl.float32)
@@ -151,12 +151,12 @@ def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, 
     tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
 
 
-def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, NCAR: tl.constexpr,
+def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr,
                     ORIG: tl.constexpr, SINGLE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
     """Pass 3 (the whole forward when SINGLE): y for one chunk."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
-                                                              L, BC)
-    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
+                                                              SCALE, L, BC)
+    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0) * SCALE)
     if SINGLE:
         mx = tl.full([BC], -float("inf"), tl.float32)
         for r in tl.static_range(L):
@@ -201,24 +201,24 @@ def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S
 
 
 @triton.jit
-def _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, L: tl.constexpr,
-                  BC: tl.constexpr):
+def _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE,
+                  L: tl.constexpr, BC: tl.constexpr):
     """``_chunk`` plus the gy row pointers, e^u and the max m."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
-                                                              L, BC)
+                                                              SCALE, L, BC)
     pg = GY + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
-    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0))
+    uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0) * SCALE)
     m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
     return b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m
 
 
 def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB,
-                            NC, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr,
+                            NC, SCALE, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr,
                             BC: tl.constexpr):
     """Backward pass 1: per chunk, the decayed sums of p = gy / den and q = -p y to its end / start (original: also
     the e^w-growth sums from its start)."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(
-        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, L, BC)
+        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
     a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
     bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
     bc = lam if ORIG else 1.0
@@ -252,11 +252,11 @@ def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, sv
 
 
 def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
-                    T, C, S, NSUB, NC, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr,
+                    T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr,
                     L: tl.constexpr, BC: tl.constexpr):
     """Backward pass 3 (the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(
-        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, L, BC)
+        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
     z = tl.zeros([BC], tl.float32)
     if SINGLE:
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
@@ -342,8 +342,8 @@ def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, sk
     else:
         gw = -lam * (gw_a + gw_b)
     poff = (b * NC + j).to(tl.int64) * C + cols
-    tl.store(GWP + poff, gw, mask=cmask)
-    tl.store(GUP + poff, uu * gu, mask=cmask)
+    tl.store(GWP + poff, gw * SCALE, mask=cmask)  # gradients of the stored w, u (used as SCALE * w, SCALE * u)
+    tl.store(GUP + poff, uu * gu * SCALE, mask=cmask)
 
 
 _KERNELS = {name: triton.jit(fn, do_not_specialize=_SIZES) for name, fn in (
@@ -372,7 +372,7 @@ def _blocks(C: int, cfg: dict, key: str):
     return BC, max(1, min(cfg["seq_warps"], BC // 32))
 
 
-def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
+def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0):
     """Forward: (y, m, carries) as ``triton._fwd`` returns them (same carry layout)."""
     B, T, C = k.shape
     orig = mode == "original"
@@ -385,16 +385,17 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict):
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         mj = new_empty((B, NC, C), torch.float32, dev)
-        _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, NSUM=nsum,
+        _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
+                                      NSUM=nsum,
                                       ORIG=orig, L=L, BC=BC, num_warps=nw)
         launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True,
-                     min(cfg["carry_block_c"], next_pow2(C)))
-    _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, NCAR=ncar,
+                     min(cfg["carry_block_c"], next_pow2(C)), scale)
+    _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar,
                           ORIG=orig, SINGLE=single, L=L, BC=BC, num_warps=nw)
     return y, m, car
 
 
-def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
+def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: float = 1.0):
     """Backward: (gwu, gk, gv); gwu (2, C) fp32 = d w and d u stacked (one reduction launch)."""
     B, T, C = k.shape
     orig = mode == "original"
@@ -407,14 +408,15 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict):
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
         _KERNELS["bwd_summary"][(B, cdiv(C, BC), NC)](
-            k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, NSUM=nsum,
+            k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, scale,
+            NSUM=nsum,
             NCAR=ncar, ORIG=orig, L=L, BC=BC, num_warps=nw)
         launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
-                     min(cfg["carry_block_c"], next_pow2(C)))
+                     min(cfg["carry_block_c"], next_pow2(C)), scale)
     else:
         bcar = car
     BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
     _KERNELS["bwd"][(B, cdiv(C, BCB), NC)](
         k, v, gy, w32, u32, m, car, bcar, gk, gv, parts[0], parts[1], *k.stride(), *v.stride(), *gy.stride(), T, C, S,
-        NSUB, NC, NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB, num_warps=nwb)
+        NSUB, NC, scale, NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB, num_warps=nwb)
     return parts.sum(1), gk, gv
