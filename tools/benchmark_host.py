@@ -8,10 +8,11 @@ CPU tensors with ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton``, but every 
 our Python (wrappers, checks, dispatch, autograd bookkeeping, allocations) plus PyTorch's per-op overhead - the part
 a real launch adds on top is Triton's launcher and cuBLAS's, per launch. DeiT runs under the same stubs.
 
-Per model and path it prints: host time per forward (thread CPU time, best of the repeats; tiny input: 2x2 tokens)
-and its ratio to DeiT-T's measured in the same run (the absolute numbers drift by +-30% between runs on a shared VM;
-the ratio much less), Triton launches, GEMMs (the stubbed Linears and the aten matrix products), and other
-(non-view) aten ops per forward - each of those is a kernel launch on a GPU.
+Per model and path it prints: host time per forward (thread CPU time, best of the repeats; tiny input: 2x2 tokens,
+models 64 channels wide by default, ``--dim``) and its ratio to DeiT-T's measured in the same run (the absolute
+numbers drift by +-30% between runs on a shared VM; the ratio much less), Triton launches, GEMMs (the stubbed
+Linears and the aten matrix products), and other (non-view) aten ops per forward - each of those is a kernel launch
+on a GPU.
 
     python tools/benchmark_host.py                                  # VRWKV-T, VRWKV6-T, DeiT-T
     python tools/benchmark_host.py --model vrwkv_small_patch16_224 --out host.json
@@ -122,12 +123,25 @@ class _AtenCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False) -> dict:
+def narrow_kwargs(name: str, dim: int | None) -> dict:
+    """timm kwargs for a model of width ``dim`` (None: the registered width): one head of ``dim`` channels for
+    DeiT / ViT and RWKV-6 (whose head size must divide the width), the same blocks and launches otherwise."""
+    if dim is None:
+        return {}
+    if name.startswith(("deit", "vit")):
+        return dict(embed_dim=dim, num_heads=1)
+    if "vrwkv6" in name:
+        return dict(embed_dim=dim, head_size=dim)
+    return dict(embed_dim=dim)
+
+
+def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False,
+            dim: int | None = None) -> dict:
     """Host ms per forward (thread CPU time, best of ``repeats`` means over ``calls``) and launches per forward;
     ``train``: per training step instead (train mode, forward + backward of the features' sum, gradients cleared
-    between steps; no optimizer step)."""
+    between steps; no optimizer step). ``dim``: the models' width (see :func:`narrow_kwargs`)."""
     os.environ["VRWKV_FUSED"] = "1" if fused else "0"
-    model = timm.create_model(name, img_size=32, num_classes=0).train(train)
+    model = timm.create_model(name, img_size=32, num_classes=0, **narrow_kwargs(name, dim)).train(train)
     x = torch.randn(1, 3, 32, 32)
 
     def step():
@@ -168,6 +182,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--train", action="store_true", help="a training step (forward + backward) instead of a forward")
+    p.add_argument("--dim", type=int, default=64,
+                   help="the models' width (default 64; 0: as registered). The host work per launch does not depend "
+                        "on it, while the aten ops that run for real on CPU - the batched projections, the LoRA "
+                        "products, weight stacks and casts - cost milliseconds of compute at width 192, which a GPU "
+                        "does not spend on the host")
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -175,7 +194,8 @@ def main(argv=None) -> int:
     for name in args.model or MODELS:
         ours = not name.startswith(("deit", "vit"))
         for fused in ((True, False) if ours and args.plain else (True,)):
-            rows.append(measure(name, fused, args.repeats, args.calls, args.train))
+            rows.append(measure(name, fused, args.repeats, args.calls, args.train, args.dim or None))
+            rows[-1]["dim"] = args.dim or None
             print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("triton_by_kernel", "aten_by_op")}),
                   flush=True)
     deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)

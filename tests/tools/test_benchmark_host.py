@@ -23,6 +23,7 @@ def test_launch_counts_and_fused_gemms(tmp_path):
     base = _run(tmp_path, "base")
     ours, deit = base["vrwkv_tiny_patch16_224"], base["deit_tiny_patch16_224"]
     assert ours["host_ms"] > 0 and deit["host_ms"] > 0
+    assert ours["dim"] == deit["dim"] == 64  # narrow models by default: the same launches, no weight-sized CPU work
     assert deit["triton_launches"] == 0 and deit["gemms"] == 48  # 4 Linear layers x 12 blocks
     # 12 blocks: 2 shift+lerp, 1 WKV (one chunk at 4 tokens), 2 sigmoid gates, 1 relu^2, 2 residual+norm (the last
     # block's second add carries the final norm); 7 projections per block + the patch embedding
