@@ -134,9 +134,8 @@ def linear_stack(linears: Sequence[nn.Linear], x: torch.Tensor, cache: Optional[
     weights = tuple(lin.weight for lin in linears)
     if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return stacked_linear(x, weights)
-    m, c = x.shape[0], x.shape[-1]
-    w = derived_in_inference(weights, cache, name, lambda: torch.stack(weights).to(x.dtype), key=x.dtype)
-    return torch.bmm(x.reshape(m, -1, c), w.transpose(1, 2)).view(*x.shape[:-1], w.shape[1])
+    stacked = derived_in_inference(weights, cache, name, lambda: torch.stack(weights).to(x.dtype), key=x.dtype)
+    return stacked_linear(x, weights, stacked=stacked)
 
 
 def key_relu_square(key: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -507,8 +506,9 @@ class TimeMixV6(nn.Module):
         """Same function with fused kernels. Q-Shift: shift + first interpolation in one pass, the five
         data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
         offsets never stored, outputs in the compute dtype), then k, v, r and the gate in one batched GEMM
-        (:func:`linear_stack`; plain projections); the 1-D shift has no such kernel (plain PyTorch). Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh
-        and the decay ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
+        (:func:`linear_stack`; plain projections); the 1-D shift has no such kernel (plain PyTorch). Both: the log
+        decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh and the decay
+        ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
         head_size = self.head_size
         dtype = fused.compute_dtype(x)
         if self.token_shift == 'q_shift':
@@ -547,8 +547,8 @@ class TimeMixV6(nn.Module):
                  dtype: torch.dtype) -> torch.Tensor:
         """Fused path after the projections: the WKV, GroupNorm * SiLU(gate) in one pass, the output projection."""
         y = self._wkv(r, k, v, logd)
-        y = fused.group_norm_mul(y, g, self.num_heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps, gate_act='silu',
-                                 out_dtype=dtype)
+        y = fused.group_norm_mul(y, g, self.num_heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
+                                 gate_act='silu', out_dtype=dtype)
         return self.output(y)
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):

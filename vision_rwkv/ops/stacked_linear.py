@@ -11,7 +11,7 @@ slice in the parameter's layout, which autograd's accumulation takes as it is (a
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -43,12 +43,15 @@ class _StackedLinear(torch.autograd.Function):
         return (gx,) + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:]))
 
 
-def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor],
+                   stacked: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``stack([x[i] @ weights[i].T for i in range(M)])`` as one batched GEMM.
 
     Args:
         x: (M, ..., C) inputs, one per projection (the compute dtype: weights are cast to ``x.dtype``).
         weights: M weights of one shape (C_out, C) (bias-free ``nn.Linear`` weights).
+        stacked: ``stack(weights)`` in x's dtype, if the caller keeps one (eager inference: no stack or cast per
+            call); ignored while autograd records (the weights' gradients need the stack made here).
     Returns:
         (M, ..., C_out) in ``x.dtype``; differentiable in x and every weight (weight gradients in the weights'
         dtypes and layouts).
@@ -70,5 +73,6 @@ def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Te
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         y = _StackedLinear.apply(x2, *weights)
     else:
-        y = torch.bmm(x2, torch.stack(tuple(weights)).to(x.dtype).transpose(1, 2))
+        w = torch.stack(tuple(weights)).to(x.dtype) if stacked is None else stacked
+        y = torch.bmm(x2, w.transpose(1, 2))
     return y.view(*x.shape[:-1], shape[0])

@@ -430,8 +430,8 @@ def _bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, s
 
 
 def _bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
-                T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, BT: tl.constexpr,
-                BC: tl.constexpr):
+                T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr,
+                BT: tl.constexpr, BC: tl.constexpr):
     """Backward pass 3 (or the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu."""
     b = tl.program_id(0)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -664,7 +664,8 @@ def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, scale: float = 1.0):
     else:
         bcar = car
     _k("bwd")[grid](k, v, gy, w32, u32, m, car, bcar, gk, gv, parts[0], parts[1], *k.stride(), *v.stride(),
-                      *gy.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC, num_warps=nw)
+                      *gy.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar, ORIG=orig, SINGLE=single, BT=BT, BC=BC,
+                      num_warps=nw)
     return parts.sum(1), gk, gv
 
 

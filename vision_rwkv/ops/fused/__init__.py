@@ -302,8 +302,8 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
         split: the M mixed inputs as separate tensors or groups instead of one tensor (see
             :func:`token_shift_mix`).
     Returns:
-        (M, B, N, C) in ``out_dtype`` (or its parts, see ``split``). The Triton kernel computes m per tile (R a power of two >= 16), the
-        reference materialises it with one bmm (in h's dtype, as under autocast).
+        (M, B, N, C) in ``out_dtype`` (or its parts, see ``split``). The Triton kernel computes m per tile (R a
+        power of two >= 16), the reference materialises it with one bmm (in h's dtype, as under autocast).
     """
     op = "token_shift_mix_lora"
     tensors = dict(x=x, h=h, w2=w2)
