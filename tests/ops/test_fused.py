@@ -98,6 +98,17 @@ def test_bad_inputs_name_the_problem():
         fused.token_shift_mix(x, (3, 4), torch.rand(3, 7))
     with pytest.raises(ValueError, match="m has shape"):
         fused.token_shift_mix(x, (3, 4), torch.rand(2, 8), torch.rand(3, 2, 12, 8))
+    # the interpolation weights as separate vectors, and the split groups
+    with pytest.raises(ValueError, match=r"a\[1\] has 7 elements"):
+        fused.token_shift_mix(x, (3, 4), (torch.rand(8), torch.rand(1, 1, 7)))
+    with pytest.raises(ValueError, match="1..8 vectors, got 9"):
+        fused.token_shift_mix(x, (3, 4), [torch.rand(8)] * 9)
+    with pytest.raises(TypeError, match=r"a\[0\] must be a torch.Tensor"):
+        fused.shift_lerp(x, (3, 4), (0.5, torch.rand(8)))
+    with pytest.raises(ValueError, match="group sizes summing to the 3 mixed inputs"):
+        fused.token_shift_mix(x, (3, 4), torch.rand(3, 8), split=(2, 2))
+    with pytest.raises(ValueError, match="w2 must be"):
+        fused.token_shift_mix_lora(x, (3, 4), (torch.rand(8),) * 2, torch.rand(2, 12, 48), torch.rand(3, 16, 8))
     with pytest.raises(TypeError, match="dtype torch.int64"):
         fused.relu_square(torch.arange(4))
     with pytest.raises(ValueError, match="num_groups"):
@@ -224,3 +235,21 @@ def test_add_norm_inplace_writes_x_and_refuses_autograd():
         fused.add_norm(x.clone().requires_grad_(), y, gamma, w, b, inplace=True)
     with pytest.raises(ValueError, match="contiguous=False"):
         fused.add_norm(x.transpose(0, 1), y.transpose(0, 1), gamma, w, b, inplace=True)
+
+
+def test_weight_vectors_and_split_groups_on_the_reference_path():
+    """Interpolation weights passed as separate vectors (any shape with C elements) give the stacked (M, C) result;
+    ``split`` groups are views of consecutive planes (a group of one as a (B, N, C) plane); gradients reach each
+    vector."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 8, generator=g)
+    vecs = [torch.rand(1, 1, 8, generator=g).requires_grad_() for _ in range(3)]
+    stacked = torch.cat([v.reshape(1, 8) for v in vecs])
+    ref = fused.token_shift_mix(x, (3, 4), stacked.detach())
+    out = fused.token_shift_mix(x, (3, 4), vecs)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    first, rest = fused.token_shift_mix(x, (3, 4), vecs, split=(1, 2))
+    assert first.shape == (2, 12, 8) and rest.shape == (2, 2, 12, 8)
+    torch.testing.assert_close(torch.cat([first[None], rest]), ref, rtol=0, atol=0)
+    (first.sum() + 2 * rest[1].sum()).backward()
+    assert vecs[0].grad.shape == (1, 1, 8) and vecs[1].grad.abs().sum() == 0 and vecs[2].grad.abs().sum() > 0
