@@ -190,11 +190,12 @@ def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict
 def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = ''):
     """Per-channel vectors stored (C,) or (1, 1, C) as the interpolation weights of the fused mixing ops: one vector
     as a (1, C) view; with autograd recording (eager training) the vectors themselves - the kernels read each where
-    it is (no stack launched per step; each vector gets its gradient); else stacked into the (M, C) layout, and with
-    ``cache`` kept across eager inference forwards (:func:`derived_in_inference`)."""
+    it is (no stack launched per step; each vector gets its gradient; more than the kernels take are stacked by the
+    ops); else stacked into the (M, C) layout, and with ``cache`` kept across eager inference forwards
+    (:func:`derived_in_inference`)."""
     if len(vectors) == 1:
         return vectors[0].reshape(1, -1)
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and len(vectors) <= fused.MAX_WEIGHT_VECTORS:
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return vectors
     return derived_in_inference(vectors, cache, name, lambda: torch.stack(vectors).reshape(len(vectors), -1))
 

@@ -226,10 +226,10 @@ def _check_grid(op: str, x: torch.Tensor, grid_size: Tuple[int, int], head_size:
 MAX_WEIGHT_VECTORS = 5  # interpolation vectors the Triton kernels read as separate tensors (more are stacked)
 
 
-def _mix_weights(op: str, a, c: int, tensors: dict) -> Tuple[object, int]:
-    """Validate the interpolation weights ``a`` of a mixing op - an (M, C) tensor or a sequence of M vectors of C
-    elements (any shape, e.g. the (1, 1, C) parameters) - adding them to ``tensors`` (for the dtype / device check).
-    Returns (what the Triton path takes: the tensor or a tuple of <= 5 vectors, else their stack; M)."""
+def _mix_weights(op: str, a, tensors: dict) -> Tuple[object, int]:
+    """The interpolation weights ``a`` of a mixing op - an (M, C) tensor or a sequence of M vectors of C elements
+    (any shape, e.g. the (1, 1, C) parameters) - added to ``tensors`` (for the dtype / device check). Returns (the
+    tensor or the tuple of vectors, M)."""
     if isinstance(a, torch.Tensor):
         tensors["a"] = a
         return a, a.shape[0]
@@ -238,11 +238,18 @@ def _mix_weights(op: str, a, c: int, tensors: dict) -> Tuple[object, int]:
         raise ValueError(f"{op}: a must be an (M, C) tensor or 1..8 vectors, got {len(vectors)} vectors")
     for i, v in enumerate(vectors):
         tensors[f"a[{i}]"] = v
-        if isinstance(v, torch.Tensor) and v.numel() != c:
-            raise ValueError(f"{op}: a[{i}] has {v.numel()} elements {tuple(v.shape)}; expected C={c}")
-    if len(vectors) > MAX_WEIGHT_VECTORS:
-        return _stack_weights(vectors), len(vectors)
     return vectors, len(vectors)
+
+
+def _weight_vectors(op: str, a, c: int):
+    """After the tensor checks: each vector of ``a`` has C elements; what the Triton path takes (the (M, C) tensor,
+    a tuple of <= MAX_WEIGHT_VECTORS vectors, or the stack of more)."""
+    if isinstance(a, torch.Tensor):
+        return a
+    for i, v in enumerate(a):
+        if v.numel() != c:
+            raise ValueError(f"{op}: a[{i}] has {v.numel()} elements {tuple(v.shape)}; expected C={c}")
+    return _stack_weights(a) if len(a) > MAX_WEIGHT_VECTORS else a
 
 
 def _stack_weights(a) -> torch.Tensor:
@@ -274,11 +281,10 @@ def token_shift_mix(x: torch.Tensor, grid_size: Tuple[int, int], a, m: Optional[
     """
     op = "token_shift_mix"
     tensors = dict(x=x) if m is None else dict(x=x, m=m)
-    if x.dim() != 3:
-        raise ValueError(f"{op}: expected x of shape (B, N, C), got {tuple(x.shape)}")
-    a, nmix = _mix_weights(op, a, x.shape[2], tensors)
+    a, nmix = _mix_weights(op, a, tensors)
     device = check_tensors(op, **tensors)
     _check_grid(op, x, grid_size, head_size)
+    a = _weight_vectors(op, a, x.shape[2])
     if isinstance(a, torch.Tensor) and (a.dim() != 2 or a.shape[1] != x.shape[2] or not 1 <= nmix <= 8):
         raise ValueError(f"{op}: a must be (M, C) with C={x.shape[2]} and 1 <= M <= 8, got {tuple(a.shape)}")
     if m is not None:
@@ -307,11 +313,10 @@ def token_shift_mix_lora(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.T
     """
     op = "token_shift_mix_lora"
     tensors = dict(x=x, h=h, w2=w2)
-    if x.dim() != 3:
-        raise ValueError(f"{op}: expected x of shape (B, N, C), got {tuple(x.shape)}")
-    a, nmix_a = _mix_weights(op, a, x.shape[2], tensors)
+    a, nmix_a = _mix_weights(op, a, tensors)
     device = check_tensors(op, **tensors)
     _check_grid(op, x, grid_size, head_size)
+    a = _weight_vectors(op, a, x.shape[2])
     a_shape = tuple(a.shape) if isinstance(a, torch.Tensor) else (nmix_a, x.shape[2])
     if w2.dim() != 3 or w2.shape[2] != x.shape[2] or a_shape != (w2.shape[0], x.shape[2]):
         raise ValueError(f"{op}: w2 must be (M, R, C) and a (M, C) with C={x.shape[2]}, got {tuple(w2.shape)} and "
