@@ -41,9 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vision_rwkv  # noqa: E402,F401
 
 MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224", "deit_tiny_patch16_224"]
+ALLOC_OPS = {"aten.empty", "aten.new_empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty_strided"}
+# ops that launch no kernel: views, metadata, and the uninitialised allocations
 VIEW_OPS = {"aten.view", "aten._unsafe_view", "aten.select", "aten.unbind", "aten.permute", "aten.transpose",
             "aten.t", "aten.expand", "aten.slice", "aten.split", "aten.as_strided", "aten.reshape",
-            "aten.empty", "aten.new_empty", "aten.promote_types", "aten.detach", "aten.alias"}
+            "aten.promote_types", "aten.detach", "aten.alias"} | ALLOC_OPS
 MATMUL_OPS = {"aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm"}  # counted with the stubbed F.linear GEMMs
 
 

@@ -36,7 +36,7 @@ import weakref
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_host import VIEW_OPS, _Stubs  # noqa: E402  (sets TRITON_INTERPRET=1 before triton is imported)
+from benchmark_host import ALLOC_OPS, VIEW_OPS, _Stubs  # noqa: E402  (sets TRITON_INTERPRET=1 before triton is imported)
 
 import timm  # noqa: E402
 import torch  # noqa: E402
@@ -239,7 +239,7 @@ class LaunchLog(TorchDispatchMode):
         op = str(func.overloadpacket)
         if self.memory is not None:
             for t in _tensors(out):
-                self.memory.track(t, allocates=op not in VIEW_OPS or op in ("aten.empty", "aten.new_empty"))
+                self.memory.track(t, allocates=op not in VIEW_OPS or op in ALLOC_OPS)
         if op not in VIEW_OPS:
             flops = _matmul_flops(op, args, out) if op in _MATMUL_OPS else 0.0
             self.add(classify(["aten::" + op[len("aten."):]]), op, _unique_bytes(_tensors((args, kwargs, out))),

@@ -33,7 +33,7 @@ _GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mat
              "aten::convolution", "aten::_convolution", "aten::cudnn_convolution", "aten::conv2d",
              "aten::addmm_", "aten::_addmm_activation", "aten::mkldnn_convolution"}
 _COPY_OPS = {"aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous", "aten::cat",
-             "aten::stack"}
+             "aten::stack", "aten::_foreach_copy_"}
 _NORM_OPS = {"aten::layer_norm", "aten::native_layer_norm", "aten::group_norm", "aten::native_group_norm"}
 
 

@@ -8,8 +8,8 @@ and of every parameter gradient. Fused outputs are NaN-poisoned (``VRWKV_TRITON_
 
 ``name`` is a registered timm model (image input) or :data:`TEXT_TOWER` (the RWKV-CLIP text tower, token-id input;
 its kwargs are ``TextRWKV`` arguments plus ``tokens`` = sequence length). ``calls`` counts, for the fused pass, the
-calls of each fused elementwise op, of the token mixes' batched projections (``linear_stack``) and of each Triton WKV
-entry point (``wkv:<op>``), so a test can tell that the
+calls of each fused elementwise op, of the token mixes' batched projections (``linear_stack``), of the mixers'
+one-launch weight casts (``cast_weights``) and of each Triton WKV entry point (``wkv:<op>``), so a test can tell that the
 fused kernels really ran (not counted when the pass is compiled).
 
 ``train=True`` runs both passes in training mode from the same RNG seed, so drop path draws the same per-sample masks
@@ -75,6 +75,9 @@ class _CallCounter:
             mod = sys.modules[f"vision_rwkv.models.{name}"]
             self._saved.append((mod, "linear_stack", mod.linear_stack))
             mod.linear_stack = self._wrap("linear_stack", mod.linear_stack)
+        proj = sys.modules["vision_rwkv.models._projections"]  # the mixers' one-launch weight casts (autocast)
+        self._saved.append((proj, "cast_weights", proj.cast_weights))
+        proj.cast_weights = self._wrap("cast_weights", proj.cast_weights)
         for op in ("bi_wkv", "bi_wkv6"):
             mod = sys.modules[f"vision_rwkv.ops.{op}"]
             impl = mod.triton_impl
@@ -185,5 +188,6 @@ if __name__ == "__main__":
     print(json.dumps({f"{n}|{json.dumps(kw, sort_keys=True)}": compare(n, kw, compile_fused=kw.pop("compile", False),
                                                                        batch=kw.pop("batch", 2),
                                                                        train=kw.pop("train", False),
-                                                                       infer=kw.pop("infer", False))
+                                                                       infer=kw.pop("infer", False),
+                                                                       autocast=kw.pop("autocast", False))
                       for n, kw in cases}))

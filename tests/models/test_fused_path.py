@@ -57,6 +57,16 @@ TRAIN_CASES = [
 ]
 TRAIN_EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS]
 
+# bf16 autocast on CPU: each mixer casts its weight matrices with one cast_weights call (2 per block) and the kernels
+# read bf16 activations and (v6) the bf16 LoRA up-projection; the plain path casts per weight (autocast)
+AUTOCAST_CASES = [
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 2, "autocast": True, "train": True}],
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "autocast": True, "train": True}],
+    [TEXT_TOWER, {"vocab_size": 97, "context_length": 16, "width": 32, "layers": 2, "head_size": 16,
+                  "hidden_dim": 72, "tokens": 13, "autocast": True}],
+]
+AUTOCAST_EXPECTED_CALLS = [V4_OPS | {"cast_weights"}, V6_OPS | {"cast_weights"}, TEXT_OPS | {"cast_weights"}]
+
 # torch.compile(fullgraph=True) as the FIRST call of a fresh process (the Triton modules not yet imported: their
 # import must happen outside the trace), in training mode with drop path; then the text tower compiled
 COMPILE_FIRST_CASES = [
@@ -194,6 +204,24 @@ def test_fused_path_drop_path_training_interpreter(train_results, index):
     dropped, kept = res["drops"]
     assert dropped > 0 and kept > 0, res["drops"]
     assert set(res["calls"]) == TRAIN_EXPECTED_CALLS[index], res["calls"]
+
+
+@pytest.fixture(scope="module")
+def autocast_results():
+    return _run_cases(AUTOCAST_CASES)
+
+
+@pytest.mark.parametrize("index", range(len(AUTOCAST_CASES)), ids=[c[0] for c in AUTOCAST_CASES])
+def test_fused_path_bf16_autocast_training_interpreter(autocast_results, index):
+    """Training under bf16 autocast (the benchmarks' setting): the fused path, its weights cast once per mixer,
+    matches the plain path within bf16 rounding - logits and every parameter gradient (fp32, finite)."""
+    res = autocast_results[index]
+    assert "error" not in res, res.get("error")
+    assert res["finite"] and res["same_grads"], res
+    assert res["y"] < 1e-2, res
+    assert res["grad_max"] < 6e-2 and res["grad_median"] < 3e-2, res
+    assert set(res["calls"]) == AUTOCAST_EXPECTED_CALLS[index], res["calls"]
+    assert res["calls"]["cast_weights"] == 4, res["calls"]  # 2 blocks x (token mix, channel mix)
 
 
 @pytest.fixture(scope="module")
@@ -370,18 +398,18 @@ def test_mix_gemms_switches(monkeypatch):
 
 def test_gemm_epilogues_skip_wrapped_linears(monkeypatch):
     """A projection with a hook, a bias or a subclass type keeps its own forward (e.g. LoRA / PEFT wrappers)."""
-    from vision_rwkv.models import mixing
+    from vision_rwkv.models import _projections
 
     monkeypatch.setenv("VRWKV_FUSED_GEMM", "1")
     plain = torch.nn.Linear(8, 4, bias=False)
-    assert mixing._epilogue_ready(plain)
+    assert _projections._epilogue_ready(plain)
     hooked = torch.nn.Linear(8, 4, bias=False)
     hooked.register_forward_hook(lambda *a: None)
     biased = torch.nn.Linear(8, 4)
     sub = type("Wrapped", (torch.nn.Linear,), {})(8, 4, bias=False)
-    assert not any(mixing._epilogue_ready(m) for m in (hooked, biased, sub))
+    assert not any(_projections._epilogue_ready(m) for m in (hooked, biased, sub))
     monkeypatch.setenv("VRWKV_FUSED_GEMM", "0")
-    assert not mixing._epilogue_ready(plain)
+    assert not _projections._epilogue_ready(plain)
 
 
 @pytest.mark.parametrize("name,kw", [("vrwkv_small_patch16_224", dict(embed_dim=16, depth=2)),

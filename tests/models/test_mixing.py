@@ -2,6 +2,7 @@
 and the parameter style change, and what they must not."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vision_rwkv.models.mixing import ChannelMix, TimeMixV6, fused_prenorm_step
 from vision_rwkv.ops import bi_shift_1d, q_shift
@@ -250,3 +251,105 @@ def test_linear_stack_projects_together_and_caches_in_inference_only():
     assert not stackable(linears[0], torch.nn.Linear(6, 5))  # a bias
     assert not stackable(linears[0], torch.nn.Linear(6, 4, bias=False))  # another shape
     assert not stackable(linears[0], torch.nn.Linear(6, 5, bias=False).half())
+
+
+def test_step_weights_one_cast_by_name_and_when_not():
+    """step_weights: the plain projections' weights (and extra matrices) cast to the compute dtype in one launch, the
+    ``stack`` names as one stacked tensor; empty where autocast's own casts stay (same dtype, mixed dtypes); eager
+    inference keeps the casts while the weights are unchanged, training recasts each call and routes gradients."""
+    from vision_rwkv.models.mixing import linear_stack, plain_weights, step_weights
+
+    mix = ChannelMix(8, 0, 2, 12)
+    hooked = ChannelMix(8, 0, 2, 12)
+    hooked.value.register_forward_hook(lambda *a: None)
+    assert list(plain_weights(mix, ('key', 'value', 'receptance'))) == ['key', 'value', 'receptance']
+    assert list(plain_weights(hooked, ('key', 'value', 'receptance'))) == ['key', 'receptance']  # keeps its forward
+    weights = plain_weights(mix, ('key', 'value', 'receptance'))
+    assert step_weights(torch.float32, weights) == {}  # already the compute dtype: nothing to cast
+    assert step_weights(torch.bfloat16, dict(weights, extra=torch.ones(3, dtype=torch.float64))) == {}  # mixed
+    w = step_weights(torch.bfloat16, weights)
+    assert set(w) == {'key', 'value', 'receptance'}
+    for name, t in w.items():
+        assert t.dtype == torch.bfloat16 and torch.equal(t, getattr(mix, name).weight.detach().bfloat16())
+    (w['key'].float().sum() + 3 * w['value'].float().sum()).backward()
+    assert torch.equal(mix.key.weight.grad, torch.ones(12, 8)) and torch.equal(mix.value.weight.grad,
+                                                                                 torch.full((8, 12), 3.0))
+    assert mix.receptance.weight.grad is None
+    lins = [torch.nn.Linear(6, 5, bias=False) for _ in range(3)]
+    named = {n: lin.weight for n, lin in zip('abc', lins)}
+    s = step_weights(torch.bfloat16, dict(named, d=torch.nn.Parameter(torch.randn(2, 6))), stack=('a', 'b', 'c'))
+    assert set(s) == {'stack', 'd'} and s['stack'].shape == (3, 5, 6)
+    x = torch.randn(3, 4, 6).bfloat16()
+    y = linear_stack(lins, x, stacked=s['stack'])  # gradients through the stacked cast to every weight
+    torch.testing.assert_close(y.float(), torch.stack([x[i].float() @ lins[i].weight.detach().bfloat16().float().t()
+                                                       for i in range(3)]), rtol=1e-2, atol=1e-2)
+    y.float().sum().backward()
+    for i, lin in enumerate(lins):
+        torch.testing.assert_close(lin.weight.grad, x[i].float().sum(0).expand(5, 6), rtol=1e-2, atol=1e-2)
+    cache = {}
+    with torch.no_grad():
+        held = step_weights(torch.bfloat16, weights, cache=cache)
+        assert step_weights(torch.bfloat16, weights, cache=cache) is held  # kept across inference forwards
+        mix.value.weight.mul_(2.0)  # an in-place update is seen at once
+        again = step_weights(torch.bfloat16, weights, cache=cache)
+        assert again is not held and torch.equal(again['value'], mix.value.weight.bfloat16())
+    assert step_weights(torch.bfloat16, weights, cache=cache) is not again  # training: cast each call
+
+
+@pytest.mark.parametrize("family", ["v4", "v6", "channel"])
+def test_fused_mixers_cast_their_weights_once_per_call(family, monkeypatch):
+    """Under bf16 autocast the fused token / channel mixes cast all their matrices with ONE cast_weights call and run
+    every projection on those casts (no per-weight autocast cast), with the same output and parameter gradients as the
+    same forward with autocast casting each weight where it is used. The fused elementwise ops run on their
+    reference backend here (CPU); the Triton kernels are covered by test_fused_path."""
+    from vision_rwkv.models import _projections, mixing, vrwkv
+    from vision_rwkv.models.vrwkv import SpatialMix
+    from vision_rwkv.ops import fused
+
+    torch.manual_seed(0)
+    grid = (3, 5)
+    if family == "v4":
+        mod = SpatialMix(16, 1, 4)
+    elif family == "v6":
+        mod = TimeMixV6(32, 1, 4, head_size=16, mix_rank=16, decay_rank=16)
+    else:
+        mod = ChannelMix(16, 1, 4, 40)
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    x = torch.randn(2, 15, 32 if family == "v6" else 16)
+    monkeypatch.setattr(fused, "fused_enabled", lambda t: True)
+    calls = []
+    real = _projections.cast_weights
+    monkeypatch.setattr(_projections, "cast_weights", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+
+    matrices = {p.data_ptr() for p in mod.parameters() if p.dim() >= 2}
+
+    class WeightCasts(TorchDispatchMode):  # autocast's per-weight casts: a _to_copy reading a weight matrix
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in matrices:
+                WeightCasts.count += 1
+            return func(*args, **(kwargs or {}))
+
+    def run():
+        mod.zero_grad()
+        WeightCasts.count = 0
+        with WeightCasts(), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mod(x, grid)
+        y.float().square().sum().backward()
+        return y.detach().float(), {n: p.grad.clone() for n, p in mod.named_parameters() if p.grad is not None}
+
+    y1, g1 = run()
+    assert WeightCasts.count == 0
+    expected = {"v4": [4], "v6": [9], "channel": [3]}[family]  # k, v, r, out / + g, 4 LoRA matrices / k, v, r
+    assert calls == expected
+    for owner in (mixing, vrwkv):
+        monkeypatch.setattr(owner, "step_weights", lambda *a, **k: {})
+    y2, g2 = run()
+    assert calls == expected and WeightCasts.count > 0  # the second pass: autocast casts weights where used
+    assert set(g1) == set(g2) == {n for n, p in mod.named_parameters()}
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    for n in g2:
+        torch.testing.assert_close(g1[n], g2[n], rtol=1e-6, atol=1e-6, msg=n)

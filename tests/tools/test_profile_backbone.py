@@ -28,6 +28,7 @@ def test_classify_groups():
     assert c(["vision_rwkv::group_norm_mul_linear"], "_norm_linear_kernel") == "GEMMs"
     assert c(["cudaLaunchKernel", "aten::mm", "aten::matmul", "aten::linear"], "nvjet_x") == "GEMMs"
     assert c(["aten::_to_copy", "aten::to", "aten::linear"], "elementwise_kernel") == "casts/copies"
+    assert c(["aten::_foreach_copy_"], "multi_tensor_apply_kernel") == "casts/copies"  # the mixers' weight casts
     assert c(["aten::native_layer_norm", "aten::layer_norm"]) == "norms"
     assert c(["aten::_scaled_dot_product_flash_attention"]) == "attention"
     assert c(["aten::sigmoid"], "vectorized_elementwise_kernel") == "elementwise/other"

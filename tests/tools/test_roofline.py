@@ -82,9 +82,11 @@ def test_launch_bytes(rows):
     total = 24 * (elems * (4 + 2 + 4 + 2) + 2 * 192 * 4) + elems * 2
     assert top["_add_norm_fwd_kernel"]["launches"] == 24
     assert top["_add_norm_fwd_kernel"]["floor_ms"] == pytest.approx(total / 3.0e12 * 1e3, rel=1e-9)
-    # autocast's casts of the cuBLAS projections' fp32 weights (and of fp32 inputs such as the image patches); the
-    # token mix's k, v, r in one batched GEMM (its stacked weight cast once)
-    assert top["autocast_cast"]["launches"] >= top["linear"]["launches"] == 12 * 4 + 1
+    # each mixer casts its weight matrices in one launch (token mix: the stacked k, v, r and the output projection;
+    # channel mix: key, value, receptance), so autocast casts only what lies outside the blocks (patch embedding);
+    # the token mix's k, v, r in one batched GEMM
+    assert top["aten._foreach_copy_"]["launches"] == 24
+    assert top["linear"]["launches"] == 12 * 4 + 1 and top["autocast_cast"]["launches"] <= 3
     assert top["aten.bmm"]["launches"] == 12
     # one WKV output launch per block, the two Q-Shift + lerp passes per block
     assert top["_fwd_kernel"]["launches"] == 12 and top["_tsm_fwd_kernel"]["launches"] == 24
@@ -140,7 +142,7 @@ def test_peak_holders(tmp_path_factory, rows, train_rows):
     eight = _run(tmp_path_factory, "--train", "--batch", "8", "--holders", "5")
     sites = [h["site"] for h in eight["vrwkv_tiny_patch16_224"]["peak_holders"][:6]]
     assert any(s.startswith("_add_norm_fwd:") for s in sites), sites
-    assert any(s.startswith("key_relu_square:") for s in sites), sites
+    assert any(s.startswith(("key_relu_square:", "_linear:")) and "key_relu_square" in s for s in sites), sites
     deit = [h["site"] for h in eight["deit_tiny_patch16_224"]["peak_holders"][:5]]
     assert any(s.startswith("Mlp.forward:") for s in deit), deit
 

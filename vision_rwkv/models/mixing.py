@@ -9,13 +9,9 @@
 * :func:`fused_prenorm_step` - the fused-path residual adds of a pre-norm block (each add carries a LayerNorm).
 * :func:`drop_path_scale` / :func:`fusable_drop_path` - the per-sample branch factor a timm ``DropPath`` draws, for
   the fused residual adds.
-* :func:`key_relu_square` / :func:`receptance_gate` - the fused path's ``relu(key(x))^2`` and
-  ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
-  :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
-  :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
-* :func:`mix_gemm_ready` - whether the Q-Shift interpolations ride in the projections' GEMMs (inference,
-  ``VRWKV_FUSED_MIX=1``; training, ``VRWKV_FUSED_MIX_TRAIN=1``): the mixed inputs are then never written (in
-  training: recomputed by the backward).
+* the fused projections (:func:`key_relu_square`, :func:`receptance_gate`, :func:`lora_tanh`, :func:`lora_decay`,
+  :func:`linear_stack`, :func:`step_weights`, :func:`mix_gemm_ready`) live in :mod:`._projections` and are
+  re-exported here.
 * ``layer_ratios`` / ``channel_ratio`` / ``channel_position`` / ``lerp_mix`` - the "fancy" init ratios and the
   v4-style interpolation.
 
@@ -26,7 +22,7 @@ orthogonal with per-role gains for the text tower).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,12 +30,14 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
-from vision_rwkv.ops.stacked_linear import stacked_linear
+
+from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linear_stack, lora_decay, lora_tanh,
+                           mix_gemm_ready, plain_weights, receptance_gate, stackable, step_weights)
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
     'fusable_drop_path', 'fuses_residual', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay',
-    'mix_gemm_ready',
+    'mix_gemm_ready', 'step_weights', 'plain_weights',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
@@ -93,111 +91,6 @@ def token_shift(x: torch.Tensor, kind: str, head_size: Optional[int], grid_size:
             raise ValueError("token_shift 'q_shift' needs the token grid: pass grid_size=(rows, cols)")
         return q_shift(x, grid_size, head_size)
     return bi_shift_1d(x, head_size)
-
-
-def _plain_linear(linear: nn.Module) -> bool:
-    """A projection a fused GEMM kernel may replace: a bias-free ``nn.Linear`` (exact type: wrappers such as LoRA
-    layers keep their own forward) without hooks."""
-    return (type(linear) is nn.Linear and linear.bias is None and not linear._forward_hooks
-            and not linear._forward_pre_hooks)
-
-
-def _epilogue_ready(linear: nn.Module) -> bool:
-    """A plain projection, with the GEMM-epilogue kernels switched on."""
-    return fused.fused_gemm_enabled() and _plain_linear(linear)
-
-
-def mix_gemm_ready(*linears: nn.Module) -> bool:
-    """Whether the fused path forms the Q-Shift interpolations inside the GEMMs of these projections
-    (:func:`vision_rwkv.ops.fused.mix_linear`): plain projections, and switched on - in inference (no grad mode) by
-    ``VRWKV_FUSED_MIX=1``, in training by ``VRWKV_FUSED_MIX_TRAIN=1`` (a memory saving: the ops' backward recomputes
-    the mixed inputs instead of storing them; off by default, where storing them once is the faster choice)."""
-    enabled = fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_mix_enabled()
-    return enabled and all(_plain_linear(m) for m in linears)
-
-
-def stackable(*linears: nn.Module) -> bool:
-    """Whether one batched GEMM may run these projections (:func:`linear_stack`): plain bias-free ``nn.Linear``s
-    without hooks (see :func:`_plain_linear`) with weights of one shape, dtype and device."""
-    w0 = linears[0].weight
-    return all(_plain_linear(m) and m.weight.shape == w0.shape and m.weight.dtype == w0.dtype
-               and m.weight.device == w0.device for m in linears)
-
-
-def linear_stack(linears: Sequence[nn.Linear], x: torch.Tensor, cache: Optional[dict] = None,
-                 name: str = '') -> torch.Tensor:
-    """``stack([linears[i](x[i]) for i])`` as one batched GEMM (:func:`vision_rwkv.ops.stacked_linear`): x (M, ..., C)
-    -> (M, ..., C_out). Fused path: the mixed inputs of a token mix come from one kernel as one (M, B, N, C) tensor,
-    so k, v, r (v4) or k, v, r, g (v6) take one launch instead of M - and in training one weight cast and two
-    backward GEMMs instead of M casts and 2M GEMMs. With ``cache`` eager inference keeps the stacked weight, cast to
-    x's dtype, while the weights are unchanged (:func:`derived_in_inference`): no stack or cast per forward."""
-    weights = tuple(lin.weight for lin in linears)
-    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return stacked_linear(x, weights)
-    stacked = derived_in_inference(weights, cache, name, lambda: torch.stack(weights).to(x.dtype), key=x.dtype)
-    return stacked_linear(x, weights, stacked=stacked)
-
-
-def key_relu_square(key: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Fused path: ``relu(key(x)) ** 2`` - one GEMM with the activation in its epilogue when allowed, else the
-    Linear and an in-place relu^2 pass over its output."""
-    if _epilogue_ready(key):
-        return fused.linear_relu_square(x, key.weight)
-    return fused.relu_square(key(x), inplace=True)  # over the Linear output: one hidden buffer, not two
-
-
-def receptance_gate(receptance: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Fused path: ``sigmoid(receptance(x)) * y`` - one GEMM with the gate in its epilogue when allowed, else the
-    Linear and one sigmoid-gate pass."""
-    if _epilogue_ready(receptance):
-        return fused.linear_sigmoid_mul(x, receptance.weight, y)
-    return fused.sigmoid_mul(receptance(x), y)
-
-
-def lora_tanh(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
-    """Fused path: ``tanh(x @ w1)``, the first stage of an RWKV-6 LoRA - one GEMM with the tanh in its epilogue when
-    the fused GEMMs are on (``w1`` read through a transposed view, no copy), else the product and a tanh pass."""
-    if fused.fused_gemm_enabled():
-        return fused.linear_tanh(x, w1.t())
-    return torch.tanh(x @ w1)
-
-
-def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
-    """Fused path: the RWKV-6 log decay ``-exp(w0 + tanh(x @ w1) @ w2)`` in float32 - with the fused GEMMs, two GEMMs
-    with the tanh and the decay in their epilogues (the second product never stored), else the products, a tanh pass
-    and one decay pass."""
-    h = lora_tanh(x, w1)
-    if fused.fused_gemm_enabled():
-        return fused.linear_decay(h, w2.t(), w0)
-    return fused.decay_logd(w0, h @ w2)
-
-
-def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict], name: str,
-                         make: Callable[[], Any], key: Any = None) -> Any:
-    """``make()``, a value computed from the parameter tensors ``vectors`` only (and ``key``). With ``cache`` (a dict
-    of the owning module) eager inference keeps it under ``name`` while the vectors are unchanged (the same tensor
-    objects, storages and version counters) and ``key`` is equal: no launch per forward. With autograd recording or
-    under torch.compile it is computed each call."""
-    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return make()
-    state = (key,) + tuple((v.data_ptr(), v._version) for v in vectors)
-    hit = cache.get(name)  # (the vectors themselves: held, so an identity check cannot match a recycled object)
-    if hit is None or hit[1] != state or any(c is not v for c, v in zip(hit[0], vectors)):
-        hit = cache[name] = (tuple(vectors), state, make())
-    return hit[2]
-
-
-def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = ''):
-    """Per-channel vectors stored (C,) or (1, 1, C) as the interpolation weights of the fused mixing ops: one vector
-    as a (1, C) view; with autograd recording (eager training) the vectors themselves - the kernels read each where
-    it is (no stack launched per step; each vector gets its gradient; more than the kernels take are stacked by the
-    ops); else stacked into the (M, C) layout, and with ``cache`` kept across eager inference forwards
-    (:func:`derived_in_inference`)."""
-    if len(vectors) == 1:
-        return vectors[0].reshape(1, -1)
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        return vectors
-    return derived_in_inference(vectors, cache, name, lambda: torch.stack(vectors).reshape(len(vectors), -1))
 
 
 class ChannelMix(nn.Module):
@@ -296,8 +189,8 @@ class ChannelMix(nn.Module):
         compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
         elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
         :func:`receptance_gate`)."""
+        out_dtype = fused.compute_dtype(x)
         if self.token_shift == 'q_shift':
-            out_dtype = fused.compute_dtype(x)
             if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
                 mix = _fold((self.spatial_mix_k, self.spatial_mix_r), self._folded, 'kr')
                 xk, xr = fused.shift_lerp(x, grid_size, mix, self.head_size, out_dtype, split=True)
@@ -307,12 +200,13 @@ class ChannelMix(nn.Module):
                                                split=True)
         else:
             xk, xr = self._mixed_inputs(x, grid_size)
-        k = key_relu_square(self.key, xk)
+        w = step_weights(out_dtype, plain_weights(self, ('key', 'value', 'receptance')), cache=self._folded)
+        k = key_relu_square(self.key, xk, w.get('key'))
         if self.key_norm is not None:
             k = self.key_norm(k)
-        v = self.value(k)
+        v = _linear(self.value, k, w.get('value'))
         del k  # (the 4C-wide hidden is not held through the gate: less peak memory)
-        return receptance_gate(self.receptance, xr, v)
+        return receptance_gate(self.receptance, xr, v, w.get('receptance'))
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize,
                           residual: Optional[fused.ResidualNorm] = None):
@@ -512,45 +406,61 @@ class TimeMixV6(nn.Module):
         ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
         head_size = self.head_size
         dtype = fused.compute_dtype(x)
-        if self.token_shift == 'q_shift':
+        q_shift = self.token_shift == 'q_shift'
+        projections = (self.key, self.value, self.receptance, self.gate)
+        stacked = q_shift and stackable(*projections)  # k, v, r, g in one batched GEMM of one (4, B, N, C) tensor
+        w = self._step_weights(dtype, stacked)
+        w1, w2 = w.get('time_maa_w1', self.time_maa_w1), w.get('time_maa_w2', self.time_maa_w2)
+        d1, d2 = w.get('time_decay_w1', self.time_decay_w1), w.get('time_decay_w2', self.time_decay_w2)
+        if q_shift:
             xxx, = fused.token_shift_mix(x, grid_size, _fold((self.time_maa_x,)), None, head_size, out_dtype=dtype,
                                          split=True)
-            lora = lora_tanh(xxx, self.time_maa_w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
+            lora = lora_tanh(xxx, w1)  # (B, N, 5 * mix_rank); its W2 product stays in the kernel
             del xxx
             maa = _fold((self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g),
                         self._folded, 'wkvrg')
-            projections = (self.key, self.value, self.receptance, self.gate)
-            if stackable(*projections):  # k, v, r, g in one batched GEMM of the four mixed inputs (one tensor)
-                xw, xkvrg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
-                                                       out_dtype=dtype, split=(1, 4))
+            if stacked:
+                xw, xkvrg = fused.token_shift_mix_lora(x, grid_size, maa, lora, w2, head_size, out_dtype=dtype,
+                                                       split=(1, 4))
                 del lora
-                logd = lora_decay(xw, self.time_decay_w1, self.time_decay_w2, self.time_decay.reshape(-1))
+                logd = lora_decay(xw, d1, d2, self.time_decay.reshape(-1))
                 del xw
-                k, v, r, g = linear_stack(projections, xkvrg, self._folded, 'w_kvrg')
+                k, v, r, g = linear_stack(projections, xkvrg, self._folded, 'w_kvrg', stacked=w.get('stack'))
                 del xkvrg
-                return self._wkv_out(r, k, v, g, logd, dtype)
-            xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, self.time_maa_w2, head_size,
-                                                            out_dtype=dtype, split=True)
+                return self._wkv_out(r, k, v, g, logd, dtype, w.get('output'))
+            xw, xk, xv, xr, xg = fused.token_shift_mix_lora(x, grid_size, maa, lora, w2, head_size, out_dtype=dtype,
+                                                            split=True)
             del lora
         else:
             xw, xk, xv, xr, xg = self._ddlerp(x, grid_size)
         # (order and dels for peak memory: the decay's intermediates are freed before the projections allocate, and
         # the five mixed inputs - in inference one (5, B, N, C) buffer - are not held through the WKV)
-        logd = lora_decay(xw, self.time_decay_w1, self.time_decay_w2, self.time_decay.reshape(-1))
-        r = self.receptance(xr)
-        k = self.key(xk)
-        v = self.value(xv)
-        g = self.gate(xg)
+        logd = lora_decay(xw, d1, d2, self.time_decay.reshape(-1))
+        r = _linear(self.receptance, xr, w.get('receptance'))
+        k = _linear(self.key, xk, w.get('key'))
+        v = _linear(self.value, xv, w.get('value'))
+        g = _linear(self.gate, xg, w.get('gate'))
         del xw, xk, xv, xr, xg
-        return self._wkv_out(r, k, v, g, logd, dtype)
+        return self._wkv_out(r, k, v, g, logd, dtype, w.get('output'))
+
+    def _step_weights(self, dtype: torch.dtype, stacked: bool) -> Dict[str, torch.Tensor]:
+        """The fused forward's matrices in ``dtype``, cast in one launch (:func:`step_weights`): the plain
+        projections (k, v, r, g as one stack when ``stacked``), the LoRA matrices (the interpolation's only with the
+        Q-Shift kernels: the 1-D shift's plain ddlerp casts its own)."""
+        names = ('key', 'value', 'receptance', 'gate', 'output')
+        weights = plain_weights(self, names)
+        lora = ('time_maa_w1', 'time_maa_w2') if self.token_shift == 'q_shift' else ()
+        weights.update((n, getattr(self, n)) for n in lora + ('time_decay_w1', 'time_decay_w2'))
+        return step_weights(dtype, weights, stack=names[:4] if stacked else (), cache=self._folded)
 
     def _wkv_out(self, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, logd: torch.Tensor,
-                 dtype: torch.dtype) -> torch.Tensor:
-        """Fused path after the projections: the WKV, GroupNorm * SiLU(gate) in one pass, the output projection."""
+                 dtype: torch.dtype, out_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Fused path after the projections: the WKV, GroupNorm * SiLU(gate) in one pass, the output projection
+        (``out_weight``: its weight from :func:`step_weights`)."""
         y = self._wkv(r, k, v, logd)
         y = fused.group_norm_mul(y, g, self.num_heads, self.ln_x.weight, self.ln_x.bias, self.ln_x.eps,
                                  gate_act='silu', out_dtype=dtype)
-        return self.output(y)
+        return _linear(self.output, y, out_weight)
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """Fused inference path: the projections with the ddlerp in their GEMMs, the WKV, and the output GEMM with

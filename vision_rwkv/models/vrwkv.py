@@ -28,8 +28,9 @@ from vision_rwkv.ops import bi_wkv, fused, q_shift
 from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
-from .mixing import (ChannelMix, _epilogue_ready, _fold, channel_position, channel_ratio, derived_in_inference,
-                     layer_ratios, lerp_mix, linear_stack, mix_gemm_ready, receptance_gate, stackable)
+from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
+                           plain_weights, receptance_gate, stackable, step_weights)
+from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -143,31 +144,36 @@ class SpatialMix(nn.Module):
         mix = _fold((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), self._folded, 'kvr')
         dtype = fused.compute_dtype(x)
         gate_epilogue = _epilogue_ready(self.receptance)  # sigmoid(r) * y in the receptance GEMM, after the WKV
-        together = (self.key, self.value) if gate_epilogue else (self.key, self.value, self.receptance)
-        if stackable(*together):  # k, v (and r) in one batched GEMM of their mixed inputs (one tensor)
+        names = ('key', 'value') if gate_epilogue else ('key', 'value', 'receptance')
+        together = tuple(getattr(self, n) for n in names)
+        stacked = stackable(*together)  # k, v (and r) in one batched GEMM of their mixed inputs (one tensor)
+        w = step_weights(dtype, plain_weights(self, ('key', 'value', 'receptance', 'output')),
+                         stack=names if stacked else (), cache=self._folded)
+        if stacked:
             if gate_epilogue:
                 xkv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=dtype, split=(2, 1))
-                k, v = linear_stack(together, xkv, self._folded, 'w_kv')
+                k, v = linear_stack(together, xkv, self._folded, 'w_kv', stacked=w.get('stack'))
                 r = None
                 del xkv
             else:
                 k, v, r = linear_stack(together, fused.shift_lerp(x, grid_size, mix, out_dtype=dtype), self._folded,
-                                       'w_kvr')
+                                       'w_kvr', stacked=w.get('stack'))
                 xr = None
         else:
             xk, xv, xr = fused.shift_lerp(x, grid_size, mix, out_dtype=dtype, split=True)
-            k = self.key(xk)
-            v = self.value(xv)
+            k = _linear(self.key, xk, w.get('key'))
+            v = _linear(self.value, xv, w.get('value'))
             # without the gate epilogue the receptance runs before the WKV, so the mixed inputs (in inference one
             # (3, B, N, C) buffer) are not held through it: less peak memory
-            r = None if gate_epilogue else self.receptance(xr)
+            r = None if gate_epilogue else _linear(self.receptance, xr, w.get('receptance'))
             if r is not None:
                 del xr
             del xk, xv
         y = self._bi_wkv_scaled(k, v, x.shape[1])
         if self.key_norm is not None:
             y = self.key_norm(y)
-        return self.output(receptance_gate(self.receptance, xr, y) if r is None else fused.sigmoid_mul(r, y))
+        gated = receptance_gate(self.receptance, xr, y, w.get('receptance')) if r is None else fused.sigmoid_mul(r, y)
+        return _linear(self.output, gated, w.get('output'))
 
     def _forward_mix_gemm(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """Fused inference path with the Q-Shift lerps inside the k, v, r GEMMs (k and v in one launch that reads x

@@ -18,12 +18,12 @@ import torch
 __all__ = ["stacked_linear"]
 
 
-class _StackedLinear(torch.autograd.Function):
+class _BatchedLinear(torch.autograd.Function):
+    """``x @ w^T`` for x (M, R, C), w (M, C_out, C); the weight gradient ``gy^T @ x`` comes out in w's layout."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        w = torch.stack(weights).to(x.dtype)  # (M, C_out, C) in the compute dtype: one stack, one cast
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        ctx.weight_dtypes = tuple(p.dtype for p in weights)
         return torch.bmm(x, w.transpose(1, 2))
 
     @staticmethod
@@ -31,16 +31,8 @@ class _StackedLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         gy = gy.to(x.dtype)
         gx = torch.bmm(gy, w) if ctx.needs_input_grad[0] else None
-        if not any(ctx.needs_input_grad[1:]):
-            return (gx,) + (None,) * len(ctx.weight_dtypes)
-        gw = torch.bmm(gy.transpose(1, 2), x)  # (M, C_out, C): each slice in its weight's layout
-        dtypes = set(ctx.weight_dtypes)
-        if len(dtypes) == 1:
-            gw = gw.to(dtypes.pop())  # one cast for all M (fp32 parameters under autocast)
-            grads = gw.unbind(0)
-        else:
-            grads = tuple(g.to(dt) for g, dt in zip(gw.unbind(0), ctx.weight_dtypes))
-        return (gx,) + tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[1:]))
+        gw = torch.bmm(gy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None  # (M, C_out, C): w's layout
+        return gx, gw
 
 
 def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor],
@@ -50,8 +42,9 @@ def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor],
     Args:
         x: (M, ..., C) inputs, one per projection (the compute dtype: weights are cast to ``x.dtype``).
         weights: M weights of one shape (C_out, C) (bias-free ``nn.Linear`` weights).
-        stacked: ``stack(weights)`` in x's dtype, if the caller keeps one (eager inference: no stack or cast per
-            call); ignored while autograd records (the weights' gradients need the stack made here).
+        stacked: ``stack(weights)`` in x's dtype when the caller has it (eager inference keeps one; a training step
+            gets it from :func:`~vision_rwkv.ops.cast_weights.cast_weights`): used instead of stacking and casting
+            here, and while autograd records the weight gradient goes to it (as one (M, C_out, C) tensor).
     Returns:
         (M, ..., C_out) in ``x.dtype``; differentiable in x and every weight (weight gradients in the weights'
         dtypes and layouts).
@@ -69,10 +62,15 @@ def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor],
                              f"{tuple(w.shape)} (weight 0: {tuple(shape)})")
         if w.device != x.device:
             raise ValueError(f"stacked_linear: weight {i} is on {w.device}, x on {x.device}")
+    if stacked is not None and (stacked.shape != (m, *shape) or stacked.dtype != x.dtype):
+        raise ValueError(f"stacked_linear: stacked must be the ({m}, {shape[0]}, {c}) stack of the weights in "
+                         f"{x.dtype}, got {tuple(stacked.shape)} {stacked.dtype}")
     x2 = x.reshape(m, -1, c)
-    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
-        y = _StackedLinear.apply(x2, *weights)
+    # one stack and one cast of the weights (autograd's backward of both: one cast of the (M, C_out, C) gradient
+    # and unbind views, each weight's gradient a contiguous slice in its layout)
+    w = torch.stack(tuple(weights)).to(x.dtype) if stacked is None else stacked
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        y = _BatchedLinear.apply(x2, w)
     else:
-        w = torch.stack(tuple(weights)).to(x.dtype) if stacked is None else stacked
         y = torch.bmm(x2, w.transpose(1, 2))
     return y.view(*x.shape[:-1], shape[0])

@@ -1,0 +1,171 @@
+"""The projections of the fused mixers and the values they derive from parameters.
+
+* :func:`stackable` / :func:`linear_stack` - a token mix's M projections of one shape as one batched GEMM.
+* :func:`plain_weights` / :func:`step_weights` - a mixer's weight matrices cast to the compute dtype in one launch
+  (in training their gradients back in one), by name; eager inference keeps the casts.
+* :func:`key_relu_square` / :func:`receptance_gate` - the fused path's ``relu(key(x))^2`` and
+  ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
+  :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
+  :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
+* :func:`mix_gemm_ready` - whether the Q-Shift interpolations ride in the projections' GEMMs (inference,
+  ``VRWKV_FUSED_MIX=1``; training, ``VRWKV_FUSED_MIX_TRAIN=1``): the mixed inputs are then never written (in
+  training: recomputed by the backward).
+* :func:`derived_in_inference` / :func:`_fold` - values computed from parameters, kept across eager inference
+  forwards while the parameters are unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vision_rwkv.ops import fused
+from vision_rwkv.ops.cast_weights import cast_weights
+from vision_rwkv.ops.stacked_linear import stacked_linear
+
+__all__ = ['stackable', 'linear_stack', 'plain_weights', 'step_weights', 'key_relu_square', 'receptance_gate',
+           'lora_tanh', 'lora_decay', 'mix_gemm_ready', 'derived_in_inference']
+
+
+def _plain_linear(linear: nn.Module) -> bool:
+    """A projection a fused GEMM kernel may replace: a bias-free ``nn.Linear`` (exact type: wrappers such as LoRA
+    layers keep their own forward) without hooks."""
+    return (type(linear) is nn.Linear and linear.bias is None and not linear._forward_hooks
+            and not linear._forward_pre_hooks)
+
+
+def _epilogue_ready(linear: nn.Module) -> bool:
+    """A plain projection, with the GEMM-epilogue kernels switched on."""
+    return fused.fused_gemm_enabled() and _plain_linear(linear)
+
+
+def mix_gemm_ready(*linears: nn.Module) -> bool:
+    """Whether the fused path forms the Q-Shift interpolations inside the GEMMs of these projections
+    (:func:`vision_rwkv.ops.fused.mix_linear`): plain projections, and switched on - in inference (no grad mode) by
+    ``VRWKV_FUSED_MIX=1``, in training by ``VRWKV_FUSED_MIX_TRAIN=1`` (a memory saving: the ops' backward recomputes
+    the mixed inputs instead of storing them; off by default, where storing them once is the faster choice)."""
+    enabled = fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_mix_enabled()
+    return enabled and all(_plain_linear(m) for m in linears)
+
+
+def stackable(*linears: nn.Module) -> bool:
+    """Whether one batched GEMM may run these projections (:func:`linear_stack`): plain bias-free ``nn.Linear``s
+    without hooks (see :func:`_plain_linear`) with weights of one shape, dtype and device."""
+    w0 = linears[0].weight
+    return all(_plain_linear(m) and m.weight.shape == w0.shape and m.weight.dtype == w0.dtype
+               and m.weight.device == w0.device for m in linears)
+
+
+def linear_stack(linears: Sequence[nn.Linear], x: torch.Tensor, cache: Optional[dict] = None,
+                 name: str = '', stacked: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``stack([linears[i](x[i]) for i])`` as one batched GEMM (:func:`vision_rwkv.ops.stacked_linear`): x (M, ..., C)
+    -> (M, ..., C_out). Fused path: the mixed inputs of a token mix come from one kernel as one (M, B, N, C) tensor,
+    so k, v, r (v4) or k, v, r, g (v6) take one launch instead of M - and in training two backward GEMMs instead of
+    2M. ``stacked``: the stacked weights in x's dtype, when the caller has them (:func:`step_weights`; gradients go
+    to it). Else the weights are stacked and cast here, and with ``cache`` eager inference keeps that stack while the
+    weights are unchanged (:func:`derived_in_inference`): no stack or cast per forward."""
+    weights = tuple(lin.weight for lin in linears)
+    if stacked is not None or cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return stacked_linear(x, weights, stacked=stacked)
+    stacked = derived_in_inference(weights, cache, name, lambda: torch.stack(weights).to(x.dtype), key=x.dtype)
+    return stacked_linear(x, weights, stacked=stacked)
+
+
+def plain_weights(module: nn.Module, names: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """``{name: module.<name>.weight}`` for the projections among ``names`` that are plain (bias-free ``nn.Linear``s
+    without hooks, :func:`_plain_linear`): the ones a fused forward may run with a weight of its own
+    (:func:`step_weights`); the others keep their forward."""
+    return {n: getattr(module, n).weight for n in names if _plain_linear(getattr(module, n))}
+
+
+def step_weights(dtype: torch.dtype, weights: Dict[str, torch.Tensor], stack: Sequence[str] = (),
+                 cache: Optional[dict] = None, name: str = 'step_weights') -> Dict[str, torch.Tensor]:
+    """A fused forward's weights in the compute dtype ``dtype``, cast in ONE launch by name
+    (:func:`vision_rwkv.ops.cast_weights.cast_weights`; in training their gradients are cast back in one launch too)
+    - instead of one autocast cast per weight each way. The names in ``stack`` (weights of one shape) come back as one
+    stacked tensor under ``'stack'`` (for :func:`linear_stack`). Eager inference with ``cache`` keeps the casts while
+    the weights are unchanged (:func:`derived_in_inference`): no cast per forward.
+
+    Empty - the caller uses the parameters, cast by autocast where used - under torch.compile (Inductor fuses the
+    casts), when the weights already are in ``dtype`` (no autocast, or a model cast to it), or not all of one dtype
+    and device."""
+    if not weights or torch.compiler.is_compiling():
+        return {}
+    names = list(stack) + [n for n in weights if n not in stack]
+    tensors = tuple(weights[n] for n in names)
+    w0 = tensors[0]
+    if w0.dtype == dtype or any(w.dtype != w0.dtype or w.device != w0.device for w in tensors):
+        return {}
+    keys = (['stack'] if stack else []) + names[len(stack):]
+    return derived_in_inference(tensors, cache, name,
+                                lambda: dict(zip(keys, cast_weights(tensors, dtype, stack=len(stack)))), key=dtype)
+
+
+def _linear(linear: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``linear(x)``; with ``weight`` (a plain projection's weight from :func:`step_weights`) ``F.linear(x, weight)``."""
+    return linear(x) if weight is None else F.linear(x, weight)
+
+
+def key_relu_square(key: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused path: ``relu(key(x)) ** 2`` - one GEMM with the activation in its epilogue when allowed, else the
+    Linear and an in-place relu^2 pass over its output. ``weight``: the key's weight from :func:`step_weights`."""
+    if _epilogue_ready(key):
+        return fused.linear_relu_square(x, key.weight if weight is None else weight)
+    return fused.relu_square(_linear(key, x, weight), inplace=True)  # over the Linear output: one buffer, not two
+
+
+def receptance_gate(receptance: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused path: ``sigmoid(receptance(x)) * y`` - one GEMM with the gate in its epilogue when allowed, else the
+    Linear and one sigmoid-gate pass. ``weight``: the receptance's weight from :func:`step_weights`."""
+    if _epilogue_ready(receptance):
+        return fused.linear_sigmoid_mul(x, receptance.weight if weight is None else weight, y)
+    return fused.sigmoid_mul(_linear(receptance, x, weight), y)
+
+
+def lora_tanh(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """Fused path: ``tanh(x @ w1)``, the first stage of an RWKV-6 LoRA - one GEMM with the tanh in its epilogue when
+    the fused GEMMs are on (``w1`` read through a transposed view, no copy), else the product and a tanh pass."""
+    if fused.fused_gemm_enabled():
+        return fused.linear_tanh(x, w1.t())
+    return torch.tanh(x @ w1)
+
+
+def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """Fused path: the RWKV-6 log decay ``-exp(w0 + tanh(x @ w1) @ w2)`` in float32 - with the fused GEMMs, two GEMMs
+    with the tanh and the decay in their epilogues (the second product never stored), else the products, a tanh pass
+    and one decay pass."""
+    h = lora_tanh(x, w1)
+    if fused.fused_gemm_enabled():
+        return fused.linear_decay(h, w2.t(), w0)
+    return fused.decay_logd(w0, h @ w2)
+
+
+def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict], name: str,
+                         make: Callable[[], Any], key: Any = None) -> Any:
+    """``make()``, a value computed from the parameter tensors ``vectors`` only (and ``key``). With ``cache`` (a dict
+    of the owning module) eager inference keeps it under ``name`` while the vectors are unchanged (the same tensor
+    objects, storages and version counters) and ``key`` is equal: no launch per forward. With autograd recording or
+    under torch.compile it is computed each call."""
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return make()
+    state = (key,) + tuple((v.data_ptr(), v._version) for v in vectors)
+    hit = cache.get(name)  # (the vectors themselves: held, so an identity check cannot match a recycled object)
+    if hit is None or hit[1] != state or any(c is not v for c, v in zip(hit[0], vectors)):
+        hit = cache[name] = (tuple(vectors), state, make())
+    return hit[2]
+
+
+def _fold(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict] = None, name: str = ''):
+    """Per-channel vectors stored (C,) or (1, 1, C) as the interpolation weights of the fused mixing ops: one vector
+    as a (1, C) view; with autograd recording (eager training) the vectors themselves - the kernels read each where
+    it is (no stack launched per step; each vector gets its gradient; more than the kernels take are stacked by the
+    ops); else stacked into the (M, C) layout, and with ``cache`` kept across eager inference forwards
+    (:func:`derived_in_inference`)."""
+    if len(vectors) == 1:
+        return vectors[0].reshape(1, -1)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return vectors
+    return derived_in_inference(vectors, cache, name, lambda: torch.stack(vectors).reshape(len(vectors), -1))
