@@ -353,3 +353,62 @@ def test_fused_mixers_cast_their_weights_once_per_call(family, monkeypatch):
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
     for n in g2:
         torch.testing.assert_close(g1[n], g2[n], rtol=1e-6, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("family", ["v4", "v6", "channel"])
+@pytest.mark.parametrize("mlp", [False, True])
+def test_mix_gemm_inference_keeps_its_weight_casts(family, mlp, monkeypatch):
+    """The mixed-operand inference path (VRWKV_FUSED_MIX=1) under bf16 autocast: the first forward casts the mixer's
+    weight matrices in one call, later forwards reuse them (no cast at all) until a weight changes; the output is
+    bit-identical to the same path casting per call. Reference backend of the fused ops (CPU)."""
+    from vision_rwkv.models import _projections, mixing, vrwkv
+    from vision_rwkv.models.vrwkv import SpatialMix
+    from vision_rwkv.ops import fused
+
+    torch.manual_seed(0)
+    if family == "v4":
+        mod = SpatialMix(16, 1, 4)
+    elif family == "v6":
+        mod = TimeMixV6(32, 1, 4, head_size=16, mix_rank=16, decay_rank=16)
+    else:
+        mod = ChannelMix(16, 1, 4, 40)
+    mod.eval()
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    x = torch.randn(2, 15, 32 if family == "v6" else 16)
+    monkeypatch.setattr(fused, "fused_enabled", lambda t: True)
+    monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
+    monkeypatch.setenv("VRWKV_FUSED_MLP", "1" if mlp else "0")
+    calls = []
+    real = _projections.cast_weights
+    monkeypatch.setattr(_projections, "cast_weights", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    matrices = {p.data_ptr() for p in mod.parameters() if p.dim() >= 2}
+    casts = []
+
+    class WeightCasts(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in matrices:
+                casts.append(func)
+            return func(*args, **(kwargs or {}))
+
+    def run():
+        with torch.no_grad(), WeightCasts(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return mod(x, (3, 5)).float()
+
+    y1 = run()
+    assert len(calls) == 1 and not casts
+    assert set(mod._folded) >= {'mix_gemm_weights'} and 'step_weights' not in mod._folded  # the mixed-operand path
+    y2 = run()
+    assert len(calls) == 1 and not casts  # kept: nothing cast in the second forward
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    with torch.no_grad():
+        next(p for p in mod.parameters() if p.dim() == 2).mul_(1.5)  # an in-place update: cast again
+    y3 = run()
+    assert len(calls) == 2 and not torch.equal(y3, y2)
+    for owner in (_projections, mixing, vrwkv):
+        if hasattr(owner, "mix_gemm_weights"):
+            monkeypatch.setattr(owner, "mix_gemm_weights", lambda *a, **k: {})
+    y4 = run()
+    assert casts  # the path without kept casts: the ops cast the weights per call
+    torch.testing.assert_close(y4, y3, rtol=0, atol=0)

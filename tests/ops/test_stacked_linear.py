@@ -97,6 +97,23 @@ def test_no_grad_path():
     torch.testing.assert_close(y, torch.stack([x[i] @ w.t() for i, w in enumerate(ws)]).detach())
 
 
+def test_given_stack_takes_the_gradient_as_one_tensor():
+    """``stacked=`` (a training step's cast_weights output): used as the weight, its gradient one contiguous
+    (M, C_out, C) tensor; the weights themselves only give the shapes."""
+    x, ws = _inputs(3, (2, 5), 6, 4)
+    stacked = torch.stack([w.detach() for w in ws]).requires_grad_()
+    y = stacked_linear(x, ws, stacked=stacked)
+    torch.testing.assert_close(y, torch.stack([F.linear(x[i], w) for i, w in enumerate(ws)]), rtol=1e-5, atol=1e-5)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+    with _Ops() as rec:
+        gx, gs = torch.autograd.grad(y, [x, stacked], g)
+    assert rec.ops.count("aten.bmm") == 2 and "aten.copy_" not in rec.ops, rec.ops
+    assert gs.is_contiguous() and all(w.grad is None for w in ws)
+    for i in range(3):
+        torch.testing.assert_close(gs[i], g[i].reshape(-1, 4).t() @ x[i].reshape(-1, 6), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gx[i], g[i] @ ws[i].detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_inputs_raise_clear_errors():
     x, ws = _inputs(3, (4,), 5, 2)
     with pytest.raises(ValueError, match="2 weights for the 3 inputs"):
@@ -107,3 +124,7 @@ def test_bad_inputs_raise_clear_errors():
         stacked_linear(x, [torch.randn(2, 4)] * 3)
     with pytest.raises(ValueError, match="must be an"):
         stacked_linear(torch.randn(5), ws)
+    with pytest.raises(ValueError, match=r"stacked must be the \(3, 2, 5\) stack"):
+        stacked_linear(x, ws, stacked=torch.zeros(3, 5, 2))
+    with pytest.raises(ValueError, match="torch.float32, got .* torch.bfloat16"):
+        stacked_linear(x, ws, stacked=torch.zeros(3, 2, 5, dtype=torch.bfloat16))

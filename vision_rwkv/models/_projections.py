@@ -2,7 +2,8 @@
 
 * :func:`stackable` / :func:`linear_stack` - a token mix's M projections of one shape as one batched GEMM.
 * :func:`plain_weights` / :func:`step_weights` - a mixer's weight matrices cast to the compute dtype in one launch
-  (in training their gradients back in one), by name; eager inference keeps the casts.
+  (in training their gradients back in one), by name; eager inference keeps the casts (:func:`mix_gemm_weights`: the
+  same for the mixed-operand inference paths).
 * :func:`key_relu_square` / :func:`receptance_gate` - the fused path's ``relu(key(x))^2`` and
   ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
   :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
@@ -25,8 +26,8 @@ from vision_rwkv.ops import fused
 from vision_rwkv.ops.cast_weights import cast_weights
 from vision_rwkv.ops.stacked_linear import stacked_linear
 
-__all__ = ['stackable', 'linear_stack', 'plain_weights', 'step_weights', 'key_relu_square', 'receptance_gate',
-           'lora_tanh', 'lora_decay', 'mix_gemm_ready', 'derived_in_inference']
+__all__ = ['stackable', 'linear_stack', 'plain_weights', 'step_weights', 'mix_gemm_weights', 'key_relu_square',
+           'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready', 'derived_in_inference']
 
 
 def _plain_linear(linear: nn.Module) -> bool:
@@ -101,6 +102,19 @@ def step_weights(dtype: torch.dtype, weights: Dict[str, torch.Tensor], stack: Se
     keys = (['stack'] if stack else []) + names[len(stack):]
     return derived_in_inference(tensors, cache, name,
                                 lambda: dict(zip(keys, cast_weights(tensors, dtype, stack=len(stack)))), key=dtype)
+
+
+def mix_gemm_weights(module: nn.Module, dtype: torch.dtype, linears: Sequence[str],
+                     params: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
+    """The weights of a mixer's mixed-operand (mix-GEMM) path by name - its plain projections among ``linears`` and
+    the parameters ``params`` - cast to ``dtype`` by :func:`step_weights` and kept in ``module._folded`` across eager
+    inference forwards (the path's Triton GEMMs would cast each weight per call). Empty while autograd records: in
+    training these ops keep the parameters (their backward computes some weight gradients in fp32)."""
+    if torch.is_grad_enabled():
+        return {}
+    weights = plain_weights(module, linears)
+    weights.update((n, getattr(module, n)) for n in params)
+    return step_weights(dtype, weights, cache=module._folded, name='mix_gemm_weights')
 
 
 def _linear(linear: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:

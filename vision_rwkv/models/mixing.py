@@ -32,7 +32,7 @@ from timm.layers import DropPath
 from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
 
 from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linear_stack, lora_decay, lora_tanh,
-                           mix_gemm_ready, plain_weights, receptance_gate, stackable, step_weights)
+                           mix_gemm_ready, mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights)
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
@@ -216,15 +216,17 @@ class ChannelMix(nn.Module):
         ``residual`` the receptance GEMM also does the block's residual add + LayerNorm and returns ``(x, n)``."""
         one_minus = self.param_style == 'vrwkv'  # mu weights the unshifted token: the kernel takes 1 - mu itself
         mu_k, mu_r = ((self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r))
+        w = mix_gemm_weights(self, fused.compute_dtype(x), ('key', 'value', 'receptance'))
+        w_key, w_rec = w.get('key', self.key.weight), w.get('receptance', self.receptance.weight)
         if self.key_norm is None and _plain_linear(self.value) and fused.fused_mlp_enabled():  # one kernel
-            v = fused.mix_mlp(x, grid_size, mu_k.reshape(-1), self.key.weight, self.value.weight, self.head_size,
-                              one_minus=one_minus)
+            v = fused.mix_mlp(x, grid_size, mu_k.reshape(-1), w_key, w.get('value', self.value.weight),
+                              self.head_size, one_minus=one_minus)
         else:
-            k = fused.mix_linear(x, grid_size, mu_k.reshape(-1), self.key.weight, self.head_size,
-                                 one_minus=one_minus, act='relu_square')
-            v = self.value(k if self.key_norm is None else self.key_norm(k))
-        return fused.mix_linear(x, grid_size, mu_r.reshape(-1), self.receptance.weight, self.head_size,
-                                one_minus=one_minus, act='sigmoid_mul', y=v, residual=residual)
+            k = fused.mix_linear(x, grid_size, mu_k.reshape(-1), w_key, self.head_size, one_minus=one_minus,
+                                 act='relu_square')
+            v = _linear(self.value, k if self.key_norm is None else self.key_norm(k), w.get('value'))
+        return fused.mix_linear(x, grid_size, mu_r.reshape(-1), w_rec, self.head_size, one_minus=one_minus,
+                                act='sigmoid_mul', y=v, residual=residual)
 
     def extra_repr(self) -> str:
         return f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}'
@@ -466,30 +468,37 @@ class TimeMixV6(nn.Module):
         """Fused inference path: the projections with the ddlerp in their GEMMs, the WKV, and the output GEMM with
         GroupNorm * SiLU(gate) in its operand load (and, with ``residual``, the block's residual add + LayerNorm in
         its epilogue: then ``(x, n)``)."""
-        r, k, v, g, logd = self._projections_mix_gemm(x, grid_size)
+        w = mix_gemm_weights(self, fused.compute_dtype(x), ('key', 'value', 'receptance', 'gate', 'output'),
+                             ('time_maa_w1', 'time_maa_w2', 'time_decay_w1', 'time_decay_w2'))
+        r, k, v, g, logd = self._projections_mix_gemm(x, grid_size, w)
         return fused.group_norm_mul_linear(self._wkv(r, k, v, logd), g, self.num_heads, self.ln_x.weight,
-                                           self.ln_x.bias, self.output.weight, self.ln_x.eps, gate_act='silu',
-                                           residual=residual)
+                                           self.ln_x.bias, w.get('output', self.output.weight), self.ln_x.eps,
+                                           gate_act='silu', residual=residual)
 
-    def _projections_mix_gemm(self, x: torch.Tensor, grid_size: GridSize) -> Tuple[torch.Tensor, ...]:
+    def _projections_mix_gemm(self, x: torch.Tensor, grid_size: GridSize,
+                              w: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """Fused inference path: r, k, v, gate and the log decay with the ddlerp inside the GEMMs - the first
         interpolation in the LoRA down-projection (tanh epilogue), each of the five data-dependent ones (with its
         rank-R LoRA offset) in its projection (k, v, r and the gate in one launch that reads x once); the
-        interpolated inputs are never written."""
+        interpolated inputs are never written. ``w``: weights by name from :func:`mix_gemm_weights` (else the
+        parameters)."""
         hs, rank = self.head_size, self.mix_rank
-        lora = fused.mix_linear(x, grid_size, self.time_maa_x.reshape(-1), self.time_maa_w1.t(), hs, act='tanh')
+        p = lambda name: w.get(name, getattr(self, name))  # noqa: E731
+        projection = lambda name: w.get(name, getattr(self, name).weight)  # noqa: E731
+        w2 = p('time_maa_w2')
+        lora = fused.mix_linear(x, grid_size, self.time_maa_x.reshape(-1), p('time_maa_w1').t(), hs, act='tanh')
         # the LoRA hidden's slices are ordered w, k, v, r, g: k, v, r, g are its last four, contiguous
         maa = tuple(m.reshape(-1) for m in (self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g))
-        k, v, r, g = fused.mix_linear_group(x, grid_size, maa, (self.key.weight, self.value.weight,
-                                                                self.receptance.weight, self.gate.weight), hs,
-                                            h=lora[..., rank:], w2=self.time_maa_w2[1:])
+        k, v, r, g = fused.mix_linear_group(x, grid_size, maa, tuple(projection(n) for n in ('key', 'value',
+                                                                                            'receptance', 'gate')),
+                                            hs, h=lora[..., rank:], w2=w2[1:])
         w0 = self.time_decay.reshape(-1)
-        hidden = fused.mix_linear(x, grid_size, self.time_maa_w.reshape(-1), self.time_decay_w1.t(), hs,
-                                  h=lora[..., :rank], w2=self.time_maa_w2[0], act='tanh')
+        hidden = fused.mix_linear(x, grid_size, self.time_maa_w.reshape(-1), p('time_decay_w1').t(), hs,
+                                  h=lora[..., :rank], w2=w2[0], act='tanh')
         if fused.fused_gemm_enabled():
-            logd = fused.linear_decay(hidden, self.time_decay_w2.t(), w0)
+            logd = fused.linear_decay(hidden, p('time_decay_w2').t(), w0)
         else:
-            logd = fused.decay_logd(w0, hidden @ self.time_decay_w2)
+            logd = fused.decay_logd(w0, hidden @ p('time_decay_w2'))
         return r, k, v, g, logd
 
     def extra_repr(self) -> str:

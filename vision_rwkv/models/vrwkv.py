@@ -29,7 +29,7 @@ from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
 from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
-                           plain_weights, receptance_gate, stackable, step_weights)
+                           mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights)
 from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
@@ -180,14 +180,18 @@ class SpatialMix(nn.Module):
         once; the sigmoid gate on the WKV output in the receptance GEMM's epilogue): xk, xv, xr are never written.
         With ``residual`` the output projection also does the block's residual add + LayerNorm
         (:func:`fused.linear_add_norm`)."""
+        w = mix_gemm_weights(self, fused.compute_dtype(x), ('key', 'value', 'receptance', 'output'))
         k, v = fused.mix_linear_group(x, grid_size, (self.spatial_mix_k, self.spatial_mix_v),
-                                      (self.key.weight, self.value.weight), one_minus=True)
+                                      (w.get('key', self.key.weight), w.get('value', self.value.weight)),
+                                      one_minus=True)
         y = self._bi_wkv_scaled(k, v, x.shape[1])
         if self.key_norm is not None:
             y = self.key_norm(y)
-        gated = fused.mix_linear(x, grid_size, self.spatial_mix_r, self.receptance.weight, one_minus=True,
-                                 act='sigmoid_mul', y=y)
-        return self.output(gated) if residual is None else fused.linear_add_norm(gated, self.output.weight, residual)
+        gated = fused.mix_linear(x, grid_size, self.spatial_mix_r, w.get('receptance', self.receptance.weight),
+                                 one_minus=True, act='sigmoid_mul', y=y)
+        if residual is None:
+            return _linear(self.output, gated, w.get('output'))
+        return fused.linear_add_norm(gated, w.get('output', self.output.weight), residual)
 
     def extra_repr(self) -> str:
         return f'wkv_mode={self.wkv_mode!r}, wkv_chunks={self.wkv_chunks}'
