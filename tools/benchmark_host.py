@@ -17,6 +17,7 @@ on a GPU.
     python tools/benchmark_host.py                                  # VRWKV-T, VRWKV6-T, DeiT-T
     python tools/benchmark_host.py --model vrwkv_small_patch16_224 --out host.json
     python tools/benchmark_host.py --train                          # a training step (forward + backward)
+    python tools/benchmark_host.py --train --autocast               # the same under bf16 autocast
 """
 from __future__ import annotations
 
@@ -73,12 +74,32 @@ class _Stubs:
     """Replace Triton launches and ``F.linear`` by recording stubs while active. ``record(kind, fn, args, out)``, if
     given, also sees every stubbed call: kind 'triton' (fn = the kernel's Python function, args = its launch
     arguments), 'linear' (args = (x, weight, bias), out = the stub's output) or, in training, 'linear_bwd' (args =
-    (grad_out, x, weight, grad_bias or None), out = (grad_x, grad_weight))."""
+    (grad_out, x, weight, grad_bias or None), out = (grad_x, grad_weight)).
 
-    def __init__(self, record=None):
+    ``autocast_casts``: under autocast the stubbed ``F.linear`` does the casts autocast would do for the real one, as
+    real ops (host work and launches): operands not in the autocast dtype are cast, a leaf weight that requires grad
+    once per autocast region (autocast's cast cache; :meth:`new_region` clears it), and in training autograd casts
+    their gradients back."""
+
+    def __init__(self, record=None, autocast_casts: bool = False):
         self.triton = collections.Counter()
         self.gemm = 0
         self.record = record
+        self.autocast_casts = autocast_casts
+        self._cast_cache: dict = {}
+
+    def new_region(self) -> None:
+        """A new autocast region began: autocast's cached weight casts are gone."""
+        self._cast_cache.clear()
+
+    def _autocast(self, t, dtype):
+        if t is None or t.dtype == dtype or not t.is_floating_point():
+            return t
+        if t.is_leaf and t.requires_grad:  # (autocast caches the casts of leaf tensors that require grad)
+            if id(t) not in self._cast_cache:
+                self._cast_cache[id(t)] = (t, t.to(dtype))
+            return self._cast_cache[id(t)][1]
+        return t.to(dtype)
 
     def __enter__(self):
         from triton.runtime import interpreter
@@ -94,6 +115,8 @@ class _Stubs:
             stubs.gemm += 1
             dev = x.device.type  # the output dtype F.linear would give (the autocast dtype inside autocast)
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+            if stubs.autocast_casts and torch.is_autocast_enabled(dev):
+                x, weight, bias = (stubs._autocast(t, dtype) for t in (x, weight, bias))
             shape = (*x.shape[:-1], weight.shape[0])
             if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
                 out = _LinearStub.apply(stubs, x, weight, bias, shape, dtype)
@@ -138,22 +161,25 @@ def narrow_kwargs(name: str, dim: int | None) -> dict:
 
 
 def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False,
-            dim: int | None = None) -> dict:
+            dim: int | None = None, autocast: bool = False) -> dict:
     """Host ms per forward (thread CPU time, best of ``repeats`` means over ``calls``) and launches per forward;
     ``train``: per training step instead (train mode, forward + backward of the features' sum, gradients cleared
-    between steps; no optimizer step). ``dim``: the models' width (see :func:`narrow_kwargs`)."""
+    between steps; no optimizer step). ``dim``: the models' width (see :func:`narrow_kwargs`). ``autocast``: each
+    step's forward under bf16 autocast, with autocast's casts for the stubbed ``F.linear`` done for real."""
     os.environ["VRWKV_FUSED"] = "1" if fused else "0"
     model = timm.create_model(name, img_size=32, num_classes=0, **narrow_kwargs(name, dim)).train(train)
     x = torch.randn(1, 3, 32, 32)
 
     def step():
+        stubs.new_region()
         if train:
             model.zero_grad(set_to_none=True)
-            model.forward_features(x).float().sum().backward()
-        else:
-            model.forward_features(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = model.forward_features(x)
+        if train:
+            y.float().sum().backward()
 
-    with torch.set_grad_enabled(train), _Stubs() as stubs:
+    with torch.set_grad_enabled(train), _Stubs(autocast_casts=True) as stubs:
         for _ in range(3):
             step()
         best = float("inf")
@@ -170,7 +196,7 @@ def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, tr
     other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
     gemms = stubs.gemm + matmuls
     return dict(model=name, path="fused" if fused else "plain", fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
-                mode="train" if train else "inference",
+                mode="train" if train else "inference", dtype="bf16 autocast" if autocast else "fp32",
                 host_ms=best * 1e3, triton_launches=sum(stubs.triton.values()), gemms=gemms,
                 other_aten_ops=other, launches=sum(stubs.triton.values()) + gemms + other,
                 triton_by_kernel=dict(stubs.triton),
@@ -184,6 +210,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--train", action="store_true", help="a training step (forward + backward) instead of a forward")
+    p.add_argument("--autocast", action="store_true",
+                   help="forwards under bf16 autocast (the benchmarks' setting), autocast's weight casts included")
     p.add_argument("--dim", type=int, default=64,
                    help="the models' width (default 64; 0: as registered). The host work per launch does not depend "
                         "on it, while the aten ops that run for real on CPU - the batched projections, the LoRA "
@@ -196,7 +224,7 @@ def main(argv=None) -> int:
     for name in args.model or MODELS:
         ours = not name.startswith(("deit", "vit"))
         for fused in ((True, False) if ours and args.plain else (True,)):
-            rows.append(measure(name, fused, args.repeats, args.calls, args.train, args.dim or None))
+            rows.append(measure(name, fused, args.repeats, args.calls, args.train, args.dim or None, args.autocast))
             rows[-1]["dim"] = args.dim or None
             print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("triton_by_kernel", "aten_by_op")}),
                   flush=True)
