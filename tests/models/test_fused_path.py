@@ -486,6 +486,37 @@ def test_fused_path_drop_path_training_cuda(name, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"])
+def test_cuda_graph_inference_sees_weight_updates_cuda(name):
+    """Eager bf16 inference captured in a CUDA graph (after warm-up forwards filled the inference caches): the graph
+    makes the weights' casts and stacks itself, so a replay after an in-place weight update matches a fresh eager
+    forward (a cast kept from before the capture would be stale)."""
+    model = timm.create_model(name, num_classes=0).cuda().eval()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                model.forward_features(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = model.forward_features(x)
+        graph.replay()
+        before = out.float().clone()
+        for p in (model.blocks[3].channel_mix.key.weight, model.blocks[5].spatial_mix.output.weight,
+                  model.blocks[5].spatial_mix.key.weight):  # (the last: in the stacked k, v, r (, g) weight)
+            p.mul_(1.5)
+        graph.replay()
+        ref = model.forward_features(x).float()
+    torch.cuda.synchronize()
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(before, ref) > 1e-2  # the update matters
+    assert rel(out.float(), ref) < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"])
 def test_compile_fullgraph_cuda(name):
     torch._dynamo.reset()
     model = timm.create_model(name, num_classes=5).cuda().eval()

@@ -412,3 +412,26 @@ def test_mix_gemm_inference_keeps_its_weight_casts(family, mlp, monkeypatch):
     y4 = run()
     assert casts  # the path without kept casts: the ops cast the weights per call
     torch.testing.assert_close(y4, y3, rtol=0, atol=0)
+
+
+def test_derived_values_are_not_kept_while_a_cuda_graph_is_captured(monkeypatch):
+    """During a CUDA-graph capture the derived values (stacks, casts) are made by the graph each replay, never taken
+    from or put into the cache: a replay after an in-place weight update must not read a stale cast."""
+    from vision_rwkv.models import _projections
+
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    cache, made = {}, []
+    make = lambda: made.append(1) or w.detach().bfloat16()  # noqa: E731
+    with torch.no_grad():
+        _projections.derived_in_inference((w,), cache, 'c', make)
+        _projections.derived_in_inference((w,), cache, 'c', make)
+        assert len(made) == 1 and 'c' in cache
+        monkeypatch.setattr(_projections, "_capturing_graph", lambda: True)
+        _projections.derived_in_inference((w,), cache, 'c', make)
+        _projections.derived_in_inference((w,), cache, 'c', make)
+        assert len(made) == 3 and cache['c'][2] is not None
+        monkeypatch.setattr(_projections, "_capturing_graph", lambda: False)
+        _projections.derived_in_inference((w,), cache, 'c', make)
+        assert len(made) == 3  # the cache made before the capture is still valid (w unchanged)
+    assert _projections._capturing_graph() is False  # (CPU: no capture)
+

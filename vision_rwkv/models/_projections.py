@@ -157,13 +157,19 @@ def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Te
     return fused.decay_logd(w0, h @ w2)
 
 
+def _capturing_graph() -> bool:
+    """Whether the current CUDA stream is capturing a CUDA graph."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict], name: str,
                          make: Callable[[], Any], key: Any = None) -> Any:
     """``make()``, a value computed from the parameter tensors ``vectors`` only (and ``key``). With ``cache`` (a dict
     of the owning module) eager inference keeps it under ``name`` while the vectors are unchanged (the same tensor
-    objects, storages and version counters) and ``key`` is equal: no launch per forward. With autograd recording or
-    under torch.compile it is computed each call."""
-    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    objects, storages and version counters) and ``key`` is equal: no launch per forward. With autograd recording,
+    under torch.compile, or while a CUDA graph is captured it is computed each call (in a graph: by the graph, so
+    that its replays see later in-place updates of the parameters - as autocast turns its cast cache off there)."""
+    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or _capturing_graph():
         return make()
     state = (key,) + tuple((v.data_ptr(), v._version) for v in vectors)
     hit = cache.get(name)  # (the vectors themselves: held, so an identity check cannot match a recycled object)
