@@ -296,18 +296,11 @@ def test_step_weights_one_cast_by_name_and_when_not():
     assert step_weights(torch.bfloat16, weights, cache=cache) is not again  # training: cast each call
 
 
-@pytest.mark.parametrize("family", ["v4", "v6", "channel"])
-def test_fused_mixers_cast_their_weights_once_per_call(family, monkeypatch):
-    """Under bf16 autocast the fused token / channel mixes cast all their matrices with ONE cast_weights call and run
-    every projection on those casts (no per-weight autocast cast), with the same output and parameter gradients as the
-    same forward with autocast casting each weight where it is used. The fused elementwise ops run on their
-    reference backend here (CPU); the Triton kernels are covered by test_fused_path."""
-    from vision_rwkv.models import _projections, mixing, vrwkv
+def _small_mixer(family: str):
+    """A v4 token mix, a v6 time mix or a channel mix with perturbed parameters, and an input on a 3 x 5 grid."""
     from vision_rwkv.models.vrwkv import SpatialMix
-    from vision_rwkv.ops import fused
 
     torch.manual_seed(0)
-    grid = (3, 5)
     if family == "v4":
         mod = SpatialMix(16, 1, 4)
     elif family == "v6":
@@ -317,38 +310,63 @@ def test_fused_mixers_cast_their_weights_once_per_call(family, monkeypatch):
     with torch.no_grad():
         for p in mod.parameters():
             p.add_(torch.randn(p.shape) * 0.1)
-    x = torch.randn(2, 15, 32 if family == "v6" else 16)
-    monkeypatch.setattr(fused, "fused_enabled", lambda t: True)
+    return mod, torch.randn(2, 15, 32 if family == "v6" else 16)
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Counts autocast's per-weight casts: a _to_copy reading one of ``module``'s weight matrices."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.matrices = {p.data_ptr() for p in module.parameters() if p.dim() >= 2}
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in self.matrices:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_cast_weights(monkeypatch) -> list:
+    """The number of weights of each cast_weights call, recorded while the test runs."""
+    from vision_rwkv.models import _projections
+
     calls = []
     real = _projections.cast_weights
     monkeypatch.setattr(_projections, "cast_weights", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    return calls
 
-    matrices = {p.data_ptr() for p in mod.parameters() if p.dim() >= 2}
 
-    class WeightCasts(TorchDispatchMode):  # autocast's per-weight casts: a _to_copy reading a weight matrix
-        count = 0
+@pytest.mark.parametrize("family", ["v4", "v6", "channel"])
+def test_fused_mixers_cast_their_weights_once_per_call(family, monkeypatch):
+    """Under bf16 autocast the fused token / channel mixes cast all their matrices with ONE cast_weights call and run
+    every projection on those casts (no per-weight autocast cast), with the same output and parameter gradients as the
+    same forward with autocast casting each weight where it is used. The fused elementwise ops run on their
+    reference backend here (CPU); the Triton kernels are covered by test_fused_path."""
+    from vision_rwkv.models import mixing, vrwkv
+    from vision_rwkv.ops import fused
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in matrices:
-                WeightCasts.count += 1
-            return func(*args, **(kwargs or {}))
+    mod, x = _small_mixer(family)
+    monkeypatch.setattr(fused, "fused_enabled", lambda t: True)
+    calls = _count_cast_weights(monkeypatch)
+    casts = _WeightCasts(mod)
 
     def run():
         mod.zero_grad()
-        WeightCasts.count = 0
-        with WeightCasts(), torch.autocast("cpu", dtype=torch.bfloat16):
-            y = mod(x, grid)
+        casts.count = 0
+        with casts, torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mod(x, (3, 5))
         y.float().square().sum().backward()
         return y.detach().float(), {n: p.grad.clone() for n, p in mod.named_parameters() if p.grad is not None}
 
     y1, g1 = run()
-    assert WeightCasts.count == 0
+    assert casts.count == 0
     expected = {"v4": [4], "v6": [9], "channel": [3]}[family]  # k, v, r, out / + g, 4 LoRA matrices / k, v, r
     assert calls == expected
     for owner in (mixing, vrwkv):
         monkeypatch.setattr(owner, "step_weights", lambda *a, **k: {})
     y2, g2 = run()
-    assert calls == expected and WeightCasts.count > 0  # the second pass: autocast casts weights where used
+    assert calls == expected and casts.count > 0  # the second pass: autocast casts weights where used
     assert set(g1) == set(g2) == {n for n, p in mod.named_parameters()}
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
     for n in g2:
@@ -362,45 +380,25 @@ def test_mix_gemm_inference_keeps_its_weight_casts(family, mlp, monkeypatch):
     weight matrices in one call, later forwards reuse them (no cast at all) until a weight changes; the output is
     bit-identical to the same path casting per call. Reference backend of the fused ops (CPU)."""
     from vision_rwkv.models import _projections, mixing, vrwkv
-    from vision_rwkv.models.vrwkv import SpatialMix
     from vision_rwkv.ops import fused
 
-    torch.manual_seed(0)
-    if family == "v4":
-        mod = SpatialMix(16, 1, 4)
-    elif family == "v6":
-        mod = TimeMixV6(32, 1, 4, head_size=16, mix_rank=16, decay_rank=16)
-    else:
-        mod = ChannelMix(16, 1, 4, 40)
+    mod, x = _small_mixer(family)
     mod.eval()
-    with torch.no_grad():
-        for p in mod.parameters():
-            p.add_(torch.randn(p.shape) * 0.1)
-    x = torch.randn(2, 15, 32 if family == "v6" else 16)
     monkeypatch.setattr(fused, "fused_enabled", lambda t: True)
     monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
     monkeypatch.setenv("VRWKV_FUSED_MLP", "1" if mlp else "0")
-    calls = []
-    real = _projections.cast_weights
-    monkeypatch.setattr(_projections, "cast_weights", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
-    matrices = {p.data_ptr() for p in mod.parameters() if p.dim() >= 2}
-    casts = []
-
-    class WeightCasts(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in matrices:
-                casts.append(func)
-            return func(*args, **(kwargs or {}))
+    calls = _count_cast_weights(monkeypatch)
+    casts = _WeightCasts(mod)
 
     def run():
-        with torch.no_grad(), WeightCasts(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), casts, torch.autocast("cpu", dtype=torch.bfloat16):
             return mod(x, (3, 5)).float()
 
     y1 = run()
-    assert len(calls) == 1 and not casts
+    assert len(calls) == 1 and not casts.count
     assert set(mod._folded) >= {'mix_gemm_weights'} and 'step_weights' not in mod._folded  # the mixed-operand path
     y2 = run()
-    assert len(calls) == 1 and not casts  # kept: nothing cast in the second forward
+    assert len(calls) == 1 and not casts.count  # kept: nothing cast in the second forward
     torch.testing.assert_close(y1, y2, rtol=0, atol=0)
     with torch.no_grad():
         next(p for p in mod.parameters() if p.dim() == 2).mul_(1.5)  # an in-place update: cast again
@@ -410,7 +408,7 @@ def test_mix_gemm_inference_keeps_its_weight_casts(family, mlp, monkeypatch):
         if hasattr(owner, "mix_gemm_weights"):
             monkeypatch.setattr(owner, "mix_gemm_weights", lambda *a, **k: {})
     y4 = run()
-    assert casts  # the path without kept casts: the ops cast the weights per call
+    assert casts.count  # the path without kept casts: the ops cast the weights per call
     torch.testing.assert_close(y4, y3, rtol=0, atol=0)
 
 
