@@ -433,3 +433,16 @@ def test_derived_values_are_not_kept_while_a_cuda_graph_is_captured(monkeypatch)
         assert len(made) == 3  # the cache made before the capture is still valid (w unchanged)
     assert _projections._capturing_graph() is False  # (CPU: no capture)
 
+
+def test_time_mix_keeps_w2_in_fp32_under_fp16():
+    """The v6 LoRA up-projection W2 joins the one-launch casts in bf16 only: under fp16 the Q-Shift + LoRA backward
+    sums its gradient in fp32 (a fp16 cast would round that sum into fp16, where it can overflow)."""
+    mod = TimeMixV6(32, 1, 4, head_size=16, mix_rank=16, decay_rank=16)
+    bf16 = mod._step_weights(torch.bfloat16, stacked=True)
+    fp16 = mod._step_weights(torch.float16, stacked=True)
+    assert set(bf16) == {'stack', 'output', 'time_maa_w1', 'time_maa_w2', 'time_decay_w1', 'time_decay_w2'}
+    assert set(fp16) == set(bf16) - {'time_maa_w2'} and fp16['stack'].dtype == torch.float16
+    text = TimeMixV6(32, 1, 4, head_size=16, mix_rank=16, decay_rank=16, token_shift='bi_shift_1d')
+    assert set(text._step_weights(torch.bfloat16, stacked=False)) == {
+        'key', 'value', 'receptance', 'gate', 'output', 'time_decay_w1', 'time_decay_w2'}
+

@@ -451,7 +451,10 @@ class TimeMixV6(nn.Module):
         Q-Shift kernels: the 1-D shift's plain ddlerp casts its own)."""
         names = ('key', 'value', 'receptance', 'gate', 'output')
         weights = plain_weights(self, names)
-        lora = ('time_maa_w1', 'time_maa_w2') if self.token_shift == 'q_shift' else ()
+        # W2 only in bf16: under fp16 the Q-Shift + LoRA kernel's backward sums W2's gradient over every token in
+        # fp32 (it can leave fp16's range), which a fp16 cast of W2 would round into fp16
+        w2 = ('time_maa_w2',) if dtype == torch.bfloat16 else ()
+        lora = ('time_maa_w1',) + w2 if self.token_shift == 'q_shift' else ()
         weights.update((n, getattr(self, n)) for n in lora + ('time_decay_w1', 'time_decay_w2'))
         return step_weights(dtype, weights, stack=names[:4] if stacked else (), cache=self._folded)
 
