@@ -181,18 +181,9 @@ def test_fold_caches_stacked_vectors_in_inference_only():
 def test_per_step_divides_by_tokens_with_one_foreach_each_way():
     """SpatialMix.per_step: (decay / T, first / T) and their gradients as plain division's, with one foreach launch in
     the forward and one in the backward when training (autograd's foreach backward would divide twice)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from op_recorder import OpRecorder
 
     from vision_rwkv.models.vrwkv import SpatialMix
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func.overloadpacket))
-            return func(*args, **(kwargs or {}))
 
     mix = SpatialMix(12, 1, 4)
     with torch.no_grad():
@@ -200,9 +191,9 @@ def test_per_step_divides_by_tokens_with_one_foreach_each_way():
         mix.spatial_first.normal_()
     gw, gu = torch.randn(12), torch.randn(12)
     w, u = mix.per_step(7)
-    with Ops() as ops:
+    with OpRecorder() as rec:
         torch.autograd.backward((w, u), (gw, gu))
-    assert [n for n in ops.names if "div" in n] == ["aten._foreach_div"]
+    assert [n for n in rec.ops if "div" in n] == ["aten._foreach_div"]
     got = (mix.spatial_decay.grad.clone(), mix.spatial_first.grad.clone())
     mix.zero_grad()
     torch.autograd.backward((mix.spatial_decay / 7, mix.spatial_first / 7), (gw, gu))

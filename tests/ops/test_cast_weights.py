@@ -3,23 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_recorder import OpRecorder
 
 from vision_rwkv.ops.cast_weights import cast_weights
 
-
-class _Ops(TorchDispatchMode):
-    NO_LAUNCH = {"aten.empty_like", "aten.empty", "aten.unbind", "aten.detach", "aten.view", "aten.select"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        if name not in self.NO_LAUNCH:
-            self.ops.append(name)
-        return func(*args, **(kwargs or {}))
+NO_LAUNCH = {"aten.empty_like", "aten.empty", "aten.unbind", "aten.detach", "aten.view", "aten.select"}
 
 
 def _weights(shapes, seed=0):
@@ -30,7 +18,7 @@ def _weights(shapes, seed=0):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_values_and_gradients_match_per_weight_casts(dtype):
     ws = _weights([(7, 5), (5, 7), (3,), (2, 4, 6)])
-    with _Ops() as rec:
+    with OpRecorder(NO_LAUNCH) as rec:
         casts = cast_weights(ws, dtype)
     assert rec.ops == ["aten._foreach_copy_"], rec.ops  # one launch for all four
     for c, w in zip(casts, ws):
@@ -38,7 +26,7 @@ def test_values_and_gradients_match_per_weight_casts(dtype):
         assert torch.equal(c, w.detach().to(dtype))
     gen = torch.Generator().manual_seed(3)
     gs = [torch.randn(c.shape, generator=gen).to(dtype) for c in casts]
-    with _Ops() as rec:
+    with OpRecorder(NO_LAUNCH) as rec:
         grads = torch.autograd.grad(casts, ws, gs)
     assert rec.ops == ["aten._foreach_copy_"], rec.ops
     for g, want, w in zip(grads, gs, ws):
@@ -53,7 +41,7 @@ def test_stack_returns_one_stacked_tensor_and_slices_its_gradient():
     assert torch.equal(c3, ws[3].detach().bfloat16()) and torch.equal(c4, ws[4].detach().bfloat16())
     g_stack = torch.randn(stacked.shape).bfloat16()
     g3 = torch.randn(c3.shape).bfloat16()
-    with _Ops() as rec:
+    with OpRecorder(NO_LAUNCH) as rec:
         (stacked.float() * g_stack.float()).sum().backward(retain_graph=True)
     for i in range(3):
         assert torch.equal(ws[i].grad, g_stack[i].float()) and ws[i].grad.is_contiguous()

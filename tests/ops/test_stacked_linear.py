@@ -4,19 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_recorder import OpRecorder
 
 from vision_rwkv.ops.stacked_linear import stacked_linear
-
-
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
 
 
 def _inputs(m, lead, c, c_out, seed=0, x_grad=True):
@@ -47,7 +37,7 @@ def test_weight_gradients_accumulate_without_copies():
     (autograd's own bmm backward of ``x @ stack(W)^T`` gives transposed views, copied once per weight)."""
     x, ws = _inputs(3, (4, 5), 6, 6)
     y = stacked_linear(x, ws)
-    with _Ops() as rec:
+    with OpRecorder() as rec:
         y.sum().backward()
     assert rec.ops.count("aten.bmm") == 2, rec.ops
     assert "aten.copy_" not in rec.ops and "aten.clone" not in rec.ops, rec.ops
@@ -63,7 +53,7 @@ def test_only_the_needed_gradients():
     x, ws = _inputs(2, (3,), 4, 5)
     for w in ws:
         w.requires_grad_(False)
-    with _Ops() as rec:
+    with OpRecorder() as rec:
         gx, = torch.autograd.grad(stacked_linear(x, ws).sum(), [x])
     assert rec.ops.count("aten.bmm") == 2  # the forward's and d x; no weight-gradient GEMM
     torch.testing.assert_close(gx[0], torch.ones(3, 5) @ ws[0])
@@ -75,7 +65,7 @@ def test_bf16_autocast_like_linear():
     x, ws = _inputs(3, (2, 6), 16, 8)
     xb = x.detach().bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with _Ops() as rec:
+        with OpRecorder() as rec:
             y = stacked_linear(xb, ws)
         ref = torch.stack([F.linear(xb[i], w) for i, w in enumerate(ws)])
     assert rec.ops.count("aten.stack") == 1 and rec.ops.count("aten._to_copy") == 1, rec.ops
@@ -105,7 +95,7 @@ def test_given_stack_takes_the_gradient_as_one_tensor():
     y = stacked_linear(x, ws, stacked=stacked)
     torch.testing.assert_close(y, torch.stack([F.linear(x[i], w) for i, w in enumerate(ws)]), rtol=1e-5, atol=1e-5)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
-    with _Ops() as rec:
+    with OpRecorder() as rec:
         gx, gs = torch.autograd.grad(y, [x, stacked], g)
     assert rec.ops.count("aten.bmm") == 2 and "aten.copy_" not in rec.ops, rec.ops
     assert gs.is_contiguous() and all(w.grad is None for w in ws)
