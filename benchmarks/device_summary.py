@@ -92,6 +92,9 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
                    mem_deit=d.get("peak_mem_GiB") or r.get("deit_peak_mem_GiB"),
                    error=r.get("error") or n.get("error"))
         row["graph_deit"] = d.get("graph_img_per_s") or r.get("deit_graph_img_per_s")
+        # training: the same eager step with one autograd node per fused op instead of one per mixer (default)
+        row["per_op"] = r.get("per_op_img_per_s")
+        row["x_deit_per_op"] = row["per_op"] / d_ips if row["per_op"] and d_ips else None
         for v, src in (("old", r), ("new", n)):
             row[f"x_deit_{v}"] = row[v] / d_ips if row[v] and d_ips else None
             row[f"graph_{v}"] = src.get("graph_img_per_s")
@@ -178,14 +181,14 @@ def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], 
     lines += ["", "## Backbones (img/s; x = ratio to DeiT of the same size in the same run; graph = CUDA-graph "
               "replays, both models)", "",
               "| model | res | dtype | train | old | new | DeiT | x old | x new | target | met | GiB old/new/DeiT | "
-              "graph x DeiT old/new |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "graph x DeiT old/new | per-op x DeiT |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bb:
         mem = "/".join(_fmt(r[k]) for k in ("mem_old", "mem_new", "mem_deit"))
         gx = "/".join(_fmt(r[k]) for k in ("graph_x_deit_old", "graph_x_deit_new"))
         lines.append(f"| {r['model']} | {r['res']} | {r['dtype']} | {r['train']} | {_fmt(r['old'], '.0f')} | "
                      f"{_fmt(r['new'], '.0f')} | {_fmt(r['deit'], '.0f')} | {_fmt(r['x_deit_old'])} | "
-                     f"{_fmt(r['x_deit_new'])} | {_fmt(r['target'])} | {_fmt(r['met'])} | {mem} | {gx} |"
-                     + (f" {r['error'][:80]}" if r.get("error") else ""))
+                     f"{_fmt(r['x_deit_new'])} | {_fmt(r['target'])} | {_fmt(r['met'])} | {mem} | {gx} | "
+                     f"{_fmt(r.get('x_deit_per_op'))} |" + (f" {r['error'][:80]}" if r.get("error") else ""))
     lines += ["", "## WKV kernels, old / new ms (x = speedup of new)", "",
               "| op | dtype | shape | eager fwd+bwd old | new | x | graph fwd+bwd old | new | x |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -18,6 +18,7 @@ on a GPU.
     python tools/benchmark_host.py --model vrwkv_small_patch16_224 --out host.json
     python tools/benchmark_host.py --train                          # a training step (forward + backward)
     python tools/benchmark_host.py --train --autocast               # the same under bf16 autocast
+    python tools/benchmark_host.py --train --per-op                 # + one autograd node per op (not per mixer)
 """
 from __future__ import annotations
 
@@ -74,7 +75,8 @@ class _Stubs:
     """Replace Triton launches and ``F.linear`` by recording stubs while active. ``record(kind, fn, args, out)``, if
     given, also sees every stubbed call: kind 'triton' (fn = the kernel's Python function, args = its launch
     arguments), 'linear' (args = (x, weight, bias), out = the stub's output) or, in training, 'linear_bwd' (args =
-    (grad_out, x, weight, grad_bias or None), out = (grad_x, grad_weight)).
+    (grad_out, x, weight, grad_bias or None), out = (grad_x, grad_weight)) for the backward of a recorded Linear, and
+    'linear_grad' (as 'linear') for an ``F.linear`` call a backward makes itself (the one-node mixers' d x, d W).
 
     ``autocast_casts``: under autocast the stubbed ``F.linear`` does the casts autocast would do for the real one, as
     real ops (host work and launches): operands not in the autocast dtype are cast, a leaf weight that requires grad
@@ -122,8 +124,9 @@ class _Stubs:
                 out = _LinearStub.apply(stubs, x, weight, bias, shape, dtype)
             else:
                 out = x.new_empty(shape, dtype=dtype)
-            if stubs.record is not None:
-                stubs.record("linear", None, (x, weight, bias), out)
+            if stubs.record is not None:  # (inside the autograd engine: a backward's GEMM, e.g. of a one-node mixer)
+                kind = "linear" if torch._C._current_graph_task_id() == -1 else "linear_grad"
+                stubs.record(kind, None, (x, weight, bias), out)
             return out
 
         self._saved = [(interpreter.InterpretedFunction, "run", interpreter.InterpretedFunction.run),
@@ -161,12 +164,15 @@ def narrow_kwargs(name: str, dim: int | None) -> dict:
 
 
 def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False,
-            dim: int | None = None, autocast: bool = False) -> dict:
+            dim: int | None = None, autocast: bool = False, one_node: bool = True) -> dict:
     """Host ms per forward (thread CPU time, best of ``repeats`` means over ``calls``) and launches per forward;
     ``train``: per training step instead (train mode, forward + backward of the features' sum, gradients cleared
     between steps; no optimizer step). ``dim``: the models' width (see :func:`narrow_kwargs`). ``autocast``: each
-    step's forward under bf16 autocast, with autocast's casts for the stubbed ``F.linear`` done for real."""
+    step's forward under bf16 autocast, with autocast's casts for the stubbed ``F.linear`` done for real.
+    ``one_node``: training runs each fused mixer as one autograd node (the default; False: ``VRWKV_FUSED_STEP=0``,
+    one node per fused op)."""
     os.environ["VRWKV_FUSED"] = "1" if fused else "0"
+    os.environ["VRWKV_FUSED_STEP"] = "1" if one_node else "0"
     model = timm.create_model(name, img_size=32, num_classes=0, **narrow_kwargs(name, dim)).train(train)
     x = torch.randn(1, 3, 32, 32)
 
@@ -195,7 +201,8 @@ def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, tr
     matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # (batched) products not via F.linear
     other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
     gemms = stubs.gemm + matmuls
-    return dict(model=name, path="fused" if fused else "plain", fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
+    path = ("fused" if one_node or not train else "fused, per-op nodes") if fused else "plain"
+    return dict(model=name, path=path, fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
                 mode="train" if train else "inference", dtype="bf16 autocast" if autocast else "fp32",
                 host_ms=best * 1e3, triton_launches=sum(stubs.triton.values()), gemms=gemms,
                 other_aten_ops=other, launches=sum(stubs.triton.values()) + gemms + other,
@@ -207,6 +214,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help=f"repeatable; default {MODELS}")
     p.add_argument("--plain", action="store_true", help="also the plain path (VRWKV_FUSED=0) of our models")
+    p.add_argument("--per-op", action="store_true",
+                   help="with --train: also our fused path with one autograd node per fused op (VRWKV_FUSED_STEP=0) "
+                        "instead of one per mixer")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--train", action="store_true", help="a training step (forward + backward) instead of a forward")
@@ -223,8 +233,10 @@ def main(argv=None) -> int:
     rows = []
     for name in args.model or MODELS:
         ours = not name.startswith(("deit", "vit"))
-        for fused in ((True, False) if ours and args.plain else (True,)):
-            rows.append(measure(name, fused, args.repeats, args.calls, args.train, args.dim or None, args.autocast))
+        variants = [(True, True)] + ([(True, False)] if ours and args.per_op and args.train else [])
+        for fused, one_node in variants + ([(False, True)] if ours and args.plain else []):
+            rows.append(measure(name, fused, args.repeats, args.calls, args.train, args.dim or None, args.autocast,
+                                one_node))
             rows[-1]["dim"] = args.dim or None
             print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("triton_by_kernel", "aten_by_op")}),
                   flush=True)

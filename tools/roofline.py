@@ -207,6 +207,11 @@ class LaunchLog(TorchDispatchMode):
             for grad in out:  # gradients of fp32 operands come back through autocast's casts
                 self._autocast_cast(grad, g.dtype)
             return
+        if kind == "linear_grad":  # one GEMM of a backward (a one-node mixer's d x or d W through F.linear)
+            x, weight, _ = args
+            self.add("GEMMs", "linear_bwd", _unique_bytes([x, weight, out], self.itemsize),
+                     2.0 * x.numel() * weight.shape[0])
+            return
         if kind == "triton":
             flops = 0.0
             if fn.__name__ in _GEMM_KERNEL_FLOPS:

@@ -536,6 +536,20 @@ def _make_model(name: str, res: int, device, **kw):
     return model.to(device)
 
 
+def _time_per_op(step: Callable[[], object], dev: torch.device, iters: int) -> float:
+    """Median ms of the eager training ``step`` with one autograd node per fused op (``VRWKV_FUSED_STEP=0``) instead
+    of one per mixer (:func:`vision_rwkv.ops.fused.mixer_steps`): the same kernels, more host work per launch."""
+    old = os.environ.get("VRWKV_FUSED_STEP")
+    os.environ["VRWKV_FUSED_STEP"] = "0"
+    try:
+        return time_fn(step, dev, iters, 1)["ms"]
+    finally:
+        if old is None:
+            os.environ.pop("VRWKV_FUSED_STEP")
+        else:
+            os.environ["VRWKV_FUSED_STEP"] = old
+
+
 def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool, dev: torch.device, iters: int,
                         warmup: int, graph: bool = False) -> dict:
     model = _make_model(name, res, dev)
@@ -566,6 +580,8 @@ def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool
     row = dict(params_M=params, **t, img_per_s=batch / (t["ms"] * 1e-3))
     if dev.type == "cuda":
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+        if train and not name.startswith(("deit", "vit")):
+            row["per_op_img_per_s"] = batch / (_time_per_op(step, dev, iters) * 1e-3)
         if graph:  # autocast's weight-cast cache must be off while a graph is captured
             try:
                 row["graph_ms"] = (time_train_graph(model, x, target, adt, amp, iters) if train
@@ -674,4 +690,4 @@ BACKBONE_COLUMNS = [("model", "model", ""), ("res", "res", ""), ("batch", "batch
                     ("DeiT img/s", "deit_img_per_s", ".1f"), ("x DeiT", "ratio_vs_deit", ".2f"),
                     ("DeiT GiB", "deit_peak_mem_GiB", ".2f"), ("original img/s", "anchor_img_per_s", ".1f"),
                     ("x original", "ratio_vs_original", ".2f"), ("graph img/s", "graph_img_per_s", ".1f"),
-                    ("graph x DeiT", "graph_ratio_vs_deit", ".2f")]
+                    ("graph x DeiT", "graph_ratio_vs_deit", ".2f"), ("per-op img/s", "per_op_img_per_s", ".1f")]

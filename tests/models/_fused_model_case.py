@@ -9,8 +9,9 @@ and of every parameter gradient. Fused outputs are NaN-poisoned (``VRWKV_TRITON_
 ``name`` is a registered timm model (image input) or :data:`TEXT_TOWER` (the RWKV-CLIP text tower, token-id input;
 its kwargs are ``TextRWKV`` arguments plus ``tokens`` = sequence length). ``calls`` counts, for the fused pass, the
 calls of each fused elementwise op, of the token mixes' batched projections (``linear_stack``), of the mixers'
-one-launch weight casts (``cast_weights``) and of each Triton WKV entry point (``wkv:<op>``), so a test can tell that the
-fused kernels really ran (not counted when the pass is compiled).
+one-launch weight casts (``cast_weights``), of the one-node mixers of eager training (``step:time_mix6``,
+``step:spatial_mix``, ``step:channel_mix``) and of each Triton WKV entry point (``wkv:<op>``), so a test can tell that
+the fused kernels really ran (not counted when the pass is compiled).
 
 ``train=True`` runs both passes in training mode from the same RNG seed, so drop path draws the same per-sample masks
 in the plain path (timm ``DropPath``) and in the fused path (per-sample factors of the fused residual adds);
@@ -75,6 +76,10 @@ class _CallCounter:
             mod = sys.modules[f"vision_rwkv.models.{name}"]
             self._saved.append((mod, "linear_stack", mod.linear_stack))
             mod.linear_stack = self._wrap("linear_stack", mod.linear_stack)
+        steps = fused.mixer_steps()  # the one-node mixers of eager training (looked up on the module per call)
+        for op in ("time_mix6_step", "spatial_mix_step", "channel_mix_step"):
+            self._saved.append((steps, op, getattr(steps, op)))
+            setattr(steps, op, self._wrap(f"step:{op[:-5]}", getattr(steps, op)))
         proj = sys.modules["vision_rwkv.models._projections"]  # the mixers' one-launch weight casts (autocast)
         self._saved.append((proj, "cast_weights", proj.cast_weights))
         proj.cast_weights = self._wrap("cast_weights", proj.cast_weights)

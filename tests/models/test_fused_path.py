@@ -43,8 +43,13 @@ V4_OPS = {"token_shift_mix", "linear_stack", "sigmoid_mul", "relu_square", "add_
 V6_OPS = {"token_shift_mix", "token_shift_mix_lora", "linear_stack", "sigmoid_mul", "relu_square", "group_norm_mul",
           "decay_logd", "add_norm", "wkv:bi_wkv6"}
 TEXT_OPS = {"sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd", "add_norm", "wkv:bi_wkv6"}
+# with autograd recording (eager training) each Q-Shift mixer without a key norm runs as ONE autograd node
+# (vision_rwkv.ops.fused.mixer_steps); key norms (case 1, v4-L) and the text tower's 1-D shift keep the per-op path
+V4_STEP = {"step:spatial_mix", "step:channel_mix", "add_norm"}
+V6_STEP = {"step:time_mix6", "step:channel_mix", "add_norm"}
 # fused kernels each case must run (None: compiled pass, not counted); the text tower has no fused 1-D shift
-EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS, V6_OPS, None, TEXT_OPS, TEXT_OPS]
+EXPECTED_CALLS = [V4_STEP, V4_OPS, V6_STEP, V6_STEP, None, TEXT_OPS, TEXT_OPS]
+PER_OP_CALLS = [V4_OPS, V4_OPS, V6_OPS, V6_OPS, None, TEXT_OPS, TEXT_OPS]  # with VRWKV_FUSED_STEP=0
 
 
 # training mode with drop path: timm DropPath in the plain pass, per-sample factors of the fused residual adds in the
@@ -55,17 +60,24 @@ TRAIN_CASES = [
     ["vrwkv6_small_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "drop_path_rate": 0.6, "batch": 4,
                                   "train": True}],
 ]
-TRAIN_EXPECTED_CALLS = [V4_OPS, V4_OPS, V6_OPS]
+TRAIN_EXPECTED_CALLS = [V4_STEP, V4_STEP, V6_STEP]
 
-# bf16 autocast on CPU: each mixer casts its weight matrices with one cast_weights call (2 per block) and the kernels
-# read bf16 activations and (v6) the bf16 LoRA up-projection; the plain path casts per weight (autocast)
+# bf16 autocast on CPU: each mixer casts its weight matrices in one launch - inside its one-node step (v4, v6) or with
+# one cast_weights call (the text tower: 2 per block) - and the kernels read bf16 activations and (v6) the bf16 LoRA
+# up-projection; the plain path casts per weight (autocast)
 AUTOCAST_CASES = [
     ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 2, "autocast": True, "train": True}],
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "autocast": True, "train": True}],
     [TEXT_TOWER, {"vocab_size": 97, "context_length": 16, "width": 32, "layers": 2, "head_size": 16,
                   "hidden_dim": 72, "tokens": 13, "autocast": True}],
 ]
-AUTOCAST_EXPECTED_CALLS = [V4_OPS | {"cast_weights"}, V6_OPS | {"cast_weights"}, TEXT_OPS | {"cast_weights"}]
+AUTOCAST_EXPECTED_CALLS = [V4_STEP, V6_STEP, TEXT_OPS | {"cast_weights"}]
+
+# the per-op autograd path of eager training (VRWKV_FUSED_STEP=0; the path torch.compile traces, and the one key
+# norms and the opt-in GEMM kernels take): v4 pre-norm, v6 post-norm, v6 head size 12, v6 with drop path, bf16
+# autocast v4 / v6 (one cast_weights call per mixer)
+PER_OP_CASES = [CASES[0], CASES[2], CASES[3], TRAIN_CASES[2], AUTOCAST_CASES[0], AUTOCAST_CASES[1]]
+PER_OP_EXPECTED_CALLS = [V4_OPS, V6_OPS, V6_OPS, V6_OPS, V4_OPS | {"cast_weights"}, V6_OPS | {"cast_weights"}]
 
 # torch.compile(fullgraph=True) as the FIRST call of a fresh process (the Triton modules not yet imported: their
 # import must happen outside the trace), in training mode with drop path; then the text tower compiled
@@ -221,7 +233,27 @@ def test_fused_path_bf16_autocast_training_interpreter(autocast_results, index):
     assert res["y"] < 1e-2, res
     assert res["grad_max"] < 6e-2 and res["grad_median"] < 3e-2, res
     assert set(res["calls"]) == AUTOCAST_EXPECTED_CALLS[index], res["calls"]
-    assert res["calls"]["cast_weights"] == 4, res["calls"]  # 2 blocks x (token mix, channel mix)
+    if "cast_weights" in AUTOCAST_EXPECTED_CALLS[index]:
+        assert res["calls"]["cast_weights"] == 4, res["calls"]  # 2 blocks x (token mix, channel mix)
+
+
+@pytest.fixture(scope="module")
+def per_op_results():
+    return _run_cases(PER_OP_CASES, {"VRWKV_FUSED_STEP": "0"})
+
+
+@pytest.mark.parametrize("index", range(len(PER_OP_CASES)), ids=[c[0] for c in PER_OP_CASES])
+def test_per_op_training_path_interpreter(per_op_results, index):
+    """With ``VRWKV_FUSED_STEP=0`` eager training keeps one autograd node per fused op (no one-node mixer runs) and
+    matches the plain path: logits and every parameter gradient, drop path and bf16 autocast included."""
+    res = per_op_results[index]
+    if PER_OP_CASES[index][1].get("autocast"):
+        assert "error" not in res and res["finite"] and res["same_grads"], res
+        assert res["y"] < 1e-2 and res["grad_max"] < 6e-2 and res["grad_median"] < 3e-2, res
+        assert res["calls"]["cast_weights"] == 4, res["calls"]
+    else:
+        assert_matches_plain(res)
+    assert set(res["calls"]) == PER_OP_EXPECTED_CALLS[index], res["calls"]
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +320,7 @@ def gemm_results():
 def test_gemm_epilogues_in_models_interpreter(gemm_results, pos):
     res = gemm_results[pos]
     assert_matches_plain(res)
-    expected = (EXPECTED_CALLS[GEMM_CASES[pos]] - {"relu_square", "sigmoid_mul"}) | GEMM_OPS
+    expected = (PER_OP_CALLS[GEMM_CASES[pos]] - {"relu_square", "sigmoid_mul"}) | GEMM_OPS  # (no one-node steps)
     if "decay_logd" in expected:  # RWKV-6 mixes
         expected = (expected - {"decay_logd"}) | LORA_OPS
     assert set(res["calls"]) == expected, res["calls"]

@@ -339,6 +339,7 @@ def test_fused_mixers_cast_their_weights_once_per_call(family, monkeypatch):
 
     mod, x = _small_mixer(family)
     monkeypatch.setattr(fused, "fused_enabled", lambda t: True)
+    monkeypatch.setenv("VRWKV_FUSED_STEP", "0")  # the per-op path (the one-node steps: tests/ops/test_mixer_steps.py)
     calls = _count_cast_weights(monkeypatch)
     casts = _WeightCasts(mod)
 
@@ -437,3 +438,66 @@ def test_time_mix_keeps_w2_in_fp32_under_fp16():
     assert set(text._step_weights(torch.bfloat16, stacked=False)) == {
         'key', 'value', 'receptance', 'gate', 'output', 'time_decay_w1', 'time_decay_w2'}
 
+
+
+def test_train_step_ready_only_for_eager_training_on_the_default_fused_path(monkeypatch):
+    """The one-node mixers (vision_rwkv.ops.fused.mixer_steps) run only while autograd records, not under the opt-in
+    GEMM kernels or float64, with plain projections of one dtype and device, and are switched off by
+    VRWKV_FUSED_STEP=0, and need the fused ops' Triton backend; the mixers check their own structure on top (key
+    norm, 1-D shift, fp32 WKV, LoRA rank)."""
+    from vision_rwkv.models._projections import train_step_ready
+    from vision_rwkv.ops import fused
+
+    for var in ("VRWKV_FUSED_STEP", "VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX_TRAIN", "VRWKV_BACKEND"):
+        monkeypatch.delenv(var, raising=False)
+    lins = [torch.nn.Linear(8, 8, bias=False) for _ in range(3)]
+    x = torch.randn(2, 4, 8)
+    assert not train_step_ready(x, torch.bfloat16, lins)  # CPU: the fused ops' reference backend
+    monkeypatch.setattr(fused, "triton_active", lambda t: True)  # as on a GPU
+    assert train_step_ready(x, torch.bfloat16, lins)
+    with torch.no_grad():
+        assert not train_step_ready(x, torch.bfloat16, lins)
+    assert not train_step_ready(x.double(), torch.float64, lins)
+    for var in ("VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX_TRAIN"):
+        monkeypatch.setenv(var, "1")
+        assert not train_step_ready(x, torch.bfloat16, lins)
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("VRWKV_FUSED_STEP", "0")
+    assert not train_step_ready(x, torch.bfloat16, lins)
+    monkeypatch.delenv("VRWKV_FUSED_STEP")
+    hooked = torch.nn.Linear(8, 8, bias=False)
+    hooked.register_forward_hook(lambda *a: None)
+    assert not train_step_ready(x, torch.bfloat16, lins + [hooked])
+    assert not train_step_ready(x, torch.bfloat16, lins + [torch.nn.Linear(8, 8)])  # a bias
+    assert not train_step_ready(x, torch.bfloat16, lins + [torch.nn.Linear(8, 8, bias=False).half()])  # dtype
+    assert train_step_ready(x, torch.bfloat16, lins)
+
+
+def test_mixers_without_a_one_node_step_keep_the_per_op_path(monkeypatch):
+    """Mixer structures the one-node steps do not cover stay on the per-op path while training: key norms, the 1-D
+    shift, the text tower's fp32 WKV, LoRA ranks the Q-Shift + LoRA kernel does not take, LoRA matrices in another
+    dtype than the projections."""
+    from vision_rwkv.models import mixing
+    from vision_rwkv.models.vrwkv import SpatialMix
+    from vision_rwkv.ops import fused
+
+    x = torch.randn(2, 6, 32)
+    args = dict(head_size=16, mix_rank=16, decay_rank=16)
+    assert not TimeMixV6(32, 1, 4, **args)._steps_as_one_node(x, torch.float32)  # CPU: the WKV's reference backend
+    monkeypatch.setattr(mixing, "resolve_backend", lambda *a: 'triton')  # as on a GPU
+    monkeypatch.setattr(fused, "triton_active", lambda t: True)
+    assert TimeMixV6(32, 1, 4, **args)._steps_as_one_node(x, torch.float32)
+    for kw in (dict(key_norm=True), dict(token_shift='bi_shift_1d'), dict(fp32_wkv=True), dict(mix_rank=24),
+               dict(mix_rank=8)):
+        mod = TimeMixV6(32, 1, 4, **dict(args, **kw))
+        assert not mod._steps_as_one_node(x, torch.float32), kw
+    mod = TimeMixV6(32, 1, 4, **args)
+    mod.time_maa_w1.data = mod.time_maa_w1.data.double()
+    assert not mod._steps_as_one_node(x, torch.float32)
+
+    # with the fused path forced on the reference backend, a key norm / 1-D shift must not reach the step module
+    monkeypatch.setattr(fused, "fused_enabled", lambda t: True)
+    monkeypatch.setattr(fused, "mixer_steps", lambda: pytest.fail("one-node step taken"))
+    ChannelMix(32, 1, 4, 64, key_norm=True)(x, (2, 3)).sum().backward()
+    ChannelMix(32, 1, 4, 64, head_size=16, token_shift='bi_shift_1d')(x).sum().backward()
+    SpatialMix(32, 1, 4, key_norm=True)(x, (2, 3)).sum().backward()

@@ -134,15 +134,16 @@ def test_training_memory_per_image(tmp_path_factory, env, bounds):
 
 def test_peak_holders(tmp_path_factory, rows, train_rows):
     """The peak's bytes by allocating call site add up to the peak (batch 1: the weights first); in a training step
-    of 8 images the residual adds' saved sums (fused.add_norm) and the channel mix's 4C hidden are among the largest
-    holders (DeiT: its MLP), named by their functions; --holders prints the table."""
+    of 8 images the residual adds' saved sums (fused.add_norm) and the channel mix's 4C hidden (allocated in its
+    one-node step) are among the largest holders (DeiT: its MLP), named by their functions; --holders prints the
+    table."""
     for r in (*rows.values(), *train_rows.values()):
         assert sum(h["GiB"] for h in r["peak_holders"]) == pytest.approx(r["peak_GiB_est"], rel=1e-9)
         assert r["peak_holders"][0]["site"].startswith("parameters")
     eight = _run(tmp_path_factory, "--train", "--batch", "8", "--holders", "5")
     sites = [h["site"] for h in eight["vrwkv_tiny_patch16_224"]["peak_holders"][:6]]
     assert any(s.startswith("_add_norm_fwd:") for s in sites), sites
-    assert any(s.startswith(("key_relu_square:", "_linear:")) and "key_relu_square" in s for s in sites), sites
+    assert any(s.startswith("_ChannelMixStep.forward:") for s in sites), sites  # (the one-node channel mix)
     deit = [h["site"] for h in eight["deit_tiny_patch16_224"]["peak_holders"][:5]]
     assert any(s.startswith("Mlp.forward:") for s in deit), deit
 

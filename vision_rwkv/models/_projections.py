@@ -8,6 +8,8 @@
   ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
   :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
   :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
+* :func:`train_step_ready` - whether a fused mixer runs as one autograd node in eager training
+  (:func:`vision_rwkv.ops.fused.mixer_steps`).
 * :func:`mix_gemm_ready` - whether the Q-Shift interpolations ride in the projections' GEMMs (inference,
   ``VRWKV_FUSED_MIX=1``; training, ``VRWKV_FUSED_MIX_TRAIN=1``): the mixed inputs are then never written (in
   training: recomputed by the backward).
@@ -26,8 +28,8 @@ from vision_rwkv.ops import fused
 from vision_rwkv.ops.cast_weights import cast_weights
 from vision_rwkv.ops.stacked_linear import stacked_linear
 
-__all__ = ['stackable', 'linear_stack', 'plain_weights', 'step_weights', 'mix_gemm_weights', 'key_relu_square',
-           'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready', 'derived_in_inference']
+__all__ = ['train_step_ready', 'stackable', 'linear_stack', 'plain_weights', 'step_weights', 'mix_gemm_weights',
+           'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready', 'derived_in_inference']
 
 
 def _plain_linear(linear: nn.Module) -> bool:
@@ -49,6 +51,23 @@ def mix_gemm_ready(*linears: nn.Module) -> bool:
     the mixed inputs instead of storing them; off by default, where storing them once is the faster choice)."""
     enabled = fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_mix_enabled()
     return enabled and all(_plain_linear(m) for m in linears)
+
+
+def train_step_ready(x: torch.Tensor, dtype: torch.dtype, linears: Sequence[nn.Module]) -> bool:
+    """Whether a fused mixer may run as ONE autograd node (:func:`vision_rwkv.ops.fused.mixer_steps`) for activations
+    ``x`` computing in ``dtype``: eager training (grad mode, not compiling), switched on (``VRWKV_FUSED_STEP``, the
+    default), none of the opt-in GEMM kernels (``VRWKV_FUSED_GEMM``, ``VRWKV_FUSED_MIX_TRAIN``: the per-op path
+    runs those), no float64, the fused ops on their Triton backend, and plain projections (:func:`_plain_linear`)
+    whose weights share one dtype and device (one cast launch for all). The caller checks its own structure
+    (Q-Shift, no key norm, ...)."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or not fused.fused_step_enabled():
+        return False
+    if fused.fused_gemm_enabled() or fused.fused_mix_train_enabled() or torch.float64 in (x.dtype, dtype):
+        return False
+    if not fused.triton_active(x):  # (the steps launch the Triton kernels themselves)
+        return False
+    w0 = linears[0].weight
+    return all(_plain_linear(m) and m.weight.dtype == w0.dtype and m.weight.device == w0.device for m in linears)
 
 
 def stackable(*linears: nn.Module) -> bool:

@@ -30,9 +30,11 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from vision_rwkv.ops import bi_shift_1d, bi_wkv6, fused, q_shift
+from vision_rwkv.ops.dispatch import resolve_backend
 
 from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linear_stack, lora_decay, lora_tanh,
-                           mix_gemm_ready, mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights)
+                           mix_gemm_ready, mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights,
+                           train_step_ready)
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
@@ -190,6 +192,12 @@ class ChannelMix(nn.Module):
         elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
         :func:`receptance_gate`)."""
         out_dtype = fused.compute_dtype(x)
+        linears = (self.key, self.value, self.receptance)
+        if self.token_shift == 'q_shift' and self.key_norm is None and train_step_ready(x, out_dtype, linears):
+            one_minus = self.param_style == 'vrwkv'
+            mix = (self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r)
+            return fused.mixer_steps().channel_mix_step(x, grid_size, self.head_size or 0, one_minus, out_dtype, mix,
+                                                        tuple(m.weight for m in linears))
         if self.token_shift == 'q_shift':
             if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
                 mix = _fold((self.spatial_mix_k, self.spatial_mix_r), self._folded, 'kr')
@@ -411,6 +419,13 @@ class TimeMixV6(nn.Module):
         q_shift = self.token_shift == 'q_shift'
         projections = (self.key, self.value, self.receptance, self.gate)
         stacked = q_shift and stackable(*projections)  # k, v, r, g in one batched GEMM of one (4, B, N, C) tensor
+        if stacked and self._steps_as_one_node(x, dtype):
+            return fused.mixer_steps().time_mix6_step(
+                x, grid_size, head_size, self.ln_x.eps, dtype,
+                (self.time_maa_x, self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g,
+                 self.time_decay), self.time_faaaa, self.ln_x.weight, self.ln_x.bias,
+                tuple(m.weight for m in projections + (self.output,)),
+                (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2))
         w = self._step_weights(dtype, stacked)
         w1, w2 = w.get('time_maa_w1', self.time_maa_w1), w.get('time_maa_w2', self.time_maa_w2)
         d1, d2 = w.get('time_decay_w1', self.time_decay_w1), w.get('time_decay_w2', self.time_decay_w2)
@@ -444,6 +459,22 @@ class TimeMixV6(nn.Module):
         g = _linear(self.gate, xg, w.get('gate'))
         del xw, xk, xv, xr, xg
         return self._wkv_out(r, k, v, g, logd, dtype, w.get('output'))
+
+    def _steps_as_one_node(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether this fused forward runs as one autograd node (:func:`fused.mixer_steps`; :func:`train_step_ready`):
+        the Q-Shift, no key norm, the WKV in the activations' dtype on its Triton kernels, a LoRA rank the Q-Shift +
+        LoRA kernel takes (a power of two >= 16) and LoRA matrices in the projections' dtype."""
+        rank = self.mix_rank
+        if (self.token_shift != 'q_shift' or self.key_norm is not None or self.fp32_wkv or rank < 16
+                or rank & (rank - 1)):
+            return False
+        lora = (self.time_maa_w1, self.time_maa_w2, self.time_decay_w1, self.time_decay_w2)
+        w = self.output.weight
+        if any(m.dtype != w.dtype or m.device != w.device for m in lora):
+            return False
+        if not train_step_ready(x, dtype, (self.key, self.value, self.receptance, self.gate, self.output)):
+            return False
+        return resolve_backend('bi_wkv6', x.device, self.wkv_backend, (x.dtype, dtype)) == 'triton'
 
     def _step_weights(self, dtype: torch.dtype, stacked: bool) -> Dict[str, torch.Tensor]:
         """The fused forward's matrices in ``dtype``, cast in one launch (:func:`step_weights`): the plain

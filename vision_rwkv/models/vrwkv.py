@@ -24,12 +24,13 @@ from timm.models import PretrainedCfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
 from vision_rwkv.ops import bi_wkv, fused, q_shift
+from vision_rwkv.ops.dispatch import resolve_backend
 
 from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
 from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
-                           mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights)
+                           mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights, train_step_ready)
 from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
@@ -141,8 +142,14 @@ class SpatialMix(nn.Module):
         one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
         if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
             return self._forward_mix_gemm(x, grid_size)
-        mix = _fold((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), self._folded, 'kvr')
         dtype = fused.compute_dtype(x)
+        linears = (self.key, self.value, self.receptance, self.output)
+        if self.key_norm is None and stackable(*linears[:3]) and train_step_ready(x, dtype, linears):
+            if resolve_backend('bi_wkv', x.device, None, (x.dtype, dtype)) == 'triton':  # one autograd node
+                return fused.mixer_steps().spatial_mix_step(
+                    x, grid_size, self.wkv_mode, self.wkv_chunks, dtype, self.spatial_decay, self.spatial_first,
+                    (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), tuple(m.weight for m in linears))
+        mix = _fold((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), self._folded, 'kvr')
         gate_epilogue = _epilogue_ready(self.receptance)  # sigmoid(r) * y in the receptance GEMM, after the WKV
         names = ('key', 'value') if gate_epilogue else ('key', 'value', 'receptance')
         together = tuple(getattr(self, n) for n in names)

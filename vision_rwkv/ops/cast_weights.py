@@ -18,12 +18,44 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["cast_weights"]
+__all__ = ["cast_weights", "cast_all", "cast_back"]
 
 
 def _copy_all(dst: List[torch.Tensor], src: List[torch.Tensor]) -> None:
     if dst:
         torch._foreach_copy_(dst, src)
+
+
+def cast_all(weights: Sequence[torch.Tensor], dtype: torch.dtype, stack: int = 0) -> Tuple[torch.Tensor, ...]:
+    """The casts of :func:`cast_weights` without autograd (one ``_foreach_copy_``): the stacked tensor first when
+    ``stack`` > 0, then the casts of the remaining weights (each with its weight's strides). For callers that
+    differentiate through the casts themselves (:func:`cast_back` casts the gradients)."""
+    outs: List[torch.Tensor] = []
+    dst: List[torch.Tensor] = []
+    if stack:
+        stacked = torch.empty((stack, *weights[0].shape), dtype=dtype, device=weights[0].device)
+        outs.append(stacked)
+        dst.extend(stacked.unbind(0))
+    for w in weights[stack:]:
+        cast = torch.empty_like(w, dtype=dtype)  # (the weight's strides: a pair the fast path takes)
+        outs.append(cast)
+        dst.append(cast)
+    _copy_all(dst, [w if i >= stack else w.contiguous() for i, w in enumerate(weights)])
+    return tuple(outs)
+
+
+def cast_back(grads: Sequence[Optional[torch.Tensor]], dtypes: Sequence[torch.dtype]) -> List[Optional[torch.Tensor]]:
+    """Each gradient in its weight's dtype (``dtypes``, in order): the ones that need a cast in one
+    ``_foreach_copy_``, the others (and None) as they are."""
+    out: List[Optional[torch.Tensor]] = list(grads)
+    dst, src = [], []
+    for i, (g, dtype) in enumerate(zip(grads, dtypes)):
+        if g is not None and g.dtype != dtype:
+            out[i] = torch.empty_like(g, dtype=dtype)
+            dst.append(out[i])
+            src.append(g)
+    _copy_all(dst, src)
+    return out
 
 
 class _CastWeights(torch.autograd.Function):
@@ -32,41 +64,18 @@ class _CastWeights(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.dtypes = tuple(w.dtype for w in weights)
         ctx.stack = stack
-        outs: List[torch.Tensor] = []
-        dst: List[torch.Tensor] = []
-        if stack:
-            stacked = torch.empty((stack, *weights[0].shape), dtype=dtype, device=weights[0].device)
-            outs.append(stacked)
-            dst.extend(stacked.unbind(0))
-        for w in weights[stack:]:
-            cast = torch.empty_like(w, dtype=dtype)  # (the weight's strides: a pair the fast path takes)
-            outs.append(cast)
-            dst.append(cast)
-        _copy_all(dst, [w if i >= stack else w.contiguous() for i, w in enumerate(weights)])
-        return tuple(outs)
+        return cast_all(weights, dtype, stack)
 
     @staticmethod
     def backward(ctx, *grads: Optional[torch.Tensor]):
-        stack, dtypes = ctx.stack, ctx.dtypes
-        needs = ctx.needs_input_grad[2:]
+        stack = ctx.stack
         per_weight: List[Optional[torch.Tensor]] = []
         if stack:
             g = grads[0]
             per_weight.extend(g.unbind(0) if g is not None else (None,) * stack)
         per_weight.extend(grads[1 if stack else 0:])
-        out: List[Optional[torch.Tensor]] = [None] * len(dtypes)
-        dst, src = [], []
-        for i, (g, dtype, need) in enumerate(zip(per_weight, dtypes, needs)):
-            if g is None or not need:
-                continue
-            if g.dtype == dtype:
-                out[i] = g
-                continue
-            out[i] = torch.empty_like(g, dtype=dtype)
-            dst.append(out[i])
-            src.append(g)
-        _copy_all(dst, src)
-        return (None, None, *out)
+        per_weight = [g if need else None for g, need in zip(per_weight, ctx.needs_input_grad[2:])]
+        return (None, None, *cast_back(per_weight, ctx.dtypes))
 
 
 def cast_weights(weights: Sequence[torch.Tensor], dtype: torch.dtype, stack: int = 0) -> Tuple[torch.Tensor, ...]:

@@ -22,6 +22,9 @@ as a torch custom op (``triton.py``, imported lazily):
   (``norm_linear_triton.py``; also inference with ``VRWKV_FUSED_MIX=1``).
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
 * :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
+* :func:`mixer_steps` - whole token / channel mixers as one autograd node each (``mixer_steps_triton.py``: eager
+  training, the same kernels with far less host work per launch; ``VRWKV_FUSED_STEP=0`` switches back to the
+  per-op nodes).
 
 ``backend=None`` picks Triton for CUDA tensors (when triton imports) and the reference otherwise; the environment
 variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :func:`fused_enabled` is the switch the
@@ -49,7 +52,8 @@ from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, grou
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
            "mix_linear", "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled",
-           "fused_gemm_enabled", "fused_mix_enabled", "fused_mix_train_enabled", "fused_mlp_enabled", "compute_dtype", "ResidualNorm",
+           "fused_gemm_enabled", "fused_mix_enabled", "fused_mix_train_enabled", "fused_mlp_enabled",
+           "fused_step_enabled", "mixer_steps", "triton_active", "compute_dtype", "ResidualNorm",
            "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
@@ -180,6 +184,12 @@ def fused_enabled(x: torch.Tensor) -> bool:
     return _resolve("fused", x.device, None) == "triton"
 
 
+def triton_active(x: torch.Tensor) -> bool:
+    """Whether the fused ops resolve to their Triton kernels for tensors on ``x``'s device (auto dispatch or
+    ``VRWKV_BACKEND``): what code calling the kernels directly (:func:`mixer_steps`) checks first."""
+    return _resolve("fused", x.device, None) == "triton"
+
+
 def fused_gemm_enabled() -> bool:
     """Whether the fused path also runs projections with their activation in the GEMM epilogue
     (``VRWKV_FUSED_GEMM=1``; off by default)."""
@@ -198,6 +208,18 @@ def fused_mix_train_enabled() -> bool:
     ``VRWKV_FUSED_MLP=1`` also the channel mix's hidden) instead of storing them - less activation memory, a few
     more FLOPs in the backward."""
     return env_get("VRWKV_FUSED_MIX_TRAIN", "0").strip() == "1"
+
+
+def fused_step_enabled() -> bool:
+    """Whether eager training runs each fused mixer as ONE autograd node (:mod:`.mixer_steps_triton`: the same
+    kernels, a fraction of the host work per launch; ``VRWKV_FUSED_STEP``, on by default, ``0`` = the per-op
+    autograd path)."""
+    return env_get("VRWKV_FUSED_STEP", "1").strip() != "0"
+
+
+def mixer_steps():
+    """The module of the one-node mixers (:mod:`vision_rwkv.ops.fused.mixer_steps_triton`), imported on first use."""
+    return _gemm_module("mixer_steps_triton")
 
 
 def fused_mlp_enabled() -> bool:

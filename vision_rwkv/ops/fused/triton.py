@@ -501,12 +501,16 @@ class _ReluSquareInplace(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        g = g.contiguous()
-        gx = new_empty(y.shape, y.dtype, y.device)
-        grid, meta = _elem_grid(y.numel())
-        _relu_square_bwd_from_out_kernel[grid](y, g, gx, y.numel(), **meta)
-        return gx
+        return _relu_square_bwd_from_out(ctx.saved_tensors[0], g)
+
+
+def _relu_square_bwd_from_out(y, g):
+    """d relu(x)^2 from the output y = relu(x)^2 (relu(x) = sqrt(y)) and the output gradient g."""
+    g = g.contiguous()
+    gx = new_empty(y.shape, y.dtype, y.device)
+    grid, meta = _elem_grid(y.numel())
+    _relu_square_bwd_from_out_kernel[grid](y, g, gx, y.numel(), **meta)
+    return gx
 
 
 def relu_square_inplace_triton(x: torch.Tensor) -> torch.Tensor:

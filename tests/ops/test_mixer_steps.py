@@ -1,0 +1,96 @@
+"""The one-node mixers of eager training (``vision_rwkv.ops.fused.mixer_steps_triton``): each of the RWKV-6 time mix,
+the v4 token mix and the channel mix as ONE autograd node gives the output and the input / parameter gradients of the
+per-op fused path (which they replace; tight tolerance) and of the float64 plain path (kernel tolerance).
+
+CPU: the Triton kernels under TRITON_INTERPRET=1 in one subprocess, NaN-poisoned, on awkward shapes: non-square grids
+and 1 x W grids, token counts not a multiple of the kernel tiles, batch 1, widths that are odd multiples of 8, head
+sizes that are not powers of two, fp32 and bf16 / fp16 autocast (W2 of the v6 LoRA kept in fp32 under fp16), the v4
+"original" WKV mode, the channel mix's two parameter styles, frozen parameters. CUDA (when present): real shapes.
+"""
+import pytest
+import torch
+
+from _case_utils import run_script_in_interpreter
+
+pytest.importorskip("triton")
+
+TM, SM, CM = "time_mix6", "spatial_mix", "channel_mix"
+CPU_CASES = {
+    "tm6_grid3x5_C48_h16": dict(kind=TM, kwargs=dict(dim=48, head_size=16), grid=(3, 5), batch=2),
+    "tm6_batch1_1x7_bf16": dict(kind=TM, kwargs=dict(dim=32, head_size=32), grid=(1, 7), batch=1, dtype="bf16"),
+    "tm6_head12_rank32": dict(kind=TM, kwargs=dict(dim=36, head_size=12, mix_rank=32, decay_rank=24), grid=(4, 3),
+                              batch=2),
+    "tm6_fp16_w2_fp32": dict(kind=TM, kwargs=dict(dim=32, head_size=16), grid=(2, 3), batch=2, dtype="fp16"),
+    "tm6_frozen_lora": dict(kind=TM, kwargs=dict(dim=32, head_size=16), grid=(3, 3), batch=1,
+                            frozen=("time_maa_w1", "time_maa_w2", "gate.weight", "time_faaaa")),
+    "sm_grid3x4_C40": dict(kind=SM, kwargs=dict(dim=40), grid=(3, 4), batch=2),
+    "sm_original_bf16": dict(kind=SM, kwargs=dict(dim=24, mode="original", chunks=3), grid=(5, 7), batch=1,
+                             dtype="bf16"),
+    "sm_1x9_frozen_decay": dict(kind=SM, kwargs=dict(dim=16), grid=(1, 9), batch=2,
+                                frozen=("spatial_decay", "key.weight")),
+    "cm_v4_C24_hidden72": dict(kind=CM, kwargs=dict(dim=24, hidden=72), grid=(3, 5), batch=2),
+    "cm_maa_head8_bf16": dict(kind=CM, kwargs=dict(dim=24, hidden=40, head_size=8, style="rwkv_clip_text"),
+                              grid=(2, 5), batch=1, dtype="bf16"),
+    "cm_fp16": dict(kind=CM, kwargs=dict(dim=16, hidden=48), grid=(4, 4), batch=1, dtype="fp16"),
+}
+NODES = {TM: "_TimeMix6StepBackward", SM: "_SpatialMixStepBackward", CM: "_ChannelMixStepBackward"}
+# (vs the float64 plain path, vs the per-op fused path) for the output and for the gradients, per dtype
+TOLS = {"fp32": ((1e-5, 1e-4), (1e-6, 1e-5)), "bf16": ((2e-2, 5e-2), (1e-2, 2e-2)),
+        "fp16": ((3e-3, 1e-2), (2e-3, 5e-3))}
+
+
+@pytest.fixture(scope="module")
+def cpu_results():
+    return run_script_in_interpreter(__file__.replace("test_mixer_steps.py", "_mixer_step_cases.py"),
+                                     [__import__("json").dumps(CPU_CASES)], timeout=900)
+
+
+def check(case: dict, res: dict, tols=None) -> None:
+    assert "error" not in res, res.get("error")
+    assert res["finite"], f"non-finite output or gradient (unwritten element?): {res}"
+    assert res["dtype_ok"], res
+    assert res["node"] == NODES[case["kind"]], res["node"]  # the one-node mixer ran
+    # its matrices cast to the autocast dtype in one launch, their gradients back in one; none cast per weight (but
+    # for the fp32 W2 under fp16, which the Q-Shift + LoRA backward casts to recompute the LoRA offsets, as per op)
+    fp16_w2 = case["kind"] == TM and case.get("dtype") == "fp16"
+    assert res["weight_casts"] == (1 if fp16_w2 else 0), res
+    assert res["foreach_copies"] == (0 if case.get("dtype", "fp32") == "fp32" else 2), res
+    assert res["grads"] == res["ref_grads"] == res["op_grads"], res  # the same leaves got gradients
+    assert not set(case.get("frozen", ())) & set(res["grads"]), res["grads"]
+    (ref_y, ref_g), (op_y, op_g) = tols or TOLS[case.get("dtype", "fp32")]
+    for key, val in res.items():
+        if key.startswith("g:"):
+            assert val <= ref_g, f"{key} vs float64 plain: {val:.3e} > {ref_g} ({res})"
+        elif key.startswith("op_g:"):
+            assert val <= op_g, f"{key} vs per-op path: {val:.3e} > {op_g} ({res})"
+    assert res["y"] <= ref_y and res["op_y"] <= op_y, res
+
+
+@pytest.mark.parametrize("name", sorted(CPU_CASES))
+def test_mixer_step_matches_per_op_and_plain_interpreter(cpu_results, name):
+    check(CPU_CASES[name], cpu_results[name])
+
+
+CUDA_CASES = {
+    "tm6_vrwkv6_t": dict(kind=TM, kwargs=dict(dim=192, head_size=64, mix_rank=32, decay_rank=64), grid=(14, 14),
+                         batch=4, dtype="bf16"),
+    "tm6_clip_head80": dict(kind=TM, kwargs=dict(dim=160, head_size=80, mix_rank=32, decay_rank=64), grid=(9, 11),
+                            batch=2),
+    "sm_vrwkv_t": dict(kind=SM, kwargs=dict(dim=192), grid=(14, 14), batch=4, dtype="bf16"),
+    "sm_vrwkv_s_fp32": dict(kind=SM, kwargs=dict(dim=384), grid=(13, 17), batch=2),
+    "cm_vrwkv_t": dict(kind=CM, kwargs=dict(dim=192, hidden=768), grid=(14, 14), batch=4, dtype="bf16"),
+    "cm_v6_head64_fp32": dict(kind=CM, kwargs=dict(dim=128, hidden=448, head_size=64), grid=(7, 9), batch=2),
+}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(CUDA_CASES))
+def test_mixer_step_cuda(name, monkeypatch):
+    from _mixer_step_cases import run_case
+
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    case = CUDA_CASES[name]
+    # cuBLAS may pick other GEMM algorithms (summation orders) for the two paths' products: step vs per-op within
+    # the plain path's tolerance there
+    ref = TOLS[case.get("dtype", "fp32")][0]
+    check(case, run_case(case, device="cuda"), (ref, ref))

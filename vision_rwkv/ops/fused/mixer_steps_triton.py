@@ -1,0 +1,278 @@
+"""Whole mixers as ONE autograd node each (eager training on the fused path).
+
+A 224-px training step is bound by host time, not by the GPU: on the per-op fused path an RWKV-6 time mix is 7
+Python ``autograd.Function``s and ~40 C++ autograd nodes (LoRA products, tanh, views, the unbind of the batched
+projection, the weight casts), each with its wrapper checks, context and saved-tensor bookkeeping. Here each mixer
+is one ``torch.autograd.Function`` whose forward launches the same kernels as the per-op path (the Triton kernels of
+``triton.py`` and the WKV operators, the same GEMMs) and whose backward calls their backward kernels and the GEMMs
+of the products in order - the same kernels, the same saved tensors, far less host work per launch:
+
+* :func:`time_mix6_step` - the RWKV-6 time mix (Q-Shift, ddlerp with its LoRA, decay LoRA, k/v/r/g in one batched
+  GEMM, WKV-6, GroupNorm * SiLU gate, output projection).
+* :func:`spatial_mix_step` - the v4 token mix (Q-Shift lerp, k/v/r in one batched GEMM, Bi-WKV with 1 / T scaling,
+  sigmoid gate, output projection).
+* :func:`channel_mix_step` - the channel mix (Q-Shift lerp, key + relu^2, value, sigmoid(receptance) gate).
+
+The weight matrices come in their own dtype (the fp32 parameters under autocast) and are cast to the compute dtype
+in one ``_foreach_copy_`` (their gradients back in one), as :func:`vision_rwkv.ops.cast_weights.cast_weights` does
+for the per-op path. Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the
+cuBLAS GEMMs); the models fall back to the per-op path otherwise (see ``vision_rwkv/models/_projections.py``,
+``train_step_ready``), and the tests check every output and gradient against that path and the plain models.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..bi_wkv import triton as wkv4
+from ..bi_wkv6 import triton as wkv6
+from ..cast_weights import cast_all, cast_back
+from .triton import (_gn_mul_bwd, _gn_mul_fwd, _relu_square_bwd_from_out, _relu_square_inplace_fwd,
+                     _sigmoid_mul_bwd, _sigmoid_mul_fwd, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd,
+                     _decay_fwd, decay_grads)
+
+__all__ = ["time_mix6_step", "spatial_mix_step", "channel_mix_step"]
+
+_tanh_bwd = torch.ops.aten.tanh_backward
+
+
+def _cast(weights: Sequence[torch.Tensor], dtype: torch.dtype, stack: int) -> Tuple[torch.Tensor, ...]:
+    """``weights`` in ``dtype`` (the first ``stack`` as one stacked tensor), one launch; as they are when already
+    in ``dtype`` (then the stack is one ``torch.stack``)."""
+    if all(w.dtype == dtype for w in weights):
+        head = (torch.stack(tuple(weights[:stack])),) if stack else ()
+        return head + tuple(weights[stack:])
+    return cast_all(weights, dtype, stack)
+
+
+def _weight_grads(ctx, grads: List[torch.Tensor], stack: int) -> List[torch.Tensor]:
+    """The weights' gradients in their dtypes: ``grads`` in :func:`_cast`'s order (the stack's gradient first, as
+    one (stack, ...) tensor), cast back in one launch."""
+    per_weight = list(grads[0].unbind(0)) + grads[1:] if stack else grads
+    return cast_back(per_weight, ctx.weight_dtypes)
+
+
+def _vector_grads(ga: torch.Tensor, vectors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """Rows of the backward kernel's (M, C) interpolation-weight gradient, each in its vector's shape and dtype."""
+    return tuple(g.view(v.shape).to(v.dtype) for g, v in zip(ga.unbind(0), vectors))
+
+
+def _linear_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``y = x @ w^T`` (2-D x, gy): (d x, d w) - d w in w's layout. Each one GEMM through ``F.linear``
+    (``a @ b^T``; the transposed views cost no copy), as the projections' forward: one entry point for every
+    projection GEMM (the host-time and roofline tools stub it)."""
+    return F.linear(gy, w.t()), F.linear(gy.t(), x.t())
+
+
+def _product_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``y = x @ w`` (2-D, the LoRA products): (d x, d w)."""
+    return torch.mm(gy, w.t()), torch.mm(x.t(), gy)
+
+
+def _stacked_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the batched projection ``y = x @ w^T`` (x (M, R, C), w (M, C_out, C)): d w in w's layout."""
+    return torch.bmm(gy, w), torch.bmm(gy.transpose(1, 2), x)
+
+
+class _TimeMix6Step(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, grid, head_size, eps, dtype, cast_w2, maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0, u,
+                ln_w, ln_b, w_k, w_v, w_r, w_g, w_o, w1, d1, d2, w2):
+        B, N, C = x.shape
+        H, W = grid
+        heads = C // head_size
+        mats = (w_k, w_v, w_r, w_g, w_o, w1, d1, d2) + ((w2,) if cast_w2 else ())
+        ctx.weight_dtypes = tuple(m.dtype for m in mats)
+        stack, wo, w1c, d1c, d2c, *rest = _cast(mats, dtype, 4)
+        w2c = rest[0] if cast_w2 else w2.contiguous()
+        x = x.contiguous()
+        a_x = maa_x.reshape(1, -1).contiguous()
+        maa = tuple(v.contiguous() for v in (maa_w, maa_k, maa_v, maa_r, maa_g))
+        xxx = _tsm_fwd(x, H, W, head_size, a_x, None, dtype).view(-1, C)
+        lora = torch.mm(xxx, w1c).tanh_()  # (B N, 5 R)
+        mixed = _tsm_lora_fwd(x, H, W, head_size, maa, lora.view(B, N, -1), w2c, dtype)  # (5, B, N, C)
+        xw, xkvrg = mixed[0].view(-1, C), mixed[1:].view(4, -1, C)
+        hd = torch.mm(xw, d1c).tanh_()
+        logd = _decay_fwd(w0.reshape(-1).contiguous(), torch.mm(hd, d2c))  # float32 (B N, C)
+        kvrg = torch.bmm(xkvrg, stack.transpose(1, 2))  # k, v, r, g
+        shape = (B, N, heads, head_size)
+        k, v, r, g = (t.view(shape) for t in kvrg.unbind(0))
+        u = u.contiguous()
+        y = wkv6._fwd(r, k, v, logd.view(shape), u).view(B, N, C)
+        ln_w, ln_b = ln_w.contiguous(), ln_b.contiguous()
+        gated = _gn_mul_fwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, dtype)
+        ctx.meta = (grid, head_size, eps, cast_w2)
+        ctx.vectors = (maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0)
+        ctx.save_for_backward(x, a_x, *maa, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack, wo,
+                              w1c, d1c, d2c, w2c)
+        return F.linear(gated, wo)
+
+    @staticmethod
+    def backward(ctx, gout):
+        (x, a_x, m_w, m_k, m_v, m_r, m_g, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack, wo, w1c,
+         d1c, d2c, w2c) = ctx.saved_tensors
+        (H, W), head_size, eps, cast_w2 = ctx.meta
+        B, N, C = x.shape
+        heads = C // head_size
+        shape = (B, N, heads, head_size)
+        g_gated, g_wo = _linear_bwd(gout.reshape(-1, C), gated.view(-1, C), wo)
+        k, v, r, g = kvrg.unbind(0)
+        g_y, g_g, g_ln = _gn_mul_bwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, g_gated.view(B, N, C))
+        g_r, g_k, g_v, g_logd, g_u = wkv6._bwd(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), u,
+                                               g_y.view(shape))
+        g_kvrg = torch.stack([t.reshape(-1, C) for t in (g_k, g_v, g_r, g_g)])
+        del g_gated, g_y, g_k, g_v, g_r, g_g  # (each frees its buffer: less memory at the backward's peak)
+        xkvrg = mixed[1:].view(4, -1, C)
+        g_xkvrg, g_stack = _stacked_bwd(g_kvrg, xkvrg, stack)
+        del g_kvrg
+        g_w0, g_z = decay_grads(g_logd.view(logd.shape), logd, ctx.vectors[6].dtype, hd.dtype)
+        g_hd, g_d2 = _product_bwd(g_z, hd, d2c)
+        del g_logd, g_z
+        g_hd = _tanh_bwd(g_hd, hd)
+        g_xw, g_d1 = _product_bwd(g_hd, mixed[0].view(-1, C), d1c)
+        planes = [g_xw.view(B, N, C)] + [t.view(B, N, C) for t in g_xkvrg.unbind(0)]
+        g_x, g_maa, g_lora, g_w2 = _tsm_lora_bwd(x, H, W, head_size, (m_w, m_k, m_v, m_r, m_g), lora.view(B, N, -1),
+                                                 w2c, planes)
+        del planes, g_xkvrg, g_xw
+        g_lora = _tanh_bwd(g_lora.view(lora.shape), lora)
+        g_xxx, g_w1 = _product_bwd(g_lora, xxx, w1c)
+        g_x2, g_ax, _ = _tsm_bwd(x, H, W, head_size, a_x, None, [g_xxx.view(B, N, C)])
+        g_x = g_x.add_(g_x2)
+        mats = [g_stack, g_wo, g_w1, g_d1, g_d2] + ([g_w2] if cast_w2 else [])
+        g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2, *rest = _weight_grads(ctx, mats, 4)
+        vecs = ctx.vectors
+        g_vectors = _vector_grads(g_ax, vecs[:1]) + _vector_grads(g_maa, vecs[1:6]) + (g_w0.view(vecs[6].shape),)
+        return (g_x, None, None, None, None, None, *g_vectors, g_u.to(u.dtype), g_ln[0].to(ln_w.dtype),
+                g_ln[1].to(ln_b.dtype), g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2,
+                rest[0] if cast_w2 else g_w2)
+
+
+def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, eps: float, dtype: torch.dtype,
+                   vectors: Sequence[torch.Tensor], u: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
+                   projections: Sequence[torch.Tensor], lora: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The RWKV-6 time mix of ``TimeMixV6._forward_fused`` (Q-Shift) as one autograd node.
+
+    Args:
+        x: (B, N, C) tokens on the row-major ``grid_size``; head_size: channels per head; eps: the GroupNorm's.
+        dtype: the compute dtype (the autocast dtype, or the parameters' without autocast).
+        vectors: ``time_maa_x, time_maa_w, _k, _v, _r, _g, time_decay`` (C elements each, any shape).
+        u: ``time_faaaa`` (H, head_size); ln_weight, ln_bias: the GroupNorm's (C,).
+        projections: the key, value, receptance, gate and output weights (C, C).
+        lora: ``time_maa_w1`` (C, 5R), ``time_decay_w1`` (C, D), ``time_decay_w2`` (D, C), ``time_maa_w2`` (5, R, C).
+    Returns:
+        (B, N, C) in ``dtype``; differentiable in x and every parameter. W2 is cast to ``dtype`` with the other
+        matrices in bf16 only: under fp16 the kernels read it in its dtype (its gradient sums every token in fp32).
+    """
+    w1, d1, d2, w2 = lora
+    cast_w2 = w2.dtype != dtype and dtype == torch.bfloat16
+    return _TimeMix6Step.apply(x, tuple(grid_size), int(head_size), float(eps), dtype, cast_w2, *vectors, u,
+                               ln_weight, ln_bias, *projections, w1, d1, d2, w2)
+
+
+class _SpatialMixStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, grid, mode, chunks, dtype, decay, first, mu_k, mu_v, mu_r, w_k, w_v, w_r, w_o):
+        B, N, C = x.shape
+        H, W = grid
+        mats = (w_k, w_v, w_r, w_o)
+        ctx.weight_dtypes = tuple(m.dtype for m in mats)
+        stack, wo = _cast(mats, dtype, 3)
+        x = x.contiguous()
+        mu = tuple(v.contiguous() for v in (mu_k, mu_v, mu_r))
+        mixed = _tsm_fwd(x, H, W, 0, mu, None, dtype, one_minus=True).view(3, -1, C)
+        kvr = torch.bmm(mixed, stack.transpose(1, 2))
+        k, v, r = (t.view(B, N, C) for t in kvr.unbind(0))
+        decay, first = decay.contiguous(), first.contiguous()
+        y, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N)
+        gated = _sigmoid_mul_fwd(r, y)
+        ctx.meta = (grid, mode, chunks)
+        ctx.save_for_backward(x, *mu, mixed, kvr, decay, first, y, m, car, gated, stack, wo)
+        return F.linear(gated, wo)
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, mu_k, mu_v, mu_r, mixed, kvr, decay, first, y, m, car, gated, stack, wo = ctx.saved_tensors
+        (H, W), mode, chunks = ctx.meta
+        B, N, C = x.shape
+        g_gated, g_wo = _linear_bwd(gout.reshape(-1, C), gated.view(-1, C), wo)
+        k, v, r = (t.view(B, N, C) for t in kvr.unbind(0))
+        g_r, g_y = _sigmoid_mul_bwd(r, y, g_gated.view(B, N, C))
+        g_wu, g_k, g_v = wkv4._bwd(decay, first, k, v, m, car, g_y, mode, chunks, 1.0 / N)
+        g_kvr = torch.stack([t.reshape(-1, C) for t in (g_k, g_v, g_r)])
+        del g_gated, g_y, g_k, g_v, g_r
+        g_mixed, g_stack = _stacked_bwd(g_kvr, mixed, stack)
+        del g_kvr
+        g_x, g_mu, _ = _tsm_bwd(x, H, W, 0, (mu_k, mu_v, mu_r), None, g_mixed.view(3, B, N, C), one_minus=True)
+        g_kw, g_vw, g_rw, g_ow = _weight_grads(ctx, [g_stack, g_wo], 3)
+        return (g_x, None, None, None, None, g_wu[0].to(decay.dtype), g_wu[1].to(first.dtype),
+                *_vector_grads(g_mu, (mu_k, mu_v, mu_r)), g_kw, g_vw, g_rw, g_ow)
+
+
+def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chunks: int, dtype: torch.dtype,
+                     decay: torch.Tensor, first: torch.Tensor, mu: Sequence[torch.Tensor],
+                     weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The v4 token mix of ``SpatialMix._forward_fused`` as one autograd node.
+
+    Args:
+        x: (B, N, C) tokens on the row-major ``grid_size``; mode, chunks: the Bi-WKV's.
+        dtype: the compute dtype; decay, first: ``spatial_decay``, ``spatial_first`` (C,) (divided by T in the
+            kernels); mu: ``spatial_mix_k, _v, _r`` (C,) (weights of the unshifted token).
+        weights: the key, value, receptance and output weights (C, C).
+    Returns:
+        (B, N, C) in ``dtype``; differentiable in x and every parameter.
+    """
+    return _SpatialMixStep.apply(x, tuple(grid_size), mode, int(chunks), dtype, decay, first, *mu, *weights)
+
+
+class _ChannelMixStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, grid, head_size, one_minus, dtype, mix_k, mix_r, w_k, w_v, w_r):
+        B, N, C = x.shape
+        H, W = grid
+        mats = (w_k, w_v, w_r)
+        ctx.weight_dtypes = tuple(m.dtype for m in mats)
+        wk, wv, wr = _cast(mats, dtype, 0)
+        x = x.contiguous()
+        mix = (mix_k.contiguous(), mix_r.contiguous())
+        mixed = _tsm_fwd(x, H, W, head_size, mix, None, dtype, one_minus=one_minus)
+        xk, xr = mixed[0].view(-1, C), mixed[1].view(-1, C)
+        k = _relu_square_inplace_fwd(F.linear(xk, wk))  # (B N, hidden)
+        v = F.linear(k, wv)
+        r = F.linear(xr, wr)
+        ctx.meta = (grid, head_size, one_minus)
+        ctx.save_for_backward(x, *mix, mixed, k, v, r, wk, wv, wr)
+        return _sigmoid_mul_fwd(r, v).view(B, N, C)
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, mix_k, mix_r, mixed, k, v, r, wk, wv, wr = ctx.saved_tensors
+        (H, W), head_size, one_minus = ctx.meta
+        B, N, C = x.shape
+        g_r, g_v = _sigmoid_mul_bwd(r, v, gout.reshape(-1, C))
+        g_xr, g_wr = _linear_bwd(g_r, mixed[1].view(-1, C), wr)
+        del g_r
+        g_k, g_wv = _linear_bwd(g_v, k, wv)
+        del g_v
+        g_k = _relu_square_bwd_from_out(k, g_k)
+        g_xk, g_wk = _linear_bwd(g_k, mixed[0].view(-1, C), wk)
+        g_x, g_mix, _ = _tsm_bwd(x, H, W, head_size, (mix_k, mix_r), None,
+                                 [g_xk.view(B, N, C), g_xr.view(B, N, C)], one_minus=one_minus)
+        return (g_x, None, None, None, None, *_vector_grads(g_mix, (mix_k, mix_r)),
+                *_weight_grads(ctx, [g_wk, g_wv, g_wr], 0))
+
+
+def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, one_minus: bool,
+                     dtype: torch.dtype, mix: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The channel mix of ``ChannelMix._forward_fused`` (Q-Shift, no key norm) as one autograd node.
+
+    Args:
+        x: (B, N, C) tokens on the row-major ``grid_size``; head_size: 0 = whole-channel quarters (v4), else per
+            head; one_minus: ``mix`` weights the unshifted token (the v4 ``mu``), else the shifted one (``maa``).
+        dtype: the compute dtype; mix: the key's and the receptance's interpolation vectors (C elements each).
+        weights: the key (hidden, C), value (C, hidden) and receptance (C, C) weights.
+    Returns:
+        (B, N, C) in ``dtype``; differentiable in x and every parameter.
+    """
+    return _ChannelMixStep.apply(x, tuple(grid_size), int(head_size), bool(one_minus), dtype, *mix, *weights)
