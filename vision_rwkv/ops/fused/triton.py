@@ -425,12 +425,18 @@ def _(x):
     return x.new_empty(x.shape)
 
 
-def _relu_square_bwd(x, g):
+def _elem_bwd(kernel, t, g):
+    """One elementwise backward launch ``kernel(t, g, gx, n)``: the input gradient gx (t's shape and dtype) from a
+    saved tensor t and the output gradient g."""
     g = g.contiguous()
-    gx = new_empty(x.shape, x.dtype, x.device)
-    grid, meta = _elem_grid(x.numel())
-    _relu_square_bwd_kernel[grid](x, g, gx, x.numel(), **meta)
+    gx = new_empty(t.shape, t.dtype, t.device)
+    grid, meta = _elem_grid(t.numel())
+    kernel[grid](t, g, gx, t.numel(), **meta)
     return gx
+
+
+def _relu_square_bwd(x, g):
+    return _elem_bwd(_relu_square_bwd_kernel, x, g)
 
 
 @torch.library.custom_op("vision_rwkv::relu_square_bwd", mutates_args=())
@@ -506,11 +512,7 @@ class _ReluSquareInplace(torch.autograd.Function):
 
 def _relu_square_bwd_from_out(y, g):
     """d relu(x)^2 from the output y = relu(x)^2 (relu(x) = sqrt(y)) and the output gradient g."""
-    g = g.contiguous()
-    gx = new_empty(y.shape, y.dtype, y.device)
-    grid, meta = _elem_grid(y.numel())
-    _relu_square_bwd_from_out_kernel[grid](y, g, gx, y.numel(), **meta)
-    return gx
+    return _elem_bwd(_relu_square_bwd_from_out_kernel, y, g)
 
 
 def relu_square_inplace_triton(x: torch.Tensor) -> torch.Tensor:
