@@ -130,11 +130,12 @@ def _count_drops(model: torch.nn.Module, drops: list) -> list:
 
 
 def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
-            compile_fused: bool | str = False, train: bool = False, infer: bool = False) -> dict:
+            compile_fused: bool | str = False, train: bool = False, infer: bool = False, ckpt: bool = False) -> dict:
     """Plain vs fused path of ``timm.create_model(name, **kwargs)`` or the text tower, forward and backward (eval
     mode unless ``train``: then both passes draw the same drop-path masks); ``compile_fused`` runs the fused pass
     through ``torch.compile(fullgraph=True, backend='aot_eager')`` (a string: that backend, e.g. ``'inductor'``).
-    ``launches`` counts the fused pass's Triton launches by kernel (CPU interpreter only)."""
+    ``launches`` counts the fused pass's Triton launches by kernel (CPU interpreter only). ``ckpt``: the fused pass
+    with activation checkpointing (``set_grad_checkpointing``: its blocks' forwards run again in the backward)."""
     try:
         torch.manual_seed(0)
         gen = torch.Generator().manual_seed(1)
@@ -154,6 +155,8 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
             model.zero_grad()
             torch.manual_seed(2)  # the same drop-path draws in both passes (train mode)
             fwd = model
+            if ckpt:
+                model.set_grad_checkpointing(backend == "triton")
             if backend == "triton" and compile_fused:
                 torch._dynamo.reset()
                 fwd = torch.compile(model, fullgraph=True,
@@ -194,5 +197,6 @@ if __name__ == "__main__":
                                                                        batch=kw.pop("batch", 2),
                                                                        train=kw.pop("train", False),
                                                                        infer=kw.pop("infer", False),
+                                                                       ckpt=kw.pop("ckpt", False),
                                                                        autocast=kw.pop("autocast", False))
                       for n, kw in cases}))

@@ -62,6 +62,11 @@ TRAIN_CASES = [
 ]
 TRAIN_EXPECTED_CALLS = [V4_STEP, V4_STEP, V6_STEP]
 
+# activation checkpointing on the fused path (the blocks' forwards, one-node mixers included, run again inside the
+# backward): v4 pre-norm with drop path (the recompute must redraw the same masks), v6 post-norm
+CKPT_CASES = [["vrwkv_tiny_patch16_224", dict(TRAIN_CASES[0][1], ckpt=True)],
+              ["vrwkv6_small_patch16_224", dict(CASES[2][1], ckpt=True)]]
+
 # bf16 autocast on CPU: each mixer casts its weight matrices in one launch - inside its one-node step (v4, v6) or with
 # one cast_weights call (the text tower: 2 per block) - and the kernels read bf16 activations and (v6) the bf16 LoRA
 # up-projection; the plain path casts per weight (autocast)
@@ -216,6 +221,24 @@ def test_fused_path_drop_path_training_interpreter(train_results, index):
     dropped, kept = res["drops"]
     assert dropped > 0 and kept > 0, res["drops"]
     assert set(res["calls"]) == TRAIN_EXPECTED_CALLS[index], res["calls"]
+
+
+@pytest.fixture(scope="module")
+def ckpt_results():
+    return _run_cases(CKPT_CASES)
+
+
+@pytest.mark.parametrize("index", range(len(CKPT_CASES)), ids=[c[0] for c in CKPT_CASES])
+def test_fused_path_with_grad_checkpointing_interpreter(ckpt_results, index):
+    """Training with activation checkpointing: the one-node mixers run in the forward and again in the recompute,
+    and logits and every parameter gradient match the plain path without checkpointing."""
+    res = ckpt_results[index]
+    assert_matches_plain(res)
+    steps = {k: n for k, n in res["calls"].items() if k.startswith("step:")}
+    depth = CKPT_CASES[index][1]["depth"]
+    assert steps and all(n == 2 * depth for n in steps.values()), res["calls"]  # forward + recompute per block
+    if CKPT_CASES[index][1].get("drop_path_rate"):
+        assert min(res["drops"]) > 0, res["drops"]
 
 
 @pytest.fixture(scope="module")
