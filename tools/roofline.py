@@ -207,11 +207,6 @@ class LaunchLog(TorchDispatchMode):
             for grad in out:  # gradients of fp32 operands come back through autocast's casts
                 self._autocast_cast(grad, g.dtype)
             return
-        if kind == "linear_grad":  # one GEMM of a backward (a one-node mixer's d x or d W through F.linear)
-            x, weight, _ = args
-            self.add("GEMMs", "linear_bwd", _unique_bytes([x, weight, out], self.itemsize),
-                     2.0 * x.numel() * weight.shape[0])
-            return
         if kind == "triton":
             flops = 0.0
             if fn.__name__ in _GEMM_KERNEL_FLOPS:
@@ -228,6 +223,7 @@ class LaunchLog(TorchDispatchMode):
                     nbytes += src.numel() * src.element_size()
             self.add(_triton_group(fn), fn.__name__, nbytes, flops)
         else:  # linear: x, weight (and bias) in the compute dtype, the output; autocast's casts of the operands
+            # ('linear_grad': one GEMM a backward makes itself - a one-node mixer's d x or d W - counted as linear_bwd)
             x, weight, bias = args
             for t in args:
                 self._autocast_cast(t, out.dtype)
@@ -236,8 +232,9 @@ class LaunchLog(TorchDispatchMode):
                         and t.is_leaf and id(t) not in self._cached_casts):
                     self._cached_casts.add(id(t))
                     self.memory.hold(t.numel() * out.dtype.itemsize)
-            self.add("GEMMs", "linear", _unique_bytes([x, weight, out] + ([bias] if bias is not None else []),
-                                                      self.itemsize), 2.0 * x.numel() * weight.shape[0])
+            self.add("GEMMs", "linear_bwd" if kind == "linear_grad" else "linear",
+                     _unique_bytes([x, weight, out] + ([bias] if bias is not None else []), self.itemsize),
+                     2.0 * x.numel() * weight.shape[0])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

@@ -11,11 +11,11 @@ slice in the parameter's layout, which autograd's accumulation takes as it is (a
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["stacked_linear"]
+__all__ = ["stacked_linear", "batched_linear_grads"]
 
 
 class _BatchedLinear(torch.autograd.Function):
@@ -29,10 +29,16 @@ class _BatchedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         x, w = ctx.saved_tensors
-        gy = gy.to(x.dtype)
-        gx = torch.bmm(gy, w) if ctx.needs_input_grad[0] else None
-        gw = torch.bmm(gy.transpose(1, 2), x) if ctx.needs_input_grad[1] else None  # (M, C_out, C): w's layout
-        return gx, gw
+        return batched_linear_grads(gy.to(x.dtype), x, w, *ctx.needs_input_grad)
+
+
+def batched_linear_grads(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_x: bool = True,
+                         need_w: bool = True) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of the batched projection ``y = x @ w^T`` (x (M, R, C), w (M, C_out, C), gy (M, R, C_out)):
+    (d x, d w), one ``bmm`` each (None where not needed); d w = gy^T @ x comes out in w's layout."""
+    gx = torch.bmm(gy, w) if need_x else None
+    gw = torch.bmm(gy.transpose(1, 2), x) if need_w else None
+    return gx, gw
 
 
 def stacked_linear(x: torch.Tensor, weights: Sequence[torch.Tensor],

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 from ..bi_wkv import triton as wkv4
 from ..bi_wkv6 import triton as wkv6
+from .._triton_utils import coef_grads
 from ..cast_weights import cast_all, cast_back
+from ..stacked_linear import batched_linear_grads
 from .triton import (_gn_mul_bwd, _gn_mul_fwd, _relu_square_bwd_from_out, _relu_square_inplace_fwd,
                      _sigmoid_mul_bwd, _sigmoid_mul_fwd, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd,
                      _decay_fwd, decay_grads)
@@ -54,11 +56,6 @@ def _weight_grads(ctx, grads: List[torch.Tensor], stack: int) -> List[torch.Tens
     return cast_back(per_weight, ctx.weight_dtypes)
 
 
-def _vector_grads(ga: torch.Tensor, vectors: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-    """Rows of the backward kernel's (M, C) interpolation-weight gradient, each in its vector's shape and dtype."""
-    return tuple(g.view(v.shape).to(v.dtype) for g, v in zip(ga.unbind(0), vectors))
-
-
 def _linear_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``y = x @ w^T`` (2-D x, gy): (d x, d w) - d w in w's layout. Each one GEMM through ``F.linear``
     (``a @ b^T``; the transposed views cost no copy), as the projections' forward: one entry point for every
@@ -69,11 +66,6 @@ def _linear_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[tor
 def _product_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``y = x @ w`` (2-D, the LoRA products): (d x, d w)."""
     return torch.mm(gy, w.t()), torch.mm(x.t(), gy)
-
-
-def _stacked_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the batched projection ``y = x @ w^T`` (x (M, R, C), w (M, C_out, C)): d w in w's layout."""
-    return torch.bmm(gy, w), torch.bmm(gy.transpose(1, 2), x)
 
 
 class _TimeMix6Step(torch.autograd.Function):
@@ -125,7 +117,7 @@ class _TimeMix6Step(torch.autograd.Function):
         g_kvrg = torch.stack([t.reshape(-1, C) for t in (g_k, g_v, g_r, g_g)])
         del g_gated, g_y, g_k, g_v, g_r, g_g  # (each frees its buffer: less memory at the backward's peak)
         xkvrg = mixed[1:].view(4, -1, C)
-        g_xkvrg, g_stack = _stacked_bwd(g_kvrg, xkvrg, stack)
+        g_xkvrg, g_stack = batched_linear_grads(g_kvrg, xkvrg, stack)
         del g_kvrg
         g_w0, g_z = decay_grads(g_logd.view(logd.shape), logd, ctx.vectors[6].dtype, hd.dtype)
         g_hd, g_d2 = _product_bwd(g_z, hd, d2c)
@@ -143,7 +135,8 @@ class _TimeMix6Step(torch.autograd.Function):
         mats = [g_stack, g_wo, g_w1, g_d1, g_d2] + ([g_w2] if cast_w2 else [])
         g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2, *rest = _weight_grads(ctx, mats, 4)
         vecs = ctx.vectors
-        g_vectors = _vector_grads(g_ax, vecs[:1]) + _vector_grads(g_maa, vecs[1:6]) + (g_w0.view(vecs[6].shape),)
+        g_vectors = (coef_grads(g_ax, vecs[:1], True) + coef_grads(g_maa, vecs[1:6], True)
+                     + (g_w0.view(vecs[6].shape),))
         return (g_x, None, None, None, None, None, *g_vectors, g_u.to(u.dtype), g_ln[0].to(ln_w.dtype),
                 g_ln[1].to(ln_b.dtype), g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2,
                 rest[0] if cast_w2 else g_w2)
@@ -202,12 +195,12 @@ class _SpatialMixStep(torch.autograd.Function):
         g_wu, g_k, g_v = wkv4._bwd(decay, first, k, v, m, car, g_y, mode, chunks, 1.0 / N)
         g_kvr = torch.stack([t.reshape(-1, C) for t in (g_k, g_v, g_r)])
         del g_gated, g_y, g_k, g_v, g_r
-        g_mixed, g_stack = _stacked_bwd(g_kvr, mixed, stack)
+        g_mixed, g_stack = batched_linear_grads(g_kvr, mixed, stack)
         del g_kvr
         g_x, g_mu, _ = _tsm_bwd(x, H, W, 0, (mu_k, mu_v, mu_r), None, g_mixed.view(3, B, N, C), one_minus=True)
         g_kw, g_vw, g_rw, g_ow = _weight_grads(ctx, [g_stack, g_wo], 3)
         return (g_x, None, None, None, None, g_wu[0].to(decay.dtype), g_wu[1].to(first.dtype),
-                *_vector_grads(g_mu, (mu_k, mu_v, mu_r)), g_kw, g_vw, g_rw, g_ow)
+                *coef_grads(g_mu, (mu_k, mu_v, mu_r), True), g_kw, g_vw, g_rw, g_ow)
 
 
 def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chunks: int, dtype: torch.dtype,
@@ -259,7 +252,7 @@ class _ChannelMixStep(torch.autograd.Function):
         g_xk, g_wk = _linear_bwd(g_k, mixed[0].view(-1, C), wk)
         g_x, g_mix, _ = _tsm_bwd(x, H, W, head_size, (mix_k, mix_r), None,
                                  [g_xk.view(B, N, C), g_xr.view(B, N, C)], one_minus=one_minus)
-        return (g_x, None, None, None, None, *_vector_grads(g_mix, (mix_k, mix_r)),
+        return (g_x, None, None, None, None, *coef_grads(g_mix, (mix_k, mix_r), True),
                 *_weight_grads(ctx, [g_wk, g_wv, g_wr], 0))
 
 
