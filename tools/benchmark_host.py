@@ -10,7 +10,8 @@ a real launch adds on top is Triton's launcher and cuBLAS's, per launch. DeiT ru
 
 Per model and path it prints: host time per forward (thread CPU time, best of the repeats; tiny input: 2x2 tokens,
 models 64 channels wide by default, ``--dim``) and its ratio to DeiT-T's measured in the same run (the absolute
-numbers drift by +-30% between runs on a shared VM; the ratio much less), Triton launches, GEMMs (the stubbed
+numbers drift by +-30% between runs on a shared VM; the ratio much less: the models and paths are timed in turns,
+one round of ``--calls`` each per repeat, with Python's garbage collector paused), Triton launches, GEMMs (the stubbed
 Linears and the aten matrix products), and other (non-view) aten ops per forward - each of those is a kernel launch
 on a GPU.
 
@@ -29,6 +30,7 @@ os.environ.setdefault("VRWKV_BACKEND", "triton")
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -163,51 +165,82 @@ def narrow_kwargs(name: str, dim: int | None) -> dict:
     return dict(embed_dim=dim)
 
 
-def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False,
-            dim: int | None = None, autocast: bool = False, one_node: bool = True) -> dict:
-    """Host ms per forward (thread CPU time, best of ``repeats`` means over ``calls``) and launches per forward;
-    ``train``: per training step instead (train mode, forward + backward of the features' sum, gradients cleared
-    between steps; no optimizer step). ``dim``: the models' width (see :func:`narrow_kwargs`). ``autocast``: each
-    step's forward under bf16 autocast, with autocast's casts for the stubbed ``F.linear`` done for real.
-    ``one_node``: training runs each fused mixer as one autograd node (the default; False: ``VRWKV_FUSED_STEP=0``,
-    one node per fused op)."""
-    os.environ["VRWKV_FUSED"] = "1" if fused else "0"
-    os.environ["VRWKV_FUSED_STEP"] = "1" if one_node else "0"
-    model = timm.create_model(name, img_size=32, num_classes=0, **narrow_kwargs(name, dim)).train(train)
-    x = torch.randn(1, 3, 32, 32)
+class _Case:
+    """One model and path under the stubs: its environment switches and one step (an inference forward, or a
+    training step: train mode, forward + backward of the features' sum, gradients cleared between steps; no
+    optimizer step). ``dim``: the models' width (see :func:`narrow_kwargs`). ``autocast``: each step's forward under
+    bf16 autocast, with autocast's casts for the stubbed ``F.linear`` done for real. ``one_node``: training runs each
+    fused mixer as one autograd node (the default; False: ``VRWKV_FUSED_STEP=0``, one node per fused op)."""
 
-    def step():
+    def __init__(self, name: str, fused: bool = True, train: bool = False, dim: int | None = None,
+                 autocast: bool = False, one_node: bool = True):
+        self.name, self.fused, self.train, self.autocast, self.one_node = name, fused, train, autocast, one_node
+        self.env = {"VRWKV_FUSED": "1" if fused else "0", "VRWKV_FUSED_STEP": "1" if one_node else "0"}
+        self.activate()
+        self.model = timm.create_model(name, img_size=32, num_classes=0, **narrow_kwargs(name, dim)).train(train)
+        self.x = torch.randn(1, 3, 32, 32)
+        self.best = float("inf")
+
+    def activate(self) -> None:
+        os.environ.update(self.env)
+
+    def step(self, stubs: "_Stubs") -> None:
         stubs.new_region()
-        if train:
-            model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            y = model.forward_features(x)
-        if train:
+        if self.train:
+            self.model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            y = self.model.forward_features(self.x)
+        if self.train:
             y.float().sum().backward()
 
-    with torch.set_grad_enabled(train), _Stubs(autocast_casts=True) as stubs:
-        for _ in range(3):
-            step()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.thread_time()
-            for _ in range(calls):
-                step()
-            best = min(best, (time.thread_time() - t0) / calls)
+    def row(self, stubs: "_Stubs") -> dict:
+        """Launch counts of one step (recorded now) and the best time, as a result row."""
+        self.activate()
         stubs.triton.clear()
         stubs.gemm = 0
         with _AtenCount() as aten:
-            step()
-    matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # (batched) products not via F.linear
-    other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
-    gemms = stubs.gemm + matmuls
-    path = ("fused" if one_node or not train else "fused, per-op nodes") if fused else "plain"
-    return dict(model=name, path=path, fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
-                mode="train" if train else "inference", dtype="bf16 autocast" if autocast else "fp32",
-                host_ms=best * 1e3, triton_launches=sum(stubs.triton.values()), gemms=gemms,
-                other_aten_ops=other, launches=sum(stubs.triton.values()) + gemms + other,
-                triton_by_kernel=dict(stubs.triton),
-                aten_by_op={op: n for op, n in sorted(aten.ops.items()) if op not in VIEW_OPS})
+            self.step(stubs)
+        matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # (batched) products not via F.linear
+        other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
+        gemms = stubs.gemm + matmuls
+        path = ("fused" if self.one_node or not self.train else "fused, per-op nodes") if self.fused else "plain"
+        return dict(model=self.name, path=path, fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
+                    mode="train" if self.train else "inference",
+                    dtype="bf16 autocast" if self.autocast else "fp32", host_ms=self.best * 1e3,
+                    triton_launches=sum(stubs.triton.values()), gemms=gemms, other_aten_ops=other,
+                    launches=sum(stubs.triton.values()) + gemms + other, triton_by_kernel=dict(stubs.triton),
+                    aten_by_op={op: n for op, n in sorted(aten.ops.items()) if op not in VIEW_OPS})
+
+
+def measure_all(cases: list, repeats: int = 5, calls: int = 20) -> list:
+    """Host ms per step of each case (thread CPU time, best of ``repeats`` means over ``calls``) and its launches
+    per step. The cases are timed in turns - each repeat one round of ``calls`` steps per case - with the garbage
+    collector paused, so that a slow spell of a shared VM or a collection falls on all of them alike."""
+    train = any(c.train for c in cases)
+    with torch.set_grad_enabled(train), _Stubs(autocast_casts=True) as stubs:
+        for case in cases:
+            case.activate()
+            for _ in range(3):
+                case.step(stubs)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(repeats):
+                for case in cases:
+                    case.activate()
+                    t0 = time.thread_time()
+                    for _ in range(calls):
+                        case.step(stubs)
+                    case.best = min(case.best, (time.thread_time() - t0) / calls)
+        finally:
+            gc.enable()
+        return [case.row(stubs) for case in cases]
+
+
+def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False,
+            dim: int | None = None, autocast: bool = False, one_node: bool = True) -> dict:
+    """:func:`measure_all` of one case (see :class:`_Case` for the arguments)."""
+    return measure_all([_Case(name, fused, train, dim, autocast, one_node)], repeats, calls)[0]
 
 
 def main(argv=None) -> int:
@@ -230,16 +263,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = []
+    cases = []
     for name in args.model or MODELS:
         ours = not name.startswith(("deit", "vit"))
         variants = [(True, True)] + ([(True, False)] if ours and args.per_op and args.train else [])
         for fused, one_node in variants + ([(False, True)] if ours and args.plain else []):
-            rows.append(measure(name, fused, args.repeats, args.calls, args.train, args.dim or None, args.autocast,
-                                one_node))
-            rows[-1]["dim"] = args.dim or None
-            print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("triton_by_kernel", "aten_by_op")}),
-                  flush=True)
+            cases.append(_Case(name, fused, args.train, args.dim or None, args.autocast, one_node))
+    rows = measure_all(cases, args.repeats, args.calls)
+    for r in rows:
+        r["dim"] = args.dim or None
+        print(json.dumps({k: v for k, v in r.items() if k not in ("triton_by_kernel", "aten_by_op")}), flush=True)
     deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)
     unit = "training step" if args.train else "forward"
     print(f"\n| model | path | host ms / {unit} | x DeiT | Triton launches | GEMMs | other aten ops | launches |")

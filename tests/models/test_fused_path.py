@@ -44,9 +44,10 @@ V6_OPS = {"token_shift_mix", "token_shift_mix_lora", "linear_stack", "sigmoid_mu
           "decay_logd", "add_norm", "wkv:bi_wkv6"}
 TEXT_OPS = {"sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd", "add_norm", "wkv:bi_wkv6"}
 # with autograd recording (eager training) each Q-Shift mixer without a key norm runs as ONE autograd node
-# (vision_rwkv.ops.fused.mixer_steps); key norms (case 1, v4-L) and the text tower's 1-D shift keep the per-op path
-V4_STEP = {"step:spatial_mix", "step:channel_mix", "add_norm"}
-V6_STEP = {"step:time_mix6", "step:channel_mix", "add_norm"}
+# (vision_rwkv.ops.fused.mixer_steps) that also does its block's residual add + LayerNorm (no separate add_norm);
+# key norms (case 1, v4-L) and the text tower's 1-D shift keep the per-op path
+V4_STEP = {"step:spatial_mix", "step:channel_mix"}
+V6_STEP = {"step:time_mix6", "step:channel_mix"}
 # fused kernels each case must run (None: compiled pass, not counted); the text tower has no fused 1-D shift
 EXPECTED_CALLS = [V4_STEP, V4_OPS, V6_STEP, V6_STEP, None, TEXT_OPS, TEXT_OPS]
 PER_OP_CALLS = [V4_OPS, V4_OPS, V6_OPS, V6_OPS, None, TEXT_OPS, TEXT_OPS]  # with VRWKV_FUSED_STEP=0

@@ -11,6 +11,12 @@ matrices are ~0 at init) runs three times on one random input:
 * ``step``: the fused path as one autograd node (the default), which must have run (its backward node is the
   output's ``grad_fn``, or it is absent where the case expects the per-op fallback).
 
+A case with ``residual`` (``{"post": bool, "gamma": bool, "scale": bool}``) passes the block's residual add +
+LayerNorm (a ``ResidualNorm``: residual x, optional layer scale, LayerNorm weight / bias, optional drop-path factors)
+to the mixer, which returns ``(s, n)`` (``n`` None for post-norm): the step does it inside its node, the per-op
+path and the plain path through ``add_norm``; the residual's gradients are ``res:x``, ``res:gamma``, ``res:weight``,
+``res:bias``.
+
 The result holds relative 2-norm errors ``step`` vs ``plain`` (``y``, ``g:<name>``) and ``step`` vs ``per_op``
 (``op_y``, ``op_g:<name>``), plus ``finite``, ``dtype_ok``, ``node`` (the output's grad_fn class name) and, for the
 step pass, ``weight_casts`` (per-weight casts of the module's matrices) and ``foreach_copies`` (one-launch casts).
@@ -62,9 +68,23 @@ class _Casts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen=(), casts=None):
-    """Forward + backward of ``module`` on ``x`` (inside ``casts``, a dispatch mode, when given); returns (output,
-    {name: grad}, grad_fn class name)."""
+def _residual(spec: dict, res: dict, dtype: torch.dtype, out_dtype: torch.dtype):
+    """A ``ResidualNorm`` of leaf copies of ``res``'s tensors in ``dtype`` (the float64 pass: float64), and the leaves
+    by gradient name."""
+    from vision_rwkv.ops.fused import ResidualNorm
+
+    leaves = {k: res[k].detach().to(dtype).requires_grad_(True) for k in ("x", "gamma", "weight", "bias")
+              if k in res}
+    scale = res.get("scale")
+    norm = ResidualNorm(leaves["x"], leaves.get("gamma"), leaves["weight"], leaves["bias"], 1e-5, spec["post"],
+                        out_dtype, False, None if scale is None else scale.to(dtype))
+    return norm, {f"res:{k}": t for k, t in leaves.items()}
+
+
+def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen=(), casts=None, residual=None):
+    """Forward + backward of ``module`` on ``x`` (inside ``casts``, a dispatch mode, when given; with ``residual``
+    = (spec, tensors) the block's residual add + LayerNorm too); returns (output - ``s`` with a residual -, the
+    LayerNorm output ``n`` or None, {name: grad}, grad_fn class name)."""
     os.environ["VRWKV_BACKEND"], os.environ["VRWKV_FUSED_STEP"] = backend, step
     module.zero_grad(set_to_none=True)
     for name, p in module.named_parameters():
@@ -72,15 +92,19 @@ def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen
     x = x.detach().clone().requires_grad_(True)
     ctx = torch.autocast(x.device.type, dtype=dtype) if autocast else contextlib.nullcontext()
     gen = torch.Generator().manual_seed(7)
+    norm, leaves = _residual(*residual, x.dtype, dtype) if residual is not None else (None, {})
     with casts or contextlib.nullcontext():
         with ctx:
-            y = module(x, grid)
-        gy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.dtype)
-        y.backward(gy)
+            y = module(x, grid) if norm is None else module(x, grid, residual=norm)
+        y, n = (y, None) if norm is None else y
+        outs = [t for t in (y, n) if t is not None]
+        grads_in = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) for t in outs]
+        torch.autograd.backward(outs, grads_in)
     node = type(y.grad_fn).__name__ if y.grad_fn is not None else None
     grads = {"x": x.grad}
     grads.update({n: p.grad for n, p in module.named_parameters() if p.grad is not None})
-    return y.detach(), grads, node
+    grads.update({k: t.grad for k, t in leaves.items()})
+    return y.detach(), (None if n is None else n.detach()), grads, node
 
 
 def run_case(case: dict, device: str = "cpu") -> dict:
@@ -97,27 +121,45 @@ def run_case(case: dict, device: str = "cpu") -> dict:
     h, w = case["grid"]
     x = torch.randn(case["batch"], h * w, kw["dim"], generator=gen).to(device)
     frozen = tuple(case.get("frozen", ()))
+    residual = None
+    if "residual" in case:
+        spec, dim = case["residual"], kw["dim"]
+        res = {"x": torch.randn(x.shape, generator=gen), "weight": 1 + 0.3 * torch.randn(dim, generator=gen),
+               "bias": 0.3 * torch.randn(dim, generator=gen)}
+        if spec.get("gamma"):
+            res["gamma"] = torch.randn(dim, generator=gen)
+        if spec.get("scale"):  # drop path: one sample dropped, the others scaled by 1 / keep
+            res["scale"] = torch.tensor([0.0] + [2.0] * (x.shape[0] - 1))
+        residual = (spec, {k: t.to(device) for k, t in res.items()})
     try:
-        y_ref, g_ref, _ = _run(copy.deepcopy(module).double(), x.double(), (h, w), torch.float64, False, "reference",
-                               "1", frozen)
-        y_op, g_op, _ = _run(module, x, (h, w), dtype, autocast, "triton", "0", frozen)
+        y_ref, n_ref, g_ref, _ = _run(copy.deepcopy(module).double(), x.double(), (h, w), torch.float64, False,
+                                      "reference", "1", frozen, residual=residual)
+        y_op, n_op, g_op, _ = _run(module, x, (h, w), dtype, autocast, "triton", "0", frozen, residual=residual)
         casts = _Casts(module)
-        y, g, node = _run(module, x, (h, w), dtype, autocast, "triton", "1", frozen, casts)
+        y, n, g, node = _run(module, x, (h, w), dtype, autocast, "triton", "1", frozen, casts, residual)
     finally:
         os.environ.pop("VRWKV_BACKEND", None)
         os.environ.pop("VRWKV_FUSED_STEP", None)
     out = {"y": rel_err(y, y_ref), "op_y": rel_err(y, y_op), "node": node, "weight_casts": casts.weight_casts,
            "foreach_copies": casts.foreach_copies,
            "grads": sorted(g), "ref_grads": sorted(g_ref), "op_grads": sorted(g_op)}
+    if residual is not None:
+        out["has_n"] = [t is not None for t in (n, n_op, n_ref)]
+        if n is not None:
+            out["n"], out["op_n"] = rel_err(n, n_ref), rel_err(n, n_op)
     for name in g:
         if name in g_ref:
             out[f"g:{name}"] = rel_err(g[name], g_ref[name])
         if name in g_op:
             out[f"op_g:{name}"] = rel_err(g[name], g_op[name])
     params = dict(module.named_parameters())
-    out["finite"] = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(t).all()) for t in g.values())
-    out["dtype_ok"] = (y.dtype == dtype and g["x"].dtype == x.dtype
-                       and all(g[n].dtype == params[n].dtype for n in g if n != "x"))
+    out["finite"] = (bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(t).all()) for t in g.values())
+                     and (n is None or bool(torch.isfinite(n).all())))
+    # the output in the compute dtype - with a residual s in the residual's dtype, n in the compute dtype -, every
+    # gradient in its leaf's dtype
+    out["dtype_ok"] = ((y.dtype == (dtype if residual is None else x.dtype)) and (n is None or n.dtype == dtype)
+                       and g["x"].dtype == x.dtype and all(g[k].dtype == params[k].dtype for k in g if k in params)
+                       and all(g[k].dtype == x.dtype for k in g if k.startswith("res:")))
     return out
 
 

@@ -237,6 +237,25 @@ def test_add_norm_inplace_writes_x_and_refuses_autograd():
         fused.add_norm(x.transpose(0, 1), y.transpose(0, 1), gamma, w, b, inplace=True)
 
 
+def test_residual_norm_carries_drop_path_factors():
+    """ResidualNorm.sample_scale reaches add_norm (apply), rules out the GEMM epilogues (fusable) and is checked
+    against the batch (check)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 4, 8), torch.randn(3, 4, 8)
+    w, b, gamma = torch.randn(8), torch.randn(8), torch.randn(8)
+    scale = torch.tensor([0.0, 2.0, 2.0])
+    res = fused.ResidualNorm(x, gamma, w, b, 1e-5, False, None, False, scale)
+    s, n = res.apply(y)
+    s_ref, n_ref = fused.add_norm(x, y, gamma, w, b, sample_scale=scale)
+    torch.testing.assert_close(s, s_ref)
+    torch.testing.assert_close(n, n_ref)
+    torch.testing.assert_close(s[0], x[0])  # the dropped sample keeps its residual
+    assert res._replace(sample_scale=None).fusable(8) and not res.fusable(8)
+    res.check("op", (3, 4, 8))
+    with pytest.raises(ValueError, match=r"residual.sample_scale has shape \(2,\), expected \(3,\)"):
+        res._replace(sample_scale=torch.ones(2)).check("op", (3, 4, 8))
+
+
 def test_weight_vectors_and_split_groups_on_the_reference_path():
     """Interpolation weights passed as separate vectors (any shape with C elements) give the stacked (M, C) result;
     ``split`` groups are views of consecutive planes (a group of one as a (B, N, C) plane); gradients reach each

@@ -5,7 +5,9 @@ per-op fused path (which they replace; tight tolerance) and of the float64 plain
 CPU: the Triton kernels under TRITON_INTERPRET=1 in one subprocess, NaN-poisoned, on awkward shapes: non-square grids
 and 1 x W grids, token counts not a multiple of the kernel tiles, batch 1, widths that are odd multiples of 8, head
 sizes that are not powers of two, fp32 and bf16 / fp16 autocast (W2 of the v6 LoRA kept in fp32 under fp16), the v4
-"original" WKV mode, the channel mix's two parameter styles, frozen parameters. CUDA (when present): real shapes.
+"original" WKV mode, the channel mix's two parameter styles, frozen parameters; and with the block's residual add +
+LayerNorm inside the node (pre- and post-norm, layer scale, drop-path factors), against the same mixer followed by
+``add_norm``. CUDA (when present): real shapes.
 """
 import pytest
 import torch
@@ -32,6 +34,16 @@ CPU_CASES = {
     "cm_maa_head8_bf16": dict(kind=CM, kwargs=dict(dim=24, hidden=40, head_size=8, style="rwkv_clip_text"),
                               grid=(2, 5), batch=1, dtype="bf16"),
     "cm_fp16": dict(kind=CM, kwargs=dict(dim=16, hidden=48), grid=(4, 4), batch=1, dtype="fp16"),
+    # the block's residual add + LayerNorm in the node (ResidualNorm): pre-norm with layer scale and drop path,
+    # post-norm under bf16 autocast, pre-norm plain
+    "tm6_residual_pre_gamma_drop": dict(kind=TM, kwargs=dict(dim=32, head_size=16), grid=(3, 3), batch=3,
+                                        residual=dict(post=False, gamma=True, scale=True)),
+    "sm_residual_post_drop_bf16": dict(kind=SM, kwargs=dict(dim=24), grid=(2, 5), batch=2, dtype="bf16",
+                                       residual=dict(post=True, gamma=False, scale=True)),
+    "cm_residual_pre": dict(kind=CM, kwargs=dict(dim=24, hidden=40), grid=(3, 4), batch=2,
+                            residual=dict(post=False, gamma=False, scale=False)),
+    "cm_residual_post_gamma": dict(kind=CM, kwargs=dict(dim=16, hidden=24, head_size=8, style="rwkv_clip_text"),
+                                   grid=(1, 6), batch=1, residual=dict(post=True, gamma=True, scale=False)),
 }
 NODES = {TM: "_TimeMix6StepBackward", SM: "_SpatialMixStepBackward", CM: "_ChannelMixStepBackward"}
 # (vs the float64 plain path, vs the per-op fused path) for the output and for the gradients, per dtype
@@ -64,11 +76,33 @@ def check(case: dict, res: dict, tols=None) -> None:
         elif key.startswith("op_g:"):
             assert val <= op_g, f"{key} vs per-op path: {val:.3e} > {op_g} ({res})"
     assert res["y"] <= ref_y and res["op_y"] <= op_y, res
+    if "residual" in case:  # the residual's gradients too, and n (pre-norm) or none (post-norm) from every path
+        expected = {"res:x", "res:weight", "res:bias"} | ({"res:gamma"} if case["residual"].get("gamma") else set())
+        assert expected <= set(res["grads"]), res["grads"]
+        assert res["has_n"] == [not case["residual"]["post"]] * 3, res["has_n"]
+        if not case["residual"]["post"]:
+            assert res["n"] <= ref_y and res["op_n"] <= op_y, res
 
 
 @pytest.mark.parametrize("name", sorted(CPU_CASES))
 def test_mixer_step_matches_per_op_and_plain_interpreter(cpu_results, name):
     check(CPU_CASES[name], cpu_results[name])
+
+
+def test_mixer_step_residual_errors():
+    """The steps take a residual of the mixer's input shape, not an inplace one (that is eager inference's)."""
+    from vision_rwkv.ops import fused
+
+    steps = fused.mixer_steps()
+    x = torch.randn(2, 6, 8)
+    mix, weights = (torch.rand(8), torch.rand(8)), (torch.randn(16, 8), torch.randn(8, 16), torch.randn(8, 8))
+    ln = (torch.ones(8), torch.zeros(8))
+    with pytest.raises(ValueError, match="inplace residual"):
+        steps.channel_mix_step(x, (2, 3), 0, True, torch.float32, mix, weights,
+                               residual=fused.ResidualNorm(torch.randn(2, 6, 8), None, *ln, inplace=True))
+    with pytest.raises(ValueError, match=r"residual x of shape \(2, 5, 8\) does not match"):
+        steps.channel_mix_step(x, (2, 3), 0, True, torch.float32, mix, weights,
+                               residual=fused.ResidualNorm(torch.randn(2, 5, 8), None, *ln))
 
 
 CUDA_CASES = {
@@ -80,6 +114,11 @@ CUDA_CASES = {
     "sm_vrwkv_s_fp32": dict(kind=SM, kwargs=dict(dim=384), grid=(13, 17), batch=2),
     "cm_vrwkv_t": dict(kind=CM, kwargs=dict(dim=192, hidden=768), grid=(14, 14), batch=4, dtype="bf16"),
     "cm_v6_head64_fp32": dict(kind=CM, kwargs=dict(dim=128, hidden=448, head_size=64), grid=(7, 9), batch=2),
+    "tm6_residual_vrwkv6_t": dict(kind=TM, kwargs=dict(dim=192, head_size=64, mix_rank=32, decay_rank=64),
+                                  grid=(14, 14), batch=4, dtype="bf16", residual=dict(post=False, gamma=True,
+                                                                                      scale=True)),
+    "sm_residual_post_fp32": dict(kind=SM, kwargs=dict(dim=384), grid=(13, 17), batch=2,
+                                  residual=dict(post=True, gamma=True, scale=True)),
 }
 
 

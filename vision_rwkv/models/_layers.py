@@ -25,7 +25,7 @@ from timm.layers import DropPath, LayerScale, resample_patch_embed, to_2tuple
 from vision_rwkv.ops import fused
 
 from .mixing import (channel_position, channel_ratio, drop_path_scale, fusable_drop_path, fused_prenorm_step,
-                     fuses_residual, layer_ratios, lerp_mix)
+                     fuses_residual, layer_ratios, lerp_mix, takes_residual)
 
 __all__ = [
     'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'Block',
@@ -205,9 +205,11 @@ class Block(nn.Module):
             for mixer, gamma, norm, drop_path in ((self.spatial_mix, g1, n1, self.drop_path1),
                                                   (self.channel_mix, g2, n2, self.drop_path2)):
                 scale = drop_path_scale(drop_path, x)  # (the mixers draw no random numbers: same draws)
-                if scale is None and fuses_residual(mixer):  # the add + LayerNorm in the mixer's last GEMM
+                # the add + LayerNorm in the mixer's last GEMM (inference) or its one-node step (training); an
+                # inplace add (eager inference) only after the mixer, whose operand x is
+                if (not inplace and takes_residual(mixer)) or (scale is None and fuses_residual(mixer)):
                     x, _ = mixer(x, grid_size, residual=fused.ResidualNorm(x, gamma, norm.weight, norm.bias, norm.eps,
-                                                                           post=True))
+                                                                           post=True, sample_scale=scale))
                 else:
                     x, _ = fused.add_norm(x, mixer(x, grid_size), gamma, norm.weight, norm.bias, norm.eps, post=True,
                                           sample_scale=scale, inplace=inplace)
@@ -226,5 +228,5 @@ class Block(nn.Module):
         return fused_prenorm_step(x, h, lambda t, **kw: self.spatial_mix(t, grid_size, **kw),
                                   lambda t, **kw: self.channel_mix(t, grid_size, **kw), self.norm2, g1, g2, next_norm,
                                   next_dtype, self.drop_path1, self.drop_path2,
-                                  fuse_residual=(fuses_residual(self.spatial_mix), fuses_residual(self.channel_mix)),
+                                  take_residual=(takes_residual(self.spatial_mix), takes_residual(self.channel_mix)),
                                   inplace=inplace)

@@ -38,8 +38,8 @@ from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linea
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
-    'fusable_drop_path', 'fuses_residual', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay',
-    'mix_gemm_ready', 'step_weights', 'plain_weights',
+    'fusable_drop_path', 'fuses_residual', 'takes_residual', 'key_relu_square', 'receptance_gate', 'lora_tanh',
+    'lora_decay', 'mix_gemm_ready', 'step_weights', 'plain_weights',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
 ]
 
@@ -173,31 +173,38 @@ class ChannelMix(nn.Module):
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
                 return self._forward_mix_gemm(x, grid_size, residual)
-            out = self._forward_fused(x, grid_size)
-        else:
-            xk, xr = self._mixed_inputs(x, grid_size)
-            k = torch.square(torch.relu(self.key(xk)))
-            if self.key_norm is not None:
-                k = self.key_norm(k)
-            out = torch.sigmoid(self.receptance(xr)) * self.value(k)
+            return self._forward_fused(x, grid_size, residual)
+        xk, xr = self._mixed_inputs(x, grid_size)
+        k = torch.square(torch.relu(self.key(xk)))
+        if self.key_norm is not None:
+            k = self.key_norm(k)
+        out = torch.sigmoid(self.receptance(xr)) * self.value(k)
         return out if residual is None else residual.apply(out)
 
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the receptance GEMM's epilogue can take the residual add + LayerNorm."""
         return self.token_shift == 'q_shift' and mix_gemm_ready(self.key, self.receptance)
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
-        """Same function with fused kernels: with the Q-Shift one shift + interpolation pass writes xk, xr in the
-        compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
-        elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
-        :func:`receptance_gate`)."""
+    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
+                       residual: Optional[fused.ResidualNorm] = None):
+        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): in eager training
+        one autograd node with the residual add + LayerNorm inside (:func:`fused.mixer_steps`), else
+        :meth:`_forward_per_op` and :func:`fused.add_norm`."""
         out_dtype = fused.compute_dtype(x)
         linears = (self.key, self.value, self.receptance)
         if self.token_shift == 'q_shift' and self.key_norm is None and train_step_ready(x, out_dtype, linears):
             one_minus = self.param_style == 'vrwkv'
             mix = (self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r)
             return fused.mixer_steps().channel_mix_step(x, grid_size, self.head_size or 0, one_minus, out_dtype, mix,
-                                                        tuple(m.weight for m in linears))
+                                                        tuple(m.weight for m in linears), residual=residual)
+        out = self._forward_per_op(x, grid_size, out_dtype)
+        return out if residual is None else residual.apply(out)
+
+    def _forward_per_op(self, x: torch.Tensor, grid_size: Optional[GridSize], out_dtype: torch.dtype) -> torch.Tensor:
+        """The fused kernels one op each: with the Q-Shift one shift + interpolation pass writes xk, xr in the
+        compute dtype (the 1-D shift has no such kernel: plain PyTorch); relu^2 and the sigmoid gate as single
+        elementwise passes or in the epilogues of the key / receptance GEMMs (:func:`key_relu_square`,
+        :func:`receptance_gate`)."""
         if self.token_shift == 'q_shift':
             if self.param_style == 'vrwkv':  # mu weights the unshifted token: the kernel takes 1 - mu itself
                 mix = _fold((self.spatial_mix_k, self.spatial_mix_r), self._folded, 'kr')
@@ -382,9 +389,8 @@ class TimeMixV6(nn.Module):
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
                 return self._forward_mix_gemm(x, grid_size, residual)
-            out = self._forward_fused(x, grid_size)
-        else:
-            out = self._forward_plain(x, grid_size)
+            return self._forward_fused(x, grid_size, residual)
+        out = self._forward_plain(x, grid_size)
         return out if residual is None else residual.apply(out)
 
     def fuses_residual(self) -> bool:
@@ -407,25 +413,35 @@ class TimeMixV6(nn.Module):
             y = y.to(g.dtype)
         return self.output(y * g)
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
-        """Same function with fused kernels. Q-Shift: shift + first interpolation in one pass, the five
-        data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
-        offsets never stored, outputs in the compute dtype), then k, v, r and the gate in one batched GEMM
-        (:func:`linear_stack`; plain projections); the 1-D shift has no such kernel (plain PyTorch). Both: the log
-        decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh and the decay
-        ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
-        head_size = self.head_size
+    def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
+                       residual: Optional[fused.ResidualNorm] = None):
+        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): in eager training
+        one autograd node with the residual add + LayerNorm inside (:func:`fused.mixer_steps`, when
+        :meth:`_steps_as_one_node`), else :meth:`_forward_per_op` and :func:`fused.add_norm`."""
         dtype = fused.compute_dtype(x)
-        q_shift = self.token_shift == 'q_shift'
         projections = (self.key, self.value, self.receptance, self.gate)
-        stacked = q_shift and stackable(*projections)  # k, v, r, g in one batched GEMM of one (4, B, N, C) tensor
+        stacked = self.token_shift == 'q_shift' and stackable(*projections)  # k, v, r, g: one batched GEMM
         if stacked and self._steps_as_one_node(x, dtype):
             return fused.mixer_steps().time_mix6_step(
-                x, grid_size, head_size, self.ln_x.eps, dtype,
+                x, grid_size, self.head_size, self.ln_x.eps, dtype,
                 (self.time_maa_x, self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g,
                  self.time_decay), self.time_faaaa, self.ln_x.weight, self.ln_x.bias,
                 tuple(m.weight for m in projections + (self.output,)),
-                (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2))
+                (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2), residual=residual)
+        out = self._forward_per_op(x, grid_size, dtype, stacked)
+        return out if residual is None else residual.apply(out)
+
+    def _forward_per_op(self, x: torch.Tensor, grid_size: Optional[GridSize], dtype: torch.dtype,
+                        stacked: bool) -> torch.Tensor:
+        """The fused kernels one op (autograd node) each. Q-Shift: shift + first interpolation in one pass, the five
+        data-dependent interpolations with their LoRA up-projection in one pass (x read once, the (5, B, N, C)
+        offsets never stored, outputs in the compute dtype), then k, v, r and the gate in one batched GEMM
+        (:func:`linear_stack`; plain projections, ``stacked``); the 1-D shift has no such kernel (plain PyTorch).
+        Both: the log decay in one pass and GroupNorm * SiLU(gate) in one pass; with the fused GEMMs the LoRAs' tanh
+        and the decay ride in their GEMMs' epilogues (:func:`lora_tanh`, :func:`lora_decay`)."""
+        head_size = self.head_size
+        q_shift = self.token_shift == 'q_shift'
+        projections = (self.key, self.value, self.receptance, self.gate)
         w = self._step_weights(dtype, stacked)
         w1, w2 = w.get('time_maa_w1', self.time_maa_w1), w.get('time_maa_w2', self.time_maa_w2)
         d1, d2 = w.get('time_decay_w1', self.time_decay_w1), w.get('time_decay_w2', self.time_decay_w2)
@@ -554,6 +570,14 @@ def drop_path_scale(drop_path: Optional[nn.Module], branch: torch.Tensor) -> Opt
     return scale
 
 
+def takes_residual(mixer: nn.Module) -> bool:
+    """Whether ``mixer`` takes its block's residual add + LayerNorm: ``mixer(x, grid_size, residual=ResidualNorm(...))``
+    returns ``(x, norm(x))``, fusing the add where it can - the epilogue of its last GEMM (:func:`fuses_residual`),
+    its one-node training step (:func:`vision_rwkv.ops.fused.mixer_steps`) - else through
+    :func:`~vision_rwkv.ops.fused.add_norm` (the token and channel mixes of this package)."""
+    return callable(getattr(mixer, 'fuses_residual', None))
+
+
 def fuses_residual(mixer: nn.Module) -> bool:
     """Whether ``mixer`` (a token or channel mix) takes its block's residual add + LayerNorm into the epilogue of its
     last GEMM right now: ``mixer(x, grid_size, residual=ResidualNorm(...))`` then returns ``(x, norm(x))`` (the
@@ -579,7 +603,7 @@ def fused_prenorm_step(
         next_dtype: Optional[torch.dtype] = None,
         drop_path1: Optional[nn.Module] = None,
         drop_path2: Optional[nn.Module] = None,
-        fuse_residual: Tuple[bool, bool] = (False, False),
+        take_residual: Tuple[bool, bool] = (False, False),
         inplace: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One pre-norm block on the fused path from the residual ``x`` and ``h = norm1(x)``.
@@ -590,23 +614,24 @@ def fused_prenorm_step(
     channel mix reads it); ``next_norm``'s in ``next_dtype`` (None = the compute dtype; the final norm passes the
     residual's dtype, what ``nn.LayerNorm`` returns under autocast). gamma None = no layer scale; the drop paths
     (timm ``DropPath``, ``nn.Identity`` or None) become per-sample factors of the fused adds
-    (:func:`drop_path_scale`). ``fuse_residual``: whether the token / channel mix takes the residual add + LayerNorm
-    into its last GEMM (``mixer(t, residual=ResidualNorm)`` returns ``(x, norm(x))``; see :func:`fuses_residual`),
-    used when no drop path applies. ``inplace`` (eager inference, x owned by the caller): the residual adds write
-    into x (see :func:`fused.add_norm`), one residual buffer for the whole chain.
+    (:func:`drop_path_scale`). ``take_residual``: whether the token / channel mix takes the residual add + LayerNorm
+    (``mixer(t, residual=ResidualNorm)`` returns ``(x, norm(x))``; see :func:`takes_residual`) - into its last GEMM
+    in inference, into its one autograd node in training - else :func:`fused.add_norm` runs here. ``inplace``
+    (eager inference, x owned by the caller): the residual adds write into x (see :func:`fused.add_norm`), one
+    residual buffer for the whole chain.
     """
     dtype = fused.compute_dtype(x)
     scale = drop_path_scale(drop_path1, x)  # (the mixers draw no random numbers: same draws as after token_mix)
-    if fuse_residual[0] and scale is None:
+    if take_residual[0]:
         x, h = token_mix(h, residual=fused.ResidualNorm(x, gamma1, norm2.weight, norm2.bias, norm2.eps, False, dtype,
-                                                        inplace))
+                                                        inplace, scale))
     else:
         x, h = fused.add_norm(x, token_mix(h), gamma1, norm2.weight, norm2.bias, norm2.eps, post=False,
                               out_dtype=dtype, sample_scale=scale, inplace=inplace)
     scale = drop_path_scale(drop_path2, x)
-    if fuse_residual[1] and scale is None and next_norm is not None:
+    if take_residual[1] and next_norm is not None:
         return channel_mix(h, residual=fused.ResidualNorm(x, gamma2, next_norm.weight, next_norm.bias, next_norm.eps,
-                                                          False, next_dtype or dtype, inplace))
+                                                          False, next_dtype or dtype, inplace, scale))
     y = channel_mix(h)
     if next_norm is None:
         branch = y if gamma2 is None else y * gamma2

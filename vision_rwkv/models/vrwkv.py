@@ -116,9 +116,8 @@ class SpatialMix(nn.Module):
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
                 return self._forward_mix_gemm(x, grid_size, residual)
-            out = self._forward_fused(x, grid_size)
-        else:
-            out = self._forward_plain(x, grid_size)
+            return self._forward_fused(x, grid_size, residual)
+        out = self._forward_plain(x, grid_size)
         return out if residual is None else residual.apply(out)
 
     def fuses_residual(self) -> bool:
@@ -136,19 +135,28 @@ class SpatialMix(nn.Module):
             y = self.key_norm(y)
         return self.output(torch.sigmoid(r) * y)
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        """Same function with fused kernels: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype (one
-        tensor), and one batched GEMM projects them (:func:`linear_stack`; plain projections); the WKV output feeds
-        one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
+        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): in eager training
+        one autograd node with the residual add + LayerNorm inside (:func:`fused.mixer_steps`), else
+        :meth:`_forward_per_op` (or the mixed-operand GEMMs) and :func:`fused.add_norm`."""
         if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
-            return self._forward_mix_gemm(x, grid_size)
+            out = self._forward_mix_gemm(x, grid_size)
+            return out if residual is None else residual.apply(out)
         dtype = fused.compute_dtype(x)
         linears = (self.key, self.value, self.receptance, self.output)
         if self.key_norm is None and stackable(*linears[:3]) and train_step_ready(x, dtype, linears):
             if resolve_backend('bi_wkv', x.device, None, (x.dtype, dtype)) == 'triton':  # one autograd node
                 return fused.mixer_steps().spatial_mix_step(
                     x, grid_size, self.wkv_mode, self.wkv_chunks, dtype, self.spatial_decay, self.spatial_first,
-                    (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), tuple(m.weight for m in linears))
+                    (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), tuple(m.weight for m in linears),
+                    residual=residual)
+        out = self._forward_per_op(x, grid_size, dtype)
+        return out if residual is None else residual.apply(out)
+
+    def _forward_per_op(self, x: torch.Tensor, grid_size: GridSize, dtype: torch.dtype) -> torch.Tensor:
+        """The fused kernels one op each: one Q-Shift + lerp pass writes xk, xv, xr in the compute dtype (one
+        tensor), and one batched GEMM projects them (:func:`linear_stack`; plain projections); the WKV output feeds
+        one sigmoid-gate pass, or the receptance GEMM's epilogue (:func:`receptance_gate`)."""
         mix = _fold((self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), self._folded, 'kvr')
         gate_epilogue = _epilogue_ready(self.receptance)  # sigmoid(r) * y in the receptance GEMM, after the WKV
         names = ('key', 'value') if gate_epilogue else ('key', 'value', 'receptance')

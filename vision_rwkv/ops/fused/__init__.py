@@ -453,8 +453,11 @@ def linear_decay(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor,
 
 
 class ResidualNorm(NamedTuple):
-    """A block's residual add + LayerNorm, to fuse into the epilogue of its branch's last GEMM: the op then returns
-    ``add_norm(x, branch, gamma, weight, bias, eps, post, out_dtype)`` = ``(s, n)`` instead of the branch."""
+    """A block's residual add + LayerNorm, to fuse into the op that makes its branch - the epilogue of the branch's
+    last GEMM in inference, a mixer's one-node step in training (:func:`mixer_steps`): the op then returns
+    ``add_norm(x, branch, gamma, weight, bias, eps, post, out_dtype, sample_scale=sample_scale)`` = ``(s, n)``
+    instead of the branch (``n`` None for post-norm). ``sample_scale``: drop path's (B,) factor (see
+    :func:`add_norm`); the GEMM epilogues do not take one (:meth:`fusable`)."""
 
     x: torch.Tensor
     gamma: Optional[torch.Tensor]
@@ -464,27 +467,32 @@ class ResidualNorm(NamedTuple):
     post: bool = False
     out_dtype: Optional[torch.dtype] = None
     inplace: bool = False  # s written into x (eager inference; x must not be an operand of the op that takes it)
+    sample_scale: Optional[torch.Tensor] = None
 
     def apply(self, branch: torch.Tensor, backend: Optional[str] = None):
         """``add_norm`` of this residual and ``branch`` (the unfused form)."""
         return add_norm(self.x, branch, self.gamma, self.weight, self.bias, self.eps, self.post, self.out_dtype,
-                        backend, inplace=self.inplace)
+                        backend, sample_scale=self.sample_scale, inplace=self.inplace)
 
     def check(self, op: str, shape: Tuple[int, ...]) -> None:
         check_tensors(op, **{k: v for k, v in dict(residual_x=self.x, residual_gamma=self.gamma,
-                                                   residual_weight=self.weight, residual_bias=self.bias).items()
+                                                   residual_weight=self.weight, residual_bias=self.bias,
+                                                   residual_sample_scale=self.sample_scale).items()
                              if v is not None})
         check_shape(op, "residual.x", self.x, shape)
         for name in ("gamma", "weight", "bias"):
             if getattr(self, name) is not None:
                 check_shape(op, f"residual.{name}", getattr(self, name), (shape[-1],))
+        if self.sample_scale is not None:
+            check_shape(op, "residual.sample_scale", self.sample_scale, (shape[0],))
 
     def fusable(self, n: int, *tensors: Optional[torch.Tensor]) -> bool:
         """Whether a Triton epilogue can take it: no gradient needed (of these or the op's ``tensors``), rows of at
-        most 512 channels (a program holds whole rows: wider ones spill registers on an H100), no float64."""
+        most 512 channels (a program holds whole rows: wider ones spill registers on an H100), no float64, no
+        drop path (``sample_scale``)."""
         all_tensors = (self.x, self.gamma, self.weight, self.bias) + tensors
         needs_grad = autograd_needed(all_tensors)
-        return not needs_grad and n <= 512 and self.x.dtype != torch.float64
+        return not needs_grad and n <= 512 and self.x.dtype != torch.float64 and self.sample_scale is None
 
 
 def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, weight: torch.Tensor,

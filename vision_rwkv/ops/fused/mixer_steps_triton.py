@@ -13,6 +13,11 @@ of the products in order - the same kernels, the same saved tensors, far less ho
   sigmoid gate, output projection).
 * :func:`channel_mix_step` - the channel mix (Q-Shift lerp, key + relu^2, value, sigmoid(receptance) gate).
 
+Each takes an optional ``residual`` (:class:`~vision_rwkv.ops.fused.ResidualNorm`): the block's residual add + layer
+scale + drop-path factors + LayerNorm of the mixer's output (pre- or post-norm), which then runs in the same node
+(the ``add_norm`` kernels) and the step returns the block's ``(x, norm(x))`` - one ``autograd.Function`` per half
+block instead of two.
+
 The weight matrices come in their own dtype (the fp32 parameters under autocast) and are cast to the compute dtype
 in one ``_foreach_copy_`` (their gradients back in one), as :func:`vision_rwkv.ops.cast_weights.cast_weights` does
 for the per-op path. Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the
@@ -21,7 +26,7 @@ cuBLAS GEMMs); the models fall back to the per-op path otherwise (see ``vision_r
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +36,10 @@ from ..bi_wkv6 import triton as wkv6
 from .._triton_utils import coef_grads
 from ..cast_weights import cast_all, cast_back
 from ..stacked_linear import batched_linear_grads
-from .triton import (_gn_mul_bwd, _gn_mul_fwd, _relu_square_bwd_from_out, _relu_square_inplace_fwd,
-                     _sigmoid_mul_bwd, _sigmoid_mul_fwd, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd,
-                     _decay_fwd, decay_grads)
+from .._triton_utils import split_param_grads
+from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd, _gn_mul_fwd,
+                     _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd,
+                     _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd, _decay_fwd, decay_grads)
 
 __all__ = ["time_mix6_step", "spatial_mix_step", "channel_mix_step"]
 
@@ -68,10 +74,71 @@ def _product_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[to
     return torch.mm(gy, w.t()), torch.mm(x.t(), gy)
 
 
+_NO_RESIDUAL = (None,) * 6
+
+
+def _residual_inputs(residual, x: torch.Tensor) -> tuple:
+    """A :class:`~vision_rwkv.ops.fused.ResidualNorm` of the mixer with input ``x`` as a step Function's last six
+    inputs: ``(x, gamma, weight, bias, sample_scale, (eps, post, out_dtype))`` - tensors as direct inputs, so autograd
+    tracks their gradients."""
+    if residual is None:
+        return _NO_RESIDUAL
+    if residual.inplace:
+        raise ValueError("mixer steps: an inplace residual is for eager inference, the steps run in training")
+    if residual.x.shape != x.shape:
+        raise ValueError(f"mixer steps: residual x of shape {tuple(residual.x.shape)} does not match the mixer's "
+                         f"input {tuple(x.shape)}")
+    return (residual.x, residual.gamma, residual.weight, residual.bias, residual.sample_scale,
+            (float(residual.eps), bool(residual.post), residual.out_dtype))
+
+
+def _residual_fwd(ctx, out: torch.Tensor, x, gamma, weight, bias, scale, meta):
+    """The end of a step's forward: ``out`` (the mixer's output), or with a residual (``x`` not None) the block's
+    ``add_norm`` of it in the same node - ``(s, n)``. Returns that and the tensors the backward reads (to save
+    first, in :func:`_residual_bwd`'s order)."""
+    ctx.residual = None
+    if x is None:
+        return out, ()
+    eps, post, out_dtype = meta
+    gamma = None if gamma is None else gamma.contiguous()
+    weight, bias = weight.contiguous(), bias.contiguous()
+    scale = None if scale is None else scale.contiguous()
+    s, n = _add_norm_fwd(x.contiguous(), out.contiguous(), gamma, weight, bias, eps, post, out_dtype or x.dtype,
+                         scale)
+    ctx.residual = (eps, post, x.dtype, out.dtype)
+    if post:
+        ctx.mark_non_differentiable(n)
+    return (s, n), (out if _add_norm_needs_y(post, gamma) else None, None if post else s, gamma, weight, bias, scale)
+
+
+def _saved(ctx) -> Tuple[tuple, tuple]:
+    """(the residual's saved tensors, the step's own), saved as ``(*residual, *own)``."""
+    saved = ctx.saved_tensors
+    k = len(_NO_RESIDUAL) if ctx.residual is not None else 0
+    return saved[:k], saved[k:]
+
+
+def _residual_bwd(ctx, grads: tuple, keep: tuple) -> Tuple[torch.Tensor, tuple]:
+    """(d out, the gradients of the six residual inputs) from the node's output gradients."""
+    if ctx.residual is None:
+        return grads[0], _NO_RESIDUAL
+    eps, post, x_dtype, y_dtype = ctx.residual
+    y, s, gamma, weight, bias, scale = keep
+    gs, gn = grads
+    gx, gy, sums = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
+                                 None if post else gn, x_dtype, scale, y_dtype)
+    return gy, (gx, *split_param_grads(sums, gamma, weight, bias), None, None)
+
+
+def _step_result(out, residual):
+    """A step Function's result as the mixers return it: the branch, or ``(s, n)`` (n None for post-norm)."""
+    return out if residual is None or not residual.post else (out[0], None)
+
+
 class _TimeMix6Step(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, grid, head_size, eps, dtype, cast_w2, maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0, u,
-                ln_w, ln_b, w_k, w_v, w_r, w_g, w_o, w1, d1, d2, w2):
+                ln_w, ln_b, w_k, w_v, w_r, w_g, w_o, w1, d1, d2, w2, *residual):
         B, N, C = x.shape
         H, W = grid
         heads = C // head_size
@@ -97,14 +164,17 @@ class _TimeMix6Step(torch.autograd.Function):
         gated = _gn_mul_fwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, dtype)
         ctx.meta = (grid, head_size, eps, cast_w2)
         ctx.vectors = (maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0)
-        ctx.save_for_backward(x, a_x, *maa, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack, wo,
-                              w1c, d1c, d2c, w2c)
-        return F.linear(gated, wo)
+        out, keep = _residual_fwd(ctx, F.linear(gated, wo), *residual)
+        ctx.save_for_backward(*keep, x, a_x, *maa, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack,
+                              wo, w1c, d1c, d2c, w2c)
+        return out
 
     @staticmethod
-    def backward(ctx, gout):
+    def backward(ctx, *grads):
+        keep, saved = _saved(ctx)
         (x, a_x, m_w, m_k, m_v, m_r, m_g, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack, wo, w1c,
-         d1c, d2c, w2c) = ctx.saved_tensors
+         d1c, d2c, w2c) = saved
+        gout, g_residual = _residual_bwd(ctx, grads, keep)
         (H, W), head_size, eps, cast_w2 = ctx.meta
         B, N, C = x.shape
         heads = C // head_size
@@ -139,12 +209,13 @@ class _TimeMix6Step(torch.autograd.Function):
                      + (g_w0.view(vecs[6].shape),))
         return (g_x, None, None, None, None, None, *g_vectors, g_u.to(u.dtype), g_ln[0].to(ln_w.dtype),
                 g_ln[1].to(ln_b.dtype), g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2,
-                rest[0] if cast_w2 else g_w2)
+                rest[0] if cast_w2 else g_w2, *g_residual)
 
 
 def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, eps: float, dtype: torch.dtype,
                    vectors: Sequence[torch.Tensor], u: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
-                   projections: Sequence[torch.Tensor], lora: Sequence[torch.Tensor]) -> torch.Tensor:
+                   projections: Sequence[torch.Tensor], lora: Sequence[torch.Tensor],
+                   residual=None) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """The RWKV-6 time mix of ``TimeMixV6._forward_fused`` (Q-Shift) as one autograd node.
 
     Args:
@@ -154,19 +225,23 @@ def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, 
         u: ``time_faaaa`` (H, head_size); ln_weight, ln_bias: the GroupNorm's (C,).
         projections: the key, value, receptance, gate and output weights (C, C).
         lora: ``time_maa_w1`` (C, 5R), ``time_decay_w1`` (C, D), ``time_decay_w2`` (D, C), ``time_maa_w2`` (5, R, C).
+        residual: optional :class:`~vision_rwkv.ops.fused.ResidualNorm` - the block's residual add + LayerNorm of
+            the output, in the same node (not ``inplace``).
     Returns:
-        (B, N, C) in ``dtype``; differentiable in x and every parameter. W2 is cast to ``dtype`` with the other
-        matrices in bf16 only: under fp16 the kernels read it in its dtype (its gradient sums every token in fp32).
+        (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``, n None for post-norm); differentiable in x
+        and every parameter. W2 is cast to ``dtype`` with the other matrices in bf16 only: under fp16 the kernels
+        read it in its dtype (its gradient sums every token in fp32).
     """
     w1, d1, d2, w2 = lora
     cast_w2 = w2.dtype != dtype and dtype == torch.bfloat16
-    return _TimeMix6Step.apply(x, tuple(grid_size), int(head_size), float(eps), dtype, cast_w2, *vectors, u,
-                               ln_weight, ln_bias, *projections, w1, d1, d2, w2)
+    return _step_result(_TimeMix6Step.apply(x, tuple(grid_size), int(head_size), float(eps), dtype, cast_w2, *vectors,
+                                            u, ln_weight, ln_bias, *projections, w1, d1, d2, w2,
+                                            *_residual_inputs(residual, x)), residual)
 
 
 class _SpatialMixStep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, grid, mode, chunks, dtype, decay, first, mu_k, mu_v, mu_r, w_k, w_v, w_r, w_o):
+    def forward(ctx, x, grid, mode, chunks, dtype, decay, first, mu_k, mu_v, mu_r, w_k, w_v, w_r, w_o, *residual):
         B, N, C = x.shape
         H, W = grid
         mats = (w_k, w_v, w_r, w_o)
@@ -181,12 +256,15 @@ class _SpatialMixStep(torch.autograd.Function):
         y, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N)
         gated = _sigmoid_mul_fwd(r, y)
         ctx.meta = (grid, mode, chunks)
-        ctx.save_for_backward(x, *mu, mixed, kvr, decay, first, y, m, car, gated, stack, wo)
-        return F.linear(gated, wo)
+        out, keep = _residual_fwd(ctx, F.linear(gated, wo), *residual)
+        ctx.save_for_backward(*keep, x, *mu, mixed, kvr, decay, first, y, m, car, gated, stack, wo)
+        return out
 
     @staticmethod
-    def backward(ctx, gout):
-        x, mu_k, mu_v, mu_r, mixed, kvr, decay, first, y, m, car, gated, stack, wo = ctx.saved_tensors
+    def backward(ctx, *grads):
+        keep, saved = _saved(ctx)
+        x, mu_k, mu_v, mu_r, mixed, kvr, decay, first, y, m, car, gated, stack, wo = saved
+        gout, g_residual = _residual_bwd(ctx, grads, keep)
         (H, W), mode, chunks = ctx.meta
         B, N, C = x.shape
         g_gated, g_wo = _linear_bwd(gout.reshape(-1, C), gated.view(-1, C), wo)
@@ -200,12 +278,13 @@ class _SpatialMixStep(torch.autograd.Function):
         g_x, g_mu, _ = _tsm_bwd(x, H, W, 0, (mu_k, mu_v, mu_r), None, g_mixed.view(3, B, N, C), one_minus=True)
         g_kw, g_vw, g_rw, g_ow = _weight_grads(ctx, [g_stack, g_wo], 3)
         return (g_x, None, None, None, None, g_wu[0].to(decay.dtype), g_wu[1].to(first.dtype),
-                *coef_grads(g_mu, (mu_k, mu_v, mu_r), True), g_kw, g_vw, g_rw, g_ow)
+                *coef_grads(g_mu, (mu_k, mu_v, mu_r), True), g_kw, g_vw, g_rw, g_ow, *g_residual)
 
 
 def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chunks: int, dtype: torch.dtype,
                      decay: torch.Tensor, first: torch.Tensor, mu: Sequence[torch.Tensor],
-                     weights: Sequence[torch.Tensor]) -> torch.Tensor:
+                     weights: Sequence[torch.Tensor],
+                     residual=None) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """The v4 token mix of ``SpatialMix._forward_fused`` as one autograd node.
 
     Args:
@@ -213,15 +292,17 @@ def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chu
         dtype: the compute dtype; decay, first: ``spatial_decay``, ``spatial_first`` (C,) (divided by T in the
             kernels); mu: ``spatial_mix_k, _v, _r`` (C,) (weights of the unshifted token).
         weights: the key, value, receptance and output weights (C, C).
+        residual: optional block residual add + LayerNorm, as for :func:`time_mix6_step`.
     Returns:
-        (B, N, C) in ``dtype``; differentiable in x and every parameter.
+        (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``); differentiable in x and every parameter.
     """
-    return _SpatialMixStep.apply(x, tuple(grid_size), mode, int(chunks), dtype, decay, first, *mu, *weights)
+    return _step_result(_SpatialMixStep.apply(x, tuple(grid_size), mode, int(chunks), dtype, decay, first, *mu,
+                                              *weights, *_residual_inputs(residual, x)), residual)
 
 
 class _ChannelMixStep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, grid, head_size, one_minus, dtype, mix_k, mix_r, w_k, w_v, w_r):
+    def forward(ctx, x, grid, head_size, one_minus, dtype, mix_k, mix_r, w_k, w_v, w_r, *residual):
         B, N, C = x.shape
         H, W = grid
         mats = (w_k, w_v, w_r)
@@ -235,12 +316,15 @@ class _ChannelMixStep(torch.autograd.Function):
         v = F.linear(k, wv)
         r = F.linear(xr, wr)
         ctx.meta = (grid, head_size, one_minus)
-        ctx.save_for_backward(x, *mix, mixed, k, v, r, wk, wv, wr)
-        return _sigmoid_mul_fwd(r, v).view(B, N, C)
+        out, keep = _residual_fwd(ctx, _sigmoid_mul_fwd(r, v).view(B, N, C), *residual)
+        ctx.save_for_backward(*keep, x, *mix, mixed, k, v, r, wk, wv, wr)
+        return out
 
     @staticmethod
-    def backward(ctx, gout):
-        x, mix_k, mix_r, mixed, k, v, r, wk, wv, wr = ctx.saved_tensors
+    def backward(ctx, *grads):
+        keep, saved = _saved(ctx)
+        x, mix_k, mix_r, mixed, k, v, r, wk, wv, wr = saved
+        gout, g_residual = _residual_bwd(ctx, grads, keep)
         (H, W), head_size, one_minus = ctx.meta
         B, N, C = x.shape
         g_r, g_v = _sigmoid_mul_bwd(r, v, gout.reshape(-1, C))
@@ -253,11 +337,12 @@ class _ChannelMixStep(torch.autograd.Function):
         g_x, g_mix, _ = _tsm_bwd(x, H, W, head_size, (mix_k, mix_r), None,
                                  [g_xk.view(B, N, C), g_xr.view(B, N, C)], one_minus=one_minus)
         return (g_x, None, None, None, None, *coef_grads(g_mix, (mix_k, mix_r), True),
-                *_weight_grads(ctx, [g_wk, g_wv, g_wr], 0))
+                *_weight_grads(ctx, [g_wk, g_wv, g_wr], 0), *g_residual)
 
 
 def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, one_minus: bool,
-                     dtype: torch.dtype, mix: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+                     dtype: torch.dtype, mix: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                     residual=None) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
     """The channel mix of ``ChannelMix._forward_fused`` (Q-Shift, no key norm) as one autograd node.
 
     Args:
@@ -265,7 +350,9 @@ def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int
             head; one_minus: ``mix`` weights the unshifted token (the v4 ``mu``), else the shifted one (``maa``).
         dtype: the compute dtype; mix: the key's and the receptance's interpolation vectors (C elements each).
         weights: the key (hidden, C), value (C, hidden) and receptance (C, C) weights.
+        residual: optional block residual add + LayerNorm, as for :func:`time_mix6_step`.
     Returns:
-        (B, N, C) in ``dtype``; differentiable in x and every parameter.
+        (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``); differentiable in x and every parameter.
     """
-    return _ChannelMixStep.apply(x, tuple(grid_size), int(head_size), bool(one_minus), dtype, *mix, *weights)
+    return _step_result(_ChannelMixStep.apply(x, tuple(grid_size), int(head_size), bool(one_minus), dtype, *mix,
+                                              *weights, *_residual_inputs(residual, x)), residual)
