@@ -337,17 +337,33 @@ def test_new_wkv_kernels_in_models_interpreter(new_kernel_results, pos):
 
 @pytest.fixture(scope="module")
 def gemm_results():
-    return _run_cases([CASES[i] for i in GEMM_CASES], {"VRWKV_FUSED_GEMM": "1"})
+    # (the per-op training path: the one-node mixers keep the cuBLAS GEMMs, see test_gemm_switch_keeps_one_node_steps)
+    return _run_cases([CASES[i] for i in GEMM_CASES], {"VRWKV_FUSED_GEMM": "1", "VRWKV_FUSED_STEP": "0"})
 
 
 @pytest.mark.parametrize("pos", range(len(GEMM_CASES)), ids=[CASES[i][0] for i in GEMM_CASES])
 def test_gemm_epilogues_in_models_interpreter(gemm_results, pos):
     res = gemm_results[pos]
     assert_matches_plain(res)
-    expected = (PER_OP_CALLS[GEMM_CASES[pos]] - {"relu_square", "sigmoid_mul"}) | GEMM_OPS  # (no one-node steps)
+    expected = (PER_OP_CALLS[GEMM_CASES[pos]] - {"relu_square", "sigmoid_mul"}) | GEMM_OPS
     if "decay_logd" in expected:  # RWKV-6 mixes
         expected = (expected - {"decay_logd"}) | LORA_OPS
     assert set(res["calls"]) == expected, res["calls"]
+
+
+@pytest.fixture(scope="module")
+def gemm_step_results():
+    return _run_cases([CASES[0], CASES[2]], {"VRWKV_FUSED_GEMM": "1"})
+
+
+@pytest.mark.parametrize("pos", range(2), ids=[CASES[i][0] for i in (0, 2)])
+def test_gemm_switch_keeps_one_node_steps_interpreter(gemm_step_results, pos):
+    """With the GEMM-epilogue switch on, eager training still runs each mixer as one autograd node (cuBLAS GEMMs
+    inside; the epilogue kernels do not run) and matches the plain path."""
+    res = gemm_step_results[pos]
+    assert_matches_plain(res)
+    assert set(res["calls"]) == EXPECTED_CALLS[(0, 2)[pos]], res["calls"]
+    assert not any(k.startswith("_linear_") for k in res["launches"]), res["launches"]
 
 
 @pytest.fixture(scope="module")

@@ -442,7 +442,8 @@ def test_time_mix_keeps_w2_in_fp32_under_fp16():
 
 def test_train_step_ready_only_for_eager_training_on_the_default_fused_path(monkeypatch):
     """The one-node mixers (vision_rwkv.ops.fused.mixer_steps) run only while autograd records, not under the opt-in
-    GEMM kernels or float64, with plain projections of one dtype and device, and are switched off by
+    mixed-operand training GEMMs or float64 (the GEMM-epilogue switch does not stop them), with plain projections of
+    one dtype and device, and are switched off by
     VRWKV_FUSED_STEP=0, and need the fused ops' Triton backend; the mixers check their own structure on top (key
     norm, 1-D shift, fp32 WKV, LoRA rank)."""
     from vision_rwkv.models._projections import train_step_ready
@@ -458,10 +459,12 @@ def test_train_step_ready_only_for_eager_training_on_the_default_fused_path(monk
     with torch.no_grad():
         assert not train_step_ready(x, torch.bfloat16, lins)
     assert not train_step_ready(x.double(), torch.float64, lins)
-    for var in ("VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX_TRAIN"):
-        monkeypatch.setenv(var, "1")
-        assert not train_step_ready(x, torch.bfloat16, lins)
-        monkeypatch.delenv(var)
+    monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "1")
+    assert not train_step_ready(x, torch.bfloat16, lins)
+    monkeypatch.delenv("VRWKV_FUSED_MIX_TRAIN")
+    monkeypatch.setenv("VRWKV_FUSED_GEMM", "1")
+    assert train_step_ready(x, torch.bfloat16, lins)
+    monkeypatch.delenv("VRWKV_FUSED_GEMM")
     monkeypatch.setenv("VRWKV_FUSED_STEP", "0")
     assert not train_step_ready(x, torch.bfloat16, lins)
     monkeypatch.delenv("VRWKV_FUSED_STEP")

@@ -56,13 +56,15 @@ def mix_gemm_ready(*linears: nn.Module) -> bool:
 def train_step_ready(x: torch.Tensor, dtype: torch.dtype, linears: Sequence[nn.Module]) -> bool:
     """Whether a fused mixer may run as ONE autograd node (:func:`vision_rwkv.ops.fused.mixer_steps`) for activations
     ``x`` computing in ``dtype``: eager training (grad mode, not compiling), switched on (``VRWKV_FUSED_STEP``, the
-    default), none of the opt-in GEMM kernels (``VRWKV_FUSED_GEMM``, ``VRWKV_FUSED_MIX_TRAIN``: the per-op path
-    runs those), no float64, the fused ops on their Triton backend, and plain projections (:func:`_plain_linear`)
-    whose weights share one dtype and device (one cast launch for all). The caller checks its own structure
-    (Q-Shift, no key norm, ...)."""
+    default), not the opt-in mixed-operand training GEMMs (``VRWKV_FUSED_MIX_TRAIN``, a memory saving the per-op path
+    runs), no float64, the fused ops on their Triton backend, and plain projections (:func:`_plain_linear`) whose
+    weights share one dtype and device (one cast launch for all). The GEMM-epilogue kernels (``VRWKV_FUSED_GEMM``)
+    do not stop it: the steps keep the cuBLAS GEMMs (eager training at 224 px is bound by host time, which the one
+    node saves), the epilogues serve inference and the per-op path (``VRWKV_FUSED_STEP=0``). The caller checks its
+    own structure (Q-Shift, no key norm, ...)."""
     if not torch.is_grad_enabled() or torch.compiler.is_compiling() or not fused.fused_step_enabled():
         return False
-    if fused.fused_gemm_enabled() or fused.fused_mix_train_enabled() or torch.float64 in (x.dtype, dtype):
+    if fused.fused_mix_train_enabled() or torch.float64 in (x.dtype, dtype):
         return False
     if not fused.triton_active(x):  # (the steps launch the Triton kernels themselves)
         return False

@@ -192,7 +192,8 @@ def triton_active(x: torch.Tensor) -> bool:
 
 def fused_gemm_enabled() -> bool:
     """Whether the fused path also runs projections with their activation in the GEMM epilogue
-    (``VRWKV_FUSED_GEMM=1``; off by default)."""
+    (``VRWKV_FUSED_GEMM=1``; off by default) - in inference and on the per-op training path: eager training's one-node
+    mixers (:func:`mixer_steps`) keep the cuBLAS GEMMs."""
     return env_get("VRWKV_FUSED_GEMM", "0").strip() == "1"
 
 
