@@ -20,6 +20,7 @@ on a GPU.
     python tools/benchmark_host.py --train                          # a training step (forward + backward)
     python tools/benchmark_host.py --train --autocast               # the same under bf16 autocast
     python tools/benchmark_host.py --train --per-op                 # + one autograd node per op (not per mixer)
+    python tools/benchmark_host.py --per-op                         # inference: + each op through its wrapper
 """
 from __future__ import annotations
 
@@ -169,8 +170,9 @@ class _Case:
     """One model and path under the stubs: its environment switches and one step (an inference forward, or a
     training step: train mode, forward + backward of the features' sum, gradients cleared between steps; no
     optimizer step). ``dim``: the models' width (see :func:`narrow_kwargs`). ``autocast``: each step's forward under
-    bf16 autocast, with autocast's casts for the stubbed ``F.linear`` done for real. ``one_node``: training runs each
-    fused mixer as one autograd node (the default; False: ``VRWKV_FUSED_STEP=0``, one node per fused op)."""
+    bf16 autocast, with autocast's casts for the stubbed ``F.linear`` done for real. ``one_node``: each fused mixer runs
+    as one step - one autograd node in training, one call in inference (the default; False: ``VRWKV_FUSED_STEP=0``,
+    op by op)."""
 
     def __init__(self, name: str, fused: bool = True, train: bool = False, dim: int | None = None,
                  autocast: bool = False, one_node: bool = True):
@@ -203,7 +205,7 @@ class _Case:
         matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # (batched) products not via F.linear
         other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
         gemms = stubs.gemm + matmuls
-        path = ("fused" if self.one_node or not self.train else "fused, per-op nodes") if self.fused else "plain"
+        path = ("fused" if self.one_node else "fused, per-op") if self.fused else "plain"
         return dict(model=self.name, path=path, fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
                     mode="train" if self.train else "inference",
                     dtype="bf16 autocast" if self.autocast else "fp32", host_ms=self.best * 1e3,
@@ -248,8 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", action="append", help=f"repeatable; default {MODELS}")
     p.add_argument("--plain", action="store_true", help="also the plain path (VRWKV_FUSED=0) of our models")
     p.add_argument("--per-op", action="store_true",
-                   help="with --train: also our fused path with one autograd node per fused op (VRWKV_FUSED_STEP=0) "
-                        "instead of one per mixer")
+                   help="also our fused path op by op (VRWKV_FUSED_STEP=0): in training one autograd node per fused "
+                        "op instead of one per mixer, in inference each op through its wrapper")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--train", action="store_true", help="a training step (forward + backward) instead of a forward")
@@ -266,7 +268,7 @@ def main(argv=None) -> int:
     cases = []
     for name in args.model or MODELS:
         ours = not name.startswith(("deit", "vit"))
-        variants = [(True, True)] + ([(True, False)] if ours and args.per_op and args.train else [])
+        variants = [(True, True)] + ([(True, False)] if ours and args.per_op else [])
         for fused, one_node in variants + ([(False, True)] if ours and args.plain else []):
             cases.append(_Case(name, fused, args.train, args.dim or None, args.autocast, one_node))
     rows = measure_all(cases, args.repeats, args.calls)

@@ -16,6 +16,7 @@ Used by ``tools/profile_backbone.py`` and ``tools/benchmark_backbones.py``.
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -88,7 +89,9 @@ def label_model_calls() -> Iterator[None]:
     """While active, the models' ``q_shift`` / ``bi_shift_1d`` / ``lerp_mix`` calls run inside ``vrwkv::shift+lerp`` and their
     ``bi_wkv`` / ``bi_wkv6`` calls inside ``vrwkv::WKV`` profiler ranges, and the fused ops inside the range of
     their group (shift+lerp; norms for the residual+LayerNorm and GroupNorm*gate kernels; elementwise/other for
-    the gates) - module attributes patched, then restored."""
+    the gates) - module attributes patched, then restored. The mixers run op by op meanwhile (``VRWKV_FUSED_STEP=0``,
+    restored after): their one-step form (:func:`vision_rwkv.ops.fused.mixer_steps`) launches the same kernels from
+    one call, which no label could split into groups."""
     from vision_rwkv.models import _layers, mixing, vrwkv, vrwkv6
 
     def wrap(fn: Callable, group: str) -> Callable:
@@ -108,13 +111,19 @@ def label_model_calls() -> Iterator[None]:
         ("add_norm", "norms"), ("group_norm_mul", "norms"), ("sigmoid_mul", "elementwise/other"),
         ("relu_square", "elementwise/other"), ("decay_logd", "elementwise/other"))]
     saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    step_env = os.environ.get("VRWKV_FUSED_STEP")
     try:
+        os.environ["VRWKV_FUSED_STEP"] = "0"
         for mod, name, group in patches:
             setattr(mod, name, wrap(getattr(mod, name), group))
         yield
     finally:
         for mod, name, fn in saved:
             setattr(mod, name, fn)
+        if step_env is None:
+            os.environ.pop("VRWKV_FUSED_STEP", None)
+        else:
+            os.environ["VRWKV_FUSED_STEP"] = step_env
 
 
 def _chain(evt) -> List[str]:

@@ -148,8 +148,8 @@ _MIX_TRAIN_V6 = {"mix_linear", "mix_linear_group", "decay_logd", "wkv:bi_wkv6", 
 MIX_TRAIN_EXPECTED_CALLS = [{"mix_linear", "mix_linear_group", "linear_add_norm", "add_norm", "mix_mlp",
                              "wkv:bi_wkv"}] * 2 + [_MIX_TRAIN_V6] * 2 + [None]
 
-# eager inference on the default path: the blocks update the residual stream in place (fused.add_norm(inplace=True);
-# the pre-norm chain of v4 / v6, the post-norm blocks of v4-S / v6-S)
+# eager inference on the default path: one step per mixer; the blocks update the residual stream in place (inside
+# the steps for the pre-norm chain of v4 / v6, fused.add_norm(inplace=True) for the post-norm blocks of v4-S / v6-S)
 INFER_CASES = [[CASES[i][0], dict(CASES[i][1], infer=True)] for i in (0, 2, 3)] + [
     ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 2, "infer": True}]]
 
@@ -202,10 +202,18 @@ def infer_results():
 
 @pytest.mark.parametrize("index", range(len(INFER_CASES)), ids=[c[0] for c in INFER_CASES])
 def test_fused_inference_in_place_residual_interpreter(infer_results, index):
-    """Eager inference (no autograd) with the residual adds written in place matches the plain path."""
+    """Eager inference (no autograd) with the residual adds written in place matches the plain path; each mixer
+    runs as one step (one call, no per-op wrappers), pre-norm blocks with their residual add + LayerNorm inside it
+    (in place), post-norm blocks with an in-place add_norm after it (the mixer reads the residual stream)."""
     res = infer_results[index]
     assert_matches_plain(res, grads=False)
-    assert res["calls"]["add_norm"] >= 2, res["calls"]
+    calls = res["calls"]
+    depth = INFER_CASES[index][1]["depth"]
+    steps = {k: n for k, n in calls.items() if k.startswith("step:")}
+    assert len(steps) == 2 and all(n == depth for n in steps.values()), calls
+    post_norm = "small" in INFER_CASES[index][0]
+    assert calls.get("add_norm", 0) == (2 * depth if post_norm else 0), calls
+    assert not {"token_shift_mix", "sigmoid_mul", "relu_square", "group_norm_mul"} & set(calls), calls
 
 
 @pytest.fixture(scope="module")

@@ -440,40 +440,47 @@ def test_time_mix_keeps_w2_in_fp32_under_fp16():
 
 
 
-def test_train_step_ready_only_for_eager_training_on_the_default_fused_path(monkeypatch):
-    """The one-node mixers (vision_rwkv.ops.fused.mixer_steps) run only while autograd records, not under the opt-in
-    mixed-operand training GEMMs or float64 (the GEMM-epilogue switch does not stop them), with plain projections of
-    one dtype and device, and are switched off by
+def test_step_ready_for_eager_training_and_inference_on_the_default_fused_path(monkeypatch):
+    """The one-step mixers (vision_rwkv.ops.fused.mixer_steps) run in eager training - not under the opt-in
+    mixed-operand training GEMMs (the GEMM-epilogue switch does not stop them) - and in eager inference - not with
+    the GEMM-epilogue kernels, whose path that is -, never in float64, with plain projections of one dtype and
+    device, and are switched off by
     VRWKV_FUSED_STEP=0, and need the fused ops' Triton backend; the mixers check their own structure on top (key
     norm, 1-D shift, fp32 WKV, LoRA rank)."""
-    from vision_rwkv.models._projections import train_step_ready
+    from vision_rwkv.models._projections import step_ready
     from vision_rwkv.ops import fused
 
     for var in ("VRWKV_FUSED_STEP", "VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX_TRAIN", "VRWKV_BACKEND"):
         monkeypatch.delenv(var, raising=False)
     lins = [torch.nn.Linear(8, 8, bias=False) for _ in range(3)]
     x = torch.randn(2, 4, 8)
-    assert not train_step_ready(x, torch.bfloat16, lins)  # CPU: the fused ops' reference backend
+    assert not step_ready(x, torch.bfloat16, lins)  # CPU: the fused ops' reference backend
     monkeypatch.setattr(fused, "triton_active", lambda t: True)  # as on a GPU
-    assert train_step_ready(x, torch.bfloat16, lins)
+    assert step_ready(x, torch.bfloat16, lins)
     with torch.no_grad():
-        assert not train_step_ready(x, torch.bfloat16, lins)
-    assert not train_step_ready(x.double(), torch.float64, lins)
+        assert step_ready(x, torch.bfloat16, lins)
+        monkeypatch.setenv("VRWKV_FUSED_GEMM", "1")
+        assert not step_ready(x, torch.bfloat16, lins)
+        monkeypatch.delenv("VRWKV_FUSED_GEMM")
+        monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "1")
+        assert step_ready(x, torch.bfloat16, lins)
+        monkeypatch.delenv("VRWKV_FUSED_MIX_TRAIN")
+    assert not step_ready(x.double(), torch.float64, lins)
     monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "1")
-    assert not train_step_ready(x, torch.bfloat16, lins)
+    assert not step_ready(x, torch.bfloat16, lins)
     monkeypatch.delenv("VRWKV_FUSED_MIX_TRAIN")
     monkeypatch.setenv("VRWKV_FUSED_GEMM", "1")
-    assert train_step_ready(x, torch.bfloat16, lins)
+    assert step_ready(x, torch.bfloat16, lins)
     monkeypatch.delenv("VRWKV_FUSED_GEMM")
     monkeypatch.setenv("VRWKV_FUSED_STEP", "0")
-    assert not train_step_ready(x, torch.bfloat16, lins)
+    assert not step_ready(x, torch.bfloat16, lins)
     monkeypatch.delenv("VRWKV_FUSED_STEP")
     hooked = torch.nn.Linear(8, 8, bias=False)
     hooked.register_forward_hook(lambda *a: None)
-    assert not train_step_ready(x, torch.bfloat16, lins + [hooked])
-    assert not train_step_ready(x, torch.bfloat16, lins + [torch.nn.Linear(8, 8)])  # a bias
-    assert not train_step_ready(x, torch.bfloat16, lins + [torch.nn.Linear(8, 8, bias=False).half()])  # dtype
-    assert train_step_ready(x, torch.bfloat16, lins)
+    assert not step_ready(x, torch.bfloat16, lins + [hooked])
+    assert not step_ready(x, torch.bfloat16, lins + [torch.nn.Linear(8, 8)])  # a bias
+    assert not step_ready(x, torch.bfloat16, lins + [torch.nn.Linear(8, 8, bias=False).half()])  # dtype
+    assert step_ready(x, torch.bfloat16, lins)
 
 
 def test_mixers_without_a_one_node_step_keep_the_per_op_path(monkeypatch):

@@ -52,19 +52,21 @@ def _module(kind: str, kw: dict) -> torch.nn.Module:
 
 
 class _Casts(TorchDispatchMode):
-    """Counts the per-weight casts of ``module``'s matrices (``_to_copy`` reading one; what autocast would launch)
-    and the ``_foreach_copy_`` calls (the one-launch casts) while active."""
+    """Counts the per-weight casts of ``module``'s matrices (``_to_copy`` reading one; what autocast would launch),
+    the ``_foreach_copy_`` calls (the one-launch casts) and the stacks of its matrices while active."""
 
     def __init__(self, module):
         super().__init__()
         self.matrices = {p.data_ptr() for p in module.parameters() if p.dim() >= 2}
-        self.weight_casts = self.foreach_copies = 0
+        self.weight_casts = self.foreach_copies = self.stacks = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in self.matrices:
             self.weight_casts += 1
         if func.overloadpacket is torch.ops.aten._foreach_copy_:
             self.foreach_copies += 1
+        if func.overloadpacket is torch.ops.aten.stack and any(t.data_ptr() in self.matrices for t in args[0]):
+            self.stacks += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -163,11 +165,82 @@ def run_case(case: dict, device: str = "cpu") -> dict:
     return out
 
 
+_FWD = {"time_mix6": "_time_mix6_fwd", "spatial_mix": "_spatial_mix_fwd", "channel_mix": "_channel_mix_fwd"}
+
+
+def run_infer_case(case: dict, device: str = "cpu") -> dict:
+    """Eager inference (``torch.no_grad()``): the step as one call vs the per-op path and the float64 plain path -
+    outputs only; with ``residual`` (pre-norm) written in place into the residual x. Reports ``lean_calls`` (forwards
+    of the step without saving), the casts of the second call (``casts_again``: the model keeps the cast matrices)
+    and ``y_updated``: the error vs the per-op path after an in-place update of every parameter (the kept matrices
+    must follow)."""
+    from vision_rwkv.ops import fused
+
+    torch.manual_seed(case.get("seed", 0))
+    kind, kw = case["kind"], case["kwargs"]
+    dtype = DTYPES[case.get("dtype", "fp32")]
+    module = _module(kind, kw)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * case.get("noise", 0.3))
+    module = module.to(device)
+    h, w = case["grid"]
+    x = torch.randn(case["batch"], h * w, kw["dim"], generator=gen).to(device)
+    res_x = torch.randn(x.shape, generator=gen).to(device) if case.get("residual") else None
+    ln = tuple((a + 0.3 * torch.randn(kw["dim"], generator=gen)).to(device) for a in (1.0, 0.0))
+    steps = fused.mixer_steps()
+    lean = {"calls": 0}
+    fwd_name = _FWD[kind]
+    fwd = getattr(steps, fwd_name)
+
+    def counted(*args):
+        lean["calls"] += not args[-1]  # save=False: the inference form
+        return fwd(*args)
+
+    def run(mod, xx, backend, step, inplace=False):
+        os.environ["VRWKV_BACKEND"], os.environ["VRWKV_FUSED_STEP"] = backend, step
+        ctx = torch.autocast(xx.device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            if res_x is None:
+                return mod(xx, (h, w)), None
+            rx = res_x.to(xx.dtype).clone()
+            norm = fused.ResidualNorm(rx, None, ln[0].to(xx.dtype), ln[1].to(xx.dtype), 1e-5, False, dtype, inplace)
+            s_, n_ = mod(xx, (h, w), residual=norm)
+            return (s_, n_), rx
+
+    setattr(steps, fwd_name, counted)
+    try:
+        ref, _ = run(copy.deepcopy(module).double(), x.double(), "reference", "1")
+        op, _ = run(module, x, "triton", "0")
+        casts = _Casts(module)
+        got, rx = run(module, x, "triton", "1", inplace=True)
+        with casts:
+            run(module, x, "triton", "1")
+        with torch.no_grad():
+            for p in module.parameters():
+                p.mul_(1.1)
+        op2, _ = run(module, x, "triton", "0")
+        got2, _ = run(module, x, "triton", "1")
+    finally:
+        setattr(steps, fwd_name, fwd)
+        os.environ.pop("VRWKV_BACKEND", None)
+        os.environ.pop("VRWKV_FUSED_STEP", None)
+    pick = (lambda t: t) if res_x is None else (lambda t: torch.cat([t[0].float().flatten(), t[1].float().flatten()]))
+    out = {"y": rel_err(pick(got), pick(ref)), "op_y": rel_err(pick(got), pick(op)),
+           "y_updated": rel_err(pick(got2), pick(op2)), "lean_calls": lean["calls"],
+           "casts_again": casts.weight_casts + casts.foreach_copies + casts.stacks,
+           "finite": bool(torch.isfinite(pick(got)).all())}
+    if res_x is not None:
+        out["in_place"] = got[0].data_ptr() == rx.data_ptr()
+    return out
+
+
 def main(cases: dict) -> dict:
     results = {}
     for name, case in cases.items():
         try:
-            results[name] = run_case(case)
+            results[name] = run_infer_case(case) if case.get("infer") else run_case(case)
         except Exception as e:  # reported per case
             results[name] = {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
     return results

@@ -89,6 +89,44 @@ def test_mixer_step_matches_per_op_and_plain_interpreter(cpu_results, name):
     check(CPU_CASES[name], cpu_results[name])
 
 
+INFER_CASES = {
+    "tm6_infer_grid3x5_residual": dict(kind=TM, kwargs=dict(dim=48, head_size=16), grid=(3, 5), batch=2, infer=True,
+                                       residual=True),
+    "tm6_infer_bf16_1x7": dict(kind=TM, kwargs=dict(dim=32, head_size=32), grid=(1, 7), batch=1, dtype="bf16",
+                               infer=True),
+    "sm_infer_original_residual": dict(kind=SM, kwargs=dict(dim=24, mode="original", chunks=3), grid=(5, 7), batch=1,
+                                       infer=True, residual=True),
+    "sm_infer_bf16": dict(kind=SM, kwargs=dict(dim=40), grid=(3, 4), batch=2, dtype="bf16", infer=True),
+    "cm_infer_maa_head8_residual": dict(kind=CM, kwargs=dict(dim=24, hidden=40, head_size=8, style="rwkv_clip_text"),
+                                        grid=(2, 5), batch=1, infer=True, residual=True),
+}
+
+
+@pytest.fixture(scope="module")
+def infer_results():
+    return run_script_in_interpreter(__file__.replace("test_mixer_steps.py", "_mixer_step_cases.py"),
+                                     [__import__("json").dumps(INFER_CASES)], timeout=900)
+
+
+def check_infer(case: dict, res: dict, tols=None) -> None:
+    assert "error" not in res, res.get("error")
+    assert res["finite"], res
+    assert res["lean_calls"] == 3, res  # the step's inference form ran (3 calls without grad mode)
+    assert res["casts_again"] == 0, res  # the cast / stacked matrices were kept from the first call
+    (ref_y, _), (op_y, _) = tols or TOLS[case.get("dtype", "fp32")]
+    assert res["y"] <= ref_y and res["op_y"] <= op_y and res["y_updated"] <= op_y, res  # and followed the update
+    if case.get("residual"):
+        assert res["in_place"], res  # s written into the residual x
+
+
+@pytest.mark.parametrize("name", sorted(INFER_CASES))
+def test_mixer_step_inference_interpreter(infer_results, name):
+    """Eager inference: each mixer as one call (no per-op wrappers) gives the per-op path's output (and, with the
+    block's residual add + LayerNorm, its s in place and n), keeps its cast matrices across calls and follows
+    in-place parameter updates."""
+    check_infer(INFER_CASES[name], infer_results[name])
+
+
 def test_mixer_step_residual_errors():
     """The steps take a residual of the mixer's input shape, not an inplace one (that is eager inference's)."""
     from vision_rwkv.ops import fused
@@ -120,6 +158,17 @@ CUDA_CASES = {
     "sm_residual_post_fp32": dict(kind=SM, kwargs=dict(dim=384), grid=(13, 17), batch=2,
                                   residual=dict(post=True, gamma=True, scale=True)),
 }
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["tm6_vrwkv6_t", "sm_vrwkv_t", "cm_vrwkv_t"])
+def test_mixer_step_inference_cuda(name, monkeypatch):
+    from _mixer_step_cases import run_infer_case
+
+    monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
+    case = dict(CUDA_CASES[name], infer=True, residual=True)
+    ref = TOLS[case.get("dtype", "fp32")][0]
+    check_infer(case, run_infer_case(case, device="cuda"), (ref, ref))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,5 +1,6 @@
 """Profiling / benchmark tooling (CPU): op grouping, labels restored, tables, benchmark plan, CLI smoke run."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,15 +39,24 @@ def test_classify_groups():
     assert c(["cuLaunchKernelEx"], "_add_norm_fwd_kernel") == "norms"
 
 
-def test_label_model_calls_restores_functions():
+def test_label_model_calls_restores_functions(monkeypatch):
+    """The labels wrap the models' op calls and the mixers run op by op (VRWKV_FUSED_STEP=0: the one-step mixers
+    launch every kernel from one call) while profiling; functions and the variable are restored after."""
     from vision_rwkv.ops import fused
 
     names = [(mixing, "q_shift"), (mixing, "bi_shift_1d"), (mixing, "lerp_mix"), (mixing, "bi_wkv6"),
              (vrwkv, "bi_wkv"), (fused, "add_norm")]
     before = [getattr(mod, name) for mod, name in names]
-    with profiling.label_model_calls():
-        assert all(getattr(mod, name) is not fn for (mod, name), fn in zip(names, before))
-    assert [getattr(mod, name) for mod, name in names] == before
+    for value in (None, "1"):
+        if value is None:
+            monkeypatch.delenv("VRWKV_FUSED_STEP", raising=False)
+        else:
+            monkeypatch.setenv("VRWKV_FUSED_STEP", value)
+        with profiling.label_model_calls():
+            assert all(getattr(mod, name) is not fn for (mod, name), fn in zip(names, before))
+            assert not fused.fused_step_enabled()
+        assert [getattr(mod, name) for mod, name in names] == before
+        assert os.environ.get("VRWKV_FUSED_STEP") == value
 
 
 @pytest.mark.parametrize("name", ["VRWKV-T", "VRWKV6-T"])

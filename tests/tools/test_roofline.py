@@ -143,7 +143,7 @@ def test_peak_holders(tmp_path_factory, rows, train_rows):
     eight = _run(tmp_path_factory, "--train", "--batch", "8", "--holders", "5")
     sites = [h["site"] for h in eight["vrwkv_tiny_patch16_224"]["peak_holders"][:6]]
     assert any(s.startswith("_add_norm_fwd:") for s in sites), sites
-    assert any(s.startswith("_ChannelMixStep.forward:") for s in sites), sites  # (the one-node channel mix)
+    assert any(s.startswith("_channel_mix_fwd:") for s in sites), sites  # (the one-node channel mix's forward)
     deit = [h["site"] for h in eight["deit_tiny_patch16_224"]["peak_holders"][:5]]
     assert any(s.startswith("Mlp.forward:") for s in deit), deit
 

@@ -8,8 +8,9 @@
   ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
   :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
   :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
-* :func:`train_step_ready` - whether a fused mixer runs as one autograd node in eager training
-  (:func:`vision_rwkv.ops.fused.mixer_steps`).
+* :func:`step_ready` / :func:`step_matrices` - whether a fused mixer runs as one step
+  (:func:`vision_rwkv.ops.fused.mixer_steps`: one autograd node in eager training, one call in eager inference), and
+  the step's cast matrices kept across inference forwards.
 * :func:`mix_gemm_ready` - whether the Q-Shift interpolations ride in the projections' GEMMs (inference,
   ``VRWKV_FUSED_MIX=1``; training, ``VRWKV_FUSED_MIX_TRAIN=1``): the mixed inputs are then never written (in
   training: recomputed by the backward).
@@ -28,7 +29,8 @@ from vision_rwkv.ops import fused
 from vision_rwkv.ops.cast_weights import cast_weights
 from vision_rwkv.ops.stacked_linear import stacked_linear
 
-__all__ = ['train_step_ready', 'stackable', 'linear_stack', 'plain_weights', 'step_weights', 'mix_gemm_weights',
+__all__ = ['step_ready', 'step_matrices', 'stackable', 'linear_stack', 'plain_weights', 'step_weights',
+           'mix_gemm_weights',
            'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready', 'derived_in_inference']
 
 
@@ -53,23 +55,34 @@ def mix_gemm_ready(*linears: nn.Module) -> bool:
     return enabled and all(_plain_linear(m) for m in linears)
 
 
-def train_step_ready(x: torch.Tensor, dtype: torch.dtype, linears: Sequence[nn.Module]) -> bool:
-    """Whether a fused mixer may run as ONE autograd node (:func:`vision_rwkv.ops.fused.mixer_steps`) for activations
-    ``x`` computing in ``dtype``: eager training (grad mode, not compiling), switched on (``VRWKV_FUSED_STEP``, the
-    default), not the opt-in mixed-operand training GEMMs (``VRWKV_FUSED_MIX_TRAIN``, a memory saving the per-op path
-    runs), no float64, the fused ops on their Triton backend, and plain projections (:func:`_plain_linear`) whose
-    weights share one dtype and device (one cast launch for all). The GEMM-epilogue kernels (``VRWKV_FUSED_GEMM``)
-    do not stop it: the steps keep the cuBLAS GEMMs (eager training at 224 px is bound by host time, which the one
-    node saves), the epilogues serve inference and the per-op path (``VRWKV_FUSED_STEP=0``). The caller checks its
-    own structure (Q-Shift, no key norm, ...)."""
-    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or not fused.fused_step_enabled():
+def step_ready(x: torch.Tensor, dtype: torch.dtype, linears: Sequence[nn.Module]) -> bool:
+    """Whether a fused mixer may run as one step (:func:`vision_rwkv.ops.fused.mixer_steps`) for activations ``x``
+    computing in ``dtype`` - in eager training ONE autograd node, in eager inference one call that launches its
+    kernels without the per-op wrappers: not compiling, switched on (``VRWKV_FUSED_STEP``, the default), no float64,
+    the fused ops on their Triton backend, and plain projections (:func:`_plain_linear`) whose weights share one dtype
+    and device (one cast launch for all). Training: not the opt-in mixed-operand training GEMMs
+    (``VRWKV_FUSED_MIX_TRAIN``, a memory saving the per-op path runs); the GEMM-epilogue kernels
+    (``VRWKV_FUSED_GEMM``) do not stop it - the steps keep the cuBLAS GEMMs (eager training at 224 px is bound by
+    host time, which the one node saves). Inference: not with ``VRWKV_FUSED_GEMM`` (its epilogue kernels are the
+    point there; the per-op path runs them). The caller checks its own structure (Q-Shift, no key norm, ...)."""
+    if torch.compiler.is_compiling() or not fused.fused_step_enabled() or torch.float64 in (x.dtype, dtype):
         return False
-    if fused.fused_mix_train_enabled() or torch.float64 in (x.dtype, dtype):
+    if fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_gemm_enabled():
         return False
     if not fused.triton_active(x):  # (the steps launch the Triton kernels themselves)
         return False
     w0 = linears[0].weight
     return all(_plain_linear(m) and m.weight.dtype == w0.dtype and m.weight.device == w0.device for m in linears)
+
+
+def step_matrices(module: nn.Module, weights: Tuple[torch.Tensor, ...], make: Callable[[], Any],
+                  dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, ...]]:
+    """A step's cast matrices in eager inference (``make()``, e.g. :func:`~vision_rwkv.ops.fused.mixer_steps_triton.
+    time_mix6_matrices`), kept in ``module._folded`` while ``weights`` are unchanged (:func:`derived_in_inference`):
+    no stack or cast launched per forward. None while autograd records (the step casts them itself, in its node)."""
+    if torch.is_grad_enabled():
+        return None
+    return derived_in_inference(weights, module._folded, 'step_matrices', make, key=dtype)
 
 
 def stackable(*linears: nn.Module) -> bool:

@@ -34,7 +34,7 @@ from vision_rwkv.ops.dispatch import resolve_backend
 
 from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linear_stack, lora_decay, lora_tanh,
                            mix_gemm_ready, mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights,
-                           train_step_ready)
+                           step_matrices, step_ready)
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
@@ -187,16 +187,18 @@ class ChannelMix(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
                        residual: Optional[fused.ResidualNorm] = None):
-        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): in eager training
-        one autograd node with the residual add + LayerNorm inside (:func:`fused.mixer_steps`), else
-        :meth:`_forward_per_op` and :func:`fused.add_norm`."""
+        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
+        residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
+        in eager inference) when :func:`step_ready`, else :meth:`_forward_per_op` and :func:`fused.add_norm`."""
         out_dtype = fused.compute_dtype(x)
         linears = (self.key, self.value, self.receptance)
-        if self.token_shift == 'q_shift' and self.key_norm is None and train_step_ready(x, out_dtype, linears):
+        if self.token_shift == 'q_shift' and self.key_norm is None and step_ready(x, out_dtype, linears):
             one_minus = self.param_style == 'vrwkv'
             mix = (self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r)
-            return fused.mixer_steps().channel_mix_step(x, grid_size, self.head_size or 0, one_minus, out_dtype, mix,
-                                                        tuple(m.weight for m in linears), residual=residual)
+            steps, weights = fused.mixer_steps(), tuple(m.weight for m in linears)
+            cast = step_matrices(self, weights, lambda: steps.channel_mix_matrices(weights, out_dtype), out_dtype)
+            return steps.channel_mix_step(x, grid_size, self.head_size or 0, one_minus, out_dtype, mix, weights,
+                                          residual=residual, cast=cast)
         out = self._forward_per_op(x, grid_size, out_dtype)
         return out if residual is None else residual.apply(out)
 
@@ -415,19 +417,23 @@ class TimeMixV6(nn.Module):
 
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
                        residual: Optional[fused.ResidualNorm] = None):
-        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): in eager training
-        one autograd node with the residual add + LayerNorm inside (:func:`fused.mixer_steps`, when
-        :meth:`_steps_as_one_node`), else :meth:`_forward_per_op` and :func:`fused.add_norm`."""
+        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
+        residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
+        in eager inference) when :meth:`_steps_as_one_node`, else :meth:`_forward_per_op` and
+        :func:`fused.add_norm`."""
         dtype = fused.compute_dtype(x)
         projections = (self.key, self.value, self.receptance, self.gate)
         stacked = self.token_shift == 'q_shift' and stackable(*projections)  # k, v, r, g: one batched GEMM
         if stacked and self._steps_as_one_node(x, dtype):
-            return fused.mixer_steps().time_mix6_step(
+            steps = fused.mixer_steps()
+            weights = tuple(m.weight for m in projections + (self.output,))
+            lora = (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2)
+            cast = step_matrices(self, weights + lora, lambda: steps.time_mix6_matrices(weights, lora, dtype), dtype)
+            return steps.time_mix6_step(
                 x, grid_size, self.head_size, self.ln_x.eps, dtype,
                 (self.time_maa_x, self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g,
-                 self.time_decay), self.time_faaaa, self.ln_x.weight, self.ln_x.bias,
-                tuple(m.weight for m in projections + (self.output,)),
-                (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2), residual=residual)
+                 self.time_decay), self.time_faaaa, self.ln_x.weight, self.ln_x.bias, weights, lora,
+                residual=residual, cast=cast)
         out = self._forward_per_op(x, grid_size, dtype, stacked)
         return out if residual is None else residual.apply(out)
 
@@ -477,7 +483,7 @@ class TimeMixV6(nn.Module):
         return self._wkv_out(r, k, v, g, logd, dtype, w.get('output'))
 
     def _steps_as_one_node(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        """Whether this fused forward runs as one autograd node (:func:`fused.mixer_steps`; :func:`train_step_ready`):
+        """Whether this fused forward runs as one step (:func:`fused.mixer_steps`; :func:`step_ready`):
         the Q-Shift, no key norm, the WKV in the activations' dtype on its Triton kernels, a LoRA rank the Q-Shift +
         LoRA kernel takes (a power of two >= 16) and LoRA matrices in the projections' dtype."""
         rank = self.mix_rank
@@ -488,7 +494,7 @@ class TimeMixV6(nn.Module):
         w = self.output.weight
         if any(m.dtype != w.dtype or m.device != w.device for m in lora):
             return False
-        if not train_step_ready(x, dtype, (self.key, self.value, self.receptance, self.gate, self.output)):
+        if not step_ready(x, dtype, (self.key, self.value, self.receptance, self.gate, self.output)):
             return False
         return resolve_backend('bi_wkv6', x.device, self.wkv_backend, (x.dtype, dtype)) == 'triton'
 

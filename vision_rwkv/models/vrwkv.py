@@ -30,7 +30,8 @@ from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
 from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
-                           mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights, train_step_ready)
+                           mix_gemm_weights, plain_weights, receptance_gate, stackable, step_matrices, step_ready,
+                           step_weights)
 from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
@@ -136,20 +137,23 @@ class SpatialMix(nn.Module):
         return self.output(torch.sigmoid(r) * y)
 
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
-        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): in eager training
-        one autograd node with the residual add + LayerNorm inside (:func:`fused.mixer_steps`), else
-        :meth:`_forward_per_op` (or the mixed-operand GEMMs) and :func:`fused.add_norm`."""
+        """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
+        residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
+        in eager inference) when :func:`step_ready`, else :meth:`_forward_per_op` (or the mixed-operand GEMMs) and
+        :func:`fused.add_norm`."""
         if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
             out = self._forward_mix_gemm(x, grid_size)
             return out if residual is None else residual.apply(out)
         dtype = fused.compute_dtype(x)
         linears = (self.key, self.value, self.receptance, self.output)
-        if self.key_norm is None and stackable(*linears[:3]) and train_step_ready(x, dtype, linears):
-            if resolve_backend('bi_wkv', x.device, None, (x.dtype, dtype)) == 'triton':  # one autograd node
-                return fused.mixer_steps().spatial_mix_step(
+        if self.key_norm is None and stackable(*linears[:3]) and step_ready(x, dtype, linears):
+            if resolve_backend('bi_wkv', x.device, None, (x.dtype, dtype)) == 'triton':  # one step
+                steps, weights = fused.mixer_steps(), tuple(m.weight for m in linears)
+                cast = step_matrices(self, weights, lambda: steps.spatial_mix_matrices(weights, dtype), dtype)
+                return steps.spatial_mix_step(
                     x, grid_size, self.wkv_mode, self.wkv_chunks, dtype, self.spatial_decay, self.spatial_first,
-                    (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), tuple(m.weight for m in linears),
-                    residual=residual)
+                    (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), weights, residual=residual,
+                    cast=cast)
         out = self._forward_per_op(x, grid_size, dtype)
         return out if residual is None else residual.apply(out)
 

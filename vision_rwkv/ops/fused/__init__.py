@@ -22,9 +22,10 @@ as a torch custom op (``triton.py``, imported lazily):
   (``norm_linear_triton.py``; also inference with ``VRWKV_FUSED_MIX=1``).
 * :func:`group_norm_mul` - per-token GroupNorm times a (SiLU) gate; :func:`decay_logd` - ``-exp(w0 + z)``.
 * :func:`add_norm` - residual + LayerNorm (+ layer scale) of a block, post- or pre-norm.
-* :func:`mixer_steps` - whole token / channel mixers as one autograd node each (``mixer_steps_triton.py``: eager
-  training, the same kernels with far less host work per launch; ``VRWKV_FUSED_STEP=0`` switches back to the
-  per-op nodes).
+* :func:`mixer_steps` - whole token / channel mixers, with their block's residual add + LayerNorm, as one step each
+  (``mixer_steps_triton.py``: one autograd node in eager training, one call without the per-op wrappers in eager
+  inference; the same kernels with far less host work per launch; ``VRWKV_FUSED_STEP=0`` switches back to op by
+  op).
 
 ``backend=None`` picks Triton for CUDA tensors (when triton imports) and the reference otherwise; the environment
 variable ``VRWKV_BACKEND=reference|triton`` forces one (as for the WKV ops). :func:`fused_enabled` is the switch the
@@ -212,14 +213,14 @@ def fused_mix_train_enabled() -> bool:
 
 
 def fused_step_enabled() -> bool:
-    """Whether eager training runs each fused mixer as ONE autograd node (:mod:`.mixer_steps_triton`: the same
-    kernels, a fraction of the host work per launch; ``VRWKV_FUSED_STEP``, on by default, ``0`` = the per-op
-    autograd path)."""
+    """Whether eager runs each fused mixer as one step (:mod:`.mixer_steps_triton`: in training ONE autograd node, in
+    inference one call without the per-op wrappers; the same kernels, a fraction of the host work per launch;
+    ``VRWKV_FUSED_STEP``, on by default, ``0`` = op by op)."""
     return env_get("VRWKV_FUSED_STEP", "1").strip() != "0"
 
 
 def mixer_steps():
-    """The module of the one-node mixers (:mod:`vision_rwkv.ops.fused.mixer_steps_triton`), imported on first use."""
+    """The module of the one-step mixers (:mod:`vision_rwkv.ops.fused.mixer_steps_triton`), imported on first use."""
     return _gemm_module("mixer_steps_triton")
 
 

@@ -1,11 +1,14 @@
-"""Whole mixers as ONE autograd node each (eager training on the fused path).
+"""Whole mixers as ONE step each: one autograd node in eager training, one call in eager inference.
 
 A 224-px training step is bound by host time, not by the GPU: on the per-op fused path an RWKV-6 time mix is 7
 Python ``autograd.Function``s and ~40 C++ autograd nodes (LoRA products, tanh, views, the unbind of the batched
 projection, the weight casts), each with its wrapper checks, context and saved-tensor bookkeeping. Here each mixer
 is one ``torch.autograd.Function`` whose forward launches the same kernels as the per-op path (the Triton kernels of
 ``triton.py`` and the WKV operators, the same GEMMs) and whose backward calls their backward kernels and the GEMMs
-of the products in order - the same kernels, the same saved tensors, far less host work per launch:
+of the products in order - the same kernels, the same saved tensors, far less host work per launch. Without grad
+mode (eager inference, also host-bound at 224 px) the same forward runs as a plain call that frees each
+intermediate after its last use (as the per-op inference path does), on matrices the model keeps cast across
+forwards (``cast=``, :func:`time_mix6_matrices` & co.) - no per-op wrapper checks or dispatch:
 
 * :func:`time_mix6_step` - the RWKV-6 time mix (Q-Shift, ddlerp with its LoRA, decay LoRA, k/v/r/g in one batched
   GEMM, WKV-6, GroupNorm * SiLU gate, output projection).
@@ -22,7 +25,7 @@ The weight matrices come in their own dtype (the fp32 parameters under autocast)
 in one ``_foreach_copy_`` (their gradients back in one), as :func:`vision_rwkv.ops.cast_weights.cast_weights` does
 for the per-op path. Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the
 cuBLAS GEMMs); the models fall back to the per-op path otherwise (see ``vision_rwkv/models/_projections.py``,
-``train_step_ready``), and the tests check every output and gradient against that path and the plain models.
+``step_ready``), and the tests check every output and gradient against that path and the plain models.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bw
                      _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd,
                      _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd, _decay_fwd, decay_grads)
 
-__all__ = ["time_mix6_step", "spatial_mix_step", "channel_mix_step"]
+__all__ = ["time_mix6_step", "spatial_mix_step", "channel_mix_step", "time_mix6_matrices", "spatial_mix_matrices",
+           "channel_mix_matrices"]
 
 _tanh_bwd = torch.ops.aten.tanh_backward
 
@@ -135,38 +139,89 @@ def _step_result(out, residual):
     return out if residual is None or not residual.post else (out[0], None)
 
 
+def _residual_infer(out: torch.Tensor, residual):
+    """Inference: ``out``, or with a residual the block's ``(s, n)`` (n None for post-norm; s written into the
+    residual x when it is ``inplace``)."""
+    if residual is None:
+        return out
+    r = residual
+    gamma = None if r.gamma is None else r.gamma.contiguous()
+    scale = None if r.sample_scale is None else r.sample_scale.contiguous()
+    s, n = _add_norm_fwd(r.x.contiguous(), out, gamma, r.weight.contiguous(), r.bias.contiguous(), float(r.eps),
+                         bool(r.post), r.out_dtype or r.x.dtype, scale, inplace=r.inplace)
+    return (s, None) if r.post else (s, n)
+
+
+def _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats, save: bool):
+    """The time mix's forward on its cast matrices ``mats`` (:func:`time_mix6_matrices`): (output, the tensors its
+    backward reads - or None without ``save``, when each intermediate is freed after its last use, as the per-op
+    inference path does)."""
+    maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0 = vectors
+    stack, wo, w1c, d1c, d2c, w2c = mats
+    B, N, C = x.shape
+    H, W = grid
+    heads = C // head_size
+    x = x.contiguous()
+    a_x = maa_x.reshape(1, -1).contiguous()
+    maa = tuple(v.contiguous() for v in (maa_w, maa_k, maa_v, maa_r, maa_g))
+    xxx = _tsm_fwd(x, H, W, head_size, a_x, None, dtype).view(-1, C)
+    lora = torch.mm(xxx, w1c).tanh_()  # (B N, 5 R)
+    mixed = _tsm_lora_fwd(x, H, W, head_size, maa, lora.view(B, N, -1), w2c, dtype)  # (5, B, N, C)
+    if not save:
+        del xxx, lora
+    xw, xkvrg = mixed[0].view(-1, C), mixed[1:].view(4, -1, C)
+    hd = torch.mm(xw, d1c).tanh_()
+    logd = _decay_fwd(w0.reshape(-1).contiguous(), torch.mm(hd, d2c))  # float32 (B N, C)
+    if not save:
+        del hd
+    kvrg = torch.bmm(xkvrg, stack.transpose(1, 2))  # k, v, r, g
+    del xw, xkvrg
+    if not save:
+        del mixed
+    shape = (B, N, heads, head_size)
+    k, v, r, g = (t.view(shape) for t in kvrg.unbind(0))
+    u = u.contiguous()
+    y = wkv6._fwd(r, k, v, logd.view(shape), u).view(B, N, C)
+    del k, v, r
+    ln_w, ln_b = ln_w.contiguous(), ln_b.contiguous()
+    gated = _gn_mul_fwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, dtype)
+    del g
+    if not save:
+        del y, kvrg, logd
+        return F.linear(gated, wo), None
+    return F.linear(gated, wo), (x, a_x, *maa, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated)
+
+
+def _w2_cast(w2: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the time mix casts W2 with its other matrices: in bf16 only - under fp16 the kernels read it in its
+    dtype (its gradient sums every token in fp32, which could leave fp16's range)."""
+    return w2.dtype != dtype and dtype == torch.bfloat16
+
+
+def time_mix6_matrices(projections: Sequence[torch.Tensor], lora: Sequence[torch.Tensor],
+                       dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """The time mix's matrices as its forward reads them, cast to ``dtype`` in one launch: (key, value, receptance,
+    gate stacked (4, C, C), output, ``time_maa_w1``, ``time_decay_w1``, ``time_decay_w2``, ``time_maa_w2``) - W2 cast
+    in bf16 only (see :func:`time_mix6_step`). Eager inference keeps them across forwards (``cast=``)."""
+    w1, d1, d2, w2 = lora
+    cast_w2 = _w2_cast(w2, dtype)
+    cast = _cast(tuple(projections) + (w1, d1, d2) + ((w2,) if cast_w2 else ()), dtype, 4)
+    return tuple(cast[:5]) + (cast[5] if cast_w2 else w2.contiguous(),)
+
+
 class _TimeMix6Step(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, grid, head_size, eps, dtype, cast_w2, maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0, u,
                 ln_w, ln_b, w_k, w_v, w_r, w_g, w_o, w1, d1, d2, w2, *residual):
-        B, N, C = x.shape
-        H, W = grid
-        heads = C // head_size
-        mats = (w_k, w_v, w_r, w_g, w_o, w1, d1, d2) + ((w2,) if cast_w2 else ())
-        ctx.weight_dtypes = tuple(m.dtype for m in mats)
-        stack, wo, w1c, d1c, d2c, *rest = _cast(mats, dtype, 4)
-        w2c = rest[0] if cast_w2 else w2.contiguous()
-        x = x.contiguous()
-        a_x = maa_x.reshape(1, -1).contiguous()
-        maa = tuple(v.contiguous() for v in (maa_w, maa_k, maa_v, maa_r, maa_g))
-        xxx = _tsm_fwd(x, H, W, head_size, a_x, None, dtype).view(-1, C)
-        lora = torch.mm(xxx, w1c).tanh_()  # (B N, 5 R)
-        mixed = _tsm_lora_fwd(x, H, W, head_size, maa, lora.view(B, N, -1), w2c, dtype)  # (5, B, N, C)
-        xw, xkvrg = mixed[0].view(-1, C), mixed[1:].view(4, -1, C)
-        hd = torch.mm(xw, d1c).tanh_()
-        logd = _decay_fwd(w0.reshape(-1).contiguous(), torch.mm(hd, d2c))  # float32 (B N, C)
-        kvrg = torch.bmm(xkvrg, stack.transpose(1, 2))  # k, v, r, g
-        shape = (B, N, heads, head_size)
-        k, v, r, g = (t.view(shape) for t in kvrg.unbind(0))
-        u = u.contiguous()
-        y = wkv6._fwd(r, k, v, logd.view(shape), u).view(B, N, C)
-        ln_w, ln_b = ln_w.contiguous(), ln_b.contiguous()
-        gated = _gn_mul_fwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, dtype)
+        ctx.weight_dtypes = tuple(m.dtype for m in (w_k, w_v, w_r, w_g, w_o, w1, d1, d2)) + ((w2.dtype,) if cast_w2
+                                                                                            else ())
+        mats = time_mix6_matrices((w_k, w_v, w_r, w_g, w_o), (w1, d1, d2, w2), dtype)
+        vectors = (maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0)
+        out, saved = _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats, True)
         ctx.meta = (grid, head_size, eps, cast_w2)
-        ctx.vectors = (maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0)
-        out, keep = _residual_fwd(ctx, F.linear(gated, wo), *residual)
-        ctx.save_for_backward(*keep, x, a_x, *maa, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack,
-                              wo, w1c, d1c, d2c, w2c)
+        ctx.vectors = vectors
+        out, keep = _residual_fwd(ctx, out, *residual)
+        ctx.save_for_backward(*keep, *saved, *mats)
         return out
 
     @staticmethod
@@ -214,9 +269,11 @@ class _TimeMix6Step(torch.autograd.Function):
 
 def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, eps: float, dtype: torch.dtype,
                    vectors: Sequence[torch.Tensor], u: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor,
-                   projections: Sequence[torch.Tensor], lora: Sequence[torch.Tensor],
-                   residual=None) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """The RWKV-6 time mix of ``TimeMixV6._forward_fused`` (Q-Shift) as one autograd node.
+                   projections: Sequence[torch.Tensor], lora: Sequence[torch.Tensor], residual=None,
+                   cast: Optional[Sequence[torch.Tensor]] = None
+                   ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """The RWKV-6 time mix of ``TimeMixV6._forward_fused`` (Q-Shift) as one autograd node (grad mode), or as one
+    call launching its kernels (inference: no per-op wrappers, intermediates freed after their last use).
 
     Args:
         x: (B, N, C) tokens on the row-major ``grid_size``; head_size: channels per head; eps: the GroupNorm's.
@@ -226,38 +283,64 @@ def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, 
         projections: the key, value, receptance, gate and output weights (C, C).
         lora: ``time_maa_w1`` (C, 5R), ``time_decay_w1`` (C, D), ``time_decay_w2`` (D, C), ``time_maa_w2`` (5, R, C).
         residual: optional :class:`~vision_rwkv.ops.fused.ResidualNorm` - the block's residual add + LayerNorm of
-            the output, in the same node (not ``inplace``).
+            the output, in the same node (``inplace`` in inference only).
+        cast: inference only - :func:`time_mix6_matrices` of these weights, when the caller keeps them (else cast
+            here, one launch).
     Returns:
         (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``, n None for post-norm); differentiable in x
         and every parameter. W2 is cast to ``dtype`` with the other matrices in bf16 only: under fp16 the kernels
         read it in its dtype (its gradient sums every token in fp32).
     """
+    grid_size, head_size, eps = tuple(grid_size), int(head_size), float(eps)
+    if not torch.is_grad_enabled():
+        mats = time_mix6_matrices(projections, lora, dtype) if cast is None else tuple(cast)
+        out, _ = _time_mix6_fwd(x, grid_size, head_size, eps, dtype, vectors, u, ln_weight, ln_bias, mats, False)
+        return _residual_infer(out, residual)
     w1, d1, d2, w2 = lora
-    cast_w2 = w2.dtype != dtype and dtype == torch.bfloat16
-    return _step_result(_TimeMix6Step.apply(x, tuple(grid_size), int(head_size), float(eps), dtype, cast_w2, *vectors,
-                                            u, ln_weight, ln_bias, *projections, w1, d1, d2, w2,
+    return _step_result(_TimeMix6Step.apply(x, grid_size, head_size, eps, dtype, _w2_cast(w2, dtype), *vectors, u,
+                                            ln_weight, ln_bias, *projections, w1, d1, d2, w2,
                                             *_residual_inputs(residual, x)), residual)
+
+
+def _spatial_mix_fwd(x, grid, mode, chunks, dtype, decay, first, mu, mats, save: bool):
+    """The v4 token mix's forward on its cast matrices ``mats`` (:func:`spatial_mix_matrices`): (output, the tensors
+    its backward reads, or None without ``save``: intermediates freed after their last use)."""
+    stack, wo = mats
+    B, N, C = x.shape
+    H, W = grid
+    x = x.contiguous()
+    mu = tuple(v.contiguous() for v in mu)
+    mixed = _tsm_fwd(x, H, W, 0, mu, None, dtype, one_minus=True).view(3, -1, C)
+    kvr = torch.bmm(mixed, stack.transpose(1, 2))
+    if not save:
+        del mixed
+    k, v, r = (t.view(B, N, C) for t in kvr.unbind(0))
+    decay, first = decay.contiguous(), first.contiguous()
+    y, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N)
+    del k, v
+    gated = _sigmoid_mul_fwd(r, y)
+    del r
+    if not save:
+        del kvr, y, m, car
+        return F.linear(gated, wo), None
+    return F.linear(gated, wo), (x, *mu, mixed, kvr, decay, first, y, m, car, gated)
+
+
+def spatial_mix_matrices(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """The v4 token mix's matrices as its forward reads them, cast to ``dtype`` in one launch: (key, value,
+    receptance stacked (3, C, C), output). Eager inference keeps them across forwards (``cast=``)."""
+    return tuple(_cast(tuple(weights), dtype, 3))
 
 
 class _SpatialMixStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, grid, mode, chunks, dtype, decay, first, mu_k, mu_v, mu_r, w_k, w_v, w_r, w_o, *residual):
-        B, N, C = x.shape
-        H, W = grid
-        mats = (w_k, w_v, w_r, w_o)
-        ctx.weight_dtypes = tuple(m.dtype for m in mats)
-        stack, wo = _cast(mats, dtype, 3)
-        x = x.contiguous()
-        mu = tuple(v.contiguous() for v in (mu_k, mu_v, mu_r))
-        mixed = _tsm_fwd(x, H, W, 0, mu, None, dtype, one_minus=True).view(3, -1, C)
-        kvr = torch.bmm(mixed, stack.transpose(1, 2))
-        k, v, r = (t.view(B, N, C) for t in kvr.unbind(0))
-        decay, first = decay.contiguous(), first.contiguous()
-        y, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N)
-        gated = _sigmoid_mul_fwd(r, y)
+        ctx.weight_dtypes = tuple(m.dtype for m in (w_k, w_v, w_r, w_o))
+        mats = spatial_mix_matrices((w_k, w_v, w_r, w_o), dtype)
+        out, saved = _spatial_mix_fwd(x, grid, mode, chunks, dtype, decay, first, (mu_k, mu_v, mu_r), mats, True)
         ctx.meta = (grid, mode, chunks)
-        out, keep = _residual_fwd(ctx, F.linear(gated, wo), *residual)
-        ctx.save_for_backward(*keep, x, *mu, mixed, kvr, decay, first, y, m, car, gated, stack, wo)
+        out, keep = _residual_fwd(ctx, out, *residual)
+        ctx.save_for_backward(*keep, *saved, *mats)
         return out
 
     @staticmethod
@@ -283,9 +366,10 @@ class _SpatialMixStep(torch.autograd.Function):
 
 def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chunks: int, dtype: torch.dtype,
                      decay: torch.Tensor, first: torch.Tensor, mu: Sequence[torch.Tensor],
-                     weights: Sequence[torch.Tensor],
-                     residual=None) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """The v4 token mix of ``SpatialMix._forward_fused`` as one autograd node.
+                     weights: Sequence[torch.Tensor], residual=None, cast: Optional[Sequence[torch.Tensor]] = None
+                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """The v4 token mix of ``SpatialMix._forward_fused`` as one autograd node (grad mode), or as one call launching
+    its kernels (inference).
 
     Args:
         x: (B, N, C) tokens on the row-major ``grid_size``; mode, chunks: the Bi-WKV's.
@@ -293,31 +377,57 @@ def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chu
             kernels); mu: ``spatial_mix_k, _v, _r`` (C,) (weights of the unshifted token).
         weights: the key, value, receptance and output weights (C, C).
         residual: optional block residual add + LayerNorm, as for :func:`time_mix6_step`.
+        cast: inference only - :func:`spatial_mix_matrices` of ``weights``, when the caller keeps them.
     Returns:
         (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``); differentiable in x and every parameter.
     """
-    return _step_result(_SpatialMixStep.apply(x, tuple(grid_size), mode, int(chunks), dtype, decay, first, *mu,
-                                              *weights, *_residual_inputs(residual, x)), residual)
+    grid_size, chunks = tuple(grid_size), int(chunks)
+    if not torch.is_grad_enabled():
+        mats = spatial_mix_matrices(weights, dtype) if cast is None else tuple(cast)
+        out, _ = _spatial_mix_fwd(x, grid_size, mode, chunks, dtype, decay, first, mu, mats, False)
+        return _residual_infer(out, residual)
+    return _step_result(_SpatialMixStep.apply(x, grid_size, mode, chunks, dtype, decay, first, *mu, *weights,
+                                              *_residual_inputs(residual, x)), residual)
+
+
+def _channel_mix_fwd(x, grid, head_size, one_minus, dtype, mix, mats, save: bool):
+    """The channel mix's forward on its cast matrices ``mats`` (key, value, receptance in ``dtype``): (output, the
+    tensors its backward reads, or None without ``save``: intermediates freed after their last use)."""
+    wk, wv, wr = mats
+    B, N, C = x.shape
+    H, W = grid
+    x = x.contiguous()
+    mix = tuple(v.contiguous() for v in mix)
+    mixed = _tsm_fwd(x, H, W, head_size, mix, None, dtype, one_minus=one_minus)
+    xk, xr = mixed[0].view(-1, C), mixed[1].view(-1, C)
+    k = _relu_square_inplace_fwd(F.linear(xk, wk))  # (B N, hidden)
+    del xk
+    v = F.linear(k, wv)
+    if not save:
+        del k  # (the 4C-wide hidden is not held through the gate)
+    r = F.linear(xr, wr)
+    del xr
+    out = _sigmoid_mul_fwd(r, v).view(B, N, C)
+    if not save:
+        return out, None
+    return out, (x, *mix, mixed, k, v, r)
+
+
+def channel_mix_matrices(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    """The channel mix's key, value and receptance weights cast to ``dtype`` in one launch (as they are when already
+    in it). Eager inference keeps them across forwards (``cast=``)."""
+    return tuple(_cast(tuple(weights), dtype, 0))
 
 
 class _ChannelMixStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, grid, head_size, one_minus, dtype, mix_k, mix_r, w_k, w_v, w_r, *residual):
-        B, N, C = x.shape
-        H, W = grid
-        mats = (w_k, w_v, w_r)
-        ctx.weight_dtypes = tuple(m.dtype for m in mats)
-        wk, wv, wr = _cast(mats, dtype, 0)
-        x = x.contiguous()
-        mix = (mix_k.contiguous(), mix_r.contiguous())
-        mixed = _tsm_fwd(x, H, W, head_size, mix, None, dtype, one_minus=one_minus)
-        xk, xr = mixed[0].view(-1, C), mixed[1].view(-1, C)
-        k = _relu_square_inplace_fwd(F.linear(xk, wk))  # (B N, hidden)
-        v = F.linear(k, wv)
-        r = F.linear(xr, wr)
+        ctx.weight_dtypes = tuple(m.dtype for m in (w_k, w_v, w_r))
+        mats = channel_mix_matrices((w_k, w_v, w_r), dtype)
+        out, saved = _channel_mix_fwd(x, grid, head_size, one_minus, dtype, (mix_k, mix_r), mats, True)
         ctx.meta = (grid, head_size, one_minus)
-        out, keep = _residual_fwd(ctx, _sigmoid_mul_fwd(r, v).view(B, N, C), *residual)
-        ctx.save_for_backward(*keep, x, *mix, mixed, k, v, r, wk, wv, wr)
+        out, keep = _residual_fwd(ctx, out, *residual)
+        ctx.save_for_backward(*keep, *saved, *mats)
         return out
 
     @staticmethod
@@ -341,9 +451,11 @@ class _ChannelMixStep(torch.autograd.Function):
 
 
 def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, one_minus: bool,
-                     dtype: torch.dtype, mix: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
-                     residual=None) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """The channel mix of ``ChannelMix._forward_fused`` (Q-Shift, no key norm) as one autograd node.
+                     dtype: torch.dtype, mix: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], residual=None,
+                     cast: Optional[Sequence[torch.Tensor]] = None
+                     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """The channel mix of ``ChannelMix._forward_fused`` (Q-Shift, no key norm) as one autograd node (grad mode), or
+    as one call launching its kernels (inference).
 
     Args:
         x: (B, N, C) tokens on the row-major ``grid_size``; head_size: 0 = whole-channel quarters (v4), else per
@@ -351,8 +463,14 @@ def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int
         dtype: the compute dtype; mix: the key's and the receptance's interpolation vectors (C elements each).
         weights: the key (hidden, C), value (C, hidden) and receptance (C, C) weights.
         residual: optional block residual add + LayerNorm, as for :func:`time_mix6_step`.
+        cast: inference only - :func:`channel_mix_matrices` of ``weights``, when the caller keeps them.
     Returns:
         (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``); differentiable in x and every parameter.
     """
-    return _step_result(_ChannelMixStep.apply(x, tuple(grid_size), int(head_size), bool(one_minus), dtype, *mix,
-                                              *weights, *_residual_inputs(residual, x)), residual)
+    grid_size, head_size, one_minus = tuple(grid_size), int(head_size), bool(one_minus)
+    if not torch.is_grad_enabled():
+        mats = channel_mix_matrices(weights, dtype) if cast is None else tuple(cast)
+        out, _ = _channel_mix_fwd(x, grid_size, head_size, one_minus, dtype, mix, mats, False)
+        return _residual_infer(out, residual)
+    return _step_result(_ChannelMixStep.apply(x, grid_size, head_size, one_minus, dtype, *mix, *weights,
+                                              *_residual_inputs(residual, x)), residual)
