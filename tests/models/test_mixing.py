@@ -459,22 +459,17 @@ def test_step_ready_for_eager_training_and_inference_on_the_default_fused_path(m
     assert step_ready(x, torch.bfloat16, lins)
     with torch.no_grad():
         assert step_ready(x, torch.bfloat16, lins)
-        monkeypatch.setenv("VRWKV_FUSED_GEMM", "1")
-        assert not step_ready(x, torch.bfloat16, lins)
-        monkeypatch.delenv("VRWKV_FUSED_GEMM")
-        monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "1")
-        assert step_ready(x, torch.bfloat16, lins)
-        monkeypatch.delenv("VRWKV_FUSED_MIX_TRAIN")
     assert not step_ready(x.double(), torch.float64, lins)
-    monkeypatch.setenv("VRWKV_FUSED_MIX_TRAIN", "1")
-    assert not step_ready(x, torch.bfloat16, lins)
-    monkeypatch.delenv("VRWKV_FUSED_MIX_TRAIN")
-    monkeypatch.setenv("VRWKV_FUSED_GEMM", "1")
-    assert step_ready(x, torch.bfloat16, lins)
-    monkeypatch.delenv("VRWKV_FUSED_GEMM")
-    monkeypatch.setenv("VRWKV_FUSED_STEP", "0")
-    assert not step_ready(x, torch.bfloat16, lins)
-    monkeypatch.delenv("VRWKV_FUSED_STEP")
+    # (switch, value, grad mode, ready): the GEMM epilogues take inference only, the mixed-operand training GEMMs
+    # training only, VRWKV_FUSED_STEP=0 both
+    for var, value, grad, ready in (("VRWKV_FUSED_GEMM", "1", False, False), ("VRWKV_FUSED_GEMM", "1", True, True),
+                                    ("VRWKV_FUSED_MIX_TRAIN", "1", False, True),
+                                    ("VRWKV_FUSED_MIX_TRAIN", "1", True, False), ("VRWKV_FUSED_STEP", "0", True, False),
+                                    ("VRWKV_FUSED_STEP", "0", False, False)):
+        monkeypatch.setenv(var, value)
+        with torch.set_grad_enabled(grad):
+            assert step_ready(x, torch.bfloat16, lins) is ready, (var, grad)
+        monkeypatch.delenv(var)
     hooked = torch.nn.Linear(8, 8, bias=False)
     hooked.register_forward_hook(lambda *a: None)
     assert not step_ready(x, torch.bfloat16, lins + [hooked])

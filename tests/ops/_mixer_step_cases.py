@@ -109,19 +109,24 @@ def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen
     return y.detach(), (None if n is None else n.detach()), grads, node
 
 
-def run_case(case: dict, device: str = "cpu") -> dict:
+def _setup(case: dict, device: str):
+    """(module with every parameter perturbed, random input x, grid (h, w), compute dtype, the generator)."""
     torch.manual_seed(case.get("seed", 0))
-    kind, kw = case["kind"], case["kwargs"]
-    dtype = DTYPES[case.get("dtype", "fp32")]
-    autocast = dtype != torch.float32
-    module = _module(kind, kw)
+    kw = case["kwargs"]
+    module = _module(case["kind"], kw)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * case.get("noise", 0.3))
-    module = module.to(device)
     h, w = case["grid"]
     x = torch.randn(case["batch"], h * w, kw["dim"], generator=gen).to(device)
+    return module.to(device), x, (h, w), DTYPES[case.get("dtype", "fp32")], gen
+
+
+def run_case(case: dict, device: str = "cpu") -> dict:
+    kw = case["kwargs"]
+    module, x, (h, w), dtype, gen = _setup(case, device)
+    autocast = dtype != torch.float32
     frozen = tuple(case.get("frozen", ()))
     residual = None
     if "residual" in case:
@@ -176,17 +181,8 @@ def run_infer_case(case: dict, device: str = "cpu") -> dict:
     must follow)."""
     from vision_rwkv.ops import fused
 
-    torch.manual_seed(case.get("seed", 0))
     kind, kw = case["kind"], case["kwargs"]
-    dtype = DTYPES[case.get("dtype", "fp32")]
-    module = _module(kind, kw)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * case.get("noise", 0.3))
-    module = module.to(device)
-    h, w = case["grid"]
-    x = torch.randn(case["batch"], h * w, kw["dim"], generator=gen).to(device)
+    module, x, (h, w), dtype, gen = _setup(case, device)
     res_x = torch.randn(x.shape, generator=gen).to(device) if case.get("residual") else None
     ln = tuple((a + 0.3 * torch.randn(kw["dim"], generator=gen)).to(device) for a in (1.0, 0.0))
     steps = fused.mixer_steps()
