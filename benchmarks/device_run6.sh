@@ -55,7 +55,7 @@ timeout 120 python tools/benchmark.py --gemm --dtype bf16 --iters 1 --warmup 1 >
 # the host-time harness on this machine's CPU (stubbed launches, bf16 autocast): set against the eager / graph
 # training steps of step 2 it tells how much of the eager gap is Python per launch
 ( timeout 150 python tools/benchmark_host.py --train --autocast --per-op --repeats 3 --calls 10
-  timeout 60 python tools/benchmark_host.py --autocast --repeats 3 --calls 10 ) > "$W/host_autocast.log" 2>&1 &
+  timeout 60 python tools/benchmark_host.py --autocast --per-op --repeats 3 --calls 10 ) > "$W/host_autocast.log" 2>&1 &
 wait
 stamp "correctness + warm-ups done"
 grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$W/tests_default.log" | cut -c1-200 | tail -12

@@ -92,7 +92,8 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
                    mem_deit=d.get("peak_mem_GiB") or r.get("deit_peak_mem_GiB"),
                    error=r.get("error") or n.get("error"))
         row["graph_deit"] = d.get("graph_img_per_s") or r.get("deit_graph_img_per_s")
-        # training: the same eager step with one autograd node per fused op instead of one per mixer (default)
+        # the same eager step with the mixers op by op (VRWKV_FUSED_STEP=0) instead of one step each (default):
+        # training rows, and inference rows at 224
         row["per_op"] = r.get("per_op_img_per_s")
         row["x_deit_per_op"] = row["per_op"] / d_ips if row["per_op"] and d_ips else None
         for v, src in (("old", r), ("new", n)):

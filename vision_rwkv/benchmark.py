@@ -537,8 +537,9 @@ def _make_model(name: str, res: int, device, **kw):
 
 
 def _time_per_op(step: Callable[[], object], dev: torch.device, iters: int) -> float:
-    """Median ms of the eager training ``step`` with one autograd node per fused op (``VRWKV_FUSED_STEP=0``) instead
-    of one per mixer (:func:`vision_rwkv.ops.fused.mixer_steps`): the same kernels, more host work per launch."""
+    """Median ms of the eager ``step`` with the mixers op by op (``VRWKV_FUSED_STEP=0``: in training one autograd node
+    per fused op, in inference each op through its wrapper) instead of one step per mixer
+    (:func:`vision_rwkv.ops.fused.mixer_steps`): the same kernels, more host work per launch."""
     old = os.environ.get("VRWKV_FUSED_STEP")
     os.environ["VRWKV_FUSED_STEP"] = "0"
     try:
@@ -580,7 +581,8 @@ def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool
     row = dict(params_M=params, **t, img_per_s=batch / (t["ms"] * 1e-3))
     if dev.type == "cuda":
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
-        if train and not name.startswith(("deit", "vit")):
+        # (inference only at the host-bound small sizes: at 1024 px the GPU time hides the difference)
+        if (train or res <= 256) and not name.startswith(("deit", "vit")):
             row["per_op_img_per_s"] = batch / (_time_per_op(step, dev, iters) * 1e-3)
         if graph:  # autocast's weight-cast cache must be off while a graph is captured
             try:
