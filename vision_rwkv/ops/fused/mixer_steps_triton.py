@@ -98,8 +98,8 @@ def _residual_inputs(residual, x: torch.Tensor) -> tuple:
 
 def _residual_fwd(ctx, out: torch.Tensor, x, gamma, weight, bias, scale, meta):
     """The end of a step's forward: ``out`` (the mixer's output), or with a residual (``x`` not None) the block's
-    ``add_norm`` of it in the same node - ``(s, n)``. Returns that and the tensors the backward reads (to save
-    first, in :func:`_residual_bwd`'s order)."""
+    ``add_norm`` of it in the same node - ``(s, n)``. Returns that and the tensors the backward reads (saved first,
+    in :func:`_node_grads`'s order)."""
     ctx.residual = None
     if x is None:
         return out, ()
@@ -115,23 +115,27 @@ def _residual_fwd(ctx, out: torch.Tensor, x, gamma, weight, bias, scale, meta):
     return (s, n), (out if _add_norm_needs_y(post, gamma) else None, None if post else s, gamma, weight, bias, scale)
 
 
-def _saved(ctx) -> Tuple[tuple, tuple]:
-    """(the residual's saved tensors, the step's own), saved as ``(*residual, *own)``."""
+def _node_out(ctx, out: torch.Tensor, saved: tuple, mats: tuple, residual: tuple):
+    """The end of a step Function's forward: ``out``, or the block's ``(s, n)`` with a residual
+    (:func:`_residual_fwd`); saves ``(*the residual's tensors, *saved, *mats)`` for :func:`_node_grads`."""
+    out, keep = _residual_fwd(ctx, out, *residual)
+    ctx.save_for_backward(*keep, *saved, *mats)
+    return out
+
+
+def _node_grads(ctx, grads: tuple) -> Tuple[tuple, torch.Tensor, tuple]:
+    """The start of a step Function's backward: (its own saved tensors - ``saved`` then ``mats`` of
+    :func:`_node_out` -, d out, the gradients of the six residual inputs) from the node's output gradients."""
     saved = ctx.saved_tensors
-    k = len(_NO_RESIDUAL) if ctx.residual is not None else 0
-    return saved[:k], saved[k:]
-
-
-def _residual_bwd(ctx, grads: tuple, keep: tuple) -> Tuple[torch.Tensor, tuple]:
-    """(d out, the gradients of the six residual inputs) from the node's output gradients."""
     if ctx.residual is None:
-        return grads[0], _NO_RESIDUAL
+        return saved, grads[0], _NO_RESIDUAL
+    keep, saved = saved[:len(_NO_RESIDUAL)], saved[len(_NO_RESIDUAL):]
     eps, post, x_dtype, y_dtype = ctx.residual
     y, s, gamma, weight, bias, scale = keep
     gs, gn = grads
     gx, gy, sums = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
                                  None if post else gn, x_dtype, scale, y_dtype)
-    return gy, (gx, *split_param_grads(sums, gamma, weight, bias), None, None)
+    return saved, gy, (gx, *split_param_grads(sums, gamma, weight, bias), None, None)
 
 
 def _step_result(out, residual):
@@ -220,16 +224,13 @@ class _TimeMix6Step(torch.autograd.Function):
         out, saved = _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats, True)
         ctx.meta = (grid, head_size, eps, cast_w2)
         ctx.vectors = vectors
-        out, keep = _residual_fwd(ctx, out, *residual)
-        ctx.save_for_backward(*keep, *saved, *mats)
-        return out
+        return _node_out(ctx, out, saved, mats, residual)
 
     @staticmethod
     def backward(ctx, *grads):
-        keep, saved = _saved(ctx)
+        saved, gout, g_residual = _node_grads(ctx, grads)
         (x, a_x, m_w, m_k, m_v, m_r, m_g, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack, wo, w1c,
          d1c, d2c, w2c) = saved
-        gout, g_residual = _residual_bwd(ctx, grads, keep)
         (H, W), head_size, eps, cast_w2 = ctx.meta
         B, N, C = x.shape
         heads = C // head_size
@@ -339,15 +340,12 @@ class _SpatialMixStep(torch.autograd.Function):
         mats = spatial_mix_matrices((w_k, w_v, w_r, w_o), dtype)
         out, saved = _spatial_mix_fwd(x, grid, mode, chunks, dtype, decay, first, (mu_k, mu_v, mu_r), mats, True)
         ctx.meta = (grid, mode, chunks)
-        out, keep = _residual_fwd(ctx, out, *residual)
-        ctx.save_for_backward(*keep, *saved, *mats)
-        return out
+        return _node_out(ctx, out, saved, mats, residual)
 
     @staticmethod
     def backward(ctx, *grads):
-        keep, saved = _saved(ctx)
+        saved, gout, g_residual = _node_grads(ctx, grads)
         x, mu_k, mu_v, mu_r, mixed, kvr, decay, first, y, m, car, gated, stack, wo = saved
-        gout, g_residual = _residual_bwd(ctx, grads, keep)
         (H, W), mode, chunks = ctx.meta
         B, N, C = x.shape
         g_gated, g_wo = _linear_bwd(gout.reshape(-1, C), gated.view(-1, C), wo)
@@ -426,15 +424,12 @@ class _ChannelMixStep(torch.autograd.Function):
         mats = channel_mix_matrices((w_k, w_v, w_r), dtype)
         out, saved = _channel_mix_fwd(x, grid, head_size, one_minus, dtype, (mix_k, mix_r), mats, True)
         ctx.meta = (grid, head_size, one_minus)
-        out, keep = _residual_fwd(ctx, out, *residual)
-        ctx.save_for_backward(*keep, *saved, *mats)
-        return out
+        return _node_out(ctx, out, saved, mats, residual)
 
     @staticmethod
     def backward(ctx, *grads):
-        keep, saved = _saved(ctx)
+        saved, gout, g_residual = _node_grads(ctx, grads)
         x, mix_k, mix_r, mixed, k, v, r, wk, wv, wr = saved
-        gout, g_residual = _residual_bwd(ctx, grads, keep)
         (H, W), head_size, one_minus = ctx.meta
         B, N, C = x.shape
         g_r, g_v = _sigmoid_mul_bwd(r, v, gout.reshape(-1, C))
