@@ -29,9 +29,9 @@ from vision_rwkv.ops import fused
 from vision_rwkv.ops.cast_weights import cast_weights
 from vision_rwkv.ops.stacked_linear import stacked_linear
 
-__all__ = ['step_ready', 'step_matrices', 'stackable', 'linear_stack', 'plain_weights', 'step_weights',
-           'mix_gemm_weights',
-           'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay', 'mix_gemm_ready', 'derived_in_inference']
+__all__ = ['step_ready', 'step_linear_weights', 'step_matrices', 'stackable', 'linear_stack', 'plain_weights',
+           'step_weights', 'mix_gemm_weights', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay',
+           'mix_gemm_enabled', 'mix_gemm_ready', 'derived_in_inference']
 
 
 def _plain_linear(linear: nn.Module) -> bool:
@@ -46,33 +46,48 @@ def _epilogue_ready(linear: nn.Module) -> bool:
     return fused.fused_gemm_enabled() and _plain_linear(linear)
 
 
+def mix_gemm_enabled() -> bool:
+    """The switch of :func:`mix_gemm_ready`: ``VRWKV_FUSED_MIX=1`` in inference (no grad mode),
+    ``VRWKV_FUSED_MIX_TRAIN=1`` in training. Mixers test it before reading their projections (each submodule read is
+    an ``nn.Module.__getattr__``, ~0.6 us of host time per call)."""
+    return fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_mix_enabled()
+
+
 def mix_gemm_ready(*linears: nn.Module) -> bool:
     """Whether the fused path forms the Q-Shift interpolations inside the GEMMs of these projections
     (:func:`vision_rwkv.ops.fused.mix_linear`): plain projections, and switched on - in inference (no grad mode) by
     ``VRWKV_FUSED_MIX=1``, in training by ``VRWKV_FUSED_MIX_TRAIN=1`` (a memory saving: the ops' backward recomputes
     the mixed inputs instead of storing them; off by default, where storing them once is the faster choice)."""
-    enabled = fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_mix_enabled()
-    return enabled and all(_plain_linear(m) for m in linears)
+    return mix_gemm_enabled() and all(_plain_linear(m) for m in linears)
 
 
 def step_ready(x: torch.Tensor, dtype: torch.dtype, linears: Sequence[nn.Module]) -> bool:
-    """Whether a fused mixer may run as one step (:func:`vision_rwkv.ops.fused.mixer_steps`) for activations ``x``
-    computing in ``dtype`` - in eager training ONE autograd node, in eager inference one call that launches its
-    kernels without the per-op wrappers: not compiling, switched on (``VRWKV_FUSED_STEP``, the default), no float64,
-    the fused ops on their Triton backend, and plain projections (:func:`_plain_linear`) whose weights share one dtype
-    and device (one cast launch for all). Training: not the opt-in mixed-operand training GEMMs
+    """:func:`step_linear_weights` found the step possible."""
+    return step_linear_weights(x, dtype, linears) is not None
+
+
+def step_linear_weights(x: torch.Tensor, dtype: torch.dtype,
+                        linears: Sequence[nn.Module]) -> Optional[Tuple[torch.Tensor, ...]]:
+    """The weights of ``linears`` (each read once: the step takes them) if a fused mixer may run as one step
+    (:func:`vision_rwkv.ops.fused.mixer_steps`) for activations ``x`` computing in ``dtype`` - in eager training ONE
+    autograd node, in eager inference one call that launches its kernels without the per-op wrappers: not
+    compiling, switched on (``VRWKV_FUSED_STEP``, the default), no float64, the fused ops on their Triton backend,
+    and plain projections (:func:`_plain_linear`) whose weights share one dtype and device (one cast launch for all).
+    Training: not the opt-in mixed-operand training GEMMs
     (``VRWKV_FUSED_MIX_TRAIN``, a memory saving the per-op path runs); the GEMM-epilogue kernels
     (``VRWKV_FUSED_GEMM``) do not stop it - the steps keep the cuBLAS GEMMs (eager training at 224 px is bound by
     host time, which the one node saves). Inference: not with ``VRWKV_FUSED_GEMM`` (its epilogue kernels are the
-    point there; the per-op path runs them). The caller checks its own structure (Q-Shift, no key norm, ...)."""
+    point there; the per-op path runs them). None otherwise. The caller checks its own structure (Q-Shift, no key
+    norm, ...)."""
     if torch.compiler.is_compiling() or not fused.fused_step_enabled() or torch.float64 in (x.dtype, dtype):
-        return False
+        return None
     if fused.fused_mix_train_enabled() if torch.is_grad_enabled() else fused.fused_gemm_enabled():
-        return False
-    if not fused.triton_active(x):  # (the steps launch the Triton kernels themselves)
-        return False
-    w0 = linears[0].weight
-    return all(_plain_linear(m) and m.weight.dtype == w0.dtype and m.weight.device == w0.device for m in linears)
+        return None
+    if not fused.triton_active(x) or not all(_plain_linear(m) for m in linears):  # (the steps launch the kernels)
+        return None
+    weights = tuple(m.weight for m in linears)
+    w0 = weights[0]
+    return weights if all(w.dtype == w0.dtype and w.device == w0.device for w in weights) else None
 
 
 def step_matrices(module: nn.Module, weights: Tuple[torch.Tensor, ...], make: Callable[[], Any],

@@ -34,7 +34,7 @@ from vision_rwkv.ops.dispatch import resolve_backend
 
 from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linear_stack, lora_decay, lora_tanh,
                            mix_gemm_ready, mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights,
-                           step_matrices, step_ready)
+                           step_linear_weights, step_matrices, mix_gemm_enabled)
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
@@ -183,7 +183,7 @@ class ChannelMix(nn.Module):
 
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the receptance GEMM's epilogue can take the residual add + LayerNorm."""
-        return self.token_shift == 'q_shift' and mix_gemm_ready(self.key, self.receptance)
+        return self.token_shift == 'q_shift' and mix_gemm_enabled() and mix_gemm_ready(self.key, self.receptance)
 
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
                        residual: Optional[fused.ResidualNorm] = None):
@@ -191,11 +191,13 @@ class ChannelMix(nn.Module):
         residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
         in eager inference) when :func:`step_ready`, else :meth:`_forward_per_op` and :func:`fused.add_norm`."""
         out_dtype = fused.compute_dtype(x)
-        linears = (self.key, self.value, self.receptance)
-        if self.token_shift == 'q_shift' and self.key_norm is None and step_ready(x, out_dtype, linears):
+        weights = None
+        if self.token_shift == 'q_shift' and self.key_norm is None:
+            weights = step_linear_weights(x, out_dtype, (self.key, self.value, self.receptance))
+        if weights is not None:
             one_minus = self.param_style == 'vrwkv'
             mix = (self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r)
-            steps, weights = fused.mixer_steps(), tuple(m.weight for m in linears)
+            steps = fused.mixer_steps()
             cast = step_matrices(self, weights, lambda: steps.channel_mix_matrices(weights, out_dtype), out_dtype)
             return steps.channel_mix_step(x, grid_size, self.head_size or 0, one_minus, out_dtype, mix, weights,
                                           residual=residual, cast=cast)
@@ -398,7 +400,8 @@ class TimeMixV6(nn.Module):
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the output GEMM (GroupNorm * gate operand) can take the residual add +
         LayerNorm into its epilogue."""
-        return (self.token_shift == 'q_shift' and mix_gemm_ready(self.receptance, self.key, self.value, self.gate)
+        return (self.token_shift == 'q_shift' and mix_gemm_enabled()
+                and mix_gemm_ready(self.receptance, self.key, self.value, self.gate)
                 and _plain_linear(self.output))
 
     def _forward_plain(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
@@ -423,17 +426,16 @@ class TimeMixV6(nn.Module):
         :func:`fused.add_norm`."""
         dtype = fused.compute_dtype(x)
         projections = (self.key, self.value, self.receptance, self.gate)
-        stacked = self.token_shift == 'q_shift' and stackable(*projections)  # k, v, r, g: one batched GEMM
-        if stacked and self._steps_as_one_node(x, dtype):
-            steps = fused.mixer_steps()
-            weights = tuple(m.weight for m in projections + (self.output,))
-            lora = (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2)
+        step = self._step_inputs(x, dtype, projections)
+        if step is not None:
+            steps, (weights, lora) = fused.mixer_steps(), step
             cast = step_matrices(self, weights + lora, lambda: steps.time_mix6_matrices(weights, lora, dtype), dtype)
             return steps.time_mix6_step(
                 x, grid_size, self.head_size, self.ln_x.eps, dtype,
                 (self.time_maa_x, self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g,
                  self.time_decay), self.time_faaaa, self.ln_x.weight, self.ln_x.bias, weights, lora,
                 residual=residual, cast=cast)
+        stacked = self.token_shift == 'q_shift' and stackable(*projections)  # k, v, r, g: one batched GEMM
         out = self._forward_per_op(x, grid_size, dtype, stacked)
         return out if residual is None else residual.apply(out)
 
@@ -483,20 +485,29 @@ class TimeMixV6(nn.Module):
         return self._wkv_out(r, k, v, g, logd, dtype, w.get('output'))
 
     def _steps_as_one_node(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        """Whether this fused forward runs as one step (:func:`fused.mixer_steps`; :func:`step_ready`):
-        the Q-Shift, no key norm, the WKV in the activations' dtype on its Triton kernels, a LoRA rank the Q-Shift +
-        LoRA kernel takes (a power of two >= 16) and LoRA matrices in the projections' dtype."""
+        """Whether this fused forward runs as one step (:func:`fused.mixer_steps`; :meth:`_step_inputs`)."""
+        return self._step_inputs(x, dtype, (self.key, self.value, self.receptance, self.gate)) is not None
+
+    def _step_inputs(self, x: torch.Tensor, dtype: torch.dtype, projections: Tuple[nn.Module, ...]):
+        """(the key, value, receptance, gate and output weights, the LoRA matrices ``time_maa_w1``,
+        ``time_decay_w1``, ``time_decay_w2``, ``time_maa_w2``), each read once, when this fused forward runs as one
+        step (:func:`fused.mixer_steps`; :func:`step_linear_weights`), else None: the Q-Shift, no key norm, k, v, r, g
+        of one shape (one batched GEMM), the WKV in the activations' dtype on its Triton kernels, a LoRA rank the
+        Q-Shift + LoRA kernel takes (a power of two >= 16) and LoRA matrices in the projections' dtype."""
         rank = self.mix_rank
         if (self.token_shift != 'q_shift' or self.key_norm is not None or self.fp32_wkv or rank < 16
                 or rank & (rank - 1)):
-            return False
-        lora = (self.time_maa_w1, self.time_maa_w2, self.time_decay_w1, self.time_decay_w2)
-        w = self.output.weight
+            return None
+        weights = step_linear_weights(x, dtype, projections + (self.output,))
+        if weights is None or any(w.shape != weights[0].shape for w in weights[1:4]):
+            return None
+        lora = (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2)
+        w = weights[4]
         if any(m.dtype != w.dtype or m.device != w.device for m in lora):
-            return False
-        if not step_ready(x, dtype, (self.key, self.value, self.receptance, self.gate, self.output)):
-            return False
-        return resolve_backend('bi_wkv6', x.device, self.wkv_backend, (x.dtype, dtype)) == 'triton'
+            return None
+        if resolve_backend('bi_wkv6', x.device, self.wkv_backend, (x.dtype, dtype)) != 'triton':
+            return None
+        return weights, lora
 
     def _step_weights(self, dtype: torch.dtype, stacked: bool) -> Dict[str, torch.Tensor]:
         """The fused forward's matrices in ``dtype``, cast in one launch (:func:`step_weights`): the plain

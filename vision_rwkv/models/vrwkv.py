@@ -30,8 +30,8 @@ from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
 from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
-                           mix_gemm_weights, plain_weights, receptance_gate, stackable, step_matrices, step_ready,
-                           step_weights)
+                           mix_gemm_weights, plain_weights, receptance_gate, stackable, step_linear_weights,
+                           step_matrices, step_weights, mix_gemm_enabled)
 from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
@@ -124,7 +124,7 @@ class SpatialMix(nn.Module):
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the output projection runs as a Triton GEMM with the residual add +
         LayerNorm in its epilogue."""
-        return mix_gemm_ready(self.key, self.value, self.receptance, self.output)
+        return mix_gemm_enabled() and mix_gemm_ready(self.key, self.value, self.receptance, self.output)
 
     def _forward_plain(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
         shifted = q_shift(x, grid_size)
@@ -141,14 +141,16 @@ class SpatialMix(nn.Module):
         residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
         in eager inference) when :func:`step_ready`, else :meth:`_forward_per_op` (or the mixed-operand GEMMs) and
         :func:`fused.add_norm`."""
-        if mix_gemm_ready(self.key, self.value, self.receptance):  # (an output projection with hooks: cuBLAS)
+        if mix_gemm_enabled() and mix_gemm_ready(self.key, self.value, self.receptance):  # (output with hooks)
             out = self._forward_mix_gemm(x, grid_size)
             return out if residual is None else residual.apply(out)
         dtype = fused.compute_dtype(x)
-        linears = (self.key, self.value, self.receptance, self.output)
-        if self.key_norm is None and stackable(*linears[:3]) and step_ready(x, dtype, linears):
+        weights = None
+        if self.key_norm is None:
+            weights = step_linear_weights(x, dtype, (self.key, self.value, self.receptance, self.output))
+        if weights is not None and all(w.shape == weights[0].shape for w in weights[1:3]):  # k, v, r: one GEMM
             if resolve_backend('bi_wkv', x.device, None, (x.dtype, dtype)) == 'triton':  # one step
-                steps, weights = fused.mixer_steps(), tuple(m.weight for m in linears)
+                steps = fused.mixer_steps()
                 cast = step_matrices(self, weights, lambda: steps.spatial_mix_matrices(weights, dtype), dtype)
                 return steps.spatial_mix_step(
                     x, grid_size, self.wkv_mode, self.wkv_chunks, dtype, self.spatial_decay, self.spatial_first,
