@@ -239,12 +239,6 @@ def measure_all(cases: list, repeats: int = 5, calls: int = 20) -> list:
         return [case.row(stubs) for case in cases]
 
 
-def measure(name: str, fused: bool = True, repeats: int = 5, calls: int = 20, train: bool = False,
-            dim: int | None = None, autocast: bool = False, one_node: bool = True) -> dict:
-    """:func:`measure_all` of one case (see :class:`_Case` for the arguments)."""
-    return measure_all([_Case(name, fused, train, dim, autocast, one_node)], repeats, calls)[0]
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help=f"repeatable; default {MODELS}")

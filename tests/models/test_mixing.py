@@ -447,7 +447,10 @@ def test_step_ready_for_eager_training_and_inference_on_the_default_fused_path(m
     device, and are switched off by
     VRWKV_FUSED_STEP=0, and need the fused ops' Triton backend; the mixers check their own structure on top (key
     norm, 1-D shift, fp32 WKV, LoRA rank)."""
-    from vision_rwkv.models._projections import step_ready
+    from vision_rwkv.models._projections import step_linear_weights
+
+    def step_ready(x, dtype, linears):
+        return step_linear_weights(x, dtype, linears) is not None
     from vision_rwkv.ops import fused
 
     for var in ("VRWKV_FUSED_STEP", "VRWKV_FUSED_GEMM", "VRWKV_FUSED_MIX_TRAIN", "VRWKV_BACKEND"):

@@ -8,9 +8,9 @@
   ``sigmoid(receptance(x)) * y``: one GEMM with the activation in its epilogue when
   :func:`~vision_rwkv.ops.fused.fused_gemm_enabled`, else the Linear and one elementwise pass; likewise
   :func:`lora_tanh` / :func:`lora_decay` for the RWKV-6 LoRAs (tanh; the log decay).
-* :func:`step_ready` / :func:`step_matrices` - whether a fused mixer runs as one step
+* :func:`step_linear_weights` / :func:`step_matrices` - whether a fused mixer runs as one step
   (:func:`vision_rwkv.ops.fused.mixer_steps`: one autograd node in eager training, one call in eager inference), and
-  the step's cast matrices kept across inference forwards.
+  (with the projections' weights, read once), and the step's cast matrices kept across inference forwards.
 * :func:`mix_gemm_ready` - whether the Q-Shift interpolations ride in the projections' GEMMs (inference,
   ``VRWKV_FUSED_MIX=1``; training, ``VRWKV_FUSED_MIX_TRAIN=1``): the mixed inputs are then never written (in
   training: recomputed by the backward).
@@ -29,7 +29,7 @@ from vision_rwkv.ops import fused
 from vision_rwkv.ops.cast_weights import cast_weights
 from vision_rwkv.ops.stacked_linear import stacked_linear
 
-__all__ = ['step_ready', 'step_linear_weights', 'step_matrices', 'stackable', 'linear_stack', 'plain_weights',
+__all__ = ['step_linear_weights', 'step_matrices', 'stackable', 'linear_stack', 'plain_weights',
            'step_weights', 'mix_gemm_weights', 'key_relu_square', 'receptance_gate', 'lora_tanh', 'lora_decay',
            'mix_gemm_enabled', 'mix_gemm_ready', 'derived_in_inference']
 
@@ -59,11 +59,6 @@ def mix_gemm_ready(*linears: nn.Module) -> bool:
     ``VRWKV_FUSED_MIX=1``, in training by ``VRWKV_FUSED_MIX_TRAIN=1`` (a memory saving: the ops' backward recomputes
     the mixed inputs instead of storing them; off by default, where storing them once is the faster choice)."""
     return mix_gemm_enabled() and all(_plain_linear(m) for m in linears)
-
-
-def step_ready(x: torch.Tensor, dtype: torch.dtype, linears: Sequence[nn.Module]) -> bool:
-    """:func:`step_linear_weights` found the step possible."""
-    return step_linear_weights(x, dtype, linears) is not None
 
 
 def step_linear_weights(x: torch.Tensor, dtype: torch.dtype,

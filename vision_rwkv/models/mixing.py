@@ -189,7 +189,8 @@ class ChannelMix(nn.Module):
                        residual: Optional[fused.ResidualNorm] = None):
         """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
         residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
-        in eager inference) when :func:`step_ready`, else :meth:`_forward_per_op` and :func:`fused.add_norm`."""
+        in eager inference) when :func:`step_linear_weights` allows, else :meth:`_forward_per_op` and
+        :func:`fused.add_norm`."""
         out_dtype = fused.compute_dtype(x)
         weights = None
         if self.token_shift == 'q_shift' and self.key_norm is None:

@@ -139,8 +139,8 @@ class SpatialMix(nn.Module):
     def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
         """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
         residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
-        in eager inference) when :func:`step_ready`, else :meth:`_forward_per_op` (or the mixed-operand GEMMs) and
-        :func:`fused.add_norm`."""
+        in eager inference) when :func:`step_linear_weights` allows, else :meth:`_forward_per_op` (or the
+        mixed-operand GEMMs) and :func:`fused.add_norm`."""
         if mix_gemm_enabled() and mix_gemm_ready(self.key, self.value, self.receptance):  # (output with hooks)
             out = self._forward_mix_gemm(x, grid_size)
             return out if residual is None else residual.apply(out)

@@ -182,7 +182,7 @@ def fused_enabled(x: torch.Tensor) -> bool:
         return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
     if _is_compiling() and not FUSED_UNDER_COMPILE:
         return False
-    return _resolve("fused", x.device, None) == "triton"
+    return triton_active(x)
 
 
 def triton_active(x: torch.Tensor) -> bool:

@@ -25,7 +25,7 @@ The weight matrices come in their own dtype (the fp32 parameters under autocast)
 in one ``_foreach_copy_`` (their gradients back in one), as :func:`vision_rwkv.ops.cast_weights.cast_weights` does
 for the per-op path. Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the
 cuBLAS GEMMs); the models fall back to the per-op path otherwise (see ``vision_rwkv/models/_projections.py``,
-``step_ready``), and the tests check every output and gradient against that path and the plain models.
+``step_linear_weights``), and the tests check every output and gradient against that path and the plain models.
 """
 from __future__ import annotations
 
@@ -36,10 +36,9 @@ import torch.nn.functional as F
 
 from ..bi_wkv import triton as wkv4
 from ..bi_wkv6 import triton as wkv6
-from .._triton_utils import coef_grads
+from .._triton_utils import coef_grads, split_param_grads
 from ..cast_weights import cast_all, cast_back
 from ..stacked_linear import batched_linear_grads
-from .._triton_utils import split_param_grads
 from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd, _gn_mul_fwd,
                      _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd,
                      _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd, _decay_fwd, decay_grads)
@@ -96,6 +95,18 @@ def _residual_inputs(residual, x: torch.Tensor) -> tuple:
             (float(residual.eps), bool(residual.post), residual.out_dtype))
 
 
+def _add_residual(out: torch.Tensor, x, gamma, weight, bias, scale, eps: float, post: bool, out_dtype,
+                  inplace: bool = False):
+    """The block's ``add_norm`` of the residual ``x`` and the mixer's output ``out`` (the training node and the
+    inference call alike): ``(s, n, (gamma, weight, bias, scale))`` - the operands as the kernels read them."""
+    gamma = None if gamma is None else gamma.contiguous()
+    weight, bias = weight.contiguous(), bias.contiguous()
+    scale = None if scale is None else scale.contiguous()
+    s, n = _add_norm_fwd(x.contiguous(), out.contiguous(), gamma, weight, bias, float(eps), bool(post),
+                         out_dtype or x.dtype, scale, inplace=inplace)
+    return s, n, (gamma, weight, bias, scale)
+
+
 def _residual_fwd(ctx, out: torch.Tensor, x, gamma, weight, bias, scale, meta):
     """The end of a step's forward: ``out`` (the mixer's output), or with a residual (``x`` not None) the block's
     ``add_norm`` of it in the same node - ``(s, n)``. Returns that and the tensors the backward reads (saved first,
@@ -104,11 +115,7 @@ def _residual_fwd(ctx, out: torch.Tensor, x, gamma, weight, bias, scale, meta):
     if x is None:
         return out, ()
     eps, post, out_dtype = meta
-    gamma = None if gamma is None else gamma.contiguous()
-    weight, bias = weight.contiguous(), bias.contiguous()
-    scale = None if scale is None else scale.contiguous()
-    s, n = _add_norm_fwd(x.contiguous(), out.contiguous(), gamma, weight, bias, eps, post, out_dtype or x.dtype,
-                         scale)
+    s, n, (gamma, weight, bias, scale) = _add_residual(out, x, gamma, weight, bias, scale, eps, post, out_dtype)
     ctx.residual = (eps, post, x.dtype, out.dtype)
     if post:
         ctx.mark_non_differentiable(n)
@@ -149,10 +156,8 @@ def _residual_infer(out: torch.Tensor, residual):
     if residual is None:
         return out
     r = residual
-    gamma = None if r.gamma is None else r.gamma.contiguous()
-    scale = None if r.sample_scale is None else r.sample_scale.contiguous()
-    s, n = _add_norm_fwd(r.x.contiguous(), out, gamma, r.weight.contiguous(), r.bias.contiguous(), float(r.eps),
-                         bool(r.post), r.out_dtype or r.x.dtype, scale, inplace=r.inplace)
+    s, n, _ = _add_residual(out, r.x, r.gamma, r.weight, r.bias, r.sample_scale, r.eps, r.post, r.out_dtype,
+                            r.inplace)
     return (s, None) if r.post else (s, n)
 
 
