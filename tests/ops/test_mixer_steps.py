@@ -51,10 +51,15 @@ TOLS = {"fp32": ((1e-5, 1e-4), (1e-6, 1e-5)), "bf16": ((2e-2, 5e-2), (1e-2, 2e-2
         "fp16": ((3e-3, 1e-2), (2e-3, 5e-3))}
 
 
+def _interpreted(cases: dict) -> dict:
+    """The cases run by ``_mixer_step_cases.py`` under the Triton interpreter (one subprocess)."""
+    return run_script_in_interpreter(__file__.replace("test_mixer_steps.py", "_mixer_step_cases.py"),
+                                     [__import__("json").dumps(cases)], timeout=900)
+
+
 @pytest.fixture(scope="module")
 def cpu_results():
-    return run_script_in_interpreter(__file__.replace("test_mixer_steps.py", "_mixer_step_cases.py"),
-                                     [__import__("json").dumps(CPU_CASES)], timeout=900)
+    return _interpreted(CPU_CASES)
 
 
 def check(case: dict, res: dict, tols=None) -> None:
@@ -104,8 +109,7 @@ INFER_CASES = {
 
 @pytest.fixture(scope="module")
 def infer_results():
-    return run_script_in_interpreter(__file__.replace("test_mixer_steps.py", "_mixer_step_cases.py"),
-                                     [__import__("json").dumps(INFER_CASES)], timeout=900)
+    return _interpreted(INFER_CASES)
 
 
 def check_infer(case: dict, res: dict, tols=None) -> None:
