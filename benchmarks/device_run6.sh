@@ -6,7 +6,8 @@
 #    case, the opt-in kernels' own cases included; pytest -v, so a killed run still leaves a line per test), the
 #    whole-model CUDA tests with every opt-in on, compute-sanitizer memcheck over every kernel family, and compile
 #    warm-ups of the timing steps (so that step 2 hits the Triton cache), and tools/benchmark_host.py --autocast on
-#    the machine's CPU (host time per training step / forward with the launches stubbed: host_autocast.log).
+#    the machine's CPU (host time per training step / forward with the launches stubbed: host_autocast.log; with
+#    Triton's host path per launch, compiled kernels: host_launches.log).
 # 2. Timing, one process at a time (<= 325 s): WKV kernels old vs new (benchmarks/sweep.py, eager and CUDA graph), the
 #    GEMM-epilogue table (with the mixed-operand GEMMs of VRWKV_FUSED_MIX against the shift pass + cuBLAS), backbones VRWKV/VRWKV6 T and S at 224 and 1024 in bf16 plus a training step at 224, with the
 #    current defaults ("old", DeiT of the same size in the same run) and with every opt-in ("new"); inference also
@@ -56,6 +57,10 @@ timeout 120 python tools/benchmark.py --gemm --dtype bf16 --iters 1 --warmup 1 >
 # training steps of step 2 it tells how much of the eager gap is Python per launch
 ( timeout 150 python tools/benchmark_host.py --train --autocast --per-op --repeats 3 --calls 10
   timeout 60 python tools/benchmark_host.py --autocast --per-op --repeats 3 --calls 10 ) > "$W/host_autocast.log" 2>&1 &
+# the same with Triton's own host path per launch (compiled kernels, C call recorded; our short launch path vs
+# Triton's JITFunction.run): what a launch costs this machine's CPU before the driver
+timeout 200 python tools/benchmark_host.py --train --autocast --launches triton --repeats 3 --calls 10 \
+  > "$W/host_launches.log" 2>&1 &
 wait
 stamp "correctness + warm-ups done"
 grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$W/tests_default.log" | cut -c1-200 | tail -12

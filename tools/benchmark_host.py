@@ -21,6 +21,13 @@ on a GPU.
     python tools/benchmark_host.py --train --autocast               # the same under bf16 autocast
     python tools/benchmark_host.py --train --per-op                 # + one autograd node per op (not per mixer)
     python tools/benchmark_host.py --per-op                         # inference: + each op through its wrapper
+    python tools/benchmark_host.py --train --launches triton        # + Triton's own launch path, see below
+
+``--launches triton``: instead of stubbing the Triton launches, the kernels are compiled for sm_90 and launched through
+Triton's real host path up to its final C call (``vision_rwkv.ops.host_driver``): what Triton's binding,
+specialization and launcher cost per launch is then part of the timing (DeiT has no Triton launch). Our models run
+twice: with the short launch path of ``vision_rwkv.ops.triton_jit`` (the default, path "fused") and with Triton's
+``JITFunction.run`` (``VRWKV_TRITON_FAST_LAUNCH=0``, path "..., Triton's launch").
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ os.environ.setdefault("VRWKV_BACKEND", "triton")
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -175,9 +183,11 @@ class _Case:
     op by op)."""
 
     def __init__(self, name: str, fused: bool = True, train: bool = False, dim: int | None = None,
-                 autocast: bool = False, one_node: bool = True):
+                 autocast: bool = False, one_node: bool = True, fast_launch: bool = True):
         self.name, self.fused, self.train, self.autocast, self.one_node = name, fused, train, autocast, one_node
-        self.env = {"VRWKV_FUSED": "1" if fused else "0", "VRWKV_FUSED_STEP": "1" if one_node else "0"}
+        self.fast_launch = fast_launch
+        self.env = {"VRWKV_FUSED": "1" if fused else "0", "VRWKV_FUSED_STEP": "1" if one_node else "0",
+                    "VRWKV_TRITON_FAST_LAUNCH": "1" if fast_launch else "0"}
         self.activate()
         self.model = timm.create_model(name, img_size=32, num_classes=0, **narrow_kwargs(name, dim)).train(train)
         self.x = torch.randn(1, 3, 32, 32)
@@ -195,17 +205,23 @@ class _Case:
         if self.train:
             y.float().sum().backward()
 
-    def row(self, stubs: "_Stubs") -> dict:
-        """Launch counts of one step (recorded now) and the best time, as a result row."""
+    def row(self, stubs: "_Stubs", host=None) -> dict:
+        """Launch counts of one step (recorded now) and the best time, as a result row. ``host``: the
+        :class:`~vision_rwkv.ops.host_driver.HostOnlyDriver` the Triton launches go through, if any."""
         self.activate()
         stubs.triton.clear()
         stubs.gemm = 0
+        before = host.launch_count if host is not None else 0
         with _AtenCount() as aten:
             self.step(stubs)
+        if host is not None:
+            stubs.triton["(compiled kernels)"] = host.launch_count - before
         matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # (batched) products not via F.linear
         other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
         gemms = stubs.gemm + matmuls
         path = ("fused" if self.one_node else "fused, per-op") if self.fused else "plain"
+        if host is not None and self.fused and not self.fast_launch:
+            path += ", Triton's launch"
         return dict(model=self.name, path=path, fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
                     mode="train" if self.train else "inference",
                     dtype="bf16 autocast" if self.autocast else "fp32", host_ms=self.best * 1e3,
@@ -214,7 +230,7 @@ class _Case:
                     aten_by_op={op: n for op, n in sorted(aten.ops.items()) if op not in VIEW_OPS})
 
 
-def measure_all(cases: list, repeats: int = 5, calls: int = 20) -> list:
+def measure_all(cases: list, repeats: int = 5, calls: int = 20, host=None) -> list:
     """Host ms per step of each case (thread CPU time, best of ``repeats`` means over ``calls``) and its launches
     per step. The cases are timed in turns - each repeat one round of ``calls`` steps per case - with the garbage
     collector paused, so that a slow spell of a shared VM or a collection falls on all of them alike."""
@@ -236,7 +252,7 @@ def measure_all(cases: list, repeats: int = 5, calls: int = 20) -> list:
                     case.best = min(case.best, (time.thread_time() - t0) / calls)
         finally:
             gc.enable()
-        return [case.row(stubs) for case in cases]
+        return [case.row(stubs, host) for case in cases]
 
 
 def main(argv=None) -> int:
@@ -256,18 +272,30 @@ def main(argv=None) -> int:
                         "on it, while the aten ops that run for real on CPU - the batched projections, the LoRA "
                         "products, weight stacks and casts - cost milliseconds of compute at width 192, which a GPU "
                         "does not spend on the host")
+    p.add_argument("--launches", choices=("stub", "triton"), default="stub",
+                   help="stub: Triton launches only counted (default); triton: compiled for sm_90 and launched "
+                        "through Triton's host path up to the C call, with and without our short launch path")
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cases = []
-    for name in args.model or MODELS:
-        ours = not name.startswith(("deit", "vit"))
-        variants = [(True, True)] + ([(True, False)] if ours and args.per_op else [])
-        for fused, one_node in variants + ([(False, True)] if ours and args.plain else []):
-            cases.append(_Case(name, fused, args.train, args.dim or None, args.autocast, one_node))
-    rows = measure_all(cases, args.repeats, args.calls)
+    with contextlib.ExitStack() as stack:
+        host = None
+        if args.launches == "triton":
+            from vision_rwkv.ops.host_driver import host_only_launches
+
+            host = stack.enter_context(host_only_launches(keep=False))
+        cases = []
+        for name in args.model or MODELS:
+            ours = not name.startswith(("deit", "vit"))
+            variants = [(True, True)] + ([(True, False)] if ours and args.per_op else [])
+            for fused, one_node in variants + ([(False, True)] if ours and args.plain else []):
+                cases.append(_Case(name, fused, args.train, args.dim or None, args.autocast, one_node))
+                if host is not None and ours and fused:
+                    cases.append(_Case(name, fused, args.train, args.dim or None, args.autocast, one_node, False))
+        rows = measure_all(cases, args.repeats, args.calls, host)
     for r in rows:
         r["dim"] = args.dim or None
+        r["launches_via"] = args.launches
         print(json.dumps({k: v for k, v in r.items() if k not in ("triton_by_kernel", "aten_by_op")}), flush=True)
     deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)
     unit = "training step" if args.train else "forward"

@@ -64,7 +64,10 @@ def capture_kernels(arch: int = 90, tag: str = "") -> Iterator[list[CompiledLaun
     backend = make_backend(target)
     records: list[CompiledLaunch] = []
     cache: dict = {}
-    original = tjit.JITFunction.run
+    from .ops.triton_jit import FastLaunchFunction
+
+    patched = (tjit.JITFunction, FastLaunchFunction)  # (our kernels' class overrides run: patch it too)
+    originals = [cls.__dict__["run"] for cls in patched]
 
     def fake_run(self, *args, grid, warmup, **kwargs):
         binder = tjit.create_function_from_signature(self.signature, self.params, backend)
@@ -79,11 +82,13 @@ def capture_kernels(arch: int = 90, tag: str = "") -> Iterator[list[CompiledLaun
                                       dict(module=self.fn.__module__)))
         return None
 
-    tjit.JITFunction.run = fake_run
+    for cls in patched:
+        cls.run = fake_run
     try:
         yield records
     finally:
-        tjit.JITFunction.run = original
+        for cls, run in zip(patched, originals):
+            cls.run = run
 
 
 def sass_counts(sass: str) -> collections.Counter:

@@ -77,3 +77,30 @@ def test_autocast_training_step_casts(tmp_path):
     assert ours["aten_by_op"]["aten._foreach_copy_"] == 2 * 2 * 12
     assert ours["aten_by_op"].get("aten._to_copy", 0) < 12  # none per block
     assert ours["launches"] < deit["launches"]
+
+
+def test_launches_through_tritons_host_path(tmp_path):
+    """--launches triton: the kernels compiled for sm_90 and launched through Triton's host path up to its C call
+    (no GPU); our model runs twice - the short launch path and Triton's ``JITFunction.run`` - with the launches the
+    stubbed run counts."""
+    import pytest
+
+    from vision_rwkv.kernel_report import cuobjdump_path
+
+    if cuobjdump_path() is None:
+        pytest.skip("Triton's NVIDIA backend tools (ptxas) not found")
+    out = tmp_path / "triton.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark_host.py"), "--model", "vrwkv_tiny_patch16_224",
+           "--model", "deit_tiny_patch16_224", "--repeats", "1", "--calls", "2", "--launches", "triton",
+           "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VRWKV_", "TRITON_"))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {(r["model"], r["path"]): r for r in json.loads(out.read_text())["rows"]}
+    fast = rows[("vrwkv_tiny_patch16_224", "fused")]
+    slow = rows[("vrwkv_tiny_patch16_224", "fused, Triton's launch")]
+    deit = rows[("deit_tiny_patch16_224", "fused")]
+    assert {r["launches_via"] for r in rows.values()} == {"triton"}
+    # every Triton launch reached the (recording) C call: the counts of the stubbed run (24 + 12 + 24 + 12 + 24)
+    assert fast["triton_launches"] == slow["triton_launches"] == 96 and deit["triton_launches"] == 0
+    assert fast["gemms"] == slow["gemms"] == 61 and fast["host_ms"] > 0 and slow["host_ms"] > 0

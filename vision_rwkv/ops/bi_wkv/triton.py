@@ -29,11 +29,11 @@ from __future__ import annotations
 import inspect
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_same_device, config_from_env, new_empty,
                              next_pow2, run_op, split_param_grads)
+from ..triton_jit import jit
 
 __all__ = ["bi_wkv_triton", "CONFIG"]
 
@@ -53,19 +53,19 @@ CONFIG = config_from_env(dict(single_max_t=32, chunk_t=32, block_c=32, warps=4, 
 
 
 # ------------------------------------------------------------------------------------------------- jit helpers
-@triton.jit
+@jit
 def _lin_comb(g1, n1, d1, g2, n2, d2):
     # composition of affine maps s -> g s + (n, d); the left operand comes first in processing order
     return g1 * g2, g2 * n1 + n2, g2 * d1 + d2
 
 
-@triton.jit
+@jit
 def _excl_comb(g1, h1, p1, q1, ep1, eq1, g2, h2, p2, q2, ep2, eq2):
     # (g, p, q): inclusive affine map; (h, ep, eq): map giving the state BEFORE the segment's last element
     return g1 * g2, g1 * h2, g2 * p1 + p2, g2 * q1 + q2, h2 * p1 + ep2, h2 * q1 + eq2
 
 
-@triton.jit
+@jit
 def _geometry(j, T, S, NSUB, BT: tl.constexpr):
     """Kernel chunk j -> (start token, length, sub-index inside its original chunk, is last sub-chunk)."""
     o = j // NSUB
@@ -77,18 +77,18 @@ def _geometry(j, T, S, NSUB, BT: tl.constexpr):
     return s, n, q, e >= oe
 
 
-@triton.jit
+@jit
 def _load_tile(base, rows, cols, st, sc, mask, other):
     ptrs = base + rows.to(tl.int64)[:, None] * st + cols.to(tl.int64)[None, :] * sc
     return tl.load(ptrs, mask=mask, other=other).to(tl.float32)
 
 
-@triton.jit
+@jit
 def _load_vec(base, cols, cmask):
     return tl.load(base + cols, mask=cmask, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@jit
 def _forward_states(kb, vb, skt, skc, svt, svc, s, n, r, cols, cmask, m, lam, gam,
                     ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d, S, ORIG: tl.constexpr):
     """Load one chunk and return x, v and the causal / anticausal (and local) exclusive states."""
@@ -136,7 +136,7 @@ def _forward_states(kb, vb, skt, skc, svt, svc, s, n, r, cols, cmask, m, lam, ga
     return x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d
 
 
-@triton.jit
+@jit
 def _num_den(x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, t, lam, uu, w, S, ORIG: tl.constexpr):
     if ORIG:
         ew = tl.exp(w)[None, :]
@@ -151,7 +151,7 @@ def _num_den(x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d, t, lam, uu, w, S, ORI
     return num, den
 
 
-@triton.jit
+@jit
 def _load_carries(CAR, b, j, NC, C, cols, cmask, local_ok, NCAR: tl.constexpr, ORIG: tl.constexpr,
                   LOCAL_NEXT: tl.constexpr):
     """Incoming states of chunk j from a carry buffer (B, NC, NCAR, C) holding each chunk's state after it: slots
@@ -184,14 +184,14 @@ def _load_carries(CAR, b, j, NC, C, cols, cmask, local_ok, NCAR: tl.constexpr, O
     return p0, p1, n0, n1, l0, l1, l2, l3
 
 
-@triton.jit
+@jit
 def _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR: tl.constexpr, ORIG: tl.constexpr):
     """Incoming states of chunk j from pass 2's "state after chunk" buffer: (a_n, a_d, b_n, b_d, h_n, h_d, J_n,
     J_d); the local h, J continue only inside an original chunk (q > 0)."""
     return _load_carries(CAR, b, j, NC, C, cols, cmask, q > 0, NCAR, ORIG, False)
 
 
-@triton.jit
+@jit
 def _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask, is_last, NCAR: tl.constexpr, ORIG: tl.constexpr):
     """Incoming adjoint states of chunk j: (bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q); the local ht, jt
     continue only inside an original chunk (not after its last kernel chunk)."""
@@ -234,7 +234,7 @@ def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S
     tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
 
 
-@triton.jit
+@jit
 def _carry_scan_side(SUMM, MJ, CAR, b, cols, cmask, w, m, T, C, S, NSUB, NC, s_idx, c_idx, GAMMA: tl.constexpr,
                      RESET: tl.constexpr, REVERSE: tl.constexpr, RESCALE: tl.constexpr, NSUM: tl.constexpr,
                      NCAR: tl.constexpr, BT: tl.constexpr, NCB: tl.constexpr):
@@ -367,7 +367,7 @@ def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NS
 
 
 # ------------------------------------------------------------------------------------------------- backward
-@triton.jit
+@jit
 def _bwd_pq(kb, vb, gb, skt, skc, svt, svc, sgt, sgc, s, n, r, cols, cmask, m, lam, gam, uu, w,
             CAR, b, j, NC, C, q, S, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr):
     if SINGLE:
@@ -522,8 +522,8 @@ _PTRS = {"K", "V", "W", "U", "Y", "M", "CAR", "SUMM", "MJ", "GY", "BCAR", "GK", 
 
 def _variants(fn):
     ptrs = [p for p in inspect.signature(fn).parameters if p in _PTRS]
-    return (triton.jit(fn, do_not_specialize=_SIZES),
-            triton.jit(fn, do_not_specialize=_SIZES, do_not_specialize_on_alignment=ptrs))
+    return (jit(fn, do_not_specialize=_SIZES),
+            jit(fn, do_not_specialize=_SIZES, do_not_specialize_on_alignment=ptrs))
 
 
 _KERNELS = {name: _variants(fn) for name, fn in (

@@ -20,10 +20,10 @@ Backward with p = gy / den, q = -p y and the adjoint (transposed) states at, bt 
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
+from ..triton_jit import jit
 from .triton import _geometry, _load_bwd_carries, _load_fwd_carries, bwd_buffers, fwd_buffers, launch_carry
 
 __all__ = ["seq_fwd", "seq_bwd", "seq_plan"]
@@ -31,13 +31,13 @@ __all__ = ["seq_fwd", "seq_bwd", "seq_plan"]
 _SIZES = ["T", "S", "NSUB", "NC"]  # C stays specializable: C % 16 == 0 lets the channel loads vectorize
 
 
-@triton.jit
+@jit
 def _row(p0, r, st, ok, other):
     """Row r (a compile-time offset from the chunk's first token, row pointers ``p0``) as fp32."""
     return tl.load(p0 + r * st, mask=ok, other=other).to(tl.float32)
 
 
-@triton.jit
+@jit
 def _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, SCALE, L: tl.constexpr, BC: tl.constexpr):
     """Program (batch, channel block, chunk) -> b, chunk j, its first token s, valid length n, index q inside its
     original chunk, is-last flag, channels, mask, k / v row pointers, lam = e^{-w} (w = SCALE * the stored w)."""
@@ -52,7 +52,7 @@ def _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, SCALE, L: tl.co
     return b, j, s, n, q, is_last, cols, cmask, pk, pv, lam
 
 
-@triton.jit
+@jit
 def _diag(uu, lam, s, r, S, ORIG: tl.constexpr):
     """Coefficient of x_t v_t in the numerator: e^u (exact), D_t = e^u + [t not an original-chunk start](1 - e^w)."""
     if ORIG:
@@ -61,7 +61,7 @@ def _diag(uu, lam, s, r, S, ORIG: tl.constexpr):
         return uu
 
 
-@triton.jit
+@jit
 def _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L: tl.constexpr):
     """Backward walk over the chunk: tuples of the anticausal exclusive states (b_n, b_d), in token order."""
     bns = ()
@@ -78,7 +78,7 @@ def _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L: tl.conste
     return bns, bds
 
 
-@triton.jit
+@jit
 def _forward_part(a, h, jj, lam, ORIG: tl.constexpr):
     """The causal part of the numerator / denominator: a (exact), lam a + (1 - lam) h + kap J (original)."""
     if ORIG:
@@ -88,7 +88,7 @@ def _forward_part(a, h, jj, lam, ORIG: tl.constexpr):
         return a
 
 
-@triton.jit
+@jit
 def _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, f_n, f_d, b_n, b_d, dg):
     """Token r: x = e^{k - m}, v, p = gy / den and q = -p y (0 where not ok), with the numerator
     f_n + b_n + dg x v (f: the causal part, b: the anticausal part with its coefficient)."""
@@ -101,7 +101,7 @@ def _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, f_n, f_d, b_n, b_d, dg):
     return x, v, p, q
 
 
-@triton.jit
+@jit
 def _store_summary(SUMM, b, j, NC, C, cols, cmask, e0, e1, s0, s1, g0, g1, NSUM: tl.constexpr, ORIG: tl.constexpr):
     """Chunk j's summary slots in (B, NC, NSUM, C): 0, 1 decayed to its end, 2, 3 from its start, and in original
     mode 4, 5 the e^w-growth sums."""
@@ -200,7 +200,7 @@ def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S
         b_d = b_d * g + xs[r]
 
 
-@triton.jit
+@jit
 def _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE,
                   L: tl.constexpr, BC: tl.constexpr):
     """``_chunk`` plus the gy row pointers, e^u and the max m."""
@@ -346,7 +346,7 @@ def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, sk
     tl.store(GUP + poff, uu * gu * SCALE, mask=cmask)
 
 
-_KERNELS = {name: triton.jit(fn, do_not_specialize=_SIZES) for name, fn in (
+_KERNELS = {name: jit(fn, do_not_specialize=_SIZES) for name, fn in (
     ("fwd_summary", _seq_fwd_summary_kernel), ("fwd", _seq_fwd_kernel), ("bwd_summary", _seq_bwd_summary_kernel),
     ("bwd", _seq_bwd_kernel))}
 

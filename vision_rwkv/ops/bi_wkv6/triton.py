@@ -22,11 +22,11 @@ the bonus), and d logd_m = sum_{t > m} D_t - sum_{p >= m} E_p as a suffix sum ca
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_same_device, config_from_env, new_empty,
                              next_pow2, run_op)
+from ..triton_jit import jit
 
 __all__ = ["bi_wkv6_triton", "CONFIG"]
 
@@ -48,7 +48,7 @@ CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="t
 LOGD_MIN = tl.constexpr(-60.0)
 
 
-@triton.jit
+@jit
 def _cums(lw):
     """fp64 in-chunk cumulative log decay -> (cex = c_{t-1}, c_last - c_t, c_last) in fp32. fp64 keeps the
     differences of large prefix sums exact (strong decays would otherwise cost relative precision)."""
@@ -58,19 +58,19 @@ def _cums(lw):
     return (cum - l64).to(tl.float32), (last[None, :] - cum).to(tl.float32), last.to(tl.float32)
 
 
-@triton.jit
+@jit
 def _pos(tau, T, d):
     # kernel time -> memory position (d = 0 causal, d = 1 reversed)
     return tl.where(d == 0, tau, T - 1 - tau)
 
 
-@triton.jit
+@jit
 def _ld(base, pos, cols, st, sn, mask):
     ptrs = base + pos.to(tl.int64)[:, None] * st + cols.to(tl.int64)[None, :] * sn
     return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@jit
 def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
     """e^{cex_t - c_n} for n < t inside the chunk, [BT(t), BT(n), BJ] (0 elsewhere), for key channels cj."""
     lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
@@ -84,7 +84,7 @@ def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
     return tl.exp(expo)
 
 
-@triton.jit
+@jit
 def _pair_sym(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
     """prod_{m strictly between t and n} d_m[j] for t != n inside the chunk, [BT(t), BT(n), BJ]; 0 on the diagonal."""
     lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
@@ -99,7 +99,7 @@ def _pair_sym(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
     return tl.exp(expo)
 
 
-@triton.jit
+@jit
 def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BN: tl.constexpr,
                  BJ: tl.constexpr, BOTH: tl.constexpr):
     """A[t, n] = sum_j r_t[j] k_n[j] prod_{m strictly between n and t} d_m[j] inside the chunk for n < t (BOTH: for
@@ -118,7 +118,7 @@ def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: t
     return A
 
 
-@triton.jit(do_not_specialize=["T", "H", "N"])
+@jit(do_not_specialize=["T", "H", "N"])
 def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                    slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
                    PREC: tl.constexpr, STAGES: tl.constexpr):
@@ -157,7 +157,7 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
         S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)
 
 
-@triton.jit(do_not_specialize=["T", "H", "N"])
+@jit(do_not_specialize=["T", "H", "N"])
 def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, srn, skb, skt, skh, skn,
                    svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, BT: tl.constexpr,
                    BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr):

@@ -32,10 +32,10 @@ an in-chunk suffix sum written per chunk plus a suffix sum of chunk totals added
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
+from ..triton_jit import jit
 from .triton import LOGD_MIN, _cums, _ld, _pair_scores, _pair_sym
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
@@ -46,13 +46,13 @@ __all__ = ["chunk_fwd", "chunk_bwd"]
 FAST_DECAY = tl.constexpr(20.0)
 
 
-@triton.jit
+@jit
 def _lin2(g1, s1, g2, s2):
     # composition of s -> g s + d maps; the left operand comes first in processing order
     return g1 * g2, g2 * s1 + s2
 
 
-@triton.jit
+@jit
 def _fast_scores(r, k, ecx, ecn, rt, PREC: tl.constexpr):
     """Intra-sub-chunk scores A[t, n] (n != t, diagonal 0) for weak decays, factored through the sub-chunk's start:
     n < t: sum_j r_t e^{cex_t} k_n e^{-cin_n}; n > t: sum_j r_t e^{-cin_t} k_n e^{cex_n} (ecx = e^{cex},
@@ -62,7 +62,7 @@ def _fast_scores(r, k, ecx, ecn, rt, PREC: tl.constexpr):
     return tl.where(rt[None, :] < rt[:, None], low, tl.where(rt[None, :] > rt[:, None], up, 0.0))
 
 
-@triton.jit
+@jit
 def _load_state(S, pid, c, NC, ok, BN: tl.constexpr):
     """The (BN, BN) state of chunk c of (batch*head) pid from a (B*H, NC, BN, BN) buffer; zeros where not ok."""
     rows = tl.arange(0, BN)
@@ -70,7 +70,7 @@ def _load_state(S, pid, c, NC, ok, BN: tl.constexpr):
     return tl.load(S + off, mask=ok & (rows[:, None] >= 0), other=0.0).to(tl.float32)
 
 
-@triton.jit
+@jit
 def _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.constexpr, BN: tl.constexpr,
           PREC: tl.constexpr, ANTI: tl.constexpr):
     """Apply sub-chunks [s0, s1) of (x, y) to the state S: causal (ascending) S <- e^{ctot} S + (x e^{ctail})^T y,
@@ -95,7 +95,7 @@ def _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.cons
     return S
 
 
-@triton.jit
+@jit
 def _coords(T, H, N, NS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     """Program (batch*head, sub-chunk) -> pid, sub-chunk c, state chunk cs, b, h, token / channel ranges, masks."""
     pid = tl.program_id(0)
@@ -109,12 +109,12 @@ def _coords(T, H, N, NS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     return pid, c, c // NS, b, pid - b * H, rt, cn, nmask, pos, tv, tv[:, None] & nmask[None, :]
 
 
-@triton.jit
+@jit
 def _head(X, b, h, sb, sh):
     return X + b.to(tl.int64) * sb + h.to(tl.int64) * sh
 
 
-@triton.jit
+@jit
 def _edge_states(S, plane, BH, pid, c, cs, NC, NS: tl.constexpr, Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N,
                  BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """States of (x, y) at sub-chunk c's edges: the causal state before it and the anticausal state after it, from
@@ -127,7 +127,7 @@ def _edge_states(S, plane, BH, pid, c, cs, NC, NS: tl.constexpr, Xb, Yb, Lb, sxt
     return P, Q
 
 
-@triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+@jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, slt, slh, sln, T, H, N, NC, BH,
                   BT: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
     """Per state chunk (NS sub-chunks of BT tokens): causal increment sum_n e^{ctot - cin_n} x_n y_n^T into S[0],
@@ -159,7 +159,7 @@ def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, 
     tl.store(GT + (pid * NC + c).to(tl.int64) * BN + cn, before)
 
 
-@triton.jit(do_not_specialize=["NC", "BH"])
+@jit(do_not_specialize=["NC", "BH"])
 def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.constexpr):
     """In place over chunks: stream 0 (causal) S_c <- e^{ctot_c} S_{c-1} + S_c ascending, stream 1 (anticausal)
     S_c <- e^{ctot_c} S_{c+1} + S_c descending; program axis 2 = buffer * 2 + stream, RJ state rows per program."""
@@ -190,7 +190,7 @@ def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.cons
         carry = tl.sum(tl.where((rows == NCB - 1)[:, None], s, 0.0), axis=0)
 
 
-@triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+@jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                 slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
                 NS: tl.constexpr, PREC: tl.constexpr):
@@ -222,7 +222,7 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
     tl.store(yp, y.to(Y.dtype.element_ty), mask=m2)
 
 
-@triton.jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+@jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
                 svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
                 BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):

@@ -27,10 +27,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
+from ..triton_jit import jit
 from .triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
                      _tanh_bwd_from_out_kernel, decay_grads)
 
@@ -46,14 +46,14 @@ EPI_DECAY = 3  # AUX holds w0 (N,)
 EPI_NONE = 4
 
 
-@triton.jit
+@jit
 def _gemm_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
     """Rows rm (int64), columns rn and their in-bounds masks of this program's output tile: program ids run down
     GROUP_M row tiles before moving to the next column tile, so neighbouring programs share W tiles in L2."""
     return _gemm_tile_of(tl.program_id(0), M, N, BM, BN, GROUP_M)
 
 
-@triton.jit
+@jit
 def _gemm_tile_of(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
     """:func:`_gemm_tile` of tile index ``pid`` (a kernel whose program ids also enumerate something else)."""
     num_m = tl.cdiv(M, BM)
@@ -66,7 +66,7 @@ def _gemm_tile_of(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.con
     return rm, rn, rm < M, rn < N
 
 
-@triton.jit
+@jit
 def _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI: tl.constexpr, SAVE_PRE: tl.constexpr):
     """Apply epilogue EPI to the fp32 accumulator tile (rows rm, columns rn) and store it (and, with SAVE_PRE, the
     pre-activation) into the row-major (M, N) outputs."""
@@ -77,7 +77,7 @@ def _epilogue_store(acc, AUX, OUT, PRE, rm, rn, m_ok, n_ok, N, EPI: tl.constexpr
     tl.store(OUT + offs, _activate(acc, AUX, offs, mask, rn, n_ok, EPI).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@jit
 def _activate(acc, AUX, offs, mask, rn, n_ok, EPI: tl.constexpr):
     """Epilogue EPI of the fp32 accumulator tile, in fp32 (AUX: the gated tensor of EPI 1, w0 of EPI 3)."""
     if EPI == 0:
@@ -94,7 +94,7 @@ def _activate(acc, AUX, offs, mask, rn, n_ok, EPI: tl.constexpr):
     return res
 
 
-@triton.jit
+@jit
 def _row_norm(v, mask, N, eps):
     """LayerNorm statistics of the rows of v (BM x BN, columns >= N masked): (v - mean) * rstd, zero outside mask."""
     v = tl.where(mask, v, 0.0)
@@ -103,7 +103,7 @@ def _row_norm(v, mask, N, eps):
     return d * (1.0 / tl.sqrt(tl.sum(d * d, axis=1) / N + eps))[:, None]
 
 
-@triton.jit
+@jit
 def _residual_norm_store(val, RX, GAMMA, LNW, LNB, SOUT, NOUT, rm, rn, m_ok, n_ok, N, eps, POST: tl.constexpr,
                          HAS_GAMMA: tl.constexpr):
     """The block's residual add + LayerNorm on a GEMM's fp32 branch tile ``val`` holding whole rows (BN >= N), as
@@ -128,7 +128,7 @@ def _residual_norm_store(val, RX, GAMMA, LNW, LNB, SOUT, NOUT, rm, rn, m_ok, n_o
                  mask=mask)
 
 
-@triton.jit
+@jit
 def _linear_act_kernel(X, WT, AUX, OUT, PRE, M, N, K, sxm, sxk, swn, swk,
                        EPI: tl.constexpr, SAVE_PRE: tl.constexpr, EVEN_K: tl.constexpr, PREC: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):

@@ -24,10 +24,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
+from ..triton_jit import jit
 from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
                             _gemm_tile_of, _like_weight, _precision, _residual_norm_store, _weight_grad,
                             residual_launch)
@@ -44,7 +44,7 @@ CONFIG = config_from_env(dict(bm=64, bn=0, bk=32, warps=4, stages=2, group_m=8, 
 ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul": EPI_SIGMOID_MUL, "tanh": EPI_TANH}
 
 
-@triton.jit
+@jit
 def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, A1, A2, A3, WT1, WT2, WT3, M, N,
                        K, P, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr,
                        SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr, RES: tl.constexpr,

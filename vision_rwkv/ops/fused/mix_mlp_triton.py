@@ -20,10 +20,10 @@ else 32). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
+from ..triton_jit import jit
 from .linear_triton import EPI_RELU_SQUARE, _launch, _precision
 from .triton import _elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd
 
@@ -35,7 +35,7 @@ __all__ = ["mix_mlp_triton", "CONFIG"]
 CONFIG = config_from_env(dict(bm=0, bh=32, warps=8, stages=2, max_c=256), "VRWKV_TRITON_MLP")
 
 
-@triton.jit
+@jit
 def _mix_mlp_kernel(X, A, WK, WV, OUT, M, C, HID, NTOK, H, W, HS, Q1, Q2, Q3, skn, skk, svn, svk,
                     ONE_MINUS: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr,
                     BH: tl.constexpr):

@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
+from ..triton_jit import jit
 from .linear_triton import (EPI_NONE, _epilogue_store, _gemm_tile, _like_weight, _precision, _residual_norm_store,
                             _weight_grad, residual_launch)
 from .triton import _gn_mul_bwd, _gn_mul_fwd
@@ -35,7 +35,7 @@ CONFIG = config_from_env(dict(bm=64, bn=0, warps=4, stages=2, group_m=8, res_war
                          "VRWKV_TRITON_NORM_GEMM")
 
 
-@triton.jit
+@jit
 def _norm_linear_kernel(Y, G, GW, GB, WT, OUT, RX, GAMMA, LNW, LNB, NOUT, M, N, K, eps, swn, swk, ln_eps,
                         SILU: tl.constexpr, EPI: tl.constexpr, RES: tl.constexpr, HAS_GAMMA: tl.constexpr,
                         PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HS: tl.constexpr,

@@ -27,11 +27,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 
 from .._triton_utils import (cdiv, coef_grads, new_empty, next_pow2, plane_grads, run_op, run_split_op,
                              split_outputs, split_param_grads)
+from ..triton_jit import jit
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
            "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
@@ -41,7 +41,7 @@ CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn
 
 
 # ---------------------------------------------------------------------------------------------- token shift + mix
-@triton.jit
+@jit
 def _neighbour(n, q, H, W):
     """Token offset and validity of the neighbour that quarter q reads (0 left, 1 right, 2 up, 3 down) for the
     tokens n (index inside their image, row-major on an H x W grid)."""
@@ -52,7 +52,7 @@ def _neighbour(n, q, H, W):
     return delta, valid
 
 
-@triton.jit
+@jit
 def _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT: tl.constexpr, BC: tl.constexpr):
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -65,7 +65,7 @@ def _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT: tl.constexpr, BC: tl.constexpr):
     return c, cmask, mask, n, q, offs
 
 
-@triton.jit
+@jit
 def _coef_ptr(pa, i: tl.constexpr, A1, A2, A3, A4, c, SPLIT_A: tl.constexpr):
     """Pointer to the i-th interpolation vector's channels c: the next row of the (M, C) A (``pa`` advanced by the
     caller) or, with SPLIT_A, the vector passed as its own argument (A for i = 0, then A1..A4)."""
@@ -81,7 +81,7 @@ def _coef_ptr(pa, i: tl.constexpr, A1, A2, A3, A4, c, SPLIT_A: tl.constexpr):
     return pa
 
 
-@triton.jit
+@jit
 def _tsm_fwd_kernel(X, A, MM, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
                     M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT_A: tl.constexpr,
                     BT: tl.constexpr, BC: tl.constexpr):
@@ -108,7 +108,7 @@ def _tsm_fwd_kernel(X, A, MM, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2,
         pa += C
 
 
-@triton.jit
+@jit
 def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
                     M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT: tl.constexpr,
                     SPLIT_A: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
@@ -299,13 +299,13 @@ def token_shift_mix_triton(x: torch.Tensor, grid_size: tuple[int, int], a, m: Op
 
 
 # ---------------------------------------------------------------------------------------------- elementwise
-@triton.jit
+@jit
 def _offsets(n, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     return offs, offs < n
 
 
-@triton.jit
+@jit
 def _sigmoid_mul_fwd_kernel(R, Y, OUT, n, BLOCK: tl.constexpr):
     offs, mask = _offsets(n, BLOCK)
     r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
@@ -313,7 +313,7 @@ def _sigmoid_mul_fwd_kernel(R, Y, OUT, n, BLOCK: tl.constexpr):
     tl.store(OUT + offs, (tl.sigmoid(r) * y).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@jit
 def _sigmoid_mul_bwd_kernel(R, Y, G, GR, GY, n, BLOCK: tl.constexpr):
     offs, mask = _offsets(n, BLOCK)
     r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
@@ -324,14 +324,14 @@ def _sigmoid_mul_bwd_kernel(R, Y, G, GR, GY, n, BLOCK: tl.constexpr):
     tl.store(GR + offs, (g * y * s * (1.0 - s)).to(GR.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@jit
 def _relu_square_fwd_kernel(X, OUT, n, BLOCK: tl.constexpr):
     offs, mask = _offsets(n, BLOCK)
     x = tl.maximum(tl.load(X + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
     tl.store(OUT + offs, (x * x).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@jit
 def _relu_square_bwd_kernel(X, G, GX, n, BLOCK: tl.constexpr):
     offs, mask = _offsets(n, BLOCK)
     x = tl.maximum(tl.load(X + offs, mask=mask, other=0.0).to(tl.float32), 0.0)
@@ -472,7 +472,7 @@ class _ReluSquare(torch.autograd.Function):
         return _relu_square_bwd(ctx.saved_tensors[0], g)
 
 
-@triton.jit
+@jit
 def _relu_square_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
     offs, mask = _offsets(n, BLOCK)
     y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
@@ -480,7 +480,7 @@ def _relu_square_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
     tl.store(GX + offs, (2.0 * tl.sqrt(y) * g).to(GX.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@jit
 def _tanh_bwd_from_out_kernel(Y, G, GX, n, BLOCK: tl.constexpr):
     """d tanh from its output: g * (1 - y^2) (the GEMM-epilogue tanh's backward)."""
     offs, mask = _offsets(n, BLOCK)
@@ -529,7 +529,7 @@ def relu_square_triton(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- group norm * gate
-@triton.jit
+@jit
 def _gn_load(Y, G, rows, NROWS, C, GS, BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
     gi = tl.arange(0, BG)
     si = tl.arange(0, BS)
@@ -542,7 +542,7 @@ def _gn_load(Y, G, rows, NROWS, C, GS, BR: tl.constexpr, BG: tl.constexpr, BS: t
     return ch, cmask, mask, offs, y, g
 
 
-@triton.jit
+@jit
 def _gn_stats(y, mask, GS, eps):
     mean = tl.sum(y, axis=2) / GS
     d = tl.where(mask, y - mean[:, :, None], 0.0)
@@ -550,7 +550,7 @@ def _gn_stats(y, mask, GS, eps):
     return d * rstd[:, :, None], rstd
 
 
-@triton.jit
+@jit
 def _gn_mul_fwd_kernel(Y, G, WT, BS_, OUT, NROWS, C, GS, eps, SILU: tl.constexpr, BR: tl.constexpr,
                        BG: tl.constexpr, BS: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -563,7 +563,7 @@ def _gn_mul_fwd_kernel(Y, G, WT, BS_, OUT, NROWS, C, GS, eps, SILU: tl.constexpr
     tl.store(OUT + offs, ((yhat * w + b) * g).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@jit
 def _gn_mul_bwd_kernel(Y, G, WT, BS_, GO, GY, GG, GWP, GBP, NROWS, C, GS, eps, iters, SILU: tl.constexpr,
                        BR: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr):
     pid = tl.program_id(0)
@@ -697,7 +697,7 @@ def group_norm_mul_triton(y: torch.Tensor, g: torch.Tensor, num_groups: int, wei
 
 
 # ---------------------------------------------------------------------------------------------- v6 log decay
-@triton.jit
+@jit
 def _decay_fwd_kernel(W0, Z, OUT, n, C, BLOCK: tl.constexpr):
     offs, mask = _offsets(n, BLOCK)
     w0 = tl.load(W0 + offs % C, mask=mask, other=0.0).to(tl.float32)
@@ -762,7 +762,7 @@ def decay_logd_triton(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- residual + LayerNorm
-@triton.jit
+@jit
 def _ln_rows(v, mask, C, eps):
     mean = tl.sum(v, axis=1) / C
     d = tl.where(mask, v - mean[:, None], 0.0)
@@ -770,7 +770,7 @@ def _ln_rows(v, mask, C, eps):
     return d * rstd[:, None], rstd
 
 
-@triton.jit
+@jit
 def _row_scale(KEEP, rows, R, RPS, HAS_KEEP: tl.constexpr):
     """Each row's sample scale (drop path's mask / keep_prob of sample ``row // RPS``) as (BR, 1); ones without
     KEEP (a constant the compiler folds away). One return of one type: the GPU compiler rejects returns of
@@ -782,7 +782,7 @@ def _row_scale(KEEP, rows, R, RPS, HAS_KEEP: tl.constexpr):
     return scale[:, None]
 
 
-@triton.jit
+@jit
 def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps, POST: tl.constexpr,
                          HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
@@ -809,7 +809,7 @@ def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps, POST:
         tl.store(NOUT + offs, (shat * w + b).to(NOUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@jit
 def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GGP, GWP, GBP, R, C, RPS, eps, iters,
                          POST: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_GS: tl.constexpr,
                          HAS_GN: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
@@ -1015,7 +1015,7 @@ def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------- v6 ddlerp + LoRA
-@triton.jit
+@jit
 def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
                          M: tl.constexpr, R: tl.constexpr, SPLIT_A: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                          PREC: tl.constexpr):
