@@ -32,8 +32,17 @@ twice: with the short launch path of ``vision_rwkv.ops.triton_jit`` (the default
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ["TRITON_INTERPRET"] = "1"  # before anything imports triton: kernels become interpretable functions
+# before anything imports triton: with stubbed launches the kernels become interpretable functions; with
+# --launches triton triton must be imported with the interpreter off (its own library functions are then compiled
+# ones), the dispatchers taking CPU tensors inside vision_rwkv.ops.host_driver.host_only_launches instead
+_TRITON_LAUNCHES = any(a == "--launches=triton" or (a == "--launches" and sys.argv[i + 1:i + 2] == ["triton"])
+                       for i, a in enumerate(sys.argv))
+if _TRITON_LAUNCHES:
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ["TRITON_INTERPRET"] = "1"
 os.environ.setdefault("VRWKV_BACKEND", "triton")
 
 import argparse  # noqa: E402
@@ -41,7 +50,6 @@ import collections  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -283,6 +291,8 @@ def main(argv=None) -> int:
         if args.launches == "triton":
             from vision_rwkv.ops.host_driver import host_only_launches
 
+            if not _TRITON_LAUNCHES:
+                raise SystemExit("--launches triton must be given on the command line (triton is imported first)")
             host = stack.enter_context(host_only_launches(keep=False))
         cases = []
         for name in args.model or MODELS:

@@ -12,6 +12,7 @@ _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # the environment's backing dict (bytes -> bytes) on POSIX, which os.environ reads and writes through
 _ENV_DATA = getattr(os.environ, "_data", None) if os.name == "posix" else None
 _ENV_KEYS: dict = {}
+_ENV_TEXT: dict = {}  # raw value (bytes) -> its decoded text
 
 
 def env_get(name: str, default: str = "") -> str:
@@ -25,7 +26,23 @@ def env_get(name: str, default: str = "") -> str:
     if key is None:
         key = _ENV_KEYS[name] = os.fsencode(name)
     value = _ENV_DATA.get(key)
-    return default if value is None else os.fsdecode(value)
+    if value is None:
+        return default
+    text = _ENV_TEXT.get(value)  # (decoded once per distinct value: the switches take few values)
+    if text is None:
+        if len(_ENV_TEXT) > 256:
+            _ENV_TEXT.clear()
+        text = _ENV_TEXT[value] = os.fsdecode(value)
+    return text
+
+
+_CPU_LAUNCHES = [False]  # set inside vision_rwkv.ops.host_driver.host_only_launches
+
+
+def cpu_triton() -> bool:
+    """Whether CPU tensors may take the Triton kernels: under ``TRITON_INTERPRET=1`` (the interpreter runs them), or
+    inside :func:`vision_rwkv.ops.host_driver.host_only_launches` (compiled for a GPU, launches recorded)."""
+    return env_get("TRITON_INTERPRET", "0") == "1" or _CPU_LAUNCHES[0]
 
 
 GRID_YZ_MAX = 65535  # CUDA's limit on a launch grid's y and z extents (where the WKV kernels put their chunks)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ._triton_utils import env_get
+from ._triton_utils import cpu_triton, env_get
 
 __all__ = ["BACKENDS", "resolve_backend", "triton_impl", "triton_available"]
 
@@ -51,7 +51,7 @@ def triton_impl(op: str) -> Callable:
 
 
 def _interpret() -> bool:
-    return env_get("TRITON_INTERPRET", "0") == "1"
+    return cpu_triton()
 
 
 def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: tuple = ()) -> str:

@@ -18,6 +18,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Iterator, List
 
+from ._triton_utils import _CPU_LAUNCHES
+
 __all__ = ["HostOnlyDriver", "Launch", "host_only_launches", "import_kernel_modules"]
 
 _SM90_PROPERTIES = {"max_shared_mem": 232448, "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32,
@@ -137,8 +139,10 @@ def import_kernel_modules() -> list:
 @contextlib.contextmanager
 def host_only_launches(arch: int = 90, keep: bool = True) -> Iterator[HostOnlyDriver]:
     """Within the block Triton's active driver is a :class:`HostOnlyDriver` (yielded; ``keep``: it records each
-    launch's arguments - False for timing) and the kernel modules are imported as compiled kernels
-    (:func:`import_kernel_modules`)."""
+    launch's arguments - False for timing), the kernel modules are imported as compiled kernels
+    (:func:`import_kernel_modules`) and CPU tensors may take them (``VRWKV_BACKEND=triton``, as under the
+    interpreter; ``TRITON_INTERPRET`` must not be set while kernels compile: Triton 3.6 then compiles with the
+    interpreter's semantics)."""
     import triton
     import triton.backends.nvidia.driver as nvd
 
@@ -152,10 +156,12 @@ def host_only_launches(arch: int = 90, keep: bool = True) -> Iterator[HostOnlyDr
         nvd.ARG_CONSTEXPR, nvd.ARG_KERNEL, nvd.ARG_TUPLE = 0, 1, 2
     previous = triton.runtime.driver._active
     triton.runtime.driver.set_active(host)
+    _CPU_LAUNCHES[0] = True  # the dispatchers send CPU tensors to the Triton kernels (VRWKV_BACKEND=triton)
     try:
         import_kernel_modules()
         yield host
     finally:
+        _CPU_LAUNCHES[0] = False
         triton.runtime.driver._active = previous
         for n, v in saved.items():
             setattr(nvd, n, v)

@@ -42,7 +42,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._triton_utils import autograd_needed, check_split, env_get, split_outputs
+from .._triton_utils import autograd_needed, check_split, cpu_triton, env_get, split_outputs
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
@@ -139,7 +139,7 @@ def _triton_ok_traced() -> bool:
 
 
 def _interpret() -> bool:
-    return env_get("TRITON_INTERPRET", "0") == "1"
+    return cpu_triton()
 
 
 def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
