@@ -64,7 +64,8 @@ class _Utils:
         if exit_hook is not None:
             exit_hook(launch_metadata)
         if self.keep:
-            self.record.append(Launch(self.names.get(function, "?"), function, (grid_x, grid_y, grid_z), tuple(rest[-1])))
+            name = self.names.get(function, "?")
+            self.record.append(Launch(name, function, (grid_x, grid_y, grid_z), tuple(rest[-1])))
 
 
 @dataclass

@@ -1036,7 +1036,8 @@ def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS
         # w2 rounded to h's dtype (as autocast does), then both exactly in fp32: 16-bit values are exact in tf32
         w2 = tl.load(pw, mask=cmask[None, :], other=0.0).to(h.dtype).to(tl.float32)
         pa = _coef_ptr(pa, i, A1, A2, A3, A4, c, SPLIT_A)
-        coef = tl.dot(h.to(tl.float32), w2, input_precision=PREC) + tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        coef = (tl.dot(h.to(tl.float32), w2, input_precision=PREC)
+                + tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :])
         tl.store(po, (x + xx * coef).to(OUT.dtype.element_ty), mask=mask)
         ph += R
         pw += R * C
