@@ -50,10 +50,6 @@ def triton_impl(op: str) -> Callable:
     return fn
 
 
-def _interpret() -> bool:
-    return cpu_triton()
-
-
 def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: tuple = ()) -> str:
     """Pick the backend ("reference" or "triton") for an ``op`` call on tensors living on ``device``.
 
@@ -66,7 +62,7 @@ def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: 
         if env:
             if env not in BACKENDS:
                 raise ValueError(f"VRWKV_BACKEND={env!r} is not one of {BACKENDS}")
-            if env == "triton" and device.type != "cuda" and not _interpret():
+            if env == "triton" and device.type != "cuda" and not cpu_triton():
                 return "reference"  # auto mode: CPU tensors use the reference unless Triton is interpreted
             backend = env
         elif device.type == "cuda" and triton_available(op):
@@ -76,7 +72,7 @@ def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: 
     if backend not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto) or one of {BACKENDS}")
     if backend == "triton":
-        if device.type != "cuda" and not _interpret():
+        if device.type != "cuda" and not cpu_triton():
             raise RuntimeError(
                 f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 to run "
                 "the Triton kernels on CPU in the interpreter"

@@ -94,7 +94,7 @@ class FastLaunchFunction(JITFunction):
             return kernel
         if not _keyable(args, kwargs):  # (objects keyed by identity would be held by the dict: not remembered)
             return kernel
-        bound, _, _ = caches[4](*args, **dict(kwargs, debug=self.debug or knobs.runtime.debug,
+        bound, _, _ = caches[4](*args, **dict(kwargs, debug=kwargs.get("debug", self.debug) or knobs.runtime.debug,
                                               instrumentation_mode=knobs.compilation.instrumentation_mode))
         if len(fast) >= _MAX_KEYS:  # (integer arguments are part of the key: bound the dict for varying shapes)
             fast.clear()

@@ -138,10 +138,6 @@ def _triton_ok_traced() -> bool:
     return not isinstance(mod, BaseException)
 
 
-def _interpret() -> bool:
-    return cpu_triton()
-
-
 def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
     if backend is None:
         env = env_get("VRWKV_BACKEND", "").strip().lower()
@@ -149,13 +145,13 @@ def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
             raise ValueError(f"VRWKV_BACKEND={env!r} is not one of ('reference', 'triton')")
         if env == "reference":
             return "reference"
-        if device.type == "cuda" or (env == "triton" and _interpret()):
+        if device.type == "cuda" or (env == "triton" and cpu_triton()):
             return "triton" if _triton_ok() else "reference"
         return "reference"
     if backend not in ("reference", "triton"):
         raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto), 'reference' or 'triton'")
     if backend == "triton":
-        if device.type != "cuda" and not _interpret():
+        if device.type != "cuda" and not cpu_triton():
             raise RuntimeError(f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); set "
                                "TRITON_INTERPRET=1 to run the Triton kernels on CPU in the interpreter")
         if not _triton_ok():
@@ -178,7 +174,7 @@ def fused_enabled(x: torch.Tensor) -> bool:
     ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton`` (tests)."""
     if env_get("VRWKV_FUSED", "1").strip() == "0":
         return False  # the plain path on any device (before/after profiles and benchmarks)
-    if x.device.type != "cuda" and not (_interpret() and env_get("VRWKV_BACKEND", "") == "triton"):
+    if x.device.type != "cuda" and not (cpu_triton() and env_get("VRWKV_BACKEND", "") == "triton"):
         return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
     if _is_compiling() and not FUSED_UNDER_COMPILE:
         return False
