@@ -3,17 +3,19 @@
 
 Eager inference at 224 on a GPU is launch-bound: the GPU waits for Python (H100, VRWKV-T, batch 256: 12.1k img/s
 eager vs 27.4k replaying a CUDA graph). This tool measures that host work without a GPU: the fused path runs on
-CPU tensors with ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton``, but every Triton launch and every
-``F.linear`` is replaced by a stub that only records it (and allocates the Linear's output), so what is timed is
-our Python (wrappers, checks, dispatch, autograd bookkeeping, allocations) plus PyTorch's per-op overhead - the part
-a real launch adds on top is Triton's launcher and cuBLAS's, per launch. DeiT runs under the same stubs.
+CPU tensors with ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton``, but every Triton launch and every matrix
+product - ``F.linear``, ``torch.mm``, ``torch.bmm`` - is replaced by a stub that only records it (and allocates its
+output), so what is timed is our Python (wrappers, checks, dispatch, autograd bookkeeping, allocations) plus
+PyTorch's per-op overhead - the part a real launch adds on top is Triton's launcher and cuBLAS's, per launch. DeiT
+runs under the same stubs. (A product computed for real would put CPU arithmetic into the host time - in bf16 ~50-90
+us per tiny product on this kind of CPU, 10x an fp32 one - which a GPU does not spend on the host.)
 
 Per model and path it prints: host time per forward (thread CPU time, best of the repeats; tiny input: 2x2 tokens,
 models 64 channels wide by default, ``--dim``) and its ratio to DeiT-T's measured in the same run (the absolute
 numbers drift by +-30% between runs on a shared VM; the ratio much less: the models and paths are timed in turns,
 one round of ``--calls`` each per repeat, with Python's garbage collector paused), Triton launches, GEMMs (the stubbed
-Linears and the aten matrix products), and other (non-view) aten ops per forward - each of those is a kernel launch
-on a GPU.
+products and any other aten matrix product), and other (non-view) aten ops per forward - each of those is a kernel
+launch on a GPU.
 
     python tools/benchmark_host.py                                  # VRWKV-T, VRWKV6-T, DeiT-T
     python tools/benchmark_host.py --model vrwkv_small_patch16_224 --out host.json
@@ -67,7 +69,7 @@ ALLOC_OPS = {"aten.empty", "aten.new_empty", "aten.empty_like", "aten.empty_stri
 VIEW_OPS = {"aten.view", "aten._unsafe_view", "aten.select", "aten.unbind", "aten.permute", "aten.transpose",
             "aten.t", "aten.expand", "aten.slice", "aten.split", "aten.as_strided", "aten.reshape",
             "aten.promote_types", "aten.detach", "aten.alias"} | ALLOC_OPS
-MATMUL_OPS = {"aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm"}  # counted with the stubbed F.linear GEMMs
+MATMUL_OPS = {"aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm"}  # counted with the stubbed GEMMs
 
 
 class _LinearStub(torch.autograd.Function):
@@ -90,6 +92,33 @@ class _LinearStub(torch.autograd.Function):
         return None, gx, gw, gb, None, None
 
 
+class _ProductStub(torch.autograd.Function):
+    """A stubbed ``torch.mm`` / ``torch.bmm`` inside autograd: the backward records one GEMM per input gradient
+    autograd asks for (as aten's own backward of the product computes) and returns them unwritten."""
+
+    @staticmethod
+    def forward(ctx, stubs, a, b, shape, dtype):
+        ctx.stubs, ctx.shapes = stubs, (a, b)
+        return a.new_empty(shape, dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        grads = tuple(g.new_empty(t.shape, dtype=t.dtype) if need else None
+                      for t, need in zip(ctx.shapes, ctx.needs_input_grad[1:3]))
+        ctx.stubs.gemm += sum(gr is not None for gr in grads)
+        return None, *grads, None, None
+
+
+def _product_shape(name: str, a, b):
+    """The output shape of ``torch.<name>(a, b)`` (mm: 2-d, bmm: 3-d operands), or None if the real op would raise."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return None
+    nd = 2 if name == "mm" else 3
+    if a.dim() != nd or b.dim() != nd or a.shape[-1] != b.shape[-2] or a.shape[:-2] != b.shape[:-2]:
+        return None
+    return (*a.shape[:-1], b.shape[-1])
+
+
 class _Stubs:
     """Replace Triton launches and ``F.linear`` by recording stubs while active. ``record(kind, fn, args, out)``, if
     given, also sees every stubbed call: kind 'triton' (fn = the kernel's Python function, args = its launch
@@ -97,16 +126,23 @@ class _Stubs:
     (grad_out, x, weight, grad_bias or None), out = (grad_x, grad_weight)) for the backward of a recorded Linear, and
     'linear_grad' (as 'linear') for an ``F.linear`` call a backward makes itself (the one-node mixers' d x, d W).
 
+    ``products``: ``torch.mm`` and ``torch.bmm`` (what the one-node mixers call in their forwards and backwards, and
+    the batched projections) are stubbed too - allocated, not computed, counted in ``gemm`` and per op in
+    ``by_product`` - and not passed to ``record`` (leave it off where the products must reach a dispatch mode). A call
+    the real op would reject (mismatched shapes or dtypes) runs the real op, which raises.
+
     ``autocast_casts``: under autocast the stubbed ``F.linear`` does the casts autocast would do for the real one, as
     real ops (host work and launches): operands not in the autocast dtype are cast, a leaf weight that requires grad
     once per autocast region (autocast's cast cache; :meth:`new_region` clears it), and in training autograd casts
     their gradients back."""
 
-    def __init__(self, record=None, autocast_casts: bool = False):
+    def __init__(self, record=None, autocast_casts: bool = False, products: bool = False):
         self.triton = collections.Counter()
+        self.by_product = collections.Counter()
         self.gemm = 0
         self.record = record
         self.autocast_casts = autocast_casts
+        self.products = products
         self._cast_cache: dict = {}
 
     def new_region(self) -> None:
@@ -148,11 +184,34 @@ class _Stubs:
                 stubs.record(kind, None, (x, weight, bias), out)
             return out
 
+        def product(name, real):
+            def stub(a, b, *, out=None):
+                dev = a.device.type if isinstance(a, torch.Tensor) else "cpu"
+                autocast = torch.is_autocast_enabled(dev)
+                dtype = torch.get_autocast_dtype(dev) if autocast else getattr(a, "dtype", None)
+                if stubs.autocast_casts and autocast:
+                    a, b = stubs._autocast(a, dtype), stubs._autocast(b, dtype)
+                shape = _product_shape(name, a, b)
+                if shape is None or (not autocast and a.dtype != b.dtype):
+                    return real(a, b) if out is None else real(a, b, out=out)  # (raises as the real op does)
+                stubs.gemm += 1
+                stubs.by_product[name] += 1
+                if out is not None:
+                    return out
+                if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+                    return _ProductStub.apply(stubs, a, b, shape, dtype)
+                return a.new_empty(shape, dtype=dtype)
+            return stub
+
         self._saved = [(interpreter.InterpretedFunction, "run", interpreter.InterpretedFunction.run),
                        (F, "linear", F.linear), (torch.nn.modules.linear.F, "linear", F.linear)]
         interpreter.InterpretedFunction.run = run
         F.linear = linear
         torch.nn.modules.linear.F.linear = linear
+        if self.products:
+            for name in ("mm", "bmm"):
+                self._saved.append((torch, name, getattr(torch, name)))
+                setattr(torch, name, product(name, getattr(torch, name)))
         return self
 
     def __exit__(self, *exc):
@@ -218,13 +277,14 @@ class _Case:
         :class:`~vision_rwkv.ops.host_driver.HostOnlyDriver` the Triton launches go through, if any."""
         self.activate()
         stubs.triton.clear()
+        stubs.by_product.clear()
         stubs.gemm = 0
         before = host.launch_count if host is not None else 0
         with _AtenCount() as aten:
             self.step(stubs)
         if host is not None:
             stubs.triton["(compiled kernels)"] = host.launch_count - before
-        matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # (batched) products not via F.linear
+        matmuls = sum(n for op, n in aten.ops.items() if op in MATMUL_OPS)  # products not stubbed (``x @ w``)
         other = sum(n for op, n in aten.ops.items() if op not in VIEW_OPS and op not in MATMUL_OPS)
         gemms = stubs.gemm + matmuls
         path = ("fused" if self.one_node else "fused, per-op") if self.fused else "plain"
@@ -235,6 +295,7 @@ class _Case:
                     dtype="bf16 autocast" if self.autocast else "fp32", host_ms=self.best * 1e3,
                     triton_launches=sum(stubs.triton.values()), gemms=gemms, other_aten_ops=other,
                     launches=sum(stubs.triton.values()) + gemms + other, triton_by_kernel=dict(stubs.triton),
+                    stubbed_products=dict(stubs.by_product),
                     aten_by_op={op: n for op, n in sorted(aten.ops.items()) if op not in VIEW_OPS})
 
 
@@ -243,7 +304,7 @@ def measure_all(cases: list, repeats: int = 5, calls: int = 20, host=None) -> li
     per step. The cases are timed in turns - each repeat one round of ``calls`` steps per case - with the garbage
     collector paused, so that a slow spell of a shared VM or a collection falls on all of them alike."""
     train = any(c.train for c in cases)
-    with torch.set_grad_enabled(train), _Stubs(autocast_casts=True) as stubs:
+    with torch.set_grad_enabled(train), _Stubs(autocast_casts=True, products=True) as stubs:
         for case in cases:
             case.activate()
             for _ in range(3):
@@ -306,7 +367,8 @@ def main(argv=None) -> int:
     for r in rows:
         r["dim"] = args.dim or None
         r["launches_via"] = args.launches
-        print(json.dumps({k: v for k, v in r.items() if k not in ("triton_by_kernel", "aten_by_op")}), flush=True)
+        listed = ("triton_by_kernel", "aten_by_op", "stubbed_products")
+        print(json.dumps({k: v for k, v in r.items() if k not in listed}), flush=True)
     deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)
     unit = "training step" if args.train else "forward"
     print(f"\n| model | path | host ms / {unit} | x DeiT | Triton launches | GEMMs | other aten ops | launches |")

@@ -31,7 +31,7 @@ def test_launch_counts_and_fused_gemms(tmp_path):
                                         "_relu_square_fwd_kernel": 12, "_add_norm_fwd_kernel": 24}
     # per block the token mix's k, v, r in one batched GEMM, its output projection and the channel mix's 3
     # projections; + the patch embedding
-    assert ours["aten_by_op"]["aten.bmm"] == 12
+    assert ours["stubbed_products"] == {"bmm": 12} and "aten.bmm" not in ours["aten_by_op"]  # stubbed, not computed
     assert ours["gemms"] == 12 * 5 + 1
     # the other launches: 2 LayerNorms (norm0, the first norm1), the position-embedding add and the patch cut (the
     # "1 - mu" of the v4 interpolations is computed inside the shift kernels; the 2 stacks of interpolation vectors
@@ -104,3 +104,43 @@ def test_launches_through_tritons_host_path(tmp_path):
     # every Triton launch reached the (recording) C call: the counts of the stubbed run (24 + 12 + 24 + 12 + 24)
     assert fast["triton_launches"] == slow["triton_launches"] == 96 and deit["triton_launches"] == 0
     assert fast["gemms"] == slow["gemms"] == 61 and fast["host_ms"] > 0 and slow["host_ms"] > 0
+
+
+_PRODUCT_STUBS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import benchmark_host as bh
+import torch
+import pytest
+
+real_mm = torch.mm
+with bh._Stubs(products=True) as stubs:
+    a, b = torch.randn(5, 3), torch.randn(3, 7, requires_grad=True)
+    y = torch.mm(a, b)
+    assert y.shape == (5, 7) and y.dtype == torch.float32 and y.requires_grad
+    y.sum().backward()  # d b only: one GEMM (a does not require a gradient)
+    assert b.grad.shape == (3, 7) and stubs.gemm == 2 and stubs.by_product == {"mm": 1}
+    x, w = torch.randn(4, 5, 3), torch.randn(4, 3, 2)
+    out = torch.empty(4, 5, 2)
+    assert torch.bmm(x, w, out=out) is out and torch.bmm(x, w).shape == (4, 5, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.mm(a, b.detach()).dtype == torch.bfloat16
+    assert stubs.by_product == {"mm": 2, "bmm": 2} and stubs.gemm == 5
+    with pytest.raises(RuntimeError):  # the real op's error for mismatched shapes
+        torch.mm(a, torch.randn(4, 7))
+    with pytest.raises(RuntimeError):  # and for mismatched dtypes
+        torch.bmm(x, w.double())
+    assert stubs.gemm == 5
+assert torch.mm is real_mm and torch.allclose(torch.mm(a, b), a @ b)
+print("ok")
+"""
+
+
+def test_product_stubs():
+    """``_Stubs(products=True)``: torch.mm / torch.bmm allocate their output (in autocast's dtype under autocast), count
+    one GEMM each and one per input gradient in backward, honour ``out=``, raise what the real op raises, and are
+    restored on exit."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VRWKV_", "TRITON_"))}
+    proc = subprocess.run([sys.executable, "-c", _PRODUCT_STUBS, str(ROOT / "tools")], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
