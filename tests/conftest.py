@@ -12,6 +12,27 @@ FIXTURES = Path(os.environ.get("VRWKV_FIXTURES", ROOT.parent / "shared" / "fixtu
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (the README's test command and CI pass it)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without ``--run-slow``, skip the tests marked slow (listed in the summary: "slow: pass --run-slow")."""
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow (the README's test command and CI do)")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def run_slow(request) -> bool:
+    """Whether the slow tests run (``--run-slow``): interpreter fixtures then run every case, else the quick ones."""
+    return bool(request.config.getoption("--run-slow"))
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """Folder with the original implementations' outputs (../shared/fixtures or $VRWKV_FIXTURES)."""

@@ -1,4 +1,5 @@
-"""The package list in pyproject.toml must name every package folder (non-editable installs need it)."""
+"""Packaging: the package list in pyproject.toml names every package folder (non-editable installs need it); CI runs
+the README's test command, and that command runs the slow tests too."""
 from pathlib import Path
 
 import tomllib
@@ -20,3 +21,14 @@ def test_every_package_folder_is_listed():
 def test_both_import_packages_import():
     import rwkv_clip  # noqa: F401
     import vision_rwkv  # noqa: F401
+
+
+def test_ci_runs_the_readme_test_command_with_the_slow_tests():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 2, commands  # install + demo, install + tests
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [commands[1]], (ci, commands[1])
+    assert "pytest" in commands[1] and "--run-slow" in commands[1].split(), commands[1]

@@ -124,6 +124,7 @@ def test_csv_training_skips_and_counts_unreadable_images(tmp_path):
     assert sum(r["skipped_images"] for r in rows) == 2
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     """``train.compile=true``: the step runs through torch.compile and gives the eager run's losses; the checkpoint
     keeps the plain model's keys."""

@@ -221,6 +221,7 @@ def train_results():
     return _run_cases(TRAIN_CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(TRAIN_CASES)), ids=[c[0] for c in TRAIN_CASES])
 def test_fused_path_drop_path_training_interpreter(train_results, index):
     """Training mode with drop path stays on the fused path (the residual adds take drop path's per-sample factors)
@@ -237,6 +238,7 @@ def ckpt_results():
     return _run_cases(CKPT_CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(CKPT_CASES)), ids=[c[0] for c in CKPT_CASES])
 def test_fused_path_with_grad_checkpointing_interpreter(ckpt_results, index):
     """Training with activation checkpointing: the one-node mixers run in the forward and again in the recompute,
@@ -255,6 +257,7 @@ def autocast_results():
     return _run_cases(AUTOCAST_CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(AUTOCAST_CASES)), ids=[c[0] for c in AUTOCAST_CASES])
 def test_fused_path_bf16_autocast_training_interpreter(autocast_results, index):
     """Training under bf16 autocast (the benchmarks' setting): the fused path, its weights cast once per mixer,
@@ -274,6 +277,7 @@ def per_op_results():
     return _run_cases(PER_OP_CASES, {"VRWKV_FUSED_STEP": "0"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(PER_OP_CASES)), ids=[c[0] for c in PER_OP_CASES])
 def test_per_op_training_path_interpreter(per_op_results, index):
     """With ``VRWKV_FUSED_STEP=0`` eager training keeps one autograd node per fused op (no one-node mixer runs) and
@@ -293,6 +297,7 @@ def compile_first_results():
     return _run_cases(COMPILE_FIRST_CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(COMPILE_FIRST_CASES)), ids=[c[0] for c in COMPILE_FIRST_CASES])
 def test_compiled_first_call_interpreter(compile_first_results, index):
     res = compile_first_results[index]
@@ -306,6 +311,7 @@ def mix_train_results():
     return _run_cases(MIX_TRAIN_CASES, {"VRWKV_FUSED_MIX_TRAIN": "1", "VRWKV_FUSED_MLP": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(MIX_TRAIN_CASES)), ids=[c[0] for c in MIX_TRAIN_CASES])
 def test_mix_gemms_in_training_interpreter(mix_train_results, index):
     """Training through the mixed-operand GEMMs and the fused MLP (their backward recomputes the mixed inputs and
@@ -325,6 +331,7 @@ def inductor_results(tmp_path_factory):
     return _run_cases(INDUCTOR_CASES, {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path_factory.mktemp("inductor_cache"))})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(INDUCTOR_CASES)), ids=[c[0] for c in INDUCTOR_CASES])
 def test_inductor_training_interpreter(inductor_results, index):
     """torch.compile(fullgraph=True) with inductor, forward + backward in training mode: the Triton kernels run as
@@ -336,6 +343,7 @@ def test_inductor_training_interpreter(inductor_results, index):
         assert min(res["drops"]) > 0, res["drops"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos", range(len(NEW_KERNEL_CASES)), ids=[CASES[i][0] for i in NEW_KERNEL_CASES])
 def test_new_wkv_kernels_in_models_interpreter(new_kernel_results, pos):
     res = new_kernel_results[pos]
@@ -349,6 +357,7 @@ def gemm_results():
     return _run_cases([CASES[i] for i in GEMM_CASES], {"VRWKV_FUSED_GEMM": "1", "VRWKV_FUSED_STEP": "0"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos", range(len(GEMM_CASES)), ids=[CASES[i][0] for i in GEMM_CASES])
 def test_gemm_epilogues_in_models_interpreter(gemm_results, pos):
     res = gemm_results[pos]
@@ -364,6 +373,7 @@ def gemm_step_results():
     return _run_cases([CASES[0], CASES[2]], {"VRWKV_FUSED_GEMM": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos", range(2), ids=[CASES[i][0] for i in (0, 2)])
 def test_gemm_switch_keeps_one_node_steps_interpreter(gemm_step_results, pos):
     """With the GEMM-epilogue switch on, eager training still runs each mixer as one autograd node (cuBLAS GEMMs
@@ -384,6 +394,7 @@ def mlp_results():
     return _run_cases(MIX_CASES[:3], {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_MLP": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos", range(3), ids=[c[0] for c in MIX_CASES[:3]])
 def test_fused_mlp_in_models_interpreter(mlp_results, pos):
     res = mlp_results[pos]
@@ -403,6 +414,7 @@ def mix_compile_results():
     return _run_cases(cases, {"VRWKV_FUSED_MIX": "1", "VRWKV_FUSED_MLP": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos", range(2), ids=[CASES[i][0] for i in (0, 2)])
 def test_mix_gemms_compile_fullgraph_interpreter(mix_compile_results, pos):
     """Inference with every mixed-operand kernel and residual epilogue traced by torch.compile(fullgraph=True) (their
@@ -424,6 +436,7 @@ print(json.dumps(sorted(o for o in ops if o.startswith("vision_rwkv."))))
 """
 
 
+@pytest.mark.slow
 def test_mix_gemms_traced_as_custom_ops():
     """The compiled inference graph of a VRWKV6 model with VRWKV_FUSED_MIX=1 holds the mixed-operand and residual-
     epilogue custom ops (not the plain path, not the separate interpolation / add_norm passes)."""
@@ -438,6 +451,7 @@ def test_mix_gemms_traced_as_custom_ops():
     assert not any("token_shift_mix" in o or "add_norm" in o for o in ops), ops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos", range(len(MIX_CASES)), ids=[c[0] for c in MIX_CASES])
 def test_mix_gemms_in_models_interpreter(mix_results, pos):
     """Inference with the interpolations formed in the GEMMs matches the plain path, and no mixed input pass ran."""
@@ -448,6 +462,7 @@ def test_mix_gemms_in_models_interpreter(mix_results, pos):
         assert res["calls"]["linear_add_norm"] == MIX_CASES[pos][1]["depth"], res["calls"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pos", range(2), ids=[c[0] for c in MIX_CASES[2:]])
 def test_mix_gemms_with_epilogues_in_v6_interpreter(mix_gemm_results, pos):
     res = mix_gemm_results[pos]

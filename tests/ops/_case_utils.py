@@ -46,3 +46,18 @@ def run_script_in_interpreter(script: str, args: Sequence[str], timeout: float) 
     if proc.returncode != 0:
         raise RuntimeError(f"interpreter subprocess failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def quick_params(names: Sequence[str], quick: set[str]) -> list:
+    """``pytest.param`` per case name: the ``quick`` ones run by default, the others are marked slow (--run-slow)."""
+    import pytest
+
+    unknown = set(quick) - set(names)
+    if unknown:
+        raise ValueError(f"quick cases not among the cases: {sorted(unknown)}")
+    return [pytest.param(name, marks=() if name in quick else pytest.mark.slow) for name in names]
+
+
+def quick_cases(cases: dict, quick: set[str], run_slow: bool) -> dict:
+    """The cases an interpreter fixture runs: all of them with --run-slow, else the quick ones."""
+    return dict(cases) if run_slow else {name: case for name, case in cases.items() if name in quick}

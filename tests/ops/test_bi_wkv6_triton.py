@@ -8,6 +8,7 @@ T far beyond the original kernel's 256. Outputs are NaN-poisoned before every la
 import pytest
 import torch
 
+from _case_utils import quick_cases, quick_params
 from _triton_cases import check, run_in_interpreter, run_v6
 
 pytest.importorskip("triton")
@@ -46,6 +47,13 @@ CPU_CASES.update({
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
 })
 
+# the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
+# 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
+# run with --run-slow
+QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api",
+         "T1_chunk", "T_not_multiple_chunk", "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk",
+         "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk"}
+
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
     "64x196x12x64_bf16": dict(shape=(64, 196, 12, 64), dtype="bf16"),
@@ -75,11 +83,11 @@ CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0,
 
 
 @pytest.fixture(scope="module")
-def interpreter_results():
-    return run_in_interpreter("bi_wkv6", CPU_CASES)
+def interpreter_results(run_slow):
+    return run_in_interpreter("bi_wkv6", quick_cases(CPU_CASES, QUICK, run_slow))
 
 
-@pytest.mark.parametrize("name", list(CPU_CASES))
+@pytest.mark.parametrize("name", quick_params(list(CPU_CASES), QUICK))
 def test_bi_wkv6_triton_interpreter(interpreter_results, name):
     check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv6")
 

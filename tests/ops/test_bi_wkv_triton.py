@@ -7,6 +7,7 @@ CUDA (when present): the same checks at real shapes. Outputs are NaN-poisoned be
 import pytest
 import torch
 
+from _case_utils import quick_cases, quick_params
 from _triton_cases import check, run_in_interpreter, run_v4
 
 pytest.importorskip("triton")
@@ -54,6 +55,13 @@ CPU_CASES.update({
     "seq_noncontig_strided": dict(shape=(1, 9, 5), layout="S", config=SEQ),
 })
 
+# the default run's cases (every path once: chunked and single, both modes, 16-bit, non-contiguous, the public API
+# and torch.compile, scale, the seq kernels); the rest run with --run-slow
+QUICK = {"single_chunk", "T1", "chunked_T_not_multiple", "k_pm60_extreme_wT", "extreme_per_step_decay", "bf16", "fp16",
+         "original_single", "noncontig_transposed", "public_api", "scale_single_chunk", "scale_public_api_compile",
+         "single_chunk_seq", "T1_seq", "chunked_T_not_multiple_seq", "noncontig_strided_seq", "fp16_seq",
+         "original_single_seq", "original_P32_S1_seq", "seq_single_chunk_T8"}
+
 CUDA_CASES = {
     "exact_64x196x192": dict(shape=(64, 196, 192)),
     "exact_64x196x192_bf16": dict(shape=(64, 196, 192), dtype="bf16"),
@@ -80,11 +88,11 @@ CUDA_CASES["exact_2x4096x96_seq32"] = dict(shape=(2, 4096, 96), config={"seq": 1
 
 
 @pytest.fixture(scope="module")
-def interpreter_results():
-    return run_in_interpreter("bi_wkv", CPU_CASES)
+def interpreter_results(run_slow):
+    return run_in_interpreter("bi_wkv", quick_cases(CPU_CASES, QUICK, run_slow))
 
 
-@pytest.mark.parametrize("name", list(CPU_CASES))
+@pytest.mark.parametrize("name", quick_params(list(CPU_CASES), QUICK))
 def test_bi_wkv_triton_interpreter(interpreter_results, name):
     check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv")
 

@@ -136,6 +136,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert full["mIoU"] == resumed["mIoU"]
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     """``train.compile=true``: the segmentor's training forward runs through torch.compile, gives the eager run's
     losses and writes a plain checkpoint."""

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -19,6 +21,7 @@ def _run(tmp_path, name, extra_env=None, extra_args=()):
     return {r["model"]: r for r in json.loads(out.read_text())["rows"]}
 
 
+@pytest.mark.slow
 def test_launch_counts_and_fused_gemms(tmp_path):
     base = _run(tmp_path, "base")
     ours, deit = base["vrwkv_tiny_patch16_224"], base["deit_tiny_patch16_224"]

@@ -113,6 +113,7 @@ def test_peak_memory_estimate(rows, rows_b9):
                                         ({"VRWKV_FUSED_MIX_TRAIN": "1"}, (128, 148)),
                                         ({"VRWKV_FUSED_MIX_TRAIN": "1", "VRWKV_FUSED_MLP": "1"}, (106, 124))],
                          ids=["default", "mix_train", "mix_train_mlp"])
+@pytest.mark.slow
 def test_training_memory_per_image(tmp_path_factory, env, bounds):
     """Activation bytes a training step holds per extra image (peak at batch 9 minus batch 5, / 4: both peaks
     dominated by activations, so a change of fixed costs - weights, their casts - does not leak in), in fp32 planes
