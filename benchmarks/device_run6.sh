@@ -35,9 +35,9 @@ cat "$OUT/gpu.txt"
 # folders import at collection)
 CUDA_TESTS="tests/ops tests/models tests/tools/test_profile_backbone.py"
 PT_TIMEOUT=$(python -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
-timeout 240 python -m pytest -v -n 8 -p no:cacheprovider $PT_TIMEOUT $CUDA_TESTS -k cuda \
+timeout 240 python -m pytest -v -n 8 -p no:cacheprovider --run-slow $PT_TIMEOUT $CUDA_TESTS -k cuda \
   > "$W/tests_default.log" 2>&1 &
-env $NEW timeout 200 python -m pytest -v -p no:cacheprovider $PT_TIMEOUT tests/models/test_fused_path.py -k cuda \
+env $NEW timeout 200 python -m pytest -v -p no:cacheprovider --run-slow $PT_TIMEOUT tests/models/test_fused_path.py -k cuda \
   > "$W/tests_optin.log" 2>&1 &
 ( timeout 220 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 3 python benchmarks/sanitize_ops.py \
   > "$W/sanitizer.log" 2>&1; echo "sanitizer rc=$?" >> "$W/sanitizer.log" ) &

@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv,nohe
 python -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
 left() { echo $(( LIMIT - SECONDS )); }
 if [ "${1:-all}" = "all" ]; then
-  timeout 130 python -m pytest -q -p no:cacheprovider tests/ops/test_fused_triton.py tests/models/test_fused_path.py \
+  timeout 130 python -m pytest -q -p no:cacheprovider --run-slow tests/ops/test_fused_triton.py tests/models/test_fused_path.py \
     -k "cuda and not compile_fullgraph" -rf 2>&1 | tail -25 | tee "$OUT/tests.log"
   echo "tests done at ${SECONDS}s"
   timeout 70 python tools/profile_backbone.py --models VRWKV-T VRWKV6-T DeiT-T --img-size 1024 \
@@ -31,7 +31,7 @@ elif [ "$1" = "confirm" ]; then
     --md "$OUT/h100_backbones_confirm.md" --models VRWKV-T VRWKV-S VRWKV-B VRWKV6-T --res 224 1024 --dtypes bf16 \
     --modes eager --unfused --deadline $(( $(left) - 25 )) 2>&1 | grep -v '^{' | grep -v "deadline |" | tail -40
 else
-  timeout 200 python -m pytest -q -p no:cacheprovider tests/models/test_fused_path.py -k "compile_fullgraph_cuda" \
+  timeout 200 python -m pytest -q -p no:cacheprovider --run-slow tests/models/test_fused_path.py -k "compile_fullgraph_cuda" \
     2>&1 | tail -20 | tee "$OUT/tests_compile.log"
   timeout $(( $(left) - 5 )) python tools/benchmark_backbones.py --out "$OUT/h100_backbones_compile.json" \
     --md "$OUT/h100_backbones_compile.md" --res 224 1024 --dtypes bf16 --modes compile --compile-res 1024 224 \
