@@ -294,16 +294,15 @@ def _inputs(case: dict, device: str):
             s, n = out
             return s if post else s + 0.7 * n.to(s.dtype)
 
-        fn = lambda t: combine(fused.add_norm(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"], 1e-5,  # noqa
-                                              post, out_dtype, backend, sample_scale=scale))
-        if case.get("inplace"):  # s written into (a copy of) x, which the op returns as s
-            def fn(t):
-                x = t["x"].detach().clone()
-                s, n = fused.add_norm(x, t["y"], t.get("gamma"), t["weight"], t["bias"], 1e-5, post, out_dtype,
-                                      backend, sample_scale=scale, inplace=True)
-                if s is not x:
-                    raise AssertionError("add_norm(inplace=True) did not return x as s")
-                return combine((s, n))
+        inplace = bool(case.get("inplace"))
+
+        def fn(t):  # inplace: s written into (a copy of) x, which the op returns as s
+            x = t["x"].detach().clone() if inplace else t["x"]
+            s, n = fused.add_norm(x, t["y"], t.get("gamma"), t["weight"], t["bias"], 1e-5, post, out_dtype,
+                                  backend, sample_scale=scale, inplace=inplace)
+            if inplace and s is not x:
+                raise AssertionError("add_norm(inplace=True) did not return x as s")
+            return combine((s, n))
         rf = lambda t: combine(ref.add_norm_reference(t["x"], t["y"], t.get("gamma"), t["weight"], t["bias"],  # noqa
                                                       1e-5, post, sample_scale=scale))
         odt = torch.float32
