@@ -48,8 +48,7 @@ CPU_CASES = {
 # the default run's cases (each mixer, 16-bit autocast, frozen parameters, pre- and post-norm residuals); the rest
 # (larger grids, the "original" mode) run with --run-slow
 QUICK = {"tm6_batch1_1x7_bf16", "tm6_fp16_w2_fp32", "tm6_frozen_lora", "sm_1x9_frozen_decay", "cm_v4_C24_hidden72",
-         "cm_maa_head8_bf16", "cm_fp16", "tm6_residual_pre_gamma_drop", "cm_residual_pre", "cm_residual_post_gamma",
-         "tm6_infer_bf16_1x7", "sm_infer_bf16", "cm_infer_maa_head8_residual"}
+         "cm_maa_head8_bf16", "cm_fp16", "tm6_residual_pre_gamma_drop", "cm_residual_pre", "cm_residual_post_gamma"}
 NODES = {TM: "_TimeMix6StepBackward", SM: "_SpatialMixStepBackward", CM: "_ChannelMixStepBackward"}
 # (vs the float64 plain path, vs the per-op fused path) for the output and for the gradients, per dtype
 TOLS = {"fp32": ((1e-5, 1e-4), (1e-6, 1e-5)), "bf16": ((2e-2, 5e-2), (1e-2, 2e-2)),
@@ -94,7 +93,7 @@ def check(case: dict, res: dict, tols=None) -> None:
             assert res["n"] <= ref_y and res["op_n"] <= op_y, res
 
 
-@pytest.mark.parametrize("name", quick_params(sorted(CPU_CASES), QUICK & set(CPU_CASES)))
+@pytest.mark.parametrize("name", quick_params(sorted(CPU_CASES), QUICK))
 def test_mixer_step_matches_per_op_and_plain_interpreter(cpu_results, name):
     check(CPU_CASES[name], cpu_results[name])
 
@@ -111,10 +110,12 @@ INFER_CASES = {
                                         grid=(2, 5), batch=1, infer=True, residual=True),
 }
 
+QUICK_INFER = {"tm6_infer_bf16_1x7", "sm_infer_bf16", "cm_infer_maa_head8_residual"}  # (the rest: --run-slow)
+
 
 @pytest.fixture(scope="module")
 def infer_results(run_slow):
-    return _interpreted(quick_cases(INFER_CASES, QUICK, run_slow))
+    return _interpreted(quick_cases(INFER_CASES, QUICK_INFER, run_slow))
 
 
 def check_infer(case: dict, res: dict, tols=None) -> None:
@@ -128,7 +129,7 @@ def check_infer(case: dict, res: dict, tols=None) -> None:
         assert res["in_place"], res  # s written into the residual x
 
 
-@pytest.mark.parametrize("name", quick_params(sorted(INFER_CASES), QUICK & set(INFER_CASES)))
+@pytest.mark.parametrize("name", quick_params(sorted(INFER_CASES), QUICK_INFER))
 def test_mixer_step_inference_interpreter(infer_results, name):
     """Eager inference: each mixer as one call (no per-op wrappers) gives the per-op path's output (and, with the
     block's residual add + LayerNorm, its s in place and n), keeps its cast matrices across calls and follows
