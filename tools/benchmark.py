@@ -6,6 +6,7 @@ Examples:
   python tools/benchmark.py --gemm --device cuda --kernel-config gemm.bm=64     # fused GEMMs vs cuBLAS + kernel
   python tools/benchmark.py --backbones --device cuda --dtype bf16 --out bb.json
   python tools/benchmark.py --ops --backbones --device cpu --quick          # tiny CPU smoke run
+  python tools/benchmark.py --backbones --device cpu --dtype fp32 --res 224 --batch 224=8 --train-batch 8  # CPU
 Kernel launch settings can be overridden for sweeps: --kernel-config v4.chunk_t=128 --kernel-config v6.warps=8
 """
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--res", action="append", type=int, help="resolution(s); default 224 512 1024")
     p.add_argument("--batch", action="append", help="RES=BATCH, repeatable")
     p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    p.add_argument("--train-batch", type=int, default=None,
+                   help="batch of the training-step rows (default 128, quick 2; on CPU e.g. 8)")
     p.add_argument("--graph", action="store_true",
                    help="backbones: also time inference and the training step as CUDA-graph replays (no Python / "
                         "launch overhead; CUDA only)")
@@ -124,8 +127,9 @@ def main(argv=None) -> int:
             models = models or ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
             res = res or [64]
             batches = batches or {r: 1 for r in res}
+        train_batch = args.train_batch or (2 if args.quick else 128)
         rows = bm.bench_backbones(args.device, models, res or (224, 512, 1024), batches, dtypes,
-                                  train=not args.no_train, train_batch=2 if args.quick else 128, iters=iters,
+                                  train=not args.no_train, train_batch=train_batch, iters=iters,
                                   warmup=warmup, with_deit=not args.no_deit, progress=tick, graph=args.graph)
         out["backbones"] = rows
         print("\n## Backbones\n")

@@ -141,6 +141,24 @@ def time_train_graph(model: torch.nn.Module, x: torch.Tensor, target: torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------------------- ops
+def saved_activation_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> tuple[int, object]:
+    """(bytes autograd keeps for the backward while ``fn()`` runs, its result): the distinct storages of the tensors
+    the recorded ops save, those of ``exclude`` (e.g. the parameters) not counted. Activation memory of a training
+    step, on any device."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    kept: dict = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(kept.values()), out
+
+
 def _op_inputs(op: str, shape, dtype, device, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     if op == "v4_biwkv":
@@ -579,6 +597,11 @@ def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool
         torch.cuda.reset_peak_memory_stats(dev)
     t = time_fn(step, dev, iters, warmup)
     row = dict(params_M=params, **t, img_per_s=batch / (t["ms"] * 1e-3))
+    if train:  # the activations the step's forward keeps for its backward
+        with torch.autocast(dev.type, dtype=adt, enabled=amp):
+            saved, _ = saved_activation_bytes(lambda: model(x), model.parameters())
+        model.zero_grad(set_to_none=True)
+        row["saved_GiB"] = saved / 2 ** 30
     if dev.type == "cuda":
         row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
         # (inference only at the host-bound small sizes: at 1024 px the GPU time hides the difference)
@@ -622,7 +645,7 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
         finally:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-        anchor = _anchor_backbone(bb, label, res, dtype, batch, is_train)
+        anchor = _anchor_backbone(bb, label, res, dtype, batch, is_train) if dev.type == "cuda" else None  # (H100)
         if anchor is not None:
             row["anchor_img_per_s"] = anchor
             if "img_per_s" in row:
@@ -643,8 +666,9 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
                     ours["deit"] = deit
                     ours["deit_img_per_s"] = ref["img_per_s"]
                     ours["ratio_vs_deit"] = ours["img_per_s"] / ref["img_per_s"]
-                    if "peak_mem_GiB" in ref and "peak_mem_GiB" in ours:
-                        ours["deit_peak_mem_GiB"] = ref["peak_mem_GiB"]
+                    for key in ("peak_mem_GiB", "saved_GiB"):
+                        if key in ref and key in ours:
+                            ours[f"deit_{key}"] = ref[key]
                     if "graph_img_per_s" in ref and "graph_img_per_s" in ours:
                         ours["deit_graph_img_per_s"] = ref["graph_img_per_s"]
                         ours["graph_ratio_vs_deit"] = ours["graph_img_per_s"] / ref["graph_img_per_s"]
@@ -690,6 +714,7 @@ GEMM_COLUMNS = [("epilogue", "epilogue", ""), ("impl", "impl", ""), ("dtype", "d
 BACKBONE_COLUMNS = [("model", "model", ""), ("res", "res", ""), ("batch", "batch", ""), ("dtype", "dtype", ""),
                     ("train", "train", ""), ("img/s", "img_per_s", ".1f"), ("peak GiB", "peak_mem_GiB", ".2f"),
                     ("DeiT img/s", "deit_img_per_s", ".1f"), ("x DeiT", "ratio_vs_deit", ".2f"),
-                    ("DeiT GiB", "deit_peak_mem_GiB", ".2f"), ("original img/s", "anchor_img_per_s", ".1f"),
+                    ("DeiT GiB", "deit_peak_mem_GiB", ".2f"), ("saved GiB", "saved_GiB", ".2f"),
+                    ("DeiT saved GiB", "deit_saved_GiB", ".2f"), ("original img/s", "anchor_img_per_s", ".1f"),
                     ("x original", "ratio_vs_original", ".2f"), ("graph img/s", "graph_img_per_s", ".1f"),
                     ("graph x DeiT", "graph_ratio_vs_deit", ".2f"), ("per-op img/s", "per_op_img_per_s", ".1f")]

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from vision_rwkv.benchmark import saved_activation_bytes
 from vision_rwkv.ops import bi_wkv, bi_wkv_naive, bi_wkv_reference
 from vision_rwkv.ops.bi_wkv.reference import _naive_factor, original_kernel_kv_grads
 
@@ -140,6 +141,26 @@ def test_fp32_gradients_close_to_float64(mode, decay):
     # gw sums B * T * T products in fp32: a few 1e-6; the others about 1e-7
     for name, a, b, tol in zip("wukv", grads[1], grads[0], (6e-6, 1e-6, 1e-6, 1e-6)):
         assert rel_err(a, b) < tol, name
+
+
+@pytest.mark.parametrize("mode", ["exact", "original"])
+def test_reference_recompute_keeps_only_the_inputs(mode):
+    """The default backward recomputes the scans: autograd keeps the inputs (~14 / ~22 planes of k's size without
+    recompute in exact / original mode), and the gradients are those of the stored graph."""
+    base = make_inputs(2, 70, 6, decay=6.0, dtype=torch.float32, seed=2)
+    gy = torch.randn(2, 70, 6)
+    saved, grads = {}, {}
+    for recompute in (True, False):
+        args = [x.clone().requires_grad_() for x in base]
+        fn = lambda: bi_wkv_reference(*args, mode, 5, recompute=recompute)  # noqa: E731
+        saved[recompute], y = saved_activation_bytes(fn)
+        (y * gy).sum().backward()
+        grads[recompute] = [a.grad for a in args]
+    inputs = sum(x.numel() * 4 for x in base)
+    assert saved[True] <= inputs < saved[False] / 5, saved
+    args = [x.clone().requires_grad_() for x in base]
+    assert saved_activation_bytes(lambda: bi_wkv(*args, mode=mode, chunks=5, backend="reference"))[0] == saved[True]  # (the default, as the models call it)
+    torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["exact", "original"])

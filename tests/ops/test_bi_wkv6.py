@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from vision_rwkv.benchmark import saved_activation_bytes
 from vision_rwkv.ops import bi_wkv6, bi_wkv6_naive, bi_wkv6_reference
 
 F64 = torch.float64
@@ -59,6 +60,26 @@ def test_fp32_close_to_float64(t, decay):
     y32 = bi_wkv6(*(x.float() for x in args), backend="reference")
     assert y32.dtype == torch.float32
     assert rel_err(y32, bi_wkv6_naive(*args)) < 1e-6
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_intra_chunk_forms_match_naive(monkeypatch, direct):
+    """Eager CPU inference computes the intra-chunk part as two matrix products when every 16-token chunk's total log
+    decay is >= -60 (``DIRECT_MAX_EXP``), else (and always with a graph) by the binary tree: both forms match the
+    naive form, up to that bound (decays ~3.74 per token: chunk totals just above -60)."""
+    from vision_rwkv.ops.bi_wkv6 import reference as ref6
+
+    if not direct:
+        monkeypatch.setattr(ref6, "DIRECT_MAX_EXP", -1.0)
+    tree = []
+    apply = ref6._IntraChunk.apply
+    monkeypatch.setattr(ref6._IntraChunk, "apply", lambda *a: tree.append(1) or apply(*a))
+    for t, decay in ((100, (0.0, 3.0)), (33, (0.0, 1e-3)), (64, (3.73, 3.75))):
+        args = make_inputs(2, t, 2, 8, decay=decay, seed=t)
+        naive = bi_wkv6_naive(*args)
+        torch.testing.assert_close(bi_wkv6_reference(*args), naive, rtol=1e-12, atol=1e-12)
+        assert rel_err(bi_wkv6_reference(*(x.float() for x in args)), naive) < 1e-6
+    assert bool(tree) != direct
 
 
 def test_fp32_mixed_strong_and_weak_decay():
@@ -176,6 +197,24 @@ def test_zero_decay_minus_inf_log():
     torch.testing.assert_close(y, bi_wkv6_naive(r, k, v, clipped, u), rtol=1e-12, atol=1e-12)
     y.sum().backward()
     assert all(torch.isfinite(a.grad).all() for a in args)
+
+
+def test_reference_recompute_keeps_only_the_inputs():
+    """The default backward recomputes the chunked intermediates: autograd keeps the inputs (~55 planes of r's size
+    without recompute), and the gradients are those of the stored graph."""
+    base = make_inputs(2, 45, 2, 8, decay=(0.0, 2.0), dtype=torch.float32, seed=2)
+    gy = torch.randn(2, 45, 2, 8)
+    saved, grads = {}, {}
+    for recompute in (True, False):
+        args = [x.clone().requires_grad_() for x in base]
+        saved[recompute], y = saved_activation_bytes(lambda: bi_wkv6_reference(*args, recompute=recompute))
+        (y * gy).sum().backward()
+        grads[recompute] = [a.grad for a in args]
+    inputs = sum(x.numel() * 4 for x in base)
+    assert saved[True] <= inputs < saved[False] / 5, saved
+    args = [x.clone().requires_grad_() for x in base]
+    assert saved_activation_bytes(lambda: bi_wkv6(*args, backend="reference"))[0] == saved[True]  # (the default, as the models call it)
+    torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
 
 
 def test_chunk_must_be_power_of_two():

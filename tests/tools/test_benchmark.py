@@ -85,3 +85,40 @@ def test_json_keeps_rows_of_a_run_cut_short(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     assert data["backbones"][0]["img_per_s"] == 5.0 and "meta" in data
     assert not (tmp_path / "bench.json.tmp").exists()
+
+
+def test_saved_activation_bytes_counts_saved_storages_once():
+    """What autograd keeps for the backward: each saved storage once, the excluded tensors (parameters) not."""
+    import torch
+
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(8, requires_grad=True)
+
+    def fn():
+        h = x * w  # saves x and w
+        return (h.sin() * h).sum()  # sin saves h; the product saves sin(h) and h (h once)
+
+    saved, out = bm.saved_activation_bytes(fn, exclude=[w])
+    assert saved == 3 * x.numel() * 4  # x, h, sin(h)
+    assert bm.saved_activation_bytes(fn)[0] == saved + w.numel() * 4
+    out.backward()  # the hooks leave the graph usable
+    assert x.grad is not None and w.grad is not None
+
+
+def test_cli_training_rows_on_cpu(tmp_path):
+    """``--train-batch`` sets the training rows' batch; they report the activations kept for the backward
+    (``saved_GiB``) for our model and for DeiT in the same run."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark as tool
+
+    out = tmp_path / "bench.json"
+    tool.main(["--backbones", "--device", "cpu", "--quick", "--dtype", "fp32", "--model", "vrwkv6_tiny_patch16_224",
+               "--res", "32", "--train-batch", "3", "--iters", "1", "--warmup", "0", "--out", str(out)])
+    rows = json.loads(out.read_text())["backbones"]
+    train = [r for r in rows if r["train"]]
+    assert {r["model"] for r in train} == {"vrwkv6_tiny_patch16_224", "deit_tiny_patch16_224"}
+    assert all(r["batch"] == 3 and "error" not in r and r["saved_GiB"] > 0 for r in train), train
+    ours = next(r for r in train if r["model"].startswith("vrwkv6"))
+    assert ours["deit_saved_GiB"] > 0
+    assert not any("saved_GiB" in r for r in rows if not r["train"])
+    assert not any("anchor_img_per_s" in r for r in rows)  # (the anchors are H100 numbers)

@@ -17,6 +17,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .._validate import no_autocast
 
@@ -76,17 +77,19 @@ def decay_scan(x: torch.Tensor, w: torch.Tensor, block: int = 32) -> torch.Tenso
     c, m, t_len = x.shape
     if t_len <= block:
         idx = torch.arange(t_len, device=x.device)
-        dist = idx[:, None] - idx[None, :]
+        dist = idx[None, :] - idx[:, None]  # (n, t): t - n, the matrix x is multiplied by from the right
         mat = torch.exp(-w[:, None, None] * dist.clamp(min=0).to(x.dtype)) * (dist >= 0).to(x.dtype)
-        return torch.matmul(x, mat.transpose(1, 2))
+        return torch.matmul(x.contiguous(), mat)
     nblk = -(-t_len // block)
-    xp = F.pad(x, (0, nblk * block - t_len)).reshape(c, m * nblk, block)
-    intra = decay_scan(xp, w, block).reshape(c, m, nblk, block)
+    pad = nblk * block - t_len
+    xp = (F.pad(x, (0, pad)) if pad else x).reshape(c, m * nblk, block)
+    intra = decay_scan(xp, w, block).view(c, m, nblk, block)
     carry = decay_scan(intra[..., -1], w * block, block)  # state at the end of every block
     carry = F.pad(carry[..., :-1], (1, 0))  # state at the end of the previous block
     steps = torch.exp(-w[:, None] * torch.arange(1, block + 1, device=x.device, dtype=x.dtype))
-    out = intra + carry[..., None] * steps[:, None, None, :]
-    return out.reshape(c, m, nblk * block)[..., :t_len]
+    # + carry x steps, in place on the matmul's result (which its backward does not read)
+    out = intra.view(c, m * nblk, block).baddbmm_(carry.reshape(c, m * nblk, 1), steps[:, None, :])
+    return out.view(c, m, nblk * block)[..., :t_len]
 
 
 def _shift_right(h: torch.Tensor) -> torch.Tensor:
@@ -100,15 +103,19 @@ def _shift_left(h: torch.Tensor) -> torch.Tensor:
 
 
 def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
-                     chunks: int = 32, block: int = 32) -> torch.Tensor:
+                     chunks: int = 32, block: int = 32, recompute: bool = True) -> torch.Tensor:
     """O(T)-time, O(T)-memory reference of either mode (fp32 or float64 accumulation; result in v's dtype).
 
     One max of k per (batch, channel) keeps exp(k) in range; every other factor is a decay ``exp(-w d)`` bounded
-    by ``exp(|w| T)`` (|w| T = |spatial_decay| in the model). Differentiable by autograd.
+    by ``exp(|w| T)`` (|w| T = |spatial_decay| in the model). Differentiable by autograd; with ``recompute``
+    (default) the backward recomputes the scans from the inputs (activation checkpointing of this op: the inputs
+    are all it keeps for the backward, instead of ~14 planes of k's size in "exact" mode and ~22 in "original").
     """
     if mode not in MODES:
         raise ValueError(f"bi_wkv_reference: unknown mode {mode!r}; expected one of {MODES}")
     with no_autocast(k):
+        if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v)):
+            return checkpoint(_bi_wkv_reference, w, u, k, v, mode, chunks, block, use_reentrant=False)
         return _bi_wkv_reference(w, u, k, v, mode, chunks, block)
 
 
@@ -116,7 +123,10 @@ def _exact_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, bloc
     """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T)."""
     m = x.shape[1]
     fwd, bwd = decay_scan(torch.cat([x, x.flip(-1)], dim=1), w, block).split(m, dim=1)
-    return torch.exp(u)[:, None, None] * x + _shift_right(fwd) + _shift_left(bwd.flip(-1))
+    tot = torch.exp(u)[:, None, None] * x
+    tot[..., 1:] += fwd[..., :-1]  # n < t
+    tot[..., :-1] += bwd.flip(-1)[..., 1:]  # n > t
+    return tot
 
 
 def _original_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, chunks: int,
@@ -144,8 +154,8 @@ def _original_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, c
 
 def _prepare(w, u, k, v):
     dt = torch.promote_types(k.dtype, torch.float32)
-    kc = k.to(dt).permute(2, 0, 1)  # (C, B, T)
-    a = torch.exp(kc - kc.amax(dim=-1, keepdim=True).detach())  # one max of k per (b, c)
+    kc = k.to(dt)
+    a = torch.exp(kc - kc.amax(dim=1, keepdim=True).detach()).permute(2, 0, 1)  # (C, B, T); one max per (b, c)
     return w.to(dt), u.to(dt), a, v.to(dt).permute(2, 0, 1)
 
 
