@@ -144,9 +144,12 @@ def test_fp32_gradients_close_to_float64(mode, decay):
 
 
 @pytest.mark.parametrize("mode", ["exact", "original"])
-def test_reference_recompute_keeps_only_the_inputs(mode):
-    """The default backward recomputes the scans: autograd keeps the inputs (~14 / ~22 planes of k's size without
-    recompute in exact / original mode), and the gradients are those of the stored graph."""
+def test_reference_recompute_keeps_only_the_inputs(monkeypatch, mode):
+    """With ``recompute`` the backward recomputes the scans: autograd keeps the inputs (~14 / ~22 planes of k's size
+    without, in exact / original mode), and the gradients are those of the stored graph. The default recomputes from
+    ``RECOMPUTE_MIN_NUMEL`` elements of k on."""
+    from vision_rwkv.ops.bi_wkv import reference as ref4
+
     base = make_inputs(2, 70, 6, decay=6.0, dtype=torch.float32, seed=2)
     gy = torch.randn(2, 70, 6)
     saved, grads = {}, {}
@@ -158,9 +161,12 @@ def test_reference_recompute_keeps_only_the_inputs(mode):
         grads[recompute] = [a.grad for a in args]
     inputs = sum(x.numel() * 4 for x in base)
     assert saved[True] <= inputs < saved[False] / 5, saved
-    args = [x.clone().requires_grad_() for x in base]
-    assert saved_activation_bytes(lambda: bi_wkv(*args, mode=mode, chunks=5, backend="reference"))[0] == saved[True]  # (the default, as the models call it)
     torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
+    for threshold, expected in ((base[2].numel() + 1, saved[False]), (base[2].numel(), saved[True])):
+        monkeypatch.setattr(ref4, "RECOMPUTE_MIN_NUMEL", threshold)
+        args = [x.clone().requires_grad_() for x in base]
+        fn = lambda: bi_wkv(*args, mode=mode, chunks=5, backend="reference")  # noqa: E731
+        assert saved_activation_bytes(fn)[0] == expected  # (as the models call it)
 
 
 @pytest.mark.parametrize("mode", ["exact", "original"])
@@ -260,6 +266,9 @@ def test_bad_inputs():
         bi_wkv(w.to("meta"), u, k, v)
     with pytest.raises(ValueError, match="backend"):
         bi_wkv(w, u, k, v, backend="cuda")
+    for block in (1, 0, 2.0, True):  # (block 1 would recurse forever)
+        with pytest.raises(ValueError, match="block must be an int >= 2"):
+            bi_wkv_reference(w, u, k, v, block=block)
 
 
 def test_autocast_region_keeps_fp32_accumulation():

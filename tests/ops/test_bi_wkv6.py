@@ -64,9 +64,9 @@ def test_fp32_close_to_float64(t, decay):
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_intra_chunk_forms_match_naive(monkeypatch, direct):
-    """Eager CPU inference computes the intra-chunk part as two matrix products when every 16-token chunk's total log
-    decay is >= -60 (``DIRECT_MAX_EXP``), else (and always with a graph) by the binary tree: both forms match the
-    naive form, up to that bound (decays ~3.74 per token: chunk totals just above -60)."""
+    """Eager CPU inference computes the intra-chunk part as two matrix products when every chunk's total log decay is
+    >= -60 (``DIRECT_MAX_EXP``), else (and always with a graph) by the binary tree: both forms match the naive form,
+    up to that bound (16-token chunks, decays ~3.74 per token: chunk totals just above -60)."""
     from vision_rwkv.ops.bi_wkv6 import reference as ref6
 
     if not direct:
@@ -77,8 +77,8 @@ def test_intra_chunk_forms_match_naive(monkeypatch, direct):
     for t, decay in ((100, (0.0, 3.0)), (33, (0.0, 1e-3)), (64, (3.73, 3.75))):
         args = make_inputs(2, t, 2, 8, decay=decay, seed=t)
         naive = bi_wkv6_naive(*args)
-        torch.testing.assert_close(bi_wkv6_reference(*args), naive, rtol=1e-12, atol=1e-12)
-        assert rel_err(bi_wkv6_reference(*(x.float() for x in args)), naive) < 1e-6
+        torch.testing.assert_close(bi_wkv6_reference(*args, chunk=16), naive, rtol=1e-12, atol=1e-12)
+        assert rel_err(bi_wkv6_reference(*(x.float() for x in args), chunk=16), naive) < 1e-6
     assert bool(tree) != direct
 
 
@@ -199,9 +199,12 @@ def test_zero_decay_minus_inf_log():
     assert all(torch.isfinite(a.grad).all() for a in args)
 
 
-def test_reference_recompute_keeps_only_the_inputs():
-    """The default backward recomputes the chunked intermediates: autograd keeps the inputs (~55 planes of r's size
-    without recompute), and the gradients are those of the stored graph."""
+def test_reference_recompute_keeps_only_the_inputs(monkeypatch):
+    """With ``recompute`` the backward recomputes the chunked intermediates: autograd keeps the inputs (~55 planes of
+    r's size without), and the gradients are those of the stored graph. The default recomputes from
+    ``RECOMPUTE_MIN_NUMEL`` elements of r on (below it the extra forward costs more than the memory is worth)."""
+    from vision_rwkv.ops.bi_wkv6 import reference as ref6
+
     base = make_inputs(2, 45, 2, 8, decay=(0.0, 2.0), dtype=torch.float32, seed=2)
     gy = torch.randn(2, 45, 2, 8)
     saved, grads = {}, {}
@@ -212,9 +215,11 @@ def test_reference_recompute_keeps_only_the_inputs():
         grads[recompute] = [a.grad for a in args]
     inputs = sum(x.numel() * 4 for x in base)
     assert saved[True] <= inputs < saved[False] / 5, saved
-    args = [x.clone().requires_grad_() for x in base]
-    assert saved_activation_bytes(lambda: bi_wkv6(*args, backend="reference"))[0] == saved[True]  # (the default, as the models call it)
     torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
+    for threshold, expected in ((base[0].numel() + 1, saved[False]), (base[0].numel(), saved[True])):
+        monkeypatch.setattr(ref6, "RECOMPUTE_MIN_NUMEL", threshold)
+        args = [x.clone().requires_grad_() for x in base]
+        assert saved_activation_bytes(lambda: bi_wkv6(*args, backend="reference"))[0] == expected  # (as models call)
 
 
 def test_chunk_must_be_power_of_two():

@@ -14,6 +14,7 @@ Shapes: ``k``, ``v`` (B, T, C); ``w``, ``u`` (C,) are the PER-STEP decay and bon
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -102,17 +103,28 @@ def _shift_left(h: torch.Tensor) -> torch.Tensor:
     return F.pad(h[..., 1:], (0, 1))
 
 
+# recompute=None: the backward recomputes from the inputs when k holds at least this many elements (the stored
+# graph would keep ~14-22 planes of k's size - ~220-350 MB per call from here on, as bi_wkv6's threshold); below it
+# the extra forward (~25% of a training call) costs more than the memory is worth
+RECOMPUTE_MIN_NUMEL = 1 << 22
+
+
 def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
-                     chunks: int = 32, block: int = 32, recompute: bool = True) -> torch.Tensor:
+                     chunks: int = 32, block: int = 32, recompute: Optional[bool] = None) -> torch.Tensor:
     """O(T)-time, O(T)-memory reference of either mode (fp32 or float64 accumulation; result in v's dtype).
 
     One max of k per (batch, channel) keeps exp(k) in range; every other factor is a decay ``exp(-w d)`` bounded
-    by ``exp(|w| T)`` (|w| T = |spatial_decay| in the model). Differentiable by autograd; with ``recompute``
-    (default) the backward recomputes the scans from the inputs (activation checkpointing of this op: the inputs
-    are all it keeps for the backward, instead of ~14 planes of k's size in "exact" mode and ~22 in "original").
+    by ``exp(|w| T)`` (|w| T = |spatial_decay| in the model). Differentiable by autograd; with ``recompute`` the
+    backward recomputes the scans from the inputs (activation checkpointing of this op: the inputs are all it
+    keeps for the backward, instead of ~14 planes of k's size in "exact" mode and ~22 in "original"); None: when k
+    holds at least ``RECOMPUTE_MIN_NUMEL`` elements.
     """
     if mode not in MODES:
         raise ValueError(f"bi_wkv_reference: unknown mode {mode!r}; expected one of {MODES}")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+        raise ValueError(f"bi_wkv_reference: block must be an int >= 2, got {block!r}")
+    if recompute is None:
+        recompute = k.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(k):
         if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v)):
             return checkpoint(_bi_wkv_reference, w, u, k, v, mode, chunks, block, use_reentrant=False)

@@ -7,6 +7,8 @@ Shapes: ``r, k, v, logd`` (B, T, H, N) with ``logd = log d <= 0``; ``u`` (H, N).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -184,9 +186,10 @@ def _causal_chunked(r, k, v, logd, chunk):
         y = torch.matmul(torch.matmul(q_dec, k_grow.transpose(1, 2)).tril_(-1), v)  # n < t
     else:
         y = _IntraChunk.apply(r, k, v, a)
-        # exponents are exact float64 differences rounded once to dt; exp in dt
-        q_dec = r * torch.exp(a_ex.to(dt))
+        q_dec = None
     if nc > 1:
+        if q_dec is None:  # (exponents: exact float64 differences rounded once to dt; exp in dt)
+            q_dec = r * torch.exp(a_ex.to(dt))
         k_dec = k * torch.exp((a[:, -1:] - a).to(dt))  # decay from n (exclusive) to the chunk end
         upd = torch.matmul(k_dec.transpose(1, 2), v).reshape(g, nc, n, n)
         chunk_decay = torch.exp(a[:, -1].to(dt)).reshape(g, nc, n, 1)
@@ -195,18 +198,30 @@ def _causal_chunked(r, k, v, logd, chunk):
     return y.reshape(g, nc * chunk, n)[:, :t_len]
 
 
+# recompute=None: the backward recomputes from the inputs when r holds at least this many elements (the stored graph
+# would keep ~55 planes of r's size - ~220 MB per call from here on); below it, the extra forward costs more than
+# the memory is worth (small calls are bound by per-op overhead)
+RECOMPUTE_MIN_NUMEL = 1 << 20
+
+
 def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor,
-                      u: torch.Tensor, chunk: int = 16, recompute: bool = True) -> torch.Tensor:
+                      u: torch.Tensor, chunk: Optional[int] = None, recompute: Optional[bool] = None) -> torch.Tensor:
     """O(T)-memory chunked reference (fp32 or float64 accumulation; result in v's dtype).
 
-    ``chunk`` (a power of two) tokens per chunk (16: the fastest on CPU from 196 to 4096 tokens). Stable for any
-    ``logd <= 0`` (also -30 per step): every exponentiated quantity is a sum of log decays over a token range,
-    i.e. <= 0. Differentiable by autograd; with ``recompute`` (default) the backward recomputes the chunked
-    intermediates from the inputs (activation checkpointing of this op: it keeps ~5 planes of the input size for
-    the backward instead of ~55).
+    ``chunk`` (a power of two) tokens per chunk; None: one chunk up to 64 tokens, else 16 (the fastest on CPU from
+    196 to 4096 tokens). Stable for any ``logd <= 0`` (also -30 per step): every exponentiated quantity is a sum
+    of log decays over a token range, i.e. <= 0. Differentiable by autograd; with ``recompute`` the backward
+    recomputes the chunked intermediates from the inputs (activation checkpointing of this op: it keeps the
+    inputs for the backward instead of ~55 planes of r's size); None: when r holds at least
+    ``RECOMPUTE_MIN_NUMEL`` elements.
     """
+    t_len = r.shape[1]
+    if chunk is None:
+        chunk = 16 if t_len > 64 else 1 << max(t_len - 1, 0).bit_length()
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"bi_wkv6_reference: chunk must be a power of two, got {chunk}")
+    if recompute is None:
+        recompute = r.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(r):
         if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logd, u)):
             return checkpoint(_bi_wkv6_reference, r, k, v, logd, u, chunk, use_reentrant=False)
