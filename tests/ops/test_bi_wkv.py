@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from vision_rwkv.benchmark import saved_activation_bytes
 from vision_rwkv.ops import bi_wkv, bi_wkv_naive, bi_wkv_reference
 from vision_rwkv.ops.bi_wkv.reference import _naive_factor, original_kernel_kv_grads
+
+from _recompute import check_recompute
 
 F64 = torch.float64
 
@@ -151,22 +152,9 @@ def test_reference_recompute_keeps_only_the_inputs(monkeypatch, mode):
     from vision_rwkv.ops.bi_wkv import reference as ref4
 
     base = make_inputs(2, 70, 6, decay=6.0, dtype=torch.float32, seed=2)
-    gy = torch.randn(2, 70, 6)
-    saved, grads = {}, {}
-    for recompute in (True, False):
-        args = [x.clone().requires_grad_() for x in base]
-        fn = lambda: bi_wkv_reference(*args, mode, 5, recompute=recompute)  # noqa: E731
-        saved[recompute], y = saved_activation_bytes(fn)
-        (y * gy).sum().backward()
-        grads[recompute] = [a.grad for a in args]
-    inputs = sum(x.numel() * 4 for x in base)
-    assert saved[True] <= inputs < saved[False] / 5, saved
-    torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
-    for threshold, expected in ((base[2].numel() + 1, saved[False]), (base[2].numel(), saved[True])):
-        monkeypatch.setattr(ref4, "RECOMPUTE_MIN_NUMEL", threshold)
-        args = [x.clone().requires_grad_() for x in base]
-        fn = lambda: bi_wkv(*args, mode=mode, chunks=5, backend="reference")  # noqa: E731
-        assert saved_activation_bytes(fn)[0] == expected  # (as the models call it)
+    check_recompute(monkeypatch, ref4, base, base[2].numel(),
+                    lambda a, rc: bi_wkv_reference(*a, mode, 5, recompute=rc),
+                    lambda a: bi_wkv(*a, mode=mode, chunks=5, backend="reference"))
 
 
 @pytest.mark.parametrize("mode", ["exact", "original"])

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from vision_rwkv.benchmark import saved_activation_bytes
 from vision_rwkv.ops import bi_wkv6, bi_wkv6_naive, bi_wkv6_reference
+
+from _recompute import check_recompute
 
 F64 = torch.float64
 
@@ -206,20 +207,8 @@ def test_reference_recompute_keeps_only_the_inputs(monkeypatch):
     from vision_rwkv.ops.bi_wkv6 import reference as ref6
 
     base = make_inputs(2, 45, 2, 8, decay=(0.0, 2.0), dtype=torch.float32, seed=2)
-    gy = torch.randn(2, 45, 2, 8)
-    saved, grads = {}, {}
-    for recompute in (True, False):
-        args = [x.clone().requires_grad_() for x in base]
-        saved[recompute], y = saved_activation_bytes(lambda: bi_wkv6_reference(*args, recompute=recompute))
-        (y * gy).sum().backward()
-        grads[recompute] = [a.grad for a in args]
-    inputs = sum(x.numel() * 4 for x in base)
-    assert saved[True] <= inputs < saved[False] / 5, saved
-    torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
-    for threshold, expected in ((base[0].numel() + 1, saved[False]), (base[0].numel(), saved[True])):
-        monkeypatch.setattr(ref6, "RECOMPUTE_MIN_NUMEL", threshold)
-        args = [x.clone().requires_grad_() for x in base]
-        assert saved_activation_bytes(lambda: bi_wkv6(*args, backend="reference"))[0] == expected  # (as models call)
+    check_recompute(monkeypatch, ref6, base, base[0].numel(),
+                    lambda a, rc: bi_wkv6_reference(*a, recompute=rc), lambda a: bi_wkv6(*a, backend="reference"))
 
 
 def test_chunk_must_be_power_of_two():
