@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .._triton_utils import autograd_needed
 from .._validate import no_autocast
 
 __all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "original_kernel_kv_grads", "MODES"]
@@ -126,7 +127,7 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
     if recompute is None:
         recompute = k.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(k):
-        if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v)):
+        if recompute and autograd_needed((w, u, k, v)):
             return checkpoint(_bi_wkv_reference, w, u, k, v, mode, chunks, block, use_reentrant=False)
         return _bi_wkv_reference(w, u, k, v, mode, chunks, block)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .._triton_utils import autograd_needed
 from .._validate import no_autocast
 
 __all__ = ["bi_wkv6_reference", "bi_wkv6_naive"]
@@ -144,7 +145,7 @@ def _direct_intra_ok(a: torch.Tensor, inputs: tuple) -> bool:
     ``>= -DIRECT_MAX_EXP`` (``exp(-A_n) <= exp(60)``: no overflow in fp32)."""
     if a.device.type != "cpu" or torch.compiler.is_compiling():
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    if autograd_needed(inputs):
         return False
     return bool(a[:, -1].min() >= -DIRECT_MAX_EXP)  # (False for NaN)
 
@@ -152,7 +153,7 @@ def _direct_intra_ok(a: torch.Tensor, inputs: tuple) -> bool:
 def _chunk_states(upd: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     """The state entering every chunk, ``S_c = dec_{c-1} * S_{c-1} + upd_{c-1}`` (S_0 = 0), for ``upd`` (G, nc, N, N)
     and ``dec`` (G, nc, N, 1) (a Python loop over the chunks; written in place when no graph is recorded)."""
-    if torch.is_grad_enabled() and (upd.requires_grad or dec.requires_grad):
+    if autograd_needed((upd, dec)):
         states = [torch.zeros_like(upd[:, 0])]
         for dec_c, upd_c in zip(dec.unbind(1)[:-1], upd.unbind(1)[:-1]):  # unbind: cheap backward
             states.append(torch.addcmul(upd_c, states[-1], dec_c))
@@ -223,7 +224,7 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     if recompute is None:
         recompute = r.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(r):
-        if recompute and torch.is_grad_enabled() and any(t.requires_grad for t in (r, k, v, logd, u)):
+        if recompute and autograd_needed((r, k, v, logd, u)):
             return checkpoint(_bi_wkv6_reference, r, k, v, logd, u, chunk, use_reentrant=False)
         return _bi_wkv6_reference(r, k, v, logd, u, chunk)
 
