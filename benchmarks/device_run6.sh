@@ -2,6 +2,10 @@
 # Device plan, round 6: everything in ONE call that fits a session's 15 minutes of device time (machine start about
 # 1-2 min + this script, bounded to about 575 s by the step timeouts below):
 #     run(command="bash benchmarks/device_run6.sh", timeout_s=590)
+# The device image's timm is older than ours (no timm.models._input; our fallback covers that, but the numbers should
+# come from the timm CI runs): carry our timm's wheel (`pip download --no-deps timm==1.0.31 -d .whl`, .whl ignored
+# in .git/info/exclude) and start the command with
+#     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site;
 # 1. Correctness, in parallel (<= 240 s): the CUDA tests with the current defaults (every op, fused-kernel and model
 #    case, the opt-in kernels' own cases included; pytest -v, so a killed run still leaves a line per test), the
 #    whole-model CUDA tests with every opt-in on, compute-sanitizer memcheck over every kernel family, and compile
@@ -15,12 +19,20 @@
 # 3. benchmarks/device_summary.py: summary.md (tests, backbones against DeiT and the issue-3 targets, kernels old/new)
 #    and verdict.json (which opt-in to make default, by the rule in its docstring), printed last.
 # $OUT gets at most 8 files: summary.md, verdict.json, the four timing JSONs, gpu.txt and logs.tar.gz (every log).
-export PYTHONPATH=. PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+# (PYTHONPATH keeps what the caller put there: e.g. /tmp/site with a carried timm wheel, below)
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-device_out}
 W=${W:-/tmp/device_run6}
 rm -rf "$W"; mkdir -p "$OUT" "$W"
 T0=$(date +%s)
 stamp() { echo "[$1 at $(( $(date +%s) - T0 ))s]"; }
+# after every step: logs.tar.gz and summary.md / verdict.json in $OUT as far as the run got (a run stopped at the
+# call's limit - which can be under this script's ~575 s when the machine's start ate the session's device time -
+# still brings back everything done until then)
+checkpoint() {
+  tar -czf "$OUT/logs.tar.gz" -C "$W" $(cd "$W" && ls *.log) 2>/dev/null
+  python benchmarks/device_summary.py "$OUT" "$W" > "$W/summary_stdout.txt" 2>&1
+}
 NEW="VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1"
 MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 --model vrwkv_small_patch16_224 \
 --model vrwkv6_small_patch16_224"
@@ -66,28 +78,29 @@ stamp "correctness + warm-ups done"
 grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$W/tests_default.log" | cut -c1-200 | tail -12
 grep -E "[0-9]+ (passed|failed)" "$W/tests_optin.log" | tail -2
 grep -E "ERROR SUMMARY|NON-FINITE|sanitizer rc" "$W/sanitizer.log" | head -5
+checkpoint
 
-# ---- 2. timing (GPU to itself)
+# ---- 2. timing (GPU to itself; the backbones first: the issue-3 targets)
+timeout 100 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 --out "$OUT/bb_old.json" \
+  > "$W/bb_old.log" 2>&1
+stamp "backbones old done"
+checkpoint
+env $NEW timeout 90 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 --no-deit --out "$OUT/bb_new.json" \
+  > "$W/bb_new.log" 2>&1
+stamp "backbones new done"
+checkpoint
+
 # (the chunk variants with fewer state bytes: tools/roofline.py puts the chunk WKV's floor at 8.9 ms for VRWKV6-T at
 # 1024 / b64, 6.5 with states every 128 tokens or in 16 bits)
 timeout 85 python benchmarks/sweep.py time "$OUT/sweep.json" 65 v4,v6 \
   d_default,seq_t16,walk,chunk,chunk_st128,chunk_16bit_states \
   > "$W/sweep.log" 2>&1
 stamp "sweep done"
+checkpoint
 timeout 55 python tools/benchmark.py --gemm --dtype bf16 --iters 10 --warmup 2 --out "$OUT/gemm.json" \
   > "$W/gemm.log" 2>&1
 stamp "gemm done"
-timeout 100 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 --out "$OUT/bb_old.json" \
-  > "$W/bb_old.log" 2>&1
-stamp "backbones old done"
-env $NEW timeout 90 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 --no-deit --out "$OUT/bb_new.json" \
-  > "$W/bb_new.log" 2>&1
-stamp "backbones new done"
-
 # ---- 3. summary (the tables are the last thing printed)
-cp "$W"/tests_default.log "$W"/tests_optin.log "$W"/sanitizer.log "$OUT"/ 2>/dev/null
-tar -czf "$W/logs.tar.gz" -C "$W" $(cd "$W" && ls *.log) 2>/dev/null
-python benchmarks/device_summary.py "$OUT"
-rm -f "$OUT"/tests_default.log "$OUT"/tests_optin.log "$OUT"/sanitizer.log
-mv "$W/logs.tar.gz" "$OUT/"
+checkpoint
+cat "$OUT/summary.md"
 stamp "all done"

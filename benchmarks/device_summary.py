@@ -1,7 +1,8 @@
 """Summarise one device run of ``benchmarks/device_run6.sh``: test outcomes, backbone and operator timings of the
 current defaults ("old") against the opt-in kernels ("new"), the issue-3 targets, and which opt-ins to make default.
 
-    python benchmarks/device_summary.py OUT_DIR      # reads the files below, writes summary.md + verdict.json there
+    python benchmarks/device_summary.py OUT_DIR [LOGS_DIR]  # reads the files below (*.log in LOGS_DIR, default
+                                                            # OUT_DIR), writes summary.md + verdict.json in OUT_DIR
 
 Inputs (missing ones are reported, not fatal): ``tests_default.log`` / ``tests_optin.log`` (``pytest -v``, the CUDA
 tests with the current defaults / the whole-model tests with every opt-in), ``sanitizer.log``, ``sweep.json``
@@ -218,21 +219,23 @@ def _load_json(path: Path, key: Optional[str], missing: list[str]) -> list[dict]
     return data.get(key, []) if key else data
 
 
-def summarise(out_dir: str | Path) -> tuple[str, dict]:
-    """Read a device run's files in ``out_dir``; write ``summary.md`` and ``verdict.json`` there; return both."""
+def summarise(out_dir: str | Path, logs_dir: str | Path | None = None) -> tuple[str, dict]:
+    """Read a device run's files in ``out_dir`` (its ``*.log`` in ``logs_dir``, default the same folder); write
+    ``summary.md`` and ``verdict.json`` in ``out_dir``; return both."""
     out = Path(out_dir)
+    logs = Path(logs_dir) if logs_dir is not None else out
     missing: list[str] = []
     tests = {}
     for name in ("tests_default", "tests_optin"):
-        path = out / f"{name}.log"
+        path = logs / f"{name}.log"
         if path.exists():
             tests[name] = parse_pytest_log(path.read_text(errors="replace"))
         else:
             missing.append(path.name)
             tests[name] = {}
     sanitizer = None
-    if (out / "sanitizer.log").exists():
-        text = (out / "sanitizer.log").read_text(errors="replace")
+    if (logs / "sanitizer.log").exists():
+        text = (logs / "sanitizer.log").read_text(errors="replace")
         rc = re.findall(r"sanitizer rc=(\d+)", text)
         summary = re.findall(r"ERROR SUMMARY: \d+ errors?", text)
         sanitizer = (f"rc={rc[-1] if rc else '?'}, {summary[-1] if summary else 'no ERROR SUMMARY line'}, "
@@ -252,4 +255,4 @@ def summarise(out_dir: str | Path) -> tuple[str, dict]:
 
 
 if __name__ == "__main__":
-    print(summarise(sys.argv[1] if len(sys.argv) > 1 else "device_out")[0])
+    print(summarise(sys.argv[1] if len(sys.argv) > 1 else "device_out", sys.argv[2] if len(sys.argv) > 2 else None)[0])

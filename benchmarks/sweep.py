@@ -23,13 +23,13 @@ import torch
 V4_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192), (16, 4096, 192)]
 V6_SHAPES = [(64, 196, 3, 64), (64, 196, 12, 64), (16, 1024, 6, 64), (4, 4096, 6, 64), (16, 4096, 3, 64)]
 V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exact-mode kernels (triton_seq.py)
-    "d_default": {},
+    "d_default": {"seq": 0},  # the default until round 6 (the name kept for the result files)
     "seq_t16": {"seq": 1},
     "seq_t16_bc128": {"seq": 1, "seq_bc": 128, "seq_warps": 2},
     "seq_t8_bwd64": {"seq": 1, "seq_t": 8, "seq_bwd_bc": 64},
 }
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
-    "walk": {},
+    "walk": {"algo": "walk"},  # the default until round 6
     "chunk": {"algo": "chunk"},
     "chunk_st32": {"algo": "chunk", "state_t": 32},
     "chunk_st128": {"algo": "chunk", "state_t": 128},

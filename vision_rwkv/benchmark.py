@@ -14,6 +14,7 @@ CPU timings: wall clock (perf_counter), median. Every function returns a list of
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -116,10 +117,23 @@ def time_graph(fn: Callable[[], object], iters: int = 20) -> float:
         fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    graph = capture_graph(fn, torch.cuda.default_generators[torch.cuda.current_device()])
     return time_fn(graph.replay, torch.device("cuda"), iters, 2)["ms"]
+
+
+def capture_graph(fn: Callable[[], object], gen: torch.Generator) -> "torch.cuda.CUDAGraph":
+    """``fn`` captured in a new CUDA graph. A capture that fails leaves the CUDA generator ``gen`` mid-capture, after
+    which every random op of the process raises "Offset increment outside graph capture" (an H200 run lost all its
+    later rows to that): its state from before the capture is put back, then the error raised."""
+    clean = gen.clone_state()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception:
+        gen.graphsafe_set_state(clean)
+        raise
+    return graph
 
 
 def time_train_graph(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype, amp: bool,
@@ -571,6 +585,10 @@ def _time_per_op(step: Callable[[], object], dev: torch.device, iters: int) -> f
 
 def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool, dev: torch.device, iters: int,
                         warmup: int, graph: bool = False) -> dict:
+    if dev.type == "cuda":  # what earlier rows left (reference cycles) is not this row's memory
+        gc.collect()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(dev)
     model = _make_model(name, res, dev)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     x = torch.randn(batch, 3, res, res, device=dev)
@@ -603,7 +621,7 @@ def _bench_one_backbone(name: str, res: int, batch: int, dtype: str, train: bool
         model.zero_grad(set_to_none=True)
         row["saved_GiB"] = saved / 2 ** 30
     if dev.type == "cuda":
-        row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+        row["peak_mem_GiB"] = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 30
         # (inference only at the host-bound small sizes: at 1024 px the GPU time hides the difference)
         if (train or res <= 256) and not name.startswith(("deit", "vit")):
             row["per_op_img_per_s"] = batch / (_time_per_op(step, dev, iters) * 1e-3)
@@ -622,7 +640,8 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
                     train_batch: int = 128, iters: int = 20, warmup: int = 3, with_deit: bool = True,
                     anchors_dir=None, progress: Callable[[dict], None] | None = None,
                     graph: bool = False) -> list[dict]:
-    """Inference (forward_features) images/s + peak memory per (model, resolution, dtype), DeiT of the same size in
+    """Inference (forward_features) images/s + peak memory per (model, resolution, dtype; ``peak_mem_GiB``: the most
+    allocated above what the process held before the row's model was built, on CUDA), DeiT of the same size in
     the same run, and a training step (forward + backward + AdamW) at 224. ``graph``: inference and the training
     step are also timed as CUDA-graph replays (``graph_img_per_s``: GPU time without the Python / launch overhead of
     eager calls; CUDA only)."""

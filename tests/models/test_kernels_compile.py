@@ -20,14 +20,15 @@ from vision_rwkv.kernel_report import cuobjdump_path  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 H100_MAX_SHARED = 227 * 1024  # bytes of shared memory one block can opt in to on sm_90
 OPT_INS = {"VRWKV_TRITON_V4": "seq=1", "VRWKV_TRITON_V6": "algo=chunk", "VRWKV_FUSED_GEMM": "1"}
+TILE, WALK = {"VRWKV_TRITON_V4": "seq=0"}, {"VRWKV_TRITON_V6": "algo=walk"}  # the WKV kernels that are not default
 LARGE = {"embed_dim": 64, "depth": 1, "head_hidden_size": 32, "pos_embed_grid": 2, "wkv_mode": "original"}
 CASES = [
-    ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2}, {}],  # pre-norm chain, exact tile-scan WKV
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2}, TILE],  # pre-norm chain, exact tile-scan WKV
     ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2, "amp": True}, OPT_INS],  # seq WKV, GEMM epilogues
-    ["vrwkv_small_patch16_224", {"embed_dim": 64, "depth": 2, "drop_path_rate": 0.5, "train": True, "amp": True}, {}],
-    ["vrwkv_large_patch16_384", LARGE, {}],  # key norm, original-mode WKV
+    ["vrwkv_small_patch16_224", {"embed_dim": 64, "depth": 2, "drop_path_rate": 0.5, "train": True, "amp": True}, TILE],
+    ["vrwkv_large_patch16_384", LARGE, TILE],  # key norm, original-mode WKV
     ["vrwkv_large_patch16_384", dict(LARGE, amp=True), {"VRWKV_TRITON_V4": "seq=1", "VRWKV_FUSED_GEMM": "1"}],
-    ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 2, "drop_path_rate": 0.5, "train": True}, {}],  # walk
+    ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 2, "drop_path_rate": 0.5, "train": True}, WALK],
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 2, "amp": True}, OPT_INS],  # chunk-parallel v6
     # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
     # memory than an H100 block has: the walk kernels run instead

@@ -266,6 +266,21 @@ def test_set_input_size(name, perturb):
         model.set_input_size(patch_size=-1)
 
 
+@pytest.mark.parametrize("size, args", [(256, dict(patch_size=16)), ((320, 192), dict(patch_size=None)),
+                                         (None, dict(patch_size=8))])
+def test_input_size_record_fallback_matches_timm(size, args):
+    """The record kept for timm < 1.0.31 (no timm.models._input) is the one timm's own helper writes."""
+    from vision_rwkv.models import _base
+
+    timm_input = pytest.importorskip("timm.models._input")
+    ours, theirs = nn.Module(), nn.Module()
+    for m in (ours, theirs):
+        m._traits, m._model_args = {"first_conv": "stem"}, {"img_size": (224, 224), "embed_dim": 192}
+    _base._record_input_size(ours, size, **args)
+    timm_input.update_model_input_size(theirs, size, **args)
+    assert ours._traits == theirs._traits and ours._model_args == theirs._model_args
+
+
 @pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv_small_patch16_224"])
 def test_in_place_inference_path_matches_and_keeps_block_hooks(monkeypatch, name):
     """Eager inference on the fused path (forced on CPU: the fused ops' references run) updates the residual stream

@@ -36,6 +36,7 @@ def _workload(w6, ft):
     """Launches of real kernels over several specializations: dtypes, T = 1 (an integer 1), a misaligned pointer
     (a view at an element offset), and the test kernel with an int / bool / float scalar that compare equal."""
     torch.manual_seed(0)
+    w6.CONFIG["algo"] = "walk"  # (one kernel per direction pass: the launches this checks are the walk kernels')
     for dtype, T in ((torch.float32, 7), (torch.bfloat16, 1), (torch.float32, 33)):
         B, H, N = 2, 2, 16
         r, k, v = (torch.randn(B, T, H, N, dtype=dtype) for _ in range(3))

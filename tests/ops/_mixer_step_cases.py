@@ -100,7 +100,7 @@ def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen
             y = module(x, grid) if norm is None else module(x, grid, residual=norm)
         y, n = (y, None) if norm is None else y
         outs = [t for t in (y, n) if t is not None]
-        grads_in = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype) for t in outs]
+        grads_in = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype) for t in outs]
         torch.autograd.backward(outs, grads_in)
     node = type(y.grad_fn).__name__ if y.grad_fn is not None else None
     grads = {"x": x.grad}

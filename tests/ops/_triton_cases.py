@@ -52,12 +52,18 @@ def v4_inputs(B, T, C, dtype, device, seed=0, kscale=1.0, kpm=None, wT=None, wst
     return w.float().to(device), u.float().to(device), cast(k), cast(v), cast(gy)
 
 
+# a case without its own kernel choice runs the kernels that are not the default (v4: the tile scans, v6: the walk);
+# the "_seq" / "_chunk" case variants run the defaults (VRWKV_TRITON_V4 seq=1, VRWKV_TRITON_V6 algo=chunk)
+V4_BASE = {"seq": 0}
+V6_BASE = {"algo": "walk"}
+
+
 def run_v4(case: dict, device: str) -> dict:
     from vision_rwkv.ops import bi_wkv_naive, bi_wkv_reference
     from vision_rwkv.ops.bi_wkv import triton as tri
 
     cfg = dict(tri.CONFIG)
-    tri.CONFIG.update(case.get("config", {}))
+    tri.CONFIG.update(V4_BASE, **case.get("config", {}))
     try:
         dtype = DTYPES[case.get("dtype", "fp32")]
         B, T, C = case["shape"]
@@ -117,7 +123,7 @@ def run_v6(case: dict, device: str) -> dict:
     from vision_rwkv.ops.bi_wkv6 import triton as tri
 
     cfg = dict(tri.CONFIG)
-    tri.CONFIG.update(case.get("config", {}))
+    tri.CONFIG.update(V6_BASE, **case.get("config", {}))
     try:
         dtype = DTYPES[case.get("dtype", "fp32")]
         B, T, H, N = case["shape"]
@@ -159,18 +165,25 @@ def run_v6(case: dict, device: str) -> dict:
 RUNNERS = {"bi_wkv": run_v4, "bi_wkv6": run_v6}
 
 
-def tolerances(dtype: str, op: str) -> tuple[float, float]:
-    """(y, gradients) relative tolerances (METHOD.md: fp32 ~1e-5 vs float64; bf16 1e-3..1e-2)."""
+# fp32 rounding in a recurrence over T steps grows like sqrt(T) ulps: the fp32 tolerances hold up to this many tokens
+# and scale with sqrt(T / FP32_TOL_TOKENS) above (an H200 run gave y 2.0e-5 / 2.6e-5 and gu 4.1e-5 / 4.6e-5 at
+# T = 65537, weak v4 decays, i.e. every token weighs in - against 1e-5 / 3e-5 at T <= 16384)
+FP32_TOL_TOKENS = 4096
+
+
+def tolerances(dtype: str, op: str, tokens: int = 0) -> tuple[float, float]:
+    """(y, gradients) relative tolerances (METHOD.md: fp32 ~1e-5 vs float64; bf16 1e-3..1e-2), for ``tokens`` T."""
     if dtype == "fp32":
-        return 1e-5, 3e-5
+        scale = max(1.0, math.sqrt(tokens / FP32_TOL_TOKENS))
+        return 1e-5 * scale, 3e-5 * scale
     if dtype == "fp16":
         return 3e-3, 1e-2
     return 1e-2, 2e-2
 
 
-def check(result: dict, dtype: str, op: str) -> None:
+def check(result: dict, dtype: str, op: str, tokens: int = 0) -> None:
     """Assert a case result is within tolerance (raises AssertionError naming the quantity)."""
-    check_result(result, *tolerances(dtype, op))
+    check_result(result, *tolerances(dtype, op, tokens))
 
 
 def run_in_interpreter(op: str, cases: dict, timeout: float = 600) -> dict:

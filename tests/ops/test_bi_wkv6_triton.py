@@ -73,8 +73,6 @@ CUDA_CASES = {
 CUDA_CASES.update({f"{name}_chunk": dict(case, config={"algo": "chunk"}) for name, case in list(CUDA_CASES.items())})
 CUDA_CASES["16x1024x6x64_bf16_chunk_bf16_states"] = dict(shape=(16, 1024, 6, 64), dtype="bf16",
                                                         config={"algo": "chunk", "state_dtype": "input"})
-CUDA_CASES["2x4096x6x64_chunk_bt32"] = dict(shape=(2, 4096, 6, 64), config={"algo": "chunk", "block_t": 32,
-                                                                           "block_j": 8, "state_t": 128})
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})
@@ -89,7 +87,7 @@ def interpreter_results(run_slow):
 
 @pytest.mark.parametrize("name", quick_params(list(CPU_CASES), QUICK))
 def test_bi_wkv6_triton_interpreter(interpreter_results, name):
-    check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv6")
+    check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv6", CPU_CASES[name]["shape"][1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -97,7 +95,33 @@ def test_bi_wkv6_triton_interpreter(interpreter_results, name):
 def test_bi_wkv6_triton_cuda(name, monkeypatch):
     monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
     case = CUDA_CASES[name]
-    check(run_v6(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv6")
+    check(run_v6(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv6", case["shape"][1])
+
+
+def test_defaults_and_gpu_block_sizes():
+    """The chunk kernels are the default for head sizes <= 64; on a GPU only the validated block sizes run (block_t=32
+    with block_j=8 passes the interpreter but gave wrong gradients on an H200)."""
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+
+    assert v6.CONFIG["algo"] == "chunk" and v6._chunk_algo(64, 1024, 16) and v6._chunk_algo(64, 1024, 16, True)
+    assert not v6._chunk_algo(80, 1024, 16)  # BN 128: the walk kernels
+    v6.check_gpu_blocks(16, 16)
+    v6.check_gpu_blocks(16, 32)
+    for bt, bj in ((32, 8), (32, 16), (16, 8)):
+        with pytest.raises(ValueError, match=f"block_t={bt}, block_j={bj}: on a GPU only"):
+            v6.check_gpu_blocks(bt, bj)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_unvalidated_block_sizes_refused_on_gpu(monkeypatch):
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+
+    monkeypatch.setitem(v6.CONFIG, "block_t", 32)
+    monkeypatch.setitem(v6.CONFIG, "block_j", 8)
+    monkeypatch.setitem(v6.CONFIG, "state_t", 128)
+    r, k, v, logd = (torch.randn(1, 64, 1, 64, device="cuda") for _ in range(4))
+    with pytest.raises(ValueError, match="block_t=32, block_j=8"):
+        v6.bi_wkv6_triton(r, k, v, -logd.exp(), torch.randn(1, 64, device="cuda"))
 
 
 def test_bwd_algo_picks_the_backward_kernels(monkeypatch):

@@ -94,7 +94,7 @@ def interpreter_results(run_slow):
 
 @pytest.mark.parametrize("name", quick_params(list(CPU_CASES), QUICK))
 def test_bi_wkv_triton_interpreter(interpreter_results, name):
-    check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv")
+    check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv", CPU_CASES[name]["shape"][1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -102,4 +102,4 @@ def test_bi_wkv_triton_interpreter(interpreter_results, name):
 def test_bi_wkv_triton_cuda(name, monkeypatch):
     monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
     case = CUDA_CASES[name]
-    check(run_v4(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv")
+    check(run_v4(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv", case["shape"][1])

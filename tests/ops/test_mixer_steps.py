@@ -81,7 +81,8 @@ def check(case: dict, res: dict, tols=None) -> None:
     (ref_y, ref_g), (op_y, op_g) = tols or TOLS[case.get("dtype", "fp32")]
     for key, val in res.items():
         if key.startswith("g:"):
-            assert val <= ref_g, f"{key} vs float64 plain: {val:.3e} > {ref_g} ({res})"
+            tol = case.get("loose_grads", {}).get(key[2:], ref_g)
+            assert val <= tol, f"{key} vs float64 plain: {val:.3e} > {tol} ({res})"
         elif key.startswith("op_g:"):
             assert val <= op_g, f"{key} vs per-op path: {val:.3e} > {op_g} ({res})"
     assert res["y"] <= ref_y and res["op_y"] <= op_y, res
@@ -153,9 +154,13 @@ def test_mixer_step_residual_errors():
                                residual=fused.ResidualNorm(torch.randn(2, 5, 8), None, *ln))
 
 
+# bf16 vs the float64 plain path, the decay's gradients of an RWKV-6 time mix: on an H200 (round 7) 5.5-6.2%
+# relative (time_maa_w, time_decay, time_decay_w1) with the step and the per-op path bit-identical - the bf16 inputs
+# of the WKV carried through the log-decay gradient's cancellation (d - e), not a kernel's error
+DECAY_GRADS_BF16 = dict.fromkeys(("time_decay", "time_decay_w1", "time_decay_w2", "time_maa_w"), 0.1)
 CUDA_CASES = {
     "tm6_vrwkv6_t": dict(kind=TM, kwargs=dict(dim=192, head_size=64, mix_rank=32, decay_rank=64), grid=(14, 14),
-                         batch=4, dtype="bf16"),
+                         batch=4, dtype="bf16", loose_grads=DECAY_GRADS_BF16),
     "tm6_clip_head80": dict(kind=TM, kwargs=dict(dim=160, head_size=80, mix_rank=32, decay_rank=64), grid=(9, 11),
                             batch=2),
     "sm_vrwkv_t": dict(kind=SM, kwargs=dict(dim=192), grid=(14, 14), batch=4, dtype="bf16"),
@@ -164,7 +169,8 @@ CUDA_CASES = {
     "cm_v6_head64_fp32": dict(kind=CM, kwargs=dict(dim=128, hidden=448, head_size=64), grid=(7, 9), batch=2),
     "tm6_residual_vrwkv6_t": dict(kind=TM, kwargs=dict(dim=192, head_size=64, mix_rank=32, decay_rank=64),
                                   grid=(14, 14), batch=4, dtype="bf16", residual=dict(post=False, gamma=True,
-                                                                                      scale=True)),
+                                                                                      scale=True),
+                                  loose_grads=DECAY_GRADS_BF16),
     "sm_residual_post_fp32": dict(kind=SM, kwargs=dict(dim=384), grid=(13, 17), batch=2,
                                   residual=dict(post=True, gamma=True, scale=True)),
 }

@@ -122,3 +122,37 @@ def test_cli_training_rows_on_cpu(tmp_path):
     assert ours["deit_saved_GiB"] > 0
     assert not any("saved_GiB" in r for r in rows if not r["train"])
     assert not any("anchor_img_per_s" in r for r in rows)  # (the anchors are H100 numbers)
+
+
+def test_failed_capture_puts_the_generator_state_back(monkeypatch):
+    """A CUDA-graph capture that fails must not leave the generator mid-capture (later rows would all fail)."""
+    import contextlib
+
+    import torch
+
+    class FakeGen:
+        def __init__(self):
+            self.calls = []
+
+        def clone_state(self):
+            self.calls.append("clone")
+            return "clean state"
+
+        def graphsafe_set_state(self, state):
+            self.calls.append(("set", state))
+
+    @contextlib.contextmanager
+    def failing_graph(graph):
+        yield
+        raise RuntimeError("operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", failing_graph)
+    gen, ran = FakeGen(), []
+    with pytest.raises(RuntimeError, match="during capture"):
+        bm.capture_graph(lambda: ran.append(1), gen)
+    assert ran == [1] and gen.calls == ["clone", ("set", "clean state")]
+
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    gen = FakeGen()
+    assert bm.capture_graph(lambda: None, gen) is not None and gen.calls == ["clone"]

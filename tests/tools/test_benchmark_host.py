@@ -30,7 +30,7 @@ def test_launch_counts_and_fused_gemms(tmp_path):
     assert deit["triton_launches"] == 0 and deit["gemms"] == 48  # 4 Linear layers x 12 blocks
     # 12 blocks: 2 shift+lerp, 1 WKV (one chunk at 4 tokens), 2 sigmoid gates, 1 relu^2, 2 residual+norm (the last
     # block's second add carries the final norm); 7 projections per block + the patch embedding
-    assert ours["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 24,
+    assert ours["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 24,
                                         "_relu_square_fwd_kernel": 12, "_add_norm_fwd_kernel": 24}
     # per block the token mix's k, v, r in one batched GEMM, its output projection and the channel mix's 3
     # projections; + the patch embedding
@@ -44,7 +44,7 @@ def test_launch_counts_and_fused_gemms(tmp_path):
     gemm = _run(tmp_path, "gemm", {"VRWKV_FUSED_GEMM": "1"})["vrwkv_tiny_patch16_224"]
     # the channel mix's key and both receptance projections become Triton GEMMs that absorb relu^2 and the sigmoid
     # gates (the token mix's k and v still share one batched GEMM)
-    assert gemm["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_fwd_kernel": 12, "_linear_act_kernel": 36,
+    assert gemm["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_linear_act_kernel": 36,
                                         "_add_norm_fwd_kernel": 24}
     assert gemm["gemms"] == 12 * 3 + 1 and gemm["launches"] == ours["launches"] - 24
     assert gemm["vs_deit"] > 0
@@ -55,9 +55,9 @@ def test_training_step_launches(tmp_path):
     ours, deit = rows["vrwkv_tiny_patch16_224"], rows["deit_tiny_patch16_224"]
     assert ours["mode"] == deit["mode"] == "train" and ours["host_ms"] > 0 and deit["host_ms"] > 0
     # forward kernels as in inference, and each one's backward kernel (the WKV at 4 tokens: one chunk each way)
-    fwd = {"_tsm_fwd_kernel": 24, "_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 24, "_relu_square_fwd_kernel": 12,
+    fwd = {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 24, "_relu_square_fwd_kernel": 12,
            "_add_norm_fwd_kernel": 24}
-    bwd = {"_tsm_bwd_kernel": 24, "_bwd_kernel": 12, "_sigmoid_mul_bwd_kernel": 24,
+    bwd = {"_tsm_bwd_kernel": 24, "_seq_bwd_kernel": 12, "_sigmoid_mul_bwd_kernel": 24,
            "_relu_square_bwd_from_out_kernel": 12, "_add_norm_bwd_kernel": 24}
     assert ours["triton_by_kernel"] == {**fwd, **bwd}
     # 61 forward GEMMs, each with d input and d weight (+ d bias for the patch embedding)

@@ -158,3 +158,23 @@ def test_summarise_files_end_to_end(tmp_path):
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert verdict["verdict"]["v4_seq"]["make_default"] and not verdict["verdict"]["fused_gemm"]["make_default"]
     assert (tmp_path / "summary.md").read_text() == text.rstrip("\n") + "\n"
+
+
+def test_summarise_reads_logs_from_their_own_folder(tmp_path):
+    """The device script summarises after every step, with the logs kept outside $OUT (its file limit)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from device_summary import summarise
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    out.mkdir()
+    logs.mkdir()
+    (logs / "tests_default.log").write_text(XDIST_LOG)
+    (logs / "sanitizer.log").write_text("v4 scan ok\n========= ERROR SUMMARY: 0 errors\nsanitizer rc=0\n")
+    text, _ = summarise(out, logs)
+    assert "tests_default.log" not in text.split("Missing inputs:")[1].split("\n")[0]
+    assert "tests_optin.log" in text and "ERROR SUMMARY: 0 errors" in text and "1 cases ok" in text
+    assert sorted(p.name for p in out.iterdir()) == ["summary.md", "verdict.json"]
+    text_same_dir, _ = summarise(logs)  # default: logs beside the outputs
+    assert "ERROR SUMMARY: 0 errors" in text_same_dir

@@ -89,15 +89,16 @@ def test_launch_bytes(rows):
     assert top["linear"]["launches"] == 12 * 4 + 1 and top["autocast_cast"]["launches"] <= 3
     assert top["aten.bmm"]["launches"] == 12
     # one WKV output launch per block, the two Q-Shift + lerp passes per block
-    assert top["_fwd_kernel"]["launches"] == 12 and top["_tsm_fwd_kernel"]["launches"] == 24
+    assert top["_seq_fwd_kernel"]["launches"] == 12 and top["_tsm_fwd_kernel"]["launches"] == 24
 
 
 def test_peak_memory_estimate(rows, rows_b9):
     """The peak-memory estimate (live tensor bytes) covers the parameters and the input, and per extra image our
     models' inference holds fewer bytes than DeiT-T's (the 1024 target asks for less memory than DeiT; what a batch
     adds cancels the weights and autocast's cached casts). In fp32 planes (C x tokens x 4 bytes), the input image
-    being 4 of them: VRWKV-T 9.5, VRWKV6-T 10.6, DeiT-T 12.0; one more plane held through a block (the embedding
-    through the chain, the residual not updated in place, the 4C hidden through the gate) exceeds the bounds."""
+    being 4 of them: VRWKV-T 9.5, VRWKV6-T 11.3 (10.6 with the walk kernels: the chunk kernels' N x N states every 64
+    tokens, both directions), DeiT-T 12.0; one more plane held through a block (the embedding through the chain,
+    the residual not updated in place, the 4C hidden through the gate) exceeds the bounds."""
     plane = 192 * 196 * 4
     per_image = {m: (rows_b9[m]["peak_GiB_est"] - rows[m]["peak_GiB_est"]) * 2 ** 30 / 8 / plane for m in rows_b9}
     for m, r in rows.items():
@@ -105,11 +106,11 @@ def test_peak_memory_estimate(rows, rows_b9):
                             "deit_tiny_patch16_224": 5.5e6}[m] * 4 + 3 * 224 * 224 * 4
         assert r["peak_GiB_est"] * 2 ** 30 > params_and_input
     assert 4 < per_image["vrwkv_tiny_patch16_224"] <= 10, per_image
-    assert 4 < per_image["vrwkv6_tiny_patch16_224"] <= 11.1, per_image
+    assert 4 < per_image["vrwkv6_tiny_patch16_224"] <= 11.6, per_image
     assert per_image["deit_tiny_patch16_224"] > 11.5, per_image
 
 
-@pytest.mark.parametrize("env,bounds", [({}, (150, 197)),
+@pytest.mark.parametrize("env,bounds", [({}, (155, 197)),
                                         ({"VRWKV_FUSED_MIX_TRAIN": "1"}, (128, 148)),
                                         ({"VRWKV_FUSED_MIX_TRAIN": "1", "VRWKV_FUSED_MLP": "1"}, (106, 124))],
                          ids=["default", "mix_train", "mix_train_mlp"])
@@ -117,10 +118,11 @@ def test_peak_memory_estimate(rows, rows_b9):
 def test_training_memory_per_image(tmp_path_factory, env, bounds):
     """Activation bytes a training step holds per extra image (peak at batch 9 minus batch 5, / 4: both peaks
     dominated by activations, so a change of fixed costs - weights, their casts - does not leak in), in fp32 planes
-    (C x tokens x 4 bytes; DeiT-T ~139): VRWKV-T / VRWKV6-T ~146 / ~192 by default (a pre-norm residual add without
-    layer scale does not keep its branch); ``VRWKV_FUSED_MIX_TRAIN=1`` recomputes the mixed inputs in the backward
-    instead of storing them (~123 / ~144) and with ``VRWKV_FUSED_MLP=1`` the channel mix's 4C hidden too (~102 /
-    ~120): a stored branch, mixed input or hidden slipping back in exceeds the bounds."""
+    (C x tokens x 4 bytes; DeiT-T ~139): VRWKV-T / VRWKV6-T ~151 / ~194 by default (a pre-norm residual add without
+    layer scale does not keep its branch; the v4 seq kernels keep 4 fp32 carries per channel every 16 tokens for
+    the backward, ~5 planes over the 32-token tile kernels); ``VRWKV_FUSED_MIX_TRAIN=1`` recomputes the mixed
+    inputs in the backward instead of storing them (~123 / ~144) and with ``VRWKV_FUSED_MLP=1`` the channel mix's
+    4C hidden too (~102 / ~120): a stored branch, mixed input or hidden slipping back in exceeds the bounds."""
     args = ("--train", "--model", "vrwkv6_tiny_patch16_224")
     five = _run(tmp_path_factory, *args, "--batch", "5", env=env)
     nine = _run(tmp_path_factory, *args, "--batch", "9", env=env)

@@ -17,7 +17,24 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 from timm.layers import to_2tuple, trunc_normal_
 from timm.models._features import feature_take_indices
-from timm.models._input import update_model_input_size
+
+
+def _record_input_size(model: nn.Module, img_size, **model_args) -> None:
+    """Record a resize in ``model._traits['img_size']`` and ``model._model_args``, as timm >= 1.0.31 does (its
+    ``update_model_input_size``); the fallback for older timm 1.0.x. ``_nominal_img_size`` reads it."""
+    size = tuple(to_2tuple(img_size)) if img_size is not None else None
+    model._traits = {**getattr(model, "_traits", {}), "img_size": size}
+    args = {**getattr(model, "_model_args", {}), **{k: v for k, v in model_args.items() if v is not None}}
+    args.pop("img_size", None)
+    if size is not None:
+        args["img_size"] = size
+    model._model_args = args
+
+
+try:  # timm >= 1.0.31 (its hub export reads the record)
+    from timm.models._input import update_model_input_size
+except ImportError:
+    update_model_input_size = _record_input_size
 
 from vision_rwkv.ops import fused
 

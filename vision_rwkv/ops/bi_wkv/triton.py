@@ -46,9 +46,11 @@ __all__ = ["bi_wkv_triton", "CONFIG"]
 # overrides.
 # seq=1: both modes run the register-sequential kernels of triton_seq.py (chunks of seq_t tokens, seq_t_orig in
 # mode "original", walked in registers; seq_bc channels per program, seq_bwd_bc for the backward's last kernel,
-# seq_warps warps; same carry kernel); off until validated and timed on a GPU.
+# seq_warps warps; same carry kernel). The default since an H200 run (round 6, benchmarks/results/README.md): its CUDA
+# tests passed and fwd+bwd ran 1.9x faster as GPU time (CUDA graph, geomean of 12 shapes), 1.07x eager; seq=0: the
+# tile-scan kernels of this file.
 CONFIG = config_from_env(dict(single_max_t=32, chunk_t=32, block_c=32, warps=4, carry_ncb=32, carry_block_c=32,
-                              max_tile=2048, scalar=0, seq=0, seq_t=16, seq_t_orig=8, seq_bc=64, seq_bwd_bc=32,
+                              max_tile=2048, scalar=0, seq=1, seq_t=16, seq_t_orig=8, seq_bc=64, seq_bwd_bc=32,
                               seq_warps=1), "VRWKV_TRITON_V4")
 
 

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
 from ..triton_jit import jit
-from .triton import LOGD_MIN, _cums, _ld, _pair_scores, _pair_sym
+from .triton import LOGD_MIN, _cums, _ld, _pair_scores, _pair_sym, _to_cols
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
 
@@ -274,13 +274,12 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
             e3 = _pair_sym(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
             rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
             kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
-            place = (cj[:, None] == cn[None, :]).to(tl.float32)
             xk = G[:, :, None] * kj[None, :, :] * e3
-            gr_c += tl.dot(tl.sum(tl.where(lower, xk, 0.0), axis=1), place, input_precision=PREC)
-            gr_a += tl.dot(tl.sum(tl.where(upper, xk, 0.0), axis=1), place, input_precision=PREC)
+            gr_c += _to_cols(tl.sum(tl.where(lower, xk, 0.0), axis=1), cj, cn, PREC, BJ)
+            gr_a += _to_cols(tl.sum(tl.where(upper, xk, 0.0), axis=1), cj, cn, PREC, BJ)
             xr = G[:, :, None] * rj[:, None, :] * e3
-            gk_c += tl.dot(tl.sum(tl.where(lower, xr, 0.0), axis=0), place, input_precision=PREC)
-            gk_a += tl.dot(tl.sum(tl.where(upper, xr, 0.0), axis=0), place, input_precision=PREC)
+            gk_c += _to_cols(tl.sum(tl.where(lower, xr, 0.0), axis=0), cj, cn, PREC, BJ)
+            gk_a += _to_cols(tl.sum(tl.where(upper, xr, 0.0), axis=0), cj, cn, PREC, BJ)
             A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
     bonus = tl.sum(r * u[None, :] * k, axis=1)
     A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
