@@ -35,6 +35,10 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     "chunk_st128": {"algo": "chunk", "state_t": 128},
     "chunk_16bit_states": {"algo": "chunk", "state_dtype": "input"},
     "chunk_w8": {"algo": "chunk", "warps": 8},
+    # round 8: fewer tokens between stored states (less walking in the output kernels, more state bytes)
+    "chunk_st16": {"algo": "chunk", "state_t": 16},
+    "chunk_st32_16bit": {"algo": "chunk", "state_t": 32, "state_dtype": "input"},
+    "chunk_st16_16bit": {"algo": "chunk", "state_t": 16, "state_dtype": "input"},
 }
 
 

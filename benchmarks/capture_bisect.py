@@ -1,0 +1,140 @@
+"""Which part of a training step breaks its CUDA-graph capture. On an H200 (round 6) the capture of VRWKV-T's bf16
+training step (forward, cross-entropy backward, AdamW with ``capturable``) was invalidated ("operation failed due
+to a previous error during capture") while inference forwards captured fine. Each variant below changes one thing
+and runs in its own process (a failed capture leaves the process's CUDA state suspect):
+
+    python benchmarks/capture_bisect.py [--model M] [--batch B] [--variant NAME ...] [--out F.json]
+    python benchmarks/capture_bisect.py --device cpu      # the same steps eagerly, no capture: checks the plumbing
+
+A variant: three eager steps on a side stream (what ``torch.cuda.graph`` asks for), the capture of one step, two
+replays; ``ok`` when the capture and the replays ran, with the replayed loss next to an eager step's (the same step
+on the same weights would give the same loss; AdamW has moved them, so the two agree only roughly).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+# name -> (environment, model kwargs, step options); one change from "default" each
+VARIANTS: dict[str, tuple[dict, dict, dict]] = {
+    "default": ({}, {}, {}),
+    "relaxed_capture": ({}, {}, {"capture_error_mode": "relaxed"}),  # unsafe API calls allowed: which kind of error
+    "thread_local_capture": ({}, {}, {"capture_error_mode": "thread_local"}),
+    "per_op_mixers": ({"VRWKV_FUSED_STEP": "0"}, {}, {}),  # one autograd node per fused op, not per mixer
+    "plain_path": ({"VRWKV_FUSED": "0"}, {}, {}),  # no fused elementwise kernels (WKV still Triton)
+    "reference_wkv": ({"VRWKV_BACKEND": "reference"}, {}, {}),  # no Triton WKV either
+    "triton_launch": ({"VRWKV_TRITON_FAST_LAUNCH": "0"}, {}, {}),  # Triton's own launch path
+    "no_drop_path": ({}, {"drop_path_rate": 0.0}, {}),  # no random draws in the step
+    "fp32": ({}, {}, {"amp": False}),  # no autocast
+    "no_optimizer": ({}, {}, {"optimizer": False}),  # forward + backward only
+    "forward_only_train_mode": ({}, {}, {"backward": False, "optimizer": False}),
+}
+
+
+def _step_fn(model, x, target, amp: bool, backward: bool, optimizer: bool):
+    """One training step as a closure (gradients set to None first: each replay writes them anew)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=x.is_cuda) if optimizer else None
+    dev = x.device.type
+    dtype = torch.bfloat16
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(dev, dtype=dtype, enabled=amp, cache_enabled=False):
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+        if backward:
+            loss.backward()
+        if opt is not None:
+            opt.step()
+        return loss
+
+    return step
+
+
+def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: dict | None = None) -> dict:
+    """Build the model, warm up, capture one step (CUDA) or run it eagerly (CPU); a result row."""
+    import timm
+
+    import vision_rwkv  # noqa: F401  (registers the models)
+
+    env, kw, opts = VARIANTS[name]
+    os.environ.update(env)
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, pretrained=False, **{**(model_kw or {}), **kw}).to(device).train()
+    size = (model_kw or {}).get("img_size", 224)
+    x = torch.randn(batch, 3, size, size, device=device)
+    target = torch.randint(0, model.num_classes, (batch,), device=device)
+    step = _step_fn(model, x, target, opts.get("amp", True), opts.get("backward", True), opts.get("optimizer", True))
+    row = {"variant": name, "env": env, "model_kw": kw, "opts": opts}
+    t0 = time.perf_counter()
+    if device == "cpu":
+        row["eager_loss"] = [float(step()) for _ in range(2)]
+        row["ok"] = True
+        row["seconds"] = time.perf_counter() - t0
+        return row
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, capture_error_mode=opts.get("capture_error_mode", "global")):
+            loss = step()
+        for _ in range(2):
+            graph.replay()
+        torch.cuda.synchronize()
+        row.update(ok=True, graph_loss=float(loss), eager_loss=float(step()))
+    except Exception as e:  # the point of the run: which variants fail, and how
+        row.update(ok=False, error=f"{type(e).__name__}: {e}"[:400])
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="vrwkv_tiny_patch16_224")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model-kw", default=None, help="JSON model kwargs (small models for a quick check)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per variant")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    model_kw = json.loads(args.model_kw) if args.model_kw else None
+    if args.child:
+        print(json.dumps(run_variant(args.child, args.model, args.batch, args.device, model_kw)))
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("no CUDA device: use --device cpu to check the steps eagerly")
+    rows = []
+    for name in args.variant or list(VARIANTS):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--model", args.model,
+               "--batch", str(args.batch), "--device", args.device]
+        if args.model_kw:
+            cmd += ["--model-kw", args.model_kw]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            lines = proc.stdout.strip().splitlines()
+            row = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
+                "variant": name, "ok": False, "error": f"process rc={proc.returncode}: {proc.stderr[-400:]}"}
+        except subprocess.TimeoutExpired:
+            row = {"variant": name, "ok": False, "error": f"timed out after {args.timeout:.0f} s"}
+        rows.append(row)
+        print(f"{name:24s} {'ok' if row['ok'] else 'FAILED'}  {row.get('error', '')[:160]}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"model": args.model, "batch": args.batch, "device": args.device, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
