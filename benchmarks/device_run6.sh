@@ -19,34 +19,11 @@
 # 3. benchmarks/device_summary.py: summary.md (tests, backbones against DeiT and the issue-3 targets, kernels old/new)
 #    and verdict.json (which opt-in to make default, by the rule in its docstring), printed last.
 # $OUT gets at most 8 files: summary.md, verdict.json, the four timing JSONs, gpu.txt and logs.tar.gz (every log).
-# (PYTHONPATH keeps what the caller put there: e.g. /tmp/site with a carried timm wheel, below)
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-OUT=${OUT:-device_out}
 W=${W:-/tmp/device_run6}
-rm -rf "$W"; mkdir -p "$OUT" "$W"
-T0=$(date +%s)
-stamp() { echo "[$1 at $(( $(date +%s) - T0 ))s]"; }
-# after every step: logs.tar.gz and summary.md / verdict.json in $OUT as far as the run got (a run stopped at the
-# call's limit - which can be under this script's ~575 s when the machine's start ate the session's device time -
-# still brings back everything done until then)
-checkpoint() {
-  tar -czf "$OUT/logs.tar.gz" -C "$W" $(cd "$W" && ls *.log) 2>/dev/null
-  python benchmarks/device_summary.py "$OUT" "$W" > "$W/summary_stdout.txt" 2>&1
-}
+source benchmarks/device_common.sh
 NEW="VRWKV_TRITON_V4=seq=1 VRWKV_TRITON_V6=algo=chunk VRWKV_FUSED_GEMM=1 VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1"
-MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 --model vrwkv_small_patch16_224 \
---model vrwkv6_small_patch16_224"
-BB="--backbones --res 224 --res 1024 --batch 224=256 --batch 1024=16 --dtype bf16"
-{ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,memory.used --format=csv
-  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  git log --oneline -1; } > "$OUT/gpu.txt" 2>&1
-cat "$OUT/gpu.txt"
 
 # ---- 1. correctness + compile warm-ups (parallel; the GPU is shared, nothing here is timed)
-# (the test files with CUDA cases: the device image lacks open_clip / albumentations / omegaconf, which other test
-# folders import at collection)
-CUDA_TESTS="tests/ops tests/models tests/tools/test_profile_backbone.py"
-PT_TIMEOUT=$(python -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
 timeout 240 python -m pytest -v -n 8 -p no:cacheprovider --run-slow $PT_TIMEOUT $CUDA_TESTS -k cuda \
   > "$W/tests_default.log" 2>&1 &
 env $NEW timeout 200 python -m pytest -v -p no:cacheprovider --run-slow $PT_TIMEOUT tests/models/test_fused_path.py -k cuda \
@@ -59,7 +36,7 @@ for m in vrwkv_tiny_patch16_224 vrwkv6_tiny_patch16_224 vrwkv_small_patch16_224 
   ) > "$W/warm_$m.log" 2>&1 &
 done
 i=0
-for cfg in 'v4 {}' 'v4 {"seq":1}' 'v6 {}' 'v6 {"algo":"chunk"}' 'v6 {"algo":"chunk","state_t":128}' \
+for cfg in 'v4 {"seq":0}' 'v4 {"seq":1}' 'v6 {"algo":"walk"}' 'v6 {"algo":"chunk"}' 'v6 {"algo":"chunk","state_t":128}' \
   'v6 {"algo":"chunk","state_dtype":"input"}'; do
   i=$((i + 1))
   timeout 200 python benchmarks/sweep.py warm ${cfg%% *} "${cfg#* }" > "$W/warm_sweep_$i.log" 2>&1 &

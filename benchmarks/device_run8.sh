@@ -3,39 +3,12 @@
 # session's 15 minutes of device time (the machine's start takes ~30-40 s of it). Carry timm's wheel (the image's
 # timm is older; see device_run6.sh) and run
 #     run(command="python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
-#                  export PYTHONPATH=/tmp/site; bash benchmarks/device_run8.sh", carry=[".whl"], timeout_s=560)
-# 1. In parallel (<= 240 s): the CUDA tests with the new defaults (v4 seq, v6 chunk; the refusal of unvalidated v6
-#    block sizes, the mixer-step harness fix, the capture test); benchmarks/capture_bisect.py (which part of a
-#    training step breaks its CUDA-graph capture); benchmarks/v6_blocks_check.py (which v6 setting gave wrong
-#    gradients); compile warm-ups of step 2.
-# 2. Timing, GPU to itself (<= 230 s): backbones VRWKV/VRWKV6 T and S at 224 and 1024 bf16 + training at 224, DeiT
-#    in the same run, eager and CUDA graph, peak memory above each row's start (bb_old.json: the summary's first
-#    column is the current defaults); then the v6 chunk kernels with states every 16 / 32 / 64 tokens, fp32 and
-#    16-bit states (sweep.json).
-# 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
-#    sweep.json, bisect.json, v6_blocks.json, gpu.txt, logs.tar.gz.
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-OUT=${OUT:-device_out}
-W=${W:-/tmp/device_run8}
-rm -rf "$W"; mkdir -p "$OUT" "$W"
-T0=$(date +%s)
-stamp() { echo "[$1 at $(( $(date +%s) - T0 ))s]"; }
-checkpoint() {
-  tar -czf "$OUT/logs.tar.gz" -C "$W" $(cd "$W" && ls *.log) 2>/dev/null
-  python benchmarks/device_summary.py "$OUT" "$W" > "$W/summary_stdout.txt" 2>&1
-}
-MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224 --model vrwkv_small_patch16_224 \
---model vrwkv6_small_patch16_224"
-BB="--backbones --res 224 --res 1024 --batch 224=256 --batch 1024=16 --dtype bf16"
+#                  W=${W:-/tmp/device_run8}
+source benchmarks/device_common.sh
 V6CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_st32_16bit
-{ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,memory.used --format=csv
-  python -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
-  git log --oneline -1; } > "$OUT/gpu.txt" 2>&1
-cat "$OUT/gpu.txt"
 
 # ---- 1. correctness, diagnostics, warm-ups (parallel; nothing here is timed)
-CUDA_TESTS="tests/ops tests/models tests/tools/test_profile_backbone.py tests/tools/test_capture_bisect.py"
-PT_TIMEOUT=$(python -c "import pytest_timeout" 2>/dev/null && echo "--timeout 150")
+CUDA_TESTS="$CUDA_TESTS tests/tools/test_capture_bisect.py"
 timeout 240 python -m pytest -v -n 8 -p no:cacheprovider --run-slow $PT_TIMEOUT $CUDA_TESTS -k cuda \
   > "$W/tests_default.log" 2>&1 &
 timeout 230 python benchmarks/capture_bisect.py --batch 32 --timeout 60 --out "$OUT/bisect.json" > "$W/bisect.log" 2>&1 &
