@@ -3,9 +3,21 @@
 # session's 15 minutes of device time (the machine's start takes ~30-40 s of it). Carry timm's wheel (the image's
 # timm is older; see device_run6.sh) and run
 #     run(command="python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
-#                  W=${W:-/tmp/device_run8}
+#                  export PYTHONPATH=/tmp/site; bash benchmarks/device_run8.sh", carry=[".whl"], timeout_s=560)
+# 1. In parallel (<= 240 s): the CUDA tests with the new defaults (v4 seq, v6 chunk; the refusal of unvalidated v6
+#    block sizes, the mixer-step harness fix, the capture test, the fwd_carry cases); benchmarks/capture_bisect.py
+#    (which part of a training step breaks its CUDA-graph capture); benchmarks/v6_blocks_check.py (which v6
+#    setting gave wrong gradients); compile warm-ups of step 2.
+# 2. Timing, GPU to itself (<= 230 s): backbones VRWKV/VRWKV6 T and S at 224 and 1024 bf16 + training at 224, DeiT
+#    in the same run, eager and CUDA graph, peak memory above each row's start (bb_old.json: the summary's first
+#    column is the current defaults); then the v6 chunk kernels in bf16 (VRWKV6-T's 1024-px shape first) with
+#    states every 16 / 32 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1, states
+#    every 64 / 128 tokens), 8 warps (sweep.json).
+# 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
+#    sweep.json, bisect.json, v6_blocks.json, gpu.txt, logs.tar.gz.
+W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
-V6CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_st32_16bit
+V6CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_st128,chunk_carry_w8,chunk_w8
 
 # ---- 1. correctness, diagnostics, warm-ups (parallel; nothing here is timed)
 CUDA_TESTS="$CUDA_TESTS tests/tools/test_capture_bisect.py"
@@ -18,7 +30,8 @@ for m in vrwkv_tiny_patch16_224 vrwkv6_tiny_patch16_224 vrwkv_small_patch16_224 
 done
 for cfg in '{"algo":"chunk"}' '{"algo":"chunk","state_t":16}' '{"algo":"chunk","state_t":32}' \
   '{"algo":"chunk","state_dtype":"input"}' '{"algo":"chunk","state_t":16,"state_dtype":"input"}' \
-  '{"algo":"chunk","state_t":32,"state_dtype":"input"}'; do
+  '{"algo":"chunk","fwd_carry":1}' '{"algo":"chunk","fwd_carry":1,"state_t":128}' \
+  '{"algo":"chunk","fwd_carry":1,"warps":8}' '{"algo":"chunk","warps":8}'; do
   timeout 200 python benchmarks/sweep.py warm v6 "$cfg" > "$W/warm_sweep_$(echo "$cfg" | tr -dc 'a-z0-9').log" 2>&1 &
 done
 wait
@@ -32,7 +45,7 @@ timeout 150 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 
   > "$W/bb.log" 2>&1
 stamp "backbones done"
 checkpoint
-timeout 75 python benchmarks/sweep.py time "$OUT/sweep.json" 55 v6 $V6CFGS > "$W/sweep.log" 2>&1
+timeout 80 python benchmarks/sweep.py time "$OUT/sweep.json" 60 v6 $V6CFGS bf16 > "$W/sweep.log" 2>&1
 stamp "sweep done"
 
 # ---- 3. summary (the tables are the last thing printed)

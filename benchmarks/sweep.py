@@ -1,9 +1,10 @@
 """Launch-setting sweep and overhead analysis of the Triton Bi-WKV kernels (run on a GPU machine).
 
   python benchmarks/sweep.py warm v4 '<json config>'   # compile every kernel variant of one config (parallel-safe)
-  python benchmarks/sweep.py time out.json [SECONDS [OPS [CONFIGS]]]
+  python benchmarks/sweep.py time out.json [SECONDS [OPS [CONFIGS [DTYPES]]]]
                                                         # time all configs (or the comma-separated OPS / CONFIGS
-                                                        # names): eager (autograd) and CUDA-graph replays
+                                                        # names, fp32 / bf16): eager (autograd) and CUDA-graph
+                                                        # replays
   python benchmarks/sweep.py profile                    # torch.profiler kernel table of the default configs
   python benchmarks/sweep.py overhead                   # CPU cost of one Triton launch / one op call
 
@@ -21,7 +22,8 @@ import time
 import torch
 
 V4_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192), (16, 4096, 192)]
-V6_SHAPES = [(64, 196, 3, 64), (64, 196, 12, 64), (16, 1024, 6, 64), (4, 4096, 6, 64), (16, 4096, 3, 64)]
+# (VRWKV6-T at 1024 px / batch 16 first: the shape of the issue's 1024 target, timed first when a deadline cuts)
+V6_SHAPES = [(16, 4096, 3, 64), (64, 196, 3, 64), (64, 196, 12, 64), (16, 1024, 6, 64), (4, 4096, 6, 64)]
 V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exact-mode kernels (triton_seq.py)
     "d_default": {"seq": 0},  # the default until round 6 (the name kept for the result files)
     "seq_t16": {"seq": 1},
@@ -39,6 +41,10 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     "chunk_st16": {"algo": "chunk", "state_t": 16},
     "chunk_st32_16bit": {"algo": "chunk", "state_t": 32, "state_dtype": "input"},
     "chunk_st16_16bit": {"algo": "chunk", "state_t": 16, "state_dtype": "input"},
+    # round 8: the forward's output kernel per state chunk, carrying the states (fwd_carry=1); more warps
+    "chunk_carry": {"algo": "chunk", "fwd_carry": 1},
+    "chunk_carry_st128": {"algo": "chunk", "fwd_carry": 1, "state_t": 128},
+    "chunk_carry_w8": {"algo": "chunk", "fwd_carry": 1, "warps": 8},
 }
 
 
@@ -157,7 +163,7 @@ def warm(op, cfg, dtypes=("fp32", "bf16")):
     torch.cuda.synchronize()
 
 
-def _time_cases(ops, configs):
+def _time_cases(ops, configs, dtypes=("fp32", "bf16")):
     """(op, config name, config, dtype name, shape) in timing order: shape by shape, both ops interleaved, every
     selected config of a (op, dtype, shape) back to back, so a deadline cuts the largest shapes of every op and
     config evenly and each timed row has its counterparts."""
@@ -167,15 +173,15 @@ def _time_cases(ops, configs):
             cfgs, shapes = table[op]
             if i >= len(shapes):
                 continue
-            for dn in ("fp32", "bf16"):
+            for dn in dtypes:
                 for name, cfg in cfgs.items():
                     if configs is None or name in configs:
                         yield op, name, cfg, dn, shapes[i]
 
 
-def time_all(out, deadline, ops=("v4", "v6"), configs=None):
+def time_all(out, deadline, ops=("v4", "v6"), configs=None, dtypes=("fp32", "bf16")):
     rows = []
-    for op, name, cfg, dn, shape in _time_cases(ops, configs):
+    for op, name, cfg, dn, shape in _time_cases(ops, configs, dtypes):
         if time.time() > deadline:
             print("deadline reached", flush=True)
             break
@@ -269,7 +275,8 @@ if __name__ == "__main__":
     elif what == "time":
         time_all(sys.argv[2], time.time() + float(sys.argv[3]) if len(sys.argv) > 3 else 1e18,
                  tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else ("v4", "v6"),
-                 set(sys.argv[5].split(",")) if len(sys.argv) > 5 else None)
+                 set(sys.argv[5].split(",")) if len(sys.argv) > 5 else None,
+                 tuple(sys.argv[6].split(",")) if len(sys.argv) > 6 else ("fp32", "bf16"))
     elif what == "profile":
         profile()
     elif what == "overhead":

@@ -30,6 +30,9 @@ CASES = [
     ["vrwkv_large_patch16_384", dict(LARGE, amp=True), {"VRWKV_TRITON_V4": "seq=1", "VRWKV_FUSED_GEMM": "1"}],
     ["vrwkv6_small_patch16_224", {"embed_dim": 128, "depth": 2, "drop_path_rate": 0.5, "train": True}, WALK],
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 2, "amp": True}, OPT_INS],  # chunk-parallel v6
+    # the chunk forward's state-chunk programs (fwd_carry=1), inference at 224 (4 state chunks of 4 sub-chunks)
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "infer": True},
+     {"VRWKV_TRITON_V6": "algo=chunk,fwd_carry=1"}],
     # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
     # memory than an H100 block has: the walk kernels run instead
     ["vrwkv6_clip_patch16_224", {"depth": 1, "amp": True}, OPT_INS],

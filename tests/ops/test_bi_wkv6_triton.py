@@ -42,6 +42,13 @@ CPU_CASES.update({
     # forward and backward on different kernel families (bwd_algo): each recomputes what it needs
     "chunk_fwd_walk_bwd": dict(shape=(2, 37, 2, 16), dscale=2.0, config=dict(CHUNK, bwd_algo="walk")),
     "walk_fwd_chunk_bwd": dict(shape=(1, 41, 1, 16), config=dict(CHUNK, algo="walk", bwd_algo="chunk")),
+    # the forward's state-chunk programs carrying P and Q (fwd_carry=1): several state chunks, the last one partial,
+    # strong (pairwise) and weak (factorized) decays, one state chunk, 16-bit states, 24 channels of 32
+    "chunk_carry_many_blocks": dict(shape=(2, 83, 1, 16), dscale=2.0, config=dict(CHUNK, fwd_carry=1)),
+    "chunk_carry_weak_decays": dict(shape=(1, 70, 2, 16), dshift=-3.0, config=dict(CHUNK, fwd_carry=1)),
+    "chunk_carry_single_state_chunk": dict(shape=(1, 21, 1, 16), config=dict(CHUNK, fwd_carry=1)),
+    "chunk_carry_bf16_states_head24": dict(shape=(1, 50, 2, 24), dtype="bf16",
+                                           config=dict(CHUNK, fwd_carry=1, state_dtype="input", state_t=16)),
     # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
     "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
@@ -52,7 +59,8 @@ CPU_CASES.update({
 # run with --run-slow
 QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api",
          "T1_chunk", "T_not_multiple_chunk", "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk",
-         "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk"}
+         "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
+         "chunk_carry_bf16_states_head24"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -73,6 +81,9 @@ CUDA_CASES = {
 CUDA_CASES.update({f"{name}_chunk": dict(case, config={"algo": "chunk"}) for name, case in list(CUDA_CASES.items())})
 CUDA_CASES["16x1024x6x64_bf16_chunk_bf16_states"] = dict(shape=(16, 1024, 6, 64), dtype="bf16",
                                                         config={"algo": "chunk", "state_dtype": "input"})
+CUDA_CASES.update({f"{name}_carry": dict(case, config=dict(case["config"], fwd_carry=1)) for name, case in
+                   list(CUDA_CASES.items()) if name in ("2x4096x6x64_chunk", "16x1024x6x64_bf16_chunk",
+                                                        "strong_decays_chunk", "64x196x3x64_chunk")})
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})
@@ -104,7 +115,7 @@ def test_defaults_and_gpu_block_sizes():
     from vision_rwkv.ops.bi_wkv6 import triton as v6
 
     assert v6.CONFIG["algo"] == "chunk" and v6._chunk_algo(64, 1024, 16) and v6._chunk_algo(64, 1024, 16, True)
-    assert not v6._chunk_algo(80, 1024, 16)  # BN 128: the walk kernels
+    assert not v6._chunk_algo(128, 1024, 16)  # head size 80 pads to 128: the walk kernels
     v6.check_gpu_blocks(16, 16)
     v6.check_gpu_blocks(16, 32)
     for bt, bj in ((32, 8), (32, 16), (16, 8)):

@@ -40,9 +40,11 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # state traffic). "chunk" is the default since an H200 run (round 6, benchmarks/results/README.md): its CUDA tests
 # passed at block_t=16 and fwd+bwd ran 2.0x faster than "walk" (geomean of 10 shapes, eager and graph). bwd_algo: the
 # backward's own choice ("" = algo's; each backward recomputes what it needs, so forward and backward may differ:
-# e.g. the chunk forward for inference with the walk backward in training).
+# e.g. the chunk forward for inference with the walk backward in training). fwd_carry=1: the chunk forward's output
+# kernel carries the states through each state chunk (triton_chunk.py) - opt-in until timed on a GPU.
 CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
-                              bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32"),
+                              bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
+                              fwd_carry=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
@@ -69,6 +71,13 @@ def _pos(tau, T, d):
 def _ld(base, pos, cols, st, sn, mask):
     ptrs = base + pos.to(tl.int64)[:, None] * st + cols.to(tl.int64)[None, :] * sn
     return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@jit
+def _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2):
+    """r, k, v and the clamped log decay of the tokens ``pos`` (fp32, zeros outside ``m2``)."""
+    return (_ld(Rb, pos, cn, srt, srn, m2), _ld(Kb, pos, cn, skt, skn, m2), _ld(Vb, pos, cn, svt, svn, m2),
+            tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN))
 
 
 @jit
@@ -154,10 +163,7 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
         tv = tau < T
         pos = _pos(tau, T, d)
         m2 = tv[:, None] & nmask[None, :]
-        r = _ld(Rb, pos, cn, srt, srn, m2)
-        k = _ld(Kb, pos, cn, skt, skn, m2)
-        v = _ld(Vb, pos, cn, svt, svn, m2)
-        lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
         cex, ctail, clast = _cums(lw)
         y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)
         A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, False)

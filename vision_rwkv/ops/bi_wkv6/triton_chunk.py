@@ -17,7 +17,9 @@ through the sub-chunk's start, so A is two tensor-core products; the others buil
 (BT x BT x BJ tiles, fp64 prefix sums, every exponent <= 0), exact for any decay.
 Kernels: ``_state_kernel`` (per chunk: both state increments and ctot), ``_scan_kernel`` (per (batch, head, row
 block, stream): associative scan over blocks of chunks, in place, leaving the state INCLUDING each chunk), and the
-per-chunk output kernels. The states are (B*H, NC, BN, BN), fp32 (or the inputs' 16-bit dtype with
+per-chunk output kernels (``fwd_carry=1``: the forward's output kernel runs one program per state chunk that carries
+P and Q through its sub-chunks - half the state updates and a quarter of the state loads of one program per
+sub-chunk walking from the state chunk's edges, at a quarter of the programs). The states are (B*H, NC, BN, BN), fp32 (or the inputs' 16-bit dtype with
 ``state_dtype=input``, rounded once each; sums stay fp32): their traffic (~2 N^2 values per chunk and stream) is
 what a larger ``block_t`` saves.
 
@@ -36,7 +38,7 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, new_empty, next_pow2
 from ..triton_jit import jit
-from .triton import LOGD_MIN, _cums, _ld, _pair_scores, _pair_sym, _to_cols
+from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _pair_scores, _pair_sym, _to_cols
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
 
@@ -60,6 +62,21 @@ def _fast_scores(r, k, ecx, ecn, rt, PREC: tl.constexpr):
     low = tl.dot(r * ecx, tl.trans(k * ecn), input_precision=PREC)
     up = tl.dot(r * ecn, tl.trans(k * ecx), input_precision=PREC)
     return tl.where(rt[None, :] < rt[:, None], low, tl.where(rt[None, :] > rt[:, None], up, 0.0))
+
+
+@jit
+def _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr,
+              BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+    """A v for one sub-chunk: its pairs in both directions (factorized through the sub-chunk's start when every
+    channel's total log decay is >= -FAST_DECAY: two tensor-core products, every factor <= e^FAST_DECAY; else the
+    exact pairwise form) and the bonus r.(u k) on the diagonal."""
+    if tl.max(-ctot, axis=0) <= FAST_DECAY:
+        A = _fast_scores(r, k, tl.exp(cex), tl.exp(-(cex + lw)), rt, PREC)
+    else:
+        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, True)
+    bonus = tl.sum(r * u[None, :] * k, axis=1)
+    A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
+    return tl.dot(A, v, input_precision=PREC)
 
 
 @jit
@@ -96,17 +113,21 @@ def _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.cons
 
 
 @jit
+def _program(H, N, BT: tl.constexpr, BN: tl.constexpr):
+    """Program (batch*head, chunk) -> pid, chunk, b, h, token / channel ranges, channel mask."""
+    pid = tl.program_id(0)
+    b = pid // H
+    cn = tl.arange(0, BN)
+    return pid, tl.program_id(1), b, pid - b * H, tl.arange(0, BT), cn, cn < N
+
+
+@jit
 def _coords(T, H, N, NS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     """Program (batch*head, sub-chunk) -> pid, sub-chunk c, state chunk cs, b, h, token / channel ranges, masks."""
-    pid = tl.program_id(0)
-    c = tl.program_id(1)
-    b = pid // H
-    rt = tl.arange(0, BT)
-    cn = tl.arange(0, BN)
-    nmask = cn < N
+    pid, c, b, h, rt, cn, nmask = _program(H, N, BT, BN)
     pos = c * BT + rt
     tv = pos < T
-    return pid, c, c // NS, b, pid - b * H, rt, cn, nmask, pos, tv, tv[:, None] & nmask[None, :]
+    return pid, c, c // NS, b, h, rt, cn, nmask, pos, tv, tv[:, None] & nmask[None, :]
 
 
 @jit
@@ -210,16 +231,48 @@ def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, sv
     P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
     y = tl.dot(r * tl.exp(cex), P, input_precision=PREC)
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
-    if tl.max(-ctot, axis=0) <= FAST_DECAY:
-        # factorized through the sub-chunk's start: two tensor-core products (every factor <= e^FAST_DECAY)
-        A = _fast_scores(r, k, tl.exp(cex), tl.exp(-(cex + lw)), rt, PREC)
-    else:
-        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, True)
-    bonus = tl.sum(r * u[None, :] * k, axis=1)
-    A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
-    y += tl.dot(A, v, input_precision=PREC)
+    y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ,
+                   PREC)
     yp = Y + ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
     tl.store(yp, y.to(Y.dtype.element_ty), mask=m2)
+
+
+@jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+def _fwd_carry_kernel(R, K, V, LD, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
+                      slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
+                      NS: tl.constexpr, PREC: tl.constexpr):
+    """y for state chunk cs (NS sub-chunks of BT tokens) with the states carried from sub-chunk to sub-chunk instead
+    of walked per sub-chunk (``fwd_carry=1``): a descending pass leaves each sub-chunk's anticausal part
+    (r e^{ctail}) Q in the fp32 scratch Z, an ascending pass adds (r e^{cex}) P and the intra-chunk pairs."""
+    pid, cs, b, h, rt, cn, nmask = _program(H, N, BT, BN)  # (program axis 1: the state chunk)
+    Rb = _head(R, b, h, srb, srh)
+    Kb = _head(K, b, h, skb, skh)
+    Vb = _head(V, b, h, svb, svh)
+    Lb = _head(LD, b, h, slb, slh)
+    Q = _load_state(S + BH.to(tl.int64) * NC * BN * BN, pid, cs + 1, NC, cs + 1 < NC, BN)
+    for j in range(0, NS):
+        pos = (cs * NS + NS - 1 - j) * BT + rt
+        m2 = (pos < T)[:, None] & nmask[None, :]
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+        cex, ctail, ctot = _cums(lw)
+        zp = Z + ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+        tl.store(zp, tl.dot(r * tl.exp(ctail), Q, input_precision=PREC), mask=m2)
+        Q = tl.exp(ctot)[:, None] * Q + tl.dot(tl.trans(k * tl.exp(cex)), v, input_precision=PREC)
+    tl.debug_barrier()  # (Z written above by other threads of this program than may read it below)
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    P = _load_state(S, pid, cs - 1, NC, cs > 0, BN)
+    for i in range(0, NS):
+        pos = (cs * NS + i) * BT + rt
+        tv = pos < T
+        m2 = tv[:, None] & nmask[None, :]
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+        cex, ctail, ctot = _cums(lw)
+        off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+        y = tl.dot(r * tl.exp(cex), P, input_precision=PREC) + tl.load(Z + off, mask=m2, other=0.0)
+        y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN,
+                       BJ, PREC)
+        tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m2)
+        P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
@@ -339,11 +392,19 @@ def _states(pairs, logd, cfg, T, H, N, NS, NC, BN):
 
 def chunk_fwd(r, k, v, logd, u, cfg):
     """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``."""
+    from .triton import CONFIG
+
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = cfg
     nsub, NS, NC = _geometry(T, BT)
     S = _states([(k, v)], logd, cfg, T, H, N, NS, NC, BN)
     y = new_empty((B, T, H, N), v.dtype, r.device)
+    if CONFIG["fwd_carry"]:  # one program per state chunk, its states carried through its sub-chunks
+        z = new_empty((B, T, H, N), torch.float32, r.device)
+        _fwd_carry_kernel[(B * H, NC)](r, k, v, logd, u, y, z, S, *r.stride(), *k.stride(), *v.stride(),
+                                       *logd.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec,
+                                       num_warps=nw)
+        return y
     _fwd_kernel[(B * H, nsub)](r, k, v, logd, u, y, S, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
                                T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, num_warps=nw)
     return y
