@@ -1,9 +1,9 @@
 #!/bin/bash
-# Device plan, round 8 (after the H200 rounds 6-7 of benchmarks/results/README.md): one call, about 480 s, for a
+# Device plan, round 8 (after the H200 rounds 6-7 of benchmarks/results/README.md): one call, about 520 s, for a
 # session's 15 minutes of device time (the machine's start takes ~30-40 s of it). Carry timm's wheel (the image's
 # timm is older; see device_run6.sh) and run
 #     run(command="python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
-#                  export PYTHONPATH=/tmp/site; bash benchmarks/device_run8.sh", carry=[".whl"], timeout_s=560)
+#                  export PYTHONPATH=/tmp/site; bash benchmarks/device_run8.sh", carry=[".whl"], timeout_s=600)
 # 1. In parallel (<= 240 s): the CUDA tests with the new defaults (v4 seq, v6 chunk; the refusal of unvalidated v6
 #    block sizes, the mixer-step harness fix, the capture test, the fwd_carry cases); benchmarks/capture_bisect.py
 #    (which part of a training step breaks its CUDA-graph capture); benchmarks/v6_blocks_check.py (which v6
@@ -12,12 +12,14 @@
 #    in the same run, eager and CUDA graph, peak memory above each row's start (bb_old.json: the summary's first
 #    column is the current defaults); then the v6 chunk kernels in bf16 (VRWKV6-T's 1024-px shape first) with
 #    states every 16 / 32 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1, states
-#    every 64 / 128 tokens), 8 warps (sweep.json).
+#    every 64 / 128 tokens), 8 warps, and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per
+#    program (sweep.json; VRWKV-T needs 8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
 # 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
 #    sweep.json, bisect.json, v6_blocks.json, gpu.txt, logs.tar.gz.
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
-V6CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_st128,chunk_carry_w8,chunk_w8
+CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_st128,chunk_carry_w8,\
+chunk_w8,seq_t16,seq_t16_bc128,seq_t32,seq_bc32
 
 # ---- 1. correctness, diagnostics, warm-ups (parallel; nothing here is timed)
 CUDA_TESTS="$CUDA_TESTS tests/tools/test_capture_bisect.py"
@@ -34,6 +36,9 @@ for cfg in '{"algo":"chunk"}' '{"algo":"chunk","state_t":16}' '{"algo":"chunk","
   '{"algo":"chunk","fwd_carry":1,"warps":8}' '{"algo":"chunk","warps":8}'; do
   timeout 200 python benchmarks/sweep.py warm v6 "$cfg" > "$W/warm_sweep_$(echo "$cfg" | tr -dc 'a-z0-9').log" 2>&1 &
 done
+for cfg in '{"seq":1,"seq_bc":128,"seq_warps":2}' '{"seq":1,"seq_t":32}' '{"seq":1,"seq_bc":32}'; do
+  timeout 200 python benchmarks/sweep.py warm v4 "$cfg" > "$W/warm_sweep4_$(echo "$cfg" | tr -dc 'a-z0-9').log" 2>&1 &
+done
 wait
 stamp "correctness + diagnostics + warm-ups done"
 grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$W/tests_default.log" | cut -c1-200 | tail -12
@@ -45,7 +50,7 @@ timeout 150 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 
   > "$W/bb.log" 2>&1
 stamp "backbones done"
 checkpoint
-timeout 80 python benchmarks/sweep.py time "$OUT/sweep.json" 60 v6 $V6CFGS bf16 > "$W/sweep.log" 2>&1
+timeout 110 python benchmarks/sweep.py time "$OUT/sweep.json" 90 v4,v6 $CFGS bf16 > "$W/sweep.log" 2>&1
 stamp "sweep done"
 
 # ---- 3. summary (the tables are the last thing printed)
