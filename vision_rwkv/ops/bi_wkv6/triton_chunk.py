@@ -19,9 +19,9 @@ Kernels: ``_state_kernel`` (per chunk: both state increments and ctot), ``_scan_
 block, stream): associative scan over blocks of chunks, in place, leaving the state INCLUDING each chunk), and the
 per-chunk output kernels (``fwd_carry=1``: the forward's output kernel runs one program per state chunk that carries
 P and Q through its sub-chunks - half the state updates and a quarter of the state loads of one program per
-sub-chunk walking from the state chunk's edges, at a quarter of the programs). The states are (B*H, NC, BN, BN), fp32 (or the inputs' 16-bit dtype with
-``state_dtype=input``, rounded once each; sums stay fp32): their traffic (~2 N^2 values per chunk and stream) is
-what a larger ``block_t`` saves.
+sub-chunk walking from the state chunk's edges, at a quarter of the programs). The states are (B*H, NC, BN, BN),
+fp32 (or the inputs' 16-bit dtype with ``state_dtype=input``, rounded once each; sums stay fp32): their traffic
+(~2 N^2 values per chunk and stream) is what a larger ``block_t`` saves.
 
 Backward: the same state machinery on (k, v) and on (r, gy) (the adjoint states), then per chunk
     gr = e^{cex} (gy P^T) + e^{ctail} (gy Q^T) + intra + u k (gy.v),   gk = e^{ctail} (v GP^T) + e^{cex} (v GQ^T) + ...
