@@ -7,7 +7,9 @@ current defaults ("old") against the opt-in kernels ("new"), the issue-3 targets
 Inputs (missing ones are reported, not fatal): ``tests_default.log`` / ``tests_optin.log`` (``pytest -v``, the CUDA
 tests with the current defaults / the whole-model tests with every opt-in), ``sanitizer.log``, ``sweep.json``
 (``benchmarks/sweep.py time``: old and new WKV kernels, eager and CUDA-graph ms), ``gemm.json`` (``tools/benchmark.py
---gemm``), ``bb_old.json`` / ``bb_new.json`` (``tools/benchmark.py --backbones``; DeiT rows in the old run only).
+--gemm``), ``bb_old.json`` / ``bb_new.json`` (``tools/benchmark.py --backbones``; DeiT rows in the old run only);
+optional (device_run8.sh): ``bisect.json`` (``benchmarks/capture_bisect.py``), ``v6_blocks.json``
+(``benchmarks/v6_blocks_check.py``). Every timed WKV setting is also set against the default kernels' at its shape.
 
 An opt-in is made default (``verdict.json``) only if its CUDA tests ran and all passed, the whole-model tests with the
 opt-ins passed, and it is faster: geometric mean over the sweep's shapes and dtypes of old / new CUDA-graph
@@ -34,6 +36,7 @@ TARGETS = {  # issue 3, bf16 autocast, ratio to DeiT of the same size measured i
     (224, True): 0.7,
 }
 SWEEP_PAIRS = {"v4": ("d_default", "seq_t16"), "v6": ("walk", "chunk")}
+DEFAULT_SETTINGS = {"v4": "seq_t16", "v6": "chunk"}  # the sweep's names of the current default kernels
 OPT_INS = {  # verdict key -> (test file and id marker of its CUDA cases, environment switch that turns it on)
     "v4_seq": ("test_bi_wkv_triton.py::", "_seq", "VRWKV_TRITON_V4=seq=1"),
     "v6_chunk": ("test_bi_wkv6_triton.py::", "_chunk", "VRWKV_TRITON_V6=algo=chunk"),
@@ -59,9 +62,10 @@ def geomean(values: Iterable[float]) -> Optional[float]:
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
 
 
-def sweep_speedups(rows: list[dict], op: str) -> list[dict]:
-    """Per (dtype, shape): old / new ms of the op's pair of configs, eager and CUDA-graph, forward and fwd+bwd."""
-    old_name, new_name = SWEEP_PAIRS[op]
+def sweep_speedups(rows: list[dict], op: str, pair: Optional[tuple[str, str]] = None) -> list[dict]:
+    """Per (dtype, shape): old / new ms of the op's pair of configs (``SWEEP_PAIRS``, or ``pair``: (old, new)
+    names), eager and CUDA-graph, forward and fwd+bwd."""
+    old_name, new_name = pair or SWEEP_PAIRS[op]
     by_key = {(r["config"], r["dtype"], tuple(r["shape"])): r for r in rows if r.get("op") == op and "error" not in r}
     out = []
     for (cfg, dtype, shape), old in sorted(by_key.items()):
@@ -162,12 +166,24 @@ def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: l
     return result
 
 
+def settings_vs_default(rows: list[dict]) -> list[dict]:
+    """Every timed setting of each op against the default kernels' (``DEFAULT_SETTINGS``) at the same (dtype, shape):
+    the setting's CUDA-graph forward / fwd+bwd ms and default / setting (x > 1: faster than the default)."""
+    out = []
+    for op, base in DEFAULT_SETTINGS.items():
+        names = sorted({r["config"] for r in rows if r.get("op") == op and r.get("config") != base})
+        for name in names:
+            out += [dict(r, config=name) for r in sweep_speedups(rows, op, (base, name))]
+    return out
+
+
 def _fmt(v, spec=".2f") -> str:
     return "" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
 def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], verdicts: dict,
-           sanitizer: Optional[str], missing: list[str]) -> str:
+           sanitizer: Optional[str], missing: list[str], bisect: Optional[list] = None,
+           blocks: Optional[dict] = None) -> str:
     lines = ["# Device run summary", ""]
     if missing:
         lines += [f"Missing inputs: {', '.join(missing)}", ""]
@@ -200,6 +216,28 @@ def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], 
                          f"{_fmt(r['eager_fb_new'], '.3f')} | {_fmt(r['eager_fb_x'])} | "
                          f"{_fmt(r['graph_fb_old'], '.3f')} | {_fmt(r['graph_fb_new'], '.3f')} | "
                          f"{_fmt(r['graph_fb_x'])} |")
+    settings = settings_vs_default(sweep)
+    if settings:
+        lines += ["", "## WKV settings vs the default kernels (CUDA-graph ms; x = default / setting, > 1 faster)", "",
+                  "| op | setting | dtype | shape | fwd default | fwd | x | fwd+bwd default | fwd+bwd | x |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in settings:
+            lines.append(f"| {r['op']} | {r['config']} | {r['dtype']} | {tuple(r['shape'])} | "
+                         f"{_fmt(r['graph_f_old'], '.3f')} | {_fmt(r['graph_f_new'], '.3f')} | "
+                         f"{_fmt(r['graph_f_x'])} | {_fmt(r['graph_fb_old'], '.3f')} | "
+                         f"{_fmt(r['graph_fb_new'], '.3f')} | {_fmt(r['graph_fb_x'])} |")
+    if bisect:
+        lines += ["", "## Training-step CUDA-graph capture by variant (benchmarks/capture_bisect.py)", "",
+                  "| variant | captured | error |", "|---|---|---|"]
+        lines += [f"| {r['variant']} | {'yes' if r.get('ok') else 'NO'} | {r.get('error', '')[:160]} |"
+                  for r in bisect]
+    if blocks:
+        keys = ("y", "gr", "gk", "gv", "glogd", "gu")
+        lines += ["", "## v6 launch settings, relative error vs float64 (benchmarks/v6_blocks_check.py)", "",
+                  "| setting | " + " | ".join(keys) + " | error |", "|---|" + "---|" * (len(keys) + 1)]
+        for name, res in blocks.items():
+            err = res.get("error", "").splitlines()[0][:120] if res.get("error") else ""
+            lines.append(f"| {name} | " + " | ".join(_fmt(res.get(k), ".1e") for k in keys) + f" | {err} |")
     lines += ["", "## Verdict (make default?)", ""]
     for key, v in verdicts.items():
         ev = ", ".join(f"{k}={_fmt(val, '.3f')}" for k, val in v.items() if k not in ("make_default", "env"))
@@ -223,6 +261,8 @@ def summarise(out_dir: str | Path, logs_dir: str | Path | None = None) -> tuple[
     """Read a device run's files in ``out_dir`` (its ``*.log`` in ``logs_dir``, default the same folder); write
     ``summary.md`` and ``verdict.json`` in ``out_dir``; return both."""
     out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"device_summary: no folder {out} (a device run's $OUT)")
     logs = Path(logs_dir) if logs_dir is not None else out
     missing: list[str] = []
     tests = {}
@@ -248,7 +288,11 @@ def summarise(out_dir: str | Path, logs_dir: str | Path | None = None) -> tuple[
     bb = backbone_rows(_load_json(out / "bb_old.json", "backbones", missing),
                        _load_json(out / "bb_new.json", "backbones", missing))
     verdicts = verdict(tests["tests_default"], tests["tests_optin"], sweep, gemm)
-    text = render(tests, bb, sweep, verdicts, sanitizer, missing)
+    optional: list[str] = []  # (the diagnostics of device_run8.sh: not reported when absent)
+    bisect = _load_json(out / "bisect.json", "rows", optional)
+    blocks = _load_json(out / "v6_blocks.json", "results", optional) or {}
+    missing += [m for m in optional if m.endswith("(unreadable)")]
+    text = render(tests, bb, sweep, verdicts, sanitizer, missing, bisect, blocks)
     (out / "summary.md").write_text(text)
     (out / "verdict.json").write_text(json.dumps(dict(verdict=verdicts, backbones=bb), indent=1))
     return text, verdicts

@@ -178,3 +178,38 @@ def test_summarise_reads_logs_from_their_own_folder(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["summary.md", "verdict.json"]
     text_same_dir, _ = summarise(logs)  # default: logs beside the outputs
     assert "ERROR SUMMARY: 0 errors" in text_same_dir
+
+
+def test_settings_bisect_and_block_checks_are_summarised(tmp_path):
+    """device_run8.sh's files: every timed setting against the default kernels, the capture variants, the v6
+    block-size errors (absent diagnostics are not reported missing)."""
+    rows = []
+    for cfg, f, fb in (("chunk", 1.0, 4.0), ("chunk_carry", 0.5, 3.5), ("chunk_st16", 2.0, 8.0)):
+        rows.append(dict(op="v6", config=cfg, dtype="bf16", shape=[16, 4096, 3, 64], eager_f=f, eager_fb=fb,
+                         graph_f=f, graph_fb=fb))
+    rows.append(dict(op="v6", config="chunk_w8", dtype="bf16", shape=[16, 4096, 3, 64], error="OutOfResources"))
+    (tmp_path / "sweep.json").write_text(json.dumps(rows))
+    text, _ = ds.summarise(tmp_path)
+    assert "bisect.json" not in text and "v6_blocks.json" not in text
+    assert "| v6 | chunk_carry | bf16 | (16, 4096, 3, 64) | 1.000 | 0.500 | 2.00 | 4.000 | 3.500 | 1.14 |" in text
+    assert "| v6 | chunk_st16 | bf16 | (16, 4096, 3, 64) | 1.000 | 2.000 | 0.50 | 4.000 | 8.000 | 0.50 |" in text
+    assert "chunk_w8" not in text  # (an errored row has nothing to compare)
+
+    (tmp_path / "bisect.json").write_text(json.dumps({"rows": [
+        {"variant": "default", "ok": False, "error": "AcceleratorError: operation failed during capture"},
+        {"variant": "per_op_mixers", "ok": True}]}))
+    (tmp_path / "v6_blocks.json").write_text(json.dumps({"results": {
+        "bt32_bj8": {"y": 1.6e-7, "gr": 3.4e-4, "gk": 3.4e-4, "gv": 1.6e-7, "glogd": 2.6e-2, "gu": 1.4e-7},
+        "bt16_bj8": {"error": "CompilationError: K >= 16\nmore"}}}))
+    text, _ = ds.summarise(tmp_path)
+    assert "| default | NO | AcceleratorError: operation failed during capture |" in text
+    assert "| per_op_mixers | yes |  |" in text
+    assert "| bt32_bj8 | 1.6e-07 | 3.4e-04 | 3.4e-04 | 1.6e-07 | 2.6e-02 | 1.4e-07 |  |" in text
+    assert "| bt16_bj8 |  |  |  |  |  |  | CompilationError: K >= 16 |" in text
+    (tmp_path / "bisect.json").write_text("{not json")
+    assert "bisect.json (unreadable)" in ds.summarise(tmp_path)[0]
+
+
+def test_missing_output_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no folder .*nope"):
+        ds.summarise(tmp_path / "nope")
