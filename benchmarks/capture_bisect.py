@@ -77,21 +77,18 @@ def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: d
         row["ok"] = True
         row["seconds"] = time.perf_counter() - t0
         return row
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
+    from vision_rwkv.benchmark import capture_graph, warm_on_side_stream
+
+    warm_on_side_stream(step, 3)
+    captured = {}
     try:
-        with torch.cuda.graph(graph, capture_error_mode=opts.get("capture_error_mode", "global")):
-            loss = step()
+        graph = capture_graph(lambda: captured.update(loss=step()),
+                              torch.cuda.default_generators[torch.cuda.current_device()],
+                              opts.get("capture_error_mode", "global"))
         for _ in range(2):
             graph.replay()
         torch.cuda.synchronize()
-        row.update(ok=True, graph_loss=float(loss), eager_loss=float(step()))
+        row.update(ok=True, graph_loss=float(captured["loss"]), eager_loss=float(step()))
     except Exception as e:  # the point of the run: which variants fail, and how
         row.update(ok=False, error=f"{type(e).__name__}: {e}"[:400])
     row["seconds"] = time.perf_counter() - t0

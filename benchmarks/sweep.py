@@ -66,16 +66,11 @@ def _med_ms(fn, iters=20, warmup=3):
 
 
 def _graph_ms(fn, iters=20):
+    from vision_rwkv.benchmark import capture_graph, warm_on_side_stream
+
     fn()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
+    warm_on_side_stream(fn, 1)
+    g = capture_graph(fn, torch.cuda.default_generators[torch.cuda.current_device()])
     return _med_ms(g.replay, iters, 2)
 
 

@@ -111,24 +111,31 @@ def time_fn(fn: Callable[[], object], device: torch.device, iters: int = 20, war
 def time_graph(fn: Callable[[], object], iters: int = 20) -> float:
     """Median ms of replaying ``fn`` captured in a CUDA graph (GPU time without Python / launch overhead)."""
     fn()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
+    warm_on_side_stream(fn, 1)
     graph = capture_graph(fn, torch.cuda.default_generators[torch.cuda.current_device()])
     return time_fn(graph.replay, torch.device("cuda"), iters, 2)["ms"]
 
 
-def capture_graph(fn: Callable[[], object], gen: torch.Generator) -> "torch.cuda.CUDAGraph":
+def warm_on_side_stream(fn: Callable[[], object], calls: int) -> None:
+    """``calls`` calls of ``fn`` on a side stream, then a synchronize: the warm-up ``torch.cuda.graph`` asks for."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(calls):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+
+def capture_graph(fn: Callable[[], object], gen: torch.Generator,
+                  capture_error_mode: str = "global") -> "torch.cuda.CUDAGraph":
     """``fn`` captured in a new CUDA graph. A capture that fails leaves the CUDA generator ``gen`` mid-capture, after
     which every random op of the process raises "Offset increment outside graph capture" (an H200 run lost all its
     later rows to that): its state from before the capture is put back, then the error raised."""
     clean = gen.clone_state()
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
             fn()
     except Exception:
         gen.graphsafe_set_state(clean)

@@ -142,7 +142,7 @@ def test_failed_capture_puts_the_generator_state_back(monkeypatch):
             self.calls.append(("set", state))
 
     @contextlib.contextmanager
-    def failing_graph(graph):
+    def failing_graph(graph, **kwargs):
         yield
         raise RuntimeError("operation failed due to a previous error during capture")
 
@@ -153,6 +153,6 @@ def test_failed_capture_puts_the_generator_state_back(monkeypatch):
         bm.capture_graph(lambda: ran.append(1), gen)
     assert ran == [1] and gen.calls == ["clone", ("set", "clean state")]
 
-    monkeypatch.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kwargs: contextlib.nullcontext())
     gen = FakeGen()
     assert bm.capture_graph(lambda: None, gen) is not None and gen.calls == ["clone"]
