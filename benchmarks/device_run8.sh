@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device plan, round 8 (after the H200 rounds 6-7 of benchmarks/results/README.md): one call, about 520 s, for a
+# Device plan, round 8 (after the H200 rounds 6-7 of benchmarks/results/README.md): one call, about 590 s, for a
 # session's 15 minutes of device time (the machine's start takes ~30-40 s of it). Carry timm's wheel (the image's
 # timm is older; see device_run6.sh) and run
 #     run(command="python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
@@ -14,8 +14,10 @@
 #    states every 16 / 32 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1, states
 #    every 64 / 128 tokens), 8 warps, and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per
 #    program (sweep.json; VRWKV-T needs 8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
+#    Last (<= 70 s): a training step's GPU time per op group and top kernels, VRWKV-T / VRWKV6-T / DeiT-T at 224,
+#    b128 (profile_train.md).
 # 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
-#    sweep.json, bisect.json, v6_blocks.json, gpu.txt, logs.tar.gz.
+#    sweep.json, bisect.json, v6_blocks.json, profile_train.md, gpu.txt, logs.tar.gz.
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
 CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_st128,chunk_carry_w8,\
@@ -52,6 +54,12 @@ stamp "backbones done"
 checkpoint
 timeout 110 python benchmarks/sweep.py time "$OUT/sweep.json" 90 v4,v6 $CFGS bf16 > "$W/sweep.log" 2>&1
 stamp "sweep done"
+checkpoint
+# where a training step's GPU time goes (round 7: VRWKV6-T ~73 ms per b128 step, its WKV ~20 ms of it, DeiT-T 25 ms;
+# floors 11 / 6.6 ms): kernels per op group, ours and DeiT-T, last (a stop at the call's limit loses only this)
+timeout 70 python tools/profile_backbone.py --train --models VRWKV-T VRWKV6-T DeiT-T --img-size 224 --batch 128 \
+  --steps 2 --no-compare-unfused --json "$W/profile_train.json" --md "$OUT/profile_train.md" > "$W/profile.log" 2>&1
+stamp "training profile done"
 
 # ---- 3. summary (the tables are the last thing printed)
 checkpoint

@@ -9,7 +9,8 @@ tests with the current defaults / the whole-model tests with every opt-in), ``sa
 (``benchmarks/sweep.py time``: old and new WKV kernels, eager and CUDA-graph ms), ``gemm.json`` (``tools/benchmark.py
 --gemm``), ``bb_old.json`` / ``bb_new.json`` (``tools/benchmark.py --backbones``; DeiT rows in the old run only);
 optional (device_run8.sh): ``bisect.json`` (``benchmarks/capture_bisect.py``), ``v6_blocks.json``
-(``benchmarks/v6_blocks_check.py``). Every timed WKV setting is also set against the default kernels' at its shape.
+(``benchmarks/v6_blocks_check.py``), ``profile*.md`` (``tools/profile_backbone.py --md``: appended as they are).
+Every timed WKV setting is also set against the default kernels' at its shape.
 
 An opt-in is made default (``verdict.json``) only if its CUDA tests ran and all passed, the whole-model tests with the
 opt-ins passed, and it is faster: geometric mean over the sweep's shapes and dtypes of old / new CUDA-graph
@@ -293,6 +294,8 @@ def summarise(out_dir: str | Path, logs_dir: str | Path | None = None) -> tuple[
     blocks = _load_json(out / "v6_blocks.json", "results", optional) or {}
     missing += [m for m in optional if m.endswith("(unreadable)")]
     text = render(tests, bb, sweep, verdicts, sanitizer, missing, bisect, blocks)
+    for path in sorted(out.glob("profile*.md")):  # tools/profile_backbone.py --md: share of GPU time per op group
+        text += f"\n## Profile ({path.stem})\n\n" + path.read_text().strip() + "\n"
     (out / "summary.md").write_text(text)
     (out / "verdict.json").write_text(json.dumps(dict(verdict=verdicts, backbones=bb), indent=1))
     return text, verdicts

@@ -7,6 +7,12 @@
 For every model, profiles the inference forward twice: the fused path (default) and, with ``--compare-unfused``
 (default on), the plain path (``VRWKV_FUSED=0``; the WKV keeps its Triton kernel), and prints a markdown table of
 the share of device time per group (WKV, shift+lerp, GEMMs, attention, norms, casts/copies, elementwise/other).
+``--train`` profiles a whole training step instead (forward in train mode, cross-entropy backward, fused AdamW;
+the backward's kernels are attributed through our autograd Functions' backward nodes):
+
+    python tools/profile_backbone.py --train --models VRWKV-T VRWKV6-T DeiT-T --img-size 224 --batch 128 \
+        --no-compare-unfused --md out/profile_train.md
+
 ``--device cpu`` profiles CPU ops instead of CUDA kernels (smoke test).
 """
 from __future__ import annotations
@@ -16,12 +22,30 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision_rwkv.profiling import BACKBONES, build_backbone, format_profile, profile_backbone  # noqa: E402
+from vision_rwkv.profiling import (BACKBONES, build_backbone, format_profile, profile_backbone,  # noqa: E402
+                                   train_step)
+
+
+def _workload(label: str, args: argparse.Namespace, dtype) -> Callable[[], object]:
+    """What is profiled for one model: a training step (``--train``) or the inference forward of its features."""
+    model = build_backbone(label, args.img_size, num_classes=1000 if args.train else 0, device=args.device)
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=args.device)
+    if args.train:
+        return train_step(model, x, torch.randint(0, 1000, (args.batch,), device=args.device), dtype)
+    model.eval()
+
+    def forward():
+        with torch.inference_mode(), torch.autocast(args.device, dtype=dtype or torch.float32,
+                                                    enabled=dtype is not None):
+            return model.forward_features(x)
+
+    return forward
 
 
 def main(argv=None) -> dict:
@@ -31,6 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--train", action="store_true", help="profile a training step, not the inference forward")
     ap.add_argument("--no-compare-unfused", dest="compare_unfused", action="store_false")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--json", type=Path, default=None, help="write the full results here")
@@ -42,33 +67,27 @@ def main(argv=None) -> dict:
     results = {}
     variants = [("fused", None)] + ([("plain", "0")] if args.compare_unfused else [])
     for label in args.models:
-        model = build_backbone(label, args.img_size, device=args.device).eval()
-        x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=args.device)
+        fn = _workload(label, args, dtype)
         for vname, env in variants:
             if label.startswith("DeiT") and vname == "plain":
                 continue
             old = os.environ.get("VRWKV_FUSED")
             if env is not None:
                 os.environ["VRWKV_FUSED"] = env
-
-            def fn():
-                with torch.inference_mode(), torch.autocast(args.device, dtype=dtype or torch.float32,
-                                                            enabled=dtype is not None):
-                    return model.forward_features(x)
-
             try:
                 name = label if label.startswith("DeiT") else f"{label} {vname}"
                 results[name] = profile_backbone(fn, steps=args.steps, device=args.device)
                 results[name]["config"] = dict(model=label, variant=vname, img_size=args.img_size,
-                                               batch=args.batch, dtype=args.dtype)
+                                               batch=args.batch, dtype=args.dtype, train=args.train)
             finally:
                 if old is None:
                     os.environ.pop("VRWKV_FUSED", None)
                 else:
                     os.environ["VRWKV_FUSED"] = old
-        model = x = None  # free before the next model
+        fn = None  # free the model before the next one
     table = format_profile(results)
-    header = (f"Share of {args.device} time per op group, inference forward_features, {args.img_size}x"
+    what = "training step (forward, backward, AdamW)" if args.train else "inference forward_features"
+    header = (f"Share of {args.device} time per op group, {what}, {args.img_size}x"
               f"{args.img_size}, batch {args.batch}, {args.dtype}\n\n")
     print(header + table)
     if args.json:

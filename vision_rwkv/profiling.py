@@ -25,7 +25,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 
 __all__ = ["GROUPS", "BACKBONES", "BATCH", "classify", "profile_backbone", "format_profile", "time_inference",
-           "time_train_step", "label_model_calls", "build_backbone", "benchmark_backbones", "format_benchmark"]
+           "train_step", "time_train_step", "label_model_calls", "build_backbone", "benchmark_backbones",
+           "format_benchmark"]
 
 GROUPS = ("WKV", "shift+lerp", "GEMMs", "attention", "norms", "casts/copies", "elementwise/other")
 LABEL_PREFIX = "vrwkv::"
@@ -35,7 +36,29 @@ _GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mat
              "aten::addmm_", "aten::_addmm_activation", "aten::mkldnn_convolution"}
 _COPY_OPS = {"aten::copy_", "aten::_to_copy", "aten::to", "aten::clone", "aten::contiguous", "aten::cat",
              "aten::stack", "aten::_foreach_copy_"}
-_NORM_OPS = {"aten::layer_norm", "aten::native_layer_norm", "aten::group_norm", "aten::native_group_norm"}
+_NORM_OPS = {"aten::layer_norm", "aten::native_layer_norm", "aten::group_norm", "aten::native_group_norm",
+             "aten::native_layer_norm_backward", "aten::native_group_norm_backward"}
+# the backward nodes of our autograd Functions (a training step's backward runs no labelled model call and no
+# custom op: everything such a node launches - Triton kernels, aten ops - is its op's cost)
+_BACKWARD_GROUPS = {
+    "_BiWKV": "WKV", "_BiWKV6": "WKV", "_TokenShiftMix": "shift+lerp", "_TokenShiftMixLora": "shift+lerp",
+    "_AddNorm": "norms", "_GroupNormMul": "norms", "_SigmoidMul": "elementwise/other",
+    "_ReluSquare": "elementwise/other", "_ReluSquareInplace": "elementwise/other", "_DecayLogd": "elementwise/other",
+    "_DivPair": "WKV", "_MixLinear": "GEMMs", "_GroupNormMulLinear": "GEMMs", "_MixMLP": "GEMMs",
+    "_MixLinearGroup": "GEMMs", "_LinearSigmoidMul": "GEMMs", "_LinearDecay": "GEMMs", "_BatchedLinear": "GEMMs",
+    "_CastWeights": "casts/copies"}
+_EVALUATE = "autograd::engine::evaluate_function: "
+
+
+def _backward_group(name: str) -> Optional[str]:
+    """Group of one of our autograd Functions' backward nodes (``_BiWKV6Backward``, possibly under the engine's
+    ``evaluate_function`` prefix), else None."""
+    if name.startswith(_EVALUATE):
+        name = name[len(_EVALUATE):]
+    stem = name.rstrip("0123456789")
+    if not stem.endswith("Backward"):
+        return None
+    return _BACKWARD_GROUPS.get(stem[:-len("Backward")])
 
 
 def classify(chain: List[str], kernel: str = "") -> str:
@@ -56,6 +79,10 @@ def classify(chain: List[str], kernel: str = "") -> str:
             if "group_norm" in low:
                 return "norms"
             return "elementwise/other"
+    for name in chain:  # then the backward nodes of our autograd Functions
+        group = _backward_group(name)
+        if group is not None:
+            return group
     for name in chain:
         if "attention" in name and name.startswith("aten::"):
             return "attention"
@@ -278,21 +305,30 @@ def time_inference(fn: Callable[[torch.Tensor], object], x: torch.Tensor, dtype:
             "iters": iters}
 
 
-def time_train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: Optional[torch.dtype],
-                    forward: Optional[Callable] = None, warmup: int = 2, target_s: float = 0.6,
-                    max_iters: int = 20) -> Dict:
-    """Median time of one forward + cross-entropy backward + AdamW step (bf16/fp16 autocast when ``dtype``)."""
+def train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: Optional[torch.dtype],
+               forward: Optional[Callable] = None) -> Callable[[], None]:
+    """One training step as a closure on ``x``'s device: ``model`` (or ``forward``) in train mode, cross-entropy
+    backward under bf16/fp16 autocast when ``dtype``, an AdamW step (fused on CUDA), gradients set to None."""
     forward = forward or model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=x.is_cuda)
     model.train()
+    dev = x.device.type
 
     def step():
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(dev, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(forward(x).float(), target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    return step
+
+
+def time_train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: Optional[torch.dtype],
+                    forward: Optional[Callable] = None, warmup: int = 2, target_s: float = 0.6,
+                    max_iters: int = 20) -> Dict:
+    """Median time of one forward + cross-entropy backward + AdamW step (bf16/fp16 autocast when ``dtype``)."""
+    step = train_step(model, x, target, dtype, forward)
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()

@@ -208,6 +208,10 @@ def test_settings_bisect_and_block_checks_are_summarised(tmp_path):
     assert "| bt16_bj8 |  |  |  |  |  |  | CompilationError: K >= 16 |" in text
     (tmp_path / "bisect.json").write_text("{not json")
     assert "bisect.json (unreadable)" in ds.summarise(tmp_path)[0]
+    (tmp_path / "profile_train.md").write_text("Share of cuda time per op group, training step\n\n| group | x |\n")
+    text, _ = ds.summarise(tmp_path)
+    assert text.endswith("## Profile (profile_train)\n\nShare of cuda time per op group, training step\n\n"
+                         "| group | x |\n")
 
 
 def test_missing_output_folder_is_named(tmp_path):

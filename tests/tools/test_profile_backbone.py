@@ -39,6 +39,25 @@ def test_classify_groups():
     assert c(["cuLaunchKernelEx"], "_add_norm_fwd_kernel") == "norms"
 
 
+def test_classify_backward_nodes():
+    """A training step's backward: kernels under our autograd Functions' backward nodes go to the op's group (a
+    Triton backward kernel's name alone would say elementwise), aten backward nodes keep the innermost aten op."""
+    c = profiling.classify
+    wkv6 = ["cuLaunchKernelEx", "_BiWKV6Backward", "autograd::engine::evaluate_function: _BiWKV6Backward"]
+    assert c(wkv6, "_bwd_kernel") == "WKV" and c([], "_bwd_kernel") == "elementwise/other"
+    assert c(["aten::cumsum", "_BiWKV6Backward"], "reduce_kernel") == "WKV"  # its host-side ops too
+    assert c(["cuLaunchKernelEx", "_BiWKVBackward"], "_seq_bwd_kernel") == "WKV"
+    assert c(["cuLaunchKernelEx", "_TokenShiftMixLoraBackward"], "_tsm_lora_bwd_kernel") == "shift+lerp"
+    assert c(["cuLaunchKernelEx", "autograd::engine::evaluate_function: _AddNormBackward"], "x") == "norms"
+    assert c(["aten::mm", "_BatchedLinearBackward"], "nvjet_x") == "GEMMs"
+    assert c(["aten::_foreach_copy_", "_CastWeightsBackward"], "multi_tensor_apply_kernel") == "casts/copies"
+    assert c(["cuLaunchKernelEx", "_ReluSquareInplaceBackward"], "_relu_square_bwd_from_out_kernel") == \
+        "elementwise/other"
+    assert c(["aten::mm", "MmBackward0", "autograd::engine::evaluate_function: MmBackward0"], "nvjet") == "GEMMs"
+    assert c(["aten::native_layer_norm_backward", "NativeLayerNormBackward0"], "vectorized_kernel") == "norms"
+    assert c(["aten::mul", "FooBackward0"], "elementwise_kernel") == "elementwise/other"
+
+
 def test_label_model_calls_restores_functions(monkeypatch):
     """The labels wrap the models' op calls and the mixers run op by op (VRWKV_FUSED_STEP=0: the one-step mixers
     launch every kernel from one call) while profiling; functions and the variable are restored after."""
@@ -118,6 +137,35 @@ def test_profile_cli_cpu(tmp_path):
     assert set(res) == {"VRWKV6-T fused", "VRWKV6-T plain"}
     assert json.loads((tmp_path / "p.json").read_text())["VRWKV6-T fused"]["total_ms"] > 0
     assert "top kernels" in (tmp_path / "p.md").read_text()
+
+
+def test_profile_cli_train_cpu(tmp_path):
+    """``--train``: one training step per model (ours and DeiT), every parameter trained, the groups partition it."""
+    import profile_backbone
+
+    res = profile_backbone.main(["--device", "cpu", "--train", "--models", "VRWKV-T", "DeiT-T", "--img-size", "32",
+                                 "--batch", "2", "--steps", "1", "--no-compare-unfused",
+                                 "--md", str(tmp_path / "p.md")])
+    assert set(res) == {"VRWKV-T fused", "DeiT-T"}
+    for r in res.values():
+        assert r["config"]["train"] is True
+        assert abs(sum(g["share"] for g in r["groups"].values()) - 1) < 1e-6
+        assert r["groups"]["GEMMs"]["ms"] > 0
+    assert res["VRWKV-T fused"]["groups"]["WKV"]["ms"] > 0
+    assert "training step (forward, backward, AdamW)" in (tmp_path / "p.md").read_text()
+    kernels = {t["kernel"] for t in res["DeiT-T"]["top"]}
+    assert any("backward" in k.lower() for k in kernels), kernels  # the backward was profiled
+
+
+def test_train_step_trains():
+    model = profiling.build_backbone("VRWKV-T", 32, num_classes=5, device="cpu")
+    x, target = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    before = [p.detach().clone() for p in model.parameters()]
+    step = profiling.train_step(model, x, target, torch.bfloat16)
+    step()
+    assert model.training and all(p.grad is None for p in model.parameters())  # set to None after the step
+    moved = [not torch.equal(p, b) for p, b in zip(model.parameters(), before)]
+    assert sum(moved) > len(moved) // 2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only check")
