@@ -12,16 +12,17 @@
 #    in the same run, eager and CUDA graph, peak memory above each row's start (bb_old.json: the summary's first
 #    column is the current defaults); then the v6 chunk kernels in bf16 (VRWKV6-T's 1024-px shape first) with
 #    states every 16 / 32 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1, states
-#    every 64 / 128 tokens), 8 warps, and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per
-#    program (sweep.json; VRWKV-T needs 8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
+#    every 64 / 128 tokens), the state-chunk backward (bwd_carry=1, alone and with fwd_carry), 8 warps, and the v4
+#    seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per program (sweep.json; VRWKV-T needs 8.1 ->
+#    7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
 #    Last (<= 70 s): a training step's GPU time per op group and top kernels, VRWKV-T / VRWKV6-T / DeiT-T at 224,
 #    b128 (profile_train.md).
 # 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
 #    sweep.json, bisect.json, v6_blocks.json, profile_train.md, gpu.txt, logs.tar.gz.
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
-CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_st128,chunk_carry_w8,\
-chunk_w8,seq_t16,seq_t16_bc128,seq_t32,seq_bc32
+CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_both,chunk_bcarry,\
+chunk_carry_st128,chunk_carry_w8,chunk_w8,seq_t16,seq_t16_bc128,seq_t32,seq_bc32
 
 # ---- 1. correctness, diagnostics, warm-ups (parallel; nothing here is timed)
 CUDA_TESTS="$CUDA_TESTS tests/tools/test_capture_bisect.py"
@@ -35,6 +36,7 @@ done
 for cfg in '{"algo":"chunk"}' '{"algo":"chunk","state_t":16}' '{"algo":"chunk","state_t":32}' \
   '{"algo":"chunk","state_dtype":"input"}' '{"algo":"chunk","state_t":16,"state_dtype":"input"}' \
   '{"algo":"chunk","fwd_carry":1}' '{"algo":"chunk","fwd_carry":1,"state_t":128}' \
+  '{"algo":"chunk","bwd_carry":1}' '{"algo":"chunk","fwd_carry":1,"bwd_carry":1}' \
   '{"algo":"chunk","fwd_carry":1,"warps":8}' '{"algo":"chunk","warps":8}'; do
   timeout 200 python benchmarks/sweep.py warm v6 "$cfg" > "$W/warm_sweep_$(echo "$cfg" | tr -dc 'a-z0-9').log" 2>&1 &
 done

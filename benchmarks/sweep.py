@@ -49,6 +49,9 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     "chunk_carry": {"algo": "chunk", "fwd_carry": 1},
     "chunk_carry_st128": {"algo": "chunk", "fwd_carry": 1, "state_t": 128},
     "chunk_carry_w8": {"algo": "chunk", "fwd_carry": 1, "warps": 8},
+    # round 9: the backward's programs per state chunk as well (bwd_carry=1: two states per pass, none walked)
+    "chunk_bcarry": {"algo": "chunk", "bwd_carry": 1},
+    "chunk_carry_both": {"algo": "chunk", "fwd_carry": 1, "bwd_carry": 1},
 }
 
 

@@ -33,6 +33,9 @@ CASES = [
     # the chunk forward's state-chunk programs (fwd_carry=1), inference at 224 (4 state chunks of 4 sub-chunks)
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "infer": True},
      {"VRWKV_TRITON_V6": "algo=chunk,fwd_carry=1"}],
+    # the chunk backward's state-chunk programs (bwd_carry=1), a bf16 training step at 224
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "train": True},
+     {"VRWKV_TRITON_V6": "algo=chunk,bwd_carry=1"}],
     # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
     # memory than an H100 block has: the walk kernels run instead
     ["vrwkv6_clip_patch16_224", {"depth": 1, "amp": True}, OPT_INS],

@@ -49,6 +49,15 @@ CPU_CASES.update({
     "chunk_carry_single_state_chunk": dict(shape=(1, 21, 1, 16), config=dict(CHUNK, fwd_carry=1)),
     "chunk_carry_bf16_states_head24": dict(shape=(1, 50, 2, 24), dtype="bf16",
                                            config=dict(CHUNK, fwd_carry=1, state_dtype="input", state_t=16)),
+    # the backward's state-chunk programs carrying two states per pass (bwd_carry=1): several state chunks, the last
+    # one with sub-chunks past T (their totals must not be written), strong and weak decays, T = 1, both carries
+    # with 16-bit states and 24 channels of 32
+    "chunk_bcarry_many_blocks": dict(shape=(2, 83, 1, 16), dscale=2.0, config=dict(CHUNK, bwd_carry=1)),
+    "chunk_bcarry_partial_state_chunk": dict(shape=(2, 83, 2, 16), config=dict(CHUNK, bwd_carry=1, state_t=64)),
+    "chunk_bcarry_weak_decays": dict(shape=(1, 70, 2, 16), dshift=-3.0, config=dict(CHUNK, bwd_carry=1)),
+    "chunk_bcarry_T1": dict(shape=(1, 1, 1, 16), config=dict(CHUNK, bwd_carry=1)),
+    "chunk_both_carry_bf16_states_head24": dict(shape=(1, 50, 2, 24), dtype="bf16", config=dict(
+        CHUNK, fwd_carry=1, bwd_carry=1, state_dtype="input", state_t=16)),
     # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
     "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
@@ -60,7 +69,7 @@ CPU_CASES.update({
 QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api",
          "T1_chunk", "T_not_multiple_chunk", "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk",
          "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
-         "chunk_carry_bf16_states_head24"}
+         "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -81,9 +90,10 @@ CUDA_CASES = {
 CUDA_CASES.update({f"{name}_chunk": dict(case, config={"algo": "chunk"}) for name, case in list(CUDA_CASES.items())})
 CUDA_CASES["16x1024x6x64_bf16_chunk_bf16_states"] = dict(shape=(16, 1024, 6, 64), dtype="bf16",
                                                         config={"algo": "chunk", "state_dtype": "input"})
-CUDA_CASES.update({f"{name}_carry": dict(case, config=dict(case["config"], fwd_carry=1)) for name, case in
+CUDA_CASES.update({f"{name}_{tag}": dict(case, config=dict(case["config"], **carry)) for name, case in
                    list(CUDA_CASES.items()) if name in ("2x4096x6x64_chunk", "16x1024x6x64_bf16_chunk",
-                                                        "strong_decays_chunk", "64x196x3x64_chunk")})
+                                                        "strong_decays_chunk", "64x196x3x64_chunk")
+                   for tag, carry in (("carry", {"fwd_carry": 1}), ("bcarry", {"bwd_carry": 1}))})
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})

@@ -29,7 +29,10 @@ Backward: the same state machinery on (k, v) and on (r, gy) (the adjoint states)
 with GQ / GP the causal / anticausal states of (r, gy). With Dc, Da = r * (causal / anticausal part of gr) and
 Ec, Ea = k * (causal / anticausal part of gk) (no bonus):
     d logd_m = sum_{t > m} (Dc + Ea - Ec - Da)_t - (Ec + Da)_m,
-an in-chunk suffix sum written per chunk plus a suffix sum of chunk totals added on the host.
+an in-chunk suffix sum written per chunk plus a suffix sum of chunk totals added on the host. ``bwd_carry=1``: one
+program per state chunk instead of per sub-chunk, the four edge states not loaded and walked per sub-chunk but
+carried, two at a time - a descending pass with Q and GP leaves the anticausal inter-chunk parts of gr, gk, gv in
+fp32 scratch, an ascending pass with P and GQ finishes every sub-chunk.
 """
 from __future__ import annotations
 
@@ -275,35 +278,14 @@ def _fwd_carry_kernel(R, K, V, LD, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh
         P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)
 
 
-@jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
-def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
-                svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
-                BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
-    """Gradients for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
-    pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
-    Rb = _head(R, b, h, srb, srh)
-    Kb = _head(K, b, h, skb, skh)
-    Vb = _head(V, b, h, svb, svh)
-    Gb = _head(GY, b, h, sgb, sgh)
-    Lb = _head(LD, b, h, slb, slh)
-    r = _ld(Rb, pos, cn, srt, srn, m2)
-    k = _ld(Kb, pos, cn, skt, skn, m2)
-    v = _ld(Vb, pos, cn, svt, svn, m2)
-    gy = _ld(Gb, pos, cn, sgt, sgn, m2)
-    lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
-    cex, ctail, ctot = _cums(lw)
-    ecx = tl.exp(cex)
-    etl = tl.exp(ctail)
-    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
-    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
-    GQ, GP = _edge_states(S, 2, BH, pid, c, cs, NC, NS, Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, BT, BN, PREC)
-    # inter-chunk parts; suffix _c: causal direction (sources before the query), _a: anticausal
-    gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
-    gr_a = etl * tl.dot(gy, tl.trans(Q), input_precision=PREC)
-    gk_c = etl * tl.dot(v, tl.trans(GP), input_precision=PREC)
-    gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
-    gv = tl.dot(k * etl, GP, input_precision=PREC) + tl.dot(k * ecx, GQ, input_precision=PREC)
-    # intra-chunk parts
+@jit
+def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N, srt,
+              srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, cok, BT: tl.constexpr,
+              BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+    """A sub-chunk's gradients from its inter-chunk parts (suffix _c: causal direction, sources before the query;
+    _a: anticausal; gv both): the intra-chunk pairs and the bonus added, the log-decay gradient's in-chunk suffix
+    sum, stores of gr, gk, gv, the log-decay partial (GLP at ``off``) and, when ``cok`` (a sub-chunk of the
+    sequence), the sub-chunk totals (ZT, GUP at ``coff``)."""
     G = tl.dot(gy, tl.trans(v), input_precision=PREC)  # G[t, n] = gy_t . v_n
     lo2 = rt[None, :] < rt[:, None]  # [t, n]: n < t
     up2 = rt[None, :] > rt[:, None]
@@ -346,14 +328,102 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     e_a = k * gk_a
     zz = tl.where(m2, d_c + e_a - e_c - d_a, 0.0)
     glp = tl.cumsum(zz, axis=0, reverse=True) - zz - (e_c + d_a)
-    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
     tl.store(GR + off, gr.to(GR.dtype.element_ty), mask=m2)
     tl.store(GK + off, gk.to(GK.dtype.element_ty), mask=m2)
     tl.store(GV + off, gv.to(GV.dtype.element_ty), mask=m2)
     tl.store(GLP + off, glp, mask=m2)
+    tl.store(ZT + coff, tl.sum(zz, axis=0), mask=cok & (cn < BN))
+    tl.store(GUP + coff, tl.sum(r * k * gvy[:, None], axis=0), mask=cok & (cn < BN))
+
+
+@jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
+def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
+                svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
+                BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
+    """Gradients for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
+    pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
+    Rb = _head(R, b, h, srb, srh)
+    Kb = _head(K, b, h, skb, skh)
+    Vb = _head(V, b, h, svb, svh)
+    Gb = _head(GY, b, h, sgb, sgh)
+    Lb = _head(LD, b, h, slb, slh)
+    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+    gy = _ld(Gb, pos, cn, sgt, sgn, m2)
+    cex, ctail, ctot = _cums(lw)
+    ecx = tl.exp(cex)
+    etl = tl.exp(ctail)
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
+    GQ, GP = _edge_states(S, 2, BH, pid, c, cs, NC, NS, Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, BT, BN, PREC)
+    # inter-chunk parts (GQ / GP: the causal / anticausal states of (r, gy))
+    gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
+    gr_a = etl * tl.dot(gy, tl.trans(Q), input_precision=PREC)
+    gk_c = etl * tl.dot(v, tl.trans(GP), input_precision=PREC)
+    gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
+    gv = tl.dot(k * etl, GP, input_precision=PREC) + tl.dot(k * ecx, GQ, input_precision=PREC)
+    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
     coff = (pid * tl.num_programs(1) + c).to(tl.int64) * BN + cn
-    tl.store(ZT + coff, tl.sum(zz, axis=0))
-    tl.store(GUP + coff, tl.sum(r * k * gvy[:, None], axis=0))
+    _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N, srt,
+              srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, True, BT, BN, BJ, PREC)
+
+
+@jit(do_not_specialize=["T", "H", "N", "NC", "BH", "NSUB"])
+def _bwd_carry_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z2, srb, srt, srh, srn, skb, skt, skh,
+                      skn, svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, NSUB,
+                      BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
+    """Gradients for state chunk cs (NS sub-chunks of BT tokens) with the states carried from sub-chunk to sub-chunk
+    (``bwd_carry=1``), two at a time: a descending pass carries the anticausal states Q of (k, v) and GP of (r, gy)
+    and leaves each sub-chunk's anticausal inter-chunk parts of gr, gk, gv in the fp32 scratch Z0-Z2; an ascending
+    pass carries the causal states P and GQ and finishes each sub-chunk (:func:`_bwd_tail`)."""
+    pid, cs, b, h, rt, cn, nmask = _program(H, N, BT, BN)  # (program axis 1: the state chunk)
+    Rb = _head(R, b, h, srb, srh)
+    Kb = _head(K, b, h, skb, skh)
+    Vb = _head(V, b, h, svb, svh)
+    Gb = _head(GY, b, h, sgb, sgh)
+    Lb = _head(LD, b, h, slb, slh)
+    size = BH.to(tl.int64) * NC * BN * BN
+    Q = _load_state(S + size, pid, cs + 1, NC, cs + 1 < NC, BN)
+    GP = _load_state(S + 3 * size, pid, cs + 1, NC, cs + 1 < NC, BN)
+    for j in range(0, NS):
+        pos = (cs * NS + NS - 1 - j) * BT + rt
+        m2 = (pos < T)[:, None] & nmask[None, :]
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+        gy = _ld(Gb, pos, cn, sgt, sgn, m2)
+        cex, ctail, ctot = _cums(lw)
+        ecx = tl.exp(cex)
+        etl = tl.exp(ctail)
+        off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+        tl.store(Z0 + off, etl * tl.dot(gy, tl.trans(Q), input_precision=PREC), mask=m2)
+        tl.store(Z1 + off, etl * tl.dot(v, tl.trans(GP), input_precision=PREC), mask=m2)
+        tl.store(Z2 + off, tl.dot(k * etl, GP, input_precision=PREC), mask=m2)
+        Q = tl.exp(ctot)[:, None] * Q + tl.dot(tl.trans(k * ecx), v, input_precision=PREC)
+        GP = tl.exp(ctot)[:, None] * GP + tl.dot(tl.trans(r * ecx), gy, input_precision=PREC)
+    tl.debug_barrier()  # (Z0-Z2 written above by other threads of this program than may read them below)
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    P = _load_state(S, pid, cs - 1, NC, cs > 0, BN)
+    GQ = _load_state(S + 2 * size, pid, cs - 1, NC, cs > 0, BN)
+    for i in range(0, NS):
+        c = cs * NS + i
+        pos = c * BT + rt
+        tv = pos < T
+        m2 = tv[:, None] & nmask[None, :]
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+        gy = _ld(Gb, pos, cn, sgt, sgn, m2)
+        cex, ctail, ctot = _cums(lw)
+        ecx = tl.exp(cex)
+        etl = tl.exp(ctail)
+        off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+        gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
+        gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
+        gv = tl.load(Z2 + off, mask=m2, other=0.0) + tl.dot(k * ecx, GQ, input_precision=PREC)
+        gr_a = tl.load(Z0 + off, mask=m2, other=0.0)
+        gk_c = tl.load(Z1 + off, mask=m2, other=0.0)
+        P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * etl), v, input_precision=PREC)
+        GQ = tl.exp(ctot)[:, None] * GQ + tl.dot(tl.trans(r * etl), gy, input_precision=PREC)
+        coff = (pid * NSUB + c).to(tl.int64) * BN + cn
+        _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N,
+                  srt, srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, c < NSUB, BT, BN, BJ,
+                  PREC)
 
 
 # ------------------------------------------------------------------------------------------------- host side
@@ -412,6 +482,8 @@ def chunk_fwd(r, k, v, logd, u, cfg):
 
 def chunk_bwd(r, k, v, logd, u, gy, cfg):
     """(gr, gk, gv, glogd, gu) in the inputs' dtypes."""
+    from .triton import CONFIG
+
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = cfg
     nsub, NS, NC = _geometry(T, BT)
@@ -423,9 +495,14 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg):
     glp = new_empty((B, T, H, N), torch.float32, dev)
     zt = new_empty((B * H, nsub, BN), torch.float32, dev)
     gup = new_empty((B * H, nsub, BN), torch.float32, dev)
-    _bwd_kernel[(B * H, nsub)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, *r.stride(), *k.stride(),
-                               *v.stride(), *logd.stride(), *gy.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ,
-                               NS=NS, PREC=prec, num_warps=nw)
+    strides = (*r.stride(), *k.stride(), *v.stride(), *logd.stride(), *gy.stride())
+    if CONFIG["bwd_carry"]:  # one program per state chunk, the states carried through its sub-chunks, two at a time
+        z = new_empty((3, B, T, H, N), torch.float32, dev)
+        _bwd_carry_kernel[(B * H, NC)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, z[0], z[1], z[2], *strides,
+                                       T, H, N, NC, B * H, nsub, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, num_warps=nw)
+    else:
+        _bwd_kernel[(B * H, nsub)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, *strides, T, H, N, NC, B * H,
+                                   BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, num_warps=nw)
     # suffix sums of the sub-chunk totals (sub-chunks after each one), broadcast to the sub-chunk's tokens
     zt = zt.view(B, H, nsub, BN)[..., :N]
     after = zt.flip(2).cumsum(2).flip(2) - zt
