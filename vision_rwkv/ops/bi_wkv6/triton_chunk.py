@@ -279,6 +279,17 @@ def _fwd_carry_kernel(R, K, V, LD, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh
 
 
 @jit
+def _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn, skt, skn, svt, svn, sgt, sgn, slt, sln):
+    """What a sub-chunk's backward reads: r, k, v, gy, the clamped log decay, its exclusive cumulative sum cex and
+    total ctot, e^{cex}, e^{ctail}, and the tokens' offsets into a contiguous (B, T, H, N) tensor."""
+    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+    gy = _ld(Gb, pos, cn, sgt, sgn, m2)
+    cex, ctail, ctot = _cums(lw)
+    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+    return r, k, v, gy, lw, cex, ctot, tl.exp(cex), tl.exp(ctail), off
+
+
+@jit
 def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N, srt,
               srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, cok, BT: tl.constexpr,
               BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
@@ -347,11 +358,8 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     Vb = _head(V, b, h, svb, svh)
     Gb = _head(GY, b, h, sgb, sgh)
     Lb = _head(LD, b, h, slb, slh)
-    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
-    gy = _ld(Gb, pos, cn, sgt, sgn, m2)
-    cex, ctail, ctot = _cums(lw)
-    ecx = tl.exp(cex)
-    etl = tl.exp(ctail)
+    r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn, skt,
+                                                        skn, svt, svn, sgt, sgn, slt, sln)
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
     P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
     GQ, GP = _edge_states(S, 2, BH, pid, c, cs, NC, NS, Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, BT, BN, PREC)
@@ -361,7 +369,6 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     gk_c = etl * tl.dot(v, tl.trans(GP), input_precision=PREC)
     gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
     gv = tl.dot(k * etl, GP, input_precision=PREC) + tl.dot(k * ecx, GQ, input_precision=PREC)
-    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
     coff = (pid * tl.num_programs(1) + c).to(tl.int64) * BN + cn
     _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N, srt,
               srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, True, BT, BN, BJ, PREC)
@@ -387,12 +394,8 @@ def _bwd_carry_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z
     for j in range(0, NS):
         pos = (cs * NS + NS - 1 - j) * BT + rt
         m2 = (pos < T)[:, None] & nmask[None, :]
-        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
-        gy = _ld(Gb, pos, cn, sgt, sgn, m2)
-        cex, ctail, ctot = _cums(lw)
-        ecx = tl.exp(cex)
-        etl = tl.exp(ctail)
-        off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+        r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn,
+                                                            skt, skn, svt, svn, sgt, sgn, slt, sln)
         tl.store(Z0 + off, etl * tl.dot(gy, tl.trans(Q), input_precision=PREC), mask=m2)
         tl.store(Z1 + off, etl * tl.dot(v, tl.trans(GP), input_precision=PREC), mask=m2)
         tl.store(Z2 + off, tl.dot(k * etl, GP, input_precision=PREC), mask=m2)
@@ -407,12 +410,8 @@ def _bwd_carry_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z
         pos = c * BT + rt
         tv = pos < T
         m2 = tv[:, None] & nmask[None, :]
-        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
-        gy = _ld(Gb, pos, cn, sgt, sgn, m2)
-        cex, ctail, ctot = _cums(lw)
-        ecx = tl.exp(cex)
-        etl = tl.exp(ctail)
-        off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+        r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn,
+                                                            skt, skn, svt, svn, sgt, sgn, slt, sln)
         gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
         gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
         gv = tl.load(Z2 + off, mask=m2, other=0.0) + tl.dot(k * ecx, GQ, input_precision=PREC)
