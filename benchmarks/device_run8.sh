@@ -1,7 +1,7 @@
 #!/bin/bash
-# Device plan, round 8 (after the H200 rounds 6-7 of benchmarks/results/README.md): one call, about 590 s, for a
-# session's 15 minutes of device time (the machine's start takes ~30-40 s of it). Carry timm's wheel (the image's
-# timm is older; see device_run6.sh) and run
+# Device plan, round 8 (after the H200 rounds 6-7 of benchmarks/results/README.md): one call, about 590 s (the steps'
+# timeouts add up to 590), for a session's 15 minutes of device time (the machine's start takes ~30-40 s of it).
+# Carry timm's wheel (the image's timm is older; see device_run6.sh) and run
 #     run(command="python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
 #                  export PYTHONPATH=/tmp/site; bash benchmarks/device_run8.sh", carry=[".whl"], timeout_s=600)
 # 1. In parallel (<= 240 s): the CUDA tests with the new defaults (v4 seq, v6 chunk; the refusal of unvalidated v6
@@ -15,10 +15,10 @@
 #    every 64 / 128 tokens), the state-chunk backward (bwd_carry=1, alone and with fwd_carry), 8 warps, and the v4
 #    seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per program (sweep.json; VRWKV-T needs 8.1 ->
 #    7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
-#    Last (<= 70 s): a training step's GPU time per op group and top kernels, VRWKV-T / VRWKV6-T / DeiT-T at 224,
-#    b128 (profile_train.md).
+#    Last (<= 100 s): GPU time per op group and top kernels, VRWKV-T / VRWKV6-T / DeiT-T, of the 1024-px forward
+#    (b16, profile_1024.md) and of a 224-px training step (b128, profile_train.md).
 # 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
-#    sweep.json, bisect.json, v6_blocks.json, profile_train.md, gpu.txt, logs.tar.gz.
+#    sweep.json, bisect.json, v6_blocks.json, profile_1024.md, profile_train.md, gpu.txt, logs.tar.gz.
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
 CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_both,chunk_bcarry,\
@@ -54,12 +54,17 @@ timeout 150 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 
   > "$W/bb.log" 2>&1
 stamp "backbones done"
 checkpoint
-timeout 110 python benchmarks/sweep.py time "$OUT/sweep.json" 90 v4,v6 $CFGS bf16 > "$W/sweep.log" 2>&1
+timeout 100 python benchmarks/sweep.py time "$OUT/sweep.json" 80 v4,v6 $CFGS bf16 > "$W/sweep.log" 2>&1
 stamp "sweep done"
 checkpoint
-# where a training step's GPU time goes (round 7: VRWKV6-T ~73 ms per b128 step, its WKV ~20 ms of it, DeiT-T 25 ms;
-# floors 11 / 6.6 ms): kernels per op group, ours and DeiT-T, last (a stop at the call's limit loses only this)
-timeout 70 python tools/profile_backbone.py --train --models VRWKV-T VRWKV6-T DeiT-T --img-size 224 --batch 128 \
+# where the GPU time goes, kernels per op group, ours and DeiT-T, last (a stop at the call's limit loses only these):
+# the 1024-px forward (VRWKV-T 8.1 ms per batch of 16 where 2x DeiT-T asks 7.4; its floor ~3.7 ms at 4.8 TB/s) and a
+# 224-px training step (round 7: VRWKV6-T ~73 ms per b128 step, its WKV ~20 ms of it, DeiT-T 25 ms)
+timeout 40 python tools/profile_backbone.py --models VRWKV-T VRWKV6-T DeiT-T --img-size 1024 --batch 16 --steps 2 \
+  --no-compare-unfused --json "$W/profile_1024.json" --md "$OUT/profile_1024.md" > "$W/profile_1024.log" 2>&1
+stamp "1024 profile done"
+checkpoint
+timeout 60 python tools/profile_backbone.py --train --models VRWKV-T VRWKV6-T DeiT-T --img-size 224 --batch 128 \
   --steps 2 --no-compare-unfused --json "$W/profile_train.json" --md "$OUT/profile_train.md" > "$W/profile.log" 2>&1
 stamp "training profile done"
 
