@@ -11,18 +11,18 @@
 # 2. Timing, GPU to itself (<= 230 s): backbones VRWKV/VRWKV6 T and S at 224 and 1024 bf16 + training at 224, DeiT
 #    in the same run, eager and CUDA graph, peak memory above each row's start (bb_old.json: the summary's first
 #    column is the current defaults); then the v6 chunk kernels in bf16 (VRWKV6-T's 1024-px shape first) with
-#    states every 16 / 32 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1, states
-#    every 64 / 128 tokens), the state-chunk backward (bwd_carry=1, alone and with fwd_carry), 8 warps, and the v4
-#    seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per program (sweep.json; VRWKV-T needs 8.1 ->
-#    7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
+#    states every 16 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1), the
+#    state-chunk backward (bwd_carry=1, alone and with fwd_carry), registers capped at 128 / 168 per thread
+#    (maxnreg), and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per program (sweep.json;
+#    VRWKV-T needs 8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
 #    Last (<= 100 s): GPU time per op group and top kernels, VRWKV-T / VRWKV6-T / DeiT-T, of the 1024-px forward
 #    (b16, profile_1024.md) and of a 224-px training step (b128, profile_train.md).
 # 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
 #    sweep.json, bisect.json, v6_blocks.json, profile_1024.md, profile_train.md, gpu.txt, logs.tar.gz.
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
-CFGS=chunk,chunk_st16,chunk_st32,chunk_16bit_states,chunk_st16_16bit,chunk_carry,chunk_carry_both,chunk_bcarry,\
-chunk_carry_st128,chunk_carry_w8,chunk_w8,seq_t16,seq_t16_bc128,seq_t32,seq_bc32
+CFGS=chunk,chunk_st16,chunk_16bit_states,chunk_carry,chunk_bcarry,chunk_carry_both,chunk_r128,chunk_r168,\
+chunk_carry_r128,seq_t16,seq_t16_bc128,seq_t32,seq_bc32
 
 # ---- 1. correctness, diagnostics, warm-ups (parallel; nothing here is timed)
 CUDA_TESTS="$CUDA_TESTS tests/tools/test_capture_bisect.py"
@@ -33,15 +33,8 @@ timeout 200 python benchmarks/v6_blocks_check.py --out "$OUT/v6_blocks.json" > "
 for m in vrwkv_tiny_patch16_224 vrwkv6_tiny_patch16_224 vrwkv_small_patch16_224 vrwkv6_small_patch16_224; do
   timeout 150 python tools/benchmark.py $BB --model $m --iters 1 --warmup 1 --no-deit > "$W/warm_$m.log" 2>&1 &
 done
-for cfg in '{"algo":"chunk"}' '{"algo":"chunk","state_t":16}' '{"algo":"chunk","state_t":32}' \
-  '{"algo":"chunk","state_dtype":"input"}' '{"algo":"chunk","state_t":16,"state_dtype":"input"}' \
-  '{"algo":"chunk","fwd_carry":1}' '{"algo":"chunk","fwd_carry":1,"state_t":128}' \
-  '{"algo":"chunk","bwd_carry":1}' '{"algo":"chunk","fwd_carry":1,"bwd_carry":1}' \
-  '{"algo":"chunk","fwd_carry":1,"warps":8}' '{"algo":"chunk","warps":8}'; do
-  timeout 200 python benchmarks/sweep.py warm v6 "$cfg" > "$W/warm_sweep_$(echo "$cfg" | tr -dc 'a-z0-9').log" 2>&1 &
-done
-for cfg in '{"seq":1,"seq_bc":128,"seq_warps":2}' '{"seq":1,"seq_t":32}' '{"seq":1,"seq_bc":32}'; do
-  timeout 200 python benchmarks/sweep.py warm v4 "$cfg" > "$W/warm_sweep4_$(echo "$cfg" | tr -dc 'a-z0-9').log" 2>&1 &
+for cfg in ${CFGS//,/ }; do  # every timed config (v4 and v6), compiled for the sweep
+  timeout 200 python benchmarks/sweep.py warm "$cfg" > "$W/warm_sweep_$cfg.log" 2>&1 &
 done
 wait
 stamp "correctness + diagnostics + warm-ups done"

@@ -1,6 +1,7 @@
 """Launch-setting sweep and overhead analysis of the Triton Bi-WKV kernels (run on a GPU machine).
 
   python benchmarks/sweep.py warm v4 '<json config>'   # compile every kernel variant of one config (parallel-safe)
+  python benchmarks/sweep.py warm CONFIG_NAME           # the same for a named config of V4_CONFIGS / V6_CONFIGS
   python benchmarks/sweep.py time out.json [SECONDS [OPS [CONFIGS [DTYPES]]]]
                                                         # time all configs (or the comma-separated OPS / CONFIGS
                                                         # names, fp32 / bf16): eager (autograd) and CUDA-graph
@@ -52,6 +53,10 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     # round 9: the backward's programs per state chunk as well (bwd_carry=1: two states per pass, none walked)
     "chunk_bcarry": {"algo": "chunk", "bwd_carry": 1},
     "chunk_carry_both": {"algo": "chunk", "fwd_carry": 1, "bwd_carry": 1},
+    # round 9: registers capped (255 -> 128 / 168 per thread: 4 / 3 programs per SM instead of 2, with spills)
+    "chunk_r128": {"algo": "chunk", "maxnreg": 128},
+    "chunk_r168": {"algo": "chunk", "maxnreg": 168},
+    "chunk_carry_r128": {"algo": "chunk", "fwd_carry": 1, "maxnreg": 128},
 }
 
 
@@ -151,6 +156,14 @@ def _set(op, cfg):
     m.CONFIG.clear()
     m.CONFIG.update(base)
     m.CONFIG.update(cfg)
+
+
+def named_config(name: str) -> tuple[str, dict]:
+    """(op, settings) of a config of V4_CONFIGS / V6_CONFIGS by name; an unknown name lists the known ones."""
+    for op, configs in (("v4", V4_CONFIGS), ("v6", V6_CONFIGS)):
+        if name in configs:
+            return op, configs[name]
+    raise SystemExit(f"sweep.py: no config named {name!r}; known: {', '.join(sorted(V4_CONFIGS) + sorted(V6_CONFIGS))}")
 
 
 def warm(op, cfg, dtypes=("fp32", "bf16")):
@@ -272,7 +285,9 @@ def overhead():
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
     what = sys.argv[1]
-    if what == "warm":
+    if what == "warm" and len(sys.argv) == 3:
+        warm(*named_config(sys.argv[2]))
+    elif what == "warm":
         warm(sys.argv[2], json.loads(sys.argv[3]))
     elif what == "time":
         time_all(sys.argv[2], time.time() + float(sys.argv[3]) if len(sys.argv) > 3 else 1e18,

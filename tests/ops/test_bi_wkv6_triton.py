@@ -58,6 +58,9 @@ CPU_CASES.update({
     "chunk_bcarry_T1": dict(shape=(1, 1, 1, 16), config=dict(CHUNK, bwd_carry=1)),
     "chunk_both_carry_bf16_states_head24": dict(shape=(1, 50, 2, 24), dtype="bf16", config=dict(
         CHUNK, fwd_carry=1, bwd_carry=1, state_dtype="input", state_t=16)),
+    # a register cap on the output / gradient kernels (maxnreg: a launch option; the interpreter ignores it, the
+    # sm_90 compile and the CUDA cases check it)
+    "chunk_maxnreg_both_carry": dict(shape=(1, 37, 1, 16), config=dict(CHUNK, maxnreg=128, fwd_carry=1, bwd_carry=1)),
     # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
     "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
@@ -69,7 +72,8 @@ CPU_CASES.update({
 QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api",
          "T1_chunk", "T_not_multiple_chunk", "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk",
          "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
-         "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24"}
+         "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24",
+         "chunk_maxnreg_both_carry"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -93,7 +97,8 @@ CUDA_CASES["16x1024x6x64_bf16_chunk_bf16_states"] = dict(shape=(16, 1024, 6, 64)
 CUDA_CASES.update({f"{name}_{tag}": dict(case, config=dict(case["config"], **carry)) for name, case in
                    list(CUDA_CASES.items()) if name in ("2x4096x6x64_chunk", "16x1024x6x64_bf16_chunk",
                                                         "strong_decays_chunk", "64x196x3x64_chunk")
-                   for tag, carry in (("carry", {"fwd_carry": 1}), ("bcarry", {"bwd_carry": 1}))})
+                   for tag, carry in (("carry", {"fwd_carry": 1}), ("bcarry", {"bwd_carry": 1}),
+                                      ("r128", {"maxnreg": 128}))})
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})

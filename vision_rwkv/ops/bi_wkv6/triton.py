@@ -43,9 +43,11 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # e.g. the chunk forward for inference with the walk backward in training). fwd_carry=1: the chunk forward's output
 # kernel carries the states through each state chunk (triton_chunk.py); bwd_carry=1: the same for the chunk backward
 # (two states at a time, in two passes, instead of four loaded and walked per sub-chunk) - opt-ins until timed on a GPU.
+# maxnreg: a cap on the chunk output / gradient kernels' registers per thread (0: none; they take 255, which leaves
+# room for two 4-warp programs per SM; 128 allows four, at the cost of spills) - to be chosen by timing.
 CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
-                              fwd_carry=0, bwd_carry=0),
+                              fwd_carry=0, bwd_carry=0, maxnreg=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64

@@ -459,6 +459,15 @@ def _states(pairs, logd, cfg, T, H, N, NS, NC, BN):
     return S
 
 
+def _launch_opts(nw: int) -> dict:
+    """Launch options of the output and gradient kernels: their warps and, with ``maxnreg`` set, a cap on the
+    registers per thread (these kernels take all 255 by default: two programs of 4 warps per SM)."""
+    from .triton import CONFIG
+
+    cap = int(CONFIG["maxnreg"])
+    return dict(num_warps=nw, maxnreg=cap) if cap else dict(num_warps=nw)
+
+
 def chunk_fwd(r, k, v, logd, u, cfg):
     """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``."""
     from .triton import CONFIG
@@ -472,10 +481,10 @@ def chunk_fwd(r, k, v, logd, u, cfg):
         z = new_empty((B, T, H, N), torch.float32, r.device)
         _fwd_carry_kernel[(B * H, NC)](r, k, v, logd, u, y, z, S, *r.stride(), *k.stride(), *v.stride(),
                                        *logd.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec,
-                                       num_warps=nw)
+                                       **_launch_opts(nw))
         return y
     _fwd_kernel[(B * H, nsub)](r, k, v, logd, u, y, S, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
-                               T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, num_warps=nw)
+                               T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **_launch_opts(nw))
     return y
 
 
@@ -498,10 +507,11 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg):
     if CONFIG["bwd_carry"]:  # one program per state chunk, the states carried through its sub-chunks, two at a time
         z = new_empty((3, B, T, H, N), torch.float32, dev)
         _bwd_carry_kernel[(B * H, NC)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, z[0], z[1], z[2], *strides,
-                                       T, H, N, NC, B * H, nsub, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, num_warps=nw)
+                                       T, H, N, NC, B * H, nsub, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec,
+                                       **_launch_opts(nw))
     else:
         _bwd_kernel[(B * H, nsub)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, *strides, T, H, N, NC, B * H,
-                                   BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, num_warps=nw)
+                                   BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **_launch_opts(nw))
     # suffix sums of the sub-chunk totals (sub-chunks after each one), broadcast to the sub-chunk's tokens
     zt = zt.view(B, H, nsub, BN)[..., :N]
     after = zt.flip(2).cumsum(2).flip(2) - zt
