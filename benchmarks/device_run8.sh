@@ -13,8 +13,9 @@
 #    column is the current defaults); then the v6 chunk kernels in bf16 (VRWKV6-T's 1024-px shape first) with
 #    states every 16 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1), the
 #    state-chunk backward (bwd_carry=1, alone and with fwd_carry), registers capped at 128 / 168 per thread
-#    (maxnreg), and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per program (sweep.json;
-#    VRWKV-T needs 8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer).
+#    (maxnreg), and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per program, forward
+#    registers capped at 96 / 64 (sweep.json; VRWKV-T needs 8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22
+#    ms of it per layer).
 #    Last (<= 100 s): GPU time per op group and top kernels, VRWKV-T / VRWKV6-T / DeiT-T, of the 1024-px forward
 #    (b16, profile_1024.md) and of a 224-px training step (b128, profile_train.md).
 # 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
@@ -22,7 +23,7 @@
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
 CFGS=chunk,chunk_st16,chunk_16bit_states,chunk_carry,chunk_bcarry,chunk_carry_both,chunk_r128,chunk_r168,\
-chunk_carry_r128,seq_t16,seq_t16_bc128,seq_t32,seq_bc32
+chunk_carry_r128,seq_t16,seq_t16_bc128,seq_t32,seq_bc32,seq_r96,seq_r64
 
 # ---- 1. correctness, diagnostics, warm-ups (parallel; nothing here is timed)
 CUDA_TESTS="$CUDA_TESTS tests/tools/test_capture_bisect.py"

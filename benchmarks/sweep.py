@@ -34,6 +34,9 @@ V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exac
     # round 8: longer register chunks (fewer carries), one channel per thread
     "seq_t32": {"seq": 1, "seq_t": 32},
     "seq_bc32": {"seq": 1, "seq_bc": 32},
+    # round 9: registers capped (forward 143 -> 96 / 64 per thread: 21 / 32 resident 1-warp programs per SM, not 14)
+    "seq_r96": {"seq": 1, "seq_maxnreg": 96},
+    "seq_r64": {"seq": 1, "seq_maxnreg": 64},
 }
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
     "walk": {"algo": "walk"},  # the default until round 6

@@ -25,6 +25,8 @@ LARGE = {"embed_dim": 64, "depth": 1, "head_hidden_size": 32, "pos_embed_grid": 
 CASES = [
     ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2}, TILE],  # pre-norm chain, exact tile-scan WKV
     ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 2, "amp": True}, OPT_INS],  # seq WKV, GEMM epilogues
+    ["vrwkv_tiny_patch16_224", {"embed_dim": 64, "depth": 1, "amp": True},  # seq WKV with register caps
+     {"VRWKV_TRITON_V4": "seq=1,seq_maxnreg=96,seq_bwd_maxnreg=128"}],
     ["vrwkv_small_patch16_224", {"embed_dim": 64, "depth": 2, "drop_path_rate": 0.5, "train": True, "amp": True}, TILE],
     ["vrwkv_large_patch16_384", LARGE, TILE],  # key norm, original-mode WKV
     ["vrwkv_large_patch16_384", dict(LARGE, amp=True), {"VRWKV_TRITON_V4": "seq=1", "VRWKV_FUSED_GEMM": "1"}],

@@ -53,6 +53,9 @@ CPU_CASES.update({
     "seq_original_bf16": dict(shape=(1, 19, 5), mode="original", chunks=4, dtype="bf16", config=SEQ),
     "seq_single_chunk_T8": dict(shape=(2, 7, 5), config=dict(SEQ, seq_t=8)),
     "seq_noncontig_strided": dict(shape=(1, 9, 5), layout="S", config=SEQ),
+    # register caps on the forward / backward kernels (maxnreg: a launch option the interpreter ignores; the sm_90
+    # compile and the CUDA cases check it)
+    "seq_maxnreg": dict(shape=(2, 23, 40), config=dict(SEQ, seq_maxnreg=96, seq_bwd_maxnreg=128)),
 })
 
 # the default run's cases (every path once: chunked and single, both modes, 16-bit, non-contiguous, the public API
@@ -60,7 +63,7 @@ CPU_CASES.update({
 QUICK = {"single_chunk", "T1", "chunked_T_not_multiple", "k_pm60_extreme_wT", "extreme_per_step_decay", "bf16", "fp16",
          "original_single", "noncontig_transposed", "public_api", "scale_single_chunk", "scale_public_api_compile",
          "single_chunk_seq", "T1_seq", "chunked_T_not_multiple_seq", "noncontig_strided_seq", "fp16_seq",
-         "original_single_seq", "original_P32_S1_seq", "seq_single_chunk_T8"}
+         "original_single_seq", "original_P32_S1_seq", "seq_single_chunk_T8", "seq_maxnreg"}
 
 CUDA_CASES = {
     "exact_64x196x192": dict(shape=(64, 196, 192)),
@@ -85,6 +88,9 @@ CUDA_CASES = {
 
 CUDA_CASES.update({f"{name}_seq": dict(case, config={"seq": 1}) for name, case in list(CUDA_CASES.items())})
 CUDA_CASES["exact_2x4096x96_seq32"] = dict(shape=(2, 4096, 96), config={"seq": 1, "seq_t": 32, "seq_bc": 64})
+CUDA_CASES.update({f"{name}_seq_r96": dict(case, config={"seq": 1, "seq_maxnreg": 96, "seq_bwd_maxnreg": 128})
+                   for name, case in list(CUDA_CASES.items()) if name in (
+                       "exact_16x1024x384_bf16", "exact_1x16384x192", "original_8x196x192", "exact_k_pm60")})
 
 
 @pytest.fixture(scope="module")

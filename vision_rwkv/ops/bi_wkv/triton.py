@@ -48,10 +48,12 @@ __all__ = ["bi_wkv_triton", "CONFIG"]
 # mode "original", walked in registers; seq_bc channels per program, seq_bwd_bc for the backward's last kernel,
 # seq_warps warps; same carry kernel). The default since an H200 run (round 6, benchmarks/results/README.md): its CUDA
 # tests passed and fwd+bwd ran 1.9x faster as GPU time (CUDA graph, geomean of 12 shapes), 1.07x eager; seq=0: the
-# tile-scan kernels of this file.
+# tile-scan kernels of this file. seq_maxnreg / seq_bwd_maxnreg: a register cap per thread on the seq forward /
+# backward kernels (0: none; more resident programs, with spills) - opt-ins until timed.
 CONFIG = config_from_env(dict(single_max_t=32, chunk_t=32, block_c=32, warps=4, carry_ncb=32, carry_block_c=32,
                               max_tile=2048, scalar=0, seq=1, seq_t=16, seq_t_orig=8, seq_bc=64, seq_bwd_bc=32,
-                              seq_warps=1), "VRWKV_TRITON_V4")
+                              seq_warps=1, seq_maxnreg=0, seq_bwd_maxnreg=0),
+                         "VRWKV_TRITON_V4")
 
 
 # ------------------------------------------------------------------------------------------------- jit helpers

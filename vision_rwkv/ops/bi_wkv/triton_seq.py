@@ -372,6 +372,14 @@ def _blocks(C: int, cfg: dict, key: str):
     return BC, max(1, min(cfg["seq_warps"], BC // 32))
 
 
+def _launch_opts(nw: int, cfg: dict, key: str) -> dict:
+    """Launch options of the chunk kernels: their warps and, with ``cfg[key]`` set (``seq_maxnreg`` forward,
+    ``seq_bwd_maxnreg`` backward), a cap on the registers per thread (the 1-warp output programs take 143 / 255: ~14 /
+    8 resident per SM; 64 registers allow the 32-block limit, at the cost of spills)."""
+    cap = int(cfg.get(key, 0))
+    return dict(num_warps=nw, maxnreg=cap) if cap else dict(num_warps=nw)
+
+
 def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0):
     """Forward: (y, m, carries) as ``triton._fwd`` returns them (same carry layout)."""
     B, T, C = k.shape
@@ -387,11 +395,11 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0):
         mj = new_empty((B, NC, C), torch.float32, dev)
         _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
                                       NSUM=nsum,
-                                      ORIG=orig, L=L, BC=BC, num_warps=nw)
+                                      ORIG=orig, L=L, BC=BC, **_launch_opts(nw, cfg, "seq_maxnreg"))
         launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True,
                      min(cfg["carry_block_c"], next_pow2(C)), scale)
     _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar,
-                          ORIG=orig, SINGLE=single, L=L, BC=BC, num_warps=nw)
+                          ORIG=orig, SINGLE=single, L=L, BC=BC, **_launch_opts(nw, cfg, "seq_maxnreg"))
     return y, m, car
 
 
@@ -410,7 +418,7 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: fl
         _KERNELS["bwd_summary"][(B, cdiv(C, BC), NC)](
             k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, scale,
             NSUM=nsum,
-            NCAR=ncar, ORIG=orig, L=L, BC=BC, num_warps=nw)
+            NCAR=ncar, ORIG=orig, L=L, BC=BC, **_launch_opts(nw, cfg, "seq_bwd_maxnreg"))
         launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
                      min(cfg["carry_block_c"], next_pow2(C)), scale)
     else:
@@ -418,5 +426,6 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: fl
     BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
     _KERNELS["bwd"][(B, cdiv(C, BCB), NC)](
         k, v, gy, w32, u32, m, car, bcar, gk, gv, parts[0], parts[1], *k.stride(), *v.stride(), *gy.stride(), T, C, S,
-        NSUB, NC, scale, NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB, num_warps=nwb)
+        NSUB, NC, scale, NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB,
+        **_launch_opts(nwb, cfg, "seq_bwd_maxnreg"))
     return parts.sum(1), gk, gv
