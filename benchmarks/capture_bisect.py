@@ -1,7 +1,9 @@
 """Which part of a training step breaks its CUDA-graph capture. On an H200 (round 6) the capture of VRWKV-T's bf16
 training step (forward, cross-entropy backward, AdamW with ``capturable``) was invalidated ("operation failed due
-to a previous error during capture") while inference forwards captured fine. Each variant below changes one thing
-and runs in its own process (a failed capture leaves the process's CUDA state suspect):
+to a previous error during capture") while inference forwards captured fine - and so did the 2-block, 64-px training
+steps of the CUDA test ``test_train_graph_capture_cuda`` (16 tokens: single-chunk WKV kernels; 196 tokens take the
+chunked ones). Each variant below changes one thing and runs in its own process (a failed capture leaves the
+process's CUDA state suspect); three are controls (DeiT-T, 64-px images, VRWKV6-T):
 
     python benchmarks/capture_bisect.py [--model M] [--batch B] [--variant NAME ...] [--out F.json]
     python benchmarks/capture_bisect.py --device cpu      # the same steps eagerly, no capture: checks the plumbing
@@ -22,18 +24,23 @@ import time
 import torch
 
 # name -> (environment, model kwargs, step options); one change from "default" each
-VARIANTS: dict[str, tuple[dict, dict, dict]] = {
+VARIANTS: dict[str, tuple[dict, dict, dict]] = {  # (in run order: the most telling first, a deadline cuts the rest)
     "default": ({}, {}, {}),
+    # controls: DeiT-T in the same harness (does any model's step capture here?); VRWKV-T on 64-px images (16
+    # tokens: the single-chunk WKV kernels, as in the small CUDA test that captured on the H200); VRWKV6-T
+    "deit_control": ({}, {}, {"model": "deit_tiny_patch16_224"}),
+    "img64_single_chunk": ({}, {"img_size": 64}, {}),
     "relaxed_capture": ({}, {}, {"capture_error_mode": "relaxed"}),  # unsafe API calls allowed: which kind of error
-    "thread_local_capture": ({}, {}, {"capture_error_mode": "thread_local"}),
     "per_op_mixers": ({"VRWKV_FUSED_STEP": "0"}, {}, {}),  # one autograd node per fused op, not per mixer
     "plain_path": ({"VRWKV_FUSED": "0"}, {}, {}),  # no fused elementwise kernels (WKV still Triton)
     "reference_wkv": ({"VRWKV_BACKEND": "reference"}, {}, {}),  # no Triton WKV either
-    "triton_launch": ({"VRWKV_TRITON_FAST_LAUNCH": "0"}, {}, {}),  # Triton's own launch path
-    "no_drop_path": ({}, {"drop_path_rate": 0.0}, {}),  # no random draws in the step
-    "fp32": ({}, {}, {"amp": False}),  # no autocast
     "no_optimizer": ({}, {}, {"optimizer": False}),  # forward + backward only
     "forward_only_train_mode": ({}, {}, {"backward": False, "optimizer": False}),
+    "no_drop_path": ({}, {"drop_path_rate": 0.0}, {}),  # no random draws in the step
+    "fp32": ({}, {}, {"amp": False}),  # no autocast
+    "triton_launch": ({"VRWKV_TRITON_FAST_LAUNCH": "0"}, {}, {}),  # Triton's own launch path
+    "thread_local_capture": ({}, {}, {"capture_error_mode": "thread_local"}),
+    "vrwkv6": ({}, {}, {"model": "vrwkv6_tiny_patch16_224"}),
 }
 
 
@@ -65,12 +72,17 @@ def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: d
     env, kw, opts = VARIANTS[name]
     os.environ.update(env)
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False, **{**(model_kw or {}), **kw}).to(device).train()
-    size = (model_kw or {}).get("img_size", 224)
+    kw = {**(model_kw or {}), **kw}
+    if "model" in opts:
+        model_name = opts["model"]
+        if not model_name.startswith("vrwkv"):  # (a control model: the CLI's model kwargs are for ours)
+            kw = {k: v for k, v in kw.items() if k == "img_size"}
+    model = timm.create_model(model_name, pretrained=False, **kw).to(device).train()
+    size = kw.get("img_size", 224)
     x = torch.randn(batch, 3, size, size, device=device)
     target = torch.randint(0, model.num_classes, (batch,), device=device)
     step = _step_fn(model, x, target, opts.get("amp", True), opts.get("backward", True), opts.get("optimizer", True))
-    row = {"variant": name, "env": env, "model_kw": kw, "opts": opts}
+    row = {"variant": name, "model": model_name, "env": env, "model_kw": VARIANTS[name][1], "opts": opts}
     t0 = time.perf_counter()
     if device == "cpu":
         row["eager_loss"] = [float(step()) for _ in range(2)]
@@ -127,9 +139,12 @@ def main(argv=None) -> int:
             row = {"variant": name, "ok": False, "error": f"timed out after {args.timeout:.0f} s"}
         rows.append(row)
         print(f"{name:24s} {'ok' if row['ok'] else 'FAILED'}  {row.get('error', '')[:160]}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"model": args.model, "batch": args.batch, "device": args.device, "rows": rows}, f, indent=1)
+        if args.out:  # after every variant (atomically): a run stopped by its caller's deadline keeps what it did
+            tmp = args.out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"model": args.model, "batch": args.batch, "device": args.device, "rows": rows}, f,
+                          indent=1)
+            os.replace(tmp, args.out)
     return 0
 
 

@@ -10,19 +10,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "capture_bisect.py"
-TINY = json.dumps({"embed_dim": 32, "depth": 1, "img_size": 32})
+TINY = json.dumps({"embed_dim": 64, "depth": 1, "img_size": 32})
 
 
 def test_variants_run_eagerly_on_cpu(tmp_path):
     out = tmp_path / "bisect.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--batch", "2", "--model-kw", TINY,
-                           "--variant", "no_drop_path", "--variant", "forward_only_train_mode", "--out", str(out)],
+                           "--variant", "no_drop_path", "--variant", "forward_only_train_mode",
+                           "--variant", "deit_control", "--variant", "vrwkv6", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["no_drop_path", "forward_only_train_mode"]
+    assert [r["variant"] for r in rows] == ["no_drop_path", "forward_only_train_mode", "deit_control", "vrwkv6"]
     assert all(r["ok"] and all(math.isfinite(v) for v in r["eager_loss"]) for r in rows), rows
     assert rows[0]["model_kw"] == {"drop_path_rate": 0.0} and rows[1]["opts"]["backward"] is False
+    assert [r["model"] for r in rows[1:]] == ["vrwkv_tiny_patch16_224", "deit_tiny_patch16_224",
+                                              "vrwkv6_tiny_patch16_224"]
 
 
 def test_bad_arguments_are_named():
