@@ -50,6 +50,7 @@ def _workload(w6, ft):
     x, out = torch.randn(100), torch.empty(100)
     for a in (1, True, 1.0, 3, 3.0):
         _scale_kernel[(4,)](x, out, a, 100, BLOCK=32)
+    _scale_kernel[(4,)](x, out, 3.0, 100, BLOCK=32, maxnreg=64)  # a launch option: its own binary, no argument
 
 
 def main() -> int:

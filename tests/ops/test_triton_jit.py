@@ -50,7 +50,10 @@ def test_specializations_stay_apart(found):
     # the test kernel's scalar as 1, True, 1.0, 3, 3.0: 1 / True / 1.0 compare equal in Python yet are three
     # specializations (the constant 1, i1, fp32), 3 (i32) and 3.0 (fp32 again, as 1.0) two more
     handles = found["scalar_handles"]
-    assert len(handles) == 5 and len(set(handles[:4])) == 4 and handles[4] == handles[2]
+    assert len(handles) == 6 and len(set(handles[:4])) == 4 and handles[4] == handles[2]
+    assert handles[5] not in handles[:5]  # maxnreg=64 (a register cap): another compiled binary, same arguments
+    scalars = [d for d in launches if d[0] == "_scale_kernel"]
+    assert scalars[5][3] == scalars[4][3]
 
 
 @needs_ptxas
