@@ -185,14 +185,16 @@ def run_infer_case(case: dict, device: str = "cpu") -> dict:
     module, x, (h, w), dtype, gen = _setup(case, device)
     res_x = torch.randn(x.shape, generator=gen).to(device) if case.get("residual") else None
     ln = tuple((a + 0.3 * torch.randn(kw["dim"], generator=gen)).to(device) for a in (1.0, 0.0))
+    opts = case["residual"] if isinstance(case.get("residual"), dict) else {}
+    gamma = (1.0 + 0.3 * torch.randn(kw["dim"], generator=gen)).to(device) if opts.get("gamma") else None
     steps = fused.mixer_steps()
     lean = {"calls": 0}
     fwd_name = _FWD[kind]
     fwd = getattr(steps, fwd_name)
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         lean["calls"] += not args[-1]  # save=False: the inference form
-        return fwd(*args)
+        return fwd(*args, **kwargs)
 
     def run(mod, xx, backend, step, inplace=False):
         os.environ["VRWKV_BACKEND"], os.environ["VRWKV_FUSED_STEP"] = backend, step
@@ -201,7 +203,8 @@ def run_infer_case(case: dict, device: str = "cpu") -> dict:
             if res_x is None:
                 return mod(xx, (h, w)), None
             rx = res_x.to(xx.dtype).clone()
-            norm = fused.ResidualNorm(rx, None, ln[0].to(xx.dtype), ln[1].to(xx.dtype), 1e-5, False, dtype, inplace)
+            norm = fused.ResidualNorm(rx, None if gamma is None else gamma.to(xx.dtype), ln[0].to(xx.dtype),
+                                      ln[1].to(xx.dtype), 1e-5, bool(opts.get("post")), dtype, inplace)
             s_, n_ = mod(xx, (h, w), residual=norm)
             return (s_, n_), rx
 
@@ -222,7 +225,8 @@ def run_infer_case(case: dict, device: str = "cpu") -> dict:
         setattr(steps, fwd_name, fwd)
         os.environ.pop("VRWKV_BACKEND", None)
         os.environ.pop("VRWKV_FUSED_STEP", None)
-    pick = (lambda t: t) if res_x is None else (lambda t: torch.cat([t[0].float().flatten(), t[1].float().flatten()]))
+    pick = (lambda t: t) if res_x is None else (
+        lambda t: torch.cat([u.float().flatten() for u in t if u is not None]))  # (s, n); post-norm: n is None
     out = {"y": rel_err(pick(got), pick(ref)), "op_y": rel_err(pick(got), pick(op)),
            "y_updated": rel_err(pick(got2), pick(op2)), "lean_calls": lean["calls"],
            "casts_again": casts.weight_casts + casts.foreach_copies + casts.stacks,

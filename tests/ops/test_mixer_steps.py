@@ -109,9 +109,16 @@ INFER_CASES = {
     "sm_infer_bf16": dict(kind=SM, kwargs=dict(dim=40), grid=(3, 4), batch=2, dtype="bf16", infer=True),
     "cm_infer_maa_head8_residual": dict(kind=CM, kwargs=dict(dim=24, hidden=40, head_size=8, style="rwkv_clip_text"),
                                         grid=(2, 5), batch=1, infer=True, residual=True),
+    # the receptance gate inside the residual kernel (channel mix + residual in inference): v4 style, bf16, layer
+    # scale; post-norm (the S models' blocks)
+    "cm_infer_bf16_gamma_residual": dict(kind=CM, kwargs=dict(dim=40, hidden=56), grid=(3, 4), batch=2,
+                                         dtype="bf16", infer=True, residual={"gamma": True}),
+    "cm_infer_post_residual": dict(kind=CM, kwargs=dict(dim=24, hidden=40), grid=(2, 3), batch=1, infer=True,
+                                   residual={"post": True, "gamma": True}),
 }
 
-QUICK_INFER = {"tm6_infer_bf16_1x7", "sm_infer_bf16", "cm_infer_maa_head8_residual"}  # (the rest: --run-slow)
+QUICK_INFER = {"tm6_infer_bf16_1x7", "sm_infer_bf16", "cm_infer_maa_head8_residual",  # (the rest: --run-slow)
+               "cm_infer_bf16_gamma_residual", "cm_infer_post_residual"}
 
 
 @pytest.fixture(scope="module")

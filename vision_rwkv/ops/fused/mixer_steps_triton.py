@@ -96,14 +96,16 @@ def _residual_inputs(residual, x: torch.Tensor) -> tuple:
 
 
 def _add_residual(out: torch.Tensor, x, gamma, weight, bias, scale, eps: float, post: bool, out_dtype,
-                  inplace: bool = False):
+                  inplace: bool = False, gate: Optional[torch.Tensor] = None):
     """The block's ``add_norm`` of the residual ``x`` and the mixer's output ``out`` (the training node and the
-    inference call alike): ``(s, n, (gamma, weight, bias, scale))`` - the operands as the kernels read them."""
+    inference call alike; ``gate``: the output is ``sigmoid(gate) * out``, formed by the kernel): ``(s, n, (gamma,
+    weight, bias, scale))`` - the operands as the kernels read them."""
     gamma = None if gamma is None else gamma.contiguous()
     weight, bias = weight.contiguous(), bias.contiguous()
     scale = None if scale is None else scale.contiguous()
     s, n = _add_norm_fwd(x.contiguous(), out.contiguous(), gamma, weight, bias, float(eps), bool(post),
-                         out_dtype or x.dtype, scale, inplace=inplace)
+                         out_dtype or x.dtype, scale, inplace=inplace,
+                         gate=None if gate is None else gate.contiguous())
     return s, n, (gamma, weight, bias, scale)
 
 
@@ -150,14 +152,15 @@ def _step_result(out, residual):
     return out if residual is None or not residual.post else (out[0], None)
 
 
-def _residual_infer(out: torch.Tensor, residual):
+def _residual_infer(out: torch.Tensor, residual, gate: Optional[torch.Tensor] = None):
     """Inference: ``out``, or with a residual the block's ``(s, n)`` (n None for post-norm; s written into the
-    residual x when it is ``inplace``)."""
+    residual x when it is ``inplace``). ``gate`` (with a residual only): the mixer's output is ``sigmoid(gate) *
+    out``, formed inside the residual kernel."""
     if residual is None:
         return out
     r = residual
     s, n, _ = _add_residual(out, r.x, r.gamma, r.weight, r.bias, r.sample_scale, r.eps, r.post, r.out_dtype,
-                            r.inplace)
+                            r.inplace, gate)
     return (s, None) if r.post else (s, n)
 
 
@@ -393,9 +396,10 @@ def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chu
                                               *_residual_inputs(residual, x)), residual)
 
 
-def _channel_mix_fwd(x, grid, head_size, one_minus, dtype, mix, mats, save: bool):
+def _channel_mix_fwd(x, grid, head_size, one_minus, dtype, mix, mats, save: bool, gate: bool = True):
     """The channel mix's forward on its cast matrices ``mats`` (key, value, receptance in ``dtype``): (output, the
-    tensors its backward reads, or None without ``save``: intermediates freed after their last use)."""
+    tensors its backward reads, or None without ``save``: intermediates freed after their last use). ``gate=False``
+    (inference into a residual kernel that applies the gate): the output is ``(value, receptance)`` ungated."""
     wk, wv, wr = mats
     B, N, C = x.shape
     H, W = grid
@@ -410,6 +414,8 @@ def _channel_mix_fwd(x, grid, head_size, one_minus, dtype, mix, mats, save: bool
         del k  # (the 4C-wide hidden is not held through the gate)
     r = F.linear(xr, wr)
     del xr
+    if not gate:
+        return (v.view(B, N, C), r.view(B, N, C)), None
     out = _sigmoid_mul_fwd(r, v).view(B, N, C)
     if not save:
         return out, None
@@ -470,7 +476,9 @@ def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int
     grid_size, head_size, one_minus = tuple(grid_size), int(head_size), bool(one_minus)
     if not torch.is_grad_enabled():
         mats = channel_mix_matrices(weights, dtype) if cast is None else tuple(cast)
-        out, _ = _channel_mix_fwd(x, grid_size, head_size, one_minus, dtype, mix, mats, False)
-        return _residual_infer(out, residual)
+        if residual is not None:  # the receptance gate inside the residual kernel: one pass over (B, N, C) less
+            (v, r), _ = _channel_mix_fwd(x, grid_size, head_size, one_minus, dtype, mix, mats, False, gate=False)
+            return _residual_infer(v, residual, gate=r)
+        return _channel_mix_fwd(x, grid_size, head_size, one_minus, dtype, mix, mats, False)[0]
     return _step_result(_ChannelMixStep.apply(x, grid_size, head_size, one_minus, dtype, *mix, *weights,
                                               *_residual_inputs(residual, x)), residual)

@@ -783,8 +783,9 @@ def _row_scale(KEEP, rows, R, RPS, HAS_KEEP: tl.constexpr):
 
 
 @jit
-def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps, POST: tl.constexpr,
-                         HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+def _add_norm_fwd_kernel(X, Y, GATE, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps, POST: tl.constexpr,
+                         HAS_GATE: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, BR: tl.constexpr,
+                         BC: tl.constexpr):
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BC)
     cmask = cols < C
@@ -792,6 +793,8 @@ def _add_norm_fwd_kernel(X, Y, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps, POST:
     offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_GATE:  # the branch is sigmoid(gate) * y (the channel mix's receptance gate, never stored on its own)
+        y = tl.sigmoid(tl.load(GATE + offs, mask=mask, other=0.0).to(tl.float32)) * y
     w = tl.load(LW + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     b = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
     if HAS_GAMMA:
@@ -888,17 +891,21 @@ def _rows_per_sample(x, sample_scale):
     return x.numel() // x.shape[-1] // x.shape[0] if sample_scale is not None and x.numel() else 1
 
 
-def _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale=None, inplace=False):
+def _add_norm_fwd(x, y, gamma, weight, bias, eps, post, out_dtype, sample_scale=None, inplace=False, gate=None):
+    """(s, n) of ``add_norm`` (contiguous operands); ``gate`` (y's shape, contiguous): the branch is
+    ``sigmoid(gate) * y``, formed in the kernel (inference: the gated product is never written)."""
     c = x.shape[-1]
     rows = x.numel() // c
     meta = _an_meta(rows, c)
     s = x if inplace else new_empty(x.shape, x.dtype, x.device)  # (each program reads its rows before writing them)
     n = x.new_empty((0,)) if post else new_empty(x.shape, out_dtype, x.device)
-    _add_norm_fwd_kernel[(cdiv(rows, meta["BR"]),)](x, y, weight if gamma is None else gamma, weight, bias,
+    _add_norm_fwd_kernel[(cdiv(rows, meta["BR"]),)](x, y, y if gate is None else gate,
+                                                    weight if gamma is None else gamma, weight, bias,
                                                     weight if sample_scale is None else sample_scale, s,
                                                     s if post else n, rows, c, _rows_per_sample(x, sample_scale),
-                                                    eps, POST=post, HAS_GAMMA=gamma is not None,
-                                                    HAS_KEEP=sample_scale is not None, **meta)
+                                                    eps, POST=post, HAS_GATE=gate is not None,
+                                                    HAS_GAMMA=gamma is not None, HAS_KEEP=sample_scale is not None,
+                                                    **meta)
     return s, n
 
 
