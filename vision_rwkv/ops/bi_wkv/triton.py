@@ -27,6 +27,7 @@ and gw uses the adjoint identity d/dgate sum_t c_t S_t = sum_tau S_tau * (transp
 from __future__ import annotations
 
 import inspect
+from typing import Optional
 
 import torch
 import triton.language as tl
@@ -618,13 +619,18 @@ def bwd_buffers(w, u, k, v, NC: int):
             new_empty((B, T, C), v.dtype, dev), new_empty((2, B * NC, C), torch.float32, dev))
 
 
-def _fwd(w, u, k, v, mode: str, chunks: int, scale: float = 1.0):
+def _fwd(w, u, k, v, mode: str, chunks: int, scale: float = 1.0, gate: Optional[torch.Tensor] = None):
+    """(y, m, carries); ``gate`` (inference callers; k's shape): y is ``sigmoid(gate) * y`` - formed by the seq
+    kernels as they store y, applied after the tile kernels."""
     B, T, C = k.shape
     seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     if seq:
         from .triton_seq import seq_fwd
 
-        return seq_fwd(w, u, k, v, mode, chunks, CONFIG, scale)
+        return seq_fwd(w, u, k, v, mode, chunks, CONFIG, scale, gate)
+    if gate is not None:
+        y, m, car = _fwd(w, u, k, v, mode, chunks, scale)
+        return (torch.sigmoid(gate.float()) * y.float()).to(y.dtype), m, car
     orig = mode == "original"
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]

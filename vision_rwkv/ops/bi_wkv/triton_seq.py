@@ -151,9 +151,10 @@ def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, 
     tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
 
 
-def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr,
-                    ORIG: tl.constexpr, SINGLE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
-    """Pass 3 (the whole forward when SINGLE): y for one chunk."""
+def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, G, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, NC, SCALE,
+                    NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, HAS_GATE: tl.constexpr,
+                    L: tl.constexpr, BC: tl.constexpr):
+    """Pass 3 (the whole forward when SINGLE): y for one chunk (HAS_GATE: sigmoid(g) * y, g read like k)."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
                                                               SCALE, L, BC)
     uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0) * SCALE)
@@ -190,10 +191,13 @@ def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S
             j_d = j_d / lam + tl.where(keep, x, 0.0)
     bc = lam if ORIG else 1.0  # coefficient of the anticausal state
     py = Y + (b.to(tl.int64) * T + s) * C + cols
+    pg = G + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
     for r in tl.static_range(L - 1, -1, -1):
         ok = cmask & (r < n)
         dg = _diag(uu, lam, s, r, S, ORIG)
         y = (fns[r] + bc * b_n + dg * xvs[r]) / (fds[r] + bc * b_d + dg * xs[r])
+        if HAS_GATE:
+            y = tl.sigmoid(_row(pg, r, sgt, ok, 0.0)) * y
         tl.store(py + r * C, y.to(Y.dtype.element_ty), mask=ok)
         g = tl.where(r < n, lam, 1.0)
         b_n = b_n * g + xvs[r]
@@ -380,8 +384,9 @@ def _launch_opts(nw: int, cfg: dict, key: str) -> dict:
     return dict(num_warps=nw, maxnreg=cap) if cap else dict(num_warps=nw)
 
 
-def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0):
-    """Forward: (y, m, carries) as ``triton._fwd`` returns them (same carry layout)."""
+def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0, gate=None):
+    """Forward: (y, m, carries) as ``triton._fwd`` returns them (same carry layout); with ``gate`` (k's shape, any
+    strides) y is ``sigmoid(gate) * y``, formed as it is stored."""
     B, T, C = k.shape
     orig = mode == "original"
     S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
@@ -398,8 +403,10 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0):
                                       ORIG=orig, L=L, BC=BC, **_launch_opts(nw, cfg, "seq_maxnreg"))
         launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True,
                      min(cfg["carry_block_c"], next_pow2(C)), scale)
-    _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar,
-                          ORIG=orig, SINGLE=single, L=L, BC=BC, **_launch_opts(nw, cfg, "seq_maxnreg"))
+    g = k if gate is None else gate
+    _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, g, *k.stride(), *v.stride(), *g.stride(), T, C, S, NSUB, NC,
+                          scale, NCAR=ncar, ORIG=orig, SINGLE=single, HAS_GATE=gate is not None, L=L, BC=BC,
+                          **_launch_opts(nw, cfg, "seq_maxnreg"))
     return y, m, car
 
 

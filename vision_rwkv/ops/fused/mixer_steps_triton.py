@@ -325,13 +325,14 @@ def _spatial_mix_fwd(x, grid, mode, chunks, dtype, decay, first, mu, mats, save:
         del mixed
     k, v, r = (t.view(B, N, C) for t in kvr.unbind(0))
     decay, first = decay.contiguous(), first.contiguous()
+    if not save:  # inference: the WKV kernel stores sigmoid(r) * y (y is never written on its own)
+        gated = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N, gate=r)[0]
+        del k, v, r, kvr
+        return F.linear(gated, wo), None
     y, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N)
     del k, v
     gated = _sigmoid_mul_fwd(r, y)
     del r
-    if not save:
-        del kvr, y, m, car
-        return F.linear(gated, wo), None
     return F.linear(gated, wo), (x, *mu, mixed, kvr, decay, first, y, m, car, gated)
 
 
