@@ -28,10 +28,11 @@ def test_launch_counts_and_fused_gemms(tmp_path):
     assert ours["host_ms"] > 0 and deit["host_ms"] > 0
     assert ours["dim"] == deit["dim"] == 64  # narrow models by default: the same launches, no weight-sized CPU work
     assert deit["triton_launches"] == 0 and deit["gemms"] == 48  # 4 Linear layers x 12 blocks
-    # 12 blocks: 2 shift+lerp, 1 WKV (one chunk at 4 tokens), 2 sigmoid gates, 1 relu^2, 2 residual+norm (the last
-    # block's second add carries the final norm); 7 projections per block + the patch embedding
-    assert ours["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 24,
-                                        "_relu_square_fwd_kernel": 12, "_add_norm_fwd_kernel": 24}
+    # 12 blocks: 2 shift+lerp, 1 WKV (one chunk at 4 tokens), 1 relu^2, 2 residual+norm (the last block's second add
+    # carries the final norm); the two sigmoid gates formed inside the WKV and the second residual+norm kernels; 7
+    # projections per block + the patch embedding
+    assert ours["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_relu_square_fwd_kernel": 12,
+                                        "_add_norm_fwd_kernel": 24}
     # per block the token mix's k, v, r in one batched GEMM, its output projection and the channel mix's 3
     # projections; + the patch embedding
     assert ours["stubbed_products"] == {"bmm": 12} and "aten.bmm" not in ours["aten_by_op"]  # stubbed, not computed
@@ -43,10 +44,11 @@ def test_launch_counts_and_fused_gemms(tmp_path):
     assert "aten.stack" not in ours["aten_by_op"] and "aten._foreach_div" not in ours["aten_by_op"]
     gemm = _run(tmp_path, "gemm", {"VRWKV_FUSED_GEMM": "1"})["vrwkv_tiny_patch16_224"]
     # the channel mix's key and both receptance projections become Triton GEMMs that absorb relu^2 and the sigmoid
-    # gates (the token mix's k and v still share one batched GEMM)
+    # gates (the token mix's k and v still share one batched GEMM): as many launches as the default path, which
+    # forms both gates inside other kernels (the WKV, the residual + norm) and keeps its relu^2 pass
     assert gemm["triton_by_kernel"] == {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_linear_act_kernel": 36,
                                         "_add_norm_fwd_kernel": 24}
-    assert gemm["gemms"] == 12 * 3 + 1 and gemm["launches"] == ours["launches"] - 24
+    assert gemm["gemms"] == 12 * 3 + 1 and gemm["launches"] == ours["launches"]
     assert gemm["vs_deit"] > 0
 
 
@@ -104,8 +106,8 @@ def test_launches_through_tritons_host_path(tmp_path):
     slow = rows[("vrwkv_tiny_patch16_224", "fused, Triton's launch")]
     deit = rows[("deit_tiny_patch16_224", "fused")]
     assert {r["launches_via"] for r in rows.values()} == {"triton"}
-    # every Triton launch reached the (recording) C call: the counts of the stubbed run (24 + 12 + 24 + 12 + 24)
-    assert fast["triton_launches"] == slow["triton_launches"] == 96 and deit["triton_launches"] == 0
+    # every Triton launch reached the (recording) C call: the counts of the stubbed run (24 + 12 + 12 + 24)
+    assert fast["triton_launches"] == slow["triton_launches"] == 72 and deit["triton_launches"] == 0
     assert fast["gemms"] == slow["gemms"] == 61 and fast["host_ms"] > 0 and slow["host_ms"] > 0
 
 
