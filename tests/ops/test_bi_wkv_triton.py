@@ -109,3 +109,19 @@ def test_bi_wkv_triton_cuda(name, monkeypatch):
     monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
     case = CUDA_CASES[name]
     check(run_v4(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv", case["shape"][1])
+
+
+def test_backward_out_buffers_are_checked():
+    """``_bwd(..., out=(gk, gv))`` writes the caller's buffers (the v4 token mix's step passes slices of one stacked
+    gradient); a buffer of the wrong shape, dtype or layout is refused by name."""
+    from vision_rwkv.ops.bi_wkv.triton import bwd_buffers
+
+    w, u, k, v = torch.randn(8), torch.randn(8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    stacked = torch.empty(3, 10, 8)
+    gk, gv = (t.view(2, 5, 8) for t in stacked.unbind(0)[:2])
+    got = bwd_buffers(w, u, k, v, 3, (gk, gv))
+    assert got[2] is gk and got[3] is gv and got[4].shape == (2, 6, 8)
+    with pytest.raises(ValueError, match="out gv must be a contiguous"):
+        bwd_buffers(w, u, k, v, 3, (gk, torch.empty(2, 8, 5).transpose(1, 2)))
+    with pytest.raises(ValueError, match=r"out gk must be a contiguous \(2, 5, 8\) torch.float32"):
+        bwd_buffers(w, u, k, v, 3, (gk.bfloat16(), gv))

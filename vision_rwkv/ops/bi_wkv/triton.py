@@ -610,13 +610,20 @@ def fwd_buffers(w, u, k, v, NC: int, ncar: int, single: bool):
             w.float().contiguous(), u.float().contiguous())
 
 
-def bwd_buffers(w, u, k, v, NC: int):
-    """Backward buffers shared by both paths: w, u in fp32, gk / gv in k's / v's dtype, per-chunk partial sums of
-    gw and gu in one (2, B * NC, C) fp32 buffer (reduced in one launch: ``parts.sum(1)``)."""
+def bwd_buffers(w, u, k, v, NC: int, out=None):
+    """Backward buffers shared by both paths: w, u in fp32, gk / gv in k's / v's dtype (``out``: the caller's
+    contiguous (B, T, C) pair, e.g. slices of one stacked gradient), per-chunk partial sums of gw and gu in one
+    (2, B * NC, C) fp32 buffer (reduced in one launch: ``parts.sum(1)``)."""
     B, T, C = k.shape
     dev = k.device
-    return (w.float().contiguous(), u.float().contiguous(), new_empty((B, T, C), k.dtype, dev),
-            new_empty((B, T, C), v.dtype, dev), new_empty((2, B * NC, C), torch.float32, dev))
+    if out is None:
+        out = (new_empty((B, T, C), k.dtype, dev), new_empty((B, T, C), v.dtype, dev))
+    else:
+        for name, t, like in zip(("gk", "gv"), out, (k, v)):
+            if t.shape != k.shape or t.dtype != like.dtype or not t.is_contiguous():
+                raise ValueError(f"bi_wkv backward: out {name} must be a contiguous {tuple(k.shape)} {like.dtype} "
+                                 f"tensor, got {tuple(t.shape)} {t.dtype} (contiguous={t.is_contiguous()})")
+    return (w.float().contiguous(), u.float().contiguous(), *out, new_empty((2, B * NC, C), torch.float32, dev))
 
 
 def _fwd(w, u, k, v, mode: str, chunks: int, scale: float = 1.0, gate: Optional[torch.Tensor] = None):
@@ -650,19 +657,20 @@ def _fwd(w, u, k, v, mode: str, chunks: int, scale: float = 1.0, gate: Optional[
     return y, m, car
 
 
-def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, scale: float = 1.0):
+def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, scale: float = 1.0, out=None):
+    """(gwu, gk, gv); ``out``: the (gk, gv) buffers to write (see :func:`bwd_buffers`)."""
     B, T, C = k.shape
     seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     if seq:
         from .triton_seq import seq_bwd
 
-        return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG, scale)
+        return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG, scale, out)
     orig = mode == "original"
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
-    w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC)
+    w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC, out)
     grid = (B, _grid_c(C, BC), NC)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)

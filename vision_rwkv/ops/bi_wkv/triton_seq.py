@@ -410,15 +410,16 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0, g
     return y, m, car
 
 
-def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: float = 1.0):
-    """Backward: (gwu, gk, gv); gwu (2, C) fp32 = d w and d u stacked (one reduction launch)."""
+def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: float = 1.0, out=None):
+    """Backward: (gwu, gk, gv); gwu (2, C) fp32 = d w and d u stacked (one reduction launch); ``out``: the (gk, gv)
+    buffers to write (``triton.bwd_buffers``)."""
     B, T, C = k.shape
     orig = mode == "original"
     S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
-    w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC)
+    w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC, out)
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)

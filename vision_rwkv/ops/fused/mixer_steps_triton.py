@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..bi_wkv import triton as wkv4
 from ..bi_wkv6 import triton as wkv6
-from .._triton_utils import coef_grads, split_param_grads
+from .._triton_utils import coef_grads, new_empty, split_param_grads
 from ..cast_weights import cast_all, cast_back
 from ..stacked_linear import batched_linear_grads
 from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd, _gn_mul_fwd,
@@ -359,9 +359,10 @@ class _SpatialMixStep(torch.autograd.Function):
         B, N, C = x.shape
         g_gated, g_wo = _linear_bwd(gout.reshape(-1, C), gated.view(-1, C), wo)
         k, v, r = (t.view(B, N, C) for t in kvr.unbind(0))
-        g_r, g_y = _sigmoid_mul_bwd(r, y, g_gated.view(B, N, C))
-        g_wu, g_k, g_v = wkv4._bwd(decay, first, k, v, m, car, g_y, mode, chunks, 1.0 / N)
-        g_kvr = torch.stack([t.reshape(-1, C) for t in (g_k, g_v, g_r)])
+        g_kvr = new_empty((3, B * N, C), kvr.dtype, kvr.device)  # (the kernels write d k, d v, d r into it: no stack)
+        g_k, g_v, g_r = (t.view(B, N, C) for t in g_kvr.unbind(0))
+        _, g_y = _sigmoid_mul_bwd(r, y, g_gated.view(B, N, C), gr_out=g_r)
+        g_wu, _, _ = wkv4._bwd(decay, first, k, v, m, car, g_y, mode, chunks, 1.0 / N, out=(g_k, g_v))
         del g_gated, g_y, g_k, g_v, g_r
         g_mixed, g_stack = batched_linear_grads(g_kvr, mixed, stack)
         del g_kvr

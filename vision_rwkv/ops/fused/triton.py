@@ -360,9 +360,11 @@ def _(r, y):
     return y.new_empty(y.shape, dtype=torch.promote_types(r.dtype, y.dtype))
 
 
-def _sigmoid_mul_bwd(r, y, g):
+def _sigmoid_mul_bwd(r, y, g, gr_out=None):
+    """(d r, d y) of ``sigmoid(r) * y`` (contiguous operands); ``gr_out``: a contiguous buffer of r's shape and dtype
+    to write d r into (e.g. a slice of one stacked gradient)."""
     g = g.contiguous()
-    gr = new_empty(r.shape, r.dtype, r.device)
+    gr = new_empty(r.shape, r.dtype, r.device) if gr_out is None else gr_out
     gy = new_empty(y.shape, y.dtype, y.device)
     grid, meta = _elem_grid(y.numel())
     _sigmoid_mul_bwd_kernel[grid](r, y, g, gr, gy, y.numel(), **meta)
