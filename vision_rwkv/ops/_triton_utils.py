@@ -54,6 +54,15 @@ def debug_poison() -> bool:
     return env_get("VRWKV_TRITON_DEBUG", "0") == "1"
 
 
+def check_out(op: str, names, outs, likes) -> None:
+    """Gradient buffers a caller passes to a backward (``out=``): each must be contiguous, of its input's shape and
+    dtype (the kernels write them as dense row-major planes); else a ValueError naming the buffer."""
+    for name, t, like in zip(names, outs, likes):
+        if t.shape != like.shape or t.dtype != like.dtype or not t.is_contiguous():
+            raise ValueError(f"{op} backward: out {name} must be a contiguous {tuple(like.shape)} {like.dtype} "
+                             f"tensor, got {tuple(t.shape)} {t.dtype} (contiguous={t.is_contiguous()})")
+
+
 def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     """``torch.empty`` for kernel outputs; NaN-filled in debug mode."""
     if debug_poison():

@@ -32,8 +32,8 @@ from typing import Optional
 import torch
 import triton.language as tl
 
-from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_same_device, config_from_env, new_empty,
-                             next_pow2, run_op, split_param_grads)
+from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_out, check_same_device, config_from_env,
+                             new_empty, next_pow2, run_op, split_param_grads)
 from ..triton_jit import jit
 
 __all__ = ["bi_wkv_triton", "CONFIG"]
@@ -619,10 +619,7 @@ def bwd_buffers(w, u, k, v, NC: int, out=None):
     if out is None:
         out = (new_empty((B, T, C), k.dtype, dev), new_empty((B, T, C), v.dtype, dev))
     else:
-        for name, t, like in zip(("gk", "gv"), out, (k, v)):
-            if t.shape != k.shape or t.dtype != like.dtype or not t.is_contiguous():
-                raise ValueError(f"bi_wkv backward: out {name} must be a contiguous {tuple(k.shape)} {like.dtype} "
-                                 f"tensor, got {tuple(t.shape)} {t.dtype} (contiguous={t.is_contiguous()})")
+        check_out("bi_wkv", ("gk", "gv"), out, (k, v))
     return (w.float().contiguous(), u.float().contiguous(), *out, new_empty((2, B * NC, C), torch.float32, dev))
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_same_device, config_from_env, new_empty,
-                             next_pow2, run_op)
+from .._triton_utils import (GRID_YZ_MAX, cdiv, check_float, check_out, check_same_device, config_from_env,
+                             new_empty, next_pow2, run_op)
 from ..triton_jit import jit
 
 __all__ = ["bi_wkv6_triton", "CONFIG"]
@@ -333,15 +333,19 @@ def _fwd(r, k, v, logd, u):
     return torch.add(y2[0], y2[1], out=new_empty(v.shape, v.dtype, r.device))  # summed in fp32, one launch
 
 
-def _bwd(r, k, v, logd, u, gy, grouped: bool = True):
+def _bwd(r, k, v, logd, u, gy, grouped: bool = True, out=None):
     """Gradients (r, k, v, logd, u). Walk kernels: with ``grouped`` the gradients sharing a dtype come back as views
-    of one tensor (summed by one launch); the custom op passes False (its outputs may not alias each other)."""
+    of one tensor (summed by one launch); the custom op passes False (its outputs may not alias each other).
+    ``out``: the caller's (gr, gk, gv) buffers (contiguous, the inputs' shapes and dtypes; e.g. slices of one stacked
+    gradient), written and returned."""
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype, r.device)
+    if out is not None:
+        check_out("bi_wkv6", ("gr", "gk", "gv"), out, (r, k, v))
     if _chunk_algo(BN, T, BT, backward=True):
         from .triton_chunk import chunk_bwd
 
-        return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw))
+        return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw), out)
     dev = r.device
     # the two directions' fp32 planes of the gradients sharing a dtype live in one (n, 2, B, T, H, N) buffer, so that
     # one launch per dtype (r, k, v: the compute dtype; logd: fp32 under autocast) sums them straight into that dtype
@@ -360,6 +364,11 @@ def _bwd(r, k, v, logd, u, gy, grouped: bool = True):
     grads = [None] * 4
     for key, idx in groups.items():
         buf = bufs[key]
+        if out is not None:  # (each gradient summed into its buffer; logd's into a new one)
+            for j, i in enumerate(idx):
+                grads[i] = torch.add(buf[j, 0], buf[j, 1], out=out[i] if i < 3 else new_empty(
+                    (B, T, H, N), logd.dtype, dev))
+            continue
         dtype = (r, k, v, logd)[idx[0]].dtype
         summed = torch.add(buf[:, 0], buf[:, 1], out=new_empty((len(idx), B, T, H, N), dtype, dev))
         for j, i in enumerate(idx):

@@ -488,8 +488,9 @@ def chunk_fwd(r, k, v, logd, u, cfg):
     return y
 
 
-def chunk_bwd(r, k, v, logd, u, gy, cfg):
-    """(gr, gk, gv, glogd, gu) in the inputs' dtypes."""
+def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None):
+    """(gr, gk, gv, glogd, gu) in the inputs' dtypes; ``out``: the (gr, gk, gv) buffers to write (checked by the
+    caller)."""
     from .triton import CONFIG
 
     B, T, H, N = r.shape
@@ -497,9 +498,9 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg):
     nsub, NS, NC = _geometry(T, BT)
     dev = r.device
     S = _states([(k, v), (r, gy)], logd, cfg, T, H, N, NS, NC, BN)
-    gr = new_empty((B, T, H, N), r.dtype, dev)
-    gk = new_empty((B, T, H, N), k.dtype, dev)
-    gv = new_empty((B, T, H, N), v.dtype, dev)
+    if out is None:
+        out = tuple(new_empty((B, T, H, N), t.dtype, dev) for t in (r, k, v))
+    gr, gk, gv = out
     glp = new_empty((B, T, H, N), torch.float32, dev)
     zt = new_empty((B * H, nsub, BN), torch.float32, dev)
     gup = new_empty((B * H, nsub, BN), torch.float32, dev)

@@ -245,10 +245,12 @@ class _TimeMix6Step(torch.autograd.Function):
         shape = (B, N, heads, head_size)
         g_gated, g_wo = _linear_bwd(gout.reshape(-1, C), gated.view(-1, C), wo)
         k, v, r, g = kvrg.unbind(0)
-        g_y, g_g, g_ln = _gn_mul_bwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, g_gated.view(B, N, C))
-        g_r, g_k, g_v, g_logd, g_u = wkv6._bwd(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), u,
-                                               g_y.view(shape))
-        g_kvrg = torch.stack([t.reshape(-1, C) for t in (g_k, g_v, g_r, g_g)])
+        g_kvrg = new_empty((4, B * N, C), kvrg.dtype, kvrg.device)  # (d k, d v, d r, d g written into it: no stack)
+        g_k, g_v, g_r, g_g = g_kvrg.unbind(0)
+        g_y, _, g_ln = _gn_mul_bwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, g_gated.view(B, N, C),
+                                   gg_out=g_g.view(B, N, C))
+        _, _, _, g_logd, g_u = wkv6._bwd(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), u,
+                                         g_y.view(shape), out=(g_r.view(shape), g_k.view(shape), g_v.view(shape)))
         del g_gated, g_y, g_k, g_v, g_r, g_g  # (each frees its buffer: less memory at the backward's peak)
         xkvrg = mixed[1:].view(4, -1, C)
         g_xkvrg, g_stack = batched_linear_grads(g_kvrg, xkvrg, stack)

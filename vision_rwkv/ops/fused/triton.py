@@ -629,7 +629,9 @@ def _(y, g, groups, weight, bias, eps, silu, out_dtype):
     return y.new_empty(y.shape, dtype=out_dtype)
 
 
-def _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout):
+def _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout, gg_out=None):
+    """(d y, d g, d weight and d bias stacked) of the GroupNorm * gate; ``gg_out``: a contiguous buffer of g's shape
+    and dtype to write d g into (e.g. a slice of one stacked gradient)."""
     gout = gout.contiguous()
     c = y.shape[-1]
     nrows = y.numel() // c
@@ -638,7 +640,7 @@ def _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout):
     nprog = min(nblocks, 1024)
     iters = cdiv(nblocks, nprog)
     gy = new_empty(y.shape, y.dtype, y.device)
-    gg = new_empty(g.shape, g.dtype, g.device)
+    gg = new_empty(g.shape, g.dtype, g.device) if gg_out is None else gg_out
     parts = new_empty((2, nprog, c), torch.float32, y.device)  # per-program partial sums of d weight, d bias
     _gn_mul_bwd_kernel[(nprog,)](y, g, weight, bias, gout, gy, gg, parts[0], parts[1], nrows, c, gs, eps, iters,
                                  SILU=silu, **meta)

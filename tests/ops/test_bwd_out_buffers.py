@@ -1,0 +1,74 @@
+"""WKV backwards writing the caller's gradient buffers (``out=``: the token-mix steps pass slices of one stacked
+(k, v, r[, g]) gradient instead of stacking afterwards) give exactly the gradients of the default call - v4 seq and
+tile kernels, v6 chunk and walk kernels (the walk's per-dtype grouping included), fp32 / bf16. CPU: the kernels under
+TRITON_INTERPRET=1 in a subprocess (this file as a script), NaN-poisoned outputs."""
+import json
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+CASES = {  # name -> (op, config, dtype)
+    "v4_seq": ("v4", {"seq": 1, "seq_t": 4}, "fp32"),
+    "v4_tile_bf16": ("v4", {"seq": 0, "chunk_t": 8, "single_max_t": 8}, "bf16"),
+    "v6_chunk_bf16": ("v6", {"algo": "chunk", "state_t": 32}, "bf16"),
+    "v6_walk": ("v6", {"algo": "walk"}, "fp32"),
+    "v6_walk_bf16": ("v6", {"algo": "walk"}, "bf16"),
+}
+
+
+def _run(name):
+    from vision_rwkv.ops.bi_wkv import triton as t4
+    from vision_rwkv.ops.bi_wkv6 import triton as t6
+
+    op, cfg, dn = CASES[name]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dn]
+    g = torch.Generator().manual_seed(0)
+    if op == "v4":
+        t4.CONFIG.update(cfg)
+        B, T, C = 2, 23, 40
+        w, u = -5 + 8 * torch.rand(C, generator=g), torch.randn(C, generator=g)
+        k, v, gy = (torch.randn(B, T, C, generator=g).to(dtype) for _ in range(3))
+        y, m, car = t4._fwd(w, u, k, v, "exact", 3, 1.0 / T)
+        ref = t4._bwd(w, u, k, v, m, car, gy, "exact", 3, 1.0 / T)
+        stacked = torch.full((3, B, T, C), float("nan"), dtype=dtype)
+        out = tuple(stacked.unbind(0)[:2])
+        got = t4._bwd(w, u, k, v, m, car, gy, "exact", 3, 1.0 / T, out=out)
+        same = all(torch.equal(a, b) for a, b in zip(ref, got)) and got[1] is out[0] and got[2] is out[1]
+        return {"same": same, "untouched": bool(torch.isnan(stacked[2]).all())}
+    t6.CONFIG.update(cfg)
+    B, T, H, N = 2, 37, 2, 16
+    r, k, v, gy = (torch.randn(B, T, H, N, generator=g).to(dtype) for _ in range(4))
+    logd, u = -torch.rand(B, T, H, N, generator=g) * 2, torch.randn(H, N, generator=g) * 0.1
+    ref = t6._bwd(r, k, v, logd, u, gy)
+    stacked = torch.full((4, B, T, H, N), float("nan"), dtype=dtype)
+    out = (stacked[2], stacked[0], stacked[1])  # (r, k, v: the time mix's stack order is k, v, r, g)
+    got = t6._bwd(r, k, v, logd, u, gy, out=out)
+    same = all(torch.equal(a, b) for a, b in zip(ref, got)) and all(a is b for a, b in zip(got, out))
+    return {"same": same, "untouched": bool(torch.isnan(stacked[3]).all())}
+
+
+@pytest.fixture(scope="module")
+def results():
+    from _case_utils import run_script_in_interpreter
+
+    return run_script_in_interpreter(__file__, [json.dumps(list(CASES))], timeout=600)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_out_buffers_hold_the_default_gradients(results, name):
+    assert results[name] == {"same": True, "untouched": True}, results[name]
+
+
+def test_bad_out_buffers_are_named():
+    from vision_rwkv.ops.bi_wkv6 import triton as t6
+
+    r = torch.randn(1, 5, 1, 16)
+    with pytest.raises(ValueError, match=r"bi_wkv6 backward: out gk must be a contiguous \(1, 5, 1, 16\)"):
+        t6._bwd(r, r, r, -r.abs(), torch.randn(1, 16), r, out=(torch.empty_like(r), torch.empty(1, 5, 16), r))
+
+
+if __name__ == "__main__":
+    print(json.dumps({name: _run(name) for name in json.loads(sys.argv[1])}))
