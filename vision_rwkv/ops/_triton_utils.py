@@ -63,6 +63,13 @@ def check_out(op: str, names, outs, likes) -> None:
                              f"tensor, got {tuple(t.shape)} {t.dtype} (contiguous={t.is_contiguous()})")
 
 
+def launch_opts(num_warps: int, maxnreg) -> dict:
+    """A kernel launch's options: its warps and, when ``maxnreg`` is set (not 0), a cap on the registers per thread
+    (ptxas then spills what does not fit: more resident programs per SM, more local-memory traffic)."""
+    cap = int(maxnreg or 0)
+    return dict(num_warps=num_warps, maxnreg=cap) if cap else dict(num_warps=num_warps)
+
+
 def new_empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
     """``torch.empty`` for kernel outputs; NaN-filled in debug mode."""
     if debug_poison():

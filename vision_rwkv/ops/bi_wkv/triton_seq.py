@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from .._triton_utils import cdiv, new_empty, next_pow2
+from .._triton_utils import cdiv, launch_opts, new_empty, next_pow2
 from ..triton_jit import jit
 from .triton import _geometry, _load_bwd_carries, _load_fwd_carries, bwd_buffers, fwd_buffers, launch_carry
 
@@ -377,11 +377,10 @@ def _blocks(C: int, cfg: dict, key: str):
 
 
 def _launch_opts(nw: int, cfg: dict, key: str) -> dict:
-    """Launch options of the chunk kernels: their warps and, with ``cfg[key]`` set (``seq_maxnreg`` forward,
-    ``seq_bwd_maxnreg`` backward), a cap on the registers per thread (the 1-warp output programs take 143 / 255: ~14 /
-    8 resident per SM; 64 registers allow the 32-block limit, at the cost of spills)."""
-    cap = int(cfg.get(key, 0))
-    return dict(num_warps=nw, maxnreg=cap) if cap else dict(num_warps=nw)
+    """Launch options of the chunk kernels: their warps and the register cap ``cfg[key]`` (``seq_maxnreg`` forward,
+    ``seq_bwd_maxnreg`` backward; the 1-warp output programs take 143 / 255 registers: ~14 / 8 resident per SM, 64
+    registers would allow the 32-block limit)."""
+    return launch_opts(nw, cfg.get(key, 0))
 
 
 def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0, gate=None):

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from .._triton_utils import cdiv, new_empty, next_pow2
+from .._triton_utils import cdiv, launch_opts, new_empty, next_pow2
 from ..triton_jit import jit
 from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _pair_scores, _pair_sym, _to_cols
 
@@ -460,12 +460,11 @@ def _states(pairs, logd, cfg, T, H, N, NS, NC, BN):
 
 
 def _launch_opts(nw: int) -> dict:
-    """Launch options of the output and gradient kernels: their warps and, with ``maxnreg`` set, a cap on the
-    registers per thread (these kernels take all 255 by default: two programs of 4 warps per SM)."""
+    """Launch options of the output and gradient kernels: their warps and the ``maxnreg`` cap (these kernels take all
+    255 registers by default: two programs of 4 warps per SM)."""
     from .triton import CONFIG
 
-    cap = int(CONFIG["maxnreg"])
-    return dict(num_warps=nw, maxnreg=cap) if cap else dict(num_warps=nw)
+    return launch_opts(nw, CONFIG["maxnreg"])
 
 
 def chunk_fwd(r, k, v, logd, u, cfg):
