@@ -132,6 +132,8 @@ def run_v6(case: dict, device: str) -> dict:
                                          logd_const=case.get("logd_const"))
         if case.get("logd_dtype"):  # as under autocast: r, k, v in 16 bits, the log decay in fp32
             logd = logd.to(DTYPES[case["logd_dtype"]])
+        if case.get("decay"):
+            return _run_v6_decay(tri, case, r, k, v, u, gy)
         leaves = [x.clone().requires_grad_() for x in (r, k, v, logd, u)]
         args = [_maybe_noncontig(x, case.get("layout", "")) if x.dim() == 4 else x for x in leaves]
         if case.get("public_api"):
@@ -160,6 +162,42 @@ def run_v6(case: dict, device: str) -> dict:
     finally:
         tri.CONFIG.clear()
         tri.CONFIG.update(cfg)
+
+
+def _run_v6_decay(tri, case: dict, r, k, v, u, gy) -> dict:
+    """The fused-decay entry points (``_fwd`` / ``_bwd`` with ``w0``: the kernels read the log decay's pre-activation
+    z and form -exp(w0 + z)) against the float64 reference through that decay: y and the gradients of r, k, v, z,
+    u and w0 (w0's: the tokens' sum of z's, as the time mix forms it)."""
+    from vision_rwkv.ops import bi_wkv6_naive
+
+    B, T, H, N = r.shape
+    g = torch.Generator().manual_seed(1)
+    z = (torch.randn(B, T, H, N, generator=g, dtype=torch.float64) * case.get("dscale", 1.0)).to(r.dtype).to(r.device)
+    w0 = (torch.randn(H * N, generator=g, dtype=torch.float64) + case.get("dshift", 0.0)).float().to(r.device)
+    z = _maybe_noncontig(z, case.get("layout", ""))
+    y = tri._fwd(r, k, v, z, u, w0=w0)
+    gr, gk, gv, gz, gu = tri._bwd(r, k, v, z, u, gy, w0=w0)
+    gw0 = gz.float().sum((0, 1)).reshape(-1)
+    # the unfused path (the log decay formed by its own kernel, its gradient chained after) computes the same values
+    logd = tri._decay_logd(w0, z)
+    gl = tri._bwd(r, k, v, logd, u, gy)[3]
+    gz_unfused = torch.where(logd >= -60.0, gl * logd, 0.0).to(z.dtype)
+    unfused = {"y_vs_unfused": _rel(y, tri._fwd(r, k, v, logd, u)), "gz_vs_unfused": _rel(gz, gz_unfused)}
+    ref_in = [x.detach().double().requires_grad_() for x in (r, k, v, z, u, w0)]
+    rr, kr, vr, zr, ur, w0r = ref_in
+    y_ref = bi_wkv6_naive(rr, kr, vr, (-torch.exp(w0r.view(H, N) + zr)).clamp_min(-1e4), ur)
+    g_ref = torch.autograd.grad(y_ref, ref_in, gy.double())
+    grads = (gr, gk, gv, gz, gu, gw0)
+    out = {"y": _rel(y, y_ref), "dtype_ok": y.dtype == v.dtype and gz.dtype == z.dtype and all(
+        a.dtype == x.dtype for a, x in zip((gr, gk, gv), (r, k, v)))}
+    for name, a, b in zip(("gr", "gk", "gv", "gz", "gu"), grads, g_ref):
+        out[name] = _rel(a, b)
+    # w0's gradient sums z's over every token: its error against the sum of magnitudes (the sum cancels)
+    scale = g_ref[3].abs().sum((0, 1)).reshape(-1).norm()
+    out["gw0"] = float((gw0.double().cpu() - g_ref[5].cpu()).norm() / scale)
+    out["finite"] = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(a).all()) for a in grads)
+    out.update(unfused)  # (0.0 in the interpreter: the same fp32 expression in both kernels)
+    return out
 
 
 RUNNERS = {"bi_wkv": run_v4, "bi_wkv6": run_v6}

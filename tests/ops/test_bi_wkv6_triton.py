@@ -64,6 +64,17 @@ CPU_CASES.update({
     # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
     "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
+    # the fused decay (what the RWKV-6 time mix calls): the kernels read z and w0 and form the log decay -exp(w0 + z)
+    # as they load it; the backward returns z's gradient. Chunk kernels (T past the last full sub-chunk, several
+    # state chunks), strong decays (pairwise intra path, clamped log decays), 16-bit z with both carries,
+    # non-contiguous z, 24 channels of 32, and the walk kernels (the log decay formed first)
+    "decay_chunk": dict(shape=(2, 37, 2, 16), decay=True, config=CHUNK),
+    "decay_chunk_strong_head24": dict(shape=(1, 21, 1, 24), decay=True, dscale=2.0, dshift=1.5, config=CHUNK),
+    "decay_chunk_bf16_both_carry": dict(shape=(1, 40, 2, 16), decay=True, dtype="bf16",
+                                        config=dict(CHUNK, fwd_carry=1, bwd_carry=1)),
+    "decay_chunk_noncontig": dict(shape=(1, 18, 2, 16), decay=True, layout="T", config=CHUNK),
+    "decay_walk": dict(shape=(1, 19, 1, 16), decay=True, dscale=2.0),
+    "decay_chunk_formed_first": dict(shape=(1, 37, 1, 16), decay=True, config=dict(CHUNK, fused_decay=0)),
 })
 
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
@@ -73,7 +84,8 @@ QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf
          "T1_chunk", "T_not_multiple_chunk", "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk",
          "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
          "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24",
-         "chunk_maxnreg_both_carry"}
+         "chunk_maxnreg_both_carry", "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry",
+         "decay_walk"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -102,6 +114,9 @@ CUDA_CASES.update({f"{name}_{tag}": dict(case, config=dict(case["config"], **car
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})
+CUDA_CASES.update({f"{name}_decay": dict(case, decay=True) for name, case in list(CUDA_CASES.items())
+                   if name in ("16x1024x6x64_bf16_chunk", "2x4096x6x64_chunk", "strong_decays_chunk",
+                               "64x196x12x64_bf16_chunk", "head80", "16x1024x6x64_bf16_chunk_bcarry")})
 CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0, config={"algo": "chunk",
                                                                                         "state_t": 16})
 
@@ -113,7 +128,12 @@ def interpreter_results(run_slow):
 
 @pytest.mark.parametrize("name", quick_params(list(CPU_CASES), QUICK))
 def test_bi_wkv6_triton_interpreter(interpreter_results, name):
-    check(interpreter_results[name], CPU_CASES[name].get("dtype", "fp32"), "bi_wkv6", CPU_CASES[name]["shape"][1])
+    result = interpreter_results[name]
+    check(result, CPU_CASES[name].get("dtype", "fp32"), "bi_wkv6", CPU_CASES[name]["shape"][1])
+    if CPU_CASES[name].get("decay"):  # the fused decay changes where -exp(w0 + z) is formed, not its value
+        # (16-bit z: the unfused gradient is rounded by torch, to nearest; the interpreter's stores truncate)
+        ulp = 0.0 if CPU_CASES[name].get("dtype", "fp32") == "fp32" else 2.0 ** -7
+        assert result["y_vs_unfused"] == 0.0 and result["gz_vs_unfused"] <= ulp, result
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

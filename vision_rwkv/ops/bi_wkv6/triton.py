@@ -45,9 +45,12 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # (two states at a time, in two passes, instead of four loaded and walked per sub-chunk) - opt-ins until timed on a GPU.
 # maxnreg: a cap on the chunk output / gradient kernels' registers per thread (0: none; they take 255, which leaves
 # room for two 4-warp programs per SM; 128 allows four, at the cost of spills) - to be chosen by timing.
+# fused_decay: where a caller passes the log decay's pre-activation z and w0 (the RWKV-6 time mix), the chunk kernels
+# form -exp(w0 + z) as they load z (no log-decay tensor: its kernel and ~6 of its bytes per element gone, the same
+# values); 0 forms it first, as the walk kernels always do.
 CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
-                              fwd_carry=0, bwd_carry=0, maxnreg=0),
+                              fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
@@ -77,16 +80,27 @@ def _ld(base, pos, cols, st, sn, mask):
 
 
 @jit
-def _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2):
-    """r, k, v and the clamped log decay of the tokens ``pos`` (fp32, zeros outside ``m2``)."""
-    return (_ld(Rb, pos, cn, srt, srn, m2), _ld(Kb, pos, cn, skt, skn, m2), _ld(Vb, pos, cn, svt, svn, m2),
-            tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN))
+def _logd(Lb, Wh, pos, cols, st, sn, mask, N, DECAY: tl.constexpr):
+    """Unclamped log decays of the tokens ``pos``, channels ``cols`` (fp32, 0 outside ``mask``): read from Lb, or with
+    DECAY formed from the decay's pre-activation z held in Lb as -exp(w0 + z), in fp32 (Wh: this head's w0)."""
+    x = _ld(Lb, pos, cols, st, sn, mask)
+    if DECAY:
+        w = tl.load(Wh + cols, mask=cols < N, other=0.0).to(tl.float32)
+        x = tl.where(mask, -tl.exp(w[None, :] + x), 0.0)
+    return x
 
 
 @jit
-def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
+def _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY: tl.constexpr):
+    """r, k, v and the clamped log decay of the tokens ``pos`` (fp32, zeros outside ``m2``; see :func:`_logd`)."""
+    return (_ld(Rb, pos, cn, srt, srn, m2), _ld(Kb, pos, cn, skt, skn, m2), _ld(Vb, pos, cn, svt, svn, m2),
+            tl.maximum(_logd(Lb, Wh, pos, cn, slt, sln, m2, N, DECAY), LOGD_MIN))
+
+
+@jit
+def _pair_decay(LD, Wh, pos, tv, cj, jm, st, sn, rt, N, BT: tl.constexpr, DECAY: tl.constexpr):
     """e^{cex_t - c_n} for n < t inside the chunk, [BT(t), BT(n), BJ] (0 elsewhere), for key channels cj."""
-    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
+    lwj = tl.maximum(_logd(LD, Wh, pos, cj, st, sn, tv[:, None] & jm[None, :], N, DECAY), LOGD_MIN).to(tl.float64)
     cj_ = tl.cumsum(lwj, axis=0)
     cexj = cj_ - lwj
     expo = (cexj[:, None, :] - cj_[None, :, :]).to(tl.float32)
@@ -98,9 +112,9 @@ def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
 
 
 @jit
-def _pair_sym(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
+def _pair_sym(LD, Wh, pos, tv, cj, jm, st, sn, rt, N, BT: tl.constexpr, DECAY: tl.constexpr):
     """prod_{m strictly between t and n} d_m[j] for t != n inside the chunk, [BT(t), BT(n), BJ]; 0 on the diagonal."""
-    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
+    lwj = tl.maximum(_logd(LD, Wh, pos, cj, st, sn, tv[:, None] & jm[None, :], N, DECAY), LOGD_MIN).to(tl.float64)
     cin = tl.cumsum(lwj, axis=0)
     cex = cin - lwj
     tt = rt[:, None, None]
@@ -125,8 +139,8 @@ def _to_cols(x, cj, cn, PREC: tl.constexpr, BJ: tl.constexpr):
 
 
 @jit
-def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BN: tl.constexpr,
-                 BJ: tl.constexpr, BOTH: tl.constexpr):
+def _pair_scores(Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BN: tl.constexpr,
+                 BJ: tl.constexpr, BOTH: tl.constexpr, DECAY: tl.constexpr):
     """A[t, n] = sum_j r_t[j] k_n[j] prod_{m strictly between n and t} d_m[j] inside the chunk for n < t (BOTH: for
     every n != t; the diagonal stays 0), from explicit pairwise decays in key-channel blocks of BJ (any decay)."""
     A = tl.zeros([BT, BT], tl.float32)
@@ -134,9 +148,9 @@ def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: t
         cj = jb * BJ + tl.arange(0, BJ)
         jm = cj < N
         if BOTH:
-            e3 = _pair_sym(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            e3 = _pair_sym(Lb, Wh, pos, tv, cj, jm, slt, sln, rt, N, BT, DECAY)
         else:
-            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            e3 = _pair_decay(Lb, Wh, pos, tv, cj, jm, slt, sln, rt, N, BT, DECAY)
         rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
         kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
         A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
@@ -166,10 +180,10 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
         tv = tau < T
         pos = _pos(tau, T, d)
         m2 = tv[:, None] & nmask[None, :]
-        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, False)
         cex, ctail, clast = _cums(lw)
         y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)
-        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, False)
+        A = _pair_scores(Rb, Kb, Lb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, False, False)
         bonus = tl.sum(r * u[None, :] * k, axis=1)
         A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
         y += tl.dot(A, v, input_precision=PREC)
@@ -218,7 +232,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
         for jb in tl.static_range(BN // BJ):
             cj = jb * BJ + tl.arange(0, BJ)
             jm = cj < N
-            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            e3 = _pair_decay(Lb, Lb, pos, tv, cj, jm, slt, sln, rt, N, BT, False)
             kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
             grj = tl.sum(G[:, :, None] * kj[None, :, :] * e3, axis=1)
             gr += _to_cols(grj, cj, cn, PREC, BJ)
@@ -259,7 +273,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
         for jb in tl.static_range(BN // BJ):
             cj = jb * BJ + tl.arange(0, BJ)
             jm = cj < N
-            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            e3 = _pair_decay(Lb, Lb, pos, tv, cj, jm, slt, sln, rt, N, BT, False)
             rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
             kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
             A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
@@ -320,32 +334,63 @@ def _chunk_algo(BN: int, T: int, BT: int, backward: bool = False) -> bool:
     return algo == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX
 
 
-def _fwd(r, k, v, logd, u):
+def _check_w0(w0, logd):
+    """``w0`` of a fused-decay call: (H*N,) floating, on logd's device (logd then holds z)."""
+    B, T, H, N = logd.shape
+    if w0.shape != (H * N,) or not w0.is_floating_point() or w0.device != logd.device or not w0.is_contiguous():
+        raise ValueError(f"bi_wkv6: w0 must be a contiguous float ({H * N},) tensor on {logd.device} (H * N "
+                         f"channels), got {w0.dtype} {tuple(w0.shape)} on {w0.device}")
+
+
+def _decay_logd(w0, z):
+    """-exp(w0 + z) in fp32, (B, T, H, N): the log decay the walk kernels read (the chunk kernels form it on load)."""
+    from ..fused.triton import _decay_fwd
+
+    B, T, H, N = z.shape
+    return _decay_fwd(w0, z.reshape(B * T, H * N)).view(B, T, H, N)
+
+
+def _fwd(r, k, v, logd, u, w0=None):
+    """y in v's dtype. With ``w0`` (H*N,) ``logd`` holds z, the log decay's pre-activation: the log decay is
+    -exp(w0 + z) (formed in fp32 by the chunk kernels as they load z; by one kernel before the walk kernels)."""
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype, r.device)
-    if _chunk_algo(BN, T, BT):
+    chunk = _chunk_algo(BN, T, BT)
+    if w0 is not None:
+        _check_w0(w0, logd)
+        if not (chunk and CONFIG["fused_decay"]):  # (the log decay formed first)
+            logd, w0 = _decay_logd(w0, logd), None
+    if chunk:
         from .triton_chunk import chunk_fwd
 
-        return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw))
+        return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw), w0)
     y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
     _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
                                T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, STAGES=CONFIG["stages"], num_warps=nw)
     return torch.add(y2[0], y2[1], out=new_empty(v.shape, v.dtype, r.device))  # summed in fp32, one launch
 
 
-def _bwd(r, k, v, logd, u, gy, grouped: bool = True, out=None):
+def _bwd(r, k, v, logd, u, gy, grouped: bool = True, out=None, w0=None):
     """Gradients (r, k, v, logd, u). Walk kernels: with ``grouped`` the gradients sharing a dtype come back as views
     of one tensor (summed by one launch); the custom op passes False (its outputs may not alias each other).
     ``out``: the caller's (gr, gk, gv) buffers (contiguous, the inputs' shapes and dtypes; e.g. slices of one stacked
-    gradient), written and returned."""
+    gradient), written and returned. ``w0``: as in :func:`_fwd`; the fourth gradient is then z's (in z's dtype)."""
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype, r.device)
     if out is not None:
         check_out("bi_wkv6", ("gr", "gk", "gv"), out, (r, k, v))
-    if _chunk_algo(BN, T, BT, backward=True):
+    chunk = _chunk_algo(BN, T, BT, backward=True)
+    if w0 is not None:
+        _check_w0(w0, logd)
+        if not (chunk and CONFIG["fused_decay"]):  # the log decay formed first, its derivative (itself) applied after
+            z, logd = logd, _decay_logd(w0, logd)
+            gr, gk, gv, gl, gu = _bwd(r, k, v, logd, u, gy, grouped, out)
+            gz = torch.where(logd >= LOGD_MIN.value, gl * logd, 0.0).to(z.dtype)  # (0 where clamped, not 0 * -inf)
+            return gr, gk, gv, gz, gu
+    if chunk:
         from .triton_chunk import chunk_bwd
 
-        return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw), out)
+        return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw), out, w0)
     dev = r.device
     # the two directions' fp32 planes of the gradients sharing a dtype live in one (n, 2, B, T, H, N) buffer, so that
     # one launch per dtype (r, k, v: the compute dtype; logd: fp32 under autocast) sums them straight into that dtype

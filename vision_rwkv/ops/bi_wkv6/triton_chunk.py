@@ -41,7 +41,7 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, launch_opts, new_empty, next_pow2
 from ..triton_jit import jit
-from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _pair_scores, _pair_sym, _to_cols
+from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _logd, _pair_scores, _pair_sym, _to_cols
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
 
@@ -68,15 +68,15 @@ def _fast_scores(r, k, ecx, ecn, rt, PREC: tl.constexpr):
 
 
 @jit
-def _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr,
-              BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+def _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt,
+              BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """A v for one sub-chunk: its pairs in both directions (factorized through the sub-chunk's start when every
     channel's total log decay is >= -FAST_DECAY: two tensor-core products, every factor <= e^FAST_DECAY; else the
     exact pairwise form) and the bonus r.(u k) on the diagonal."""
     if tl.max(-ctot, axis=0) <= FAST_DECAY:
         A = _fast_scores(r, k, tl.exp(cex), tl.exp(-(cex + lw)), rt, PREC)
     else:
-        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, True)
+        A = _pair_scores(Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, True, DECAY)
     bonus = tl.sum(r * u[None, :] * k, axis=1)
     A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
     return tl.dot(A, v, input_precision=PREC)
@@ -91,8 +91,8 @@ def _load_state(S, pid, c, NC, ok, BN: tl.constexpr):
 
 
 @jit
-def _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.constexpr, BN: tl.constexpr,
-          PREC: tl.constexpr, ANTI: tl.constexpr):
+def _walk(Xb, Yb, Lb, Wh, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.constexpr, BN: tl.constexpr,
+          PREC: tl.constexpr, ANTI: tl.constexpr, DECAY: tl.constexpr):
     """Apply sub-chunks [s0, s1) of (x, y) to the state S: causal (ascending) S <- e^{ctot} S + (x e^{ctail})^T y,
     anticausal (ANTI, descending) S <- e^{ctot} S + (x e^{cex})^T y."""
     rt = tl.arange(0, BT)
@@ -106,7 +106,7 @@ def _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, s0, s1, S, BT: tl.cons
         m2 = (pos < T)[:, None] & (cn < N)[None, :]
         x = _ld(Xb, pos, cn, sxt, sxn, m2)
         y = _ld(Yb, pos, cn, syt, syn, m2)
-        cex, ctail, ctot = _cums(tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN))
+        cex, ctail, ctot = _cums(tl.maximum(_logd(Lb, Wh, pos, cn, slt, sln, m2, N, DECAY), LOGD_MIN))
         if ANTI:
             xs = x * tl.exp(cex)
         else:
@@ -139,21 +139,21 @@ def _head(X, b, h, sb, sh):
 
 
 @jit
-def _edge_states(S, plane, BH, pid, c, cs, NC, NS: tl.constexpr, Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N,
-                 BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+def _edge_states(S, plane, BH, pid, c, cs, NC, NS: tl.constexpr, Xb, Yb, Lb, Wh, sxt, sxn, syt, syn, slt, sln, T, N,
+                 BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """States of (x, y) at sub-chunk c's edges: the causal state before it and the anticausal state after it, from
     the scanned state-chunk states (stream ``plane`` and ``plane + 1`` of S) walked over the sub-chunks between."""
     size = BH.to(tl.int64) * NC * BN * BN
     P = _load_state(S + plane * size, pid, cs - 1, NC, cs > 0, BN)
-    P = _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, cs * NS, c, P, BT, BN, PREC, False)
+    P = _walk(Xb, Yb, Lb, Wh, sxt, sxn, syt, syn, slt, sln, T, N, cs * NS, c, P, BT, BN, PREC, False, DECAY)
     Q = _load_state(S + (plane + 1) * size, pid, cs + 1, NC, cs + 1 < NC, BN)
-    Q = _walk(Xb, Yb, Lb, sxt, sxn, syt, syn, slt, sln, T, N, c + 1, cs * NS + NS, Q, BT, BN, PREC, True)
+    Q = _walk(Xb, Yb, Lb, Wh, sxt, sxn, syt, syn, slt, sln, T, N, c + 1, cs * NS + NS, Q, BT, BN, PREC, True, DECAY)
     return P, Q
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
-def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, slt, slh, sln, T, H, N, NC, BH,
-                  BT: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
+def _state_kernel(X, Y, LD, W0, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, slt, slh, sln, T, H, N, NC, BH,
+                  BT: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """Per state chunk (NS sub-chunks of BT tokens): causal increment sum_n e^{ctot - cin_n} x_n y_n^T into S[0],
     anticausal sum_n e^{cex_n} x_n y_n^T into S[1] (cumulative log decays from the state chunk's ends), ctot."""
     pid = tl.program_id(0)
@@ -165,6 +165,7 @@ def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, 
     Xb = _head(X, b, h, sxb, sxh)
     Yb = _head(Y, b, h, syb, syh)
     Lb = _head(LD, b, h, slb, slh)
+    Wh = W0 + h * N
     d_c = tl.zeros([BN, BN], tl.float32)
     d_a = tl.zeros([BN, BN], tl.float32)
     before = tl.zeros([BN], tl.float32)  # log decay from the state chunk's start to the sub-chunk's start
@@ -173,7 +174,7 @@ def _state_kernel(X, Y, LD, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, 
         m2 = (pos < T)[:, None] & (cn < N)[None, :]
         x = _ld(Xb, pos, cn, sxt, sxn, m2)
         y = _ld(Yb, pos, cn, syt, syn, m2)
-        cex, ctail, ctot = _cums(tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN))
+        cex, ctail, ctot = _cums(tl.maximum(_logd(Lb, Wh, pos, cn, slt, sln, m2, N, DECAY), LOGD_MIN))
         d_c = tl.exp(ctot)[:, None] * d_c + tl.dot(tl.trans(x * tl.exp(ctail)), y, input_precision=PREC)
         d_a += tl.dot(tl.trans(x * tl.exp(before[None, :] + cex)), y, input_precision=PREC)
         before += ctot
@@ -215,35 +216,34 @@ def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.cons
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
-def _fwd_kernel(R, K, V, LD, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
+def _fwd_kernel(R, K, V, LD, W0, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                 slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
-                NS: tl.constexpr, PREC: tl.constexpr):
+                NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """y for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
     pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
     Rb = _head(R, b, h, srb, srh)
     Kb = _head(K, b, h, skb, skh)
     Vb = _head(V, b, h, svb, svh)
     Lb = _head(LD, b, h, slb, slh)
-    r = _ld(Rb, pos, cn, srt, srn, m2)
-    k = _ld(Kb, pos, cn, skt, skn, m2)
-    v = _ld(Vb, pos, cn, svt, svn, m2)
-    lw = tl.maximum(_ld(Lb, pos, cn, slt, sln, m2), LOGD_MIN)
+    Wh = W0 + h * N
+    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
     cex, ctail, ctot = _cums(lw)
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
     # states at the sub-chunk's edges: the state chunk's incoming states walked over its other sub-chunks
-    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
+    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, Wh, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC,
+                        DECAY)
     y = tl.dot(r * tl.exp(cex), P, input_precision=PREC)
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
-    y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ,
-                   PREC)
+    y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ,
+                   PREC, DECAY)
     yp = Y + ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
     tl.store(yp, y.to(Y.dtype.element_ty), mask=m2)
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
-def _fwd_carry_kernel(R, K, V, LD, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
+def _fwd_carry_kernel(R, K, V, LD, W0, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                       slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
-                      NS: tl.constexpr, PREC: tl.constexpr):
+                      NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """y for state chunk cs (NS sub-chunks of BT tokens) with the states carried from sub-chunk to sub-chunk instead
     of walked per sub-chunk (``fwd_carry=1``): a descending pass leaves each sub-chunk's anticausal part
     (r e^{ctail}) Q in the fp32 scratch Z, an ascending pass adds (r e^{cex}) P and the intra-chunk pairs."""
@@ -252,11 +252,12 @@ def _fwd_carry_kernel(R, K, V, LD, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh
     Kb = _head(K, b, h, skb, skh)
     Vb = _head(V, b, h, svb, svh)
     Lb = _head(LD, b, h, slb, slh)
+    Wh = W0 + h * N
     Q = _load_state(S + BH.to(tl.int64) * NC * BN * BN, pid, cs + 1, NC, cs + 1 < NC, BN)
     for j in range(0, NS):
         pos = (cs * NS + NS - 1 - j) * BT + rt
         m2 = (pos < T)[:, None] & nmask[None, :]
-        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
         cex, ctail, ctot = _cums(lw)
         zp = Z + ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
         tl.store(zp, tl.dot(r * tl.exp(ctail), Q, input_precision=PREC), mask=m2)
@@ -268,21 +269,22 @@ def _fwd_carry_kernel(R, K, V, LD, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh
         pos = (cs * NS + i) * BT + rt
         tv = pos < T
         m2 = tv[:, None] & nmask[None, :]
-        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
         cex, ctail, ctot = _cums(lw)
         off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
         y = tl.dot(r * tl.exp(cex), P, input_precision=PREC) + tl.load(Z + off, mask=m2, other=0.0)
-        y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN,
-                       BJ, PREC)
+        y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT,
+                       BN, BJ, PREC, DECAY)
         tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m2)
         P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)
 
 
 @jit
-def _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn, skt, skn, svt, svn, sgt, sgn, slt, sln):
+def _ld_bwd(Rb, Kb, Vb, Gb, Lb, Wh, b, h, T, H, N, pos, cn, m2, srt, srn, skt, skn, svt, svn, sgt, sgn, slt, sln,
+            DECAY: tl.constexpr):
     """What a sub-chunk's backward reads: r, k, v, gy, the clamped log decay, its exclusive cumulative sum cex and
     total ctot, e^{cex}, e^{ctail}, and the tokens' offsets into a contiguous (B, T, H, N) tensor."""
-    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2)
+    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
     gy = _ld(Gb, pos, cn, sgt, sgn, m2)
     cex, ctail, ctot = _cums(lw)
     off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
@@ -290,9 +292,9 @@ def _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn, skt, skn, 
 
 
 @jit
-def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N, srt,
-              srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, cok, BT: tl.constexpr,
-              BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr):
+def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, Wh, pos, tv, m2, N,
+              srt, srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, cok, BT: tl.constexpr,
+              BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """A sub-chunk's gradients from its inter-chunk parts (suffix _c: causal direction, sources before the query;
     _a: anticausal; gv both): the intra-chunk pairs and the bonus added, the log-decay gradient's in-chunk suffix
     sum, stores of gr, gk, gv, the log-decay partial (GLP at ``off``) and, when ``cok`` (a sub-chunk of the
@@ -317,7 +319,7 @@ def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, g
         for jb in tl.static_range(BN // BJ):
             cj = jb * BJ + tl.arange(0, BJ)
             jm = cj < N
-            e3 = _pair_sym(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
+            e3 = _pair_sym(Lb, Wh, pos, tv, cj, jm, slt, sln, rt, N, BT, DECAY)
             rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
             kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
             xk = G[:, :, None] * kj[None, :, :] * e3
@@ -348,9 +350,9 @@ def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, g
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
-def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
+def _bwd_kernel(R, K, V, LD, W0, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
                 svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
-                BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
+                BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """Gradients for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
     pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
     Rb = _head(R, b, h, srb, srh)
@@ -358,11 +360,14 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     Vb = _head(V, b, h, svb, svh)
     Gb = _head(GY, b, h, sgb, sgh)
     Lb = _head(LD, b, h, slb, slh)
-    r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn, skt,
-                                                        skn, svt, svn, sgt, sgn, slt, sln)
+    Wh = W0 + h * N
+    r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, Wh, b, h, T, H, N, pos, cn, m2, srt, srn,
+                                                        skt, skn, svt, svn, sgt, sgn, slt, sln, DECAY)
     u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
-    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC)
-    GQ, GP = _edge_states(S, 2, BH, pid, c, cs, NC, NS, Rb, Gb, Lb, srt, srn, sgt, sgn, slt, sln, T, N, BT, BN, PREC)
+    P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, Wh, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC,
+                        DECAY)
+    GQ, GP = _edge_states(S, 2, BH, pid, c, cs, NC, NS, Rb, Gb, Lb, Wh, srt, srn, sgt, sgn, slt, sln, T, N, BT, BN,
+                          PREC, DECAY)
     # inter-chunk parts (GQ / GP: the causal / anticausal states of (r, gy))
     gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
     gr_a = etl * tl.dot(gy, tl.trans(Q), input_precision=PREC)
@@ -370,14 +375,15 @@ def _bwd_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, 
     gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
     gv = tl.dot(k * etl, GP, input_precision=PREC) + tl.dot(k * ecx, GQ, input_precision=PREC)
     coff = (pid * tl.num_programs(1) + c).to(tl.int64) * BN + cn
-    _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N, srt,
-              srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, True, BT, BN, BJ, PREC)
+    _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, Wh, pos, tv, m2, N, srt,
+              srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, True, BT, BN, BJ, PREC, DECAY)
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH", "NSUB"])
-def _bwd_carry_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z2, srb, srt, srh, srn, skb, skt, skh,
-                      skn, svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, NSUB,
-                      BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr):
+def _bwd_carry_kernel(R, K, V, LD, W0, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z2, srb, srt, srh, srn, skb, skt,
+                      skh, skn, svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, NSUB,
+                      BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr,
+                      DECAY: tl.constexpr):
     """Gradients for state chunk cs (NS sub-chunks of BT tokens) with the states carried from sub-chunk to sub-chunk
     (``bwd_carry=1``), two at a time: a descending pass carries the anticausal states Q of (k, v) and GP of (r, gy)
     and leaves each sub-chunk's anticausal inter-chunk parts of gr, gk, gv in the fp32 scratch Z0-Z2; an ascending
@@ -388,14 +394,15 @@ def _bwd_carry_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z
     Vb = _head(V, b, h, svb, svh)
     Gb = _head(GY, b, h, sgb, sgh)
     Lb = _head(LD, b, h, slb, slh)
+    Wh = W0 + h * N
     size = BH.to(tl.int64) * NC * BN * BN
     Q = _load_state(S + size, pid, cs + 1, NC, cs + 1 < NC, BN)
     GP = _load_state(S + 3 * size, pid, cs + 1, NC, cs + 1 < NC, BN)
     for j in range(0, NS):
         pos = (cs * NS + NS - 1 - j) * BT + rt
         m2 = (pos < T)[:, None] & nmask[None, :]
-        r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn,
-                                                            skt, skn, svt, svn, sgt, sgn, slt, sln)
+        r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, Wh, b, h, T, H, N, pos, cn, m2, srt,
+                                                            srn, skt, skn, svt, svn, sgt, sgn, slt, sln, DECAY)
         tl.store(Z0 + off, etl * tl.dot(gy, tl.trans(Q), input_precision=PREC), mask=m2)
         tl.store(Z1 + off, etl * tl.dot(v, tl.trans(GP), input_precision=PREC), mask=m2)
         tl.store(Z2 + off, tl.dot(k * etl, GP, input_precision=PREC), mask=m2)
@@ -410,8 +417,8 @@ def _bwd_carry_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z
         pos = c * BT + rt
         tv = pos < T
         m2 = tv[:, None] & nmask[None, :]
-        r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, b, h, T, H, N, pos, cn, m2, srt, srn,
-                                                            skt, skn, svt, svn, sgt, sgn, slt, sln)
+        r, k, v, gy, lw, cex, ctot, ecx, etl, off = _ld_bwd(Rb, Kb, Vb, Gb, Lb, Wh, b, h, T, H, N, pos, cn, m2, srt,
+                                                            srn, skt, skn, svt, svn, sgt, sgn, slt, sln, DECAY)
         gr_c = ecx * tl.dot(gy, tl.trans(P), input_precision=PREC)
         gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
         gv = tl.load(Z2 + off, mask=m2, other=0.0) + tl.dot(k * ecx, GQ, input_precision=PREC)
@@ -420,9 +427,27 @@ def _bwd_carry_kernel(R, K, V, LD, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z
         P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * etl), v, input_precision=PREC)
         GQ = tl.exp(ctot)[:, None] * GQ + tl.dot(tl.trans(r * etl), gy, input_precision=PREC)
         coff = (pid * NSUB + c).to(tl.int64) * BN + cn
-        _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, pos, tv, m2, N,
+        _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, Wh, pos, tv, m2, N,
                   srt, srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, c < NSUB, BT, BN, BJ,
-                  PREC)
+                  PREC, DECAY)
+
+
+@jit(do_not_specialize=["T", "H", "N", "NSUB"])
+def _glogd_kernel(GLP, AFTER, LD, W0, OUT, slb, slt, slh, sln, T, H, N, NSUB, BT: tl.constexpr, BN: tl.constexpr,
+                  DECAY: tl.constexpr):
+    """The log decay's gradient for sub-chunk c: its in-chunk part (GLP) plus the totals of the sub-chunks after it
+    (AFTER), 0 where the log decay was clamped; with DECAY the gradient of the pre-activation z held in LD (that
+    times the log decay -exp(w0 + z))."""
+    pid, c, b, h, rt, cn, nmask = _program(H, N, BT, BN)
+    pos = c * BT + rt
+    m2 = (pos < T)[:, None] & nmask[None, :]
+    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+    g = tl.load(GLP + off, mask=m2, other=0.0) + tl.load(AFTER + (pid * NSUB + c).to(tl.int64) * BN + cn)[None, :]
+    lw = _logd(_head(LD, b, h, slb, slh), W0 + h * N, pos, cn, slt, sln, m2, N, DECAY)
+    if DECAY:
+        g = g * lw
+    g = tl.where(lw >= LOGD_MIN, g, 0.0)  # (the clamp's derivative; after the product: 0, not 0 * -inf)
+    tl.store(OUT + off, g.to(OUT.dtype.element_ty), mask=m2)
 
 
 # ------------------------------------------------------------------------------------------------- host side
@@ -438,9 +463,10 @@ def _geometry(T: int, BT: int):
     return nsub, ns, cdiv(nsub, ns)
 
 
-def _states(pairs, logd, cfg, T, H, N, NS, NC, BN):
+def _states(pairs, logd, w0, cfg, T, H, N, NS, NC, BN):
     """Fill and scan the states of each (x, y) pair: (len(pairs), 2, B*H, NC, BN, BN), stream 0 causal, stream 1
-    anticausal, each INCLUDING its state chunk; fp32, or the 16-bit input dtype with ``state_dtype=input``."""
+    anticausal, each INCLUDING its state chunk; fp32, or the 16-bit input dtype with ``state_dtype=input``. ``w0``:
+    see :func:`chunk_fwd`."""
     from .triton import CONFIG
 
     BH = logd.shape[0] * H
@@ -451,8 +477,8 @@ def _states(pairs, logd, cfg, T, H, N, NS, NC, BN):
     S = new_empty((len(pairs), 2, BH, NC, BN, BN), sdt, logd.device)
     GT = new_empty((BH, NC, BN), torch.float32, logd.device)
     for i, (x, y) in enumerate(pairs):
-        _state_kernel[(BH, NC)](x, y, logd, S[i], GT, *x.stride(), *y.stride(), *logd.stride(), T, H, N, NC, BH,
-                                BT=BT, BN=BN, NS=NS, PREC=prec, num_warps=nw)
+        _state_kernel[(BH, NC)](x, y, logd, _w0_arg(w0, logd), S[i], GT, *x.stride(), *y.stride(), *logd.stride(), T,
+                                H, N, NC, BH, BT=BT, BN=BN, NS=NS, PREC=prec, DECAY=w0 is not None, num_warps=nw)
     ncb = min(next_pow2(CONFIG["scan_ncb"]), next_pow2(NC))
     rj = min(BN, max(1, next_pow2(CONFIG["scan_elems"] // (ncb * BN) + 1) // 2))  # a power of two
     _scan_kernel[(BH, cdiv(BN, rj), 2 * len(pairs))](S, GT, NC, BH, BN=BN, RJ=rj, NCB=ncb, num_warps=nw)
@@ -467,36 +493,45 @@ def _launch_opts(nw: int) -> dict:
     return launch_opts(nw, CONFIG["maxnreg"])
 
 
-def chunk_fwd(r, k, v, logd, u, cfg):
-    """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``."""
+def _w0_arg(w0, logd):
+    """The kernels' W0 argument: w0, or (without one: unused) the log decay."""
+    return logd if w0 is None else w0
+
+
+def chunk_fwd(r, k, v, logd, u, cfg, w0=None):
+    """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``. With ``w0``
+    (H*N,) ``logd`` holds the decay's pre-activation z: the kernels form the log decay -exp(w0 + z) as they load it."""
     from .triton import CONFIG
 
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = cfg
     nsub, NS, NC = _geometry(T, BT)
-    S = _states([(k, v)], logd, cfg, T, H, N, NS, NC, BN)
+    S = _states([(k, v)], logd, w0, cfg, T, H, N, NS, NC, BN)
+    dec = dict(DECAY=w0 is not None)
     y = new_empty((B, T, H, N), v.dtype, r.device)
     if CONFIG["fwd_carry"]:  # one program per state chunk, its states carried through its sub-chunks
         z = new_empty((B, T, H, N), torch.float32, r.device)
-        _fwd_carry_kernel[(B * H, NC)](r, k, v, logd, u, y, z, S, *r.stride(), *k.stride(), *v.stride(),
-                                       *logd.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec,
-                                       **_launch_opts(nw))
+        _fwd_carry_kernel[(B * H, NC)](r, k, v, logd, _w0_arg(w0, logd), u, y, z, S, *r.stride(), *k.stride(),
+                                       *v.stride(), *logd.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS,
+                                       PREC=prec, **dec, **_launch_opts(nw))
         return y
-    _fwd_kernel[(B * H, nsub)](r, k, v, logd, u, y, S, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
-                               T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **_launch_opts(nw))
+    _fwd_kernel[(B * H, nsub)](r, k, v, logd, _w0_arg(w0, logd), u, y, S, *r.stride(), *k.stride(), *v.stride(),
+                               *logd.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **dec,
+                               **_launch_opts(nw))
     return y
 
 
-def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None):
+def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):
     """(gr, gk, gv, glogd, gu) in the inputs' dtypes; ``out``: the (gr, gk, gv) buffers to write (checked by the
-    caller)."""
+    caller). With ``w0`` (see :func:`chunk_fwd`) the fourth is the gradient of z (the log decay's pre-activation)."""
     from .triton import CONFIG
 
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = cfg
     nsub, NS, NC = _geometry(T, BT)
     dev = r.device
-    S = _states([(k, v), (r, gy)], logd, cfg, T, H, N, NS, NC, BN)
+    S = _states([(k, v), (r, gy)], logd, w0, cfg, T, H, N, NS, NC, BN)
+    w0_arg, dec = _w0_arg(w0, logd), dict(DECAY=w0 is not None)
     if out is None:
         out = tuple(new_empty((B, T, H, N), t.dtype, dev) for t in (r, k, v))
     gr, gk, gv = out
@@ -506,16 +541,16 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None):
     strides = (*r.stride(), *k.stride(), *v.stride(), *logd.stride(), *gy.stride())
     if CONFIG["bwd_carry"]:  # one program per state chunk, the states carried through its sub-chunks, two at a time
         z = new_empty((3, B, T, H, N), torch.float32, dev)
-        _bwd_carry_kernel[(B * H, NC)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, z[0], z[1], z[2], *strides,
-                                       T, H, N, NC, B * H, nsub, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec,
-                                       **_launch_opts(nw))
+        _bwd_carry_kernel[(B * H, NC)](r, k, v, logd, w0_arg, u, gy, S, gr, gk, gv, glp, zt, gup, z[0], z[1], z[2],
+                                       *strides, T, H, N, NC, B * H, nsub, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec,
+                                       **dec, **_launch_opts(nw))
     else:
-        _bwd_kernel[(B * H, nsub)](r, k, v, logd, u, gy, S, gr, gk, gv, glp, zt, gup, *strides, T, H, N, NC, B * H,
-                                   BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **_launch_opts(nw))
-    # suffix sums of the sub-chunk totals (sub-chunks after each one), broadcast to the sub-chunk's tokens
-    zt = zt.view(B, H, nsub, BN)[..., :N]
-    after = zt.flip(2).cumsum(2).flip(2) - zt
-    carry = after.permute(0, 2, 1, 3).repeat_interleave(BT, dim=1)[:, :T]
-    glogd = torch.where(logd >= LOGD_MIN.value, glp + carry, 0.0).to(logd.dtype)
+        _bwd_kernel[(B * H, nsub)](r, k, v, logd, w0_arg, u, gy, S, gr, gk, gv, glp, zt, gup, *strides, T, H, N, NC,
+                                   B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **dec, **_launch_opts(nw))
+    # suffix sums of the sub-chunk totals (the sub-chunks after each one: small), added to each sub-chunk's tokens
+    after = zt.flip(1).cumsum(1).flip(1) - zt
+    glogd = new_empty((B, T, H, N), logd.dtype, dev)
+    _glogd_kernel[(B * H, nsub)](glp, after, logd, w0_arg, glogd, *logd.stride(), T, H, N, nsub, BT=BT, BN=BN,
+                                 **dec, num_warps=2)
     gu = gup.view(B, H, nsub, BN)[..., :N].sum((0, 2)).to(u.dtype)
     return gr, gk, gv, glogd, gu

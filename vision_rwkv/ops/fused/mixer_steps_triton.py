@@ -41,7 +41,7 @@ from ..cast_weights import cast_all, cast_back
 from ..stacked_linear import batched_linear_grads
 from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd, _gn_mul_fwd,
                      _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd,
-                     _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd, _decay_fwd, decay_grads)
+                     _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
 
 __all__ = ["time_mix6_step", "spatial_mix_step", "channel_mix_step", "time_mix6_matrices", "spatial_mix_matrices",
            "channel_mix_matrices"]
@@ -183,7 +183,7 @@ def _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats,
         del xxx, lora
     xw, xkvrg = mixed[0].view(-1, C), mixed[1:].view(4, -1, C)
     hd = torch.mm(xw, d1c).tanh_()
-    logd = _decay_fwd(w0.reshape(-1).contiguous(), torch.mm(hd, d2c))  # float32 (B N, C)
+    z = torch.mm(hd, d2c)  # the log decay's pre-activation: the WKV kernels form -exp(w0 + z) as they load it
     if not save:
         del hd
     kvrg = torch.bmm(xkvrg, stack.transpose(1, 2))  # k, v, r, g
@@ -193,15 +193,20 @@ def _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats,
     shape = (B, N, heads, head_size)
     k, v, r, g = (t.view(shape) for t in kvrg.unbind(0))
     u = u.contiguous()
-    y = wkv6._fwd(r, k, v, logd.view(shape), u).view(B, N, C)
+    y = wkv6._fwd(r, k, v, z.view(shape), u, w0=_flat(w0)).view(B, N, C)
     del k, v, r
     ln_w, ln_b = ln_w.contiguous(), ln_b.contiguous()
     gated = _gn_mul_fwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, dtype)
     del g
     if not save:
-        del y, kvrg, logd
+        del y, kvrg, z
         return F.linear(gated, wo), None
-    return F.linear(gated, wo), (x, a_x, *maa, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated)
+    return F.linear(gated, wo), (x, a_x, *maa, xxx, lora, mixed, hd, z, kvrg, u, y, ln_w, ln_b, gated)
+
+
+def _flat(w0: torch.Tensor) -> torch.Tensor:
+    """``time_decay`` as the WKV kernels read it: (C,) contiguous."""
+    return w0.reshape(-1).contiguous()
 
 
 def _w2_cast(w2: torch.Tensor, dtype: torch.dtype) -> bool:
@@ -237,7 +242,7 @@ class _TimeMix6Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         saved, gout, g_residual = _node_grads(ctx, grads)
-        (x, a_x, m_w, m_k, m_v, m_r, m_g, xxx, lora, mixed, hd, logd, kvrg, u, y, ln_w, ln_b, gated, stack, wo, w1c,
+        (x, a_x, m_w, m_k, m_v, m_r, m_g, xxx, lora, mixed, hd, z, kvrg, u, y, ln_w, ln_b, gated, stack, wo, w1c,
          d1c, d2c, w2c) = saved
         (H, W), head_size, eps, cast_w2 = ctx.meta
         B, N, C = x.shape
@@ -249,15 +254,17 @@ class _TimeMix6Step(torch.autograd.Function):
         g_k, g_v, g_r, g_g = g_kvrg.unbind(0)
         g_y, _, g_ln = _gn_mul_bwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, g_gated.view(B, N, C),
                                    gg_out=g_g.view(B, N, C))
-        _, _, _, g_logd, g_u = wkv6._bwd(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), u,
-                                         g_y.view(shape), out=(g_r.view(shape), g_k.view(shape), g_v.view(shape)))
+        w0 = ctx.vectors[6]
+        _, _, _, g_z, g_u = wkv6._bwd(r.view(shape), k.view(shape), v.view(shape), z.view(shape), u, g_y.view(shape),
+                                      out=(g_r.view(shape), g_k.view(shape), g_v.view(shape)), w0=_flat(w0))
         del g_gated, g_y, g_k, g_v, g_r, g_g  # (each frees its buffer: less memory at the backward's peak)
         xkvrg = mixed[1:].view(4, -1, C)
         g_xkvrg, g_stack = batched_linear_grads(g_kvrg, xkvrg, stack)
         del g_kvrg
-        g_w0, g_z = decay_grads(g_logd.view(logd.shape), logd, ctx.vectors[6].dtype, hd.dtype)
+        g_z = g_z.view(-1, C)
+        g_w0 = g_z.sum(0, dtype=torch.float32).to(w0.dtype)
         g_hd, g_d2 = _product_bwd(g_z, hd, d2c)
-        del g_logd, g_z
+        del g_z
         g_hd = _tanh_bwd(g_hd, hd)
         g_xw, g_d1 = _product_bwd(g_hd, mixed[0].view(-1, C), d1c)
         planes = [g_xw.view(B, N, C)] + [t.view(B, N, C) for t in g_xkvrg.unbind(0)]
