@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FLAGS = ("finite", "dtype_ok")
+FLAGS = ("finite", "dtype_ok", "no_y")  # (True, or a string saying what went wrong)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -31,6 +31,8 @@ def check_result(result: dict, tol_y: float, tol_grad: float) -> None:
     assert "error" not in result, result.get("error")
     assert result["finite"], f"non-finite output or gradient (unwritten element?): {result}"
     assert result["dtype_ok"], f"output/gradient dtype differs from the promised one: {result}"
+    for flag in FLAGS[2:]:
+        assert result.get(flag, True) is True, f"{flag}: {result[flag]} ({result})"
     for key, val in result.items():
         if key in FLAGS:
             continue

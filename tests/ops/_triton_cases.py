@@ -176,6 +176,7 @@ def _run_v6_decay(tri, case: dict, r, k, v, u, gy) -> dict:
     w0 = (torch.randn(H * N, generator=g, dtype=torch.float64) + case.get("dshift", 0.0)).float().to(r.device)
     z = _maybe_noncontig(z, case.get("layout", ""))
     y = tri._fwd(r, k, v, z, u, w0=w0)
+    norm_out = _v6_norm_gate(tri, case, r, k, v, z, u, w0, y) if case.get("norm") else {}
     gr, gk, gv, gz, gu = tri._bwd(r, k, v, z, u, gy, w0=w0)
     gw0 = gz.float().sum((0, 1)).reshape(-1)
     # the unfused path (the log decay formed by its own kernel, its gradient chained after) computes the same values
@@ -197,7 +198,41 @@ def _run_v6_decay(tri, case: dict, r, k, v, u, gy) -> dict:
     out["gw0"] = float((gw0.double().cpu() - g_ref[5].cpu()).norm() / scale)
     out["finite"] = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(a).all()) for a in grads)
     out.update(unfused)  # (0.0 in the interpreter: the same fp32 expression in both kernels)
+    out.update(norm_out)
     return out
+
+
+def _v6_norm_gate(tri, case: dict, r, k, v, z, u, w0, y) -> dict:
+    """The forward with the time mix's GroupNorm * silu(gate) formed as y is stored (``norm=``), keeping y or not:
+    the product against float64 (GroupNorm of the reference y) and against the unfused kernel on the stored y, and
+    the kept y against the plain forward's."""
+    B, T, H, N = r.shape
+    g = torch.Generator().manual_seed(2)
+    gate, nw, nb = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                    for shape in ((B, T, H, N), (H * N,), (H * N,)))
+    gate = _maybe_noncontig(gate.to(r.dtype).to(r.device), "S")  # (every other element of a wider tensor)
+    nw, nb = nw.float().to(r.device), nb.float().to(r.device)
+    eps = 64e-5
+    kept, gated = tri._fwd(r, k, v, z, u, w0=w0, norm=(gate, nw, nb, eps, r.dtype, True))
+    none, gated2 = tri._fwd(r, k, v, z, u, w0=w0, norm=(gate, nw, nb, eps, r.dtype, False))
+    yd = bi_wkv6_naive_decay(r, k, v, z, u, w0)
+    mean = yd.mean(-1, keepdim=True)
+    var = yd.var(-1, unbiased=False, keepdim=True)
+    gd = gate.double()
+    ref = ((yd - mean) / torch.sqrt(var + eps) * nw.double().view(H, N) + nb.double().view(H, N)) * gd * torch.sigmoid(gd)
+    unfused = tri._norm_gate(y, gate, nw, nb, eps, r.dtype)
+    return {"gated": _rel(gated, ref.to(gated.device)), "gated_vs_unfused": _rel(gated, unfused),
+            "gated_no_y_vs_kept": _rel(gated2, gated), "kept_y_vs_plain": _rel(kept, y),
+            "no_y": none is None or "y returned"}
+
+
+def bi_wkv6_naive_decay(r, k, v, z, u, w0):
+    """The float64 reference y through the decay -exp(w0 + z)."""
+    from vision_rwkv.ops import bi_wkv6_naive
+
+    H, N = u.shape
+    args = [x.detach().double() for x in (r, k, v, z, u, w0)]
+    return bi_wkv6_naive(*args[:3], (-torch.exp(args[5].view(H, N) + args[3])).clamp_min(-1e4), args[4])
 
 
 RUNNERS = {"bi_wkv": run_v4, "bi_wkv6": run_v6}

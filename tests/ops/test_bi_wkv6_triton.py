@@ -75,6 +75,13 @@ CPU_CASES.update({
     "decay_chunk_noncontig": dict(shape=(1, 18, 2, 16), decay=True, layout="T", config=CHUNK),
     "decay_walk": dict(shape=(1, 19, 1, 16), decay=True, dscale=2.0),
     "decay_chunk_formed_first": dict(shape=(1, 37, 1, 16), decay=True, config=dict(CHUNK, fused_decay=0)),
+    # ... with the GroupNorm * silu(gate) formed as y is stored (norm=): the sub-chunk and state-chunk output
+    # kernels, 24 channels of 32, bf16, and the walk / unfused route (the product by its own kernel after)
+    "norm_chunk_head24": dict(shape=(2, 37, 2, 24), decay=True, norm=True, config=CHUNK),
+    "norm_chunk_carry_bf16": dict(shape=(1, 40, 2, 16), decay=True, norm=True, dtype="bf16",
+                                  config=dict(CHUNK, fwd_carry=1)),
+    "norm_walk": dict(shape=(1, 19, 1, 16), decay=True, norm=True),
+    "norm_chunk_after": dict(shape=(1, 21, 1, 16), decay=True, norm=True, config=dict(CHUNK, fused_norm=0)),
 })
 
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
@@ -85,7 +92,7 @@ QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf
          "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
          "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24",
          "chunk_maxnreg_both_carry", "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry",
-         "decay_walk"}
+         "decay_walk", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -114,7 +121,7 @@ CUDA_CASES.update({f"{name}_{tag}": dict(case, config=dict(case["config"], **car
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})
-CUDA_CASES.update({f"{name}_decay": dict(case, decay=True) for name, case in list(CUDA_CASES.items())
+CUDA_CASES.update({f"{name}_decay": dict(case, decay=True, norm=True) for name, case in list(CUDA_CASES.items())
                    if name in ("16x1024x6x64_bf16_chunk", "2x4096x6x64_chunk", "strong_decays_chunk",
                                "64x196x12x64_bf16_chunk", "head80", "16x1024x6x64_bf16_chunk_bcarry")})
 CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0, config={"algo": "chunk",
@@ -134,6 +141,8 @@ def test_bi_wkv6_triton_interpreter(interpreter_results, name):
         # (16-bit z: the unfused gradient is rounded by torch, to nearest; the interpreter's stores truncate)
         ulp = 0.0 if CPU_CASES[name].get("dtype", "fp32") == "fp32" else 2.0 ** -7
         assert result["y_vs_unfused"] == 0.0 and result["gz_vs_unfused"] <= ulp, result
+    if CPU_CASES[name].get("norm"):  # the GroupNorm * gate formed as y is stored: the unfused kernel's values
+        assert result["gated_vs_unfused"] == 0.0 and result["gated_no_y_vs_kept"] == 0.0, result
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -47,10 +47,11 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # room for two 4-warp programs per SM; 128 allows four, at the cost of spills) - to be chosen by timing.
 # fused_decay: where a caller passes the log decay's pre-activation z and w0 (the RWKV-6 time mix), the chunk kernels
 # form -exp(w0 + z) as they load z (no log-decay tensor: its kernel and ~6 of its bytes per element gone, the same
-# values); 0 forms it first, as the walk kernels always do.
+# values); 0 forms it first, as the walk kernels always do. fused_norm: where a caller asks for the GroupNorm * silu
+# gate of y too (the time mix), the chunk forward forms it as it stores y (y not written in inference); 0: after.
 CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
-                              fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1),
+                              fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
@@ -350,9 +351,21 @@ def _decay_logd(w0, z):
     return _decay_fwd(w0, z.reshape(B * T, H * N)).view(B, T, H, N)
 
 
-def _fwd(r, k, v, logd, u, w0=None):
+def _norm_gate(y, g, weight, bias, eps, out_dtype):
+    """GroupNorm(y) (groups = heads) * silu(g) of (B, T, H, N) tensors by the fused elementwise kernel."""
+    from ..fused.triton import _gn_mul_fwd
+
+    B, T, H, N = y.shape
+    y, g = (x.reshape(B, T, H * N).contiguous() for x in (y, g))  # (the kernel reads rows of C contiguous channels)
+    return _gn_mul_fwd(y, g, H, weight, bias, eps, True, out_dtype).view(B, T, H, N)
+
+
+def _fwd(r, k, v, logd, u, w0=None, norm=None):
     """y in v's dtype. With ``w0`` (H*N,) ``logd`` holds z, the log decay's pre-activation: the log decay is
-    -exp(w0 + z) (formed in fp32 by the chunk kernels as they load z; by one kernel before the walk kernels)."""
+    -exp(w0 + z) (formed in fp32 by the chunk kernels as they load z; by one kernel before the walk kernels).
+    ``norm`` = (g, weight, bias, eps, out_dtype, keep_y): returns (y or None, GroupNorm(y) * silu(g)) - the
+    VRWKV6 time mix's GroupNorm (groups = heads, weight / bias (H*N,)) of y as stored, times silu of the gate g
+    (B, T, H, N), in out_dtype; formed as the chunk forward stores y, else by its own kernel after."""
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = _cfg(N, v.dtype, r.device)
     chunk = _chunk_algo(BN, T, BT)
@@ -360,10 +373,13 @@ def _fwd(r, k, v, logd, u, w0=None):
         _check_w0(w0, logd)
         if not (chunk and CONFIG["fused_decay"]):  # (the log decay formed first)
             logd, w0 = _decay_logd(w0, logd), None
+    if norm is not None and not (chunk and CONFIG["fused_norm"]):
+        y = _fwd(r, k, v, logd, u, w0)
+        return (y if norm[5] else None), _norm_gate(y, *norm[:5])
     if chunk:
         from .triton_chunk import chunk_fwd
 
-        return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw), w0)
+        return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw), w0, norm)
     y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
     _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
                                T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, STAGES=CONFIG["stages"], num_warps=nw)

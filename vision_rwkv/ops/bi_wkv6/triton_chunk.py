@@ -151,6 +151,30 @@ def _edge_states(S, plane, BH, pid, c, cs, NC, NS: tl.constexpr, Xb, Yb, Lb, Wh,
     return P, Q
 
 
+@jit
+def _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM: tl.constexpr,
+             KEEP_Y: tl.constexpr):
+    """Store a sub-chunk's y into the contiguous (B, T, H, N) Y; with NORM instead (and y too with KEEP_Y) the
+    GroupNorm of y as stored (its head's channels, weight NW, bias NB) times silu of the gate G into GO."""
+    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+    ys = y.to(Y.dtype.element_ty)
+    if NORM:
+        yr = tl.where(m2, ys.to(tl.float32), 0.0)  # (normalized as stored: the backward recomputes from stored y)
+        mean = tl.sum(yr, axis=1) / N
+        d = tl.where(m2, yr - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / N + eps)
+        nm = cn < N
+        w = tl.load(NW + h * N + cn, mask=nm, other=0.0).to(tl.float32)
+        bias = tl.load(NB + h * N + cn, mask=nm, other=0.0).to(tl.float32)
+        g = _ld(_head(G, b, h, sgb, sgh), pos, cn, sgt, sgn, m2)
+        out = ((d * rstd[:, None]) * w[None, :] + bias[None, :]) * (g * tl.sigmoid(g))
+        tl.store(GO + off, out.to(GO.dtype.element_ty), mask=m2)
+        if KEEP_Y:
+            tl.store(Y + off, ys, mask=m2)
+    else:
+        tl.store(Y + off, ys, mask=m2)
+
+
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _state_kernel(X, Y, LD, W0, S, GT, sxb, sxt, sxh, sxn, syb, syt, syh, syn, slb, slt, slh, sln, T, H, N, NC, BH,
                   BT: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
@@ -216,10 +240,11 @@ def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.cons
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
-def _fwd_kernel(R, K, V, LD, W0, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
-                slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
-                NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
-    """y for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
+def _fwd_kernel(R, K, V, LD, W0, U, Y, S, G, NW, NB, GO, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
+                slb, slt, slh, sln, sgb, sgt, sgh, sgn, eps, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr,
+                BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr, NORM: tl.constexpr,
+                KEEP_Y: tl.constexpr):
+    """y for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks (stored by :func:`_store_y`)."""
     pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
     Rb = _head(R, b, h, srb, srh)
     Kb = _head(K, b, h, skb, skh)
@@ -236,14 +261,14 @@ def _fwd_kernel(R, K, V, LD, W0, U, Y, S, srb, srt, srh, srn, skb, skt, skh, skn
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
     y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ,
                    PREC, DECAY)
-    yp = Y + ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
-    tl.store(yp, y.to(Y.dtype.element_ty), mask=m2)
+    _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
-def _fwd_carry_kernel(R, K, V, LD, W0, U, Y, Z, S, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
-                      slb, slt, slh, sln, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
-                      NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
+def _fwd_carry_kernel(R, K, V, LD, W0, U, Y, Z, S, G, NW, NB, GO, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt,
+                      svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, eps, T, H, N, NC, BH, BT: tl.constexpr,
+                      BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr,
+                      NORM: tl.constexpr, KEEP_Y: tl.constexpr):
     """y for state chunk cs (NS sub-chunks of BT tokens) with the states carried from sub-chunk to sub-chunk instead
     of walked per sub-chunk (``fwd_carry=1``): a descending pass leaves each sub-chunk's anticausal part
     (r e^{ctail}) Q in the fp32 scratch Z, an ascending pass adds (r e^{cex}) P and the intra-chunk pairs."""
@@ -275,7 +300,7 @@ def _fwd_carry_kernel(R, K, V, LD, W0, U, Y, Z, S, srb, srt, srh, srn, skb, skt,
         y = tl.dot(r * tl.exp(cex), P, input_precision=PREC) + tl.load(Z + off, mask=m2, other=0.0)
         y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT,
                        BN, BJ, PREC, DECAY)
-        tl.store(Y + off, y.to(Y.dtype.element_ty), mask=m2)
+        _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
         P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)
 
 
@@ -498,27 +523,37 @@ def _w0_arg(w0, logd):
     return logd if w0 is None else w0
 
 
-def chunk_fwd(r, k, v, logd, u, cfg, w0=None):
+def chunk_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
     """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``. With ``w0``
-    (H*N,) ``logd`` holds the decay's pre-activation z: the kernels form the log decay -exp(w0 + z) as they load it."""
+    (H*N,) ``logd`` holds the decay's pre-activation z: the kernels form the log decay -exp(w0 + z) as they load it.
+    ``norm`` = (g, weight, bias, eps, out_dtype, keep_y): (y or None, GroupNorm(y) * silu(g)) instead, formed as y
+    is stored (groups = heads; g (B, T, H, N), any strides; the product (B, T, H, N) in out_dtype)."""
     from .triton import CONFIG
 
     B, T, H, N = r.shape
     BT, BN, BJ, prec, nw = cfg
     nsub, NS, NC = _geometry(T, BT)
     S = _states([(k, v)], logd, w0, cfg, T, H, N, NS, NC, BN)
-    dec = dict(DECAY=w0 is not None)
-    y = new_empty((B, T, H, N), v.dtype, r.device)
+    dev = r.device
+    keep_y = norm is None or norm[5]
+    y = new_empty((B, T, H, N), v.dtype, dev) if keep_y else None
+    if norm is None:
+        ep = (y, y, y, y, 0, 0, 0, 0, 0.0)
+    else:
+        g, weight, bias, eps, out_dtype, _ = norm
+        gated = new_empty((B, T, H, N), out_dtype, dev)
+        ep = (g, weight, bias, gated, *g.stride(), float(eps))
+    yarg = v if y is None else y  # (without keep_y not written: its dtype, v's, is what y is rounded to)
+    args = (r, k, v, logd, _w0_arg(w0, logd), u)
+    meta = dict(BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, DECAY=w0 is not None, NORM=norm is not None, KEEP_Y=keep_y,
+                **_launch_opts(nw))
+    strides = (*r.stride(), *k.stride(), *v.stride(), *logd.stride())
     if CONFIG["fwd_carry"]:  # one program per state chunk, its states carried through its sub-chunks
-        z = new_empty((B, T, H, N), torch.float32, r.device)
-        _fwd_carry_kernel[(B * H, NC)](r, k, v, logd, _w0_arg(w0, logd), u, y, z, S, *r.stride(), *k.stride(),
-                                       *v.stride(), *logd.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS,
-                                       PREC=prec, **dec, **_launch_opts(nw))
-        return y
-    _fwd_kernel[(B * H, nsub)](r, k, v, logd, _w0_arg(w0, logd), u, y, S, *r.stride(), *k.stride(), *v.stride(),
-                               *logd.stride(), T, H, N, NC, B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **dec,
-                               **_launch_opts(nw))
-    return y
+        z = new_empty((B, T, H, N), torch.float32, dev)
+        _fwd_carry_kernel[(B * H, NC)](*args, yarg, z, S, *ep[:4], *strides, *ep[4:], T, H, N, NC, B * H, **meta)
+    else:
+        _fwd_kernel[(B * H, nsub)](*args, yarg, S, *ep[:4], *strides, *ep[4:], T, H, N, NC, B * H, **meta)
+    return y if norm is None else (y, gated)
 
 
 def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):

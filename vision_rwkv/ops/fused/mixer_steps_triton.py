@@ -193,12 +193,14 @@ def _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats,
     shape = (B, N, heads, head_size)
     k, v, r, g = (t.view(shape) for t in kvrg.unbind(0))
     u = u.contiguous()
-    y = wkv6._fwd(r, k, v, z.view(shape), u, w0=_flat(w0)).view(B, N, C)
-    del k, v, r
     ln_w, ln_b = ln_w.contiguous(), ln_b.contiguous()
-    gated = _gn_mul_fwd(y, g.view(B, N, C), heads, ln_w, ln_b, eps, True, dtype)
-    del g
-    if not save:
+    # y and its GroupNorm * silu(g) in one pass (y kept for the backward only)
+    y, gated = wkv6._fwd(r, k, v, z.view(shape), u, w0=_flat(w0), norm=(g, ln_w, ln_b, eps, dtype, save))
+    gated = gated.view(B, N, C)
+    del k, v, r, g
+    if save:
+        y = y.view(B, N, C)
+    else:
         del y, kvrg, z
         return F.linear(gated, wo), None
     return F.linear(gated, wo), (x, a_x, *maa, xxx, lora, mixed, hd, z, kvrg, u, y, ln_w, ln_b, gated)
