@@ -39,7 +39,7 @@ from ..bi_wkv6 import triton as wkv6
 from .._triton_utils import coef_grads, new_empty, split_param_grads
 from ..cast_weights import cast_all, cast_back
 from ..stacked_linear import batched_linear_grads
-from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd, _gn_mul_fwd,
+from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd,
                      _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd,
                      _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
 
