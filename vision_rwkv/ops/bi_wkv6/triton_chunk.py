@@ -457,6 +457,24 @@ def _bwd_carry_kernel(R, K, V, LD, W0, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z
                   PREC, DECAY)
 
 
+@jit(do_not_specialize=["NSUB"])
+def _suffix_kernel(ZT, AFTER, NSUB, BN: tl.constexpr, RB: tl.constexpr):
+    """AFTER[p, c] = the sum of ZT[p, c'] over the sub-chunks c' after c, per channel ((P, NSUB, BN) fp32; blocks of
+    RB sub-chunks from the last one, a carry between blocks)."""
+    pid = tl.program_id(0)
+    cn = tl.arange(0, BN)
+    rows = tl.arange(0, RB)
+    carry = tl.zeros([BN], tl.float32)
+    nblk = tl.cdiv(NSUB, RB)
+    for ib in range(0, nblk):
+        c = (nblk - 1 - ib) * RB + rows
+        m = (c < NSUB)[:, None] & (cn < BN)[None, :]
+        off = (pid * NSUB + c).to(tl.int64)[:, None] * BN + cn[None, :]
+        x = tl.load(ZT + off, mask=m, other=0.0)
+        tl.store(AFTER + off, tl.cumsum(x, axis=0, reverse=True) - x + carry[None, :], mask=m)
+        carry += tl.sum(x, axis=0)
+
+
 @jit(do_not_specialize=["T", "H", "N", "NSUB"])
 def _glogd_kernel(GLP, AFTER, LD, W0, OUT, slb, slt, slh, sln, T, H, N, NSUB, BT: tl.constexpr, BN: tl.constexpr,
                   DECAY: tl.constexpr):
@@ -583,7 +601,8 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):
         _bwd_kernel[(B * H, nsub)](r, k, v, logd, w0_arg, u, gy, S, gr, gk, gv, glp, zt, gup, *strides, T, H, N, NC,
                                    B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **dec, **_launch_opts(nw))
     # suffix sums of the sub-chunk totals (the sub-chunks after each one: small), added to each sub-chunk's tokens
-    after = zt.flip(1).cumsum(1).flip(1) - zt
+    after = new_empty(zt.shape, torch.float32, dev)
+    _suffix_kernel[(B * H,)](zt, after, nsub, BN=BN, RB=min(64, next_pow2(nsub)), num_warps=4)
     glogd = new_empty((B, T, H, N), logd.dtype, dev)
     _glogd_kernel[(B * H, nsub)](glp, after, logd, w0_arg, glogd, *logd.stride(), T, H, N, nsub, BT=BT, BN=BN,
                                  **dec, num_warps=2)
