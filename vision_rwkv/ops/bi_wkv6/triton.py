@@ -99,9 +99,9 @@ def _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln
 
 
 @jit
-def _pair_decay(LD, Wh, pos, tv, cj, jm, st, sn, rt, N, BT: tl.constexpr, DECAY: tl.constexpr):
+def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
     """e^{cex_t - c_n} for n < t inside the chunk, [BT(t), BT(n), BJ] (0 elsewhere), for key channels cj."""
-    lwj = tl.maximum(_logd(LD, Wh, pos, cj, st, sn, tv[:, None] & jm[None, :], N, DECAY), LOGD_MIN).to(tl.float64)
+    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
     cj_ = tl.cumsum(lwj, axis=0)
     cexj = cj_ - lwj
     expo = (cexj[:, None, :] - cj_[None, :, :]).to(tl.float32)
@@ -109,21 +109,6 @@ def _pair_decay(LD, Wh, pos, tv, cj, jm, st, sn, rt, N, BT: tl.constexpr, DECAY:
     nn = rt[None, :, None]
     expo = tl.where(nn == tt - 1, 0.0, expo)
     expo = tl.where(nn < tt, expo, -float("inf"))
-    return tl.exp(expo)
-
-
-@jit
-def _pair_sym(LD, Wh, pos, tv, cj, jm, st, sn, rt, N, BT: tl.constexpr, DECAY: tl.constexpr):
-    """prod_{m strictly between t and n} d_m[j] for t != n inside the chunk, [BT(t), BT(n), BJ]; 0 on the diagonal."""
-    lwj = tl.maximum(_logd(LD, Wh, pos, cj, st, sn, tv[:, None] & jm[None, :], N, DECAY), LOGD_MIN).to(tl.float64)
-    cin = tl.cumsum(lwj, axis=0)
-    cex = cin - lwj
-    tt = rt[:, None, None]
-    nn = rt[None, :, None]
-    lower = (cex[:, None, :] - cin[None, :, :]).to(tl.float32)  # n < t: sum_{n<m<t} = cex_t - cin_n
-    upper = (cex[None, :, :] - cin[:, None, :]).to(tl.float32)  # n > t: sum_{t<m<n} = cex_n - cin_t
-    expo = tl.where(nn < tt, lower, tl.where(nn > tt, upper, -float("inf")))
-    expo = tl.where((nn == tt - 1) | (nn == tt + 1), 0.0, expo)  # neighbours: empty product, exactly 1
     return tl.exp(expo)
 
 
@@ -140,18 +125,15 @@ def _to_cols(x, cj, cn, PREC: tl.constexpr, BJ: tl.constexpr):
 
 
 @jit
-def _pair_scores(Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BN: tl.constexpr,
-                 BJ: tl.constexpr, BOTH: tl.constexpr, DECAY: tl.constexpr):
-    """A[t, n] = sum_j r_t[j] k_n[j] prod_{m strictly between n and t} d_m[j] inside the chunk for n < t (BOTH: for
-    every n != t; the diagonal stays 0), from explicit pairwise decays in key-channel blocks of BJ (any decay)."""
+def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BN: tl.constexpr,
+                 BJ: tl.constexpr):
+    """A[t, n] = sum_j r_t[j] k_n[j] prod_{m strictly between n and t} d_m[j] inside the chunk for n < t (the
+    diagonal and above stay 0), from explicit pairwise decays in key-channel blocks of BJ (any decay)."""
     A = tl.zeros([BT, BT], tl.float32)
     for jb in tl.static_range(BN // BJ):
         cj = jb * BJ + tl.arange(0, BJ)
         jm = cj < N
-        if BOTH:
-            e3 = _pair_sym(Lb, Wh, pos, tv, cj, jm, slt, sln, rt, N, BT, DECAY)
-        else:
-            e3 = _pair_decay(Lb, Wh, pos, tv, cj, jm, slt, sln, rt, N, BT, DECAY)
+        e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
         rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
         kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
         A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
@@ -184,7 +166,7 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
         r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, False)
         cex, ctail, clast = _cums(lw)
         y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)
-        A = _pair_scores(Rb, Kb, Lb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, False, False)
+        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ)
         bonus = tl.sum(r * u[None, :] * k, axis=1)
         A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
         y += tl.dot(A, v, input_precision=PREC)
@@ -233,7 +215,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
         for jb in tl.static_range(BN // BJ):
             cj = jb * BJ + tl.arange(0, BJ)
             jm = cj < N
-            e3 = _pair_decay(Lb, Lb, pos, tv, cj, jm, slt, sln, rt, N, BT, False)
+            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
             kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
             grj = tl.sum(G[:, :, None] * kj[None, :, :] * e3, axis=1)
             gr += _to_cols(grj, cj, cn, PREC, BJ)
@@ -274,7 +256,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
         for jb in tl.static_range(BN // BJ):
             cj = jb * BJ + tl.arange(0, BJ)
             jm = cj < N
-            e3 = _pair_decay(Lb, Lb, pos, tv, cj, jm, slt, sln, rt, N, BT, False)
+            e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
             rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
             kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
             A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)

@@ -13,8 +13,10 @@ ctot (chunk total), ctail = ctot - cin (all <= 0, every exponential below is <= 
                                                      (both triangles; diagonal = sum_j r_t[j] u[j] k_t[j])
 Intra-chunk pairs (A and the matching gradient terms): sub-chunks whose decays are weak enough (total log decay
 >= -FAST_DECAY in every channel, the common case in trained models) factor e^{cex_t - cin_n} = e^{cex_t} e^{-cin_n}
-through the sub-chunk's start, so A is two tensor-core products; the others build the pairwise factors explicitly
-(BT x BT x BJ tiles, fp64 prefix sums, every exponent <= 0), exact for any decay.
+through the sub-chunk's start, so A is two tensor-core products; the others split the sub-chunk in halves, those
+in halves again, ... (log2 BT levels): each pair is separated at exactly one level, where its weight factors
+through the start of the later half into two factors <= 1 (sums within one half), so every level is two tensor-core
+products (three per direction for the gradients), exact for any decay.
 Kernels: ``_state_kernel`` (per chunk: both state increments and ctot), ``_scan_kernel`` (per (batch, head, row
 block, stream): associative scan over blocks of chunks, in place, leaving the state INCLUDING each chunk), and the
 per-chunk output kernels (``fwd_carry=1``: the forward's output kernel runs one program per state chunk that carries
@@ -41,7 +43,7 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, launch_opts, new_empty, next_pow2
 from ..triton_jit import jit
-from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _logd, _pair_scores, _pair_sym, _to_cols
+from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _logd
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
 
@@ -68,15 +70,49 @@ def _fast_scores(r, k, ecx, ecn, rt, PREC: tl.constexpr):
 
 
 @jit
-def _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt,
-              BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
+def _split_level(lw, rt, B2):
+    """One level of the exact intra-sub-chunk split (for any decay): blocks of B2 tokens (a runtime power of two),
+    each in two halves. For a token in an upper half eu = e^{its half's log decays before it}, in a lower half
+    el = e^{its half's log decays after it} (0 elsewhere; lw: the clamped log decays [BT, BN]): a pair (t upper,
+    n lower, one block) weighs e^{cex_t - cin_n} = eu_t el_n, the reverse pair (t lower, n upper)
+    e^{cex_n - cin_t} = el_t eu_n, and every factor is <= 1. Each exponent is a sum over one half (exact fp32
+    products with 0 / 1 selectors, no difference of larger sums). Returns eu, el and the masks [BT, BT] of the two
+    kinds of pairs (mc: n < t, ma: n > t)."""
+    H = B2 // 2
+    same = (rt[:, None] // B2) == (rt[None, :] // B2)
+    upper = (rt % B2) >= H
+    lower = (rt % B2) < H
+    before = same & upper[:, None] & upper[None, :] & (rt[None, :] < rt[:, None])
+    after = same & lower[:, None] & lower[None, :] & (rt[None, :] > rt[:, None])
+    eu = tl.where(upper[:, None], tl.exp(tl.dot(before.to(tl.float32), lw, input_precision="ieee")), 0.0)
+    el = tl.where(lower[:, None], tl.exp(tl.dot(after.to(tl.float32), lw, input_precision="ieee")), 0.0)
+    return eu, el, same & upper[:, None] & lower[None, :], same & lower[:, None] & upper[None, :]
+
+
+@jit
+def _split_scores(r, k, lw, rt, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+    """Intra-sub-chunk scores A[t, n] (n != t, diagonal 0) for any decay: each pair is split at exactly one level of
+    a binary split of the sub-chunk (:func:`_split_level`), whose factors are all <= 1 - two tensor-core products per
+    level (log2 BT levels) instead of BT x BT x BN explicit pairwise factors."""
+    A = tl.zeros([BT, BT], tl.float32)
+    B2 = BT
+    while B2 >= 2:
+        eu, el, mc, ma = _split_level(lw, rt, B2)
+        A += tl.where(mc, tl.dot(r * eu, tl.trans(k * el), input_precision=PREC), 0.0)
+        A += tl.where(ma, tl.dot(r * el, tl.trans(k * eu), input_precision=PREC), 0.0)
+        B2 = B2 // 2
+    return A
+
+
+@jit
+def _intra_av(r, k, v, lw, cex, ctot, u, rt, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A v for one sub-chunk: its pairs in both directions (factorized through the sub-chunk's start when every
     channel's total log decay is >= -FAST_DECAY: two tensor-core products, every factor <= e^FAST_DECAY; else the
     exact pairwise form) and the bonus r.(u k) on the diagonal."""
     if tl.max(-ctot, axis=0) <= FAST_DECAY:
         A = _fast_scores(r, k, tl.exp(cex), tl.exp(-(cex + lw)), rt, PREC)
     else:
-        A = _pair_scores(Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ, True, DECAY)
+        A = _split_scores(r, k, lw, rt, BT, BN, PREC)
     bonus = tl.sum(r * u[None, :] * k, axis=1)
     A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
     return tl.dot(A, v, input_precision=PREC)
@@ -242,7 +278,7 @@ def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.cons
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _fwd_kernel(R, K, V, LD, W0, U, Y, S, G, NW, NB, GO, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                 slb, slt, slh, sln, sgb, sgt, sgh, sgn, eps, T, H, N, NC, BH, BT: tl.constexpr, BN: tl.constexpr,
-                BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr, NORM: tl.constexpr,
+                NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr, NORM: tl.constexpr,
                 KEEP_Y: tl.constexpr):
     """y for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks (stored by :func:`_store_y`)."""
     pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
@@ -259,15 +295,14 @@ def _fwd_kernel(R, K, V, LD, W0, U, Y, S, G, NW, NB, GO, srb, srt, srh, srn, skb
                         DECAY)
     y = tl.dot(r * tl.exp(cex), P, input_precision=PREC)
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
-    y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ,
-                   PREC, DECAY)
+    y += _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, BN, PREC)
     _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _fwd_carry_kernel(R, K, V, LD, W0, U, Y, Z, S, G, NW, NB, GO, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt,
                       svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, eps, T, H, N, NC, BH, BT: tl.constexpr,
-                      BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr,
+                      BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr,
                       NORM: tl.constexpr, KEEP_Y: tl.constexpr):
     """y for state chunk cs (NS sub-chunks of BT tokens) with the states carried from sub-chunk to sub-chunk instead
     of walked per sub-chunk (``fwd_carry=1``): a descending pass leaves each sub-chunk's anticausal part
@@ -298,8 +333,7 @@ def _fwd_carry_kernel(R, K, V, LD, W0, U, Y, Z, S, G, NW, NB, GO, srb, srt, srh,
         cex, ctail, ctot = _cums(lw)
         off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
         y = tl.dot(r * tl.exp(cex), P, input_precision=PREC) + tl.load(Z + off, mask=m2, other=0.0)
-        y += _intra_av(r, k, v, lw, cex, ctot, u, Rb, Kb, Lb, Wh, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT,
-                       BN, BJ, PREC, DECAY)
+        y += _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, BN, PREC)
         _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
         P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)
 
@@ -317,9 +351,8 @@ def _ld_bwd(Rb, Kb, Vb, Gb, Lb, Wh, b, h, T, H, N, pos, cn, m2, srt, srn, skt, s
 
 
 @jit
-def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, Wh, pos, tv, m2, N,
-              srt, srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, cok, BT: tl.constexpr,
-              BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
+def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, m2, rt, cn, GR, GK, GV, GLP, ZT,
+              GUP, off, coff, cok, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A sub-chunk's gradients from its inter-chunk parts (suffix _c: causal direction, sources before the query;
     _a: anticausal; gv both): the intra-chunk pairs and the bonus added, the log-decay gradient's in-chunk suffix
     sum, stores of gr, gk, gv, the log-decay partial (GLP at ``off``) and, when ``cok`` (a sub-chunk of the
@@ -337,23 +370,25 @@ def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, g
         gk_c += ecn * tl.dot(tl.trans(G_lo), r * ecx, input_precision=PREC)
         gk_a += ecx * tl.dot(tl.trans(G_up), r * ecn, input_precision=PREC)
         A = _fast_scores(r, k, ecx, ecn, rt, PREC)
-    else:
-        lower = lo2[:, :, None]
-        upper = up2[:, :, None]
+    else:  # any decay: the binary split of _split_scores, three products per level and direction
         A = tl.zeros([BT, BT], tl.float32)
-        for jb in tl.static_range(BN // BJ):
-            cj = jb * BJ + tl.arange(0, BJ)
-            jm = cj < N
-            e3 = _pair_sym(Lb, Wh, pos, tv, cj, jm, slt, sln, rt, N, BT, DECAY)
-            rj = _ld(Rb, pos, cj, srt, srn, tv[:, None] & jm[None, :])
-            kj = _ld(Kb, pos, cj, skt, skn, tv[:, None] & jm[None, :])
-            xk = G[:, :, None] * kj[None, :, :] * e3
-            gr_c += _to_cols(tl.sum(tl.where(lower, xk, 0.0), axis=1), cj, cn, PREC, BJ)
-            gr_a += _to_cols(tl.sum(tl.where(upper, xk, 0.0), axis=1), cj, cn, PREC, BJ)
-            xr = G[:, :, None] * rj[:, None, :] * e3
-            gk_c += _to_cols(tl.sum(tl.where(lower, xr, 0.0), axis=0), cj, cn, PREC, BJ)
-            gk_a += _to_cols(tl.sum(tl.where(upper, xr, 0.0), axis=0), cj, cn, PREC, BJ)
-            A += tl.sum(rj[:, None, :] * kj[None, :, :] * e3, axis=2)
+        B2 = BT
+        while B2 >= 2:
+            eu, el, mc, ma = _split_level(lw, rt, B2)
+            # (causal pairs first, then anticausal: two scaled operands live at a time)
+            Gc = tl.where(mc, G, 0.0)
+            kl = k * el
+            gr_c += eu * tl.dot(Gc, kl, input_precision=PREC)
+            ru = r * eu
+            A += tl.where(mc, tl.dot(ru, tl.trans(kl), input_precision=PREC), 0.0)
+            gk_c += el * tl.dot(tl.trans(Gc), ru, input_precision=PREC)
+            Ga = tl.where(ma, G, 0.0)
+            ku = k * eu
+            gr_a += el * tl.dot(Ga, ku, input_precision=PREC)
+            rl = r * el
+            A += tl.where(ma, tl.dot(rl, tl.trans(ku), input_precision=PREC), 0.0)
+            gk_a += eu * tl.dot(tl.trans(Ga), rl, input_precision=PREC)
+            B2 = B2 // 2
     bonus = tl.sum(r * u[None, :] * k, axis=1)
     A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
     gv += tl.dot(tl.trans(A), gy, input_precision=PREC)
@@ -377,7 +412,7 @@ def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, g
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
 def _bwd_kernel(R, K, V, LD, W0, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, srh, srn, skb, skt, skh, skn,
                 svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, BT: tl.constexpr,
-                BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
+                BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """Gradients for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks."""
     pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
     Rb = _head(R, b, h, srb, srh)
@@ -400,14 +435,14 @@ def _bwd_kernel(R, K, V, LD, W0, U, GY, S, GR, GK, GV, GLP, ZT, GUP, srb, srt, s
     gk_a = ecx * tl.dot(v, tl.trans(GQ), input_precision=PREC)
     gv = tl.dot(k * etl, GP, input_precision=PREC) + tl.dot(k * ecx, GQ, input_precision=PREC)
     coff = (pid * tl.num_programs(1) + c).to(tl.int64) * BN + cn
-    _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, Wh, pos, tv, m2, N, srt,
-              srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, True, BT, BN, BJ, PREC, DECAY)
+    _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, m2, rt, cn, GR, GK, GV, GLP, ZT,
+              GUP, off, coff, True, BT, BN, PREC)
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH", "NSUB"])
 def _bwd_carry_kernel(R, K, V, LD, W0, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z1, Z2, srb, srt, srh, srn, skb, skt,
                       skh, skn, svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, NC, BH, NSUB,
-                      BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr,
+                      BT: tl.constexpr, BN: tl.constexpr, NS: tl.constexpr, PREC: tl.constexpr,
                       DECAY: tl.constexpr):
     """Gradients for state chunk cs (NS sub-chunks of BT tokens) with the states carried from sub-chunk to sub-chunk
     (``bwd_carry=1``), two at a time: a descending pass carries the anticausal states Q of (k, v) and GP of (r, gy)
@@ -452,9 +487,8 @@ def _bwd_carry_kernel(R, K, V, LD, W0, U, GY, S, GR, GK, GV, GLP, ZT, GUP, Z0, Z
         P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * etl), v, input_precision=PREC)
         GQ = tl.exp(ctot)[:, None] * GQ + tl.dot(tl.trans(r * etl), gy, input_precision=PREC)
         coff = (pid * NSUB + c).to(tl.int64) * BN + cn
-        _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, Rb, Kb, Lb, Wh, pos, tv, m2, N,
-                  srt, srn, skt, skn, slt, sln, rt, cn, GR, GK, GV, GLP, ZT, GUP, off, coff, c < NSUB, BT, BN, BJ,
-                  PREC, DECAY)
+        _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, gv, m2, rt, cn, GR, GK, GV, GLP,
+                  ZT, GUP, off, coff, c < NSUB, BT, BN, PREC)
 
 
 @jit(do_not_specialize=["NSUB"])
@@ -542,7 +576,8 @@ def _w0_arg(w0, logd):
 
 
 def chunk_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
-    """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg``. With ``w0``
+    """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg`` (BJ: the
+    walk kernels'). With ``w0``
     (H*N,) ``logd`` holds the decay's pre-activation z: the kernels form the log decay -exp(w0 + z) as they load it.
     ``norm`` = (g, weight, bias, eps, out_dtype, keep_y): (y or None, GroupNorm(y) * silu(g)) instead, formed as y
     is stored (groups = heads; g (B, T, H, N), any strides; the product (B, T, H, N) in out_dtype)."""
@@ -563,7 +598,7 @@ def chunk_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
         ep = (g, weight, bias, gated, *g.stride(), float(eps))
     yarg = v if y is None else y  # (without keep_y not written: its dtype, v's, is what y is rounded to)
     args = (r, k, v, logd, _w0_arg(w0, logd), u)
-    meta = dict(BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, DECAY=w0 is not None, NORM=norm is not None, KEEP_Y=keep_y,
+    meta = dict(BT=BT, BN=BN, NS=NS, PREC=prec, DECAY=w0 is not None, NORM=norm is not None, KEEP_Y=keep_y,
                 **_launch_opts(nw))
     strides = (*r.stride(), *k.stride(), *v.stride(), *logd.stride())
     if CONFIG["fwd_carry"]:  # one program per state chunk, its states carried through its sub-chunks
@@ -595,11 +630,11 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):
     if CONFIG["bwd_carry"]:  # one program per state chunk, the states carried through its sub-chunks, two at a time
         z = new_empty((3, B, T, H, N), torch.float32, dev)
         _bwd_carry_kernel[(B * H, NC)](r, k, v, logd, w0_arg, u, gy, S, gr, gk, gv, glp, zt, gup, z[0], z[1], z[2],
-                                       *strides, T, H, N, NC, B * H, nsub, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec,
+                                       *strides, T, H, N, NC, B * H, nsub, BT=BT, BN=BN, NS=NS, PREC=prec,
                                        **dec, **_launch_opts(nw))
     else:
         _bwd_kernel[(B * H, nsub)](r, k, v, logd, w0_arg, u, gy, S, gr, gk, gv, glp, zt, gup, *strides, T, H, N, NC,
-                                   B * H, BT=BT, BN=BN, BJ=BJ, NS=NS, PREC=prec, **dec, **_launch_opts(nw))
+                                   B * H, BT=BT, BN=BN, NS=NS, PREC=prec, **dec, **_launch_opts(nw))
     # suffix sums of the sub-chunk totals (the sub-chunks after each one: small), added to each sub-chunk's tokens
     after = new_empty(zt.shape, torch.float32, dev)
     _suffix_kernel[(B * H,)](zt, after, nsub, BN=BN, RB=min(64, next_pow2(nsub)), num_warps=4)
