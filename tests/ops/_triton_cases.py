@@ -119,7 +119,6 @@ def v6_inputs(B, T, H, N, dtype, device, seed=0, dscale=1.0, dshift=0.0, logd_co
 
 
 def run_v6(case: dict, device: str) -> dict:
-    from vision_rwkv.ops import bi_wkv6_naive, bi_wkv6_reference
     from vision_rwkv.ops.bi_wkv6 import triton as tri
 
     cfg = dict(tri.CONFIG)
@@ -148,7 +147,7 @@ def run_v6(case: dict, device: str) -> dict:
         grads = torch.autograd.grad(y, leaves, gy)
         # e^-1e4 == e^-inf == 0: the references need finite log decays
         ref_in = [x.detach().double().clamp_min(-1e4).requires_grad_() for x in (r, k, v, logd, u)]
-        ref_fn = bi_wkv6_naive if B * T * T * H * N <= 2e7 else bi_wkv6_reference
+        ref_fn = _v6_ref_fn(B, T, H, N)
         y_ref = ref_fn(*ref_in)
         g_ref = torch.autograd.grad(y_ref, ref_in, gy.double())
         out = {"y": _rel(y, y_ref), "dtype_ok": y.dtype == v.dtype and all(
@@ -168,8 +167,6 @@ def _run_v6_decay(tri, case: dict, r, k, v, u, gy) -> dict:
     """The fused-decay entry points (``_fwd`` / ``_bwd`` with ``w0``: the kernels read the log decay's pre-activation
     z and form -exp(w0 + z)) against the float64 reference through that decay: y and the gradients of r, k, v, z,
     u and w0 (w0's: the tokens' sum of z's, as the time mix forms it)."""
-    from vision_rwkv.ops import bi_wkv6_naive
-
     B, T, H, N = r.shape
     g = torch.Generator().manual_seed(1)
     z = (torch.randn(B, T, H, N, generator=g, dtype=torch.float64) * case.get("dscale", 1.0)).to(r.dtype).to(r.device)
@@ -186,7 +183,7 @@ def _run_v6_decay(tri, case: dict, r, k, v, u, gy) -> dict:
     unfused = {"y_vs_unfused": _rel(y, tri._fwd(r, k, v, logd, u)), "gz_vs_unfused": _rel(gz, gz_unfused)}
     ref_in = [x.detach().double().requires_grad_() for x in (r, k, v, z, u, w0)]
     rr, kr, vr, zr, ur, w0r = ref_in
-    y_ref = bi_wkv6_naive(rr, kr, vr, (-torch.exp(w0r.view(H, N) + zr)).clamp_min(-1e4), ur)
+    y_ref = _v6_ref_fn(B, T, H, N)(rr, kr, vr, (-torch.exp(w0r.view(H, N) + zr)).clamp_min(-1e4), ur)
     g_ref = torch.autograd.grad(y_ref, ref_in, gy.double())
     grads = (gr, gk, gv, gz, gu, gw0)
     out = {"y": _rel(y, y_ref), "dtype_ok": y.dtype == v.dtype and gz.dtype == z.dtype and all(
@@ -228,11 +225,16 @@ def _v6_norm_gate(tri, case: dict, r, k, v, z, u, w0, y) -> dict:
 
 def bi_wkv6_naive_decay(r, k, v, z, u, w0):
     """The float64 reference y through the decay -exp(w0 + z)."""
-    from vision_rwkv.ops import bi_wkv6_naive
-
-    H, N = u.shape
+    B, T, H, N = r.shape
     args = [x.detach().double() for x in (r, k, v, z, u, w0)]
-    return bi_wkv6_naive(*args[:3], (-torch.exp(args[5].view(H, N) + args[3])).clamp_min(-1e4), args[4])
+    return _v6_ref_fn(B, T, H, N)(*args[:3], (-torch.exp(args[5].view(H, N) + args[3])).clamp_min(-1e4), args[4])
+
+
+def _v6_ref_fn(B, T, H, N):
+    """The float64 reference for a shape: the naive O(T^2) form while small, else the chunked reference."""
+    from vision_rwkv.ops import bi_wkv6_naive, bi_wkv6_reference
+
+    return bi_wkv6_naive if B * T * T * H * N <= 2e7 else bi_wkv6_reference
 
 
 RUNNERS = {"bi_wkv": run_v4, "bi_wkv6": run_v6}
