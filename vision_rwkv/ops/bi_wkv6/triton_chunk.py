@@ -105,6 +105,18 @@ def _split_scores(r, k, lw, rt, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.con
 
 
 @jit
+def _split_grads(G, m, r, k, eq, ek, PREC: tl.constexpr):
+    """One kind of split pairs of a level (mask m [t, n]; the query's factor eq, the key's ek; G[t, n] = gy_t . v_n):
+    their parts of d r and d k, and their scores."""
+    Gm = tl.where(m, G, 0.0)
+    ks = k * ek
+    d_r = eq * tl.dot(Gm, ks, input_precision=PREC)
+    rs = r * eq
+    a = tl.where(m, tl.dot(rs, tl.trans(ks), input_precision=PREC), 0.0)
+    return d_r, ek * tl.dot(tl.trans(Gm), rs, input_precision=PREC), a
+
+
+@jit
 def _intra_av(r, k, v, lw, cex, ctot, u, rt, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A v for one sub-chunk: its pairs in both directions (factorized through the sub-chunk's start when every
     channel's total log decay is >= -FAST_DECAY: two tensor-core products, every factor <= e^FAST_DECAY; else the
@@ -376,18 +388,14 @@ def _bwd_tail(r, k, v, gy, lw, cex, ctot, ecx, etl, u, gr_c, gr_a, gk_c, gk_a, g
         while B2 >= 2:
             eu, el, mc, ma = _split_level(lw, rt, B2)
             # (causal pairs first, then anticausal: two scaled operands live at a time)
-            Gc = tl.where(mc, G, 0.0)
-            kl = k * el
-            gr_c += eu * tl.dot(Gc, kl, input_precision=PREC)
-            ru = r * eu
-            A += tl.where(mc, tl.dot(ru, tl.trans(kl), input_precision=PREC), 0.0)
-            gk_c += el * tl.dot(tl.trans(Gc), ru, input_precision=PREC)
-            Ga = tl.where(ma, G, 0.0)
-            ku = k * eu
-            gr_a += el * tl.dot(Ga, ku, input_precision=PREC)
-            rl = r * el
-            A += tl.where(ma, tl.dot(rl, tl.trans(ku), input_precision=PREC), 0.0)
-            gk_a += eu * tl.dot(tl.trans(Ga), rl, input_precision=PREC)
+            d_r, d_k, a = _split_grads(G, mc, r, k, eu, el, PREC)
+            gr_c += d_r
+            gk_c += d_k
+            A += a
+            d_r, d_k, a = _split_grads(G, ma, r, k, el, eu, PREC)
+            gr_a += d_r
+            gk_a += d_k
+            A += a
             B2 = B2 // 2
     bonus = tl.sum(r * u[None, :] * k, axis=1)
     A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
