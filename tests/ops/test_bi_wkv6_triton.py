@@ -29,7 +29,8 @@ CPU_CASES = {
 }
 
 # the chunk-parallel kernels (triton_chunk.py): every CPU case again (states every 32 tokens: the output kernels walk
-# the sub-chunk in between), plus several state chunks and scan blocks in both directions, states at every
+# the sub-chunk in between; scan blocks of 2 chunks / sub-chunks, also in the log decay's suffix sum over
+# sub-chunks), plus several state chunks and scan blocks in both directions, states at every
 # sub-chunk, 32-token sub-chunks, 16-bit states
 CHUNK = {"algo": "chunk", "scan_ncb": 2, "state_t": 32}
 CPU_CASES.update({f"{name}_chunk": dict(case, config=CHUNK) for name, case in list(CPU_CASES.items())})
@@ -64,8 +65,6 @@ CPU_CASES.update({
     # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
     "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),
-    # 65 sub-chunks: the log decay's suffix sum over sub-chunks in two blocks of 64 with a carry between them
-    "chunk_suffix_two_blocks": dict(shape=(1, 1040, 1, 16), dshift=-3.0, config=CHUNK),
     # the fused decay (what the RWKV-6 time mix calls): the kernels read z and w0 and form the log decay -exp(w0 + z)
     # as they load it; the backward returns z's gradient. Chunk kernels (T past the last full sub-chunk, several
     # state chunks), strong decays (pairwise intra path, clamped log decays), 16-bit z with both carries,

@@ -22,7 +22,8 @@ def test_cli_v6_chunk_variant(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     kernels = [(r["tag"], r["kernel"]) for r in rows]
     assert kernels == [("chunk/fwd", "_state_kernel"), ("chunk/fwd", "_scan_kernel"), ("chunk/fwd", "_fwd_kernel"),
-                       ("chunk/bwd", "_state_kernel"), ("chunk/bwd", "_scan_kernel"), ("chunk/bwd", "_bwd_kernel")]
+                       ("chunk/bwd", "_state_kernel"), ("chunk/bwd", "_scan_kernel"), ("chunk/bwd", "_bwd_kernel"),
+                       ("chunk/bwd", "_suffix_kernel"), ("chunk/bwd", "_glogd_kernel")]
     fwd = rows[2]
     assert fwd["grid"] == [1, 3] and fwd["mma"] > 0 and fwd["regs"] > 0  # 3 sub-chunks of 16; tensor-core dots
     assert "| chunk/fwd | _fwd_kernel | 1x3 |" in proc.stdout

@@ -645,7 +645,8 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):
                                    B * H, BT=BT, BN=BN, NS=NS, PREC=prec, **dec, **_launch_opts(nw))
     # suffix sums of the sub-chunk totals (the sub-chunks after each one: small), added to each sub-chunk's tokens
     after = new_empty(zt.shape, torch.float32, dev)
-    _suffix_kernel[(B * H,)](zt, after, nsub, BN=BN, RB=min(64, next_pow2(nsub)), num_warps=4)
+    rb = min(next_pow2(CONFIG["scan_ncb"]), next_pow2(nsub))  # (sub-chunks per block: as the state scan's chunks)
+    _suffix_kernel[(B * H,)](zt, after, nsub, BN=BN, RB=rb, num_warps=4)
     glogd = new_empty((B, T, H, N), logd.dtype, dev)
     _glogd_kernel[(B * H, nsub)](glp, after, logd, w0_arg, glogd, *logd.stride(), T, H, N, nsub, BT=BT, BN=BN,
                                  **dec, num_warps=2)
