@@ -49,7 +49,7 @@ __all__ = ["chunk_fwd", "chunk_bwd"]
 
 # sub-chunks whose total log decay is >= -FAST_DECAY in every channel compute their intra-chunk pairs as two
 # tensor-core products through the sub-chunk's start (factors e^{cex} <= 1 and e^{-cin} <= e^FAST_DECAY, whose fp32
-# cumulative sums carry an absolute exponent error ~1e-7 * FAST_DECAY); stronger decays take the exact pairwise path
+# cumulative sums carry an absolute exponent error ~1e-7 * FAST_DECAY); stronger decays take the exact binary split
 FAST_DECAY = tl.constexpr(20.0)
 
 
@@ -120,7 +120,7 @@ def _split_grads(G, m, r, k, eq, ek, PREC: tl.constexpr):
 def _intra_av(r, k, v, lw, cex, ctot, u, rt, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
     """A v for one sub-chunk: its pairs in both directions (factorized through the sub-chunk's start when every
     channel's total log decay is >= -FAST_DECAY: two tensor-core products, every factor <= e^FAST_DECAY; else the
-    exact pairwise form) and the bonus r.(u k) on the diagonal."""
+    exact binary split of :func:`_split_scores`) and the bonus r.(u k) on the diagonal."""
     if tl.max(-ctot, axis=0) <= FAST_DECAY:
         A = _fast_scores(r, k, tl.exp(cex), tl.exp(-(cex + lw)), rt, PREC)
     else:
