@@ -176,11 +176,12 @@ def _run_v6_decay(tri, case: dict, r, k, v, u, gy) -> dict:
     norm_out = _v6_norm_gate(tri, case, r, k, v, z, u, w0, y) if case.get("norm") else {}
     gr, gk, gv, gz, gu = tri._bwd(r, k, v, z, u, gy, w0=w0)
     gw0 = gz.float().sum((0, 1)).reshape(-1)
-    # the unfused path (the log decay formed by its own kernel, its gradient chained after) computes the same values
-    logd = tri._decay_logd(w0, z)
-    gl = tri._bwd(r, k, v, logd, u, gy)[3]
-    gz_unfused = torch.where(logd >= -60.0, gl * logd, 0.0).to(z.dtype)
-    unfused = {"y_vs_unfused": _rel(y, tri._fwd(r, k, v, logd, u)), "gz_vs_unfused": _rel(gz, gz_unfused)}
+    # the unfused route (fused_decay=0: the log decay formed by its own kernel, its gradient chained after) computes
+    # the same values
+    fused, tri.CONFIG["fused_decay"] = tri.CONFIG["fused_decay"], 0
+    y_unfused, gz_unfused = tri._fwd(r, k, v, z, u, w0=w0), tri._bwd(r, k, v, z, u, gy, w0=w0)[3]
+    tri.CONFIG["fused_decay"] = fused
+    unfused = {"y_vs_unfused": _rel(y, y_unfused), "gz_vs_unfused": _rel(gz, gz_unfused)}
     ref_in = [x.detach().double().requires_grad_() for x in (r, k, v, z, u, w0)]
     rr, kr, vr, zr, ur, w0r = ref_in
     y_ref = _v6_ref_fn(B, T, H, N)(rr, kr, vr, (-torch.exp(w0r.view(H, N) + zr)).clamp_min(-1e4), ur)
