@@ -11,7 +11,8 @@
 # 2. Timing, GPU to itself (<= 230 s): backbones VRWKV/VRWKV6 T and S at 224 and 1024 bf16 + training at 224, DeiT
 #    in the same run, eager and CUDA graph, peak memory above each row's start (bb_old.json: the summary's first
 #    column is the current defaults); then the v6 chunk kernels in bf16 (VRWKV6-T's 1024-px shape first) with
-#    states every 16 / 64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1), the
+#    the states walked at every length (state_walk=64) or scanned at every length (state_walk=0), states every 16 /
+#    64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1), the
 #    state-chunk backward (bwd_carry=1, alone and with fwd_carry), registers capped at 128 / 168 per thread
 #    (maxnreg), and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128 channels per program, forward
 #    registers capped at 96 / 64 (sweep.json; VRWKV-T needs 8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22
@@ -22,8 +23,8 @@
 #    sweep.json, bisect.json, v6_blocks.json, profile_1024.md, profile_train.md, gpu.txt, logs.tar.gz.
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
-CFGS=chunk,chunk_st16,chunk_16bit_states,chunk_carry,chunk_bcarry,chunk_carry_both,chunk_r128,chunk_r168,\
-chunk_carry_r128,seq_t16,seq_t16_bc128,seq_t32,seq_bc32,seq_r96,seq_r64
+CFGS=chunk,chunk_swalk64,chunk_scan,chunk_st16,chunk_16bit_states,chunk_carry,chunk_bcarry,chunk_carry_both,\
+chunk_r128,chunk_r168,chunk_carry_r128,seq_t16,seq_t16_bc128,seq_t32,seq_bc32,seq_r96,seq_r64
 
 # ---- 1. correctness, diagnostics, warm-ups (parallel; nothing here is timed)
 CUDA_TESTS="$CUDA_TESTS tests/tools/test_capture_bisect.py"

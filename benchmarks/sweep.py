@@ -60,6 +60,10 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     "chunk_r128": {"algo": "chunk", "maxnreg": 128},
     "chunk_r168": {"algo": "chunk", "maxnreg": 168},
     "chunk_carry_r128": {"algo": "chunk", "fwd_carry": 1, "maxnreg": 128},
+    # round 21: the states walked over the state chunks by one kernel (the default up to 16 state chunks) at every
+    # length, and the increments + scan at every length
+    "chunk_swalk64": {"algo": "chunk", "state_walk": 64},
+    "chunk_scan": {"algo": "chunk", "state_walk": 0},
 }
 
 

@@ -106,7 +106,7 @@ INDUCTOR_CASES = [
 # (the default WKV kernels: v4 register-sequential, v6 chunk-parallel - whose output kernels are _fwd / _bwd_kernel)
 INDUCTOR_KERNELS = [{"_seq_fwd_kernel", "_seq_bwd_kernel", "_tsm_fwd_kernel", "_tsm_bwd_kernel",
                      "_add_norm_fwd_kernel", "_add_norm_bwd_kernel"},
-                    {"_state_kernel", "_fwd_kernel", "_bwd_kernel", "_tsm_lora_fwd_kernel", "_gn_mul_fwd_kernel",
+                    {"_state_walk_kernel", "_fwd_kernel", "_bwd_kernel", "_tsm_lora_fwd_kernel", "_gn_mul_fwd_kernel",
                      "_gn_mul_bwd_kernel", "_decay_fwd_kernel", "_add_norm_bwd_kernel"}]
 
 # the opt-in WKV kernels (v4 register-sequential, v6 chunk-parallel) inside whole models: small chunks so that the

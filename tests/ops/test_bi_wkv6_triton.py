@@ -29,16 +29,17 @@ CPU_CASES = {
 }
 
 # the chunk-parallel kernels (triton_chunk.py): every CPU case again (states every 32 tokens: the output kernels walk
-# the sub-chunk in between; scan blocks of 2 chunks / sub-chunks, also in the log decay's suffix sum over
-# sub-chunks), plus several state chunks and scan blocks in both directions, states at every
-# sub-chunk, 32-token sub-chunks, 16-bit states
-CHUNK = {"algo": "chunk", "scan_ncb": 2, "state_t": 32}
+# the sub-chunk in between; the states' increments scanned in blocks of 2 chunks - state_walk=0: at these lengths
+# the default walks them, see the "walk" cases below -, also the log decay's suffix sum over sub-chunks), plus
+# several state chunks and scan blocks in both directions, states at every sub-chunk, 32-token sub-chunks, 16-bit
+# states
+CHUNK = {"algo": "chunk", "scan_ncb": 2, "state_t": 32, "state_walk": 0}
 CPU_CASES.update({f"{name}_chunk": dict(case, config=CHUNK) for name, case in list(CPU_CASES.items())})
 CPU_CASES.update({
     "chunk_many_blocks": dict(shape=(2, 83, 1, 16), dscale=2.0, config=CHUNK),
     "chunk_state_every_subchunk": dict(shape=(1, 83, 1, 16), dscale=2.0, config=dict(CHUNK, state_t=16)),
     "chunk_bt32_head24": dict(shape=(1, 70, 2, 24), config=dict(CHUNK, block_t=32, block_j=8, state_t=64)),
-    "chunk_one_block_scan": dict(shape=(1, 150, 1, 16), config={"algo": "chunk"}),
+    "chunk_one_block_scan": dict(shape=(1, 150, 1, 16), config={"algo": "chunk", "state_walk": 0}),
     "chunk_bf16_states": dict(shape=(1, 40, 1, 16), dtype="bf16", config=dict(CHUNK, state_dtype="input")),
     # forward and backward on different kernel families (bwd_algo): each recomputes what it needs
     "chunk_fwd_walk_bwd": dict(shape=(2, 37, 2, 16), dscale=2.0, config=dict(CHUNK, bwd_algo="walk")),
@@ -59,6 +60,30 @@ CPU_CASES.update({
     "chunk_bcarry_T1": dict(shape=(1, 1, 1, 16), config=dict(CHUNK, bwd_carry=1)),
     "chunk_both_carry_bf16_states_head24": dict(shape=(1, 50, 2, 24), dtype="bf16", config=dict(
         CHUNK, fwd_carry=1, bwd_carry=1, state_dtype="input", state_t=16)),
+    # the states walked over the state chunks by one kernel (state_walk: the default up to 16 state chunks), weak
+    # decays (dshift=-3: a state chunk's total log decay ~ -0.1 per token, so the states carried between chunks
+    # weigh in; at the default decays, ~ -1.6 per token, they fade below fp32 resolution within a chunk): several
+    # state chunks (the last partial), T = 1, one state chunk shorter than state_t, state chunks of 48 tokens (not a
+    # power of two) with 16-bit states and 24 channels of 32, two row blocks per head (state_rows=16 of 32
+    # channels), strong decays, -inf decays in every other channel, non-contiguous inputs, an output gradient in
+    # fp32 for bf16 inputs (the backward's two (x, y) pairs then take a launch each), the fused decay + GroupNorm
+    # with both carries
+    "walk_states_many_chunks": dict(shape=(2, 83, 1, 16), dshift=-3.0, config=dict(CHUNK, state_walk=16)),
+    "walk_states_T1": dict(shape=(1, 1, 1, 16), config={"algo": "chunk"}),
+    "walk_states_one_short_chunk": dict(shape=(1, 21, 1, 16), dshift=-3.0, config={"algo": "chunk"}),
+    "walk_states_48_bf16_head24": dict(shape=(1, 50, 2, 24), dtype="bf16", dshift=-3.0,
+                                       config={"algo": "chunk", "state_t": 48, "state_dtype": "input"}),
+    "walk_states_row_blocks": dict(shape=(1, 40, 2, 32), dshift=-3.0,
+                                   config={"algo": "chunk", "state_t": 16, "state_rows": 16}),
+    "walk_states_strong": dict(shape=(1, 40, 1, 16), dscale=2.0, dshift=1.0, config={"algo": "chunk", "state_t": 16}),
+    "walk_states_inf": dict(shape=(1, 37, 1, 16), logd_const=float("-inf"), dshift=-3.0,
+                            config={"algo": "chunk", "state_t": 16}),
+    "walk_states_noncontig": dict(shape=(1, 18, 2, 16), layout="T", dshift=-3.0,
+                                  config={"algo": "chunk", "state_t": 16}),
+    "walk_states_gy_fp32": dict(shape=(2, 37, 2, 16), dtype="bf16", gy_dtype="fp32", dshift=-3.0,
+                                config={"algo": "chunk", "state_t": 16}),
+    "walk_states_decay_norm_carry": dict(shape=(1, 40, 2, 16), decay=True, norm=True, dtype="bf16", dshift=-3.0,
+                                         config={"algo": "chunk", "state_t": 32, "fwd_carry": 1, "bwd_carry": 1}),
     # a register cap on the output / gradient kernels (maxnreg: a launch option; the interpreter ignores it, the
     # sm_90 compile and the CUDA cases check it)
     "chunk_maxnreg_both_carry": dict(shape=(1, 37, 1, 16), config=dict(CHUNK, maxnreg=128, fwd_carry=1, bwd_carry=1)),
@@ -93,7 +118,8 @@ QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf
          "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
          "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24",
          "chunk_maxnreg_both_carry", "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry",
-         "decay_walk", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk"}
+         "decay_walk", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk", "walk_states_many_chunks",
+         "walk_states_48_bf16_head24", "walk_states_row_blocks", "walk_states_decay_norm_carry"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -119,6 +145,11 @@ CUDA_CASES.update({f"{name}_{tag}": dict(case, config=dict(case["config"], **car
                                                         "strong_decays_chunk", "64x196x3x64_chunk")
                    for tag, carry in (("carry", {"fwd_carry": 1}), ("bcarry", {"bwd_carry": 1}),
                                       ("r128", {"maxnreg": 128}))})
+# the carries at weak decays too (at the default decays, ~ -1.6 per token, what a state carries across 16 tokens is
+# below fp32 resolution: only weak decays test the states between chunks)
+CUDA_CASES.update({f"4x1024x6x64_chunk_{tag}_weak_decays": dict(shape=(4, 1024, 6, 64), dshift=-3.0, config=dict(
+    algo="chunk", **carry)) for tag, carry in (("carry", {"fwd_carry": 1}), ("bcarry", {"bwd_carry": 1}),
+                                               ("scan", {"state_walk": 0}))})
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})
@@ -136,6 +167,17 @@ CUDA_CASES.update({
                                           config={"algo": "chunk"}),
     "head80_decay": dict(shape=(4, 197, 4, 80), decay=True, norm=True),
 })
+# the states walked (state_walk; the default up to 16 state chunks: here T <= 1024) at 4096 tokens / 64 state chunks
+# (four row blocks per head), and the scan at 196 tokens
+# (weak decays: the states carried between chunks weigh in)
+CUDA_CASES["2x4096x6x64_chunk_walk_states"] = dict(shape=(2, 4096, 6, 64), dshift=-3.0,
+                                                   config={"algo": "chunk", "state_walk": 64})
+CUDA_CASES["16x4096x3x64_bf16_chunk_walk_states_decay"] = dict(
+    shape=(16, 4096, 3, 64), dtype="bf16", decay=True, norm=True, dshift=-3.0,
+    config={"algo": "chunk", "state_walk": 64})
+CUDA_CASES["64x196x3x64_chunk_walk_states"] = dict(shape=(64, 196, 3, 64), dshift=-3.0, config={"algo": "chunk"})
+CUDA_CASES["64x196x3x64_chunk_scan_states"] = dict(shape=(64, 196, 3, 64), dshift=-3.0,
+                                                   config={"algo": "chunk", "state_walk": 0})
 CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0, config={"algo": "chunk",
                                                                                         "state_t": 16})
 

@@ -49,9 +49,16 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # form -exp(w0 + z) as they load z (no log-decay tensor: its kernel and ~6 of its bytes per element gone, the same
 # values); 0 forms it first, as the walk kernels always do. fused_norm: where a caller asks for the GroupNorm * silu
 # gate of y too (the time mix), the chunk forward forms it as it stores y (y not written in inference); 0: after.
+# state_walk: sequences of at most this many state chunks get their states from one kernel that walks the state
+# chunks in order (per (batch*head, block of state rows, stream); both (x, y) pairs of the backward in one launch)
+# instead of per-chunk increments and their scan: one launch and the increments' write + read less, at the cost of
+# a serial loop over the chunks (16: up to 1024 tokens with state_t=64, e.g. 224 and 512 px; 0 never). state_rows:
+# state rows (x channels, each with its own decay) per walk program (0: all of a head's unless that leaves fewer
+# than 512 programs; >= 16).
 CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
-                              fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1),
+                              fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
+                              state_rows=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64

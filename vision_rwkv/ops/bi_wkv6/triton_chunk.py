@@ -18,7 +18,9 @@ in halves again, ... (log2 BT levels): each pair is separated at exactly one lev
 through the start of the later half into two factors <= 1 (sums within one half), so every level is two tensor-core
 products (three per direction for the gradients), exact for any decay.
 Kernels: ``_state_kernel`` (per chunk: both state increments and ctot), ``_scan_kernel`` (per (batch, head, row
-block, stream): associative scan over blocks of chunks, in place, leaving the state INCLUDING each chunk), and the
+block, stream): associative scan over blocks of chunks, in place, leaving the state INCLUDING each chunk) - or, for
+sequences of few state chunks (``state_walk``), ``_state_walk_kernel`` instead of both (per (batch, head, block of
+state rows, stream): the same states by walking the state chunks in order) -, and the
 per-chunk output kernels (``fwd_carry=1``: the forward's output kernel runs one program per state chunk that carries
 P and Q through its sub-chunks - half the state updates and a quarter of the state loads of one program per
 sub-chunk walking from the state chunk's edges, at a quarter of the programs). The states are (B*H, NC, BN, BN),
@@ -285,6 +287,59 @@ def _scan_kernel(S, GT, NC, BH, BN: tl.constexpr, RJ: tl.constexpr, NCB: tl.cons
         s = s + gp * carry[None, :]
         tl.store(Sb + off, s.to(Sb.dtype.element_ty), mask=cv)
         carry = tl.sum(tl.where((rows == NCB - 1)[:, None], s, 0.0), axis=0)
+
+
+@jit(do_not_specialize=["T", "H", "N", "NC", "BH", "L", "NJ"])
+def _state_walk_kernel(X, Y, X2, Y2, LD, W0, S, sxb, sxt, sxh, sxn, syb, syt, syh, syn, s2xb, s2xt, s2xh, s2xn, s2yb,
+                       s2yt, s2yh, s2yn, slb, slt, slh, sln, T, H, N, NC, BH, L, NJ, BL: tl.constexpr,
+                       BN: tl.constexpr, BR: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
+    """The scanned states of :func:`_scan_kernel` without the increments: one program per (batch*head, block of BR
+    state rows = x channels, stream) walks the state chunks (L tokens each, BL a power of two >= L) in its stream's
+    order, S <- e^{ctot} S + (x e^{ctail})^T y ascending (stream 0) or (x e^{cex})^T y descending (stream 1), the
+    cumulative log decays from the state chunk's ends (every factor <= 1; a row needs only its own channel's), and
+    stores S after each chunk. Program axis 0: batch*head * NJ + row block, axis 1: pair * 2 + stream (pair 1: X2,
+    Y2, of X's and Y's dtypes)."""
+    pid = tl.program_id(0) // NJ  # (the row blocks of one head next to each other: they read the same y)
+    jb = tl.program_id(0) - pid * NJ
+    rev = tl.program_id(1) % 2
+    second = tl.program_id(1) >= 2
+    b = pid // H
+    h = pid - b * H
+    Xb = tl.where(second, _head(X2, b, h, s2xb, s2xh), _head(X, b, h, sxb, sxh))
+    Yb = tl.where(second, _head(Y2, b, h, s2yb, s2yh), _head(Y, b, h, syb, syh))
+    sxt, sxn = tl.where(second, s2xt, sxt), tl.where(second, s2xn, sxn)
+    syt, syn = tl.where(second, s2yt, syt), tl.where(second, s2yn, syn)
+    Lb = _head(LD, b, h, slb, slh)
+    Wh = W0 + h * N
+    rt = tl.arange(0, BL)
+    cn = tl.arange(0, BN)
+    cr = jb * BR + tl.arange(0, BR)
+    Sb = S + (tl.program_id(1).to(tl.int64) * BH + pid) * NC * BN * BN
+    acc = tl.zeros([BR, BN], tl.float32)
+    # row i holds token ti of its chunk: ti = i descending (cex_ti = sum of the log decays of tokens i' < ti), else
+    # ti = L - 1 - i (ctail_ti = sum over tokens after ti): either way an inclusive prefix sum over the rows of the
+    # log decays of the tokens si one step back (descending) / on (ascending), a sum of terms of one sign (fp32, no
+    # difference of larger sums); the edge token e (last descending, first ascending) completes the chunk's total
+    ti = tl.where(rev == 1, rt, L - 1 - rt)
+    si = tl.where(rev == 1, rt - 1, L - rt)
+    e = tl.where(rev == 1, L - 1, 0) + tl.zeros([1], tl.int32)
+    rm = (cr < N)[None, :]
+    for i in range(0, NC):
+        c = tl.where(rev == 1, NC - 1 - i, i)
+        pos = c * L + ti
+        tv = (rt < L) & (pos < T)
+        mr = tv[:, None] & rm
+        x = _ld(Xb, pos, cr, sxt, sxn, mr)
+        y = _ld(Yb, pos, cn, syt, syn, tv[:, None] & (cn < N)[None, :])
+        ps = c * L + si
+        ls = tl.maximum(_logd(Lb, Wh, ps, cr, slt, sln, ((si >= 0) & (si < L) & (ps < T))[:, None] & rm, N, DECAY),
+                        LOGD_MIN)
+        le = tl.maximum(_logd(Lb, Wh, c * L + e, cr, slt, sln, (c * L + e < T)[:, None] & rm, N, DECAY), LOGD_MIN)
+        tot = tl.sum(ls, axis=0) + tl.sum(le, axis=0)
+        acc = tl.exp(tot)[:, None] * acc + tl.dot(tl.trans(x * tl.exp(tl.cumsum(ls, axis=0))), y,
+                                                  input_precision=PREC)
+        off = c.to(tl.int64) * BN * BN + cr[:, None] * BN + cn[None, :]
+        tl.store(Sb + off, acc.to(S.dtype.element_ty), mask=(cr < BN)[:, None])
 
 
 @jit(do_not_specialize=["T", "H", "N", "NC", "BH"])
@@ -560,6 +615,16 @@ def _states(pairs, logd, w0, cfg, T, H, N, NS, NC, BN):
         raise ValueError(f"VRWKV_TRITON_V6 state_dtype must be 'fp32' or 'input', got {CONFIG['state_dtype']!r}")
     sdt = pairs[0][1].dtype if CONFIG["state_dtype"] == "input" else torch.float32
     S = new_empty((len(pairs), 2, BH, NC, BN, BN), sdt, logd.device)
+    if NC <= CONFIG["state_walk"]:  # few state chunks: walked by one kernel per pair (no increments, no scan)
+        br = _walk_rows(BH, BN, CONFIG["state_rows"])
+        meta = dict(BL=next_pow2(NS * BT), BN=BN, BR=br, PREC=prec, DECAY=w0 is not None, num_warps=nw)
+        one = len(pairs) == 1 or [t.dtype for t in pairs[0]] != [t.dtype for t in pairs[1]]
+        for i in range(len(pairs)) if one else (0,):  # (both pairs in one launch where their dtypes match)
+            sel = [pairs[i], pairs[i]] if one else pairs
+            _state_walk_kernel[(BH * (BN // br), 2 if one else 4)](
+                *sel[0], *sel[1], logd, _w0_arg(w0, logd), S[i], *(st for p in sel for t in p for st in t.stride()),
+                *logd.stride(), T, H, N, NC, BH, NS * BT, BN // br, **meta)
+        return S
     GT = new_empty((BH, NC, BN), torch.float32, logd.device)
     for i, (x, y) in enumerate(pairs):
         _state_kernel[(BH, NC)](x, y, logd, _w0_arg(w0, logd), S[i], GT, *x.stride(), *y.stride(), *logd.stride(), T,
@@ -568,6 +633,20 @@ def _states(pairs, logd, w0, cfg, T, H, N, NS, NC, BN):
     rj = min(BN, max(1, next_pow2(CONFIG["scan_elems"] // (ncb * BN) + 1) // 2))  # a power of two
     _scan_kernel[(BH, cdiv(BN, rj), 2 * len(pairs))](S, GT, NC, BH, BN=BN, RJ=rj, NCB=ncb, num_warps=nw)
     return S
+
+
+WALK_PROGRAMS = 512  # state-walk programs wanted (a few per SM): fewer heads split their state rows
+
+
+def _walk_rows(BH: int, BN: int, br: int) -> int:
+    """State rows (x channels) per state-walk program: ``br`` (``state_rows``, rounded to a power of two in
+    [16, BN]), or with 0 the most that still give :data:`WALK_PROGRAMS` programs (each row block loads all of y)."""
+    if br:
+        return min(BN, next_pow2(max(16, br)))
+    br = BN
+    while br > 16 and 2 * BH * (BN // br) < WALK_PROGRAMS:
+        br //= 2
+    return br
 
 
 def _launch_opts(nw: int) -> dict:
