@@ -60,6 +60,17 @@ CPU_CASES.update({
     "chunk_bcarry_T1": dict(shape=(1, 1, 1, 16), config=dict(CHUNK, bwd_carry=1)),
     "chunk_both_carry_bf16_states_head24": dict(shape=(1, 50, 2, 24), dtype="bf16", config=dict(
         CHUNK, fwd_carry=1, bwd_carry=1, state_dtype="input", state_t=16)),
+    # weak decays (dshift=-3, ~ -0.1 per token) for the state machinery: at the default decays (~ -1.6 per token)
+    # what a state carries across a 16-token chunk is below fp32 resolution, so only these cases test the states
+    # between chunks - the scan's blocks and its carry between blocks, states at every sub-chunk, 16-bit states,
+    # the output kernels' walks from the state chunks' edges, both carries, the fused decay
+    "chunk_many_blocks_weak": dict(shape=(2, 83, 1, 16), dshift=-3.0, config=CHUNK),
+    "chunk_state_every_subchunk_weak": dict(shape=(1, 83, 1, 16), dshift=-3.0, config=dict(CHUNK, state_t=16)),
+    "chunk_bf16_states_weak": dict(shape=(1, 40, 1, 16), dtype="bf16", dshift=-3.0,
+                                   config=dict(CHUNK, state_dtype="input")),
+    "chunk_both_carry_bf16_states_head24_weak": dict(shape=(1, 50, 2, 24), dtype="bf16", dshift=-3.0, config=dict(
+        CHUNK, fwd_carry=1, bwd_carry=1, state_dtype="input", state_t=16)),
+    "decay_chunk_weak": dict(shape=(2, 37, 2, 16), decay=True, dshift=-3.0, config=CHUNK),
     # the states walked over the state chunks by one kernel (state_walk: the default up to 16 state chunks), weak
     # decays (dshift=-3: a state chunk's total log decay ~ -0.1 per token, so the states carried between chunks
     # weigh in; at the default decays, ~ -1.6 per token, they fade below fp32 resolution within a chunk): several
@@ -119,7 +130,8 @@ QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf
          "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24",
          "chunk_maxnreg_both_carry", "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry",
          "decay_walk", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk", "walk_states_many_chunks",
-         "walk_states_48_bf16_head24", "walk_states_row_blocks", "walk_states_decay_norm_carry"}
+         "walk_states_48_bf16_head24", "walk_states_row_blocks", "walk_states_decay_norm_carry",
+         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
