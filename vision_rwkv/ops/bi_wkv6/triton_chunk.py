@@ -615,7 +615,7 @@ def _states(pairs, logd, w0, cfg, T, H, N, NS, NC, BN):
         raise ValueError(f"VRWKV_TRITON_V6 state_dtype must be 'fp32' or 'input', got {CONFIG['state_dtype']!r}")
     sdt = pairs[0][1].dtype if CONFIG["state_dtype"] == "input" else torch.float32
     S = new_empty((len(pairs), 2, BH, NC, BN, BN), sdt, logd.device)
-    if NC <= CONFIG["state_walk"]:  # few state chunks: walked by one kernel per pair (no increments, no scan)
+    if NC <= CONFIG["state_walk"]:  # few state chunks: walked in order by one kernel (no increments, no scan)
         br = _walk_rows(BH, BN, CONFIG["state_rows"])
         meta = dict(BL=next_pow2(NS * BT), BN=BN, BR=br, PREC=prec, DECAY=w0 is not None, num_warps=nw)
         one = len(pairs) == 1 or [t.dtype for t in pairs[0]] != [t.dtype for t in pairs[1]]
