@@ -261,3 +261,54 @@ def test_bwd_algo_picks_the_backward_kernels(monkeypatch):
     monkeypatch.setitem(v6.CONFIG, "bwd_algo", "scan")
     with pytest.raises(ValueError, match="bwd_algo must be"):
         v6._chunk_algo(64, 1024, 16, backward=True)
+
+
+class _Recorder:
+    """Stands in for a Triton kernel: ``kernel[grid](*args, **meta)`` records (name, grid, meta) and runs nothing."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.calls.append((self.name, tuple(grid), meta))
+
+
+@pytest.mark.parametrize("T, walked", [(64 * 16, True), (64 * 16 + 1, False), (1, True)])
+def test_states_walked_up_to_state_walk_chunks(monkeypatch, T, walked):
+    """``_states`` walks the states when the sequence has at most ``state_walk`` state chunks (16 x 64 tokens by
+    default), else fills increments and scans them; the backward's two (x, y) pairs share one walk launch (four
+    streams) when their dtypes match, and take one each when they do not."""
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+    from vision_rwkv.ops.bi_wkv6 import triton_chunk as tc
+
+    calls = []
+    for name in ("_state_walk_kernel", "_state_kernel", "_scan_kernel"):
+        monkeypatch.setattr(tc, name, _Recorder(name, calls))
+    monkeypatch.setitem(v6.CONFIG, "state_walk", 16)
+    B, H, N = 2, 3, 64
+    x = torch.empty(B, T, H, N)
+    cfg = v6._cfg(N, x.dtype, x.device)
+    nsub, NS, NC = tc._geometry(T, cfg[0])
+    tc._states([(x, x), (x, x)], x, None, cfg, T, H, N, NS, NC, cfg[1])
+    names = [c[0] for c in calls]
+    if walked:
+        assert names == ["_state_walk_kernel"], names
+        assert calls[0][1] == (B * H * 4, 4) and calls[0][2]["BR"] == 16  # 6 heads: rows split to 16 (4 blocks)
+    else:
+        assert names == ["_state_kernel", "_state_kernel", "_scan_kernel"], names
+    calls.clear()
+    if walked:  # an output gradient in another dtype than v's: a launch per pair
+        tc._states([(x, x), (x, x.bfloat16())], x, None, cfg, T, H, N, NS, NC, cfg[1])
+        assert [(c[0], c[1][1]) for c in calls] == [("_state_walk_kernel", 2)] * 2
+
+
+def test_walk_rows():
+    """State rows per walk program: all of a head's while that leaves >= 512 programs, else halved down to 16;
+    ``state_rows`` set: rounded up to a power of two in [16, BN]."""
+    from vision_rwkv.ops.bi_wkv6.triton_chunk import _walk_rows
+
+    assert _walk_rows(384, 64, 0) == 64  # 224 px, batch 128, VRWKV6-T: 768 programs
+    assert _walk_rows(128, 64, 0) == 32  # 256 programs with all rows: 512 with half
+    assert _walk_rows(48, 64, 0) == 16  # 1024 px, batch 16: 384 programs at the 16-row floor
+    assert _walk_rows(48, 16, 0) == 16
+    assert _walk_rows(1, 64, 24) == 32 and _walk_rows(1, 64, 8) == 16 and _walk_rows(1, 64, 500) == 64
