@@ -358,7 +358,11 @@ def _run_infer(case: dict, fn, rf, odt, leaves: dict, args: dict) -> dict:
 
 
 def run_case(case: dict, device: str) -> dict:
+    from vision_rwkv.ops.fused import triton as fused_triton
+
     old_gemm = _gemm_config(case)
+    old_fused = dict(fused_triton.CONFIG)
+    fused_triton.CONFIG.update(case.get("fused", {}))  # (e.g. bwd_programs: several row blocks per program)
     try:
         leaves, fn, rf, odt = _inputs(case, device)
         leaves = {k: v.clone().requires_grad_() for k, v in leaves.items()}
@@ -397,6 +401,8 @@ def run_case(case: dict, device: str) -> dict:
     finally:
         if old_gemm:
             _gemm_module(case).CONFIG.update(old_gemm)
+        fused_triton.CONFIG.clear()
+        fused_triton.CONFIG.update(old_fused)
 
 
 def tolerances(dtype: str) -> tuple[float, float]:

@@ -66,6 +66,9 @@ CPU_CASES = {
     "gn_mul_plain_odd_groupsize": dict(op="group_norm_mul", shape=(7, 15), groups=5),
     "gn_mul_bf16_out": dict(op="group_norm_mul", shape=(1, 6, 8), groups=2, gate_act="silu", dtype="bf16"),
     "gn_mul_one_group": dict(op="group_norm_mul", shape=(3, 10), groups=1, gate_act="silu", compile=True),
+    # the row-reducing backward kernels with fewer programs than row blocks: each walks several (as at 1024 px)
+    "gn_mul_rows_several_passes": dict(op="group_norm_mul", shape=(3, 37, 12), groups=3, gate_act="silu",
+                                       fused=dict(bwd_programs=3, gn_elems=64)),
     "decay_logd": dict(op="decay_logd", shape=(2, 5, 6)),
     "decay_logd_bf16_z": dict(op="decay_logd", shape=(1, 7, 5), dtype="bf16"),
     "add_norm_post": dict(op="add_norm", shape=(2, 5, 12), post=True),
@@ -80,6 +83,10 @@ CPU_CASES = {
     # several programs (C=100: 32-row blocks over 3 x 37 rows)
     "add_norm_post_sample_scale": dict(op="add_norm", shape=(3, 5, 12), post=True, sample_scale=True),
     "add_norm_post_sample_scale_blocks": dict(op="add_norm", shape=(3, 37, 100), post=True, sample_scale=True),
+    "add_norm_post_rows_several_passes": dict(op="add_norm", shape=(3, 37, 100), post=True, sample_scale=True,
+                                              fused=dict(bwd_programs=2)),
+    "add_norm_pre_rows_several_passes_bf16": dict(op="add_norm", shape=(2, 41, 24), dtype="bf16",
+                                                  sample_scale=True, fused=dict(bwd_programs=3, gn_elems=256)),
     "add_norm_pre_sample_scale_bf16_odd_C": dict(op="add_norm", shape=(4, 3, 7), dtype="bf16", out_dtype="bf16",
                                                  sample_scale=True),
     "add_norm_pre_sample_scale_no_gamma_compile": dict(op="add_norm", shape=(2, 3, 4), gamma=False, compile=True,

@@ -37,7 +37,15 @@ __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton",
            "decay_logd_triton", "add_norm_triton", "token_shift_mix_lora_triton", "relu_square_inplace_triton",
            "CONFIG"]
 
-CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096)
+# bwd_programs: the most programs of the row-reducing backward kernels (GroupNorm * gate, residual add + LayerNorm);
+# each walks its share of row blocks and writes one partial sum of the parameter gradients
+CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096, bwd_programs=1024)
+
+
+def _row_programs(nblocks: int) -> tuple[int, int]:
+    """(programs, row blocks per program) of a row-reducing backward kernel over ``nblocks`` row blocks."""
+    nprog = max(1, min(nblocks, int(CONFIG["bwd_programs"])))
+    return nprog, cdiv(nblocks, nprog)
 
 
 # ---------------------------------------------------------------------------------------------- token shift + mix
@@ -637,8 +645,7 @@ def _gn_mul_bwd(y, g, groups, weight, bias, eps, silu, gout, gg_out=None):
     nrows = y.numel() // c
     gs, meta = _gn_meta(nrows, c, groups)
     nblocks = cdiv(nrows, meta["BR"])
-    nprog = min(nblocks, 1024)
-    iters = cdiv(nblocks, nprog)
+    nprog, iters = _row_programs(nblocks)
     gy = new_empty(y.shape, y.dtype, y.device)
     gg = new_empty(g.shape, g.dtype, g.device) if gg_out is None else gg_out
     parts = new_empty((2, nprog, c), torch.float32, y.device)  # per-program partial sums of d weight, d bias
@@ -939,8 +946,7 @@ def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_
     rows = ref.numel() // c
     meta = _an_meta(rows, c)
     nblocks = cdiv(rows, meta["BR"])
-    nprog = min(nblocks, 1024)
-    iters = cdiv(nblocks, nprog)
+    nprog, iters = _row_programs(nblocks)
     gs = gs.contiguous() if gs is not None else None
     gn = gn.contiguous() if gn is not None else None
     gx = new_empty(ref.shape, x_dtype, ref.device)

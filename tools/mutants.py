@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Mutation check of the Triton kernels' tests: does the test suite notice a small, plausible bug in a kernel?
+
+Each mutant is one textual change to one source file (a decay factor dropped, a mask loosened, an exponent taken
+from the wrong side of a chunk, a loop cut to one pass, ...): the kind of bug that passes a test whose inputs
+cannot see it (e.g. decays so strong that states between chunks fade below fp32 resolution). For every mutant the
+working tree is copied to a temporary folder, the change applied there (its text must occur exactly once), and the
+set's tests run with ``--run-slow`` (what CI runs) against the copy; a mutant is "caught" when some test fails. One
+mutant at a time (the copy is restored after each); each takes as long as its test files (~1-3 min on 2 cores).
+
+    python tools/mutants.py --list                          # the sets and their mutants
+    python tools/mutants.py v6_chunk                        # every mutant of a set
+    python tools/mutants.py v4_seq fused mixer_steps --out mutants.json
+    python tools/mutants.py v6_chunk --only scan_carry_nodecay
+
+Prints a table (mutant, caught, failed tests, seconds) and writes JSON with ``--out``; the exit status is 1 when a
+mutant survived (or could not be applied), so the check can gate a kernel change. Survivors name a blind spot of
+the tests - or an equivalent mutant (a change that does not alter the results), which the table cannot tell apart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Mutant(NamedTuple):
+    name: str
+    old: str  # text that occurs exactly once in the set's file
+    new: str
+
+
+class MutantSet(NamedTuple):
+    file: str  # relative to the repository root
+    tests: tuple[str, ...]  # the test files run against each mutant
+    mutants: tuple[Mutant, ...]
+
+
+def _m(name: str, old: str, new: str) -> Mutant:
+    return Mutant(name, old, new)
+
+
+V6 = "vision_rwkv/ops/bi_wkv6/triton_chunk.py"
+V4 = "vision_rwkv/ops/bi_wkv/triton_seq.py"
+FUSED = "vision_rwkv/ops/fused/triton.py"
+STEPS = "vision_rwkv/ops/fused/mixer_steps_triton.py"
+
+SETS: dict[str, MutantSet] = {
+    # the RWKV-6 chunk kernels (the default GPU path): intra-chunk split, states, carries, the log-decay gradient
+    "v6_chunk": MutantSet(V6, ("tests/ops/test_bi_wkv6_triton.py",), (
+        _m("split_before_le", "upper[None, :] & (rt[None, :] < rt[:, None])",
+           "upper[None, :] & (rt[None, :] <= rt[:, None])"),
+        _m("split_after_ge", "lower[None, :] & (rt[None, :] > rt[:, None])",
+           "lower[None, :] & (rt[None, :] >= rt[:, None])"),
+        _m("fast_scores_always", "if tl.max(-ctot, axis=0) <= FAST_DECAY:\n        A = _fast_scores",
+           "if True:\n        A = _fast_scores"),
+        _m("walk_anti_swap", "xs = x * tl.exp(cex)\n        else:\n            xs = x * tl.exp(ctail)",
+           "xs = x * tl.exp(ctail)\n        else:\n            xs = x * tl.exp(cex)"),
+        _m("state_increment_half_total", "        before += ctot\n    off = (pid * NC + c)",
+           "        before += 0.5 * ctot\n    off = (pid * NC + c)"),
+        _m("scan_carry_nodecay", "s = s + gp * carry[None, :]", "s = s + carry[None, :]"),
+        _m("fwd_carry_P_nodecay",
+           "        P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)",
+           "        P = P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)"),
+        _m("fwd_carry_Q_nodecay",
+           "        Q = tl.exp(ctot)[:, None] * Q + tl.dot(tl.trans(k * tl.exp(cex)), v, input_precision=PREC)",
+           "        Q = Q + tl.dot(tl.trans(k * tl.exp(cex)), v, input_precision=PREC)"),
+        _m("suffix_inclusive", "tl.cumsum(x, axis=0, reverse=True) - x + carry[None, :]",
+           "tl.cumsum(x, axis=0, reverse=True) + carry[None, :]"),
+        _m("suffix_carry_half", "carry += tl.sum(x, axis=0)", "carry += 0.5 * tl.sum(x, axis=0)"),
+        _m("glogd_no_clamp", "g = tl.where(lw >= LOGD_MIN, g, 0.0)", "g = g"),
+        _m("groupnorm_pad_lanes", "d = tl.where(m2, yr - mean[:, None], 0.0)", "d = yr - mean[:, None]"),
+        _m("bwd_carry_gv_ecx", "tl.store(Z2 + off, tl.dot(k * etl, GP, input_precision=PREC), mask=m2)",
+           "tl.store(Z2 + off, tl.dot(k * ecx, GP, input_precision=PREC), mask=m2)"),
+        _m("bwd_carry_GP_etl",
+           "GP = tl.exp(ctot)[:, None] * GP + tl.dot(tl.trans(r * ecx), gy, input_precision=PREC)",
+           "GP = tl.exp(ctot)[:, None] * GP + tl.dot(tl.trans(r * etl), gy, input_precision=PREC)"),
+        _m("bwd_carry_GQ_nodecay",
+           "GQ = tl.exp(ctot)[:, None] * GQ + tl.dot(tl.trans(r * etl), gy, input_precision=PREC)",
+           "GQ = GQ + tl.dot(tl.trans(r * etl), gy, input_precision=PREC)"),
+        _m("edge_Q_short", "c + 1, cs * NS + NS, Q", "c + 1, cs * NS + NS - 1, Q"),
+        _m("edge_P_short", "cs * NS, c, P, BT", "cs * NS + 1, c, P, BT"),
+        _m("state_walk_own_decay", "si = tl.where(rev == 1, rt - 1, L - rt)",
+           "si = tl.where(rev == 1, rt - 1, L - 1 - rt)"),
+        _m("state_walk_edge_token", "e = tl.where(rev == 1, L - 1, 0)", "e = tl.where(rev == 1, L - 1, L - 1)"),
+        _m("state_walk_rows_past_chunk", "tv = (rt < L) & (pos < T)", "tv = pos < T"),
+        _m("state_walk_decays_past_chunk", "((si >= 0) & (si < L) & (ps < T))", "((si >= 0) & (ps < T))"),
+        _m("bwd_gk_causal_ecx", "gk_c = etl * tl.dot(v, tl.trans(GP), input_precision=PREC)",
+           "gk_c = ecx * tl.dot(v, tl.trans(GP), input_precision=PREC)"),
+        _m("bwd_split_factors_swapped", "d_r, d_k, a = _split_grads(G, ma, r, k, el, eu, PREC)",
+           "d_r, d_k, a = _split_grads(G, ma, r, k, eu, el, PREC)"),
+    )),
+    # the v4 register-sequential kernels (the default GPU path), both modes (not listed: a mutant of the padded
+    # tokens' factor in the forward summary's growth sums - only an original chunk's last sub-chunk has padded
+    # tokens, and its growth sums are never read: an equivalent mutant, which survives)
+    "v4_seq": MutantSet(V4, ("tests/ops/test_bi_wkv_triton.py",), (
+        _m("summary_pad_decay", "        g = tl.where(r < n, lam, 1.0)\n        e_n = e_n * g + x * vs[r]",
+           "        g = lam\n        e_n = e_n * g + x * vs[r]"),
+        _m("orig_keep_shifted", "            keep = (s + r) % S != 0\n            j_n = j_n / lam + tl.where(keep, xv",
+           "            keep = (s + r) % S != 1\n            j_n = j_n / lam + tl.where(keep, xv"),
+        _m("orig_diag", "uu + tl.where((s + r) % S != 0, 1.0 - 1.0 / lam, 0.0)",
+           "uu + tl.where((s + r) % S != 0, 1.0 - lam, 0.0)"),
+        _m("bwd_gw_pad_tokens", "gw_b += tl.where(ok, bns[r] * bt_p + bds[r] * bt_q, 0.0)",
+           "gw_b += bns[r] * bt_p + bds[r] * bt_q"),
+        _m("orig_dkap", "dkap = gam - 2.0 * gam * gam", "dkap = gam - gam * gam"),
+        _m("bwd_adjoint_pad_decay", "        g = tl.where(r < n, lam, 1.0)\n        at_p = at_p * g + ps[r]",
+           "        g = lam\n        at_p = at_p * g + ps[r]"),
+        _m("orig_jt_decay", "jt_p = jt_p * gg + ps[r]", "jt_p = jt_p * g + ps[r]"),
+        _m("orig_anticausal_coef", "    bc = lam if ORIG else 1.0  # coefficient of the anticausal state",
+           "    bc = 1.0  # coefficient of the anticausal state"),
+        _m("orig_bwd_growth", "pg_ = pg_ / lam", "pg_ = pg_ * lam"),
+        _m("walk_back_pad_decay", "        g = tl.where(r < n, lam, 1.0)\n        b_n = b_n * g + x * v",
+           "        g = lam\n        b_n = b_n * g + x * v"),
+        _m("gu_unscaled", "tl.store(GUP + poff, uu * gu * SCALE, mask=cmask)",
+           "tl.store(GUP + poff, uu * gu, mask=cmask)"),
+        _m("bwd_causal_adjoint_half", "bt_p = bt_p * lam + p\n", "bt_p = bt_p * lam + 0.5 * p\n"),
+    )),
+    # the fused elementwise kernels: token shift + interpolation, GroupNorm * gate, residual add + LayerNorm
+    "fused": MutantSet(FUSED, ("tests/ops/test_fused_triton.py", "tests/ops/test_mixer_steps.py"), (
+        _m("shift_right_wraps", "col < W - 1", "col < W"),
+        _m("shift_down_next_image", "row < H - 1", "row < H"),
+        _m("shift_quarter_edge", "(cc >= Q3).to(tl.int32))[None, :]", "(cc > Q3).to(tl.int32))[None, :]"),
+        _m("shift_bwd_own_mix", "coefi = a + tl.load(pm + isrc, mask=ivalid, other=0.0)",
+           "coefi = a + tl.load(pm + offs, mask=ivalid, other=0.0)"),
+        _m("groupnorm_bwd_one_pass",
+           "    for it in range(iters):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask",
+           "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask"),
+        _m("add_norm_bwd_one_pass",
+           "    for it in range(iters):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        mask =",
+           "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        mask ="),
+        _m("groupnorm_pad_lanes", "d = tl.where(mask, y - mean[:, :, None], 0.0)", "d = y - mean[:, :, None]"),
+        _m("post_norm_gamma_grad_no_drop_path", "acc_g += tl.sum(gs * kk * (yhat * w + b), axis=0)",
+           "acc_g += tl.sum(gs * (yhat * w + b), axis=0)"),
+        _m("pre_norm_gamma_grad_no_drop_path", "acc_g += tl.sum(gtot * kk * y, axis=0)",
+           "acc_g += tl.sum(gtot * y, axis=0)"),
+        _m("groupnorm_weight_grad_last_pass", "gw += tl.sum(gog * yhat, axis=0)", "gw = tl.sum(gog * yhat, axis=0)"),
+        _m("post_norm_weight_grad_last_pass", "acc_w += tl.sum(gln * yhat, axis=0)",
+           "acc_w = tl.sum(gln * yhat, axis=0)"),
+    )),
+    # the one-node mixers' backward assembly (the gradients chained between the fused kernels)
+    "mixer_steps": MutantSet(STEPS, ("tests/ops/test_mixer_steps.py",), (
+        _m("v6_decay_lora_tanh_grad", "g_hd = _tanh_bwd(g_hd, hd)", "g_hd = g_hd"),
+        _m("v6_shift_grad_dropped", "g_x = g_x.add_(g_x2)", "g_x = g_x"),
+        _m("v6_mix_lora_tanh_grad", "g_lora = _tanh_bwd(g_lora.view(lora.shape), lora)",
+           "g_lora = g_lora.view(lora.shape)"),
+        _m("v6_w0_grad_halved", "g_w0 = g_z.sum(0, dtype=torch.float32).to(w0.dtype)",
+           "g_w0 = (0.5 * g_z.sum(0, dtype=torch.float32)).to(w0.dtype)"),
+        _m("v4_wkv_grad_scale", "mode, chunks, 1.0 / N, out=(g_k, g_v))",
+           "mode, chunks, 1.0 / (N + 1), out=(g_k, g_v))"),
+    )),
+}
+
+
+def check_applies(mset: MutantSet, root: Path = ROOT) -> list[str]:
+    """Problems of a set against the source under ``root``: mutants whose text does not occur exactly once, and
+    repeated names (empty when every mutant applies)."""
+    src = (root / mset.file).read_text()
+    problems = [f"{m.name}: its text occurs {src.count(m.old)} times in {mset.file} (must be once)"
+                for m in mset.mutants if src.count(m.old) != 1]
+    names = [m.name for m in mset.mutants]
+    problems += [f"{n}: repeated name" for n in sorted({n for n in names if names.count(n) > 1})]
+    return problems
+
+
+def copy_tree(root: Path, dest: Path) -> None:
+    """The working tree's files (tracked and untracked, not ignored) copied under ``dest``; without git, every file
+    but caches and .git."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, capture_output=True,
+                             check=True).stdout.decode()
+        files = [f for f in out.split("\0") if f and (root / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts
+                 and "__pycache__" not in p.parts]
+    for f in files:
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / f, dest / f)
+
+
+def run_mutant(copy: Path, mset: MutantSet, mutant: Mutant, pytest_args: tuple[str, ...] = ("--run-slow",),
+               timeout: float = 1800) -> dict:
+    """Apply one mutant in ``copy`` (a copy of the repository), run the set's tests there, restore the file; a row:
+    caught (some test failed), the failed tests, pytest's summary line, seconds."""
+    path = copy / mset.file
+    src = path.read_text()
+    if src.count(mutant.old) != 1:
+        return {"mutant": mutant.name, "caught": None, "error": f"its text occurs {src.count(mutant.old)} times"}
+    path.write_text(src.replace(mutant.old, mutant.new))
+    path_list = [str(copy)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path_list))
+    t0 = time.time()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *pytest_args,
+                               *mset.tests], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"mutant": mutant.name, "caught": None, "error": f"tests ran past {timeout:.0f} s"}
+    finally:
+        path.write_text(src)
+    failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.M)
+    lines = proc.stdout.strip().splitlines()
+    summary = lines[-1] if lines else proc.stderr.strip()[-300:]
+    if proc.returncode not in (0, 1):  # (2: interrupted / collection error, 5: no tests - not a verdict)
+        return {"mutant": mutant.name, "caught": None, "error": f"pytest exit {proc.returncode}: {summary}"}
+    return {"mutant": mutant.name, "caught": proc.returncode == 1, "failed": failed, "summary": summary,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def run_sets(names: list[str], only: list[str] | None = None, root: Path = ROOT, sets: dict | None = None,
+             pytest_args: tuple[str, ...] = ("--run-slow",)) -> list[dict]:
+    """Every mutant of the named sets (or those named in ``only``) against a temporary copy of ``root``."""
+    from tqdm import tqdm
+
+    sets = SETS if sets is None else sets
+    jobs = [(n, m) for n in names for m in sets[n].mutants if not only or m.name in only]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mutants_") as tmp:
+        copy = Path(tmp)
+        copy_tree(root, copy)
+        for set_name, mutant in tqdm(jobs, desc="mutants", unit="mutant"):
+            rows.append({"set": set_name, **run_mutant(copy, sets[set_name], mutant, pytest_args)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| set | mutant | caught | failed tests | s |", "|---|---|---|---|---|"]
+    for r in rows:
+        caught = {True: "yes", False: "**no**", None: "error"}[r["caught"]]
+        lines.append(f"| {r['set']} | {r['mutant']} | {caught} | {len(r.get('failed', []))} | "
+                     f"{r.get('seconds', '')} |" + (f" {r['error']}" if r.get("error") else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sets", nargs="*", help=f"mutant sets: {', '.join(SETS)}")
+    ap.add_argument("--only", nargs="+", help="only these mutants (by name)")
+    ap.add_argument("--list", action="store_true", help="list the sets and their mutants, check they apply, exit")
+    ap.add_argument("--out", help="write the rows as JSON")
+    args = ap.parse_args(argv)
+    unknown = [n for n in args.sets if n not in SETS]
+    if unknown:
+        ap.error(f"unknown mutant set(s) {unknown}; known: {list(SETS)}")
+    if args.list or not args.sets:
+        bad = 0
+        for name, mset in SETS.items():
+            problems = check_applies(mset)
+            bad += len(problems)
+            print(f"{name}: {mset.file} ({len(mset.mutants)} mutants; tests: {' '.join(mset.tests)})")
+            print("  " + ", ".join(m.name for m in mset.mutants))
+            for p in problems:
+                print(f"  PROBLEM {p}")
+        return 1 if bad else 0
+    names = {m.name for n in args.sets for m in SETS[n].mutants}
+    missing = sorted(set(args.only or ()) - names)
+    if missing:
+        ap.error(f"no mutant named {missing} in the set(s) {args.sets}")
+    rows = run_sets(args.sets, args.only)
+    print(format_table(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["caught"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
