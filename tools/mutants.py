@@ -51,6 +51,7 @@ def _m(name: str, old: str, new: str) -> Mutant:
 
 
 V6 = "vision_rwkv/ops/bi_wkv6/triton_chunk.py"
+V6_SHARED = "vision_rwkv/ops/bi_wkv6/triton.py"
 V4 = "vision_rwkv/ops/bi_wkv/triton_seq.py"
 FUSED = "vision_rwkv/ops/fused/triton.py"
 STEPS = "vision_rwkv/ops/fused/mixer_steps_triton.py"
@@ -99,6 +100,14 @@ SETS: dict[str, MutantSet] = {
            "gk_c = ecx * tl.dot(v, tl.trans(GP), input_precision=PREC)"),
         _m("bwd_split_factors_swapped", "d_r, d_k, a = _split_grads(G, ma, r, k, el, eu, PREC)",
            "d_r, d_k, a = _split_grads(G, ma, r, k, eu, el, PREC)"),
+    )),
+    # the RWKV-6 helpers shared by the chunk and walk kernels: in-chunk cumulative decays, the fused decay, positions
+    "v6_shared": MutantSet(V6_SHARED, ("tests/ops/test_bi_wkv6_triton.py",), (
+        _m("cumulative_decays_fp32", "l64 = lw.to(tl.float64)", "l64 = lw"),  # (precision: a case of its own tolerance)
+        _m("fused_decay_padded_tokens", "x = tl.where(mask, -tl.exp(w[None, :] + x), 0.0)",
+           "x = -tl.exp(w[None, :] + x)"),
+        _m("walk_reversed_position", "return tl.where(d == 0, tau, T - 1 - tau)",
+           "return tl.where(d == 0, tau, T - tau)"),
     )),
     # the v4 register-sequential kernels (the default GPU path), both modes (not listed: a mutant of the padded
     # tokens' factor in the forward summary's growth sums - only an original chunk's last sub-chunk has padded
@@ -200,13 +209,13 @@ def run_mutant(copy: Path, mset: MutantSet, mutant: Mutant, pytest_args: tuple[s
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path_list))
     t0 = time.time()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *pytest_args,
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *pytest_args,
                                *mset.tests], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"mutant": mutant.name, "caught": None, "error": f"tests ran past {timeout:.0f} s"}
     finally:
         path.write_text(src)
-    failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.M)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, re.M)  # (a fixture that raised: ERROR)
     lines = proc.stdout.strip().splitlines()
     summary = lines[-1] if lines else proc.stderr.strip()[-300:]
     if proc.returncode not in (0, 1):  # (2: interrupted / collection error, 5: no tests - not a verdict)

@@ -105,10 +105,13 @@ def run_v4(case: dict, device: str) -> dict:
         tri.CONFIG.update(cfg)
 
 
-def v6_inputs(B, T, H, N, dtype, device, seed=0, dscale=1.0, dshift=0.0, logd_const=None):
+def v6_inputs(B, T, H, N, dtype, device, seed=0, dscale=1.0, dshift=0.0, logd_const=None, logd_tokens=None):
     g = torch.Generator().manual_seed(seed)
     r, k, v, gy = (torch.randn(B, T, H, N, generator=g, dtype=torch.float64) for _ in range(4))
-    if logd_const is not None:
+    if logd_tokens is not None:  # a per-token pattern of log decays, repeated over T, each value within +-10%
+        pattern = torch.tensor(logd_tokens, dtype=torch.float64).repeat(T // len(logd_tokens) + 1)[:T]
+        logd = pattern.view(1, T, 1, 1) * (0.9 + 0.2 * torch.rand(B, T, H, N, generator=g, dtype=torch.float64))
+    elif logd_const is not None:
         logd = torch.full((B, T, H, N), float(logd_const), dtype=torch.float64)
         logd[..., ::2] = -math.exp(dshift)
     else:
@@ -128,7 +131,7 @@ def run_v6(case: dict, device: str) -> dict:
         B, T, H, N = case["shape"]
         r, k, v, logd, u, gy = v6_inputs(B, T, H, N, dtype, device, seed=case.get("seed", 0),
                                          dscale=case.get("dscale", 1.0), dshift=case.get("dshift", 0.0),
-                                         logd_const=case.get("logd_const"))
+                                         logd_const=case.get("logd_const"), logd_tokens=case.get("logd_tokens"))
         if case.get("logd_dtype"):  # as under autocast: r, k, v in 16 bits, the log decay in fp32
             logd = logd.to(DTYPES[case["logd_dtype"]])
         if case.get("decay"):

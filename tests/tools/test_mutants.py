@@ -32,11 +32,14 @@ def test_check_applies_names_a_rotten_mutant(tmp_path):
 def _toy_repo(root):
     (root / "toy").mkdir()
     (root / "toy" / "__init__.py").write_text("")
-    (root / "toy" / "ops.py").write_text("def add(a, b):\n    return a + b\n\n\ndef clip(x):\n    return max(x, 0)\n")
+    (root / "toy" / "ops.py").write_text("OFFSET = 0\n\n\ndef add(a, b):\n    return a + b\n\n\n"
+                                         "def clip(x):\n    return max(x, 0)\n")
     (root / "tests").mkdir()
     (root / "tests" / "test_ops.py").write_text(
-        "from toy.ops import add, clip\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
-        "def test_clip():\n    assert clip(-1) == 0 and clip(2) == 2\n")
+        "import pytest\n\nfrom toy.ops import add, clip\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
+        "def test_clip():\n    assert clip(-1) == 0 and clip(2) == 2\n\n\n"
+        "@pytest.fixture\ndef offset():\n    from toy.ops import OFFSET\n    return OFFSET\n\n\n"
+        "def test_offset(offset):\n    assert offset == 0\n")
 
 
 def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
@@ -46,12 +49,14 @@ def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
         mutants.Mutant("sub", "return a + b", "return a - b"),  # caught by test_add
         mutants.Mutant("swap", "return a + b", "return b + a"),  # equivalent: survives
         mutants.Mutant("clip_at_1", "max(x, 0)", "max(x, 1)"),  # caught by test_clip
+        mutants.Mutant("offset_gone", "OFFSET = 0", "OFFSET_ = 0"),  # test_offset's fixture raises: an ERROR
     ))
     rows = mutants.run_sets(["toy"], root=tmp_path, sets={"toy": mset}, pytest_args=())
     by = {r["mutant"]: r for r in rows}
     assert by["sub"]["caught"] is True and by["sub"]["failed"] == ["tests/test_ops.py::test_add"]
     assert by["swap"]["caught"] is False and by["swap"]["failed"] == []
     assert by["clip_at_1"]["caught"] is True and by["clip_at_1"]["failed"] == ["tests/test_ops.py::test_clip"]
+    assert by["offset_gone"]["caught"] is True and by["offset_gone"]["failed"] == ["tests/test_ops.py::test_offset"]
     assert (tmp_path / "toy" / "ops.py").read_text() == before  # (mutated in a copy only)
     rows = mutants.run_sets(["toy"], only=["swap"], root=tmp_path, sets={"toy": mset}, pytest_args=())
     assert [r["mutant"] for r in rows] == ["swap"]
