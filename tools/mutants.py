@@ -36,25 +36,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class Mutant(NamedTuple):
     name: str
-    old: str  # text that occurs exactly once in the set's file
+    old: str  # text that occurs exactly once in the mutant's file
     new: str
+    file: str | None = None  # relative to the repository root; None: the set's file
 
 
 class MutantSet(NamedTuple):
-    file: str  # relative to the repository root
+    file: str  # relative to the repository root: the mutants' file unless a mutant names its own
     tests: tuple[str, ...]  # the test files run against each mutant
     mutants: tuple[Mutant, ...]
 
+    def file_of(self, mutant: Mutant) -> str:
+        return mutant.file or self.file
 
-def _m(name: str, old: str, new: str) -> Mutant:
-    return Mutant(name, old, new)
+
+def _m(name: str, old: str, new: str, file: str | None = None) -> Mutant:
+    return Mutant(name, old, new, file)
 
 
 V6 = "vision_rwkv/ops/bi_wkv6/triton_chunk.py"
 V6_SHARED = "vision_rwkv/ops/bi_wkv6/triton.py"
 V4 = "vision_rwkv/ops/bi_wkv/triton_seq.py"
+V4_TILE = "vision_rwkv/ops/bi_wkv/triton.py"
 FUSED = "vision_rwkv/ops/fused/triton.py"
 STEPS = "vision_rwkv/ops/fused/mixer_steps_triton.py"
+GEMM = "vision_rwkv/ops/fused/linear_triton.py"
+MIX_GEMM = "vision_rwkv/ops/fused/mix_linear_triton.py"
+MLP_GEMM = "vision_rwkv/ops/fused/mix_mlp_triton.py"
+NORM_GEMM = "vision_rwkv/ops/fused/norm_linear_triton.py"
 
 SETS: dict[str, MutantSet] = {
     # the RWKV-6 chunk kernels (the default GPU path): intra-chunk split, states, carries, the log-decay gradient
@@ -134,7 +143,8 @@ SETS: dict[str, MutantSet] = {
            "tl.store(GUP + poff, uu * gu, mask=cmask)"),
         _m("bwd_causal_adjoint_half", "bt_p = bt_p * lam + p\n", "bt_p = bt_p * lam + 0.5 * p\n"),
     )),
-    # the fused elementwise kernels: token shift + interpolation, GroupNorm * gate, residual add + LayerNorm
+    # the fused elementwise kernels: token shift + interpolation, GroupNorm * gate, residual add + LayerNorm, the log
+    # decay, the GEMM epilogues' backward from their outputs
     "fused": MutantSet(FUSED, ("tests/ops/test_fused_triton.py", "tests/ops/test_mixer_steps.py"), (
         _m("shift_right_wraps", "col < W - 1", "col < W"),
         _m("shift_down_next_image", "row < H - 1", "row < H"),
@@ -155,6 +165,11 @@ SETS: dict[str, MutantSet] = {
         _m("groupnorm_weight_grad_last_pass", "gw += tl.sum(gog * yhat, axis=0)", "gw = tl.sum(gog * yhat, axis=0)"),
         _m("post_norm_weight_grad_last_pass", "acc_w += tl.sum(gln * yhat, axis=0)",
            "acc_w = tl.sum(gln * yhat, axis=0)"),
+        _m("groupnorm_silu_gate_grad", "ggate = ggate * sg * (1.0 + g * (1.0 - sg))", "ggate = ggate * sg"),
+        _m("decay_w0_column_shifted", "w0 = tl.load(W0 + offs % C,", "w0 = tl.load(W0 + (offs + 1) % C,"),
+        _m("relu_square_bwd_half", "(2.0 * tl.sqrt(y) * g)", "(tl.sqrt(y) * g)"),
+        _m("tanh_bwd_from_out_linear", "(g * (1.0 - y * y))", "(g * (1.0 - y))"),
+        _m("sigmoid_gate_bwd_no_derivative", "(g * y * s * (1.0 - s))", "(g * y * s)"),
     )),
     # the one-node mixers' backward assembly (the gradients chained between the fused kernels)
     "mixer_steps": MutantSet(STEPS, ("tests/ops/test_mixer_steps.py",), (
@@ -167,15 +182,115 @@ SETS: dict[str, MutantSet] = {
         _m("v4_wkv_grad_scale", "mode, chunks, 1.0 / N, out=(g_k, g_v))",
            "mode, chunks, 1.0 / (N + 1), out=(g_k, g_v))"),
     )),
+    # the RWKV-6 walk kernels (any T, head sizes over 64 such as the RWKV-CLIP towers' 80, and VRWKV_TRITON_V6
+    # algo=walk): the carried state, the in-chunk pairwise decays, the bonus, the log decay's suffix sums
+    "v6_walk": MutantSet(V6_SHARED, ("tests/ops/test_bi_wkv6_triton.py",), (
+        _m("fwd_state_nodecay",
+           "        S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)\n\n\n@jit",
+           "        S = S + tl.dot(tl.trans(kd), v, input_precision=PREC)\n\n\n@jit"),
+        _m("fwd_bonus_both_directions",
+           "(d == 0).to(tl.float32)\n    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)",
+           "1.0\n    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)"),
+        _m("fwd_state_read_ctail", "y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)",
+           "y = tl.dot(r * tl.exp(ctail), S, input_precision=PREC)"),
+        _m("pair_decay_diag", "expo = tl.where(nn < tt, expo, -float(\"inf\"))",
+           "expo = tl.where(nn <= tt, expo, -float(\"inf\"))"),
+        _m("pair_decay_no_clamp", "lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN)",
+           "lwj = (_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]))"),
+        _m("pair_scores_first_block", "    A = tl.zeros([BT, BT], tl.float32)\n    for jb in tl.static_range(BN // BJ):",
+           "    A = tl.zeros([BT, BT], tl.float32)\n    for jb in tl.static_range(1):"),
+        _m("bwd_gr_state_nodecay", "gr = tl.exp(cex) * tl.dot(gy, tl.trans(S), input_precision=PREC)",
+           "gr = tl.dot(gy, tl.trans(S), input_precision=PREC)"),
+        _m("bwd_gk_state_nodecay", "gk = eb * tl.dot(v, tl.trans(dS), input_precision=PREC)",
+           "gk = tl.dot(v, tl.trans(dS), input_precision=PREC)"),
+        _m("bwd_gv_state_nodecay", "gv = tl.dot(k * eb, dS, input_precision=PREC)",
+           "gv = tl.dot(k, dS, input_precision=PREC)"),
+        _m("bwd_dS_nodecay", "dS = tl.exp(clast)[:, None] * dS +", "dS = dS +"),
+        _m("bwd_glog_inclusive", "glog = tl.cumsum(x, axis=0, reverse=True) + acc[None, :] - dterm",
+           "glog = tl.cumsum(x, axis=0, reverse=True) + acc[None, :]"),
+        _m("bwd_glog_carry_last", "acc += tl.sum(x, axis=0)", "acc = tl.sum(x, axis=0)"),
+        _m("bwd_glog_no_clamp", "glog = tl.where(lwraw >= LOGD_MIN, glog, 0.0)", "glog = glog"),
+        _m("bwd_gu_both_directions", "gu = gu * (d == 0).to(tl.float32)", "gu = gu"),
+        _m("bwd_gk_bonus_k", "gk += u[None, :] * r * gvy[:, None]", "gk += u[None, :] * k * gvy[:, None]"),
+        _m("bwd_gv_intra_untransposed", "gv += tl.dot(tl.trans(A), gy, input_precision=PREC)",
+           "gv += tl.dot(A, gy, input_precision=PREC)"),
+        _m("bwd_gk_intra_wrong_axis", "gkj = tl.sum(G[:, :, None] * rj[:, None, :] * e3, axis=0)",
+           "gkj = tl.sum(G[:, :, None] * rj[:, None, :] * e3, axis=1)"),
+        _m("bwd_dterm_with_bonus",
+           "        dterm = r * gr\n        gvy = tl.sum(gy * v, axis=1)\n        gr += u[None, :] * k * gvy[:, None]\n",
+           "        gvy = tl.sum(gy * v, axis=1)\n        gr += u[None, :] * k * gvy[:, None]\n        dterm = r * gr\n"),
+    )),
+    # the v4 tile-scan kernels (VRWKV_TRITON_V4 seq=0; the default before round 6), both modes: chunk geometry, the
+    # in-chunk associative scans, chunk summaries, the carry scan over chunks (blocks of carry_ncb), the backward's
+    # exclusive adjoint scans and gradient formulas
+    "v4_tile": MutantSet(V4_TILE, ("tests/ops/test_bi_wkv_triton.py",), (
+        _m("geometry_never_last", "return s, n, q, e >= oe", "return s, n, q, e > oe"),
+        _m("causal_gate_first_row", "g_c = tl.where((r >= 1)[:, None], lam2, 1.0)", "g_c = lam2"),
+        _m("anticausal_scan_forward", "tl.associative_scan((g_a, xn * vn, xn), 0, _lin_comb, reverse=True)",
+           "tl.associative_scan((g_a, xn * vn, xn), 0, _lin_comb)"),
+        _m("orig_local_keep_unshifted", "keep = (((t - 1) % S) != 0)[:, None]", "keep = ((t % S) != 0)[:, None]"),
+        _m("summary_start_from_end", "xs = tl.exp(ke - w[None, :] * d_start)", "xs = tl.exp(ke - w[None, :] * d_end)"),
+        _m("summary_empty_chunk_max", "mj_safe = tl.where(mj > -float(\"inf\"), mj, 0.0)", "mj_safe = mj"),
+        _m("carry_block_first_row", "pick = (rows == NCB - 1)[:, None]", "pick = (rows == 0)[:, None]"),
+        _m("carry_block_reverse_last_row", "pick = (rows == 0)[:, None]\n        else:",
+           "pick = (rows == NCB - 1)[:, None]\n        else:"),
+        _m("carry_no_reset_at_chunk_start", "g = tl.where((q == 0)[:, None], 0.0, g)", "g = g"),
+        _m("excl_before_last_gate", "h2 * p1 + ep2, h2 * q1 + eq2", "g2 * p1 + ep2, g2 * q1 + eq2"),
+        _m("bwd_gk_outside_x", "gk = x * (v * gxv + gx)", "gk = x * (v * gxv) + gx"),
+        _m("bwd_gw_sign", "gw_e = -lam[None, :] * (a_n * at_p", "gw_e = lam[None, :] * (a_n * at_p"),
+        _m("bwd_jt_at_chunk_start", "jt_p = tl.where(notstart, ejp + hj * cjt_p[None, :], 0.0)",
+           "jt_p = ejp + hj * cjt_p[None, :]"),
+        _m("bwd_local_carry_after_last", "is_last == 0, NCAR, ORIG, True)", "is_last == 1, NCAR, ORIG, True)"),
+        _m("gu_unscaled", "tl.store(GUP + poff, tl.sum(gu_e, axis=0) * SCALE, mask=cmask)",
+           "tl.store(GUP + poff, tl.sum(gu_e, axis=0), mask=cmask)"),
+    )),
+    # the GEMMs with fused epilogues / operands (opt-ins: VRWKV_FUSED_LINEAR, VRWKV_FUSED_MIX, VRWKV_FUSED_MLP): tile
+    # order, K tails, the activations, the residual add + LayerNorm epilogue, the Q-Shift operand, the grouped
+    # projections, the one-pass MLP, the GroupNorm * gate operand (not listed: the pre-norm epilogue's LayerNorm of the
+    # unrounded sum instead of the stored one - the same for an fp32 residual stream, and within the 16-bit tolerance
+    # (~2^-8 relative) otherwise: a mutant the tests cannot tell apart, which survives)
+    "gemm": MutantSet(GEMM, ("tests/ops/test_fused_triton.py", "tests/ops/test_fused.py"), (
+        _m("tile_group_rows_full", "group_rows = tl.minimum(num_m - first_m, GROUP_M)", "group_rows = GROUP_M"),
+        _m("k_tail_one_past", "k_ok = (k0 + rk) < K", "k_ok = (k0 + rk) <= K"),
+        _m("relu_square_no_relu", "pos = tl.maximum(acc, 0.0)\n        res = pos * pos",
+           "pos = acc\n        res = pos * pos"),
+        _m("tanh_half_argument", "2.0 * tl.sigmoid(2.0 * acc) - 1.0", "2.0 * tl.sigmoid(acc) - 1.0"),
+        _m("decay_w0_subtracted", "-tl.exp(acc + tl.load(AUX + rn", "-tl.exp(acc - tl.load(AUX + rn"),
+        _m("row_norm_pad_lanes", "d = tl.where(mask, v - mean[:, None], 0.0)", "d = v - mean[:, None]"),
+        _m("post_norm_affine_outside_gamma", "x + gamma * (_row_norm(val, mask, N, eps) * w + b)",
+           "x + gamma * _row_norm(val, mask, N, eps) * w + b"),
+        _m("mix_one_minus_ignored", "coef = 1.0 - coef\n            if HAS_LORA:",
+           "coef = coef\n            if HAS_LORA:", MIX_GEMM),
+        _m("mix_token_index_global", "n_img = (rm % NTOK)[:, None]", "n_img = rm[:, None]", MIX_GEMM),
+        _m("mix_group_lora_shared", "HH += proj * R", "HH += proj * 0", MIX_GEMM),
+        _m("mix_group_weights_swapped", "tl.where(proj == 2, WT2, tl.where(proj == 3, WT3, WT))",
+           "tl.where(proj == 2, WT3, tl.where(proj == 3, WT2, WT))", MIX_GEMM),
+        _m("mix_lora_coef_dropped", "coef = coef + tl.dot(hf,", "coef = coef * 1.0 + 0.0 * tl.dot(hf,", MIX_GEMM),
+        _m("mlp_one_minus_ignored", "coef = 1.0 - coef\n    amix", "coef = coef\n    amix", MLP_GEMM),
+        _m("mlp_value_rows_stride", "pv += BH * svk", "pv += BH * svn", MLP_GEMM),
+        _m("mlp_relu_not_squared", "acc = tl.dot((pos * pos).to(wv.dtype)", "acc = tl.dot((pos).to(wv.dtype)",
+           MLP_GEMM),
+        _m("norm_eps_outside_sqrt", "rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / HS + eps)",
+           "rstd = 1.0 / (tl.sqrt(tl.sum(d * d, axis=1) / HS) + eps)", NORM_GEMM),
+        _m("norm_gate_silu_dropped", "g = g * tl.sigmoid(g)", "g = tl.sigmoid(g)", NORM_GEMM),
+        _m("norm_first_head_only", "for k0 in range(0, K, HS):  # one head per step",
+           "for k0 in range(0, HS, HS):  # one head per step", NORM_GEMM),
+        # their backward's host code: the recomputed operands, the epilogue's derivative
+        _m("mix_bwd_recompute_without_one_minus", "_tsm_fwd(x, H, W, head_size, a1, None, weight.dtype, one_minus)",
+           "_tsm_fwd(x, H, W, head_size, a1, None, weight.dtype, False)", MIX_GEMM),
+        _m("mlp_bwd_wk_grad_before_relu_square", "gwk = gpre.t() @ mix", "gwk = ghidden.t() @ mix", MLP_GEMM),
+        _m("norm_bwd_recompute_without_silu", "_gn_mul_fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight.dtype)",
+           "_gn_mul_fwd(y, g, groups, gn_weight, gn_bias, eps, False, weight.dtype)", NORM_GEMM),
+    )),
 }
 
 
 def check_applies(mset: MutantSet, root: Path = ROOT) -> list[str]:
     """Problems of a set against the source under ``root``: mutants whose text does not occur exactly once, and
     repeated names (empty when every mutant applies)."""
-    src = (root / mset.file).read_text()
-    problems = [f"{m.name}: its text occurs {src.count(m.old)} times in {mset.file} (must be once)"
-                for m in mset.mutants if src.count(m.old) != 1]
+    srcs = {f: (root / f).read_text() for f in {mset.file_of(m) for m in mset.mutants}}
+    problems = [f"{m.name}: its text occurs {srcs[mset.file_of(m)].count(m.old)} times in {mset.file_of(m)} "
+                "(must be once)" for m in mset.mutants if srcs[mset.file_of(m)].count(m.old) != 1]
     names = [m.name for m in mset.mutants]
     problems += [f"{n}: repeated name" for n in sorted({n for n in names if names.count(n) > 1})]
     return problems
@@ -200,7 +315,7 @@ def run_mutant(copy: Path, mset: MutantSet, mutant: Mutant, pytest_args: tuple[s
                timeout: float = 1800) -> dict:
     """Apply one mutant in ``copy`` (a copy of the repository), run the set's tests there, restore the file; a row:
     caught (some test failed), the failed tests, pytest's summary line, seconds."""
-    path = copy / mset.file
+    path = copy / mset.file_of(mutant)
     src = path.read_text()
     if src.count(mutant.old) != 1:
         return {"mutant": mutant.name, "caught": None, "error": f"its text occurs {src.count(mutant.old)} times"}
@@ -264,7 +379,8 @@ def main(argv=None) -> int:
         for name, mset in SETS.items():
             problems = check_applies(mset)
             bad += len(problems)
-            print(f"{name}: {mset.file} ({len(mset.mutants)} mutants; tests: {' '.join(mset.tests)})")
+            files = sorted({mset.file_of(m) for m in mset.mutants})
+            print(f"{name}: {' '.join(files)} ({len(mset.mutants)} mutants; tests: {' '.join(mset.tests)})")
             print("  " + ", ".join(m.name for m in mset.mutants))
             for p in problems:
                 print(f"  PROBLEM {p}")

@@ -123,6 +123,10 @@ CPU_CASES.update({
     "norm_chunk_carry_bf16": dict(shape=(1, 40, 2, 16), decay=True, norm=True, dtype="bf16",
                                   config=dict(CHUNK, fwd_carry=1)),
     "norm_walk": dict(shape=(1, 19, 1, 16), decay=True, norm=True),
+    # the walk kernels' states and log-decay suffix sums across chunks at weak decays (~ -0.1 per token; at the
+    # default decays what crosses a 16-token chunk is below fp32 resolution): 4 chunks, and 2 key-channel blocks
+    "walk_weak_decays": dict(shape=(2, 53, 2, 16), dshift=-3.0),
+    "walk_weak_decays_head24_bf16": dict(shape=(1, 40, 2, 24), dtype="bf16", dshift=-3.0),
     "norm_chunk_after": dict(shape=(1, 21, 1, 16), decay=True, norm=True, config=dict(CHUNK, fused_norm=0)),
 })
 
@@ -136,7 +140,7 @@ QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf
          "chunk_maxnreg_both_carry", "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry",
          "decay_walk", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk", "walk_states_many_chunks",
          "walk_states_48_bf16_head24", "walk_states_row_blocks", "walk_states_decay_norm_carry",
-         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak"}
+         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak", "walk_weak_decays"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -146,6 +150,7 @@ CUDA_CASES = {
     "2x4096x6x64": dict(shape=(2, 4096, 6, 64)),
     "1x16384x2x64": dict(shape=(1, 16384, 2, 64)),
     "head80": dict(shape=(4, 197, 4, 80)),
+    "head80_weak_decays": dict(shape=(4, 197, 4, 80), dshift=-3.0),  # (the walk's states across chunks)
     "strong_decays": dict(shape=(4, 300, 2, 64), dscale=2.0, dshift=1.0),
     "extreme_decays_inf": dict(shape=(2, 100, 2, 64), logd_const=float("-inf")),
     "noncontig": dict(shape=(4, 196, 3, 64), layout="T"),

@@ -69,6 +69,9 @@ CPU_CASES = {
     # the row-reducing backward kernels with fewer programs than row blocks: each walks several (as at 1024 px)
     "gn_mul_rows_several_passes": dict(op="group_norm_mul", shape=(3, 37, 12), groups=3, gate_act="silu",
                                        fused=dict(bwd_programs=3, gn_elems=64)),
+    # no rows at all (an empty batch): one program that walks nothing; the parameter gradients come back as zeros
+    "gn_mul_zero_rows": dict(op="group_norm_mul", shape=(0, 5, 12), groups=3, gate_act="silu"),
+    "add_norm_post_zero_rows": dict(op="add_norm", shape=(2, 0, 12), post=True, sample_scale=True),
     "decay_logd": dict(op="decay_logd", shape=(2, 5, 6)),
     "decay_logd_bf16_z": dict(op="decay_logd", shape=(1, 7, 5), dtype="bf16"),
     "add_norm_post": dict(op="add_norm", shape=(2, 5, 12), post=True),

@@ -20,13 +20,18 @@ def test_every_mutant_applies_once_to_the_current_source():
 
 def test_check_applies_names_a_rotten_mutant(tmp_path):
     (tmp_path / "mod.py").write_text("x = 1\nx = 1\n")
+    (tmp_path / "other.py").write_text("y = 2\n")
     mset = mutants.MutantSet("mod.py", ("t.py",), (mutants.Mutant("gone", "y = 2", "y = 3"),
                                                    mutants.Mutant("twice", "x = 1", "x = 2"),
-                                                   mutants.Mutant("gone", "x = 1\nx", "x = 2\nx")))
+                                                   mutants.Mutant("gone", "x = 1\nx", "x = 2\nx"),
+                                                   mutants.Mutant("own_file", "y = 2", "y = 3", "other.py"),
+                                                   mutants.Mutant("own_file_gone", "x = 1", "x = 2", "other.py")))
     problems = mutants.check_applies(mset, tmp_path)
-    assert any(p.startswith("gone: its text occurs 0 times") for p in problems)
+    assert any(p.startswith("gone: its text occurs 0 times in mod.py") for p in problems)
     assert any(p.startswith("twice: its text occurs 2 times") for p in problems)
     assert "gone: repeated name" in problems
+    assert not any(p.startswith("own_file:") for p in problems)  # (looked up in its own file, where it occurs once)
+    assert any(p.startswith("own_file_gone: its text occurs 0 times in other.py") for p in problems)
 
 
 def _toy_repo(root):
@@ -34,12 +39,14 @@ def _toy_repo(root):
     (root / "toy" / "__init__.py").write_text("")
     (root / "toy" / "ops.py").write_text("OFFSET = 0\n\n\ndef add(a, b):\n    return a + b\n\n\n"
                                          "def clip(x):\n    return max(x, 0)\n")
+    (root / "toy" / "more.py").write_text("def neg(x):\n    return -x\n")
     (root / "tests").mkdir()
     (root / "tests" / "test_ops.py").write_text(
         "import pytest\n\nfrom toy.ops import add, clip\n\n\ndef test_add():\n    assert add(2, 3) == 5\n\n\n"
         "def test_clip():\n    assert clip(-1) == 0 and clip(2) == 2\n\n\n"
         "@pytest.fixture\ndef offset():\n    from toy.ops import OFFSET\n    return OFFSET\n\n\n"
-        "def test_offset(offset):\n    assert offset == 0\n")
+        "def test_offset(offset):\n    assert offset == 0\n\n\n"
+        "def test_neg():\n    from toy.more import neg\n    assert neg(2) == -2\n")
 
 
 def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
@@ -50,6 +57,7 @@ def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
         mutants.Mutant("swap", "return a + b", "return b + a"),  # equivalent: survives
         mutants.Mutant("clip_at_1", "max(x, 0)", "max(x, 1)"),  # caught by test_clip
         mutants.Mutant("offset_gone", "OFFSET = 0", "OFFSET_ = 0"),  # test_offset's fixture raises: an ERROR
+        mutants.Mutant("neg_gone", "return -x", "return x", "toy/more.py"),  # another file: caught by test_neg
     ))
     rows = mutants.run_sets(["toy"], root=tmp_path, sets={"toy": mset}, pytest_args=())
     by = {r["mutant"]: r for r in rows}
@@ -57,7 +65,9 @@ def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
     assert by["swap"]["caught"] is False and by["swap"]["failed"] == []
     assert by["clip_at_1"]["caught"] is True and by["clip_at_1"]["failed"] == ["tests/test_ops.py::test_clip"]
     assert by["offset_gone"]["caught"] is True and by["offset_gone"]["failed"] == ["tests/test_ops.py::test_offset"]
+    assert by["neg_gone"]["caught"] is True and by["neg_gone"]["failed"] == ["tests/test_ops.py::test_neg"]
     assert (tmp_path / "toy" / "ops.py").read_text() == before  # (mutated in a copy only)
+    assert (tmp_path / "toy" / "more.py").read_text() == "def neg(x):\n    return -x\n"
     rows = mutants.run_sets(["toy"], only=["swap"], root=tmp_path, sets={"toy": mset}, pytest_args=())
     assert [r["mutant"] for r in rows] == ["swap"]
     table = mutants.format_table(rows)
