@@ -6,12 +6,14 @@ from the wrong side of a chunk, a loop cut to one pass, ...): the kind of bug th
 cannot see it (e.g. decays so strong that states between chunks fade below fp32 resolution). For every mutant the
 working tree is copied to a temporary folder, the change applied there (its text must occur exactly once), and the
 set's tests run with ``--run-slow`` (what CI runs) against the copy; a mutant is "caught" when some test fails. One
-mutant at a time (the copy is restored after each); each takes as long as its test files (~1-3 min on 2 cores).
+mutant at a time per copy (restored after each; ``--jobs N``: N copies side by side); each takes as long as its
+test files (~0.5-2.5 min on this 2-core VM).
 
     python tools/mutants.py --list                          # the sets and their mutants
     python tools/mutants.py v6_chunk                        # every mutant of a set
     python tools/mutants.py v4_seq fused mixer_steps --out mutants.json
     python tools/mutants.py v6_chunk --only scan_carry_nodecay
+    python tools/mutants.py all --jobs 2 --out mutants.json   # every set, two mutants at a time (~1.5 h here)
 
 Prints a table (mutant, caught, failed tests, seconds) and writes JSON with ``--out``; the exit status is 1 when a
 mutant survived (or could not be applied), so the check can gate a kernel change. Survivors name a blind spot of
@@ -22,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -120,7 +124,7 @@ SETS: dict[str, MutantSet] = {
     # the v4 register-sequential kernels (the default GPU path), both modes (not listed: a mutant of the padded
     # tokens' factor in the forward summary's growth sums - only an original chunk's last sub-chunk has padded
     # tokens, and its growth sums are never read: an equivalent mutant, which survives)
-    "v4_seq": MutantSet(V4, ("tests/ops/test_bi_wkv_triton.py",), (
+    "v4_seq": MutantSet(V4, ("tests/ops/test_bi_wkv_triton.py", "tests/ops/test_bi_wkv_gate.py"), (
         _m("summary_pad_decay", "        g = tl.where(r < n, lam, 1.0)\n        e_n = e_n * g + x * vs[r]",
            "        g = lam\n        e_n = e_n * g + x * vs[r]"),
         _m("orig_keep_shifted", "            keep = (s + r) % S != 0\n            j_n = j_n / lam + tl.where(keep, xv",
@@ -141,6 +145,21 @@ SETS: dict[str, MutantSet] = {
         _m("gu_unscaled", "tl.store(GUP + poff, uu * gu * SCALE, mask=cmask)",
            "tl.store(GUP + poff, uu * gu, mask=cmask)"),
         _m("bwd_causal_adjoint_half", "bt_p = bt_p * lam + p\n", "bt_p = bt_p * lam + 0.5 * p\n"),
+        _m("summary_start_sums_undecayed", "        s_d += pw * x\n        pw = pw * lam",
+           "        s_d += pw * x\n        pw = pw"),
+        _m("bwd_summary_start_sums_undecayed", "        s_q += pw * qq\n        pw = pw * lam",
+           "        s_q += pw * qq\n        pw = pw"),
+        _m("fwd_anticausal_pad_decay", "        g = tl.where(r < n, lam, 1.0)\n        b_n = b_n * g + xvs[r]",
+           "        g = lam\n        b_n = b_n * g + xvs[r]"),
+        _m("fwd_den_bonus_with_v", "(fds[r] + bc * b_d + dg * xs[r])", "(fds[r] + bc * b_d + dg * xvs[r])"),
+        _m("fwd_gate_not_sigmoid", "y = tl.sigmoid(_row(pg, r, sgt, ok, 0.0)) * y", "y = _row(pg, r, sgt, ok, 0.0) * y"),
+        _m("bwd_gu_without_q", "gu += x * (p * v + qq)", "gu += x * p * v"),
+        _m("bwd_gxv_without_bonus", "gxvs = gxvs + (bc * bt_p + dg * p,)", "gxvs = gxvs + (bc * bt_p,)"),
+        _m("bwd_gw_pad_rows", "gw_a += tl.where(ok, ans[r] * at_p + ads[r] * at_q, 0.0)",
+           "gw_a += ans[r] * at_p + ads[r] * at_q"),
+        _m("bwd_gk_outside_x", "(x * (v * gxv + gx)).to(GK.dtype.element_ty)",
+           "(x * v * gxv + gx).to(GK.dtype.element_ty)"),
+        _m("bwd_summary_q_from_p", "e_q = e_q * g + qq", "e_q = e_q * g + p"),
     )),
     # the fused elementwise kernels: token shift + interpolation, GroupNorm * gate, residual add + LayerNorm, the log
     # decay, the GEMM epilogues' backward from their outputs
@@ -339,19 +358,31 @@ def run_mutant(copy: Path, mset: MutantSet, mutant: Mutant, pytest_args: tuple[s
 
 
 def run_sets(names: list[str], only: list[str] | None = None, root: Path = ROOT, sets: dict | None = None,
-             pytest_args: tuple[str, ...] = ("--run-slow",)) -> list[dict]:
-    """Every mutant of the named sets (or those named in ``only``) against a temporary copy of ``root``."""
+             pytest_args: tuple[str, ...] = ("--run-slow",), workers: int = 1) -> list[dict]:
+    """Every mutant of the named sets (or those named in ``only``) against temporary copies of ``root``: ``workers``
+    mutants at a time, each worker in a copy of its own. Rows in the sets' order."""
     from tqdm import tqdm
 
     sets = SETS if sets is None else sets
     jobs = [(n, m) for n in names for m in sets[n].mutants if not only or m.name in only]
-    rows = []
+    workers = max(1, min(workers, len(jobs)))
     with tempfile.TemporaryDirectory(prefix="mutants_") as tmp:
-        copy = Path(tmp)
-        copy_tree(root, copy)
-        for set_name, mutant in tqdm(jobs, desc="mutants", unit="mutant"):
-            rows.append({"set": set_name, **run_mutant(copy, sets[set_name], mutant, pytest_args)})
-    return rows
+        copies: queue.SimpleQueue = queue.SimpleQueue()  # the copies not in use
+        for i in range(workers):
+            copy = Path(tmp) / f"tree{i}"
+            copy_tree(root, copy)
+            copies.put(copy)
+
+        def run(job):
+            set_name, mutant = job
+            copy = copies.get()
+            try:
+                return {"set": set_name, **run_mutant(copy, sets[set_name], mutant, pytest_args)}
+            finally:
+                copies.put(copy)
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(tqdm(pool.map(run, jobs), total=len(jobs), desc="mutants", unit="mutant"))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -365,11 +396,16 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sets", nargs="*", help=f"mutant sets: {', '.join(SETS)}")
+    ap.add_argument("sets", nargs="*", help=f"mutant sets: {', '.join(SETS)}, or all")
     ap.add_argument("--only", nargs="+", help="only these mutants (by name)")
     ap.add_argument("--list", action="store_true", help="list the sets and their mutants, check they apply, exit")
     ap.add_argument("--out", help="write the rows as JSON")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="mutants tested at a time, each in its own copy of the tree (a test run mostly keeps one "
+                         "core busy: up to the cores)")
     args = ap.parse_args(argv)
+    if args.sets == ["all"]:
+        args.sets = list(SETS)
     unknown = [n for n in args.sets if n not in SETS]
     if unknown:
         ap.error(f"unknown mutant set(s) {unknown}; known: {list(SETS)}")
@@ -388,7 +424,7 @@ def main(argv=None) -> int:
     missing = sorted(set(args.only or ()) - names)
     if missing:
         ap.error(f"no mutant named {missing} in the set(s) {args.sets}")
-    rows = run_sets(args.sets, args.only)
+    rows = run_sets(args.sets, args.only, workers=args.jobs)
     print(format_table(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))

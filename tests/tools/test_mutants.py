@@ -68,6 +68,10 @@ def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
     assert by["neg_gone"]["caught"] is True and by["neg_gone"]["failed"] == ["tests/test_ops.py::test_neg"]
     assert (tmp_path / "toy" / "ops.py").read_text() == before  # (mutated in a copy only)
     assert (tmp_path / "toy" / "more.py").read_text() == "def neg(x):\n    return -x\n"
+    # several workers, each in its own copy: the same verdicts, in the same order
+    par = mutants.run_sets(["toy"], root=tmp_path, sets={"toy": mset}, pytest_args=(), workers=3)
+    assert [(r["mutant"], r["caught"], r["failed"]) for r in par] == [(r["mutant"], r["caught"], r["failed"])
+                                                                       for r in rows]
     rows = mutants.run_sets(["toy"], only=["swap"], root=tmp_path, sets={"toy": mset}, pytest_args=())
     assert [r["mutant"] for r in rows] == ["swap"]
     table = mutants.format_table(rows)
