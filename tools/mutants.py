@@ -53,6 +53,10 @@ class MutantSet(NamedTuple):
     def file_of(self, mutant: Mutant) -> str:
         return mutant.file or self.file
 
+    def files(self) -> list[str]:
+        """The files the set's mutants change, sorted."""
+        return sorted({self.file_of(m) for m in self.mutants})
+
 
 _m = Mutant  # (a short name for the tables below)
 
@@ -306,9 +310,12 @@ SETS: dict[str, MutantSet] = {
 def check_applies(mset: MutantSet, root: Path = ROOT) -> list[str]:
     """Problems of a set against the source under ``root``: mutants whose text does not occur exactly once, and
     repeated names (empty when every mutant applies)."""
-    srcs = {f: (root / f).read_text() for f in {mset.file_of(m) for m in mset.mutants}}
-    problems = [f"{m.name}: its text occurs {srcs[mset.file_of(m)].count(m.old)} times in {mset.file_of(m)} "
-                "(must be once)" for m in mset.mutants if srcs[mset.file_of(m)].count(m.old) != 1]
+    srcs = {f: (root / f).read_text() for f in mset.files()}
+    problems = []
+    for m in mset.mutants:
+        count = srcs[mset.file_of(m)].count(m.old)
+        if count != 1:
+            problems.append(f"{m.name}: its text occurs {count} times in {mset.file_of(m)} (must be once)")
     names = [m.name for m in mset.mutants]
     problems += [f"{n}: repeated name" for n in sorted({n for n in names if names.count(n) > 1})]
     return problems
@@ -414,8 +421,7 @@ def main(argv=None) -> int:
         for name, mset in SETS.items():
             problems = check_applies(mset)
             bad += len(problems)
-            files = sorted({mset.file_of(m) for m in mset.mutants})
-            print(f"{name}: {' '.join(files)} ({len(mset.mutants)} mutants; tests: {' '.join(mset.tests)})")
+            print(f"{name}: {' '.join(mset.files())} ({len(mset.mutants)} mutants; tests: {' '.join(mset.tests)})")
             print("  " + ", ".join(m.name for m in mset.mutants))
             for p in problems:
                 print(f"  PROBLEM {p}")
