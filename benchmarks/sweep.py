@@ -64,6 +64,9 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     # length, and the increments + scan at every length
     "chunk_swalk64": {"algo": "chunk", "state_walk": 64},
     "chunk_scan": {"algo": "chunk", "state_walk": 0},
+    # round 24: two calls of flash-linear-attention's causal chunk kernels (fla_route.py; the comparison
+    # point; needs the fla package - carried as a wheel by device_run8.sh - else the rows hold the import error)
+    "fla": {"algo": "fla"},
 }
 
 

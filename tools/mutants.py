@@ -71,6 +71,7 @@ GEMM = "vision_rwkv/ops/fused/linear_triton.py"
 MIX_GEMM = "vision_rwkv/ops/fused/mix_linear_triton.py"
 MLP_GEMM = "vision_rwkv/ops/fused/mix_mlp_triton.py"
 NORM_GEMM = "vision_rwkv/ops/fused/norm_linear_triton.py"
+FLA = "vision_rwkv/ops/bi_wkv6/fla_route.py"
 
 SETS: dict[str, MutantSet] = {
     # the RWKV-6 chunk kernels (the default GPU path): intra-chunk split, states, carries, the log-decay gradient
@@ -303,6 +304,22 @@ SETS: dict[str, MutantSet] = {
         _m("mlp_bwd_wk_grad_before_relu_square", "gwk = gpre.t() @ mix", "gwk = ghidden.t() @ mix", MLP_GEMM),
         _m("norm_bwd_recompute_without_silu", "_gn_mul_fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight.dtype)",
            "_gn_mul_fwd(y, g, groups, gn_weight, gn_bias, eps, False, weight.dtype)", NORM_GEMM),
+    )),
+    # the route through flash-linear-attention's causal kernels (algo=fla): the reversed pass, its flips, the bonus
+    # on one pass only, the clamp and its derivative, contiguous copies, the scores each backward pass is handed
+    "fla_route": MutantSet(FLA, ("tests/ops/test_bi_wkv6_fla.py",), (
+        _m("fwd_bonus_both_passes", "lf, torch.zeros_like(u), 1.0, None, False", "lf, u, 1.0, None, False"),
+        _m("fwd_reverse_not_flipped_back", "y.add_(torch.flip(y_rev, dims=(1,)))", "y.add_(y_rev)"),
+        _m("bwd_output_grad_not_flipped", "torch.zeros_like(u), gy_rev)", "torch.zeros_like(u), gy)"),
+        _m("bwd_grads_not_flipped_back", "a.float() + torch.flip(b.float(), dims=(1,))", "a.float() + b.float()"),
+        _m("bwd_clamp_derivative_dropped", "grads[3] = torch.where(logd >= logd_min, grads[3], 0.0)",
+           "grads[3] = grads[3]"),
+        _m("bwd_u_grad_of_both_passes", "grads.append(causal[4])", "grads.append(causal[4] + rev[4])"),
+        _m("no_clamp", "ld = logd.float().clamp(min=logd_min).contiguous()", "ld = logd.float().contiguous()"),
+        _m("log_decay_strided", "ld = logd.float().clamp(min=logd_min).contiguous()",
+           "ld = logd.float().clamp(min=logd_min)"),
+        _m("bwd_scores_without_bonus", "A = fc.chunk_rwkv6_fwd_intra(r, k, gi, ge, u, 1.0",
+           "A = fc.chunk_rwkv6_fwd_intra(r, k, gi, ge, torch.zeros_like(u), 1.0"),
     )),
 }
 

@@ -10,6 +10,7 @@ shows up as a non-finite value.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -126,6 +127,11 @@ def run_v6(case: dict, device: str) -> dict:
 
     cfg = dict(tri.CONFIG)
     tri.CONFIG.update(V6_BASE, **case.get("config", {}))
+    stack = contextlib.ExitStack()
+    if case.get("fla_standin"):  # algo=fla on CPU: fla's kernels do not run in the interpreter (see _fla_standin)
+        from _fla_standin import installed
+
+        stack.enter_context(installed())
     try:
         dtype = DTYPES[case.get("dtype", "fp32")]
         B, T, H, N = case["shape"]
@@ -166,6 +172,7 @@ def run_v6(case: dict, device: str) -> dict:
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
     finally:
+        stack.close()
         tri.CONFIG.clear()
         tri.CONFIG.update(cfg)
 

@@ -129,6 +129,26 @@ CPU_CASES.update({
     "walk_weak_decays_head24_bf16": dict(shape=(1, 40, 2, 24), dtype="bf16", dshift=-3.0),
     "norm_chunk_after": dict(shape=(1, 21, 1, 16), decay=True, norm=True, config=dict(CHUNK, fused_norm=0)),
 })
+# algo=fla (fla_route.py: two calls of flash-linear-attention's causal chunk kernels) through the kernels' entry
+# points, with fla's entry points stood in for by the float64 loop of _fla_standin.py (its kernels do not run in the
+# interpreter; the CUDA cases below run the real package): what is tested is the route - the reversed pass on flipped
+# copies without the bonus, the sum, the clamp and its derivative, mixed dtypes, strides, the fused decay and
+# GroupNorm routes, the chunk kernels' forward with the fla backward
+FLA = {"algo": "fla"}
+CPU_CASES.update({
+    "fla_T_not_multiple": dict(shape=(2, 21, 2, 16), config=FLA, fla_standin=True),
+    "fla_T1": dict(shape=(1, 1, 1, 16), config=FLA, fla_standin=True),
+    "fla_extreme_decays_inf": dict(shape=(1, 17, 1, 16), logd_const=float("-inf"), dshift=-3.0, config=FLA,
+                                   fla_standin=True),
+    "fla_bf16_logd_fp32_noncontig": dict(shape=(2, 13, 2, 16), dtype="bf16", logd_dtype="fp32", layout="T",
+                                         config=FLA, fla_standin=True),
+    "fla_gy_fp32": dict(shape=(1, 19, 2, 16), dtype="bf16", gy_dtype="fp32", dshift=-3.0, config=FLA,
+                        fla_standin=True),
+    "fla_decay_norm_bf16": dict(shape=(1, 19, 2, 16), decay=True, norm=True, dtype="bf16", config=FLA,
+                                fla_standin=True),
+    "chunk_fwd_fla_bwd": dict(shape=(2, 37, 2, 16), dshift=-3.0, config=dict(CHUNK, bwd_algo="fla"),
+                              fla_standin=True),
+})
 
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
 # 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
@@ -140,7 +160,8 @@ QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf
          "chunk_maxnreg_both_carry", "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry",
          "decay_walk", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk", "walk_states_many_chunks",
          "walk_states_48_bf16_head24", "walk_states_row_blocks", "walk_states_decay_norm_carry",
-         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak", "walk_weak_decays"}
+         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak", "walk_weak_decays", "fla_T_not_multiple",
+         "fla_extreme_decays_inf", "fla_bf16_logd_fp32_noncontig", "fla_decay_norm_bf16"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -202,6 +223,10 @@ CUDA_CASES["64x196x3x64_chunk_scan_states"] = dict(shape=(64, 196, 3, 64), dshif
                                                    config={"algo": "chunk", "state_walk": 0})
 CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0, config={"algo": "chunk",
                                                                                         "state_t": 16})
+# the real flash-linear-attention through algo=fla (skipped where fla is not installed): does it pass our tests?
+CUDA_CASES.update({f"{name}_fla": dict(CUDA_CASES[name], config=FLA, needs_fla=True) for name in (
+    "64x196x3x64", "64x196x12x64_bf16", "16x1024x6x64_bf16", "2x4096x6x64", "head80", "strong_decays",
+    "extreme_decays_inf", "noncontig", "bf16_logd_fp32", "16x1024x6x64_bf16_chunk_decay")})
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +253,8 @@ def test_bi_wkv6_triton_interpreter(interpreter_results, name):
 def test_bi_wkv6_triton_cuda(name, monkeypatch):
     monkeypatch.setenv("VRWKV_TRITON_DEBUG", "1")
     case = CUDA_CASES[name]
+    if case.get("needs_fla"):
+        pytest.importorskip("fla", reason="algo=fla needs flash-linear-attention")
     check(run_v6(case, "cuda"), case.get("dtype", "fp32"), "bi_wkv6", case["shape"][1])
 
 

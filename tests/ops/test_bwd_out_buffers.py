@@ -1,7 +1,8 @@
 """WKV backwards writing the caller's gradient buffers (``out=``: the token-mix steps pass slices of one stacked
 (k, v, r[, g]) gradient instead of stacking afterwards) give exactly the gradients of the default call - v4 seq and
-tile kernels, v6 chunk and walk kernels (the walk's per-dtype grouping included), fp32 / bf16. CPU: the kernels under
+tile kernels, v6 chunk and walk kernels (the walk's per-dtype grouping included) and the fla route, fp32 / bf16. CPU: the kernels under
 TRITON_INTERPRET=1 in a subprocess (this file as a script), NaN-poisoned outputs."""
+import contextlib
 import json
 import sys
 
@@ -16,6 +17,7 @@ CASES = {  # name -> (op, config, dtype)
     "v6_chunk_bf16": ("v6", {"algo": "chunk", "state_t": 32}, "bf16"),
     "v6_walk": ("v6", {"algo": "walk"}, "fp32"),
     "v6_walk_bf16": ("v6", {"algo": "walk"}, "bf16"),
+    "v6_fla_bf16": ("v6", {"algo": "fla"}, "bf16"),  # (fla's entry points stood in for: _fla_standin.py)
 }
 
 
@@ -42,10 +44,13 @@ def _run(name):
     B, T, H, N = 2, 37, 2, 16
     r, k, v, gy = (torch.randn(B, T, H, N, generator=g).to(dtype) for _ in range(4))
     logd, u = -torch.rand(B, T, H, N, generator=g) * 2, torch.randn(H, N, generator=g) * 0.1
-    ref = t6._bwd(r, k, v, logd, u, gy)
-    stacked = torch.full((4, B, T, H, N), float("nan"), dtype=dtype)
-    out = (stacked[2], stacked[0], stacked[1])  # (r, k, v: the time mix's stack order is k, v, r, g)
-    got = t6._bwd(r, k, v, logd, u, gy, out=out)
+    from _fla_standin import installed
+
+    with installed() if cfg["algo"] == "fla" else contextlib.nullcontext():
+        ref = t6._bwd(r, k, v, logd, u, gy)
+        stacked = torch.full((4, B, T, H, N), float("nan"), dtype=dtype)
+        out = (stacked[2], stacked[0], stacked[1])  # (r, k, v: the time mix's stack order is k, v, r, g)
+        got = t6._bwd(r, k, v, logd, u, gy, out=out)
     same = all(torch.equal(a, b) for a, b in zip(ref, got)) and all(a is b for a, b in zip(got, out))
     return {"same": same, "untouched": bool(torch.isnan(stacked[3]).all())}
 

@@ -38,7 +38,9 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # scan_elems the scan tile size; states are stored every state_t tokens (a multiple of block_t; the output kernels
 # walk the block_t sub-chunks in between); state_dtype "fp32" or "input": 16-bit states for 16-bit inputs, half the
 # state traffic). "chunk" is the default since an H200 run (round 6, benchmarks/results/README.md): its CUDA tests
-# passed at block_t=16 and fwd+bwd ran 2.0x faster than "walk" (geomean of 10 shapes, eager and graph). bwd_algo: the
+# passed at block_t=16 and fwd+bwd ran 2.0x faster than "walk" (geomean of 10 shapes, eager and graph). "fla": two
+# calls of flash-linear-attention's causal chunk kernels (fla_route.py; optional package, an opt-in comparison
+# point; the log decay formed first and the GroupNorm after, as for the walk kernels). bwd_algo: the
 # backward's own choice ("" = algo's; each backward recomputes what it needs, so forward and backward may differ:
 # e.g. the chunk forward for inference with the walk backward in training). fwd_carry=1: the chunk forward's output
 # kernel carries the states through each state chunk (triton_chunk.py); bwd_carry=1: the same for the chunk backward
@@ -317,11 +319,19 @@ def _chunk_algo(BN: int, T: int, BT: int, backward: bool = False) -> bool:
     """Whether this call takes the chunk-parallel kernels: ``algo='chunk'`` (the backward: ``bwd_algo`` when set),
     padded head size <= CHUNK_MAX_BN and its sub-chunks (grid axis y) within a CUDA grid; otherwise the walk kernels
     (grid (B*H, 2): any T)."""
-    algo = (backward and CONFIG["bwd_algo"]) or CONFIG["algo"]
-    if algo not in ("walk", "chunk"):
-        key = "bwd_algo" if backward and CONFIG["bwd_algo"] else "algo"
-        raise ValueError(f"VRWKV_TRITON_V6 {key} must be 'walk' or 'chunk', got {algo!r}")
+    algo = _algo(backward)
     return algo == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX
+
+
+def _algo(backward: bool = False) -> str:
+    """The kernel family this call takes by configuration: 'walk', 'chunk' or 'fla' (``fla_route.py``: two calls
+    of flash-linear-attention's causal chunk kernels, an opt-in comparison point); the backward's ``bwd_algo`` when
+    set."""
+    algo = (backward and CONFIG["bwd_algo"]) or CONFIG["algo"]
+    if algo not in ("walk", "chunk", "fla"):
+        key = "bwd_algo" if backward and CONFIG["bwd_algo"] else "algo"
+        raise ValueError(f"VRWKV_TRITON_V6 {key} must be 'walk', 'chunk' or 'fla', got {algo!r}")
+    return algo
 
 
 def _check_w0(w0, logd):
@@ -369,6 +379,10 @@ def _fwd(r, k, v, logd, u, w0=None, norm=None):
         from .triton_chunk import chunk_fwd
 
         return chunk_fwd(r, k, v, logd, u.contiguous(), (BT, BN, BJ, prec, nw), w0, norm)
+    if _algo() == "fla":
+        from .fla_route import bi_fwd
+
+        return bi_fwd(r, k, v, logd, u, LOGD_MIN.value)
     y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
     _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
                                T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, STAGES=CONFIG["stages"], num_warps=nw)
@@ -396,6 +410,13 @@ def _bwd(r, k, v, logd, u, gy, grouped: bool = True, out=None, w0=None):
         from .triton_chunk import chunk_bwd
 
         return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, BJ, prec, nw), out, w0)
+    if _algo(backward=True) == "fla":
+        from .fla_route import bi_bwd
+
+        grads = bi_bwd(r, k, v, logd, u, gy, LOGD_MIN.value)
+        if out is not None:
+            grads = tuple(o.copy_(g) for o, g in zip(out, grads[:3])) + grads[3:]
+        return grads
     dev = r.device
     # the two directions' fp32 planes of the gradients sharing a dtype live in one (n, 2, B, T, H, N) buffer, so that
     # one launch per dtype (r, k, v: the compute dtype; logd: fp32 under autocast) sums them straight into that dtype
