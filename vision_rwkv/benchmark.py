@@ -2,7 +2,9 @@
 
 * :func:`bench_ops` - ms of forward and forward+backward of ``bi_wkv`` (v4, both modes) and ``bi_wkv6`` per backend,
   achieved GB/s, % of the memory floor (bytes that must move once / 3.0 TB/s, the anchors' convention) and the
-  speed-up over the best original kernel of ``benchmarks/anchors/kernels.json``.
+  speed-up over the best original kernel of ``benchmarks/anchors/kernels.json``; for the Triton v6 rows, where
+  flash-linear-attention is installed, the same call through its causal kernels (``algo=fla``: the issue's
+  comparison point) and our speed-up over it.
 * :func:`bench_backbones` - images/s and peak memory of our VRWKV / VRWKV6 and timm's DeiT (fused attention),
   inference at several resolutions and a training step, fp32 and bf16 autocast, with ratios to DeiT measured in the
   same run and to the original numbers of ``benchmarks/anchors/backbones.json``.
@@ -25,8 +27,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-__all__ = ["OP_SHAPES", "BACKBONES", "load_anchors", "time_fn", "bench_ops", "bench_backbones", "format_table",
-           "DRAM_BPS", "apply_kernel_config", "kernel_configs"]
+__all__ = ["OP_SHAPES", "BACKBONES", "load_anchors", "time_fn", "bench_ops", "fla_available", "bench_backbones",
+           "format_table", "DRAM_BPS", "apply_kernel_config", "kernel_configs"]
 
 DRAM_BPS = 3.0e12  # bytes/s used for the memory floor (anchors' convention, H100 HBM3 as measured)
 OP_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192)]
@@ -254,6 +256,7 @@ def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), sh
         backends = ("triton",) if dev.type == "cuda" else ("reference",)
     kern = load_anchors("kernels", anchors_dir)
     shapes = list(shapes or OP_SHAPES)
+    fla = "v6_biwkv" in ops and "triton" in backends and fla_available()
     rows = []
     for op in ops:
         for shape3 in shapes:
@@ -286,6 +289,8 @@ def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), sh
                                 row["pct_floor"] = 100.0 * row["floor_ms"] / row["ms"]
                                 if "graph_ms" in row:
                                     row["graph_pct_floor"] = 100.0 * row["floor_ms"] / row["graph_ms"]
+                                if op == "v6_biwkv" and backend == "triton" and fla:
+                                    row.update(_fla_comparison(fn, row, dev, iters, warmup))
                                 if wkv_mode != "original":
                                     ams, aimpl = _best_anchor(kern, op, shape, mode)
                                     if ams is not None:
@@ -303,6 +308,39 @@ def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), sh
                             if progress:
                                 progress(row)
     return rows
+
+
+def fla_available() -> bool:
+    """Whether flash-linear-attention (the v6 WKV's comparison point, ``VRWKV_TRITON_V6=algo=fla``) imports here."""
+    from .ops.bi_wkv6.fla_route import fla_chunk_module
+
+    try:
+        fla_chunk_module()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _fla_comparison(fn: Callable[[], object], row: dict, dev: torch.device, iters: int, warmup: int) -> dict:
+    """The same v6 call through flash-linear-attention's causal kernels (``algo=fla``, both directions): its ms
+    (and graph ms) and our speed-up over it (> 1: ours faster)."""
+    from .ops.bi_wkv6 import triton as v6
+
+    saved = dict(v6.CONFIG)
+    v6.CONFIG.update(algo="fla", bwd_algo="")
+    out: dict = {}
+    try:
+        out["fla_ms"] = time_fn(fn, dev, iters, warmup)["ms"]
+        out["speedup_vs_fla"] = out["fla_ms"] / row["ms"]
+        if "graph_ms" in row:
+            out["fla_graph_ms"] = time_graph(fn, iters)
+            out["graph_speedup_vs_fla"] = out["fla_graph_ms"] / row["graph_ms"]
+    except Exception as e:  # (a failing comparison is reported in the row; ours stays)
+        out["fla_error"] = f"{type(e).__name__}: {e}"[:200]
+    finally:
+        v6.CONFIG.clear()
+        v6.CONFIG.update(saved)
+    return out
 
 
 # -------------------------------------------------------------------------------------------- GEMM epilogues
@@ -732,7 +770,9 @@ OPS_COLUMNS = [("op", "op", ""), ("mode", "wkv_mode", ""), ("backend", "backend"
                ("B,T,C", "shape", ""), ("pass", "mode", ""), ("ms", "ms", ".4f"), ("GB/s", "GBps", ".0f"),
                ("% floor", "pct_floor", ".1f"), ("original ms", "anchor_ms", ".4f"),
                ("x original", "speedup_vs_original", ".2f"), ("graph ms", "graph_ms", ".4f"),
-               ("graph % floor", "graph_pct_floor", ".1f"), ("graph x original", "graph_speedup_vs_original", ".2f")]
+               ("graph % floor", "graph_pct_floor", ".1f"), ("graph x original", "graph_speedup_vs_original", ".2f"),
+               ("fla ms", "fla_ms", ".4f"), ("x fla", "speedup_vs_fla", ".2f"),
+               ("graph x fla", "graph_speedup_vs_fla", ".2f")]
 GEMM_COLUMNS = [("epilogue", "epilogue", ""), ("impl", "impl", ""), ("dtype", "dtype", ""), ("M", "M", ""),
                 ("K", "K", ""), ("N", "N", ""), ("pass", "mode", ""), ("ms", "ms", ".4f"),
                 ("graph ms", "graph_ms", ".4f"), ("TFLOP/s", "TFLOPs", ".0f"), ("% floor (fwd)", "pct_floor", ".1f"),

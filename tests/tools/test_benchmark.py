@@ -1,7 +1,9 @@
 """tools/benchmark.py: a tiny CPU run of both tables writes sane JSON; the anchor lookup picks the best original."""
 import json
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,34 @@ def test_failed_capture_puts_the_generator_state_back(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kwargs: contextlib.nullcontext())
     gen = FakeGen()
     assert bm.capture_graph(lambda: None, gen) is not None and gen.calls == ["clone"]
+
+
+def test_v6_rows_compare_with_fla_where_installed():
+    """Where flash-linear-attention imports (here its entry points stood in for by tests/ops/_fla_standin.py, the
+    kernels under TRITON_INTERPRET=1) the Triton v6 rows also time the same call through ``algo=fla`` and give our
+    speed-up over it; v4 rows and a run without fla carry none of it, and the kernel configuration is put back."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(ROOT / "tests" / "ops")!r})
+        from _fla_standin import installed
+        from vision_rwkv import benchmark as bm
+        from vision_rwkv.ops.bi_wkv6 import triton as v6
+        kw = dict(device="cpu", dtypes=("fp32",), shapes=[(1, 20, 64)], backends=("triton",), v4_modes=("exact",),
+                  iters=1, warmup=0)
+        without = bm.bench_ops(**kw)
+        with installed():
+            rows = bm.bench_ops(**kw)
+        print(json.dumps(dict(rows=rows, without=without, algo=v6.CONFIG["algo"])))
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    fla_keys = ("fla_ms", "speedup_vs_fla", "fla_error")
+    v6 = [r for r in data["rows"] if r["op"] == "v6_biwkv"]
+    assert len(v6) == 2 and all("error" not in r for r in data["rows"]), data["rows"]
+    assert all("fla_error" not in r and r["fla_ms"] > 0 and r["speedup_vs_fla"] > 0 for r in v6), v6
+    assert not any(k in r for r in data["rows"] if r["op"] == "v4_biwkv" for k in fla_keys)
+    assert not any(k in r for r in data["without"] for k in fla_keys)
+    assert data["algo"] == "chunk"
