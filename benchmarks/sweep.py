@@ -67,6 +67,11 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     # round 24: two calls of flash-linear-attention's causal chunk kernels (fla_route.py; the issue's comparison
     # point; needs the fla package - carried as a wheel by device_run8.sh - else the rows hold the import error)
     "fla": {"algo": "fla"},
+    # round 24: the fewest state bytes - 16-bit states every 128 tokens, carried through the state chunk by the output
+    # kernel, or walked by one kernel (no increments + scan): VRWKV6-T's 1024-px floor 8.10 -> 7.39 / 7.08 ms at 3 TB/s
+    # (tools/roofline.py), under the 7.74 ms of 2x the anchors' DeiT-T
+    "chunk_carry_st128_16bit": {"algo": "chunk", "fwd_carry": 1, "state_t": 128, "state_dtype": "input"},
+    "chunk_swalk64_st128_16bit": {"algo": "chunk", "state_walk": 64, "state_t": 128, "state_dtype": "input"},
 }
 
 

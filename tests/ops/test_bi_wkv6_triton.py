@@ -129,6 +129,14 @@ CPU_CASES.update({
     "walk_weak_decays_head24_bf16": dict(shape=(1, 40, 2, 24), dtype="bf16", dshift=-3.0),
     "norm_chunk_after": dict(shape=(1, 21, 1, 16), decay=True, norm=True, config=dict(CHUNK, fused_norm=0)),
 })
+# the fewest state bytes (the sweep's round-24 configs): 16-bit states every 128 tokens, carried by the output kernel
+# or walked by one kernel; several state chunks, the last one partial, weak decays (the states weigh in)
+CPU_CASES.update({
+    "chunk_carry_st128_16bit_weak": dict(shape=(1, 300, 1, 16), dtype="bf16", dshift=-3.0, config=dict(
+        CHUNK, fwd_carry=1, state_t=128, state_dtype="input")),
+    "walk_states_st128_16bit_weak": dict(shape=(1, 300, 1, 16), dtype="bf16", dshift=-3.0, config={
+        "algo": "chunk", "state_walk": 64, "state_t": 128, "state_dtype": "input"}),
+})
 # algo=fla (fla_route.py: two calls of flash-linear-attention's causal chunk kernels) through the kernels' entry
 # points, with fla's entry points stood in for by the float64 loop of _fla_standin.py (its kernels do not run in the
 # interpreter; the CUDA cases below run the real package): what is tested is the route - the reversed pass on flipped
@@ -223,6 +231,10 @@ CUDA_CASES["64x196x3x64_chunk_scan_states"] = dict(shape=(64, 196, 3, 64), dshif
                                                    config={"algo": "chunk", "state_walk": 0})
 CUDA_CASES["4x300x2x64_chunk_state16"] = dict(shape=(4, 300, 2, 64), dscale=2.0, config={"algo": "chunk",
                                                                                         "state_t": 16})
+CUDA_CASES.update({f"16x4096x3x64_bf16_{tag}_decay_weak": dict(
+    shape=(16, 4096, 3, 64), dtype="bf16", decay=True, norm=True, dshift=-3.0, config=dict(
+        algo="chunk", state_t=128, state_dtype="input", **cfg)) for tag, cfg in (
+    ("carry_st128_16bit", {"fwd_carry": 1}), ("swalk64_st128_16bit", {"state_walk": 64}))})
 # the real flash-linear-attention through algo=fla (skipped where fla is not installed): does it pass our tests?
 CUDA_CASES.update({f"{name}_fla": dict(CUDA_CASES[name], config=FLA, needs_fla=True) for name in (
     "64x196x3x64", "64x196x12x64_bf16", "16x1024x6x64_bf16", "2x4096x6x64", "head80", "strong_decays",
