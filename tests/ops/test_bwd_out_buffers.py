@@ -1,7 +1,7 @@
 """WKV backwards writing the caller's gradient buffers (``out=``: the token-mix steps pass slices of one stacked
 (k, v, r[, g]) gradient instead of stacking afterwards) give exactly the gradients of the default call - v4 seq and
-tile kernels, v6 chunk and walk kernels (the walk's per-dtype grouping included) and the fla route, fp32 / bf16. CPU: the kernels under
-TRITON_INTERPRET=1 in a subprocess (this file as a script), NaN-poisoned outputs."""
+tile kernels, v6 chunk and walk kernels (the walk's per-dtype grouping included) and the fla route, fp32 / bf16.
+CPU: the kernels under TRITON_INTERPRET=1 in a subprocess (this file as a script), NaN-poisoned outputs."""
 import contextlib
 import json
 import sys
