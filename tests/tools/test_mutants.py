@@ -12,7 +12,7 @@ def test_every_mutant_applies_once_to_the_current_source():
     for name, mset in mutants.SETS.items():
         assert mset.mutants and mset.tests, name
         assert mutants.check_applies(mset) == [], name
-        for test in mset.tests:
+        for test in mset.tests + tuple(t for m in mset.mutants for t in m.tests):
             assert (ROOT / test).is_file(), test
         for m in mset.mutants:
             assert m.old != m.new, m.name
@@ -47,6 +47,8 @@ def _toy_repo(root):
         "@pytest.fixture\ndef offset():\n    from toy.ops import OFFSET\n    return OFFSET\n\n\n"
         "def test_offset(offset):\n    assert offset == 0\n\n\n"
         "def test_neg():\n    from toy.more import neg\n    assert neg(2) == -2\n")
+    (root / "tests" / "test_more.py").write_text(
+        "from toy.more import neg\n\n\ndef test_neg_of_zero():\n    assert neg(0) == 0\n")
 
 
 def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
@@ -58,6 +60,9 @@ def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
         mutants.Mutant("clip_at_1", "max(x, 0)", "max(x, 1)"),  # caught by test_clip
         mutants.Mutant("offset_gone", "OFFSET = 0", "OFFSET_ = 0"),  # test_offset's fixture raises: an ERROR
         mutants.Mutant("neg_gone", "return -x", "return x", "toy/more.py"),  # another file: caught by test_neg
+        # its own tests (test_more.py only, which does not see it; the set's test_neg would)
+        mutants.Mutant("neg_own_tests", "return -x", "return -x * x", "toy/more.py", ("tests/test_more.py",)),
+        mutants.Mutant("neg_one", "return -x", "return 1 - x", "toy/more.py", ("tests/test_more.py",)),
     ))
     rows = mutants.run_sets(["toy"], root=tmp_path, sets={"toy": mset}, pytest_args=())
     by = {r["mutant"]: r for r in rows}
@@ -66,6 +71,8 @@ def test_run_sets_catches_and_misses_toy_mutants(tmp_path):
     assert by["clip_at_1"]["caught"] is True and by["clip_at_1"]["failed"] == ["tests/test_ops.py::test_clip"]
     assert by["offset_gone"]["caught"] is True and by["offset_gone"]["failed"] == ["tests/test_ops.py::test_offset"]
     assert by["neg_gone"]["caught"] is True and by["neg_gone"]["failed"] == ["tests/test_ops.py::test_neg"]
+    assert by["neg_own_tests"]["caught"] is False
+    assert by["neg_one"]["caught"] is True and by["neg_one"]["failed"] == ["tests/test_more.py::test_neg_of_zero"]
     assert (tmp_path / "toy" / "ops.py").read_text() == before  # (mutated in a copy only)
     assert (tmp_path / "toy" / "more.py").read_text() == "def neg(x):\n    return -x\n"
     # several workers, each in its own copy: the same verdicts, in the same order

@@ -18,9 +18,12 @@ hook, ``VRWKV_TRITON_FAST_LAUNCH=0``; and for good on a Triton whose internals d
 against (3.6 - 3.8; before 3.4, without ``triton.knobs``, :func:`jit` is plain ``triton.jit``). The dict is cleared
 when it reaches ``_MAX_KEYS`` entries (integer arguments such as sequence lengths are part of the key).
 
-Under ``TRITON_INTERPRET=1`` (tests on CPU) :func:`jit` is ``triton.jit``. ``tests/ops/test_triton_jit.py`` checks on
-CPU, with kernels compiled for sm_90 and the launcher's C call recorded (:mod:`vision_rwkv.ops.host_driver`), that
-both paths hand the launcher the same compiled kernel, grid and arguments across specializations.
+Under ``TRITON_INTERPRET=1`` (tests on CPU) :func:`jit` is ``triton.jit``; with ``VRWKV_TRITON_DEBUG=1`` too, every
+interpreted load and store is checked against the launch's tensor arguments (:mod:`vision_rwkv.ops.interpret_bounds`;
+``VRWKV_TRITON_BOUNDS=0`` turns the checks off).
+``tests/ops/test_triton_jit.py`` checks on CPU, with kernels compiled for sm_90 and the launcher's C call recorded
+(:mod:`vision_rwkv.ops.host_driver`), that both paths hand the launcher the same compiled kernel, grid and
+arguments across specializations.
 """
 from __future__ import annotations
 
@@ -36,9 +39,14 @@ try:
 except ImportError:  # Triton < 3.4: every launch takes Triton's path (jit is triton.jit)
     knobs = None
 
-from ._triton_utils import env_get
+from ._triton_utils import debug_poison, env_get
+from .interpret_bounds import install as _install_bounds_checks
 
 __all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled"]
+
+# (the CPU tests: every kernel's addresses checked; VRWKV_TRITON_BOUNDS=0 leaves them unchecked)
+if env_get("TRITON_INTERPRET", "0") == "1" and debug_poison() and env_get("VRWKV_TRITON_BOUNDS", "1") != "0":
+    _install_bounds_checks()
 
 
 def fast_launch_enabled() -> bool:
