@@ -311,7 +311,7 @@ SETS: dict[str, MutantSet] = {
     )),
     # loads loosened in a way the numbers cannot see - lanes past the data read, then discarded by a masked store, a
     # zero operand or unused state columns: on a GPU they read other memory (or fault); the interpreter's address
-    # checks (vision_rwkv.ops.interpret_bounds, on in every CPU kernel test) are what catches them
+    # checks (vision_rwkv.ops.interpret_checks, on in every CPU kernel test) are what catches them
     "bounds": MutantSet(FUSED, ("tests/ops/test_fused_triton.py",), (
         _m("sigmoid_mul_gate_tail",
            "    r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)\n"

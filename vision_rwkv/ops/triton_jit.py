@@ -19,8 +19,8 @@ against (3.6 - 3.8; before 3.4, without ``triton.knobs``, :func:`jit` is plain `
 when it reaches ``_MAX_KEYS`` entries (integer arguments such as sequence lengths are part of the key).
 
 Under ``TRITON_INTERPRET=1`` (tests on CPU) :func:`jit` is ``triton.jit``; with ``VRWKV_TRITON_DEBUG=1`` too, every
-interpreted load and store is checked against the launch's tensor arguments (:mod:`vision_rwkv.ops.interpret_bounds`;
-``VRWKV_TRITON_BOUNDS=0`` turns the checks off).
+interpreted load and store is checked against the launch's tensor arguments, and every launch for races between its
+programs (:mod:`vision_rwkv.ops.interpret_checks`; ``VRWKV_TRITON_CHECKS=0`` turns the checks off).
 ``tests/ops/test_triton_jit.py`` checks on CPU, with kernels compiled for sm_90 and the launcher's C call recorded
 (:mod:`vision_rwkv.ops.host_driver`), that both paths hand the launcher the same compiled kernel, grid and
 arguments across specializations.
@@ -40,13 +40,13 @@ except ImportError:  # Triton < 3.4: every launch takes Triton's path (jit is tr
     knobs = None
 
 from ._triton_utils import debug_poison, env_get
-from .interpret_bounds import install as _install_bounds_checks
+from .interpret_checks import install as _install_interpreter_checks
 
 __all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled"]
 
-# (the CPU tests: every kernel's addresses checked; VRWKV_TRITON_BOUNDS=0 leaves them unchecked)
-if env_get("TRITON_INTERPRET", "0") == "1" and debug_poison() and env_get("VRWKV_TRITON_BOUNDS", "1") != "0":
-    _install_bounds_checks()
+# (the CPU tests: every kernel's accesses checked; VRWKV_TRITON_CHECKS=0 leaves them unchecked)
+if env_get("TRITON_INTERPRET", "0") == "1" and debug_poison() and env_get("VRWKV_TRITON_CHECKS", "1") != "0":
+    _install_interpreter_checks()
 
 
 def fast_launch_enabled() -> bool:

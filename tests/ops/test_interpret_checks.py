@@ -1,7 +1,9 @@
-"""The interpreter's address checks (``vision_rwkv.ops.interpret_bounds``): on in every CPU kernel test (the
-interpreter with ``VRWKV_TRITON_DEBUG=1``), they must refuse a load or store lane outside the launch's tensor
-arguments - past the end, before the start, outside a view but inside its storage - and pass masked-off lanes.
-CPU: toy kernels in a subprocess (this file as a script) under TRITON_INTERPRET=1."""
+"""The interpreter's memory checks (``vision_rwkv.ops.interpret_checks``), on in every CPU kernel test (the
+interpreter with ``VRWKV_TRITON_DEBUG=1``): they must refuse a load or store lane outside the launch's tensor
+arguments - past the end, before the start, outside a view but inside its storage - and pass masked-off lanes; and
+refuse a launch whose programs race (one loads what another stores, or two store different values to one place)
+while passing a program's own read-modify-write and identical stores. CPU: toy kernels in a subprocess (this file
+as a script) under TRITON_INTERPRET=1."""
 import os
 import subprocess
 import sys
@@ -28,7 +30,20 @@ def _kernels():
     def store_at(Y, pos, val):
         tl.store(Y + pos, val)
 
-    return copy2, store_at
+    @jit
+    def shift_left(X, NEIGHBOUR: tl.constexpr):
+        """X[i] <- X[i + 1] in place, program i (NEIGHBOUR; else X[i] <- 2 X[i]: each program its own element)."""
+        i = tl.program_id(0)
+        tl.store(X + i, tl.load(X + i + 1) if NEIGHBOUR else 2 * tl.load(X + i))
+
+    @jit
+    def store_all(Y, SAME: tl.constexpr):
+        """Every program stores to Y[0]: the same value (SAME), else its own id; and to Y[1 + id]."""
+        i = tl.program_id(0)
+        tl.store(Y, 1.0 if SAME else i.to(tl.float32))
+        tl.store(Y + 1 + i, 1.0)
+
+    return copy2, store_at, shift_left, store_all
 
 
 def _error(fn) -> str:
@@ -40,9 +55,9 @@ def _error(fn) -> str:
 
 
 def _run(checked: bool) -> dict:
-    from vision_rwkv.ops import interpret_bounds as ib
+    from vision_rwkv.ops import interpret_checks as ib
 
-    copy2, store_at = _kernels()
+    copy2, store_at, shift_left, store_all = _kernels()
     x, y = torch.randn(10), torch.full((16,), float("nan"))
     if not checked:  # (only a read past x: the stores below would write past y unchecked)
         return {"installed": ib.installed(), "past_end": _error(lambda: copy2[(1,)](x, y, 10, 0, BLOCK=16,
@@ -65,6 +80,10 @@ def _run(checked: bool) -> dict:
         "extent_rows": list(ib.tensor_extent(rows)) == [rows.data_ptr(), rows.data_ptr() + 64],
         "extent_col": list(ib.tensor_extent(col)) == [col.data_ptr(), col.data_ptr() + 100],
         "extent_empty": (lambda lo, hi: lo == hi)(*ib.tensor_extent(x[:0])),
+        "race_neighbour": _error(lambda: shift_left[(4,)](torch.randn(5), NEIGHBOUR=True)),
+        "own_element_ok": _error(lambda: shift_left[(4,)](torch.randn(5), NEIGHBOUR=False)),
+        "race_store": _error(lambda: store_all[(3,)](torch.zeros(4), SAME=False)),
+        "same_store_ok": _error(lambda: store_all[(3,)](torch.zeros(4), SAME=True)),
     }
 
 
@@ -86,7 +105,7 @@ def checked():
 def test_in_bounds_accesses_pass(checked):
     assert checked["installed"] is True
     assert checked["masked_ok"] is True
-    for key in ("last_ok", "inside_view", "strided_gap_ok"):
+    for key in ("last_ok", "inside_view", "strided_gap_ok", "own_element_ok", "same_store_ok"):
         assert checked[key] == "", f"{key}: {checked[key]}"
 
 
@@ -109,6 +128,16 @@ def test_out_of_bounds_lanes_are_refused(checked, key, what):
 ])
 def test_the_error_names_the_argument_and_offset(checked, key, where):
     assert where in checked[key], checked[key]
+
+
+@pytest.mark.parametrize("key, what", [
+    ("race_neighbour", "shift_left: program (0, 0, 0) loads memory that program (1, 0, 0) stores in the same launch "
+                       "(3 4-byte piece(s); first byte offset 4 of argument X (a 20-byte view))"),
+    ("race_store", "store_all: programs (0, 0, 0) and (2, 0, 0) store different values to the same memory "
+                   "(1 4-byte piece(s); first byte offset 0 of argument Y"),
+])
+def test_races_between_programs_are_refused(checked, key, what):
+    assert "DataRace" in checked[key] and what in checked[key], checked[key]
 
 
 def test_extents(checked):
