@@ -124,7 +124,9 @@ SETS: dict[str, MutantSet] = {
     )),
     # the RWKV-6 helpers shared by the chunk and walk kernels: in-chunk cumulative decays, the fused decay, positions
     "v6_shared": MutantSet(V6_SHARED, ("tests/ops/test_bi_wkv6_triton.py",), (
-        _m("cumulative_decays_fp32", "l64 = lw.to(tl.float64)", "l64 = lw"),  # (precision: a case of its own tolerance)
+        # (precision: cases of their own tolerance)
+        _m("tail_sums_as_differences", "tl.cumsum(lw, axis=0, reverse=True) - lw,",
+           "tl.sum(lw, axis=0)[None, :] - tl.cumsum(lw, axis=0),"),
         _m("fused_decay_padded_tokens", "x = tl.where(mask, -tl.exp(w[None, :] + x), 0.0)",
            "x = -tl.exp(w[None, :] + x)"),
         _m("walk_reversed_position", "return tl.where(d == 0, tau, T - 1 - tau)",

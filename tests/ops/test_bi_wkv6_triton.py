@@ -98,11 +98,15 @@ CPU_CASES.update({
     # a register cap on the output / gradient kernels (maxnreg: a launch option; the interpreter ignores it, the
     # sm_90 compile and the CUDA cases check it)
     "chunk_maxnreg_both_carry": dict(shape=(1, 37, 1, 16), config=dict(CHUNK, maxnreg=128, fwd_carry=1, bwd_carry=1)),
-    # the first half of every sub-chunk decays hard (~ -50 per token), the second half hardly: the tail sums of the
-    # weak tokens are differences of two prefix sums near -400, exact with the fp64 in-chunk sums (y ~1e-7); fp32
-    # sums give y 4.7e-6, glogd 1.1e-5 - inside the general fp32 tolerances, hence this case's own
+    # the first half of every sub-chunk decays hard (~ -50 per token), the second half hardly: the weak tokens' tail
+    # sums are suffix scans of their own (y 1.3e-7); as differences of the chunk total and prefix sums near -400 they
+    # gave y 4.7e-6, glogd 1.1e-5 - inside the general fp32 tolerances, hence this case's own
     "chunk_strong_then_weak_decays": dict(shape=(1, 64, 1, 16), logd_tokens=[-50.0] * 8 + [-0.02] * 8, config=CHUNK,
                                           tol=(1e-6, 3e-6)),
+    # one token at the clamp among weak ones: its exclusive prefix is its inclusive scan (~ -60) less -60 (y 3.0e-7,
+    # glogd 7.8e-7; 1.0e-7 / 4.3e-7 with fp64 sums)
+    "chunk_one_clamped_token_among_weak": dict(shape=(1, 64, 1, 16), logd_tokens=[-0.02] * 7 + [-60.0] + [-0.02] * 8,
+                                               config=CHUNK, tol=(1e-6, 3e-6)),
     # weak decays: every sub-chunk takes the factorized intra path (T_not_multiple mixes both paths)
     "chunk_weak_decays_fast_intra": dict(shape=(2, 70, 2, 16), dshift=-3.0, config=CHUNK),
     "chunk_weak_decays_fast_intra_bf16": dict(shape=(1, 40, 1, 32), dshift=-3.0, dtype="bf16", config=CHUNK),

@@ -63,18 +63,19 @@ CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="t
                               state_rows=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
-# decays keep the in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
+# decays keep the walk kernels' in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
 LOGD_MIN = tl.constexpr(-60.0)
 
 
 @jit
 def _cums(lw):
-    """fp64 in-chunk cumulative log decay -> (cex = c_{t-1}, c_last - c_t, c_last) in fp32. fp64 keeps the
-    differences of large prefix sums exact (strong decays would otherwise cost relative precision)."""
-    l64 = lw.to(tl.float64)
-    cum = tl.cumsum(l64, axis=0)
-    last = tl.sum(l64, axis=0)
-    return (cum - l64).to(tl.float32), (last[None, :] - cum).to(tl.float32), last.to(tl.float32)
+    """In-chunk cumulative log decays of lw [BT, BN] (rows = tokens) -> (cex_t = sum_{m<t} lw_m,
+    ctail_t = sum_{m>t} lw_m, the chunk's total), fp32. cex and ctail are an inclusive scan each way less the token's
+    own term (>= -60): their absolute error stays a few ulp of |result| + 60, and the tail of a weak token after
+    strong ones is its own suffix scan, not the difference of two large prefix sums. No fp64: 1/64 of the fp32 rate
+    on most GPUs outside the HPC parts (sm_90: 248 / 408 fp64 instructions out of the forward / backward kernels,
+    ~4% fewer instructions in all; y 3e-7 off the float64 reference at worst in the tests, 1e-7 with fp64 sums)."""
+    return tl.cumsum(lw, axis=0) - lw, tl.cumsum(lw, axis=0, reverse=True) - lw, tl.sum(lw, axis=0)
 
 
 @jit
