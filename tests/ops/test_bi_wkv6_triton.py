@@ -206,6 +206,9 @@ CUDA_CASES.update({f"4x1024x6x64_chunk_{tag}_weak_decays": dict(shape=(4, 1024, 
     algo="chunk", **carry)) for tag, carry in (("carry", {"fwd_carry": 1}), ("bcarry", {"bwd_carry": 1}),
                                                ("scan", {"state_walk": 0}))})
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
+# the in-chunk sums' worst pattern (one token at the clamp among weak ones; fp32 scans, no fp64) with the GPU's scan
+CUDA_CASES["4x1024x6x64_chunk_one_clamped_among_weak"] = dict(
+    shape=(4, 1024, 6, 64), logd_tokens=[-0.02] * 7 + [-60.0] + [-0.02] * 8, config={"algo": "chunk"})
 CUDA_CASES["4x1024x6x64_bf16_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, dtype="bf16",
                                                         config={"algo": "chunk"})
 # the fused decay and GroupNorm * gate of the time mix (z's gradient amplifies the log-decay gradient's rounding by
