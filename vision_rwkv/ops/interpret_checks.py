@@ -86,26 +86,29 @@ class _Launch:
         self.loads: list = []
         self.stores: list = []
 
+    def key(self) -> tuple:
+        """The running program's grid index."""
+        return tuple(int(i) for i in self.builder.grid_idx)
+
     def program(self) -> int:
-        key = tuple(int(i) for i in self.builder.grid_idx)
-        return self.programs.setdefault(key, len(self.programs))
+        return self.programs.setdefault(self.key(), len(self.programs))
 
     def where(self, prog: int) -> tuple:
         return next(k for k, v in self.programs.items() if v == prog)
 
 
-def _lanes(ptrs, mask) -> np.ndarray:
-    addrs = np.asarray(ptrs.data, dtype=np.uint64)
+def _enabled(x: np.ndarray, mask) -> np.ndarray:
+    """The lanes of ``x`` that ``mask`` enables (all without one), flattened."""
     if mask is not None:
-        addrs = addrs[np.broadcast_to(np.asarray(mask.data, dtype=bool), addrs.shape)]
-    return addrs.reshape(-1)
+        x = x[np.broadcast_to(np.asarray(mask.data, dtype=bool), x.shape)]
+    return x.reshape(-1)
 
 
 def _access(kind: str, ptrs, mask, value=None) -> None:
     launch = getattr(_STATE, "launch", None)
     if launch is None:  # (an interpreted function outside a tracked launch: nothing to check against)
         return
-    addrs = _lanes(ptrs, mask)
+    addrs = _enabled(np.asarray(ptrs.data, dtype=np.uint64), mask)
     if addrs.size == 0:
         return
     size = max(1, ptrs.get_element_ty().primitive_bitwidth // 8)
@@ -116,15 +119,13 @@ def _access(kind: str, ptrs, mask, value=None) -> None:
         bad = addrs[~ok]
         first = int(bad[0])
         raise OutOfBoundsAccess(
-            f"{launch.name} program {launch.where(launch.program())}: {kind} of {bad.size} lane(s) of {size}-byte "
-            f"elements outside every tensor argument; first at {first:#x}, {_describe(first, size, launch.ranges)}")
+            f"{launch.name} program {launch.key()}: {kind} of {bad.size} lane(s) of {size}-byte elements outside "
+            f"every tensor argument; first at {first:#x}, {_describe(first, size, launch.ranges)}")
     if kind == "load":
         launch.loads.append((addrs, size, launch.program(), None))
-    else:
-        data = np.ascontiguousarray(np.broadcast_to(np.asarray(value.data), np.asarray(ptrs.data).shape))
-        if mask is not None:
-            data = data[np.broadcast_to(np.asarray(mask.data, dtype=bool), data.shape)]
-        launch.stores.append((addrs, size, launch.program(), data.reshape(-1).view(np.uint8).reshape(-1, size)))
+    else:  # (the values' bytes, one row per lane: the interpreter holds 16-bit floats as uint16)
+        data = _enabled(np.broadcast_to(np.asarray(value.data), np.shape(ptrs.data)), mask)
+        launch.stores.append((addrs, size, launch.program(), data.view(np.uint8).reshape(addrs.size, size)))
 
 
 _UNITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
