@@ -149,6 +149,21 @@ def test_off_without_debug():
     assert plain["installed"] is False and plain["past_end"] == ""  # (not checked: reads past x's 10 elements)
 
 
+def test_an_interpreter_without_the_hooks_is_left_alone(monkeypatch):
+    """On a Triton whose interpreter lacks a hooked method: a warning, nothing patched (in this process)."""
+    from triton.runtime import interpreter as ti
+
+    from vision_rwkv.ops import interpret_checks as ic
+
+    if ic.installed():
+        pytest.skip("the checks are installed in this process")
+    call = ti.GridExecutor.__call__
+    monkeypatch.delattr(ti.GridExecutor, "_init_args_hst")
+    with pytest.warns(UserWarning, match="interpreter checks .* are off.*GridExecutor._init_args_hst"):
+        assert ic.install() is False
+    assert not ic.installed() and ti.GridExecutor.__call__ is call
+
+
 if __name__ == "__main__":
     import json
 

@@ -186,12 +186,26 @@ def installed() -> bool:
     return _INSTALLED[0]
 
 
-def install() -> None:
-    """Patch Triton's interpreter (this process, once) so that every launch's loads and stores are checked."""
+_HOOKS = (("InterpreterBuilder", "create_masked_load"), ("InterpreterBuilder", "create_masked_store"),
+          ("GridExecutor", "_init_args_hst"), ("GridExecutor", "__call__"))  # (what install patches)
+
+
+def install() -> bool:
+    """Patch Triton's interpreter (this process, once) so that every launch's loads and stores are checked. Returns
+    whether the checks are on: on a Triton whose interpreter lacks what they hook, a warning says so and nothing is
+    patched (the kernels still run, unchecked)."""
     if _INSTALLED[0]:
-        return
+        return True
+    import warnings
+
+    import triton
     from triton.runtime import interpreter as ti
 
+    missing = [f"{cls}.{attr}" for cls, attr in _HOOKS if not hasattr(getattr(ti, cls, None), attr)]
+    if missing:
+        warnings.warn(f"vision_rwkv: the interpreter checks (bounds, races) are off: Triton {triton.__version__}'s "
+                      f"interpreter has no {', '.join(missing)}")
+        return False
     builder_cls, executor = ti.InterpreterBuilder, ti.GridExecutor
     load, store = builder_cls.create_masked_load, builder_cls.create_masked_store
     init_args, call = executor._init_args_hst, executor.__call__
@@ -226,3 +240,4 @@ def install() -> None:
     executor._init_args_hst = _init_args_hst
     executor.__call__ = __call__
     _INSTALLED[0] = True
+    return True
