@@ -621,9 +621,10 @@ def _states(pairs, logd, w0, cfg, T, H, N, NS, NC, BN):
         one = len(pairs) == 1 or [t.dtype for t in pairs[0]] != [t.dtype for t in pairs[1]]
         for i in range(len(pairs)) if one else (0,):  # (both pairs in one launch where their dtypes match)
             sel = [pairs[i], pairs[i]] if one else pairs
-            _state_walk_kernel[(BH * (BN // br), 2 if one else 4)](
-                *sel[0], *sel[1], logd, _w0_arg(w0, logd), S[i] if one else S, *(st for p in sel for t in p for st in t.stride()),
-                *logd.stride(), T, H, N, NC, BH, NS * BT, BN // br, **meta)
+            _state_walk_kernel[(BH * (BN // br), 2 if one else 4)](  # (S itself where it writes both pairs')
+                *sel[0], *sel[1], logd, _w0_arg(w0, logd), S[i] if one else S,
+                *(st for p in sel for t in p for st in t.stride()), *logd.stride(), T, H, N, NC, BH, NS * BT, BN // br,
+                **meta)
         return S
     GT = new_empty((BH, NC, BN), torch.float32, logd.device)
     for i, (x, y) in enumerate(pairs):
