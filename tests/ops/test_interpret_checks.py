@@ -4,6 +4,7 @@ arguments - past the end, before the start, outside a view but inside its storag
 refuse a launch whose programs race (one loads what another stores, or two store different values to one place)
 while passing a program's own read-modify-write and identical stores. CPU: toy kernels in a subprocess (this file
 as a script) under TRITON_INTERPRET=1."""
+import json
 import os
 import subprocess
 import sys
@@ -92,8 +93,6 @@ def _interpret(debug: str) -> dict:
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), debug], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    import json
-
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -165,6 +164,4 @@ def test_an_interpreter_without_the_hooks_is_left_alone(monkeypatch):
 
 
 if __name__ == "__main__":
-    import json
-
     print(json.dumps(_run(sys.argv[1] == "1")))
