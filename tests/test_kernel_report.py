@@ -74,6 +74,41 @@ def test_sass_counts_parses_predicated_ops():
     assert c == {"FMUL": 1, "MUFU.EX2": 1, "LDG.E.128": 1, "LDG.E.U16": 1}
 
 
+def test_fp64_count_includes_conversions():
+    """fp64 work: double arithmetic and conversions to / from fp64, not 16 / 32-bit conversions or 64-bit addresses."""
+    from vision_rwkv.kernel_report import _group
+
+    ops = sass_counts("        /*0010*/                   DADD R2, R4, R6 ;\n"
+                      "        /*0020*/                   F2F.F32.F64 R8, R2 ;\n"
+                      "        /*0030*/                   F2F.F64.BF16 R10, R12 ;\n"
+                      "        /*0040*/                   F2F.BF16.F32 R13, R14 ;\n"
+                      "        /*0050*/                   UIADD3.64 UR4, UR6, UR8 ;\n")
+    assert _group(ops)["fp64"] == 3
+
+
+@pytest.mark.slow
+def test_v6_kernels_use_no_fp64(restore_kernel_config):
+    """No RWKV-6 WKV kernel does fp64 work (1/64 of the fp32 rate on most GPUs): the chunk kernels (head size 64,
+    states scanned and walked, both carries) and the walk kernels (head size 80, the RWKV-CLIP towers'), whose
+    in-chunk sums are fp32 scans and fp32 pairs hi + lo."""
+    from vision_rwkv.ops.bi_wkv6 import triton as t6
+
+    settings = {64: ["v6.state_walk=0", "v6.state_walk=16,v6.fwd_carry=1,v6.bwd_carry=1"], 80: ["v6.algo=walk"]}
+    names = set()
+    for n, configs in settings.items():
+        ins = bm._op_inputs("v6_biwkv", (1, 100, 2, n), torch.bfloat16, "cpu")
+        for cfg in configs:
+            bm.apply_kernel_config(cfg.split(","))
+            with capture_kernels(90, tag=cfg) as recs:
+                y = t6._fwd(*ins)
+                t6._bwd(*ins, torch.randn_like(y))
+            for row in kernel_rows(recs):
+                assert row["fp64"] == 0, row
+                names.add(row["kernel"])
+    assert {"_v6_fwd_kernel", "_v6_bwd_kernel", "_fwd_kernel", "_fwd_carry_kernel", "_state_kernel",
+            "_scan_kernel", "_state_walk_kernel"} <= names, names
+
+
 def test_apply_kernel_config_errors(restore_kernel_config):
     with pytest.raises(ValueError, match="unknown key 'nope'"):
         bm.apply_kernel_config(["v4.nope=1"])

@@ -4,7 +4,7 @@
 with the ptxas that ships with Triton) and records the kernel instead of running it, so the operators' host code can
 be called on CPU tensors of real shapes. ``kernel_rows`` then reads each cubin with ``cuobjdump``: registers, stack
 and local memory (spills), shared memory, and the SASS instruction mix (loads by width, shuffles, barriers,
-special-function ops, tensor-core and fp64 instructions). Static counts, not a profile: they answer "are the loads
+special-function ops, tensor-core and fp64 instructions, conversions to and from fp64 included). Static counts, not a profile: they answer "are the loads
 16 bytes wide", "did anything spill", "how many instructions per element" before any device time is spent.
 """
 from __future__ import annotations
@@ -101,12 +101,15 @@ def _group(ops: collections.Counter) -> dict:
         return sum(n for op, n in ops.items() if op.startswith(prefixes))
 
     loads = {op: n for op, n in ops.items() if op.startswith(("LDG", "LDGSTS"))}
+    # fp64 arithmetic and conversions to / from fp64 (F2F.F32.F64, F2F.F64.BF16, I2F.F64, ...): the conversions run at
+    # a fraction of the fp32 rate on every GPU, so they count as fp64 work
+    cvt64 = sum(n for op, n in ops.items() if op.startswith(("F2F", "I2F", "F2I")) and ".F64" in op)
     return dict(
         instr=sum(ops.values()),
         ldg=tot("LDG"), ldg_128=sum(n for op, n in loads.items() if ".128" in op),
         ldg_16bit=sum(n for op, n in loads.items() if ".U16" in op or ".S16" in op),
         stg=tot("STG"), shfl=tot("SHFL"), bar=tot("BAR"), mufu=tot("MUFU"),
-        mma=tot("HMMA", "HGMMA", "IMMA", "QGMMA"), fp64=tot("DADD", "DMUL", "DFMA", "DSETP"),
+        mma=tot("HMMA", "HGMMA", "IMMA", "QGMMA"), fp64=tot("DADD", "DMUL", "DFMA", "DSETP", "DMNMX") + cvt64,
         local=tot("LDL", "STL"),
     )
 

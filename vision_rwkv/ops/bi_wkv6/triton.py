@@ -63,7 +63,7 @@ CONFIG = config_from_env(dict(block_t=16, block_j=16, warps=4, fp32_precision="t
                               state_rows=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
-# decays keep the walk kernels' in-chunk prefix sums (<= 16 * 60 in magnitude) exact in fp64
+# decays keep the in-chunk prefix sums within 16 * 60 in magnitude
 LOGD_MIN = tl.constexpr(-60.0)
 
 
@@ -109,12 +109,27 @@ def _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln
 
 
 @jit
+def _two_sum(ah, al, bh, bl):
+    """(ah + al) + (bh + bl) as an unevaluated pair hi + lo: the rounding error of ah + bh, exact in fp32 (Knuth's
+    TwoSum), goes into the low part with al + bl."""
+    s = ah + bh
+    bb = s - ah
+    return s, ((ah - (s - bb)) + (bh - bb)) + (al + bl)
+
+
+@jit
 def _pair_decay(LD, pos, tv, cj, jm, st, sn, rt, BT: tl.constexpr):
-    """e^{cex_t - c_n} for n < t inside the chunk, [BT(t), BT(n), BJ] (0 elsewhere), for key channels cj."""
-    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN).to(tl.float64)
-    cj_ = tl.cumsum(lwj, axis=0)
-    cexj = cj_ - lwj
-    expo = (cexj[:, None, :] - cj_[None, :, :]).to(tl.float32)
+    """e^{cex_t - c_n} for n < t inside the chunk, [BT(t), BT(n), BJ] (0 elsewhere), for key channels cj.
+
+    The exponent is a difference of two in-chunk prefix sums (up to 16 * 60 in magnitude) that may nearly cancel:
+    the sums are carried as fp32 pairs hi + lo (:func:`_two_sum`, ~2^-48 relative); where they nearly cancel, the
+    high parts' difference is exact and the low parts' carries the rest. No fp64 (1/64 of the fp32 rate on most GPUs
+    outside the HPC parts, conversions to and from it slower still); a plain fp32 difference is ~1e-5 off after
+    strong decays."""
+    lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN)
+    ch, cl = tl.associative_scan((lwj, tl.zeros_like(lwj)), 0, _two_sum)
+    exh, exl = _two_sum(ch, cl, -lwj, 0.0)
+    expo = (exh[:, None, :] - ch[None, :, :]) + (exl[:, None, :] - cl[None, :, :])
     tt = rt[:, None, None]
     nn = rt[None, :, None]
     expo = tl.where(nn == tt - 1, 0.0, expo)
