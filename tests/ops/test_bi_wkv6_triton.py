@@ -35,6 +35,12 @@ CPU_CASES = {
 # states
 CHUNK = {"algo": "chunk", "scan_ncb": 2, "state_t": 32, "state_walk": 0}
 CPU_CASES.update({f"{name}_chunk": dict(case, config=CHUNK) for name, case in list(CPU_CASES.items())})
+# key-channel blocks of the walk kernels' pairwise terms wholly past the head size are skipped (36 channels in 64,
+# blocks of 8: one partial block, three skipped; head size 80 in 128, blocks of 16: three skipped)
+CPU_CASES.update({
+    "head36_block_j8_skipped_blocks": dict(shape=(1, 21, 2, 36), dscale=2.0, config={"block_j": 8}),
+    "head80": dict(shape=(1, 20, 1, 80), dscale=2.0),
+})
 CPU_CASES.update({
     "chunk_many_blocks": dict(shape=(2, 83, 1, 16), dscale=2.0, config=CHUNK),
     "chunk_state_every_subchunk": dict(shape=(1, 83, 1, 16), dscale=2.0, config=dict(CHUNK, state_t=16)),
@@ -171,7 +177,7 @@ CPU_CASES.update({
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
 # 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
 # run with --run-slow
-QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api",
+QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "head36_block_j8_skipped_blocks", "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api",
          "T1_chunk", "T_not_multiple_chunk", "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk",
          "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
          "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24",

@@ -150,12 +150,13 @@ def _to_cols(x, cj, cn, PREC: tl.constexpr, BJ: tl.constexpr):
 
 
 @jit
-def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BN: tl.constexpr,
-                 BJ: tl.constexpr):
+def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: tl.constexpr, BJ: tl.constexpr,
+                 NJ: tl.constexpr):
     """A[t, n] = sum_j r_t[j] k_n[j] prod_{m strictly between n and t} d_m[j] inside the chunk for n < t (the
-    diagonal and above stay 0), from explicit pairwise decays in key-channel blocks of BJ (any decay)."""
+    diagonal and above stay 0), from explicit pairwise decays in the NJ key-channel blocks of BJ that hold the head's
+    N channels (any decay; blocks wholly in the padding up to BN would add exactly 0 and are not compiled)."""
     A = tl.zeros([BT, BT], tl.float32)
-    for jb in tl.static_range(BN // BJ):
+    for jb in tl.static_range(NJ):
         cj = jb * BJ + tl.arange(0, BJ)
         jm = cj < N
         e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
@@ -168,7 +169,7 @@ def _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT: t
 @jit(do_not_specialize=["T", "H", "N"])
 def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                    slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, BJ: tl.constexpr,
-                   PREC: tl.constexpr, STAGES: tl.constexpr):
+                   NJ: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr):
     pid = tl.program_id(0)
     d = tl.program_id(1)
     b = pid // H
@@ -191,7 +192,7 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
         r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Lb, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, False)
         cex, ctail, clast = _cums(lw)
         y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)
-        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BN, BJ)
+        A = _pair_scores(Rb, Kb, Lb, pos, tv, N, srt, srn, skt, skn, slt, sln, rt, BT, BJ, NJ)
         bonus = tl.sum(r * u[None, :] * k, axis=1)
         A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
         y += tl.dot(A, v, input_precision=PREC)
@@ -204,7 +205,7 @@ def _v6_fwd_kernel(R, K, V, LD, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, s
 @jit(do_not_specialize=["T", "H", "N"])
 def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, srn, skb, skt, skh, skn,
                    svb, svt, svh, svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, T, H, N, BT: tl.constexpr,
-                   BN: tl.constexpr, BJ: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr):
+                   BN: tl.constexpr, BJ: tl.constexpr, NJ: tl.constexpr, PREC: tl.constexpr, STAGES: tl.constexpr):
     pid = tl.program_id(0)
     d = tl.program_id(1)
     b = pid // H
@@ -237,7 +238,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
         cex, ctail, clast = _cums(lw)
         G = tl.dot(gy, tl.trans(v), input_precision=PREC)  # G[t, n] = gy_t . v_n
         gr = tl.exp(cex) * tl.dot(gy, tl.trans(S), input_precision=PREC)
-        for jb in tl.static_range(BN // BJ):
+        for jb in tl.static_range(NJ):  # (the blocks that hold the head's channels)
             cj = jb * BJ + tl.arange(0, BJ)
             jm = cj < N
             e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
@@ -278,7 +279,7 @@ def _v6_bwd_kernel(R, K, V, LD, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, srh, s
         gv = tl.dot(k * eb, dS, input_precision=PREC)
         G = tl.dot(gy, tl.trans(v), input_precision=PREC)
         A = tl.zeros([BT, BT], tl.float32)
-        for jb in tl.static_range(BN // BJ):
+        for jb in tl.static_range(NJ):  # (the blocks that hold the head's channels)
             cj = jb * BJ + tl.arange(0, BJ)
             jm = cj < N
             e3 = _pair_decay(Lb, pos, tv, cj, jm, slt, sln, rt, BT)
@@ -401,7 +402,8 @@ def _fwd(r, k, v, logd, u, w0=None, norm=None):
         return bi_fwd(r, k, v, logd, u, LOGD_MIN.value)
     y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
     _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(), *logd.stride(),
-                               T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec, STAGES=CONFIG["stages"], num_warps=nw)
+                               T, H, N, BT=BT, BN=BN, BJ=BJ, NJ=cdiv(N, BJ), PREC=prec, STAGES=CONFIG["stages"],
+                               num_warps=nw)
     return torch.add(y2[0], y2[1], out=new_empty(v.shape, v.dtype, r.device))  # summed in fp32, one launch
 
 
@@ -446,8 +448,8 @@ def _bwd(r, k, v, logd, u, gy, grouped: bool = True, out=None, w0=None):
             planes[i] = bufs[key][j]
     gu2 = new_empty((2, B, H, N), torch.float32, dev)
     _v6_bwd_kernel[(B * H, 2)](r, k, v, logd, u.contiguous(), gy, *planes, gu2, *r.stride(), *k.stride(),
-                               *v.stride(), *logd.stride(), *gy.stride(), T, H, N, BT=BT, BN=BN, BJ=BJ, PREC=prec,
-                               STAGES=CONFIG["stages"], num_warps=nw)
+                               *v.stride(), *logd.stride(), *gy.stride(), T, H, N, BT=BT, BN=BN, BJ=BJ,
+                               NJ=cdiv(N, BJ), PREC=prec, STAGES=CONFIG["stages"], num_warps=nw)
     grads = [None] * 4
     for key, idx in groups.items():
         buf = bufs[key]
