@@ -89,7 +89,7 @@ def test_fp64_count_includes_conversions():
 @pytest.mark.slow
 def test_v6_kernels_use_no_fp64(restore_kernel_config):
     """No RWKV-6 WKV kernel does fp64 work (1/64 of the fp32 rate on most GPUs): the chunk kernels (head size 64,
-    states scanned and walked, both carries) and the walk kernels (head size 80, the RWKV-CLIP towers'), whose
+    states scanned and walked, both carries) and the walk kernels (head size 80, the RWKV-CLIP image tower's), whose
     in-chunk sums are fp32 scans and fp32 pairs hi + lo."""
     from vision_rwkv.ops.bi_wkv6 import triton as t6
 

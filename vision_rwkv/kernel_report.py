@@ -4,8 +4,9 @@
 with the ptxas that ships with Triton) and records the kernel instead of running it, so the operators' host code can
 be called on CPU tensors of real shapes. ``kernel_rows`` then reads each cubin with ``cuobjdump``: registers, stack
 and local memory (spills), shared memory, and the SASS instruction mix (loads by width, shuffles, barriers,
-special-function ops, tensor-core and fp64 instructions, conversions to and from fp64 included). Static counts, not a profile: they answer "are the loads
-16 bytes wide", "did anything spill", "how many instructions per element" before any device time is spent.
+special-function ops, tensor-core and fp64 instructions, conversions to and from fp64 included). Static counts, not
+a profile: they answer "are the loads 16 bytes wide", "did anything spill", "how many instructions per element"
+before any device time is spent.
 """
 from __future__ import annotations
 

@@ -177,15 +177,16 @@ CPU_CASES.update({
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
 # 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
 # run with --run-slow
-QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "head36_block_j8_skipped_blocks", "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api",
+QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "head36_block_j8_skipped_blocks", "extreme_decays_inf", "bf16",
+         "fp16", "noncontig", "public_api",
          "T1_chunk", "T_not_multiple_chunk", "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk",
          "walk_fwd_chunk_bwd", "chunk_bf16_states", "chunk_state_every_subchunk", "chunk_carry_many_blocks",
          "chunk_carry_bf16_states_head24", "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24",
          "chunk_maxnreg_both_carry", "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry",
          "decay_walk", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk", "walk_states_many_chunks",
          "walk_states_48_bf16_head24", "walk_states_row_blocks", "walk_states_decay_norm_carry",
-         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak", "walk_weak_decays", "walk_strong_then_weak_decays",
-         "fla_T_not_multiple",
+         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak", "walk_weak_decays",
+         "walk_strong_then_weak_decays", "fla_T_not_multiple",
          "fla_extreme_decays_inf", "fla_bf16_logd_fp32_noncontig", "fla_decay_norm_bf16"}
 
 CUDA_CASES = {
@@ -221,8 +222,8 @@ CUDA_CASES.update({f"4x1024x6x64_chunk_{tag}_weak_decays": dict(shape=(4, 1024, 
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 # the in-chunk sums' worst patterns with the GPU's scans (fp32, no fp64): one token at the clamp among weak ones
 # (chunk kernels), strong decays then weak ones (the walk kernels' pairwise exponents as fp32 pairs hi + lo, at the
-# RWKV-CLIP towers' head size). Their own tolerances (CUDA_TOL): a third of the general fp32 ones, which a plain fp32
-# difference of the prefix sums fails (7.7e-6 in the interpreter)
+# RWKV-CLIP image tower's head size). Their own tolerances (CUDA_TOL): a third of the general fp32 ones, which a
+# plain fp32 difference of the prefix sums fails (7.7e-6 in the interpreter)
 CUDA_TOL = (3e-6, 1e-5)
 CUDA_CASES["4x1024x6x64_chunk_one_clamped_among_weak"] = dict(
     shape=(4, 1024, 6, 64), logd_tokens=[-0.02] * 7 + [-60.0] + [-0.02] * 8, config={"algo": "chunk"}, tol=CUDA_TOL)
