@@ -1,6 +1,8 @@
 """Which v6 launch setting gave wrong gradients on an H200 (round 6: the chunk kernels at block_t=32 with block_j=8
-had gr / gk 3.4e-4 and glogd 2.6e-2 off, y exact). Runs the op's CUDA test case under settings that each change one
-thing, with ``check_gpu_blocks`` (which now refuses them) bypassed, and prints the relative errors against float64:
+had gr / gk 3.4e-4 and glogd 2.6e-2 off, y exact; block_j, the walk kernels' key-channel block of their explicit
+pairwise terms, is gone since round 27 - no kernel had it any more). Runs the op's CUDA test case under settings
+that each change one thing, with ``check_gpu_blocks`` (which now refuses them) bypassed, and prints the relative
+errors against float64:
 
     python benchmarks/v6_blocks_check.py [--out F.json]
 """
@@ -14,16 +16,14 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "ops"))  # the op tests' case runner
 
-# the failing case, then one change each: block_j alone, block_t alone, states every 64 tokens, exact fp32 dots,
-# the walk kernels at the same block sizes, and the default (control)
+# the failing chunk length, then one change each: states every 64 tokens, exact fp32 dots, the walk kernels at the
+# same chunk length, and the default (control)
 CHUNK = {"algo": "chunk", "state_t": 128}
 SETTINGS = {
-    "bt32_bj8": dict(CHUNK, block_t=32, block_j=8),
-    "bt32_bj16": dict(CHUNK, block_t=32, block_j=16),
-    "bt16_bj8": dict(CHUNK, block_t=16, block_j=8),
-    "bt32_bj8_st64": dict(CHUNK, block_t=32, block_j=8, state_t=64),
-    "bt32_bj8_ieee": dict(CHUNK, block_t=32, block_j=8, fp32_precision="ieee"),
-    "walk_bt32_bj16": {"algo": "walk", "block_t": 32, "block_j": 16},
+    "bt32": dict(CHUNK, block_t=32),
+    "bt32_st64": dict(CHUNK, block_t=32, state_t=64),
+    "bt32_ieee": dict(CHUNK, block_t=32, fp32_precision="ieee"),
+    "walk_bt32": {"algo": "walk", "block_t": 32},
     "default_st128": dict(CHUNK),
 }
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
     from vision_rwkv.ops.bi_wkv6 import triton as tri
 
-    tri.check_gpu_blocks = lambda block_t, block_j: None  # (what this script measures)
+    tri.check_gpu_blocks = lambda block_t: None  # (what this script measures)
     shape = tuple(int(s) for s in args.shape.split(","))
     rows = {}
     for name, cfg in SETTINGS.items():

@@ -67,6 +67,7 @@ _m = Mutant  # (a short name for the tables below)
 
 V6 = "vision_rwkv/ops/bi_wkv6/triton_chunk.py"
 V6_SHARED = "vision_rwkv/ops/bi_wkv6/triton.py"
+V6_INTRA = "vision_rwkv/ops/bi_wkv6/triton_intra.py"
 V4 = "vision_rwkv/ops/bi_wkv/triton_seq.py"
 V4_TILE = "vision_rwkv/ops/bi_wkv/triton.py"
 FUSED = "vision_rwkv/ops/fused/triton.py"
@@ -81,9 +82,9 @@ SETS: dict[str, MutantSet] = {
     # the RWKV-6 chunk kernels (the default GPU path): intra-chunk split, states, carries, the log-decay gradient
     "v6_chunk": MutantSet(V6, ("tests/ops/test_bi_wkv6_triton.py",), (
         _m("split_before_le", "upper[None, :] & (rt[None, :] < rt[:, None])",
-           "upper[None, :] & (rt[None, :] <= rt[:, None])"),
+           "upper[None, :] & (rt[None, :] <= rt[:, None])", V6_INTRA),
         _m("split_after_ge", "lower[None, :] & (rt[None, :] > rt[:, None])",
-           "lower[None, :] & (rt[None, :] >= rt[:, None])"),
+           "lower[None, :] & (rt[None, :] >= rt[:, None])", V6_INTRA),
         _m("fast_scores_always", "if tl.max(-ctot, axis=0) <= FAST_DECAY:\n        A = _fast_scores",
            "if True:\n        A = _fast_scores"),
         _m("walk_anti_swap", "xs = x * tl.exp(cex)\n        else:\n            xs = x * tl.exp(ctail)",
@@ -212,7 +213,8 @@ SETS: dict[str, MutantSet] = {
            "mode, chunks, 1.0 / (N + 1), out=(g_k, g_v))"),
     )),
     # the RWKV-6 walk kernels (any T, head sizes over 64 such as the RWKV-CLIP towers' 80, and VRWKV_TRITON_V6
-    # algo=walk): the carried state, the in-chunk pairwise decays, the bonus, the log decay's suffix sums
+    # algo=walk): the carried state, the in-chunk pairs (triton_intra.py, shared with the chunk kernels), the bonus,
+    # the log decay's suffix sums, the fused decay, the planes' sum
     "v6_walk": MutantSet(V6_SHARED, ("tests/ops/test_bi_wkv6_triton.py",), (
         _m("fwd_state_nodecay",
            "        S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)\n\n\n@jit",
@@ -222,20 +224,31 @@ SETS: dict[str, MutantSet] = {
            "1.0\n    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)"),
         _m("fwd_state_read_ctail", "y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)",
            "y = tl.dot(r * tl.exp(ctail), S, input_precision=PREC)"),
-        _m("pair_decay_diag", "expo = tl.where(nn < tt, expo, -float(\"inf\"))",
-           "expo = tl.where(nn <= tt, expo, -float(\"inf\"))"),
-        _m("pair_decay_no_clamp", "lwj = tl.maximum(_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]), LOGD_MIN)",
-           "lwj = (_ld(LD, pos, cj, st, sn, tv[:, None] & jm[None, :]))"),
-        _m("pair_decay_plain_fp32_difference",
-           "expo = (exh[:, None, :] - ch[None, :, :]) + (exl[:, None, :] - cl[None, :, :])",
-           "expo = exh[:, None, :] - ch[None, :, :]"),
-        _m("two_sum_drops_rounding_error", "return s, ((ah - (s - bb)) + (bh - bb)) + (al + bl)",
-           "return s, al + bl"),
-        _m("fwd_pair_blocks_drop_partial", "BJ=BJ, NJ=cdiv(N, BJ)", "BJ=BJ, NJ=N // BJ"),
-        _m("bwd_pair_blocks_drop_partial", "\n                               NJ=cdiv(N, BJ)",
-           "\n                               NJ=N // BJ"),
-        _m("pair_scores_first_block", "    A = tl.zeros([BT, BT], tl.float32)\n    for jb in tl.static_range(NJ):",
-           "    A = tl.zeros([BT, BT], tl.float32)\n    for jb in tl.static_range(1):"),
+        # the in-chunk pairs as tensor-core products (triton_intra.py): through the chunk's start for weak decays,
+        # the exact binary split for strong ones
+        _m("causal_scores_fast_always",
+           "    if tl.max(-ctot, axis=0) <= FAST_DECAY:\n        A = tl.where(lo, tl.dot(r * tl.exp(cex)",
+           "    if True:\n        A = tl.where(lo, tl.dot(r * tl.exp(cex)", V6_INTRA),
+        # (not listed: the diagonal let into the weak-decay scores - equivalent: the kernel overwrites it with the
+        # bonus)
+        _m("causal_scores_fast_both_triangles",
+           "    lo = rt[None, :] < rt[:, None]\n    if tl.max(-ctot, axis=0) <= FAST_DECAY:\n        A = tl.where(lo,",
+           "    lo = rt[None, :] != rt[:, None]\n    if tl.max(-ctot, axis=0) <= FAST_DECAY:\n        A = tl.where(lo,",
+           V6_INTRA),
+        _m("causal_scores_split_anticausal_too", "A = _split_scores(r, k, lw, rt, BT, PREC, False)",
+           "A = _split_scores(r, k, lw, rt, BT, PREC, True)", V6_INTRA),
+        _m("split_scores_last_level_only", "        B2 = B2 // 2\n    return A\n", "        B2 = 1\n    return A\n",
+           V6_INTRA),
+        _m("causal_grad_r_fast_diag", "G_lo = tl.where(rt[None, :] < rt[:, None], G, 0.0)",
+           "G_lo = tl.where(rt[None, :] <= rt[:, None], G, 0.0)", V6_INTRA),
+        _m("causal_grad_r_split_factors_swapped", "d_r += eu * tl.dot(tl.where(mc, G, 0.0), k * el",
+           "d_r += el * tl.dot(tl.where(mc, G, 0.0), k * eu", V6_INTRA),
+        _m("causal_grad_k_fast_key_factor", "d_k = ecn * tl.dot(tl.trans(tl.where(lo, G, 0.0)), rx",
+           "d_k = tl.dot(tl.trans(tl.where(lo, G, 0.0)), rx", V6_INTRA),
+        _m("causal_grad_k_split_scores_dropped", "            A += a\n            B2 = B2 // 2\n    return d_k, A",
+           "            B2 = B2 // 2\n    return d_k, A", V6_INTRA),
+        _m("fwd_scores_total_as_tail", "A = _causal_scores(r, k, lw, cex, clast, rt, BT, PREC)",
+           "A = _causal_scores(r, k, lw, cex, ctail, rt, BT, PREC)"),
         _m("bwd_gr_state_nodecay", "gr = tl.exp(cex) * tl.dot(gy, tl.trans(S), input_precision=PREC)",
            "gr = tl.dot(gy, tl.trans(S), input_precision=PREC)"),
         _m("bwd_gk_state_nodecay", "gk = eb * tl.dot(v, tl.trans(dS), input_precision=PREC)",
@@ -251,8 +264,17 @@ SETS: dict[str, MutantSet] = {
         _m("bwd_gk_bonus_k", "gk += u[None, :] * r * gvy[:, None]", "gk += u[None, :] * k * gvy[:, None]"),
         _m("bwd_gv_intra_untransposed", "gv += tl.dot(tl.trans(A), gy, input_precision=PREC)",
            "gv += tl.dot(A, gy, input_precision=PREC)"),
-        _m("bwd_gk_intra_wrong_axis", "gkj = tl.sum(G[:, :, None] * rj[:, None, :] * e3, axis=0)",
-           "gkj = tl.sum(G[:, :, None] * rj[:, None, :] * e3, axis=1)"),
+        _m("bwd_gk_pairs_transposed_G", "gk_pairs, A = _causal_grad_k(G, r, k, lw,",
+           "gk_pairs, A = _causal_grad_k(tl.trans(G), r, k, lw,"),
+        # the fused decay (z and w0 read, -exp(w0 + z) formed as loaded) and the planes' sum (+ GroupNorm * gate)
+        _m("fwd_decay_not_formed", "sln, m2, N, DECAY)\n        cex, ctail, clast = _cums(lw)",
+           "sln, m2, N, False)\n        cex, ctail, clast = _cums(lw)"),
+        _m("bwd_decay_grad_not_scaled", "            glog = glog * lwraw\n", "            glog = glog\n"),
+        _m("planes_second_direction_dropped",
+           "y = tl.load(Y2 + off, mask=m2, other=0.0) + tl.load(Y2 + plane + off, mask=m2, other=0.0)",
+           "y = tl.load(Y2 + off, mask=m2, other=0.0)", V6),
+        _m("planes_block_count_floor", "    nblk = tl.cdiv(T, BT)\n    pid = tl.program_id(0) // nblk",
+           "    nblk = T // BT\n    pid = tl.program_id(0) // nblk", V6),
         _m("bwd_dterm_with_bonus",
            "        dterm = r * gr\n        gvy = tl.sum(gy * v, axis=1)\n        gr += u[None, :] * k * gvy[:, None]\n",
            "        gvy = tl.sum(gy * v, axis=1)\n        gr += u[None, :] * k * gvy[:, None]\n        dterm = r * gr\n"),

@@ -65,7 +65,8 @@ def test_v6_chunk_falls_back_to_walk_beyond_the_grid(v6):
     u = torch.zeros(1, 16)
     with capture_kernels() as recs:
         v6._fwd(r, r, r, r, u)
-    assert [x.name for x in recs] == ["_v6_fwd_kernel"], [x.name for x in recs]
+    assert [x.name for x in recs] == ["_v6_fwd_kernel", "_planes_kernel"], [x.name for x in recs]
+    assert all(max(tuple(x.grid)[1:] + (1,)) <= GRID_YZ_MAX for x in recs), [x.grid for x in recs]
     with capture_kernels() as recs:
         v6._fwd(r[:, :4096], r[:, :4096], r[:, :4096], r[:, :4096], u)
     assert "_state_kernel" in {x.name for x in recs}

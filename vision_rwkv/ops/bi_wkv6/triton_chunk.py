@@ -46,76 +46,15 @@ import triton.language as tl
 from .._triton_utils import cdiv, launch_opts, new_empty, next_pow2
 from ..triton_jit import jit
 from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _logd
+from .triton_intra import FAST_DECAY, _fast_scores, _split_grads, _split_level, _split_scores
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
-
-# sub-chunks whose total log decay is >= -FAST_DECAY in every channel compute their intra-chunk pairs as two
-# tensor-core products through the sub-chunk's start (factors e^{cex} <= 1 and e^{-cin} <= e^FAST_DECAY, whose fp32
-# cumulative sums carry an absolute exponent error ~1e-7 * FAST_DECAY); stronger decays take the exact binary split
-FAST_DECAY = tl.constexpr(20.0)
 
 
 @jit
 def _lin2(g1, s1, g2, s2):
     # composition of s -> g s + d maps; the left operand comes first in processing order
     return g1 * g2, g2 * s1 + s2
-
-
-@jit
-def _fast_scores(r, k, ecx, ecn, rt, PREC: tl.constexpr):
-    """Intra-sub-chunk scores A[t, n] (n != t, diagonal 0) for weak decays, factored through the sub-chunk's start:
-    n < t: sum_j r_t e^{cex_t} k_n e^{-cin_n}; n > t: sum_j r_t e^{-cin_t} k_n e^{cex_n} (ecx = e^{cex},
-    ecn = e^{-cin}; two tensor-core products)."""
-    low = tl.dot(r * ecx, tl.trans(k * ecn), input_precision=PREC)
-    up = tl.dot(r * ecn, tl.trans(k * ecx), input_precision=PREC)
-    return tl.where(rt[None, :] < rt[:, None], low, tl.where(rt[None, :] > rt[:, None], up, 0.0))
-
-
-@jit
-def _split_level(lw, rt, B2):
-    """One level of the exact intra-sub-chunk split (for any decay): blocks of B2 tokens (a runtime power of two),
-    each in two halves. For a token in an upper half eu = e^{its half's log decays before it}, in a lower half
-    el = e^{its half's log decays after it} (0 elsewhere; lw: the clamped log decays [BT, BN]): a pair (t upper,
-    n lower, one block) weighs e^{cex_t - cin_n} = eu_t el_n, the reverse pair (t lower, n upper)
-    e^{cex_n - cin_t} = el_t eu_n, and every factor is <= 1. Each exponent is a sum over one half (exact fp32
-    products with 0 / 1 selectors, no difference of larger sums). Returns eu, el and the masks [BT, BT] of the two
-    kinds of pairs (mc: n < t, ma: n > t)."""
-    H = B2 // 2
-    same = (rt[:, None] // B2) == (rt[None, :] // B2)
-    upper = (rt % B2) >= H
-    lower = (rt % B2) < H
-    before = same & upper[:, None] & upper[None, :] & (rt[None, :] < rt[:, None])
-    after = same & lower[:, None] & lower[None, :] & (rt[None, :] > rt[:, None])
-    eu = tl.where(upper[:, None], tl.exp(tl.dot(before.to(tl.float32), lw, input_precision="ieee")), 0.0)
-    el = tl.where(lower[:, None], tl.exp(tl.dot(after.to(tl.float32), lw, input_precision="ieee")), 0.0)
-    return eu, el, same & upper[:, None] & lower[None, :], same & lower[:, None] & upper[None, :]
-
-
-@jit
-def _split_scores(r, k, lw, rt, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
-    """Intra-sub-chunk scores A[t, n] (n != t, diagonal 0) for any decay: each pair is split at exactly one level of
-    a binary split of the sub-chunk (:func:`_split_level`), whose factors are all <= 1 - two tensor-core products per
-    level (log2 BT levels) instead of BT x BT x BN explicit pairwise factors."""
-    A = tl.zeros([BT, BT], tl.float32)
-    B2 = BT
-    while B2 >= 2:
-        eu, el, mc, ma = _split_level(lw, rt, B2)
-        A += tl.where(mc, tl.dot(r * eu, tl.trans(k * el), input_precision=PREC), 0.0)
-        A += tl.where(ma, tl.dot(r * el, tl.trans(k * eu), input_precision=PREC), 0.0)
-        B2 = B2 // 2
-    return A
-
-
-@jit
-def _split_grads(G, m, r, k, eq, ek, PREC: tl.constexpr):
-    """One kind of split pairs of a level (mask m [t, n]; the query's factor eq, the key's ek; G[t, n] = gy_t . v_n):
-    their parts of d r and d k, and their scores."""
-    Gm = tl.where(m, G, 0.0)
-    ks = k * ek
-    d_r = eq * tl.dot(Gm, ks, input_precision=PREC)
-    rs = r * eq
-    a = tl.where(m, tl.dot(rs, tl.trans(ks), input_precision=PREC), 0.0)
-    return d_r, ek * tl.dot(tl.trans(Gm), rs, input_precision=PREC), a
 
 
 @jit
@@ -126,7 +65,7 @@ def _intra_av(r, k, v, lw, cex, ctot, u, rt, BT: tl.constexpr, BN: tl.constexpr,
     if tl.max(-ctot, axis=0) <= FAST_DECAY:
         A = _fast_scores(r, k, tl.exp(cex), tl.exp(-(cex + lw)), rt, PREC)
     else:
-        A = _split_scores(r, k, lw, rt, BT, BN, PREC)
+        A = _split_scores(r, k, lw, rt, BT, PREC, True)
     bonus = tl.sum(r * u[None, :] * k, axis=1)
     A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
     return tl.dot(A, v, input_precision=PREC)
@@ -590,6 +529,26 @@ def _glogd_kernel(GLP, AFTER, LD, W0, OUT, slb, slt, slh, sln, T, H, N, NSUB, BT
     tl.store(OUT + off, g.to(OUT.dtype.element_ty), mask=m2)
 
 
+
+@jit(do_not_specialize=["T", "H", "N", "BH"])
+def _planes_kernel(Y2, Y, G, NW, NB, GO, sgb, sgt, sgh, sgn, eps, T, H, N, BH, BT: tl.constexpr,
+                   BN: tl.constexpr, NORM: tl.constexpr, KEEP_Y: tl.constexpr):
+    """The walk kernels' output: their two directions' fp32 planes Y2 (2, B, T, H, N) summed and stored by
+    :func:`_store_y` (y rounded to Y's dtype; with NORM the GroupNorm * silu gate of it, as the chunk forward). One
+    program per (batch*head, block of BT tokens), all on grid axis 0 (any T)."""
+    nblk = tl.cdiv(T, BT)
+    pid = tl.program_id(0) // nblk
+    c = tl.program_id(0) - pid * nblk
+    b = pid // H
+    h = pid - b * H
+    cn = tl.arange(0, BN)
+    pos = c * BT + tl.arange(0, BT)
+    m2 = (pos < T)[:, None] & (cn < N)[None, :]
+    off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
+    plane = BH.to(tl.int64) * T * N  # (B * H * T * N: one direction's plane)
+    y = tl.load(Y2 + off, mask=m2, other=0.0) + tl.load(Y2 + plane + off, mask=m2, other=0.0)
+    _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
+
 # ------------------------------------------------------------------------------------------------- host side
 def _geometry(T: int, BT: int):
     """(sub-chunks, sub-chunks per state chunk, state chunks): states are kept every ``state_t`` tokens."""
@@ -610,7 +569,7 @@ def _states(pairs, logd, w0, cfg, T, H, N, NS, NC, BN):
     from .triton import CONFIG
 
     BH = logd.shape[0] * H
-    BT, _, _, prec, nw = cfg
+    BT, _, prec, nw = cfg
     if CONFIG["state_dtype"] not in ("fp32", "input"):
         raise ValueError(f"VRWKV_TRITON_V6 state_dtype must be 'fp32' or 'input', got {CONFIG['state_dtype']!r}")
     sdt = pairs[0][1].dtype if CONFIG["state_dtype"] == "input" else torch.float32
@@ -664,15 +623,14 @@ def _w0_arg(w0, logd):
 
 
 def chunk_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
-    """y (B, T, H, N) in v's dtype; cfg = (BT, BN, BJ, input precision, warps) from ``triton._cfg`` (BJ: the
-    walk kernels'). With ``w0``
-    (H*N,) ``logd`` holds the decay's pre-activation z: the kernels form the log decay -exp(w0 + z) as they load it.
+    """y (B, T, H, N) in v's dtype; cfg = (BT, BN, input precision, warps) from ``triton._cfg``. With ``w0`` (H*N,)
+    ``logd`` holds the decay's pre-activation z: the kernels form the log decay -exp(w0 + z) as they load it.
     ``norm`` = (g, weight, bias, eps, out_dtype, keep_y): (y or None, GroupNorm(y) * silu(g)) instead, formed as y
     is stored (groups = heads; g (B, T, H, N), any strides; the product (B, T, H, N) in out_dtype)."""
     from .triton import CONFIG
 
     B, T, H, N = r.shape
-    BT, BN, BJ, prec, nw = cfg
+    BT, BN, prec, nw = cfg
     nsub, NS, NC = _geometry(T, BT)
     S = _states([(k, v)], logd, w0, cfg, T, H, N, NS, NC, BN)
     dev = r.device
@@ -697,13 +655,33 @@ def chunk_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
     return y if norm is None else (y, gated)
 
 
+
+def walk_planes_out(y2, v, BN, norm=None):
+    """y (B, T, H, N) in v's dtype from the walk kernels' direction planes y2 (2, B, T, H, N) fp32, summed in fp32;
+    with ``norm`` (see :func:`chunk_fwd`) (y or None, GroupNorm(y) * silu(g)) instead, formed as y is stored (in
+    inference y is never written)."""
+    _, B, T, H, N = y2.shape
+    keep_y = norm is None or norm[5]
+    y = new_empty((B, T, H, N), v.dtype, y2.device) if keep_y else None
+    yarg = v if y is None else y  # (without keep_y not written: its dtype, v's, is what y is rounded to)
+    if norm is None:
+        ep = (yarg, yarg, yarg, yarg, 0, 0, 0, 0, 0.0)
+    else:
+        g, weight, bias, eps, out_dtype, _ = norm
+        gated = new_empty((B, T, H, N), out_dtype, y2.device)
+        ep = (g, weight, bias, gated, *g.stride(), float(eps))
+    BT = max(16, 1024 // BN)
+    _planes_kernel[(B * H * cdiv(T, BT),)](y2, yarg, *ep, T, H, N, B * H, BT=BT, BN=BN, NORM=norm is not None,
+                                           KEEP_Y=keep_y, num_warps=4)
+    return y if norm is None else (y, gated)
+
 def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):
     """(gr, gk, gv, glogd, gu) in the inputs' dtypes; ``out``: the (gr, gk, gv) buffers to write (checked by the
     caller). With ``w0`` (see :func:`chunk_fwd`) the fourth is the gradient of z (the log decay's pre-activation)."""
     from .triton import CONFIG
 
     B, T, H, N = r.shape
-    BT, BN, BJ, prec, nw = cfg
+    BT, BN, prec, nw = cfg
     nsub, NS, NC = _geometry(T, BT)
     dev = r.device
     S = _states([(k, v), (r, gy)], logd, w0, cfg, T, H, N, NS, NC, BN)
