@@ -2,7 +2,8 @@
 
 * v4 Bi-WKV: tile-scan (default) and register-sequential (``seq=1``) kernels, single- and multi-chunk paths, both
   modes, odd sizes;
-* v6 Bi-WKV: walk (default) and chunk-parallel (``algo=chunk``) kernels, several state chunks, head size 80;
+* v6 Bi-WKV: walk (default) and chunk-parallel (``algo=chunk``) kernels, several state chunks, head size 80; the
+  time mix's entry points (the decay's pre-activation read, the GroupNorm * gate formed as y is stored);
 * the fused elementwise kernels and the GEMM-epilogue kernels (partial tiles in M, N and K);
 * the mixed-operand GEMMs (``mix_linear``, v4 and v6 with the LoRA offset, every epilogue; ``mix_linear_group``;
   ``group_norm_mul_linear``; ``mix_mlp``) and their residual-epilogue forms (inference: forward only), whose operand
@@ -81,6 +82,20 @@ for algo, cfg in (("walk", {}), ("chunk", {"state_t": 32})):
                 u = leaf(H, N)
                 check(("v6", algo, (B, T, H, N), dt), v6.bi_wkv6_triton(r, k, v, logd, u), (r, k, v, logd, u))
             with_config(v6.CONFIG, dict(cfg, algo=algo), run_v6)
+
+# the RWKV-6 time mix's entry points: z and w0 read (the log decay formed as loaded), the GroupNorm * silu(gate)
+# formed as y is stored (the walk route: as its two direction planes are summed), y kept or not; z's gradient
+for algo, cfg in (("walk", {}), ("chunk", {"state_t": 32})):
+    for (B, T, H, N) in [(2, 37, 2, 64), (1, 20, 1, 80)]:
+        for dt in DTYPES:
+            def run_v6_step():
+                r, k, v, z, g, gy = (torch.randn(B, T, H, N, device=dev).to(dt) for _ in range(6))
+                u, w0, nw, nb = (torch.randn(*s, device=dev) for s in ((H, N), (H * N,), (H * N,), (H * N,)))
+                for keep in (True, False):
+                    check_fwd(("v6 decay+norm", algo, (B, T, H, N), dt, "y kept" if keep else "no y"),
+                              v6._fwd(r, k, v, z, u, w0=w0, norm=(g, nw, nb, 1e-5, dt, keep)))
+                check_fwd(("v6 decay bwd", algo, (B, T, H, N), dt), v6._bwd(r, k, v, z, u, gy, w0=w0))
+            with_config(v6.CONFIG, dict(cfg, algo=algo), run_v6_step)
 
 for dt in DTYPES:
     B, Hh, Ww, C = 2, 5, 7, 40

@@ -219,7 +219,7 @@ SETS: dict[str, MutantSet] = {
         _m("fwd_state_nodecay",
            "        S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)\n\n\n@jit",
            "        S = S + tl.dot(tl.trans(kd), v, input_precision=PREC)\n\n\n@jit"),
-        _m("fwd_bonus_both_directions",
+        _m("bonus_both_directions",
            "(d == 0).to(tl.float32)\n    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)",
            "1.0\n    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)"),
         _m("fwd_state_read_ctail", "y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)",

@@ -112,26 +112,38 @@ def _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln
             tl.maximum(_logd(Lb, Wh, pos, cn, slt, sln, m2, N, DECAY), LOGD_MIN))
 
 
+@jit
+def _head(X, b, h, sb, sh):
+    """The base pointer of head h of batch b in a (B, T, H, N) tensor X of batch / head strides sb / sh."""
+    return X + b.to(tl.int64) * sb + h.to(tl.int64) * sh
+
+
+@jit
+def _walk_program(R, K, V, LD, W0, U, srb, srh, skb, skh, svb, svh, slb, slh, T, H, N, BN: tl.constexpr):
+    """A walk program (grid: batch*head, direction) -> direction d, b, h, the channel range and mask, the head's
+    r, k, v and log-decay (or z) bases, its w0, the bonus u (0 in the reversed direction) and the first token's
+    row of this direction's fp32 plane."""
+    pid = tl.program_id(0)
+    d = tl.program_id(1)
+    b = pid // H
+    h = pid - b * H
+    cn = tl.arange(0, BN)
+    nmask = cn < N
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32) * (d == 0).to(tl.float32)
+    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)
+    return (d, b, h, cn, nmask, _head(R, b, h, srb, srh), _head(K, b, h, skb, skh), _head(V, b, h, svb, svh),
+            _head(LD, b, h, slb, slh), W0 + h * N, u, plane)
+
+
 @jit(do_not_specialize=["T", "H", "N"])
 def _v6_fwd_kernel(R, K, V, LD, W0, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
                    slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
                    STAGES: tl.constexpr, DECAY: tl.constexpr):
     """One direction (grid axis 1) of one (batch, head): y into that direction's fp32 plane of Y2. With DECAY, LD
     holds the log decay's pre-activation z and W0 the decay's w0 (:func:`_logd`)."""
-    pid = tl.program_id(0)
-    d = tl.program_id(1)
-    b = pid // H
-    h = pid - b * H
+    d, b, h, cn, nmask, Rb, Kb, Vb, Lb, Wh, u, plane = _walk_program(R, K, V, LD, W0, U, srb, srh, skb, skh, svb,
+                                                                     svh, slb, slh, T, H, N, BN)
     rt = tl.arange(0, BT)
-    cn = tl.arange(0, BN)
-    nmask = cn < N
-    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
-    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
-    Wh = W0 + h * N
-    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32) * (d == 0).to(tl.float32)
-    plane = ((d * (tl.num_programs(0) // H) + b) * T).to(tl.int64)
     S = tl.zeros([BN, BN], tl.float32)
     for c in tl.range(0, tl.cdiv(T, BT), num_stages=STAGES):
         tau = c * BT + rt
@@ -158,22 +170,11 @@ def _v6_bwd_kernel(R, K, V, LD, W0, U, GY, GR2, GK2, GV2, GL2, GU2, srb, srt, sr
     """One direction (grid axis 1) of one (batch, head): the gradients into that direction's fp32 planes. With
     DECAY (LD holds z, see :func:`_v6_fwd_kernel`) GL2 receives z's gradient (the log decay's times d logd / d z =
     logd)."""
-    pid = tl.program_id(0)
-    d = tl.program_id(1)
-    b = pid // H
-    h = pid - b * H
+    d, b, h, cn, nmask, Rb, Kb, Vb, Lb, Wh, u, plane = _walk_program(R, K, V, LD, W0, U, srb, srh, skb, skh, svb,
+                                                                     svh, slb, slh, T, H, N, BN)
     B = tl.num_programs(0) // H
+    Gb = _head(GY, b, h, sgb, sgh)
     rt = tl.arange(0, BT)
-    cn = tl.arange(0, BN)
-    nmask = cn < N
-    Rb = R + b.to(tl.int64) * srb + h.to(tl.int64) * srh
-    Kb = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    Vb = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    Lb = LD + b.to(tl.int64) * slb + h.to(tl.int64) * slh
-    Gb = GY + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh
-    Wh = W0 + h * N
-    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32) * (d == 0).to(tl.float32)
-    plane = ((d * B + b) * T).to(tl.int64)
     NCH = tl.cdiv(T, BT)
     # ---- ascending sweep: gr and D = r * (gr without bonus)
     S = tl.zeros([BN, BN], tl.float32)

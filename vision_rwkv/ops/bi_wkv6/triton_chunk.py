@@ -45,7 +45,7 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, launch_opts, new_empty, next_pow2
 from ..triton_jit import jit
-from .triton import LOGD_MIN, _cums, _ld, _ld_rkvw, _logd
+from .triton import LOGD_MIN, _cums, _head, _ld, _ld_rkvw, _logd
 from .triton_intra import FAST_DECAY, _fast_scores, _split_grads, _split_level, _split_scores
 
 __all__ = ["chunk_fwd", "chunk_bwd"]
@@ -120,11 +120,6 @@ def _coords(T, H, N, NS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
     pos = c * BT + rt
     tv = pos < T
     return pid, c, c // NS, b, h, rt, cn, nmask, pos, tv, tv[:, None] & nmask[None, :]
-
-
-@jit
-def _head(X, b, h, sb, sh):
-    return X + b.to(tl.int64) * sb + h.to(tl.int64) * sh
 
 
 @jit
