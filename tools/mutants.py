@@ -267,8 +267,12 @@ SETS: dict[str, MutantSet] = {
         _m("bwd_gk_pairs_transposed_G", "gk_pairs, A = _causal_grad_k(G, r, k, lw,",
            "gk_pairs, A = _causal_grad_k(tl.trans(G), r, k, lw,"),
         # the fused decay (z and w0 read, -exp(w0 + z) formed as loaded) and the planes' sum (+ GroupNorm * gate)
-        _m("fwd_decay_not_formed", "sln, m2, N, DECAY)\n        cex, ctail, clast = _cums(lw)",
-           "sln, m2, N, False)\n        cex, ctail, clast = _cums(lw)"),
+        _m("fwd_decay_not_formed", "sln, m2, N, DECAY), LOGD_MIN)\n        cex, ctail, clast = _cums(lw)",
+           "sln, m2, N, False), LOGD_MIN)\n        cex, ctail, clast = _cums(lw)"),
+        # the forward's value-column blocks (walk_bv)
+        _m("fwd_value_block_first_columns", "cv = tl.program_id(2) * BV + tl.arange(0, BV)", "cv = tl.arange(0, BV)"),
+        _m("fwd_value_block_store_all_rows", "tl.store(yp, y, mask=mv)",
+           "tl.store(yp, y, mask=mv | (tv[:, None] & (cv >= 0)[None, :]))"),
         _m("bwd_decay_grad_not_scaled", "            glog = glog * lwraw\n", "            glog = glog\n"),
         _m("planes_second_direction_dropped",
            "y = tl.load(Y2 + off, mask=m2, other=0.0) + tl.load(Y2 + plane + off, mask=m2, other=0.0)",

@@ -151,6 +151,14 @@ CPU_CASES.update({
     # default decays what crosses a 16-token chunk is below fp32 resolution): 4 chunks, and 2 key-channel blocks
     "walk_weak_decays": dict(shape=(2, 53, 2, 16), dshift=-3.0),
     "walk_weak_decays_head24_bf16": dict(shape=(1, 40, 2, 24), dtype="bf16", dshift=-3.0),
+    # the walk forward's value columns in blocks (walk_bv: more programs for few (batch, head) pairs): 36 channels in
+    # three blocks of 16 (the last one partial), weak decays (the states' column blocks across chunks), the fused
+    # decay + GroupNorm (the planes' columns from several programs), head size 80 (5 blocks of 16 in 128)
+    "walk_bv16_head36": dict(shape=(2, 37, 2, 36), config={"walk_bv": 16}),
+    "walk_bv16_weak_decays": dict(shape=(1, 53, 2, 32), dshift=-3.0, config={"walk_bv": 16}),
+    "walk_bv16_decay_norm_bf16": dict(shape=(1, 40, 2, 32), decay=True, norm=True, dtype="bf16",
+                                      config={"walk_bv": 16}),
+    "walk_bv32_head80": dict(shape=(1, 21, 1, 80), dshift=-2.0, config={"walk_bv": 32}),
     "norm_chunk_after": dict(shape=(1, 21, 1, 16), decay=True, norm=True, config=dict(CHUNK, fused_norm=0)),
 })
 # the fewest state bytes (the sweep's round-24 configs): 16-bit states every 128 tokens, carried by the output kernel
@@ -192,11 +200,10 @@ QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "head36_padded", "head36_
          "chunk_bcarry_partial_state_chunk", "chunk_both_carry_bf16_states_head24", "chunk_maxnreg_both_carry",
          "decay_chunk", "decay_chunk_strong_head24", "decay_chunk_bf16_both_carry", "decay_walk",
          "decay_walk_bf16_head24", "norm_chunk_head24", "norm_chunk_carry_bf16", "norm_walk", "norm_walk_bf16_head24",
-         "walk_states_many_chunks",
-         "walk_states_48_bf16_head24", "walk_states_row_blocks", "walk_states_decay_norm_carry",
-         "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak", "walk_weak_decays",
-         "walk_strong_then_weak_decays", "fla_T_not_multiple", "fla_extreme_decays_inf", "fla_bf16_logd_fp32_noncontig",
-         "fla_decay_norm_bf16"}
+         "walk_states_many_chunks", "walk_states_48_bf16_head24", "walk_states_row_blocks",
+         "walk_states_decay_norm_carry", "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak",
+         "walk_weak_decays", "walk_strong_then_weak_decays", "walk_bv16_head36", "walk_bv16_decay_norm_bf16",
+         "fla_T_not_multiple", "fla_extreme_decays_inf", "fla_bf16_logd_fp32_noncontig", "fla_decay_norm_bf16"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -258,6 +265,10 @@ CUDA_CASES.update({
     "16x1024x6x64_bf16_walk_decay": dict(shape=(16, 1024, 6, 64), dtype="bf16", decay=True, norm=True),
     "2x4096x6x64_walk_decay_weak": dict(shape=(2, 4096, 6, 64), decay=True, norm=True, dshift=-3.0),
     "4x300x2x64_walk_strong_decay": dict(shape=(4, 300, 2, 64), decay=True, norm=True, dscale=1.0, dshift=1.0),
+    # ... with the forward's value columns in blocks of 16 (walk_bv) at VRWKV6-T's 1024-px shape
+    "16x4096x3x64_bf16_walk_bv16_decay": dict(shape=(16, 4096, 3, 64), dtype="bf16", decay=True, norm=True,
+                                              dshift=-3.0, config={"walk_bv": 16}),
+    "head80_walk_bv32": dict(shape=(4, 197, 4, 80), dshift=-3.0, config={"walk_bv": 32}),
 })
 # the states walked (state_walk; the default up to 16 state chunks: here T <= 1024) at 4096 tokens / 64 state chunks
 # (four row blocks per head), and the scan at 196 tokens
@@ -339,6 +350,20 @@ def test_unvalidated_block_sizes_refused_on_gpu(monkeypatch):
     r, k, v, logd = (torch.randn(1, 64, 1, 64, device="cuda") for _ in range(4))
     with pytest.raises(ValueError, match="block_t=32: on a GPU only"):
         v6.bi_wkv6_triton(r, k, v, -logd.exp(), torch.randn(1, 64, device="cuda"))
+
+
+def test_walk_bv_value_blocks(monkeypatch):
+    """``walk_bv``: value columns per walk forward program - the whole padded head by default, at most the padded
+    head, and a clear error naming the setting for anything but 0 or a power of two >= 16."""
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+
+    assert v6._walk_bv(64) == 64 and v6._walk_bv(128) == 128
+    monkeypatch.setitem(v6.CONFIG, "walk_bv", 32)
+    assert v6._walk_bv(64) == 32 and v6._walk_bv(16) == 16
+    for bad in (8, 24, -16):
+        monkeypatch.setitem(v6.CONFIG, "walk_bv", bad)
+        with pytest.raises(ValueError, match="walk_bv must be 0 or a power of two >= 16"):
+            v6._walk_bv(64)
 
 
 def test_bwd_algo_picks_the_backward_kernels(monkeypatch):

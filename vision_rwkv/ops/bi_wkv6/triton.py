@@ -59,11 +59,13 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # instead of per-chunk increments and their scan: one launch and the increments' write + read less, at the cost of
 # a serial loop over the chunks (16: up to 1024 tokens with state_t=64, e.g. 224 and 512 px; 0 never). state_rows:
 # state rows (x channels, each with its own decay) per walk program (0: all of a head's unless that leaves fewer
-# than 512 programs; >= 16).
+# than 512 programs; >= 16). walk_bv: value columns per walk forward program (0: the whole head; a power of two >= 16:
+# N / walk_bv times the programs, each carrying N x walk_bv of the state and forming the chunk's scores itself - for
+# few (batch, head) pairs, e.g. 96 programs of 256 serial chunks at 1024 px, batch 16, VRWKV6-T; opt-in until timed).
 CONFIG = config_from_env(dict(block_t=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
                               fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
-                              state_rows=0),
+                              state_rows=0, walk_bv=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums within 16 * 60 in magnitude
@@ -137,28 +139,35 @@ def _walk_program(R, K, V, LD, W0, U, srb, srh, skb, skh, svb, svh, slb, slh, T,
 
 @jit(do_not_specialize=["T", "H", "N"])
 def _v6_fwd_kernel(R, K, V, LD, W0, U, Y2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn,
-                   slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr,
-                   STAGES: tl.constexpr, DECAY: tl.constexpr):
-    """One direction (grid axis 1) of one (batch, head): y into that direction's fp32 plane of Y2. With DECAY, LD
-    holds the log decay's pre-activation z and W0 the decay's w0 (:func:`_logd`)."""
+                   slb, slt, slh, sln, T, H, N, BT: tl.constexpr, BN: tl.constexpr, BV: tl.constexpr,
+                   PREC: tl.constexpr, STAGES: tl.constexpr, DECAY: tl.constexpr):
+    """One direction (grid axis 1) of one (batch, head), value columns [BV * j, BV * (j + 1)) (grid axis 2: j): those
+    columns of y into that direction's fp32 plane of Y2, with the matching N x BV columns of the state (the scores
+    are formed by every value block). With DECAY, LD holds the log decay's pre-activation z and W0 the decay's w0
+    (:func:`_logd`)."""
     d, b, h, cn, nmask, Rb, Kb, Vb, Lb, Wh, u, plane = _walk_program(R, K, V, LD, W0, U, srb, srh, skb, skh, svb,
                                                                      svh, slb, slh, T, H, N, BN)
+    cv = tl.program_id(2) * BV + tl.arange(0, BV)
     rt = tl.arange(0, BT)
-    S = tl.zeros([BN, BN], tl.float32)
+    S = tl.zeros([BN, BV], tl.float32)
     for c in tl.range(0, tl.cdiv(T, BT), num_stages=STAGES):
         tau = c * BT + rt
         tv = tau < T
         pos = _pos(tau, T, d)
         m2 = tv[:, None] & nmask[None, :]
-        r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
+        mv = tv[:, None] & (cv < N)[None, :]
+        r = _ld(Rb, pos, cn, srt, srn, m2)
+        k = _ld(Kb, pos, cn, skt, skn, m2)
+        v = _ld(Vb, pos, cv, svt, svn, mv)
+        lw = tl.maximum(_logd(Lb, Wh, pos, cn, slt, sln, m2, N, DECAY), LOGD_MIN)
         cex, ctail, clast = _cums(lw)
         y = tl.dot(r * tl.exp(cex), S, input_precision=PREC)
         A = _causal_scores(r, k, lw, cex, clast, rt, BT, PREC)
         bonus = tl.sum(r * u[None, :] * k, axis=1)
         A = tl.where(rt[:, None] == rt[None, :], bonus[:, None], A)
         y += tl.dot(A, v, input_precision=PREC)
-        yp = Y2 + (plane + pos.to(tl.int64)[:, None]) * H * N + h * N + cn[None, :]
-        tl.store(yp, y, mask=m2)
+        yp = Y2 + (plane + pos.to(tl.int64)[:, None]) * H * N + h * N + cv[None, :]
+        tl.store(yp, y, mask=mv)
         kd = k * tl.exp(ctail)
         S = tl.exp(clast)[:, None] * S + tl.dot(tl.trans(kd), v, input_precision=PREC)
 
@@ -292,6 +301,14 @@ def _algo(backward: bool = False) -> str:
     return algo
 
 
+def _walk_bv(BN: int) -> int:
+    """Value columns per walk forward program (``walk_bv``; 0: the whole padded head)."""
+    bv = CONFIG["walk_bv"]
+    if bv and (bv < 16 or bv & (bv - 1)):
+        raise ValueError(f"VRWKV_TRITON_V6 walk_bv must be 0 or a power of two >= 16, got {bv}")
+    return min(bv, BN) if bv else BN
+
+
 def _check_w0(w0, logd):
     """``w0`` of a fused-decay call: (H*N,) floating, on logd's device (logd then holds z)."""
     B, T, H, N = logd.shape
@@ -347,9 +364,10 @@ def _fwd(r, k, v, logd, u, w0=None, norm=None):
 
     y2 = new_empty((2, B, T, H, N), torch.float32, r.device)
     w0_arg = logd if w0 is None else w0  # (without w0: unused)
-    _v6_fwd_kernel[(B * H, 2)](r, k, v, logd, w0_arg, u.contiguous(), y2, *r.stride(), *k.stride(), *v.stride(),
-                               *logd.stride(), T, H, N, BT=BT, BN=BN, PREC=prec, STAGES=CONFIG["stages"],
-                               DECAY=w0 is not None, num_warps=nw)
+    BV = _walk_bv(BN)
+    _v6_fwd_kernel[(B * H, 2, cdiv(N, BV))](r, k, v, logd, w0_arg, u.contiguous(), y2, *r.stride(), *k.stride(),
+                                            *v.stride(), *logd.stride(), T, H, N, BT=BT, BN=BN, BV=BV, PREC=prec,
+                                            STAGES=CONFIG["stages"], DECAY=w0 is not None, num_warps=nw)
     return walk_planes_out(y2, v, BN, norm)  # (summed in fp32: one launch, with the GroupNorm * gate if asked)
 
 
