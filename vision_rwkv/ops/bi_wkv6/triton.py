@@ -381,10 +381,10 @@ def _bwd(r, k, v, logd, u, gy, grouped: bool = True, out=None, w0=None):
     if out is not None:
         check_out("bi_wkv6", ("gr", "gk", "gv"), out, (r, k, v))
     chunk = _chunk_algo(BN, T, BT, backward=True)
+    fla = not chunk and _algo(backward=True) == "fla"
     if w0 is not None:
         _check_w0(w0, logd)
-        if not CONFIG["fused_decay"] or (not chunk and _algo(backward=True) == "fla"):
-            # the log decay formed first, its derivative (itself) applied after
+        if not CONFIG["fused_decay"] or fla:  # the log decay formed first, its derivative (itself) applied after
             z, logd = logd, _decay_logd(w0, logd)
             gr, gk, gv, gl, gu = _bwd(r, k, v, logd, u, gy, grouped, out)
             gz = torch.where(logd >= LOGD_MIN.value, gl * logd, 0.0).to(z.dtype)  # (0 where clamped, not 0 * -inf)
@@ -393,7 +393,7 @@ def _bwd(r, k, v, logd, u, gy, grouped: bool = True, out=None, w0=None):
         from .triton_chunk import chunk_bwd
 
         return chunk_bwd(r, k, v, logd, u.contiguous(), gy, (BT, BN, prec, nw), out, w0)
-    if _algo(backward=True) == "fla":
+    if fla:
         from .fla_route import bi_bwd
 
         grads = bi_bwd(r, k, v, logd, u, gy, LOGD_MIN.value)

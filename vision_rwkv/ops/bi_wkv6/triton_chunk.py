@@ -58,7 +58,7 @@ def _lin2(g1, s1, g2, s2):
 
 
 @jit
-def _intra_av(r, k, v, lw, cex, ctot, u, rt, BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+def _intra_av(r, k, v, lw, cex, ctot, u, rt, BT: tl.constexpr, PREC: tl.constexpr):
     """A v for one sub-chunk: its pairs in both directions (factorized through the sub-chunk's start when every
     channel's total log decay is >= -FAST_DECAY: two tensor-core products, every factor <= e^FAST_DECAY; else the
     exact binary split of :func:`_split_scores`) and the bonus r.(u k) on the diagonal."""
@@ -296,7 +296,7 @@ def _fwd_kernel(R, K, V, LD, W0, U, Y, S, G, NW, NB, GO, srb, srt, srh, srn, skb
                         DECAY)
     y = tl.dot(r * tl.exp(cex), P, input_precision=PREC)
     y += tl.dot(r * tl.exp(ctail), Q, input_precision=PREC)
-    y += _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, BN, PREC)
+    y += _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, PREC)
     _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
 
 
@@ -334,7 +334,7 @@ def _fwd_carry_kernel(R, K, V, LD, W0, U, Y, Z, S, G, NW, NB, GO, srb, srt, srh,
         cex, ctail, ctot = _cums(lw)
         off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
         y = tl.dot(r * tl.exp(cex), P, input_precision=PREC) + tl.load(Z + off, mask=m2, other=0.0)
-        y += _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, BN, PREC)
+        y += _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, PREC)
         _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
         P = tl.exp(ctot)[:, None] * P + tl.dot(tl.trans(k * tl.exp(ctail)), v, input_precision=PREC)
 
@@ -524,7 +524,6 @@ def _glogd_kernel(GLP, AFTER, LD, W0, OUT, slb, slt, slh, sln, T, H, N, NSUB, BT
     tl.store(OUT + off, g.to(OUT.dtype.element_ty), mask=m2)
 
 
-
 @jit(do_not_specialize=["T", "H", "N", "BH"])
 def _planes_kernel(Y2, Y, G, NW, NB, GO, sgb, sgt, sgh, sgn, eps, T, H, N, BH, BT: tl.constexpr,
                    BN: tl.constexpr, NORM: tl.constexpr, KEEP_Y: tl.constexpr):
@@ -543,6 +542,7 @@ def _planes_kernel(Y2, Y, G, NW, NB, GO, sgb, sgt, sgh, sgn, eps, T, H, N, BH, B
     plane = BH.to(tl.int64) * T * N  # (B * H * T * N: one direction's plane)
     y = tl.load(Y2 + off, mask=m2, other=0.0) + tl.load(Y2 + plane + off, mask=m2, other=0.0)
     _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
+
 
 # ------------------------------------------------------------------------------------------------- host side
 def _geometry(T: int, BT: int):
