@@ -6,8 +6,8 @@ total ctot, the pair (t, n), n < t, weighs prod_{n<m<t} d_m = e^{cex_t - cin_n} 
 total is >= -FAST_DECAY (weak decays, the common case in trained models) that factors through the chunk's start into
 e^{cex_t} e^{-cin_n} (the second <= e^FAST_DECAY): the scores are one tensor-core product per direction. Stronger
 decays take an exact binary split of the chunk (:func:`_split_level`): every pair is separated at exactly one level,
-where its weight factors into two factors <= 1 that are sums within one half - two tensor-core products per level
-and direction, log2 BT levels.
+where its weight factors into two factors <= 1 that are sums within one half - for the scores one tensor-core
+product per level and direction, log2 BT levels.
 """
 from __future__ import annotations
 
