@@ -106,7 +106,8 @@ def _causal_grad_r(G, r, k, lw, cex, ctot, rt, BT: tl.constexpr, PREC: tl.conste
         B2 = BT
         while B2 >= 2:
             eu, el, mc, ma = _split_level(lw, rt, B2)
-            d_r += eu * tl.dot(tl.where(mc, G, 0.0), k * el, input_precision=PREC)
+            d_rl, _, _ = _split_grads(G, mc, r, k, eu, el, PREC)  # (its unused products are not compiled)
+            d_r += d_rl
             B2 = B2 // 2
     return d_r
 
