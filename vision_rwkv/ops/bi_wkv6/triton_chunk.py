@@ -629,15 +629,7 @@ def chunk_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
     nsub, NS, NC = _geometry(T, BT)
     S = _states([(k, v)], logd, w0, cfg, T, H, N, NS, NC, BN)
     dev = r.device
-    keep_y = norm is None or norm[5]
-    y = new_empty((B, T, H, N), v.dtype, dev) if keep_y else None
-    if norm is None:
-        ep = (y, y, y, y, 0, 0, 0, 0, 0.0)
-    else:
-        g, weight, bias, eps, out_dtype, _ = norm
-        gated = new_empty((B, T, H, N), out_dtype, dev)
-        ep = (g, weight, bias, gated, *g.stride(), float(eps))
-    yarg = v if y is None else y  # (without keep_y not written: its dtype, v's, is what y is rounded to)
+    y, yarg, ep, gated, keep_y = _outputs(v, norm)
     args = (r, k, v, logd, _w0_arg(w0, logd), u)
     meta = dict(BT=BT, BN=BN, NS=NS, PREC=prec, DECAY=w0 is not None, NORM=norm is not None, KEEP_Y=keep_y,
                 **_launch_opts(nw))
@@ -650,25 +642,31 @@ def chunk_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
     return y if norm is None else (y, gated)
 
 
+def _outputs(v, norm):
+    """The outputs :func:`_store_y` writes for a forward of v's shape: (y or None, Y's argument - v where y is not
+    kept, whose dtype y is rounded to -, the epilogue's arguments (G, NW, NB, GO, g's four strides, eps), the gated
+    product or None, keep_y); ``norm`` as in :func:`chunk_fwd`."""
+    keep_y = norm is None or norm[5]
+    y = new_empty(v.shape, v.dtype, v.device) if keep_y else None
+    yarg = v if y is None else y
+    if norm is None:
+        return y, yarg, (yarg, yarg, yarg, yarg, 0, 0, 0, 0, 0.0), None, keep_y
+    g, weight, bias, eps, out_dtype, _ = norm
+    gated = new_empty(v.shape, out_dtype, v.device)
+    return y, yarg, (g, weight, bias, gated, *g.stride(), float(eps)), gated, keep_y
+
 
 def walk_planes_out(y2, v, BN, norm=None):
     """y (B, T, H, N) in v's dtype from the walk kernels' direction planes y2 (2, B, T, H, N) fp32, summed in fp32;
     with ``norm`` (see :func:`chunk_fwd`) (y or None, GroupNorm(y) * silu(g)) instead, formed as y is stored (in
     inference y is never written)."""
     _, B, T, H, N = y2.shape
-    keep_y = norm is None or norm[5]
-    y = new_empty((B, T, H, N), v.dtype, y2.device) if keep_y else None
-    yarg = v if y is None else y  # (without keep_y not written: its dtype, v's, is what y is rounded to)
-    if norm is None:
-        ep = (yarg, yarg, yarg, yarg, 0, 0, 0, 0, 0.0)
-    else:
-        g, weight, bias, eps, out_dtype, _ = norm
-        gated = new_empty((B, T, H, N), out_dtype, y2.device)
-        ep = (g, weight, bias, gated, *g.stride(), float(eps))
+    y, yarg, ep, gated, keep_y = _outputs(v, norm)
     BT = max(16, 1024 // BN)
     _planes_kernel[(B * H * cdiv(T, BT),)](y2, yarg, *ep, T, H, N, B * H, BT=BT, BN=BN, NORM=norm is not None,
                                            KEEP_Y=keep_y, num_warps=4)
     return y if norm is None else (y, gated)
+
 
 def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):
     """(gr, gk, gv, glogd, gu) in the inputs' dtypes; ``out``: the (gr, gk, gv) buffers to write (checked by the
