@@ -203,6 +203,18 @@ def _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask, is_last, NCAR: tl.constexp
     return _load_carries(BCAR, b, j, NC, C, cols, cmask, is_last == 0, NCAR, ORIG, True)
 
 
+@jit
+def _incoming_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, w, NCAR: tl.constexpr, ORIG: tl.constexpr,
+                          SINGLE: tl.constexpr):
+    """:func:`_load_fwd_carries`, or eight zero vectors (like ``w``) when the whole sequence is one chunk (SINGLE:
+    no pass 2, nothing comes in)."""
+    if SINGLE:
+        z = tl.zeros_like(w)
+        return z, z, z, z, z, z, z, z
+    else:
+        return _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
+
+
 # ------------------------------------------------------------------------------------------------- forward
 def _fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, SCALE,
                         NSUM: tl.constexpr, ORIG: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
@@ -348,19 +360,10 @@ def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NS
         mx = tl.max(k0, axis=0)
         m = tl.where(mx > -float("inf"), mx, 0.0)
         tl.store(M + b.to(tl.int64) * C + cols, m, mask=cmask)
-        z = tl.zeros_like(w)
-        ca_n = z
-        ca_d = z
-        cb_n = z
-        cb_d = z
-        ch_n = z
-        ch_d = z
-        cj_n = z
-        cj_d = z
     else:
         m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
-        ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q,
-                                                                           NCAR, ORIG)
+    ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d = _incoming_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, w,
+                                                                           NCAR, ORIG, SINGLE)
     x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _forward_states(
         kb, vb, skt, skc, svt, svc, s, n, r, cols, cmask, m, lam, gam,
         ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d, S, ORIG)
@@ -375,19 +378,8 @@ def _fwd_kernel(K, V, W, U, Y, M, CAR, skb, skt, skc, svb, svt, svc, T, C, S, NS
 @jit
 def _bwd_pq(kb, vb, gb, skt, skc, svt, svc, sgt, sgc, s, n, r, cols, cmask, m, lam, gam, uu, w,
             CAR, b, j, NC, C, q, S, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr):
-    if SINGLE:
-        z = tl.zeros_like(w)
-        ca_n = z
-        ca_d = z
-        cb_n = z
-        cb_d = z
-        ch_n = z
-        ch_d = z
-        cj_n = z
-        cj_d = z
-    else:
-        ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q,
-                                                                           NCAR, ORIG)
+    ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d = _incoming_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, w,
+                                                                           NCAR, ORIG, SINGLE)
     x, v, a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _forward_states(
         kb, vb, skt, skc, svt, svc, s, n, r, cols, cmask, m, lam, gam,
         ca_n, ca_d, cb_n, cb_d, ch_n, ch_d, cj_n, cj_d, S, ORIG)
