@@ -181,6 +181,10 @@ SETS: dict[str, MutantSet] = {
         _m("shift_quarter_edge", "(cc >= Q3).to(tl.int32))[None, :]", "(cc > Q3).to(tl.int32))[None, :]"),
         _m("shift_bwd_own_mix", "coefi = a + tl.load(pm + isrc, mask=ivalid, other=0.0)",
            "coefi = a + tl.load(pm + offs, mask=ivalid, other=0.0)"),
+        # the ddlerp LoRA's m formed inside the backward kernel: the neighbours' m of the wrong direction, or the
+        # tile's own m where the neighbours' belongs
+        _m("lora_bwd_neighbour_direction", "tl.full([1, 1], qq ^ 1, tl.int32)", "tl.full([1, 1], qq, tl.int32)"),
+        _m("lora_bwd_own_m_for_neighbours", "            coefi = a + inv", "            coefi = a + own"),
         _m("groupnorm_bwd_one_pass",
            "    for it in range(iters):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask",
            "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask"),
@@ -204,7 +208,7 @@ SETS: dict[str, MutantSet] = {
     # the one-node mixers' backward assembly (the gradients chained between the fused kernels)
     "mixer_steps": MutantSet(STEPS, ("tests/ops/test_mixer_steps.py",), (
         _m("v6_decay_lora_tanh_grad", "g_hd = _tanh_bwd(g_hd, hd)", "g_hd = g_hd"),
-        _m("v6_shift_grad_dropped", "g_x = g_x.add_(g_x2)", "g_x = g_x"),
+        _m("v6_x_grad_not_accumulated", "[g_xxx.view(B, N, C)], gx=g_x)", "[g_xxx.view(B, N, C)])"),
         _m("v6_mix_lora_tanh_grad", "g_lora = _tanh_bwd(g_lora.view(lora.shape), lora)",
            "g_lora = g_lora.view(lora.shape)"),
         _m("v6_w0_grad_halved", "g_w0 = g_z.sum(0, dtype=torch.float32).to(w0.dtype)",

@@ -1,6 +1,7 @@
 """WKV backwards writing the caller's gradient buffers (``out=``: the token-mix steps pass slices of one stacked
 (k, v, r[, g]) gradient instead of stacking afterwards) give exactly the gradients of the default call - v4 seq and
-tile kernels, v6 chunk and walk kernels (the walk's per-dtype grouping included) and the fla route, fp32 / bf16.
+tile kernels, v6 chunk and walk kernels (the walk's per-dtype grouping included) and the fla route, fp32 / bf16 -,
+and the mixing backward adds d x into the caller's buffer (``gx=``).
 CPU: the kernels under TRITON_INTERPRET=1 in a subprocess (this file as a script), NaN-poisoned outputs."""
 import contextlib
 import json
@@ -18,6 +19,10 @@ CASES = {  # name -> (op, config, dtype)
     "v6_walk": ("v6", {"algo": "walk"}, "fp32"),
     "v6_walk_bf16": ("v6", {"algo": "walk"}, "bf16"),
     "v6_fla_bf16": ("v6", {"algo": "fla"}, "bf16"),  # (fla's entry points stood in for: _fla_standin.py)
+    # the mixing backward adding d x into the caller's gradient of x (``gx=``: the RWKV-6 time mix's two mixing
+    # backwards share one d x), with m given and with the ddlerp LoRA's m formed in the kernel
+    "tsm_acc": ("tsm", {}, "fp32"),
+    "tsm_lora_acc_bf16": ("tsm", {"lora": True}, "bf16"),
 }
 
 
@@ -28,6 +33,8 @@ def _run(name):
     op, cfg, dn = CASES[name]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dn]
     g = torch.Generator().manual_seed(0)
+    if op == "tsm":
+        return _run_tsm(cfg, dtype, g)
     if op == "v4":
         t4.CONFIG.update(cfg)
         B, T, C = 2, 23, 40
@@ -55,6 +62,29 @@ def _run(name):
     return {"same": same, "untouched": bool(torch.isnan(stacked[3]).all())}
 
 
+def _run_tsm(cfg, dtype, g):
+    from vision_rwkv.ops.fused import triton as ft
+
+    B, H, W, C, M, R = 2, 3, 5, 24, 2, 16
+    x = torch.randn(B, H * W, C, generator=g).to(dtype)
+    a = tuple(torch.rand(C, generator=g) for _ in range(M))
+    grads = [torch.randn(B, H * W, C, generator=g).to(dtype) for _ in range(M)]
+    kw = {}
+    if cfg.get("lora"):
+        kw["lora"] = ((torch.randn(B, H * W, M * R, generator=g) * 0.5).to(dtype), torch.randn(M, R, C, generator=g))
+        m = None
+    else:
+        m = (torch.randn(M, B, H * W, C, generator=g) * 0.5).to(dtype)
+    gx, ga, gm = ft._tsm_bwd(x, H, W, 8, a, m, grads, **kw)
+    buf = torch.randn(B, H * W, C, generator=g).to(dtype)
+    want = buf.double() + gx.double()
+    acc = buf.clone()
+    gx2, ga2, gm2 = ft._tsm_bwd(x, H, W, 8, a, m, grads, gx=acc, **kw)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # (one rounding of the sum, against two)
+    err = ((gx2.double() - want).abs().max() / want.abs().max()).item()
+    return {"same": gx2 is acc and err < tol and torch.equal(ga, ga2) and torch.equal(gm, gm2), "untouched": True}
+
+
 @pytest.fixture(scope="module")
 def results():
     from _case_utils import run_script_in_interpreter
@@ -65,6 +95,14 @@ def results():
 @pytest.mark.parametrize("name", list(CASES))
 def test_out_buffers_hold_the_default_gradients(results, name):
     assert results[name] == {"same": True, "untouched": True}, results[name]
+
+
+def test_bad_mixing_gradient_buffer_is_named():
+    from vision_rwkv.ops.fused import triton as ft
+
+    x = torch.randn(1, 6, 8)
+    with pytest.raises(ValueError, match=r"token_shift_mix backward: out gx must be a contiguous \(1, 6, 8\)"):
+        ft._tsm_bwd(x, 2, 3, 0, torch.rand(1, 8), None, [x], gx=torch.empty(1, 6, 8, dtype=torch.float64))
 
 
 def test_bad_out_buffers_are_named():

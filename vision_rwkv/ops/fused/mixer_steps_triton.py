@@ -275,8 +275,7 @@ class _TimeMix6Step(torch.autograd.Function):
         del planes, g_xkvrg, g_xw
         g_lora = _tanh_bwd(g_lora.view(lora.shape), lora)
         g_xxx, g_w1 = _product_bwd(g_lora, xxx, w1c)
-        g_x2, g_ax, _ = _tsm_bwd(x, H, W, head_size, a_x, None, [g_xxx.view(B, N, C)])
-        g_x = g_x.add_(g_x2)
+        g_x, g_ax, _ = _tsm_bwd(x, H, W, head_size, a_x, None, [g_xxx.view(B, N, C)], gx=g_x)  # (added in place)
         mats = [g_stack, g_wo, g_w1, g_d1, g_d2] + ([g_w2] if cast_w2 else [])
         g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2, *rest = _weight_grads(ctx, mats, 4)
         vecs = ctx.vectors

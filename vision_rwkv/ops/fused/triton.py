@@ -29,8 +29,8 @@ from typing import Optional
 import torch
 import triton.language as tl
 
-from .._triton_utils import (cdiv, coef_grads, new_empty, next_pow2, plane_grads, run_op, run_split_op,
-                             split_outputs, split_param_grads)
+from .._triton_utils import (cdiv, check_out, coef_grads, new_empty, next_pow2, plane_grads, run_op,
+                             run_split_op, split_outputs, split_param_grads)
 from ..triton_jit import jit
 
 __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton", "group_norm_mul_triton",
@@ -39,7 +39,9 @@ __all__ = ["token_shift_mix_triton", "sigmoid_mul_triton", "relu_square_triton",
 
 # bwd_programs: the most programs of the row-reducing backward kernels (GroupNorm * gate, residual add + LayerNorm);
 # each walks its share of row blocks and writes one partial sum of the parameter gradients
-CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096, bwd_programs=1024)
+# lora_bwd_*: the tiles of the mixing backward that forms the ddlerp LoRA's m itself (``_tsm_lora_bwd``)
+CONFIG = dict(block_t=32, block_c=64, warps=4, block_elem=2048, elem_warps=8, gn_elems=4096, bwd_programs=1024,
+              lora_bwd_block_t=16, lora_bwd_warps=8)
 
 
 def _row_programs(nblocks: int) -> tuple[int, int]:
@@ -117,11 +119,41 @@ def _tsm_fwd_kernel(X, A, MM, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2,
 
 
 @jit
-def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
-                    M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT: tl.constexpr,
-                    SPLIT_A: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+def _lora_rows(HH, W2, rows, rmask, c, cmask, C, i: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+               PREC: tl.constexpr):
+    """The ddlerp LoRA's m[i] of the tokens ``rows`` ([BT, 1], ``rmask`` false: 0) at channels c: h[rows, i*R:(i+1)*R]
+    @ w2[i] in fp32, w2 rounded to h's dtype first (as autocast does; 16-bit values are exact in tf32)."""
+    rr = tl.arange(0, R)
+    h = tl.load(HH + rows.to(tl.int64) * (M * R) + i * R + rr[None, :], mask=rmask, other=0.0)
+    w2 = tl.load(W2 + i * R * C + rr[:, None] * C + c[None, :], mask=cmask[None, :], other=0.0)
+    return tl.dot(h.to(tl.float32), w2.to(h.dtype).to(tl.float32), input_precision=PREC)
+
+
+@jit
+def _lora_coefs(HH, W2, n, q, H, W, NTOK, c, cmask, C, i: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+                PREC: tl.constexpr, BT: tl.constexpr):
+    """(m[i] of this tile's tokens, m[i] of the tokens that read them as their quarter-q neighbour), both [BT, BC]:
+    the second from one product per quarter (the neighbour's row depends on the channel's quarter q)."""
+    t = (tl.program_id(0) * BT + tl.arange(0, BT))[:, None]
+    tmask = t < NTOK
+    own = _lora_rows(HH, W2, t, tmask, c, cmask, C, i, M, R, PREC)
+    inv = tl.zeros_like(own)
+    for qq in tl.static_range(4):
+        delta, valid = _neighbour(n, tl.full([1, 1], qq ^ 1, tl.int32), H, W)
+        rows = t + tl.where(valid, delta, 0)
+        inv = tl.where(q == qq, _lora_rows(HH, W2, rows, valid & tmask, c, cmask, C, i, M, R, PREC), inv)
+    return own, inv
+
+
+@jit
+def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, A1, A2, A3, A4, HH, W2, NTOK, N, C, H, W, HS, Q1, Q2,
+                    Q3, plane, M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT: tl.constexpr,
+                    SPLIT_A: tl.constexpr, LORA: tl.constexpr, R: tl.constexpr, PREC: tl.constexpr,
+                    ACC: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
     # the output gradients: one (M, ...) tensor at GO, or (SPLIT, M <= 5) one tensor per mixed input at GO, G1, ..;
-    # the interpolation vectors as in the forward kernel (SPLIT_A)
+    # the interpolation vectors as in the forward kernel (SPLIT_A); LORA (with HAS_M): m is not read from MM but
+    # formed from the LoRA hidden HH (tokens, M*R) and W2 (M, R, C), as the forward kernel forms it; ACC: d x is added
+    # to what GX holds (each program reads and writes its own tile)
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -132,7 +164,10 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, A1, A2, A3, A4, N
     src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
     xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
     isrc = offs + tl.where(ivalid, idelta, 0).to(tl.int64) * C
-    gx = tl.zeros([BT, BC], tl.float32)
+    if ACC:
+        gx = tl.load(GX + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        gx = tl.zeros([BT, BC], tl.float32)
     pa = A + c
     pg = GO
     pm = MM
@@ -156,7 +191,11 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, A1, A2, A3, A4, N
         gi = tl.load(pg + isrc, mask=ivalid, other=0.0).to(tl.float32)
         coef = a
         coefi = a
-        if HAS_M:
+        if LORA:
+            own, inv = _lora_coefs(HH, W2, n, q, H, W, NTOK, c, cmask, C, i, M, R, PREC, BT)
+            coef = a + own
+            coefi = a + inv
+        elif HAS_M:
             coef = a + tl.load(pm + offs, mask=mask, other=0.0).to(tl.float32)
             coefi = a + tl.load(pm + isrc, mask=ivalid, other=0.0).to(tl.float32)
             pm += plane
@@ -224,22 +263,42 @@ def _(x, H, W, head_size, a, m, out_dtype, one_minus):
 MAX_SPLIT = 5  # mixed inputs whose gradients the backward kernel reads from separate tensors
 
 
-def _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus=False):
+def _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus=False, lora=None, gx=None):
     """Gradients (x, a, m) of ``token_shift_mix``; ``gout`` the (M, ...) output gradient, or a sequence of the M
     outputs' gradients (each read in place: no stacked copy); ``a`` as for :func:`coef_args` (its gradient is
-    (M, C) either way, in its dtype)."""
+    (M, C) either way, in its dtype). ``lora``: ``(h, w2)`` of ``token_shift_mix_lora`` instead of ``m`` (None): the
+    kernel forms m per tile as the forward does, and d m comes back in h's dtype. ``gx``: a contiguous gradient of x
+    (x's shape and dtype) that d x is added to, in place (one rounding; no separate add), and returned."""
     a0, extra, split_a, nmix, a_dtype = coef_args(a)
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
+    meta["num_warps"] = CONFIG["warps"]
+    hh = w2 = None
+    if lora is not None:
+        hh, w2 = lora
+        # five products per mixed input (its own tokens' m and the four quarters' neighbours'): sm_90, C 192, bf16:
+        # 16 x 64 tiles at 8 warps take 120 registers a thread, no spills; 32-token tiles at 4 warps spilled
+        meta["BT"], meta["num_warps"] = CONFIG["lora_bwd_block_t"], CONFIG["lora_bwd_warps"]
+        meta["BC"] = max(meta["BC"], 16)  # (tl.dot's smallest tile; lora_bwd_block_t >= 16 too)
+        grid = (cdiv(args[0], meta["BT"]), cdiv(x.shape[-1], meta["BC"]))
     split = isinstance(gout, (list, tuple))
     if split and len(gout) > MAX_SPLIT:
         gout, split = torch.stack(gout), False
     gs = [g.contiguous() for g in gout] if split else [gout.contiguous()]
     gs += [None] * (MAX_SPLIT - len(gs))
-    gx = new_empty(x.shape, x.dtype, x.device)
+    acc = gx is not None
+    if acc:
+        check_out("token_shift_mix", ("gx",), (gx,), (x,))
+    else:
+        gx = new_empty(x.shape, x.dtype, x.device)
     gap = new_empty((grid[0], nmix, x.shape[-1]), torch.float32, x.device)
-    gm = new_empty(m.shape, m.dtype, m.device) if m is not None else None
-    _tsm_bwd_kernel[grid](x, a0, m, gs[0], gx, gap, gm, *gs[1:], *extra, *args, HAS_M=m is not None,
-                          ONE_MINUS=one_minus, SPLIT=split, SPLIT_A=split_a, num_warps=CONFIG["warps"], **meta)
+    gm = None  # d m: in m's dtype, or in h's with the LoRA
+    if lora is not None:
+        gm = new_empty((nmix,) + tuple(x.shape), hh.dtype, x.device)
+    elif m is not None:
+        gm = new_empty(m.shape, m.dtype, m.device)
+    _tsm_bwd_kernel[grid](x, a0, m, gs[0], gx, gap, gm, *gs[1:], *extra, hh, w2, *args, HAS_M=gm is not None,
+                          ONE_MINUS=one_minus, SPLIT=split, SPLIT_A=split_a, LORA=lora is not None,
+                          R=1 if lora is None else w2.shape[1], PREC=_lora_prec(hh), ACC=acc, **meta)
     return gx, gap.sum(0).to(a_dtype), (x.new_empty((0,)) if gm is None else gm)
 
 
@@ -1042,24 +1101,22 @@ def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
     xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
-    t = tl.program_id(0) * BT + tl.arange(0, BT)
-    rr = tl.arange(0, R)
-    ph = HH + t.to(tl.int64)[:, None] * (M * R) + rr[None, :]
-    pw = W2 + rr[:, None] * C + c[None, :]
+    t = (tl.program_id(0) * BT + tl.arange(0, BT))[:, None]
     pa = A + c
     po = OUT + offs
     for i in tl.static_range(M):
-        h = tl.load(ph, mask=(t < NTOK)[:, None], other=0.0)
-        # w2 rounded to h's dtype (as autocast does), then both exactly in fp32: 16-bit values are exact in tf32
-        w2 = tl.load(pw, mask=cmask[None, :], other=0.0).to(h.dtype).to(tl.float32)
         pa = _coef_ptr(pa, i, A1, A2, A3, A4, c, SPLIT_A)
-        coef = (tl.dot(h.to(tl.float32), w2, input_precision=PREC)
+        coef = (_lora_rows(HH, W2, t, t < NTOK, c, cmask, C, i, M, R, PREC)
                 + tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :])
         tl.store(po, (x + xx * coef).to(OUT.dtype.element_ty), mask=mask)
-        ph += R
-        pw += R * C
         pa += C
         po += plane
+
+
+def _lora_prec(h) -> str:
+    """The precision of the LoRA products inside the mixing kernels: exact fp32 for fp32 h, tf32 for 16-bit h (whose
+    values tf32 holds exactly); "ieee" without h (no product)."""
+    return "tf32" if h is not None and h.dtype != torch.float32 else "ieee"
 
 
 def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
@@ -1069,7 +1126,7 @@ def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
     meta["BC"] = max(meta["BC"], 16)
     grid = (cdiv(args[0], meta["BT"]), cdiv(x.shape[-1], meta["BC"]))
     out = new_empty((nmix,) + tuple(x.shape), out_dtype, x.device)
-    prec = "ieee" if h.dtype == torch.float32 else "tf32"
+    prec = _lora_prec(h)
     a0, extra, split_a, _, _ = coef_args(a)
     _tsm_lora_fwd_kernel[grid](x, a0, h, w2, out, *extra, *args, R=rank, SPLIT_A=split_a, PREC=prec,
                                num_warps=CONFIG["warps"], **meta)
@@ -1079,8 +1136,8 @@ def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
 def _tsm_lora_bwd(x, H, W, head_size, a, h, w2, gout):
     nmix, rank, c = w2.shape
     w2h = w2.to(h.dtype)  # (one cast for both products below)
-    m = torch.bmm(h.reshape(-1, nmix, rank).transpose(0, 1), w2h)  # the LoRA output recomputed: (M, tokens, C)
-    gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, m.view((nmix,) + tuple(x.shape)), gout)
+    # m, the LoRA's output, recomputed per tile inside the kernel (not stored by the forward, not materialised here)
+    gx, ga, gm = _tsm_bwd(x, H, W, head_size, a, None, gout, lora=(h.contiguous(), w2.contiguous()))
     gm = gm.view(nmix, -1, c)
     # d h[t, i*R:(i+1)*R] = gm[i, t] @ w2[i]^T, written in place through a (M, tokens, R) view of (tokens, M, R):
     # the batched GEMM takes the strided output (batch stride R), no transposing copy
