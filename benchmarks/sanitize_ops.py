@@ -21,6 +21,7 @@ os.environ.setdefault("VRWKV_TRITON_DEBUG", "1")
 from vision_rwkv.ops import fused  # noqa: E402
 from vision_rwkv.ops.bi_wkv import triton as v4  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
+from vision_rwkv.ops.fused import triton as ft  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # "cpu" with TRITON_INTERPRET=1: a dry run of this script
 bad = 0
@@ -108,6 +109,10 @@ for dt in DTYPES:
           (x, a, h, w2))
     check(("token_shift_mix_lora split", dt), torch.stack(fused.token_shift_mix_lora(
         x, (Hh, Ww), a, h, w2, 8, backend="triton", split=True)), (x, a, h, w2))
+    # the time mix's second mixing backward: d x added into the first's gradient of x, in place
+    with torch.no_grad():
+        gx0 = torch.randn(B, Hh * Ww, C, device=dev).to(dt)
+        check_fwd(("token_shift_mix bwd into gx", dt), ft._tsm_bwd(x, Hh, Ww, 8, a[:1], None, [x], gx=gx0)[:2])
     r, y = leaf(3, 37, dtype=dt), leaf(3, 37, dtype=dt)
     check(("sigmoid_mul", dt), fused.sigmoid_mul(r, y, backend="triton"), (r, y))
     x = leaf(5, 13, dtype=dt)
