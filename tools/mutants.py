@@ -199,6 +199,9 @@ SETS: dict[str, MutantSet] = {
         _m("groupnorm_weight_grad_last_pass", "gw += tl.sum(gog * yhat, axis=0)", "gw = tl.sum(gog * yhat, axis=0)"),
         _m("post_norm_weight_grad_last_pass", "acc_w += tl.sum(gln * yhat, axis=0)",
            "acc_w = tl.sum(gln * yhat, axis=0)"),
+        # the channel mix's receptance gate inside the residual + LayerNorm backward
+        _m("add_norm_bwd_gate_no_derivative", "(gy * v * sg * (1.0 - sg))", "(gy * v * sg)"),
+        _m("add_norm_bwd_value_grad_ungated", "            gy = gy * sg\n", "            gy = gy\n"),
         _m("groupnorm_silu_gate_grad", "ggate = ggate * sg * (1.0 + g * (1.0 - sg))", "ggate = ggate * sg"),
         _m("decay_w0_column_shifted", "w0 = tl.load(W0 + offs % C,", "w0 = tl.load(W0 + (offs + 1) % C,"),
         _m("relu_square_bwd_half", "(2.0 * tl.sqrt(y) * g)", "(tl.sqrt(y) * g)"),

@@ -105,6 +105,14 @@ def test_bad_mixing_gradient_buffer_is_named():
         ft._tsm_bwd(x, 2, 3, 0, torch.rand(1, 8), None, [x], gx=torch.empty(1, 6, 8, dtype=torch.float64))
 
 
+def test_gated_residual_backward_needs_the_branch():
+    from vision_rwkv.ops.fused import triton as ft
+
+    s, w = torch.randn(2, 8), torch.ones(8)
+    with pytest.raises(ValueError, match="a gated branch needs y"):
+        ft._add_norm_bwd(None, s, None, w, w, 1e-5, False, s, s, s.dtype, y_dtype=s.dtype, gate=s)
+
+
 def test_bad_out_buffers_are_named():
     from vision_rwkv.ops.bi_wkv6 import triton as t6
 

@@ -44,11 +44,15 @@ CPU_CASES = {
                             residual=dict(post=False, gamma=False, scale=False)),
     "cm_residual_post_gamma": dict(kind=CM, kwargs=dict(dim=16, hidden=24, head_size=8, style="rwkv_clip_text"),
                                    grid=(1, 6), batch=1, residual=dict(post=True, gamma=True, scale=False)),
+    # (the channel mix's receptance gate is formed inside the residual kernels, forward and backward)
+    "cm_residual_pre_gamma_drop_bf16": dict(kind=CM, kwargs=dict(dim=24, hidden=48), grid=(3, 3), batch=3,
+                                            dtype="bf16", residual=dict(post=False, gamma=True, scale=True)),
 }
 # the default run's cases (each mixer, 16-bit autocast, frozen parameters, pre- and post-norm residuals); the rest
 # (larger grids, the "original" mode) run with --run-slow
 QUICK = {"tm6_batch1_1x7_bf16", "tm6_fp16_w2_fp32", "tm6_frozen_lora", "sm_1x9_frozen_decay", "cm_v4_C24_hidden72",
-         "cm_maa_head8_bf16", "cm_fp16", "tm6_residual_pre_gamma_drop", "cm_residual_pre", "cm_residual_post_gamma"}
+         "cm_maa_head8_bf16", "cm_fp16", "tm6_residual_pre_gamma_drop", "cm_residual_pre", "cm_residual_post_gamma",
+         "cm_residual_pre_gamma_drop_bf16"}
 NODES = {TM: "_TimeMix6StepBackward", SM: "_SpatialMixStepBackward", CM: "_ChannelMixStepBackward"}
 # (vs the float64 plain path, vs the per-op fused path) for the output and for the gradients, per dtype
 TOLS = {"fp32": ((1e-5, 1e-4), (1e-6, 1e-5)), "bf16": ((2e-2, 5e-2), (1e-2, 2e-2)),

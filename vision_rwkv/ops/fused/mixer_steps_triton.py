@@ -109,41 +109,51 @@ def _add_residual(out: torch.Tensor, x, gamma, weight, bias, scale, eps: float, 
     return s, n, (gamma, weight, bias, scale)
 
 
-def _residual_fwd(ctx, out: torch.Tensor, x, gamma, weight, bias, scale, meta):
+_KEPT = 7  # the residual's tensors a step saves first: (y, s, gamma, weight, bias, sample scale, gate)
+
+
+def _residual_fwd(ctx, out: torch.Tensor, x, gamma, weight, bias, scale, meta, gate=None):
     """The end of a step's forward: ``out`` (the mixer's output), or with a residual (``x`` not None) the block's
-    ``add_norm`` of it in the same node - ``(s, n)``. Returns that and the tensors the backward reads (saved first,
-    in :func:`_node_grads`'s order)."""
+    ``add_norm`` of it in the same node - ``(s, n)``; ``gate`` (with a residual only): the mixer's output is
+    ``sigmoid(gate) * out``, formed inside the residual kernels (forward and backward; never stored). Returns that
+    and the tensors the backward reads (saved first, in :func:`_node_grads`'s order)."""
     ctx.residual = None
     if x is None:
+        if gate is not None:
+            raise ValueError("mixer steps: a gate inside the residual kernels needs a residual")
         return out, ()
     eps, post, out_dtype = meta
-    s, n, (gamma, weight, bias, scale) = _add_residual(out, x, gamma, weight, bias, scale, eps, post, out_dtype)
+    s, n, (gamma, weight, bias, scale) = _add_residual(out, x, gamma, weight, bias, scale, eps, post, out_dtype,
+                                                       gate=gate)
     ctx.residual = (eps, post, x.dtype, out.dtype)
     if post:
         ctx.mark_non_differentiable(n)
-    return (s, n), (out if _add_norm_needs_y(post, gamma) else None, None if post else s, gamma, weight, bias, scale)
+    y = out if gate is not None or _add_norm_needs_y(post, gamma) else None
+    return (s, n), (y, None if post else s, gamma, weight, bias, scale, gate)
 
 
-def _node_out(ctx, out: torch.Tensor, saved: tuple, mats: tuple, residual: tuple):
+def _node_out(ctx, out: torch.Tensor, saved: tuple, mats: tuple, residual: tuple, gate=None):
     """The end of a step Function's forward: ``out``, or the block's ``(s, n)`` with a residual
-    (:func:`_residual_fwd`); saves ``(*the residual's tensors, *saved, *mats)`` for :func:`_node_grads`."""
-    out, keep = _residual_fwd(ctx, out, *residual)
+    (:func:`_residual_fwd`; ``gate`` as there); saves ``(*the residual's tensors, *saved, *mats)`` for
+    :func:`_node_grads`."""
+    out, keep = _residual_fwd(ctx, out, *residual, gate=gate)
     ctx.save_for_backward(*keep, *saved, *mats)
     return out
 
 
 def _node_grads(ctx, grads: tuple) -> Tuple[tuple, torch.Tensor, tuple]:
     """The start of a step Function's backward: (its own saved tensors - ``saved`` then ``mats`` of
-    :func:`_node_out` -, d out, the gradients of the six residual inputs) from the node's output gradients."""
+    :func:`_node_out` -, d out, the gradients of the six residual inputs) from the node's output gradients. With a
+    gate inside the residual kernels d out is ``(d out, d gate)``."""
     saved = ctx.saved_tensors
     if ctx.residual is None:
         return saved, grads[0], _NO_RESIDUAL
-    keep, saved = saved[:len(_NO_RESIDUAL)], saved[len(_NO_RESIDUAL):]
+    keep, saved = saved[:_KEPT], saved[_KEPT:]
     eps, post, x_dtype, y_dtype = ctx.residual
-    y, s, gamma, weight, bias, scale = keep
+    y, s, gamma, weight, bias, scale, gate = keep
     gs, gn = grads
     gx, gy, sums = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                 None if post else gn, x_dtype, scale, y_dtype)
+                                 None if post else gn, x_dtype, scale, y_dtype, gate=gate)
     return saved, gy, (gx, *split_param_grads(sums, gamma, weight, bias), None, None)
 
 
@@ -411,7 +421,7 @@ def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chu
 def _channel_mix_fwd(x, grid, head_size, one_minus, dtype, mix, mats, save: bool, gate: bool = True):
     """The channel mix's forward on its cast matrices ``mats`` (key, value, receptance in ``dtype``): (output, the
     tensors its backward reads, or None without ``save``: intermediates freed after their last use). ``gate=False``
-    (inference into a residual kernel that applies the gate): the output is ``(value, receptance)`` ungated."""
+    (into residual kernels that apply the gate): the output is ``(value, receptance)`` ungated."""
     wk, wv, wr = mats
     B, N, C = x.shape
     H, W = grid
@@ -426,12 +436,11 @@ def _channel_mix_fwd(x, grid, head_size, one_minus, dtype, mix, mats, save: bool
         del k  # (the 4C-wide hidden is not held through the gate)
     r = F.linear(xr, wr)
     del xr
+    saved = (x, *mix, mixed, k, v, r) if save else None
     if not gate:
-        return (v.view(B, N, C), r.view(B, N, C)), None
+        return (v.view(B, N, C), r.view(B, N, C)), saved
     out = _sigmoid_mul_fwd(r, v).view(B, N, C)
-    if not save:
-        return out, None
-    return out, (x, *mix, mixed, k, v, r)
+    return out, saved
 
 
 def channel_mix_matrices(weights: Sequence[torch.Tensor], dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
@@ -445,8 +454,13 @@ class _ChannelMixStep(torch.autograd.Function):
     def forward(ctx, x, grid, head_size, one_minus, dtype, mix_k, mix_r, w_k, w_v, w_r, *residual):
         ctx.weight_dtypes = tuple(m.dtype for m in (w_k, w_v, w_r))
         mats = channel_mix_matrices((w_k, w_v, w_r), dtype)
-        out, saved = _channel_mix_fwd(x, grid, head_size, one_minus, dtype, (mix_k, mix_r), mats, True)
+        gated = residual[0] is not None  # (with a residual its kernels apply the receptance gate, both ways)
+        out, saved = _channel_mix_fwd(x, grid, head_size, one_minus, dtype, (mix_k, mix_r), mats, True,
+                                      gate=not gated)
         ctx.meta = (grid, head_size, one_minus)
+        if gated:
+            v, r = out
+            return _node_out(ctx, v, saved, mats, residual, gate=r)
         return _node_out(ctx, out, saved, mats, residual)
 
     @staticmethod
@@ -455,7 +469,10 @@ class _ChannelMixStep(torch.autograd.Function):
         x, mix_k, mix_r, mixed, k, v, r, wk, wv, wr = saved
         (H, W), head_size, one_minus = ctx.meta
         B, N, C = x.shape
-        g_r, g_v = _sigmoid_mul_bwd(r, v, gout.reshape(-1, C))
+        if ctx.residual is not None:  # (d value and d receptance from the residual kernel, which formed the gate)
+            g_v, g_r = (t.reshape(-1, C) for t in gout)
+        else:
+            g_r, g_v = _sigmoid_mul_bwd(r, v, gout.reshape(-1, C))
         g_xr, g_wr = _linear_bwd(g_r, mixed[1].view(-1, C), wr)
         del g_r
         g_k, g_wv = _linear_bwd(g_v, k, wv)

@@ -883,10 +883,11 @@ def _add_norm_fwd_kernel(X, Y, GATE, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps,
 
 
 @jit
-def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GGP, GWP, GBP, R, C, RPS, eps, iters,
-                         POST: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr, HAS_GS: tl.constexpr,
-                         HAS_GN: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
-    # (Y is read only where the gradients need the branch: post-norm, or the layer scale's gradient)
+def _add_norm_bwd_kernel(Y, GATE, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GG, GGP, GWP, GBP, R, C, RPS, eps, iters,
+                         POST: tl.constexpr, HAS_GATE: tl.constexpr, HAS_GAMMA: tl.constexpr, HAS_KEEP: tl.constexpr,
+                         HAS_GS: tl.constexpr, HAS_GN: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+    # (Y is read only where the gradients need the branch: post-norm, or the layer scale's gradient - or HAS_GATE: the
+    # branch was sigmoid(GATE) * Y, and GY, GG get the gradients of Y and GATE)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BC)
@@ -904,7 +905,11 @@ def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GGP, GWP, GBP
         rows = (it * nprog + pid) * BR + tl.arange(0, BR)
         mask = (rows < R)[:, None] & cmask[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        if POST or HAS_GAMMA:
+        if HAS_GATE:
+            v = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
+            sg = tl.sigmoid(tl.load(GATE + offs, mask=mask, other=0.0).to(tl.float32))
+            y = sg * v
+        elif POST or HAS_GAMMA:
             y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
         else:
             y = tl.zeros([BR, BC], tl.float32)
@@ -942,6 +947,9 @@ def _add_norm_bwd_kernel(Y, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GGP, GWP, GBP
             acc_g += tl.sum(gtot * kk * y, axis=0)
             gy = gtot * gk
             gx = gtot
+        if HAS_GATE:  # d gate = d branch * y * s (1 - s), d y = d branch * s
+            tl.store(GG + offs, (gy * v * sg * (1.0 - sg)).to(GG.dtype.element_ty), mask=mask)
+            gy = gy * sg
         tl.store(GX + offs, gx.to(GX.dtype.element_ty), mask=mask)
         tl.store(GY + offs, gy.to(GY.dtype.element_ty), mask=mask)
     base = pid.to(tl.int64) * C + cols
@@ -997,9 +1005,13 @@ def _add_norm_needs_y(post: bool, gamma) -> bool:
     return post or gamma is not None
 
 
-def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale=None, y_dtype=None):
+def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_scale=None, y_dtype=None,
+                  gate=None):
     """Gradients (x, y, stacked param sums). ``y`` may be None when :func:`_add_norm_needs_y` is False (then
-    ``y_dtype`` gives d y's dtype)."""
+    ``y_dtype`` gives d y's dtype). ``gate`` (y's shape; y required): the branch was ``sigmoid(gate) * y``
+    (``_add_norm_fwd(gate=)``), and the second result is ``(d y, d gate)`` - no gated product or its gradient stored."""
+    if gate is not None and y is None:
+        raise ValueError("add_norm backward: a gated branch needs y")
     ref = y if y is not None else s
     c = ref.shape[-1]
     rows = ref.numel() // c
@@ -1010,16 +1022,21 @@ def _add_norm_bwd(y, s, gamma, weight, bias, eps, post, gs, gn, x_dtype, sample_
     gn = gn.contiguous() if gn is not None else None
     gx = new_empty(ref.shape, x_dtype, ref.device)
     gy = new_empty(ref.shape, y.dtype if y is not None else y_dtype, ref.device)
+    ggate = None if gate is None else new_empty(gate.shape, gate.dtype, gate.device)
     parts = new_empty((3, nprog, c), torch.float32, ref.device)
     dummy = ref
     y = ref if y is None else y
-    _add_norm_bwd_kernel[(nprog,)](y, s if not post else dummy, weight if gamma is None else gamma, weight, bias,
+    _add_norm_bwd_kernel[(nprog,)](y, dummy if gate is None else gate.contiguous(), s if not post else dummy,
+                                   weight if gamma is None else gamma, weight, bias,
                                    weight if sample_scale is None else sample_scale,
                                    gs if gs is not None else dummy, gn if gn is not None else dummy, gx, gy,
-                                   parts[0], parts[1], parts[2], rows, c, _rows_per_sample(y, sample_scale), eps,
-                                   iters, POST=post, HAS_GAMMA=gamma is not None, HAS_KEEP=sample_scale is not None,
-                                   HAS_GS=gs is not None, HAS_GN=gn is not None, **meta)
-    return gx, gy, parts.sum(1)  # d gamma, d weight, d bias stacked: one reduction launch
+                                   gy if ggate is None else ggate, parts[0], parts[1], parts[2], rows, c,
+                                   _rows_per_sample(y, sample_scale), eps, iters, POST=post,
+                                   HAS_GATE=gate is not None, HAS_GAMMA=gamma is not None,
+                                   HAS_KEEP=sample_scale is not None, HAS_GS=gs is not None, HAS_GN=gn is not None,
+                                   **meta)
+    # (d gamma, d weight, d bias stacked: one reduction launch)
+    return gx, (gy if gate is None else (gy, ggate)), parts.sum(1)
 
 
 @torch.library.custom_op("vision_rwkv::add_norm_bwd", mutates_args=())
