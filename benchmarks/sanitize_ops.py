@@ -1,8 +1,8 @@
 """Small forward+backward calls of every Triton kernel family, meant to run under compute-sanitizer (memcheck):
 
-* v4 Bi-WKV: tile-scan (default) and register-sequential (``seq=1``) kernels, single- and multi-chunk paths, both
-  modes, odd sizes;
-* v6 Bi-WKV: walk (default) and chunk-parallel (``algo=chunk``) kernels, several state chunks, head size 80; the
+* v4 Bi-WKV: tile-scan and register-sequential (``seq=1``, the default) kernels, single- and multi-chunk paths, both
+  modes, odd sizes; the seq kernels' output gate, forward and backward (the token mix's training path);
+* v6 Bi-WKV: walk and chunk-parallel (``algo=chunk``, the default) kernels, several state chunks, head size 80; the
   time mix's entry points (the decay's pre-activation read, the GroupNorm * gate formed as y is stored);
 * the fused elementwise kernels and the GEMM-epilogue kernels (partial tiles in M, N and K);
 * the mixed-operand GEMMs (``mix_linear``, v4 and v6 with the LoRA offset, every epilogue; ``mix_linear_group``;
@@ -73,6 +73,17 @@ for seq in (0, 1):
                 check(("v4", "seq" if seq else "scan", (B, T, C), mode, P, dt), v4.bi_wkv_triton(w, u, k, v, mode, P),
                       (w, u, k, v))
             with_config(v4.CONFIG, dict(cfg, seq=seq), run_v4)
+
+# the v4 token mix's training path: the output gate formed by the seq forward, its gradient by the seq backward
+for (B, T, C), mode, P, cfg in V4_CASES:
+    for dt in DTYPES:
+        def run_v4_gate():
+            w, u = (torch.randn(C, device=dev) / T for _ in range(2))
+            k, v, r, gout = (torch.randn(B, T, C, device=dev).to(dt) for _ in range(4))
+            gated, m, car = v4._fwd(w, u, k, v, mode, P, 1.0 / T, gate=r)
+            check_fwd(("v4 gated bwd", (B, T, C), mode, P, dt),
+                      (gated, *v4._bwd(w, u, k, v, m, car, gout, mode, P, 1.0 / T, gate=r)))
+        with_config(v4.CONFIG, dict(cfg, seq=1), run_v4_gate)
 
 for algo, cfg in (("walk", {}), ("chunk", {"state_t": 32})):
     for (B, T, H, N) in [(2, 37, 2, 64), (1, 20, 1, 80), (1, 1, 1, 64), (1, 131, 2, 64)]:

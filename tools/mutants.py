@@ -137,6 +137,10 @@ SETS: dict[str, MutantSet] = {
     # tokens' factor in the forward summary's growth sums - only an original chunk's last sub-chunk has padded
     # tokens, and its growth sums are never read: an equivalent mutant, which survives)
     "v4_seq": MutantSet(V4, ("tests/ops/test_bi_wkv_triton.py", "tests/ops/test_bi_wkv_gate.py"), (
+        # the output gate's backward inside the kernels (d gate, and d y = d out * s for both passes)
+        _m("gate_bwd_no_derivative", "gg = tl.where(ok, gy * y * sg * (1.0 - sg), 0.0)",
+           "gg = tl.where(ok, gy * y * sg, 0.0)"),
+        _m("gate_bwd_grad_ungated", "        gy = gy * sg\n", "        gy = gy\n"),
         _m("summary_pad_decay", "        g = tl.where(r < n, lam, 1.0)\n        e_n = e_n * g + x * vs[r]",
            "        g = lam\n        e_n = e_n * g + x * vs[r]"),
         _m("orig_keep_shifted", "            keep = (s + r) % S != 0\n            j_n = j_n / lam + tl.where(keep, xv",

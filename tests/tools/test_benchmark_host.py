@@ -56,12 +56,11 @@ def test_training_step_launches(tmp_path):
     rows = _run(tmp_path, "train", extra_args=("--train",))
     ours, deit = rows["vrwkv_tiny_patch16_224"], rows["deit_tiny_patch16_224"]
     assert ours["mode"] == deit["mode"] == "train" and ours["host_ms"] > 0 and deit["host_ms"] > 0
-    # forward kernels as in inference, and each one's backward kernel (the WKV at 4 tokens: one chunk each way); the
-    # channel mixes' receptance gate is formed by the residual kernels, forward and backward (the spatial mixes' gate
-    # comes before their output projection: its own kernels)
-    fwd = {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_sigmoid_mul_fwd_kernel": 12, "_relu_square_fwd_kernel": 12,
-           "_add_norm_fwd_kernel": 24}
-    bwd = {"_tsm_bwd_kernel": 24, "_seq_bwd_kernel": 12, "_sigmoid_mul_bwd_kernel": 12,
+    # forward kernels as in inference, and each one's backward kernel (the WKV at 4 tokens: one chunk each way); no
+    # sigmoid-gate kernels: the channel mixes' gate is formed by the residual kernels, the spatial mixes' by the WKV
+    # kernels, forward and backward
+    fwd = {"_tsm_fwd_kernel": 24, "_seq_fwd_kernel": 12, "_relu_square_fwd_kernel": 12, "_add_norm_fwd_kernel": 24}
+    bwd = {"_tsm_bwd_kernel": 24, "_seq_bwd_kernel": 12,
            "_relu_square_bwd_from_out_kernel": 12, "_add_norm_bwd_kernel": 24}
     assert ours["triton_by_kernel"] == {**fwd, **bwd}
     # 61 forward GEMMs, each with d input and d weight (+ d bias for the patch embedding)

@@ -646,14 +646,25 @@ def _fwd(w, u, k, v, mode: str, chunks: int, scale: float = 1.0, gate: Optional[
     return y, m, car
 
 
-def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, scale: float = 1.0, out=None):
-    """(gwu, gk, gv); ``out``: the (gk, gv) buffers to write (see :func:`bwd_buffers`)."""
+def gated_backward(T: int, mode: str, chunks: int) -> bool:
+    """Whether :func:`_bwd` takes ``gate=`` at this length: the seq kernels run it (they recompute y, so a forward
+    with ``gate=`` - which stores only sigmoid(gate) * y - is all a backward needs); the tile kernels do not."""
+    return _chosen_plan(T, mode, chunks)[0]
+
+
+def _bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, scale: float = 1.0, out=None, gate=None, gate_out=None):
+    """(gwu, gk, gv); ``out``: the (gk, gv) buffers to write (see :func:`bwd_buffers`). ``gate``: gy is the gradient of
+    ``_fwd(..., gate=gate)``'s output, and d gate comes fourth (``gate_out``: its buffer); where
+    :func:`gated_backward` holds."""
     B, T, C = k.shape
     seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     if seq:
         from .triton_seq import seq_bwd
 
-        return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG, scale, out)
+        return seq_bwd(w, u, k, v, m, car, gy, mode, chunks, CONFIG, scale, out, gate, gate_out)
+    if gate is not None:
+        raise ValueError(f"bi_wkv backward: gate= needs the seq kernels, which do not run at T={T} here "
+                         f"(see gated_backward)")
     orig = mode == "original"
     BC = _block_c(BT, C)
     nw = CONFIG["warps"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from .._triton_utils import cdiv, launch_opts, new_empty, next_pow2
+from .._triton_utils import cdiv, check_out, launch_opts, new_empty, next_pow2
 from ..triton_jit import jit
 from .triton import _geometry, _load_bwd_carries, _load_fwd_carries, bwd_buffers, fwd_buffers, launch_carry
 
@@ -89,16 +89,24 @@ def _forward_part(a, h, jj, lam, ORIG: tl.constexpr):
 
 
 @jit
-def _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, f_n, f_d, b_n, b_d, dg):
+def _token_pq(pk, pv, pg, pr, r, skt, svt, sgt, ok, m, f_n, f_d, b_n, b_d, dg, HAS_GATE: tl.constexpr):
     """Token r: x = e^{k - m}, v, p = gy / den and q = -p y (0 where not ok), with the numerator
-    f_n + b_n + dg x v (f: the causal part, b: the anticausal part with its coefficient)."""
+    f_n + b_n + dg x v (f: the causal part, b: the anticausal part with its coefficient); and with HAS_GATE (the
+    output was sigmoid(g) y, ``pg`` holds its gradient and ``pr`` g, read with the same strides) gy = d out * s and
+    d g = d out * y * s (1 - s), s = sigmoid(g), as the last value (0 without a gate)."""
     x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
     v = _row(pv, r, svt, ok, 0.0)
     gy = _row(pg, r, sgt, ok, 0.0)
     den = f_d + b_d + dg * x
+    y = (f_n + b_n + dg * x * v) / den
+    gg = tl.zeros_like(x)
+    if HAS_GATE:
+        sg = tl.sigmoid(_row(pr, r, sgt, ok, 0.0))
+        gg = tl.where(ok, gy * y * sg * (1.0 - sg), 0.0)
+        gy = gy * sg
     p = tl.where(ok, gy / den, 0.0)
-    q = tl.where(ok, -p * ((f_n + b_n + dg * x * v) / den), 0.0)
-    return x, v, p, q
+    q = tl.where(ok, -p * y, 0.0)
+    return x, v, p, q, gg
 
 
 @jit
@@ -205,24 +213,24 @@ def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, G, skb, skt, skc, svb, svt, svc, sgb,
 
 
 @jit
-def _bwd_prologue(K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE,
+def _bwd_prologue(K, V, GY, RG, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE,
                   L: tl.constexpr, BC: tl.constexpr):
-    """``_chunk`` plus the gy row pointers, e^u and the max m."""
+    """``_chunk`` plus the row pointers of gy and of the gate RG (gy's strides), e^u and the max m."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
                                                               SCALE, L, BC)
-    pg = GY + b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
+    goff = b.to(tl.int64) * sgb + s.to(tl.int64) * sgt + cols.to(tl.int64) * sgc
     uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0) * SCALE)
     m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
-    return b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m
+    return b, j, s, n, q, is_last, cols, cmask, pk, pv, GY + goff, RG + goff, lam, uu, m
 
 
-def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB,
-                            NC, SCALE, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr,
-                            BC: tl.constexpr):
+def _seq_bwd_summary_kernel(K, V, GY, RG, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S,
+                            NSUB, NC, SCALE, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr,
+                            HAS_GATE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
     """Backward pass 1: per chunk, the decayed sums of p = gy / den and q = -p y to its end / start (original: also
-    the e^w-growth sums from its start)."""
-    b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(
-        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
+    the e^w-growth sums from its start). HAS_GATE: GY is the gradient of sigmoid(RG) * y (see ``_token_pq``)."""
+    b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, pr, lam, uu, m = _bwd_prologue(
+        K, V, GY, RG, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
     a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
     bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
     bc = lam if ORIG else 1.0
@@ -232,9 +240,9 @@ def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, sv
     pg_ = tl.full([BC], 1.0, tl.float32)
     for r in tl.static_range(L):
         ok = cmask & (r < n)
-        x, v, p, qq = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, _forward_part(a_n, h_n, j_n, lam, ORIG),
-                                _forward_part(a_d, h_d, j_d, lam, ORIG), bc * bns[r], bc * bds[r],
-                                _diag(uu, lam, s, r, S, ORIG))
+        x, v, p, qq, _ = _token_pq(pk, pv, pg, pr, r, skt, svt, sgt, ok, m, _forward_part(a_n, h_n, j_n, lam, ORIG),
+                                   _forward_part(a_d, h_d, j_d, lam, ORIG), bc * bns[r], bc * bds[r],
+                                   _diag(uu, lam, s, r, S, ORIG), HAS_GATE)
         g = tl.where(r < n, lam, 1.0)
         e_p = e_p * g + p
         e_q = e_q * g + qq
@@ -255,12 +263,13 @@ def _seq_bwd_summary_kernel(K, V, GY, W, U, M, CAR, SUMM, skb, skt, skc, svb, sv
     _store_summary(SUMM, b, j, NC, C, cols, cmask, e_p, e_q, s_p, s_q, g_p, g_q, NSUM, ORIG)
 
 
-def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc,
-                    T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr,
-                    L: tl.constexpr, BC: tl.constexpr):
-    """Backward pass 3 (the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu."""
-    b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, lam, uu, m = _bwd_prologue(
-        K, V, GY, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
+def _seq_bwd_kernel(K, V, GY, RG, W, U, M, CAR, BCAR, GK, GV, GG, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt,
+                    sgc, T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr,
+                    HAS_GATE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+    """Backward pass 3 (the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu; with HAS_GATE
+    (GY the gradient of sigmoid(RG) * y) also d RG into GG (contiguous, like GK)."""
+    b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, pr, lam, uu, m = _bwd_prologue(
+        K, V, GY, RG, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
     z = tl.zeros([BC], tl.float32)
     if SINGLE:
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
@@ -281,8 +290,10 @@ def _seq_bwd_kernel(K, V, GY, W, U, M, CAR, BCAR, GK, GV, GWP, GUP, skb, skt, sk
     for r in tl.static_range(L):
         ok = cmask & (r < n)
         dg = _diag(uu, lam, s, r, S, ORIG)
-        x, v, p, qq = _token_pq(pk, pv, pg, r, skt, svt, sgt, ok, m, _forward_part(a_n, h_n, j_n, lam, ORIG),
-                                _forward_part(a_d, h_d, j_d, lam, ORIG), bc * bns[r], bc * bds[r], dg)
+        x, v, p, qq, gg = _token_pq(pk, pv, pg, pr, r, skt, svt, sgt, ok, m, _forward_part(a_n, h_n, j_n, lam, ORIG),
+                                    _forward_part(a_d, h_d, j_d, lam, ORIG), bc * bns[r], bc * bds[r], dg, HAS_GATE)
+        if HAS_GATE:
+            tl.store(GG + (b.to(tl.int64) * T + s + r) * C + cols, gg.to(GG.dtype.element_ty), mask=ok)
         gw_b += tl.where(ok, bns[r] * bt_p + bds[r] * bt_q, 0.0)
         gu += x * (p * v + qq)
         if ORIG:
@@ -409,9 +420,12 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0, g
     return y, m, car
 
 
-def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: float = 1.0, out=None):
+def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: float = 1.0, out=None, gate=None,
+            gate_out=None):
     """Backward: (gwu, gk, gv); gwu (2, C) fp32 = d w and d u stacked (one reduction launch); ``out``: the (gk, gv)
-    buffers to write (``triton.bwd_buffers``)."""
+    buffers to write (``triton.bwd_buffers``). ``gate`` (k's shape): the forward was ``seq_fwd(gate=)`` and ``gy``
+    the gradient of its output sigmoid(gate) * y - y, never stored, is recomputed here - and the result gains d gate
+    (in gate's dtype; ``gate_out``: a contiguous buffer for it)."""
     B, T, C = k.shape
     orig = mode == "original"
     S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
@@ -419,20 +433,30 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: fl
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
     w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC, out)
+    gg = rg = None
+    if gate is not None:  # (read with gy's strides: both made contiguous)
+        gy, rg = gy.contiguous(), gate.contiguous()
+        if gate_out is None:
+            gg = new_empty((B, T, C), gate.dtype, dev)
+        else:
+            check_out("bi_wkv", ("ggate",), (gate_out,), (gate,))
+            gg = gate_out
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
         _KERNELS["bwd_summary"][(B, cdiv(C, BC), NC)](
-            k, v, gy, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, scale,
-            NSUM=nsum,
-            NCAR=ncar, ORIG=orig, L=L, BC=BC, **_launch_opts(nw, cfg, "seq_bwd_maxnreg"))
+            k, v, gy, gy if rg is None else rg, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C,
+            S, NSUB, NC, scale, NSUM=nsum, NCAR=ncar, ORIG=orig, HAS_GATE=rg is not None, L=L, BC=BC,
+            **_launch_opts(nw, cfg, "seq_bwd_maxnreg"))
         launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
                      min(cfg["carry_block_c"], next_pow2(C)), scale)
     else:
         bcar = car
     BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
     _KERNELS["bwd"][(B, cdiv(C, BCB), NC)](
-        k, v, gy, w32, u32, m, car, bcar, gk, gv, parts[0], parts[1], *k.stride(), *v.stride(), *gy.stride(), T, C, S,
-        NSUB, NC, scale, NCAR=ncar, ORIG=orig, SINGLE=single, L=L, BC=BCB,
-        **_launch_opts(nwb, cfg, "seq_bwd_maxnreg"))
+        k, v, gy, gy if rg is None else rg, w32, u32, m, car, bcar, gk, gv, gk if gg is None else gg, parts[0],
+        parts[1], *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar, ORIG=orig,
+        SINGLE=single, HAS_GATE=rg is not None, L=L, BC=BCB, **_launch_opts(nwb, cfg, "seq_bwd_maxnreg"))
+    if gg is not None:
+        return parts.sum(1), gk, gv, gg
     return parts.sum(1), gk, gv

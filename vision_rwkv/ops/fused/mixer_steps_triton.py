@@ -349,10 +349,13 @@ def _spatial_mix_fwd(x, grid, mode, chunks, dtype, decay, first, mu, mats, save:
         gated = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N, gate=r)[0]
         del k, v, r, kvr
         return F.linear(gated, wo), None
-    y, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N)
-    del k, v
-    gated = _sigmoid_mul_fwd(r, y)
-    del r
+    if wkv4.gated_backward(N, mode, chunks):  # the gate formed as y is stored, and its gradient by the WKV backward
+        gated, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N, gate=r)
+        y = None  # (recomputed by the backward: not kept)
+    else:
+        y, m, car = wkv4._fwd(decay, first, k, v, mode, chunks, 1.0 / N)
+        gated = _sigmoid_mul_fwd(r, y)
+    del k, v, r
     return F.linear(gated, wo), (x, *mu, mixed, kvr, decay, first, y, m, car, gated)
 
 
@@ -381,9 +384,14 @@ class _SpatialMixStep(torch.autograd.Function):
         k, v, r = (t.view(B, N, C) for t in kvr.unbind(0))
         g_kvr = new_empty((3, B * N, C), kvr.dtype, kvr.device)  # (the kernels write d k, d v, d r into it: no stack)
         g_k, g_v, g_r = (t.view(B, N, C) for t in g_kvr.unbind(0))
-        _, g_y = _sigmoid_mul_bwd(r, y, g_gated.view(B, N, C), gr_out=g_r)
-        g_wu, _, _ = wkv4._bwd(decay, first, k, v, m, car, g_y, mode, chunks, 1.0 / N, out=(g_k, g_v))
-        del g_gated, g_y, g_k, g_v, g_r
+        if y is None:  # (the forward's WKV kernel formed the gate: its backward forms d r too)
+            g_wu = wkv4._bwd(decay, first, k, v, m, car, g_gated.view(B, N, C), mode, chunks, 1.0 / N,
+                             out=(g_k, g_v), gate=r, gate_out=g_r)[0]
+        else:
+            _, g_y = _sigmoid_mul_bwd(r, y, g_gated.view(B, N, C), gr_out=g_r)
+            g_wu = wkv4._bwd(decay, first, k, v, m, car, g_y, mode, chunks, 1.0 / N, out=(g_k, g_v))[0]
+            del g_y
+        del g_gated, g_k, g_v, g_r
         g_mixed, g_stack = batched_linear_grads(g_kvr, mixed, stack)
         del g_kvr
         g_x, g_mu, _ = _tsm_bwd(x, H, W, 0, (mu_k, mu_v, mu_r), None, g_mixed.view(3, B, N, C), one_minus=True)
