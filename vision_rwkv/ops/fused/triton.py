@@ -277,8 +277,8 @@ def _tsm_bwd(x, H, W, head_size, a, m, gout, one_minus=False, lora=None, gx=None
         hh, w2 = lora
         # five products per mixed input (its own tokens' m and the four quarters' neighbours'): sm_90, C 192, bf16:
         # 16 x 64 tiles at 8 warps take 120 registers a thread, no spills; 32-token tiles at 4 warps spilled
-        meta["BT"], meta["num_warps"] = CONFIG["lora_bwd_block_t"], CONFIG["lora_bwd_warps"]
-        meta["BC"] = max(meta["BC"], 16)  # (tl.dot's smallest tile; lora_bwd_block_t >= 16 too)
+        meta["BT"], meta["num_warps"] = max(16, CONFIG["lora_bwd_block_t"]), CONFIG["lora_bwd_warps"]
+        meta["BC"] = max(meta["BC"], 16)  # (tl.dot's smallest tile is 16 x 16)
         grid = (cdiv(args[0], meta["BT"]), cdiv(x.shape[-1], meta["BC"]))
     split = isinstance(gout, (list, tuple))
     if split and len(gout) > MAX_SPLIT:
