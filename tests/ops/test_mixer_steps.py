@@ -184,6 +184,9 @@ CUDA_CASES = {
                                   loose_grads=DECAY_GRADS_BF16),
     "sm_residual_post_fp32": dict(kind=SM, kwargs=dict(dim=384), grid=(13, 17), batch=2,
                                   residual=dict(post=True, gamma=True, scale=True)),
+    # (the receptance gate inside the residual kernels, forward and backward, at VRWKV-T's width)
+    "cm_residual_vrwkv_t": dict(kind=CM, kwargs=dict(dim=192, hidden=768), grid=(14, 14), batch=4, dtype="bf16",
+                                residual=dict(post=False, gamma=True, scale=True)),
 }
 
 
