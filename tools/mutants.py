@@ -189,6 +189,7 @@ SETS: dict[str, MutantSet] = {
         # tile's own m where the neighbours' belongs
         _m("lora_bwd_neighbour_direction", "tl.full([1, 1], qq ^ 1, tl.int32)", "tl.full([1, 1], qq, tl.int32)"),
         _m("lora_bwd_own_m_for_neighbours", "            coefi = a + inv", "            coefi = a + own"),
+        _m("lora_fwd_tanh_on_load_dropped", "        hf = 2.0 * tl.sigmoid(2.0 * hf) - 1.0", "        hf = hf"),
         _m("groupnorm_bwd_one_pass",
            "    for it in range(iters):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask",
            "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask"),

@@ -187,8 +187,10 @@ def _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats,
     a_x = maa_x.reshape(1, -1).contiguous()
     maa = tuple(v.contiguous() for v in (maa_w, maa_k, maa_v, maa_r, maa_g))
     xxx = _tsm_fwd(x, H, W, head_size, a_x, None, dtype).view(-1, C)
-    lora = torch.mm(xxx, w1c).tanh_()  # (B N, 5 R)
-    mixed = _tsm_lora_fwd(x, H, W, head_size, maa, lora.view(B, N, -1), w2c, dtype)  # (5, B, N, C)
+    lora = torch.mm(xxx, w1c)  # (B N, 5 R): tanh'd in place for the backward, else by the kernel as it loads it
+    if save:
+        lora = lora.tanh_()
+    mixed = _tsm_lora_fwd(x, H, W, head_size, maa, lora.view(B, N, -1), w2c, dtype, tanh=not save)  # (5, B, N, C)
     if not save:
         del xxx, lora
     xw, xkvrg = mixed[0].view(-1, C), mixed[1:].view(4, -1, C)

@@ -120,13 +120,17 @@ def _tsm_fwd_kernel(X, A, MM, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2,
 
 @jit
 def _lora_rows(HH, W2, rows, rmask, c, cmask, C, i: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
-               PREC: tl.constexpr):
+               PREC: tl.constexpr, TANH: tl.constexpr):
     """The ddlerp LoRA's m[i] of the tokens ``rows`` ([BT, 1], ``rmask`` false: 0) at channels c: h[rows, i*R:(i+1)*R]
-    @ w2[i] in fp32, w2 rounded to h's dtype first (as autocast does; 16-bit values are exact in tf32)."""
+    @ w2[i] in fp32, w2 rounded to h's dtype first (as autocast does; 16-bit values are exact in tf32). TANH: HH
+    holds the pre-activation, and h = tanh(HH) is formed in fp32 as it is loaded."""
     rr = tl.arange(0, R)
     h = tl.load(HH + rows.to(tl.int64) * (M * R) + i * R + rr[None, :], mask=rmask, other=0.0)
     w2 = tl.load(W2 + i * R * C + rr[:, None] * C + c[None, :], mask=cmask[None, :], other=0.0)
-    return tl.dot(h.to(tl.float32), w2.to(h.dtype).to(tl.float32), input_precision=PREC)
+    hf = h.to(tl.float32)
+    if TANH:
+        hf = 2.0 * tl.sigmoid(2.0 * hf) - 1.0  # (tanh, saturating to +-1 for large |x|)
+    return tl.dot(hf, w2.to(h.dtype).to(tl.float32), input_precision=PREC)
 
 
 @jit
@@ -136,12 +140,12 @@ def _lora_coefs(HH, W2, n, q, H, W, NTOK, c, cmask, C, i: tl.constexpr, M: tl.co
     the second from one product per quarter (the neighbour's row depends on the channel's quarter q)."""
     t = (tl.program_id(0) * BT + tl.arange(0, BT))[:, None]
     tmask = t < NTOK
-    own = _lora_rows(HH, W2, t, tmask, c, cmask, C, i, M, R, PREC)
+    own = _lora_rows(HH, W2, t, tmask, c, cmask, C, i, M, R, PREC, False)
     inv = tl.zeros_like(own)
     for qq in tl.static_range(4):
         delta, valid = _neighbour(n, tl.full([1, 1], qq ^ 1, tl.int32), H, W)
         rows = t + tl.where(valid, delta, 0)
-        inv = tl.where(q == qq, _lora_rows(HH, W2, rows, valid & tmask, c, cmask, C, i, M, R, PREC), inv)
+        inv = tl.where(q == qq, _lora_rows(HH, W2, rows, valid & tmask, c, cmask, C, i, M, R, PREC, False), inv)
     return own, inv
 
 
@@ -1111,7 +1115,8 @@ def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tens
 @jit
 def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2, Q3, plane,
                          M: tl.constexpr, R: tl.constexpr, SPLIT_A: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         PREC: tl.constexpr):
+                         PREC: tl.constexpr, TANH: tl.constexpr):
+    # TANH: HH holds the LoRA's pre-activation (eager inference: its tanh is formed here, no pass of its own)
     c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     delta, valid = _neighbour(n, q, H, W)
     valid = valid & mask
@@ -1123,7 +1128,7 @@ def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS
     po = OUT + offs
     for i in tl.static_range(M):
         pa = _coef_ptr(pa, i, A1, A2, A3, A4, c, SPLIT_A)
-        coef = (_lora_rows(HH, W2, t, t < NTOK, c, cmask, C, i, M, R, PREC)
+        coef = (_lora_rows(HH, W2, t, t < NTOK, c, cmask, C, i, M, R, PREC, TANH)
                 + tl.load(pa, mask=cmask, other=0.0).to(tl.float32)[None, :])
         tl.store(po, (x + xx * coef).to(OUT.dtype.element_ty), mask=mask)
         pa += C
@@ -1136,7 +1141,9 @@ def _lora_prec(h) -> str:
     return "tf32" if h is not None and h.dtype != torch.float32 else "ieee"
 
 
-def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
+def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype, tanh: bool = False):
+    """``token_shift_mix_lora``'s forward; ``tanh``: h is the LoRA's pre-activation, tanh'd by the kernel as it loads
+    it (fp32, not rounded to h's dtype first)."""
     nmix, rank, _ = w2.shape
     args, meta, grid = _tsm_launch(x, H, W, head_size, nmix)
     meta["BT"] = max(meta["BT"], 16)
@@ -1146,7 +1153,7 @@ def _tsm_lora_fwd(x, H, W, head_size, a, h, w2, out_dtype):
     prec = _lora_prec(h)
     a0, extra, split_a, _, _ = coef_args(a)
     _tsm_lora_fwd_kernel[grid](x, a0, h, w2, out, *extra, *args, R=rank, SPLIT_A=split_a, PREC=prec,
-                               num_warps=CONFIG["warps"], **meta)
+                               TANH=bool(tanh), num_warps=CONFIG["warps"], **meta)
     return out
 
 
