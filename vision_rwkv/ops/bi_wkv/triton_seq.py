@@ -270,6 +270,7 @@ def _seq_bwd_kernel(K, V, GY, RG, W, U, M, CAR, BCAR, GK, GV, GG, GWP, GUP, skb,
     (GY the gradient of sigmoid(RG) * y) also d RG into GG (contiguous, like GK)."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, pr, lam, uu, m = _bwd_prologue(
         K, V, GY, RG, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
+    rows0 = (b.to(tl.int64) * T + s) * C + cols  # (the chunk's first row in the contiguous outputs GK, GV, GG)
     z = tl.zeros([BC], tl.float32)
     if SINGLE:
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
@@ -293,7 +294,7 @@ def _seq_bwd_kernel(K, V, GY, RG, W, U, M, CAR, BCAR, GK, GV, GG, GWP, GUP, skb,
         x, v, p, qq, gg = _token_pq(pk, pv, pg, pr, r, skt, svt, sgt, ok, m, _forward_part(a_n, h_n, j_n, lam, ORIG),
                                     _forward_part(a_d, h_d, j_d, lam, ORIG), bc * bns[r], bc * bds[r], dg, HAS_GATE)
         if HAS_GATE:
-            tl.store(GG + (b.to(tl.int64) * T + s + r) * C + cols, gg.to(GG.dtype.element_ty), mask=ok)
+            tl.store(GG + rows0 + r * C, gg.to(GG.dtype.element_ty), mask=ok)
         gw_b += tl.where(ok, bns[r] * bt_p + bds[r] * bt_q, 0.0)
         gu += x * (p * v + qq)
         if ORIG:
@@ -324,8 +325,8 @@ def _seq_bwd_kernel(K, V, GY, RG, W, U, M, CAR, BCAR, GK, GV, GG, GWP, GUP, skb,
     gw_a = z  # sum a . at
     gw_h = z
     gw_j = z
-    pgk = GK + (b.to(tl.int64) * T + s) * C + cols
-    pgv = GV + (b.to(tl.int64) * T + s) * C + cols
+    pgk = GK + rows0
+    pgv = GV + rows0
     for r in tl.static_range(L - 1, -1, -1):
         ok = cmask & (r < n)
         x = tl.exp(_row(pk, r, skt, ok, -float("inf")) - m)
