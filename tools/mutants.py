@@ -223,6 +223,10 @@ SETS: dict[str, MutantSet] = {
            "g_w0 = (0.5 * g_z.sum(0, dtype=torch.float32)).to(w0.dtype)"),
         _m("v4_wkv_grad_scale", "mode, chunks, 1.0 / N, out=(g_k, g_v))",
            "mode, chunks, 1.0 / (N + 1), out=(g_k, g_v))"),
+        # the backbones' once-per-step casts hand each mixer its matrices: a channel mix given another block's
+        _m("step_casts_other_blocks_channel_mix", "return [(casts[2 * i], casts[2 * i + 1]) for i",
+           "return [(casts[2 * i], casts[2 * i - 1]) for i", file="vision_rwkv/models/_base.py",
+           tests=("tests/models/test_step_casts.py",)),
     )),
     # the RWKV-6 walk kernels (any T, head sizes over 64 such as the RWKV-CLIP towers' 80, and VRWKV_TRITON_V6
     # algo=walk): the carried state, the in-chunk pairs (triton_intra.py, shared with the chunk kernels), the bonus,

@@ -9,7 +9,8 @@ and of every parameter gradient. Fused outputs are NaN-poisoned (``VRWKV_TRITON_
 ``name`` is a registered timm model (image input) or :data:`TEXT_TOWER` (the RWKV-CLIP text tower, token-id input;
 its kwargs are ``TextRWKV`` arguments plus ``tokens`` = sequence length). ``calls`` counts, for the fused pass, the
 calls of each fused elementwise op, of the token mixes' batched projections (``linear_stack``), of the mixers'
-one-launch weight casts (``cast_weights``), of the one-node mixers of eager training (``step:time_mix6``,
+one-launch weight casts (``cast_weights``) and of the backbones' once-per-step casts (``cast_weight_groups``), of
+the one-node mixers of eager training (``step:time_mix6``,
 ``step:spatial_mix``, ``step:channel_mix``) and of each Triton WKV entry point (``wkv:<op>``), so a test can tell that
 the fused kernels really ran (not counted when the pass is compiled).
 
@@ -83,6 +84,9 @@ class _CallCounter:
         proj = sys.modules["vision_rwkv.models._projections"]  # the mixers' one-launch weight casts (autocast)
         self._saved.append((proj, "cast_weights", proj.cast_weights))
         proj.cast_weights = self._wrap("cast_weights", proj.cast_weights)
+        base = sys.modules["vision_rwkv.models._base"]  # the backbones' once-per-step casts (autocast training)
+        self._saved.append((base, "cast_weight_groups", base.cast_weight_groups))
+        base.cast_weight_groups = self._wrap("cast_weight_groups", base.cast_weight_groups)
         for op in ("bi_wkv", "bi_wkv6"):
             mod = sys.modules[f"vision_rwkv.ops.{op}"]
             impl = mod.triton_impl

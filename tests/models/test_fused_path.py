@@ -68,16 +68,18 @@ TRAIN_EXPECTED_CALLS = [V4_STEP, V4_STEP, V6_STEP]
 CKPT_CASES = [["vrwkv_tiny_patch16_224", dict(TRAIN_CASES[0][1], ckpt=True)],
               ["vrwkv6_small_patch16_224", dict(CASES[2][1], ckpt=True)]]
 
-# bf16 autocast on CPU: each mixer casts its weight matrices in one launch - inside its one-node step (v4, v6) or with
-# one cast_weights call (the text tower: 2 per block) - and the kernels read bf16 activations and (v6) the bf16 LoRA
-# up-projection; the plain path casts per weight (autocast)
+# bf16 autocast on CPU: the weight matrices cast in one launch - every one-node mixer's at once, by the backbone's
+# once-per-step cast (v4, v6: one cast_weight_groups call), or one cast_weights call per mixer (the text tower: 2 per
+# block) - and the kernels read bf16 activations and (v6) the bf16 LoRA up-projection; the plain path casts per
+# weight (autocast)
 AUTOCAST_CASES = [
     ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 2, "autocast": True, "train": True}],
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16, "autocast": True, "train": True}],
     [TEXT_TOWER, {"vocab_size": 97, "context_length": 16, "width": 32, "layers": 2, "head_size": 16,
                   "hidden_dim": 72, "tokens": 13, "autocast": True}],
 ]
-AUTOCAST_EXPECTED_CALLS = [V4_STEP, V6_STEP, TEXT_OPS | {"cast_weights"}]
+AUTOCAST_EXPECTED_CALLS = [V4_STEP | {"cast_weight_groups"}, V6_STEP | {"cast_weight_groups"},
+                           TEXT_OPS | {"cast_weights"}]
 
 # the per-op autograd path of eager training (VRWKV_FUSED_STEP=0; the path torch.compile traces, and the one key
 # norms and the opt-in GEMM kernels take): v4 pre-norm, v6 post-norm, v6 head size 12, v6 with drop path, bf16
@@ -271,6 +273,8 @@ def test_fused_path_bf16_autocast_training_interpreter(autocast_results, index):
     assert set(res["calls"]) == AUTOCAST_EXPECTED_CALLS[index], res["calls"]
     if "cast_weights" in AUTOCAST_EXPECTED_CALLS[index]:
         assert res["calls"]["cast_weights"] == 4, res["calls"]  # 2 blocks x (token mix, channel mix)
+    else:
+        assert res["calls"]["cast_weight_groups"] == 1, res["calls"]  # once for the whole model
 
 
 @pytest.fixture(scope="module")

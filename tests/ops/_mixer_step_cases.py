@@ -83,10 +83,22 @@ def _residual(spec: dict, res: dict, dtype: torch.dtype, out_dtype: torch.dtype)
     return norm, {f"res:{k}": t for k, t in leaves.items()}
 
 
-def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen=(), casts=None, residual=None):
+def _precast(module, x):
+    """The step's matrices as a backbone hands them over (``cast=``): cast by ``cast_weight_groups`` from the
+    module's ``step_cast_request`` (inside the caller's autocast)."""
+    from vision_rwkv.ops import fused
+    from vision_rwkv.ops.cast_weights import cast_weight_groups
+
+    weights, groups, tail = module.step_cast_request(x)
+    return cast_weight_groups(weights, fused.compute_dtype(x), groups) + tail
+
+
+def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen=(), casts=None, residual=None,
+         precast: bool = False):
     """Forward + backward of ``module`` on ``x`` (inside ``casts``, a dispatch mode, when given; with ``residual``
-    = (spec, tensors) the block's residual add + LayerNorm too); returns (output - ``s`` with a residual -, the
-    LayerNorm output ``n`` or None, {name: grad}, grad_fn class name)."""
+    = (spec, tensors) the block's residual add + LayerNorm too; ``precast``: the step's matrices cast outside it,
+    :func:`_precast`); returns (output - ``s`` with a residual -, the LayerNorm output ``n`` or None, {name: grad},
+    grad_fn class name)."""
     os.environ["VRWKV_BACKEND"], os.environ["VRWKV_FUSED_STEP"] = backend, step
     module.zero_grad(set_to_none=True)
     for name, p in module.named_parameters():
@@ -97,7 +109,8 @@ def _run(module, x, grid, dtype, autocast: bool, backend: str, step: str, frozen
     norm, leaves = _residual(*residual, x.dtype, dtype) if residual is not None else (None, {})
     with casts or contextlib.nullcontext():
         with ctx:
-            y = module(x, grid) if norm is None else module(x, grid, residual=norm)
+            kw = dict(cast=_precast(module, x)) if precast else {}
+            y = module(x, grid, **kw) if norm is None else module(x, grid, residual=norm, **kw)
         y, n = (y, None) if norm is None else y
         outs = [t for t in (y, n) if t is not None]
         grads_in = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device, t.dtype) for t in outs]
@@ -144,12 +157,19 @@ def run_case(case: dict, device: str = "cpu") -> dict:
         y_op, n_op, g_op, _ = _run(module, x, (h, w), dtype, autocast, "triton", "0", frozen, residual=residual)
         casts = _Casts(module)
         y, n, g, node = _run(module, x, (h, w), dtype, autocast, "triton", "1", frozen, casts, residual)
+        y_pre, n_pre, g_pre, node_pre = _run(module, x, (h, w), dtype, autocast, "triton", "1", frozen,
+                                             residual=residual, precast=True)
     finally:
         os.environ.pop("VRWKV_BACKEND", None)
         os.environ.pop("VRWKV_FUSED_STEP", None)
     out = {"y": rel_err(y, y_ref), "op_y": rel_err(y, y_op), "node": node, "weight_casts": casts.weight_casts,
            "foreach_copies": casts.foreach_copies,
-           "grads": sorted(g), "ref_grads": sorted(g_ref), "op_grads": sorted(g_op)}
+           "grads": sorted(g), "ref_grads": sorted(g_ref), "op_grads": sorted(g_op),
+           # the step given its matrices cast outside it (cast=): the same node, bit for bit the same results
+           "precast_node": node_pre, "precast_grads": sorted(g_pre),
+           "precast_diff": max([float((a.float() - b.float()).abs().max()) for a, b in ((y_pre, y), (n_pre, n))
+                                if a is not None] + [float((g_pre[k].float() - g[k].float()).abs().max())
+                                                     for k in g if k in g_pre])}
     if residual is not None:
         out["has_n"] = [t is not None for t in (n, n_op, n_ref)]
         if n is not None:

@@ -1,11 +1,12 @@
-"""``cast_weights``: a module's weights cast in one launch each way, values and gradients as per-weight ``.to``."""
+"""``cast_weights``: a module's weights cast in one launch each way, values and gradients as per-weight ``.to``;
+``cast_weight_groups``: several modules' weights (several stacks) in one launch each way."""
 from __future__ import annotations
 
 import pytest
 import torch
 from op_recorder import OpRecorder
 
-from vision_rwkv.ops.cast_weights import cast_weights
+from vision_rwkv.ops.cast_weights import cast_weight_groups, cast_weights
 
 NO_LAUNCH = {"aten.empty_like", "aten.empty", "aten.unbind", "aten.detach", "aten.view", "aten.select"}
 
@@ -91,6 +92,43 @@ def test_errors_name_the_problem():
         cast_weights(ws, torch.bfloat16, stack=2)
     with pytest.raises(ValueError, match="stack=3 for 2 weights"):
         cast_weights(ws, torch.bfloat16, stack=3)
+
+
+def test_groups_several_stacks_in_one_launch_each_way():
+    """Two mixers' matrices - a stack of three, a single, a stack of two, two singles - in one launch each way; each
+    stack's gradient lands in its weights' slices, a frozen weight gets none, an unused output none."""
+    shapes = [(4, 6)] * 3 + [(6, 2)] + [(3, 5)] * 2 + [(7,), (2, 3, 4)]
+    ws = _weights(shapes, seed=5)
+    ws[4].requires_grad_(False)
+    with OpRecorder(NO_LAUNCH) as rec:
+        outs = cast_weight_groups(ws, torch.bfloat16, (3, 1, 2, 1, 1))
+    assert rec.ops == ["aten._foreach_copy_"], rec.ops
+    assert [tuple(o.shape) for o in outs] == [(3, 4, 6), (6, 2), (2, 3, 5), (7,), (2, 3, 4)]
+    assert torch.equal(outs[0], torch.stack([w.detach() for w in ws[:3]]).bfloat16())
+    assert torch.equal(outs[2], torch.stack([w.detach() for w in ws[4:6]]).bfloat16())
+    assert torch.equal(outs[4], ws[7].detach().bfloat16())
+    gen = torch.Generator().manual_seed(6)
+    seeds = {i: torch.randn(outs[i].shape, generator=gen).bfloat16() for i in (0, 1, 2)}  # (3 and 4 unused)
+    with OpRecorder(NO_LAUNCH) as rec:
+        torch.autograd.backward([outs[i] for i in seeds], list(seeds.values()))
+    assert rec.ops.count("aten._foreach_copy_") == 1, rec.ops
+    for i in range(3):
+        assert torch.equal(ws[i].grad, seeds[0][i].float())
+    assert torch.equal(ws[3].grad, seeds[1].float())
+    assert ws[4].grad is None and torch.equal(ws[5].grad, seeds[2][1].float())
+    assert ws[6].grad is None and ws[7].grad is None
+
+
+def test_group_errors_name_the_problem():
+    ws = _weights([(2, 3), (2, 3), (3, 2)])
+    with pytest.raises(ValueError, match=r"groups \(2, 2\) must be sizes >= 1 summing to the 3 weights"):
+        cast_weight_groups(ws, torch.bfloat16, (2, 2))
+    with pytest.raises(ValueError, match="must be sizes >= 1"):
+        cast_weight_groups(ws, torch.bfloat16, (3, 0))
+    with pytest.raises(ValueError, match=r"stacked weights 1..2 must share one shape, weight 2 is \(3, 2\)"):
+        cast_weight_groups(ws, torch.bfloat16, (1, 2))
+    with pytest.raises(ValueError, match="cast_weight_groups: no weights"):
+        cast_weight_groups([], torch.bfloat16, ())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

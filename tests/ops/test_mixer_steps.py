@@ -7,7 +7,8 @@ and 1 x W grids, token counts not a multiple of the kernel tiles, batch 1, width
 sizes that are not powers of two, fp32 and bf16 / fp16 autocast (W2 of the v6 LoRA kept in fp32 under fp16), the v4
 "original" WKV mode, the channel mix's two parameter styles, frozen parameters; and with the block's residual add +
 LayerNorm inside the node (pre- and post-norm, layer scale, drop-path factors), against the same mixer followed by
-``add_norm``. CUDA (when present): real shapes.
+``add_norm``; and given its matrices cast outside the node (``cast=``, as a backbone's once-per-step cast): bit for
+bit the same. CUDA (when present): real shapes.
 """
 import pytest
 import torch
@@ -81,6 +82,9 @@ def check(case: dict, res: dict, tols=None) -> None:
     assert res["weight_casts"] == (1 if fp16_w2 else 0), res
     assert res["foreach_copies"] == (0 if case.get("dtype", "fp32") == "fp32" else 2), res
     assert res["grads"] == res["ref_grads"] == res["op_grads"], res  # the same leaves got gradients
+    # given its matrices cast outside (cast=, as a backbone's once-per-step cast): the same node and results
+    assert res["precast_node"] == res["node"] and res["precast_grads"] == res["grads"], res
+    assert res["precast_diff"] == 0.0, res
     assert not set(case.get("frozen", ())) & set(res["grads"]), res["grads"]
     (ref_y, ref_g), (op_y, op_g) = tols or TOLS[case.get("dtype", "fp32")]
     for key, val in res.items():

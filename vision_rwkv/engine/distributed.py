@@ -19,7 +19,7 @@ from torch import nn
 __all__ = [
     "DistInfo", "init_distributed", "cleanup_distributed", "is_dist", "get_rank", "get_world_size", "is_main_process",
     "barrier", "all_reduce_sum", "all_reduce_mean", "reduce_dict", "all_gather_object", "broadcast_object",
-    "print_rank0", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm",
+    "print_rank0", "per_block_weight_casts", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm",
 ]
 
 
@@ -149,11 +149,26 @@ def print_rank0(*args: Any, **kwargs: Any) -> None:
         builtins.print(*args, **kwargs, flush=True)
 
 
+def per_block_weight_casts(model: nn.Module) -> int:
+    """Set every Vision-RWKV backbone inside ``model`` that casts its mixers' weights once per training step for the
+    whole model (``step_cast_blocks == 0``) to one cast per block, so that DDP can all-reduce a block's gradients
+    while the backward goes on (a whole-model cast hands every weight gradient over at the backward's end). Returns
+    how many it changed."""
+    changed = 0
+    for m in model.modules():
+        if getattr(m, "step_cast_blocks", None) == 0:
+            m.step_cast_blocks = 1
+            changed += 1
+    return changed
+
+
 def wrap_ddp(model: nn.Module, info: DistInfo, find_unused_parameters: bool = False, **kwargs: Any) -> nn.Module:
-    """Move ``model`` to ``info.device`` and wrap it in DistributedDataParallel when distributed."""
+    """Move ``model`` to ``info.device`` and wrap it in DistributedDataParallel when distributed (then with the
+    backbones' weight casts per block: :func:`per_block_weight_casts`)."""
     model = model.to(info.device)
     if not info.distributed:
         return model
+    per_block_weight_casts(model)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                find_unused_parameters=find_unused_parameters, **kwargs)

@@ -37,6 +37,7 @@ except ImportError:
     update_model_input_size = _record_input_size
 
 from vision_rwkv.ops import fused
+from vision_rwkv.ops.cast_weights import cast_weight_groups
 
 from ._layers import Block, GridSize, PatchEmbed, check_image_batch, resample_pos_embed
 
@@ -103,6 +104,9 @@ class VisionRWKVBase(nn.Module):
         self.head_hidden_size = head_hidden_size or embed_dim
         self.num_prefix_tokens = 0
         self.grad_checkpointing = False
+        # training under autocast: the fused mixers' matrices cast once per step for this many blocks together (0:
+        # the whole model; None: each mixer in its own node) - see _step_casts
+        self.step_cast_blocks: Optional[int] = 0
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         self.patch_size = self.patch_embed.patch_size
@@ -277,12 +281,44 @@ class VisionRWKVBase(nn.Module):
         # through block 0 under autocast)
         h = blocks[0].norm1(x).to(fused.compute_dtype(x))
         final = self.norm if isinstance(self.norm, nn.LayerNorm) else None
+        casts = self._step_casts(h)
         for i, block in enumerate(blocks):
             if i + 1 < len(blocks):
-                x, h = block.forward_chain(x, h, grid, blocks[i + 1].norm1, inplace=inplace)
+                x, h = block.forward_chain(x, h, grid, blocks[i + 1].norm1, inplace=inplace, casts=casts[i])
             else:
-                x, h = block.forward_chain(x, h, grid, final, x.dtype, inplace=inplace)
+                x, h = block.forward_chain(x, h, grid, final, x.dtype, inplace=inplace, casts=casts[i])
         return h if final is not None else self.norm(x)
+
+    def _step_casts(self, h: torch.Tensor) -> List[Tuple[Optional[tuple], Optional[tuple]]]:
+        """Per block, the (token mix's, channel mix's) step matrices of a training step under autocast, for
+        activations like ``h`` (the compute dtype): every fused mixer's weights cast in ONE launch per
+        ``step_cast_blocks`` blocks (0: the whole model) and their gradients cast back in one
+        (:func:`~vision_rwkv.ops.cast_weights.cast_weight_groups`) - instead of one launch each way per mixer, in its
+        node. A mixer that does not run as one step (``step_cast_request`` None) gets None and casts its own; so do
+        all of them outside grad mode (eager inference keeps its casts across forwards), when the weights already
+        are in the compute dtype, or with ``step_cast_blocks = None``. With all of a group's gradients cast back at
+        once, a DDP all-reduce can start only after the group's backward: ``step_cast_blocks = 1`` keeps it per
+        block."""
+        none = [(None, None)] * len(self.blocks)
+        per = self.step_cast_blocks
+        if per is None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return none
+        mixers = [m for b in self.blocks for m in (b.spatial_mix, b.channel_mix)]
+        requests = [m.step_cast_request(h) if hasattr(m, 'step_cast_request') else None for m in mixers]
+        if not any(r is not None and any(w.dtype != h.dtype for w in r[0]) for r in requests):
+            return none
+        casts: List[Optional[tuple]] = [None] * len(mixers)
+        span = 2 * per if per > 0 else len(mixers)
+        for start in range(0, len(mixers), span):
+            chunk = [(i, r) for i, r in enumerate(requests[start:start + span], start) if r is not None]
+            if not chunk:
+                continue
+            out = cast_weight_groups([w for _, r in chunk for w in r[0]], h.dtype, [g for _, r in chunk for g in r[1]])
+            pos = 0
+            for i, (_, groups, tail) in chunk:
+                casts[i] = out[pos:pos + len(groups)] + tail
+                pos += len(groups)
+        return [(casts[2 * i], casts[2 * i + 1]) for i in range(len(self.blocks))]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image batch (B, in_chans, H, W) -> final-norm tokens (B, N, C), N = ceil(H/p) * ceil(W/p)."""

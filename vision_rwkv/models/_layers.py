@@ -15,7 +15,7 @@ re-exported here.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -218,15 +218,18 @@ class Block(nn.Module):
 
     def forward_chain(self, x: torch.Tensor, h: torch.Tensor, grid_size: GridSize,
                       next_norm: Optional[nn.LayerNorm], next_dtype: Optional[torch.dtype] = None,
-                      inplace: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                      inplace: bool = False, casts: Optional[Tuple[Any, Any]] = None
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Fused pre-norm block inside a chain (see ``VisionRWKVBase.forward_features``): takes the residual ``x``
         and ``h = norm1(x)``, returns the new residual and ``next_norm`` of it (the next block's ``norm1`` or the
         model's final norm, fused into this block's last residual add, output in ``next_dtype``; None: a plain add).
         Needs ``_fusable()`` and pre-norm. ``inplace``: the residual adds write into x (eager inference on a chain
-        that owns x)."""
+        that owns x). ``casts``: the token and channel mixes' step matrices, cast by the caller (their ``cast=``;
+        None for a mixer that casts its own)."""
         g1, g2 = self._gammas()
-        return fused_prenorm_step(x, h, lambda t, **kw: self.spatial_mix(t, grid_size, **kw),
-                                  lambda t, **kw: self.channel_mix(t, grid_size, **kw), self.norm2, g1, g2, next_norm,
-                                  next_dtype, self.drop_path1, self.drop_path2,
+        kw1, kw2 = ({} if c is None else {'cast': c} for c in (casts or (None, None)))
+        return fused_prenorm_step(x, h, lambda t, **kw: self.spatial_mix(t, grid_size, **kw1, **kw),
+                                  lambda t, **kw: self.channel_mix(t, grid_size, **kw2, **kw), self.norm2, g1, g2,
+                                  next_norm, next_dtype, self.drop_path1, self.drop_path2,
                                   take_residual=(takes_residual(self.spatial_mix), takes_residual(self.channel_mix)),
                                   inplace=inplace)

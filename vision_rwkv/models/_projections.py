@@ -85,6 +85,21 @@ def step_linear_weights(x: torch.Tensor, dtype: torch.dtype,
     return weights if all(w.dtype == w0.dtype and w.device == w0.device for w in weights) else None
 
 
+# a fused mixer's request for its step matrices (``step_cast_request``): (weights, group sizes, tensors appended
+# uncast) - the group outputs of :func:`~vision_rwkv.ops.cast_weights.cast_weight_groups`, then the tail, are the
+# ``cast=`` of its forward
+StepCastRequest = Tuple[Tuple[torch.Tensor, ...], Tuple[int, ...], Tuple[torch.Tensor, ...]]
+
+
+def given_cast(module: nn.Module, cast, runs_as_step: bool):
+    """``cast`` (a mixer forward's ``cast=``) when the forward runs as one step, else a RuntimeError: matrices cast
+    for a step (e.g. by the model's once-per-step cast) must not be dropped silently."""
+    if cast is not None and not runs_as_step:
+        raise RuntimeError(f"{type(module).__name__}: cast= was given, but this forward does not run as one step "
+                           f"(see step_cast_request)")
+    return cast
+
+
 def step_matrices(module: nn.Module, weights: Tuple[torch.Tensor, ...], make: Callable[[], Any],
                   dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, ...]]:
     """A step's cast matrices in eager inference (``make()``, e.g. :func:`~vision_rwkv.ops.fused.mixer_steps_triton.

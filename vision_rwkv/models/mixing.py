@@ -34,7 +34,7 @@ from vision_rwkv.ops.dispatch import resolve_backend
 
 from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linear_stack, lora_decay, lora_tanh,
                            mix_gemm_ready, mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights,
-                           step_linear_weights, step_matrices, mix_gemm_enabled)
+                           step_linear_weights, step_matrices, mix_gemm_enabled, given_cast, StepCastRequest)
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
@@ -168,12 +168,15 @@ class ChannelMix(nn.Module):
         return x + xx * self.time_maa_k, x + xx * self.time_maa_r
 
     def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
-                residual: Optional[fused.ResidualNorm] = None):
-        """The channel mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``."""
+                residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
+        """The channel mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``.
+        ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
+                given_cast(self, cast, False)
                 return self._forward_mix_gemm(x, grid_size, residual)
-            return self._forward_fused(x, grid_size, residual)
+            return self._forward_fused(x, grid_size, residual, cast)
+        given_cast(self, cast, False)
         xk, xr = self._mixed_inputs(x, grid_size)
         k = torch.square(torch.relu(self.key(xk)))
         if self.key_norm is not None:
@@ -185,21 +188,39 @@ class ChannelMix(nn.Module):
         """The mixed-operand inference path: the receptance GEMM's epilogue can take the residual add + LayerNorm."""
         return self.token_shift == 'q_shift' and mix_gemm_enabled() and mix_gemm_ready(self.key, self.receptance)
 
+    def _step_weights_or_none(self, x: torch.Tensor, dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The key, value and receptance weights when the fused forward runs as one step, else None."""
+        if self.token_shift != 'q_shift' or self.key_norm is not None:
+            return None
+        return step_linear_weights(x, dtype, (self.key, self.value, self.receptance))
+
+    def step_cast_request(self, x: torch.Tensor) -> Optional[StepCastRequest]:
+        """What this mixer's one-step forward of ``x`` casts (:data:`StepCastRequest`: the key, value and
+        receptance weights, one group each), for a caller that casts many mixers' matrices at once and passes them
+        as ``cast=``; None when the forward does not run as one step."""
+        if not fused.fused_enabled(x) or self.fuses_residual():
+            return None
+        weights = self._step_weights_or_none(x, fused.compute_dtype(x))
+        return None if weights is None else (weights, (1, 1, 1), ())
+
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
-                       residual: Optional[fused.ResidualNorm] = None):
+                       residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
         """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
         residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
         in eager inference) when :func:`step_linear_weights` allows, else :meth:`_forward_per_op` and
-        :func:`fused.add_norm`."""
+        :func:`fused.add_norm`. ``cast``: the step's matrices from a caller that checked :meth:`step_cast_request`
+        (its conditions are not evaluated again)."""
         out_dtype = fused.compute_dtype(x)
-        weights = None
-        if self.token_shift == 'q_shift' and self.key_norm is None:
-            weights = step_linear_weights(x, out_dtype, (self.key, self.value, self.receptance))
+        if cast is not None:
+            weights = (self.key.weight, self.value.weight, self.receptance.weight)
+        else:
+            weights = self._step_weights_or_none(x, out_dtype)
         if weights is not None:
             one_minus = self.param_style == 'vrwkv'
             mix = (self.spatial_mix_k, self.spatial_mix_r) if one_minus else (self.time_maa_k, self.time_maa_r)
             steps = fused.mixer_steps()
-            cast = step_matrices(self, weights, lambda: steps.channel_mix_matrices(weights, out_dtype), out_dtype)
+            if cast is None:
+                cast = step_matrices(self, weights, lambda: steps.channel_mix_matrices(weights, out_dtype), out_dtype)
             return steps.channel_mix_step(x, grid_size, self.head_size or 0, one_minus, out_dtype, mix, weights,
                                           residual=residual, cast=cast)
         out = self._forward_per_op(x, grid_size, out_dtype)
@@ -389,12 +410,15 @@ class TimeMixV6(nn.Module):
         return y if self.key_norm is None else self.key_norm(y)
 
     def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
-                residual: Optional[fused.ResidualNorm] = None):
-        """The time mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``."""
+                residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
+        """The time mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``.
+        ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
+                given_cast(self, cast, False)
                 return self._forward_mix_gemm(x, grid_size, residual)
-            return self._forward_fused(x, grid_size, residual)
+            return self._forward_fused(x, grid_size, residual, cast)
+        given_cast(self, cast, False)
         out = self._forward_plain(x, grid_size)
         return out if residual is None else residual.apply(out)
 
@@ -419,18 +443,41 @@ class TimeMixV6(nn.Module):
             y = y.to(g.dtype)
         return self.output(y * g)
 
+    def step_cast_request(self, x: torch.Tensor) -> Optional[StepCastRequest]:
+        """What this mixer's one-step forward of ``x`` casts (:data:`StepCastRequest`: k, v, r, g as one stack, the
+        output weight, ``time_maa_w1``, ``time_decay_w1``, ``time_decay_w2``, and ``time_maa_w2`` in bf16 - under
+        fp16 it is appended uncast), for a caller that casts many mixers' matrices at once and passes them as
+        ``cast=``; None when the forward does not run as one step."""
+        if not fused.fused_enabled(x) or self.fuses_residual():
+            return None
+        dtype = fused.compute_dtype(x)
+        step = self._step_inputs(x, dtype, (self.key, self.value, self.receptance, self.gate))
+        if step is None:
+            return None
+        weights, (w1, d1, d2, w2) = step
+        if fused.mixer_steps().w2_cast(w2, dtype):
+            return weights + (w1, d1, d2, w2), (4, 1, 1, 1, 1, 1), ()
+        return weights + (w1, d1, d2), (4, 1, 1, 1, 1), (w2.contiguous(),)
+
     def _forward_fused(self, x: torch.Tensor, grid_size: Optional[GridSize],
-                       residual: Optional[fused.ResidualNorm] = None):
+                       residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
         """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
         residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
         in eager inference) when :meth:`_steps_as_one_node`, else :meth:`_forward_per_op` and
-        :func:`fused.add_norm`."""
+        :func:`fused.add_norm`. ``cast``: the step's matrices from a caller that checked :meth:`step_cast_request`
+        (its conditions are not evaluated again)."""
         dtype = fused.compute_dtype(x)
         projections = (self.key, self.value, self.receptance, self.gate)
-        step = self._step_inputs(x, dtype, projections)
+        if cast is not None:
+            step = (tuple(m.weight for m in projections + (self.output,)),
+                    (self.time_maa_w1, self.time_decay_w1, self.time_decay_w2, self.time_maa_w2))
+        else:
+            step = self._step_inputs(x, dtype, projections)
         if step is not None:
             steps, (weights, lora) = fused.mixer_steps(), step
-            cast = step_matrices(self, weights + lora, lambda: steps.time_mix6_matrices(weights, lora, dtype), dtype)
+            if cast is None:
+                cast = step_matrices(self, weights + lora, lambda: steps.time_mix6_matrices(weights, lora, dtype),
+                                     dtype)
             return steps.time_mix6_step(
                 x, grid_size, self.head_size, self.ln_x.eps, dtype,
                 (self.time_maa_x, self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g,

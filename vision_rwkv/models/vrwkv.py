@@ -31,7 +31,7 @@ from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
 from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
                            mix_gemm_weights, plain_weights, receptance_gate, stackable, step_linear_weights,
-                           step_matrices, step_weights, mix_gemm_enabled)
+                           step_matrices, step_weights, mix_gemm_enabled, given_cast, StepCastRequest)
 from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
@@ -111,13 +111,16 @@ class SpatialMix(nn.Module):
         return bi_wkv(self.spatial_decay, self.spatial_first, k, v, mode=self.wkv_mode, chunks=self.wkv_chunks,
                       scale=1.0 / num_tokens)
 
-    def forward(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
+    def forward(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None,
+                cast: Optional[Tuple[torch.Tensor, ...]] = None):
         """The token mix of x; with ``residual`` (see :func:`~vision_rwkv.models.mixing.fuses_residual`) the block's
-        ``(x, norm(x))``."""
+        ``(x, norm(x))``. ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
+                given_cast(self, cast, False)
                 return self._forward_mix_gemm(x, grid_size, residual)
-            return self._forward_fused(x, grid_size, residual)
+            return self._forward_fused(x, grid_size, residual, cast)
+        given_cast(self, cast, False)
         out = self._forward_plain(x, grid_size)
         return out if residual is None else residual.apply(out)
 
@@ -136,26 +139,49 @@ class SpatialMix(nn.Module):
             y = self.key_norm(y)
         return self.output(torch.sigmoid(r) * y)
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None):
+    def _step_weights_or_none(self, x: torch.Tensor, dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, ...]]:
+        """The key, value, receptance and output weights when the fused forward runs as one step (k, v, r of one
+        shape: one batched GEMM; the Bi-WKV on its Triton kernels), else None."""
+        if self.key_norm is not None:
+            return None
+        weights = step_linear_weights(x, dtype, (self.key, self.value, self.receptance, self.output))
+        if weights is None or any(w.shape != weights[0].shape for w in weights[1:3]):
+            return None
+        return weights if resolve_backend('bi_wkv', x.device, None, (x.dtype, dtype)) == 'triton' else None
+
+    def step_cast_request(self, x: torch.Tensor) -> Optional[StepCastRequest]:
+        """What this mixer's one-step forward of ``x`` casts (:data:`StepCastRequest`: k, v, r as one stack and the
+        output weight), for a caller that casts many mixers' matrices at once and passes them as ``cast=``; None
+        when the forward does not run as one step."""
+        if not fused.fused_enabled(x) or self.fuses_residual() or (
+                mix_gemm_enabled() and mix_gemm_ready(self.key, self.value, self.receptance)):
+            return None
+        weights = self._step_weights_or_none(x, fused.compute_dtype(x))
+        return None if weights is None else (weights, (3, 1), ())
+
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None,
+                       cast: Optional[Tuple[torch.Tensor, ...]] = None):
         """Same function with fused kernels (with ``residual``: the block's ``(x, norm(x))``): one step with the
         residual add + LayerNorm inside (:func:`fused.mixer_steps`: one autograd node in eager training, one call
         in eager inference) when :func:`step_linear_weights` allows, else :meth:`_forward_per_op` (or the
-        mixed-operand GEMMs) and :func:`fused.add_norm`."""
+        mixed-operand GEMMs) and :func:`fused.add_norm`. ``cast``: the step's matrices from a caller that checked
+        :meth:`step_cast_request` (its conditions are not evaluated again)."""
         if mix_gemm_enabled() and mix_gemm_ready(self.key, self.value, self.receptance):  # (output with hooks)
+            given_cast(self, cast, False)
             out = self._forward_mix_gemm(x, grid_size)
             return out if residual is None else residual.apply(out)
         dtype = fused.compute_dtype(x)
-        weights = None
-        if self.key_norm is None:
-            weights = step_linear_weights(x, dtype, (self.key, self.value, self.receptance, self.output))
-        if weights is not None and all(w.shape == weights[0].shape for w in weights[1:3]):  # k, v, r: one GEMM
-            if resolve_backend('bi_wkv', x.device, None, (x.dtype, dtype)) == 'triton':  # one step
-                steps = fused.mixer_steps()
+        if cast is not None:
+            weights = (self.key.weight, self.value.weight, self.receptance.weight, self.output.weight)
+        else:
+            weights = self._step_weights_or_none(x, dtype)
+        if weights is not None:  # one step
+            steps = fused.mixer_steps()
+            if cast is None:
                 cast = step_matrices(self, weights, lambda: steps.spatial_mix_matrices(weights, dtype), dtype)
-                return steps.spatial_mix_step(
-                    x, grid_size, self.wkv_mode, self.wkv_chunks, dtype, self.spatial_decay, self.spatial_first,
-                    (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), weights, residual=residual,
-                    cast=cast)
+            return steps.spatial_mix_step(
+                x, grid_size, self.wkv_mode, self.wkv_chunks, dtype, self.spatial_decay, self.spatial_first,
+                (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r), weights, residual=residual, cast=cast)
         out = self._forward_per_op(x, grid_size, dtype)
         return out if residual is None else residual.apply(out)
 

@@ -23,7 +23,8 @@ block instead of two.
 
 The weight matrices come in their own dtype (the fp32 parameters under autocast) and are cast to the compute dtype
 in one ``_foreach_copy_`` (their gradients back in one), as :func:`vision_rwkv.ops.cast_weights.cast_weights` does
-for the per-op path. Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the
+for the per-op path - or come already cast (``cast=``: a backbone casts every mixer's at once per training step,
+:func:`vision_rwkv.ops.cast_weights.cast_weight_groups`), and the node returns their gradients as computed. Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the
 cuBLAS GEMMs); the models fall back to the per-op path otherwise (see ``vision_rwkv/models/_projections.py``,
 ``step_linear_weights``), and the tests check every output and gradient against that path and the plain models.
 """
@@ -60,7 +61,10 @@ def _cast(weights: Sequence[torch.Tensor], dtype: torch.dtype, stack: int) -> Tu
 
 def _weight_grads(ctx, grads: List[torch.Tensor], stack: int) -> List[torch.Tensor]:
     """The weights' gradients in their dtypes: ``grads`` in :func:`_cast`'s order (the stack's gradient first, as
-    one (stack, ...) tensor), cast back in one launch."""
+    one (stack, ...) tensor), cast back in one launch. A node given its matrices (``ctx.weight_dtypes`` None, see
+    :func:`_node_weights`) returns ``grads`` as they are: the caller's cast takes them back."""
+    if ctx.weight_dtypes is None:
+        return grads
     per_weight = list(grads[0].unbind(0)) + grads[1:] if stack else grads
     return cast_back(per_weight, ctx.weight_dtypes)
 
@@ -78,6 +82,24 @@ def _product_bwd(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> Tuple[to
 
 
 _NO_RESIDUAL = (None,) * 6
+
+
+def _node_weights(ctx, tensors: tuple, precast: bool, make) -> Tuple[tuple, tuple]:
+    """(the matrices, the residual's six inputs) of a step Function from its trailing inputs ``tensors`` - the weights
+    then the residual's. ``precast``: the weights are the matrices as the kernels read them (the caller cast them,
+    e.g. for every mixer of a model at once), and their gradients are returned as computed; else ``make(weights)``
+    casts them here and the gradients are cast back to the weights' dtypes (:func:`_weight_grads`)."""
+    weights, residual = tensors[:-6], tensors[-6:]
+    ctx.weight_dtypes = None if precast else tuple(w.dtype for w in weights)
+    return (tuple(weights) if precast else make(weights)), residual
+
+
+def _check_cast(fn: str, cast, expected: int) -> tuple:
+    """``cast=`` of a step: its matrices as a tuple, or a ValueError naming the step."""
+    cast = tuple(cast)
+    if len(cast) != expected:
+        raise ValueError(f"{fn}: cast= takes the {expected} matrices of its *_matrices function, got {len(cast)}")
+    return cast
 
 
 def _residual_inputs(residual, x: torch.Tensor) -> tuple:
@@ -223,7 +245,7 @@ def _flat(w0: torch.Tensor) -> torch.Tensor:
     return w0.reshape(-1).contiguous()
 
 
-def _w2_cast(w2: torch.Tensor, dtype: torch.dtype) -> bool:
+def w2_cast(w2: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the time mix casts W2 with its other matrices: in bf16 only - under fp16 the kernels read it in its
     dtype (its gradient sums every token in fp32, which could leave fp16's range)."""
     return w2.dtype != dtype and dtype == torch.bfloat16
@@ -235,18 +257,20 @@ def time_mix6_matrices(projections: Sequence[torch.Tensor], lora: Sequence[torch
     gate stacked (4, C, C), output, ``time_maa_w1``, ``time_decay_w1``, ``time_decay_w2``, ``time_maa_w2``) - W2 cast
     in bf16 only (see :func:`time_mix6_step`). Eager inference keeps them across forwards (``cast=``)."""
     w1, d1, d2, w2 = lora
-    cast_w2 = _w2_cast(w2, dtype)
+    cast_w2 = w2_cast(w2, dtype)
     cast = _cast(tuple(projections) + (w1, d1, d2) + ((w2,) if cast_w2 else ()), dtype, 4)
     return tuple(cast[:5]) + (cast[5] if cast_w2 else w2.contiguous(),)
 
 
 class _TimeMix6Step(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, grid, head_size, eps, dtype, cast_w2, maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0, u,
-                ln_w, ln_b, w_k, w_v, w_r, w_g, w_o, w1, d1, d2, w2, *residual):
-        ctx.weight_dtypes = tuple(m.dtype for m in (w_k, w_v, w_r, w_g, w_o, w1, d1, d2)) + ((w2.dtype,) if cast_w2
-                                                                                            else ())
-        mats = time_mix6_matrices((w_k, w_v, w_r, w_g, w_o), (w1, d1, d2, w2), dtype)
+    def forward(ctx, x, grid, head_size, eps, dtype, cast_w2, precast, maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0,
+                u, ln_w, ln_b, *tensors):
+        # the weights (key, value, receptance, gate, output, w1, d1, d2, w2; precast: the six matrices), the residual's
+        mats, residual = _node_weights(ctx, tensors, precast,
+                                       lambda w: time_mix6_matrices(w[:5], w[5:], dtype))
+        if not precast and not cast_w2:
+            ctx.weight_dtypes = ctx.weight_dtypes[:-1]  # (W2 is read in its dtype: nothing to cast back)
         vectors = (maa_x, maa_w, maa_k, maa_v, maa_r, maa_g, w0)
         out, saved = _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats, True)
         ctx.meta = (grid, head_size, eps, cast_w2)
@@ -288,14 +312,16 @@ class _TimeMix6Step(torch.autograd.Function):
         g_lora = _tanh_bwd(g_lora.view(lora.shape), lora)
         g_xxx, g_w1 = _product_bwd(g_lora, xxx, w1c)
         g_x, g_ax, _ = _tsm_bwd(x, H, W, head_size, a_x, None, [g_xxx.view(B, N, C)], gx=g_x)  # (added in place)
-        mats = [g_stack, g_wo, g_w1, g_d1, g_d2] + ([g_w2] if cast_w2 else [])
-        g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2, *rest = _weight_grads(ctx, mats, 4)
+        if ctx.weight_dtypes is None:
+            g_weights = (g_stack, g_wo, g_w1, g_d1, g_d2, g_w2)
+        else:
+            g_weights = _weight_grads(ctx, [g_stack, g_wo, g_w1, g_d1, g_d2] + ([g_w2] if cast_w2 else []), 4)
+            g_weights = tuple(g_weights) + (() if cast_w2 else (g_w2,))
         vecs = ctx.vectors
         g_vectors = (coef_grads(g_ax, vecs[:1], True) + coef_grads(g_maa, vecs[1:6], True)
                      + (g_w0.view(vecs[6].shape),))
-        return (g_x, None, None, None, None, None, *g_vectors, g_u.to(u.dtype), g_ln[0].to(ln_w.dtype),
-                g_ln[1].to(ln_b.dtype), g_kw, g_vw, g_rw, g_gw, g_ow, g_w1, g_d1, g_d2,
-                rest[0] if cast_w2 else g_w2, *g_residual)
+        return (g_x, None, None, None, None, None, None, *g_vectors, g_u.to(u.dtype), g_ln[0].to(ln_w.dtype),
+                g_ln[1].to(ln_b.dtype), *g_weights, *g_residual)
 
 
 def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, eps: float, dtype: torch.dtype,
@@ -315,8 +341,10 @@ def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, 
         lora: ``time_maa_w1`` (C, 5R), ``time_decay_w1`` (C, D), ``time_decay_w2`` (D, C), ``time_maa_w2`` (5, R, C).
         residual: optional :class:`~vision_rwkv.ops.fused.ResidualNorm` - the block's residual add + LayerNorm of
             the output, in the same node (``inplace`` in inference only).
-        cast: inference only - :func:`time_mix6_matrices` of these weights, when the caller keeps them (else cast
-            here, one launch).
+        cast: :func:`time_mix6_matrices` of these weights when the caller has them (else cast here, one launch):
+            kept across eager inference forwards, or in training cast for many mixers at once
+            (:func:`~vision_rwkv.ops.cast_weights.cast_weight_groups`) - their gradients then come back as the
+            matrices' (the stack's as one (4, C, C) tensor) and the caller's cast takes them back.
     Returns:
         (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``, n None for post-norm); differentiable in x
         and every parameter. W2 is cast to ``dtype`` with the other matrices in bf16 only: under fp16 the kernels
@@ -327,9 +355,9 @@ def time_mix6_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int, 
         mats = time_mix6_matrices(projections, lora, dtype) if cast is None else tuple(cast)
         out, _ = _time_mix6_fwd(x, grid_size, head_size, eps, dtype, vectors, u, ln_weight, ln_bias, mats, False)
         return _residual_infer(out, residual)
-    w1, d1, d2, w2 = lora
-    return _step_result(_TimeMix6Step.apply(x, grid_size, head_size, eps, dtype, _w2_cast(w2, dtype), *vectors, u,
-                                            ln_weight, ln_bias, *projections, w1, d1, d2, w2,
+    weights = tuple(projections) + tuple(lora) if cast is None else _check_cast("time_mix6_step", cast, 6)
+    return _step_result(_TimeMix6Step.apply(x, grid_size, head_size, eps, dtype, w2_cast(lora[3], dtype),
+                                            cast is not None, *vectors, u, ln_weight, ln_bias, *weights,
                                             *_residual_inputs(residual, x)), residual)
 
 
@@ -369,9 +397,9 @@ def spatial_mix_matrices(weights: Sequence[torch.Tensor], dtype: torch.dtype) ->
 
 class _SpatialMixStep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, grid, mode, chunks, dtype, decay, first, mu_k, mu_v, mu_r, w_k, w_v, w_r, w_o, *residual):
-        ctx.weight_dtypes = tuple(m.dtype for m in (w_k, w_v, w_r, w_o))
-        mats = spatial_mix_matrices((w_k, w_v, w_r, w_o), dtype)
+    def forward(ctx, x, grid, mode, chunks, dtype, precast, decay, first, mu_k, mu_v, mu_r, *tensors):
+        # the key, value, receptance and output weights (precast: the stack and the output), the residual's
+        mats, residual = _node_weights(ctx, tensors, precast, lambda w: spatial_mix_matrices(w, dtype))
         out, saved = _spatial_mix_fwd(x, grid, mode, chunks, dtype, decay, first, (mu_k, mu_v, mu_r), mats, True)
         ctx.meta = (grid, mode, chunks)
         return _node_out(ctx, out, saved, mats, residual)
@@ -397,9 +425,8 @@ class _SpatialMixStep(torch.autograd.Function):
         g_mixed, g_stack = batched_linear_grads(g_kvr, mixed, stack)
         del g_kvr
         g_x, g_mu, _ = _tsm_bwd(x, H, W, 0, (mu_k, mu_v, mu_r), None, g_mixed.view(3, B, N, C), one_minus=True)
-        g_kw, g_vw, g_rw, g_ow = _weight_grads(ctx, [g_stack, g_wo], 3)
-        return (g_x, None, None, None, None, g_wu[0].to(decay.dtype), g_wu[1].to(first.dtype),
-                *coef_grads(g_mu, (mu_k, mu_v, mu_r), True), g_kw, g_vw, g_rw, g_ow, *g_residual)
+        return (g_x, None, None, None, None, None, g_wu[0].to(decay.dtype), g_wu[1].to(first.dtype),
+                *coef_grads(g_mu, (mu_k, mu_v, mu_r), True), *_weight_grads(ctx, [g_stack, g_wo], 3), *g_residual)
 
 
 def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chunks: int, dtype: torch.dtype,
@@ -415,7 +442,8 @@ def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chu
             kernels); mu: ``spatial_mix_k, _v, _r`` (C,) (weights of the unshifted token).
         weights: the key, value, receptance and output weights (C, C).
         residual: optional block residual add + LayerNorm, as for :func:`time_mix6_step`.
-        cast: inference only - :func:`spatial_mix_matrices` of ``weights``, when the caller keeps them.
+        cast: :func:`spatial_mix_matrices` of ``weights`` when the caller has them, as for
+            :func:`time_mix6_step`.
     Returns:
         (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``); differentiable in x and every parameter.
     """
@@ -424,8 +452,9 @@ def spatial_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], mode: str, chu
         mats = spatial_mix_matrices(weights, dtype) if cast is None else tuple(cast)
         out, _ = _spatial_mix_fwd(x, grid_size, mode, chunks, dtype, decay, first, mu, mats, False)
         return _residual_infer(out, residual)
-    return _step_result(_SpatialMixStep.apply(x, grid_size, mode, chunks, dtype, decay, first, *mu, *weights,
-                                              *_residual_inputs(residual, x)), residual)
+    weights = tuple(weights) if cast is None else _check_cast("spatial_mix_step", cast, 2)
+    return _step_result(_SpatialMixStep.apply(x, grid_size, mode, chunks, dtype, cast is not None, decay, first, *mu,
+                                              *weights, *_residual_inputs(residual, x)), residual)
 
 
 def _channel_mix_fwd(x, grid, head_size, one_minus, dtype, mix, mats, save: bool, gate: bool = True):
@@ -461,9 +490,9 @@ def channel_mix_matrices(weights: Sequence[torch.Tensor], dtype: torch.dtype) ->
 
 class _ChannelMixStep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, grid, head_size, one_minus, dtype, mix_k, mix_r, w_k, w_v, w_r, *residual):
-        ctx.weight_dtypes = tuple(m.dtype for m in (w_k, w_v, w_r))
-        mats = channel_mix_matrices((w_k, w_v, w_r), dtype)
+    def forward(ctx, x, grid, head_size, one_minus, dtype, precast, mix_k, mix_r, *tensors):
+        # the key, value and receptance weights (precast: as the kernels read them), the residual's
+        mats, residual = _node_weights(ctx, tensors, precast, lambda w: channel_mix_matrices(w, dtype))
         gated = residual[0] is not None  # (with a residual its kernels apply the receptance gate, both ways)
         out, saved = _channel_mix_fwd(x, grid, head_size, one_minus, dtype, (mix_k, mix_r), mats, True,
                                       gate=not gated)
@@ -491,7 +520,7 @@ class _ChannelMixStep(torch.autograd.Function):
         g_xk, g_wk = _linear_bwd(g_k, mixed[0].view(-1, C), wk)
         g_x, g_mix, _ = _tsm_bwd(x, H, W, head_size, (mix_k, mix_r), None,
                                  [g_xk.view(B, N, C), g_xr.view(B, N, C)], one_minus=one_minus)
-        return (g_x, None, None, None, None, *coef_grads(g_mix, (mix_k, mix_r), True),
+        return (g_x, None, None, None, None, None, *coef_grads(g_mix, (mix_k, mix_r), True),
                 *_weight_grads(ctx, [g_wk, g_wv, g_wr], 0), *g_residual)
 
 
@@ -508,7 +537,8 @@ def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int
         dtype: the compute dtype; mix: the key's and the receptance's interpolation vectors (C elements each).
         weights: the key (hidden, C), value (C, hidden) and receptance (C, C) weights.
         residual: optional block residual add + LayerNorm, as for :func:`time_mix6_step`.
-        cast: inference only - :func:`channel_mix_matrices` of ``weights``, when the caller keeps them.
+        cast: :func:`channel_mix_matrices` of ``weights`` when the caller has them, as for
+            :func:`time_mix6_step`.
     Returns:
         (B, N, C) in ``dtype`` (with ``residual``: the block's ``(s, n)``); differentiable in x and every parameter.
     """
@@ -519,5 +549,6 @@ def channel_mix_step(x: torch.Tensor, grid_size: Tuple[int, int], head_size: int
             (v, r), _ = _channel_mix_fwd(x, grid_size, head_size, one_minus, dtype, mix, mats, False, gate=False)
             return _residual_infer(v, residual, gate=r)
         return _channel_mix_fwd(x, grid_size, head_size, one_minus, dtype, mix, mats, False)[0]
-    return _step_result(_ChannelMixStep.apply(x, grid_size, head_size, one_minus, dtype, *mix, *weights,
-                                              *_residual_inputs(residual, x)), residual)
+    weights = tuple(weights) if cast is None else _check_cast("channel_mix_step", cast, 3)
+    return _step_result(_ChannelMixStep.apply(x, grid_size, head_size, one_minus, dtype, cast is not None, *mix,
+                                              *weights, *_residual_inputs(residual, x)), residual)
