@@ -384,6 +384,24 @@ def test_bwd_algo_picks_the_backward_kernels(monkeypatch):
         v6._chunk_algo(64, 1024, 16, backward=True)
 
 
+def test_walk_max_t_routes_short_sequences_to_the_walk(monkeypatch):
+    """``walk_max_t``: with the chunk kernels chosen, sequences of at most that many tokens take the walk kernels
+    (forward and backward alike; the fla route is not affected); a bad value names the setting."""
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+
+    monkeypatch.setitem(v6.CONFIG, "algo", "chunk")
+    monkeypatch.setitem(v6.CONFIG, "bwd_algo", "")
+    assert v6.CONFIG["walk_max_t"] == 0 and v6._chunk_algo(64, 196, 16)  # (the default: the chunk kernels)
+    monkeypatch.setitem(v6.CONFIG, "walk_max_t", 256)
+    for backward in (False, True):
+        assert not v6._chunk_algo(64, 196, 16, backward) and not v6._chunk_algo(64, 256, 16, backward)
+        assert v6._chunk_algo(64, 257, 16, backward) and v6._chunk_algo(64, 4096, 16, backward)
+    for bad in (-1, "x"):
+        monkeypatch.setitem(v6.CONFIG, "walk_max_t", bad)
+        with pytest.raises(ValueError, match="walk_max_t must be a token count >= 0"):
+            v6._chunk_algo(64, 196, 16)
+
+
 class _Recorder:
     """Stands in for a Triton kernel: ``kernel[grid](*args, **meta)`` records (name, grid, meta) and runs nothing."""
 

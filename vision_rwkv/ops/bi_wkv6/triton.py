@@ -62,10 +62,14 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # than 512 programs; >= 16). walk_bv: value columns per walk forward program (0: the whole head; a power of two >= 16:
 # N / walk_bv times the programs, each carrying N x walk_bv of the state and forming the chunk's scores itself - for
 # few (batch, head) pairs, e.g. 96 programs of 256 serial chunks at 1024 px, batch 16, VRWKV6-T; opt-in until timed).
+# walk_max_t: with algo (or bwd_algo) "chunk", sequences of at most this many tokens take the walk kernels instead
+# (0: none) - one program per (batch, head, direction) carrying its state through the chunks in registers, no state
+# traffic, where the chunk kernels' 255-register programs per 16-token sub-chunk read two states each (e.g. 224 px:
+# 196 tokens, 13 sub-chunks); opt-in until the device sweep compares the two at short lengths.
 CONFIG = config_from_env(dict(block_t=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
                               fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
-                              state_rows=0, walk_bv=0),
+                              state_rows=0, walk_bv=0, walk_max_t=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums within 16 * 60 in magnitude
@@ -284,10 +288,13 @@ CHUNK_MAX_BN = 64
 
 def _chunk_algo(BN: int, T: int, BT: int, backward: bool = False) -> bool:
     """Whether this call takes the chunk-parallel kernels: ``algo='chunk'`` (the backward: ``bwd_algo`` when set),
-    padded head size <= CHUNK_MAX_BN and its sub-chunks (grid axis y) within a CUDA grid; otherwise the walk kernels
-    (grid (B*H, 2): any T)."""
+    padded head size <= CHUNK_MAX_BN, its sub-chunks (grid axis y) within a CUDA grid and more than ``walk_max_t``
+    tokens; otherwise the walk kernels (grid (B*H, 2): any T)."""
     algo = _algo(backward)
-    return algo == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX
+    walk_max_t = CONFIG["walk_max_t"]
+    if not isinstance(walk_max_t, int) or walk_max_t < 0:
+        raise ValueError(f"VRWKV_TRITON_V6 walk_max_t must be a token count >= 0, got {walk_max_t!r}")
+    return algo == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX and T > walk_max_t
 
 
 def _algo(backward: bool = False) -> str:
