@@ -81,6 +81,9 @@ FLA = "vision_rwkv/ops/bi_wkv6/fla_route.py"
 SETS: dict[str, MutantSet] = {
     # the RWKV-6 chunk kernels (the default GPU path): intra-chunk split, states, carries, the log-decay gradient
     "v6_chunk": MutantSet(V6, ("tests/ops/test_bi_wkv6_triton.py",), (
+        # the log decay's gradient summing the later sub-chunks' totals itself (few sub-chunks): its own included
+        _m("inline_suffix_includes_own", "mask=((later > c) & (later < NSUB))[:, None]",
+           "mask=((later >= c) & (later < NSUB))[:, None]"),
         _m("split_before_le", "upper[None, :] & (rt[None, :] < rt[:, None])",
            "upper[None, :] & (rt[None, :] <= rt[:, None])", V6_INTRA),
         _m("split_after_ge", "lower[None, :] & (rt[None, :] > rt[:, None])",

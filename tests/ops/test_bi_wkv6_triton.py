@@ -47,6 +47,12 @@ CPU_CASES.update({
     "chunk_state_every_subchunk": dict(shape=(1, 83, 1, 16), dscale=2.0, config=dict(CHUNK, state_t=16)),
     "chunk_bt32_head24": dict(shape=(1, 70, 2, 24), config=dict(CHUNK, block_t=32, state_t=64)),
     "chunk_one_block_scan": dict(shape=(1, 150, 1, 16), config={"algo": "chunk", "state_walk": 0}),
+    # the log decay's suffix sums by their own kernel (suffix_inline below the sub-chunk count; the other cases sum
+    # them inside the gradient kernel): one block of sub-chunks with the fused decay, and blocks with a carry
+    "chunk_suffix_kernel_decay": dict(shape=(2, 83, 1, 16), dscale=2.0, decay=True,
+                                      config=dict(CHUNK, suffix_inline=0)),
+    "chunk_suffix_kernel_blocks": dict(shape=(1, 150, 1, 16), dshift=-3.0,
+                                       config=dict(CHUNK, suffix_inline=4, scan_ncb=4)),
     "chunk_bf16_states": dict(shape=(1, 40, 1, 16), dtype="bf16", config=dict(CHUNK, state_dtype="input")),
     # forward and backward on different kernel families (bwd_algo): each recomputes what it needs
     "chunk_fwd_walk_bwd": dict(shape=(2, 37, 2, 16), dscale=2.0, config=dict(CHUNK, bwd_algo="walk")),
@@ -193,7 +199,7 @@ CPU_CASES.update({
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
 # 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
 # run with --run-slow
-QUICK = {"T1", "T_not_multiple", "head_size_24_odd_T", "head36_padded", "head36_padded_weak_decays",
+QUICK = {"chunk_suffix_kernel_decay", "chunk_suffix_kernel_blocks", "T1", "T_not_multiple", "head_size_24_odd_T", "head36_padded", "head36_padded_weak_decays",
          "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api", "T1_chunk", "T_not_multiple_chunk",
          "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk", "walk_fwd_chunk_bwd", "chunk_bf16_states",
          "chunk_state_every_subchunk", "chunk_carry_many_blocks", "chunk_carry_bf16_states_head24",

@@ -65,11 +65,13 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # walk_max_t: with algo (or bwd_algo) "chunk", sequences of at most this many tokens take the walk kernels instead
 # (0: none) - one program per (batch, head, direction) carrying its state through the chunks in registers, no state
 # traffic, where the chunk kernels' 255-register programs per 16-token sub-chunk read two states each (e.g. 224 px:
-# 196 tokens, 13 sub-chunks); opt-in until the device sweep compares the two at short lengths.
+# 196 tokens, 13 sub-chunks); opt-in until the device sweep compares the two at short lengths. suffix_inline: the
+# chunk backward's log-decay gradient kernel sums the later sub-chunks' totals itself for sequences of at most this
+# many sub-chunks (no suffix kernel: one launch less per call; 0 never).
 CONFIG = config_from_env(dict(block_t=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
                               fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
-                              state_rows=0, walk_bv=0, walk_max_t=0),
+                              state_rows=0, walk_bv=0, walk_max_t=0, suffix_inline=32),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums within 16 * 60 in magnitude

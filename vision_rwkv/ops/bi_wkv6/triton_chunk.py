@@ -508,15 +508,22 @@ def _suffix_kernel(ZT, AFTER, NSUB, BN: tl.constexpr, RB: tl.constexpr):
 
 @jit(do_not_specialize=["T", "H", "N", "NSUB"])
 def _glogd_kernel(GLP, AFTER, LD, W0, OUT, slb, slt, slh, sln, T, H, N, NSUB, BT: tl.constexpr, BN: tl.constexpr,
-                  DECAY: tl.constexpr):
+                  DECAY: tl.constexpr, INLINE: tl.constexpr):
     """The log decay's gradient for sub-chunk c: its in-chunk part (GLP) plus the totals of the sub-chunks after it
-    (AFTER), 0 where the log decay was clamped; with DECAY the gradient of the pre-activation z held in LD (that
-    times the log decay -exp(w0 + z))."""
+    (AFTER; with INLINE - at most INLINE sub-chunks, a power of two - AFTER holds the sub-chunk totals themselves and
+    the program sums the ones after c: no suffix kernel), 0 where the log decay was clamped; with DECAY the gradient
+    of the pre-activation z held in LD (that times the log decay -exp(w0 + z))."""
     pid, c, b, h, rt, cn, nmask = _program(H, N, BT, BN)
     pos = c * BT + rt
     m2 = (pos < T)[:, None] & nmask[None, :]
     off = ((b * T + pos).to(tl.int64)[:, None] * H + h) * N + cn[None, :]
-    g = tl.load(GLP + off, mask=m2, other=0.0) + tl.load(AFTER + (pid * NSUB + c).to(tl.int64) * BN + cn)[None, :]
+    if INLINE:
+        later = tl.arange(0, INLINE)
+        zrows = (pid * NSUB + later).to(tl.int64)[:, None] * BN + cn[None, :]
+        after = tl.sum(tl.load(AFTER + zrows, mask=((later > c) & (later < NSUB))[:, None], other=0.0), axis=0)
+    else:
+        after = tl.load(AFTER + (pid * NSUB + c).to(tl.int64) * BN + cn)
+    g = tl.load(GLP + off, mask=m2, other=0.0) + after[None, :]
     lw = _logd(_head(LD, b, h, slb, slh), W0 + h * N, pos, cn, slt, sln, m2, N, DECAY)
     if DECAY:
         g = g * lw
@@ -694,12 +701,16 @@ def chunk_bwd(r, k, v, logd, u, gy, cfg, out=None, w0=None):
     else:
         _bwd_kernel[(B * H, nsub)](r, k, v, logd, w0_arg, u, gy, S, gr, gk, gv, glp, zt, gup, *strides, T, H, N, NC,
                                    B * H, BT=BT, BN=BN, NS=NS, PREC=prec, **dec, **_launch_opts(nw))
-    # suffix sums of the sub-chunk totals (the sub-chunks after each one: small), added to each sub-chunk's tokens
-    after = new_empty(zt.shape, torch.float32, dev)
-    rb = min(next_pow2(CONFIG["scan_ncb"]), next_pow2(nsub))  # (sub-chunks per block: as the state scan's chunks)
-    _suffix_kernel[(B * H,)](zt, after, nsub, BN=BN, RB=rb, num_warps=4)
+    # suffix sums of the sub-chunk totals (the sub-chunks after each one: small), added to each sub-chunk's tokens -
+    # for few sub-chunks (e.g. 13 at 224 px) summed by each program of the gradient kernel itself (one launch less)
+    inline = next_pow2(nsub) if nsub <= CONFIG["suffix_inline"] else 0
+    after = zt
+    if not inline:
+        after = new_empty(zt.shape, torch.float32, dev)
+        rb = min(next_pow2(CONFIG["scan_ncb"]), next_pow2(nsub))  # (sub-chunks per block: as the state scan's chunks)
+        _suffix_kernel[(B * H,)](zt, after, nsub, BN=BN, RB=rb, num_warps=4)
     glogd = new_empty((B, T, H, N), logd.dtype, dev)
     _glogd_kernel[(B * H, nsub)](glp, after, logd, w0_arg, glogd, *logd.stride(), T, H, N, nsub, BT=BT, BN=BN,
-                                 **dec, num_warps=2)
+                                 **dec, INLINE=inline, num_warps=2)
     gu = gup.view(B, H, nsub, BN)[..., :N].sum((0, 2)).to(u.dtype)
     return gr, gk, gv, glogd, gu
