@@ -18,7 +18,9 @@ forward+backward time >= 1.1 and of the eager time >= 1.0 (WKV kernels; v6 also 
 ``make_default_forward_only`` when the chunk forward passes that rule but its backward alone is slower than the walk
 kernels', to be switched on as ``algo=chunk,bwd_algo=walk``; the whole opt-in then is not made default), or of unfused / fused time >= 1.05 (GEMM
 epilogues; the mixed-operand GEMMs of ``VRWKV_FUSED_MIX`` and the fused MLP of ``VRWKV_FUSED_MLP`` by their own rows
-of the GEMM table, ``mix_*`` / ``mlp``).
+of the GEMM table, ``mix_*`` / ``mlp``). ``v6_walk_short`` (``walk_max_t``: the walk kernels for sequences of at
+most ``SHORT_T`` tokens, the chunk kernels above) is judged by the same rule on the sweep's chunk -> walk rows at
+those lengths only.
 """
 from __future__ import annotations
 
@@ -44,7 +46,10 @@ OPT_INS = {  # verdict key -> (test file and id marker of its CUDA cases, enviro
     "fused_gemm": ("test_fused_triton.py::", "[linear_", "VRWKV_FUSED_GEMM=1"),
     "fused_mix": ("test_fused_triton.py::", "[mix_linear_", "VRWKV_FUSED_MIX=1"),
     "fused_mlp": ("test_fused_triton.py::", "[mix_mlp_", "VRWKV_FUSED_MLP=1"),
+    # the walk kernels for short sequences only (walk_max_t), judged on the sweep's shapes of at most SHORT_T tokens
+    "v6_walk_short": ("test_bi_wkv6_triton.py::", "_walk", "VRWKV_TRITON_V6=walk_max_t=256"),
 }
+SHORT_T = 256  # the longest sequence v6_walk_short's walk_max_t hands the walk kernels
 GEMM_ROWS = {"fused_gemm": "epilogue", "fused_mix": "mix_", "fused_mlp": "mlp"}  # whose rows of the GEMM table
 
 
@@ -147,7 +152,10 @@ def verdict(default_tests: dict[str, str], optin_tests: dict[str, str], sweep: l
             fast = speed is not None and speed >= 1.05
             evidence = dict(vs_unfused_geomean=speed)
         else:
-            rows = sweep_speedups(sweep, "v4" if key == "v4_seq" else "v6")
+            if key == "v6_walk_short":  # chunk -> walk at the lengths walk_max_t gives the walk kernels
+                rows = [r for r in sweep_speedups(sweep, "v6", ("chunk", "walk")) if r["shape"][1] <= SHORT_T]
+            else:
+                rows = sweep_speedups(sweep, "v4" if key == "v4_seq" else "v6")
             graph = geomean(r["graph_fb_x"] for r in rows)
             eager = geomean(r["eager_fb_x"] for r in rows)
             fast = graph is not None and eager is not None and graph >= 1.1 and eager >= 1.0

@@ -109,6 +109,27 @@ def test_verdict_needs_passing_tests_model_tests_and_speed():
     assert not ds.verdict(skipped, optin, _sweep_rows(2.0, 3.0), gemm)["v4_seq"]["make_default"]
 
 
+def test_verdict_walk_for_short_sequences_only():
+    """``v6_walk_short`` (walk_max_t): the walk kernels against the chunk kernels on the sweep's short shapes only -
+    faster there counts even where they lose at 4096 tokens; slower there, or their CUDA cases failing, does not."""
+    walk_case = "tests/ops/test_bi_wkv6_triton.py::test_bi_wkv6_triton_cuda[16x1024x6x64_bf16_walk_decay]"
+    optin = ds.parse_pytest_log(PLAIN_LOG)
+
+    def rows(short_x: float) -> list:
+        out = []
+        for shape, x in (([64, 196, 3, 64], short_x), ([16, 4096, 3, 64], 0.5)):  # x: chunk / walk time
+            base = dict(op="v6", dtype="bf16", shape=shape)
+            out += [dict(base, config="chunk", eager_f=1.0, eager_fb=3.0, graph_f=0.5, graph_fb=2.0),
+                    dict(base, config="walk", eager_f=1.0 / x, eager_fb=3.0 / x, graph_f=0.5 / x, graph_fb=2.0 / x)]
+        return out
+
+    v = ds.verdict({walk_case: "PASSED"}, optin, rows(1.5), [])["v6_walk_short"]
+    assert v["make_default"] and v["shapes"] == 1 and v["env"] == "VRWKV_TRITON_V6=walk_max_t=256"  # (196 tokens)
+    assert v["graph_fb_speedup_geomean"] == pytest.approx(1.5)
+    assert not ds.verdict({walk_case: "PASSED"}, optin, rows(1.05), [])["v6_walk_short"]["make_default"]
+    assert not ds.verdict({walk_case: "FAILED"}, optin, rows(1.5), [])["v6_walk_short"]["make_default"]
+
+
 def test_backbone_rows_ratios_and_targets():
     old = [dict(model="vrwkv_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1500.0,
                 peak_mem_GiB=0.7, deit="deit_tiny_patch16_224", graph_img_per_s=1800.0),
