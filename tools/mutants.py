@@ -218,7 +218,9 @@ SETS: dict[str, MutantSet] = {
     )),
     # the one-node mixers' backward assembly (the gradients chained between the fused kernels)
     "mixer_steps": MutantSet(STEPS, ("tests/ops/test_mixer_steps.py",), (
-        _m("v6_decay_lora_tanh_grad", "g_hd = _tanh_bwd(g_hd, hd)", "g_hd = g_hd"),
+        _m("v6_decay_lora_tanh_grad", "gp = (gh * (1.0 - h * h)).to(GP.dtype.element_ty)",
+           "gp = gh.to(GP.dtype.element_ty)", "vision_rwkv/ops/fused/lora_triton.py",
+           ("tests/ops/test_mixer_steps.py", "tests/ops/test_fused_triton.py")),
         _m("v6_x_grad_not_accumulated", "[g_xxx.view(B, N, C)], gx=g_x)", "[g_xxx.view(B, N, C)])"),
         _m("v6_mix_lora_tanh_grad", "g_lora = _tanh_bwd(g_lora.view(lora.shape), lora)",
            "g_lora = g_lora.view(lora.shape)"),

@@ -270,6 +270,13 @@ def _inputs(case: dict, device: str):
         odt = dtype
         if "residual" in case:
             fn, rf, odt = _with_residual(case, leaves, g, device, tuple(shape[:-1]) + (n,), call, rf)
+    elif op == "lora_mlp":  # shape (..., K), R, N; the weights fp32 (parameters), cast to x's dtype by the op
+        shape, R, N = case["shape"], case["R"], case["N"]
+        leaves = {"x": _randn(shape, g, dtype, device), "w1": _randn((shape[-1], R), g, torch.float32, device, 0.3),
+                  "w2": _randn((R, N), g, torch.float32, device, 0.3)}
+        fn = lambda t: fused.lora_mlp(t["x"], t["w1"], t["w2"], backend)  # noqa: E731
+        rf = lambda t: ref.lora_mlp_reference(t["x"], t["w1"], t["w2"])  # noqa: E731
+        odt = dtype
     elif op == "decay_logd":
         shape = case["shape"]
         leaves = {"w0": _randn((shape[-1],), g, torch.float32, device) - 1.0, "z": _randn(shape, g, dtype, device)}

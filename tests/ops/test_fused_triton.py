@@ -73,6 +73,12 @@ CPU_CASES = {
     "gn_mul_zero_rows": dict(op="group_norm_mul", shape=(0, 5, 12), groups=3, gate_act="silu"),
     "add_norm_post_zero_rows": dict(op="add_norm", shape=(2, 0, 12), post=True, sample_scale=True),
     "decay_logd": dict(op="decay_logd", shape=(2, 5, 6)),
+    # the decay LoRA tanh(x @ w1) @ w2 in one kernel each way: rows, K and N not multiples of the tiles (two K and N
+    # steps), a rank below the tile (24 of 32), batch 1 x 1 token, bf16 / fp16, non-contiguous x, compiled
+    "lora_mlp_tiles": dict(op="lora_mlp", shape=(2, 37, 80), R=24, N=72),
+    "lora_mlp_one_row_bf16": dict(op="lora_mlp", shape=(1, 1, 40), R=64, N=33, dtype="bf16"),
+    "lora_mlp_fp16_noncontig": dict(op="lora_mlp", shape=(3, 5, 24), R=16, N=24, dtype="fp16", layout="T"),
+    "lora_mlp_compile": dict(op="lora_mlp", shape=(2, 9, 16), R=16, N=16, compile=True),
     "decay_logd_bf16_z": dict(op="decay_logd", shape=(1, 7, 5), dtype="bf16"),
     "add_norm_post": dict(op="add_norm", shape=(2, 5, 12), post=True),
     "add_norm_post_no_gamma_odd_C": dict(op="add_norm", shape=(9, 5), post=True, gamma=False),
@@ -212,6 +218,8 @@ CUDA_CASES = {
                              dtype="bf16"),
     "gn_mul_head80": dict(op="group_norm_mul", shape=(4, 50, 640), groups=8, gate_act="silu"),
     "decay_logd": dict(op="decay_logd", shape=(8, 1024, 384), dtype="bf16"),
+    "lora_mlp_vrwkv6_t": dict(op="lora_mlp", shape=(16, 4096, 192), R=64, N=192, dtype="bf16"),
+    "lora_mlp_fp32_odd": dict(op="lora_mlp", shape=(3, 197, 100), R=48, N=100),
     "add_norm_post_S": dict(op="add_norm", shape=(16, 1024, 384), post=True, dtype="bf16"),
     "add_norm_post_B_fp32": dict(op="add_norm", shape=(4, 196, 768), post=True),
     "add_norm_pre_T": dict(op="add_norm", shape=(16, 1024, 192), dtype="bf16", out_dtype="bf16"),

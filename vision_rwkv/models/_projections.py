@@ -208,12 +208,11 @@ def lora_tanh(x: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
 
 def lora_decay(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
     """Fused path: the RWKV-6 log decay ``-exp(w0 + tanh(x @ w1) @ w2)`` in float32 - with the fused GEMMs, two GEMMs
-    with the tanh and the decay in their epilogues (the second product never stored), else the products, a tanh pass
-    and one decay pass."""
-    h = lora_tanh(x, w1)
+    with the tanh and the decay in their epilogues (the second product never stored), else the LoRA in one kernel
+    (:func:`fused.lora_mlp`: its hidden never a pass of its own) and one decay pass."""
     if fused.fused_gemm_enabled():
-        return fused.linear_decay(h, w2.t(), w0)
-    return fused.decay_logd(w0, h @ w2)
+        return fused.linear_decay(lora_tanh(x, w1), w2.t(), w0)
+    return fused.decay_logd(w0, fused.lora_mlp(x, w1, w2))
 
 
 def _capturing_graph() -> bool:

@@ -10,6 +10,9 @@ as a torch custom op (``triton.py``, imported lazily):
 * :func:`linear_relu_square` / :func:`linear_sigmoid_mul` - a bias-free projection with those activations in its
   GEMM epilogue (``linear_triton.py``; the models use them when :func:`fused_gemm_enabled`); likewise
   :func:`linear_tanh` and :func:`linear_decay` for the two stages of the RWKV-6 LoRAs.
+* :func:`lora_mlp` - the RWKV-6 decay LoRA ``tanh(x @ w1) @ w2`` as one kernel each way (``lora_triton.py``; the
+  one-node time mix runs it: its rank-R hidden is never written in inference, and its tanh is never a pass of its
+  own).
 * :func:`mix_linear` - a projection whose GEMM operand is the Q-Shift interpolation, formed tile by tile while
   loaded (``mix_linear_triton.py``): the mixed inputs of the projections are never written (``VRWKV_FUSED_MIX=1``
   lets the models use it in inference, ``VRWKV_FUSED_MIX_TRAIN=1`` in training, where its backward recomputes them).
@@ -46,12 +49,14 @@ from .._triton_utils import autograd_needed, check_split, cpu_triton, env_get, s
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
-                        linear_sigmoid_mul_reference, linear_tanh_reference, mix_linear_group_reference,
+                        linear_sigmoid_mul_reference, linear_tanh_reference, lora_mlp_reference,
+                        mix_linear_group_reference,
                         mix_linear_reference, mix_mlp_reference, relu_square_reference, sigmoid_mul_reference,
                         token_shift_mix_reference)
 
 __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul", "relu_square", "group_norm_mul",
            "decay_logd", "add_norm", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
+           "lora_mlp",
            "mix_linear", "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled",
            "fused_gemm_enabled", "fused_mix_enabled", "fused_mix_train_enabled", "fused_mlp_enabled",
            "fused_step_enabled", "mixer_steps", "triton_active", "compute_dtype", "ResidualNorm",
@@ -133,6 +138,7 @@ def _triton_ok_traced() -> bool:
             _gemm_module("mix_group_triton")
             _norm_linear()
             _mlp()
+            _gemm_module("lora_triton")  # (the decay LoRA's kernels, which the per-op path runs)
     except Exception:  # the WKV dispatcher / the GEMM ops report their own errors when used
         pass
     return not isinstance(mod, BaseException)
@@ -665,6 +671,25 @@ def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, residual: ResidualNor
                                                  None, r.x, r.gamma, r.weight, r.bias, r.eps, r.post,
                                                  r.out_dtype or r.x.dtype, shift=False, inplace=r.inplace)
     return residual.apply(torch.nn.functional.linear(x, weight), backend)
+
+
+def lora_mlp(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """``tanh(x @ w1) @ w2``, the RWKV-6 decay LoRA (``time_decay_w1``, ``time_decay_w2``), in one kernel each way.
+
+    x: (..., K); w1: (K, R); w2: (R, N). Computes in :func:`compute_dtype` of x (the weights cast to it; the hidden
+    rounded to it, as a stored product would be); returns (..., N) in that dtype, differentiable in x and both
+    weights."""
+    op = "lora_mlp"
+    device = check_tensors(op, x=x, w1=w1, w2=w2)
+    if x.dim() < 1 or w1.dim() != 2 or w2.dim() != 2 or w1.shape[0] != x.shape[-1] or w2.shape[0] != w1.shape[1]:
+        raise ValueError(f"{op}: need x (..., K), w1 (K, R), w2 (R, N); got x {tuple(x.shape)}, w1 "
+                         f"{tuple(w1.shape)}, w2 {tuple(w2.shape)}")
+    dtype = compute_dtype(x)
+    x, w1, w2 = (t if t.dtype == dtype else t.to(dtype) for t in (x, w1, w2))
+    if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
+        z = _gemm_module("lora_triton").lora_mlp_triton(x.reshape(-1, x.shape[-1]), w1, w2)
+        return z.view(*x.shape[:-1], w2.shape[1])
+    return lora_mlp_reference(x, w1, w2)
 
 
 def mix_mlp(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, key_weight: torch.Tensor,

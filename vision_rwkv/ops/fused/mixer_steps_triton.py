@@ -10,8 +10,8 @@ mode (eager inference, also host-bound at 224 px) the same forward runs as a pla
 intermediate after its last use (as the per-op inference path does), on matrices the model keeps cast across
 forwards (``cast=``, :func:`time_mix6_matrices` & co.) - no per-op wrapper checks or dispatch:
 
-* :func:`time_mix6_step` - the RWKV-6 time mix (Q-Shift, ddlerp with its LoRA, decay LoRA, k/v/r/g in one batched
-  GEMM, WKV-6, GroupNorm * SiLU gate, output projection).
+* :func:`time_mix6_step` - the RWKV-6 time mix (Q-Shift, ddlerp with its LoRA, decay LoRA in one kernel each way
+  (``lora_triton.py``), k/v/r/g in one batched GEMM, WKV-6, GroupNorm * SiLU gate, output projection).
 * :func:`spatial_mix_step` - the v4 token mix (Q-Shift lerp, k/v/r in one batched GEMM, Bi-WKV with 1 / T scaling,
   sigmoid gate, output projection).
 * :func:`channel_mix_step` - the channel mix (Q-Shift lerp, key + relu^2, value, sigmoid(receptance) gate).
@@ -40,6 +40,7 @@ from ..bi_wkv6 import triton as wkv6
 from .._triton_utils import coef_grads, new_empty, split_param_grads
 from ..cast_weights import cast_all, cast_back
 from ..stacked_linear import batched_linear_grads
+from .lora_triton import lora_mlp_bwd, lora_mlp_fwd
 from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd,
                      _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd,
                      _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
@@ -216,10 +217,9 @@ def _time_mix6_fwd(x, grid, head_size, eps, dtype, vectors, u, ln_w, ln_b, mats,
     if not save:
         del xxx, lora
     xw, xkvrg = mixed[0].view(-1, C), mixed[1:].view(4, -1, C)
-    hd = torch.mm(xw, d1c).tanh_()
-    z = torch.mm(hd, d2c)  # the log decay's pre-activation: the WKV kernels form -exp(w0 + z) as they load it
-    if not save:
-        del hd
+    # the log decay's pre-activation z = tanh(xw d1) d2 in one kernel (the WKV kernels form -exp(w0 + z) as they
+    # load it); its tanh'd hidden hd written only for the backward
+    z, hd = lora_mlp_fwd(xw, d1c, d2c, save)
     kvrg = torch.bmm(xkvrg, stack.transpose(1, 2))  # k, v, r, g
     del xw, xkvrg
     if not save:
@@ -301,10 +301,8 @@ class _TimeMix6Step(torch.autograd.Function):
         del g_kvrg
         g_z = g_z.view(-1, C)
         g_w0 = g_z.sum(0, dtype=torch.float32).to(w0.dtype)
-        g_hd, g_d2 = _product_bwd(g_z, hd, d2c)
+        g_xw, g_d1, g_d2 = lora_mlp_bwd(g_z, mixed[0].view(-1, C), hd, d1c, d2c)
         del g_z
-        g_hd = _tanh_bwd(g_hd, hd)
-        g_xw, g_d1 = _product_bwd(g_hd, mixed[0].view(-1, C), d1c)
         planes = [g_xw.view(B, N, C)] + [t.view(B, N, C) for t in g_xkvrg.unbind(0)]
         g_x, g_maa, g_lora, g_w2 = _tsm_lora_bwd(x, H, W, head_size, (m_w, m_k, m_v, m_r, m_g), lora.view(B, N, -1),
                                                  w2c, planes)

@@ -92,6 +92,13 @@ def linear_tanh_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     return torch.tanh(_acc(F.linear(x, weight.to(x.dtype)))).to(x.dtype)
 
 
+def lora_mlp_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """``tanh(x @ w1) @ w2`` (the RWKV-6 decay LoRA; the weights cast to x's dtype), the hidden rounded to x's dtype
+    as a stored product would be, result in x's dtype."""
+    h = torch.tanh(_acc(x @ w1.to(x.dtype))).to(x.dtype)
+    return h @ w2.to(x.dtype)
+
+
 def linear_decay_reference(x: torch.Tensor, weight: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
     """``-exp(w0 + x @ weight^T)`` in float32 (float64 stays float64): the product in x's dtype, then the decay."""
     return decay_logd_reference(w0, F.linear(x, weight.to(x.dtype)))
