@@ -2,7 +2,8 @@
 under autocast every fused one-node mixer of the model - or of each group of blocks - gets its matrices from ONE
 ``cast_weight_groups`` launch, and their gradients go back in one. The same casts and kernels as each mixer casting
 its own, so the logits and every parameter gradient are bit-identical (drop path on; v4 and v6; bf16 and fp16,
-where the v6 LoRA's W2 stays fp32 and is handed over uncast); fp32 casts nothing. A mixer handed matrices it would
+where the v6 LoRA's W2 stays fp32 and is handed over uncast; pre-norm chains and post-norm blocks); fp32 casts
+nothing. A mixer handed matrices it would
 not use raises, and DDP gets one cast per block."""
 import json
 import os
@@ -21,10 +22,13 @@ from _case_utils import run_script_in_interpreter  # noqa: E402
 
 V4 = ["vrwkv_tiny_patch16_224", {"embed_dim": 24, "depth": 3, "drop_path_rate": 0.3}]
 V6 = ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 3, "head_size": 16}]
+# (the S models: post-norm blocks with layer scale, outside the pre-norm chain)
 CASES = [V4 + ["bf16", [0, 1, 2]], V6 + ["bf16", [0]], V6 + ["fp16", [0, 2]],
-         ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16}, "fp32", [0]]]
+         ["vrwkv6_tiny_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16}, "fp32", [0]],
+         ["vrwkv_small_patch16_224", {"embed_dim": 24, "depth": 3, "drop_path_rate": 0.3}, "bf16", [0, 2]],
+         ["vrwkv6_small_patch16_224", {"embed_dim": 32, "depth": 2, "head_size": 16}, "bf16", [0]]]
 DEPTH = {"vrwkv_tiny_patch16_224/bf16": 3, "vrwkv6_tiny_patch16_224/bf16": 3, "vrwkv6_tiny_patch16_224/fp16": 3,
-         "vrwkv6_tiny_patch16_224/fp32": 2}
+         "vrwkv6_tiny_patch16_224/fp32": 2, "vrwkv_small_patch16_224/bf16": 3, "vrwkv6_small_patch16_224/bf16": 2}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,8 @@ def test_mixer_refuses_matrices_it_would_not_use():
     with pytest.raises(RuntimeError, match="ChannelMix: cast= was given"):
         block.channel_mix(x, (2, 3), cast=mats)
     assert block.spatial_mix.step_cast_request(x) is None  # (the plain path: nothing to cast for it)
+    with pytest.raises(RuntimeError, match="Block: casts= given, but the block does not run its fused path"):
+        block(x, (2, 3), casts=(mats, None))
 
 
 def test_no_casts_outside_training_or_when_switched_off():

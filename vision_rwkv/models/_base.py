@@ -244,10 +244,10 @@ class VisionRWKVBase(nn.Module):
         x = x + resample_pos_embed(self.pos_embed, self.pos_grid, grid)
         return self.pos_drop(x), grid
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor, grid: GridSize) -> torch.Tensor:
+    def _run_block(self, block: nn.Module, x: torch.Tensor, grid: GridSize, casts=(None, None)) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return checkpoint(block, x, grid, use_reentrant=False)
-        return block(x, grid)
+        return block(x, grid) if casts == (None, None) else block(x, grid, casts=casts)
 
     def _chain_fusable(self, x: torch.Tensor) -> bool:
         """Whether the fused pre-norm chain applies: fused kernels on, pre-norm LayerNorm blocks, no checkpointing."""
@@ -291,7 +291,9 @@ class VisionRWKVBase(nn.Module):
 
     def _step_casts(self, h: torch.Tensor) -> List[Tuple[Optional[tuple], Optional[tuple]]]:
         """Per block, the (token mix's, channel mix's) step matrices of a training step under autocast, for
-        activations like ``h`` (the compute dtype): every fused mixer's weights cast in ONE launch per
+        activations like ``h`` (the mixers' inputs: device, and the compute dtype under autocast) on the fused path
+        of fusable blocks (pre-norm chain or post-norm; not with activation checkpointing): every fused mixer's
+        weights cast in ONE launch per
         ``step_cast_blocks`` blocks (0: the whole model) and their gradients cast back in one
         (:func:`~vision_rwkv.ops.cast_weights.cast_weight_groups`) - instead of one launch each way per mixer, in its
         node. A mixer that does not run as one step (``step_cast_request`` None) gets None and casts its own; so do
@@ -301,11 +303,13 @@ class VisionRWKVBase(nn.Module):
         block."""
         none = [(None, None)] * len(self.blocks)
         per = self.step_cast_blocks
-        if per is None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if (per is None or not torch.is_grad_enabled() or torch.compiler.is_compiling() or self.grad_checkpointing
+                or not fused.fused_enabled(h)):
             return none
-        mixers = [m for b in self.blocks for m in (b.spatial_mix, b.channel_mix)]
+        dtype = fused.compute_dtype(h)
+        mixers = [(m if b._fusable() else None) for b in self.blocks for m in (b.spatial_mix, b.channel_mix)]
         requests = [m.step_cast_request(h) if hasattr(m, 'step_cast_request') else None for m in mixers]
-        if not any(r is not None and any(w.dtype != h.dtype for w in r[0]) for r in requests):
+        if not any(r is not None and any(w.dtype != dtype for w in r[0]) for r in requests):
             return none
         casts: List[Optional[tuple]] = [None] * len(mixers)
         span = 2 * per if per > 0 else len(mixers)
@@ -313,7 +317,7 @@ class VisionRWKVBase(nn.Module):
             chunk = [(i, r) for i, r in enumerate(requests[start:start + span], start) if r is not None]
             if not chunk:
                 continue
-            out = cast_weight_groups([w for _, r in chunk for w in r[0]], h.dtype, [g for _, r in chunk for g in r[1]])
+            out = cast_weight_groups([w for _, r in chunk for w in r[0]], dtype, [g for _, r in chunk for g in r[1]])
             pos = 0
             for i, (_, groups, tail) in chunk:
                 casts[i] = out[pos:pos + len(groups)] + tail
@@ -331,8 +335,9 @@ class VisionRWKVBase(nn.Module):
             for block in self.blocks:
                 x = block.forward_body(x, grid, inplace=True)
             return self.norm(x)
-        for block in self.blocks:
-            x = self._run_block(block, x, grid)
+        casts = self._step_casts(x)
+        for block, cast in zip(self.blocks, casts):
+            x = self._run_block(block, x, grid, cast)
         return self.norm(x)
 
     def forward_features_map(self, x: torch.Tensor) -> torch.Tensor:

@@ -168,14 +168,18 @@ class Block(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, grid_size: GridSize) -> torch.Tensor:
-        return self.forward_body(self.norm0(x), grid_size)
+    def forward(self, x: torch.Tensor, grid_size: GridSize, casts: Optional[Tuple[Any, Any]] = None) -> torch.Tensor:
+        return self.forward_body(self.norm0(x), grid_size, casts=casts)
 
-    def forward_body(self, x: torch.Tensor, grid_size: GridSize, inplace: bool = False) -> torch.Tensor:
+    def forward_body(self, x: torch.Tensor, grid_size: GridSize, inplace: bool = False,
+                     casts: Optional[Tuple[Any, Any]] = None) -> torch.Tensor:
         """The block after ``norm0``. ``inplace`` (eager inference, x handed over by the caller): the fused post-norm
-        residual adds write into x."""
+        residual adds write into x. ``casts``: the mixers' step matrices, cast by the caller (see
+        :meth:`forward_chain`; the fused path only)."""
         if fused.fused_enabled(x) and self._fusable():
-            return self._forward_fused(x, grid_size, inplace)
+            return self._forward_fused(x, grid_size, inplace, casts)
+        if casts is not None and any(c is not None for c in casts):
+            raise RuntimeError("Block: casts= given, but the block does not run its fused path")
         if self.post_norm:
             x = x + self.drop_path1(self.ls1(self.norm1(self.spatial_mix(x, grid_size))))
             x = x + self.drop_path2(self.ls2(self.norm2(self.channel_mix(x, grid_size))))
@@ -194,7 +198,8 @@ class Block(nn.Module):
     def _gammas(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         return tuple(ls.gamma if isinstance(ls, LayerScale) else None for ls in (self.ls1, self.ls2))
 
-    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, inplace: bool = False) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, grid_size: GridSize, inplace: bool = False,
+                       casts: Optional[Tuple[Any, Any]] = None) -> torch.Tensor:
         """Same function with the residual add, layer scale, drop path and LayerNorm of each half fused in one pass
         (post-norm: ``x + dp(g * LN(mix(x)))``; pre-norm: the spatial-mix residual add and ``norm2`` together, whose
         output, read only by the channel mix, is written in the compute dtype) - or, in inference with
@@ -202,19 +207,20 @@ class Block(nn.Module):
         g1, g2 = self._gammas()
         n1, n2 = self.norm1, self.norm2
         if self.post_norm:
-            for mixer, gamma, norm, drop_path in ((self.spatial_mix, g1, n1, self.drop_path1),
-                                                  (self.channel_mix, g2, n2, self.drop_path2)):
+            for mixer, gamma, norm, drop_path, cast in ((self.spatial_mix, g1, n1, self.drop_path1, (casts or ())[:1]),
+                                                        (self.channel_mix, g2, n2, self.drop_path2, (casts or ())[1:])):
                 scale = drop_path_scale(drop_path, x)  # (the mixers draw no random numbers: same draws)
+                kw = {'cast': cast[0]} if cast and cast[0] is not None else {}
                 # the add + LayerNorm in the mixer's last GEMM (inference) or its one-node step (training); an
                 # inplace add (eager inference) only after the mixer, whose operand x is
                 if (not inplace and takes_residual(mixer)) or (scale is None and fuses_residual(mixer)):
                     x, _ = mixer(x, grid_size, residual=fused.ResidualNorm(x, gamma, norm.weight, norm.bias, norm.eps,
-                                                                           post=True, sample_scale=scale))
+                                                                           post=True, sample_scale=scale), **kw)
                 else:
-                    x, _ = fused.add_norm(x, mixer(x, grid_size), gamma, norm.weight, norm.bias, norm.eps, post=True,
-                                          sample_scale=scale, inplace=inplace)
+                    x, _ = fused.add_norm(x, mixer(x, grid_size, **kw), gamma, norm.weight, norm.bias, norm.eps,
+                                          post=True, sample_scale=scale, inplace=inplace)
             return x
-        return self.forward_chain(x, n1(x), grid_size, None)[0]
+        return self.forward_chain(x, n1(x), grid_size, None, casts=casts)[0]
 
     def forward_chain(self, x: torch.Tensor, h: torch.Tensor, grid_size: GridSize,
                       next_norm: Optional[nn.LayerNorm], next_dtype: Optional[torch.dtype] = None,
