@@ -37,9 +37,10 @@ CASES = [
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "infer": True},
      {"VRWKV_TRITON_V6": "algo=chunk,fwd_carry=1,maxnreg=128"}],
     # the chunk backward's state-chunk programs (bwd_carry=1), a bf16 training step at 224, the states' increments
-    # scanned (state_walk=0; the default walks the 4 state chunks of 224 px)
+    # scanned (state_walk=0; the default walks the 4 state chunks of 224 px), the log decay's suffix sums by their
+    # own kernel (suffix_inline=0; the default sums the 13 sub-chunks' in the gradient kernel)
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "train": True},
-     {"VRWKV_TRITON_V6": "algo=chunk,bwd_carry=1,state_walk=0"}],
+     {"VRWKV_TRITON_V6": "algo=chunk,bwd_carry=1,state_walk=0,suffix_inline=0"}],
     # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
     # memory than an H100 block has: the walk kernels run instead
     ["vrwkv6_clip_patch16_224", {"depth": 1, "amp": True}, OPT_INS],
@@ -68,9 +69,9 @@ def _all_kernels() -> set:
             "from vision_rwkv.ops.bi_wkv import triton as a, triton_seq as b\n"
             "from vision_rwkv.ops.bi_wkv6 import triton as c, triton_chunk as d\n"
             "from vision_rwkv.ops.fused import triton as e, linear_triton as f, mix_linear_triton as g\n"
-            "from vision_rwkv.ops.fused import norm_linear_triton as h, mix_mlp_triton as i\n"
+            "from vision_rwkv.ops.fused import norm_linear_triton as h, mix_mlp_triton as i, lora_triton as l\n"
             "ks = [k for v in a._KERNELS.values() for k in v] + list(b._KERNELS.values())\n"
-            "ks += [v for m in (c, d, e, f, g, h, i) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
+            "ks += [v for m in (c, d, e, f, g, h, i, l) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
             " and n.endswith('_kernel') and v.__module__ == m.__name__]\n"
             "print(json.dumps(sorted({f'{k.fn.__module__}:{k.fn.__name__}' for k in ks})))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_cli_v6_chunk_variant(tmp_path):
     out = tmp_path / "kr.json"
     cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--op", "v6_biwkv", "--shape", "1,40,64",
-           "--dtype", "fp32", "--variant", "chunk:v6.algo=chunk,v6.state_t=32,v6.state_walk=0", "--variant",
+           "--dtype", "fp32", "--variant", "chunk:v6.algo=chunk,v6.state_t=32,v6.state_walk=0,v6.suffix_inline=0", "--variant",
            "walk:v6.algo=chunk,v6.state_t=32", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,8 +27,8 @@ def test_cli_v6_chunk_variant(tmp_path):
                        ("chunk/bwd", "_suffix_kernel"), ("chunk/bwd", "_glogd_kernel"),
                        # (the default below 16 state chunks: the states walked, no increments and no scan)
                        ("walk/fwd", "_state_walk_kernel"), ("walk/fwd", "_fwd_kernel"),
-                       ("walk/bwd", "_state_walk_kernel"), ("walk/bwd", "_bwd_kernel"),
-                       ("walk/bwd", "_suffix_kernel"), ("walk/bwd", "_glogd_kernel")]
+                       # (and the log decay's suffix sums inside its gradient kernel: 3 sub-chunks)
+                       ("walk/bwd", "_state_walk_kernel"), ("walk/bwd", "_bwd_kernel"), ("walk/bwd", "_glogd_kernel")]
     fwd = rows[2]
     assert fwd["grid"] == [1, 3] and fwd["mma"] > 0 and fwd["regs"] > 0  # 3 sub-chunks of 16; tensor-core dots
     assert "| chunk/fwd | _fwd_kernel | 1x3 |" in proc.stdout
