@@ -32,8 +32,8 @@ import torch
 
 TEXT_TOWER = "rwkv_clip.TextRWKV"
 FUSED_OPS = ("token_shift_mix", "token_shift_mix_lora", "sigmoid_mul", "relu_square", "group_norm_mul", "decay_logd",
-             "add_norm", "lora_mlp", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay", "mix_linear",
-             "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm")
+             "add_norm", "lora_mlp", "linear_relu_square", "linear_sigmoid_mul", "linear_tanh", "linear_decay",
+             "mix_linear", "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm")
 
 
 def _build(name: str, kwargs: dict, gen: torch.Generator, img, batch: int):

@@ -199,7 +199,8 @@ CPU_CASES.update({
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
 # 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
 # run with --run-slow
-QUICK = {"chunk_suffix_kernel_decay", "chunk_suffix_kernel_blocks", "T1", "T_not_multiple", "head_size_24_odd_T", "head36_padded", "head36_padded_weak_decays",
+QUICK = {"chunk_suffix_kernel_decay", "chunk_suffix_kernel_blocks", "T1", "T_not_multiple", "head_size_24_odd_T",
+         "head36_padded", "head36_padded_weak_decays",
          "extreme_decays_inf", "bf16", "fp16", "noncontig", "public_api", "T1_chunk", "T_not_multiple_chunk",
          "bf16_chunk", "noncontig_chunk", "torch_compile_fullgraph_chunk", "walk_fwd_chunk_bwd", "chunk_bf16_states",
          "chunk_state_every_subchunk", "chunk_carry_many_blocks", "chunk_carry_bf16_states_head24",

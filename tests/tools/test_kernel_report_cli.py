@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_cli_v6_chunk_variant(tmp_path):
     out = tmp_path / "kr.json"
     cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--op", "v6_biwkv", "--shape", "1,40,64",
-           "--dtype", "fp32", "--variant", "chunk:v6.algo=chunk,v6.state_t=32,v6.state_walk=0,v6.suffix_inline=0", "--variant",
-           "walk:v6.algo=chunk,v6.state_t=32", "--json", str(out)]
+           "--dtype", "fp32", "--variant", "chunk:v6.algo=chunk,v6.state_t=32,v6.state_walk=0,v6.suffix_inline=0",
+           "--variant", "walk:v6.algo=chunk,v6.state_t=32", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]

@@ -24,8 +24,9 @@ block instead of two.
 The weight matrices come in their own dtype (the fp32 parameters under autocast) and are cast to the compute dtype
 in one ``_foreach_copy_`` (their gradients back in one), as :func:`vision_rwkv.ops.cast_weights.cast_weights` does
 for the per-op path - or come already cast (``cast=``: a backbone casts every mixer's at once per training step,
-:func:`vision_rwkv.ops.cast_weights.cast_weight_groups`), and the node returns their gradients as computed. Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the
-cuBLAS GEMMs); the models fall back to the per-op path otherwise (see ``vision_rwkv/models/_projections.py``,
+:func:`vision_rwkv.ops.cast_weights.cast_weight_groups`), and the node returns their gradients as computed.
+Only the default fused configuration is covered (Q-Shift, plain projections, no key norm, the cuBLAS GEMMs); the
+models fall back to the per-op path otherwise (see ``vision_rwkv/models/_projections.py``,
 ``step_linear_weights``), and the tests check every output and gradient against that path and the plain models.
 """
 from __future__ import annotations
