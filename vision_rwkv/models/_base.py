@@ -293,14 +293,13 @@ class VisionRWKVBase(nn.Module):
         """Per block, the (token mix's, channel mix's) step matrices of a training step under autocast, for
         activations like ``h`` (the mixers' inputs: device, and the compute dtype under autocast) on the fused path
         of fusable blocks (pre-norm chain or post-norm; not with activation checkpointing): every fused mixer's
-        weights cast in ONE launch per
-        ``step_cast_blocks`` blocks (0: the whole model) and their gradients cast back in one
-        (:func:`~vision_rwkv.ops.cast_weights.cast_weight_groups`) - instead of one launch each way per mixer, in its
-        node. A mixer that does not run as one step (``step_cast_request`` None) gets None and casts its own; so do
-        all of them outside grad mode (eager inference keeps its casts across forwards), when the weights already
-        are in the compute dtype, or with ``step_cast_blocks = None``. With all of a group's gradients cast back at
-        once, a DDP all-reduce can start only after the group's backward: ``step_cast_blocks = 1`` keeps it per
-        block."""
+        weights cast in ONE launch per ``step_cast_blocks`` blocks (0: the whole model) and their gradients cast
+        back in one (:func:`~vision_rwkv.ops.cast_weights.cast_weight_groups`) - instead of one launch each way per
+        mixer, in its node. A mixer that does not run as one step (``step_cast_request`` None) gets None and casts
+        its own; so do all of them outside grad mode (eager inference keeps its casts across forwards), when the
+        weights already are in the compute dtype, or with ``step_cast_blocks = None``. With all of a group's
+        gradients cast back at once, a DDP all-reduce can start only after the group's backward:
+        ``step_cast_blocks = 1`` keeps it per block."""
         none = [(None, None)] * len(self.blocks)
         per = self.step_cast_blocks
         if (per is None or not torch.is_grad_enabled() or torch.compiler.is_compiling() or self.grad_checkpointing
