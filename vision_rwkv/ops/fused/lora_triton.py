@@ -39,28 +39,41 @@ def _tile(P, rows, cols, srow, scol, rmask, cmask):
 
 
 @jit
+def _rows_times(A, B, rows, rmask, rr, rrmask, L, sar, sac, sbr, sbc, BM: tl.constexpr, BR: tl.constexpr,
+                BL: tl.constexpr, PREC: tl.constexpr):
+    """The [BM, BR] fp32 product A[rows, :L] @ B[:L, rr] (strides sar, sac / sbr, sbc), L in blocks of BL."""
+    acc = tl.zeros([BM, BR], tl.float32)
+    for l0 in range(0, L, BL):
+        ll = l0 + tl.arange(0, BL)
+        lmask = ll < L
+        acc += tl.dot(_tile(A, rows, ll, sar, sac, rmask, lmask), _tile(B, ll, rr, sbr, sbc, lmask, rrmask),
+                      input_precision=PREC)
+    return acc
+
+
+@jit
+def _store_times(hf, B, OUT, rows, rmask, rr, rrmask, L, sbr, sbc, BL: tl.constexpr, PREC: tl.constexpr):
+    """OUT[rows, :L] = hf @ B[rr, :L] (B's strides sbr, sbc; OUT row-major (M, L)), stored block by block."""
+    for l0 in range(0, L, BL):
+        ll = l0 + tl.arange(0, BL)
+        lmask = ll < L
+        out = tl.dot(hf, _tile(B, rr, ll, sbr, sbc, rrmask, lmask), input_precision=PREC)
+        tl.store(OUT + rows.to(tl.int64)[:, None] * L + ll[None, :], out.to(OUT.dtype.element_ty),
+                 mask=rmask[:, None] & lmask[None, :])
+
+
+@jit
 def _lora_mlp_fwd_kernel(X, W1, W2, Z, HOUT, M, K, R, N, sxm, sxk, BM: tl.constexpr, BK: tl.constexpr,
                          BR: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, SAVE_H: tl.constexpr):
     rows = tl.program_id(0) * BM + tl.arange(0, BM)
     rmask = rows < M
     rr = tl.arange(0, BR)
     rrmask = rr < R
-    acc = tl.zeros([BM, BR], tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + tl.arange(0, BK)
-        kmask = kk < K
-        acc += tl.dot(_tile(X, rows, kk, sxm, sxk, rmask, kmask), _tile(W1, kk, rr, R, 1, kmask, rrmask),
-                      input_precision=PREC)
+    acc = _rows_times(X, W1, rows, rmask, rr, rrmask, K, sxm, sxk, R, 1, BM, BR, BK, PREC)  # x @ w1
     h = _tanh(acc).to(Z.dtype.element_ty)  # (rounded as a stored hidden would be)
     if SAVE_H:
         tl.store(HOUT + rows.to(tl.int64)[:, None] * R + rr[None, :], h, mask=rmask[:, None] & rrmask[None, :])
-    hf = h.to(tl.float32)
-    for n0 in range(0, N, BN):
-        nn = n0 + tl.arange(0, BN)
-        nmask = nn < N
-        z = tl.dot(hf, _tile(W2, rr, nn, N, 1, rrmask, nmask), input_precision=PREC)
-        tl.store(Z + rows.to(tl.int64)[:, None] * N + nn[None, :], z.to(Z.dtype.element_ty),
-                 mask=rmask[:, None] & nmask[None, :])
+    _store_times(h.to(tl.float32), W2, Z, rows, rmask, rr, rrmask, N, N, 1, BN, PREC)  # z = h @ w2
 
 
 @jit
@@ -70,22 +83,12 @@ def _lora_mlp_bwd_kernel(GZ, H, W1, W2, GP, GX, M, K, R, N, sgm, sgn, BM: tl.con
     rmask = rows < M
     rr = tl.arange(0, BR)
     rrmask = rr < R
-    gh = tl.zeros([BM, BR], tl.float32)
-    for n0 in range(0, N, BN):
-        nn = n0 + tl.arange(0, BN)
-        nmask = nn < N
-        gh += tl.dot(_tile(GZ, rows, nn, sgm, sgn, rmask, nmask), _tile(W2, nn, rr, 1, N, nmask, rrmask),
-                     input_precision=PREC)  # (w2 read transposed: [BN, BR])
+    gh = _rows_times(GZ, W2, rows, rmask, rr, rrmask, N, sgm, sgn, 1, N, BM, BR, BN, PREC)  # d z @ w2^T
     h = _tile(H, rows, rr, R, 1, rmask, rrmask)
     gp = (gh * (1.0 - h * h)).to(GP.dtype.element_ty)  # the tanh's derivative from its output
     tl.store(GP + rows.to(tl.int64)[:, None] * R + rr[None, :], gp, mask=rmask[:, None] & rrmask[None, :])
-    gpf = gp.to(tl.float32)  # (x's gradient from the stored value, as the weight gradient's GEMM reads it)
-    for k0 in range(0, K, BK):
-        kk = k0 + tl.arange(0, BK)
-        kmask = kk < K
-        gx = tl.dot(gpf, _tile(W1, rr, kk, 1, R, rrmask, kmask), input_precision=PREC)  # (w1 transposed: [BR, BK])
-        tl.store(GX + rows.to(tl.int64)[:, None] * K + kk[None, :], gx.to(GX.dtype.element_ty),
-                 mask=rmask[:, None] & kmask[None, :])
+    # d x = d hidden @ w1^T, from the stored d hidden (as the weight gradient's GEMM reads it)
+    _store_times(gp.to(tl.float32), W1, GX, rows, rmask, rr, rrmask, K, 1, R, BK, PREC)
 
 
 def _blocks(M: int, K: int, R: int, N: int, dtype: torch.dtype) -> dict:
