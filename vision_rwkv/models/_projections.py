@@ -91,13 +91,12 @@ def step_linear_weights(x: torch.Tensor, dtype: torch.dtype,
 StepCastRequest = Tuple[Tuple[torch.Tensor, ...], Tuple[int, ...], Tuple[torch.Tensor, ...]]
 
 
-def given_cast(module: nn.Module, cast, runs_as_step: bool):
-    """``cast`` (a mixer forward's ``cast=``) when the forward runs as one step, else a RuntimeError: matrices cast
-    for a step (e.g. by the model's once-per-step cast) must not be dropped silently."""
-    if cast is not None and not runs_as_step:
+def refuse_cast(module: nn.Module, cast) -> None:
+    """For a mixer forward that does not run as one step: a RuntimeError if it was given ``cast=`` (matrices cast for
+    a step, e.g. by the model's once-per-step cast, must not be dropped silently)."""
+    if cast is not None:
         raise RuntimeError(f"{type(module).__name__}: cast= was given, but this forward does not run as one step "
                            f"(see step_cast_request)")
-    return cast
 
 
 def step_matrices(module: nn.Module, weights: Tuple[torch.Tensor, ...], make: Callable[[], Any],

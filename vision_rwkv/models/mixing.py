@@ -34,7 +34,7 @@ from vision_rwkv.ops.dispatch import resolve_backend
 
 from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linear_stack, lora_decay, lora_tanh,
                            mix_gemm_ready, mix_gemm_weights, plain_weights, receptance_gate, stackable, step_weights,
-                           step_linear_weights, step_matrices, mix_gemm_enabled, given_cast, StepCastRequest)
+                           step_linear_weights, step_matrices, mix_gemm_enabled, refuse_cast, StepCastRequest)
 
 __all__ = [
     'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
@@ -173,10 +173,10 @@ class ChannelMix(nn.Module):
         ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
-                given_cast(self, cast, False)
+                refuse_cast(self, cast)
                 return self._forward_mix_gemm(x, grid_size, residual)
             return self._forward_fused(x, grid_size, residual, cast)
-        given_cast(self, cast, False)
+        refuse_cast(self, cast)
         xk, xr = self._mixed_inputs(x, grid_size)
         k = torch.square(torch.relu(self.key(xk)))
         if self.key_norm is not None:
@@ -415,10 +415,10 @@ class TimeMixV6(nn.Module):
         ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
-                given_cast(self, cast, False)
+                refuse_cast(self, cast)
                 return self._forward_mix_gemm(x, grid_size, residual)
             return self._forward_fused(x, grid_size, residual, cast)
-        given_cast(self, cast, False)
+        refuse_cast(self, cast)
         out = self._forward_plain(x, grid_size)
         return out if residual is None else residual.apply(out)
 

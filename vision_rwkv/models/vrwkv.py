@@ -31,7 +31,7 @@ from ._factory import build_backbone, hub_cfg
 from ._layers import GridSize
 from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
                            mix_gemm_weights, plain_weights, receptance_gate, stackable, step_linear_weights,
-                           step_matrices, step_weights, mix_gemm_enabled, given_cast, StepCastRequest)
+                           step_matrices, step_weights, mix_gemm_enabled, refuse_cast, StepCastRequest)
 from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
@@ -117,10 +117,10 @@ class SpatialMix(nn.Module):
         ``(x, norm(x))``. ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
-                given_cast(self, cast, False)
+                refuse_cast(self, cast)
                 return self._forward_mix_gemm(x, grid_size, residual)
             return self._forward_fused(x, grid_size, residual, cast)
-        given_cast(self, cast, False)
+        refuse_cast(self, cast)
         out = self._forward_plain(x, grid_size)
         return out if residual is None else residual.apply(out)
 
@@ -167,7 +167,7 @@ class SpatialMix(nn.Module):
         mixed-operand GEMMs) and :func:`fused.add_norm`. ``cast``: the step's matrices from a caller that checked
         :meth:`step_cast_request` (its conditions are not evaluated again)."""
         if mix_gemm_enabled() and mix_gemm_ready(self.key, self.value, self.receptance):  # (output with hooks)
-            given_cast(self, cast, False)
+            refuse_cast(self, cast)
             out = self._forward_mix_gemm(x, grid_size)
             return out if residual is None else residual.apply(out)
         dtype = fused.compute_dtype(x)

@@ -29,9 +29,11 @@ def _copy_all(dst: List[torch.Tensor], src: List[torch.Tensor]) -> None:
         torch._foreach_copy_(dst, src)
 
 
-def _layout(n: int, stack: int) -> Tuple[int, ...]:
-    """The group sizes of ``n`` weights whose first ``stack`` are stacked (see :func:`cast_weight_groups`)."""
-    return ((stack,) if stack else ()) + (1,) * (n - stack)
+def _layout(n: int, stack: int) -> Tuple[Tuple[int, ...], Tuple[bool, ...]]:
+    """(group sizes, whether each group is stacked) of ``n`` weights whose first ``stack`` are one stacked tensor
+    (see :func:`_cast_groups`)."""
+    groups = ((stack,) if stack else ()) + (1,) * (n - stack)
+    return groups, tuple(i == 0 and stack > 0 for i in range(len(groups)))
 
 
 def _cast_groups(weights: Sequence[torch.Tensor], dtype: torch.dtype,
@@ -62,8 +64,7 @@ def cast_all(weights: Sequence[torch.Tensor], dtype: torch.dtype, stack: int = 0
     """The casts of :func:`cast_weights` without autograd (one ``_foreach_copy_``): the stacked tensor first when
     ``stack`` > 0, then the casts of the remaining weights (each with its weight's strides). For callers that
     differentiate through the casts themselves (:func:`cast_back` casts the gradients)."""
-    groups = _layout(len(weights), stack)
-    return _cast_groups(weights, dtype, groups, [i == 0 and stack > 0 for i in range(len(groups))])
+    return _cast_groups(weights, dtype, *_layout(len(weights), stack))
 
 
 def cast_back(grads: Sequence[Optional[torch.Tensor]], dtypes: Sequence[torch.dtype]) -> List[Optional[torch.Tensor]]:
@@ -133,8 +134,7 @@ def cast_weights(weights: Sequence[torch.Tensor], dtype: torch.dtype, stack: int
         if weights[i].shape != weights[0].shape:
             raise ValueError(f"cast_weights: the {stack} stacked weights must share one shape, weight {i} is "
                              f"{tuple(weights[i].shape)} (weight 0: {tuple(weights[0].shape)})")
-    groups = _layout(len(weights), stack)
-    return _CastWeights.apply(dtype, groups, tuple(i == 0 and stack > 0 for i in range(len(groups))), *weights)
+    return _CastWeights.apply(dtype, *_layout(len(weights), stack), *weights)
 
 
 def cast_weight_groups(weights: Sequence[torch.Tensor], dtype: torch.dtype,
