@@ -21,7 +21,7 @@ os.environ.setdefault("VRWKV_TRITON_DEBUG", "1")
 from vision_rwkv.ops import fused  # noqa: E402
 from vision_rwkv.ops.bi_wkv import triton as v4  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
-from vision_rwkv.ops.fused import triton as ft  # noqa: E402
+from vision_rwkv.ops.fused import shift_triton as ft  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # "cpu" with TRITON_INTERPRET=1: a dry run of this script
 bad = 0

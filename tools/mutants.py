@@ -70,7 +70,10 @@ V6_SHARED = "vision_rwkv/ops/bi_wkv6/triton.py"
 V6_INTRA = "vision_rwkv/ops/bi_wkv6/triton_intra.py"
 V4 = "vision_rwkv/ops/bi_wkv/triton_seq.py"
 V4_TILE = "vision_rwkv/ops/bi_wkv/triton.py"
-FUSED = "vision_rwkv/ops/fused/triton.py"
+SHIFT = "vision_rwkv/ops/fused/shift_triton.py"
+ELEM = "vision_rwkv/ops/fused/elementwise_triton.py"
+GROUP_NORM = "vision_rwkv/ops/fused/group_norm_triton.py"
+ADD_NORM = "vision_rwkv/ops/fused/add_norm_triton.py"
 STEPS = "vision_rwkv/ops/fused/mixer_steps_triton.py"
 GEMM = "vision_rwkv/ops/fused/linear_triton.py"
 MIX_GEMM = "vision_rwkv/ops/fused/mix_linear_triton.py"
@@ -182,7 +185,7 @@ SETS: dict[str, MutantSet] = {
     )),
     # the fused elementwise kernels: token shift + interpolation, GroupNorm * gate, residual add + LayerNorm, the log
     # decay, the GEMM epilogues' backward from their outputs
-    "fused": MutantSet(FUSED, ("tests/ops/test_fused_triton.py", "tests/ops/test_mixer_steps.py"), (
+    "fused": MutantSet(SHIFT, ("tests/ops/test_fused_triton.py", "tests/ops/test_mixer_steps.py"), (
         _m("shift_right_wraps", "col < W - 1", "col < W"),
         _m("shift_down_next_image", "row < H - 1", "row < H"),
         _m("shift_quarter_edge", "(cc >= Q3).to(tl.int32))[None, :]", "(cc > Q3).to(tl.int32))[None, :]"),
@@ -195,26 +198,31 @@ SETS: dict[str, MutantSet] = {
         _m("lora_fwd_tanh_on_load_dropped", "        hf = 2.0 * tl.sigmoid(2.0 * hf) - 1.0", "        hf = hf"),
         _m("groupnorm_bwd_one_pass",
            "    for it in range(iters):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask",
-           "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask"),
+           "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        ch, cmask",
+           GROUP_NORM),
         _m("add_norm_bwd_one_pass",
            "    for it in range(iters):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        mask =",
-           "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        mask ="),
-        _m("groupnorm_pad_lanes", "d = tl.where(mask, y - mean[:, :, None], 0.0)", "d = y - mean[:, :, None]"),
+           "    for it in range(1):\n        rows = (it * nprog + pid) * BR + tl.arange(0, BR)\n        mask =",
+           ADD_NORM),
+        _m("groupnorm_pad_lanes", "d = tl.where(mask, y - mean[:, :, None], 0.0)", "d = y - mean[:, :, None]",
+           GROUP_NORM),
         _m("post_norm_gamma_grad_no_drop_path", "acc_g += tl.sum(gs * kk * (yhat * w + b), axis=0)",
-           "acc_g += tl.sum(gs * (yhat * w + b), axis=0)"),
+           "acc_g += tl.sum(gs * (yhat * w + b), axis=0)", ADD_NORM),
         _m("pre_norm_gamma_grad_no_drop_path", "acc_g += tl.sum(gtot * kk * y, axis=0)",
-           "acc_g += tl.sum(gtot * y, axis=0)"),
-        _m("groupnorm_weight_grad_last_pass", "gw += tl.sum(gog * yhat, axis=0)", "gw = tl.sum(gog * yhat, axis=0)"),
+           "acc_g += tl.sum(gtot * y, axis=0)", ADD_NORM),
+        _m("groupnorm_weight_grad_last_pass", "gw += tl.sum(gog * yhat, axis=0)", "gw = tl.sum(gog * yhat, axis=0)",
+           GROUP_NORM),
         _m("post_norm_weight_grad_last_pass", "acc_w += tl.sum(gln * yhat, axis=0)",
-           "acc_w = tl.sum(gln * yhat, axis=0)"),
+           "acc_w = tl.sum(gln * yhat, axis=0)", ADD_NORM),
         # the channel mix's receptance gate inside the residual + LayerNorm backward
-        _m("add_norm_bwd_gate_no_derivative", "(gy * v * sg * (1.0 - sg))", "(gy * v * sg)"),
-        _m("add_norm_bwd_value_grad_ungated", "            gy = gy * sg\n", "            gy = gy\n"),
-        _m("groupnorm_silu_gate_grad", "ggate = ggate * sg * (1.0 + g * (1.0 - sg))", "ggate = ggate * sg"),
-        _m("decay_w0_column_shifted", "w0 = tl.load(W0 + offs % C,", "w0 = tl.load(W0 + (offs + 1) % C,"),
-        _m("relu_square_bwd_half", "(2.0 * tl.sqrt(y) * g)", "(tl.sqrt(y) * g)"),
-        _m("tanh_bwd_from_out_linear", "(g * (1.0 - y * y))", "(g * (1.0 - y))"),
-        _m("sigmoid_gate_bwd_no_derivative", "(g * y * s * (1.0 - s))", "(g * y * s)"),
+        _m("add_norm_bwd_gate_no_derivative", "(gy * v * sg * (1.0 - sg))", "(gy * v * sg)", ADD_NORM),
+        _m("add_norm_bwd_value_grad_ungated", "            gy = gy * sg\n", "            gy = gy\n", ADD_NORM),
+        _m("groupnorm_silu_gate_grad", "ggate = ggate * sg * (1.0 + g * (1.0 - sg))", "ggate = ggate * sg",
+           GROUP_NORM),
+        _m("decay_w0_column_shifted", "w0 = tl.load(W0 + offs % C,", "w0 = tl.load(W0 + (offs + 1) % C,", ELEM),
+        _m("relu_square_bwd_half", "(2.0 * tl.sqrt(y) * g)", "(tl.sqrt(y) * g)", ELEM),
+        _m("tanh_bwd_from_out_linear", "(g * (1.0 - y * y))", "(g * (1.0 - y))", ELEM),
+        _m("sigmoid_gate_bwd_no_derivative", "(g * y * s * (1.0 - s))", "(g * y * s)", ELEM),
     )),
     # the one-node mixers' backward assembly (the gradients chained between the fused kernels)
     "mixer_steps": MutantSet(STEPS, ("tests/ops/test_mixer_steps.py",), (
@@ -369,7 +377,7 @@ SETS: dict[str, MutantSet] = {
     # loads loosened in a way the numbers cannot see - lanes past the data read, then discarded by a masked store, a
     # zero operand or unused state columns: on a GPU they read other memory (or fault); the interpreter's address
     # checks (vision_rwkv.ops.interpret_checks, on in every CPU kernel test) are what catches them
-    "bounds": MutantSet(FUSED, ("tests/ops/test_fused_triton.py",), (
+    "bounds": MutantSet(ELEM, ("tests/ops/test_fused_triton.py",), (
         _m("sigmoid_mul_gate_tail",
            "    r = tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)\n"
            "    y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)\n    tl.store(OUT",

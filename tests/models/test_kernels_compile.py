@@ -68,10 +68,13 @@ def _all_kernels() -> set:
     code = ("import json, triton.runtime.jit as j\n"
             "from vision_rwkv.ops.bi_wkv import triton as a, triton_seq as b\n"
             "from vision_rwkv.ops.bi_wkv6 import triton as c, triton_chunk as d\n"
-            "from vision_rwkv.ops.fused import triton as e, linear_triton as f, mix_linear_triton as g\n"
+            "from vision_rwkv.ops.fused import shift_triton as e, linear_triton as f, mix_linear_triton as g\n"
             "from vision_rwkv.ops.fused import norm_linear_triton as h, mix_mlp_triton as i, lora_triton as l\n"
+            "from vision_rwkv.ops.fused import elementwise_triton as m1, group_norm_triton as m2\n"
+            "from vision_rwkv.ops.fused import add_norm_triton as m3\n"
             "ks = [k for v in a._KERNELS.values() for k in v] + list(b._KERNELS.values())\n"
-            "ks += [v for m in (c, d, e, f, g, h, i, l) for n, v in vars(m).items() if isinstance(v, j.JITFunction)"
+            "ks += [v for m in (c, d, e, f, g, h, i, l, m1, m2, m3) for n, v in vars(m).items()"
+            " if isinstance(v, j.JITFunction)"
             " and n.endswith('_kernel') and v.__module__ == m.__name__]\n"
             "print(json.dumps(sorted({f'{k.fn.__module__}:{k.fn.__name__}' for k in ks})))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

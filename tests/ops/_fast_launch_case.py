@@ -57,7 +57,7 @@ def main() -> int:
     found = {}
     with host_only_launches() as host:
         from vision_rwkv.ops.bi_wkv6 import triton as w6
-        from vision_rwkv.ops.fused import triton as ft
+        from vision_rwkv.ops.fused import shift_triton as ft
 
         found["kernel_class"] = type(w6._v6_fwd_kernel).__name__
         slow = {"calls": 0}

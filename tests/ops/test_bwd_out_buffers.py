@@ -63,7 +63,7 @@ def _run(name):
 
 
 def _run_tsm(cfg, dtype, g):
-    from vision_rwkv.ops.fused import triton as ft
+    from vision_rwkv.ops.fused import shift_triton as ft
 
     B, H, W, C, M, R = 2, 3, 5, 24, 2, 16
     x = torch.randn(B, H * W, C, generator=g).to(dtype)
@@ -100,7 +100,7 @@ def test_out_buffers_hold_the_default_gradients(results, name):
 
 
 def test_bad_mixing_gradient_buffer_is_named():
-    from vision_rwkv.ops.fused import triton as ft
+    from vision_rwkv.ops.fused import shift_triton as ft
 
     x = torch.randn(1, 6, 8)
     with pytest.raises(ValueError, match=r"token_shift_mix backward: out gx must be a contiguous \(1, 6, 8\)"):
@@ -108,7 +108,7 @@ def test_bad_mixing_gradient_buffer_is_named():
 
 
 def test_gated_residual_backward_needs_the_branch():
-    from vision_rwkv.ops.fused import triton as ft
+    from vision_rwkv.ops.fused import add_norm_triton as ft
 
     s, w = torch.randn(2, 8), torch.ones(8)
     with pytest.raises(ValueError, match="a gated branch needs y"):

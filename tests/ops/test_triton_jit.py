@@ -77,7 +77,7 @@ def test_tensor_keywords_are_not_remembered(found):
 def test_interpreter_keeps_tritons_function():
     code = ("import os; os.environ['TRITON_INTERPRET'] = '1'\n"
             "from triton.runtime.interpreter import InterpretedFunction\n"
-            "from vision_rwkv.ops.fused import triton as ft\n"
+            "from vision_rwkv.ops.fused import shift_triton as ft\n"
             "from vision_rwkv.ops.triton_jit import FastLaunchFunction\n"
             "k = ft._tsm_fwd_kernel\n"
             "print(isinstance(k, InterpretedFunction), isinstance(k, FastLaunchFunction))")

@@ -328,7 +328,7 @@ def _check_w0(w0, logd):
 
 def _decay_logd(w0, z):
     """-exp(w0 + z) in fp32, (B, T, H, N): the log decay the walk kernels read (the chunk kernels form it on load)."""
-    from ..fused.triton import _decay_fwd
+    from ..fused.elementwise_triton import _decay_fwd
 
     B, T, H, N = z.shape
     return _decay_fwd(w0, z.reshape(B * T, H * N)).view(B, T, H, N)
@@ -336,7 +336,7 @@ def _decay_logd(w0, z):
 
 def _norm_gate(y, g, weight, bias, eps, out_dtype):
     """GroupNorm(y) (groups = heads) * silu(g) of (B, T, H, N) tensors by the fused elementwise kernel."""
-    from ..fused.triton import _gn_mul_fwd
+    from ..fused.group_norm_triton import _gn_mul_fwd
 
     B, T, H, N = y.shape
     y, g = (x.reshape(B, T, H * N).contiguous() for x in (y, g))  # (the kernel reads rows of C contiguous channels)

@@ -1,7 +1,8 @@
 """Fused elementwise operators around the WKV kernels (the memory-bound "glue" of the VRWKV blocks).
 
 Each op has a plain-PyTorch reference (``reference.py``) and a Triton kernel pair, forward and backward, registered
-as a torch custom op (``triton.py``, imported lazily):
+as a torch custom op (``shift_triton.py``, ``elementwise_triton.py``, ``group_norm_triton.py``,
+``add_norm_triton.py``; all four imported lazily through ``triton.py``):
 
 * :func:`token_shift_mix` / :func:`shift_lerp` - Q-Shift + interpolation writing the M mixed inputs of a token or
   channel mix in one pass, in the compute dtype (v4 lerp, v6 per-head shift, v6 data-dependent "ddlerp").
@@ -86,7 +87,7 @@ def _triton():
 
 def _gemm_module(name: str):
     """A GEMM-kernel module of this package (``linear_triton``, ``mix_linear_triton``, ...), imported on first use
-    (each imports ``triton.py``, whose import :func:`_triton_ok` checks first)."""
+    (each imports kernels of the modules ``triton.py`` gathers, whose import :func:`_triton_ok` checks first)."""
     mod = _gemm_mods.get(name)
     if mod is None:
         mod = _gemm_mods[name] = importlib.import_module(f"vision_rwkv.ops.fused.{name}")

@@ -31,8 +31,8 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
 from ..triton_jit import jit
-from .triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
-                     _tanh_bwd_from_out_kernel, decay_grads)
+from .elementwise_triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
+                                 _tanh_bwd_from_out_kernel, decay_grads)
 
 __all__ = ["linear_relu_square_triton", "linear_sigmoid_mul_triton", "linear_tanh_triton", "linear_decay_triton",
            "CONFIG"]

@@ -19,7 +19,7 @@ import torch
 
 from .._triton_utils import autograd_needed
 from .mix_linear_triton import _fwd
-from .triton import _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
+from .shift_triton import _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
 
 __all__ = ["mix_linear_group_triton", "MAX_GROUP"]
 

@@ -28,11 +28,12 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
 from ..triton_jit import jit
+from .elementwise_triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
+                                 _tanh_bwd_from_out_kernel)
 from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
                             _gemm_tile_of, _like_weight, _precision, _residual_norm_store, _weight_grad,
                             residual_launch)
-from .triton import (_elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
-                     _tanh_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
+from .shift_triton import _neighbour, _quarters, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
 
 __all__ = ["mix_linear_triton", "mix_linear_residual_triton", "CONFIG", "ACT_EPILOGUES"]
 

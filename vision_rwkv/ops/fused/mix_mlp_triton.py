@@ -24,8 +24,9 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
 from ..triton_jit import jit
+from .elementwise_triton import _elem_grid, _relu_square_bwd_from_out_kernel
 from .linear_triton import EPI_RELU_SQUARE, _launch, _precision
-from .triton import _elem_grid, _neighbour, _quarters, _relu_square_bwd_from_out_kernel, _tsm_bwd, _tsm_fwd
+from .shift_triton import _neighbour, _quarters, _tsm_bwd, _tsm_fwd
 
 __all__ = ["mix_mlp_triton", "CONFIG"]
 

@@ -41,10 +41,11 @@ from ..bi_wkv6 import triton as wkv6
 from .._triton_utils import coef_grads, new_empty, split_param_grads
 from ..cast_weights import cast_all, cast_back
 from ..stacked_linear import batched_linear_grads
+from .add_norm_triton import _add_norm_bwd, _add_norm_fwd, _add_norm_needs_y
+from .elementwise_triton import _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd
+from .group_norm_triton import _gn_mul_bwd
 from .lora_triton import lora_mlp_bwd, lora_mlp_fwd
-from .triton import (_add_norm_bwd, _add_norm_fwd, _add_norm_needs_y, _gn_mul_bwd,
-                     _relu_square_bwd_from_out, _relu_square_inplace_fwd, _sigmoid_mul_bwd, _sigmoid_mul_fwd,
-                     _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd)
+from .shift_triton import _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
 
 __all__ = ["time_mix6_step", "spatial_mix_step", "channel_mix_step", "time_mix6_matrices", "spatial_mix_matrices",
            "channel_mix_matrices"]

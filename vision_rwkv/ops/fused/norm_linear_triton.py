@@ -23,9 +23,9 @@ import triton.language as tl
 
 from .._triton_utils import cdiv, config_from_env, new_empty, run_op
 from ..triton_jit import jit
+from .group_norm_triton import _gn_mul_bwd, _gn_mul_fwd
 from .linear_triton import (EPI_NONE, _epilogue_store, _gemm_tile, _like_weight, _precision, _residual_norm_store,
                             _weight_grad, residual_launch)
-from .triton import _gn_mul_bwd, _gn_mul_fwd
 
 __all__ = ["group_norm_mul_linear_triton", "group_norm_mul_linear_residual_triton", "CONFIG"]
 

@@ -1,4 +1,5 @@
-"""Plain-PyTorch references of the fused elementwise kernels (``triton.py`` beside this file).
+"""Plain-PyTorch references of the fused elementwise kernels (``shift_triton.py``, ``elementwise_triton.py``,
+``group_norm_triton.py``, ``add_norm_triton.py`` beside this file).
 
 * :func:`token_shift_mix_reference` - Q-Shift + (data-dependent) interpolation, the mixed inputs of a token mix:
   ``out[i] = x + (q_shift(x) - x) * (a[i] + m[i])`` for i < M, written in ``out_dtype``. With ``a = 1 - mu`` and
