@@ -10,7 +10,10 @@ process's CUDA state suspect); three are controls (DeiT-T, 64-px images, VRWKV6-
 
 A variant: three eager steps on a side stream (what ``torch.cuda.graph`` asks for), the capture of one step, two
 replays; ``ok`` when the capture and the replays ran, with the replayed loss next to an eager step's (the same step
-on the same weights would give the same loss; AdamW has moved them, so the two agree only roughly).
+on the same weights would give the same loss; AdamW has moved them, so the two agree only roughly). Where a step
+fails, each row also says where: ``sync_op`` - one eager step under ``torch.cuda.set_sync_debug_mode("error")``
+(before the capture), the frames of the first operation that synchronises with the host (a capture cannot contain
+one), or None; ``frames`` - the frames the capture's exception came through (our code, timm's and torch.optim's).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 
 import torch
 
@@ -63,6 +67,33 @@ def _step_fn(model, x, target, amp: bool, backward: bool, optimizer: bool):
     return step
 
 
+_OURS = ("vision_rwkv/", "timm/", "torch/optim/", "benchmarks/")
+
+
+def where(exc: BaseException, limit: int = 8) -> list[str]:
+    """``file:line function`` of the last ``limit`` frames an exception came through that are ours, timm's or
+    torch.optim's (the library frames below them say little about which step of the model it was)."""
+    keep = []
+    for fr in traceback.extract_tb(exc.__traceback__):
+        key = next((k for k in _OURS if k in fr.filename), None)
+        if key is not None:
+            keep.append(f"{fr.filename[fr.filename.rindex(key):]}:{fr.lineno} {fr.name}")
+    return keep[-limit:]
+
+
+def first_sync(step) -> list[str] | None:
+    """One eager ``step()`` with synchronising CUDA operations made errors: the frames of the first one (see
+    :func:`where`), or None when the step never waits for the GPU."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    except RuntimeError as e:
+        return where(e) + [str(e).splitlines()[0][:200]]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return None
+
+
 def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: dict | None = None) -> dict:
     """Build the model, warm up, capture one step (CUDA) or run it eagerly (CPU); a result row."""
     import timm
@@ -92,6 +123,7 @@ def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: d
     from vision_rwkv.benchmark import capture_graph, warm_on_side_stream
 
     warm_on_side_stream(step, 3)
+    row["sync_op"] = first_sync(step)
     captured = {}
     try:
         graph = capture_graph(lambda: captured.update(loss=step()),
@@ -102,7 +134,7 @@ def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: d
         torch.cuda.synchronize()
         row.update(ok=True, graph_loss=float(captured["loss"]), eager_loss=float(step()))
     except Exception as e:  # the point of the run: which variants fail, and how
-        row.update(ok=False, error=f"{type(e).__name__}: {e}"[:400])
+        row.update(ok=False, error=f"{type(e).__name__}: {e}"[:400], frames=where(e))
     row["seconds"] = time.perf_counter() - t0
     return row
 
@@ -139,6 +171,9 @@ def main(argv=None) -> int:
             row = {"variant": name, "ok": False, "error": f"timed out after {args.timeout:.0f} s"}
         rows.append(row)
         print(f"{name:24s} {'ok' if row['ok'] else 'FAILED'}  {row.get('error', '')[:160]}", flush=True)
+        for label in ("sync_op", "frames"):
+            if row.get(label):
+                print(f"{'':24s} {label}: " + " <- ".join(reversed(row[label][-4:])), flush=True)
         if args.out:  # after every variant (atomically): a run stopped by its caller's deadline keeps what it did
             tmp = args.out + ".tmp"
             with open(tmp, "w") as f:

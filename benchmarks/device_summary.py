@@ -190,6 +190,11 @@ def _fmt(v, spec=".2f") -> str:
     return "" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
+def _frames(frames: Optional[list], n: int = 3) -> str:
+    """The innermost ``n`` of a capture_bisect frame list (innermost last there), innermost first, for a table."""
+    return " <- ".join(reversed(frames[-n:])) if frames else ""
+
+
 def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], verdicts: dict,
            sanitizer: Optional[str], missing: list[str], bisect: Optional[list] = None,
            blocks: Optional[dict] = None) -> str:
@@ -237,9 +242,10 @@ def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], 
                          f"{_fmt(r['graph_fb_new'], '.3f')} | {_fmt(r['graph_fb_x'])} |")
     if bisect:
         lines += ["", "## Training-step CUDA-graph capture by variant (benchmarks/capture_bisect.py)", "",
-                  "| variant | captured | error |", "|---|---|---|"]
-        lines += [f"| {r['variant']} | {'yes' if r.get('ok') else 'NO'} | {r.get('error', '')[:160]} |"
-                  for r in bisect]
+                  "| variant | captured | error | where (innermost first) | first synchronising op |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {'yes' if r.get('ok') else 'NO'} | {r.get('error', '')[:160]} | "
+                  f"{_frames(r.get('frames'))} | {_frames(r.get('sync_op'))} |" for r in bisect]
     if blocks:
         keys = ("y", "gr", "gk", "gv", "glogd", "gu")
         lines += ["", "## v6 launch settings, relative error vs float64 (benchmarks/v6_blocks_check.py)", "",

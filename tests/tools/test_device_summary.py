@@ -217,14 +217,18 @@ def test_settings_bisect_and_block_checks_are_summarised(tmp_path):
     assert "chunk_w8" not in text  # (an errored row has nothing to compare)
 
     (tmp_path / "bisect.json").write_text(json.dumps({"rows": [
-        {"variant": "default", "ok": False, "error": "AcceleratorError: operation failed during capture"},
-        {"variant": "per_op_mixers", "ok": True}]}))
+        {"variant": "default", "ok": False, "error": "AcceleratorError: operation failed during capture",
+         "frames": ["vision_rwkv/models/_base.py:1 forward", "vision_rwkv/ops/x.py:2 op"],
+         "sync_op": ["timm/a.py:3 f", "vision_rwkv/b.py:4 g", "vision_rwkv/c.py:5 h", "called a synchronizing op"]},
+        {"variant": "per_op_mixers", "ok": True, "sync_op": None}]}))
     (tmp_path / "v6_blocks.json").write_text(json.dumps({"results": {
         "bt32_bj8": {"y": 1.6e-7, "gr": 3.4e-4, "gk": 3.4e-4, "gv": 1.6e-7, "glogd": 2.6e-2, "gu": 1.4e-7},
         "bt16_bj8": {"error": "CompilationError: K >= 16\nmore"}}}))
     text, _ = ds.summarise(tmp_path)
-    assert "| default | NO | AcceleratorError: operation failed during capture |" in text
-    assert "| per_op_mixers | yes |  |" in text
+    assert ("| default | NO | AcceleratorError: operation failed during capture | vision_rwkv/ops/x.py:2 op <- "
+            "vision_rwkv/models/_base.py:1 forward | called a synchronizing op <- vision_rwkv/c.py:5 h <- "
+            "vision_rwkv/b.py:4 g |") in text
+    assert "| per_op_mixers | yes |  |  |  |" in text
     assert "| bt32_bj8 | 1.6e-07 | 3.4e-04 | 3.4e-04 | 1.6e-07 | 2.6e-02 | 1.4e-07 |  |" in text
     assert "| bt16_bj8 |  |  |  |  |  |  | CompilationError: K >= 16 |" in text
     (tmp_path / "bisect.json").write_text("{not json")
