@@ -111,7 +111,7 @@ CPU_CASES = {
     "linear_sigmoid_mul_noncontig_compile": dict(op="linear_sigmoid_mul", shape=(3, 4, 16), N=16, layout="T",
                                                  compile=True, gemm=_SMALL_GEMM),
     # the RWKV-6 LoRA stages (tanh; -exp(w0 + .) in fp32), weights as transposed views of the (K, N) LoRA matrices
-    # (16-bit inputs as fp16: the interpreter's bf16 tl.dot is not reliable; bf16 runs in the CUDA cases)
+    # (16-bit inputs as fp16 here; bf16 in the cases further down and in the CUDA cases)
     "linear_tanh_tiles": dict(op="linear_tanh", shape=(2, 37, 40), N=40, gemm=_SMALL_GEMM),
     "linear_tanh_fp16_contiguous_w": dict(op="linear_tanh", shape=(1, 9, 32), N=24, dtype="fp16", transposed=False),
     "linear_tanh_compile": dict(op="linear_tanh", shape=(2, 5, 16), N=32, compile=True),
@@ -195,6 +195,26 @@ CPU_CASES = {
                                                  gate_act="silu", residual="post"),
     "mix_mlp_wide_fallback": dict(op="mix_mlp", shape=(1, 3, 3, 20), hidden=32, one_minus=True,
                                   gemm=dict(max_c=16)),
+    # bf16 operands into tl.dot - what autocast feeds the GEMM kernels on a GPU (the interpreter's own bf16 dot
+    # multiplies raw bits; vision_rwkv.ops.interpret_fixes makes it exact): every GEMM kernel family, forward and
+    # backward where it has one
+    "linear_relu_square_bf16_tiles": dict(op="linear_relu_square", shape=(2, 19, 40), N=24, dtype="bf16",
+                                          gemm=_SMALL_GEMM),
+    "linear_sigmoid_mul_bf16": dict(op="linear_sigmoid_mul", shape=(1, 21, 24), N=40, dtype="bf16",
+                                    gemm=_SMALL_GEMM),
+    "linear_tanh_bf16": dict(op="linear_tanh", shape=(2, 9, 40), N=40, dtype="bf16", gemm=_SMALL_GEMM),
+    "linear_decay_bf16_noncontig": dict(op="linear_decay", shape=(3, 4, 32), N=20, dtype="bf16", layout="T"),
+    "mix_linear_v4_bf16_tiles": dict(op="mix_linear", shape=(2, 3, 5, 40), N=24, one_minus=True, dtype="bf16",
+                                     gemm=_SMALL_GEMM),
+    "mix_linear_v6_lora_bf16": dict(op="mix_linear", shape=(1, 3, 4, 32), N=16, head_size=16, R=16, dtype="bf16",
+                                    act="tanh"),
+    "mix_linear_group_v6_bf16": dict(op="mix_linear_group", shape=(1, 3, 5, 32), N=32, P=4, head_size=16, R=16,
+                                     dtype="bf16"),
+    "mix_mlp_v4_bf16": dict(op="mix_mlp", shape=(1, 3, 5, 32), hidden=128, one_minus=True, dtype="bf16"),
+    "gn_linear_bf16": dict(op="group_norm_mul_linear", shape=(2, 5, 32), groups=2, N=24, gate_act="silu",
+                           dtype="bf16"),
+    "linear_add_norm_pre_bf16": dict(op="linear_add_norm", shape=(2, 9, 40), N=24, residual="pre", dtype="bf16",
+                                     n_dtype="bf16", infer=True, gemm=dict(bm=16, bk=16, res_elems=256)),
 }
 
 CUDA_CASES = {

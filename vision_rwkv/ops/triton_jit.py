@@ -18,7 +18,8 @@ hook, ``VRWKV_TRITON_FAST_LAUNCH=0``; and for good on a Triton whose internals d
 against (3.6 - 3.8; before 3.4, without ``triton.knobs``, :func:`jit` is plain ``triton.jit``). The dict is cleared
 when it reaches ``_MAX_KEYS`` entries (integer arguments such as sequence lengths are part of the key).
 
-Under ``TRITON_INTERPRET=1`` (tests on CPU) :func:`jit` is ``triton.jit``; with ``VRWKV_TRITON_DEBUG=1`` too, every
+Under ``TRITON_INTERPRET=1`` (tests on CPU) :func:`jit` is ``triton.jit`` and the interpreter's bf16 ``tl.dot`` and
+float32 -> bf16 casts are fixed (:mod:`vision_rwkv.ops.interpret_fixes`); with ``VRWKV_TRITON_DEBUG=1`` too, every
 interpreted load and store is checked against the launch's tensor arguments, and every launch for races between its
 programs (:mod:`vision_rwkv.ops.interpret_checks`; ``VRWKV_TRITON_CHECKS=0`` turns the checks off).
 ``tests/ops/test_triton_jit.py`` checks on CPU, with kernels compiled for sm_90 and the launcher's C call recorded
@@ -41,12 +42,15 @@ except ImportError:  # Triton < 3.4: every launch takes Triton's path (jit is tr
 
 from ._triton_utils import debug_poison, env_get
 from .interpret_checks import install as _install_interpreter_checks
+from .interpret_fixes import install as _install_interpreter_fixes
 
 __all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled"]
 
-# (the CPU tests: every kernel's accesses checked; VRWKV_TRITON_CHECKS=0 leaves them unchecked)
-if env_get("TRITON_INTERPRET", "0") == "1" and debug_poison() and env_get("VRWKV_TRITON_CHECKS", "1") != "0":
-    _install_interpreter_checks()
+if env_get("TRITON_INTERPRET", "0") == "1":
+    _install_interpreter_fixes()  # (bf16 tl.dot and casts: see interpret_fixes)
+    # (the CPU tests: every kernel's accesses checked; VRWKV_TRITON_CHECKS=0 leaves them unchecked)
+    if debug_poison() and env_get("VRWKV_TRITON_CHECKS", "1") != "0":
+        _install_interpreter_checks()
 
 
 def fast_launch_enabled() -> bool:

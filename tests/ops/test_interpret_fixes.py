@@ -1,0 +1,75 @@
+"""vision_rwkv.ops.interpret_fixes: the CPU interpreter's bf16 tl.dot and float32 -> bf16 casts as a GPU does them."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from vision_rwkv.ops.interpret_fixes import bf16_bits_to_float32, float32_to_bf16_bits
+
+
+def _edge_and_random_floats() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    scale = 10.0 ** torch.randint(-40, 39, (20000,), generator=g).float()
+    edges = [0.0, -0.0, float("inf"), -float("inf"), 3.3895314e38, -3.3895314e38, 3.4e38, 1e-40, -1e-40, 1e-45,
+             1.00390625, 1.01171875, 1.0078125, -1.00390625, 65504.0, 2.0 ** -126]
+    return torch.cat([torch.randn(20000, generator=g) * scale, torch.tensor(edges)])
+
+
+def test_float32_to_bf16_rounds_to_nearest_even_as_torch():
+    x = _edge_and_random_floats()
+    assert np.array_equal(float32_to_bf16_bits(x.numpy()), x.bfloat16().view(torch.int16).numpy().view(np.uint16))
+    nan = float32_to_bf16_bits(np.array([np.nan, -np.nan], dtype=np.float32))
+    assert np.isnan(bf16_bits_to_float32(nan)).all() and nan[0] != nan[1]  # (NaN stays NaN, its sign kept)
+    assert float32_to_bf16_bits(np.array(1.5, dtype=np.float32)).shape == ()  # (0-d stays 0-d)
+
+
+def test_bf16_bits_to_float32_is_exact():
+    x = _edge_and_random_floats().bfloat16()
+    bits = x.view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(bf16_bits_to_float32(bits), x.float().numpy())
+
+
+_KERNEL = """
+import json, os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch, triton, triton.language as tl
+from vision_rwkv.ops import interpret_fixes, triton_jit  # (importing triton_jit installs the fixes)
+
+@triton.jit
+def dot_cast(A, B, ACC, C, Y, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
+    m, n, k = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
+    a = tl.load(A + m[:, None] * K + k[None, :])
+    b = tl.load(B + k[:, None] * N + n[None, :])
+    acc = tl.load(ACC + m[:, None] * N + n[None, :])
+    c = tl.dot(a, b, acc)
+    tl.store(C + m[:, None] * N + n[None, :], c)
+    tl.store(Y + m[:, None] * N + n[None, :], c.to(tl.bfloat16))
+
+g = torch.Generator().manual_seed(1)
+res = {"installed": interpret_fixes.installed()}
+for dt in (torch.bfloat16, torch.float16, torch.float32):
+    a, b = (torch.randn(16, 32, generator=g) * 3).to(dt), torch.randn(32, 16, generator=g).to(dt)
+    acc = torch.randn(16, 16, generator=g)
+    c, y = torch.full((16, 16), float("nan")), torch.zeros(16, 16, dtype=torch.bfloat16)
+    dot_cast[(1,)](a, b, acc, c, y, 16, 16, 32)
+    want = (a.double() @ b.double() + acc.double())
+    res[str(dt)] = {"dot": ((c.double() - want).abs().max() / want.abs().max()).item(),
+                    "cast_bit_exact": bool(torch.equal(y.view(torch.int16), c.bfloat16().view(torch.int16)))}
+print(json.dumps(res))
+"""
+
+
+def test_interpreted_bf16_dot_and_cast_match_a_gpu():
+    """Under TRITON_INTERPRET=1 a bf16 x bf16 tl.dot accumulates the exact products in fp32 (the unfixed
+    interpreter returned ~1e10 for values ~10), fp16 / fp32 are unchanged, and a float32 -> bf16 cast rounds to
+    nearest even (bit-equal to torch's)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", _KERNEL], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["installed"]
+    for dt in ("torch.bfloat16", "torch.float16", "torch.float32"):
+        assert res[dt]["dot"] < 1e-6 and res[dt]["cast_bit_exact"], res
