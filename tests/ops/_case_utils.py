@@ -26,8 +26,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).norm().item() / scale
 
 
-def check_result(result: dict, tol_y: float, tol_grad: float) -> None:
-    """Assert a case result is error-free, finite, dtype-correct and within tolerance (``y`` vs every gradient)."""
+def check_result(result: dict, tol_y: float, tol_grad: float, tol_keys: dict | None = None) -> None:
+    """Assert a case result is error-free, finite, dtype-correct and within tolerance (``y`` vs every gradient;
+    ``tol_keys``: quantities with their own tolerance)."""
     assert "error" not in result, result.get("error")
     assert result["finite"], f"non-finite output or gradient (unwritten element?): {result}"
     assert result["dtype_ok"], f"output/gradient dtype differs from the promised one: {result}"
@@ -36,7 +37,7 @@ def check_result(result: dict, tol_y: float, tol_grad: float) -> None:
     for key, val in result.items():
         if key in FLAGS:
             continue
-        tol = tol_y if key == "y" else tol_grad
+        tol = (tol_keys or {}).get(key, tol_y if key == "y" else tol_grad)
         assert val == val and val <= tol, f"{key}: relative error {val:.3e} > {tol:.1e} ({result})"
 
 

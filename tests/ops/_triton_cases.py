@@ -283,9 +283,20 @@ def tolerances(dtype: str, op: str, tokens: int = 0) -> tuple[float, float]:
     return 1e-2, 2e-2
 
 
+# the v6 log decay's gradients (d logd, d z, d w0) in fp32: suffix sums of differences of the four directional
+# parts, so their cancellation amplifies the ~2^-22 per-product error of "tf32x3" dots (a GPU's fp32 precision here,
+# emulated by vision_rwkv.ops.interpret_fixes): up to ~3e-5 with strong decays where every other quantity is ~1e-7
+DECAY_GRADS = ("glogd", "gz", "gw0")
+FP32_DECAY_GRAD_TOL = 1e-4
+
+
 def check(result: dict, dtype: str, op: str, tokens: int = 0) -> None:
     """Assert a case result is within tolerance (raises AssertionError naming the quantity)."""
-    check_result(result, *tolerances(dtype, op, tokens))
+    tol_y, tol_grad = tolerances(dtype, op, tokens)
+    keys = None
+    if dtype == "fp32":
+        keys = dict.fromkeys(DECAY_GRADS, FP32_DECAY_GRAD_TOL * max(1.0, math.sqrt(tokens / FP32_TOL_TOKENS)))
+    check_result(result, tol_y, tol_grad, keys)
 
 
 def run_in_interpreter(op: str, cases: dict, timeout: float = 600) -> dict:

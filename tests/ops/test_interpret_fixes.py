@@ -35,41 +35,66 @@ def test_bf16_bits_to_float32_is_exact():
 _KERNEL = """
 import json, os
 os.environ["TRITON_INTERPRET"] = "1"
-import torch, triton, triton.language as tl
+import numpy as np, torch, triton, triton.language as tl
 from vision_rwkv.ops import interpret_fixes, triton_jit  # (importing triton_jit installs the fixes)
 
 @triton.jit
-def dot_cast(A, B, ACC, C, Y, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr):
+def dot_cast(A, B, ACC, C, Y, M: tl.constexpr, N: tl.constexpr, K: tl.constexpr, PREC: tl.constexpr):
     m, n, k = tl.arange(0, M), tl.arange(0, N), tl.arange(0, K)
     a = tl.load(A + m[:, None] * K + k[None, :])
     b = tl.load(B + k[:, None] * N + n[None, :])
     acc = tl.load(ACC + m[:, None] * N + n[None, :])
-    c = tl.dot(a, b, acc)
+    c = tl.dot(a, b, acc, input_precision=PREC)
     tl.store(C + m[:, None] * N + n[None, :], c)
     tl.store(Y + m[:, None] * N + n[None, :], c.to(tl.bfloat16))
 
+def rel(x, ref):
+    return ((x.double() - ref).abs().max() / ref.abs().max()).item()
+
 g = torch.Generator().manual_seed(1)
 res = {"installed": interpret_fixes.installed()}
-for dt in (torch.bfloat16, torch.float16, torch.float32):
+for dt, prec in ((torch.bfloat16, "tf32"), (torch.float16, "tf32"), (torch.float32, "ieee"),
+                 (torch.float32, "tf32x3"), (torch.float32, "tf32")):
     a, b = (torch.randn(16, 32, generator=g) * 3).to(dt), torch.randn(32, 16, generator=g).to(dt)
     acc = torch.randn(16, 16, generator=g)
     c, y = torch.full((16, 16), float("nan")), torch.zeros(16, 16, dtype=torch.bfloat16)
-    dot_cast[(1,)](a, b, acc, c, y, 16, 16, 32)
-    want = (a.double() @ b.double() + acc.double())
-    res[str(dt)] = {"dot": ((c.double() - want).abs().max() / want.abs().max()).item(),
-                    "cast_bit_exact": bool(torch.equal(y.view(torch.int16), c.bfloat16().view(torch.int16)))}
+    dot_cast[(1,)](a, b, acc, c, y, 16, 16, 32, prec)
+    want = a.double() @ b.double() + acc.double()
+    same_bits = torch.equal(y.view(torch.int16), c.bfloat16().view(torch.int16))
+    row = {"dot": rel(c, want), "cast_bit_exact": bool(same_bits)}
+    if prec == "tf32":  # the operands as a tensor core reads them: the low 13 mantissa bits dropped
+        t32 = [torch.from_numpy(interpret_fixes.tf32_truncate(x.float().numpy())).double() for x in (a, b)]
+        row["vs_truncated"] = rel(c, t32[0] @ t32[1] + acc.double())
+    res[f"{dt} {prec}"] = row
 print(json.dumps(res))
 """
 
 
-def test_interpreted_bf16_dot_and_cast_match_a_gpu():
+def test_interpreted_dots_and_casts_match_a_gpu():
     """Under TRITON_INTERPRET=1 a bf16 x bf16 tl.dot accumulates the exact products in fp32 (the unfixed
-    interpreter returned ~1e10 for values ~10), fp16 / fp32 are unchanged, and a float32 -> bf16 cast rounds to
-    nearest even (bit-equal to torch's)."""
+    interpreter returned ~1e10 for values ~10) and fp16 likewise; fp32 dots follow their input precision as tensor
+    cores do - "ieee" exact, "tf32x3" within ~fp32 rounding, "tf32" the products of operands truncated to TF32 (~1e-3
+    off the exact value); a float32 -> bf16 cast rounds to nearest even (bit-equal to torch's)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-c", _KERNEL], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["installed"]
-    for dt in ("torch.bfloat16", "torch.float16", "torch.float32"):
-        assert res[dt]["dot"] < 1e-6 and res[dt]["cast_bit_exact"], res
+    assert res.pop("installed")
+    assert all(row["cast_bit_exact"] for row in res.values()), res
+    for key in ("torch.bfloat16 tf32", "torch.float16 tf32", "torch.float32 ieee", "torch.float32 tf32x3"):
+        assert res[key]["dot"] < 1e-6, res
+    tf32 = res["torch.float32 tf32"]
+    assert 1e-5 < tf32["dot"] < 3e-3 and tf32["vs_truncated"] < 1e-6, res
+
+
+def test_tf32_rounding_helpers():
+    from vision_rwkv.ops.interpret_fixes import tf32_round, tf32_truncate
+
+    x = np.array([1 + 2.0 ** -11, 1 + 2.0 ** -10 + 2.0 ** -11, -1 - 2.0 ** -11, 1 + 2.0 ** -12, 3.4e38, np.inf],
+                 dtype=np.float32)
+    # TF32 keeps 10 mantissa bits: 2^-11 is half an ulp at 1 (ties away from zero when rounding), 2^-12 less
+    assert tf32_round(x).tolist()[:4] == [1 + 2.0 ** -10, 1 + 2.0 ** -9, -1 - 2.0 ** -10, 1.0]
+    assert tf32_truncate(x).tolist()[:4] == [1.0, 1 + 2.0 ** -10, -1.0, 1.0]
+    assert np.isinf(tf32_round(x)[-1]) and np.isnan(tf32_round(np.array([np.nan], dtype=np.float32)))[0]
+    y = tf32_round(np.random.default_rng(0).standard_normal(1000).astype(np.float32))
+    assert (y.view(np.uint32) & 0x1FFF == 0).all()  # (no bit below the 10th of the mantissa)

@@ -1,25 +1,30 @@
-"""Fixes for Triton's CPU interpreter, so that the kernels' bf16 paths can be tested without a GPU.
+"""Fixes for Triton's CPU interpreter, so that CPU tests see what a GPU computes (Triton 3.6 - 3.8).
 
-The interpreter holds bfloat16 values as their raw 16 bits (``np.uint16``), and two of its operations get them
-wrong (Triton 3.6 - 3.8):
+The interpreter holds bfloat16 values as their raw 16 bits (``np.uint16``), and runs every float32 ``tl.dot`` in
+exact float32, whatever its ``input_precision``:
 
-* ``tl.dot`` multiplies those raw bits as integers: a bf16 x bf16 product comes back as garbage (~1e10 where the
-  true value is ~10), so every GEMM kernel fed bf16 operands - the path autocast takes on a GPU - could only be
-  checked on a GPU. Fixed: bfloat16 operands are widened to float32 first (exact: a bf16 value is a float32 with its
-  low 16 mantissa bits zero, and so is every product of two of them), then multiplied and accumulated in the
-  accumulator's dtype - what a GPU's bf16 MMA does, up to the order of the sums.
-* a float32 -> bfloat16 cast (``x.to(tl.bfloat16)``, every bf16 store) drops the low 16 bits: rounding toward zero,
+* **bf16 dots.** ``tl.dot`` multiplied the raw bits as integers: a bf16 x bf16 product came back as garbage (~1e10
+  where the true value is ~10), so every GEMM kernel fed bf16 operands - the path autocast takes on a GPU - could
+  only be checked on a GPU. Now bfloat16 operands are widened to float32 first (exact: a bf16 value is a float32
+  with its low 16 mantissa bits zero, and so is every product of two of them) and accumulated in the accumulator's
+  dtype - what a GPU's bf16 MMA does, up to the order of the sums.
+* **float32 -> bf16 casts** (``x.to(tl.bfloat16)``, every bf16 store) dropped the low 16 bits: rounding toward zero,
   where a GPU rounds to nearest even. Each bf16 output of a CPU test was off by up to one bf16 ulp more than on a
-  GPU, always toward zero (a bias that sums instead of averaging). Fixed: round to nearest, ties to even, NaN kept.
+  GPU, always toward zero (a bias that sums instead of averaging). Now: to nearest, ties to even, NaN kept.
+* **TF32.** A GPU's float32 dot with ``input_precision="tf32"`` (Triton's default) reads its operands as TF32 - the
+  low 13 of 23 mantissa bits dropped, ~1e-3 relative error - and ``"tf32x3"`` splits each operand into a TF32 part
+  (rounded, ``cvt.rna``) and the TF32 rest and sums three products (the small x small one left out: ~fp32, but
+  not exactly). The interpreter computed both exactly, so a CPU test could not see the precision a GPU loses
+  there. Now both are emulated; ``"ieee"`` stays exact.
 
-:func:`install` patches both; other dtypes are untouched. :mod:`vision_rwkv.ops.triton_jit` installs it whenever
-``TRITON_INTERPRET=1``.
+:func:`install` patches the interpreter's ``create_dot`` and ``create_fp_trunc``; other dtypes and operations are
+untouched. :mod:`vision_rwkv.ops.triton_jit` installs it whenever ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["install", "installed", "bf16_bits_to_float32", "float32_to_bf16_bits"]
+__all__ = ["install", "installed", "bf16_bits_to_float32", "float32_to_bf16_bits", "tf32_truncate", "tf32_round"]
 
 _INSTALLED = [False]
 
@@ -37,6 +42,33 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
         rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
     nan = ((bits >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
     return np.where(np.isnan(x), nan, rounded.astype(np.uint16))
+
+
+def tf32_truncate(x: np.ndarray) -> np.ndarray:
+    """float32 values as a tensor core reads them as TF32 operands: the low 13 of the 23 mantissa bits dropped."""
+    return (np.array(x, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def tf32_round(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32, to nearest with ties away from zero (PTX ``cvt.rna.tf32.f32``, how Triton
+    splits an operand for ``tf32x3``); inf and NaN kept."""
+    bits = np.array(x, dtype=np.float32).view(np.uint32)
+    finite = np.isfinite(np.asarray(x, dtype=np.float32))
+    with np.errstate(over="ignore"):
+        rounded = (bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
+    return np.where(finite, rounded, bits).view(np.float32)
+
+
+def _tf32_dot(a: np.ndarray, b: np.ndarray, out_dtype, three: bool) -> np.ndarray:
+    """A float32 tl.dot on tensor cores: ``three`` (tf32x3) - each operand split into a TF32 big part and the
+    TF32 rest, three products (small x big, big x small, big x big) summed; else one product of the truncated
+    operands. Products of TF32 values are exact in float32; the sums are float32."""
+    if not three:
+        return np.matmul(tf32_truncate(a), tf32_truncate(b), dtype=out_dtype)
+    a_big, b_big = tf32_round(a), tf32_round(b)
+    a_small, b_small = tf32_truncate(a - a_big), tf32_truncate(b - b_big)
+    return (np.matmul(a_small, b_big, dtype=out_dtype) + np.matmul(a_big, b_small, dtype=out_dtype)
+            + np.matmul(a_big, b_big, dtype=out_dtype))
 
 
 def installed() -> bool:
@@ -58,11 +90,16 @@ def install() -> bool:
     if dot is None or trunc is None or not hasattr(ti, "TensorHandle"):
         return False
 
-    def create_dot(self, a, b, d, *args, **kwargs):
-        if tl.bfloat16 not in (a.dtype.scalar, b.dtype.scalar):
-            return dot(self, a, b, d, *args, **kwargs)
-        a_data, b_data = (bf16_bits_to_float32(t.data) if t.dtype.scalar == tl.bfloat16 else t.data for t in (a, b))
-        return ti.TensorHandle(np.matmul(a_data, b_data, dtype=d.data.dtype) + d.data, d.dtype.scalar)
+    def create_dot(self, a, b, d, input_precision=None, *args, **kwargs):
+        if tl.bfloat16 in (a.dtype.scalar, b.dtype.scalar):
+            a_data, b_data = (bf16_bits_to_float32(t.data) if t.dtype.scalar == tl.bfloat16 else t.data
+                              for t in (a, b))
+            return ti.TensorHandle(np.matmul(a_data, b_data, dtype=d.data.dtype) + d.data, d.dtype.scalar)
+        mode = getattr(input_precision, "name", "")
+        if a.dtype.scalar == tl.float32 and b.dtype.scalar == tl.float32 and mode in ("TF32", "TF32x3"):
+            return ti.TensorHandle(_tf32_dot(a.data, b.data, d.data.dtype, mode == "TF32x3") + d.data,
+                                   d.dtype.scalar)
+        return dot(self, a, b, d, input_precision, *args, **kwargs)
 
     def create_fp_trunc(self, src, dst_type):
         if src.dtype.scalar != tl.float32 or dst_type.scalar != tl.bfloat16:
