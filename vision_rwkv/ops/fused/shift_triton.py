@@ -50,6 +50,19 @@ def _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT: tl.constexpr, BC: tl.constexpr):
 
 
 @jit
+def _shift_tile(X, NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT: tl.constexpr, BC: tl.constexpr):
+    """A program's (tokens x channels) tile (:func:`_tile`) with x there and ``xx = shift(x) - x`` (fp32; zero where
+    the channel's quarter-q neighbour is outside the image)."""
+    c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
+    delta, valid = _neighbour(n, q, H, W)
+    valid = valid & mask
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
+    xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
+    return c, cmask, mask, n, q, offs, x, xx
+
+
+@jit
 def _coef_ptr(pa, i: tl.constexpr, A1, A2, A3, A4, c, SPLIT_A: tl.constexpr):
     """Pointer to the i-th interpolation vector's channels c: the next row of the (M, C) A (``pa`` advanced by the
     caller) or, with SPLIT_A, the vector passed as its own argument (A for i = 0, then A1..A4)."""
@@ -70,12 +83,7 @@ def _tsm_fwd_kernel(X, A, MM, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS, Q1, Q2,
                     M: tl.constexpr, HAS_M: tl.constexpr, ONE_MINUS: tl.constexpr, SPLIT_A: tl.constexpr,
                     BT: tl.constexpr, BC: tl.constexpr):
     # the interpolation vectors: rows of one (M, C) tensor at A, or (SPLIT_A, M <= 5) one tensor each at A, A1, ..
-    c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
-    delta, valid = _neighbour(n, q, H, W)
-    valid = valid & mask
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
-    xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
+    c, cmask, mask, n, q, offs, x, xx = _shift_tile(X, NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     pa = A + c
     po = OUT + offs
     pm = MM + offs
@@ -132,15 +140,10 @@ def _tsm_bwd_kernel(X, A, MM, GO, GX, GAP, GM, G1, G2, G3, G4, A1, A2, A3, A4, H
     # the interpolation vectors as in the forward kernel (SPLIT_A); LORA (with HAS_M): m is not read from MM but
     # formed from the LoRA hidden HH (tokens, M*R) and W2 (M, R, C), as the forward kernel forms it; ACC: d x is added
     # to what GX holds (each program reads and writes its own tile)
-    c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
-    delta, valid = _neighbour(n, q, H, W)
-    valid = valid & mask
+    c, cmask, mask, n, q, offs, x, xx = _shift_tile(X, NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     # the tokens whose quarter-q neighbour is this token: the neighbour in the opposite direction (q ^ 1)
     idelta, ivalid = _neighbour(n, q ^ 1, H, W)
     ivalid = ivalid & mask
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
-    xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
     isrc = offs + tl.where(ivalid, idelta, 0).to(tl.int64) * C
     if ACC:
         gx = tl.load(GX + offs, mask=mask, other=0.0).to(tl.float32)
@@ -347,12 +350,7 @@ def _tsm_lora_fwd_kernel(X, A, HH, W2, OUT, A1, A2, A3, A4, NTOK, N, C, H, W, HS
                          M: tl.constexpr, R: tl.constexpr, SPLIT_A: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                          PREC: tl.constexpr, TANH: tl.constexpr):
     # TANH: HH holds the LoRA's pre-activation (eager inference: its tanh is formed here, no pass of its own)
-    c, cmask, mask, n, q, offs = _tile(NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
-    delta, valid = _neighbour(n, q, H, W)
-    valid = valid & mask
-    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    src = offs + tl.where(valid, delta, 0).to(tl.int64) * C
-    xx = tl.load(X + src, mask=valid, other=0.0).to(tl.float32) - x
+    c, cmask, mask, n, q, offs, x, xx = _shift_tile(X, NTOK, N, C, H, W, HS, Q1, Q2, Q3, BT, BC)
     t = (tl.program_id(0) * BT + tl.arange(0, BT))[:, None]
     pa = A + c
     po = OUT + offs
