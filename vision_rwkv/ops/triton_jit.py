@@ -18,8 +18,9 @@ hook, ``VRWKV_TRITON_FAST_LAUNCH=0``; and for good on a Triton whose internals d
 against (3.6 - 3.8; before 3.4, without ``triton.knobs``, :func:`jit` is plain ``triton.jit``). The dict is cleared
 when it reaches ``_MAX_KEYS`` entries (integer arguments such as sequence lengths are part of the key).
 
-Under ``TRITON_INTERPRET=1`` (tests on CPU) :func:`jit` is ``triton.jit`` and the interpreter's bf16 ``tl.dot`` and
-float32 -> bf16 casts are fixed (:mod:`vision_rwkv.ops.interpret_fixes`); with ``VRWKV_TRITON_DEBUG=1`` too, every
+Under ``TRITON_INTERPRET=1`` (tests on CPU) :func:`jit` is ``triton.jit`` and the interpreter computes as a GPU does
+where it did not (bf16 dots, float32 -> bf16 rounding, TF32 dots: :mod:`vision_rwkv.ops.interpret_fixes`); with
+``VRWKV_TRITON_DEBUG=1`` too, every
 interpreted load and store is checked against the launch's tensor arguments, and every launch for races between its
 programs (:mod:`vision_rwkv.ops.interpret_checks`; ``VRWKV_TRITON_CHECKS=0`` turns the checks off).
 ``tests/ops/test_triton_jit.py`` checks on CPU, with kernels compiled for sm_90 and the launcher's C call recorded
@@ -47,7 +48,7 @@ from .interpret_fixes import install as _install_interpreter_fixes
 __all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled"]
 
 if env_get("TRITON_INTERPRET", "0") == "1":
-    _install_interpreter_fixes()  # (bf16 tl.dot and casts: see interpret_fixes)
+    _install_interpreter_fixes()  # (bf16 and TF32 dots, bf16 rounding: see interpret_fixes)
     # (the CPU tests: every kernel's accesses checked; VRWKV_TRITON_CHECKS=0 leaves them unchecked)
     if debug_poison() and env_get("VRWKV_TRITON_CHECKS", "1") != "0":
         _install_interpreter_checks()
