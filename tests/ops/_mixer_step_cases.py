@@ -137,6 +137,20 @@ def _setup(case: dict, device: str):
 
 
 def run_case(case: dict, device: str = "cpu") -> dict:
+    """One training case (see the module docstring); ``v4_config``: v4 WKV kernel settings for its duration (e.g.
+    ``seq=0``: the tile kernels, whose backward the spatial mix step feeds with d y instead of the gate)."""
+    from vision_rwkv.ops.bi_wkv import triton as v4_triton
+
+    saved = dict(v4_triton.CONFIG)
+    v4_triton.CONFIG.update(case.get("v4_config", {}))
+    try:
+        return _run_case(case, device)
+    finally:
+        v4_triton.CONFIG.clear()
+        v4_triton.CONFIG.update(saved)
+
+
+def _run_case(case: dict, device: str) -> dict:
     kw = case["kwargs"]
     module, x, (h, w), dtype, gen = _setup(case, device)
     autocast = dtype != torch.float32

@@ -19,6 +19,8 @@ pytest.importorskip("triton")
 
 TM, SM, CM = "time_mix6", "spatial_mix", "channel_mix"
 CPU_CASES = {
+    # the v4 tile kernels (seq=0): the spatial mix step's backward then takes d y, not the gate (its other branch)
+    "sm_tile_kernels_1x9": dict(kind=SM, kwargs=dict(dim=24), grid=(1, 9), batch=2, v4_config=dict(seq=0)),
     "tm6_grid3x5_C48_h16": dict(kind=TM, kwargs=dict(dim=48, head_size=16), grid=(3, 5), batch=2),
     "tm6_batch1_1x7_bf16": dict(kind=TM, kwargs=dict(dim=32, head_size=32), grid=(1, 7), batch=1, dtype="bf16"),
     "tm6_head12_rank32": dict(kind=TM, kwargs=dict(dim=36, head_size=12, mix_rank=32, decay_rank=24), grid=(4, 3),
@@ -51,9 +53,9 @@ CPU_CASES = {
 }
 # the default run's cases (each mixer, 16-bit autocast, frozen parameters, pre- and post-norm residuals); the rest
 # (larger grids, the "original" mode) run with --run-slow
-QUICK = {"tm6_batch1_1x7_bf16", "tm6_fp16_w2_fp32", "tm6_frozen_lora", "sm_1x9_frozen_decay", "cm_v4_C24_hidden72",
-         "cm_maa_head8_bf16", "cm_fp16", "tm6_residual_pre_gamma_drop", "cm_residual_pre", "cm_residual_post_gamma",
-         "cm_residual_pre_gamma_drop_bf16"}
+QUICK = {"sm_tile_kernels_1x9", "tm6_batch1_1x7_bf16", "tm6_fp16_w2_fp32", "tm6_frozen_lora", "sm_1x9_frozen_decay",
+         "cm_v4_C24_hidden72", "cm_maa_head8_bf16", "cm_fp16", "tm6_residual_pre_gamma_drop", "cm_residual_pre",
+         "cm_residual_post_gamma", "cm_residual_pre_gamma_drop_bf16"}
 NODES = {TM: "_TimeMix6StepBackward", SM: "_SpatialMixStepBackward", CM: "_ChannelMixStepBackward"}
 # (vs the float64 plain path, vs the per-op fused path) for the output and for the gradients, per dtype
 TOLS = {"fp32": ((1e-5, 1e-4), (1e-6, 1e-5)), "bf16": ((2e-2, 5e-2), (1e-2, 2e-2)),
