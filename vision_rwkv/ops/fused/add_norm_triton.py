@@ -26,6 +26,19 @@ def _ln_rows(v, mask, C, eps):
 
 
 @jit
+def _norm_params(LW, LB, GAM, cols, cmask, HAS_GAMMA: tl.constexpr, BC: tl.constexpr):
+    """The LayerNorm's weight and bias and the layer scale gamma (ones without GAM) at channels ``cols``, each
+    (1, BC) fp32."""
+    w = tl.load(LW + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    b = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if HAS_GAMMA:
+        g = tl.load(GAM + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    else:
+        g = tl.full([1, BC], 1.0, tl.float32)
+    return w, b, g
+
+
+@jit
 def _row_scale(KEEP, rows, R, RPS, HAS_KEEP: tl.constexpr):
     """Each row's sample scale (drop path's mask / keep_prob of sample ``row // RPS``) as (BR, 1); ones without
     KEEP (a constant the compiler folds away). One return of one type: the GPU compiler rejects returns of
@@ -50,12 +63,7 @@ def _add_norm_fwd_kernel(X, Y, GATE, GAM, LW, LB, KEEP, S, NOUT, R, C, RPS, eps,
     y = tl.load(Y + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_GATE:  # the branch is sigmoid(gate) * y (the channel mix's receptance gate, never stored on its own)
         y = tl.sigmoid(tl.load(GATE + offs, mask=mask, other=0.0).to(tl.float32)) * y
-    w = tl.load(LW + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    b = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    if HAS_GAMMA:
-        g = tl.load(GAM + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    else:
-        g = tl.full([1, BC], 1.0, tl.float32)
+    w, b, g = _norm_params(LW, LB, GAM, cols, cmask, HAS_GAMMA, BC)
     g = g * _row_scale(KEEP, rows, R, RPS, HAS_KEEP)  # the factor of the branch
     if POST:
         yhat, rstd = _ln_rows(y, mask, C, eps)
@@ -77,12 +85,7 @@ def _add_norm_bwd_kernel(Y, GATE, SV, GAM, LW, LB, KEEP, GS, GN, GX, GY, GG, GGP
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BC)
     cmask = cols < C
-    w = tl.load(LW + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    b = tl.load(LB + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    if HAS_GAMMA:
-        g = tl.load(GAM + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    else:
-        g = tl.full([1, BC], 1.0, tl.float32)
+    w, b, g = _norm_params(LW, LB, GAM, cols, cmask, HAS_GAMMA, BC)
     acc_g = tl.zeros([BC], tl.float32)
     acc_w = tl.zeros([BC], tl.float32)
     acc_b = tl.zeros([BC], tl.float32)
