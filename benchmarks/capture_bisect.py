@@ -7,17 +7,24 @@ process's CUDA state suspect); three are controls (DeiT-T, 64-px images, VRWKV6-
 
     python benchmarks/capture_bisect.py [--model M] [--batch B] [--variant NAME ...] [--out F.json]
     python benchmarks/capture_bisect.py --device cpu      # the same steps eagerly, no capture: checks the plumbing
+    TRITON_INTERPRET=1 VRWKV_BACKEND=triton python benchmarks/capture_bisect.py --device cpu \
+        --model-kw '{"embed_dim": 64, "depth": 1, "img_size": 32}'   # ... through the Triton kernels (interpreted)
 
 A variant: three eager steps on a side stream (what ``torch.cuda.graph`` asks for), the capture of one step, two
 replays; ``ok`` when the capture and the replays ran, with the replayed loss next to an eager step's (the same step
 on the same weights would give the same loss; AdamW has moved them, so the two agree only roughly). Where a step
 fails, each row also says where: ``sync_op`` - one eager step under ``torch.cuda.set_sync_debug_mode("error")``
 (before the capture), the frames of the first operation that synchronises with the host (a capture cannot contain
-one), or None; ``frames`` - the frames the capture's exception came through (our code, timm's and torch.optim's).
+one), or None; ``frames`` - the frames the capture's exception came through (our code, timm's and torch.optim's);
+``host_syncs`` - every op of one eager step that would make the host wait for a GPU (``.item()``, ``nonzero``,
+boolean indexing, ``torch.tensor(data)``, ...; see :class:`HostSyncScan`), with their frames. The last needs no
+device: on CPU (where the optimizer's step count, read by a non-capturable AdamW, is left out) it finds such an op
+before a device run does.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import subprocess
@@ -26,6 +33,7 @@ import time
 import traceback
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # name -> (environment, model kwargs, step options); one change from "default" each
 VARIANTS: dict[str, tuple[dict, dict, dict]] = {  # (in run order: the most telling first, a deadline cuts the rest)
@@ -73,12 +81,89 @@ _OURS = ("vision_rwkv/", "timm/", "torch/optim/", "benchmarks/")
 def where(exc: BaseException, limit: int = 8) -> list[str]:
     """``file:line function`` of the last ``limit`` frames an exception came through that are ours, timm's or
     torch.optim's (the library frames below them say little about which step of the model it was)."""
+    return _ours(traceback.extract_tb(exc.__traceback__), limit)
+
+
+def _ours(frames, limit: int) -> list[str]:
     keep = []
-    for fr in traceback.extract_tb(exc.__traceback__):
+    for fr in frames:
         key = next((k for k in _OURS if k in fr.filename), None)
         if key is not None:
             keep.append(f"{fr.filename[fr.filename.rindex(key):]}:{fr.lineno} {fr.name}")
     return keep[-limit:]
+
+
+# aten ops whose CUDA implementation waits for the GPU: a value read back to the host (``.item()``, ``float(t)``,
+# ``if t:``) or an output size that depends on the data
+SYNC_OPS = frozenset({"_local_scalar_dense", "equal", "nonzero", "masked_select", "unique", "_unique",
+                      "_unique2", "unique_dim", "unique_consecutive", "bincount"})
+_MASK_INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_"})  # with a boolean index
+_FROM_DATA = ("tensor", "as_tensor", "from_numpy")  # Python / numpy data copied in: a host-to-device copy
+
+
+def _bool_index(args) -> bool:
+    indices = args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices)
+
+
+class HostSyncScan(TorchDispatchMode):
+    """Records what would synchronise a CUDA stream with the host, run on any device: the aten ops of ``SYNC_OPS``,
+    boolean-mask indexing, ``repeat_interleave`` without ``output_size``, and tensors made from Python or numpy data
+    (``torch.tensor`` / ``as_tensor`` / ``from_numpy`` calls: a copy from host memory). ``found`` counts them by
+    (op, frames), the frames being ours, timm's and torch.optim's (:func:`where`'s choice), innermost last. On CPU
+    this finds, without a GPU, what ``torch.cuda.set_sync_debug_mode("error")`` would stop at - every such op, not
+    only the first. (A Python scalar assigned into a tensor, ``x[i] = 1.0``, is not one: CUDA fills it.)"""
+
+    def __init__(self, limit: int = 6):
+        super().__init__()
+        self.limit = limit
+        self.found: collections.Counter = collections.Counter()
+        self._saved: list = []
+
+    def _record(self, name: str) -> None:
+        self.found[(name, tuple(_ours(traceback.extract_stack()[:-2], self.limit)))] += 1
+
+    def __enter__(self):
+        for name in _FROM_DATA:
+            real = getattr(torch, name)
+
+            def wrapper(*args, _real=real, _name=name, **kwargs):
+                self._record(_name)
+                return _real(*args, **kwargs)
+            self._saved.append((name, real))
+            setattr(torch, name, wrapper)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, real in self._saved:
+            setattr(torch, name, real)
+        self._saved.clear()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if (name in SYNC_OPS or (name in _MASK_INDEXING and _bool_index(args))
+                or (name == "repeat_interleave" and func._overloadname in ("Tensor", "self_Tensor")
+                    and kwargs.get("output_size") is None)):
+            self._record(name)
+        return func(*args, **kwargs)
+
+    def rows(self) -> list[dict]:
+        """The ops found: ``{"op", "count", "frames"}`` each, in the order first seen."""
+        return [dict(op=op, count=n, frames=list(frames)) for (op, frames), n in self.found.items()]
+
+
+def host_syncs(step, skip_optimizer: bool = False) -> list[dict]:
+    """One ``step()`` under :class:`HostSyncScan`: the host-synchronising ops it ran. ``skip_optimizer``: leave out
+    the ops found only in ``torch.optim`` (a non-capturable optimizer reads its step count with ``.item()``; the
+    device runs use ``capturable=True``, which does not, but is CUDA-only)."""
+    with HostSyncScan() as scan:
+        step()
+    rows = scan.rows()
+    if skip_optimizer:
+        rows = [r for r in rows if not r["frames"] or "torch/optim/" not in r["frames"][-1]]
+    return rows
 
 
 def first_sync(step) -> list[str] | None:
@@ -117,6 +202,7 @@ def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: d
     t0 = time.perf_counter()
     if device == "cpu":
         row["eager_loss"] = [float(step()) for _ in range(2)]
+        row["host_syncs"] = host_syncs(step, skip_optimizer=True)
         row["ok"] = True
         row["seconds"] = time.perf_counter() - t0
         return row
@@ -124,6 +210,7 @@ def run_variant(name: str, model_name: str, batch: int, device: str, model_kw: d
 
     warm_on_side_stream(step, 3)
     row["sync_op"] = first_sync(step)
+    row["host_syncs"] = host_syncs(step)
     captured = {}
     try:
         graph = capture_graph(lambda: captured.update(loss=step()),
@@ -174,6 +261,9 @@ def main(argv=None) -> int:
         for label in ("sync_op", "frames"):
             if row.get(label):
                 print(f"{'':24s} {label}: " + " <- ".join(reversed(row[label][-4:])), flush=True)
+        for sync in row.get("host_syncs") or ():
+            print(f"{'':24s} host sync {sync['op']} x{sync['count']}: " + " <- ".join(reversed(sync["frames"][-4:])),
+                  flush=True)
         if args.out:  # after every variant (atomically): a run stopped by its caller's deadline keeps what it did
             tmp = args.out + ".tmp"
             with open(tmp, "w") as f:

@@ -195,6 +195,11 @@ def _frames(frames: Optional[list], n: int = 3) -> str:
     return " <- ".join(reversed(frames[-n:])) if frames else ""
 
 
+def _syncs(found: Optional[list]) -> str:
+    """capture_bisect's ``host_syncs`` (every host-synchronising op of a step) as ``op xN @ innermost frame; ...``."""
+    return "; ".join(f"{r['op']} x{r['count']} @ {_frames(r['frames'], 1)}" for r in found or ())
+
+
 def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], verdicts: dict,
            sanitizer: Optional[str], missing: list[str], bisect: Optional[list] = None,
            blocks: Optional[dict] = None) -> str:
@@ -242,10 +247,11 @@ def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], 
                          f"{_fmt(r['graph_fb_new'], '.3f')} | {_fmt(r['graph_fb_x'])} |")
     if bisect:
         lines += ["", "## Training-step CUDA-graph capture by variant (benchmarks/capture_bisect.py)", "",
-                  "| variant | captured | error | where (innermost first) | first synchronising op |",
-                  "|---|---|---|---|---|"]
+                  "| variant | captured | error | where (innermost first) | first synchronising op | host syncs |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['variant']} | {'yes' if r.get('ok') else 'NO'} | {r.get('error', '')[:160]} | "
-                  f"{_frames(r.get('frames'))} | {_frames(r.get('sync_op'))} |" for r in bisect]
+                  f"{_frames(r.get('frames'))} | {_frames(r.get('sync_op'))} | {_syncs(r.get('host_syncs'))} |"
+                  for r in bisect]
     if blocks:
         keys = ("y", "gr", "gk", "gv", "glogd", "gu")
         lines += ["", "## v6 launch settings, relative error vs float64 (benchmarks/v6_blocks_check.py)", "",

@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,64 @@ def test_variants_run_eagerly_on_cpu(tmp_path):
     assert rows[0]["model_kw"] == {"drop_path_rate": 0.0} and rows[1]["opts"]["backward"] is False
     assert [r["model"] for r in rows[1:]] == ["vrwkv_tiny_patch16_224", "deit_tiny_patch16_224",
                                               "vrwkv6_tiny_patch16_224"]
+
+
+def test_host_sync_scan_finds_what_a_capture_cannot_contain():
+    """Each kind of op that would make the host wait for a GPU is found (with the frame that ran it), a scalar
+    assigned into a tensor and the ordinary ops are not."""
+    mod = _bisect_module()
+    x = torch.randn(6)
+    kinds = {
+        "_local_scalar_dense": lambda: float(x.sum()),
+        "nonzero": lambda: torch.nonzero(x > 0),
+        "index": lambda: x[x > 0],
+        "index_put_": lambda: x.clone().__setitem__(x > 0, 0.0),
+        "masked_select": lambda: torch.masked_select(x, x > 0),
+        "repeat_interleave": lambda: torch.repeat_interleave(torch.tensor([1, 2])),
+        "tensor": lambda: torch.tensor([1.0, 2.0]),
+        "as_tensor": lambda: torch.as_tensor([1.0]),
+        "equal": lambda: torch.equal(x, x),
+        "_unique2": lambda: torch.unique(x),
+    }
+    for op, fn in kinds.items():
+        rows = mod.host_syncs(fn)
+        assert op in [r["op"] for r in rows], (op, rows)
+        inner = [r["frames"][-1] for r in rows]  # (the caller's frame innermost; the scan's own frames left out)
+        assert all(f.startswith("benchmarks/capture_bisect.py:") and f.endswith(" host_syncs") for f in inner), rows
+    clean = mod.host_syncs(lambda: (x.clone().__setitem__(0, 1.0), x.exp().sum(), x[1:3] * 2, torch.cumsum(x, 0),
+                                    torch.repeat_interleave(x, torch.tensor([1] * 6), output_size=6)))
+    assert [r["op"] for r in clean] == ["tensor"], clean  # (the repeats made from a list, not the interleave)
+    assert torch.tensor is not None and torch.tensor.__module__ == "torch", "the scan put torch.tensor back"
+
+
+def test_host_sync_scan_skips_only_the_optimizer():
+    mod = _bisect_module()
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+
+    def step():
+        p.grad = torch.ones_like(p)
+        opt.step()
+    step()
+    assert any(r["op"] == "_local_scalar_dense" for r in mod.host_syncs(step))  # (AdamW's step count, not capturable)
+    assert mod.host_syncs(step, skip_optimizer=True) == []
+
+
+def test_training_steps_through_the_kernels_do_not_sync_the_host(tmp_path):
+    """What a CUDA-graph capture of a training step needs (round 6's failed on an H200): no op of the forward, the
+    backward or AdamW waits for the GPU - checked here on the Triton path (kernels interpreted), fused and per-op,
+    v4 and v6, bf16 autocast and fp32, drop path on."""
+    out = tmp_path / "bisect.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "VRWKV_BACKEND": "triton"}
+    tiny = json.dumps({"embed_dim": 64, "depth": 2, "img_size": 32, "drop_path_rate": 0.1})
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--batch", "2", "--model-kw", tiny,
+                           "--variant", "default", "--variant", "vrwkv6", "--variant", "per_op_mixers",
+                           "--variant", "fp32", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(r["ok"] for r in rows), rows
+    assert [r["host_syncs"] for r in rows] == [[]] * 4, rows
 
 
 def test_where_names_our_frames_of_an_exception():

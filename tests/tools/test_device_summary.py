@@ -219,16 +219,19 @@ def test_settings_bisect_and_block_checks_are_summarised(tmp_path):
     (tmp_path / "bisect.json").write_text(json.dumps({"rows": [
         {"variant": "default", "ok": False, "error": "AcceleratorError: operation failed during capture",
          "frames": ["vision_rwkv/models/_base.py:1 forward", "vision_rwkv/ops/x.py:2 op"],
-         "sync_op": ["timm/a.py:3 f", "vision_rwkv/b.py:4 g", "vision_rwkv/c.py:5 h", "called a synchronizing op"]},
-        {"variant": "per_op_mixers", "ok": True, "sync_op": None}]}))
+         "sync_op": ["timm/a.py:3 f", "vision_rwkv/b.py:4 g", "vision_rwkv/c.py:5 h", "called a synchronizing op"],
+         "host_syncs": [{"op": "_local_scalar_dense", "count": 2, "frames": ["vision_rwkv/b.py:4 g"]},
+                        {"op": "nonzero", "count": 1, "frames": ["timm/a.py:3 f", "vision_rwkv/d.py:6 k"]}]},
+        {"variant": "per_op_mixers", "ok": True, "sync_op": None, "host_syncs": []}]}))
     (tmp_path / "v6_blocks.json").write_text(json.dumps({"results": {
         "bt32_bj8": {"y": 1.6e-7, "gr": 3.4e-4, "gk": 3.4e-4, "gv": 1.6e-7, "glogd": 2.6e-2, "gu": 1.4e-7},
         "bt16_bj8": {"error": "CompilationError: K >= 16\nmore"}}}))
     text, _ = ds.summarise(tmp_path)
     assert ("| default | NO | AcceleratorError: operation failed during capture | vision_rwkv/ops/x.py:2 op <- "
             "vision_rwkv/models/_base.py:1 forward | called a synchronizing op <- vision_rwkv/c.py:5 h <- "
-            "vision_rwkv/b.py:4 g |") in text
-    assert "| per_op_mixers | yes |  |  |  |" in text
+            "vision_rwkv/b.py:4 g | _local_scalar_dense x2 @ vision_rwkv/b.py:4 g; nonzero x1 @ vision_rwkv/d.py:6 k |"
+            ) in text
+    assert "| per_op_mixers | yes |  |  |  |  |" in text
     assert "| bt32_bj8 | 1.6e-07 | 3.4e-04 | 3.4e-04 | 1.6e-07 | 2.6e-02 | 1.4e-07 |  |" in text
     assert "| bt16_bj8 |  |  |  |  |  |  | CompilationError: K >= 16 |" in text
     (tmp_path / "bisect.json").write_text("{not json")
