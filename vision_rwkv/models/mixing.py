@@ -3,6 +3,7 @@
 * :func:`token_shift` - the token shift of a mixer: ``'q_shift'`` (2-D Q-Shift on the token grid, whole-channel
   quarters for v4, per-head quarters for v6) or ``'bi_shift_1d'`` (per-head 1-D bidirectional shift of the text
   tower). Only the Q-Shift has fused shift + interpolation kernels; the other fused kernels do not depend on it.
+* :class:`FusedPathMixer` - the forward dispatch of every mixer (mixed-operand GEMMs, fused, plain PyTorch).
 * :class:`ChannelMix` - ``sigmoid(R xr) * V relu(K xk)^2`` on token-shift interpolations (DESIGN.md §3-5).
 * :class:`TimeMixV6` - the RWKV-6 time mix: data-dependent interpolation ("ddlerp"), per-token decay,
   bidirectional WKV-6, per-head GroupNorm and SiLU gate (DESIGN.md §4-5).
@@ -37,7 +38,7 @@ from ._projections import (_fold, _linear, _plain_linear, key_relu_square, linea
                            step_linear_weights, step_matrices, mix_gemm_enabled, refuse_cast, StepCastRequest)
 
 __all__ = [
-    'TOKEN_SHIFTS', 'token_shift', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
+    'TOKEN_SHIFTS', 'token_shift', 'FusedPathMixer', 'ChannelMix', 'TimeMixV6', 'fused_prenorm_step', 'drop_path_scale',
     'fusable_drop_path', 'fuses_residual', 'takes_residual', 'key_relu_square', 'receptance_gate', 'lora_tanh',
     'lora_decay', 'mix_gemm_ready', 'step_weights', 'plain_weights',
     'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
@@ -95,7 +96,27 @@ def token_shift(x: torch.Tensor, kind: str, head_size: Optional[int], grid_size:
     return bi_shift_1d(x, head_size)
 
 
-class ChannelMix(nn.Module):
+class FusedPathMixer(nn.Module):
+    """A mixer's forward dispatch, shared by the channel mix, the RWKV-6 time mix and the v4 spatial mix: the
+    mixed-operand GEMM path (:meth:`fuses_residual`), the fused path (one step or op by op), or the plain PyTorch
+    path. Subclasses define ``fuses_residual``, ``_forward_mix_gemm``, ``_forward_fused`` and ``_forward_plain``."""
+
+    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
+                residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
+        """The mix of x (``grid_size``: the token grid, which the Q-Shift needs); with ``residual`` (see
+        :func:`fuses_residual`) the block's ``(x, norm(x))``. ``cast``: the step's matrices, cast by the caller
+        (:meth:`step_cast_request`)."""
+        if fused.fused_enabled(x):
+            if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
+                refuse_cast(self, cast)
+                return self._forward_mix_gemm(x, grid_size, residual)
+            return self._forward_fused(x, grid_size, residual, cast)
+        refuse_cast(self, cast)
+        out = self._forward_plain(x, grid_size)
+        return out if residual is None else residual.apply(out)
+
+
+class ChannelMix(FusedPathMixer):
     """RWKV channel mix: ``sigmoid(R xr) * V relu(K xk)^2`` (optional LayerNorm on the hidden).
 
     Args:
@@ -167,22 +188,12 @@ class ChannelMix(nn.Module):
         xx = shifted - x
         return x + xx * self.time_maa_k, x + xx * self.time_maa_r
 
-    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
-                residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
-        """The channel mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``.
-        ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
-        if fused.fused_enabled(x):
-            if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
-                refuse_cast(self, cast)
-                return self._forward_mix_gemm(x, grid_size, residual)
-            return self._forward_fused(x, grid_size, residual, cast)
-        refuse_cast(self, cast)
+    def _forward_plain(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
         xk, xr = self._mixed_inputs(x, grid_size)
         k = torch.square(torch.relu(self.key(xk)))
         if self.key_norm is not None:
             k = self.key_norm(k)
-        out = torch.sigmoid(self.receptance(xr)) * self.value(k)
-        return out if residual is None else residual.apply(out)
+        return torch.sigmoid(self.receptance(xr)) * self.value(k)
 
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the receptance GEMM's epilogue can take the residual add + LayerNorm."""
@@ -273,7 +284,7 @@ class ChannelMix(nn.Module):
         return f'token_shift={self.token_shift!r}, head_size={self.head_size}, param_style={self.param_style!r}'
 
 
-class TimeMixV6(nn.Module):
+class TimeMixV6(FusedPathMixer):
     """RWKV-6 time mix, parameterised by its token shift (VRWKV6 / RWKV-CLIP image tower and RWKV-CLIP text tower).
 
     ``xx = shift(x) - x``; five data-dependent interpolations (w, k, v, r, g) through a rank-``mix_rank`` tanh
@@ -408,19 +419,6 @@ class TimeMixV6(nn.Module):
         y = bi_wkv6(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), u, backend=self.wkv_backend)
         y = y.reshape(batch, num_tokens, dim)
         return y if self.key_norm is None else self.key_norm(y)
-
-    def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
-                residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
-        """The time mix of x; with ``residual`` (see :func:`fuses_residual`) the block's ``(x, norm(x))``.
-        ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
-        if fused.fused_enabled(x):
-            if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
-                refuse_cast(self, cast)
-                return self._forward_mix_gemm(x, grid_size, residual)
-            return self._forward_fused(x, grid_size, residual, cast)
-        refuse_cast(self, cast)
-        out = self._forward_plain(x, grid_size)
-        return out if residual is None else residual.apply(out)
 
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the output GEMM (GroupNorm * gate operand) can take the residual add +

@@ -32,7 +32,7 @@ from ._layers import GridSize
 from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference, linear_stack, mix_gemm_ready,
                            mix_gemm_weights, plain_weights, receptance_gate, stackable, step_linear_weights,
                            step_matrices, step_weights, mix_gemm_enabled, refuse_cast, StepCastRequest)
-from .mixing import ChannelMix, channel_position, channel_ratio, layer_ratios, lerp_mix
+from .mixing import ChannelMix, FusedPathMixer, channel_position, channel_ratio, layer_ratios, lerp_mix
 
 __all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
 
@@ -61,7 +61,7 @@ class _DivPair(torch.autograd.Function):
         return ga, gb, None
 
 
-class SpatialMix(nn.Module):
+class SpatialMix(FusedPathMixer):
     """v4 token mix: Q-Shift interpolation, k/v/r projections, Bi-WKV with per-step decay and bonus
     ``spatial_decay / T``, ``spatial_first / T``, optional LayerNorm, sigmoid(r) gate, output projection."""
 
@@ -110,19 +110,6 @@ class SpatialMix(nn.Module):
         in a training step; :meth:`per_step` divides for the plain path)."""
         return bi_wkv(self.spatial_decay, self.spatial_first, k, v, mode=self.wkv_mode, chunks=self.wkv_chunks,
                       scale=1.0 / num_tokens)
-
-    def forward(self, x: torch.Tensor, grid_size: GridSize, residual: Optional[fused.ResidualNorm] = None,
-                cast: Optional[Tuple[torch.Tensor, ...]] = None):
-        """The token mix of x; with ``residual`` (see :func:`~vision_rwkv.models.mixing.fuses_residual`) the block's
-        ``(x, norm(x))``. ``cast``: the step's matrices, cast by the caller (:meth:`step_cast_request`)."""
-        if fused.fused_enabled(x):
-            if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
-                refuse_cast(self, cast)
-                return self._forward_mix_gemm(x, grid_size, residual)
-            return self._forward_fused(x, grid_size, residual, cast)
-        refuse_cast(self, cast)
-        out = self._forward_plain(x, grid_size)
-        return out if residual is None else residual.apply(out)
 
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the output projection runs as a Triton GEMM with the residual add +
