@@ -1,5 +1,8 @@
-"""The device plans (benchmarks/device_run*.sh) before they cost device time: shell syntax, and every sweep config a
-plan names exists in benchmarks/sweep.py (a typo would surface only on the GPU machine, as a lost step)."""
+"""The device plans (benchmarks/device_run*.sh) before they cost device time: shell syntax, every sweep config a
+plan names exists in benchmarks/sweep.py, and the newest plan's Python commands - as the plan expands them - name
+files that exist and arguments their scripts accept (a typo would surface only on the GPU machine, as a lost step)."""
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -45,3 +48,64 @@ def test_named_config_lookup(sweep):
     assert sweep.named_config("seq_t32")[0] == "v4"
     with pytest.raises(SystemExit, match="no config named 'nope'; known: .*chunk_r128"):
         sweep.named_config("nope")
+
+
+LATEST = max((p for p in PLANS if re.fullmatch(r"device_run\d+\.sh", p.name)),
+             key=lambda p: int(re.search(r"\d+", p.name).group()))
+_RECORDER = """#!/bin/bash
+# stands in for python while a device plan runs: records each command line (fields \\x1f, lines \\x1e) with one
+# write (the plan runs commands in parallel)
+line=""
+for a in "$@"; do line+="$a"$'\\x1f'; done
+printf '%s\\x1e' "$line" >> "$PLAN_RECORD"
+"""
+
+
+def _plan_commands(plan: Path, tmp: Path) -> list:
+    """The plan's python command lines, recorded by running it with ``python`` replaced by a recorder (nothing
+    runs: no tests, no timings; nvidia-smi is absent here and only its line in gpu.txt fails)."""
+    fake = tmp / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(_RECORDER)
+    (fake / "python").chmod(0o755)
+    record = tmp / "record"
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PLAN_RECORD": str(record), "W": str(tmp / "w"),
+           "OUT": str(tmp / "out")}
+    proc = subprocess.run(["bash", str(plan)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [line.split("\x1f")[:-1] for line in record.read_text().split("\x1e") if line]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_latest_plan_commands_parse(tmp_path):
+    cmds = _plan_commands(LATEST, tmp_path)
+    scripts = [c for c in cmds if c and c[0] not in ("-c", "-m")]
+    tests = [c for c in cmds if c[:2] == ["-m", "pytest"]]
+    assert len(scripts) >= 10 and tests, cmds  # (device_run8.sh: ~35 script runs, one pytest run)
+    for c in tests:  # the test paths the plan hands pytest exist
+        paths = [a for a in c[2:] if not a.startswith("-") and ("/" in a or a.endswith(".py"))]
+        assert paths and all((ROOT / a).exists() for a in paths), c
+    missing = sorted({c[0] for c in scripts if not (ROOT / c[0]).is_file()})
+    assert not missing, f"{LATEST.name} runs scripts that do not exist: {missing}"
+    unique = [list(c) for c in dict.fromkeys(tuple(c) for c in scripts)]
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "tools" / "_plan_args_check.py")],
+                          input=json.dumps(unique), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bad = [r for r in json.loads(proc.stdout.strip().splitlines()[-1]) if r["error"]]
+    assert not bad, f"{LATEST.name}: commands whose arguments do not parse: {bad}"
+
+
+def test_plan_check_catches_a_bad_argument(tmp_path):
+    """The checker itself: an unknown flag, an unknown kernel-config key and an unknown sweep config are errors."""
+    cmds = [["tools/benchmark.py", "--backbones", "--no-such-flag"],
+            ["tools/benchmark.py", "--backbones", "--kernel-config", "v6.no_such_key=1"],
+            ["benchmarks/sweep.py", "warm", "no_such_config"],
+            ["tools/profile_backbone.py", "--models", "VRWKV-T", "--img-size", "1024"]]
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "tools" / "_plan_args_check.py")],
+                          input=json.dumps(cmds), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errors = [r["error"] for r in json.loads(proc.stdout.strip().splitlines()[-1])]
+    assert errors[0] and "exited with 2" in errors[0], errors
+    assert errors[1] and "no_such_key" in errors[1], errors
+    assert errors[2] and "no_such_config" in errors[2], errors
+    assert errors[3] is None, errors
