@@ -24,6 +24,7 @@
 #    third-party WKV); VRWKV-T / VRWKV6-T at 1024 px, batch 4, as graph replays (bb_b4.json: L2 residency).
 #    Last (<= 95 s): GPU time per op group and top kernels, VRWKV-T / VRWKV6-T / DeiT-T, of the 1024-px forward
 #    (b16, profile_1024.md) and of a 224-px training step (b128, profile_train.md).
+# Then, with the session's remaining device time, device_run9.sh: the backbones with the sweep's fastest settings.
 # 3. summary.md (benchmarks/device_summary.py) after every step; $OUT: summary.md, verdict.json, bb_old.json,
 #    sweep.json, bb_new.json, bb_b4.json, bisect.json, v6_blocks.json, profile_1024.md, profile_train.md, gpu.txt,
 #    logs.tar.gz.
@@ -61,6 +62,7 @@ timeout 140 python tools/benchmark.py $BB $MODELS --graph --iters 10 --warmup 2 
 stamp "backbones done"
 checkpoint
 timeout 90 python benchmarks/sweep.py time "$OUT/sweep.json" 70 v4,v6 $CFGS bf16 > "$W/sweep.log" 2>&1
+cp "$OUT/sweep.json" "$W/sweep.json" 2>/dev/null  # (for device_run9.sh, the session's second call on this machine)
 stamp "sweep done"
 checkpoint
 # VRWKV6-T with fla's kernels as its WKV (1024 px b16 and the 224-px training step): the summary's "new" column

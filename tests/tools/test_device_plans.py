@@ -1,5 +1,5 @@
 """The device plans (benchmarks/device_run*.sh) before they cost device time: shell syntax, every sweep config a
-plan names exists in benchmarks/sweep.py, and the newest plan's Python commands - as the plan expands them - name
+plan names exists in benchmarks/sweep.py, and the current plans' Python commands - as the plan expands them - name
 files that exist and arguments their scripts accept (a typo would surface only on the GPU machine, as a lost step)."""
 import json
 import os
@@ -50,8 +50,8 @@ def test_named_config_lookup(sweep):
         sweep.named_config("nope")
 
 
-LATEST = max((p for p in PLANS if re.fullmatch(r"device_run\d+\.sh", p.name)),
-             key=lambda p: int(re.search(r"\d+", p.name).group()))
+CURRENT = [p for p in PLANS  # (the plans a device session would run now: rounds 8 and 9)
+           if re.fullmatch(r"device_run\d+\.sh", p.name) and int(re.search(r"\d+", p.name).group()) >= 8]
 _RECORDER = """#!/bin/bash
 # stands in for python while a device plan runs: records each command line (fields \\x1f, lines \\x1e) with one
 # write (the plan runs commands in parallel)
@@ -61,7 +61,7 @@ printf '%s\\x1e' "$line" >> "$PLAN_RECORD"
 """
 
 
-def _plan_commands(plan: Path, tmp: Path) -> list:
+def _plan_commands(plan: Path, tmp: Path, env: dict) -> list:
     """The plan's python command lines, recorded by running it with ``python`` replaced by a recorder (nothing
     runs: no tests, no timings; nvidia-smi is absent here and only its line in gpu.txt fails)."""
     fake = tmp / "bin"
@@ -70,29 +70,32 @@ def _plan_commands(plan: Path, tmp: Path) -> list:
     (fake / "python").chmod(0o755)
     record = tmp / "record"
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PLAN_RECORD": str(record), "W": str(tmp / "w"),
-           "OUT": str(tmp / "out")}
+           "OUT": str(tmp / "out"), **env}
     proc = subprocess.run(["bash", str(plan)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return [line.split("\x1f")[:-1] for line in record.read_text().split("\x1e") if line]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_latest_plan_commands_parse(tmp_path):
-    cmds = _plan_commands(LATEST, tmp_path)
+@pytest.mark.parametrize("plan", CURRENT, ids=lambda p: p.name)
+def test_current_plan_commands_parse(plan, tmp_path):
+    sweep = tmp_path / "sweep.json"  # (device_run9.sh reads run 8's sweep; the recorder makes its picks empty)
+    sweep.write_text("[]")
+    cmds = _plan_commands(plan, tmp_path, {"SWEEP": str(sweep)})
     scripts = [c for c in cmds if c and c[0] not in ("-c", "-m")]
     tests = [c for c in cmds if c[:2] == ["-m", "pytest"]]
-    assert len(scripts) >= 10 and tests, cmds  # (device_run8.sh: ~35 script runs, one pytest run)
+    assert len(scripts) >= 4, cmds  # (device_run8.sh: ~35 script runs and one pytest run; device_run9.sh: 7 runs)
     for c in tests:  # the test paths the plan hands pytest exist
         paths = [a for a in c[2:] if not a.startswith("-") and ("/" in a or a.endswith(".py"))]
         assert paths and all((ROOT / a).exists() for a in paths), c
     missing = sorted({c[0] for c in scripts if not (ROOT / c[0]).is_file()})
-    assert not missing, f"{LATEST.name} runs scripts that do not exist: {missing}"
+    assert not missing, f"{plan.name} runs scripts that do not exist: {missing}"
     unique = [list(c) for c in dict.fromkeys(tuple(c) for c in scripts)]
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "tools" / "_plan_args_check.py")],
                           input=json.dumps(unique), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bad = [r for r in json.loads(proc.stdout.strip().splitlines()[-1]) if r["error"]]
-    assert not bad, f"{LATEST.name}: commands whose arguments do not parse: {bad}"
+    assert not bad, f"{plan.name}: commands whose arguments do not parse: {bad}"
 
 
 def test_plan_check_catches_a_bad_argument(tmp_path):
