@@ -5,6 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vision_rwkv.models.mixing import ChannelMix, TimeMixV6, fused_prenorm_step
+from vision_rwkv.models.vrwkv import SpatialMix
 from vision_rwkv.ops import bi_shift_1d, q_shift
 
 
@@ -119,6 +120,9 @@ def test_mixer_argument_errors():
         TimeMixV6(32, 0, 1, head_size=16)(torch.randn(1, 4, 32))
     with pytest.raises(ValueError, match="needs the token grid"):
         ChannelMix(16, 0, 1, 32)(torch.randn(1, 4, 16))
+    with pytest.raises(ValueError, match="SpatialMix: the Q-Shift needs the token grid"):
+        SpatialMix(16, 0, 1)(torch.randn(1, 4, 16))
+    assert ChannelMix(16, 0, 1, 32, head_size=8, token_shift="bi_shift_1d")(torch.randn(1, 4, 16)).shape == (1, 4, 16)
 
 
 @pytest.mark.parametrize("with_scale,with_next", [(False, False), (True, True)])

@@ -106,6 +106,8 @@ class FusedPathMixer(nn.Module):
         """The mix of x (``grid_size``: the token grid, which the Q-Shift needs); with ``residual`` (see
         :func:`fuses_residual`) the block's ``(x, norm(x))``. ``cast``: the step's matrices, cast by the caller
         (:meth:`step_cast_request`)."""
+        if grid_size is None and getattr(self, 'token_shift', 'q_shift') == 'q_shift':
+            raise ValueError(f"{type(self).__name__}: the Q-Shift needs the token grid: pass grid_size=(rows, cols)")
         if fused.fused_enabled(x):
             if self.fuses_residual():  # the mixed-operand path, with the residual epilogue when one is given
                 refuse_cast(self, cast)
