@@ -15,14 +15,15 @@ time that dominates it:
 
 - ``inference_1024``: the 1024-px forward (4096 tokens and more): CUDA-graph forward time (at batch 16 the GPU, not
   the host, bounds it).
+- ``inference_224``: the 224-px forward (196 tokens; batch 256): CUDA-graph forward time.
 - ``train_224``: the 224-px training step (196 tokens): CUDA-graph forward + backward time, among the settings whose
   eager forward + backward (the host-bound regime of eager training) is not slower than the default's.
 
 Per op (v4, v6) the setting with the best geometric mean of default / setting time over the workload's shapes is
 picked if it beats the default kernels' rows (named in ``device_summary.DEFAULT_SETTINGS``) by at least
 ``MIN_GAIN``; a setting counts only where it ran at every one of those shapes (an error or a missing row rules it
-out). ``--shell`` prints ``INF_CFG=...`` / ``TRAIN_CFG=...`` lines of ``--kernel-config OP.KEY=VAL`` arguments for
-``tools/benchmark.py``.
+out). ``--shell`` prints ``INF_CFG=`` / ``INF224_CFG=`` / ``TRAIN_CFG=`` lines of ``--kernel-config OP.KEY=VAL``
+arguments for ``tools/benchmark.py``.
 """
 from __future__ import annotations
 
@@ -41,8 +42,10 @@ CONFIGS = {"v4": V4_CONFIGS, "v6": V6_CONFIGS}
 MIN_GAIN = 1.03  # below this a setting's lead is within the run-to-run spread of the sweep's medians
 WORKLOADS = {  # name -> (which sequence lengths, the time that decides, eager fwd+bwd must not regress)
     "inference_1024": (lambda t: t >= 4096, "graph_f", False),
+    "inference_224": (lambda t: t <= 256, "graph_f", False),
     "train_224": (lambda t: t <= 256, "graph_fb", True),
 }
+SHELL_VARS = {"inference_1024": "INF_CFG", "inference_224": "INF224_CFG", "train_224": "TRAIN_CFG"}
 
 
 def pick(rows: list[dict], op: str, workload: str, dtype: str = "bf16") -> dict:
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("pick", help="the fastest settings per workload from a sweep.json")
     p.add_argument("sweep", type=Path)
     p.add_argument("--out", type=Path, help="write the picks as JSON")
-    p.add_argument("--shell", action="store_true", help="print INF_CFG=... / TRAIN_CFG=... for a shell's eval")
+    p.add_argument("--shell", action="store_true", help="print INF_CFG=... / INF224_CFG=... / TRAIN_CFG=... lines")
     s = sub.add_parser("summary", help="OUT_DIR/picks.json and bb_tuned_*.json -> OUT_DIR/tuned.md")
     s.add_argument("out_dir", type=Path)
     args = ap.parse_args(argv)
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
         if args.out:
             args.out.write_text(json.dumps(picks, indent=1))
         if args.shell:
-            for var, workload in (("INF_CFG", "inference_1024"), ("TRAIN_CFG", "train_224")):
+            for workload, var in SHELL_VARS.items():
                 print(f"{var}={shlex.quote(' '.join(kernel_config_args(picks[workload])))}")
         else:
             print(json.dumps(picks, indent=1))

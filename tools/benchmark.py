@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--res", action="append", type=int, help="resolution(s); default 224 512 1024")
     p.add_argument("--batch", action="append", help="RES=BATCH, repeatable")
     p.add_argument("--no-train", action="store_true", help="skip the training-step rows")
+    p.add_argument("--train-only", action="store_true",
+                   help="only the training-step rows (224 px; with --kernel-config settings picked for training)")
     p.add_argument("--train-batch", type=int, default=None,
                    help="batch of the training-step rows (default 128, quick 2; on CPU e.g. 8)")
     p.add_argument("--graph", action="store_true",
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not (args.ops or args.gemm or args.backbones):
         p.error("choose --ops, --gemm and/or --backbones")
+    if args.train_only and (args.no_train or args.res):
+        p.error("--train-only runs the training rows (224 px) alone: not with --no-train or --res")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
@@ -128,7 +132,8 @@ def main(argv=None) -> int:
             res = res or [64]
             batches = batches or {r: 1 for r in res}
         train_batch = args.train_batch or (2 if args.quick else 128)
-        rows = bm.bench_backbones(args.device, models, res or (224, 512, 1024), batches, dtypes,
+        rows = bm.bench_backbones(args.device, models, () if args.train_only else res or (224, 512, 1024), batches,
+                                  dtypes,
                                   train=not args.no_train, train_batch=train_batch, iters=iters,
                                   warmup=warmup, with_deit=not args.no_deit, progress=tick, graph=args.graph)
         out["backbones"] = rows

@@ -189,3 +189,23 @@ def test_v6_rows_compare_with_fla_where_installed():
     assert not any(k in r for r in data["rows"] if r["op"] == "v4_biwkv" for k in fla_keys)
     assert not any(k in r for r in data["without"] for k in fla_keys)
     assert data["algo"] == "chunk"
+
+
+def test_cli_train_only_asks_for_training_rows_alone(monkeypatch):
+    """``--train-only``: no inference resolutions, the training rows on; with --no-train or --res an error."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark as tool
+
+    seen = {}
+
+    def fake_backbones(device, models, resolutions, batches, dtypes, train, **kwargs):
+        seen.update(resolutions=tuple(resolutions), train=train, train_batch=kwargs["train_batch"])
+        return []
+
+    monkeypatch.setattr(tool.bm, "bench_backbones", fake_backbones)
+    tool.main(["--backbones", "--device", "cpu", "--train-only", "--train-batch", "4"])
+    assert seen == dict(resolutions=(), train=True, train_batch=4)
+    for extra in (["--no-train"], ["--res", "224"]):
+        with pytest.raises(SystemExit) as info:
+            tool.main(["--backbones", "--device", "cpu", "--train-only", *extra])
+        assert info.value.code == 2

@@ -42,7 +42,8 @@ def _sweep():
 
 def test_pick_per_workload():
     picks = ps.pick_all(_sweep())
-    inf, train = picks["inference_1024"], picks["train_224"]
+    inf, inf224, train = picks["inference_1024"], picks["inference_224"], picks["train_224"]
+    assert inf224["v6"]["config"] == "chunk" and inf224["v6"]["speedup"] == 1.0  # (no setting's forward is faster)
     assert inf["v6"]["config"] == "chunk_carry" and inf["v6"]["speedup"] == pytest.approx(2.0)
     assert inf["v6"]["settings"] == {"algo": "chunk", "fwd_carry": 1}
     assert "chunk_r128" not in inf["v6"]["candidates"]  # (not timed at every shape of the workload)
@@ -74,6 +75,7 @@ def test_cli_pick_shell_and_summary(tmp_path):
     words = {k: shlex.split(shlex.split(v)[0]) for k, v in assigned.items()}  # (as `eval` and then $VAR split it)
     assert words["INF_CFG"] == ["--kernel-config", "v6.algo=chunk", "--kernel-config", "v6.fwd_carry=1"]
     assert words["TRAIN_CFG"][-4:] == ["--kernel-config", "v6.algo=chunk", "--kernel-config", "v6.state_t=16"]
+    assert assigned["INF224_CFG"] == "''"  # (the defaults)
     assert json.loads((tmp_path / "picks.json").read_text())["train_224"]["v4"]["config"] == "seq_r96"
     # the backbone runs: ours with DeiT in the same file, and a variant run without DeiT rows (taken from the other)
     deit = dict(model="deit_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1000.0, peak_mem_GiB=3.0)
