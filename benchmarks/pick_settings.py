@@ -21,8 +21,9 @@ time that dominates it:
 
 Per op (v4, v6) the setting with the best geometric mean of default / setting time over the workload's shapes is
 picked if it beats the default kernels' rows (named in ``device_summary.DEFAULT_SETTINGS``) by at least
-``MIN_GAIN``; a setting counts only where it ran at every one of those shapes (an error or a missing row rules it
-out). ``--shell`` prints ``INF_CFG=`` / ``INF224_CFG=`` / ``TRAIN_CFG=`` lines of ``--kernel-config OP.KEY=VAL``
+``MIN_GAIN``. A setting that failed at any of the workload's shapes (an error row) is ruled out; one that was not
+timed at some of them (the sweep's deadline cuts the last shape's later settings) is judged on the shapes both
+have. ``--shell`` prints ``INF_CFG=`` / ``INF224_CFG=`` / ``TRAIN_CFG=`` lines of ``--kernel-config OP.KEY=VAL``
 arguments for ``tools/benchmark.py``.
 """
 from __future__ import annotations
@@ -54,18 +55,19 @@ def pick(rows: list[dict], op: str, workload: str, dtype: str = "bf16") -> dict:
     None when the sweep has no default rows for the workload)."""
     lengths, metric, eager_guard = WORKLOADS[workload]
     base = DEFAULT_SETTINGS[op]
-    ok = {(r["config"], tuple(r["shape"])): r for r in rows
-          if r.get("op") == op and r.get("dtype") == dtype and "error" not in r and lengths(r["shape"][1])
-          and r.get(metric) and r.get("eager_fb")}
+    mine = [r for r in rows if r.get("op") == op and r.get("dtype") == dtype and lengths(r["shape"][1])]
+    failed = {r["config"] for r in mine if "error" in r or not r.get(metric) or not r.get("eager_fb")}
+    ok = {(r["config"], tuple(r["shape"])): r for r in mine if r["config"] not in failed}
     shapes = sorted({s for c, s in ok if c == base})
     best = dict(config=base, settings=CONFIGS[op].get(base, {}), speedup=1.0 if shapes else None,
                 eager_speedup=1.0 if shapes else None, shapes=[list(s) for s in shapes], candidates={})
     for name in sorted({c for c, _ in ok} - {base}):
-        if name not in CONFIGS[op] or not shapes or any((name, s) not in ok for s in shapes):
+        common = [s for s in shapes if (name, s) in ok]  # (a deadline may have cut the last shapes' later configs)
+        if name not in CONFIGS[op] or not common:
             continue
-        x = geomean(ok[(base, s)][metric] / ok[(name, s)][metric] for s in shapes)
-        eager = geomean(ok[(base, s)]["eager_fb"] / ok[(name, s)]["eager_fb"] for s in shapes)
-        best["candidates"][name] = dict(speedup=x, eager_speedup=eager)
+        x = geomean(ok[(base, s)][metric] / ok[(name, s)][metric] for s in common)
+        eager = geomean(ok[(base, s)]["eager_fb"] / ok[(name, s)]["eager_fb"] for s in common)
+        best["candidates"][name] = dict(speedup=x, eager_speedup=eager, shapes=len(common))
         if eager_guard and eager is not None and eager < 1.0:
             continue
         if x is not None and x >= MIN_GAIN and x > best["speedup"]:
