@@ -72,6 +72,9 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     # (tools/roofline.py), under the 7.74 ms of 2x the anchors' DeiT-T
     "chunk_carry_st128_16bit": {"algo": "chunk", "fwd_carry": 1, "state_t": 128, "state_dtype": "input"},
     "chunk_swalk64_st128_16bit": {"algo": "chunk", "state_walk": 64, "state_t": 128, "state_dtype": "input"},
+    # round 31: the state-chunk output kernel on states walked by one kernel at every length (benchmarks/
+    # pick_settings.py picks one named setting per op and workload: combinations must be settings of their own)
+    "chunk_carry_swalk64": {"algo": "chunk", "fwd_carry": 1, "state_walk": 64},
     # round 27: the walk kernels with tensor-core in-chunk pairs (the "walk" row above), and their forward's value
     # columns in blocks of 32 / 16 (2x / 4x the programs: 192 / 384 instead of 96 at VRWKV6-T's 1024-px shape; at
     # 223-255 registers two 4-warp programs fit an SM, so 384 take two waves of an H100's 132 SMs)

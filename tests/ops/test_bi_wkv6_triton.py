@@ -174,6 +174,9 @@ CPU_CASES.update({
         CHUNK, fwd_carry=1, state_t=128, state_dtype="input")),
     "walk_states_st128_16bit_weak": dict(shape=(1, 300, 1, 16), dtype="bf16", dshift=-3.0, config={
         "algo": "chunk", "state_walk": 64, "state_t": 128, "state_dtype": "input"}),
+    # round 31's sweep combination: the state-chunk output kernel on walked states (5 state chunks, the last partial)
+    "chunk_carry_walk_states_weak": dict(shape=(2, 300, 1, 16), dshift=-3.0, config={
+        "algo": "chunk", "fwd_carry": 1, "state_walk": 64}),
 })
 # algo=fla (fla_route.py: two calls of flash-linear-attention's causal chunk kernels) through the kernels' entry
 # points, with fla's entry points stood in for by the float64 loop of _fla_standin.py (its kernels do not run in the
@@ -241,7 +244,8 @@ CUDA_CASES.update({f"{name}_{tag}": dict(case, config=dict(case["config"], **car
 # below fp32 resolution: only weak decays test the states between chunks)
 CUDA_CASES.update({f"4x1024x6x64_chunk_{tag}_weak_decays": dict(shape=(4, 1024, 6, 64), dshift=-3.0, config=dict(
     algo="chunk", **carry)) for tag, carry in (("carry", {"fwd_carry": 1}), ("bcarry", {"bwd_carry": 1}),
-                                               ("scan", {"state_walk": 0}))})
+                                               ("scan", {"state_walk": 0}),
+                                               ("carry_swalk", {"fwd_carry": 1, "state_walk": 64}))})
 CUDA_CASES["4x1024x6x64_chunk_weak_decays"] = dict(shape=(4, 1024, 6, 64), dshift=-3.0, config={"algo": "chunk"})
 # the in-chunk sums' worst patterns with the GPU's scans (fp32, no fp64): one token at the clamp among weak ones
 # (chunk kernels), strong decays then weak ones (the walk kernels' in-chunk pairs by the exact split, at the
