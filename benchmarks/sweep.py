@@ -76,6 +76,10 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     # round 31: the state-chunk output kernel on states walked by one kernel at every length (benchmarks/
     # pick_settings.py picks one named setting per op and workload: combinations must be settings of their own)
     "chunk_carry_swalk64": {"algo": "chunk", "fwd_carry": 1, "state_walk": 64},
+    # ... with 16-bit states every 128 tokens: VRWKV6-T's 1024-px floor 7.91 (default) -> 7.71 (the row above) ->
+    # 7.10 ms at 3 TB/s (tools/roofline.py; chunk_swalk64_st128_16bit, without the carry's fp32 scratch: 6.90)
+    "chunk_carry_swalk64_st128_16bit": {"algo": "chunk", "fwd_carry": 1, "state_walk": 64, "state_t": 128,
+                                        "state_dtype": "input"},
     # round 27: the walk kernels with tensor-core in-chunk pairs (the "walk" row above), and their forward's value
     # columns in blocks of 32 / 16 (2x / 4x the programs: 192 / 384 instead of 96 at VRWKV6-T's 1024-px shape; at
     # 223-255 registers two 4-warp programs fit an SM, so 384 take two waves of an H100's 132 SMs)

@@ -177,6 +177,8 @@ CPU_CASES.update({
     # round 31's sweep combination: the state-chunk output kernel on walked states (5 state chunks, the last partial)
     "chunk_carry_walk_states_weak": dict(shape=(2, 300, 1, 16), dshift=-3.0, config={
         "algo": "chunk", "fwd_carry": 1, "state_walk": 64}),
+    "chunk_carry_walk_states_st128_16bit_weak": dict(shape=(1, 300, 1, 16), dtype="bf16", dshift=-3.0, config={
+        "algo": "chunk", "fwd_carry": 1, "state_walk": 64, "state_t": 128, "state_dtype": "input"}),
 })
 # algo=fla (fla_route.py: two calls of flash-linear-attention's causal chunk kernels) through the kernels' entry
 # points, with fla's entry points stood in for by the float64 loop of _fla_standin.py (its kernels do not run in the
