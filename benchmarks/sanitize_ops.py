@@ -85,14 +85,21 @@ for (B, T, C), mode, P, cfg in V4_CASES:
                       (gated, *v4._bwd(w, u, k, v, m, car, gout, mode, P, 1.0 / T, gate=r)))
         with_config(v4.CONFIG, dict(cfg, seq=1), run_v4_gate)
 
-for algo, cfg in (("walk", {}), ("chunk", {"state_t": 32})):
+# the v6 kernel variants the sweep times (benchmarks/sweep.py) and a device run may make default: the walk kernels
+# (value columns in blocks of 32 too), the chunk kernels with the states walked (the default up to 16 state chunks)
+# or scanned, carried by the output / backward kernels, 16-bit, and the log decay's suffix sums by their own kernel
+V6_VARIANTS = (("walk", {}), ("walk", {"walk_bv": 32}), ("chunk", {"state_t": 32}),
+               ("chunk", {"state_t": 32, "state_walk": 0, "suffix_inline": 0}),
+               ("chunk", {"state_t": 32, "fwd_carry": 1, "bwd_carry": 1}),
+               ("chunk", {"state_t": 32, "fwd_carry": 1, "state_walk": 64, "state_dtype": "input"}))
+for algo, cfg in V6_VARIANTS:
     for (B, T, H, N) in [(2, 37, 2, 64), (1, 20, 1, 80), (1, 1, 1, 64), (1, 131, 2, 64)]:
         for dt in DTYPES:
             def run_v6():
                 r, k, v = (leaf(B, T, H, N, dtype=dt) for _ in range(3))
                 logd = (-torch.exp(torch.randn(B, T, H, N, device=dev))).to(dt).requires_grad_()
                 u = leaf(H, N)
-                check(("v6", algo, (B, T, H, N), dt), v6.bi_wkv6_triton(r, k, v, logd, u), (r, k, v, logd, u))
+                check(("v6", algo, cfg, (B, T, H, N), dt), v6.bi_wkv6_triton(r, k, v, logd, u), (r, k, v, logd, u))
             with_config(v6.CONFIG, dict(cfg, algo=algo), run_v6)
 
 # the RWKV-6 time mix's entry points: z and w0 read (the log decay formed as loaded), the GroupNorm * silu(gate)

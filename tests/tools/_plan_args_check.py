@@ -1,8 +1,8 @@
 """Run by tests/tools/test_device_plans.py: check the argument lists of a device plan's Python commands without
 running them. Reads JSON ``[[script, arg, ...], ...]`` on stdin; for each, the script's argparse parser parses the
 arguments (the script stops right after: :class:`_Parsed`), ``--kernel-config`` items are applied (unknown ops /
-keys are errors) and ``benchmarks/sweep.py``'s verbs and config names and ``device_summary.py``'s arity are
-checked (those two read ``sys.argv`` themselves). Prints JSON
+keys are errors) and ``benchmarks/sweep.py``'s verbs and config names, ``device_summary.py``'s and
+``sanitize_ops.py``'s arguments are checked (those three read ``sys.argv`` themselves). Prints JSON
 ``[{"cmd": [...], "error": str or None}, ...]``."""
 import argparse
 import json
@@ -47,6 +47,10 @@ def check(cmd: list) -> None:
     if script.endswith("benchmarks/device_summary.py"):  # (positional: OUT [LOG_DIR])
         if not 1 <= len(args) <= 2:
             raise ValueError(f"device_summary.py takes OUT [LOG_DIR], got {args}")
+        return None
+    if script.endswith("benchmarks/sanitize_ops.py"):  # (positional: [DEVICE]; it runs its cases at import)
+        if args not in ([], ["cuda"], ["cpu"]):
+            raise ValueError(f"sanitize_ops.py takes [cuda|cpu], got {args}")
         return None
     real = argparse.ArgumentParser.parse_args
 
