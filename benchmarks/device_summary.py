@@ -297,9 +297,11 @@ def summarise(out_dir: str | Path, logs_dir: str | Path | None = None) -> tuple[
     sanitizer = None
     if (logs / "sanitizer.log").exists():
         text = (logs / "sanitizer.log").read_text(errors="replace")
-        rc = re.findall(r"sanitizer rc=(\d+)", text)
-        summary = re.findall(r"ERROR SUMMARY: \d+ errors?", text)
-        sanitizer = (f"rc={rc[-1] if rc else '?'}, {summary[-1] if summary else 'no ERROR SUMMARY line'}, "
+        # (one run's log, or several runs' concatenated - device_run10.sh: the worst rc, the errors summed)
+        rc = [int(x) for x in re.findall(r"sanitizer rc=(\d+)", text)]
+        errors = [int(x) for x in re.findall(r"ERROR SUMMARY: (\d+) errors?", text)]
+        summary = f"ERROR SUMMARY: {sum(errors)} errors" + (f" ({len(errors)} runs)" if len(errors) > 1 else "")
+        sanitizer = (f"rc={max(rc) if rc else '?'}, {summary if errors else 'no ERROR SUMMARY line'}, "
                      f"{len(re.findall(r' ok$', text, re.M))} cases ok, "
                      f"{len(re.findall('NON-FINITE', text))} non-finite")
     else:

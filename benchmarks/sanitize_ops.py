@@ -11,6 +11,7 @@
 
 fp32 and bf16 everywhere. Prints one line per case; exits non-zero if an output or gradient is non-finite.
     compute-sanitizer --tool memcheck --error-exitcode 3 python benchmarks/sanitize_ops.py
+    SANITIZE_SECTIONS=v6,mix python benchmarks/sanitize_ops.py     # some of the sections v4, v6, fused, mix
 """
 import os
 import sys
@@ -24,6 +25,17 @@ from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
 from vision_rwkv.ops.fused import shift_triton as ft  # noqa: E402
 
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # "cpu" with TRITON_INTERPRET=1: a dry run of this script
+SECTIONS = ("v4", "v6", "fused", "mix")
+_WANTED = [x.strip() for x in os.environ.get("SANITIZE_SECTIONS", ",".join(SECTIONS)).split(",") if x.strip()]
+if set(_WANTED) - set(SECTIONS):
+    raise SystemExit(f"SANITIZE_SECTIONS: unknown {sorted(set(_WANTED) - set(SECTIONS))}; known: {SECTIONS}")
+
+
+def section(name, items):
+    """``items`` when the cases of section ``name`` run (``SANITIZE_SECTIONS``, comma-separated; default all), else
+    nothing: processes can split the cases between them (compile warm-ups in parallel, see device_run10.sh)."""
+    return items if name in _WANTED else ()
+
 bad = 0
 torch.manual_seed(0)
 DTYPES = (torch.float32, torch.bfloat16)
@@ -64,7 +76,7 @@ def with_config(config, settings, fn):
 
 V4_CASES = [((2, 37, 40), "exact", 32, {}), ((2, 300, 40), "exact", 32, {}), ((1, 301, 33), "original", 32, {}),
             ((2, 53, 17), "original", 4, {"chunk_t": 8}), ((1, 1, 5), "exact", 32, {})]
-for seq in (0, 1):
+for seq in section("v4", (0, 1)):
     for (B, T, C), mode, P, cfg in V4_CASES:
         for dt in DTYPES:
             def run_v4():
@@ -75,7 +87,7 @@ for seq in (0, 1):
             with_config(v4.CONFIG, dict(cfg, seq=seq), run_v4)
 
 # the v4 token mix's training path: the output gate formed by the seq forward, its gradient by the seq backward
-for (B, T, C), mode, P, cfg in V4_CASES:
+for (B, T, C), mode, P, cfg in section("v4", V4_CASES):
     for dt in DTYPES:
         def run_v4_gate():
             w, u = (torch.randn(C, device=dev) / T for _ in range(2))
@@ -92,7 +104,7 @@ V6_VARIANTS = (("walk", {}), ("walk", {"walk_bv": 32}), ("chunk", {"state_t": 32
                ("chunk", {"state_t": 32, "state_walk": 0, "suffix_inline": 0}),
                ("chunk", {"state_t": 32, "fwd_carry": 1, "bwd_carry": 1}),
                ("chunk", {"state_t": 32, "fwd_carry": 1, "state_walk": 64, "state_dtype": "input"}))
-for algo, cfg in V6_VARIANTS:
+for algo, cfg in section("v6", V6_VARIANTS):
     for (B, T, H, N) in [(2, 37, 2, 64), (1, 20, 1, 80), (1, 1, 1, 64), (1, 131, 2, 64)]:
         for dt in DTYPES:
             def run_v6():
@@ -104,7 +116,7 @@ for algo, cfg in V6_VARIANTS:
 
 # the RWKV-6 time mix's entry points: z and w0 read (the log decay formed as loaded), the GroupNorm * silu(gate)
 # formed as y is stored (the walk route: as its two direction planes are summed), y kept or not; z's gradient
-for algo, cfg in (("walk", {}), ("chunk", {"state_t": 32})):
+for algo, cfg in section("v6", (("walk", {}), ("chunk", {"state_t": 32}))):
     for (B, T, H, N) in [(2, 37, 2, 64), (1, 20, 1, 80)]:
         for dt in DTYPES:
             def run_v6_step():
@@ -116,7 +128,7 @@ for algo, cfg in (("walk", {}), ("chunk", {"state_t": 32})):
                 check_fwd(("v6 decay bwd", algo, (B, T, H, N), dt), v6._bwd(r, k, v, z, u, gy, w0=w0))
             with_config(v6.CONFIG, dict(cfg, algo=algo), run_v6_step)
 
-for dt in DTYPES:
+for dt in section("fused", DTYPES):
     B, Hh, Ww, C = 2, 5, 7, 40
     x, a = leaf(B, Hh * Ww, C, dtype=dt), leaf(3, C)
     check(("token_shift_mix", dt), fused.token_shift_mix(x, (Hh, Ww), a, backend="triton"), (x, a))
@@ -166,7 +178,7 @@ for dt in DTYPES:
 from vision_rwkv.ops.fused import mix_linear_triton, mix_mlp_triton, norm_linear_triton  # noqa: E402
 
 SMALL = dict(bm=16, bn=16, bk=16, res_elems=256)
-for dt in DTYPES:
+for dt in section("mix", DTYPES):
     B, Hh, Ww, C, N = 2, 5, 7, 40, 24
     T = Hh * Ww
 

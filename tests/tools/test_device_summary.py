@@ -199,6 +199,11 @@ def test_summarise_reads_logs_from_their_own_folder(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["summary.md", "verdict.json"]
     text_same_dir, _ = summarise(logs)  # default: logs beside the outputs
     assert "ERROR SUMMARY: 0 errors" in text_same_dir
+    # two runs' logs concatenated (device_run10.sh): the worst rc, the errors summed, every case counted
+    (logs / "sanitizer.log").write_text("v4 scan ok\n========= ERROR SUMMARY: 0 errors\nsanitizer rc=0\n"
+                                        "v6 chunk ok\nmix ok\n========= ERROR SUMMARY: 2 errors\nsanitizer rc=3\n")
+    text, _ = ds.summarise(out, logs)
+    assert "Sanitizer: rc=3, ERROR SUMMARY: 2 errors (2 runs), 3 cases ok, 0 non-finite" in text
 
 
 def test_settings_bisect_and_block_checks_are_summarised(tmp_path):
