@@ -47,8 +47,8 @@ for m in vrwkv_tiny_patch16_224 vrwkv6_tiny_patch16_224 vrwkv_small_patch16_224 
   timeout 150 python tools/benchmark.py $BB --model $m --iters 1 --warmup 1 --no-deit > "$W/warm_$m.log" 2>&1 &
 done
 timeout 200 python tools/benchmark.py $FLA_BB --iters 1 --warmup 1 --no-deit > "$W/warm_fla.log" 2>&1 &
-for cfg in ${CFGS//,/ }; do  # every timed config (v4 and v6), compiled for the sweep
-  timeout 200 python benchmarks/sweep.py warm "$cfg" > "$W/warm_sweep_$cfg.log" 2>&1 &
+for cfg in ${CFGS//,/ }; do  # every timed config (v4 and v6), compiled for the sweep (which times bf16 only)
+  timeout 200 python benchmarks/sweep.py warm "$cfg" bf16 > "$W/warm_sweep_$cfg.log" 2>&1 &
 done
 wait
 stamp "correctness + diagnostics + warm-ups done"

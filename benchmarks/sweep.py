@@ -1,7 +1,8 @@
 """Launch-setting sweep and overhead analysis of the Triton Bi-WKV kernels (run on a GPU machine).
 
-  python benchmarks/sweep.py warm v4 '<json config>'   # compile every kernel variant of one config (parallel-safe)
-  python benchmarks/sweep.py warm CONFIG_NAME           # the same for a named config of V4_CONFIGS / V6_CONFIGS
+  python benchmarks/sweep.py warm v4 '<json config>' [DTYPES]  # compile every kernel variant of one config
+                                                                #  (parallel-safe; DTYPES: fp32,bf16 by default)
+  python benchmarks/sweep.py warm CONFIG_NAME [DTYPES]  # the same for a named config of V4_CONFIGS / V6_CONFIGS
   python benchmarks/sweep.py time out.json [SECONDS [OPS [CONFIGS [DTYPES]]]]
                                                         # time all configs (or the comma-separated OPS / CONFIGS
                                                         # names, fp32 / bf16): eager (autograd) and CUDA-graph
@@ -317,10 +318,10 @@ def overhead():
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
     what = sys.argv[1]
-    if what == "warm" and len(sys.argv) == 3:
-        warm(*named_config(sys.argv[2]))
+    if what == "warm" and sys.argv[2] in ("v4", "v6"):
+        warm(sys.argv[2], json.loads(sys.argv[3]), *([tuple(sys.argv[4].split(","))] if len(sys.argv) > 4 else []))
     elif what == "warm":
-        warm(sys.argv[2], json.loads(sys.argv[3]))
+        warm(*named_config(sys.argv[2]), *([tuple(sys.argv[3].split(","))] if len(sys.argv) > 3 else []))
     elif what == "time":
         time_all(sys.argv[2], time.time() + float(sys.argv[3]) if len(sys.argv) > 3 else 1e18,
                  tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else ("v4", "v6"),

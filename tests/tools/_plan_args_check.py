@@ -21,9 +21,12 @@ def _check_sweep(args: list) -> None:
     import sweep
 
     if args[:1] == ["warm"]:
-        if len(args) != 2:
-            raise ValueError(f"sweep.py warm takes one config name, got {args[1:]}")
+        if len(args) not in (2, 3):
+            raise ValueError(f"sweep.py warm takes a config name and optional dtypes, got {args[1:]}")
         sweep.named_config(args[1])
+        for dt in args[2].split(",") if len(args) > 2 else ():
+            if dt not in ("fp32", "bf16"):
+                raise ValueError(f"sweep.py warm: unknown dtype {dt!r}")
     elif args[:1] == ["time"]:
         if len(args) < 3:
             raise ValueError("sweep.py time OUT SECONDS [OPS [CONFIGS [DTYPES]]]")

@@ -103,11 +103,14 @@ def test_current_plan_commands_parse(plan, tmp_path):
 
 
 def test_plan_check_catches_a_bad_argument(tmp_path):
-    """The checker itself: an unknown flag, an unknown kernel-config key and an unknown sweep config are errors."""
+    """The checker itself: an unknown flag, an unknown kernel-config key, an unknown sweep config and dtype are
+    errors."""
     cmds = [["tools/benchmark.py", "--backbones", "--no-such-flag"],
             ["tools/benchmark.py", "--backbones", "--kernel-config", "v6.no_such_key=1"],
             ["benchmarks/sweep.py", "warm", "no_such_config"],
-            ["tools/profile_backbone.py", "--models", "VRWKV-T", "--img-size", "1024"]]
+            ["tools/profile_backbone.py", "--models", "VRWKV-T", "--img-size", "1024"],
+            ["benchmarks/sweep.py", "warm", "chunk", "bf61"],
+            ["benchmarks/sweep.py", "warm", "chunk", "bf16"]]
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "tools" / "_plan_args_check.py")],
                           input=json.dumps(cmds), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -116,3 +119,4 @@ def test_plan_check_catches_a_bad_argument(tmp_path):
     assert errors[1] and "no_such_key" in errors[1], errors
     assert errors[2] and "no_such_config" in errors[2], errors
     assert errors[3] is None, errors
+    assert errors[4] and "bf61" in errors[4] and errors[5] is None, errors
