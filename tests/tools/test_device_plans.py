@@ -120,3 +120,19 @@ def test_plan_check_catches_a_bad_argument(tmp_path):
     assert errors[2] and "no_such_config" in errors[2], errors
     assert errors[3] is None, errors
     assert errors[4] and "bf61" in errors[4] and errors[5] is None, errors
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_run9_without_a_sweep_stops_and_says_so(tmp_path):
+    """Run 9 reads run 8's sweep; without one it stops before any timing (a wasted call otherwise) and names it."""
+    plan = ROOT / "benchmarks" / "device_run9.sh"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(_RECORDER)
+    (fake / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PLAN_RECORD": str(tmp_path / "record"),
+           "W": str(tmp_path / "w"), "OUT": str(tmp_path / "out"), "SWEEP": str(tmp_path / "nope.json")}
+    proc = subprocess.run(["bash", str(plan)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no sweep at" in proc.stdout and "nope.json" in proc.stdout, proc.stdout
+    recorded = (tmp_path / "record").read_text() if (tmp_path / "record").exists() else ""
+    assert "tools/benchmark.py" not in recorded and "pick_settings.py" not in recorded
