@@ -254,12 +254,18 @@ def _an_setup(ctx, inputs, output):
     _an_save(ctx, x, y, output[0], gamma, weight, bias, eps, post, sample_scale)
 
 
-def _an_backward(ctx, gs, gn):
+def _an_grads(ctx, gs, gn, bwd):
+    """The add + norm's input gradients from its saved context, the backward run by ``bwd`` (the custom op under
+    torch.compile, the plain function in eager)."""
     y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
     eps, post, x_dtype, y_dtype = ctx.meta
-    gx, gy, sums = _add_norm_bwd_op(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                    None if post else gn, x_dtype, sample_scale, y_dtype)
+    gx, gy, sums = bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs, None if post else gn,
+                       x_dtype, sample_scale, y_dtype)
     return (gx, gy, *split_param_grads(sums, gamma, weight, bias), None, None, None, None)
+
+
+def _an_backward(ctx, gs, gn):
+    return _an_grads(ctx, gs, gn, _add_norm_bwd_op)
 
 
 torch.library.register_autograd("vision_rwkv::add_norm", _an_backward, setup_context=_an_setup)
@@ -274,11 +280,7 @@ class _AddNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gs, gn):
-        y, s, gamma, weight, bias, sample_scale = ctx.saved_tensors
-        eps, post, x_dtype, y_dtype = ctx.meta
-        gx, gy, sums = _add_norm_bwd(y, s if s is not None else y, gamma, weight, bias, eps, post, gs,
-                                     None if post else gn, x_dtype, sample_scale, y_dtype)
-        return (gx, gy, *split_param_grads(sums, gamma, weight, bias), None, None, None, None)
+        return _an_grads(ctx, gs, gn, _add_norm_bwd)
 
 
 def add_norm_triton(x: torch.Tensor, y: torch.Tensor, gamma: Optional[torch.Tensor], weight: torch.Tensor,
