@@ -63,26 +63,6 @@ def test_fp32_close_to_float64(t, decay):
     assert rel_err(y32, bi_wkv6_naive(*args)) < 1e-6
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_intra_chunk_forms_match_naive(monkeypatch, direct):
-    """Eager CPU inference computes the intra-chunk part as two matrix products when every chunk's total log decay is
-    >= -60 (``DIRECT_MAX_EXP``), else (and always with a graph) by the binary tree: both forms match the naive form,
-    up to that bound (16-token chunks, decays ~3.74 per token: chunk totals just above -60)."""
-    from vision_rwkv.ops.bi_wkv6 import reference as ref6
-
-    if not direct:
-        monkeypatch.setattr(ref6, "DIRECT_MAX_EXP", -1.0)
-    tree = []
-    apply = ref6._IntraChunk.apply
-    monkeypatch.setattr(ref6._IntraChunk, "apply", lambda *a: tree.append(1) or apply(*a))
-    for t, decay in ((100, (0.0, 3.0)), (33, (0.0, 1e-3)), (64, (3.73, 3.75))):
-        args = make_inputs(2, t, 2, 8, decay=decay, seed=t)
-        naive = bi_wkv6_naive(*args)
-        torch.testing.assert_close(bi_wkv6_reference(*args, chunk=16), naive, rtol=1e-12, atol=1e-12)
-        assert rel_err(bi_wkv6_reference(*(x.float() for x in args), chunk=16), naive) < 1e-6
-    assert bool(tree) != direct
-
-
 def test_fp32_mixed_strong_and_weak_decay():
     """Huge decays early in a chunk followed by tiny ones: relative decays must not lose digits (no A - A)."""
     r, k, v, logd, u = make_inputs(1, 64, 2, 8, decay=(0.0, 1e-3), seed=5)

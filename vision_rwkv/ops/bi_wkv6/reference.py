@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._triton_utils import autograd_needed
 from .._validate import no_autocast
+from .direct import bi_wkv6_direct
 
 __all__ = ["bi_wkv6_reference", "bi_wkv6_naive"]
 
@@ -134,22 +135,6 @@ class _IntraChunk(torch.autograd.Function):
         return gq, gk, gv, ga.double()
 
 
-# inference on CPU: chunks whose total log decay is >= -DIRECT_MAX_EXP take the direct intra-chunk form
-DIRECT_MAX_EXP = 60.0
-
-
-def _direct_intra_ok(a: torch.Tensor, inputs: tuple) -> bool:
-    """Whether the intra-chunk part may be two matrix products of factors ``exp(A_{t-1})`` and ``exp(-A_n)`` (each
-    exponentiated in float64, products rounded once): eager CPU inference (no graph to differentiate: its exponent
-    gradients would carry rounding noise that the binary tree avoids) with every chunk's total log decay
-    ``>= -DIRECT_MAX_EXP`` (``exp(-A_n) <= exp(60)``: no overflow in fp32)."""
-    if a.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    if autograd_needed(inputs):
-        return False
-    return bool(a[:, -1].min() >= -DIRECT_MAX_EXP)  # (False for NaN)
-
-
 def _chunk_states(upd: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     """The state entering every chunk, ``S_c = dec_{c-1} * S_{c-1} + upd_{c-1}`` (S_0 = 0), for ``upd`` (G, nc, N, N)
     and ``dec`` (G, nc, N, 1) (a Python loop over the chunks; written in place when no graph is recorded)."""
@@ -168,9 +153,8 @@ def _chunk_states(upd: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
 def _causal_chunked(r, k, v, logd, chunk):
     """Causal RWKV-6 pass WITHOUT the bonus term: ``y_t = r_t . sum_{n<t} prod_{n<m<t} d_m k_n v_n^T``.
 
-    r, k, v, logd (G, T, N) in the compute dtype; ``chunk`` a power of two. Inside a chunk: :class:`_IntraChunk`
-    (or, see :func:`_direct_intra_ok`, two matrix products); across chunks an (N x N) state (Python loop over
-    chunks) whose every factor is a decay <= 1.
+    r, k, v, logd (G, T, N) in the compute dtype; ``chunk`` a power of two. Inside a chunk: :class:`_IntraChunk`;
+    across chunks an (N x N) state (Python loop over chunks) whose every factor is a decay <= 1.
     """
     g, t_len, n = r.shape
     dt = r.dtype
@@ -181,16 +165,9 @@ def _causal_chunked(r, k, v, logd, chunk):
     r, k, v, logd = (x.reshape(g * nc, chunk, n) for x in (r, k, v, logd))
     a = torch.cumsum(logd.double(), dim=1)  # A_i: log prod_{m <= i} d_m inside the chunk
     a_ex = F.pad(a[:, :-1], (0, 0, 1, 0))  # A_{i-1}
-    if _direct_intra_ok(a, (r, k, v, logd)):  # (no graph: in place where it saves an allocation)
-        q_dec = a_ex.exp_().mul_(r).to(dt)  # decay from the chunk start to t (exclusive of t); <= |r|
-        k_grow = torch.neg(a).exp_().mul_(k).to(dt)  # <= |k| exp(DIRECT_MAX_EXP)
-        y = torch.matmul(torch.matmul(q_dec, k_grow.transpose(1, 2)).tril_(-1), v)  # n < t
-    else:
-        y = _IntraChunk.apply(r, k, v, a)
-        q_dec = None
-    if nc > 1:
-        if q_dec is None:  # (exponents: exact float64 differences rounded once to dt; exp in dt)
-            q_dec = r * torch.exp(a_ex.to(dt))
+    y = _IntraChunk.apply(r, k, v, a)
+    if nc > 1:  # (exponents: exact float64 differences rounded once to dt; exp in dt)
+        q_dec = r * torch.exp(a_ex.to(dt))
         k_dec = k * torch.exp((a[:, -1:] - a).to(dt))  # decay from n (exclusive) to the chunk end
         upd = torch.matmul(k_dec.transpose(1, 2), v).reshape(g, nc, n, n)
         chunk_decay = torch.exp(a[:, -1].to(dt)).reshape(g, nc, n, 1)
@@ -214,9 +191,12 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     of log decays over a token range, i.e. <= 0. Differentiable by autograd; with ``recompute`` the backward
     recomputes the chunked intermediates from the inputs (activation checkpointing of this op: it keeps the
     inputs for the backward instead of ~55 planes of r's size); None: when r holds at least
-    ``RECOMPUTE_MIN_NUMEL`` elements.
+    ``RECOMPUTE_MIN_NUMEL`` elements. Eager CPU inference (no tensor needs a gradient) takes
+    :func:`~.direct.bi_wkv6_direct` (both directions from one set of chunks, up to ``chunk`` tokens each; None: 64
+    up to 64 tokens, 32 up to 512, else 64) unless the decays are too strong for it.
     """
     t_len = r.shape[1]
+    max_chunk = chunk or (32 if 64 < t_len <= 512 else 64)  # (eager CPU inference: bi_wkv6_direct's chunks)
     if chunk is None:
         chunk = 16 if t_len > 64 else 1 << max(t_len - 1, 0).bit_length()
     if chunk < 1 or chunk & (chunk - 1):
@@ -224,6 +204,10 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     if recompute is None:
         recompute = r.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(r):
+        if r.device.type == "cpu" and not torch.compiler.is_compiling() and not autograd_needed((r, k, v, logd, u)):
+            y = bi_wkv6_direct(r, k, v, logd, u, chunk=max_chunk)
+            if y is not None:
+                return y
         if recompute and autograd_needed((r, k, v, logd, u)):
             return checkpoint(_bi_wkv6_reference, r, k, v, logd, u, chunk, use_reentrant=False)
         return _bi_wkv6_reference(r, k, v, logd, u, chunk)

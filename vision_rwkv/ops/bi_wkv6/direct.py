@@ -1,0 +1,99 @@
+"""Eager CPU inference form of the bidirectional RWKV-6 WKV: both directions from one set of chunks (DESIGN.md §4).
+
+With A_t = sum of log decays from the chunk start through t (A_{-1} = 0, A_L the chunk total), every pair weight
+splits into a query factor and a key factor:
+    n < t (causal):   prod_{n<m<t} d_m = e^{A_{t-1}} e^{-A_n}
+    n > t (reversed): prod_{t<m<n} d_m = e^{-A_t} e^{A_{n-1}}
+so a chunk's scores are ``tril(qf kf^T, -1) + triu(qr kr^T, 1) + diag(r . u k)`` with qf = r e^{A_{t-1}},
+kf = k e^{-A_n}, qr = r e^{-A_t}, kr = k e^{A_{n-1}} (the exponents summed and exponentiated in float64, each factor
+rounded once), and the other chunks enter through two N x N states: the causal state of the chunks before (keys
+kf e^{A_L}) and the reversed state of the chunks after (keys kr), read by qf and by qr e^{A_L}. The growing factors
+e^{-A} stay below e^{MAX_EXP} only while every chunk's total is >= -MAX_EXP: :func:`bi_wkv6_direct` halves the
+chunk until that holds and returns None when not even MIN_CHUNK tokens do (the binary-tree reference takes over).
+Compared with the differentiable reference: no flipped copy of the inputs, one set of chunk products for both
+directions, the bonus on the scores' diagonal.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["bi_wkv6_direct", "MAX_EXP"]
+
+# the largest growing factor is e^MAX_EXP (fp32 holds up to e^88); chunks shrink to MIN_CHUNK tokens to respect it
+MAX_EXP = 60.0
+MIN_CHUNK = 4
+
+
+def _chunk_log_decays(logd: torch.Tensor, chunk: int) -> Optional[torch.Tensor]:
+    """(G, nc, L) float64 cumulative log decays inside each chunk of the largest L <= ``chunk`` (a power of two,
+    >= MIN_CHUNK) whose every chunk total is >= -MAX_EXP, or None (also for NaN)."""
+    g, t_pad, n = logd.shape
+    l64 = logd.double()
+    while chunk >= MIN_CHUNK:
+        a = l64.view(g * (t_pad // chunk), chunk, n).cumsum(1)
+        if bool(a[:, -1].min() >= -MAX_EXP):
+            return a
+        chunk //= 2
+    return None
+
+
+def _scan_states(upd: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
+    """States entering each chunk from both sides, written in place of ``upd``'s copy: for ``upd`` (G, nc, 2N, N)
+    (rows :N causal increments, N: reversed ones) and ``dec`` (G, nc, N, 1) the chunk decays,
+    S_c = dec_{c-1} S_{c-1} + upd_{c-1} (S_0 = 0) and R_c = dec_{c+1} R_{c+1} + upd_{c+1} (R_{nc-1} = 0)."""
+    nc, n = upd.shape[1], dec.shape[2]
+    st = torch.empty_like(upd)
+    fwd, rev = st[:, :, :n], st[:, :, n:]
+    fwd[:, 0] = 0
+    rev[:, nc - 1] = 0
+    for c in range(1, nc):
+        torch.addcmul(upd[:, c - 1, :n], fwd[:, c - 1], dec[:, c - 1], out=fwd[:, c])
+        e = nc - 1 - c
+        torch.addcmul(upd[:, e + 1, n:], rev[:, e + 1], dec[:, e + 1], out=rev[:, e])
+    return st
+
+
+def bi_wkv6_direct(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor, u: torch.Tensor,
+                   chunk: int = 32) -> Optional[torch.Tensor]:
+    """Bidirectional RWKV-6 WKV of (B, T, H, N) inputs without autograd (see the module docstring), or None when
+    the decays are too strong for the split factors. Computes in fp32 (float64 inputs: float64) with float64
+    exponents; returns (B, T, H, N) contiguous in v's dtype. ``chunk``: the largest chunk tried (a power of two)."""
+    b, t_len, h, n = r.shape
+    dt = torch.promote_types(r.dtype, torch.float32)
+    f64 = torch.float64
+    chunk = max(MIN_CHUNK, min(chunk, 1 << (t_len - 1).bit_length()))
+    t_pad = -(-t_len // chunk) * chunk
+    g = b * h
+
+    def to_chunks(x, dtype):  # (B, T, H, N) -> (G, t_pad, N), zero padding at the end
+        out = x.new_zeros((b, h, t_pad, n), dtype=dtype)
+        out[:, :, :t_len].copy_(x.permute(0, 2, 1, 3))  # (one pass: the permutation and the cast)
+        return out.view(g, t_pad, n)
+
+    # exponents in float64 (sums of log decays keep every digit), factors rounded to dt; every elementwise op has
+    # operands of one dtype (mixed-dtype ops take PyTorch's slow casting loops on CPU: ~50x a same-dtype product)
+    a = _chunk_log_decays(to_chunks(logd, f64).clamp_(min=-1e4), chunk)  # (exp(-1e4) = 0 in every format)
+    if a is None:
+        return None
+    chunk = a.shape[1]
+    nc = a.shape[0] // g
+    rr, kk, vv = (to_chunks(x, dt).view(g * nc, chunk, n) for x in (r, k, v))
+    grow = torch.neg(a).exp_().to(dt)  # e^{-A_t} <= e^MAX_EXP
+    shrink = F.pad(a[:, :-1], (0, 0, 1, 0)).exp_().to(dt)  # e^{A_{t-1}} <= 1
+    qf, kf, qr, kr = rr * shrink, kk * grow, rr * grow, kk * shrink
+    scores = torch.bmm(qf, kf.transpose(1, 2)).tril_(-1)
+    scores += torch.bmm(qr, kr.transpose(1, 2)).triu_(1)
+    bonus = (rr * kk).view(b, h, nc, chunk, n).mul_(u.to(dt)[None, :, None, None]).sum(-1)
+    scores.diagonal(dim1=1, dim2=2).copy_(bonus.view(g * nc, chunk))
+    y = torch.bmm(scores, vv)
+    if nc > 1:
+        total = a[:, -1:].exp().to(dt)  # (G * nc, 1, N) chunk decays e^{A_L}
+        keys = torch.cat([kf.mul_(total), kr], dim=2)  # causal keys k e^{A_L - A_n}, reversed keys
+        upd = torch.bmm(keys.transpose(1, 2), vv).view(g, nc, 2 * n, n)
+        states = _scan_states(upd, total.view(g, nc, n, 1)).view(g * nc, 2 * n, n)
+        y.baddbmm_(torch.cat([qf, qr.mul_(total)], dim=2), states)
+    out = v.new_empty((b, t_len, h, n))
+    return out.copy_(y.view(b, h, nc * chunk, n)[:, :, :t_len].permute(0, 2, 1, 3))
