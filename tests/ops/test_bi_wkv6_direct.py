@@ -1,5 +1,5 @@
-"""Eager CPU inference form of the RWKV-6 bidirectional WKV (``bi_wkv6/direct.py``) vs the naive float64 form, and
-when the reference takes it."""
+"""The RWKV-6 bidirectional WKV's CPU form (``bi_wkv6/direct.py``) vs the naive float64 form, forward and gradients,
+and when the reference takes it."""
 import pytest
 import torch
 
@@ -74,28 +74,67 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(bi_wkv6_direct(*sl, u[::2]), bi_wkv6_naive(*sl, u[::2]), rtol=1e-12, atol=1e-12)
 
 
-def test_reference_takes_it_for_eager_cpu_inference(monkeypatch):
-    """The reference computes eager CPU inference here (the binary tree not run), also under CPU autocast (in fp32),
-    and keeps its differentiable form when a tensor needs a gradient or when the decays are too strong."""
+def test_reference_routes_cpu_calls(monkeypatch):
+    """The reference computes eager CPU calls here (the binary tree not run): inference (also under CPU autocast, in
+    fp32) and, with decays down to e^-2 per token, training; the binary tree takes training calls with stronger
+    decays and any call whose decays are too strong for the split factors."""
     calls, tree = [], []
     monkeypatch.setattr(ref6, "bi_wkv6_direct", lambda *a, **kw: calls.append(1) or bi_wkv6_direct(*a, **kw))
     apply = ref6._IntraChunk.apply
     monkeypatch.setattr(ref6._IntraChunk, "apply", lambda *a: tree.append(1) or apply(*a))
-    args = make_inputs(2, 70, 2, 8, decay=(0.0, 1.0), dtype=torch.float32, seed=4)
-    naive = bi_wkv6_naive(*args)
-    assert rel_err(bi_wkv6(*args, backend="reference"), naive) < 1e-6
-    assert calls and not tree
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+
+    def run(args, expect_tree, grad=False):
+        calls.clear(), tree.clear()
+        args = [x.clone().requires_grad_(grad) for x in args]
+        naive = bi_wkv6_naive(*(x.detach().double() for x in args))
         y = bi_wkv6(*args, backend="reference")
-    assert y.dtype == torch.float32 and rel_err(y, naive) < 1e-6
-    calls.clear()
-    grad_args = [x.clone().requires_grad_() for x in args]
-    assert rel_err(bi_wkv6_reference(*grad_args).detach(), naive) < 1e-6
-    assert not calls and tree
-    tree.clear()
-    strong = make_inputs(1, 20, 2, 4, decay=(20.0, 30.0), seed=1)
-    torch.testing.assert_close(bi_wkv6_reference(*strong), bi_wkv6_naive(*strong), rtol=1e-12, atol=1e-12)
-    assert calls and tree
+        assert rel_err(y.detach(), naive) < 1e-6
+        assert calls and bool(tree) == expect_tree
+        return y
+
+    weak = make_inputs(2, 70, 2, 8, decay=(0.0, 1.0), dtype=torch.float32, seed=4)
+    run(weak, expect_tree=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert run(weak, expect_tree=False).dtype == torch.float32
+    run(weak, expect_tree=False, grad=True)
+    strong = make_inputs(1, 20, 2, 4, decay=(20.0, 30.0), dtype=torch.float32, seed=1)
+    run(strong, expect_tree=True)
+    medium = make_inputs(1, 40, 2, 4, decay=(2.0, 3.0), dtype=torch.float32, seed=1)
+    run(medium, expect_tree=False)
+    run(medium, expect_tree=True, grad=True)
+
+
+@pytest.mark.parametrize("t,chunk,decay", [(1, 32, (0.0, 1.0)), (7, 4, (0.0, 1.0)), (13, 4, (1.9, 2.0)),
+                                           (33, 8, (0.0, 0.1))])
+def test_gradcheck(t, chunk, decay):
+    """float64 gradients of every input (u included) against finite differences; several chunks each way."""
+    args = [x.requires_grad_() for x in make_inputs(2, t, 2, 3, decay=decay, seed=t)]
+    assert torch.autograd.gradcheck(lambda *a: bi_wkv6_direct(*a, chunk=chunk, max_decay=2.0), args)
+
+
+@pytest.mark.parametrize("decay", [(0.0, 1e-3), (0.0, 1.0), (1.9, 2.0)])
+@pytest.mark.parametrize("t", [37, 150])
+def test_fp32_gradients_close_to_float64(t, decay):
+    """fp32 gradients within 2e-6 of the float64 naive form's (relative to each gradient's largest entry), as the
+    binary tree's: the log-decay gradient's cancellation stays small up to TRAIN_MAX_DECAY."""
+    base = make_inputs(2, t, 2, 8, decay=decay, seed=t)
+    gy = torch.randn(2, t, 2, 8, dtype=torch.float64)
+    grads = []
+    for dt, fn in ((torch.float64, bi_wkv6_naive), (torch.float32, bi_wkv6_direct)):
+        args = [x.to(dt).detach().requires_grad_() for x in base]
+        (fn(*args) * gy.to(dt)).sum().backward()
+        grads.append([a.grad for a in args])
+    for name, a, b in zip(("r", "k", "v", "logd", "u"), grads[1], grads[0]):
+        assert a.dtype == torch.float32 and rel_err(a, b) < 2e-6, name
+
+
+def test_max_decay_declines():
+    r, k, v, logd, u = make_inputs(1, 30, 2, 4, decay=(0.0, 1.0), seed=6)
+    assert bi_wkv6_direct(r, k, v, logd, u, max_decay=2.0) is not None
+    logd[0, 17, 1, 2] = -2.01
+    assert bi_wkv6_direct(r, k, v, logd, u, max_decay=2.0) is None
+    logd[0, 17, 1, 2] = float("nan")
+    assert bi_wkv6_direct(r, k, v, logd, u, max_decay=2.0) is None
 
 
 def test_scan_states_both_directions():

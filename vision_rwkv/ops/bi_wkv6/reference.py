@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._triton_utils import autograd_needed
 from .._validate import no_autocast
-from .direct import bi_wkv6_direct
+from .direct import TRAIN_MAX_DECAY, bi_wkv6_direct
 
 __all__ = ["bi_wkv6_reference", "bi_wkv6_naive"]
 
@@ -191,9 +191,10 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     of log decays over a token range, i.e. <= 0. Differentiable by autograd; with ``recompute`` the backward
     recomputes the chunked intermediates from the inputs (activation checkpointing of this op: it keeps the
     inputs for the backward instead of ~55 planes of r's size); None: when r holds at least
-    ``RECOMPUTE_MIN_NUMEL`` elements. Eager CPU inference (no tensor needs a gradient) takes
-    :func:`~.direct.bi_wkv6_direct` (both directions from one set of chunks, up to ``chunk`` tokens each; None: 64
-    up to 64 tokens, 32 up to 512, else 64) unless the decays are too strong for it.
+    ``RECOMPUTE_MIN_NUMEL`` elements. On CPU (eager) it computes :func:`~.direct.bi_wkv6_direct` instead (both
+    directions from one set of chunks, up to ``chunk`` tokens each; None: 64 up to 64 tokens, 32 up to 512, else
+    64) unless the decays are too strong for it: any > e^-60 per chunk in inference, per-token decays down to e^-2
+    (``TRAIN_MAX_DECAY``) when a gradient is recorded.
     """
     t_len = r.shape[1]
     max_chunk = chunk or (32 if 64 < t_len <= 512 else 64)  # (eager CPU inference: bi_wkv6_direct's chunks)
@@ -204,16 +205,17 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     if recompute is None:
         recompute = r.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(r):
-        if r.device.type == "cpu" and not torch.compiler.is_compiling() and not autograd_needed((r, k, v, logd, u)):
-            y = bi_wkv6_direct(r, k, v, logd, u, chunk=max_chunk)
-            if y is not None:
-                return y
         if recompute and autograd_needed((r, k, v, logd, u)):
-            return checkpoint(_bi_wkv6_reference, r, k, v, logd, u, chunk, use_reentrant=False)
-        return _bi_wkv6_reference(r, k, v, logd, u, chunk)
+            return checkpoint(_bi_wkv6_reference, r, k, v, logd, u, chunk, max_chunk, use_reentrant=False)
+        return _bi_wkv6_reference(r, k, v, logd, u, chunk, max_chunk)
 
 
-def _bi_wkv6_reference(r, k, v, logd, u, chunk):
+def _bi_wkv6_reference(r, k, v, logd, u, chunk, max_chunk):
+    if r.device.type == "cpu" and not torch.compiler.is_compiling():
+        graph = autograd_needed((r, k, v, logd, u))
+        y = bi_wkv6_direct(r, k, v, logd, u, chunk=max_chunk, max_decay=TRAIN_MAX_DECAY if graph else None)
+        if y is not None:
+            return y
     dt = torch.promote_types(r.dtype, torch.float32)
     b, t_len, h, n = r.shape
     # exp(-1e4) is 0 in every float format: clamping keeps -inf (a decay of exactly 0) from making inf - inf
