@@ -133,13 +133,31 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
 
 
 def _exact_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, block: int) -> torch.Tensor:
-    """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T)."""
-    m = x.shape[1]
-    fwd, bwd = decay_scan(torch.cat([x, x.flip(-1)], dim=1), w, block).split(m, dim=1)
-    tot = torch.exp(u)[:, None, None] * x
-    tot[..., 1:] += fwd[..., :-1]  # n < t
-    tot[..., :-1] += bwd.flip(-1)[..., 1:]  # n > t
-    return tot
+    """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T).
+
+    Blocks of L = min(block, T) tokens: the factors inside a block are one symmetric (L x L) matrix per channel (both
+    directions and the diagonal in one product, no flipped copy); two more columns of the same product give each
+    block's sums decayed to its end and to its start, which :func:`decay_scan` carries across blocks (decay w L)
+    forwards and backwards. Every factor is ``exp(-w d)`` of an integer distance d >= 0."""
+    c, m, t_len = x.shape
+    size = min(block, t_len)
+    nblk = -(-t_len // size)
+    pad = nblk * size - t_len
+    xb = (F.pad(x, (0, pad)) if pad else x).reshape(c, m * nblk, size)
+    idx = torch.arange(size, device=x.device, dtype=x.dtype)
+    dist = (idx[:, None] - idx[None, :]).abs()  # (n, t)
+    mat = torch.where(dist == 0, torch.exp(u)[:, None, None], torch.exp(-w[:, None, None] * (dist - 1).clamp(min=0)))
+    if nblk == 1:
+        return torch.matmul(xb, mat).view(c, m, size)[..., :t_len]
+    to_end = torch.exp(-w[:, None] * (size - 1 - idx))  # (C, L): exp(-(L-1-n) w), n to its block's end
+    from_start = torch.exp(-w[:, None] * idx)  # exp(-n w), the block's start to n
+    full = torch.matmul(xb, torch.cat([mat, to_end[:, :, None], from_start[:, :, None]], dim=2))  # (C, M nblk, L+2)
+    tot = full[..., :size].view(c, m, nblk, size)
+    ends = decay_scan(full[..., size].reshape(c, m, nblk), w * size, block)  # all tokens up to each block's end
+    starts = decay_scan(full[..., size + 1].reshape(c, m, nblk).flip(-1), w * size, block).flip(-1)  # from its start
+    before = F.pad(ends[..., :-1], (1, 0))[..., None] * from_start[:, None, None, :]  # blocks before, to t
+    after = F.pad(starts[..., 1:], (0, 1))[..., None] * to_end[:, None, None, :]  # blocks after, to t
+    return (tot + before + after).view(c, m, nblk * size)[..., :t_len]
 
 
 def _original_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, chunks: int,
