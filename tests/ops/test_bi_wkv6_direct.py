@@ -3,7 +3,7 @@ and when the reference takes it."""
 import pytest
 import torch
 
-from vision_rwkv.ops import bi_wkv6, bi_wkv6_naive, bi_wkv6_reference
+from vision_rwkv.ops import bi_wkv6, bi_wkv6_naive
 from vision_rwkv.ops.bi_wkv6 import direct as direct6
 from vision_rwkv.ops.bi_wkv6 import reference as ref6
 from vision_rwkv.ops.bi_wkv6.direct import bi_wkv6_direct
