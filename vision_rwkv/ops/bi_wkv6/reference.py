@@ -193,11 +193,11 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     inputs for the backward instead of ~55 planes of r's size); None: when r holds at least
     ``RECOMPUTE_MIN_NUMEL`` elements. On CPU (eager) it computes :func:`~.direct.bi_wkv6_direct` instead (both
     directions from one set of chunks, up to ``chunk`` tokens each; None: 64 up to 64 tokens, 32 up to 512, else
-    64) unless the decays are too strong for it: any > e^-60 per chunk in inference, per-token decays down to e^-2
-    (``TRAIN_MAX_DECAY``) when a gradient is recorded.
+    64) unless the decays are too strong for it: a chunk total below -60 even in 4-token chunks, or, when a gradient
+    is recorded, any per-token decay below e^-2 (``TRAIN_MAX_DECAY``).
     """
     t_len = r.shape[1]
-    max_chunk = chunk or (32 if 64 < t_len <= 512 else 64)  # (eager CPU inference: bi_wkv6_direct's chunks)
+    max_chunk = chunk or (32 if 64 < t_len <= 512 else 64)  # (CPU: bi_wkv6_direct's largest chunk)
     if chunk is None:
         chunk = 16 if t_len > 64 else 1 << max(t_len - 1, 0).bit_length()
     if chunk < 1 or chunk & (chunk - 1):
