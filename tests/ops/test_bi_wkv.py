@@ -58,6 +58,31 @@ def test_reference_matches_naive_float64(t, mode, chunks):
         torch.testing.assert_close(ref, bi_wkv_naive(w, u, k, v, mode, chunks), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("t,chunks", [(33, 3), (100, 5), (64, 1)])
+@pytest.mark.parametrize("max_block", [4, 64])
+def test_original_block_and_scan_forms(monkeypatch, t, chunks, max_block):
+    """"original" mode computes chunks of up to ORIGINAL_MAX_BLOCK tokens as blocks of whole chunks, longer ones by
+    scans: both match the naive form (float64), forward and gradients, with decays and growth."""
+    from vision_rwkv.ops.bi_wkv import reference as ref4
+
+    monkeypatch.setattr(ref4, "ORIGINAL_MAX_BLOCK", max_block)
+    scans = []
+    fn = ref4._original_weights_scans
+    monkeypatch.setattr(ref4, "_original_weights_scans", lambda *a: scans.append(1) or fn(*a))
+    for decay in (-8.0, 8.0):
+        w, u, k, v = make_inputs(2, t, 3, decay=decay, seed=t)
+        gy = torch.randn(2, t, 3, dtype=F64)
+        outs = []
+        for f in (bi_wkv_reference, bi_wkv_naive):
+            args = [x.clone().requires_grad_() for x in (w, u, k, v)]
+            y = f(*args, "original", chunks)
+            (y * gy).sum().backward()
+            outs.append([y.detach()] + [a.grad for a in args])
+        for a, b in zip(*outs):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert bool(scans) == (-(-t // chunks) > max_block)
+
+
 def test_naive_matches_literal_rows():
     w, u, k, v = make_inputs(2, 37, 3)
     rows = [0, 1, 5, 17, 36]

@@ -132,39 +132,84 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
         return _bi_wkv_reference(w, u, k, v, mode, chunks, block)
 
 
-def _exact_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, block: int) -> torch.Tensor:
-    """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T).
+def _blocks_apply(x: torch.Tensor, mat: torch.Tensor, w: torch.Tensor, block: int, offset: int) -> torch.Tensor:
+    """``sum_n f_tn x_n`` for x (C, M, T), blocks of L = ``mat.shape[-1]`` tokens: inside a block the factors are
+    the (C, L, L) matrix ``mat`` [n, t]; between blocks they are exp(-(|t-n| - 1 + offset) w).
 
-    Blocks of L = min(block, T) tokens: the factors inside a block are one symmetric (L x L) matrix per channel (both
-    directions and the diagonal in one product, no flipped copy); two more columns of the same product give each
-    block's sums decayed to its end and to its start, which :func:`decay_scan` carries across blocks (decay w L)
-    forwards and backwards. Every factor is ``exp(-w d)`` of an integer distance d >= 0."""
+    One product per block gives both directions and the diagonal (no flipped copy); two more columns of it give each
+    block's sums decayed to its end and from its start, which :func:`decay_scan` carries across blocks (decay w L)
+    forwards and backwards. Every carry factor is ``exp(-w d)`` of an integer distance d >= 0."""
     c, m, t_len = x.shape
-    size = min(block, t_len)
+    size = mat.shape[-1]
     nblk = -(-t_len // size)
     pad = nblk * size - t_len
     xb = (F.pad(x, (0, pad)) if pad else x).reshape(c, m * nblk, size)
-    idx = torch.arange(size, device=x.device, dtype=x.dtype)
-    dist = (idx[:, None] - idx[None, :]).abs()  # (n, t)
-    mat = torch.where(dist == 0, torch.exp(u)[:, None, None], torch.exp(-w[:, None, None] * (dist - 1).clamp(min=0)))
     if nblk == 1:
         return torch.matmul(xb, mat).view(c, m, size)[..., :t_len]
+    idx = torch.arange(size, device=x.device, dtype=x.dtype)
     to_end = torch.exp(-w[:, None] * (size - 1 - idx))  # (C, L): exp(-(L-1-n) w), n to its block's end
     from_start = torch.exp(-w[:, None] * idx)  # exp(-n w), the block's start to n
     full = torch.matmul(xb, torch.cat([mat, to_end[:, :, None], from_start[:, :, None]], dim=2))  # (C, M nblk, L+2)
     tot = full[..., :size].view(c, m, nblk, size)
     ends = decay_scan(full[..., size].reshape(c, m, nblk), w * size, block)  # all tokens up to each block's end
     starts = decay_scan(full[..., size + 1].reshape(c, m, nblk).flip(-1), w * size, block).flip(-1)  # from its start
+    if offset:
+        scale = torch.exp(-offset * w)[:, None, None]
+        ends, starts = ends * scale, starts * scale
     before = F.pad(ends[..., :-1], (1, 0))[..., None] * from_start[:, None, None, :]  # blocks before, to t
     after = F.pad(starts[..., 1:], (0, 1))[..., None] * to_end[:, None, None, :]  # blocks after, to t
     return (tot + before + after).view(c, m, nblk * size)[..., :t_len]
 
 
+def _exact_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, block: int) -> torch.Tensor:
+    """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T):
+    blocks of min(block, T) tokens (:func:`_blocks_apply`), the in-block factors one symmetric matrix per channel."""
+    size = min(block, x.shape[-1])
+    idx = torch.arange(size, device=x.device, dtype=x.dtype)
+    dist = (idx[:, None] - idx[None, :]).abs()  # (n, t)
+    mat = torch.where(dist == 0, torch.exp(u)[:, None, None], torch.exp(-w[:, None, None] * (dist - 1).clamp(min=0)))
+    return _blocks_apply(x, mat, w, block, 0)
+
+
+# "original" mode: chunks of S <= this many tokens take the block form (blocks of whole chunks), longer ones the scans
+# (on CPU the block form was 1.4-2.6x faster up to S = 64, e.g. T = 2048 with P = 32; at S = 128 slower in inference)
+ORIGINAL_MAX_BLOCK = 64
+
+
+def _original_block_matrix(w: torch.Tensor, u: torch.Tensor, size: int, chunk: int) -> torch.Tensor:
+    """(C, L, L) factors [n, t] of the pre-2025 kernel's closed form inside a block of L = ``size`` tokens that
+    starts a chunk of S = ``chunk`` tokens and holds whole chunks (s = the start of t's chunk): exp(-w (t-n)) for
+    n < t in an earlier chunk, exp(-w (t-n-1)) for s <= n < t, plus (1 - e^w) exp(w (t-n)) for s < n < t,
+    exp(u) + [t > s] (1 - e^w) for n = t, exp(-w (n-t)) for n > t."""
+    idx = torch.arange(size, device=w.device)
+    n, t = idx[:, None], idx[None, :]
+    same = (n // chunk) == (t // chunk)
+    d = (t - n).to(w.dtype)
+    expo = torch.where(n < t, torch.where(same, d - 1, d), -d)  # the decay's distance, >= 0 off the diagonal
+    one_m_ew = -torch.expm1(w)[:, None, None]
+    inside = same & (n % chunk > 0) & (n < t)
+    grow = torch.where(inside, one_m_ew * torch.exp(w[:, None, None] * torch.where(inside, d, 0.0)), 0.0)
+    diag = torch.exp(u)[:, None, None] + torch.where(t % chunk > 0, one_m_ew, 0.0)
+    return torch.where(n == t, diag, torch.exp(-w[:, None, None] * expo) + grow)
+
+
 def _original_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, chunks: int,
                             block: int) -> torch.Tensor:
-    """``sum_n f_tn x_n`` with the factors of the pre-2025 kernel's closed form (chunks of S = ceil(T / P))."""
-    c, m, t_len = x.shape
+    """``sum_n f_tn x_n`` with the factors of the pre-2025 kernel's closed form (chunks of S = ceil(T / P)): chunks of
+    up to ORIGINAL_MAX_BLOCK tokens in blocks of whole chunks (:func:`_blocks_apply`; between chunks the factors are
+    exp(-w |t-n|)), longer ones by scans."""
+    t_len = x.shape[-1]
     size = -(-t_len // chunks)  # S = ceil(T / P) tokens per chunk
+    if size <= ORIGINAL_MAX_BLOCK:
+        per_block = max(1, min(block // size, -(-t_len // size)))  # whole chunks per block
+        return _blocks_apply(x, _original_block_matrix(w, u, size * per_block, size), w, block, 1)
+    return _original_weights_scans(x, w, u, size, block)
+
+
+def _original_weights_scans(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, size: int,
+                            block: int) -> torch.Tensor:
+    """:func:`_original_weights_apply` for long chunks of S = ``size`` tokens, by decayed scans inside the chunks."""
+    c, m, t_len = x.shape
     nch = -(-t_len // size)
     xr = F.pad(x, (0, nch * size - t_len)).reshape(c, m * nch, size)
     first = torch.ones(size, dtype=x.dtype, device=x.device)
