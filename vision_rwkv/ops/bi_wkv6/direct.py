@@ -91,8 +91,9 @@ def bi_wkv6_direct(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torc
     g = b * h
 
     def to_chunks(x, dtype):  # (B, T, H, N) -> (G, t_pad, N), zero padding at the end
-        out = x.new_zeros((b, h, t_pad, n), dtype=dtype)
+        out = x.new_empty((b, h, t_pad, n), dtype=dtype)
         out[:, :, :t_len].copy_(x.permute(0, 2, 1, 3))  # (one pass: the permutation and the cast)
+        out[:, :, t_len:].zero_()
         return out.view(g, t_pad, n)
 
     # exponents in float64 (sums of log decays keep every digit), factors rounded to dt; every elementwise op has
