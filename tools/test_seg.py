@@ -39,6 +39,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         result = test_segmentor(cfg)
+    except ConfigError as err:  # a setting only checkable with the data at hand (e.g. a key a data.type needs)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -36,7 +36,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = train_segmentor(cfg)
+    try:
+        result = train_segmentor(cfg)
+    except ConfigError as err:  # a setting only checkable with the data at hand (e.g. a key a data.type needs)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if is_main_process():
         summary = {k: v for k, v in result.items() if k != "per_class"}
         print(json.dumps(summary, indent=2, default=str))

@@ -157,3 +157,24 @@ def test_each_step_evaluates_and_saves_at_most_once(tmp_path, kw, want_evals, wa
     t.fit()
     assert evals == want_evals and saves == want_saves
     assert [int(r["step"]) for r in read_metrics_csv(tmp_path / "val_metrics.csv")] == want_evals
+
+
+def test_failing_evaluation_keeps_the_step(tmp_path):
+    """An evaluation that raises (a bad test setting, a corrupt validation image) checkpoints its step first, so
+    the run resumes there instead of at the last scheduled checkpoint."""
+    t, evals, saves = _counting_trainer(tmp_path, epochs=2, eval_every_steps=3, ckpt_every_steps=None)
+    real_eval = t.eval_fn
+
+    def failing(m):
+        real_eval(m)
+        raise RuntimeError("validation image is corrupt")
+
+    t.eval_fn = failing
+    with pytest.raises(RuntimeError, match="corrupt"):
+        t.fit()
+    assert evals == [3] and saves == [3]
+    ck = load_checkpoint(tmp_path / "checkpoints" / "ckpt_00000003.pt")
+    assert ck["step"] == 3 and ck["best"]["value"] is None
+    t2, evals2, _ = _counting_trainer(tmp_path, epochs=2, eval_every_steps=3, ckpt_every_steps=None)
+    t2.fit(resume="latest")
+    assert evals2 == [5, 6, 9, 10] and t2.step == 10  # (5: the epoch end)

@@ -89,3 +89,20 @@ def test_unknown_keys_are_errors(tmp_path):
     # the backbone's own kwargs are free-form (validated by timm when the model is built)
     cfg = load_seg_config(CONFIGS / "demo_shapes.yaml", ["+model.backbone_kwargs.mlp_ratio=2.0"])
     assert cfg.model.backbone_kwargs.mlp_ratio == 2.0
+
+
+@pytest.mark.parametrize("override, key", [
+    (["test.mode=sliding"], "test.mode"),
+    (["test.mode=slide", "test.crop_size=[32,32]", "test.stride=[64,64]"], "test.stride"),
+    (["test.stride=[0,4]"], "test.stride"),
+    (["test.crop_size=[32]"], "test.crop_size"),
+    (["test.scales=[]"], "test.scales"),
+    (["test.scales=[1.0,-0.5]"], "test.scales"),
+    (["test.scale=[512]"], "test.scale"),
+    (["data.type=ade"], "data.type"),
+    (["data.crop_size=[0,512]"], "data.crop_size"),
+])
+def test_bad_values_fail_when_loaded(override, key):
+    """Settings read only by the first evaluation (hours into a run) are checked when the config loads."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_seg_config(CONFIGS / "demo_shapes.yaml", override)

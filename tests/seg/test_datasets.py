@@ -29,6 +29,15 @@ def test_folder_dataset_loads_pairs(tmp_path):
     assert s["ori_size"].tolist() == [12, 16]
 
 
+def test_negative_ignore_index_is_kept(tmp_path):
+    """reduce_zero_label maps 0 to the ignore index as it is, also a negative one (no wrap into uint8)."""
+    _pair(tmp_path, "a", labels=(0, 1, 3))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["x", "y", "z"], reduce_zero_label=True,
+                          ignore_index=-1)
+    ann = np.asarray(Image.open(tmp_path / "ann" / "a.png")).astype(np.int64)
+    np.testing.assert_array_equal(ds[0]["mask"].numpy(), np.where(ann == 0, -1, ann - 1))
+
+
 def test_size_mismatch_is_an_error(tmp_path):
     _pair(tmp_path, "a")
     _write(tmp_path / "ann" / "a.png", np.zeros((10, 16), dtype=np.uint8))

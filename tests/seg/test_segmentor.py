@@ -63,18 +63,39 @@ def test_hierarchical_timm_backbone():
     assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3, 64, 96)
 
 
-def test_loss_matches_cross_entropy_with_ignore(tiny_model_cfg):
-    model = create_segmentor(tiny_model_cfg(num_classes=3))
+def test_patch14_backbone_resizes_in_the_neck():
+    """Patch 14 (DINOv2, EVA-02, CLIP-L/14) -> strides 4..32 are scales 3.5 .. 0.4375: resized bilinearly."""
+    import timm
+    backbone = timm.create_model("vit_tiny_patch16_224", patch_size=14, img_size=56, depth=4, embed_dim=32,
+                                 num_heads=2, num_classes=0, dynamic_img_size=True)
+    model = Segmentor(backbone, num_classes=3, decode_channels=16, aux_channels=8, neck_channels=16)
+    assert model.neck.scales == [3.5, 1.75, 0.875, 0.4375]
+    feats = model.extract_features(torch.randn(1, 3, 56, 84))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(14, 21), (7, 10), (3, 5), (1, 2)]
+    model.eval()
+    assert model(torch.randn(1, 3, 70, 42)).shape == (1, 3, 70, 42)
+
+
+@pytest.mark.parametrize("avg_non_ignore", [False, True])
+def test_loss_matches_cross_entropy_with_ignore(tiny_model_cfg, avg_non_ignore):
+    """mmseg's CrossEntropyLoss: divided by all pixels by default (ignored ones count as 0), by the non-ignored
+    ones (their class weights) with avg_non_ignore."""
+    model = create_segmentor(tiny_model_cfg(num_classes=3, avg_non_ignore=avg_non_ignore))
     logits = torch.randn(2, 3, 8, 8)
     target = torch.randint(0, 3, (2, 32, 32))
     target[:, :10] = 255
     up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
-    ref = F.cross_entropy(up, target, ignore_index=255)
+    w = torch.tensor([0.2, 1.0, 3.0])
+    if avg_non_ignore:
+        ref = F.cross_entropy(up, target, ignore_index=255)
+        ref_w = F.cross_entropy(up, target, weight=w, ignore_index=255)
+    else:
+        ref = F.cross_entropy(up, target, ignore_index=255, reduction="none").mean()
+        ref_w = F.cross_entropy(up, target, weight=w, ignore_index=255, reduction="none").mean()
     assert model.seg_loss(logits, target).item() == pytest.approx(ref.item(), rel=1e-5)
     all_ignored = torch.full((2, 32, 32), 255)
     assert model.seg_loss(logits, all_ignored).item() == 0.0  # not NaN
-    weighted = create_segmentor(tiny_model_cfg(num_classes=3, class_weight=[0.2, 1.0, 3.0]))
-    ref_w = F.cross_entropy(up, target, weight=torch.tensor([0.2, 1.0, 3.0]), ignore_index=255)
+    weighted = create_segmentor(tiny_model_cfg(num_classes=3, class_weight=w.tolist(), avg_non_ignore=avg_non_ignore))
     assert weighted.seg_loss(logits, target).item() == pytest.approx(ref_w.item(), rel=1e-5)
     assert "class_weight" not in weighted.state_dict()  # a loss setting, not a weight
     with pytest.raises(ValueError, match="class_weight"):
@@ -124,6 +145,35 @@ def test_load_backbone_weights(tmp_path, tiny_model_cfg):
         create_segmentor(tiny_model_cfg(pretrained=str(tmp_path / "bad.safetensors")))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         load_backbone_weights(model.backbone, tmp_path / "nope.pth")
+
+
+@pytest.mark.parametrize("layout", ["ours", "original_mmcls", "original_plain"])
+def test_load_backbone_weights_resizes_and_converts(tmp_path, tiny_model_cfg, layout):
+    """An ImageNet checkpoint at another grid (224 -> 512 in the ADE configs) has its position embedding resampled,
+    and the original repos' layouts (mmcls `backbone.` keys with a classifier, or bare) are converted, as
+    timm's pretrained path does - through the VRWKV filter, which lives outside the model's module."""
+    import timm
+    from vision_rwkv.models.convert import ours_to_original
+    from vision_rwkv.models._layers import resample_pos_embed
+    src = timm.create_model("vrwkv_tiny_patch16_224", img_size=16, patch_size=8, depth=2, embed_dim=32,
+                            num_classes=5)
+    with torch.no_grad():
+        src.pos_embed.normal_()
+    sd = src.state_dict()
+    if layout != "ours":
+        sd = ours_to_original(sd)
+        if layout == "original_mmcls":
+            sd = {"state_dict": {("" if k.startswith("head.") else "backbone.") + k: v for k, v in sd.items()}}
+        else:
+            sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    else:
+        sd = {"model": sd}
+    torch.save(sd, tmp_path / "in1k.pth")
+    model = create_segmentor(tiny_model_cfg(img=40, pretrained=str(tmp_path / "in1k.pth")))
+    assert model.backbone.pos_embed.shape[1] == 25
+    torch.testing.assert_close(model.backbone.pos_embed, resample_pos_embed(src.pos_embed, (2, 2), (5, 5)))
+    torch.testing.assert_close(model.backbone.blocks[1].spatial_mix.key.weight, src.blocks[1].spatial_mix.key.weight)
+    torch.testing.assert_close(model.backbone.blocks[0].spatial_mix.spatial_decay, src.blocks[0].spatial_mix.spatial_decay)
 
 
 def test_tiny_segmentor_overfits_a_few_images(tiny_model_cfg):

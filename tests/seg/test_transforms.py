@@ -55,6 +55,20 @@ def test_padding_uses_ignore_index_and_zero_image():
     assert (x[:, 20:] == 0).all() and (x[:, :, 20:] == 0).all()  # padded after normalisation (mmseg)
 
 
+@pytest.mark.parametrize("ignore_index", [-1, 300])
+def test_ignore_index_outside_uint8_survives(ignore_index):
+    """An ignore index a uint8 mask cannot hold (-1, or above 255 for many-class data) is neither wrapped into a
+    label nor lost in the padding."""
+    img, mask = _label_image(20, 20)
+    mask = mask.astype(np.int64)
+    mask[:3] = ignore_index
+    tf = SegTrainTransform(crop_size=(24, 24), scale=(20, 20), ratio_range=None, cat_max_ratio=1.0,
+                           flip_prob=0.0, photometric=False, ignore_index=ignore_index)
+    m = tf(img, mask)["mask"].numpy()
+    assert (m[:3, :20] == ignore_index).all() and (m[20:] == ignore_index).all() and (m[:, 20:] == ignore_index).all()
+    np.testing.assert_array_equal(m[3:20, :20], mask[3:])
+
+
 def test_same_python_seed_same_augmentation():
     img, mask = _label_image()
     tf = SegTrainTransform(crop_size=32, scale=(56, 40), cat_max_ratio=0.75)

@@ -38,6 +38,11 @@ def test_cli_config_errors(tmp_path, capsys):
     assert _tool("test_seg").main([str(tmp_path / "nope.yaml")]) == 2
     assert _tool("test_seg").main([str(DEMO), f"train.run_dir={tmp_path / 'none'}"]) == 1
     assert "no checkpoint to test" in capsys.readouterr().err
+    assert _tool("train_seg").main([str(DEMO), "test.mode=sliding"]) == 2  # before any training
+    assert "test.mode" in capsys.readouterr().err
+    run = f"train.run_dir={tmp_path / 'folder'}"
+    assert _tool("train_seg").main([str(DEMO), run, "data.type=folder", "data.classes=[a,b]"]) == 2
+    assert "data.img_dir" in capsys.readouterr().err
 
 
 def test_train_seg_resume_latest_and_test_seg_checkpoint_option(tmp_path, capsys):

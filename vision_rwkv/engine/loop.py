@@ -246,12 +246,21 @@ class Trainer:
 
     def _eval_and_checkpoint(self, epoch_finished: bool, done: bool) -> None:
         """After an optimizer step: evaluate and/or checkpoint, each at most once, when the step schedule
-        (``*_every_steps``), the epoch schedule (``*_every_epochs``, at an epoch end) or the end of training asks."""
+        (``*_every_steps``), the epoch schedule (``*_every_epochs``, at an epoch end) or the end of training asks.
+        An evaluation that raises is followed by a checkpoint of the step (single process; the error propagates)."""
+        evaluated = None
         if self.eval_fn is not None and (done or self._every(self.step, self.eval_every_steps)
                                          or (epoch_finished and self._every(self.epoch, self.eval_every_epochs))):
-            evaluated = self.evaluate()
-        else:
-            evaluated = None
+            try:
+                evaluated = self.evaluate()
+            except Exception:
+                # the training is not lost to a failing evaluation (a bad test setting, a corrupt validation
+                # image): this step is checkpointed, without a metric, before the error propagates. Single
+                # process only: saving gathers every rank's RNG state, and another rank may not have failed.
+                if self.info.world_size == 1:
+                    print(f"[eval] step {self.step} failed; checkpointing the step before stopping", flush=True)
+                    self._checkpoint(None)
+                raise
         if (done or self._every(self.step, self.ckpt_every_steps)
                 or (epoch_finished and self._every(self.epoch, self.ckpt_every_epochs))):
             self._checkpoint(evaluated)

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-__all__ = ["SegConfig", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "TestConfig", "load_seg_config"]
+__all__ = ["SegConfig", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "TestConfig", "load_seg_config",
+           "check_seg_values"]
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ModelConfig:
     aux_weight: float = 0.4
     aux_level: int = 2
     class_weight: Optional[List[float]] = None    # per-class cross-entropy weights, None: unweighted
+    avg_non_ignore: bool = False                  # loss / non-ignored pixels; False: / all pixels (mmseg default)
     align_corners: bool = False
     probe_size: int = 224                         # input size for probing a backbone without feature_info
 
@@ -136,4 +138,40 @@ def load_seg_config(path: str | os.PathLike, overrides: Sequence[str] | None = N
     `vision_rwkv.engine.ConfigError` naming the key and the file."""
     from vision_rwkv.engine import load_config
 
-    return load_config(path, overrides=overrides, schema=SegConfig)
+    cfg = load_config(path, overrides=overrides, schema=SegConfig)
+    check_seg_values(cfg)
+    return cfg
+
+
+DATA_TYPES = ("ade20k", "cityscapes", "folder", "shapes")
+
+
+def _sizes(value: Any, key: str, allow_none: bool = False) -> None:
+    from vision_rwkv.engine import ConfigError
+
+    if value is None and allow_none:
+        return
+    if value is None or len(value) != 2 or any(int(v) < 1 for v in value):
+        raise ConfigError(f"{key} must be two positive integers (height, width), got {value}")
+
+
+def check_seg_values(cfg: Any) -> None:
+    """Reject values that would only fail later (at the first evaluation, hours into a run): the data type,
+    crop / stride / test sizes, the inference mode and scales. Raises ConfigError naming the key."""
+    from vision_rwkv.engine import ConfigError
+
+    d, t = cfg.data, cfg.test
+    if d.type not in DATA_TYPES:
+        raise ConfigError(f"data.type must be one of {', '.join(DATA_TYPES)}, got {d.type!r}")
+    _sizes(d.crop_size, "data.crop_size")
+    _sizes(d.scale, "data.scale")
+    if t.mode not in ("whole", "slide"):
+        raise ConfigError(f"test.mode must be 'whole' or 'slide', got {t.mode!r}")
+    _sizes(t.crop_size, "test.crop_size")
+    _sizes(t.stride, "test.stride")
+    _sizes(t.scale, "test.scale", allow_none=True)
+    if t.mode == "slide" and any(int(s) > int(c) for s, c in zip(t.stride, t.crop_size)):
+        raise ConfigError(f"test.stride {list(t.stride)} must not exceed test.crop_size {list(t.crop_size)} "
+                          f"(windows would leave pixels uncovered)")
+    if not t.scales or any(float(s) <= 0 for s in t.scales):
+        raise ConfigError(f"test.scales must be a non-empty list of positive factors, got {t.scales}")

@@ -54,7 +54,6 @@ class SegDataset(Dataset, ABC):
             raise ValueError(f"{name}: image size {image.shape[1]}x{image.shape[0]} (WxH) and mask size "
                              f"{mask.shape[1]}x{mask.shape[0]} differ")
         check_label_map(mask, self.num_classes, self.ignore_index, name)
-        mask = mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.int32)
         ori_size = torch.tensor(image.shape[:2])
         if self.transform is None:
             out = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()).float(),

@@ -1,8 +1,9 @@
 """Multi-level neck: a list of backbone feature maps -> a feature pyramid at chosen scales.
 
 A plain ViT / VRWKV gives every block output at one stride (the patch size). The neck turns four of them into
-strides 4/8/16/32 the way ViTDet's simple feature pyramid / mmseg's MultiLevelNeck do: a 1x1 lateral conv per
-level, then transposed convs to upsample (x2, x4), identity, or max pooling to downsample, then a 3x3 conv.
+strides 4/8/16/32: a 1x1 lateral conv per level, a resampling, then a 3x3 conv. Power-of-two scales resample as
+ViTDet's simple feature pyramid does (2x2 stride-2 transposed convs to upsample, max pooling to downsample); other
+scales (e.g. patch 14 -> stride 4 is x3.5) are resized bilinearly, as mmseg's MultiLevelNeck resizes every level.
 """
 from __future__ import annotations
 
@@ -11,16 +12,34 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .layers import ConvBNReLU, NormLayer
 
 
+class _Interpolate(nn.Module):
+    """Bilinear resize by a fixed factor (output size floor(scale * input))."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
 def _resample(chs: int, scale: float, norm_layer: NormLayer) -> nn.Module:
-    """x`scale` resampling: stacked 2x2 stride-2 transposed convs (norm + GELU between them) or max pooling."""
-    if scale <= 0 or not math.log2(scale).is_integer():
-        raise ValueError(f"neck scales must be powers of two (…, 0.5, 1, 2, 4, …), got {scale}")
+    """x`scale` resampling: stacked 2x2 stride-2 transposed convs (norm + GELU between them) or max pooling for
+    powers of two, a bilinear resize for other factors."""
+    if not scale > 0:
+        raise ValueError(f"neck scales must be positive, got {scale}")
     if scale == 1:
         return nn.Identity()
+    if not math.log2(scale).is_integer():
+        return _Interpolate(scale)
     if scale < 1:
         k = int(round(1 / scale))
         return nn.MaxPool2d(kernel_size=k, stride=k, ceil_mode=True)

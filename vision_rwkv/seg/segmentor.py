@@ -60,6 +60,15 @@ def _num_feature_levels(backbone: nn.Module) -> int:
     return len(blocks)
 
 
+def _checkpoint_filter(backbone: nn.Module) -> Any:
+    """The model family's timm checkpoint filter: VRWKV / VRWKV6 have theirs in `vision_rwkv.models.convert`
+    (original layouts, position-embedding resizing); timm families define `checkpoint_filter_fn` in their module."""
+    from vision_rwkv.models import VRWKV, VRWKV6, checkpoint_filter_fn
+    if isinstance(backbone, (VRWKV, VRWKV6)):
+        return checkpoint_filter_fn
+    return getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> None:
     """Load a local checkpoint (safetensors or torch file, loaded with weights_only=True) into the backbone.
 
@@ -82,7 +91,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     if all(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items()}
-    filter_fn = getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
+    filter_fn = _checkpoint_filter(backbone)
     if filter_fn is not None:
         state = filter_fn(state, backbone)
     own = backbone.state_dict()
@@ -120,6 +129,7 @@ class Segmentor(nn.Module):
             aux_level: int = 2,
             ignore_index: int = 255,
             class_weight: Sequence[float] | None = None,
+            avg_non_ignore: bool = False,
             align_corners: bool = False,
             probe_size: int = 224,
             prune_backbone: bool = True,
@@ -135,6 +145,7 @@ class Segmentor(nn.Module):
             raise ValueError(f"class_weight has {len(class_weight)} entries for {num_classes} classes")
         self.register_buffer("class_weight", None if class_weight is None else
                              torch.tensor([float(w) for w in class_weight]), persistent=False)
+        self.avg_non_ignore = avg_non_ignore
         self.align_corners = align_corners
         self.aux_weight = aux_weight
         self.aux_level = aux_level
@@ -186,18 +197,20 @@ class Segmentor(nn.Module):
         return self.decode_head(pyramid), aux
 
     def seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy averaged over non-ignored pixels (weighted mean with `class_weight`), logits upsampled
-        to the label size first; 0 when every pixel is ignored."""
+        """Pixel cross-entropy (weighted by `class_weight`), logits upsampled to the label size first. As mmseg's
+        CrossEntropyLoss: the sum over non-ignored pixels divided by the number of ALL pixels (its default), or with
+        `avg_non_ignore` by the non-ignored pixels (their summed class weights); 0 when every pixel is ignored."""
         logits = resize(logits, target.shape[-2:], self.align_corners)
         target = target.long()
-        valid = target != self.ignore_index
-        if self.class_weight is None:
-            denom = valid.sum()
-        else:
-            denom = self.class_weight[target[valid]].sum()
         loss = F.cross_entropy(logits.float(), target, weight=self.class_weight, ignore_index=self.ignore_index,
                                reduction="sum")
-        return loss / denom.clamp(min=1e-12) if bool(valid.any()) else loss * 0.0
+        valid = target != self.ignore_index
+        if not bool(valid.any()):
+            return loss * 0.0
+        if not self.avg_non_ignore:
+            return loss / target.numel()
+        denom = valid.sum() if self.class_weight is None else self.class_weight[target[valid]].sum()
+        return loss / denom.clamp(min=1e-12)
 
     def forward(self, img: torch.Tensor, target: torch.Tensor | None = None):
         logits, aux = self.forward_heads(img)
@@ -220,7 +233,7 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
     Keys: backbone (timm name), backbone_kwargs (passed to timm.create_model), pretrained (local file or null),
     grad_checkpointing (recompute the backbone's blocks in the backward; mmseg's ``with_cp``), num_classes,
     out_indices, norm_intermediates, strides, neck_channels, decode_channels, pool_scales, dropout, aux_channels,
-    aux_weight, aux_level, ignore_index, class_weight, align_corners, probe_size.
+    aux_weight, aux_level, ignore_index, class_weight, avg_non_ignore, align_corners, probe_size.
     """
     cfg = dict(cfg)
     import vision_rwkv  # noqa: F401  (registers the VRWKV models with timm)

@@ -94,8 +94,10 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
 
 
 def _need(value: Any, key: str) -> None:
+    from vision_rwkv.engine import ConfigError
+
     if value in (None, ""):
-        raise ValueError(f"config key {key} must be set for this data.type")
+        raise ConfigError(f"config key {key} must be set for this data.type")
 
 
 def build_segmentor(cfg: Any, num_classes: int, load_pretrained: bool = True) -> Segmentor:

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform  # noqa: E402
 
-__all__ = ["RandomResizeKeepRatio", "CatMaxRatioCrop", "PhotoMetricDistortion", "SegTrainTransform",
+__all__ = ["compact_mask", "RandomResizeKeepRatio", "CatMaxRatioCrop", "PhotoMetricDistortion", "SegTrainTransform",
            "SegTestTransform", "keep_ratio_size", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -160,6 +160,13 @@ class PhotoMetricDistortion(ImageOnlyTransform):
         return ("brightness_delta", "contrast_range", "saturation_range", "hue_delta")
 
 
+def compact_mask(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """The mask as uint8 when it and `ignore_index` (padding's fill) fit in [0, 255], else int32 (more classes, or
+    a negative ignore index): the dtypes OpenCV's resize / warp handle, without wrapping any label."""
+    fits = 0 <= ignore_index < 256 and 0 <= mask.min(initial=0) and mask.max(initial=0) < 256
+    return mask.astype(np.uint8 if fits else np.int32)
+
+
 def _to_tensors(image: np.ndarray, mask: np.ndarray | None) -> dict[str, torch.Tensor]:
     out = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()}
     if mask is not None:
@@ -205,11 +212,12 @@ class SegTrainTransform(_Reseeded):
         transforms += [A.Normalize(mean=[m / 255 for m in mean], std=[s / 255 for s in std], max_pixel_value=255.0),
                        A.PadIfNeeded(min_height=ch, min_width=cw, position="top_left",
                                      border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index)]
+        self.ignore_index = int(ignore_index)
         super().__init__(transforms)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
         self.reseed()
-        out = self.pipeline(image=image, mask=mask.astype(np.uint8 if mask.max(initial=0) < 256 else np.int32))
+        out = self.pipeline(image=image, mask=compact_mask(mask, self.ignore_index))
         return _to_tensors(out["image"], out["mask"])
 
 
