@@ -187,7 +187,8 @@ class TarCaptionDataset(_FallbackDataset):
 
     Members are grouped by key (the basename up to its first dot, within the same folder); a sample needs one
     image (`jpg/jpeg/png/webp/bmp/ppm`) and at least one caption: every member whose extension ends with
-    `txt` (sorted by extension, so `txt` comes first) and the "caption"/"captions" field of a `json` member.
+    `txt` (in order of extension: `key.llm.txt`, `key.syn.txt`, then `key.txt`) and the "caption"/"captions"
+    field of a `json` member; training draws one of them uniformly, so the order only fixes `captions[i]`.
     Samples without an image or caption are ignored (and counted in `incomplete`).
     """
 

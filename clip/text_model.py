@@ -145,7 +145,7 @@ class TextRWKV(nn.Module):
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         """Freeze the tower except the last `unlocked_layers` blocks (and `ln_out` when any are unlocked).
         With freeze_layer_norm=False the LayerNorm/GroupNorm parameters of the frozen part stay trainable."""
-        frozen = [self.emb, *self.blocks[: len(self.blocks) - unlocked_layers]]
+        frozen = [self.emb, *self.blocks[: max(len(self.blocks) - unlocked_layers, 0)]]
         if unlocked_layers <= 0:
             frozen = [self.emb, *self.blocks, self.ln_out]
         for module in frozen:

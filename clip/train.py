@@ -82,7 +82,7 @@ class SchedCfg:
 
 @dataclass
 class TrainCfg:
-    batch_size: int = 64                      # GLOBAL batch (split evenly over the ranks)
+    batch_size: int = 64                      # global contrastive batch per micro-step (split over the ranks)
     epochs: Optional[int] = None
     max_steps: Optional[int] = None
     precision: str = "fp32"                   # fp32 | bf16 | fp16
@@ -90,7 +90,8 @@ class TrainCfg:
     compile_backend: str = "inductor"
     compile_mode: Optional[str] = None        # None | default | reduce-overhead | max-autotune | ...
     clip_grad: Optional[float] = 1.0
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1                 # micro-steps per optimizer step (each its own contrastive batch:
+                                              # negatives come from the micro-batch, no feature cache)
     local_loss: bool = True
     gather_with_grad: bool = True
     seed: int = 0
@@ -169,7 +170,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: Any, lr: float, tot
     flat) or `onecycle` (torch OneCycleLR as in the original recipe)."""
     warmup = int(sched.warmup_steps) if sched.warmup_steps is not None else int(round(sched.warmup_frac * total_steps))
     if sched.name == "onecycle":
-        pct = min(max(warmup / total_steps, 1e-6), 0.999)
+        # OneCycleLR peaks at step pct * total - 1, so a 1-step warm-up peaks at step 0 (no warm-up; its formula
+        # would divide 0 by 0 there)
+        pct = min(max(warmup / total_steps if warmup > 1 else 0.0, 1e-6), 0.999)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct, div_factor=sched.div_factor,
             final_div_factor=sched.final_div_factor, cycle_momentum=sched.cycle_momentum)
@@ -275,7 +278,7 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         eval_fn=eval_fn, eval_every_epochs=cfg.eval.every_epochs, eval_every_steps=cfg.eval.every_steps,
         ckpt_every_steps=tc.ckpt_every_steps, ckpt_every_epochs=tc.ckpt_every_epochs, keep_last=tc.keep_last,
         log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
-        stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress)
+        stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",))
     objective.trainer = trainer
     result = trainer.fit(resume=resume)
     skipped = torch.tensor(float(trainer.extra_state.get("skipped_images", 0)))

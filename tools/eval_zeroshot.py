@@ -34,23 +34,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", "--checkpoint", dest="pretrained", default=None,
                    help="local checkpoint (ours, original RWKV-CLIP or open_clip); --checkpoint is an alias, as in "
                         "tools/eval.py and tools/test_seg.py")
-    p.add_argument("--run-dir", default=None, help="a train_clip run folder (config.yaml + latest checkpoint)")
-    p.add_argument("--zeroshot-data", default="shapes", choices=["shapes", "imagefolder", "csv", "none"])
+    p.add_argument("--run-dir", default=None,
+                   help="a train_clip run folder (config.yaml + latest checkpoint); the data options below default "
+                        "to the run's own `eval:` settings (what its training-time evaluation used)")
+    # data options: None = the run's eval setting with --run-dir, else rwkv_clip.evaluate.EvalCfg's default
+    p.add_argument("--zeroshot-data", default=None, choices=["shapes", "imagefolder", "csv", "none"],
+                   help="default shapes")
     p.add_argument("--zeroshot-path", default=None, help="ImageFolder root or CSV (image + label columns)")
-    p.add_argument("--classes", default="shapes",
-                   help="built-in class set (shapes, imagenet, imagenet-simple, cifar10), 'folders', or a file")
-    p.add_argument("--label-key", default="label")
-    p.add_argument("--zeroshot-length", type=int, default=400, help="Shapes test samples")
-    p.add_argument("--retrieval-data", default="shapes", choices=["shapes", "csv", "karpathy", "none"])
+    p.add_argument("--classes", default=None,
+                   help="built-in class set (shapes, imagenet, imagenet-simple, cifar10), 'folders', or a file "
+                        "(default shapes)")
+    p.add_argument("--label-key", default=None, help="CSV label column (default label)")
+    p.add_argument("--zeroshot-length", type=int, default=None, help="Shapes test samples (default 400)")
+    p.add_argument("--retrieval-data", default=None, choices=["shapes", "csv", "karpathy", "none"],
+                   help="default shapes")
     p.add_argument("--retrieval-path", default=None, help="CSV/TSV or Karpathy JSON")
     p.add_argument("--retrieval-root", default=None, help="image folder for relative paths")
-    p.add_argument("--img-key", default="filepath")
-    p.add_argument("--caption-keys", default="title", help="comma-separated CSV caption columns")
-    p.add_argument("--split", default="test", help="Karpathy / Shapes split")
-    p.add_argument("--retrieval-length", type=int, default=200, help="Shapes test images")
-    p.add_argument("--shapes-image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--img-key", default=None, help="CSV image column (default filepath)")
+    p.add_argument("--caption-keys", default=None, help="comma-separated CSV caption columns (default title)")
+    p.add_argument("--split", default=None, help="Karpathy / Shapes split (default test)")
+    p.add_argument("--retrieval-length", type=int, default=None, help="Shapes test images (default 200)")
+    p.add_argument("--shapes-image-size", type=int, default=None, help="Shapes image size (default 64)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64")
+    p.add_argument("--workers", type=int, default=None, help="default 0")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", default="eval_results.json", help="JSON output file")
@@ -58,24 +64,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+# CLI option -> the EvalCfg keys it sets
+_OPTION_KEYS = {
+    "batch_size": ["batch_size"], "workers": ["workers"], "shapes_image_size": ["shapes_image_size"],
+    "zeroshot_data": ["zero_shot.data"], "zeroshot_path": ["zero_shot.path"], "classes": ["zero_shot.classes"],
+    "label_key": ["zero_shot.label_key"], "zeroshot_length": ["zero_shot.length"],
+    "img_key": ["zero_shot.img_key", "retrieval.img_key"], "split": ["zero_shot.split", "retrieval.split"],
+    "retrieval_data": ["retrieval.data"], "retrieval_path": ["retrieval.path"], "retrieval_root": ["retrieval.root"],
+    "retrieval_length": ["retrieval.length"], "caption_keys": ["retrieval.caption_keys"],
+}
+
+
+def eval_config(args: argparse.Namespace):
+    """EvalCfg defaults -> the run's `eval:` section (with --run-dir) -> the options given on the command line."""
     from omegaconf import OmegaConf
 
-    from rwkv_clip.evaluate import EvalCfg, load_model_for_eval, run_evaluation
+    from rwkv_clip.evaluate import EvalCfg
 
     cfg = OmegaConf.structured(EvalCfg)
-    cfg.batch_size, cfg.workers, cfg.shapes_image_size = args.batch_size, args.workers, args.shapes_image_size
-    cfg.grid_png = not args.no_grid
-    zs, rt = cfg.zero_shot, cfg.retrieval
-    zs.data, zs.path, zs.classes, zs.label_key, zs.img_key = (args.zeroshot_data, args.zeroshot_path, args.classes,
-                                                              args.label_key, args.img_key)
-    zs.length, zs.split = args.zeroshot_length, args.split
-    rt.data, rt.path, rt.root, rt.img_key, rt.split = (args.retrieval_data, args.retrieval_path, args.retrieval_root,
-                                                        args.img_key, args.split)
-    rt.caption_keys = [k.strip() for k in args.caption_keys.split(",") if k.strip()]
-    rt.length = args.retrieval_length
+    if args.run_dir is not None:
+        run_cfg = Path(args.run_dir) / "config.yaml"
+        if not run_cfg.is_file():
+            raise FileNotFoundError(f"{run_cfg} not found: not a train_clip run folder")
+        run_eval = OmegaConf.load(run_cfg).get("eval")
+        if run_eval is not None:
+            cfg = OmegaConf.merge(cfg, run_eval)
+    for option, keys in _OPTION_KEYS.items():
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if option == "caption_keys":
+            value = [k.strip() for k in value.split(",") if k.strip()]
+        for key in keys:
+            OmegaConf.update(cfg, key, value, merge=False)
+    cfg.grid_png = cfg.grid_png and not args.no_grid
+    return cfg
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from rwkv_clip.evaluate import load_model_for_eval, run_evaluation
+
+    cfg = eval_config(args)
     model, tokenizer, preprocess = load_model_for_eval(args.model, args.pretrained, args.run_dir, args.device)
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -116,6 +116,13 @@ def test_lock_towers_and_grad_checkpointing():
     assert trainable and all("blocks.0." not in n and "patch_embed" not in n for n in trainable)
     m.lock_text_tower()
     assert not any(p.requires_grad for p in m.text.parameters()) and m.logit_scale.requires_grad
+    depth = len(m2.text.blocks)
+    m2.lock_text_tower(unlocked_layers=depth + 2)  # more than there are: every block stays trainable (open_clip)
+    frozen = {n.split(".")[0] + "." + n.split(".")[1] for n, p in m2.text.named_parameters() if not p.requires_grad}
+    assert frozen == {"emb.weight"}, frozen
+    m2.lock_text_tower(unlocked_layers=1)
+    assert all(p.requires_grad == n.startswith((f"blocks.{depth - 1}.", "ln_out."))
+               for n, p in m2.text.named_parameters())
 
     m3 = tiny_model(vision_cfg={"depth": 2}).train()
     images, texts = torch.randn(2, 3, 16, 16), torch.randint(0, 49408, (2, 16))
@@ -163,3 +170,21 @@ def test_works_as_open_clip_model_in_open_clip_tools():
     fi, ft, s = m(torch.randn(4, 3, 16, 16), tok(["a", "b", "c", "d"]))
     loss = open_clip.ClipLoss()(fi, ft, s)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_model_encodes_on_cpu(precision):
+    """precision='bf16' / 'fp16' casts the weights; the text tower's fp32 WKV output is normalised in fp32 with
+    them (it failed with a dtype mismatch) and both towers return the model's dtype, close to fp32."""
+    torch.manual_seed(0)
+    ref = tiny_model()
+    m = tiny_model(precision=precision)
+    m.load_state_dict(ref.state_dict())
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    texts = torch.randint(1, 49407, (2, 16))
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ft, fi = m.encode_text(texts, normalize=True), m.encode_image(images.to(dtype), normalize=True)
+        rt, ri = ref.encode_text(texts, normalize=True), ref.encode_image(images, normalize=True)
+    assert ft.dtype == fi.dtype == dtype
+    assert torch.allclose(ft.float(), rt, atol=0.05) and torch.allclose(fi.float(), ri, atol=0.05)

@@ -92,6 +92,9 @@ def test_optimizer_groups_and_schedules():
     assert cos[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and cos[-1] < 0.05 and cos == sorted(cos[:4]) + cos[4:]
     one = lrs("onecycle", warmup_frac=0.1)
     assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, rel=1e-3) and one[-1] < 1e-3
+    for short in (dict(warmup_frac=0.1), dict(warmup_steps=1), dict(warmup_steps=0)):  # a 1-step warm-up divided
+        flat = lrs("onecycle", steps=10, **short)                                       # 0 by 0 in OneCycleLR
+        assert flat[0] > 0.95 and flat == sorted(flat, reverse=True), short  # no warm-up: annealing from ~max
     assert lrs("constant", warmup_steps=2)[2:] == [1.0] * 18
 
 

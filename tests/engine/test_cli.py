@@ -24,6 +24,14 @@ def test_option_values_are_literal_strings():
     assert OmegaConf.from_dotlist(_parse(["c.yaml", "--resume", "123"]).overrides).train.resume == "123"
 
 
+def test_a_key_set_twice_warns_and_the_last_value_wins(capsys):
+    """(`script.sh` passing defaults, then "$@"); deleting a key and setting it again is no repeat."""
+    assert _parse(["c.yaml", "a.b=1", "a.b=2"]).overrides == ["a.b=1", "a.b=2"]
+    assert "'a.b' is set twice; the last value wins ('a.b=2')" in capsys.readouterr().err
+    assert _parse(["c.yaml", "~a.b", "+a.b=2"]).overrides == ["~a.b", "+a.b=2"]
+    assert capsys.readouterr().err == ""
+
+
 def test_config_may_be_optional():
     a = _parse(["k=1"], required=False)
     assert a.config is None and a.overrides == ["k=1"]
@@ -35,6 +43,9 @@ def test_config_may_be_optional():
     (["c.yaml", "d.yaml"], "not a key=value override"),
     (["c.yaml", "train.resume=x", "--resume", "latest"], "both set train.resume"),
     (["c.yaml", "+train.resume=x", "--resume", "latest"], "both set train.resume"),
+    # an unquoted `data.train=shard-{0..2}.tar`: the shell hands over three words setting one key
+    (["c.yaml"] + [f"data.train=shard-{i}.tar" for i in range(3)], "'data.train' is set 3 times"),
+    (["c.yaml", "+extra.a=1", "extra.a=2", "extra.a=3"], "quote it"),
 ])
 def test_usage_errors_exit_2_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -178,3 +178,22 @@ def test_failing_evaluation_keeps_the_step(tmp_path):
     t2, evals2, _ = _counting_trainer(tmp_path, epochs=2, eval_every_steps=3, ckpt_every_steps=None)
     t2.fit(resume="latest")
     assert evals2 == [5, 6, 9, 10] and t2.step == 10  # (5: the epoch end)
+
+
+def test_summed_extra_counters_total_over_ranks(tmp_path, monkeypatch):
+    """A per-rank counter (e.g. skipped images) is saved as its sum over ranks and continues on rank 0 only after
+    a resume, so the final sum over ranks counts every rank's earlier work exactly once."""
+    import vision_rwkv.engine.loop as loop
+    from vision_rwkv.engine import DistInfo
+    t, _, _ = _counting_trainer(tmp_path, epochs=1, summed_extra=("skipped",))
+    t.extra_state.update(skipped=3, note="kept")
+    monkeypatch.setattr(loop, "all_reduce_sum", lambda x: x * 2)  # as if a second rank had counted as much
+    state = t.state_dict()
+    assert state["extra"] == {"skipped": 6, "note": "kept"} and t.extra_state["skipped"] == 3
+    main, other = (_counting_trainer(tmp_path, epochs=1, summed_extra=("skipped",))[0] for _ in range(2))
+    other.info = DistInfo(rank=1, world_size=2)
+    main.info = DistInfo(rank=0, world_size=2)
+    state["world_size"] = 2
+    main.load_state_dict(state)
+    other.load_state_dict(state)
+    assert main.extra_state == {"skipped": 6, "note": "kept"} and other.extra_state == {"skipped": 0, "note": "kept"}

@@ -54,6 +54,29 @@ def test_eval_cli_on_run_folder(tmp_path):
     assert tok(["x"]).shape == (1, 16)
 
 
+def test_eval_cli_defaults_to_the_runs_eval_settings(tmp_path):
+    """--run-dir evaluates as the run's training-time evaluation did (its `eval:` section), options given on the
+    command line win, and without a run the EvalCfg defaults apply."""
+    import eval_zeroshot as cli
+    from omegaconf import OmegaConf
+    run = tmp_path / "run"
+    _fake_run(run)
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.eval.shapes_image_size, cfg.eval.zero_shot.length, cfg.eval.retrieval.num_captions = 24, 40, 3
+    cfg.eval.retrieval.caption_keys = ["a", "b"]
+    OmegaConf.save(cfg, run / "config.yaml")
+    got = cli.eval_config(cli.build_parser().parse_args(["--run-dir", str(run), "--zeroshot-length", "16"]))
+    assert (got.shapes_image_size, got.zero_shot.length, got.retrieval.num_captions) == (24, 16, 3)
+    assert list(got.retrieval.caption_keys) == ["a", "b"] and got.grid_png
+    plain = cli.eval_config(cli.build_parser().parse_args(["--model", "x", "--caption-keys", "t, u", "--split",
+                                                           "val", "--no-grid"]))
+    assert (plain.shapes_image_size, plain.zero_shot.length, plain.retrieval.length) == (64, 400, 200)
+    assert list(plain.retrieval.caption_keys) == ["t", "u"] and not plain.grid_png
+    assert plain.zero_shot.split == plain.retrieval.split == "val"
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        cli.eval_config(cli.build_parser().parse_args(["--run-dir", str(tmp_path / "nope")]))
+
+
 def test_eval_cli_plain_open_clip_model_on_csv(tmp_path):
     import open_clip
 

@@ -50,14 +50,17 @@ Training loop (``loop.py``)
             clip_mode="norm", eval_fn=None, eval_every_epochs=1, eval_every_steps=None, best_metric=None,
             best_mode="max", ckpt_every_steps=None, ckpt_every_epochs=1, keep_last=3, log_every=10,
             tensorboard=False, after_step=None, stop_after_steps=None, show_progress=True, extra_state=None,
-            plot=True)
+            summed_extra=(), plot=True)
         ``fit(resume=None | "latest" | path) -> dict`` (step, epoch, train_loss, train_time_s, last eval metrics,
         best) and, with ``plot``, draws ``curves.png``; ``train_step(micro_batches)``; ``evaluate()``;
         ``state_dict()`` / ``load_state_dict()``; ``save()``. Evaluation / checkpoints run when the step schedule,
         the epoch schedule (at an epoch end) or the end of training asks, each at most once per step.
         ``loss_fn(model, batch) -> loss | (loss, {name: float})`` runs under autocast with the batch on the
         device; ``eval_fn(model) -> {name: float}`` runs on every rank (reduce inside it); EMA metrics get an
-        ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step.
+        ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step. ``extra_state`` (a dict) is
+        saved with each checkpoint and restored; its ``summed_extra`` keys are per-rank counters, saved as their
+        sum over ranks and restored on rank 0 (0 on the others). An evaluation that raises is preceded by a
+        checkpoint of its step (single process) before the error propagates.
     move_to_device(obj, device), clip_gradients(params, max_norm, mode)
 
 Compilation (``compiling.py``)

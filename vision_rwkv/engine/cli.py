@@ -11,6 +11,7 @@ both the option and an override of its key is an error. Options and positionals 
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -55,7 +56,9 @@ def config_arg_parser(description: str, config_help: str, *, config_required: bo
 def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *,
                       option_keys: Mapping[str, str] | None = None) -> ConfigArgs:
     """Parse ``argv`` (``None``: sys.argv[1:]); ``option_keys`` maps an option's dest to the config key it sets
-    (e.g. ``{"resume": "train.resume"}``). Usage errors exit with status 2 (argparse)."""
+    (e.g. ``{"resume": "train.resume"}``). Usage errors exit with status 2 (argparse), among them a key set three
+    or more times (an unquoted brace or glob pattern the shell expanded into words); set twice, the last value
+    wins, with a warning."""
     ns = parser.parse_intermixed_args(argv)
     positional = list(ns.args)
     config = positional.pop(0) if positional and not _is_override(positional[0]) else None
@@ -65,9 +68,19 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         config = ns.config_option
     if config is None and ns.config_required:
         parser.error("a CONFIG file is required (first positional argument, or --config CONFIG)")
+    sets: dict[str, list[str]] = {}
     for arg in positional:
         if not _is_override(arg):
             parser.error(f"{arg!r} is not a key=value override (only the first argument may be the config file)")
+        if not arg.startswith("~"):  # (deleting a key and setting it again is fine)
+            sets.setdefault(arg.lstrip("+").split("=", 1)[0], []).append(arg)
+    for key, args in sets.items():  # an unquoted shard-{000..009}.tar reaches us as ten words setting one key
+        hint = "an unquoted brace or glob pattern expands into several words: quote it"
+        if len(args) > 2:
+            parser.error(f"config key {key!r} is set {len(args)} times ({args[0]!r}, {args[1]!r}, ...); {hint}")
+        if len(args) == 2:
+            print(f"warning: config key {key!r} is set twice; the last value wins ({args[1]!r}); if {hint}",
+                  file=sys.stderr)
     overrides = positional
     for dest, key in (option_keys or {}).items():
         value = getattr(ns, dest, None)

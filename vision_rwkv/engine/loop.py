@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointManager, gather_rng_states, load_checkpoint, restore_rank_rng
-from .distributed import DistInfo, print_rank0, reduce_dict, unwrap_model
+from .distributed import DistInfo, all_reduce_sum, print_rank0, reduce_dict, unwrap_model
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
 from .precision import autocast, check_precision, make_grad_scaler
@@ -91,7 +91,7 @@ class Trainer:
                  ckpt_every_steps: int | None = None, ckpt_every_epochs: int = 1, keep_last: int = 3,
                  log_every: int = 10, tensorboard: bool = False, after_step: Callable[["Trainer"], None] | None = None,
                  stop_after_steps: int | None = None, show_progress: bool = True, extra_state: dict | None = None,
-                 plot: bool = True):
+                 summed_extra: tuple[str, ...] = (), plot: bool = True):
         if grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
         self.info = info or DistInfo()
@@ -119,6 +119,7 @@ class Trainer:
         self.logger = MetricLogger(self.run_dir, tensorboard=tensorboard and self.info.is_main,
                                    enabled=self.info.is_main)
         self.extra_state: dict[str, Any] = dict(extra_state or {})
+        self.summed_extra = tuple(summed_extra)  # per-rank counters: saved as their sum, restored on rank 0
         self.step = 0            # optimizer steps done
         self.epoch = 0           # current epoch
         self.batch_in_epoch = 0  # batches of the current epoch consumed
@@ -138,8 +139,19 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.info.world_size,
             "rng": gather_rng_states(),
-            "extra": self.extra_state,
+            "extra": self._saved_extra(),
         }
+
+    def _saved_extra(self) -> dict[str, Any]:
+        """``extra_state`` with the ``summed_extra`` counters summed over ranks (every rank counts its own)."""
+        extra = dict(self.extra_state)
+        if self.summed_extra:
+            device = self.device if self.device.type == "cuda" else "cpu"  # (NCCL reduces CUDA tensors)
+            counts = torch.tensor([float(extra.get(k, 0)) for k in self.summed_extra], dtype=torch.float64,
+                                  device=device)
+            for k, v in zip(self.summed_extra, all_reduce_sum(counts).tolist()):
+                extra[k] = int(v) if float(v).is_integer() else v
+        return extra
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unwrap_model(self.model).load_state_dict(state["model"])
@@ -158,6 +170,8 @@ class Trainer:
             warnings.warn(f"checkpoint was written with world size {saved_world}, resuming with "
                           f"{self.info.world_size}: training continues, but not batch-for-batch identically")
         self.extra_state = dict(state.get("extra") or {})
+        if not self.info.is_main:  # the saved totals continue on rank 0; the other ranks count afresh
+            self.extra_state.update({k: 0 for k in self.summed_extra if k in self.extra_state})
         self.ckpt.load_best_tracking(state)
         restore_rank_rng(state["rng"])
 

@@ -96,6 +96,18 @@ def token_shift(x: torch.Tensor, kind: str, head_size: Optional[int], grid_size:
     return bi_shift_1d(x, head_size)
 
 
+def _norm_in(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)``, in fp32 for an fp32 ``x`` and 16-bit norm parameters: the fp32 WKV output of a model whose
+    weights were cast to bf16 / fp16 (``precision=``) is normalised in fp32, as autocast runs these norms."""
+    weight = getattr(norm, 'weight', None)
+    if weight is None or weight.dtype == x.dtype or x.dtype != torch.float32:
+        return norm(x)
+    bias = None if norm.bias is None else norm.bias.to(x.dtype)
+    if isinstance(norm, nn.GroupNorm):
+        return F.group_norm(x, norm.num_groups, weight.to(x.dtype), bias, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, weight.to(x.dtype), bias, norm.eps)
+
+
 class FusedPathMixer(nn.Module):
     """A mixer's forward dispatch, shared by the channel mix, the RWKV-6 time mix and the v4 spatial mix: the
     mixed-operand GEMM path (:meth:`fuses_residual`), the fused path (one step or op by op), or the plain PyTorch
@@ -420,7 +432,7 @@ class TimeMixV6(FusedPathMixer):
             r, k, v, u = r.float(), k.float(), v.float(), u.float()
         y = bi_wkv6(r.view(shape), k.view(shape), v.view(shape), logd.view(shape), u, backend=self.wkv_backend)
         y = y.reshape(batch, num_tokens, dim)
-        return y if self.key_norm is None else self.key_norm(y)
+        return y if self.key_norm is None else _norm_in(self.key_norm, y)
 
     def fuses_residual(self) -> bool:
         """The mixed-operand inference path: the output GEMM (GroupNorm * gate operand) can take the residual add +
@@ -438,7 +450,7 @@ class TimeMixV6(FusedPathMixer):
         g = F.silu(self.gate(xg))
         w = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
         y = self._wkv(r, k, v, -torch.exp(w))
-        y = self.ln_x(y.reshape(batch * num_tokens, dim)).view(batch, num_tokens, dim)
+        y = _norm_in(self.ln_x, y.reshape(batch * num_tokens, dim)).view(batch, num_tokens, dim)
         if self.fp32_wkv:
             y = y.to(g.dtype)
         return self.output(y * g)

@@ -53,8 +53,9 @@ def run_demo(out_dir: str | Path = "runs/seg_demo", config: str | Path | None = 
     if not path.is_file():
         raise FileNotFoundError(f"demo config not found: {path} (pass config=... when running outside the repo)")
     out_dir = Path(out_dir)
-    cfg = load_seg_config(path, [f"train.run_dir={out_dir}", f"train.show_progress={str(show_progress).lower()}",
-                                 *overrides])
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    own = {"train.run_dir": str(out_dir), "train.show_progress": str(show_progress).lower()}
+    cfg = load_seg_config(path, [f"{k}={v}" for k, v in own.items() if k not in given] + list(overrides))
     t0 = time.perf_counter()
     train = train_segmentor(cfg)
     t1 = time.perf_counter()
