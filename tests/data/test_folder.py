@@ -63,6 +63,17 @@ def test_image_folder_rgb_and_skips(tree):
     assert n == 7 and loader.num_skipped == 2
 
 
+def test_decompression_bomb_is_skipped(tmp_path):
+    """PIL's DecompressionBombError is not an OSError: a 48 KB PNG declaring 400 Mpx is skipped like any
+    unreadable image, not a crash of the loader."""
+    from PIL import Image
+    (tmp_path / "c").mkdir()
+    Image.new("1", (20000, 20000)).save(tmp_path / "c" / "bomb.png")
+    ds = ImageFolderDataset(tmp_path)
+    with pytest.warns(UserWarning, match="DecompressionBombError"):
+        assert ds[0] is None
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         ImageFolderDataset(tmp_path / "missing")

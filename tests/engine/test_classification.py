@@ -96,3 +96,76 @@ def test_randaugment_posterize_zero_bits_does_not_crash():
     op.prob = 1.0
     img = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
     assert np.asarray(op(img)).max() == 0  # 0 bits kept -> black, as Pillow < 13 did
+
+
+def test_model_checkpoint_loads_like_timm_pretrained(tmp_path, capsys):
+    """model.checkpoint (fine-tuning weights): an original .pth, its conversion or a training checkpoint, into a
+    model with another class count; original weights switch a v4 model to the Bi-WKV function they were trained
+    with unless the config names wkv_mode; other mismatches are errors listing the keys."""
+    from vision_rwkv.engine.classification import create_classifier
+    from vision_rwkv.models.convert import convert_file, ours_to_original
+    kw = dict(img_size=16, patch_size=4, embed_dim=32, depth=2)
+    torch.manual_seed(0)
+    src = timm.create_model("vrwkv_tiny_patch16_224", num_classes=5, **kw)
+    with torch.no_grad():
+        src.pos_embed.normal_()
+    orig = tmp_path / "orig.pth"
+    torch.save({"state_dict": {("" if k.startswith("head.") else "backbone.") + k: v
+                               for k, v in ours_to_original(src.state_dict()).items()}}, orig)
+    converted = tmp_path / "converted.safetensors"
+    convert_file(orig, converted)
+    trained = tmp_path / "ckpt.pt"
+    torch.save({"model": src.state_dict(), "ema": None, "step": 3}, trained)
+    over = [f"model.kwargs.{k}={v}" for k, v in dict(kw, img_size=24).items()]  # another grid: pos_embed resampled
+    for path, mode in ((orig, "original"), (converted, "original"), (trained, "exact")):
+        cfg = load_config(DEMO, over + [f"model.checkpoint={path}"])
+        model = create_classifier(cfg, num_classes=3)
+        assert model.head.out_features == 3 and model.wkv_mode == mode and model.wkv_chunks == 32, path
+        assert torch.equal(model.blocks[1].spatial_mix.key.weight, src.blocks[1].spatial_mix.key.weight)
+        assert model.pos_embed.shape[1] == 36
+        assert "classifier ['head.bias', 'head.weight'] newly initialised" in capsys.readouterr().out
+        same = create_classifier(cfg, num_classes=5)  # same class count: the classifier loads too
+        assert torch.equal(same.head.weight, src.head.weight)
+    kept = create_classifier(load_config(DEMO, over + [f"model.checkpoint={orig}", "+model.kwargs.wkv_mode=exact"]), 3)
+    assert kept.wkv_mode == "exact"
+    torch.save({"model": {k: v for k, v in src.state_dict().items() if "blocks.1.ffn" not in k
+                          and "blocks.1.channel_mix" not in k}}, tmp_path / "bad.pt")
+    with pytest.raises((RuntimeError, KeyError), match=r"missing keys: \['blocks.1.channel_mix"):
+        create_classifier(load_config(DEMO, over + [f"model.checkpoint={tmp_path / 'bad.pt'}"]), 3)
+
+
+def test_mixup_gets_an_even_batch_after_skipped_images():
+    """A corrupt image dropped from a batch leaves it odd; timm's Mixup asserts an even batch."""
+    from timm.data import Mixup
+
+    from vision_rwkv.engine.classification import even_batch
+    mix = Mixup(mixup_alpha=0.8, num_classes=4)
+    for n in (1, 5, 6):
+        x, y = even_batch(torch.randn(n, 3, 4, 4), torch.arange(n) % 4)
+        assert len(x) == len(y) == (2 if n == 1 else n - n % 2)
+        xm, ym = mix(x, y)
+        assert xm.shape == x.shape and ym.shape == (len(x), 4)
+    x = torch.randn(5, 3, 4, 4)
+    assert torch.equal(even_batch(x, torch.arange(5))[0], x[:4])
+
+
+def test_eval_labels_follow_the_checkpoints_classes(tmp_path):
+    """An eval folder whose class folders differ from training ({dog} of [cat, dog]) is scored in the model's
+    class order; a class the model never saw is an error instead of a silent re-mapping."""
+    import numpy as np
+    from PIL import Image
+
+    from vision_rwkv.engine.classification import build_eval_dataset, checkpoint_classes
+    for name in ("dog", "zebra"):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val" / name / "a.png")
+    torch.save({"model": {}, "extra": {"classes": ["cat", "dog"]}}, tmp_path / "ckpt.pt")
+    assert checkpoint_classes(tmp_path / "ckpt.pt") == ["cat", "dog"]
+    cfg = load_config(DEMO, TINY + ["data.type=imagefolder", f"data.root={tmp_path}"])
+    with pytest.raises(ValueError, match=r"\['zebra'\] are not the model's 2 classes"):
+        build_eval_dataset(cfg, ["cat", "dog"])
+    (tmp_path / "val" / "zebra" / "a.png").unlink()
+    (tmp_path / "val" / "zebra").rmdir()
+    ds, classes = build_eval_dataset(cfg, ["cat", "dog"])
+    assert classes == ["cat", "dog"] and [t for _, t in ds.samples] == [1]
+    assert build_eval_dataset(cfg)[1] == ["dog"]  # no checkpoint classes: the folder's own

@@ -86,6 +86,7 @@ def test_compiled_classifier_training_matches_eager_and_resumes_plain(tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
     # a compiled run's checkpoint resumes in an eager run (and runs on to the next epoch)
-    resumed = train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path / 'compiled'}", "resume=latest",
-                                                         "train.epochs=2"]))
+    with pytest.warns(UserWarning, match="schedule follows the new length"):
+        resumed = train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path / 'compiled'}", "resume=latest",
+                                                             "train.epochs=2"]))
     assert resumed["step"] == 8

@@ -77,7 +77,8 @@ def test_resume_without_checkpoint_and_best(tmp_path):
     assert ck["step"] == res["best"]["step"]
     # the later run continues best tracking from the checkpoint
     t2 = _trainer(tmp_path, max_steps=8)
-    t2.fit(resume="latest")
+    with pytest.warns(UserWarning, match="schedule follows the new length"):
+        t2.fit(resume="latest")
     assert t2.ckpt.best_value >= res["best"]["value"]
 
 
@@ -197,3 +198,36 @@ def test_summed_extra_counters_total_over_ranks(tmp_path, monkeypatch):
     main.load_state_dict(state)
     other.load_state_dict(state)
     assert main.extra_state == {"skipped": 6, "note": "kept"} and other.extra_state == {"skipped": 0, "note": "kept"}
+
+
+@pytest.mark.parametrize("kind", ["torch_onecycle", "timm_cosine"])
+def test_resume_into_a_longer_run_follows_the_new_schedule(tmp_path, kind):
+    """--resume with more steps than the checkpoint's run (timm's `--resume --epochs N`): the learning rates
+    from the resumed step on are those of a fresh run of the new length, not the old schedule's tail."""
+    from timm.scheduler import CosineLRScheduler
+
+    def run(run_dir, steps, resume=None):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        if kind == "torch_onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=steps, pct_start=0.5)
+        else:
+            sched = CosineLRScheduler(opt, t_initial=steps, lr_min=0.01, warmup_t=2, warmup_lr_init=0.1,
+                                      t_in_epochs=False)
+        ds = torch.utils.data.TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,)))
+        lrs = []
+        t = Trainer(model, opt, EpochLoader(ds, 4, seed=0), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+                    run_dir=run_dir, max_steps=steps, scheduler=sched, ckpt_every_steps=4, show_progress=False,
+                    plot=False, after_step=lambda tr: lrs.append(tr.optimizer.param_groups[0]["lr"]))
+        if resume:
+            with pytest.warns(UserWarning, match="schedule follows the new length"):
+                t.fit(resume=resume)
+        else:
+            t.fit()
+        return lrs
+
+    run(tmp_path / "a", 4)
+    resumed = run(tmp_path / "a", 8, resume="latest")
+    fresh = run(tmp_path / "b", 8)
+    assert resumed == pytest.approx(fresh[4:], rel=1e-12)

@@ -99,8 +99,11 @@ def test_filter_errors_list_keys():
     with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
         checkpoint_filter_fn({k: v for k, v in wide.items() if k != 'pos_embed'}, model)
     no_head = {k: v for k, v in sd.items() if not k.startswith('head.')}
-    with pytest.raises(CheckpointMismatchError, match='num_classes=0'):
-        checkpoint_filter_fn(no_head, model)
+    # a backbone checkpoint into a classifier: everything but the classifier, for timm to load non-strictly
+    filtered = checkpoint_filter_fn(no_head, model)
+    assert set(model.state_dict()) - set(filtered) == {'head.weight', 'head.bias'}
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys: \['blocks.1.ls2.gamma'\]"):
+        checkpoint_filter_fn({k: v for k, v in missing.items() if not k.startswith('head.')}, model)
     headless = tiny_model('vrwkv_small_patch16_224', num_classes=0)
     headless.load_state_dict(checkpoint_filter_fn(no_head, headless))
     headless.load_state_dict(checkpoint_filter_fn(sd, headless))  # a classifier checkpoint into a backbone
@@ -152,6 +155,26 @@ def test_timm_pretrained_from_original_pth(tmp_path, perturb):
         src.set_wkv_mode('original', 32)
         ref = src.forward_intermediates(x, intermediates_only=True)
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats.eval()(x), ref))
+    # a backbone-only checkpoint: a new classifier or features_only; an mmseg segmentor file: its backbone
+    headless_path, seg_path = tmp_path / 'backbone.pth', tmp_path / 'upernet.pth'
+    orig = ours_to_original(src.state_dict())
+    torch.save({k: v for k, v in orig.items() if not k.startswith('head.')}, headless_path)
+    seg_sd = {'backbone.' + k: v for k, v in orig.items() if not k.startswith('head.')}
+    seg_sd.update({'decode_head.conv_seg.weight': torch.randn(5, 8, 1, 1), 'neck.lateral.0.weight': torch.ones(2),
+                   'auxiliary_head.conv_seg.weight': torch.randn(5, 4, 1, 1)})
+    torch.save({'meta': {'iter': 160000}, 'state_dict': seg_sd}, seg_path)
+    for file in (headless_path, seg_path):
+        new_head = timm.create_model('vrwkv_small_patch16_224', pretrained=True, num_classes=3, **kw,
+                                     pretrained_cfg_overlay=dict(file=str(file), wkv_chunks=16))
+        assert new_head.head.out_features == 3
+        assert torch.equal(new_head.blocks[2].spatial_mix.key.weight, src.blocks[2].spatial_mix.key.weight)
+        feats = timm.create_model('vrwkv_small_patch16_224', pretrained=True, features_only=True, **kw,
+                                  pretrained_cfg_overlay=dict(file=str(file)))
+        with torch.no_grad():
+            assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats.eval()(x), ref))
+    with pytest.raises(RuntimeError, match='head.weight'):  # the same class count: timm loads strictly
+        timm.create_model('vrwkv_small_patch16_224', pretrained=True, **kw,
+                          pretrained_cfg_overlay=dict(file=str(headless_path)))
     # a VRWKV checkpoint into a VRWKV6 model
     with pytest.raises(CheckpointMismatchError, match='VRWKV \\(v4\\) state dict'):
         timm.create_model('vrwkv6_tiny_patch16_224', pretrained=True, embed_dim=32, depth=3, head_size=16,

@@ -57,7 +57,7 @@ class _SkippingDataset(Dataset):
         path, target = self.samples[index]
         try:
             img = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             self.num_failed += 1
             if path not in self._warned:
                 self._warned.add(path)

@@ -37,7 +37,8 @@ Checkpoints (``checkpoint.py``)
     CheckpointManager(run_dir, keep_last=3, mode="max") (``save(state, step, metric)``, ``latest()``,
     ``resolve("latest" | path | None)``, ``best_path``), find_latest_checkpoint(dir),
     capture_rng_state() / restore_rng_state(s), gather_rng_states() / restore_rank_rng(states),
-    load_model_weights(model, path, key="auto") (training checkpoint -> EMA or model weights; .pt or .safetensors)
+    load_model_weights(model, path, key="auto") (training checkpoint -> EMA or model weights; .pt or .safetensors);
+    read_model_state(path, key="auto") (the same state dict, not loaded)
 
 Logging (``logger.py``)
     MetricLogger(run_dir, tensorboard=False): ``log(step, metrics, split)`` -> ``<split>_metrics.csv`` (+ TB),
@@ -85,7 +86,8 @@ Classification (``classification.py``, not imported here: ``from vision_rwkv.eng
 Exact resume needs the same world size and per-process batch size; RNG streams are per rank.
 """
 from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, find_latest_checkpoint,
-                         gather_rng_states, load_checkpoint, load_model_weights, restore_rank_rng, restore_rng_state)
+                         gather_rng_states, load_checkpoint, load_model_weights, read_model_state, restore_rank_rng,
+                         restore_rng_state)
 from .compiling import COMPILE_MODES, compile_for_training
 from .config import ConfigError, apply_overrides, config_layers, load_config, merge_strict, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,

@@ -27,7 +27,7 @@ from torch import nn
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
-           "find_latest_checkpoint", "load_model_weights"]
+           "find_latest_checkpoint", "load_model_weights", "read_model_state"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -94,11 +94,13 @@ def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "auto",
-                       strict: bool = True) -> nn.Module:
-    """Load model weights from a training checkpoint (``model`` or ``ema`` entry) or a plain state dict file
-    (``.pt``/``.pth`` with weights_only, or ``.safetensors``). ``key="auto"`` prefers ``ema`` when present."""
+def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[str, Any]:
+    """The model state dict in a training checkpoint (``model`` or ``ema`` entry) or a plain state dict file
+    (``.pt``/``.pth`` with weights_only, or ``.safetensors``), ``module.`` prefixes removed. ``key="auto"``
+    prefers ``ema`` when present."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         sd = load_file(str(path))
@@ -118,7 +120,14 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str | Non
                 if key not in ckpt:
                     raise KeyError(f"checkpoint {path} has no entry {key!r} (entries: {sorted(ckpt)})")
                 sd = ckpt[key]
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "auto",
+                       strict: bool = True) -> nn.Module:
+    """Load :func:`read_model_state` of ``path`` into ``model`` (with ``strict``, missing or unexpected keys raise
+    an error that lists them)."""
+    sd = read_model_state(path, key)
     target = unwrap_model(model)
     missing, unexpected = target.load_state_dict(sd, strict=False)
     if strict and (missing or unexpected):

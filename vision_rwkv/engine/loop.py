@@ -137,7 +137,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "world_size": self.info.world_size,
+            "total_steps": self.total_steps, "world_size": self.info.world_size,
             "rng": gather_rng_states(),
             "extra": self._saved_extra(),
         }
@@ -156,15 +156,23 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        saved_total = state.get("total_steps")
         if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            if saved_total is None or int(saved_total) == self.total_steps:
+                self.scheduler.load_state_dict(state["scheduler"])
+            else:  # a longer / shorter run (timm's train.py --resume with new --epochs): the new schedule
+                warnings.warn(f"checkpoint was written for a run of {saved_total} steps, this one has "
+                              f"{self.total_steps}: the learning-rate schedule follows the new length from step "
+                              f"{self.step}")
+                self._advance_scheduler()
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             if state.get("ema") is None:
                 raise RuntimeError("the run uses EMA but the checkpoint has no EMA state")
             self.ema.load_state_dict(state["ema"])
-        self.step, self.epoch, self.batch_in_epoch = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
         saved_world = int(state.get("world_size", self.info.world_size))
         if saved_world != self.info.world_size:
             warnings.warn(f"checkpoint was written with world size {saved_world}, resuming with "
@@ -174,6 +182,17 @@ class Trainer:
             self.extra_state.update({k: 0 for k in self.summed_extra if k in self.extra_state})
         self.ckpt.load_best_tracking(state)
         restore_rank_rng(state["rng"])
+
+    def _advance_scheduler(self) -> None:
+        """The freshly built scheduler where ``self.step`` optimizer steps (and ``self.epoch`` epochs) leave it."""
+        if hasattr(self.scheduler, "step_update"):  # timm: a function of the step / epoch count
+            self.scheduler.step(self.epoch)
+            self.scheduler.step_update(num_updates=self.step)
+            return
+        with warnings.catch_warnings():  # torch: replay the steps ("scheduler.step() before optimizer.step()")
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.step):
+                self.scheduler.step()
 
     def save(self, metric: float | None = None) -> Path | None:
         state = self.state_dict()

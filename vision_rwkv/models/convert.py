@@ -98,7 +98,8 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = Non
 
     Accepts a raw state dict or one wrapped in ``'state_dict'`` / ``'model'`` / ``'module'``; strips
     ``module.`` / ``backbone.`` / ``_orig_mod.`` prefixes (and ``prefix`` if given, e.g. ``'image_model.'``); drops
-    non-tensor entries (mmcls ``meta``).
+    non-tensor entries (mmcls ``meta``). From an mm* model with ``backbone.`` keys it keeps the backbone and the
+    ``head.`` classifier, dropping a segmentor's ``decode_head.`` / ``auxiliary_head.`` / ``neck.`` weights.
     """
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f'expected a state dict (mapping of names to tensors), got {type(checkpoint).__name__}')
@@ -107,14 +108,19 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = Non
         if key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
             break
+    tensors = {strip_key_prefixes(k, ('module.', '_orig_mod.')): v for k, v in sd.items()
+               if isinstance(v, torch.Tensor)}
+    # an mmcls / mmseg model (backbone.* + head.* or decode_head.*, auxiliary_head.*, neck.*): its backbone and,
+    # for a classifier, its head
+    nested = not prefix and any(k.startswith('backbone.') for k in tensors)
     out: Dict[str, torch.Tensor] = {}
-    for name, value in sd.items():
-        if not isinstance(value, torch.Tensor):
-            continue
+    for name, value in tensors.items():
         if prefix:
             if not name.startswith(prefix):
                 continue
             name = name[len(prefix):]
+        elif nested and not name.startswith(('backbone.', 'head.')):
+            continue
         out[strip_key_prefixes(name, _STRIP_PREFIXES)] = value
     if not out:
         raise CheckpointMismatchError('checkpoint holds no tensors' + (f' under prefix {prefix!r}' if prefix else ''))
@@ -200,7 +206,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     Unwraps and strips prefixes, converts the original layout, checks the family (v4 vs v6), resizes the position
     embedding (bicubic, no antialias) to the model's grid, drops classifier weights when the model has no
     classifier, and raises :class:`CheckpointMismatchError` listing missing / unexpected keys and shape mismatches
-    (the classifier may differ in class count and the patch embedding in input channels: timm adapts those).
+    (the classifier may differ in class count and the patch embedding in input channels: timm adapts those; a
+    checkpoint without classifier leaves the model's classifier out of the returned dict, for timm to load
+    non-strictly with a new head).
     """
     from ._layers import resample_pos_embed
 
@@ -230,6 +238,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
             sd = {k: v for k, v in sd.items() if not is_pre_logits(k)}
 
     missing = sorted(set(model_sd) - set(sd))
+    if not any(is_head(k) for k in sd):
+        # a backbone checkpoint: timm loads it non-strictly into a model with a new classifier (another class
+        # count, or features_only) and reports the missing classifier itself when it loads strictly
+        missing = [k for k in missing if not (is_head(k) or is_pre_logits(k))]
     unexpected = sorted(set(sd) - set(model_sd))
     def adaptable(k: str) -> bool:
         # timm re-creates the classifier for another class count and adapts the first conv to other in_chans
@@ -242,12 +254,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
         f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}'
         for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape and not adaptable(k))
     if missing or unexpected or wrong_shape:
-        head_hint = ''
-        if any(is_head(k) for k in missing) and not any(is_head(k) for k in sd):
-            head_hint = ' (the checkpoint has no classifier: create the model with num_classes=0)'
         raise CheckpointMismatchError(
             f'checkpoint does not fit {type(model).__name__}:'
-            + (f'\n  missing keys: {missing}{head_hint}' if missing else '')
+            + (f'\n  missing keys: {missing}' if missing else '')
             + (f'\n  unexpected keys: {unexpected}' if unexpected else '')
             + (f'\n  shape mismatches: {wrong_shape}' if wrong_shape else ''))
     return sd
@@ -361,7 +370,8 @@ def convert_file(
 
     With ``model_name`` the converted weights are checked against ``timm.create_model(model_name, **model_kwargs)``
     (class count taken from the checkpoint) and any mismatch raises before writing. The write is atomic.
-    Returns a summary dict (family, number of tensors, num_classes, destination).
+    Returns a summary dict (family, number of tensors, num_classes, destination). The file's metadata records
+    the family, our layout and, for v4, ``wkv_mode='original'`` (the function the weights were trained with).
     """
     from safetensors.torch import save_file
 
@@ -381,6 +391,9 @@ def convert_file(
         sd = checkpoint_filter_fn(sd, model)
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     metadata = {'format': 'pt', 'family': family, 'layout': 'vision_rwkv'}
+    if family == 'vrwkv':  # converted original weights: trained with the original kernel's Bi-WKV function
+        metadata['wkv_mode'] = 'original'
+
     tmp = dst + '.tmp'
     save_file(sd, tmp, metadata=metadata)
     os.replace(tmp, dst)

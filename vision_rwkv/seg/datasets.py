@@ -67,7 +67,7 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
@@ -78,7 +78,7 @@ def _read_mask(path: Path) -> np.ndarray:
                 raise ValueError(f"segmentation mask {path} must be a single-channel label image "
                                  f"(mode L/P/I), got mode {im.mode}")
             return np.asarray(im).astype(np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read mask {path}: {err}") from err
 
 
