@@ -71,6 +71,8 @@ def retrieval_metrics(
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor, num_classes: Optional[int] = None) -> dict:
     """Top-1, top-5 accuracy and mean per-class recall (classes absent from `target` are left out)."""
+    if target.numel() == 0:
+        raise ValueError("classification_metrics: no samples (the evaluation set is empty)")
     num_classes = num_classes or logits.shape[1]
     pred = logits.topk(min(5, logits.shape[1]), dim=1).indices
     correct = pred.eq(target.view(-1, 1))
@@ -376,6 +378,8 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
             raise ValueError(f"ImageFolder {zs.path} has {len(ds.classes)} class folders but the class set "
                                  f"{zs.classes!r} has {len(classnames)} names")
     elif zs.data == "csv":
+        if not zs.path:
+            raise ValueError("zero_shot.data=csv needs zero_shot.path (--zeroshot-path): the CSV of image + label")
         ds = _CsvLabels(zs.path, zs.img_key, zs.label_key, classnames, transform)
     else:
         raise ValueError(f"unknown zero_shot.data {zs.data!r} (shapes, imagefolder, csv, none)")
@@ -432,8 +436,9 @@ def run_evaluation(model, tokenizer, transform: Callable, cfg: Any, device: Unio
         if cfg.grid_png and out_dir is not None:
             ds = loader.dataset
             scores = feats["text"] @ feats["image"].T
-            # one query per image for the first images (their first caption)
-            first = [int((feats["text_to_image"] == i).nonzero()[0]) for i in range(min(6, out["num_images"]))]
+            # one query per image for the first images with captions (their first caption)
+            with_text = sorted(set(feats["text_to_image"].tolist()))[:6]
+            first = [int((feats["text_to_image"] == i).nonzero()[0]) for i in with_text]
             needed = sorted({j for q in first for j in scores[q].topk(min(5, scores.shape[1])).indices.tolist()})
             images = {j: _unnormalize(ds[j]["image"]) for j in needed}
             path = save_retrieval_grid(Path(out_dir) / "retrieval_grid.png", feats["texts"], _LazyImages(images),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import open_clip
 import torch
@@ -126,12 +126,20 @@ def load_checkpoint(model: torch.nn.Module, path_or_state_dict: Union[str, Path,
     model.load_state_dict(fixed, strict=strict)
 
 
+# open_clip precision names -> the dtype the weights are cast to ("amp*": fp32 weights, autocast at run time)
+_PRECISIONS = {"fp32": torch.float32, "amp": torch.float32, "amp_bf16": torch.float32, "amp_bfloat16": torch.float32,
+               "bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16, "pure_fp16": torch.float16}
+
+
 def create_model(
         model_name: str,
         pretrained: Optional[Union[str, Path]] = None,
         precision: str = "fp32",
         device: Union[str, torch.device] = "cpu",
         output_dict: bool = False,
+        force_image_size: Optional[Union[int, tuple[int, int]]] = None,
+        force_context_length: Optional[int] = None,
+        force_quick_gelu: bool = False,
         **model_kwargs: Any,
 ) -> RWKVCLIP:
     """Build a named RWKV-CLIP model.
@@ -139,31 +147,47 @@ def create_model(
     Args:
         model_name: one of `list_models()`.
         pretrained: optional LOCAL checkpoint path (ours or the original release format).
-        precision: "fp32", "bf16" or "fp16" (weights cast; for training keep fp32 and use autocast).
+        precision: the dtype the weights are cast to, with open_clip's names: "fp32" / "amp" / "amp_bf16" (fp32
+            weights; for training keep these and use autocast), "bf16" / "pure_bf16", "fp16" / "pure_fp16".
         device: where to put the model.
         output_dict: forward returns a dict.
+        force_image_size: another input resolution (square int or (h, w)); the stored position embedding is
+            resampled to its grid after loading `pretrained`, as open_clip does.
+        force_context_length: another text length (the RWKV text tower has no position embedding).
+        force_quick_gelu: accepted for open_clip compatibility; RWKV towers have no GELU, so True is an error.
         **model_kwargs: overrides merged into the config (dicts merge key by key), e.g.
             vision_cfg={"drop_path_rate": 0.0}, text_cfg={"layers": 2}.
     """
     if isinstance(model_name, str) and model_name.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"{model_name!r}: rwkv_clip loads weights from a local file only; pass pretrained=PATH")
+    dtype = _PRECISIONS.get(precision)
+    if dtype is None:
+        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    if force_quick_gelu:
+        raise ValueError("force_quick_gelu: RWKV-CLIP's towers have no GELU (its MLPs use squared ReLU)")
     cfg = _merge(get_model_config(model_name), model_kwargs)
+    if force_context_length is not None:
+        cfg["text_cfg"]["context_length"] = int(force_context_length)
     model = RWKVCLIP(**cfg, output_dict=output_dict)
     if pretrained:
         load_checkpoint(model, pretrained)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    if force_image_size is not None:
+        size = (force_image_size, force_image_size) if isinstance(force_image_size, int) else force_image_size
+        model.visual.set_input_size(tuple(int(v) for v in size))
     return model.to(device=device, dtype=dtype)
 
 
-def image_transforms(image_size: int, aug_cfg: Optional[dict] = None) -> tuple[Callable, Callable]:
-    """(train, val) transforms: open_clip's `image_transform` with OpenAI mean/std, bicubic resize (shortest
-    side) + center crop for val, RandomResizedCrop for train."""
-    train = image_transform(image_size, is_train=True, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD,
-                            interpolation="bicubic", aug_cfg=aug_cfg)
-    val = image_transform(image_size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD,
-                          interpolation="bicubic", resize_mode="shortest")
+def image_transforms(image_size: int | tuple[int, int], aug_cfg: Optional[dict] = None,
+                     mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                     interpolation: str = "bicubic") -> tuple[Callable, Callable]:
+    """(train, val) transforms: open_clip's `image_transform` with OpenAI mean/std (unless given), bicubic resize
+    (shortest side) + center crop for val, RandomResizedCrop for train."""
+    mean = tuple(mean) if mean is not None else OPENAI_DATASET_MEAN
+    std = tuple(std) if std is not None else OPENAI_DATASET_STD
+    train = image_transform(image_size, is_train=True, mean=mean, std=std, interpolation=interpolation,
+                            aug_cfg=aug_cfg)
+    val = image_transform(image_size, is_train=False, mean=mean, std=std, interpolation=interpolation,
+                          resize_mode="shortest")
     return train, val
 
 
@@ -174,12 +198,18 @@ def create_model_and_transforms(
         device: Union[str, torch.device] = "cpu",
         output_dict: bool = False,
         aug_cfg: Optional[dict] = None,
+        image_mean: Optional[Sequence[float]] = None,
+        image_std: Optional[Sequence[float]] = None,
+        image_interpolation: Optional[str] = None,
         **model_kwargs: Any,
 ) -> tuple[RWKVCLIP, Callable, Callable]:
-    """(model, preprocess_train, preprocess_val) like `open_clip.create_model_and_transforms`."""
+    """(model, preprocess_train, preprocess_val) like `open_clip.create_model_and_transforms` (model arguments as
+    in `create_model`; `image_mean` / `image_std` / `image_interpolation` override the OpenAI bicubic defaults)."""
     model = create_model(model_name, pretrained, precision=precision, device=device, output_dict=output_dict,
                          **model_kwargs)
-    train, val = image_transforms(model.visual.image_size[0], aug_cfg=aug_cfg)
+    size = model.visual.image_size
+    train, val = image_transforms(size[0] if size[0] == size[1] else size, aug_cfg=aug_cfg, mean=image_mean,
+                                  std=image_std, interpolation=image_interpolation or "bicubic")
     return model, train, val
 
 

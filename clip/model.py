@@ -63,6 +63,12 @@ class ImageTower(nn.Module):
                 for n in names:
                     self.trunk.get_parameter(n).requires_grad = False
 
+    def set_input_size(self, image_size: tuple[int, int]) -> None:
+        """Another input resolution: the trunk's stored position embedding is resampled to its grid (timm's
+        `set_input_size`); the image transforms follow `image_size`."""
+        self.trunk.set_input_size(img_size=tuple(image_size))
+        self.image_size = tuple(image_size)
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)

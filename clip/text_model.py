@@ -79,7 +79,8 @@ class TextRWKV(nn.Module):
 
     Args:
         vocab_size: token vocabulary (49408 for CLIP BPE).
-        context_length: tokens per text (77); longer inputs are an error.
+        context_length: tokens per text (77); longer inputs are an error, shorter ones are zero-padded to it (as
+            the tokenizer pads: the pooled embedding covers every position).
         width: model width C (= joint embedding dim; there is no projection).
         layers: number of blocks.
         head_size: channels per head (64).
@@ -164,13 +165,18 @@ class TextRWKV(nn.Module):
         return {n for n, _ in self.named_parameters() if ".time_" in n}
 
     def forward_tokens(self, text: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, C) token features after `ln_out`."""
+        """(B, T) token ids -> (B, context_length, C) token features after `ln_out` (T < context_length: the ids
+        are zero-padded as the tokenizer pads)."""
         if text.dim() != 2:
             raise ValueError(f"text must be (batch, tokens) token ids, got shape {tuple(text.shape)}")
         if text.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"text must hold integer token ids, got dtype {text.dtype}")
         if text.shape[1] > self.context_length:
             raise ValueError(f"text has {text.shape[1]} tokens, more than context_length {self.context_length}")
+        if text.shape[1] < self.context_length:
+            # the tokenizer's zero padding: the tower is bidirectional and pools over every position, so a shorter
+            # input would otherwise embed differently from its tokenizer output
+            text = F.pad(text, (0, self.context_length - text.shape[1]), value=0)
         x = self.emb(text)
         if fused.fused_enabled(x) and not (self.grad_checkpointing and torch.is_grad_enabled()):
             return self._forward_chain(x)

@@ -64,6 +64,8 @@ def test_classification_metrics_brute_force():
     per_class = [((top1 == target) & (target == c)).sum().item() / (target == c).sum().item()
                  for c in range(7) if (target == c).any()]
     assert m["mean_per_class_recall"] == pytest.approx(np.mean(per_class))
+    with pytest.raises(ValueError, match="no samples"):
+        classification_metrics(logits[:0], target[:0], 7)
 
 
 def test_zero_shot_classifier_definition():
@@ -159,6 +161,14 @@ def test_run_evaluation_csv_and_imagefolder_with_plain_open_clip_model(tmp_path)
     assert out["num_images"] == 4 and out["num_texts"] == 6  # two rows have a second caption
     assert 0 <= out["image_retrieval_recall@1"] <= 1 and out["text_retrieval_recall@10"] == 1.0
     assert (tmp_path / "out" / "retrieval_grid.png").stat().st_size > 1000
+    # the grid's queries skip images without a caption (a Karpathy image with no sentences)
+    (tmp_path / "k.json").write_text(json.dumps({"images": [
+        {"filepath": "rt", "filename": p.name, "split": "test", "sentences": [{"raw": f"c{i}"}] if i else []}
+        for i, p in enumerate(paths)]}))
+    cfg.retrieval.data, cfg.retrieval.path, cfg.retrieval.root = "karpathy", str(tmp_path / "k.json"), str(tmp_path)
+    out = run_evaluation(model, tok, preprocess, cfg, out_dir=tmp_path / "out2")
+    assert out["num_images"] == 4 and out["num_texts"] == 3 and (tmp_path / "out2" / "retrieval_grid.png").is_file()
+    cfg.retrieval.data, cfg.retrieval.path = "csv", str(tmp_path / "rt.csv")
     # an unreadable image is an error in evaluation (a substitute would skew the metrics)
     paths[2].write_bytes(b"not an image")
     with pytest.raises(Exception, match="cannot read image"):
@@ -186,3 +196,13 @@ def test_shapes_evaluation_of_rwkv_clip(tmp_path):
     assert out["zeroshot_num_samples"] == 16 and out["zeroshot_chance_acc1"] == 1 / 8
     assert out["num_images"] == 8 and out["num_texts"] == 24
     assert (tmp_path / "retrieval_grid.png").is_file()
+
+
+def test_zero_shot_csv_without_a_path_is_named():
+    from omegaconf import OmegaConf
+
+    from rwkv_clip.evaluate import _zero_shot_loader
+    cfg = OmegaConf.structured(EvalCfg)
+    cfg.zero_shot.data = "csv"
+    with pytest.raises(ValueError, match="zero_shot.path"):
+        _zero_shot_loader(cfg.zero_shot, cfg, lambda x: x)

@@ -1,4 +1,5 @@
 """Factory, model configs, open_clip registration, transforms and the CustomTextCLIP interface."""
+import copy
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from clip_helpers import tiny_model
+from clip_helpers import TINY_MODEL_KW, tiny_model
 from PIL import Image
 from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Resize
 
@@ -188,3 +189,33 @@ def test_half_precision_model_encodes_on_cpu(precision):
         rt, ri = ref.encode_text(texts, normalize=True), ref.encode_image(images, normalize=True)
     assert ft.dtype == fi.dtype == dtype
     assert torch.allclose(ft.float(), rt, atol=0.05) and torch.allclose(fi.float(), ri, atol=0.05)
+
+
+def test_open_clip_factory_arguments(tmp_path):
+    """open_clip's create_model / create_model_and_transforms arguments: precision names, force_image_size (the
+    pretrained position embedding resampled, as open_clip does), force_context_length, image_mean / image_std."""
+    from vision_rwkv.models._layers import resample_pos_embed
+    torch.manual_seed(0)
+    src = tiny_model()
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    for precision, dtype in (("amp", torch.float32), ("amp_bf16", torch.float32), ("pure_bf16", torch.bfloat16),
+                             ("pure_fp16", torch.float16)):
+        assert tiny_model(precision=precision).logit_scale.dtype == dtype, precision
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny_model(precision="fp8")
+    with pytest.raises(ValueError, match="no GELU"):
+        tiny_model(force_quick_gelu=True)
+    big = tiny_model(pretrained=str(tmp_path / "w.pt"), force_image_size=24, force_context_length=20)
+    assert big.visual.image_size == (24, 24) and big.text.context_length == 20
+    grid = src.visual.trunk.pos_grid
+    new_grid = big.visual.trunk.pos_grid
+    assert new_grid != grid
+    torch.testing.assert_close(big.visual.trunk.pos_embed, resample_pos_embed(src.visual.trunk.pos_embed, grid,
+                                                                              new_grid))
+    assert big.encode_image(torch.randn(1, 3, 24, 24)).shape == (1, 32)
+    assert big.encode_text(torch.randint(1, 49407, (1, 20))).shape == (1, 32)
+    _, train, val = rwkv_clip.create_model_and_transforms("RWKV-CLIP-Tiny-demo", image_mean=(0.5, 0.5, 0.5),
+                                                          image_std=(0.25, 0.25, 0.25), force_image_size=24,
+                                                          **copy.deepcopy(TINY_MODEL_KW))
+    x = val(Image.fromarray(np.full((40, 30, 3), 255, np.uint8)))
+    assert x.shape == (3, 24, 24) and torch.allclose(x, torch.full_like(x, 2.0))

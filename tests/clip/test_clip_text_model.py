@@ -123,6 +123,9 @@ def test_sentence_embedding_is_mean_of_normalised_tokens_including_padding():
     ids2 = ids.clone()
     ids2[:, 6:] = 5
     assert not torch.allclose(t(ids2), feats, atol=1e-4)
+    # so shorter inputs are padded as the tokenizer pads: the same embedding as the full-length ids
+    assert t.forward_tokens(ids[:, :6]).shape == (3, 12, 32)
+    assert torch.equal(t(ids[:, :6]), feats) and torch.equal(t(ids[:, :9]), feats)
 
 
 def test_text_tower_is_bidirectional_and_has_no_position_embedding():
