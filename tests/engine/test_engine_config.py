@@ -167,3 +167,20 @@ def test_bad_base_value(tmp_path):
     (tmp_path / "a.yaml").write_text("_base_: {x: 1}\n")
     with pytest.raises(ConfigError, match="must be a file name or a list"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_root_file_values_type_their_keys(cfg_dir):
+    """Without a schema the root file's bool / int / float / list values type their keys (null stays allowed, an
+    integer is a number): a wrong value fails when the config loads, naming the key."""
+    (cfg_dir / "typed.yaml").write_text("a:\n  n: 3\n  x: 0.5\n  flag: false\n  sizes: [1, 2]\n  opt: null\n"
+                                        "  kwargs: {depth: 2}\n")
+    ok = load_config(cfg_dir / "typed.yaml", ["a.x=2", "a.n=null", "a.opt=hello", "a.kwargs.depth=deep"])
+    assert ok.a.x == 2 and ok.a.n is None and ok.a.opt == "hello"
+    for override, message in (("a.n=abc", "'a.n' must be an integer"), ("a.n=1.5", "'a.n' must be an integer"),
+                              ("a.x=fast", "'a.x' must be a number"), ("a.flag=3", "'a.flag' must be true / false"),
+                              ("a.sizes=4", "'a.sizes' must be a list")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(cfg_dir / "typed.yaml", [override])
+    (cfg_dir / "child_typed.yaml").write_text("_base_: typed.yaml\na:\n  n: many\n")
+    with pytest.raises(ConfigError, match=r"'a.n' must be an integer \(as in typed.yaml\)"):
+        load_config(cfg_dir / "child_typed.yaml")

@@ -231,3 +231,13 @@ def test_resume_into_a_longer_run_follows_the_new_schedule(tmp_path, kind):
     resumed = run(tmp_path / "a", 8, resume="latest")
     fresh = run(tmp_path / "b", 8)
     assert resumed == pytest.approx(fresh[4:], rel=1e-12)
+
+
+def test_logged_lr_is_the_base_rate_of_layer_decayed_groups(tmp_path):
+    """With layer-wise lr decay the groups run at scaled-down rates; the log shows the unscaled (largest) one."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.25}, {"params": model[1].parameters()}], lr=1.0)
+    ds = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    Trainer(model, opt, EpochLoader(ds, 4), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+            run_dir=tmp_path, epochs=1, log_every=1, show_progress=False, plot=False).fit()
+    assert [r["lr"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1.0, 1.0]

@@ -9,7 +9,8 @@ command-line overrides. Which keys exist is decided by
 - otherwise the root files of the chain (files without ``_base_``, e.g. ``configs/classification/base.yaml``):
   they define the keys, every file that has a ``_base_`` may only set keys defined before it.
 
-Setting an undefined key raises :class:`ConfigError` naming the key and the file. Nodes whose key ends in
+Setting an undefined key raises :class:`ConfigError` naming the key and the file; without a schema, a root
+file's bool / integer / float / list values also type their keys (null allowed). Nodes whose key ends in
 ``kwargs`` (e.g. ``model.kwargs``) are open dictionaries, free to take any key (they are passed through as
 ``**kwargs``). A command-line override ``+key=value`` adds a new key on purpose; ``key=value`` must name an
 existing one. ``~key`` deletes a key.
@@ -170,7 +171,41 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | None 
     cfg = apply_overrides(cfg, overrides)
     if resolve:
         OmegaConf.resolve(cfg)
+        if schema is None and path is not None:
+            for file, layer, is_root in config_layers(path):
+                if is_root:
+                    _check_types_like(layer, cfg, file)
     return cfg
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number" if isinstance(value, float) else "int"
+    if isinstance(value, (list, ListConfig)):
+        return "list"
+    return None
+
+
+def _check_types_like(root: DictConfig, cfg: DictConfig, file: Path, prefix: str = "") -> None:
+    """Without a schema the root file's values type its keys: a key it sets to a bool, an integer, a float or a
+    list keeps that kind (null allowed; an integer where a float is), so ``train.epochs=abc`` is a ConfigError
+    when the config loads instead of a TypeError deep inside training."""
+    for key, default in root.items_ex(resolve=False) if isinstance(root, DictConfig) else ():
+        name = f"{prefix}{key}"
+        if str(key).endswith(OPEN_SUFFIX) or key not in cfg:
+            continue
+        value = cfg[key]
+        if isinstance(default, DictConfig):
+            if isinstance(value, DictConfig):
+                _check_types_like(default, value, file, name + ".")
+            continue
+        want, got = _kind(default), _kind(value)
+        if want is None or value is None or got == want or (want == "number" and got == "int"):
+            continue
+        expected = {"bool": "true / false", "int": "an integer", "number": "a number", "list": "a list"}[want]
+        raise ConfigError(f"config key '{name}' must be {expected} (as in {file.name}), got {value!r}")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:

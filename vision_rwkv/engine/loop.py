@@ -251,7 +251,9 @@ class Trainer:
                 self.scheduler.step()
         if self.after_step is not None:
             self.after_step(self)
-        logs.update(loss=total, grad_norm=grad_norm, lr=float(self.optimizer.param_groups[0]["lr"]))
+        # the base rate: with layer-wise decay the groups' rates are scaled down from it (the head's is unscaled)
+        lr = max(float(g["lr"]) for g in self.optimizer.param_groups)
+        logs.update(loss=total, grad_norm=grad_norm, lr=lr)
         return logs
 
     def evaluate(self) -> dict[str, float]:

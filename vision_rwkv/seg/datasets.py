@@ -53,7 +53,7 @@ class SegDataset(Dataset, ABC):
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f"{name}: image size {image.shape[1]}x{image.shape[0]} (WxH) and mask size "
                              f"{mask.shape[1]}x{mask.shape[0]} differ")
-        check_label_map(mask, self.num_classes, self.ignore_index, name)
+        check_label_map(mask, self.num_classes, self.ignore_index, f"label map of {name}")
         ori_size = torch.tensor(image.shape[:2])
         if self.transform is None:
             out = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()).float(),
