@@ -56,7 +56,8 @@ def test_cli_config_overrides_and_resume_latest(tmp_path):
     cfg = _write_cfg(tmp_path, run)
     first = cli.main(["--config", str(cfg), "train.max_steps=2"])
     assert first["step"] == 2 and (run / "result.json").is_file() and (run / "config.yaml").is_file()
-    second = cli.main(["--config", str(cfg), "train.max_steps=4", "--resume", "latest"])
+    with pytest.warns(UserWarning, match="schedule follows the new length"):
+        second = cli.main(["--config", str(cfg), "train.max_steps=4", "--resume", "latest"])
     assert second["step"] == 4
     assert [h["step"] for h in second["history"]] == [3, 4]
     assert json.loads((run / "result.json").read_text())["step"] == 4
