@@ -184,3 +184,17 @@ def test_root_file_values_type_their_keys(cfg_dir):
     (cfg_dir / "child_typed.yaml").write_text("_base_: typed.yaml\na:\n  n: many\n")
     with pytest.raises(ConfigError, match=r"'a.n' must be an integer \(as in typed.yaml\)"):
         load_config(cfg_dir / "child_typed.yaml")
+
+
+def test_delete_marker_replaces_an_inherited_kwargs_node(cfg_dir):
+    """mmcv's `_delete_: true`: switching the backbone must not keep the old one's keyword arguments."""
+    (cfg_dir / "swap.yaml").write_text("_base_: child.yaml\nmodel:\n  name: resnet\n"
+                                       "  kwargs: {_delete_: true, width: 3}\n")
+    cfg = load_config(cfg_dir / "swap.yaml")
+    assert OmegaConf.to_container(cfg.model.kwargs) == {"width": 3} and cfg.model.name == "resnet"
+    merged = load_config(cfg_dir / "child.yaml", ["model.kwargs={width: 3}"])  # without the marker: merged
+    assert OmegaConf.to_container(merged.model.kwargs) == {"depth": 2, "width": 3}
+    emptied = load_config(cfg_dir / "child.yaml", ["model.kwargs={_delete_: true}"])
+    assert OmegaConf.to_container(emptied.model.kwargs) == {}
+    with pytest.raises(ConfigError, match="only \\*kwargs nodes"):
+        load_config(cfg_dir / "child.yaml", ["train={_delete_: true, lr: 0.1}"])

@@ -12,8 +12,9 @@ command-line overrides. Which keys exist is decided by
 Setting an undefined key raises :class:`ConfigError` naming the key and the file; without a schema, a root
 file's bool / integer / float / list values also type their keys (null allowed). Nodes whose key ends in
 ``kwargs`` (e.g. ``model.kwargs``) are open dictionaries, free to take any key (they are passed through as
-``**kwargs``). A command-line override ``+key=value`` adds a new key on purpose; ``key=value`` must name an
-existing one. ``~key`` deletes a key.
+``**kwargs``); such a node with ``_delete_: true`` (mmcv's marker) replaces the inherited one instead of merging
+into it. A command-line override ``+key=value`` adds a new key on purpose; ``key=value`` must name an existing one.
+``~key`` deletes a key.
 """
 from __future__ import annotations
 
@@ -65,9 +66,41 @@ def _unknown_key_message(err: OmegaConfBaseException, where: str) -> str:
     return f"unknown config key '{key}' in {where} (not defined by the base config/schema)"
 
 
+DELETE_KEY = "_delete_"
+
+
+def _apply_deletes(base: DictConfig, update: Any, where: str, prefix: str = "") -> None:
+    """mmcv's ``_delete_: true`` in a ``*kwargs`` node of ``update``: that node replaces the inherited one instead
+    of merging into it (e.g. another backbone's ``backbone_kwargs``); the marker is removed from ``update``."""
+    if not isinstance(update, (DictConfig, dict)):
+        return
+    for key in list(update.keys()):
+        value = update[key]
+        if not isinstance(value, (DictConfig, dict)):
+            continue
+        name = f"{prefix}{key}"
+        if value.get(DELETE_KEY, False):
+            if not str(key).endswith(OPEN_SUFFIX):
+                raise ConfigError(f"{DELETE_KEY} in '{name}' ({where}): only *kwargs nodes (free-form keyword "
+                                  f"dictionaries) can be replaced; the others have a fixed set of keys")
+            if isinstance(value, DictConfig):
+                with open_dict(value):
+                    del value[DELETE_KEY]
+            else:
+                del value[DELETE_KEY]
+            if isinstance(base, DictConfig) and key in base:
+                with open_dict(base):
+                    base[key] = {}
+        elif isinstance(base, DictConfig) and key in base:
+            _apply_deletes(base[key], value, where, name + ".")
+
+
 def merge_strict(base: DictConfig, update: DictConfig | dict, where: str = "config") -> DictConfig:
-    """Merge ``update`` into ``base``; any key of ``update`` missing from ``base`` raises ConfigError."""
+    """Merge ``update`` into ``base``; any key of ``update`` missing from ``base`` raises ConfigError. A ``*kwargs``
+    node of ``update`` marked ``_delete_: true`` replaces the one in ``base``."""
     base = _strict(base)
+    _apply_deletes(base, update, where)
+    base = _strict(base)  # (a replaced *kwargs node is open again)
     try:
         merged = OmegaConf.merge(base, update)
     except (ConfigAttributeError, ConfigKeyError) as err:
