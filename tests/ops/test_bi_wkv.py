@@ -130,6 +130,8 @@ def test_half_inputs_accumulate_in_fp32(dtype, tol):
 def test_output_dtype_follows_v():
     w, u, k, v = make_inputs(1, 9, 3, dtype=torch.float32)
     assert bi_wkv(w, u, k, v.bfloat16(), backend="reference").dtype == torch.bfloat16
+    for vv in (v, v.bfloat16()):  # contiguous (B, T, C), as the kernels write it: y.view(B, -1) works
+        assert bi_wkv(w, u, k, vv, backend="reference").is_contiguous()
 
 
 @pytest.mark.parametrize("mode,chunks,t", [("exact", 32, 1), ("exact", 32, 7), ("original", 3, 7),
@@ -312,3 +314,12 @@ def test_scale_uses_scaled_parameters_and_their_gradients(mode):
     for bad in (0.0, -1.0, float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(ValueError, match="scale must be a finite float > 0"):
             bi_wkv(w_p, u_p, k, v, scale=bad)
+
+
+def test_compiles_with_dynamic_shapes_and_a_symbolic_scale():
+    """The models pass scale = 1 / T; traced with dynamic shapes it is a symbolic float (no Python-level check)."""
+    fn = torch.compile(lambda w, u, k, v: bi_wkv(w, u, k, v, scale=1.0 / k.shape[1]), backend="eager",
+                       fullgraph=True, dynamic=True)
+    for t in (9, 13):
+        w, u, k, v = make_inputs(2, t, 8, dtype=torch.float32)
+        torch.testing.assert_close(fn(w, u, k, v), bi_wkv(w, u, k, v, scale=1.0 / t), rtol=1e-5, atol=1e-5)

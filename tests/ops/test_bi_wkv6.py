@@ -194,3 +194,22 @@ def test_reference_recompute_keeps_only_the_inputs(monkeypatch):
 def test_chunk_must_be_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         bi_wkv6_reference(*make_inputs(1, 5, 1, 2), chunk=12)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 2, 4), (1, 5, 0, 4), (1, 5, 2, 0)])
+def test_empty_batch_head_or_channel_gives_an_empty_output(shape):
+    b, t, h, n = shape
+    r, k, v, logd = (torch.randn(shape, requires_grad=True) for _ in range(4))
+    u = torch.randn(h, n, requires_grad=True)
+    y = bi_wkv6(r, k, v, logd, u)
+    assert y.shape == shape
+    grads = torch.autograd.grad(y.sum(), (r, k, v, logd, u))
+    assert all(g.shape == x.shape and not g.any() for g, x in zip(grads, (r, k, v, logd, u)))
+
+
+def test_compiles_without_graph_breaks_in_inference_past_one_chunk():
+    """T > 64 without gradients takes the chunked reference's in-place state path in eager mode; traced, the
+    states are built functionally (dynamo refuses out= views)."""
+    r, k, v, logd, u = make_inputs(1, 65, 1, 4, dtype=torch.float32)
+    fn = torch.compile(lambda *a: bi_wkv6(*a), backend="eager", fullgraph=True)
+    torch.testing.assert_close(fn(r, k, v, logd, u), bi_wkv6(r, k, v, logd, u), rtol=1e-5, atol=1e-5)

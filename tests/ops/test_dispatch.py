@@ -105,3 +105,20 @@ def test_importing_the_package_does_not_import_triton_modules():
             "bad = [m for m in sys.modules if m.startswith('vision_rwkv.ops') and m.endswith('triton')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("var, value, message", [
+    ("VRWKV_TRITON_V4", "seq=true", "VRWKV_TRITON_V4: seq='true' is not a valid int"),
+    ("VRWKV_TRITON_V6", "bogus=1", "VRWKV_TRITON_V6: unknown key 'bogus'"),
+])
+def test_a_malformed_kernel_setting_is_an_error_not_a_silent_fallback(var, value, message):
+    """A typo in VRWKV_TRITON_V4 / _V6 must surface: caching it as "Triton unavailable" would send CUDA tensors to
+    the slow reference without a word (fresh process: the settings are read when the kernel module imports)."""
+    pytest.importorskip("triton")
+    op = "bi_wkv" if var.endswith("V4") else "bi_wkv6"
+    code = ("import torch\nfrom vision_rwkv.ops import dispatch\n"
+            f"dispatch.resolve_backend('{op}', torch.device('cuda'), None, (torch.float32,))\n")
+    env = dict(__import__("os").environ, **{var: value})
+    env.pop("VRWKV_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]

@@ -200,5 +200,10 @@ def config_from_env(config: dict, var: str) -> dict:
         key, _, val = item.partition("=")
         if key not in config:
             raise ValueError(f"{var}: unknown key {key!r}; known: {sorted(config)}")
-        config[key] = type(config[key])(val)
+        kind = type(config[key])
+        try:
+            config[key] = kind(val)
+        except ValueError:
+            raise ValueError(f"{var}: {key}={val!r} is not a valid {kind.__name__} (current value "
+                             f"{config[key]!r})") from None
     return config

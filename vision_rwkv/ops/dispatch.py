@@ -29,8 +29,10 @@ def _load(op: str) -> Callable | BaseException:
         try:
             mod = importlib.import_module(f"vision_rwkv.ops.{op}.triton")
             _cache[op] = getattr(mod, _TRITON_FUNCS[op])
-        except Exception as e:  # ImportError, missing triton, missing function, ...
+        except (ImportError, AttributeError, RuntimeError, OSError) as e:  # no triton / function / driver
             _cache[op] = e
+        # (a ValueError - a malformed VRWKV_TRITON_V4 / _V6 setting - propagates: silently running the reference
+        # on CUDA tensors would hide it)
     return _cache[op]
 
 

@@ -29,6 +29,11 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
             no division for them (equal to ``w / T`` within one rounding).
     Returns:
         (B, T, C) tensor in v's dtype (fp32 accumulation whatever the input dtype).
+
+    Range: every factor is formed relative to one max of k per (batch, channel), so the result is finite while
+    the total decay ``|w| * T`` plus the spread of k over the sequence stays below ~88 (fp32's exponent range;
+    ~709 in float64). The models' ``w = spatial_decay / T`` keeps ``|w| * T`` at the parameter's size (~1-10);
+    passing an unscaled per-step decay for long sequences (or keys spread by > ~80) gives NaN.
     """
     op = "bi_wkv"
     device = check_tensors(op, w=w, u=u, k=k, v=v)
@@ -44,7 +49,9 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     check_shape(op, "v", v, (b, t, c))
     check_shape(op, "w", w, (c,))
     check_shape(op, "u", u, (c,))
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+    if torch.compiler.is_compiling():
+        pass  # traced with dynamic shapes, scale may be symbolic (e.g. 1 / T): checked in eager calls
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"{op}: scale must be a finite float > 0, got {scale!r}")
     if resolve_backend(op, device, backend, (w.dtype, u.dtype, k.dtype, v.dtype)) == "triton":
         return triton_impl(op)(w, u, k, v, mode, chunks, float(scale))

@@ -244,7 +244,7 @@ def _bi_wkv_reference(w, u, k, v, mode, chunks, block):
     else:
         tot = _original_weights_apply(x, w, u, chunks, block)
     y = tot[:, :b] / tot[:, b:]
-    return y.permute(1, 2, 0).to(v.dtype)
+    return y.permute(1, 2, 0).to(v.dtype).contiguous()  # (B, T, C) as the kernels write it
 
 
 @torch.no_grad()

@@ -32,6 +32,8 @@ def bi_wkv6(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tenso
     for name, x in (("k", k), ("v", v), ("logd", logd)):
         check_shape(op, name, x, (b, t, h, n))
     check_shape(op, "u", u, (h, n))
+    if r.numel() == 0:  # an empty batch / head / channel dimension: an empty output, still in the autograd graph
+        return v * 0 + (r.sum() + k.sum() + logd.sum() + u.sum()).to(v.dtype) * 0
     if resolve_backend(op, device, backend, tuple(x.dtype for x in (r, k, v, logd, u))) == "triton":
         return triton_impl(op)(r, k, v, logd, u)
     return bi_wkv6_reference(r, k, v, logd, u)
