@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from vision_rwkv.resources import configs_dir
+
 from .train import load_clip_config, train_clip
 
 __all__ = ["DEMO_CONFIG", "run_demo", "chance_levels"]
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "clip" / "demo_shapes.yaml"
+DEMO_CONFIG = configs_dir() / "clip" / "demo_shapes.yaml"
 
 _METRICS = ("zeroshot_acc1", "zeroshot_acc5", "zeroshot_mean_per_class_recall",
             "image_retrieval_recall@1", "image_retrieval_recall@5", "image_retrieval_recall@10",

@@ -32,3 +32,22 @@ def test_ci_runs_the_readme_test_command_with_the_slow_tests():
           if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert ci == [commands[1]], (ci, commands[1])
     assert "pytest" in commands[1] and "--run-slow" in commands[1].split(), commands[1]
+
+
+def test_configs_and_anchors_ship_in_the_wheel():
+    """The demos' default configs and the benchmark anchors are read at run time: a wheel installs configs/ and
+    benchmarks/anchors/ inside vision_rwkv, and every file there matches the package-data patterns."""
+    from pathlib import PurePosixPath
+
+    from vision_rwkv.resources import anchors_dir, configs_dir
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = cfg["package-dir"]
+    assert dirs["vision_rwkv.configs"] == "configs" and dirs["vision_rwkv.anchors"] == "benchmarks/anchors"
+    assert {"vision_rwkv.configs", "vision_rwkv.anchors"} <= set(cfg["packages"])
+    patterns = cfg["package-data"]["vision_rwkv.configs"]
+    for f in (ROOT / "configs").rglob("*.yaml"):
+        rel = PurePosixPath(f.relative_to(ROOT / "configs").as_posix())
+        assert any(rel.match(p) and len(rel.parts) == len(PurePosixPath(p).parts) for p in patterns), rel
+    assert sorted(p.name for p in (ROOT / "benchmarks" / "anchors").glob("*.json")) == ["backbones.json",
+                                                                                       "kernels.json"]
+    assert configs_dir() == ROOT / "configs" and anchors_dir() == ROOT / "benchmarks" / "anchors"  # a checkout

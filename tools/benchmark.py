@@ -59,7 +59,8 @@ def main(argv=None) -> int:
                    help="backbones: also time inference and the training step as CUDA-graph replays (no Python / "
                         "launch overhead; CUDA only)")
     p.add_argument("--no-deit", action="store_true", help="skip the DeiT rows")
-    p.add_argument("--kernel-config", action="append", help="v4.KEY=VAL or v6.KEY=VAL (Triton launch settings)")
+    p.add_argument("--kernel-config", action="append",
+                   help="v4. / v6. / gemm. / mix. / norm.KEY=VAL (Triton launch settings)")
     args = p.parse_args(argv)
     if not (args.ops or args.gemm or args.backbones):
         p.error("choose --ops, --gemm and/or --backbones")

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from .resources import anchors_dir
+
 __all__ = ["OP_SHAPES", "BACKBONES", "load_anchors", "time_fn", "bench_ops", "fla_available", "bench_backbones",
            "format_table", "DRAM_BPS", "apply_kernel_config", "kernel_configs"]
 
@@ -41,7 +43,7 @@ BACKBONES = {  # ours -> timm reference of the same size, and the anchors' names
     "vrwkv6_base_patch16_224": ("deit_base_patch16_224", "VRWKV6-B", "DeiT-B"),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_ANCHOR_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "anchors"
+_ANCHOR_DIR = anchors_dir()
 
 
 def kernel_configs() -> dict[str, dict]:
@@ -74,7 +76,7 @@ def apply_kernel_config(items: Iterable[str] | None) -> None:
 
 def load_anchors(name: str, directory: str | os.PathLike | None = None) -> dict | None:
     """``kernels`` or ``backbones`` anchors (None when the file is missing). Directory: argument, else
-    ``$VRWKV_ANCHORS``, else ``benchmarks/anchors`` of the repository."""
+    ``$VRWKV_ANCHORS``, else ``benchmarks/anchors`` of the repository (the copy a wheel installs)."""
     d = Path(directory or os.environ.get("VRWKV_ANCHORS", _ANCHOR_DIR))
     path = d / f"{name}.json"
     if not path.is_file():

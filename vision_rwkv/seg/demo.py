@@ -15,13 +15,14 @@ from typing import Sequence
 
 import torch
 
+from ..resources import configs_dir
 from .config import load_seg_config
 from .metrics import SegMetric
 from .train import build_datasets, test_segmentor, train_segmentor
 
 __all__ = ["run_demo", "constant_baseline", "DEMO_CONFIG"]
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "segmentation" / "demo_shapes.yaml"
+DEMO_CONFIG = configs_dir() / "segmentation" / "demo_shapes.yaml"
 
 
 def constant_baseline(dataset, label: int = 0) -> dict:
