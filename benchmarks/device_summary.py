@@ -324,4 +324,6 @@ def summarise(out_dir: str | Path, logs_dir: str | Path | None = None) -> tuple[
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        sys.exit(print(__doc__))
     print(summarise(sys.argv[1] if len(sys.argv) > 1 else "device_out", sys.argv[2] if len(sys.argv) > 2 else None)[0])

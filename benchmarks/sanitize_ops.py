@@ -24,6 +24,8 @@ from vision_rwkv.ops.bi_wkv import triton as v4  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
 from vision_rwkv.ops.fused import shift_triton as ft  # noqa: E402
 
+if sys.argv[1:2] in (["-h"], ["--help"]):
+    sys.exit(print(__doc__))
 dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # "cpu" with TRITON_INTERPRET=1: a dry run of this script
 SECTIONS = ("v4", "v6", "fused", "mix")
 _WANTED = [x.strip() for x in os.environ.get("SANITIZE_SECTIONS", ",".join(SECTIONS)).split(",") if x.strip()]

@@ -316,6 +316,8 @@ def overhead():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        sys.exit(print(__doc__))
     torch.backends.cuda.matmul.allow_tf32 = False
     what = sys.argv[1]
     if what == "warm" and sys.argv[2] in ("v4", "v6"):

@@ -391,7 +391,7 @@ def main(argv=None) -> int:
         tgt = f"{r['target_ms']:.2f}" if "target_ms" in r else ""
         vs = f"{r['floor_vs_target']:.2f}" if "floor_vs_target" in r else ""
         deit = f"{r['deit_img_per_s']:.0f}" if "deit_img_per_s" in r else ""
-        print(f"| {r['model']} | {r['launches']} | {r['GB']:.2f} | {r['GFLOP']:.0f} | {r['floor_ms']:.2f} | "
+        print(f"| {r['model']} | {r['launches']} | {r['GB']:.2f} | {r['GFLOP']:.3g} | {r['floor_ms']:.2f} | "
               f"{r['floor_img_per_s']:.0f} | {deit} | {tgt} | {vs} | {r['peak_GiB_est']:.2f} |")
     print("\n| model | " + " | ".join(f"{g} ms (launches)" for g in GROUPS) + " |")
     print("|---|" + "---|" * len(GROUPS))
