@@ -14,7 +14,6 @@ evaluates a shard).
 from __future__ import annotations
 
 import json
-import sys
 
 from vision_rwkv.engine import ConfigError, load_config
 from vision_rwkv.engine.classification import evaluate_classifier
@@ -38,4 +37,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from vision_rwkv.engine.cli import run_tool
+    run_tool(main)

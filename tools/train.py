@@ -12,7 +12,6 @@ configs/classification/base.yaml (``+key=value`` adds a new one, ``~key`` delete
 from __future__ import annotations
 
 import json
-import sys
 
 from vision_rwkv.engine import ConfigError, load_config
 from vision_rwkv.engine.classification import train_classifier
@@ -35,4 +34,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from vision_rwkv.engine.cli import run_tool
+    run_tool(main)

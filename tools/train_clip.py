@@ -14,7 +14,6 @@ and `result.json`.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
@@ -38,4 +37,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from vision_rwkv.engine.cli import run_tool
+    run_tool(main)

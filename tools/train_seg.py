@@ -48,4 +48,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vision_rwkv.engine.cli import run_tool
+    run_tool(main)

@@ -51,3 +51,25 @@ def test_usage_errors_exit_2_with_the_reason(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         _parse(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_run_tool_turns_config_and_file_errors_into_one_line_and_a_status(monkeypatch, capsys):
+    from vision_rwkv.engine import ConfigError
+    from vision_rwkv.engine.cli import run_tool
+    monkeypatch.setattr("sys.argv", ["tool", "a=1"])
+
+    def raising(err):
+        def main(argv):
+            assert argv == ["a=1"]
+            raise err
+        return main
+
+    for main, status, message in ((raising(ConfigError("unknown config key 'x'")), 2, "error: unknown config key"),
+                                  (raising(FileNotFoundError("image folder root not found: /d")), 1, "not found: /d"),
+                                  (lambda argv: 3, 3, ""), (lambda argv: {"top1": 1.0}, 0, "")):
+        with pytest.raises(SystemExit) as exc:
+            run_tool(main)
+        err = capsys.readouterr().err
+        assert exc.value.code == status and message in err and "Traceback" not in err
+    with pytest.raises(ValueError):  # other errors keep their traceback
+        run_tool(raising(ValueError("bug")))

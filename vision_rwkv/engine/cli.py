@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["ConfigArgs", "config_arg_parser", "parse_config_args"]
+__all__ = ["run_tool", "ConfigArgs", "config_arg_parser", "parse_config_args"]
 
 RESUME_HELP = "'latest' (newest checkpoint of the run folder) or a checkpoint path"
 
@@ -92,3 +92,19 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         quoted = str(value).replace("'", "''")  # a YAML single-quoted string: the path/word as given
         overrides = [*overrides, f"{key}='{quoted}'"]
     return ConfigArgs(config, overrides, ns)
+
+
+def run_tool(main: Callable[[list[str]], Any]) -> None:
+    """Run a tool's ``main(argv)`` as a command: a config error exits with status 2, a missing file with 1, each
+    as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0."""
+    from .config import ConfigError
+
+    try:
+        result = main(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
