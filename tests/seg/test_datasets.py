@@ -49,7 +49,8 @@ def test_size_mismatch_is_an_error(tmp_path):
 def test_label_out_of_range_is_an_error(tmp_path):
     _pair(tmp_path, "a", labels=(0, 1, 7))
     ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
-    with pytest.raises(ValueError, match=r"label map of a.jpg: label values \[7\] are outside the class range \[0, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"label map of a.jpg: label values \[7\] are outside the class range \[0, 3\)"):
         ds[0]
 
 

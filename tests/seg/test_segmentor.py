@@ -173,7 +173,8 @@ def test_load_backbone_weights_resizes_and_converts(tmp_path, tiny_model_cfg, la
     assert model.backbone.pos_embed.shape[1] == 25
     torch.testing.assert_close(model.backbone.pos_embed, resample_pos_embed(src.pos_embed, (2, 2), (5, 5)))
     torch.testing.assert_close(model.backbone.blocks[1].spatial_mix.key.weight, src.blocks[1].spatial_mix.key.weight)
-    torch.testing.assert_close(model.backbone.blocks[0].spatial_mix.spatial_decay, src.blocks[0].spatial_mix.spatial_decay)
+    torch.testing.assert_close(model.backbone.blocks[0].spatial_mix.spatial_decay,
+                               src.blocks[0].spatial_mix.spatial_decay)
 
 
 def test_tiny_segmentor_overfits_a_few_images(tiny_model_cfg):

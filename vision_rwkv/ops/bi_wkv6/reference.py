@@ -137,7 +137,8 @@ class _IntraChunk(torch.autograd.Function):
 
 def _chunk_states(upd: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     """The state entering every chunk, ``S_c = dec_{c-1} * S_{c-1} + upd_{c-1}`` (S_0 = 0), for ``upd`` (G, nc, N, N)
-    and ``dec`` (G, nc, N, 1) (a Python loop over the chunks; written in place when no graph is recorded and not compiling)."""
+    and ``dec`` (G, nc, N, 1) (a Python loop over the chunks; written in place when no graph is recorded and not
+    compiling)."""
     if autograd_needed((upd, dec)) or torch.compiler.is_compiling():  # (dynamo refuses out= views)
         states = [torch.zeros_like(upd[:, 0])]
         for dec_c, upd_c in zip(dec.unbind(1)[:-1], upd.unbind(1)[:-1]):  # unbind: cheap backward
