@@ -218,7 +218,10 @@ def checkpoint_classes(path: str | Path) -> list[str] | None:
     if str(path).endswith(".safetensors"):
         return None
     from .checkpoint import load_checkpoint
-    ckpt = load_checkpoint(path)
+    try:  # mapped: the weights are read once, by the loader that follows
+        ckpt = load_checkpoint(path, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) torch file cannot be mapped
+        ckpt = load_checkpoint(path)
     classes = (ckpt.get("extra") or {}).get("classes") if isinstance(ckpt, dict) else None
     return [str(c) for c in classes] if classes else None
 

@@ -192,7 +192,10 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | None 
     cfg: DictConfig | None = None
     if schema is not None:
         cfg = _strict(schema.copy() if isinstance(schema, DictConfig) else OmegaConf.structured(schema))
+    roots: list[tuple[Path, DictConfig]] = []  # (without a schema they type their keys: _check_types_like)
     for file, layer, is_root in (config_layers(path) if path is not None else ()):
+        if is_root and schema is None:
+            roots.append((file, layer.copy()))
         if cfg is None:
             cfg = layer
         elif is_root and schema is None:  # another root base (a sibling in a _base_ list) adds its keys
@@ -204,10 +207,8 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | None 
     cfg = apply_overrides(cfg, overrides)
     if resolve:
         OmegaConf.resolve(cfg)
-        if schema is None and path is not None:
-            for file, layer, is_root in config_layers(path):
-                if is_root:
-                    _check_types_like(layer, cfg, file)
+        for file, root in roots:
+            _check_types_like(root, cfg, file)
     return cfg
 
 
