@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from .config import ConfigError, override_key
+
 __all__ = ["run_tool", "ConfigArgs", "config_arg_parser", "parse_config_args"]
 
 RESUME_HELP = "'latest' (newest checkpoint of the run folder) or a checkpoint path"
@@ -73,7 +75,7 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         if not _is_override(arg):
             parser.error(f"{arg!r} is not a key=value override (only the first argument may be the config file)")
         if not arg.startswith("~"):  # (deleting a key and setting it again is fine)
-            sets.setdefault(arg.lstrip("+").split("=", 1)[0], []).append(arg)
+            sets.setdefault(override_key(arg), []).append(arg)
     for key, args in sets.items():  # an unquoted shard-{000..009}.tar reaches us as ten words setting one key
         hint = "an unquoted brace or glob pattern expands into several words: quote it"
         if len(args) > 2:
@@ -86,7 +88,7 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         value = getattr(ns, dest, None)
         if value is None:
             continue
-        clash = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key]
+        clash = [o for o in overrides if override_key(o) == key]
         if clash:
             parser.error(f"--{dest.replace('_', '-')} and the override {clash[0]!r} both set {key}; give one")
         quoted = str(value).replace("'", "''")  # a YAML single-quoted string: the path/word as given
@@ -97,8 +99,6 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 def run_tool(main: Callable[[list[str]], Any]) -> None:
     """Run a tool's ``main(argv)`` as a command: a config error exits with status 2, a missing file with 1, each
     as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0."""
-    from .config import ConfigError
-
     try:
         result = main(sys.argv[1:])
     except ConfigError as err:

@@ -25,8 +25,8 @@ from typing import Any, Iterable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-__all__ = ["ConfigError", "load_config", "config_layers", "apply_overrides", "merge_strict", "save_config",
-           "to_dict"]
+__all__ = ["ConfigError", "load_config", "config_layers", "apply_overrides", "override_key", "merge_strict",
+           "save_config", "to_dict"]
 
 BASE_KEY = "_base_"
 OPEN_SUFFIX = "kwargs"
@@ -148,6 +148,11 @@ def _layers(path: Path, stack: tuple[Path, ...]) -> list[tuple[Path, DictConfig,
     return layers + [(path, cfg, False)]
 
 
+def override_key(item: str) -> str:
+    """The dotted key a ``key=value`` / ``+key=value`` / ``~key`` override names."""
+    return item.strip().lstrip("+~").split("=", 1)[0]
+
+
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictConfig:
     """Apply ``key=value`` (existing key), ``+key=value`` (new key) and ``~key`` (delete) overrides in order."""
     cfg = _strict(cfg)
@@ -156,7 +161,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
         if not item:
             continue
         if item.startswith("~"):
-            key = item[1:].split("=", 1)[0]
+            key = override_key(item)
             parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
             if not isinstance(parent, DictConfig) or leaf not in parent:

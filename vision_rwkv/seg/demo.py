@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from ..engine.config import override_key
 from ..resources import configs_dir
 from .config import load_seg_config
 from .metrics import SegMetric
@@ -54,7 +55,7 @@ def run_demo(out_dir: str | Path = "runs/seg_demo", config: str | Path | None = 
     if not path.is_file():
         raise FileNotFoundError(f"demo config not found: {path} (pass config=... when running outside the repo)")
     out_dir = Path(out_dir)
-    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    given = {override_key(o) for o in overrides}
     own = {"train.run_dir": str(out_dir), "train.show_progress": str(show_progress).lower()}
     cfg = load_seg_config(path, [f"{k}={v}" for k, v in own.items() if k not in given] + list(overrides))
     t0 = time.perf_counter()
