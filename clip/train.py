@@ -47,7 +47,7 @@ class DataCfg:
     kind: str = "shapes"                      # shapes | csv | tar
     train: Optional[str] = None               # CSV/TSV path, or tar shard spec ("a-{000..009}.tar")
     img_key: str = "filepath"                 # CSV image column
-    caption_keys: list = field(default_factory=lambda: ["title"])  # CSV caption column(s)
+    caption_keys: Any = field(default_factory=lambda: ["title"])  # CSV caption column(s): a list or "a,b"
     root: Optional[str] = None                # folder for relative CSV image paths
     sep: Optional[str] = None                 # CSV separator (default from the extension)
     augment: bool = True                      # open_clip's train transform (RandomResizedCrop) vs the val one
@@ -134,7 +134,8 @@ def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset
     elif data.kind == "csv":
         if not data.train:
             raise ValueError("data.train must name the CSV/TSV file for data.kind=csv")
-        base = CsvCaptionDataset(data.train, data.img_key, list(data.caption_keys), transform, data.root, data.sep)
+        keys = data.caption_keys if isinstance(data.caption_keys, str) else list(data.caption_keys)
+        base = CsvCaptionDataset(data.train, data.img_key, keys, transform, data.root, data.sep)
     elif data.kind == "tar":
         if not data.train:
             raise ValueError("data.train must name the tar shards for data.kind=tar")

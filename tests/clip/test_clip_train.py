@@ -125,6 +125,13 @@ def test_csv_training_skips_and_counts_unreadable_images(tmp_path):
     assert result["step"] == 2 and result["skipped_images"] == 2  # one epoch: each bad image met once
     rows = read_metrics_csv(tmp_path / "run" / "train_metrics.csv")
     assert sum(r["skipped_images"] for r in rows) == 2
+    # the caption columns as a comma-separated string, as the eval CLI and CsvCaptionDataset take them
+    from rwkv_clip.train import build_train_dataset
+    for keys in ("raw,syn", "[raw,syn]"):
+        data = _cfg(tmp_path / "run2", "data.kind=csv", f"data.train={tmp_path / 'pairs.csv'}",
+                    f"data.caption_keys={keys}").data
+        ds = build_train_dataset(data, None, lambda caps: caps)
+        assert ds.dataset.captions[0] == ["picture 0", "a photo number 0"], keys
 
 
 @pytest.mark.slow
