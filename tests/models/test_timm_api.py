@@ -233,6 +233,17 @@ def test_kwargs_override(name):
     assert large.pos_grid == (24, 24)
 
 
+@pytest.mark.parametrize('name', V4_NAMES[:1] + V6_NAMES[:1])
+def test_dynamic_img_size_kwargs(name):
+    """timm ViT's dynamic_img_size / dynamic_img_pad are accepted (these models always take any size); False is an
+    error that says so."""
+    model = tiny_model(name, dynamic_img_size=True, dynamic_img_pad=True)
+    assert model(torch.randn(1, 3, 21, 37)).shape == (1, 7)
+    for key in ('dynamic_img_size', 'dynamic_img_pad'):
+        with pytest.raises(ValueError, match='always takes any image size'):
+            tiny_model(name, **{key: False})
+
+
 @pytest.mark.parametrize('name', ['vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'])
 def test_set_input_size(name, perturb):
     """timm's set_input_size: the stored position embedding moves to the new grid once; outputs at that size are

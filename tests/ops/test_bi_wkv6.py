@@ -213,3 +213,28 @@ def test_compiles_without_graph_breaks_in_inference_past_one_chunk():
     r, k, v, logd, u = make_inputs(1, 65, 1, 4, dtype=torch.float32)
     fn = torch.compile(lambda *a: bi_wkv6(*a), backend="eager", fullgraph=True)
     torch.testing.assert_close(fn(r, k, v, logd, u), bi_wkv6(r, k, v, logd, u), rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_states_closed_form_matches_the_loop():
+    """The loop-free chunk states (used while exporting) equal the recurrence, strong and -1e4 decays included."""
+    from vision_rwkv.ops.bi_wkv6.reference import _chunk_states, _chunk_states_closed
+    torch.manual_seed(0)
+    upd = torch.randn(3, 9, 4, 4, dtype=torch.float64)
+    log_dec = -torch.rand(3, 9, 4, dtype=torch.float64) * torch.tensor([0.1, 3.0, 30.0, 1e4], dtype=torch.float64)
+    torch.testing.assert_close(_chunk_states_closed(upd, log_dec), _chunk_states(upd, log_dec.exp()[..., None]),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_exports_past_one_chunk_with_a_dynamic_batch():
+    """torch.export of the reference at T > 64 (chunk states without a loop, no size-dependent recompute choice)
+    matches eager at other batch sizes, also where it records autograd."""
+    class Wkv(torch.nn.Module):
+        def forward(self, r, k, v, logd):
+            return bi_wkv6(r, k, v, logd, self.u)
+    mod = Wkv()
+    mod.u = torch.nn.Parameter(torch.randn(2, 4))
+    batch = torch.export.Dim("b", min=1, max=1 << 16)
+    inputs = tuple(make_inputs(2, 97, 2, 4, dtype=torch.float32)[:4])
+    program = torch.export.export(mod, inputs, dynamic_shapes=[{0: batch}] * 4)
+    other = make_inputs(3, 97, 2, 4, dtype=torch.float32)[:4]
+    torch.testing.assert_close(program.module()(*other), mod(*other), rtol=1e-5, atol=1e-5)

@@ -67,14 +67,15 @@ def create_classifier(cfg: DictConfig, num_classes: int | None = None) -> nn.Mod
     return model
 
 
-def load_initial_weights(model: nn.Module, path: str | Path, set_wkv_mode: bool = True) -> None:
+def load_initial_weights(model: nn.Module, path: str | Path, set_wkv_mode: bool = True) -> list[str]:
     """Fine-tuning weights, as timm's pretrained loading takes them: a training checkpoint (EMA preferred), a state
     dict or safetensors file; for VRWKV / VRWKV6 also the original repos' files (converted, the position embedding
     resampled, see ``vision_rwkv.models.convert``); a v4 model given original weights (that layout, or a file
     ``tools/convert_checkpoint.py`` wrote) then runs the Bi-WKV function they were trained with (``"original"``,
     the variant's chunks) unless ``set_wkv_mode`` is False (the config names ``wkv_mode``). A classifier of another
     class count (or none in the file) is left freshly initialised.
-    Any other missing, unexpected or mis-shaped key is an error that lists them."""
+    Any other missing, unexpected or mis-shaped key is an error that lists them. Returns the newly initialised
+    classifier keys."""
     from vision_rwkv.models import VRWKV, VRWKV6, checkpoint_filter_fn
     from vision_rwkv.models.convert import is_original_layout, unwrap_state_dict
 
@@ -103,6 +104,7 @@ def load_initial_weights(model: nn.Module, path: str | Path, set_wkv_mode: bool 
     model.load_state_dict(sd, strict=False)
     if renewed:
         print_rank0(f"[model] initial weights from {path}; classifier {renewed} newly initialised")
+    return renewed
 
 
 def _file_wkv_mode(path: str | Path) -> str | None:

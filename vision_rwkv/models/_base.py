@@ -71,6 +71,8 @@ class VisionRWKVBase(nn.Module):
             (VRWKV-L); 0 = none.
         pos_embed_grid: (rows, cols) of the stored position embedding, overriding ``img_size // patch_size``
             (0 = derive from img_size).
+        dynamic_img_size, dynamic_img_pad: accepted for timm ViT compatibility; these models always resample the
+            position embedding to the input's token grid and pad the image to whole patches (False is an error).
     """
 
     def __init__(
@@ -91,8 +93,14 @@ class VisionRWKVBase(nn.Module):
             drop_path_rate: float = 0.0,
             head_hidden_size: Optional[int] = None,
             pos_embed_grid: Optional[Union[int, Tuple[int, int]]] = None,
+            dynamic_img_size: bool = True,
+            dynamic_img_pad: bool = True,
     ):
         super().__init__()
+        if not (dynamic_img_size and dynamic_img_pad):
+            raise ValueError(f'{type(self).__name__} always takes any image size (the position embedding is resampled '
+                             f'and the image zero-padded to whole patches); dynamic_img_size=False / '
+                             f'dynamic_img_pad=False are not supported')
         if global_pool not in ('', 'avg'):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         if depth < 1:

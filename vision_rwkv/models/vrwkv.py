@@ -97,9 +97,12 @@ class SpatialMix(FusedPathMixer):
     def per_step(self, num_tokens: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-step decay and bonus ``(spatial_decay / T, spatial_first / T)``, both from one foreach division (one
         kernel launch on a GPU instead of two; in training their gradients too; in eager inference kept while the
-        parameters and T are unchanged)."""
+        parameters and T are unchanged). While compiling or exporting: two plain divisions (inductor fuses them; the
+        ONNX exporter has no foreach ops)."""
         pair = (self.spatial_decay, self.spatial_first)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in pair) and not torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return pair[0] / num_tokens, pair[1] / num_tokens
+        if torch.is_grad_enabled() and any(p.requires_grad for p in pair):
             return _DivPair.apply(*pair, num_tokens)
         return derived_in_inference(pair, self._folded, 'per_step',
                                     lambda: tuple(torch._foreach_div(list(pair), num_tokens)), key=num_tokens)
@@ -260,6 +263,8 @@ class VRWKV(VisionRWKVBase):
             drop_path_rate: float = 0.0,
             head_hidden_size: Optional[int] = None,
             pos_embed_grid: Optional[Union[int, Tuple[int, int]]] = None,
+            dynamic_img_size: bool = True,
+            dynamic_img_pad: bool = True,
             wkv_mode: str = 'exact',
             wkv_chunks: int = 32,
     ):
@@ -276,7 +281,8 @@ class VRWKV(VisionRWKVBase):
             mixers, img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, post_norm=post_norm,
             init_values=init_values, final_norm=final_norm, drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
-            drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid)
+            drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid,
+            dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
         self.family = 'vrwkv'
 
     @property

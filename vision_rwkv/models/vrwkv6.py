@@ -58,6 +58,8 @@ class VRWKV6(VisionRWKVBase):
             drop_path_rate: float = 0.0,
             head_hidden_size: Optional[int] = None,
             pos_embed_grid: Optional[Union[int, Tuple[int, int]]] = None,
+            dynamic_img_size: bool = True,
+            dynamic_img_pad: bool = True,
     ):
         if embed_dim % head_size:
             raise ValueError(f'embed_dim {embed_dim} is not a multiple of head_size {head_size}')
@@ -75,7 +77,8 @@ class VRWKV6(VisionRWKVBase):
             mixers, img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, post_norm=post_norm,
             init_values=init_values, final_norm=final_norm, drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
-            drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid)
+            drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid,
+            dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
         self.family = 'vrwkv6'
         self.head_size = head_size
 

@@ -124,8 +124,8 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
         raise ValueError(f"bi_wkv_reference: unknown mode {mode!r}; expected one of {MODES}")
     if isinstance(block, bool) or not isinstance(block, int) or block < 2:
         raise ValueError(f"bi_wkv_reference: block must be an int >= 2, got {block!r}")
-    if recompute is None:
-        recompute = k.numel() >= RECOMPUTE_MIN_NUMEL
+    if recompute is None:  # (not while exporting: a size test on an exported dynamic dim would bound it)
+        recompute = not torch.compiler.is_exporting() and k.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(k):
         if recompute and autograd_needed((w, u, k, v)):
             return checkpoint(_bi_wkv_reference, w, u, k, v, mode, chunks, block, use_reentrant=False)

@@ -45,7 +45,10 @@ def bi_wkv6_naive(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch
 def _exp_of_difference(a: torch.Tensor, b: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     """``exp((a - b).to(dt))`` for float64 a, b: the difference computed in float64 and rounded once to dt while it
     is stored, the exponential in place (one dt tensor written, no float64 temporary: the same bits). No autograd
-    (``out=``): inside :class:`_IntraChunk`'s forward."""
+    (``out=``): inside :class:`_IntraChunk`'s forward. While compiling or exporting (which trace the forward with
+    gradients recorded) the functional form, with the same bits."""
+    if torch.compiler.is_compiling():
+        return (a - b).to(dt).exp()
     out = torch.empty(torch.broadcast_shapes(a.shape, b.shape), dtype=dt, device=a.device)
     return torch.sub(a, b, out=out).exp_()
 
@@ -151,6 +154,21 @@ def _chunk_states(upd: torch.Tensor, dec: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _chunk_states_closed(upd: torch.Tensor, log_dec: torch.Tensor) -> torch.Tensor:
+    """:func:`_chunk_states` without a loop over the chunks (for export: a graph whose size does not grow with
+    T): ``S_c = sum_{c' < c} exp(L_{c-1} - L_{c'}) upd_{c'}`` with L the cumulative log chunk decays ``log_dec``
+    (G, nc, N) float64 - every factor <= 1. O(nc^2 N^2) per group instead of O(nc N^2)."""
+    nc = upd.shape[1]
+    cum = torch.cumsum(log_dec, dim=1)  # (G, nc, N)
+    prev = F.pad(cum[:, :-1], (0, 0, 1, 0))  # L_{c-1}
+    idx = torch.arange(nc, device=upd.device)
+    before = (idx[None, :] < idx[:, None])[None, :, :, None]  # c' < c, dims (1, c, c', 1)
+    expo = torch.where(before, prev[:, :, None] - cum[:, None, :], torch.full((), float("-inf"), dtype=cum.dtype,
+                                                                              device=cum.device))
+    weight = torch.exp(expo).to(upd.dtype)  # (G, c, c', N)
+    return torch.einsum("gcdj,gdji->gcji", weight, upd)
+
+
 def _causal_chunked(r, k, v, logd, chunk):
     """Causal RWKV-6 pass WITHOUT the bonus term: ``y_t = r_t . sum_{n<t} prod_{n<m<t} d_m k_n v_n^T``.
 
@@ -171,8 +189,11 @@ def _causal_chunked(r, k, v, logd, chunk):
         q_dec = r * torch.exp(a_ex.to(dt))
         k_dec = k * torch.exp((a[:, -1:] - a).to(dt))  # decay from n (exclusive) to the chunk end
         upd = torch.matmul(k_dec.transpose(1, 2), v).reshape(g, nc, n, n)
-        chunk_decay = torch.exp(a[:, -1].to(dt)).reshape(g, nc, n, 1)
-        state = _chunk_states(upd, chunk_decay).reshape(g * nc, n, n)
+        if torch.compiler.is_exporting():
+            state = _chunk_states_closed(upd, a[:, -1].reshape(g, nc, n)).reshape(g * nc, n, n)
+        else:
+            chunk_decay = torch.exp(a[:, -1].to(dt)).reshape(g, nc, n, 1)
+            state = _chunk_states(upd, chunk_decay).reshape(g * nc, n, n)
         y = y + torch.matmul(q_dec, state)
     return y.reshape(g, nc * chunk, n)[:, :t_len]
 
@@ -203,8 +224,8 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
         chunk = 16 if t_len > 64 else 1 << max(t_len - 1, 0).bit_length()
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"bi_wkv6_reference: chunk must be a power of two, got {chunk}")
-    if recompute is None:
-        recompute = r.numel() >= RECOMPUTE_MIN_NUMEL
+    if recompute is None:  # (not while exporting: a size test on an exported dynamic dim would specialise it)
+        recompute = not torch.compiler.is_exporting() and r.numel() >= RECOMPUTE_MIN_NUMEL
     with no_autocast(r):
         if recompute and autograd_needed((r, k, v, logd, u)):
             return checkpoint(_bi_wkv6_reference, r, k, v, logd, u, chunk, max_chunk, use_reentrant=False)

@@ -1,0 +1,142 @@
+"""vision_rwkv.export: torch.export programs and ONNX files of the models, checked against eager."""
+import importlib.util
+
+import pytest
+import timm
+import torch
+
+import vision_rwkv  # noqa: F401  (registers the models)
+from vision_rwkv.export import (ExportMismatchError, ImageEncoder, TextEncoder, build_export_target, export_onnx,
+                                export_program, max_abs_diff, verify_onnx, verify_program)
+
+HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
+# patch 8 on 80x96: a 10x12 grid, 120 tokens (VRWKV6's reference past one chunk: the chunk states of an export)
+SMALL = dict(depth=2, embed_dim=64, patch_size=8, img_size=(80, 96))
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=7, **SMALL).eval()
+    with torch.no_grad():  # decays and bonuses away from their init, so every factor matters
+        for n, p in model.named_parameters():
+            if "decay" in n or "first" in n or "faaaa" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"])
+def test_program_dynamic_batch_matches_eager(name):
+    model = _model(name)
+    program = export_program(model, torch.randn(2, 3, 80, 96))
+    inputs = [torch.randn(b, 3, 80, 96) for b in (1, 3, 5)]
+    assert verify_program(program, model, inputs, atol=1e-5) < 1e-5
+    # the program also runs where autograd records (parameters require grad): no in-place out= ops traced
+    out = program.module()(inputs[0])
+    assert out.requires_grad and torch.allclose(out, model(inputs[0]), atol=1e-5)
+
+
+def test_program_pads_an_image_size_off_the_patch_grid():
+    model = _model("vrwkv6_tiny_patch16_224")
+    program = export_program(model, torch.randn(2, 3, 75, 90), dynamic_batch=False)
+    x = torch.randn(2, 3, 75, 90)
+    assert verify_program(program, model, [x], atol=1e-5) < 1e-5
+    with pytest.raises(Exception):  # a static program refuses another batch
+        program.module()(torch.randn(3, 3, 75, 90))
+
+
+def test_program_saves_and_loads(tmp_path):
+    model = _model("vrwkv_tiny_patch16_224")
+    program = export_program(model, torch.randn(2, 3, 80, 96))
+    torch.export.save(program, str(tmp_path / "m.pt2"))
+    loaded = torch.export.load(str(tmp_path / "m.pt2"))
+    x = torch.randn(4, 3, 80, 96)
+    assert torch.allclose(loaded.module()(x), model(x), atol=1e-5)
+
+
+def test_export_restores_training_mode():
+    model = _model("vrwkv_tiny_patch16_224").train()
+    export_program(model, torch.randn(2, 3, 80, 96))
+    assert model.training
+
+
+def test_dynamic_batch_needs_an_example_batch_of_two():
+    model = _model("vrwkv_tiny_patch16_224")
+    with pytest.raises(ValueError, match="at least 2"):
+        export_program(model, torch.randn(1, 3, 80, 96))
+    with pytest.raises(ValueError, match="max_batch"):
+        export_program(model, torch.randn(4, 3, 80, 96), max_batch=3)
+
+
+def test_max_abs_diff_catches_mismatches():
+    ref = torch.randn(3, 4)
+    assert max_abs_diff(ref, ref + 1e-6) < 2e-6
+    with pytest.raises(ExportMismatchError, match="1 of 12 outputs"):
+        bad = ref.clone()
+        bad[1, 2] += 0.1
+        max_abs_diff(ref, bad)
+    with pytest.raises(ExportMismatchError, match="non-finite"):
+        max_abs_diff(ref, torch.full_like(ref, float("nan")))
+    with pytest.raises(ExportMismatchError, match="shape"):
+        max_abs_diff(ref, ref[:2])
+
+
+def test_verify_program_rejects_a_wrong_program():
+    model = _model("vrwkv_tiny_patch16_224")
+    other = _model("vrwkv_tiny_patch16_224")
+    with torch.no_grad():
+        other.head.bias.add_(1.0)
+    program = export_program(other, torch.randn(2, 3, 80, 96))
+    with pytest.raises(ExportMismatchError):
+        verify_program(program, model, [torch.randn(2, 3, 80, 96)])
+
+
+def test_clip_towers_export():
+    import rwkv_clip
+    model = rwkv_clip.create_model("RWKV-CLIP-Tiny-demo").eval()
+    image, text = ImageEncoder(model), TextEncoder(model)
+    images = torch.randn(2, 3, *model.visual.image_size)
+    tokens = rwkv_clip.get_tokenizer("RWKV-CLIP-Tiny-demo")(["a red circle", "two blue squares", "a star"])
+    assert verify_program(export_program(image, images), image, [images[:1], images]) < 1e-5
+    assert verify_program(export_program(text, tokens[:2]), text, [tokens, tokens[:1]]) < 1e-5
+
+
+def test_build_export_target_segmentation_config(tmp_path):
+    from vision_rwkv.resources import configs_dir
+    from vision_rwkv.seg import load_seg_config
+    from vision_rwkv.seg.train import build_segmentor
+
+    config = configs_dir() / "segmentation" / "demo_shapes.yaml"
+    seg = build_segmentor(load_seg_config(config), 9)
+    torch.save(seg.state_dict(), tmp_path / "seg.pt")
+    model, example = build_export_target(str(config), tmp_path / "seg.pt")
+    assert model.decode_head.conv_seg.out_channels == 9 and tuple(example.shape) == (2, 3, 32, 32)
+    assert torch.equal(model.decode_head.conv_seg.weight, seg.decode_head.conv_seg.weight)
+    assert verify_program(export_program(model, example), model, [example[:1]]) < 1e-5
+    with pytest.raises(ValueError, match="class count"):
+        build_export_target(str(config))
+
+
+def test_build_export_target_timm_checkpoint_classes(tmp_path):
+    src = timm.create_model("vrwkv_tiny_patch16_224", num_classes=3)
+    torch.save(src.state_dict(), tmp_path / "m.pt")
+    model, example = build_export_target("vrwkv_tiny_patch16_224", tmp_path / "m.pt", img_size=[64])
+    assert model.num_classes == 3 and tuple(example.shape) == (2, 3, 64, 64)
+    assert torch.equal(model.head.weight, src.head.weight)
+    headless = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    torch.save(headless, tmp_path / "headless.pt")
+    with pytest.raises(ValueError, match="--num-classes"):
+        build_export_target("vrwkv_tiny_patch16_224", tmp_path / "headless.pt", num_classes=3)
+    with pytest.raises(FileNotFoundError):
+        build_export_target("vrwkv_tiny_patch16_224", tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="overrides"):
+        build_export_target("vrwkv_tiny_patch16_224", overrides=["a=1"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"])
+def test_onnx_matches_eager(name, tmp_path):
+    model = _model(name)
+    path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "m.onnx")
+    assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
+    assert verify_onnx(path, model, [torch.randn(b, 3, 80, 96) for b in (1, 4)], atol=1e-5) < 1e-5

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Export a model for deployment: a torch.export program (.pt2) or an ONNX file, checked against the eager model.
+
+    python tools/export.py MODEL [key=value ...] [--checkpoint PATH] [--format pt2|onnx] [--output PATH]
+    python tools/export.py vrwkv_tiny_patch16_224 --checkpoint vrwkv_t.safetensors --format onnx
+    python tools/export.py vrwkv6_small_patch16_224 --img-size 512 --output vrwkv6_s_512.pt2
+    python tools/export.py RWKV-CLIP-B-32 --checkpoint clip.pt --tower text --format onnx
+    python tools/export.py configs/segmentation/demo_shapes.yaml --checkpoint runs/seg/demo_shapes/checkpoints/best.pt
+
+MODEL is a timm model name (the VRWKV models and any other; the class count comes from the checkpoint), an
+RWKV-CLIP model name (``--tower image|text``), or a segmentation config YAML (then ``key=value`` overrides apply;
+the class count comes from the checkpoint). The program is made for one input size (``--img-size H [W]``; default
+the model's, or the config's crop size) and, unless ``--static-batch``, any batch from 1 to ``--max-batch``. The
+exported model is run on batches of 1, 2 and 3 and compared with the eager model (``--atol``); a mismatch is an
+error (exit 1) and nothing is kept. Prints a JSON summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="timm model name, RWKV-CLIP model name, or segmentation config YAML")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides (segmentation configs)")
+    parser.add_argument("--checkpoint", default=None, help="weights (training checkpoint, state dict, safetensors)")
+    parser.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
+    parser.add_argument("--output", default=None, help="output file (default: <model>.<format>)")
+    parser.add_argument("--img-size", type=int, nargs="+", default=None, metavar="S", help="input size H [W]")
+    parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
+    parser.add_argument("--tower", choices=("image", "text"), default="image", help="RWKV-CLIP tower")
+    parser.add_argument("--static-batch", action="store_true", help="fix the batch size at 2")
+    parser.add_argument("--max-batch", type=int, default=4096, help="largest batch of a dynamic-batch export")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--optimize", action="store_true",
+                        help="run onnxscript's ONNX graph optimizer (minutes for 12 blocks; onnxruntime optimises "
+                             "at load time anyway)")
+    parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the check against eager")
+    args = parser.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides must be key=value, got {bad}")
+    if args.img_size is not None and len(args.img_size) > 2:
+        parser.error(f"--img-size takes H or H W, got {args.img_size}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from vision_rwkv.export import (ExportMismatchError, build_export_target, export_onnx, export_program,
+                                    verify_onnx, verify_program)
+
+    try:
+        model, example = build_export_target(args.model, args.checkpoint, args.num_classes, args.img_size,
+                                             args.tower, args.overrides)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    stem = Path(args.model).stem if args.model.endswith((".yaml", ".yml")) else args.model.replace("/", "_")
+    out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
+    dynamic = not args.static_batch
+    checks = [example[:1], example, torch.cat([example, example[:1]])] if dynamic else [example]
+    start = time.perf_counter()
+    print(f"exporting {args.model} for inputs {tuple(example.shape[1:])} ({args.format}, "
+          f"{'batch 1-' + str(args.max_batch) if dynamic else 'batch 2'})...", file=sys.stderr)
+    try:
+        if args.format == "onnx":
+            export_onnx(model, example, out, dynamic, args.max_batch, args.opset, args.optimize)
+            diff = verify_onnx(out, model, checks, atol=args.atol)
+        else:
+            program = export_program(model, example, dynamic, args.max_batch)
+            diff = verify_program(program, model, checks, atol=args.atol)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (torch.export.save wants .pt2)
+            torch.export.save(program, str(tmp))
+            tmp.replace(out)
+    except ExportMismatchError as err:
+        out.unlink(missing_ok=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({"output": str(out), "format": args.format, "input_shape": list(example.shape[1:]),
+                      "input_dtype": str(example.dtype).replace("torch.", ""), "dynamic_batch": dynamic,
+                      "checked_batches": [int(x.shape[0]) for x in checks], "max_abs_diff": diff,
+                      "seconds": round(time.perf_counter() - start, 1)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    from vision_rwkv.engine.cli import run_tool
+    run_tool(main)

@@ -1,0 +1,263 @@
+"""Export models for deployment: ``torch.export`` programs (``.pt2``) and ONNX files, checked against eager.
+
+    import timm, vision_rwkv
+    from vision_rwkv.export import export_program, export_onnx, verify_program
+    model = timm.create_model("vrwkv_tiny_patch16_224").eval()
+    example = torch.randn(2, 3, 224, 224)
+    program = export_program(model, example)              # batch dynamic in [1, 4096]
+    torch.export.save(program, "vrwkv_tiny.pt2")
+    verify_program(program, model, [torch.randn(5, 3, 224, 224)])
+    export_onnx(model, example, "vrwkv_tiny.onnx")      # needs onnx + onnxscript (onnxruntime to verify)
+
+Any module whose forward takes one tensor and returns one works: the VRWKV / VRWKV6 classifiers and their
+feature maps, the segmentors, the RWKV-CLIP towers (:class:`ImageEncoder`, :class:`TextEncoder`). The image size
+is fixed by the example: the operators choose their algorithm (chunk and block counts) from the token count, so a
+program holds the choices of one resolution; export one per resolution. The batch may be dynamic. Export CPU
+models: the program then holds the plain-PyTorch operators, which ONNX runtimes run on any device (a CUDA model's
+Triton kernels are torch custom ops, which ONNX has no counterpart for; not checked on a device yet).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ["export_program", "export_onnx", "verify_program", "verify_onnx", "max_abs_diff", "build_export_target",
+           "ExportMismatchError", "ImageEncoder", "TextEncoder"]
+
+
+class ExportMismatchError(RuntimeError):
+    """An exported model's outputs differ from the eager model's beyond the tolerance."""
+
+
+class ImageEncoder(nn.Module):
+    """``model.encode_image(images, normalize)`` of an RWKV-CLIP model as a one-input module (for export)."""
+
+    def __init__(self, clip_model: nn.Module, normalize: bool = True):
+        super().__init__()
+        self.clip_model = clip_model
+        self.normalize = normalize
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip_model.encode_image(images, normalize=self.normalize)
+
+
+class TextEncoder(nn.Module):
+    """``model.encode_text(tokens, normalize)`` of an RWKV-CLIP model as a one-input module (for export)."""
+
+    def __init__(self, clip_model: nn.Module, normalize: bool = True):
+        super().__init__()
+        self.clip_model = clip_model
+        self.normalize = normalize
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip_model.encode_text(tokens, normalize=self.normalize)
+
+
+def _dynamic_shapes(example: torch.Tensor, dynamic_batch: bool, max_batch: int):
+    if not isinstance(example, torch.Tensor) or example.dim() < 1:
+        raise TypeError(f"export: the example input must be a batched tensor, got {type(example).__name__}")
+    if not dynamic_batch:
+        return None
+    if example.shape[0] < 2:
+        raise ValueError(f"export: a dynamic batch needs an example batch of at least 2 (torch.export specialises "
+                         f"sizes 0 and 1), got {example.shape[0]}")
+    if max_batch < example.shape[0]:
+        raise ValueError(f"export: max_batch {max_batch} is smaller than the example batch {example.shape[0]}")
+    return ({0: torch.export.Dim("batch", min=1, max=int(max_batch))},)
+
+
+def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = True,
+                   max_batch: int = 4096) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode for inputs shaped like ``example`` (B, ...): the batch dimension
+    symbolic in [1, ``max_batch``] when ``dynamic_batch`` (the example batch must then be >= 2), every other
+    dimension fixed. The model's train/eval mode is restored afterwards."""
+    shapes = _dynamic_shapes(example, dynamic_batch, max_batch)
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=shapes)
+    finally:
+        model.train(was_training)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], dynamic_batch: bool = True,
+                max_batch: int = 4096, opset: Optional[int] = None, optimize: bool = False) -> Path:
+    """Write ``model`` (eval mode) as an ONNX file at ``path`` through torch's dynamo exporter (needs the ``onnx``
+    and ``onnxscript`` packages: ``pip install vision-rwkv[onnx]``); batch dynamic as in :func:`export_program`.
+    Input ``input``, output ``output``. ``optimize``: run onnxscript's graph optimizer (off by default: its time
+    grows faster than the graph - minutes for a 12-block VRWKV6 - and onnxruntime optimises the graph when it
+    loads it anyway). Returns the path."""
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError as err:
+            raise ImportError(f"ONNX export needs the {package!r} package: pip install onnx onnxscript") from err
+    shapes = _dynamic_shapes(example, dynamic_batch, max_batch)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        onnx_program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
+                                         input_names=["input"], output_names=["output"], optimize=optimize,
+                                         verbose=False)
+    finally:
+        model.train(was_training)
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    onnx_program.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def max_abs_diff(reference: torch.Tensor, candidate: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-4,
+                 what: str = "exported model") -> float:
+    """Largest |candidate - reference|; raises :class:`ExportMismatchError` on a shape mismatch, a non-finite
+    value or a difference beyond ``atol + rtol * |reference|``."""
+    if not isinstance(candidate, torch.Tensor) or not isinstance(reference, torch.Tensor):
+        raise TypeError(f"{what}: expected tensor outputs, got {type(reference).__name__} and "
+                        f"{type(candidate).__name__}")
+    ref, out = reference.detach().float().cpu(), candidate.detach().float().cpu()
+    if ref.shape != out.shape:
+        raise ExportMismatchError(f"{what}: output shape {tuple(out.shape)}, the eager model's {tuple(ref.shape)}")
+    if not torch.isfinite(out).all():
+        raise ExportMismatchError(f"{what}: non-finite outputs")
+    diff = (out - ref).abs()
+    bad = diff > atol + rtol * ref.abs()
+    if bad.any():
+        raise ExportMismatchError(f"{what}: {int(bad.sum())} of {bad.numel()} outputs differ from the eager model's "
+                                  f"(max |diff| {diff.max().item():.3g}, atol {atol}, rtol {rtol})")
+    return diff.max().item() if diff.numel() else 0.0
+
+
+@torch.no_grad()
+def verify_program(program: torch.export.ExportedProgram, model: nn.Module, inputs: Sequence[torch.Tensor],
+                   atol: float = 1e-4, rtol: float = 1e-4) -> float:
+    """Run ``program`` and ``model`` (eval mode) on every input; the largest difference (:func:`max_abs_diff`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        run = program.module()
+        return max(max_abs_diff(model(x), run(x), atol, rtol, f"exported program, input {tuple(x.shape)}")
+                   for x in inputs)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequence[torch.Tensor], atol: float = 1e-4,
+                rtol: float = 1e-4) -> float:
+    """Run the ONNX file in onnxruntime (CPU) and ``model`` (eval mode) on every input; the largest difference."""
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise ImportError("verifying an ONNX file needs onnxruntime: pip install onnxruntime") from err
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    was_training = model.training
+    model.eval()
+    try:
+        diffs = []
+        for x in inputs:
+            out = torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+            diffs.append(max_abs_diff(model(x), out, atol, rtol, f"ONNX model {path}, input {tuple(x.shape)}"))
+        return max(diffs)
+    finally:
+        model.train(was_training)
+
+
+def _size(img_size: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:
+    if img_size is None:
+        return None
+    size = tuple(int(s) for s in ([img_size] if isinstance(img_size, int) else img_size))
+    size = size * 2 if len(size) == 1 else size
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"img_size must be one or two positive ints, got {img_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def _checkpoint_head_classes(path: Union[str, os.PathLike], key: str) -> Optional[int]:
+    """Rows of the classifier weight ``key`` (also under an mm* ``head.fc.`` layout) in a checkpoint, else None."""
+    from vision_rwkv.engine.checkpoint import read_model_state
+    sd = read_model_state(path)
+    for k in (key, key.replace(".weight", ".fc.weight")):
+        if k in sd and getattr(sd[k], "ndim", 0) >= 2:
+            return int(sd[k].shape[0])
+    return None
+
+
+def _timm_target(name: str, checkpoint, num_classes, size):
+    import timm
+
+    import vision_rwkv  # noqa: F401  (registers the models)
+    from vision_rwkv.engine.classification import checkpoint_classes, load_initial_weights
+
+    if num_classes is None and checkpoint is not None:
+        classes = checkpoint_classes(checkpoint)
+        num_classes = len(classes) if classes else _checkpoint_head_classes(checkpoint, "head.weight")
+    model = timm.create_model(name, **({} if num_classes is None else {"num_classes": int(num_classes)}))
+    if checkpoint is not None:
+        renewed = load_initial_weights(model, checkpoint)
+        if renewed:
+            raise ValueError(f"checkpoint {checkpoint} has no classifier for {name} with "
+                             f"{model.num_classes} classes ({renewed} would be random); pass --num-classes")
+    if size is not None and hasattr(model, "set_input_size"):
+        model.set_input_size(img_size=size)
+    chans, *hw = timm.data.resolve_data_config(model=model)["input_size"]
+    return model, torch.randn(2, int(chans), *(size or hw))
+
+
+def _clip_target(name: str, checkpoint, size, tower: str):
+    import rwkv_clip
+
+    model = rwkv_clip.create_model(name, pretrained=checkpoint, force_image_size=size)
+    if tower == "image":
+        return ImageEncoder(model), torch.randn(2, 3, *model.visual.image_size)
+    tokens = rwkv_clip.get_tokenizer(name)(["a photo of a cat", "a diagram of a bridge"])
+    return TextEncoder(model), tokens
+
+
+def _seg_target(config, checkpoint, num_classes, size, overrides):
+    from vision_rwkv.engine import load_model_weights
+    from vision_rwkv.seg import load_seg_config
+    from vision_rwkv.seg.train import build_segmentor
+
+    cfg = load_seg_config(config, overrides)
+    if checkpoint is not None and num_classes is None:
+        num_classes = _checkpoint_head_classes(checkpoint, "decode_head.conv_seg.weight")
+    if num_classes is None:
+        raise ValueError(f"{config}: the class count comes from --checkpoint (decode_head.conv_seg) or "
+                         f"--num-classes; neither was given")
+    model = build_segmentor(cfg, int(num_classes), load_pretrained=checkpoint is None)
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint, key="auto")
+    return model, torch.randn(2, 3, *(size or tuple(cfg.data.crop_size)))
+
+
+def build_export_target(name: str, checkpoint: Optional[Union[str, os.PathLike]] = None,
+                        num_classes: Optional[int] = None, img_size: Optional[Sequence[int]] = None,
+                        tower: str = "image", overrides: Sequence[str] = ()) -> tuple[nn.Module, torch.Tensor]:
+    """The module to export (eval mode) and an example batch of 2 for ``name``: a timm model name (the VRWKV models
+    included; ``checkpoint`` as ``model.checkpoint`` of a training config takes it, class count from the file), an
+    RWKV-CLIP model name (its ``tower``, "image" or "text"), or a segmentation config YAML (with ``key=value``
+    ``overrides``; class count from the checkpoint's decode head). ``img_size`` (H, W) or one int: the input size
+    the program is made for (default: the model's, or the config's crop size)."""
+    size = _size(img_size)
+    if tower not in ("image", "text"):
+        raise ValueError(f"tower must be 'image' or 'text', got {tower!r}")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if str(name).endswith((".yaml", ".yml")):
+        model, example = _seg_target(name, checkpoint, num_classes, size, overrides)
+    else:
+        if overrides:
+            raise ValueError(f"key=value overrides {list(overrides)} apply to a config file, not to model {name!r}")
+        import rwkv_clip
+        if name in rwkv_clip.list_models():
+            model, example = _clip_target(name, checkpoint, size, tower)
+        else:
+            model, example = _timm_target(name, checkpoint, num_classes, size)
+    return model.eval(), example
