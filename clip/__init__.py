@@ -7,16 +7,21 @@
     text_features = model.encode_text(tokenizer(["a photo of a cat"]), normalize=True)
 
 Importing the package registers the VRWKV timm models and the RWKV-CLIP model configs with open_clip
-(`open_clip.list_models()`, `open_clip.get_tokenizer(name)`).
+(`open_clip.list_models()`, `open_clip.get_tokenizer(name)`), and routes open_clip's `create_model`,
+`create_model_and_transforms` and `create_model_from_pretrained` to rwkv_clip for the RWKV-CLIP names
+(`open_clip_routes`), so code written against open_clip builds these models by name.
 """
 from .convert import build_from_original, convert_original_state_dict
 from .factory import (create_model, create_model_and_transforms, get_model_config, get_tokenizer, image_transforms,
                       list_models, load_checkpoint, load_state_dict, register_model_configs)
 from .model import LOGIT_SCALE_MAX, ImageTower, RWKVCLIP
+from .open_clip_routes import install_open_clip_routes
 from .text_model import TextRWKV
 
 __all__ = [
     "RWKVCLIP", "ImageTower", "TextRWKV", "LOGIT_SCALE_MAX", "create_model", "create_model_and_transforms",
     "get_tokenizer", "get_model_config", "list_models", "load_checkpoint", "load_state_dict", "image_transforms",
-    "register_model_configs", "build_from_original", "convert_original_state_dict",
+    "register_model_configs", "build_from_original", "convert_original_state_dict", "install_open_clip_routes",
 ]
+
+install_open_clip_routes()
