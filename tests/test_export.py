@@ -124,12 +124,26 @@ def test_build_export_target_timm_checkpoint_classes(tmp_path):
     assert torch.equal(model.head.weight, src.head.weight)
     headless = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
     torch.save(headless, tmp_path / "headless.pt")
-    with pytest.raises(ValueError, match="--num-classes"):
+    with pytest.raises(ValueError, match="class count"):
         build_export_target("vrwkv_tiny_patch16_224", tmp_path / "headless.pt", num_classes=3)
     with pytest.raises(FileNotFoundError):
         build_export_target("vrwkv_tiny_patch16_224", tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="overrides"):
         build_export_target("vrwkv_tiny_patch16_224", overrides=["a=1"])
+
+
+def test_build_export_target_classification_config(tmp_path):
+    from vision_rwkv.engine import load_config
+    from vision_rwkv.engine.classification import create_classifier
+    from vision_rwkv.resources import configs_dir
+
+    config = configs_dir() / "classification" / "demo_shapes.yaml"
+    src = create_classifier(load_config(config), 8)
+    torch.save({"model": src.state_dict()}, tmp_path / "run.pt")
+    model, example = build_export_target(str(config), tmp_path / "run.pt", overrides=["data.input_size=24"])
+    assert tuple(example.shape) == (2, 3, 24, 24) and model.num_classes == 8
+    assert torch.equal(model.head.weight, src.head.weight)
+    assert verify_program(export_program(model, example), model, [example[:1]]) < 1e-5
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@
     python tools/export.py RWKV-CLIP-B-32 --checkpoint clip.pt --tower text --format onnx
     python tools/export.py configs/segmentation/demo_shapes.yaml --checkpoint runs/seg/demo_shapes/checkpoints/best.pt
 
-MODEL is a timm model name (the VRWKV models and any other; the class count comes from the checkpoint), an
-RWKV-CLIP model name (``--tower image|text``), or a segmentation config YAML (then ``key=value`` overrides apply;
-the class count comes from the checkpoint). The program is made for one input size (``--img-size H [W]``; default
+MODEL is a classifier - a timm model name (the VRWKV models and any other) or a classification config YAML with
+its training checkpoint -, an RWKV-CLIP model name (``--tower image|text``), or a segmentation config YAML; configs
+take ``key=value`` overrides, and the class count comes from the checkpoint. The program is made for one input size (``--img-size H [W]``; default
 the model's, or the config's crop size) and, unless ``--static-batch``, any batch from 1 to ``--max-batch``. The
 exported model is run on batches of 1, 2 and 3 and compared with the eager model (``--atol``); a mismatch is an
 error (exit 1) and nothing is kept. Prints a JSON summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
@@ -27,8 +27,8 @@ from typing import List, Optional
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="timm model name, RWKV-CLIP model name, or segmentation config YAML")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides (segmentation configs)")
+    parser.add_argument("model", help="timm model name, RWKV-CLIP model name, or classification / segmentation config")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--checkpoint", default=None, help="weights (training checkpoint, state dict, safetensors)")
     parser.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
     parser.add_argument("--output", default=None, help="output file (default: <model>.<format>)")

@@ -180,34 +180,20 @@ def _size(img_size: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:
 
 
 def _checkpoint_head_classes(path: Union[str, os.PathLike], key: str) -> Optional[int]:
-    """Rows of the classifier weight ``key`` (also under an mm* ``head.fc.`` layout) in a checkpoint, else None."""
+    """Rows of the classifier weight ``key`` in a checkpoint, else None."""
     from vision_rwkv.engine.checkpoint import read_model_state
     sd = read_model_state(path)
-    for k in (key, key.replace(".weight", ".fc.weight")):
-        if k in sd and getattr(sd[k], "ndim", 0) >= 2:
-            return int(sd[k].shape[0])
-    return None
+    return int(sd[key].shape[0]) if key in sd and getattr(sd[key], "ndim", 0) >= 2 else None
 
 
-def _timm_target(name: str, checkpoint, num_classes, size):
-    import timm
+def _classifier_target(name: str, checkpoint, num_classes, size, overrides):
+    from vision_rwkv.engine.predict import load_classifier
 
-    import vision_rwkv  # noqa: F401  (registers the models)
-    from vision_rwkv.engine.classification import checkpoint_classes, load_initial_weights
-
-    if num_classes is None and checkpoint is not None:
-        classes = checkpoint_classes(checkpoint)
-        num_classes = len(classes) if classes else _checkpoint_head_classes(checkpoint, "head.weight")
-    model = timm.create_model(name, **({} if num_classes is None else {"num_classes": int(num_classes)}))
-    if checkpoint is not None:
-        renewed = load_initial_weights(model, checkpoint)
-        if renewed:
-            raise ValueError(f"checkpoint {checkpoint} has no classifier for {name} with "
-                             f"{model.num_classes} classes ({renewed} would be random); pass --num-classes")
+    clf = load_classifier(name, checkpoint, overrides, num_classes)
+    model = clf.model
     if size is not None and hasattr(model, "set_input_size"):
         model.set_input_size(img_size=size)
-    chans, *hw = timm.data.resolve_data_config(model=model)["input_size"]
-    return model, torch.randn(2, int(chans), *(size or hw))
+    return model, torch.randn(2, int(getattr(model, "in_chans", 3)), *(size or clf.input_size))
 
 
 def _clip_target(name: str, checkpoint, size, tower: str):
@@ -240,24 +226,25 @@ def _seg_target(config, checkpoint, num_classes, size, overrides):
 def build_export_target(name: str, checkpoint: Optional[Union[str, os.PathLike]] = None,
                         num_classes: Optional[int] = None, img_size: Optional[Sequence[int]] = None,
                         tower: str = "image", overrides: Sequence[str] = ()) -> tuple[nn.Module, torch.Tensor]:
-    """The module to export (eval mode) and an example batch of 2 for ``name``: a timm model name (the VRWKV models
-    included; ``checkpoint`` as ``model.checkpoint`` of a training config takes it, class count from the file), an
-    RWKV-CLIP model name (its ``tower``, "image" or "text"), or a segmentation config YAML (with ``key=value``
-    ``overrides``; class count from the checkpoint's decode head). ``img_size`` (H, W) or one int: the input size
+    """The module to export (eval mode) and an example batch of 2 for ``name``: a classifier - a timm model name or a
+    classification config YAML, loaded as :func:`vision_rwkv.engine.predict.load_classifier` does (class count from
+    the checkpoint) -, an RWKV-CLIP model name (its ``tower``, "image" or "text"), or a segmentation config YAML
+    (class count from the checkpoint's decode head); configs take ``key=value`` ``overrides``. ``img_size`` (H, W) or one int: the input size
     the program is made for (default: the model's, or the config's crop size)."""
     size = _size(img_size)
     if tower not in ("image", "text"):
         raise ValueError(f"tower must be 'image' or 'text', got {tower!r}")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    if str(name).endswith((".yaml", ".yml")):
+    from vision_rwkv.engine.predict import is_segmentation_config
+
+    import rwkv_clip
+    if str(name).endswith((".yaml", ".yml")) and is_segmentation_config(name):
         model, example = _seg_target(name, checkpoint, num_classes, size, overrides)
-    else:
+    elif name in rwkv_clip.list_models():
         if overrides:
             raise ValueError(f"key=value overrides {list(overrides)} apply to a config file, not to model {name!r}")
-        import rwkv_clip
-        if name in rwkv_clip.list_models():
-            model, example = _clip_target(name, checkpoint, size, tower)
-        else:
-            model, example = _timm_target(name, checkpoint, num_classes, size)
+        model, example = _clip_target(name, checkpoint, size, tower)
+    else:
+        model, example = _classifier_target(name, checkpoint, num_classes, size, overrides)
     return model.eval(), example

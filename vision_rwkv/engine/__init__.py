@@ -83,6 +83,12 @@ Classification (``classification.py``, not imported here: ``from vision_rwkv.eng
         throughput (images/s of the forward), num_samples, skipped_samples, input_size, confusion_matrix_png.
     cfg = load_config("configs/classification/<name>.yaml", overrides); every key is defined in base.yaml.
 
+Prediction (``predict.py``, not imported here: ``from vision_rwkv.engine.predict import ...``)
+    load_classifier(model, checkpoint=None, overrides=(), num_classes=None, class_names=None) -> Classifier(model,
+        classes, transform, input_size) from a classification config + checkpoint or a timm model name;
+    image_files(paths), predict_files(clf, files, topk=5, ...) -> rows (``topk`` or ``error`` per file),
+    write_predictions(rows, path) (CSV / JSON), plot_predictions(rows, path) (PNG grid), is_segmentation_config(path)
+
 Exact resume needs the same world size and per-process batch size; RNG streams are per rank.
 """
 from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, find_latest_checkpoint,

@@ -1,0 +1,83 @@
+"""tools/predict.py: a training run's checkpoint or a timm model -> top-k table, PNG grid; unreadable files reported."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tool_helpers import DEMO, TINY, load_tool
+from vision_rwkv.data.shapes import make_sample
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    load_tool("train").main([str(DEMO), *TINY, f"run_dir={run}", "train.plot=false"])
+    return run / "checkpoints" / "best.pt"
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(np.asarray(make_sample(i, "val", image_size=16).image)).save(
+            folder / ("sub" if i % 2 else "") / f"s{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+    return folder
+
+
+def test_predict_from_training_checkpoint(trained, images, tmp_path, capsys):
+    from vision_rwkv.engine import load_config
+    from vision_rwkv.engine.predict import load_classifier
+    classes = load_classifier(str(DEMO), trained, TINY).classes
+    out, grid = tmp_path / "p.csv", tmp_path / "p.png"
+    assert load_tool("predict").main([str(DEMO), *TINY, "--checkpoint", str(trained), "--images", str(images),
+                                      "--topk", "3", "--output", str(out), "--grid", str(grid),
+                                      "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 6 and summary["unreadable"] == [str(images / "broken.jpg")]
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and rows[0]["file"].endswith("broken.jpg") and "Error" in rows[0]["error"]
+    good = rows[1:]
+    assert all(r["class_1"] in classes and not r["error"] for r in good)
+    for r in good:  # probabilities of a softmax, best first
+        p = [float(r[f"prob_{k}"]) for k in (1, 2, 3)]
+        assert p == sorted(p, reverse=True) and 0 < sum(p) <= 1 + 1e-6
+    assert grid.stat().st_size > 1000
+    # the table's top-1 is the model's argmax on the eval transform of the image
+    clf = load_classifier(str(DEMO), trained, TINY)
+    assert load_config(DEMO, TINY).data.input_size == clf.input_size[0]
+    x = clf.transform(Image.open(good[0]["file"]).convert("RGB"))[None]
+    assert int(clf.model(x).argmax()) == int(good[0]["index_1"])
+
+
+def test_predict_timm_name_json_and_imagenet_names(images, tmp_path, capsys):
+    from vision_rwkv.engine.predict import load_classifier, predict_files
+    clf = load_classifier("vrwkv_tiny_patch16_224")
+    assert len(clf.classes) == 1000 and clf.input_size == (224, 224)
+    clf.model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1000))
+    rows = predict_files(clf, [images / "s0.png"], topk=2, show_progress=False)
+    assert len(rows[0]["topk"]) == 2 and all(isinstance(name, str) for _, name, _ in rows[0]["topk"])
+
+
+def test_predict_errors(trained, images, tmp_path, capsys):
+    tool = load_tool("predict")
+    with pytest.raises(FileNotFoundError):
+        tool.main(["vrwkv_tiny_patch16_224", "--images", str(tmp_path / "missing.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        tool.main(["vrwkv_tiny_patch16_224", "--images", str(tmp_path / "empty")])
+    seg = DEMO.parents[1] / "segmentation" / "demo_shapes.yaml"
+    assert tool.main([str(seg), "--images", str(images)]) == 2
+    assert "segmentation config" in capsys.readouterr().err
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\n")
+    assert tool.main([str(DEMO), *TINY, "--checkpoint", str(trained), "--class-names", str(names),
+                      "--images", str(images)]) == 2
+    assert "2 names for a classifier of 8 classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main([str(DEMO), "--images", str(images), "--topk", "0"])

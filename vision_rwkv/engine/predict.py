@@ -1,0 +1,228 @@
+"""Class predictions for image files (the library side of ``tools/predict.py``, what timm's ``inference.py`` does).
+
+    clf = load_classifier("configs/classification/demo_shapes.yaml", "runs/demo_shapes/checkpoints/best.pt")
+    rows = predict_files(clf, image_files(["photos/"]), topk=5)
+    write_predictions(rows, "predictions.csv"); plot_predictions(rows, "predictions.png")
+
+A classifier comes from a training config and its checkpoint (the class names the run recorded), or from a timm
+model name with an optional checkpoint (original VRWKV layouts included; ImageNet-1k names for 1000 classes). An
+unreadable image is reported in its row (``error``) and the others are still predicted.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from .logger import progress, pyplot, save_figure
+from .precision import autocast
+
+__all__ = ["Classifier", "load_classifier", "image_files", "predict_files", "write_predictions", "plot_predictions",
+           "is_segmentation_config"]
+
+PathLike = Union[str, os.PathLike]
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass
+class Classifier:
+    """An eval-mode classifier, its class names (None: indices only), eval transform and (H, W) input size."""
+    model: nn.Module
+    classes: Optional[list[str]]
+    transform: Callable
+    input_size: tuple[int, int]
+
+
+def is_segmentation_config(path: PathLike) -> bool:
+    """Whether a YAML config (with its ``_base_`` chain) describes a segmentor (``model.backbone``), not a
+    classifier (``model.name``)."""
+    from .config import config_layers
+    return any("backbone" in (layer.get("model") or {}) for _, layer, _ in config_layers(path))
+
+
+def _class_names(path: Optional[PathLike], num_classes: int) -> Optional[list[str]]:
+    if path is None:
+        return None
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ValueError(f"class names file {path} has {len(names)} names for a classifier of {num_classes} classes")
+    return names
+
+
+def _head_rows(path: PathLike) -> Optional[int]:
+    """Output count of the classifier in a checkpoint (``head.weight``, or an mm* ``head.fc.weight``)."""
+    from .checkpoint import read_model_state
+    sd = read_model_state(path)
+    for key in ("head.weight", "head.fc.weight"):
+        if key in sd and getattr(sd[key], "ndim", 0) >= 2:
+            return int(sd[key].shape[0])
+    return None
+
+
+def _from_config(config: PathLike, checkpoint, overrides, num_classes):
+    from .classification import build_transforms, checkpoint_classes, create_classifier
+    from .checkpoint import load_model_weights
+    from .config import load_config
+
+    cfg = load_config(config, overrides)
+    classes = checkpoint_classes(checkpoint) if checkpoint is not None else None
+    n = len(classes) if classes else (num_classes or (_head_rows(checkpoint) if checkpoint else None))
+    if checkpoint is not None:  # the checkpoint holds every weight: no initial weights to fetch or load first
+        cfg.model.pretrained, cfg.model.checkpoint = False, None
+    model = create_classifier(cfg, n)
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint, key="auto")
+    size = int(cfg.eval.input_size or cfg.data.input_size)
+    return model, classes, build_transforms(cfg)[1], (size, size)
+
+
+def _from_timm(name: str, checkpoint, num_classes):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    import vision_rwkv  # noqa: F401  (registers the models)
+    from .classification import checkpoint_classes, load_initial_weights
+
+    classes = checkpoint_classes(checkpoint) if checkpoint is not None else None
+    n = len(classes) if classes else (num_classes or (_head_rows(checkpoint) if checkpoint else None))
+    model = timm.create_model(name, **({} if n is None else {"num_classes": int(n)}))
+    if checkpoint is not None:
+        renewed = load_initial_weights(model, checkpoint)
+        if renewed:
+            raise ValueError(f"checkpoint {checkpoint} has no classifier for {name} with {model.num_classes} classes "
+                             f"({renewed} would be random); give the class count (num_classes)")
+    data_cfg = resolve_data_config(model=model)
+    if classes is None and model.num_classes == 1000:
+        from timm.data import ImageNetInfo
+        info = ImageNetInfo()
+        classes = [info.index_to_description(i) for i in range(1000)]
+    return model, classes, create_transform(**data_cfg), tuple(int(s) for s in data_cfg["input_size"][1:])
+
+
+def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides: Sequence[str] = (),
+                    num_classes: Optional[int] = None, class_names: Optional[PathLike] = None) -> Classifier:
+    """The classifier named by ``model``: a classification config YAML (``key=value`` ``overrides`` apply; eval
+    transform from its ``aug`` / ``eval`` settings; ``checkpoint`` a training checkpoint, EMA weights preferred)
+    or a timm model name (``checkpoint`` loaded as ``model.checkpoint`` is; timm's eval transform). The class count
+    comes from the checkpoint (recorded names or classifier rows), else ``num_classes``; class names from the
+    checkpoint, ``class_names`` (a file, one per line), or ImageNet-1k's for 1000 classes."""
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if str(model).endswith((".yaml", ".yml")):
+        if is_segmentation_config(model):
+            raise ValueError(f"{model} is a segmentation config; a classification config or model name is needed")
+        net, classes, transform, size = _from_config(model, checkpoint, overrides, num_classes)
+    else:
+        if overrides:
+            raise ValueError(f"key=value overrides {list(overrides)} apply to a config file, not to model {model!r}")
+        net, classes, transform, size = _from_timm(model, checkpoint, num_classes)
+    num = getattr(net, "num_classes", None)
+    if class_names is not None:
+        classes = _class_names(class_names, int(num))
+    return Classifier(net.eval(), classes, transform, size)
+
+
+def image_files(paths: Iterable[PathLike]) -> list[Path]:
+    """Image files among ``paths`` (files as given; folders searched recursively for image extensions, sorted).
+    A path that does not exist is a FileNotFoundError; no image at all a ValueError."""
+    from vision_rwkv.data.folder import IMG_EXTENSIONS
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"image path not found: {p}")
+    if not found:
+        raise ValueError(f"no image files in {[str(p) for p in paths]} (extensions {IMG_EXTENSIONS})")
+    return found
+
+
+@torch.no_grad()
+def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, batch_size: int = 32,
+                  device: Union[str, torch.device] = "cpu", precision: str = "fp32",
+                  show_progress: bool = True) -> list[dict[str, Any]]:
+    """One row per file: ``file``, ``topk`` [(index, class name or None, probability)], best first; or ``file``
+    and ``error`` (the reason) for an image that cannot be read."""
+    from vision_rwkv.data.folder import load_rgb
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    device = torch.device(device)
+    model = clf.model.to(device)
+    rows: list[dict[str, Any]] = [{"file": str(f)} for f in files]
+    pending: list[tuple[int, torch.Tensor]] = []
+
+    def flush() -> None:
+        x = torch.stack([t for _, t in pending]).to(device)
+        with autocast(precision, device):
+            probs = model(x).float().softmax(-1)
+        p, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+        for (row, _), pr, ix in zip(pending, p.tolist(), idx.tolist()):
+            rows[row]["topk"] = [(i, clf.classes[i] if clf.classes else None, q) for i, q in zip(ix, pr)]
+        pending.clear()
+
+    for i, f in enumerate(progress(files, desc="predict", enabled=show_progress, unit="img")):
+        try:
+            img = load_rgb(f)
+        except _UNREADABLE as err:
+            rows[i]["error"] = f"{type(err).__name__}: {err}"
+            continue
+        pending.append((i, clf.transform(img)))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    return rows
+
+
+def write_predictions(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
+    """Write predictions as JSON (``.json``) or CSV (otherwise: ``file``, then ``index_k`` / ``class_k`` /
+    ``prob_k`` for each rank k, and ``error``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(list(rows), indent=2))
+        return path
+    k = max((len(r.get("topk", ())) for r in rows), default=0)
+    header = ["file"] + [f"{c}_{j + 1}" for j in range(k) for c in ("index", "class", "prob")] + ["error"]
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(header)
+        for r in rows:
+            cells: list[Any] = [r["file"]]
+            for j in range(k):
+                top = r.get("topk", ())
+                cells += [top[j][0], top[j][1] or "", f"{top[j][2]:.6f}"] if j < len(top) else ["", "", ""]
+            out.writerow(cells + [r.get("error", "")])
+    return path
+
+
+def plot_predictions(rows: Sequence[dict[str, Any]], path: PathLike, max_images: int = 32, cols: int = 8) -> Path:
+    """A PNG grid of the first ``max_images`` readable images, each titled with its top-1 class and probability."""
+    from vision_rwkv.data.folder import load_rgb
+    shown = [r for r in rows if "topk" in r][:max_images]
+    if not shown:
+        raise ValueError("no readable image to plot")
+    plt = pyplot()
+    cols = min(cols, len(shown))
+    nrows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.5 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, shown):
+        img = load_rgb(r["file"])
+        img.thumbnail((256, 256))
+        ax.imshow(img)
+        index, name, prob = r["topk"][0]
+        label = name if name is not None else f"class {index}"
+        ax.set_title(f"{label[:24]}\n{100 * prob:.1f}%", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
