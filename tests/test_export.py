@@ -112,8 +112,10 @@ def test_build_export_target_segmentation_config(tmp_path):
     assert model.decode_head.conv_seg.out_channels == 9 and tuple(example.shape) == (2, 3, 32, 32)
     assert torch.equal(model.decode_head.conv_seg.weight, seg.decode_head.conv_seg.weight)
     assert verify_program(export_program(model, example), model, [example[:1]]) < 1e-5
+    fresh, _ = build_export_target(str(config))  # no checkpoint: the config's classes (random heads)
+    assert fresh.decode_head.conv_seg.out_channels == 9
     with pytest.raises(ValueError, match="class count"):
-        build_export_target(str(config))
+        build_export_target(str(config), overrides=["data.type=folder"])
 
 
 def test_build_export_target_timm_checkpoint_classes(tmp_path):

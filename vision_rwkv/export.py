@@ -179,13 +179,6 @@ def _size(img_size: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:
     return size  # type: ignore[return-value]
 
 
-def _checkpoint_head_classes(path: Union[str, os.PathLike], key: str) -> Optional[int]:
-    """Rows of the classifier weight ``key`` in a checkpoint, else None."""
-    from vision_rwkv.engine.checkpoint import read_model_state
-    sd = read_model_state(path)
-    return int(sd[key].shape[0]) if key in sd and getattr(sd[key], "ndim", 0) >= 2 else None
-
-
 def _classifier_target(name: str, checkpoint, num_classes, size, overrides):
     from vision_rwkv.engine.predict import load_classifier
 
@@ -207,19 +200,9 @@ def _clip_target(name: str, checkpoint, size, tower: str):
 
 
 def _seg_target(config, checkpoint, num_classes, size, overrides):
-    from vision_rwkv.engine import load_model_weights
-    from vision_rwkv.seg import load_seg_config
-    from vision_rwkv.seg.train import build_segmentor
+    from vision_rwkv.seg.predict_images import load_segmentor
 
-    cfg = load_seg_config(config, overrides)
-    if checkpoint is not None and num_classes is None:
-        num_classes = _checkpoint_head_classes(checkpoint, "decode_head.conv_seg.weight")
-    if num_classes is None:
-        raise ValueError(f"{config}: the class count comes from --checkpoint (decode_head.conv_seg) or "
-                         f"--num-classes; neither was given")
-    model = build_segmentor(cfg, int(num_classes), load_pretrained=checkpoint is None)
-    if checkpoint is not None:
-        load_model_weights(model, checkpoint, key="auto")
+    model, cfg, _ = load_segmentor(config, checkpoint, overrides, num_classes)
     return model, torch.randn(2, 3, *(size or tuple(cfg.data.crop_size)))
 
 

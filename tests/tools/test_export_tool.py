@@ -41,7 +41,7 @@ def test_export_segmentation_config(seg_checkpoint, tmp_path, capsys):
 
 def test_export_errors(tmp_path, capsys):
     tool = load_tool("export")
-    assert tool.main([str(SEG_DEMO), "--output", str(tmp_path / "x.pt2")]) == 2
+    assert tool.main([str(SEG_DEMO), "data.type=folder", "--output", str(tmp_path / "x.pt2")]) == 2
     assert "class count" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         tool.main(["vrwkv_tiny_patch16_224", "--checkpoint", str(tmp_path / "nope.pt")])

@@ -12,6 +12,7 @@ Public API::
     PolyWarmupLR, build_optimizer
     load_seg_config(path, overrides), train_segmentor(cfg), test_segmentor(cfg), evaluate_segmentor(...)
     run_demo(out_dir)                                                # the README's Shapes demo
+    predict_images.load_segmentor, segment_files, save_label_png    # label maps of image files (predict_seg.py)
 """
 from .config import SegConfig, load_seg_config
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset

@@ -39,17 +39,19 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
                   preds: Sequence[np.ndarray], class_names: Sequence[str], ignore_index: int = 255,
                   alpha: float = 0.8, titles: Sequence[str] | None = None) -> Path:
     """Write a PNG grid: one row per image (image, GT overlay, prediction overlay) and a legend of the classes
-    present. Images are (H, W, 3) uint8 at the label maps' size."""
+    present. Images are (H, W, 3) uint8 at the label maps' size. Without any ground truth (all None: predictions of
+    unlabelled images) the rows have two panels, image and prediction."""
     plt = pyplot()
     from matplotlib.patches import Patch
 
     palette = make_palette(len(class_names))
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n + 0.8), squeeze=False)
+    with_gt = any(g is not None for g in gts)
+    fig, axes = plt.subplots(n, 2 + with_gt, figsize=(3 * (2 + with_gt), 3 * n + 0.8), squeeze=False)
     present: set[int] = set()
     for r, (img, gt, pred) in enumerate(zip(images, gts, preds)):
         panels = [("image", img)]
-        for name, lab in (("ground truth", gt), ("prediction", pred)):
+        for name, lab in ((("ground truth", gt),) if with_gt else ()) + (("prediction", pred),):
             if lab is None:
                 panels.append((name + " (none)", np.zeros_like(img)))
                 continue

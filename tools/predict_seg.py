@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Segment image files with a trained segmentor (thin CLI over `vision_rwkv.seg.predict_images`; mmseg's image_demo).
+
+    python tools/predict_seg.py CONFIG [key=value ...] --images PATH [PATH ...] [--checkpoint PATH] [--out-dir DIR]
+    python tools/predict_seg.py configs/segmentation/demo_shapes.yaml \
+        --checkpoint runs/seg/demo_shapes/checkpoints/best.pt --images photos/ test.flip=true
+
+The config's test settings apply (``test.scale`` resize, ``test.mode`` whole / slide, ``test.crop_size``,
+``test.stride``, ``test.flip``, ``test.scales``); the class count comes from the checkpoint. Writes, to
+``--out-dir`` (default ``predictions_seg``): one label PNG per image (``<name>.png``: class ids as pixel values,
+8-bit with a colour palette, 16-bit beyond 256 classes), ``overlays.png`` (the first ``--num-overlays`` images with
+their prediction overlaid and a class legend) and ``predictions.json`` (the pixel share of each class per image and
+the unreadable files). Exit status 2 for a bad command line or config, 1 for a missing file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="segmentation config YAML")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
+    parser.add_argument("--checkpoint", default=None, help="weights (training checkpoint or state dict)")
+    parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
+    parser.add_argument("--out-dir", default="predictions_seg")
+    parser.add_argument("--num-overlays", type=int, default=8, help="images in overlays.png (0: no overlay PNG)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        parser.error(f"overrides must be key=value, got {bad}")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    from vision_rwkv.engine import ConfigError
+    from vision_rwkv.engine.predict import image_files
+    from vision_rwkv.seg.predict_images import class_fractions, load_segmentor, save_label_png, segment_files
+    from vision_rwkv.seg.visualize import save_overlays
+
+    files = image_files(args.images)
+    try:
+        model, cfg, classes = load_segmentor(args.config, args.checkpoint, args.overrides, args.num_classes)
+    except (ConfigError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out_dir)
+    errors: dict[str, str] = {}
+    per_image, shown = {}, []
+    used: set[str] = set()
+    for file, image, labels in segment_files(model, cfg, files, args.device, args.precision,
+                                             show_progress=not args.no_progress, errors=errors):
+        name = Path(file).stem
+        while name in used:  # same stem in two folders
+            name += "_"
+        used.add(name)
+        save_label_png(labels, out / f"{name}.png", len(classes))
+        per_image[file] = {"labels": str(out / f"{name}.png"), "classes": class_fractions(labels, classes)}
+        if len(shown) < args.num_overlays:
+            shown.append((image, labels, name))
+    overlay = None
+    if shown:
+        overlay = save_overlays(out / "overlays.png", [s[0] for s in shown], [None] * len(shown),
+                                [s[1] for s in shown], classes, titles=[s[2] for s in shown])
+    summary = {"images": len(files), "segmented": len(per_image), "unreadable": errors, "out_dir": str(out),
+               "overlays": str(overlay) if overlay else None, "per_image": per_image}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    from vision_rwkv.engine.cli import run_tool
+    run_tool(main)

@@ -1,0 +1,133 @@
+"""Label maps for image files with a trained segmentor (the library side of ``tools/predict_seg.py``; mmseg's
+``inference_model`` + ``image_demo``).
+
+    model, cfg, classes = load_segmentor("configs/segmentation/demo_shapes.yaml", "runs/.../best.pt")
+    for file, image, labels in segment_files(model, cfg, image_files(["photos/"])):
+        save_label_png(labels, f"{Path(file).stem}.png", len(classes))
+
+Each image goes through the config's test pipeline (``test.scale`` keep-ratio resize, normalisation) and test-time
+inference (``test.mode`` whole / slide with ``test.crop_size`` / ``test.stride``, ``test.flip``, ``test.scales``);
+the label map has the original image size.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
+from .inference import inference
+from .visualize import make_palette
+
+__all__ = ["load_segmentor", "config_classes", "segment_files", "save_label_png", "class_fractions"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def config_classes(cfg: Any) -> Optional[list[str]]:
+    """The class names a segmentation config's data names without reading its data: ADE20K / Cityscapes / Shapes
+    lists, ``data.classes`` (a list or a file) for ``type=folder``; None when unset."""
+    t = cfg.data.type
+    if t == "ade20k":
+        return list(ADE20K_CLASSES)
+    if t == "cityscapes":
+        return list(CITYSCAPES_CLASSES)
+    if t == "shapes":
+        from vision_rwkv.data.shapes import SEG_CLASS_NAMES
+        return list(SEG_CLASS_NAMES)
+    classes = cfg.data.classes
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        return [line.strip() for line in Path(classes).read_text().splitlines() if line.strip()]
+    return [str(c) for c in classes]
+
+
+def load_segmentor(config: PathLike, checkpoint: Optional[PathLike] = None, overrides: Sequence[str] = (),
+                   num_classes: Optional[int] = None) -> tuple[nn.Module, Any, list[str]]:
+    """(eval-mode segmentor, config, class names) for a segmentation config and its training checkpoint (EMA weights
+    preferred; class count from the checkpoint's decode head, else ``num_classes``, else the config's classes).
+    Without a checkpoint the backbone takes ``model.pretrained`` and the heads stay random. Class names: the
+    config's when their count matches, else ``class <i>``."""
+    from vision_rwkv.engine import load_model_weights, read_model_state
+
+    from .config import load_seg_config
+    from .train import build_segmentor
+
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    cfg = load_seg_config(config, overrides)
+    names = config_classes(cfg)
+    if checkpoint is not None and num_classes is None:
+        head = read_model_state(checkpoint).get("decode_head.conv_seg.weight")
+        num_classes = int(head.shape[0]) if head is not None else None
+    if num_classes is None:
+        if names is None:
+            raise ValueError(f"{config}: the class count comes from the checkpoint (decode_head.conv_seg), "
+                             f"num_classes or data.classes; none was given")
+        num_classes = len(names)
+    model = build_segmentor(cfg, int(num_classes), load_pretrained=checkpoint is None)
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint, key="auto")
+    if names is None or len(names) != num_classes:
+        names = [f"class {i}" for i in range(num_classes)]
+    return model.eval(), cfg, names
+
+
+@torch.no_grad()
+def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device: Union[str, torch.device] = "cpu",
+                  precision: str = "fp32", show_progress: bool = True,
+                  errors: Optional[dict[str, str]] = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yield ``(file, image (H, W, 3) uint8, label map (H, W) int64)`` per readable file, with the config's test
+    pipeline and test-time inference. An unreadable file is skipped; its reason goes to ``errors`` when given."""
+    from vision_rwkv.data.folder import load_rgb
+    from vision_rwkv.engine import autocast, progress
+
+    from .transforms import SegTestTransform
+    from .train import _test_kwargs
+
+    d, scale = cfg.data, cfg.test.scale
+    transform = SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(d.mean),
+                                 std=list(d.std))
+    device = torch.device(device)
+    model = model.to(device)
+    align = getattr(model, "align_corners", False)
+    for f in progress(files, desc="segment", enabled=show_progress, unit="img"):
+        try:
+            image = np.asarray(load_rgb(f))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            if errors is not None:
+                errors[str(f)] = f"{type(err).__name__}: {err}"
+            continue
+        x = transform(image)["image"][None].to(device)
+        with autocast(precision, device):
+            probs = inference(model, x, out_size=image.shape[:2], align_corners=align, **_test_kwargs(cfg))
+        yield str(f), image, probs.argmax(dim=1)[0].cpu().numpy()
+
+
+def save_label_png(labels: np.ndarray, path: PathLike, num_classes: int) -> Path:
+    """Write a label map as PNG: 8-bit with the overlay palette (class ids as pixel values, viewable in colour) up
+    to 256 classes, 16-bit greyscale beyond."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if num_classes <= 256:
+        img = Image.fromarray(labels.astype(np.uint8))  # (mode L; putpalette makes it P)
+        palette = np.zeros((256, 3), dtype=np.uint8)
+        palette[:num_classes] = make_palette(num_classes)
+        img.putpalette(palette.reshape(-1).tolist())
+    else:
+        img = Image.fromarray(labels.astype(np.uint16))
+    img.save(path)
+    return path
+
+
+def class_fractions(labels: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Share of the pixels of each class present in a label map, largest first."""
+    ids, counts = np.unique(labels, return_counts=True)
+    order = np.argsort(-counts)
+    return {classes[int(ids[i])]: round(float(counts[i]) / labels.size, 6) for i in order}
