@@ -1,18 +1,19 @@
 #!/usr/bin/env python
 """Export a model for deployment: a torch.export program (.pt2) or an ONNX file, checked against the eager model.
 
-    python tools/export.py MODEL [key=value ...] [--checkpoint PATH] [--format pt2|onnx] [--output PATH]
+    python tools/export.py MODEL_OR_CONFIG [key=value ...] [--checkpoint PATH] [--format pt2|onnx] [--output PATH]
     python tools/export.py vrwkv_tiny_patch16_224 --checkpoint vrwkv_t.safetensors --format onnx
     python tools/export.py vrwkv6_small_patch16_224 --img-size 512 --output vrwkv6_s_512.pt2
     python tools/export.py RWKV-CLIP-B-32 --checkpoint clip.pt --tower text --format onnx
     python tools/export.py configs/segmentation/demo_shapes.yaml --checkpoint runs/seg/demo_shapes/checkpoints/best.pt
 
-MODEL is a classifier - a timm model name (the VRWKV models and any other) or a classification config YAML with
-its training checkpoint -, an RWKV-CLIP model name (``--tower image|text``), or a segmentation config YAML; configs
-take ``key=value`` overrides, and the class count comes from the checkpoint. The program is made for one input size (``--img-size H [W]``; default
-the model's, or the config's crop size) and, unless ``--static-batch``, any batch from 1 to ``--max-batch``. The
-exported model is run on batches of 1, 2 and 3 and compared with the eager model (``--atol``); a mismatch is an
-error (exit 1) and nothing is kept. Prints a JSON summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
+MODEL_OR_CONFIG is a classifier - a timm model name (the VRWKV models and any other) or a classification config YAML
+with its training checkpoint -, an RWKV-CLIP model name (``--tower image|text``), or a segmentation config YAML;
+configs take ``key=value`` overrides, and the class count comes from the checkpoint (a segmentation config's classes
+without one). The program is made for one input size (``--img-size H [W]``; default the model's, or the config's
+crop size) and, unless ``--static-batch``, any batch from 1 to ``--max-batch``. The exported model is run on batches
+of 1, 2 and 3 and compared with the eager model (``--atol``); a mismatch is an error (exit 1) and nothing is kept.
+Prints a JSON summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="timm model name, RWKV-CLIP model name, or classification / segmentation config")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    parser.add_argument("--checkpoint", default=None, help="weights (training checkpoint, state dict, safetensors)")
+    parser = config_arg_parser(__doc__.splitlines()[0],
+                               "timm model name, RWKV-CLIP model name, or classification / segmentation config",
+                               checkpoint="weights (training checkpoint, state dict, safetensors)",
+                               epilog=__doc__.split("\n\n", 1)[1], target="MODEL_OR_CONFIG")
     parser.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
     parser.add_argument("--output", default=None, help="output file (default: <model>.<format>)")
     parser.add_argument("--img-size", type=int, nargs="+", default=None, metavar="S", help="input size H [W]")
@@ -42,10 +44,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="run onnxscript's ONNX graph optimizer (minutes for 12 blocks; onnxruntime optimises "
                              "at load time anyway)")
     parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the check against eager")
-    args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        parser.error(f"overrides must be key=value, got {bad}")
+    parsed = parse_config_args(parser, argv)
+    args = parsed.options
+    args.target, args.overrides = parsed.config, parsed.overrides
     if args.img_size is not None and len(args.img_size) > 2:
         parser.error(f"--img-size takes H or H W, got {args.img_size}")
     return args
@@ -59,17 +60,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     verify_onnx, verify_program)
 
     try:
-        model, example = build_export_target(args.model, args.checkpoint, args.num_classes, args.img_size,
+        model, example = build_export_target(args.target, args.checkpoint, args.num_classes, args.img_size,
                                              args.tower, args.overrides)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    stem = Path(args.model).stem if args.model.endswith((".yaml", ".yml")) else args.model.replace("/", "_")
+    stem = Path(args.target).stem if args.target.endswith((".yaml", ".yml")) else args.target.replace("/", "_")
     out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
     dynamic = not args.static_batch
     checks = [example[:1], example, torch.cat([example, example[:1]])] if dynamic else [example]
     start = time.perf_counter()
-    print(f"exporting {args.model} for inputs {tuple(example.shape[1:])} ({args.format}, "
+    print(f"exporting {args.target} for inputs {tuple(example.shape[1:])} ({args.format}, "
           f"{'batch 1-' + str(args.max_batch) if dynamic else 'batch 2'})...", file=sys.stderr)
     try:
         if args.format == "onnx":

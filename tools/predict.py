@@ -20,14 +20,14 @@ import json
 import sys
 from typing import List, Optional
 
+from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="classification config YAML or timm model name")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser = config_arg_parser(__doc__.splitlines()[0], "classification config YAML or timm model name",
+                               checkpoint="weights (training checkpoint, state dict, safetensors)",
+                               epilog=__doc__.split("\n\n", 1)[1], target="MODEL_OR_CONFIG")
     parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
-    parser.add_argument("--checkpoint", default=None, help="weights (training checkpoint, state dict, safetensors)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
     parser.add_argument("--class-names", default=None, help="file with one class name per line")
@@ -38,10 +38,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        parser.error(f"overrides must be key=value, got {bad}")
+    parsed = parse_config_args(parser, argv)
+    args = parsed.options
+    args.target, args.overrides = parsed.config, parsed.overrides
     if args.topk < 1 or args.batch_size < 1:
         parser.error("--topk and --batch-size must be >= 1")
     return args
@@ -54,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     files = image_files(args.images)
     try:
-        clf = load_classifier(args.model, args.checkpoint, args.overrides, args.num_classes, args.class_names)
+        clf = load_classifier(args.target, args.checkpoint, args.overrides, args.num_classes, args.class_names)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

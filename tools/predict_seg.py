@@ -20,24 +20,23 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="segmentation config YAML")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    parser = config_arg_parser(__doc__.splitlines()[0], "segmentation config YAML",
+                               checkpoint="weights (training checkpoint or state dict)",
+                               epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
-    parser.add_argument("--checkpoint", default=None, help="weights (training checkpoint or state dict)")
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
     parser.add_argument("--out-dir", default="predictions_seg")
     parser.add_argument("--num-overlays", type=int, default=8, help="images in overlays.png (0: no overlay PNG)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        parser.error(f"overrides must be key=value, got {bad}")
+    parsed = parse_config_args(parser, argv)
+    args = parsed.options
+    args.target, args.overrides = parsed.config, parsed.overrides
     return args
 
 
@@ -50,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     files = image_files(args.images)
     try:
-        model, cfg, classes = load_segmentor(args.config, args.checkpoint, args.overrides, args.num_classes)
+        model, cfg, classes = load_segmentor(args.target, args.checkpoint, args.overrides, args.num_classes)
     except (ConfigError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -73,3 +73,12 @@ def test_run_tool_turns_config_and_file_errors_into_one_line_and_a_status(monkey
         assert exc.value.code == status and message in err and "Traceback" not in err
     with pytest.raises(ValueError):  # other errors keep their traceback
         run_tool(raising(ValueError("bug")))
+
+
+def test_target_name_in_usage_and_errors(capsys):
+    parser = config_arg_parser("tool", "a model name or a config", target="MODEL_OR_CONFIG")
+    assert parser.format_usage().startswith("usage: ") and "MODEL_OR_CONFIG [key=value ...]" in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parse_config_args(parser, [])
+    assert "a MODEL_OR_CONFIG is required" in capsys.readouterr().err
+    assert parse_config_args(parser, ["vrwkv_tiny_patch16_224", "a=1"]).config == "vrwkv_tiny_patch16_224"

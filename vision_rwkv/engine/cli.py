@@ -35,16 +35,19 @@ def _is_override(arg: str) -> bool:
 
 
 def config_arg_parser(description: str, config_help: str, *, config_required: bool = True, resume: bool = False,
-                      checkpoint: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+                      checkpoint: str | None = None, epilog: str | None = None,
+                      target: str = "CONFIG") -> argparse.ArgumentParser:
     """An ArgumentParser with ``CONFIG [key=value ...]`` positionals and ``--config`` (``config_required=False``:
     the config may be left out); ``resume`` adds ``--resume latest|PATH``; ``checkpoint`` (its help text) adds
-    ``--checkpoint PATH``. Tools may add their own options; parse with :func:`parse_config_args`."""
-    config = "CONFIG" if config_required else "[CONFIG]"
+    ``--checkpoint PATH``; ``target``: the first positional's name in usage and errors (e.g. ``MODEL_OR_CONFIG``
+    for the tools that also take a model name). Tools may add their own options; parse with
+    :func:`parse_config_args`."""
+    config = target if config_required else f"[{target}]"
     parser = argparse.ArgumentParser(description=description, epilog=epilog,
                                      usage=f"%(prog)s {config} [key=value ...] [options]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.set_defaults(config_required=config_required)
-    parser.add_argument("args", nargs="*", metavar="CONFIG key=value",
+    parser.set_defaults(config_required=config_required, config_target=target)
+    parser.add_argument("args", nargs="*", metavar=f"{target} key=value",
                         help=f"{config_help}, then config overrides (key=value, +new.key=value, ~key)")
     parser.add_argument("--config", dest="config_option", metavar="CONFIG", default=None,
                         help="the config file (alias of the positional CONFIG)")
@@ -69,7 +72,9 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             parser.error(f"the config is given twice ({config!r} and --config {ns.config_option!r}); give it once")
         config = ns.config_option
     if config is None and ns.config_required:
-        parser.error("a CONFIG file is required (first positional argument, or --config CONFIG)")
+        target = ns.config_target
+        parser.error(f"a {'CONFIG file' if target == 'CONFIG' else target} is required (first positional argument, "
+                     f"or --config {target})")
     sets: dict[str, list[str]] = {}
     for arg in positional:
         if not _is_override(arg):
