@@ -109,3 +109,18 @@ def test_flip_is_undone():
     col = torch.arange(9, dtype=torch.float32) / 4
     expected = (torch.sigmoid(col) + torch.sigmoid(col.flip(0))) / 2
     torch.testing.assert_close(probs[0, 0], expected.expand(5, 9))
+
+
+def test_scaled_images_replace_the_resizes():
+    """With `scaled` (the transform's per-scale resizes of the original), each scale runs on its own image."""
+    model = _Counter()
+    img = torch.randn(1, 3, 24, 36)
+    scaled = [torch.randn(1, 3, 13, 19), torch.randn(1, 3, 24, 36)]
+    probs = inference(model, img, out_size=(30, 40), scales=(0.5, 1.0), flip=True, scaled=scaled)
+    assert probs.shape == (1, 2, 30, 40) and model.sizes == [(13, 19), (13, 19), (24, 36), (24, 36)]
+    pointwise = _Pointwise(k=3).eval()
+    expected = sum(inference(pointwise, x, out_size=(30, 40)) for x in scaled) / 2
+    torch.testing.assert_close(inference(pointwise, img, out_size=(30, 40), scales=(0.5, 1.0), scaled=scaled),
+                               expected)
+    with pytest.raises(ValueError, match="2 scaled images for 3 scales"):
+        inference(model, img, scales=(0.5, 1.0, 1.5), scaled=scaled)

@@ -74,9 +74,10 @@ def test_segment_files_follow_the_test_pipeline(checkpoint, images):
     # the same as the test loop's inference on the dataset transform of the image
     from vision_rwkv.seg.transforms import SegTestTransform
     image = out[1][1]
-    x = SegTestTransform(None, list(cfg.data.mean), list(cfg.data.std))(image)["image"][None]
-    ref = inference(model, x, out_size=image.shape[:2], mode="whole", flip=True, scales=[0.75, 1.0],
-                    crop_size=[32, 32], stride=[21, 21]).argmax(1)[0].numpy()
+    sample = SegTestTransform(None, list(cfg.data.mean), list(cfg.data.std), ratios=[0.75, 1.0])(image)
+    assert [tuple(t.shape) for t in sample["scaled"]] == [(3, 30, 42), (3, 40, 56)]
+    ref = inference(model, sample["image"][None], out_size=image.shape[:2], mode="whole", flip=True,
+                    scales=[0.75, 1.0], scaled=[t[None] for t in sample["scaled"]]).argmax(1)[0].numpy()
     assert np.array_equal(out[1][2], ref)
 
 

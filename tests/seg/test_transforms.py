@@ -4,9 +4,10 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from vision_rwkv.seg.transforms import (IMAGENET_MEAN, IMAGENET_STD, CatMaxRatioCrop, PhotoMetricDistortion,
-                                        SegTestTransform, SegTrainTransform, keep_ratio_size)
+                                        SegTestTransform, SegTrainTransform, keep_ratio_size, ratio_size)
 
 
 def _label_image(h=40, w=56):
@@ -126,3 +127,19 @@ def test_test_transform_keeps_ratio_and_mask():
     assert out["image"].shape == (3, 60, 90) and out["mask"].shape == (30, 45)
     assert (out["mask"].numpy() == mask).all()
     assert SegTestTransform(scale=None)(image=img)["image"].shape == (3, 30, 45)
+
+
+def test_multiscale_test_resizes_the_original_like_mmseg():
+    # mmseg's MultiScaleFlipAug: img_scale (2048, 512) x ratio, int() per side, then keep-ratio
+    assert ratio_size(512, 683, (2048, 512), 0.75) == (384, 512)
+    assert ratio_size(500, 333, (2048, 512), 1.25) == (961, 640)  # short side to int(512 * 1.25)
+    assert ratio_size(30, 45, None, 0.5) == (15, 23)
+    img, mask = _label_image(30, 45)
+    t = SegTestTransform(scale=(90, 60), ratios=[0.5, 1.0, 1.5])
+    out = t(image=img, mask=mask)
+    assert [tuple(x.shape) for x in out["scaled"]] == [(3, 30, 45), (3, 60, 90), (3, 90, 135)]
+    torch.testing.assert_close(out["scaled"][1], out["image"])  # ratio 1: the single-scale image
+    # each scale is resized from the original image, not from the test-resized one
+    direct = SegTestTransform(scale=(135, 90))(image=img)["image"]
+    torch.testing.assert_close(out["scaled"][2], direct)
+    assert "scaled" not in SegTestTransform(scale=(90, 60), ratios=[1.0])(image=img)

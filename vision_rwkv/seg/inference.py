@@ -74,12 +74,14 @@ def inference(
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
         align_corners: bool = False,
+        scaled: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Class probabilities (B, K, *out_size): softmax averaged over `scales` x (identity, horizontal flip).
 
-    `img` is the normalised (test-resized) batch; each scale resizes it by that factor, runs whole or sliding
-    inference, undoes the flip, and resizes the logits to `out_size` (the original image size; default the
-    input size) before the softmax.
+    `img` is the normalised (test-resized) batch; each scale resizes it by that factor - or takes the matching
+    batch of `scaled` (one per scale, e.g. :class:`SegTestTransform`'s resizes of the original image, as mmseg's
+    multi-scale test) -, runs whole or sliding inference, undoes the flip, and resizes the logits to `out_size`
+    (the original image size; default the input size) before the softmax.
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
@@ -89,8 +91,13 @@ def inference(
     h, w = img.shape[-2:]
     probs = None
     n = 0
-    for s in scales:
-        x = img if s == 1.0 else _resize(img, (max(1, round(h * s)), max(1, round(w * s))), align_corners)
+    if scaled is not None and len(scaled) != len(scales):
+        raise ValueError(f"inference got {len(scaled)} scaled images for {len(scales)} scales")
+    for i, s in enumerate(scales):
+        if scaled is not None:
+            x = scaled[i].to(img.device, img.dtype)
+        else:
+            x = img if s == 1.0 else _resize(img, (max(1, round(h * s)), max(1, round(w * s))), align_corners)
         for flipped in ((False, True) if flip else (False,)):
             xi = x.flip(-1) if flipped else x
             if mode == "slide":

@@ -93,7 +93,7 @@ def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device:
 
     d, scale = cfg.data, cfg.test.scale
     transform = SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(d.mean),
-                                 std=list(d.std))
+                                 std=list(d.std), ratios=list(cfg.test.scales))
     device = torch.device(device)
     model = model.to(device)
     align = getattr(model, "align_corners", False)
@@ -104,9 +104,12 @@ def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device:
             if errors is not None:
                 errors[str(f)] = f"{type(err).__name__}: {err}"
             continue
-        x = transform(image)["image"][None].to(device)
+        sample = transform(image)
+        x = sample["image"][None].to(device)
+        scaled = [t[None] for t in sample["scaled"]] if "scaled" in sample else None
         with autocast(precision, device):
-            probs = inference(model, x, out_size=image.shape[:2], align_corners=align, **_test_kwargs(cfg))
+            probs = inference(model, x, out_size=image.shape[:2], align_corners=align, scaled=scaled,
+                              **_test_kwargs(cfg))
         yield str(f), image, probs.argmax(dim=1)[0].cpu().numpy()
 
 

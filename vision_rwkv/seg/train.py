@@ -66,7 +66,8 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
                                    mean=list(d.mean), std=list(d.std), ignore_index=d.ignore_index)
         elif split == "val":
             scale = cfg.test.scale
-            tf = SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(d.mean), std=list(d.std))
+            tf = SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(d.mean), std=list(d.std),
+                                  ratios=list(cfg.test.scales))
         else:
             raise ValueError(f"unknown split {split!r}; expected 'train' or 'val'")
         if d.type == "shapes":
@@ -158,7 +159,7 @@ def evaluate_segmentor(
         mask = sample["mask"]
         with autocast(precision, device):
             probs = inference(base, img, out_size=mask.shape[-2:], mode=mode, crop_size=crop_size, stride=stride,
-                              flip=flip, scales=scales, align_corners=align)
+                              flip=flip, scales=scales, align_corners=align, scaled=sample.get("scaled"))
         pred = probs.argmax(dim=1).cpu()
         metric.update(pred, mask)
         if overlay_path is not None and get_rank() == 0 and len(vis) < num_visualize:

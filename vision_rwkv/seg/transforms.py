@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform  # noqa: E402
 
 __all__ = ["compact_mask", "RandomResizeKeepRatio", "CatMaxRatioCrop", "PhotoMetricDistortion", "SegTrainTransform",
-           "SegTestTransform", "keep_ratio_size", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "SegTestTransform", "keep_ratio_size", "ratio_size", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -221,16 +221,36 @@ class SegTrainTransform(_Reseeded):
         return _to_tensors(out["image"], out["mask"])
 
 
+def ratio_size(h: int, w: int, scale: Sequence[float] | None, ratio: float) -> tuple[int, int]:
+    """(H, W) of mmseg's multi-scale test resize: keep-ratio to ``int(s * ratio)`` of each side of `scale`
+    (MultiScaleFlipAug's img_ratios), or the original size times `ratio` when `scale` is None."""
+    if scale is None:
+        return max(1, int(h * ratio + 0.5)), max(1, int(w * ratio + 0.5))
+    return keep_ratio_size(h, w, [int(s * ratio) for s in scale])
+
+
 class SegTestTransform(_Reseeded):
     """Test preprocessing: keep-ratio resize of the image to `scale` (None: keep size) and normalisation; the mask
-    (if given) is returned unchanged as int64."""
+    (if given) is returned unchanged as int64. With multi-scale `ratios` (other than just 1.0) the output also has
+    ``"scaled"``: the image resized from the original to each ratio (:func:`ratio_size`, as mmseg's
+    MultiScaleFlipAug) and normalised, one tensor per ratio."""
 
     def __init__(self, scale: Sequence[float] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+                 std: Sequence[float] = IMAGENET_STD, ratios: Sequence[float] | None = None):
         transforms = [RandomResizeKeepRatio(scale, None)] if scale is not None else []
-        transforms.append(A.Normalize(mean=[m / 255 for m in mean], std=[s / 255 for s in std], max_pixel_value=255.0))
+        self.normalize = A.Normalize(mean=[m / 255 for m in mean], std=[s / 255 for s in std], max_pixel_value=255.0)
+        transforms.append(self.normalize)
+        self.scale = tuple(float(s) for s in scale) if scale is not None else None
+        self.ratios = [float(r) for r in ratios] if ratios is not None and list(ratios) != [1.0] else None
         super().__init__(transforms)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        out = self.pipeline(image=image)
-        return _to_tensors(out["image"], mask)
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = _to_tensors(self.pipeline(image=image)["image"], mask)
+        if self.ratios is not None:
+            h, w = image.shape[:2]
+            out["scaled"] = []
+            for r in self.ratios:
+                size = ratio_size(h, w, self.scale, r)
+                resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+                out["scaled"].append(_to_tensors(self.normalize(image=resized)["image"], None)["image"])
+        return out
