@@ -11,6 +11,7 @@ training checkpoint holding one under "model"/"state_dict") and the original RWK
 from __future__ import annotations
 
 import copy
+import math
 import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -119,11 +120,27 @@ def load_checkpoint(model: torch.nn.Module, path_or_state_dict: Union[str, Path,
     for k, v in sd.items():
         if k not in own:
             continue
+        if k.endswith("pos_embed") and own[k].shape != v.shape:
+            v = _resampled_pos_embed(model, k, v, own[k], source)
         if own[k].shape != v.shape:
             raise RuntimeError(f"checkpoint {source}: {k} has shape {tuple(v.shape)}, model expects "
                                f"{tuple(own[k].shape)}")
         fixed[k] = v.to(own[k].dtype) if v.is_floating_point() else v
     model.load_state_dict(fixed, strict=strict)
+
+
+def _resampled_pos_embed(model: torch.nn.Module, key: str, value: torch.Tensor, own: torch.Tensor,
+                         source: str) -> torch.Tensor:
+    """A checkpoint's position embedding from a square token grid resampled to the model's grid (as open_clip's
+    ``resize_pos_embed`` on load: a checkpoint trained at another image size)."""
+    from vision_rwkv.models._layers import resample_pos_embed
+    owner = model.get_submodule(key.rsplit(".", 1)[0]) if "." in key else model
+    grid = getattr(owner, "pos_grid", None)
+    side = math.isqrt(value.shape[-2]) if value.dim() == 3 else 0
+    if grid is None or side * side != value.shape[-2] or value.shape[-1] != own.shape[-1]:
+        raise RuntimeError(f"checkpoint {source}: {key} has shape {tuple(value.shape)}, model expects "
+                           f"{tuple(own.shape)} (only a square token grid can be resampled)")
+    return resample_pos_embed(value, (side, side), grid)
 
 
 # open_clip precision names -> the dtype the weights are cast to ("amp*": fp32 weights, autocast at run time)
@@ -151,8 +168,8 @@ def create_model(
             weights; for training keep these and use autocast), "bf16" / "pure_bf16", "fp16" / "pure_fp16".
         device: where to put the model.
         output_dict: forward returns a dict.
-        force_image_size: another input resolution (square int or (h, w)); the stored position embedding is
-            resampled to its grid after loading `pretrained`, as open_clip does.
+        force_image_size: another input resolution (square int or (h, w)); a `pretrained` position embedding of
+            another (square) grid is resampled to it on load, as open_clip does.
         force_context_length: another text length (the RWKV text tower has no position embedding).
         force_quick_gelu: accepted for open_clip compatibility; RWKV towers have no GELU, so True is an error.
         **model_kwargs: overrides merged into the config (dicts merge key by key), e.g.
@@ -169,11 +186,11 @@ def create_model(
     if force_context_length is not None:
         cfg["text_cfg"]["context_length"] = int(force_context_length)
     model = RWKVCLIP(**cfg, output_dict=output_dict)
-    if pretrained:
-        load_checkpoint(model, pretrained)
-    if force_image_size is not None:
+    if force_image_size is not None:  # before loading: a checkpoint of another grid is resampled once, on load
         size = (force_image_size, force_image_size) if isinstance(force_image_size, int) else force_image_size
         model.visual.set_input_size(tuple(int(v) for v in size))
+    if pretrained:
+        load_checkpoint(model, pretrained)
     return model.to(device=device, dtype=dtype)
 
 

@@ -1,4 +1,6 @@
 """open_clip's factories build RWKV-CLIP by name after `import rwkv_clip`; other names still reach open_clip."""
+from pathlib import Path
+
 import open_clip
 import open_clip.factory
 import pytest
@@ -51,3 +53,58 @@ def test_other_names_reach_open_clip_and_routes_install_once():
     assert open_clip.create_model is route and open_clip.factory.create_model is route
     with pytest.raises(RuntimeError, match="not found"):
         open_clip.create_model("No-Such-Model")
+
+
+def test_checkpoint_of_another_image_size_loads_resampled(tmp_path):
+    src = rwkv_clip.create_model(NAME, force_image_size=48)
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pt")
+    same = open_clip.create_model(NAME, str(tmp_path / "w.pt"), force_image_size=48)
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), src.state_dict().values()))
+    default = open_clip.create_model(NAME, str(tmp_path / "w.pt"))
+    grid = default.visual.trunk.pos_grid
+    assert default.visual.trunk.pos_embed.shape[1] == grid[0] * grid[1]
+    assert default.visual.trunk.pos_embed.shape != src.visual.trunk.pos_embed.shape
+
+
+def _open_clip_train_ready() -> bool:
+    try:
+        import open_clip_train.main as train_main  # (needs braceexpand, webdataset, pandas: the dev extra)
+    except ImportError:
+        return False
+    return callable(train_main.main)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _open_clip_train_ready(), reason="open_clip_train's data modules need braceexpand, "
+                                                         "webdataset and pandas (the dev extra installs them)")
+def test_open_clip_train_trains_rwkv_clip_by_name(tmp_path):
+    """open_clip's own training script (tools/train_open_clip.py), given --model RWKV-CLIP-*, trains and checkpoints
+    the RWKV model."""
+    import csv
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from vision_rwkv.data.shapes import make_sample
+    with open(tmp_path / "train.csv", "w", newline="") as fh:
+        out = csv.writer(fh, delimiter="\t")
+        out.writerow(["filepath", "title"])
+        for i in range(8):
+            s = make_sample(i, "train", image_size=48)
+            Image.fromarray(np.asarray(s.image)).save(tmp_path / f"{i}.png")
+            out.writerow([str(tmp_path / f"{i}.png"), s.captions[0]])
+    script = str(Path(__file__).resolve().parents[2] / "tools" / "train_open_clip.py")
+    args = ["--model", NAME, "--train-data", str(tmp_path / "train.csv"), "--dataset-type", "csv",
+            "--csv-separator", "\t", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--lr", "1e-3",
+            "--warmup", "1", "--logs", str(tmp_path / "logs"), "--name", "run", "--force-image-size", "48",
+            "--save-frequency", "1", "--precision", "fp32"]
+    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = tmp_path / "logs" / "run" / "checkpoints" / "epoch_1.pt"
+    model = open_clip.create_model(NAME, str(ckpt), force_image_size=48)
+    trained = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+    fresh = rwkv_clip.create_model(NAME).logit_scale  # (deterministic init: log(1 / 0.07))
+    assert not torch.equal(trained["logit_scale"], fresh) and "Contrastive_loss" in done.stdout + done.stderr
