@@ -11,7 +11,6 @@ training checkpoint holding one under "model"/"state_dict") and the original RWK
 from __future__ import annotations
 
 import copy
-import math
 import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -120,27 +119,14 @@ def load_checkpoint(model: torch.nn.Module, path_or_state_dict: Union[str, Path,
     for k, v in sd.items():
         if k not in own:
             continue
-        if k.endswith("pos_embed") and own[k].shape != v.shape:
-            v = _resampled_pos_embed(model, k, v, own[k], source)
+        if k.endswith(".pos_embed") and own[k].shape != v.shape:  # trained at another image size: resampled
+            from vision_rwkv.models.convert import fit_pos_embed
+            v = fit_pos_embed(v, model.get_submodule(k.rsplit(".", 1)[0]))
         if own[k].shape != v.shape:
             raise RuntimeError(f"checkpoint {source}: {k} has shape {tuple(v.shape)}, model expects "
                                f"{tuple(own[k].shape)}")
         fixed[k] = v.to(own[k].dtype) if v.is_floating_point() else v
     model.load_state_dict(fixed, strict=strict)
-
-
-def _resampled_pos_embed(model: torch.nn.Module, key: str, value: torch.Tensor, own: torch.Tensor,
-                         source: str) -> torch.Tensor:
-    """A checkpoint's position embedding from a square token grid resampled to the model's grid (as open_clip's
-    ``resize_pos_embed`` on load: a checkpoint trained at another image size)."""
-    from vision_rwkv.models._layers import resample_pos_embed
-    owner = model.get_submodule(key.rsplit(".", 1)[0]) if "." in key else model
-    grid = getattr(owner, "pos_grid", None)
-    side = math.isqrt(value.shape[-2]) if value.dim() == 3 else 0
-    if grid is None or side * side != value.shape[-2] or value.shape[-1] != own.shape[-1]:
-        raise RuntimeError(f"checkpoint {source}: {key} has shape {tuple(value.shape)}, model expects "
-                           f"{tuple(own.shape)} (only a square token grid can be resampled)")
-    return resample_pos_embed(value, (side, side), grid)
 
 
 # open_clip precision names -> the dtype the weights are cast to ("amp*": fp32 weights, autocast at run time)

@@ -37,7 +37,7 @@ import torch.nn as nn
 __all__ = [
     'unwrap_state_dict', 'detect_family', 'is_original_layout', 'original_to_ours', 'ours_to_original',
     'checkpoint_filter_fn', 'build_from_original', 'model_kwargs_from_original', 'load_checkpoint_file',
-    'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes',
+    'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes', 'fit_pos_embed',
 ]
 
 FAMILY_NAMES = {'vrwkv': 'VRWKV (v4)', 'vrwkv6': 'VRWKV6'}
@@ -200,6 +200,16 @@ def _square_grid(num_tokens: int) -> Tuple[int, int]:
     return side, side
 
 
+def fit_pos_embed(pos_embed: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A checkpoint's (1, N, C) position embedding, from a square token grid, resampled to ``model.pos_grid``
+    (bicubic, no antialias); CheckpointMismatchError for another width or a non-square N."""
+    from ._layers import resample_pos_embed
+    width = model.pos_embed.shape[-1]
+    if pos_embed.shape[-1] != width:
+        raise CheckpointMismatchError(f'pos_embed width {pos_embed.shape[-1]} != model width {width}')
+    return resample_pos_embed(pos_embed, _square_grid(pos_embed.shape[1]), model.pos_grid)
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """timm ``pretrained_filter_fn``: turn an original or converted checkpoint into ``model``'s state dict.
 
@@ -210,8 +220,6 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     checkpoint without classifier leaves the model's classifier out of the returned dict, for timm to load
     non-strictly with a new head).
     """
-    from ._layers import resample_pos_embed
-
     sd = unwrap_state_dict(state_dict)
     family = detect_family(sd)
     model_family = getattr(model, 'family', None)
@@ -224,11 +232,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
 
     model_sd = model.state_dict()
     if 'pos_embed' in sd and 'pos_embed' in model_sd and sd['pos_embed'].shape != model_sd['pos_embed'].shape:
-        src = sd['pos_embed']
-        if src.shape[-1] != model_sd['pos_embed'].shape[-1]:
-            raise CheckpointMismatchError(
-                f'pos_embed width {src.shape[-1]} != model width {model_sd["pos_embed"].shape[-1]}')
-        sd['pos_embed'] = resample_pos_embed(src, _square_grid(src.shape[1]), model.pos_grid)
+        sd['pos_embed'] = fit_pos_embed(sd['pos_embed'], model)
 
     is_head = lambda n: n.startswith('head.')  # noqa: E731
     is_pre_logits = lambda n: n.startswith('pre_logits.')  # noqa: E731
