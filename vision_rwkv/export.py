@@ -19,6 +19,7 @@ Triton kernels are torch custom ops, which ONNX has no counterpart for; not chec
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -57,6 +58,17 @@ class TextEncoder(nn.Module):
         return self.clip_model.encode_text(tokens, normalize=self.normalize)
 
 
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """``model`` in eval mode for the block, its train/eval mode restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _dynamic_shapes(example: torch.Tensor, dynamic_batch: bool, max_batch: int):
     if not isinstance(example, torch.Tensor) or example.dim() < 1:
         raise TypeError(f"export: the example input must be a batched tensor, got {type(example).__name__}")
@@ -76,12 +88,8 @@ def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool 
     symbolic in [1, ``max_batch``] when ``dynamic_batch`` (the example batch must then be >= 2), every other
     dimension fixed. The model's train/eval mode is restored afterwards."""
     shapes = _dynamic_shapes(example, dynamic_batch, max_batch)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         return torch.export.export(model, (example,), dynamic_shapes=shapes)
-    finally:
-        model.train(was_training)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], dynamic_batch: bool = True,
@@ -99,14 +107,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
     shapes = _dynamic_shapes(example, dynamic_batch, max_batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         onnx_program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
                                          input_names=["input"], output_names=["output"], optimize=optimize,
                                          verbose=False)
-    finally:
-        model.train(was_training)
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     onnx_program.save(str(tmp))
     os.replace(tmp, path)
@@ -137,14 +141,10 @@ def max_abs_diff(reference: torch.Tensor, candidate: torch.Tensor, atol: float =
 def verify_program(program: torch.export.ExportedProgram, model: nn.Module, inputs: Sequence[torch.Tensor],
                    atol: float = 1e-4, rtol: float = 1e-4) -> float:
     """Run ``program`` and ``model`` (eval mode) on every input; the largest difference (:func:`max_abs_diff`)."""
-    was_training = model.training
-    model.eval()
-    try:
-        run = program.module()
+    run = program.module()
+    with _eval_mode(model):
         return max(max_abs_diff(model(x), run(x), atol, rtol, f"exported program, input {tuple(x.shape)}")
                    for x in inputs)
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -157,16 +157,9 @@ def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequenc
         raise ImportError("verifying an ONNX file needs onnxruntime: pip install onnxruntime") from err
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    was_training = model.training
-    model.eval()
-    try:
-        diffs = []
-        for x in inputs:
-            out = torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
-            diffs.append(max_abs_diff(model(x), out, atol, rtol, f"ONNX model {path}, input {tuple(x.shape)}"))
-        return max(diffs)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model):
+        return max(max_abs_diff(model(x), torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0]),
+                                atol, rtol, f"ONNX model {path}, input {tuple(x.shape)}") for x in inputs)
 
 
 def _size(img_size: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:
@@ -209,11 +202,11 @@ def _seg_target(config, checkpoint, num_classes, size, overrides):
 def build_export_target(name: str, checkpoint: Optional[Union[str, os.PathLike]] = None,
                         num_classes: Optional[int] = None, img_size: Optional[Sequence[int]] = None,
                         tower: str = "image", overrides: Sequence[str] = ()) -> tuple[nn.Module, torch.Tensor]:
-    """The module to export (eval mode) and an example batch of 2 for ``name``: a classifier - a timm model name or a
-    classification config YAML, loaded as :func:`vision_rwkv.engine.predict.load_classifier` does (class count from
-    the checkpoint) -, an RWKV-CLIP model name (its ``tower``, "image" or "text"), or a segmentation config YAML
-    (class count from the checkpoint's decode head); configs take ``key=value`` ``overrides``. ``img_size`` (H, W) or one int: the input size
-    the program is made for (default: the model's, or the config's crop size)."""
+    """The module to export (eval mode) and an example batch of 2 for ``name``: a classifier - a timm model name or
+    a classification config YAML, loaded as :func:`vision_rwkv.engine.predict.load_classifier` does (class count
+    from the checkpoint) -, an RWKV-CLIP model name (its ``tower``, "image" or "text"), or a segmentation config
+    YAML (class count from the checkpoint's decode head); configs take ``key=value`` ``overrides``. ``img_size`` (H,
+    W) or one int: the input size the program is made for (default: the model's, or the config's crop size)."""
     size = _size(img_size)
     if tower not in ("image", "text"):
         raise ValueError(f"tower must be 'image' or 'text', got {tower!r}")

@@ -17,9 +17,11 @@ from typing import Callable, Sequence
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "load_rgb", "ImageFolderDataset", "CsvImageDataset"]
+__all__ = ["IMG_EXTENSIONS", "UNREADABLE_IMAGE_ERRORS", "load_rgb", "ImageFolderDataset", "CsvImageDataset"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# what opening a missing, truncated, oversized or non-image file raises (skipped / reported, never fatal)
+UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped), never half an image
 
 
@@ -57,7 +59,7 @@ class _SkippingDataset(Dataset):
         path, target = self.samples[index]
         try:
             img = load_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except UNREADABLE_IMAGE_ERRORS as err:
             self.num_failed += 1
             if path not in self._warned:
                 self._warned.add(path)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from .logger import progress, pyplot, save_figure
@@ -28,7 +27,6 @@ __all__ = ["Classifier", "load_classifier", "image_files", "predict_files", "wri
            "is_segmentation_config"]
 
 PathLike = Union[str, os.PathLike]
-_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass
@@ -66,32 +64,28 @@ def _head_rows(path: PathLike) -> Optional[int]:
     return None
 
 
-def _from_config(config: PathLike, checkpoint, overrides, num_classes):
-    from .classification import build_transforms, checkpoint_classes, create_classifier
+def _from_config(config: PathLike, checkpoint, overrides, n):
+    from .classification import build_transforms, create_classifier
     from .checkpoint import load_model_weights
     from .config import load_config
 
     cfg = load_config(config, overrides)
-    classes = checkpoint_classes(checkpoint) if checkpoint is not None else None
-    n = len(classes) if classes else (num_classes or (_head_rows(checkpoint) if checkpoint else None))
     if checkpoint is not None:  # the checkpoint holds every weight: no initial weights to fetch or load first
         cfg.model.pretrained, cfg.model.checkpoint = False, None
     model = create_classifier(cfg, n)
     if checkpoint is not None:
         load_model_weights(model, checkpoint, key="auto")
     size = int(cfg.eval.input_size or cfg.data.input_size)
-    return model, classes, build_transforms(cfg)[1], (size, size)
+    return model, build_transforms(cfg)[1], (size, size)
 
 
-def _from_timm(name: str, checkpoint, num_classes):
+def _from_timm(name: str, checkpoint, n):
     import timm
     from timm.data import create_transform, resolve_data_config
 
     import vision_rwkv  # noqa: F401  (registers the models)
-    from .classification import checkpoint_classes, load_initial_weights
+    from .classification import load_initial_weights
 
-    classes = checkpoint_classes(checkpoint) if checkpoint is not None else None
-    n = len(classes) if classes else (num_classes or (_head_rows(checkpoint) if checkpoint else None))
     model = timm.create_model(name, **({} if n is None else {"num_classes": int(n)}))
     if checkpoint is not None:
         renewed = load_initial_weights(model, checkpoint)
@@ -99,11 +93,7 @@ def _from_timm(name: str, checkpoint, num_classes):
             raise ValueError(f"checkpoint {checkpoint} has no classifier for {name} with {model.num_classes} classes "
                              f"({renewed} would be random); give the class count (num_classes)")
     data_cfg = resolve_data_config(model=model)
-    if classes is None and model.num_classes == 1000:
-        from timm.data import ImageNetInfo
-        info = ImageNetInfo()
-        classes = [info.index_to_description(i) for i in range(1000)]
-    return model, classes, create_transform(**data_cfg), tuple(int(s) for s in data_cfg["input_size"][1:])
+    return model, create_transform(**data_cfg), tuple(int(s) for s in data_cfg["input_size"][1:])
 
 
 def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides: Sequence[str] = (),
@@ -113,19 +103,27 @@ def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides
     or a timm model name (``checkpoint`` loaded as ``model.checkpoint`` is; timm's eval transform). The class count
     comes from the checkpoint (recorded names or classifier rows), else ``num_classes``; class names from the
     checkpoint, ``class_names`` (a file, one per line), or ImageNet-1k's for 1000 classes."""
+    from .classification import checkpoint_classes
+
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    if str(model).endswith((".yaml", ".yml")):
+    classes = checkpoint_classes(checkpoint) if checkpoint is not None else None
+    n = len(classes) if classes else (num_classes or (_head_rows(checkpoint) if checkpoint else None))
+    is_config = str(model).endswith((".yaml", ".yml"))
+    if is_config:
         if is_segmentation_config(model):
             raise ValueError(f"{model} is a segmentation config; a classification config or model name is needed")
-        net, classes, transform, size = _from_config(model, checkpoint, overrides, num_classes)
+        net, transform, size = _from_config(model, checkpoint, overrides, n)
     else:
         if overrides:
             raise ValueError(f"key=value overrides {list(overrides)} apply to a config file, not to model {model!r}")
-        net, classes, transform, size = _from_timm(model, checkpoint, num_classes)
-    num = getattr(net, "num_classes", None)
+        net, transform, size = _from_timm(model, checkpoint, n)
     if class_names is not None:
-        classes = _class_names(class_names, int(num))
+        classes = _class_names(class_names, int(net.num_classes))
+    elif classes is None and not is_config and net.num_classes == 1000:
+        from timm.data import ImageNetInfo
+        info = ImageNetInfo()
+        classes = [info.index_to_description(i) for i in range(1000)]
     return Classifier(net.eval(), classes, transform, size)
 
 
@@ -152,7 +150,7 @@ def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, bat
                   show_progress: bool = True) -> list[dict[str, Any]]:
     """One row per file: ``file``, ``topk`` [(index, class name or None, probability)], best first; or ``file``
     and ``error`` (the reason) for an image that cannot be read."""
-    from vision_rwkv.data.folder import load_rgb
+    from vision_rwkv.data.folder import UNREADABLE_IMAGE_ERRORS, load_rgb
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     device = torch.device(device)
@@ -172,7 +170,7 @@ def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, bat
     for i, f in enumerate(progress(files, desc="predict", enabled=show_progress, unit="img")):
         try:
             img = load_rgb(f)
-        except _UNREADABLE as err:
+        except UNREADABLE_IMAGE_ERRORS as err:
             rows[i]["error"] = f"{type(err).__name__}: {err}"
             continue
         pending.append((i, clf.transform(img)))

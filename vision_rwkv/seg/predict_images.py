@@ -40,12 +40,8 @@ def config_classes(cfg: Any) -> Optional[list[str]]:
     if t == "shapes":
         from vision_rwkv.data.shapes import SEG_CLASS_NAMES
         return list(SEG_CLASS_NAMES)
-    classes = cfg.data.classes
-    if classes is None:
-        return None
-    if isinstance(classes, str):
-        return [line.strip() for line in Path(classes).read_text().splitlines() if line.strip()]
-    return [str(c) for c in classes]
+    from .train import _class_list, _plain
+    return _class_list(_plain(cfg.data.classes)) if cfg.data.classes is not None else None
 
 
 def load_segmentor(config: PathLike, checkpoint: Optional[PathLike] = None, overrides: Sequence[str] = (),
@@ -85,22 +81,19 @@ def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device:
                   errors: Optional[dict[str, str]] = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(file, image (H, W, 3) uint8, label map (H, W) int64)`` per readable file, with the config's test
     pipeline and test-time inference. An unreadable file is skipped; its reason goes to ``errors`` when given."""
-    from vision_rwkv.data.folder import load_rgb
+    from vision_rwkv.data.folder import UNREADABLE_IMAGE_ERRORS, load_rgb
     from vision_rwkv.engine import autocast, progress
 
-    from .transforms import SegTestTransform
-    from .train import _test_kwargs
+    from .train import _test_kwargs, test_transform
 
-    d, scale = cfg.data, cfg.test.scale
-    transform = SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(d.mean),
-                                 std=list(d.std), ratios=list(cfg.test.scales))
+    transform = test_transform(cfg)
     device = torch.device(device)
     model = model.to(device)
     align = getattr(model, "align_corners", False)
     for f in progress(files, desc="segment", enabled=show_progress, unit="img"):
         try:
             image = np.asarray(load_rgb(f))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except UNREADABLE_IMAGE_ERRORS as err:
             if errors is not None:
                 errors[str(f)] = f"{type(err).__name__}: {err}"
             continue

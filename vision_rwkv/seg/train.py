@@ -52,9 +52,19 @@ def _class_list(classes: Any) -> list[str]:
     return names
 
 
+def test_transform(cfg: Any) -> Any:
+    """The config's test preprocessing: ``test.scale`` keep-ratio resize, ``data.mean`` / ``data.std``, and the
+    per-ratio resizes of ``test.scales``."""
+    from .transforms import SegTestTransform  # albumentations: imported on first use
+
+    scale = cfg.test.scale
+    return SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(cfg.data.mean),
+                            std=list(cfg.data.std), ratios=list(cfg.test.scales))
+
+
 def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, SegDataset]:
     """Datasets named by `cfg.data` with the train augmentation / test preprocessing of `cfg.data` / `cfg.test`."""
-    from .transforms import SegTestTransform, SegTrainTransform  # albumentations: imported on first use
+    from .transforms import SegTrainTransform  # albumentations: imported on first use
 
     d = cfg.data
     out: dict[str, SegDataset] = {}
@@ -65,9 +75,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
                                    cat_max_ratio=d.cat_max_ratio, flip_prob=d.flip_prob, photometric=d.photometric,
                                    mean=list(d.mean), std=list(d.std), ignore_index=d.ignore_index)
         elif split == "val":
-            scale = cfg.test.scale
-            tf = SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(d.mean), std=list(d.std),
-                                  ratios=list(cfg.test.scales))
+            tf = test_transform(cfg)
         else:
             raise ValueError(f"unknown split {split!r}; expected 'train' or 'val'")
         if d.type == "shapes":
