@@ -156,3 +156,20 @@ def test_onnx_matches_eager(name, tmp_path):
     path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "m.onnx")
     assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
     assert verify_onnx(path, model, [torch.randn(b, 3, 80, 96) for b in (1, 4)], atol=1e-5) < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["pt2", pytest.param("onnx", marks=[pytest.mark.slow, pytest.mark.skipif(
+    not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")])])
+def test_adapter_segmentor_exports(fmt, tmp_path):
+    """The ViT-Adapter neck (deformable attention as grid_sample) exports with the backbone it interleaves with."""
+    from vision_rwkv.seg.segmentor import create_segmentor
+    torch.manual_seed(0)
+    model = create_segmentor(dict(
+        backbone="vrwkv_tiny_patch16_224", backbone_kwargs=dict(img_size=64, depth=4, embed_dim=48), num_classes=4,
+        decode_channels=32, aux_channels=16, neck="adapter",
+        adapter=dict(conv_inplane=8, init_values=0.5, interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]]))).eval()
+    example, inputs = torch.randn(2, 3, 64, 96), [torch.randn(b, 3, 64, 96) for b in (1, 3)]
+    if fmt == "pt2":
+        assert verify_program(export_program(model, example), model, inputs, atol=1e-5) < 1e-5
+    else:
+        assert verify_onnx(export_onnx(model, example, tmp_path / "s.onnx"), model, inputs, atol=1e-5) < 1e-5

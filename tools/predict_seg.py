@@ -25,7 +25,7 @@ from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = config_arg_parser(__doc__.splitlines()[0], "segmentation config YAML",
-                               checkpoint="weights (training checkpoint or state dict)",
+                               checkpoint="weights (training checkpoint, state dict or released mmseg checkpoint)",
                                epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")

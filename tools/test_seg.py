@@ -5,7 +5,8 @@
     python tools/test_seg.py configs/segmentation/demo_shapes.yaml test.flip=true test.scales=[0.75,1.0,1.25]
 
 ``--config CONFIG`` is an alias of the positional CONFIG; ``--checkpoint PATH`` is the same as
-``test.checkpoint=PATH`` (default: the best, else the latest checkpoint of train.run_dir). The config's test
+``test.checkpoint=PATH`` (default: the best, else the latest checkpoint of train.run_dir; a released mmseg
+checkpoint of the original repo is converted on load, with the upernet_vrwkv_adapter_* configs). The config's test
 settings apply (``test.mode=slide|whole``, ``test.crop_size``, ``test.stride``, ``test.flip``, ``test.scales``).
 Prints mIoU / mAcc / aAcc and the per-class IoU table; writes metrics.json, metrics_per_class.txt and
 overlays.png to test.out_dir (default <run_dir>/test). Works under torchrun. Exit status 2 for a bad command line

@@ -73,3 +73,16 @@ def test_load_model_weights_prefers_ema_and_names_bad_keys(tmp_path):
     ck.atomic_save({"model": {"weight": torch.zeros(2, 2), "extra": torch.zeros(1)}}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match="missing keys.*bias.*unexpected keys.*extra"):
         ck.load_model_weights(model, tmp_path / "bad.pt")
+
+
+def test_read_model_state_takes_mmcv_state_dict_entries(tmp_path):
+    """mmcv / Lightning files keep the weights under ``state_dict`` beside ``meta`` / ``optimizer``."""
+    weights = {"module.weight": torch.ones(2, 2), "module.bias": torch.zeros(2)}
+    torch.save({"meta": {"iter": 3}, "state_dict": weights, "optimizer": {"state": {}}}, tmp_path / "mm.pth")
+    assert set(ck.read_model_state(tmp_path / "mm.pth")) == {"weight", "bias"}
+    model = torch.nn.Linear(2, 2)
+    ck.load_model_weights(model, tmp_path / "mm.pth")
+    assert torch.all(model.weight == 1.0)
+    # a state already read is loaded as given
+    ck.load_model_weights(model, tmp_path / "mm.pth", state={"weight": torch.full((2, 2), 3.0), "bias": torch.ones(2)})
+    assert torch.all(model.weight == 3.0)

@@ -43,14 +43,20 @@ def test_config_loads_and_builds(path):
     cfg = load_seg_config(path)
     assert cfg.optim.max_iters > 0 and cfg.data.type in ("ade20k", "cityscapes", "folder", "shapes")
     # build the configured backbone family at a toy depth / width (full widths would cost seconds each)
-    toy = ["model.backbone_kwargs.depth=2", "+model.backbone_kwargs.embed_dim=32", "model.neck_channels=32",
-           "model.decode_channels=16", "model.aux_channels=8"]
+    toy = ["+model.backbone_kwargs.embed_dim=32", "model.neck_channels=32", "model.decode_channels=16",
+           "model.aux_channels=8"]
+    if cfg.model.neck == "adapter":  # 4 blocks in 4 groups; heads that divide the toy width
+        toy += ["+model.backbone_kwargs.depth=4", "model.adapter.interaction_indexes=[[0,0],[1,1],[2,2],[3,3]]",
+                "model.adapter.deform_num_heads=4", "model.adapter.conv_inplane=8"]
+    else:
+        toy.append("model.backbone_kwargs.depth=2")
     if cfg.model.backbone.startswith("vrwkv6"):
         toy.append("+model.backbone_kwargs.head_size=16")
     small = load_seg_config(path, toy)
     n = len(cfg.model.class_weight) if cfg.model.class_weight is not None else 5
     model = build_segmentor(small, num_classes=n)
-    assert model.out_indices == [0, 0, 1, 1] and model.num_classes == n
+    assert model.out_indices == ([0, 1, 2, 3] if cfg.model.neck == "adapter" else [0, 0, 1, 1])
+    assert model.num_classes == n
 
 
 def test_ade20k_recipe_values():
@@ -101,6 +107,8 @@ def test_unknown_keys_are_errors(tmp_path):
     (["test.scale=[512]"], "test.scale"),
     (["data.type=ade"], "data.type"),
     (["data.crop_size=[0,512]"], "data.crop_size"),
+    (["model.neck=fpn"], "model.neck"),
+    (["test.size_divisor=0"], "test.size_divisor"),
 ])
 def test_bad_values_fail_when_loaded(override, key):
     """Settings read only by the first evaluation (hours into a run) are checked when the config loads."""

@@ -147,6 +147,22 @@ def test_load_backbone_weights(tmp_path, tiny_model_cfg):
         load_backbone_weights(model.backbone, tmp_path / "nope.pth")
 
 
+def test_missing_layer_scale_keeps_its_init(tmp_path, tiny_model_cfg):
+    """The original segmentation recipe adds layer scale (init 1.0) to VRWKV-T, whose ImageNet checkpoint has none:
+    the gammas keep their init; any other missing key is still an error."""
+    import timm
+    src = timm.create_model("vrwkv_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32)
+    torch.save(src.state_dict(), tmp_path / "no_ls.pth")
+    cfg = tiny_model_cfg(pretrained=str(tmp_path / "no_ls.pth"))
+    cfg["backbone_kwargs"]["init_values"] = 0.5
+    model = create_segmentor(cfg)
+    assert torch.all(model.backbone.blocks[1].ls2.gamma == 0.5)
+    torch.testing.assert_close(model.backbone.blocks[1].spatial_mix.key.weight, src.blocks[1].spatial_mix.key.weight)
+    torch.save({k: v for k, v in src.state_dict().items() if k != "blocks.0.norm1.weight"}, tmp_path / "bad.pth")
+    with pytest.raises((RuntimeError, KeyError), match=r"missing keys.*\['blocks\.0\.norm1\.weight'\]"):
+        create_segmentor(dict(cfg, pretrained=str(tmp_path / "bad.pth")))
+
+
 @pytest.mark.parametrize("layout", ["ours", "original_mmcls", "original_plain"])
 def test_load_backbone_weights_resizes_and_converts(tmp_path, tiny_model_cfg, layout):
     """An ImageNet checkpoint at another grid (224 -> 512 in the ADE configs) has its position embedding resampled,

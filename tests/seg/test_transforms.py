@@ -143,3 +143,20 @@ def test_multiscale_test_resizes_the_original_like_mmseg():
     direct = SegTestTransform(scale=(135, 90))(image=img)["image"]
     torch.testing.assert_close(out["scaled"][2], direct)
     assert "scaled" not in SegTestTransform(scale=(90, 60), ratios=[1.0])(image=img)
+
+
+def test_size_divisor_resizes_up_to_multiples_like_resize_to_multiple():
+    """mmseg's ResizeToMultiple after the keep-ratio resize: bilinear, on the uint8 image (before normalising), each
+    side up to the next multiple; sides already multiples stay; the multi-scale images get it too."""
+    import cv2
+    img, mask = _label_image(30, 45)
+    t = SegTestTransform(scale=(90, 60), size_divisor=32, ratios=[0.5, 1.0])
+    out = t(image=img, mask=mask)
+    assert out["image"].shape == (3, 64, 96) and out["mask"].shape == (30, 45)
+    assert [tuple(x.shape) for x in out["scaled"]] == [(3, 32, 64), (3, 64, 96)]
+    resized = cv2.resize(cv2.resize(img, (90, 60), interpolation=cv2.INTER_LINEAR), (96, 64),
+                         interpolation=cv2.INTER_LINEAR)
+    torch.testing.assert_close(out["image"], SegTestTransform(scale=None)(image=resized)["image"])
+    exact = np.zeros((64, 32, 3), np.uint8)
+    torch.testing.assert_close(SegTestTransform(scale=None, size_divisor=32)(image=exact)["image"],
+                               SegTestTransform(scale=None)(image=exact)["image"])

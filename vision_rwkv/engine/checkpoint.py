@@ -18,7 +18,7 @@ import random
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -97,9 +97,10 @@ def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
 
 
 def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[str, Any]:
-    """The model state dict in a training checkpoint (``model`` or ``ema`` entry) or a plain state dict file
-    (``.pt``/``.pth`` with weights_only, or ``.safetensors``), ``module.`` prefixes removed. ``key="auto"``
-    prefers ``ema`` when present."""
+    """The model state dict in a training checkpoint (``model`` or ``ema`` entry), an mmcv / Lightning checkpoint
+    (``state_dict`` entry) or a plain state dict file (``.pt``/``.pth`` with weights_only, or ``.safetensors``),
+    ``module.`` prefixes removed. ``key="auto"`` prefers ``ema`` when present, then ``model``, then
+    ``state_dict``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -111,11 +112,12 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
         sd = ckpt
         if isinstance(ckpt, dict) and key is not None:
             if key == "auto":
-                key = "ema" if ckpt.get("ema") is not None else ("model" if "model" in ckpt else None)
+                key = "ema" if ckpt.get("ema") is not None else next(
+                    (k for k in ("model", "state_dict") if isinstance(ckpt.get(k), dict)), None)
                 if key == "ema":
                     sd = _ema_to_model_state(ckpt["ema"])
-                elif key == "model":
-                    sd = ckpt["model"]
+                elif key is not None:
+                    sd = ckpt[key]
             elif key == "ema":
                 sd = _ema_to_model_state(ckpt["ema"])
             else:
@@ -126,10 +128,10 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "auto",
-                       strict: bool = True) -> nn.Module:
-    """Load :func:`read_model_state` of ``path`` into ``model`` (with ``strict``, missing or unexpected keys raise
-    an error that lists them)."""
-    sd = read_model_state(path, key)
+                       strict: bool = True, state: Mapping[str, Any] | None = None) -> nn.Module:
+    """Load :func:`read_model_state` of ``path`` (or ``state``, already read from it) into ``model`` (with
+    ``strict``, missing or unexpected keys raise an error that lists them)."""
+    sd = read_model_state(path, key) if state is None else state
     target = unwrap_model(model)
     missing, unexpected = target.load_state_dict(sd, strict=False)
     if strict and (missing or unexpected):

@@ -75,6 +75,9 @@ _VECTOR_3D = re.compile(
     r'(^|\.)(att|ffn|spatial_mix|channel_mix)\.(spatial_mix_[kvr]|time_maa_[xwkvrg]|time_decay)$')
 
 
+_LAYER_SCALE = re.compile(r'^blocks\.\d+\.ls[12]\.gamma$')
+
+
 class CheckpointMismatchError(KeyError):
     """A checkpoint does not fit the model: wrong family, missing / unexpected keys or wrong shapes."""
 
@@ -210,7 +213,8 @@ def fit_pos_embed(pos_embed: torch.Tensor, model: nn.Module) -> torch.Tensor:
     return resample_pos_embed(pos_embed, _square_grid(pos_embed.shape[1]), model.pos_grid)
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
+                         init_missing_layer_scale: bool = False) -> Dict[str, torch.Tensor]:
     """timm ``pretrained_filter_fn``: turn an original or converted checkpoint into ``model``'s state dict.
 
     Unwraps and strips prefixes, converts the original layout, checks the family (v4 vs v6), resizes the position
@@ -218,7 +222,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     classifier, and raises :class:`CheckpointMismatchError` listing missing / unexpected keys and shape mismatches
     (the classifier may differ in class count and the patch embedding in input channels: timm adapts those; a
     checkpoint without classifier leaves the model's classifier out of the returned dict, for timm to load
-    non-strictly with a new head).
+    non-strictly with a new head). With ``init_missing_layer_scale``, layer-scale gammas the checkpoint lacks take
+    the model's own values (its ``init_values``): the original segmentation recipe adds layer scale to a VRWKV-T
+    trained without it.
     """
     sd = unwrap_state_dict(state_dict)
     family = detect_family(sd)
@@ -241,6 +247,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
         if not any(is_pre_logits(n) for n in model_sd):
             sd = {k: v for k, v in sd.items() if not is_pre_logits(k)}
 
+    if init_missing_layer_scale:
+        sd.update({k: v for k, v in model_sd.items() if k not in sd and _LAYER_SCALE.match(k)})
     missing = sorted(set(model_sd) - set(sd))
     if not any(is_head(k) for k in sd):
         # a backbone checkpoint: timm loads it non-strictly into a model with a new classifier (another class

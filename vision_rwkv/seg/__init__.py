@@ -1,10 +1,12 @@
 """Semantic segmentation: any timm backbone with `forward_intermediates` (VRWKV / VRWKV6 first) -> multi-level
-neck -> UperNet + FCN auxiliary head, mmseg's ADE20K recipe without mmseg.
+neck (or, for VRWKV / VRWKV6, the ViT-Adapter of the released models) -> UperNet + FCN auxiliary head, mmseg's
+ADE20K recipe without mmseg.
 
 Public API::
 
     Segmentor, create_segmentor(model_cfg, num_classes), seg_param_groups(model, wd, layer_decay)
-    MultiLevelNeck, UperNetHead, FCNHead
+    MultiLevelNeck, ViTAdapter, MSDeformAttn, UperNetHead, FCNHead
+    convert_original_segmentor(state_dict)                          # released mmseg checkpoints -> our names
     whole_inference, slide_inference, inference, predict            # test-time inference
     SegMetric, confusion_matrix, metrics_from_confusion, format_table
     FolderSegDataset, ADE20KDataset, CityscapesDataset, ShapesSegDataset
@@ -14,8 +16,11 @@ Public API::
     run_demo(out_dir)                                                # the README's Shapes demo
     predict_images.load_segmentor, segment_files, save_label_png    # label maps of image files (predict_seg.py)
 """
+from .adapter import ViTAdapter
 from .config import SegConfig, load_seg_config
+from .convert import convert_original_segmentor
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
+from .deform_attn import MSDeformAttn
 from .heads import FCNHead, UperNetHead
 from .inference import inference, predict, slide_inference, whole_inference
 from .metrics import SegMetric, confusion_matrix, format_table, metrics_from_confusion

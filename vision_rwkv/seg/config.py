@@ -13,8 +13,24 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-__all__ = ["SegConfig", "ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "TestConfig", "load_seg_config",
-           "check_seg_values"]
+__all__ = ["SegConfig", "ModelConfig", "AdapterConfig", "DataConfig", "OptimConfig", "TrainConfig", "TestConfig",
+           "load_seg_config", "check_seg_values"]
+
+
+@dataclass
+class AdapterConfig:
+    """The ViT-Adapter neck (model.neck=adapter; vision_rwkv.seg.adapter.ViTAdapter), defaults of VRWKV-T / S."""
+    conv_inplane: int = 64                        # spatial prior module width
+    n_points: int = 4                             # deformable attention points per head and level
+    deform_num_heads: int = 6
+    init_values: float = 0.0                      # injectors' gamma at init
+    interaction_indexes: Optional[List[Any]] = None  # [first, last] block per group; None: 4 even groups
+    with_cffn: bool = True
+    cffn_ratio: float = 0.25
+    deform_ratio: float = 1.0                     # value width / backbone width in the deformable attention
+    add_vit_feature: bool = True                  # add the groups' backbone maps to the outputs
+    use_extra_extractor: bool = True              # two more extractors after the last group
+    drop_path_rate: float = 0.0                   # the extractors' drop path
 
 
 @dataclass
@@ -37,6 +53,8 @@ class ModelConfig:
     avg_non_ignore: bool = False                  # loss / non-ignored pixels; False: / all pixels (mmseg default)
     align_corners: bool = False
     probe_size: int = 224                         # input size for probing a backbone without feature_info
+    neck: str = "multilevel"                      # multilevel | adapter (ViT-Adapter, VRWKV / VRWKV6 backbones)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
 
 @dataclass
@@ -119,6 +137,8 @@ class TestConfig:
     scale: Optional[List[int]] = field(default_factory=lambda: [2048, 512])  # keep-ratio test resize; None: keep
     flip: bool = False
     scales: List[float] = field(default_factory=lambda: [1.0])
+    size_divisor: Optional[int] = None             # resize the test image up to multiples of this (mmseg's
+    #                                                ResizeToMultiple; 32 for the ViT-Adapter neck)
     checkpoint: Optional[str] = None               # None: best (else latest) checkpoint of train.run_dir
     out_dir: Optional[str] = None                  # None: <run_dir>/test
     num_visualize: int = 4
@@ -144,6 +164,7 @@ def load_seg_config(path: str | os.PathLike, overrides: Sequence[str] | None = N
 
 
 DATA_TYPES = ("ade20k", "cityscapes", "folder", "shapes")
+NECKS = ("multilevel", "adapter")
 
 
 def _sizes(value: Any, key: str, allow_none: bool = False) -> None:
@@ -161,6 +182,10 @@ def check_seg_values(cfg: Any) -> None:
     from vision_rwkv.engine import ConfigError
 
     d, t = cfg.data, cfg.test
+    if cfg.model.neck not in NECKS:
+        raise ConfigError(f"model.neck must be one of {', '.join(NECKS)}, got {cfg.model.neck!r}")
+    if t.size_divisor is not None and int(t.size_divisor) < 1:
+        raise ConfigError(f"test.size_divisor must be a positive integer or null, got {t.size_divisor}")
     if d.type not in DATA_TYPES:
         raise ConfigError(f"data.type must be one of {', '.join(DATA_TYPES)}, got {d.type!r}")
     _sizes(d.crop_size, "data.crop_size")

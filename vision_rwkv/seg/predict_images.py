@@ -47,20 +47,23 @@ def config_classes(cfg: Any) -> Optional[list[str]]:
 def load_segmentor(config: PathLike, checkpoint: Optional[PathLike] = None, overrides: Sequence[str] = (),
                    num_classes: Optional[int] = None) -> tuple[nn.Module, Any, list[str]]:
     """(eval-mode segmentor, config, class names) for a segmentation config and its training checkpoint (EMA weights
-    preferred; class count from the checkpoint's decode head, else ``num_classes``, else the config's classes).
+    preferred) or a released mmseg checkpoint (converted); class count from the checkpoint's decode head, else
+    ``num_classes``, else the config's classes.
     Without a checkpoint the backbone takes ``model.pretrained`` and the heads stay random. Class names: the
     config's when their count matches, else ``class <i>``."""
-    from vision_rwkv.engine import load_model_weights, read_model_state
+    from vision_rwkv.engine import load_model_weights
 
     from .config import load_seg_config
+    from .convert import read_segmentor_state
     from .train import build_segmentor
 
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     cfg = load_seg_config(config, overrides)
     names = config_classes(cfg)
-    if checkpoint is not None and num_classes is None:
-        head = read_model_state(checkpoint).get("decode_head.conv_seg.weight")
+    state = read_segmentor_state(checkpoint) if checkpoint is not None else None
+    if state is not None and num_classes is None:
+        head = state.get("decode_head.conv_seg.weight")
         num_classes = int(head.shape[0]) if head is not None else None
     if num_classes is None:
         if names is None:
@@ -68,8 +71,8 @@ def load_segmentor(config: PathLike, checkpoint: Optional[PathLike] = None, over
                              f"num_classes or data.classes; none was given")
         num_classes = len(names)
     model = build_segmentor(cfg, int(num_classes), load_pretrained=checkpoint is None)
-    if checkpoint is not None:
-        load_model_weights(model, checkpoint, key="auto")
+    if state is not None:
+        load_model_weights(model, checkpoint, state=state)
     if names is None or len(names) != num_classes:
         names = [f"class {i}" for i in range(num_classes)]
     return model.eval(), cfg, names

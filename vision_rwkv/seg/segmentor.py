@@ -1,14 +1,18 @@
-"""Encoder-decoder segmentor: timm backbone -> multi-level neck -> UperNet decode head + FCN auxiliary head.
+"""Encoder-decoder segmentor: timm backbone -> neck -> UperNet decode head + FCN auxiliary head.
 
-Any timm model with `forward_intermediates` works as the backbone (VRWKV / VRWKV6, ViT, ConvNeXt, ...): four
-of its block (or stage) outputs are taken, evenly spaced by default, and the neck resamples each to the target
-strides (4/8/16/32 of the input) using the backbone's `feature_info` reductions.
+Two necks. ``multilevel`` (default): any timm model with `forward_intermediates` works as the backbone (VRWKV /
+VRWKV6, ViT, ConvNeXt, ...); four of its block (or stage) outputs are taken, evenly spaced by default, and the
+neck resamples each to the target strides (4/8/16/32 of the input) using the backbone's `feature_info`
+reductions. ``adapter``: the ViT-Adapter of the released Vision-RWKV ADE20K models (:mod:`.adapter`), for VRWKV /
+VRWKV6 backbones with 16-pixel patches.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapter import ViTAdapter
+from .config import NECKS
 from .heads import FCNHead, UperNetHead, resize
 from .neck import MultiLevelNeck
 
@@ -62,10 +68,11 @@ def _num_feature_levels(backbone: nn.Module) -> int:
 
 def _checkpoint_filter(backbone: nn.Module) -> Any:
     """The model family's timm checkpoint filter: VRWKV / VRWKV6 have theirs in `vision_rwkv.models.convert`
-    (original layouts, position-embedding resizing); timm families define `checkpoint_filter_fn` in their module."""
+    (original layouts, position-embedding resizing; layer-scale gammas a checkpoint lacks keep their init);
+    timm families define `checkpoint_filter_fn` in their module."""
     from vision_rwkv.models import VRWKV, VRWKV6, checkpoint_filter_fn
     if isinstance(backbone, (VRWKV, VRWKV6)):
-        return checkpoint_filter_fn
+        return partial(checkpoint_filter_fn, init_missing_layer_scale=True)
     return getattr(sys.modules.get(type(backbone).__module__), "checkpoint_filter_fn", None)
 
 
@@ -74,7 +81,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
 
     Wrapping keys ('model', 'state_dict', 'module.' prefixes) are removed, the model family's timm
     `checkpoint_filter_fn` is applied when it has one (e.g. position-embedding resizing), classifier weights are
-    dropped. With `strict`, remaining missing or unexpected keys raise an error that lists them.
+    dropped. With `strict`, remaining missing or unexpected keys raise an error that lists them, except missing
+    VRWKV layer-scale gammas: they keep their `init_values`, as in the original segmentation recipe, whose VRWKV-T
+    adds layer scale to an ImageNet backbone trained without it (`_checkpoint_filter`).
     """
     path = Path(path)
     if not path.is_file():
@@ -111,6 +120,8 @@ class Segmentor(nn.Module):
 
     `forward(img)` returns class logits at the input resolution; `forward(img, target)` returns a dict with
     `loss` (decode + aux_weight * aux), `loss_decode` and `loss_aux`, so DDP wrapping sees one forward call.
+    `neck="adapter"` puts the ViT-Adapter (`adapter`: its keyword arguments) around a VRWKV / VRWKV6 backbone
+    instead of the multi-level neck; then out_indices, norm_intermediates and neck_channels do not apply.
     """
 
     def __init__(
@@ -133,8 +144,12 @@ class Segmentor(nn.Module):
             align_corners: bool = False,
             probe_size: int = 224,
             prune_backbone: bool = True,
+            neck: str = "multilevel",
+            adapter: Mapping[str, Any] | None = None,
     ):
         super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f"neck must be one of {', '.join(NECKS)}, got {neck!r}")
         if not hasattr(backbone, "forward_intermediates"):
             raise TypeError(f"backbone {type(backbone).__name__} has no forward_intermediates()")
         if num_classes < 1:
@@ -150,7 +165,22 @@ class Segmentor(nn.Module):
         self.aux_weight = aux_weight
         self.aux_level = aux_level
         self.norm_intermediates = norm_intermediates
+        self.strides = list(strides)
+        if neck == "adapter":
+            neck_chs = self._build_adapter(backbone, dict(adapter or {}), out_indices, neck_channels)
+        else:
+            neck_chs = self._build_multilevel(backbone, out_indices, neck_channels, probe_size, prune_backbone)
+        self.decode_head = UperNetHead([neck_chs] * len(strides), num_classes, channels=decode_channels,
+                                       pool_scales=pool_scales, dropout=dropout, align_corners=align_corners)
+        self.aux_head = None
+        if aux_weight > 0:
+            if not 0 <= aux_level < len(strides):
+                raise ValueError(f"aux_level {aux_level} is not one of the {len(strides)} levels")
+            self.aux_head = FCNHead(neck_chs, num_classes, channels=aux_channels, dropout=dropout)
 
+    def _build_multilevel(self, backbone: nn.Module, out_indices: Sequence[int] | None, neck_channels: int | None,
+                          probe_size: int, prune_backbone: bool) -> int:
+        strides = self.strides
         n_levels = _num_feature_levels(backbone)
         if out_indices is None:
             indices = evenly_spaced_indices(n_levels, len(strides))
@@ -165,26 +195,49 @@ class Segmentor(nn.Module):
         in_chs, reductions = _feature_specs(backbone, indices, probe_size)
         self.feature_channels = in_chs
         self.feature_reductions = reductions
-        self.strides = list(strides)
         if prune_backbone and hasattr(backbone, "prune_intermediate_layers"):
             # drop the classifier (and the final norm when unused) so DDP sees no parameters without gradients
-            backbone.prune_intermediate_layers(self._take, prune_norm=not norm_intermediates, prune_head=True)
+            backbone.prune_intermediate_layers(self._take, prune_norm=not self.norm_intermediates, prune_head=True)
         self.backbone = backbone
-
         neck_chs = neck_channels or max(in_chs)
         self.neck = MultiLevelNeck(in_chs, neck_chs, scales=[r / s for r, s in zip(reductions, strides)])
-        self.decode_head = UperNetHead([neck_chs] * len(strides), num_classes, channels=decode_channels,
-                                       pool_scales=pool_scales, dropout=dropout, align_corners=align_corners)
-        self.aux_head = None
-        if aux_weight > 0:
-            if not 0 <= aux_level < len(strides):
-                raise ValueError(f"aux_level {aux_level} is not one of the {len(strides)} levels")
-            self.aux_head = FCNHead(neck_chs, num_classes, channels=aux_channels, dropout=dropout)
+        return neck_chs
+
+    def _build_adapter(self, backbone: nn.Module, adapter: dict, out_indices: Sequence[int] | None,
+                       neck_channels: int | None) -> int:
+        from vision_rwkv.models._base import VisionRWKVBase
+
+        if not isinstance(backbone, VisionRWKVBase):
+            raise TypeError(f"the ViT-Adapter neck runs a VRWKV / VRWKV6 backbone block by block; "
+                            f"got {type(backbone).__name__} (use neck=multilevel)")
+        if tuple(backbone.patch_size) != (16, 16) or self.strides != [4, 8, 16, 32]:
+            raise ValueError(f"the ViT-Adapter neck needs 16-pixel patches and strides [4, 8, 16, 32]; got patch "
+                             f"{tuple(backbone.patch_size)} and strides {self.strides}")
+        if out_indices is not None:
+            raise ValueError("out_indices does not apply to the ViT-Adapter neck: its groups are "
+                             "model.adapter.interaction_indexes")
+        dim = backbone.embed_dim
+        if neck_channels not in (None, dim):
+            raise ValueError(f"the ViT-Adapter neck outputs the backbone width {dim}; neck_channels={neck_channels}")
+        unknown = sorted(set(adapter) - (set(inspect.signature(ViTAdapter).parameters) - {"dim", "depth"}))
+        if unknown:
+            raise ValueError(f"unknown ViT-Adapter setting(s) {unknown}")
+        if self.norm_intermediates:
+            raise ValueError("norm_intermediates does not apply to the ViT-Adapter neck (its outputs have BatchNorms)")
+        self.neck = ViTAdapter(dim, len(backbone.blocks), **adapter)
+        self.out_indices = self._take = [last for _, last in self.neck.interaction_indexes]
+        self.feature_channels, self.feature_reductions = [dim] * 4, [4, 8, 16, 32]
+        # every block runs; the final norm and the classifier do not
+        backbone.prune_intermediate_layers(len(backbone.blocks), prune_norm=True, prune_head=True)
+        self.backbone = backbone
+        return dim
 
     def extract_features(self, img: torch.Tensor) -> list[torch.Tensor]:
         """Backbone intermediates (in `out_indices` order) through the neck: a pyramid at `strides`."""
         if img.ndim != 4:
             raise ValueError(f"expected an image batch (B, C, H, W), got shape {tuple(img.shape)}")
+        if isinstance(self.neck, ViTAdapter):
+            return self.neck(self.backbone, img)
         feats = self.backbone.forward_intermediates(img, indices=self._take, norm=self.norm_intermediates,
                                                     output_fmt="NCHW", intermediates_only=True)
         by_idx = dict(zip(self._take, feats))
@@ -233,7 +286,8 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
     Keys: backbone (timm name), backbone_kwargs (passed to timm.create_model), pretrained (local file or null),
     grad_checkpointing (recompute the backbone's blocks in the backward; mmseg's ``with_cp``), num_classes,
     out_indices, norm_intermediates, strides, neck_channels, decode_channels, pool_scales, dropout, aux_channels,
-    aux_weight, aux_level, ignore_index, class_weight, avg_non_ignore, align_corners, probe_size.
+    aux_weight, aux_level, ignore_index, class_weight, avg_non_ignore, align_corners, probe_size, neck
+    ("multilevel" or "adapter"), adapter (the ViT-Adapter's keyword arguments).
     """
     cfg = dict(cfg)
     import vision_rwkv  # noqa: F401  (registers the VRWKV models with timm)

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
+from .convert import read_segmentor_state
 from .inference import inference
 from .metrics import SegMetric, format_table
 from .optim import PolyWarmupLR, build_optimizer
@@ -53,13 +54,13 @@ def _class_list(classes: Any) -> list[str]:
 
 
 def test_transform(cfg: Any) -> Any:
-    """The config's test preprocessing: ``test.scale`` keep-ratio resize, ``data.mean`` / ``data.std``, and the
-    per-ratio resizes of ``test.scales``."""
+    """The config's test preprocessing: ``test.scale`` keep-ratio resize, ``test.size_divisor``, ``data.mean`` /
+    ``data.std``, and the per-ratio resizes of ``test.scales``."""
     from .transforms import SegTestTransform  # albumentations: imported on first use
 
     scale = cfg.test.scale
     return SegTestTransform(scale=list(scale) if scale is not None else None, mean=list(cfg.data.mean),
-                            std=list(cfg.data.std), ratios=list(cfg.test.scales))
+                            std=list(cfg.data.std), ratios=list(cfg.test.scales), size_divisor=cfg.test.size_divisor)
 
 
 def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, SegDataset]:
@@ -314,7 +315,7 @@ def test_segmentor(cfg: Any) -> dict:
         val_set = build_datasets(cfg, splits=("val",))["val"]
         model = build_segmentor(cfg, val_set.num_classes, load_pretrained=False)
         ckpt = resolve_checkpoint(cfg)
-        load_model_weights(model, ckpt, key="auto")
+        load_model_weights(model, ckpt, state=read_segmentor_state(ckpt))
         model = model.to(info.device)
         out_dir = Path(cfg.test.out_dir) if cfg.test.out_dir else Path(cfg.train.run_dir) / "test"
         results = evaluate_segmentor(model, val_set, precision=cfg.train.precision, device=info.device,

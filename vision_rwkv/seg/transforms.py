@@ -229,28 +229,40 @@ def ratio_size(h: int, w: int, scale: Sequence[float] | None, ratio: float) -> t
     return keep_ratio_size(h, w, [int(s * ratio) for s in scale])
 
 
-class SegTestTransform(_Reseeded):
-    """Test preprocessing: keep-ratio resize of the image to `scale` (None: keep size) and normalisation; the mask
-    (if given) is returned unchanged as int64. With multi-scale `ratios` (other than just 1.0) the output also has
+class SegTestTransform:
+    """Test preprocessing: keep-ratio resize of the image to `scale` (None: keep size), with `size_divisor` a
+    bilinear resize up to the next multiples of it (mmseg's ResizeToMultiple), and normalisation; the mask (if
+    given) is returned unchanged as int64. With multi-scale `ratios` (other than just 1.0) the output also has
     ``"scaled"``: the image resized from the original to each ratio (:func:`ratio_size`, as mmseg's
-    MultiScaleFlipAug) and normalised, one tensor per ratio."""
+    MultiScaleFlipAug; then to multiples of `size_divisor`) and normalised, one tensor per ratio."""
 
     def __init__(self, scale: Sequence[float] | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, ratios: Sequence[float] | None = None):
-        transforms = [RandomResizeKeepRatio(scale, None)] if scale is not None else []
+                 std: Sequence[float] = IMAGENET_STD, ratios: Sequence[float] | None = None,
+                 size_divisor: int | None = None):
         self.normalize = A.Normalize(mean=[m / 255 for m in mean], std=[s / 255 for s in std], max_pixel_value=255.0)
-        transforms.append(self.normalize)
         self.scale = tuple(float(s) for s in scale) if scale is not None else None
         self.ratios = [float(r) for r in ratios] if ratios is not None and list(ratios) != [1.0] else None
-        super().__init__(transforms)
+        self.size_divisor = int(size_divisor) if size_divisor else None
+
+    def _to_multiple(self, image: np.ndarray) -> np.ndarray:
+        if self.size_divisor is None:
+            return image
+        d = self.size_divisor
+        h, w = image.shape[:2]
+        size = (-(-h // d) * d, -(-w // d) * d)
+        return image if size == (h, w) else cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+    def _prepared(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """`image` resized to `size` (bilinear), then to multiples of `size_divisor`, normalised."""
+        if size != image.shape[:2]:
+            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        return self.normalize(image=self._to_multiple(image))["image"]
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = _to_tensors(self.pipeline(image=image)["image"], mask)
+        h, w = image.shape[:2]
+        size = keep_ratio_size(h, w, self.scale) if self.scale is not None else (h, w)
+        out: dict[str, Any] = _to_tensors(self._prepared(image, size), mask)
         if self.ratios is not None:
-            h, w = image.shape[:2]
-            out["scaled"] = []
-            for r in self.ratios:
-                size = ratio_size(h, w, self.scale, r)
-                resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-                out["scaled"].append(_to_tensors(self.normalize(image=resized)["image"], None)["image"])
+            out["scaled"] = [_to_tensors(self._prepared(image, ratio_size(h, w, self.scale, r)), None)["image"]
+                             for r in self.ratios]
         return out
