@@ -26,6 +26,7 @@ dict. :func:`convert_file` writes our layout as safetensors (``tools/convert_che
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -75,6 +76,7 @@ _VECTOR_3D = re.compile(
     r'(^|\.)(att|ffn|spatial_mix|channel_mix)\.(spatial_mix_[kvr]|time_maa_[xwkvrg]|time_decay)$')
 
 
+_logger = logging.getLogger(__name__)
 _LAYER_SCALE = re.compile(r'^blocks\.\d+\.ls[12]\.gamma$')
 
 
@@ -248,7 +250,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
             sd = {k: v for k, v in sd.items() if not is_pre_logits(k)}
 
     if init_missing_layer_scale:
-        sd.update({k: v for k, v in model_sd.items() if k not in sd and _LAYER_SCALE.match(k)})
+        fresh = {k: v for k, v in model_sd.items() if k not in sd and _LAYER_SCALE.match(k)}
+        if fresh:
+            _logger.info('checkpoint has no layer scale: %d gammas keep the model\'s init_values', len(fresh))
+        sd.update(fresh)
     missing = sorted(set(model_sd) - set(sd))
     if not any(is_head(k) for k in sd):
         # a backbone checkpoint: timm loads it non-strictly into a model with a new classifier (another class

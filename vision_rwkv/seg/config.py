@@ -200,3 +200,10 @@ def check_seg_values(cfg: Any) -> None:
                           f"(windows would leave pixels uncovered)")
     if not t.scales or any(float(s) <= 0 for s in t.scales):
         raise ConfigError(f"test.scales must be a non-empty list of positive factors, got {t.scales}")
+    if cfg.model.neck == "adapter":  # its levels are the input at strides 8 / 16 / 32
+        sizes = [("data.crop_size", d.crop_size)] + ([("test.crop_size", t.crop_size)] if t.mode == "slide" else [])
+        bad = [f"{k}={list(v)}" for k, v in sizes if any(int(s) % 32 for s in v)]
+        if t.size_divisor is None or int(t.size_divisor) % 32:
+            bad.append(f"test.size_divisor={t.size_divisor}")
+        if bad:
+            raise ConfigError(f"model.neck=adapter needs input sides that are multiples of 32: {', '.join(bad)}")
