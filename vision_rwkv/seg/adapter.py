@@ -19,7 +19,9 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
+
+from vision_rwkv.models._base import VisionRWKVBase
 
 from .deform_attn import MSDeformAttn, Shapes
 from .layers import ConvBNReLU
@@ -228,12 +230,10 @@ class ViTAdapter(nn.Module):
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
-        """The original's: Linear trunc normal .02 (zero bias), norms 1 / 0, convs normal(0, sqrt(2 / fan_out))."""
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+        """The original's: Linear and LayerNorm as the backbone's, BatchNorm 1 / 0, convs normal(0,
+        sqrt(2 / fan_out)) with zero bias."""
+        VisionRWKVBase._init_weights(m)
+        if isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
