@@ -101,10 +101,18 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(batch, queries, m, lv, p, 2)
         weights = self.attention_weights(query).view(batch, queries, m, lv * p).softmax(-1).view(
             batch, queries, m, lv, p)
-        # offsets are in pixels of each level: divide by its (W, H)
-        size = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)
-        locations = reference_points[:, :, None, None, None, :] + offsets / size[None, None, None, :, None, :]
-        return self.output_proj(ms_deform_attn(value, shapes, locations, weights))
+        # offsets are in pixels of each level: divide by its (W, H); locations in fp32 at least (in bf16 a location
+        # on a 128-pixel map would be off by up to half a pixel)
+        dtype = torch.promote_types(offsets.dtype, torch.float32)
+        size = torch.tensor([[w, h] for h, w in shapes], dtype=dtype, device=offsets.device)
+        locations = (reference_points.to(dtype)[:, :, None, None, None, :]
+                     + offsets.to(dtype) / size[None, None, None, :, None, :])
+        if torch.is_autocast_enabled(value.device.type):  # as the original's op (cast_inputs=float32): the
+            with torch.autocast(value.device.type, enabled=False):  # sampling and weighting in fp32
+                out = ms_deform_attn(value.float(), shapes, locations, weights.float())
+        else:
+            out = ms_deform_attn(value, shapes, locations, weights)
+        return self.output_proj(out)
 
     def extra_repr(self) -> str:
         return f"n_levels={self.n_levels}, n_heads={self.n_heads}, n_points={self.n_points}"
