@@ -83,6 +83,12 @@ def test_read_model_state_takes_mmcv_state_dict_entries(tmp_path):
     model = torch.nn.Linear(2, 2)
     ck.load_model_weights(model, tmp_path / "mm.pth")
     assert torch.all(model.weight == 1.0)
+    # timm / DeiT training checkpoints: their EMA weights are preferred, as ours are
+    torch.save({"state_dict": weights, "state_dict_ema": {"weight": torch.full((2, 2), 5.0), "bias": torch.ones(2)},
+                "optimizer": {}}, tmp_path / "timm.pth")
+    assert torch.all(ck.read_model_state(tmp_path / "timm.pth")["weight"] == 5.0)
+    torch.save({"model": weights, "model_ema": {"weight": torch.full((2, 2), 6.0)}}, tmp_path / "deit.pth")
+    assert torch.all(ck.read_model_state(tmp_path / "deit.pth")["weight"] == 6.0)
     # a state already read is loaded as given
     ck.load_model_weights(model, tmp_path / "mm.pth", state={"weight": torch.full((2, 2), 3.0), "bias": torch.ones(2)})
     assert torch.all(model.weight == 3.0)

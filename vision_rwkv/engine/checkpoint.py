@@ -96,11 +96,15 @@ def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
+_AUTO_KEYS = ("state_dict_ema", "model_ema", "model", "state_dict")  # after ours ("ema"), in this order
+
+
 def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[str, Any]:
-    """The model state dict in a training checkpoint (``model`` or ``ema`` entry), an mmcv / Lightning checkpoint
-    (``state_dict`` entry) or a plain state dict file (``.pt``/``.pth`` with weights_only, or ``.safetensors``),
-    ``module.`` prefixes removed. ``key="auto"`` prefers ``ema`` when present, then ``model``, then
-    ``state_dict``."""
+    """The model state dict in a training checkpoint (``model`` or ``ema`` entry), a timm / DeiT training checkpoint
+    (``state_dict`` / ``model`` with ``state_dict_ema`` / ``model_ema``), an mmcv / Lightning checkpoint
+    (``state_dict``) or a plain state dict file (``.pt``/``.pth`` with weights_only, or ``.safetensors``),
+    ``module.`` prefixes removed. ``key="auto"`` prefers the EMA weights when present (``ema``, ``state_dict_ema``,
+    ``model_ema``), then ``model``, then ``state_dict``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -113,7 +117,7 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
         if isinstance(ckpt, dict) and key is not None:
             if key == "auto":
                 key = "ema" if ckpt.get("ema") is not None else next(
-                    (k for k in ("model", "state_dict") if isinstance(ckpt.get(k), dict)), None)
+                    (k for k in _AUTO_KEYS if isinstance(ckpt.get(k), dict)), None)
                 if key == "ema":
                     sd = _ema_to_model_state(ckpt["ema"])
                 elif key is not None:

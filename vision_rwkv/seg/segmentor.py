@@ -79,25 +79,19 @@ def _checkpoint_filter(backbone: nn.Module) -> Any:
 def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = True) -> None:
     """Load a local checkpoint (safetensors or torch file, loaded with weights_only=True) into the backbone.
 
-    Wrapping keys ('model', 'state_dict', 'module.' prefixes) are removed, the model family's timm
+    The weights are :func:`vision_rwkv.engine.read_model_state`'s (wrappers and 'module.' prefixes removed, EMA
+    weights preferred), a 'backbone.' prefix on every key is removed, the model family's timm
     `checkpoint_filter_fn` is applied when it has one (e.g. position-embedding resizing), classifier weights are
     dropped. With `strict`, remaining missing or unexpected keys raise an error that lists them, except missing
     VRWKV layer-scale gammas: they keep their `init_values`, as in the original segmentation recipe, whose VRWKV-T
     adds layer scale to an ImageNet backbone trained without it (`_checkpoint_filter`).
     """
+    from vision_rwkv.engine import read_model_state
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained backbone file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state: Any = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state: Any = read_model_state(path)
     if all(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items()}
     filter_fn = _checkpoint_filter(backbone)
