@@ -97,6 +97,12 @@ def test_loss_matches_cross_entropy_with_ignore(tiny_model_cfg, avg_non_ignore):
     assert model.seg_loss(logits, all_ignored).item() == 0.0  # not NaN
     weighted = create_segmentor(tiny_model_cfg(num_classes=3, class_weight=w.tolist(), avg_non_ignore=avg_non_ignore))
     assert weighted.seg_loss(logits, target).item() == pytest.approx(ref_w.item(), rel=1e-5)
+    assert weighted.seg_loss(logits, all_ignored).item() == 0.0
+    # no data-dependent branch or indexing: a compiled training step keeps the loss in its graph
+    for m in (model, weighted):
+        traced = torch.compile(m.seg_loss, backend="eager", fullgraph=True)
+        for t in (target, all_ignored):
+            assert traced(logits, t).item() == pytest.approx(m.seg_loss(logits, t).item(), rel=1e-6, abs=0)
     assert "class_weight" not in weighted.state_dict()  # a loss setting, not a weight
     with pytest.raises(ValueError, match="class_weight"):
         create_segmentor(tiny_model_cfg(num_classes=3, class_weight=[1.0, 2.0]))

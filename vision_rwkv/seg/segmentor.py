@@ -251,12 +251,13 @@ class Segmentor(nn.Module):
         target = target.long()
         loss = F.cross_entropy(logits.float(), target, weight=self.class_weight, ignore_index=self.ignore_index,
                                reduction="sum")
-        valid = target != self.ignore_index
-        if not bool(valid.any()):
-            return loss * 0.0
-        if not self.avg_non_ignore:
+        if not self.avg_non_ignore:  # (the sum is 0 when every pixel is ignored)
             return loss / target.numel()
-        denom = valid.sum() if self.class_weight is None else self.class_weight[target[valid]].sum()
+        valid = target != self.ignore_index  # no data-dependent branch or indexing: one graph under torch.compile
+        if self.class_weight is None:
+            denom = valid.sum()
+        else:
+            denom = (self.class_weight[target.clamp(0, self.num_classes - 1)] * valid).sum()
         return loss / denom.clamp(min=1e-12)
 
     def forward(self, img: torch.Tensor, target: torch.Tensor | None = None):
