@@ -217,3 +217,17 @@ def test_layer_decay_gives_the_adapter_the_heads_lr():
     assert scale[id(model.backbone.blocks[0].spatial_mix.key.weight)] == pytest.approx(0.9 ** 4)
     decays = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     assert decays[id(model.neck.level_embed)] == 0.01 and decays[id(model.neck.interactions[0].injector.gamma)] == 0
+
+
+def test_training_step_traces_as_one_graph():
+    """train.compile: the adapter segmentor's loss forward (and its eval forward) trace with fullgraph=True."""
+    torch.manual_seed(0)
+    model = create_segmentor(dict(_adapter_cfg(init_values=0.5), dropout=0.0))
+    x, target = torch.randn(2, 3, 64, 32), torch.randint(0, 4, (2, 64, 32))
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    loss = compiled(x, target)["loss"]
+    assert loss.item() == pytest.approx(model(x, target)["loss"].item(), rel=1e-5)
+    loss.backward()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))

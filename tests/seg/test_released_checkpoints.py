@@ -3,13 +3,14 @@ weights identical, test_seg / predict_seg take the file as it is; unknown keys a
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from vision_rwkv.models.convert import CheckpointMismatchError, ours_to_original
 from vision_rwkv.seg import load_seg_config, test_segmentor
 from vision_rwkv.seg.convert import convert_original_segmentor, is_original_segmentor, read_segmentor_state
-from vision_rwkv.seg.predict_images import load_segmentor
+from vision_rwkv.seg.predict_images import load_segmentor, segment_files
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "segmentation"
 
@@ -94,6 +95,13 @@ def test_load_segmentor_and_test_seg_take_the_released_file(released, adapter_co
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     result = test_segmentor(load_seg_config(adapter_config, [f"test.checkpoint={path}"]))
     assert result["checkpoint"] == str(path) and 0 <= result["mIoU"] <= 100
+    # predict_seg's path on an image whose sides are not multiples of 32: resized up for the adapter, labels at
+    # the image's own size
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+        path.parent / "odd.png")
+    (_, image, labels), = segment_files(loaded, cfg, [path.parent / "odd.png"], show_progress=False)
+    assert image.shape == (40, 56, 3) and labels.shape == (40, 56)
 
 
 def test_unknown_keys_are_named():
