@@ -55,6 +55,23 @@ def test_predict_from_training_checkpoint(trained, images, tmp_path, capsys):
     assert int(clf.model(x).argmax()) == int(good[0]["index_1"])
 
 
+def test_checkpoint_weights_are_read_once(trained, tmp_path, monkeypatch):
+    """load_classifier reads the weights once for the classifier rows and the loading (config or timm name)."""
+    import timm
+    from vision_rwkv.engine import checkpoint
+    from vision_rwkv.engine.predict import load_classifier
+    reads = []
+    real = checkpoint.read_model_state
+    monkeypatch.setattr(checkpoint, "read_model_state", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    assert load_classifier(str(DEMO), trained, TINY).model.num_classes > 1 and len(reads) == 1
+    src = timm.create_model("vrwkv_tiny_patch16_224", num_classes=3)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    reads.clear()
+    clf = load_classifier("vrwkv_tiny_patch16_224", tmp_path / "w.pth")  # class count from the head rows
+    assert clf.model.num_classes == 3 and len(reads) == 1
+    torch.testing.assert_close(clf.model.head.weight, src.head.weight)
+
+
 def test_predict_timm_name_json_and_imagenet_names(images, tmp_path, capsys):
     from vision_rwkv.engine.predict import load_classifier, predict_files
     clf = load_classifier("vrwkv_tiny_patch16_224")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -67,21 +67,23 @@ def create_classifier(cfg: DictConfig, num_classes: int | None = None) -> nn.Mod
     return model
 
 
-def load_initial_weights(model: nn.Module, path: str | Path, set_wkv_mode: bool = True) -> list[str]:
+def load_initial_weights(model: nn.Module, path: str | Path, set_wkv_mode: bool = True,
+                         state: Mapping[str, Any] | None = None) -> list[str]:
     """Fine-tuning weights, as timm's pretrained loading takes them: a training checkpoint (EMA preferred), a state
     dict or safetensors file; for VRWKV / VRWKV6 also the original repos' files (converted, the position embedding
     resampled, see ``vision_rwkv.models.convert``); a v4 model given original weights (that layout, or a file
     ``tools/convert_checkpoint.py`` wrote) then runs the Bi-WKV function they were trained with (``"original"``,
     the variant's chunks) unless ``set_wkv_mode`` is False (the config names ``wkv_mode``). A classifier of another
     class count (or none in the file) is left freshly initialised.
-    Any other missing, unexpected or mis-shaped key is an error that lists them. Returns the newly initialised
+    Any other missing, unexpected or mis-shaped key is an error that lists them. ``state``: the file's
+    :func:`~vision_rwkv.engine.read_model_state`, when the caller has read it already. Returns the newly initialised
     classifier keys."""
     from vision_rwkv.models import VRWKV, VRWKV6, checkpoint_filter_fn
     from vision_rwkv.models.convert import is_original_layout, unwrap_state_dict
 
     from .checkpoint import read_model_state
 
-    sd = read_model_state(path)
+    sd = read_model_state(path) if state is None else dict(state)
     if isinstance(model, (VRWKV, VRWKV6)):
         sd = unwrap_state_dict(sd)
         trained_original = is_original_layout(sd) or _file_wkv_mode(path) == "original"

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -54,17 +54,15 @@ def _class_names(path: Optional[PathLike], num_classes: int) -> Optional[list[st
     return names
 
 
-def _head_rows(path: PathLike) -> Optional[int]:
-    """Output count of the classifier in a checkpoint (``head.weight``, or an mm* ``head.fc.weight``)."""
-    from .checkpoint import read_model_state
-    sd = read_model_state(path)
+def _head_rows(sd: Mapping[str, Any]) -> Optional[int]:
+    """Output count of the classifier in a checkpoint's weights (``head.weight``, or an mm* ``head.fc.weight``)."""
     for key in ("head.weight", "head.fc.weight"):
         if key in sd and getattr(sd[key], "ndim", 0) >= 2:
             return int(sd[key].shape[0])
     return None
 
 
-def _from_config(config: PathLike, checkpoint, overrides, n):
+def _from_config(config: PathLike, checkpoint, state, overrides, n):
     from .classification import build_transforms, create_classifier
     from .checkpoint import load_model_weights
     from .config import load_config
@@ -74,12 +72,12 @@ def _from_config(config: PathLike, checkpoint, overrides, n):
         cfg.model.pretrained, cfg.model.checkpoint = False, None
     model = create_classifier(cfg, n)
     if checkpoint is not None:
-        load_model_weights(model, checkpoint, key="auto")
+        load_model_weights(model, checkpoint, state=state)
     size = int(cfg.eval.input_size or cfg.data.input_size)
     return model, build_transforms(cfg)[1], (size, size)
 
 
-def _from_timm(name: str, checkpoint, n):
+def _from_timm(name: str, checkpoint, state, n):
     import timm
     from timm.data import create_transform, resolve_data_config
 
@@ -88,7 +86,7 @@ def _from_timm(name: str, checkpoint, n):
 
     model = timm.create_model(name, **({} if n is None else {"num_classes": int(n)}))
     if checkpoint is not None:
-        renewed = load_initial_weights(model, checkpoint)
+        renewed = load_initial_weights(model, checkpoint, state=state)
         if renewed:
             raise ValueError(f"checkpoint {checkpoint} has no classifier for {name} with {model.num_classes} classes "
                              f"({renewed} would be random); give the class count (num_classes)")
@@ -103,21 +101,23 @@ def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides
     or a timm model name (``checkpoint`` loaded as ``model.checkpoint`` is; timm's eval transform). The class count
     comes from the checkpoint (recorded names or classifier rows), else ``num_classes``; class names from the
     checkpoint, ``class_names`` (a file, one per line), or ImageNet-1k's for 1000 classes."""
+    from .checkpoint import read_model_state
     from .classification import checkpoint_classes
 
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     classes = checkpoint_classes(checkpoint) if checkpoint is not None else None
-    n = len(classes) if classes else (num_classes or (_head_rows(checkpoint) if checkpoint else None))
+    state = read_model_state(checkpoint) if checkpoint is not None else None  # read once, for rows and weights
+    n = len(classes) if classes else (num_classes or (_head_rows(state) if state is not None else None))
     is_config = str(model).endswith((".yaml", ".yml"))
     if is_config:
         if is_segmentation_config(model):
             raise ValueError(f"{model} is a segmentation config; a classification config or model name is needed")
-        net, transform, size = _from_config(model, checkpoint, overrides, n)
+        net, transform, size = _from_config(model, checkpoint, state, overrides, n)
     else:
         if overrides:
             raise ValueError(f"key=value overrides {list(overrides)} apply to a config file, not to model {model!r}")
-        net, transform, size = _from_timm(model, checkpoint, n)
+        net, transform, size = _from_timm(model, checkpoint, state, n)
     if class_names is not None:
         classes = _class_names(class_names, int(net.num_classes))
     elif classes is None and not is_config and net.num_classes == 1000:
