@@ -24,7 +24,7 @@ from timm.layers import DropPath
 from vision_rwkv.models._base import VisionRWKVBase
 
 from .deform_attn import MSDeformAttn, Shapes
-from .layers import ConvBNReLU
+from .layers import ConvBNReLU, evenly_spaced_indices
 
 __all__ = ["ViTAdapter", "SpatialPriorModule", "InteractionBlock", "Injector", "Extractor", "ConvFFN",
            "reference_points", "even_groups"]
@@ -45,7 +45,7 @@ def even_groups(depth: int, n: int = 4) -> list[list[int]]:
     """``n`` consecutive block groups as [first, last] pairs (12 blocks -> [0, 2], [3, 5], [6, 8], [9, 11])."""
     if not 1 <= n <= depth:
         raise ValueError(f"cannot split {depth} blocks into {n} interaction groups")
-    ends = [math.ceil((i + 1) * depth / n) - 1 for i in range(n)]
+    ends = evenly_spaced_indices(depth, n)
     return [[0 if i == 0 else ends[i - 1] + 1, e] for i, e in enumerate(ends)]
 
 

@@ -1,6 +1,7 @@
-"""Small building blocks shared by the neck and the decode heads."""
+"""Small building blocks shared by the necks and the decode heads."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch.nn as nn
@@ -25,3 +26,10 @@ class ConvBNReLU(nn.Sequential):
             norm_layer(out_chs),
             nn.ReLU(inplace=True) if act else nn.Identity(),
         )
+
+
+def evenly_spaced_indices(num_blocks: int, n: int = 4) -> list[int]:
+    """`n` block indices spread evenly over `num_blocks`, ending at the last block (12 blocks -> 2, 5, 8, 11)."""
+    if num_blocks < 1:
+        raise ValueError("backbone reports no blocks / stages")
+    return [max(0, math.ceil((i + 1) * num_blocks / n) - 1) for i in range(n)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import sys
 from functools import partial
 from pathlib import Path
@@ -24,18 +23,12 @@ import torch.nn.functional as F
 from .adapter import ViTAdapter
 from .config import NECKS
 from .heads import FCNHead, UperNetHead, resize
+from .layers import evenly_spaced_indices
 from .neck import MultiLevelNeck
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["Segmentor", "create_segmentor", "evenly_spaced_indices", "load_backbone_weights", "seg_param_groups"]
-
-
-def evenly_spaced_indices(num_blocks: int, n: int = 4) -> list[int]:
-    """`n` block indices spread evenly over `num_blocks`, ending at the last block (12 blocks -> 2, 5, 8, 11)."""
-    if num_blocks < 1:
-        raise ValueError("backbone reports no blocks / stages")
-    return [max(0, math.ceil((i + 1) * num_blocks / n) - 1) for i in range(n)]
 
 
 def _feature_specs(backbone: nn.Module, indices: Sequence[int], probe_size: int) -> tuple[list[int], list[int]]:
