@@ -336,7 +336,7 @@ SETS: dict[str, MutantSet] = {
         _m("gu_unscaled", "tl.store(GUP + poff, tl.sum(gu_e, axis=0) * SCALE, mask=cmask)",
            "tl.store(GUP + poff, tl.sum(gu_e, axis=0), mask=cmask)"),
     )),
-    # the GEMMs with fused epilogues / operands (opt-ins: VRWKV_FUSED_LINEAR, VRWKV_FUSED_MIX, VRWKV_FUSED_MLP): tile
+    # the GEMMs with fused epilogues / operands (opt-ins: VRWKV_FUSED_GEMM, VRWKV_FUSED_MIX, VRWKV_FUSED_MLP): tile
     # order, K tails, the activations, the residual add + LayerNorm epilogue, the Q-Shift operand, the grouped
     # projections, the one-pass MLP, the GroupNorm * gate operand (not listed: the pre-norm epilogue's LayerNorm of the
     # unrounded sum instead of the stored one - the same for an fp32 residual stream, and within the 16-bit tolerance
