@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DOC = ROOT / "docs" / "environment.md"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SOURCES = [p for d in ("vision_rwkv", "clip") for p in sorted((ROOT / d).rglob("*.py"))] + [ROOT / "tests" / "conftest.py"]
+SOURCES = [*(p for d in ("vision_rwkv", "clip") for p in sorted((ROOT / d).rglob("*.py"))),
+           ROOT / "tests" / "conftest.py"]
 # names in quotes in the sources: what the code reads or sets (docstrings mention them in backticks instead)
 ENV_NAME = re.compile(r"""["'](VRWKV_[A-Z0-9_]+)["']""")
 ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|\s*([^|]*?)\s*\|")
