@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -75,16 +74,8 @@ def main(argv=None) -> int:
     dtypes = args.dtype or ["fp32", "bf16"]
     iters = args.iters or (2 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    meta = dict(torch=torch.__version__, python=platform.python_version(), device=args.device, iters=iters,
-                warmup=warmup, argv=sys.argv[1:] if argv is None else list(argv))
-    if args.device.startswith("cuda"):
-        meta["gpu"] = torch.cuda.get_device_name()
-    try:
-        import triton
-
-        meta["triton"] = triton.__version__
-    except Exception:
-        pass
+    meta = dict(bm.run_metadata(args.device), device=args.device, iters=iters, warmup=warmup,
+                argv=sys.argv[1:] if argv is None else list(argv))
     out: dict = {"meta": meta}
     section = {"key": "ops"}  # where tick() files its rows until the section's full list replaces them
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vision_rwkv.benchmark import run_metadata  # noqa: E402
 from vision_rwkv.profiling import benchmark_backbones, deit_of, format_benchmark  # noqa: E402
 
 OURS = ["VRWKV-T", "VRWKV-S", "VRWKV-B", "VRWKV6-T", "VRWKV6-S", "VRWKV6-B"]
@@ -105,14 +105,7 @@ def main(argv=None) -> list:
         ap.error("needs a CUDA device")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    meta = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(),
-            "python": platform.python_version(), "tf32": False}
-    try:
-        import timm
-        import triton
-        meta.update(timm=timm.__version__, triton=triton.__version__)
-    except ImportError:
-        pass
+    meta = dict(run_metadata("cuda"), device=torch.cuda.get_device_name(), tf32=False)
     done = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -62,6 +62,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vision_rwkv  # noqa: E402,F401
+from vision_rwkv.benchmark import run_metadata  # noqa: E402
 
 MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224", "deit_tiny_patch16_224"]
 ALLOC_OPS = {"aten.empty", "aten.new_empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty_strided"}
@@ -382,7 +383,7 @@ def main(argv=None) -> int:
               f"{r['other_aten_ops']} | {r['launches']} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(dict(torch=torch.__version__, rows=rows), indent=1))
+        args.out.write_text(json.dumps(dict(torch=torch.__version__, meta=run_metadata(), rows=rows), indent=1))
     return 0
 
 

@@ -407,7 +407,7 @@ def main(argv=None) -> int:
                 print(f"| {h['site']} | {h['GiB']:.3f} | {h['GiB'] / r['peak_GiB_est']:.1%} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(dict(torch=torch.__version__, bandwidth=args.bandwidth,
+        args.out.write_text(json.dumps(dict(torch=torch.__version__, meta=bm.run_metadata(), bandwidth=args.bandwidth,
                                             matrix_rate=MATRIX_RATE[args.dtype], rows=rows), indent=1))
     return 0
 

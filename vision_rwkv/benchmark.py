@@ -30,7 +30,7 @@ import torch
 from .resources import anchors_dir
 
 __all__ = ["OP_SHAPES", "BACKBONES", "load_anchors", "time_fn", "bench_ops", "fla_available", "bench_backbones",
-           "format_table", "DRAM_BPS", "apply_kernel_config", "kernel_configs"]
+           "format_table", "DRAM_BPS", "apply_kernel_config", "kernel_configs", "run_metadata"]
 
 DRAM_BPS = 3.0e12  # bytes/s used for the memory floor (anchors' convention, H100 HBM3 as measured)
 OP_SHAPES = [(64, 196, 192), (64, 196, 768), (16, 1024, 384), (4, 4096, 384), (1, 16384, 192)]
@@ -56,6 +56,41 @@ def kernel_configs() -> dict[str, dict]:
     from .ops.fused import norm_linear_triton as norm
 
     return {"v4": v4.CONFIG, "v6": v6.CONFIG, "gemm": gemm.CONFIG, "mix": mix.CONFIG, "norm": norm.CONFIG}
+
+
+def run_metadata(device: str | torch.device | None = None) -> dict:
+    """What a measurement ran with, for the JSON a benchmark writes: versions (python, torch, CUDA, Triton, timm),
+    the GPU's name (``device`` a CUDA device), the git commit of a checkout (``"+dirty"`` when it has uncommitted
+    changes), every ``VRWKV_*`` / ``TRITON_*`` variable set, and the Triton operators' live launch settings
+    (``kernel_configs()``, with ``--kernel-config`` items applied) - so that numbers read later say which kernels and
+    switches produced them."""
+    import platform
+    import subprocess
+
+    meta: dict = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for name in ("triton", "timm"):
+        try:
+            meta[name] = __import__(name).__version__
+        except Exception:  # not installed, or a broken install: the other fields still describe the run
+            meta[name] = None
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        meta["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():  # a checkout (an installed wheel has none; neither may a device's copy)
+        try:
+            git = dict(cwd=root, capture_output=True, text=True, timeout=10)
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], **git)
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **git)
+            if commit.returncode == 0:
+                meta["commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        except (OSError, subprocess.SubprocessError):  # no git executable
+            pass
+    meta["env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith(("VRWKV_", "TRITON_"))}
+    try:
+        meta["kernel_configs"] = {op: dict(cfg) for op, cfg in kernel_configs().items()}
+    except Exception as err:  # no usable Triton: the references ran
+        meta["kernel_configs"] = f"unavailable ({type(err).__name__})"
+    return meta
 
 
 def apply_kernel_config(items: Iterable[str] | None) -> None:

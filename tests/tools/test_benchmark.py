@@ -86,6 +86,7 @@ def test_json_keeps_rows_of_a_run_cut_short(tmp_path, monkeypatch):
         tool.main(["--backbones", "--device", "cpu", "--quick", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["backbones"][0]["img_per_s"] == 5.0 and "meta" in data
+    assert data["meta"]["device"] == "cpu" and "v6" in data["meta"]["kernel_configs"]
     assert not (tmp_path / "bench.json.tmp").exists()
 
 
@@ -209,3 +210,27 @@ def test_cli_train_only_asks_for_training_rows_alone(monkeypatch):
         with pytest.raises(SystemExit) as info:
             tool.main(["--backbones", "--device", "cpu", "--train-only", *extra])
         assert info.value.code == 2
+
+
+def test_run_metadata_names_the_switches_settings_and_commit(monkeypatch):
+    """A benchmark's JSON says what produced its numbers: the VRWKV_* / TRITON_* variables set, the live kernel
+    settings (with --kernel-config applied), versions, and the checkout's commit."""
+    import re
+
+    pytest.importorskip("triton")
+    monkeypatch.setenv("VRWKV_FUSED_MIX", "1")
+    monkeypatch.delenv("VRWKV_FUSED_MLP", raising=False)
+    v6 = bm.kernel_configs()["v6"]
+    monkeypatch.setitem(v6, "walk_max_t", v6["walk_max_t"])  # restored after the test
+    bm.apply_kernel_config(["v6.walk_max_t=256"])
+    meta = json.loads(json.dumps(bm.run_metadata("cpu")))  # JSON-ready
+    assert meta["env"]["VRWKV_FUSED_MIX"] == "1" and "VRWKV_FUSED_MLP" not in meta["env"]
+    assert not [k for k in meta["env"] if not k.startswith(("VRWKV_", "TRITON_"))]
+    assert meta["kernel_configs"]["v6"]["walk_max_t"] == 256
+    assert meta["kernel_configs"]["v4"] == bm.kernel_configs()["v4"]
+    import timm
+    import torch
+    assert meta["torch"] == torch.__version__ and meta["timm"] == timm.__version__ and meta["triton"]
+    assert "gpu" not in meta  # a CPU run names no GPU
+    if (ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", meta["commit"]), meta.get("commit")

@@ -18,7 +18,9 @@ def _run(tmp_path, name, extra_env=None, extra_args=()):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**env, **(extra_env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| vrwkv_tiny_patch16_224 | fused" in proc.stdout and "x DeiT" in proc.stdout
-    return {r["model"]: r for r in json.loads(out.read_text())["rows"]}
+    data = json.loads(out.read_text())
+    assert data["meta"]["env"].get("VRWKV_BACKEND") == "triton" and "v4" in data["meta"]["kernel_configs"]
+    return {r["model"]: r for r in data["rows"]}
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ def _run(tmp_path_factory, *extra, env=None):
     assert ("what is held at the peak" in proc.stdout) == ("--holders" in extra)
     data = json.loads(out.read_text())
     assert data["bandwidth"] == 3.0e12 and data["matrix_rate"] == 800e12
+    assert data["meta"]["env"].get("TRITON_INTERPRET") == "1" and "v6" in data["meta"]["kernel_configs"]
     return {r["model"]: r for r in data["rows"]}
 
 
