@@ -23,22 +23,26 @@ ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|\s*([^|]*?)\s*\|")
 
 # Each kernel module's CONFIG as built from `config_from_env(defaults, VAR)` at import, with no VRWKV_TRITON_* set:
 # the function is wrapped before the modules import it, so every family that takes settings from the environment
-# is found, not only the ones this test knows of.
+# is found, not only the ones this test knows of - and which op name of `vision_rwkv.benchmark.kernel_configs` (the
+# sweeps' `--kernel-config OP.KEY=VAL`) holds that very dict.
 _DUMP_CONFIGS = r"""
 import importlib, json, sys
 from pathlib import Path
 import vision_rwkv.ops._triton_utils as tu
-found = {}
+found, made = {}, {}
 original = tu.config_from_env
 def recording(config, var):
     found[var] = dict(config)
-    return original(config, var)
+    made[var] = original(config, var)
+    return made[var]
 tu.config_from_env = recording
 root = Path(sys.argv[1])
 for path in sorted((root / "vision_rwkv" / "ops").rglob("*.py")):
     if "config_from_env(" in path.read_text() and path.name != "_triton_utils.py":
         importlib.import_module(".".join(path.relative_to(root).with_suffix("").parts))
-print(json.dumps(found))
+from vision_rwkv.benchmark import kernel_configs
+ops = {id(config): op for op, config in kernel_configs().items()}
+print(json.dumps({"configs": found, "ops": {var: ops.get(id(config)) for var, config in made.items()}}))
 """
 
 
@@ -78,17 +82,32 @@ def test_every_documented_variable_is_read():
 
 
 _CONFIGS: dict = {}
+_OPS: dict = {}
 
 
 def _kernel_configs() -> dict:
+    """VRWKV_TRITON_* variable -> its family's default settings."""
     if not _CONFIGS:
         pytest.importorskip("triton")
         env = {k: v for k, v in os.environ.items() if not k.startswith("VRWKV_TRITON_")}
         proc = subprocess.run([sys.executable, "-c", _DUMP_CONFIGS, str(ROOT)], capture_output=True, text=True,
                               env=env, cwd=ROOT, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        _CONFIGS.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+        dump = json.loads(proc.stdout.strip().splitlines()[-1])
+        _CONFIGS.update(dump["configs"])
+        _OPS.update(dump["ops"])
     return _CONFIGS
+
+
+def test_every_kernel_family_is_sweepable():
+    """Each family's live CONFIG is one of ``kernel_configs()`` (so ``--kernel-config`` can set it and a benchmark's
+    metadata records it), under a name docs/environment.md gives."""
+    _kernel_configs()
+    missing = sorted(var for var, op in _OPS.items() if op is None)
+    assert not missing, f"kernel families absent from vision_rwkv.benchmark.kernel_configs(): {missing}"
+    headings = {line.split("`")[1]: line for line in ENV_DOC.read_text().splitlines() if line.startswith("### `")}
+    undocumented = sorted(f"{var} ({op})" for var, op in _OPS.items() if f"`{op}.KEY=VAL`" not in headings.get(var, ""))
+    assert not undocumented, f"docs/environment.md does not give these families' --kernel-config names: {undocumented}"
 
 
 def _shown(value) -> str:

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                         "launch overhead; CUDA only)")
     p.add_argument("--no-deit", action="store_true", help="skip the DeiT rows")
     p.add_argument("--kernel-config", action="append",
-                   help="v4. / v6. / gemm. / mix. / norm.KEY=VAL (Triton launch settings)")
+                   help="v4. / v6. / gemm. / mix. / norm. / mlp.KEY=VAL (Triton launch settings)")
     args = p.parse_args(argv)
     if not (args.ops or args.gemm or args.backbones):
         p.error("choose --ops, --gemm and/or --backbones")

@@ -48,14 +48,16 @@ _ANCHOR_DIR = anchors_dir()
 
 def kernel_configs() -> dict[str, dict]:
     """The live launch-setting dicts of the Triton operators: {"v4": ..., "v6": ..., "gemm": ..., "mix": ...,
-    "norm": ...} (imports Triton)."""
+    "norm": ..., "mlp": ...} (imports Triton)."""
     from .ops.bi_wkv import triton as v4
     from .ops.bi_wkv6 import triton as v6
     from .ops.fused import linear_triton as gemm
     from .ops.fused import mix_linear_triton as mix
+    from .ops.fused import mix_mlp_triton as mlp
     from .ops.fused import norm_linear_triton as norm
 
-    return {"v4": v4.CONFIG, "v6": v6.CONFIG, "gemm": gemm.CONFIG, "mix": mix.CONFIG, "norm": norm.CONFIG}
+    return {"v4": v4.CONFIG, "v6": v6.CONFIG, "gemm": gemm.CONFIG, "mix": mix.CONFIG, "norm": norm.CONFIG,
+            "mlp": mlp.CONFIG}
 
 
 def run_metadata(device: str | torch.device | None = None) -> dict:
@@ -94,8 +96,8 @@ def run_metadata(device: str | torch.device | None = None) -> dict:
 
 
 def apply_kernel_config(items: Iterable[str] | None) -> None:
-    """Set Triton launch settings from "v4.KEY=VAL" / "v6.KEY=VAL" / "gemm.KEY=VAL" / "mix.KEY=VAL" / "norm.KEY=VAL"
-    items (values cast to the entry's type); ValueError naming the problem for an unknown op or key."""
+    """Set Triton launch settings from "OP.KEY=VAL" items, OP one of :func:`kernel_configs`' (v4, v6, gemm, mix, norm,
+    mlp) (values cast to the entry's type); ValueError naming the problem for an unknown op or key."""
     configs = kernel_configs() if items else {}
     for item in items or []:
         key, sep, val = item.partition("=")
