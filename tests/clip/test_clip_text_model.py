@@ -149,6 +149,13 @@ def test_text_input_errors():
         t(torch.zeros(1, 12))
     with pytest.raises(ValueError, match="batch, tokens"):
         t(torch.zeros(12, dtype=torch.long))
+    ids = torch.randint(0, t.vocab_size, (2, 12))
+    t(ids)  # in range: runs
+    for bad, shown in ((t.vocab_size, f"max {t.vocab_size}"), (-1, "min -1")):
+        wrong = ids.clone()
+        wrong[1, 5] = bad
+        with pytest.raises(ValueError, match=rf"outside the vocabulary \[0, {t.vocab_size}\).*{shown}"):
+            t(wrong)
 
 
 def test_original_init():

@@ -1,4 +1,6 @@
 """Any input size (zero padding, pos-embed resizing, tiny and large grids) and clear errors for bad inputs."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,3 +123,19 @@ def test_bf16_autocast_and_bf16_weights(name, perturb):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     half = perturb(tiny_model(name)).to(torch.bfloat16)
     assert half(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_input_on_other_dtype_or_device_is_named():
+    """A batch in another floating dtype than the weights (outside autocast) or on another device gets an error
+    naming both and the fix, not the convolution's; under autocast the dtypes may differ."""
+    model = tiny_model('vrwkv_tiny_patch16_224').eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(TypeError, match=r'torch.float32 weights but the input batch is torch.float64'):
+        model(x.double())
+    with pytest.raises(TypeError, match=r'torch.bfloat16 weights but the input batch is torch.float32'):
+        model.bfloat16()(x)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16
+    model.float()
+    with pytest.raises(ValueError, match=r'is on meta but the input batch is on cpu'):
+        copy.deepcopy(model).to('meta')(x)

@@ -242,7 +242,7 @@ class VisionRWKVBase(nn.Module):
         return self.patch_embed.feat_size(img_size)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
-        check_image_batch(x, self.in_chans, type(self).__name__)
+        check_image_batch(x, self.in_chans, type(self).__name__, self.patch_embed.proj.weight)
         if fused.fused_enabled(x):
             x, grid = self.patch_embed.forward_tokens(x)
         else:

@@ -35,8 +35,10 @@ __all__ = [
 GridSize = Tuple[int, int]
 
 
-def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model') -> None:
-    """Raise a clear error when ``x`` is not a non-empty floating point (B, in_chans, H, W) batch."""
+def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model',
+                      weight: Optional[torch.Tensor] = None) -> None:
+    """Raise a clear error when ``x`` is not a non-empty floating point (B, in_chans, H, W) batch, or (``weight``: the
+    model's first weight) is on another device than the model, or of another floating dtype outside autocast."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'{model_name} expects a torch.Tensor image batch, got {type(x).__name__}')
     if x.ndim != 4:
@@ -53,6 +55,14 @@ def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model')
     if not x.is_floating_point():
         raise TypeError(f'{model_name} expects a floating point image batch, got dtype {x.dtype} '
                         f'(convert with x.float() and normalise first)')
+    if weight is None:
+        return
+    if x.device != weight.device:
+        raise ValueError(f'{model_name} is on {weight.device} but the input batch is on {x.device}; move one of them '
+                         f'(x.to("{weight.device}") or model.to("{x.device}"))')
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f'{model_name} has {weight.dtype} weights but the input batch is {x.dtype}; convert one of '
+                        f'them (x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast')
 
 
 class PatchEmbed(nn.Module):
