@@ -50,16 +50,20 @@ def test_import_tags_the_compile_caches_with_the_ops_sources():
     assert out.stdout.strip().splitlines()[-1] == f"mine+{ops_cache_tag()}"
 
 
-def test_compiling_tags_the_compile_caches_with_the_ops_sources(monkeypatch):
+def test_compiling_tags_the_compile_caches_with_the_ops_sources():
     """compile_for_training adds the tag again if it was reset since the import, once."""
     from vision_rwkv.engine.compiling import ops_cache_tag
 
     tag = ops_cache_tag()
     assert tag.startswith("vision_rwkv-") and len(tag) == len("vision_rwkv-") + 16 and tag == ops_cache_tag()
-    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "mine")
-    compile_for_training(nn.Linear(2, 2), True, backend="eager")
-    compile_for_training(nn.Linear(2, 2), True, backend="eager")
-    assert torch.compiler.config.cache_key_tag == f"mine+{tag}"
+    before = torch.compiler.config.cache_key_tag
+    # (torch's own patch, not pytest's monkeypatch: pytest >= 9.2 restores a config module's attribute by deleting
+    # it, which leaves torch.compiler.config without the key for every later test in the process)
+    with torch.compiler.config.patch(cache_key_tag="mine"):
+        compile_for_training(nn.Linear(2, 2), True, backend="eager")
+        compile_for_training(nn.Linear(2, 2), True, backend="eager")
+        assert torch.compiler.config.cache_key_tag == f"mine+{tag}"
+    assert torch.compiler.config.cache_key_tag == before
 
 
 def test_modes_are_torch_modes():
