@@ -1,13 +1,17 @@
 """vision_rwkv.ops.interpret_fixes: the CPU interpreter's bf16 tl.dot and float32 -> bf16 casts as a GPU does them."""
+import inspect
 import json
+import operator
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
+import pytest
 import torch
 
-from vision_rwkv.ops.interpret_fixes import bf16_bits_to_float32, float32_to_bf16_bits
+from vision_rwkv.ops.interpret_fixes import bf16_bits_to_float32, fix_scalar_index, float32_to_bf16_bits
 
 
 def _edge_and_random_floats() -> torch.Tensor:
@@ -98,3 +102,51 @@ def test_tf32_rounding_helpers():
     assert np.isinf(tf32_round(x)[-1]) and np.isnan(tf32_round(np.array([np.nan], dtype=np.float32)))[0]
     y = tf32_round(np.random.default_rng(0).standard_normal(1000).astype(np.float32))
     assert (y.view(np.uint32) & 0x1FFF == 0).all()  # (no bit below the 10th of the mantissa)
+
+
+class _Scope:
+    """The interpreter's patch scope, as Triton's: set attributes, undo them last first."""
+
+    def __init__(self):
+        self.changes = []
+
+    def set_attr(self, obj, name, value):
+        self.changes.append((obj, name, obj.__dict__.get(name)))
+        setattr(obj, name, value)
+
+    def restore(self):
+        while self.changes:
+            obj, name, old = self.changes.pop()
+            setattr(obj, name, old)
+
+
+def _old_patch_lang_tensor(tensor, scope):  # Triton 3.6's conversion, which NumPy >= 2.4 rejects for shape (1,)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
+    scope.set_attr(tensor, "__bool__", lambda self: bool(self.handle.data.size))
+
+
+def test_scalar_arguments_index_on_any_numpy():
+    """On an interpreter with Triton 3.6's ``int(handle.data)``, fix_scalar_index makes a one-element 1-D scalar an
+    index (``range(0, N, B)`` over a kernel argument); the rest of the patch and its undo are kept; an interpreter
+    that converts correctly (this one) is left alone."""
+    old_interp = types.SimpleNamespace(_patch_lang_tensor=_old_patch_lang_tensor)
+    assert fix_scalar_index(old_interp) and not fix_scalar_index(old_interp)  # (wrapped once)
+
+    class Tensor:
+        def __init__(self, data):
+            self.handle = types.SimpleNamespace(data=np.asarray(data))
+
+    scope = _Scope()
+    old_interp._patch_lang_tensor(Tensor, scope)
+    assert operator.index(Tensor(np.array([7], dtype=np.int32))) == 7
+    assert operator.index(Tensor(np.array(5, dtype=np.int64))) == 5
+    assert list(range(0, Tensor(np.array([10])), 4)) == [0, 4, 8]
+    assert bool(Tensor(np.array([0])))  # (the other patched attributes are the original's)
+    scope.restore()  # (the class had no __index__: None again)
+    with pytest.raises(TypeError):
+        operator.index(Tensor(np.array([7])))
+
+    from triton.runtime import interpreter as ti
+
+    if "int(self.handle.data)" not in inspect.getsource(ti._patch_lang_tensor):
+        assert not fix_scalar_index(ti)

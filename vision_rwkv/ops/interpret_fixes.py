@@ -17,14 +17,21 @@ exact float32, whatever its ``input_precision``:
   not exactly). The interpreter computed both exactly, so a CPU test could not see the precision a GPU loses
   there. Now both are emulated; ``"ieee"`` stays exact.
 
-:func:`install` patches the interpreter's ``create_dot`` and ``create_fp_trunc``; other dtypes and operations are
-untouched. :mod:`vision_rwkv.ops.triton_jit` installs it whenever ``TRITON_INTERPRET=1``.
+And one fix of the interpreter itself: **scalar arguments as indices** (``range(0, N, BLOCK)`` over a kernel
+argument N). Triton 3.6 converts such a scalar with ``int()`` of its one-element array, which NumPy >= 2.4 refuses
+("only 0-dimensional arrays can be converted to Python scalars"): every such kernel failed there. Its tensors'
+``__index__`` now reads the one element (what Triton 3.7 does).
+
+:func:`install` patches the interpreter's ``create_dot`` and ``create_fp_trunc`` and, where it has the old
+conversion, the language patch that sets ``__index__``; other dtypes and operations are untouched.
+:mod:`vision_rwkv.ops.triton_jit` installs it whenever ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["install", "installed", "bf16_bits_to_float32", "float32_to_bf16_bits", "tf32_truncate", "tf32_round"]
+__all__ = ["install", "installed", "fix_scalar_index", "bf16_bits_to_float32", "float32_to_bf16_bits", "tf32_truncate",
+           "tf32_round"]
 
 _INSTALLED = [False]
 
@@ -71,6 +78,36 @@ def _tf32_dot(a: np.ndarray, b: np.ndarray, out_dtype, three: bool) -> np.ndarra
             + np.matmul(a_big, b_big, dtype=out_dtype))
 
 
+def _index_of(tensor) -> int:
+    """A scalar interpreter tensor as a Python int (its handle's one element, whatever the array's rank)."""
+    return int(np.asarray(tensor.handle.data).reshape(-1)[0])
+
+
+def fix_scalar_index(ti) -> bool:
+    """Wrap ``ti._patch_lang_tensor`` (the interpreter module ``ti``'s patch of ``tl.tensor``) so that its
+    ``__index__`` is :func:`_index_of`; only on an interpreter whose own conversion is ``int()`` of the array (Triton
+    <= 3.6: NumPy >= 2.4 rejects it for a one-element 1-D array). Returns whether it wrapped."""
+    import inspect
+
+    patch = getattr(ti, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "_vrwkv_index", False):
+        return False
+    try:
+        source = inspect.getsource(patch)
+    except (OSError, TypeError):
+        return False
+    if "int(self.handle.data)" not in source:  # (Triton >= 3.7 squeezes first)
+        return False
+
+    def patch_lang_tensor(tensor, scope, *args, **kwargs):
+        patch(tensor, scope, *args, **kwargs)
+        scope.set_attr(tensor, "__index__", _index_of)  # (restored with the rest, last set first undone)
+
+    patch_lang_tensor._vrwkv_index = True
+    ti._patch_lang_tensor = patch_lang_tensor
+    return True
+
+
 def installed() -> bool:
     """Whether :func:`install` has patched the interpreter in this process."""
     return _INSTALLED[0]
@@ -108,5 +145,6 @@ def install() -> bool:
 
     builder_cls.create_dot = create_dot
     builder_cls.create_fp_trunc = create_fp_trunc
+    fix_scalar_index(ti)
     _INSTALLED[0] = True
     return True
