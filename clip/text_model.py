@@ -175,7 +175,7 @@ class TextRWKV(nn.Module):
             raise ValueError(f"text has {text.shape[1]} tokens, more than context_length {self.context_length}")
         if text.device.type == "cpu" and text.numel() and not torch.compiler.is_compiling():
             # (checked where it costs no device sync: on CUDA the embedding's own bounds assert stops a bad id)
-            low, high = int(text.min()), int(text.max())
+            low, high = (int(v) for v in torch.aminmax(text))
             if low < 0 or high >= self.vocab_size:
                 raise ValueError(f"text holds token ids outside the vocabulary [0, {self.vocab_size}): min {low}, "
                                  f"max {high} (ids from another tokenizer?)")

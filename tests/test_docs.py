@@ -106,7 +106,8 @@ def test_every_kernel_family_is_sweepable():
     missing = sorted(var for var, op in _OPS.items() if op is None)
     assert not missing, f"kernel families absent from vision_rwkv.benchmark.kernel_configs(): {missing}"
     headings = {line.split("`")[1]: line for line in ENV_DOC.read_text().splitlines() if line.startswith("### `")}
-    undocumented = sorted(f"{var} ({op})" for var, op in _OPS.items() if f"`{op}.KEY=VAL`" not in headings.get(var, ""))
+    undocumented = sorted(f"{var} ({op})" for var, op in _OPS.items()
+                          if f"`{op}.KEY=VAL`" not in headings.get(var, ""))
     assert not undocumented, f"docs/environment.md does not give these families' --kernel-config names: {undocumented}"
 
 

@@ -141,6 +141,8 @@ def test_scalar_arguments_index_on_any_numpy():
     assert operator.index(Tensor(np.array([7], dtype=np.int32))) == 7
     assert operator.index(Tensor(np.array(5, dtype=np.int64))) == 5
     assert list(range(0, Tensor(np.array([10])), 4)) == [0, 4, 8]
+    with pytest.raises(ValueError):  # (a block is no index)
+        operator.index(Tensor(np.array([1, 2])))
     assert bool(Tensor(np.array([0])))  # (the other patched attributes are the original's)
     scope.restore()  # (the class had no __index__: None again)
     with pytest.raises(TypeError):

@@ -79,8 +79,9 @@ def _tf32_dot(a: np.ndarray, b: np.ndarray, out_dtype, three: bool) -> np.ndarra
 
 
 def _index_of(tensor) -> int:
-    """A scalar interpreter tensor as a Python int (its handle's one element, whatever the array's rank)."""
-    return int(np.asarray(tensor.handle.data).reshape(-1)[0])
+    """A scalar interpreter tensor as a Python int (its handle's one element, whatever the array's rank; a block of
+    several elements raises, as in Triton)."""
+    return int(np.asarray(tensor.handle.data).item())
 
 
 def fix_scalar_index(ti) -> bool:
