@@ -17,7 +17,7 @@
 #   4. VRWKV-T / VRWKV6-T at 1024 px with the forward's picks AND the mixed-operand GEMMs and the fused MLP
 #      (VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1: the roofline's 1024-px floor of VRWKV6-T 7.91 -> 5.84 ms at 3 TB/s,
 #      below the 7.74 ms 2x DeiT-T asks; the H200 of round 18 ran those GEMMs slower than cuBLAS, before rounds
-#      19-29 changed them): bb_tuned_inference_1024_fused_mix.json;
+#      19-29 changed them and round 38 widened their tiles): bb_tuned_inference_1024_fused_mix.json;
 #   5. tuned.md (pick_settings.py summary: the picks, img/s, x DeiT, targets met) in $OUT, after every step.
 W=${W:-/tmp/device_run9}
 SWEEP=${SWEEP:-/tmp/device_run8/sweep.json}

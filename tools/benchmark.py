@@ -4,6 +4,7 @@
 Examples:
   python tools/benchmark.py --ops --device cuda --out benchmarks/results/h100_ops.json
   python tools/benchmark.py --gemm --device cuda --kernel-config gemm.bm=64     # fused GEMMs vs cuBLAS + kernel
+  python tools/benchmark.py --mix-gemm --dtype bf16 --kernel-config mix.bm=64    # the mixed-operand rows alone
   python tools/benchmark.py --backbones --device cuda --dtype bf16 --out bb.json
   python tools/benchmark.py --ops --backbones --device cpu --quick          # tiny CPU smoke run
   python tools/benchmark.py --backbones --device cpu --dtype fp32 --res 224 --batch 224=8 --train-batch 8  # CPU
@@ -34,6 +35,9 @@ def main(argv=None) -> int:
     p.add_argument("--gemm", action="store_true",
                    help="GEMM-epilogue table (fused vs cuBLAS + elementwise; mixed-operand GEMMs vs the shift pass + "
                         "cuBLAS)")
+    p.add_argument("--mix-gemm", action="store_true",
+                   help="only the mixed-operand part of the GEMM table (the ops of VRWKV_FUSED_MIX / _MLP: a tile "
+                        "sweep's table, with --kernel-config mix.KEY=VAL)")
     p.add_argument("--backbones", action="store_true", help="backbone table")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", action="append", choices=list(bm.DTYPES), help="repeatable; default fp32 and bf16")
@@ -61,8 +65,10 @@ def main(argv=None) -> int:
     p.add_argument("--kernel-config", action="append",
                    help="v4. / v6. / gemm. / mix. / norm. / mlp.KEY=VAL (Triton launch settings)")
     args = p.parse_args(argv)
-    if not (args.ops or args.gemm or args.backbones):
-        p.error("choose --ops, --gemm and/or --backbones")
+    if not (args.ops or args.gemm or args.mix_gemm or args.backbones):
+        p.error("choose --ops, --gemm (or --mix-gemm) and/or --backbones")
+    if args.gemm and args.mix_gemm:
+        p.error("--gemm includes the mixed-operand rows; --mix-gemm is that part alone: pass one of them")
     if args.train_only and (args.no_train or args.res):
         p.error("--train-only runs the training rows (224 px) alone: not with --no-train or --res")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -102,12 +108,12 @@ def main(argv=None) -> int:
         out["ops"] = rows
         print("\n## Operators\n")
         print(bm.format_table(rows, bm.OPS_COLUMNS))
-    if args.gemm:
+    if args.gemm or args.mix_gemm:
         section["key"] = "gemm"
         shapes = ([(300, 40, 72, "relu_square"), (300, 40, 40, "sigmoid_mul"), (300, 40, 32, "tanh"),
                    (300, 16, 40, "decay")] if args.quick else None)
-        rows = bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes, iters=iters, warmup=warmup,
-                                       progress=tick)
+        rows = [] if args.mix_gemm else bm.bench_gemm_epilogues(args.device, args.dtype or ["bf16"], shapes,
+                                                                iters=iters, warmup=warmup, progress=tick)
         mix_shapes = [(1, 5, 6, 64, v) for v in ("v4x3", "v6x5", "v6gn", "mlp", "res")] if args.quick else None
         rows += bm.bench_mix_gemms(args.device, args.dtype or ["bf16"], mix_shapes, iters=iters, warmup=warmup,
                                    progress=tick)

@@ -90,6 +90,35 @@ def test_json_keeps_rows_of_a_run_cut_short(tmp_path, monkeypatch):
     assert not (tmp_path / "bench.json.tmp").exists()
 
 
+def test_mix_gemm_runs_the_mixed_operand_rows_alone(tmp_path, monkeypatch, capsys):
+    """--mix-gemm: the mixed-operand GEMM rows without the epilogue table (a tile sweep's table), with the live mix
+    settings in the metadata; --gemm already includes those rows, so both together is an error."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark as tool
+
+    calls = []
+
+    def fake_mix(*args, progress=None, **kwargs):
+        calls.append("mix")
+        return [dict(epilogue="mix_v4x3", impl="fused", ms=1.0)]
+
+    monkeypatch.setattr(tool.bm, "bench_gemm_epilogues", lambda *a, **k: calls.append("epilogues") or [])
+    monkeypatch.setattr(tool.bm, "bench_mix_gemms", fake_mix)
+    from vision_rwkv.ops.fused import mix_linear_triton
+
+    monkeypatch.setitem(mix_linear_triton.CONFIG, "bm", mix_linear_triton.CONFIG["bm"])  # (restored afterwards)
+    out = tmp_path / "mix.json"
+    assert tool.main(["--mix-gemm", "--device", "cpu", "--quick", "--kernel-config", "mix.bm=64",
+                      "--out", str(out)]) == 0
+    assert calls == ["mix"]
+    data = json.loads(out.read_text())
+    assert data["gemm"] == [dict(epilogue="mix_v4x3", impl="fused", ms=1.0)]
+    assert data["meta"]["kernel_configs"]["mix"]["bm"] == 64
+    with pytest.raises(SystemExit):
+        tool.main(["--gemm", "--mix-gemm", "--device", "cpu"])
+    assert "--mix-gemm is that part alone" in capsys.readouterr().err
+
+
 def test_saved_activation_bytes_counts_saved_storages_once():
     """What autograd keeps for the backward: each saved storage once, the excluded tensors (parameters) not."""
     import torch

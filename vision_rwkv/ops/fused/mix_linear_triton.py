@@ -16,8 +16,9 @@ with the LoRA, d h and d W2). The models use this op for inference (``VRWKV_FUSE
 ``VRWKV_FUSED_MIX_TRAIN=1`` (less activation memory: by default the stored mixed inputs of the separate pass are
 cheaper than one recompute per projection).
 
-Launch settings: ``CONFIG`` (``VRWKV_TRITON_MIX="bm=..,bn=..,bk=..,warps=..,stages=..,group_m=.."``; bn 0 = 64 or
-128 from N). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned in debug mode).
+Launch settings: ``CONFIG`` (``VRWKV_TRITON_MIX="bm=..,bn=..,bk=..,warps=..,stages=..,group_m=.."``; bm, bn, warps 0
+= chosen from the dtype and N by ``_tiles``). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty`
+(NaN-poisoned in debug mode).
 """
 from __future__ import annotations
 
@@ -26,32 +27,50 @@ from typing import Optional
 import torch
 import triton.language as tl
 
-from .._triton_utils import cdiv, config_from_env, new_empty, run_op
+from .._triton_utils import cdiv, config_from_env, new_empty, next_pow2, run_op
 from ..triton_jit import jit
 from .elementwise_triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _sigmoid_mul_bwd_kernel,
                                  _tanh_bwd_from_out_kernel)
 from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
                             _gemm_tile_of, _like_weight, _precision, _residual_norm_store, _weight_grad,
                             residual_launch)
-from .shift_triton import _neighbour, _quarters, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
+from .shift_triton import _quarters, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
 
 __all__ = ["mix_linear_triton", "mix_linear_residual_triton", "CONFIG", "ACT_EPILOGUES"]
 
-# bk 32: 85 / 136 / 185 registers (v4 C 192 / v6 C 192 / v6 C 768, sm_90, bf16) against 122 / 169 / 241 with bk 64
+# bm / bn / warps 0: chosen from the operand dtype and N by _tiles (the mixing is redone by every column tile of a
+# row block, so wide column tiles do less of it); bk 32: fewer registers than 64 at every width
 # with the residual epilogue a program holds whole rows: bn = next_pow2(N), bm = res_elems / bn (16..bm), res_warps
 # warps (sm_90, bf16: 128-186 registers, no spill, for C 192 / 384; rows of 1024 spill: the public ops take <= 512)
-CONFIG = config_from_env(dict(bm=64, bn=0, bk=32, warps=4, stages=2, group_m=8, res_warps=8, res_elems=8192),
+CONFIG = config_from_env(dict(bm=0, bn=0, bk=32, warps=0, stages=2, group_m=8, res_warps=8, res_elems=8192),
                          "VRWKV_TRITON_MIX")
+
+
+def _tiles(n: int, dtype: torch.dtype, cfg: dict) -> tuple[int, int, int]:
+    """(bm, bn, warps) of a mixed-operand GEMM with N = n outputs; a nonzero ``cfg`` entry wins.
+
+    Every program forms the mixed operand of its row block again, so the mixing work is N / bn times that of one
+    pass: 16-bit operands take 128 x 256 tiles and 8 warps (a whole row of N <= 256; for VRWKV6-T's projections,
+    sm_90 static counts give 2.7x fewer instructions than 64 x 64 tiles: 54 against 148 M warp instructions at 1024
+    px, batch 16, no spill at 228 registers); fp32 operands take 64-row tiles of 64 or 128 columns on 8 warps (wider
+    tiles spill; 4 warps spill with the RWKV-6 LoRA)."""
+    wide = dtype != torch.float32
+    bm = cfg["bm"] or (128 if wide else 64)
+    bn = cfg["bn"] or (min(256, max(64, next_pow2(n))) if wide else (128 if n % 128 == 0 else 64))
+    # (a 16-bit 64-row tile on 8 warps would form its operand twice, once per warpgroup)
+    warps = cfg["warps"] or (8 if bm >= 128 or not wide else 4)
+    return bm, bn, warps
 ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul": EPI_SIGMOID_MUL, "tanh": EPI_TANH}
 
 
 @jit
 def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOUT, A1, A2, A3, WT1, WT2, WT3, M, N,
-                       K, P, NTOK, H, W, HS, Q1, Q2, Q3, shm, swn, swk, ln_eps, EPI: tl.constexpr,
+                       K, P, NTOK, H, W, shm, swn, swk, ln_eps, EPI: tl.constexpr,
                        SAVE_PRE: tl.constexpr, HAS_LORA: tl.constexpr, ONE_MINUS: tl.constexpr, RES: tl.constexpr,
                        HAS_GAMMA: tl.constexpr, SHIFT: tl.constexpr, R: tl.constexpr, GROUP: tl.constexpr,
                        PREC: tl.constexpr, LORA_PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       BK: tl.constexpr, GROUP_M: tl.constexpr):
+                       BK: tl.constexpr, GROUP_M: tl.constexpr, HS: tl.constexpr, Q1: tl.constexpr,
+                       Q2: tl.constexpr, Q3: tl.constexpr):
     # GROUP: P <= 4 projections of one x (mix_linear_group), projection p with coefficients A_p and weight WT_p (A,
     # WT for p = 0): the P programs of an output tile are neighbours, so x and its shifted rows come from DRAM once
     # and from L2 for the other projections. Pointer arguments a call does not use are None (constexpr: no host-side
@@ -69,7 +88,11 @@ def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOU
     else:
         rm, rn, m_ok, n_ok = _gemm_tile_of(pid, M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
-    n_img = (rm % NTOK)[:, None]  # token index inside its image
+    n_img = rm % NTOK  # token index inside its image
+    row = n_img // W
+    col = n_img - row * W
+    ok_l, ok_r = (col > 0)[:, None], (col < W - 1)[:, None]
+    ok_u, ok_d = (row > 0)[:, None], (row < H - 1)[:, None]
     rr = tl.arange(0, R)
     if HAS_LORA:  # this program's rows of the LoRA hidden, exactly in fp32 (16-bit values are exact in tf32)
         hrow = tl.load(HH + rm[:, None] * shm + rr[None, :], mask=m_ok[:, None], other=0.0)
@@ -83,10 +106,10 @@ def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOU
         offs = rm[:, None] * K + c[None, :]
         b = tl.load(pw, mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         if SHIFT:
-            cc = c % HS
+            cc = c % HS if HS > 0 else c
             q = ((cc >= Q1).to(tl.int32) + (cc >= Q2).to(tl.int32) + (cc >= Q3).to(tl.int32))[None, :]
-            delta, valid = _neighbour(n_img, q, H, W)
-            valid = valid & ok
+            delta = tl.where(q == 0, -1, tl.where(q == 1, 1, tl.where(q == 2, -W, W)))
+            valid = tl.where(q == 0, ok_l, tl.where(q == 1, ok_r, tl.where(q == 2, ok_u, ok_d))) & ok
             x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
             xx = tl.load(X + offs + tl.where(valid, delta, 0).to(tl.int64) * K, mask=valid,
                          other=0.0).to(tl.float32) - x
@@ -128,10 +151,10 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
     if residual is None:
         out = new_empty((P * rows, n), _out_dtype(weight, y), x.device)
         pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else None  # None: not a kernel argument
-        bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
+        bm, bn, warps = _tiles(n, weight.dtype, cfg)
         res_args, res_meta, eps = (None,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        rl = residual_launch(residual, rows, n, cfg, x.device, inplace)
+        rl = residual_launch(residual, rows, n, dict(cfg, bm=cfg["bm"] or 64), x.device, inplace)  # (bm: a cap)
         out, pre, res_args, res_meta, eps, bm, bn, warps = rl.s, rl.n, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
     if h2 is not None and h2.stride(1) != 1:
@@ -141,12 +164,13 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
     grid = (P * cdiv(rows, bm) * cdiv(n, bn),)
     _mix_linear_kernel[grid](
         x, a if shift else None, h2, w2, weight, None if y is None else y.reshape(rows, n), out, pre, *res_args,
-        *(m[0] for m in more), *(m[1] for m in more), rows, n, C, P, T, H, W, hs, q1, q2, q3,
+        *(m[0] for m in more), *(m[1] for m in more), rows, n, C, P, T, H, W,
         0 if h2 is None else h2.stride(0), weight.stride(0), weight.stride(1), float(eps),
         EPI=ACT_EPILOGUES[act], SAVE_PRE=save_pre and residual is None, HAS_LORA=h2 is not None,
         ONE_MINUS=one_minus, SHIFT=shift, R=16 if h2 is None else h2.shape[1] // P, GROUP=bool(group), **res_meta,
         PREC=_precision(weight.dtype), LORA_PREC="ieee" if h2 is None or h2.dtype == torch.float32 else "tf32",
-        BM=bm, BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], num_warps=warps, num_stages=cfg["stages"])
+        BM=bm, BN=bn, BK=cfg["bk"], GROUP_M=cfg["group_m"], HS=0 if hs == C else hs, Q1=q1, Q2=q2, Q3=q3,
+        num_warps=warps, num_stages=cfg["stages"])
     if residual is not None:
         return rl.results(residual[0].shape)
     return (out.view(P, B, T, n) if group else out.view(B, T, n)), (out.new_empty((0,)) if pre is None else pre)

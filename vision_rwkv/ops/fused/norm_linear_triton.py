@@ -11,8 +11,9 @@ Backward (training): the gated tensor is recomputed by the ``group_norm_mul`` ke
 (d gated, d W) and the ``group_norm_mul`` backward (d y, d g, d weight, d bias). The models use this op for inference
 (``VRWKV_FUSED_MIX=1``, with the mixed-operand GEMMs of ``mix_linear_triton.py``).
 
-Launch settings: ``CONFIG`` (``VRWKV_TRITON_NORM_GEMM="bm=..,bn=..,warps=..,stages=..,group_m=.."``; bn 0 = 64 or 128
-from N). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty` (NaN-poisoned in debug mode).
+Launch settings: ``CONFIG`` (``VRWKV_TRITON_NORM_GEMM="bm=..,bn=..,warps=..,stages=..,group_m=.."``; bm, bn, warps 0
+= chosen from the dtype and N by ``_tiles``). Outputs come from :func:`vision_rwkv.ops._triton_utils.new_empty`
+(NaN-poisoned in debug mode).
 """
 from __future__ import annotations
 
@@ -31,8 +32,19 @@ __all__ = ["group_norm_mul_linear_triton", "group_norm_mul_linear_residual_trito
 
 # with the residual epilogue a program holds whole rows: bn = next_pow2(N), bm = res_elems / bn (16..bm), res_warps
 # warps (sm_90, bf16: 128-186 registers, no spill, for C 192 / 384; rows of 1024 spill: the public ops take <= 512)
-CONFIG = config_from_env(dict(bm=64, bn=0, warps=4, stages=2, group_m=8, res_warps=8, res_elems=8192),
+# bm / bn / warps 0: chosen by _tiles from the operand dtype and N
+CONFIG = config_from_env(dict(bm=0, bn=0, warps=0, stages=2, group_m=8, res_warps=8, res_elems=8192),
                          "VRWKV_TRITON_NORM_GEMM")
+
+
+def _tiles(n: int, dtype: torch.dtype, cfg: dict) -> tuple[int, int, int]:
+    """(bm, bn, warps) of the projection with N = n outputs; a nonzero ``cfg`` entry wins. Every column tile of a
+    row block normalises its rows again, so wider tiles do less of it: 16-bit operands take 128 x 128 tiles (64 x 64
+    when N <= 64) on 8 warps (sm_90 static counts, VRWKV6-T at 1024 px: 28 against 41 M warp instructions for the
+    former 64 x 64 on 4 warps; 187 registers, where 128 x 256 spills); fp32 operands 64 x 64 on 8 warps (wider
+    tiles, and 4 warps at C >= 384, spill)."""
+    wide = dtype != torch.float32 and n > 64
+    return cfg["bm"] or (128 if wide else 64), cfg["bn"] or (128 if wide else 64), cfg["warps"] or 8
 
 
 @jit
@@ -73,10 +85,10 @@ def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight, residual=None, inp
     cfg = CONFIG
     if residual is None:
         out = new_empty((rows, n), weight.dtype, y.device)
-        bm, bn, warps = cfg["bm"], cfg["bn"] or (128 if n % 128 == 0 else 64), cfg["warps"]
+        bm, bn, warps = _tiles(n, weight.dtype, cfg)
         res_args, res_meta, ln_eps = (out,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        rl = residual_launch(residual, rows, n, cfg, y.device, inplace)
+        rl = residual_launch(residual, rows, n, dict(cfg, bm=cfg["bm"] or 64), y.device, inplace)  # (bm: a cap)
         out, res_args, res_meta, ln_eps, bm, bn, warps = rl.s, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     grid = (cdiv(rows, bm) * cdiv(n, bn),)
     _norm_linear_kernel[grid](y, g, gn_weight, gn_bias, weight, out, *res_args, rows, n, c, eps, weight.stride(0),
