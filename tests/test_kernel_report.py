@@ -10,7 +10,8 @@ import torch
 pytest.importorskip("triton")
 
 from vision_rwkv import benchmark as bm  # noqa: E402
-from vision_rwkv.kernel_report import capture_kernels, cuobjdump_path, format_rows, kernel_rows, sass_counts  # noqa: E402
+from vision_rwkv.kernel_report import (capture_kernels, cuobjdump_path, format_rows, kernel_rows,  # noqa: E402
+                                      loop_instructions, sass_counts)
 
 pytestmark = pytest.mark.skipif(cuobjdump_path() is None, reason="cuobjdump (shipped with triton) not found")
 
@@ -72,6 +73,20 @@ def test_sass_counts_parses_predicated_ops():
             "        /*0040*/               @P1 LDG.E.U16 R5, desc[UR4][R2.64] ;\n")
     c = sass_counts(sass)
     assert c == {"FMUL": 1, "MUFU.EX2": 1, "LDG.E.128": 1, "LDG.E.U16": 1}
+
+
+def test_loop_instructions_is_the_longest_backward_branch():
+    sass = ("        /*0000*/                   MOV R1, c[0x0][0x28] ;\n"
+            "        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;\n"
+            "        /*0020*/              @!P0 BRA 0x10 ;\n"  # a 2-instruction loop
+            "        /*0030*/                   FADD R3, R3, R4 ;\n"
+            "        /*0040*/                   FADD R3, R3, R4 ;\n"
+            "        /*0050*/               @P1 BRA 0x30 ;\n"  # a 3-instruction loop
+            "        /*0060*/                   BRA 0x80 ;\n"  # forward: not a loop
+            "        /*0070*/                   EXIT ;\n"
+            "        /*0080*/                   BRA 0x80;\n")  # the trailing self-branch: not a loop
+    assert loop_instructions(sass) == 3
+    assert loop_instructions(sass.split("        /*0020*/")[0]) == 0
 
 
 def test_fp64_count_includes_conversions():

@@ -20,7 +20,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-__all__ = ["CompiledLaunch", "capture_kernels", "cuobjdump_path", "kernel_rows", "format_rows", "sass_counts"]
+__all__ = ["CompiledLaunch", "capture_kernels", "cuobjdump_path", "kernel_rows", "format_rows", "sass_counts",
+           "loop_instructions"]
 
 _SASS_OP = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)", re.M)
 _RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -92,6 +93,20 @@ def capture_kernels(arch: int = 90, tag: str = "") -> Iterator[list[CompiledLaun
             cls.run = run
 
 
+_SASS_ADDR_OP = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);", re.M)
+
+
+def loop_instructions(sass: str) -> int:
+    """Instructions of the longest loop in a ``cuobjdump -sass`` listing (from a backward branch's target to the
+    branch), 0 for a loop-free kernel: with the trip count, the loop's share of the dynamic instruction count."""
+    longest = 0
+    for addr, op, args in _SASS_ADDR_OP.findall(sass):
+        target = re.match(r"\s*0x([0-9a-f]+)", args)
+        if op == "BRA" and target and int(target.group(1), 16) < int(addr, 16):
+            longest = max(longest, (int(addr, 16) - int(target.group(1), 16)) // 16 + 1)
+    return longest
+
+
 def sass_counts(sass: str) -> collections.Counter:
     """Opcode (with modifiers, e.g. ``LDG.E.128``) -> static count in a ``cuobjdump -sass`` listing."""
     return collections.Counter(_SASS_OP.findall(sass))
@@ -142,13 +157,14 @@ def kernel_rows(records: list[CompiledLaunch], cuobjdump: str | None = None) -> 
                 programs *= g
             row = dict(tag=rec.tag, kernel=rec.name, grid=list(rec.grid), programs=programs,
                        warps=rec.kernel.metadata.num_warps, regs=reg, stack=stack, local_bytes=local,
-                       shared=max(shared, rec.kernel.metadata.shared), **_group(sass_counts(sass)), **rec.extra)
+                       shared=max(shared, rec.kernel.metadata.shared), **_group(sass_counts(sass)),
+                       loop_instr=loop_instructions(sass), **rec.extra)
             rows.append(row)
     return rows
 
 
-_COLUMNS = ("tag", "kernel", "grid", "warps", "regs", "stack", "shared", "instr", "ldg", "ldg_128", "ldg_16bit",
-            "stg", "shfl", "bar", "mufu", "mma", "fp64", "local")
+_COLUMNS = ("tag", "kernel", "grid", "warps", "regs", "stack", "shared", "instr", "loop_instr", "ldg", "ldg_128",
+            "ldg_16bit", "stg", "shfl", "bar", "mufu", "mma", "fp64", "local")
 
 
 def format_rows(rows: list[dict]) -> str:

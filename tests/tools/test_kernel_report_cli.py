@@ -39,3 +39,30 @@ def test_cli_rejects_bad_variant():
     cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--variant", "x:v4.nope=1", "--shape", "1,8,32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0 and "unknown key 'nope'" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cuobjdump_path() is None, reason="cuobjdump (shipped with triton) not found")
+def test_cli_operand_gemms_count_the_repeated_operand_work(tmp_path):
+    """The operand-forming GEMMs (VRWKV_FUSED_MIX): the v6 token mix's five projections as two launches (4 + 1) and
+    the dynamic estimate, which for 64-wide column tiles is above the wide default's (each column tile of a row block
+    forms the mixed operand again)."""
+    out = tmp_path / "kr.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--op", "mix_v6x5", "--shape", "2,256,192",
+           "--variant", "wide", "--variant", "narrow:mix.bm=64,mix.bn=64,mix.warps=4", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["tag"], r["kernel"]) for r in rows] == [("wide/fwd", "_mix_linear_kernel")] * 2 + [
+        ("narrow/fwd", "_mix_linear_kernel")] * 2
+    assert [r["programs"] for r in rows] == [4 * 4, 4, 4 * 8 * 3, 8 * 3]  # (P x row tiles x column tiles)
+    assert all(0 < r["loop_instr"] < r["instr"] and r["local"] == 0 for r in rows)
+    wide, narrow = sum(r["warp_instr_M"] for r in rows[:2]), sum(r["warp_instr_M"] for r in rows[2:])
+    assert narrow > 1.5 * wide, (wide, narrow)
+    assert "warp_instr_M |" in proc.stdout
+
+
+def test_cli_operand_gemms_need_a_square_grid():
+    cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--op", "mix_v4x3", "--shape", "1,200,64"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "T must be a square" in proc.stderr
