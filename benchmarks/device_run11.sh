@@ -1,17 +1,19 @@
 #!/bin/bash
-# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 260 s at most. By the roofline
-# (round 36 of benchmarks/results/README.md) VRWKV6 reaches 2x DeiT at 1024 px only with these GEMMs, which round
-# 18's H200 run measured at 0.27-0.55x the unfused path. Their time fit the mixing work (each column tile of a row
+# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 280 s at most. By the roofline
+# (round 36 of benchmarks/results/README.md) VRWKV6 reaches 2x DeiT at 1024 px only with these GEMMs, which device
+# run 6's H200 GEMM table measured at 0.27-0.55x the unfused path. Their time fit the mixing work (each column tile of a row
 # block forms the mixed operand again: K x N / bn per row) rather than bytes or FLOPs, so round 38 made the 16-bit
 # default tiles 128 x 256 on 8 warps (one column tile for N <= 256) from 64 x 64 on 4: sm_90 static counts give
-# 2.6-2.7x fewer instructions for VRWKV-T's and VRWKV6-T's projections. This times that against the old tiles and
+# 2.7-2.8x fewer instructions for VRWKV-T's and VRWKV6-T's projections. This times that against the old tiles and
 # other shapes, then the backbones with the fastest. For the call after device_run10.sh in a session (900 s - the
 # start - run 10's 550 s), or any call with ~5 minutes left:
-#     run(command="export PYTHONPATH=/tmp/site; bash benchmarks/device_run11.sh", timeout_s=<what is left>)
-# (/tmp/site: timm's wheel as device_run8.sh installs it; without it the image's timm lacks DeiT's fused attention
-# flag and the DeiT rows fail, the mix table still runs.)
+#     run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target
+#                  /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; bash benchmarks/device_run11.sh",
+#         carry=[".whl"], timeout_s=<what is left>)
+# (timm's wheel, as for device_run8.sh: the image's timm lacks DeiT's fused attention flag and without it the DeiT
+# rows fail; the mix table runs either way.)
 # 1. Warm-ups in parallel (<= 80 s): every tile config's mix table compiled (one iteration), the fused-mix backbones.
-# 2. The mix table per config, GPU to itself (<= 5 x 18 s): mix_<config>.json.
+# 2. The mix table per config, GPU to itself (<= 6 x 18 s): mix_<config>.json.
 # 3. mix_tiles.md (benchmarks/mix_tiles.py): fused ms per shape and config, the unfused path, the pick.
 # 4. VRWKV / VRWKV6 T and S at 1024 px, batch 16, VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1 with the picked tiles, DeiT in
 #    the same run, eager and CUDA graph (<= 60 s): bb_mix_tiles_1024.json; then the T models unfused in the same call
@@ -19,10 +21,13 @@
 W=${W:-/tmp/device_run11}
 source benchmarks/device_common.sh
 # name:settings (comma-separated OP.KEY=VAL; none = the defaults)
-# (old: the tiles until round 38 at C 192, mix and norm; the v6gn rows of the table are the norm GEMM's)
+# (old: the tiles until round 38 at C 192, mix and norm; the v6gn rows of the table are the norm GEMM's. res16k: the
+# residual-epilogue GEMM with 64-row tiles at C 192, 32 at 384 - the table's res rows, 0.75x / 0.37x the unfused path
+# in round 18; static counts 1.8x / 1.3x fewer instructions, at 255 registers without spills; not picked
+# automatically)
 MIX_CFGS="default: old:mix.bm=64,mix.bn=64,mix.warps=4,norm.bm=64,norm.bn=64,norm.warps=4 \
 m64n256w4:mix.bm=64,mix.bn=256,mix.warps=4 m128n128w8:mix.bm=128,mix.bn=128,mix.warps=8 \
-m128n256w8s3:mix.bm=128,mix.bn=256,mix.warps=8,mix.stages=3"
+m128n256w8s3:mix.bm=128,mix.bn=256,mix.warps=8,mix.stages=3 res16k:mix.res_elems=16384"
 cfg_args() { local a="" kv; for kv in ${1//,/ }; do a+=" --kernel-config $kv"; done; echo "$a"; }
 T_MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224"
 BB1024="--backbones --res 1024 --batch 1024=16 --dtype bf16 --no-train"

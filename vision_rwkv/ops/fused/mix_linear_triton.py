@@ -50,10 +50,10 @@ def _tiles(n: int, dtype: torch.dtype, cfg: dict) -> tuple[int, int, int]:
     """(bm, bn, warps) of a mixed-operand GEMM with N = n outputs; a nonzero ``cfg`` entry wins.
 
     Every program forms the mixed operand of its row block again, so the mixing work is N / bn times that of one
-    pass: 16-bit operands take 128 x 256 tiles and 8 warps (a whole row of N <= 256; for VRWKV6-T's projections,
-    sm_90 static counts give 2.7x fewer instructions than 64 x 64 tiles: 54 against 148 M warp instructions at 1024
-    px, batch 16, no spill at 228 registers); fp32 operands take 64-row tiles of 64 or 128 columns on 8 warps (wider
-    tiles spill; 4 warps spill with the RWKV-6 LoRA)."""
+    pass: 16-bit operands take 128 x 256 tiles and 8 warps (a whole row of N <= 256; for VRWKV6-T's five
+    projections at 1024 px, batch 16, sm_90 static counts give 63 against 177 M warp instructions with the former
+    64 x 64 tiles on 4 warps, no spill at 229 registers: ``tools/kernel_report.py --op mix_v6x5``); fp32 operands
+    take 64-row tiles of 64 or 128 columns on 8 warps (wider tiles spill; 4 warps spill with the RWKV-6 LoRA)."""
     wide = dtype != torch.float32
     bm = cfg["bm"] or (128 if wide else 64)
     bn = cfg["bn"] or (min(256, max(64, next_pow2(n))) if wide else (128 if n % 128 == 0 else 64))
