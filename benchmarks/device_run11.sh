@@ -23,11 +23,12 @@ source benchmarks/device_common.sh
 # name:settings (comma-separated OP.KEY=VAL; none = the defaults)
 # (old: the tiles until round 38 at C 192, mix and norm; the v6gn rows of the table are the norm GEMM's. res16k: the
 # residual-epilogue GEMM with 64-row tiles at C 192, 32 at 384 - the table's res rows, 0.75x / 0.37x the unfused path
-# in round 18; static counts 1.8x / 1.3x fewer instructions, at 255 registers without spills; not picked
-# automatically)
+# in device run 6; static counts 1.8x / 1.3x fewer instructions, at 255 registers without spills; not picked
+# automatically. s3_mlp64: 3 pipeline stages, and the fused MLP's hidden in chunks of 64 - the table's mlp rows, which
+# no mix setting changes; static 43 against 55 M instructions, 253 registers; not carried into the backbone rows)
 MIX_CFGS="default: old:mix.bm=64,mix.bn=64,mix.warps=4,norm.bm=64,norm.bn=64,norm.warps=4 \
 m64n256w4:mix.bm=64,mix.bn=256,mix.warps=4 m128n128w8:mix.bm=128,mix.bn=128,mix.warps=8 \
-m128n256w8s3:mix.bm=128,mix.bn=256,mix.warps=8,mix.stages=3 res16k:mix.res_elems=16384"
+s3_mlp64:mix.bm=128,mix.bn=256,mix.warps=8,mix.stages=3,mlp.bh=64 res16k:mix.res_elems=16384"
 cfg_args() { local a="" kv; for kv in ${1//,/ }; do a+=" --kernel-config $kv"; done; echo "$a"; }
 T_MODELS="--model vrwkv_tiny_patch16_224 --model vrwkv6_tiny_patch16_224"
 BB1024="--backbones --res 1024 --batch 1024=16 --dtype bf16 --no-train"
