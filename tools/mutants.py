@@ -354,7 +354,6 @@ SETS: dict[str, MutantSet] = {
         _m("mix_one_minus_ignored", "coef = 1.0 - coef\n            if HAS_LORA:",
            "coef = coef\n            if HAS_LORA:", MIX_GEMM),
         _m("mix_token_index_global", "n_img = rm % NTOK  #", "n_img = rm  #", MIX_GEMM),
-        _m("mix_down_next_image", "(row < H - 1)[:, None]", "(row < H)[:, None]", MIX_GEMM),
         _m("mix_quarters_not_per_head", "cc = c % HS if HS > 0 else c", "cc = c", MIX_GEMM),
         _m("mix_group_lora_shared", "HH += proj * R", "HH += proj * 0", MIX_GEMM),
         _m("mix_group_weights_swapped", "tl.where(proj == 2, WT2, tl.where(proj == 3, WT3, WT))",

@@ -34,7 +34,7 @@ from .elementwise_triton import (_elem_grid, _relu_square_bwd_from_out_kernel, _
 from .linear_triton import (EPI_NONE, EPI_RELU_SQUARE, EPI_SIGMOID_MUL, EPI_TANH, _activate, _epilogue_store,
                             _gemm_tile_of, _like_weight, _precision, _residual_norm_store, _weight_grad,
                             residual_launch)
-from .shift_triton import _quarters, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
+from .shift_triton import _by_quarter, _edges, _quarters, _tsm_bwd, _tsm_fwd, _tsm_lora_bwd, _tsm_lora_fwd
 
 __all__ = ["mix_linear_triton", "mix_linear_residual_triton", "CONFIG", "ACT_EPILOGUES"]
 
@@ -60,6 +60,8 @@ def _tiles(n: int, dtype: torch.dtype, cfg: dict) -> tuple[int, int, int]:
     # (a 16-bit 64-row tile on 8 warps would form its operand twice, once per warpgroup)
     warps = cfg["warps"] or (8 if bm >= 128 or not wide else 4)
     return bm, bn, warps
+
+
 ACT_EPILOGUES = {"none": EPI_NONE, "relu_square": EPI_RELU_SQUARE, "sigmoid_mul": EPI_SIGMOID_MUL, "tanh": EPI_TANH}
 
 
@@ -89,10 +91,7 @@ def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOU
         rm, rn, m_ok, n_ok = _gemm_tile_of(pid, M, N, BM, BN, GROUP_M)
     rk = tl.arange(0, BK)
     n_img = rm % NTOK  # token index inside its image
-    row = n_img // W
-    col = n_img - row * W
-    ok_l, ok_r = (col > 0)[:, None], (col < W - 1)[:, None]
-    ok_u, ok_d = (row > 0)[:, None], (row < H - 1)[:, None]
+    ok_l, ok_r, ok_u, ok_d = _edges(n_img[:, None], H, W)  # (once per program: the K loop picks by quarter)
     rr = tl.arange(0, R)
     if HAS_LORA:  # this program's rows of the LoRA hidden, exactly in fp32 (16-bit values are exact in tf32)
         hrow = tl.load(HH + rm[:, None] * shm + rr[None, :], mask=m_ok[:, None], other=0.0)
@@ -108,8 +107,8 @@ def _mix_linear_kernel(X, A, HH, W2, WT, AUX, OUT, PRE, RX, GAMMA, LNW, LNB, NOU
         if SHIFT:
             cc = c % HS if HS > 0 else c
             q = ((cc >= Q1).to(tl.int32) + (cc >= Q2).to(tl.int32) + (cc >= Q3).to(tl.int32))[None, :]
-            delta = tl.where(q == 0, -1, tl.where(q == 1, 1, tl.where(q == 2, -W, W)))
-            valid = tl.where(q == 0, ok_l, tl.where(q == 1, ok_r, tl.where(q == 2, ok_u, ok_d))) & ok
+            delta = _by_quarter(q, -1, 1, -W, W)
+            valid = _by_quarter(q, ok_l, ok_r, ok_u, ok_d) & ok
             x = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
             xx = tl.load(X + offs + tl.where(valid, delta, 0).to(tl.int64) * K, mask=valid,
                          other=0.0).to(tl.float32) - x

@@ -26,14 +26,25 @@ __all__ = ["token_shift_mix_triton", "token_shift_mix_lora_triton", "coef_args",
 
 
 @jit
-def _neighbour(n, q, H, W):
-    """Token offset and validity of the neighbour that quarter q reads (0 left, 1 right, 2 up, 3 down) for the
-    tokens n (index inside their image, row-major on an H x W grid)."""
+def _by_quarter(q, left, right, up, down):
+    """The value of quarter q's direction (0 left, 1 right, 2 up, 3 down)."""
+    return tl.where(q == 0, left, tl.where(q == 1, right, tl.where(q == 2, up, down)))
+
+
+@jit
+def _edges(n, H, W):
+    """Whether the tokens n (index inside their image, row-major on an H x W grid) have a left, right, up and down
+    neighbour."""
     row = n // W
     col = n - row * W
-    delta = tl.where(q == 0, -1, tl.where(q == 1, 1, tl.where(q == 2, -W, W)))
-    valid = tl.where(q == 0, col > 0, tl.where(q == 1, col < W - 1, tl.where(q == 2, row > 0, row < H - 1)))
-    return delta, valid
+    return col > 0, col < W - 1, row > 0, row < H - 1
+
+
+@jit
+def _neighbour(n, q, H, W):
+    """Token offset and validity of the neighbour that quarter q reads for the tokens n."""
+    ok_l, ok_r, ok_u, ok_d = _edges(n, H, W)
+    return _by_quarter(q, -1, 1, -W, W), _by_quarter(q, ok_l, ok_r, ok_u, ok_d)
 
 
 @jit
