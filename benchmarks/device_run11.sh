@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 280 s at most. By the roofline
+# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 290 s at most. By the roofline
 # (round 36 of benchmarks/results/README.md) VRWKV6 reaches 2x DeiT at 1024 px only with these GEMMs, which device
 # run 6's H200 GEMM table measured at 0.27-0.55x the unfused path. Their time fit the mixing work (each column tile
 # of a row block forms the mixed operand again: K x N / bn per row) rather than bytes or FLOPs, so round 38 made the
@@ -13,7 +13,7 @@
 # (timm's wheel, as for device_run8.sh: the image's timm lacks DeiT's fused attention flag and without it the DeiT
 # rows fail; the mix table runs either way.)
 # 1. Warm-ups in parallel (<= 80 s): every tile config's mix table compiled (one iteration), the fused-mix backbones.
-# 2. The mix table per config, GPU to itself (<= 6 x 18 s): mix_<config>.json.
+# 2. The mix table per config, GPU to itself (<= 6 x 20 s): mix_<config>.json.
 # 3. mix_tiles.md (benchmarks/mix_tiles.py): fused ms per shape and config, the unfused path, the pick.
 # 4. VRWKV / VRWKV6 T and S at 1024 px, batch 16, VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1 with the picked tiles, DeiT in
 #    the same run, eager and CUDA graph (<= 60 s): bb_mix_tiles_1024.json; then the T models unfused in the same call
@@ -46,7 +46,7 @@ checkpoint
 
 # ---- 2. the mix table per tile config (GPU to itself)
 for entry in $MIX_CFGS; do
-  timeout 18 python tools/benchmark.py --mix-gemm --dtype bf16 --iters 10 --warmup 2 $(cfg_args "${entry#*:}") \
+  timeout 20 python tools/benchmark.py --mix-gemm --dtype bf16 --iters 10 --warmup 2 $(cfg_args "${entry#*:}") \
     --out "$OUT/mix_${entry%%:*}.json" > "$W/mix_${entry%%:*}.log" 2>&1
   stamp "mix table ${entry%%:*} done"
 done

@@ -16,6 +16,7 @@ CPU timings: wall clock (perf_counter), median. Every function returns a list of
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -588,25 +589,25 @@ def bench_mix_gemms(device: str = "cuda", dtypes: Iterable[str] = ("bf16",), sha
         es = torch.empty((), dtype=dtype).element_size()
         for B, H, W, C, variant in (shapes or MIX_SHAPES):
             n = {"v4x3": 3, "v6x5": 5, "v6gn": 1, "mlp": 1, "res": 1}[variant]
-            g = torch.Generator().manual_seed(0)
-            x = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
-            a = torch.rand(n, C, generator=g).to(dev)
+            g = torch.Generator(device=dev).manual_seed(0)  # (inputs made on the device: no host-side RNG)
+            randn = functools.partial(torch.randn, generator=g, device=dev)
+            rand = functools.partial(torch.rand, generator=g, device=dev)
+            x = randn(B, H * W, C).to(dtype)
+            a = rand(n, C)
             if variant == "mlp":
-                ws = [(torch.randn(4 * C, C, generator=g) * C ** -0.5).to(dtype).to(dev),
-                      (torch.randn(C, 4 * C, generator=g) * (4 * C) ** -0.5).to(dtype).to(dev)]
+                ws = [(randn(4 * C, C) * C ** -0.5).to(dtype), (randn(C, 4 * C) * (4 * C) ** -0.5).to(dtype)]
             else:
-                ws = [(torch.randn(C, C, generator=g) * C ** -0.5).to(dtype).to(dev) for _ in range(n)]
+                ws = [(randn(C, C) * C ** -0.5).to(dtype) for _ in range(n)]
             h = w2 = None
             if variant == "v6x5":
-                h = (torch.randn(B, H * W, n * 32, generator=g) * 0.5).to(dtype).to(dev)
-                w2 = (torch.randn(n, 32, C, generator=g) * 0.1).to(dev)
+                h = (randn(B, H * W, n * 32) * 0.5).to(dtype)
+                w2 = randn(n, 32, C) * 0.1
             elif variant == "v6gn":  # the gate (a full plane) and the GroupNorm affine parameters
-                h = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
-                a = torch.stack((torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g) * 0.1)).to(dev)
+                h = randn(B, H * W, C).to(dtype)
+                a = torch.stack((rand(C) + 0.5, randn(C) * 0.1))
             elif variant == "res":  # the gated tensor; the mix weights and the LayerNorm affine parameters
-                h = torch.randn(B, H * W, C, generator=g).to(dtype).to(dev)
-                a = torch.stack((torch.rand(C, generator=g), torch.rand(C, generator=g) + 0.5,
-                                 torch.randn(C, generator=g) * 0.1)).to(dev)
+                h = randn(B, H * W, C).to(dtype)
+                a = torch.stack((rand(C), rand(C) + 0.5, randn(C) * 0.1))
             io = (B * H * W * C * (1 + n) + sum(w.numel() for w in ws)) * es + (h.numel() * es if h is not None else 0)
             base = None
             for impl, fn in zip(("unfused", "fused", "fused_each"),
