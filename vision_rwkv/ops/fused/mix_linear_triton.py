@@ -46,17 +46,20 @@ CONFIG = config_from_env(dict(bm=0, bn=0, bk=32, warps=0, stages=2, group_m=8, r
                          "VRWKV_TRITON_MIX")
 
 
-def _tiles(n: int, dtype: torch.dtype, cfg: dict) -> tuple[int, int, int]:
-    """(bm, bn, warps) of a mixed-operand GEMM with N = n outputs; a nonzero ``cfg`` entry wins.
+def _tiles(n: int, dtype: torch.dtype, cfg: dict, act: str = "none") -> tuple[int, int, int]:
+    """(bm, bn, warps) of a mixed-operand GEMM with N = n outputs and epilogue ``act``; a nonzero ``cfg`` entry wins.
 
     Every program forms the mixed operand of its row block again, so the mixing work is N / bn times that of one
     pass: 16-bit operands take 128 x 256 tiles and 8 warps (a whole row of N <= 256; for VRWKV6-T's five
     projections at 1024 px, batch 16, sm_90 static counts give 63 against 177 M warp instructions with the former
     64 x 64 tiles on 4 warps, no spill at 229 registers: ``tools/kernel_report.py --op mix_v6x5``); fp32 operands
-    take 64-row tiles of 64 or 128 columns on 8 warps (wider tiles spill; 4 warps spill with the RWKV-6 LoRA)."""
+    take 64-row tiles of 64 or 128 columns on 8 warps (wider tiles spill; 4 warps spill with the RWKV-6 LoRA). The
+    sigmoid-gate and tanh epilogues hold more per output (the gate's y and the saved pre-activation; tanh's
+    polynomial): at most 128 columns there (256 spill with the gate, and reach 255 registers with tanh)."""
     wide = dtype != torch.float32
     bm = cfg["bm"] or (128 if wide else 64)
-    bn = cfg["bn"] or (min(256, max(64, next_pow2(n))) if wide else (128 if n % 128 == 0 else 64))
+    widest = 256 if act in ("none", "relu_square") else 128
+    bn = cfg["bn"] or (min(widest, max(64, next_pow2(n))) if wide else (128 if n % 128 == 0 else 64))
     # (a 16-bit 64-row tile on 8 warps would form its operand twice, once per warpgroup)
     warps = cfg["warps"] or (8 if bm >= 128 or not wide else 4)
     return bm, bn, warps
@@ -150,7 +153,7 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
     if residual is None:
         out = new_empty((P * rows, n), _out_dtype(weight, y), x.device)
         pre = new_empty((rows, n), weight.dtype, x.device) if save_pre else None  # None: not a kernel argument
-        bm, bn, warps = _tiles(n, weight.dtype, cfg)
+        bm, bn, warps = _tiles(n, weight.dtype, cfg, act)
         res_args, res_meta, eps = (None,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
         rl = residual_launch(residual, rows, n, dict(cfg, bm=cfg["bm"] or 64), x.device, inplace)  # (bm: a cap)
