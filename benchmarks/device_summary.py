@@ -63,6 +63,11 @@ def parse_pytest_log(text: str) -> dict[str, str]:
     return outcomes
 
 
+# a picked setting must lead the default by this much: below it, its lead is within the run-to-run spread of the
+# medians (benchmarks/pick_settings.py, benchmarks/mix_tiles.py)
+MIN_GAIN = 1.03
+
+
 def geomean(values: Iterable[float]) -> Optional[float]:
     vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None

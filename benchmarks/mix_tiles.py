@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
-MIN_GAIN = 1.03  # (as benchmarks/pick_settings.py: within the run-to-run spread of the medians below this)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_summary import MIN_GAIN, geomean  # noqa: E402
+
 PICK_ROWS = {"mix_v4x3", "mix_v6x5"}
 PICK_WIDTHS = {192, 384}
 OPS = ("mix", "norm")  # the kernel-config families a tile config sets
@@ -53,9 +55,9 @@ def pick(runs: dict[str, dict]) -> dict:
         mine = _fused(run)
         if not keys or any(k in mine and mine[k] is None for k in keys):
             continue
-        both = [k for k in keys if mine.get(k)]
-        if both:
-            gains[name] = math.exp(sum(math.log(base[k] / mine[k]) for k in both) / len(both))
+        gain = geomean(base[k] / mine[k] for k in keys if mine.get(k))
+        if gain is not None:
+            gains[name] = gain
     best = max(gains, key=gains.get, default=None)
     if best is None or gains[best] < MIN_GAIN:
         return {"config": "default", "gain": gains.get("default"), "gains": gains}

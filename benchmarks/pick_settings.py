@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from device_summary import DEFAULT_SETTINGS, backbone_rows, geomean  # noqa: E402
+from device_summary import DEFAULT_SETTINGS, MIN_GAIN, backbone_rows, geomean  # noqa: E402
 from sweep import V4_CONFIGS, V6_CONFIGS  # noqa: E402
 
 CONFIGS = {"v4": V4_CONFIGS, "v6": V6_CONFIGS}
-MIN_GAIN = 1.03  # below this a setting's lead is within the run-to-run spread of the sweep's medians
 WORKLOADS = {  # name -> (which sequence lengths, the time that decides, eager fwd+bwd must not regress)
     "inference_1024": (lambda t: t >= 4096, "graph_f", False),
     "inference_224": (lambda t: t <= 256, "graph_f", False),
