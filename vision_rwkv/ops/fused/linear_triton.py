@@ -172,14 +172,15 @@ class ResidualLaunch(NamedTuple):
 
 def residual_launch(residual, rows: int, n: int, cfg: dict, device, inplace: bool = False) -> ResidualLaunch:
     """Allocate the outputs of the residual epilogue and pick its tiles: one program holds whole rows, bn =
-    next_pow2(N), bm = ``cfg["res_elems"]`` / bn (between 16 and ``cfg["bm"]``), ``cfg["res_warps"]`` warps.
+    next_pow2(N), bm = ``cfg["res_elems"]`` / bn (between 16 and ``cfg["bm"]``, 64 when that is 0),
+    ``cfg["res_warps"]`` warps.
     ``residual`` = (x_res, gamma, ln_weight, ln_bias, eps, post, n_dtype). ``inplace``: s is x_res itself (each
     program reads its rows of x_res before writing them; x_res must not be the GEMM's operand)."""
     x_res, gamma, lnw, lnb, eps, post, n_dtype = residual
     s = x_res.view(rows, n) if inplace else new_empty((rows, n), x_res.dtype, device)
     nout = new_empty((0 if post else rows, n), n_dtype, device)
     bn = next_pow2(max(n, 16))
-    bm = max(16, min(cfg["bm"], cfg["res_elems"] // bn))
+    bm = max(16, min(cfg["bm"] or 64, cfg["res_elems"] // bn))  # (bm 0, chosen per kernel elsewhere: a cap of 64)
     return ResidualLaunch(s, nout, (x_res, s if gamma is None else gamma, lnw, lnb, nout),
                           dict(RES=2 if post else 1, HAS_GAMMA=gamma is not None), float(eps), bm, bn,
                           cfg["res_warps"])

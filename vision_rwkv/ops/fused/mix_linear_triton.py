@@ -156,7 +156,7 @@ def _fwd(x, H, W, head_size, a, h, w2, weight, y, one_minus, act, save_pre=False
         bm, bn, warps = _tiles(n, weight.dtype, cfg, act)
         res_args, res_meta, eps = (None,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        rl = residual_launch(residual, rows, n, dict(cfg, bm=cfg["bm"] or 64), x.device, inplace)  # (bm: a cap)
+        rl = residual_launch(residual, rows, n, cfg, x.device, inplace)
         out, pre, res_args, res_meta, eps, bm, bn, warps = rl.s, rl.n, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     h2 = h.reshape(rows, h.shape[-1]) if h is not None else None  # a view for a column slice of the LoRA hidden
     if h2 is not None and h2.stride(1) != 1:

@@ -88,7 +88,7 @@ def _fwd(y, g, groups, gn_weight, gn_bias, eps, silu, weight, residual=None, inp
         bm, bn, warps = _tiles(n, weight.dtype, cfg)
         res_args, res_meta, ln_eps = (out,) * 5, dict(RES=0, HAS_GAMMA=False), 0.0
     else:
-        rl = residual_launch(residual, rows, n, dict(cfg, bm=cfg["bm"] or 64), y.device, inplace)  # (bm: a cap)
+        rl = residual_launch(residual, rows, n, cfg, y.device, inplace)
         out, res_args, res_meta, ln_eps, bm, bn, warps = rl.s, rl.args, rl.meta, rl.eps, rl.bm, rl.bn, rl.warps
     grid = (cdiv(rows, bm) * cdiv(n, bn),)
     _norm_linear_kernel[grid](y, g, gn_weight, gn_bias, weight, out, *res_args, rows, n, c, eps, weight.stride(0),
