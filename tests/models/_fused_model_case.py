@@ -18,7 +18,9 @@ the fused kernels really ran (not counted when the pass is compiled).
 in the plain path (timm ``DropPath``) and in the fused path (per-sample factors of the fused residual adds);
 ``drops`` counts the (dropped, kept) samples the plain pass's DropPath modules produced, so a test can tell that
 both kinds occurred. ``infer=True`` runs both forwards under ``torch.no_grad()`` (the inference-only fused paths,
-e.g. ``VRWKV_FUSED_MIX=1``) and compares the logits only.
+e.g. ``VRWKV_FUSED_MIX=1``) and compares the logits only. ``fx=True`` runs the fused pass through the graph of timm's
+torch.fx feature extractor (``create_feature_extractor(model, {'head': ...})``; image models only), whose leaf blocks
+choose the fused path when the graph runs.
 """
 from __future__ import annotations
 
@@ -134,7 +136,8 @@ def _count_drops(model: torch.nn.Module, drops: list) -> list:
 
 
 def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: int = 2, autocast: bool = False,
-            compile_fused: bool | str = False, train: bool = False, infer: bool = False, ckpt: bool = False) -> dict:
+            compile_fused: bool | str = False, train: bool = False, infer: bool = False, ckpt: bool = False,
+            fx: bool = False) -> dict:
     """Plain vs fused path of ``timm.create_model(name, **kwargs)`` or the text tower, forward and backward (eval
     mode unless ``train``: then both passes draw the same drop-path masks); ``compile_fused`` runs the fused pass
     through ``torch.compile(fullgraph=True, backend='aot_eager')`` (a string: that backend, e.g. ``'inductor'``).
@@ -165,6 +168,11 @@ def compare(name: str, kwargs: dict, device: str = "cpu", img=(40, 56), batch: i
                 torch._dynamo.reset()
                 fwd = torch.compile(model, fullgraph=True,
                                     backend=compile_fused if isinstance(compile_fused, str) else "aot_eager")
+            if backend == "triton" and fx:
+                from timm.models import create_feature_extractor
+
+                graph = create_feature_extractor(model, {"head": "logits"})
+                fwd = lambda t: graph(t)["logits"]  # noqa: E731
             counted = counter if backend == "triton" and not compile_fused else contextlib.nullcontext()
             interpreted = os.environ.get("TRITON_INTERPRET") == "1" and backend == "triton"
             launched = _count_launches(launches) if interpreted else contextlib.nullcontext()
@@ -202,5 +210,6 @@ if __name__ == "__main__":
                                                                        train=kw.pop("train", False),
                                                                        infer=kw.pop("infer", False),
                                                                        ckpt=kw.pop("ckpt", False),
+                                                                       fx=kw.pop("fx", False),
                                                                        autocast=kw.pop("autocast", False))
                       for n, kw in cases}))

@@ -628,6 +628,25 @@ def test_compile_fullgraph_cuda(name):
     assert ((out.float() - ref.float()).norm() / ref.float().norm()).item() < 2e-2
 
 
+# the fused pass through timm's torch.fx feature extractor: v4 pre-norm, v6, v4 post-norm with layer scale
+FX_CASES = [[CASES[i][0], dict(CASES[i][1], fx=True)] for i in (0, 3)] + [
+    ["vrwkv_small_patch16_224", {"embed_dim": 16, "depth": 2, "fx": True}]]
+FX_EXPECTED_CALLS = [V4_STEP, V6_STEP, V4_STEP]
+
+
+@pytest.fixture(scope="module")
+def fx_results():
+    return _run_cases(FX_CASES)
+
+
+@pytest.mark.parametrize("index", range(len(FX_CASES)), ids=[c[0] for c in FX_CASES])
+def test_fx_graph_takes_the_fused_path_interpreter(fx_results, index):
+    """A traced graph (leaf blocks) runs the fused kernels, forward and backward, and matches the plain model."""
+    res = fx_results[index]
+    assert_matches_plain(res)
+    assert set(res["calls"]) == FX_EXPECTED_CALLS[index], res["calls"]
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 40, 56), (1, 3, 16, 16), (1, 4, 7, 9)])
 def test_patch_embed_tokens_match_conv(shape):
     """The GEMM patch embedding of the fused path equals the conv + flatten, padding included."""

@@ -242,7 +242,7 @@ class VisionRWKVBase(nn.Module):
         return self.patch_embed.feat_size(img_size)
 
     def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
-        check_image_batch(x, self.in_chans, type(self).__name__, self.patch_embed.proj.weight)
+        x = check_image_batch(x, self.in_chans, type(self).__name__, self.patch_embed.proj.weight)
         if fused.fused_enabled(x):
             x, grid = self.patch_embed.forward_tokens(x)
         else:
@@ -274,7 +274,7 @@ class VisionRWKVBase(nn.Module):
     def _owns_residual(self, x: torch.Tensor) -> bool:
         """Whether the post-norm blocks may update the residual stream in place (:meth:`_in_place_ok`) on the fused
         path: fusable blocks without module hooks (they are called without ``__call__``)."""
-        if not self._in_place_ok(x) or not fused.fused_enabled(x):
+        if not fused.fused_enabled(x) or not self._in_place_ok(x):
             return False
         return all(b._fusable() and not (b._forward_hooks or b._forward_pre_hooks) for b in self.blocks)
 

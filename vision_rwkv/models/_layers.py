@@ -8,6 +8,11 @@
 * :class:`Block` - one residual block: optional ``norm0`` (block 0 only), pre- or post-norm spatial / channel
   mixing, optional layer scale and drop path.
 
+For torch.fx (timm's ``features_only=True, feature_cls='fx'`` and ``timm.models.create_feature_extractor``),
+:class:`PatchEmbed` and :class:`Block` are leaf modules and :func:`check_image_batch` / :func:`resample_pos_embed`
+leaf functions (timm's ``register_notrace_*``): their shape-dependent code and their kernel dispatch run when the
+traced graph runs, so the graph takes any image size and still uses the fused kernels on a GPU.
+
 The mixers (:class:`~vision_rwkv.models.mixing.ChannelMix`, :class:`~vision_rwkv.models.mixing.TimeMixV6`) and the
 fancy-init helpers live in :mod:`vision_rwkv.models.mixing` (shared with the RWKV-CLIP text tower); the helpers are
 re-exported here.
@@ -20,7 +25,8 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, resample_patch_embed, to_2tuple
+from timm.layers import (DropPath, LayerScale, register_notrace_function, register_notrace_module,
+                         resample_patch_embed, to_2tuple)
 
 from vision_rwkv.ops import fused
 
@@ -35,10 +41,12 @@ __all__ = [
 GridSize = Tuple[int, int]
 
 
+@register_notrace_function
 def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model',
-                      weight: Optional[torch.Tensor] = None) -> None:
+                      weight: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Raise a clear error when ``x`` is not a non-empty floating point (B, in_chans, H, W) batch, or (``weight``: the
-    model's first weight) is on another device than the model, or of another floating dtype outside autocast."""
+    model's first weight) is on another device than the model, or of another floating dtype outside autocast.
+    Returns ``x`` (so a traced graph, where this is a leaf call, keeps the check on its data path)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'{model_name} expects a torch.Tensor image batch, got {type(x).__name__}')
     if x.ndim != 4:
@@ -56,15 +64,17 @@ def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model',
         raise TypeError(f'{model_name} expects a floating point image batch, got dtype {x.dtype} '
                         f'(convert with x.float() and normalise first)')
     if weight is None:
-        return
+        return x
     if x.device != weight.device:
         raise ValueError(f'{model_name} is on {weight.device} but the input batch is on {x.device}; move one of them '
                          f'(x.to("{weight.device}") or model.to("{x.device}"))')
     if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(f'{model_name} has {weight.dtype} weights but the input batch is {x.dtype}; convert one of '
                         f'them (x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast')
+    return x
 
 
+@register_notrace_module
 class PatchEmbed(nn.Module):
     """Conv patch embedding with bottom/right zero padding to a whole number of patches.
 
@@ -128,6 +138,7 @@ class PatchEmbed(nn.Module):
                         self.proj.bias), grid
 
 
+@register_notrace_function
 def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: GridSize) -> torch.Tensor:
     """Resize a (1, Hs*Ws, C) row-major position embedding to (1, Hd*Wd, C).
 
@@ -146,6 +157,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: Gr
     return grid.to(orig_dtype).flatten(2).transpose(1, 2)
 
 
+@register_notrace_module
 class Block(nn.Module):
     """One VRWKV block around a spatial (token) mix and a channel mix.
 

@@ -178,8 +178,9 @@ def _is_compiling() -> bool:
 def fused_enabled(x: torch.Tensor) -> bool:
     """Whether the models should take their fused path for activations ``x``: CUDA tensors whose backend resolves
     to Triton (and, while torch.compile traces, only if :data:`FUSED_UNDER_COMPILE`). CPU tensors only with
-    ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton`` (tests)."""
-    if env_get("VRWKV_FUSED", "1").strip() == "0":
+    ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton`` (tests). Never for a torch.fx Proxy: a symbolic trace records
+    the plain model around leaf blocks, which choose their path when the graph runs."""
+    if isinstance(x, torch.fx.Proxy) or env_get("VRWKV_FUSED", "1").strip() == "0":
         return False  # the plain path on any device (before/after profiles and benchmarks)
     if x.device.type != "cuda" and not (cpu_triton() and env_get("VRWKV_BACKEND", "") == "triton"):
         return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
