@@ -15,10 +15,9 @@ or config, 1 when there is no checkpoint to test.
 from __future__ import annotations
 
 import json
-import sys
 from typing import List, Optional
 
-from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args
+from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args, run_config_job
 
 
 def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
@@ -30,26 +29,13 @@ def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from vision_rwkv.engine import ConfigError, is_main_process
+    from vision_rwkv.engine import is_main_process
     from vision_rwkv.seg import load_seg_config, test_segmentor
 
-    try:
-        cfg = load_seg_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = test_segmentor(cfg)
-    except ConfigError as err:  # a setting only checkable with the data at hand (e.g. a key a data.type needs)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    if is_main_process():
+    status, result = run_config_job(lambda: load_seg_config(args.config, args.overrides), test_segmentor)
+    if status == 0 and is_main_process():
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
-    return 0
-
+    return status
 
 if __name__ == "__main__":
     from vision_rwkv.engine.cli import run_tool

@@ -14,10 +14,9 @@ curves.png and val_metrics.json under train.run_dir. Exit status 2 for a bad com
 from __future__ import annotations
 
 import json
-import sys
 from typing import List, Optional
 
-from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args
+from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args, run_config_job
 
 
 def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
@@ -28,24 +27,13 @@ def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from vision_rwkv.engine import ConfigError, is_main_process
+    from vision_rwkv.engine import is_main_process
     from vision_rwkv.seg import load_seg_config, train_segmentor
 
-    try:
-        cfg = load_seg_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        result = train_segmentor(cfg)
-    except ConfigError as err:  # a setting only checkable with the data at hand (e.g. a key a data.type needs)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if is_main_process():
-        summary = {k: v for k, v in result.items() if k != "per_class"}
-        print(json.dumps(summary, indent=2, default=str))
-    return 0
-
+    status, result = run_config_job(lambda: load_seg_config(args.config, args.overrides), train_segmentor)
+    if status == 0 and is_main_process():
+        print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
+    return status
 
 if __name__ == "__main__":
     from vision_rwkv.engine.cli import run_tool

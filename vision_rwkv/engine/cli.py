@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .config import ConfigError, override_key
 
-__all__ = ["run_tool", "ConfigArgs", "config_arg_parser", "parse_config_args"]
+__all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args"]
 
 RESUME_HELP = "'latest' (newest checkpoint of the run folder) or a checkpoint path"
 
@@ -101,15 +101,32 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     return ConfigArgs(config, overrides, ns)
 
 
+def _error_status(err: Exception, missing_file: int = 1) -> int:
+    """Print ``err`` as one ``error:`` line; the exit status for it: 2 for a config error, ``missing_file`` for a
+    missing file."""
+    print(f"error: {err}", file=sys.stderr)
+    return 2 if isinstance(err, ConfigError) else missing_file
+
+
+def run_config_job(load: Callable[[], Any], job: Callable[[Any], Any]) -> tuple[int, Any]:
+    """``job(load())`` for a tool's ``main``: (exit status, the job's result or None). A config error gives status 2
+    - while loading (a missing config file too) or while running (a setting only checkable with the data at hand,
+    e.g. a key a data.type needs) - and a file missing while running 1, each as one ``error:`` line."""
+    try:
+        cfg = load()
+    except (ConfigError, FileNotFoundError) as err:
+        return _error_status(err, missing_file=2), None
+    try:
+        return 0, job(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        return _error_status(err), None
+
+
 def run_tool(main: Callable[[list[str]], Any]) -> None:
     """Run a tool's ``main(argv)`` as a command: a config error exits with status 2, a missing file with 1, each
     as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0."""
     try:
         result = main(sys.argv[1:])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+    except (ConfigError, FileNotFoundError) as err:
+        sys.exit(_error_status(err))
     sys.exit(result if isinstance(result, int) else 0)
