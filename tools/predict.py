@@ -20,27 +20,21 @@ import json
 import sys
 from typing import List, Optional
 
-from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+from vision_rwkv.engine.cli import add_predict_options, config_arg_parser, parse_predict_args
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = config_arg_parser(__doc__.splitlines()[0], "classification config YAML or timm model name",
                                checkpoint="weights (training checkpoint, state dict, safetensors)",
                                epilog=__doc__.split("\n\n", 1)[1], target="MODEL_OR_CONFIG")
-    parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
+    add_predict_options(parser)
     parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
     parser.add_argument("--class-names", default=None, help="file with one class name per line")
     parser.add_argument("--output", default="predictions.csv", help="top-k table (.csv or .json)")
     parser.add_argument("--grid", default="predictions.png", help="PNG grid of the images and their top-1 class "
                                                                   "('' for none)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--no-progress", action="store_true")
-    parsed = parse_config_args(parser, argv)
-    args = parsed.options
-    args.target, args.overrides = parsed.config, parsed.overrides
+    args = parse_predict_args(parser, argv)
     if args.topk < 1 or args.batch_size < 1:
         parser.error("--topk and --batch-size must be >= 1")
     return args

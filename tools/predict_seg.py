@@ -20,24 +20,17 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+from vision_rwkv.engine.cli import add_predict_options, config_arg_parser, parse_predict_args
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = config_arg_parser(__doc__.splitlines()[0], "segmentation config YAML",
                                checkpoint="weights (training checkpoint, state dict or released mmseg checkpoint)",
                                epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
-    parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
+    add_predict_options(parser)
     parser.add_argument("--out-dir", default="predictions_seg")
     parser.add_argument("--num-overlays", type=int, default=8, help="images in overlays.png (0: no overlay PNG)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--no-progress", action="store_true")
-    parsed = parse_config_args(parser, argv)
-    args = parsed.options
-    args.target, args.overrides = parsed.config, parsed.overrides
-    return args
+    return parse_predict_args(parser, argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

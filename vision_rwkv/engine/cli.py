@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .config import ConfigError, override_key
 
-__all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args"]
+__all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
+           "add_predict_options", "parse_predict_args"]
 
 RESUME_HELP = "'latest' (newest checkpoint of the run folder) or a checkpoint path"
 
@@ -99,6 +100,25 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         quoted = str(value).replace("'", "''")  # a YAML single-quoted string: the path/word as given
         overrides = [*overrides, f"{key}='{quoted}'"]
     return ConfigArgs(config, overrides, ns)
+
+
+def add_predict_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every prediction tool (tools/predict.py, tools/predict_seg.py): ``--images`` (files and
+    folders), ``--num-classes``, ``--device``, ``--precision``, ``--no-progress``."""
+    parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
+    parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_predict_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """:func:`parse_config_args` for a prediction tool: its options, with ``target`` (the first positional: a config,
+    or for tools.predict a model name) and ``overrides``."""
+    parsed = parse_config_args(parser, argv)
+    args = parsed.options
+    args.target, args.overrides = parsed.config, parsed.overrides
+    return args
 
 
 def _error_status(err: Exception, missing_file: int = 1) -> int:
