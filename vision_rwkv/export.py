@@ -34,28 +34,30 @@ class ExportMismatchError(RuntimeError):
     """An exported model's outputs differ from the eager model's beyond the tolerance."""
 
 
-class ImageEncoder(nn.Module):
+class _ClipEncoder(nn.Module):
+    """One of an RWKV-CLIP model's encoders (its method ``encode``) as a one-input module (for export)."""
+
+    encode = ""
+
+    def __init__(self, clip_model: nn.Module, normalize: bool = True):
+        super().__init__()
+        self.clip_model = clip_model
+        self.normalize = normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.clip_model, self.encode)(x, normalize=self.normalize)
+
+
+class ImageEncoder(_ClipEncoder):
     """``model.encode_image(images, normalize)`` of an RWKV-CLIP model as a one-input module (for export)."""
 
-    def __init__(self, clip_model: nn.Module, normalize: bool = True):
-        super().__init__()
-        self.clip_model = clip_model
-        self.normalize = normalize
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.clip_model.encode_image(images, normalize=self.normalize)
+    encode = "encode_image"
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(_ClipEncoder):
     """``model.encode_text(tokens, normalize)`` of an RWKV-CLIP model as a one-input module (for export)."""
 
-    def __init__(self, clip_model: nn.Module, normalize: bool = True):
-        super().__init__()
-        self.clip_model = clip_model
-        self.normalize = normalize
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.clip_model.encode_text(tokens, normalize=self.normalize)
+    encode = "encode_text"
 
 
 @contextmanager
