@@ -15,9 +15,10 @@
 #    the states walked at every length (state_walk=64) or scanned at every length (state_walk=0), states every 16 /
 #    64 tokens, fp32 and 16-bit states, the state-chunk output kernel (fwd_carry=1), the
 #    state-chunk backward (bwd_carry=1, alone and with fwd_carry), registers capped at 128 / 168 per thread
-#    (maxnreg), the walk kernels (round 27: in-chunk pairs as tensor-core products, the forward's value columns
-#    in blocks of 32 or not; round 18's walk rows are the before-numbers), and the v4 seq kernels with 16 / 32-token
-#    chunks, 32 / 64 / 128 channels per program, forward registers capped at 96 / 64 (sweep.json; VRWKV-T needs
+#    (maxnreg), 8 warps (chunk_w8: the backward's spill at the training shape 528 -> 128 bytes), the walk kernels
+#    (round 27: in-chunk pairs as tensor-core products, the forward's value columns in blocks of 32 or not; round
+#    18's walk rows are the before-numbers), and the v4 seq kernels with 16 / 32-token chunks, 32 / 64 / 128
+#    channels per program, forward registers capped at 96 / 64 (sweep.json; VRWKV-T needs
 #    8.1 -> 7.4 ms at 1024, its WKV forward being 0.14-0.22 ms of it per layer), and flash-linear-attention's causal
 #    kernels as the v6 WKV (config fla, both directions);
 #    then VRWKV6-T with those (bb_new.json, the summary's "new" column: how fast VRWKV6 gets with a tuned
@@ -31,8 +32,8 @@
 W=${W:-/tmp/device_run8}
 source benchmarks/device_common.sh
 CFGS=chunk,walk,walk_bv32,chunk_swalk64,chunk_scan,chunk_st16,chunk_16bit_states,chunk_carry,chunk_bcarry,\
-chunk_carry_both,chunk_r128,chunk_r168,chunk_carry_r128,seq_t16,seq_t16_bc128,seq_t32,seq_bc32,seq_r96,seq_r64,fla,\
-chunk_carry_st128_16bit,chunk_swalk64_st128_16bit,chunk_carry_swalk64,chunk_carry_swalk64_st128_16bit
+chunk_carry_both,chunk_r128,chunk_r168,chunk_w8,chunk_carry_r128,seq_t16,seq_t16_bc128,seq_t32,seq_bc32,seq_r96,\
+seq_r64,fla,chunk_carry_st128_16bit,chunk_swalk64_st128_16bit,chunk_carry_swalk64,chunk_carry_swalk64_st128_16bit
 # flash-linear-attention's causal kernels as the v6 WKV (algo=fla: the comparison point; its wheel and einops' carried
 # in .whl with timm's; its autotuning is cached on disk by the warm-ups, FLA_CACHE_RESULTS defaults to 1)
 FLA_BB="--backbones --res 1024 --batch 1024=16 --dtype bf16 --model vrwkv6_tiny_patch16_224 --kernel-config v6.algo=fla"
