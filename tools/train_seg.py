@@ -35,6 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
     return status
 
+
 if __name__ == "__main__":
     from vision_rwkv.engine.cli import run_tool
     run_tool(main)

@@ -66,4 +66,3 @@ def test_fx_graph_keeps_the_input_checks():
         graph(torch.randn(1, 4, 32, 32))
     with pytest.raises(TypeError, match='floating point'):
         graph(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
-
