@@ -60,6 +60,15 @@ def test_graph_node_names_and_leaves():
     assert not any(n.startswith('blocks.0.') or n.startswith('patch_embed.') for n in eval_nodes), eval_nodes
 
 
+def test_fx_trace_under_no_grad():
+    """Traced in inference mode, the model's in-place residual check must not look at the Proxy's data."""
+    model = tiny_model('vrwkv_small_patch16_224', depth=2).eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        graph = create_feature_extractor(model, ['head'])
+        torch.testing.assert_close(graph(x)['head'], model(x))
+
+
 def test_fx_graph_keeps_the_input_checks():
     graph = create_feature_extractor(tiny_model('vrwkv_tiny_patch16_224', depth=1), ['head'])
     with pytest.raises(ValueError, match='expects 3 input channels, got 4'):

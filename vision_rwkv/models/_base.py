@@ -274,7 +274,7 @@ class VisionRWKVBase(nn.Module):
     def _owns_residual(self, x: torch.Tensor) -> bool:
         """Whether the post-norm blocks may update the residual stream in place (:meth:`_in_place_ok`) on the fused
         path: fusable blocks without module hooks (they are called without ``__call__``)."""
-        if not fused.fused_enabled(x) or not self._in_place_ok(x):
+        if not fused.fused_enabled(x) or not self._in_place_ok(x):  # (fused_enabled first: it answers a fx Proxy)
             return False
         return all(b._fusable() and not (b._forward_hooks or b._forward_pre_hooks) for b in self.blocks)
 
