@@ -41,11 +41,21 @@ def test_fast_path_launches_what_triton_launches(found):
 
 
 @needs_ptxas
+def test_fast_path_hands_the_launcher_addresses(found):
+    """Each launch made twice on the same arguments: the short path passes every tensor as its address (no
+    ``data_ptr`` call and driver pointer query in the launcher), the misaligned view's included; all else as is."""
+    paired = found["paired"]
+    assert paired["mismatches"] == []
+    assert paired["launches"] == len(found["triton"])
+    assert paired["addresses"] >= 3 * paired["launches"]  # (every kernel of the workload takes >= 3 tensors)
+
+
+@needs_ptxas
 def test_specializations_stay_apart(found):
     launches = found["fast"]
     v6 = [d for d in launches if d[0] == "_v6_fwd_kernel"]
-    aligned = {d[1] for d in v6 if d[3][0][4] == 0}  # compiled binaries of r 16-byte aligned / not
-    misaligned = {d[1] for d in v6 if d[3][0][4] != 0}
+    aligned = {d[1] for d in v6 if d[3][0] == ["ptr", 0]}  # compiled binaries of r 16-byte aligned / not
+    misaligned = {d[1] for d in v6 if d[3][0][1] != 0}
     assert aligned and misaligned and not aligned & misaligned
     # the test kernel's scalar as 1, True, 1.0, 3, 3.0: 1 / True / 1.0 compare equal in Python yet are three
     # specializations (the constant 1, i1, fp32), 3 (i32) and 3.0 (fp32 again, as 1.0) two more

@@ -7,12 +7,16 @@ metadata for the profiler hooks, and its launcher calls the (empty) hook chains 
 of a 30-argument kernel on our CI VM, ~5-7 ms of a VRWKV-T / VRWKV6-T training step (192 / 228 launches).
 
 Kernels defined with :func:`jit` launch through :meth:`FastLaunchFunction.run`: a key is formed from the arguments -
-each tensor's dtype and whether its address is 16-byte aligned (what Triton specializes a pointer on), every other
-argument by type and value (finer than Triton's integer specialization: a new value is a new key, never a wrong
-kernel), the keyword arguments (constexprs, ``num_warps``...) and Triton's debug / instrumentation settings - and
-looked up in a per-kernel dict. A hit calls the compiled kernel's launcher directly with the positional arguments
-plus the tail Triton bound for that key (constexprs, defaults); a miss goes through ``JITFunction.run`` (compile,
-checks, launch) and records its kernel and binding. Triton's own path is taken whenever something could make the
+each tensor's dtype, whether it is on a GPU and whether its address is 16-byte aligned (what Triton specializes a
+pointer on), every other argument by type and value (finer than Triton's integer specialization: a new value is a new
+key, never a wrong kernel), the keyword arguments (constexprs, ``num_warps``...) and Triton's debug / instrumentation
+settings - and looked up in a per-kernel dict. A hit calls the compiled kernel's launcher directly with the
+positional arguments, each tensor as its address (``data_ptr()``, read once for the key and the launch), plus the
+tail Triton bound for that key (constexprs, defaults); a miss goes through ``JITFunction.run`` (compile, checks,
+launch) and records its kernel and binding. (Handed a tensor, Triton's launcher calls its ``data_ptr`` and then
+``cuPointerGetAttribute`` - a driver call, to reject a CPU tensor - for every tensor argument of every launch, ~1500
+per VRWKV-T training step; handed an address, neither. A CPU tensor has a key of its own, which Triton's path serves
+with its "cpu tensor?" error.) Triton's own path is taken whenever something could make the
 two differ: ``warmup``, a callable grid, pre-run hooks, launch hooks (profilers such as proton), a stages-inspection
 hook, ``VRWKV_TRITON_FAST_LAUNCH=0``; and for good on a Triton whose internals differ from what this was written
 against (3.6 - 3.8; before 3.4, without ``triton.knobs``, :func:`jit` is plain ``triton.jit``). The dict is cleared
@@ -82,10 +86,22 @@ class FastLaunchFunction(JITFunction):
                 or not fast_launch_enabled() or _hooks_active()):
             return super().run(*args, grid=grid, warmup=warmup, **kwargs)
         device = driver.active.get_current_device()
+        key = [device, self.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode]
+        call = []  # the launcher's arguments: each tensor as its address (see the module docstring)
+        for a in args:
+            if type(a) is int:
+                key.append(a)
+                call.append(a)
+            elif isinstance(a, Tensor):
+                ptr = a.data_ptr()
+                key.append((a.dtype, a.is_cuda, not ptr & 15))
+                call.append(ptr)
+            else:
+                key.append((type(a), a))
+                call.append(a)
+        key.extend(kwargs.items())
         try:
-            key = (device, self.debug, knobs.runtime.debug, knobs.compilation.instrumentation_mode,
-                   *[a if type(a) is int else (a.dtype, not a.data_ptr() & 15) if isinstance(a, Tensor)
-                     else (type(a), a) for a in args], *kwargs.items())
+            key = tuple(key)
             hit = fast.get(key)
         except TypeError:  # an argument that cannot be part of a key: Triton's path
             return super().run(*args, grid=grid, warmup=warmup, **kwargs)
@@ -94,7 +110,7 @@ class FastLaunchFunction(JITFunction):
         kernel, tail = hit
         n = len(grid)
         kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, driver.active.get_current_stream(device),
-                   kernel.function, kernel.packed_metadata, None, None, None, *args, *tail)
+                   kernel.function, kernel.packed_metadata, None, None, None, *call, *tail)
         return kernel
 
     def _first_launch(self, fast: dict, key: tuple, args: tuple, kwargs: dict, grid, device):
