@@ -108,6 +108,10 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
                    mem_deit=d.get("peak_mem_GiB") or r.get("deit_peak_mem_GiB"),
                    error=r.get("error") or n.get("error"))
         row["graph_deit"] = d.get("graph_img_per_s") or r.get("deit_graph_img_per_s")
+        # host time to enqueue one call on an idle GPU next to the call's time (benchmark.time_fn): host-bound rows
+        # have the two close
+        for v, src, prefix in (("old", r, ""), ("deit", d or r, "" if d else "deit_")):
+            row[f"host_ms_{v}"], row[f"ms_{v}"] = src.get(f"{prefix}host_ms"), src.get(f"{prefix}ms")
         # the same eager step with the mixers op by op (VRWKV_FUSED_STEP=0) instead of one step each (default):
         # training rows, and inference rows at 224
         row["per_op"] = r.get("per_op_img_per_s")
@@ -223,14 +227,16 @@ def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], 
     lines += ["", "## Backbones (img/s; x = ratio to DeiT of the same size in the same run; graph = CUDA-graph "
               "replays, both models)", "",
               "| model | res | dtype | train | old | new | DeiT | x old | x new | target | met | GiB old/new/DeiT | "
-              "graph x DeiT old/new | per-op x DeiT |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "graph x DeiT old/new | per-op x DeiT | host / step ms old | DeiT |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in bb:
         mem = "/".join(_fmt(r[k]) for k in ("mem_old", "mem_new", "mem_deit"))
         gx = "/".join(_fmt(r[k]) for k in ("graph_x_deit_old", "graph_x_deit_new"))
+        host = " | ".join("/".join(_fmt(r.get(k), ".1f") for k in (f"host_ms_{v}", f"ms_{v}")) for v in ("old", "deit"))
         lines.append(f"| {r['model']} | {r['res']} | {r['dtype']} | {r['train']} | {_fmt(r['old'], '.0f')} | "
                      f"{_fmt(r['new'], '.0f')} | {_fmt(r['deit'], '.0f')} | {_fmt(r['x_deit_old'])} | "
                      f"{_fmt(r['x_deit_new'])} | {_fmt(r['target'])} | {_fmt(r['met'])} | {mem} | {gx} | "
-                     f"{_fmt(r.get('x_deit_per_op'))} |" + (f" {r['error'][:80]}" if r.get("error") else ""))
+                     f"{_fmt(r.get('x_deit_per_op'))} | {host} |" + (f" {r['error'][:80]}" if r.get("error") else ""))
     lines += ["", "## WKV kernels, old / new ms (x = speedup of new)", "",
               "| op | dtype | shape | eager fwd+bwd old | new | x | graph fwd+bwd old | new | x |",
               "|---|---|---|---|---|---|---|---|---|"]

@@ -116,13 +116,15 @@ def render_tuned(picks: dict, runs: dict[str, list[dict]]) -> str:
             lines += ["", "(no rows)", ""]
             continue
         lines += ["", "| model | res | train | img/s | DeiT img/s | x DeiT | graph x DeiT | peak GiB (DeiT) | target "
-                  "| met | error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| met | host / step ms (DeiT) | error |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in table:
             f2 = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
             mem = f"{f2(r['mem_old'])} ({f2(r['mem_deit'])})" if r["mem_old"] is not None else ""
+            host = (f"{f2(r['host_ms_old'])}/{f2(r['ms_old'])} ({f2(r['host_ms_deit'])}/{f2(r['ms_deit'])})"
+                    if r["host_ms_old"] is not None else "")
             lines.append(f"| {r['model']} | {r['res']} | {'yes' if r['train'] else 'no'} | {f2(r['old'])} | "
                          f"{f2(r['deit'])} | {f2(r['x_deit_old'])} | {f2(r['graph_x_deit_old'])} | {mem} | "
-                         f"{f2(r['target'])} | {'' if r['met'] is None else 'yes' if r['met'] else 'no'} | "
+                         f"{f2(r['target'])} | {'' if r['met'] is None else 'yes' if r['met'] else 'no'} | {host} | "
                          f"{(r['error'] or '')[:100]} |")
         lines.append("")
     if not runs:

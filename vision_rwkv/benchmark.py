@@ -128,8 +128,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, iters: int = 20, warmup: int = 3) -> dict:
-    """Median / min / max milliseconds of ``fn()`` (CUDA events on GPU, perf_counter on CPU)."""
+def time_fn(fn: Callable[[], object], device: torch.device, iters: int = 20, warmup: int = 3,
+            host_calls: Optional[int] = None) -> dict:
+    """Median / min / max milliseconds of ``fn()`` (CUDA events on GPU, perf_counter on CPU), and ``host_ms``: the
+    median host time of ``host_calls`` calls (default 3 on a GPU, none on CPU, where it is ``ms``) made each on an
+    idle device (synchronized before and after, the clock stopped when ``fn`` returns). On a GPU that is the time
+    to enqueue ``fn``'s work - a step of up to ~1000 launches does not fill the launch queue - so ``host_ms`` close
+    to ``ms`` says the calls are host-bound (or wait on the device inside), well below it that they are GPU-bound."""
+    if host_calls is None:
+        host_calls = 3 if device.type == "cuda" else 0
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -147,7 +154,17 @@ def time_fn(fn: Callable[[], object], device: torch.device, iters: int = 20, war
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "iters": iters}
+    out = {"ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "iters": iters}
+    host = []
+    for _ in range(host_calls):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        host.append((time.perf_counter() - t0) * 1e3)
+        _sync(device)
+    if host:
+        out["host_ms"] = statistics.median(host)
+    return out
 
 
 def time_graph(fn: Callable[[], object], iters: int = 20) -> float:
@@ -770,7 +787,7 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
                     ours["deit"] = deit
                     ours["deit_img_per_s"] = ref["img_per_s"]
                     ours["ratio_vs_deit"] = ours["img_per_s"] / ref["img_per_s"]
-                    for key in ("peak_mem_GiB", "saved_GiB"):
+                    for key in ("peak_mem_GiB", "saved_GiB", "ms", "host_ms"):
                         if key in ref and key in ours:
                             ours[f"deit_{key}"] = ref[key]
                     if "graph_img_per_s" in ref and "graph_img_per_s" in ours:
@@ -823,4 +840,6 @@ BACKBONE_COLUMNS = [("model", "model", ""), ("res", "res", ""), ("batch", "batch
                     ("DeiT GiB", "deit_peak_mem_GiB", ".2f"), ("saved GiB", "saved_GiB", ".2f"),
                     ("DeiT saved GiB", "deit_saved_GiB", ".2f"), ("original img/s", "anchor_img_per_s", ".1f"),
                     ("x original", "ratio_vs_original", ".2f"), ("graph img/s", "graph_img_per_s", ".1f"),
-                    ("graph x DeiT", "graph_ratio_vs_deit", ".2f"), ("per-op img/s", "per_op_img_per_s", ".1f")]
+                    ("graph x DeiT", "graph_ratio_vs_deit", ".2f"), ("per-op img/s", "per_op_img_per_s", ".1f"),
+                    ("ms", "ms", ".2f"), ("host ms", "host_ms", ".2f"), ("DeiT ms", "deit_ms", ".2f"),
+                    ("DeiT host ms", "deit_host_ms", ".2f")]

@@ -152,8 +152,31 @@ def test_cli_training_rows_on_cpu(tmp_path):
     assert all(r["batch"] == 3 and "error" not in r and r["saved_GiB"] > 0 for r in train), train
     ours = next(r for r in train if r["model"].startswith("vrwkv6"))
     assert ours["deit_saved_GiB"] > 0
+    assert ours["deit_ms"] == next(r["ms"] for r in train if r["model"].startswith("deit"))  # (the table's column)
     assert not any("saved_GiB" in r for r in rows if not r["train"])
     assert not any("anchor_img_per_s" in r for r in rows)  # (the anchors are H100 numbers)
+
+
+def test_host_ms_times_each_call_alone_without_the_device_wait(monkeypatch):
+    """``host_ms``: each call made on an idle device (a synchronize before it) and timed until it returns, the
+    synchronize after it (the device's work) not counted; none by default on CPU, where it would be ``ms``."""
+    import time
+
+    log = []
+
+    def slow_sync(device):
+        log.append("sync")
+        time.sleep(0.02)
+
+    def fn():
+        log.append("call")
+        time.sleep(0.002)
+
+    monkeypatch.setattr(bm, "_sync", slow_sync)
+    out = bm.time_fn(fn, bm.torch.device("cpu"), iters=2, warmup=0, host_calls=3)
+    assert 2.0 <= out["host_ms"] < 15.0  # (a sync inside the clock would add 20 ms)
+    assert log[-9:] == ["sync", "call", "sync"] * 3
+    assert "host_ms" not in bm.time_fn(fn, bm.torch.device("cpu"), iters=1, warmup=0)
 
 
 def test_failed_capture_puts_the_generator_state_back(monkeypatch):

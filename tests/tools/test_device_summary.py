@@ -134,10 +134,11 @@ def test_backbone_rows_ratios_and_targets():
     old = [dict(model="vrwkv_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1500.0,
                 peak_mem_GiB=0.7, deit="deit_tiny_patch16_224", graph_img_per_s=1800.0),
            dict(model="vrwkv_tiny_patch16_224", res=224, dtype="bf16", train=True, img_per_s=2000.0,
-                deit="deit_tiny_patch16_224", per_op_img_per_s=1600.0),
+                deit="deit_tiny_patch16_224", per_op_img_per_s=1600.0, ms=64.0, host_ms=60.0),
            dict(model="deit_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1000.0,
                 peak_mem_GiB=1.2, graph_img_per_s=1200.0),
-           dict(model="deit_tiny_patch16_224", res=224, dtype="bf16", train=True, img_per_s=4000.0)]
+           dict(model="deit_tiny_patch16_224", res=224, dtype="bf16", train=True, img_per_s=4000.0, ms=32.0,
+                host_ms=20.0)]
     new = [dict(model="vrwkv_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=2100.0,
                 peak_mem_GiB=0.6),
            dict(model="vrwkv_tiny_patch16_224", res=224, dtype="bf16", train=True, error="RuntimeError: boom")]
@@ -150,6 +151,9 @@ def test_backbone_rows_ratios_and_targets():
     assert tr["x_deit_old"] == pytest.approx(0.5) and tr["new"] is None and tr["target"] == 0.7
     assert tr["met"] is False and "boom" in tr["error"]
     assert tr["x_deit_per_op"] == pytest.approx(0.4) and hi["x_deit_per_op"] is None  # one node per op (training)
+    # host time to enqueue a step on an idle GPU next to the step's time, ours and DeiT's (host-bound: close)
+    assert (tr["host_ms_old"], tr["ms_old"], tr["host_ms_deit"], tr["ms_deit"]) == (60.0, 64.0, 20.0, 32.0)
+    assert "| 60.0/64.0 | 20.0/32.0 |" in ds.render({}, rows, [], {}, None, [])
     # at 1024 the target also asks for less memory than DeiT, from a configuration fast enough
     new[0]["peak_mem_GiB"] = 1.3
     assert ds.backbone_rows(old, new)[0]["met"] is False

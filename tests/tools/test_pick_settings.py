@@ -82,9 +82,10 @@ def test_cli_pick_shell_and_summary(tmp_path):
     assert assigned["INF224_CFG"] == "''"  # (the defaults)
     assert json.loads((tmp_path / "picks.json").read_text())["train_224"]["v4"]["config"] == "seq_r96"
     # the backbone runs: ours with DeiT in the same file, and a variant run without DeiT rows (taken from the other)
-    deit = dict(model="deit_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1000.0, peak_mem_GiB=3.0)
+    deit = dict(model="deit_tiny_patch16_224", res=1024, dtype="bf16", train=False, img_per_s=1000.0, peak_mem_GiB=3.0,
+                ms=16.0, host_ms=3.0)
     ours = dict(model="vrwkv6_tiny_patch16_224", deit="deit_tiny_patch16_224", res=1024, dtype="bf16", train=False,
-                img_per_s=2100.0, peak_mem_GiB=2.0)
+                img_per_s=2100.0, peak_mem_GiB=2.0, ms=7.62, host_ms=7.5)
     (tmp_path / "bb_tuned_inference_1024.json").write_text(json.dumps({"backbones": [deit, ours]}))
     (tmp_path / "bb_tuned_inference_1024_fused_mix.json").write_text(
         json.dumps({"backbones": [dict(ours, img_per_s=1500.0)]}))
@@ -93,9 +94,12 @@ def test_cli_pick_shell_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "tuned.md").read_text()
     assert "## inference_1024: v4 seq_t16 (x1.00 vs default" in text and "v6 chunk_carry (x2.00 vs default" in text
-    assert "| vrwkv6_tiny_patch16_224 | 1024 | no | 2100.00 | 1000.00 | 2.10 |  | 2.00 (3.00) | 2.00 | yes |  |" in text
+    host = "7.50/7.62 (3.00/16.00)"  # (host time of a call on an idle GPU / the call's time, DeiT's borrowed too)
+    assert (f"| vrwkv6_tiny_patch16_224 | 1024 | no | 2100.00 | 1000.00 | 2.10 |  | 2.00 (3.00) | 2.00 | yes | {host} "
+            "|  |") in text
     assert "## inference_1024_fused_mix:" in text
-    assert "| vrwkv6_tiny_patch16_224 | 1024 | no | 1500.00 | 1000.00 | 1.50 |  | 2.00 (3.00) | 2.00 | no |  |" in text
+    assert (f"| vrwkv6_tiny_patch16_224 | 1024 | no | 1500.00 | 1000.00 | 1.50 |  | 2.00 (3.00) | 2.00 | no | {host} "
+            "|  |") in text
 
 
 def test_cli_errors_name_the_file(tmp_path):
