@@ -172,7 +172,7 @@ def time_graph(fn: Callable[[], object], iters: int = 20) -> float:
     fn()
     warm_on_side_stream(fn, 1)
     graph = capture_graph(fn, torch.cuda.default_generators[torch.cuda.current_device()])
-    return time_fn(graph.replay, torch.device("cuda"), iters, 2)["ms"]
+    return time_fn(graph.replay, torch.device("cuda"), iters, 2, host_calls=0)["ms"]
 
 
 def warm_on_side_stream(fn: Callable[[], object], calls: int) -> None:
@@ -677,7 +677,7 @@ def _time_per_op(step: Callable[[], object], dev: torch.device, iters: int) -> f
     old = os.environ.get("VRWKV_FUSED_STEP")
     os.environ["VRWKV_FUSED_STEP"] = "0"
     try:
-        return time_fn(step, dev, iters, 1)["ms"]
+        return time_fn(step, dev, iters, 1, host_calls=0)["ms"]
     finally:
         if old is None:
             os.environ.pop("VRWKV_FUSED_STEP")
