@@ -1,5 +1,5 @@
 #!/bin/bash
-# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 290 s at most. By the roofline
+# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 310 s at most (the last 20 s optional). By the roofline
 # (round 36 of benchmarks/results/README.md) VRWKV6 reaches 2x DeiT at 1024 px only with these GEMMs, which device
 # run 6's H200 GEMM table measured at 0.27-0.55x the unfused path. Their time fit the mixing work (each column tile
 # of a row block forms the mixed operand again: K x N / bn per row) rather than bytes or FLOPs, so round 38 made the
@@ -18,6 +18,9 @@
 # 4. VRWKV / VRWKV6 T and S at 1024 px, batch 16, VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1 with the picked tiles, DeiT in
 #    the same run, eager and CUDA graph (<= 60 s): bb_mix_tiles_1024.json; then the T models unfused in the same call
 #    (<= 30 s): bb_unfused_1024.json.
+# 5. Host time per launch (<= 20 s, ~10): launch_cost.json - is the launcher's per-tensor driver query (which the
+#    short launch path no longer makes, round 40) worth microseconds on this host, and what does a launch cost
+#    against a PyTorch op.
 W=${W:-/tmp/device_run11}
 source benchmarks/device_common.sh
 # name:settings (comma-separated OP.KEY=VAL; none = the defaults)
@@ -65,8 +68,14 @@ timeout 30 python tools/benchmark.py $BB1024 $T_MODELS --no-deit --graph --iters
   --out "$OUT/bb_unfused_1024.json" > "$W/bb_unfused.log" 2>&1
 stamp "unfused rows done"
 checkpoint
+# ---- 5. host time per launch by launch path (benchmarks/launch_cost.py, ~10 s; last: a stop at the call's limit
+# loses only this): a PyTorch op, the short path, the launcher handed tensors or addresses, Triton's own path
+timeout 20 python benchmarks/launch_cost.py --out "$OUT/launch_cost.json" > "$W/launch_cost.log" 2>&1
+stamp "launch cost done"
+checkpoint
 
 # ---- the tables (printed last: the reply carries the end of the output)
 grep -E "^\| (vrwkv|deit)" "$W/bb_mix.log" "$W/bb_unfused.log" | cut -c1-220
 cat "$OUT/mix_tiles.md"
+tail -8 "$W/launch_cost.log"
 stamp "all done"
