@@ -1,12 +1,12 @@
 #!/bin/bash
-# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 310 s at most (the last 20 s optional). By the roofline
-# (round 36 of benchmarks/results/README.md) VRWKV6 reaches 2x DeiT at 1024 px only with these GEMMs, which device
-# run 6's H200 GEMM table measured at 0.27-0.55x the unfused path. Their time fit the mixing work (each column tile
-# of a row block forms the mixed operand again: K x N / bn per row) rather than bytes or FLOPs, so round 38 made the
-# 16-bit default tiles 128 x 256 on 8 warps (one column tile for N <= 256) from 64 x 64 on 4: sm_90 static counts
-# give 2.7-2.8x fewer instructions for VRWKV-T's and VRWKV6-T's projections. This times that against the old tiles
-# and other shapes, then the backbones with the fastest. For the call after device_run10.sh in a session (900 s - the
-# start - run 10's 550 s), or any call with ~5 minutes left:
+# Device plan, round 11: the mixed-operand GEMMs' tiles (VRWKV_FUSED_MIX=1), about 310 s at most (the last 20 s, step
+# 5, optional). By the roofline (round 36 of benchmarks/results/README.md) VRWKV6 reaches 2x DeiT at 1024 px only with
+# these GEMMs, which device run 6's H200 GEMM table measured at 0.27-0.55x the unfused path. Their time fit the mixing
+# work (each column tile of a row block forms the mixed operand again: K x N / bn per row) rather than bytes or FLOPs,
+# so round 38 made the 16-bit default tiles 128 x 256 on 8 warps (one column tile for N <= 256) from 64 x 64 on 4:
+# sm_90 static counts give 2.7-2.8x fewer instructions for VRWKV-T's and VRWKV6-T's projections. This times that
+# against the old tiles and other shapes, then the backbones with the fastest. For the call after device_run10.sh in a
+# session (900 s - the start - run 10's 550 s), or any call with ~5 minutes left:
 #     run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target
 #                  /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; bash benchmarks/device_run11.sh",
 #         carry=[".whl"], timeout_s=<what is left>)
