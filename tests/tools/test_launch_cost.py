@@ -37,7 +37,8 @@ def test_cli_times_every_path_on_cpu(tmp_path):
 @needs_ptxas
 def test_each_path_hands_the_launcher_what_it_says():
     """The launcher gets tensors from ``launcher_tensors``, their addresses from ``launcher_addresses`` and the short
-    path; Triton's path and the short path launch the same compiled kernel."""
+    path; Triton's path and the short path launch the same compiled kernel. On a Triton the short path does not
+    support there are no ``launcher_*`` modes (nothing recorded to call)."""
     code = textwrap.dedent("""
         import json, sys, torch
         sys.path.insert(0, "benchmarks")
@@ -45,7 +46,7 @@ def test_each_path_hands_the_launcher_what_it_says():
         from vision_rwkv.ops.host_driver import host_only_launches
         with host_only_launches(keep=True) as host:
             tensors = [torch.randn(64) for _ in range(lc.N_TENSORS)]
-            calls = lc._launchers(tensors, lc._ints(), torch.device("cpu"))
+            calls = lc._launchers(tensors, lc._ints())
             found = {}
             for mode in ("fast", "launcher_tensors", "launcher_addresses", "triton"):
                 host.launches.clear()
@@ -53,6 +54,10 @@ def test_each_path_hands_the_launcher_what_it_says():
                 (launch,) = host.launches
                 found[mode] = [launch.handle, ["t" if isinstance(a, torch.Tensor) else a for a in launch.args]]
             found["ptrs"] = [t.data_ptr() for t in tensors]
+            # a Triton the short path does not support: its kernels take Triton's path, no launcher_* rows
+            from vision_rwkv.ops import triton_jit
+            lc._touch_kernel._fast_kernels = triton_jit._UNSUPPORTED
+            found["unsupported_modes"] = sorted(lc._launchers(tensors, lc._ints()))
         print(json.dumps(found))
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
@@ -64,3 +69,4 @@ def test_each_path_hands_the_launcher_what_it_says():
     assert found["launcher_addresses"][1][:24] == found["fast"][1][:24] == ptrs + ints
     assert found["triton"][1][:24] == ["t"] * 8 + ints
     assert len({found[m][0] for m in ("fast", "launcher_tensors", "launcher_addresses", "triton")}) == 1
+    assert found["unsupported_modes"] == ["aten", "fast", "triton"]
