@@ -1,9 +1,10 @@
 #!/bin/bash
-# Device plan, round 9: the SECOND call of a session that ran device_run8.sh (about 240 s: what a 15-minute session
-# has left after the machine's start and run 8's 590 s). Run 8 times every WKV setting of the sweep but runs the
-# backbones with the defaults only; this runs them with the fastest settings it found, DeiT in the same call, so a
-# single session measures the issue's targets with tuned kernels. Call it right after run 8 (the machine stays warm
-# for ~30 s: its Triton cache then holds run 8's compiled kernels, and run 8 left its sweep in /tmp/device_run8):
+# Device plan, round 9: the SECOND call of a session that ran device_run8.sh (about 240 s, + 20 s optional: what a
+# 15-minute session has left after the machine's start and run 8's 590 s). Run 8 times every WKV setting of the sweep
+# but runs the backbones with the defaults only; this runs them with the fastest settings it found, DeiT in the same
+# call, so a single session measures the issue's targets with tuned kernels. Call it right after run 8 (the machine
+# stays warm for ~30 s: its Triton cache then holds run 8's compiled kernels, and run 8 left its sweep in
+# /tmp/device_run8):
 #     run(command="export PYTHONPATH=/tmp/site; bash benchmarks/device_run9.sh", timeout_s=<what is left>)
 # (/tmp/site: the wheels run 8's call installed; on a fresh machine install them as device_run8.sh says, and pass a
 # sweep from the tree: SWEEP=benchmarks/results/<file>.json.)
@@ -18,7 +19,10 @@
 #      (VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1: the roofline's 1024-px floor of VRWKV6-T 7.91 -> 5.84 ms at 3 TB/s,
 #      below the 7.74 ms 2x DeiT-T asks; the H200 of round 18 ran those GEMMs slower than cuBLAS, before rounds
 #      19-29 changed them and round 38 widened their tiles): bb_tuned_inference_1024_fused_mix.json;
-#   5. tuned.md (pick_settings.py summary: the picks, img/s, x DeiT, targets met) in $OUT, after every step.
+#   5. tuned.md (pick_settings.py summary: the picks, img/s, x DeiT, targets met, host / step ms) in $OUT, after
+#      every step;
+#   6. (optional, <= 20 s) launch_cost.json: host time per launch, a Triton launch against a PyTorch op, and what
+#      the launcher's pointer query costs here (round 40: ~14 ms of VRWKV-T's 46 ms step was unexplained).
 W=${W:-/tmp/device_run9}
 SWEEP=${SWEEP:-/tmp/device_run8/sweep.json}
 source benchmarks/device_common.sh
@@ -57,7 +61,13 @@ VRWKV_FUSED_MIX=1 VRWKV_FUSED_MLP=1 timeout 35 python tools/benchmark.py --backb
   --iters 10 --warmup 2 --out "$OUT/bb_tuned_inference_1024_fused_mix.json" > "$W/bb_mix.log" 2>&1
 stamp "fused-mix rows done"
 
-# ---- 5. the table (printed last: the reply carries the end of the output)
+# ---- 5. the table (the reply carries the end of the output)
 summary
 cat "$OUT/tuned.md"
+stamp "tables done"
+# ---- 6. host time per launch by path (benchmarks/launch_cost.py, ~10 s; after everything else: a stop at the call's
+# limit loses only this): is a Triton launch dearer than a PyTorch op on this host, and by how much the driver's
+# pointer query (which the short path no longer makes)
+timeout 20 python benchmarks/launch_cost.py --out "$OUT/launch_cost.json" > "$W/launch_cost.log" 2>&1
+tail -8 "$W/launch_cost.log"
 stamp "all done"
