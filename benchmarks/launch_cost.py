@@ -1,9 +1,9 @@
 """Host time per launch: a PyTorch op against a Triton kernel with our kernels' argument mix, by launch path.
 
-The eager 224-px training step is bound by host work (round 40 of benchmarks/results/README.md): DeiT-T's and
-VRWKV-T's measured step times were both ~2.25x what ``tools/benchmark_host.py`` (launches stubbed) put their host
-work at on the same machine, so what one launch really costs on a GPU host - beyond the Python the harness sees - is
-the open quantity. This times, per launch, with the device idle at the start (the launch queue is not filled):
+DeiT's eager 224-px training step is bound by host work, and ours largely (round 40 of benchmarks/results/README.md),
+but ~14 ms of VRWKV-T's 46 ms step was not accounted for by ``tools/benchmark_host.py`` run on the same machine: the
+launches' real cost on a GPU host (beyond the Python the harness sees), or GPU time. This times, per launch, with the
+device idle at the start (the launch queue is not filled):
 
 - ``aten``: ``torch.add(a, b, out=c)`` on small tensors (a PyTorch op: dispatch + its CUDA launch);
 - ``fast``: a Triton kernel taking 8 tensors and 16 integers (the mean mix of a VRWKV-T training step's launches:
