@@ -87,8 +87,8 @@ def _launchers(tensors: list[torch.Tensor], ints: list[int]) -> dict:
 
     def direct(args):
         def launch():
-            kernel.run(1, 1, 1, driver.active.get_current_stream(driver.active.get_current_device()),
-                       kernel.function, kernel.packed_metadata, None, None, None, *args, *tail)
+            stream = driver.active.get_current_stream(driver.active.get_current_device())
+            triton_jit.launch_compiled(kernel, grid, stream, *args, *tail)
         return launch
 
     return dict(calls, launcher_tensors=direct(tensors + ints),

@@ -49,7 +49,7 @@ from ._triton_utils import debug_poison, env_get
 from .interpret_checks import install as _install_interpreter_checks
 from .interpret_fixes import install as _install_interpreter_fixes
 
-__all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled"]
+__all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled", "launch_compiled"]
 
 if env_get("TRITON_INTERPRET", "0") == "1":
     _install_interpreter_fixes()  # (bf16 and TF32 dots, bf16 rounding: see interpret_fixes)
@@ -108,9 +108,7 @@ class FastLaunchFunction(JITFunction):
         if hit is None:  # first launch with this key: Triton's path (compile, checks, launch), then remember it
             return self._first_launch(fast, key, args, kwargs, grid, device)
         kernel, tail = hit
-        n = len(grid)
-        kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, driver.active.get_current_stream(device),
-                   kernel.function, kernel.packed_metadata, None, None, None, *call, *tail)
+        launch_compiled(kernel, grid, driver.active.get_current_stream(device), *call, *tail)
         return kernel
 
     def _first_launch(self, fast: dict, key: tuple, args: tuple, kwargs: dict, grid, device):
@@ -129,6 +127,15 @@ class FastLaunchFunction(JITFunction):
             fast.clear()
         fast[key] = (kernel, tuple(bound.values())[len(args):])
         return kernel
+
+
+def launch_compiled(kernel, grid, stream: int, *args) -> None:
+    """Call a compiled kernel's launcher as ``JITFunction.run`` does when nothing observes launches (no launch
+    metadata, no hooks): ``grid`` of 1 to 3 ints, ``args`` the launch arguments after Triton's binding (positional,
+    then the bound tail; tensors may be passed as their addresses)."""
+    n = len(grid)
+    kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, stream, kernel.function,
+               kernel.packed_metadata, None, None, None, *args)
 
 
 _MAX_KEYS = 512
