@@ -108,6 +108,9 @@ def backbone_rows(old: list[dict], new: list[dict]) -> list[dict]:
                    mem_deit=d.get("peak_mem_GiB") or r.get("deit_peak_mem_GiB"),
                    error=r.get("error") or n.get("error"))
         row["graph_deit"] = d.get("graph_img_per_s") or r.get("deit_graph_img_per_s")
+        # the capture mode of each graph number (benchmark.graph_fields: "relaxed" where CUDA's default refused)
+        row["graph_modes"] = {v: src.get("graph_capture_mode") for v, src in (("old", r), ("new", n), ("deit", d))
+                              if src.get("graph_capture_mode") not in (None, "global")}
         # host time to enqueue one call on an idle GPU next to the call's time (benchmark.time_fn): host-bound rows
         # have the two close
         for v, src, prefix in (("old", r, ""), ("deit", d or r, "" if d else "deit_")):
@@ -232,6 +235,8 @@ def render(tests: dict[str, dict[str, str]], bb: list[dict], sweep: list[dict], 
     for r in bb:
         mem = "/".join(_fmt(r[k]) for k in ("mem_old", "mem_new", "mem_deit"))
         gx = "/".join(_fmt(r[k]) for k in ("graph_x_deit_old", "graph_x_deit_new"))
+        if r.get("graph_modes"):  # (a number captured in another mode than CUDA's default says so)
+            gx += " (" + ", ".join(f"{v}: {m}" for v, m in r["graph_modes"].items()) + " capture)"
         host = " | ".join("/".join(_fmt(r.get(k), ".1f") for k in (f"host_ms_{v}", f"ms_{v}")) for v in ("old", "deit"))
         lines.append(f"| {r['model']} | {r['res']} | {r['dtype']} | {r['train']} | {_fmt(r['old'], '.0f')} | "
                      f"{_fmt(r['new'], '.0f')} | {_fmt(r['deit'], '.0f')} | {_fmt(r['x_deit_old'])} | "

@@ -213,6 +213,34 @@ def test_failed_capture_puts_the_generator_state_back(monkeypatch):
     assert bm.capture_graph(lambda: None, gen) is not None and gen.calls == ["clone"]
 
 
+def test_graph_fields_fall_back_to_the_relaxed_capture_mode():
+    """The backbone rows' graph numbers: CUDA's default capture mode first; where it fails, the relaxed mode's
+    number with the first failure kept in the row; where every mode fails, no number and every mode's error."""
+    tried = []
+
+    def timer(refuse):
+        def run(mode):
+            tried.append(mode)
+            if mode in refuse:
+                raise RuntimeError(f"{mode}: operation failed due to a previous error during capture")
+            return 2.5
+        return run
+
+    assert bm.GRAPH_CAPTURE_MODES == ("global", "relaxed")
+    assert bm.graph_fields(timer(())) == dict(graph_ms=2.5, graph_capture_mode="global") and tried == ["global"]
+    tried.clear()
+    row = bm.graph_fields(timer(("global",)))
+    assert tried == ["global", "relaxed"]
+    assert row["graph_ms"] == 2.5 and row["graph_capture_mode"] == "relaxed" and "graph_errors" not in row
+    assert row["graph_error"].startswith("RuntimeError: global: operation failed")
+    row = bm.graph_fields(timer(("global", "relaxed")))
+    assert "graph_ms" not in row and "graph_capture_mode" not in row
+    assert row["graph_error"].startswith("RuntimeError: global") and sorted(row["graph_errors"]) == ["global",
+                                                                                                     "relaxed"]
+    with pytest.raises(KeyboardInterrupt):  # (only errors are caught)
+        bm.graph_fields(lambda mode: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
 def test_v6_rows_compare_with_fla_where_installed():
     """Where flash-linear-attention imports (here its entry points stood in for by tests/ops/_fla_standin.py, the
     kernels under TRITON_INTERPRET=1) the Triton v6 rows also time the same call through ``algo=fla`` and give our
