@@ -10,7 +10,8 @@ PyTorch's per-op overhead - the part a real launch adds on top is Triton's launc
 runs under the same stubs. (A product computed for real would put CPU arithmetic into the host time - in bf16 ~50-90
 us per tiny product on this kind of CPU, 10x an fp32 one - which a GPU does not spend on the host.)
 
-Per model and path it prints: host time per forward (thread CPU time, best of the repeats; tiny input: 2x2 tokens,
+Per model and path it prints: host time per forward or training step (thread CPU time, best of the repeats; a
+training step's forward and backward parts too, from the same repeat; tiny input: 2x2 tokens,
 models 64 channels wide by default, ``--dim``) and its ratio to DeiT-T's measured in the same run (the absolute
 numbers drift by +-30% between runs on a shared VM; the ratio much less: the models and paths are timed in turns,
 one round of ``--calls`` each per repeat, with Python's garbage collector paused), Triton launches, GEMMs (the stubbed
@@ -260,6 +261,8 @@ class _Case:
         self.model = timm.create_model(name, img_size=32, num_classes=0, **narrow_kwargs(name, dim)).train(train)
         self.x = torch.randn(1, 3, 32, 32)
         self.best = float("inf")
+        self.best_split = (None, None)  # (forward, backward) host seconds per step in the best repeat (training)
+        self.split = [0.0, 0.0]  # the current repeat's sums
 
     def activate(self) -> None:
         os.environ.update(self.env)
@@ -268,10 +271,14 @@ class _Case:
         stubs.new_region()
         if self.train:
             self.model.zero_grad(set_to_none=True)
+        t0 = time.thread_time()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             y = self.model.forward_features(self.x)
         if self.train:
+            t1 = time.thread_time()
             y.float().sum().backward()
+            self.split[0] += t1 - t0
+            self.split[1] += time.thread_time() - t1
 
     def row(self, stubs: "_Stubs", host=None) -> dict:
         """Launch counts of one step (recorded now) and the best time, as a result row. ``host``: the
@@ -294,6 +301,8 @@ class _Case:
         return dict(model=self.name, path=path, fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
                     mode="train" if self.train else "inference",
                     dtype="bf16 autocast" if self.autocast else "fp32", host_ms=self.best * 1e3,
+                    **({} if self.best_split[0] is None else dict(host_ms_forward=self.best_split[0] * 1e3,
+                                                                  host_ms_backward=self.best_split[1] * 1e3)),
                     triton_launches=sum(stubs.triton.values()), gemms=gemms, other_aten_ops=other,
                     launches=sum(stubs.triton.values()) + gemms + other, triton_by_kernel=dict(stubs.triton),
                     stubbed_products=dict(stubs.by_product),
@@ -316,10 +325,15 @@ def measure_all(cases: list, repeats: int = 5, calls: int = 20, host=None) -> li
             for _ in range(repeats):
                 for case in cases:
                     case.activate()
+                    case.split = [0.0, 0.0]
                     t0 = time.thread_time()
                     for _ in range(calls):
                         case.step(stubs)
-                    case.best = min(case.best, (time.thread_time() - t0) / calls)
+                    took = (time.thread_time() - t0) / calls
+                    if took < case.best:  # (training: the forward / backward split of the same repeat)
+                        case.best = took
+                        if case.train:
+                            case.best_split = (case.split[0] / calls, case.split[1] / calls)
         finally:
             gc.enable()
         return [case.row(stubs, host) for case in cases]
@@ -372,15 +386,17 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in r.items() if k not in listed}), flush=True)
     deit = next((r["host_ms"] for r in rows if r["model"].startswith("deit")), None)
     unit = "training step" if args.train else "forward"
-    print(f"\n| model | path | host ms / {unit} | x DeiT | Triton launches | GEMMs | other aten ops | launches |")
-    print("|---|---|---|---|---|---|---|---|")
+    split = " forward / backward ms |" if args.train else ""
+    print(f"\n| model | path | host ms / {unit} | x DeiT |{split} Triton launches | GEMMs | other aten ops | launches |")
+    print("|---|---|---|---|" + ("---|" if args.train else "") + "---|---|---|---|")
     for r in rows:
         path = r["path"] + (" + fused GEMMs" if r["fused_gemm"] == "1" and r["path"] == "fused" else "")
         if deit:
             r["vs_deit"] = r["host_ms"] / deit
         ratio = f"{r['vs_deit']:.2f}" if deit else ""
-        print(f"| {r['model']} | {path} | {r['host_ms']:.2f} | {ratio} | {r['triton_launches']} | {r['gemms']} | "
-              f"{r['other_aten_ops']} | {r['launches']} |")
+        parts = f" {r['host_ms_forward']:.2f} / {r['host_ms_backward']:.2f} |" if args.train else ""
+        print(f"| {r['model']} | {path} | {r['host_ms']:.2f} | {ratio} |{parts} {r['triton_launches']} | "
+              f"{r['gemms']} | {r['other_aten_ops']} | {r['launches']} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(torch=torch.__version__, meta=run_metadata(), rows=rows), indent=1))

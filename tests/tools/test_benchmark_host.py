@@ -58,6 +58,9 @@ def test_training_step_launches(tmp_path):
     rows = _run(tmp_path, "train", extra_args=("--train",))
     ours, deit = rows["vrwkv_tiny_patch16_224"], rows["deit_tiny_patch16_224"]
     assert ours["mode"] == deit["mode"] == "train" and ours["host_ms"] > 0 and deit["host_ms"] > 0
+    for r in (ours, deit):  # the host time split: forward, backward (and zero_grad, the rest), same repeat
+        assert 0 < r["host_ms_forward"] and 0 < r["host_ms_backward"]
+        assert r["host_ms_forward"] + r["host_ms_backward"] <= r["host_ms"] * 1.001
     # forward kernels as in inference, and each one's backward kernel (the WKV at 4 tokens: one chunk each way); no
     # sigmoid-gate kernels: the channel mixes' gate is formed by the residual kernels, the spatial mixes' by the WKV
     # kernels, forward and backward
