@@ -118,15 +118,16 @@ def coef_grads(ga: torch.Tensor, parts: tuple, vectors: bool) -> tuple:
     """The gradients of :func:`run_split_op`'s interpolation inputs from the backward kernels' (M, C) ``ga``: itself
     for an (M, C) tensor, else one row per vector (a view, in the vector's shape and dtype)."""
     if not vectors:
-        return (_in_dtype(ga, parts[0].dtype),)
+        return (as_dtype(ga, parts[0].dtype),)
     shape = parts[0].shape  # (the usual case, vectors of one shape: one view and one unbind for all of them)
     rows = (ga.view(len(parts), *shape).unbind(0) if len(ga) == len(parts) and all(v.shape == shape for v in parts)
             else [g.view(v.shape) for g, v in zip(ga.unbind(0), parts)])
-    return tuple(_in_dtype(g, v.dtype) for g, v in zip(rows, parts))
+    return tuple(as_dtype(g, v.dtype) for g, v in zip(rows, parts))
 
 
-def _in_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t.to(dtype)`` without the dispatcher round trip when it already is (a backward's hot path: ~1-2 us a call)."""
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the dispatcher round trip when it already is (~1-2 us of host time a call, on the
+    operators' hot paths)."""
     return t if t.dtype == dtype else t.to(dtype)
 
 
@@ -173,7 +174,7 @@ def split_param_grads(sums: torch.Tensor, *params) -> tuple:
     """The rows of ``sums`` - the gradients of several small parameters reduced in one launch, stacked - each in its
     parameter's dtype (None for a parameter that is None). The kernels' backward custom ops return the stacked
     tensor (a custom op's outputs may not alias each other) and their autograd formulas split it."""
-    return tuple(None if p is None else _in_dtype(s, p.dtype) for s, p in zip(sums.unbind(0), params))
+    return tuple(None if p is None else as_dtype(s, p.dtype) for s, p in zip(sums.unbind(0), params))
 
 
 def next_pow2(n: int) -> int:

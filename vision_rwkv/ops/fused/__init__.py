@@ -46,7 +46,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._triton_utils import autograd_needed, check_split, cpu_triton, env_get, split_outputs
+from .._triton_utils import as_dtype, autograd_needed, check_split, cpu_triton, env_get, split_outputs
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
@@ -396,7 +396,7 @@ def _check_linear(op: str, x: torch.Tensor, weight: torch.Tensor) -> None:
 def _operands(x: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.dtype]:
     """x and weight in the dtype the GEMM computes in (what autocast would give F.linear), and that dtype."""
     dtype = compute_dtype(x)
-    return (x if x.dtype == dtype else x.to(dtype)), (weight if weight.dtype == dtype else weight.to(dtype)), dtype
+    return as_dtype(x, dtype), as_dtype(weight, dtype), dtype
 
 
 def _linear_activation(op: str, x: torch.Tensor, weight: torch.Tensor, backend: Optional[str], reference):
@@ -546,7 +546,7 @@ def mix_linear(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, wei
     if residual is not None:
         residual.check(op, tuple(x.shape[:2]) + (weight.shape[0],))
     dtype = compute_dtype(x)
-    weight = weight if weight.dtype == dtype else weight.to(dtype)
+    weight = as_dtype(weight, dtype)
     rank_ok = h is None or (w2.shape[0] >= 16 and w2.shape[0] & (w2.shape[0] - 1) == 0)
     triton_ok = (_resolve(op, device, backend) == "triton" and dtype != torch.float64 and x.dtype != torch.float64
                  and rank_ok)
@@ -609,7 +609,7 @@ def mix_linear_group(x: torch.Tensor, grid_size: Tuple[int, int], a, weights: Se
             raise ValueError(f"{op}: w2 must be (P, R, C) with P={P}, C={c}, got {tuple(w2.shape)}")
         check_shape(op, "h", h, tuple(x.shape[:2]) + (P * w2.shape[1],))
     dtype = compute_dtype(x)
-    weights = tuple(w if w.dtype == dtype else w.to(dtype) for w in weights)
+    weights = tuple(as_dtype(w, dtype) for w in weights)
     rank = None if h is None else w2.shape[1]
     if (_resolve(op, device, backend) == "triton" and dtype != torch.float64 and x.dtype != torch.float64
             and (rank is None or (rank >= 16 and rank & (rank - 1) == 0))):
@@ -664,7 +664,7 @@ def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, residual: ResidualNor
     _check_linear(op, x, weight)
     residual.check(op, tuple(x.shape[:2]) + (weight.shape[0],))
     dtype = compute_dtype(x)
-    weight = weight if weight.dtype == dtype else weight.to(dtype)
+    weight = as_dtype(weight, dtype)
     if (_resolve(op, device, backend) == "triton" and torch.float64 not in (x.dtype, dtype)
             and residual.fusable(weight.shape[0], x, weight)):
         r = residual
@@ -687,7 +687,7 @@ def lora_mlp(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, backend: Optio
         raise ValueError(f"{op}: need x (..., K), w1 (K, R), w2 (R, N); got x {tuple(x.shape)}, w1 "
                          f"{tuple(w1.shape)}, w2 {tuple(w2.shape)}")
     dtype = compute_dtype(x)
-    x, w1, w2 = (t if t.dtype == dtype else t.to(dtype) for t in (x, w1, w2))
+    x, w1, w2 = (as_dtype(t, dtype) for t in (x, w1, w2))
     if _resolve(op, device, backend) == "triton" and dtype != torch.float64:
         z = _gemm_module("lora_triton").lora_mlp_triton(x.reshape(-1, x.shape[-1]), w1, w2)
         return z.view(*x.shape[:-1], w2.shape[1])
@@ -715,8 +715,8 @@ def mix_mlp(x: torch.Tensor, grid_size: Tuple[int, int], a: torch.Tensor, key_we
         raise ValueError(f"{op}: value_weight must be (C, HID) = ({c}, {key_weight.shape[0]}), got "
                          f"{tuple(value_weight.shape)}")
     dtype = compute_dtype(x)
-    wk = key_weight if key_weight.dtype == dtype else key_weight.to(dtype)
-    wv = value_weight if value_weight.dtype == dtype else value_weight.to(dtype)
+    wk = as_dtype(key_weight, dtype)
+    wv = as_dtype(value_weight, dtype)
     if _resolve(op, device, backend) == "triton" and torch.float64 not in (x.dtype, dtype):
         if c <= _mlp().CONFIG["max_c"]:
             return _mlp().mix_mlp_triton(x, grid_size, a, wk, wv, head_size, one_minus)
@@ -746,7 +746,7 @@ def group_norm_mul_linear(y: torch.Tensor, g: torch.Tensor, num_groups: int, gn_
     if residual is not None:
         residual.check(op, tuple(y.shape[:-1]) + (weight.shape[0],))
     dtype = compute_dtype(y)
-    weight = weight if weight.dtype == dtype else weight.to(dtype)
+    weight = as_dtype(weight, dtype)
     hs = c // num_groups
     kernel_ok = (_resolve(op, device, backend) == "triton" and torch.float64 not in (y.dtype, g.dtype, dtype)
                  and hs >= 16 and hs & (hs - 1) == 0)
