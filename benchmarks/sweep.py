@@ -39,6 +39,9 @@ V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exac
     # round 9: registers capped (forward 143 -> 96 / 64 per thread: 21 / 32 resident 1-warp programs per SM, not 14)
     "seq_r96": {"seq": 1, "seq_maxnreg": 96},
     "seq_r64": {"seq": 1, "seq_maxnreg": 64},
+    # round 42: exact mode's carries folded inline up to 16 chunks (224 px: no carry kernel, forward or backward; one
+    # launch less each, for O(chunks) more L2 reads per program); longer sequences as the default
+    "seq_inline": {"seq": 1, "seq_carry_inline": 16},
 }
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
     "walk": {"algo": "walk"},  # the default until round 6

@@ -60,6 +60,18 @@ def test_seq_kernels_cross_no_threads(restore_kernel_config):
 
 
 @pytest.mark.slow
+def test_seq_inline_carries_stay_in_registers(restore_kernel_config):
+    """seq_carry_inline: no carry kernel, and the chunk kernels that fold every chunk summary themselves (7 chunks
+    here, unrolled to 8) still cross no threads and spill no more than with the carry kernel."""
+    rows = _v4_rows((2, 100, 64), torch.bfloat16, ["v4.seq=1", "v4.seq_carry_inline=16"])
+    assert set(rows) == {("fwd", "_seq_fwd_summary_kernel"), ("fwd", "_seq_fwd_kernel"),
+                         ("bwd", "_seq_bwd_summary_kernel"), ("bwd", "_seq_bwd_kernel")}
+    for key, r in rows.items():
+        assert r["shfl"] == 0 and r["bar"] == 0, r
+        assert r["local"] <= (4 if key == ("bwd", "_seq_bwd_kernel") else 0), r
+
+
+@pytest.mark.slow
 def test_scan_kernels_shuffle(restore_kernel_config):
     rows = _v4_rows((1, 70, 32), torch.float32, ["v4.seq=0"])  # the tile scans
     assert rows[("fwd", "_fwd_kernel")]["shfl"] > 0

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FLAGS = ("finite", "dtype_ok", "no_y", "clamp_grad")  # (True, or a string saying what went wrong)
+FLAGS = ("finite", "dtype_ok", "no_y", "clamp_grad", "carry_path")  # (True, or a string saying what went wrong)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

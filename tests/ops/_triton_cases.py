@@ -63,8 +63,13 @@ def run_v4(case: dict, device: str) -> dict:
     from vision_rwkv.ops import bi_wkv_naive, bi_wkv_reference
     from vision_rwkv.ops.bi_wkv import triton as tri
 
+    from vision_rwkv.ops.bi_wkv import triton_seq
+
     cfg = dict(tri.CONFIG)
     tri.CONFIG.update(V4_BASE, **case.get("config", {}))
+    carries = []  # carry-kernel launches (the seq kernels' inline carries skip them)
+    launch_carry = tri.launch_carry
+    tri.launch_carry = triton_seq.launch_carry = lambda *a, **kw: (carries.append(1), launch_carry(*a, **kw))[1]
     try:
         dtype = DTYPES[case.get("dtype", "fp32")]
         B, T, C = case["shape"]
@@ -98,12 +103,16 @@ def run_v4(case: dict, device: str) -> dict:
         for name, a, b in zip(("gw", "gu", "gk", "gv"), grads, g_ref):
             out[name] = _rel(a, b)
         out["finite"] = bool(torch.isfinite(y).all()) and all(bool(torch.isfinite(g).all()) for g in grads)
+        if "carry_launches" in case:  # forward + backward
+            out["carry_path"] = len(carries) == case["carry_launches"] or (
+                f"{len(carries)} carry-kernel launches, expected {case['carry_launches']}")
         return out
     except Exception as e:  # reported to the test, which fails with the traceback
         return {"error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
     finally:
         tri.CONFIG.clear()
         tri.CONFIG.update(cfg)
+        tri.launch_carry = triton_seq.launch_carry = launch_carry
 
 
 def v6_inputs(B, T, H, N, dtype, device, seed=0, dscale=1.0, dshift=0.0, logd_const=None, logd_tokens=None):

@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 
 CASES = {  # name -> (B, T, C, mode, dtype, seq)
     "seq_chunked": (2, 23, 40, "exact", "fp32", 1),
+    "seq_chunked_inline_carries": (2, 23, 40, "exact", "bf16", 1),  # (seq_carry_inline: no carry kernel)
     "seq_single_bf16": (1, 7, 5, "exact", "bf16", 1),
     "seq_original_bf16": (2, 19, 24, "original", "bf16", 1),
     "tile_chunked": (2, 37, 40, "exact", "fp32", 0),
@@ -25,7 +26,8 @@ def _run(name):
 
     B, T, C, mode, dn, seq = CASES[name]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dn]
-    t4.CONFIG.update(seq=seq, seq_t=4, single_max_t=8, chunk_t=8)
+    t4.CONFIG.update(seq=seq, seq_t=4, single_max_t=8, chunk_t=8,
+                     seq_carry_inline=16 if name.endswith("_inline_carries") else 0)
     g = torch.Generator().manual_seed(0)
     w = (-5 + 8 * torch.rand(C, generator=g))
     u = torch.randn(C, generator=g)

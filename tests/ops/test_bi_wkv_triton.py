@@ -56,6 +56,21 @@ CPU_CASES.update({
     # register caps on the forward / backward kernels (maxnreg: a launch option the interpreter ignores; the sm_90
     # compile and the CUDA cases check it)
     "seq_maxnreg": dict(shape=(2, 23, 40), config=dict(SEQ, seq_maxnreg=96, seq_bwd_maxnreg=128)),
+    # exact mode's inline carries (seq_carry_inline: each chunk folds all chunk summaries itself, no carry kernel,
+    # forward or backward) at the chunk-count limit, one chunk past it (the carry kernel), off (the default); original
+    # mode always runs the carry kernel
+    "seq_inline_carries_NC16": dict(shape=(2, 64, 5), kscale=3.0, config=dict(SEQ, seq_carry_inline=16),
+                                    carry_launches=0),
+    "seq_inline_carries_bf16_C40": dict(shape=(1, 37, 40), dtype="bf16", scale=1 / 37,
+                                        config=dict(SEQ, seq_carry_inline=16), carry_launches=0),
+    "seq_NC17_carry_kernel": dict(shape=(1, 65, 5), config=dict(SEQ, seq_carry_inline=16), carry_launches=2),
+    "seq_carry_kernel_extreme_wT": dict(shape=(1, 12, 4), kpm=60.0, wT=[5.0, -5.0, 0.0, 1e-3],
+                                        uT=[3.0, -3.0, 0.0, 1.0], config=dict(SEQ, seq_carry_inline=0),
+                                        carry_launches=2),
+    "seq_inline_carries_compile": dict(shape=(1, 13, 3), compile=True, config=dict(SEQ, seq_carry_inline=16),
+                                       carry_launches=0),
+    "seq_original_carry_kernel": dict(shape=(1, 19, 5), mode="original", chunks=2,
+                                      config=dict(SEQ, seq_carry_inline=16), carry_launches=2),
 })
 
 # the default run's cases (every path once: chunked and single, both modes, 16-bit, non-contiguous, the public API
@@ -63,7 +78,9 @@ CPU_CASES.update({
 QUICK = {"single_chunk", "T1", "chunked_T_not_multiple", "k_pm60_extreme_wT", "extreme_per_step_decay", "bf16", "fp16",
          "original_single", "noncontig_transposed", "public_api", "scale_single_chunk", "scale_public_api_compile",
          "single_chunk_seq", "T1_seq", "chunked_T_not_multiple_seq", "noncontig_strided_seq", "fp16_seq",
-         "original_single_seq", "original_P32_S1_seq", "seq_single_chunk_T8", "seq_maxnreg"}
+         "original_single_seq", "original_P32_S1_seq", "seq_single_chunk_T8", "seq_maxnreg",
+         "seq_inline_carries_NC16", "seq_inline_carries_bf16_C40", "seq_NC17_carry_kernel",
+         "seq_carry_kernel_extreme_wT", "seq_original_carry_kernel", "seq_inline_carries_compile"}
 
 CUDA_CASES = {
     "exact_64x196x192": dict(shape=(64, 196, 192)),
@@ -88,6 +105,11 @@ CUDA_CASES = {
 
 CUDA_CASES.update({f"{name}_seq": dict(case, config={"seq": 1}) for name, case in list(CUDA_CASES.items())})
 CUDA_CASES["exact_2x4096x96_seq32"] = dict(shape=(2, 4096, 96), config={"seq": 1, "seq_t": 32, "seq_bc": 64})
+# 196 tokens are 13 chunks (300: 19): the carry kernel by default, inline carries with seq_carry_inline=32
+CUDA_CASES["exact_64x196x192_bf16_seq"]["carry_launches"] = 2
+for _name in ("exact_64x196x192_bf16", "exact_k_pm60", "exact_extreme_per_step", "scale_64x196x192_bf16"):
+    CUDA_CASES[f"{_name}_seq_inline"] = dict(CUDA_CASES[_name], carry_launches=0,
+                                             config={"seq": 1, "seq_carry_inline": 32})
 CUDA_CASES.update({f"{name}_seq_r96": dict(case, config={"seq": 1, "seq_maxnreg": 96, "seq_bwd_maxnreg": 128})
                    for name, case in list(CUDA_CASES.items()) if name in (
                        "exact_16x1024x384_bf16", "exact_1x16384x192", "original_8x196x192", "exact_k_pm60")})

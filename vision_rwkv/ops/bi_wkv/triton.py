@@ -50,10 +50,16 @@ __all__ = ["bi_wkv_triton", "CONFIG"]
 # seq_warps warps; same carry kernel). The default since an H200 run (round 6, benchmarks/results/README.md): its CUDA
 # tests passed and fwd+bwd ran 1.9x faster as GPU time (CUDA graph, geomean of 12 shapes), 1.07x eager; seq=0: the
 # tile-scan kernels of this file. seq_maxnreg / seq_bwd_maxnreg: a register cap per thread on the seq forward /
-# backward kernels (0: none; more resident programs, with spills) - opt-ins until timed.
+# backward kernels (0: none; more resident programs, with spills) - opt-ins until timed. seq_carry_inline: in mode
+# "exact", sequences of at most this many seq chunks skip the carry kernel - each chunk's program folds all chunk
+# summaries into its incoming states itself (unrolled over the chunks; O(chunks) more L2 reads per program, O(chunks^2)
+# in all): one Triton launch less per forward and per backward (224 px: 196 tokens, 13 chunks; 12 + 12 of a VRWKV-T
+# training step's 192), for ~2x the instructions of the three chunk kernels (sm_90: fwd 1440 -> 2472) and ~100 MB
+# more L2 reads per call at (256, 196, 192) - a win only where launches cost more than that (eager), so an opt-in
+# until the sweep times it (0: never).
 CONFIG = config_from_env(dict(single_max_t=32, chunk_t=32, block_c=32, warps=4, carry_ncb=32, carry_block_c=32,
                               max_tile=2048, scalar=0, seq=1, seq_t=16, seq_t_orig=8, seq_bc=64, seq_bwd_bc=32,
-                              seq_warps=1, seq_maxnreg=0, seq_bwd_maxnreg=0),
+                              seq_warps=1, seq_maxnreg=0, seq_bwd_maxnreg=0, seq_carry_inline=0),
                          "VRWKV_TRITON_V4")
 
 
@@ -697,8 +703,12 @@ def _bi_wkv_fwd_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.T
 @_bi_wkv_fwd_op.register_fake
 def _(w, u, k, v, mode, chunks, scale):
     B, T, C = k.shape
-    _, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
+    seq, (S, BT, NSUB, NC, single) = _chosen_plan(T, mode, chunks)
     ncar = 8 if mode == "original" else 4
+    if seq:
+        from .triton_seq import seq_carry_slots
+
+        ncar = seq_carry_slots(NC, single, mode, CONFIG)
     car = k.new_empty((0,), dtype=torch.float32) if single else k.new_empty((B, NC, ncar, C), dtype=torch.float32)
     return v.new_empty((B, T, C)), k.new_empty((B, C), dtype=torch.float32), car
 

@@ -123,10 +123,69 @@ def _store_summary(SUMM, b, j, NC, C, cols, cmask, e0, e1, s0, s1, g0, g1, NSUM:
         tl.store(SUMM + base + 5 * C + cols, g1, mask=cmask)
 
 
+@jit
+def _slot(SUMM, b, i, NC, C, cols, cmask, slot: tl.constexpr, NSUM: tl.constexpr, other):
+    """Slot ``slot`` of chunk i (``other`` past the last chunk) in a (B, NC, NSUM, C) summary buffer, fp32."""
+    return tl.load(SUMM + (b * NC + i).to(tl.int64) * NSUM * C + slot * C + cols, mask=cmask & (i < NC), other=other)
+
+
+@jit
+def _global_max(SUMM, b, NC, C, cols, cmask, NSUM: tl.constexpr, NCB: tl.constexpr):
+    """The max m of k over the whole sequence from the chunk maxima in slot 4 of the packed summaries."""
+    mx = tl.full(cols.shape, -float("inf"), tl.float32)
+    for i in tl.static_range(NCB):
+        mx = tl.maximum(mx, _slot(SUMM, b, i, NC, C, cols, cmask, 4, NSUM, -float("inf")))
+    return tl.where(mx > -float("inf"), mx, 0.0)
+
+
+@jit
+def _fold_carries(SUMM, W, b, j, NC, C, cols, cmask, m, SCALE, NSUM: tl.constexpr, RESCALE: tl.constexpr,
+                  L: tl.constexpr, NCB: tl.constexpr):
+    """Exact mode, without the carry kernel: chunk j's incoming states folded from all chunk summaries (NCB >= NC
+    chunks, unrolled: every load independent of the folds; each thread keeps its own channels): causal from slots
+    0, 1 of the chunks before j, c <- lam^L c + slot (every chunk but the last has L tokens), anticausal from
+    slots 2, 3 of the chunks after j, last to first. RESCALE (the forward's sums of x = e^{k - chunk max}): each
+    chunk's terms times e^{max_i - m}, its max in slot 4."""
+    lam_l = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0) * SCALE * L)
+    scs = ()
+    for i in tl.static_range(NCB):
+        sc = tl.full(cols.shape, 1.0, tl.float32)
+        if RESCALE:
+            mj = _slot(SUMM, b, i, NC, C, cols, cmask, 4, NSUM, -float("inf"))
+            sc = tl.where(mj > -float("inf"), tl.exp(mj - m), 0.0)
+        scs = scs + (sc,)
+    z = tl.zeros(cols.shape, tl.float32)
+    c0, c1, c2, c3 = z, z, z, z
+    for i in tl.static_range(NCB - 1, -1, -1):  # anticausal: last chunk first (chunks past the last add zeros)
+        after = i > j
+        c2 = tl.where(after, c2 * lam_l + scs[i] * _slot(SUMM, b, i, NC, C, cols, cmask & after, 2, NSUM, 0.0), c2)
+        c3 = tl.where(after, c3 * lam_l + scs[i] * _slot(SUMM, b, i, NC, C, cols, cmask & after, 3, NSUM, 0.0), c3)
+    for i in tl.static_range(NCB):
+        before = i < j
+        c0 = tl.where(before, c0 * lam_l + scs[i] * _slot(SUMM, b, i, NC, C, cols, cmask & before, 0, NSUM, 0.0),
+                      c0)
+        c1 = tl.where(before, c1 * lam_l + scs[i] * _slot(SUMM, b, i, NC, C, cols, cmask & before, 1, NSUM, 0.0),
+                      c1)
+    return c0, c1, c2, c3
+
+
+@jit
+def _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr,
+                    INLINE: tl.constexpr, L: tl.constexpr, NCB: tl.constexpr):
+    """Chunk j's incoming forward states: folded from the packed summaries (INLINE, exact mode; the local streams
+    h, J zero) or loaded from the carry kernel's buffer."""
+    if INLINE:
+        a_n, a_d, b_n, b_d = _fold_carries(CAR, W, b, j, NC, C, cols, cmask, m, SCALE, NCAR, True, L, NCB)
+        return a_n, a_d, b_n, b_d, a_n * 0.0, a_n * 0.0, a_n * 0.0, a_n * 0.0
+    return _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
+
+
 def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, C, S, NSUB, NC, SCALE,
-                            NSUM: tl.constexpr, ORIG: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+                            NSUM: tl.constexpr, ORIG: tl.constexpr, PACK_MJ: tl.constexpr, L: tl.constexpr,
+                            BC: tl.constexpr):
     """Pass 1: per chunk, its max of k and the decayed sums of x = e^{k - max} (and x v) to its end / start
-    (original: also the e^w-growth sums of the tokens that do not start an original chunk)."""
+    (original: also the e^w-growth sums of the tokens that do not start an original chunk). PACK_MJ: the max goes
+    to slot 4 of SUMM (NSUM = 5: the packed summaries the inline carries read), not to MJ."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
                                                               SCALE, L, BC)
     ks = ()
@@ -156,13 +215,18 @@ def _seq_fwd_summary_kernel(K, V, W, SUMM, MJ, skb, skt, skc, svb, svt, svc, T, 
             g_n = g_n * gg + xk * vs[r]
             g_d = g_d * gg + xk
     _store_summary(SUMM, b, j, NC, C, cols, cmask, e_n, e_d, s_n, s_d, g_n, g_d, NSUM, ORIG)
-    tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
+    if PACK_MJ:
+        tl.store(SUMM + (b * NC + j).to(tl.int64) * NSUM * C + 4 * C + cols, mj, mask=cmask)
+    else:
+        tl.store(MJ + (b * NC + j).to(tl.int64) * C + cols, mj, mask=cmask)
 
 
 def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, G, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, NC, SCALE,
                     NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr, HAS_GATE: tl.constexpr,
-                    L: tl.constexpr, BC: tl.constexpr):
-    """Pass 3 (the whole forward when SINGLE): y for one chunk (HAS_GATE: sigmoid(g) * y, g read like k)."""
+                    INLINE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr, NCB: tl.constexpr):
+    """Pass 3 (the whole forward when SINGLE): y for one chunk (HAS_GATE: sigmoid(g) * y, g read like k). INLINE:
+    CAR holds the packed summaries (no carry kernel ran): m and the incoming states are folded from them here, and
+    chunk 0's programs store m."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, lam = _chunk(K, V, W, skb, skt, skc, svb, svt, svc, T, C, S, NSUB,
                                                               SCALE, L, BC)
     uu = tl.exp(tl.load(U + cols, mask=cmask, other=0.0) * SCALE)
@@ -175,8 +239,13 @@ def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, G, skb, skt, skc, svb, svt, svc, sgb,
         z = tl.zeros([BC], tl.float32)
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
     else:
-        m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
-        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
+        if INLINE:
+            m = _global_max(CAR, b, NC, C, cols, cmask, NCAR, NCB)
+            tl.store(M + b.to(tl.int64) * C + cols, m, mask=cmask & (j == 0))
+        else:
+            m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
+        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE,
+                                                                 NCAR, ORIG, INLINE, L, NCB)
     fns = ()
     fds = ()
     xs = ()
@@ -226,12 +295,14 @@ def _bwd_prologue(K, V, GY, RG, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt,
 
 def _seq_bwd_summary_kernel(K, V, GY, RG, W, U, M, CAR, SUMM, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S,
                             NSUB, NC, SCALE, NSUM: tl.constexpr, NCAR: tl.constexpr, ORIG: tl.constexpr,
-                            HAS_GATE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+                            HAS_GATE: tl.constexpr, INLINE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr,
+                            NCB: tl.constexpr):
     """Backward pass 1: per chunk, the decayed sums of p = gy / den and q = -p y to its end / start (original: also
     the e^w-growth sums from its start). HAS_GATE: GY is the gradient of sigmoid(RG) * y (see ``_token_pq``)."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, pr, lam, uu, m = _bwd_prologue(
         K, V, GY, RG, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
-    a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
+    a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE, NCAR,
+                                                             ORIG, INLINE, L, NCB)
     bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
     bc = lam if ORIG else 1.0
     z = tl.zeros([BC], tl.float32)
@@ -265,9 +336,11 @@ def _seq_bwd_summary_kernel(K, V, GY, RG, W, U, M, CAR, SUMM, skb, skt, skc, svb
 
 def _seq_bwd_kernel(K, V, GY, RG, W, U, M, CAR, BCAR, GK, GV, GG, GWP, GUP, skb, skt, skc, svb, svt, svc, sgb, sgt,
                     sgc, T, C, S, NSUB, NC, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr, SINGLE: tl.constexpr,
-                    HAS_GATE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+                    HAS_GATE: tl.constexpr, INLINE: tl.constexpr, L: tl.constexpr, BC: tl.constexpr,
+                    NCB: tl.constexpr):
     """Backward pass 3 (the whole backward when SINGLE): gk, gv and per-chunk partial sums of gw, gu; with HAS_GATE
-    (GY the gradient of sigmoid(RG) * y) also d RG into GG (contiguous, like GK)."""
+    (GY the gradient of sigmoid(RG) * y) also d RG into GG (contiguous, like GK). INLINE: CAR holds the forward's
+    packed summaries and BCAR pass 1's (4 slots), both folded here (no carry kernels ran)."""
     b, j, s, n, q, is_last, cols, cmask, pk, pv, pg, pr, lam, uu, m = _bwd_prologue(
         K, V, GY, RG, W, U, M, skb, skt, skc, svb, svt, svc, sgb, sgt, sgc, T, C, S, NSUB, SCALE, L, BC)
     rows0 = (b.to(tl.int64) * T + s) * C + cols  # (the chunk's first row in the contiguous outputs GK, GV, GG)
@@ -276,9 +349,14 @@ def _seq_bwd_kernel(K, V, GY, RG, W, U, M, CAR, BCAR, GK, GV, GG, GWP, GUP, skb,
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
         bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q = z, z, z, z, z, z, z, z
     else:
-        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
-        bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q = _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask, is_last,
-                                                                           NCAR, ORIG)
+        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE,
+                                                                 NCAR, ORIG, INLINE, L, NCB)
+        if INLINE:
+            bt_p, bt_q, at_p, at_q = _fold_carries(BCAR, W, b, j, NC, C, cols, cmask, m, SCALE, 4, False, L, NCB)
+            ht_p, ht_q, jt_p, jt_q = z, z, z, z
+        else:
+            bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q = _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask,
+                                                                               is_last, NCAR, ORIG)
     bns, bds = _walk_back_states(pk, pv, skt, svt, n, cmask, m, lam, b_n, b_d, L)
     bc = lam if ORIG else 1.0
     gam = 1.0 / lam
@@ -382,6 +460,17 @@ def seq_plan(T: int, mode: str, chunks: int, cfg: dict):
     return S, L, NSUB, NC, NC == 1
 
 
+def seq_carry_slots(NC: int, single: bool, mode: str, cfg: dict) -> int:
+    """Slots per chunk of the carry buffer a seq forward returns: 0 for one chunk; 5 where exact mode folds the
+    carries inline (``seq_carry_inline``: at most that many chunks; the buffer then holds pass 1's summaries and
+    chunk maxima, and no carry kernel runs, forward or backward); else the carry kernel's 4 (original: 8)."""
+    if single:
+        return 0
+    if mode == "exact" and NC <= cfg["seq_carry_inline"]:
+        return 5
+    return 8 if mode == "original" else 4
+
+
 def _blocks(C: int, cfg: dict, key: str):
     """(channels per program, warps): ``cfg[key]`` channels (a power of two >= 32 or covering C), seq_warps warps."""
     BC = min(next_pow2(cfg[key]), max(32, next_pow2(C)))
@@ -404,20 +493,27 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0, g
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
+    inline = seq_carry_slots(NC, single, mode, cfg) == 5
+    if inline:
+        ncar = 5
     y, m, car, w32, u32 = fwd_buffers(w, u, k, v, NC, ncar, single)
     grid = (B, cdiv(C, BC), NC)
-    if not single:
+    if inline:
+        _KERNELS["fwd_summary"][grid](k, v, w32, car, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
+                                      NSUM=5, ORIG=False, PACK_MJ=True, L=L, BC=BC,
+                                      **_launch_opts(nw, cfg, "seq_maxnreg"))
+    elif not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
         mj = new_empty((B, NC, C), torch.float32, dev)
         _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
-                                      NSUM=nsum,
-                                      ORIG=orig, L=L, BC=BC, **_launch_opts(nw, cfg, "seq_maxnreg"))
+                                      NSUM=nsum, ORIG=orig, PACK_MJ=False, L=L, BC=BC,
+                                      **_launch_opts(nw, cfg, "seq_maxnreg"))
         launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True,
                      min(cfg["carry_block_c"], next_pow2(C)), scale)
     g = k if gate is None else gate
     _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, g, *k.stride(), *v.stride(), *g.stride(), T, C, S, NSUB, NC,
-                          scale, NCAR=ncar, ORIG=orig, SINGLE=single, HAS_GATE=gate is not None, L=L, BC=BC,
-                          **_launch_opts(nw, cfg, "seq_maxnreg"))
+                          scale, NCAR=ncar, ORIG=orig, SINGLE=single, HAS_GATE=gate is not None, INLINE=inline,
+                          L=L, BC=BC, NCB=next_pow2(NC) if inline else 1, **_launch_opts(nw, cfg, "seq_maxnreg"))
     return y, m, car
 
 
@@ -433,6 +529,10 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: fl
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
     ncar, nsum = (8, 6) if orig else (4, 4)
+    inline = not single and car.shape[2] == 5  # the forward's packed summaries: carries folded inline
+    if inline:
+        ncar = 5
+    ncb = next_pow2(NC) if inline else 1
     w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC, out)
     gg = rg = None
     if gate is not None:  # (read with gy's strides: both made contiguous)
@@ -444,20 +544,24 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: fl
             gg = gate_out
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
-        bcar = new_empty((B, NC, ncar, C), torch.float32, dev)
+        bcar = None if inline else new_empty((B, NC, ncar, C), torch.float32, dev)
         _KERNELS["bwd_summary"][(B, cdiv(C, BC), NC)](
             k, v, gy, gy if rg is None else rg, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C,
-            S, NSUB, NC, scale, NSUM=nsum, NCAR=ncar, ORIG=orig, HAS_GATE=rg is not None, L=L, BC=BC,
-            **_launch_opts(nw, cfg, "seq_bwd_maxnreg"))
-        launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
-                     min(cfg["carry_block_c"], next_pow2(C)), scale)
+            S, NSUB, NC, scale, NSUM=nsum, NCAR=ncar, ORIG=orig, HAS_GATE=rg is not None, INLINE=inline, L=L,
+            BC=BC, NCB=ncb, **_launch_opts(nw, cfg, "seq_bwd_maxnreg"))
+        if inline:
+            bcar = summ
+        else:
+            launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
+                         min(cfg["carry_block_c"], next_pow2(C)), scale)
     else:
         bcar = car
     BCB, nwb = _blocks(C, cfg, "seq_bwd_bc")  # the backward's last kernel holds 6 (original: 10) values per token
     _KERNELS["bwd"][(B, cdiv(C, BCB), NC)](
         k, v, gy, gy if rg is None else rg, w32, u32, m, car, bcar, gk, gv, gk if gg is None else gg, parts[0],
         parts[1], *k.stride(), *v.stride(), *gy.stride(), T, C, S, NSUB, NC, scale, NCAR=ncar, ORIG=orig,
-        SINGLE=single, HAS_GATE=rg is not None, L=L, BC=BCB, **_launch_opts(nwb, cfg, "seq_bwd_maxnreg"))
+        SINGLE=single, HAS_GATE=rg is not None, INLINE=inline, L=L, BC=BCB, NCB=ncb,
+        **_launch_opts(nwb, cfg, "seq_bwd_maxnreg"))
     if gg is not None:
         return parts.sum(1), gk, gv, gg
     return parts.sum(1), gk, gv
