@@ -492,24 +492,20 @@ def seq_fwd(w, u, k, v, mode: str, chunks: int, cfg: dict, scale: float = 1.0, g
     S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
-    ncar, nsum = (8, 6) if orig else (4, 4)
-    inline = seq_carry_slots(NC, single, mode, cfg) == 5
-    if inline:
-        ncar = 5
+    ncar = seq_carry_slots(NC, single, mode, cfg)
+    inline = ncar == 5
     y, m, car, w32, u32 = fwd_buffers(w, u, k, v, NC, ncar, single)
     grid = (B, cdiv(C, BC), NC)
-    if inline:
-        _KERNELS["fwd_summary"][grid](k, v, w32, car, car, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
-                                      NSUM=5, ORIG=False, PACK_MJ=True, L=L, BC=BC,
-                                      **_launch_opts(nw, cfg, "seq_maxnreg"))
-    elif not single:
-        summ = new_empty((B, NC, nsum, C), torch.float32, dev)
-        mj = new_empty((B, NC, C), torch.float32, dev)
+    if not single:  # (inline: the summaries and chunk maxima packed in car, the carry buffer's place)
+        nsum = ncar if inline else 6 if orig else 4
+        summ = car if inline else new_empty((B, NC, nsum, C), torch.float32, dev)
+        mj = car if inline else new_empty((B, NC, C), torch.float32, dev)
         _KERNELS["fwd_summary"][grid](k, v, w32, summ, mj, *k.stride(), *v.stride(), T, C, S, NSUB, NC, scale,
-                                      NSUM=nsum, ORIG=orig, PACK_MJ=False, L=L, BC=BC,
+                                      NSUM=nsum, ORIG=orig, PACK_MJ=inline, L=L, BC=BC,
                                       **_launch_opts(nw, cfg, "seq_maxnreg"))
-        launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True,
-                     min(cfg["carry_block_c"], next_pow2(C)), scale)
+        if not inline:
+            launch_carry(summ, mj, w32, car, m, T, C, S, NSUB, NC, L, orig, True,
+                         min(cfg["carry_block_c"], next_pow2(C)), scale)
     g = k if gate is None else gate
     _KERNELS["fwd"][grid](k, v, w32, u32, y, m, car, g, *k.stride(), *v.stride(), *g.stride(), T, C, S, NSUB, NC,
                           scale, NCAR=ncar, ORIG=orig, SINGLE=single, HAS_GATE=gate is not None, INLINE=inline,
@@ -528,10 +524,9 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: fl
     S, L, NSUB, NC, single = seq_plan(T, mode, chunks, cfg)
     BC, nw = _blocks(C, cfg, "seq_bc")
     dev = k.device
-    ncar, nsum = (8, 6) if orig else (4, 4)
-    inline = not single and car.shape[2] == 5  # the forward's packed summaries: carries folded inline
-    if inline:
-        ncar = 5
+    nsum = 6 if orig else 4
+    ncar = 0 if single else car.shape[2]  # (as the forward chose: 5 = its packed summaries, carries folded inline)
+    inline = ncar == 5
     ncb = next_pow2(NC) if inline else 1
     w32, u32, gk, gv, parts = bwd_buffers(w, u, k, v, NC, out)
     gg = rg = None
@@ -544,14 +539,12 @@ def seq_bwd(w, u, k, v, m, car, gy, mode: str, chunks: int, cfg: dict, scale: fl
             gg = gate_out
     if not single:
         summ = new_empty((B, NC, nsum, C), torch.float32, dev)
-        bcar = None if inline else new_empty((B, NC, ncar, C), torch.float32, dev)
+        bcar = summ if inline else new_empty((B, NC, ncar, C), torch.float32, dev)
         _KERNELS["bwd_summary"][(B, cdiv(C, BC), NC)](
             k, v, gy, gy if rg is None else rg, w32, u32, m, car, summ, *k.stride(), *v.stride(), *gy.stride(), T, C,
             S, NSUB, NC, scale, NSUM=nsum, NCAR=ncar, ORIG=orig, HAS_GATE=rg is not None, INLINE=inline, L=L,
             BC=BC, NCB=ncb, **_launch_opts(nw, cfg, "seq_bwd_maxnreg"))
-        if inline:
-            bcar = summ
-        else:
+        if not inline:
             launch_carry(summ, summ, w32, bcar, m, T, C, S, NSUB, NC, L, orig, False,
                          min(cfg["carry_block_c"], next_pow2(C)), scale)
     else:
