@@ -43,6 +43,8 @@ V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exac
     # launch less each, for O(chunks) more L2 reads per program); longer sequences as the default
     "seq_inline": {"seq": 1, "seq_carry_inline": 16},
 }
+# settings that change nothing past this many tokens (their rows there would repeat their base's): not timed there
+MAX_T = {"seq_inline": 256}
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
     "walk": {"algo": "walk"},  # the default until round 6
     "chunk": {"algo": "chunk"},
@@ -217,7 +219,7 @@ def warm(op, cfg, dtypes=("fp32", "bf16")):
 def _time_cases(ops, configs, dtypes=("fp32", "bf16")):
     """(op, config name, config, dtype name, shape) in timing order: shape by shape, both ops interleaved, every
     selected config of a (op, dtype, shape) back to back, so a deadline cuts the largest shapes of every op and
-    config evenly and each timed row has its counterparts."""
+    config evenly and each timed row has its counterparts; none past a config's ``MAX_T``."""
     table = {"v4": (V4_CONFIGS, V4_SHAPES), "v6": (V6_CONFIGS, V6_SHAPES)}
     for i in range(max(len(V4_SHAPES), len(V6_SHAPES))):
         for op in ops:
@@ -226,7 +228,7 @@ def _time_cases(ops, configs, dtypes=("fp32", "bf16")):
                 continue
             for dn in dtypes:
                 for name, cfg in cfgs.items():
-                    if configs is None or name in configs:
+                    if (configs is None or name in configs) and shapes[i][1] <= MAX_T.get(name, shapes[i][1]):
                         yield op, name, cfg, dn, shapes[i]
 
 

@@ -50,6 +50,16 @@ def test_named_config_lookup(sweep):
         sweep.named_config("nope")
 
 
+def test_sweep_skips_shapes_a_setting_does_not_change(sweep):
+    """A setting with a MAX_T (seq_inline: the inline carries stop at 16 chunks) is timed at the short shapes only,
+    its base at every shape, in the same shape-by-shape order."""
+    cases = [(name, shape) for op, name, cfg, dn, shape in sweep._time_cases(("v4",), {"seq_t16", "seq_inline"},
+                                                                            ("bf16",))]
+    assert [s for n, s in cases if n == "seq_t16"] == sweep.V4_SHAPES
+    assert [s for n, s in cases if n == "seq_inline"] == [s for s in sweep.V4_SHAPES if s[1] <= 256] != []
+    assert cases.index(("seq_inline", (64, 196, 192))) == cases.index(("seq_t16", (64, 196, 192))) + 1
+
+
 CURRENT = [p for p in PLANS  # (the plans a device session would run now: rounds 8 to 10)
            if re.fullmatch(r"device_run\d+\.sh", p.name) and int(re.search(r"\d+", p.name).group()) >= 8]
 _RECORDER = """#!/bin/bash
