@@ -176,7 +176,8 @@ def _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE, NCAR: tl.cons
     h, J zero) or loaded from the carry kernel's buffer."""
     if INLINE:
         a_n, a_d, b_n, b_d = _fold_carries(CAR, W, b, j, NC, C, cols, cmask, m, SCALE, NCAR, True, L, NCB)
-        return a_n, a_d, b_n, b_d, a_n * 0.0, a_n * 0.0, a_n * 0.0, a_n * 0.0
+        z = tl.zeros_like(a_n)
+        return a_n, a_d, b_n, b_d, z, z, z, z
     return _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
 
 
