@@ -130,30 +130,46 @@ def _slot(SUMM, b, i, NC, C, cols, cmask, slot: tl.constexpr, NSUM: tl.constexpr
 
 
 @jit
-def _global_max(SUMM, b, NC, C, cols, cmask, NSUM: tl.constexpr, NCB: tl.constexpr):
-    """The max m of k over the whole sequence from the chunk maxima in slot 4 of the packed summaries."""
+def _chunk_maxima(SUMM, b, NC, C, cols, cmask, NSUM: tl.constexpr, NCB: tl.constexpr):
+    """The max m of k over the whole sequence and the NCB chunk maxima it is taken from (slot 4 of the packed
+    summaries; -inf past the last chunk)."""
+    mjs = ()
     mx = tl.full(cols.shape, -float("inf"), tl.float32)
     for i in tl.static_range(NCB):
-        mx = tl.maximum(mx, _slot(SUMM, b, i, NC, C, cols, cmask, 4, NSUM, -float("inf")))
-    return tl.where(mx > -float("inf"), mx, 0.0)
+        mj = _slot(SUMM, b, i, NC, C, cols, cmask, 4, NSUM, -float("inf"))
+        mjs = mjs + (mj,)
+        mx = tl.maximum(mx, mj)
+    return tl.where(mx > -float("inf"), mx, 0.0), mjs
 
 
 @jit
-def _fold_carries(SUMM, W, b, j, NC, C, cols, cmask, m, SCALE, NSUM: tl.constexpr, RESCALE: tl.constexpr,
-                  L: tl.constexpr, NCB: tl.constexpr):
+def _chunk_scales(mjs, m, NCB: tl.constexpr):
+    """Per chunk, e^{max_i - m}: what its forward sums of x = e^{k - chunk max} are multiplied by (0 past the last
+    chunk)."""
+    scs = ()
+    for i in tl.static_range(NCB):
+        scs = scs + (tl.where(mjs[i] > -float("inf"), tl.exp(mjs[i] - m), 0.0),)
+    return scs
+
+
+@jit
+def _unit_scales(cols, NCB: tl.constexpr):
+    """NCB scales of 1 (summaries folded as stored)."""
+    scs = ()
+    for i in tl.static_range(NCB):
+        scs = scs + (tl.full(cols.shape, 1.0, tl.float32),)
+    return scs
+
+
+@jit
+def _fold_carries(SUMM, W, b, j, NC, C, cols, cmask, scs, SCALE, NSUM: tl.constexpr, L: tl.constexpr,
+                  NCB: tl.constexpr):
     """Exact mode, without the carry kernel: chunk j's incoming states folded from all chunk summaries (NCB >= NC
     chunks, unrolled: every load independent of the folds; each thread keeps its own channels): causal from slots
     0, 1 of the chunks before j, c <- lam^L c + slot (every chunk but the last has L tokens), anticausal from
-    slots 2, 3 of the chunks after j, last to first. RESCALE (the forward's sums of x = e^{k - chunk max}): each
-    chunk's terms times e^{max_i - m}, its max in slot 4."""
+    slots 2, 3 of the chunks after j, last to first; chunk i's terms times scs[i] (:func:`_chunk_scales` for the
+    forward's sums, :func:`_unit_scales` for the backward's)."""
     lam_l = tl.exp(-tl.load(W + cols, mask=cmask, other=0.0) * SCALE * L)
-    scs = ()
-    for i in tl.static_range(NCB):
-        sc = tl.full(cols.shape, 1.0, tl.float32)
-        if RESCALE:
-            mj = _slot(SUMM, b, i, NC, C, cols, cmask, 4, NSUM, -float("inf"))
-            sc = tl.where(mj > -float("inf"), tl.exp(mj - m), 0.0)
-        scs = scs + (sc,)
     z = tl.zeros(cols.shape, tl.float32)
     c0, c1, c2, c3 = z, z, z, z
     for i in tl.static_range(NCB - 1, -1, -1):  # anticausal: last chunk first (chunks past the last add zeros)
@@ -170,14 +186,22 @@ def _fold_carries(SUMM, W, b, j, NC, C, cols, cmask, m, SCALE, NSUM: tl.constexp
 
 
 @jit
+def _inline_fwd_carries(CAR, W, b, j, NC, C, cols, cmask, scs, SCALE, NCAR: tl.constexpr, L: tl.constexpr,
+                        NCB: tl.constexpr):
+    """The eight incoming forward states of the inline route: the folded a, b; the local streams h, J zero."""
+    a_n, a_d, b_n, b_d = _fold_carries(CAR, W, b, j, NC, C, cols, cmask, scs, SCALE, NCAR, L, NCB)
+    z = tl.zeros_like(a_n)
+    return a_n, a_d, b_n, b_d, z, z, z, z
+
+
+@jit
 def _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE, NCAR: tl.constexpr, ORIG: tl.constexpr,
                     INLINE: tl.constexpr, L: tl.constexpr, NCB: tl.constexpr):
-    """Chunk j's incoming forward states: folded from the packed summaries (INLINE, exact mode; the local streams
-    h, J zero) or loaded from the carry kernel's buffer."""
+    """Chunk j's incoming forward states (m: the sequence's max of k, as stored): folded from the packed summaries
+    (INLINE, exact mode; the local streams h, J zero) or loaded from the carry kernel's buffer."""
     if INLINE:
-        a_n, a_d, b_n, b_d = _fold_carries(CAR, W, b, j, NC, C, cols, cmask, m, SCALE, NCAR, True, L, NCB)
-        z = tl.zeros_like(a_n)
-        return a_n, a_d, b_n, b_d, z, z, z, z
+        _, mjs = _chunk_maxima(CAR, b, NC, C, cols, cmask, NCAR, NCB)
+        return _inline_fwd_carries(CAR, W, b, j, NC, C, cols, cmask, _chunk_scales(mjs, m, NCB), SCALE, NCAR, L, NCB)
     return _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
 
 
@@ -240,13 +264,15 @@ def _seq_fwd_kernel(K, V, W, U, Y, M, CAR, G, skb, skt, skc, svb, svt, svc, sgb,
         z = tl.zeros([BC], tl.float32)
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = z, z, z, z, z, z, z, z
     else:
-        if INLINE:
-            m = _global_max(CAR, b, NC, C, cols, cmask, NCAR, NCB)
+        if INLINE:  # (the chunk maxima loaded once: for m and for the scales of the folded summaries)
+            m, mjs = _chunk_maxima(CAR, b, NC, C, cols, cmask, NCAR, NCB)
             tl.store(M + b.to(tl.int64) * C + cols, m, mask=cmask & (j == 0))
+            a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _inline_fwd_carries(CAR, W, b, j, NC, C, cols, cmask,
+                                                                         _chunk_scales(mjs, m, NCB), SCALE, NCAR,
+                                                                         L, NCB)
         else:
             m = tl.load(M + b.to(tl.int64) * C + cols, mask=cmask, other=0.0)
-        a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE,
-                                                                 NCAR, ORIG, INLINE, L, NCB)
+            a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _load_fwd_carries(CAR, b, j, NC, C, cols, cmask, q, NCAR, ORIG)
     fns = ()
     fds = ()
     xs = ()
@@ -353,7 +379,8 @@ def _seq_bwd_kernel(K, V, GY, RG, W, U, M, CAR, BCAR, GK, GV, GG, GWP, GUP, skb,
         a_n, a_d, b_n, b_d, h_n, h_d, j_n, j_d = _fwd_carries_in(CAR, W, b, j, NC, C, cols, cmask, q, m, SCALE,
                                                                  NCAR, ORIG, INLINE, L, NCB)
         if INLINE:
-            bt_p, bt_q, at_p, at_q = _fold_carries(BCAR, W, b, j, NC, C, cols, cmask, m, SCALE, 4, False, L, NCB)
+            ones = _unit_scales(cols, NCB)
+            bt_p, bt_q, at_p, at_q = _fold_carries(BCAR, W, b, j, NC, C, cols, cmask, ones, SCALE, 4, L, NCB)
             ht_p, ht_q, jt_p, jt_q = z, z, z, z
         else:
             bt_p, bt_q, at_p, at_q, ht_p, ht_q, jt_p, jt_q = _load_bwd_carries(BCAR, b, j, NC, C, cols, cmask,
