@@ -44,7 +44,7 @@ V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exac
     "seq_inline": {"seq": 1, "seq_carry_inline": 16},
 }
 # settings that change nothing past this many tokens (their rows there would repeat their base's): not timed there
-MAX_T = {"seq_inline": 256}
+MAX_T = {"seq_inline": 256, "chunk_pairs": 256}
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
     "walk": {"algo": "walk"},  # the default until round 6
     "chunk": {"algo": "chunk"},
@@ -91,6 +91,9 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     # 223-255 registers two 4-warp programs fit an SM, so 384 take two waves of an H100's 132 SMs)
     "walk_bv32": {"algo": "walk", "walk_bv": 32},
     "walk_bv16": {"algo": "walk", "walk_bv": 16},
+    # round 43: forwards of up to 256 tokens (224 px) by one kernel summing over pairs of sub-chunks, no states
+    # (triton_pairs.py; one launch instead of two, no state bytes, 12 source sub-chunks per program at 196 tokens)
+    "chunk_pairs": {"algo": "chunk", "pairs_max_t": 256},
 }
 
 

@@ -72,6 +72,24 @@ def test_seq_inline_carries_stay_in_registers(restore_kernel_config):
 
 
 @pytest.mark.slow
+def test_v6_pairs_forward_is_one_launch_without_spills(restore_kernel_config):
+    """pairs_max_t: a 224-px forward is one launch of the sub-chunk pair kernel, which spills nothing; with a
+    power-of-two head size its channel mask is known at compile time, so its loads are vectors, none 16-bit."""
+    from vision_rwkv.ops.bi_wkv6 import triton as t6
+
+    bm.apply_kernel_config(["v6.algo=chunk", "v6.pairs_max_t=256"])
+    for N, even in ((64, True), (48, False)):
+        ins = bm._op_inputs("v6_biwkv", (2, 196, 2, N), torch.bfloat16, "cpu")
+        with capture_kernels(90, tag="fwd") as fwd:
+            t6._fwd(*ins)
+        rows = kernel_rows(fwd)
+        assert [r["kernel"] for r in rows] == ["_pairs_fwd_kernel"] and rows[0]["grid"] == [4, 13], rows
+        r = rows[0]
+        assert r["local"] == 0 and r["stack"] == 0 and r["mma"] > 0 and r["regs"] <= 255, r
+        assert (r["ldg_16bit"] == 0) if even else (r["ldg_16bit"] > 0), r
+
+
+@pytest.mark.slow
 def test_scan_kernels_shuffle(restore_kernel_config):
     rows = _v4_rows((1, 70, 32), torch.float32, ["v4.seq=0"])  # the tile scans
     assert rows[("fwd", "_fwd_kernel")]["shfl"] > 0

@@ -26,6 +26,7 @@ from vision_rwkv.ops.bi_wkv import triton as v4  # noqa: E402
 from vision_rwkv.ops.bi_wkv import triton_seq  # noqa: E402,F401
 from vision_rwkv.ops.bi_wkv6 import triton as v6  # noqa: E402
 from vision_rwkv.ops.bi_wkv6 import triton_chunk  # noqa: E402,F401
+from vision_rwkv.ops.bi_wkv6 import triton_pairs  # noqa: E402,F401
 from vision_rwkv.ops.fused import linear_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import lora_triton  # noqa: E402,F401
 from vision_rwkv.ops.fused import mix_linear_triton  # noqa: E402,F401

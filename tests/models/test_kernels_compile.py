@@ -41,6 +41,10 @@ CASES = [
     # own kernel (suffix_inline=0; the default sums the 13 sub-chunks' in the gradient kernel)
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "train": True},
      {"VRWKV_TRITON_V6": "algo=chunk,bwd_carry=1,state_walk=0,suffix_inline=0"}],
+    # the forward by sub-chunk pairs (pairs_max_t: 196 tokens, no states) under the chunk backward, a bf16 training
+    # step at 224
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "train": True},
+     {"VRWKV_TRITON_V6": "algo=chunk,pairs_max_t=256"}],
     # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
     # memory than an H100 block has: the walk kernels run instead
     ["vrwkv6_clip_patch16_224", {"depth": 1, "amp": True}, OPT_INS],
@@ -67,13 +71,13 @@ def _all_kernels() -> set:
     os.environ.pop("TRITON_INTERPRET", None)
     code = ("import json, triton.runtime.jit as j\n"
             "from vision_rwkv.ops.bi_wkv import triton as a, triton_seq as b\n"
-            "from vision_rwkv.ops.bi_wkv6 import triton as c, triton_chunk as d\n"
+            "from vision_rwkv.ops.bi_wkv6 import triton as c, triton_chunk as d, triton_pairs as d2\n"
             "from vision_rwkv.ops.fused import shift_triton as e, linear_triton as f, mix_linear_triton as g\n"
             "from vision_rwkv.ops.fused import norm_linear_triton as h, mix_mlp_triton as i, lora_triton as l\n"
             "from vision_rwkv.ops.fused import elementwise_triton as m1, group_norm_triton as m2\n"
             "from vision_rwkv.ops.fused import add_norm_triton as m3\n"
             "ks = [k for v in a._KERNELS.values() for k in v] + list(b._KERNELS.values())\n"
-            "ks += [v for m in (c, d, e, f, g, h, i, l, m1, m2, m3) for n, v in vars(m).items()"
+            "ks += [v for m in (c, d, d2, e, f, g, h, i, l, m1, m2, m3) for n, v in vars(m).items()"
             " if isinstance(v, j.JITFunction)"
             " and n.endswith('_kernel') and v.__module__ == m.__name__]\n"
             "print(json.dumps(sorted({f'{k.fn.__module__}:{k.fn.__name__}' for k in ks})))")

@@ -201,6 +201,22 @@ CPU_CASES.update({
                               fla_standin=True),
 })
 
+# the forward by pairs of sub-chunks, no states (pairs_max_t, triton_pairs.py; the backward stays the chunk kernels'):
+# one sub-chunk, a partial last one, many with strong decays (the clamp), weak decays (far pairs weigh in), a padded
+# head in bf16, the fused decay with the GroupNorm * gate, extreme decays, non-contiguous inputs, torch.compile
+PAIRS = {"algo": "chunk", "pairs_max_t": 256}
+CPU_CASES.update({
+    "pairs_T1": dict(shape=(1, 1, 1, 16), config=PAIRS),
+    "pairs_T_not_multiple": dict(shape=(2, 21, 2, 16), config=PAIRS),
+    "pairs_many_blocks_strong": dict(shape=(2, 83, 1, 16), dscale=2.0, config=PAIRS),
+    "pairs_weak_decays": dict(shape=(1, 70, 2, 16), dshift=-3.0, config=PAIRS),
+    "pairs_head24_bf16": dict(shape=(1, 37, 2, 24), dtype="bf16", config=PAIRS),
+    "pairs_decay_norm_bf16": dict(shape=(1, 19, 2, 16), decay=True, norm=True, dtype="bf16", config=PAIRS),
+    "pairs_extreme_decays_inf": dict(shape=(1, 40, 1, 16), logd_const=float("-inf"), dshift=-3.0, config=PAIRS),
+    "pairs_noncontig": dict(shape=(1, 18, 2, 16), layout="T", config=PAIRS),
+    "pairs_compile": dict(shape=(1, 5, 1, 16), compile=True, config=PAIRS),
+})
+
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
 # 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
 # run with --run-slow
@@ -215,7 +231,8 @@ QUICK = {"chunk_suffix_kernel_decay", "chunk_suffix_kernel_blocks", "T1", "T_not
          "walk_states_many_chunks", "walk_states_48_bf16_head24", "walk_states_row_blocks",
          "walk_states_decay_norm_carry", "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak",
          "walk_weak_decays", "walk_strong_then_weak_decays", "walk_bv16_head36", "walk_bv16_decay_norm_bf16",
-         "fla_T_not_multiple", "fla_extreme_decays_inf", "fla_bf16_logd_fp32_noncontig", "fla_decay_norm_bf16"}
+         "fla_T_not_multiple", "fla_extreme_decays_inf", "fla_bf16_logd_fp32_noncontig", "fla_decay_norm_bf16",
+         "pairs_T_not_multiple", "pairs_weak_decays", "pairs_head24_bf16", "pairs_decay_norm_bf16"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -300,6 +317,16 @@ CUDA_CASES.update({f"16x4096x3x64_bf16_{tag}_decay_weak": dict(
     shape=(16, 4096, 3, 64), dtype="bf16", decay=True, norm=True, dshift=-3.0, config=dict(
         algo="chunk", state_t=128, state_dtype="input", **cfg)) for tag, cfg in (
     ("carry_st128_16bit", {"fwd_carry": 1}), ("swalk64_st128_16bit", {"state_walk": 64}))})
+# the sub-chunk-pair forward at 196 / 256 tokens (13 / 16 sub-chunks): default, weak and strong decays, the fused
+# decay and GroupNorm * gate in bf16, non-contiguous inputs
+CUDA_CASES.update({
+    "64x196x3x64_pairs": dict(shape=(64, 196, 3, 64), config=PAIRS),
+    "16x256x3x64_pairs_weak_decays": dict(shape=(16, 256, 3, 64), dshift=-3.0, config=PAIRS),
+    "8x196x3x64_pairs_strong_decays": dict(shape=(8, 196, 3, 64), dscale=2.0, dshift=1.0, config=PAIRS),
+    "64x196x12x64_bf16_pairs_decay": dict(shape=(64, 196, 12, 64), dtype="bf16", decay=True, norm=True,
+                                          config=PAIRS),
+    "4x196x3x64_pairs_noncontig": dict(shape=(4, 196, 3, 64), layout="T", config=PAIRS),
+})
 # the real flash-linear-attention through algo=fla (skipped where fla is not installed): does it pass our tests?
 CUDA_CASES.update({f"{name}_fla": dict(CUDA_CASES[name], config=FLA, needs_fla=True) for name in (
     "64x196x3x64", "64x196x12x64_bf16", "16x1024x6x64_bf16", "2x4096x6x64", "head80", "strong_decays",
@@ -412,6 +439,46 @@ def test_walk_max_t_routes_short_sequences_to_the_walk(monkeypatch):
         monkeypatch.setitem(v6.CONFIG, "walk_max_t", bad)
         with pytest.raises(ValueError, match="walk_max_t must be a token count >= 0"):
             v6._chunk_algo(64, 196, 16)
+
+
+def test_pairs_max_t_routes_short_forwards_to_the_pair_kernel(monkeypatch):
+    """``pairs_max_t``: with the chunk kernels, forwards of at most that many tokens are one launch of the sub-chunk
+    pair kernel (no state kernels); longer ones, the walk kernels' lengths (``walk_max_t``) and every backward keep
+    their kernels; a bad value names the setting."""
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+    from vision_rwkv.ops.bi_wkv6 import triton_chunk as tc
+    from vision_rwkv.ops.bi_wkv6 import triton_pairs as tp
+
+    calls = []
+    monkeypatch.setattr(tp, "_pairs_fwd_kernel", _Recorder("_pairs_fwd_kernel", calls))
+    monkeypatch.setattr(v6, "_v6_fwd_kernel", _Recorder("_v6_fwd_kernel", calls))
+    for name in ("_state_walk_kernel", "_state_kernel", "_scan_kernel", "_fwd_kernel", "_bwd_kernel",
+                 "_glogd_kernel", "_planes_kernel"):
+        monkeypatch.setattr(tc, name, _Recorder(name, calls))
+    for key, value in (("algo", "chunk"), ("bwd_algo", ""), ("walk_max_t", 0), ("fwd_carry", 0), ("bwd_carry", 0)):
+        monkeypatch.setitem(v6.CONFIG, key, value)
+    assert v6.CONFIG["pairs_max_t"] == 0  # (the default: the chunk kernels)
+
+    def kernels(T, backward=False):
+        calls.clear()
+        x, u = torch.empty(2, T, 3, 64), torch.empty(3, 64)
+        v6._bwd(x, x, x, x, u, x) if backward else v6._fwd(x, x, x, x, u)
+        return [c[0] for c in calls]
+
+    assert "_pairs_fwd_kernel" not in kernels(196)
+    monkeypatch.setitem(v6.CONFIG, "pairs_max_t", 256)
+    for T in (1, 196, 256):
+        assert kernels(T) == ["_pairs_fwd_kernel"]
+        assert calls[0][1] == (6, -(-T // 16)) and calls[0][2]["EVEN_N"]  # (batch * heads, sub-chunks)
+    assert kernels(257)[-1] == "_fwd_kernel" and "_pairs_fwd_kernel" not in kernels(257)
+    assert "_pairs_fwd_kernel" not in kernels(196, backward=True) and "_bwd_kernel" in kernels(196, backward=True)
+    monkeypatch.setitem(v6.CONFIG, "walk_max_t", 256)  # (the walk kernels first, where both are set)
+    assert kernels(196) == ["_v6_fwd_kernel", "_planes_kernel"]
+    for bad in (-1, "x"):
+        monkeypatch.setitem(v6.CONFIG, "walk_max_t", 0)
+        monkeypatch.setitem(v6.CONFIG, "pairs_max_t", bad)
+        with pytest.raises(ValueError, match="pairs_max_t must be a token count >= 0"):
+            kernels(196)
 
 
 class _Recorder:

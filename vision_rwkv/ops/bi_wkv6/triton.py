@@ -67,11 +67,13 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # traffic, where the chunk kernels' 255-register programs per 16-token sub-chunk read two states each (e.g. 224 px:
 # 196 tokens, 13 sub-chunks); opt-in until the device sweep compares the two at short lengths. suffix_inline: the
 # chunk backward's log-decay gradient kernel sums the later sub-chunks' totals itself for sequences of at most this
-# many sub-chunks (no suffix kernel: one launch less per call; 0 never).
+# many sub-chunks (no suffix kernel: one launch less per call; 0 never). pairs_max_t: with the chunk kernels, forwards
+# of at most this many tokens take one kernel that sums over pairs of sub-chunks instead (triton_pairs.py: no
+# states, no state kernel, O(T^2 / 16) work per head; 0: none) - opt-in until the device sweep times it at 196 tokens.
 CONFIG = config_from_env(dict(block_t=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
                               fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
-                              state_rows=0, walk_bv=0, walk_max_t=0, suffix_inline=32),
+                              state_rows=0, walk_bv=0, walk_max_t=0, suffix_inline=32, pairs_max_t=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums within 16 * 60 in magnitude
@@ -299,6 +301,15 @@ def _chunk_algo(BN: int, T: int, BT: int, backward: bool = False) -> bool:
     return algo == "chunk" and BN <= CHUNK_MAX_BN and cdiv(T, BT) <= GRID_YZ_MAX and T > walk_max_t
 
 
+def _pairs_route(T: int) -> bool:
+    """Whether a chunk-kernel forward of T tokens takes the sub-chunk-pair kernel of ``triton_pairs.py`` (at most
+    ``pairs_max_t`` tokens)."""
+    pairs_max_t = CONFIG["pairs_max_t"]
+    if not isinstance(pairs_max_t, int) or pairs_max_t < 0:
+        raise ValueError(f"VRWKV_TRITON_V6 pairs_max_t must be a token count >= 0, got {pairs_max_t!r}")
+    return T <= pairs_max_t
+
+
 def _algo(backward: bool = False) -> str:
     """The kernel family this call takes by configuration: 'walk', 'chunk' or 'fla' (``fla_route.py``: two calls
     of flash-linear-attention's causal chunk kernels, an opt-in comparison point); the backward's ``bwd_algo`` when
@@ -361,6 +372,10 @@ def _fwd(r, k, v, logd, u, w0=None, norm=None):
     if norm is not None and (fla or not CONFIG["fused_norm"]):
         y = _fwd(r, k, v, logd, u, w0)
         return (y if norm[5] else None), _norm_gate(y, *norm[:5])
+    if chunk and _pairs_route(T):
+        from .triton_pairs import pairs_fwd
+
+        return pairs_fwd(r, k, v, logd, u.contiguous(), (BT, BN, prec, nw), w0, norm)
     if chunk:
         from .triton_chunk import chunk_fwd
 

@@ -1,0 +1,96 @@
+"""The bidirectional RWKV-6 WKV forward for short sequences as a sum over pairs of sub-chunks, without states.
+
+With ``VRWKV_TRITON_V6=pairs_max_t=N`` (chunk algo), forwards of at most N tokens take this kernel instead of the
+chunk kernels (``triton_chunk.py``: a kernel that fills the N x N states, then per 16-token sub-chunk a program that
+loads two fp32 states and walks them to its edges). One program per (batch*head, sub-chunk c) sums over every other
+sub-chunk J. The weight of a source n in J on a query t in c factors through the edges between them:
+
+    J < c:  prod_{n<m<t} d_m = e^{cex_t} * e^{ctail_n + D}
+    J > c:  prod_{t<m<n} d_m = e^{ctail_t} * e^{cex_n + D}
+
+(cex / ctail: exclusive in-sub-chunk cumulative log decays from its start / end, as in ``triton_chunk.py``; D: the
+total log decay of the sub-chunks strictly between; every factor <= 1, exact for any decay). So
+
+    y_c = A_cc v_c + sum_{J<c} ((r e^{cex}) (k_J e^{ctail_J + D})^T) v_J
+                   + sum_{J>c} ((r e^{ctail}) (k_J e^{cex_J + D})^T) v_J
+
+with A_cc the sub-chunk's own pairs and bonus (``_intra_av``): per other sub-chunk two small tensor-core products
+and one exponential per key element - work quadratic in T, in one launch, with no state bytes. Meant for the 224-px
+sequences (196 tokens: 13 sub-chunks, 12 others per program). The backward stays the chunk kernels' (each backward
+recomputes what it needs).
+"""
+from __future__ import annotations
+
+import triton.language as tl
+
+from .._triton_utils import cdiv
+from ..triton_jit import jit
+from .triton import LOGD_MIN, _cums, _head, _ld, _ld_rkvw, _logd
+from .triton_chunk import _intra_av, _launch_opts, _outputs, _program, _store_y, _w0_arg
+
+__all__ = ["pairs_fwd"]
+
+
+@jit
+def _source_block(Kb, Vb, Lb, Wh, pos, cn, nmask, skt, skn, svt, svn, slt, sln, T, N, D, DECAY: tl.constexpr):
+    """A source sub-chunk's keys times their weights' source factor e^{(its log decays between the key and the query's
+    side) + D}, its values and its total log decay. ``pos`` lists the sub-chunk's tokens from the query's side
+    outward - last to first for a source before the query's sub-chunk, first to last after it -, so that factor is
+    an exclusive prefix sum over the rows either way (one scan of same-sign terms)."""
+    m2 = (pos < T)[:, None] & nmask[None, :]
+    k = _ld(Kb, pos, cn, skt, skn, m2)
+    v = _ld(Vb, pos, cn, svt, svn, m2)
+    lw = tl.maximum(_logd(Lb, Wh, pos, cn, slt, sln, m2, N, DECAY), LOGD_MIN)
+    return k * tl.exp(tl.cumsum(lw, axis=0) - lw + D[None, :]), v, tl.sum(lw, axis=0)
+
+
+@jit(do_not_specialize=["T", "H", "N", "NSUB"])
+def _pairs_fwd_kernel(R, K, V, LD, W0, U, Y, G, NW, NB, GO, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh,
+                      svn, slb, slt, slh, sln, sgb, sgt, sgh, sgn, eps, T, H, N, NSUB, BT: tl.constexpr,
+                      BN: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr, NORM: tl.constexpr,
+                      KEEP_Y: tl.constexpr, EVEN_N: tl.constexpr):
+    """y for sub-chunk c (BT tokens) of NSUB: its own pairs, then the sources before it and after it, nearest first,
+    each sub-chunk's total log decay added to D as it is passed (stored by ``_store_y``)."""
+    pid, c, b, h, rt, cn, nmask = _program(H, N, BT, BN)
+    if EVEN_N:  # (a compile-time mask along the channels: vector loads)
+        nmask = cn < BN
+    pos = c * BT + rt
+    m2 = (pos < T)[:, None] & nmask[None, :]
+    Rb = _head(R, b, h, srb, srh)
+    Kb = _head(K, b, h, skb, skh)
+    Vb = _head(V, b, h, svb, svh)
+    Lb = _head(LD, b, h, slb, slh)
+    Wh = W0 + h * N
+    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
+    cex, ctail, ctot = _cums(lw)
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    y = _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, PREC)
+    rq = r * tl.exp(cex)
+    D = tl.zeros([BN], tl.float32)
+    for i in range(0, c):
+        kd, vj, tot = _source_block(Kb, Vb, Lb, Wh, (c - i) * BT - 1 - rt, cn, nmask, skt, skn, svt, svn, slt, sln,
+                                    T, N, D, DECAY)
+        y += tl.dot(tl.dot(rq, tl.trans(kd), input_precision=PREC), vj, input_precision=PREC)
+        D += tot
+    rq = r * tl.exp(ctail)
+    D = tl.zeros([BN], tl.float32)
+    for j in range(c + 1, NSUB):
+        kd, vj, tot = _source_block(Kb, Vb, Lb, Wh, j * BT + rt, cn, nmask, skt, skn, svt, svn, slt, sln, T, N, D,
+                                    DECAY)
+        y += tl.dot(tl.dot(rq, tl.trans(kd), input_precision=PREC), vj, input_precision=PREC)
+        D += tot
+    _store_y(Y, G, NW, NB, GO, y, b, h, T, H, N, pos, cn, m2, sgb, sgt, sgh, sgn, eps, NORM, KEEP_Y)
+
+
+def pairs_fwd(r, k, v, logd, u, cfg, w0=None, norm=None):
+    """y (B, T, H, N) in v's dtype by one launch of :func:`_pairs_fwd_kernel`; arguments and ``norm``'s outputs as
+    :func:`~vision_rwkv.ops.bi_wkv6.triton_chunk.chunk_fwd`."""
+    B, T, H, N = r.shape
+    BT, BN, prec, nw = cfg
+    nsub = cdiv(T, BT)
+    y, yarg, ep, gated, keep_y = _outputs(v, norm)
+    _pairs_fwd_kernel[(B * H, nsub)](r, k, v, logd, _w0_arg(w0, logd), u, yarg, *ep[:4], *r.stride(), *k.stride(),
+                                     *v.stride(), *logd.stride(), *ep[4:], T, H, N, nsub, BT=BT, BN=BN, PREC=prec,
+                                     DECAY=w0 is not None, NORM=norm is not None, KEEP_Y=keep_y, EVEN_N=N == BN,
+                                     **_launch_opts(nw))
+    return y if norm is None else (y, gated)
