@@ -123,6 +123,22 @@ def _coords(T, H, N, NS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr):
 
 
 @jit
+def _own_sub_chunk(R, K, V, LD, W0, U, b, h, pos, cn, nmask, m2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh,
+                   svn, slb, slt, slh, sln, N, DECAY: tl.constexpr):
+    """What a forward program reads of its own sub-chunk (tokens ``pos``): the head's k, v and log-decay bases and its
+    w0 (for the other sub-chunks), r, k, v, the clamped log decay, its in-sub-chunk sums cex, ctail, ctot, and u."""
+    Kb = _head(K, b, h, skb, skh)
+    Vb = _head(V, b, h, svb, svh)
+    Lb = _head(LD, b, h, slb, slh)
+    Wh = W0 + h * N
+    r, k, v, lw = _ld_rkvw(_head(R, b, h, srb, srh), Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln,
+                           m2, N, DECAY)
+    cex, ctail, ctot = _cums(lw)
+    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    return Kb, Vb, Lb, Wh, r, k, v, lw, cex, ctail, ctot, u
+
+
+@jit
 def _edge_states(S, plane, BH, pid, c, cs, NC, NS: tl.constexpr, Xb, Yb, Lb, Wh, sxt, sxn, syt, syn, slt, sln, T, N,
                  BT: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr, DECAY: tl.constexpr):
     """States of (x, y) at sub-chunk c's edges: the causal state before it and the anticausal state after it, from
@@ -283,14 +299,9 @@ def _fwd_kernel(R, K, V, LD, W0, U, Y, S, G, NW, NB, GO, srb, srt, srh, srn, skb
                 KEEP_Y: tl.constexpr):
     """y for sub-chunk c (BT tokens); NC state chunks of NS sub-chunks (stored by :func:`_store_y`)."""
     pid, c, cs, b, h, rt, cn, nmask, pos, tv, m2 = _coords(T, H, N, NS, BT, BN)
-    Rb = _head(R, b, h, srb, srh)
-    Kb = _head(K, b, h, skb, skh)
-    Vb = _head(V, b, h, svb, svh)
-    Lb = _head(LD, b, h, slb, slh)
-    Wh = W0 + h * N
-    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
-    cex, ctail, ctot = _cums(lw)
-    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    Kb, Vb, Lb, Wh, r, k, v, lw, cex, ctail, ctot, u = _own_sub_chunk(
+        R, K, V, LD, W0, U, b, h, pos, cn, nmask, m2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn, slb,
+        slt, slh, sln, N, DECAY)
     # states at the sub-chunk's edges: the state chunk's incoming states walked over its other sub-chunks
     P, Q = _edge_states(S, 0, BH, pid, c, cs, NC, NS, Kb, Vb, Lb, Wh, skt, skn, svt, svn, slt, sln, T, N, BT, BN, PREC,
                         DECAY)

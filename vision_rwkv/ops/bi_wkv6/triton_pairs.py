@@ -25,8 +25,8 @@ import triton.language as tl
 
 from .._triton_utils import cdiv
 from ..triton_jit import jit
-from .triton import LOGD_MIN, _cums, _head, _ld, _ld_rkvw, _logd
-from .triton_chunk import _intra_av, _launch_opts, _outputs, _program, _store_y, _w0_arg
+from .triton import LOGD_MIN, _ld, _logd
+from .triton_chunk import _intra_av, _launch_opts, _outputs, _own_sub_chunk, _program, _store_y, _w0_arg
 
 __all__ = ["pairs_fwd"]
 
@@ -56,14 +56,9 @@ def _pairs_fwd_kernel(R, K, V, LD, W0, U, Y, G, NW, NB, GO, srb, srt, srh, srn, 
         nmask = cn < BN
     pos = c * BT + rt
     m2 = (pos < T)[:, None] & nmask[None, :]
-    Rb = _head(R, b, h, srb, srh)
-    Kb = _head(K, b, h, skb, skh)
-    Vb = _head(V, b, h, svb, svh)
-    Lb = _head(LD, b, h, slb, slh)
-    Wh = W0 + h * N
-    r, k, v, lw = _ld_rkvw(Rb, Kb, Vb, Lb, Wh, pos, cn, srt, srn, skt, skn, svt, svn, slt, sln, m2, N, DECAY)
-    cex, ctail, ctot = _cums(lw)
-    u = tl.load(U + h * N + cn, mask=nmask, other=0.0).to(tl.float32)
+    Kb, Vb, Lb, Wh, r, k, v, lw, cex, ctail, ctot, u = _own_sub_chunk(
+        R, K, V, LD, W0, U, b, h, pos, cn, nmask, m2, srb, srt, srh, srn, skb, skt, skh, skn, svb, svt, svh, svn, slb,
+        slt, slh, sln, N, DECAY)
     y = _intra_av(r, k, v, lw, cex, ctot, u, rt, BT, PREC)
     rq = r * tl.exp(cex)
     D = tl.zeros([BN], tl.float32)
