@@ -69,7 +69,7 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # chunk backward's log-decay gradient kernel sums the later sub-chunks' totals itself for sequences of at most this
 # many sub-chunks (no suffix kernel: one launch less per call; 0 never). pairs_max_t: with the chunk kernels, forwards
 # of at most this many tokens take one kernel that sums over pairs of sub-chunks instead (triton_pairs.py: no
-# states, no state kernel, O(T^2 / 16) work per head; 0: none) - opt-in until the device sweep times it at 196 tokens.
+# states, no state kernel, work quadratic in T; 0: none) - opt-in until the device sweep times it at 196 tokens.
 CONFIG = config_from_env(dict(block_t=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
                               fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
