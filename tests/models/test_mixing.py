@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vision_rwkv.models.mixing import ChannelMix, TimeMixV6, fused_prenorm_step
+from vision_rwkv.models.mixing import ChannelMix, TimeMixV6, _relu_square, fused_prenorm_step, lerp_mix
 from vision_rwkv.models.vrwkv import SpatialMix
 from vision_rwkv.ops import bi_shift_1d, q_shift
 
@@ -27,6 +27,27 @@ def _copy_params(src: torch.nn.Module, dst: torch.nn.Module, rename=None) -> Non
         value = fn(value) if fn is not None else value
         state[new_name] = value.reshape(own[new_name].shape)
     dst.load_state_dict(state)
+
+
+@pytest.mark.parametrize("x_dtype,mix_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.bfloat16, torch.float32)])
+def test_lerp_mix_is_the_interpolation_in_the_promoted_dtype(x_dtype, mix_dtype):
+    gen = torch.Generator().manual_seed(3)
+    x, shifted = (torch.randn(2, 7, 5, generator=gen).to(x_dtype) for _ in range(2))
+    mix = torch.rand(5, generator=gen).to(mix_dtype)
+    out = lerp_mix(x, shifted, mix)
+    want = x.double() * mix.double() + shifted.double() * (1 - mix.double())
+    assert out.dtype == torch.promote_types(x_dtype, mix_dtype)
+    tol = 1e-6 if out.dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.double(), want, atol=tol, rtol=tol)
+
+
+def test_relu_square_value_and_gradient():
+    x = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    out = _relu_square(x)
+    torch.testing.assert_close(out, torch.relu(x) ** 2)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, 2 * torch.relu(x.detach()))
 
 
 @pytest.mark.parametrize("shift,grid", [("q_shift", (3, 5)), ("bi_shift_1d", None)])

@@ -71,8 +71,17 @@ def channel_position(dim: int, dtype: torch.dtype = torch.float64) -> torch.Tens
 
 
 def lerp_mix(x: torch.Tensor, shifted: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
-    """``x * mix + shifted * (1 - mix)``: the token-shift interpolation (``mix`` weights the unshifted token)."""
+    """``x * mix + shifted * (1 - mix)``: the token-shift interpolation (``mix`` weights the unshifted token), as one
+    ``torch.lerp`` pass where the dtypes agree (on CPU ~5x faster than the three elementwise passes)."""
+    if x.dtype == shifted.dtype == mix.dtype:
+        return torch.lerp(x, shifted, 1 - mix)
     return x * mix + shifted * (1 - mix)
+
+
+def _relu_square(x: torch.Tensor) -> torch.Tensor:
+    """``relu(x) ** 2`` as ``r * r`` (on CPU ``torch.square`` / ``pow`` is ~3x slower than one multiply)."""
+    r = torch.relu(x)
+    return r * r
 
 
 def _check_choice(what: str, value: str, choices: Tuple[str, ...]) -> None:
@@ -200,11 +209,11 @@ class ChannelMix(FusedPathMixer):
         if self.param_style == 'vrwkv':
             return lerp_mix(x, shifted, self.spatial_mix_k), lerp_mix(x, shifted, self.spatial_mix_r)
         xx = shifted - x
-        return x + xx * self.time_maa_k, x + xx * self.time_maa_r
+        return torch.addcmul(x, xx, self.time_maa_k), torch.addcmul(x, xx, self.time_maa_r)
 
     def _forward_plain(self, x: torch.Tensor, grid_size: Optional[GridSize]) -> torch.Tensor:
         xk, xr = self._mixed_inputs(x, grid_size)
-        k = torch.square(torch.relu(self.key(xk)))
+        k = _relu_square(self.key(xk))
         if self.key_norm is not None:
             k = self.key_norm(k)
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
@@ -416,12 +425,13 @@ class TimeMixV6(FusedPathMixer):
         """The five interpolated inputs (x_w, x_k, x_v, x_r, x_g) in plain PyTorch."""
         batch, num_tokens, dim = x.shape
         xx = token_shift(x, self.token_shift, self.head_size, grid_size) - x
-        xxx = x + xx * self.time_maa_x
+        xxx = torch.addcmul(x, xx, self.time_maa_x)
         m = torch.tanh(xxx @ self.time_maa_w1).view(batch * num_tokens, 5, self.mix_rank).transpose(0, 1)
-        m = torch.bmm(m, self.time_maa_w2).view(5, batch, num_tokens, dim)
+        # (contiguous: a strided batch is ~1.5x slower on CPU)
+        m = torch.bmm(m.contiguous(), self.time_maa_w2).view(5, batch, num_tokens, dim)
         mw, mk, mv, mr, mg = m.unbind(dim=0)
-        return (x + xx * (self.time_maa_w + mw), x + xx * (self.time_maa_k + mk), x + xx * (self.time_maa_v + mv),
-                x + xx * (self.time_maa_r + mr), x + xx * (self.time_maa_g + mg))
+        return tuple(torch.addcmul(x, xx, maa + mi) for maa, mi in zip(
+            (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g), (mw, mk, mv, mr, mg)))
 
     def _wkv(self, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor) -> torch.Tensor:
         """BiWKV6 of (B, T, C) r, k, v and log decay -> (B, T, C), then the optional key norm."""

@@ -74,8 +74,9 @@ def sigmoid_mul_reference(r: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def relu_square_reference(x: torch.Tensor) -> torch.Tensor:
-    """``relu(x) ** 2`` in x's dtype."""
-    return torch.square(torch.relu(_acc(x))).to(x.dtype)
+    """``relu(x) ** 2`` in x's dtype (as ``r * r``: on CPU ``torch.square`` is ~3x slower than one multiply)."""
+    r = torch.relu(_acc(x))
+    return (r * r).to(x.dtype)
 
 
 def linear_relu_square_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
