@@ -34,7 +34,7 @@ source benchmarks/device_common.sh
 CFGS=chunk,walk,walk_bv32,chunk_swalk64,chunk_scan,chunk_st16,chunk_16bit_states,chunk_carry,chunk_bcarry,\
 chunk_carry_both,chunk_r128,chunk_r168,chunk_w8,chunk_carry_r128,seq_t16,seq_inline,seq_t16_bc128,seq_t32,seq_bc32,\
 seq_r96,seq_r64,fla,chunk_carry_st128_16bit,chunk_swalk64_st128_16bit,chunk_carry_swalk64,\
-chunk_carry_swalk64_st128_16bit,chunk_pairs
+chunk_carry_swalk64_st128_16bit,chunk_pairs,chunk_pairs_keys
 # flash-linear-attention's causal kernels as the v6 WKV (algo=fla: the comparison point; its wheel and einops' carried
 # in .whl with timm's; its autotuning is cached on disk by the warm-ups, FLA_CACHE_RESULTS defaults to 1)
 FLA_BB="--backbones --res 1024 --batch 1024=16 --dtype bf16 --model vrwkv6_tiny_patch16_224 --kernel-config v6.algo=fla"

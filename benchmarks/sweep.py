@@ -44,7 +44,7 @@ V4_CONFIGS = {  # round 4: the tile-scan default vs the register-sequential exac
     "seq_inline": {"seq": 1, "seq_carry_inline": 16},
 }
 # settings that change nothing past this many tokens (their rows there would repeat their base's): not timed there
-MAX_T = {"seq_inline": 256, "chunk_pairs": 256}
+MAX_T = {"seq_inline": 256, "chunk_pairs": 256, "chunk_pairs_keys": 256}
 V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (triton_chunk.py)
     "walk": {"algo": "walk"},  # the default until round 6
     "chunk": {"algo": "chunk"},
@@ -94,6 +94,9 @@ V6_CONFIGS = {  # round 4: the walking kernels vs the chunk-parallel ones (trito
     # round 43: forwards of up to 256 tokens (224 px) by one kernel summing over pairs of sub-chunks, no states
     # (triton_pairs.py; one launch instead of two, no state bytes, 12 source sub-chunks per program at 196 tokens)
     "chunk_pairs": {"algo": "chunk", "pairs_max_t": 256},
+    # round 44: the same with the sources' decayed keys written once by a first kernel (pairs_keys: each source's loop
+    # iteration is two tile loads, a multiply and the two products; sm_90 static: 3112 vs 3784 instructions)
+    "chunk_pairs_keys": {"algo": "chunk", "pairs_max_t": 256, "pairs_keys": 1},
 }
 
 

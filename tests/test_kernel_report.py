@@ -74,7 +74,8 @@ def test_seq_inline_carries_stay_in_registers(restore_kernel_config):
 @pytest.mark.slow
 def test_v6_pairs_forward_is_one_launch_without_spills(restore_kernel_config):
     """pairs_max_t: a 224-px forward is one launch of the sub-chunk pair kernel, which spills nothing; with a
-    power-of-two head size its channel mask is known at compile time, so its loads are vectors, none 16-bit."""
+    power-of-two head size its channel mask is known at compile time, so its loads are vectors, none 16-bit.
+    pairs_keys=1: two launches, the pair kernel lighter."""
     from vision_rwkv.ops.bi_wkv6 import triton as t6
 
     bm.apply_kernel_config(["v6.algo=chunk", "v6.pairs_max_t=256"])
@@ -87,6 +88,19 @@ def test_v6_pairs_forward_is_one_launch_without_spills(restore_kernel_config):
         r = rows[0]
         assert r["local"] == 0 and r["stack"] == 0 and r["mma"] > 0 and r["regs"] <= 255, r
         assert (r["ldg_16bit"] == 0) if even else (r["ldg_16bit"] > 0), r
+        if even:
+            plain = r
+    # pairs_keys: the decayed keys' kernel first; the pair kernel's source loops then form no decays (fewer
+    # instructions and special-function ops than without), both without spills
+    bm.apply_kernel_config(["v6.pairs_keys=1"])
+    ins = bm._op_inputs("v6_biwkv", (2, 196, 2, 64), torch.bfloat16, "cpu")
+    with capture_kernels(90, tag="fwd") as fwd:
+        t6._fwd(*ins)
+    keys = kernel_rows(fwd)
+    assert [k["kernel"] for k in keys] == ["_pair_keys_kernel", "_pairs_fwd_kernel"], keys
+    assert all(k["local"] == 0 and k["stack"] == 0 and k["grid"] == [4, 13] for k in keys), keys
+    assert keys[1]["instr"] < plain["instr"] and keys[1]["mufu"] < plain["mufu"] and keys[1]["mma"] == plain["mma"], (
+        keys, plain)
 
 
 @pytest.mark.slow

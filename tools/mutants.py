@@ -81,6 +81,7 @@ MLP_GEMM = "vision_rwkv/ops/fused/mix_mlp_triton.py"
 NORM_GEMM = "vision_rwkv/ops/fused/norm_linear_triton.py"
 FLA = "vision_rwkv/ops/bi_wkv6/fla_route.py"
 V6_PAIRS = "vision_rwkv/ops/bi_wkv6/triton_pairs.py"
+_PAIR_PRODUCT = "        y += tl.dot(tl.dot(rq, tl.trans(kd), input_precision=PREC), vj, input_precision=PREC)\n"
 
 SETS: dict[str, MutantSet] = {
     # the RWKV-6 chunk kernels (the default GPU path): intra-chunk split, states, carries, the log-decay gradient
@@ -131,12 +132,20 @@ SETS: dict[str, MutantSet] = {
            "d_r, d_k, a = _split_grads(G, ma, r, k, eu, el, PREC)"),
         # the forward by sub-chunk pairs (pairs_max_t): the decay between sources, their order, the exclusive sums,
         # the query's factor for the sources after it, the loop's bound
-        _m("pairs_no_decay_between", "        D += tot\n    rq = r * tl.exp(ctail)",
-           "        D += 0.0 * tot\n    rq = r * tl.exp(ctail)", V6_PAIRS),
+        _m("pairs_no_decay_between", f"            D += tot\n{_PAIR_PRODUCT}    rq = r * tl.exp(ctail)",
+           f"            D += 0.0 * tot\n{_PAIR_PRODUCT}    rq = r * tl.exp(ctail)", V6_PAIRS),
         _m("pairs_before_in_forward_order", "(c - i) * BT - 1 - rt", "(c - 1 - i) * BT + rt", V6_PAIRS),
         _m("pairs_inclusive_sums", "tl.cumsum(lw, axis=0) - lw + D", "tl.cumsum(lw, axis=0) + D", V6_PAIRS),
         _m("pairs_after_query_factor", "rq = r * tl.exp(ctail)", "rq = r * tl.exp(cex)", V6_PAIRS),
         _m("pairs_last_source_skipped", "range(c + 1, NSUB)", "range(c + 1, NSUB - 1)", V6_PAIRS),
+        # pairs_keys: the stored planes, the running e^D (its start, its update), which plane the later sources take
+        _m("keys_planes_swapped", "tl.store(KX + off, k * tl.exp(cex)", "tl.store(KX + off, k * tl.exp(ctail)",
+           V6_PAIRS),
+        _m("keys_decay_product_from_0", "D = tl.zeros([BN], tl.float32) + KEYS  # (KEYS: e^D, from 1)",
+           "D = tl.zeros([BN], tl.float32) + 0 * KEYS", V6_PAIRS),
+        _m("keys_no_decay_between", "E * tl.load(ET + (pid.to(tl.int64) * NSUB + j) * BN + cn)",
+           "E + 0.0 * tl.load(ET + (pid.to(tl.int64) * NSUB + j) * BN + cn)", V6_PAIRS),
+        _m("keys_after_from_tail_plane", "_source_keys(KX, ET", "_source_keys(KT, ET", V6_PAIRS),
     )),
     # the RWKV-6 helpers shared by the chunk and walk kernels: in-chunk cumulative decays, the fused decay, positions
     "v6_shared": MutantSet(V6_SHARED, ("tests/ops/test_bi_wkv6_triton.py",), (

@@ -45,6 +45,9 @@ CASES = [
     # step at 224
     ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "train": True},
      {"VRWKV_TRITON_V6": "algo=chunk,pairs_max_t=256"}],
+    # the same forward after the decayed keys' kernel (pairs_keys=1), inference in bf16
+    ["vrwkv6_tiny_patch16_224", {"embed_dim": 128, "depth": 1, "amp": True, "infer": True},
+     {"VRWKV_TRITON_V6": "algo=chunk,pairs_max_t=256,pairs_keys=1"}],
     # RWKV-CLIP image tower: head size 80 (padded to 128), where the chunk-parallel v6 kernels would need more shared
     # memory than an H100 block has: the walk kernels run instead
     ["vrwkv6_clip_patch16_224", {"depth": 1, "amp": True}, OPT_INS],

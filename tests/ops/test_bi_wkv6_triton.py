@@ -216,6 +216,11 @@ CPU_CASES.update({
     "pairs_noncontig": dict(shape=(1, 18, 2, 16), layout="T", config=PAIRS),
     "pairs_compile": dict(shape=(1, 5, 1, 16), compile=True, config=PAIRS),
 })
+# pairs_keys: the sources' decayed keys written once by a first kernel (the product e^D across the sub-chunks between)
+PAIRS_KEYS = dict(PAIRS, pairs_keys=1)
+CPU_CASES.update({f"{name}_keys": dict(CPU_CASES[name], config=PAIRS_KEYS) for name in (
+    "pairs_T1", "pairs_T_not_multiple", "pairs_many_blocks_strong", "pairs_weak_decays", "pairs_head24_bf16",
+    "pairs_decay_norm_bf16", "pairs_extreme_decays_inf", "pairs_noncontig")})
 
 # the default run's cases (both kernel families: T = 1, T not a multiple of the chunk, odd head size, extreme decays,
 # 16-bit, non-contiguous, the public API, torch.compile, mixed forward / backward families, 16-bit states); the rest
@@ -232,7 +237,8 @@ QUICK = {"chunk_suffix_kernel_decay", "chunk_suffix_kernel_blocks", "T1", "T_not
          "walk_states_decay_norm_carry", "chunk_many_blocks_weak", "chunk_state_every_subchunk_weak",
          "walk_weak_decays", "walk_strong_then_weak_decays", "walk_bv16_head36", "walk_bv16_decay_norm_bf16",
          "fla_T_not_multiple", "fla_extreme_decays_inf", "fla_bf16_logd_fp32_noncontig", "fla_decay_norm_bf16",
-         "pairs_T_not_multiple", "pairs_weak_decays", "pairs_head24_bf16", "pairs_decay_norm_bf16"}
+         "pairs_T_not_multiple", "pairs_weak_decays", "pairs_head24_bf16", "pairs_decay_norm_bf16",
+         "pairs_weak_decays_keys", "pairs_head24_bf16_keys", "pairs_decay_norm_bf16_keys"}
 
 CUDA_CASES = {
     "64x196x3x64": dict(shape=(64, 196, 3, 64)),
@@ -327,6 +333,8 @@ CUDA_CASES.update({
                                           config=PAIRS),
     "4x196x3x64_pairs_noncontig": dict(shape=(4, 196, 3, 64), layout="T", config=PAIRS),
 })
+CUDA_CASES.update({f"{name}_keys": dict(CUDA_CASES[name], config=PAIRS_KEYS) for name in list(CUDA_CASES)
+                   if "_pairs" in name})
 # the real flash-linear-attention through algo=fla (skipped where fla is not installed): does it pass our tests?
 CUDA_CASES.update({f"{name}_fla": dict(CUDA_CASES[name], config=FLA, needs_fla=True) for name in (
     "64x196x3x64", "64x196x12x64_bf16", "16x1024x6x64_bf16", "2x4096x6x64", "head80", "strong_decays",
@@ -443,14 +451,15 @@ def test_walk_max_t_routes_short_sequences_to_the_walk(monkeypatch):
 
 def test_pairs_max_t_routes_short_forwards_to_the_pair_kernel(monkeypatch):
     """``pairs_max_t``: with the chunk kernels, forwards of at most that many tokens are one launch of the sub-chunk
-    pair kernel (no state kernels); longer ones, the walk kernels' lengths (``walk_max_t``) and every backward keep
-    their kernels; a bad value names the setting."""
+    pair kernel (no state kernels; ``pairs_keys=1``: after the decayed keys' kernel); longer ones, the walk kernels'
+    lengths (``walk_max_t``) and every backward keep their kernels; a bad value names the setting."""
     from vision_rwkv.ops.bi_wkv6 import triton as v6
     from vision_rwkv.ops.bi_wkv6 import triton_chunk as tc
     from vision_rwkv.ops.bi_wkv6 import triton_pairs as tp
 
     calls = []
     monkeypatch.setattr(tp, "_pairs_fwd_kernel", _Recorder("_pairs_fwd_kernel", calls))
+    monkeypatch.setattr(tp, "_pair_keys_kernel", _Recorder("_pair_keys_kernel", calls))
     monkeypatch.setattr(v6, "_v6_fwd_kernel", _Recorder("_v6_fwd_kernel", calls))
     for name in ("_state_walk_kernel", "_state_kernel", "_scan_kernel", "_fwd_kernel", "_bwd_kernel",
                  "_glogd_kernel", "_planes_kernel"):
@@ -471,6 +480,13 @@ def test_pairs_max_t_routes_short_forwards_to_the_pair_kernel(monkeypatch):
         assert kernels(T) == ["_pairs_fwd_kernel"]
         assert calls[0][1] == (6, -(-T // 16)) and calls[0][2]["EVEN_N"]  # (batch * heads, sub-chunks)
     assert kernels(257)[-1] == "_fwd_kernel" and "_pairs_fwd_kernel" not in kernels(257)
+    monkeypatch.setitem(v6.CONFIG, "pairs_keys", 1)  # (the sources' decayed keys written first, by their own kernel)
+    assert kernels(196) == ["_pair_keys_kernel", "_pairs_fwd_kernel"]
+    assert calls[0][1] == calls[1][1] == (6, 13) and calls[1][2]["KEYS"] and not calls[0][2]["DECAY"]
+    monkeypatch.setitem(v6.CONFIG, "pairs_keys", 2)
+    with pytest.raises(ValueError, match="pairs_keys must be 0 or 1, got 2"):
+        kernels(196)
+    monkeypatch.setitem(v6.CONFIG, "pairs_keys", 0)
     assert "_pairs_fwd_kernel" not in kernels(196, backward=True) and "_bwd_kernel" in kernels(196, backward=True)
     monkeypatch.setitem(v6.CONFIG, "walk_max_t", 256)  # (the walk kernels first, where both are set)
     assert kernels(196) == ["_v6_fwd_kernel", "_planes_kernel"]

@@ -70,10 +70,12 @@ __all__ = ["bi_wkv6_triton", "CONFIG"]
 # many sub-chunks (no suffix kernel: one launch less per call; 0 never). pairs_max_t: with the chunk kernels, forwards
 # of at most this many tokens take one kernel that sums over pairs of sub-chunks instead (triton_pairs.py: no
 # states, no state kernel, work quadratic in T; 0: none) - opt-in until the device sweep times it at 196 tokens.
+# pairs_keys: 1 = that kernel reads every sub-chunk's decayed keys from a first kernel that writes them once (two fp32
+# planes of k's shape) instead of forming them from k and the log decays in each of the ~12 programs reading them.
 CONFIG = config_from_env(dict(block_t=16, warps=4, fp32_precision="tf32x3", stages=2, algo="chunk",
                               bwd_algo="", scan_ncb=16, scan_elems=4096, state_t=64, state_dtype="fp32",
                               fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
-                              state_rows=0, walk_bv=0, walk_max_t=0, suffix_inline=32, pairs_max_t=0),
+                              state_rows=0, walk_bv=0, walk_max_t=0, suffix_inline=32, pairs_max_t=0, pairs_keys=0),
                          "VRWKV_TRITON_V6")
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums within 16 * 60 in magnitude
