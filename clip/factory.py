@@ -20,6 +20,8 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 
+from vision_rwkv.models.convert import checkpoint_format_problem
+
 from .model import RWKVCLIP
 from .model_configs import CONFIG_DIR
 
@@ -68,6 +70,9 @@ def _read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path} (weights load from a local path only)")
+    problem = checkpoint_format_problem(path)
+    if problem:
+        raise RuntimeError(f"could not read checkpoint {path}: {problem}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path), device="cpu")

@@ -29,6 +29,14 @@ def test_configs_registered_with_open_clip():
         rwkv_clip.create_model("hf-hub:someone/rwkv-clip")
 
 
+def test_unreadable_weights_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        rwkv_clip.create_model("RWKV-CLIP-Tiny-demo", pretrained=str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"<html>")  # e.g. an error page saved in place of the weights
+    with pytest.raises(RuntimeError, match="junk.pt: not a PyTorch checkpoint.*<html>"):
+        rwkv_clip.create_model("RWKV-CLIP-Tiny-demo", pretrained=str(tmp_path / "junk.pt"))
+
+
 def test_b32_and_b16_configs_are_the_published_architecture():
     for name, patch in (("RWKV-CLIP-B-32", 32), ("RWKV-CLIP-B-16", 16)):
         cfg = rwkv_clip.get_model_config(name)

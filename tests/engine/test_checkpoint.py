@@ -31,8 +31,18 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         ck.load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="junk.pt"):
+    with pytest.raises(RuntimeError, match="junk.pt: not a PyTorch checkpoint.*b'not a ch'"):
         ck.load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"a": torch.ones(2)}, tmp_path / "truncated.pt")
+    data = (tmp_path / "truncated.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RuntimeError, match="truncated.pt: a truncated or damaged zip archive"):
+        ck.load_checkpoint(tmp_path / "truncated.pt")
+    torch.save({"a": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert torch.equal(ck.load_checkpoint(tmp_path / "legacy.pt")["a"], torch.ones(2))  # torch.save's old format
+    (tmp_path / "w.safetensors").write_bytes(b"\xff" * 8)
+    with pytest.raises(RuntimeError, match="w.safetensors: not a valid safetensors file"):
+        ck.read_model_state(tmp_path / "w.safetensors")
 
 
 def test_rng_roundtrip_through_weights_only_file(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from model_helpers import tiny_model
 from vision_rwkv.models import VRWKV6, build_from_original, checkpoint_filter_fn, ours_to_original, original_to_ours
@@ -228,8 +228,50 @@ def test_load_checkpoint_file_errors(tmp_path):
     corrupt.write_bytes(b'not a checkpoint')
     with pytest.raises(ValueError, match='cannot read checkpoint'):
         load_checkpoint_file(corrupt)
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint.*b'not a ch'"):
+        load_checkpoint_file(corrupt)
     with pytest.raises(ValueError, match='.safetensors'):
         convert_file(corrupt, tmp_path / 'out.pt')
+    bad_st = tmp_path / 'bad.safetensors'
+    bad_st.write_bytes(b'\x01')
+    with pytest.raises(ValueError, match='bad.safetensors: not a valid safetensors file'):
+        load_checkpoint_file(bad_st)
+    bad_st.write_bytes((4).to_bytes(8, 'little') + b'{,}!')
+    with pytest.raises(ValueError, match='bad.safetensors: not a valid safetensors file .its header is not JSON'):
+        load_checkpoint_file(bad_st)
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint_file(legacy)['w'], torch.ones(3))
+
+
+@pytest.mark.parametrize('name', ['vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'])
+def test_pretrained_file_errors_name_the_file(tmp_path, name):
+    """timm's own loader raises an empty FileNotFoundError for a missing file and, for a corrupt one, torch.load's
+    advice to retry with weights_only=False: ours name the file and the problem."""
+    kw = dict(embed_dim=64, depth=2)
+    with pytest.raises(FileNotFoundError, match="not found: '.*missing.pth'"):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'missing.pth')), **kw)
+    with pytest.raises(FileNotFoundError, match='not found'):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)), **kw)  # a folder
+    corrupt = tmp_path / 'corrupt.pth'
+    corrupt.write_bytes(b'not a checkpoint')
+    with pytest.raises(ValueError, match='corrupt.pth: not a PyTorch checkpoint'):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(corrupt)), **kw)
+    truncated = tmp_path / 'truncated.pth'
+    torch.save(timm.create_model(name, **kw).state_dict(), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:4096])
+    with pytest.raises(ValueError, match='truncated.pth: a truncated or damaged zip archive'):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(truncated)), **kw)
+    st = tmp_path / 'cut.safetensors'
+    save_file(timm.create_model(name, **kw).state_dict(), str(st))
+    st.write_bytes(st.read_bytes()[:100])
+    with pytest.raises(ValueError, match='cut.safetensors: not a valid safetensors file'):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(st)), **kw)
+    # a readable file whose weights do not fit keeps its own error (not reported as unreadable)
+    good = tmp_path / 'other.pth'
+    torch.save(timm.create_model(name, embed_dim=128, depth=2).state_dict(), good)
+    with pytest.raises(CheckpointMismatchError, match='width 128 != model width 64'):
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(good)), **kw)
 
 
 def test_original_config_translation():

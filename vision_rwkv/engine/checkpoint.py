@@ -56,6 +56,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    from vision_rwkv.models.convert import checkpoint_format_problem
+    problem = checkpoint_format_problem(path)
+    if problem:
+        raise RuntimeError(f"cannot load checkpoint {path}: {problem}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
@@ -110,6 +114,11 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
+        from vision_rwkv.models.convert import checkpoint_format_problem
+        problem = checkpoint_format_problem(path)
+        if problem:
+            raise RuntimeError(f"cannot load checkpoint {path}: {problem}")
         sd = load_file(str(path))
     else:
         ckpt = load_checkpoint(path)

@@ -38,7 +38,8 @@ import torch.nn as nn
 __all__ = [
     'unwrap_state_dict', 'detect_family', 'is_original_layout', 'original_to_ours', 'ours_to_original',
     'checkpoint_filter_fn', 'build_from_original', 'model_kwargs_from_original', 'load_checkpoint_file',
-    'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes', 'fit_pos_embed',
+    'checkpoint_format_problem', 'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes',
+    'fit_pos_embed',
 ]
 
 FAMILY_NAMES = {'vrwkv': 'VRWKV (v4)', 'vrwkv6': 'VRWKV6'}
@@ -368,13 +369,46 @@ def load_checkpoint_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
+    problem = checkpoint_format_problem(path)
+    if problem:
+        raise ValueError(f'cannot read checkpoint {path}: {problem}')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
-        return load_file(path, device='cpu')
+        try:
+            return load_file(path, device='cpu')
+        except Exception as e:  # a damaged tensor table
+            raise ValueError(f'cannot read checkpoint {path}: {e}') from e
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # corrupt file, or pickled objects weights_only refuses
+    except Exception as e:  # truncated archive, or pickled objects weights_only refuses
         raise ValueError(f'cannot read checkpoint {path}: {e}') from e
+
+
+def checkpoint_format_problem(path: str | os.PathLike) -> Optional[str]:
+    """Why the file at ``path`` cannot be read as a checkpoint, judged from its first bytes (torch.load's own error
+    for such a file suggests ``weights_only=False``), or None. A ``.safetensors`` file needs its header length and
+    a JSON header that fits the file; any other file must be a zip archive (torch.save since torch 1.6) or a legacy
+    pickle."""
+    import json
+    import zipfile
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        head = f.read(8)
+        if path.endswith('.safetensors'):
+            n = int.from_bytes(head, 'little') if len(head) == 8 else -1
+            if n < 0 or 8 + n > size:
+                return f'not a valid safetensors file ({size} bytes, shorter than the header it announces)'
+            try:
+                json.loads(f.read(n))
+            except ValueError:
+                return 'not a valid safetensors file (its header is not JSON)'
+            return None
+    if zipfile.is_zipfile(path) or head[:1] == b'\x80':  # a zip archive, or pickle protocol 2+: torch.save's legacy
+        return None
+    if head[:4] == b'PK\x03\x04':
+        return 'a truncated or damaged zip archive (torch.save format): its end record is missing'
+    return f'not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle; it starts with {head!r})'
 
 
 def convert_file(
