@@ -239,6 +239,11 @@ def test_load_checkpoint_file_errors(tmp_path):
     bad_st.write_bytes((4).to_bytes(8, 'little') + b'{,}!')
     with pytest.raises(ValueError, match='bad.safetensors: not a valid safetensors file .its header is not JSON'):
         load_checkpoint_file(bad_st)
+    with open(bad_st, 'wb') as f:  # a header larger than safetensors accepts, in a (sparse) file that holds it
+        f.write((200_000_000).to_bytes(8, 'little'))
+        f.truncate(200_000_016)
+    with pytest.raises(ValueError, match='announces a header of 200000000 bytes'):
+        load_checkpoint_file(bad_st)
     legacy = tmp_path / 'legacy.pth'
     torch.save({'w': torch.ones(3)}, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(load_checkpoint_file(legacy)['w'], torch.ones(3))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.convert import checkpoint_format_problem
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
@@ -56,7 +57,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    from vision_rwkv.models.convert import checkpoint_format_problem
     problem = checkpoint_format_problem(path)
     if problem:
         raise RuntimeError(f"cannot load checkpoint {path}: {problem}")
@@ -114,8 +114,6 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-
-        from vision_rwkv.models.convert import checkpoint_format_problem
         problem = checkpoint_format_problem(path)
         if problem:
             raise RuntimeError(f"cannot load checkpoint {path}: {problem}")

@@ -384,6 +384,9 @@ def load_checkpoint_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
         raise ValueError(f'cannot read checkpoint {path}: {e}') from e
 
 
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
 def checkpoint_format_problem(path: str | os.PathLike) -> Optional[str]:
     """Why the file at ``path`` cannot be read as a checkpoint, judged from its first bytes (torch.load's own error
     for such a file suggests ``weights_only=False``), or None. A ``.safetensors`` file needs its header length and
@@ -399,6 +402,8 @@ def checkpoint_format_problem(path: str | os.PathLike) -> Optional[str]:
             n = int.from_bytes(head, 'little') if len(head) == 8 else -1
             if n < 0 or 8 + n > size:
                 return f'not a valid safetensors file ({size} bytes, shorter than the header it announces)'
+            if n > _SAFETENSORS_MAX_HEADER:
+                return f'not a valid safetensors file (it announces a header of {n} bytes)'
             try:
                 json.loads(f.read(n))
             except ValueError:
