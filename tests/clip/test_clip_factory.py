@@ -112,6 +112,8 @@ def test_clip_interface(tmp_path):
 
     with pytest.raises(ValueError, match="batch, 3, H, W"):
         m.encode_image(torch.randn(2, 1, 16, 16))
+    with pytest.raises(RuntimeError, match=r"TimeMixV6: vision-rwkv models do not support TorchScript"):
+        torch.jit.script(m)
 
 
 def test_lock_towers_and_grad_checkpointing():

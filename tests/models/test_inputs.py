@@ -1,5 +1,6 @@
 """Any input size (zero padding, pos-embed resizing, tiny and large grids) and clear errors for bad inputs."""
 import copy
+import io
 
 import pytest
 import torch
@@ -26,6 +27,23 @@ def test_bad_inputs_name_the_problem(name):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(TypeError, match='torch.Tensor'):
         model([[1.0]])
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torchscript_is_refused_by_name(name):
+    """torch.jit.script / trace (and torch.onnx's TorchScript exporter) fail with a message that names TorchScript
+    and the supported routes, for the model and for a features_only wrapper around it."""
+    model = tiny_model(name).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(RuntimeError, match=r'do not support TorchScript \(torch.jit.script\).*torch.export'):
+        torch.jit.script(model)
+    with pytest.raises(RuntimeError, match=r'do not support TorchScript \(torch.jit.script\)'):
+        torch.jit.script(tiny_model(name, features_only=True))
+    with pytest.raises(RuntimeError, match=r'do not support TorchScript \(torch.jit.trace'):
+        torch.jit.trace(model, x, check_trace=False)
+    with pytest.raises(RuntimeError, match=r'torch.onnx.export\(dynamo=False\).*dynamo=True'):
+        torch.onnx.export(model, (x,), io.BytesIO(), dynamo=False)
+    assert torch.isfinite(model(x)).all()  # the eager model is unaffected
 
 
 @pytest.mark.parametrize('name', NAMES)

@@ -117,16 +117,33 @@ def _norm_in(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, weight.to(x.dtype), bias, norm.eps)
 
 
+def torchscript_unsupported(what: str, api: str) -> RuntimeError:
+    """The error for TorchScript (``torch.jit.script`` / ``torch.jit.trace``, and torch.onnx's TorchScript-based
+    exporter), which cannot capture the mixers: they choose kernels and chunking from the input at run time."""
+    return RuntimeError(
+        f"{what}: vision-rwkv models do not support TorchScript ({api}): the token and channel mixers choose their "
+        "kernels and chunking from the input at run time. For a program use torch.export (`python tools/export.py`, "
+        "vision_rwkv.export.export_program) or torch.onnx.export(..., dynamo=True); for speed use torch.compile.")
+
+
 class FusedPathMixer(nn.Module):
     """A mixer's forward dispatch, shared by the channel mix, the RWKV-6 time mix and the v4 spatial mix: the
     mixed-operand GEMM path (:meth:`fuses_residual`), the fused path (one step or op by op), or the plain PyTorch
     path. Subclasses define ``fuses_residual``, ``_forward_mix_gemm``, ``_forward_fused`` and ``_forward_plain``."""
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling: any module holding a mixer (a backbone,
+        # a features_only wrapper, an RWKV-CLIP tower) fails here with a clear message instead of deep in TorchScript
+        raise torchscript_unsupported(type(self).__name__, "torch.jit.script")
 
     def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
                 residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
         """The mix of x (``grid_size``: the token grid, which the Q-Shift needs); with ``residual`` (see
         :func:`fuses_residual`) the block's ``(x, norm(x))``. ``cast``: the step's matrices, cast by the caller
         (:meth:`step_cast_request`)."""
+        if torch.jit.is_tracing():
+            raise torchscript_unsupported(type(self).__name__,
+                                          "torch.jit.trace, also behind torch.onnx.export(dynamo=False)")
         if grid_size is None and getattr(self, 'token_shift', 'q_shift') == 'q_shift':
             raise ValueError(f"{type(self).__name__}: the Q-Shift needs the token grid: pass grid_size=(rows, cols)")
         if fused.fused_enabled(x):
