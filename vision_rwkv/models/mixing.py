@@ -447,8 +447,8 @@ class TimeMixV6(FusedPathMixer):
         # (contiguous: a strided batch is ~1.5x slower on CPU)
         m = torch.bmm(m.contiguous(), self.time_maa_w2).view(5, batch, num_tokens, dim)
         mw, mk, mv, mr, mg = m.unbind(dim=0)
-        return tuple(torch.addcmul(x, xx, maa + mi) for maa, mi in zip(
-            (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g), (mw, mk, mv, mr, mg)))
+        maas = (self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g)
+        return tuple(torch.addcmul(x, xx, maa + mi) for maa, mi in zip(maas, (mw, mk, mv, mr, mg)))
 
     def _wkv(self, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor) -> torch.Tensor:
         """BiWKV6 of (B, T, C) r, k, v and log decay -> (B, T, C), then the optional key norm."""
