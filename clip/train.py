@@ -23,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
 from vision_rwkv.engine import (DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object,
-                                cleanup_distributed, compile_for_training, init_distributed, load_config, print_rank0,
-                                save_config, seed_everything, to_dict, unwrap_model, wrap_ddp)
+                                check_run_dir_is_free, cleanup_distributed, compile_for_training, init_distributed,
+                                load_config, print_rank0, seed_everything, to_dict, unwrap_model, wrap_ddp,
+                                write_run_config)
 
 from .data import CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
 from .evaluate import EvalCfg, run_evaluation
@@ -240,9 +241,7 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     if tc.batch_size % info.world_size:
         raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {info.world_size}")
     run_dir = Path(cfg.run_dir)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    check_run_dir_is_free(run_dir, resume)  # fail fast, before the model and the data are built
     seed_everything(tc.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
     model, preprocess_train, preprocess_val = create_model_and_transforms(
@@ -281,6 +280,7 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
         stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",))
     objective.trainer = trainer
+    write_run_config(cfg, run_dir, resume, write=info.is_main)
     result = trainer.fit(resume=resume)
     skipped = torch.tensor(float(trainer.extra_state.get("skipped_images", 0)))
     result["skipped_images"] = int(all_reduce_sum(skipped).item())

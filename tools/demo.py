@@ -8,12 +8,14 @@ Stages (each a few minutes on 2 CPU cores; pick some with ``--stages``):
   seg       train a tiny VRWKV + UperNet segmentor (configs/segmentation/demo_shapes.yaml), report held-out
             mIoU next to the all-background baseline
 Everything (checkpoints, CSV logs, PNG curves, retrieval grid, segmentation overlays) goes under ``--out``;
-the summary is printed and written to ``<out>/summary.json``.
+the summary is printed and written to ``<out>/summary.json``. Each stage starts afresh: the folder an earlier demo
+left in ``<out>/<stage>`` is replaced (training refuses to start a new run in a folder holding another run).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,6 +61,16 @@ def run_seg(out: Path) -> dict:
 RUNNERS = {"classify": run_classify, "clip": run_clip, "seg": run_seg}
 
 
+def clear_stage_dir(path: Path) -> None:
+    """Remove an earlier demo's stage folder; refuse a folder that does not look like one (no ``config.yaml`` or
+    ``checkpoints/``), so that a mistaken ``--out`` never deletes other files."""
+    if not path.exists():
+        return
+    if not path.is_dir() or not ((path / "config.yaml").is_file() or (path / "checkpoints").is_dir()):
+        raise SystemExit(f"error: {path} exists and is not an earlier demo's stage folder; choose another --out")
+    shutil.rmtree(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="vision-rwkv end-to-end CPU demo on embedded Shapes data")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
@@ -77,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     for stage in stages:
         t0 = time.perf_counter()
         print(f"\n=== demo stage: {stage} ===", flush=True)
+        clear_stage_dir(out / stage)
         results[stage] = RUNNERS[stage](out)
         results[stage]["wall_time_s"] = time.perf_counter() - t0
     print("\n=== vision-rwkv demo summary ===")

@@ -153,3 +153,16 @@ def test_compiled_training_matches_eager(tmp_path):
     keys = [sorted(load_checkpoint(next((tmp_path / r / "checkpoints").glob("ckpt_*.pt")))["model"])
             for r in ("eager", "compiled")]
     assert keys[0] == keys[1]
+
+
+def test_failed_checks_leave_no_run_folder_and_a_used_folder_is_refused(tmp_path):
+    """Config checks run before anything is written; a fresh run never starts in a folder with checkpoints."""
+    with pytest.raises(ValueError, match="set train.epochs or train.max_steps"):
+        train_clip(_cfg(tmp_path / "new", "train.epochs=0"))
+    assert not (tmp_path / "new").exists()
+    used = tmp_path / "used"
+    (used / "checkpoints").mkdir(parents=True)
+    (used / "checkpoints" / "ckpt_00000004.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="ckpt_00000004.pt.*--resume latest"):
+        train_clip(_cfg(used, "train.max_steps=2"))
+    assert sorted(p.name for p in used.rglob("*")) == ["checkpoints", "ckpt_00000004.pt"]

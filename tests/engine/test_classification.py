@@ -169,3 +169,11 @@ def test_eval_labels_follow_the_checkpoints_classes(tmp_path):
     ds, classes = build_eval_dataset(cfg, ["cat", "dog"])
     assert classes == ["cat", "dog"] and [t for _, t in ds.samples] == [1]
     assert build_eval_dataset(cfg)[1] == ["dog"]  # no checkpoint classes: the folder's own
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "ckpt_00000002.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="ckpt_00000002.pt.*--resume latest"):
+        train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}"]))
+    assert not (tmp_path / "config.yaml").exists()

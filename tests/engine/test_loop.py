@@ -82,6 +82,40 @@ def test_resume_without_checkpoint_and_best(tmp_path):
     assert t2.ckpt.best_value >= res["best"]["value"]
 
 
+def test_fresh_run_refuses_a_folder_holding_another_run(tmp_path):
+    first = _trainer(tmp_path).fit()
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    with pytest.raises(FileExistsError, match=r"already holds an earlier run's checkpoints.*--resume latest"):
+        _trainer(tmp_path, max_steps=2).fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before  # nothing pruned or overwritten
+    assert load_checkpoint(tmp_path / "checkpoints" / "ckpt_00000006.pt")["step"] == first["step"]
+    # an earlier run that stopped before its first checkpoint leaves only logs: a fresh run starts them afresh
+    stale = tmp_path / "stale"
+    assert _trainer(stale, stop_after_steps=1).fit()["stopped"]
+    assert not (stale / "checkpoints").exists() and read_metrics_csv(stale / "train_metrics.csv")
+    _trainer(stale, max_steps=2).fit()
+    assert [r["step"] for r in read_metrics_csv(stale / "train_metrics.csv")] == [1, 2]
+
+
+def test_resuming_a_finished_run_keeps_its_results(tmp_path):
+    done = _trainer(tmp_path).fit()
+    assert done["train_loss"] == done["train_loss"] and "neg_w" in done  # a number, and the last evaluation
+    again = _trainer(tmp_path).fit(resume="latest")
+    assert again["step"] == done["step"]
+    for k in ("train_loss", "neg_w", "ema_neg_w", "best"):
+        assert again[k] == done[k], k
+    with pytest.raises(ValueError, match="nothing to train: the run has 0 optimizer steps"):
+        _trainer(tmp_path / "zero", max_steps=0)
+
+
+def test_resuming_from_a_weights_file_names_the_problem(tmp_path):
+    t = _trainer(tmp_path / "run")
+    weights = tmp_path / "weights.pt"
+    torch.save(t.model.state_dict(), weights)
+    with pytest.raises(ValueError, match=r"weights.pt is not a training checkpoint.*no 'model', 'optimizer'"):
+        t.fit(resume=weights)
+
+
 def test_none_samples_are_skipped_and_counted(tmp_path):
     class Flaky(torch.utils.data.Dataset):
         def __len__(self):

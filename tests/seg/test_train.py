@@ -151,3 +151,11 @@ def test_compiled_training_matches_eager(tmp_path):
     loss = {r: [x["loss"] for x in read_metrics_csv(tmp_path / r / "train_metrics.csv")] for r in ("eager", "compiled")}
     assert len(loss["eager"]) == 3 and loss["compiled"] == pytest.approx(loss["eager"], rel=1e-5, abs=1e-6)
     assert sorted(_final_state(tmp_path / "compiled")["model"]) == sorted(_final_state(tmp_path / "eager")["model"])
+
+
+def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="best.pt.*--resume latest"):
+        train_segmentor(_cfg(tmp_path))
+    assert not (tmp_path / "config.yaml").exists()

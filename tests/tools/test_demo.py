@@ -25,3 +25,19 @@ def test_stage_runners_exist_for_every_stage():
     assert set(demo.RUNNERS) == set(demo.STAGES)
     for fn in demo.RUNNERS.values():
         assert callable(fn)
+
+
+def test_stage_folders_of_an_earlier_demo_are_replaced_and_others_kept(tmp_path):
+    demo = _demo()
+    old = tmp_path / "clip"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "config.yaml").write_text("x: 1\n")
+    demo.clear_stage_dir(old)
+    assert not old.exists()
+    demo.clear_stage_dir(tmp_path / "missing")  # nothing to clear
+    other = tmp_path / "seg"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not an earlier demo's stage folder"):
+        demo.clear_stage_dir(other)
+    assert (other / "notes.txt").read_text() == "mine"

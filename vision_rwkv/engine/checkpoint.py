@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..models.convert import checkpoint_format_problem
+from .config import save_config
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
@@ -156,6 +157,47 @@ def _ema_to_model_state(ema_sd: dict[str, Any]) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in ema_sd.items()}
 
 
+def is_fresh_start(resume: str | os.PathLike | None) -> bool:
+    """Whether ``resume`` (a tool's ``--resume`` / ``train.resume``) asks for a fresh run rather than a resumed one."""
+    return resume is None or str(resume) in ("", "none", "None", "false", "False")
+
+
+def check_run_dir_is_free(run_dir: str | os.PathLike, resume: str | os.PathLike | None) -> None:
+    """Refuse a fresh run (``resume`` None) in a ``run_dir`` that holds an earlier run's checkpoints: the two runs'
+    checkpoints would be pruned together by step number, and ``--resume latest``, ``best.pt`` and the metric logs
+    would mix them. Raises ``FileExistsError`` naming the folder and the ways out."""
+    if not is_fresh_start(resume):
+        return
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    found = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+    if found:
+        shown = ", ".join(found[:3]) + (f", ... ({len(found)} files)" if len(found) > 3 else "")
+        raise FileExistsError(
+            f"run_dir {run_dir} already holds an earlier run's checkpoints ({shown}): continue that run with "
+            "`--resume latest` (train.resume=latest), or start this one in another run_dir (or delete the folder)")
+
+
+def write_run_config(cfg: Any, run_dir: str | os.PathLike, resume: str | os.PathLike | None,
+                     write: bool = True) -> None:
+    """Start a run's folder: :func:`check_run_dir_is_free`, then (``write``: on rank 0) the resolved config as
+    ``<run_dir>/config.yaml``. The tools call this once the config, data and model have been checked, so that a
+    run that fails its checks leaves no folder behind."""
+    check_run_dir_is_free(run_dir, resume)
+    if write:
+        save_config(cfg, Path(run_dir) / "config.yaml")
+
+
+def check_training_state(state: Any, path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` unless ``state`` (read from ``path``) is a training checkpoint written by the engine."""
+    needed = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng")
+    missing = [k for k in needed if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(
+            f"{path} is not a training checkpoint of this engine (no {', '.join(repr(k) for k in missing)}), so a run "
+            "cannot resume from it; to start a new run from its weights, give it as the config's pretrained / "
+            "initial-weights file instead")
+
+
 class CheckpointManager:
     """Writes ``ckpt_<step>.pt`` into ``<run_dir>/checkpoints``, keeps the newest ``keep_last``, and copies the state
     to ``best.pt`` whenever ``metric`` improves (``mode`` "max" or "min"). Only rank 0 writes files."""
@@ -178,7 +220,7 @@ class CheckpointManager:
 
     def resolve(self, resume: str | os.PathLike | None) -> Path | None:
         """``None``/"" -> None; ``"latest"`` -> newest checkpoint here (None if none); a path -> that file."""
-        if resume is None or str(resume) in ("", "none", "None", "false", "False"):
+        if is_fresh_start(resume):
             return None
         if str(resume) == "latest":
             return self.latest()

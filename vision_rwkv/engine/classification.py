@@ -27,9 +27,9 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import load_model_weights
+from .checkpoint import check_run_dir_is_free, load_model_weights, write_run_config
 from .compiling import compile_for_training
-from .config import save_config, to_dict
+from .config import to_dict
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_main_process,
                           print_rank0, unwrap_model, wrap_ddp)
 from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
@@ -409,8 +409,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     t_start = time.perf_counter()
     seed_everything(cfg.seed, info.rank, deterministic=cfg.deterministic)
     run_dir = Path(cfg.run_dir)
-    if info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+    check_run_dir_is_free(run_dir, cfg.resume)  # fail fast, before the data and the model are built
     train_set, val_set, classes = build_datasets(cfg)
     num_classes = len(classes)
     if cfg.model.num_classes not in (None, num_classes):
@@ -467,6 +466,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                       keep_last=t.keep_last, log_every=t.log_every, tensorboard=t.tensorboard,
                       stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,
                       extra_state={"classes": classes})
+    write_run_config(cfg, run_dir, cfg.resume, write=info.is_main)
     result = trainer.fit(resume=cfg.resume)
     result.update(run_dir=str(run_dir), num_classes=num_classes, classes=classes,
                   checkpoint=str(trainer.ckpt.latest()) if trainer.ckpt.latest() else None,

@@ -41,7 +41,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointManager, gather_rng_states, load_checkpoint, restore_rank_rng
+from .checkpoint import (CheckpointManager, check_run_dir_is_free, check_training_state, gather_rng_states,
+                         is_fresh_start, load_checkpoint, restore_rank_rng)
 from .distributed import DistInfo, all_reduce_sum, print_rank0, reduce_dict, unwrap_model
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
@@ -108,6 +109,9 @@ class Trainer:
         if epochs is None and max_steps is None:
             raise ValueError("give epochs or max_steps")
         self.total_steps = int(max_steps) if max_steps is not None else int(epochs) * self.steps_per_epoch
+        if self.total_steps < 1:
+            raise ValueError(f"nothing to train: the run has {self.total_steps} optimizer steps "
+                             f"(epochs={epochs}, max_steps={max_steps})")
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self.eval_fn, self.eval_every_epochs, self.eval_every_steps = eval_fn, eval_every_epochs, eval_every_steps
         self.best_metric = best_metric
@@ -124,6 +128,7 @@ class Trainer:
         self.epoch = 0           # current epoch
         self.batch_in_epoch = 0  # batches of the current epoch consumed
         self.last_eval: dict[str, float] = {}
+        self.last_train_loss: float | None = None  # the last logged window's mean loss
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------------------------------- state
@@ -140,6 +145,7 @@ class Trainer:
             "total_steps": self.total_steps, "world_size": self.info.world_size,
             "rng": gather_rng_states(),
             "extra": self._saved_extra(),
+            "last_eval": dict(self.last_eval), "last_train_loss": self.last_train_loss,
         }
 
     def _saved_extra(self) -> dict[str, Any]:
@@ -181,6 +187,9 @@ class Trainer:
         if not self.info.is_main:  # the saved totals continue on rank 0; the other ranks count afresh
             self.extra_state.update({k: 0 for k in self.summed_extra if k in self.extra_state})
         self.ckpt.load_best_tracking(state)
+        # the results a finished run reports, so that resuming it does not lose them
+        self.last_eval = dict(state.get("last_eval") or {})
+        self.last_train_loss = state.get("last_train_loss")
         restore_rank_rng(state["rng"])
 
     def _advance_scheduler(self) -> None:
@@ -199,17 +208,23 @@ class Trainer:
         return self.ckpt.save(state, self.step, metric)
 
     def resume(self, resume: str | Path | None) -> bool:
-        """Restore from a checkpoint path or ``"latest"``; returns whether a checkpoint was loaded."""
+        """Restore from a checkpoint path or ``"latest"``; returns whether a checkpoint was loaded. A fresh run
+        (``resume`` None) refuses a run folder holding another run's checkpoints and clears its stale metric logs."""
+        if is_fresh_start(resume):
+            check_run_dir_is_free(self.run_dir, resume)
+            self.logger.truncate_after(0)  # the logs of an earlier run that stopped before its first checkpoint
         path = self.ckpt.resolve(resume)
         if path is None:
-            if resume not in (None, "", "latest"):
+            if not is_fresh_start(resume) and str(resume) != "latest":
                 raise FileNotFoundError(f"resume checkpoint not found: {resume}")
             return False
         state = load_checkpoint(path, map_location="cpu")
+        check_training_state(state, path)
         self.load_state_dict(state)
         self.logger.truncate_after(self.step)
+        done = " - the run had already finished" if self.step >= self.total_steps else ""
         print_rank0(f"[trainer] resumed from {path} at step {self.step} (epoch {self.epoch}, "
-                    f"batch {self.batch_in_epoch})")
+                    f"batch {self.batch_in_epoch}){done}")
         return True
 
     # ------------------------------------------------------------------------------------------- steps
@@ -315,7 +330,6 @@ class Trainer:
         start_time = time.perf_counter()
         window: dict[str, float] = {}
         window_n, window_samples, window_t = 0, 0, time.perf_counter()
-        last_train_loss = float("nan")
         while self.step < self.total_steps:
             bar = progress(self.loader.iter_epoch(self.epoch, self.batch_in_epoch),
                            total=self.steps_per_epoch * self.accum - self.batch_in_epoch,
@@ -344,7 +358,7 @@ class Trainer:
                     now = time.perf_counter()
                     avg["samples_per_s"] = window_samples / max(now - window_t, 1e-9)
                     avg["skipped_samples"] = float(self.loader.num_skipped)
-                    last_train_loss = avg["loss"]
+                    self.last_train_loss = avg["loss"]
                     self.logger.log(self.step, avg, split="train", epoch=self.epoch)
                     self.history.append({"step": self.step, **avg})
                     window, window_n, window_samples, window_t = {}, 0, 0, now
@@ -369,7 +383,7 @@ class Trainer:
         if self.plot:
             self.logger.plot()
         self.logger.close()
-        result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": last_train_loss,
+        result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": self.last_train_loss,
                                   "train_time_s": time.perf_counter() - start_time,
                                   "skipped_samples": self.loader.num_skipped}
         result.update(self.last_eval)

@@ -213,9 +213,9 @@ def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
 def train_segmentor(cfg: Any) -> dict:
     """Train the segmentor described by `cfg` (a config from `load_seg_config`); returns the trainer's final
     metrics (step, train_loss, last validation mIoU / mAcc / aAcc in percent, best, files)."""
-    from vision_rwkv.engine import (EpochLoader, Trainer, cleanup_distributed, compile_for_training,
-                                    convert_sync_batchnorm, init_distributed, is_main_process, print_rank0, save_config, seed_everything,
-                                    wrap_ddp)
+    from vision_rwkv.engine import (EpochLoader, Trainer, check_run_dir_is_free, cleanup_distributed,
+                                    compile_for_training, convert_sync_batchnorm, init_distributed, is_main_process,
+                                    print_rank0, seed_everything, wrap_ddp, write_run_config)
 
     t, o = cfg.train, cfg.optim
     info = init_distributed(t.device)
@@ -225,8 +225,7 @@ def train_segmentor(cfg: Any) -> dict:
     try:
         seed_everything(t.seed, info.rank, deterministic=t.deterministic)
         run_dir = Path(t.run_dir)
-        if info.is_main:
-            save_config(cfg, run_dir / "config.yaml")
+        check_run_dir_is_free(run_dir, t.resume)  # fail fast, before the data and the model are built
         datasets = build_datasets(cfg)
         train_set, val_set = datasets["train"], datasets["val"]
         model = build_segmentor(cfg, train_set.num_classes)
@@ -260,6 +259,7 @@ def train_segmentor(cfg: Any) -> dict:
                           ckpt_every_steps=t.ckpt_every, ckpt_every_epochs=0, keep_last=t.keep_last,
                           log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
                           show_progress=t.show_progress)
+        write_run_config(cfg, run_dir, t.resume, write=info.is_main)
         result = trainer.fit(resume=t.resume)
         if last_full and info.is_main:
             result["files"] = _write_results(last_full, run_dir, "val_metrics")
