@@ -3,7 +3,7 @@
 
     python tools/eval.py CONFIG [key=value ...] [--checkpoint PATH]
     python tools/eval.py configs/classification/demo_shapes.yaml --checkpoint runs/demo_shapes/checkpoints/best.pt
-    python tools/eval.py configs/classification/demo_shapes.yaml model.name=resnet18 model.pretrained=true
+    python tools/eval.py configs/classification/demo_shapes.yaml model.name=resnet18 ~model.kwargs model.pretrained=true
 
 ``--config CONFIG`` is an alias of the positional CONFIG; ``--checkpoint PATH`` is the same as
 ``eval.checkpoint=PATH`` (a training checkpoint, EMA weights preferred, or a state dict). Any timm model name

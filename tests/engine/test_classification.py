@@ -177,3 +177,30 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     with pytest.raises(FileExistsError, match="ckpt_00000002.pt.*--resume latest"):
         train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}"]))
     assert not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.epochs=0", "train.epochs"), ("train.grad_accum_steps=0", "train.grad_accum_steps"),
+    ("train.batch_size=-1", "train.batch_size"), ("train.precision=fp8", "train.precision"),
+    ("train.best_metric=top3", "train.best_metric"), ("aug.scale=[0.5]", "aug.scale"),
+    ("aug.ratio=[1.3,0.7]", "aug.ratio"), ("aug.mean=[0.5,0.5]", "aug.mean"), ("model.name=", "model.name"),
+    ("data.type=shape", "data.type"), ("data.type=csv", "data.type=csv needs data.train_csv")])
+def test_bad_values_are_config_errors_before_training(tmp_path, override, key):
+    from vision_rwkv.engine import ConfigError
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}", override]))
+    assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_best_loss_keeps_the_lowest(tmp_path):
+    """train.best_metric=loss: lower is better (best.pt holds the lowest validation loss)."""
+    cfg = load_config(DEMO, TINY + [f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=16",
+                                    "train.batch_size=8", "train.epochs=4", "train.best_metric=loss",
+                                    "optim.lr=0.05", "sched.warmup_epochs=0", "train.eval_every_epochs=1",
+                                    "train.ckpt_every_epochs=1"])
+    train_classifier(cfg)
+    from vision_rwkv.engine import read_metrics_csv
+    losses = {int(r["step"]): r["loss"] for r in read_metrics_csv(tmp_path / "val_metrics.csv")}
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["best"]
+    assert len(set(losses.values())) > 1 and best["mode"] == "min"
+    assert best["value"] == pytest.approx(min(losses.values())) and losses[best["step"]] == best["value"]

@@ -82,3 +82,15 @@ def test_target_name_in_usage_and_errors(capsys):
         parse_config_args(parser, [])
     assert "a MODEL_OR_CONFIG is required" in capsys.readouterr().err
     assert parse_config_args(parser, ["vrwkv_tiny_patch16_224", "a=1"]).config == "vrwkv_tiny_patch16_224"
+
+
+def test_a_key_the_job_needs_but_the_config_lacks_is_one_error_line(capsys):
+    from omegaconf import OmegaConf
+
+    from vision_rwkv.engine.cli import run_config_job
+    cfg = OmegaConf.create({"train": {"batch_size": 2}})
+    OmegaConf.set_struct(cfg, True)
+    status, result = run_config_job(lambda: cfg, lambda c: c.train.epochs)
+    err = capsys.readouterr().err
+    assert status == 2 and result is None
+    assert "error: the config has no value for 'train.epochs'" in err and "Traceback" not in err

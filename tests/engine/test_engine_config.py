@@ -198,3 +198,10 @@ def test_delete_marker_replaces_an_inherited_kwargs_node(cfg_dir):
     assert OmegaConf.to_container(emptied.model.kwargs) == {}
     with pytest.raises(ConfigError, match="only \\*kwargs nodes"):
         load_config(cfg_dir / "child.yaml", ["train={_delete_: true, lr: 0.1}"])
+
+
+def test_deleting_an_open_kwargs_node_empties_it(cfg_dir):
+    cfg = load_config(cfg_dir / "child.yaml", ["~model.kwargs", "model.name=resnet18"])
+    assert dict(cfg.model.kwargs) == {} and cfg.model.name == "resnet18"
+    cfg = load_config(cfg_dir / "child.yaml", ["~model.kwargs", "model.kwargs.depth=3"])
+    assert dict(cfg.model.kwargs) == {"depth": 3}

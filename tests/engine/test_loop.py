@@ -275,3 +275,19 @@ def test_logged_lr_is_the_base_rate_of_layer_decayed_groups(tmp_path):
     Trainer(model, opt, EpochLoader(ds, 4), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
             run_dir=tmp_path, epochs=1, log_every=1, show_progress=False, plot=False).fit()
     assert [r["lr"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1.0, 1.0]
+
+
+def test_logs_show_the_rate_each_step_ran_at_and_one_epoch_count(tmp_path):
+    """The lr column is the rate the step used (read before the scheduler moves on, as timm logs it); train and val
+    rows number epochs alike, from 1."""
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    ds = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    Trainer(model, opt, EpochLoader(ds, 4), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+            run_dir=tmp_path, epochs=2, scheduler=sched, eval_fn=lambda m: {"x": 1.0}, eval_every_steps=1,
+            log_every=1, show_progress=False, plot=False).fit()
+    train = read_metrics_csv(tmp_path / "train_metrics.csv")
+    val = read_metrics_csv(tmp_path / "val_metrics.csv")
+    assert [r["lr"] for r in train] == [1.0, 0.5, 0.25, 0.125]
+    assert [r["epoch"] for r in train] == [r["epoch"] for r in val] == [1, 1, 2, 2]

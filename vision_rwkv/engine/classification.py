@@ -23,13 +23,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import check_run_dir_is_free, load_model_weights, write_run_config
 from .compiling import compile_for_training
-from .config import to_dict
+from .config import ConfigError, to_dict
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_main_process,
                           print_rank0, unwrap_model, wrap_ddp)
 from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
@@ -170,14 +170,14 @@ def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str
     if d.type == "imagefolder":
         root = d.train_dir if split == "train" else d.val_dir
         if not root:
-            raise ValueError(f"data.type=imagefolder needs data.{'train' if split == 'train' else 'val'}_dir")
+            raise ConfigError(f"data.type=imagefolder needs data.{'train' if split == 'train' else 'val'}_dir")
         return ImageFolderDataset(root, transform=transform, classes=classes)
     if d.type == "csv":
         path = d.train_csv if split == "train" else d.val_csv
         if not path:
-            raise ValueError(f"data.type=csv needs data.{'train' if split == 'train' else 'val'}_csv")
+            raise ConfigError(f"data.type=csv needs data.{'train' if split == 'train' else 'val'}_csv")
         return CsvImageDataset(path, root=d.csv_root, transform=transform, classes=classes)
-    raise ValueError(f"unknown data.type {d.type!r}; expected 'shapes', 'imagefolder' or 'csv'")
+    raise ConfigError(f"unknown data.type {d.type!r}; expected 'shapes', 'imagefolder' or 'csv'")
 
 
 def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset | None, list[str]]:
@@ -389,6 +389,40 @@ def _set_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.num_threads))
 
 
+BEST_METRICS = {"top1": "max", "top5": "max", "loss": "min"}  # train.best_metric -> which way is better
+
+
+def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_training_config(cfg: DictConfig) -> None:
+    """Check the values ``train_classifier`` needs before anything is built (the config loader checks keys and
+    types): counts, the precision, the best metric, and the augmentation's ranges and per-channel statistics.
+    Raises :class:`ConfigError` naming the key."""
+    if not isinstance(cfg.model.name, str) or not cfg.model.name.strip():
+        raise ConfigError(f"model.name must name a timm model, got {cfg.model.name!r}")
+    for key in ("train.epochs", "train.batch_size", "train.grad_accum_steps", "train.log_every"):
+        _positive_int(cfg, key)
+    for key in ("train.eval_every_epochs", "train.ckpt_every_epochs", "train.keep_last"):
+        _positive_int(cfg, key, minimum=0)
+    if cfg.train.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got {cfg.train.precision!r}")
+    if cfg.train.best_metric is not None and cfg.train.best_metric not in BEST_METRICS:
+        raise ConfigError(f"train.best_metric must be one of {sorted(BEST_METRICS)} (or null), got "
+                          f"{cfg.train.best_metric!r}")
+    for key in ("aug.scale", "aug.ratio"):
+        pair = OmegaConf.select(cfg, key)
+        if pair is None or len(pair) != 2 or not 0 < float(pair[0]) <= float(pair[1]):
+            raise ConfigError(f"{key} must be [low, high] with 0 < low <= high, got {to_dict(pair)}")
+    for key in ("aug.mean", "aug.std"):
+        stats = OmegaConf.select(cfg, key)
+        if stats is None or len(stats) != 3:
+            raise ConfigError(f"{key} needs one value per RGB channel (3), got {to_dict(stats)}")
+
+
 def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     """Train per ``cfg`` (single process or under torchrun); returns the final metrics: ``top1``/``top5``/``loss``
     on the validation split (and ``ema_*``), ``train_loss``, ``train_time_s``, ``best``, ``run_dir``,
@@ -407,13 +441,14 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     from timm.utils import ModelEmaV3
 
     t_start = time.perf_counter()
+    check_training_config(cfg)
     seed_everything(cfg.seed, info.rank, deterministic=cfg.deterministic)
     run_dir = Path(cfg.run_dir)
     check_run_dir_is_free(run_dir, cfg.resume)  # fail fast, before the data and the model are built
     train_set, val_set, classes = build_datasets(cfg)
     num_classes = len(classes)
     if cfg.model.num_classes not in (None, num_classes):
-        raise ValueError(f"model.num_classes={cfg.model.num_classes} but the data has {num_classes} classes")
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the data has {num_classes} classes")
     seed_everything(cfg.seed, 0)  # identical initial weights on every rank
     model = create_classifier(cfg, num_classes)
     seed_everything(cfg.seed, info.rank)
@@ -431,7 +466,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         ema = ModelEmaV3(unwrap_model(model), decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
     mixup, criterion = build_mixup_and_loss(cfg, num_classes)
     if mixup is not None and t.batch_size % 2:
-        raise ValueError(f"mixup/cutmix need an even per-process batch size, got {t.batch_size}")
+        raise ConfigError(f"mixup/cutmix need an even per-process train.batch_size, got {t.batch_size}")
     print_rank0(f"[train] {cfg.model.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
                 f"{num_classes} classes, {len(train_set)} train images, global batch {global_batch}, lr {lr:.3g}, "
                 f"{steps_per_epoch} steps/epoch x {t.epochs} epochs, world size {info.world_size}, {info.device}")
@@ -461,7 +496,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     trainer = Trainer(model, optimizer, loader, loss_fn, run_dir=run_dir, info=info, epochs=t.epochs,
                       scheduler=scheduler, ema=ema, precision=t.precision, grad_accum_steps=t.grad_accum_steps,
                       clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, eval_fn=eval_fn,
-                      eval_every_epochs=t.eval_every_epochs, best_metric=best_metric, best_mode="max",
+                      eval_every_epochs=t.eval_every_epochs, best_metric=best_metric,
+                      best_mode=BEST_METRICS.get(t.best_metric, "max"),
                       ckpt_every_steps=t.ckpt_every_steps, ckpt_every_epochs=t.ckpt_every_epochs,
                       keep_last=t.keep_last, log_every=t.log_every, tensorboard=t.tensorboard,
                       stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,

@@ -15,7 +15,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
+
 from .config import ConfigError, override_key
+
+# omegaconf's errors for a key the running job reads but the config lacks (deleted with ~key, or a config of
+# another tool): reported like a ConfigError
+_MISSING_KEY_ERRORS = (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue)
 
 __all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
            "add_predict_options", "parse_predict_args"]
@@ -121,9 +127,18 @@ def parse_predict_args(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     return args
 
 
+def missing_key_error(err: Exception) -> ConfigError:
+    """The :class:`ConfigError` for omegaconf's missing-key error ``err``, naming the full key."""
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or str(err).splitlines()[0]
+    return ConfigError(f"the config has no value for '{key}', which this tool needs (deleted with ~key, or a "
+                       "config written for another tool?)")
+
+
 def _error_status(err: Exception, missing_file: int = 1) -> int:
     """Print ``err`` as one ``error:`` line; the exit status for it: 2 for a config error, ``missing_file`` for a
     missing file."""
+    if isinstance(err, _MISSING_KEY_ERRORS):
+        err = missing_key_error(err)
     print(f"error: {err}", file=sys.stderr)
     return 2 if isinstance(err, ConfigError) else missing_file
 
@@ -134,11 +149,11 @@ def run_config_job(load: Callable[[], Any], job: Callable[[Any], Any]) -> tuple[
     e.g. a key a data.type needs) - and a file missing while running 1, each as one ``error:`` line."""
     try:
         cfg = load()
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, *_MISSING_KEY_ERRORS) as err:
         return _error_status(err, missing_file=2), None
     try:
         return 0, job(cfg)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, *_MISSING_KEY_ERRORS) as err:
         return _error_status(err), None
 
 
@@ -147,6 +162,6 @@ def run_tool(main: Callable[[list[str]], Any]) -> None:
     as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0."""
     try:
         result = main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, *_MISSING_KEY_ERRORS) as err:
         sys.exit(_error_status(err))
     sys.exit(result if isinstance(result, int) else 0)

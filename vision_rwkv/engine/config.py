@@ -14,7 +14,8 @@ file's bool / integer / float / list values also type their keys (null allowed).
 ``kwargs`` (e.g. ``model.kwargs``) are open dictionaries, free to take any key (they are passed through as
 ``**kwargs``); such a node with ``_delete_: true`` (mmcv's marker) replaces the inherited one instead of merging
 into it. A command-line override ``+key=value`` adds a new key on purpose; ``key=value`` must name an existing one.
-``~key`` deletes a key.
+``~key`` deletes a key; ``~model.kwargs`` (an open node) empties it, e.g. to build another model from a config
+written for VRWKV (``model.name=resnet18 ~model.kwargs``).
 """
 from __future__ import annotations
 
@@ -154,7 +155,8 @@ def override_key(item: str) -> str:
 
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictConfig:
-    """Apply ``key=value`` (existing key), ``+key=value`` (new key) and ``~key`` (delete) overrides in order."""
+    """Apply ``key=value`` (existing key), ``+key=value`` (new key) and ``~key`` (delete; an open ``*kwargs`` node
+    is emptied instead) overrides in order."""
     cfg = _strict(cfg)
     for item in overrides or ():
         item = item.strip()
@@ -167,7 +169,10 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
             if not isinstance(parent, DictConfig) or leaf not in parent:
                 raise ConfigError(f"cannot delete unknown config key '{key}'")
             with open_dict(parent):
-                del parent[leaf]
+                if leaf.endswith(OPEN_SUFFIX) and isinstance(parent[leaf], DictConfig):
+                    parent[leaf] = {}  # an open **kwargs node is emptied: the tools read it
+                else:
+                    del parent[leaf]
             continue
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")

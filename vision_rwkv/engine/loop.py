@@ -251,6 +251,9 @@ class Trainer:
             total += float(loss.detach()) / n
             for k, v in extra.items():
                 logs[k] = logs.get(k, 0.0) + float(v) / n
+        # the rate this step runs at (with layer-wise decay the groups' rates are scaled down from it; the head's is
+        # unscaled), read before the scheduler moves on to the next step's, as timm's train.py logs it
+        lr = max(float(g["lr"]) for g in self.optimizer.param_groups)
         self.scaler.unscale_(self.optimizer)
         grad_norm = clip_gradients(self.model.parameters(), self.clip_grad, self.clip_mode)
         self.scaler.step(self.optimizer)
@@ -266,8 +269,6 @@ class Trainer:
                 self.scheduler.step()
         if self.after_step is not None:
             self.after_step(self)
-        # the base rate: with layer-wise decay the groups' rates are scaled down from it (the head's is unscaled)
-        lr = max(float(g["lr"]) for g in self.optimizer.param_groups)
         logs.update(loss=total, grad_norm=grad_norm, lr=lr)
         return logs
 
@@ -285,10 +286,14 @@ class Trainer:
                 metrics.update({f"ema_{k}": v for k, v in self.eval_fn(ema_module).items()})
         model.train()
         self.last_eval = metrics
-        self.logger.log(self.step, metrics, split="val", epoch=self.epoch)
-        print_rank0(f"[eval] step {self.step} epoch {self.epoch}: " +
+        self.logger.log(self.step, metrics, split="val", epoch=self.epoch_label())
+        print_rank0(f"[eval] step {self.step} epoch {self.epoch_label()}: " +
                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
+
+    def epoch_label(self) -> int:
+        """The 1-based epoch the last optimizer step belongs to (the ``epoch`` column of every metrics CSV)."""
+        return self.epoch + 1 if self.batch_in_epoch else max(self.epoch, 1)
 
     @staticmethod
     def _every(count: int, period: int | None) -> bool:
@@ -359,7 +364,7 @@ class Trainer:
                     avg["samples_per_s"] = window_samples / max(now - window_t, 1e-9)
                     avg["skipped_samples"] = float(self.loader.num_skipped)
                     self.last_train_loss = avg["loss"]
-                    self.logger.log(self.step, avg, split="train", epoch=self.epoch)
+                    self.logger.log(self.step, avg, split="train", epoch=self.epoch_label())
                     self.history.append({"step": self.step, **avg})
                     window, window_n, window_samples, window_t = {}, 0, 0, now
                 if self.stop_after_steps is not None and self.step >= self.stop_after_steps:
