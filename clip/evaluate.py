@@ -21,6 +21,7 @@ from open_clip import build_zero_shot_classifier
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from vision_rwkv.engine.config import ConfigError
 from vision_rwkv.engine.logger import pyplot, save_figure
 
 from .data import CsvCaptionDataset, load_image
@@ -360,7 +361,7 @@ class _CsvLabels(Dataset):
 def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoader, list[str], list]:
     if zs.classes == "folders":  # ImageFolder class folder names with the OpenAI ImageNet templates
         if zs.data != "imagefolder":
-            raise ValueError("zero_shot.classes=folders needs zero_shot.data=imagefolder")
+            raise ConfigError("zero_shot.classes=folders needs zero_shot.data=imagefolder")
         classnames, templates = [], load_classnames_templates("imagenet")[1]
     else:
         classnames, templates = load_classnames_templates(zs.classes)
@@ -375,18 +376,39 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
         if zs.classes == "folders":
             classnames = [c.replace("_", " ") for c in ds.classes]
         elif len(ds.classes) != len(classnames):
-            raise ValueError(f"ImageFolder {zs.path} has {len(ds.classes)} class folders but the class set "
-                                 f"{zs.classes!r} has {len(classnames)} names")
+            raise ConfigError(f"ImageFolder {zs.path} has {len(ds.classes)} class folders but the class set "
+                              f"{zs.classes!r} has {len(classnames)} names")
+        else:
+            classnames = names_in_folder_order(ds.classes, classnames)
     elif zs.data == "csv":
         if not zs.path:
-            raise ValueError("zero_shot.data=csv needs zero_shot.path (--zeroshot-path): the CSV of image + label")
+            raise ConfigError("zero_shot.data=csv needs zero_shot.path (--zeroshot-path): the CSV of image + label")
         ds = _CsvLabels(zs.path, zs.img_key, zs.label_key, classnames, transform)
     else:
-        raise ValueError(f"unknown zero_shot.data {zs.data!r} (shapes, imagefolder, csv, none)")
+        raise ConfigError(f"unknown zero_shot.data {zs.data!r} (shapes, imagefolder, csv, none)")
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers), classnames, templates
 
 
+def names_in_folder_order(folders: Sequence[str], classnames: Sequence[str]) -> list[str]:
+    """The class names for ImageFolder's labels (its folders, sorted): a class file that names the folders
+    themselves (``_`` read as a space, any case), in another order, is matched to them by name; other names (e.g.
+    readable names for WordNet-id folders) must already follow the sorted folder order."""
+    def key(name: str) -> str:
+        return name.replace("_", " ").strip().lower()
+
+    by_key = {key(n): n for n in classnames}
+    if len(by_key) != len(classnames) or set(by_key) != {key(f) for f in folders}:
+        return list(classnames)
+    ordered = [by_key[key(f)] for f in folders]
+    if ordered != list(classnames):
+        print("[zero-shot] the class names name the ImageFolder's folders in another order: matched by name")
+    return ordered
+
+
 def _retrieval_loader(rt: Any, cfg: Any, transform: Callable) -> DataLoader:
+    if rt.data in ("csv", "karpathy", "json") and not rt.path:
+        kind = "the CSV / TSV of image + captions" if rt.data == "csv" else "the Karpathy-format JSON"
+        raise ConfigError(f"retrieval.data={rt.data} needs retrieval.path (--retrieval-path): {kind}")
     if rt.data == "shapes":
         from .data import ShapesCaptionSamples
         ds = ShapesCaptionSamples(rt.split, rt.length, cfg.shapes_seed, cfg.shapes_image_size, rt.num_captions,
@@ -397,7 +419,7 @@ def _retrieval_loader(rt: Any, cfg: Any, transform: Callable) -> DataLoader:
     elif rt.data in ("karpathy", "json"):
         ds = KarpathyJsonDataset(rt.path, rt.root, rt.split, transform)
     else:
-        raise ValueError(f"unknown retrieval.data {rt.data!r} (shapes, csv, karpathy, none)")
+        raise ConfigError(f"unknown retrieval.data {rt.data!r} (shapes, csv, karpathy, none)")
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                       collate_fn=collate_retrieval)
 
@@ -480,6 +502,9 @@ def load_model_for_eval(model_name: Optional[str] = None, pretrained: Optional[s
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{cfg_path} not found: not a train_clip run folder")
         run_cfg = OmegaConf.load(cfg_path)
+        if OmegaConf.select(run_cfg, "model.name") is None or OmegaConf.select(run_cfg, "eval.zero_shot") is None:
+            raise ConfigError(f"{run_dir} is not a train_clip run folder: its config.yaml has no model.name and "
+                              "eval.zero_shot (a classification or segmentation run?)")
         model_name = model_name or str(run_cfg.model.name)
         kwargs = OmegaConf.to_container(run_cfg.model.kwargs, resolve=True) or {}
         if pretrained is None:
@@ -488,7 +513,7 @@ def load_model_for_eval(model_name: Optional[str] = None, pretrained: Optional[s
                 raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
             pretrained = str(latest)
     if model_name is None:
-        raise ValueError("give a model name or a run folder")
+        raise ConfigError("give a model name (--model) or a train_clip run folder (--run-dir)")
     if model_name in list_models():
         model, _, preprocess = create_model_and_transforms(model_name, pretrained=pretrained, device=device, **kwargs)
         tokenizer = get_tokenizer(model_name, context_length=context_length or model.context_length)

@@ -23,7 +23,7 @@ __all__ = ["install_open_clip_routes"]
 _INERT = {"jit": False, "force_patch_dropout": None, "image_resize_mode": None, "pretrained_image": False,
           "pretrained_image_path": None, "pretrained_text_path": None, "force_preprocess_cfg": None}
 # accepted and ignored: weights load locally, always with weights_only; the text tower is always "custom"
-_IGNORED = ("cache_dir", "weights_only", "pretrained_text", "require_pretrained", "force_custom_text")
+_IGNORED = ("cache_dir", "weights_only", "pretrained_text", "force_custom_text")
 
 
 def _our_kwargs(bound: inspect.BoundArguments, fn_name: str) -> dict[str, Any]:
@@ -38,9 +38,19 @@ def _our_kwargs(bound: inspect.BoundArguments, fn_name: str) -> dict[str, Any]:
         args.pop(key, None)
     if not args.pop("load_weights", True):
         args["pretrained"] = None
+    if args.pop("require_pretrained", False) or fn_name == "create_model_from_pretrained":
+        _require_weights(args)
     if args.get("output_dict") is None:
         args.pop("output_dict", None)
     return args
+
+
+def _require_weights(args: dict[str, Any]) -> None:
+    """open_clip's ``require_pretrained`` (implied by ``create_model_from_pretrained``): no weights, no model."""
+    if not args.get("pretrained"):
+        raise RuntimeError(f"Required pretrained weights (model_name={args['model_name']!r}, "
+                           f"pretrained={args.get('pretrained')!r}) could not be loaded: RWKV-CLIP loads local files "
+                           "only, so pass pretrained=PATH to a checkpoint")
 
 
 def _routed(original: Callable, fn_name: str, ours: Callable[[dict], Any]) -> Callable:

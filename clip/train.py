@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
-from vision_rwkv.engine import (DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object,
+from vision_rwkv.engine import (ConfigError, DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object,
                                 check_run_dir_is_free, cleanup_distributed, compile_for_training, init_distributed,
                                 load_config, print_rank0, seed_everything, to_dict, unwrap_model, wrap_ddp,
                                 write_run_config)
@@ -240,6 +240,8 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     tc = cfg.train
     if tc.batch_size % info.world_size:
         raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {info.world_size}")
+    if tc.max_steps is None and not tc.epochs:
+        raise ConfigError("set train.epochs or train.max_steps (the defaults set neither)")
     run_dir = Path(cfg.run_dir)
     check_run_dir_is_free(run_dir, resume)  # fail fast, before the model and the data are built
     seed_everything(tc.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
@@ -255,8 +257,6 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     loader = EpochLoader(train_set, tc.batch_size // info.world_size, shuffle=True, drop_last=True, seed=tc.seed,
                          num_workers=cfg.data.workers, info=info, group_size=group_size)
     optimizer = build_optimizer(model, cfg.optim)
-    if tc.max_steps is None and not tc.epochs:
-        raise ValueError("set train.epochs or train.max_steps")
     steps_per_epoch = len(loader) // tc.grad_accum_steps
     total = int(tc.max_steps) if tc.max_steps is not None else int(tc.epochs) * steps_per_epoch
     scheduler = build_scheduler(optimizer, cfg.sched, float(cfg.optim.lr), total)

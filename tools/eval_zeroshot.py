@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zeroshot-path", default=None, help="ImageFolder root or CSV (image + label columns)")
     p.add_argument("--classes", default=None,
                    help="built-in class set (shapes, imagenet, imagenet-simple, cifar10), 'folders', or a file "
-                        "(default shapes)")
+                        "(default shapes). With an ImageFolder, names that are the folder names are matched to "
+                        "them; other names must follow the sorted folder order")
     p.add_argument("--label-key", default=None, help="CSV label column (default label)")
     p.add_argument("--zeroshot-length", type=int, default=None, help="Shapes test samples (default 400)")
     p.add_argument("--retrieval-data", default=None, choices=["shapes", "csv", "karpathy", "none"],

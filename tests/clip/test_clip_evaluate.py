@@ -201,8 +201,33 @@ def test_shapes_evaluation_of_rwkv_clip(tmp_path):
 def test_zero_shot_csv_without_a_path_is_named():
     from omegaconf import OmegaConf
 
-    from rwkv_clip.evaluate import _zero_shot_loader
+    from rwkv_clip.evaluate import _retrieval_loader, _zero_shot_loader
+    from vision_rwkv.engine import ConfigError
     cfg = OmegaConf.structured(EvalCfg)
     cfg.zero_shot.data = "csv"
     with pytest.raises(ValueError, match="zero_shot.path"):
         _zero_shot_loader(cfg.zero_shot, cfg, lambda x: x)
+    for kind in ("csv", "karpathy"):
+        cfg.retrieval.data = kind
+        with pytest.raises(ConfigError, match=f"retrieval.data={kind} needs retrieval.path"):
+            _retrieval_loader(cfg.retrieval, cfg, lambda x: x)
+
+
+def test_class_names_of_the_folders_in_another_order_are_matched_by_name(capsys):
+    from rwkv_clip.evaluate import names_in_folder_order
+    folders = ["blue", "green", "red_fox", "yellow"]  # ImageFolder's sorted labels
+    assert names_in_folder_order(folders, ["Red fox", "green", "blue", "yellow"]) == ["blue", "green", "Red fox",
+                                                                                      "yellow"]
+    assert "matched by name" in capsys.readouterr().out
+    readable = ["tench", "goldfish", "shark", "ray"]  # not the folder names: taken in the given order
+    assert names_in_folder_order(folders, readable) == readable
+
+
+def test_a_run_folder_of_another_tool_or_no_model_is_named(tmp_path):
+    from rwkv_clip.evaluate import load_model_for_eval
+    from vision_rwkv.engine import ConfigError
+    (tmp_path / "config.yaml").write_text("model:\n  backbone: vrwkv_tiny_patch16_224\ntrain:\n  run_dir: x\n")
+    with pytest.raises(ConfigError, match="is not a train_clip run folder"):
+        load_model_for_eval(None, None, tmp_path)
+    with pytest.raises(ConfigError, match="give a model name"):
+        load_model_for_eval(None, None, None)

@@ -45,6 +45,16 @@ def test_unsupported_arguments_are_named(kwargs):
         open_clip.create_model_and_transforms(NAME, **kwargs)
 
 
+def test_required_weights_are_required_as_in_open_clip(tmp_path):
+    with pytest.raises(RuntimeError, match="Required pretrained weights.*pretrained=None"):
+        open_clip.create_model_from_pretrained(NAME)
+    with pytest.raises(RuntimeError, match="Required pretrained weights"):
+        open_clip.create_model(NAME, require_pretrained=True)
+    with pytest.raises(RuntimeError, match="Required pretrained weights"):
+        open_clip.create_model(NAME, str(tmp_path / "w.pt"), load_weights=False, require_pretrained=True)
+    assert isinstance(open_clip.create_model(NAME, require_pretrained=False), rwkv_clip.RWKVCLIP)
+
+
 def test_other_names_reach_open_clip_and_routes_install_once():
     model = open_clip.create_model("RN50")
     assert type(model).__name__ == "CLIP"
