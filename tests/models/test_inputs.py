@@ -30,6 +30,19 @@ def test_bad_inputs_name_the_problem(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
+def test_empty_batch_gives_empty_outputs_everywhere(name):
+    """A batch of 0 images: forward, feature maps, NCHW intermediates and features_only all return empty tensors."""
+    model = tiny_model(name).eval()
+    x = torch.randn(0, 3, 32, 48)
+    assert model(x).shape == (0, 7)
+    maps = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(0, model.embed_dim, 2, 3)] * 2
+    assert model.forward_features_map(x).shape == (0, model.embed_dim, 2, 3)
+    features = tiny_model(name, features_only=True, out_indices=(0, 1))
+    assert all(f.shape == (0, model.embed_dim, 2, 3) for f in features(x))
+
+
+@pytest.mark.parametrize('name', NAMES)
 def test_torchscript_is_refused_by_name(name):
     """torch.jit.script / trace (and torch.onnx's TorchScript exporter) fail with a message that names TorchScript
     and the supported routes, for the model and for a features_only wrapper around it."""

@@ -351,7 +351,7 @@ class VisionRWKVBase(nn.Module):
         """Image batch -> final-norm feature map (B, C, ceil(H/p), ceil(W/p)) (the original backbone output)."""
         rows, cols = self.feature_grid(x.shape[-2:])
         tokens = self.forward_features(x)
-        return tokens.reshape(tokens.shape[0], rows, cols, -1).permute(0, 3, 1, 2).contiguous()
+        return tokens.reshape(tokens.shape[0], rows, cols, tokens.shape[-1]).permute(0, 3, 1, 2).contiguous()
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, N, C) -> logits (or the pooled / pre-logits features when ``pre_logits``)."""
@@ -398,7 +398,7 @@ class VisionRWKVBase(nn.Module):
         if output_fmt == 'NCHW':
             batch = x.shape[0]
             intermediates = [
-                y.reshape(batch, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+                y.reshape(batch, grid[0], grid[1], y.shape[-1]).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
