@@ -86,6 +86,14 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "x" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="b"):
         ImageFolderDataset(tmp_path / "x", classes=["a", "b"])
+    # a class folder with images outside the given classes (a validation class training never saw) is named;
+    # an empty one is ignored
+    _save(tmp_path / "val" / "cat" / "0.png", "RGB")
+    (tmp_path / "val" / "fish").mkdir()
+    assert len(ImageFolderDataset(tmp_path / "val", classes=["cat"])) == 1
+    _save(tmp_path / "val" / "bird" / "0.png", "RGB")
+    with pytest.raises(ValueError, match=r"not among the 1 classes given: \['bird'\]"):
+        ImageFolderDataset(tmp_path / "val", classes=["cat"])
 
 
 def test_csv_dataset(tree, tmp_path):

@@ -99,7 +99,15 @@ class ImageFolderDataset(_SkippingDataset):
                         self.samples.append((os.path.join(dirpath, f), self.class_to_idx[c]))
         if not self.samples:
             raise ValueError(f"image folder {self.root} has no images with extensions {list(exts)}")
+        extra = [c for c in found if c not in self.class_to_idx and _has_files(self.root / c, exts)]
+        if extra:  # e.g. a validation folder with a class the training folder lacks: its images would be dropped
+            raise ValueError(f"image folder {self.root} has class folders with images that are not among the "
+                             f"{len(self.classes)} classes given: {extra[:10]}")
         self.transform = transform
+
+
+def _has_files(folder: Path, exts: tuple[str, ...]) -> bool:
+    return any(f.lower().endswith(exts) for _, _, files in os.walk(folder, followlinks=True) for f in files)
 
 
 class CsvImageDataset(_SkippingDataset):
