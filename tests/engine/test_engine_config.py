@@ -205,3 +205,9 @@ def test_deleting_an_open_kwargs_node_empties_it(cfg_dir):
     assert dict(cfg.model.kwargs) == {} and cfg.model.name == "resnet18"
     cfg = load_config(cfg_dir / "child.yaml", ["~model.kwargs", "model.kwargs.depth=3"])
     assert dict(cfg.model.kwargs) == {"depth": 3}
+
+
+def test_kwargs_key_without_a_space_after_the_colon_is_named(cfg_dir):
+    with pytest.raises(ConfigError, match=r"model.kwargs.embed_dim:32 has no value.*'embed_dim: 32'"):
+        load_config(cfg_dir / "child.yaml", ["model.kwargs={embed_dim:32}"])
+    assert load_config(cfg_dir / "child.yaml", ["model.kwargs={embed_dim: 32}"]).model.kwargs.embed_dim == 32

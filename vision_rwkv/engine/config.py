@@ -215,11 +215,31 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | None 
             cfg = merge_strict(cfg, layer, where=str(file))
     assert cfg is not None
     cfg = apply_overrides(cfg, overrides)
+    _check_open_keys(cfg)
     if resolve:
         OmegaConf.resolve(cfg)
         for file, root in roots:
             _check_types_like(root, cfg, file)
     return cfg
+
+
+def _check_open_keys(cfg: Any, prefix: str = "") -> None:
+    """An open ``*kwargs`` node's key like ``'embed_dim:32'`` with no value is YAML's reading of ``{embed_dim:32}``
+    (no space after the colon): a ConfigError instead of a keyword that is silently dropped as None."""
+    if not isinstance(cfg, DictConfig) or cfg._is_none() or cfg._is_missing():
+        return
+    for key, value in cfg.items_ex(resolve=False):
+        name = f"{prefix}{key}"
+        if not isinstance(value, DictConfig) or value._is_none() or value._is_missing():
+            continue
+        if str(key).endswith(OPEN_SUFFIX):
+            for inner in value.keys():
+                if ":" in str(inner) and value._get_node(inner)._is_none():
+                    left, _, right = str(inner).partition(":")
+                    raise ConfigError(f"{name}.{inner!s} has no value: YAML needs a space after the colon "
+                                      f"('{left}: {right}')")
+        else:
+            _check_open_keys(value, name + ".")
 
 
 def _kind(value: Any) -> str | None:
