@@ -65,6 +65,23 @@ def test_dynamic_batch_needs_an_example_batch_of_two():
         export_program(model, torch.randn(1, 3, 80, 96))
     with pytest.raises(ValueError, match="max_batch"):
         export_program(model, torch.randn(4, 3, 80, 96), max_batch=3)
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        export_program(model, torch.randn(2, 3, 80, 96), max_batch=0)
+
+
+def test_max_batch_two_and_one():
+    """max_batch 2: batches 1 and 2, not 3; max_batch 1: a batch-1 program (torch.export specialises a batch of 1),
+    traced from the example's first sample."""
+    model = _model("vrwkv_tiny_patch16_224")
+    x = torch.randn(3, 3, 80, 96)
+    two = export_program(model, x[:2], max_batch=2)
+    assert verify_program(two, model, [x[:1], x[:2]], atol=1e-5) < 1e-5
+    with pytest.raises(Exception, match="<= 2"):
+        two.module()(x)
+    one = export_program(model, x[:2], max_batch=1)
+    assert verify_program(one, model, [x[:1]], atol=1e-5) < 1e-5
+    with pytest.raises(Exception, match="== 1"):
+        one.module()(x[:2])
 
 
 def test_max_abs_diff_catches_mismatches():
@@ -156,6 +173,16 @@ def test_onnx_matches_eager(name, tmp_path):
     path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "m.onnx")
     assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
     assert verify_onnx(path, model, [torch.randn(b, 3, 80, 96) for b in (1, 4)], atol=1e-5) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+def test_onnx_max_batch_one_is_a_batch_one_file(tmp_path):
+    import onnx
+    model = _model("vrwkv_tiny_patch16_224")
+    path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "m.onnx", max_batch=1)
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert verify_onnx(path, model, [torch.randn(1, 3, 80, 96)], atol=1e-5) < 1e-5
 
 
 @pytest.mark.parametrize("fmt", ["pt2", pytest.param("onnx", marks=[pytest.mark.slow, pytest.mark.skipif(

@@ -3,6 +3,7 @@
 
     python tools/export.py MODEL_OR_CONFIG [key=value ...] [--checkpoint PATH] [--format pt2|onnx] [--output PATH]
     python tools/export.py vrwkv_tiny_patch16_224 --checkpoint vrwkv_t.safetensors --format onnx
+    python tools/export.py vrwkv_tiny_patch16_224 --checkpoint vrwkv_t.safetensors --output vrwkv_t.onnx
     python tools/export.py vrwkv6_small_patch16_224 --img-size 512 --output vrwkv6_s_512.pt2
     python tools/export.py RWKV-CLIP-B-32 --checkpoint clip.pt --tower text --format onnx
     python tools/export.py configs/segmentation/demo_shapes.yaml --checkpoint runs/seg/demo_shapes/checkpoints/best.pt
@@ -11,9 +12,10 @@ MODEL_OR_CONFIG is a classifier - a timm model name (the VRWKV models and any ot
 with its training checkpoint -, an RWKV-CLIP model name (``--tower image|text``), or a segmentation config YAML;
 configs take ``key=value`` overrides, and the class count comes from the checkpoint (a segmentation config's classes
 without one). The program is made for one input size (``--img-size H [W]``; default the model's, or the config's
-crop size) and, unless ``--static-batch``, any batch from 1 to ``--max-batch``. The exported model is run on batches
-of 1, 2 and 3 and compared with the eager model (``--atol``); a mismatch is an error (exit 1) and nothing is kept.
-Prints a JSON summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
+crop size) and, unless ``--static-batch`` (batch 2), any batch from 1 to ``--max-batch`` (1: a batch-1 program). The
+format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is run on the
+batches 1, 2 and 3 it takes (the static batch: 2) and compared with the eager model (``--atol``); a mismatch is an
+error (exit 1) and nothing is kept. Prints a JSON summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
 """
 from __future__ import annotations
 
@@ -26,19 +28,23 @@ from typing import List, Optional
 
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
 
+FORMATS = ("pt2", "onnx")
+
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = config_arg_parser(__doc__.splitlines()[0],
                                "timm model name, RWKV-CLIP model name, or classification / segmentation config",
                                checkpoint="weights (training checkpoint, state dict, safetensors)",
                                epilog=__doc__.split("\n\n", 1)[1], target="MODEL_OR_CONFIG")
-    parser.add_argument("--format", choices=("pt2", "onnx"), default="pt2")
-    parser.add_argument("--output", default=None, help="output file (default: <model>.<format>)")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="output format (default: from the --output suffix, else pt2)")
+    parser.add_argument("--output", default=None, help="output file, .pt2 or .onnx (default: <model>.<format>)")
     parser.add_argument("--img-size", type=int, nargs="+", default=None, metavar="S", help="input size H [W]")
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
     parser.add_argument("--tower", choices=("image", "text"), default="image", help="RWKV-CLIP tower")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size at 2")
-    parser.add_argument("--max-batch", type=int, default=4096, help="largest batch of a dynamic-batch export")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="largest batch of a dynamic-batch export (default 4096; 1: a batch-1 program)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--optimize", action="store_true",
                         help="run onnxscript's ONNX graph optimizer (minutes for 12 blocks; onnxruntime optimises "
@@ -49,7 +55,29 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.target, args.overrides = parsed.config, parsed.overrides
     if args.img_size is not None and len(args.img_size) > 2:
         parser.error(f"--img-size takes H or H W, got {args.img_size}")
+    if args.max_batch is not None and args.static_batch:
+        parser.error("--max-batch is the limit of a dynamic batch; --static-batch fixes the batch at 2: give one")
+    if args.max_batch is not None and args.max_batch < 1:
+        parser.error(f"--max-batch must be >= 1, got {args.max_batch}")
+    args.max_batch = 4096 if args.max_batch is None else args.max_batch
+    args.format = _output_format(parser, args.format, args.output)
     return args
+
+
+def _output_format(parser: argparse.ArgumentParser, fmt: Optional[str], output: Optional[str]) -> str:
+    """The export format: ``--format``, else the ``--output`` suffix, else pt2; a suffix that is not the format's
+    (or no known format's) is a usage error."""
+    if output is None:
+        return fmt or "pt2"
+    suffix = Path(output).suffix
+    known = {f".{f}": f for f in FORMATS}
+    if suffix not in known:
+        what = f"unknown suffix {suffix!r}" if suffix else "no suffix"
+        parser.error(f"--output {output}: {what}; name it .pt2 (torch.export program) or .onnx (ONNX file)")
+    if fmt is not None and known[suffix] != fmt:
+        parser.error(f"--output {output} has the suffix of {known[suffix]}, not of --format {fmt}: "
+                     f"name the file .{fmt}, or give --format {known[suffix]}")
+    return known[suffix]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -67,17 +95,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     stem = Path(args.target).stem if args.target.endswith((".yaml", ".yml")) else args.target.replace("/", "_")
     out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
-    dynamic = not args.static_batch
-    checks = [example[:1], example, torch.cat([example, example[:1]])] if dynamic else [example]
+    dynamic = not args.static_batch and args.max_batch > 1  # (max 1: a program of batch 1)
+    if args.static_batch:
+        checks = [example]
+    else:  # batches 1, 2, 3 within the declared maximum
+        checks = [example[:1], example, torch.cat([example, example[:1]])][:min(args.max_batch, 3)]
+    batches = f"batch 1-{args.max_batch}" if dynamic else f"batch {checks[0].shape[0]}"
     start = time.perf_counter()
-    print(f"exporting {args.target} for inputs {tuple(example.shape[1:])} ({args.format}, "
-          f"{'batch 1-' + str(args.max_batch) if dynamic else 'batch 2'})...", file=sys.stderr)
+    print(f"exporting {args.target} for inputs {tuple(example.shape[1:])} ({args.format}, {batches})...",
+          file=sys.stderr)
     try:
         if args.format == "onnx":
-            export_onnx(model, example, out, dynamic, args.max_batch, args.opset, args.optimize)
+            export_onnx(model, example, out, not args.static_batch, args.max_batch, args.opset, args.optimize)
             diff = verify_onnx(out, model, checks, atol=args.atol)
         else:
-            program = export_program(model, example, dynamic, args.max_batch)
+            program = export_program(model, example, not args.static_batch, args.max_batch)
             diff = verify_program(program, model, checks, atol=args.atol)
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (torch.export.save wants .pt2)

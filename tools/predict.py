@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Predict the classes of image files with a trained classifier (thin CLI over `vision_rwkv.engine.predict`).
+r"""Predict the classes of image files with a trained classifier (thin CLI over `vision_rwkv.engine.predict`).
 
     python tools/predict.py MODEL_OR_CONFIG [key=value ...] --images PATH [PATH ...] [--checkpoint PATH]
     python tools/predict.py configs/classification/demo_shapes.yaml --checkpoint runs/demo_shapes/checkpoints/best.pt \
@@ -8,17 +8,20 @@
 
 MODEL_OR_CONFIG is a classification config YAML (``key=value`` overrides apply; the checkpoint is a training
 checkpoint, EMA weights preferred, with the run's class names) or a timm model name (the checkpoint as
-``model.checkpoint`` takes it; ImageNet-1k class names for 1000 classes). ``--images`` takes files and folders
-(searched recursively). Writes the top-k table (``--output``, CSV or .json) and a PNG grid of the images with
-their top-1 class (``--grid``), and prints a short summary. An unreadable image gets an ``error`` entry; the others
-are still predicted. Exit status 2 for a bad command line or config, 1 for a missing file.
+``model.checkpoint`` takes it; ImageNet-1k class names for 1000 classes). Without weights - a model name, or a
+config with no ``model.pretrained`` / ``model.checkpoint``, and no ``--checkpoint`` - the model is untrained and a
+warning says so. ``--images`` takes files and folders (searched recursively). Writes the top-k table (``--output``,
+.csv or .json) and a PNG grid of the images with their top-1 class (``--grid``), and prints a short summary. An
+unreadable image gets an ``error`` entry; the others are still predicted. Exit status 2 for a bad command line or
+config, 1 for a missing file.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 from vision_rwkv.engine.cli import add_predict_options, config_arg_parser, parse_predict_args
 
@@ -37,7 +40,28 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parse_predict_args(parser, argv)
     if args.topk < 1 or args.batch_size < 1:
         parser.error("--topk and --batch-size must be >= 1")
+    suffix = Path(args.output).suffix
+    if suffix not in (".csv", ".json"):
+        what = f"unknown suffix {suffix!r}" if suffix else "no suffix"
+        parser.error(f"--output {args.output}: {what}; name the top-k table .csv or .json (its format)")
     return args
+
+
+def untrained_warning(target: str, checkpoint: Optional[str], overrides: Sequence[str]) -> Optional[str]:
+    """The warning line for a classifier left with random weights: no ``--checkpoint``, and a timm model name or
+    a config without ``model.pretrained`` / ``model.checkpoint``; None when weights are loaded."""
+    if checkpoint is not None:
+        return None
+    if str(target).endswith((".yaml", ".yml")):
+        from vision_rwkv.engine.config import load_config
+        model = load_config(target, overrides).model
+        if model.get("pretrained") or model.get("checkpoint"):
+            return None
+        what = f"{target} sets no model.pretrained / model.checkpoint and no --checkpoint is given"
+    else:
+        what = f"no --checkpoint for model {target}"
+    return (f"warning: {what}: the model has random, untrained weights and its predictions are meaningless; "
+            f"pass --checkpoint (a training checkpoint, state dict or converted release weights)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -51,6 +75,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    warning = untrained_warning(args.target, args.checkpoint, args.overrides)
+    if warning:
+        print(warning, file=sys.stderr)
     rows = predict_files(clf, files, args.topk, args.batch_size, args.device, args.precision,
                          show_progress=not args.no_progress)
     table = write_predictions(rows, args.output)

@@ -71,25 +71,34 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _dynamic_shapes(example: torch.Tensor, dynamic_batch: bool, max_batch: int):
+def _export_args(example: torch.Tensor, dynamic_batch: bool, max_batch: int):
+    """The example to trace and its ``dynamic_shapes``: batch symbolic in [1, ``max_batch``], or fixed (a static
+    batch, or ``max_batch`` 1: the example's first sample, since torch.export specialises a batch of 1)."""
     if not isinstance(example, torch.Tensor) or example.dim() < 1:
         raise TypeError(f"export: the example input must be a batched tensor, got {type(example).__name__}")
     if not dynamic_batch:
-        return None
+        return example, None
+    if int(max_batch) < 1:
+        raise ValueError(f"export: max_batch must be >= 1, got {max_batch}")
+    if example.shape[0] < 1:
+        raise ValueError("export: the example batch is empty")
+    if int(max_batch) == 1:
+        return example[:1], None
     if example.shape[0] < 2:
         raise ValueError(f"export: a dynamic batch needs an example batch of at least 2 (torch.export specialises "
                          f"sizes 0 and 1), got {example.shape[0]}")
     if max_batch < example.shape[0]:
         raise ValueError(f"export: max_batch {max_batch} is smaller than the example batch {example.shape[0]}")
-    return ({0: torch.export.Dim("batch", min=1, max=int(max_batch))},)
+    return example, ({0: torch.export.Dim("batch", min=1, max=int(max_batch))},)
 
 
 def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = True,
                    max_batch: int = 4096) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` in eval mode for inputs shaped like ``example`` (B, ...): the batch dimension
-    symbolic in [1, ``max_batch``] when ``dynamic_batch`` (the example batch must then be >= 2), every other
-    dimension fixed. The model's train/eval mode is restored afterwards."""
-    shapes = _dynamic_shapes(example, dynamic_batch, max_batch)
+    symbolic in [1, ``max_batch``] when ``dynamic_batch`` (the example batch must then be in [2, ``max_batch``]; a
+    ``max_batch`` of 1 gives a program of batch 1, traced on the example's first sample), every other dimension
+    fixed. The model's train/eval mode is restored afterwards."""
+    example, shapes = _export_args(example, dynamic_batch, max_batch)
     with _eval_mode(model):
         return torch.export.export(model, (example,), dynamic_shapes=shapes)
 
@@ -106,7 +115,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
             __import__(package)
         except ImportError as err:
             raise ImportError(f"ONNX export needs the {package!r} package: pip install onnx onnxscript") from err
-    shapes = _dynamic_shapes(example, dynamic_batch, max_batch)
+    example, shapes = _export_args(example, dynamic_batch, max_batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _eval_mode(model):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tool_helpers import ROOT, load_tool
+from tool_helpers import DEMO, ROOT, TINY, load_tool
 
 SEG_DEMO = ROOT / "configs" / "segmentation" / "demo_shapes.yaml"
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
@@ -48,6 +48,51 @@ def test_export_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main([str(SEG_DEMO), "notakeyvalue"])
     assert not list(tmp_path.iterdir())
+
+
+def test_export_format_and_max_batch_options(capsys):
+    """The format comes from --format, else the --output suffix, else pt2; conflicts and bad values are usage
+    errors."""
+    tool = load_tool("export")
+    assert tool.parse_args(["m", "--output", "x.onnx"]).format == "onnx"
+    assert tool.parse_args(["m", "--output", "d/x.pt2"]).format == "pt2"
+    assert tool.parse_args(["m", "--format", "onnx"]).format == "onnx" and tool.parse_args(["m"]).format == "pt2"
+    assert tool.parse_args(["m"]).max_batch == 4096
+    for argv, message in ((["--format", "pt2", "--output", "x.onnx"], "suffix of onnx, not of --format pt2"),
+                          (["--output", "x.bin"], "unknown suffix '.bin'"), (["--output", "x"], "no suffix"),
+                          (["--max-batch", "0"], "--max-batch must be >= 1"),
+                          (["--static-batch", "--max-batch", "3"], "--static-batch fixes the batch")):
+        with pytest.raises(SystemExit):
+            tool.parse_args(["m", *argv])
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_export_max_batch_pt2(max_batch, tmp_path, capsys):
+    """--max-batch 1 or 2: the program takes the batches up to it (1: a batch-1 program), checked on those only."""
+    out = tmp_path / "m.pt2"
+    assert load_tool("export").main([str(DEMO), *TINY, "--max-batch", str(max_batch), "--output", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["checked_batches"] == list(range(1, max_batch + 1)) and summary["format"] == "pt2"
+    assert summary["dynamic_batch"] is (max_batch > 1)
+    run = torch.export.load(str(out)).module()
+    assert run(torch.randn(max_batch, 3, 16, 16)).shape[0] == max_batch
+    with pytest.raises(Exception, match="Guard failed"):
+        run(torch.randn(max_batch + 1, 3, 16, 16))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_export_onnx_from_suffix_max_batch(max_batch, tmp_path, capsys):
+    """--output x.onnx writes ONNX (no --format); --max-batch 1 gives a batch-1 file, 2 a symbolic batch."""
+    import onnx
+    out = tmp_path / "m.onnx"
+    assert load_tool("export").main([str(DEMO), *TINY, "--max-batch", str(max_batch), "--output", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "onnx" and summary["checked_batches"] == list(range(1, max_batch + 1))
+    batch = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert (batch.dim_value == 1) if max_batch == 1 else (batch.dim_param and not batch.dim_value)
 
 
 @pytest.mark.slow

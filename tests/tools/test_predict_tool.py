@@ -98,3 +98,53 @@ def test_predict_errors(trained, images, tmp_path, capsys):
     assert "2 names for a classifier of 8 classes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.main([str(DEMO), "--images", str(images), "--topk", "0"])
+
+
+def test_predict_output_suffix_and_help(capsys):
+    """--output must be .csv or .json (no CSV written under another name); the --help epilog keeps its lines."""
+    tool = load_tool("predict")
+    assert tool.parse_args(["m", "--images", "x.png", "--output", "d/p.json"]).output == "d/p.json"
+    for output, message in (("p.txt", "unknown suffix '.txt'"), ("p", "no suffix")):
+        with pytest.raises(SystemExit):
+            tool.parse_args(["m", "--images", "x.png", "--output", output])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--help"])
+    assert "best.pt \\\n        --images photos/ --topk 3\n" in capsys.readouterr().out
+
+
+def test_predict_warns_on_untrained_weights(trained, images, tmp_path, capsys):
+    """A timm name, or a config without initial weights, and no --checkpoint: a warning line on stderr."""
+    tool = load_tool("predict")
+    common = ["--images", str(images / "s0.png"), "--output", str(tmp_path / "p.csv"), "--grid", "", "--no-progress"]
+    assert tool.main(["vrwkv_tiny_patch16_224", *common]) == 0
+    assert "warning: no --checkpoint for model vrwkv_tiny_patch16_224" in capsys.readouterr().err
+    assert tool.main([str(DEMO), *TINY, *common]) == 0
+    assert "random, untrained weights" in capsys.readouterr().err
+    assert tool.main([str(DEMO), *TINY, "--checkpoint", str(trained), *common]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert tool.untrained_warning(str(DEMO), None, ["model.checkpoint=w.pt"]) is None
+
+
+def test_predict_takes_original_layout_files_in_their_mode(trained, tmp_path):
+    """A config with --checkpoint, like a timm name with --checkpoint, takes an original-layout .pth (the released
+    checkpoints' layout): converted, with its classifier, and a v4 model running the "original" Bi-WKV function."""
+    import timm
+
+    from vision_rwkv.engine import load_checkpoint
+    from vision_rwkv.engine.predict import load_classifier
+    from vision_rwkv.models import ours_to_original
+
+    def released(sd, name):
+        path = tmp_path / name
+        torch.save({"state_dict": {("" if k.startswith("head.") else "backbone.") + k: v
+                                   for k, v in ours_to_original(sd).items()}}, path)
+        return path
+
+    sd = load_checkpoint(trained)["model"]
+    from_config = load_classifier(str(DEMO), released(sd, "tiny.pth"), TINY)
+    full = timm.create_model("vrwkv_tiny_patch16_224", num_classes=3)
+    from_name = load_classifier("vrwkv_tiny_patch16_224", released(full.state_dict(), "full.pth"))
+    for clf, head in ((from_config, sd["head.weight"]), (from_name, full.head.weight)):
+        assert clf.model.wkv_mode == "original" and clf.model.num_classes == head.shape[0]
+        torch.testing.assert_close(clf.model.head.weight, head)
