@@ -1,16 +1,21 @@
 #!/usr/bin/env python
-"""Segment image files with a trained segmentor (thin CLI over `vision_rwkv.seg.predict_images`; mmseg's image_demo).
+r"""Segment image files with a trained segmentor (thin CLI over `vision_rwkv.seg.predict_images`; mmseg's image_demo).
 
     python tools/predict_seg.py CONFIG [key=value ...] --images PATH [PATH ...] [--checkpoint PATH] [--out-dir DIR]
     python tools/predict_seg.py configs/segmentation/demo_shapes.yaml \
         --checkpoint runs/seg/demo_shapes/checkpoints/best.pt --images photos/ test.flip=true
 
+The weights are those tools/test_seg.py tests: ``--checkpoint PATH`` (the same as ``test.checkpoint=PATH``: a
+training checkpoint, a state dict, or a released mmseg checkpoint, converted on load), else the best, else the
+latest checkpoint of the config's train.run_dir. No checkpoint is an error, as in mmseg's image_demo: there is no
+mode with randomly initialised heads (``vision_rwkv.seg.load_segmentor(config)`` builds such a model in Python).
 The config's test settings apply (``test.scale`` resize, ``test.mode`` whole / slide, ``test.crop_size``,
 ``test.stride``, ``test.flip``, ``test.scales``); the class count comes from the checkpoint. Writes, to
 ``--out-dir`` (default ``predictions_seg``): one label PNG per image (``<name>.png``: class ids as pixel values,
 8-bit with a colour palette, 16-bit beyond 256 classes), ``overlays.png`` (the first ``--num-overlays`` images with
-their prediction overlaid and a class legend) and ``predictions.json`` (the pixel share of each class per image and
-the unreadable files). Exit status 2 for a bad command line or config, 1 for a missing file.
+their prediction overlaid and a class legend) and ``predictions.json`` (the checkpoint used, the pixel share of each
+class per image and the unreadable files). Exit status 2 for a bad command line or config, or a checkpoint that
+does not fit the config's model; 1 for a missing file or checkpoint, or no image files.
 """
 from __future__ import annotations
 
@@ -20,30 +25,39 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from vision_rwkv.engine.cli import add_predict_options, config_arg_parser, parse_predict_args
+from vision_rwkv.engine.cli import add_predict_options, config_arg_parser, parse_config_args
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = config_arg_parser(__doc__.splitlines()[0], "segmentation config YAML",
-                               checkpoint="weights (training checkpoint, state dict or released mmseg checkpoint)",
+                               checkpoint="weights (same as test.checkpoint=PATH; default: the best, else the latest "
+                                          "checkpoint of train.run_dir, as tools/test_seg.py)",
                                epilog=__doc__.split("\n\n", 1)[1])
     add_predict_options(parser)
     parser.add_argument("--out-dir", default="predictions_seg")
     parser.add_argument("--num-overlays", type=int, default=8, help="images in overlays.png (0: no overlay PNG)")
-    return parse_predict_args(parser, argv)
+    parsed = parse_config_args(parser, argv, option_keys={"checkpoint": "test.checkpoint"})
+    args = parsed.options
+    args.target, args.overrides = parsed.config, parsed.overrides
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from vision_rwkv.engine import ConfigError
     from vision_rwkv.engine.predict import image_files
-    from vision_rwkv.seg.predict_images import class_fractions, load_segmentor, save_label_png, segment_files
+    from vision_rwkv.models.convert import CheckpointMismatchError
+    from vision_rwkv.seg.predict_images import class_fractions, load_trained_segmentor, save_label_png, segment_files
     from vision_rwkv.seg.visualize import save_overlays
 
-    files = image_files(args.images)
     try:
-        model, cfg, classes = load_segmentor(args.target, args.checkpoint, args.overrides, args.num_classes)
-    except (ConfigError, ValueError, RuntimeError) as err:
+        files = image_files(args.images)
+    except ValueError as err:  # no image files (a missing path is a FileNotFoundError: run_tool's exit 1)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    try:
+        model, cfg, classes, checkpoint = load_trained_segmentor(args.target, args.overrides, args.num_classes)
+    except (ConfigError, ValueError, RuntimeError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out_dir)
@@ -64,8 +78,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if shown:
         overlay = save_overlays(out / "overlays.png", [s[0] for s in shown], [None] * len(shown),
                                 [s[1] for s in shown], classes, titles=[s[2] for s in shown])
-    summary = {"images": len(files), "segmented": len(per_image), "unreadable": errors, "out_dir": str(out),
-               "overlays": str(overlay) if overlay else None, "per_image": per_image}
+    summary = {"checkpoint": str(checkpoint), "images": len(files), "segmented": len(per_image),
+               "unreadable": errors, "out_dir": str(out), "overlays": str(overlay) if overlay else None,
+               "per_image": per_image}
     out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=2))

@@ -10,11 +10,13 @@ checkpoint of the original repo is converted on load, with the upernet_vrwkv_ada
 settings apply (``test.mode=slide|whole``, ``test.crop_size``, ``test.stride``, ``test.flip``, ``test.scales``).
 Prints mIoU / mAcc / aAcc and the per-class IoU table; writes metrics.json, metrics_per_class.txt and
 overlays.png to test.out_dir (default <run_dir>/test). Works under torchrun. Exit status 2 for a bad command line
-or config, 1 when there is no checkpoint to test.
+or config, or a checkpoint that does not fit the config's model (its missing / unexpected keys counted, the first
+20 of each named); 1 when there is no checkpoint to test.
 """
 from __future__ import annotations
 
 import json
+import sys
 from typing import List, Optional
 
 from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args, run_config_job
@@ -30,9 +32,14 @@ def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from vision_rwkv.engine import is_main_process
+    from vision_rwkv.models.convert import CheckpointMismatchError
     from vision_rwkv.seg import load_seg_config, test_segmentor
 
-    status, result = run_config_job(lambda: load_seg_config(args.config, args.overrides), test_segmentor)
+    try:
+        status, result = run_config_job(lambda: load_seg_config(args.config, args.overrides), test_segmentor)
+    except CheckpointMismatchError as err:  # a checkpoint of another model: an argument error, like a bad config
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if status == 0 and is_main_process():
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
     return status

@@ -1,4 +1,6 @@
 """Segmentation datasets: folder pairs, ADE20K / Cityscapes layouts, Shapes masks, and their errors."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -47,11 +49,32 @@ def test_size_mismatch_is_an_error(tmp_path):
 
 
 def test_label_out_of_range_is_an_error(tmp_path):
+    """The error names the annotation file (not the image) and the values as stored in it."""
     _pair(tmp_path, "a", labels=(0, 1, 7))
     ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
-    with pytest.raises(ValueError,
-                       match=r"label map of a.jpg: label values \[7\] are outside the class range \[0, 3\)"):
+    ann = re.escape(str(tmp_path / "ann" / "a.png"))
+    with pytest.raises(ValueError, match=rf"label map {ann}: stored label values \[7\] are outside the class range "
+                                         rf"\[0, 3\) and are not the ignore index 255"):
         ds[0]
+
+
+def test_label_out_of_range_with_reduce_zero_label_reports_stored_values(tmp_path):
+    """ADE20K (reduce_zero_label): a stored 200 is reported as 200 (not the shifted 199), with the PNG's path; the
+    stored range is [1, 150] plus 0 (ignored) and the ignore index. A stored 256 (16-bit PNG) would become 255 after
+    the shift and be silently ignored: it is reported too."""
+    img = np.zeros((4, 6, 3), dtype=np.uint8)
+    _write(tmp_path / "images" / "validation" / "x.jpg", img)
+    ann_path = tmp_path / "annotations" / "validation" / "x.png"
+    _write(ann_path, np.array([[0, 1, 150, 255, 200, 200]] * 4, dtype=np.uint8))
+    ds = ADE20KDataset(tmp_path, "validation")
+    with pytest.raises(ValueError, match=rf"label map {re.escape(str(ann_path))}: stored label values \[200\] are "
+                                         rf"outside \[1, 150\] \(classes 0..149 stored as 1..150"):
+        ds[0]
+    _write(ann_path, np.array([[0, 1, 150, 255, 256, 256]] * 4, dtype=np.uint16))
+    with pytest.raises(ValueError, match=r"stored label values \[256\]"):
+        ds[0]
+    _write(ann_path, np.array([[0, 1, 150, 255, 3, 3]] * 4, dtype=np.uint8))
+    assert ds[0]["mask"][0].tolist() == [255, 0, 149, 255, 2, 2]
 
 
 def test_missing_files_are_named(tmp_path):

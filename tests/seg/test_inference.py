@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vision_rwkv.seg.inference import inference, predict, slide_inference, whole_inference
 from vision_rwkv.seg.segmentor import create_segmentor
@@ -63,11 +64,66 @@ def test_slide_window_average_of_a_real_segmentor(tiny_model_cfg):
     torch.testing.assert_close(out[..., 32:], right[..., 16:])
 
 
-def test_image_smaller_than_crop_is_padded():
+def _mmseg_windows(h, w, crop, stride):
+    """mmseg 0.x EncoderDecoder.slide_inference's window placement, written out: (y1, y2, x1, x2) per window."""
+    (h_crop, w_crop), (h_stride, w_stride) = crop, stride
+    h_grids = max(h - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w - w_crop + w_stride - 1, 0) // w_stride + 1
+    out = []
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * h_stride, w_idx * w_stride
+            y2, x2 = min(y1 + h_crop, h), min(x1 + w_crop, w)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            out.append((y1, y2, x1, x2))
+    return out
+
+
+def _mmseg_slide(model, img, crop, stride):
+    """mmseg's accumulation: each window's logits zero-padded to the image (F.pad), summed, / the cover count."""
+    h, w = img.shape[-2:]
+    preds, count = 0, torch.zeros(1, 1, h, w)
+    for y1, y2, x1, x2 in _mmseg_windows(h, w, crop, stride):
+        preds = preds + F.pad(model(img[:, :, y1:y2, x1:x2]), (x1, w - x2, y1, h - y2))
+        count[:, :, y1:y2, x1:x2] += 1
+    return preds / count
+
+
+class _Context(nn.Module):
+    """A 1x1 conv plus the window's mean and its size: any padding of a window changes its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        size = torch.tensor([x.shape[-2] / 10, x.shape[-1] / 10]).view(1, 2, 1, 1)
+        return self.conv(x) + self.conv(x.mean((2, 3), keepdim=True)) + size
+
+
+@pytest.mark.parametrize("size", [(20, 50), (50, 20), (20, 24), (32, 32), (45, 70), (33, 31)])
+def test_slide_windows_match_mmseg(size):
+    """Windows clamped to the image where it is smaller than the crop (mmseg runs the model on min(crop, image),
+    no padding); images at least as large as the crop: full-size windows. Same windows, same averaged logits."""
+    crop, stride = (32, 24), (20, 16)
+    img = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     counter = _Counter()
-    out = slide_inference(counter, torch.randn(1, 3, 20, 50), crop_size=32, stride=20)
-    assert out.shape == (1, 2, 20, 50)
-    assert set(counter.sizes) == {(32, 32)}
+    slide_inference(counter, img, crop_size=crop, stride=stride)
+    windows = _mmseg_windows(*size, crop, stride)
+    assert counter.sizes == [(y2 - y1, x2 - x1) for y1, y2, x1, x2 in windows]
+    assert all(s == (min(crop[0], size[0]), min(crop[1], size[1])) for s in counter.sizes)
+    torch.manual_seed(0)
+    model = _Context().eval()
+    with torch.no_grad():
+        expected = _mmseg_slide(model, img, crop, stride)
+    torch.testing.assert_close(slide_inference(model, img, crop_size=crop, stride=stride), expected)
+
+
+def test_image_smaller_than_crop_runs_the_real_segmentor_on_the_image(tiny_model_cfg):
+    """A segmentor on an image smaller than the crop in both dimensions: one window, the whole image, unpadded."""
+    model = create_segmentor(tiny_model_cfg(num_classes=3)).eval()
+    img = torch.randn(1, 3, 20, 28)
+    torch.testing.assert_close(slide_inference(model, img, crop_size=32, stride=16), whole_inference(model, img))
 
 
 def test_flip_multiscale_and_original_size():

@@ -10,7 +10,8 @@ from PIL import Image
 
 from vision_rwkv.data.shapes import make_sample
 from vision_rwkv.seg.inference import inference
-from vision_rwkv.seg.predict_images import class_fractions, config_classes, load_segmentor, save_label_png, segment_files
+from vision_rwkv.seg.predict_images import (class_fractions, config_classes, load_segmentor, save_label_png,
+                                            segment_files)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "segmentation" / "demo_shapes.yaml"
@@ -97,10 +98,94 @@ def test_tool_writes_labels_overlays_and_summary(checkpoint, images, tmp_path, c
 
 def test_tool_errors(tmp_path, images, capsys):
     tool = _tool()
-    assert tool.main([str(DEMO), "data.type=folder", "--images", str(images)]) == 2
+    headless = tmp_path / "headless.pt"  # weights without a decode head: no class count from the checkpoint
+    torch.save({"model": {"backbone.pos_embed": torch.zeros(1)}}, headless)
+    assert tool.main([str(DEMO), "data.type=folder", "--checkpoint", str(headless), "--images", str(images)]) == 2
     assert "class count" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         tool.main([str(DEMO), "--checkpoint", str(tmp_path / "no.pt"), "--images", str(images)])
+    with pytest.raises(SystemExit) as exc:  # the option and the config key it sets: one of them
+        tool.main([str(DEMO), "--checkpoint", "a.pt", "test.checkpoint=b.pt", "--images", str(images)])
+    assert exc.value.code == 2 and "both set test.checkpoint" in capsys.readouterr().err
+
+
+def _run_tool(tool, argv, monkeypatch):
+    """The tool as a command (run_tool: expected errors become one `error:` line and an exit status)."""
+    from vision_rwkv.engine.cli import run_tool
+    monkeypatch.setattr("sys.argv", ["predict_seg.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as exc:
+        run_tool(tool.main)
+    return exc.value.code
+
+
+def test_tool_takes_the_checkpoint_test_seg_tests(checkpoint, images, tmp_path, capsys, monkeypatch):
+    """No --checkpoint: the run's best.pt, else its newest ckpt_*.pt (resolve_checkpoint, shared with test_seg);
+    test.checkpoint=PATH is --checkpoint PATH; no checkpoint at all is an error (exit 1), not random heads."""
+    import shutil
+
+    from vision_rwkv.seg import load_seg_config
+    from vision_rwkv.seg.train import resolve_checkpoint
+    tool = _tool()
+    run = tmp_path / "run"
+    common = [str(DEMO), f"train.run_dir={run}", "--images", str(images / "im1.png"), "--no-progress"]
+    assert _run_tool(tool, [*common, "--out-dir", tmp_path / "none"], monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no checkpoint to load") and str(run / "checkpoints") in err
+    assert not (tmp_path / "none").exists()
+
+    (run / "checkpoints").mkdir(parents=True)
+    latest = run / "checkpoints" / "ckpt_00000002.pt"
+    shutil.copy(checkpoint, latest)
+    torch.save({"model": {}}, run / "checkpoints" / "ckpt_00000001.pt")  # older; would not load
+    assert tool.main([*common, "--out-dir", str(tmp_path / "latest")]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(latest)
+    best = run / "checkpoints" / "best.pt"
+    shutil.copy(checkpoint, best)
+    assert resolve_checkpoint(load_seg_config(DEMO, [f"train.run_dir={run}"])) == best  # test_seg's choice
+    assert tool.main([*common, "--out-dir", str(tmp_path / "best")]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(best)
+    assert tool.main([*common, f"test.checkpoint={checkpoint}", "--out-dir", str(tmp_path / "explicit")]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(checkpoint)
+    for out in ("latest", "best"):  # the same weights as the explicit file
+        assert np.array_equal(np.asarray(Image.open(tmp_path / out / "im1.png")),
+                              np.asarray(Image.open(tmp_path / "explicit" / "im1.png")))
+
+
+def test_tool_without_images_is_an_error_line(checkpoint, tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    argv = [DEMO, "--checkpoint", checkpoint, "--images", tmp_path / "empty", "--out-dir", tmp_path / "out"]
+    assert _run_tool(_tool(), argv, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no image files in") and str(tmp_path / "empty") in err and err.count("\n") == 1
+
+
+def test_mismatched_checkpoint_error_is_capped(checkpoint, images, tmp_path, capsys):
+    """A checkpoint of another model: one error line with the counts of missing / unexpected keys and the first 20
+    of each, not every key."""
+    from vision_rwkv.models.convert import CheckpointMismatchError
+    from vision_rwkv.seg.convert import load_segmentor_weights
+    state = torch.load(checkpoint)["model"]
+    renamed = {k.replace("backbone.", "encoder."): v for k, v in state.items()}
+    n = sum(k.startswith("backbone.") for k in state)
+    assert n > 40
+    bad = tmp_path / "other_model.pt"
+    torch.save(renamed, bad)
+    assert _tool().main([str(DEMO), "--checkpoint", str(bad), "--images", str(images), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {bad} does not match the config's model: {n} missing keys (")
+    assert f"; {n} unexpected keys (encoder." in err and f"... and {n - 20} more)" in err
+    assert err.count("backbone.") == 20 and err.count("encoder.") == 20 and len(err) < 4000
+    model, _, _ = load_segmentor(DEMO)
+    with pytest.raises(CheckpointMismatchError, match=r"^checkpoint x\.pt does not match the config's model: 2 keys "
+                                                      r"with other shapes \(decode_head\.conv_seg\.weight: "
+                                                      r"checkpoint \(5, 32, 1, 1\) vs model \(9, 32, 1, 1\), "):
+        load_segmentor_weights(model, "x.pt", {**state, "decode_head.conv_seg.weight": torch.zeros(5, 32, 1, 1),
+                                               "decode_head.conv_seg.bias": torch.zeros(5)})
+    with pytest.raises(RuntimeError, match="missing keys"):  # a RuntimeError too (as tools/export.py catches)
+        load_segmentor_weights(model, "x.pt", {})
+    load_segmentor_weights(model, "x.pt", state)
+    torch.testing.assert_close(model.state_dict(), state)
 
 
 def test_overlays_without_ground_truth_have_two_panels(tmp_path):

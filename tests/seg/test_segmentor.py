@@ -78,20 +78,24 @@ def test_patch14_backbone_resizes_in_the_neck():
 
 @pytest.mark.parametrize("avg_non_ignore", [False, True])
 def test_loss_matches_cross_entropy_with_ignore(tiny_model_cfg, avg_non_ignore):
-    """mmseg's CrossEntropyLoss: divided by all pixels by default (ignored ones count as 0), by the non-ignored
-    ones (their class weights) with avg_non_ignore."""
+    """mmseg's CrossEntropyLoss: the class-weighted per-pixel losses summed (ignored pixels count as 0), divided by
+    the number of all pixels by default, by the number of non-ignored pixels with avg_non_ignore (with class
+    weights too: a pixel count, not torch's sum of the pixels' class weights)."""
     model = create_segmentor(tiny_model_cfg(num_classes=3, avg_non_ignore=avg_non_ignore))
     logits = torch.randn(2, 3, 8, 8)
     target = torch.randint(0, 3, (2, 32, 32))
     target[:, :10] = 255
     up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
     w = torch.tensor([0.2, 1.0, 3.0])
+    # mmseg by hand: per-pixel -w[y] * log_softmax[y], 0 on ignored pixels; summed; / pixel count
+    valid = target != 255
+    y = target.clamp(max=2)
+    nll = -up.log_softmax(1).gather(1, y[:, None])[:, 0] * valid
+    denom = valid.sum() if avg_non_ignore else target.numel()
+    ref, ref_w = nll.sum() / denom, (nll * w[y]).sum() / denom
     if avg_non_ignore:
-        ref = F.cross_entropy(up, target, ignore_index=255)
-        ref_w = F.cross_entropy(up, target, weight=w, ignore_index=255)
-    else:
-        ref = F.cross_entropy(up, target, ignore_index=255, reduction="none").mean()
-        ref_w = F.cross_entropy(up, target, weight=w, ignore_index=255, reduction="none").mean()
+        assert ref.item() == pytest.approx(F.cross_entropy(up, target, ignore_index=255).item(), rel=1e-5)
+        assert ref_w.item() != pytest.approx(F.cross_entropy(up, target, weight=w, ignore_index=255).item(), rel=1e-2)
     assert model.seg_loss(logits, target).item() == pytest.approx(ref.item(), rel=1e-5)
     all_ignored = torch.full((2, 32, 32), 255)
     assert model.seg_loss(logits, all_ignored).item() == 0.0  # not NaN

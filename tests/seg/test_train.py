@@ -67,7 +67,7 @@ def test_test_segmentor_writes_metrics_table_and_overlays(tmp_path):
     assert "mIoU" in Path(res["files"]["table"]).read_text()
     png = Path(res["files"]["overlay"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
-    with pytest.raises(FileNotFoundError, match="no checkpoint to test"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to load"):
         test_segmentor(_cfg(tmp_path / "empty"))
 
 

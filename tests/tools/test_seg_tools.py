@@ -37,7 +37,7 @@ def test_cli_config_errors(tmp_path, capsys):
     assert "optim.learning_rate" in capsys.readouterr().err
     assert _tool("test_seg").main([str(tmp_path / "nope.yaml")]) == 2
     assert _tool("test_seg").main([str(DEMO), f"train.run_dir={tmp_path / 'none'}"]) == 1
-    assert "no checkpoint to test" in capsys.readouterr().err
+    assert "no checkpoint to load: give --checkpoint PATH" in capsys.readouterr().err
     assert _tool("train_seg").main([str(DEMO), "test.mode=sliding"]) == 2  # before any training
     assert "test.mode" in capsys.readouterr().err
     run = f"train.run_dir={tmp_path / 'folder'}"
@@ -72,3 +72,23 @@ def test_seg_tools_command_line_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             _tool(tool).main(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err, argv
+
+
+def test_test_seg_mismatched_checkpoint_is_one_capped_error_line(tmp_path, capsys):
+    """A checkpoint of another model: exit 2 and one `error:` line with the key counts and the first 20 keys of each
+    kind (not a traceback listing every key)."""
+    import torch
+
+    from vision_rwkv.seg import load_seg_config
+    from vision_rwkv.seg.train import build_segmentor
+    cfg = load_seg_config(DEMO, TINY)
+    state = build_segmentor(cfg, 9, load_pretrained=False).state_dict()
+    n = sum(k.startswith(("backbone.", "decode_head.")) for k in state)
+    assert n > 40
+    bad = tmp_path / "other.pt"
+    torch.save({k.replace("backbone.", "encoder.").replace("decode_head.", "head."): v for k, v in state.items()}, bad)
+    argv = [str(DEMO), *TINY, f"train.run_dir={tmp_path}", "--checkpoint", str(bad)]
+    assert _tool("test_seg").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {bad} does not match the config's model: {n} missing keys (")
+    assert f"... and {n - 20} more); {n} unexpected keys (" in err and err.count("\n") == 1 and len(err) < 4000

@@ -7,6 +7,7 @@ Public API::
     Segmentor, create_segmentor(model_cfg, num_classes), seg_param_groups(model, wd, layer_decay)
     MultiLevelNeck, ViTAdapter, MSDeformAttn, UperNetHead, FCNHead
     convert_original_segmentor(state_dict)                          # released mmseg checkpoints -> our names
+    load_segmentor_weights(model, path)                             # strict, mismatches counted and capped
     whole_inference, slide_inference, inference, predict            # test-time inference
     SegMetric, confusion_matrix, metrics_from_confusion, format_table
     FolderSegDataset, ADE20KDataset, CityscapesDataset, ShapesSegDataset
@@ -14,11 +15,12 @@ Public API::
     PolyWarmupLR, build_optimizer
     load_seg_config(path, overrides), train_segmentor(cfg), test_segmentor(cfg), evaluate_segmentor(...)
     run_demo(out_dir)                                                # the README's Shapes demo
-    predict_images.load_segmentor, segment_files, save_label_png    # label maps of image files (predict_seg.py)
+    predict_images.load_segmentor, load_trained_segmentor, segment_files, save_label_png
+                                                                     # label maps of image files (predict_seg.py)
 """
 from .adapter import ViTAdapter
 from .config import SegConfig, load_seg_config
-from .convert import convert_original_segmentor
+from .convert import convert_original_segmentor, load_segmentor_weights
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
 from .deform_attn import MSDeformAttn
 from .heads import FCNHead, UperNetHead

@@ -22,10 +22,14 @@ import re
 from typing import Mapping
 
 import torch
+from torch import nn
 
 from vision_rwkv.models.convert import CheckpointMismatchError, original_to_ours, strip_key_prefixes
 
-__all__ = ["is_original_segmentor", "convert_original_segmentor", "read_segmentor_state"]
+__all__ = ["is_original_segmentor", "convert_original_segmentor", "read_segmentor_state", "load_segmentor_weights",
+           "SegCheckpointMismatchError"]
+
+MAX_LISTED_KEYS = 20  # keys named per kind in a mismatch error; the rest are counted
 
 _ADAPTER = re.compile(r"^backbone\.(level_embed|(spm|interactions|up|norm[1-4])\..+)$")
 _HEADS = [
@@ -35,6 +39,18 @@ _HEADS = [
     (r"^auxiliary_head\.(convs\.\d+|conv_seg)\.", r"aux_head.\1."),
 ]
 _CONV_MODULE = [(r"\.conv\.(weight|bias)$", r".0.\1"), (r"\.bn\.([a-z_]+)$", r".1.\1")]
+
+
+class SegCheckpointMismatchError(CheckpointMismatchError, RuntimeError):
+    """A checkpoint does not fit the segmentor; also a RuntimeError, as a failed ``load_state_dict`` is (callers
+    that catch RuntimeError keep reporting it)."""
+
+
+def _listed(keys: list[str], what: str) -> str:
+    """``N <what> (k1, k2, ... and M more)``: the count and the first MAX_LISTED_KEYS keys."""
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    more = f", ... and {len(keys) - MAX_LISTED_KEYS} more" if len(keys) > MAX_LISTED_KEYS else ""
+    return f"{len(keys)} {what} ({shown}{more})"
 
 
 def is_original_segmentor(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -54,7 +70,8 @@ def _head_name(name: str) -> str | None:
 
 def convert_original_segmentor(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a released segmentor state dict (``module.`` prefixes allowed) to our Segmentor's names (table above).
-    Keys with no mapping raise :class:`~vision_rwkv.models.convert.CheckpointMismatchError`, listed."""
+    Keys with no mapping raise :class:`SegCheckpointMismatchError` (a ``CheckpointMismatchError``), counted and
+    the first 20 listed."""
     out: dict[str, torch.Tensor] = {}
     backbone: dict[str, torch.Tensor] = {}
     unknown = []
@@ -69,7 +86,8 @@ def convert_original_segmentor(state_dict: Mapping[str, torch.Tensor]) -> dict[s
         else:
             unknown.append(name)
     if unknown:
-        raise CheckpointMismatchError(f"unexpected keys in the segmentation checkpoint (no mapping): {sorted(unknown)}")
+        raise SegCheckpointMismatchError(f"the segmentation checkpoint has "
+                                         f"{_listed(sorted(unknown), 'unexpected keys (no mapping)')}")
     out.update({"backbone." + k: v for k, v in original_to_ours(backbone).items()})
     return out
 
@@ -81,3 +99,26 @@ def read_segmentor_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     state = read_model_state(path)
     return convert_original_segmentor(state) if is_original_segmentor(state) else state
+
+
+def load_segmentor_weights(model: nn.Module, path: str | os.PathLike,
+                           state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """Load :func:`read_segmentor_state` of ``path`` (or ``state``, already read from it) into ``model``, strictly.
+    Missing, unexpected or differently shaped keys raise :class:`SegCheckpointMismatchError` naming the file, with the
+    count of each kind and its first keys (a checkpoint of another model would list hundreds)."""
+    from vision_rwkv.engine import unwrap_model
+
+    state = read_segmentor_state(path) if state is None else state
+    target = unwrap_model(model)  # (DDP / torch.compile wrappers)
+    own = target.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(v.shape)}"
+              for k, v in own.items() if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
+    kinds = (("missing keys", missing), ("unexpected keys", unexpected), ("keys with other shapes", shapes))
+    problems = [_listed(keys, what) for what, keys in kinds if keys]
+    if problems:
+        raise SegCheckpointMismatchError(f"checkpoint {path} does not match the config's model: "
+                                         f"{'; '.join(problems)}")
+    target.load_state_dict(state)
+    return model

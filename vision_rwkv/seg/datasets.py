@@ -3,7 +3,8 @@
 Every dataset returns a dict ``{"image", "mask", "name", "ori_size"}``: ``transform(image=HxWx3 uint8,
 mask=HxW uint8)`` makes the tensors (see transforms.py); without a transform the image is a (3, H, W) float tensor
 in [0, 255] and the mask an int64 (H, W) tensor. Labels are checked on load: the mask must have the image's size
-and its values must be class ids in [0, num_classes) or the ignore index; errors name the file.
+and its values must be class ids in [0, num_classes) or the ignore index; errors name the file (for image /
+annotation folders the annotation file, with the values as stored there, before ``reduce_zero_label``).
 """
 from __future__ import annotations
 
@@ -48,12 +49,17 @@ class SegDataset(Dataset, ABC):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """Return (image HxWx3 uint8, mask HxW, name) of sample `index`."""
 
+    def check_labels(self, mask: np.ndarray, name: str) -> None:
+        """Raise ValueError naming sample `name` when the loaded `mask` holds values that are not class ids or the
+        ignore index."""
+        check_label_map(mask, self.num_classes, self.ignore_index, f"label map of {name}")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, name = self.load(index)
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f"{name}: image size {image.shape[1]}x{image.shape[0]} (WxH) and mask size "
                              f"{mask.shape[1]}x{mask.shape[0]} differ")
-        check_label_map(mask, self.num_classes, self.ignore_index, f"label map of {name}")
+        self.check_labels(mask, name)
         ori_size = torch.tensor(image.shape[:2])
         if self.transform is None:
             out = {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()).float(),
@@ -120,9 +126,31 @@ class FolderSegDataset(SegDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def check_labels(self, mask: np.ndarray, name: str) -> None:
+        """Nothing to do: :meth:`load` checked the values as stored in the annotation file."""
+
+    def _check_stored(self, stored: np.ndarray, ann_path: Path) -> None:
+        """Raise ValueError naming the annotation file and its offending stored values: class ids are stored as
+        [0, num_classes), or [1, num_classes] with reduce_zero_label (0: ignored); the ignore index is allowed."""
+        n = self.num_classes
+        values = np.unique(stored)
+        if self.reduce_zero_label:
+            ok = (values >= 0) & (values <= n)
+            allowed = f"[1, {n}] (classes 0..{n - 1} stored as 1..{n} with reduce_zero_label; 0 is ignored)"
+        else:
+            ok = (values >= 0) & (values < n)
+            allowed = f"the class range [0, {n})"
+        bad = values[~ok & (values != self.ignore_index)]
+        if bad.size:
+            shown = bad.tolist()[:10]
+            more = f" and {bad.size - 10} more" if bad.size > 10 else ""
+            raise ValueError(f"label map {ann_path}: stored label values {shown}{more} are outside {allowed} and "
+                             f"are not the ignore index {self.ignore_index}")
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         img_path, ann_path = self.samples[index]
         image, mask = _read_image(img_path), _read_mask(ann_path)
+        self._check_stored(mask, ann_path)
         if self.reduce_zero_label:
             mask = mask.copy()
             mask[mask == 0] = self.ignore_index + 1  # temporary marker, becomes ignore after the shift

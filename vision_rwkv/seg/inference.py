@@ -33,10 +33,11 @@ def whole_inference(model: nn.Module, img: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def slide_inference(model: nn.Module, img: torch.Tensor, crop_size: int | Sequence[int],
                     stride: int | Sequence[int]) -> torch.Tensor:
-    """Sliding-window logits (B, K, H, W): windows of `crop_size` every `stride` pixels (the last window of a row /
-    column is shifted back to end at the border), each pixel's logits averaged over the windows covering it
-    (mmseg's count-normalised accumulation). A window larger than the image is zero-padded (bottom / right) to the
-    crop size and its logits cut back."""
+    """Sliding-window logits (B, K, H, W), as mmseg's ``slide_inference``: windows of `crop_size` every `stride`
+    pixels (the last window of a row / column is shifted back to end at the border), each pixel's logits averaged
+    over the windows covering it (count-normalised accumulation). Where the image is smaller than the crop, the
+    window is clamped to the image (``min(crop, image)`` in that dimension) and the model runs at that smaller size:
+    no padding (a size constraint of the model is the test pipeline's ``test.size_divisor``)."""
     ch, cw = _pair(crop_size)
     sh, sw = _pair(stride)
     if sh < 1 or sw < 1 or sh > ch or sw > cw:
@@ -50,11 +51,7 @@ def slide_inference(model: nn.Module, img: torch.Tensor, crop_size: int | Sequen
         for c in range(cols):
             y2, x2 = min(r * sh + ch, h), min(c * sw + cw, w)
             y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-            crop = img[:, :, y1:y2, x1:x2]
-            ph, pw = ch - crop.shape[2], cw - crop.shape[3]
-            if ph > 0 or pw > 0:
-                crop = F.pad(crop, (0, max(pw, 0), 0, max(ph, 0)))
-            out = model(crop)[:, :, :y2 - y1, :x2 - x1].float()
+            out = model(img[:, :, y1:y2, x1:x2]).float()
             if logits is None:
                 logits = img.new_zeros((b, out.shape[1], h, w), dtype=torch.float32)
             logits[:, :, y1:y2, x1:x2] += out

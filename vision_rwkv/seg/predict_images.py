@@ -2,6 +2,8 @@
 ``inference_model`` + ``image_demo``).
 
     model, cfg, classes = load_segmentor("configs/segmentation/demo_shapes.yaml", "runs/.../best.pt")
+    # or the checkpoint test_seg would test (test.checkpoint, else the run's best / latest):
+    model, cfg, classes, checkpoint = load_trained_segmentor("configs/segmentation/demo_shapes.yaml")
     for file, image, labels in segment_files(model, cfg, image_files(["photos/"])):
         save_label_png(labels, f"{Path(file).stem}.png", len(classes))
 
@@ -24,7 +26,8 @@ from .classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
 from .inference import inference
 from .visualize import make_palette
 
-__all__ = ["load_segmentor", "config_classes", "segment_files", "save_label_png", "class_fractions"]
+__all__ = ["load_segmentor", "load_trained_segmentor", "config_classes", "segment_files", "save_label_png",
+           "class_fractions"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,17 +52,35 @@ def load_segmentor(config: PathLike, checkpoint: Optional[PathLike] = None, over
     """(eval-mode segmentor, config, class names) for a segmentation config and its training checkpoint (EMA weights
     preferred) or a released mmseg checkpoint (converted); class count from the checkpoint's decode head, else
     ``num_classes``, else the config's classes.
-    Without a checkpoint the backbone takes ``model.pretrained`` and the heads stay random. Class names: the
+    Without a checkpoint the backbone takes ``model.pretrained`` and the heads stay random (an untrained model, e.g.
+    for export smoke tests; :func:`load_trained_segmentor` finds the run's checkpoint instead). Class names: the
     config's when their count matches, else ``class <i>``."""
-    from vision_rwkv.engine import load_model_weights
-
     from .config import load_seg_config
-    from .convert import read_segmentor_state
-    from .train import build_segmentor
 
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    return _build(load_seg_config(config, overrides), config, checkpoint, num_classes)
+
+
+def load_trained_segmentor(config: PathLike, overrides: Sequence[str] = (), num_classes: Optional[int] = None
+                           ) -> tuple[nn.Module, Any, list[str], Path]:
+    """:func:`load_segmentor` with the checkpoint ``tools/test_seg.py`` would test (``resolve_checkpoint``:
+    ``test.checkpoint``, else ``best.pt``, else the newest ``ckpt_*.pt`` of ``train.run_dir``), and that path.
+    FileNotFoundError when there is none."""
+    from .config import load_seg_config
+    from .train import resolve_checkpoint
+
     cfg = load_seg_config(config, overrides)
+    checkpoint = resolve_checkpoint(cfg)
+    return (*_build(cfg, config, checkpoint, num_classes), checkpoint)
+
+
+def _build(cfg: Any, config: PathLike, checkpoint: Optional[PathLike],
+           num_classes: Optional[int]) -> tuple[nn.Module, Any, list[str]]:
+    """The segmentor of the loaded config ``cfg`` (read from ``config``) with ``checkpoint``'s weights, if any."""
+    from .convert import load_segmentor_weights, read_segmentor_state
+    from .train import build_segmentor
+
     names = config_classes(cfg)
     state = read_segmentor_state(checkpoint) if checkpoint is not None else None
     if state is not None and num_classes is None:
@@ -72,7 +93,7 @@ def load_segmentor(config: PathLike, checkpoint: Optional[PathLike] = None, over
         num_classes = len(names)
     model = build_segmentor(cfg, int(num_classes), load_pretrained=checkpoint is None)
     if state is not None:
-        load_model_weights(model, checkpoint, state=state)
+        load_segmentor_weights(model, checkpoint, state)
     if names is None or len(names) != num_classes:
         names = [f"class {i}" for i in range(num_classes)]
     return model.eval(), cfg, names

@@ -237,21 +237,18 @@ class Segmentor(nn.Module):
         return self.decode_head(pyramid), aux
 
     def seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Pixel cross-entropy (weighted by `class_weight`), logits upsampled to the label size first. As mmseg's
-        CrossEntropyLoss: the sum over non-ignored pixels divided by the number of ALL pixels (its default), or with
-        `avg_non_ignore` by the non-ignored pixels (their summed class weights); 0 when every pixel is ignored."""
+        """Pixel cross-entropy, logits upsampled to the label size first. As mmseg's CrossEntropyLoss: the sum of
+        the per-pixel losses (each times its class's `class_weight`) over the non-ignored pixels, divided by the
+        number of ALL pixels (its default) or, with `avg_non_ignore`, of the non-ignored pixels (a pixel count in
+        both cases, not a sum of class weights); 0 when every pixel is ignored."""
         logits = resize(logits, target.shape[-2:], self.align_corners)
         target = target.long()
         loss = F.cross_entropy(logits.float(), target, weight=self.class_weight, ignore_index=self.ignore_index,
                                reduction="sum")
         if not self.avg_non_ignore:  # (the sum is 0 when every pixel is ignored)
             return loss / target.numel()
-        valid = target != self.ignore_index  # no data-dependent branch or indexing: one graph under torch.compile
-        if self.class_weight is None:
-            denom = valid.sum()
-        else:
-            denom = (self.class_weight[target.clamp(0, self.num_classes - 1)] * valid).sum()
-        return loss / denom.clamp(min=1e-12)
+        # no data-dependent branch or indexing: one graph under torch.compile
+        return loss / (target != self.ignore_index).sum().clamp(min=1)
 
     def forward(self, img: torch.Tensor, target: torch.Tensor | None = None):
         logits, aux = self.forward_heads(img)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
-from .convert import read_segmentor_state
+from .convert import load_segmentor_weights
 from .inference import inference
 from .metrics import SegMetric, format_table
 from .optim import PolyWarmupLR, build_optimizer
@@ -283,7 +283,8 @@ def _seg_loss(model: nn.Module, batch: Mapping[str, Any]):
 
 
 def resolve_checkpoint(cfg: Any) -> Path:
-    """`test.checkpoint` if set, else `<run_dir>/checkpoints/best.pt`, else the newest `ckpt_*.pt` there."""
+    """`test.checkpoint` if set, else `<run_dir>/checkpoints/best.pt`, else the newest `ckpt_*.pt` there (the
+    checkpoint of tools/test_seg.py and tools/predict_seg.py); FileNotFoundError when there is none."""
     from vision_rwkv.engine import find_latest_checkpoint
 
     if cfg.test.checkpoint:
@@ -296,7 +297,8 @@ def resolve_checkpoint(cfg: Any) -> Path:
         return ckpt_dir / "best.pt"
     latest = find_latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if latest is None:
-        raise FileNotFoundError(f"no checkpoint to test: set test.checkpoint or train first (looked in {ckpt_dir})")
+        raise FileNotFoundError(f"no checkpoint to load: give --checkpoint PATH (test.checkpoint=PATH) or train the "
+                                f"config first (no best.pt or ckpt_*.pt in {ckpt_dir}, its train.run_dir)")
     return latest
 
 
@@ -304,8 +306,7 @@ def test_segmentor(cfg: Any) -> dict:
     """Evaluate a trained segmentor on the validation split with `cfg.test` settings; writes `metrics.json`,
     `metrics_per_class.txt` and `overlays.png` to `test.out_dir` (default `<run_dir>/test`) and returns the
     metrics (percent) with the checkpoint used and the written files."""
-    from vision_rwkv.engine import cleanup_distributed, init_distributed, is_main_process, load_model_weights, \
-        print_rank0
+    from vision_rwkv.engine import cleanup_distributed, init_distributed, is_main_process, print_rank0
 
     info = init_distributed(cfg.train.device)
     threads = torch.get_num_threads()
@@ -315,7 +316,7 @@ def test_segmentor(cfg: Any) -> dict:
         val_set = build_datasets(cfg, splits=("val",))["val"]
         model = build_segmentor(cfg, val_set.num_classes, load_pretrained=False)
         ckpt = resolve_checkpoint(cfg)
-        load_model_weights(model, ckpt, state=read_segmentor_state(ckpt))
+        load_segmentor_weights(model, ckpt)
         model = model.to(info.device)
         out_dir = Path(cfg.test.out_dir) if cfg.test.out_dir else Path(cfg.train.run_dir) / "test"
         results = evaluate_segmentor(model, val_set, precision=cfg.train.precision, device=info.device,
