@@ -69,7 +69,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vision_rwkv.engine.predict import image_files, load_classifier, plot_predictions, predict_files, \
         write_predictions
 
-    files = image_files(args.images)
+    try:
+        files = image_files(args.images)
+    except ValueError as err:  # no image in the folders given (a missing path is a FileNotFoundError: exit 1)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     try:
         clf = load_classifier(args.target, args.checkpoint, args.overrides, args.num_classes, args.class_names)
     except (ValueError, RuntimeError) as err:
