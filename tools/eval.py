@@ -6,8 +6,10 @@
     python tools/eval.py configs/classification/demo_shapes.yaml model.name=resnet18 ~model.kwargs model.pretrained=true
 
 ``--config CONFIG`` is an alias of the positional CONFIG; ``--checkpoint PATH`` is the same as
-``eval.checkpoint=PATH`` (a training checkpoint, EMA weights preferred, or a state dict). Any timm model name
-works, at any resolution (``eval.input_size=48``). Prints top-1/top-5 and throughput; writes metrics.json,
+``eval.checkpoint=PATH``: a training checkpoint (``eval.weights``: auto = its EMA weights when it has them, model,
+ema), a state dict, a .safetensors file or an original Vision-RWKV .pth, read as ``model.checkpoint`` reads it (a
+v4 model runs the Bi-WKV function the weights were trained with, unless model.kwargs names wkv_mode). Any timm
+model name works, at any resolution (``eval.input_size=48``). Prints top-1/top-5 and throughput; writes metrics.json,
 per_class.csv and confusion_matrix.png to eval.out_dir (default <run_dir>/eval). Works under torchrun (each rank
 evaluates a shard).
 """
@@ -18,6 +20,7 @@ import json
 from vision_rwkv.engine import ConfigError, load_config
 from vision_rwkv.engine.classification import evaluate_classifier
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+from vision_rwkv.models.convert import MissingWeightsError
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,7 +32,10 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
-    result = evaluate_classifier(cfg)
+    try:
+        result = evaluate_classifier(cfg)
+    except MissingWeightsError as err:  # eval.weights asks for weights the file does not hold
+        parser.exit(2, f"error: {err}\n")
     keys = ("top1", "top5", "loss", "num_samples", "skipped_samples", "throughput", "input_size", "eval_time_s",
             "confusion_matrix_png")
     print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))

@@ -81,8 +81,11 @@ def test_load_model_weights_prefers_ema_and_names_bad_keys(tmp_path):
     ck.load_model_weights(model, tmp_path / "c.pt")
     assert torch.all(model.weight == 7.0)
     ck.atomic_save({"model": {"weight": torch.zeros(2, 2), "extra": torch.zeros(1)}}, tmp_path / "bad.pt")
-    with pytest.raises(RuntimeError, match="missing keys.*bias.*unexpected keys.*extra"):
+    with pytest.raises(RuntimeError, match=r"1 missing keys \(bias\), 1 unexpected keys \(extra\)"):
         ck.load_model_weights(model, tmp_path / "bad.pt")
+    ck.atomic_save({f"w{i}": torch.zeros(1) for i in range(50)}, tmp_path / "many.pt")
+    with pytest.raises(RuntimeError, match=r"50 unexpected keys \(w0, w1, w10, [^.]*, \.\.\. and 30 more\)"):
+        ck.load_model_weights(model, tmp_path / "many.pt")
 
 
 def test_read_model_state_takes_mmcv_state_dict_entries(tmp_path):
@@ -102,3 +105,89 @@ def test_read_model_state_takes_mmcv_state_dict_entries(tmp_path):
     # a state already read is loaded as given
     ck.load_model_weights(model, tmp_path / "mm.pth", state={"weight": torch.full((2, 2), 3.0), "bias": torch.ones(2)})
     assert torch.all(model.weight == 3.0)
+
+
+def test_ema_weights_asked_of_a_file_without_them_name_the_file(tmp_path):
+    """key="ema" on a training checkpoint written without EMA (``ema`` None) or on a plain state dict: an error naming
+    the file and saying it holds no EMA weights (it was an AttributeError / a bare KeyError 'ema')."""
+    from vision_rwkv.models.convert import MissingWeightsError
+    model = torch.nn.Linear(2, 2)
+    ck.atomic_save({"model": model.state_dict(), "ema": None, "step": 1}, tmp_path / "noema.pt")
+    torch.save(model.state_dict(), tmp_path / "plain.pth")
+    for name, reason in [("noema.pt", "its 'ema' entry is empty"), ("plain.pth", "it is a plain state dict")]:
+        with pytest.raises(MissingWeightsError, match=f"checkpoint .*{name} holds no EMA weights: {reason}"):
+            ck.read_model_state(tmp_path / name, "ema")
+        with pytest.raises(MissingWeightsError, match=f"{name} holds no EMA weights"):
+            ck.load_model_weights(model, tmp_path / name, key="ema")
+        assert set(ck.read_model_state(tmp_path / name, "model")) == {"weight", "bias"}
+    with pytest.raises(MissingWeightsError, match=r"noema.pt has no entry 'foo'"):
+        ck.read_model_state(tmp_path / "noema.pt", "foo")
+
+
+def test_truncated_safetensors_is_named_by_the_engine(tmp_path):
+    """A .safetensors file cut in its tensor data (header intact) fails with the file named, not a bare
+    SafetensorError."""
+    from safetensors.torch import save_file
+    save_file({"weight": torch.ones(64, 64), "bias": torch.ones(64)}, str(tmp_path / "w.safetensors"))
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "w.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RuntimeError, match=r"cannot load checkpoint .*w.safetensors: not a valid safetensors file "
+                                           r"\(truncated"):
+        ck.read_model_state(tmp_path / "w.safetensors")
+    with pytest.raises(RuntimeError, match="w.safetensors: .*truncated"):
+        ck.load_model_weights(torch.nn.Linear(64, 64), tmp_path / "w.safetensors")
+
+
+def test_manager_checkpoints_give_timm_their_ema_weights(tmp_path):
+    """CheckpointManager also stores the EMA weights under timm's ``state_dict_ema`` (written once), so timm's
+    ``load_checkpoint`` (``create_model(checkpoint_path=...)``) takes the EMA weights, as our loaders do."""
+    from timm.models import load_checkpoint as timm_load_checkpoint
+    model = torch.nn.Linear(64, 64)
+    ema = {f"module.{k}": torch.full_like(v, 7.0) for k, v in model.state_dict().items()}
+    m = ck.CheckpointManager(tmp_path, keep_last=2)
+    m.save({"model": model.state_dict(), "ema": ema, "step": 1}, 1, 1.0)
+    m.save({"model": model.state_dict(), "ema": None, "step": 2}, 2, 0.5)
+    with_ema, without = tmp_path / "checkpoints" / "ckpt_00000001.pt", tmp_path / "checkpoints" / "ckpt_00000002.pt"
+    assert "state_dict_ema" not in ck.load_checkpoint(without)
+    assert with_ema.stat().st_size < 1.2 * without.stat().st_size + 64 * 65 * 4  # the EMA tensors once, not twice
+    target = torch.nn.Linear(64, 64)
+    timm_load_checkpoint(target, str(with_ema))
+    assert torch.all(target.weight == 7.0)
+    timm_load_checkpoint(target, str(with_ema), use_ema=False)
+    assert torch.equal(target.weight, model.weight)
+    assert torch.all(ck.read_model_state(with_ema)["weight"] == 7.0)
+
+
+def test_checkpoint_loader_takes_original_layout_and_the_recorded_mode(tmp_path):
+    """The loader of --checkpoint (load_model_weights) takes what model.checkpoint takes: an original-layout .pth
+    (converted; a v4 model then runs "original", the released weights' function), and a training checkpoint's
+    recorded mode; set_wkv_mode=False (the config names wkv_mode) keeps the model's."""
+    import timm
+
+    from vision_rwkv.models import ours_to_original  # (importing vision_rwkv registers the models)
+    kw = dict(embed_dim=32, depth=2, num_classes=4, img_size=32, patch_size=8)
+    src = timm.create_model("vrwkv_tiny_patch16_224", **kw)
+    torch.save({"meta": {}, "state_dict": {("" if k.startswith("head.") else "backbone.") + k: v
+                                           for k, v in ours_to_original(src.state_dict()).items()}},
+               tmp_path / "released.pth")
+    model = timm.create_model("vrwkv_tiny_patch16_224", **kw)
+    ck.load_model_weights(model, tmp_path / "released.pth")
+    assert model.wkv_mode == "original" and torch.equal(model.head.weight, src.head.weight)
+    ck.atomic_save({"model": src.state_dict(), "ema": None, "extra": {"wkv_mode": "exact", "wkv_chunks": 32}},
+                   tmp_path / "exact.pt")
+    ck.load_model_weights(model, tmp_path / "exact.pt")
+    assert model.wkv_mode == "exact"
+    ck.load_model_weights(model, tmp_path / "released.pth", set_wkv_mode=False)
+    assert model.wkv_mode == "exact"
+    ck.atomic_save({"model": src.state_dict(), "extra": {"wkv_mode": "original", "wkv_chunks": 16}},
+                   tmp_path / "tuned.pt")
+    ck.load_model_weights(model, tmp_path / "tuned.pt")
+    assert (model.wkv_mode, model.wkv_chunks) == ("original", 16)
+    assert ck.model_record(model) == {"wkv_mode": "original", "wkv_chunks": 16}
+    assert ck.model_record(torch.nn.Linear(2, 2)) == {}
+    ck.atomic_save({"model": src.state_dict(), "extra": {"wkv_mode": "fast"}}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"odd.pt records an invalid Bi-WKV function: wkv_mode='fast'"):
+        ck.load_model_weights(model, tmp_path / "odd.pt")
+    other = timm.create_model("vrwkv_tiny_patch16_224", **dict(kw, depth=3))
+    with pytest.raises(RuntimeError, match=r"released.pth does not fit VRWKV:\n  \d+ missing keys \(blocks.2"):
+        ck.load_model_weights(other, tmp_path / "released.pth")

@@ -130,7 +130,7 @@ def test_model_checkpoint_loads_like_timm_pretrained(tmp_path, capsys):
     assert kept.wkv_mode == "exact"
     torch.save({"model": {k: v for k, v in src.state_dict().items() if "blocks.1.ffn" not in k
                           and "blocks.1.channel_mix" not in k}}, tmp_path / "bad.pt")
-    with pytest.raises((RuntimeError, KeyError), match=r"missing keys: \['blocks.1.channel_mix"):
+    with pytest.raises((RuntimeError, KeyError), match=r"missing keys \(blocks.1.channel_mix"):
         create_classifier(load_config(DEMO, over + [f"model.checkpoint={tmp_path / 'bad.pt'}"]), 3)
 
 
@@ -204,3 +204,30 @@ def test_best_loss_keeps_the_lowest(tmp_path):
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")["best"]
     assert len(set(losses.values())) > 1 and best["mode"] == "min"
     assert best["value"] == pytest.approx(min(losses.values())) and losses[best["step"]] == best["value"]
+
+
+def test_training_checkpoints_record_their_wkv_mode_and_conversion_keeps_it(tmp_path):
+    """A training checkpoint records the Bi-WKV function its v4 model ran (extra.wkv_mode / wkv_chunks);
+    convert_checkpoint keeps that mode instead of stamping 'original' on every v4 file, so an exact-mode run's
+    weights, converted, still load in exact mode through model.checkpoint (and original-mode ones in theirs)."""
+    from safetensors import safe_open
+
+    from vision_rwkv.engine.classification import create_classifier
+    from vision_rwkv.models.convert import convert_file
+    short = TINY + ["data.shapes.train_length=16", "data.shapes.val_length=8", "train.batch_size=8",
+                    "train.epochs=1", "train.ckpt_every_epochs=1"]
+    for mode, extra in (("exact", []), ("original", ["+model.kwargs.wkv_mode=original",
+                                                     "+model.kwargs.wkv_chunks=16"])):
+        run = tmp_path / mode
+        train_classifier(load_config(DEMO, short + extra + [f"run_dir={run}"]))
+        best = run / "checkpoints" / "best.pt"
+        chunks = 16 if extra else 32
+        assert load_checkpoint(best)["extra"] == {"classes": load_checkpoint(best)["extra"]["classes"],
+                                                  "wkv_mode": mode, "wkv_chunks": chunks}
+        converted = tmp_path / f"{mode}.safetensors"
+        convert_file(best, converted)
+        with safe_open(str(converted), "pt") as f:
+            assert (f.metadata()["wkv_mode"], f.metadata()["wkv_chunks"]) == (mode, str(chunks))
+        for path in (best, converted):
+            model = create_classifier(load_config(DEMO, short + [f"model.checkpoint={path}"]), 8)
+            assert (model.wkv_mode, model.wkv_chunks) == (mode, chunks), path

@@ -83,13 +83,13 @@ def test_filter_errors_list_keys():
     model = tiny_model('vrwkv_small_patch16_224')
     sd = ours_to_original(model.state_dict())
     missing = {k: v for k, v in sd.items() if k != 'layers.1.gamma2'}
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys: \['blocks.1.ls2.gamma'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys \(blocks.1.ls2.gamma\)"):
         checkpoint_filter_fn(missing, model)
     extra = dict(sd, **{'layers.0.att.mystery': torch.zeros(3)})
-    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys: \['blocks.0.spatial_mix.mystery'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"1 unexpected keys \(blocks.0.spatial_mix.mystery\)"):
         checkpoint_filter_fn(extra, model)
     unmapped = dict(sd, **{'neck.proj.weight': torch.zeros(3)})
-    with pytest.raises(CheckpointMismatchError, match=r"no mapping\): \['neck.proj.weight'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"no mapping\) \(neck.proj.weight\)"):
         checkpoint_filter_fn(unmapped, model)
     with pytest.raises(CheckpointMismatchError, match='VRWKV6 state dict but the model is VRWKV \\(v4\\)'):
         checkpoint_filter_fn(ours_to_original(tiny_model('vrwkv6_tiny_patch16_224').state_dict()), model)
@@ -98,11 +98,19 @@ def test_filter_errors_list_keys():
     wide = ours_to_original(tiny_model('vrwkv_small_patch16_224', embed_dim=48).state_dict())
     with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
         checkpoint_filter_fn({k: v for k, v in wide.items() if k != 'pos_embed'}, model)
+    # long lists: counted, the first 20 named
+    with pytest.raises(CheckpointMismatchError) as err:
+        checkpoint_filter_fn({k: v for k, v in sd.items() if not k.startswith('layers.') or k.startswith('layers.0.')},
+                             model)
+    n_missing = sum(1 for k in model.state_dict() if k.startswith('blocks.') and not k.startswith('blocks.0.'))
+    assert n_missing > 20
+    assert f"{n_missing} missing keys (" in str(err.value) and f"and {n_missing - 20} more" in str(err.value)
+    assert len(str(err.value)) < 2500
     no_head = {k: v for k, v in sd.items() if not k.startswith('head.')}
     # a backbone checkpoint into a classifier: everything but the classifier, for timm to load non-strictly
     filtered = checkpoint_filter_fn(no_head, model)
     assert set(model.state_dict()) - set(filtered) == {'head.weight', 'head.bias'}
-    with pytest.raises(CheckpointMismatchError, match=r"missing keys: \['blocks.1.ls2.gamma'\]"):
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys \(blocks.1.ls2.gamma\)"):
         checkpoint_filter_fn({k: v for k, v in missing.items() if not k.startswith('head.')}, model)
     headless = tiny_model('vrwkv_small_patch16_224', num_classes=0)
     headless.load_state_dict(checkpoint_filter_fn(no_head, headless))
@@ -306,3 +314,126 @@ def test_rwkv_clip_image_tower_from_original(load_fixture):
         out = model.forward_features_map(fx['inputs']['image'])
     ref = fx['intermediates']['image_tokens_final']
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5
+
+
+def test_truncated_safetensors_data_is_named(tmp_path):
+    """A .safetensors file cut in its tensor data (the header intact, as a partial copy leaves it) or with bytes
+    appended: the format check compares the header's data offsets with the file size, and every loader names it."""
+    from vision_rwkv.models.convert import checkpoint_format_problem
+    kw = dict(embed_dim=32, depth=2)
+    full = tmp_path / 'full.safetensors'
+    save_file(timm.create_model('vrwkv_tiny_patch16_224', **kw).state_dict(), str(full))
+    data = full.read_bytes()
+    assert checkpoint_format_problem(full) is None
+    cut = tmp_path / 'cut.safetensors'
+    cut.write_bytes(data[: len(data) // 2])
+    assert checkpoint_format_problem(cut) == (
+        f'not a valid safetensors file (truncated: its header places tensor data up to byte {len(data)}, '
+        f'the file has {len(data) // 2} bytes)')
+    with pytest.raises(ValueError, match=r'cut.safetensors: not a valid safetensors file \(truncated'):
+        load_checkpoint_file(cut)
+    with pytest.raises(ValueError, match=r'vrwkv_tiny_patch16_224: cannot read checkpoint .*cut.safetensors: .*'
+                                         r'truncated'):
+        timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, pretrained_cfg_overlay=dict(file=str(cut)),
+                          **kw)
+    longer = tmp_path / 'longer.safetensors'
+    longer.write_bytes(data + b'\0' * 8)
+    assert '8 bytes after the last tensor' in checkpoint_format_problem(longer)
+    not_a_table = tmp_path / 'list.safetensors'
+    not_a_table.write_bytes((2).to_bytes(8, 'little') + b'[]')
+    assert 'not a table of tensors' in checkpoint_format_problem(not_a_table)
+
+
+def test_select_weights_prefers_ema_and_names_what_is_missing():
+    """One rule for every loader (timm's use_ema=True): EMA weights when present, else the model weights, else the
+    file itself; asking for EMA weights a file lacks is an error naming the file and the reason."""
+    from vision_rwkv.models.convert import MissingWeightsError, select_weights
+    raw, ema = {'w': torch.zeros(1)}, {'module.w': torch.ones(1)}
+    ours = {'model': raw, 'ema': ema, 'step': 3}
+    assert select_weights(ours, 'auto')['w'] == 1 and select_weights(ours, 'ema')['w'] == 1
+    assert select_weights(ours, 'model') is raw and select_weights(ours, None) is ours
+    assert select_weights({'state_dict': raw, 'state_dict_ema': {'w': torch.ones(1)}})['w'] == 1  # timm's names
+    assert select_weights({'model': raw, 'model_ema': {'w': torch.ones(1)}})['w'] == 1  # DeiT's
+    assert select_weights({'model': raw, 'ema': None}) is raw and select_weights(raw) is raw
+    assert select_weights(raw, 'model') is raw
+    with pytest.raises(MissingWeightsError, match=r"checkpoint run/best.pt holds no EMA weights: its 'ema' entry is "
+                                                  r"empty.*eval.weights=model"):
+        select_weights({'model': raw, 'ema': None}, 'ema', 'run/best.pt')
+    with pytest.raises(MissingWeightsError, match='checkpoint w.pth holds no EMA weights: it is a plain state dict'):
+        select_weights(raw, 'ema', 'w.pth')
+    with pytest.raises(MissingWeightsError, match=r"holds no EMA weights: it has no 'ema' / 'state_dict_ema' / "
+                                                  r"'model_ema' entry \(entries: \['meta', 'state_dict'\]\)"):
+        select_weights({'state_dict': raw, 'meta': {}}, 'ema', 'mm.pth')
+    with pytest.raises(MissingWeightsError, match=r"x.pt has no entry 'foo' holding weights \(entries: \['ema', "
+                                                  r"'model', 'step'\]\)"):
+        select_weights(ours, 'foo', 'x.pt')
+
+
+def _training_checkpoint(model: torch.nn.Module, ema_shift: float = 1.0, **extra) -> dict:
+    """A checkpoint as the training engine writes it: raw weights, timm ModelEmaV3 weights (``module.`` keys)."""
+    ema = {'module.' + k: v + ema_shift if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    return {'model': model.state_dict(), 'ema': ema, 'optimizer': {}, 'step': 4, 'extra': dict(extra)}
+
+
+def test_timm_file_and_conversion_take_a_training_checkpoints_ema_weights(tmp_path, capsys):
+    """pretrained_cfg_overlay=dict(file=...) and convert_file read a training checkpoint as the tools do: its EMA
+    weights when it has them; convert_file(weights='model') takes the raw ones."""
+    kw = dict(embed_dim=32, depth=2, num_classes=5)
+    src = timm.create_model('vrwkv_tiny_patch16_224', **kw)
+    path = tmp_path / 'best.pt'
+    torch.save(_training_checkpoint(src, wkv_mode='exact', wkv_chunks=32), path)
+    ema = {k: v + 1.0 for k, v in src.state_dict().items()}
+    loaded = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, wkv_mode='exact', **kw,
+                               pretrained_cfg_overlay=dict(file=str(path), num_classes=5))
+    assert all(torch.equal(v, ema[k]) for k, v in loaded.state_dict().items())
+    out = tmp_path / 'out.safetensors'
+    convert_file(path, out)
+    assert all(torch.equal(v, ema[k]) for k, v in load_file(out).items())
+    convert_file(path, out, weights='model')
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in load_file(out).items())
+    torch.save({'model': src.state_dict(), 'ema': None}, path)
+    from vision_rwkv.models.convert import MissingWeightsError
+    with pytest.raises(MissingWeightsError, match='best.pt holds no EMA weights'):
+        convert_file(path, out, weights='ema')
+    spec = importlib.util.spec_from_file_location('convert_checkpoint', ROOT / 'tools' / 'convert_checkpoint.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main([str(path), str(tmp_path / 'cli.safetensors'), '--weights', 'ema']) == 1
+    assert 'best.pt holds no EMA weights' in capsys.readouterr().err
+    assert cli.main([str(path), str(tmp_path / 'cli.safetensors'), '--weights', 'model']) == 0
+
+
+def test_conversion_records_the_mode_the_weights_were_trained_with(tmp_path, recwarn):
+    """convert_file writes wkv_mode='original' for the original layout (the released weights) only; our training
+    checkpoints keep the mode they recorded (none recorded: none written); a converted file keeps its record."""
+    from safetensors import safe_open
+    kw = dict(embed_dim=32, depth=2, num_classes=5)
+    src = timm.create_model('vrwkv_tiny_patch16_224', **kw)
+
+    def converted_metadata(ckpt, name):
+        path = tmp_path / name
+        torch.save(ckpt, path) if isinstance(ckpt, dict) else None
+        out = tmp_path / (name + '.safetensors')
+        summary = convert_file(path if isinstance(ckpt, dict) else ckpt, out)
+        with safe_open(str(out), 'pt') as f:
+            meta = f.metadata()
+        assert summary['wkv_mode'] == meta.get('wkv_mode')
+        return out, {k: meta[k] for k in ('wkv_mode', 'wkv_chunks') if k in meta}
+
+    assert converted_metadata(original_checkpoint(src), 'released.pth')[1] == {'wkv_mode': 'original'}
+    exact, meta = converted_metadata(_training_checkpoint(src, wkv_mode='exact', wkv_chunks=32), 'ours_exact.pt')
+    assert meta == {'wkv_mode': 'exact', 'wkv_chunks': '32'}
+    tuned = _training_checkpoint(src, wkv_mode='original', wkv_chunks=16)
+    assert converted_metadata(tuned, 'ours_original.pt')[1] == {'wkv_mode': 'original', 'wkv_chunks': '16'}
+    assert converted_metadata({'model': src.state_dict(), 'ema': None}, 'older.pt')[1] == {}
+    assert converted_metadata(exact, 'again')[1] == {'wkv_mode': 'exact', 'wkv_chunks': '32'}  # kept
+    v6 = timm.create_model('vrwkv6_tiny_patch16_224', embed_dim=32, depth=2, head_size=16)
+    assert converted_metadata(original_checkpoint(v6), 'v6.pth')[1] == {}  # no Bi-WKV modes in v6
+    # timm's pretrained cfg runs files in 'original' mode: a file recorded as exact-trained warns
+    recwarn.clear()
+    timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kw, pretrained_cfg_overlay=dict(file=str(exact)))
+    assert any("records Bi-WKV mode 'exact'" in str(w.message) for w in recwarn.list)
+    recwarn.clear()
+    timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, wkv_mode='exact', **kw,
+                      pretrained_cfg_overlay=dict(file=str(exact)))
+    assert not any('records Bi-WKV mode' in str(w.message) for w in recwarn.list)

@@ -75,3 +75,55 @@ def test_eval_zeroshot_checkpoint_is_an_alias_of_pretrained():
     parser = load_tool("eval_zeroshot").build_parser()
     assert parser.parse_args(["--model", "ViT-B-32", "--checkpoint", "w.pt"]).pretrained == "w.pt"
     assert parser.parse_args(["--model", "ViT-B-32", "--pretrained", "w.pt"]).pretrained == "w.pt"
+
+
+def test_eval_weights_ema_without_ema_weights_is_one_error_line(trained, tmp_path, capsys):
+    """eval.weights=ema on a checkpoint trained without EMA, or on a plain state dict: status 2 and one line naming
+    the file and saying it holds no EMA weights (it was an AttributeError / KeyError 'ema' traceback)."""
+    import torch
+
+    from vision_rwkv.engine import load_checkpoint
+    run, _ = trained
+    best = run / "checkpoints" / "best.pt"
+    plain = tmp_path / "plain.pth"
+    torch.save(load_checkpoint(best)["model"], plain)
+    for path, reason in [(best, "its 'ema' entry is empty"), (plain, "it is a plain state dict")]:
+        with pytest.raises(SystemExit) as exc:
+            load_tool("eval").main([str(DEMO), *TINY, "eval.weights=ema", f"eval.out_dir={tmp_path}",
+                                    "--checkpoint", str(path)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith(f"error: checkpoint {path} holds no EMA weights: {reason}")
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_and_model_checkpoint_load_a_file_alike(trained, tmp_path, monkeypatch):
+    """--checkpoint and model.checkpoint= take the same files the same way: an original-layout .pth (the released
+    checkpoints' layout) and its conversion load on both routes, and a v4 model runs them in "original" mode (the
+    function they were trained with) on both, unless the config names wkv_mode; a training checkpoint records the
+    mode its model ran in."""
+    import torch
+
+    from vision_rwkv.engine import classification, load_checkpoint
+    from vision_rwkv.models import ours_to_original
+    from vision_rwkv.models.convert import convert_file
+    run, _ = trained
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ckpt["extra"]["wkv_mode"] == "exact" and ckpt["extra"]["wkv_chunks"] == 32
+    released = tmp_path / "released.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": {("" if k.startswith("head.") else "backbone.") + k: v
+                                                     for k, v in ours_to_original(ckpt["model"]).items()}}, released)
+    converted = tmp_path / "released.safetensors"
+    convert_file(released, converted)
+    modes = []
+    real = classification.evaluate_loader
+    monkeypatch.setattr(classification, "evaluate_loader", lambda model, *a, **k: modes.append(
+        (model.wkv_mode, model.wkv_chunks)) or real(model, *a, **k))
+    results = []
+    for path in (released, converted):
+        for route in (["--checkpoint", str(path)], [f"model.checkpoint={path}"]):
+            results.append(load_tool("eval").main([str(DEMO), *TINY, f"eval.out_dir={tmp_path}", *route]))
+    assert modes == [("original", 32)] * 4
+    assert all(r["loss"] == results[0]["loss"] and r["top1"] == results[0]["top1"] for r in results)
+    load_tool("eval").main([str(DEMO), *TINY, "+model.kwargs.wkv_mode=exact", f"eval.out_dir={tmp_path}",
+                            "--checkpoint", str(released)])
+    assert modes[-1] == ("exact", 32)

@@ -7,6 +7,10 @@ A training state is a plain dict (everything in it loads with ``torch.load(weigh
      "rng": [per-rank RNG states], "best": {"value": float | None, "step": int},
      "extra": {...}}                                                               # anything else (plain types)
 
+:class:`CheckpointManager` also stores the EMA weights under timm's name ``state_dict_ema`` (the same tensors,
+written once), so ``timm.create_model(..., checkpoint_path=PATH)`` / ``timm.models.load_checkpoint`` take them as
+every loader here does (:func:`vision_rwkv.models.convert.select_weights`: EMA weights preferred when present).
+
 Files: ``<run_dir>/checkpoints/ckpt_<step>.pt`` (the last ``keep_last`` are kept), ``best.pt`` (copy of the best
 one by a metric), written as ``.<name>.tmp.<pid>`` in the same folder and moved into place with ``os.replace``,
 so a crash never leaves a partial checkpoint under a real name.
@@ -24,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.convert import checkpoint_format_problem
+from ..models.convert import CheckpointMismatchError, checkpoint_format_problem, listed_keys, select_weights
 from .config import save_config
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
-           "find_latest_checkpoint", "load_model_weights", "read_model_state"]
+           "find_latest_checkpoint", "load_model_weights", "read_model_state", "load_weights", "model_record"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -101,15 +105,13 @@ def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
     return max(found)[1] if found else None
 
 
-_AUTO_KEYS = ("state_dict_ema", "model_ema", "model", "state_dict")  # after ours ("ema"), in this order
-
-
 def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[str, Any]:
     """The model state dict in a training checkpoint (``model`` or ``ema`` entry), a timm / DeiT training checkpoint
     (``state_dict`` / ``model`` with ``state_dict_ema`` / ``model_ema``), an mmcv / Lightning checkpoint
     (``state_dict``) or a plain state dict file (``.pt``/``.pth`` with weights_only, or ``.safetensors``),
-    ``module.`` prefixes removed. ``key="auto"`` prefers the EMA weights when present (``ema``, ``state_dict_ema``,
-    ``model_ema``), then ``model``, then ``state_dict``."""
+    ``module.`` prefixes removed. ``key`` as :func:`~vision_rwkv.models.convert.select_weights` takes it:
+    ``"auto"`` prefers the EMA weights when present, ``"model"`` the raw weights, ``"ema"`` the EMA weights (an
+    error naming the file if it has none)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -118,43 +120,80 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
         problem = checkpoint_format_problem(path)
         if problem:
             raise RuntimeError(f"cannot load checkpoint {path}: {problem}")
-        sd = load_file(str(path))
+        try:
+            ckpt = load_file(str(path))
+        except Exception as err:  # a damaged tensor table the format check let through
+            raise RuntimeError(f"cannot load checkpoint {path}: {err}") from err
     else:
         ckpt = load_checkpoint(path)
-        sd = ckpt
-        if isinstance(ckpt, dict) and key is not None:
-            if key == "auto":
-                key = "ema" if ckpt.get("ema") is not None else next(
-                    (k for k in _AUTO_KEYS if isinstance(ckpt.get(k), dict)), None)
-                if key == "ema":
-                    sd = _ema_to_model_state(ckpt["ema"])
-                elif key is not None:
-                    sd = ckpt[key]
-            elif key == "ema":
-                sd = _ema_to_model_state(ckpt["ema"])
-            else:
-                if key not in ckpt:
-                    raise KeyError(f"checkpoint {path} has no entry {key!r} (entries: {sorted(ckpt)})")
-                sd = ckpt[key]
+    sd = select_weights(ckpt, key, path)
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "auto",
-                       strict: bool = True, state: Mapping[str, Any] | None = None) -> nn.Module:
-    """Load :func:`read_model_state` of ``path`` (or ``state``, already read from it) into ``model`` (with
-    ``strict``, missing or unexpected keys raise an error that lists them)."""
-    sd = read_model_state(path, key) if state is None else state
-    target = unwrap_model(model)
-    missing, unexpected = target.load_state_dict(sd, strict=False)
-    if strict and (missing or unexpected):
-        raise RuntimeError(f"checkpoint {path} does not match the model: missing keys {list(missing)}, "
-                           f"unexpected keys {list(unexpected)}")
+                       strict: bool = True, state: Mapping[str, Any] | None = None,
+                       set_wkv_mode: bool = True) -> nn.Module:
+    """:func:`load_weights` of ``path`` (or ``state``, already read from it) into ``model``, every weight from the
+    file; returns ``model``."""
+    load_weights(model, path, key=key, strict=strict, state=state, set_wkv_mode=set_wkv_mode)
     return model
 
 
-def _ema_to_model_state(ema_sd: dict[str, Any]) -> dict[str, Any]:
-    """timm ModelEmaV3 state dicts prefix the weights with ``module.``."""
-    return {k.removeprefix("module."): v for k, v in ema_sd.items()}
+def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "auto", strict: bool = True,
+                 state: Mapping[str, Any] | None = None, set_wkv_mode: bool = True,
+                 new_classifier: bool = False) -> list[str]:
+    """Load the weights of the file ``path`` (:func:`read_model_state`, or ``state`` already read from it) into
+    ``model``: the one loader of ``--checkpoint`` and ``model.checkpoint``.
+
+    VRWKV / VRWKV6 models also take the original layouts (:func:`~vision_rwkv.models.convert.checkpoint_filter_fn`);
+    with ``set_wkv_mode`` a v4 model runs the Bi-WKV function the weights were trained with
+    (:func:`~vision_rwkv.models.convert.trained_wkv_mode`; unknown: its own). With ``new_classifier`` a classifier
+    of another class count (or none in the file) keeps its initialisation. Missing, unexpected (``strict``) or
+    mis-shaped keys raise a RuntimeError naming the file. Returns the classifier keys left as initialised."""
+    from ..models import VRWKV, VRWKV6
+    from ..models.convert import checkpoint_filter_fn, trained_wkv_mode, unwrap_state_dict
+
+    sd = read_model_state(path, key) if state is None else dict(state)
+    target = unwrap_model(model)
+    if isinstance(target, (VRWKV, VRWKV6)):
+        try:
+            sd = unwrap_state_dict(sd)
+            record = trained_wkv_mode(path, state_dict=sd) if set_wkv_mode and isinstance(target, VRWKV) else None
+            if record is not None:
+                chunks = record[1] or (getattr(target, "pretrained_cfg", None) or {}).get("wkv_chunks") or 32
+                target.set_wkv_mode(record[0], chunks)
+            sd = checkpoint_filter_fn(sd, target)
+        except CheckpointMismatchError as err:  # the file named: "checkpoint PATH does not fit VRWKV: ..."
+            message = str(err)
+            if message.startswith("checkpoint "):
+                raise RuntimeError(f"checkpoint {path} {message[len('checkpoint '):]}") from err
+            raise RuntimeError(f"checkpoint {path}: {message}") from err
+    own = target.state_dict()
+    renewed: list[str] = []
+    if new_classifier:
+        classifier = (getattr(target, "pretrained_cfg", None) or {}).get("classifier") or "head"
+        heads = tuple(c + "." for c in ([classifier] if isinstance(classifier, str) else classifier))
+        renewed = sorted(k for k in own if k.startswith(heads) and (k not in sd or sd[k].shape != own[k].shape))
+        sd = {k: v for k, v in sd.items() if k not in renewed}
+    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd
+             if k in own and hasattr(sd[k], "shape") and sd[k].shape != own[k].shape]
+    missing = sorted(set(own) - set(sd) - set(renewed)) if strict else []
+    unexpected = sorted(set(sd) - set(own)) if strict else []
+    if missing or unexpected or wrong:
+        raise RuntimeError(f"checkpoint {path} does not match the model: {listed_keys(missing, 'missing keys')}, "
+                           f"{listed_keys(unexpected, 'unexpected keys')}"
+                           + (f", {listed_keys(wrong, 'shape mismatches')}" if wrong else ""))
+    target.load_state_dict(sd, strict=False)
+    return renewed
+
+
+def model_record(model: nn.Module) -> dict[str, Any]:
+    """What a training checkpoint records of how ``model`` computes, for loaders to restore (``extra``): a v4
+    model's Bi-WKV ``wkv_mode`` and ``wkv_chunks``; nothing for other models."""
+    target = unwrap_model(model)
+    if not hasattr(target, "set_wkv_mode"):
+        return {}
+    return {"wkv_mode": str(target.wkv_mode), "wkv_chunks": int(target.wkv_chunks)}
 
 
 def is_fresh_start(resume: str | os.PathLike | None) -> bool:
@@ -241,6 +280,8 @@ class CheckpointManager:
             self.best_value, self.best_step = float(metric), int(step)
         state = dict(state)
         state["best"] = {"value": self.best_value, "step": self.best_step, "mode": self.mode}
+        if state.get("ema") is not None:  # timm's name for them (torch.save writes the shared tensors once)
+            state.setdefault("state_dict_ema", state["ema"])
         if not is_main_process():
             return None
         path = atomic_save(state, self.dir / f"ckpt_{int(step):08d}.pt")

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import check_run_dir_is_free, load_model_weights, write_run_config
+from .checkpoint import check_run_dir_is_free, load_model_weights, model_record, write_run_config
 from .compiling import compile_for_training
 from .config import ConfigError, to_dict
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_main_process,
@@ -59,7 +59,7 @@ def create_classifier(cfg: DictConfig, num_classes: int | None = None) -> nn.Mod
     n = num_classes if num_classes is not None else m.num_classes
     model = timm.create_model(m.name, pretrained=bool(m.pretrained), num_classes=n, **kwargs)
     if m.checkpoint:
-        load_initial_weights(model, m.checkpoint, set_wkv_mode="wkv_mode" not in kwargs)
+        load_initial_weights(model, m.checkpoint, set_wkv_mode=wkv_mode_from_checkpoint(cfg))
     if m.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ValueError(f"model {m.name} does not support gradient checkpointing")
@@ -69,53 +69,27 @@ def create_classifier(cfg: DictConfig, num_classes: int | None = None) -> nn.Mod
 
 def load_initial_weights(model: nn.Module, path: str | Path, set_wkv_mode: bool = True,
                          state: Mapping[str, Any] | None = None) -> list[str]:
-    """Fine-tuning weights, as timm's pretrained loading takes them: a training checkpoint (EMA preferred), a state
-    dict or safetensors file; for VRWKV / VRWKV6 also the original repos' files (converted, the position embedding
-    resampled, see ``vision_rwkv.models.convert``); a v4 model given original weights (that layout, or a file
-    ``tools/convert_checkpoint.py`` wrote) then runs the Bi-WKV function they were trained with (``"original"``,
-    the variant's chunks) unless ``set_wkv_mode`` is False (the config names ``wkv_mode``). A classifier of another
-    class count (or none in the file) is left freshly initialised.
-    Any other missing, unexpected or mis-shaped key is an error that lists them. ``state``: the file's
-    :func:`~vision_rwkv.engine.read_model_state`, when the caller has read it already. Returns the newly initialised
-    classifier keys."""
-    from vision_rwkv.models import VRWKV, VRWKV6, checkpoint_filter_fn
-    from vision_rwkv.models.convert import is_original_layout, unwrap_state_dict
+    """Fine-tuning weights (``model.checkpoint``), read as every loader here and timm's pretrained loading read
+    them (:func:`~vision_rwkv.engine.checkpoint.load_weights`, the loader of ``--checkpoint`` too): a training
+    checkpoint (EMA weights preferred), a state dict or safetensors file; for VRWKV / VRWKV6 also the original repos'
+    files (converted, the position embedding resampled); a v4 model runs the Bi-WKV function the weights were
+    trained with (recorded in the file, or ``"original"`` for the original layout) unless ``set_wkv_mode`` is
+    False (the config names ``wkv_mode``). A classifier of another class count (or none in the file) is left
+    freshly initialised; any other missing, unexpected or mis-shaped key is an error that lists them. ``state``: the
+    file's :func:`~vision_rwkv.engine.read_model_state`, when the caller has read it already. Returns the newly
+    initialised classifier keys."""
+    from .checkpoint import load_weights
 
-    from .checkpoint import read_model_state
-
-    sd = read_model_state(path) if state is None else dict(state)
-    if isinstance(model, (VRWKV, VRWKV6)):
-        sd = unwrap_state_dict(sd)
-        trained_original = is_original_layout(sd) or _file_wkv_mode(path) == "original"
-        if set_wkv_mode and isinstance(model, VRWKV) and trained_original:
-            model.set_wkv_mode("original", (getattr(model, "pretrained_cfg", None) or {}).get("wkv_chunks") or 32)
-        sd = checkpoint_filter_fn(sd, model)
-    own = model.state_dict()
-    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
-    heads = tuple(c + "." for c in ([classifier] if isinstance(classifier, str) else classifier))
-    renewed = sorted(k for k in own if k.startswith(heads)
-                     and (k not in sd or sd[k].shape != own[k].shape))
-    sd = {k: v for k, v in sd.items() if k not in renewed}
-    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd
-             if k in own and sd[k].shape != own[k].shape]
-    missing = sorted(set(own) - set(sd) - set(renewed))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected or wrong:
-        raise RuntimeError(f"model.checkpoint {path} does not fit {type(model).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}, shape mismatches {wrong}")
-    model.load_state_dict(sd, strict=False)
+    renewed = load_weights(model, path, state=state, set_wkv_mode=set_wkv_mode, new_classifier=True)
     if renewed:
         print_rank0(f"[model] initial weights from {path}; classifier {renewed} newly initialised")
     return renewed
 
 
-def _file_wkv_mode(path: str | Path) -> str | None:
-    """The ``wkv_mode`` a safetensors file's metadata records (``tools/convert_checkpoint.py`` writes it)."""
-    if not str(path).endswith(".safetensors"):
-        return None
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return (f.metadata() or {}).get("wkv_mode")
+def wkv_mode_from_checkpoint(cfg: DictConfig) -> bool:
+    """Whether a checkpoint's Bi-WKV function applies to the model of ``cfg``: unless ``model.kwargs`` names
+    ``wkv_mode``."""
+    return "wkv_mode" not in (to_dict(cfg.model.kwargs) or {})
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -501,7 +475,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                       ckpt_every_steps=t.ckpt_every_steps, ckpt_every_epochs=t.ckpt_every_epochs,
                       keep_last=t.keep_last, log_every=t.log_every, tensorboard=t.tensorboard,
                       stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,
-                      extra_state={"classes": classes})
+                      extra_state={"classes": classes, **model_record(model)})
     write_run_config(cfg, run_dir, cfg.resume, write=info.is_main)
     result = trainer.fit(resume=cfg.resume)
     result.update(run_dir=str(run_dir), num_classes=num_classes, classes=classes,
@@ -525,7 +499,8 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
         ds, classes = build_eval_dataset(cfg, checkpoint_classes(cfg.eval.checkpoint) if cfg.eval.checkpoint else None)
         model = create_classifier(cfg, len(classes))
         if cfg.eval.checkpoint:
-            load_model_weights(model, cfg.eval.checkpoint, key=cfg.eval.weights)
+            load_model_weights(model, cfg.eval.checkpoint, key=cfg.eval.weights,
+                               set_wkv_mode=wkv_mode_from_checkpoint(cfg))
         model = model.to(info.device)
         loader = _eval_loader(ds, cfg.eval.batch_size or cfg.train.batch_size, cfg.data.num_workers, info)
         t0 = time.perf_counter()

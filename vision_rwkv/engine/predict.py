@@ -63,7 +63,7 @@ def _head_rows(sd: Mapping[str, Any]) -> Optional[int]:
 
 
 def _from_config(config: PathLike, checkpoint, state, overrides, n):
-    from .classification import build_transforms, create_classifier
+    from .classification import build_transforms, create_classifier, wkv_mode_from_checkpoint
     from .checkpoint import load_model_weights
     from .config import load_config
 
@@ -71,8 +71,8 @@ def _from_config(config: PathLike, checkpoint, state, overrides, n):
     if checkpoint is not None:  # the checkpoint holds every weight: no initial weights to fetch or load first
         cfg.model.pretrained, cfg.model.checkpoint = False, None
     model = create_classifier(cfg, n)
-    if checkpoint is not None:
-        load_model_weights(model, checkpoint, state=state)
+    if checkpoint is not None:  # as tools/eval.py --checkpoint loads it
+        load_model_weights(model, checkpoint, state=state, set_wkv_mode=wkv_mode_from_checkpoint(cfg))
     size = int(cfg.eval.input_size or cfg.data.input_size)
     return model, build_transforms(cfg)[1], (size, size)
 
@@ -97,8 +97,10 @@ def _from_timm(name: str, checkpoint, state, n):
 def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides: Sequence[str] = (),
                     num_classes: Optional[int] = None, class_names: Optional[PathLike] = None) -> Classifier:
     """The classifier named by ``model``: a classification config YAML (``key=value`` ``overrides`` apply; eval
-    transform from its ``aug`` / ``eval`` settings; ``checkpoint`` a training checkpoint, EMA weights preferred)
-    or a timm model name (``checkpoint`` loaded as ``model.checkpoint`` is; timm's eval transform). The class count
+    transform from its ``aug`` / ``eval`` settings; ``checkpoint`` loaded as ``tools/eval.py --checkpoint`` loads
+    it) or a timm model name (``checkpoint`` loaded as ``model.checkpoint`` is; timm's eval transform). Both read
+    the file with :func:`~vision_rwkv.engine.checkpoint.load_weights`: EMA weights preferred, original layouts
+    converted, a v4 model in the Bi-WKV mode the weights were trained with. The class count
     comes from the checkpoint (recorded names or classifier rows), else ``num_classes``; class names from the
     checkpoint, ``class_names`` (a file, one per line), or ImageNet-1k's for 1000 classes."""
     from .checkpoint import read_model_state

@@ -3,14 +3,15 @@ every Vision-RWKV hub file and the ``build_model_with_cfg`` call (original-check
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Optional, Type
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, load_pretrained
 from timm.models._builder import resolve_pretrained_cfg
 
-from .convert import checkpoint_filter_fn, checkpoint_format_problem
+from .convert import checkpoint_filter_fn, read_weights_file
 
 __all__ = ['hub_cfg', 'build_backbone']
 
@@ -33,28 +34,46 @@ def hub_cfg(file: str = '', **kwargs: Any) -> dict:
 def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """``timm`` build of a registered variant: original or converted checkpoints go through
     :func:`~vision_rwkv.models.convert.checkpoint_filter_fn`; ``features_only`` uses the block getter
-    (``out_indices`` default 3)."""
+    (``out_indices`` default 3).
+
+    A local file (``pretrained_cfg_overlay=dict(file=PATH)``) is read by
+    :func:`~vision_rwkv.models.convert.read_weights_file`, as the tools read it: a training checkpoint gives its EMA
+    weights when it has them (timm's ``use_ema=True`` rule), an unreadable file an error naming it. timm then adapts
+    and loads those weights (classifier, input channels) as it would the file's."""
     out_indices = kwargs.pop('out_indices', 3)
-    file = _pretrained_file(variant, kwargs) if pretrained else None
-    if file is not None and not os.path.isfile(file):
+    build = dict(pretrained_filter_fn=checkpoint_filter_fn,
+                 feature_cfg=dict(out_indices=out_indices, feature_cls='getter'))
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')) \
+        if pretrained else None
+    file = os.fspath(cfg.file) if cfg is not None and cfg.file else None  # a local file: read here
+    if file is None:  # random init, or timm's hub / url source
+        return build_model_with_cfg(model_cls, variant, pretrained, **build, **kwargs)
+    if not os.path.isfile(file):
         raise FileNotFoundError(f'{variant}: pretrained checkpoint file not found: {file!r} (the file of '
                                 f'pretrained_cfg_overlay=dict(file=...) or of the pretrained cfg is not a file)')
     try:
-        return build_model_with_cfg(
-            model_cls, variant, pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
-            feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
-            **kwargs,
-        )
-    except Exception as e:  # timm's loader: torch.load's advice for a file that is not a checkpoint is misleading
-        problem = checkpoint_format_problem(file) if file else None
-        if problem:
-            raise ValueError(f'{variant}: cannot read pretrained checkpoint {file}: {problem}') from e
-        raise
+        weights, record = read_weights_file(file)
+    except ValueError as e:  # unreadable: named (torch.load's own advice, weights_only=False, would mislead)
+        raise ValueError(f'{variant}: {e}') from e
+    _warn_other_wkv_mode(variant, file, record, kwargs.get('wkv_mode'))
+    source = dict(cfg.to_dict(), file=None, source='', state_dict=weights)  # timm's source: a state dict in hand
+    features = bool(kwargs.get('features_only'))
+    strict = kwargs.pop('pretrained_strict', True)
+
+    def create_and_load(**model_kwargs: Any) -> nn.Module:
+        # what build_model_with_cfg(pretrained=True) does, with the weights already read
+        model = model_cls(**model_kwargs)
+        load_pretrained(model, source, num_classes=0 if features else getattr(model, 'num_classes', 1000),
+                        in_chans=model_kwargs.get('in_chans', 3), filter_fn=checkpoint_filter_fn, strict=strict)
+        return model
+
+    return build_model_with_cfg(create_and_load, variant, False, **build, **kwargs)
 
 
-def _pretrained_file(variant: str, kwargs: dict) -> Optional[str]:
-    """The local checkpoint file a ``pretrained=True`` build will read (``pretrained_cfg(_overlay)['file']``)."""
-    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    file = getattr(cfg, 'file', None)
-    return os.fspath(file) if file else None
+def _warn_other_wkv_mode(variant: str, file: str, record: Optional[tuple], mode: Optional[str]) -> None:
+    """Warn when a file records that its weights were trained in exact mode and the v4 model runs ``'original'``
+    (the pretrained cfg's mode, made for the released weights, when no ``wkv_mode`` is given)."""
+    if mode == 'original' and record is not None and record[0] == 'exact':
+        warnings.warn(f"{variant}: {file} records Bi-WKV mode 'exact' (the function its weights were trained "
+                      "with) but the model runs 'original'; pass wkv_mode='exact' (or pretrained_cfg_overlay="
+                      "dict(file=..., wkv_mode='exact')) to run them as trained", stacklevel=4)

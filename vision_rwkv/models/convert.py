@@ -23,6 +23,13 @@ v6 ``time_decay``) are (C,) here. :func:`original_to_ours` and :func:`ours_to_or
 ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` loads an original ``.pth``
 or a converted ``.safetensors``. :func:`build_from_original` builds a model from an original constructor-argument
 dict. :func:`convert_file` writes our layout as safetensors (``tools/convert_checkpoint.py``).
+
+Which weights a file holds (:func:`select_weights`, one rule for every loader): a training checkpoint's EMA weights
+when it has them (ours: ``ema``; timm's: ``state_dict_ema``; DeiT's: ``model_ema``), else its ``model`` /
+``state_dict`` entry, else the file itself (a plain state dict) - timm's ``load_checkpoint(use_ema=True)`` rule.
+Which Bi-WKV function they were trained with (:func:`trained_wkv_mode`): what the file records (a training
+checkpoint's ``extra.wkv_mode``, a converted file's ``wkv_mode`` metadata), else ``'original'`` for the original
+layout (the released checkpoints), else unknown.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ __all__ = [
     'unwrap_state_dict', 'detect_family', 'is_original_layout', 'original_to_ours', 'ours_to_original',
     'checkpoint_filter_fn', 'build_from_original', 'model_kwargs_from_original', 'load_checkpoint_file',
     'checkpoint_format_problem', 'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes',
-    'fit_pos_embed',
+    'fit_pos_embed', 'MissingWeightsError', 'select_weights', 'trained_wkv_mode', 'read_weights_file', 'EMA_ENTRIES',
 ]
 
 FAMILY_NAMES = {'vrwkv': 'VRWKV (v4)', 'vrwkv6': 'VRWKV6'}
@@ -86,6 +93,21 @@ class CheckpointMismatchError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; print it as written
         return str(self.args[0]) if self.args else ''
+
+
+MAX_LISTED_KEYS = 20  # keys named per kind in a mismatch error; the rest are counted
+
+
+def listed_keys(keys: Sequence[str], what: str) -> str:
+    """``N <what> (k1, k2, ..., and M more)``: the count and the first :data:`MAX_LISTED_KEYS` keys."""
+    keys = list(keys)
+    shown = ", ".join(str(k) for k in keys[:MAX_LISTED_KEYS])
+    more = f", ... and {len(keys) - MAX_LISTED_KEYS} more" if len(keys) > MAX_LISTED_KEYS else ""
+    return f"{len(keys)} {what} ({shown}{more})"
+
+
+class MissingWeightsError(CheckpointMismatchError):
+    """A checkpoint file does not hold the weights asked for (no EMA weights, no such entry)."""
 
 
 def strip_key_prefixes(name: str, prefixes: Sequence[str]) -> str:
@@ -175,7 +197,8 @@ def original_to_ours(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
             value = value.reshape(-1)
         out[new] = value
     if unknown:
-        raise CheckpointMismatchError(f'unexpected keys in original checkpoint (no mapping): {sorted(unknown)}')
+        raise CheckpointMismatchError(
+            listed_keys(sorted(unknown), 'unexpected keys in original checkpoint (no mapping)'))
     return out
 
 
@@ -193,7 +216,7 @@ def ours_to_original(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
             value = value.reshape(1, 1, -1)
         out[new] = value
     if unknown:
-        raise CheckpointMismatchError(f'keys with no original equivalent: {sorted(unknown)}')
+        raise CheckpointMismatchError(f'{listed_keys(sorted(unknown), "keys with no original equivalent")}')
     return out
 
 
@@ -274,9 +297,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
     if missing or unexpected or wrong_shape:
         raise CheckpointMismatchError(
             f'checkpoint does not fit {type(model).__name__}:'
-            + (f'\n  missing keys: {missing}' if missing else '')
-            + (f'\n  unexpected keys: {unexpected}' if unexpected else '')
-            + (f'\n  shape mismatches: {wrong_shape}' if wrong_shape else ''))
+            + (f'\n  {listed_keys(missing, "missing keys")}' if missing else '')
+            + (f'\n  {listed_keys(unexpected, "unexpected keys")}' if unexpected else '')
+            + (f'\n  {listed_keys(wrong_shape, "shape mismatches")}' if wrong_shape else ''))
     return sd
 
 
@@ -389,8 +412,9 @@ _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 def checkpoint_format_problem(path: str | os.PathLike) -> Optional[str]:
     """Why the file at ``path`` cannot be read as a checkpoint, judged from its first bytes (torch.load's own error
-    for such a file suggests ``weights_only=False``), or None. A ``.safetensors`` file needs its header length and
-    a JSON header that fits the file; any other file must be a zip archive (torch.save since torch 1.6) or a legacy
+    for such a file suggests ``weights_only=False``), or None. A ``.safetensors`` file needs its header length, a
+    JSON header that fits the file and tensor data that ends where the file ends (a truncated file's header is
+    intact, its data is not); any other file must be a zip archive (torch.save since torch 1.6) or a legacy
     pickle."""
     import json
     import zipfile
@@ -405,10 +429,10 @@ def checkpoint_format_problem(path: str | os.PathLike) -> Optional[str]:
             if n > _SAFETENSORS_MAX_HEADER:
                 return f'not a valid safetensors file (it announces a header of {n} bytes)'
             try:
-                json.loads(f.read(n))
+                header = json.loads(f.read(n))
             except ValueError:
                 return 'not a valid safetensors file (its header is not JSON)'
-            return None
+            return _safetensors_data_problem(header, size, 8 + n)
     if zipfile.is_zipfile(path) or head[:1] == b'\x80':  # a zip archive, or pickle protocol 2+: torch.save's legacy
         return None
     if head[:4] == b'PK\x03\x04':
@@ -416,25 +440,161 @@ def checkpoint_format_problem(path: str | os.PathLike) -> Optional[str]:
     return f'not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle; it starts with {head!r})'
 
 
+def _safetensors_data_problem(header: Any, size: int, data_start: int) -> Optional[str]:
+    """What is wrong with the tensor data of a safetensors file whose header (``data_start`` bytes with its length)
+    parsed: the header's data offsets must end exactly at the end of the file."""
+    try:
+        ends = [int(entry['data_offsets'][1]) for name, entry in header.items() if name != '__metadata__']
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        return 'not a valid safetensors file (its header is not a table of tensors with data offsets)'
+    expected = data_start + max(ends, default=0)
+    if expected > size:
+        return (f'not a valid safetensors file (truncated: its header places tensor data up to byte {expected}, '
+                f'the file has {size} bytes)')
+    if expected < size:
+        return (f'not a valid safetensors file ({size - expected} bytes after the last tensor its header describes, '
+                f'{size} bytes in all: damaged or appended to)')
+    return None
+
+
+# ---------------------------------------------------------------------- which weights, trained how
+EMA_ENTRIES = ('ema', 'state_dict_ema', 'model_ema')  # ours (timm ModelEmaV3, `module.` keys), timm's, DeiT's
+_WEIGHT_ENTRIES = ('model', 'state_dict')
+
+
+def _describe(checkpoint: Mapping[str, Any]) -> str:
+    names = sorted(map(str, checkpoint))
+    return f"{names[:12]}{' ...' if len(names) > 12 else ''}"
+
+
+def _no_ema_reason(checkpoint: Mapping[str, Any]) -> str:
+    if 'ema' in checkpoint and checkpoint['ema'] is None:
+        return "its 'ema' entry is empty, as the run trained without EMA (ema.enabled=false)"
+    if any(isinstance(checkpoint.get(k), Mapping) for k in _WEIGHT_ENTRIES):
+        return f"it has no {' / '.join(repr(k) for k in EMA_ENTRIES)} entry (entries: {_describe(checkpoint)})"
+    return 'it is a plain state dict: its tensors are the (only) weights'
+
+
+def select_weights(checkpoint: Any, weights: Optional[str] = 'auto',
+                   path: Optional[str | os.PathLike] = None) -> Any:
+    """The model weights of a loaded checkpoint ``checkpoint`` (of the file ``path``, named in errors).
+
+    ``weights``: ``'auto'`` - the EMA weights when the file has them (:data:`EMA_ENTRIES`), else its ``model`` /
+    ``state_dict`` entry, else the file itself (a plain state dict): timm's ``load_checkpoint(use_ema=True)`` rule;
+    ``'ema'`` - the EMA weights, :class:`MissingWeightsError` if there are none; ``'model'`` - the raw weights (the
+    ``model`` / ``state_dict`` entry, or a plain state dict); any other name - that entry; None - the file as is.
+    EMA entries lose their ``module.`` prefix (timm's ModelEmaV3 state dict).
+    """
+    if weights is None or not isinstance(checkpoint, Mapping):
+        return checkpoint
+    name = f'checkpoint {os.fspath(path)}' if path is not None else 'the checkpoint'
+    if weights in ('auto', 'ema'):
+        for key in EMA_ENTRIES:
+            if isinstance(checkpoint.get(key), Mapping):
+                return {strip_key_prefixes(str(k), ('module.',)): v for k, v in checkpoint[key].items()}
+        if weights == 'ema':
+            raise MissingWeightsError(f'{name} holds no EMA weights: {_no_ema_reason(checkpoint)}; load its model '
+                                      "weights instead (weights 'model' or 'auto', e.g. eval.weights=model)")
+    if weights in ('auto', 'model'):
+        return next((checkpoint[k] for k in _WEIGHT_ENTRIES if isinstance(checkpoint.get(k), Mapping)), checkpoint)
+    if not isinstance(checkpoint.get(weights), Mapping):
+        raise MissingWeightsError(f'{name} has no entry {weights!r} holding weights (entries: {_describe(checkpoint)})')
+    return checkpoint[weights]
+
+
+WkvRecord = Tuple[str, Optional[int]]  # (wkv_mode, wkv_chunks or None: the model's)
+
+
+def _recorded_mode(mode: Any, chunks: Any, path: Any) -> Optional[WkvRecord]:
+    if not mode:
+        return None
+    try:
+        record = str(mode), (int(chunks) if chunks not in (None, '') else None)
+    except (TypeError, ValueError):
+        record = None
+    if record is None or record[0] not in ('exact', 'original') or (record[1] is not None and record[1] < 1):
+        name = f'checkpoint {os.fspath(path)}' if path is not None else 'the checkpoint'
+        raise ValueError(f'{name} records an invalid Bi-WKV function: wkv_mode={mode!r}, wkv_chunks={chunks!r}')
+    return record
+
+
+def trained_wkv_mode(path: Optional[str | os.PathLike] = None, checkpoint: Optional[Mapping[str, Any]] = None,
+                     state_dict: Optional[Mapping[str, Any]] = None) -> Optional[WkvRecord]:
+    """The v4 Bi-WKV function (mode, chunks or None) the weights of a file were trained with, or None if unknown.
+
+    Recorded: a ``.safetensors`` file's ``wkv_mode`` / ``wkv_chunks`` metadata (``tools/convert_checkpoint.py``), a
+    training checkpoint's ``extra.wkv_mode`` / ``extra.wkv_chunks`` (``checkpoint``, the loaded file, or read from
+    ``path``). Inferred: ``'original'`` for weights in the original layout (``state_dict``, unwrapped): the released
+    checkpoints were all trained with the original kernel's function.
+    """
+    if path is not None and not os.path.isfile(path) and (checkpoint is None or _is_safetensors(path)):
+        raise FileNotFoundError(f'checkpoint file not found: {os.fspath(path)}')
+    if path is not None and _is_safetensors(path):
+        from safetensors import safe_open
+        with safe_open(os.fspath(path), 'pt') as f:
+            meta = f.metadata() or {}
+        record = _recorded_mode(meta.get('wkv_mode'), meta.get('wkv_chunks'), path)
+    else:
+        if checkpoint is None and path is not None:
+            checkpoint = _load_for_metadata(path)
+        extra = checkpoint.get('extra') if isinstance(checkpoint, Mapping) else None
+        extra = extra if isinstance(extra, Mapping) else {}
+        record = _recorded_mode(extra.get('wkv_mode'), extra.get('wkv_chunks'), path)
+    if record is None and state_dict is not None:
+        try:
+            if is_original_layout(state_dict):
+                record = ('original', None)
+        except CheckpointMismatchError:  # not a Vision-RWKV state dict: nothing to infer
+            pass
+    return record
+
+
+def _is_safetensors(path: str | os.PathLike) -> bool:
+    return os.fspath(path).endswith('.safetensors')
+
+
+def _load_for_metadata(path: str | os.PathLike) -> Any:
+    """A torch checkpoint mapped rather than read (only its small entries are looked at); a legacy (non-zip) file,
+    which cannot be mapped, is read."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError:
+        return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def read_weights_file(path: str | os.PathLike, weights: Optional[str] = 'auto'
+                      ) -> Tuple[Dict[str, torch.Tensor], Optional[WkvRecord]]:
+    """The weights of a checkpoint file by :func:`select_weights` (unwrapped, prefixes stripped, our names and
+    shapes unchanged) and, for v4 weights, :func:`trained_wkv_mode`. Errors name the file."""
+    checkpoint = load_checkpoint_file(path)
+    sd = unwrap_state_dict(select_weights(checkpoint, weights, path))
+    return sd, trained_wkv_mode(path, checkpoint, sd)
+
+
 def convert_file(
         src: str | os.PathLike,
         dst: str | os.PathLike,
         model_name: Optional[str] = None,
+        weights: str = 'auto',
         **model_kwargs: Any,
 ) -> Dict[str, Any]:
-    """Convert an original checkpoint file to our layout and write it as safetensors.
+    """Convert a checkpoint file (original layout, or ours: a training checkpoint, a state dict) to our layout and
+    write it as safetensors.
 
-    With ``model_name`` the converted weights are checked against ``timm.create_model(model_name, **model_kwargs)``
-    (class count taken from the checkpoint) and any mismatch raises before writing. The write is atomic.
-    Returns a summary dict (family, number of tensors, num_classes, destination). The file's metadata records
-    the family, our layout and, for v4, ``wkv_mode='original'`` (the function the weights were trained with).
+    ``weights`` picks the weights of a training checkpoint (:func:`select_weights`: ``'auto'`` = EMA when present,
+    ``'model'``, ``'ema'``). With ``model_name`` the converted weights are checked against
+    ``timm.create_model(model_name, **model_kwargs)`` (class count taken from the checkpoint) and any mismatch
+    raises before writing. The write is atomic. Returns a summary dict (family, number of tensors, num_classes,
+    destination, wkv_mode). The file's metadata records the family, our layout and, for v4, the Bi-WKV function the
+    weights were trained with when known (:func:`trained_wkv_mode`: ``'original'`` for the released checkpoints,
+    the recorded mode for our own; none recorded, none written).
     """
     from safetensors.torch import save_file
 
     dst = os.fspath(dst)
     if not dst.endswith('.safetensors'):
         raise ValueError(f'output must be a .safetensors file, got {dst}')
-    sd = unwrap_state_dict(load_checkpoint_file(src))
+    sd, record = read_weights_file(src, weights)
     family = detect_family(sd)
     if is_original_layout(sd):
         sd = original_to_ours(sd)
@@ -447,10 +607,13 @@ def convert_file(
         sd = checkpoint_filter_fn(sd, model)
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     metadata = {'format': 'pt', 'family': family, 'layout': 'vision_rwkv'}
-    if family == 'vrwkv':  # converted original weights: trained with the original kernel's Bi-WKV function
-        metadata['wkv_mode'] = 'original'
+    if family == 'vrwkv' and record is not None:  # the Bi-WKV function the weights were trained with
+        metadata['wkv_mode'] = record[0]
+        if record[1] is not None:
+            metadata['wkv_chunks'] = str(record[1])
 
     tmp = dst + '.tmp'
     save_file(sd, tmp, metadata=metadata)
     os.replace(tmp, dst)
-    return dict(family=family, num_tensors=len(sd), num_classes=num_classes, dst=dst)
+    return dict(family=family, num_tensors=len(sd), num_classes=num_classes, dst=dst,
+                wkv_mode=metadata.get('wkv_mode'))

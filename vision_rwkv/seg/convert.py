@@ -24,12 +24,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from vision_rwkv.models.convert import CheckpointMismatchError, original_to_ours, strip_key_prefixes
+from vision_rwkv.models.convert import CheckpointMismatchError, listed_keys, original_to_ours, strip_key_prefixes
 
 __all__ = ["is_original_segmentor", "convert_original_segmentor", "read_segmentor_state", "load_segmentor_weights",
            "SegCheckpointMismatchError"]
 
-MAX_LISTED_KEYS = 20  # keys named per kind in a mismatch error; the rest are counted
 
 _ADAPTER = re.compile(r"^backbone\.(level_embed|(spm|interactions|up|norm[1-4])\..+)$")
 _HEADS = [
@@ -44,13 +43,6 @@ _CONV_MODULE = [(r"\.conv\.(weight|bias)$", r".0.\1"), (r"\.bn\.([a-z_]+)$", r".
 class SegCheckpointMismatchError(CheckpointMismatchError, RuntimeError):
     """A checkpoint does not fit the segmentor; also a RuntimeError, as a failed ``load_state_dict`` is (callers
     that catch RuntimeError keep reporting it)."""
-
-
-def _listed(keys: list[str], what: str) -> str:
-    """``N <what> (k1, k2, ... and M more)``: the count and the first MAX_LISTED_KEYS keys."""
-    shown = ", ".join(keys[:MAX_LISTED_KEYS])
-    more = f", ... and {len(keys) - MAX_LISTED_KEYS} more" if len(keys) > MAX_LISTED_KEYS else ""
-    return f"{len(keys)} {what} ({shown}{more})"
 
 
 def is_original_segmentor(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -87,7 +79,7 @@ def convert_original_segmentor(state_dict: Mapping[str, torch.Tensor]) -> dict[s
             unknown.append(name)
     if unknown:
         raise SegCheckpointMismatchError(f"the segmentation checkpoint has "
-                                         f"{_listed(sorted(unknown), 'unexpected keys (no mapping)')}")
+                                         f"{listed_keys(sorted(unknown), 'unexpected keys (no mapping)')}")
     out.update({"backbone." + k: v for k, v in original_to_ours(backbone).items()})
     return out
 
@@ -116,7 +108,7 @@ def load_segmentor_weights(model: nn.Module, path: str | os.PathLike,
     shapes = [f"{k}: checkpoint {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(v.shape)}"
               for k, v in own.items() if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
     kinds = (("missing keys", missing), ("unexpected keys", unexpected), ("keys with other shapes", shapes))
-    problems = [_listed(keys, what) for what, keys in kinds if keys]
+    problems = [listed_keys(keys, what) for what, keys in kinds if keys]
     if problems:
         raise SegCheckpointMismatchError(f"checkpoint {path} does not match the config's model: "
                                          f"{'; '.join(problems)}")
