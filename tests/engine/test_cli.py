@@ -56,6 +56,7 @@ def test_usage_errors_exit_2_with_the_reason(argv, message, capsys):
 def test_run_tool_turns_config_and_file_errors_into_one_line_and_a_status(monkeypatch, capsys):
     from vision_rwkv.engine import ConfigError
     from vision_rwkv.engine.cli import run_tool
+    from vision_rwkv.models.convert import CheckpointFileMismatchError
     monkeypatch.setattr("sys.argv", ["tool", "a=1"])
 
     def raising(err):
@@ -66,6 +67,8 @@ def test_run_tool_turns_config_and_file_errors_into_one_line_and_a_status(monkey
 
     for main, status, message in ((raising(ConfigError("unknown config key 'x'")), 2, "error: unknown config key"),
                                   (raising(FileNotFoundError("image folder root not found: /d")), 1, "not found: /d"),
+                                  (raising(CheckpointFileMismatchError("checkpoint c.pt does not match the model")), 2,
+                                   "error: checkpoint c.pt does not match"),
                                   (lambda argv: 3, 3, ""), (lambda argv: {"top1": 1.0}, 0, "")):
         with pytest.raises(SystemExit) as exc:
             run_tool(main)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.convert import CheckpointMismatchError, checkpoint_format_problem, listed_keys, select_weights
+from ..models.convert import (CheckpointFileMismatchError, CheckpointMismatchError, checkpoint_format_problem,
+                              listed_keys, select_weights)
 from .config import save_config
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
@@ -166,8 +167,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
         except CheckpointMismatchError as err:  # the file named: "checkpoint PATH does not fit VRWKV: ..."
             message = str(err)
             if message.startswith("checkpoint "):
-                raise RuntimeError(f"checkpoint {path} {message[len('checkpoint '):]}") from err
-            raise RuntimeError(f"checkpoint {path}: {message}") from err
+                raise CheckpointFileMismatchError(f"checkpoint {path} {message[len('checkpoint '):]}") from err
+            raise CheckpointFileMismatchError(f"checkpoint {path}: {message}") from err
     own = target.state_dict()
     renewed: list[str] = []
     if new_classifier:
@@ -180,9 +181,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
     missing = sorted(set(own) - set(sd) - set(renewed)) if strict else []
     unexpected = sorted(set(sd) - set(own)) if strict else []
     if missing or unexpected or wrong:
-        raise RuntimeError(f"checkpoint {path} does not match the model: {listed_keys(missing, 'missing keys')}, "
-                           f"{listed_keys(unexpected, 'unexpected keys')}"
-                           + (f", {listed_keys(wrong, 'shape mismatches')}" if wrong else ""))
+        raise CheckpointFileMismatchError(
+            f"checkpoint {path} does not match the model: {listed_keys(missing, 'missing keys')}, "
+            f"{listed_keys(unexpected, 'unexpected keys')}"
+            + (f", {listed_keys(wrong, 'shape mismatches')}" if wrong else ""))
     target.load_state_dict(sd, strict=False)
     return renewed
 

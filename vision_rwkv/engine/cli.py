@@ -17,11 +17,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
+from ..models.convert import CheckpointMismatchError
 from .config import ConfigError, override_key
 
 # omegaconf's errors for a key the running job reads but the config lacks (deleted with ~key, or a config of
 # another tool): reported like a ConfigError
 _MISSING_KEY_ERRORS = (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue)
+# errors a tool prints as one line: a bad config (status 2), a missing file (1), a checkpoint file that does not fit
+# the model (2)
+_ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, *_MISSING_KEY_ERRORS)
 
 __all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
            "add_predict_options", "parse_predict_args"]
@@ -135,12 +139,12 @@ def missing_key_error(err: Exception) -> ConfigError:
 
 
 def _error_status(err: Exception, missing_file: int = 1) -> int:
-    """Print ``err`` as one ``error:`` line; the exit status for it: 2 for a config error, ``missing_file`` for a
-    missing file."""
+    """Print ``err`` as one ``error:`` line; the exit status for it: 2 for a config error or a checkpoint that does
+    not fit the model, ``missing_file`` for a missing file."""
     if isinstance(err, _MISSING_KEY_ERRORS):
         err = missing_key_error(err)
     print(f"error: {err}", file=sys.stderr)
-    return 2 if isinstance(err, ConfigError) else missing_file
+    return 2 if isinstance(err, (ConfigError, CheckpointMismatchError)) else missing_file
 
 
 def run_config_job(load: Callable[[], Any], job: Callable[[Any], Any]) -> tuple[int, Any]:
@@ -149,19 +153,20 @@ def run_config_job(load: Callable[[], Any], job: Callable[[Any], Any]) -> tuple[
     e.g. a key a data.type needs) - and a file missing while running 1, each as one ``error:`` line."""
     try:
         cfg = load()
-    except (ConfigError, FileNotFoundError, *_MISSING_KEY_ERRORS) as err:
+    except _ONE_LINE_ERRORS as err:
         return _error_status(err, missing_file=2), None
     try:
         return 0, job(cfg)
-    except (ConfigError, FileNotFoundError, *_MISSING_KEY_ERRORS) as err:
+    except _ONE_LINE_ERRORS as err:
         return _error_status(err), None
 
 
 def run_tool(main: Callable[[list[str]], Any]) -> None:
-    """Run a tool's ``main(argv)`` as a command: a config error exits with status 2, a missing file with 1, each
+    """Run a tool's ``main(argv)`` as a command: a config error or a checkpoint that does not fit the model exits
+    with status 2, a missing file with 1, each
     as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0."""
     try:
         result = main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError, *_MISSING_KEY_ERRORS) as err:
+    except _ONE_LINE_ERRORS as err:
         sys.exit(_error_status(err))
     sys.exit(result if isinstance(result, int) else 0)

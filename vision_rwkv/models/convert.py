@@ -95,6 +95,11 @@ class CheckpointMismatchError(KeyError):
         return str(self.args[0]) if self.args else ''
 
 
+class CheckpointFileMismatchError(CheckpointMismatchError, RuntimeError):
+    """A checkpoint file does not fit the model it is loaded into; also a RuntimeError, as a failed
+    ``load_state_dict`` is (callers that catch RuntimeError keep reporting it). The tools print it as one line."""
+
+
 MAX_LISTED_KEYS = 20  # keys named per kind in a mismatch error; the rest are counted
 
 

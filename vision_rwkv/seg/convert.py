@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from vision_rwkv.models.convert import CheckpointMismatchError, listed_keys, original_to_ours, strip_key_prefixes
+from vision_rwkv.models.convert import CheckpointFileMismatchError, listed_keys, original_to_ours, strip_key_prefixes
 
 __all__ = ["is_original_segmentor", "convert_original_segmentor", "read_segmentor_state", "load_segmentor_weights",
            "SegCheckpointMismatchError"]
@@ -40,9 +40,8 @@ _HEADS = [
 _CONV_MODULE = [(r"\.conv\.(weight|bias)$", r".0.\1"), (r"\.bn\.([a-z_]+)$", r".1.\1")]
 
 
-class SegCheckpointMismatchError(CheckpointMismatchError, RuntimeError):
-    """A checkpoint does not fit the segmentor; also a RuntimeError, as a failed ``load_state_dict`` is (callers
-    that catch RuntimeError keep reporting it)."""
+class SegCheckpointMismatchError(CheckpointFileMismatchError):
+    """A checkpoint does not fit the segmentor (a RuntimeError too, as a failed ``load_state_dict`` is)."""
 
 
 def is_original_segmentor(state_dict: Mapping[str, torch.Tensor]) -> bool:
