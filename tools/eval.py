@@ -9,15 +9,19 @@
 ``eval.checkpoint=PATH``: a training checkpoint (``eval.weights``: auto = its EMA weights when it has them, model,
 ema), a state dict, a .safetensors file or an original Vision-RWKV .pth, read as ``model.checkpoint`` reads it (a
 v4 model runs the Bi-WKV function the weights were trained with, unless model.kwargs names wkv_mode). Any timm
-model name works, at any resolution (``eval.input_size=48``). Prints top-1/top-5 and throughput; writes metrics.json,
-per_class.csv and confusion_matrix.png to eval.out_dir (default <run_dir>/eval). Works under torchrun (each rank
-evaluates a shard).
+model name works, at any resolution (``eval.input_size=48``). Without a checkpoint (and without model.pretrained /
+model.checkpoint) the config's run is evaluated: ``<run_dir>/checkpoints/best.pt``, else its newest checkpoint, as
+tools/test_seg.py does; with none there, a warning says the weights are untrained. Prints top-1/top-5 and
+throughput; writes metrics.json, per_class.csv and confusion_matrix.png to eval.out_dir (default <run_dir>/eval).
+Works under torchrun (each rank evaluates a shard).
 """
 from __future__ import annotations
 
 import json
+import sys
 
 from vision_rwkv.engine import ConfigError, load_config
+from vision_rwkv.engine.checkpoint import run_checkpoint
 from vision_rwkv.engine.classification import evaluate_classifier
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
 from vision_rwkv.models.convert import MissingWeightsError
@@ -32,6 +36,14 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         parser.exit(2, f"config error: {err}\n")
+    if not (cfg.eval.checkpoint or cfg.model.pretrained or cfg.model.checkpoint):
+        found = run_checkpoint(cfg.run_dir)
+        if found is not None:
+            cfg.eval.checkpoint = str(found)
+            print(f"[eval] no --checkpoint: evaluating the run's {found}", file=sys.stderr)
+        else:
+            print(f"warning: no --checkpoint, no model.pretrained / model.checkpoint and no checkpoint in "
+                  f"{cfg.run_dir}/checkpoints: {cfg.model.name} has random, untrained weights", file=sys.stderr)
     try:
         result = evaluate_classifier(cfg)
     except MissingWeightsError as err:  # eval.weights asks for weights the file does not hold

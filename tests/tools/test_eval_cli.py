@@ -127,3 +127,15 @@ def test_checkpoint_and_model_checkpoint_load_a_file_alike(trained, tmp_path, mo
     load_tool("eval").main([str(DEMO), *TINY, "+model.kwargs.wkv_mode=exact", f"eval.out_dir={tmp_path}",
                             "--checkpoint", str(released)])
     assert modes[-1] == ("exact", 32)
+
+
+def test_eval_without_a_checkpoint_takes_the_runs_or_warns(trained, tmp_path, capsys):
+    """No --checkpoint: the config's run (best.pt) is evaluated, as tools/test_seg.py does; with no run there the
+    tool says the weights are untrained."""
+    run, result = trained
+    r = load_tool("eval").main([str(DEMO), *TINY, f"run_dir={run}", "eval.weights=model", f"eval.out_dir={tmp_path}"])
+    assert r["top1"] == pytest.approx(result["top1"]) and r["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    assert f"evaluating the run's {run / 'checkpoints' / 'best.pt'}" in capsys.readouterr().err
+    load_tool("eval").main([str(DEMO), *TINY, f"run_dir={tmp_path / 'none'}", f"eval.out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert "warning: no --checkpoint" in err and "random, untrained weights" in err

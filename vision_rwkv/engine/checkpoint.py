@@ -34,7 +34,7 @@ from .config import save_config
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
-           "find_latest_checkpoint", "load_model_weights", "read_model_state", "load_weights", "model_record"]
+           "find_latest_checkpoint", "run_checkpoint", "load_model_weights", "read_model_state", "load_weights", "model_record"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -104,6 +104,15 @@ def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name))]
     return max(found)[1] if found else None
+
+
+def run_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint a run folder offers for evaluation: ``checkpoints/best.pt``, else the newest
+    ``checkpoints/ckpt_<step>.pt``; None when there is none."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if (ckpt_dir / "best.pt").is_file():
+        return ckpt_dir / "best.pt"
+    return find_latest_checkpoint(ckpt_dir)
 
 
 def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[str, Any]:

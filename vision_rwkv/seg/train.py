@@ -285,7 +285,7 @@ def _seg_loss(model: nn.Module, batch: Mapping[str, Any]):
 def resolve_checkpoint(cfg: Any) -> Path:
     """`test.checkpoint` if set, else `<run_dir>/checkpoints/best.pt`, else the newest `ckpt_*.pt` there (the
     checkpoint of tools/test_seg.py and tools/predict_seg.py); FileNotFoundError when there is none."""
-    from vision_rwkv.engine import find_latest_checkpoint
+    from vision_rwkv.engine.checkpoint import run_checkpoint
 
     if cfg.test.checkpoint:
         path = Path(cfg.test.checkpoint)
@@ -293,9 +293,7 @@ def resolve_checkpoint(cfg: Any) -> Path:
             raise FileNotFoundError(f"test checkpoint not found: {path}")
         return path
     ckpt_dir = Path(cfg.train.run_dir) / "checkpoints"
-    if (ckpt_dir / "best.pt").is_file():
-        return ckpt_dir / "best.pt"
-    latest = find_latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    latest = run_checkpoint(cfg.train.run_dir)
     if latest is None:
         raise FileNotFoundError(f"no checkpoint to load: give --checkpoint PATH (test.checkpoint=PATH) or train the "
                                 f"config first (no best.pt or ckpt_*.pt in {ckpt_dir}, its train.run_dir)")
