@@ -204,3 +204,21 @@ def test_gemm_epilogue_kernel_uses_wgmma_without_spills(op, restore_kernel_confi
                                          check=True).stdout)
     assert any(k.startswith("HGMMA") for k in ops), sorted(ops)
     assert ops["LDGSTS.E.BYPASS.128"] > 0 and ops["STG.E.128"] > 0, sorted(ops)
+
+
+def test_a_cuobjdump_failure_names_the_kernel_target_and_the_tools_message(tmp_path):
+    """cuobjdump refusing a target (the CUDA 13 one bundled with Triton no longer disassembles sm_70) is one
+    CuobjdumpError carrying its stderr, not a bare CalledProcessError."""
+    import types
+
+    from vision_rwkv.kernel_report import CuobjdumpError
+
+    tool = tmp_path / "cuobjdump"
+    tool.write_text('#!/bin/sh\necho \'nvdisasm fatal : CUDA architecture "SM70" is deprecated\' >&2\nexit 1\n')
+    tool.chmod(0o755)
+    kernel = types.SimpleNamespace(asm={"cubin": b"\0"}, metadata=types.SimpleNamespace(
+        target=types.SimpleNamespace(arch=70), num_warps=4, shared=0))
+    rec = types.SimpleNamespace(tag="fwd", name="_fwd_kernel", grid=(1,), kernel=kernel, extra={})
+    with pytest.raises(CuobjdumpError, match=r'failed on _fwd_kernel compiled for sm_70: nvdisasm fatal .*"SM70"'):
+        kernel_rows([rec], cuobjdump=str(tool))
+    assert issubclass(CuobjdumpError, RuntimeError)

@@ -9,6 +9,8 @@ Examples:
   python tools/benchmark.py --ops --backbones --device cpu --quick          # tiny CPU smoke run
   python tools/benchmark.py --backbones --device cpu --dtype fp32 --res 224 --batch 224=8 --train-batch 8  # CPU
 Kernel launch settings can be overridden for sweeps: --kernel-config v4.chunk_t=128 --kernel-config v6.warps=8
+Exit status: 2 for an argument mistake (nothing runs: e.g. --device cuda without a GPU, a v6 shape whose C is not a
+multiple of 64), 1 when every row of a table failed (the JSON is still written), else 0.
 """
 from __future__ import annotations
 
@@ -21,12 +23,102 @@ from pathlib import Path
 import torch
 
 from vision_rwkv import benchmark as bm
+from vision_rwkv.ops._triton_utils import triton_interpret
 
 
 def _parse_shapes(text: str | None):
+    """'B,T,C;B,T,C' -> [(B, T, C), ...] (None when not given); a ValueError naming the bad item."""
     if not text:
         return None
-    return [tuple(int(x) for x in s.split(",")) for s in text.split(";") if s]
+    shapes = []
+    for item in filter(None, (s.strip() for s in text.split(";"))):
+        try:
+            shape = tuple(int(x) for x in item.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3:
+            raise ValueError(f"expected 'B,T,C;B,T,C' (three integers per shape), got {item!r}")
+        shapes.append(shape)
+    if not shapes:
+        raise ValueError(f"no shape in {text!r}")
+    return shapes
+
+
+def _parse_batches(items: list[str] | None) -> dict | None:
+    """['224=8', ...] -> {224: 8, ...} (None when not given); a ValueError naming the bad item."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        res, sep, batch = item.partition("=")
+        try:
+            out[int(res)] = int(batch)
+        except ValueError:
+            raise ValueError(f"expected RES=BATCH (e.g. 224=8), got {item!r}") from None
+        if not sep or int(res) < 1 or int(batch) < 1:
+            raise ValueError(f"expected RES=BATCH with both >= 1 (e.g. 224=8), got {item!r}")
+    return out
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (status 2) for what would otherwise fail every row, or time something other than asked."""
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        p.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here (use --device cpu for a CPU run)")
+    if dev.type == "cpu" and "triton" in (args.backend or ()) and not triton_interpret():
+        p.error("--backend triton needs --device cuda (or TRITON_INTERPRET=1: Triton's CPU interpreter, tiny shapes)")
+    for name in ("iters", "train_batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup is not None and args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    try:
+        args.shapes = _parse_shapes(args.shapes)
+        for op in args.op or ("v4_biwkv", "v6_biwkv"):
+            for shape in args.shapes or ():
+                bm.op_shape(op, shape)
+    except ValueError as e:
+        p.error(f"--shapes: {e}")
+    try:
+        args.batch = _parse_batches(args.batch)
+    except ValueError as e:
+        p.error(f"--batch: {e}")
+    bad_res = [r for r in args.res or () if r < 1]
+    if bad_res:
+        p.error(f"--res must be >= 1, got {bad_res[0]}")
+    if args.backbones and args.model:
+        import timm
+
+        unknown = [m for m in args.model if not timm.is_model(m)]
+        if unknown:
+            p.error(f"--model {unknown[0]!r} is not a timm model (ours: {', '.join(bm.BACKBONES)})")
+
+
+def _backbone_plan(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
+    """(models, resolutions, batches) of the backbone rows (--quick: two tiny models at 64 px, batch 1); a usage
+    error, before anything runs, for a resolution without a batch."""
+    models, res, batches = args.model, args.res, args.batch
+    if args.quick:
+        models = models or ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
+        res = res or [64]
+        batches = batches or {r: 1 for r in res}
+    res = () if args.train_only else res or (224, 512, 1024)
+    try:
+        bm.backbone_batches(args.device, res, batches)
+    except ValueError as e:
+        p.error(f"--batch: {e}")
+    return models, res, batches
+
+
+def _failed_sections(out: dict) -> list[str]:
+    """The sections (ops, gemm, backbones) whose rows all failed: the run measured nothing there."""
+    return [key for key in ("ops", "gemm", "backbones")
+            if out.get(key) and all("error" in r for r in out[key])]
 
 
 def main(argv=None) -> int:
@@ -71,6 +163,8 @@ def main(argv=None) -> int:
         p.error("--gemm includes the mixed-operand rows; --mix-gemm is that part alone: pass one of them")
     if args.train_only and (args.no_train or args.res):
         p.error("--train-only runs the training rows (224 px) alone: not with --no-train or --res")
+    _check_args(p, args)
+    backbone_plan = _backbone_plan(p, args) if args.backbones else None
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
@@ -78,7 +172,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         raise SystemExit(f"--kernel-config: {e}")
     dtypes = args.dtype or ["fp32", "bf16"]
-    iters = args.iters or (2 if args.quick else 20)
+    iters = args.iters if args.iters is not None else (2 if args.quick else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     meta = dict(bm.run_metadata(args.device), device=args.device, iters=iters, warmup=warmup,
                 argv=sys.argv[1:] if argv is None else list(argv))
@@ -101,7 +195,7 @@ def main(argv=None) -> int:
         save()
 
     if args.ops:
-        shapes = _parse_shapes(args.shapes) or ([(2, 40, 64), (1, 300, 64)] if args.quick else None)
+        shapes = args.shapes or ([(2, 40, 64), (1, 300, 64)] if args.quick else None)
         rows = bm.bench_ops(args.device, dtypes, shapes, ops=args.op or ("v4_biwkv", "v6_biwkv"),
                             backends=args.backend, v4_modes=args.v4_mode or ("exact", "original"), iters=iters,
                             warmup=warmup, progress=tick)
@@ -122,16 +216,9 @@ def main(argv=None) -> int:
         print(bm.format_table(rows, bm.GEMM_COLUMNS))
     if args.backbones:
         section["key"] = "backbones"
-        batches = {int(b.split("=")[0]): int(b.split("=")[1]) for b in args.batch} if args.batch else None
-        models = args.model
-        res = args.res
-        if args.quick:
-            models = models or ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"]
-            res = res or [64]
-            batches = batches or {r: 1 for r in res}
-        train_batch = args.train_batch or (2 if args.quick else 128)
-        rows = bm.bench_backbones(args.device, models, () if args.train_only else res or (224, 512, 1024), batches,
-                                  dtypes,
+        models, res, batches = backbone_plan
+        train_batch = args.train_batch if args.train_batch is not None else (2 if args.quick else 128)
+        rows = bm.bench_backbones(args.device, models, res, batches, dtypes,
                                   train=not args.no_train, train_batch=train_batch, iters=iters,
                                   warmup=warmup, with_deit=not args.no_deit, progress=tick, graph=args.graph)
         out["backbones"] = rows
@@ -140,6 +227,11 @@ def main(argv=None) -> int:
     if args.out:
         save()
         print(f"\nwrote {args.out}")
+    failed = _failed_sections(out)
+    if failed:
+        first = next(r["error"] for r in out[failed[0]] if "error" in r)
+        print(f"error: every {' and every '.join(failed)} row failed (first: {first})", file=sys.stderr)
+        return 1
     return 0
 
 

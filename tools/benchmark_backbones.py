@@ -32,7 +32,7 @@ OURS = ["VRWKV-T", "VRWKV-S", "VRWKV-B", "VRWKV6-T", "VRWKV6-S", "VRWKV6-B"]
 def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=None, compile_first=None) -> list:
     """Benchmark configs in priority order (what matters most first, so a deadline cuts the least important):
     eager in the first dtype (+ CUDA-graph replays at the smallest and largest resolution, plain-path rows for
-    ``unfused_models`` and the training step), compiled runs of
+    the ``unfused_models`` among ``models`` and the training step), compiled runs of
     ``compile_first`` (+ their DeiT, a compile-plain row and, with ``train``, the compiled training step), eager in the other dtypes, then the other compiled
     runs (first dtype, ``compile_res`` resolutions, largest first)."""
     def with_deit(ms):
@@ -59,7 +59,7 @@ def plan(models, res_list, dtypes, modes, train, unfused_models, compile_res=Non
         for res in sorted({res_list[0], res_list[-1]}, reverse=True):
             cfgs += [dict(model=m, res=res, dtype=dt0, mode="eager-graph", kind="inference") for m in labels]
         cfgs += [dict(model=m, res=r, dtype=dt0, mode="eager-unfused", kind="inference")
-                 for m in unfused_models for r in sorted({res_list[0], res_list[-1]})]
+                 for m in unfused_models if m in models for r in sorted({res_list[0], res_list[-1]})]
         if train:
             cfgs += [dict(model=m, res=224, dtype=dt0, mode="eager", kind="train") for m in labels]
     if "compile" in modes:
@@ -85,7 +85,7 @@ def main(argv=None) -> list:
                     help="models whose compiled runs come before the second dtype")
     ap.add_argument("--train", action="store_true", help="also time a training step at 224 (first dtype)")
     ap.add_argument("--unfused", nargs="*", default=["VRWKV-T", "VRWKV6-T"],
-                    help="models also timed on the plain path (VRWKV_FUSED=0)")
+                    help="those of --models also timed on the plain path (VRWKV_FUSED=0)")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="stop starting configs after this many s")
     root = Path(__file__).resolve().parents[1]
     anchors = next((p for p in (root / "benchmarks" / "anchors" / "backbones.json",

@@ -64,6 +64,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vision_rwkv  # noqa: E402,F401
 from vision_rwkv.benchmark import run_metadata  # noqa: E402
+from vision_rwkv.ops.fused import fused_gemm_enabled  # noqa: E402
 
 MODELS = ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224", "deit_tiny_patch16_224"]
 ALLOC_OPS = {"aten.empty", "aten.new_empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty_strided"}
@@ -298,7 +299,7 @@ class _Case:
         path = ("fused" if self.one_node else "fused, per-op") if self.fused else "plain"
         if host is not None and self.fused and not self.fast_launch:
             path += ", Triton's launch"
-        return dict(model=self.name, path=path, fused_gemm=os.environ.get("VRWKV_FUSED_GEMM", "0"),
+        return dict(model=self.name, path=path, fused_gemm="1" if fused_gemm_enabled() else "0",
                     mode="train" if self.train else "inference",
                     dtype="bf16 autocast" if self.autocast else "fp32", host_ms=self.best * 1e3,
                     **({} if self.best_split[0] is None else dict(host_ms_forward=self.best_split[0] * 1e3,
@@ -361,6 +362,11 @@ def main(argv=None) -> int:
                         "through Triton's host path up to the C call, with and without our short launch path")
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
+    for name in ("repeats", "calls"):  # (--repeats 0 printed "inf" and wrote Infinity, not JSON, to --out)
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.dim < 0:
+        p.error(f"--dim must be >= 0 (0: the registered width), got {args.dim}")
     torch.set_num_threads(1)
     with contextlib.ExitStack() as stack:
         host = None

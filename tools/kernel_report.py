@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from vision_rwkv import benchmark as bm
-from vision_rwkv.kernel_report import capture_kernels, format_rows, kernel_rows
+from vision_rwkv.kernel_report import CuobjdumpError, capture_kernels, format_rows, kernel_rows
 
 
 def _parse_variant(text: str) -> tuple[str, list[str]]:
@@ -161,15 +161,19 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = H100/H200)")
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
-    shape = tuple(int(x) for x in args.shape.split(","))
-    if len(shape) != 3 or (args.op in ("v6_biwkv", "mix_v6x5", "norm_gemm") and shape[2] % 64):
-        p.error(f"--shape must be B,T,C (C a multiple of 64 for v6) or M,K,N, got {args.shape!r}")
+    try:
+        shape = tuple(int(x) for x in args.shape.split(","))
+    except ValueError:
+        shape = ()
+    if (len(shape) != 3 or min(shape) < 1
+            or (args.op in ("v6_biwkv", "mix_v6x5", "norm_gemm") and shape[2] % 64)):
+        p.error(f"--shape must be B,T,C (C a multiple of 64 for v6) or M,K,N, each >= 1, got {args.shape!r}")
     if args.op in OPERAND_OPS and math.isqrt(shape[1]) ** 2 != shape[1]:
         p.error(f"--op {args.op} runs on a square token grid: T must be a square, got {shape[1]}")
     variants = [_parse_variant(v) for v in (args.variant or ["default"])]
     try:
         rows = report(args.op, shape, args.dtype, variants, args.mode, args.arch)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CuobjdumpError) as e:
         raise SystemExit(f"kernel_report: {e}")
     print(f"{args.op} {args.mode if args.op == 'v4_biwkv' else ''} shape {shape} {args.dtype}, sm_{args.arch}, "
           f"static SASS counts\n")

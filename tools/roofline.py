@@ -369,6 +369,13 @@ def main(argv=None) -> int:
                    help="also print the N largest holders of memory at the peak (by allocating call site)")
     p.add_argument("--out", type=Path, help="write the rows as JSON")
     args = p.parse_args(argv)
+    for name in ("res", "batch"):  # (--batch 0 ran and reported a floor of 0 img/s)
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not args.bandwidth > 0:
+        p.error(f"--bandwidth must be > 0 bytes/s, got {args.bandwidth}")
+    if args.holders < 0:
+        p.error(f"--holders must be >= 0, got {args.holders}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = list(args.model or MODELS)
     for m in list(models):
@@ -384,8 +391,9 @@ def main(argv=None) -> int:
     print(f"\n## Roofline floor of {what}, {args.res}x{args.res}, batch {args.batch}, {args.dtype} "
           f"({args.bandwidth / 1e12:.2f} TB/s, {MATRIX_RATE[args.dtype] / 1e12:.0f} TFLOP/s)\n")
     ratio = TARGETS.get((args.res, args.train))
+    target = f"{ratio}x DeiT target ms" if ratio else "target ms (none at this size)"
     print("| model | launches | GB moved | GEMM/attn GFLOP | floor ms | floor img/s | DeiT img/s (H100) | "
-          f"{ratio or '-'}x DeiT target ms | floor / target | peak GiB (est.) |")
+          f"{target} | floor / target | peak GiB (est.) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tgt = f"{r['target_ms']:.2f}" if "target_ms" in r else ""

@@ -285,6 +285,33 @@ def _op_inputs(op: str, shape, dtype, device, seed=0):
     return ins
 
 
+def op_shape(op: str, shape3) -> tuple:
+    """The tensor shape timed for ``op`` at ``shape3`` = (B, T, C): v4 (B, T, C), v6 (B, T, C // 64, 64) heads of 64.
+    A ValueError unless it is three ints >= 1 and, for v6, C a multiple of 64 (the shape timed is the one asked
+    for, never a truncated or empty one)."""
+    if (len(shape3) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape3)
+            or min(shape3) < 1):
+        raise ValueError(f"op shapes are B,T,C with each >= 1, got {tuple(shape3)}")
+    B, T, C = shape3
+    if op == "v4_biwkv":
+        return (B, T, C)
+    if C % 64:
+        raise ValueError(f"v6_biwkv runs heads of 64 channels: C must be a multiple of 64, got {tuple(shape3)}")
+    return (B, T, C // 64, 64)
+
+
+def backbone_batches(device: str | torch.device, resolutions: Iterable[int], batches: dict | None = None) -> dict:
+    """Resolution -> batch of the backbone rows: ``batches`` over the device's defaults (CUDA 224: 256, 512: 64,
+    1024: 16; CPU 224: 2, else 1); a ValueError naming a resolution that none of them covers."""
+    dev = torch.device(device)
+    out = {224: 256, 512: 64, 1024: 16} if dev.type == "cuda" else {224: 2, 512: 1, 1024: 1}
+    out.update(batches or {})
+    missing = [r for r in resolutions if r not in out]
+    if missing:
+        raise ValueError(f"no batch for resolution(s) {missing}: give one as RES=BATCH (e.g. {missing[0]}=8)")
+    return out
+
+
 def _op_bytes(op: str, shape, dtype) -> tuple[int, int]:
     """(forward, forward+backward) bytes that must move once: each big input read once, each output written once."""
     n = math.prod(shape)
@@ -341,12 +368,13 @@ def bench_ops(device: str = "cuda", dtypes: Iterable[str] = ("fp32", "bf16"), sh
         backends = ("triton",) if dev.type == "cuda" else ("reference",)
     kern = load_anchors("kernels", anchors_dir)
     shapes = list(shapes or OP_SHAPES)
+    op_shapes = {(op, tuple(s)): op_shape(op, tuple(s)) for op in ops for s in shapes}  # (checked before any timing)
     fla = "v6_biwkv" in ops and "triton" in backends and fla_available()
     rows = []
     for op in ops:
         for shape3 in shapes:
             B, T, C = shape3
-            shape = (B, T, C) if op == "v4_biwkv" else (B, T, C // 64, 64)
+            shape = op_shapes[op, tuple(shape3)]
             for wkv_mode in (v4_modes if op == "v4_biwkv" else ("-",)):
                 for backend in backends:
                     for dname in dtypes:
@@ -775,7 +803,8 @@ def bench_backbones(device: str = "cuda", models: Iterable[str] | None = None, r
     eager calls; CUDA only)."""
     dev = torch.device(device)
     bb = load_anchors("backbones", anchors_dir)
-    batches = batches or ({224: 256, 512: 64, 1024: 16} if dev.type == "cuda" else {224: 2, 512: 1, 1024: 1})
+    resolutions = list(resolutions)
+    batches = backbone_batches(dev, resolutions, batches)
     models = list(models or BACKBONES)
     rows = []
     deit_cache: dict = {}

@@ -20,8 +20,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-__all__ = ["CompiledLaunch", "capture_kernels", "cuobjdump_path", "kernel_rows", "format_rows", "sass_counts",
-           "loop_instructions"]
+__all__ = ["CompiledLaunch", "CuobjdumpError", "capture_kernels", "cuobjdump_path", "kernel_rows", "format_rows",
+           "sass_counts", "loop_instructions"]
 
 _SASS_OP = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)", re.M)
 _RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -132,7 +132,8 @@ def _group(ops: collections.Counter) -> dict:
 
 def kernel_rows(records: list[CompiledLaunch], cuobjdump: str | None = None) -> list[dict]:
     """One dict per distinct (tag, kernel, grid): resources from ``cuobjdump --dump-resource-usage`` and grouped
-    SASS counts (see ``_group``). Raises FileNotFoundError when no cuobjdump is available."""
+    SASS counts (see ``_group``). Raises FileNotFoundError when no cuobjdump is available and
+    :class:`CuobjdumpError` (with the tool's message) when it cannot read a kernel."""
     tool = cuobjdump or cuobjdump_path()
     if tool is None:
         raise FileNotFoundError("cuobjdump not found (it ships with triton's NVIDIA backend)")
@@ -146,8 +147,8 @@ def kernel_rows(records: list[CompiledLaunch], cuobjdump: str | None = None) -> 
             path = os.path.join(tmp, f"k{i}.cubin")
             with open(path, "wb") as f:
                 f.write(rec.kernel.asm["cubin"])
-            res = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True)
-            sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
+            res = _cuobjdump(tool, "--dump-resource-usage", path, rec)
+            sass = _cuobjdump(tool, "-sass", path, rec).stdout
             m = _RES.search(res.stdout)
             if m is None:
                 raise RuntimeError(f"unexpected cuobjdump output for {rec.name}: {res.stdout[-500:]}")
@@ -161,6 +162,23 @@ def kernel_rows(records: list[CompiledLaunch], cuobjdump: str | None = None) -> 
                        loop_instr=loop_instructions(sass), **rec.extra)
             rows.append(row)
     return rows
+
+
+class CuobjdumpError(RuntimeError):
+    """``cuobjdump`` could not read a compiled kernel (e.g. a target its CUDA version no longer disassembles)."""
+
+
+def _cuobjdump(tool: str, flag: str, path: str, rec: CompiledLaunch) -> subprocess.CompletedProcess:
+    """``cuobjdump FLAG cubin``; a :class:`CuobjdumpError` with the tool's own message when it fails."""
+    proc = subprocess.run([tool, flag, path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        target = getattr(getattr(rec.kernel, "metadata", None), "target", None)
+        arch = getattr(target, "arch", None)
+        why = (proc.stderr or proc.stdout).strip()[-500:] or f"exit status {proc.returncode}"
+        raise CuobjdumpError(f"{os.path.basename(tool)} {flag} failed on {rec.name}"
+                             f"{f' compiled for sm_{arch}' if arch else ''}: {why} (the cuobjdump at {tool} may not "
+                             "read this target: --arch 80 and 90 are known to work)")
+    return proc
 
 
 _COLUMNS = ("tag", "kernel", "grid", "warps", "regs", "stack", "shared", "instr", "loop_instr", "ldg", "ldg_128",

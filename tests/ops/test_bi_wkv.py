@@ -286,6 +286,26 @@ def test_bad_inputs():
             bi_wkv_reference(w, u, k, v, block=block)
 
 
+def test_chunks_checked_in_every_public_function():
+    """``chunks`` is an int >= 1 for the public references too (chunks=0 was a ZeroDivisionError there), and any
+    integer type is accepted (a NumPy integer, as read from a config array)."""
+    np = pytest.importorskip("numpy")
+    w, u, k, v = make_inputs(2, 7, 3, dtype=torch.float64)
+    calls = {"bi_wkv": lambda c: bi_wkv(w, u, k, v, mode="original", chunks=c),
+             "bi_wkv_reference": lambda c: bi_wkv_reference(w, u, k, v, mode="original", chunks=c),
+             "bi_wkv_naive": lambda c: bi_wkv_naive(w, u, k, v, mode="original", chunks=c),
+             "original_kernel_kv_grads": lambda c: original_kernel_kv_grads(w, u, k, v, v, chunks=c)}
+    for name, call in calls.items():
+        for bad in (0, -1, 2.0, True, "4", None):
+            with pytest.raises(ValueError, match=f"{name}: chunks must be an int >= 1"):
+                call(bad)
+        want = call(4)
+        for same in (np.int64(4), np.int32(4)):
+            got = call(same)
+            for g, e in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
 def test_autocast_region_keeps_fp32_accumulation():
     w, u, k, v = make_inputs(2, 70, 5, decay=5.0, dtype=torch.float32)
     for mode in ("exact", "original"):

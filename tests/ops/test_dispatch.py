@@ -122,3 +122,46 @@ def test_a_malformed_kernel_setting_is_an_error_not_a_silent_fallback(var, value
     env.pop("VRWKV_BACKEND", None)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_kernel_settings_out_of_range_are_clear_errors(monkeypatch):
+    """Settings with a closed set of values are checked where the kernels use them (so also when a sweep or test
+    sets CONFIG in place): before, v4 seq=2 ran silently, chunk_t=0 was a bare ZeroDivisionError and v6
+    fp32_precision=bogus an assertion inside Triton."""
+    pytest.importorskip("triton")
+    from vision_rwkv.ops.bi_wkv import triton as v4
+    from vision_rwkv.ops.bi_wkv6 import triton as v6
+
+    monkeypatch.setitem(v4.CONFIG, "seq", 2)
+    with pytest.raises(ValueError, match=r"VRWKV_TRITON_V4 seq must be 1 .* or 0 .*, got 2"):
+        v4._chosen_plan(40, "exact", 32)
+    monkeypatch.setitem(v4.CONFIG, "seq", 0)
+    for bad in (0, 24, -8):
+        monkeypatch.setitem(v4.CONFIG, "chunk_t", bad)
+        with pytest.raises(ValueError, match=f"VRWKV_TRITON_V4 chunk_t must be a power of two >= 1, got {bad}"):
+            v4._chosen_plan(40, "original", 4)
+    monkeypatch.setitem(v4.CONFIG, "chunk_t", 16)
+    assert v4._chosen_plan(40, "exact", 32)[0] is False
+    monkeypatch.setitem(v6.CONFIG, "fp32_precision", "bogus")
+    with pytest.raises(ValueError, match="VRWKV_TRITON_V6 fp32_precision must be one of tf32x3, ieee, got 'bogus'"):
+        v6._cfg(64, torch.float32, CPU)
+    assert v6._cfg(64, torch.bfloat16, CPU)[2] == "tf32"  # (16-bit inputs never use the setting)
+    monkeypatch.setitem(v6.CONFIG, "fp32_precision", "ieee")
+    assert v6._cfg(64, torch.float32, CPU)[2] == "ieee"
+
+
+@pytest.mark.parametrize("var, value, message", [
+    ("VRWKV_TRITON_V4", "seq=0,chunk_t=0", "VRWKV_TRITON_V4 chunk_t must be a power of two >= 1, got 0"),
+    ("VRWKV_TRITON_V4", "seq=2", "VRWKV_TRITON_V4 seq must be 1"),
+    ("VRWKV_TRITON_V6", "fp32_precision=bogus", "VRWKV_TRITON_V6 fp32_precision must be one of tf32x3, ieee"),
+])
+def test_out_of_range_kernel_settings_from_the_environment(var, value, message):
+    """The audit's repros, end to end under the interpreter: the public op raises the setting's error."""
+    pytest.importorskip("triton")
+    op = ("bi_wkv(torch.zeros(8), torch.zeros(8), torch.zeros(1, 40, 8), torch.zeros(1, 40, 8), backend='triton')"
+          if var.endswith("V4") else "bi_wkv6(*[torch.zeros(1, 20, 1, 16)] * 4, torch.zeros(1, 16), backend='triton')")
+    code = f"import torch\nfrom vision_rwkv.ops import bi_wkv, bi_wkv6\n{op}\n"
+    env = dict(__import__("os").environ, TRITON_INTERPRET="1", **{var: value})
+    env.pop("VRWKV_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and f"ValueError: {message}" in proc.stderr, proc.stderr[-2000:]

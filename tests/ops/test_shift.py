@@ -106,6 +106,11 @@ def test_shift_bad_inputs():
         q_shift(torch.randn(1, 4, 10), (2, 2), head_size=4)
     with pytest.raises(ValueError, match="grid_size"):
         q_shift(torch.randn(1, 4, 8), (4,))
+    for grid in (4, (2, 2, 1), None, "ab"):  # (an int used to be a TypeError from len())
+        with pytest.raises(ValueError, match=r"grid_size must be a pair of ints \(H, W\)"):
+            q_shift(torch.randn(1, 4, 8), grid)
+    x = torch.randn(1, 6, 8)
+    torch.testing.assert_close(q_shift(x, [2, 3]), q_shift(x, (2, 3)), rtol=0, atol=0)
     with pytest.raises(ValueError, match="head_size"):
         bi_shift_1d(torch.randn(1, 4, 10), 4)
     with pytest.raises(TypeError, match="torch.Tensor"):

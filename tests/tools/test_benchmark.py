@@ -314,3 +314,88 @@ def test_run_metadata_names_the_switches_settings_and_commit(monkeypatch):
     assert "gpu" not in meta  # a CPU run names no GPU
     if (ROOT / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", meta["commit"]), meta.get("commit")
+
+
+def _tool():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark as tool
+
+    return tool
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ops", "--device", "cpu", "--shapes", "1,10,8", "--op", "v6_biwkv"], "C must be a multiple of 64"),
+    (["--ops", "--device", "cpu", "--shapes", "1,10,100"], "C must be a multiple of 64, got (1, 10, 100)"),
+    (["--ops", "--device", "cpu", "--shapes", "1,10,0", "--op", "v4_biwkv"], "each >= 1, got (1, 10, 0)"),
+    (["--ops", "--device", "cpu", "--shapes", "1,10"], "--shapes: expected 'B,T,C;B,T,C'"),
+    (["--ops", "--device", "cpu", "--shapes", "abc"], "--shapes: expected 'B,T,C;B,T,C'"),
+    (["--ops", "--device", "foo"], "--device must be cpu or cuda[:N], got 'foo'"),
+    (["--ops", "--device", "cpu", "--iters", "0"], "--iters must be >= 1, got 0"),
+    (["--ops", "--device", "cpu", "--warmup", "-1"], "--warmup must be >= 0"),
+    (["--backbones", "--device", "cpu", "--train-batch", "0"], "--train-batch must be >= 1"),
+    (["--backbones", "--device", "cpu", "--batch", "8"], "--batch: expected RES=BATCH (e.g. 224=8), got '8'"),
+    (["--backbones", "--device", "cpu", "--batch", "224=0"], "--batch: expected RES=BATCH with both >= 1"),
+    (["--backbones", "--device", "cpu", "--res", "32"], "--batch: no batch for resolution(s) [32]"),
+    (["--backbones", "--device", "cpu", "--res", "0"], "--res must be >= 1, got 0"),
+    (["--backbones", "--device", "cpu", "--model", "nonexistent_model"], "'nonexistent_model' is not a timm model"),
+    (["--ops", "--device", "cpu", "--backend", "triton"], "--backend triton needs --device cuda"),
+    (["--ops", "--device", "cuda"], "--device cuda: no CUDA device here"),
+])
+def test_cli_argument_mistakes_are_usage_errors(argv, message, monkeypatch, capsys):
+    """Each was a traceback, a silently replaced value, a different (or empty) shape timed, or a run whose every row
+    failed with exit status 0; now a usage error (status 2) before anything runs."""
+    tool = _tool()
+    monkeypatch.setattr(tool.torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ran = []
+    monkeypatch.setattr(tool.bm, "bench_ops", lambda *a, **k: ran.append("ops") or [])
+    monkeypatch.setattr(tool.bm, "bench_backbones", lambda *a, **k: ran.append("backbones") or [])
+    with pytest.raises(SystemExit) as info:
+        tool.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not ran
+
+
+def test_cli_exit_status_says_when_a_section_measured_nothing(monkeypatch, capsys, tmp_path):
+    """Every row of a section failed: status 1 with the first error on stderr (the JSON still written); some rows
+    failed: status 0."""
+    tool = _tool()
+    rows = [dict(op="v4_biwkv", error="RuntimeError: boom"), dict(op="v4_biwkv", error="RuntimeError: again")]
+    monkeypatch.setattr(tool.bm, "bench_ops", lambda *a, **k: rows)
+    out = tmp_path / "ops.json"
+    assert tool.main(["--ops", "--device", "cpu", "--out", str(out)]) == 1
+    assert "error: every ops row failed (first: RuntimeError: boom)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["ops"] == rows
+    monkeypatch.setattr(tool.bm, "bench_ops", lambda *a, **k: rows[:1] + [dict(op="v6_biwkv", ms=1.0)])
+    assert tool.main(["--ops", "--device", "cpu"]) == 0
+
+
+def test_bench_ops_refuses_shapes_it_would_not_time_as_asked():
+    """A v6 C that is not a multiple of 64 used to time C // 64 heads (C=8: an empty tensor; C=100: 64 channels)."""
+    for op, shape in (("v6_biwkv", (1, 10, 8)), ("v6_biwkv", (1, 10, 100)), ("v4_biwkv", (1, 10, 0)),
+                      ("v4_biwkv", (1, 10))):
+        with pytest.raises(ValueError, match="C must be a multiple of 64|each >= 1"):
+            bm.bench_ops("cpu", ("fp32",), [shape], ops=(op,), iters=1, warmup=0)
+    assert bm.op_shape("v6_biwkv", (1, 10, 128)) == (1, 10, 2, 64) and bm.op_shape("v4_biwkv", (1, 2, 3)) == (1, 2, 3)
+
+
+def test_backbone_batches_fill_in_defaults_and_name_what_is_missing():
+    assert bm.backbone_batches("cpu", [224, 32], {32: 4}) == {224: 2, 512: 1, 1024: 1, 32: 4}
+    with pytest.raises(ValueError, match=r"no batch for resolution\(s\) \[32\]"):
+        bm.backbone_batches("cpu", [224, 32])
+
+
+def test_backbones_plan_times_unfused_rows_only_for_the_requested_models():
+    """``--unfused`` models not among ``--models`` got plain-path rows without their fused rows (wasted GPU time)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import benchmark_backbones as tool
+
+    cfgs = tool.main(["--out", "/dev/null", "--dry-run", "--models", "VRWKV-S", "--res", "224", "--dtypes", "fp32",
+                      "--modes", "eager", "compile"])
+    assert {c["model"] for c in cfgs} == {"VRWKV-S", "DeiT-S"}, cfgs
+    assert not [c for c in cfgs if c["mode"] in ("eager-unfused", "compile-plain")]
+    cfgs = tool.plan(["VRWKV-T", "VRWKV-S"], [224, 1024], ["bf16"], ["eager", "compile"], False,
+                     ["VRWKV-T", "VRWKV6-T"])
+    assert {(c["model"], c["res"]) for c in cfgs if c["mode"] == "eager-unfused"} == {("VRWKV-T", 224),
+                                                                                      ("VRWKV-T", 1024)}
+    assert {c["model"] for c in cfgs if c["mode"] == "compile-plain"} == {"VRWKV-T"}

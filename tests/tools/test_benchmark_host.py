@@ -155,3 +155,27 @@ def test_product_stubs():
     proc = subprocess.run([sys.executable, "-c", _PRODUCT_STUBS, str(ROOT / "tools")], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args, message", [(["--repeats", "0"], "--repeats must be >= 1, got 0"),
+                                           (["--calls", "-2"], "--calls must be >= 1, got -2"),
+                                           (["--dim", "-1"], "--dim must be >= 0")])
+def test_cli_bad_counts_are_usage_errors(args, message):
+    """``--repeats 0`` printed ``inf`` and wrote ``Infinity`` (not JSON) to --out: now a usage error."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark_host.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_fused_gemm_column_reads_the_switch_as_the_models_do(tmp_path):
+    """``VRWKV_FUSED_GEMM=true`` turns the GEMM epilogues on (the one on/off rule): the row says so too."""
+    out = tmp_path / "host.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark_host.py"), "--model", "vrwkv_tiny_patch16_224",
+           "--repeats", "1", "--calls", "1", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VRWKV_", "TRITON_"))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=dict(env, VRWKV_FUSED_GEMM="true"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["fused_gemm"] == "1" and "_linear_act_kernel" in row["triton_by_kernel"]
+    assert "| vrwkv_tiny_patch16_224 | fused + fused GEMMs |" in proc.stdout

@@ -66,3 +66,37 @@ def test_cli_operand_gemms_need_a_square_grid():
     cmd = [sys.executable, str(ROOT / "tools" / "kernel_report.py"), "--op", "mix_v4x3", "--shape", "1,200,64"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2 and "T must be a square" in proc.stderr
+
+
+def _failing_cuobjdump(tmp_path) -> str:
+    tool = tmp_path / "cuobjdump"
+    tool.write_text('#!/bin/sh\necho \'nvdisasm fatal : CUDA architecture "SM70" is deprecated\' >&2\nexit 1\n')
+    tool.chmod(0o755)
+    return str(tool)
+
+
+def test_cli_cuobjdump_failure_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """``--arch 70`` with the bundled CUDA 13 cuobjdump (here a stand-in that fails the same way): the tool's own
+    message in one line and status 1, not a CalledProcessError traceback."""
+    pytest.importorskip("triton")
+    sys.path.insert(0, str(ROOT / "tools"))
+    import kernel_report as tool
+
+    from vision_rwkv import kernel_report as kr
+
+    monkeypatch.setattr(kr, "cuobjdump_path", lambda: _failing_cuobjdump(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        tool.main(["--op", "v4_biwkv", "--shape", "1,16,8", "--arch", "90"])
+    msg = str(info.value.code)
+    assert msg.startswith("kernel_report: cuobjdump --dump-resource-usage failed on ") and "sm_90" in msg, msg
+    assert 'CUDA architecture "SM70" is deprecated' in msg
+
+
+@pytest.mark.parametrize("shape", ["abc", "1,16", "1,0,8", "1,16,8,2"])
+def test_cli_bad_shape_is_a_usage_error(shape, capsys):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import kernel_report as tool
+
+    with pytest.raises(SystemExit) as info:
+        tool.main(["--op", "v4_biwkv", "--shape", shape])
+    assert info.value.code == 2 and "--shape must be B,T,C" in capsys.readouterr().err

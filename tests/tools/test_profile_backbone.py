@@ -129,14 +129,40 @@ def test_benchmark_skips_after_deadline():
     assert out[0]["skipped"] == "deadline"
 
 
-def test_profile_cli_cpu(tmp_path):
+def test_profile_cli_cpu(tmp_path, monkeypatch, capsys):
+    """On CPU the models' fused path is off, so a "fused" column would profile the plain code a second time (a
+    difference of noise presented as a path difference): one "plain" profile per model, and a note saying why."""
     import profile_backbone
 
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     res = profile_backbone.main(["--device", "cpu", "--models", "VRWKV6-T", "--img-size", "32", "--batch", "1",
                                  "--steps", "1", "--json", str(tmp_path / "p.json"), "--md", str(tmp_path / "p.md")])
-    assert set(res) == {"VRWKV6-T fused", "VRWKV6-T plain"}
-    assert json.loads((tmp_path / "p.json").read_text())["VRWKV6-T fused"]["total_ms"] > 0
+    assert set(res) == {"VRWKV6-T plain"}
+    assert res["VRWKV6-T plain"]["config"]["variant"] == "plain"
+    assert json.loads((tmp_path / "p.json").read_text())["VRWKV6-T plain"]["total_ms"] > 0
     assert "top kernels" in (tmp_path / "p.md").read_text()
+    assert "note: the models' fused path is off for cpu tensors" in capsys.readouterr().err
+
+
+def test_profile_cli_compares_the_paths_where_the_fused_one_is_on(monkeypatch):
+    """Fused path on (as on a GPU): both columns by default, ``--no-compare-unfused`` the fused one alone, and the
+    ``--compare-unfused`` flag the docstring names exists."""
+    import profile_backbone
+
+    monkeypatch.setattr(profile_backbone, "fused_enabled", lambda x: True)
+    monkeypatch.setattr(profile_backbone, "_workload", lambda label, args, dtype: (lambda: None))
+    seen = []
+
+    def fake_profile(fn, steps, device):
+        seen.append(__import__("os").environ.get("VRWKV_FUSED"))
+        return dict(top=[])
+    monkeypatch.setattr(profile_backbone, "profile_backbone", fake_profile)
+    monkeypatch.setattr(profile_backbone, "format_profile", lambda results: "")
+    monkeypatch.delenv("VRWKV_FUSED", raising=False)
+    base = ["--device", "cpu", "--models", "VRWKV-T", "--img-size", "32"]
+    assert set(profile_backbone.main(base)) == {"VRWKV-T fused", "VRWKV-T plain"} and seen == [None, "0"]
+    assert set(profile_backbone.main(base + ["--compare-unfused"])) == {"VRWKV-T fused", "VRWKV-T plain"}
+    assert set(profile_backbone.main(base + ["--no-compare-unfused"])) == {"VRWKV-T fused"}
 
 
 def test_profile_cli_train_cpu(tmp_path):
@@ -146,12 +172,12 @@ def test_profile_cli_train_cpu(tmp_path):
     res = profile_backbone.main(["--device", "cpu", "--train", "--models", "VRWKV-T", "DeiT-T", "--img-size", "32",
                                  "--batch", "2", "--steps", "1", "--no-compare-unfused",
                                  "--md", str(tmp_path / "p.md")])
-    assert set(res) == {"VRWKV-T fused", "DeiT-T"}
+    assert set(res) == {"VRWKV-T plain", "DeiT-T"}  # (CPU: the plain path, see test_profile_cli_cpu)
     for r in res.values():
         assert r["config"]["train"] is True
         assert abs(sum(g["share"] for g in r["groups"].values()) - 1) < 1e-6
         assert r["groups"]["GEMMs"]["ms"] > 0
-    assert res["VRWKV-T fused"]["groups"]["WKV"]["ms"] > 0
+    assert res["VRWKV-T plain"]["groups"]["WKV"]["ms"] > 0
     assert "training step (forward, backward, AdamW)" in (tmp_path / "p.md").read_text()
     kernels = {t["kernel"] for t in res["DeiT-T"]["top"]}
     assert any("backward" in k.lower() for k in kernels), kernels  # the backward was profiled

@@ -176,3 +176,24 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, message", [(["--batch", "0"], "--batch must be >= 1, got 0"),
+                                           (["--res", "-64"], "--res must be >= 1, got -64"),
+                                           (["--bandwidth", "0"], "--bandwidth must be > 0"),
+                                           (["--holders", "-1"], "--holders must be >= 0")])
+def test_cli_bad_counts_are_usage_errors(args, message):
+    """``--batch 0`` ran and reported a floor of 0 img/s: now a usage error."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "roofline.py"), *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_table_header_without_a_target_at_this_size():
+    """No issue-3 target at 64 px: the column says so (it read "-x DeiT target ms")."""
+    cmd = [sys.executable, str(ROOT / "tools" / "roofline.py"), "--model", "vrwkv_tiny_patch16_224", "--res", "64",
+           "--batch", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={k: v for k, v in __import__("os").environ.items() if not k.startswith("VRWKV_")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| target ms (none at this size) | floor / target |" in proc.stdout and "-x DeiT" not in proc.stdout

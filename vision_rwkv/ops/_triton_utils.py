@@ -22,10 +22,7 @@ def env_get(name: str, default: str = "") -> str:
     ``os.environ.get`` off POSIX and while torch.compile traces."""
     if _ENV_DATA is None or torch.compiler.is_compiling():
         return os.environ.get(name, default)
-    key = _ENV_KEYS.get(name)
-    if key is None:
-        key = _ENV_KEYS[name] = os.fsencode(name)
-    value = _ENV_DATA.get(key)
+    value = _ENV_DATA.get(_ENV_KEYS.get(name) or _env_key(name))
     if value is None:
         return default
     text = _ENV_TEXT.get(value)  # (decoded once per distinct value: the switches take few values)
@@ -36,22 +33,123 @@ def env_get(name: str, default: str = "") -> str:
     return text
 
 
+def _env_key(name: str) -> bytes:
+    key = _ENV_KEYS[name] = os.fsencode(name)
+    return key
+
+
+def _with_bytes(table: dict) -> dict:
+    """``table`` (text -> value) with each key also as bytes: the raw values :func:`env_flag` / :func:`env_backend`
+    look up (bytes from the environment's backing dict, str off POSIX and while torch.compile traces)."""
+    return {**table, **{os.fsencode(k): v for k, v in table.items()}}
+
+
+# The on/off switches (VRWKV_FUSED*, VRWKV_TRITON_DEBUG / _CHECKS / _FAST_LAUNCH) take these words, in any case and
+# with surrounding spaces; unset or empty is the switch's default. (Triton reads TRITON_INTERPRET with the same
+# words.)
+FLAG_WORDS = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
+_FLAGS: dict = _with_bytes(FLAG_WORDS)  # raw value -> bool, for every valid value met: one dict lookup a call
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The on/off switch ``$name``: ``default`` when unset or empty, else one of :data:`FLAG_WORDS` (any case,
+    surrounding spaces ignored); any other value is a ValueError naming the variable and the accepted values. Read
+    live on every call (a changed value takes effect at once) as cheaply as :func:`env_get`: each distinct raw value
+    is parsed once."""
+    if _ENV_DATA is None or torch.compiler.is_compiling():
+        raw = os.environ.get(name)
+    else:
+        raw = _ENV_DATA.get(_ENV_KEYS.get(name) or _env_key(name))
+    if raw is None:
+        return default
+    value = _FLAGS.get(raw)
+    if value is None:
+        return _parse_flag(name, raw, default)
+    return value
+
+
+def _parse_flag(name: str, raw, default: bool) -> bool:
+    text = (os.fsdecode(raw) if isinstance(raw, bytes) else raw).strip().lower()
+    if not text:
+        return default
+    value = FLAG_WORDS.get(text)
+    if value is None:
+        raise ValueError(f"{name}={os.fsdecode(raw)!r} is not an on/off value: use 1 or 0 (also true/false, on/off, "
+                         f"yes/no, any case; unset or empty: the default, {int(default)})")
+    if not torch.compiler.is_compiling():  # (no side effects while torch.compile traces)
+        if len(_FLAGS) > 256:
+            _FLAGS.clear()
+            _FLAGS.update(_with_bytes(FLAG_WORDS))
+        _FLAGS[raw] = value
+    return value
+
+
+BACKEND_CHOICES = ("reference", "triton")
+_BACKEND_WORDS = {"reference": "reference", "triton": "triton", "auto": None}
+_BACKENDS: dict = _with_bytes(_BACKEND_WORDS)  # raw value -> None (auto) or a backend, for every valid value met
+_MISSING = object()
+
+
+def env_backend():
+    """``VRWKV_BACKEND`` as the dispatchers read it: None (auto: unset, empty or ``auto``), ``"reference"`` or
+    ``"triton"`` (any case, surrounding spaces ignored); any other value is a ValueError naming the variable. The
+    one reading shared by the WKV ops' dispatch and the fused ops (:func:`vision_rwkv.ops.fused.fused_enabled`); read
+    live, each distinct raw value parsed once."""
+    if _ENV_DATA is None or torch.compiler.is_compiling():
+        raw = os.environ.get("VRWKV_BACKEND")
+    else:
+        raw = _ENV_DATA.get(_ENV_KEYS.get("VRWKV_BACKEND") or _env_key("VRWKV_BACKEND"))
+    if raw is None:
+        return None
+    value = _BACKENDS.get(raw, _MISSING)
+    if value is _MISSING:
+        return _parse_backend(raw)
+    return value
+
+
+def _parse_backend(raw):
+    text = (os.fsdecode(raw) if isinstance(raw, bytes) else raw).strip().lower()
+    if not text:
+        value = None
+    elif text in _BACKEND_WORDS:
+        value = _BACKEND_WORDS[text]
+    else:
+        raise ValueError(f"VRWKV_BACKEND={os.fsdecode(raw)!r} is not one of {', '.join(BACKEND_CHOICES)} or auto "
+                         "(unset or empty: auto)")
+    if not torch.compiler.is_compiling():
+        if len(_BACKENDS) > 64:
+            _BACKENDS.clear()
+            _BACKENDS.update(_with_bytes(_BACKEND_WORDS))
+        _BACKENDS[raw] = value
+    return value
+
+
 _CPU_LAUNCHES = [False]  # set inside vision_rwkv.ops.host_driver.host_only_launches
+
+
+def triton_interpret() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for Triton's CPU interpreter, read as Triton reads it (1/true/on/yes, any
+    case; any other value is off: the variable is Triton's, so no error here)."""
+    raw = env_get("TRITON_INTERPRET", "0")
+    return raw == "1" or (raw != "0" and FLAG_WORDS.get(raw.lower(), False))
 
 
 def cpu_triton() -> bool:
     """Whether CPU tensors may take the Triton kernels: under ``TRITON_INTERPRET=1`` (the interpreter runs them), or
     inside :func:`vision_rwkv.ops.host_driver.host_only_launches` (compiled for a GPU, launches recorded)."""
-    return env_get("TRITON_INTERPRET", "0") == "1" or _CPU_LAUNCHES[0]
+    if _CPU_LAUNCHES[0]:
+        return True
+    raw = env_get("TRITON_INTERPRET", "0")  # (triton_interpret() inlined: read on every CPU op call)
+    return raw == "1" or (raw != "0" and FLAG_WORDS.get(raw.lower(), False))
 
 
 GRID_YZ_MAX = 65535  # CUDA's limit on a launch grid's y and z extents (where the WKV kernels put their chunks)
 
 
 def debug_poison() -> bool:
-    """True when ``VRWKV_TRITON_DEBUG=1``: kernel outputs are allocated filled with NaN (tests turn this on so an
-    element a kernel forgets to write shows up as NaN)."""
-    return env_get("VRWKV_TRITON_DEBUG", "0") == "1"
+    """True when ``VRWKV_TRITON_DEBUG`` is on (``1``): kernel outputs are allocated filled with NaN (tests turn this
+    on so an element a kernel forgets to write shows up as NaN)."""
+    return env_flag("VRWKV_TRITON_DEBUG", False)
 
 
 def check_out(op: str, names, outs, likes) -> None:

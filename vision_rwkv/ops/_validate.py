@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 
 import torch
 
@@ -26,6 +27,19 @@ def check_tensors(op: str, **tensors: torch.Tensor) -> torch.device:
 def check_shape(op: str, name: str, t: torch.Tensor, shape: tuple) -> None:
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def check_chunks(op: str, chunks) -> int:
+    """``chunks`` (the "original" mode's chunk count P) as an int >= 1: any integer type (a NumPy integer too), not a
+    bool; else a ValueError naming ``op``."""
+    if not isinstance(chunks, bool):
+        try:
+            value = chunks if type(chunks) is int else operator.index(chunks)
+        except TypeError:
+            value = None
+        if value is not None and value >= 1:
+            return value
+    raise ValueError(f"{op}: chunks must be an int >= 1, got {chunks!r}")
 
 
 def no_autocast(t: torch.Tensor):

@@ -1,7 +1,8 @@
 """Backend selection for the token-mixing operators.
 
-``backend=None`` (auto) reads the environment variable ``VRWKV_BACKEND`` (``reference`` or ``triton``) when set (in
-auto mode CPU tensors still use the reference unless ``TRITON_INTERPRET=1``); otherwise CUDA tensors use the Triton
+``backend=None`` (auto) reads the environment variable ``VRWKV_BACKEND`` (``reference``, ``triton`` or ``auto``;
+:func:`vision_rwkv.ops._triton_utils.env_backend`, the reading the fused ops share) when set (in auto mode CPU
+tensors still use the reference unless ``TRITON_INTERPRET=1``); otherwise CUDA tensors use the Triton
 kernel when ``vision_rwkv.ops.<op>.triton`` imports, and everything else (CPU tensors in particular) uses the
 plain-PyTorch reference. Forcing ``triton`` on CPU tensors is allowed only under ``TRITON_INTERPRET=1``. Triton
 modules are imported lazily, so ``import vision_rwkv`` never imports them.
@@ -13,11 +14,11 @@ from typing import Callable
 
 import torch
 
-from ._triton_utils import cpu_triton, env_get
+from ._triton_utils import BACKEND_CHOICES, cpu_triton, env_backend
 
 __all__ = ["BACKENDS", "resolve_backend", "triton_impl", "triton_available"]
 
-BACKENDS = ("reference", "triton")
+BACKENDS = BACKEND_CHOICES
 
 # op package name -> name of the function its ``triton`` module must expose
 _TRITON_FUNCS = {"bi_wkv": "bi_wkv_triton", "bi_wkv6": "bi_wkv6_triton"}
@@ -55,15 +56,14 @@ def triton_impl(op: str) -> Callable:
 def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: tuple = ()) -> str:
     """Pick the backend ("reference" or "triton") for an ``op`` call on tensors living on ``device``.
 
-    ``dtypes``: the input dtypes; in auto mode float64 inputs (gradcheck, precision studies) use the reference.
+    ``dtypes``: the input dtypes; in auto mode float64 inputs (gradcheck, precision studies) use the reference
+    (an invalid ``VRWKV_BACKEND`` is an error for them too).
     """
-    if backend is None and torch.float64 in dtypes:
-        return "reference"
     if backend is None:
-        env = env_get("VRWKV_BACKEND", "").strip().lower()
-        if env:
-            if env not in BACKENDS:
-                raise ValueError(f"VRWKV_BACKEND={env!r} is not one of {BACKENDS}")
+        env = env_backend()  # (validated first: a bad value is an error whatever the inputs)
+        if torch.float64 in dtypes:
+            return "reference"
+        if env is not None:
             if env == "triton" and device.type != "cuda" and not cpu_triton():
                 return "reference"  # auto mode: CPU tensors use the reference unless Triton is interpreted
             backend = env

@@ -35,9 +35,10 @@ def q_shift(x: torch.Tensor, grid_size: tuple[int, int], head_size: int | None =
     ``x[h-1, w]``, 3 the lower ``x[h+1, w]``; tokens outside the grid are zero.
     """
     _check_tokens(x, "q_shift")
-    if len(grid_size) != 2:
-        raise ValueError(f"q_shift: grid_size must be (H, W), got {grid_size!r}")
-    gh, gw = int(grid_size[0]), int(grid_size[1])
+    try:
+        gh, gw = (int(s) for s in grid_size)
+    except (TypeError, ValueError):  # (an int, a 3-tuple, a string, ...)
+        raise ValueError(f"q_shift: grid_size must be a pair of ints (H, W), got {grid_size!r}") from None
     b, n, c = x.shape
     if gh < 1 or gw < 1 or gh * gw != n:
         raise ValueError(f"q_shift: grid_size {gh}x{gw} does not match the {n} tokens of x {tuple(x.shape)}")

@@ -45,22 +45,22 @@ try:
 except ImportError:  # Triton < 3.4: every launch takes Triton's path (jit is triton.jit)
     knobs = None
 
-from ._triton_utils import debug_poison, env_get
+from ._triton_utils import debug_poison, env_flag, triton_interpret
 from .interpret_checks import install as _install_interpreter_checks
 from .interpret_fixes import install as _install_interpreter_fixes
 
 __all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled", "launch_compiled"]
 
-if env_get("TRITON_INTERPRET", "0") == "1":
+if triton_interpret():
     _install_interpreter_fixes()  # (bf16 and TF32 dots, bf16 rounding: see interpret_fixes)
     # (the CPU tests: every kernel's accesses checked; VRWKV_TRITON_CHECKS=0 leaves them unchecked)
-    if debug_poison() and env_get("VRWKV_TRITON_CHECKS", "1") != "0":
+    if debug_poison() and env_flag("VRWKV_TRITON_CHECKS", True):
         _install_interpreter_checks()
 
 
 def fast_launch_enabled() -> bool:
     """Whether :func:`jit` kernels take the short launch path (``VRWKV_TRITON_FAST_LAUNCH``, on by default)."""
-    return env_get("VRWKV_TRITON_FAST_LAUNCH", "1").strip() != "0"
+    return env_flag("VRWKV_TRITON_FAST_LAUNCH", True)
 
 
 def _hooks_active() -> bool:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .._validate import check_shape, check_tensors
+from .._validate import check_chunks, check_shape, check_tensors
 from ..dispatch import resolve_backend, triton_impl
 from .reference import MODES, bi_wkv_naive, bi_wkv_reference, original_kernel_kv_grads
 
@@ -14,7 +14,12 @@ __all__ = ["bi_wkv", "bi_wkv_reference", "bi_wkv_naive", "original_kernel_kv_gra
 
 def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "exact",
            chunks: int = 32, backend: str | None = None, scale: float = 1.0) -> torch.Tensor:
-    """Bidirectional WKV of Vision-RWKV (DESIGN.md §3).
+    """Bidirectional WKV of Vision-RWKV: per batch and channel, the weighted average ``y_t = sum_n W_tn v_n /
+    sum_n W_tn`` over all T positions.
+
+    Mode "exact" (the paper's Eq. 5) weighs ``W_tn = exp(k_n - (|t - n| - 1) w)`` for n != t and ``W_tt =
+    exp(u + k_t)``; mode "original" uses the weights of the pre-2025 CUDA kernel, which restart inside chunks of
+    ``ceil(T / chunks)`` tokens (every weight of both modes is written out in :mod:`vision_rwkv.ops.bi_wkv.reference`).
 
     Args:
         w, u: (C,) per-step decay and bonus (the model passes ``spatial_decay / T`` and ``spatial_first / T``, or,
@@ -39,8 +44,7 @@ def bi_wkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     device = check_tensors(op, w=w, u=u, k=k, v=v)
     if mode not in MODES:
         raise ValueError(f"{op}: unknown mode {mode!r}; expected one of {MODES}")
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise ValueError(f"{op}: chunks must be an int >= 1, got {chunks!r}")
+    chunks = check_chunks(op, chunks)
     if k.dim() != 3:
         raise ValueError(f"{op}: k must have shape (B, T, C), got {tuple(k.shape)}")
     b, t, c = k.shape

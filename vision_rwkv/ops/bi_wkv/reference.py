@@ -1,4 +1,4 @@
-"""Plain-PyTorch references of the v4 bidirectional WKV (DESIGN.md §3).
+"""Plain-PyTorch references of the v4 bidirectional WKV (this docstring defines both functions of the operator).
 
 Shapes: ``k``, ``v`` (B, T, C); ``w``, ``u`` (C,) are the PER-STEP decay and bonus (the model passes
 ``spatial_decay / T`` and ``spatial_first / T``). Two functions ("modes"):
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .._triton_utils import autograd_needed
-from .._validate import no_autocast
+from .._validate import check_chunks, no_autocast
 
 __all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "original_kernel_kv_grads", "MODES"]
 
@@ -57,6 +57,7 @@ def bi_wkv_naive(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Ten
     """O(T^2)-memory form of either mode (a weighted average over positions); for tests. Computes in k's dtype."""
     if mode not in MODES:
         raise ValueError(f"bi_wkv_naive: unknown mode {mode!r}; expected one of {MODES}")
+    chunks = check_chunks("bi_wkv_naive", chunks)
     t_len = k.shape[1]
     kc = k.transpose(1, 2)  # (B, C, T)
     vc = v.transpose(1, 2)
@@ -122,6 +123,7 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
     """
     if mode not in MODES:
         raise ValueError(f"bi_wkv_reference: unknown mode {mode!r}; expected one of {MODES}")
+    chunks = check_chunks("bi_wkv_reference", chunks)
     if isinstance(block, bool) or not isinstance(block, int) or block < 2:
         raise ValueError(f"bi_wkv_reference: block must be an int >= 2, got {block!r}")
     if recompute is None:  # (not while exporting: a size test on an exported dynamic dim would bound it)
@@ -251,12 +253,13 @@ def _bi_wkv_reference(w, u, k, v, mode, chunks, block):
 @torch.no_grad()
 def original_kernel_kv_grads(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gy: torch.Tensor,
                              chunks: int = 32, block: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k and v "gradients" the pre-2025 CUDA backward returns for output gradient ``gy`` (DESIGN.md §3).
+    """The k and v "gradients" the pre-2025 CUDA backward returns for output gradient ``gy``.
 
     They are NOT the derivatives of its forward: with W5 the Eq. 5 weights and Zc, yc the closed form's denominator
     and output, ``gv_n = sum_t gy_t W5_tn / Zc_t`` and ``gk_n = sum_t gy_t W5_tn (v_n - yc_t) / Zc_t``. Provided to
     reproduce original training runs bit-for-bit in spirit; our "original" mode uses true gradients. O(T).
     """
+    chunks = check_chunks("original_kernel_kv_grads", chunks)
     b = k.shape[0]
     with no_autocast(k):
         w, u, a, vc = _prepare(w, u, k, v)

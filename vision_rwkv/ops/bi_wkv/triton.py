@@ -1,4 +1,4 @@
-"""Triton kernels for the v4 Bi-WKV (DESIGN.md §3), forward and backward, modes "exact" and "original".
+"""Triton kernels for the v4 Bi-WKV (defined in ``reference.py``), forward and backward, modes "exact" and "original".
 
 Math (per batch b and channel c; w, u are the PER-STEP decay and bonus, lam = e^{-w}, U = e^{u}):
     x_t = e^{k_t - m} with m = max_t k_t (one max per (b, c): every decay factor of a whole sequence is bounded by
@@ -9,7 +9,7 @@ Math (per batch b and channel c; w, u are the PER-STEP decay and bonus, lam = e^
               Num_t = lam (a_t + b_t) + (1 - lam) h_t + kap J_t + D_t x_t v_t with
               h_t = sum_{s_o <= i < t} lam^{t-1-i} x_i v_i,  J_t = sum_{s_o < i < t} gam^{t-1-i} x_i v_i,
               kap = (1 - e^w) e^w,  D_t = U + [t > s_o] (1 - e^w)
-    which is the closed form of the pre-2025 kernel written in DESIGN.md §3.
+    which is the closed form of the pre-2025 kernel (the "original" weights listed in ``reference.py``).
 
 Parallel form: the sequence is cut into kernel chunks of BT tokens (never straddling an "original" chunk). Pass 1
 writes per-chunk summaries (chunk max of k and decayed sums), pass 2 scans the summaries over chunks (one program per
@@ -542,6 +542,9 @@ def _k(name):
 def _plan(T: int, mode: str, chunks: int):
     """Chunk geometry: (S, BT, NSUB, NC, single)."""
     cfg = CONFIG
+    chunk_t = cfg["chunk_t"]
+    if not isinstance(chunk_t, int) or chunk_t < 1 or chunk_t & (chunk_t - 1):
+        raise ValueError(f"VRWKV_TRITON_V4 chunk_t must be a power of two >= 1, got {chunk_t!r}")
     if mode == "exact":
         S = T
         if T <= cfg["single_max_t"]:
@@ -559,7 +562,11 @@ def _plan(T: int, mode: str, chunks: int):
 def _chosen_plan(T: int, mode: str, chunks: int):
     """(seq, plan): the register-sequential kernels when enabled and their chunk count fits a grid axis, else the
     tile-scan kernels (32-token chunks by default: T up to ~2M tokens); a clear error beyond that."""
-    if CONFIG["seq"]:
+    seq = CONFIG["seq"]
+    if seq not in (0, 1):
+        raise ValueError(f"VRWKV_TRITON_V4 seq must be 1 (the register-sequential kernels) or 0 (the tile scans), "
+                         f"got {seq!r}")
+    if seq:
         from .triton_seq import seq_plan
 
         plan = seq_plan(T, mode, chunks, CONFIG)

@@ -1,4 +1,4 @@
-"""Register-sequential Triton kernels for the v4 Bi-WKV (DESIGN.md §3), both modes, forward and backward.
+"""Register-sequential Triton kernels for the v4 Bi-WKV (defined in ``reference.py``), both modes, forward and backward.
 
 The scan kernels in ``triton.py`` hold a (tokens x channels) tile per program and scan it across threads
 (``tl.associative_scan`` with 3-6 operands): most of their instructions are warp shuffles (see

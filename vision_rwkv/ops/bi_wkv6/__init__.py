@@ -12,11 +12,17 @@ __all__ = ["bi_wkv6", "bi_wkv6_reference", "bi_wkv6_naive"]
 
 def bi_wkv6(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torch.Tensor, u: torch.Tensor,
             backend: str | None = None) -> torch.Tensor:
-    """Bidirectional RWKV-6 WKV (DESIGN.md §4): causal pass with bonus ``u`` + reversed pass without it.
+    """Bidirectional RWKV-6 WKV: a causal RWKV-6 pass with bonus ``u`` plus the time-reversed pass without it.
+
+    Per batch and head: ``y_t[i] = sum_j r_t[j] (u[j] k_t[j] v_t[i] + sum_{n != t} D_tn[j] k_n[j] v_n[i])``, where
+    ``D_tn`` is the product of the decays ``exp(logd_m)`` of the tokens strictly between n and t (no normaliser;
+    also written out in :mod:`vision_rwkv.ops.bi_wkv6.reference`).
 
     Args:
         r, k, v: (B, T, H, N) receptance, keys, values.
-        logd: (B, T, H, N) log of the per-token, per-channel decay (<= 0; the model passes ``-exp(w)``).
+        logd: (B, T, H, N) log of the per-token, per-channel decay (<= 0; the model passes ``-exp(w)``). Positive
+            values are outside the contract and not checked (that would cost a device sync): the result is then
+            undefined.
         u: (H, N) bonus of the current token.
         backend: None (auto), "reference" or "triton".
     Returns:

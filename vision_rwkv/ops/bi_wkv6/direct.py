@@ -1,4 +1,4 @@
-"""The CPU form of the bidirectional RWKV-6 WKV: both directions from one set of chunks (DESIGN.md §4).
+"""The CPU form of the bidirectional RWKV-6 WKV: both directions from one set of chunks (defined in ``reference.py``).
 
 With A_t = sum of log decays from the chunk start through t (A_{-1} = 0, A_L the chunk total), every pair weight
 splits into a query factor and a key factor:

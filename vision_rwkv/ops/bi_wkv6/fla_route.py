@@ -1,7 +1,7 @@
 """The bidirectional RWKV-6 WKV through flash-linear-attention's causal chunk kernels (``VRWKV_TRITON_V6=algo=fla``).
 
 An opt-in comparison point and building block, never a requirement: the issue-3 question it answers is how far our
-own kernels (``triton_chunk.py``) are from a well-tuned causal implementation. BiWKV6 (DESIGN.md section 4) is a causal
+own kernels (``triton_chunk.py``) are from a well-tuned causal implementation. BiWKV6 (``reference.py``) is a causal
 RWKV-6 pass with the bonus u plus the time-reversed causal pass with u = 0, so two calls of fla's chunk forward
 (``fla.ops.rwkv6.chunk.chunk_rwkv6_fwd``, scale 1) give y, and two of its backward give the gradients; the reversed
 pass runs on time-flipped copies (4 inputs and, in the backward, the output gradient: extra traffic our kernels do not

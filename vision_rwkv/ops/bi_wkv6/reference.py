@@ -1,4 +1,4 @@
-"""Plain-PyTorch references of the RWKV-6 bidirectional WKV (DESIGN.md §4).
+"""Plain-PyTorch references of the RWKV-6 bidirectional WKV; this docstring defines the function they compute.
 
 Per head with state over key channels j and value channels i:
 ``y_t[i] = sum_j r_t[j] (u[j] k_t[j] v_t[i] + sum_{n != t} prod_{m strictly between n and t} d_m[j] k_n[j] v_n[i])``,

@@ -1,4 +1,4 @@
-"""Triton kernels for the bidirectional RWKV-6 WKV (DESIGN.md §4), forward and backward.
+"""Triton kernels for the bidirectional RWKV-6 WKV (defined in ``reference.py``), forward and backward.
 
 Per batch and head (key channel j, value channel i, decay d = e^{logd}):
     y_t[i] = sum_j r_t[j] ( u_j k_t[j] v_t[i] + sum_{n != t} (prod_{m strictly between n and t} d_m[j]) k_n[j] v_n[i] )
@@ -77,6 +77,7 @@ CONFIG = config_from_env(dict(block_t=16, warps=4, fp32_precision="tf32x3", stag
                               fwd_carry=0, bwd_carry=0, maxnreg=0, fused_decay=1, fused_norm=1, state_walk=16,
                               state_rows=0, walk_bv=0, walk_max_t=0, suffix_inline=32, pairs_max_t=0, pairs_keys=0),
                          "VRWKV_TRITON_V6")
+FP32_PRECISIONS = ("tf32x3", "ieee")  # the tl.dot input precisions fp32_precision takes
 # decays below e^-60 are treated as e^-60: pairs across such a step weigh < 1e-26 either way, and bounded log
 # decays keep the in-chunk prefix sums within 16 * 60 in magnitude
 LOGD_MIN = tl.constexpr(-60.0)
@@ -283,6 +284,8 @@ def _cfg(N: int, dtype: torch.dtype, device: torch.device):
     if device.type == "cuda":
         check_gpu_blocks(CONFIG["block_t"])
     prec = CONFIG["fp32_precision"] if dtype == torch.float32 else "tf32"
+    if prec not in FP32_PRECISIONS and dtype == torch.float32:
+        raise ValueError(f"VRWKV_TRITON_V6 fp32_precision must be one of {', '.join(FP32_PRECISIONS)}, got {prec!r}")
     nw = CONFIG["warps"] if BN <= 64 else max(CONFIG["warps"], 8)
     return CONFIG["block_t"], BN, prec, nw
 

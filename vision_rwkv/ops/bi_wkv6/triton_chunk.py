@@ -1,4 +1,4 @@
-"""Chunk-parallel Triton kernels for the bidirectional RWKV-6 WKV (DESIGN.md §4), forward and backward.
+"""Chunk-parallel Triton kernels for the bidirectional RWKV-6 WKV (``reference.py``), forward and backward.
 
 The "walk" kernels in ``triton.py`` run one program per (batch, head, direction) that walks all chunks in order:
 B*H*2 programs, T/16 dependent steps each. Here every chunk is its own program and the recurrence over chunks

@@ -1,4 +1,4 @@
-"""In-chunk pair terms of the bidirectional RWKV-6 WKV (DESIGN.md section 4), shared by the chunk kernels
+"""In-chunk pair terms of the bidirectional RWKV-6 WKV (defined in ``reference.py``), shared by the chunk kernels
 (``triton_chunk.py``: both directions per sub-chunk) and the walk kernels (``triton.py``: one direction per program).
 
 Inside a chunk of BT tokens with clamped log decays lw, exclusive / inclusive cumulative sums cex / cin = cex + lw and

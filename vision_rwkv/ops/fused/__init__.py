@@ -46,7 +46,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._triton_utils import as_dtype, autograd_needed, check_split, cpu_triton, env_get, split_outputs
+from .._triton_utils import as_dtype, autograd_needed, check_split, cpu_triton, env_backend, env_flag, split_outputs
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
@@ -147,9 +147,7 @@ def _triton_ok_traced() -> bool:
 
 def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
     if backend is None:
-        env = env_get("VRWKV_BACKEND", "").strip().lower()
-        if env and env not in ("reference", "triton"):
-            raise ValueError(f"VRWKV_BACKEND={env!r} is not one of ('reference', 'triton')")
+        env = env_backend()
         if env == "reference":
             return "reference"
         if device.type == "cuda" or (env == "triton" and cpu_triton()):
@@ -180,9 +178,9 @@ def fused_enabled(x: torch.Tensor) -> bool:
     to Triton (and, while torch.compile traces, only if :data:`FUSED_UNDER_COMPILE`). CPU tensors only with
     ``TRITON_INTERPRET=1`` and ``VRWKV_BACKEND=triton`` (tests). Never for a torch.fx Proxy: a symbolic trace records
     the plain model around leaf blocks, which choose their path when the graph runs."""
-    if isinstance(x, torch.fx.Proxy) or env_get("VRWKV_FUSED", "1").strip() == "0":
+    if isinstance(x, torch.fx.Proxy) or not env_flag("VRWKV_FUSED", True):
         return False  # the plain path on any device (before/after profiles and benchmarks)
-    if x.device.type != "cuda" and not (cpu_triton() and env_get("VRWKV_BACKEND", "") == "triton"):
+    if x.device.type != "cuda" and not (cpu_triton() and env_backend() == "triton"):
         return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
     if _is_compiling() and not FUSED_UNDER_COMPILE:
         return False
@@ -199,13 +197,13 @@ def fused_gemm_enabled() -> bool:
     """Whether the fused path also runs projections with their activation in the GEMM epilogue
     (``VRWKV_FUSED_GEMM=1``; off by default) - in inference and on the per-op training path: eager training's one-node
     mixers (:func:`mixer_steps`) keep the cuBLAS GEMMs."""
-    return env_get("VRWKV_FUSED_GEMM", "0").strip() == "1"
+    return env_flag("VRWKV_FUSED_GEMM", False)
 
 
 def fused_mix_enabled() -> bool:
     """Whether the fused path computes the Q-Shift interpolations inside the projections' GEMMs (:func:`mix_linear`)
     in inference (``VRWKV_FUSED_MIX=1``; off by default until timed on a GPU)."""
-    return env_get("VRWKV_FUSED_MIX", "0").strip() == "1"
+    return env_flag("VRWKV_FUSED_MIX", False)
 
 
 def fused_mix_train_enabled() -> bool:
@@ -213,14 +211,14 @@ def fused_mix_train_enabled() -> bool:
     (``VRWKV_FUSED_MIX_TRAIN=1``; off by default): their backward recomputes the mixed inputs (with
     ``VRWKV_FUSED_MLP=1`` also the channel mix's hidden) instead of storing them - less activation memory, a few
     more FLOPs in the backward."""
-    return env_get("VRWKV_FUSED_MIX_TRAIN", "0").strip() == "1"
+    return env_flag("VRWKV_FUSED_MIX_TRAIN", False)
 
 
 def fused_step_enabled() -> bool:
     """Whether eager runs each fused mixer as one step (:mod:`.mixer_steps_triton`: in training ONE autograd node, in
     inference one call without the per-op wrappers; the same kernels, a fraction of the host work per launch;
     ``VRWKV_FUSED_STEP``, on by default, ``0`` = op by op)."""
-    return env_get("VRWKV_FUSED_STEP", "1").strip() != "0"
+    return env_flag("VRWKV_FUSED_STEP", True)
 
 
 def mixer_steps():
@@ -231,7 +229,7 @@ def mixer_steps():
 def fused_mlp_enabled() -> bool:
     """Whether the fused inference path (:func:`fused_mix_enabled`) also runs the channel mix's key-value MLP in one
     kernel (:func:`mix_mlp`; ``VRWKV_FUSED_MLP=1``, its own switch: less DRAM traffic, more L2 traffic)."""
-    return env_get("VRWKV_FUSED_MLP", "0").strip() == "1"
+    return env_flag("VRWKV_FUSED_MLP", False)
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
