@@ -15,7 +15,9 @@ without one). The program is made for one input size (``--img-size H [W]``; defa
 crop size) and, unless ``--static-batch`` (batch 2), any batch from 1 to ``--max-batch`` (1: a batch-1 program). The
 format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is run on the
 batches 1, 2 and 3 it takes (the static batch: 2) and compared with the eager model (``--atol``); a mismatch is an
-error (exit 1) and nothing is kept. Prints a JSON summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
+error (exit 1) and nothing is kept. Without ``--checkpoint`` (and, for a classification config, without
+model.pretrained / model.checkpoint) a warning says the program holds random, untrained weights. Prints a JSON
+summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
 """
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from vision_rwkv.export import (ExportMismatchError, build_export_target, export_onnx, export_program,
                                     verify_onnx, verify_program)
+    from vision_rwkv.engine.predict import untrained_warning
 
     try:
         model, example = build_export_target(args.target, args.checkpoint, args.num_classes, args.img_size,
@@ -93,6 +96,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    warning = untrained_warning(args.target, args.checkpoint, args.overrides, "so has the exported program")
+    if warning:
+        print(warning, file=sys.stderr)
     stem = Path(args.target).stem if args.target.endswith((".yaml", ".yml")) else args.target.replace("/", "_")
     out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
     dynamic = not args.static_batch and args.max_batch > 1  # (max 1: a program of batch 1)

@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 from vision_rwkv.engine.cli import add_predict_options, config_arg_parser, parse_predict_args
 
@@ -47,27 +47,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def untrained_warning(target: str, checkpoint: Optional[str], overrides: Sequence[str]) -> Optional[str]:
-    """The warning line for a classifier left with random weights: no ``--checkpoint``, and a timm model name or
-    a config without ``model.pretrained`` / ``model.checkpoint``; None when weights are loaded."""
-    if checkpoint is not None:
-        return None
-    if str(target).endswith((".yaml", ".yml")):
-        from vision_rwkv.engine.config import load_config
-        model = load_config(target, overrides).model
-        if model.get("pretrained") or model.get("checkpoint"):
-            return None
-        what = f"{target} sets no model.pretrained / model.checkpoint and no --checkpoint is given"
-    else:
-        what = f"no --checkpoint for model {target}"
-    return (f"warning: {what}: the model has random, untrained weights and its predictions are meaningless; "
-            f"pass --checkpoint (a training checkpoint, state dict or converted release weights)")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from vision_rwkv.engine.predict import image_files, load_classifier, plot_predictions, predict_files, \
-        write_predictions
+        untrained_warning, write_predictions
 
     try:
         files = image_files(args.images)

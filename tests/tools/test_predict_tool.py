@@ -124,7 +124,10 @@ def test_predict_warns_on_untrained_weights(trained, images, tmp_path, capsys):
     assert "random, untrained weights" in capsys.readouterr().err
     assert tool.main([str(DEMO), *TINY, "--checkpoint", str(trained), *common]) == 0
     assert "warning" not in capsys.readouterr().err
-    assert tool.untrained_warning(str(DEMO), None, ["model.checkpoint=w.pt"]) is None
+    from vision_rwkv.engine.predict import untrained_warning
+    assert untrained_warning(str(DEMO), None, ["model.checkpoint=w.pt"]) is None
+    seg = DEMO.parents[1] / "segmentation" / "demo_shapes.yaml"
+    assert "segmentation config" in untrained_warning(str(seg), None, ["model.pretrained=w.pt"])
 
 
 def test_predict_takes_original_layout_files_in_their_mode(trained, tmp_path):

@@ -45,6 +45,28 @@ def is_segmentation_config(path: PathLike) -> bool:
     return any("backbone" in (layer.get("model") or {}) for _, layer, _ in config_layers(path))
 
 
+def untrained_warning(target: str, checkpoint: Optional[PathLike], overrides: Sequence[str] = (),
+                      result: str = "its predictions are meaningless") -> Optional[str]:
+    """The warning line for a model a tool would run (or export) with random weights: no ``checkpoint``, and a model
+    name, a segmentation config (its heads start untrained) or a classification config without ``model.pretrained``
+    / ``model.checkpoint``; None when weights are loaded. ``result``: what the untrained weights make of the output."""
+    if checkpoint is not None:
+        return None
+    if str(target).endswith((".yaml", ".yml")):
+        if is_segmentation_config(target):
+            what = f"{target} is a segmentation config and no --checkpoint is given"
+        else:
+            from .config import load_config
+            model = load_config(target, overrides).model
+            if model.get("pretrained") or model.get("checkpoint"):
+                return None
+            what = f"{target} sets no model.pretrained / model.checkpoint and no --checkpoint is given"
+    else:
+        what = f"no --checkpoint for model {target}"
+    return (f"warning: {what}: the model has random, untrained weights and {result}; pass --checkpoint (a training "
+            "checkpoint, state dict or converted release weights)")
+
+
 def _class_names(path: Optional[PathLike], num_classes: int) -> Optional[list[str]]:
     if path is None:
         return None
