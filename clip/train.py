@@ -24,8 +24,8 @@ from open_clip.loss import ClipLoss
 
 from vision_rwkv.engine import (ConfigError, DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object,
                                 check_run_dir_is_free, cleanup_distributed, compile_for_training, init_distributed,
-                                load_config, print_rank0, seed_everything, to_dict, unwrap_model, wrap_ddp,
-                                write_run_config)
+                                load_config, print_rank0, save_config, seed_everything, to_dict, unwrap_model,
+                                wrap_ddp)
 
 from .data import CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
 from .evaluate import EvalCfg, run_evaluation
@@ -280,7 +280,8 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
         stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",))
     objective.trainer = trainer
-    write_run_config(cfg, run_dir, resume, write=info.is_main)
+    if info.is_main:  # once the config, data and model are checked (the folder was checked first)
+        save_config(cfg, run_dir / "config.yaml")
     result = trainer.fit(resume=resume)
     skipped = torch.tensor(float(trainer.extra_state.get("skipped_images", 0)))
     result["skipped_images"] = int(all_reduce_sum(skipped).item())

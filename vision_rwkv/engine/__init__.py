@@ -39,8 +39,7 @@ Checkpoints (``checkpoint.py``)
     capture_rng_state() / restore_rng_state(s), gather_rng_states() / restore_rank_rng(states),
     load_model_weights(model, path, key="auto") (training checkpoint -> EMA or model weights; .pt or .safetensors);
     read_model_state(path, key="auto") (the same state dict, not loaded);
-    check_run_dir_is_free(run_dir, resume) (a fresh run refuses a folder holding another run's checkpoints) and
-    write_run_config(cfg, run_dir, resume) (that check, then ``config.yaml``)
+    check_run_dir_is_free(run_dir, resume) (a fresh run refuses a folder holding another run's checkpoints)
 
 Logging (``logger.py``)
     MetricLogger(run_dir, tensorboard=False): ``log(step, metrics, split)`` -> ``<split>_metrics.csv`` (+ TB),
@@ -95,7 +94,7 @@ Exact resume needs the same world size and per-process batch size; RNG streams a
 """
 from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, check_run_dir_is_free,
                          find_latest_checkpoint, gather_rng_states, load_checkpoint, load_model_weights,
-                         read_model_state, restore_rank_rng, restore_rng_state, write_run_config)
+                         read_model_state, restore_rank_rng, restore_rng_state)
 from .compiling import COMPILE_MODES, compile_for_training
 from .config import ConfigError, apply_overrides, config_layers, load_config, merge_strict, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,

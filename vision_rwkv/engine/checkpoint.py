@@ -30,11 +30,11 @@ from torch import nn
 
 from ..models.convert import (CheckpointFileMismatchError, CheckpointMismatchError, checkpoint_format_problem,
                               listed_keys, select_weights)
-from .config import save_config
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
-           "find_latest_checkpoint", "run_checkpoint", "load_model_weights", "read_model_state", "load_weights", "model_record"]
+           "find_latest_checkpoint", "run_checkpoint", "load_model_weights", "read_model_state", "load_weights",
+           "model_record"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -122,6 +122,12 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
     ``module.`` prefixes removed. ``key`` as :func:`~vision_rwkv.models.convert.select_weights` takes it:
     ``"auto"`` prefers the EMA weights when present, ``"model"`` the raw weights, ``"ema"`` the EMA weights (an
     error naming the file if it has none)."""
+    return _model_state(_read_checkpoint(path), key, path)
+
+
+def _read_checkpoint(path: str | os.PathLike) -> Any:
+    """The loaded file ``path``: a ``.safetensors`` state dict, or a torch checkpoint (weights_only); errors name
+    the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -131,12 +137,14 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
         if problem:
             raise RuntimeError(f"cannot load checkpoint {path}: {problem}")
         try:
-            ckpt = load_file(str(path))
+            return load_file(str(path))
         except Exception as err:  # a damaged tensor table the format check let through
             raise RuntimeError(f"cannot load checkpoint {path}: {err}") from err
-    else:
-        ckpt = load_checkpoint(path)
-    sd = select_weights(ckpt, key, path)
+    return load_checkpoint(path)
+
+
+def _model_state(checkpoint: Any, key: str | None, path: str | os.PathLike) -> dict[str, Any]:
+    sd = select_weights(checkpoint, key, path)
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
@@ -163,12 +171,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
     from ..models import VRWKV, VRWKV6
     from ..models.convert import checkpoint_filter_fn, trained_wkv_mode, unwrap_state_dict
 
-    sd = read_model_state(path, key) if state is None else dict(state)
+    checkpoint = _read_checkpoint(path) if state is None else None  # (also read for its record of the mode)
+    sd = _model_state(checkpoint, key, path) if state is None else dict(state)
     target = unwrap_model(model)
     if isinstance(target, (VRWKV, VRWKV6)):
         try:
             sd = unwrap_state_dict(sd)
-            record = trained_wkv_mode(path, state_dict=sd) if set_wkv_mode and isinstance(target, VRWKV) else None
+            record = (trained_wkv_mode(path, checkpoint, sd) if set_wkv_mode and isinstance(target, VRWKV)
+                      else None)
             if record is not None:
                 chunks = record[1] or (getattr(target, "pretrained_cfg", None) or {}).get("wkv_chunks") or 32
                 target.set_wkv_mode(record[0], chunks)
@@ -225,16 +235,6 @@ def check_run_dir_is_free(run_dir: str | os.PathLike, resume: str | os.PathLike 
         raise FileExistsError(
             f"run_dir {run_dir} already holds an earlier run's checkpoints ({shown}): continue that run with "
             "`--resume latest` (train.resume=latest), or start this one in another run_dir (or delete the folder)")
-
-
-def write_run_config(cfg: Any, run_dir: str | os.PathLike, resume: str | os.PathLike | None,
-                     write: bool = True) -> None:
-    """Start a run's folder: :func:`check_run_dir_is_free`, then (``write``: on rank 0) the resolved config as
-    ``<run_dir>/config.yaml``. The tools call this once the config, data and model have been checked, so that a
-    run that fails its checks leaves no folder behind."""
-    check_run_dir_is_free(run_dir, resume)
-    if write:
-        save_config(cfg, Path(run_dir) / "config.yaml")
 
 
 def check_training_state(state: Any, path: str | os.PathLike) -> None:

@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import check_run_dir_is_free, load_model_weights, model_record, write_run_config
+from .checkpoint import check_run_dir_is_free, load_model_weights, model_record
 from .compiling import compile_for_training
-from .config import ConfigError, to_dict
+from .config import ConfigError, save_config, to_dict
 from .distributed import (DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_main_process,
                           print_rank0, unwrap_model, wrap_ddp)
 from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
@@ -476,7 +476,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                       keep_last=t.keep_last, log_every=t.log_every, tensorboard=t.tensorboard,
                       stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,
                       extra_state={"classes": classes, **model_record(model)})
-    write_run_config(cfg, run_dir, cfg.resume, write=info.is_main)
+    if info.is_main:  # once the config, data and model are checked (the folder was checked first)
+        save_config(cfg, run_dir / "config.yaml")
     result = trainer.fit(resume=cfg.resume)
     result.update(run_dir=str(run_dir), num_classes=num_classes, classes=classes,
                   checkpoint=str(trainer.ckpt.latest()) if trainer.ckpt.latest() else None,

@@ -215,7 +215,7 @@ def train_segmentor(cfg: Any) -> dict:
     metrics (step, train_loss, last validation mIoU / mAcc / aAcc in percent, best, files)."""
     from vision_rwkv.engine import (EpochLoader, Trainer, check_run_dir_is_free, cleanup_distributed,
                                     compile_for_training, convert_sync_batchnorm, init_distributed, is_main_process,
-                                    print_rank0, seed_everything, wrap_ddp, write_run_config)
+                                    print_rank0, save_config, seed_everything, wrap_ddp)
 
     t, o = cfg.train, cfg.optim
     info = init_distributed(t.device)
@@ -259,7 +259,8 @@ def train_segmentor(cfg: Any) -> dict:
                           ckpt_every_steps=t.ckpt_every, ckpt_every_epochs=0, keep_last=t.keep_last,
                           log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
                           show_progress=t.show_progress)
-        write_run_config(cfg, run_dir, t.resume, write=info.is_main)
+        if info.is_main:  # once the config, data and model are checked (the folder was checked first)
+            save_config(cfg, run_dir / "config.yaml")
         result = trainer.fit(resume=t.resume)
         if last_full and info.is_main:
             result["files"] = _write_results(last_full, run_dir, "val_metrics")
