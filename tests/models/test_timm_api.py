@@ -89,6 +89,19 @@ def test_forward_backward(name, perturb):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize('name', ['vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'])
+def test_forward_backward_under_fake_tensor_mode(name):
+    """Shape-only tracing of a model (FakeTensorMode, as memory estimators and sharding planners run it) works,
+    as it does for timm's ViT: no forward branch reads tensor values."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    model = tiny_model(name)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        out = model(torch.randn(2, 3, 48, 32))
+        assert isinstance(out, FakeTensor) and out.shape == (2, 7)
+        out.sum().backward()
+    assert all(isinstance(p.grad, FakeTensor) for p in model.parameters())
+
+
 @pytest.mark.parametrize('name', ['vrwkv_tiny_patch16_224', 'vrwkv_large_patch16_384', 'vrwkv6_small_patch16_224'])
 def test_forward_intermediates(name, perturb):
     model = perturb(tiny_model(name)).eval()

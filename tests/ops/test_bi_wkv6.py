@@ -159,6 +159,19 @@ def test_bad_inputs():
         bi_wkv6(r, k, v, logd, u, backend="fast")
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_shape_tracing_under_fake_tensor_mode(grad):
+    """FakeTensorMode (shape-only tracing, as memory estimators use) runs the op: no branch reads the decays."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    with FakeTensorMode():
+        args = [x.requires_grad_(grad) for x in make_inputs(2, 37, 2, 4, dtype=torch.float32)]
+        y = bi_wkv6(*args)
+        assert isinstance(y, FakeTensor) and y.shape == (2, 37, 2, 4) and y.dtype == torch.float32
+        if grad:
+            grads = torch.autograd.grad(y.sum(), args)
+            assert [g.shape for g in grads] == [a.shape for a in args]
+
+
 def test_autocast_region_keeps_fp32_accumulation():
     args = make_inputs(1, 70, 2, 8, dtype=torch.float32)
     plain = bi_wkv6(*args, backend="reference")

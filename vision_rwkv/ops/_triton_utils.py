@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # the environment's backing dict (bytes -> bytes) on POSIX, which os.environ reads and writes through
@@ -179,6 +180,14 @@ def autograd_needed(args) -> bool:
     """Whether a call must record autograd: grad mode is on and a tensor among ``args`` requires a gradient (other
     entries, None included, are ignored)."""
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def holds_values(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values can be read in eager Python: False while compiling or exporting, on the meta device and
+    for FakeTensors (shape-only tracing, e.g. under ``FakeTensorMode``), where a data-dependent branch cannot run."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
+        return False
+    return not is_fake(t)
 
 
 def run_op(custom_op, function, forward, *args):

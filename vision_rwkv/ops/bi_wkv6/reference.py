@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .._triton_utils import autograd_needed
+from .._triton_utils import autograd_needed, holds_values
 from .._validate import no_autocast
 from .direct import TRAIN_MAX_DECAY, bi_wkv6_direct
 
@@ -233,7 +233,7 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
 
 
 def _bi_wkv6_reference(r, k, v, logd, u, chunk, max_chunk):
-    if r.device.type == "cpu" and not torch.compiler.is_compiling():
+    if r.device.type == "cpu" and holds_values(r):  # (bi_wkv6_direct picks its chunk from logd's values)
         graph = autograd_needed((r, k, v, logd, u))
         y = bi_wkv6_direct(r, k, v, logd, u, chunk=max_chunk, max_decay=TRAIN_MAX_DECAY if graph else None)
         if y is not None:
