@@ -429,11 +429,20 @@ def test_conversion_records_the_mode_the_weights_were_trained_with(tmp_path, rec
     assert converted_metadata(exact, 'again')[1] == {'wkv_mode': 'exact', 'wkv_chunks': '32'}  # kept
     v6 = timm.create_model('vrwkv6_tiny_patch16_224', embed_dim=32, depth=2, head_size=16)
     assert converted_metadata(original_checkpoint(v6), 'v6.pth')[1] == {}  # no Bi-WKV modes in v6
-    # timm's pretrained cfg runs files in 'original' mode: a file recorded as exact-trained warns
+    # timm's route runs a file with the mode it records, unless wkv_mode is chosen (then a warning if not as trained)
     recwarn.clear()
-    timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kw, pretrained_cfg_overlay=dict(file=str(exact)))
-    assert any("records Bi-WKV mode 'exact'" in str(w.message) for w in recwarn.list)
-    recwarn.clear()
-    timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, wkv_mode='exact', **kw,
-                      pretrained_cfg_overlay=dict(file=str(exact)))
+    for overlay in (dict(file=str(exact)), dict(file=str(tmp_path / 'ours_exact.pt'))):
+        model = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kw, pretrained_cfg_overlay=overlay)
+        assert (model.wkv_mode, model.wkv_chunks) == ('exact', 32)
+    tuned = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kw,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / 'ours_original.pt')))
+    assert (tuned.wkv_mode, tuned.wkv_chunks) == ('original', 16)
     assert not any('records Bi-WKV mode' in str(w.message) for w in recwarn.list)
+    for chosen in (dict(wkv_mode='original'), dict(pretrained_cfg_overlay=dict(file=str(exact), wkv_mode='original'))):
+        with pytest.warns(UserWarning, match="records Bi-WKV mode 'exact'"):
+            model = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kw,
+                                      **{'pretrained_cfg_overlay': dict(file=str(exact)), **chosen})
+        assert model.wkv_mode == 'original'
+    released = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kw,
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / 'released.pth')))
+    assert (released.wkv_mode, released.wkv_chunks) == ('original', 32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Optional, Type
+from typing import Any, Callable, Optional, Type
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -31,10 +31,12 @@ def hub_cfg(file: str = '', **kwargs: Any) -> dict:
     }
 
 
-def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = False,
+                   pretrained_kwargs: Optional[Callable[..., dict]] = None, **kwargs: Any) -> nn.Module:
     """``timm`` build of a registered variant: original or converted checkpoints go through
     :func:`~vision_rwkv.models.convert.checkpoint_filter_fn`; ``features_only`` uses the block getter
-    (``out_indices`` default 3).
+    (``out_indices`` default 3). With ``pretrained``, ``pretrained_kwargs(cfg, record, kwargs)`` (the resolved
+    pretrained cfg, the Bi-WKV record of a local file or None, the caller's kwargs) gives model kwargs to add.
 
     A local file (``pretrained_cfg_overlay=dict(file=PATH)``) is read by
     :func:`~vision_rwkv.models.convert.read_weights_file`, as the tools read it: a training checkpoint gives its EMA
@@ -47,6 +49,8 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
         if pretrained else None
     file = os.fspath(cfg.file) if cfg is not None and cfg.file else None  # a local file: read here
     if file is None:  # random init, or timm's hub / url source
+        if pretrained and pretrained_kwargs is not None:
+            kwargs.update(pretrained_kwargs(cfg, None, kwargs))
         return build_model_with_cfg(model_cls, variant, pretrained, **build, **kwargs)
     if not os.path.isfile(file):
         raise FileNotFoundError(f'{variant}: pretrained checkpoint file not found: {file!r} (the file of '
@@ -55,6 +59,8 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
         weights, record = read_weights_file(file)
     except ValueError as e:  # unreadable: named (torch.load's own advice, weights_only=False, would mislead)
         raise ValueError(f'{variant}: {e}') from e
+    if pretrained_kwargs is not None:
+        kwargs.update(pretrained_kwargs(cfg, record, kwargs))
     _warn_other_wkv_mode(variant, file, record, kwargs.get('wkv_mode'))
     source = dict(cfg.to_dict(), file=None, source='', state_dict=weights)  # timm's source: a state dict in hand
     features = bool(kwargs.get('features_only'))
@@ -72,7 +78,7 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
 
 def _warn_other_wkv_mode(variant: str, file: str, record: Optional[tuple], mode: Optional[str]) -> None:
     """Warn when a file records that its weights were trained in exact mode and the v4 model runs ``'original'``
-    (the pretrained cfg's mode, made for the released weights, when no ``wkv_mode`` is given)."""
+    (chosen by ``wkv_mode=`` or the cfg overlay's ``wkv_mode``)."""
     if mode == 'original' and record is not None and record[0] == 'exact':
         warnings.warn(f"{variant}: {file} records Bi-WKV mode 'exact' (the function its weights were trained "
                       "with) but the model runs 'original'; pass wkv_mode='exact' (or pretrained_cfg_overlay="

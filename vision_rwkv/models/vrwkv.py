@@ -6,11 +6,12 @@ Written from the description in DESIGN.md §3 (no code from the original reposit
 Each block mixes tokens with a Q-Shift + bidirectional WKV ("spatial mix") and channels with a squared-ReLU MLP
 ("channel mix"). The Bi-WKV operator has two modes: ``'exact'`` (the paper's Eq. 5, default for new models) and
 ``'original'`` (the function the released checkpoints were trained with; ``wkv_chunks`` = its chunk count P).
-With ``pretrained=True`` the model takes ``wkv_mode`` / ``wkv_chunks`` from its pretrained cfg (the registered
-cfgs name original hub files: ``'original'`` with P=32, P=16 for VRWKV-L) unless ``wkv_mode`` is passed; override
-the cfg for other files, e.g. ``pretrained_cfg_overlay=dict(file=PATH, wkv_chunks=16)`` for the segmentation
-backbones or ``dict(file=PATH, wkv_mode='exact')`` for weights fine-tuned in exact mode. ``set_wkv_mode`` switches
-an existing model.
+With ``pretrained=True`` the model runs the weights with the function they were trained with: ``wkv_mode`` /
+``wkv_chunks`` passed to create_model or set in ``pretrained_cfg_overlay``, else the mode a local file records
+(our training checkpoints and converted files record it; the original layout means ``'original'``), else the
+pretrained cfg's (the registered cfgs name original hub files: ``'original'`` with P=32, P=16 for VRWKV-L). E.g.
+``pretrained_cfg_overlay=dict(file=PATH, wkv_chunks=16)`` for the segmentation backbones. ``set_wkv_mode``
+switches an existing model.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from typing import Any, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.models import PretrainedCfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
 
 from vision_rwkv.ops import bi_wkv, fused, q_shift
 from vision_rwkv.ops.dispatch import resolve_backend
@@ -323,14 +323,22 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _pretrained_wkv_kwargs(cfg: Any, record: Optional[tuple], kwargs: dict) -> dict:
+    """The Bi-WKV function pretrained weights run with: ``wkv_mode`` / ``wkv_chunks`` each from the first that gives
+    it of create_model's kwargs, the ``pretrained_cfg_overlay``, the function a local weights file records
+    (``record``: (mode, chunks or None); the original layout counts as 'original'), the pretrained cfg (the released
+    files: 'original', 32 chunks, 16 for VRWKV-L), the default ('original', 32)."""
+    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    mode = kwargs.get('wkv_mode') or overlay.get('wkv_mode') or (record[0] if record else None) \
+        or getattr(cfg, 'wkv_mode', None) or 'original'
+    recorded_chunks = record[1] if record and record[0] == mode else None
+    chunks = kwargs.get('wkv_chunks') or overlay.get('wkv_chunks') or recorded_chunks \
+        or getattr(cfg, 'wkv_chunks', None) or 32
+    return dict(wkv_mode=mode, wkv_chunks=chunks)
+
+
 def _create_vrwkv(variant: str, pretrained: bool = False, **kwargs: Any) -> VRWKV:
-    if pretrained and 'wkv_mode' not in kwargs:
-        # run original weights with the Bi-WKV function they were trained with (the cfg says which)
-        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        kwargs['wkv_mode'] = getattr(cfg, 'wkv_mode', None) or 'original'
-        if 'wkv_chunks' not in kwargs:
-            kwargs['wkv_chunks'] = getattr(cfg, 'wkv_chunks', None) or 32
-    return build_backbone(VRWKV, variant, pretrained, **kwargs)
+    return build_backbone(VRWKV, variant, pretrained, pretrained_kwargs=_pretrained_wkv_kwargs, **kwargs)
 
 
 @register_model
