@@ -234,6 +234,24 @@ def test_summed_extra_counters_total_over_ranks(tmp_path, monkeypatch):
     assert main.extra_state == {"skipped": 6, "note": "kept"} and other.extra_state == {"skipped": 0, "note": "kept"}
 
 
+def test_resume_records_this_runs_extra_state(tmp_path):
+    """The constructor's extra_state describes the run being trained (e.g. the Bi-WKV mode of its model): after a
+    resume, later checkpoints record those values, not the first run's (a change warns); other saved keys and
+    the counters continue from the checkpoint."""
+    t, _, _ = _counting_trainer(tmp_path, epochs=1, extra_state={"wkv_mode": "original", "wkv_chunks": 32})
+    t.extra_state.update(note="kept", skipped=4)
+    state = t.state_dict()
+    same, _, _ = _counting_trainer(tmp_path, epochs=1, extra_state={"wkv_mode": "original", "wkv_chunks": 32})
+    same.load_state_dict(state)
+    assert same.extra_state == {"wkv_mode": "original", "wkv_chunks": 32, "note": "kept", "skipped": 4}
+    changed, _, _ = _counting_trainer(tmp_path, epochs=1, summed_extra=("skipped",),
+                                      extra_state={"wkv_mode": "exact", "wkv_chunks": 32, "skipped": 0})
+    with pytest.warns(UserWarning, match="records wkv_mode='original', this run has 'exact'"):
+        changed.load_state_dict(state)
+    assert changed.extra_state == {"wkv_mode": "exact", "wkv_chunks": 32, "note": "kept", "skipped": 4}
+    assert changed.state_dict()["extra"]["wkv_mode"] == "exact"
+
+
 @pytest.mark.parametrize("kind", ["torch_onecycle", "timm_cosine"])
 def test_resume_into_a_longer_run_follows_the_new_schedule(tmp_path, kind):
     """--resume with more steps than the checkpoint's run (timm's `--resume --epochs N`): the learning rates

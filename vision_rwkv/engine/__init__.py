@@ -60,8 +60,9 @@ Training loop (``loop.py``)
         ``loss_fn(model, batch) -> loss | (loss, {name: float})`` runs under autocast with the batch on the
         device; ``eval_fn(model) -> {name: float}`` runs on every rank (reduce inside it); EMA metrics get an
         ``ema_`` prefix; ``after_step(trainer)`` runs after each optimizer step. ``extra_state`` (a dict) is
-        saved with each checkpoint and restored; its ``summed_extra`` keys are per-rank counters, saved as their
-        sum over ranks and restored on rank 0 (0 on the others). An evaluation that raises is followed by a
+        saved with each checkpoint; on resume the values it gives describe the new run and win over the saved ones
+        (a change warns), other saved keys are restored; its ``summed_extra`` keys are per-rank counters, saved as
+        their sum over ranks and restored on rank 0 (0 on the others). An evaluation that raises is followed by a
         checkpoint of its step (single process), then the error propagates.
     move_to_device(obj, device), clip_gradients(params, max_norm, mode)
 

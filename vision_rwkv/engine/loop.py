@@ -183,7 +183,7 @@ class Trainer:
         if saved_world != self.info.world_size:
             warnings.warn(f"checkpoint was written with world size {saved_world}, resuming with "
                           f"{self.info.world_size}: training continues, but not batch-for-batch identically")
-        self.extra_state = dict(state.get("extra") or {})
+        self.extra_state = self._resumed_extra(dict(state.get("extra") or {}))
         if not self.info.is_main:  # the saved totals continue on rank 0; the other ranks count afresh
             self.extra_state.update({k: 0 for k in self.summed_extra if k in self.extra_state})
         self.ckpt.load_best_tracking(state)
@@ -191,6 +191,18 @@ class Trainer:
         self.last_eval = dict(state.get("last_eval") or {})
         self.last_train_loss = state.get("last_train_loss")
         restore_rank_rng(state["rng"])
+
+    def _resumed_extra(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """The saved extra state with this run's own values over it: what the caller's ``extra_state`` says of the
+        run being trained (e.g. the Bi-WKV mode its model computes with) is what later checkpoints must record; the
+        ``summed_extra`` counters and keys this run does not set continue from the checkpoint. A changed value
+        warns."""
+        current = {k: v for k, v in self.extra_state.items() if k not in self.summed_extra}
+        for key, value in current.items():
+            if key in saved and saved[key] != value:
+                warnings.warn(f"the checkpoint records {key}={_short_repr(saved[key])}, this run has "
+                              f"{_short_repr(value)}: checkpoints from now on record this run's value")
+        return {**saved, **current}
 
     def _advance_scheduler(self) -> None:
         """The freshly built scheduler where ``self.step`` optimizer steps (and ``self.epoch`` epochs) leave it."""
@@ -405,3 +417,8 @@ def _batch_len(batch: Any) -> int:
     if isinstance(batch, dict) and batch:
         return _batch_len(next(iter(batch.values())))
     return 1
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
