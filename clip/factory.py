@@ -20,7 +20,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 
-from vision_rwkv.models.convert import checkpoint_format_problem
+from vision_rwkv.models.convert import CheckpointFileMismatchError, checkpoint_format_problem, key_mismatches
 
 from .model import RWKVCLIP
 from .model_configs import CONFIG_DIR
@@ -101,8 +101,9 @@ def load_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(model: torch.nn.Module, path_or_state_dict: Union[str, Path, dict], strict: bool = True) -> None:
-    """Load weights into `model`, upcasting/downcasting floats to the model's dtypes; clear error listing
-    missing and unexpected keys when strict."""
+    """Load weights into `model`, upcasting/downcasting floats to the model's dtypes (a position embedding of
+    another grid resampled); a :class:`~vision_rwkv.models.convert.CheckpointFileMismatchError` (a RuntimeError)
+    counting and naming missing and unexpected keys (when strict) and shape mismatches."""
     if isinstance(path_or_state_dict, dict):
         from .convert import convert_original_state_dict, is_original_state_dict, strip_prefixes
         sd = strip_prefixes(path_or_state_dict)
@@ -113,13 +114,9 @@ def load_checkpoint(model: torch.nn.Module, path_or_state_dict: Union[str, Path,
         sd = load_state_dict(path_or_state_dict)
         source = str(path_or_state_dict)
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if strict and (missing or unexpected):
-        raise RuntimeError(
-            f"checkpoint {source} does not match the model: missing keys {missing[:20]}"
-            f"{' ...' if len(missing) > 20 else ''} ({len(missing)}), unexpected keys {unexpected[:20]}"
-            f"{' ...' if len(unexpected) > 20 else ''} ({len(unexpected)})")
+    problems = key_mismatches(own, sd, strict, shapes_exempt=lambda k: k.endswith(".pos_embed"))
+    if problems:
+        raise CheckpointFileMismatchError(f"checkpoint {source} does not match the model: {'; '.join(problems)}")
     fixed = {}
     for k, v in sd.items():
         if k not in own:
@@ -127,9 +124,9 @@ def load_checkpoint(model: torch.nn.Module, path_or_state_dict: Union[str, Path,
         if k.endswith(".pos_embed") and own[k].shape != v.shape:  # trained at another image size: resampled
             from vision_rwkv.models.convert import fit_pos_embed
             v = fit_pos_embed(v, model.get_submodule(k.rsplit(".", 1)[0]))
-        if own[k].shape != v.shape:
-            raise RuntimeError(f"checkpoint {source}: {k} has shape {tuple(v.shape)}, model expects "
-                               f"{tuple(own[k].shape)}")
+        if own[k].shape != v.shape:  # (a position embedding that does not resample to the model's)
+            raise CheckpointFileMismatchError(f"checkpoint {source}: {k} has shape {tuple(v.shape)}, model expects "
+                                              f"{tuple(own[k].shape)}")
         fixed[k] = v.to(own[k].dtype) if v.is_floating_point() else v
     model.load_state_dict(fixed, strict=strict)
 

@@ -89,7 +89,7 @@ def test_checkpoint_key_errors(tmp_path, fixture_and_model):
     fx, model = fixture_and_model
     sd = rebuild_fixture_state_dict(fx)
     missing = {k: v for k, v in sd.items() if k != "text_model.ln_out.weight"}
-    with pytest.raises(RuntimeError, match=r"missing keys \['text.ln_out.weight'\]"):
+    with pytest.raises(RuntimeError, match=r"does not match the model: 1 missing keys \(text.ln_out.weight\)$"):
         rwkv_clip.load_checkpoint(model, missing)
     extra = dict(sd, **{"text_model.blocks.0.att.bogus": torch.zeros(1)})
     with pytest.raises(RuntimeError, match="unexpected keys.*bogus"):

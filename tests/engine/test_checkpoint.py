@@ -81,7 +81,7 @@ def test_load_model_weights_prefers_ema_and_names_bad_keys(tmp_path):
     ck.load_model_weights(model, tmp_path / "c.pt")
     assert torch.all(model.weight == 7.0)
     ck.atomic_save({"model": {"weight": torch.zeros(2, 2), "extra": torch.zeros(1)}}, tmp_path / "bad.pt")
-    with pytest.raises(RuntimeError, match=r"1 missing keys \(bias\), 1 unexpected keys \(extra\)"):
+    with pytest.raises(RuntimeError, match=r"1 missing keys \(bias\); 1 unexpected keys \(extra\)"):
         ck.load_model_weights(model, tmp_path / "bad.pt")
     ck.atomic_save({f"w{i}": torch.zeros(1) for i in range(50)}, tmp_path / "many.pt")
     with pytest.raises(RuntimeError, match=r"50 unexpected keys \(w0, w1, w10, [^.]*, \.\.\. and 30 more\)"):

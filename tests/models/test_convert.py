@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from model_helpers import tiny_model
 from vision_rwkv.models import VRWKV6, build_from_original, checkpoint_filter_fn, ours_to_original, original_to_ours
 from vision_rwkv.models.convert import (
-    CheckpointMismatchError, convert_file, detect_family, load_checkpoint_file, model_kwargs_from_original,
-    unwrap_state_dict)
+    CheckpointMismatchError, convert_file, detect_family, key_mismatches, load_checkpoint_file,
+    model_kwargs_from_original, unwrap_state_dict)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -446,3 +446,16 @@ def test_conversion_records_the_mode_the_weights_were_trained_with(tmp_path, rec
     released = timm.create_model('vrwkv_tiny_patch16_224', pretrained=True, **kw,
                                  pretrained_cfg_overlay=dict(file=str(tmp_path / 'released.pth')))
     assert (released.wkv_mode, released.wkv_chunks) == ('original', 32)
+
+
+def test_key_mismatches_counts_and_names_each_kind():
+    """The fit check every loader shares: kinds in a fixed order, empty kinds left out, shapes compared for the
+    keys both hold (also when not strict, and for a non-tensor entry), exempt keys skipped."""
+    own = {'a': torch.zeros(2), 'b': torch.zeros(3, 4), 'c': torch.zeros(1)}
+    assert key_mismatches(own, dict(own)) == []
+    state = {'a': torch.zeros(5), 'b': 'not a tensor', 'z': torch.zeros(1)}
+    assert key_mismatches(own, state) == [
+        '1 missing keys (c)', '1 unexpected keys (z)',
+        '2 shape mismatches (a: checkpoint (5,) vs model (2,), b: checkpoint () vs model (3, 4))']
+    assert key_mismatches(own, state, strict=False, shapes_exempt=lambda k: k == 'a') == [
+        '1 shape mismatches (b: checkpoint () vs model (3, 4))']

@@ -177,9 +177,10 @@ def test_mismatched_checkpoint_error_is_capped(checkpoint, images, tmp_path, cap
     assert f"; {n} unexpected keys (encoder." in err and f"... and {n - 20} more)" in err
     assert err.count("backbone.") == 20 and err.count("encoder.") == 20 and len(err) < 4000
     model, _, _ = load_segmentor(DEMO)
-    with pytest.raises(CheckpointMismatchError, match=r"^checkpoint x\.pt does not match the config's model: 2 keys "
-                                                      r"with other shapes \(decode_head\.conv_seg\.weight: "
-                                                      r"checkpoint \(5, 32, 1, 1\) vs model \(9, 32, 1, 1\), "):
+    with pytest.raises(CheckpointMismatchError, match=r"^checkpoint x\.pt does not match the config's model: 2 shape "
+                                                      r"mismatches \(decode_head\.conv_seg\.bias: checkpoint \(5,\) "
+                                                      r"vs model \(9,\), decode_head\.conv_seg\.weight: "
+                                                      r"checkpoint \(5, 32, 1, 1\) vs model \(9, 32, 1, 1\)\)$"):
         load_segmentor_weights(model, "x.pt", {**state, "decode_head.conv_seg.weight": torch.zeros(5, 32, 1, 1),
                                                "decode_head.conv_seg.bias": torch.zeros(5)})
     with pytest.raises(RuntimeError, match="missing keys"):  # a RuntimeError too (as tools/export.py catches)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..models.convert import (CheckpointFileMismatchError, CheckpointMismatchError, checkpoint_format_problem,
-                              listed_keys, select_weights)
+                              select_weights)
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
@@ -169,7 +169,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
     of another class count (or none in the file) keeps its initialisation. Missing, unexpected (``strict``) or
     mis-shaped keys raise a RuntimeError naming the file. Returns the classifier keys left as initialised."""
     from ..models import VRWKV, VRWKV6
-    from ..models.convert import checkpoint_filter_fn, trained_wkv_mode, unwrap_state_dict
+    from ..models.convert import checkpoint_filter_fn, key_mismatches, trained_wkv_mode, unwrap_state_dict
 
     checkpoint = _read_checkpoint(path) if state is None else None  # (also read for its record of the mode)
     sd = _model_state(checkpoint, key, path) if state is None else dict(state)
@@ -195,15 +195,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
         heads = tuple(c + "." for c in ([classifier] if isinstance(classifier, str) else classifier))
         renewed = sorted(k for k in own if k.startswith(heads) and (k not in sd or sd[k].shape != own[k].shape))
         sd = {k: v for k, v in sd.items() if k not in renewed}
-    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd
-             if k in own and hasattr(sd[k], "shape") and sd[k].shape != own[k].shape]
-    missing = sorted(set(own) - set(sd) - set(renewed)) if strict else []
-    unexpected = sorted(set(sd) - set(own)) if strict else []
-    if missing or unexpected or wrong:
-        raise CheckpointFileMismatchError(
-            f"checkpoint {path} does not match the model: {listed_keys(missing, 'missing keys')}, "
-            f"{listed_keys(unexpected, 'unexpected keys')}"
-            + (f", {listed_keys(wrong, 'shape mismatches')}" if wrong else ""))
+    problems = key_mismatches({k: v for k, v in own.items() if k not in renewed}, sd, strict)
+    if problems:
+        raise CheckpointFileMismatchError(f"checkpoint {path} does not match the model: {'; '.join(problems)}")
     target.load_state_dict(sd, strict=False)
     return renewed
 

@@ -37,7 +37,7 @@ import logging
 import math
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -47,6 +47,7 @@ __all__ = [
     'checkpoint_filter_fn', 'build_from_original', 'model_kwargs_from_original', 'load_checkpoint_file',
     'checkpoint_format_problem', 'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes',
     'fit_pos_embed', 'MissingWeightsError', 'select_weights', 'trained_wkv_mode', 'read_weights_file', 'EMA_ENTRIES',
+    'key_mismatches',
 ]
 
 FAMILY_NAMES = {'vrwkv': 'VRWKV (v4)', 'vrwkv6': 'VRWKV6'}
@@ -109,6 +110,20 @@ def listed_keys(keys: Sequence[str], what: str) -> str:
     shown = ", ".join(str(k) for k in keys[:MAX_LISTED_KEYS])
     more = f", ... and {len(keys) - MAX_LISTED_KEYS} more" if len(keys) > MAX_LISTED_KEYS else ""
     return f"{len(keys)} {what} ({shown}{more})"
+
+
+def key_mismatches(own: Mapping[str, Any], state: Mapping[str, Any], strict: bool = True,
+                   shapes_exempt: Callable[[str], bool] = lambda key: False) -> List[str]:
+    """How the weights ``state`` fail to fit a model whose state dict is ``own``: ``N missing keys (...)``,
+    ``N unexpected keys (...)`` (both only when ``strict``) and ``N shape mismatches (key: checkpoint S vs model
+    S, ...)`` for the keys both hold (except ``shapes_exempt`` ones), each as :func:`listed_keys` writes it, the
+    empty kinds left out; [] when they fit. The one fit check of every checkpoint loader here."""
+    missing = sorted(k for k in own if k not in state) if strict else []
+    unexpected = sorted(k for k in state if k not in own) if strict else []
+    shapes = [f'{k}: checkpoint {tuple(getattr(state[k], "shape", ()))} vs model {tuple(v.shape)}' for k, v in own.items()
+              if k in state and tuple(getattr(state[k], 'shape', ())) != tuple(v.shape) and not shapes_exempt(k)]
+    kinds = (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', sorted(shapes)))
+    return [listed_keys(keys, what) for what, keys in kinds if keys]
 
 
 class MissingWeightsError(CheckpointMismatchError):

@@ -24,7 +24,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from vision_rwkv.models.convert import CheckpointFileMismatchError, listed_keys, original_to_ours, strip_key_prefixes
+from vision_rwkv.models.convert import (CheckpointFileMismatchError, key_mismatches, listed_keys, original_to_ours,
+                                       strip_key_prefixes)
 
 __all__ = ["is_original_segmentor", "convert_original_segmentor", "read_segmentor_state", "load_segmentor_weights",
            "SegCheckpointMismatchError"]
@@ -101,13 +102,7 @@ def load_segmentor_weights(model: nn.Module, path: str | os.PathLike,
 
     state = read_segmentor_state(path) if state is None else state
     target = unwrap_model(model)  # (DDP / torch.compile wrappers)
-    own = target.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(v.shape)}"
-              for k, v in own.items() if k in state and tuple(getattr(state[k], "shape", ())) != tuple(v.shape)]
-    kinds = (("missing keys", missing), ("unexpected keys", unexpected), ("keys with other shapes", shapes))
-    problems = [listed_keys(keys, what) for what, keys in kinds if keys]
+    problems = key_mismatches(target.state_dict(), state)
     if problems:
         raise SegCheckpointMismatchError(f"checkpoint {path} does not match the config's model: "
                                          f"{'; '.join(problems)}")

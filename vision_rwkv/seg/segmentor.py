@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vision_rwkv.models.convert import CheckpointFileMismatchError, key_mismatches
+
 from .adapter import ViTAdapter
 from .config import NECKS
 from .heads import FCNHead, UperNetHead, resize
@@ -95,10 +97,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
     classifiers = [classifier] if isinstance(classifier, str) else list(classifier)
     state = {k: v for k, v in state.items()
              if not (any(k.startswith(c + ".") for c in classifiers) and k not in own)}
+    problems = key_mismatches(own, state, strict)
+    if problems:
+        raise CheckpointFileMismatchError(f"pretrained backbone {path} does not match the model: "
+                                          f"{'; '.join(problems)}")
     missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
-        raise RuntimeError(f"pretrained backbone {path} does not match the model: missing keys {list(missing)}, "
-                           f"unexpected keys {list(unexpected)}")
     _logger.info("loaded backbone weights from %s (missing %d, unexpected %d)", path, len(missing), len(unexpected))
 
 
