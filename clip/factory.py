@@ -20,7 +20,8 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 
-from vision_rwkv.models.convert import CheckpointFileMismatchError, checkpoint_format_problem, key_mismatches
+from vision_rwkv.models.convert import (CheckpointFileMismatchError, key_mismatches, load_checkpoint_file,
+                                       select_weights)
 
 from .model import RWKVCLIP
 from .model_configs import CONFIG_DIR
@@ -67,24 +68,11 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 def _read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
+    """The weights in a local checkpoint file, as every loader here picks them (EMA weights when the file has them,
+    else its ``model`` / ``state_dict`` entry, else the file itself)."""
+    if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path} (weights load from a local path only)")
-    problem = checkpoint_format_problem(path)
-    if problem:
-        raise RuntimeError(f"could not read checkpoint {path}: {problem}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path), device="cpu")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"could not read checkpoint {path} with torch.load(weights_only=True): {e}") from e
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
+    obj = select_weights(load_checkpoint_file(path), "auto", path)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"checkpoint {path} does not hold a state dict of tensors")
     return obj

@@ -100,6 +100,25 @@ def test_checkpoint_key_errors(tmp_path, fixture_and_model):
         rwkv_clip.load_checkpoint(model, tmp_path / "nope.pt")
 
 
+def test_checkpoint_files_follow_the_packages_weights_rule(tmp_path, fixture_and_model):
+    """RWKV-CLIP files are read as every loader here reads them: a training checkpoint's EMA weights when it has
+    them (timm's use_ema rule), `model_state_dict` wrappers, and one clear error for a truncated file."""
+    from vision_rwkv.models.convert import CheckpointReadError
+    fx, model = fixture_and_model
+    ours = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = {"module." + k: v + 1.0 if v.is_floating_point() else v for k, v in ours.items()}
+    torch.save({"model": ours, "ema": ema, "step": 3}, tmp_path / "run.pt")
+    rwkv_clip.load_checkpoint(model, tmp_path / "run.pt")
+    assert torch.equal(model.state_dict()["text.ln_out.weight"], ours["text.ln_out.weight"] + 1.0)
+    torch.save({"model_state_dict": ours, "epoch": 1}, tmp_path / "plain.pt")
+    rwkv_clip.load_checkpoint(model, tmp_path / "plain.pt")
+    assert torch.equal(model.state_dict()["text.ln_out.weight"], ours["text.ln_out.weight"])
+    whole = (tmp_path / "run.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointReadError, match=r"cannot read checkpoint .*cut\.pt"):
+        rwkv_clip.load_checkpoint(model, tmp_path / "cut.pt")
+
+
 def test_unsupported_original_configs_raise(load_fixture):
     cfg = load_fixture("rwkvclip.pt")["config"]
     bad = {"image": dict(cfg["image"]), "text": dict(cfg["text"], pos_emb=16)}

@@ -131,7 +131,7 @@ def test_truncated_safetensors_is_named_by_the_engine(tmp_path):
     save_file({"weight": torch.ones(64, 64), "bias": torch.ones(64)}, str(tmp_path / "w.safetensors"))
     data = (tmp_path / "w.safetensors").read_bytes()
     (tmp_path / "w.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RuntimeError, match=r"cannot load checkpoint .*w.safetensors: not a valid safetensors file "
+    with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*w.safetensors: not a valid safetensors file "
                                            r"\(truncated"):
         ck.read_model_state(tmp_path / "w.safetensors")
     with pytest.raises(RuntimeError, match="w.safetensors: .*truncated"):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.convert import (CheckpointFileMismatchError, CheckpointMismatchError, checkpoint_format_problem,
+from ..models.convert import (CheckpointFileMismatchError, CheckpointMismatchError, load_checkpoint_file,
                               select_weights)
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
@@ -58,18 +58,10 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; clear errors for a missing or unreadable file. ``mmap``: map
-    the tensors' storage instead of reading it (to look at a few entries of a large file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    problem = checkpoint_format_problem(path)
-    if problem:
-        raise RuntimeError(f"cannot load checkpoint {path}: {problem}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as err:
-        raise RuntimeError(f"cannot load checkpoint {path} (weights_only=True): {err}") from err
+    """Load a checkpoint with ``weights_only=True``; clear errors for a missing or unreadable file
+    (:func:`~vision_rwkv.models.convert.load_checkpoint_file`). ``mmap``: map the tensors' storage instead of
+    reading it (to look at a few entries of a large file)."""
+    return load_checkpoint_file(path, map_location=map_location, mmap=mmap)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -122,25 +114,7 @@ def read_model_state(path: str | os.PathLike, key: str | None = "auto") -> dict[
     ``module.`` prefixes removed. ``key`` as :func:`~vision_rwkv.models.convert.select_weights` takes it:
     ``"auto"`` prefers the EMA weights when present, ``"model"`` the raw weights, ``"ema"`` the EMA weights (an
     error naming the file if it has none)."""
-    return _model_state(_read_checkpoint(path), key, path)
-
-
-def _read_checkpoint(path: str | os.PathLike) -> Any:
-    """The loaded file ``path``: a ``.safetensors`` state dict, or a torch checkpoint (weights_only); errors name
-    the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        problem = checkpoint_format_problem(path)
-        if problem:
-            raise RuntimeError(f"cannot load checkpoint {path}: {problem}")
-        try:
-            return load_file(str(path))
-        except Exception as err:  # a damaged tensor table the format check let through
-            raise RuntimeError(f"cannot load checkpoint {path}: {err}") from err
-    return load_checkpoint(path)
+    return _model_state(load_checkpoint_file(path), key, path)
 
 
 def _model_state(checkpoint: Any, key: str | None, path: str | os.PathLike) -> dict[str, Any]:
@@ -171,7 +145,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
     from ..models import VRWKV, VRWKV6
     from ..models.convert import checkpoint_filter_fn, key_mismatches, trained_wkv_mode, unwrap_state_dict
 
-    checkpoint = _read_checkpoint(path) if state is None else None  # (also read for its record of the mode)
+    checkpoint = load_checkpoint_file(path) if state is None else None  # (also read for its record of the mode)
     sd = _model_state(checkpoint, key, path) if state is None else dict(state)
     target = unwrap_model(model)
     if isinstance(target, (VRWKV, VRWKV6)):

@@ -47,7 +47,7 @@ __all__ = [
     'checkpoint_filter_fn', 'build_from_original', 'model_kwargs_from_original', 'load_checkpoint_file',
     'checkpoint_format_problem', 'convert_file', 'CheckpointMismatchError', 'FAMILY_NAMES', 'strip_key_prefixes',
     'fit_pos_embed', 'MissingWeightsError', 'select_weights', 'trained_wkv_mode', 'read_weights_file', 'EMA_ENTRIES',
-    'key_mismatches',
+    'key_mismatches', 'CheckpointReadError',
 ]
 
 FAMILY_NAMES = {'vrwkv': 'VRWKV (v4)', 'vrwkv6': 'VRWKV6'}
@@ -407,24 +407,32 @@ def build_from_original(
 
 
 # ---------------------------------------------------------------------- files
-def load_checkpoint_file(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file or a ``.pth`` / ``.pt`` / ``.bin`` (``torch.load(weights_only=True)``)."""
+class CheckpointReadError(ValueError, RuntimeError):
+    """A checkpoint file cannot be read: not a checkpoint, truncated, or holding pickled objects that
+    ``weights_only=True`` refuses. A ValueError and a RuntimeError (each loader raised one of them before)."""
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = 'cpu', mmap: bool = False) -> Any:
+    """Read a ``.safetensors`` file or a ``.pth`` / ``.pt`` / ``.bin`` (``torch.load(weights_only=True)``): the one
+    checkpoint reader of every loader here. A missing file raises FileNotFoundError, an unreadable one
+    :class:`CheckpointReadError` naming the file and what is wrong (torch's own message would suggest
+    ``weights_only=False``). ``mmap``: map a torch file's storage instead of reading it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
     problem = checkpoint_format_problem(path)
     if problem:
-        raise ValueError(f'cannot read checkpoint {path}: {problem}')
+        raise CheckpointReadError(f'cannot read checkpoint {path}: {problem}')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         try:
-            return load_file(path, device='cpu')
+            return load_file(path, device=str(map_location))
         except Exception as e:  # a damaged tensor table
-            raise ValueError(f'cannot read checkpoint {path}: {e}') from e
+            raise CheckpointReadError(f'cannot read checkpoint {path}: {e}') from e
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated archive, or pickled objects weights_only refuses
-        raise ValueError(f'cannot read checkpoint {path}: {e}') from e
+        raise CheckpointReadError(f'cannot read checkpoint {path} (weights_only=True): {e}') from e
 
 
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
@@ -479,7 +487,7 @@ def _safetensors_data_problem(header: Any, size: int, data_start: int) -> Option
 
 # ---------------------------------------------------------------------- which weights, trained how
 EMA_ENTRIES = ('ema', 'state_dict_ema', 'model_ema')  # ours (timm ModelEmaV3, `module.` keys), timm's, DeiT's
-_WEIGHT_ENTRIES = ('model', 'state_dict')
+_WEIGHT_ENTRIES = ('model', 'state_dict', 'model_state_dict')  # ours / timm's, mmcv's, a common PyTorch habit
 
 
 def _describe(checkpoint: Mapping[str, Any]) -> str:
@@ -577,9 +585,9 @@ def _load_for_metadata(path: str | os.PathLike) -> Any:
     """A torch checkpoint mapped rather than read (only its small entries are looked at); a legacy (non-zip) file,
     which cannot be mapped, is read."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-    except RuntimeError:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return load_checkpoint_file(path, mmap=True)
+    except CheckpointReadError:
+        return load_checkpoint_file(path)
 
 
 def read_weights_file(path: str | os.PathLike, weights: Optional[str] = 'auto'
