@@ -1,7 +1,7 @@
 """Zero-shot classification and image-text retrieval for any model with the open_clip interface
 (`encode_image(x, normalize=True)`, `encode_text(tokens, normalize=True)`): RWKV-CLIP or plain open_clip models.
 
-Definitions (DESIGN.md §5, clip_benchmark):
+Definitions (as clip_benchmark computes them):
 * zero-shot class embedding = normalise(mean over templates of normalised text features); logits =
   100 * image_features @ W; metrics `acc1`, `acc5`, `mean_per_class_recall`.
 * retrieval with several captions per image: text->image ("image_retrieval_recall@k") is a hit when the text's

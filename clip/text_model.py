@@ -1,4 +1,4 @@
-"""RWKV-CLIP text tower: a bidirectional RWKV-6 encoder over CLIP BPE tokens (DESIGN.md §5).
+"""RWKV-CLIP text tower: a bidirectional RWKV-6 encoder over CLIP BPE tokens.
 
 Token embedding (no position embedding) -> blocks (pre-norm, `ln0` on block 0) -> `ln_out`; each block is a
 time mix (per-head 1-D bidirectional shift, RWKV-6 "ddlerp" token mixing, bidirectional WKV-6, GroupNorm

@@ -4,9 +4,9 @@
   quarters for v4, per-head quarters for v6) or ``'bi_shift_1d'`` (per-head 1-D bidirectional shift of the text
   tower). Only the Q-Shift has fused shift + interpolation kernels; the other fused kernels do not depend on it.
 * :class:`FusedPathMixer` - the forward dispatch of every mixer (mixed-operand GEMMs, fused, plain PyTorch).
-* :class:`ChannelMix` - ``sigmoid(R xr) * V relu(K xk)^2`` on token-shift interpolations (DESIGN.md §3-5).
+* :class:`ChannelMix` - ``sigmoid(R xr) * V relu(K xk)^2`` on token-shift interpolations.
 * :class:`TimeMixV6` - the RWKV-6 time mix: data-dependent interpolation ("ddlerp"), per-token decay,
-  bidirectional WKV-6, per-head GroupNorm and SiLU gate (DESIGN.md §4-5).
+  bidirectional WKV-6, per-head GroupNorm and SiLU gate.
 * :func:`fused_prenorm_step` - the fused-path residual adds of a pre-norm block (each add carries a LayerNorm).
 * :func:`drop_path_scale` / :func:`fusable_drop_path` - the per-sample branch factor a timm ``DropPath`` draws, for
   the fused residual adds.
@@ -409,7 +409,7 @@ class TimeMixV6(FusedPathMixer):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Fancy init (DESIGN.md §4) of the interpolation, decay and bonus parameters, per ``param_style``."""
+        """RWKV-6's layer- and channel-dependent init of the interpolation, decay and bonus parameters, per ``param_style``."""
         dim = self.dim
         ratio_0_to_1, ratio_1_to_almost0 = layer_ratios(self.layer_id, self.num_layers)
         base = channel_ratio(dim)

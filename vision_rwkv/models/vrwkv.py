@@ -1,7 +1,7 @@
 """Vision-RWKV (v4) backbones, timm-registered.
 
 Paper: "Vision-RWKV: Efficient and Scalable Visual Perception with RWKV-Like Architectures" (arXiv:2403.02308).
-Written from the description in DESIGN.md §3 (no code from the original repository).
+Written from the paper's description and the released checkpoints (no code from the original repository).
 
 Each block mixes tokens with a Q-Shift + bidirectional WKV ("spatial mix") and channels with a squared-ReLU MLP
 ("channel mix"). The Bi-WKV operator has two modes: ``'exact'`` (the paper's Eq. 5, default for new models) and

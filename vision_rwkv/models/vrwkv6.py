@@ -1,6 +1,6 @@
 """Vision-RWKV v6 backbones (RWKV-6 token mixing), timm-registered.
 
-Written from DESIGN.md §4 (no code from the original repository). Differences from v4: the Q-Shift quarters are
+Written from the paper's description and the released checkpoints (no code from the original repository). Differences from v4: the Q-Shift quarters are
 taken inside each head, the token mix uses RWKV-6 data-dependent interpolation ("ddlerp") and per-token decay,
 a multi-head bidirectional WKV without normaliser, a GroupNorm over heads (``ln_x``) and a SiLU gate. The token
 and channel mixers are the ones of :mod:`vision_rwkv.models.mixing` (shared with the RWKV-CLIP text tower).
