@@ -91,6 +91,8 @@ def test_no_switch_is_read_past_the_shared_helpers():
 def fake_triton(monkeypatch):
     monkeypatch.setattr(dispatch, "_cache", {"bi_wkv": lambda *a: None, "bi_wkv6": lambda *a: None})
     monkeypatch.setattr(fused, "_triton_ok", lambda: True)
+    for module in (dispatch, fused):  # (stand-ins run anywhere: no interpreter needed)
+        monkeypatch.setattr(module, "check_cpu_kernels", lambda op: None)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
@@ -159,3 +161,31 @@ def test_switches_trace_under_torch_compile(monkeypatch):
     torch._dynamo.reset()
     out = torch.compile(fn, backend="eager", fullgraph=True)(torch.zeros(2))
     assert torch.equal(out, torch.ones(2))
+
+
+def test_triton_interpret_set_too_late_is_a_clear_error():
+    """TRITON_INTERPRET=1 set after Triton was imported: Triton defined its library (and our kernels) for the GPU,
+    so the interpreter cannot run them; the ops say so instead of Triton's "Cannot call @triton.jit'd outside of
+    the scope of a kernel". (A subprocess: the variable must be unset when it starts.)"""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("triton")
+    code = """if True:
+        import os, torch, triton, triton.language, vision_rwkv
+        from vision_rwkv.ops import bi_wkv, fused
+        os.environ["TRITON_INTERPRET"] = "1"
+        w, u, k, v = torch.randn(4), torch.randn(4), torch.randn(1, 3, 4), torch.randn(1, 3, 4)
+        for call in (lambda: bi_wkv(w, u, k, v, backend="triton"),
+                     lambda: fused.relu_square(k, backend="triton")):
+            try:
+                call()
+            except RuntimeError as err:
+                print(err)
+        """
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "VRWKV_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("TRITON_INTERPRET=1 was set after Triton" in line for line in lines), out.stdout
+    assert lines[0].startswith("bi_wkv: ") and lines[1].startswith("relu_square: ")

@@ -144,6 +144,26 @@ def cpu_triton() -> bool:
     return raw == "1" or (raw != "0" and FLAG_WORDS.get(raw.lower(), False))
 
 
+# whether TRITON_INTERPRET was on when vision_rwkv.ops.triton_jit was imported, i.e. when our kernels were defined
+# (None: not yet); Triton decides at a kernel's definition whether the interpreter runs it
+KERNELS_INTERPRETED: list = [None]
+
+
+def check_cpu_kernels(op: str) -> None:
+    """Before CPU tensors take the Triton kernels: an error when ``TRITON_INTERPRET=1`` was set after Triton's
+    library or our kernels were defined (Triton's own error, "Cannot call @triton.jit'd outside of the scope of a
+    kernel", would not say why)."""
+    if _CPU_LAUNCHES[0]:
+        return
+    import triton.language as tl
+    library = getattr(tl, "cdiv", None)  # (a @triton.jit function of Triton's own standard library)
+    if KERNELS_INTERPRETED[0] is False or (library is not None and type(library).__name__ == "JITFunction"):
+        raise RuntimeError(f"{op}: TRITON_INTERPRET=1 was set after Triton (or vision_rwkv's Triton kernels) was "
+                           "imported, so the kernels cannot run in Triton's interpreter: Triton decides when a "
+                           "kernel is defined. Set it before importing torch or vision_rwkv (in the environment of "
+                           "the process)")
+
+
 GRID_YZ_MAX = 65535  # CUDA's limit on a launch grid's y and z extents (where the WKV kernels put their chunks)
 
 

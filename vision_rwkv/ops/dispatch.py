@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ._triton_utils import BACKEND_CHOICES, cpu_triton, env_backend
+from ._triton_utils import BACKEND_CHOICES, check_cpu_kernels, cpu_triton, env_backend
 
 __all__ = ["BACKENDS", "resolve_backend", "triton_impl", "triton_available"]
 
@@ -79,5 +79,7 @@ def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: 
                 f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 to run "
                 "the Triton kernels on CPU in the interpreter"
             )
-        triton_impl(op)  # raises a clear error when the kernel module is missing
+        triton_impl(op)  # (a clear error when the kernel module is missing; else it defines the kernels)
+        if device.type != "cuda":
+            check_cpu_kernels(op)  # (kernels defined outside the interpreter: an error saying why)
     return backend

@@ -45,12 +45,13 @@ try:
 except ImportError:  # Triton < 3.4: every launch takes Triton's path (jit is triton.jit)
     knobs = None
 
-from ._triton_utils import debug_poison, env_flag, triton_interpret
+from ._triton_utils import KERNELS_INTERPRETED, debug_poison, env_flag, triton_interpret
 from .interpret_checks import install as _install_interpreter_checks
 from .interpret_fixes import install as _install_interpreter_fixes
 
 __all__ = ["jit", "FastLaunchFunction", "fast_launch_enabled", "launch_compiled"]
 
+KERNELS_INTERPRETED[0] = triton_interpret()  # (our kernels are all defined after this module is imported)
 if triton_interpret():
     _install_interpreter_fixes()  # (bf16 and TF32 dots, bf16 rounding: see interpret_fixes)
     # (the CPU tests: every kernel's accesses checked; VRWKV_TRITON_CHECKS=0 leaves them unchecked)

@@ -46,7 +46,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._triton_utils import as_dtype, autograd_needed, check_split, cpu_triton, env_backend, env_flag, split_outputs
+from .._triton_utils import (as_dtype, autograd_needed, check_cpu_kernels, check_split, cpu_triton, env_backend, env_flag,
+                             split_outputs)
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
@@ -150,8 +151,11 @@ def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
         env = env_backend()
         if env == "reference":
             return "reference"
-        if device.type == "cuda" or (env == "triton" and cpu_triton()):
+        if device.type == "cuda":
             return "triton" if _triton_ok() else "reference"
+        if env == "triton" and cpu_triton() and _triton_ok():
+            check_cpu_kernels(op)
+            return "triton"
         return "reference"
     if backend not in ("reference", "triton"):
         raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto), 'reference' or 'triton'")
@@ -163,6 +167,8 @@ def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
             mod = _triton()
             raise RuntimeError(f"{op}: the Triton backend is not available ({type(mod).__name__}: {mod}); "
                                "use backend='reference'") from mod
+        if device.type != "cuda":
+            check_cpu_kernels(op)
     return backend
 
 
