@@ -238,8 +238,9 @@ def train_clip(cfg: DictConfig | ClipTrainConfig | dict, resume: Optional[str] =
 
 def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     tc = cfg.train
-    if tc.batch_size % info.world_size:
-        raise ValueError(f"train.batch_size {tc.batch_size} is not divisible by the world size {info.world_size}")
+    if tc.batch_size < 1 or tc.batch_size % info.world_size:
+        raise ConfigError(f"train.batch_size (the global batch) must be a positive multiple of the number of "
+                          f"processes, {info.world_size}; got {tc.batch_size}")
     if tc.max_steps is None and not tc.epochs:
         raise ConfigError("set train.epochs or train.max_steps (the defaults set neither)")
     run_dir = Path(cfg.run_dir)
@@ -254,6 +255,10 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
 
     train_set = build_train_dataset(cfg.data, preprocess_train if cfg.data.augment else preprocess_val, tokenizer)
     group_size = getattr(train_set.dataset, "group_size", 1)  # Shapes hard-negative groups (data.shapes_group_by)
+    if (tc.batch_size // info.world_size) % group_size:
+        raise ConfigError(f"train.batch_size {tc.batch_size} gives {tc.batch_size // info.world_size} samples per "
+                          f"process ({info.world_size} processes), not a multiple of data.shapes_group_size "
+                          f"{group_size}: each process's batch holds whole groups")
     loader = EpochLoader(train_set, tc.batch_size // info.world_size, shuffle=True, drop_last=True, seed=tc.seed,
                          num_workers=cfg.data.workers, info=info, group_size=group_size)
     optimizer = build_optimizer(model, cfg.optim)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sys
 
-from vision_rwkv.engine import ConfigError, load_config
+from vision_rwkv.engine import ConfigError, launch_rank, load_config
 from vision_rwkv.engine.checkpoint import run_checkpoint
 from vision_rwkv.engine.classification import evaluate_classifier
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
@@ -35,13 +35,15 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        parser.exit(2, f"config error: {err}\n")
+        parser.exit(2, f"config error: {err}\n" if launch_rank() == 0 else None)  # (torchrun: once)
+    main_rank = launch_rank() == 0  # (under torchrun rank 0 alone prints the notes and the result)
     if not (cfg.eval.checkpoint or cfg.model.pretrained or cfg.model.checkpoint):
         found = run_checkpoint(cfg.run_dir)
         if found is not None:
             cfg.eval.checkpoint = str(found)
-            print(f"[eval] no --checkpoint: evaluating the run's {found}", file=sys.stderr)
-        else:
+            if main_rank:
+                print(f"[eval] no --checkpoint: evaluating the run's {found}", file=sys.stderr)
+        elif main_rank:
             print(f"warning: no --checkpoint, no model.pretrained / model.checkpoint and no checkpoint in "
                   f"{cfg.run_dir}/checkpoints: {cfg.model.name} has random, untrained weights", file=sys.stderr)
     try:
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(2, f"error: {err}\n")
     keys = ("top1", "top5", "loss", "num_samples", "skipped_samples", "throughput", "input_size", "eval_time_s",
             "confusion_matrix_png")
-    print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
+    if main_rank:
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
     return result
 
 

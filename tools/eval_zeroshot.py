@@ -18,12 +18,14 @@ No config file: the model comes from --run-dir (a train_clip run) or --model wit
 
 Metrics (JSON): zeroshot_acc1/acc5/mean_per_class_recall, image_retrieval_recall@{1,5,10} (text->image) and
 text_retrieval_recall@{1,5,10} (image->text, any of the image's captions), clip_benchmark's definitions.
-A PNG grid of the top retrieved images for a few captions is written next to the JSON.
+A PNG grid of the top retrieved images for a few captions is written next to the JSON. One process (not under
+torchrun).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -102,7 +104,11 @@ def eval_config(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # every process would evaluate everything, and write it
+        parser.exit(2, "error: eval_zeroshot.py runs in one process: start it with python, not torchrun\n"
+                    if int(os.environ.get("RANK", "0") or 0) == 0 else None)
     from rwkv_clip.evaluate import load_model_for_eval, run_evaluation
 
     cfg = eval_config(args)

@@ -31,7 +31,7 @@ def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from vision_rwkv.engine import is_main_process
+    from vision_rwkv.engine import launch_rank
     from vision_rwkv.models.convert import CheckpointMismatchError
     from vision_rwkv.seg import load_seg_config, test_segmentor
 
@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CheckpointMismatchError as err:  # a checkpoint of another model: an argument error, like a bad config
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if status == 0 and is_main_process():
+    if status == 0 and launch_rank() == 0:  # (torchrun: the process group is gone by now)
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
     return status
 

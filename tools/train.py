@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from vision_rwkv.engine import ConfigError, load_config
+from vision_rwkv.engine import ConfigError, launch_rank, load_config
 from vision_rwkv.engine.classification import train_classifier
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
 
@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
-        parser.exit(2, f"config error: {err}\n")
+        parser.exit(2, f"config error: {err}\n" if launch_rank() == 0 else None)  # (torchrun: once)
     result = train_classifier(cfg)
-    if not result.get("stopped"):
+    if launch_rank() == 0 and not result.get("stopped"):  # (torchrun: rank 0 reports)
         summary = {k: v for k, v in result.items() if k not in ("classes",)}
         print(json.dumps(summary, indent=2, default=str))
     return result

@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_config_args(parser, argv)
 
     from rwkv_clip.train import load_clip_config, train_clip
-    from vision_rwkv.engine import is_main_process
+    from vision_rwkv.engine import launch_rank
 
     cfg = load_clip_config(args.config, args.overrides)
     result = train_clip(cfg, resume=args.options.resume)
-    if is_main_process() and not result.get("stopped"):
+    if launch_rank() == 0 and not result.get("stopped"):  # (torchrun: the process group is gone by now)
         out = {k: v for k, v in result.items() if k != "history"}
         Path(result["run_dir"], "result.json").write_text(json.dumps(out, indent=2))
         print(json.dumps(out, indent=2))

@@ -8,7 +8,8 @@
 
 CONFIG is a YAML file under configs/segmentation/ (``--config CONFIG`` is an alias); overrides use dotted keys of
 the schema (vision_rwkv/seg/config.py). ``--resume latest|PATH`` is the same as ``train.resume=latest|PATH``.
-Under torchrun BatchNorm becomes SyncBatchNorm and data.batch_size is per process. Writes checkpoints, CSV logs,
+Under torchrun on GPUs BatchNorm becomes SyncBatchNorm (train.sync_bn; CPU processes keep their own BatchNorm,
+torch has no CPU SyncBatchNorm) and data.batch_size is per process. Writes checkpoints, CSV logs,
 curves.png and val_metrics.json under train.run_dir. Exit status 2 for a bad command line or config.
 """
 from __future__ import annotations
@@ -27,11 +28,11 @@ def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from vision_rwkv.engine import is_main_process
+    from vision_rwkv.engine import launch_rank
     from vision_rwkv.seg import load_seg_config, train_segmentor
 
     status, result = run_config_job(lambda: load_seg_config(args.config, args.overrides), train_segmentor)
-    if status == 0 and is_main_process():
+    if status == 0 and launch_rank() == 0:  # (torchrun: the process group is gone by now)
         print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
     return status
 

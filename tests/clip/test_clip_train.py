@@ -107,6 +107,17 @@ def test_unknown_config_keys_are_errors(tmp_path):
         load_clip_config(p)
 
 
+def test_batch_sizes_that_do_not_split_are_config_errors(tmp_path):
+    """The global batch must split evenly over the processes, and each process's share into whole hard-negative
+    groups: config errors naming the keys (one line from the tools), not a ValueError about a per-process size."""
+    with pytest.raises(ConfigError, match="train.batch_size .*positive multiple"):
+        train_clip(_cfg(tmp_path / "zero", "train.batch_size=0", "train.max_steps=1"))
+    with pytest.raises(ConfigError, match="train.batch_size 12 gives 12 samples per process .*"
+                                          "data.shapes_group_size 8"):
+        train_clip(_cfg(tmp_path / "groups", "train.batch_size=12", "train.max_steps=1", "data.shapes_length=256",
+                        "data.shapes_group_by=color", "data.shapes_group_size=8"))
+
+
 def test_csv_training_skips_and_counts_unreadable_images(tmp_path):
     import numpy as np
     from PIL import Image

@@ -231,3 +231,17 @@ def test_training_checkpoints_record_their_wkv_mode_and_conversion_keeps_it(tmp_
         for path in (best, converted):
             model = create_classifier(load_config(DEMO, short + [f"model.checkpoint={path}"]), 8)
             assert (model.wkv_mode, model.wkv_chunks) == (mode, chunks), path
+
+
+def test_eval_throughput_counts_every_rank_over_the_slowest(monkeypatch):
+    """``throughput`` of a sharded evaluation: the images of all ranks over the forward time of the slowest rank
+    (the ranks run side by side), not the images over the ranks' summed times (a per-process rate)."""
+    import vision_rwkv.engine.classification as cls
+    from vision_rwkv.engine import collate_drop_none
+    data = torch.utils.data.TensorDataset(torch.randn(6, 3), torch.randint(0, 2, (6,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=collate_drop_none)
+    seen = []
+    monkeypatch.setattr(cls, "all_gather_object", lambda x: seen.append(x) or [x, 100.0])  # a slower rank 1
+    r = cls.evaluate_loader(torch.nn.Linear(3, 2), loader, 2, torch.device("cpu"))
+    assert r["num_samples"] == 6 and 0 < seen[0] < 100.0
+    assert r["throughput"] == pytest.approx(6 / 100.0)

@@ -78,6 +78,34 @@ def test_run_tool_turns_config_and_file_errors_into_one_line_and_a_status(monkey
         run_tool(raising(ValueError("bug")))
 
 
+def test_under_torchrun_config_errors_print_once_and_other_errors_name_their_rank(monkeypatch, capsys):
+    """Every process meets a config error (a run folder in use too): rank 0 alone prints it; an error of one
+    process (a file it cannot read) is printed by that process, with its rank; the statuses stay."""
+    from vision_rwkv.engine import ConfigError
+    from vision_rwkv.engine.checkpoint import RunDirInUseError
+    from vision_rwkv.engine.cli import run_tool
+    monkeypatch.setattr("sys.argv", ["tool", "a=1", "a=2"])
+
+    def raising(err):
+        def main(argv):
+            parse_config_args(config_arg_parser("tool", "c", config_required=False), argv)  # (a=1 a=2: a warning)
+            raise err
+        return main
+
+    for rank, err, status, printed in ((0, ConfigError("bad value"), 2, "error: bad value\n"),
+                                       (1, ConfigError("bad value"), 2, ""),
+                                       (1, RunDirInUseError("run_dir r already holds"), 2, ""),
+                                       (0, RunDirInUseError("run_dir r already holds"), 2, "error: run_dir r already"),
+                                       (1, FileNotFoundError("no /d"), 1, "error: [rank 1] no /d\n")):
+        monkeypatch.setenv("RANK", str(rank))
+        with pytest.raises(SystemExit) as exc:
+            run_tool(raising(err))
+        out = capsys.readouterr().err
+        assert exc.value.code == status
+        assert out.endswith(printed) if printed.endswith("\n") else printed in out
+        assert ("is set twice" in out) == (rank == 0) and (printed != "" or out.count("\n") == 0), out
+
+
 def test_target_name_in_usage_and_errors(capsys):
     parser = config_arg_parser("tool", "a model name or a config", target="MODEL_OR_CONFIG")
     assert parser.format_usage().startswith("usage: ") and "MODEL_OR_CONFIG [key=value ...]" in parser.format_usage()

@@ -96,3 +96,41 @@ def test_errors():
         EpochLoader(torch.utils.data.TensorDataset(torch.zeros(0)), 2)
     with pytest.raises(ValueError, match="no batch"):
         EpochLoader(_Rand(), 64)
+
+
+class _Unreadable(Dataset):
+    """Sample i is ``[i]``, or None (an unreadable image) for i in ``bad``."""
+
+    def __init__(self, bad, n=12):
+        self.bad, self.n = set(bad), n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return None if i in self.bad else torch.tensor([float(i)])
+
+
+def test_every_batch_position_is_yielded_when_a_whole_batch_is_unreadable():
+    """Under DDP every process must take every step: a batch of nothing but unreadable samples is replaced (by the
+    previous batch, or before any by the next readable one), a partly unreadable batch just loses those samples,
+    and the epoch has len(loader) batches; an epoch with no readable batch at all is an error."""
+    def epoch(bad, start=0, loader=None):
+        loader = loader or EpochLoader(_Unreadable(bad), 3, shuffle=False)
+        return loader, [(pos, b.flatten().int().tolist()) for pos, b in loader.iter_epoch(0, start)]
+
+    loader, got = epoch({4, 3, 5, 7})
+    assert got == [(0, [0, 1, 2]), (1, [0, 1, 2]), (2, [6, 8]), (3, [9, 10, 11])]
+    assert loader.num_skipped == 4
+    _, got = epoch({0, 1, 2, 3, 4, 5})  # nothing readable before: the first readable batch stands in
+    assert got == [(0, [6, 7, 8]), (1, [6, 7, 8]), (2, [6, 7, 8]), (3, [9, 10, 11])]
+    _, got = epoch({6, 7, 8}, start=2)  # a resumed epoch, nothing read before: the next readable batch
+    assert got == [(2, [9, 10, 11]), (3, [9, 10, 11])]
+    loader, got = epoch({6, 7, 8})
+    _, again = epoch({6, 7, 8}, loader=loader)  # the previous batch carries over to the next epoch
+    assert [p for p, _ in again] == [0, 1, 2, 3] and again[2] == (2, [3, 4, 5])
+    with pytest.raises(RuntimeError, match="batches 0-3 of epoch 0 was unreadable"):
+        epoch(set(range(12)))
+    ranks = [EpochLoader(_Unreadable({0, 2, 4}), 3, shuffle=False, info=DistInfo(r, 2)) for r in (0, 1)]
+    counts = [len(list(r.iter_epoch(0))) for r in ranks]  # rank 0's first batch ([0, 2, 4]) is unreadable
+    assert counts == [len(ranks[0]), len(ranks[1])] == [2, 2]

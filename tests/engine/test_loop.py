@@ -252,6 +252,28 @@ def test_resume_records_this_runs_extra_state(tmp_path):
     assert changed.state_dict()["extra"]["wkv_mode"] == "exact"
 
 
+def test_resume_with_another_world_size_keeps_the_place_in_the_data(tmp_path):
+    """timm-style classification keeps the per-process batch, so a checkpoint of 2 processes x 8 samples resumed by
+    1 process x 8 has twice the steps per epoch: the run continues after the same samples of the same epoch (step
+    and batch scaled), not at the same step count (which overran the epochs: "epoch 3/2"). Checkpoints that do not
+    record their batch, or of the same samples per batch, keep their position."""
+    t, _, _ = _counting_trainer(tmp_path, epochs=3)  # 40 samples, batch 8: 5 steps per epoch
+    state = t.state_dict()
+    assert state["micro_batch_samples"] == 8
+    two_procs = dict(state, step=3, epoch=1, batch_in_epoch=1, world_size=2, micro_batch_samples=16, total_steps=6)
+    one, _, _ = _counting_trainer(tmp_path, epochs=3)
+    with pytest.warns(UserWarning, match=r"16 samples per batch over 2 process\(es\), this run has 8 over 1.*"
+                                         r"epoch 1 after 16 of its samples \(step 3 -> 7, batch 1 -> 2\)"):
+        one.load_state_dict(two_procs)
+    assert (one.step, one.epoch, one.batch_in_epoch) == (7, 1, 2)
+    for kept in (dict(two_procs, micro_batch_samples=8), {k: v for k, v in two_procs.items()
+                                                          if k != "micro_batch_samples"}):
+        same, _, _ = _counting_trainer(tmp_path, epochs=3)
+        with pytest.warns(UserWarning, match="the data continues where it stopped"):
+            same.load_state_dict(kept)
+        assert (same.step, same.epoch, same.batch_in_epoch) == (3, 1, 1)
+
+
 @pytest.mark.parametrize("kind", ["torch_onecycle", "timm_cosine"])
 def test_resume_into_a_longer_run_follows_the_new_schedule(tmp_path, kind):
     """--resume with more steps than the checkpoint's run (timm's `--resume --epochs N`): the learning rates

@@ -115,6 +115,13 @@ def test_unknown_keys_are_errors(tmp_path):
     (["model.neck=adapter", "test.size_divisor=32", "test.mode=slide", "test.crop_size=[40,40]", "test.stride=[8,8]"],
      "test.crop_size=[40"),
     (["test.size_divisor=0"], "test.size_divisor"),
+    (["optim.max_iters=-3"], "optim.max_iters"),
+    (["optim.max_iters=10", "optim.warmup_iters=20"], "optim.warmup_iters"),
+    (["optim.lr=0"], "optim.lr"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["train.ckpt_every=0"], "train.ckpt_every must be a positive integer or null"),
+    (["train.log_every=0"], "train.log_every"),
+    (["train.keep_last=-1"], "train.keep_last"),
 ])
 def test_bad_values_fail_when_loaded(override, key):
     """Settings read only by the first evaluation (hours into a run) are checked when the config loads."""

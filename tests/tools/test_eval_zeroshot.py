@@ -103,3 +103,14 @@ def test_eval_cli_plain_open_clip_model_on_csv(tmp_path):
     assert not (tmp_path / "retrieval_grid.png").exists()
     with pytest.raises(FileNotFoundError, match="local file"):
         cli.main(["--model", "Tiny-ViT-cli-test", "--pretrained", "laion2b_s34b_b79k", "--output", str(out)])
+
+
+def test_eval_cli_refuses_torchrun(monkeypatch, capsys):
+    """Under torchrun every process would evaluate everything and write the same files: refused, said once."""
+    import eval_zeroshot as mod
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exc:
+            mod.main(["--model", "ViT-B-32", "--pretrained", "w.pt"])
+        assert exc.value.code == 2 and ("not torchrun" in capsys.readouterr().err) == said

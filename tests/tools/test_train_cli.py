@@ -70,7 +70,7 @@ def _capture(tool: str, monkeypatch) -> tuple:
 # tool -> (config, an override, how to read it back, the config key --resume stands for)
 TOOLS = {
     "train": (DEMO, "train.epochs=7", lambda c: c.train.epochs, "resume"),
-    "train_seg": (SEG, "optim.max_iters=7", lambda c: c.optim.max_iters, "train.resume"),
+    "train_seg": (SEG, "train.log_every=7", lambda c: c.train.log_every, "train.resume"),
     "train_clip": (CLIP, "train.max_steps=7", lambda c: c.train.max_steps, None),
 }
 
@@ -131,3 +131,30 @@ def test_train_cli_resume_latest_continues_a_stopped_run(tmp_path):
     assert result["step"] == 4
     from vision_rwkv.engine import read_metrics_csv
     assert [int(r["step"]) for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_rank_0_alone_reports_the_result(monkeypatch, tmp_path, capsys, rank):
+    """Every process of a torchrun job returns the result, but only rank 0 prints it (and train_clip writes its
+    result.json): the tools ask torchrun's RANK, which still holds after the library has torn the process group
+    down (is_main_process() is then True everywhere)."""
+    import rwkv_clip.train
+    import vision_rwkv.seg
+    monkeypatch.setenv("RANK", rank)
+    result = {"step": 4, "top1": 50.0, "run_dir": str(tmp_path), "mIoU": 1.0}
+    jobs = {"train": [("train_classifier", None)], "eval": [("evaluate_classifier", None)],
+            "train_clip": [("train_clip", rwkv_clip.train)],
+            "train_seg": [("train_segmentor", vision_rwkv.seg)], "test_seg": [("test_segmentor", vision_rwkv.seg)]}
+    configs = {"train": DEMO, "eval": DEMO, "train_clip": CLIP, "train_seg": SEG, "test_seg": SEG}
+    for tool, patches in jobs.items():
+        mod = load_tool(tool)
+        for name, owner in patches:
+            monkeypatch.setattr(owner or mod, name, lambda *a, **k: dict(result))
+        argv = [str(configs[tool]), f"run_dir={tmp_path}"] if tool in ("train", "eval", "train_clip") else \
+            [str(configs[tool]), f"train.run_dir={tmp_path}"]
+        if tool == "eval":
+            argv += ["--checkpoint", str(tmp_path / "x.pt")]
+        mod.main(argv)
+        out = capsys.readouterr().out
+        assert ('"top1": 50.0' in out) == (rank == "0"), (tool, out)
+    assert (tmp_path / "result.json").is_file() == (rank == "0")

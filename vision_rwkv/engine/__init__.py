@@ -16,7 +16,8 @@ Distributed (``distributed.py``) -- single process and torchrun share one code p
     init_distributed(device="auto", backend=None) -> DistInfo(rank, world_size, local_rank, device)
         (``.distributed``, ``.is_main``); gloo on CPU, nccl on CUDA.
     cleanup_distributed(), wrap_ddp(model, info), unwrap_model(model), convert_sync_batchnorm(model, info)
-    get_rank(), get_world_size(), is_main_process(), barrier(), print_rank0(...)
+    get_rank(), get_world_size(), is_main_process(), barrier(), print_rank0(...), launch_rank() (torchrun's RANK,
+    also before / after the process group)
     all_reduce_sum(t), all_reduce_mean(t), reduce_dict(d), all_gather_object(obj), broadcast_object(obj)
 
 Precision (``precision.py``)
@@ -28,7 +29,8 @@ Data loading (``loader.py``) -- deterministic and resumable
                 info=None, seeded=True)
         ``iter_epoch(epoch, start_batch=0)`` yields (batch_index, batch); per-process batch size; rank r gets
         DistributedSampler's shard; random augmentation is seeded per (seed, epoch, index); samples returned as
-        ``None`` (unreadable) are dropped and counted in ``num_skipped``.
+        ``None`` (unreadable) are dropped and counted in ``num_skipped``; a batch of nothing but those is replaced
+        by the process's previous batch (every process takes every step).
     ResumableSampler, ShardSampler (eval shards without padding), SeededSamples, seeded_rng(seed),
     sample_seed(seed, epoch, index), collate_drop_none(batch), seed_everything(seed, rank=0, deterministic=False)
 
@@ -100,7 +102,7 @@ from .compiling import COMPILE_MODES, compile_for_training
 from .config import ConfigError, apply_overrides, config_layers, load_config, merge_strict, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
                           cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
-                          is_main_process, print_rank0, reduce_dict, unwrap_model, wrap_ddp)
+                          is_main_process, launch_rank, print_rank0, reduce_dict, unwrap_model, wrap_ddp)
 from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler, collate_drop_none, sample_seed,
                      seed_everything, seeded_rng)
 from .logger import MetricLogger, plot_curves, progress, read_metrics_csv

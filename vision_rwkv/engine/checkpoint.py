@@ -30,11 +30,12 @@ from torch import nn
 
 from ..models.convert import (CheckpointFileMismatchError, CheckpointMismatchError, load_checkpoint_file,
                               select_weights)
+from .config import ConfigError
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
            "find_latest_checkpoint", "run_checkpoint", "load_model_weights", "read_model_state", "load_weights",
-           "model_record"]
+           "model_record", "RunDirInUseError"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -190,17 +191,23 @@ def is_fresh_start(resume: str | os.PathLike | None) -> bool:
     return resume is None or str(resume) in ("", "none", "None", "false", "False")
 
 
+class RunDirInUseError(ConfigError, FileExistsError):
+    """A fresh run was asked for in a run folder that holds an earlier run's checkpoints: a usage error, reported
+    as a config error (one line, exit status 2)."""
+
+
 def check_run_dir_is_free(run_dir: str | os.PathLike, resume: str | os.PathLike | None) -> None:
     """Refuse a fresh run (``resume`` None) in a ``run_dir`` that holds an earlier run's checkpoints: the two runs'
     checkpoints would be pruned together by step number, and ``--resume latest``, ``best.pt`` and the metric logs
-    would mix them. Raises ``FileExistsError`` naming the folder and the ways out."""
+    would mix them. Raises :class:`RunDirInUseError` (a FileExistsError and a ConfigError) naming the folder and
+    the ways out."""
     if not is_fresh_start(resume):
         return
     ckpt_dir = Path(run_dir) / "checkpoints"
     found = sorted(p.name for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
     if found:
         shown = ", ".join(found[:3]) + (f", ... ({len(found)} files)" if len(found) > 3 else "")
-        raise FileExistsError(
+        raise RunDirInUseError(
             f"run_dir {run_dir} already holds an earlier run's checkpoints ({shown}): continue that run with "
             "`--resume latest` (train.resume=latest), or start this one in another run_dir (or delete the folder)")
 

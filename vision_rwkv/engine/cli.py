@@ -19,12 +19,13 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from ..models.convert import CheckpointMismatchError
 from .config import ConfigError, override_key
+from .distributed import launch_rank
 
 # omegaconf's errors for a key the running job reads but the config lacks (deleted with ~key, or a config of
 # another tool): reported like a ConfigError
 _MISSING_KEY_ERRORS = (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue)
-# errors a tool prints as one line: a bad config (status 2), a missing file (1), a checkpoint file that does not fit
-# the model (2)
+# errors a tool prints as one line: a bad config (status 2; a run folder in use too), a missing file (1), a checkpoint
+# file that does not fit the model (2)
 _ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, *_MISSING_KEY_ERRORS)
 
 __all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
@@ -96,7 +97,7 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         hint = "an unquoted brace or glob pattern expands into several words: quote it"
         if len(args) > 2:
             parser.error(f"config key {key!r} is set {len(args)} times ({args[0]!r}, {args[1]!r}, ...); {hint}")
-        if len(args) == 2:
+        if len(args) == 2 and launch_rank() == 0:  # (under torchrun: once, not once per process)
             print(f"warning: config key {key!r} is set twice; the last value wins ({args[1]!r}); if {hint}",
                   file=sys.stderr)
     overrides = positional
@@ -140,10 +141,13 @@ def missing_key_error(err: Exception) -> ConfigError:
 
 def _error_status(err: Exception, missing_file: int = 1) -> int:
     """Print ``err`` as one ``error:`` line; the exit status for it: 2 for a config error or a checkpoint that does
-    not fit the model, ``missing_file`` for a missing file."""
+    not fit the model, ``missing_file`` for a missing file. Under torchrun a config error (the same in every
+    process) is printed by rank 0 alone, any other error by each process that meets it, with its rank."""
     if isinstance(err, _MISSING_KEY_ERRORS):
         err = missing_key_error(err)
-    print(f"error: {err}", file=sys.stderr)
+    rank = launch_rank()
+    if rank == 0 or not isinstance(err, ConfigError):
+        print(f"error: {f'[rank {rank}] ' if rank else ''}{err}", file=sys.stderr)
     return 2 if isinstance(err, (ConfigError, CheckpointMismatchError)) else missing_file
 
 

@@ -19,7 +19,7 @@ from torch import nn
 __all__ = [
     "DistInfo", "init_distributed", "cleanup_distributed", "is_dist", "get_rank", "get_world_size", "is_main_process",
     "barrier", "all_reduce_sum", "all_reduce_mean", "reduce_dict", "all_gather_object", "broadcast_object",
-    "print_rank0", "per_block_weight_casts", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm",
+    "print_rank0", "per_block_weight_casts", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm", "launch_rank",
 ]
 
 
@@ -93,6 +93,16 @@ def get_world_size() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
+
+
+def launch_rank() -> int:
+    """This process's rank in its launch: torchrun's ``RANK`` (0 when not launched by torchrun). Unlike
+    :func:`get_rank` it holds before the process group is initialised and after it is destroyed: the tools' final
+    summaries and error lines use it."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
 
 
 def barrier() -> None:

@@ -172,9 +172,12 @@ class _DropNoneCollate:
 class EpochLoader:
     """Batches of one epoch for this rank, resumable mid-epoch, with deterministic per-sample augmentation.
 
-    ``batch_size`` is per process. ``iter_epoch(epoch, start_batch)`` yields ``(batch_index, batch)`` pairs;
-    ``batch_index`` counts every batch of the epoch (a batch whose samples were all unreadable is skipped but
-    still counted). ``num_skipped`` counts dropped samples since construction. ``group_size``: see
+    ``batch_size`` is per process. ``iter_epoch(epoch, start_batch)`` yields ``(batch_index, batch)`` for every
+    batch of the epoch from ``start_batch``: unreadable samples are dropped from their batch, and a batch whose
+    samples were all unreadable is replaced by this process's previous batch (or, before any, by the next readable
+    one), so that every process takes the same number of steps (under DDP a missing step would leave the processes'
+    collectives mismatched) and an epoch has ``len(loader)`` batches. ``num_skipped`` counts dropped samples since
+    construction. ``group_size``: see
     :class:`ResumableSampler` (batches of whole groups; ``batch_size`` must be a multiple of it).
     """
 
@@ -200,6 +203,7 @@ class EpochLoader:
         self.sampler = ResumableSampler(len(dataset), self.info.world_size, self.info.rank, shuffle, seed,
                                         group_size=group_size)
         self.num_skipped = 0
+        self._last_batch: Any = None  # the stand-in for a batch whose every sample is unreadable
         if len(self) == 0:
             raise ValueError(f"dataset of {len(dataset)} samples gives no batch of {batch_size} per process "
                              f"(world size {self.info.world_size}, drop_last={drop_last})")
@@ -220,12 +224,25 @@ class EpochLoader:
         dl = DataLoader(self.samples, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
                         collate_fn=self.collate, pin_memory=self.pin_memory, drop_last=self.drop_last, generator=g,
                         persistent_workers=False, **kwargs)
+        waiting: list[int] = []  # unreadable batches before any readable one: they take the next readable batch
         for pos, (batch, dropped) in enumerate(dl, start=start_batch):
             if pos >= n_batches:
                 break
             self.num_skipped += dropped
-            if batch is not None:
-                yield pos, batch
+            if batch is None:
+                if self._last_batch is None:
+                    waiting.append(pos)
+                    continue
+                batch = self._last_batch
+            else:
+                self._last_batch = batch
+                for early in waiting:
+                    yield early, batch
+                waiting = []
+            yield pos, batch
+        if waiting:
+            raise RuntimeError(f"every sample of this process's batches {waiting[0]}-{waiting[-1]} of epoch {epoch} "
+                               "was unreadable, and no readable batch came before or after them: check the data")
 
 
 class _KeyIndex(Dataset):

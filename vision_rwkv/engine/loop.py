@@ -143,6 +143,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "total_steps": self.total_steps, "world_size": self.info.world_size,
+            "micro_batch_samples": self._micro_batch_samples(),
             "rng": gather_rng_states(),
             "extra": self._saved_extra(),
             "last_eval": dict(self.last_eval), "last_train_loss": self.last_train_loss,
@@ -164,6 +165,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+        moved = self._map_position(state)
         saved_total = state.get("total_steps")
         if self.scheduler is not None and state.get("scheduler") is not None:
             if saved_total is None or int(saved_total) == self.total_steps:
@@ -180,9 +182,10 @@ class Trainer:
                 raise RuntimeError("the run uses EMA but the checkpoint has no EMA state")
             self.ema.load_state_dict(state["ema"])
         saved_world = int(state.get("world_size", self.info.world_size))
-        if saved_world != self.info.world_size:
+        if saved_world != self.info.world_size and not moved:
             warnings.warn(f"checkpoint was written with world size {saved_world}, resuming with "
-                          f"{self.info.world_size}: training continues, but not batch-for-batch identically")
+                          f"{self.info.world_size}: the data continues where it stopped, but the per-process random "
+                          "streams (dropout, drop path, mixup) are not those of an uninterrupted run")
         self.extra_state = self._resumed_extra(dict(state.get("extra") or {}))
         if not self.info.is_main:  # the saved totals continue on rank 0; the other ranks count afresh
             self.extra_state.update({k: 0 for k in self.summed_extra if k in self.extra_state})
@@ -191,6 +194,29 @@ class Trainer:
         self.last_eval = dict(state.get("last_eval") or {})
         self.last_train_loss = state.get("last_train_loss")
         restore_rank_rng(state["rng"])
+
+    def _micro_batch_samples(self) -> int:
+        """Samples of one batch position summed over the processes (the per-process batch x the world size)."""
+        return int(getattr(self.loader, "batch_size", 0)) * self.info.world_size
+
+    def _map_position(self, state: dict[str, Any]) -> bool:
+        """A checkpoint written with another world size or per-process batch: keep the position in the data (the
+        samples of the current epoch already seen, rounded down to a whole optimizer step) rather than the step
+        count, so that the epoch, the learning-rate schedule and the samples still to see continue from where the
+        run stopped. Returns whether the position moved (checkpoints before this field: never)."""
+        old, new = int(state.get("micro_batch_samples") or 0), self._micro_batch_samples()
+        if not old or not new or old == new:
+            return False
+        position = (self.step, self.epoch, self.batch_in_epoch)
+        seen = self.batch_in_epoch * old
+        self.batch_in_epoch = min(seen // new // self.accum * self.accum, self.steps_per_epoch * self.accum)
+        self.step = self.epoch * self.steps_per_epoch + self.batch_in_epoch // self.accum
+        warnings.warn(f"checkpoint was written with {old} samples per batch over {state.get('world_size')} "
+                      f"process(es), this run has {new} over {self.info.world_size}: it continues from the same "
+                      f"place in the data, epoch {self.epoch} after {seen} of its samples (step {position[0]} -> "
+                      f"{self.step}, batch {position[2]} -> {self.batch_in_epoch}); the per-process random streams "
+                      "are not those of an uninterrupted run")
+        return True
 
     def _resumed_extra(self, saved: dict[str, Any]) -> dict[str, Any]:
         """The saved extra state with this run's own values over it: what the caller's ``extra_state`` says of the

@@ -200,6 +200,19 @@ def check_seg_values(cfg: Any) -> None:
                           f"(windows would leave pixels uncovered)")
     if not t.scales or any(float(s) <= 0 for s in t.scales):
         raise ConfigError(f"test.scales must be a non-empty list of positive factors, got {t.scales}")
+    o, tr = cfg.optim, cfg.train
+    for key, value in (("optim.max_iters", o.max_iters), ("data.batch_size", d.batch_size),
+                       ("train.log_every", tr.log_every), ("train.eval_every", tr.eval_every),
+                       ("train.ckpt_every", tr.ckpt_every)):
+        if value is not None and int(value) < 1:
+            nullable = key in ("train.eval_every", "train.ckpt_every")
+            raise ConfigError(f"{key} must be a positive integer{' or null' if nullable else ''}, got {value}")
+    if int(tr.keep_last) < 0:
+        raise ConfigError(f"train.keep_last must be >= 0 (0: keep every checkpoint), got {tr.keep_last}")
+    if not 0 <= int(o.warmup_iters) <= int(o.max_iters):
+        raise ConfigError(f"optim.warmup_iters must be in [0, optim.max_iters={o.max_iters}], got {o.warmup_iters}")
+    if float(o.lr) <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
     if cfg.model.neck == "adapter":  # its levels are the input at strides 8 / 16 / 32
         sizes = [("data.crop_size", d.crop_size)] + ([("test.crop_size", t.crop_size)] if t.mode == "slide" else [])
         bad = [f"{k}={list(v)}" for k, v in sizes if any(int(s) % 32 for s in v)]

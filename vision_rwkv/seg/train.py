@@ -4,7 +4,7 @@
     train_segmentor(cfg)   # -> {"step", "train_loss", "mIoU", "mAcc", "aAcc", "best", ...}
     test_segmentor(cfg)    # -> {"mIoU", "mAcc", "aAcc", "per_class", "checkpoint", "files", ...}
 
-Training: iteration-based AdamW + poly/warm-up over layer-decayed groups, SyncBN + DDP under torchrun, AMP,
+Training: iteration-based AdamW + poly/warm-up over layer-decayed groups, DDP under torchrun (SyncBN on GPUs), AMP,
 atomic checkpoints with exact resume (`train.resume=latest`), periodic mIoU evaluation on the validation split.
 Testing: whole / sliding-window inference (optional flip / multi-scale) at the original image size, metrics JSON,
 per-class table, PNG overlays. Metrics returned by this module are percentages.
