@@ -1,7 +1,7 @@
 """Contrastive training of RWKV-CLIP on the shared engine (`vision_rwkv.engine.Trainer`).
 
     cfg = load_clip_config("configs/clip/demo_shapes.yaml", ["train.max_steps=100"])
-    result = train_clip(cfg)          # {"step", "train_loss", "acc1", "image_retrieval_recall@1", ...}
+    result = train_clip(cfg)  # {"step", "train_loss", "zeroshot_acc1", "image_retrieval_recall@1", ...}
 
 Per step: each sample contributes one caption drawn uniformly from its captions; symmetric InfoNCE with
 open_clip's `ClipLoss` (features gathered across ranks with gradients, local-loss form); AdamW with the
@@ -134,15 +134,18 @@ def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset
                                     group_size=data.shapes_group_size)
     elif data.kind == "csv":
         if not data.train:
-            raise ValueError("data.train must name the CSV/TSV file for data.kind=csv")
+            raise ConfigError("data.train must name the CSV/TSV file for data.kind=csv")
         keys = data.caption_keys if isinstance(data.caption_keys, str) else list(data.caption_keys)
-        base = CsvCaptionDataset(data.train, data.img_key, keys, transform, data.root, data.sep)
+        try:
+            base = CsvCaptionDataset(data.train, data.img_key, keys, transform, data.root, data.sep)
+        except KeyError as err:  # the table lacks a column the config names
+            raise ConfigError(f"{err.args[0]} (data.img_key={data.img_key!r}, data.caption_keys={keys!r})") from err
     elif data.kind == "tar":
         if not data.train:
-            raise ValueError("data.train must name the tar shards for data.kind=tar")
+            raise ConfigError("data.train must name the tar shards for data.kind=tar")
         base = TarCaptionDataset(data.train, transform)
     else:
-        raise ValueError(f"unknown data.kind {data.kind!r} (shapes, csv, tar)")
+        raise ConfigError(f"unknown data.kind {data.kind!r} (shapes, csv, tar)")
     return RandomCaptionDataset(base, tokenizer)
 
 
@@ -243,6 +246,9 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
                           f"processes, {info.world_size}; got {tc.batch_size}")
     if tc.max_steps is None and not tc.epochs:
         raise ConfigError("set train.epochs or train.max_steps (the defaults set neither)")
+    if not float(cfg.optim.lr) > 0 or not float(cfg.optim.weight_decay) >= 0:
+        raise ConfigError(f"optim.lr must be positive and optim.weight_decay >= 0, got {cfg.optim.lr} and "
+                          f"{cfg.optim.weight_decay}")
     run_dir = Path(cfg.run_dir)
     check_run_dir_is_free(run_dir, resume)  # fail fast, before the model and the data are built
     seed_everything(tc.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)

@@ -27,7 +27,8 @@ from vision_rwkv.engine.cli import add_predict_options, config_arg_parser, parse
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = config_arg_parser(__doc__.splitlines()[0], "classification config YAML or timm model name",
+    parser = config_arg_parser(__doc__.splitlines()[0],
+                               "classification config YAML or timm model name (overrides apply to a config only)",
                                checkpoint="weights (training checkpoint, state dict, safetensors)",
                                epilog=__doc__.split("\n\n", 1)[1], target="MODEL_OR_CONFIG")
     add_predict_options(parser)

@@ -8,7 +8,8 @@ r"""Segment image files with a trained segmentor (thin CLI over `vision_rwkv.seg
 The weights are those tools/test_seg.py tests: ``--checkpoint PATH`` (the same as ``test.checkpoint=PATH``: a
 training checkpoint, a state dict, or a released mmseg checkpoint, converted on load), else the best, else the
 latest checkpoint of the config's train.run_dir. No checkpoint is an error, as in mmseg's image_demo: there is no
-mode with randomly initialised heads (``vision_rwkv.seg.load_segmentor(config)`` builds such a model in Python).
+mode with randomly initialised heads (``vision_rwkv.seg.predict_images.load_segmentor(config)`` builds such a model
+in Python).
 The config's test settings apply (``test.scale`` resize, ``test.mode`` whole / slide, ``test.crop_size``,
 ``test.stride``, ``test.flip``, ``test.scales``); the class count comes from the checkpoint. Writes, to
 ``--out-dir`` (default ``predictions_seg``): one label PNG per image (``<name>.png``: class ids as pixel values,

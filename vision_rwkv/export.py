@@ -1,6 +1,6 @@
 """Export models for deployment: ``torch.export`` programs (``.pt2``) and ONNX files, checked against eager.
 
-    import timm, vision_rwkv
+    import timm, torch, vision_rwkv
     from vision_rwkv.export import export_program, export_onnx, verify_program
     model = timm.create_model("vrwkv_tiny_patch16_224").eval()
     example = torch.randn(2, 3, 224, 224)

@@ -107,6 +107,24 @@ def test_unknown_config_keys_are_errors(tmp_path):
         load_clip_config(p)
 
 
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=-1", "optim.lr must be positive"), ("data.kind=tar", "data.train must name the tar shards"),
+    ("data.kind=parquet", "unknown data.kind"), ("train.compile=true train.compile_mode=bogus", "compile_mode")])
+def test_bad_values_are_config_errors(tmp_path, override, message):
+    """Values only checkable when the optimizer, the data or the compile step is built are config errors too (the
+    tools print them as one line, status 2)."""
+    with pytest.raises(ConfigError, match=message):
+        train_clip(_cfg(tmp_path / "bad", "train.max_steps=1", *override.split()))
+
+
+def test_csv_columns_the_table_lacks_are_a_config_error(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("path,caption\na.png,a red circle\n")
+    with pytest.raises(ConfigError, match=r"column\(s\) \['filepath'\] not found.*data.img_key='filepath'"):
+        train_clip(_cfg(tmp_path / "csv", "train.max_steps=1", "data.kind=csv", f"data.train={table}",
+                        "data.caption_keys=caption"))
+
+
 def test_batch_sizes_that_do_not_split_are_config_errors(tmp_path):
     """The global batch must split evenly over the processes, and each process's share into whole hard-negative
     groups: config errors naming the keys (one line from the tools), not a ValueError about a per-process size."""

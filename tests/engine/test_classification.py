@@ -184,11 +184,14 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     ("train.batch_size=-1", "train.batch_size"), ("train.precision=fp8", "train.precision"),
     ("train.best_metric=top3", "train.best_metric"), ("aug.scale=[0.5]", "aug.scale"),
     ("aug.ratio=[1.3,0.7]", "aug.ratio"), ("aug.mean=[0.5,0.5]", "aug.mean"), ("model.name=", "model.name"),
-    ("data.type=shape", "data.type"), ("data.type=csv", "data.type=csv needs data.train_csv")])
+    ("data.type=shape", "data.type"), ("data.type=csv", "data.type=csv needs data.train_csv"),
+    ("optim.lr=-1", "optim.lr must be positive"), ("optim.lr_base=0", "optim.lr_base"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("train.compile=true train.compile_mode=bogus", "train.compile_mode='bogus'")])
 def test_bad_values_are_config_errors_before_training(tmp_path, override, key):
     from vision_rwkv.engine import ConfigError
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
-        train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}", override]))
+        train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}", *override.split()]))
     assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "checkpoints").exists()
 
 

@@ -459,3 +459,40 @@ def test_key_mismatches_counts_and_names_each_kind():
         '2 shape mismatches (a: checkpoint (5,) vs model (2,), b: checkpoint () vs model (3, 4))']
     assert key_mismatches(own, state, strict=False, shapes_exempt=lambda k: k == 'a') == [
         '1 shape mismatches (b: checkpoint () vs model (3, 4))']
+
+
+def test_timm_route_names_the_way_out_of_a_class_count_mismatch(tmp_path):
+    """A file fine-tuned to 5 classes given to a model of the cfg's 1000: timm would load the classifier as it is,
+    so the error says to put num_classes in the overlay (torch's size-mismatch error did not); num_classes=N to
+    create_model is a new classifier, as timm does."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=2, num_classes=5)
+    path = tmp_path / 'five.safetensors'
+    save_file(src.state_dict(), str(path))
+    kw = dict(pretrained=True, embed_dim=32, depth=2)
+    with pytest.raises(CheckpointMismatchError, match=r'has 5 classes, the model 1000: put num_classes=5 in '
+                                                      r'pretrained_cfg_overlay.*head\.bias, head\.weight'):
+        timm.create_model('vrwkv_tiny_patch16_224', **kw, pretrained_cfg_overlay=dict(file=str(path)))
+    loaded = timm.create_model('vrwkv_tiny_patch16_224', **kw, pretrained_cfg_overlay=dict(file=str(path),
+                                                                                          num_classes=5))
+    assert torch.equal(loaded.head.weight, src.head.weight)
+    assert timm.create_model('vrwkv_tiny_patch16_224', **kw, num_classes=3,
+                             pretrained_cfg_overlay=dict(file=str(path))).head.out_features == 3
+
+
+def test_segmentation_backbones_without_final_norm_load_through_timm(tmp_path):
+    """Our segmentors prune the backbone's final norm (their features do not use it): such a file loads as a
+    timm backbone (features_only, or a new classifier), the final norm kept at its init, with a warning."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=2)
+    weights = {'backbone.' + k: v for k, v in src.state_dict().items() if not k.startswith(('head.', 'norm.'))}
+    path = tmp_path / 'seg.pt'
+    torch.save({'model': {**weights, 'decode_head.conv_seg.weight': torch.zeros(4, 8, 1, 1)}}, path)
+    kw = dict(pretrained=True, embed_dim=32, depth=2, wkv_mode='exact', pretrained_cfg_overlay=dict(file=str(path)))
+    with pytest.warns(UserWarning, match=r'no final norm \(norm.bias, norm.weight\)'):
+        feats = timm.create_model('vrwkv_tiny_patch16_224', features_only=True, out_indices=(0, 1), **kw)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = src.eval().forward_intermediates(x, indices=(0, 1), intermediates_only=True)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats.eval()(x), want))
+    with pytest.warns(UserWarning, match='no final norm'):
+        tuned = timm.create_model('vrwkv_tiny_patch16_224', num_classes=3, **kw)
+    assert torch.equal(tuned.norm.weight, torch.ones(32)) and tuned.head.out_features == 3

@@ -213,11 +213,12 @@ def check_run_dir_is_free(run_dir: str | os.PathLike, resume: str | os.PathLike 
 
 
 def check_training_state(state: Any, path: str | os.PathLike) -> None:
-    """Raise ``ValueError`` unless ``state`` (read from ``path``) is a training checkpoint written by the engine."""
+    """Raise :class:`ConfigError` (a ValueError; the ``--resume`` value is wrong) unless ``state`` (read from
+    ``path``) is a training checkpoint written by the engine."""
     needed = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "rng")
     missing = [k for k in needed if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{path} is not a training checkpoint of this engine (no {', '.join(repr(k) for k in missing)}), so a run "
             "cannot resume from it; to start a new run from its weights, give it as the config's pretrained / "
             "initial-weights file instead")

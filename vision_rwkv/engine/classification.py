@@ -390,6 +390,12 @@ def check_training_config(cfg: DictConfig) -> None:
     if cfg.train.best_metric is not None and cfg.train.best_metric not in BEST_METRICS:
         raise ConfigError(f"train.best_metric must be one of {sorted(BEST_METRICS)} (or null), got "
                           f"{cfg.train.best_metric!r}")
+    for key in ("optim.lr", "optim.lr_base"):  # (optim.lr null: lr_base x the global batch / lr_base_size)
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not float(value) > 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if not float(cfg.optim.weight_decay) >= 0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
     for key in ("aug.scale", "aug.ratio"):
         pair = OmegaConf.select(cfg, key)
         if pair is None or len(pair) != 2 or not 0 < float(pair[0]) <= float(pair[1]):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..ops._cache_tag import ops_cache_tag, tag_compile_caches
+from .config import ConfigError
 
 __all__ = ["COMPILE_MODES", "compile_for_training", "ops_cache_tag"]
 
@@ -25,19 +26,20 @@ def compile_for_training(model: nn.Module, enabled: bool, backend: str = "induct
     """``torch.compile(model, backend=backend, mode=mode)`` when ``enabled``, else ``model`` unchanged.
 
     ``where`` names the config section in errors (``train.compile_backend=...``). Unknown backends and modes, and a
-    mode with a backend other than inductor (torch ignores it there), raise ValueError before anything compiles."""
+    mode with a backend other than inductor (torch ignores it there), raise :class:`ConfigError` (a ValueError)
+    before anything compiles."""
     if not enabled:
         return model
     if mode is not None and mode not in COMPILE_MODES:
-        raise ValueError(f"{where}.compile_mode={mode!r} is not a torch.compile mode; expected one of "
+        raise ConfigError(f"{where}.compile_mode={mode!r} is not a torch.compile mode; expected one of "
                          f"{COMPILE_MODES} or null")
     from torch._dynamo import list_backends
 
     backends = list_backends(exclude_tags=())
     if backend not in backends:
-        raise ValueError(f"{where}.compile_backend={backend!r} is not a torch.compile backend; available: "
+        raise ConfigError(f"{where}.compile_backend={backend!r} is not a torch.compile backend; available: "
                          f"{sorted(backends)}")
     if mode is not None and backend != "inductor":
-        raise ValueError(f"{where}.compile_mode={mode!r} applies to the inductor backend only, not {backend!r}")
+        raise ConfigError(f"{where}.compile_mode={mode!r} applies to the inductor backend only, not {backend!r}")
     tag_compile_caches()  # (done at import of vision_rwkv.ops; again here in case the tag was reset since)
     return torch.compile(model, backend=backend, mode=mode)

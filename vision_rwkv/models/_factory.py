@@ -11,7 +11,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, load_pretrained
 from timm.models._builder import resolve_pretrained_cfg
 
-from .convert import checkpoint_filter_fn, read_weights_file
+from .convert import CheckpointMismatchError, checkpoint_filter_fn, read_weights_file
 
 __all__ = ['hub_cfg', 'build_backbone']
 
@@ -69,11 +69,32 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
     def create_and_load(**model_kwargs: Any) -> nn.Module:
         # what build_model_with_cfg(pretrained=True) does, with the weights already read
         model = model_cls(**model_kwargs)
-        load_pretrained(model, source, num_classes=0 if features else getattr(model, 'num_classes', 1000),
-                        in_chans=model_kwargs.get('in_chans', 3), filter_fn=checkpoint_filter_fn, strict=strict)
+        num_classes = 0 if features else getattr(model, 'num_classes', 1000)
+
+        def filter_fn(state: dict, target: nn.Module) -> dict:
+            state = checkpoint_filter_fn(state, target)
+            if num_classes == source.get('num_classes'):  # timm then loads the classifier as it is
+                _check_classifier(variant, file, state, target)
+            return state
+
+        load_pretrained(model, source, num_classes=num_classes, in_chans=model_kwargs.get('in_chans', 3),
+                        filter_fn=filter_fn, strict=strict)
         return model
 
     return build_model_with_cfg(create_and_load, variant, False, **build, **kwargs)
+
+
+def _check_classifier(variant: str, file: str, state: dict, model: nn.Module) -> None:
+    """A checkpoint classifier of another class count than the model's, which timm would load as it is (the model
+    has the cfg's class count): an error that says how to load it (torch's size-mismatch error would not)."""
+    own = model.state_dict()
+    wrong = [k for k in state if k.startswith('head.') and k in own and state[k].shape != own[k].shape]
+    if wrong:
+        classes = state[wrong[-1]].shape[0]  # (the last classifier layer's outputs)
+        raise CheckpointMismatchError(
+            f'{variant}: the classifier of {file} has {classes} classes, the model {model.num_classes}: put '
+            f'num_classes={classes} in pretrained_cfg_overlay to load it, or pass num_classes=N to create_model for a '
+            f'new N-class classifier (shape mismatches: {", ".join(wrong)})')
 
 
 def _warn_other_wkv_mode(variant: str, file: str, record: Optional[tuple], mode: Optional[str]) -> None:

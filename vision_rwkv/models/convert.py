@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -298,6 +299,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
         if fresh:
             _logger.info('checkpoint has no layer scale: %d gammas keep the model\'s init_values', len(fresh))
         sd.update(fresh)
+    if not any(is_head(k) or k.startswith('norm.') for k in sd):
+        # a segmentation backbone (ours prunes the final norm its features do not use): the model's norm keeps
+        # its init, which features_only and forward_intermediates(norm=False) do not use either
+        final_norm = {k: v for k, v in model_sd.items() if k.startswith('norm.')}
+        if final_norm:
+            warnings.warn(f'checkpoint holds no final norm ({", ".join(sorted(final_norm))}), as segmentation '
+                          'backbones do: the model\'s final norm keeps its initialisation (identity); features_only '
+                          'and forward_intermediates(norm=False) do not use it, pooled features and a classifier do',
+                          stacklevel=2)
+            sd.update(final_norm)
     missing = sorted(set(model_sd) - set(sd))
     if not any(is_head(k) for k in sd):
         # a backbone checkpoint: timm loads it non-strictly into a model with a new classifier (another class

@@ -15,7 +15,8 @@ Public API::
     PolyWarmupLR, build_optimizer
     load_seg_config(path, overrides), train_segmentor(cfg), test_segmentor(cfg), evaluate_segmentor(...)
     run_demo(out_dir)                                                # the README's Shapes demo
-    predict_images.load_segmentor, load_trained_segmentor, segment_files, save_label_png
+    predict_images.load_segmentor, load_trained_segmentor, segment_files, save_label_png  (import
+    vision_rwkv.seg.predict_images)
                                                                      # label maps of image files (predict_seg.py)
 """
 from .adapter import ViTAdapter

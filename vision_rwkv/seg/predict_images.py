@@ -1,6 +1,8 @@
 """Label maps for image files with a trained segmentor (the library side of ``tools/predict_seg.py``; mmseg's
 ``inference_model`` + ``image_demo``).
 
+    from vision_rwkv.engine.predict import image_files
+    from vision_rwkv.seg.predict_images import load_segmentor, load_trained_segmentor, save_label_png, segment_files
     model, cfg, classes = load_segmentor("configs/segmentation/demo_shapes.yaml", "runs/.../best.pt")
     # or the checkpoint test_seg would test (test.checkpoint, else the run's best / latest):
     model, cfg, classes, checkpoint = load_trained_segmentor("configs/segmentation/demo_shapes.yaml")
