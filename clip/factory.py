@@ -21,7 +21,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.transform import image_transform
 
 from vision_rwkv.models.convert import (CheckpointFileMismatchError, key_mismatches, load_checkpoint_file,
-                                       select_weights)
+                                        select_weights)
 
 from .model import RWKVCLIP
 from .model_configs import CONFIG_DIR

@@ -43,7 +43,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="output file, .pt2 or .onnx (default: <model>.<format>)")
     parser.add_argument("--img-size", type=int, nargs="+", default=None, metavar="S", help="input size H [W]")
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
-    parser.add_argument("--tower", choices=("image", "text"), default="image", help="RWKV-CLIP tower to export (default: image)")
+    parser.add_argument("--tower", choices=("image", "text"), default="image",
+                        help="RWKV-CLIP tower to export (default: image)")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size at 2")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="largest batch of a dynamic-batch export (default 4096; 1: a batch-1 program)")

@@ -472,8 +472,8 @@ def test_timm_route_names_the_way_out_of_a_class_count_mismatch(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r'has 5 classes, the model 1000: put num_classes=5 in '
                                                       r'pretrained_cfg_overlay.*head\.bias, head\.weight'):
         timm.create_model('vrwkv_tiny_patch16_224', **kw, pretrained_cfg_overlay=dict(file=str(path)))
-    loaded = timm.create_model('vrwkv_tiny_patch16_224', **kw, pretrained_cfg_overlay=dict(file=str(path),
-                                                                                          num_classes=5))
+    loaded = timm.create_model('vrwkv_tiny_patch16_224', **kw,
+                               pretrained_cfg_overlay=dict(file=str(path), num_classes=5))
     assert torch.equal(loaded.head.weight, src.head.weight)
     assert timm.create_model('vrwkv_tiny_patch16_224', **kw, num_classes=3,
                              pretrained_cfg_overlay=dict(file=str(path))).head.out_features == 3

@@ -32,13 +32,13 @@ def compile_for_training(model: nn.Module, enabled: bool, backend: str = "induct
         return model
     if mode is not None and mode not in COMPILE_MODES:
         raise ConfigError(f"{where}.compile_mode={mode!r} is not a torch.compile mode; expected one of "
-                         f"{COMPILE_MODES} or null")
+                          f"{COMPILE_MODES} or null")
     from torch._dynamo import list_backends
 
     backends = list_backends(exclude_tags=())
     if backend not in backends:
         raise ConfigError(f"{where}.compile_backend={backend!r} is not a torch.compile backend; available: "
-                         f"{sorted(backends)}")
+                          f"{sorted(backends)}")
     if mode is not None and backend != "inductor":
         raise ConfigError(f"{where}.compile_mode={mode!r} applies to the inductor backend only, not {backend!r}")
     tag_compile_caches()  # (done at import of vision_rwkv.ops; again here in case the tag was reset since)
