@@ -121,8 +121,9 @@ def key_mismatches(own: Mapping[str, Any], state: Mapping[str, Any], strict: boo
     empty kinds left out; [] when they fit. The one fit check of every checkpoint loader here."""
     missing = sorted(k for k in own if k not in state) if strict else []
     unexpected = sorted(k for k in state if k not in own) if strict else []
-    shapes = [f'{k}: checkpoint {tuple(getattr(state[k], "shape", ()))} vs model {tuple(v.shape)}' for k, v in own.items()
-              if k in state and tuple(getattr(state[k], 'shape', ())) != tuple(v.shape) and not shapes_exempt(k)]
+    shape = lambda k: tuple(getattr(state[k], 'shape', ()))  # noqa: E731 (a non-tensor entry: ())
+    shapes = [f'{k}: checkpoint {shape(k)} vs model {tuple(v.shape)}' for k, v in own.items()
+              if k in state and shape(k) != tuple(v.shape) and not shapes_exempt(k)]
     kinds = (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', sorted(shapes)))
     return [listed_keys(keys, what) for what, keys in kinds if keys]
 

@@ -409,7 +409,8 @@ class TimeMixV6(FusedPathMixer):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """RWKV-6's layer- and channel-dependent init of the interpolation, decay and bonus parameters, per ``param_style``."""
+        """RWKV-6's layer- and channel-dependent init of the interpolation, decay and bonus parameters, per
+        ``param_style``."""
         dim = self.dim
         ratio_0_to_1, ratio_1_to_almost0 = layer_ratios(self.layer_id, self.num_layers)
         base = channel_ratio(dim)
