@@ -496,3 +496,60 @@ def test_segmentation_backbones_without_final_norm_load_through_timm(tmp_path):
     with pytest.warns(UserWarning, match='no final norm'):
         tuned = timm.create_model('vrwkv_tiny_patch16_224', num_classes=3, **kw)
     assert torch.equal(tuned.norm.weight, torch.ones(32)) and tuned.head.out_features == 3
+
+
+def _convert_cli():
+    spec = importlib.util.spec_from_file_location('convert_checkpoint', ROOT / 'tools' / 'convert_checkpoint.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_convert_with_model_checks_without_resizing_and_errors_are_one_line(tmp_path, capsys):
+    """--model is a check: a 512-px checkpoint keeps its 32x32 position embedding (the loaders resample it for the
+    model they fill); an unknown model, a file holding one tensor, a missing output folder and a model of another
+    width are one error line each, the last naming the width."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', img_size=128, embed_dim=32, depth=1, num_classes=0)
+    path = tmp_path / 'seg128.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in ours_to_original(src.state_dict()).items()}}, path)
+    out = tmp_path / 'checked.safetensors'
+    convert_file(path, out, model_name='vrwkv_tiny_patch16_224', embed_dim=32, depth=1)
+    assert load_file(str(out))['pos_embed'].shape == (1, 64, 32)  # 8x8, not the model's 14x14
+    torch.save(torch.randn(3), tmp_path / 'tensor.pth')
+    cli = _convert_cli()
+    for argv, message in (([str(path), str(tmp_path / 'x.safetensors'), '--model', 'no_such_model'],
+                           "unknown timm model 'no_such_model'"),
+                          ([str(tmp_path / 'tensor.pth'), str(tmp_path / 'x.safetensors')], 'holds no weights'),
+                          ([str(path), str(tmp_path / 'none' / 'x.safetensors')], 'output folder not found'),
+                          ([str(path), str(tmp_path / 'x.safetensors'), '--model', 'vrwkv_small_patch16_224'],
+                           'checkpoint embedding width 32 != model width 384')):
+        assert cli.main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and message in err and err.count('\n') == 1, err
+
+
+def test_build_from_original_takes_the_configs_rectangular_grid():
+    """An original model built with a rectangular img_size stores H/p x W/p position tokens: the config's size
+    gives the grid (it was refused as 'not a square grid'); a square count without a matching size stays square."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', img_size=(64, 128), embed_dim=32, depth=1, num_classes=5)
+    model = build_from_original(dict(embed_dims=32, depth=1, img_size=(64, 128), num_classes=5),
+                                {'state_dict': ours_to_original(src.state_dict())}, wkv_mode='exact')
+    assert model.pos_grid == (4, 8)
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src.eval()(x))
+
+
+def test_a_plain_state_dict_of_ours_warns_which_mode_it_runs(tmp_path, recwarn):
+    """A state dict saved from a model of ours records no Bi-WKV mode: timm's route runs it in the cfg's 'original'
+    and says so (new models train in 'exact'); wkv_mode given, or a file that records its mode, no warning."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=1, num_classes=5)
+    path = tmp_path / 'plain.pth'
+    torch.save(src.state_dict(), path)
+    kw = dict(pretrained=True, embed_dim=32, depth=1, pretrained_cfg_overlay=dict(file=str(path), num_classes=5))
+    with pytest.warns(UserWarning, match=r"does not record the Bi-WKV function.*running them with the pretrained "
+                                         r"cfg's 'original'.*wkv_mode='exact'"):
+        assert timm.create_model('vrwkv_tiny_patch16_224', **kw).wkv_mode == 'original'
+    recwarn.clear()
+    assert timm.create_model('vrwkv_tiny_patch16_224', wkv_mode='exact', **kw).wkv_mode == 'exact'
+    assert not [w for w in recwarn.list if 'Bi-WKV' in str(w.message)]

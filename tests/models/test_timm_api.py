@@ -69,8 +69,17 @@ def test_default_cfgs(name):
         assert model(x).shape == (1, 12, model.head_hidden_size)  # no pooling: per-token
         model.reset_classifier(5, 'avg')
         assert model(x).shape == (1, 5)
+        # timm's other token pools: 'max', and 'avgmax' (the mean of both)
+        model.eval()  # (drop path)
+        tokens = model.forward_features(x).clone()  # (the in-place inference path reuses its buffers)
+        for pool, want in (('max', tokens.amax(1)), ('avgmax', 0.5 * (tokens.mean(1) + tokens.amax(1)))):
+            model.reset_classifier(0, pool)
+            got = model(x)
+            torch.testing.assert_close(got, model.forward_head(tokens, pre_logits=True), atol=1e-4, rtol=1e-4)
+            if model.head_hidden_size == model.num_features:  # (no pre-logits layer)
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match='global_pool'):
-        model.reset_classifier(5, 'max')
+        model.reset_classifier(5, 'token')  # (no class token)
 
 
 @pytest.mark.parametrize('name', ['vrwkv_small_patch16_224', 'vrwkv_large_patch16_384', 'vrwkv6_base_patch16_224'])
@@ -127,6 +136,12 @@ def test_forward_intermediates(name, perturb):
         assert len(last2) == 2 and torch.equal(last2[0], inter[-2])
         early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
         assert torch.equal(early[0], inter[0])
+        # timm ViT's dict form (and its return_prefix_tokens, a no-op without prefix tokens)
+        as_dict = model.forward_intermediates(x, output_dict=True, return_prefix_tokens=True)
+        assert set(as_dict) == {'image_intermediates', 'image_features'}
+        assert torch.equal(as_dict['image_features'], final) and torch.equal(as_dict['image_intermediates'][0], inter[0])
+        only = model.forward_intermediates(x, indices=1, output_dict=True, intermediates_only=True)
+        assert set(only) == {'image_intermediates'} and torch.equal(only['image_intermediates'][0], inter[-1])
     with pytest.raises(ValueError, match='output_fmt'):
         model.forward_intermediates(x, output_fmt='NHWC')
 
@@ -330,3 +345,14 @@ def test_in_place_inference_path_matches_and_keeps_block_hooks(monkeypatch, name
     torch.testing.assert_close(x, x0, rtol=0, atol=0)
     if model.blocks[0].post_norm:
         assert calls == [1]
+
+
+def test_feature_reduction_of_a_non_square_patch_is_its_larger_side():
+    """timm's ViT reports max(patch_size) as the reduction of a non-square patch (8x16: 16); so do ours."""
+    model = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=2, patch_size=(8, 16),
+                              features_only=True, out_indices=(-1,))
+    assert model.feature_info.reduction() == [16]
+    backbone = tiny_model('vrwkv6_tiny_patch16_224', patch_size=(16, 8))
+    assert {info['reduction'] for info in backbone.feature_info} == {16}
+    backbone.set_input_size(64, patch_size=(4, 8))
+    assert {info['reduction'] for info in backbone.feature_info} == {8}

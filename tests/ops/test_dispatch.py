@@ -88,6 +88,18 @@ def test_unknown_backend():
         dispatch.resolve_backend("bi_wkv", CPU, "cuda")
 
 
+@pytest.mark.parametrize("spelling, want", [("auto", "reference"), (" Auto ", "reference"), ("", "reference"),
+                                            ("Reference", "reference"), (" REFERENCE\n", "reference")])
+def test_backend_argument_takes_the_variables_spellings(spelling, want):
+    """``backend=`` reads as VRWKV_BACKEND does ('auto', any case, spaces), so the variable's value can be passed on;
+    the fused ops read it the same way."""
+    from vision_rwkv.ops import fused
+    assert dispatch.resolve_backend("bi_wkv", CPU, spelling) == want
+    assert fused._resolve("relu_square", CPU, spelling) == want
+    k = torch.randn(1, 4, 3)
+    torch.testing.assert_close(bi_wkv(k[0, 0], k[0, 1], k, k, backend=spelling), bi_wkv(k[0, 0], k[0, 1], k, k))
+
+
 def test_public_ops_route_to_the_selected_backend(monkeypatch, fake_triton):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     k = torch.randn(1, 4, 3)

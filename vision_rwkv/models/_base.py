@@ -10,7 +10,7 @@ Any input size works: images are zero-padded to whole patches and the position e
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -46,6 +46,13 @@ __all__ = ['VisionRWKVBase']
 # (layer_id, num_layers, drop_path) -> (spatial_mix, channel_mix)
 MixerFactory = Callable[[int, int], Tuple[nn.Module, nn.Module]]
 
+GLOBAL_POOLS = ('', 'avg', 'max', 'avgmax')  # over the tokens (no class token: timm's 'token' / 'map' do not apply)
+
+
+def _check_pool(global_pool: str) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+
 
 class VisionRWKVBase(nn.Module):
     """Backbone + classifier common to both RWKV families; subclasses supply the token/channel mixers.
@@ -57,7 +64,8 @@ class VisionRWKVBase(nn.Module):
         patch_size: patch (and stride) of the conv patch embedding.
         in_chans: input channels.
         num_classes: classifier outputs (0 = no classifier, ``forward`` returns pooled features).
-        global_pool: 'avg' (mean over tokens) or '' (no pooling; ``forward_head`` works per token).
+        global_pool: 'avg' (mean over tokens), 'max', 'avgmax' (their mean, as timm's) or '' (no pooling;
+            ``forward_head`` works per token).
         embed_dim: width C.
         depth: number of blocks.
         post_norm: post-norm blocks (norm on the mixer outputs) instead of pre-norm.
@@ -101,8 +109,7 @@ class VisionRWKVBase(nn.Module):
             raise ValueError(f'{type(self).__name__} always takes any image size (the position embedding is resampled '
                              f'and the image zero-padded to whole patches); dynamic_img_size=False / '
                              f'dynamic_img_pad=False are not supported')
-        if global_pool not in ('', 'avg'):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        _check_pool(global_pool)
         if depth < 1:
             raise ValueError(f'depth must be >= 1, got {depth}')
         self.num_classes = num_classes
@@ -145,7 +152,7 @@ class VisionRWKVBase(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
-        r = self.patch_size[0]
+        r = max(self.patch_size)  # (timm ViT: the larger side of a non-square patch)
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=r) for i in range(depth)]
         if not self.pos_embed.is_meta:  # meta-device builds (size counting, deferred init) have nothing to fill
             self.apply(self._init_weights)
@@ -193,8 +200,7 @@ class VisionRWKVBase(nn.Module):
         """Replace the final Linear classifier (the VRWKV-L pre-logits layer is kept)."""
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ('', 'avg'):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            _check_pool(global_pool)
             self.global_pool = global_pool
         self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -221,7 +227,7 @@ class VisionRWKVBase(nn.Module):
             self.patch_embed.set_patch_size(patch_size)
             self.patch_size = self.patch_embed.patch_size
             for info in self.feature_info:
-                info['reduction'] = self.patch_size[0]
+                info['reduction'] = max(self.patch_size)
         new_grid = self.patch_embed.feat_size(img_size)
         if new_grid != tuple(self.pos_grid):
             with torch.no_grad():
@@ -357,6 +363,10 @@ class VisionRWKVBase(nn.Module):
         """Tokens (B, N, C) -> logits (or the pooled / pre-logits features when ``pre_logits``)."""
         if self.global_pool == 'avg':
             x = x.mean(dim=1)
+        elif self.global_pool == 'max':
+            x = x.amax(dim=1)
+        elif self.global_pool == 'avgmax':
+            x = 0.5 * (x.mean(dim=1) + x.amax(dim=1))
         x = self.pre_logits(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
@@ -372,7 +382,9 @@ class VisionRWKVBase(nn.Module):
             stop_early: bool = False,
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+            output_dict: bool = False,
+            return_prefix_tokens: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]], Dict[str, Any]]:
         """Forward returning block outputs (timm semantics).
 
         Args:
@@ -382,8 +394,11 @@ class VisionRWKVBase(nn.Module):
             stop_early: stop after the last requested block.
             output_fmt: 'NCHW' (B, C, rows, cols) maps or 'NLC' (B, N, C) tokens.
             intermediates_only: return only the list of intermediates.
+            output_dict: return ``{'image_intermediates': [...], 'image_features': final-norm tokens}`` (the
+                features left out with ``intermediates_only``), as timm's ViT does.
+            return_prefix_tokens: accepted for timm's ViT callers; these models have no prefix tokens.
         Returns:
-            the list of intermediates, or (final-norm tokens (B, N, C), intermediates).
+            the list of intermediates, or (final-norm tokens (B, N, C), intermediates), or the dict.
         """
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
@@ -399,6 +414,9 @@ class VisionRWKVBase(nn.Module):
             batch = x.shape[0]
             intermediates = [
                 y.reshape(batch, grid[0], grid[1], y.shape[-1]).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if output_dict:
+            return {'image_intermediates': intermediates,
+                    **({} if intermediates_only else {'image_features': self.norm(x)})}
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

@@ -35,8 +35,9 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
                    pretrained_kwargs: Optional[Callable[..., dict]] = None, **kwargs: Any) -> nn.Module:
     """``timm`` build of a registered variant: original or converted checkpoints go through
     :func:`~vision_rwkv.models.convert.checkpoint_filter_fn`; ``features_only`` uses the block getter
-    (``out_indices`` default 3). With ``pretrained``, ``pretrained_kwargs(cfg, record, kwargs)`` (the resolved
-    pretrained cfg, the Bi-WKV record of a local file or None, the caller's kwargs) gives model kwargs to add.
+    (``out_indices`` default 3). With ``pretrained``, ``pretrained_kwargs(cfg, record, kwargs, file)`` (the resolved
+    pretrained cfg, the Bi-WKV record of a local file or None, the caller's kwargs, the local file or None) gives
+    model kwargs to add.
 
     A local file (``pretrained_cfg_overlay=dict(file=PATH)``) is read by
     :func:`~vision_rwkv.models.convert.read_weights_file`, as the tools read it: a training checkpoint gives its EMA
@@ -50,7 +51,7 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
     file = os.fspath(cfg.file) if cfg is not None and cfg.file else None  # a local file: read here
     if file is None:  # random init, or timm's hub / url source
         if pretrained and pretrained_kwargs is not None:
-            kwargs.update(pretrained_kwargs(cfg, None, kwargs))
+            kwargs.update(pretrained_kwargs(cfg, None, kwargs, None))
         return build_model_with_cfg(model_cls, variant, pretrained, **build, **kwargs)
     if not os.path.isfile(file):
         raise FileNotFoundError(f'{variant}: pretrained checkpoint file not found: {file!r} (the file of '
@@ -60,7 +61,7 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
     except ValueError as e:  # unreadable: named (torch.load's own advice, weights_only=False, would mislead)
         raise ValueError(f'{variant}: {e}') from e
     if pretrained_kwargs is not None:
-        kwargs.update(pretrained_kwargs(cfg, record, kwargs))
+        kwargs.update(pretrained_kwargs(cfg, record, kwargs, file))
     _warn_other_wkv_mode(variant, file, record, kwargs.get('wkv_mode'))
     source = dict(cfg.to_dict(), file=None, source='', state_dict=weights)  # timm's source: a state dict in hand
     features = bool(kwargs.get('features_only'))

@@ -251,13 +251,24 @@ def _square_grid(num_tokens: int) -> Tuple[int, int]:
     return side, side
 
 
+def _stored_grid(num_tokens: int, img_size: Any = None, patch_size: Any = None) -> Tuple[int, int]:
+    """The token grid of a stored position embedding: the one the config's ``img_size`` / ``patch_size`` give when
+    it holds ``num_tokens`` (a rectangular grid too), else a square one."""
+    if img_size is not None and patch_size is not None:
+        (h, w), (ph, pw) = (tuple(x) if isinstance(x, (list, tuple)) else (x, x) for x in (img_size, patch_size))
+        if (h // ph) * (w // pw) == num_tokens:
+            return h // ph, w // pw
+    return _square_grid(num_tokens)
+
+
 def fit_pos_embed(pos_embed: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """A checkpoint's (1, N, C) position embedding, from a square token grid, resampled to ``model.pos_grid``
     (bicubic, no antialias); CheckpointMismatchError for another width or a non-square N."""
     from ._layers import resample_pos_embed
     width = model.pos_embed.shape[-1]
     if pos_embed.shape[-1] != width:
-        raise CheckpointMismatchError(f'pos_embed width {pos_embed.shape[-1]} != model width {width}')
+        raise CheckpointMismatchError(f'checkpoint embedding width {pos_embed.shape[-1]} != model width {width} (its '
+                                      'pos_embed): the checkpoint is of a model of another size (embed_dim)')
     return resample_pos_embed(pos_embed, _square_grid(pos_embed.shape[1]), model.pos_grid)
 
 
@@ -408,7 +419,8 @@ def build_from_original(
     else:
         kwargs['num_classes'] = 0
     if 'pos_embed' in sd:
-        kwargs['pos_embed_grid'] = _square_grid(sd['pos_embed'].shape[1])
+        kwargs['pos_embed_grid'] = _stored_grid(sd['pos_embed'].shape[1], config.get('img_size'),
+                                                kwargs.get('patch_size'))
     if family == 'vrwkv':
         model = VRWKV(wkv_mode=wkv_mode, wkv_chunks=wkv_chunks, **kwargs)
     else:
@@ -607,7 +619,10 @@ def read_weights_file(path: str | os.PathLike, weights: Optional[str] = 'auto'
     """The weights of a checkpoint file by :func:`select_weights` (unwrapped, prefixes stripped, our names and
     shapes unchanged) and, for v4 weights, :func:`trained_wkv_mode`. Errors name the file."""
     checkpoint = load_checkpoint_file(path)
-    sd = unwrap_state_dict(select_weights(checkpoint, weights, path))
+    try:
+        sd = unwrap_state_dict(select_weights(checkpoint, weights, path))
+    except TypeError as err:  # e.g. a file holding one tensor
+        raise CheckpointReadError(f'checkpoint {os.fspath(path)} holds no weights: {err}') from err
     return sd, trained_wkv_mode(path, checkpoint, sd)
 
 
@@ -639,12 +654,17 @@ def convert_file(
     if is_original_layout(sd):
         sd = original_to_ours(sd)
     num_classes = sd['head.weight'].shape[0] if 'head.weight' in sd else 0
-    if model_name is not None:
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'output folder not found: {folder}')
+    if model_name is not None:  # a check: the weights are written as they are (not resized to the model's grid)
         import timm
+        if not timm.is_model(model_name):
+            raise ValueError(f'unknown timm model {model_name!r} (timm.list_models("vrwkv*") lists ours)')
         model_kwargs.setdefault('num_classes', num_classes)
         with torch.device('meta'):
             model = timm.create_model(model_name, **model_kwargs)
-        sd = checkpoint_filter_fn(sd, model)
+        checkpoint_filter_fn(sd, model)
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     metadata = {'format': 'pt', 'family': family, 'layout': 'vision_rwkv'}
     if family == 'vrwkv' and record is not None:  # the Bi-WKV function the weights were trained with

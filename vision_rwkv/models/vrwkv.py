@@ -16,6 +16,7 @@ switches an existing model.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
@@ -323,14 +324,19 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _pretrained_wkv_kwargs(cfg: Any, record: Optional[tuple], kwargs: dict) -> dict:
+def _pretrained_wkv_kwargs(cfg: Any, record: Optional[tuple], kwargs: dict, file: Optional[str] = None) -> dict:
     """The Bi-WKV function pretrained weights run with: ``wkv_mode`` / ``wkv_chunks`` each from the first that gives
     it of create_model's kwargs, the ``pretrained_cfg_overlay``, the function a local weights file records
     (``record``: (mode, chunks or None); the original layout counts as 'original'), the pretrained cfg (the released
-    files: 'original', 32 chunks, 16 for VRWKV-L), the default ('original', 32)."""
+    files: 'original', 32 chunks, 16 for VRWKV-L), the default ('original', 32). A local ``file`` in our layout that
+    records no mode (a plain state dict) warns that it runs in the cfg's mode."""
     overlay = kwargs.get('pretrained_cfg_overlay') or {}
-    mode = kwargs.get('wkv_mode') or overlay.get('wkv_mode') or (record[0] if record else None) \
-        or getattr(cfg, 'wkv_mode', None) or 'original'
+    chosen = kwargs.get('wkv_mode') or overlay.get('wkv_mode')
+    mode = chosen or (record[0] if record else None) or getattr(cfg, 'wkv_mode', None) or 'original'
+    if file is not None and record is None and not chosen:
+        warnings.warn(f"{file} does not record the Bi-WKV function its weights were trained with (a plain state "
+                      f"dict): running them with the pretrained cfg's {mode!r}, the released weights' function; "
+                      "pass wkv_mode='exact' for weights trained with the default of new models", stacklevel=5)
     recorded_chunks = record[1] if record and record[0] == mode else None
     chunks = kwargs.get('wkv_chunks') or overlay.get('wkv_chunks') or recorded_chunks \
         or getattr(cfg, 'wkv_chunks', None) or 32

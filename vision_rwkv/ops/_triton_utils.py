@@ -125,6 +125,19 @@ def _parse_backend(raw):
     return value
 
 
+def backend_arg(op: str, backend) -> "str | None":
+    """An op's ``backend=`` argument read as ``VRWKV_BACKEND`` is: None (auto; also ``"auto"`` or empty),
+    ``"reference"`` or ``"triton"`` (any case, surrounding spaces ignored); anything else a ValueError."""
+    if backend is None or backend in BACKEND_CHOICES:
+        return backend
+    text = backend.strip().lower() if isinstance(backend, str) else None
+    if text in ("", "auto"):
+        return None
+    if text in BACKEND_CHOICES:
+        return text
+    raise ValueError(f"{op}: unknown backend {backend!r}; expected None or 'auto' (auto), or one of {BACKEND_CHOICES}")
+
+
 _CPU_LAUNCHES = [False]  # set inside vision_rwkv.ops.host_driver.host_only_launches
 
 

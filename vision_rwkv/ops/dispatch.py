@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ._triton_utils import BACKEND_CHOICES, check_cpu_kernels, cpu_triton, env_backend
+from ._triton_utils import BACKEND_CHOICES, backend_arg, check_cpu_kernels, cpu_triton, env_backend
 
 __all__ = ["BACKENDS", "resolve_backend", "triton_impl", "triton_available"]
 
@@ -57,8 +57,10 @@ def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: 
     """Pick the backend ("reference" or "triton") for an ``op`` call on tensors living on ``device``.
 
     ``dtypes``: the input dtypes; in auto mode float64 inputs (gradcheck, precision studies) use the reference
-    (an invalid ``VRWKV_BACKEND`` is an error for them too).
+    (an invalid ``VRWKV_BACKEND`` is an error for them too). ``backend`` is read as the variable is (``"auto"``,
+    any case, surrounding spaces).
     """
+    backend = backend_arg(op, backend)
     if backend is None:
         env = env_backend()  # (validated first: a bad value is an error whatever the inputs)
         if torch.float64 in dtypes:
@@ -71,8 +73,6 @@ def resolve_backend(op: str, device: torch.device, backend: str | None, dtypes: 
             return "triton"
         else:
             return "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto) or one of {BACKENDS}")
     if backend == "triton":
         if device.type != "cuda" and not cpu_triton():
             raise RuntimeError(

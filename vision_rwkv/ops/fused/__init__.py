@@ -46,8 +46,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .._triton_utils import (as_dtype, autograd_needed, check_cpu_kernels, check_split, cpu_triton, env_backend, env_flag,
-                             split_outputs)
+from .._triton_utils import (as_dtype, autograd_needed, backend_arg, check_cpu_kernels, check_split, cpu_triton,
+                             env_backend, env_flag, split_outputs)
 from .._validate import check_shape, check_tensors
 from .reference import (MIX_ACTS, add_norm_reference, decay_logd_reference, group_norm_mul_linear_reference,
                         group_norm_mul_reference, linear_decay_reference, linear_relu_square_reference,
@@ -147,6 +147,7 @@ def _triton_ok_traced() -> bool:
 
 
 def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
+    backend = backend_arg(op, backend)
     if backend is None:
         env = env_backend()
         if env == "reference":
@@ -157,8 +158,6 @@ def _resolve(op: str, device: torch.device, backend: Optional[str]) -> str:
             check_cpu_kernels(op)
             return "triton"
         return "reference"
-    if backend not in ("reference", "triton"):
-        raise ValueError(f"{op}: unknown backend {backend!r}; expected None (auto), 'reference' or 'triton'")
     if backend == "triton":
         if device.type != "cuda" and not cpu_triton():
             raise RuntimeError(f"{op}: backend 'triton' needs CUDA tensors (got {device.type}); set "
