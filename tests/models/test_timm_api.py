@@ -139,7 +139,8 @@ def test_forward_intermediates(name, perturb):
         # timm ViT's dict form (and its return_prefix_tokens, a no-op without prefix tokens)
         as_dict = model.forward_intermediates(x, output_dict=True, return_prefix_tokens=True)
         assert set(as_dict) == {'image_intermediates', 'image_features'}
-        assert torch.equal(as_dict['image_features'], final) and torch.equal(as_dict['image_intermediates'][0], inter[0])
+        assert torch.equal(as_dict['image_features'], final)
+        assert torch.equal(as_dict['image_intermediates'][0], inter[0])
         only = model.forward_intermediates(x, indices=1, output_dict=True, intermediates_only=True)
         assert set(only) == {'image_intermediates'} and torch.equal(only['image_intermediates'][0], inter[-1])
     with pytest.raises(ValueError, match='output_fmt'):
