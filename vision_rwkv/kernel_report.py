@@ -84,11 +84,15 @@ def capture_kernels(arch: int = 90, tag: str = "") -> Iterator[list[CompiledLaun
                                       dict(module=self.fn.__module__)))
         return None
 
+    from .ops._triton_utils import _CPU_LAUNCHES
+    was_cpu = _CPU_LAUNCHES[0]
+    _CPU_LAUNCHES[0] = True  # CPU tensors may take the kernels: their launches compile, nothing runs
     for cls in patched:
         cls.run = fake_run
     try:
         yield records
     finally:
+        _CPU_LAUNCHES[0] = was_cpu
         for cls, run in zip(patched, originals):
             cls.run = run
 

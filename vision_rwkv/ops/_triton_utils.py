@@ -138,7 +138,7 @@ def backend_arg(op: str, backend) -> "str | None":
     raise ValueError(f"{op}: unknown backend {backend!r}; expected None or 'auto' (auto), or one of {BACKEND_CHOICES}")
 
 
-_CPU_LAUNCHES = [False]  # set inside vision_rwkv.ops.host_driver.host_only_launches
+_CPU_LAUNCHES = [False]  # set inside host_driver.host_only_launches and kernel_report.capture_kernels
 
 
 def triton_interpret() -> bool:
