@@ -130,19 +130,24 @@ class CsvCaptionDataset(_FallbackDataset):
         self.root = Path(root) if root is not None else path.parent
         self.transform = transform
         keys = _parse_caption_keys(caption_keys)
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter=sep)
+        # (a BOM, as spreadsheets write it, is not part of the first column's name; in a TSV a quote is an ordinary
+        # character, as in CC3M-style tables: an unbalanced one must not swallow the rows after it)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL)
             columns = reader.fieldnames or []
             missing = [k for k in [img_key, *keys] if k not in columns]
             if missing:
                 raise KeyError(f"{path}: column(s) {missing} not found; columns are {columns}")
             self.images: list[str] = []
             self.captions: list[list[str]] = []
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                line = reader.line_num
+                if row[img_key] is None or not row[img_key].strip():
+                    raise ValueError(f"{path} line {line}: no image path in column {img_key!r} (a short row?)")
                 caps = [row[k].strip() for k in keys if row[k] is not None and row[k].strip()]
                 if not caps:
                     raise ValueError(f"{path} line {line}: no caption in columns {keys}")
-                self.images.append(row[img_key])
+                self.images.append(row[img_key].strip())
                 self.captions.append(caps)
         if not self.images:
             raise ValueError(f"{path}: no rows")
@@ -221,7 +226,9 @@ class TarCaptionDataset(_FallbackDataset):
                             order.append(key)
                         groups[key][ext.lower()] = _Member(si, info.offset_data, info.size)
             except tarfile.TarError as e:
-                raise RuntimeError(f"cannot read tar shard {shard}: {e}") from e
+                hint = " (compressed shards are not supported: give uncompressed .tar files)" \
+                    if shard.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")) else ""
+                raise RuntimeError(f"cannot read tar shard {shard}: {e}{hint}") from e
             for key in order:
                 g = groups[key]
                 has_image = any(e in g for e in IMAGE_EXTENSIONS)
@@ -243,16 +250,22 @@ class TarCaptionDataset(_FallbackDataset):
 
     def _read(self, idx: int) -> tuple[Image.Image, list[str]]:
         g = self.samples[idx]
-        captions = [self._bytes(g[e]).decode("utf-8").strip() for e in sorted(g) if e.endswith("txt")]
-        if "json" in g:
-            meta = json.loads(self._bytes(g["json"]).decode("utf-8"))
-            extra = meta.get("captions", meta.get("caption", []))
-            captions += [extra] if isinstance(extra, str) else list(extra)
-        captions = [c for c in captions if c]
         ext = next(e for e in IMAGE_EXTENSIONS if e in g)
+        where = f"sample {idx} of {self.shards[g[ext].shard]}"
+        try:  # a caption that cannot be read makes the sample unreadable: skipped and counted, as a bad image is
+            captions = [self._bytes(g[e]).decode("utf-8").strip() for e in sorted(g) if e.endswith("txt")]
+            if "json" in g:
+                meta = json.loads(self._bytes(g["json"]).decode("utf-8"))
+                extra = meta.get("captions", meta.get("caption", [])) if isinstance(meta, dict) else None
+                if not (isinstance(extra, str) or (isinstance(extra, list) and all(isinstance(c, str) for c in extra))):
+                    raise ValueError(f"its json 'caption(s)' is not text or a list of text: {extra!r:.80}")
+                captions += [extra] if isinstance(extra, str) else extra
+        except (UnicodeDecodeError, ValueError) as err:  # (json.JSONDecodeError is a ValueError)
+            raise UnreadableImage(f"{where}: unreadable caption: {err}") from err
+        captions = [c.strip() for c in captions if c.strip()]
         img = load_image(self._bytes(g[ext]), name=f"{self.shards[g[ext].shard]}:{idx}.{ext}")
         if not captions:
-            raise UnreadableImage(f"sample {idx} of {self.shards[g[ext].shard]} has only empty captions")
+            raise UnreadableImage(f"{where} has only empty captions")
         return img, captions
 
 

@@ -201,7 +201,7 @@ class KarpathyJsonDataset(ImageCaptionsList):
         if not path.is_file():
             raise FileNotFoundError(f"retrieval annotation file not found: {path}")
         root = Path(root) if root is not None else path.parent
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         items = []
         if isinstance(data, dict) and "images" in data:
             for im in data["images"]:
@@ -233,12 +233,12 @@ def load_classnames_templates(spec: str) -> tuple[list[str], list[Union[str, Cal
     if not path.is_file():
         raise FileNotFoundError(f"{spec!r} is neither a built-in class set {sorted(BUILTIN_SETS)} nor a file")
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         if "classnames" not in data:
             raise KeyError(f"{path}: missing 'classnames'")
         templates = data.get("templates") or get_set("imagenet")[1]
         return list(data["classnames"]), list(templates)
-    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    names = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     return names, list(get_set("imagenet")[1])
 
 
@@ -330,7 +330,7 @@ class _CsvLabels(Dataset):
         sep = "\t" if path_.suffix.lower() in (".tsv", ".tab") else ","
         index = {c: i for i, c in enumerate(classnames)}
         self.items = []
-        with open(path_, newline="", encoding="utf-8") as f:
+        with open(path_, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=sep)
             for k in (img_key, label_key):
                 if k not in (reader.fieldnames or []):
@@ -392,12 +392,20 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
 def names_in_folder_order(folders: Sequence[str], classnames: Sequence[str]) -> list[str]:
     """The class names for ImageFolder's labels (its folders, sorted): a class file that names the folders
     themselves (``_`` read as a space, any case), in another order, is matched to them by name; other names (e.g.
-    readable names for WordNet-id folders) must already follow the sorted folder order."""
+    readable names for WordNet-id folders) must already follow the sorted folder order. A file that names some
+    folders but not all (a typo) is a ConfigError: its order would silently give images the wrong labels."""
     def key(name: str) -> str:
         return name.replace("_", " ").strip().lower()
 
     by_key = {key(n): n for n in classnames}
-    if len(by_key) != len(classnames) or set(by_key) != {key(f) for f in folders}:
+    folder_keys = {key(f) for f in folders}
+    if len(by_key) != len(classnames) or set(by_key) != folder_keys:
+        named = [n for n in classnames if key(n) in folder_keys]
+        if named and len(named) < len(classnames):  # mostly the folders' names: a typo, not another vocabulary
+            stray = [n for n in classnames if key(n) not in folder_keys]
+            raise ConfigError(f"{len(named)} of the {len(classnames)} class names name image folders but "
+                              f"{stray[:5]} name none (folders: {list(folders)[:10]}): fix the class file, or give "
+                              "names in the sorted folder order that name no folder")
         return list(classnames)
     ordered = [by_key[key(f)] for f in folders]
     if ordered != list(classnames):

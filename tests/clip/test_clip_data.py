@@ -153,3 +153,43 @@ def test_shapes_grouped_by_colour_for_hard_negative_batches():
         ShapesCaptionSamples("train", length=8, group_by="shade")
     with pytest.raises(ValueError, match="multiple of group_size"):
         EpochLoader(ds, 6, group_size=4)
+
+
+def test_unreadable_tar_captions_are_skipped_and_counted_like_images(tmp_path):
+    """A caption member that is not UTF-8, a malformed json or a json caption that is not text: the sample is
+    unreadable (the next one stands in, counted), with the shard named; a compressed shard says so."""
+    _tar(tmp_path / "s.tar", [
+        ("0.png", _png_bytes(1)), ("0.txt", "café".encode("latin-1")),
+        ("1.png", _png_bytes(2)), ("1.json", b"{not json"),
+        ("2.png", _png_bytes(3)), ("2.json", json.dumps({"caption": None}).encode()),
+        ("3.png", _png_bytes(4)), ("3.txt", b"fine"),
+    ])
+    ds = TarCaptionDataset(str(tmp_path / "s.tar"), transform=_to_tensor)
+    s = ds[0]
+    assert s["skipped"] == 3 and s["captions"] == ["fine"] and s["image"][0, 0, 0] == 4
+    strict = TarCaptionDataset(str(tmp_path / "s.tar"), skip_unreadable=False)
+    for i, why in ((0, "codec can't decode"), (1, "Expecting property name"), (2, "not text")):
+        with pytest.raises(UnreadableImage, match=rf"sample {i} of .*s\.tar: unreadable caption: .*{why}"):
+            strict[i]
+    import gzip
+    (tmp_path / "z.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
+    with pytest.raises(RuntimeError, match="compressed shards are not supported"):
+        TarCaptionDataset(str(tmp_path / "z.tar.gz"))
+
+
+def test_csv_tables_as_spreadsheets_and_cc3m_write_them(tmp_path):
+    """A UTF-8 BOM before the header is not part of a column name; in a TSV an unbalanced quote is an ordinary
+    character (it swallowed the rows after it); a row without an image path is an error naming its line."""
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(_png_bytes(i))
+    bom = tmp_path / "bom.csv"
+    bom.write_text("\ufefffilepath,title\n0.png,zero\n", encoding="utf-8")
+    assert CsvCaptionDataset(bom).captions == [["zero"]]
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text('filepath\ttitle\n0.png\t"start quote only\n1.png\tplain\n2.png\tthird\n')
+    ds = CsvCaptionDataset(tsv)
+    assert ds.images == ["0.png", "1.png", "2.png"] and ds.captions[0] == ['"start quote only']
+    short = tmp_path / "short.csv"
+    short.write_text("title,filepath\nx,0.png\ny\n")
+    with pytest.raises(ValueError, match=r"short.csv line 3: no image path in column 'filepath'"):
+        CsvCaptionDataset(short)

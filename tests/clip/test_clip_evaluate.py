@@ -221,6 +221,17 @@ def test_class_names_of_the_folders_in_another_order_are_matched_by_name(capsys)
     assert "matched by name" in capsys.readouterr().out
     readable = ["tench", "goldfish", "shark", "ray"]  # not the folder names: taken in the given order
     assert names_in_folder_order(folders, readable) == readable
+    # the folders' names with one typo: their order would label images with the wrong class (it did, silently)
+    from vision_rwkv.engine import ConfigError
+    with pytest.raises(ConfigError, match=r"3 of the 4 class names name image folders but \['yelow'\] name none"):
+        names_in_folder_order(folders, ["red fox", "green", "blue", "yelow"])
+
+
+def test_class_files_with_a_bom_read_as_their_names(tmp_path):
+    from rwkv_clip.evaluate import load_classnames_templates, names_in_folder_order
+    (tmp_path / "c.txt").write_text("\ufeffdog\ncat\n", encoding="utf-8")
+    names, _ = load_classnames_templates(str(tmp_path / "c.txt"))
+    assert names == ["dog", "cat"] and names_in_folder_order(["cat", "dog"], names) == ["cat", "dog"]
 
 
 def test_a_run_folder_of_another_tool_or_no_model_is_named(tmp_path):

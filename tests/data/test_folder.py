@@ -114,3 +114,43 @@ def test_csv_dataset(tree, tmp_path):
         CsvImageDataset(tmp_path / "nope.csv")
     with pytest.raises(ValueError, match="not in classes"):
         CsvImageDataset(csv, classes=["cat"])
+
+
+def test_real_world_folders_and_tables(tmp_path):
+    """Hidden files and folders (.ipynb_checkpoints, macOS ._ files) and symlink loops add no samples; a CSV with a
+    BOM, a .tsv, and rows without a label or path (an error naming the line, not a class named '')."""
+    import os
+    root = tmp_path / "train"
+    _save(root / "cat" / "a.png", "RGB")
+    _save(root / "cat" / ".ipynb_checkpoints" / "a-checkpoint.png", "RGB")
+    _save(root / "cat" / "._a.png", "RGB")
+    _save(root / "dog" / "b.png", "RGB")
+    os.symlink(root / "dog", root / "dog" / "loop")
+    ds = ImageFolderDataset(root)
+    assert sorted(os.path.basename(p) for p, _ in ds.samples) == ["a.png", "b.png"]
+    (tmp_path / "bom.csv").write_text("\ufeffpath,label\ntrain/cat/a.png,cat\n", encoding="utf-8")
+    assert CsvImageDataset(tmp_path / "bom.csv").classes == ["cat"]
+    (tmp_path / "t.tsv").write_text("path\tlabel\ntrain/cat/a.png\tcat\ntrain/dog/b.png\tdog\n")
+    assert CsvImageDataset(tmp_path / "t.tsv").classes == ["cat", "dog"]
+    rows = "path,label\ntrain/cat/a.png,cat\n"
+    for name, text, message in (("empty.csv", rows + "train/dog/b.png,\n", "line 3: no label"),
+                                ("short.csv", rows + "train/dog/b.png\n", "line 3: no label"),
+                                ("nopath.csv", "path,label\n,cat\n", "line 2: no path")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"{name} {message}"):
+            CsvImageDataset(tmp_path / name)
+
+
+def test_load_rgb_integer_images_and_pillows_truncation_setting(tmp_path):
+    """A 32-bit integer image holding 0..255 keeps its values (it was divided by 256: black); 16-bit images are
+    scaled to 8 bits; importing the package leaves Pillow's LOAD_TRUNCATED_IMAGES as the process set it."""
+    import subprocess
+    import sys
+    values = np.arange(0, 256, dtype=np.int32).reshape(16, 16)
+    Image.fromarray(values, "I").save(tmp_path / "i32.tif")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "i32.tif"))[..., 0], values.astype(np.uint8))
+    Image.fromarray((values * 256).astype(np.uint16)).save(tmp_path / "i16.png")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "i16.png"))[..., 1], values.astype(np.uint8))
+    code = ("from PIL import ImageFile; ImageFile.LOAD_TRUNCATED_IMAGES = True; import vision_rwkv.data.folder; "
+            "print(ImageFile.LOAD_TRUNCATED_IMAGES)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"

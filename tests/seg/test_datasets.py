@@ -130,3 +130,20 @@ def test_shapes_masks():
     assert s["image"].shape == (3, 32, 32) and s["mask"].shape == (32, 32)
     labels = set(s["mask"].unique().tolist())
     assert 0 in labels and len(labels) == 2  # background + one shape
+
+
+def test_folder_suffix_in_any_case_hidden_files_left_out_and_one_image_reader(tmp_path):
+    """img_suffix='.jpg' finds b.JPG too; an image under a hidden folder (.ipynb_checkpoints) is no sample (it was
+    an error: "has no mask"); prediction reads an image as evaluation does (an RGBA file: alpha dropped, not
+    composited onto black as the classification loader does)."""
+    from vision_rwkv.seg.datasets import read_seg_image
+    _pair(tmp_path, "a")
+    _pair(tmp_path, "b", img_ext=".JPG")
+    _write(tmp_path / "img" / ".ipynb_checkpoints" / "a-checkpoint.jpg", np.zeros((4, 4, 3), dtype=np.uint8))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
+    assert [p.name for p, _ in ds.samples] == ["a.jpg", "b.JPG"]
+    rgba = np.random.default_rng(0).integers(0, 255, (6, 5, 4), dtype=np.uint8)
+    _write(tmp_path / "rgba.png", rgba)
+    assert np.array_equal(read_seg_image(tmp_path / "rgba.png"), rgba[..., :3])
+    _write(tmp_path / "i16.png", (rgba[..., 0].astype(np.uint16) * 256))
+    assert np.array_equal(read_seg_image(tmp_path / "i16.png")[..., 2], rgba[..., 0])

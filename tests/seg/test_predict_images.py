@@ -72,6 +72,13 @@ def test_segment_files_follow_the_test_pipeline(checkpoint, images):
         str(images / "bad.png")]
     for f, image, labels in out:
         assert labels.shape == image.shape[:2] and labels.dtype == np.int64 and labels.max() < 9
+    # each image read as evaluation reads it (read_seg_image: an RGBA file's alpha dropped)
+    from vision_rwkv.seg.datasets import read_seg_image
+    assert all(np.array_equal(image, read_seg_image(f)) for f, image, _ in out)
+    rgba = np.random.default_rng(1).integers(0, 255, (20, 24, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(images.parent / "rgba.png")
+    (_, image, _), = segment_files(model, cfg, [images.parent / "rgba.png"], show_progress=False)
+    assert np.array_equal(image, rgba[..., :3])
     # the same as the test loop's inference on the dataset transform of the image
     from vision_rwkv.seg.transforms import SegTestTransform
     image = out[1][1]

@@ -14,28 +14,36 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "UNREADABLE_IMAGE_ERRORS", "load_rgb", "ImageFolderDataset", "CsvImageDataset"]
+__all__ = ["IMG_EXTENSIONS", "UNREADABLE_IMAGE_ERRORS", "load_rgb", "eight_bit", "ImageFolderDataset",
+           "CsvImageDataset"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 # what opening a missing, truncated, oversized or non-image file raises (skipped / reported, never fatal)
 UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error (skipped), never half an image
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB; alpha is composited onto black, palette/greyscale/CMYK are converted."""
+    """Open an image file as RGB; alpha is composited onto black, palette/greyscale/CMYK are converted, 16-bit
+    greyscale (and 32-bit integer images with values above 255) scaled to 8 bits. A truncated file is an error
+    (skipped by the datasets), unless the process set Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES``."""
     with Image.open(path) as im:
         im.load()
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             background = Image.new("RGBA", im.size, (0, 0, 0, 255))
             return Image.alpha_composite(background, im).convert("RGB")
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            im = im.point(lambda v: v * (1 / 256)).convert("L")
-        return im.convert("RGB")
+        return eight_bit(im).convert("RGB")
+
+
+def eight_bit(im: Image.Image) -> Image.Image:
+    """16-bit greyscale (and a 32-bit integer image with values above 255) scaled to 8 bits (``v / 256``, as
+    OpenCV's ``imread`` reduces 16-bit images); any other image unchanged."""
+    if im.mode in ("I;16", "I;16B", "I;16L") or (im.mode == "I" and im.getextrema()[1] > 255):
+        return im.point(lambda v: v * (1 / 256)).convert("L")
+    return im
 
 
 class _SkippingDataset(Dataset):
@@ -93,7 +101,7 @@ class ImageFolderDataset(_SkippingDataset):
         exts = tuple(e.lower() for e in extensions)
         self.samples = []
         for c in self.classes:
-            for dirpath, _, files in sorted(os.walk(self.root / c, followlinks=True)):
+            for dirpath, files in _walk_visible(self.root / c):
                 for f in sorted(files):
                     if f.lower().endswith(exts):
                         self.samples.append((os.path.join(dirpath, f), self.class_to_idx[c]))
@@ -106,30 +114,55 @@ class ImageFolderDataset(_SkippingDataset):
         self.transform = transform
 
 
+def _walk_visible(folder: Path):
+    """(folder, file names) under ``folder``, sorted, following symlinks but not into a folder already visited (a
+    link loop) and skipping hidden files and folders (``.ipynb_checkpoints`` copies, macOS ``._*`` files)."""
+    seen: set[str] = set()
+    out = []
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.append((dirpath, [f for f in files if not f.startswith(".")]))
+    return sorted(out)
+
+
 def _has_files(folder: Path, exts: tuple[str, ...]) -> bool:
-    return any(f.lower().endswith(exts) for _, _, files in os.walk(folder, followlinks=True) for f in files)
+    return any(f.lower().endswith(exts) for _, files in _walk_visible(folder) for f in files)
 
 
 class CsvImageDataset(_SkippingDataset):
     """A CSV with a header naming ``path_col`` and ``label_col``; relative paths are resolved against ``root``
     (default: the CSV's folder). Labels are integers, or class names (mapped to the sorted names, or to the
-    order of ``classes`` if given)."""
+    order of ``classes`` if given). ``delimiter`` None: a tab for ``.tsv`` / ``.tab`` files, else a comma. A row
+    without a path or a label is an error naming its line."""
 
     def __init__(self, csv_path: str | os.PathLike, root: str | os.PathLike | None = None,
                  transform: Callable | None = None, path_col: str = "path", label_col: str = "label",
-                 classes: Sequence[str] | None = None, delimiter: str = ","):
+                 classes: Sequence[str] | None = None, delimiter: str | None = None):
         super().__init__()
         self.csv_path = Path(csv_path)
         if not self.csv_path.is_file():
             raise FileNotFoundError(f"CSV file not found: {self.csv_path}")
         self.root = Path(root) if root is not None else self.csv_path.parent
-        with open(self.csv_path, newline="") as f:
+        if delimiter is None:
+            delimiter = "\t" if self.csv_path.suffix.lower() in (".tsv", ".tab") else ","
+        with open(self.csv_path, newline="", encoding="utf-8-sig") as f:  # (a spreadsheet's BOM is not a name)
             reader = csv.DictReader(f, delimiter=delimiter)
             cols = reader.fieldnames or []
             for col in (path_col, label_col):
                 if col not in cols:
                     raise ValueError(f"CSV {self.csv_path} has no column {col!r} (columns: {cols})")
-            rows = [(r[path_col], r[label_col].strip()) for r in reader]
+            rows = []
+            for r in reader:
+                path, label = (r[path_col] or "").strip(), (r[label_col] or "").strip()
+                if not path or not label:
+                    what, col = ("path", path_col) if not path else ("label", label_col)
+                    raise ValueError(f"CSV {self.csv_path} line {reader.line_num}: no {what} (column {col!r})")
+                rows.append((path, label))
         if not rows:
             raise ValueError(f"CSV {self.csv_path} has no rows")
         if all(_is_int(lbl) for _, lbl in rows) and classes is None:

@@ -17,6 +17,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from vision_rwkv.data.folder import eight_bit
+
 from .classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
 
 __all__ = ["SegDataset", "FolderSegDataset", "ADE20KDataset", "CityscapesDataset", "ShapesSegDataset",
@@ -69,10 +71,12 @@ class SegDataset(Dataset, ABC):
         return {"image": out["image"], "mask": out["mask"].long(), "name": name, "ori_size": ori_size}
 
 
-def _read_image(path: Path) -> np.ndarray:
+def read_seg_image(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file as mmseg reads it (OpenCV): alpha dropped, 16-bit scaled to 8 bits;
+    the one reader of training, evaluation and prediction. ValueError naming an unreadable file."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(eight_bit(im).convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
@@ -107,7 +111,10 @@ class FolderSegDataset(SegDataset):
         for d, what in ((self.img_dir, "image"), (self.ann_dir, "annotation")):
             if not d.is_dir():
                 raise FileNotFoundError(f"{what} directory not found: {d}")
-        images = sorted(p for p in self.img_dir.rglob(f"*{img_suffix}") if p.is_file())
+        # the suffix in any case (.jpg finds .JPG too); hidden files and folders (.ipynb_checkpoints) left out
+        images = sorted(p for p in self.img_dir.rglob("*") if p.name.lower().endswith(img_suffix.lower())
+                        and not any(part.startswith(".") for part in p.relative_to(self.img_dir).parts)
+                        and p.is_file())
         if not images:
             raise FileNotFoundError(f"no images ending in {img_suffix!r} under {self.img_dir}")
         self.samples: list[tuple[Path, Path]] = []
@@ -149,7 +156,7 @@ class FolderSegDataset(SegDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         img_path, ann_path = self.samples[index]
-        image, mask = _read_image(img_path), _read_mask(ann_path)
+        image, mask = read_seg_image(img_path), _read_mask(ann_path)
         self._check_stored(mask, ann_path)
         if self.reduce_zero_label:
             mask = mask.copy()

@@ -107,8 +107,10 @@ def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device:
                   errors: Optional[dict[str, str]] = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(file, image (H, W, 3) uint8, label map (H, W) int64)`` per readable file, with the config's test
     pipeline and test-time inference. An unreadable file is skipped; its reason goes to ``errors`` when given."""
-    from vision_rwkv.data.folder import UNREADABLE_IMAGE_ERRORS, load_rgb
+    from vision_rwkv.data.folder import UNREADABLE_IMAGE_ERRORS
     from vision_rwkv.engine import autocast, progress
+
+    from .datasets import read_seg_image
 
     from .train import _test_kwargs, test_transform
 
@@ -118,7 +120,7 @@ def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device:
     align = getattr(model, "align_corners", False)
     for f in progress(files, desc="segment", enabled=show_progress, unit="img"):
         try:
-            image = np.asarray(load_rgb(f))
+            image = read_seg_image(f)  # (as evaluation reads it)
         except UNREADABLE_IMAGE_ERRORS as err:
             if errors is not None:
                 errors[str(f)] = f"{type(err).__name__}: {err}"

@@ -45,7 +45,7 @@ def _class_list(classes: Any) -> list[str]:
         path = Path(classes)
         if not path.is_file():
             raise FileNotFoundError(f"class list file not found: {path}")
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     else:
         names = [str(c) for c in classes]
     if not names:
