@@ -52,6 +52,28 @@ def test_layer_decay_groups_follow_group_matcher(tmp_path):
     assert 0.01 < peak < 1.0  # inside the cosine: below the peak lr 1.0, above the floor 0.05
 
 
+@pytest.mark.parametrize("name", ["vrwkv_small_patch16_224", "vrwkv6_tiny_patch16_224"])
+@pytest.mark.parametrize("layer_decay", [None, 0.5])
+def test_original_recipe_decays_everything_but_norms_and_biases(name, layer_decay):
+    """optim.decay_exempt=norm_bias (base.yaml, the original mmcv recipe): pos_embed, decays, bonuses, mix
+    coefficients, layer scales and the v6 time_* LoRAs decay; norm weights and biases do not. timm's rule exempts
+    every 1-D parameter and no_weight_decay() too."""
+    over = ["optim.weight_decay=0.1"] + ([f"optim.layer_decay={layer_decay}"] if layer_decay else [])
+    model = timm.create_model(name, num_classes=8, img_size=16, patch_size=4, embed_dim=64, depth=2)
+    norms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, (torch.nn.LayerNorm, torch.nn.GroupNorm))
+             for p, _ in mod.named_parameters(recurse=False)}
+    for rule in ("norm_bias", "timm"):
+        opt = build_optimizer(load_config(DEMO, over + [f"optim.decay_exempt={rule}"]), model, lr=1.0)
+        wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        for n, p in model.named_parameters():
+            if rule == "norm_bias":
+                exempt = n in norms or n.endswith(".bias")
+            else:
+                exempt = p.ndim <= 1 or n in model.no_weight_decay() or n.endswith(".bias")
+            assert wd[id(p)] == (0.0 if exempt else 0.1), (rule, n)
+    assert load_config(DEMO.with_name("base.yaml"), []).optim.decay_exempt == "norm_bias"
+
+
 def test_tiny_vrwkv_overfits_64_images(tmp_path):
     cfg = load_config(DEMO, TINY + [
         f"run_dir={tmp_path}", "data.shapes.train_length=64", "data.shapes.val_length=64", "data.shapes.val_split=train",
@@ -186,7 +208,7 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     ("aug.ratio=[1.3,0.7]", "aug.ratio"), ("aug.mean=[0.5,0.5]", "aug.mean"), ("model.name=", "model.name"),
     ("data.type=shape", "data.type"), ("data.type=csv", "data.type=csv needs data.train_csv"),
     ("optim.lr=-1", "optim.lr must be positive"), ("optim.lr_base=0", "optim.lr_base"),
-    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"), ("optim.decay_exempt=all", "optim.decay_exempt"),
     ("train.compile=true train.compile_mode=bogus", "train.compile_mode='bogus'")])
 def test_bad_values_are_config_errors_before_training(tmp_path, override, key):
     from vision_rwkv.engine import ConfigError

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -214,15 +215,38 @@ def lr_for_batch(cfg: DictConfig, global_batch: int) -> float:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """timm ``create_optimizer_v2`` (no weight decay on 1-D params and ``no_weight_decay()``; layer decay via
-    ``group_matcher`` when ``optim.layer_decay`` is set)."""
+    """timm ``create_optimizer_v2``; layer decay via ``group_matcher`` when ``optim.layer_decay`` is set. No weight
+    decay (``optim.decay_exempt``): ``norm_bias`` - on normalisation layers and biases only (the original recipe);
+    ``timm`` - on every 1-D parameter and the model's ``no_weight_decay()`` too."""
     from timm.optim import create_optimizer_v2
     o = cfg.optim
     kwargs: dict[str, Any] = {}
     if o.opt.lower().endswith("adamw") or o.opt.lower().endswith("adam") or o.opt.lower() == "lamb":
         kwargs.update(betas=tuple(o.betas), eps=o.eps)
-    return create_optimizer_v2(unwrap_model(model), opt=o.opt, lr=lr, weight_decay=o.weight_decay,
-                               momentum=o.momentum, layer_decay=o.layer_decay, **kwargs)
+    module = unwrap_model(model)
+    if o.decay_exempt == "norm_bias":
+        kwargs["param_group_fn"] = partial(norm_bias_param_groups, weight_decay=o.weight_decay,
+                                           layer_decay=o.layer_decay)
+    return create_optimizer_v2(module, opt=o.opt, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                               layer_decay=o.layer_decay, **kwargs)
+
+
+def norm_bias_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """Parameter groups with no weight decay on normalisation layers' parameters and on biases only (mmcv's
+    ``norm_decay_mult=0, bias_decay_mult=0``, the original Vision-RWKV recipe); everything else - 1-D parameters
+    such as the position embedding, decays, bonuses, mix coefficients and layer scales included - decays. With
+    ``layer_decay``, timm's layer-wise groups (``group_matcher``) under the same rule."""
+    from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+    exempt = {f"{m_name}.{p_name}" if m_name else p_name
+              for m_name, m in model.named_modules() if isinstance(m, norms)
+              for p_name, _ in m.named_parameters(recurse=False)}
+    exempt |= {n for n, _ in model.named_parameters() if n.endswith(".bias") or n == "bias"}
+    if layer_decay is not None:
+        return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
+                                        no_weight_decay_list=sorted(exempt), weight_decay_exclude_1d=False)
+    return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=sorted(exempt),
+                                     weight_decay_exclude_1d=False)
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -396,6 +420,8 @@ def check_training_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if not float(cfg.optim.weight_decay) >= 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
+    if cfg.optim.decay_exempt not in ("norm_bias", "timm"):
+        raise ConfigError(f"optim.decay_exempt must be norm_bias or timm, got {cfg.optim.decay_exempt!r}")
     for key in ("aug.scale", "aug.ratio"):
         pair = OmegaConf.select(cfg, key)
         if pair is None or len(pair) != 2 or not 0 < float(pair[0]) <= float(pair[1]):
