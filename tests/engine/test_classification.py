@@ -60,7 +60,8 @@ def test_original_recipe_decays_everything_but_norms_and_biases(name, layer_deca
     every 1-D parameter and no_weight_decay() too."""
     over = ["optim.weight_decay=0.1"] + ([f"optim.layer_decay={layer_decay}"] if layer_decay else [])
     model = timm.create_model(name, num_classes=8, img_size=16, patch_size=4, embed_dim=64, depth=2)
-    norms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, (torch.nn.LayerNorm, torch.nn.GroupNorm))
+    norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm)
+    norms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, norm_types)
              for p, _ in mod.named_parameters(recurse=False)}
     for rule in ("norm_bias", "timm"):
         opt = build_optimizer(load_config(DEMO, over + [f"optim.decay_exempt={rule}"]), model, lr=1.0)
