@@ -11,7 +11,9 @@ Definitions (as clip_benchmark computes them):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -19,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from open_clip import build_zero_shot_classifier
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS as _TV_IMAGE_EXTENSIONS
 from tqdm import tqdm
 
 from vision_rwkv.engine.config import ConfigError
@@ -369,10 +373,9 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
         from vision_rwkv.data.shapes import ShapesClassification
         ds = ShapesClassification(zs.split, zs.length, cfg.shapes_seed, cfg.shapes_image_size, transform=transform)
     elif zs.data == "imagefolder":
-        from torchvision.datasets import ImageFolder
         if not zs.path or not Path(zs.path).is_dir():
             raise FileNotFoundError(f"zero-shot ImageFolder root not found: {zs.path}")
-        ds = ImageFolder(zs.path, transform=transform, loader=load_image)
+        ds = VisibleImageFolder(zs.path, transform=transform, loader=load_image)
         if zs.classes == "folders":
             classnames = [c.replace("_", " ") for c in ds.classes]
         elif len(ds.classes) != len(classnames):
@@ -387,6 +390,25 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
     else:
         raise ConfigError(f"unknown zero_shot.data {zs.data!r} (shapes, imagefolder, csv, none)")
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers), classnames, templates
+
+
+class VisibleImageFolder(ImageFolder):
+    """torchvision's ImageFolder without hidden class folders, hidden files and files under hidden folders (a
+    ``.ipynb_checkpoints`` folder was a class, or, empty, an error), as the classification loader reads folders."""
+
+    def __init__(self, root: str, **kwargs: Any):
+        super().__init__(root, is_valid_file=partial(_visible_image, root=os.fspath(root)), **kwargs)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {directory}")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
+def _visible_image(path: str, root: str) -> bool:
+    parts = Path(os.path.relpath(path, root)).parts
+    return path.lower().endswith(_TV_IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in parts)
 
 
 def names_in_folder_order(folders: Sequence[str], classnames: Sequence[str]) -> list[str]:

@@ -27,7 +27,7 @@ from vision_rwkv.engine import (ConfigError, DistInfo, EpochLoader, Trainer, all
                                 load_config, print_rank0, save_config, seed_everything, to_dict, unwrap_model,
                                 wrap_ddp)
 
-from .data import CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
+from .data import IMAGE_EXTENSIONS, CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
 from .evaluate import EvalCfg, run_evaluation
 from .factory import create_model_and_transforms, get_tokenizer
 
@@ -144,6 +144,10 @@ def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset
         if not data.train:
             raise ConfigError("data.train must name the tar shards for data.kind=tar")
         base = TarCaptionDataset(data.train, transform)
+        if base.incomplete:  # (a caption under another key, or images of another type, would lose every sample)
+            kinds = ", ".join(IMAGE_EXTENSIONS)
+            print_rank0(f"[clip] {base.incomplete} tar sample(s) without an image ({kinds}) or a caption (*.txt, "
+                        f"json 'caption(s)') left out of {len(base.shards)} shard(s); {len(base)} used")
     else:
         raise ConfigError(f"unknown data.kind {data.kind!r} (shapes, csv, tar)")
     return RandomCaptionDataset(base, tokenizer)

@@ -193,3 +193,17 @@ def test_csv_tables_as_spreadsheets_and_cc3m_write_them(tmp_path):
     short.write_text("title,filepath\nx,0.png\ny\n")
     with pytest.raises(ValueError, match=r"short.csv line 3: no image path in column 'filepath'"):
         CsvCaptionDataset(short)
+
+
+def test_training_reports_tar_samples_left_out(tmp_path, capsys):
+    """Keys without an image of a known type or without a caption are left out of the shards' samples; the
+    training data says how many, so a set whose captions sit under another key does not shrink silently."""
+    from types import SimpleNamespace
+
+    from rwkv_clip.train import build_train_dataset
+    _tar(tmp_path / "s.tar", [("0.png", _png_bytes(1)), ("0.txt", b"zero"), ("1.tif", _png_bytes(2)),
+                              ("1.txt", b"one"), ("2.png", _png_bytes(3)), ("2.caption", b"two")])
+    data = SimpleNamespace(kind="tar", train=str(tmp_path / "s.tar"))
+    ds = build_train_dataset(data, None, lambda texts: texts)
+    assert len(ds) == 1
+    assert "[clip] 2 tar sample(s) without an image" in capsys.readouterr().out

@@ -242,3 +242,18 @@ def test_a_run_folder_of_another_tool_or_no_model_is_named(tmp_path):
         load_model_for_eval(None, None, tmp_path)
     with pytest.raises(ConfigError, match="give a model name"):
         load_model_for_eval(None, None, None)
+
+
+def test_zero_shot_image_folders_leave_hidden_folders_and_files_out(tmp_path):
+    """A .ipynb_checkpoints folder at the root was a class (or, empty, an error); inside a class, hidden files and
+    folders were samples. They are left out, as the classification loader leaves them."""
+    import numpy as np
+    from PIL import Image
+
+    from rwkv_clip.evaluate import VisibleImageFolder
+    for name in ("cat/a.png", "dog/b.png", "cat/.ipynb_checkpoints/a-checkpoint.png", "dog/._b.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name)
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    ds = VisibleImageFolder(str(tmp_path))
+    assert ds.classes == ["cat", "dog"] and [p.rsplit("/", 1)[-1] for p, _ in ds.samples] == ["a.png", "b.png"]

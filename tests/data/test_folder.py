@@ -154,3 +154,15 @@ def test_load_rgb_integer_images_and_pillows_truncation_setting(tmp_path):
     code = ("from PIL import ImageFile; ImageFile.LOAD_TRUNCATED_IMAGES = True; import vision_rwkv.data.folder; "
             "print(ImageFile.LOAD_TRUNCATED_IMAGES)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
+
+
+def test_a_validation_split_may_lack_a_class_folder(tmp_path):
+    """Small validation splits often lack a class: with allow_missing (the tools' validation split) its label is
+    kept and it has no images; without (training), or when no class has a folder, it is an error."""
+    _save(tmp_path / "val" / "cat" / "a.png", "RGB")
+    ds = ImageFolderDataset(tmp_path / "val", classes=["cat", "dog"], allow_missing=True)
+    assert ds.classes == ["cat", "dog"] and [y for _, y in ds.samples] == [0]
+    with pytest.raises(FileNotFoundError, match=r"class folders missing under .*: \['dog'\]"):
+        ImageFolderDataset(tmp_path / "val", classes=["cat", "dog"])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        ImageFolderDataset(tmp_path / "val", classes=["ant", "dog"], allow_missing=True)

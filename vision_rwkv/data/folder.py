@@ -79,10 +79,12 @@ class _SkippingDataset(Dataset):
 
 
 class ImageFolderDataset(_SkippingDataset):
-    """``root/<class name>/**/<image>``: classes are the sorted sub-folder names (or ``classes`` given)."""
+    """``root/<class name>/**/<image>``: classes are the sorted sub-folder names (or ``classes`` given: a class
+    without a folder is an error, unless ``allow_missing`` - a validation split - and some folder exists)."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
-                 extensions: Sequence[str] = IMG_EXTENSIONS, classes: Sequence[str] | None = None):
+                 extensions: Sequence[str] = IMG_EXTENSIONS, classes: Sequence[str] | None = None,
+                 allow_missing: bool = False):
         super().__init__()
         self.root = Path(root)
         if not self.root.is_dir():
@@ -92,8 +94,8 @@ class ImageFolderDataset(_SkippingDataset):
             classes = found
         else:
             missing = [c for c in classes if c not in found]
-            if missing:
-                raise FileNotFoundError(f"class folders missing under {self.root}: {missing}")
+            if missing and (not allow_missing or len(missing) == len(classes)):
+                raise FileNotFoundError(f"class folders missing under {self.root}: {missing[:10]}")
         if not classes:
             raise ValueError(f"image folder {self.root} has no class sub-folders")
         self.classes = list(classes)
@@ -101,7 +103,7 @@ class ImageFolderDataset(_SkippingDataset):
         exts = tuple(e.lower() for e in extensions)
         self.samples = []
         for c in self.classes:
-            for dirpath, files in _walk_visible(self.root / c):
+            for dirpath, files in (_walk_visible(self.root / c) if c in found else ()):
                 for f in sorted(files):
                     if f.lower().endswith(exts):
                         self.samples.append((os.path.join(dirpath, f), self.class_to_idx[c]))

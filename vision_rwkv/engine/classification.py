@@ -146,7 +146,8 @@ def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str
         root = d.train_dir if split == "train" else d.val_dir
         if not root:
             raise ConfigError(f"data.type=imagefolder needs data.{'train' if split == 'train' else 'val'}_dir")
-        return ImageFolderDataset(root, transform=transform, classes=classes)
+        # (a validation split may lack a class: fewer images of it, not an error; training may not)
+        return ImageFolderDataset(root, transform=transform, classes=classes, allow_missing=split != "train")
     if d.type == "csv":
         path = d.train_csv if split == "train" else d.val_csv
         if not path:
