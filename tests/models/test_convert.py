@@ -32,6 +32,13 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(sa[k], sb[k]), k
 
 
+def _convert_cli():
+    spec = importlib.util.spec_from_file_location('convert_checkpoint', ROOT / 'tools' / 'convert_checkpoint.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
 @pytest.mark.parametrize('fixture', ['vrwkv4_prenorm.pt', 'vrwkv6.pt'])
 def test_mapping_matches_real_original_keys(load_fixture, fixture):
     """Our model built from a fixture's config maps to exactly the original key set and shapes, both ways."""
@@ -211,9 +218,7 @@ def test_convert_file_and_cli(tmp_path, perturb):
     tensors = load_file(out)
     assert tensors.keys() == src.state_dict().keys()
 
-    spec = importlib.util.spec_from_file_location('convert_checkpoint', ROOT / 'tools' / 'convert_checkpoint.py')
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = _convert_cli()
     cli_out = tmp_path / 'cli.safetensors'
     assert cli.main([str(pth), str(cli_out)]) == 0
     assert all(torch.equal(load_file(cli_out)[k], v) for k, v in tensors.items())
@@ -395,9 +400,7 @@ def test_timm_file_and_conversion_take_a_training_checkpoints_ema_weights(tmp_pa
     from vision_rwkv.models.convert import MissingWeightsError
     with pytest.raises(MissingWeightsError, match='best.pt holds no EMA weights'):
         convert_file(path, out, weights='ema')
-    spec = importlib.util.spec_from_file_location('convert_checkpoint', ROOT / 'tools' / 'convert_checkpoint.py')
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = _convert_cli()
     assert cli.main([str(path), str(tmp_path / 'cli.safetensors'), '--weights', 'ema']) == 1
     assert 'best.pt holds no EMA weights' in capsys.readouterr().err
     assert cli.main([str(path), str(tmp_path / 'cli.safetensors'), '--weights', 'model']) == 0
@@ -496,13 +499,6 @@ def test_segmentation_backbones_without_final_norm_load_through_timm(tmp_path):
     with pytest.warns(UserWarning, match='no final norm'):
         tuned = timm.create_model('vrwkv_tiny_patch16_224', num_classes=3, **kw)
     assert torch.equal(tuned.norm.weight, torch.ones(32)) and tuned.head.out_features == 3
-
-
-def _convert_cli():
-    spec = importlib.util.spec_from_file_location('convert_checkpoint', ROOT / 'tools' / 'convert_checkpoint.py')
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
 
 
 def test_convert_with_model_checks_without_resizing_and_errors_are_one_line(tmp_path, capsys):
