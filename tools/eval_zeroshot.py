@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # every process would evaluate everything, and write it
+        from vision_rwkv.engine import launch_rank
         parser.exit(2, "error: eval_zeroshot.py runs in one process: start it with python, not torchrun\n"
-                    if int(os.environ.get("RANK", "0") or 0) == 0 else None)
+                    if launch_rank() == 0 else None)
     from rwkv_clip.evaluate import load_model_for_eval, run_evaluation
 
     cfg = eval_config(args)

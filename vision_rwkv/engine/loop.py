@@ -207,14 +207,14 @@ class Trainer:
         old, new = int(state.get("micro_batch_samples") or 0), self._micro_batch_samples()
         if not old or not new or old == new:
             return False
-        position = (self.step, self.epoch, self.batch_in_epoch)
+        old_step, old_batch = self.step, self.batch_in_epoch
         seen = self.batch_in_epoch * old
         self.batch_in_epoch = min(seen // new // self.accum * self.accum, self.steps_per_epoch * self.accum)
         self.step = self.epoch * self.steps_per_epoch + self.batch_in_epoch // self.accum
         warnings.warn(f"checkpoint was written with {old} samples per batch over {state.get('world_size')} "
                       f"process(es), this run has {new} over {self.info.world_size}: it continues from the same "
-                      f"place in the data, epoch {self.epoch} after {seen} of its samples (step {position[0]} -> "
-                      f"{self.step}, batch {position[2]} -> {self.batch_in_epoch}); the per-process random streams "
+                      f"place in the data, epoch {self.epoch} after {seen} of its samples (step {old_step} -> "
+                      f"{self.step}, batch {old_batch} -> {self.batch_in_epoch}); the per-process random streams "
                       "are not those of an uninterrupted run")
         return True
 
