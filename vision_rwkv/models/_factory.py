@@ -3,7 +3,6 @@ every Vision-RWKV hub file and the ``build_model_with_cfg`` call (original-check
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Callable, Optional, Type
 
 import torch.nn as nn
@@ -62,7 +61,6 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
         raise ValueError(f'{variant}: {e}') from e
     if pretrained_kwargs is not None:
         kwargs.update(pretrained_kwargs(cfg, record, kwargs, file))
-    _warn_other_wkv_mode(variant, file, record, kwargs.get('wkv_mode'))
     source = dict(cfg.to_dict(), file=None, source='', state_dict=weights)  # timm's source: a state dict in hand
     features = bool(kwargs.get('features_only'))
     strict = kwargs.pop('pretrained_strict', True)
@@ -96,12 +94,3 @@ def _check_classifier(variant: str, file: str, state: dict, model: nn.Module) ->
             f'{variant}: the classifier of {file} has {classes} classes, the model {model.num_classes}: put '
             f'num_classes={classes} in pretrained_cfg_overlay to load it, or pass num_classes=N to create_model for a '
             f'new N-class classifier (shape mismatches: {", ".join(wrong)})')
-
-
-def _warn_other_wkv_mode(variant: str, file: str, record: Optional[tuple], mode: Optional[str]) -> None:
-    """Warn when a file records that its weights were trained in exact mode and the v4 model runs ``'original'``
-    (chosen by ``wkv_mode=`` or the cfg overlay's ``wkv_mode``)."""
-    if mode == 'original' and record is not None and record[0] == 'exact':
-        warnings.warn(f"{variant}: {file} records Bi-WKV mode 'exact' (the function its weights were trained "
-                      "with) but the model runs 'original'; pass wkv_mode='exact' (or pretrained_cfg_overlay="
-                      "dict(file=..., wkv_mode='exact')) to run them as trained", stacklevel=4)

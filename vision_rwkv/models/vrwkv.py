@@ -329,7 +329,8 @@ def _pretrained_wkv_kwargs(cfg: Any, record: Optional[tuple], kwargs: dict, file
     it of create_model's kwargs, the ``pretrained_cfg_overlay``, the function a local weights file records
     (``record``: (mode, chunks or None); the original layout counts as 'original'), the pretrained cfg (the released
     files: 'original', 32 chunks, 16 for VRWKV-L), the default ('original', 32). A local ``file`` in our layout that
-    records no mode (a plain state dict) warns that it runs in the cfg's mode."""
+    records no mode (a plain state dict) warns that it runs in the cfg's mode, and one recorded as exact-trained
+    warns when 'original' is chosen."""
     overlay = kwargs.get('pretrained_cfg_overlay') or {}
     chosen = kwargs.get('wkv_mode') or overlay.get('wkv_mode')
     mode = chosen or (record[0] if record else None) or getattr(cfg, 'wkv_mode', None) or 'original'
@@ -337,6 +338,10 @@ def _pretrained_wkv_kwargs(cfg: Any, record: Optional[tuple], kwargs: dict, file
         warnings.warn(f"{file} does not record the Bi-WKV function its weights were trained with (a plain state "
                       f"dict): running them with the pretrained cfg's {mode!r}, the released weights' function; "
                       "pass wkv_mode='exact' for weights trained with the default of new models", stacklevel=5)
+    if file is not None and record is not None and record[0] == 'exact' and mode == 'original':  # (chosen)
+        warnings.warn(f"{file} records Bi-WKV mode 'exact' (the function its weights were trained with) but the "
+                      "model runs 'original'; pass wkv_mode='exact' (or pretrained_cfg_overlay=dict(file=..., "
+                      "wkv_mode='exact')) to run them as trained", stacklevel=5)
     recorded_chunks = record[1] if record and record[0] == mode else None
     chunks = kwargs.get('wkv_chunks') or overlay.get('wkv_chunks') or recorded_chunks \
         or getattr(cfg, 'wkv_chunks', None) or 32
