@@ -131,10 +131,8 @@ def backend_arg(op: str, backend) -> "str | None":
     if backend is None or backend in BACKEND_CHOICES:
         return backend
     text = backend.strip().lower() if isinstance(backend, str) else None
-    if text in ("", "auto"):
-        return None
-    if text in BACKEND_CHOICES:
-        return text
+    if text == "" or text in _BACKEND_WORDS:  # (the words VRWKV_BACKEND takes)
+        return _BACKEND_WORDS.get(text)
     raise ValueError(f"{op}: unknown backend {backend!r}; expected None or 'auto' (auto), or one of {BACKEND_CHOICES}")
 
 
