@@ -6,7 +6,7 @@ Definitions (as clip_benchmark computes them):
   100 * image_features @ W; metrics `acc1`, `acc5`, `mean_per_class_recall`.
 * retrieval with several captions per image: text->image ("image_retrieval_recall@k") is a hit when the text's
   image is among the top-k images; image->text ("text_retrieval_recall@k") is a hit when ANY of the image's
-  captions is among the top-k texts.
+  captions is among the top-k texts (averaged over the images that have a caption).
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def retrieval_metrics(
     Args:
         image_features: (I, D) normalised image embeddings.
         text_features: (T, D) normalised text embeddings.
-        text_to_image: (T,) index of each text's image.
+        text_to_image: (T,) index of each text's image. Images with no text are gallery items for text->image
+            retrieval but not queries of image->text retrieval (they have nothing to find).
     Returns:
         {"image_retrieval_recall@k": ..., "text_retrieval_recall@k": ...} for every k (clip_benchmark names).
     """
@@ -67,10 +68,13 @@ def retrieval_metrics(
     scores = text_features.float() @ image_features.float().T  # (T, I)
     positive = torch.zeros_like(scores, dtype=torch.bool)
     positive[torch.arange(scores.shape[0]), text_to_image.long()] = True
+    captioned = positive.any(dim=0)  # images without a caption stay in the gallery but are no image->text query
+    if not captioned.any():
+        raise ValueError("retrieval_metrics: no texts (no image has a caption)")
     metrics = {}
     for k in ks:
         metrics[f"image_retrieval_recall@{k}"] = recall_at_k(scores, positive, k).mean().item()
-        metrics[f"text_retrieval_recall@{k}"] = recall_at_k(scores.T, positive.T, k).mean().item()
+        metrics[f"text_retrieval_recall@{k}"] = recall_at_k(scores.T[captioned], positive.T[captioned], k).mean().item()
     return metrics
 
 
@@ -208,20 +212,34 @@ class KarpathyJsonDataset(ImageCaptionsList):
         data = json.loads(path.read_text(encoding="utf-8-sig"))
         items = []
         if isinstance(data, dict) and "images" in data:
-            for im in data["images"]:
+            for n, im in enumerate(data["images"]):
                 if split and im.get("split", split) != split:
                     continue
-                rel = Path(im.get("filepath", "")) / im["filename"]
-                items.append((root / rel, [s["raw"] if isinstance(s, dict) else s for s in im["sentences"]]))
+                where = f"{path}: images[{n}] ({im.get('filename')!r})"
+                if "filename" not in im:
+                    raise ValueError(f"{where}: no 'filename'")
+                sentences = [s.get("raw") if isinstance(s, dict) else s for s in im.get("sentences") or []]
+                items.append((root / Path(im.get("filepath", "")) / im["filename"], _captions(sentences, where)))
         elif isinstance(data, list):
-            for im in data:
+            for n, im in enumerate(data):
+                where = f"{path}: entry {n} ({im.get('image') if isinstance(im, dict) else im!r})"
+                if not isinstance(im, dict) or "image" not in im:
+                    raise ValueError(f"{where}: expected an object with 'image' and 'caption'")
                 caps = im.get("caption", im.get("captions"))
-                items.append((root / im["image"], [caps] if isinstance(caps, str) else list(caps)))
+                items.append((root / im["image"], _captions([caps] if isinstance(caps, str) else caps or [], where)))
         else:
             raise ValueError(f"{path}: expected a Karpathy JSON (with 'images') or a list of image/caption entries")
         if not items:
             raise ValueError(f"{path}: no images for split {split!r}")
         super().__init__(items, transform)
+
+
+def _captions(captions: Sequence, where: str) -> list[str]:
+    """The entry's captions, checked to be text (a null or numeric caption names its entry)."""
+    for c in captions:
+        if not isinstance(c, str):
+            raise ValueError(f"{where}: a caption is {c!r}, not text")
+    return list(captions)
 
 
 # ----------------------------------------------------------------------------------------------- class sets

@@ -23,11 +23,14 @@ def _brute_force_recalls(sim: np.ndarray, text_to_image: list[int], k: int) -> t
     for t in range(n_texts):
         order = sorted(range(n_images), key=lambda i: -sim[t, i])
         t2i_hits += text_to_image[t] in order[:k]
-    i2t_hits = 0
+    i2t_hits, queries = 0, 0
     for i in range(n_images):
+        if i not in text_to_image:  # an image without captions has nothing to find
+            continue
         order = sorted(range(n_texts), key=lambda t: -sim[t, i])
         i2t_hits += any(text_to_image[t] == i for t in order[:k])
-    return t2i_hits / n_texts, i2t_hits / n_images
+        queries += 1
+    return t2i_hits / n_texts, i2t_hits / queries
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -35,6 +38,7 @@ def test_recall_at_k_matches_brute_force_with_several_captions_per_image(seed):
     g = torch.Generator().manual_seed(seed)
     n_images = 13
     caps_per_image = torch.randint(1, 6, (n_images,), generator=g)  # 1..5 captions, uneven
+    caps_per_image[[3, 7]] = 0  # two gallery images without a caption
     text_to_image = torch.repeat_interleave(torch.arange(n_images), caps_per_image)
     text_to_image = text_to_image[torch.randperm(len(text_to_image), generator=g)]  # texts in any order
     img = F.normalize(torch.randn(n_images, 8, generator=g), dim=-1)
@@ -123,6 +127,14 @@ def test_karpathy_json_and_list_formats(tmp_path):
                                                  {"image": "imgs/im2.png", "caption": "z"}]))
     ds = KarpathyJsonDataset(tmp_path / "l.json")
     assert [c for _, c in ds.items] == [["x", "y"], ["z"]]
+    # a null caption names its entry (it used to fail in the tokenizer, naming nothing)
+    karpathy["images"][2]["sentences"].append({"raw": None})
+    (tmp_path / "k.json").write_text(json.dumps(karpathy))
+    with pytest.raises(ValueError, match=r"images\[2\] \('im2.png'\): a caption is None"):
+        KarpathyJsonDataset(tmp_path / "k.json", split="test")
+    (tmp_path / "n.json").write_text(json.dumps([{"image": "imgs/im1.png", "caption": ["x", 3]}]))
+    with pytest.raises(ValueError, match=r"entry 0 \('imgs/im1.png'\): a caption is 3"):
+        KarpathyJsonDataset(tmp_path / "n.json")
     ds.transform = lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1)
     images, caps = collate_retrieval([ds[0], ds[1]])
     assert images.shape == (2, 3, 20, 20) and caps == [["x", "y"], ["z"]]
