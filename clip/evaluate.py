@@ -312,6 +312,7 @@ class ZeroShotCfg:
     classes: str = "shapes"              # built-in set (shapes, imagenet, cifar10, ...) or a JSON/TXT file
     img_key: str = "filepath"            # CSV image column
     label_key: str = "label"             # CSV label column (class index or class name)
+    label_type: str = "auto"             # auto | index | name (auto: names when every label is a class name)
     split: str = "test"                  # Shapes split
     length: int = 400                    # Shapes samples
 
@@ -342,33 +343,46 @@ class EvalCfg:
 
 
 class _CsvLabels(Dataset):
+    """A zero-shot CSV / TSV of image + label, the labels class indices or class names (`label_type`)."""
+
     def __init__(self, path: str, img_key: str, label_key: str, classnames: Sequence[str],
-                 transform: Optional[Callable], root: Optional[str] = None):
+                 transform: Optional[Callable], root: Optional[str] = None, label_type: str = "auto"):
         import csv
         path_ = Path(path)
         if not path_.is_file():
             raise FileNotFoundError(f"zero-shot CSV not found: {path}")
         root_ = Path(root) if root else path_.parent
         sep = "\t" if path_.suffix.lower() in (".tsv", ".tab") else ","
-        index = {c: i for i, c in enumerate(classnames)}
-        self.items = []
+        if label_type not in ("auto", "index", "name"):
+            raise ConfigError(f"zero_shot.label_type {label_type!r}: expected auto, index or name")
         with open(path_, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=sep)
             for k in (img_key, label_key):
                 if k not in (reader.fieldnames or []):
                     raise KeyError(f"{path}: column {k!r} not found; columns are {reader.fieldnames}")
-            for row in reader:
-                lab = row[label_key].strip()
-                if lab.lstrip("-").isdigit():
-                    y = int(lab)
-                elif lab in index:
-                    y = index[lab]
-                else:
-                    raise ValueError(f"{path}: label {lab!r} is neither a class index nor a class name")
+            rows = [(n, (row[img_key] or "").strip(), (row[label_key] or "").strip())
+                    for n, row in enumerate(reader, start=2)]
+        index = {c: i for i, c in enumerate(classnames)}
+        if label_type == "auto":  # class names such as "1" or "2001" are names, not indices, when all labels are
+            label_type = "name" if all(lab in index for _, _, lab in rows) else "index"
+        self.items = []
+        for line, img, lab in rows:
+            if not img:
+                raise ValueError(f"{path}, line {line}: no image in column {img_key!r}")
+            if label_type == "name":
+                if lab not in index:
+                    raise ValueError(f"{path}, line {line}: label {lab!r} is not one of the {len(classnames)} "
+                                     f"class names")
+                y = index[lab]
+            elif lab.lstrip("-").isdigit():
+                y = int(lab)
                 if not 0 <= y < len(classnames):
-                    raise ValueError(f"{path}: label {y} out of range for {len(classnames)} classes")
-                p = Path(row[img_key])
-                self.items.append((p if p.is_absolute() else root_ / p, y))
+                    raise ValueError(f"{path}, line {line}: label {y} out of range for {len(classnames)} classes")
+            else:
+                raise ValueError(f"{path}, line {line}: label {lab!r} is neither a class index nor, in every "
+                                 f"row, a class name")
+            p = Path(img)
+            self.items.append((p if p.is_absolute() else root_ / p, y))
         self.transform = transform
 
     def __len__(self) -> int:
@@ -404,7 +418,7 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
     elif zs.data == "csv":
         if not zs.path:
             raise ConfigError("zero_shot.data=csv needs zero_shot.path (--zeroshot-path): the CSV of image + label")
-        ds = _CsvLabels(zs.path, zs.img_key, zs.label_key, classnames, transform)
+        ds = _CsvLabels(zs.path, zs.img_key, zs.label_key, classnames, transform, label_type=zs.label_type)
     else:
         raise ConfigError(f"unknown zero_shot.data {zs.data!r} (shapes, imagefolder, csv, none)")
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers), classnames, templates

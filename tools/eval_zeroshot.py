@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default shapes). With an ImageFolder, names that are the folder names are matched to "
                         "them; other names must follow the sorted folder order")
     p.add_argument("--label-key", default=None, help="CSV label column (default label)")
+    p.add_argument("--label-type", default=None, choices=["auto", "index", "name"],
+                   help="CSV labels are class indices or class names (default auto: names when every label is a "
+                        "class name, else indices)")
     p.add_argument("--zeroshot-length", type=int, default=None, help="Shapes test samples (default 400)")
     p.add_argument("--retrieval-data", default=None, choices=["shapes", "csv", "karpathy", "none"],
                    help="default shapes")
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTION_KEYS = {
     "batch_size": ["batch_size"], "workers": ["workers"], "shapes_image_size": ["shapes_image_size"],
     "zeroshot_data": ["zero_shot.data"], "zeroshot_path": ["zero_shot.path"], "classes": ["zero_shot.classes"],
-    "label_key": ["zero_shot.label_key"], "zeroshot_length": ["zero_shot.length"],
+    "label_key": ["zero_shot.label_key"], "label_type": ["zero_shot.label_type"], "zeroshot_length": ["zero_shot.length"],
     "img_key": ["zero_shot.img_key", "retrieval.img_key"], "split": ["zero_shot.split", "retrieval.split"],
     "retrieval_data": ["retrieval.data"], "retrieval_path": ["retrieval.path"], "retrieval_root": ["retrieval.root"],
     "retrieval_length": ["retrieval.length"], "caption_keys": ["retrieval.caption_keys"],

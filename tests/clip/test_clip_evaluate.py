@@ -269,3 +269,28 @@ def test_zero_shot_image_folders_leave_hidden_folders_and_files_out(tmp_path):
     (tmp_path / ".ipynb_checkpoints").mkdir()
     ds = VisibleImageFolder(str(tmp_path))
     assert ds.classes == ["cat", "dog"] and [p.rsplit("/", 1)[-1] for p, _ in ds.samples] == ["a.png", "b.png"]
+
+
+def test_zero_shot_csv_labels_as_indices_or_names(tmp_path):
+    """Numeric class names ("1", "2", "3": 1-based, or years) are names when every label is one (they were read as
+    indices: "1" became the second class); `label_type` forces either reading."""
+    from rwkv_clip.evaluate import _CsvLabels
+    from vision_rwkv.engine import ConfigError
+    names = ["1", "2", "3"]
+
+    def labels(rows, **kw):
+        (tmp_path / "z.csv").write_text("filepath,label\n" + "".join(f"{i}.png,{lab}\n" for i, lab in enumerate(rows)))
+        return [y for _, y in _CsvLabels(str(tmp_path / "z.csv"), "filepath", "label", names, None, **kw).items]
+
+    assert labels(["1", "3", "2"]) == [0, 2, 1]                      # all are names
+    assert labels(["0", "1", "2"]) == [0, 1, 2]                      # "0" is no name: indices
+    assert labels(["1", "2", "1"], label_type="index") == [1, 2, 1]
+    assert labels(["0", "2"], label_type="index") == [0, 2]
+    with pytest.raises(ValueError, match=r"line 3: label '0' is not one of the 3 class names"):
+        labels(["1", "0"], label_type="name")
+    with pytest.raises(ValueError, match=r"line 2: label 3 out of range for 3 classes"):
+        labels(["3", "0"])
+    with pytest.raises(ValueError, match=r"line 3: label 'cat' is neither a class index"):
+        labels(["0", "cat"])
+    with pytest.raises(ConfigError, match="label_type 'names'"):
+        labels(["1"], label_type="names")
