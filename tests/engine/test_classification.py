@@ -271,3 +271,28 @@ def test_eval_throughput_counts_every_rank_over_the_slowest(monkeypatch):
     r = cls.evaluate_loader(torch.nn.Linear(3, 2), loader, 2, torch.device("cpu"))
     assert r["num_samples"] == 6 and 0 < seen[0] < 100.0
     assert r["throughput"] == pytest.approx(6 / 100.0)
+
+
+def test_unreadable_validation_images_are_counted_in_the_val_metrics(tmp_path):
+    """Validation during training drops unreadable images (warned); val_metrics.csv says how many, since its top-1
+    is then over fewer images (the count was only in the warning)."""
+    import numpy as np
+    from PIL import Image
+
+    from vision_rwkv.engine import read_metrics_csv
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / split / name / f"{i}.png")
+    for bad in ("val/cat/1.png", "val/dog/3.png"):
+        (tmp_path / bad).write_bytes(b"not an image")
+    cfg = load_config(DEMO, TINY + [f"run_dir={tmp_path / 'run'}", "data.type=imagefolder",
+                                    f"data.train_dir={tmp_path / 'train'}", f"data.val_dir={tmp_path / 'val'}",
+                                    "model.num_classes=2", "train.batch_size=4", "train.epochs=1"])
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        train_classifier(cfg)
+    rows = read_metrics_csv(tmp_path / "run" / "val_metrics.csv")
+    assert [r["skipped_samples"] for r in rows] == [2.0]

@@ -9,6 +9,8 @@ shared engine (:class:`~vision_rwkv.engine.loop.Trainer`: DDP, AMP, accumulation
 
 Data (``data.type``): ``shapes`` (embedded procedural data), ``imagefolder`` (``data.train_dir`` / ``data.val_dir``
 trees) or ``csv`` (``data.train_csv`` / ``data.val_csv`` with ``path,label`` columns, relative to ``data.csv_root``).
+Unreadable images are skipped with a warning and counted: ``skipped_samples`` in ``train_metrics.csv`` and, when
+validation met any, in ``val_metrics.csv`` (whose top-1 is then over fewer images).
 
 Demo (``configs/classification/demo_shapes.yaml``: a 0.2M-parameter VRWKV, 4 blocks, embed 64, 64 tokens, on 3000
 Shapes images at 32x32): 47.8% top-1 / 98.4% top-5 on 500 validation images (chance 12.5%) after 6 epochs
@@ -497,7 +499,10 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
             r = evaluate_loader(m, val_loader, num_classes, info.device, t.precision)
-            return {k: r[k] for k in ("top1", "top5", "loss") if k in r}
+            metrics = {k: r[k] for k in ("top1", "top5", "loss")}
+            if r["skipped_samples"]:  # unreadable validation images: the metrics are over fewer samples
+                metrics["skipped_samples"] = r["skipped_samples"]
+            return metrics
 
     best_metric = t.best_metric if val_set is not None else None
     if best_metric and cfg.ema.enabled and cfg.ema.select_best:
