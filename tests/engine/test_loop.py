@@ -274,6 +274,23 @@ def test_resume_with_another_world_size_keeps_the_place_in_the_data(tmp_path):
         assert (same.step, same.epoch, same.batch_in_epoch) == (3, 1, 1)
 
 
+def test_resume_warnings_are_said_by_rank_0_only(tmp_path, monkeypatch):
+    """What every rank would say alike about a resumed checkpoint prints once under torchrun, not once per rank."""
+    import warnings
+
+    from vision_rwkv.engine import distributed
+    t, _, _ = _counting_trainer(tmp_path, epochs=3)
+    moved = dict(t.state_dict(), step=3, epoch=1, batch_in_epoch=1, world_size=2, micro_batch_samples=16)
+    for rank, said in ((0, True), (1, False)):
+        monkeypatch.setattr(distributed, "get_rank", lambda: rank)
+        other, _, _ = _counting_trainer(tmp_path, epochs=3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            other.load_state_dict(moved)
+        assert any("samples per batch" in str(w.message) for w in caught) == said
+        assert (other.step, other.batch_in_epoch) == (7, 2)  # every rank moves alike
+
+
 @pytest.mark.parametrize("kind", ["torch_onecycle", "timm_cosine"])
 def test_resume_into_a_longer_run_follows_the_new_schedule(tmp_path, kind):
     """--resume with more steps than the checkpoint's run (timm's `--resume --epochs N`): the learning rates

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,7 +20,8 @@ from torch import nn
 __all__ = [
     "DistInfo", "init_distributed", "cleanup_distributed", "is_dist", "get_rank", "get_world_size", "is_main_process",
     "barrier", "all_reduce_sum", "all_reduce_mean", "reduce_dict", "all_gather_object", "broadcast_object",
-    "print_rank0", "per_block_weight_casts", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm", "launch_rank",
+    "print_rank0", "warn_rank0", "per_block_weight_casts", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm",
+    "launch_rank",
 ]
 
 
@@ -157,6 +159,13 @@ def print_rank0(*args: Any, **kwargs: Any) -> None:
     """``print`` on rank 0 only."""
     if is_main_process():
         builtins.print(*args, **kwargs, flush=True)
+
+
+def warn_rank0(message: str, category: type[Warning] = UserWarning, stacklevel: int = 2) -> None:
+    """``warnings.warn`` on rank 0 only: for what every rank would say alike (a resume's changed settings), so
+    that torchrun prints it once."""
+    if is_main_process():
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 def per_block_weight_casts(model: nn.Module) -> int:

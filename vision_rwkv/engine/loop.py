@@ -43,7 +43,7 @@ from torch import nn
 
 from .checkpoint import (CheckpointManager, check_run_dir_is_free, check_training_state, gather_rng_states,
                          is_fresh_start, load_checkpoint, restore_rank_rng)
-from .distributed import DistInfo, all_reduce_sum, print_rank0, reduce_dict, unwrap_model
+from .distributed import DistInfo, all_reduce_sum, print_rank0, reduce_dict, unwrap_model, warn_rank0
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
 from .precision import autocast, check_precision, make_grad_scaler
@@ -171,9 +171,9 @@ class Trainer:
             if saved_total is None or int(saved_total) == self.total_steps:
                 self.scheduler.load_state_dict(state["scheduler"])
             else:  # a longer / shorter run (timm's train.py --resume with new --epochs): the new schedule
-                warnings.warn(f"checkpoint was written for a run of {saved_total} steps, this one has "
-                              f"{self.total_steps}: the learning-rate schedule follows the new length from step "
-                              f"{self.step}")
+                warn_rank0(f"checkpoint was written for a run of {saved_total} steps, this one has "
+                           f"{self.total_steps}: the learning-rate schedule follows the new length from step "
+                           f"{self.step}")
                 self._advance_scheduler()
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -183,9 +183,9 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         saved_world = int(state.get("world_size", self.info.world_size))
         if saved_world != self.info.world_size and not moved:
-            warnings.warn(f"checkpoint was written with world size {saved_world}, resuming with "
-                          f"{self.info.world_size}: the data continues where it stopped, but the per-process random "
-                          "streams (dropout, drop path, mixup) are not those of an uninterrupted run")
+            warn_rank0(f"checkpoint was written with world size {saved_world}, resuming with "
+                       f"{self.info.world_size}: the data continues where it stopped, but the per-process random "
+                       "streams (dropout, drop path, mixup) are not those of an uninterrupted run")
         self.extra_state = self._resumed_extra(dict(state.get("extra") or {}))
         if not self.info.is_main:  # the saved totals continue on rank 0; the other ranks count afresh
             self.extra_state.update({k: 0 for k in self.summed_extra if k in self.extra_state})
@@ -211,11 +211,11 @@ class Trainer:
         seen = self.batch_in_epoch * old
         self.batch_in_epoch = min(seen // new // self.accum * self.accum, self.steps_per_epoch * self.accum)
         self.step = self.epoch * self.steps_per_epoch + self.batch_in_epoch // self.accum
-        warnings.warn(f"checkpoint was written with {old} samples per batch over {state.get('world_size')} "
-                      f"process(es), this run has {new} over {self.info.world_size}: it continues from the same "
-                      f"place in the data, epoch {self.epoch} after {seen} of its samples (step {old_step} -> "
-                      f"{self.step}, batch {old_batch} -> {self.batch_in_epoch}); the per-process random streams "
-                      "are not those of an uninterrupted run")
+        warn_rank0(f"checkpoint was written with {old} samples per batch over {state.get('world_size')} "
+                   f"process(es), this run has {new} over {self.info.world_size}: it continues from the same "
+                   f"place in the data, epoch {self.epoch} after {seen} of its samples (step {old_step} -> "
+                   f"{self.step}, batch {old_batch} -> {self.batch_in_epoch}); the per-process random streams "
+                   "are not those of an uninterrupted run")
         return True
 
     def _resumed_extra(self, saved: dict[str, Any]) -> dict[str, Any]:
@@ -226,8 +226,8 @@ class Trainer:
         current = {k: v for k, v in self.extra_state.items() if k not in self.summed_extra}
         for key, value in current.items():
             if key in saved and saved[key] != value:
-                warnings.warn(f"the checkpoint records {key}={_short_repr(saved[key])}, this run has "
-                              f"{_short_repr(value)}: checkpoints from now on record this run's value")
+                warn_rank0(f"the checkpoint records {key}={_short_repr(saved[key])}, this run has "
+                           f"{_short_repr(value)}: checkpoints from now on record this run's value")
         return {**saved, **current}
 
     def _advance_scheduler(self) -> None:
