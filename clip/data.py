@@ -32,6 +32,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vision_rwkv.data.folder import to_rgb
+
 __all__ = [
     "CsvCaptionDataset", "TarCaptionDataset", "ShapesCaptionSamples", "RandomCaptionDataset", "expand_shards",
     "load_image", "UnreadableImage", "IMAGE_EXTENSIONS",
@@ -53,7 +55,7 @@ def load_image(source: Union[str, Path, bytes], name: str = "") -> Image.Image:
         else:
             img = Image.open(source)
         img.load()
-        return img.convert("RGB")
+        return to_rgb(img)
     except Exception as e:  # missing file, truncated data, not an image ...
         raise UnreadableImage(f"cannot read image {name or source}: {type(e).__name__}: {e}") from e
 

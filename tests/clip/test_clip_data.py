@@ -207,3 +207,31 @@ def test_training_reports_tar_samples_left_out(tmp_path, capsys):
     ds = build_train_dataset(data, None, lambda texts: texts)
     assert len(ds) == 1
     assert "[clip] 2 tar sample(s) without an image" in capsys.readouterr().out
+
+
+def test_images_read_as_the_classification_and_segmentation_loaders_read_them(tmp_path):
+    """One RGB conversion for every loader: a 16-bit greyscale PNG is scaled to 8 bits (RWKV-CLIP's reader
+    saturated it to white), alpha is dropped (as open_clip reads it) and a palette with transparency converts
+    without Pillow's warning."""
+    import warnings
+
+    from rwkv_clip.data import load_image
+    from vision_rwkv.data.folder import load_rgb
+    from vision_rwkv.seg.datasets import read_seg_image
+    rng = np.random.default_rng(0)
+    i16 = rng.integers(0, 65535, (6, 5), dtype=np.uint16)
+    Image.fromarray(i16).save(tmp_path / "i16.png")
+    rgba = rng.integers(0, 255, (6, 5, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    pal = Image.fromarray(rng.integers(0, 255, (6, 5, 3), dtype=np.uint8)).convert("P")
+    pal.info["transparency"] = 3
+    pal.save(tmp_path / "pal.png", transparency=3)
+    for name in ("i16.png", "rgba.png", "pal.png"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = np.asarray(load_image(tmp_path / name))
+            assert np.array_equal(got, np.asarray(load_rgb(tmp_path / name)))
+            assert np.array_equal(got, read_seg_image(tmp_path / name))
+            assert np.array_equal(got, np.asarray(load_image((tmp_path / name).read_bytes())))
+    assert np.array_equal(np.asarray(load_image(tmp_path / "i16.png"))[..., 0], (i16 >> 8).astype(np.uint8))
+    assert np.array_equal(np.asarray(load_image(tmp_path / "rgba.png")), rgba[..., :3])

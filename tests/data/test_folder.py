@@ -16,7 +16,7 @@ def _save(path, mode):
         Image.fromarray(rng.integers(0, 255, (9, 7), dtype=np.uint8)).save(path)
     elif mode == "RGBA":
         a = rng.integers(0, 255, (9, 7, 4), dtype=np.uint8)
-        a[..., 3] = 0  # fully transparent -> composited onto black
+        a[..., 3] = 0  # fully transparent: alpha dropped, the colours kept (as timm / open_clip / mmseg read it)
         Image.fromarray(a, "RGBA").save(path)
     elif mode == "P":
         Image.fromarray(rng.integers(0, 255, (9, 7, 3), dtype=np.uint8)).convert("P").save(path)
@@ -54,8 +54,10 @@ def test_image_folder_rgb_and_skips(tree):
             img, y = ds[i]
             assert img.mode == "RGB" and img.size == (7, 9) and y == label
     assert ds.num_failed == 2
-    rgba = load_rgb(tree / "cat" / "2.png")
-    assert np.asarray(rgba).max() == 0  # transparent pixels composited onto black
+    rgba = load_rgb(tree / "cat" / "2.png")  # alpha dropped, not composited onto black (every pixel was 0)
+    assert np.array_equal(np.asarray(rgba), np.asarray(Image.open(tree / "cat" / "2.png"))[..., :3])
+    with Image.open(tree / "cat" / "2.png") as im:
+        assert np.array_equal(np.asarray(rgba), np.asarray(im.convert("RGB")))  # timm's loader
     loader = EpochLoader(ImageFolderDataset(tree, transform=lambda im: np.asarray(im).mean()), 3, shuffle=False,
                          drop_last=False)
     with pytest.warns(UserWarning):

@@ -134,8 +134,8 @@ def test_shapes_masks():
 
 def test_folder_suffix_in_any_case_hidden_files_left_out_and_one_image_reader(tmp_path):
     """img_suffix='.jpg' finds b.JPG too; an image under a hidden folder (.ipynb_checkpoints) is no sample (it was
-    an error: "has no mask"); prediction reads an image as evaluation does (an RGBA file: alpha dropped, not
-    composited onto black as the classification loader does)."""
+    an error: "has no mask"); prediction reads an image as evaluation does (an RGBA file: alpha dropped, as the
+    classification and RWKV-CLIP loaders do)."""
     from vision_rwkv.seg.datasets import read_seg_image
     _pair(tmp_path, "a")
     _pair(tmp_path, "b", img_ext=".JPG")

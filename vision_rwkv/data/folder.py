@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "UNREADABLE_IMAGE_ERRORS", "load_rgb", "eight_bit", "ImageFolderDataset",
+__all__ = ["IMG_EXTENSIONS", "UNREADABLE_IMAGE_ERRORS", "load_rgb", "to_rgb", "eight_bit", "ImageFolderDataset",
            "CsvImageDataset"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -26,16 +26,20 @@ UNREADABLE_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxEr
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB; alpha is composited onto black, palette/greyscale/CMYK are converted, 16-bit
-    greyscale (and 32-bit integer images with values above 255) scaled to 8 bits. A truncated file is an error
-    (skipped by the datasets), unless the process set Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES``."""
+    """Open an image file as RGB (see `to_rgb`). A truncated file is an error (skipped by the datasets), unless
+    the process set Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES``."""
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (0, 0, 0, 255))
-            return Image.alpha_composite(background, im).convert("RGB")
-        return eight_bit(im).convert("RGB")
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An opened image as RGB, as timm, open_clip and mmseg read one: alpha dropped (not composited), palette /
+    greyscale / CMYK converted, 16-bit greyscale (and 32-bit integer images with values above 255) scaled to 8
+    bits (they saturated to white)."""
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # (Pillow warns on a palette with transparency converted straight to RGB)
+    return eight_bit(im).convert("RGB")
 
 
 def eight_bit(im: Image.Image) -> Image.Image:

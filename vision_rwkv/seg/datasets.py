@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from vision_rwkv.data.folder import eight_bit
+from vision_rwkv.data.folder import to_rgb
 
 from .classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
 
@@ -76,7 +76,7 @@ def read_seg_image(path: Path) -> np.ndarray:
     the one reader of training, evaluation and prediction. ValueError naming an unreadable file."""
     try:
         with Image.open(path) as im:
-            return np.asarray(eight_bit(im).convert("RGB"))
+            return np.asarray(to_rgb(im))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
