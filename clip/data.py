@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vision_rwkv.data.folder import to_rgb
+from vision_rwkv.engine.distributed import warn_rank0
 
 __all__ = [
     "CsvCaptionDataset", "TarCaptionDataset", "ShapesCaptionSamples", "RandomCaptionDataset", "expand_shards",
@@ -166,19 +167,30 @@ class CsvCaptionDataset(_FallbackDataset):
 
 
 def expand_shards(spec: Union[str, Sequence[str]]) -> list[str]:
-    """Expand `a-{000..003}.tar` ranges (zero padded), `::`-separated lists and lists of such specs."""
+    """Expand brace patterns as webdataset (braceexpand) does: ranges `a-{000..003}.tar` (zero padded to the wider
+    bound when either has a leading zero; descending when the first bound is larger), lists `{a,b}`, several
+    braces in one name; `::`-separated specs; lists of such specs."""
     if not isinstance(spec, str):
         return [s for item in spec for s in expand_shards(item)]
     out: list[str] = []
     for part in spec.split("::"):
-        m = re.search(r"\{(\d+)\.\.(\d+)\}", part)
+        m = re.search(r"\{([^{}]*)\}", part)
         if m is None:
             out.append(part)
             continue
-        lo, hi = m.group(1), m.group(2)
-        width = len(lo)
-        for i in range(int(lo), int(hi) + 1):
-            out.extend(expand_shards(part[: m.start()] + str(i).zfill(width) + part[m.end():]))
+        rng = re.fullmatch(r"(\d+)\.\.(\d+)", m.group(1))
+        if rng is not None:
+            lo, hi = rng.groups()
+            width = max(len(lo), len(hi)) if any(b.startswith("0") and b != "0" for b in (lo, hi)) else 0
+            step = 1 if int(hi) >= int(lo) else -1
+            items = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
+        elif "," in m.group(1):
+            items = m.group(1).split(",")
+        else:  # a brace that is no pattern ("{abc}") is part of the name
+            out.extend(part[: m.end()] + rest for rest in expand_shards(part[m.end():]) or [""])
+            continue
+        for item in items:
+            out.extend(expand_shards(part[: m.start()] + item + part[m.end():]))
     return out
 
 
@@ -189,6 +201,40 @@ class _Member:
     size: int
 
 
+def _tar_files(shard: str) -> tuple[list[tuple[str, int, int]], Optional[str]]:
+    """(name, data offset, size) of every regular file in a tar shard, and what was wrong with the shard (None if
+    nothing). A damaged shard gives what can be read, as webdataset's ``warn_and_continue`` does: a corrupt header
+    is stepped over (the members after it are kept; before, tarfile read it as the end of the archive and lost
+    them silently), a truncated shard keeps the members before the cut, an empty file gives nothing."""
+    end = os.path.getsize(shard)
+    files: list[tuple[str, int, int]] = []
+    problems: list[str] = []
+    expected = 0  # where the next header should start
+    try:
+        with tarfile.open(shard, "r:", ignore_zeros=True) as tar:
+            for info in tar:
+                if info.offset > expected:  # blocks that were no valid header: a damaged member
+                    problems.append(f"bytes {expected}-{info.offset} are no valid tar member (skipped)")
+                expected = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                if info.isfile() and info.offset_data + info.size <= end:
+                    files.append((info.name, info.offset_data, info.size))
+    except tarfile.TarError as err:  # (ReadError "unexpected end of data": a truncated shard)
+        problems.append(f"unreadable from byte {expected} ({err})" + (": the files before it are used" if files
+                                                                       else ""))
+    if not files:
+        with open(shard, "rb") as f:
+            magic = f.read(6)
+        if shard.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")) or magic.startswith(_COMPRESSED_MAGIC):
+            problems = ["compressed shards are not supported: give uncompressed .tar files"]
+        elif not problems:
+            problems.append("no files in it (not a tar archive?)")
+    return files, "; ".join(problems) or None
+
+
+# gzip, bzip2, xz, zstd
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
 class TarCaptionDataset(_FallbackDataset):
     """webdataset-style tar shards read as a map-style dataset.
 
@@ -196,7 +242,8 @@ class TarCaptionDataset(_FallbackDataset):
     image (`jpg/jpeg/png/webp/bmp/ppm`) and at least one caption: every member whose extension ends with
     `txt` (in order of extension: `key.llm.txt`, `key.syn.txt`, then `key.txt`) and the "caption"/"captions"
     field of a `json` member; training draws one of them uniformly, so the order only fixes `captions[i]`.
-    Samples without an image or caption are ignored (and counted in `incomplete`).
+    Samples without an image or caption are ignored (and counted in `incomplete`). A damaged shard (a corrupt
+    header, truncated, empty, not a tar) is read as far as it can be, with a warning, and listed in `damaged`.
     """
 
     def __init__(self, shards: Union[str, Sequence[str]], transform: Optional[Callable] = None,
@@ -208,29 +255,26 @@ class TarCaptionDataset(_FallbackDataset):
         self.transform = transform
         self.samples: list[dict[str, _Member]] = []
         self.incomplete = 0
+        self.damaged: list[str] = []  # "shard: what was wrong" for shards read only in part (or not at all)
         for si, shard in enumerate(self.shards):
             if not os.path.isfile(shard):
                 raise FileNotFoundError(f"tar shard not found: {shard}")
             groups: dict[str, dict[str, _Member]] = {}
             order: list[str] = []
-            try:
-                with tarfile.open(shard, "r:") as tar:
-                    for info in tar:
-                        if not info.isfile():
-                            continue
-                        folder, base = os.path.split(info.name)
-                        if "." not in base:
-                            continue
-                        stem, ext = base.split(".", 1)
-                        key = f"{folder}/{stem}"
-                        if key not in groups:
-                            groups[key] = {}
-                            order.append(key)
-                        groups[key][ext.lower()] = _Member(si, info.offset_data, info.size)
-            except tarfile.TarError as e:
-                hint = " (compressed shards are not supported: give uncompressed .tar files)" \
-                    if shard.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")) else ""
-                raise RuntimeError(f"cannot read tar shard {shard}: {e}{hint}") from e
+            files, problem = _tar_files(shard)
+            if problem is not None:
+                self.damaged.append(f"{shard}: {problem}")
+                warn_rank0(f"tar shard {shard}: {problem}")  # (every rank reads every shard's index)
+            for name, offset, size in files:
+                folder, base = os.path.split(name)
+                if "." not in base:
+                    continue
+                stem, ext = base.split(".", 1)
+                key = f"{folder}/{stem}"
+                if key not in groups:
+                    groups[key] = {}
+                    order.append(key)
+                groups[key][ext.lower()] = _Member(si, offset, size)
             for key in order:
                 g = groups[key]
                 has_image = any(e in g for e in IMAGE_EXTENSIONS)

@@ -46,7 +46,7 @@ class ModelCfg:
 @dataclass
 class DataCfg:
     kind: str = "shapes"                      # shapes | csv | tar
-    train: Optional[str] = None               # CSV/TSV path, or tar shard spec ("a-{000..009}.tar")
+    train: Any = None                         # CSV/TSV path, or tar shard spec ("a-{000..009}.tar") or a list
     img_key: str = "filepath"                 # CSV image column
     caption_keys: Any = field(default_factory=lambda: ["title"])  # CSV caption column(s): a list or "a,b"
     root: Optional[str] = None                # folder for relative CSV image paths
@@ -133,8 +133,8 @@ def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset
                                     data.shapes_num_captions, transform=transform, group_by=data.shapes_group_by,
                                     group_size=data.shapes_group_size)
     elif data.kind == "csv":
-        if not data.train:
-            raise ConfigError("data.train must name the CSV/TSV file for data.kind=csv")
+        if not data.train or not isinstance(data.train, str):
+            raise ConfigError(f"data.train must name the CSV/TSV file for data.kind=csv, got {data.train!r}")
         keys = data.caption_keys if isinstance(data.caption_keys, str) else list(data.caption_keys)
         try:
             base = CsvCaptionDataset(data.train, data.img_key, keys, transform, data.root, data.sep)
@@ -143,7 +143,11 @@ def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset
     elif data.kind == "tar":
         if not data.train:
             raise ConfigError("data.train must name the tar shards for data.kind=tar")
-        base = TarCaptionDataset(data.train, transform)
+        shards = data.train if isinstance(data.train, str) else list(data.train)
+        base = TarCaptionDataset(shards, transform)
+        if base.damaged:
+            print_rank0(f"[clip] {len(base.damaged)} of {len(base.shards)} tar shard(s) damaged, read in part: "
+                        + "; ".join(base.damaged[:3]) + (" ..." if len(base.damaged) > 3 else ""))
         if base.incomplete:  # (a caption under another key, or images of another type, would lose every sample)
             kinds = ", ".join(IMAGE_EXTENSIONS)
             print_rank0(f"[clip] {base.incomplete} tar sample(s) without an image ({kinds}) or a caption (*.txt, "

@@ -96,6 +96,14 @@ def test_tar_shards(tmp_path):
 def test_expand_shards_lists():
     assert expand_shards("a{1..3}.tar::b.tar") == ["a1.tar", "a2.tar", "a3.tar", "b.tar"]
     assert expand_shards(["x{08..10}"]) == ["x08", "x09", "x10"]
+    # as braceexpand (webdataset) reads them: padded to the wider bound, descending ranges, comma lists (they were
+    # not expanded, "{00..100}" padded to 2 digits and a descending range gave no shard)
+    assert expand_shards("s-{00..100}.tar")[:2] == ["s-000.tar", "s-001.tar"]
+    assert expand_shards("s-{0..10}.tar")[-2:] == ["s-9.tar", "s-10.tar"]
+    assert expand_shards("a.tar::s{3..1}") == ["a.tar", "s3", "s2", "s1"]
+    assert expand_shards("s{000,007}.tar") == ["s000.tar", "s007.tar"]
+    assert expand_shards("{a,b}-{0..1}") == ["a-0", "a-1", "b-0", "b-1"]
+    assert expand_shards("x{y}-{1..2}") == ["x{y}-1", "x{y}-2"]
 
 
 class _Captions(torch.utils.data.Dataset):
@@ -173,8 +181,40 @@ def test_unreadable_tar_captions_are_skipped_and_counted_like_images(tmp_path):
             strict[i]
     import gzip
     (tmp_path / "z.tar.gz").write_bytes(gzip.compress((tmp_path / "s.tar").read_bytes()))
-    with pytest.raises(RuntimeError, match="compressed shards are not supported"):
+    with pytest.warns(UserWarning, match="compressed shards are not supported"), \
+            pytest.raises(ValueError, match=r"no image\+caption samples"):
         TarCaptionDataset(str(tmp_path / "z.tar.gz"))
+
+
+def test_damaged_tar_shards_are_read_as_far_as_they_can_be(tmp_path):
+    """A corrupt header mid-shard lost every member after it without a word (tarfile reads it as the end of the
+    archive); a truncated or empty shard stopped training. Now each keeps what can be read, warns and is listed
+    in `damaged`, as webdataset's warn_and_continue handler does."""
+    samples = [(f"{i:04d}.{ext}", _png_bytes(i) if ext == "png" else f"caption {i}".encode())
+               for i in range(10) for ext in ("png", "txt")]
+    _tar(tmp_path / "good.tar", samples)
+    data = bytearray((tmp_path / "good.tar").read_bytes())
+    with tarfile.open(tmp_path / "good.tar") as tar:
+        members = tar.getmembers()
+    bad = members[8]  # the 5th sample's image header
+    data[bad.offset:bad.offset + 512] = b"\x17" * 512
+    (tmp_path / "corrupt.tar").write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match=rf"corrupt.tar: bytes {bad.offset}-{members[9].offset} are no valid"):
+        ds = TarCaptionDataset(str(tmp_path / "corrupt.tar"))
+    assert len(ds) == 9 and ds.incomplete == 1 and len(ds.damaged) == 1  # only sample 4 (its caption alone) lost
+    assert [ds.samples[i]["png"].offset for i in (4, 8)] == [members[10].offset_data, members[18].offset_data]
+    cut = (tmp_path / "good.tar").read_bytes()[: members[13].offset_data + 5]  # inside sample 6's caption
+    (tmp_path / "cut.tar").write_bytes(cut)
+    (tmp_path / "empty.tar").write_bytes(b"")
+    spec = [str(tmp_path / n) for n in ("good.tar", "cut.tar", "empty.tar")]
+    with pytest.warns(UserWarning) as caught:
+        ds = TarCaptionDataset(spec, transform=_to_tensor)
+    said = " | ".join(str(w.message) for w in caught)
+    assert "cut.tar: unreadable from byte" in said and "empty.tar: unreadable from byte 0 (empty file)" in said
+    assert len(ds) == 10 + 6 and ds.incomplete == 1 and len(ds.damaged) == 2  # sample 6 of cut.tar lost its caption
+    assert ds[15]["captions"] == ["caption 5"] and ds[15]["image"][0, 0, 0] == 5
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"no image\+caption samples"):
+        TarCaptionDataset(str(tmp_path / "empty.tar"))
 
 
 def test_csv_tables_as_spreadsheets_and_cc3m_write_them(tmp_path):
@@ -207,6 +247,14 @@ def test_training_reports_tar_samples_left_out(tmp_path, capsys):
     ds = build_train_dataset(data, None, lambda texts: texts)
     assert len(ds) == 1
     assert "[clip] 2 tar sample(s) without an image" in capsys.readouterr().out
+    # data.train as a YAML list of specs (it was refused), one shard of it damaged (named)
+    from rwkv_clip.train import load_clip_config
+    (tmp_path / "e.tar").write_bytes(b"")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  kind: tar\n  train:\n    - {tmp_path / 's.tar'}\n    - {tmp_path / '{s,e}.tar'}\n")
+    with pytest.warns(UserWarning, match="e.tar: unreadable from byte 0"):
+        ds = build_train_dataset(load_clip_config(cfg).data, None, lambda texts: texts)
+    assert len(ds) == 2 and "1 of 3 tar shard(s) damaged, read in part" in capsys.readouterr().out
 
 
 def test_images_read_as_the_classification_and_segmentation_loaders_read_them(tmp_path):
