@@ -219,8 +219,8 @@ def _tar_files(shard: str) -> tuple[list[tuple[str, int, int]], Optional[str]]:
                 if info.isfile() and info.offset_data + info.size <= end:
                     files.append((info.name, info.offset_data, info.size))
     except tarfile.TarError as err:  # (ReadError "unexpected end of data": a truncated shard)
-        problems.append(f"unreadable from byte {expected} ({err})" + (": the files before it are used" if files
-                                                                       else ""))
+        kept = ": the files before it are used" if files else ""
+        problems.append(f"unreadable from byte {expected} ({err}){kept}")
     if not files:
         with open(shard, "rb") as f:
             magic = f.read(6)
