@@ -89,6 +89,31 @@ def test_segment_files_follow_the_test_pipeline(checkpoint, images):
     assert np.array_equal(out[1][2], ref)
 
 
+def test_multi_scale_evaluation_scores_what_prediction_predicts(checkpoint, images, tmp_path):
+    """test_seg / the training evaluation with test.scales ran every ratio on a resize of the test-resized tensor
+    (the dataset dropped the transform's resizes of the original image), so they disagreed with predict_seg and
+    mmseg's MultiScaleFlipAug; now both score the same label maps."""
+    from vision_rwkv.seg.datasets import FolderSegDataset
+    from vision_rwkv.seg.metrics import SegMetric
+    from vision_rwkv.seg.train import _test_kwargs, evaluate_segmentor, test_transform
+    model, cfg, classes = load_segmentor(DEMO, checkpoint, ["test.flip=true", "test.scales=[0.5,0.75,1.25]"])
+    (images / "bad.png").unlink()
+    rng = np.random.default_rng(0)
+    (tmp_path / "ann").mkdir()
+    for f in images.iterdir():
+        w, h = Image.open(f).size
+        Image.fromarray(rng.integers(0, 9, (h, w), dtype=np.uint8)).save(tmp_path / "ann" / f.name)
+    ds = FolderSegDataset(images, tmp_path / "ann", classes, img_suffix=".png", transform=test_transform(cfg))
+    assert len(ds[0]["scaled"]) == 3
+    got = evaluate_segmentor(model, ds, show_progress=False, **_test_kwargs(cfg))
+    metric = SegMetric(len(classes), 255, classes)
+    for f, _, labels in segment_files(model, cfg, sorted(images.iterdir()), show_progress=False):
+        mask = np.asarray(Image.open(tmp_path / "ann" / Path(f).name)).astype(np.int64)
+        metric.update(torch.from_numpy(labels)[None], torch.from_numpy(mask)[None])
+    want = metric.compute()
+    assert got["aAcc"] == pytest.approx(100 * want["aAcc"]) and got["mIoU"] == pytest.approx(100 * want["mIoU"])
+
+
 def test_tool_writes_labels_overlays_and_summary(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "out"
     assert _tool().main([str(DEMO), "--checkpoint", str(checkpoint), "--images", str(images), "--out-dir", str(out),

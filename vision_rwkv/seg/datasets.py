@@ -68,7 +68,10 @@ class SegDataset(Dataset, ABC):
                    "mask": torch.from_numpy(mask.astype(np.int64))}
         else:
             out = self.transform(image=image, mask=mask)
-        return {"image": out["image"], "mask": out["mask"].long(), "name": name, "ori_size": ori_size}
+        sample = {"image": out["image"], "mask": out["mask"].long(), "name": name, "ori_size": ori_size}
+        if "scaled" in out:  # the multi-scale test's resizes of the original image (SegTestTransform)
+            sample["scaled"] = out["scaled"]
+        return sample
 
 
 def read_seg_image(path: Path) -> np.ndarray:
