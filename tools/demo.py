@@ -14,7 +14,6 @@ left in ``<out>/<stage>`` is replaced (training refuses to start a new run in a 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -96,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     for stage in stages:
         print(results[stage]["summary"])
         print(f"  ({results[stage]['wall_time_s']:.0f} s wall)")
-    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
+    from vision_rwkv.engine import json_text
+    (out / "summary.json").write_text(json_text(results))
     print(f"\noutputs under {out}/ (summary.json, curves, checkpoints, plots)")
     return results
 

@@ -12,8 +12,10 @@ mode with randomly initialised heads (``vision_rwkv.seg.predict_images.load_segm
 in Python).
 The config's test settings apply (``test.scale`` resize, ``test.mode`` whole / slide, ``test.crop_size``,
 ``test.stride``, ``test.flip``, ``test.scales``); the class count comes from the checkpoint. Writes, to
-``--out-dir`` (default ``predictions_seg``): one label PNG per image (``<name>.png``: class ids as pixel values,
-8-bit with a colour palette, 16-bit beyond 256 classes), ``overlays.png`` (the first ``--num-overlays`` images with
+``--out-dir`` (default ``predictions_seg``): one label PNG per image (``<name>.png``: class ids 0..K-1 in the
+config's class order as pixel values, plus ``--label-offset`` (1 for ADE20K's own 1..150, its benchmark's format);
+8-bit with a colour palette, 16-bit beyond 256 values; an image named like the other outputs gets a ``_``),
+``overlays.png`` (the first ``--num-overlays`` images with
 their prediction overlaid and a class legend) and ``predictions.json`` (the checkpoint used, the pixel share of each
 class per image and the unreadable files). Exit status 2 for a bad command line or config, or a checkpoint that
 does not fit the config's model; 1 for a missing file or checkpoint, or no image files.
@@ -37,6 +39,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add_predict_options(parser)
     parser.add_argument("--out-dir", default="predictions_seg")
     parser.add_argument("--num-overlays", type=int, default=8, help="images in overlays.png (0: no overlay PNG)")
+    parser.add_argument("--label-offset", type=int, default=0,
+                        help="added to the class ids in the label PNGs (1: ADE20K's 1..150, its benchmark's format)")
     parsed = parse_config_args(parser, argv, option_keys={"checkpoint": "test.checkpoint"})
     args = parsed.options
     args.target, args.overrides = parsed.config, parsed.overrides
@@ -51,6 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vision_rwkv.seg.predict_images import class_fractions, load_trained_segmentor, save_label_png, segment_files
     from vision_rwkv.seg.visualize import save_overlays
 
+    if args.label_offset < 0:
+        print(f"error: --label-offset must be >= 0, got {args.label_offset}", file=sys.stderr)
+        return 2
     try:
         files = image_files(args.images)
     except ValueError as err:  # no image files (a missing path is a FileNotFoundError: run_tool's exit 1)
@@ -64,14 +71,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Path(args.out_dir)
     errors: dict[str, str] = {}
     per_image, shown = {}, []
-    used: set[str] = set()
+    used = {"overlays", "predictions"}  # (the other outputs' names: an image called overlays.jpg gets a "_")
     for file, image, labels in segment_files(model, cfg, files, args.device, args.precision,
                                              show_progress=not args.no_progress, errors=errors):
         name = Path(file).stem
         while name in used:  # same stem in two folders
             name += "_"
         used.add(name)
-        save_label_png(labels, out / f"{name}.png", len(classes))
+        save_label_png(labels, out / f"{name}.png", len(classes), args.label_offset)
         per_image[file] = {"labels": str(out / f"{name}.png"), "classes": class_fractions(labels, classes)}
         if len(shown) < args.num_overlays:
             shown.append((image, labels, name))

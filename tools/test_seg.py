@@ -15,7 +15,6 @@ or config, or a checkpoint that does not fit the config's model (its missing / u
 """
 from __future__ import annotations
 
-import json
 import sys
 from typing import List, Optional
 
@@ -31,7 +30,7 @@ def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from vision_rwkv.engine import launch_rank
+    from vision_rwkv.engine import json_text, launch_rank
     from vision_rwkv.models.convert import CheckpointMismatchError
     from vision_rwkv.seg import load_seg_config, test_segmentor
 
@@ -41,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if status == 0 and launch_rank() == 0:  # (torchrun: the process group is gone by now)
-        print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
+        print(json_text({k: v for k, v in result.items() if k != "per_class"}))
     return status
 
 

@@ -14,7 +14,6 @@ curves.png and val_metrics.json under train.run_dir. Exit status 2 for a bad com
 """
 from __future__ import annotations
 
-import json
 from typing import List, Optional
 
 from vision_rwkv.engine.cli import ConfigArgs, config_arg_parser, parse_config_args, run_config_job
@@ -28,12 +27,12 @@ def parse_args(argv: Optional[List[str]] = None) -> ConfigArgs:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    from vision_rwkv.engine import launch_rank
+    from vision_rwkv.engine import json_text, launch_rank
     from vision_rwkv.seg import load_seg_config, train_segmentor
 
     status, result = run_config_job(lambda: load_seg_config(args.config, args.overrides), train_segmentor)
     if status == 0 and launch_rank() == 0:  # (torchrun: the process group is gone by now)
-        print(json.dumps({k: v for k, v in result.items() if k != "per_class"}, indent=2, default=str))
+        print(json_text({k: v for k, v in result.items() if k != "per_class"}))
     return status
 
 

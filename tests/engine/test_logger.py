@@ -24,3 +24,19 @@ def test_logger_csv_and_png(tmp_path):
     png = log.plot()
     assert png is not None and png.is_file() and png.stat().st_size > 1000
     assert plot_curves({"val": [{"step": 1, "num_images": 3}]}, tmp_path / "none.png") is None
+
+
+def test_json_text_is_strict_json():
+    """A class absent from the data has no IoU (NaN): written as null, since Python's bare NaN is no JSON and
+    strict parsers (JavaScript's JSON.parse, jq --strict) refuse the file."""
+    import json
+    import math
+
+    import numpy as np
+
+    from vision_rwkv.engine import json_text
+    text = json_text({"mIoU": 41.5, "per_class": {"wall": {"IoU": math.nan, "Acc": np.float64("inf")}},
+                      "sizes": (1, 2), "path": __import__("pathlib").Path("/x")})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: 1 / 0) == {
+        "mIoU": 41.5, "per_class": {"wall": {"IoU": None, "Acc": None}}, "sizes": [1, 2], "path": "/x"}

@@ -147,3 +147,18 @@ def test_folder_suffix_in_any_case_hidden_files_left_out_and_one_image_reader(tm
     assert np.array_equal(read_seg_image(tmp_path / "rgba.png"), rgba[..., :3])
     _write(tmp_path / "i16.png", (rgba[..., 0].astype(np.uint16) * 256))
     assert np.array_equal(read_seg_image(tmp_path / "i16.png")[..., 2], rgba[..., 0])
+    # a phone photo stored sideways (EXIF orientation 6) is read upright, as OpenCV (mmseg) reads it
+    import cv2
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgba[..., :3].repeat(8, 0).repeat(8, 1)).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    upright = read_seg_image(tmp_path / "turned.jpg")
+    assert upright.shape == cv2.imread(str(tmp_path / "turned.jpg")).shape == (40, 48, 3)
+
+
+def test_ade20k_root_one_folder_up_is_named(tmp_path):
+    """data.root at the folder holding ADEChallengeData2016 (the unpacked zip): the error says where the data is."""
+    from vision_rwkv.seg.datasets import ADE20KDataset
+    (tmp_path / "ADEChallengeData2016" / "images" / "training").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"its ADEChallengeData2016/ has: data.root=.*ADEChallengeData2016"):
+        ADE20KDataset(tmp_path, "training")

@@ -126,6 +126,19 @@ def test_tool_writes_labels_overlays_and_summary(checkpoint, images, tmp_path, c
     assert (out / "overlays.png").stat().st_size > 1000
     per_image = json.loads((out / "predictions.json").read_text())["per_image"]
     assert abs(sum(per_image[str(images / "im0.png")]["classes"].values()) - 1) < 1e-5
+    # --label-offset 1 (ADE20K's 1..150); an image named overlays.png no longer overwrites (or is overwritten by)
+    # the overlay grid
+    (images / "bad.png").rename(images / "overlays.png")
+    Image.open(images / "im0.png").save(images / "overlays.png")
+    out2 = tmp_path / "out2"
+    assert _tool().main([str(DEMO), "--checkpoint", str(checkpoint), "--images", str(images), "--out-dir", str(out2),
+                         "--no-progress", "--label-offset", "1"]) == 0
+    capsys.readouterr()
+    labels = json.loads((out2 / "predictions.json").read_text())["per_image"][str(images / "overlays.png")]["labels"]
+    assert Path(labels).name == "overlays_.png"
+    shifted, plain = np.asarray(Image.open(labels)), np.asarray(Image.open(out / "im0.png"))
+    assert np.array_equal(shifted, plain + 1)
+    assert Image.open(labels).getpalette()[3:6] == Image.open(out / "im0.png").getpalette()[:3]  # class 0's colour
 
 
 def test_tool_errors(tmp_path, images, capsys):

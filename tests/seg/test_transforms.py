@@ -89,7 +89,7 @@ def test_cat_max_ratio_retries_crops():
     mask[:16] = 1
     image = np.zeros((40, 40, 3), dtype=np.uint8)
     results = {}
-    for tries in (1, 10):
+    for tries in (0, 10):
         crop = CatMaxRatioCrop(20, cat_max_ratio=0.75, max_tries=tries)
         passed = 0
         for seed in range(30):
@@ -98,9 +98,17 @@ def test_cat_max_ratio_retries_crops():
             assert box[2] - box[0] == 20 and box[3] - box[1] == 20
             passed += crop.passes(mask[box[0]:box[2], box[1]:box[3]])
         results[tries] = passed
-    assert results[10] >= 28 and results[1] < 20, results  # ~43% of single crops pass, ~99.6% of 10 tries
+    assert results[10] >= 28 and results[0] < 20, results  # ~43% of single crops pass, ~99.6% of 11
     assert not CatMaxRatioCrop(8).passes(np.array([[0, 0], [0, 255]]))  # one class only
     assert CatMaxRatioCrop(8).passes(np.array([[0, 1], [255, 255]]))    # ignore pixels do not count
+    # no crop can pass (one class): mmseg checks 10 crops and uses an 11th unchecked (9 were checked here)
+    crop = CatMaxRatioCrop(20)
+    checks, boxes = [], []
+    crop.passes = lambda m: checks.append(1) or False
+    real_box = crop._random_box
+    crop._random_box = lambda h, w: boxes.append(1) or real_box(h, w)
+    crop.get_params_dependent_on_data({"shape": mask.shape}, {"image": image, "mask": np.zeros_like(mask)})
+    assert (len(checks), len(boxes)) == (10, 11)
 
 
 def test_photometric_distortion_changes_only_the_image():

@@ -105,6 +105,6 @@ from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_redu
                           is_main_process, launch_rank, print_rank0, reduce_dict, unwrap_model, wrap_ddp)
 from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler, collate_drop_none, sample_seed,
                      seed_everything, seeded_rng)
-from .logger import MetricLogger, plot_curves, progress, read_metrics_csv
+from .logger import MetricLogger, json_text, plot_curves, progress, read_metrics_csv
 from .loop import Trainer, clip_gradients, move_to_device
 from .precision import autocast, check_precision, make_grad_scaler, precision_dtype

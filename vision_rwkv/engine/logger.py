@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -16,7 +17,8 @@ from typing import Any, Iterable
 
 from .distributed import is_main_process
 
-__all__ = ["MetricLogger", "progress", "read_metrics_csv", "curve_names", "plot_curves", "pyplot", "save_figure"]
+__all__ = ["MetricLogger", "progress", "read_metrics_csv", "curve_names", "plot_curves", "pyplot", "save_figure",
+           "json_text"]
 
 
 def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabled: bool | None = None, **kwargs):
@@ -27,6 +29,20 @@ def progress(iterable: Iterable, total: int | None = None, desc: str = "", enabl
         return iterable
     from tqdm.auto import tqdm
     return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON of ``obj``: NaN and infinities written as ``null`` (Python's bare ``NaN`` is refused by most
+    JSON parsers: a segmentation class absent from the data has no IoU), other objects as ``str``."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False)
 
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float]]:

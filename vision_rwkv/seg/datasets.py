@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vision_rwkv.data.folder import to_rgb
@@ -75,11 +75,12 @@ class SegDataset(Dataset, ABC):
 
 
 def read_seg_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file as mmseg reads it (OpenCV): alpha dropped, 16-bit scaled to 8 bits;
-    the one reader of training, evaluation and prediction. ValueError naming an unreadable file."""
+    """(H, W, 3) uint8 RGB of an image file as mmseg reads it (OpenCV): alpha dropped, 16-bit scaled to 8 bits,
+    turned upright by its EXIF orientation (a phone photo); the one reader of training, evaluation and prediction.
+    ValueError naming an unreadable file."""
     try:
         with Image.open(path) as im:
-            return np.asarray(to_rgb(im))
+            return np.asarray(to_rgb(ImageOps.exif_transpose(im)))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
@@ -180,6 +181,9 @@ class ADE20KDataset(FolderSegDataset):
         if split not in self.SPLITS:
             raise ValueError(f"unknown ADE20K split {split!r}; expected one of {sorted(self.SPLITS)}")
         s = self.SPLITS[split]
+        if not (Path(root) / "images").is_dir() and (Path(root) / "ADEChallengeData2016" / "images").is_dir():
+            raise FileNotFoundError(f"ADE20K root {root} has no images/ folder; its ADEChallengeData2016/ has: "
+                                    f"data.root={Path(root) / 'ADEChallengeData2016'}")
         super().__init__(Path(root) / "images" / s, Path(root) / "annotations" / s, ADE20K_CLASSES, ".jpg", ".png",
                          reduce_zero_label=True, ignore_index=ignore_index, transform=transform)
 

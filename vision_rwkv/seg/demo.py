@@ -8,7 +8,6 @@ Reference numbers are in the docstring of `run_demo`.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from typing import Sequence
 import torch
 
 from ..engine.config import override_key
+from ..engine.logger import json_text
 from ..resources import configs_dir
 from .config import load_seg_config
 from .metrics import SegMetric
@@ -73,5 +73,5 @@ def run_demo(out_dir: str | Path = "runs/seg_demo", config: str | Path | None = 
         "train_time_s": t1 - t0, "test_time_s": t2 - t1,
         "checkpoint": test["checkpoint"], "files": test.get("files", {}),
     }
-    (out_dir / "demo_result.json").write_text(json.dumps(result, indent=2, allow_nan=True))
+    (out_dir / "demo_result.json").write_text(json_text(result))
     return result

@@ -6,13 +6,14 @@ left out of the means (as mmseg's nanmean). The matrix is summed across processe
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
+
+from ..engine.logger import json_text
 
 __all__ = ["SegMetric", "confusion_matrix", "metrics_from_confusion", "format_table"]
 
@@ -109,4 +110,4 @@ class SegMetric:
     def save_json(results: dict, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2, allow_nan=True))
+        path.write_text(json_text(results))

@@ -11,7 +11,6 @@ per-class table, PNG overlays. Metrics returned by this module are percentages.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,6 +20,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
+from ..engine.logger import json_text
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
 from .convert import load_segmentor_weights
 from .inference import inference
@@ -205,7 +205,7 @@ def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
     table_path = out_dir / f"{stem}_per_class.txt"
-    json_path.write_text(json.dumps(results, indent=2, allow_nan=True))
+    json_path.write_text(json_text(results))
     table_path.write_text(_table(results) + "\n")
     return {"json": str(json_path), "table": str(table_path)}
 
@@ -270,7 +270,7 @@ def train_segmentor(cfg: Any) -> dict:
         result["run_dir"] = str(run_dir)
         result["num_classes"] = train_set.num_classes
         if is_main_process():
-            (run_dir / "train_result.json").write_text(json.dumps(result, indent=2, default=str, allow_nan=True))
+            (run_dir / "train_result.json").write_text(json_text(result))
         return result
     finally:
         torch.set_num_threads(threads)

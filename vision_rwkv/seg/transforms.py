@@ -69,9 +69,9 @@ class RandomResizeKeepRatio(DualTransform):
 
 
 class CatMaxRatioCrop(DualTransform):
-    """Random crop of at most `size` (H, W); retried up to `max_tries` times until no single class covers more
-    than `cat_max_ratio` of the crop's labelled (non-ignore) pixels (mmseg's RandomCrop). If no try passes, the
-    last crop is used. A side shorter than the crop is kept whole (pad afterwards)."""
+    """Random crop of at most `size` (H, W): up to `max_tries` crops are checked until one has no single class
+    covering `cat_max_ratio` or more of its labelled (non-ignore) pixels; if none passes, one more is drawn and used
+    unchecked (mmseg's RandomCrop: 10 checks, 11 crops at most). A side shorter than the crop is kept whole (pad afterwards)."""
 
     def __init__(self, size: int | Sequence[int], cat_max_ratio: float = 0.75, ignore_index: int = 255,
                  max_tries: int = 10, p: float = 1.0):
@@ -92,7 +92,7 @@ class CatMaxRatioCrop(DualTransform):
         box = self._random_box(h, w)
         mask = data.get("mask")
         if mask is not None and self.cat_max_ratio < 1.0:
-            for _ in range(self.max_tries - 1):
+            for _ in range(self.max_tries):
                 if self.passes(mask[box[0]:box[2], box[1]:box[3]]):
                     break
                 box = self._random_box(h, w)
@@ -116,7 +116,7 @@ class CatMaxRatioCrop(DualTransform):
 class PhotoMetricDistortion(ImageOnlyTransform):
     """mmseg's photometric distortion on uint8 RGB, each step applied with probability 0.5: brightness
     (+U(-delta, delta)), contrast (xU(range), randomly before or after the HSV steps), saturation (S x U(range)),
-    hue (H + U{-hue_delta..hue_delta} on OpenCV's 0-180 hue scale); values clipped to [0, 255] after each step."""
+    hue (H + U{-hue_delta..hue_delta - 1} on OpenCV's 0-180 hue scale); values clipped to [0, 255] after each step."""
 
     def __init__(self, brightness_delta: int = 32, contrast_range: Sequence[float] = (0.5, 1.5),
                  saturation_range: Sequence[float] = (0.5, 1.5), hue_delta: int = 18, p: float = 1.0):
@@ -133,7 +133,7 @@ class PhotoMetricDistortion(ImageOnlyTransform):
             "contrast_first": r.random() < 0.5,
             "contrast": r.uniform(*self.contrast_range) if r.random() < 0.5 else None,
             "saturation": r.uniform(*self.saturation_range) if r.random() < 0.5 else None,
-            "hue": r.randint(-self.hue_delta, self.hue_delta) if r.random() < 0.5 else None,
+            "hue": r.randint(-self.hue_delta, self.hue_delta - 1) if r.random() < 0.5 else None,  # (numpy's bound)
         }
 
     def apply(self, img: np.ndarray, brightness=None, contrast_first=True, contrast=None, saturation=None,
