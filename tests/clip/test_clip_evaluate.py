@@ -12,8 +12,8 @@ from PIL import Image
 
 import rwkv_clip
 from rwkv_clip.evaluate import (EvalCfg, KarpathyJsonDataset, classification_metrics, collate_retrieval,
-                                load_classnames_templates, retrieval_metrics, run_evaluation, save_retrieval_grid,
-                                zero_shot_classifier)
+                                load_classnames_templates, recall_at_k, retrieval_metrics, run_evaluation,
+                                save_retrieval_grid, zero_shot_classifier)
 
 
 def _brute_force_recalls(sim: np.ndarray, text_to_image: list[int], k: int) -> tuple[float, float]:
@@ -54,6 +54,25 @@ def test_recall_at_k_matches_brute_force_with_several_captions_per_image(seed):
         assert got[f"text_retrieval_recall@{k}"] == pytest.approx(i2t)
     assert got["image_retrieval_recall@50"] == 1.0 and got["text_retrieval_recall@50"] == 1.0
     assert 0 < got["text_retrieval_recall@1"] < 1
+
+
+def test_recall_over_query_blocks_matches_the_dense_score_matrix():
+    """More queries than one block (1024 rows): the top-k of every block agrees with the dense (texts x images)
+    scores and positive mask that were held before (2.5x the score matrix in memory)."""
+    g = torch.Generator().manual_seed(0)
+    n_images = 1100
+    t2i = torch.arange(n_images).repeat_interleave(2)[:-3]  # the last image has no caption
+    img = F.normalize(torch.randn(n_images, 16, generator=g), dim=-1)
+    txt = F.normalize(img[t2i] + 0.3 * torch.randn(len(t2i), 16, generator=g), dim=-1)
+    got = retrieval_metrics(img, txt, t2i, (1, 5))
+    scores = txt @ img.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(t2i)), t2i] = True
+    for k in (1, 5):
+        assert got[f"image_retrieval_recall@{k}"] == pytest.approx(recall_at_k(scores, positive, k).mean().item())
+        i2t = recall_at_k(scores.T[:-1], positive.T[:-1], k).mean().item()
+        assert got[f"text_retrieval_recall@{k}"] == pytest.approx(i2t)
+    assert 0.05 < got["image_retrieval_recall@1"] < 0.95
 
 
 def test_classification_metrics_brute_force():
