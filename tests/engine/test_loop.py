@@ -274,6 +274,22 @@ def test_resume_with_another_world_size_keeps_the_place_in_the_data(tmp_path):
         assert (same.step, same.epoch, same.batch_in_epoch) == (3, 1, 1)
 
 
+def test_resume_on_another_training_set_warns(tmp_path):
+    """A shard added (or images removed) between a run and its resume: the epoch's shuffle is another one, so
+    samples seen before the stop may come again (22 of 40 in the RWKV-CLIP audit), which went unsaid."""
+    import warnings
+    t, _, _ = _counting_trainer(tmp_path, epochs=3)
+    state = dict(t.state_dict(), step=2, batch_in_epoch=2)
+    assert state["train_samples"] == 40
+    same, _, _ = _counting_trainer(tmp_path, epochs=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(state)
+    other, _, _ = _counting_trainer(tmp_path, epochs=3)
+    with pytest.warns(UserWarning, match="training set of 48 samples, this one has 40: the data changed"):
+        other.load_state_dict(dict(state, train_samples=48))
+
+
 def test_resume_warnings_are_said_by_rank_0_only(tmp_path, monkeypatch):
     """What every rank would say alike about a resumed checkpoint prints once under torchrun, not once per rank."""
     import warnings

@@ -143,7 +143,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "total_steps": self.total_steps, "world_size": self.info.world_size,
-            "micro_batch_samples": self._micro_batch_samples(),
+            "micro_batch_samples": self._micro_batch_samples(), "train_samples": self._train_samples(),
             "rng": gather_rng_states(),
             "extra": self._saved_extra(),
             "last_eval": dict(self.last_eval), "last_train_loss": self.last_train_loss,
@@ -181,6 +181,11 @@ class Trainer:
             if state.get("ema") is None:
                 raise RuntimeError("the run uses EMA but the checkpoint has no EMA state")
             self.ema.load_state_dict(state["ema"])
+        saved_samples, samples = state.get("train_samples"), self._train_samples()
+        if saved_samples is not None and samples is not None and int(saved_samples) != samples:
+            warn_rank0(f"checkpoint was written for a training set of {saved_samples} samples, this one has "
+                       f"{samples}: the data changed, so the rest of epoch {self.epoch + 1} is drawn from another "
+                       "shuffle (samples already seen this epoch may come again, others not at all)")
         saved_world = int(state.get("world_size", self.info.world_size))
         if saved_world != self.info.world_size and not moved:
             warn_rank0(f"checkpoint was written with world size {saved_world}, resuming with "
@@ -194,6 +199,13 @@ class Trainer:
         self.last_eval = dict(state.get("last_eval") or {})
         self.last_train_loss = state.get("last_train_loss")
         restore_rank_rng(state["rng"])
+
+    def _train_samples(self) -> int | None:
+        """The training set's length (None when the loader's dataset has none)."""
+        try:
+            return len(self.loader.dataset)  # type: ignore[attr-defined, arg-type]
+        except (AttributeError, TypeError):
+            return None
 
     def _micro_batch_samples(self) -> int:
         """Samples of one batch position summed over the processes (the per-process batch x the world size)."""
