@@ -9,7 +9,9 @@ the next readable one (so every batch keeps its size, which DDP's feature gather
   (empty cells ignored); relative paths are resolved against `root` (default: the table's folder).
 * `TarCaptionDataset`: webdataset-style tar shards (`key.jpg` + `key.txt`, extra caption files such as
   `key.syn.txt`, or `key.json` with a "caption"/"captions" field). The member index is read once from the tar
-  headers; samples are then read by offset. Shard lists accept brace ranges: `data/shard-{000..009}.tar`.
+  headers (`tar_index`: ~6 us a member for plain ustar headers, tarfile for other formats and damaged shards) and
+  held in flat arrays (~30 bytes a member); samples are then read by offset. Shard specs expand as webdataset's:
+  `data/shard-{000..009}.tar`, `{a,b}`, `::`-separated lists.
 * `ShapesCaptionSamples`: the embedded procedural Shapes captions in the same sample format.
 * `RandomCaptionDataset`: per sample, each time it is read, one caption drawn uniformly (the diverse-description
   recipe); under the engine's seeded loader the draw is deterministic in (seed, epoch, sample index).
@@ -22,18 +24,20 @@ import json
 import os
 import random
 import re
-import tarfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from array import array
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from vision_rwkv.data.folder import to_rgb
 from vision_rwkv.engine.distributed import warn_rank0
+
+from .tar_index import tar_files
 
 __all__ = [
     "CsvCaptionDataset", "TarCaptionDataset", "ShapesCaptionSamples", "RandomCaptionDataset", "expand_shards",
@@ -194,47 +198,6 @@ def expand_shards(spec: Union[str, Sequence[str]]) -> list[str]:
     return out
 
 
-@dataclass
-class _Member:
-    shard: int
-    offset: int
-    size: int
-
-
-def _tar_files(shard: str) -> tuple[list[tuple[str, int, int]], Optional[str]]:
-    """(name, data offset, size) of every regular file in a tar shard, and what was wrong with the shard (None if
-    nothing). A damaged shard gives what can be read, as webdataset's ``warn_and_continue`` does: a corrupt header
-    is stepped over (the members after it are kept; before, tarfile read it as the end of the archive and lost
-    them silently), a truncated shard keeps the members before the cut, an empty file gives nothing."""
-    end = os.path.getsize(shard)
-    files: list[tuple[str, int, int]] = []
-    problems: list[str] = []
-    expected = 0  # where the next header should start
-    try:
-        with tarfile.open(shard, "r:", ignore_zeros=True) as tar:
-            for info in tar:
-                if info.offset > expected:  # blocks that were no valid header: a damaged member
-                    problems.append(f"bytes {expected}-{info.offset} are no valid tar member (skipped)")
-                expected = info.offset_data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                if info.isfile() and info.offset_data + info.size <= end:
-                    files.append((info.name, info.offset_data, info.size))
-    except tarfile.TarError as err:  # (ReadError "unexpected end of data": a truncated shard)
-        kept = ": the files before it are used" if files else ""
-        problems.append(f"unreadable from byte {expected} ({err}){kept}")
-    if not files:
-        with open(shard, "rb") as f:
-            magic = f.read(6)
-        if shard.endswith((".gz", ".tgz", ".bz2", ".xz", ".zst")) or magic.startswith(_COMPRESSED_MAGIC):
-            problems = ["compressed shards are not supported: give uncompressed .tar files"]
-        elif not problems:
-            problems.append("no files in it (not a tar archive?)")
-    return files, "; ".join(problems) or None
-
-
-# gzip, bzip2, xz, zstd
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
-
-
 class TarCaptionDataset(_FallbackDataset):
     """webdataset-style tar shards read as a map-style dataset.
 
@@ -253,63 +216,75 @@ class TarCaptionDataset(_FallbackDataset):
         if not self.shards:
             raise ValueError("no tar shards given")
         self.transform = transform
-        self.samples: list[dict[str, _Member]] = []
         self.incomplete = 0
         self.damaged: list[str] = []  # "shard: what was wrong" for shards read only in part (or not at all)
+        # the index in flat arrays (~30 bytes a member; dicts of objects took ~750 bytes a sample, and forked data
+        # workers copied them page by page as reference counts changed): the members of sample i are
+        # [starts[i], starts[i + 1]), each with its shard, extension (an index into `exts`), data offset and size
+        self.exts: list[str] = []
+        ext_ids: dict[str, int] = {}
+        columns: tuple[array, ...] = (array("i"), array("i"), array("q"), array("q"))  # shard, ext, offset, size
+        starts = array("q", [0])
         for si, shard in enumerate(self.shards):
             if not os.path.isfile(shard):
                 raise FileNotFoundError(f"tar shard not found: {shard}")
-            groups: dict[str, dict[str, _Member]] = {}
-            order: list[str] = []
-            files, problem = _tar_files(shard)
+            files, problem = tar_files(shard)
             if problem is not None:
                 self.damaged.append(f"{shard}: {problem}")
                 warn_rank0(f"tar shard {shard}: {problem}")  # (every rank reads every shard's index)
+            groups: dict[str, dict[str, tuple[int, int]]] = {}  # key -> extension -> (offset, size), in file order
             for name, offset, size in files:
                 folder, base = os.path.split(name)
                 if "." not in base:
                     continue
                 stem, ext = base.split(".", 1)
-                key = f"{folder}/{stem}"
-                if key not in groups:
-                    groups[key] = {}
-                    order.append(key)
-                groups[key][ext.lower()] = _Member(si, offset, size)
-            for key in order:
-                g = groups[key]
-                has_image = any(e in g for e in IMAGE_EXTENSIONS)
-                has_text = any(e.endswith("txt") for e in g) or "json" in g
-                if has_image and has_text:
-                    self.samples.append(g)
-                else:
+                groups.setdefault(f"{folder}/{stem}", {})[ext.lower()] = (offset, size)
+            for g in groups.values():
+                if not (any(e in g for e in IMAGE_EXTENSIONS) and (any(e.endswith("txt") for e in g) or "json" in g)):
                     self.incomplete += 1
-        if not self.samples:
+                    continue
+                for ext, (offset, size) in g.items():
+                    for column, value in zip(columns, (si, ext_ids.setdefault(ext, len(ext_ids)), offset, size)):
+                        column.append(value)
+                starts.append(len(columns[0]))
+        if len(starts) == 1:
             raise ValueError(f"no image+caption samples in shards {self.shards[:3]}...")
+        self.exts = list(ext_ids)
+        self._shard, self._ext, self._offset, self._size = (np.frombuffer(c, dtype=c.typecode) for c in columns)
+        self._starts = np.frombuffer(starts, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._starts) - 1
 
-    def _bytes(self, m: _Member) -> bytes:
-        with open(self.shards[m.shard], "rb") as f:
-            f.seek(m.offset)
-            return f.read(m.size)
+    def members(self, idx: int) -> tuple[str, dict[str, tuple[int, int]]]:
+        """Sample `idx`'s shard and its members: extension -> (data offset, size) in the shard."""
+        lo, hi = int(self._starts[idx]), int(self._starts[idx + 1])
+        return self.shards[int(self._shard[lo])], {self.exts[int(e)]: (int(o), int(n)) for e, o, n in
+                                                    zip(self._ext[lo:hi], self._offset[lo:hi], self._size[lo:hi])}
 
     def _read(self, idx: int) -> tuple[Image.Image, list[str]]:
-        g = self.samples[idx]
+        shard, g = self.members(idx)
         ext = next(e for e in IMAGE_EXTENSIONS if e in g)
-        where = f"sample {idx} of {self.shards[g[ext].shard]}"
-        try:  # a caption that cannot be read makes the sample unreadable: skipped and counted, as a bad image is
-            captions = [self._bytes(g[e]).decode("utf-8").strip() for e in sorted(g) if e.endswith("txt")]
-            if "json" in g:
-                meta = json.loads(self._bytes(g["json"]).decode("utf-8"))
-                extra = meta.get("captions", meta.get("caption", [])) if isinstance(meta, dict) else None
-                if not (isinstance(extra, str) or (isinstance(extra, list) and all(isinstance(c, str) for c in extra))):
-                    raise ValueError(f"its json 'caption(s)' is not text or a list of text: {extra!r:.80}")
-                captions += [extra] if isinstance(extra, str) else extra
-        except (UnicodeDecodeError, ValueError) as err:  # (json.JSONDecodeError is a ValueError)
-            raise UnreadableImage(f"{where}: unreadable caption: {err}") from err
+        where = f"sample {idx} of {shard}"
+        with open(shard, "rb") as f:
+            def read(e: str) -> bytes:
+                f.seek(g[e][0])
+                return f.read(g[e][1])
+
+            try:  # a caption that cannot be read makes the sample unreadable: skipped and counted, as a bad image is
+                captions = [read(e).decode("utf-8").strip() for e in sorted(g) if e.endswith("txt")]
+                if "json" in g:
+                    meta = json.loads(read("json").decode("utf-8"))
+                    extra = meta.get("captions", meta.get("caption", [])) if isinstance(meta, dict) else None
+                    if not (isinstance(extra, str)
+                            or (isinstance(extra, list) and all(isinstance(c, str) for c in extra))):
+                        raise ValueError(f"its json 'caption(s)' is not text or a list of text: {extra!r:.80}")
+                    captions += [extra] if isinstance(extra, str) else extra
+            except (UnicodeDecodeError, ValueError) as err:  # (json.JSONDecodeError is a ValueError)
+                raise UnreadableImage(f"{where}: unreadable caption: {err}") from err
+            image_bytes = read(ext)
         captions = [c.strip() for c in captions if c.strip()]
-        img = load_image(self._bytes(g[ext]), name=f"{self.shards[g[ext].shard]}:{idx}.{ext}")
+        img = load_image(image_bytes, name=f"{shard}:{idx}.{ext}")
         if not captions:
             raise UnreadableImage(f"{where} has only empty captions")
         return img, captions

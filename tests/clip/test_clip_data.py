@@ -202,7 +202,7 @@ def test_damaged_tar_shards_are_read_as_far_as_they_can_be(tmp_path):
     with pytest.warns(UserWarning, match=rf"corrupt.tar: bytes {bad.offset}-{members[9].offset} are no valid"):
         ds = TarCaptionDataset(str(tmp_path / "corrupt.tar"))
     assert len(ds) == 9 and ds.incomplete == 1 and len(ds.damaged) == 1  # only sample 4 (its caption alone) lost
-    assert [ds.samples[i]["png"].offset for i in (4, 8)] == [members[10].offset_data, members[18].offset_data]
+    assert [ds.members(i)[1]["png"] for i in (4, 8)] == [(m.offset_data, m.size) for m in (members[10], members[18])]
     cut = (tmp_path / "good.tar").read_bytes()[: members[13].offset_data + 5]  # inside sample 6's caption
     (tmp_path / "cut.tar").write_bytes(cut)
     (tmp_path / "empty.tar").write_bytes(b"")
