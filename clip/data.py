@@ -259,8 +259,8 @@ class TarCaptionDataset(_FallbackDataset):
     def members(self, idx: int) -> tuple[str, dict[str, tuple[int, int]]]:
         """Sample `idx`'s shard and its members: extension -> (data offset, size) in the shard."""
         lo, hi = int(self._starts[idx]), int(self._starts[idx + 1])
-        return self.shards[int(self._shard[lo])], {self.exts[int(e)]: (int(o), int(n)) for e, o, n in
-                                                    zip(self._ext[lo:hi], self._offset[lo:hi], self._size[lo:hi])}
+        rows = zip(self._ext[lo:hi].tolist(), self._offset[lo:hi].tolist(), self._size[lo:hi].tolist())
+        return self.shards[int(self._shard[lo])], {self.exts[e]: (o, n) for e, o, n in rows}
 
     def _read(self, idx: int) -> tuple[Image.Image, list[str]]:
         shard, g = self.members(idx)
