@@ -211,3 +211,19 @@ def test_kwargs_key_without_a_space_after_the_colon_is_named(cfg_dir):
     with pytest.raises(ConfigError, match=r"model.kwargs.embed_dim:32 has no value.*'embed_dim: 32'"):
         load_config(cfg_dir / "child.yaml", ["model.kwargs={embed_dim:32}"])
     assert load_config(cfg_dir / "child.yaml", ["model.kwargs={embed_dim: 32}"]).model.kwargs.embed_dim == 32
+
+
+def test_readme_config_paths_work_outside_a_checkout(tmp_path, monkeypatch):
+    """`configs/...` run from a folder that has none (a wheel install) reads the configs installed with the package;
+    a config that exists nowhere is still an error naming the path."""
+    from vision_rwkv.engine.config import resolve_config_path
+    from vision_rwkv.resources import configs_dir
+    monkeypatch.chdir(tmp_path)
+    path = "configs/classification/demo_shapes.yaml"
+    assert resolve_config_path(path) == configs_dir() / "classification" / "demo_shapes.yaml"
+    assert load_config(path).model.name == load_config(configs_dir() / "classification" / "demo_shapes.yaml").model.name
+    (tmp_path / "configs" / "classification").mkdir(parents=True)  # a local file of that name comes first
+    (tmp_path / path).write_text("a: 1\n")
+    assert resolve_config_path(path).resolve() == tmp_path / path
+    with pytest.raises(ConfigError, match="config file not found: .*/configs/classification/nope.yaml"):
+        load_config("configs/classification/nope.yaml")

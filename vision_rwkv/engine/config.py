@@ -128,7 +128,19 @@ def _read_yaml(path: Path) -> DictConfig:
 def config_layers(path: str | os.PathLike) -> list[tuple[Path, DictConfig, bool]]:
     """The ``_base_`` chain of a YAML file as ``(file, its own keys, is_root)`` triples, bases first (depth-first,
     in ``_base_`` list order; paths relative to the including file). ``is_root``: the file has no ``_base_``."""
-    return _layers(Path(path), ())
+    return _layers(resolve_config_path(path), ())
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """``path``; or, when it does not exist and reads ``configs/...``, the copy installed with the package
+    (`vision_rwkv.resources.configs_dir`): the README's config paths also work for a wheel, run outside a checkout."""
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and p.parts[:1] == ("configs",):
+        from ..resources import configs_dir
+        packaged = configs_dir().joinpath(*p.parts[1:])
+        if packaged.is_file():
+            return packaged
+    return p
 
 
 def _layers(path: Path, stack: tuple[Path, ...]) -> list[tuple[Path, DictConfig, bool]]:
