@@ -373,8 +373,7 @@ class _CsvLabels(Dataset):
             for k in (img_key, label_key):
                 if k not in (reader.fieldnames or []):
                     raise KeyError(f"{path}: column {k!r} not found; columns are {reader.fieldnames}")
-            rows = [(n, (row[img_key] or "").strip(), (row[label_key] or "").strip())
-                    for n, row in enumerate(reader, start=2)]
+            rows = [(reader.line_num, (row[img_key] or "").strip(), (row[label_key] or "").strip()) for row in reader]
         index = {c: i for i, c in enumerate(classnames)}
         if label_type == "auto":  # class names such as "1" or "2001" are names, not indices, when all labels are
             label_type = "name" if all(lab in index for _, _, lab in rows) else "index"

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 _OPTION_KEYS = {
     "batch_size": ["batch_size"], "workers": ["workers"], "shapes_image_size": ["shapes_image_size"],
     "zeroshot_data": ["zero_shot.data"], "zeroshot_path": ["zero_shot.path"], "classes": ["zero_shot.classes"],
-    "label_key": ["zero_shot.label_key"], "label_type": ["zero_shot.label_type"], "zeroshot_length": ["zero_shot.length"],
+    "label_key": ["zero_shot.label_key"], "label_type": ["zero_shot.label_type"],
+    "zeroshot_length": ["zero_shot.length"],
     "img_key": ["zero_shot.img_key", "retrieval.img_key"], "split": ["zero_shot.split", "retrieval.split"],
     "retrieval_data": ["retrieval.data"], "retrieval_path": ["retrieval.path"], "retrieval_root": ["retrieval.root"],
     "retrieval_length": ["retrieval.length"], "caption_keys": ["retrieval.caption_keys"],

@@ -71,7 +71,8 @@ class RandomResizeKeepRatio(DualTransform):
 class CatMaxRatioCrop(DualTransform):
     """Random crop of at most `size` (H, W): up to `max_tries` crops are checked until one has no single class
     covering `cat_max_ratio` or more of its labelled (non-ignore) pixels; if none passes, one more is drawn and used
-    unchecked (mmseg's RandomCrop: 10 checks, 11 crops at most). A side shorter than the crop is kept whole (pad afterwards)."""
+    unchecked (mmseg's RandomCrop: 10 checks, 11 crops at most). A side shorter than the crop is kept whole (pad
+    afterwards)."""
 
     def __init__(self, size: int | Sequence[int], cat_max_ratio: float = 0.75, ignore_index: int = 255,
                  max_tries: int = 10, p: float = 1.0):
