@@ -240,3 +240,23 @@ def test_overlays_without_ground_truth_have_two_panels(tmp_path):
     with_gt = Image.open(save_overlays(tmp_path / "a.png", [img], [lab], [lab], ["a", "b"]))
     without = Image.open(save_overlays(tmp_path / "b.png", [img], [None], [lab], ["a", "b"]))
     assert without.size[0] * 3 == with_gt.size[0] * 2
+
+
+@pytest.mark.parametrize("num_present", [2, 150])
+def test_overlay_legend_leaves_the_panels_free(tmp_path, monkeypatch, num_present):
+    """With ADE20K's 150 classes present, the legend (25 rows) covered the bottom row of panels: it had a fixed 6%
+    of the figure."""
+    from vision_rwkv.seg import visualize
+    figures = []
+    real = visualize.save_figure
+    monkeypatch.setattr(visualize, "save_figure", lambda fig, path: figures.append(fig) or real(fig, path))
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, num_present, (24, 24)) for _ in range(2)]
+    labels[0].flat[:num_present] = np.arange(num_present)
+    names = [f"class {i}" for i in range(150)]
+    visualize.save_overlays(tmp_path / "o.png", [np.zeros((24, 24, 3), np.uint8)] * 2, labels, labels, names)
+    fig = figures[0]
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert len(fig.legends[0].get_texts()) == num_present
+    assert all(legend.y1 <= ax.get_window_extent().y0 for ax in fig.axes)

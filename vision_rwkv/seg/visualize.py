@@ -47,15 +47,18 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
     palette = make_palette(len(class_names))
     n = len(images)
     with_gt = any(g is not None for g in gts)
-    fig, axes = plt.subplots(n, 2 + with_gt, figsize=(3 * (2 + with_gt), 3 * n + 0.8), squeeze=False)
-    present: set[int] = set()
+    present = sorted({int(v) for lab in (*gts, *preds) if lab is not None for v in np.unique(lab)
+                      if v != ignore_index and 0 <= v < len(class_names)})
+    ncol = min(6, max(1, len(present)))
+    legend_h = (0.2 + 0.17 * -(-len(present) // ncol)) if present else 0.0  # inches: every legend row gets room
+    height = 3 * n + 0.3 + legend_h
+    fig, axes = plt.subplots(n, 2 + with_gt, figsize=(3 * (2 + with_gt), height), squeeze=False)
     for r, (img, gt, pred) in enumerate(zip(images, gts, preds)):
         panels = [("image", img)]
         for name, lab in ((("ground truth", gt),) if with_gt else ()) + (("prediction", pred),):
             if lab is None:
                 panels.append((name + " (none)", np.zeros_like(img)))
                 continue
-            present.update(int(v) for v in np.unique(lab) if v != ignore_index and 0 <= v < len(class_names))
             color = colorize(lab, palette, ignore_index).astype(np.float32)
             blend = (1 - alpha) * img.astype(np.float32) + alpha * color
             panels.append((name, blend.clip(0, 255).astype(np.uint8)))
@@ -66,8 +69,8 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
             ax.set_yticks([])
             title = name if titles is None or c else f"{titles[r]}"
             ax.set_title(title, fontsize=8)
-    handles = [Patch(color=palette[i] / 255.0, label=class_names[i]) for i in sorted(present)]
+    handles = [Patch(color=palette[i] / 255.0, label=class_names[i]) for i in present]
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_h / height, 1, 1))
     return save_figure(fig, path)
