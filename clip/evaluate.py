@@ -70,25 +70,25 @@ def retrieval_metrics(
     captioned[t2i] = True  # images without a caption stay in the gallery but are no image->text query
     if not captioned.any():
         raise ValueError("retrieval_metrics: no texts (no image has a caption)")
-    # each query block's top-k for every k (no texts x images matrix or mask is held: a dense positive mask next to
+    # recall_at_k over blocks of queries (no texts x images matrix or mask is held: a dense positive mask next to
     # the scores took 2.5x their size, 750 MB for 4000 images x 5 captions). Image->text scores are the columns of
     # text @ image^T and each k has its own top-k, as clip_benchmark ranks them: captions whose embeddings tie
     # (repeated captions) then fall in the same order (a top-10's first entry is not always the top-1 among ties).
     hits: dict[str, list[torch.Tensor]] = {f"{d}@{k}": [] for d in ("t2i", "i2t") for k in ks}
     for i, rows in _blocks(txt.shape[0]):
         scores = txt[i:i + rows] @ img.T  # (rows, I)
+        positive = t2i[i:i + rows, None] == torch.arange(img.shape[0])
         for k in ks:
-            top = scores.topk(min(k, img.shape[0]), dim=1).indices
-            hits[f"t2i@{k}"].append((top == t2i[i:i + rows, None]).any(dim=1))
+            hits[f"t2i@{k}"].append(recall_at_k(scores, positive, k))
     for i, rows in _blocks(img.shape[0]):
         scores = (txt @ img[i:i + rows].T).T  # (rows, T)
+        positive = t2i[None, :] == torch.arange(i, i + rows)[:, None]
         for k in ks:
-            top = scores.topk(min(k, txt.shape[0]), dim=1).indices
-            hits[f"i2t@{k}"].append((t2i[top] == torch.arange(i, i + rows)[:, None]).any(dim=1))
+            hits[f"i2t@{k}"].append(recall_at_k(scores, positive, k))
     metrics = {}
     for k in ks:
-        metrics[f"image_retrieval_recall@{k}"] = torch.cat(hits[f"t2i@{k}"]).float().mean().item()
-        metrics[f"text_retrieval_recall@{k}"] = torch.cat(hits[f"i2t@{k}"])[captioned].float().mean().item()
+        metrics[f"image_retrieval_recall@{k}"] = torch.cat(hits[f"t2i@{k}"]).mean().item()
+        metrics[f"text_retrieval_recall@{k}"] = torch.cat(hits[f"i2t@{k}"])[captioned].mean().item()
     return metrics
 
 
