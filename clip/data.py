@@ -10,7 +10,8 @@ the next readable one (so every batch keeps its size, which DDP's feature gather
 * `TarCaptionDataset`: webdataset-style tar shards (`key.jpg` + `key.txt`, extra caption files such as
   `key.syn.txt`, or `key.json` with a "caption"/"captions" field). The member index is read once from the tar
   headers (`tar_index`: ~6 us a member for plain ustar headers, tarfile for other formats and damaged shards) and
-  held in flat arrays (~30 bytes a member); samples are then read by offset. Shard specs expand as webdataset's:
+  held in flat arrays (~30 bytes a member), cached per shard with `index_cache` (`shard_index`); samples are then
+  read by offset. Shard specs expand as webdataset's:
   `data/shard-{000..009}.tar`, `{a,b}`, `::`-separated lists.
 * `ShapesCaptionSamples`: the embedded procedural Shapes captions in the same sample format.
 * `RandomCaptionDataset`: per sample, each time it is read, one caption drawn uniformly (the diverse-description
@@ -25,7 +26,6 @@ import os
 import random
 import re
 from abc import ABC, abstractmethod
-from array import array
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -35,9 +35,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vision_rwkv.data.folder import to_rgb
-from vision_rwkv.engine.distributed import warn_rank0
+from vision_rwkv.engine.distributed import launch_rank, warn_rank0
+from vision_rwkv.engine.logger import progress
 
-from .tar_index import tar_files
+from .shard_index import ShardSamples, index_order, shard_samples
 
 __all__ = [
     "CsvCaptionDataset", "TarCaptionDataset", "ShapesCaptionSamples", "RandomCaptionDataset", "expand_shards",
@@ -170,6 +171,13 @@ class CsvCaptionDataset(_FallbackDataset):
         return load_image(self.image_path(idx)), self.captions[idx]
 
 
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
 def expand_shards(spec: Union[str, Sequence[str]]) -> list[str]:
     """Expand brace patterns as webdataset (braceexpand) does: ranges `a-{000..003}.tar` (zero padded to the wider
     bound when either has a leading zero; descending when the first bound is larger), lists `{a,b}`, several
@@ -207,51 +215,46 @@ class TarCaptionDataset(_FallbackDataset):
     field of a `json` member; training draws one of them uniformly, so the order only fixes `captions[i]`.
     Samples without an image or caption are ignored (and counted in `incomplete`). A damaged shard (a corrupt
     header, truncated, empty, not a tar) is read as far as it can be, with a warning, and listed in `damaged`.
+    `index_cache`: a folder where each shard's index is kept for the next start (see `shard_index`; None: none).
     """
 
     def __init__(self, shards: Union[str, Sequence[str]], transform: Optional[Callable] = None,
-                 skip_unreadable: bool = True):
+                 skip_unreadable: bool = True, index_cache: Optional[str] = None):
         self.skip_unreadable = skip_unreadable
         self.shards = expand_shards(shards)
         if not self.shards:
             raise ValueError("no tar shards given")
         self.transform = transform
-        self.incomplete = 0
         self.damaged: list[str] = []  # "shard: what was wrong" for shards read only in part (or not at all)
+        for shard in self.shards:
+            if not os.path.isfile(shard):
+                raise FileNotFoundError(f"tar shard not found: {shard}")
+        # with a cache, the processes of a node index disjoint shards first (`index_order`)
+        rank, world = (_env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", 1)) if index_cache else (0, 1)
+        per_shard: list[Optional[ShardSamples]] = [None] * len(self.shards)
+        for si in progress(index_order(len(self.shards), rank, world), desc="indexing tar shards",
+                           enabled=len(self.shards) > 1 and rank == 0 and launch_rank() == 0):
+            per_shard[si] = shard_samples(self.shards[si], IMAGE_EXTENSIONS, index_cache)
         # the index in flat arrays (~30 bytes a member; dicts of objects took ~750 bytes a sample, and forked data
         # workers copied them page by page as reference counts changed): the members of sample i are
         # [starts[i], starts[i + 1]), each with its shard, extension (an index into `exts`), data offset and size
-        self.exts: list[str] = []
         ext_ids: dict[str, int] = {}
-        columns: tuple[array, ...] = (array("i"), array("i"), array("q"), array("q"))  # shard, ext, offset, size
-        starts = array("q", [0])
-        for si, shard in enumerate(self.shards):
-            if not os.path.isfile(shard):
-                raise FileNotFoundError(f"tar shard not found: {shard}")
-            files, problem = tar_files(shard)
-            if problem is not None:
-                self.damaged.append(f"{shard}: {problem}")
-                warn_rank0(f"tar shard {shard}: {problem}")  # (every rank reads every shard's index)
-            groups: dict[str, dict[str, tuple[int, int]]] = {}  # key -> extension -> (offset, size), in file order
-            for name, offset, size in files:
-                folder, base = os.path.split(name)
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                groups.setdefault(f"{folder}/{stem}", {})[ext.lower()] = (offset, size)
-            for g in groups.values():
-                if not (any(e in g for e in IMAGE_EXTENSIONS) and (any(e.endswith("txt") for e in g) or "json" in g)):
-                    self.incomplete += 1
-                    continue
-                for ext, (offset, size) in g.items():
-                    for column, value in zip(columns, (si, ext_ids.setdefault(ext, len(ext_ids)), offset, size)):
-                        column.append(value)
-                starts.append(len(columns[0]))
-        if len(starts) == 1:
+        shard_col, ext_col, starts, rows = [], [], [np.zeros(1, dtype=np.int64)], 0
+        for si, (shard, s) in enumerate(zip(self.shards, per_shard)):
+            if s.problem is not None:
+                self.damaged.append(f"{shard}: {s.problem}")
+                warn_rank0(f"tar shard {shard}: {s.problem}")  # (every rank reads every shard's index)
+            shard_col.append(np.full(len(s.ext), si, dtype=np.int32))
+            ext_col.append(np.array([ext_ids.setdefault(e, len(ext_ids)) for e in s.exts], dtype=np.int32)[s.ext])
+            starts.append(s.starts[1:] + rows)
+            rows += len(s.ext)
+        self.incomplete = sum(s.incomplete for s in per_shard)
+        self._starts = np.concatenate(starts)
+        if len(self._starts) == 1:
             raise ValueError(f"no image+caption samples in shards {self.shards[:3]}...")
         self.exts = list(ext_ids)
-        self._shard, self._ext, self._offset, self._size = (np.frombuffer(c, dtype=c.typecode) for c in columns)
-        self._starts = np.frombuffer(starts, dtype=np.int64)
+        self._shard, self._ext = np.concatenate(shard_col), np.concatenate(ext_col)
+        self._offset, self._size = (np.concatenate([getattr(s, k) for s in per_shard]) for k in ("offset", "size"))
 
     def __len__(self) -> int:
         return len(self._starts) - 1

@@ -30,6 +30,7 @@ from vision_rwkv.engine import (ConfigError, DistInfo, EpochLoader, Trainer, all
 from .data import IMAGE_EXTENSIONS, CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
 from .evaluate import EvalCfg, run_evaluation
 from .factory import create_model_and_transforms, get_tokenizer
+from .shard_index import default_index_cache
 
 __all__ = ["ClipTrainConfig", "load_clip_config", "train_clip", "build_optimizer", "build_scheduler",
            "build_train_dataset"]
@@ -51,6 +52,7 @@ class DataCfg:
     caption_keys: Any = field(default_factory=lambda: ["title"])  # CSV caption column(s): a list or "a,b"
     root: Optional[str] = None                # folder for relative CSV image paths
     sep: Optional[str] = None                 # CSV separator (default from the extension)
+    index_cache: Optional[str] = "auto"       # tar shards' index cache folder; auto = ~/.cache/vision_rwkv/tar_index
     augment: bool = True                      # open_clip's train transform (RandomResizedCrop) vs the val one
     workers: int = 0
     shapes_length: int = 4000
@@ -144,7 +146,8 @@ def build_train_dataset(data: Any, transform, tokenizer) -> RandomCaptionDataset
         if not data.train:
             raise ConfigError("data.train must name the tar shards for data.kind=tar")
         shards = data.train if isinstance(data.train, str) else list(data.train)
-        base = TarCaptionDataset(shards, transform)
+        cache = default_index_cache() if data.index_cache == "auto" else data.index_cache
+        base = TarCaptionDataset(shards, transform, index_cache=cache or None)
         if base.damaged:
             print_rank0(f"[clip] {len(base.damaged)} of {len(base.shards)} tar shard(s) damaged, read in part: "
                         + "; ".join(base.damaged[:3]) + (" ..." if len(base.damaged) > 3 else ""))

@@ -235,7 +235,7 @@ def test_csv_tables_as_spreadsheets_and_cc3m_write_them(tmp_path):
         CsvCaptionDataset(short)
 
 
-def test_training_reports_tar_samples_left_out(tmp_path, capsys):
+def test_training_reports_tar_samples_left_out(tmp_path, capsys, monkeypatch):
     """Keys without an image of a known type or without a caption are left out of the shards' samples; the
     training data says how many, so a set whose captions sit under another key does not shrink silently."""
     from types import SimpleNamespace
@@ -243,7 +243,7 @@ def test_training_reports_tar_samples_left_out(tmp_path, capsys):
     from rwkv_clip.train import build_train_dataset
     _tar(tmp_path / "s.tar", [("0.png", _png_bytes(1)), ("0.txt", b"zero"), ("1.tif", _png_bytes(2)),
                               ("1.txt", b"one"), ("2.png", _png_bytes(3)), ("2.caption", b"two")])
-    data = SimpleNamespace(kind="tar", train=str(tmp_path / "s.tar"))
+    data = SimpleNamespace(kind="tar", train=str(tmp_path / "s.tar"), index_cache=None)
     ds = build_train_dataset(data, None, lambda texts: texts)
     assert len(ds) == 1
     assert "[clip] 2 tar sample(s) without an image" in capsys.readouterr().out
@@ -252,9 +252,12 @@ def test_training_reports_tar_samples_left_out(tmp_path, capsys):
     (tmp_path / "e.tar").write_bytes(b"")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data:\n  kind: tar\n  train:\n    - {tmp_path / 's.tar'}\n    - {tmp_path / '{s,e}.tar'}\n")
-    with pytest.warns(UserWarning, match="e.tar: unreadable from byte 0"):
-        ds = build_train_dataset(load_clip_config(cfg).data, None, lambda texts: texts)
-    assert len(ds) == 2 and "1 of 3 tar shard(s) damaged, read in part" in capsys.readouterr().out
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for _ in range(2):  # the second time from the index cache (by default under $XDG_CACHE_HOME), damage reported alike
+        with pytest.warns(UserWarning, match="e.tar: unreadable from byte 0"):
+            ds = build_train_dataset(load_clip_config(cfg).data, None, lambda texts: texts)
+        assert len(ds) == 2 and "1 of 3 tar shard(s) damaged, read in part" in capsys.readouterr().out
+    assert len(list((tmp_path / "xdg" / "vision_rwkv" / "tar_index").glob("*.npz"))) == 2  # s.tar and e.tar
 
 
 def test_images_read_as_the_classification_and_segmentation_loaders_read_them(tmp_path):
