@@ -17,13 +17,13 @@ Works under torchrun (each rank evaluates a shard).
 """
 from __future__ import annotations
 
-import json
 import sys
 
 from vision_rwkv.engine import ConfigError, launch_rank, load_config
 from vision_rwkv.engine.checkpoint import run_checkpoint
 from vision_rwkv.engine.classification import evaluate_classifier
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+from vision_rwkv.engine.logger import json_text
 from vision_rwkv.models.convert import MissingWeightsError
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     keys = ("top1", "top5", "loss", "num_samples", "skipped_samples", "throughput", "input_size", "eval_time_s",
             "confusion_matrix_png")
     if main_rank:
-        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
+        print(json_text({k: result[k] for k in keys if k in result}))
     return result
 
 

@@ -24,7 +24,6 @@ torchrun).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -115,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(2, "error: eval_zeroshot.py runs in one process: start it with python, not torchrun\n"
                     if launch_rank() == 0 else None)
     from rwkv_clip.evaluate import load_model_for_eval, run_evaluation
+    from vision_rwkv.engine.logger import json_text
 
     cfg = eval_config(args)
     model, tokenizer, preprocess = load_model_for_eval(args.model, args.pretrained, args.run_dir, args.device)
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
                              precision=args.precision)
     metrics = {k: v for k, v in metrics.items() if k != "zeroshot_predictions"}
     metrics["model"] = args.model or args.run_dir
-    out_path.write_text(json.dumps(metrics, indent=2))
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=2))
+    out_path.write_text(json_text(metrics))
+    print(json_text({k: v for k, v in metrics.items() if not isinstance(v, list)}))
     return metrics
 
 

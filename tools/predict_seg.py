@@ -23,7 +23,6 @@ does not fit the config's model; 1 for a missing file or checkpoint, or no image
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -51,6 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from vision_rwkv.engine import ConfigError
     from vision_rwkv.engine.predict import image_files
+    from vision_rwkv.engine.logger import json_text
     from vision_rwkv.models.convert import CheckpointMismatchError
     from vision_rwkv.seg.predict_images import class_fractions, load_trained_segmentor, save_label_png, segment_files
     from vision_rwkv.seg.visualize import save_overlays
@@ -90,8 +90,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                "unreadable": errors, "out_dir": str(out), "overlays": str(overlay) if overlay else None,
                "per_image": per_image}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "per_image"}, indent=2))
+    (out / "predictions.json").write_text(json_text(summary))
+    print(json_text({k: v for k, v in summary.items() if k != "per_image"}))
     return 0
 
 

@@ -11,11 +11,10 @@ configs/classification/base.yaml (``+key=value`` adds a new one, ``~key`` delete
 """
 from __future__ import annotations
 
-import json
-
 from vision_rwkv.engine import ConfigError, launch_rank, load_config
 from vision_rwkv.engine.classification import train_classifier
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+from vision_rwkv.engine.logger import json_text
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = train_classifier(cfg)
     if launch_rank() == 0 and not result.get("stopped"):  # (torchrun: rank 0 reports)
         summary = {k: v for k, v in result.items() if k not in ("classes",)}
-        print(json.dumps(summary, indent=2, default=str))
+        print(json_text(summary))
     return result
 
 

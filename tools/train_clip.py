@@ -13,7 +13,6 @@ and `result.json`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
@@ -26,13 +25,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rwkv_clip.train import load_clip_config, train_clip
     from vision_rwkv.engine import launch_rank
+    from vision_rwkv.engine.logger import json_text
 
     cfg = load_clip_config(args.config, args.overrides)
     result = train_clip(cfg, resume=args.options.resume)
     if launch_rank() == 0 and not result.get("stopped"):  # (torchrun: the process group is gone by now)
         out = {k: v for k, v in result.items() if k != "history"}
-        Path(result["run_dir"], "result.json").write_text(json.dumps(out, indent=2))
-        print(json.dumps(out, indent=2))
+        Path(result["run_dir"], "result.json").write_text(json_text(out))
+        print(json_text(out))
     return result
 
 

@@ -296,3 +296,25 @@ def test_unreadable_validation_images_are_counted_in_the_val_metrics(tmp_path):
         train_classifier(cfg)
     rows = read_metrics_csv(tmp_path / "run" / "val_metrics.csv")
     assert [r["skipped_samples"] for r in rows] == [2.0]
+
+
+def test_diverged_weights_give_strict_json_results(tmp_path):
+    """Evaluating weights gone NaN gives a NaN loss: metrics.json writes it as null (bare NaN is not JSON, and a
+    strict parser - jq, JavaScript, ``json.loads(parse_constant=...)`` - rejected the whole file)."""
+    import json
+
+    from vision_rwkv.engine.classification import create_classifier, evaluate_classifier
+    cfg = load_config(DEMO, TINY + [f"run_dir={tmp_path}", "data.shapes.val_length=8", "eval.batch_size=4"])
+    model = create_classifier(cfg, 8)  # the 8 Shapes classes
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in model.state_dict().items()}, tmp_path / "nan.pt")
+    cfg = load_config(DEMO, TINY + [f"run_dir={tmp_path}", "data.shapes.val_length=8", "eval.batch_size=4",
+                                    f"eval.checkpoint={tmp_path / 'nan.pt'}"])
+    result = evaluate_classifier(cfg)
+    assert result["loss"] != result["loss"]  # NaN
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["loss"] is None and metrics["num_samples"] == 8

@@ -18,7 +18,6 @@ Shapes images at 32x32): 47.8% top-1 / 98.4% top-5 on 500 validation images (cha
 """
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -36,7 +35,7 @@ from .config import ConfigError, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, cleanup_distributed, init_distributed,
                           is_main_process, print_rank0, unwrap_model, wrap_ddp)
 from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
-from .logger import progress, pyplot, save_figure
+from .logger import json_text, progress, pyplot, save_figure
 from .loop import Trainer
 from .precision import autocast
 
@@ -525,7 +524,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                   total_time_s=time.perf_counter() - t_start)
     if info.is_main and not result.get("stopped"):
         with open(run_dir / "final_metrics.json", "w") as f:
-            json.dump({k: v for k, v in result.items() if k != "classes"}, f, indent=2)
+            f.write(json_text({k: v for k, v in result.items() if k != "classes"}))
     return result
 
 
@@ -555,7 +554,7 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             with open(out_dir / "metrics.json", "w") as f:
-                json.dump(r, f, indent=2)
+                f.write(json_text(r))
             with open(out_dir / "per_class.csv", "w") as f:
                 f.write("class,accuracy,count\n")
                 for name, acc, cnt in zip(classes, r["per_class_accuracy"], r["per_class_count"]):
