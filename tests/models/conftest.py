@@ -24,3 +24,11 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def keep_on_cpu(monkeypatch):
+    """Keep derived values in eager CPU inference as on a GPU (``_projections.KEEP_DEVICES``), so that the caching a
+    GPU run relies on is tested here."""
+    from vision_rwkv.models import _projections
+    monkeypatch.setattr(_projections, "KEEP_DEVICES", ("cuda", "cpu"))

@@ -178,7 +178,7 @@ def test_fused_prenorm_step_matches_plain_prenorm_block(with_scale, with_next):
         torch.testing.assert_close(h_own, nxt(ref))
 
 
-def test_fold_caches_stacked_vectors_in_inference_only():
+def test_fold_caches_stacked_vectors_in_inference_only(keep_on_cpu):
     """Eager inference keeps the stacked mix vectors while they are unchanged; an in-place update (optimizer step,
     load_state_dict) is seen at once; with autograd recording the vectors are passed as they are (no stack per
     training step: the fused kernels read each vector in place and return each its gradient)."""
@@ -203,7 +203,7 @@ def test_fold_caches_stacked_vectors_in_inference_only():
         assert _fold((a,), cache, 'a').shape == (1, 6)
 
 
-def test_per_step_divides_by_tokens_with_one_foreach_each_way():
+def test_per_step_divides_by_tokens_with_one_foreach_each_way(keep_on_cpu):
     """SpatialMix.per_step: (decay / T, first / T) and their gradients as plain division's, with one foreach launch in
     the forward and one in the backward when training (autograd's foreach backward would divide twice)."""
     from op_recorder import OpRecorder
@@ -233,7 +233,30 @@ def test_per_step_divides_by_tokens_with_one_foreach_each_way():
         torch.testing.assert_close(mix.per_step(9)[0], mix.spatial_decay / 9, rtol=0, atol=0)
 
 
-def test_linear_stack_projects_together_and_caches_in_inference_only():
+def test_writes_through_data_never_leave_a_stale_kept_value(monkeypatch):
+    """A write through ``p.data`` (mmengine's EMA swap, hand edits) bumps no version counter, so a kept value cannot
+    see it: on CPU nothing is kept (the output followed the old decays); where values are kept (GPUs), the mode switch
+    that precedes an evaluation - ``model.eval()`` - forgets them."""
+    from vision_rwkv.models import _projections
+    from vision_rwkv.models.vrwkv import SpatialMix
+
+    mix = SpatialMix(12, 1, 4).eval()
+    with torch.no_grad():
+        mix.per_step(7)
+        mix.spatial_decay.data.mul_(2.0)
+        torch.testing.assert_close(mix.per_step(7)[0], mix.spatial_decay / 7, rtol=0, atol=0)
+        monkeypatch.setattr(_projections, "KEEP_DEVICES", ("cuda", "cpu"))  # as on a GPU
+        w = mix.per_step(7)[0]
+        mix.spatial_decay.data.mul_(2.0)
+        assert mix.per_step(7)[0] is w  # (kept: invisible to the version counter)
+        mix.eval()
+        torch.testing.assert_close(mix.per_step(7)[0], mix.spatial_decay / 7, rtol=0, atol=0)
+        mix.per_step(7)
+        mix.train()
+        assert not mix._folded
+
+
+def test_linear_stack_projects_together_and_caches_in_inference_only(keep_on_cpu):
     """linear_stack: the token mixes' M projections as one batched GEMM, equal to the Linears; eager inference keeps
     the stacked weight (cast to the inputs' dtype) while the weights are unchanged; in training each call stacks and
     every weight gets its gradient."""
@@ -269,7 +292,7 @@ def test_linear_stack_projects_together_and_caches_in_inference_only():
     assert not stackable(linears[0], torch.nn.Linear(6, 5, bias=False).half())
 
 
-def test_step_weights_one_cast_by_name_and_when_not():
+def test_step_weights_one_cast_by_name_and_when_not(keep_on_cpu):
     """step_weights: the plain projections' weights (and extra matrices) cast to the compute dtype in one launch, the
     ``stack`` names as one stacked tensor; empty where autocast's own casts stay (same dtype, mixed dtypes); eager
     inference keeps the casts while the weights are unchanged, training recasts each call and routes gradients."""
@@ -392,7 +415,7 @@ def test_fused_mixers_cast_their_weights_once_per_call(family, monkeypatch):
 
 @pytest.mark.parametrize("family", ["v4", "v6", "channel"])
 @pytest.mark.parametrize("mlp", [False, True])
-def test_mix_gemm_inference_keeps_its_weight_casts(family, mlp, monkeypatch):
+def test_mix_gemm_inference_keeps_its_weight_casts(family, mlp, monkeypatch, keep_on_cpu):
     """The mixed-operand inference path (VRWKV_FUSED_MIX=1) under bf16 autocast: the first forward casts the mixer's
     weight matrices in one call, later forwards reuse them (no cast at all) until a weight changes; the output is
     bit-identical to the same path casting per call. Reference backend of the fused ops (CPU)."""
@@ -429,7 +452,7 @@ def test_mix_gemm_inference_keeps_its_weight_casts(family, mlp, monkeypatch):
     torch.testing.assert_close(y4, y3, rtol=0, atol=0)
 
 
-def test_derived_values_are_not_kept_while_a_cuda_graph_is_captured(monkeypatch):
+def test_derived_values_are_not_kept_while_a_cuda_graph_is_captured(monkeypatch, keep_on_cpu):
     """During a CUDA-graph capture the derived values (stacks, casts) are made by the graph each replay, never taken
     from or put into the cache: a replay after an in-place weight update must not read a stale cast."""
     from vision_rwkv.models import _projections

@@ -219,14 +219,22 @@ def _capturing_graph() -> bool:
     return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
+# the devices whose eager inference keeps derived values: where a launch costs more than recomputing (on CPU the
+# stacks and divisions are a few microseconds against milliseconds of forward, so nothing there can go stale)
+KEEP_DEVICES = ('cuda',)
+
+
 def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict], name: str,
                          make: Callable[[], Any], key: Any = None) -> Any:
     """``make()``, a value computed from the parameter tensors ``vectors`` only (and ``key``). With ``cache`` (a dict
-    of the owning module) eager inference keeps it under ``name`` while the vectors are unchanged (the same tensor
-    objects, storages and version counters) and ``key`` is equal: no launch per forward. With autograd recording,
-    under torch.compile, or while a CUDA graph is captured it is computed each call (in a graph: by the graph, so
-    that its replays see later in-place updates of the parameters - as autocast turns its cast cache off there)."""
-    if cache is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or _capturing_graph():
+    of the owning module) eager inference on a GPU keeps it under ``name`` while the vectors are unchanged (the same
+    tensor objects, storages and version counters) and ``key`` is equal: no launch per forward. Writes through
+    ``p.data`` bump no version counter: the owning mixer's ``train()`` / ``eval()`` forgets the kept values. With
+    autograd recording, under torch.compile, on CPU, or while a CUDA graph is captured it is computed each call (in a
+    graph: by the graph, so that its replays see later in-place updates of the parameters - as autocast turns its
+    cast cache off there)."""
+    if (cache is None or torch.is_grad_enabled() or vectors[0].device.type not in KEEP_DEVICES
+            or torch.compiler.is_compiling() or _capturing_graph()):
         return make()
     state = (key,) + tuple((v.data_ptr(), v._version) for v in vectors)
     hit = cache.get(name)  # (the vectors themselves: held, so an identity check cannot match a recycled object)

@@ -136,6 +136,13 @@ class FusedPathMixer(nn.Module):
         # a features_only wrapper, an RWKV-CLIP tower) fails here with a clear message instead of deep in TorchScript
         raise torchscript_unsupported(type(self).__name__, "torch.jit.script")
 
+    def train(self, mode: bool = True):
+        """Set the mode, and forget the values kept for eager inference (``derived_in_inference``): ``model.eval()``
+        refreshes them after parameters were written through ``.data``, which no version counter sees (an EMA
+        swapped in before validation, as mmengine's EMAHook does)."""
+        self._folded.clear()
+        return super().train(mode)
+
     def forward(self, x: torch.Tensor, grid_size: Optional[GridSize] = None,
                 residual: Optional[fused.ResidualNorm] = None, cast: Optional[Tuple[torch.Tensor, ...]] = None):
         """The mix of x (``grid_size``: the token grid, which the Q-Shift needs); with ``residual`` (see
