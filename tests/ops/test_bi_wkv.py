@@ -172,6 +172,26 @@ def test_fp32_gradients_close_to_float64(mode, decay):
 
 
 @pytest.mark.parametrize("mode", ["exact", "original"])
+@pytest.mark.parametrize("t, total", [(33, -47.0), (40, -60.0), (65, -70.0), (100, -80.0), (196, -87.0)])
+def test_strong_growth_inside_the_range_keeps_finite_gradients(mode, t, total):
+    """|w| T up to ~88 with growth (w < 0) and a ragged last block: "original" mode's gradient of w was NaN from
+    |w| T = 47 at T = 33 (the carry past the padded last block overflowed, then was scaled by exp(-w))."""
+    w = torch.tensor([total / t, total / t / 2, 0.3 / t], dtype=F64)
+    u = torch.randn(3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    _, _, k, v = make_inputs(2, t, 3, k_scale=0.0, seed=5)
+    gy = torch.randn(2, t, 3, dtype=F64)
+    grads = []
+    for dt in (F64, torch.float32):
+        args = [x.to(dt).detach().requires_grad_() for x in (w, u, k, v)]
+        y = bi_wkv(*args, mode=mode, backend="reference")
+        (y * gy.to(dt)).sum().backward()
+        grads.append([y] + [a.grad for a in args])
+    # (gw sums products of up to e^87 in fp32: a few 1e-5 at the range's edge)
+    for name, a, b, tol in zip(("y", "w", "u", "k", "v"), grads[1], grads[0], (2e-5, 1e-4, 2e-5, 2e-5, 2e-5)):
+        assert torch.isfinite(a).all() and rel_err(a, b) < tol, name
+
+
+@pytest.mark.parametrize("mode", ["exact", "original"])
 def test_reference_recompute_keeps_only_the_inputs(monkeypatch, mode):
     """With ``recompute`` the backward recomputes the scans: autograd keeps the inputs (~14 / ~22 planes of k's size
     without, in exact / original mode), and the gradients are those of the stored graph. The default recomputes from

@@ -153,13 +153,16 @@ def _blocks_apply(x: torch.Tensor, mat: torch.Tensor, w: torch.Tensor, block: in
     from_start = torch.exp(-w[:, None] * idx)  # exp(-n w), the block's start to n
     full = torch.matmul(xb, torch.cat([mat, to_end[:, :, None], from_start[:, :, None]], dim=2))  # (C, M nblk, L+2)
     tot = full[..., :size]  # (C, M nblk, L): the sums inside each block
-    ends = decay_scan(full[..., size].reshape(c, m, nblk), w * size, block)  # all tokens up to each block's end
-    starts = decay_scan(full[..., size + 1].reshape(c, m, nblk).flip(-1), w * size, block).flip(-1)  # from its start
+    # all tokens up to each block's end (but the last's), and from each block's start (but the first's): the unused
+    # carries would span the padding too and, with growth (w < 0), overflow inside |w| T < 88; scaled below, an inf
+    # made the gradient of w NaN (0 * inf) although the forward dropped it
+    ends = decay_scan(full[..., size].reshape(c, m, nblk)[..., :-1], w * size, block)
+    starts = decay_scan(full[..., size + 1].reshape(c, m, nblk)[..., 1:].flip(-1), w * size, block).flip(-1)
     if offset:
         scale = torch.exp(-offset * w)[:, None, None]
         ends, starts = ends * scale, starts * scale
     # the blocks before t's (their sums decayed to t) and after it: one rank-2 update of the in-block sums
-    carries = torch.stack((F.pad(ends[..., :-1], (1, 0)), F.pad(starts[..., 1:], (0, 1))), dim=-1)  # (C, M, nblk, 2)
+    carries = torch.stack((F.pad(ends, (1, 0)), F.pad(starts, (0, 1))), dim=-1)  # (C, M, nblk, 2)
     out = torch.baddbmm(tot, carries.view(c, m * nblk, 2), torch.stack((from_start, to_end), dim=1))
     return out.view(c, m, nblk * size)[..., :t_len]
 
