@@ -364,3 +364,96 @@ def test_logs_show_the_rate_each_step_ran_at_and_one_epoch_count(tmp_path):
     val = read_metrics_csv(tmp_path / "val_metrics.csv")
     assert [r["lr"] for r in train] == [1.0, 0.5, 0.25, 0.125]
     assert [r["epoch"] for r in train] == [r["epoch"] for r in val] == [1, 1, 2, 2]
+
+
+def test_a_mapped_position_takes_the_schedule_to_the_new_step(tmp_path):
+    """A checkpoint of another batch (or world size) under max_steps: the step is mapped (8 samples x 4 steps ->
+    16 x 2) and the learning-rate schedule must follow the mapped step. It kept the saved state, so going to a
+    larger batch ran the last steps of the audit's run at lr 0, and to a smaller one never finished the decay."""
+    def run(batch, run_dir, **kw):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / 6))
+        ds = torch.utils.data.TensorDataset(torch.randn(48, 3), torch.randint(0, 2, (48,)))
+        return Trainer(model, opt, EpochLoader(ds, batch, seed=0),
+                       lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), run_dir=run_dir, max_steps=6,
+                       scheduler=sched, ckpt_every_steps=2, show_progress=False, plot=False, **kw)
+
+    assert run(8, tmp_path, stop_after_steps=5).fit()["stopped"]
+    for batch, step in ((16, 2), (4, 8)):
+        t = run(batch, tmp_path)
+        with pytest.warns(UserWarning, match=rf"step 4 -> {step}"):
+            t.load_state_dict(load_checkpoint(tmp_path / "checkpoints" / "ckpt_00000004.pt"))
+        assert t.step == step and t.scheduler.last_epoch == step
+        assert t.optimizer.param_groups[0]["lr"] == pytest.approx(max(0.0, 1 - step / 6))
+
+
+def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(tmp_path):
+    """Checkpoints between log rows (every 3 steps, a row every 4): the first row after a resume averaged only the
+    steps since the resume (loss 2.24 against 2.61 in the audit); the window of step logs is now checkpointed."""
+    full, _, _ = _counting_trainer(tmp_path / "full", max_steps=8, log_every=4, ckpt_every_steps=3)
+    full.fit()
+    cut, _, _ = _counting_trainer(tmp_path / "cut", max_steps=8, log_every=4, ckpt_every_steps=3,
+                                  stop_after_steps=5)
+    cut.fit()
+    resumed, _, _ = _counting_trainer(tmp_path / "cut", max_steps=8, log_every=4, ckpt_every_steps=3)
+    resumed.fit(resume="latest")  # from step 3: the window holds steps 1-3
+    rows = [read_metrics_csv(tmp_path / run / "train_metrics.csv") for run in ("full", "cut")]
+    assert [r["step"] for r in rows[1]] == [4, 8]
+    assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[0]], rel=1e-6)
+
+
+def test_resume_latest_without_a_checkpoint_starts_over_and_says_so(tmp_path, capsys):
+    """A run killed before its first checkpoint, resumed with --resume latest: it starts at step 0, says so, and
+    its logs start over (they held the killed run's rows 1 2 before the new run's 1 2 3 ...)."""
+    first, _, _ = _counting_trainer(tmp_path, max_steps=4, log_every=1, ckpt_every_steps=10, stop_after_steps=2)
+    first.fit()
+    assert not list((tmp_path / "checkpoints").glob("ckpt_*.pt"))
+    again, _, _ = _counting_trainer(tmp_path, max_steps=4, log_every=1, ckpt_every_steps=10)
+    again.fit(resume="latest")
+    assert "no checkpoint in" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2, 3, 4]
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_and_partial_writes_go(tmp_path, capsys):
+    """--resume latest with a damaged newest file resumes from the newest readable one (with a warning naming both)
+    instead of stopping with a traceback; an explicit path still fails, in one line from the tools. The temporary
+    file of a write killed halfway (half a checkpoint, never read) is removed at the next start."""
+    from vision_rwkv.models.convert import CheckpointReadError
+    kw = dict(max_steps=8, ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=3)
+    t, _, _ = _counting_trainer(tmp_path, stop_after_steps=7, **kw)
+    t.fit()
+    ckpts = sorted((tmp_path / "checkpoints").glob("ckpt_*.pt"))
+    assert [p.name for p in ckpts] == ["ckpt_00000002.pt", "ckpt_00000004.pt", "ckpt_00000006.pt"]
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:300])
+    partial = tmp_path / "checkpoints" / ".ckpt_00000008.pt.tmp.4242"
+    partial.write_bytes(b"half a checkpoint")
+    again, _, _ = _counting_trainer(tmp_path, **kw)
+    with pytest.warns(UserWarning, match=r"newest checkpoint is unreadable .*ckpt_00000006.pt.*resuming from "
+                                         r".*ckpt_00000004.pt"):
+        again.resume("latest")
+    assert again.step == 4 and not partial.exists()
+    assert "removed 1 unfinished checkpoint write" in capsys.readouterr().out
+    with pytest.raises(CheckpointReadError, match="ckpt_00000006.pt"):
+        _counting_trainer(tmp_path, **kw)[0].resume(ckpts[-1])
+
+
+def test_summed_counters_are_summed_over_ranks_in_the_logs(tmp_path, monkeypatch):
+    """The per-step log of a summed_extra counter (RWKV-CLIP's skipped_images) is the sum over ranks, not the mean
+    (0.5 for one skipped image under 2 processes); the other logs stay means."""
+    import vision_rwkv.engine.loop as loop
+
+    def fake_reduce(values, device="cpu", average=True):  # as if a second rank had logged the same values
+        return {k: float(v) * (1 if average else 2) for k, v in values.items()}
+
+    monkeypatch.setattr(loop, "reduce_dict", fake_reduce)
+    model = nn.Linear(3, 2)
+    ds = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), EpochLoader(ds, 4),
+                lambda m, b: (nn.functional.cross_entropy(m(b[0]), b[1]), {"skipped": 1.0, "other": 1.0}),
+                run_dir=tmp_path, max_steps=2, log_every=2, summed_extra=("skipped",), show_progress=False,
+                plot=False)
+    t.fit()
+    row = read_metrics_csv(tmp_path / "train_metrics.csv")[-1]
+    assert row["skipped"] == 2.0 and row["other"] == 1.0

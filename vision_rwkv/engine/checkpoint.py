@@ -38,6 +38,7 @@ __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_s
            "model_record", "RunDirInUseError"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+_PARTIAL_RE = re.compile(r"^\.(ckpt_\d+|best)\.pt\.tmp\.\d+$")  # atomic_save's temporary names
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -90,13 +91,19 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
-    """The ``ckpt_<step>.pt`` with the highest step in ``ckpt_dir`` (None if there is none)."""
+def step_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """The ``ckpt_<step>.pt`` files of ``ckpt_dir``, oldest step first (none when the folder does not exist)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def find_latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The ``ckpt_<step>.pt`` with the highest step in ``ckpt_dir`` (None if there is none)."""
+    found = step_checkpoints(ckpt_dir)
+    return found[-1] if found else None
 
 
 def run_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -284,9 +291,19 @@ class CheckpointManager:
     def _prune(self) -> None:
         if self.keep_last <= 0:
             return
-        found = sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _CKPT_RE.match(p.name)))
-        for _, p in found[:-self.keep_last]:
+        for p in step_checkpoints(self.dir)[:-self.keep_last]:
             p.unlink(missing_ok=True)
+
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of checkpoint writes that never finished (a process killed while saving:
+        half a checkpoint each, never read); call when no process of this run is writing (at its start). Rank 0
+        only; returns what was deleted."""
+        if not is_main_process() or not self.dir.is_dir():
+            return []
+        partial = [p for p in self.dir.iterdir() if _PARTIAL_RE.match(p.name)]
+        for p in partial:
+            p.unlink(missing_ok=True)
+        return partial
 
 
 def gather_rng_states() -> list[dict[str, Any]]:
@@ -306,4 +323,4 @@ def restore_rank_rng(states: list[dict[str, Any]] | dict[str, Any]) -> None:
     restore_rng_state(states[rank % len(states)])
 
 
-__all__ += ["gather_rng_states", "restore_rank_rng"]
+__all__ += ["gather_rng_states", "restore_rank_rng", "step_checkpoints"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
-from ..models.convert import CheckpointMismatchError
+from ..models.convert import CheckpointMismatchError, CheckpointReadError
 from .config import ConfigError, override_key
 from .distributed import launch_rank
 
@@ -25,8 +25,9 @@ from .distributed import launch_rank
 # another tool): reported like a ConfigError
 _MISSING_KEY_ERRORS = (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue)
 # errors a tool prints as one line: a bad config (status 2; a run folder in use too), a missing file (1), a checkpoint
-# file that does not fit the model (2)
-_ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, *_MISSING_KEY_ERRORS)
+# file that does not fit the model (2), one that cannot be read (1: truncated, not a checkpoint)
+_ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, CheckpointReadError,
+                    *_MISSING_KEY_ERRORS)
 
 __all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
            "add_predict_options", "parse_predict_args"]

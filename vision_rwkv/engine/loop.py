@@ -41,8 +41,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..models.convert import CheckpointReadError
 from .checkpoint import (CheckpointManager, check_run_dir_is_free, check_training_state, gather_rng_states,
-                         is_fresh_start, load_checkpoint, restore_rank_rng)
+                         is_fresh_start, load_checkpoint, restore_rank_rng, step_checkpoints)
 from .distributed import DistInfo, all_reduce_sum, print_rank0, reduce_dict, unwrap_model, warn_rank0
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
@@ -130,6 +131,8 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_train_loss: float | None = None  # the last logged window's mean loss
         self.history: list[dict[str, float]] = []
+        self._window: dict[str, float] = {}  # sums of the step logs since the last logged row, and their count
+        self._window_n = 0
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -147,7 +150,13 @@ class Trainer:
             "rng": gather_rng_states(),
             "extra": self._saved_extra(),
             "last_eval": dict(self.last_eval), "last_train_loss": self.last_train_loss,
+            "log_window": {"steps": self._window_n, "sums": self._window_sums()},
         }
+
+    def _window_sums(self) -> dict[str, float]:
+        """The sums of the steps logged since the last row, averaged over ranks (what the row's reduction does), so
+        that a resumed run's first row averages the same steps as an uninterrupted run's."""
+        return reduce_dict(self._window, self.device if self.device.type == "cuda" else "cpu")
 
     def _saved_extra(self) -> dict[str, Any]:
         """``extra_state`` with the ``summed_extra`` counters summed over ranks (every rank counts its own)."""
@@ -168,12 +177,14 @@ class Trainer:
         moved = self._map_position(state)
         saved_total = state.get("total_steps")
         if self.scheduler is not None and state.get("scheduler") is not None:
-            if saved_total is None or int(saved_total) == self.total_steps:
+            if (saved_total is None or int(saved_total) == self.total_steps) and not moved:
                 self.scheduler.load_state_dict(state["scheduler"])
-            else:  # a longer / shorter run (timm's train.py --resume with new --epochs): the new schedule
-                warn_rank0(f"checkpoint was written for a run of {saved_total} steps, this one has "
-                           f"{self.total_steps}: the learning-rate schedule follows the new length from step "
-                           f"{self.step}")
+            else:  # a longer / shorter run (timm's train.py --resume with new --epochs), or a step count mapped to
+                # another batch: the new schedule at the new step (the saved one would run ahead of or behind it)
+                if saved_total is not None and int(saved_total) != self.total_steps:
+                    warn_rank0(f"checkpoint was written for a run of {saved_total} steps, this one has "
+                               f"{self.total_steps}: the learning-rate schedule follows the new length from step "
+                               f"{self.step}")
                 self._advance_scheduler()
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -198,6 +209,9 @@ class Trainer:
         # the results a finished run reports, so that resuming it does not lose them
         self.last_eval = dict(state.get("last_eval") or {})
         self.last_train_loss = state.get("last_train_loss")
+        window = state.get("log_window") or {}
+        if not moved and window.get("steps"):  # (after a mapped position the steps are of another size)
+            self._window, self._window_n = {k: float(v) for k, v in window["sums"].items()}, int(window["steps"])
         restore_rank_rng(state["rng"])
 
     def _train_samples(self) -> int | None:
@@ -263,12 +277,19 @@ class Trainer:
         if is_fresh_start(resume):
             check_run_dir_is_free(self.run_dir, resume)
             self.logger.truncate_after(0)  # the logs of an earlier run that stopped before its first checkpoint
+        partial = self.ckpt.remove_partial_writes()
+        if partial:
+            print_rank0(f"[trainer] removed {len(partial)} unfinished checkpoint write(s) of a killed process: "
+                        + ", ".join(p.name for p in partial[:3]))
         path = self.ckpt.resolve(resume)
         if path is None:
             if not is_fresh_start(resume) and str(resume) != "latest":
                 raise FileNotFoundError(f"resume checkpoint not found: {resume}")
+            if str(resume) == "latest":  # (the logs of a run killed before its first checkpoint start over too)
+                print_rank0(f"[trainer] --resume latest: no checkpoint in {self.ckpt.dir} yet, starting at step 0")
+                self.logger.truncate_after(0)
             return False
-        state = load_checkpoint(path, map_location="cpu")
+        state, path = self._read_resume_state(path, latest=str(resume) == "latest")
         check_training_state(state, path)
         self.load_state_dict(state)
         self.logger.truncate_after(self.step)
@@ -276,6 +297,26 @@ class Trainer:
         print_rank0(f"[trainer] resumed from {path} at step {self.step} (epoch {self.epoch}, "
                     f"batch {self.batch_in_epoch}){done}")
         return True
+
+    def _read_resume_state(self, path: Path, latest: bool) -> tuple[dict[str, Any], Path]:
+        """The checkpoint at ``path``; for ``--resume latest`` an unreadable newest file (a damaged disk or copy)
+        falls back to the newest readable one, with a warning naming both."""
+        try:
+            return load_checkpoint(path, map_location="cpu"), path
+        except CheckpointReadError as err:
+            if not latest:
+                raise
+            for older in reversed(step_checkpoints(self.ckpt.dir)):
+                if older == path:
+                    continue
+                try:
+                    state = load_checkpoint(older, map_location="cpu")
+                except CheckpointReadError:
+                    continue
+                warn_rank0(f"the newest checkpoint is unreadable ({err}); resuming from {older}, the newest readable "
+                           "one (the steps after it are trained again)")
+                return state, older
+            raise
 
     # ------------------------------------------------------------------------------------------- steps
     def _no_sync(self, last: bool):
@@ -341,6 +382,17 @@ class Trainer:
                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
+    def _window_row(self) -> dict[str, float]:
+        """The logged row of the window: each step log's mean over its steps and over the ranks, but the counters of
+        ``summed_extra`` (e.g. unreadable images) summed over the ranks."""
+        device = self.device if self.device.type == "cuda" else "cpu"
+        means = {k: v / self._window_n for k, v in self._window.items()}
+        summed = {k: means.pop(k) for k in self.summed_extra if k in means}
+        row = reduce_dict(means, device)
+        if summed:
+            row.update(reduce_dict(summed, device, average=False))
+        return {k: row[k] for k in self._window}
+
     def epoch_label(self) -> int:
         """The 1-based epoch the last optimizer step belongs to (the ``epoch`` column of every metrics CSV)."""
         return self.epoch + 1 if self.batch_in_epoch else max(self.epoch, 1)
@@ -383,8 +435,7 @@ class Trainer:
         """Train to ``total_steps`` (resuming first if asked); returns the final metrics."""
         self.resume(resume)
         start_time = time.perf_counter()
-        window: dict[str, float] = {}
-        window_n, window_samples, window_t = 0, 0, time.perf_counter()
+        window_samples, window_t = 0, time.perf_counter()  # (throughput: of this process's steps only)
         while self.step < self.total_steps:
             bar = progress(self.loader.iter_epoch(self.epoch, self.batch_in_epoch),
                            total=self.steps_per_epoch * self.accum - self.batch_in_epoch,
@@ -402,13 +453,12 @@ class Trainer:
                 micro = []
                 self.batch_in_epoch = pos + 1
                 for k, v in logs.items():
-                    window[k] = window.get(k, 0.0) + v
-                window_n += 1
+                    self._window[k] = self._window.get(k, 0.0) + v
+                self._window_n += 1
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
                 if self.step % self.log_every == 0 or self.step == self.total_steps:
-                    avg = {k: v / window_n for k, v in window.items()}
-                    avg = reduce_dict(avg, self.device if self.device.type == "cuda" else "cpu")
+                    avg = self._window_row()
                     avg["lr"] = logs["lr"]
                     now = time.perf_counter()
                     avg["samples_per_s"] = window_samples / max(now - window_t, 1e-9)
@@ -416,7 +466,7 @@ class Trainer:
                     self.last_train_loss = avg["loss"]
                     self.logger.log(self.step, avg, split="train", epoch=self.epoch_label())
                     self.history.append({"step": self.step, **avg})
-                    window, window_n, window_samples, window_t = {}, 0, 0, now
+                    self._window, self._window_n, window_samples, window_t = {}, 0, 0, now
                 if self.stop_after_steps is not None and self.step >= self.stop_after_steps:
                     self.logger.close()
                     return {"step": self.step, "stopped": True}
