@@ -191,3 +191,24 @@ def test_checkpoint_loader_takes_original_layout_and_the_recorded_mode(tmp_path)
     other = timm.create_model("vrwkv_tiny_patch16_224", **dict(kw, depth=3))
     with pytest.raises(RuntimeError, match=r"released.pth does not fit VRWKV:\n  \d+ missing keys \(blocks.2"):
         ck.load_model_weights(other, tmp_path / "released.pth")
+
+
+def test_manager_checkpoints_resume_with_timms_resume_checkpoint(tmp_path):
+    """timm's ``resume_checkpoint`` reads the weights under ``state_dict`` (it failed with torch's long "Missing
+    key(s)" error on our ``model``); the alias costs no bytes (the tensors are written once)."""
+    from timm.models import resume_checkpoint
+    model = torch.nn.Linear(64, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 64)).sum().backward()
+    opt.step()
+    m = ck.CheckpointManager(tmp_path)
+    path = m.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "step": 5}, 5)
+    plain = tmp_path / "plain.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "step": 5}, plain)
+    assert path.stat().st_size < plain.stat().st_size + 1024
+    target = torch.nn.Linear(64, 64)
+    target_opt = torch.optim.SGD(target.parameters(), lr=0.1, momentum=0.9)
+    assert resume_checkpoint(target, str(path), optimizer=target_opt, log_info=False) == 3
+    assert torch.equal(target.weight, model.weight)
+    assert torch.equal(target_opt.state_dict()["state"][0]["momentum_buffer"],
+                       opt.state_dict()["state"][0]["momentum_buffer"])

@@ -274,7 +274,11 @@ class CheckpointManager:
             self.best_value, self.best_step = float(metric), int(step)
         state = dict(state)
         state["best"] = {"value": self.best_value, "step": self.best_step, "mode": self.mode}
-        if state.get("ema") is not None:  # timm's name for them (torch.save writes the shared tensors once)
+        # timm's names (torch.save writes the shared tensors once): timm.models.load_checkpoint(use_ema=) and
+        # resume_checkpoint read these files too
+        if "model" in state:
+            state.setdefault("state_dict", state["model"])
+        if state.get("ema") is not None:
             state.setdefault("state_dict_ema", state["ema"])
         if not is_main_process():
             return None
