@@ -380,9 +380,13 @@ class _CsvLabels(Dataset):
                 if k not in (reader.fieldnames or []):
                     raise KeyError(f"{path}: column {k!r} not found; columns are {reader.fieldnames}")
             rows = [(reader.line_num, (row[img_key] or "").strip(), (row[label_key] or "").strip()) for row in reader]
+        if not rows:
+            raise ValueError(f"{path}: no rows")
         index = {c: i for i, c in enumerate(classnames)}
-        if label_type == "auto":  # class names such as "1" or "2001" are names, not indices, when all labels are
-            label_type = "name" if all(lab in index for _, _, lab in rows) else "index"
+        if label_type == "auto":  # class names such as "1" or "2001" are names, not indices, when all labels are;
+            # a file with any label that is a class name and no number reads as names (a typo is then named)
+            label_type = "name" if all(lab in index for _, _, lab in rows) or any(
+                lab in index and not lab.lstrip("-").isdigit() for _, _, lab in rows) else "index"
         self.items = []
         for line, img, lab in rows:
             if not img:

@@ -103,6 +103,11 @@ def eval_config(args: argparse.Namespace):
         for key in keys:
             OmegaConf.update(cfg, key, value, merge=False)
     cfg.grid_png = cfg.grid_png and not args.no_grid
+    if cfg.zero_shot.data == "none" and cfg.retrieval.data == "none":
+        from vision_rwkv.engine import ConfigError
+        where = f"the run's eval: section ({args.run_dir}) sets" if args.run_dir is not None else "the options set"
+        raise ConfigError(f"nothing to evaluate: {where} zero_shot.data and retrieval.data to none (give "
+                          "--zeroshot-data and / or --retrieval-data)")
     return cfg
 
 

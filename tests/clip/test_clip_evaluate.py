@@ -330,3 +330,10 @@ def test_zero_shot_csv_labels_as_indices_or_names(tmp_path):
         labels(["0", "cat"])
     with pytest.raises(ConfigError, match="label_type 'names'"):
         labels(["1"], label_type="names")
+    # one typo among names is named, on its own line (it switched the file to indices and blamed line 2's valid name)
+    names[:] = ["circle", "square"]
+    assert labels(["circle", "square"]) == [0, 1]
+    with pytest.raises(ValueError, match=r"line 3: label 'triangle' is not one of the 2 class names"):
+        labels(["circle", "triangle", "square"])
+    with pytest.raises(ValueError, match=r"z.csv: no rows"):  # (a torch.cat error of the empty encoding before)
+        labels([])

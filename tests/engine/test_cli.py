@@ -125,3 +125,4 @@ def test_a_key_the_job_needs_but_the_config_lacks_is_one_error_line(capsys):
     err = capsys.readouterr().err
     assert status == 2 and result is None
     assert "error: the config has no value for 'train.epochs'" in err and "Traceback" not in err
+    assert "'train.epochs=null' unsets a value" in err  # (the audit deleted a key to unset it)

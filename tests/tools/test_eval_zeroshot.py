@@ -75,6 +75,14 @@ def test_eval_cli_defaults_to_the_runs_eval_settings(tmp_path):
     assert plain.zero_shot.split == plain.retrieval.split == "val"
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         cli.eval_config(cli.build_parser().parse_args(["--run-dir", str(tmp_path / "nope")]))
+    # a run trained without evaluation: nothing to evaluate is an error (it wrote {"model": ...} and exited 0)
+    cfg.eval.zero_shot.data = cfg.eval.retrieval.data = "none"
+    OmegaConf.save(cfg, run / "config.yaml")
+    from vision_rwkv.engine import ConfigError
+    with pytest.raises(ConfigError, match=r"nothing to evaluate: the run's eval: section .* --zeroshot-data"):
+        cli.eval_config(cli.build_parser().parse_args(["--run-dir", str(run)]))
+    got = cli.eval_config(cli.build_parser().parse_args(["--run-dir", str(run), "--zeroshot-data", "shapes"]))
+    assert got.zero_shot.data == "shapes" and got.retrieval.data == "none"
 
 
 def test_eval_cli_plain_open_clip_model_on_csv(tmp_path):

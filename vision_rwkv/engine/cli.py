@@ -136,8 +136,8 @@ def parse_predict_args(parser: argparse.ArgumentParser, argv: Sequence[str] | No
 def missing_key_error(err: Exception) -> ConfigError:
     """The :class:`ConfigError` for omegaconf's missing-key error ``err``, naming the full key."""
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or str(err).splitlines()[0]
-    return ConfigError(f"the config has no value for '{key}', which this tool needs (deleted with ~key, or a "
-                       "config written for another tool?)")
+    return ConfigError(f"the config has no value for '{key}', which this tool needs (deleted with ~{key}? "
+                       f"'{key}=null' unsets a value; or a config written for another tool?)")
 
 
 def _error_status(err: Exception, missing_file: int = 1) -> int:
