@@ -251,3 +251,18 @@ def test_exports_past_one_chunk_with_a_dynamic_batch():
     program = torch.export.export(mod, inputs, dynamic_shapes=[{0: batch}] * 4)
     other = make_inputs(3, 97, 2, 4, dtype=torch.float32)[:4]
     torch.testing.assert_close(program.module()(*other), mod(*other), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [7, 40])  # (the CPU direct form, and the scan form under autograd's decay bound)
+def test_one_float64_argument_computes_in_float64(t):
+    """Mixed fp32 / float64 arguments compute in float64 whichever argument is float64 (the dtype came from r: a
+    float64 output with fp32 accuracy, 3e-6 off in the audit)."""
+    args = make_inputs(2, t, 2, 4, decay=(0.0, 3.0), seed=3)
+    want = bi_wkv6(*args, backend="reference")
+    for i in range(5):
+        mixed = [a.float() if j == i else a for j, a in enumerate(args)]
+        got = bi_wkv6(*mixed, backend="reference")
+        rounded = bi_wkv6(*[a.float().double() if j == i else a for j, a in enumerate(args)], backend="reference")
+        assert got.dtype == (torch.float32 if i == 2 else F64), i  # (the output follows v)
+        assert (got.double() - rounded).abs().max() < (1e-5 if i == 2 else 1e-12), i  # float64 on the rounded input
+    assert (want - rounded).abs().max() > 0  # (the rounding is visible: the check above can fail)

@@ -48,3 +48,12 @@ def no_autocast(t: torch.Tensor):
     if t.device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=t.device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a reference computes in: fp32, or float64 when any input is float64 (one float64 argument among
+    fp32 ones gave a float64 output of fp32 accuracy)."""
+    dt = torch.float32
+    for t in tensors:
+        dt = torch.promote_types(dt, t.dtype)
+    return dt
