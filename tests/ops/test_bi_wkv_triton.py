@@ -27,6 +27,9 @@ CPU_CASES = {
     "original_P4_subchunks": dict(shape=(1, 19, 3), mode="original", chunks=4, config={"chunk_t": 2}),
     "original_P32_S1": dict(shape=(1, 11, 3), mode="original", chunks=32),
     "original_single": dict(shape=(1, 6, 3), mode="original", chunks=1),
+    # strong growth (w < 0) inside the |w| T < 88 contract, a ragged last chunk: the reference's gradient of w was NaN
+    "original_growth_wT_m60": dict(shape=(1, 40, 4), mode="original", chunks=32, kscale=0.3,
+                                   wT=[-60.0, -47.0, -30.0, 5.0], config=CHUNKED),
     "noncontig_transposed": dict(shape=(1, 10, 5), layout="T", config=CHUNKED),
     "noncontig_strided": dict(shape=(1, 6, 5), layout="S", mode="original", chunks=3),
     "public_api": dict(shape=(1, 6, 3), public_api=True),
@@ -76,7 +79,7 @@ CPU_CASES.update({
 # the default run's cases (every path once: chunked and single, both modes, 16-bit, non-contiguous, the public API
 # and torch.compile, scale, the seq kernels); the rest run with --run-slow
 QUICK = {"single_chunk", "T1", "chunked_T_not_multiple", "k_pm60_extreme_wT", "extreme_per_step_decay", "bf16", "fp16",
-         "original_single", "noncontig_transposed", "public_api", "scale_single_chunk", "scale_public_api_compile",
+         "original_single", "original_growth_wT_m60", "noncontig_transposed", "public_api", "scale_single_chunk", "scale_public_api_compile",
          "single_chunk_seq", "T1_seq", "chunked_T_not_multiple_seq", "noncontig_strided_seq", "fp16_seq",
          "original_single_seq", "original_P32_S1_seq", "seq_single_chunk_T8", "seq_maxnreg",
          "seq_inline_carries_NC16", "seq_inline_carries_bf16_C40", "seq_NC17_carry_kernel",
@@ -98,6 +101,8 @@ CUDA_CASES = {
     "original_2x1024x64_P16": dict(shape=(2, 1024, 64), mode="original", chunks=16),
     "original_2x4096x32": dict(shape=(2, 4096, 32), mode="original"),
     "original_bf16": dict(shape=(8, 196, 64), mode="original", dtype="bf16"),
+    "original_growth_wT_m60": dict(shape=(2, 200, 8), mode="original", kscale=0.3,
+                                   wT=[-60.0, -47.0, -30.0, -20.0, 0.0, 5.0, 20.0, 60.0]),
     "compile": dict(shape=(2, 196, 64), compile=True),
     "scale_64x196x192_bf16": dict(shape=(64, 196, 192), dtype="bf16", scale=1 / 196),
     "scale_original_8x196x192": dict(shape=(8, 196, 192), mode="original", scale=1 / 196),
