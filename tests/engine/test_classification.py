@@ -44,7 +44,7 @@ def test_layer_decay_groups_follow_group_matcher(tmp_path):
         wd = 0.0 if (p.ndim <= 1 or name in no_wd or name.endswith(".bias")) else 0.1
         assert g["weight_decay"] == wd, name
     # the scheduler applies the scale: lr of each group = schedule value x its scale
-    sched = build_scheduler(cfg, opt, steps_per_epoch=5)
+    sched, _ = build_scheduler(cfg, opt, steps_per_epoch=5)
     sched.step_update(num_updates=3)
     peak = max(g["lr"] / g["lr_scale"] for g in opt.param_groups)
     for g in opt.param_groups:
@@ -210,7 +210,9 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     ("data.type=shape", "data.type"), ("data.type=csv", "data.type=csv needs data.train_csv"),
     ("optim.lr=-1", "optim.lr must be positive"), ("optim.lr_base=0", "optim.lr_base"),
     ("optim.weight_decay=-0.1", "optim.weight_decay"), ("optim.decay_exempt=all", "optim.decay_exempt"),
-    ("train.compile=true train.compile_mode=bogus", "train.compile_mode='bogus'")])
+    ("train.compile=true train.compile_mode=bogus", "train.compile_mode='bogus'"),
+    ("optim.clip_mode=agcc", "optim.clip_mode must be one of norm, value, agc"),
+    ("sched.sched=plateau", "steps once an epoch on a validation metric"), ("sched.sched=cosin", "sched.sched")])
 def test_bad_values_are_config_errors_before_training(tmp_path, override, key):
     from vision_rwkv.engine import ConfigError
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
@@ -318,3 +320,64 @@ def test_diverged_weights_give_strict_json_results(tmp_path):
 
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(), parse_constant=refuse)
     assert metrics["loss"] is None and metrics["num_samples"] == 8
+
+
+def test_warmup_prefix_and_cooldown_epochs_are_trained(tmp_path):
+    """timm's create_scheduler_v2 lengthens the run by the cooldown (and a prefixed warmup); its train.py trains
+    those epochs. They were dropped: the cosine ended at 8e-4 where timm goes on to 1.3e-4, the cooldown never ran."""
+    from timm.scheduler import create_scheduler_v2
+    over = TINY + [f"run_dir={tmp_path}", "train.epochs=2", "sched.warmup_epochs=1", "sched.warmup_prefix=true",
+                   "sched.cooldown_epochs=1", "data.shapes.train_length=32", "train.batch_size=8",
+                   "data.shapes.val_length=8", "train.log_every=1", "optim.lr=0.001", "sched.min_lr=1.0e-5"]
+    result = train_classifier(load_config(DEMO, over))
+    assert result["epoch"] == 4 and result["step"] == 16  # 2 + 1 warmup + 1 cooldown epochs of 4 steps
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.001)
+    sched, epochs = create_scheduler_v2(opt, sched="cosine", num_epochs=2, warmup_epochs=1, warmup_prefix=True,
+                                        cooldown_epochs=1, min_lr=1e-5, warmup_lr=1e-6, step_on_epochs=False,
+                                        updates_per_epoch=4)
+    want = []
+    for step in range(epochs * 4):
+        want.append(opt.param_groups[0]["lr"])
+        sched.step_update(num_updates=step + 1)
+    from vision_rwkv.engine import read_metrics_csv
+    logged = [r["lr"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")]
+    assert epochs == 4 and logged == pytest.approx(want, rel=1e-6)
+
+
+def test_adaptive_gradient_clipping_as_timm_dispatches_it():
+    from timm.utils import dispatch_clip_grad
+
+    from vision_rwkv.engine import clip_gradients
+    grads = []
+    for ours in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+        (model(torch.randn(5, 4)) * 100).sum().backward()
+        params = list(model.parameters())
+        if ours:
+            norm = clip_gradients(params, 0.01, "agc")
+            assert norm > 0
+        else:
+            dispatch_clip_grad(params, 0.01, mode="agc")
+        grads.append([p.grad.clone() for p in params])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown clip mode 'bogus'"):
+        clip_gradients(params, 1.0, "bogus")
+
+
+def test_top1_breaks_ties_as_top5_and_timm_do():
+    """Tied logits (bf16-rounded outputs): top-1 came from argmax, top-5 and timm's accuracy from topk, which may
+    pick another of the tied classes (2.25% against 1.25% in the audit)."""
+    from timm.utils import accuracy
+
+    from vision_rwkv.engine.classification import evaluate_loader
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (400, 10), generator=g).float()  # many ties at the top
+    labels = torch.randint(0, 10, (400,), generator=g)
+    model = torch.nn.Identity()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logits, labels), batch_size=64,
+                                         collate_fn=lambda b: (torch.utils.data.default_collate(b), 0))
+    r = evaluate_loader(model, loader, 10, torch.device("cpu"))
+    top1, top5 = accuracy(logits, labels, topk=(1, 5))
+    assert r["top1"] == pytest.approx(float(top1)) and r["top5"] == pytest.approx(float(top5))

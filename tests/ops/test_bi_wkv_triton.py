@@ -79,7 +79,8 @@ CPU_CASES.update({
 # the default run's cases (every path once: chunked and single, both modes, 16-bit, non-contiguous, the public API
 # and torch.compile, scale, the seq kernels); the rest run with --run-slow
 QUICK = {"single_chunk", "T1", "chunked_T_not_multiple", "k_pm60_extreme_wT", "extreme_per_step_decay", "bf16", "fp16",
-         "original_single", "original_growth_wT_m60", "noncontig_transposed", "public_api", "scale_single_chunk", "scale_public_api_compile",
+         "original_single", "original_growth_wT_m60", "noncontig_transposed", "public_api", "scale_single_chunk",
+         "scale_public_api_compile",
          "single_chunk_seq", "T1_seq", "chunked_T_not_multiple_seq", "noncontig_strided_seq", "fp16_seq",
          "original_single_seq", "original_P32_S1_seq", "seq_single_chunk_T8", "seq_maxnreg",
          "seq_inline_carries_NC16", "seq_inline_carries_bf16_C40", "seq_NC17_carry_kernel",

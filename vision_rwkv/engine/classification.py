@@ -36,7 +36,7 @@ from .distributed import (DistInfo, all_gather_object, all_reduce_sum, cleanup_d
                           is_main_process, print_rank0, unwrap_model, wrap_ddp)
 from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
 from .logger import json_text, progress, pyplot, save_figure
-from .loop import Trainer
+from .loop import CLIP_MODES, Trainer
 from .precision import autocast
 
 __all__ = ["create_classifier", "load_initial_weights", "build_datasets", "build_eval_dataset", "checkpoint_classes",
@@ -251,19 +251,24 @@ def norm_bias_param_groups(model: nn.Module, weight_decay: float, layer_decay: f
                                      weight_decay_exclude_1d=False)
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """timm ``create_scheduler_v2`` stepped per optimizer step (``step_on_epochs=False``); the cosine floor is
-    ``sched.min_lr`` or ``sched.min_lr_ratio * lr``."""
+# timm's schedules that can be stepped per optimizer step (plateau steps once an epoch, on a validation metric)
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant")
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> tuple[Any, int]:
+    """timm ``create_scheduler_v2`` stepped per optimizer step (``step_on_epochs=False``), and the epochs to train
+    as timm's ``train.py`` takes them from it: ``train.epochs`` plus ``sched.cooldown_epochs`` (and
+    ``sched.warmup_epochs`` with ``warmup_prefix``). The cosine floor is ``sched.min_lr`` or
+    ``sched.min_lr_ratio * lr``."""
     from timm.scheduler import create_scheduler_v2
     s = cfg.sched
     min_lr = s.min_lr if s.min_lr is not None else s.min_lr_ratio * _peak_lr(optimizer)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=s.sched, num_epochs=cfg.train.epochs,
+    return create_scheduler_v2(optimizer, sched=s.sched, num_epochs=cfg.train.epochs,
                                        decay_epochs=s.decay_epochs, decay_milestones=list(s.decay_milestones),
                                        cooldown_epochs=s.cooldown_epochs, min_lr=min_lr, warmup_lr=s.warmup_lr,
                                        warmup_epochs=s.warmup_epochs, warmup_prefix=s.warmup_prefix,
                                        decay_rate=s.decay_rate, step_on_epochs=False,
                                        updates_per_epoch=steps_per_epoch)
-    return scheduler
 
 
 def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -332,7 +337,8 @@ rank over the forward time of the slowest)."""
         top5 = logits.topk(k5, dim=-1).indices
         totals[0] += (top5 == y[:, None]).any(-1).sum()
         totals[2] += y.numel()
-        conf.index_put_((y, logits.argmax(-1)), torch.ones_like(y, dtype=torch.float64), accumulate=True)
+        # (top-1 from the same topk as top-5 and timm's accuracy: argmax breaks ties otherwise)
+        conf.index_put_((y, top5[:, 0]), torch.ones_like(y, dtype=torch.float64), accumulate=True)
     conf = all_reduce_sum(conf)
     totals = all_reduce_sum(totals)
     forward_s = max(all_gather_object(forward_s))  # (the ranks run side by side)
@@ -422,6 +428,12 @@ def check_training_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if not float(cfg.optim.weight_decay) >= 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
+    if cfg.sched.sched not in SCHEDULES:
+        why = " (it steps once an epoch on a validation metric; these step per optimizer step)" \
+            if cfg.sched.sched == "plateau" else ""
+        raise ConfigError(f"sched.sched must be one of {', '.join(SCHEDULES)}, got {cfg.sched.sched!r}{why}")
+    if cfg.optim.clip_mode not in CLIP_MODES:
+        raise ConfigError(f"optim.clip_mode must be one of {', '.join(CLIP_MODES)}, got {cfg.optim.clip_mode!r}")
     if cfg.optim.decay_exempt not in ("norm_bias", "timm"):
         raise ConfigError(f"optim.decay_exempt must be norm_bias or timm, got {cfg.optim.decay_exempt!r}")
     for key in ("aug.scale", "aug.ratio"):
@@ -471,7 +483,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     lr = lr_for_batch(cfg, global_batch)
     optimizer = build_optimizer(cfg, model, lr)
     steps_per_epoch = len(loader) // t.grad_accum_steps
-    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    scheduler, epochs = build_scheduler(cfg, optimizer, steps_per_epoch)
     ema = None
     if cfg.ema.enabled:
         ema = ModelEmaV3(unwrap_model(model), decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
@@ -480,7 +492,9 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         raise ConfigError(f"mixup/cutmix need an even per-process train.batch_size, got {t.batch_size}")
     print_rank0(f"[train] {cfg.model.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
                 f"{num_classes} classes, {len(train_set)} train images, global batch {global_batch}, lr {lr:.3g}, "
-                f"{steps_per_epoch} steps/epoch x {t.epochs} epochs, world size {info.world_size}, {info.device}")
+                f"{steps_per_epoch} steps/epoch x {epochs} epochs"
+                + (f" ({t.epochs} + warmup / cooldown)" if epochs != t.epochs else "")
+                + f", world size {info.world_size}, {info.device}")
 
     def loss_fn(m: nn.Module, batch: Any):
         x, y = batch
@@ -507,7 +521,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     if best_metric and cfg.ema.enabled and cfg.ema.select_best:
         best_metric = f"ema_{best_metric}"
     model = compile_for_training(model, t.compile, t.compile_backend, t.compile_mode)
-    trainer = Trainer(model, optimizer, loader, loss_fn, run_dir=run_dir, info=info, epochs=t.epochs,
+    trainer = Trainer(model, optimizer, loader, loss_fn, run_dir=run_dir, info=info, epochs=epochs,
                       scheduler=scheduler, ema=ema, precision=t.precision, grad_accum_steps=t.grad_accum_steps,
                       clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, eval_fn=eval_fn,
                       eval_every_epochs=t.eval_every_epochs, best_metric=best_metric,

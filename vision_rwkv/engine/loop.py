@@ -64,20 +64,27 @@ def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -
     return obj
 
 
+CLIP_MODES = ("norm", "value", "agc")
+
+
 def clip_gradients(parameters, max_norm: float | None, mode: str = "norm") -> float:
-    """Clip by total L2 norm (``mode="norm"``) or by value (``"value"``); returns the pre-clip total norm."""
+    """Clip by total L2 norm (``mode="norm"``), by value (``"value"``) or adaptively per unit (``"agc"``, timm's
+    ``adaptive_clip_grad`` with clip factor ``max_norm``), as timm's ``dispatch_clip_grad``; returns the pre-clip
+    total norm."""
+    if mode not in CLIP_MODES:
+        raise ValueError(f"unknown clip mode {mode!r}; expected one of {', '.join(CLIP_MODES)}")
     params = [p for p in parameters if p.grad is not None]
     if not params:
         return 0.0
     if mode == "norm":
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-        return float(norm)
-    if mode == "value":
-        norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-        if max_norm:
-            torch.nn.utils.clip_grad_value_(params, max_norm)
-        return float(norm)
-    raise ValueError(f"unknown clip mode {mode!r}; expected 'norm' or 'value'")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf")))
+    norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+    if max_norm and mode == "value":
+        torch.nn.utils.clip_grad_value_(params, max_norm)
+    elif max_norm:
+        from timm.utils.agc import adaptive_clip_grad
+        adaptive_clip_grad(params, max_norm)
+    return float(norm)
 
 
 class Trainer:
@@ -103,6 +110,8 @@ class Trainer:
         self.device = self.info.device
         self.scaler = make_grad_scaler(self.precision, self.device)
         self.accum = int(grad_accum_steps)
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"unknown clip mode {clip_mode!r}; expected one of {', '.join(CLIP_MODES)}")
         self.clip_grad, self.clip_mode = clip_grad, clip_mode
         self.steps_per_epoch = len(train_loader) // self.accum
         if self.steps_per_epoch == 0:
@@ -346,7 +355,10 @@ class Trainer:
         # unscaled), read before the scheduler moves on to the next step's, as timm's train.py logs it
         lr = max(float(g["lr"]) for g in self.optimizer.param_groups)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = clip_gradients(self.model.parameters(), self.clip_grad, self.clip_mode)
+        params = list(self.model.parameters())
+        if self.clip_mode == "agc":  # (as timm's train.py: the classifier, the last two tensors, is not clipped)
+            params = params[:-2]
+        grad_norm = clip_gradients(params, self.clip_grad, self.clip_mode)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
