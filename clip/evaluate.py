@@ -26,7 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS as _TV_IMAGE_EXTENSIONS
 from tqdm import tqdm
 
 from vision_rwkv.engine.config import ConfigError
-from vision_rwkv.engine.logger import pyplot, save_figure
+from vision_rwkv.engine.logger import pyplot, save_figure, wrapped_text
 
 from .data import CsvCaptionDataset, load_image
 
@@ -316,8 +316,7 @@ def save_retrieval_grid(path: Union[str, Path], queries: Sequence[str], images: 
                 s.set_edgecolor("green" if hit else "gray")
                 s.set_linewidth(3 if hit else 1)
             ax.set_title(f"{float(scores[q, idx]):.2f}", fontsize=7)
-        text = queries[q] if len(queries[q]) < 60 else queries[q][:57] + "..."
-        axes[r][0].set_ylabel(text, fontsize=7, rotation=0, ha="right", va="center")
+        axes[r][0].set_ylabel(wrapped_text(queries[q], 28, 5), fontsize=8, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return save_figure(fig, path, dpi=80)
 

@@ -57,3 +57,21 @@ def load_fixture(fixtures_dir):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def captured_figures(monkeypatch):
+    """``capture(module)``: the matplotlib figures ``module`` saves from now on (its ``save_figure`` still writes
+    them), to look at their axes, titles and labels."""
+    def capture(module) -> list:
+        figures = []
+        real = module.save_figure
+
+        def keep(fig, *args, **kwargs):
+            figures.append(fig)
+            return real(fig, *args, **kwargs)
+
+        monkeypatch.setattr(module, "save_figure", keep)
+        return figures
+
+    return capture

@@ -223,12 +223,17 @@ def test_run_evaluation_csv_and_imagefolder_with_plain_open_clip_model(tmp_path)
         run_evaluation(model, tok, preprocess, cfg)
 
 
-def test_retrieval_grid_png(tmp_path):
+def test_retrieval_grid_png(tmp_path, captured_figures):
+    import rwkv_clip.evaluate as evaluate
+    figures = captured_figures(evaluate)
     scores = torch.randn(4, 6)
     images = [torch.rand(3, 8, 8) for _ in range(6)]
-    p = save_retrieval_grid(tmp_path / "g.png", ["q0", "q1", "q2", "q3"], images, scores,
+    long = "a small blue square on the left of a striped background, next to a large red circle"
+    p = save_retrieval_grid(tmp_path / "g.png", ["q0", long, "q2", "q3"], images, scores,
                             torch.tensor([0, 1, 2, 3]), top_k=3)
     assert p.is_file() and Image.open(p).size[0] > 100
+    # the whole caption, wrapped (it was cut at 57 characters, losing the words that decide a match)
+    assert figures[0].axes[3].get_ylabel().replace("\n", " ") == long
 
 
 def test_shapes_evaluation_of_rwkv_clip(tmp_path):

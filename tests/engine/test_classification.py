@@ -381,3 +381,22 @@ def test_top1_breaks_ties_as_top5_and_timm_do():
     r = evaluate_loader(model, loader, 10, torch.device("cpu"))
     top1, top5 = accuracy(logits, labels, topk=(1, 5))
     assert r["top1"] == pytest.approx(float(top1)) and r["top5"] == pytest.approx(float(top5))
+
+
+@pytest.mark.parametrize("n", [100, 1000])
+def test_confusion_matrix_names_as_many_classes_as_can_be_read(tmp_path, captured_figures, n):
+    """Above 40 classes the matrix had no names and no key (ticks of numbers only); now names while a class gets
+    4 points of the axis, else indices that the title ties to per_class.csv. The colour bar says what it shows."""
+    import numpy as np
+
+    import vision_rwkv.engine.classification as cls
+    figures = captured_figures(cls)
+    names = [f"class_{i}" for i in range(n)]
+    cls.plot_confusion_matrix(np.eye(n, dtype=int).tolist(), names, tmp_path / "cm.png")
+    ax, bar = figures[0].axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    if n == 100:
+        assert labels == names and "per_class.csv" not in ax.get_title()
+    else:
+        assert labels[:2] == ["0", "25"] and "the rows of per_class.csv" in ax.get_title()
+    assert "share of the true class" in bar.get_ylabel()

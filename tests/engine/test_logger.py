@@ -40,3 +40,24 @@ def test_json_text_is_strict_json():
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text, parse_constant=lambda c: 1 / 0) == {
         "mIoU": 41.5, "per_class": {"wall": {"IoU": None, "Acc": None}}, "sizes": [1, 2], "path": "/x"}
+
+
+def test_curves_skip_zero_counters_and_put_wide_ranges_on_a_log_axis(tmp_path, captured_figures):
+    """The demo's first CLIP grad norm (2152 over a median of 3) flattened the rest of its curve at zero, and
+    counters that never moved (no skipped images) took panels of their own."""
+    import vision_rwkv.engine.logger as logger
+    figures = captured_figures(logger)
+    rows = [{"step": s, "loss": 2.0 / s, "grad_norm": g, "skipped_images": 0.0}
+            for s, g in enumerate([2152.0, 3.0, 2.5, 3.5, 2.0], start=1)]
+    plot_curves({"train": rows}, tmp_path / "c.png")
+    axes = [ax for ax in figures[0].axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["loss", "grad_norm (log scale)"]
+    assert [ax.get_yscale() for ax in axes] == ["linear", "log"]
+
+
+def test_short_and_wrapped_labels():
+    from vision_rwkv.engine.logger import short_text, wrapped_text
+    assert short_text("photos/2024/a_very_long_file_name_indeed.jpg", 20) == "photos/20\u2026indeed.jpg"
+    assert len(short_text("x" * 100, 21)) == 21 and short_text("short", 21) == "short"
+    assert wrapped_text("German short-haired pointer", 24, 2) == "German short-haired\npointer"
+    assert wrapped_text("a b c d e f g h i j k l", 5, 2).endswith("\u2026")

@@ -260,3 +260,27 @@ def test_overlay_legend_leaves_the_panels_free(tmp_path, monkeypatch, num_presen
     legend = fig.legends[0].get_window_extent()
     assert len(fig.legends[0].get_texts()) == num_present
     assert all(legend.y1 <= ax.get_window_extent().y0 for ax in fig.axes)
+
+
+def test_palette_tells_every_class_apart():
+    """Golden-ratio hues gave classes i and i + 144 the same colour (ADE20K: wall and bulletin board, floor and
+    glass, ... 51 pairs closer than 20 in RGB). Now every pair of 150 is >= 15 apart in CIELAB and from black (the
+    ignored pixels); up to 20 classes keep tab10 / tab20, and the first 20 of any larger palette are tab20's."""
+    from vision_rwkv.seg.visualize import _cielab, make_palette
+    pal = make_palette(150)
+    lab = _cielab(pal / 255.0)
+    dist = np.linalg.norm(lab[:, None] - lab[None], axis=-1) + np.eye(150) * 1e9
+    assert pal.shape == (150, 3) and pal.dtype == np.uint8 and dist.min() > 15
+    assert np.linalg.norm(lab, axis=-1).min() > 15  # (black: L*a*b* 0, 0, 0)
+    assert np.array_equal(pal[:20], make_palette(20)) and np.array_equal(make_palette(150), pal)
+    assert len(make_palette(8)) == 8
+
+
+def test_overlay_row_titles_keep_long_names_inside(tmp_path, captured_figures):
+    from vision_rwkv.seg import visualize
+    figures = captured_figures(visualize)
+    img, lab = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.int64)
+    name = "/data/photos/" + "x" * 80 + "/IMG_0001.jpg"
+    visualize.save_overlays(tmp_path / "a.png", [img], [None], [lab], ["a", "b"], titles=[name])
+    title = figures[0].axes[0].get_title()
+    assert len(title) == 40 and title.endswith("IMG_0001.jpg")

@@ -35,7 +35,7 @@ from .config import ConfigError, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, cleanup_distributed, init_distributed,
                           is_main_process, print_rank0, unwrap_model, wrap_ddp)
 from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
-from .logger import json_text, progress, pyplot, save_figure
+from .logger import json_text, progress, pyplot, save_figure, short_text
 from .loop import CLIP_MODES, Trainer
 from .precision import autocast
 
@@ -370,19 +370,28 @@ def plot_confusion_matrix(conf: list[list[int]], class_names: list[str], path: s
     size = min(max(4.0, 0.45 * n + 2), 30)
     fig, ax = plt.subplots(figsize=(size, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if n <= 40:
-        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
-        ax.set_yticks(range(n), class_names, fontsize=8)
+    row_pt = 0.75 * size * 72 / n  # the points a class gets along an axis
+    if row_pt >= 4:  # class names as long as they can be read (at most ~300 classes on the 30-inch figure)
+        names = [short_text(str(c), 30) for c in class_names]
+        ax.set_xticks(range(n), names, rotation=90, fontsize=min(8.0, 0.85 * row_pt))
+        ax.set_yticks(range(n), names, fontsize=min(8.0, 0.85 * row_pt))
+    else:  # indices: the rows of per_class.csv
+        step = -(-n // 40)
+        ax.set_xticks(range(0, n, step))
+        ax.set_yticks(range(0, n, step))
+        title += " (class indices: the rows of per_class.csv)"
     if n <= 20:
         for i in range(n):
             for j in range(n):
                 if m[i, j]:
                     ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    label_pt = max(10.0, size * 0.6)  # (a large figure is viewed scaled down)
+    ax.set_xlabel("predicted", fontsize=label_pt)
+    ax.set_ylabel("true", fontsize=label_pt)
+    ax.set_title(title, fontsize=label_pt)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("share of the true class (each row sums to 1)", fontsize=label_pt)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .logger import progress, pyplot, save_figure
+from .logger import progress, pyplot, save_figure, short_text, wrapped_text
 from .precision import autocast
 
 __all__ = ["Classifier", "load_classifier", "image_files", "predict_files", "write_predictions", "plot_predictions",
@@ -245,6 +245,7 @@ def plot_predictions(rows: Sequence[dict[str, Any]], path: PathLike, max_images:
         ax.imshow(img)
         index, name, prob = r["topk"][0]
         label = name if name is not None else f"class {index}"
-        ax.set_title(f"{label[:24]}\n{100 * prob:.1f}%", fontsize=8)
+        ax.set_title(f"{wrapped_text(label, 24, 2)} {100 * prob:.1f}%\n{short_text(Path(r['file']).name, 26)}",
+                     fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

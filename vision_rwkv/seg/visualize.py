@@ -6,25 +6,41 @@ from typing import Sequence
 
 import numpy as np
 
-from vision_rwkv.engine.logger import pyplot, save_figure
+from vision_rwkv.engine.logger import pyplot, save_figure, short_text
 
 __all__ = ["make_palette", "colorize", "save_overlays"]
 
 
-def make_palette(num_classes: int, seed: int = 3) -> np.ndarray:
-    """(num_classes, 3) uint8 colours: matplotlib's qualitative tab10 / tab20 for up to 20 classes, else
-    golden-ratio-spaced hues with alternating saturation / value."""
+def make_palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours: matplotlib's qualitative tab10 / tab20 for up to 20 classes; beyond, tab20's
+    colours then, one at a time, the colour farthest (in CIELAB) from those chosen and from black (ignored pixels),
+    so that no two classes look alike (golden-ratio hues gave 51 near-identical pairs of ADE20K's 150 classes)."""
+    from matplotlib import colormaps
+    tab = np.array([colormaps["tab10" if num_classes <= 10 else "tab20"](i)[:3] for i in range(min(num_classes, 20))])
     if num_classes <= 20:
-        from matplotlib import colormaps
-        cmap = colormaps["tab10" if num_classes <= 10 else "tab20"]
-        pal = np.array([cmap(i)[:3] for i in range(num_classes)])
-        return (pal * 255).round().astype(np.uint8)
-    import colorsys
-    rng = np.random.default_rng(seed)
-    hues = (np.arange(num_classes) * 0.618033988749895 + rng.uniform()) % 1.0
-    pal = np.array([colorsys.hsv_to_rgb(h, 0.75 if i % 2 else 0.95, 0.95 if i % 3 else 0.75)
-                    for i, h in enumerate(hues)])
-    return (pal * 255).round().astype(np.uint8)
+        return (tab * 255).round().astype(np.uint8)
+    levels = np.linspace(0.0, 1.0, 12)
+    candidates = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = _cielab(candidates)
+    chosen = [(tab * 255).round().astype(np.uint8)]
+    taken = _cielab(np.vstack([tab, np.zeros((1, 3))]))  # (black: the ignored pixels' colour)
+    nearest = np.linalg.norm(lab[:, None] - taken[None], axis=-1).min(1)
+    picks = []
+    for _ in range(num_classes - 20):
+        i = int(nearest.argmax())
+        picks.append(candidates[i])
+        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[i], axis=-1))
+    chosen.append((np.array(picks) * 255).round().astype(np.uint8))
+    return np.vstack(chosen)
+
+
+def _cielab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] (N, 3) -> CIELAB (D65), where distances follow perceived colour differences."""
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=-1)
 
 
 def colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
@@ -67,7 +83,7 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
             ax.imshow(panel)
             ax.set_xticks([])
             ax.set_yticks([])
-            title = name if titles is None or c else f"{titles[r]}"
+            title = name if titles is None or c else short_text(titles[r], 40)
             ax.set_title(title, fontsize=8)
     handles = [Patch(color=palette[i] / 255.0, label=class_names[i]) for i in present]
     if handles:
