@@ -69,3 +69,26 @@ def test_bad_labels_and_shapes_are_errors():
         confusion_matrix(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="class names"):
         metrics_from_confusion(torch.eye(3, dtype=torch.long), ["a", "b"])
+
+
+def test_dice_fscore_precision_recall_as_mmseg_defines_them():
+    """mmseg's IoUMetric(iou_metrics=['mIoU', 'mDice', 'mFscore']) summaries, per class and averaged over the
+    classes where they are defined (rows: ground truth, columns: prediction)."""
+    conf = torch.tensor([[50, 10, 0, 0],    # class 0: hit and missed
+                         [5, 0, 0, 3],      # class 1: present and predicted, never hit (F1 NaN in mmseg)
+                         [0, 0, 0, 0],      # class 2: absent everywhere
+                         [0, 0, 0, 7]])     # class 3: hit, also predicted for class 1
+    r = metrics_from_confusion(conf, ["a", "b", "c", "d"])
+    p0, r0 = 50 / 55, 50 / 60
+    want = {"a": dict(IoU=50 / 65, Acc=r0, Dice=100 / 115, Precision=p0, Fscore=2 * p0 * r0 / (p0 + r0)),
+            "b": dict(IoU=0.0, Acc=0.0, Dice=0.0, Precision=0.0, Fscore=math.nan),
+            "c": dict(IoU=math.nan, Acc=math.nan, Dice=math.nan, Precision=math.nan, Fscore=math.nan),
+            "d": dict(IoU=7 / 10, Acc=1.0, Dice=14 / 17, Precision=0.7, Fscore=2 * 0.7 / 1.7)}
+    for name, metrics in want.items():
+        for k, v in metrics.items():
+            got = r["per_class"][name][k]
+            assert (math.isnan(v) and math.isnan(got)) or got == pytest.approx(v), (name, k)
+    assert r["mDice"] == pytest.approx((100 / 115 + 0 + 14 / 17) / 3)
+    assert r["mFscore"] == pytest.approx((want["a"]["Fscore"] + want["d"]["Fscore"]) / 2)
+    assert r["mPrecision"] == pytest.approx((p0 + 0 + 0.7) / 3) and r["mRecall"] == pytest.approx(r["mAcc"])
+    assert r["aAcc"] == pytest.approx(57 / 75)

@@ -48,3 +48,14 @@ def test_layer_decay_groups_follow_group_matcher(tiny_model_cfg):
         assert g["lr"] == pytest.approx(1e-3 * g["lr_scale"])
     flat = seg_param_groups(model, weight_decay=0.05, layer_decay=None)
     assert {g["lr_scale"] for g in flat} == {1.0}
+
+
+def test_final_norm_trains_at_the_heads_rate(tiny_model_cfg):
+    """With model.norm_intermediates the backbone's final norm is used: the original's layer-decay constructor
+    gives it the full rate (timm's group_matcher had merged it into the last block: x decay)."""
+    model = create_segmentor(tiny_model_cfg(depth=3, norm_intermediates=True))
+    groups = seg_param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale_of = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale_of["backbone.norm.weight"] == scale_of["backbone.norm.bias"] == 1.0
+    assert scale_of["backbone.blocks.2.channel_mix.key.weight"] == 0.5

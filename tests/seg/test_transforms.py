@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vision_rwkv.seg.transforms import (IMAGENET_MEAN, IMAGENET_STD, CatMaxRatioCrop, PhotoMetricDistortion,
-                                        SegTestTransform, SegTrainTransform, keep_ratio_size, ratio_size)
+                                        RandomResizeKeepRatio, SegTestTransform, SegTrainTransform, keep_ratio_size,
+                                        ratio_size)
 
 
 def _label_image(h=40, w=56):
@@ -124,6 +125,54 @@ def test_photometric_distortion_changes_only_the_image():
     assert changed >= 4
     with pytest.raises(ValueError, match="uint8"):
         t.apply(img.astype(np.float32))
+
+
+def _mmseg_photometric(img, brightness, contrast_first, contrast, saturation, hue):
+    """mmseg's PhotoMetricDistortion steps, written out from its definition (BGR images: OpenCV's BGR2HSV on BGR
+    is its RGB2HSV on RGB): uint8 after every step, saturation and hue in separate HSV round trips."""
+    import cv2
+
+    def convert(x, alpha=1.0, beta=0.0):
+        return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+    bgr = img[..., ::-1].copy()
+    if brightness is not None:
+        bgr = convert(bgr, beta=brightness)
+    if contrast_first and contrast is not None:
+        bgr = convert(bgr, alpha=contrast)
+    if saturation is not None:
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=saturation)
+        bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if hue is not None:
+        hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
+        hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + hue) % 180
+        bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+    if not contrast_first and contrast is not None:
+        bgr = convert(bgr, alpha=contrast)
+    return bgr[..., ::-1]
+
+
+@pytest.mark.parametrize("params", [
+    dict(brightness=17.3, contrast_first=True, contrast=1.37, saturation=0.61, hue=None),
+    dict(brightness=-25.8, contrast_first=True, contrast=0.72, saturation=None, hue=9),
+    dict(brightness=None, contrast_first=False, contrast=1.21, saturation=1.44, hue=-13),
+    dict(brightness=31.0, contrast_first=False, contrast=0.55, saturation=1.3, hue=17)])
+def test_photometric_distortion_rounds_as_mmseg(params):
+    """Same parameters, same pixels as mmseg: it stayed in float between steps and did saturation and hue in one
+    HSV round trip (up to 9 grey levels off with brightness, contrast and saturation)."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    got = PhotoMetricDistortion(p=1.0).apply(img, **params)
+    assert np.array_equal(got, _mmseg_photometric(img, **params))
+
+
+def test_random_resize_scales_whole_pixels_first():
+    """mmseg's RandomResize truncates the scaled scale (int(2048 r), int(512 r)) before the keep-ratio resize; the
+    float scale gave sizes 1-4 px off for 70% of the draws (375x1013 at r = 1.869133: 957x2585, mmseg 956x2582)."""
+    t = RandomResizeKeepRatio((2048, 512), (1.869133, 1.869133))
+    size = t.get_params_dependent_on_data({"shape": (375, 1013, 3)}, {})["size"]
+    assert size == keep_ratio_size(375, 1013, (int(2048 * 1.869133), int(512 * 1.869133))) == (956, 2582)
 
 
 def test_test_transform_keeps_ratio_and_mask():

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..engine.logger import json_text
 
-__all__ = ["SegMetric", "confusion_matrix", "metrics_from_confusion", "format_table"]
+__all__ = ["SegMetric", "confusion_matrix", "metrics_from_confusion", "format_table", "SUMMARY_METRICS"]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -36,27 +36,38 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return torch.bincount(target * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
+# the summary metrics of metrics_from_confusion (mmseg's IoUMetric with mIoU, mDice and mFscore)
+SUMMARY_METRICS = ("mIoU", "mAcc", "aAcc", "mDice", "mFscore", "mPrecision", "mRecall")
+
+
 def metrics_from_confusion(conf: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
-    """mIoU, mAcc, aAcc (fractions in [0, 1]) and per-class IoU / Acc (NaN for classes with no pixels)."""
+    """mIoU, mAcc, aAcc and mmseg's other IoUMetric summaries - mDice, mFscore (F1), mPrecision, mRecall - as
+    fractions in [0, 1], and per class IoU / Acc / Dice / Fscore / Precision (Acc is the recall). A class without
+    the pixels a ratio divides by gets NaN there (mmseg's convention) and is left out of that mean."""
     conf = conf.double()
     inter = conf.diag()
     area_gt = conf.sum(1)
     area_pred = conf.sum(0)
     union = area_gt + area_pred - inter
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    iou = torch.where(union > 0, inter / union.clamp(min=1), nan)
-    acc = torch.where(area_gt > 0, inter / area_gt.clamp(min=1), nan)
     total = area_gt.sum()
     names = list(class_names) if class_names is not None else [str(i) for i in range(conf.shape[0])]
     if len(names) != conf.shape[0]:
         raise ValueError(f"{len(names)} class names for {conf.shape[0]} classes")
-    return {
-        "mIoU": float(iou.nanmean()) if (~iou.isnan()).any() else float("nan"),
-        "mAcc": float(acc.nanmean()) if (~acc.isnan()).any() else float("nan"),
-        "aAcc": float(inter.sum() / total) if total > 0 else float("nan"),
-        "per_class": {n: {"IoU": float(i), "Acc": float(a)} for n, i, a in zip(names, iou.tolist(), acc.tolist())},
-        "num_pixels": int(total),
-    }
+
+    def ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+        return torch.where(den > 0, num / den.clamp(min=1e-12), torch.tensor(float("nan"), dtype=torch.float64))
+
+    per = {"IoU": ratio(inter, union), "Acc": ratio(inter, area_gt), "Dice": ratio(2 * inter, area_gt + area_pred),
+           "Precision": ratio(inter, area_pred)}
+    # F1 as mmseg computes it from precision and recall: NaN (not 0) for a class predicted and present but never hit
+    per["Fscore"] = ratio(2 * per["Precision"] * per["Acc"], per["Precision"] + per["Acc"])
+    means = {"mIoU": "IoU", "mAcc": "Acc", "mDice": "Dice", "mFscore": "Fscore", "mPrecision": "Precision",
+             "mRecall": "Acc"}
+    out: dict = {m: float(per[k].nanmean()) if (~per[k].isnan()).any() else float("nan") for m, k in means.items()}
+    out["aAcc"] = float(inter.sum() / total) if total > 0 else float("nan")
+    out["per_class"] = {n: {k: float(v[i]) for k, v in per.items()} for i, n in enumerate(names)}
+    out["num_pixels"] = int(total)
+    return out
 
 
 def format_table(results: dict) -> str:

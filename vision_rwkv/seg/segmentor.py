@@ -301,8 +301,8 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
 def seg_param_groups(model: Segmentor, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
     """Optimizer groups: backbone with layer-wise lr decay from its `group_matcher`, heads at full lr.
 
-    Layer ids come from timm's `group_parameters(backbone, backbone.group_matcher())` (stem 0, blocks 1..L, final
-    norm after them); the neck and heads sit one layer above the backbone's last, so with decay d a parameter in
+    Layer ids come from timm's `group_parameters(backbone, backbone.group_matcher())` (stem 0, blocks 1..L; the
+    final norm goes with the heads); the neck and heads sit one layer above the backbone's last, so with decay d a parameter in
     layer i gets lr scale d ** (top - i) (BEiT / mmseg convention: the last block gets d, the heads 1). Every group
     carries `lr_scale`; 1-D parameters (norms, biases) and the backbone's `no_weight_decay()` names get no decay.
     """
@@ -316,6 +316,9 @@ def seg_param_groups(model: Segmentor, weight_decay: float, layer_decay: float |
                              f"{type(backbone).__name__} has none")
         layer_of = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
         top = max(layer_of.values()) + 1
+        # the final norm (timm's group_matcher merges it into the last block) at full lr with the heads, as the
+        # original's layer-decay constructor has it (it only matters with model.norm_intermediates)
+        layer_of.update({n: top for n in layer_of if n.startswith("norm.")})
     else:
         layer_of, top, layer_decay = {}, 0, 1.0
     groups: dict[tuple[int, bool], dict] = {}

@@ -24,7 +24,7 @@ from ..engine.logger import json_text
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
 from .convert import load_segmentor_weights
 from .inference import inference
-from .metrics import SegMetric, format_table
+from .metrics import SUMMARY_METRICS, SegMetric, format_table
 from .optim import PolyWarmupLR, build_optimizer
 from .segmentor import Segmentor, create_segmentor
 from .visualize import save_overlays
@@ -120,7 +120,7 @@ def build_segmentor(cfg: Any, num_classes: int, load_pretrained: bool = True) ->
 
 
 def _percent(results: dict) -> dict:
-    out = {k: 100.0 * v for k, v in results.items() if k in ("mIoU", "mAcc", "aAcc")}
+    out = {k: 100.0 * v for k, v in results.items() if k in SUMMARY_METRICS}
     out["per_class"] = {n: {m: 100.0 * v for m, v in r.items()} for n, r in results["per_class"].items()}
     out["num_pixels"] = results["num_pixels"]
     return out

@@ -56,7 +56,8 @@ class RandomResizeKeepRatio(DualTransform):
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         h, w = params["shape"][:2]
         r = 1.0 if self.ratio_range is None else self.py_random.uniform(*self.ratio_range)
-        return {"size": keep_ratio_size(h, w, [s * r for s in self.scale])}
+        # (the scaled scale in whole pixels first, as mmseg's RandomResize draws it)
+        return {"size": keep_ratio_size(h, w, [int(s * r) for s in self.scale])}
 
     def apply(self, img: np.ndarray, size: tuple[int, int], **params: Any) -> np.ndarray:
         return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
@@ -141,24 +142,32 @@ class PhotoMetricDistortion(ImageOnlyTransform):
               hue=None, **params: Any) -> np.ndarray:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"photometric distortion expects HxWx3 uint8 RGB, got {img.dtype} {img.shape}")
-        out = img.astype(np.float32)
+        # as mmseg: back to uint8 (clipped, truncated) after every step; saturation and hue in HSV round trips of
+        # their own
+        out = img
         if brightness is not None:
-            out = np.clip(out + brightness, 0, 255)
+            out = _to_uint8(out, beta=brightness)
         if contrast_first and contrast is not None:
-            out = np.clip(out * contrast, 0, 255)
-        if saturation is not None or hue is not None:
-            hsv = cv2.cvtColor(out.astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
-            if saturation is not None:
-                hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-            if hue is not None:
-                hsv[..., 0] = (hsv[..., 0] + hue) % 180
-            out = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+            out = _to_uint8(out, alpha=contrast)
+        if saturation is not None:
+            hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
+            hsv[..., 1] = _to_uint8(hsv[..., 1], alpha=saturation)
+            out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        if hue is not None:
+            hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int32) + hue) % 180
+            out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
         if not contrast_first and contrast is not None:
-            out = np.clip(out * contrast, 0, 255)
-        return out.astype(np.uint8)
+            out = _to_uint8(out, alpha=contrast)
+        return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("brightness_delta", "contrast_range", "saturation_range", "hue_delta")
+
+
+def _to_uint8(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``x * alpha + beta`` clipped to [0, 255] and truncated to uint8 (mmseg's photometric ``convert``)."""
+    return np.clip(x.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
 def compact_mask(mask: np.ndarray, ignore_index: int = 255) -> np.ndarray:
