@@ -1,7 +1,12 @@
 """Helpers shared by the CLIP tests (imported as `clip_helpers`; pytest puts this folder on sys.path)."""
 from __future__ import annotations
 
+import io
+import tarfile
+
+import numpy as np
 import torch
+from PIL import Image
 
 TINY_MODEL_KW = dict(
     embed_dim=32,
@@ -30,3 +35,19 @@ def rebuild_fixture_state_dict(fx: dict) -> dict:
         dense[sp["indices"]] = sp["rows"]
         sd[name] = dense
     return sd
+
+
+def png_bytes(value: int, size: int = 8) -> bytes:
+    """A size x size PNG of one grey value."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_tar(path, samples) -> None:
+    """A tar shard of (member name, bytes) in order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in samples:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))

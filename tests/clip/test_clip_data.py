@@ -1,5 +1,4 @@
 """Caption data: CSV/TSV, webdataset-style tar shards, unreadable images, per-sample caption draws."""
-import io
 import json
 import tarfile
 from collections import Counter
@@ -9,15 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from clip_helpers import png_bytes, write_tar
 from rwkv_clip.data import (CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset,
                             UnreadableImage, expand_shards)
 from vision_rwkv.engine import EpochLoader
-
-
-def _png_bytes(value: int, size: int = 8) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _to_tensor(img):
@@ -28,7 +22,7 @@ def _csv(tmp_path, sep=","):
     (tmp_path / "img").mkdir()
     rows = []
     for i in range(5):
-        (tmp_path / "img" / f"{i}.png").write_bytes(_png_bytes(10 * i))
+        (tmp_path / "img" / f"{i}.png").write_bytes(png_bytes(10 * i))
         rows.append([f"img/{i}.png", f"raw {i}", f"syn {i}" if i != 2 else "", f"llm {i}"])
     (tmp_path / "img" / "3.png").write_bytes(b"\x89PNG corrupt")  # corrupt
     rows[4][0] = "img/missing.png"  # missing
@@ -63,23 +57,15 @@ def test_csv_errors(tmp_path):
         CsvCaptionDataset(path, caption_keys=["raw"])
 
 
-def _tar(path, samples):
-    with tarfile.open(path, "w") as tar:
-        for name, data in samples:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_tar_shards(tmp_path):
-    _tar(tmp_path / "shard-000.tar", [
-        ("a/0001.jpg", _png_bytes(1)), ("a/0001.txt", b"raw one"), ("a/0001.syn.txt", b"syn one"),
-        ("a/0002.png", _png_bytes(2)), ("a/0002.json", json.dumps({"captions": ["j1", "j2"]}).encode()),
+    write_tar(tmp_path / "shard-000.tar", [
+        ("a/0001.jpg", png_bytes(1)), ("a/0001.txt", b"raw one"), ("a/0001.syn.txt", b"syn one"),
+        ("a/0002.png", png_bytes(2)), ("a/0002.json", json.dumps({"captions": ["j1", "j2"]}).encode()),
         ("a/0003.txt", b"caption without image"),
     ])
-    _tar(tmp_path / "shard-001.tar", [
+    write_tar(tmp_path / "shard-001.tar", [
         ("0004.jpg", b"broken image bytes"), ("0004.txt", b"four"),
-        ("0005.webp", _png_bytes(5)), ("0005.txt", b"five"), ("0005.llm.txt", b"five llm"),
+        ("0005.webp", png_bytes(5)), ("0005.txt", b"five"), ("0005.llm.txt", b"five llm"),
     ])
     spec = str(tmp_path / "shard-{000..001}.tar")
     assert expand_shards(spec) == [str(tmp_path / "shard-000.tar"), str(tmp_path / "shard-001.tar")]
@@ -166,11 +152,11 @@ def test_shapes_grouped_by_colour_for_hard_negative_batches():
 def test_unreadable_tar_captions_are_skipped_and_counted_like_images(tmp_path):
     """A caption member that is not UTF-8, a malformed json or a json caption that is not text: the sample is
     unreadable (the next one stands in, counted), with the shard named; a compressed shard says so."""
-    _tar(tmp_path / "s.tar", [
-        ("0.png", _png_bytes(1)), ("0.txt", "café".encode("latin-1")),
-        ("1.png", _png_bytes(2)), ("1.json", b"{not json"),
-        ("2.png", _png_bytes(3)), ("2.json", json.dumps({"caption": None}).encode()),
-        ("3.png", _png_bytes(4)), ("3.txt", b"fine"),
+    write_tar(tmp_path / "s.tar", [
+        ("0.png", png_bytes(1)), ("0.txt", "café".encode("latin-1")),
+        ("1.png", png_bytes(2)), ("1.json", b"{not json"),
+        ("2.png", png_bytes(3)), ("2.json", json.dumps({"caption": None}).encode()),
+        ("3.png", png_bytes(4)), ("3.txt", b"fine"),
     ])
     ds = TarCaptionDataset(str(tmp_path / "s.tar"), transform=_to_tensor)
     s = ds[0]
@@ -190,9 +176,9 @@ def test_damaged_tar_shards_are_read_as_far_as_they_can_be(tmp_path):
     """A corrupt header mid-shard lost every member after it without a word (tarfile reads it as the end of the
     archive); a truncated or empty shard stopped training. Now each keeps what can be read, warns and is listed
     in `damaged`, as webdataset's warn_and_continue handler does."""
-    samples = [(f"{i:04d}.{ext}", _png_bytes(i) if ext == "png" else f"caption {i}".encode())
+    samples = [(f"{i:04d}.{ext}", png_bytes(i) if ext == "png" else f"caption {i}".encode())
                for i in range(10) for ext in ("png", "txt")]
-    _tar(tmp_path / "good.tar", samples)
+    write_tar(tmp_path / "good.tar", samples)
     data = bytearray((tmp_path / "good.tar").read_bytes())
     with tarfile.open(tmp_path / "good.tar") as tar:
         members = tar.getmembers()
@@ -221,7 +207,7 @@ def test_csv_tables_as_spreadsheets_and_cc3m_write_them(tmp_path):
     """A UTF-8 BOM before the header is not part of a column name; in a TSV an unbalanced quote is an ordinary
     character (it swallowed the rows after it); a row without an image path is an error naming its line."""
     for i in range(3):
-        (tmp_path / f"{i}.png").write_bytes(_png_bytes(i))
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(i))
     bom = tmp_path / "bom.csv"
     bom.write_text("\ufefffilepath,title\n0.png,zero\n", encoding="utf-8")
     assert CsvCaptionDataset(bom).captions == [["zero"]]
@@ -241,8 +227,8 @@ def test_training_reports_tar_samples_left_out(tmp_path, capsys, monkeypatch):
     from types import SimpleNamespace
 
     from rwkv_clip.train import build_train_dataset
-    _tar(tmp_path / "s.tar", [("0.png", _png_bytes(1)), ("0.txt", b"zero"), ("1.tif", _png_bytes(2)),
-                              ("1.txt", b"one"), ("2.png", _png_bytes(3)), ("2.caption", b"two")])
+    write_tar(tmp_path / "s.tar", [("0.png", png_bytes(1)), ("0.txt", b"zero"), ("1.tif", png_bytes(2)),
+                              ("1.txt", b"one"), ("2.png", png_bytes(3)), ("2.caption", b"two")])
     data = SimpleNamespace(kind="tar", train=str(tmp_path / "s.tar"), index_cache=None)
     ds = build_train_dataset(data, None, lambda texts: texts)
     assert len(ds) == 1

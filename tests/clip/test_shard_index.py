@@ -1,31 +1,16 @@
 """rwkv_clip.shard_index: the tar index cache gives the index the shards give, and never a stale or broken one."""
-import io
 import os
 import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import rwkv_clip.shard_index as shard_index
+from clip_helpers import png_bytes, write_tar
 from rwkv_clip.data import IMAGE_EXTENSIONS, TarCaptionDataset
 from rwkv_clip.shard_index import index_order, shard_samples
 
 INDEX = ("_shard", "_ext", "_offset", "_size", "_starts")
-
-
-def _png(value):
-    buf = io.BytesIO()
-    Image.new("RGB", (2, 2), (value, value, value)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _tar(path, samples):
-    with tarfile.open(path, "w") as tar:
-        for name, data in samples:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _shards(tmp_path, n=3):
@@ -35,11 +20,11 @@ def _shards(tmp_path, n=3):
         image = ("jpg", "png", "webp")[s % 3]
         members = []
         for i in range(5 + 3 * s):
-            members += [(f"k{s}/{i:04d}.{image}", _png(10 * s + i)), (f"k{s}/{i:04d}.txt", f"c {s} {i}".encode())]
+            members += [(f"k{s}/{i:04d}.{image}", png_bytes(10 * s + i)), (f"k{s}/{i:04d}.txt", f"c {s} {i}".encode())]
             if i % 2:
                 members.append((f"k{s}/{i:04d}.json", b'{"caption": "j"}'))
         members.append((f"k{s}/lonely.{image}", b"no caption"))
-        _tar(tmp_path / f"s{s}.tar", members)
+        write_tar(tmp_path / f"s{s}.tar", members)
         paths.append(str(tmp_path / f"s{s}.tar"))
     data = bytearray((tmp_path / "s0.tar").read_bytes())
     with tarfile.open(tmp_path / "s0.tar") as tar:
@@ -83,9 +68,9 @@ def test_cached_index_is_the_shards_index_and_skips_reading_them(tmp_path, monke
 def test_a_rewritten_shard_is_indexed_again(tmp_path):
     cache = str(tmp_path / "cache")
     path = tmp_path / "s.tar"
-    _tar(path, [("0.png", b"a"), ("0.txt", b"zero")])
+    write_tar(path, [("0.png", b"a"), ("0.txt", b"zero")])
     assert len(TarCaptionDataset(str(path), index_cache=cache)) == 1
-    _tar(path, [("0.png", b"a"), ("0.txt", b"zero"), ("1.png", b"b"), ("1.txt", b"one")])
+    write_tar(path, [("0.png", b"a"), ("0.txt", b"zero"), ("1.png", b"b"), ("1.txt", b"one")])
     os.utime(path, ns=(1, 1))  # (another size and another time: either changes the cache key)
     ds = TarCaptionDataset(str(path), index_cache=cache)
     assert len(ds) == 2 and len(os.listdir(cache)) == 2
@@ -146,7 +131,7 @@ def test_ranks_of_a_node_index_disjoint_shards_first(tmp_path, monkeypatch):
 
 
 def test_shard_samples_without_a_cache_reads_the_shard(tmp_path):
-    _tar(tmp_path / "s.tar", [("a.jpg", b"x"), ("a.txt", b"y"), ("a.JPG", b"z"), ("b.txt", b"w")])
+    write_tar(tmp_path / "s.tar", [("a.jpg", b"x"), ("a.txt", b"y"), ("a.JPG", b"z"), ("b.txt", b"w")])
     s = shard_samples(str(tmp_path / "s.tar"), IMAGE_EXTENSIONS)
     # a repeated extension (here by case) keeps the last member; "b" has no image
     assert len(s) == 1 and s.incomplete == 1 and s.problem is None and s.exts == ["jpg", "txt"]
