@@ -146,7 +146,9 @@ def create_model(
         output_dict: forward returns a dict.
         force_image_size: another input resolution (square int or (h, w)); a `pretrained` position embedding of
             another (square) grid is resampled to it on load, as open_clip does.
-        force_context_length: another text length (the RWKV text tower has no position embedding).
+        force_context_length: another text length (the RWKV text tower has no position embedding). The text
+            features change with it (the tower pools over every position, padding included, as the original):
+            evaluate at the length the model was trained at.
         force_quick_gelu: accepted for open_clip compatibility; RWKV towers have no GELU, so True is an error.
         **model_kwargs: overrides merged into the config (dicts merge key by key), e.g.
             vision_cfg={"drop_path_rate": 0.0}, text_cfg={"layers": 2}.

@@ -181,6 +181,9 @@ def build_optimizer(model: torch.nn.Module, optim: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, **kwargs)
 
 
+SCHEDULES = ("cosine", "constant", "onecycle")
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, sched: Any, lr: float, total_steps: int):
     """Per-step schedule: `cosine` (linear warm-up then cosine to min_lr_ratio * lr), `constant` (warm-up then
     flat) or `onecycle` (torch OneCycleLR as in the original recipe)."""
@@ -192,8 +195,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: Any, lr: float, tot
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct, div_factor=sched.div_factor,
             final_div_factor=sched.final_div_factor, cycle_momentum=sched.cycle_momentum)
-    if sched.name not in ("cosine", "constant"):
-        raise ValueError(f"unknown sched.name {sched.name!r} (cosine, constant, onecycle)")
+    if sched.name not in SCHEDULES:
+        raise ValueError(f"unknown sched.name {sched.name!r} ({', '.join(SCHEDULES)})")
     floor = float(sched.min_lr_ratio)
 
     def factor(step: int) -> float:
@@ -260,6 +263,9 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     if not float(cfg.optim.lr) > 0 or not float(cfg.optim.weight_decay) >= 0:
         raise ConfigError(f"optim.lr must be positive and optim.weight_decay >= 0, got {cfg.optim.lr} and "
                           f"{cfg.optim.weight_decay}")
+    if cfg.sched.name not in SCHEDULES:  # (before the model and the data are built)
+        raise ConfigError(f"unknown sched.name {cfg.sched.name!r} ({', '.join(SCHEDULES)}; open_clip's 'const' is "
+                          "'constant')")
     run_dir = Path(cfg.run_dir)
     check_run_dir_is_free(run_dir, resume)  # fail fast, before the model and the data are built
     seed_everything(tc.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)

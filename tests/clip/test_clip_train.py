@@ -109,7 +109,8 @@ def test_unknown_config_keys_are_errors(tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("optim.lr=-1", "optim.lr must be positive"), ("data.kind=tar", "data.train must name the tar shards"),
-    ("data.kind=parquet", "unknown data.kind"), ("train.compile=true train.compile_mode=bogus", "compile_mode")])
+    ("data.kind=parquet", "unknown data.kind"), ("train.compile=true train.compile_mode=bogus", "compile_mode"),
+    ("sched.name=const", "open_clip's 'const' is 'constant'")])
 def test_bad_values_are_config_errors(tmp_path, override, message):
     """Values only checkable when the optimizer, the data or the compile step is built are config errors too (the
     tools print them as one line, status 2)."""
