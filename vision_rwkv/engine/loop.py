@@ -165,13 +165,18 @@ class Trainer:
     def _window_sums(self) -> dict[str, float]:
         """The sums of the steps logged since the last row, averaged over ranks (what the row's reduction does), so
         that a resumed run's first row averages the same steps as an uninterrupted run's."""
-        return reduce_dict(self._window, self.device if self.device.type == "cuda" else "cpu")
+        return reduce_dict(self._window, self._collective_device)
+
+    @property
+    def _collective_device(self) -> torch.device | str:
+        """Where the tensors of a collective live: the CUDA device (NCCL reduces CUDA tensors), else the CPU."""
+        return self.device if self.device.type == "cuda" else "cpu"
 
     def _saved_extra(self) -> dict[str, Any]:
         """``extra_state`` with the ``summed_extra`` counters summed over ranks (every rank counts its own)."""
         extra = dict(self.extra_state)
         if self.summed_extra:
-            device = self.device if self.device.type == "cuda" else "cpu"  # (NCCL reduces CUDA tensors)
+            device = self._collective_device
             counts = torch.tensor([float(extra.get(k, 0)) for k in self.summed_extra], dtype=torch.float64,
                                   device=device)
             for k, v in zip(self.summed_extra, all_reduce_sum(counts).tolist()):
@@ -397,7 +402,7 @@ class Trainer:
     def _window_row(self) -> dict[str, float]:
         """The logged row of the window: each step log's mean over its steps and over the ranks, but the counters of
         ``summed_extra`` (e.g. unreadable images) summed over the ranks."""
-        device = self.device if self.device.type == "cuda" else "cpu"
+        device = self._collective_device
         means = {k: v / self._window_n for k, v in self._window.items()}
         summed = {k: means.pop(k) for k in self.summed_extra if k in means}
         row = reduce_dict(means, device)
