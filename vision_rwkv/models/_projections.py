@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vision_rwkv.ops import fused
+from vision_rwkv.ops._triton_utils import cpu_triton, env_backend
 from vision_rwkv.ops.cast_weights import cast_weights
 from vision_rwkv.ops.stacked_linear import stacked_linear
 
@@ -224,16 +225,22 @@ def _capturing_graph() -> bool:
 KEEP_DEVICES = ('cuda',)
 
 
+def _keeps_derived(t: torch.Tensor) -> bool:
+    """Whether values derived from ``t`` are kept: on :data:`KEEP_DEVICES`, and on the CPU where the Triton
+    interpreter stands in for a GPU (``TRITON_INTERPRET=1`` with ``VRWKV_BACKEND=triton``: the GPU path's tests)."""
+    return t.device.type in KEEP_DEVICES or (t.device.type == 'cpu' and cpu_triton() and env_backend() == 'triton')
+
+
 def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict], name: str,
                          make: Callable[[], Any], key: Any = None) -> Any:
     """``make()``, a value computed from the parameter tensors ``vectors`` only (and ``key``). With ``cache`` (a dict
     of the owning module) eager inference on a GPU keeps it under ``name`` while the vectors are unchanged (the same
     tensor objects, storages and version counters) and ``key`` is equal: no launch per forward. Writes through
     ``p.data`` bump no version counter: the owning mixer's ``train()`` / ``eval()`` forgets the kept values. With
-    autograd recording, under torch.compile, on CPU, or while a CUDA graph is captured it is computed each call (in a
-    graph: by the graph, so that its replays see later in-place updates of the parameters - as autocast turns its
-    cast cache off there)."""
-    if (cache is None or torch.is_grad_enabled() or vectors[0].device.type not in KEEP_DEVICES
+    autograd recording, under torch.compile, on CPU (see :func:`_keeps_derived`), or while a CUDA graph is captured it
+    is computed each call (in a graph: by the graph, so that its replays see later in-place updates of the
+    parameters - as autocast turns its cast cache off there)."""
+    if (cache is None or torch.is_grad_enabled() or not _keeps_derived(vectors[0])
             or torch.compiler.is_compiling() or _capturing_graph()):
         return make()
     state = (key,) + tuple((v.data_ptr(), v._version) for v in vectors)
