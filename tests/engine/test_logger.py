@@ -61,3 +61,16 @@ def test_short_and_wrapped_labels():
     assert len(short_text("x" * 100, 21)) == 21 and short_text("short", 21) == "short"
     assert wrapped_text("German short-haired pointer", 24, 2) == "German short-haired\npointer"
     assert wrapped_text("a b c d e f g h i j k l", 5, 2).endswith("\u2026")
+
+
+def test_training_accuracy_shares_the_validation_panel(tmp_path, captured_figures):
+    """train_top1 (training) and top1 (validation) were two panels, while the losses shared one."""
+    import vision_rwkv.engine.logger as logger
+    figures = captured_figures(logger)
+    series = {"train": [{"step": s, "loss": 1.0 / s, "train_top1": 10.0 * s} for s in (1, 2, 3)],
+              "val": [{"step": 3, "loss": 0.5, "top1": 25.0, "top5": 80.0}]}
+    plot_curves(series, tmp_path / "c.png")
+    axes = {ax.get_title(): ax for ax in figures[0].axes if ax.get_title()}
+    assert list(axes) == ["loss", "top1", "top5"]
+    assert [line.get_label() for line in axes["top1"].get_lines()] == ["train", "val"]
+    assert series["train"][0]["train_top1"] == 10.0  # (the caller's rows are left as they are)

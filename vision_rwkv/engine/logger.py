@@ -111,12 +111,25 @@ def _wide_positive(values: list[float]) -> bool:
     return bool(finite) and finite[0] > 0 and finite[-1] > 100 * finite[len(finite) // 2]
 
 
+def _shared_panels(series: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+    """The training split's ``train_<m>`` columns (``train_top1``) renamed ``<m>`` when another split logs ``<m>``
+    (``top1``) and training does not: both lines in one panel, as the losses are."""
+    train = series.get("train") or []
+    own = {k for r in train for k in r}
+    others = {k for split, rows in series.items() if split != "train" for r in rows for k in r}
+    rename = {k: k[len("train_"):] for k in own if k.startswith("train_") and k[len("train_"):] in others - own}
+    if not rename:
+        return series
+    return {**series, "train": [{rename.get(k, k): v for k, v in r.items()} for r in train]}
+
+
 def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLike, x: str = "step") -> Path | None:
     """One subplot per metric name (see `curve_names`), one line per split; returns the PNG path (None if nothing
-    to plot). Counters that stayed 0 (no skipped images) get no panel; a positive metric spanning orders of
-    magnitude is drawn on a log axis."""
+    to plot). Training's ``train_<m>`` shares the panel of the other splits' ``<m>``; counters that stayed 0 (no
+    skipped images) get no panel; a positive metric spanning orders of magnitude is drawn on a log axis."""
     plt = pyplot()
 
+    series = _shared_panels(series)
     names = [n for n in curve_names(series, x) if any(v != 0 for v in _values(series, n))]
     if not names:
         return None
