@@ -457,3 +457,31 @@ def test_summed_counters_are_summed_over_ranks_in_the_logs(tmp_path, monkeypatch
     t.fit()
     row = read_metrics_csv(tmp_path / "train_metrics.csv")[-1]
     assert row["skipped"] == 2.0 and row["other"] == 1.0
+
+
+def test_a_resume_with_steps_of_another_size_renumbers_checkpoints_and_logs(tmp_path):
+    """After a resume that maps the step (batch 8 -> 16: step 4 -> 2), the old numbering's checkpoints (2, 4) sat
+    above the new run's (its ckpt 2 was pruned on writing, and `latest` went back to the old ckpt 4, losing the
+    resumed work); the logs kept rows of discarded work and changed units silently (DDP audit)."""
+    def run(batch, **kw):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        ds = torch.utils.data.TensorDataset(torch.randn(48, 3), torch.randint(0, 2, (48,)))
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), EpochLoader(ds, batch, seed=0),
+                       lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), run_dir=tmp_path, max_steps=6,
+                       ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=2, log_every=1, show_progress=False,
+                       plot=False, **kw)
+
+    assert run(8, stop_after_steps=5).fit()["stopped"]  # checkpoints 2 and 4 (step 5's work is lost)
+    ckpts = tmp_path / "checkpoints"
+    resumed = run(16)
+    with pytest.warns(UserWarning, match=r"step 4 -> 2"):
+        assert resumed.resume("latest")
+    assert sorted(p.name for p in (ckpts / "steps_of_8_samples").iterdir()) == ["ckpt_00000002.pt",
+                                                                                "ckpt_00000004.pt"]
+    assert [p.name for p in ckpts.glob("ckpt_*.pt")] == ["ckpt_00000002.pt"]
+    assert load_checkpoint(ckpts / "ckpt_00000002.pt")["micro_batch_samples"] == 16
+    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [0, 1, 2, 2]  # (x 1/2)
+    run(16).fit(resume="latest")  # (from the renumbered checkpoint: no second mapping)
+    assert sorted(p.name for p in ckpts.glob("ckpt_*.pt")) == ["ckpt_00000004.pt", "ckpt_00000006.pt"]
+    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")][4:] == [3, 4, 5, 6]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -272,14 +273,7 @@ class CheckpointManager:
         improved = metric is not None and self.is_better(metric)
         if improved:
             self.best_value, self.best_step = float(metric), int(step)
-        state = dict(state)
-        state["best"] = {"value": self.best_value, "step": self.best_step, "mode": self.mode}
-        # timm's names (torch.save writes the shared tensors once): timm.models.load_checkpoint(use_ema=) and
-        # resume_checkpoint read these files too
-        if "model" in state:
-            state.setdefault("state_dict", state["model"])
-        if state.get("ema") is not None:
-            state.setdefault("state_dict_ema", state["ema"])
+        state = self._with_records(state)
         if not is_main_process():
             return None
         path = atomic_save(state, self.dir / f"ckpt_{int(step):08d}.pt")
@@ -297,6 +291,41 @@ class CheckpointManager:
             return
         for p in step_checkpoints(self.dir)[:-self.keep_last]:
             p.unlink(missing_ok=True)
+
+    def _with_records(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``state`` with the best-metric tracking and timm's names for the weights (torch.save writes the shared
+        tensors once): timm.models.load_checkpoint(use_ema=) and resume_checkpoint read these files too."""
+        state = dict(state)
+        state["best"] = {"value": self.best_value, "step": self.best_step, "mode": self.mode}
+        if "model" in state:
+            state.setdefault("state_dict", state["model"])
+        if state.get("ema") is not None:
+            state.setdefault("state_dict_ema", state["ema"])
+        return state
+
+    def renumber(self, state: dict[str, Any], step: int, tag: str) -> Path | None:
+        """A resume whose steps are of another size (another batch or world size): the checkpoints of the old
+        numbering moved into ``checkpoints/<tag>/`` (kept, but out of the way: pruning and ``latest`` go by step
+        number, and the new run's lower numbers were pruned first and lost to ``latest``) and ``state`` written as
+        step ``step`` of the new numbering. The old files are linked into the folder before the new one is written
+        and unlinked after, so that a crash at any point leaves ``latest`` something to resume. Rank 0 writes (the
+        caller builds ``state`` on every rank: its RNG states are gathered)."""
+        if not is_main_process():
+            return None
+        old = step_checkpoints(self.dir)
+        archive = self.dir / tag
+        archive.mkdir(exist_ok=True)
+        for p in old:  # linked first: every old file stays reachable whatever happens next
+            if not (archive / p.name).exists():
+                try:
+                    os.link(p, archive / p.name)
+                except OSError:  # (a file system without hard links)
+                    shutil.copy2(p, archive / p.name)
+        path = atomic_save(self._with_records(state), self.dir / f"ckpt_{int(step):08d}.pt")
+        for p in old:
+            if p != path:
+                p.unlink(missing_ok=True)
+        return path
 
     def remove_partial_writes(self) -> list[Path]:
         """Delete the temporary files of checkpoint writes that never finished (a process killed while saving:

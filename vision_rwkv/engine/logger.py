@@ -195,13 +195,18 @@ class MetricLogger:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
 
-    def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (a resumed run re-logs them)."""
+    def truncate_after(self, step: int, rescale: float = 1.0) -> None:
+        """Drop rows logged after ``step`` (a resumed run re-logs them); with ``rescale`` the kept rows' steps are
+        multiplied by it (rounded): a resume whose steps are of another size (another batch or world size) keeps one
+        unit along the x axis."""
         if not self.enabled:
             return
         for path in self.run_dir.glob("*_metrics.csv"):
             header = _read_header(path)
             rows = [r for r in _read_rows(path) if float(r.get("step", 0)) <= step]
+            if rescale != 1.0:
+                rows = [{**r, "step": round(float(r["step"]) * rescale)} if r.get("step") not in (None, "") else r
+                        for r in rows]
             _write_rows(path, header or [], rows)
 
     def plot(self, filename: str = "curves.png") -> Path | None:
