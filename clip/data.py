@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vision_rwkv.data.folder import to_rgb
-from vision_rwkv.engine.distributed import launch_rank, warn_rank0
+from vision_rwkv.engine.distributed import launch_local_rank, launch_rank, warn_rank0
 from vision_rwkv.engine.logger import progress
 
 from .shard_index import ShardSamples, index_order, shard_samples
@@ -171,13 +171,6 @@ class CsvCaptionDataset(_FallbackDataset):
         return load_image(self.image_path(idx)), self.captions[idx]
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        return default
-
-
 def expand_shards(spec: Union[str, Sequence[str]]) -> list[str]:
     """Expand brace patterns as webdataset (braceexpand) does: ranges `a-{000..003}.tar` (zero padded to the wider
     bound when either has a leading zero; descending when the first bound is larger), lists `{a,b}`, several
@@ -230,7 +223,7 @@ class TarCaptionDataset(_FallbackDataset):
             if not os.path.isfile(shard):
                 raise FileNotFoundError(f"tar shard not found: {shard}")
         # with a cache, the processes of a node index disjoint shards first (`index_order`)
-        rank, world = (_env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", 1)) if index_cache else (0, 1)
+        rank, world = launch_local_rank() if index_cache else (0, 1)
         per_shard: list[Optional[ShardSamples]] = [None] * len(self.shards)
         for si in progress(index_order(len(self.shards), rank, world), desc="indexing tar shards",
                            enabled=len(self.shards) > 1 and rank == 0 and launch_rank() == 0):

@@ -81,14 +81,12 @@ def default_index_cache() -> str:
 def shard_samples(shard: str, image_extensions: Sequence[str], cache_dir: Optional[str] = None) -> ShardSamples:
     """The samples of ``shard``, from ``cache_dir`` when it holds them for this version of the file (and written
     there when it does not); ``cache_dir=None`` always reads the shard."""
-    if cache_dir is None:
-        return group_members(*tar_files(shard), image_extensions)
-    path = _cache_path(shard, image_extensions, cache_dir)
-    cached = _load(path)
-    if cached is not None:
-        return cached
-    samples = group_members(*tar_files(shard), image_extensions)
-    _save(samples, path, shard)
+    path = _cache_path(shard, image_extensions, cache_dir) if cache_dir is not None else None
+    samples = _load(path) if path is not None else None
+    if samples is None:
+        samples = group_members(*tar_files(shard), image_extensions)
+        if path is not None:
+            _save(samples, path, shard)
     return samples
 
 

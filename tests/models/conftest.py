@@ -28,7 +28,7 @@ def _single_thread():
 
 @pytest.fixture
 def keep_on_cpu(monkeypatch):
-    """Keep derived values in eager CPU inference as on a GPU (``_projections.KEEP_DEVICES``), so that the caching a
-    GPU run relies on is tested here."""
+    """Keep derived values in eager CPU inference as on a GPU (``_projections._keeps_derived``), so that the caching
+    a GPU run relies on is tested here."""
     from vision_rwkv.models import _projections
-    monkeypatch.setattr(_projections, "KEEP_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(_projections, "_keeps_derived", lambda t: True)

@@ -21,7 +21,7 @@ __all__ = [
     "DistInfo", "init_distributed", "cleanup_distributed", "is_dist", "get_rank", "get_world_size", "is_main_process",
     "barrier", "all_reduce_sum", "all_reduce_mean", "reduce_dict", "all_gather_object", "broadcast_object",
     "print_rank0", "warn_rank0", "per_block_weight_casts", "wrap_ddp", "unwrap_model", "convert_sync_batchnorm",
-    "launch_rank",
+    "launch_rank", "launch_local_rank",
 ]
 
 
@@ -97,14 +97,24 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def _launch_env(name: str, default: int) -> int:
+    """torchrun's integer variable ``name`` (``default`` when unset or not an integer)."""
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
 def launch_rank() -> int:
     """This process's rank in its launch: torchrun's ``RANK`` (0 when not launched by torchrun). Unlike
     :func:`get_rank` it holds before the process group is initialised and after it is destroyed: the tools' final
     summaries and error lines use it."""
-    try:
-        return int(os.environ.get("RANK", "0") or 0)
-    except ValueError:
-        return 0
+    return _launch_env("RANK", 0)
+
+
+def launch_local_rank() -> tuple[int, int]:
+    """This process's place on its node: torchrun's ``(LOCAL_RANK, LOCAL_WORLD_SIZE)`` ((0, 1) without torchrun)."""
+    return _launch_env("LOCAL_RANK", 0), _launch_env("LOCAL_WORLD_SIZE", 1)
 
 
 def barrier() -> None:

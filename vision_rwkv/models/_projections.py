@@ -26,7 +26,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vision_rwkv.ops import fused
-from vision_rwkv.ops._triton_utils import cpu_triton, env_backend
 from vision_rwkv.ops.cast_weights import cast_weights
 from vision_rwkv.ops.stacked_linear import stacked_linear
 
@@ -220,15 +219,11 @@ def _capturing_graph() -> bool:
     return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
-# the devices whose eager inference keeps derived values: where a launch costs more than recomputing (on CPU the
-# stacks and divisions are a few microseconds against milliseconds of forward, so nothing there can go stale)
-KEEP_DEVICES = ('cuda',)
-
-
 def _keeps_derived(t: torch.Tensor) -> bool:
-    """Whether values derived from ``t`` are kept: on :data:`KEEP_DEVICES`, and on the CPU where the Triton
-    interpreter stands in for a GPU (``TRITON_INTERPRET=1`` with ``VRWKV_BACKEND=triton``: the GPU path's tests)."""
-    return t.device.type in KEEP_DEVICES or (t.device.type == 'cpu' and cpu_triton() and env_backend() == 'triton')
+    """Whether values derived from ``t`` are kept: where the GPU path's kernels run (:func:`fused.kernel_device`), a
+    launch costs more than recomputing; on the plain CPU path the stacks and divisions are a few microseconds against
+    milliseconds of forward, so nothing there can go stale."""
+    return fused.kernel_device(t)
 
 
 def derived_in_inference(vectors: Tuple[torch.Tensor, ...], cache: Optional[dict], name: str,

@@ -50,8 +50,9 @@ def no_autocast(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype a reference computes in: fp32, or float64 when any input is float64 (one float64 argument among
+def reference_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype a reference computes in (not ``fused.compute_dtype``, the autocast dtype of a matmul): fp32, or
+    float64 when any input is float64 (one float64 argument among
     fp32 ones gave a float64 output of fp32 accuracy)."""
     dt = torch.float32
     for t in tensors:

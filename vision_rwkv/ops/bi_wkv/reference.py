@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .._triton_utils import autograd_needed
-from .._validate import check_chunks, compute_dtype, no_autocast
+from .._validate import check_chunks, reference_dtype, no_autocast
 
 __all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "original_kernel_kv_grads", "MODES"]
 
@@ -235,7 +235,7 @@ def _original_weights_scans(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, s
 
 
 def _prepare(w, u, k, v):
-    dt = compute_dtype(w, u, k, v)
+    dt = reference_dtype(w, u, k, v)
     kc = k.to(dt)
     a = torch.exp(kc - kc.amax(dim=1, keepdim=True).detach()).permute(2, 0, 1)  # (C, B, T); one max per (b, c)
     return w.to(dt), u.to(dt), a, v.to(dt).permute(2, 0, 1)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .._triton_utils import autograd_needed
-from .._validate import compute_dtype
+from .._validate import reference_dtype
 
 __all__ = ["bi_wkv6_direct", "MAX_EXP", "TRAIN_MAX_DECAY"]
 
@@ -85,7 +85,7 @@ def bi_wkv6_direct(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: torc
         return None
     graph = autograd_needed((r, k, v, logd, u))  # (in place only where no graph is recorded)
     b, t_len, h, n = r.shape
-    dt = compute_dtype(r, k, v, logd, u)
+    dt = reference_dtype(r, k, v, logd, u)
     f64 = torch.float64
     chunk = max(MIN_CHUNK, min(chunk, 1 << (t_len - 1).bit_length()))
     t_pad = -(-t_len // chunk) * chunk

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .._triton_utils import autograd_needed, holds_values
-from .._validate import compute_dtype, no_autocast
+from .._validate import reference_dtype, no_autocast
 from .direct import TRAIN_MAX_DECAY, bi_wkv6_direct
 
 __all__ = ["bi_wkv6_reference", "bi_wkv6_naive"]
@@ -238,7 +238,7 @@ def _bi_wkv6_reference(r, k, v, logd, u, chunk, max_chunk):
         y = bi_wkv6_direct(r, k, v, logd, u, chunk=max_chunk, max_decay=TRAIN_MAX_DECAY if graph else None)
         if y is not None:
             return y
-    dt = compute_dtype(r, k, v, logd, u)
+    dt = reference_dtype(r, k, v, logd, u)
     b, t_len, h, n = r.shape
     # exp(-1e4) is 0 in every float format: clamping keeps -inf (a decay of exactly 0) from making inf - inf
     logd = logd.clamp(min=-1e4)

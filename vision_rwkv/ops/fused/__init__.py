@@ -61,7 +61,7 @@ __all__ = ["token_shift_mix", "token_shift_mix_lora", "shift_lerp", "sigmoid_mul
            "lora_mlp",
            "mix_linear", "mix_linear_group", "mix_mlp", "group_norm_mul_linear", "linear_add_norm", "fused_enabled",
            "fused_gemm_enabled", "fused_mix_enabled", "fused_mix_train_enabled", "fused_mlp_enabled",
-           "fused_step_enabled", "mixer_steps", "triton_active", "compute_dtype", "ResidualNorm",
+           "fused_step_enabled", "mixer_steps", "kernel_device", "triton_active", "compute_dtype", "ResidualNorm",
            "FUSED_UNDER_COMPILE"]
 
 # When a model is traced by torch.compile, use the fused custom ops (True) or hand the plain-PyTorch code to
@@ -185,11 +185,17 @@ def fused_enabled(x: torch.Tensor) -> bool:
     the plain model around leaf blocks, which choose their path when the graph runs."""
     if isinstance(x, torch.fx.Proxy) or not env_flag("VRWKV_FUSED", True):
         return False  # the plain path on any device (before/after profiles and benchmarks)
-    if x.device.type != "cuda" and not (cpu_triton() and env_backend() == "triton"):
+    if not kernel_device(x):
         return False  # CPU: the plain-PyTorch model (tests force the interpreted kernels with both variables)
     if _is_compiling() and not FUSED_UNDER_COMPILE:
         return False
     return triton_active(x)
+
+
+def kernel_device(x: torch.Tensor) -> bool:
+    """Whether ``x``'s device is one the GPU path's kernels run on: CUDA, or the CPU with ``TRITON_INTERPRET=1`` and
+    ``VRWKV_BACKEND=triton`` (the interpreter standing in for a GPU in tests)."""
+    return x.device.type == "cuda" or (cpu_triton() and env_backend() == "triton")
 
 
 def triton_active(x: torch.Tensor) -> bool:
