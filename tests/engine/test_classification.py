@@ -212,7 +212,9 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     ("optim.weight_decay=-0.1", "optim.weight_decay"), ("optim.decay_exempt=all", "optim.decay_exempt"),
     ("train.compile=true train.compile_mode=bogus", "train.compile_mode='bogus'"),
     ("optim.clip_mode=agcc", "optim.clip_mode must be one of norm, value, agc"),
-    ("sched.sched=plateau", "steps once an epoch on a validation metric"), ("sched.sched=cosin", "sched.sched")])
+    ("sched.sched=plateau", "steps once an epoch on a validation metric"), ("sched.sched=cosin", "sched.sched"),
+    ("aug.mixup_off_epoch=-1", "aug.mixup_off_epoch"), ("aug.bce_target_thresh=1.5", "aug.bce_target_thresh"),
+    ("aug.bce_pos_weight=0", "aug.bce_pos_weight")])
 def test_bad_values_are_config_errors_before_training(tmp_path, override, key):
     from vision_rwkv.engine import ConfigError
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
@@ -400,3 +402,64 @@ def test_confusion_matrix_names_as_many_classes_as_can_be_read(tmp_path, capture
     else:
         assert labels[:2] == ["0", "25"] and "the rows of per_class.csv" in ax.get_title()
     assert "share of the true class" in bar.get_ylabel()
+
+
+@pytest.mark.parametrize("mix,smoothing,thresh,bce_sum,pos_weight", [
+    (True, 0.1, None, False, None), (True, 0.1, 0.2, True, 2.0), (False, 0.1, None, False, None),
+    (False, 0.1, 0.2, False, 3.0), (False, 0.0, None, True, None)])
+def test_bce_loss_is_timms_binary_cross_entropy(mix, smoothing, thresh, bce_sum, pos_weight):
+    """aug.bce_loss: timm's BinaryCrossEntropy with timm train.py's arguments (smoothing only without mixup, whose
+    soft targets hold it) on the targets the mixup gives; not the softmax losses."""
+    from timm.data import Mixup
+    from timm.loss import BinaryCrossEntropy
+
+    from vision_rwkv.engine.classification import build_mixup_and_loss
+    over = TINY + [f"aug.mixup={0.8 if mix else 0.0}", f"aug.label_smoothing={smoothing}", "aug.bce_loss=true",
+                   f"aug.bce_target_thresh={'null' if thresh is None else thresh}", f"aug.bce_sum={bce_sum}",
+                   f"aug.bce_pos_weight={'null' if pos_weight is None else pos_weight}"]
+    mixup, loss = build_mixup_and_loss(load_config(DEMO, over), 5)
+    assert isinstance(loss, BinaryCrossEntropy) and (mixup is not None) == mix
+    torch.manual_seed(0)
+    x, logits, y = torch.randn(6, 3, 4, 4), torch.randn(6, 5), torch.randint(0, 5, (6,))
+    want_loss = BinaryCrossEntropy(smoothing=0.0 if mix else smoothing, target_threshold=thresh, sum_classes=bce_sum,
+                                   pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
+    if mix:
+        import numpy as np
+        np.random.seed(0)
+        _, targets = mixup(x.clone(), y.clone())
+        np.random.seed(0)
+        _, want_targets = Mixup(mixup_alpha=0.8, label_smoothing=smoothing, num_classes=5)(x.clone(), y.clone())
+        torch.testing.assert_close(targets, want_targets)
+    else:
+        targets = want_targets = y
+    got, want = loss(logits, targets), want_loss(logits, want_targets)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    softmax_ce = torch.nn.functional.cross_entropy(logits, want_targets, label_smoothing=0.0 if mix else smoothing)
+    assert not torch.allclose(got, softmax_ce)
+
+
+def test_mixup_off_epoch_stops_mixing_from_that_epoch_and_after_a_resume(tmp_path, monkeypatch):
+    """aug.mixup_off_epoch=1 (timm's --mixup-off-epoch): epoch 0 mixes, epochs 1 and 2 do not, also when the run
+    is resumed inside epoch 1; the loss stays the soft-target one (targets one-hot, smoothed)."""
+    from timm.data import Mixup
+    calls = []
+    real_call = Mixup.__call__
+
+    def recording_call(self, x, target):
+        before = x.clone()
+        out_x, out_t = real_call(self, x, target)
+        calls.append((self.mixup_enabled, torch.equal(out_x, before)))
+        return out_x, out_t
+
+    monkeypatch.setattr(Mixup, "__call__", recording_call)
+    common = TINY + ["data.shapes.train_length=16", "data.shapes.val_length=8", "train.batch_size=8",
+                     "train.epochs=3", "aug.mixup=0.8", "aug.mixup_prob=1.0", "aug.mixup_off_epoch=1",
+                     "train.ckpt_every_steps=1", "sched.warmup_epochs=0"]
+    train_classifier(load_config(DEMO, common + [f"run_dir={tmp_path / 'full'}"]))
+    assert [enabled for enabled, _ in calls] == [True, True, False, False, False, False]
+    assert [same for _, same in calls] == [False, False, True, True, True, True]
+    calls.clear()
+    train_classifier(load_config(DEMO, common + [f"run_dir={tmp_path / 'b'}", "train.stop_after_steps=3"]))
+    train_classifier(load_config(DEMO, common + [f"run_dir={tmp_path / 'b'}", "resume=latest"]))
+    # (the stop saves nothing: the resume starts after step 2, the first of epoch 1)
+    assert [enabled for enabled, _ in calls] == [True, True, False] + [False] * 4

@@ -41,7 +41,8 @@ from .precision import autocast
 
 __all__ = ["create_classifier", "load_initial_weights", "build_datasets", "build_eval_dataset", "checkpoint_classes",
            "build_transforms", "build_optimizer", "build_scheduler", "build_mixup_and_loss", "even_batch",
-           "train_classifier", "evaluate_classifier", "evaluate_loader", "lr_for_batch", "plot_confusion_matrix"]
+           "mixup_enabled_in_epoch", "train_classifier", "evaluate_classifier", "evaluate_loader", "lr_for_batch",
+           "plot_confusion_matrix"]
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -276,21 +277,38 @@ def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def build_mixup_and_loss(cfg: DictConfig, num_classes: int):
-    """(mixup callable or None, training loss): SoftTargetCrossEntropy with mixup/cutmix (label smoothing inside
-    the soft targets), LabelSmoothingCrossEntropy with smoothing, else CrossEntropyLoss."""
+    """(mixup callable or None, training loss) as timm's ``train.py`` picks them: SoftTargetCrossEntropy with
+    mixup/cutmix (label smoothing inside the soft targets), LabelSmoothingCrossEntropy with smoothing, else
+    CrossEntropyLoss; ``aug.bce_loss`` puts timm's BinaryCrossEntropy in place of each (with no mixup and no
+    smoothing too, where timm's script silently keeps the softmax CE)."""
     from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     a = cfg.aug
     mixup_active = a.mixup > 0 or a.cutmix > 0 or a.cutmix_minmax is not None
+    mixup = None
     if mixup_active:
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix,
                       cutmix_minmax=list(a.cutmix_minmax) if a.cutmix_minmax is not None else None,
                       prob=a.mixup_prob, switch_prob=a.mixup_switch_prob, mode=a.mixup_mode,
                       label_smoothing=a.label_smoothing, num_classes=num_classes)
+    if a.bce_loss:
+        pos_weight = None if a.bce_pos_weight is None else torch.tensor(float(a.bce_pos_weight))
+        # (with mixup the smoothing is already in the soft targets)
+        return mixup, BinaryCrossEntropy(smoothing=0.0 if mixup_active else float(a.label_smoothing),
+                                         target_threshold=a.bce_target_thresh, sum_classes=bool(a.bce_sum),
+                                         pos_weight=pos_weight)
+    if mixup_active:
         return mixup, SoftTargetCrossEntropy()
     if a.label_smoothing > 0:
         return None, LabelSmoothingCrossEntropy(smoothing=a.label_smoothing)
     return None, nn.CrossEntropyLoss()
+
+
+def mixup_enabled_in_epoch(cfg: DictConfig, epoch: int) -> bool:
+    """Whether mixup / cutmix mix the batches of the 0-based ``epoch`` (timm's ``--mixup-off-epoch``: from
+    ``aug.mixup_off_epoch`` on, the targets stay one-hot, smoothed, and the loss is unchanged)."""
+    off = cfg.aug.mixup_off_epoch
+    return not (off and epoch >= off)
 
 
 def even_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -445,6 +463,12 @@ def check_training_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.clip_mode must be one of {', '.join(CLIP_MODES)}, got {cfg.optim.clip_mode!r}")
     if cfg.optim.decay_exempt not in ("norm_bias", "timm"):
         raise ConfigError(f"optim.decay_exempt must be norm_bias or timm, got {cfg.optim.decay_exempt!r}")
+    _positive_int(cfg, "aug.mixup_off_epoch", minimum=0)
+    thresh = cfg.aug.bce_target_thresh
+    if thresh is not None and not 0 <= float(thresh) < 1:
+        raise ConfigError(f"aug.bce_target_thresh must be in [0, 1) (or null), got {thresh}")
+    if cfg.aug.bce_pos_weight is not None and not float(cfg.aug.bce_pos_weight) > 0:
+        raise ConfigError(f"aug.bce_pos_weight must be positive (or null), got {cfg.aug.bce_pos_weight}")
     for key in ("aug.scale", "aug.ratio"):
         pair = OmegaConf.select(cfg, key)
         if pair is None or len(pair) != 2 or not 0 < float(pair[0]) <= float(pair[1]):
@@ -508,6 +532,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     def loss_fn(m: nn.Module, batch: Any):
         x, y = batch
         if mixup is not None:
+            mixup.mixup_enabled = mixup_enabled_in_epoch(cfg, trainer.epoch)  # (the trainer is built below)
             x, y = mixup(*even_batch(x, y))
         logits = m(x)
         loss = criterion(logits, y)
