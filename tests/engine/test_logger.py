@@ -74,3 +74,16 @@ def test_training_accuracy_shares_the_validation_panel(tmp_path, captured_figure
     assert list(axes) == ["loss", "top1", "top5"]
     assert [line.get_label() for line in axes["top1"].get_lines()] == ["train", "val"]
     assert series["train"][0]["train_top1"] == 10.0  # (the caller's rows are left as they are)
+
+
+def test_non_finite_values_are_marked_not_left_as_gaps(tmp_path, captured_figures):
+    """A diverged loss (NaN from step 3) left an unmarked gap, which reads as "not logged"."""
+    import vision_rwkv.engine.logger as logger
+    figures = captured_figures(logger)
+    rows = [{"step": s, "loss": v} for s, v in enumerate([2.0, 1.5, float("nan"), float("inf"), float("nan")], 1)]
+    plot_curves({"train": rows, "val": [{"step": 2, "loss": 1.7}]}, tmp_path / "c.png")
+    ax = next(ax for ax in figures[0].axes if ax.get_title() == "loss")
+    marks = {line.get_label(): list(line.get_xdata()) for line in ax.get_lines()}
+    assert marks["train: 3 NaN/inf"] == [3, 4, 5] and "val" in marks
+    assert not any("NaN" in label and label.startswith("val") for label in marks)
+    assert "train: 3 NaN/inf" in [t.get_text() for t in ax.get_legend().get_texts()]

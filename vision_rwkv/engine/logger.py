@@ -126,7 +126,8 @@ def _shared_panels(series: dict[str, list[dict[str, float]]]) -> dict[str, list[
 def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLike, x: str = "step") -> Path | None:
     """One subplot per metric name (see `curve_names`), one line per split; returns the PNG path (None if nothing
     to plot). Training's ``train_<m>`` shares the panel of the other splits' ``<m>``; counters that stayed 0 (no
-    skipped images) get no panel; a positive metric spanning orders of magnitude is drawn on a log axis."""
+    skipped images) get no panel; a positive metric spanning orders of magnitude is drawn on a log axis; NaN / inf
+    values (a diverged loss) are crosses along the panel's foot, counted in the legend."""
     plt = pyplot()
 
     series = _shared_panels(series)
@@ -141,7 +142,11 @@ def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLi
             pts = [(r[x], r[name]) for r in rows if name in r and x in r]
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="." if len(pts) < 30 else None, label=split)
+                line, = ax.plot(xs, ys, marker="." if len(pts) < 30 else None, label=split)
+                bad = [px for px, py in pts if not math.isfinite(py)]
+                if bad:  # (a gap in the line alone reads as "not logged"): crosses along the panel's foot
+                    ax.plot(bad, [0.03] * len(bad), "x", color=line.get_color(), transform=ax.get_xaxis_transform(),
+                            clip_on=False, label=f"{split}: {len(bad)} NaN/inf")
         if _wide_positive(_values(series, name)):
             ax.set_yscale("log")
             name += " (log scale)"
