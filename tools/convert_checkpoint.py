@@ -44,6 +44,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     mode = f", wkv_mode {summary['wkv_mode']!r}" if summary['wkv_mode'] else ''
     print(f"wrote {summary['dst']}: {summary['family']} weights, {summary['num_tensors']} tensors, "
           f"{summary['num_classes']} classes{mode}")
+    if summary['wkv_mode'] == 'original':  # (timm's checkpoint_path= / load_checkpoint do not read the metadata)
+        print("  timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)) runs it in "
+              "'original'; with checkpoint_path= (validate.py --checkpoint) pass wkv_mode='original'")
     return 0
 
 

@@ -537,15 +537,35 @@ def test_build_from_original_takes_the_configs_rectangular_grid():
 
 
 def test_a_plain_state_dict_of_ours_warns_which_mode_it_runs(tmp_path, recwarn):
-    """A state dict saved from a model of ours records no Bi-WKV mode: timm's route runs it in the cfg's 'original'
-    and says so (new models train in 'exact'); wkv_mode given, or a file that records its mode, no warning."""
-    src = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=1, num_classes=5)
+    """A state dict saved from a model of ours records no Bi-WKV mode: timm's pretrained route runs it in 'exact',
+    the default of new models, as timm's checkpoint_path= does (the two disagreed: the pretrained route ran the
+    cfg's 'original'), and says so; wkv_mode given, or a file that records its mode, no warning."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=1, num_classes=5).eval()
     path = tmp_path / 'plain.pth'
     torch.save(src.state_dict(), path)
     kw = dict(pretrained=True, embed_dim=32, depth=1, pretrained_cfg_overlay=dict(file=str(path), num_classes=5))
-    with pytest.warns(UserWarning, match=r"does not record the Bi-WKV function.*running them with the pretrained "
-                                         r"cfg's 'original'.*wkv_mode='exact'"):
-        assert timm.create_model('vrwkv_tiny_patch16_224', **kw).wkv_mode == 'original'
+    with pytest.warns(UserWarning, match=r"does not record the Bi-WKV function.*running them in 'exact'.*"
+                                         r"wkv_mode='original'"):
+        overlay = timm.create_model('vrwkv_tiny_patch16_224', **kw).eval()
+    by_path = timm.create_model('vrwkv_tiny_patch16_224', embed_dim=32, depth=1, num_classes=5,
+                                checkpoint_path=str(path)).eval()
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        want = src(x)
+        for model in (overlay, by_path):
+            assert model.wkv_mode == 'exact'
+            torch.testing.assert_close(model(x), want, rtol=0, atol=0)
     recwarn.clear()
-    assert timm.create_model('vrwkv_tiny_patch16_224', wkv_mode='exact', **kw).wkv_mode == 'exact'
+    assert timm.create_model('vrwkv_tiny_patch16_224', wkv_mode='original', **kw).wkv_mode == 'original'
     assert not [w for w in recwarn.list if 'Bi-WKV' in str(w.message)]
+
+def test_the_converter_says_how_timms_checkpoint_path_runs_released_v4_weights(tmp_path, capsys):
+    """timm's checkpoint_path= (validate.py --checkpoint) does not read the file's recorded mode: the converter's
+    output says to pass wkv_mode='original' there (a v6 file has no mode to pass)."""
+    cli = _convert_cli()
+    for name in ('vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'):
+        src = tiny_model(name)
+        torch.save(original_checkpoint(src), tmp_path / f'{name}.pth')
+        assert cli.main([str(tmp_path / f'{name}.pth'), str(tmp_path / f'{name}.safetensors')]) == 0
+        out = capsys.readouterr().out
+        assert ("checkpoint_path= (validate.py --checkpoint) pass wkv_mode='original'" in out) == name.startswith('vrwkv_')

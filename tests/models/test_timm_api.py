@@ -52,8 +52,10 @@ def test_default_cfgs(name):
     assert isinstance(modules[cfg['first_conv']], nn.Conv2d)
     assert modules[cfg['classifier']] is model.get_classifier()
     if family_of(name) == 'vrwkv':
-        assert cfg['wkv_mode'] == 'original'
-        assert cfg['wkv_chunks'] == (16 if 'large' in name else 32)
+        from vision_rwkv.models.vrwkv import _pretrained_wkv_kwargs
+        assert 'wkv_mode' not in cfg and 'wkv_chunks' not in cfg  # (plain timm cfgs: validate.py rebuilds them)
+        hub = _pretrained_wkv_kwargs(name, None, {}, {}, file=None)  # the hub files' function
+        assert hub == dict(wkv_mode='original', wkv_chunks=16 if 'large' in name else 32)
         assert model.wkv_mode == 'exact'  # new models default to the paper's formula
 
     # timm's test_model_default_cfgs: forward_features / reset_classifier / forward_head shapes

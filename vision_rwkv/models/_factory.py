@@ -12,7 +12,7 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from .convert import CheckpointMismatchError, checkpoint_filter_fn, read_weights_file
 
-__all__ = ['hub_cfg', 'build_backbone']
+__all__ = ['hub_cfg', 'build_backbone', 'weights_in_folder']
 
 
 def hub_cfg(file: str = '', **kwargs: Any) -> dict:
@@ -48,6 +48,8 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')) \
         if pretrained else None
     file = os.fspath(cfg.file) if cfg is not None and cfg.file else None  # a local file: read here
+    if file is not None and cfg.source == 'local-dir':  # timm's local-dir:FOLDER (config.json + weights)
+        file = weights_in_folder(file)
     if file is None:  # random init, or timm's hub / url source
         if pretrained and pretrained_kwargs is not None:
             kwargs.update(pretrained_kwargs(cfg, None, kwargs, None))
@@ -81,6 +83,23 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
         return model
 
     return build_model_with_cfg(create_and_load, variant, False, **build, **kwargs)
+
+
+def weights_in_folder(folder: str) -> str:
+    """The weights file timm's ``local-dir:`` source loads from ``folder``: the first of its preferred names
+    (``model.safetensors``, ``pytorch_model.bin``, ...), else the first file by extension priority."""
+    from timm.models._hub import _EXT_PRIORITY, _PREFERRED_FILES
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'local-dir: {folder!r} is not a folder')
+    for name in _PREFERRED_FILES:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    for ext in _EXT_PRIORITY:
+        found = sorted(n for n in os.listdir(folder) if n.endswith(ext) and os.path.isfile(os.path.join(folder, n)))
+        if found:
+            return os.path.join(folder, found[0])
+    raise FileNotFoundError(f'local-dir: no weights file in {folder!r} (looked for {", ".join(_PREFERRED_FILES)} '
+                            f'and any {" / ".join(_EXT_PRIORITY)} file)')
 
 
 def _check_classifier(variant: str, file: str, state: dict, model: nn.Module) -> None:

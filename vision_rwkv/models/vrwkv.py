@@ -8,16 +8,17 @@ Each block mixes tokens with a Q-Shift + bidirectional WKV ("spatial mix") and c
 ``'original'`` (the function the released checkpoints were trained with; ``wkv_chunks`` = its chunk count P).
 With ``pretrained=True`` the model runs the weights with the function they were trained with: ``wkv_mode`` /
 ``wkv_chunks`` passed to create_model or set in ``pretrained_cfg_overlay``, else the mode a local file records
-(our training checkpoints and converted files record it; the original layout means ``'original'``), else the
-pretrained cfg's (the registered cfgs name original hub files: ``'original'`` with P=32, P=16 for VRWKV-L). E.g.
-``pretrained_cfg_overlay=dict(file=PATH, wkv_chunks=16)`` for the segmentation backbones. ``set_wkv_mode``
-switches an existing model.
+(our training checkpoints and converted files record it; the original layout means ``'original'``), else for the
+hub files ``'original'`` with P=32 (P=16 for VRWKV-L), and for a local plain state dict ``'exact'`` (with a
+warning). E.g. ``pretrained_cfg_overlay=dict(file=PATH, wkv_chunks=16)`` for the segmentation backbones.
+``set_wkv_mode`` switches an existing model. The model records its mode in timm's reconstruction arguments, so
+``save_for_hf`` exports reload (``local-dir:``) in it; timm's ``checkpoint_path=`` / ``load_checkpoint`` load
+weights into a model built as asked (``'exact'`` unless ``wkv_mode=`` is given).
 """
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Optional, Tuple, Union
 
 import torch
@@ -35,7 +36,7 @@ from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference
                            step_matrices, step_weights, mix_gemm_enabled, refuse_cast, StepCastRequest)
 from .mixing import ChannelMix, FusedPathMixer, channel_position, channel_ratio, layer_ratios, lerp_mix
 
-__all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VRWKVPretrainedCfg']
+__all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES']
 
 WKV_MODES = ('exact', 'original')
 
@@ -285,6 +286,7 @@ class VRWKV(VisionRWKVBase):
             drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid,
             dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
         self.family = 'vrwkv'
+        self._record_wkv_args()
 
     @property
     def wkv_mode(self) -> str:
@@ -301,55 +303,73 @@ class VRWKV(VisionRWKVBase):
         for block in self.blocks:
             block.spatial_mix.wkv_mode = mode
             block.spatial_mix.wkv_chunks = chunks
+        self._record_wkv_args()
+
+    def _record_wkv_args(self) -> None:
+        # timm's reconstruction arguments (create_model adds its kwargs; save_for_hf writes them to config.json)
+        self._model_args = dict(getattr(self, '_model_args', {}), wkv_mode=self.wkv_mode, wkv_chunks=self.wkv_chunks)
 
 
 # ---------------------------------------------------------------------- pretrained configs
-@dataclass
-class VRWKVPretrainedCfg(PretrainedCfg):
-    """timm PretrainedCfg plus the Bi-WKV function the weights were trained with (used when loading them)."""
-    wkv_mode: Optional[str] = None
-    wkv_chunks: Optional[int] = None
+# The Bi-WKV function of the released hub files (timm's PretrainedCfg takes no fields of ours: a cfg turned into a
+# dict and passed back, as timm's validate.py and save_for_hf / local-dir do, must stay a plain timm cfg).
+RELEASED_WKV_MODE = 'original'
+RELEASED_WKV_CHUNKS = {'vrwkv_large_patch16_384': 16}  # (P = 32 for the others)
+WKV_KEYS = ('wkv_mode', 'wkv_chunks')
 
 
-def _cfg(file: str = '', **kwargs: Any) -> VRWKVPretrainedCfg:
-    return VRWKVPretrainedCfg(**hub_cfg(file, **{'wkv_mode': 'original', 'wkv_chunks': 32, **kwargs}))
+def _cfg(file: str = '', **kwargs: Any) -> PretrainedCfg:
+    return PretrainedCfg(**hub_cfg(file, **kwargs))
 
 
 default_cfgs = generate_default_cfgs({
     'vrwkv_tiny_patch16_224.in1k': _cfg('vrwkv_t_in1k_224.pth'),
     'vrwkv_small_patch16_224.in1k': _cfg('vrwkv_s_in1k_224.pth'),
     'vrwkv_base_patch16_224.in1k': _cfg('vrwkv_b_in1k_224.pth'),
-    'vrwkv_large_patch16_384.in22k_ft_in1k': _cfg(
-        'vrwkv_l_22kto1k_384.pth', input_size=(3, 384, 384), crop_pct=1.0, wkv_chunks=16),
+    'vrwkv_large_patch16_384.in22k_ft_in1k': _cfg('vrwkv_l_22kto1k_384.pth', input_size=(3, 384, 384), crop_pct=1.0),
 })
 
 
-def _pretrained_wkv_kwargs(cfg: Any, record: Optional[tuple], kwargs: dict, file: Optional[str] = None) -> dict:
+def _pretrained_wkv_kwargs(variant: str, record: Optional[tuple], kwargs: dict, overlay: dict,
+                           file: Optional[str] = None) -> dict:
     """The Bi-WKV function pretrained weights run with: ``wkv_mode`` / ``wkv_chunks`` each from the first that gives
-    it of create_model's kwargs, the ``pretrained_cfg_overlay``, the function a local weights file records
-    (``record``: (mode, chunks or None); the original layout counts as 'original'), the pretrained cfg (the released
-    files: 'original', 32 chunks, 16 for VRWKV-L), the default ('original', 32). A local ``file`` in our layout that
-    records no mode (a plain state dict) warns that it runs in the cfg's mode, and one recorded as exact-trained
-    warns when 'original' is chosen."""
-    overlay = kwargs.get('pretrained_cfg_overlay') or {}
+    it of create_model's kwargs, the ``pretrained_cfg_overlay`` (``overlay``: its wkv keys), the function a local
+    weights file records (``record``: (mode, chunks or None); the original layout counts as 'original'), then for
+    the hub files 'original' (P = 32, 16 for VRWKV-L) and for a local file that records nothing (a plain state
+    dict) the default of new models, 'exact', with a warning (timm's ``checkpoint_path=`` runs it so too). A file
+    recorded as exact-trained warns when 'original' is chosen."""
     chosen = kwargs.get('wkv_mode') or overlay.get('wkv_mode')
-    mode = chosen or (record[0] if record else None) or getattr(cfg, 'wkv_mode', None) or 'original'
+    released_chunks = RELEASED_WKV_CHUNKS.get(variant, 32)
+    if file is None:
+        mode = chosen or RELEASED_WKV_MODE
+    else:
+        mode = chosen or (record[0] if record else 'exact')
     if file is not None and record is None and not chosen:
         warnings.warn(f"{file} does not record the Bi-WKV function its weights were trained with (a plain state "
-                      f"dict): running them with the pretrained cfg's {mode!r}, the released weights' function; "
-                      "pass wkv_mode='exact' for weights trained with the default of new models", stacklevel=5)
+                      "dict): running them in 'exact', the default of new models (as timm's checkpoint_path= does); "
+                      f"pass wkv_mode='original' (and wkv_chunks={released_chunks}) for weights fine-tuned from the "
+                      "released checkpoints", stacklevel=5)
     if file is not None and record is not None and record[0] == 'exact' and mode == 'original':  # (chosen)
         warnings.warn(f"{file} records Bi-WKV mode 'exact' (the function its weights were trained with) but the "
                       "model runs 'original'; pass wkv_mode='exact' (or pretrained_cfg_overlay=dict(file=..., "
                       "wkv_mode='exact')) to run them as trained", stacklevel=5)
     recorded_chunks = record[1] if record and record[0] == mode else None
-    chunks = kwargs.get('wkv_chunks') or overlay.get('wkv_chunks') or recorded_chunks \
-        or getattr(cfg, 'wkv_chunks', None) or 32
+    chunks = kwargs.get('wkv_chunks') or overlay.get('wkv_chunks') or recorded_chunks or released_chunks
     return dict(wkv_mode=mode, wkv_chunks=chunks)
 
 
 def _create_vrwkv(variant: str, pretrained: bool = False, **kwargs: Any) -> VRWKV:
-    return build_backbone(VRWKV, variant, pretrained, pretrained_kwargs=_pretrained_wkv_kwargs, **kwargs)
+    overlay = {}  # the wkv keys of pretrained_cfg_overlay / a pretrained_cfg dict (not timm cfg fields)
+    for key in ('pretrained_cfg', 'pretrained_cfg_overlay'):
+        if isinstance(kwargs.get(key), dict) and any(k in kwargs[key] for k in WKV_KEYS):
+            given = dict(kwargs[key])
+            overlay.update({k: given.pop(k) for k in WKV_KEYS if k in given})
+            kwargs[key] = given
+
+    def wkv_kwargs(cfg: Any, record: Optional[tuple], model_kwargs: dict, file: Optional[str] = None) -> dict:
+        return _pretrained_wkv_kwargs(variant, record, model_kwargs, overlay, file)
+
+    return build_backbone(VRWKV, variant, pretrained, pretrained_kwargs=wkv_kwargs, **kwargs)
 
 
 @register_model
