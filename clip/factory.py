@@ -11,24 +11,30 @@ training checkpoint holding one under "model"/"state_dict") and the original RWK
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from open_clip.transform import image_transform
+from open_clip.model import set_model_preprocess_cfg
+from open_clip.transform import (AugmentationCfg, PreprocessCfg, image_transform, image_transform_v2,
+                                 merge_preprocess_dict, merge_preprocess_kwargs)
 
 from vision_rwkv.models.convert import (CheckpointFileMismatchError, key_mismatches, load_checkpoint_file,
                                         select_weights)
 
 from .model import RWKVCLIP
+from .text_model import TextRWKV
 from .model_configs import CONFIG_DIR
 
 __all__ = [
     "list_models", "get_model_config", "register_model_configs", "create_model", "create_model_and_transforms",
-    "get_tokenizer", "load_state_dict", "load_checkpoint", "image_transforms",
+    "get_tokenizer", "load_state_dict", "load_checkpoint", "image_transforms", "is_rwkv_clip_config", "model_source",
 ]
 
 _MODEL_CONFIGS: dict[str, dict] = {}
@@ -46,16 +52,69 @@ def register_model_configs(path: Union[str, Path] = CONFIG_DIR) -> None:
     open_clip.add_model_config(path)
 
 
+def is_rwkv_clip_config(cfg: Any) -> bool:
+    """Whether a model config (ours, or one open_clip holds: `add_model_config`, a `local-dir:` / `hf-hub:`
+    folder's `model_cfg`) describes RWKV-CLIP: a timm image tower and an RWKV text tower (`head_size`, none of
+    open_clip's text-tower keys)."""
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("vision_cfg", "text_cfg")):
+        return False
+    text_keys = set(inspect.signature(TextRWKV).parameters)
+    return ("timm_model_name" in cfg["vision_cfg"] and "head_size" in cfg["text_cfg"]
+            and set(cfg["text_cfg"]) <= text_keys and "embed_dim" in cfg)
+
+
 def list_models() -> list[str]:
     """Names of the RWKV-CLIP model configs."""
     return sorted(_MODEL_CONFIGS)
 
 
 def get_model_config(model_name: str) -> dict:
-    """A deep copy of the named config (KeyError naming the known configs when unknown)."""
+    """A deep copy of the named config: ours, or an RWKV-CLIP config given to ``open_clip.add_model_config``
+    (KeyError naming the known configs when unknown)."""
     if model_name not in _MODEL_CONFIGS:
+        added = open_clip.factory._MODEL_CONFIGS.get(model_name)
+        if is_rwkv_clip_config(added):
+            return copy.deepcopy(added)
         raise KeyError(f"unknown RWKV-CLIP model config {model_name!r}; known: {list_models()}")
     return copy.deepcopy(_MODEL_CONFIGS[model_name])
+
+
+def _weights_in_folder(folder: Path) -> Optional[str]:
+    """The weights file open_clip's ``local-dir:`` loads: its preferred names first, then .safetensors files."""
+    preferred = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+                 "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth",
+                 "model.pth")
+    for name in preferred:
+        if (folder / name).is_file():
+            return str(folder / name)
+    found = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pth"))
+    return str(found[0]) if found else None
+
+
+def model_source(model_name: str, cache_dir: Optional[str] = None) -> tuple[dict, dict, Optional[str]]:
+    """(model config, preprocess config, weights file or None) of a model name: a config name (ours or one given to
+    ``open_clip.add_model_config``), ``local-dir:FOLDER`` (its ``open_clip_config.json`` and weights file, as
+    open_clip's ``push_to_hf_hub.save_for_hf`` writes them) or ``hf-hub:ORG/REPO`` (the same two files through
+    open_clip's download, which uses the Hugging Face cache and honours ``HF_HUB_OFFLINE``)."""
+    schema, ident = open_clip.factory.parse_model_name(model_name)
+    if schema is None:
+        return get_model_config(model_name), {}, None
+    if schema == "local-dir":
+        folder = Path(ident)
+        config_file = folder / "open_clip_config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{model_name!r}: no open_clip_config.json in {folder}")
+        weights = _weights_in_folder(folder)
+    else:
+        from open_clip.pretrained import download_pretrained_from_hf
+        config_file = Path(download_pretrained_from_hf(ident, filename="open_clip_config.json", cache_dir=cache_dir))
+        weights = download_pretrained_from_hf(ident, cache_dir=cache_dir)
+    config = json.loads(config_file.read_text())
+    cfg = config.get("model_cfg", config)
+    if not is_rwkv_clip_config(cfg):
+        raise ValueError(f"{model_name!r}: {config_file} holds no RWKV-CLIP model config (its text_cfg has keys "
+                         f"{sorted((cfg.get('text_cfg') or {}))})")
+    return copy.deepcopy(cfg), dict(config.get("preprocess_cfg") or {}), weights
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -133,12 +192,16 @@ def create_model(
         force_image_size: Optional[Union[int, tuple[int, int]]] = None,
         force_context_length: Optional[int] = None,
         force_quick_gelu: bool = False,
+        force_preprocess_cfg: Optional[dict[str, Any]] = None,
+        cache_dir: Optional[str] = None,
         **model_kwargs: Any,
 ) -> RWKVCLIP:
     """Build a named RWKV-CLIP model.
 
     Args:
-        model_name: one of `list_models()`.
+        model_name: one of `list_models()`, a config given to `open_clip.add_model_config`, or (as open_clip)
+            `local-dir:FOLDER` / `hf-hub:ORG/REPO`: a folder of open_clip's `save_for_hf` layout (config, weights
+            and preprocessing; `pretrained` is then ignored, with a warning).
         pretrained: optional LOCAL checkpoint path (ours or the original release format).
         precision: the dtype the weights are cast to, with open_clip's names: "fp32" / "amp" / "amp_bf16" (fp32
             weights; for training keep these and use autocast), "bf16" / "pure_bf16", "fp16" / "pure_fp16".
@@ -150,17 +213,23 @@ def create_model(
             features change with it (the tower pools over every position, padding included, as the original):
             evaluate at the length the model was trained at.
         force_quick_gelu: accepted for open_clip compatibility; RWKV towers have no GELU, so True is an error.
+        force_preprocess_cfg: open_clip's preprocessing overrides (mean, std, interpolation, resize_mode, ...) of
+            the `model.visual.preprocess_cfg` that open_clip's transforms and hub helpers read.
+        cache_dir: the Hugging Face cache of an `hf-hub:` name.
         **model_kwargs: overrides merged into the config (dicts merge key by key), e.g.
-            vision_cfg={"drop_path_rate": 0.0}, text_cfg={"layers": 2}.
+            vision_cfg={"drop_path_rate": 0.0}, text_cfg={"layers": 2}, init_logit_bias=-10.
     """
-    if isinstance(model_name, str) and model_name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"{model_name!r}: rwkv_clip loads weights from a local file only; pass pretrained=PATH")
+    cfg, preprocess, folder_weights = model_source(model_name, cache_dir)
+    if folder_weights is not None:
+        if pretrained:
+            warnings.warn(f"ignoring pretrained={pretrained!r}: {model_name!r} names its weights", stacklevel=2)
+        pretrained = folder_weights
     dtype = _PRECISIONS.get(precision)
     if dtype is None:
         raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
     if force_quick_gelu:
         raise ValueError("force_quick_gelu: RWKV-CLIP's towers have no GELU (its MLPs use squared ReLU)")
-    cfg = _merge(get_model_config(model_name), model_kwargs)
+    cfg = _merge(cfg, model_kwargs)
     if force_context_length is not None:
         cfg["text_cfg"]["context_length"] = int(force_context_length)
     model = RWKVCLIP(**cfg, output_dict=output_dict)
@@ -169,6 +238,11 @@ def create_model(
         model.visual.set_input_size(tuple(int(v) for v in size))
     if pretrained:
         load_checkpoint(model, pretrained)
+    # open_clip's preprocessing record (its transforms, get_model_preprocess_cfg and save_for_hf read it): the
+    # defaults, a hub folder's, the model's image size, then the caller's overrides
+    preprocess = merge_preprocess_dict(asdict(PreprocessCfg()), preprocess)
+    preprocess["size"] = model.visual.image_size
+    set_model_preprocess_cfg(model, merge_preprocess_dict(preprocess, force_preprocess_cfg or {}))
     return model.to(device=device, dtype=dtype)
 
 
@@ -192,20 +266,23 @@ def create_model_and_transforms(
         precision: str = "fp32",
         device: Union[str, torch.device] = "cpu",
         output_dict: bool = False,
-        aug_cfg: Optional[dict] = None,
+        aug_cfg: Optional[Union[dict, AugmentationCfg]] = None,
         image_mean: Optional[Sequence[float]] = None,
         image_std: Optional[Sequence[float]] = None,
         image_interpolation: Optional[str] = None,
+        image_resize_mode: Optional[str] = None,
         **model_kwargs: Any,
 ) -> tuple[RWKVCLIP, Callable, Callable]:
     """(model, preprocess_train, preprocess_val) like `open_clip.create_model_and_transforms` (model arguments as
-    in `create_model`; `image_mean` / `image_std` / `image_interpolation` override the OpenAI bicubic defaults)."""
+    in `create_model`): both transforms are open_clip's, from the model's `visual.preprocess_cfg` (OpenAI mean /
+    std, bicubic, shortest-side resize + centre crop unless `image_mean` / `image_std` / `image_interpolation` /
+    `image_resize_mode` or `force_preprocess_cfg` say otherwise)."""
+    force = merge_preprocess_kwargs(dict(model_kwargs.pop("force_preprocess_cfg", None) or {}), mean=image_mean,
+                                    std=image_std, interpolation=image_interpolation, resize_mode=image_resize_mode)
     model = create_model(model_name, pretrained, precision=precision, device=device, output_dict=output_dict,
-                         **model_kwargs)
-    size = model.visual.image_size
-    train, val = image_transforms(size[0] if size[0] == size[1] else size, aug_cfg=aug_cfg, mean=image_mean,
-                                  std=image_std, interpolation=image_interpolation or "bicubic")
-    return model, train, val
+                         force_preprocess_cfg=force, **model_kwargs)
+    cfg = PreprocessCfg(**model.visual.preprocess_cfg)
+    return model, image_transform_v2(cfg, is_train=True, aug_cfg=aug_cfg), image_transform_v2(cfg, is_train=False)
 
 
 def get_tokenizer(model_name: str = "RWKV-CLIP-B-32", context_length: Optional[int] = None):

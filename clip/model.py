@@ -7,7 +7,7 @@ the joint embedding directly (width 640 for B/32 and B/16; there are no projecti
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import timm
@@ -63,11 +63,41 @@ class ImageTower(nn.Module):
                 for n in names:
                     self.trunk.get_parameter(n).requires_grad = False
 
-    def set_input_size(self, image_size: tuple[int, int]) -> None:
-        """Another input resolution: the trunk's stored position embedding is resampled to its grid (timm's
-        `set_input_size`); the image transforms follow `image_size`."""
-        self.trunk.set_input_size(img_size=tuple(image_size))
-        self.image_size = tuple(image_size)
+    def set_input_size(self, image_size: Union[int, tuple[int, int]]) -> None:
+        """Another input resolution (square int or (h, w)): the trunk's stored position embedding is resampled to
+        its grid (timm's `set_input_size`); the image transforms follow `image_size`."""
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
+        self.trunk.set_input_size(img_size=size)
+        self.image_size = size
+        if isinstance(getattr(self, "preprocess_cfg", None), dict):  # (set by the factory, as open_clip's)
+            self.preprocess_cfg = dict(self.preprocess_cfg, size=size)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, list[int]]] = None,
+            stop_early: bool = False,
+            normalize_intermediates: bool = False,
+            intermediates_only: bool = False,
+            output_fmt: str = "NCHW",
+            output_extra_tokens: bool = False,
+    ) -> dict[str, Union[torch.Tensor, list[torch.Tensor]]]:
+        """open_clip's `TimmModel.forward_intermediates`: the trunk's block outputs (`image_intermediates`, timm's
+        `indices` / `output_fmt` / `stop_early`; `normalize_intermediates` applies the final norm) and, unless
+        `intermediates_only`, the pooled `image_features`. The trunk has no prefix tokens, so
+        `output_extra_tokens` adds an empty `image_intermediates_prefix` per intermediate."""
+        extra = {"return_prefix_tokens": True} if output_extra_tokens else {}
+        out = self.trunk.forward_intermediates(x, indices=indices, norm=normalize_intermediates, stop_early=stop_early,
+                                               output_fmt=output_fmt, intermediates_only=intermediates_only, **extra)
+        intermediates = out if intermediates_only else out[1]
+        result: dict[str, Union[torch.Tensor, list[torch.Tensor]]] = {}
+        if output_extra_tokens:
+            result["image_intermediates_prefix"] = [xi[1] for xi in intermediates]
+            intermediates = [xi[0] for xi in intermediates]
+        result["image_intermediates"] = intermediates
+        if not intermediates_only:
+            result["image_features"] = self.trunk.forward_head(out[0])
+        return result
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -92,6 +122,7 @@ class RWKVCLIP(nn.Module):
         vision_cfg: dict for `ImageTower` (timm_model_name, image_size, plus timm kwargs).
         text_cfg: dict for `TextRWKV`.
         init_logit_scale: initial log of the logit scale (ln(1/0.07)).
+        init_logit_bias: initial logit bias (open_clip's SigLIP models: -10); None = no bias (the original).
         output_dict: forward returns a dict instead of a tuple.
     """
 
@@ -101,6 +132,7 @@ class RWKVCLIP(nn.Module):
             vision_cfg: dict,
             text_cfg: dict,
             init_logit_scale: float = float(np.log(1 / 0.07)),
+            init_logit_bias: Optional[float] = None,
             output_dict: bool = False,
     ):
         super().__init__()
@@ -115,7 +147,7 @@ class RWKVCLIP(nn.Module):
         self.context_length = self.text.context_length
         self.vocab_size = self.text.vocab_size
         self.logit_scale = nn.Parameter(torch.ones([]) * init_logit_scale)
-        self.logit_bias = None
+        self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.ones([]) * init_logit_bias)
 
     def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
         self.visual.lock(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
@@ -130,7 +162,7 @@ class RWKVCLIP(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        nwd = {"logit_scale"}
+        nwd = {"logit_scale"} | ({"logit_bias"} if self.logit_bias is not None else set())
         nwd |= {"visual." + n for n in self.visual.no_weight_decay()}
         nwd |= {"text." + n for n in self.text.no_weight_decay()}
         return nwd
@@ -152,15 +184,74 @@ class RWKVCLIP(nn.Module):
         image_features = self.encode_image(image, normalize=True)
         text_features = self.encode_text(text, normalize=True)
         image_logits = self.logit_scale.exp() * image_features @ text_features.T
+        if self.logit_bias is not None:
+            image_logits = image_logits + self.logit_bias
         return image_logits, image_logits.T
+
+    def forward_intermediates(
+            self,
+            image: Optional[torch.Tensor] = None,
+            text: Optional[torch.Tensor] = None,
+            image_indices: Optional[Union[int, list[int]]] = None,
+            text_indices: Optional[Union[int, list[int]]] = None,
+            stop_early: bool = False,
+            normalize: bool = True,
+            normalize_intermediates: bool = False,
+            intermediates_only: bool = False,
+            image_output_fmt: str = "NCHW",
+            image_output_extra_tokens: bool = False,
+            text_output_fmt: str = "NLC",
+            text_output_extra_tokens: bool = False,
+            output_logits: bool = False,
+            output_logit_scale_bias: bool = False,
+    ) -> dict[str, Union[torch.Tensor, list[torch.Tensor]]]:
+        """open_clip's `CustomTextCLIP.forward_intermediates`: each given tower's intermediates
+        (`image_intermediates`, `text_intermediates`) and, unless `intermediates_only`, its features (L2-normalised
+        with `normalize`); `output_logits` adds `image_logits` / `text_logits`, `output_logit_scale_bias` the exp'd
+        `logit_scale` (and `logit_bias` when the model has one)."""
+        if intermediates_only:
+            normalize, output_logits = False, False
+        if output_logits and (image is None or text is None):
+            raise ValueError("forward_intermediates(output_logits=True) needs both image and text")
+        output: dict[str, Union[torch.Tensor, list[torch.Tensor]]] = {}
+        if image is not None:
+            output.update(self.visual.forward_intermediates(
+                image, indices=image_indices, stop_early=stop_early, normalize_intermediates=normalize_intermediates,
+                intermediates_only=intermediates_only, output_fmt=image_output_fmt,
+                output_extra_tokens=image_output_extra_tokens))
+        if text is not None:
+            output.update(self.text.forward_intermediates(
+                text, indices=text_indices, stop_early=stop_early, normalize_intermediates=normalize_intermediates,
+                intermediates_only=intermediates_only, output_fmt=text_output_fmt,
+                output_extra_tokens=text_output_extra_tokens))
+        if normalize:
+            for key in ("image_features", "text_features"):
+                if key in output:
+                    output[key] = F.normalize(output[key], dim=-1)
+        scale = self.logit_scale.exp() if output_logits or output_logit_scale_bias else None
+        if output_logits:
+            image_logits = scale * output["image_features"] @ output["text_features"].T
+            if self.logit_bias is not None:
+                image_logits = image_logits + self.logit_bias
+            output["image_logits"], output["text_logits"] = image_logits, image_logits.T
+        if output_logit_scale_bias:
+            output["logit_scale"] = scale
+            if self.logit_bias is not None:
+                output["logit_bias"] = self.logit_bias
+        return output
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
         image_features = self.encode_image(image, normalize=True) if image is not None else None
         text_features = self.encode_text(text, normalize=True) if text is not None else None
         if self.output_dict:
-            return {
+            out = {
                 "image_features": image_features,
                 "text_features": text_features,
                 "logit_scale": self.logit_scale.exp(),
             }
+            if self.logit_bias is not None:
+                out["logit_bias"] = self.logit_bias
+            return out
+        if self.logit_bias is not None:
+            return image_features, text_features, self.logit_scale.exp(), self.logit_bias
         return image_features, text_features, self.logit_scale.exp()

@@ -13,7 +13,7 @@ so original weights load without renaming.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -144,11 +144,16 @@ class TextRWKV(nn.Module):
             block.att.ln_x.weight.fill_(((i + 1) / depth) ** 0.7)
 
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
-        """Freeze the tower except the last `unlocked_layers` blocks (and `ln_out` when any are unlocked).
+        """Freeze the tower except the last `unlocked_layers` blocks (and `ln_out` when any are unlocked; the token
+        embedding too when more than the blocks are, as open_clip's text towers unlock their embedding group last).
         With freeze_layer_norm=False the LayerNorm/GroupNorm parameters of the frozen part stay trainable."""
         frozen = [self.emb, *self.blocks[: max(len(self.blocks) - unlocked_layers, 0)]]
+        if unlocked_layers > len(self.blocks):
+            frozen = []
         if unlocked_layers <= 0:
             frozen = [self.emb, *self.blocks, self.ln_out]
+        for p in self.parameters():  # (each call sets the whole tower, as open_clip's lock does)
+            p.requires_grad = True
         for module in frozen:
             for sub in module.modules():
                 is_norm = isinstance(sub, (nn.LayerNorm, nn.GroupNorm))
@@ -164,9 +169,8 @@ class TextRWKV(nn.Module):
         """Per-channel mixing/decay/bonus parameters and their low-rank adapters (RWKV practice)."""
         return {n for n, _ in self.named_parameters() if ".time_" in n}
 
-    def forward_tokens(self, text: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, context_length, C) token features after `ln_out` (T < context_length: the ids
-        are zero-padded as the tokenizer pads)."""
+    def _padded(self, text: torch.Tensor) -> torch.Tensor:
+        """Checked (B, context_length) token ids (fewer tokens are zero-padded as the tokenizer pads)."""
         if text.dim() != 2:
             raise ValueError(f"text must be (batch, tokens) token ids, got shape {tuple(text.shape)}")
         if text.dtype not in (torch.int64, torch.int32):
@@ -183,7 +187,12 @@ class TextRWKV(nn.Module):
             # the tokenizer's zero padding: the tower is bidirectional and pools over every position, so a shorter
             # input would otherwise embed differently from its tokenizer output
             text = F.pad(text, (0, self.context_length - text.shape[1]), value=0)
-        x = self.emb(text)
+        return text
+
+    def forward_tokens(self, text: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, context_length, C) token features after `ln_out` (T < context_length: the ids
+        are zero-padded as the tokenizer pads)."""
+        x = self.emb(self._padded(text))
         if fused.fused_enabled(x) and not (self.grad_checkpointing and torch.is_grad_enabled()):
             return self._forward_chain(x)
         for block in self.blocks:
@@ -203,6 +212,36 @@ class TextRWKV(nn.Module):
             last = i + 1 == len(blocks)
             x, h = block.forward_chain(x, h, self.ln_out if last else blocks[i + 1].ln1, x.dtype if last else None)
         return h
+
+    def forward_intermediates(
+            self,
+            text: torch.Tensor,
+            indices: Optional[Union[int, list[int]]] = None,
+            stop_early: bool = False,
+            normalize_intermediates: bool = False,
+            intermediates_only: bool = False,
+            output_fmt: str = "NLC",
+            output_extra_tokens: bool = False,
+    ) -> dict[str, Union[torch.Tensor, list[torch.Tensor]]]:
+        """open_clip's text-tower `forward_intermediates`: the block outputs picked by timm's `indices` (last n if
+        an int, all if None) as (B, context_length, C) `text_intermediates` (`normalize_intermediates`: through
+        `ln_out`) and, unless `intermediates_only`, the pooled `text_features` (of the last block run: with
+        `stop_early`, of the last one asked for, as open_clip's). No extra (class) tokens: `output_extra_tokens`
+        adds nothing."""
+        from timm.models._features import feature_take_indices
+        if output_fmt != "NLC":
+            raise ValueError(f"text intermediates come as NLC, got output_fmt={output_fmt!r}")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x = self.emb(self._padded(text))
+        intermediates = []
+        for i, block in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+            x = block(x)
+            if i in take:
+                intermediates.append(self.ln_out(x) if normalize_intermediates else x)
+        output: dict[str, Union[torch.Tensor, list[torch.Tensor]]] = {"text_intermediates": intermediates}
+        if not intermediates_only:
+            output["text_features"] = self.pool(self.ln_out(x))
+        return output
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Sentence embedding: mean over all positions of L2-normalised token features (not re-normalised)."""

@@ -25,8 +25,8 @@ def test_configs_registered_with_open_clip():
     assert ids.shape == (1, 77) and ids[0, 0] == 49406 and 49407 in ids[0] and ids[0, -1] == 0
     with pytest.raises(KeyError, match="unknown RWKV-CLIP model config"):
         rwkv_clip.create_model("RWKV-CLIP-L-14")
-    with pytest.raises(ValueError, match="local file"):
-        rwkv_clip.create_model("hf-hub:someone/rwkv-clip")
+    with pytest.raises(FileNotFoundError, match="no open_clip_config.json in"):
+        rwkv_clip.create_model("local-dir:/no/such/folder")
 
 
 def test_unreadable_weights_file_is_named(tmp_path):
@@ -128,9 +128,11 @@ def test_lock_towers_and_grad_checkpointing():
     m.lock_text_tower()
     assert not any(p.requires_grad for p in m.text.parameters()) and m.logit_scale.requires_grad
     depth = len(m2.text.blocks)
-    m2.lock_text_tower(unlocked_layers=depth + 2)  # more than there are: every block stays trainable (open_clip)
+    m2.lock_text_tower(unlocked_layers=depth)  # every block (and ln_out), not the embedding
     frozen = {n.split(".")[0] + "." + n.split(".")[1] for n, p in m2.text.named_parameters() if not p.requires_grad}
     assert frozen == {"emb.weight"}, frozen
+    m2.lock_text_tower(unlocked_layers=depth + 2)  # more groups than blocks: the embedding too (open_clip)
+    assert all(p.requires_grad for p in m2.text.parameters())
     m2.lock_text_tower(unlocked_layers=1)
     assert all(p.requires_grad == n.startswith((f"blocks.{depth - 1}.", "ln_out."))
                for n, p in m2.text.named_parameters())

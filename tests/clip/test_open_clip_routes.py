@@ -38,7 +38,7 @@ def test_create_model_arguments(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs", [{"jit": True}, {"force_patch_dropout": 0.5}, {"pretrained_image": True},
-                                    {"image_resize_mode": "squash"}])
+                                    {"pretrained_text_path": "text.pt"}])
 def test_unsupported_arguments_are_named(kwargs):
     key = next(iter(kwargs))
     with pytest.raises(ValueError, match=f"{key}=.* is not supported by RWKV-CLIP"):
@@ -87,9 +87,10 @@ def _open_clip_train_ready() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _open_clip_train_ready(), reason="open_clip_train's data modules need braceexpand, "
                                                          "webdataset and pandas (the dev extra installs them)")
-def test_open_clip_train_trains_rwkv_clip_by_name(tmp_path):
+@pytest.mark.parametrize("siglip", [False, True])
+def test_open_clip_train_trains_rwkv_clip_by_name(tmp_path, siglip):
     """open_clip's own training script (tools/train_open_clip.py), given --model RWKV-CLIP-*, trains and checkpoints
-    the RWKV model."""
+    the RWKV model; with --siglip (a logit bias, the sigmoid loss) too."""
     import csv
     import subprocess
     import sys
@@ -109,12 +110,16 @@ def test_open_clip_train_trains_rwkv_clip_by_name(tmp_path):
     args = ["--model", NAME, "--train-data", str(tmp_path / "train.csv"), "--dataset-type", "csv",
             "--csv-separator", "\t", "--batch-size", "4", "--epochs", "1", "--workers", "0", "--lr", "1e-3",
             "--warmup", "1", "--logs", str(tmp_path / "logs"), "--name", "run", "--force-image-size", "48",
-            "--save-frequency", "1", "--precision", "fp32"]
+            "--save-frequency", "1", "--precision", "fp32"] + (["--siglip"] if siglip else [])
     done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = tmp_path / "logs" / "run" / "checkpoints" / "epoch_1.pt"
-    model = open_clip.create_model(NAME, str(ckpt), force_image_size=48)
+    bias = {"init_logit_bias": -10.0} if siglip else {}
+    model = open_clip.create_model(NAME, str(ckpt), force_image_size=48, **bias)
     trained = torch.load(ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
-    fresh = rwkv_clip.create_model(NAME).logit_scale  # (deterministic init: log(1 / 0.07))
-    assert not torch.equal(trained["logit_scale"], fresh) and "Contrastive_loss" in done.stdout + done.stderr
+    assert ("logit_bias" in trained) == siglip
+    fresh = rwkv_clip.create_model(NAME, **bias)  # (deterministic init: log(1 / 0.07), or log(10) and -10)
+    assert not torch.equal(trained["logit_scale"], fresh.logit_scale)
+    assert not siglip or not torch.equal(trained["logit_bias"], fresh.logit_bias)
+    assert "Contrastive_loss" in done.stdout + done.stderr  # (SigLipLoss logs under that name too)

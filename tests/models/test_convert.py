@@ -568,4 +568,5 @@ def test_the_converter_says_how_timms_checkpoint_path_runs_released_v4_weights(t
         torch.save(original_checkpoint(src), tmp_path / f'{name}.pth')
         assert cli.main([str(tmp_path / f'{name}.pth'), str(tmp_path / f'{name}.safetensors')]) == 0
         out = capsys.readouterr().out
-        assert ("checkpoint_path= (validate.py --checkpoint) pass wkv_mode='original'" in out) == name.startswith('vrwkv_')
+        hint = "checkpoint_path= (validate.py --checkpoint) pass wkv_mode='original'"
+        assert (hint in out) == name.startswith('vrwkv_')
