@@ -1,6 +1,8 @@
 """Trainer: kill + resume gives the same final weights as an uninterrupted run (dropout, random augmentation,
 scheduler, EMA, AMP scaler all restored); logs, best tracking and skipped-sample counting."""
+import os
 import random
+import shutil
 
 import pytest
 import torch
@@ -434,9 +436,13 @@ def test_an_unreadable_latest_checkpoint_falls_back_and_partial_writes_go(tmp_pa
                                          r".*ckpt_00000004.pt"):
         again.resume("latest")
     assert again.step == 4 and not partial.exists()
-    assert "removed 1 unfinished checkpoint write" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "removed 1 unfinished checkpoint write" in out
+    # the damaged file is out of the way: the next `latest` and the pruning go by step number
+    damaged = tmp_path / "checkpoints" / "abandoned_after_00000004" / "ckpt_00000006.pt"
+    assert damaged.is_file() and not ckpts[-1].exists() and "moved the checkpoints written after step 4" in out
     with pytest.raises(CheckpointReadError, match="ckpt_00000006.pt"):
-        _counting_trainer(tmp_path, **kw)[0].resume(ckpts[-1])
+        _counting_trainer(tmp_path, **kw)[0].resume(damaged)
 
 
 def test_summed_counters_are_summed_over_ranks_in_the_logs(tmp_path, monkeypatch):
@@ -485,3 +491,65 @@ def test_a_resume_with_steps_of_another_size_renumbers_checkpoints_and_logs(tmp_
     run(16).fit(resume="latest")  # (from the renumbered checkpoint: no second mapping)
     assert sorted(p.name for p in ckpts.glob("ckpt_*.pt")) == ["ckpt_00000004.pt", "ckpt_00000006.pt"]
     assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")][4:] == [3, 4, 5, 6]
+
+
+def _recorded(path) -> int:
+    return int(torch.load(path, weights_only=True, mmap=True)["step"])
+
+
+@pytest.mark.parametrize("damage", ["older", "missing"])
+def test_best_pt_follows_the_tracked_best_after_a_kill_before_it_was_linked(tmp_path, damage):
+    """A kill after ckpt_N.pt (which records "best = step N") but before best.pt: the resumed run trusted the record
+    and never rewrote best.pt (it kept an older step, or none when the first evaluation was the best)."""
+    kw = dict(max_steps=8, eval_every_steps=2, ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=3,
+              best_metric="score")
+    _counting_trainer(tmp_path, stop_after_steps=7, **kw)[0].fit()
+    ckpt_dir = tmp_path / "checkpoints"
+    assert _recorded(ckpt_dir / "best.pt") == 6 and os.path.samefile(ckpt_dir / "best.pt", ckpt_dir / "ckpt_00000006.pt")
+    (ckpt_dir / "best.pt").unlink()
+    if damage == "older":
+        shutil.copy(ckpt_dir / "ckpt_00000004.pt", ckpt_dir / "best.pt")
+    again = _counting_trainer(tmp_path, **kw)[0]
+    again.resume("latest")
+    assert again.step == 6 and _recorded(ckpt_dir / "best.pt") == 6
+
+
+def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(tmp_path, capsys):
+    """--resume PATH of an older checkpoint left the abandoned continuation's later checkpoints in place: the new
+    run's checkpoints were pruned as they were written, and after a kill `--resume latest` took the old ones."""
+    kw = dict(max_steps=8, eval_every_steps=2, ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=3,
+              best_metric="score")
+    _counting_trainer(tmp_path, stop_after_steps=7, **kw)[0].fit()
+    ckpt_dir = tmp_path / "checkpoints"
+    again, evals, saves = _counting_trainer(tmp_path, **kw)
+    result = again.fit(resume=ckpt_dir / "ckpt_00000002.pt")
+    assert result["step"] == 8 and saves == [4, 6, 8]
+    assert sorted(p.name for p in ckpt_dir.glob("ckpt_*.pt")) == [f"ckpt_0000000{s}.pt" for s in (4, 6, 8)]
+    aside = ckpt_dir / "abandoned_after_00000002"
+    assert sorted(p.name for p in aside.iterdir()) == ["best.pt", "ckpt_00000004.pt", "ckpt_00000006.pt"]
+    assert _recorded(aside / "best.pt") == 6 and _recorded(ckpt_dir / "best.pt") == 8
+    assert "moved the checkpoints written after step 2 (2 step file(s) and best.pt)" in capsys.readouterr().out
+
+
+def test_an_evaluation_between_checkpoints_can_be_the_best(tmp_path):
+    """best.pt was only considered at checkpoint steps: a better evaluation between two checkpoints was lost."""
+    kw = dict(max_steps=8, eval_every_steps=2, eval_every_epochs=0, ckpt_every_steps=4, ckpt_every_epochs=0,
+              keep_last=3, best_metric="score")
+    t, evals, saves = _counting_trainer(tmp_path, stop_after_steps=7, **kw)
+    t.fit()
+    ckpt_dir = tmp_path / "checkpoints"
+    assert evals == [2, 4, 6] and saves == [4] and _recorded(ckpt_dir / "best.pt") == 6
+    assert (t.ckpt.best_step, t.ckpt.best_value) == (6, 6.0)
+    again = _counting_trainer(tmp_path, **kw)[0]  # (resumes at 4: step 6's best.pt is of abandoned work)
+    result = again.fit(resume="latest")
+    assert result["best"] == {"metric": "score", "value": 8.0, "step": 8} and _recorded(ckpt_dir / "best.pt") == 8
+    assert _recorded(ckpt_dir / "abandoned_after_00000004" / "best.pt") == 6
+
+
+def test_training_time_adds_up_over_resumes(tmp_path):
+    kw = dict(max_steps=8, ckpt_every_steps=2, ckpt_every_epochs=0)
+    _counting_trainer(tmp_path, stop_after_steps=5, **kw)[0].fit()
+    saved = torch.load(tmp_path / "checkpoints" / "ckpt_00000004.pt", weights_only=True)["train_time_s"]
+    assert saved > 0
+    result = _counting_trainer(tmp_path, **kw)[0].fit(resume="latest")
+    assert result["train_time_s"] > saved

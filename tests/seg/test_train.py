@@ -54,6 +54,20 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert json.dumps(full["per_class"]) == json.dumps(resumed["per_class"])  # NaN for absent classes
 
 
+def test_resuming_a_finished_run_keeps_its_per_class_results(tmp_path):
+    """`--resume latest` of a finished run (or of one killed after its last checkpoint) wrote train_result.json
+    without per_class / files and no val_metrics files: the full evaluation lived in the process only."""
+    full = train_segmentor(_cfg(tmp_path))
+    table = (tmp_path / "val_metrics_per_class.txt").read_text()
+    for name in ("val_metrics.json", "val_metrics_per_class.txt"):
+        (tmp_path / name).unlink()
+    again = train_segmentor(_cfg(tmp_path, "train.resume=latest"))
+    assert again["step"] == 6 and json.dumps(again["per_class"]) == json.dumps(full["per_class"])
+    assert (tmp_path / "val_metrics_per_class.txt").read_text() == table
+    saved = json.loads((tmp_path / "train_result.json").read_text())
+    assert set(saved["files"]) == {"json", "table"} and saved["mIoU"] == full["mIoU"]
+
+
 def test_test_segmentor_writes_metrics_table_and_overlays(tmp_path):
     cfg = _cfg(tmp_path / "run", "optim.max_iters=2", "train.ckpt_every=null")
     train_segmentor(cfg)

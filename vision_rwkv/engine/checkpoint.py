@@ -269,7 +269,8 @@ class CheckpointManager:
         return metric > self.best_value if self.mode == "max" else metric < self.best_value
 
     def save(self, state: dict[str, Any], step: int, metric: float | None = None) -> Path | None:
-        """Save ``state`` as step ``step`` (rank 0 only); returns the path on rank 0."""
+        """Save ``state`` as step ``step`` (rank 0 only); returns the path on rank 0. An improved ``metric`` makes
+        ``best.pt`` the same file (a hard link; a copy where links are not supported)."""
         improved = metric is not None and self.is_better(metric)
         if improved:
             self.best_value, self.best_step = float(metric), int(step)
@@ -278,13 +279,55 @@ class CheckpointManager:
             return None
         path = atomic_save(state, self.dir / f"ckpt_{int(step):08d}.pt")
         if improved:
-            atomic_save(state, self.best_path)
+            _replace_with_link(path, self.best_path)
         self._prune()
         return path
+
+    def save_best(self, state: dict[str, Any], step: int, metric: float) -> bool:
+        """An evaluation between checkpoints: ``state`` written as ``best.pt`` alone when ``metric`` improves
+        (rank 0 writes); returns whether it did improve."""
+        if not self.is_better(metric):
+            return False
+        self.best_value, self.best_step = float(metric), int(step)
+        if is_main_process():
+            atomic_save(self._with_records(state), self.best_path)
+        return True
 
     def load_best_tracking(self, state: dict[str, Any]) -> None:
         best = state.get("best") or {}
         self.best_value, self.best_step = best.get("value"), best.get("step")
+
+    def resume_files(self, step: int) -> list[str]:
+        """Make the folder agree with a run resumed at ``step`` (after :meth:`load_best_tracking`; rank 0 acts):
+        checkpoints of later steps - an abandoned continuation, when an older checkpoint was resumed, or an
+        unreadable newest file - move to ``checkpoints/abandoned_after_<step>/`` (``latest`` and pruning go by step
+        number, so they would take the place of the new run's), with a ``best.pt`` written after ``step``; then
+        ``best.pt`` is the checkpoint of the tracked best step (a kill between writing a checkpoint and linking it
+        as ``best.pt`` left the older one, or none). Returns what was done, one line each."""
+        if not is_main_process() or not self.dir.is_dir():
+            return []
+        done = []
+        later = [p for p in step_checkpoints(self.dir) if _checkpoint_step(p) > step]
+        best_step = _recorded_step(self.best_path)
+        if later or (best_step is not None and best_step > step):
+            archive = self.dir / f"abandoned_after_{int(step):08d}"
+            archive.mkdir(exist_ok=True)
+            for p in later + ([self.best_path] if best_step is not None and best_step > step else []):
+                os.replace(p, archive / p.name)
+            done.append(f"moved the checkpoints written after step {step} ({len(later)} step file(s)"
+                        f"{' and best.pt' if best_step is not None and best_step > step else ''}) to {archive}")
+            best_step = _recorded_step(self.best_path)
+        if self.best_step is not None and best_step != self.best_step:
+            source = self.dir / f"ckpt_{int(self.best_step):08d}.pt"
+            if source.is_file():
+                _replace_with_link(source, self.best_path)
+                done.append(f"best.pt is now the checkpoint of step {self.best_step}, the run's best "
+                            f"({'it held step ' + str(best_step) if best_step is not None else 'it was missing'})")
+            else:
+                done.append(f"best.pt {'holds step ' + str(best_step) if best_step is not None else 'is missing'}, "
+                            f"not the run's best (step {self.best_step}, whose checkpoint is no longer kept): it is "
+                            "written again at the next improvement")
+        return done
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
@@ -337,6 +380,33 @@ class CheckpointManager:
         for p in partial:
             p.unlink(missing_ok=True)
         return partial
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(_CKPT_RE.match(path.name).group(1))
+
+
+def _recorded_step(path: Path) -> int | None:
+    """The ``step`` a checkpoint file records (its tensors mapped, not read); None when there is no readable file."""
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path, mmap=True)
+    except Exception:  # (an unreadable best.pt: as good as none)
+        return None
+    step = state.get("step") if isinstance(state, dict) else None
+    return int(step) if step is not None else None
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """``target`` becomes the file ``source`` (a hard link, swapped in atomically; a copy where links fail)."""
+    tmp = target.with_name(f".{target.name}.tmp.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # (a file system without hard links)
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
 
 
 def gather_rng_states() -> list[dict[str, Any]]:

@@ -142,6 +142,8 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._window: dict[str, float] = {}  # sums of the step logs since the last logged row, and their count
         self._window_n = 0
+        self._time_before = 0.0  # training seconds of the processes before a resume (up to their checkpoint)
+        self._fit_start: float | None = None
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -160,7 +162,12 @@ class Trainer:
             "extra": self._saved_extra(),
             "last_eval": dict(self.last_eval), "last_train_loss": self.last_train_loss,
             "log_window": {"steps": self._window_n, "sums": self._window_sums()},
+            "train_time_s": self._train_time(),
         }
+
+    def _train_time(self) -> float:
+        """Seconds of training so far, over the processes a resumed run has had."""
+        return self._time_before + (time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0)
 
     def _window_sums(self) -> dict[str, float]:
         """The sums of the steps logged since the last row, averaged over ranks (what the row's reduction does), so
@@ -223,6 +230,7 @@ class Trainer:
         # the results a finished run reports, so that resuming it does not lose them
         self.last_eval = dict(state.get("last_eval") or {})
         self.last_train_loss = state.get("last_train_loss")
+        self._time_before = float(state.get("train_time_s") or 0.0)
         window = state.get("log_window") or {}
         if not moved and window.get("steps"):  # (after a mapped position the steps are of another size)
             self._window, self._window_n = {k: float(v) for k, v in window["sums"].items()}, int(window["steps"])
@@ -316,6 +324,8 @@ class Trainer:
                         f"continues from {self.ckpt.dir / f'ckpt_{self.step:08d}.pt'}")
         else:
             self.logger.truncate_after(self.step)
+            for line in self.ckpt.resume_files(self.step):
+                print_rank0(f"[trainer] {line}")
         done = " - the run had already finished" if self.step >= self.total_steps else ""
         print_rank0(f"[trainer] resumed from {path} at step {self.step} (epoch {self.epoch}, "
                     f"batch {self.batch_in_epoch}){done}")
@@ -447,20 +457,26 @@ class Trainer:
         if (done or self._every(self.step, self.ckpt_every_steps)
                 or (epoch_finished and self._every(self.epoch, self.ckpt_every_epochs))):
             self._checkpoint(evaluated)
+        elif evaluated:  # an evaluation between checkpoints: best.pt still follows the best metric
+            metric = self._best_metric_of(evaluated)
+            if metric is not None and self.ckpt.is_better(metric):
+                self.ckpt.save_best(self.state_dict(), self.step, metric)
+
+    def _best_metric_of(self, evaluated: dict[str, float] | None) -> float | None:
+        if self.best_metric is None or not evaluated:
+            return None
+        if self.best_metric not in evaluated:
+            raise KeyError(f"best_metric {self.best_metric!r} not among eval metrics {sorted(evaluated)}")
+        return float(evaluated[self.best_metric])
 
     def _checkpoint(self, evaluated: dict[str, float] | None) -> None:
-        metric = None
-        if self.best_metric is not None and evaluated:
-            if self.best_metric not in evaluated:
-                raise KeyError(f"best_metric {self.best_metric!r} not among eval metrics {sorted(evaluated)}")
-            metric = float(evaluated[self.best_metric])
-        self.save(metric)
+        self.save(self._best_metric_of(evaluated))
 
     # ------------------------------------------------------------------------------------------- fit
     def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
         """Train to ``total_steps`` (resuming first if asked); returns the final metrics."""
         self.resume(resume)
-        start_time = time.perf_counter()
+        self._fit_start = time.perf_counter()
         window_samples, window_t = 0, time.perf_counter()  # (throughput: of this process's steps only)
         while self.step < self.total_steps:
             bar = progress(self.loader.iter_epoch(self.epoch, self.batch_in_epoch),
@@ -515,7 +531,7 @@ class Trainer:
             self.logger.plot()
         self.logger.close()
         result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": self.last_train_loss,
-                                  "train_time_s": time.perf_counter() - start_time,
+                                  "train_time_s": self._train_time(),
                                   "skipped_samples": self.loader.num_skipped}
         result.update(self.last_eval)
         if self.ckpt.best_value is not None:

@@ -250,6 +250,7 @@ def train_segmentor(cfg: Any) -> dict:
                                      show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
             last_full.clear()
             last_full.update(res)  # the full result (per-class IoU) for the files written after fit
+            trainer.extra_state["val_result"] = _plain(res)  # (checkpointed: a resumed finished run writes it too)
             return {k: res[k] for k in ("mIoU", "mAcc", "aAcc")}
 
         trainer = Trainer(ddp_model, optimizer, loader, _seg_loss, run_dir=run_dir, info=info,
@@ -262,6 +263,8 @@ def train_segmentor(cfg: Any) -> dict:
         if info.is_main:  # once the config, data and model are checked (the folder was checked first)
             save_config(cfg, run_dir / "config.yaml")
         result = trainer.fit(resume=t.resume)
+        if not last_full and trainer.extra_state.get("val_result"):  # no evaluation here: the checkpoint's last
+            last_full.update(trainer.extra_state["val_result"])
         if last_full and info.is_main:
             result["files"] = _write_results(last_full, run_dir, "val_metrics")
             print_rank0(_table(last_full))
@@ -275,6 +278,17 @@ def train_segmentor(cfg: Any) -> dict:
     finally:
         torch.set_num_threads(threads)
         cleanup_distributed()
+
+
+def _plain(value: Any) -> Any:
+    """An evaluation result as the types a weights-only checkpoint holds (numpy scalars as Python numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _seg_loss(model: nn.Module, batch: Mapping[str, Any]):
