@@ -91,30 +91,33 @@ def _weights_in_folder(folder: Path) -> Optional[str]:
     return str(found[0]) if found else None
 
 
-def model_source(model_name: str, cache_dir: Optional[str] = None) -> tuple[dict, dict, Optional[str]]:
+def model_source(model_name: str, cache_dir: Optional[str] = None,
+                 weights: bool = True) -> tuple[dict, dict, Optional[str]]:
     """(model config, preprocess config, weights file or None) of a model name: a config name (ours or one given to
     ``open_clip.add_model_config``), ``local-dir:FOLDER`` (its ``open_clip_config.json`` and weights file, as
     open_clip's ``push_to_hf_hub.save_for_hf`` writes them) or ``hf-hub:ORG/REPO`` (the same two files through
-    open_clip's download, which uses the Hugging Face cache and honours ``HF_HUB_OFFLINE``)."""
+    open_clip's download, which uses the Hugging Face cache ``cache_dir`` and honours ``HF_HUB_OFFLINE``); with
+    ``weights=False`` no weights file is looked for. ValueError for a folder of another kind of model."""
     schema, ident = open_clip.factory.parse_model_name(model_name)
     if schema is None:
         return get_model_config(model_name), {}, None
+    weights_file = None
     if schema == "local-dir":
         folder = Path(ident)
         config_file = folder / "open_clip_config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"{model_name!r}: no open_clip_config.json in {folder}")
-        weights = _weights_in_folder(folder)
+        weights_file = _weights_in_folder(folder) if weights else None
     else:
         from open_clip.pretrained import download_pretrained_from_hf
         config_file = Path(download_pretrained_from_hf(ident, filename="open_clip_config.json", cache_dir=cache_dir))
-        weights = download_pretrained_from_hf(ident, cache_dir=cache_dir)
+        weights_file = download_pretrained_from_hf(ident, cache_dir=cache_dir) if weights else None
     config = json.loads(config_file.read_text())
     cfg = config.get("model_cfg", config)
     if not is_rwkv_clip_config(cfg):
         raise ValueError(f"{model_name!r}: {config_file} holds no RWKV-CLIP model config (its text_cfg has keys "
                          f"{sorted((cfg.get('text_cfg') or {}))})")
-    return copy.deepcopy(cfg), dict(config.get("preprocess_cfg") or {}), weights
+    return copy.deepcopy(cfg), dict(config.get("preprocess_cfg") or {}), weights_file
 
 
 def _merge(base: dict, overrides: dict) -> dict:

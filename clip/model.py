@@ -32,14 +32,14 @@ class ImageTower(nn.Module):
             RWKV-CLIP B towers; the tiny demo and converted fixtures use `vrwkv6_tiny_patch16_224` (pre-norm, no
             layer scale) with overrides (timm.create_model drops None-valued overrides, so `init_values=None` could
             not switch off the layer scale of VRWKV6-S/B).
-        image_size: input resolution (sets the pos-embed grid).
+        image_size: input resolution, square int or (h, w) (sets the pos-embed grid).
         timm_kwargs: constructor overrides passed to `timm.create_model` (embed_dim, depth, head_size, ...).
     """
 
-    def __init__(self, timm_model_name: str, image_size: int = 224, **timm_kwargs: Any):
+    def __init__(self, timm_model_name: str, image_size: Union[int, tuple[int, int]] = 224, **timm_kwargs: Any):
         super().__init__()
         self.timm_model_name = timm_model_name
-        self.image_size = (image_size, image_size)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
         dropped = sorted(k for k, v in timm_kwargs.items() if v is None)
         if dropped:
             raise ValueError(f"image tower overrides {dropped} are None: timm.create_model ignores None kwargs, "

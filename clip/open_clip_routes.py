@@ -70,7 +70,7 @@ def _routed(original: Callable, fn_name: str, ours: Callable[[dict], Any]) -> Ca
     @functools.wraps(original)
     def route(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
-        if not is_ours(bound.arguments.get("model_name")):
+        if not is_ours(bound.arguments.get("model_name"), bound.arguments.get("cache_dir")):
             return original(*args, **kwargs)
         return ours(_our_kwargs(bound, fn_name))
 
@@ -78,17 +78,18 @@ def _routed(original: Callable, fn_name: str, ours: Callable[[dict], Any]) -> Ca
     return route
 
 
-def is_ours(model_name: Any) -> bool:
+def is_ours(model_name: Any, cache_dir: str | None = None) -> bool:
     """Whether open_clip's factories should build ``model_name`` here: our config names, RWKV-CLIP configs given to
     ``open_clip.add_model_config``, and ``local-dir:`` / ``hf-hub:`` folders holding one (their config is read as
-    open_clip would read it; one it cannot read goes on to open_clip, which reports the problem)."""
+    open_clip reads it, a hub one from ``cache_dir``; one that cannot be read goes on to open_clip, which reports
+    the problem)."""
     if not isinstance(model_name, str):
         return False
     if model_name in list_models():
         return True
     try:
-        return is_rwkv_clip_config(open_clip.factory.get_model_config(model_name))
-    except Exception:  # (an unreadable folder / hub config: open_clip's own error says what is wrong)
+        return model_source(model_name, cache_dir, weights=False) is not None
+    except Exception:  # (an unreadable folder / hub config, or not RWKV-CLIP: open_clip's own route)
         return False
 
 

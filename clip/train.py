@@ -263,6 +263,10 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     if not float(cfg.optim.lr) > 0 or not float(cfg.optim.weight_decay) >= 0:
         raise ConfigError(f"optim.lr must be positive and optim.weight_decay >= 0, got {cfg.optim.lr} and "
                           f"{cfg.optim.weight_decay}")
+    if (to_dict(cfg.model.kwargs) or {}).get("init_logit_bias") is not None:
+        raise ConfigError("model.kwargs.init_logit_bias: a logit bias is for SigLIP's sigmoid loss, and train_clip.py "
+                          "trains with the softmax contrastive loss (which a bias does not change); train SigLIP-style "
+                          "with tools/train_open_clip.py --siglip")
     if cfg.sched.name not in SCHEDULES:  # (before the model and the data are built)
         raise ConfigError(f"unknown sched.name {cfg.sched.name!r} ({', '.join(SCHEDULES)}; open_clip's 'const' is "
                           "'constant')")

@@ -196,3 +196,12 @@ def test_failed_checks_leave_no_run_folder_and_a_used_folder_is_refused(tmp_path
     with pytest.raises(FileExistsError, match="ckpt_00000004.pt.*--resume latest"):
         train_clip(_cfg(used, "train.max_steps=2"))
     assert sorted(p.name for p in used.rglob("*")) == ["checkpoints", "ckpt_00000004.pt"]
+
+
+def test_a_logit_bias_is_a_config_error_here(tmp_path):
+    """model.kwargs.init_logit_bias (SigLIP's) crashed train_clip's step (4 outputs for 3); the softmax loss has no
+    use for it, so it is a config error that says where SigLIP training runs."""
+    cfg = _cfg(tmp_path / "bias", "train.max_steps=1")
+    cfg.model.kwargs = {**TINY_MODEL_KW, "init_logit_bias": -10.0}
+    with pytest.raises(ConfigError, match="init_logit_bias.*train_open_clip.py --siglip"):
+        train_clip(cfg)

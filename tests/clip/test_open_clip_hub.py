@@ -108,6 +108,32 @@ def test_hf_hub_names_load_the_hub_folder(tmp_path, monkeypatch):
     assert ("someone/rwkv-clip-tiny", "open_clip_config.json") in asked
 
 
+def test_hf_hub_names_are_looked_up_in_the_given_cache(tmp_path, monkeypatch):
+    """open_clip.create_model("hf-hub:...", cache_dir=X): the RWKV-CLIP check read the config without cache_dir, so
+    an offline model in X went to open_clip's builder (TypeError on the RWKV config)."""
+    import open_clip.pretrained
+    folder = _saved_folder(tmp_path, rwkv_clip.create_model(NAME))
+    caches = []
+
+    def download(model_id, filename=None, revision=None, cache_dir=None):
+        caches.append(cache_dir)
+        if cache_dir != "my-cache":
+            raise FileNotFoundError(f"{filename} is not in the default cache")
+        return f"{folder}/{filename or 'open_clip_model.safetensors'}"
+
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained_from_hf", download)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained_from_hf", download)
+    assert isinstance(open_clip.create_model("hf-hub:someone/tiny", cache_dir="my-cache"), rwkv_clip.RWKVCLIP)
+    assert caches and set(caches) == {"my-cache"}
+
+
+def test_a_rectangular_image_size_in_the_config(tmp_path):
+    """vision_cfg.image_size [h, w] was stored as ([h, w], [h, w]): the open_clip transforms failed on it."""
+    model, _, val = rwkv_clip.create_model_and_transforms(NAME, vision_cfg={"image_size": [32, 48]})
+    assert model.visual.image_size == (32, 48) and val(_image()).shape == (3, 32, 48)
+    assert model.encode_image(val(_image())[None]).shape == (1, 64)
+
+
 def test_configs_added_to_open_clip_build_rwkv_clip(tmp_path):
     """open_clip.add_model_config with an RWKV-CLIP config listed the name, but open_clip built its own CLIP from
     it ("unexpected keyword argument 'embed_dim'")."""

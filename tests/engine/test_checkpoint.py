@@ -66,7 +66,7 @@ def test_manager_keep_last_best_and_latest(tmp_path):
     assert names == ["best.pt", "ckpt_00000003.pt", "ckpt_00000004.pt"]
     assert m.latest().name == "ckpt_00000004.pt"
     best = ck.load_checkpoint(m.best_path)
-    assert float(best["w"]) == 2.0 and best["best"] == {"value": 0.7, "step": 2, "mode": "max"}
+    assert float(best["w"]) == 2.0 and best["best"] == {"value": 0.7, "step": 2, "mode": "max", "id": best["save_id"]}
     m2 = ck.CheckpointManager(tmp_path, mode="max")
     m2.load_best_tracking(ck.load_checkpoint(m.latest()))
     assert m2.best_value == 0.7 and not m2.is_better(0.69) and m2.is_better(0.71)

@@ -463,3 +463,12 @@ def test_mixup_off_epoch_stops_mixing_from_that_epoch_and_after_a_resume(tmp_pat
     train_classifier(load_config(DEMO, common + [f"run_dir={tmp_path / 'b'}", "resume=latest"]))
     # (the stop saves nothing: the resume starts after step 2, the first of epoch 1)
     assert [enabled for enabled, _ in calls] == [True, True, False] + [False] * 4
+
+
+def test_bce_training_runs_with_a_positive_weight(tmp_path):
+    """The loss module goes to the training device (BinaryCrossEntropy's pos_weight is a buffer, as in timm's
+    train.py's train_loss_fn.to(device))."""
+    result = train_classifier(load_config(DEMO, TINY + [
+        f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=8", "train.batch_size=8",
+        "train.epochs=1", "aug.bce_loss=true", "aug.bce_pos_weight=2.0", "aug.mixup=0.8"]))
+    assert result["step"] == 2 and result["train_loss"] == result["train_loss"]  # (finite)

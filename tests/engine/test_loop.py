@@ -440,7 +440,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_and_partial_writes_go(tmp_pa
     assert "removed 1 unfinished checkpoint write" in out
     # the damaged file is out of the way: the next `latest` and the pruning go by step number
     damaged = tmp_path / "checkpoints" / "abandoned_after_00000004" / "ckpt_00000006.pt"
-    assert damaged.is_file() and not ckpts[-1].exists() and "moved the checkpoints written after step 4" in out
+    assert damaged.is_file() and not ckpts[-1].exists() and "moved 1 checkpoint file(s) not of the resumed run" in out
     with pytest.raises(CheckpointReadError, match="ckpt_00000006.pt"):
         _counting_trainer(tmp_path, **kw)[0].resume(damaged)
 
@@ -528,7 +528,8 @@ def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(tmp_path, capsys
     aside = ckpt_dir / "abandoned_after_00000002"
     assert sorted(p.name for p in aside.iterdir()) == ["best.pt", "ckpt_00000004.pt", "ckpt_00000006.pt"]
     assert _recorded(aside / "best.pt") == 6 and _recorded(ckpt_dir / "best.pt") == 8
-    assert "moved the checkpoints written after step 2 (2 step file(s) and best.pt)" in capsys.readouterr().out
+    assert ("moved 3 checkpoint file(s) not of the resumed run (ckpt_00000004.pt, ckpt_00000006.pt, best.pt)"
+            in capsys.readouterr().out)
 
 
 def test_an_evaluation_between_checkpoints_can_be_the_best(tmp_path):
@@ -553,3 +554,66 @@ def test_training_time_adds_up_over_resumes(tmp_path):
     assert saved > 0
     result = _counting_trainer(tmp_path, **kw)[0].fit(resume="latest")
     assert result["train_time_s"] > saved
+
+
+def test_resuming_the_same_older_step_twice_keeps_both_abandoned_continuations(tmp_path):
+    """abandoned_after_<step>/ was reused: the second continuation's files replaced the first's of the same names."""
+    kw = dict(max_steps=8, eval_every_steps=2, ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=3,
+              best_metric="score")
+    _counting_trainer(tmp_path, stop_after_steps=7, **kw)[0].fit()
+    ckpt_dir = tmp_path / "checkpoints"
+    first = {p.name: torch.load(p, weights_only=True)["save_id"] for p in ckpt_dir.glob("ckpt_*.pt")}
+    _counting_trainer(tmp_path, stop_after_steps=7, **kw)[0].fit(resume=ckpt_dir / "ckpt_00000002.pt")
+    _counting_trainer(tmp_path, **kw)[0].resume(ckpt_dir / "ckpt_00000002.pt")
+    kept = {p.name: torch.load(p, weights_only=True)["save_id"]
+            for p in (ckpt_dir / "abandoned_after_00000002").glob("ckpt_*.pt")}
+    assert kept == {k: v for k, v in first.items() if k != "ckpt_00000002.pt"}
+    assert sorted(p.name for p in (ckpt_dir / "abandoned_after_00000002_2").glob("ckpt_*.pt")) == [
+        "ckpt_00000004.pt", "ckpt_00000006.pt"]
+
+
+def test_best_pt_is_known_by_its_save_id_across_renumbering_and_lineages(tmp_path):
+    """best.pt was identified by its step number: after a resume with another batch size (the steps renumbered) a
+    later resume set it aside or linked another model as best; a checkpoint resumed from another folder kept the
+    folder's other lineage (same step numbers) in place, where `latest` would take it after a kill."""
+    kw = dict(max_steps=8, eval_every_steps=2, ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=3,
+              best_metric="score")
+    _counting_trainer(tmp_path / "a", stop_after_steps=7, **kw)[0].fit()
+    _counting_trainer(tmp_path / "b", stop_after_steps=7, **kw)[0].fit()
+    a_best = torch.load(tmp_path / "a" / "checkpoints" / "best.pt", weights_only=True)["save_id"]
+    b_dir = tmp_path / "b" / "checkpoints"
+    b_files = sorted(p.name for p in b_dir.iterdir() if p.is_file())
+    again = _counting_trainer(tmp_path / "b", **kw)[0]
+    again.resume(tmp_path / "a" / "checkpoints" / "ckpt_00000006.pt")  # run a's state, continued in b's folder
+    assert sorted(p.name for p in (b_dir / "abandoned_after_00000006").iterdir()) == b_files
+    assert torch.load(b_dir / "ckpt_00000006.pt", weights_only=True)["save_id"] == \
+        torch.load(tmp_path / "a" / "checkpoints" / "ckpt_00000006.pt", weights_only=True)["save_id"]
+    assert torch.load(b_dir / "best.pt", weights_only=True)["save_id"] == a_best
+    assert again.ckpt.resume_files(6, b_dir / "ckpt_00000006.pt") == []  # (agreeing now: nothing to do)
+
+
+def test_best_pt_survives_a_renumbering_resume_and_later_resumes(tmp_path):
+    """After a resume with another batch size the tracked best step stayed in the old numbering: the next resume
+    set best.pt aside (its step looked like abandoned work), and a later one linked another model as the best."""
+    holder = {}
+
+    def run(batch, **kw):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        ds = torch.utils.data.TensorDataset(torch.randn(48, 3), torch.randint(0, 2, (48,)))
+        t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), EpochLoader(ds, batch, seed=0),
+                    lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), run_dir=tmp_path, max_steps=6,
+                    eval_fn=lambda m: {"score": -float(holder["t"].step)}, eval_every_steps=2, eval_every_epochs=0,
+                    best_metric="score", ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=2, log_every=1,
+                    show_progress=False, plot=False, **kw)
+        holder["t"] = t
+        return t
+
+    run(8, stop_after_steps=5).fit()  # best = the first evaluation, step 2 (of 8 samples)
+    best = tmp_path / "checkpoints" / "best.pt"
+    best_id = torch.load(best, weights_only=True)["save_id"]
+    with pytest.warns(UserWarning, match=r"step 4 -> 2"):
+        run(16, stop_after_steps=3).fit(resume="latest")  # renumbered; step 3 is lost again
+    result = run(16).fit(resume="latest")
+    assert result["best"] == {"metric": "score", "value": -2.0, "step": 1}  # (step 2 of 8 samples = 1 of 16)
+    assert torch.load(best, weights_only=True)["save_id"] == best_id

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -244,6 +245,7 @@ class CheckpointManager:
         self.mode = mode
         self.best_value: float | None = None
         self.best_step: int | None = None
+        self.best_id: str | None = None  # the save_id of the best checkpoint (which file is the best, by content)
 
     @property
     def best_path(self) -> Path:
@@ -272,9 +274,10 @@ class CheckpointManager:
         """Save ``state`` as step ``step`` (rank 0 only); returns the path on rank 0. An improved ``metric`` makes
         ``best.pt`` the same file (a hard link; a copy where links are not supported)."""
         improved = metric is not None and self.is_better(metric)
+        save_id = new_save_id()
         if improved:
-            self.best_value, self.best_step = float(metric), int(step)
-        state = self._with_records(state)
+            self.best_value, self.best_step, self.best_id = float(metric), int(step), save_id
+        state = self._with_records(state, save_id)
         if not is_main_process():
             return None
         path = atomic_save(state, self.dir / f"ckpt_{int(step):08d}.pt")
@@ -288,46 +291,73 @@ class CheckpointManager:
         (rank 0 writes); returns whether it did improve."""
         if not self.is_better(metric):
             return False
-        self.best_value, self.best_step = float(metric), int(step)
+        save_id = new_save_id()
+        self.best_value, self.best_step, self.best_id = float(metric), int(step), save_id
         if is_main_process():
-            atomic_save(self._with_records(state), self.best_path)
+            atomic_save(self._with_records(state, save_id), self.best_path)
         return True
 
     def load_best_tracking(self, state: dict[str, Any]) -> None:
         best = state.get("best") or {}
-        self.best_value, self.best_step = best.get("value"), best.get("step")
+        self.best_value, self.best_step, self.best_id = best.get("value"), best.get("step"), best.get("id")
 
-    def resume_files(self, step: int) -> list[str]:
-        """Make the folder agree with a run resumed at ``step`` (after :meth:`load_best_tracking`; rank 0 acts):
-        checkpoints of later steps - an abandoned continuation, when an older checkpoint was resumed, or an
-        unreadable newest file - move to ``checkpoints/abandoned_after_<step>/`` (``latest`` and pruning go by step
-        number, so they would take the place of the new run's), with a ``best.pt`` written after ``step``; then
-        ``best.pt`` is the checkpoint of the tracked best step (a kill between writing a checkpoint and linking it
-        as ``best.pt`` left the older one, or none). Returns what was done, one line each."""
+    def resume_files(self, step: int, resumed: str | os.PathLike | None = None) -> list[str]:
+        """Make the folder agree with a run resumed at ``step`` from the file ``resumed`` (after
+        :meth:`load_best_tracking`; rank 0 acts), so that ``latest``, pruning (both by step number) and ``best.pt``
+        follow the new run:
+
+        - step checkpoints of later steps (an abandoned continuation, or a skipped unreadable newest file), of the
+          same step but other content, or - when ``resumed`` is not a file of this folder - all of them (their
+          lineage is unknown) move to a new ``checkpoints/abandoned_after_<step>[_<n>]/``, with a ``best.pt`` that
+          is not the tracked best (by the id each save records; by step for checkpoints written before ids);
+        - a resumed file that is not this folder's ``ckpt_<step>.pt`` is linked in as it;
+        - ``best.pt`` becomes the tracked best step's checkpoint when that is still kept (a kill between writing a
+          checkpoint and linking it left an older one, or none).
+
+        Returns what was done, one line each."""
         if not is_main_process() or not self.dir.is_dir():
             return []
+        resumed = Path(resumed) if resumed is not None else None
+        in_folder = resumed is not None and resumed.resolve().parent == self.dir.resolve()
+        aside = []
+        for p in step_checkpoints(self.dir):
+            at = _checkpoint_step(p)
+            if at > step or not in_folder or (at == step and not _same_file(p, resumed)):
+                aside.append(p)
+        tracked = self._is_tracked_best(self.best_path)
+        if self.best_path.is_file() and not tracked:
+            aside.append(self.best_path)
         done = []
-        later = [p for p in step_checkpoints(self.dir) if _checkpoint_step(p) > step]
-        best_step = _recorded_step(self.best_path)
-        if later or (best_step is not None and best_step > step):
-            archive = self.dir / f"abandoned_after_{int(step):08d}"
-            archive.mkdir(exist_ok=True)
-            for p in later + ([self.best_path] if best_step is not None and best_step > step else []):
+        if aside:
+            archive = _new_folder(self.dir, f"abandoned_after_{int(step):08d}")
+            for p in aside:
                 os.replace(p, archive / p.name)
-            done.append(f"moved the checkpoints written after step {step} ({len(later)} step file(s)"
-                        f"{' and best.pt' if best_step is not None and best_step > step else ''}) to {archive}")
-            best_step = _recorded_step(self.best_path)
-        if self.best_step is not None and best_step != self.best_step:
+            names = ", ".join(p.name for p in aside)
+            done.append(f"moved {len(aside)} checkpoint file(s) not of the resumed run ({names}) to {archive}")
+        target = self.dir / f"ckpt_{int(step):08d}.pt"
+        if resumed is not None and not target.exists():
+            _replace_with_link(resumed, target)
+            done.append(f"the resumed checkpoint is {target.name} of this run (linked from {resumed})")
+        if self.best_step is not None and not tracked:
             source = self.dir / f"ckpt_{int(self.best_step):08d}.pt"
-            if source.is_file():
+            if source.is_file() and self._is_tracked_best(source):
                 _replace_with_link(source, self.best_path)
-                done.append(f"best.pt is now the checkpoint of step {self.best_step}, the run's best "
-                            f"({'it held step ' + str(best_step) if best_step is not None else 'it was missing'})")
+                done.append(f"best.pt is now the checkpoint of step {self.best_step}, the run's best")
             else:
-                done.append(f"best.pt {'holds step ' + str(best_step) if best_step is not None else 'is missing'}, "
-                            f"not the run's best (step {self.best_step}, whose checkpoint is no longer kept): it is "
-                            "written again at the next improvement")
+                done.append(f"best.pt is not the run's best (step {self.best_step}, whose checkpoint is no longer "
+                            "kept): it is written again at the next improvement")
         return done
+
+    def _is_tracked_best(self, path: Path) -> bool:
+        """Whether the checkpoint file ``path`` is the tracked best: its save id (or, for files written before ids,
+        its step) is the tracker's."""
+        recorded = _recorded_ids(path)
+        if recorded is None or self.best_step is None:
+            return False
+        step, save_id = recorded
+        if self.best_id is not None and save_id is not None:
+            return save_id == self.best_id
+        return step == self.best_step
 
     def _prune(self) -> None:
         if self.keep_last <= 0:
@@ -335,11 +365,13 @@ class CheckpointManager:
         for p in step_checkpoints(self.dir)[:-self.keep_last]:
             p.unlink(missing_ok=True)
 
-    def _with_records(self, state: dict[str, Any]) -> dict[str, Any]:
-        """``state`` with the best-metric tracking and timm's names for the weights (torch.save writes the shared
-        tensors once): timm.models.load_checkpoint(use_ema=) and resume_checkpoint read these files too."""
+    def _with_records(self, state: dict[str, Any], save_id: str | None = None) -> dict[str, Any]:
+        """``state`` with its save id, the best-metric tracking and timm's names for the weights (torch.save writes
+        the shared tensors once): timm.models.load_checkpoint(use_ema=) and resume_checkpoint read these files
+        too."""
         state = dict(state)
-        state["best"] = {"value": self.best_value, "step": self.best_step, "mode": self.mode}
+        state["save_id"] = save_id or new_save_id()
+        state["best"] = {"value": self.best_value, "step": self.best_step, "mode": self.mode, "id": self.best_id}
         if "model" in state:
             state.setdefault("state_dict", state["model"])
         if state.get("ema") is not None:
@@ -382,20 +414,46 @@ class CheckpointManager:
         return partial
 
 
+def new_save_id() -> str:
+    """A fresh id for one checkpoint write (which file is which, whatever its step number)."""
+    return uuid.uuid4().hex
+
+
 def _checkpoint_step(path: Path) -> int:
     return int(_CKPT_RE.match(path.name).group(1))
 
 
-def _recorded_step(path: Path) -> int | None:
-    """The ``step`` a checkpoint file records (its tensors mapped, not read); None when there is no readable file."""
+def _recorded_ids(path: Path) -> tuple[int | None, str | None] | None:
+    """(step, save id) a checkpoint file records (its tensors mapped, not read); None when there is no readable
+    file."""
     if not path.is_file():
         return None
     try:
         state = load_checkpoint(path, mmap=True)
-    except Exception:  # (an unreadable best.pt: as good as none)
+    except Exception:  # (an unreadable file: as good as none)
         return None
-    step = state.get("step") if isinstance(state, dict) else None
-    return int(step) if step is not None else None
+    if not isinstance(state, dict):
+        return None
+    step = state.get("step")
+    return (int(step) if step is not None else None), state.get("save_id")
+
+
+def _same_file(a: Path, b: Path | None) -> bool:
+    try:
+        return b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """``parent / name``, or ``name_2``, ``name_3``, ... when taken (a folder is never reused: nothing in it is
+    overwritten)."""
+    folder, n = parent / name, 1
+    while folder.exists():
+        n += 1
+        folder = parent / f"{name}_{n}"
+    folder.mkdir()
+    return folder
 
 
 def _replace_with_link(source: Path, target: Path) -> None:

@@ -521,6 +521,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     if cfg.ema.enabled:
         ema = ModelEmaV3(unwrap_model(model), decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
     mixup, criterion = build_mixup_and_loss(cfg, num_classes)
+    criterion = criterion.to(info.device)  # (BinaryCrossEntropy's pos_weight is a buffer)
     if mixup is not None and t.batch_size % 2:
         raise ConfigError(f"mixup/cutmix need an even per-process train.batch_size, got {t.batch_size}")
     print_rank0(f"[train] {cfg.model.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "

@@ -317,14 +317,17 @@ class Trainer:
         saved_step = int(state["step"])
         if self.step != saved_step:  # steps of another size (_map_position): the logs and checkpoints follow
             # the rows of work after the checkpoint were lost; the kept ones take the new step size
-            self.logger.truncate_after(saved_step, rescale=self.step / max(saved_step, 1))
+            rescale = self.step / max(saved_step, 1)
+            self.logger.truncate_after(saved_step, rescale=rescale)
+            if self.ckpt.best_step is not None:  # (best.pt itself is known by its save id)
+                self.ckpt.best_step = round(self.ckpt.best_step * rescale)
             tag = f"steps_of_{state.get('micro_batch_samples')}_samples"
             self.ckpt.renumber(self.state_dict(), self.step, tag)
             print_rank0(f"[trainer] checkpoints of the earlier step size moved to {self.ckpt.dir / tag}; the run "
                         f"continues from {self.ckpt.dir / f'ckpt_{self.step:08d}.pt'}")
         else:
             self.logger.truncate_after(self.step)
-            for line in self.ckpt.resume_files(self.step):
+            for line in self.ckpt.resume_files(self.step, path):
                 print_rank0(f"[trainer] {line}")
         done = " - the run had already finished" if self.step >= self.total_steps else ""
         print_rank0(f"[trainer] resumed from {path} at step {self.step} (epoch {self.epoch}, "
