@@ -53,6 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vision_rwkv.engine.logger import json_text
     from vision_rwkv.models.convert import CheckpointMismatchError
     from vision_rwkv.seg.predict_images import class_fractions, load_trained_segmentor, save_label_png, segment_files
+    from vision_rwkv.seg.train import config_palette
     from vision_rwkv.seg.visualize import save_overlays
 
     if args.label_offset < 0:
@@ -68,6 +69,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, ValueError, RuntimeError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        palette = config_palette(cfg, len(classes))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out = Path(args.out_dir)
     errors: dict[str, str] = {}
     per_image, shown = {}, []
@@ -78,14 +84,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         while name in used:  # same stem in two folders
             name += "_"
         used.add(name)
-        save_label_png(labels, out / f"{name}.png", len(classes), args.label_offset)
+        save_label_png(labels, out / f"{name}.png", len(classes), args.label_offset, palette)
         per_image[file] = {"labels": str(out / f"{name}.png"), "classes": class_fractions(labels, classes)}
         if len(shown) < args.num_overlays:
             shown.append((image, labels, name))
     overlay = None
     if shown:
         overlay = save_overlays(out / "overlays.png", [s[0] for s in shown], [None] * len(shown),
-                                [s[1] for s in shown], classes, titles=[s[2] for s in shown])
+                                [s[1] for s in shown], classes, titles=[s[2] for s in shown], palette=palette)
     summary = {"checkpoint": str(checkpoint), "images": len(files), "segmented": len(per_image),
                "unreadable": errors, "out_dir": str(out), "overlays": str(overlay) if overlay else None,
                "per_image": per_image}

@@ -127,3 +127,10 @@ def test_bad_values_fail_when_loaded(override, key):
     """Settings read only by the first evaluation (hours into a run) are checked when the config loads."""
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_seg_config(CONFIGS / "demo_shapes.yaml", override)
+
+
+def test_adding_a_key_to_a_schema_node_names_the_key_not_a_missing_value():
+    """+data.palettex=... said "the config has no value for 'data.palettex' (deleted with ~...?)": the opposite."""
+    from vision_rwkv.engine import ConfigError
+    with pytest.raises(ConfigError, match=r"cannot add config key 'data.palettex'.*only nodes named \*kwargs"):
+        load_seg_config(CONFIGS / "demo_shapes.yaml", ["+data.palettex=[[0,0,0]]"])

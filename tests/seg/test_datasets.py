@@ -162,3 +162,37 @@ def test_ade20k_root_one_folder_up_is_named(tmp_path):
     (tmp_path / "ADEChallengeData2016" / "images" / "training").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"its ADEChallengeData2016/ has: data.root=.*ADEChallengeData2016"):
         ADE20KDataset(tmp_path, "training")
+
+
+def test_big_endian_16_bit_masks_load(tmp_path):
+    """A 16-bit big-endian TIFF mask (ImageJ's) was refused as "not single-channel"."""
+    _pair(tmp_path, "a", labels=(0, 1, 2))
+    labels = np.asarray(Image.open(tmp_path / "ann" / "a.png")).astype(np.uint16)
+    Image.frombytes("I;16B", (16, 12), labels.astype(">u2").tobytes()).save(tmp_path / "ann" / "a.tif")
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"], seg_map_suffix=".tif")
+    np.testing.assert_array_equal(ds[0]["mask"].numpy(), labels)
+
+
+def test_binary_masks_of_0_and_255_warn_that_the_foreground_is_ignored(tmp_path):
+    """2 classes stored as 0 / 255: every object pixel is the ignore index (mmseg's convention), and a model
+    predicting background scored 100% mIoU without a word."""
+    _pair(tmp_path, "a", labels=(0, 255))
+    _pair(tmp_path, "b", labels=(0, 255))
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "object"])
+    with pytest.warns(UserWarning, match=r"holds only 0 and 255 in a 2-class dataset.*store a binary mask as 0 / 1"):
+        ds[0]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds[1]  # (once per dataset)
+
+
+def test_a_size_mismatch_from_exif_orientation_says_so(tmp_path):
+    _pair(tmp_path, "a", h=12, w=16)
+    image = Image.open(tmp_path / "img" / "a.jpg")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: read upright as 12 x 16
+    image.save(tmp_path / "img" / "a.jpg", exif=exif)
+    ds = FolderSegDataset(tmp_path / "img", tmp_path / "ann", ["bg", "x", "y"])
+    with pytest.raises(ValueError, match=r"differ \(the image is turned upright by its EXIF orientation"):
+        ds[0]

@@ -173,3 +173,76 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     with pytest.raises(FileExistsError, match="best.pt.*--resume latest"):
         train_segmentor(_cfg(tmp_path))
     assert not (tmp_path / "config.yaml").exists()
+
+
+def _folder_data(root, n=4, classes=3):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for i in range(n):
+            for sub, array in (("img_dir", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)),
+                               ("ann_dir", rng.integers(0, classes, (32, 32), dtype=np.uint8))):
+                (root / sub / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / sub / split / f"{i}.png")
+
+
+FOLDER = ["data.type=folder", "data.img_suffix=.png", "data.classes=[a,b,c]", "model.class_weight=null",
+          "data.train_length=2000", "data.val_length=200"]
+
+
+def _folder_cfg(tmp_path, *extra):
+    return _cfg(tmp_path / "run", *FOLDER, f"data.root={tmp_path / 'data'}", "data.img_dir=img_dir/train",
+                "data.ann_dir=ann_dir/train", *extra)
+
+
+def test_a_folder_dataset_under_data_root_trains_with_or_without_validation(tmp_path):
+    """Folder datasets read img_dir / ann_dir relative to data.root (mmseg's data_root: it was ignored), and may
+    train without validation folders (it was a config error)."""
+    _folder_data(tmp_path / "data")
+    result = train_segmentor(_folder_cfg(tmp_path, "optim.max_iters=2", "train.ckpt_every=2"))
+    assert result["step"] == 2 and "mIoU" not in result
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    with_val = train_segmentor(_folder_cfg(tmp_path, "optim.max_iters=2", "train.ckpt_every=2",
+                                           "data.val_img_dir=img_dir/val", "data.val_ann_dir=ann_dir/val",
+                                           f"train.run_dir={tmp_path / 'run2'}"))
+    assert "mIoU" in with_val and len(with_val["per_class"]) == 3
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["data.classes=[a,b,a]"], r"data.classes names 'a' more than once"),
+    (["model.class_weight=[1.0,2.0]"], r"model.class_weight has 2 entries, the data 3 classes"),
+    (["data.palette=[[0,0,0],[1,2,3]]"], r"data.palette needs one \[r, g, b\]"),
+])
+def test_folder_dataset_config_errors(tmp_path, extra, message):
+    """Repeated class names dropped per-class rows (results are keyed by name); a class_weight of another length
+    was a traceback."""
+    from vision_rwkv.engine import ConfigError
+    from vision_rwkv.seg.train import config_palette
+    _folder_data(tmp_path / "data")
+    cfg = _folder_cfg(tmp_path, *extra)
+    with pytest.raises(ConfigError, match=message):
+        train_segmentor(cfg)
+        config_palette(cfg, 3)
+
+
+def test_folder_keys_with_another_dataset_type_are_errors(tmp_path):
+    """data.reduce_zero_label / classes / suffixes set with type=ade20k were silently ignored."""
+    from vision_rwkv.engine import ConfigError
+    cfg = _cfg(tmp_path, "data.type=ade20k", f"data.root={tmp_path}", "data.reduce_zero_label=true",
+               "data.classes=[a,b]")
+    with pytest.raises(ConfigError, match=r"data.classes, data.reduce_zero_label only apply to data.type=folder"):
+        train_segmentor(cfg)
+
+
+def test_predictions_use_the_config_palette(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vision_rwkv.seg.predict_images import save_label_png
+    from vision_rwkv.seg.train import config_palette
+    _folder_data(tmp_path / "data")
+    palette = config_palette(_folder_cfg(tmp_path, "data.palette=[[10,20,30],[40,50,60],[70,80,90]]"), 3)
+    path = save_label_png(np.array([[0, 1], [2, 0]]), tmp_path / "p.png", 3, palette=palette)
+    img = Image.open(path)
+    assert img.mode == "P" and img.getpalette()[:9] == [10, 20, 30, 40, 50, 60, 70, 80, 90]

@@ -195,8 +195,13 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
         except OmegaConfBaseException as err:
             raise ConfigError(f"cannot parse override {item!r}: {err}") from None
         if add:
-            with open_dict(cfg):
-                cfg = OmegaConf.merge(cfg, parsed)
+            try:
+                with open_dict(cfg):
+                    cfg = OmegaConf.merge(cfg, parsed)
+            except OmegaConfBaseException as err:  # (a schema's node: its keys are fixed)
+                raise ConfigError(f"cannot add config key '{key}' ({item!r}): the schema defines the keys of its "
+                                  f"nodes, and only nodes named *{OPEN_SUFFIX} take new ones "
+                                  f"({str(err).splitlines()[0]})") from None
             cfg = _strict(cfg)
         else:
             cfg = merge_strict(cfg, parsed, where=f"override {item!r}")

@@ -72,6 +72,8 @@ class DataConfig:
     img_suffix: str = ".jpg"
     seg_map_suffix: str = ".png"
     reduce_zero_label: bool = False
+    palette: Optional[List[List[int]]] = None      # [r, g, b] (0-255) per class for label PNGs and overlays (mmseg's
+    #                                                METAINFO palette); None: the package's colours
     # type=shapes
     image_size: int = 64
     train_length: int = 2000

@@ -8,6 +8,7 @@ annotation folders the annotation file, with the values as stored there, before 
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,6 +52,17 @@ class SegDataset(Dataset, ABC):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """Return (image HxWx3 uint8, mask HxW, name) of sample `index`."""
 
+    def _exif_turned(self, index: int) -> bool:
+        """Whether sample `index`'s image file has an EXIF orientation that turns it (file datasets only)."""
+        samples = getattr(self, "samples", None)
+        if not samples:
+            return False
+        try:
+            with Image.open(samples[index][0]) as im:
+                return im.getexif().get(0x0112, 1) not in (1, None)
+        except (OSError, SyntaxError, UnidentifiedImageError):
+            return False
+
     def check_labels(self, mask: np.ndarray, name: str) -> None:
         """Raise ValueError naming sample `name` when the loaded `mask` holds values that are not class ids or the
         ignore index."""
@@ -59,8 +71,10 @@ class SegDataset(Dataset, ABC):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, name = self.load(index)
         if image.shape[:2] != mask.shape[:2]:
+            turned = " (the image is turned upright by its EXIF orientation, as OpenCV / mmseg read it; the mask is " \
+                "not)" if self._exif_turned(index) else ""
             raise ValueError(f"{name}: image size {image.shape[1]}x{image.shape[0]} (WxH) and mask size "
-                             f"{mask.shape[1]}x{mask.shape[0]} differ")
+                             f"{mask.shape[1]}x{mask.shape[0]} differ{turned}")
         self.check_labels(mask, name)
         ori_size = torch.tensor(image.shape[:2])
         if self.transform is None:
@@ -85,12 +99,15 @@ def read_seg_image(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
+MASK_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N", "1")  # single-channel label images (any byte order)
+
+
 def _read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
+            if im.mode not in MASK_MODES:
                 raise ValueError(f"segmentation mask {path} must be a single-channel label image "
-                                 f"(mode L/P/I), got mode {im.mode}")
+                                 f"(mode L/P/I/I;16), got mode {im.mode}")
             return np.asarray(im).astype(np.int64)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read mask {path}: {err}") from err
@@ -112,6 +129,7 @@ class FolderSegDataset(SegDataset):
         if not self.classes:
             raise ValueError("a segmentation dataset needs a non-empty class list")
         self.reduce_zero_label = reduce_zero_label
+        self._binary_warned = False
         for d, what in ((self.img_dir, "image"), (self.ann_dir, "annotation")):
             if not d.is_dir():
                 raise FileNotFoundError(f"{what} directory not found: {d}")
@@ -152,6 +170,12 @@ class FolderSegDataset(SegDataset):
             ok = (values >= 0) & (values < n)
             allowed = f"the class range [0, {n})"
         bad = values[~ok & (values != self.ignore_index)]
+        if (not self._binary_warned and n == 2 and not self.reduce_zero_label and self.ignore_index == 255
+                and set(values.tolist()) == {0, 255}):
+            self._binary_warned = True
+            warnings.warn(f"label map {ann_path} holds only 0 and 255 in a 2-class dataset: 255 is data.ignore_index, "
+                          "so its foreground is ignored in the loss and the metrics (mmseg's convention); store a "
+                          "binary mask as 0 / 1, or set data.ignore_index to another value", stacklevel=2)
         if bad.size:
             shown = bad.tolist()[:10]
             more = f" and {bad.size - 10} more" if bad.size > 10 else ""

@@ -134,17 +134,18 @@ def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device:
         yield str(f), image, probs.argmax(dim=1)[0].cpu().numpy()
 
 
-def save_label_png(labels: np.ndarray, path: PathLike, num_classes: int, offset: int = 0) -> Path:
+def save_label_png(labels: np.ndarray, path: PathLike, num_classes: int, offset: int = 0,
+                   palette: np.ndarray | None = None) -> Path:
     """Write a label map as PNG: class id + ``offset`` as pixel values (``offset`` 1: ADE20K's 1..150), 8-bit with
-    the overlay palette (viewable in colour, each class in its overlay colour) up to 256 values, 16-bit greyscale
-    beyond."""
+    the overlay palette (``palette``, (num_classes, 3) uint8, or :func:`make_palette`'s: viewable in colour, each
+    class in its overlay colour) up to 256 values, 16-bit greyscale beyond."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if num_classes + offset <= 256:
         img = Image.fromarray((labels + offset).astype(np.uint8))  # (mode L; putpalette makes it P)
-        palette = np.zeros((256, 3), dtype=np.uint8)
-        palette[offset:offset + num_classes] = make_palette(num_classes)
-        img.putpalette(palette.reshape(-1).tolist())
+        colours = np.zeros((256, 3), dtype=np.uint8)
+        colours[offset:offset + num_classes] = make_palette(num_classes) if palette is None else palette
+        img.putpalette(colours.reshape(-1).tolist())
     else:
         img = Image.fromarray((labels + offset).astype(np.uint16))
     img.save(path)

@@ -12,7 +12,7 @@ per-class table, PNG overlays. Metrics returned by this module are percentages.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,10 +27,10 @@ from .inference import inference
 from .metrics import SUMMARY_METRICS, SegMetric, format_table
 from .optim import PolyWarmupLR, build_optimizer
 from .segmentor import Segmentor, create_segmentor
-from .visualize import save_overlays
+from .visualize import check_palette, save_overlays
 
 __all__ = ["build_datasets", "build_segmentor", "evaluate_segmentor", "train_segmentor", "test_segmentor",
-           "resolve_checkpoint"]
+           "resolve_checkpoint", "config_palette", "has_validation", "check_data_config"]
 
 
 def _plain(node: Any) -> Any:
@@ -50,6 +50,12 @@ def _class_list(classes: Any) -> list[str]:
         names = [str(c) for c in classes]
     if not names:
         raise ValueError("the class list is empty")
+    seen: set[str] = set()
+    repeated = sorted({n for n in names if n in seen or seen.add(n)})
+    if repeated:  # (the per-class results are keyed by name: a repeated name would lose rows)
+        from vision_rwkv.engine import ConfigError
+        raise ConfigError(f"data.classes names {', '.join(map(repr, repeated))} more than once: each class needs its "
+                          "own name")
     return names
 
 
@@ -63,11 +69,52 @@ def test_transform(cfg: Any) -> Any:
                             std=list(cfg.data.std), ratios=list(cfg.test.scales), size_divisor=cfg.test.size_divisor)
 
 
+# type=folder keys, and their defaults: set with another data.type they would be silently ignored
+FOLDER_KEYS = {"img_dir": None, "ann_dir": None, "val_img_dir": None, "val_ann_dir": None, "classes": None,
+               "img_suffix": ".jpg", "seg_map_suffix": ".png", "reduce_zero_label": False}
+
+
+def check_data_config(d: Any) -> None:
+    """ConfigError for `type=folder` keys set with another data.type (each dataset type has its own layout)."""
+    from vision_rwkv.engine import ConfigError
+
+    if d.type == "folder":
+        return
+    stray = [k for k, default in FOLDER_KEYS.items() if _plain(d.get(k)) != default]
+    if stray:
+        raise ConfigError(f"data.{', data.'.join(stray)} only apply to data.type=folder (a dataset in your own "
+                          f"folders); data.type={d.type} has its own layout, classes and labels")
+
+
+def config_palette(cfg: Any, num_classes: int) -> Optional[np.ndarray]:
+    """`data.palette` as (num_classes, 3) uint8, or None (the package's colours); ConfigError when malformed."""
+    from vision_rwkv.engine import ConfigError
+
+    try:
+        return check_palette(_plain(cfg.data.palette), num_classes)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def has_validation(cfg: Any) -> bool:
+    """Whether `cfg.data` names a validation split (a folder dataset may leave its val folders unset)."""
+    d = cfg.data
+    return d.type != "folder" or d.val_img_dir not in (None, "") or d.val_ann_dir not in (None, "")
+
+
+def _under_root(d: Any, folder: Optional[str]) -> Optional[str]:
+    """A folder dataset's directory: relative to `data.root` when that is set (mmseg's `data_root`)."""
+    if folder in (None, "") or d.root in (None, "") or Path(folder).is_absolute():
+        return folder
+    return str(Path(d.root) / folder)
+
+
 def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, SegDataset]:
     """Datasets named by `cfg.data` with the train augmentation / test preprocessing of `cfg.data` / `cfg.test`."""
     from .transforms import SegTrainTransform  # albumentations: imported on first use
 
     d = cfg.data
+    check_data_config(d)
     out: dict[str, SegDataset] = {}
     for split in splits:
         if split == "train":
@@ -90,8 +137,8 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
             _need(d.root, "data.root")
             ds = CityscapesDataset(d.root, d.train_split if split == "train" else d.val_split, tf, d.ignore_index)
         elif d.type == "folder":
-            img_dir = d.img_dir if split == "train" else d.val_img_dir
-            ann_dir = d.ann_dir if split == "train" else d.val_ann_dir
+            img_dir = _under_root(d, d.img_dir if split == "train" else d.val_img_dir)
+            ann_dir = _under_root(d, d.ann_dir if split == "train" else d.val_ann_dir)
             prefix = "" if split == "train" else "val_"
             _need(img_dir, f"data.{prefix}img_dir")
             _need(ann_dir, f"data.{prefix}ann_dir")
@@ -112,7 +159,13 @@ def _need(value: Any, key: str) -> None:
 
 def build_segmentor(cfg: Any, num_classes: int, load_pretrained: bool = True) -> Segmentor:
     """The Segmentor of `cfg.model` for `num_classes` classes (ignore index from `cfg.data`)."""
+    from vision_rwkv.engine import ConfigError
+
     model_cfg = dict(_plain(cfg.model))
+    weights = model_cfg.get("class_weight")
+    if weights is not None and len(weights) != num_classes:
+        raise ConfigError(f"model.class_weight has {len(weights)} entries, the data {num_classes} classes: one "
+                          "weight per class (or null)")
     if not load_pretrained:
         model_cfg["pretrained"] = None
     model_cfg["ignore_index"] = cfg.data.ignore_index
@@ -143,6 +196,7 @@ def evaluate_segmentor(
         show_progress: bool = True,
         overlay_path: str | Path | None = None,
         num_visualize: int = 0,
+        palette: np.ndarray | None = None,
 ) -> dict:
     """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc of `model` on `dataset` (test-preprocessed samples:
     normalised image, original-size mask). Each rank evaluates its shard; the confusion matrix is summed over
@@ -183,7 +237,7 @@ def evaluate_segmentor(
             preds.append(pred)
             names.append(name)
         results["overlay"] = str(save_overlays(overlay_path, images, gts, preds, raw.classes, raw.ignore_index,
-                                               titles=names))
+                                               titles=names, palette=palette))
     base.train(was_training)
     return results
 
@@ -226,8 +280,11 @@ def train_segmentor(cfg: Any) -> dict:
         seed_everything(t.seed, info.rank, deterministic=t.deterministic)
         run_dir = Path(t.run_dir)
         check_run_dir_is_free(run_dir, t.resume)  # fail fast, before the data and the model are built
-        datasets = build_datasets(cfg)
-        train_set, val_set = datasets["train"], datasets["val"]
+        datasets = build_datasets(cfg, ("train", "val") if has_validation(cfg) else ("train",))
+        train_set, val_set = datasets["train"], datasets.get("val")
+        if val_set is None:
+            print_rank0("[seg] no validation folders (data.val_img_dir / data.val_ann_dir): training without "
+                        "evaluation; best.pt is not kept")
         model = build_segmentor(cfg, train_set.num_classes)
         if t.sync_bn and info.distributed:
             if info.device.type == "cpu":  # torch's SyncBatchNorm has no CPU implementation
@@ -244,19 +301,20 @@ def train_segmentor(cfg: Any) -> dict:
                              num_workers=cfg.data.num_workers, info=info)
         last_full: dict[str, Any] = {}
 
-        def eval_fn(m: nn.Module) -> dict[str, float]:
+        def evaluate(m: nn.Module) -> dict[str, float]:
             res = evaluate_segmentor(m, val_set, precision=t.precision, device=info.device,
                                      num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
                                      show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
             last_full.clear()
             last_full.update(res)  # the full result (per-class IoU) for the files written after fit
-            trainer.extra_state["val_result"] = _plain(res)  # (checkpointed: a resumed finished run writes it too)
+            trainer.extra_state["val_result"] = _plain_result(res)  # (checkpointed: a resumed finished run writes it too)
             return {k: res[k] for k in ("mIoU", "mAcc", "aAcc")}
 
         trainer = Trainer(ddp_model, optimizer, loader, _seg_loss, run_dir=run_dir, info=info,
                           max_steps=o.max_iters, scheduler=scheduler, precision=t.precision, clip_grad=o.clip_grad,
-                          eval_fn=eval_fn, eval_every_epochs=0,
-                          eval_every_steps=t.eval_every, best_metric="mIoU", best_mode="max",
+                          eval_fn=evaluate if val_set is not None else None, eval_every_epochs=0,
+                          eval_every_steps=t.eval_every, best_metric="mIoU" if val_set is not None else None,
+                          best_mode="max",
                           ckpt_every_steps=t.ckpt_every, ckpt_every_epochs=0, keep_last=t.keep_last,
                           log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
                           show_progress=t.show_progress)
@@ -280,12 +338,12 @@ def train_segmentor(cfg: Any) -> dict:
         cleanup_distributed()
 
 
-def _plain(value: Any) -> Any:
+def _plain_result(value: Any) -> Any:
     """An evaluation result as the types a weights-only checkpoint holds (numpy scalars as Python numbers)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain_result(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain_result(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -336,7 +394,7 @@ def test_segmentor(cfg: Any) -> dict:
                                      num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
                                      show_progress=cfg.train.show_progress and info.is_main,
                                      overlay_path=out_dir / "overlays.png", num_visualize=cfg.test.num_visualize,
-                                     **_test_kwargs(cfg))
+                                     palette=config_palette(cfg, val_set.num_classes), **_test_kwargs(cfg))
         results["checkpoint"] = str(ckpt)
         if is_main_process():
             results["files"] = _write_results(results, out_dir, "metrics")

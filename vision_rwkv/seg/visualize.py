@@ -8,7 +8,7 @@ import numpy as np
 
 from vision_rwkv.engine.logger import pyplot, save_figure, short_text
 
-__all__ = ["make_palette", "colorize", "save_overlays"]
+__all__ = ["make_palette", "check_palette", "colorize", "save_overlays"]
 
 
 def make_palette(num_classes: int) -> np.ndarray:
@@ -51,16 +51,31 @@ def colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) ->
     return out
 
 
+def check_palette(palette: Sequence[Sequence[int]] | None, num_classes: int) -> np.ndarray | None:
+    """A user palette as (num_classes, 3) uint8 (None stays None); ValueError unless it has one [r, g, b] in 0..255
+    per class."""
+    if palette is None:
+        return None
+    arr = np.asarray(palette)
+    if arr.ndim != 2 or arr.shape != (num_classes, 3) or not np.issubdtype(arr.dtype, np.integer) \
+            or arr.min() < 0 or arr.max() > 255:
+        raise ValueError(f"data.palette needs one [r, g, b] of integers 0-255 per class ({num_classes} classes), got "
+                         f"shape {arr.shape}")
+    return arr.astype(np.uint8)
+
+
 def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[np.ndarray | None],
                   preds: Sequence[np.ndarray], class_names: Sequence[str], ignore_index: int = 255,
-                  alpha: float = 0.8, titles: Sequence[str] | None = None) -> Path:
+                  alpha: float = 0.8, titles: Sequence[str] | None = None,
+                  palette: np.ndarray | None = None) -> Path:
     """Write a PNG grid: one row per image (image, GT overlay, prediction overlay) and a legend of the classes
-    present. Images are (H, W, 3) uint8 at the label maps' size. Without any ground truth (all None: predictions of
-    unlabelled images) the rows have two panels, image and prediction."""
+    present, in `palette` ((num_classes, 3) uint8; default :func:`make_palette`). Images are (H, W, 3) uint8 at the
+    label maps' size. Without any ground truth (all None: predictions of unlabelled images) the rows have two
+    panels, image and prediction."""
     plt = pyplot()
     from matplotlib.patches import Patch
 
-    palette = make_palette(len(class_names))
+    palette = make_palette(len(class_names)) if palette is None else np.asarray(palette, dtype=np.uint8)
     n = len(images)
     with_gt = any(g is not None for g in gts)
     present = sorted({int(v) for lab in (*gts, *preds) if lab is not None for v in np.unique(lab)
