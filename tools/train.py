@@ -7,7 +7,7 @@
 
 ``--config CONFIG`` is an alias of the positional CONFIG. ``--resume latest`` (newest checkpoint in run_dir) or
 ``--resume PATH`` is the same as the override ``resume=latest`` / ``resume=PATH``. Overrides must name keys of
-configs/classification/base.yaml (``+key=value`` adds a new one, ``~key`` deletes one).
+configs/classification/base.yaml (``+key=value`` adds a key inside ``model.kwargs``, ``~key`` deletes one).
 """
 from __future__ import annotations
 

@@ -472,3 +472,86 @@ def test_bce_training_runs_with_a_positive_weight(tmp_path):
         f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=8", "train.batch_size=8",
         "train.epochs=1", "aug.bce_loss=true", "aug.bce_pos_weight=2.0", "aug.mixup=0.8"]))
     assert result["step"] == 2 and result["train_loss"] == result["train_loss"]  # (finite)
+
+
+def test_layer_decay_keeps_the_cosine_floor_at_min_lr_ratio_of_the_lr():
+    """With layer decay the floor was min_lr_ratio x lr / min(lr_scale) (1.35e-3 for lr 5e-4 at 0.65 over 12
+    blocks): the lr rose through training."""
+    cfg = load_config(DEMO, TINY + ["optim.layer_decay=0.65", "optim.lr=5e-4", "sched.min_lr=null",
+                                    "sched.min_lr_ratio=0.01"])
+    model = timm.create_model("vrwkv_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=12,
+                              num_classes=3)
+    optimizer = build_optimizer(cfg, model, 5e-4)
+    sched, epochs = build_scheduler(cfg, optimizer, steps_per_epoch=4)
+    assert sched.lr_min == pytest.approx(5e-6)
+    sched.step_update(num_updates=4 * epochs)  # the end of the cosine: every group at the floor times its scale
+    for g in optimizer.param_groups:
+        assert g["lr"] == pytest.approx(5e-6 * g["lr_scale"], rel=1e-3)
+
+
+@pytest.mark.parametrize("opt,over,want", [
+    ("lion", ["optim.betas=[0.95,0.98]"], dict(betas=(0.95, 0.98))),
+    ("adan", ["optim.betas=[0.9,0.9,0.9]", "optim.eps=1e-6"], dict(betas=(0.9, 0.9, 0.9), eps=1e-6)),
+    ("lamb", [], dict(eps=1e-6, betas=(0.9, 0.999))),  # (null: the optimizer's own, as timm's train.py)
+    ("adamw", [], dict(eps=1e-8, betas=(0.9, 0.999))),
+])
+def test_optimizer_betas_and_eps_reach_every_optimizer(opt, over, want):
+    """optim.betas / eps were passed only to names ending in adam / adamw and to lamb (lion, adan, adabelief, ...
+    silently kept their defaults); and base.yaml's eps 1e-8 replaced Lamb's own 1e-6."""
+    cfg = load_config(DEMO, TINY + [f"optim.opt={opt}", *over])
+    optimizer = build_optimizer(cfg, torch.nn.Linear(3, 2), 1e-3)
+    for key, value in want.items():
+        got = optimizer.defaults[key]
+        assert (tuple(got) if key == "betas" else got) == pytest.approx(value), key
+
+
+def test_drop_path_follows_the_models_default_unless_set():
+    """base.yaml's drop_path_rate 0.0 replaced VRWKV-S's 0.3 (timm's, the original's)."""
+    from vision_rwkv.engine.classification import create_classifier
+    over = TINY + ["model.name=vrwkv_small_patch16_224"]
+    default = create_classifier(load_config(DEMO, over + ["model.drop_path_rate=null"]), 3)
+    assert max(getattr(m, "drop_prob", 0.0) for m in default.modules()) == pytest.approx(0.3)
+    off = create_classifier(load_config(DEMO, over + ["model.drop_path_rate=0.0"]), 3)
+    assert max(getattr(m, "drop_prob", 0.0) for m in off.modules()) == 0.0
+    base = load_config(Path(DEMO).with_name("base.yaml"))
+    assert base.model.drop_path_rate is None
+
+
+def test_training_interpolation_may_be_timms_random():
+    from vision_rwkv.engine.classification import build_transforms
+    train, val = build_transforms(load_config(DEMO, TINY + ["aug.train_interpolation=random"]))
+    crop = train.transforms[0]
+    assert isinstance(crop.interpolation, (tuple, list)) and len(crop.interpolation) == 2
+
+
+@pytest.mark.parametrize("override,key", [
+    ("aug.interpolation=random", "aug.interpolation"), ("aug.train_interpolation=foo", "aug.train_interpolation"),
+    ("aug.mixup_mode=element", "aug.mixup_mode"), ("aug.crop_mode=foo", "aug.crop_mode"),
+    ("aug.re_mode=foo", "aug.re_mode"), ("aug.hflip=2", "aug.hflip"), ("aug.label_smoothing=1.5", "aug.label_smoothing"),
+    ("ema.enabled=true ema.decay=1.5", "ema.decay"), ("sched.warmup_epochs=-1", "sched.warmup_epochs"),
+    ("optim.betas=[0.9]", "optim.betas"), ("optim.opt=adamww", "optim.opt"),
+    ("sched.sched=wsd sched.decay_epochs=400", "wsd schedule requires"),
+    ("+aug.aug_repeats=3", "unknown config key 'aug.aug_repeats'"),
+    ("model.kwargs.pretrained_cfg_overlay={file:/x}", "YAML needs a space after the colon"),
+])
+def test_out_of_range_and_unread_values_are_config_errors(tmp_path, override, key):
+    """Each ran silently (another mode, no warm-up, an extrapolating EMA, a key no tool reads) or failed with a bare
+    traceback from timm / torch after the data was built."""
+    from vision_rwkv.engine import ConfigError
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}", *override.split()]))
+
+
+@pytest.mark.parametrize("sched", ["wsd", "rsqrt", "none", "step"])
+def test_more_of_timms_schedules_and_epoch_stepping(tmp_path, sched):
+    """timm's wsd / rsqrt / none schedules, a fractional decay_epochs (EfficientNet's 2.4; wsd / rsqrt: a fraction of
+    the run), and sched.on_updates=false (timm's default: the lr changes once an epoch)."""
+    result = train_classifier(load_config(DEMO, TINY + [
+        f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=8", "train.batch_size=4",
+        "train.epochs=3", "train.log_every=1", f"sched.sched={sched}",
+        f"sched.decay_epochs={1.5 if sched == 'step' else 0.5}",
+        "sched.on_updates=false", "sched.warmup_epochs=1", "optim.lr=1e-3"]))
+    from vision_rwkv.engine import read_metrics_csv
+    lrs = [r["lr"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")]
+    assert result["step"] == 12 and all(len(set(lrs[i:i + 4])) == 1 for i in (0, 4, 8))  # (constant in an epoch)
+    assert (lrs[0] == lrs[4]) == (sched == "none")

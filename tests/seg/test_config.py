@@ -132,5 +132,5 @@ def test_bad_values_fail_when_loaded(override, key):
 def test_adding_a_key_to_a_schema_node_names_the_key_not_a_missing_value():
     """+data.palettex=... said "the config has no value for 'data.palettex' (deleted with ~...?)": the opposite."""
     from vision_rwkv.engine import ConfigError
-    with pytest.raises(ConfigError, match=r"cannot add config key 'data.palettex'.*only nodes named \*kwargs"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.palettex'.*only nodes named \*kwargs take new"):
         load_seg_config(CONFIGS / "demo_shapes.yaml", ["+data.palettex=[[0,0,0]]"])

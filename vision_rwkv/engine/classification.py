@@ -101,14 +101,15 @@ def build_transforms(cfg: DictConfig) -> tuple[Any, Any]:
     from timm.data import create_transform
 
     a, size = cfg.aug, int(cfg.data.input_size)
-    common = dict(interpolation=a.interpolation, mean=tuple(a.mean), std=tuple(a.std))
+    stats = dict(mean=tuple(a.mean), std=tuple(a.std))
     train = create_transform(size, is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
                              vflip=a.vflip, color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
-                             re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count, **common)
+                             re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count,
+                             interpolation=a.train_interpolation or a.interpolation, **stats)
     _fix_posterize(train)
     eval_size = int(cfg.eval.input_size or size)
     evaluation = create_transform(eval_size, is_training=False, crop_pct=a.crop_pct, crop_mode=a.crop_mode,
-                                  **common)
+                                  interpolation=a.interpolation, **stats)
     return train, evaluation
 
 
@@ -223,9 +224,11 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, lr: float) -> torch.optim
     ``timm`` - on every 1-D parameter and the model's ``no_weight_decay()`` too."""
     from timm.optim import create_optimizer_v2
     o = cfg.optim
-    kwargs: dict[str, Any] = {}
-    if o.opt.lower().endswith("adamw") or o.opt.lower().endswith("adam") or o.opt.lower() == "lamb":
-        kwargs.update(betas=tuple(o.betas), eps=o.eps)
+    kwargs: dict[str, Any] = {}  # (as timm's train.py: given only when set; timm drops them where not taken)
+    if o.betas is not None:
+        kwargs["betas"] = tuple(o.betas)
+    if o.eps is not None:
+        kwargs["eps"] = float(o.eps)
     module = unwrap_model(model)
     if o.decay_exempt == "norm_bias":
         kwargs["param_group_fn"] = partial(norm_bias_param_groups, weight_decay=o.weight_decay,
@@ -252,28 +255,39 @@ def norm_bias_param_groups(model: nn.Module, weight_decay: float, layer_decay: f
                                      weight_decay_exclude_1d=False)
 
 
-# timm's schedules that can be stepped per optimizer step (plateau steps once an epoch, on a validation metric)
-SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "constant")
+# timm's schedules that step without a metric (plateau steps once an epoch, on a validation metric)
+SCHEDULES = ("cosine", "tanh", "step", "multistep", "poly", "wsd", "rsqrt", "constant", "none")
 
 
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> tuple[Any, int]:
-    """timm ``create_scheduler_v2`` stepped per optimizer step (``step_on_epochs=False``), and the epochs to train
-    as timm's ``train.py`` takes them from it: ``train.epochs`` plus ``sched.cooldown_epochs`` (and
-    ``sched.warmup_epochs`` with ``warmup_prefix``). The cosine floor is ``sched.min_lr`` or
-    ``sched.min_lr_ratio * lr``."""
-    from timm.scheduler import create_scheduler_v2
+    """timm ``create_scheduler_v2`` stepped per optimizer step (``sched.on_updates``; else once an epoch, timm's
+    default; None for ``none``), and the epochs to train as timm's ``train.py`` takes them from it: ``train.epochs``
+    plus ``sched.cooldown_epochs`` (and ``sched.warmup_epochs`` with ``warmup_prefix``). The cosine floor is
+    ``sched.min_lr`` or ``sched.min_lr_ratio * lr``. Values timm refuses are ConfigErrors."""
     s = cfg.sched
     min_lr = s.min_lr if s.min_lr is not None else s.min_lr_ratio * _peak_lr(optimizer)
+    try:
+        return _create_scheduler(cfg, optimizer, steps_per_epoch, min_lr)
+    except ValueError as err:  # (timm's own checks of the schedule's values, e.g. wsd's decay length)
+        raise ConfigError(f"sched: {err}") from None
+
+
+def _create_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                      min_lr: float) -> tuple[Any, int]:
+    from timm.scheduler import create_scheduler_v2
+    s = cfg.sched
     return create_scheduler_v2(optimizer, sched=s.sched, num_epochs=cfg.train.epochs,
                                        decay_epochs=s.decay_epochs, decay_milestones=list(s.decay_milestones),
                                        cooldown_epochs=s.cooldown_epochs, min_lr=min_lr, warmup_lr=s.warmup_lr,
                                        warmup_epochs=s.warmup_epochs, warmup_prefix=s.warmup_prefix,
-                                       decay_rate=s.decay_rate, step_on_epochs=False,
+                                       decay_rate=s.decay_rate, step_on_epochs=not s.on_updates,
                                        updates_per_epoch=steps_per_epoch)
 
 
 def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
-    return max(g.get("lr", 0.0) / max(g.get("lr_scale", 1.0), 1e-12) for g in optimizer.param_groups)
+    """The schedule's base lr: the groups' lr as built (timm applies a layer-decay group's ``lr_scale`` when it
+    schedules, so the groups hold the unscaled lr until then)."""
+    return max(g.get("initial_lr", g.get("lr", 0.0)) for g in optimizer.param_groups)
 
 
 def build_mixup_and_loss(cfg: DictConfig, num_classes: int):
@@ -425,7 +439,8 @@ def _set_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.num_threads))
 
 
-BEST_METRICS = {"top1": "max", "top5": "max", "loss": "min"}  # train.best_metric -> which way is better
+BEST_METRICS = {"top1": "max", "top5": "max", "loss": "min"}
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode  # train.best_metric -> which way is better
 
 
 def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
@@ -464,6 +479,32 @@ def check_training_config(cfg: DictConfig) -> None:
     if cfg.optim.decay_exempt not in ("norm_bias", "timm"):
         raise ConfigError(f"optim.decay_exempt must be norm_bias or timm, got {cfg.optim.decay_exempt!r}")
     _positive_int(cfg, "aug.mixup_off_epoch", minimum=0)
+    a = cfg.aug
+    choices = {"aug.mixup_mode": (a.mixup_mode, ("batch", "pair", "elem")),
+               "aug.crop_mode": (a.crop_mode, ("center", "squash", "border")),
+               "aug.re_mode": (a.re_mode, ("const", "rand", "pixel")),
+               "aug.interpolation": (a.interpolation, INTERPOLATIONS),
+               "aug.train_interpolation": (a.train_interpolation, (None, "random") + INTERPOLATIONS)}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(str(v) for v in allowed)}, got {value!r}")
+    for key in ("aug.hflip", "aug.vflip", "aug.re_prob", "aug.mixup_prob", "aug.mixup_switch_prob"):
+        if not 0.0 <= float(OmegaConf.select(cfg, key)) <= 1.0:
+            raise ConfigError(f"{key} is a probability (0 to 1), got {OmegaConf.select(cfg, key)}")
+    if not 0.0 <= float(a.label_smoothing) < 1.0:
+        raise ConfigError(f"aug.label_smoothing must be in [0, 1), got {a.label_smoothing}")
+    if cfg.ema.enabled and not 0.0 < float(cfg.ema.decay) < 1.0:
+        raise ConfigError(f"ema.decay must be in (0, 1), got {cfg.ema.decay}")
+    for key in ("sched.warmup_epochs", "sched.cooldown_epochs"):
+        if float(OmegaConf.select(cfg, key)) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}")
+    betas = cfg.optim.betas
+    if betas is not None and (len(betas) not in (2, 3) or not all(0.0 <= float(b) < 1.0 for b in betas)):
+        raise ConfigError(f"optim.betas must be 2 (or, for adan, 3) values in [0, 1), got {to_dict(betas)}")
+    from timm.optim import list_optimizers
+    opt = str(cfg.optim.opt).lower()
+    if opt.split("_")[-1] not in list_optimizers() and opt not in list_optimizers():
+        raise ConfigError(f"optim.opt {cfg.optim.opt!r} is not one of timm's optimizers (timm.optim.list_optimizers())")
     thresh = cfg.aug.bce_target_thresh
     if thresh is not None and not 0 <= float(thresh) < 1:
         raise ConfigError(f"aug.bce_target_thresh must be in [0, 1) (or null), got {thresh}")
@@ -546,7 +587,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
         val_loader = _eval_loader(val_set, cfg.eval.batch_size or t.batch_size, cfg.data.num_workers, info)
 
         def eval_fn(m: nn.Module) -> dict[str, float]:
-            r = evaluate_loader(m, val_loader, num_classes, info.device, t.precision)
+            r = evaluate_loader(m, val_loader, num_classes, info.device, cfg.eval.precision or t.precision)
             metrics = {k: r[k] for k in ("top1", "top5", "loss")}
             if r["skipped_samples"]:  # unreadable validation images: the metrics are over fewer samples
                 metrics["skipped_samples"] = r["skipped_samples"]

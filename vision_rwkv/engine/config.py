@@ -195,6 +195,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
         except OmegaConfBaseException as err:
             raise ConfigError(f"cannot parse override {item!r}: {err}") from None
         if add:
+            _check_addable(cfg, key, item)
             try:
                 with open_dict(cfg):
                     cfg = OmegaConf.merge(cfg, parsed)
@@ -206,6 +207,23 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
         else:
             cfg = merge_strict(cfg, parsed, where=f"override {item!r}")
     return cfg
+
+
+def _check_addable(cfg: DictConfig, key: str, item: str) -> None:
+    """``+key=value`` adds a key inside an open ``*kwargs`` node, or a new top-level section (for interpolations);
+    a new key in a node the config defines (``+aug.aug_repeats=3``) is a ConfigError: no tool would read it, and
+    the run would look configured."""
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts[:-1]):
+        if part.endswith(OPEN_SUFFIX):
+            return
+        if not isinstance(node, DictConfig) or part not in node:
+            return  # (a new section from here on, top-level or under one that is new)
+        node = node._get_node(part)
+        if depth == len(parts) - 2 and isinstance(node, DictConfig) and parts[-1] not in node:
+            raise ConfigError(f"unknown config key '{key}' ({item!r}): '{'.'.join(parts[:-1])}' has a fixed set of "
+                              f"keys, so no tool would read a new one; only nodes named *{OPEN_SUFFIX} take new keys")
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | None = None, schema: Any = None,
@@ -250,13 +268,20 @@ def _check_open_keys(cfg: Any, prefix: str = "") -> None:
         if not isinstance(value, DictConfig) or value._is_none() or value._is_missing():
             continue
         if str(key).endswith(OPEN_SUFFIX):
-            for inner in value.keys():
-                if ":" in str(inner) and value._get_node(inner)._is_none():
-                    left, _, right = str(inner).partition(":")
-                    raise ConfigError(f"{name}.{inner!s} has no value: YAML needs a space after the colon "
-                                      f"('{left}: {right}')")
+            _check_no_colon_keys(value, name)
         else:
             _check_open_keys(value, name + ".")
+
+
+def _check_no_colon_keys(node: DictConfig, name: str) -> None:
+    """Inside an open node, at any depth (``pretrained_cfg_overlay={file:/path}``): a key ``'a:b'`` with no value."""
+    for inner in node.keys():
+        child = node._get_node(inner)
+        if ":" in str(inner) and child._is_none():
+            left, _, right = str(inner).partition(":")
+            raise ConfigError(f"{name}.{inner!s} has no value: YAML needs a space after the colon ('{left}: {right}')")
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            _check_no_colon_keys(child, f"{name}.{inner}")
 
 
 def _kind(value: Any) -> str | None:
