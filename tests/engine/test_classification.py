@@ -531,6 +531,7 @@ def test_training_interpolation_may_be_timms_random():
     ("ema.enabled=true ema.decay=1.5", "ema.decay"), ("sched.warmup_epochs=-1", "sched.warmup_epochs"),
     ("optim.betas=[0.9]", "optim.betas"), ("optim.opt=adamww", "optim.opt"),
     ("sched.sched=wsd sched.decay_epochs=400", "wsd schedule requires"),
+    ("sched.sched=none", "sched.sched=none leaves every group's lr as built"),
     ("+aug.aug_repeats=3", "unknown config key 'aug.aug_repeats'"),
     ("model.kwargs.pretrained_cfg_overlay={file:/x}", "YAML needs a space after the colon"),
 ])
@@ -550,7 +551,7 @@ def test_more_of_timms_schedules_and_epoch_stepping(tmp_path, sched):
         f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=8", "train.batch_size=4",
         "train.epochs=3", "train.log_every=1", f"sched.sched={sched}",
         f"sched.decay_epochs={1.5 if sched == 'step' else 0.5}",
-        "sched.on_updates=false", "sched.warmup_epochs=1", "optim.lr=1e-3"]))
+        "sched.on_updates=false", f"sched.warmup_epochs={0 if sched == 'none' else 1}", "optim.lr=1e-3"]))
     from vision_rwkv.engine import read_metrics_csv
     lrs = [r["lr"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")]
     assert result["step"] == 12 and all(len(set(lrs[i:i + 4])) == 1 for i in (0, 4, 8))  # (constant in an epoch)

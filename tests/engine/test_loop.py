@@ -617,3 +617,47 @@ def test_best_pt_survives_a_renumbering_resume_and_later_resumes(tmp_path):
     result = run(16).fit(resume="latest")
     assert result["best"] == {"metric": "score", "value": -2.0, "step": 1}  # (step 2 of 8 samples = 1 of 16)
     assert torch.load(best, weights_only=True)["save_id"] == best_id
+
+
+def test_a_symlinked_checkpoint_resumes_in_place(tmp_path):
+    """A run folder of symlinks (cp -rs): the resumed file's real folder is elsewhere, so every checkpoint was set
+    aside, the resumed one too, and the link-in then failed; the next `latest` started from step 0."""
+    kw = dict(max_steps=8, ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=3)
+    _counting_trainer(tmp_path / "a", stop_after_steps=5, **kw)[0].fit()
+    linked = tmp_path / "b" / "checkpoints"
+    linked.mkdir(parents=True)
+    for p in (tmp_path / "a" / "checkpoints").glob("ckpt_*.pt"):
+        (linked / p.name).symlink_to(p)
+    again = _counting_trainer(tmp_path / "b", **kw)[0]
+    assert again.resume("latest") and again.step == 4
+    assert sorted(p.name for p in linked.glob("ckpt_*.pt")) == ["ckpt_00000002.pt", "ckpt_00000004.pt"]
+    assert not list(linked.glob("abandoned_after_*"))
+
+
+def test_a_renumbering_resume_from_another_run_sets_its_best_pt_aside(tmp_path):
+    """A resume with another step size from another run's checkpoint renumbered the folder but kept the folder's own
+    best.pt, which the evaluation tools then took for the resumed run's best."""
+    holder = {}
+
+    def run(folder, batch, score, **kw):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        ds = torch.utils.data.TensorDataset(torch.randn(48, 3), torch.randint(0, 2, (48,)))
+        t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), EpochLoader(ds, batch, seed=0),
+                    lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), run_dir=folder, max_steps=6,
+                    eval_fn=lambda m: {"score": score}, eval_every_steps=2, eval_every_epochs=0,
+                    best_metric="score", ckpt_every_steps=2, ckpt_every_epochs=0, keep_last=2, log_every=1,
+                    show_progress=False, plot=False, **kw)
+        holder["t"] = t
+        return t
+
+    run(tmp_path / "a", 4, 0.0, stop_after_steps=5).fit()
+    run(tmp_path / "b", 8, 25.0, stop_after_steps=5).fit()
+    b_best = torch.load(tmp_path / "b" / "checkpoints" / "best.pt", weights_only=True)["save_id"]
+    again = run(tmp_path / "b", 8, 0.0)
+    with pytest.warns(UserWarning, match="samples per batch"):
+        again.resume(tmp_path / "a" / "checkpoints" / "ckpt_00000004.pt")
+    best = tmp_path / "b" / "checkpoints" / "best.pt"
+    assert not best.exists() or torch.load(best, weights_only=True)["save_id"] != b_best
+    aside = list((tmp_path / "b" / "checkpoints").glob("abandoned_after_*/best.pt"))
+    assert [torch.load(p, weights_only=True)["save_id"] for p in aside] == [b_best]

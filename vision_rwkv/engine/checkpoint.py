@@ -318,10 +318,13 @@ class CheckpointManager:
         if not is_main_process() or not self.dir.is_dir():
             return []
         resumed = Path(resumed) if resumed is not None else None
-        in_folder = resumed is not None and resumed.resolve().parent == self.dir.resolve()
+        # (the folder the resumed path names, not where a symlinked file points)
+        in_folder = resumed is not None and Path(os.path.abspath(resumed)).parent.resolve() == self.dir.resolve()
         aside = []
         for p in step_checkpoints(self.dir):
             at = _checkpoint_step(p)
+            if resumed is not None and os.path.abspath(p) == os.path.abspath(resumed):
+                continue  # (the resumed file itself stays)
             if at > step or not in_folder or (at == step and not _same_file(p, resumed)):
                 aside.append(p)
         tracked = self._is_tracked_best(self.best_path)

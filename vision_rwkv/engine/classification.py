@@ -439,8 +439,8 @@ def _set_threads(cfg: DictConfig) -> None:
         torch.set_num_threads(int(cfg.num_threads))
 
 
-BEST_METRICS = {"top1": "max", "top5": "max", "loss": "min"}
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode  # train.best_metric -> which way is better
+BEST_METRICS = {"top1": "max", "top5": "max", "loss": "min"}  # train.best_metric -> which way is better
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # timm's str_to_interp_mode
 
 
 def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
@@ -495,6 +495,9 @@ def check_training_config(cfg: DictConfig) -> None:
         raise ConfigError(f"aug.label_smoothing must be in [0, 1), got {a.label_smoothing}")
     if cfg.ema.enabled and not 0.0 < float(cfg.ema.decay) < 1.0:
         raise ConfigError(f"ema.decay must be in (0, 1), got {cfg.ema.decay}")
+    if cfg.sched.sched == "none" and (float(cfg.sched.warmup_epochs) > 0 or cfg.optim.layer_decay is not None):
+        raise ConfigError("sched.sched=none leaves every group's lr as built: no warm-up (set sched.warmup_epochs=0) "
+                          "and no layer decay (optim.layer_decay=null); sched.sched=constant has both")
     for key in ("sched.warmup_epochs", "sched.cooldown_epochs"):
         if float(OmegaConf.select(cfg, key)) < 0:
             raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}")

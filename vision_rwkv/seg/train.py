@@ -286,6 +286,7 @@ def train_segmentor(cfg: Any) -> dict:
             print_rank0("[seg] no validation folders (data.val_img_dir / data.val_ann_dir): training without "
                         "evaluation; best.pt is not kept")
         model = build_segmentor(cfg, train_set.num_classes)
+        config_palette(cfg, train_set.num_classes)  # (checked now, not after training, when the tools use it)
         if t.sync_bn and info.distributed:
             if info.device.type == "cpu":  # torch's SyncBatchNorm has no CPU implementation
                 print_rank0("[seg] train.sync_bn: SyncBatchNorm needs GPUs; CPU processes keep per-process BatchNorm")
