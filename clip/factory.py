@@ -3,10 +3,11 @@
     model, preprocess_train, preprocess_val = rwkv_clip.create_model_and_transforms("RWKV-CLIP-B-32")
     tokenizer = rwkv_clip.get_tokenizer("RWKV-CLIP-B-32")
 
-Pretrained weights load from a LOCAL file only (nothing is downloaded): our own checkpoints (state dict, or a
-training checkpoint holding one under "model"/"state_dict") and the original RWKV-CLIP release format
-(`image_model.*`, `text_model.*`, `logit_scale`, optional `module.` prefixes, bf16 tensors), in .pt/.pth or
-.safetensors files.
+Pretrained weights load from a local file (`pretrained=PATH`): our own checkpoints (state dict, or a training
+checkpoint holding one under "model"/"state_dict") and the original RWKV-CLIP release format (`image_model.*`,
+`text_model.*`, `logit_scale`, optional `module.` prefixes, bf16 tensors), in .pt/.pth or .safetensors files. A
+`local-dir:FOLDER` name brings its own config and weights (open_clip's hub layout); only an `hf-hub:ORG/REPO` name,
+given on purpose, downloads (through open_clip, into the Hugging Face cache).
 """
 from __future__ import annotations
 
