@@ -139,3 +139,57 @@ def test_eval_without_a_checkpoint_takes_the_runs_or_warns(trained, tmp_path, ca
     load_tool("eval").main([str(DEMO), *TINY, f"run_dir={tmp_path / 'none'}", f"eval.out_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert "warning: no --checkpoint" in err and "random, untrained weights" in err
+
+
+def _image_folder(root, classes, per_class=2):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_per_class_csv_is_real_csv_and_classes_without_images_have_no_accuracy(tmp_path):
+    """A class name with a comma broke per_class.csv (an f-string row); a class with no evaluation images was
+    reported at 0% (a too-low mean per-class accuracy), where test_seg writes null."""
+    import csv
+    val = _image_folder(tmp_path / "val", ["a,b", "c"])
+    r = load_tool("eval").main([str(DEMO), *TINY, "data.type=imagefolder", f"data.val_dir={val}",
+                                "data.classes=['a,b',c,d]", f"eval.out_dir={tmp_path / 'out'}",
+                                f"run_dir={tmp_path}"])
+    rows = list(csv.reader(open(tmp_path / "out" / "per_class.csv")))
+    assert rows[0] == ["class", "accuracy", "count"] and [row[0] for row in rows[1:]] == ["a,b", "c", "d"]
+    assert rows[3][1:] == ["", "0"] and r["per_class_accuracy"][2] != r["per_class_accuracy"][2]  # (NaN)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["per_class_accuracy"][2] is None and saved["checkpoint"] is None
+
+
+def test_data_classes_the_checkpoint_does_not_know_are_a_config_error(trained, tmp_path, monkeypatch, capsys):
+    """A data folder with a class the checkpoint was not trained on: one error line and status 2 (a traceback)."""
+    import sys
+
+    from vision_rwkv.engine.cli import run_tool
+    run, _ = trained
+    val = _image_folder(tmp_path / "val", ["zebra"])
+    monkeypatch.setattr(sys, "argv", ["eval.py", str(DEMO), *TINY, "data.type=imagefolder", f"data.val_dir={val}",
+                                      f"eval.out_dir={tmp_path}", "--checkpoint", str(run / "checkpoints" / "best.pt")])
+    with pytest.raises(SystemExit) as exc:
+        run_tool(load_tool("eval").main)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "error: the evaluation data's classes ['zebra']" in err
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x"] + ([] if __import__("torch").cuda.is_available() else ["cuda"]))
+def test_prediction_tools_refuse_a_device_this_machine_lacks(device, capsys):
+    """--device cuda on a CPU machine, or a misspelt device, was an 11-frame traceback with status 1."""
+    import argparse
+
+    from vision_rwkv.engine.cli import add_predict_options
+    parser = argparse.ArgumentParser()
+    add_predict_options(parser)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--images", "x.png", "--device", device])
+    assert exc.value.code == 2 and "--device" in capsys.readouterr().err

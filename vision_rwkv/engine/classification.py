@@ -18,6 +18,7 @@ Shapes images at 32x32): 47.8% top-1 / 98.4% top-5 on 500 validation images (cha
 """
 from __future__ import annotations
 
+import csv
 import time
 from functools import partial
 from pathlib import Path
@@ -187,7 +188,7 @@ def build_eval_dataset(cfg: DictConfig, model_classes: list[str] | None = None) 
         return ds, classes
     unknown = [c for c in classes if c not in model_classes]
     if unknown or not hasattr(ds, "samples"):
-        raise ValueError(f"the evaluation data's classes {unknown or classes} are not the model's "
+        raise ConfigError(f"the evaluation data's classes {unknown or classes} are not the model's "
                          f"{len(model_classes)} classes ({list(model_classes)[:10]}...): the labels would be "
                          f"scored against the wrong outputs")
     index = [list(model_classes).index(c) for c in classes]
@@ -377,7 +378,8 @@ rank over the forward time of the slowest)."""
     skipped = int(all_reduce_sum(torch.tensor(float(skipped), device=device)).item())
     n = max(float(totals[2]), 1.0)
     per_class_n = conf.sum(1)
-    per_class = (conf.diag() / per_class_n.clamp(min=1)).tolist()
+    # (a class without evaluation images has no accuracy: NaN, null in the JSON, an empty cell in the CSV)
+    per_class = torch.where(per_class_n > 0, conf.diag() / per_class_n.clamp(min=1), float("nan")).tolist()
     return {
         "top1": float(conf.diag().sum()) / n * 100.0,
         "top5": float(totals[0]) / n * 100.0,  # top-min(5, num_classes)
@@ -643,15 +645,18 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
         r["eval_time_s"] = time.perf_counter() - t0
         r["input_size"] = int(cfg.eval.input_size or cfg.data.input_size)
         r["classes"] = classes
+        r["checkpoint"] = str(cfg.eval.checkpoint) if cfg.eval.checkpoint else None
+        r["weights"] = cfg.eval.weights if cfg.eval.checkpoint else ("pretrained" if cfg.model.pretrained else "none")
         out_dir = Path(cfg.eval.out_dir or (Path(cfg.run_dir) / "eval"))
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             with open(out_dir / "metrics.json", "w") as f:
                 f.write(json_text(r))
-            with open(out_dir / "per_class.csv", "w") as f:
-                f.write("class,accuracy,count\n")
+            with open(out_dir / "per_class.csv", "w", newline="") as f:
+                rows = csv.writer(f)  # (quoted: class names may hold commas)
+                rows.writerow(["class", "accuracy", "count"])
                 for name, acc, cnt in zip(classes, r["per_class_accuracy"], r["per_class_count"]):
-                    f.write(f"{name},{acc:.4f},{cnt}\n")
+                    rows.writerow([name, "" if acc != acc else f"{acc:.4f}", cnt])
             r["confusion_matrix_png"] = str(plot_confusion_matrix(
                 r["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
                 title=f"{cfg.model.name} top-1 {r['top1']:.2f}%"))

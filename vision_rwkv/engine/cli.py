@@ -119,9 +119,24 @@ def add_predict_options(parser: argparse.ArgumentParser) -> None:
     folders), ``--num-classes``, ``--device``, ``--precision``, ``--no-progress``."""
     parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=device_arg, help="cpu (default), cuda, cuda:N")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--no-progress", action="store_true")
+
+
+def device_arg(value: str) -> str:
+    """A ``--device`` value this machine has (argparse's usage error, status 2, otherwise): a torch device string,
+    and a CUDA one only where CUDA is available."""
+    import torch
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device (cpu, cuda, cuda:N): {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{value!r}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{value!r}: there are {torch.cuda.device_count()} CUDA devices")
+    return value
 
 
 def parse_predict_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -144,6 +144,8 @@ class TestConfig:
     checkpoint: Optional[str] = None               # None: best (else latest) checkpoint of train.run_dir
     out_dir: Optional[str] = None                  # None: <run_dir>/test
     num_visualize: int = 4
+    save_labels: bool = False                      # a label PNG per test image in <out_dir>/labels (mmseg's --out)
+    label_offset: int = 0                          # added to the class ids in those PNGs (1: ADE20K's 1..150)
 
 
 @dataclass
@@ -200,6 +202,8 @@ def check_seg_values(cfg: Any) -> None:
     if t.mode == "slide" and any(int(s) > int(c) for s, c in zip(t.stride, t.crop_size)):
         raise ConfigError(f"test.stride {list(t.stride)} must not exceed test.crop_size {list(t.crop_size)} "
                           f"(windows would leave pixels uncovered)")
+    if int(t.label_offset) < 0:
+        raise ConfigError(f"test.label_offset must be >= 0, got {t.label_offset}")
     if not t.scales or any(float(s) <= 0 for s in t.scales):
         raise ConfigError(f"test.scales must be a non-empty list of positive factors, got {t.scales}")
     o, tr = cfg.optim, cfg.train

@@ -197,10 +197,15 @@ def evaluate_segmentor(
         overlay_path: str | Path | None = None,
         num_visualize: int = 0,
         palette: np.ndarray | None = None,
+        label_dir: str | Path | None = None,
+        label_offset: int = 0,
 ) -> dict:
     """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc of `model` on `dataset` (test-preprocessed samples:
     normalised image, original-size mask). Each rank evaluates its shard; the confusion matrix is summed over
-    ranks. Rank 0 writes an overlay PNG of its first `num_visualize` images when `overlay_path` is given."""
+    ranks. Rank 0 writes an overlay PNG of its first `num_visualize` images when `overlay_path` is given; with
+    `label_dir` every rank writes a label PNG per image of its shard there (class id + `label_offset`, named after
+    the image's relative path)."""
+    from .predict_images import save_label_png
     from vision_rwkv.engine import ShardSampler, autocast, get_rank, get_world_size, progress
 
     base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -225,6 +230,9 @@ def evaluate_segmentor(
                               flip=flip, scales=scales, align_corners=align, scaled=sample.get("scaled"))
         pred = probs.argmax(dim=1).cpu()
         metric.update(pred, mask)
+        if label_dir is not None:
+            save_label_png(pred[0].numpy(), Path(label_dir) / Path(sample["name"][0]).with_suffix(".png"),
+                           raw.num_classes, label_offset, palette)
         if overlay_path is not None and get_rank() == 0 and len(vis) < num_visualize:
             vis.append((sampler.rank + i * sampler.num_replicas, pred[0].numpy()))
     results = _percent(metric.compute())
@@ -395,7 +403,9 @@ def test_segmentor(cfg: Any) -> dict:
                                      num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
                                      show_progress=cfg.train.show_progress and info.is_main,
                                      overlay_path=out_dir / "overlays.png", num_visualize=cfg.test.num_visualize,
-                                     palette=config_palette(cfg, val_set.num_classes), **_test_kwargs(cfg))
+                                     palette=config_palette(cfg, val_set.num_classes),
+                                     label_dir=out_dir / "labels" if cfg.test.save_labels else None,
+                                     label_offset=cfg.test.label_offset, **_test_kwargs(cfg))
         results["checkpoint"] = str(ckpt)
         if is_main_process():
             results["files"] = _write_results(results, out_dir, "metrics")
