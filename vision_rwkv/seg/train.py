@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..engine.logger import json_text
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
+from .config import DataConfig
 from .convert import load_segmentor_weights
 from .inference import inference
 from .metrics import SUMMARY_METRICS, SegMetric, format_table
@@ -69,9 +70,9 @@ def test_transform(cfg: Any) -> Any:
                             std=list(cfg.data.std), ratios=list(cfg.test.scales), size_divisor=cfg.test.size_divisor)
 
 
-# type=folder keys, and their defaults: set with another data.type they would be silently ignored
-FOLDER_KEYS = {"img_dir": None, "ann_dir": None, "val_img_dir": None, "val_ann_dir": None, "classes": None,
-               "img_suffix": ".jpg", "seg_map_suffix": ".png", "reduce_zero_label": False}
+# type=folder keys: set (off their schema defaults) with another data.type they would be silently ignored
+FOLDER_KEYS = ("img_dir", "ann_dir", "val_img_dir", "val_ann_dir", "classes", "img_suffix", "seg_map_suffix",
+               "reduce_zero_label")
 
 
 def check_data_config(d: Any) -> None:
@@ -80,7 +81,8 @@ def check_data_config(d: Any) -> None:
 
     if d.type == "folder":
         return
-    stray = [k for k, default in FOLDER_KEYS.items() if _plain(d.get(k)) != default]
+    defaults = DataConfig()
+    stray = [k for k in FOLDER_KEYS if _plain(d.get(k)) != getattr(defaults, k)]
     if stray:
         raise ConfigError(f"data.{', data.'.join(stray)} only apply to data.type=folder (a dataset in your own "
                           f"folders); data.type={d.type} has its own layout, classes and labels")
