@@ -71,10 +71,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = write_predictions(rows, args.output)
     grid = plot_predictions(rows, args.grid) if args.grid and any("topk" in r for r in rows) else None
     failed = [r["file"] for r in rows if "error" in r]
-    top1 = {r["file"]: (r["topk"][0][1] if r["topk"][0][1] is not None else r["topk"][0][0]) for r in rows
-            if "topk" in r}
+    top1 = [[r["file"], r["topk"][0][1] if r["topk"][0][1] is not None else r["topk"][0][0]] for r in rows
+            if "topk" in r]  # ([file, class] pairs: a file given twice is listed twice, as in the table)
     print(json.dumps({"images": len(rows), "unreadable": failed, "predictions": str(table),
-                      "grid": str(grid) if grid else None, "top1": dict(list(top1.items())[:20])}, indent=2))
+                      "grid": str(grid) if grid else None, "top1": top1[:20]}, indent=2))
     return 0
 
 

@@ -88,6 +88,8 @@ def test_dice_fscore_precision_recall_as_mmseg_defines_them():
         for k, v in metrics.items():
             got = r["per_class"][name][k]
             assert (math.isnan(v) and math.isnan(got)) or got == pytest.approx(v), (name, k)
+        got = r["per_class"][name]["Recall"]  # (mmseg's per-class table: Recall beside Acc, the same value)
+        assert (math.isnan(got) and math.isnan(metrics["Acc"])) or got == metrics["Acc"]
     assert r["mDice"] == pytest.approx((100 / 115 + 0 + 14 / 17) / 3)
     assert r["mFscore"] == pytest.approx((want["a"]["Fscore"] + want["d"]["Fscore"]) / 2)
     assert r["mPrecision"] == pytest.approx((p0 + 0 + 0.7) / 3) and r["mRecall"] == pytest.approx(r["mAcc"])

@@ -152,3 +152,12 @@ def test_predict_takes_original_layout_files_in_their_mode(trained, tmp_path):
     for clf, head in ((from_config, sd["head.weight"]), (from_name, full.head.weight)):
         assert clf.model.wkv_mode == "original" and clf.model.num_classes == head.shape[0]
         torch.testing.assert_close(clf.model.head.weight, head)
+
+
+def test_a_file_given_twice_is_listed_twice_in_the_summary(trained, images, tmp_path, capsys):
+    """The printed summary's top-1 was a dict keyed by file: a file given twice appeared once (the CSV has both)."""
+    one = str(images / "s0.png")
+    assert load_tool("predict").main([str(DEMO), *TINY, "--checkpoint", str(trained), "--images", one, one,
+                                      "--output", str(tmp_path / "p.csv"), "--grid", "", "--no-progress"]) == 0
+    top1 = json.loads(capsys.readouterr().out)["top1"]
+    assert [pair[0] for pair in top1] == [one, one] and top1[0][1] == top1[1][1]

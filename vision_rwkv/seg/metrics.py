@@ -42,7 +42,7 @@ SUMMARY_METRICS = ("mIoU", "mAcc", "aAcc", "mDice", "mFscore", "mPrecision", "mR
 
 def metrics_from_confusion(conf: torch.Tensor, class_names: Sequence[str] | None = None) -> dict:
     """mIoU, mAcc, aAcc and mmseg's other IoUMetric summaries - mDice, mFscore (F1), mPrecision, mRecall - as
-    fractions in [0, 1], and per class IoU / Acc / Dice / Fscore / Precision (Acc is the recall). A class without
+    fractions in [0, 1], and per class IoU / Acc / Dice / Fscore / Precision / Recall (Recall is Acc). A class without
     the pixels a ratio divides by gets NaN there (mmseg's convention) and is left out of that mean."""
     conf = conf.double()
     inter = conf.diag()
@@ -61,8 +61,9 @@ def metrics_from_confusion(conf: torch.Tensor, class_names: Sequence[str] | None
            "Precision": ratio(inter, area_pred)}
     # F1 as mmseg computes it from precision and recall: NaN (not 0) for a class predicted and present but never hit
     per["Fscore"] = ratio(2 * per["Precision"] * per["Acc"], per["Precision"] + per["Acc"])
+    per["Recall"] = per["Acc"]  # (mmseg's per-class table has both columns)
     means = {"mIoU": "IoU", "mAcc": "Acc", "mDice": "Dice", "mFscore": "Fscore", "mPrecision": "Precision",
-             "mRecall": "Acc"}
+             "mRecall": "Recall"}
     out: dict = {m: float(per[k].nanmean()) if (~per[k].isnan()).any() else float("nan") for m, k in means.items()}
     out["aAcc"] = float(inter.sum() / total) if total > 0 else float("nan")
     out["per_class"] = {n: {k: float(v[i]) for k, v in per.items()} for i, n in enumerate(names)}
