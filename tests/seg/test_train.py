@@ -249,17 +249,19 @@ def test_predictions_use_the_config_palette(tmp_path):
 
 def test_test_segmentor_saves_a_label_png_per_image_as_mmseg_out(tmp_path):
     """test.save_labels (mmseg's tools/test.py --out): one label PNG per test image, class id + test.label_offset,
-    the same predictions the metrics counted."""
+    the same predictions the metrics counted; test.save_overlays (--show-dir): an overlay PNG per image."""
     import numpy as np
     from PIL import Image
 
     from vision_rwkv.engine import ConfigError
     train_segmentor(_cfg(tmp_path / "run", "optim.max_iters=2", "train.ckpt_every=null"))
     cfg = load_seg_config(DEMO, [*TINY, f"train.run_dir={tmp_path / 'run'}", "test.mode=whole",
-                                 "test.save_labels=true", "test.label_offset=1"])
+                                 "test.save_labels=true", "test.label_offset=1", "test.save_overlays=true"])
     res = test_segmentor(cfg)
     labels = sorted((tmp_path / "run" / "test" / "labels").rglob("*.png"))
     assert len(labels) == 6
+    overlays = sorted((tmp_path / "run" / "test" / "overlays").rglob("*.png"))  # (mmseg's --show-dir)
+    assert [p.name for p in overlays] == [p.name for p in labels] and overlays[0].stat().st_size > 1000
     values = np.concatenate([np.asarray(Image.open(p)).ravel() for p in labels])
     assert values.min() >= 1 and values.max() <= 9  # (classes 0..8 stored as 1..9)
     assert all(Image.open(p).size == (32, 32) for p in labels) and "mIoU" in res  # (at the images' size)

@@ -145,6 +145,7 @@ class TestConfig:
     out_dir: Optional[str] = None                  # None: <run_dir>/test
     num_visualize: int = 4
     save_labels: bool = False                      # a label PNG per test image in <out_dir>/labels (mmseg's --out)
+    save_overlays: bool = False                    # an overlay PNG per test image in <out_dir>/overlays (--show-dir)
     label_offset: int = 0                          # added to the class ids in those PNGs (1: ADE20K's 1..150)
 
 

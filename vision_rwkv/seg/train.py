@@ -201,12 +201,13 @@ def evaluate_segmentor(
         palette: np.ndarray | None = None,
         label_dir: str | Path | None = None,
         label_offset: int = 0,
+        overlay_dir: str | Path | None = None,
 ) -> dict:
     """mIoU / mAcc / aAcc (percent) and per-class IoU / Acc of `model` on `dataset` (test-preprocessed samples:
     normalised image, original-size mask). Each rank evaluates its shard; the confusion matrix is summed over
     ranks. Rank 0 writes an overlay PNG of its first `num_visualize` images when `overlay_path` is given; with
     `label_dir` every rank writes a label PNG per image of its shard there (class id + `label_offset`, named after
-    the image's relative path)."""
+    the image's relative path), with `overlay_dir` an overlay PNG per image (image | ground truth | prediction)."""
     from .predict_images import save_label_png
     from vision_rwkv.engine import ShardSampler, autocast, get_rank, get_world_size, progress
 
@@ -235,6 +236,10 @@ def evaluate_segmentor(
         if label_dir is not None:
             save_label_png(pred[0].numpy(), Path(label_dir) / Path(sample["name"][0]).with_suffix(".png"),
                            raw.num_classes, label_offset, palette)
+        if overlay_dir is not None:
+            image, gt, name = raw.load(sampler.rank + i * sampler.num_replicas)  # (the original image)
+            save_overlays(Path(overlay_dir) / Path(name).with_suffix(".png"), [image], [gt], [pred[0].numpy()],
+                          raw.classes, raw.ignore_index, titles=[name], palette=palette)
         if overlay_path is not None and get_rank() == 0 and len(vis) < num_visualize:
             vis.append((sampler.rank + i * sampler.num_replicas, pred[0].numpy()))
     results = _percent(metric.compute())
@@ -407,6 +412,7 @@ def test_segmentor(cfg: Any) -> dict:
                                      overlay_path=out_dir / "overlays.png", num_visualize=cfg.test.num_visualize,
                                      palette=config_palette(cfg, val_set.num_classes),
                                      label_dir=out_dir / "labels" if cfg.test.save_labels else None,
+                                     overlay_dir=out_dir / "overlays" if cfg.test.save_overlays else None,
                                      label_offset=cfg.test.label_offset, **_test_kwargs(cfg))
         results["checkpoint"] = str(ckpt)
         if is_main_process():
