@@ -21,10 +21,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import open_clip
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import set_model_preprocess_cfg
-from open_clip.transform import (AugmentationCfg, PreprocessCfg, image_transform, image_transform_v2,
-                                 merge_preprocess_dict, merge_preprocess_kwargs)
+from open_clip.transform import (AugmentationCfg, PreprocessCfg, image_transform_v2, merge_preprocess_dict,
+                                 merge_preprocess_kwargs)
 
 from vision_rwkv.models.convert import (CheckpointFileMismatchError, key_mismatches, load_checkpoint_file,
                                         select_weights)
@@ -253,15 +252,15 @@ def create_model(
 def image_transforms(image_size: int | tuple[int, int], aug_cfg: Optional[dict] = None,
                      mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                      interpolation: str = "bicubic") -> tuple[Callable, Callable]:
-    """(train, val) transforms: open_clip's `image_transform` with OpenAI mean/std (unless given), bicubic resize
-    (shortest side) + center crop for val, RandomResizedCrop for train."""
-    mean = tuple(mean) if mean is not None else OPENAI_DATASET_MEAN
-    std = tuple(std) if std is not None else OPENAI_DATASET_STD
-    train = image_transform(image_size, is_train=True, mean=mean, std=std, interpolation=interpolation,
-                            aug_cfg=aug_cfg)
-    val = image_transform(image_size, is_train=False, mean=mean, std=std, interpolation=interpolation,
-                          resize_mode="shortest")
-    return train, val
+    """(train, val) transforms: open_clip's with OpenAI mean/std (unless given), bicubic resize (shortest side) +
+    center crop for val, RandomResizedCrop for train (what `create_model_and_transforms` builds by default)."""
+    given = {k: tuple(v) for k, v in (("mean", mean), ("std", std)) if v is not None}
+    return _transforms(PreprocessCfg(size=image_size, interpolation=interpolation, **given), aug_cfg)
+
+
+def _transforms(cfg: PreprocessCfg, aug_cfg: Optional[Union[dict, AugmentationCfg]]) -> tuple[Callable, Callable]:
+    """open_clip's (train, val) transforms of a preprocessing config."""
+    return image_transform_v2(cfg, is_train=True, aug_cfg=aug_cfg), image_transform_v2(cfg, is_train=False)
 
 
 def create_model_and_transforms(
@@ -285,8 +284,7 @@ def create_model_and_transforms(
                                     std=image_std, interpolation=image_interpolation, resize_mode=image_resize_mode)
     model = create_model(model_name, pretrained, precision=precision, device=device, output_dict=output_dict,
                          force_preprocess_cfg=force, **model_kwargs)
-    cfg = PreprocessCfg(**model.visual.preprocess_cfg)
-    return model, image_transform_v2(cfg, is_train=True, aug_cfg=aug_cfg), image_transform_v2(cfg, is_train=False)
+    return model, *_transforms(PreprocessCfg(**model.visual.preprocess_cfg), aug_cfg)
 
 
 def get_tokenizer(model_name: str = "RWKV-CLIP-B-32", context_length: Optional[int] = None):

@@ -395,10 +395,7 @@ class CheckpointManager:
         archive.mkdir(exist_ok=True)
         for p in old:  # linked first: every old file stays reachable whatever happens next
             if not (archive / p.name).exists():
-                try:
-                    os.link(p, archive / p.name)
-                except OSError:  # (a file system without hard links)
-                    shutil.copy2(p, archive / p.name)
+                _replace_with_link(p, archive / p.name)
         path = atomic_save(self._with_records(state), self.dir / f"ckpt_{int(step):08d}.pt")
         for p in old:
             if p != path:

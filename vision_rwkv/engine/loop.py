@@ -322,15 +322,14 @@ class Trainer:
             if self.ckpt.best_step is not None:  # (best.pt itself is known by its save id)
                 self.ckpt.best_step = round(self.ckpt.best_step * rescale)
             tag = f"steps_of_{state.get('micro_batch_samples')}_samples"
-            renumbered = self.ckpt.renumber(self.state_dict(), self.step, tag)
+            resumed_file = self.ckpt.renumber(self.state_dict(), self.step, tag)
             print_rank0(f"[trainer] checkpoints of the earlier step size moved to {self.ckpt.dir / tag}; the run "
                         f"continues from {self.ckpt.dir / f'ckpt_{self.step:08d}.pt'}")
-            for line in self.ckpt.resume_files(self.step, renumbered):  # (best.pt: the tracked best or set aside)
-                print_rank0(f"[trainer] {line}")
         else:
             self.logger.truncate_after(self.step)
-            for line in self.ckpt.resume_files(self.step, path):
-                print_rank0(f"[trainer] {line}")
+            resumed_file = path
+        for line in self.ckpt.resume_files(self.step, resumed_file):  # (later files and a foreign best.pt aside)
+            print_rank0(f"[trainer] {line}")
         done = " - the run had already finished" if self.step >= self.total_steps else ""
         print_rank0(f"[trainer] resumed from {path} at step {self.step} (epoch {self.epoch}, "
                     f"batch {self.batch_in_epoch}){done}")

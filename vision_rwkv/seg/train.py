@@ -323,7 +323,7 @@ def train_segmentor(cfg: Any) -> dict:
                                      show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
             last_full.clear()
             last_full.update(res)  # the full result (per-class IoU) for the files written after fit
-            trainer.extra_state["val_result"] = _plain_result(res)  # (checkpointed: a resumed finished run writes it too)
+            trainer.extra_state["val_result"] = res  # (checkpointed, plain numbers: a resumed finished run writes it)
             return {k: res[k] for k in ("mIoU", "mAcc", "aAcc")}
 
         trainer = Trainer(ddp_model, optimizer, loader, _seg_loss, run_dir=run_dir, info=info,
@@ -352,17 +352,6 @@ def train_segmentor(cfg: Any) -> dict:
     finally:
         torch.set_num_threads(threads)
         cleanup_distributed()
-
-
-def _plain_result(value: Any) -> Any:
-    """An evaluation result as the types a weights-only checkpoint holds (numpy scalars as Python numbers)."""
-    if isinstance(value, dict):
-        return {str(k): _plain_result(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_result(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _seg_loss(model: nn.Module, batch: Mapping[str, Any]):
