@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -36,7 +36,7 @@ from ._projections import (_epilogue_ready, _fold, _linear, derived_in_inference
                            step_matrices, step_weights, mix_gemm_enabled, refuse_cast, StepCastRequest)
 from .mixing import ChannelMix, FusedPathMixer, channel_position, channel_ratio, layer_ratios, lerp_mix
 
-__all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES']
+__all__ = ['VRWKV', 'SpatialMix', 'WKV_MODES', 'VARIANT_ARGS']
 
 WKV_MODES = ('exact', 'original')
 
@@ -372,24 +372,37 @@ def _create_vrwkv(variant: str, pretrained: bool = False, **kwargs: Any) -> VRWK
     return build_backbone(VRWKV, variant, pretrained, pretrained_kwargs=wkv_kwargs, **kwargs)
 
 
+# the registered models' constructor arguments (their entry points below; the mmseg config converter matches them)
+VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
+    'vrwkv_tiny_patch16_224': dict(patch_size=16, embed_dim=192, depth=12),
+    'vrwkv_small_patch16_224': dict(
+        patch_size=16, embed_dim=384, depth=12, post_norm=True, init_values=1.0, drop_path_rate=0.3),
+    'vrwkv_base_patch16_224': dict(
+        patch_size=16, embed_dim=768, depth=12, post_norm=True, init_values=1e-5, drop_path_rate=0.5),
+    'vrwkv_large_patch16_384': dict(
+        img_size=384, patch_size=16, embed_dim=1024, depth=24, post_norm=True, init_values=1e-5, key_norm=True,
+        drop_path_rate=0.1, head_hidden_size=3072, pos_embed_grid=12),
+}
+
+
 @register_model
 def vrwkv_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV:
     """VRWKV-T: C 192, 12 blocks, pre-norm, no layer scale (6.2M params)."""
-    model_args = dict(patch_size=16, embed_dim=192, depth=12)
+    model_args = VARIANT_ARGS['vrwkv_tiny_patch16_224']
     return _create_vrwkv('vrwkv_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vrwkv_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV:
     """VRWKV-S: C 384, 12 blocks, post-norm, layer scale 1.0, drop path 0.3 (23.8M params)."""
-    model_args = dict(patch_size=16, embed_dim=384, depth=12, post_norm=True, init_values=1.0, drop_path_rate=0.3)
+    model_args = VARIANT_ARGS['vrwkv_small_patch16_224']
     return _create_vrwkv('vrwkv_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vrwkv_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV:
     """VRWKV-B: C 768, 12 blocks, post-norm, layer scale 1e-5, drop path 0.5 (93.7M params)."""
-    model_args = dict(patch_size=16, embed_dim=768, depth=12, post_norm=True, init_values=1e-5, drop_path_rate=0.5)
+    model_args = VARIANT_ARGS['vrwkv_base_patch16_224']
     return _create_vrwkv('vrwkv_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -397,7 +410,5 @@ def vrwkv_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV:
 def vrwkv_large_patch16_384(pretrained: bool = False, **kwargs: Any) -> VRWKV:
     """VRWKV-L: C 1024, 24 blocks, post-norm, layer scale 1e-5, key norm, Linear-Tanh-Linear head; position
     embedding stored on the 12x12 grid of its 192px pre-training and resized to the 384px input (334.9M params)."""
-    model_args = dict(
-        img_size=384, patch_size=16, embed_dim=1024, depth=24, post_norm=True, init_values=1e-5, key_norm=True,
-        drop_path_rate=0.1, head_hidden_size=3072, pos_embed_grid=12)
+    model_args = VARIANT_ARGS['vrwkv_large_patch16_384']
     return _create_vrwkv('vrwkv_large_patch16_384', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,342 @@
+"""The mmseg 0.x config reader (no code runs) and the converter to our YAML (tools/convert_mmseg_config.py)."""
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mmseg_config_tree import ADAPTER_RECIPES, write_tree
+from vision_rwkv.models.vrwkv import VARIANT_ARGS
+from vision_rwkv.seg.config import load_seg_config
+from vision_rwkv.seg.mmseg_config_convert import conversion_yaml, convert_mmseg_config
+from vision_rwkv.seg.mmseg_config_reader import MmsegConfigError, read_mmseg_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "segmentation"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("convert_mmseg_config", ROOT / "tools" / "convert_mmseg_config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _convert(path):
+    return convert_mmseg_config(read_mmseg_config(path), Path(path).stem)
+
+
+def _loaded(conversion, tmp_path, name="out.yaml"):
+    path = tmp_path / name
+    path.write_text(conversion_yaml(conversion, "test"))
+    return OmegaConf.to_container(load_seg_config(path))
+
+
+@pytest.mark.parametrize("size", sorted(ADAPTER_RECIPES))
+def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, size):
+    """The original repo's four ADE20K configs (mmseg bases + _delete_ + **img_norm_cfg) give our shipped configs:
+    same model (backbone as built: the registered size's arguments + backbone_kwargs), data, schedule and test;
+    the runtime is the original's (fp16, a checkpoint every 1000 iterations, one kept)."""
+    conversion = _convert(write_tree(tmp_path / "original")[size])
+    assert conversion.unsupported == []
+    ours = _loaded(conversion, tmp_path)
+    shipped = OmegaConf.to_container(load_seg_config(CONFIGS / f"upernet_vrwkv_adapter_{size}_ade20k_512.yaml"))
+    for cfg in (ours, shipped):
+        model = cfg["model"]
+        model["backbone_kwargs"] = {**VARIANT_ARGS[model["backbone"]], **model["backbone_kwargs"]}
+    assert ours["model"].pop("pretrained") == f"pretrained/vrwkv_{size[0]}_in1k_{192 if size == 'large' else 224}.pth"
+    shipped["model"].pop("pretrained")
+    assert ours["model"] == shipped["model"]
+    assert ours["data"].pop("root") == "data/ade/ADEChallengeData2016" and ours["data"].pop("num_workers") == 4
+    assert ours["data"] == {k: v for k, v in shipped["data"].items() if k not in ("root", "num_workers")}
+    assert ours["optim"] == shipped["optim"] and ours["test"] == shipped["test"]
+    train = {k: ours["train"][k] for k in ("precision", "ckpt_every", "keep_last", "eval_every", "log_every",
+                                           "sync_bn", "run_dir")}
+    assert train == dict(precision="fp16", ckpt_every=1000, keep_last=1, eval_every=16000, log_every=50, sync_bn=True,
+                         run_dir=f"runs/seg/upernet_vrwkv_adapter_{size}_512_160k_ade20k")
+    assert any("fp16" in n for n in conversion.notes)
+    assert not any("img_norm_cfg" in n for n in conversion.notes)  # (a helper variable, unpacked into Normalize)
+
+
+def _write(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root / next(iter(files))
+
+
+def test_the_reader_merges_bases_as_mmcv_does(tmp_path):
+    path = _write(tmp_path, {
+        "child.py": "_base_ = ['b1.py', 'sub/b2.py']\n"
+                    "a = dict(y=dict(w=3), x=5)\n"
+                    "r = dict(_delete_=True, only=1)\n"
+                    "size = {{_base_.crop}}\n"
+                    "first, second = (1, 2)\n"
+                    "name = f'run_{first}'\n"
+                    "calc = [2 ** 3, 10 // 4, -first, (4, 5)[1], [1, 2, 3][1:]]\n"
+                    "d = dict(**a, extra=tuple([1]))\n",
+        "b1.py": "a = dict(x=1, y=dict(z=2))\nr = dict(gone=True)\n",
+        "sub/b2.py": "crop = (512, 1024)\nlst = [1, 2]\n__hidden = 1\n",
+    })
+    cfg = read_mmseg_config(path)
+    assert cfg["a"] == {"x": 5, "y": {"z": 2, "w": 3}}
+    assert cfg["r"] == {"only": 1}  # _delete_ replaced the base's dict (and the marker is gone)
+    assert cfg["size"] == (512, 1024) and cfg["lst"] == [1, 2] and "__hidden" not in cfg
+    assert (cfg["first"], cfg["second"], cfg["name"]) == (1, 2, "run_1")
+    assert cfg["calc"] == [8, 2, -1, 5, [2, 3]]
+    assert cfg["d"] == {"x": 5, "y": {"w": 3}, "extra": (1,)}  # (the file's own a, before the merge)
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"c.py": "_base_ = 'missing.py'\n"}, r"not found: .*missing.py \(a _base_ of .*c.py\)"),
+    ({"c.py": "_base_ = 'b.py'\n", "b.py": "_base_ = 'c.py'\n"}, r"form a cycle: .*c.py -> .*b.py -> .*c.py"),
+    ({"c.py": "_base_ = ['a.py', 'b.py']\n", "a.py": "k = 1\n", "b.py": "k = 2\n"},
+     r"key 'k' is set by two of its _base_ files"),
+    ({"c.py": "x = {{_base_.nope}}\n"}, r"c.py:1: \{\{_base_.nope\}\}: the base files define no nope"),
+    ({"c.py": "x = y\n"}, r"c.py:1: name 'y' is not assigned above"),
+    ({"c.py": "x = (\n"}, r"c.py:\d+: not valid Python"),
+    ({"c.json": "{}"}, r"only Python \(.py\) mmseg configs"),
+])
+def test_reader_errors_name_the_file(tmp_path, files, message):
+    with pytest.raises(MmsegConfigError, match=message):
+        read_mmseg_config(_write(tmp_path, files))
+
+
+@pytest.mark.parametrize("line,what", [
+    ("import os", "the statement Import"),
+    ("x = __import__('os').system('touch {flag}')", r"calling __import__\('os'\).system\(\)"),
+    ("x = open('{flag}', 'w')", r"calling open\(\)"),
+    ("x = dict().keys()", r"calling dict\(\).keys\(\)"),
+    ("x = (lambda: 1)()", r"calling lambda: 1\(\)"),
+    ("x = [i for i in range(3)]", "the expression ListComp"),
+    ("def f():\n    pass", "the statement FunctionDef"),
+    ("x = os.path", "the expression Attribute"),
+])
+def test_reading_a_config_never_runs_its_code(tmp_path, line, what):
+    flag = tmp_path / "ran"
+    path = _write(tmp_path, {"c.py": "a = 1\n" + line.format(flag=flag) + "\n"})
+    with pytest.raises(MmsegConfigError, match=rf"c.py:2: {what} is not supported"):
+        read_mmseg_config(path)
+    assert not flag.exists()
+
+
+def _tiny_variant(tmp_path, body):
+    write_tree(tmp_path)
+    return _write(tmp_path, {"ade20k/variant.py": "_base_ = './upernet_vrwkv_adapter_tiny_512_160k_ade20k.py'\n"
+                                                  + body})
+
+
+def test_settings_without_an_equivalent_are_listed_not_dropped(tmp_path, capsys):
+    path = _tiny_variant(tmp_path, "\n".join([
+        "optimizer = dict(_delete_=True, type='SGD', lr=0.01, momentum=0.9)",
+        "model = dict(decode_head=dict(loss_decode=dict(_delete_=True, type='DiceLoss')))",
+        "data = dict(train=dict(pipeline=[dict(type='LoadImageFromFile'), dict(type='RandomRotate', prob=0.5,"
+        " degree=20), dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),"
+        " dict(type='RandomCrop', crop_size=(512, 512)), dict(type='Normalize', mean=[0, 0, 0], std=[1, 1, 1])]))",
+        "load_from = 'segmentor.pth'",
+        "custom_hooks = [dict(type='EMAHook')]",
+        "optimzer = dict(lr=1)",
+    ]) + "\n")
+    conversion = _convert(path)
+    text = "\n".join(conversion.unsupported)
+    for expected in ("optimizer.type='SGD'", "optimizer.momentum=0.9", "loss_decode.type='DiceLoss'",
+                     "RandomRotate has no equivalent", "load_from='segmentor.pth'", "custom_hooks",
+                     "mean / std differ from the train pipeline's"):
+        assert expected in text, expected
+    assert any("top-level optimzer" in n for n in conversion.notes)  # a misspelt section is reported
+    tool = _tool()
+    dst = tmp_path / "out.yaml"
+    assert tool.main([str(path), str(dst)]) == 2 and not dst.exists()
+    assert "RandomRotate" in capsys.readouterr().err
+    assert tool.main([str(path), str(dst), "--allow-unsupported"]) == 0
+    written = dst.read_text()
+    assert "# NOT carried over" in written and "RandomRotate" in written
+    load_seg_config(dst)
+    assert tool.main([str(path), str(dst), "--allow-unsupported"]) == 2  # exists: --force to overwrite
+    assert tool.main([str(path), str(dst), "--allow-unsupported", "--force"]) == 0
+
+
+@pytest.mark.parametrize("body,message", [
+    ("model = dict(backbone=dict(_delete_=True, type='ViTAdapter'))", r"backbone.type='ViTAdapter'"),
+    ("model = dict(decode_head=dict(type='SegformerHead'))", r"decode_head.type='SegformerHead'"),
+    ("model = dict(backbone=dict(shift_pixel=2))", r"shift_pixel=2 is not supported"),
+    ("model = dict(backbone=dict(spam=2))", r"unknown original config keys: \['spam'\]"),
+    ("data = dict(train=[dict(type='A'), dict(type='B')])", "a list of datasets"),
+    ("runner = dict(_delete_=True, type='IterBasedRunner')", r"runner.max_iters \(or total_iters\) must be set"),
+])
+def test_configs_that_give_no_model_are_errors(tmp_path, body, message):
+    with pytest.raises(MmsegConfigError, match=message):
+        _convert(_tiny_variant(tmp_path, body + "\n"))
+
+
+def test_an_mmseg_1x_config_is_named(tmp_path):
+    path = _write(tmp_path, {"c.py": "model = dict()\ntrain_dataloader = dict()\noptim_wrapper = dict()\n"})
+    with pytest.raises(MmsegConfigError, match="mmseg 1.x config"):
+        _convert(path)
+
+
+def test_a_plain_vrwkv_with_a_multilevel_neck_converts_only_when_allowed(tmp_path):
+    path = _tiny_variant(tmp_path, "model = dict(backbone=dict(_delete_=True, type='VRWKV', embed_dims=192,"
+                                   " depth=12, img_size=512, out_indices=[2, 5, 8, 11]),"
+                                   " neck=dict(type='MultiLevelNeck', in_channels=[192] * 4, out_channels=192,"
+                                   " scales=[4, 2, 1, 0.5]))\n")
+    conversion = _convert(path)
+    assert any("MultiLevelNeck becomes" in u for u in conversion.unsupported)
+    cfg = _loaded(conversion, tmp_path)["model"]
+    assert (cfg["neck"], cfg["strides"], cfg["neck_channels"], cfg["out_indices"]) == \
+        ("multilevel", [4, 8, 16, 32], 192, [2, 5, 8, 11])
+    assert cfg["backbone_kwargs"] == {"img_size": 512, "wkv_mode": "original", "wkv_chunks": 16}
+
+
+def _folder_data(root, n=3, classes=3):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for i in range(n):
+            for sub, array in (("img", rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)),
+                               ("ann", rng.integers(0, classes, (32, 40), dtype=np.uint8))):
+                (root / sub / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / sub / split / f"{i}.png")
+
+
+CUSTOM = """\
+_base_ = ['../_base_/default_runtime.py']
+norm_cfg = dict(type='BN', requires_grad=True)
+crop_size = (32, 32)
+img_norm_cfg = dict(mean=[120.0, 110.0, 100.0], std=[60.0, 60.0, 60.0], to_rgb=True)
+model = dict(
+    type='EncoderDecoder',
+    pretrained=None,
+    backbone=dict(type='VRWKV_Adapter', img_size=32, patch_size=16, embed_dims=48, depth=4, drop_path_rate=0.1,
+                  conv_inplane=8, n_points=2, deform_num_heads=6, interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]]),
+    decode_head=dict(type='UPerHead', in_channels=[48] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2), channels=16,
+                     dropout_ratio=0.0, num_classes=3, norm_cfg=norm_cfg, align_corners=False,
+                     loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
+                                      class_weight=[1.0, 2.0, 1.0])),
+    auxiliary_head=dict(type='FCNHead', in_channels=48, in_index=2, channels=8, num_convs=1, concat_input=False,
+                        dropout_ratio=0.0, num_classes=3, norm_cfg=norm_cfg, align_corners=False,
+                        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.3,
+                                         class_weight=[1.0, 2.0, 1.0])),
+    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(16, 16)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+    dict(type='Resize', img_scale=(48, 32), ratio_range=(0.8, 1.2)),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75), dict(type='RandomFlip', prob=0.5),
+    dict(type='Normalize', **img_norm_cfg), dict(type='Pad', size=crop_size, pad_val=0, seg_pad_val=255),
+    dict(type='DefaultFormatBundle'), dict(type='Collect', keys=['img', 'gt_semantic_seg'])]
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='MultiScaleFlipAug', img_scale=(48, 32), flip=False,
+    transforms=[dict(type='Resize', keep_ratio=True), dict(type='ResizeToMultiple', size_divisor=32),
+                dict(type='RandomFlip'), dict(type='Normalize', **img_norm_cfg),
+                dict(type='ImageToTensor', keys=['img']), dict(type='Collect', keys=['img'])])]
+classes = ('sky', 'road', 'tree')
+palette = [[0, 0, 255], [128, 128, 128], [0, 255, 0]]
+data = dict(samples_per_gpu=2, workers_per_gpu=0,
+            train=dict(type='RepeatDataset', times=10, dataset=dict(
+                type='CustomDataset', data_root='{root}', img_dir='img/train', ann_dir='ann/train', img_suffix='.png',
+                classes=classes, palette=palette, pipeline=train_pipeline)),
+            val=dict(type='CustomDataset', data_root='{root}', img_dir='img/val', ann_dir='ann/val', img_suffix='.png',
+                     classes=classes, palette=palette, pipeline=test_pipeline))
+optimizer = dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05,
+                 constructor='LayerDecayOptimizerConstructor', paramwise_cfg=dict(num_layers=4, layer_decay_rate=0.9))
+optimizer_config = dict(grad_clip=dict(max_norm=1.0, norm_type=2))
+lr_config = dict(policy='poly', warmup='linear', warmup_iters=1, warmup_ratio=0.1, power=0.9, min_lr=1e-5,
+                 by_epoch=False)
+runner = dict(type='IterBasedRunner', max_iters=2)
+checkpoint_config = dict(by_epoch=False, interval=2, max_keep_ckpts=-1)
+evaluation = dict(interval=2, metric='mIoU')
+log_config = dict(interval=1, hooks=[dict(type='TextLoggerHook'), dict(type='TensorboardLoggerHook')])
+work_dir = '{work}'
+"""
+
+
+def test_a_custom_dataset_config_converts_and_trains(tmp_path):
+    """A user's own mmseg config (CustomDataset with classes and palette in a RepeatDataset, BN heads, class
+    weights, gradient clipping, a smaller adapter) converts with the CLI, loads, and trains to an mIoU."""
+    from vision_rwkv.seg.train import train_segmentor
+
+    _folder_data(tmp_path / "data")
+    src = _write(tmp_path / "mm", {"configs/custom.py": CUSTOM.format(root=tmp_path / "data", work=tmp_path / "run"),
+                                   "_base_/default_runtime.py": "log_level = 'INFO'\ncudnn_benchmark = True\n"})
+    dst = tmp_path / "custom.yaml"
+    assert _tool().main([str(src), str(dst)]) == 0
+    cfg = load_seg_config(dst, ["train.tensorboard=false", "train.show_progress=false"])
+    d, m, o = cfg.data, cfg.model, cfg.optim
+    assert (d.type, d.root, d.img_dir, d.val_ann_dir, list(d.classes)) == \
+        ("folder", str(tmp_path / "data"), "img/train", "ann/val", ["sky", "road", "tree"])
+    assert (d.img_suffix, d.reduce_zero_label, d.palette[1], d.mean[0], d.num_workers) == \
+        (".png", False, [128, 128, 128], 120.0, 0)
+    assert (list(d.scale), list(d.ratio_range), d.photometric, list(cfg.test.scale)) == \
+        ([48, 32], [0.8, 1.2], False, [48, 32])
+    assert (m.backbone, dict(m.backbone_kwargs)) == ("vrwkv_tiny_patch16_224", dict(
+        img_size=32, embed_dim=48, depth=4, drop_path_rate=0.1, wkv_mode="original", wkv_chunks=16))
+    assert (list(m.class_weight), m.aux_weight, m.adapter.n_points, m.adapter.drop_path_rate) == \
+        ([1.0, 2.0, 1.0], 0.3, 2, 0.1)
+    assert (o.lr, o.layer_decay, o.clip_grad, o.power, o.min_lr, o.warmup_ratio, o.max_iters) == \
+        (1e-3, 0.9, 1.0, 0.9, 1e-5, 0.1, 2)
+    assert (cfg.train.keep_last, cfg.train.sync_bn, cfg.train.run_dir, cfg.train.precision) == \
+        (0, False, str(tmp_path / "run"), "fp32")
+    assert "RepeatDataset (times=10) is unwrapped" in dst.read_text()
+    result = train_segmentor(cfg)
+    assert result["step"] == 2 and 0.0 <= result["mIoU"] <= 100.0
+    assert len(result["per_class"]) == 3
+
+
+@pytest.mark.parametrize("body,expected", [
+    ("model = dict(decode_head=dict(norm_cfg=None))", "decode_head.norm_cfg=None: the heads use batch norm"),
+    ("model = dict(auxiliary_head=dict(num_convs=2))", "auxiliary_head.num_convs=2"),
+    ("model = dict(auxiliary_head=dict(dropout_ratio=0.2))", "dropout_ratio=0.2 differs from the decode head's"),
+    ("lr_config = dict(_delete_=True, policy='step', step=[1000])", "lr_config.policy='step'"),
+    ("runner = dict(_delete_=True, type='EpochBasedRunner', max_epochs=10, max_iters=1)", "iteration-based"),
+    ("optimizer = dict(paramwise_cfg=dict(num_layers=6))", "num_layers=6: layer decay counts the backbone's 12"),
+    ("optimizer = dict(paramwise_cfg=dict(custom_keys={'pos_embed': dict(decay_mult=0.0)}))",
+     "paramwise_cfg.custom_keys"),
+    ("optimizer_config = dict(cumulative_iters=4)", "gradient accumulation"),
+    ("data = dict(train=dict(pipeline=[dict(type='LoadAnnotations', reduce_zero_label=False),"
+     " dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)), dict(type='RandomCrop',"
+     " crop_size=(512, 512)), dict(type='PhotoMetricDistortion', hue_delta=9), dict(type='Normalize',"
+     " mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True), dict(type='Pad',"
+     " size=(512, 512), seg_pad_val=0)]))",
+     "hue_delta=9|seg_pad_val=0|reduce_zero_label=False"),
+    ("data = dict(train=dict(pipeline=[dict(type='Resize', img_scale=[(2048, 512), (1024, 256)]),"
+     " dict(type='RandomCrop', crop_size=(512, 512)), dict(type='Normalize', mean=[123.675, 116.28, 103.53],"
+     " std=[58.395, 57.12, 57.375]), dict(type='RandomFlip', prob=0.5)]))",
+     "one \\(long, short\\) scale converts|steps in the order Resize -> RandomCrop -> Normalize -> RandomFlip"),
+    ("model = dict(decode_head=dict(num_classes=151))", "num_classes=151 but the dataset has 150 classes"),
+])
+def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
+    unsupported = "\n".join(_convert(_tiny_variant(tmp_path, body + "\n")).unsupported)
+    for part in expected.split("|"):
+        assert re.search(part, unsupported), (part, unsupported)
+
+
+def test_cityscapes_configs_keep_their_layout(tmp_path):
+    write_tree(tmp_path)
+    path = _write(tmp_path, {"cityscapes/c.py": """\
+_base_ = '../ade20k/upernet_vrwkv_adapter_tiny_512_160k_ade20k.py'
+crop = (512, 1024)
+norm = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+train = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+         dict(type='Resize', img_scale=(2048, 1024), ratio_range=(0.5, 2.0)),
+         dict(type='RandomCrop', crop_size=crop, cat_max_ratio=0.75), dict(type='RandomFlip', prob=0.5),
+         dict(type='PhotoMetricDistortion'), dict(type='Normalize', **norm), dict(type='Pad', size=crop)]
+test = [dict(type='LoadImageFromFile'), dict(type='MultiScaleFlipAug', img_scale=(2048, 1024), flip=True,
+        img_ratios=[0.5, 1.0], transforms=[dict(type='Resize', keep_ratio=True), dict(type='Normalize', **norm)])]
+model = dict(decode_head=dict(num_classes=19), auxiliary_head=dict(num_classes=19),
+             test_cfg=dict(crop_size=crop, stride=(341, 683)))
+data = dict(_delete_=True, samples_per_gpu=1,
+            train=dict(type='CityscapesDataset', data_root='data/cityscapes/', img_dir='leftImg8bit/train',
+                       ann_dir='gtFine/train', pipeline=train),
+            val=dict(type='CityscapesDataset', data_root='data/cityscapes/', img_dir='leftImg8bit/val',
+                     ann_dir='gtFine/val', pipeline=test))
+"""})
+    conversion = _convert(path)
+    assert conversion.unsupported == []
+    assert any("test.size_divisor=32" in n for n in conversion.notes)
+    cfg = _loaded(conversion, tmp_path)
+    d, t = cfg["data"], cfg["test"]
+    assert (d["type"], d["root"], d["train_split"], d["val_split"], d["crop_size"], d["scale"]) == \
+        ("cityscapes", "data/cityscapes/", "train", "val", [512, 1024], [2048, 1024])
+    assert (t["crop_size"], t["stride"], t["scales"], t["flip"], t["size_divisor"]) == \
+        ([512, 1024], [341, 683], [0.5, 1.0], True, 32)

@@ -1,0 +1,247 @@
+"""Read an mmseg 0.x / mmcv 1.x Python config (with its ``_base_`` files) into a plain dict, without running it.
+
+mmcv executes a config file as Python. This reader evaluates the subset configs are written in - assignments of
+literals, ``dict(...)`` / ``list(...)`` / ``tuple(...)`` calls, names assigned earlier in the same file,
+``**`` unpacking, arithmetic, indexing, f-strings and ``{{_base_.key}}`` references - and refuses anything else
+(imports, other calls, attribute access) with an error naming the file and line, so reading a config never runs
+code. Inheritance follows mmcv's ``Config.fromfile``: the ``_base_`` files (a path or a list, relative to the
+file) are read first, no key may repeat among them, and the file's dicts are merged into theirs key by key unless
+they carry ``_delete_=True``, which replaces the base's dict; other values replace. Top-level names starting with
+``__`` are dropped, as mmcv drops them.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import operator
+import os
+from pathlib import Path
+from typing import Any, Dict, List
+
+from vision_rwkv.engine.config import ConfigError
+
+__all__ = ["MmsegConfigError", "read_mmseg_config", "merge_mmcv"]
+
+DELETE_KEY = "_delete_"
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_CALLS = {"dict": dict, "list": list, "tuple": tuple}
+
+
+class MmsegConfigError(ConfigError):
+    """An mmseg config that cannot be read or converted (the message names the file, line or key)."""
+
+
+class _Evaluator:
+    """Evaluates one config file's module body; ``names`` holds its assignments so far."""
+
+    def __init__(self, path: Path, base: Dict[str, Any]):
+        self.path, self.base = path, base
+        self.names: Dict[str, Any] = {}
+
+    def fail(self, node: ast.AST, what: str) -> MmsegConfigError:
+        return MmsegConfigError(f"{self.path}:{getattr(node, 'lineno', '?')}: {what} is not supported in a config "
+                                f"read without running it (literals, dict() / list() / tuple(), names assigned "
+                                f"above, arithmetic, indexing, f-strings and {{{{_base_.key}}}} are)")
+
+    def run(self, tree: ast.Module) -> Dict[str, Any]:
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Assign):
+                value = self.eval(stmt.value)
+                for target in stmt.targets:
+                    self.assign(target, value)
+            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+                self.assign(stmt.target, self.eval(stmt.value))
+            elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+                continue  # a docstring or a bare literal
+            else:
+                raise self.fail(stmt, f"the statement {type(stmt).__name__}")
+        return self.names
+
+    def assign(self, target: ast.AST, value: Any) -> None:
+        if isinstance(target, ast.Name):
+            self.names[target.id] = value
+        elif isinstance(target, (ast.Tuple, ast.List)) and all(isinstance(t, ast.Name) for t in target.elts):
+            values = list(value)
+            if len(values) != len(target.elts):
+                raise self.fail(target, f"unpacking {len(values)} values into {len(target.elts)} names")
+            for name, item in zip(target.elts, values):
+                self.names[name.id] = item
+        else:
+            raise self.fail(target, f"assigning to {type(target).__name__}")
+
+    def eval(self, node: ast.AST) -> Any:
+        method = getattr(self, f"_{type(node).__name__}", None)
+        if method is None:
+            raise self.fail(node, f"the expression {type(node).__name__}")
+        return method(node)
+
+    def _Constant(self, node: ast.Constant) -> Any:
+        return node.value
+
+    def _Name(self, node: ast.Name) -> Any:
+        if node.id in self.names:
+            return copy.deepcopy(self.names[node.id])
+        raise MmsegConfigError(f"{self.path}:{node.lineno}: name {node.id!r} is not assigned above in this file "
+                               f"(a base file's value is {{{{_base_.{node.id}}}}})")
+
+    def _List(self, node: ast.List) -> list:
+        return [self.eval(e) for e in node.elts]
+
+    def _Tuple(self, node: ast.Tuple) -> tuple:
+        return tuple(self.eval(e) for e in node.elts)
+
+    def _Dict(self, node: ast.Dict) -> dict:
+        out: dict = {}
+        for key, value in zip(node.keys, node.values):
+            if key is None:  # {**other}
+                out.update(self._mapping(value))
+            else:
+                out[self.eval(key)] = self.eval(value)
+        return out
+
+    def _mapping(self, node: ast.AST) -> dict:
+        value = self.eval(node)
+        if not isinstance(value, dict):
+            raise self.fail(node, f"** of a {type(value).__name__}")
+        return value
+
+    def _Call(self, node: ast.Call) -> Any:
+        name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name not in _CALLS:
+            raise self.fail(node, f"calling {ast.unparse(node.func)}()")
+        if name == "dict":
+            if node.args:
+                raise self.fail(node, "dict() with positional arguments")
+            out: dict = {}
+            for kw in node.keywords:
+                if kw.arg is None:
+                    out.update(self._mapping(kw.value))
+                else:
+                    out[kw.arg] = self.eval(kw.value)
+            return out
+        if node.keywords or len(node.args) > 1:
+            raise self.fail(node, f"{name}() with keywords or several arguments")
+        return _CALLS[name](self.eval(node.args[0]) if node.args else ())
+
+    def _BinOp(self, node: ast.BinOp) -> Any:
+        op = _BINARY.get(type(node.op))
+        if op is None:
+            raise self.fail(node, f"the operator {type(node.op).__name__}")
+        return op(self.eval(node.left), self.eval(node.right))
+
+    def _UnaryOp(self, node: ast.UnaryOp) -> Any:
+        op = _UNARY.get(type(node.op))
+        if op is None:
+            raise self.fail(node, f"the operator {type(node.op).__name__}")
+        return op(self.eval(node.operand))
+
+    def _Subscript(self, node: ast.Subscript) -> Any:
+        return self.eval(node.value)[self.eval(node.slice)]
+
+    def _Slice(self, node: ast.Slice) -> slice:
+        part = [None if p is None else self.eval(p) for p in (node.lower, node.upper, node.step)]
+        return slice(*part)
+
+    def _JoinedStr(self, node: ast.JoinedStr) -> str:
+        parts = []
+        for value in node.values:
+            if isinstance(value, ast.FormattedValue):
+                if value.format_spec is not None or value.conversion != -1:
+                    raise self.fail(value, "an f-string field with a format or conversion")
+                parts.append(str(self.eval(value.value)))
+            else:
+                parts.append(str(self.eval(value)))
+        return "".join(parts)
+
+    def _Set(self, node: ast.Set) -> Any:  # {{_base_.a.b}}: mmcv's reference to a base file's value
+        inner = node.elts[0] if len(node.elts) == 1 else None
+        ref = inner.elts[0] if isinstance(inner, ast.Set) and len(inner.elts) == 1 else None
+        keys: List[str] = []
+        while isinstance(ref, ast.Attribute):
+            keys.insert(0, ref.attr)
+            ref = ref.value
+        if not (isinstance(ref, ast.Name) and ref.id == "_base_" and keys):
+            raise self.fail(node, "a set literal (other than {{_base_.key}})")
+        value: Any = self.base
+        for i, key in enumerate(keys):
+            if not isinstance(value, dict) or key not in value:
+                raise MmsegConfigError(f"{self.path}:{node.lineno}: {{{{_base_.{'.'.join(keys)}}}}}: the base files "
+                                       f"define no {'.'.join(keys[:i + 1])}")
+            value = value[key]
+        return copy.deepcopy(value)
+
+
+def merge_mmcv(child: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Any]:
+    """mmcv's merge of a config into its base: dicts merge key by key unless the child's carries ``_delete_=True``
+    (it then replaces the base's); any other value replaces. Returns a new dict."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and not value.get(DELETE_KEY, False) and isinstance(out.get(key), dict):
+            value = {k: v for k, v in value.items() if k != DELETE_KEY}
+            out[key] = merge_mmcv(value, out[key])
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _strip_delete(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_delete(v) for k, v in value.items() if k != DELETE_KEY}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_strip_delete(v) for v in value)
+    return value
+
+
+def _read(path: Path, stack: List[Path]) -> Dict[str, Any]:
+    path = path.resolve()
+    if path in stack:
+        chain = " -> ".join(str(p) for p in stack + [path])
+        raise MmsegConfigError(f"mmseg config _base_ files form a cycle: {chain}")
+    if path.suffix != ".py":
+        raise MmsegConfigError(f"{path}: only Python (.py) mmseg configs are read; convert .json / .yaml bases "
+                               f"to .py or inline them")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        where = f" (a _base_ of {stack[-1]})" if stack else ""
+        raise MmsegConfigError(f"mmseg config file not found: {path}{where}") from None
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as err:
+        raise MmsegConfigError(f"{path}:{err.lineno}: not valid Python: {err.msg}") from None
+    base_files = _base_list(tree, path)
+    base: Dict[str, Any] = {}
+    owner: Dict[str, Path] = {}
+    for name in base_files:
+        base_path = (path.parent / os.path.expanduser(name))
+        part = _read(base_path, stack + [path])
+        for key in part:
+            if key in base:
+                raise MmsegConfigError(f"{path}: key {key!r} is set by two of its _base_ files ({owner[key]} and "
+                                       f"{base_path.resolve()}); mmcv does not allow duplicate keys among bases")
+            owner[key] = base_path.resolve()
+        base.update(part)
+    names = _Evaluator(path, base).run(tree)
+    names.pop("_base_", None)
+    names = {k: v for k, v in names.items() if not k.startswith("__")}
+    return merge_mmcv(names, base)
+
+
+def _base_list(tree: ast.Module, path: Path) -> List[str]:
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_base_" for t in stmt.targets):
+            value = _Evaluator(path, {}).eval(stmt.value)
+            files = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
+            if files is None or not all(isinstance(f, str) for f in files):
+                raise MmsegConfigError(f"{path}:{stmt.lineno}: _base_ must be a path or a list of paths")
+            return files
+    return []
+
+
+def read_mmseg_config(path: str | os.PathLike) -> Dict[str, Any]:
+    """The merged settings of an mmseg 0.x Python config and its ``_base_`` chain as a plain dict (module
+    docstring); ``_delete_`` markers are applied and removed. Raises MmsegConfigError naming the file and line of
+    anything it will not evaluate, a missing base file, a cycle or a key two bases both set."""
+    return _strip_delete(_read(Path(path), []))
