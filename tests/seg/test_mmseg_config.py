@@ -75,7 +75,10 @@ def test_the_reader_merges_bases_as_mmcv_does(tmp_path):
                     "first, second = (1, 2)\n"
                     "name = f'run_{first}'\n"
                     "calc = [2 ** 3, 10 // 4, -first, (4, 5)[1], [1, 2, 3][1:]]\n"
-                    "d = dict(**a, extra=tuple([1]))\n",
+                    "d = dict(**a, extra=tuple([1]))\n"
+                    "pad = [round(x) for x in [1.4, 2.6, 3.5][::-1] if x > 2]\n"
+                    "pairs = [(i, j) for i, j in zip(range(2), 'ab')]\n"
+                    "pick = 'big' if max(calc[0], 3) >= 8 and 1 not in [2] else 'small'\n",
         "b1.py": "a = dict(x=1, y=dict(z=2))\nr = dict(gone=True)\n",
         "sub/b2.py": "crop = (512, 1024)\nlst = [1, 2]\n__hidden = 1\n",
     })
@@ -86,6 +89,8 @@ def test_the_reader_merges_bases_as_mmcv_does(tmp_path):
     assert (cfg["first"], cfg["second"], cfg["name"]) == (1, 2, "run_1")
     assert cfg["calc"] == [8, 2, -1, 5, [2, 3]]
     assert cfg["d"] == {"x": 5, "y": {"w": 3}, "extra": (1,)}  # (the file's own a, before the merge)
+    assert (cfg["pad"], cfg["pairs"], cfg["pick"]) == ([4, 3], [(0, "a"), (1, "b")], "big")
+    assert "i" not in cfg and "x" not in cfg  # (comprehension names stay inside)
 
 
 @pytest.mark.parametrize("files,message", [
@@ -109,7 +114,8 @@ def test_reader_errors_name_the_file(tmp_path, files, message):
     ("x = open('{flag}', 'w')", r"calling open\(\)"),
     ("x = dict().keys()", r"calling dict\(\).keys\(\)"),
     ("x = (lambda: 1)()", r"calling lambda: 1\(\)"),
-    ("x = [i for i in range(3)]", "the expression ListComp"),
+    ("x = (i for i in range(3))", "the expression GeneratorExp"),
+    ("x = sorted([2, 1], key=len)", r"sorted\(\) with keywords or \*arguments"),
     ("def f():\n    pass", "the statement FunctionDef"),
     ("x = os.path", "the expression Attribute"),
 ])

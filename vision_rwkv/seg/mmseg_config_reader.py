@@ -1,9 +1,10 @@
 """Read an mmseg 0.x / mmcv 1.x Python config (with its ``_base_`` files) into a plain dict, without running it.
 
 mmcv executes a config file as Python. This reader evaluates the subset configs are written in - assignments of
-literals, ``dict(...)`` / ``list(...)`` / ``tuple(...)`` calls, names assigned earlier in the same file,
-``**`` unpacking, arithmetic, indexing, f-strings and ``{{_base_.key}}`` references - and refuses anything else
-(imports, other calls, attribute access) with an error naming the file and line, so reading a config never runs
+literals, ``dict(...)`` / ``list(...)`` / ``tuple(...)`` calls and pure builtins (``round``, ``min``, ``range``,
+...), names assigned earlier in the same file, ``**`` unpacking, arithmetic, comparisons, ``a if c else b``,
+indexing, list comprehensions, f-strings and ``{{_base_.key}}`` references - and refuses anything else (imports,
+other calls, attribute access, lambdas) with an error naming the file and line, so reading a config never runs
 code. Inheritance follows mmcv's ``Config.fromfile``: the ``_base_`` files (a path or a list, relative to the
 file) are read first, no key may repeat among them, and the file's dicts are merged into theirs key by key unless
 they carry ``_delete_=True``, which replaces the base's dict; other values replace. Top-level names starting with
@@ -27,6 +28,10 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 _CALLS = {"dict": dict, "list": list, "tuple": tuple}
+# pure builtins configs use on values (e.g. ``[round(x) for x in img_norm_cfg['mean'][::-1]]``)
+_PURE = {"round": round, "int": int, "float": float, "str": str, "bool": bool, "min": min, "max": max, "abs": abs,
+         "len": len, "sum": sum, "sorted": sorted, "range": range, "reversed": lambda x: list(reversed(x)),
+         "zip": lambda *a: list(zip(*a)), "enumerate": lambda x: list(enumerate(x))}
 
 
 class MmsegConfigError(ConfigError):
@@ -42,8 +47,9 @@ class _Evaluator:
 
     def fail(self, node: ast.AST, what: str) -> MmsegConfigError:
         return MmsegConfigError(f"{self.path}:{getattr(node, 'lineno', '?')}: {what} is not supported in a config "
-                                f"read without running it (literals, dict() / list() / tuple(), names assigned "
-                                f"above, arithmetic, indexing, f-strings and {{{{_base_.key}}}} are)")
+                                f"read without running it (literals, dict() / list() / tuple() and pure builtins "
+                                f"such as round(), names assigned above, arithmetic, comparisons, indexing, list "
+                                f"comprehensions, f-strings and {{{{_base_.key}}}} are)")
 
     def run(self, tree: ast.Module) -> Dict[str, Any]:
         for stmt in tree.body:
@@ -109,6 +115,10 @@ class _Evaluator:
 
     def _Call(self, node: ast.Call) -> Any:
         name = node.func.id if isinstance(node.func, ast.Name) else None
+        if name in _PURE and name not in self.names:
+            if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+                raise self.fail(node, f"{name}() with keywords or *arguments")
+            return _PURE[name](*(self.eval(a) for a in node.args))
         if name not in _CALLS:
             raise self.fail(node, f"calling {ast.unparse(node.func)}()")
         if name == "dict":
@@ -124,6 +134,52 @@ class _Evaluator:
         if node.keywords or len(node.args) > 1:
             raise self.fail(node, f"{name}() with keywords or several arguments")
         return _CALLS[name](self.eval(node.args[0]) if node.args else ())
+
+    def _ListComp(self, node: ast.ListComp) -> list:
+        """[expr for names in iterable if cond ...]: the loop names are bound only inside (as in Python 3)."""
+        saved = dict(self.names)
+        out: list = []
+
+        def loop(i: int) -> None:
+            if i == len(node.generators):
+                out.append(self.eval(node.elt))
+                return
+            gen = node.generators[i]
+            if gen.is_async:
+                raise self.fail(node, "an async comprehension")
+            for item in self.eval(gen.iter):
+                self.assign(gen.target, item)
+                if all(self.eval(cond) for cond in gen.ifs):
+                    loop(i + 1)
+
+        try:
+            loop(0)
+        finally:
+            self.names = saved
+        return out
+
+    def _Compare(self, node: ast.Compare) -> bool:
+        ops = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+               ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
+               ast.NotIn: lambda a, b: a not in b, ast.Is: operator.is_, ast.IsNot: operator.is_not}
+        left = self.eval(node.left)
+        for op, right_node in zip(node.ops, node.comparators):
+            right = self.eval(right_node)
+            if not ops[type(op)](left, right):
+                return False
+            left = right
+        return True
+
+    def _BoolOp(self, node: ast.BoolOp) -> Any:  # (short-circuit, as Python's and / or)
+        value: Any = None
+        for operand in node.values:
+            value = self.eval(operand)
+            if bool(value) == isinstance(node.op, ast.Or):
+                return value
+        return value
+
+    def _IfExp(self, node: ast.IfExp) -> Any:
+        return self.eval(node.body) if self.eval(node.test) else self.eval(node.orelse)
 
     def _BinOp(self, node: ast.BinOp) -> Any:
         op = _BINARY.get(type(node.op))
