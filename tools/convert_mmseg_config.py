@@ -36,14 +36,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     from vision_rwkv.engine import ConfigError
     from vision_rwkv.seg.config import load_seg_config
     from vision_rwkv.seg.mmseg_config_convert import conversion_yaml, convert_mmseg_config
-    from vision_rwkv.seg.mmseg_config_reader import read_mmseg_config
+    from vision_rwkv.engine.mmcv_config import read_mmcv_config
 
     dst = Path(args.dst)
     if dst.exists() and not args.force:
         print(f"error: {dst} exists (--force to overwrite)", file=sys.stderr)
         return 2
     try:
-        conversion = convert_mmseg_config(read_mmseg_config(args.src), name=Path(args.src).stem)
+        conversion = convert_mmseg_config(read_mmcv_config(args.src), name=Path(args.src).stem)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

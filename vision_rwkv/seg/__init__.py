@@ -15,7 +15,7 @@ Public API::
     PolyWarmupLR, build_optimizer
     load_seg_config(path, overrides), train_segmentor(cfg), test_segmentor(cfg), evaluate_segmentor(...)
     run_demo(out_dir)                                                # the README's Shapes demo
-    read_mmseg_config(path), convert_mmseg_config(cfg), conversion_yaml(conversion, source)
+    read_mmcv_config(path), convert_mmseg_config(cfg), conversion_yaml(conversion, source)
                                                                      # mmseg 0.x configs -> our YAML
     predict_images.load_segmentor, load_trained_segmentor, segment_files, save_label_png  (import
     vision_rwkv.seg.predict_images)
@@ -30,7 +30,7 @@ from .heads import FCNHead, UperNetHead
 from .inference import inference, predict, slide_inference, whole_inference
 from .metrics import SegMetric, confusion_matrix, format_table, metrics_from_confusion
 from .mmseg_config_convert import Conversion, conversion_yaml, convert_mmseg_config
-from .mmseg_config_reader import MmsegConfigError, read_mmseg_config
+from vision_rwkv.engine.mmcv_config import MmcvConfigError, read_mmcv_config
 from .neck import MultiLevelNeck
 from .optim import PolyWarmupLR, build_optimizer, poly_warmup_factor
 from .segmentor import Segmentor, create_segmentor, evenly_spaced_indices, load_backbone_weights, seg_param_groups

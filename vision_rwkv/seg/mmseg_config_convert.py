@@ -1,6 +1,6 @@
 """Convert an mmseg 0.x config of the original Vision-RWKV segmentation models into this package's YAML config.
 
-``convert_mmseg_config(read_mmseg_config(path))`` maps each mmseg setting to a :class:`~.config.SegConfig` key:
+``convert_mmseg_config(read_mmcv_config(path))`` maps each mmseg setting to a :class:`~.config.SegConfig` key:
 
 =========================================================  =====================================================
 mmseg (the original repo's ``segmentation/configs``)        ours (``configs/segmentation/*.yaml``)
@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .mmseg_config_reader import MmsegConfigError
+from vision_rwkv.engine.mmcv_config import MmcvConfigError
 
 __all__ = ["Conversion", "convert_mmseg_config", "conversion_yaml"]
 
@@ -119,21 +119,21 @@ class _Converter:
     def model(self) -> None:
         m = self.mm.get("model")
         if not isinstance(m, dict):
-            raise MmsegConfigError("the mmseg config has no `model` dict")
+            raise MmcvConfigError("the mmseg config has no `model` dict")
         if m.get("type", "EncoderDecoder") != "EncoderDecoder":
             self.unsupported.append(f"model.type={m['type']!r}: only EncoderDecoder segmentors convert")
         backbone = dict(m.get("backbone") or {})
         kind = backbone.pop("type", None)
         if kind not in ("VRWKV_Adapter", "VRWKV"):
-            raise MmsegConfigError(f"model.backbone.type={kind!r}: the converter reads the original Vision-RWKV "
-                                   f"segmentation backbones, VRWKV_Adapter and VRWKV")
+            raise MmcvConfigError(f"model.backbone.type={kind!r}: the converter reads the original Vision-RWKV "
+                                  f"segmentation backbones, VRWKV_Adapter and VRWKV")
         self.backbone(backbone, adapter=kind == "VRWKV_Adapter", pretrained=m.get("pretrained"))
         self.neck(m.get("neck"), adapter=kind == "VRWKV_Adapter")
         test_cfg = m.get("test_cfg", self.mm.get("test_cfg")) or {}
         self.test_cfg(test_cfg)
         decode = m.get("decode_head")
         if not isinstance(decode, dict):
-            raise MmsegConfigError("model.decode_head must be a dict (one UPerHead)")
+            raise MmcvConfigError("model.decode_head must be a dict (one UPerHead)")
         self.decode_head(decode)
         self.aux_head(m.get("auxiliary_head"), decode)
         train_cfg = m.get("train_cfg", self.mm.get("train_cfg")) or {}
@@ -166,7 +166,7 @@ class _Converter:
         try:
             kwargs = model_kwargs_from_original(b, "vrwkv")
         except ValueError as err:
-            raise MmsegConfigError(f"model.backbone: {err}") from None
+            raise MmcvConfigError(f"model.backbone: {err}") from None
         name = next((n for n, a in VARIANT_ARGS.items()
                      if (a["embed_dim"], a["depth"]) == (kwargs["embed_dim"], kwargs.get("depth", 12))), None)
         if name is None:
@@ -193,7 +193,7 @@ class _Converter:
                     "use_extra_extractor": True, **adapter_args,
                     "drop_path_rate": kwargs.get("drop_path_rate", 0.0)}  # (VRWKV_Adapter passes its own)
             if args.get("interaction_indexes") is None:
-                raise MmsegConfigError("model.backbone.interaction_indexes must be set for VRWKV_Adapter")
+                raise MmcvConfigError("model.backbone.interaction_indexes must be set for VRWKV_Adapter")
             self.set("model", "adapter", args)
             self.set("test", "size_divisor", None)  # (filled from the test pipeline; the adapter needs 32)
         else:
@@ -209,7 +209,7 @@ class _Converter:
                 self.unsupported.append(f"model.neck={neck!r}: VRWKV_Adapter gives the four levels itself")
             return
         if not isinstance(neck, dict) or neck.get("type") != "MultiLevelNeck":
-            raise MmsegConfigError(f"model.neck={neck!r}: a plain VRWKV backbone needs a MultiLevelNeck")
+            raise MmcvConfigError(f"model.neck={neck!r}: a plain VRWKV backbone needs a MultiLevelNeck")
         self.set("model", "neck", "multilevel")
         patch = self.out["model"].get("backbone_kwargs", {}).get("patch_size", 16)
         scales = neck.get("scales", [0.5, 1, 2, 4])
@@ -227,7 +227,7 @@ class _Converter:
         self.set("test", "mode", mode)
         if mode == "slide":
             if "crop_size" not in t or "stride" not in t:
-                raise MmsegConfigError("model.test_cfg mode='slide' needs crop_size and stride")
+                raise MmcvConfigError("model.test_cfg mode='slide' needs crop_size and stride")
             self.set("test", "crop_size", _pair(t["crop_size"]))
             self.set("test", "stride", _pair(t["stride"]))
         self.leftovers(t, "model.test_cfg", ("mode", "crop_size", "stride"))
@@ -261,7 +261,7 @@ class _Converter:
     def decode_head(self, h: Dict[str, Any]) -> None:
         where = "model.decode_head"
         if h.get("type") != "UPerHead":
-            raise MmsegConfigError(f"{where}.type={h.get('type')!r}: the converter builds UPerHead heads")
+            raise MmcvConfigError(f"{where}.type={h.get('type')!r}: the converter builds UPerHead heads")
         self.expect(h, "in_index", [0, 1, 2, 3], where, "the UPerHead takes the four levels")
         for key, ours in (("pool_scales", "pool_scales"), ("channels", "decode_channels"),
                           ("dropout_ratio", "dropout"), ("align_corners", "align_corners")):
@@ -322,7 +322,7 @@ class _Converter:
     def data(self) -> None:
         d = self.mm.get("data")
         if not isinstance(d, dict):
-            raise MmsegConfigError("the mmseg config has no `data` dict")
+            raise MmcvConfigError("the mmseg config has no `data` dict")
         if "samples_per_gpu" in d:
             self.set("data", "batch_size", int(d["samples_per_gpu"]))
         if "workers_per_gpu" in d:
@@ -352,18 +352,18 @@ class _Converter:
         if ds is None:
             return None
         if isinstance(ds, (list, tuple)):
-            raise MmsegConfigError(f"{where}: a list of datasets (concatenated) does not convert; give one dataset")
+            raise MmcvConfigError(f"{where}: a list of datasets (concatenated) does not convert; give one dataset")
         if ds.get("type") == "RepeatDataset":
             self.notes.append(f"{where}: RepeatDataset (times={ds.get('times')}) is unwrapped; iteration-based "
                               f"training draws batches until optim.max_iters either way")
             return self.unwrap(ds.get("dataset"), f"{where}.dataset")
         if ds.get("type") == "ConcatDataset":
-            raise MmsegConfigError(f"{where}: ConcatDataset does not convert; give one dataset")
+            raise MmcvConfigError(f"{where}: ConcatDataset does not convert; give one dataset")
         return dict(ds)
 
     def dataset(self, train: Optional[Dict[str, Any]], val: Optional[Dict[str, Any]]) -> str:
         if train is None:
-            raise MmsegConfigError("data.train must be set")
+            raise MmcvConfigError("data.train must be set")
         kind = train.get("type", "CustomDataset")
         root = train.get("data_root")
         ours = self._layout(kind, train, val)
@@ -620,7 +620,7 @@ class _Converter:
             self.unsupported.append(f"runner.type={runner['type']!r}: training here is iteration-based")
         iters = runner.get("max_iters", self.mm.get("total_iters"))
         if iters is None:
-            raise MmsegConfigError("runner.max_iters (or total_iters) must be set")
+            raise MmcvConfigError("runner.max_iters (or total_iters) must be set")
         self.set("optim", "max_iters", int(iters))
         self.leftovers(runner, "runner", ("type", "max_iters"))
 
@@ -697,9 +697,9 @@ class _Converter:
     def run(self, stem: str) -> Conversion:
         if any(k in self.mm for k in ("train_dataloader", "optim_wrapper", "param_scheduler", "train_cfg")) \
                 and "data" not in self.mm:
-            raise MmsegConfigError("this is an mmseg 1.x config (train_dataloader / optim_wrapper / "
-                                   "param_scheduler); the converter reads mmseg 0.x configs, the original "
-                                   "Vision-RWKV repo's")
+            raise MmcvConfigError("this is an mmseg 1.x config (train_dataloader / optim_wrapper / "
+                                  "param_scheduler); the converter reads mmseg 0.x configs, the original "
+                                  "Vision-RWKV repo's")
         self.model()
         self.data()
         self.optimizer()
@@ -715,9 +715,9 @@ class _Converter:
 
 
 def convert_mmseg_config(mm: Dict[str, Any], name: str = "converted") -> Conversion:
-    """Map the settings of a read mmseg config (``read_mmseg_config``) to SegConfig keys (module docstring).
+    """Map the settings of a read mmseg config (``read_mmcv_config``) to SegConfig keys (module docstring).
     ``name`` names the default ``train.run_dir`` (``runs/seg/<name>``) when the config sets no ``work_dir``.
-    Raises MmsegConfigError for configs that cannot give a model at all (another backbone or head type)."""
+    Raises MmcvConfigError for configs that cannot give a model at all (another backbone or head type)."""
     return _Converter(mm).run(Path(name).stem)
 
 

@@ -1,4 +1,4 @@
-"""Read an mmseg 0.x / mmcv 1.x Python config (with its ``_base_`` files) into a plain dict, without running it.
+"""Read an mmcv 1.x Python config (mmseg / mmcls 0.x) and its ``_base_`` files into a plain dict, without running it.
 
 mmcv executes a config file as Python. This reader evaluates the subset configs are written in - assignments of
 literals, ``dict(...)`` / ``list(...)`` / ``tuple(...)`` calls and pure builtins (``round``, ``min``, ``range``,
@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 from vision_rwkv.engine.config import ConfigError
 
-__all__ = ["MmsegConfigError", "read_mmseg_config", "merge_mmcv"]
+__all__ = ["MmcvConfigError", "read_mmcv_config", "merge_mmcv"]
 
 DELETE_KEY = "_delete_"
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
@@ -34,8 +34,8 @@ _PURE = {"round": round, "int": int, "float": float, "str": str, "bool": bool, "
          "zip": lambda *a: list(zip(*a)), "enumerate": lambda x: list(enumerate(x))}
 
 
-class MmsegConfigError(ConfigError):
-    """An mmseg config that cannot be read or converted (the message names the file, line or key)."""
+class MmcvConfigError(ConfigError):
+    """An mmcv config that cannot be read or converted (the message names the file, line or key)."""
 
 
 class _Evaluator:
@@ -45,11 +45,11 @@ class _Evaluator:
         self.path, self.base = path, base
         self.names: Dict[str, Any] = {}
 
-    def fail(self, node: ast.AST, what: str) -> MmsegConfigError:
-        return MmsegConfigError(f"{self.path}:{getattr(node, 'lineno', '?')}: {what} is not supported in a config "
-                                f"read without running it (literals, dict() / list() / tuple() and pure builtins "
-                                f"such as round(), names assigned above, arithmetic, comparisons, indexing, list "
-                                f"comprehensions, f-strings and {{{{_base_.key}}}} are)")
+    def fail(self, node: ast.AST, what: str) -> MmcvConfigError:
+        return MmcvConfigError(f"{self.path}:{getattr(node, 'lineno', '?')}: {what} is not supported in a config "
+                               f"read without running it (literals, dict() / list() / tuple() and pure builtins "
+                               f"such as round(), names assigned above, arithmetic, comparisons, indexing, list "
+                               f"comprehensions, f-strings and {{{{_base_.key}}}} are)")
 
     def run(self, tree: ast.Module) -> Dict[str, Any]:
         for stmt in tree.body:
@@ -89,8 +89,8 @@ class _Evaluator:
     def _Name(self, node: ast.Name) -> Any:
         if node.id in self.names:
             return copy.deepcopy(self.names[node.id])
-        raise MmsegConfigError(f"{self.path}:{node.lineno}: name {node.id!r} is not assigned above in this file "
-                               f"(a base file's value is {{{{_base_.{node.id}}}}})")
+        raise MmcvConfigError(f"{self.path}:{node.lineno}: name {node.id!r} is not assigned above in this file "
+                              f"(a base file's value is {{{{_base_.{node.id}}}}})")
 
     def _List(self, node: ast.List) -> list:
         return [self.eval(e) for e in node.elts]
@@ -223,8 +223,8 @@ class _Evaluator:
         value: Any = self.base
         for i, key in enumerate(keys):
             if not isinstance(value, dict) or key not in value:
-                raise MmsegConfigError(f"{self.path}:{node.lineno}: {{{{_base_.{'.'.join(keys)}}}}}: the base files "
-                                       f"define no {'.'.join(keys[:i + 1])}")
+                raise MmcvConfigError(f"{self.path}:{node.lineno}: {{{{_base_.{'.'.join(keys)}}}}}: the base files "
+                                      f"define no {'.'.join(keys[:i + 1])}")
             value = value[key]
         return copy.deepcopy(value)
 
@@ -254,19 +254,19 @@ def _read(path: Path, stack: List[Path]) -> Dict[str, Any]:
     path = path.resolve()
     if path in stack:
         chain = " -> ".join(str(p) for p in stack + [path])
-        raise MmsegConfigError(f"mmseg config _base_ files form a cycle: {chain}")
+        raise MmcvConfigError(f"config _base_ files form a cycle: {chain}")
     if path.suffix != ".py":
-        raise MmsegConfigError(f"{path}: only Python (.py) mmseg configs are read; convert .json / .yaml bases "
-                               f"to .py or inline them")
+        raise MmcvConfigError(f"{path}: only Python (.py) mmcv configs are read; convert .json / .yaml bases "
+                              f"to .py or inline them")
     try:
         source = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         where = f" (a _base_ of {stack[-1]})" if stack else ""
-        raise MmsegConfigError(f"mmseg config file not found: {path}{where}") from None
+        raise MmcvConfigError(f"mmcv config file not found: {path}{where}") from None
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as err:
-        raise MmsegConfigError(f"{path}:{err.lineno}: not valid Python: {err.msg}") from None
+        raise MmcvConfigError(f"{path}:{err.lineno}: not valid Python: {err.msg}") from None
     base_files = _base_list(tree, path)
     base: Dict[str, Any] = {}
     owner: Dict[str, Path] = {}
@@ -275,8 +275,8 @@ def _read(path: Path, stack: List[Path]) -> Dict[str, Any]:
         part = _read(base_path, stack + [path])
         for key in part:
             if key in base:
-                raise MmsegConfigError(f"{path}: key {key!r} is set by two of its _base_ files ({owner[key]} and "
-                                       f"{base_path.resolve()}); mmcv does not allow duplicate keys among bases")
+                raise MmcvConfigError(f"{path}: key {key!r} is set by two of its _base_ files ({owner[key]} and "
+                                      f"{base_path.resolve()}); mmcv does not allow duplicate keys among bases")
             owner[key] = base_path.resolve()
         base.update(part)
     names = _Evaluator(path, base).run(tree)
@@ -291,13 +291,13 @@ def _base_list(tree: ast.Module, path: Path) -> List[str]:
             value = _Evaluator(path, {}).eval(stmt.value)
             files = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else None
             if files is None or not all(isinstance(f, str) for f in files):
-                raise MmsegConfigError(f"{path}:{stmt.lineno}: _base_ must be a path or a list of paths")
+                raise MmcvConfigError(f"{path}:{stmt.lineno}: _base_ must be a path or a list of paths")
             return files
     return []
 
 
-def read_mmseg_config(path: str | os.PathLike) -> Dict[str, Any]:
-    """The merged settings of an mmseg 0.x Python config and its ``_base_`` chain as a plain dict (module
-    docstring); ``_delete_`` markers are applied and removed. Raises MmsegConfigError naming the file and line of
+def read_mmcv_config(path: str | os.PathLike) -> Dict[str, Any]:
+    """The merged settings of an mmcv (mmseg / mmcls 0.x) Python config and its ``_base_`` chain as a plain dict (module
+    docstring); ``_delete_`` markers are applied and removed. Raises MmcvConfigError naming the file and line of
     anything it will not evaluate, a missing base file, a cycle or a key two bases both set."""
     return _strip_delete(_read(Path(path), []))
