@@ -2,7 +2,6 @@
 transforms and hub helpers read it), ``push_to_hf_hub.save_for_hf`` folders reloaded by ``local-dir:`` /
 ``hf-hub:``, configs added with ``add_model_config``, the SigLIP logit bias, ``forward_intermediates`` and the text
 tower's lock."""
-import json
 import shutil
 import subprocess
 import sys
@@ -51,18 +50,8 @@ def asdict_default() -> dict:
     return asdict(PreprocessCfg())
 
 
-class _OfflineTokenizer:
-    """save_for_hf's tokenizer argument (push_to_hf_hub puts an HFTokenizer there, which needs the network)."""
-
-    def save_pretrained(self, folder) -> None:
-        pass
-
-
 def _saved_folder(tmp_path, model) -> str:
-    from open_clip.push_to_hf_hub import save_for_hf
-    folder = tmp_path / "export"
-    save_for_hf(model, _OfflineTokenizer(), open_clip.get_model_config(NAME), folder, safe_serialization=True)
-    return str(folder)
+    return str(rwkv_clip.save_for_hf(model, tmp_path / "export", NAME))
 
 
 def test_save_for_hf_folders_reload_through_local_dir(tmp_path):
