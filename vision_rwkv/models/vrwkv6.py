@@ -9,7 +9,7 @@ The same class is the RWKV-CLIP image tower (embed 640, ``head_size=80``, ``mlp_
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch.nn as nn
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -19,7 +19,7 @@ from ._base import VisionRWKVBase
 from ._factory import build_backbone, hub_cfg
 from .mixing import ChannelMix, TimeMixV6
 
-__all__ = ['VRWKV6', 'SpatialMixV6']
+__all__ = ['VRWKV6', 'SpatialMixV6', 'VARIANT_ARGS']
 
 
 # The VRWKV6 token mix is the shared RWKV-6 time mix with its defaults: per-head 2-D Q-Shift, (C,) vectors and the
@@ -110,26 +110,36 @@ def _create_vrwkv6(variant: str, pretrained: bool = False, **kwargs: Any) -> VRW
     return build_backbone(VRWKV6, variant, pretrained, **kwargs)
 
 
+# the registered models' constructor arguments (their entry points below; the mmcv config converters match them)
+VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
+    'vrwkv6_tiny_patch16_224': dict(patch_size=16, embed_dim=192, depth=12, head_size=64),
+    'vrwkv6_small_patch16_224': dict(
+        patch_size=16, embed_dim=384, depth=12, head_size=64, post_norm=True, init_values=1e-5, drop_path_rate=0.3),
+    'vrwkv6_base_patch16_224': dict(
+        patch_size=16, embed_dim=768, depth=12, head_size=64, post_norm=True, init_values=1e-5, drop_path_rate=0.5),
+    'vrwkv6_clip_patch32_224': dict(patch_size=32, embed_dim=640, depth=12, head_size=80, mlp_ratio=5.0),
+    'vrwkv6_clip_patch16_224': dict(patch_size=16, embed_dim=640, depth=12, head_size=80, mlp_ratio=5.0),
+}
+
+
 @register_model
 def vrwkv6_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
     """VRWKV6-T: C 192 (3 heads of 64), 12 blocks, pre-norm, no layer scale."""
-    model_args = dict(patch_size=16, embed_dim=192, depth=12, head_size=64)
+    model_args = VARIANT_ARGS['vrwkv6_tiny_patch16_224']
     return _create_vrwkv6('vrwkv6_tiny_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vrwkv6_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
     """VRWKV6-S: C 384 (6 heads of 64), 12 blocks, post-norm, layer scale 1e-5, drop path 0.3."""
-    model_args = dict(
-        patch_size=16, embed_dim=384, depth=12, head_size=64, post_norm=True, init_values=1e-5, drop_path_rate=0.3)
+    model_args = VARIANT_ARGS['vrwkv6_small_patch16_224']
     return _create_vrwkv6('vrwkv6_small_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vrwkv6_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
     """VRWKV6-B: C 768 (12 heads of 64), 12 blocks, post-norm, layer scale 1e-5, drop path 0.5."""
-    model_args = dict(
-        patch_size=16, embed_dim=768, depth=12, head_size=64, post_norm=True, init_values=1e-5, drop_path_rate=0.5)
+    model_args = VARIANT_ARGS['vrwkv6_base_patch16_224']
     return _create_vrwkv6('vrwkv6_base_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -137,12 +147,12 @@ def vrwkv6_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
 def vrwkv6_clip_patch32_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
     """RWKV-CLIP-B/32 image tower: C 640 (8 heads of 80), 12 blocks, hidden 3200, pre-norm, no layer scale,
     patch 32, no classifier (``num_classes=0``: pooled features)."""
-    model_args = dict(patch_size=32, embed_dim=640, depth=12, head_size=80, mlp_ratio=5.0)
+    model_args = VARIANT_ARGS['vrwkv6_clip_patch32_224']
     return _create_vrwkv6('vrwkv6_clip_patch32_224', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def vrwkv6_clip_patch16_224(pretrained: bool = False, **kwargs: Any) -> VRWKV6:
     """RWKV-CLIP-B/16 image tower: as ``vrwkv6_clip_patch32_224`` with patch 16."""
-    model_args = dict(patch_size=16, embed_dim=640, depth=12, head_size=80, mlp_ratio=5.0)
+    model_args = VARIANT_ARGS['vrwkv6_clip_patch16_224']
     return _create_vrwkv6('vrwkv6_clip_patch16_224', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -27,16 +27,13 @@ epoch runner, ...) are collected in ``Conversion.unsupported``; runtime settings
 """
 from __future__ import annotations
 
-import inspect
 import posixpath
-import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
-
-import yaml
+from typing import Any, Dict, Optional, Sequence
 
 from vision_rwkv.engine.mmcv_config import MmcvConfigError
+from vision_rwkv.engine.mmcv_convert import (Conversion, ConverterBase, FlowDict, conversion_text, pair,
+                                             registered_backbone, same_value)
 
 __all__ = ["Conversion", "convert_mmseg_config", "conversion_yaml"]
 
@@ -65,55 +62,12 @@ LAYOUTS = {"ADE20KDataset": ("ade20k", "images/{}", "annotations/{}", ("training
 FORMAT_STEPS = ("LoadImageFromFile", "DefaultFormatBundle", "Collect", "ImageToTensor", "ToTensor")
 
 
-@dataclass
-class Conversion:
-    """A converted config: ``config`` (nested dict of SegConfig keys), ``notes`` (approximations and settings
-    without an effect here) and ``unsupported`` (settings that change the results and have no equivalent)."""
-    config: Dict[str, Dict[str, Any]]
-    notes: List[str] = field(default_factory=list)
-    unsupported: List[str] = field(default_factory=list)
+class _Converter(ConverterBase):
+    SECTIONS = SECTIONS
+    KIND = "mmseg"
 
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality of config values with tuples as lists and ints as floats (1 == 1.0)."""
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists (YAML / OmegaConf hold lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def _pair(value: Any) -> List[int]:
-    return [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
-
-
-class _Converter:
     def __init__(self, mm: Dict[str, Any]):
-        self.mm = mm
-        self.out: Dict[str, Dict[str, Any]] = {"model": {}, "data": {}, "optim": {}, "train": {}, "test": {}}
-        self.notes: List[str] = []
-        self.unsupported: List[str] = []
-
-    # ------------------------------------------------------------------ helpers
-    def leftovers(self, d: Dict[str, Any], where: str, handled: Sequence[str], ignored: Sequence[str] = ()) -> None:
-        """Every key of `d` not handled or ignored is unsupported (a setting this converter cannot carry over)."""
-        for key in d:
-            if key not in handled and key not in ignored:
-                self.unsupported.append(f"{where}.{key}={d[key]!r} has no equivalent here")
-
-    def expect(self, d: Dict[str, Any], key: str, allowed: Any, where: str, why: str) -> None:
-        if key in d and not _same(d[key], allowed):
-            self.unsupported.append(f"{where}.{key}={d[key]!r}: {why}")
-
-    def set(self, section: str, key: str, value: Any) -> None:
-        self.out[section][key] = _plain(value)
+        super().__init__(mm, ("model", "data", "optim", "train", "test"))
 
     # ------------------------------------------------------------------ model
     def model(self) -> None:
@@ -144,7 +98,6 @@ class _Converter:
 
     def backbone(self, b: Dict[str, Any], adapter: bool, pretrained: Any) -> None:
         from vision_rwkv.models.convert import model_kwargs_from_original
-        from vision_rwkv.models.vrwkv import VRWKV, VARIANT_ARGS
 
         own_pretrained = b.pop("pretrained", None)
         init_cfg = b.pop("init_cfg", None)
@@ -167,23 +120,8 @@ class _Converter:
             kwargs = model_kwargs_from_original(b, "vrwkv")
         except ValueError as err:
             raise MmcvConfigError(f"model.backbone: {err}") from None
-        name = next((n for n, a in VARIANT_ARGS.items()
-                     if (a["embed_dim"], a["depth"]) == (kwargs["embed_dim"], kwargs.get("depth", 12))), None)
-        if name is None:
-            name = "vrwkv_tiny_patch16_224"
-            self.notes.append(f"no registered VRWKV has embed_dims={kwargs['embed_dim']}, depth="
-                              f"{kwargs.get('depth', 12)}: {name} with those in model.backbone_kwargs")
-        defaults = {p.name: p.default for p in inspect.signature(VRWKV).parameters.values()}
-        defaults.update(VARIANT_ARGS[name])
-        grid = [s // kwargs["patch_size"] for s in _pair(kwargs.pop("img_size"))]
-        default_grid = _pair(defaults["pos_embed_grid"] or [s // defaults["patch_size"]
-                                                            for s in _pair(defaults["img_size"])])
-        extra = {k: v for k, v in kwargs.items() if not _same(defaults.get(k), v)}
-        if grid != default_grid:  # the position embedding is stored on this grid (resampled to each input)
-            extra["img_size"] = [g * kwargs["patch_size"] for g in grid] if grid[0] != grid[1] else \
-                grid[0] * kwargs["patch_size"]
-            if defaults["pos_embed_grid"] is not None:
-                extra["pos_embed_grid"] = grid if grid[0] != grid[1] else grid[0]
+        name, extra, notes = registered_backbone(kwargs, "vrwkv")
+        self.notes += notes
         self.set("model", "backbone", name)
         self.set("model", "backbone_kwargs", {**extra, **ORIGINAL_WKV})
         if adapter:
@@ -228,8 +166,8 @@ class _Converter:
         if mode == "slide":
             if "crop_size" not in t or "stride" not in t:
                 raise MmcvConfigError("model.test_cfg mode='slide' needs crop_size and stride")
-            self.set("test", "crop_size", _pair(t["crop_size"]))
-            self.set("test", "stride", _pair(t["stride"]))
+            self.set("test", "crop_size", pair(t["crop_size"]))
+            self.set("test", "stride", pair(t["stride"]))
         self.leftovers(t, "model.test_cfg", ("mode", "crop_size", "stride"))
 
     def _ce_loss(self, loss: Any, where: str) -> Dict[str, Any]:
@@ -302,7 +240,7 @@ class _Converter:
                                 ("act_cfg", {"type": "ReLU"}, "ReLU")):
             self.expect(h, key, value, where, f"the auxiliary head has {why} here")
         for key in ("dropout_ratio", "align_corners", "num_classes"):
-            if key in h and not _same(h[key], decode.get(key, h[key])):
+            if key in h and not same_value(h[key], decode.get(key, h[key])):
                 self.unsupported.append(f"{where}.{key}={h[key]!r} differs from the decode head's "
                                         f"{decode.get(key)!r}; one value serves both heads here")
         self._norm(h, where)
@@ -310,7 +248,7 @@ class _Converter:
         self.set("model", "aux_weight", float(loss.get("loss_weight", 1.0)))
         decode_loss = decode.get("loss_decode") or {}
         decode_weights = decode_loss.get("class_weight") if isinstance(decode_loss, dict) else None
-        if not _same(loss.get("class_weight"), decode_weights):
+        if not same_value(loss.get("class_weight"), decode_weights):
             self.unsupported.append(f"{where}.loss_decode.class_weight differs from the decode head's; one "
                                     f"model.class_weight serves both heads here")
         self.leftovers(h, where, ("type", "in_index", "channels", "num_convs", "concat_input", "kernel_size",
@@ -334,7 +272,7 @@ class _Converter:
         self.train_pipeline(train.get("pipeline") or [])
         if val is not None:
             self.test_pipeline(val.get("pipeline") or [])
-            if test is not None and (not _same(test.get("pipeline"), val.get("pipeline"))
+            if test is not None and (not same_value(test.get("pipeline"), val.get("pipeline"))
                                      or test.get("img_dir") != val.get("img_dir")):
                 self.notes.append("data.test differs from data.val: the converted config evaluates (training and "
                                   "test_seg.py) the data.val split with data.val's test pipeline")
@@ -411,7 +349,7 @@ class _Converter:
         if val is not None:
             self.dataset_leftovers(val, "data.val", folder=True)
             for key in ("img_suffix", "seg_map_suffix", "reduce_zero_label", "classes", "palette"):
-                if key in val and not _same(val[key], train.get(key)):
+                if key in val and not same_value(val[key], train.get(key)):
                     self.unsupported.append(f"data.val.{key}={val[key]!r} differs from data.train's; one value "
                                             f"serves both here")
         return ours
@@ -486,7 +424,7 @@ class _Converter:
         if crop is None:
             self.unsupported.append(f"{where}: no RandomCrop; the train pipeline here always crops")
         else:
-            self.set("data", "crop_size", _pair(crop["crop_size"]))
+            self.set("data", "crop_size", pair(crop["crop_size"]))
             self.set("data", "cat_max_ratio", float(crop.get("cat_max_ratio", 1.0)))
             self.leftovers(crop, f"{where}.RandomCrop", ("type", "crop_size", "cat_max_ratio"),
                            ignored=("ignore_index",))
@@ -502,7 +440,7 @@ class _Converter:
         self.normalize(steps.get("Normalize"), where)
         pad = steps.get("Pad")
         if pad is not None:
-            if "size" in pad and crop is not None and _pair(pad["size"]) != _pair(crop["crop_size"]):
+            if "size" in pad and crop is not None and pair(pad["size"]) != pair(crop["crop_size"]):
                 self.unsupported.append(f"{where}.Pad.size={pad['size']!r} differs from the crop size")
             self.expect(pad, "pad_val", 0, f"{where}.Pad", "images are padded with 0 here")
             seg_pad = pad.get("seg_pad_val", 255)
@@ -675,25 +613,6 @@ class _Converter:
         if n is not None and known is not None and int(n) != known:
             self.unsupported.append(f"model.decode_head.num_classes={n} but the dataset has {known} classes")
 
-    def unread_top_keys(self) -> None:
-        """Top-level names outside the sections read are helper variables (norm_cfg, crop_size, ...) when their
-        value appears inside a section; anything else is reported, so a misspelt section is not lost silently."""
-        sections = [self.mm.get(k) for k in SECTIONS if k in self.mm]
-
-        def occurs(value: Any, tree: Any) -> bool:  # (a dict counts when it was unpacked into one: **norm_cfg)
-            if _same(value, tree) or (isinstance(value, dict) and isinstance(tree, dict) and value
-                                      and all(k in tree and _same(tree[k], v) for k, v in value.items())):
-                return True
-            if isinstance(tree, dict):
-                return any(occurs(value, v) for v in tree.values())
-            if isinstance(tree, (list, tuple)):
-                return any(occurs(value, v) for v in tree)
-            return False
-
-        for key, value in self.mm.items():
-            if key not in SECTIONS and not any(occurs(value, s) for s in sections):
-                self.notes.append(f"top-level {key}={value!r} is not read (not an mmseg setting the converter knows)")
-
     def run(self, stem: str) -> Conversion:
         if any(k in self.mm for k in ("train_dataloader", "optim_wrapper", "param_scheduler", "train_cfg")) \
                 and "data" not in self.mm:
@@ -721,28 +640,8 @@ def convert_mmseg_config(mm: Dict[str, Any], name: str = "converted") -> Convers
     return _Converter(mm).run(Path(name).stem)
 
 
-def _comment(lines: Sequence[str], bullet: str = "- ", width: int = 116) -> List[str]:
-    out = []
-    for line in lines:
-        wrapped = textwrap.wrap(line, width=width - 4, break_long_words=False, break_on_hyphens=False) or [""]
-        out += [f"# {bullet}{wrapped[0]}"] + [f"# {' ' * len(bullet)}{w}" for w in wrapped[1:]]
-    return out
-
-
-class _FlowDict(dict):
-    """A mapping written on one line (model.backbone_kwargs, as the shipped configs write it)."""
-
-
-class _Dumper(yaml.SafeDumper):
-    """Sections and their dicts as blocks, lists (and _FlowDict) on one line each."""
-
-
-_Dumper.add_representer(_FlowDict, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
-_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
-
-
 def _schema_order(config: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """Sections and keys in the order of the SegConfig dataclasses."""
+    """Sections and keys in the order of the SegConfig dataclasses (model.backbone_kwargs on one line)."""
     from dataclasses import fields
 
     from .config import SegConfig
@@ -754,19 +653,12 @@ def _schema_order(config: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]
             order = [f.name for f in fields(section.default_factory())]
             out[section.name] = {k: values[k] for k in sorted(values, key=order.index)}
     if "backbone_kwargs" in out.get("model", {}):
-        out["model"]["backbone_kwargs"] = _FlowDict(out["model"]["backbone_kwargs"])
+        out["model"]["backbone_kwargs"] = FlowDict(out["model"]["backbone_kwargs"])
     return out
 
 
 def conversion_yaml(conversion: Conversion, source: str) -> str:
     """The converted config as YAML text: a header naming ``source``, the notes and (when allowed) the unsupported
     settings as comments, then the keys in schema order (unset keys take the schema defaults)."""
-    head = _comment([f"Converted from the mmseg config {source} by tools/convert_mmseg_config.py. Unset keys take "
-                     f"the schema defaults (vision_rwkv/seg/config.py)."], bullet="")
-    if conversion.unsupported:
-        head += ["# NOT carried over (these change the results; edit the config to decide):"]
-        head += _comment(conversion.unsupported)
-    if conversion.notes:
-        head += ["# Notes:"] + _comment(conversion.notes)
-    body = yaml.dump(_schema_order(conversion.config), Dumper=_Dumper, sort_keys=False, width=116)
-    return "\n".join(head) + "\n" + body
+    return conversion_text(_schema_order(conversion.config), conversion, f"the mmseg config {source}",
+                           "tools/convert_mmseg_config.py", "the schema (vision_rwkv/seg/config.py)")

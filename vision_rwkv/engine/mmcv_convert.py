@@ -1,0 +1,157 @@
+"""What the mmcv config converters share (mmseg: ``vision_rwkv.seg.mmseg_config_convert``; mmcls:
+``vision_rwkv.engine.mmcls_config_convert``): the result type, a converter base that records every setting as
+mapped, noted or unsupported, and the YAML writer."""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+__all__ = ["Conversion", "ConverterBase", "same_value", "plain", "pair", "conversion_text", "FlowDict"]
+
+
+@dataclass
+class Conversion:
+    """A converted config: ``config`` (nested dict of our config keys), ``notes`` (approximations and settings
+    without an effect here) and ``unsupported`` (settings that change the results and have no equivalent)."""
+    config: Dict[str, Any]
+    notes: List[str] = field(default_factory=list)
+    unsupported: List[str] = field(default_factory=list)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality of config values with tuples as lists and ints as floats (1 == 1.0)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def plain(value: Any) -> Any:
+    """Tuples as lists (YAML / OmegaConf hold lists)."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def pair(value: Any) -> List[int]:
+    """An int or a two-element sequence as [a, b]."""
+    return [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
+
+
+class ConverterBase:
+    """State of one conversion: the mmcv dict ``mm``, the output sections, the notes and the unsupported settings.
+    ``SECTIONS``: the top-level keys a subclass reads (others must be helper variables, see unread_top_keys)."""
+
+    SECTIONS: Sequence[str] = ()
+    KIND = "mmcv"
+
+    def __init__(self, mm: Dict[str, Any], sections: Sequence[str]):
+        self.mm = mm
+        self.out: Dict[str, Dict[str, Any]] = {s: {} for s in sections}
+        self.notes: List[str] = []
+        self.unsupported: List[str] = []
+
+    def leftovers(self, d: Dict[str, Any], where: str, handled: Sequence[str], ignored: Sequence[str] = ()) -> None:
+        """Every key of `d` not handled or ignored is unsupported (a setting this converter cannot carry over)."""
+        for key in d:
+            if key not in handled and key not in ignored:
+                self.unsupported.append(f"{where}.{key}={d[key]!r} has no equivalent here")
+
+    def expect(self, d: Dict[str, Any], key: str, allowed: Any, where: str, why: str) -> None:
+        """`d[key]`, when present, must equal `allowed`; else it is unsupported (`why`)."""
+        if key in d and not same_value(d[key], allowed):
+            self.unsupported.append(f"{where}.{key}={d[key]!r}: {why}")
+
+    def set(self, section: str, key: str, value: Any) -> None:
+        self.out[section][key] = plain(value)
+
+    def unread_top_keys(self) -> None:
+        """Top-level names outside the sections read are helper variables (norm_cfg, crop_size, ...) when their
+        value appears inside a section; anything else is reported, so a misspelt section is not lost silently."""
+        sections = [self.mm.get(k) for k in self.SECTIONS if k in self.mm]
+
+        def occurs(value: Any, tree: Any) -> bool:  # (a dict counts when it was unpacked into one: **norm_cfg)
+            if same_value(value, tree) or (isinstance(value, dict) and isinstance(tree, dict) and value
+                                           and all(k in tree and same_value(tree[k], v) for k, v in value.items())):
+                return True
+            if isinstance(tree, dict):
+                return any(occurs(value, v) for v in tree.values())
+            if isinstance(tree, (list, tuple)):
+                return any(occurs(value, v) for v in tree)
+            return False
+
+        for key, value in self.mm.items():
+            if key not in self.SECTIONS and not any(occurs(value, s) for s in sections):
+                self.notes.append(f"top-level {key}={value!r} is not read (not an {self.KIND} setting the converter "
+                                  f"knows)")
+
+
+def _comment(lines: Sequence[str], bullet: str = "- ", width: int = 116) -> List[str]:
+    out = []
+    for line in lines:
+        wrapped = textwrap.wrap(line, width=width - 4, break_long_words=False, break_on_hyphens=False) or [""]
+        out += [f"# {bullet}{wrapped[0]}"] + [f"# {' ' * len(bullet)}{w}" for w in wrapped[1:]]
+    return out
+
+
+class FlowDict(dict):
+    """A mapping written on one line (e.g. model.backbone_kwargs, as the shipped configs write it)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Sections and their dicts as blocks, lists (and FlowDict) on one line each."""
+
+
+_Dumper.add_representer(FlowDict, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def conversion_text(config: Dict[str, Any], conversion: Conversion, source: str, tool: str, schema: str,
+                    base: Optional[str] = None) -> str:
+    """YAML text of an (ordered) ``config``: a header naming ``source`` and ``tool``, the notes and (when allowed)
+    the unsupported settings as comments, ``_base_: base`` when given, then the keys."""
+    head = _comment([f"Converted from {source} by {tool}. Unset keys take the defaults of {schema}."], bullet="")
+    if conversion.unsupported:
+        head += ["# NOT carried over (these change the results; edit the config to decide):"]
+        head += _comment(conversion.unsupported)
+    if conversion.notes:
+        head += ["# Notes:"] + _comment(conversion.notes)
+    body = yaml.dump(({"_base_": base} if base else {}) | config, Dumper=_Dumper, sort_keys=False, width=116)
+    return "\n".join(head) + "\n" + body
+
+
+def registered_backbone(kwargs: Dict[str, Any], family: str) -> tuple[str, Dict[str, Any], List[str]]:
+    """The registered VRWKV (``family='vrwkv'``) / VRWKV6 model that our constructor ``kwargs`` (from
+    ``model_kwargs_from_original``) describe, the kwargs that differ from its own, and notes. The size is matched
+    on width, depth, patch (and head size); without a match the smallest model takes those as kwargs. ``img_size``
+    is kept only where it changes the grid the position embedding is stored on."""
+    import inspect
+
+    from vision_rwkv.models import vrwkv, vrwkv6
+
+    module, cls = (vrwkv, vrwkv.VRWKV) if family == "vrwkv" else (vrwkv6, vrwkv6.VRWKV6)
+    defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()}
+    keys = ("embed_dim", "depth", "patch_size") + (("head_size",) if family == "vrwkv6" else ())
+    wanted = {k: kwargs.get(k, defaults[k]) for k in keys}
+    name = next((n for n, a in module.VARIANT_ARGS.items()
+                 if all(same_value({**defaults, **a}[k], v) for k, v in wanted.items())), None)
+    notes = []
+    if name is None:
+        name = next(iter(module.VARIANT_ARGS))
+        notes.append(f"no registered {family.upper()} has {', '.join(f'{k}={v}' for k, v in wanted.items())}: "
+                     f"{name} with those in its kwargs")
+    defaults.update(module.VARIANT_ARGS[name])
+    kwargs = dict(kwargs)
+    patch = kwargs.get("patch_size", defaults["patch_size"])
+    grid = [s // patch for s in pair(kwargs.pop("img_size", defaults["img_size"]))]
+    default_grid = pair(defaults["pos_embed_grid"] or [s // defaults["patch_size"] for s in pair(defaults["img_size"])])
+    extra = {k: v for k, v in kwargs.items() if not same_value(defaults.get(k), v)}
+    if grid != default_grid:  # the position embedding is stored on this grid (resampled to each input)
+        extra["img_size"] = [g * patch for g in grid] if grid[0] != grid[1] else grid[0] * patch
+        if defaults["pos_embed_grid"] is not None:
+            extra["pos_embed_grid"] = grid if grid[0] != grid[1] else grid[0]
+    return name, extra, notes
