@@ -1,4 +1,4 @@
-"""The mmseg 0.x config reader (no code runs) and the converter to our YAML (tools/convert_mmseg_config.py)."""
+"""The mmseg 0.x config reader (no code runs) and the converter to our YAML (tools/convert_mmcv_config.py)."""
 import importlib.util
 import re
 from pathlib import Path
@@ -17,7 +17,7 @@ CONFIGS = ROOT / "configs" / "segmentation"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("convert_mmseg_config", ROOT / "tools" / "convert_mmseg_config.py")
+    spec = importlib.util.spec_from_file_location("convert_mmseg_config", ROOT / "tools" / "convert_mmcv_config.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -661,4 +661,4 @@ def conversion_yaml(conversion: Conversion, source: str) -> str:
     """The converted config as YAML text: a header naming ``source``, the notes and (when allowed) the unsupported
     settings as comments, then the keys in schema order (unset keys take the schema defaults)."""
     return conversion_text(_schema_order(conversion.config), conversion, f"the mmseg config {source}",
-                           "tools/convert_mmseg_config.py", "the schema (vision_rwkv/seg/config.py)")
+                           "tools/convert_mmcv_config.py", "the schema (vision_rwkv/seg/config.py)")

@@ -1,0 +1,192 @@
+"""The mmcls 0.x config converter (vision_rwkv.engine.mmcls_config_convert, tools/convert_mmcv_config.py): the
+original repo's six ImageNet recipes convert to the shipped configs, a user's config converts and trains, and
+settings without an equivalent are listed."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mmcls_config_tree import RECIPES, write_tree
+from vision_rwkv.engine import load_config
+from vision_rwkv.engine.mmcls_config_convert import convert_mmcls_config
+from vision_rwkv.engine.mmcv_config import MmcvConfigError, read_mmcv_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs" / "classification"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("convert_mmcv_config", ROOT / "tools" / "convert_mmcv_config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _convert(path):
+    return convert_mmcls_config(read_mmcv_config(path), Path(path).stem)
+
+
+@pytest.mark.parametrize("family,size", sorted(RECIPES))
+def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, family, size):
+    """The original repo's configs (rand_aug policies through {{_base_...}}, a list comprehension in hparams,
+    mixup as two augments) give the shipped recipe: model, augmentation, optimizer and schedule; the lr as the
+    config states it for its global batch (the shipped configs scale lr_base to it)."""
+    src = write_tree(tmp_path / "original")[(family, size)]
+    dst = tmp_path / "converted.yaml"
+    assert _tool().main([str(src), str(dst)]) == 0
+    conversion = _convert(src)
+    assert conversion.unsupported == []
+    ours = OmegaConf.to_container(load_config(dst), resolve=True)
+    shipped = OmegaConf.to_container(load_config(CONFIGS / f"{family}_{size}_in1k.yaml"), resolve=True)
+    assert ours["model"] == dict(shipped["model"], num_classes=1000)
+    for key in ("color_jitter",):  # (0.4 in base.yaml, which timm ignores under RandAugment; the original has none)
+        assert shipped["aug"].pop(key) == 0.4 and ours["aug"].pop(key) == 0.0
+    assert ours["aug"] == shipped["aug"]
+    batch = RECIPES[(family, size)][3]
+    gpus = 1024 // batch  # (the original's global batch is 1024)
+    assert ours["optim"].pop("lr") == pytest.approx(shipped["optim"]["lr_base"] * batch * gpus / 512)
+    assert (ours["optim"].pop("betas"), ours["optim"].pop("eps")) == ([0.9, 0.999], 1e-8)
+    assert {k: v for k, v in ours["optim"].items() if k not in ("betas", "eps", "lr")} == \
+        {k: v for k, v in shipped["optim"].items() if k not in ("betas", "eps", "lr")}
+    assert ours["sched"] == shipped["sched"] and ours["ema"] == shipped["ema"]
+    assert ours["data"]["train_dir"] == "data/imagenet/train" and ours["data"]["input_size"] == 224
+    train = {k: ours["train"][k] for k in ("batch_size", "epochs", "keep_last", "eval_every_epochs", "log_every",
+                                           "precision")}
+    assert train == dict(batch_size=batch, epochs=300, keep_last=2, eval_every_epochs=1, log_every=100,
+                         precision="fp32")
+    assert any("custom_keys['.absolute_pos_embed'] names no parameter" in n for n in conversion.notes)
+
+
+def _write(root, files):
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root / next(iter(files))
+
+
+def _variant(tmp_path, body):
+    write_tree(tmp_path)
+    return _write(tmp_path, {"vrwkv/variant.py": "_base_ = './vrwkv_tiny_8xb128_in1k.py'\n" + body + "\n"})
+
+
+@pytest.mark.parametrize("body,expected", [
+    ("model = dict(head=dict(loss=dict(mode='classy_vision')))", "loss.mode='classy_vision'"),
+    ("model = dict(head=dict(loss=dict(_delete_=True, type='FocalLoss')))", "loss.type='FocalLoss'"),
+    ("model = dict(neck=dict(type='GeneralizedMeanPooling'))", "GlobalAveragePooling"),
+    ("model = dict(train_cfg=dict(augments=dict(type='BatchResizeMix', alpha=1.0)))", "BatchResizeMix"),
+    ("optimizer = dict(paramwise_cfg=dict(custom_keys={'pos_embed': dict(decay_mult=0.0)}))",
+     "custom_keys\\['pos_embed'\\].*per-parameter"),
+    ("optimizer = dict(paramwise_cfg=dict(norm_decay_mult=1.0))", "norm_decay_mult=1.0"),
+    ("lr_config = dict(warmup_by_epoch=False)", "warmup_by_epoch=False"),
+    ("lr_config = dict(_delete_=True, policy='Poly', power=1.0)", "policy='Poly'"),
+    ("custom_hooks = [dict(type='PreciseBNHook')]", "PreciseBNHook"),
+    ("optimizer_config = dict(cumulative_iters=2)", "train.grad_accum_steps"),
+    ("data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224), dict(type='Lighting',"
+     " eigval=[1, 1, 1], eigvec=[[1, 0, 0]] * 3), dict(type='Normalize', mean=[0, 0, 0], std=[1, 1, 1])]))",
+     "Lighting has no equivalent|mean / std differ"),
+    ("data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224), dict(type='RandomErasing',"
+     " erase_prob=0.25, max_area_ratio=0.4), dict(type='Normalize', mean=[123.675, 116.28, 103.53],"
+     " std=[58.395, 57.12, 57.375])]))", "max_area_ratio=0.4"),
+])
+def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
+    import re
+    unsupported = "\n".join(_convert(_variant(tmp_path, body)).unsupported)
+    for part in expected.split("|"):
+        assert re.search(part, unsupported), (part, unsupported)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("model = dict(backbone=dict(_delete_=True, type='ResNet', depth=50))", r"backbone.type='ResNet'"),
+    ("optimizer = dict(_delete_=True, type='Adafactor', lr=1e-3)", r"optimizer.type='Adafactor'"),
+    ("runner = dict(_delete_=True, type='IterBasedRunner', max_iters=10)", "EpochBasedRunner with max_epochs"),
+    ("model = dict(backbone=dict(shift_pixel=2))", "shift_pixel=2 is not supported"),
+])
+def test_configs_that_give_no_model_or_schedule_are_errors(tmp_path, body, message):
+    with pytest.raises(MmcvConfigError, match=message):
+        _convert(_variant(tmp_path, body))
+
+
+def test_step_schedules_sgd_and_ema_convert(tmp_path):
+    conversion = _convert(_variant(tmp_path, "\n".join([
+        "optimizer = dict(_delete_=True, type='SGD', lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,"
+        " paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))",
+        "lr_config = dict(_delete_=True, policy='Step', step=[30, 60], gamma=0.2)",
+        "custom_hooks = [dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL')]",
+        "fp16 = dict(loss_scale=512.)",
+        "load_from = 'pretrained/vrwkv_t_in1k_224.pth'",
+        "work_dir = 'work_dirs/mine'",
+    ])))
+    c = conversion.config
+    assert c["optim"]["opt"] == "nesterov" and c["optim"]["lr"] == 0.1 and c["optim"]["momentum"] == 0.9
+    assert (c["sched"]["sched"], c["sched"]["decay_milestones"], c["sched"]["decay_rate"], c["sched"]["on_updates"],
+            c["sched"]["warmup_epochs"]) == ("multistep", [30, 60], 0.2, False, 0)
+    assert c["ema"] == {"enabled": True, "decay": pytest.approx(1 - 4e-5)}
+    assert (c["train"]["precision"], c["model"]["checkpoint"], c["run_dir"]) == \
+        ("fp16", "pretrained/vrwkv_t_in1k_224.pth", "work_dirs/mine")
+    assert any("EMAHook warm_up=100" in n for n in conversion.notes)
+
+
+def test_an_mmpretrain_config_is_named(tmp_path):
+    path = _write(tmp_path, {"c.py": "model = dict(type='ImageClassifier')\ntrain_dataloader = dict()\n"
+                                     "optim_wrapper = dict()\n"})
+    with pytest.raises(MmcvConfigError, match="mmcls 1.x config"):
+        _convert(path)
+
+
+CUSTOM = """\
+_base_ = ['../_base_/default_runtime.py']
+norm = dict(mean=[127.5] * 3, std=[64.0] * 3, to_rgb=True)
+model = dict(type='ImageClassifier',
+             backbone=dict(type='VRWKV6', img_size=32, patch_size=8, embed_dims=64, depth=2, num_heads=1),
+             neck=dict(type='GlobalAveragePooling'),
+             head=dict(type='LinearClsHead', num_classes=2, in_channels=64, loss=dict(type='CrossEntropyLoss')))
+train_pipeline = [dict(type='LoadImageFromFile'),
+                  dict(type='RandomResizedCrop', size=32, scale=(0.5, 1.0), interpolation='bicubic'),
+                  dict(type='RandomFlip', flip_prob=0.5), dict(type='ColorJitter', brightness=0.2, contrast=0.2,
+                  saturation=0.2), dict(type='Normalize', **norm), dict(type='ImageToTensor', keys=['img']),
+                  dict(type='Collect', keys=['img', 'gt_label'])]
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', size=(36, -1), interpolation='bicubic'),
+                 dict(type='CenterCrop', crop_size=32), dict(type='Normalize', **norm),
+                 dict(type='Collect', keys=['img'])]
+data = dict(samples_per_gpu=4, workers_per_gpu=0,
+            train=dict(type='CustomDataset', data_prefix='{root}/train', pipeline=train_pipeline),
+            val=dict(type='CustomDataset', data_prefix='{root}/val', pipeline=test_pipeline))
+optimizer = dict(type='AdamW', lr=1e-3, weight_decay=0.05, paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.))
+optimizer_config = dict(grad_clip=None)
+lr_config = dict(policy='CosineAnnealing', min_lr=1e-5, warmup='linear', warmup_iters=1, warmup_ratio=0.1,
+                 warmup_by_epoch=True, by_epoch=False)
+runner = dict(type='EpochBasedRunner', max_epochs=2)
+checkpoint_config = dict(interval=1, max_keep_ckpts=1)
+evaluation = dict(interval=1, metric='accuracy')
+custom_hooks = [dict(type='EMAHook', momentum=0.001, warm_up=0)]
+work_dir = '{work}'
+"""
+
+
+def test_a_users_config_converts_and_trains(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vision_rwkv.engine.classification import train_classifier
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / cls / f"{i}.png")
+    src = _write(tmp_path / "mm", {"configs/custom.py": CUSTOM.format(root=tmp_path / "data", work=tmp_path / "run"),
+                                   "_base_/default_runtime.py": "log_config = dict(interval=1, hooks=[])\n"})
+    dst = tmp_path / "out" / "custom.yaml"
+    assert _tool().main([str(src), str(dst)]) == 0
+    cfg = load_config(dst, ["train.show_progress=false", "train.plot=false", "train.tensorboard=false"])
+    assert (cfg.model.name, dict(cfg.model.kwargs)) == ("vrwkv6_tiny_patch16_224", dict(
+        img_size=32, patch_size=8, embed_dim=64, depth=2))
+    assert (cfg.aug.crop_pct, cfg.aug.color_jitter, list(cfg.aug.scale), cfg.aug.auto_augment, cfg.aug.re_prob) == \
+        (pytest.approx(32 / 36), 0.2, [0.5, 1.0], None, 0.0)
+    assert (list(cfg.aug.mean), cfg.optim.clip_grad, cfg.sched.min_lr, cfg.sched.warmup_lr, cfg.ema.decay) == \
+        ([0.5, 0.5, 0.5], None, 1e-5, pytest.approx(1e-4), pytest.approx(0.999))
+    result = train_classifier(cfg)
+    assert result["run_dir"] == str(tmp_path / "run") and 0.0 <= result["top1"] <= 100.0

@@ -1,0 +1,491 @@
+"""Convert an mmcls 0.x config of the original Vision-RWKV classification models into this package's YAML config
+(``configs/classification/base.yaml`` keys; tools/train.py).
+
+``convert_mmcls_config(read_mmcv_config(path))`` maps:
+
+======================================================  =========================================================
+mmcls (the original repo's ``classification/configs``)  ours
+======================================================  =========================================================
+``model.backbone`` VRWKV / VRWKV6 (embed_dims, depth,   ``model.name`` (the registered model of that size),
+num_heads, init_values, post_norm, drop_path_rate...)   ``model.drop_path_rate``, ``model.kwargs`` (what differs)
+``model.head`` (Linear / VisionTransformer ClsHead)     ``model.num_classes``, ``model.kwargs.head_hidden_size``
+``head.loss`` LabelSmoothLoss, ``train_cfg.augments``   ``aug.label_smoothing``, ``aug.mixup`` / ``cutmix`` /
+(BatchMixup / BatchCutMix)                              ``mixup_prob`` / ``mixup_switch_prob``
+train pipeline (RandomResizedCrop, RandomFlip,          ``data.input_size``, ``aug.scale`` / ``ratio`` / ``hflip``
+RandAugment, ColorJitter, RandomErasing, Normalize)     / ``vflip`` / ``auto_augment`` / ``color_jitter`` /
+                                                        ``re_*`` / ``mean`` / ``std`` / ``train_interpolation``
+test pipeline (Resize, CenterCrop)                      ``aug.crop_pct`` / ``interpolation``
+``data`` (samples_per_gpu, data_prefix)                 ``train.batch_size``, ``data.train_dir`` / ``val_dir``
+``optimizer`` (+ ``paramwise_cfg``), ``grad_clip``      ``optim.*``
+``lr_config`` (CosineAnnealing / Step + linear warm-up) ``sched.*``
+``runner.max_epochs``, ``checkpoint_config``,           ``train.*``, ``ema.*``, ``run_dir``, ``resume``,
+``evaluation``, ``fp16``, EMAHook, ``work_dir``, ...    ``model.checkpoint`` (``load_from``)
+======================================================  =========================================================
+
+As for mmseg (``vision_rwkv.seg.mmseg_config_convert``), settings that would change the results without an
+equivalent here are listed in ``Conversion.unsupported`` and the rest in ``Conversion.notes``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence
+
+from .mmcv_config import MmcvConfigError
+from .mmcv_convert import Conversion, ConverterBase, FlowDict, conversion_text, registered_backbone
+
+__all__ = ["convert_mmcls_config", "mmcls_conversion_yaml"]
+
+SECTIONS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config",
+            "evaluation", "log_config", "fp16", "work_dir", "resume_from", "load_from", "custom_hooks", "seed",
+            "dist_params", "log_level", "workflow", "cudnn_benchmark", "gpu_ids", "opencv_num_threads",
+            "mp_start_method", "auto_resume", "device", "custom_imports", "paramwise_cfg")
+OPTIMIZERS = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd", "Lamb": "lamb", "RMSprop": "rmsprop",
+              "Adagrad": "adagrad", "Adadelta": "adadelta"}
+# timm's RandAugment "increasing" op set (rand-...-inc1), as mmcls writes it: (type, magnitude range)
+RAND_INCREASING = [("AutoContrast", None), ("Equalize", None), ("Invert", None), ("Rotate", (0, 30)),
+                   ("Posterize", (4, 0)), ("Solarize", (256, 0)), ("SolarizeAdd", (0, 110)),
+                   ("ColorTransform", (0, 0.9)), ("Contrast", (0, 0.9)), ("Brightness", (0, 0.9)),
+                   ("Sharpness", (0, 0.9)), ("Shear", (0, 0.3)), ("Shear", (0, 0.3)), ("Translate", (0, 0.45)),
+                   ("Translate", (0, 0.45))]
+FORMAT_STEPS = ("LoadImageFromFile", "ImageToTensor", "ToTensor", "Collect", "DefaultFormatBundle")
+TRAIN_STEPS = ("RandomResizedCrop", "RandomFlip", "RandAugment", "ColorJitter", "RandomErasing", "Normalize")
+
+
+class _Converter(ConverterBase):
+    SECTIONS = SECTIONS
+    KIND = "mmcls"
+
+    def __init__(self, mm: Dict[str, Any]):
+        super().__init__(mm, ("top", "model", "data", "aug", "optim", "sched", "ema", "train"))
+
+    # ------------------------------------------------------------------ model
+    def model(self) -> None:
+        from vision_rwkv.models.convert import model_kwargs_from_original
+
+        m = self.mm.get("model")
+        if not isinstance(m, dict):
+            raise MmcvConfigError("the mmcls config has no `model` dict")
+        if m.get("type", "ImageClassifier") != "ImageClassifier":
+            self.unsupported.append(f"model.type={m['type']!r}: only ImageClassifier models convert")
+        b = dict(m.get("backbone") or {})
+        kind = b.pop("type", None)
+        family = {"VRWKV": "vrwkv", "VRWKV6": "vrwkv6"}.get(kind)
+        if family is None:
+            raise MmcvConfigError(f"model.backbone.type={kind!r}: the converter reads the original Vision-RWKV "
+                                  f"classification backbones, VRWKV and VRWKV6")
+        if b.pop("with_cp", False):
+            self.set("model", "grad_checkpointing", True)
+        self.expect(b, "final_norm", True, "model.backbone", "the classifier pools the final norm's output")
+        b.pop("final_norm", None)
+        b.pop("pretrained", None)
+        try:
+            kwargs = model_kwargs_from_original(b, family)
+        except ValueError as err:
+            raise MmcvConfigError(f"model.backbone: {err}") from None
+        drop_path = kwargs.pop("drop_path_rate", 0.0)
+        name, extra, notes = registered_backbone(kwargs, family)
+        self.notes += notes
+        self.set("model", "name", name)
+        self.set("model", "drop_path_rate", float(drop_path))
+        if family == "vrwkv":
+            self.notes.append("v4 backbones train with the exact Bi-WKV (the paper's formula), as the shipped "
+                              "configs; model.kwargs.wkv_mode=original gives the original CUDA kernel's function")
+        neck = m.get("neck")
+        if not (isinstance(neck, dict) and neck.get("type") == "GlobalAveragePooling"):
+            self.unsupported.append(f"model.neck={neck!r}: the classifier averages the tokens (GlobalAveragePooling)")
+        self.head(m.get("head") or {}, extra)
+        self.kwargs = extra
+        self.augments((m.get("train_cfg") or {}).get("augments"))
+        self.leftovers(m, "model", ("type", "backbone", "neck", "head", "train_cfg"),
+                       ignored=("init_cfg", "pretrained"))
+        if m.get("pretrained"):
+            self.set("model", "checkpoint", str(m["pretrained"]))
+
+    def head(self, h: Dict[str, Any], extra: Dict[str, Any]) -> None:
+        kind = h.get("type")
+        if kind == "VisionTransformerClsHead" and h.get("hidden_dim"):
+            extra["head_hidden_size"] = int(h["hidden_dim"])
+            self.expect(h, "act_cfg", {"type": "Tanh"}, "model.head", "the pre-logits layer uses tanh")
+        elif kind not in ("LinearClsHead", "VisionTransformerClsHead"):
+            self.unsupported.append(f"model.head.type={kind!r}: only LinearClsHead / VisionTransformerClsHead convert")
+        if "num_classes" in h:
+            self.set("model", "num_classes", int(h["num_classes"]))
+        loss = dict(h.get("loss") or {"type": "CrossEntropyLoss"})
+        if loss.get("type") == "LabelSmoothLoss":
+            self.expect(loss, "mode", "original", "model.head.loss", "smoothing as (1 - e) one-hot + e / classes")
+            self.set("aug", "label_smoothing", float(loss.get("label_smooth_val", 0.0)))
+        elif loss.get("type") == "CrossEntropyLoss":
+            self.expect(loss, "use_sigmoid", False, "model.head.loss", "the loss is softmax cross-entropy")
+            self.set("aug", "label_smoothing", 0.0)
+        else:
+            self.unsupported.append(f"model.head.loss.type={loss.get('type')!r}: only CrossEntropyLoss / "
+                                    f"LabelSmoothLoss convert")
+        self.expect(loss, "loss_weight", 1.0, "model.head.loss", "the loss has weight 1")
+        self.leftovers(loss, "model.head.loss", ("type", "mode", "label_smooth_val", "use_sigmoid", "loss_weight"),
+                       ignored=("reduction", "num_classes"))
+        self.leftovers(h, "model.head", ("type", "num_classes", "loss", "hidden_dim", "act_cfg"),
+                       ignored=("in_channels", "init_cfg", "cal_acc", "topk"))
+
+    def augments(self, augments: Any) -> None:
+        items = [augments] if isinstance(augments, dict) else list(augments or [])
+        probs = {"BatchMixup": 0.0, "BatchCutMix": 0.0}
+        for a in items:
+            kind = a.get("type")
+            if kind not in probs:
+                self.unsupported.append(f"model.train_cfg.augments: {kind} has no equivalent here")
+                continue
+            probs[kind] = float(a.get("prob", 1.0))
+            self.set("aug", "mixup" if kind == "BatchMixup" else "cutmix", float(a.get("alpha", 1.0)))
+            if kind == "BatchCutMix" and a.get("cutmix_minmax") is not None:
+                self.set("aug", "cutmix_minmax", list(a["cutmix_minmax"]))
+            self.leftovers(a, f"model.train_cfg.augments.{kind}", ("type", "alpha", "prob", "cutmix_minmax"),
+                           ignored=("num_classes", "correct_lam"))
+        total = sum(probs.values())
+        self.set("aug", "mixup", self.out["aug"].get("mixup", 0.0))
+        self.set("aug", "cutmix", self.out["aug"].get("cutmix", 0.0))
+        if total > 0:  # (mmcls draws one augment by its prob, none with the rest: timm's prob and switch prob)
+            self.set("aug", "mixup_prob", min(total, 1.0))
+            self.set("aug", "mixup_switch_prob", probs["BatchCutMix"] / total)
+
+    # ------------------------------------------------------------------ data
+    def data(self) -> None:
+        d = self.mm.get("data")
+        if not isinstance(d, dict):
+            raise MmcvConfigError("the mmcls config has no `data` dict")
+        if "samples_per_gpu" in d:
+            self.set("train", "batch_size", int(d["samples_per_gpu"]))
+        if "workers_per_gpu" in d:
+            self.set("data", "num_workers", int(d["workers_per_gpu"]))
+        train, val = d.get("train") or {}, d.get("val") or {}
+        self.set("data", "type", "imagefolder")
+        for ds, key, where in ((train, "train_dir", "data.train"), (val, "val_dir", "data.val")):
+            if ds.get("type") not in ("ImageNet", "CustomDataset", None):
+                self.notes.append(f"{where}.type={ds.get('type')!r} is read as a class-per-folder image folder")
+            if ds.get("data_prefix"):
+                self.set("data", key, str(ds["data_prefix"]))
+            if ds.get("ann_file"):
+                self.notes.append(f"{where}.ann_file={ds['ann_file']!r} (a list of files and labels) is not read: "
+                                  f"data.{key} needs a folder per class, or give data.type=csv with a path,label "
+                                  f"file")
+            if ds.get("classes") is not None:
+                self.set("data", "classes", list(ds["classes"]) if isinstance(ds["classes"], (list, tuple))
+                         else str(ds["classes"]))
+            self.leftovers(ds, where, ("type", "data_prefix", "ann_file", "classes", "pipeline"),
+                           ignored=("test_mode", "file_client_args"))
+        self.train_pipeline(train.get("pipeline") or [])
+        self.test_pipeline(val.get("pipeline") or [])
+        self.leftovers(d, "data", ("samples_per_gpu", "workers_per_gpu", "train", "val", "test"),
+                       ignored=("train_dataloader", "val_dataloader", "test_dataloader", "persistent_workers"))
+
+    def _steps(self, pipeline: Sequence[Dict[str, Any]], where: str) -> Dict[str, Dict[str, Any]]:
+        steps: Dict[str, Dict[str, Any]] = {}
+        for i, step in enumerate(pipeline):
+            kind = step.get("type")
+            if kind in FORMAT_STEPS:
+                continue
+            if kind in steps:
+                self.unsupported.append(f"{where}[{i}]: a second {kind}")
+            steps[kind] = dict(step)
+        return steps
+
+    def train_pipeline(self, pipeline: Sequence[Dict[str, Any]]) -> None:
+        where = "data.train.pipeline"
+        steps = self._steps(pipeline, where)
+        for kind in steps:
+            if kind not in TRAIN_STEPS:
+                self.unsupported.append(f"{where}: {kind} has no equivalent here (timm's train transform: "
+                                        f"{', '.join(TRAIN_STEPS)})")
+        crop = steps.get("RandomResizedCrop")
+        if crop is None:
+            self.unsupported.append(f"{where}: no RandomResizedCrop; the train transform here always takes one")
+        else:
+            size = crop.get("size", 224)
+            sizes = [size, size] if isinstance(size, int) else list(size)
+            if sizes[0] != sizes[1]:
+                self.unsupported.append(f"{where}.RandomResizedCrop.size={size!r}: square crops here")
+            self.set("data", "input_size", int(sizes[0]))
+            self.set("aug", "scale", [float(v) for v in crop.get("scale", (0.08, 1.0))])
+            self.set("aug", "ratio", [round(float(v), 7) for v in crop.get("ratio", (3 / 4, 4 / 3))])
+            self.train_interpolation = crop.get("interpolation", "bilinear")  # (mmcls's default)
+            self.leftovers(crop, f"{where}.RandomResizedCrop", ("type", "size", "scale", "ratio", "interpolation"),
+                           ignored=("backend", "max_attempts", "efficientnet_style", "min_covered", "crop_padding"))
+        flip = steps.get("RandomFlip")
+        prob = float(flip.get("flip_prob", 0.5)) if flip else 0.0
+        direction = flip.get("direction", "horizontal") if flip else "horizontal"
+        if direction not in ("horizontal", "vertical"):
+            self.unsupported.append(f"{where}.RandomFlip.direction={direction!r}: one direction per flip here")
+        self.set("aug", "hflip", prob if direction == "horizontal" else 0.0)
+        self.set("aug", "vflip", prob if direction == "vertical" else 0.0)
+        self.rand_augment(steps.get("RandAugment"), where)
+        jitter = steps.get("ColorJitter")
+        if jitter:
+            values = {float(jitter.get(k, 0.0)) for k in ("brightness", "contrast", "saturation")}
+            if len(values) != 1:
+                self.unsupported.append(f"{where}.ColorJitter: brightness / contrast / saturation differ; timm's "
+                                        f"color_jitter is one strength")
+            self.set("aug", "color_jitter", max(values))
+            self.expect(jitter, "hue", 0.0, f"{where}.ColorJitter", "no hue jitter")
+        else:
+            self.set("aug", "color_jitter", 0.0)
+        self.erasing(steps.get("RandomErasing"), where)
+        self.normalize(steps.get("Normalize"), where)
+
+    def rand_augment(self, ra: Optional[Dict[str, Any]], where: str) -> None:
+        if ra is None:
+            self.set("aug", "auto_augment", None)
+            return
+        where = f"{where}.RandAugment"
+        policies = ra.get("policies") or []
+        ops = [(p.get("type"), tuple(p["magnitude_range"]) if "magnitude_range" in p else None) for p in policies]
+        if ops != RAND_INCREASING:
+            self.unsupported.append(f"{where}: policies other than timm's increasing set (rand-...-inc1)")
+        self.expect(ra, "total_level", 10, where, "timm's magnitudes run to 10")
+        std = float(ra.get("magnitude_std", 0.0))
+        mstd = "101" if math.isinf(std) else f"{std:g}"  # (timm: mstd above 100 draws the magnitude uniformly)
+        name = f"rand-m{ra.get('magnitude_level', 9):g}-n{int(ra.get('num_policies', 2))}-mstd{mstd}-inc1"
+        self.set("aug", "auto_augment", name)
+        self.leftovers(ra, where, ("type", "policies", "total_level", "magnitude_std", "magnitude_level",
+                                   "num_policies"), ignored=("hparams",))
+
+    def erasing(self, er: Optional[Dict[str, Any]], where: str) -> None:
+        if er is None:
+            self.set("aug", "re_prob", 0.0)
+            return
+        where = f"{where}.RandomErasing"
+        self.set("aug", "re_prob", float(er.get("erase_prob", 0.5)))
+        mode = er.get("mode", "const")
+        # mmcls erases before Normalize: 'rand' draws each pixel from N(fill_color, fill_std) = the normalised
+        # N(0, 1) of timm's 'pixel' mode; 'const' fills with fill_color (the mean: 0 after normalising)
+        self.set("aug", "re_mode", {"rand": "pixel", "const": "const"}.get(mode, "pixel"))
+        if mode not in ("rand", "const"):
+            self.unsupported.append(f"{where}.mode={mode!r}: 'rand' or 'const' convert")
+        self.expect(er, "min_area_ratio", 0.02, where, "timm erases 2% to 1/3 of the area")
+        if not math.isclose(float(er.get("max_area_ratio", 0.4)), 1 / 3, rel_tol=1e-3):
+            self.unsupported.append(f"{where}.max_area_ratio={er.get('max_area_ratio', 0.4)!r}: timm erases up to "
+                                    f"1/3 of the area")
+        self.leftovers(er, where, ("type", "erase_prob", "mode", "min_area_ratio", "max_area_ratio"),
+                       ignored=("fill_color", "fill_std", "aspect_range"))
+
+    def normalize(self, norm: Optional[Dict[str, Any]], where: str) -> None:
+        if norm is None:
+            self.unsupported.append(f"{where}: no Normalize; images are normalised here")
+            return
+        if not norm.get("to_rgb", True):
+            self.unsupported.append(f"{where}.Normalize to_rgb=False: images are RGB here (mmcls reads BGR)")
+        mean = [round(float(v) / 255, 6) for v in norm["mean"]]
+        std = [round(float(v) / 255, 6) for v in norm["std"]]
+        if "mean" in self.out["aug"] and (mean, std) != (self.out["aug"]["mean"], self.out["aug"]["std"]):
+            self.unsupported.append(f"{where}.Normalize: mean / std differ from the train pipeline's")
+        self.set("aug", "mean", mean)
+        self.set("aug", "std", std)
+
+    def test_pipeline(self, pipeline: Sequence[Dict[str, Any]]) -> None:
+        where = "data.val.pipeline"
+        steps = self._steps(pipeline, where)
+        resize, crop = steps.get("Resize"), steps.get("CenterCrop")
+        for kind in steps:
+            if kind not in ("Resize", "CenterCrop", "Normalize"):
+                self.unsupported.append(f"{where}: {kind} has no equivalent here (resize, center crop, normalise)")
+        input_size = self.out["data"].get("input_size", 224)
+        interpolation = (resize or {}).get("interpolation", "bilinear")
+        if crop is not None:
+            size = crop.get("crop_size", 224)
+            side = size if isinstance(size, int) else size[0]
+            if int(side) != input_size:
+                self.unsupported.append(f"{where}.CenterCrop.crop_size={size!r} differs from the train crop "
+                                        f"{input_size}; set eval.input_size")
+        if resize is None:
+            self.set("aug", "crop_pct", 1.0)
+        else:
+            size = resize.get("size")
+            short = size if isinstance(size, int) else size[0] if size[1] == -1 else None
+            if short is None:
+                self.unsupported.append(f"{where}.Resize.size={size!r}: the test resize here keeps the aspect ratio "
+                                        f"(short side)")
+            else:
+                crop_side = input_size if crop is not None else short
+                self.set("aug", "crop_pct", round(crop_side / float(short), 6))
+            self.leftovers(resize, f"{where}.Resize", ("type", "size", "interpolation"),
+                           ignored=("backend", "adaptive_side"))
+        self.set("aug", "interpolation", interpolation)
+        train = getattr(self, "train_interpolation", interpolation)
+        self.set("aug", "train_interpolation", None if train == interpolation else train)
+        self.normalize(steps.get("Normalize"), where)
+
+    # ------------------------------------------------------------------ optimizer, schedule, runtime
+    def optimizer(self) -> None:
+        o = dict(self.mm.get("optimizer") or {})
+        where = "optimizer"
+        opt = OPTIMIZERS.get(o.get("type"))
+        if opt is None:
+            raise MmcvConfigError(f"optimizer.type={o.get('type')!r}: converts are {', '.join(OPTIMIZERS)}")
+        if opt == "sgd" and o.get("nesterov"):
+            opt = "nesterov"
+        self.set("optim", "opt", opt)
+        self.set("optim", "lr", float(o["lr"]))
+        self.notes.append(f"optim.lr={float(o['lr']):g} is the config's, for its global batch (samples_per_gpu x "
+                          f"GPUs); optim.lr=null scales optim.lr_base with the batch instead")
+        self.set("optim", "weight_decay", float(o.get("weight_decay", 0.0)))
+        for key in ("betas", "eps", "momentum"):
+            if key in o:
+                self.set("optim", key, [float(b) for b in o[key]] if key == "betas" else float(o[key]))
+        paramwise = dict(o.get("paramwise_cfg") or {})
+        norm, bias = paramwise.pop("norm_decay_mult", None), paramwise.pop("bias_decay_mult", None)
+        if (norm, bias) == (0.0, 0.0):
+            self.set("optim", "decay_exempt", "norm_bias")
+        else:
+            self.unsupported.append(f"optimizer.paramwise_cfg norm_decay_mult={norm}, bias_decay_mult={bias}: "
+                                    f"norms and biases get no weight decay here (both 0)")
+        self.custom_keys(paramwise.pop("custom_keys", {}) or {})
+        if o.get("constructor") in ("LayerDecayOptimizerConstructor", "MyLayerDecayOptimizerConstructor"):
+            self.set("optim", "layer_decay", float(paramwise.pop("layer_decay_rate", 1.0)))
+            paramwise.pop("num_layers", None)
+        elif o.get("constructor") is not None:
+            self.unsupported.append(f"optimizer.constructor={o['constructor']!r} has no equivalent here")
+        for key, value in paramwise.items():
+            self.unsupported.append(f"optimizer.paramwise_cfg.{key}={value!r} has no equivalent here")
+        self.leftovers(o, where, ("type", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov",
+                                  "paramwise_cfg", "constructor"))
+        hook = dict(self.mm.get("optimizer_config") or {})
+        clip = hook.pop("grad_clip", None)
+        self.set("optim", "clip_grad", float(clip["max_norm"]) if clip else None)
+        if clip:
+            self.expect(clip, "norm_type", 2, "optimizer_config.grad_clip", "the clip is by the L2 norm")
+        if hook.pop("cumulative_iters", 1) != 1:
+            self.unsupported.append("optimizer_config.cumulative_iters: set train.grad_accum_steps (the lr and "
+                                    "schedule count optimizer steps here)")
+        hook.pop("type", None)
+        self.leftovers(hook, "optimizer_config", (), ignored=("loss_scale", "distributed", "coalesce",
+                                                              "bucket_size_mb"))
+
+    def custom_keys(self, keys: Dict[str, Any]) -> None:
+        """A custom key that names no parameter of the model changes nothing (the Swin keys of the original's
+        schedule base); others are unsupported."""
+        import timm
+        import torch
+
+        with torch.device("meta"):
+            names = [n for n, _ in timm.create_model(self.out["model"]["name"], **self.kwargs).named_parameters()]
+        for key, value in keys.items():
+            if any(key in n for n in names):
+                self.unsupported.append(f"optimizer.paramwise_cfg.custom_keys[{key!r}]={value!r}: per-parameter "
+                                        f"multipliers have no equivalent here")
+            else:
+                self.notes.append(f"optimizer.paramwise_cfg.custom_keys[{key!r}] names no parameter of the model "
+                                  f"(no effect)")
+
+    def schedule(self) -> None:
+        lr = dict(self.mm.get("lr_config") or {})
+        policy = lr.get("policy")
+        base_lr = self.out["optim"]["lr"]
+        if policy == "CosineAnnealing":
+            self.set("sched", "sched", "cosine")
+            if lr.get("min_lr") is not None:
+                self.set("sched", "min_lr", float(lr["min_lr"]))
+            else:
+                self.set("sched", "min_lr_ratio", float(lr.get("min_lr_ratio", 0.0)))
+        elif policy == "Step":
+            step = lr.get("step")
+            if isinstance(step, (list, tuple)):
+                self.set("sched", "sched", "multistep")
+                self.set("sched", "decay_milestones", [int(s) for s in step])
+            else:
+                self.set("sched", "sched", "step")
+                self.set("sched", "decay_epochs", float(step))
+            self.set("sched", "decay_rate", float(lr.get("gamma", 0.1)))
+            self.set("sched", "min_lr", float(lr.get("min_lr") or 0.0))
+            if not lr.get("by_epoch", True):
+                self.unsupported.append("lr_config Step with by_epoch=False: the steps count epochs here")
+        elif policy == "fixed":
+            self.set("sched", "sched", "constant")
+        else:
+            self.unsupported.append(f"lr_config.policy={policy!r}: CosineAnnealing, Step or fixed convert")
+        self.set("sched", "on_updates", not lr.get("by_epoch", True))
+        warmup = lr.get("warmup")
+        if warmup is None:
+            self.set("sched", "warmup_epochs", 0)
+        elif warmup != "linear":
+            self.unsupported.append(f"lr_config.warmup={warmup!r}: the warm-up here is linear")
+        else:
+            if not lr.get("warmup_by_epoch", False):
+                self.unsupported.append("lr_config.warmup_by_epoch=False: the warm-up counts epochs here "
+                                        "(sched.warmup_epochs)")
+            self.set("sched", "warmup_epochs", int(lr.get("warmup_iters", 0)))
+            self.set("sched", "warmup_lr", base_lr * float(lr.get("warmup_ratio", 0.1)))
+        self.leftovers(lr, "lr_config", ("policy", "min_lr", "min_lr_ratio", "step", "gamma", "by_epoch", "warmup",
+                                         "warmup_iters", "warmup_ratio", "warmup_by_epoch"))
+        runner = dict(self.mm.get("runner") or {})
+        if runner.get("type", "EpochBasedRunner") != "EpochBasedRunner" or "max_epochs" not in runner:
+            raise MmcvConfigError(f"runner={runner!r}: an EpochBasedRunner with max_epochs converts")
+        self.set("train", "epochs", int(runner["max_epochs"]))
+
+    def runtime(self, stem: str) -> None:
+        ckpt = self.mm.get("checkpoint_config") or {}
+        if "interval" in ckpt:
+            self.set("train", "ckpt_every_epochs", int(ckpt["interval"]))
+        if "max_keep_ckpts" in ckpt:
+            keep = int(ckpt["max_keep_ckpts"])
+            self.set("train", "keep_last", 0 if keep < 0 else keep)
+        evaluation = self.mm.get("evaluation") or {}
+        if "interval" in evaluation:
+            self.set("train", "eval_every_epochs", int(evaluation["interval"]))
+        log = self.mm.get("log_config") or {}
+        if "interval" in log:
+            self.set("train", "log_every", int(log["interval"]))
+        self.set("train", "precision", "fp16" if self.mm.get("fp16") is not None else "fp32")
+        if self.mm.get("fp16") is None:
+            self.notes.append("train.precision=fp32 as the config trains (the shipped configs use bf16 autocast)")
+        for hook in self.mm.get("custom_hooks") or []:
+            if hook.get("type") == "EMAHook":
+                self.set("ema", "enabled", True)
+                self.set("ema", "decay", 1.0 - float(hook.get("momentum", 0.0002)))
+                if hook.get("warm_up", 100):
+                    self.notes.append(f"EMAHook warm_up={hook.get('warm_up', 100)}: timm's EMA has its own "
+                                      f"warm-up (ema.warmup) or none")
+                self.leftovers(hook, "custom_hooks.EMAHook", ("type", "momentum", "warm_up"),
+                               ignored=("priority", "interval", "resume_from", "evaluate_on_ema",
+                                        "evaluate_on_origin"))
+            else:
+                self.unsupported.append(f"custom_hooks: {hook.get('type')} has no equivalent here")
+        self.set("top", "run_dir", str(self.mm.get("work_dir") or f"runs/classification/{stem}"))
+        if self.mm.get("resume_from"):
+            self.set("top", "resume", str(self.mm["resume_from"]))
+        if self.mm.get("load_from"):
+            self.set("model", "checkpoint", str(self.mm["load_from"]))
+        if isinstance(self.mm.get("seed"), int):
+            self.set("top", "seed", self.mm["seed"])
+
+    def run(self, stem: str) -> Conversion:
+        if any(k in self.mm for k in ("train_dataloader", "optim_wrapper", "param_scheduler")) \
+                and "data" not in self.mm:
+            raise MmcvConfigError("this is an mmpretrain / mmcls 1.x config (train_dataloader / optim_wrapper); "
+                                  "the converter reads mmcls 0.x configs, the original Vision-RWKV repo's")
+        self.model()
+        self.data()
+        self.optimizer()
+        self.schedule()
+        self.runtime(stem)
+        self.unread_top_keys()
+        if self.kwargs:
+            self.set("model", "kwargs", self.kwargs)
+        top = self.out.pop("top")
+        return Conversion({**top, **{k: v for k, v in self.out.items() if v}}, self.notes, self.unsupported)
+
+
+def convert_mmcls_config(mm: Dict[str, Any], name: str = "converted") -> Conversion:
+    """Map the settings of a read mmcls 0.x config (``read_mmcv_config``) to our classification config keys
+    (module docstring); ``name`` names the default ``run_dir``. Raises MmcvConfigError for configs that give no
+    model or schedule here (another backbone, optimizer or runner)."""
+    from pathlib import Path
+
+    return _Converter(mm).run(Path(name).stem)
+
+
+def mmcls_conversion_yaml(conversion: Conversion, source: str, base: str) -> str:
+    """The converted config as YAML text over ``_base_: base`` (the path of configs/classification/base.yaml
+    from where the file is written)."""
+    config = dict(conversion.config)
+    if "kwargs" in config.get("model", {}):
+        config["model"] = dict(config["model"], kwargs=FlowDict(config["model"]["kwargs"]))
+    return conversion_text(config, conversion, f"the mmcls config {source}", "tools/convert_mmcv_config.py",
+                           "configs/classification/base.yaml", base=base)
