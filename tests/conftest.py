@@ -75,3 +75,18 @@ def captured_figures(monkeypatch):
         return figures
 
     return capture
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """Import a script of tools/ by name (``load_tool("convert_mmcv_config").main([...])``), once per session."""
+    import importlib.util
+    cache = {}
+
+    def _load(name: str):
+        if name not in cache:
+            spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+            cache[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(cache[name])
+        return cache[name]
+    return _load

@@ -1,7 +1,6 @@
 """The mmcls 0.x config converter (vision_rwkv.engine.mmcls_config_convert, tools/convert_mmcv_config.py): the
 original repo's six ImageNet recipes convert to the shipped configs, a user's config converts and trains, and
 settings without an equivalent are listed."""
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "classification"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_mmcv_config", ROOT / "tools" / "convert_mmcv_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _convert(path):
     return convert_mmcls_config(read_mmcv_config(path), Path(path).stem)
 
 
 @pytest.mark.parametrize("family,size", sorted(RECIPES))
-def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, family, size):
+def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, family, size, load_tool):
     """The original repo's configs (rand_aug policies through {{_base_...}}, a list comprehension in hparams,
     mixup as two augments) give the shipped recipe: model, augmentation, optimizer and schedule; the lr as the
     config states it for its global batch (the shipped configs scale lr_base to it)."""
     src = write_tree(tmp_path / "original")[(family, size)]
     dst = tmp_path / "converted.yaml"
-    assert _tool().main([str(src), str(dst)]) == 0
+    assert load_tool("convert_mmcv_config").main([str(src), str(dst)]) == 0
     conversion = _convert(src)
     assert conversion.unsupported == []
     ours = OmegaConf.to_container(load_config(dst), resolve=True)
@@ -164,7 +156,7 @@ work_dir = '{work}'
 """
 
 
-def test_a_users_config_converts_and_trains(tmp_path):
+def test_a_users_config_converts_and_trains(tmp_path, load_tool):
     import numpy as np
     from PIL import Image
 
@@ -180,7 +172,7 @@ def test_a_users_config_converts_and_trains(tmp_path):
     src = _write(tmp_path / "mm", {"configs/custom.py": CUSTOM.format(root=tmp_path / "data", work=tmp_path / "run"),
                                    "_base_/default_runtime.py": "log_config = dict(interval=1, hooks=[])\n"})
     dst = tmp_path / "out" / "custom.yaml"
-    assert _tool().main([str(src), str(dst)]) == 0
+    assert load_tool("convert_mmcv_config").main([str(src), str(dst)]) == 0
     cfg = load_config(dst, ["train.show_progress=false", "train.plot=false", "train.tensorboard=false"])
     assert (cfg.model.name, dict(cfg.model.kwargs)) == ("vrwkv6_tiny_patch16_224", dict(
         img_size=32, patch_size=8, embed_dim=64, depth=2))

@@ -1,5 +1,4 @@
 """The mmseg 0.x config reader (no code runs) and the converter to our YAML (tools/convert_mmcv_config.py)."""
-import importlib.util
 import re
 from pathlib import Path
 
@@ -14,13 +13,6 @@ from vision_rwkv.engine.mmcv_config import MmcvConfigError, read_mmcv_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "segmentation"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("convert_mmseg_config", ROOT / "tools" / "convert_mmcv_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _convert(path):
@@ -72,7 +64,7 @@ def _tiny_variant(tmp_path, body):
                                                   + body})
 
 
-def test_settings_without_an_equivalent_are_listed_not_dropped(tmp_path, capsys):
+def test_settings_without_an_equivalent_are_listed_not_dropped(tmp_path, capsys, load_tool):
     path = _tiny_variant(tmp_path, "\n".join([
         "optimizer = dict(_delete_=True, type='SGD', lr=0.01, momentum=0.9)",
         "model = dict(decode_head=dict(loss_decode=dict(_delete_=True, type='DiceLoss')))",
@@ -90,7 +82,7 @@ def test_settings_without_an_equivalent_are_listed_not_dropped(tmp_path, capsys)
                      "mean / std differ from the train pipeline's"):
         assert expected in text, expected
     assert any("top-level optimzer" in n for n in conversion.notes)  # a misspelt section is reported
-    tool = _tool()
+    tool = load_tool("convert_mmcv_config")
     dst = tmp_path / "out.yaml"
     assert tool.main([str(path), str(dst)]) == 2 and not dst.exists()
     assert "RandomRotate" in capsys.readouterr().err
@@ -196,7 +188,7 @@ work_dir = '{work}'
 """
 
 
-def test_a_custom_dataset_config_converts_and_trains(tmp_path):
+def test_a_custom_dataset_config_converts_and_trains(tmp_path, load_tool):
     """A user's own mmseg config (CustomDataset with classes and palette in a RepeatDataset, BN heads, class
     weights, gradient clipping, a smaller adapter) converts with the CLI, loads, and trains to an mIoU."""
     from vision_rwkv.seg.train import train_segmentor
@@ -205,7 +197,7 @@ def test_a_custom_dataset_config_converts_and_trains(tmp_path):
     src = _write(tmp_path / "mm", {"configs/custom.py": CUSTOM.format(root=tmp_path / "data", work=tmp_path / "run"),
                                    "_base_/default_runtime.py": "log_level = 'INFO'\ncudnn_benchmark = True\n"})
     dst = tmp_path / "custom.yaml"
-    assert _tool().main([str(src), str(dst)]) == 0
+    assert load_tool("convert_mmcv_config").main([str(src), str(dst)]) == 0
     cfg = load_seg_config(dst, ["train.tensorboard=false", "train.show_progress=false"])
     d, m, o = cfg.data, cfg.model, cfg.optim
     assert (d.type, d.root, d.img_dir, d.val_ann_dir, list(d.classes)) == \

@@ -177,20 +177,9 @@ class _Converter(ConverterBase):
         self.leftovers(d, "data", ("samples_per_gpu", "workers_per_gpu", "train", "val", "test"),
                        ignored=("train_dataloader", "val_dataloader", "test_dataloader", "persistent_workers"))
 
-    def _steps(self, pipeline: Sequence[Dict[str, Any]], where: str) -> Dict[str, Dict[str, Any]]:
-        steps: Dict[str, Dict[str, Any]] = {}
-        for i, step in enumerate(pipeline):
-            kind = step.get("type")
-            if kind in FORMAT_STEPS:
-                continue
-            if kind in steps:
-                self.unsupported.append(f"{where}[{i}]: a second {kind}")
-            steps[kind] = dict(step)
-        return steps
-
     def train_pipeline(self, pipeline: Sequence[Dict[str, Any]]) -> None:
         where = "data.train.pipeline"
-        steps = self._steps(pipeline, where)
+        steps = self.pipeline_steps(pipeline, where, FORMAT_STEPS)
         for kind in steps:
             if kind not in TRAIN_STEPS:
                 self.unsupported.append(f"{where}: {kind} has no equivalent here (timm's train transform: "
@@ -281,7 +270,7 @@ class _Converter(ConverterBase):
 
     def test_pipeline(self, pipeline: Sequence[Dict[str, Any]]) -> None:
         where = "data.val.pipeline"
-        steps = self._steps(pipeline, where)
+        steps = self.pipeline_steps(pipeline, where, FORMAT_STEPS)
         resize, crop = steps.get("Resize"), steps.get("CenterCrop")
         for kind in steps:
             if kind not in ("Resize", "CenterCrop", "Normalize"):
@@ -346,17 +335,7 @@ class _Converter(ConverterBase):
             self.unsupported.append(f"optimizer.paramwise_cfg.{key}={value!r} has no equivalent here")
         self.leftovers(o, where, ("type", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov",
                                   "paramwise_cfg", "constructor"))
-        hook = dict(self.mm.get("optimizer_config") or {})
-        clip = hook.pop("grad_clip", None)
-        self.set("optim", "clip_grad", float(clip["max_norm"]) if clip else None)
-        if clip:
-            self.expect(clip, "norm_type", 2, "optimizer_config.grad_clip", "the clip is by the L2 norm")
-        if hook.pop("cumulative_iters", 1) != 1:
-            self.unsupported.append("optimizer_config.cumulative_iters: set train.grad_accum_steps (the lr and "
-                                    "schedule count optimizer steps here)")
-        hook.pop("type", None)
-        self.leftovers(hook, "optimizer_config", (), ignored=("loss_scale", "distributed", "coalesce",
-                                                              "bucket_size_mb"))
+        self.optimizer_hook("set train.grad_accum_steps (the lr and schedule count optimizer steps here)")
 
     def custom_keys(self, keys: Dict[str, Any]) -> None:
         """A custom key that names no parameter of the model changes nothing (the Swin keys of the original's
@@ -420,18 +399,7 @@ class _Converter(ConverterBase):
         self.set("train", "epochs", int(runner["max_epochs"]))
 
     def runtime(self, stem: str) -> None:
-        ckpt = self.mm.get("checkpoint_config") or {}
-        if "interval" in ckpt:
-            self.set("train", "ckpt_every_epochs", int(ckpt["interval"]))
-        if "max_keep_ckpts" in ckpt:
-            keep = int(ckpt["max_keep_ckpts"])
-            self.set("train", "keep_last", 0 if keep < 0 else keep)
-        evaluation = self.mm.get("evaluation") or {}
-        if "interval" in evaluation:
-            self.set("train", "eval_every_epochs", int(evaluation["interval"]))
-        log = self.mm.get("log_config") or {}
-        if "interval" in log:
-            self.set("train", "log_every", int(log["interval"]))
+        self.intervals("ckpt_every_epochs", "eval_every_epochs")
         self.set("train", "precision", "fp16" if self.mm.get("fp16") is not None else "fp32")
         if self.mm.get("fp16") is None:
             self.notes.append("train.precision=fp32 as the config trains (the shipped configs use bf16 autocast)")

@@ -69,6 +69,49 @@ class ConverterBase:
     def set(self, section: str, key: str, value: Any) -> None:
         self.out[section][key] = plain(value)
 
+    def pipeline_steps(self, pipeline: Sequence[Dict[str, Any]], where: str,
+                       skip: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+        """The pipeline's steps by type, without the formatting ones (`skip`); a repeated step is unsupported."""
+        steps: Dict[str, Dict[str, Any]] = {}
+        for i, step in enumerate(pipeline):
+            kind = step.get("type")
+            if kind in skip:
+                continue
+            if kind in steps:
+                self.unsupported.append(f"{where}[{i}]: a second {kind}")
+            steps[kind] = dict(step)
+        return steps
+
+    def optimizer_hook(self, accumulation_hint: str) -> None:
+        """``optimizer_config``: ``grad_clip`` -> optim.clip_grad (null without one); accumulation is unsupported."""
+        hook = dict(self.mm.get("optimizer_config") or {})
+        clip = hook.pop("grad_clip", None)
+        self.set("optim", "clip_grad", float(clip["max_norm"]) if clip else None)
+        if clip:
+            self.expect(clip, "norm_type", 2, "optimizer_config.grad_clip", "the clip is by the L2 norm")
+        if hook.pop("cumulative_iters", 1) != 1:
+            self.unsupported.append(f"optimizer_config.cumulative_iters: {accumulation_hint}")
+        hook.pop("type", None)
+        self.leftovers(hook, "optimizer_config", (), ignored=("loss_scale", "distributed", "coalesce",
+                                                              "bucket_size_mb"))
+
+    def intervals(self, ckpt_key: str, eval_key: str) -> Dict[str, Any]:
+        """``checkpoint_config`` / ``evaluation`` / ``log_config`` intervals -> train.`ckpt_key` / `eval_key` /
+        log_every, max_keep_ckpts -> train.keep_last (-1: 0, keep all). Returns the evaluation dict."""
+        ckpt = self.mm.get("checkpoint_config") or {}
+        if "interval" in ckpt:
+            self.set("train", ckpt_key, int(ckpt["interval"]))
+        if "max_keep_ckpts" in ckpt:
+            keep = int(ckpt["max_keep_ckpts"])
+            self.set("train", "keep_last", 0 if keep < 0 else keep)
+        evaluation = self.mm.get("evaluation") or {}
+        if "interval" in evaluation:
+            self.set("train", eval_key, int(evaluation["interval"]))
+        log = self.mm.get("log_config") or {}
+        if "interval" in log:
+            self.set("train", "log_every", int(log["interval"]))
+        return evaluation
+
     def unread_top_keys(self) -> None:
         """Top-level names outside the sections read are helper variables (norm_cfg, crop_size, ...) when their
         value appears inside a section; anything else is reported, so a misspelt section is not lost silently."""

@@ -380,20 +380,9 @@ class _Converter(ConverterBase):
         handled += ("img_suffix", "seg_map_suffix", "reduce_zero_label", "classes", "palette") if folder else ()
         self.leftovers(ds, where, handled, ignored=("test_mode", "file_client_args", "gt_seg_map_loader_cfg"))
 
-    def _steps(self, pipeline: Sequence[Dict[str, Any]], where: str) -> Dict[str, Dict[str, Any]]:
-        steps: Dict[str, Dict[str, Any]] = {}
-        for i, step in enumerate(pipeline):
-            kind = step.get("type")
-            if kind in FORMAT_STEPS:
-                continue
-            if kind in steps:
-                self.unsupported.append(f"{where}[{i}]: a second {kind}")
-            steps[kind] = dict(step)
-        return steps
-
     def train_pipeline(self, pipeline: Sequence[Dict[str, Any]]) -> None:
         where = "data.train.pipeline"
-        steps = self._steps(pipeline, where)
+        steps = self.pipeline_steps(pipeline, where, FORMAT_STEPS)
         known = [k for k in steps if k in TRAIN_STEPS]
         for kind in steps:
             if kind not in TRAIN_STEPS:
@@ -475,7 +464,7 @@ class _Converter(ConverterBase):
         self.set("test", "scales", [float(r) for r in aug.get("img_ratios") or [1.0]])
         self.set("test", "flip", bool(aug.get("flip", False)))
         self.expect(aug, "flip_direction", "horizontal", f"{where}.MultiScaleFlipAug", "test flips are horizontal")
-        steps = self._steps(aug.get("transforms", []), f"{where}.MultiScaleFlipAug.transforms")
+        steps = self.pipeline_steps(aug.get("transforms", []), f"{where}.MultiScaleFlipAug.transforms", FORMAT_STEPS)
         for kind, step in steps.items():
             if kind == "Resize":
                 self.expect(step, "keep_ratio", True, f"{where}.Resize", "test resizes keep the aspect ratio")
@@ -519,16 +508,7 @@ class _Converter(ConverterBase):
                                     f"biases and the position embedding get no weight decay)")
         self.leftovers(o, where, ("type", "lr", "weight_decay", "betas", "eps", "amsgrad", "constructor",
                                   "paramwise_cfg"))
-        hook = dict(self.mm.get("optimizer_config") or {})
-        clip = hook.pop("grad_clip", None)
-        if clip:
-            self.set("optim", "clip_grad", float(clip["max_norm"]))
-            self.expect(clip, "norm_type", 2, "optimizer_config.grad_clip", "the clip is by the L2 norm")
-        if hook.pop("cumulative_iters", 1) != 1:
-            self.unsupported.append("optimizer_config.cumulative_iters: gradient accumulation does not convert")
-        hook.pop("type", None)
-        self.leftovers(hook, "optimizer_config", (), ignored=("loss_scale", "distributed", "coalesce",
-                                                              "bucket_size_mb"))
+        self.optimizer_hook("gradient accumulation does not convert")
 
     def depth(self) -> int:
         from vision_rwkv.models.vrwkv import VARIANT_ARGS
@@ -563,21 +543,11 @@ class _Converter(ConverterBase):
         self.leftovers(runner, "runner", ("type", "max_iters"))
 
     def runtime(self, stem: str) -> None:
-        ckpt = self.mm.get("checkpoint_config") or {}
-        if "interval" in ckpt:
-            self.set("train", "ckpt_every", int(ckpt["interval"]))
-        if "max_keep_ckpts" in ckpt:
-            keep = int(ckpt["max_keep_ckpts"])
-            self.set("train", "keep_last", 0 if keep < 0 else keep)
-        evaluation = self.mm.get("evaluation") or {}
-        if "interval" in evaluation:
-            self.set("train", "eval_every", int(evaluation["interval"]))
+        evaluation = self.intervals("ckpt_every", "eval_every")
         metric = evaluation.get("metric", "mIoU")
         if "mIoU" not in ([metric] if isinstance(metric, str) else list(metric)):
             self.notes.append(f"evaluation.metric={metric!r}: evaluations here report mIoU, mAcc and aAcc")
         log = self.mm.get("log_config") or {}
-        if "interval" in log:
-            self.set("train", "log_every", int(log["interval"]))
         hooks = [h.get("type") for h in log.get("hooks", [])]
         if "TensorboardLoggerHook" in hooks:
             self.set("train", "tensorboard", True)
