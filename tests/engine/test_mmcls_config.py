@@ -119,6 +119,13 @@ def test_step_schedules_sgd_and_ema_convert(tmp_path):
     assert any("EMAHook warm_up=100" in n for n in conversion.notes)
 
 
+def test_backbone_weights_become_the_fine_tuning_checkpoint(tmp_path):
+    """init_cfg=dict(type='Pretrained') (mmcls's way to start from backbone weights) was dropped silently."""
+    conversion = _convert(_variant(tmp_path, "model = dict(backbone=dict(init_cfg=dict(type='Pretrained', "
+                                             "checkpoint='vrwkv_t_in1k_224.pth', prefix='backbone.')))"))
+    assert conversion.config["model"]["checkpoint"] == "vrwkv_t_in1k_224.pth"
+
+
 def test_an_mmpretrain_config_is_named(tmp_path):
     path = _write(tmp_path, {"c.py": "model = dict(type='ImageClassifier')\ntrain_dataloader = dict()\n"
                                      "optim_wrapper = dict()\n"})

@@ -77,7 +77,11 @@ class _Converter(ConverterBase):
             self.set("model", "grad_checkpointing", True)
         self.expect(b, "final_norm", True, "model.backbone", "the classifier pools the final norm's output")
         b.pop("final_norm", None)
-        b.pop("pretrained", None)
+        init_cfg = b.pop("init_cfg", None) or {}
+        pretrained_cfg = isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained"
+        weights = b.pop("pretrained", None) or (init_cfg.get("checkpoint") if pretrained_cfg else None)
+        if weights:  # (backbone weights: model.checkpoint takes a backbone or a whole classifier, new head if needed)
+            self.set("model", "checkpoint", str(weights))
         try:
             kwargs = model_kwargs_from_original(b, family)
         except ValueError as err:
