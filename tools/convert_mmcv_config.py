@@ -89,15 +89,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".yaml", dir=dst.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(to_yaml(conversion))
     try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(to_yaml(conversion))
         load(tmp)  # the schema / value checks of every key, before the file takes dst's name
+        os.replace(tmp, dst)
     except ConfigError as err:
-        os.unlink(tmp)
-        print(f"error: the converted config does not load: {err}", file=sys.stderr)
+        print(f"error: the converted config does not load: {str(err).replace(tmp, str(dst))}", file=sys.stderr)
         return 2
-    os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     left = f", {len(conversion.unsupported)} setting(s) left out (listed in it)" if conversion.unsupported else ""
     print(f"wrote {dst}{left}")
     return 0

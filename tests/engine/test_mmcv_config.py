@@ -71,3 +71,38 @@ def test_reading_a_config_never_runs_its_code(tmp_path, line, what):
     with pytest.raises(MmcvConfigError, match=rf"c.py:2: {what} is not supported"):
         read_mmcv_config(path)
     assert not flag.exists()
+
+
+@pytest.mark.parametrize("line,message", [
+    ("x = dict(a=1)['b']", r"c.py:2: KeyError: 'b'"),
+    ("x = 1 / 0", r"c.py:2: ZeroDivisionError"),
+    ("x = 1 + 'a'", r"c.py:2: TypeError"),
+    ("x = (1, 2)[2]", r"c.py:2: IndexError"),
+    ("x, y = 1", r"c.py:2: TypeError"),
+    ("x = int('abc')", r"c.py:2: ValueError"),
+])
+def test_evaluation_errors_name_the_line(tmp_path, line, message):
+    """A typo such as img_norm_cfg['sdt'] was a bare KeyError traceback."""
+    with pytest.raises(MmcvConfigError, match=message):
+        read_mmcv_config(_write(tmp_path, {"c.py": "a = 1\n" + line + "\n"}))
+
+
+@pytest.mark.parametrize("line,message", [
+    ("x = sum(range(10 ** 12))", r"ValueError: a sequence of 1000000000000 items"),
+    ("x = 10 ** 10 ** 9", r"an integer power beyond 4096 bits"),
+    ("x = [i for i in range(10 ** 6) for j in range(10)]", r"a comprehension of more than 1000000 steps"),
+    ("x = 'a' * 10 ** 11", r"a sequence of 100000000000 items"),
+    ("x = [0] * 10 ** 7", r"a sequence of 10000000 items"),
+    ("x = '%*d' % (10 ** 10, 1)", r"%-formatting of a string"),
+])
+def test_configs_cannot_make_the_reader_hang_or_exhaust_memory(tmp_path, line, message):
+    with pytest.raises(MmcvConfigError, match=rf"c.py:2: .*{message}"):
+        read_mmcv_config(_write(tmp_path, {"c.py": "a = 1\n" + line + "\n"}))
+
+
+def test_mmcv_file_name_variables_are_substituted(tmp_path):
+    path = _write(tmp_path, {"configs/my_run.py": "work_dir = './work_dirs/{{ fileBasenameNoExtension }}'\n"
+                                                  "where = '{{fileDirname}}/{{ fileBasename }}{{fileExtname}}'\n"})
+    cfg = read_mmcv_config(path)
+    assert cfg["work_dir"] == "./work_dirs/my_run"
+    assert cfg["where"] == f"{(tmp_path / 'configs').as_posix()}/my_run.py.py"

@@ -107,6 +107,25 @@ def test_configs_that_give_no_model_are_errors(tmp_path, body, message):
         _convert(_tiny_variant(tmp_path, body + "\n"))
 
 
+def test_runtime_forms_of_older_configs(tmp_path):
+    """fp16 through mmcv's Fp16OptimizerHook (older mmseg configs) became fp32 silently; without max_keep_ckpts
+    mmcv keeps every checkpoint; mmcv's {{ fileBasenameNoExtension }} names the run."""
+    conversion = _convert(_tiny_variant(tmp_path, "\n".join([
+        "fp16 = None", "optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.)",
+        "checkpoint_config = dict(_delete_=True, by_epoch=False, interval=4000)",
+        "work_dir = './work_dirs/{{ fileBasenameNoExtension }}'"]) + "\n"))
+    assert conversion.unsupported == []
+    train = conversion.config["train"]
+    assert (train["precision"], train["keep_last"], train["ckpt_every"], train["run_dir"]) == \
+        ("fp16", 0, 4000, "./work_dirs/variant")
+
+
+def test_several_folders_per_split_are_an_error(tmp_path):
+    with pytest.raises(MmcvConfigError, match=r"data.train.ann_dir=\['a', 'b'\]: one folder per split"):
+        _convert(_tiny_variant(tmp_path, "data = dict(train=dict(type='CustomDataset', classes=['x'] * 150,"
+                                         " img_dir='img', ann_dir=['a', 'b']))\n"))
+
+
 def test_an_mmseg_1x_config_is_named(tmp_path):
     path = _write(tmp_path, {"c.py": "model = dict()\ntrain_dataloader = dict()\noptim_wrapper = dict()\n"})
     with pytest.raises(MmcvConfigError, match="mmseg 1.x config"):
@@ -241,6 +260,11 @@ def test_a_custom_dataset_config_converts_and_trains(tmp_path, load_tool):
      " std=[58.395, 57.12, 57.375]), dict(type='RandomFlip', prob=0.5)]))",
      "one \\(long, short\\) scale converts|steps in the order Resize -> RandomCrop -> Normalize -> RandomFlip"),
     ("model = dict(decode_head=dict(num_classes=151))", "num_classes=151 but the dataset has 150 classes"),
+    ("data = dict(val=dict(pipeline=[dict(type='MultiScaleFlipAug', img_scale=[(2048, 512), (2048, 640)],"
+     " transforms=[dict(type='Resize', keep_ratio=True)])]))", "img_scale=\\[\\(2048, 512\\), \\(2048, 640\\)\\]"),
+    ("data = dict(train=dict(pipeline=[dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),"
+     " dict(type='RandomCrop', crop_size=(512, 512), ignore_index=0), dict(type='Normalize',"
+     " mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]))", "RandomCrop.ignore_index=0"),
 ])
 def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
     unsupported = "\n".join(_convert(_tiny_variant(tmp_path, body + "\n")).unsupported)

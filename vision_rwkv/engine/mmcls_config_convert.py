@@ -339,7 +339,8 @@ class _Converter(ConverterBase):
             self.unsupported.append(f"optimizer.paramwise_cfg.{key}={value!r} has no equivalent here")
         self.leftovers(o, where, ("type", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov",
                                   "paramwise_cfg", "constructor"))
-        self.optimizer_hook("set train.grad_accum_steps (the lr and schedule count optimizer steps here)")
+        self.fp16_hook = self.optimizer_hook("set train.grad_accum_steps (the lr and schedule count optimizer "
+                                             "steps here)")
 
     def custom_keys(self, keys: Dict[str, Any]) -> None:
         """A custom key that names no parameter of the model changes nothing (the Swin keys of the original's
@@ -404,8 +405,9 @@ class _Converter(ConverterBase):
 
     def runtime(self, stem: str) -> None:
         self.intervals("ckpt_every_epochs", "eval_every_epochs")
-        self.set("train", "precision", "fp16" if self.mm.get("fp16") is not None else "fp32")
-        if self.mm.get("fp16") is None:
+        fp16 = self.mm.get("fp16") is not None or self.fp16_hook
+        self.set("train", "precision", "fp16" if fp16 else "fp32")
+        if not fp16:
             self.notes.append("train.precision=fp32 as the config trains (the shipped configs use bf16 autocast)")
         for hook in self.mm.get("custom_hooks") or []:
             if hook.get("type") == "EMAHook":

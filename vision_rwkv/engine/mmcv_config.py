@@ -5,8 +5,12 @@ literals, ``dict(...)`` / ``list(...)`` / ``tuple(...)`` calls and pure builtins
 ...), names assigned earlier in the same file, ``**`` unpacking, arithmetic, comparisons, ``a if c else b``,
 indexing, list comprehensions, f-strings and ``{{_base_.key}}`` references - and refuses anything else (imports,
 other calls, attribute access, lambdas) with an error naming the file and line, so reading a config never runs
-code. Inheritance follows mmcv's ``Config.fromfile``: the ``_base_`` files (a path or a list, relative to the
-file) are read first, no key may repeat among them, and the file's dicts are merged into theirs key by key unless
+code; values are bounded (ranges, repeated sequences and comprehensions of at most a million items, integer powers
+of at most 4096 bits), and an evaluation error (a missing key, a division by zero) names the line too. mmcv's
+``{{ fileBasenameNoExtension }}`` and its other file-name variables are substituted as mmcv does.
+
+Inheritance follows mmcv's ``Config.fromfile``: the ``_base_`` files (a path or a list, relative to the file) are
+read first, no key may repeat among them, and the file's dicts are merged into theirs key by key unless
 they carry ``_delete_=True``, which replaces the base's dict; other values replace. Top-level names starting with
 ``__`` are dropped, as mmcv drops them.
 """
@@ -16,6 +20,7 @@ import ast
 import copy
 import operator
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -30,8 +35,18 @@ _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_
 _CALLS = {"dict": dict, "list": list, "tuple": tuple}
 # pure builtins configs use on values (e.g. ``[round(x) for x in img_norm_cfg['mean'][::-1]]``)
 _PURE = {"round": round, "int": int, "float": float, "str": str, "bool": bool, "min": min, "max": max, "abs": abs,
-         "len": len, "sum": sum, "sorted": sorted, "range": range, "reversed": lambda x: list(reversed(x)),
-         "zip": lambda *a: list(zip(*a)), "enumerate": lambda x: list(enumerate(x))}
+         "len": len, "sum": sum, "sorted": sorted, "range": lambda *a: _bounded(range(*a)),
+         "reversed": lambda x: list(reversed(x)), "zip": lambda *a: list(zip(*a)),
+         "enumerate": lambda x: list(enumerate(x))}
+
+
+MAX_ITEMS = 1_000_000  # the longest range / sequence / comprehension a config may build (a config is small data)
+
+
+def _bounded(items: Any) -> Any:
+    if len(items) > MAX_ITEMS:
+        raise ValueError(f"a sequence of {len(items)} items (a config builds at most {MAX_ITEMS})")
+    return items
 
 
 class MmcvConfigError(ConfigError):
@@ -53,17 +68,25 @@ class _Evaluator:
 
     def run(self, tree: ast.Module) -> Dict[str, Any]:
         for stmt in tree.body:
-            if isinstance(stmt, ast.Assign):
-                value = self.eval(stmt.value)
-                for target in stmt.targets:
-                    self.assign(target, value)
-            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-                self.assign(stmt.target, self.eval(stmt.value))
-            elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
-                continue  # a docstring or a bare literal
-            else:
-                raise self.fail(stmt, f"the statement {type(stmt).__name__}")
+            try:
+                self.statement(stmt)
+            except MmcvConfigError:
+                raise
+            except (ArithmeticError, TypeError, ValueError, LookupError, MemoryError, RecursionError) as err:
+                raise MmcvConfigError(f"{self.path}:{stmt.lineno}: {type(err).__name__}: {err}") from None
         return self.names
+
+    def statement(self, stmt: ast.stmt) -> None:
+        if isinstance(stmt, ast.Assign):
+            value = self.eval(stmt.value)
+            for target in stmt.targets:
+                self.assign(target, value)
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            self.assign(stmt.target, self.eval(stmt.value))
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            pass  # a docstring or a bare literal
+        else:
+            raise self.fail(stmt, f"the statement {type(stmt).__name__}")
 
     def assign(self, target: ast.AST, value: Any) -> None:
         if isinstance(target, ast.Name):
@@ -139,6 +162,7 @@ class _Evaluator:
         """[expr for names in iterable if cond ...]: the loop names are bound only inside (as in Python 3)."""
         saved = dict(self.names)
         out: list = []
+        steps = [0]
 
         def loop(i: int) -> None:
             if i == len(node.generators):
@@ -148,6 +172,9 @@ class _Evaluator:
             if gen.is_async:
                 raise self.fail(node, "an async comprehension")
             for item in self.eval(gen.iter):
+                steps[0] += 1
+                if steps[0] > MAX_ITEMS:
+                    raise self.fail(node, f"a comprehension of more than {MAX_ITEMS} steps")
                 self.assign(gen.target, item)
                 if all(self.eval(cond) for cond in gen.ifs):
                     loop(i + 1)
@@ -185,7 +212,18 @@ class _Evaluator:
         op = _BINARY.get(type(node.op))
         if op is None:
             raise self.fail(node, f"the operator {type(node.op).__name__}")
-        return op(self.eval(node.left), self.eval(node.right))
+        left, right = self.eval(node.left), self.eval(node.right)
+        seq = (str, list, tuple)
+        if isinstance(node.op, ast.Mod) and isinstance(left, str):
+            raise self.fail(node, "%-formatting of a string")
+        if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) \
+                and abs(left) > 1 and right * max(abs(left).bit_length(), 1) > 4096:
+            raise self.fail(node, f"an integer power beyond 4096 bits ({left} ** {right})")
+        if isinstance(node.op, ast.Mult) and isinstance(left, seq + (int,)) and isinstance(right, seq + (int,)):
+            items, times = (left, right) if isinstance(left, seq) else (right, left)
+            if isinstance(items, seq) and isinstance(times, int) and len(items) * times > MAX_ITEMS:
+                raise self.fail(node, f"a sequence of {len(items) * times} items (at most {MAX_ITEMS})")
+        return op(left, right)
 
     def _UnaryOp(self, node: ast.UnaryOp) -> Any:
         op = _UNARY.get(type(node.op))
@@ -263,6 +301,7 @@ def _read(path: Path, stack: List[Path]) -> Dict[str, Any]:
     except FileNotFoundError:
         where = f" (a _base_ of {stack[-1]})" if stack else ""
         raise MmcvConfigError(f"mmcv config file not found: {path}{where}") from None
+    source = _predefined_vars(source, path)
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as err:
@@ -283,6 +322,16 @@ def _read(path: Path, stack: List[Path]) -> Dict[str, Any]:
     names.pop("_base_", None)
     names = {k: v for k, v in names.items() if not k.startswith("__")}
     return merge_mmcv(names, base)
+
+
+def _predefined_vars(source: str, path: Path) -> str:
+    """mmcv's text substitution of ``{{ fileDirname }}``, ``{{ fileBasename }}``, ``{{ fileBasenameNoExtension }}``
+    and ``{{ fileExtname }}`` (the config file's own)."""
+    values = {"fileDirname": path.parent.as_posix(), "fileBasename": path.name,
+              "fileBasenameNoExtension": path.stem, "fileExtname": path.suffix}
+    for key, value in values.items():
+        source = re.sub(r"\{\{\s*" + key + r"\s*\}\}", lambda _: value, source)
+    return source
 
 
 def _base_list(tree: ast.Module, path: Path) -> List[str]:

@@ -82,9 +82,11 @@ class ConverterBase:
             steps[kind] = dict(step)
         return steps
 
-    def optimizer_hook(self, accumulation_hint: str) -> None:
-        """``optimizer_config``: ``grad_clip`` -> optim.clip_grad (null without one); accumulation is unsupported."""
+    def optimizer_hook(self, accumulation_hint: str) -> bool:
+        """``optimizer_config``: ``grad_clip`` -> optim.clip_grad (null without one); accumulation is unsupported.
+        Returns whether the hook trains in fp16 (mmcv's Fp16OptimizerHook, or a DistOptimizerHook with use_fp16)."""
         hook = dict(self.mm.get("optimizer_config") or {})
+        fp16 = hook.get("type") == "Fp16OptimizerHook" or bool(hook.pop("use_fp16", False))
         clip = hook.pop("grad_clip", None)
         self.set("optim", "clip_grad", float(clip["max_norm"]) if clip else None)
         if clip:
@@ -93,7 +95,8 @@ class ConverterBase:
             self.unsupported.append(f"optimizer_config.cumulative_iters: {accumulation_hint}")
         hook.pop("type", None)
         self.leftovers(hook, "optimizer_config", (), ignored=("loss_scale", "distributed", "coalesce",
-                                                              "bucket_size_mb"))
+                                                              "bucket_size_mb", "update_interval"))
+        return fp16
 
     def intervals(self, ckpt_key: str, eval_key: str) -> Dict[str, Any]:
         """``checkpoint_config`` / ``evaluation`` / ``log_config`` intervals -> train.`ckpt_key` / `eval_key` /
@@ -101,8 +104,8 @@ class ConverterBase:
         ckpt = self.mm.get("checkpoint_config") or {}
         if "interval" in ckpt:
             self.set("train", ckpt_key, int(ckpt["interval"]))
-        if "max_keep_ckpts" in ckpt:
-            keep = int(ckpt["max_keep_ckpts"])
+        if ckpt:  # (mmcv's CheckpointHook keeps every checkpoint unless max_keep_ckpts says otherwise)
+            keep = int(ckpt.get("max_keep_ckpts", -1))
             self.set("train", "keep_last", 0 if keep < 0 else keep)
         evaluation = self.mm.get("evaluation") or {}
         if "interval" in evaluation:
@@ -129,8 +132,9 @@ class ConverterBase:
 
         for key, value in self.mm.items():
             if key not in self.SECTIONS and not any(occurs(value, s) for s in sections):
-                self.notes.append(f"top-level {key}={value!r} is not read (not an {self.KIND} setting the converter "
-                                  f"knows)")
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                self.notes.append(f"top-level {key}={shown} is not read (not an {self.KIND} setting the converter "
+                                  f"knows, or a base's variable the config no longer uses)")
 
 
 def _comment(lines: Sequence[str], bullet: str = "- ", width: int = 116) -> List[str]:

@@ -109,6 +109,9 @@ class _Converter(ConverterBase):
                               f"(nothing is downloaded here)")
         elif path:
             self.set("model", "pretrained", str(path))
+            self.notes.append(f"model.pretrained={path!r} (ImageNet backbone weights, read when training starts): "
+                              f"model.pretrained=null trains from scratch, also needed when you change the "
+                              f"backbone's size")
         if b.pop("with_cp", False):
             self.set("model", "grad_checkpointing", True)
         adapter_args = {ours: b.pop(theirs) for theirs, ours in ADAPTER_KEYS.items() if theirs in b}
@@ -322,6 +325,11 @@ class _Converter(ConverterBase):
             if val is not None:
                 self.dataset_leftovers(val, "data.val", folder=False)
             return ours
+        for ds, where in ((train, "data.train"), (val, "data.val")):
+            for key in ("img_dir", "ann_dir"):
+                if ds is not None and not isinstance(ds.get(key), (str, type(None))):
+                    raise MmcvConfigError(f"{where}.{key}={ds[key]!r}: one folder per split converts (several "
+                                          f"image / annotation folders: make one of them)")
         self.set("data", "img_dir", train.get("img_dir"))
         self.set("data", "ann_dir", train.get("ann_dir"))
         if val is not None:
@@ -415,8 +423,10 @@ class _Converter(ConverterBase):
         else:
             self.set("data", "crop_size", pair(crop["crop_size"]))
             self.set("data", "cat_max_ratio", float(crop.get("cat_max_ratio", 1.0)))
-            self.leftovers(crop, f"{where}.RandomCrop", ("type", "crop_size", "cat_max_ratio"),
-                           ignored=("ignore_index",))
+            if crop.get("ignore_index", 255) != self.out["data"].get("ignore_index", 255):
+                self.unsupported.append(f"{where}.RandomCrop.ignore_index={crop['ignore_index']}: the crop's "
+                                        f"cat_max_ratio leaves out data.ignore_index here")
+            self.leftovers(crop, f"{where}.RandomCrop", ("type", "crop_size", "cat_max_ratio", "ignore_index"))
         flip = steps.get("RandomFlip")
         self.set("data", "flip_prob", float(flip.get("prob", flip.get("flip_ratio", 0.0))) if flip else 0.0)
         if flip:
@@ -460,6 +470,11 @@ class _Converter(ConverterBase):
             self.unsupported.append(f"{where}: no MultiScaleFlipAug")
             return
         scale = aug.get("img_scale")
+        if isinstance(scale, list) and scale and isinstance(scale[0], (list, tuple)):
+            if len(scale) > 1:
+                self.unsupported.append(f"{where}.MultiScaleFlipAug.img_scale={scale!r}: one scale (with "
+                                        f"img_ratios) converts")
+            scale = scale[0]
         self.set("test", "scale", list(scale) if scale is not None else None)
         self.set("test", "scales", [float(r) for r in aug.get("img_ratios") or [1.0]])
         self.set("test", "flip", bool(aug.get("flip", False)))
@@ -508,7 +523,7 @@ class _Converter(ConverterBase):
                                     f"biases and the position embedding get no weight decay)")
         self.leftovers(o, where, ("type", "lr", "weight_decay", "betas", "eps", "amsgrad", "constructor",
                                   "paramwise_cfg"))
-        self.optimizer_hook("gradient accumulation does not convert")
+        self.fp16_hook = self.optimizer_hook("gradient accumulation does not convert")
 
     def depth(self) -> int:
         from vision_rwkv.models.vrwkv import VARIANT_ARGS
@@ -555,7 +570,7 @@ class _Converter(ConverterBase):
         if other:
             self.notes.append(f"log_config hooks {other}: logs go to the terminal, train_log.csv, curves and "
                               f"TensorBoard here")
-        if self.mm.get("fp16") is not None:
+        if self.mm.get("fp16") is not None or self.fp16_hook:
             self.set("train", "precision", "fp16")
             self.notes.append("fp16: mixed precision with dynamic loss scaling (torch's GradScaler) in place of "
                               "mmcv's loss scale; train.precision=bf16 or fp32 to change it")
