@@ -63,12 +63,14 @@ def test_original_recipe_decays_everything_but_norms_and_biases(name, layer_deca
     norm_types = (torch.nn.LayerNorm, torch.nn.GroupNorm)
     norms = {f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, norm_types)
              for p, _ in mod.named_parameters(recurse=False)}
-    for rule in ("norm_bias", "timm"):
+    for rule in ("norm_bias", "timm", "none"):
         opt = build_optimizer(load_config(DEMO, over + [f"optim.decay_exempt={rule}"]), model, lr=1.0)
         wd = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
         for n, p in model.named_parameters():
             if rule == "norm_bias":
                 exempt = n in norms or n.endswith(".bias")
+            elif rule == "none":  # (mmcv without a paramwise_cfg)
+                exempt = False
             else:
                 exempt = p.ndim <= 1 or n in model.no_weight_decay() or n.endswith(".bias")
             assert wd[id(p)] == (0.0 if exempt else 0.1), (rule, n)

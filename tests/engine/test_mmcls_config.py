@@ -80,6 +80,25 @@ def _variant(tmp_path, body):
     ("data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224), dict(type='RandomErasing',"
      " erase_prob=0.25, max_area_ratio=0.4), dict(type='Normalize', mean=[123.675, 116.28, 103.53],"
      " std=[58.395, 57.12, 57.375])]))", "max_area_ratio=0.4"),
+    ("data = dict(val=dict(pipeline=[dict(type='Resize', size=(256, -1), adaptive_side='long'),"
+     " dict(type='CenterCrop', crop_size=224, efficientnet_style=True)]))",
+     "adaptive_side='long'|efficientnet_style=True"),
+    ("data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224, efficientnet_style=True),"
+     " dict(type='RandomErasing', erase_prob=0.25, mode='const', fill_color=(0, 0, 0), aspect_range=(0.5, 2.0)),"
+     " dict(type='Normalize', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]))",
+     "RandomResizedCrop.efficientnet_style|fill_color=\\(0, 0, 0\\)|aspect_range=\\(0.5, 2.0\\)"),
+    ("data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224), dict(type='RandomErasing',"
+     " mode='rand'), dict(type='Normalize', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]))",
+     "mode='rand' with fill_color=None"),
+    ("data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224), dict(type='RandAugment',"
+     " policies={{_base_.rand_increasing_policies}}, num_policies=2, total_level=30, magnitude_level=10),"
+     " dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4), dict(type='Normalize',"
+     " mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]))",
+     "is 3.33333 of timm's 10|ColorJitter with RandAugment"),
+    ("lr_config = dict(_delete_=True, policy='step', step=[30, 60], min_lr=1e-4)", "timm's step schedules"),
+    ("custom_hooks = [dict(type='EMAHook', momentum=1e-4, interval=4)]", "EMAHook.interval=4"),
+    ("model = dict(train_cfg=dict(augments=dict(type='BatchCutMix', alpha=1.0, prob=1.0, correct_lam=False)))",
+     "correct_lam=False"),
 ])
 def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
     import re
@@ -119,11 +138,44 @@ def test_step_schedules_sgd_and_ema_convert(tmp_path):
     assert any("EMAHook warm_up=100" in n for n in conversion.notes)
 
 
+def test_mmcls_and_torch_defaults_are_the_ones_converted(tmp_path):
+    """Defaults a config leaves out are mmcls's / torch's: SGD without nesterov or momentum (timm's "sgd" is
+    Nesterov), AdamW's weight decay 0.01, RandAugment's total_level 30, an int Resize as a square (squash), a
+    lower-case mmcv policy, decay on every parameter without a paramwise_cfg; classes from a file, Identity among
+    the augments, fp16 through the optimizer hook."""
+    (tmp_path / "classes.txt").write_text("cat\ndog\n\n")
+    conversion = _convert(_variant(tmp_path, "\n".join([
+        "optimizer = dict(_delete_=True, type='SGD', lr=0.1)",
+        "lr_config = dict(_delete_=True, policy='step', step=30, gamma=0.5)",
+        "optimizer_config = dict(type='Fp16OptimizerHook', loss_scale=512.)",
+        "model = dict(train_cfg=dict(augments=[dict(type='BatchMixup', alpha=0.2, prob=0.4),"
+        " dict(type='Identity', prob=0.6)]))",
+        f"data = dict(train=dict(classes='{tmp_path / 'classes.txt'}', pipeline=[dict(type='RandomResizedCrop',"
+        " size=224), dict(type='RandAugment', policies={{_base_.rand_increasing_policies}}, num_policies=2,"
+        " magnitude_level=15, magnitude_std=0.6), dict(type='Normalize', mean=[123.675, 116.28, 103.53],"
+        " std=[58.395, 57.12, 57.375])]), val=dict(pipeline=[dict(type='Resize', size=256),"
+        " dict(type='CenterCrop', crop_size=224), dict(type='Normalize', mean=[123.675, 116.28, 103.53],"
+        " std=[58.395, 57.12, 57.375])]))"])))
+    assert conversion.unsupported == []
+    c = conversion.config
+    assert (c["optim"]["opt"], c["optim"]["momentum"], c["optim"]["weight_decay"], c["optim"]["decay_exempt"]) == \
+        ("momentum", 0.0, 0.0, "none")
+    assert (c["sched"]["sched"], c["sched"]["decay_epochs"], c["sched"]["decay_rate"]) == ("step", 30.0, 0.5)
+    assert (c["aug"]["auto_augment"], c["aug"]["crop_mode"], c["aug"]["crop_pct"]) == \
+        ("rand-m5-n2-mstd0.2-inc1", "squash", 0.875)
+    assert (c["aug"]["mixup"], c["aug"]["mixup_prob"], c["aug"]["cutmix"]) == (0.2, 0.4, 0.0)
+    assert (c["data"]["classes"], c["train"]["precision"]) == (["cat", "dog"], "fp16")
+    adamw = _convert(_variant(tmp_path, "optimizer = dict(_delete_=True, type='AdamW', lr=1e-3)")).config
+    assert adamw["optim"]["weight_decay"] == 0.01
+
+
 def test_backbone_weights_become_the_fine_tuning_checkpoint(tmp_path):
     """init_cfg=dict(type='Pretrained') (mmcls's way to start from backbone weights) was dropped silently."""
     conversion = _convert(_variant(tmp_path, "model = dict(backbone=dict(init_cfg=dict(type='Pretrained', "
                                              "checkpoint='vrwkv_t_in1k_224.pth', prefix='backbone.')))"))
     assert conversion.config["model"]["checkpoint"] == "vrwkv_t_in1k_224.pth"
+    whole = _convert(_variant(tmp_path, "model = dict(init_cfg=dict(type='Pretrained', checkpoint='cls.pth'))"))
+    assert whole.config["model"]["checkpoint"] == "cls.pth"
 
 
 def test_an_mmpretrain_config_is_named(tmp_path):

@@ -222,7 +222,8 @@ def lr_for_batch(cfg: DictConfig, global_batch: int) -> float:
 def build_optimizer(cfg: DictConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """timm ``create_optimizer_v2``; layer decay via ``group_matcher`` when ``optim.layer_decay`` is set. No weight
     decay (``optim.decay_exempt``): ``norm_bias`` - on normalisation layers and biases only (the original recipe);
-    ``timm`` - on every 1-D parameter and the model's ``no_weight_decay()`` too."""
+    ``timm`` - on every 1-D parameter and the model's ``no_weight_decay()`` too; ``none`` - every parameter decays
+    (mmcv without a ``paramwise_cfg``, torch's optimizers as built)."""
     from timm.optim import create_optimizer_v2
     o = cfg.optim
     kwargs: dict[str, Any] = {}  # (as timm's train.py: given only when set; timm drops them where not taken)
@@ -231,28 +232,31 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, lr: float) -> torch.optim
     if o.eps is not None:
         kwargs["eps"] = float(o.eps)
     module = unwrap_model(model)
-    if o.decay_exempt == "norm_bias":
+    if o.decay_exempt in ("norm_bias", "none"):
         kwargs["param_group_fn"] = partial(norm_bias_param_groups, weight_decay=o.weight_decay,
-                                           layer_decay=o.layer_decay)
+                                           layer_decay=o.layer_decay, exempt=o.decay_exempt == "norm_bias")
     return create_optimizer_v2(module, opt=o.opt, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum,
                                layer_decay=o.layer_decay, **kwargs)
 
 
-def norm_bias_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+def norm_bias_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None,
+                           exempt: bool = True) -> list[dict]:
     """Parameter groups with no weight decay on normalisation layers' parameters and on biases only (mmcv's
     ``norm_decay_mult=0, bias_decay_mult=0``, the original Vision-RWKV recipe); everything else - 1-D parameters
-    such as the position embedding, decays, bonuses, mix coefficients and layer scales included - decays. With
-    ``layer_decay``, timm's layer-wise groups (``group_matcher``) under the same rule."""
+    such as the position embedding, decays, bonuses, mix coefficients and layer scales included - decays.
+    ``exempt=False``: every parameter decays (mmcv without a paramwise_cfg). With ``layer_decay``, timm's
+    layer-wise groups (``group_matcher``) under the same rule."""
     from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
     norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-    exempt = {f"{m_name}.{p_name}" if m_name else p_name
-              for m_name, m in model.named_modules() if isinstance(m, norms)
-              for p_name, _ in m.named_parameters(recurse=False)}
-    exempt |= {n for n, _ in model.named_parameters() if n.endswith(".bias") or n == "bias"}
+    exempt_names = {f"{m_name}.{p_name}" if m_name else p_name
+                    for m_name, m in model.named_modules() if isinstance(m, norms)
+                    for p_name, _ in m.named_parameters(recurse=False)}
+    exempt_names |= {n for n, _ in model.named_parameters() if n.endswith(".bias") or n == "bias"}
+    skip = sorted(exempt_names) if exempt else []
     if layer_decay is not None:
         return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
-                                        no_weight_decay_list=sorted(exempt), weight_decay_exclude_1d=False)
-    return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=sorted(exempt),
+                                        no_weight_decay_list=skip, weight_decay_exclude_1d=False)
+    return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip,
                                      weight_decay_exclude_1d=False)
 
 
@@ -478,8 +482,8 @@ def check_training_config(cfg: DictConfig) -> None:
         raise ConfigError(f"sched.sched must be one of {', '.join(SCHEDULES)}, got {cfg.sched.sched!r}{why}")
     if cfg.optim.clip_mode not in CLIP_MODES:
         raise ConfigError(f"optim.clip_mode must be one of {', '.join(CLIP_MODES)}, got {cfg.optim.clip_mode!r}")
-    if cfg.optim.decay_exempt not in ("norm_bias", "timm"):
-        raise ConfigError(f"optim.decay_exempt must be norm_bias or timm, got {cfg.optim.decay_exempt!r}")
+    if cfg.optim.decay_exempt not in ("norm_bias", "timm", "none"):
+        raise ConfigError(f"optim.decay_exempt must be norm_bias, timm or none, got {cfg.optim.decay_exempt!r}")
     _positive_int(cfg, "aug.mixup_off_epoch", minimum=0)
     a = cfg.aug
     choices = {"aug.mixup_mode": (a.mixup_mode, ("batch", "pair", "elem")),

@@ -28,10 +28,11 @@ equivalent here are listed in ``Conversion.unsupported`` and the rest in ``Conve
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 from .mmcv_config import MmcvConfigError
-from .mmcv_convert import Conversion, ConverterBase, FlowDict, conversion_text, registered_backbone
+from .mmcv_convert import Conversion, ConverterBase, FlowDict, conversion_text, registered_backbone, same_value
 
 __all__ = ["convert_mmcls_config", "mmcls_conversion_yaml"]
 
@@ -102,6 +103,10 @@ class _Converter(ConverterBase):
         self.augments((m.get("train_cfg") or {}).get("augments"))
         self.leftovers(m, "model", ("type", "backbone", "neck", "head", "train_cfg"),
                        ignored=("init_cfg", "pretrained"))
+        init_cfgs = m.get("init_cfg") if isinstance(m.get("init_cfg"), list) else [m.get("init_cfg") or {}]
+        for init in init_cfgs:  # (a whole classifier's weights; the layer inits are the model's own here)
+            if isinstance(init, dict) and init.get("type") == "Pretrained" and init.get("checkpoint"):
+                self.set("model", "checkpoint", str(init["checkpoint"]))
         if m.get("pretrained"):
             self.set("model", "checkpoint", str(m["pretrained"]))
 
@@ -135,6 +140,8 @@ class _Converter(ConverterBase):
         probs = {"BatchMixup": 0.0, "BatchCutMix": 0.0}
         for a in items:
             kind = a.get("type")
+            if kind == "Identity":  # (the remaining probability: no mixing)
+                continue
             if kind not in probs:
                 self.unsupported.append(f"model.train_cfg.augments: {kind} has no equivalent here")
                 continue
@@ -142,8 +149,10 @@ class _Converter(ConverterBase):
             self.set("aug", "mixup" if kind == "BatchMixup" else "cutmix", float(a.get("alpha", 1.0)))
             if kind == "BatchCutMix" and a.get("cutmix_minmax") is not None:
                 self.set("aug", "cutmix_minmax", list(a["cutmix_minmax"]))
-            self.leftovers(a, f"model.train_cfg.augments.{kind}", ("type", "alpha", "prob", "cutmix_minmax"),
-                           ignored=("num_classes", "correct_lam"))
+            self.expect(a, "correct_lam", True, f"model.train_cfg.augments.{kind}", "timm corrects lambda for "
+                        "the clipped box")
+            self.leftovers(a, f"model.train_cfg.augments.{kind}", ("type", "alpha", "prob", "cutmix_minmax",
+                                                                   "correct_lam"), ignored=("num_classes",))
         total = sum(probs.values())
         self.set("aug", "mixup", self.out["aug"].get("mixup", 0.0))
         self.set("aug", "cutmix", self.out["aug"].get("cutmix", 0.0))
@@ -172,14 +181,24 @@ class _Converter(ConverterBase):
                                   f"data.{key} needs a folder per class, or give data.type=csv with a path,label "
                                   f"file")
             if ds.get("classes") is not None:
-                self.set("data", "classes", list(ds["classes"]) if isinstance(ds["classes"], (list, tuple))
-                         else str(ds["classes"]))
+                self.set("data", "classes", self.class_names(ds["classes"], where))
             self.leftovers(ds, where, ("type", "data_prefix", "ann_file", "classes", "pipeline"),
                            ignored=("test_mode", "file_client_args"))
         self.train_pipeline(train.get("pipeline") or [])
         self.test_pipeline(val.get("pipeline") or [])
         self.leftovers(d, "data", ("samples_per_gpu", "workers_per_gpu", "train", "val", "test"),
                        ignored=("train_dataloader", "val_dataloader", "test_dataloader", "persistent_workers"))
+
+    @staticmethod
+    def class_names(classes: Any, where: str) -> List[str]:
+        """A list of names, or (as mmcls reads a str) the lines of that text file."""
+        if isinstance(classes, (list, tuple)):
+            return [str(c) for c in classes]
+        try:
+            lines = Path(str(classes)).read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise MmcvConfigError(f"{where}.classes={classes!r}: cannot read the class file ({err})") from None
+        return [line.strip() for line in lines if line.strip()]
 
     def train_pipeline(self, pipeline: Sequence[Dict[str, Any]]) -> None:
         where = "data.train.pipeline"
@@ -200,8 +219,10 @@ class _Converter(ConverterBase):
             self.set("aug", "scale", [float(v) for v in crop.get("scale", (0.08, 1.0))])
             self.set("aug", "ratio", [round(float(v), 7) for v in crop.get("ratio", (3 / 4, 4 / 3))])
             self.train_interpolation = crop.get("interpolation", "bilinear")  # (mmcls's default)
-            self.leftovers(crop, f"{where}.RandomResizedCrop", ("type", "size", "scale", "ratio", "interpolation"),
-                           ignored=("backend", "max_attempts", "efficientnet_style", "min_covered", "crop_padding"))
+            self.expect(crop, "efficientnet_style", False, f"{where}.RandomResizedCrop", "timm's crop sampler")
+            self.leftovers(crop, f"{where}.RandomResizedCrop", ("type", "size", "scale", "ratio", "interpolation",
+                                                                "efficientnet_style"),
+                           ignored=("backend", "max_attempts", "min_covered", "crop_padding"))
         flip = steps.get("RandomFlip")
         prob = float(flip.get("flip_prob", 0.5)) if flip else 0.0
         direction = flip.get("direction", "horizontal") if flip else "horizontal"
@@ -218,6 +239,9 @@ class _Converter(ConverterBase):
                                         f"color_jitter is one strength")
             self.set("aug", "color_jitter", max(values))
             self.expect(jitter, "hue", 0.0, f"{where}.ColorJitter", "no hue jitter")
+            if "RandAugment" in steps:
+                self.unsupported.append(f"{where}: ColorJitter with RandAugment: timm's transform drops the jitter "
+                                        f"when RandAugment is on")
         else:
             self.set("aug", "color_jitter", 0.0)
         self.erasing(steps.get("RandomErasing"), where)
@@ -232,10 +256,15 @@ class _Converter(ConverterBase):
         ops = [(p.get("type"), tuple(p["magnitude_range"]) if "magnitude_range" in p else None) for p in policies]
         if ops != RAND_INCREASING:
             self.unsupported.append(f"{where}: policies other than timm's increasing set (rand-...-inc1)")
-        self.expect(ra, "total_level", 10, where, "timm's magnitudes run to 10")
-        std = float(ra.get("magnitude_std", 0.0))
+        # magnitudes are levels of total_level (mmcls's default 30); timm's of 10
+        scale = 10.0 / float(ra.get("total_level", 30))
+        level = float(ra.get("magnitude_level", 9)) * scale
+        if abs(level - round(level)) > 1e-6:
+            self.unsupported.append(f"{where}: magnitude_level={ra.get('magnitude_level', 9)} of total_level="
+                                    f"{ra.get('total_level', 30)} is {level:g} of timm's 10 (timm takes whole levels)")
+        std = float(ra.get("magnitude_std", 0.0)) * scale
         mstd = "101" if math.isinf(std) else f"{std:g}"  # (timm: mstd above 100 draws the magnitude uniformly)
-        name = f"rand-m{ra.get('magnitude_level', 9):g}-n{int(ra.get('num_policies', 2))}-mstd{mstd}-inc1"
+        name = f"rand-m{round(level)}-n{int(ra.get('num_policies', 2))}-mstd{mstd}-inc1"
         self.set("aug", "auto_augment", name)
         self.leftovers(ra, where, ("type", "policies", "total_level", "magnitude_std", "magnitude_level",
                                    "num_policies"), ignored=("hparams",))
@@ -247,17 +276,36 @@ class _Converter(ConverterBase):
         where = f"{where}.RandomErasing"
         self.set("aug", "re_prob", float(er.get("erase_prob", 0.5)))
         mode = er.get("mode", "const")
-        # mmcls erases before Normalize: 'rand' draws each pixel from N(fill_color, fill_std) = the normalised
-        # N(0, 1) of timm's 'pixel' mode; 'const' fills with fill_color (the mean: 0 after normalising)
+        # mmcls erases before Normalize (BGR images): 'rand' with fill_color / fill_std = the mean / std draws each
+        # pixel from the normalised N(0, 1) of timm's 'pixel' mode; 'const' with fill_color = the mean is 0 after
+        # normalising, timm's 'const'. Other fills (mmcls's defaults: 128 grey, uniform noise) have no equivalent.
         self.set("aug", "re_mode", {"rand": "pixel", "const": "const"}.get(mode, "pixel"))
-        if mode not in ("rand", "const"):
+        mean, std = self.bgr_stats()
+        if mode == "rand" and not (same_value(er.get("fill_color"), mean) and same_value(er.get("fill_std"), std)):
+            self.unsupported.append(f"{where}: mode='rand' with fill_color={er.get('fill_color')!r}, fill_std="
+                                    f"{er.get('fill_std')!r}: timm's 'pixel' noise is the normalised N(0, 1) (fill "
+                                    f"= the Normalize mean / std, BGR)")
+        elif mode == "const" and not same_value(er.get("fill_color"), mean):
+            self.unsupported.append(f"{where}: mode='const' with fill_color={er.get('fill_color', (128, 128, 128))!r}:"
+                                    f" timm's 'const' fills with the mean colour")
+        elif mode not in ("rand", "const"):
             self.unsupported.append(f"{where}.mode={mode!r}: 'rand' or 'const' convert")
+        aspect = er.get("aspect_range", (0.3, 1 / 0.3))
+        if not all(math.isclose(float(a), b, rel_tol=1e-3) for a, b in zip(aspect, (0.3, 1 / 0.3))):
+            self.unsupported.append(f"{where}.aspect_range={aspect!r}: timm erases boxes of aspect 0.3 to 1/0.3")
         self.expect(er, "min_area_ratio", 0.02, where, "timm erases 2% to 1/3 of the area")
         if not math.isclose(float(er.get("max_area_ratio", 0.4)), 1 / 3, rel_tol=1e-3):
             self.unsupported.append(f"{where}.max_area_ratio={er.get('max_area_ratio', 0.4)!r}: timm erases up to "
                                     f"1/3 of the area")
-        self.leftovers(er, where, ("type", "erase_prob", "mode", "min_area_ratio", "max_area_ratio"),
-                       ignored=("fill_color", "fill_std", "aspect_range"))
+        self.leftovers(er, where, ("type", "erase_prob", "mode", "min_area_ratio", "max_area_ratio", "fill_color",
+                                   "fill_std", "aspect_range"))
+
+    def bgr_stats(self) -> tuple:
+        """The train pipeline's Normalize mean / std in the BGR order mmcls's fill values use."""
+        steps = {s.get("type"): s for s in ((self.mm.get("data") or {}).get("train") or {}).get("pipeline", [])}
+        norm = steps.get("Normalize") or {}
+        mean, std = list(norm.get("mean", [])), list(norm.get("std", []))
+        return (mean[::-1], std[::-1]) if norm.get("to_rgb", True) else (mean, std)
 
     def normalize(self, norm: Optional[Dict[str, Any]], where: str) -> None:
         if norm is None:
@@ -287,19 +335,32 @@ class _Converter(ConverterBase):
             if int(side) != input_size:
                 self.unsupported.append(f"{where}.CenterCrop.crop_size={size!r} differs from the train crop "
                                         f"{input_size}; set eval.input_size")
+        if crop is not None:
+            self.expect(crop, "efficientnet_style", False, f"{where}.CenterCrop", "a plain centre crop")
+            self.leftovers(crop, f"{where}.CenterCrop", ("type", "crop_size", "efficientnet_style"),
+                           ignored=("crop_padding", "interpolation", "backend"))
         if resize is None:
             self.set("aug", "crop_pct", 1.0)
+            self.notes.append(f"{where}: no Resize: evaluation resizes the image to data.input_size here (mmcls "
+                              f"crops the image as read)")
         else:
             size = resize.get("size")
-            short = size if isinstance(size, int) else size[0] if size[1] == -1 else None
+            self.expect(resize, "adaptive_side", "short", f"{where}.Resize", "the short side is resized")
+            if isinstance(size, int) or (size[0] == size[1] and size[1] != -1):  # (mmcls: an int is (size, size))
+                short = size if isinstance(size, int) else size[0]
+                self.set("aug", "crop_mode", "squash")
+            else:
+                short = size[0] if size[1] == -1 else None
             if short is None:
-                self.unsupported.append(f"{where}.Resize.size={size!r}: the test resize here keeps the aspect ratio "
-                                        f"(short side)")
+                self.unsupported.append(f"{where}.Resize.size={size!r}: a short-side or a square resize converts")
             else:
                 crop_side = input_size if crop is not None else short
                 self.set("aug", "crop_pct", round(crop_side / float(short), 6))
-            self.leftovers(resize, f"{where}.Resize", ("type", "size", "interpolation"),
-                           ignored=("backend", "adaptive_side"))
+                if crop is None:
+                    self.notes.append(f"{where}: Resize without CenterCrop: evaluation takes the {input_size} px "
+                                      f"centre of the resized image here (mmcls the whole image)")
+            self.leftovers(resize, f"{where}.Resize", ("type", "size", "interpolation", "adaptive_side"),
+                           ignored=("backend",))
         self.set("aug", "interpolation", interpolation)
         train = getattr(self, "train_interpolation", interpolation)
         self.set("aug", "train_interpolation", None if train == interpolation else train)
@@ -312,23 +373,26 @@ class _Converter(ConverterBase):
         opt = OPTIMIZERS.get(o.get("type"))
         if opt is None:
             raise MmcvConfigError(f"optimizer.type={o.get('type')!r}: converts are {', '.join(OPTIMIZERS)}")
-        if opt == "sgd" and o.get("nesterov"):
-            opt = "nesterov"
+        if opt == "sgd":  # (timm's "sgd" is Nesterov; torch's SGD is not unless told, and has no momentum)
+            opt = "nesterov" if o.get("nesterov") else "momentum"
+            self.set("optim", "momentum", float(o.get("momentum", 0.0)))
         self.set("optim", "opt", opt)
         self.set("optim", "lr", float(o["lr"]))
         self.notes.append(f"optim.lr={float(o['lr']):g} is the config's, for its global batch (samples_per_gpu x "
                           f"GPUs); optim.lr=null scales optim.lr_base with the batch instead")
-        self.set("optim", "weight_decay", float(o.get("weight_decay", 0.0)))
+        self.set("optim", "weight_decay", float(o.get("weight_decay", 0.01 if opt == "adamw" else 0.0)))
         for key in ("betas", "eps", "momentum"):
             if key in o:
                 self.set("optim", key, [float(b) for b in o[key]] if key == "betas" else float(o[key]))
         paramwise = dict(o.get("paramwise_cfg") or {})
-        norm, bias = paramwise.pop("norm_decay_mult", None), paramwise.pop("bias_decay_mult", None)
+        norm, bias = paramwise.pop("norm_decay_mult", 1.0), paramwise.pop("bias_decay_mult", 1.0)
         if (norm, bias) == (0.0, 0.0):
             self.set("optim", "decay_exempt", "norm_bias")
+        elif (norm, bias) == (1.0, 1.0):
+            self.set("optim", "decay_exempt", "none")
         else:
             self.unsupported.append(f"optimizer.paramwise_cfg norm_decay_mult={norm}, bias_decay_mult={bias}: "
-                                    f"norms and biases get no weight decay here (both 0)")
+                                    f"norms and biases decay together here (both 0 or both 1)")
         self.custom_keys(paramwise.pop("custom_keys", {}) or {})
         if o.get("constructor") in ("LayerDecayOptimizerConstructor", "MyLayerDecayOptimizerConstructor"):
             self.set("optim", "layer_decay", float(paramwise.pop("layer_decay_rate", 1.0)))
@@ -361,6 +425,8 @@ class _Converter(ConverterBase):
     def schedule(self) -> None:
         lr = dict(self.mm.get("lr_config") or {})
         policy = lr.get("policy")
+        if isinstance(policy, str) and policy == policy.lower():  # (mmcv: 'step' is StepLrUpdaterHook)
+            policy = policy.title()
         base_lr = self.out["optim"]["lr"]
         if policy == "CosineAnnealing":
             self.set("sched", "sched", "cosine")
@@ -377,10 +443,11 @@ class _Converter(ConverterBase):
                 self.set("sched", "sched", "step")
                 self.set("sched", "decay_epochs", float(step))
             self.set("sched", "decay_rate", float(lr.get("gamma", 0.1)))
-            self.set("sched", "min_lr", float(lr.get("min_lr") or 0.0))
+            if lr.get("min_lr"):
+                self.unsupported.append(f"lr_config.min_lr={lr['min_lr']}: timm's step schedules have no floor")
             if not lr.get("by_epoch", True):
                 self.unsupported.append("lr_config Step with by_epoch=False: the steps count epochs here")
-        elif policy == "fixed":
+        elif policy == "Fixed":
             self.set("sched", "sched", "constant")
         else:
             self.unsupported.append(f"lr_config.policy={policy!r}: CosineAnnealing, Step or fixed convert")
@@ -396,6 +463,9 @@ class _Converter(ConverterBase):
                                         "(sched.warmup_epochs)")
             self.set("sched", "warmup_epochs", int(lr.get("warmup_iters", 0)))
             self.set("sched", "warmup_lr", base_lr * float(lr.get("warmup_ratio", 0.1)))
+            self.notes.append("the warm-up ramps linearly from sched.warmup_lr to the lr (timm); mmcv scales the "
+                              "decayed lr by the same ramp, a difference of the decay over the warm-up (about 1% at "
+                              "20 of 300 cosine epochs)")
         self.leftovers(lr, "lr_config", ("policy", "min_lr", "min_lr_ratio", "step", "gamma", "by_epoch", "warmup",
                                          "warmup_iters", "warmup_ratio", "warmup_by_epoch"))
         runner = dict(self.mm.get("runner") or {})
@@ -416,9 +486,9 @@ class _Converter(ConverterBase):
                 if hook.get("warm_up", 100):
                     self.notes.append(f"EMAHook warm_up={hook.get('warm_up', 100)}: timm's EMA has its own "
                                       f"warm-up (ema.warmup) or none")
-                self.leftovers(hook, "custom_hooks.EMAHook", ("type", "momentum", "warm_up"),
-                               ignored=("priority", "interval", "resume_from", "evaluate_on_ema",
-                                        "evaluate_on_origin"))
+                self.expect(hook, "interval", 1, "custom_hooks.EMAHook", "the EMA updates every step")
+                self.leftovers(hook, "custom_hooks.EMAHook", ("type", "momentum", "warm_up", "interval"),
+                               ignored=("priority", "resume_from", "evaluate_on_ema", "evaluate_on_origin"))
             else:
                 self.unsupported.append(f"custom_hooks: {hook.get('type')} has no equivalent here")
         self.set("top", "run_dir", str(self.mm.get("work_dir") or f"runs/classification/{stem}"))
@@ -450,8 +520,6 @@ def convert_mmcls_config(mm: Dict[str, Any], name: str = "converted") -> Convers
     """Map the settings of a read mmcls 0.x config (``read_mmcv_config``) to our classification config keys
     (module docstring); ``name`` names the default ``run_dir``. Raises MmcvConfigError for configs that give no
     model or schedule here (another backbone, optimizer or runner)."""
-    from pathlib import Path
-
     return _Converter(mm).run(Path(name).stem)
 
 
