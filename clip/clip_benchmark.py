@@ -8,8 +8,9 @@ RWKV-CLIP names (and ``local-dir:`` / ``hf-hub:`` folders of them) reach rwkv_cl
 which this entry point does before handing the command line to ``clip_benchmark.cli.main``. clip_benchmark is not
 a dependency: ``pip install clip_benchmark`` first.
 
-clip_benchmark 1.6's ``accuracy()`` calls ``float()`` on a one-element 1-D array, a TypeError under numpy 2 for
-every model; when that is so, it is replaced by the same top-k accuracy computed with ``.item()``.
+clip_benchmark 1.6's ``accuracy()`` calls ``float()`` on a one-element 1-D array, a TypeError for every model
+with recent numpy (2.4 here; deprecated since 1.25); when that is so, it is replaced by the same top-k accuracy
+computed with ``.item()``.
 """
 from __future__ import annotations
 

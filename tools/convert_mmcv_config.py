@@ -72,9 +72,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {dst} exists (--force to overwrite)", file=sys.stderr)
         return 2
     try:
-        mm = read_mmcv_config(args.src)
+        referenced: set = set()
+        mm = read_mmcv_config(args.src, referenced)
         convert, to_yaml, load = _converter(mm, args.src, dst)
-        conversion = convert(mm, name=Path(args.src).stem)
+        conversion = convert(mm, name=Path(args.src).stem, referenced=referenced)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -178,6 +178,33 @@ def test_backbone_weights_become_the_fine_tuning_checkpoint(tmp_path):
     assert whole.config["model"]["checkpoint"] == "cls.pth"
 
 
+def test_arguments_a_config_leaves_out_are_the_originals_not_the_matched_models(tmp_path):
+    """A 384-wide VRWKV without post_norm / init_values is pre-norm without layer scale (the original's defaults);
+    it converted to vrwkv_small_patch16_224's post-norm and layer scale."""
+    import timm
+    conversion = _convert(_variant(tmp_path, "model = dict(backbone=dict(embed_dims=384))"))
+    model = conversion.config["model"]
+    assert (model["name"], model["kwargs"], model["drop_path_rate"]) == \
+        ("vrwkv_small_patch16_224", {"post_norm": False, "init_values": False}, 0.0)
+    net = timm.create_model(model["name"], num_classes=0, **model["kwargs"])
+    assert not any("gamma" in n for n, _ in net.named_parameters()) and not net.blocks[0].post_norm
+
+
+def test_other_optimizers_are_errors(tmp_path):
+    """timm's rmsprop / lamb are not torch's RMSprop (alpha, momentum) / mmcls's Lamb (weight decay)."""
+    for kind in ("RMSprop", "Lamb"):
+        with pytest.raises(MmcvConfigError, match=f"optimizer.type='{kind}'"):
+            _convert(_variant(tmp_path, f"optimizer = dict(_delete_=True, type='{kind}', lr=1e-3)"))
+
+
+def test_a_misspelt_section_stops_the_conversion(tmp_path, load_tool, capsys):
+    """evalution = dict(interval=1) was dropped without a word (its value occurs in checkpoint_config)."""
+    src = _variant(tmp_path, "evalution = dict(interval=5)")
+    assert load_tool("convert_mmcv_config").main([str(src), str(tmp_path / "out.yaml")]) == 2
+    assert "top-level evalution={'interval': 5} is not an mmcls setting the converter knows (a misspelt " \
+           "evaluation?)" in capsys.readouterr().err
+
+
 def test_an_mmpretrain_config_is_named(tmp_path):
     path = _write(tmp_path, {"c.py": "model = dict(type='ImageClassifier')\ntrain_dataloader = dict()\n"
                                      "optim_wrapper = dict()\n"})

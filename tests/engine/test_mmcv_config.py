@@ -106,3 +106,38 @@ def test_mmcv_file_name_variables_are_substituted(tmp_path):
     cfg = read_mmcv_config(path)
     assert cfg["work_dir"] == "./work_dirs/my_run"
     assert cfg["where"] == f"{(tmp_path / 'configs').as_posix()}/my_run.py.py"
+
+
+@pytest.mark.parametrize("lines,message", [
+    (["x = [sum(range(10 ** 6)) for i in range(10 ** 6)]"], "more than 10000000 evaluation steps"),
+    (["x = 2 ** 2000"] + ["x = x * x"] * 30, "c.py:3: an integer beyond 4096 bits"),
+])
+def test_work_and_integer_size_are_bounded(tmp_path, lines, message):
+    """Each step was bounded but not their product: hours of work, or a ~1 GB integer from repeated squaring."""
+    with pytest.raises(MmcvConfigError, match=message):
+        read_mmcv_config(_write(tmp_path, {"c.py": "\n".join(lines) + "\n"}))
+
+
+def test_unreadable_nesting_is_a_config_error(tmp_path):
+    with pytest.raises(MmcvConfigError, match="too deeply nested to read"):
+        read_mmcv_config(_write(tmp_path, {"c.py": "x = " + "+".join(["1"] * 100000) + "\n"}))
+
+
+def test_a_bases_delete_marker_does_not_travel_with_its_value(tmp_path):
+    """{{_base_.x}} copied a base's dict with its _delete_ marker, so the copy replaced where it should merge."""
+    path = _write(tmp_path, {"c.py": "_base_ = 'b.py'\nz = {{_base_.x}}\n",
+                             "b.py": "_base_ = 'a.py'\nx = dict(_delete_=True, k=1)\nz = dict(m=1)\n",
+                             "a.py": "x = dict(j=2)\n"})
+    cfg = read_mmcv_config(path)
+    assert cfg["x"] == {"k": 1} and cfg["z"] == {"m": 1, "k": 1}
+
+
+def test_bases_are_relative_to_the_file_as_named_and_names_read_are_recorded(tmp_path):
+    """mmcv resolves _base_ from the config's own folder without following links (a linked config reads the bases
+    beside the link); the names the files read are recorded for the converters' check of unknown keys."""
+    _write(tmp_path, {"real/c.py": "_base_ = 'b.py'\nuse = {{_base_.helper}}\nlocal = 1\ntotal = local + 1\n",
+                      "real/b.py": "helper = 'real'\n", "linked/b.py": "helper = 'linked'\n"})
+    (tmp_path / "linked" / "c.py").symlink_to(tmp_path / "real" / "c.py")
+    referenced = set()
+    assert read_mmcv_config(tmp_path / "linked" / "c.py", referenced)["use"] == "linked"
+    assert referenced == {"helper", "local"}

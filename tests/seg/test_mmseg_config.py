@@ -107,6 +107,28 @@ def test_configs_that_give_no_model_are_errors(tmp_path, body, message):
         _convert(_tiny_variant(tmp_path, body + "\n"))
 
 
+def test_head_defaults_are_mmsegs(tmp_path):
+    """An FCNHead without num_convs / concat_input is mmseg's 2 convs with concatenation (it converted as 1 conv,
+    none), without in_index the last level; img_ratios may be one number."""
+    conversion = _convert(_tiny_variant(tmp_path, "\n".join([
+        "model = dict(auxiliary_head=dict(_delete_=True, type='FCNHead', in_channels=192, channels=64, "
+        "num_classes=150, norm_cfg=dict(type='SyncBN'), dropout_ratio=0.1))",
+        "data = dict(val=dict(pipeline=[dict(type='MultiScaleFlipAug', img_scale=(2048, 512), img_ratios=0.75,"
+        " transforms=[dict(type='Resize', keep_ratio=True), dict(type='ResizeToMultiple', size_divisor=32)])]))"])))
+    text = "\n".join(conversion.unsupported)
+    assert "num_convs=2 (mmcv's default)" in text and "concat_input=True (mmcv's default)" in text
+    assert (conversion.config["model"]["aux_level"], conversion.config["test"]["scales"]) == (3, [0.75])
+
+
+def test_a_smaller_backbone_without_layer_scale_stays_so(tmp_path):
+    conversion = _convert(_tiny_variant(tmp_path, "model = dict(backbone=dict(_delete_=True, type='VRWKV_Adapter', "
+                                                  "embed_dims=384, depth=12, drop_path_rate=0.1, deform_num_heads=6, "
+                                                  "interaction_indexes=[[0, 2], [3, 5], [6, 8], [9, 11]]))"))
+    assert conversion.config["model"]["backbone_kwargs"] == {"drop_path_rate": 0.1, "post_norm": False,
+                                                             "init_values": False, "wkv_mode": "original",
+                                                             "wkv_chunks": 16}
+
+
 def test_runtime_forms_of_older_configs(tmp_path):
     """fp16 through mmcv's Fp16OptimizerHook (older mmseg configs) became fp32 silently; without max_keep_ckpts
     mmcv keeps every checkpoint; mmcv's {{ fileBasenameNoExtension }} names the run."""

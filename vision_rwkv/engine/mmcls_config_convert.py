@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 from .mmcv_config import MmcvConfigError
-from .mmcv_convert import Conversion, ConverterBase, FlowDict, conversion_text, registered_backbone, same_value
+from .mmcv_convert import (Conversion, ConverterBase, FlowDict, conversion_text, pretrained_checkpoint,
+                           registered_backbone, same_value)
 
 __all__ = ["convert_mmcls_config", "mmcls_conversion_yaml"]
 
@@ -40,8 +41,9 @@ SECTIONS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runn
             "evaluation", "log_config", "fp16", "work_dir", "resume_from", "load_from", "custom_hooks", "seed",
             "dist_params", "log_level", "workflow", "cudnn_benchmark", "gpu_ids", "opencv_num_threads",
             "mp_start_method", "auto_resume", "device", "custom_imports", "paramwise_cfg")
-OPTIMIZERS = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd", "Lamb": "lamb", "RMSprop": "rmsprop",
-              "Adagrad": "adagrad", "Adadelta": "adadelta"}
+# mmcv optimizer type -> timm's name: the ones whose torch defaults timm builds alike (RMSprop: timm's alpha 0.9 and
+# momentum; Lamb: timm's trust-ratio variant and mmcls's weight decay 0.01 - neither converts)
+OPTIMIZERS = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd"}
 # timm's RandAugment "increasing" op set (rand-...-inc1), as mmcls writes it: (type, magnitude range)
 RAND_INCREASING = [("AutoContrast", None), ("Equalize", None), ("Invert", None), ("Rotate", (0, 30)),
                    ("Posterize", (4, 0)), ("Solarize", (256, 0)), ("SolarizeAdd", (0, 110)),
@@ -56,8 +58,8 @@ class _Converter(ConverterBase):
     SECTIONS = SECTIONS
     KIND = "mmcls"
 
-    def __init__(self, mm: Dict[str, Any]):
-        super().__init__(mm, ("top", "model", "data", "aug", "optim", "sched", "ema", "train"))
+    def __init__(self, mm: Dict[str, Any], referenced: Optional[Set[str]] = None):
+        super().__init__(mm, ("top", "model", "data", "aug", "optim", "sched", "ema", "train"), referenced)
 
     # ------------------------------------------------------------------ model
     def model(self) -> None:
@@ -78,17 +80,16 @@ class _Converter(ConverterBase):
             self.set("model", "grad_checkpointing", True)
         self.expect(b, "final_norm", True, "model.backbone", "the classifier pools the final norm's output")
         b.pop("final_norm", None)
-        init_cfg = b.pop("init_cfg", None) or {}
-        pretrained_cfg = isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained"
-        weights = b.pop("pretrained", None) or (init_cfg.get("checkpoint") if pretrained_cfg else None)
+        weights = b.pop("pretrained", None) or pretrained_checkpoint(b.pop("init_cfg", None))
         if weights:  # (backbone weights: model.checkpoint takes a backbone or a whole classifier, new head if needed)
             self.set("model", "checkpoint", str(weights))
         try:
             kwargs = model_kwargs_from_original(b, family)
         except ValueError as err:
             raise MmcvConfigError(f"model.backbone: {err}") from None
-        drop_path = kwargs.pop("drop_path_rate", 0.0)
         name, extra, notes = registered_backbone(kwargs, family)
+        drop_path = kwargs.get("drop_path_rate", 0.0)  # (model.drop_path_rate, as the shipped configs)
+        extra.pop("drop_path_rate", None)
         self.notes += notes
         self.set("model", "name", name)
         self.set("model", "drop_path_rate", float(drop_path))
@@ -103,10 +104,9 @@ class _Converter(ConverterBase):
         self.augments((m.get("train_cfg") or {}).get("augments"))
         self.leftovers(m, "model", ("type", "backbone", "neck", "head", "train_cfg"),
                        ignored=("init_cfg", "pretrained"))
-        init_cfgs = m.get("init_cfg") if isinstance(m.get("init_cfg"), list) else [m.get("init_cfg") or {}]
-        for init in init_cfgs:  # (a whole classifier's weights; the layer inits are the model's own here)
-            if isinstance(init, dict) and init.get("type") == "Pretrained" and init.get("checkpoint"):
-                self.set("model", "checkpoint", str(init["checkpoint"]))
+        whole = pretrained_checkpoint(m.get("init_cfg"))  # (the layer inits are the model's own here)
+        if whole:
+            self.set("model", "checkpoint", str(whole))
         if m.get("pretrained"):
             self.set("model", "checkpoint", str(m["pretrained"]))
 
@@ -120,6 +120,7 @@ class _Converter(ConverterBase):
         if "num_classes" in h:
             self.set("model", "num_classes", int(h["num_classes"]))
         loss = dict(h.get("loss") or {"type": "CrossEntropyLoss"})
+        self.expect(loss, "reduction", "mean", "model.head.loss", "the loss is the batch mean")
         if loss.get("type") == "LabelSmoothLoss":
             self.expect(loss, "mode", "original", "model.head.loss", "smoothing as (1 - e) one-hot + e / classes")
             self.set("aug", "label_smoothing", float(loss.get("label_smooth_val", 0.0)))
@@ -130,8 +131,8 @@ class _Converter(ConverterBase):
             self.unsupported.append(f"model.head.loss.type={loss.get('type')!r}: only CrossEntropyLoss / "
                                     f"LabelSmoothLoss convert")
         self.expect(loss, "loss_weight", 1.0, "model.head.loss", "the loss has weight 1")
-        self.leftovers(loss, "model.head.loss", ("type", "mode", "label_smooth_val", "use_sigmoid", "loss_weight"),
-                       ignored=("reduction", "num_classes"))
+        self.leftovers(loss, "model.head.loss", ("type", "mode", "label_smooth_val", "use_sigmoid", "loss_weight",
+                                                 "reduction"), ignored=("num_classes", "loss_name"))
         self.leftovers(h, "model.head", ("type", "num_classes", "loss", "hidden_dim", "act_cfg"),
                        ignored=("in_channels", "init_cfg", "cal_acc", "topk"))
 
@@ -335,7 +336,6 @@ class _Converter(ConverterBase):
             if int(side) != input_size:
                 self.unsupported.append(f"{where}.CenterCrop.crop_size={size!r} differs from the train crop "
                                         f"{input_size}; set eval.input_size")
-        if crop is not None:
             self.expect(crop, "efficientnet_style", False, f"{where}.CenterCrop", "a plain centre crop")
             self.leftovers(crop, f"{where}.CenterCrop", ("type", "crop_size", "efficientnet_style"),
                            ignored=("crop_padding", "interpolation", "backend"))
@@ -474,7 +474,7 @@ class _Converter(ConverterBase):
         self.set("train", "epochs", int(runner["max_epochs"]))
 
     def runtime(self, stem: str) -> None:
-        self.intervals("ckpt_every_epochs", "eval_every_epochs")
+        self.intervals("ckpt_every_epochs", "eval_every_epochs", by_epoch=True, eval_by_epoch=True)
         fp16 = self.mm.get("fp16") is not None or self.fp16_hook
         self.set("train", "precision", "fp16" if fp16 else "fp32")
         if not fp16:
@@ -516,11 +516,13 @@ class _Converter(ConverterBase):
         return Conversion({**top, **{k: v for k, v in self.out.items() if v}}, self.notes, self.unsupported)
 
 
-def convert_mmcls_config(mm: Dict[str, Any], name: str = "converted") -> Conversion:
+def convert_mmcls_config(mm: Dict[str, Any], name: str = "converted",
+                         referenced: Optional[Set[str]] = None) -> Conversion:
     """Map the settings of a read mmcls 0.x config (``read_mmcv_config``) to our classification config keys
-    (module docstring); ``name`` names the default ``run_dir``. Raises MmcvConfigError for configs that give no
-    model or schedule here (another backbone, optimizer or runner)."""
-    return _Converter(mm).run(Path(name).stem)
+    (module docstring); ``name`` names the default ``run_dir``; ``referenced`` as for convert_mmseg_config.
+    Raises MmcvConfigError for configs that give no model or schedule here (another backbone, optimizer or
+    runner)."""
+    return _Converter(mm, referenced).run(Path(name).stem)
 
 
 def mmcls_conversion_yaml(conversion: Conversion, source: str, base: str) -> str:

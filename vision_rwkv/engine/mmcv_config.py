@@ -22,7 +22,7 @@ import operator
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Set
 
 from vision_rwkv.engine.config import ConfigError
 
@@ -41,6 +41,8 @@ _PURE = {"round": round, "int": int, "float": float, "str": str, "bool": bool, "
 
 
 MAX_ITEMS = 1_000_000  # the longest range / sequence / comprehension a config may build (a config is small data)
+MAX_WORK = 10_000_000  # evaluation steps (and items walked by builtins) of one file
+MAX_INT_BITS = 4096
 
 
 def _bounded(items: Any) -> Any:
@@ -56,9 +58,11 @@ class MmcvConfigError(ConfigError):
 class _Evaluator:
     """Evaluates one config file's module body; ``names`` holds its assignments so far."""
 
-    def __init__(self, path: Path, base: Dict[str, Any]):
+    def __init__(self, path: Path, base: Dict[str, Any], referenced: Optional[Set[str]] = None):
         self.path, self.base = path, base
         self.names: Dict[str, Any] = {}
+        self.referenced = referenced if referenced is not None else set()
+        self.work = 0  # evaluation steps, and items the builtins walk (MAX_WORK bounds the whole file)
 
     def fail(self, node: ast.AST, what: str) -> MmcvConfigError:
         return MmcvConfigError(f"{self.path}:{getattr(node, 'lineno', '?')}: {what} is not supported in a config "
@@ -101,6 +105,7 @@ class _Evaluator:
             raise self.fail(target, f"assigning to {type(target).__name__}")
 
     def eval(self, node: ast.AST) -> Any:
+        self.charge(node, 1)
         method = getattr(self, f"_{type(node).__name__}", None)
         if method is None:
             raise self.fail(node, f"the expression {type(node).__name__}")
@@ -109,7 +114,13 @@ class _Evaluator:
     def _Constant(self, node: ast.Constant) -> Any:
         return node.value
 
+    def charge(self, node: ast.AST, steps: int) -> None:
+        self.work += steps
+        if self.work > MAX_WORK:
+            raise self.fail(node, f"a config that takes more than {MAX_WORK} evaluation steps")
+
     def _Name(self, node: ast.Name) -> Any:
+        self.referenced.add(node.id)
         if node.id in self.names:
             return copy.deepcopy(self.names[node.id])
         raise MmcvConfigError(f"{self.path}:{node.lineno}: name {node.id!r} is not assigned above in this file "
@@ -141,7 +152,9 @@ class _Evaluator:
         if name in _PURE and name not in self.names:
             if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
                 raise self.fail(node, f"{name}() with keywords or *arguments")
-            return _PURE[name](*(self.eval(a) for a in node.args))
+            args = [self.eval(a) for a in node.args]
+            self.charge(node, sum(len(a) for a in args if isinstance(a, (str, list, tuple, dict, range))))
+            return _PURE[name](*args)
         if name not in _CALLS:
             raise self.fail(node, f"calling {ast.unparse(node.func)}()")
         if name == "dict":
@@ -217,12 +230,15 @@ class _Evaluator:
         if isinstance(node.op, ast.Mod) and isinstance(left, str):
             raise self.fail(node, "%-formatting of a string")
         if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) \
-                and abs(left) > 1 and right * max(abs(left).bit_length(), 1) > 4096:
-            raise self.fail(node, f"an integer power beyond 4096 bits ({left} ** {right})")
+                and abs(left) > 1 and right * max(abs(left).bit_length(), 1) > MAX_INT_BITS:
+            raise self.fail(node, f"an integer power beyond {MAX_INT_BITS} bits ({left} ** {right})")
         if isinstance(node.op, ast.Mult) and isinstance(left, seq + (int,)) and isinstance(right, seq + (int,)):
             items, times = (left, right) if isinstance(left, seq) else (right, left)
             if isinstance(items, seq) and isinstance(times, int) and len(items) * times > MAX_ITEMS:
                 raise self.fail(node, f"a sequence of {len(items) * times} items (at most {MAX_ITEMS})")
+        if isinstance(node.op, ast.Mult) and isinstance(left, int) and isinstance(right, int) \
+                and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+            raise self.fail(node, f"an integer beyond {MAX_INT_BITS} bits")
         return op(left, right)
 
     def _UnaryOp(self, node: ast.UnaryOp) -> Any:
@@ -258,6 +274,7 @@ class _Evaluator:
             ref = ref.value
         if not (isinstance(ref, ast.Name) and ref.id == "_base_" and keys):
             raise self.fail(node, "a set literal (other than {{_base_.key}})")
+        self.referenced.add(keys[0])
         value: Any = self.base
         for i, key in enumerate(keys):
             if not isinstance(value, dict) or key not in value:
@@ -288,9 +305,9 @@ def _strip_delete(value: Any) -> Any:
     return value
 
 
-def _read(path: Path, stack: List[Path]) -> Dict[str, Any]:
-    path = path.resolve()
-    if path in stack:
+def _read(path: Path, stack: List[Path], referenced: Set[str]) -> Dict[str, Any]:
+    path = Path(os.path.abspath(path))  # (bases are relative to the file as named, as in mmcv: links not followed)
+    if path.resolve() in [p.resolve() for p in stack]:
         chain = " -> ".join(str(p) for p in stack + [path])
         raise MmcvConfigError(f"config _base_ files form a cycle: {chain}")
     if path.suffix != ".py":
@@ -306,22 +323,26 @@ def _read(path: Path, stack: List[Path]) -> Dict[str, Any]:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as err:
         raise MmcvConfigError(f"{path}:{err.lineno}: not valid Python: {err.msg}") from None
+    except (MemoryError, RecursionError) as err:
+        raise MmcvConfigError(f"{path}: too deeply nested to read ({type(err).__name__})") from None
     base_files = _base_list(tree, path)
     base: Dict[str, Any] = {}
     owner: Dict[str, Path] = {}
     for name in base_files:
         base_path = (path.parent / os.path.expanduser(name))
-        part = _read(base_path, stack + [path])
+        part = _read(base_path, stack + [path], referenced)
         for key in part:
             if key in base:
                 raise MmcvConfigError(f"{path}: key {key!r} is set by two of its _base_ files ({owner[key]} and "
-                                      f"{base_path.resolve()}); mmcv does not allow duplicate keys among bases")
-            owner[key] = base_path.resolve()
+                                      f"{os.path.abspath(base_path)}); mmcv does not allow duplicate keys among "
+                                      f"bases")
+            owner[key] = Path(os.path.abspath(base_path))
         base.update(part)
-    names = _Evaluator(path, base).run(tree)
+    names = _Evaluator(path, base, referenced).run(tree)
     names.pop("_base_", None)
     names = {k: v for k, v in names.items() if not k.startswith("__")}
-    return merge_mmcv(names, base)
+    # (markers are this file's business with its bases: a child's {{_base_.x}} copies the merged dict without them)
+    return _strip_delete(merge_mmcv(names, base))
 
 
 def _predefined_vars(source: str, path: Path) -> str:
@@ -345,8 +366,10 @@ def _base_list(tree: ast.Module, path: Path) -> List[str]:
     return []
 
 
-def read_mmcv_config(path: str | os.PathLike) -> Dict[str, Any]:
-    """The merged settings of an mmcv (mmseg / mmcls 0.x) Python config and its ``_base_`` chain as a plain dict (module
-    docstring); ``_delete_`` markers are applied and removed. Raises MmcvConfigError naming the file and line of
-    anything it will not evaluate, a missing base file, a cycle or a key two bases both set."""
-    return _strip_delete(_read(Path(path), []))
+def read_mmcv_config(path: str | os.PathLike, referenced: Optional[Set[str]] = None) -> Dict[str, Any]:
+    """The merged settings of an mmcv (mmseg / mmcls 0.x) Python config and its ``_base_`` chain as a plain dict
+    (module docstring); ``_delete_`` markers are applied and removed. ``referenced``, if given, receives the names
+    any file of the chain reads (helper variables such as ``img_norm_cfg``; ``{{_base_.x}}`` counts as ``x``).
+    Raises MmcvConfigError naming the file and line of anything it will not evaluate, a missing base file, a cycle
+    or a key two bases both set."""
+    return _read(Path(path), [], referenced if referenced is not None else set())

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import yaml
 
-__all__ = ["Conversion", "ConverterBase", "same_value", "plain", "pair", "conversion_text", "FlowDict"]
+__all__ = ["Conversion", "ConverterBase", "same_value", "plain", "pair", "conversion_text", "FlowDict",
+           "registered_backbone", "pretrained_checkpoint"]
 
 
 @dataclass
@@ -22,7 +23,8 @@ class Conversion:
 
 
 def same_value(a: Any, b: Any) -> bool:
-    """Equality of config values with tuples as lists and ints as floats (1 == 1.0)."""
+    """Equality of config values with tuples as lists (at any depth of lists / tuples; dicts compare with ==)
+    and ints as floats (1 == 1.0)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     return a == b
@@ -42,6 +44,9 @@ def pair(value: Any) -> List[int]:
     return [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
 
 
+_UNSET = object()
+
+
 class ConverterBase:
     """State of one conversion: the mmcv dict ``mm``, the output sections, the notes and the unsupported settings.
     ``SECTIONS``: the top-level keys a subclass reads (others must be helper variables, see unread_top_keys)."""
@@ -49,8 +54,9 @@ class ConverterBase:
     SECTIONS: Sequence[str] = ()
     KIND = "mmcv"
 
-    def __init__(self, mm: Dict[str, Any], sections: Sequence[str]):
+    def __init__(self, mm: Dict[str, Any], sections: Sequence[str], referenced: Optional[Set[str]] = None):
         self.mm = mm
+        self.referenced = referenced
         self.out: Dict[str, Dict[str, Any]] = {s: {} for s in sections}
         self.notes: List[str] = []
         self.unsupported: List[str] = []
@@ -61,10 +67,15 @@ class ConverterBase:
             if key not in handled and key not in ignored:
                 self.unsupported.append(f"{where}.{key}={d[key]!r} has no equivalent here")
 
-    def expect(self, d: Dict[str, Any], key: str, allowed: Any, where: str, why: str) -> None:
-        """`d[key]`, when present, must equal `allowed`; else it is unsupported (`why`)."""
-        if key in d and not same_value(d[key], allowed):
-            self.unsupported.append(f"{where}.{key}={d[key]!r}: {why}")
+    def expect(self, d: Dict[str, Any], key: str, allowed: Any, where: str, why: str, default: Any = _UNSET) -> None:
+        """`d[key]` must equal `allowed`, else it is unsupported (`why`); a missing key is mmcv's `default` (given)
+        or not checked."""
+        if key not in d and default is _UNSET:
+            return
+        value = d.get(key, default)
+        if not same_value(value, allowed):
+            shown = f"{value!r}" if key in d else f"{value!r} (mmcv's default)"
+            self.unsupported.append(f"{where}.{key}={shown}: {why}")
 
     def set(self, section: str, key: str, value: Any) -> None:
         self.out[section][key] = plain(value)
@@ -98,16 +109,22 @@ class ConverterBase:
                                                               "bucket_size_mb", "update_interval"))
         return fp16
 
-    def intervals(self, ckpt_key: str, eval_key: str) -> Dict[str, Any]:
+    def intervals(self, ckpt_key: str, eval_key: str, by_epoch: bool, eval_by_epoch: bool) -> Dict[str, Any]:
         """``checkpoint_config`` / ``evaluation`` / ``log_config`` intervals -> train.`ckpt_key` / `eval_key` /
-        log_every, max_keep_ckpts -> train.keep_last (-1: 0, keep all). Returns the evaluation dict."""
+        log_every, max_keep_ckpts -> train.keep_last (-1: 0, keep all). The intervals count epochs
+        (``by_epoch=True``) or iterations here; ``eval_by_epoch``: the evaluation hook's default (mmseg's counts
+        iterations, mmcls's epochs; mmcv's checkpoint hook epochs). Returns the evaluation dict."""
+        unit = "epochs" if by_epoch else "iterations"
         ckpt = self.mm.get("checkpoint_config") or {}
+        evaluation = self.mm.get("evaluation") or {}
+        self.expect(ckpt, "by_epoch", by_epoch, "checkpoint_config", f"the interval counts {unit} here", default=True)
+        self.expect(evaluation, "by_epoch", by_epoch, "evaluation", f"the interval counts {unit} here",
+                    default=eval_by_epoch)
         if "interval" in ckpt:
             self.set("train", ckpt_key, int(ckpt["interval"]))
         if ckpt:  # (mmcv's CheckpointHook keeps every checkpoint unless max_keep_ckpts says otherwise)
             keep = int(ckpt.get("max_keep_ckpts", -1))
             self.set("train", "keep_last", 0 if keep < 0 else keep)
-        evaluation = self.mm.get("evaluation") or {}
         if "interval" in evaluation:
             self.set("train", eval_key, int(evaluation["interval"]))
         log = self.mm.get("log_config") or {}
@@ -116,8 +133,12 @@ class ConverterBase:
         return evaluation
 
     def unread_top_keys(self) -> None:
-        """Top-level names outside the sections read are helper variables (norm_cfg, crop_size, ...) when their
-        value appears inside a section; anything else is reported, so a misspelt section is not lost silently."""
+        """Top-level names outside the sections read must be helper variables (norm_cfg, crop_size, ...): names the
+        config reads (``referenced``, from read_mmcv_config). Any other is unsupported - a misspelt section would
+        be lost silently. Without ``referenced``, a name whose value appears inside a section counts as read, and
+        the others are notes."""
+        import difflib
+
         sections = [self.mm.get(k) for k in self.SECTIONS if k in self.mm]
 
         def occurs(value: Any, tree: Any) -> bool:  # (a dict counts when it was unpacked into one: **norm_cfg)
@@ -131,10 +152,16 @@ class ConverterBase:
             return False
 
         for key, value in self.mm.items():
-            if key not in self.SECTIONS and not any(occurs(value, s) for s in sections):
-                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-                self.notes.append(f"top-level {key}={shown} is not read (not an {self.KIND} setting the converter "
-                                  f"knows, or a base's variable the config no longer uses)")
+            if key in self.SECTIONS:
+                continue
+            read = key in self.referenced if self.referenced is not None else any(occurs(value, s) for s in sections)
+            if read:
+                continue
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            close = difflib.get_close_matches(key, self.SECTIONS, n=1, cutoff=0.75)
+            text = (f"top-level {key}={shown} is not an {self.KIND} setting the converter knows"
+                    + (f" (a misspelt {close[0]}?)" if close else ""))
+            (self.unsupported if self.referenced is not None else self.notes).append(text)
 
 
 def _comment(lines: Sequence[str], bullet: str = "- ", width: int = 116) -> List[str]:
@@ -171,11 +198,30 @@ def conversion_text(config: Dict[str, Any], conversion: Conversion, source: str,
     return "\n".join(head) + "\n" + body
 
 
-def registered_backbone(kwargs: Dict[str, Any], family: str) -> tuple[str, Dict[str, Any], List[str]]:
+# the architecture arguments of VRWKV / VRWKV6 an original config sets (model_kwargs_from_original's output); one it
+# leaves out has the original's default, which is our class's default too (not the matched variant's)
+ARCH_KEYS = ("patch_size", "in_chans", "embed_dim", "depth", "pos_drop_rate", "drop_path_rate", "post_norm",
+             "key_norm", "init_values", "mlp_ratio", "final_norm", "head_size")
+# None cannot pass through timm.create_model (it drops None kwargs): the "off" value each of these takes instead
+_OFF = {"init_values": False, "head_hidden_size": 0}
+
+
+def pretrained_checkpoint(init_cfg: Any) -> Optional[str]:
+    """The checkpoint of an mmcv ``init_cfg`` (a dict or a list of them) of type Pretrained, else None."""
+    for init in init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]:
+        if isinstance(init, dict) and init.get("type") == "Pretrained" and init.get("checkpoint"):
+            return str(init["checkpoint"])
+    return None
+
+
+def registered_backbone(kwargs: Dict[str, Any], family: str,
+                        head: bool = True) -> tuple[str, Dict[str, Any], List[str]]:
     """The registered VRWKV (``family='vrwkv'``) / VRWKV6 model that our constructor ``kwargs`` (from
-    ``model_kwargs_from_original``) describe, the kwargs that differ from its own, and notes. The size is matched
-    on width, depth, patch (and head size); without a match the smallest model takes those as kwargs. ``img_size``
-    is kept only where it changes the grid the position embedding is stored on."""
+    ``model_kwargs_from_original``) describe, the kwargs that differ from it, and notes. The size is matched on
+    width, depth, patch (and head size); without a match the smallest model takes those as kwargs. Architecture
+    arguments the config leaves out are the original's defaults (pre-norm, no layer scale, ...), given as kwargs
+    where the matched model differs. ``head=False`` (a segmentation backbone): the classifier's arguments are not
+    compared. ``img_size`` is kept only where it changes the grid the position embedding is stored on."""
     import inspect
 
     from vision_rwkv.models import vrwkv, vrwkv6
@@ -191,14 +237,21 @@ def registered_backbone(kwargs: Dict[str, Any], family: str) -> tuple[str, Dict[
         name = next(iter(module.VARIANT_ARGS))
         notes.append(f"no registered {family.upper()} has {', '.join(f'{k}={v}' for k, v in wanted.items())}: "
                      f"{name} with those in its kwargs")
-    defaults.update(module.VARIANT_ARGS[name])
+    variant = {**defaults, **module.VARIANT_ARGS[name]}
     kwargs = dict(kwargs)
     patch = kwargs.get("patch_size", defaults["patch_size"])
     grid = [s // patch for s in pair(kwargs.pop("img_size", defaults["img_size"]))]
-    default_grid = pair(defaults["pos_embed_grid"] or [s // defaults["patch_size"] for s in pair(defaults["img_size"])])
-    extra = {k: v for k, v in kwargs.items() if not same_value(defaults.get(k), v)}
+    default_grid = pair(variant["pos_embed_grid"] or [s // variant["patch_size"] for s in pair(variant["img_size"])])
+    full = {k: defaults[k] for k in ARCH_KEYS if k in defaults}
+    full.update(kwargs)
+    if head:
+        full.setdefault("head_hidden_size", defaults["head_hidden_size"])
+    else:
+        full.pop("num_classes", None)
+    extra = {k: v for k, v in full.items() if not same_value(variant.get(k), v)}
+    extra = {k: _OFF.get(k, v) if v is None else v for k, v in extra.items()}
     if grid != default_grid:  # the position embedding is stored on this grid (resampled to each input)
         extra["img_size"] = [g * patch for g in grid] if grid[0] != grid[1] else grid[0] * patch
-        if defaults["pos_embed_grid"] is not None:
+        if variant["pos_embed_grid"] is not None:
             extra["pos_embed_grid"] = grid if grid[0] != grid[1] else grid[0]
     return name, extra, notes

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import posixpath
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Set
 
 from vision_rwkv.engine.mmcv_config import MmcvConfigError
 from vision_rwkv.engine.mmcv_convert import (Conversion, ConverterBase, FlowDict, conversion_text, pair,
-                                             registered_backbone, same_value)
+                                             pretrained_checkpoint, registered_backbone, same_value)
 
 __all__ = ["Conversion", "convert_mmseg_config", "conversion_yaml"]
 
@@ -66,8 +66,8 @@ class _Converter(ConverterBase):
     SECTIONS = SECTIONS
     KIND = "mmseg"
 
-    def __init__(self, mm: Dict[str, Any]):
-        super().__init__(mm, ("model", "data", "optim", "train", "test"))
+    def __init__(self, mm: Dict[str, Any], referenced: Optional[Set[str]] = None):
+        super().__init__(mm, ("model", "data", "optim", "train", "test"), referenced)
 
     # ------------------------------------------------------------------ model
     def model(self) -> None:
@@ -99,11 +99,8 @@ class _Converter(ConverterBase):
     def backbone(self, b: Dict[str, Any], adapter: bool, pretrained: Any) -> None:
         from vision_rwkv.models.convert import model_kwargs_from_original
 
-        own_pretrained = b.pop("pretrained", None)
-        init_cfg = b.pop("init_cfg", None)
-        if isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained":
-            own_pretrained = own_pretrained or init_cfg.get("checkpoint")
-        path = pretrained or own_pretrained
+        own, init = b.pop("pretrained", None), pretrained_checkpoint(b.pop("init_cfg", None))
+        path = pretrained or own or init
         if isinstance(path, str) and "://" in path:
             self.notes.append(f"model.pretrained={path!r} is a URL: download it and set model.pretrained=PATH "
                               f"(nothing is downloaded here)")
@@ -123,7 +120,7 @@ class _Converter(ConverterBase):
             kwargs = model_kwargs_from_original(b, "vrwkv")
         except ValueError as err:
             raise MmcvConfigError(f"model.backbone: {err}") from None
-        name, extra, notes = registered_backbone(kwargs, "vrwkv")
+        name, extra, notes = registered_backbone(kwargs, "vrwkv", head=False)
         self.notes += notes
         self.set("model", "backbone", name)
         self.set("model", "backbone_kwargs", {**extra, **ORIGINAL_WKV})
@@ -203,11 +200,11 @@ class _Converter(ConverterBase):
         where = "model.decode_head"
         if h.get("type") != "UPerHead":
             raise MmcvConfigError(f"{where}.type={h.get('type')!r}: the converter builds UPerHead heads")
-        self.expect(h, "in_index", [0, 1, 2, 3], where, "the UPerHead takes the four levels")
-        for key, ours in (("pool_scales", "pool_scales"), ("channels", "decode_channels"),
-                          ("dropout_ratio", "dropout"), ("align_corners", "align_corners")):
-            if key in h:
-                self.set("model", ours, h[key])
+        self.expect(h, "in_index", [0, 1, 2, 3], where, "the UPerHead takes the four levels", default=-1)
+        for key, ours, default in (("pool_scales", "pool_scales", (1, 2, 3, 6)), ("channels", "decode_channels", None),
+                                   ("dropout_ratio", "dropout", 0.1), ("align_corners", "align_corners", False)):
+            if key in h or default is not None:  # (mmseg's UPerHead / BaseDecodeHead defaults)
+                self.set("model", ours, h.get(key, default))
         if "ignore_index" in h:
             self.set("data", "ignore_index", int(h["ignore_index"]))
         self._norm(h, where)
@@ -234,18 +231,24 @@ class _Converter(ConverterBase):
         if not isinstance(h, dict) or h.get("type") != "FCNHead":
             self.unsupported.append(f"{where}: only one FCNHead converts, got {h!r}")
             return
-        if "in_index" in h:
-            self.set("model", "aux_level", int(h["in_index"]))
+        level = h.get("in_index", -1)  # (mmseg's default: the last of the four levels)
+        if not isinstance(level, int) or not -4 <= level < 4:
+            self.unsupported.append(f"{where}.in_index={level!r}: one of the four levels converts")
+        else:
+            self.set("model", "aux_level", level % 4)
         if "channels" in h:
             self.set("model", "aux_channels", int(h["channels"]))
-        for key, value, why in (("num_convs", 1, "one conv"), ("concat_input", False, "no input concatenation"),
-                                ("kernel_size", 3, "3x3 conv"), ("dilation", 1, "no dilation"),
-                                ("act_cfg", {"type": "ReLU"}, "ReLU")):
-            self.expect(h, key, value, where, f"the auxiliary head has {why} here")
+        for key, value, default, why in (("num_convs", 1, 2, "one conv"),
+                                         ("concat_input", False, True, "no input concatenation"),
+                                         ("kernel_size", 3, 3, "3x3 conv"), ("dilation", 1, 1, "no dilation"),
+                                         ("act_cfg", {"type": "ReLU"}, {"type": "ReLU"}, "ReLU")):
+            self.expect(h, key, value, where, f"the auxiliary head has {why} here", default=default)
+        defaults = {"dropout_ratio": 0.1, "align_corners": False}  # (mmseg's BaseDecodeHead)
         for key in ("dropout_ratio", "align_corners", "num_classes"):
-            if key in h and not same_value(h[key], decode.get(key, h[key])):
-                self.unsupported.append(f"{where}.{key}={h[key]!r} differs from the decode head's "
-                                        f"{decode.get(key)!r}; one value serves both heads here")
+            ours, theirs = h.get(key, defaults.get(key)), decode.get(key, defaults.get(key))
+            if not same_value(ours, theirs):
+                self.unsupported.append(f"{where}.{key}={ours!r} differs from the decode head's {theirs!r}; one "
+                                        f"value serves both heads here")
         self._norm(h, where)
         loss = self._ce_loss(h.get("loss_decode"), f"{where}.loss_decode")
         self.set("model", "aux_weight", float(loss.get("loss_weight", 1.0)))
@@ -476,7 +479,8 @@ class _Converter(ConverterBase):
                                         f"img_ratios) converts")
             scale = scale[0]
         self.set("test", "scale", list(scale) if scale is not None else None)
-        self.set("test", "scales", [float(r) for r in aug.get("img_ratios") or [1.0]])
+        ratios = aug.get("img_ratios") or [1.0]
+        self.set("test", "scales", [float(r) for r in ([ratios] if isinstance(ratios, (int, float)) else ratios)])
         self.set("test", "flip", bool(aug.get("flip", False)))
         self.expect(aug, "flip_direction", "horizontal", f"{where}.MultiScaleFlipAug", "test flips are horizontal")
         steps = self.pipeline_steps(aug.get("transforms", []), f"{where}.MultiScaleFlipAug.transforms", FORMAT_STEPS)
@@ -536,7 +540,7 @@ class _Converter(ConverterBase):
         where = "lr_config"
         if lr.get("policy") != "poly":
             self.unsupported.append(f"lr_config.policy={lr.get('policy')!r}: the schedule here is poly")
-        self.expect(lr, "by_epoch", False, where, "the schedule is per iteration")
+        self.expect(lr, "by_epoch", False, where, "the schedule is per iteration", default=True)
         self.set("optim", "power", float(lr.get("power", 1.0)))
         self.set("optim", "min_lr", float(lr.get("min_lr", 0.0)))
         warmup = lr.get("warmup")
@@ -558,7 +562,7 @@ class _Converter(ConverterBase):
         self.leftovers(runner, "runner", ("type", "max_iters"))
 
     def runtime(self, stem: str) -> None:
-        evaluation = self.intervals("ckpt_every", "eval_every")
+        evaluation = self.intervals("ckpt_every", "eval_every", by_epoch=False, eval_by_epoch=False)
         metric = evaluation.get("metric", "mIoU")
         if "mIoU" not in ([metric] if isinstance(metric, str) else list(metric)):
             self.notes.append(f"evaluation.metric={metric!r}: evaluations here report mIoU, mAcc and aAcc")
@@ -618,11 +622,14 @@ class _Converter(ConverterBase):
         return Conversion({k: v for k, v in self.out.items() if v}, self.notes, self.unsupported)
 
 
-def convert_mmseg_config(mm: Dict[str, Any], name: str = "converted") -> Conversion:
+def convert_mmseg_config(mm: Dict[str, Any], name: str = "converted",
+                         referenced: Optional[Set[str]] = None) -> Conversion:
     """Map the settings of a read mmseg config (``read_mmcv_config``) to SegConfig keys (module docstring).
-    ``name`` names the default ``train.run_dir`` (``runs/seg/<name>``) when the config sets no ``work_dir``.
-    Raises MmcvConfigError for configs that cannot give a model at all (another backbone or head type)."""
-    return _Converter(mm).run(Path(name).stem)
+    ``name`` names the default ``train.run_dir`` (``runs/seg/<name>``) when the config sets no ``work_dir``;
+    ``referenced``: the names the config reads (read_mmcv_config's), so that an unknown top-level name is
+    listed as unsupported rather than noted. Raises MmcvConfigError for configs that cannot give a model at all
+    (another backbone or head type)."""
+    return _Converter(mm, referenced).run(Path(name).stem)
 
 
 def _schema_order(config: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
