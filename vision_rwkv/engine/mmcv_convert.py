@@ -78,6 +78,7 @@ class ConverterBase:
             self.unsupported.append(f"{where}.{key}={shown}: {why}")
 
     def set(self, section: str, key: str, value: Any) -> None:
+        """Output key `section.key` = `value` (tuples as lists)."""
         self.out[section][key] = plain(value)
 
     def pipeline_steps(self, pipeline: Sequence[Dict[str, Any]], where: str,
