@@ -142,6 +142,22 @@ def test_runtime_forms_of_older_configs(tmp_path):
         ("fp16", 0, 4000, "./work_dirs/variant")
 
 
+def test_missing_runtime_sections_and_intervals_are_mmcvs(tmp_path):
+    """No checkpoint_config (mmcv: no checkpoints) was a false unsupported by_epoch and kept 16000; an evaluation
+    without interval runs every iteration in mmseg; pretrained on both the segmentor and the backbone is refused by
+    mmseg; a linear warm-up needs warmup_iters; default_scope (mmengine's) is not read by mmcv."""
+    conversion = _convert(_tiny_variant(tmp_path, "\n".join([
+        "checkpoint_config = None", "evaluation = dict(_delete_=True, metric='mIoU')", "default_scope = 'mmseg'",
+        "model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='vrwkv_t.pth')))"])))
+    train = conversion.config["train"]
+    assert (train["ckpt_every"], train["eval_every"]) == (None, 1)
+    assert [u for u in conversion.unsupported if "both set" in u] and len(conversion.unsupported) == 1
+    assert any("no checkpoint_config" in n for n in conversion.notes)
+    with pytest.raises(MmcvConfigError, match="needs warmup_iters > 0"):
+        _convert(_tiny_variant(tmp_path, "lr_config = dict(_delete_=True, policy='poly', warmup='linear', "
+                                         "by_epoch=False)"))
+
+
 def test_several_folders_per_split_are_an_error(tmp_path):
     with pytest.raises(MmcvConfigError, match=r"data.train.ann_dir=\['a', 'b'\]: one folder per split"):
         _convert(_tiny_variant(tmp_path, "data = dict(train=dict(type='CustomDataset', classes=['x'] * 150,"

@@ -40,7 +40,8 @@ __all__ = ["convert_mmcls_config", "mmcls_conversion_yaml"]
 SECTIONS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config",
             "evaluation", "log_config", "fp16", "work_dir", "resume_from", "load_from", "custom_hooks", "seed",
             "dist_params", "log_level", "workflow", "cudnn_benchmark", "gpu_ids", "opencv_num_threads",
-            "mp_start_method", "auto_resume", "device", "custom_imports", "paramwise_cfg")
+            "mp_start_method", "auto_resume", "device", "custom_imports", "paramwise_cfg", "find_unused_parameters",
+            "total_epochs", "default_scope")
 # mmcv optimizer type -> timm's name: the ones whose torch defaults timm builds alike (RMSprop: timm's alpha 0.9 and
 # momentum; Lamb: timm's trust-ratio variant and mmcls's weight decay 0.01 - neither converts)
 OPTIMIZERS = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd"}
@@ -122,14 +123,20 @@ class _Converter(ConverterBase):
         loss = dict(h.get("loss") or {"type": "CrossEntropyLoss"})
         self.expect(loss, "reduction", "mean", "model.head.loss", "the loss is the batch mean")
         if loss.get("type") == "LabelSmoothLoss":
-            self.expect(loss, "mode", "original", "model.head.loss", "smoothing as (1 - e) one-hot + e / classes")
-            self.set("aug", "label_smoothing", float(loss.get("label_smooth_val", 0.0)))
+            eps = float(loss.get("label_smooth_val", 0.0))
+            mode = loss.get("mode", "original")
+            if mode == "classy_vision":  # ((one-hot + e / classes) / (1 + e)): the original form with e / (1 + e)
+                eps = eps / (1.0 + eps)
+            elif mode != "original":
+                self.unsupported.append(f"model.head.loss.mode={mode!r}: 'original' or 'classy_vision' convert")
+            self.set("aug", "label_smoothing", round(eps, 9))
         elif loss.get("type") == "CrossEntropyLoss":
-            self.expect(loss, "use_sigmoid", False, "model.head.loss", "the loss is softmax cross-entropy")
             self.set("aug", "label_smoothing", 0.0)
         else:
             self.unsupported.append(f"model.head.loss.type={loss.get('type')!r}: only CrossEntropyLoss / "
                                     f"LabelSmoothLoss convert")
+        if loss.get("use_sigmoid"):  # (binary cross-entropy on the smoothed / mixed targets: timm's BCE)
+            self.set("aug", "bce_loss", True)
         self.expect(loss, "loss_weight", 1.0, "model.head.loss", "the loss has weight 1")
         self.leftovers(loss, "model.head.loss", ("type", "mode", "label_smooth_val", "use_sigmoid", "loss_weight",
                                                  "reduction"), ignored=("num_classes", "loss_name"))
@@ -166,10 +173,11 @@ class _Converter(ConverterBase):
         d = self.mm.get("data")
         if not isinstance(d, dict):
             raise MmcvConfigError("the mmcls config has no `data` dict")
-        if "samples_per_gpu" in d:
-            self.set("train", "batch_size", int(d["samples_per_gpu"]))
-        if "workers_per_gpu" in d:
-            self.set("data", "num_workers", int(d["workers_per_gpu"]))
+        loader = {**d, **(d.get("train_dataloader") or {})}  # (mmcls 0.x: train_dataloader overrides the two)
+        if "samples_per_gpu" in loader:
+            self.set("train", "batch_size", int(loader["samples_per_gpu"]))
+        if "workers_per_gpu" in loader:
+            self.set("data", "num_workers", int(loader["workers_per_gpu"]))
         train, val = d.get("train") or {}, d.get("val") or {}
         self.set("data", "type", "imagefolder")
         for ds, key, where in ((train, "train_dir", "data.train"), (val, "val_dir", "data.val")):
@@ -407,13 +415,16 @@ class _Converter(ConverterBase):
                                              "steps here)")
 
     def custom_keys(self, keys: Dict[str, Any]) -> None:
-        """A custom key that names no parameter of the model changes nothing (the Swin keys of the original's
-        schedule base); others are unsupported."""
+        """A custom key that names no parameter of the model (in mmcls's names: ``backbone.layers.0.att...``,
+        ``head.fc...``) changes nothing (the Swin keys of the original's schedule base); others are unsupported."""
         import timm
         import torch
 
-        with torch.device("meta"):
-            names = [n for n, _ in timm.create_model(self.out["model"]["name"], **self.kwargs).named_parameters()]
+        from vision_rwkv.models.convert import ours_to_original
+
+        with torch.device("meta"):  # (the names mmcv matches: the original layout under backbone. / head.)
+            model = timm.create_model(self.out["model"]["name"], **self.kwargs)
+        names = [n if n.startswith("head.") else f"backbone.{n}" for n in ours_to_original(model.state_dict())]
         for key, value in keys.items():
             if any(key in n for n in names):
                 self.unsupported.append(f"optimizer.paramwise_cfg.custom_keys[{key!r}]={value!r}: per-parameter "
@@ -432,8 +443,10 @@ class _Converter(ConverterBase):
             self.set("sched", "sched", "cosine")
             if lr.get("min_lr") is not None:
                 self.set("sched", "min_lr", float(lr["min_lr"]))
+            elif lr.get("min_lr_ratio") is not None:
+                self.set("sched", "min_lr_ratio", float(lr["min_lr_ratio"]))
             else:
-                self.set("sched", "min_lr_ratio", float(lr.get("min_lr_ratio", 0.0)))
+                raise MmcvConfigError("lr_config CosineAnnealing needs min_lr or min_lr_ratio (as mmcv does)")
         elif policy == "Step":
             step = lr.get("step")
             if isinstance(step, (list, tuple)):
@@ -458,18 +471,25 @@ class _Converter(ConverterBase):
         elif warmup != "linear":
             self.unsupported.append(f"lr_config.warmup={warmup!r}: the warm-up here is linear")
         else:
-            if not lr.get("warmup_by_epoch", False):
-                self.unsupported.append("lr_config.warmup_by_epoch=False: the warm-up counts epochs here "
-                                        "(sched.warmup_epochs)")
-            self.set("sched", "warmup_epochs", int(lr.get("warmup_iters", 0)))
+            if not lr.get("warmup_iters"):
+                raise MmcvConfigError(f"lr_config warmup={warmup!r} needs warmup_iters > 0 (as mmcv does)")
+            if lr.get("warmup_by_epoch", False):
+                self.set("sched", "warmup_epochs", int(lr.get("warmup_iters", 0)))
+            else:
+                self.set("sched", "warmup_epochs", 0)
+                self.unsupported.append(f"lr_config warm-up of {lr.get('warmup_iters', 0)} iterations: the warm-up "
+                                        f"counts epochs here (set sched.warmup_epochs)")
+            if lr.get("by_epoch", True):
+                self.notes.append("mmcv warms up per iteration also on a per-epoch schedule; with "
+                                  "sched.on_updates=false the warm-up steps once an epoch here")
             self.set("sched", "warmup_lr", base_lr * float(lr.get("warmup_ratio", 0.1)))
             self.notes.append("the warm-up ramps linearly from sched.warmup_lr to the lr (timm); mmcv scales the "
                               "decayed lr by the same ramp, a difference of the decay over the warm-up (about 1% at "
                               "20 of 300 cosine epochs)")
         self.leftovers(lr, "lr_config", ("policy", "min_lr", "min_lr_ratio", "step", "gamma", "by_epoch", "warmup",
                                          "warmup_iters", "warmup_ratio", "warmup_by_epoch"))
-        runner = dict(self.mm.get("runner") or {})
-        if runner.get("type", "EpochBasedRunner") != "EpochBasedRunner" or "max_epochs" not in runner:
+        runner = dict(self.mm.get("runner") or {"type": "EpochBasedRunner", "max_epochs": self.mm.get("total_epochs")})
+        if runner.get("type", "EpochBasedRunner") != "EpochBasedRunner" or runner.get("max_epochs") is None:
             raise MmcvConfigError(f"runner={runner!r}: an EpochBasedRunner with max_epochs converts")
         self.set("train", "epochs", int(runner["max_epochs"]))
 
@@ -483,9 +503,10 @@ class _Converter(ConverterBase):
             if hook.get("type") == "EMAHook":
                 self.set("ema", "enabled", True)
                 self.set("ema", "decay", 1.0 - float(hook.get("momentum", 0.0002)))
-                if hook.get("warm_up", 100):
-                    self.notes.append(f"EMAHook warm_up={hook.get('warm_up', 100)}: timm's EMA has its own "
-                                      f"warm-up (ema.warmup) or none")
+                momentum, warm = float(hook.get("momentum", 0.0002)), int(hook.get("warm_up", 100))
+                if warm and momentum * warm > 1:  # (mmcls: min(momentum, (1 + t) / (warm_up + t)) per step)
+                    self.notes.append(f"EMAHook warm_up={warm}: mmcls's EMA starts faster for its first steps; "
+                                      f"timm's EMA has its own warm-up (ema.warmup) or none")
                 self.expect(hook, "interval", 1, "custom_hooks.EMAHook", "the EMA updates every step")
                 self.leftovers(hook, "custom_hooks.EMAHook", ("type", "momentum", "warm_up", "interval"),
                                ignored=("priority", "resume_from", "evaluate_on_ema", "evaluate_on_origin"))

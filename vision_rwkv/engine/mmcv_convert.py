@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence, Set
 
 import yaml
 
+from .mmcv_config import MmcvConfigError
+
 __all__ = ["Conversion", "ConverterBase", "same_value", "plain", "pair", "conversion_text", "FlowDict",
            "registered_backbone", "pretrained_checkpoint"]
 
@@ -116,21 +118,28 @@ class ConverterBase:
         (``by_epoch=True``) or iterations here; ``eval_by_epoch``: the evaluation hook's default (mmseg's counts
         iterations, mmcls's epochs; mmcv's checkpoint hook epochs). Returns the evaluation dict."""
         unit = "epochs" if by_epoch else "iterations"
-        ckpt = self.mm.get("checkpoint_config") or {}
-        evaluation = self.mm.get("evaluation") or {}
-        self.expect(ckpt, "by_epoch", by_epoch, "checkpoint_config", f"the interval counts {unit} here", default=True)
-        self.expect(evaluation, "by_epoch", by_epoch, "evaluation", f"the interval counts {unit} here",
-                    default=eval_by_epoch)
-        if "interval" in ckpt:
-            self.set("train", ckpt_key, int(ckpt["interval"]))
-        if ckpt:  # (mmcv's CheckpointHook keeps every checkpoint unless max_keep_ckpts says otherwise)
-            keep = int(ckpt.get("max_keep_ckpts", -1))
+        ckpt = self.mm.get("checkpoint_config")
+        evaluation = self.mm.get("evaluation")
+        if ckpt is None:  # (mmcv: no checkpoint hook; here the run's last state is still saved)
+            self.set("train", ckpt_key, None if not by_epoch else 0)
+            self.notes.append("no checkpoint_config: mmcv saves no checkpoints; here only the final one")
+        else:
+            self.expect(ckpt, "by_epoch", by_epoch, "checkpoint_config", f"the interval counts {unit} here",
+                        default=True)
+            interval = int(ckpt.get("interval", -1))  # (mmcv's default -1: the last one only)
+            self.set("train", ckpt_key, interval if interval > 0 else (None if not by_epoch else 0))
+            keep = int(ckpt.get("max_keep_ckpts", -1))  # (mmcv keeps every checkpoint unless told)
             self.set("train", "keep_last", 0 if keep < 0 else keep)
-        if "interval" in evaluation:
-            self.set("train", eval_key, int(evaluation["interval"]))
-        log = self.mm.get("log_config") or {}
-        if "interval" in log:
+        if evaluation is not None:
+            self.expect(evaluation, "by_epoch", by_epoch, "evaluation", f"the interval counts {unit} here",
+                        default=eval_by_epoch)
+            self.set("train", eval_key, int(evaluation.get("interval", 1)))  # (the hooks' default: every one)
+        log = self.mm.get("log_config")
+        if log is not None:
+            if "interval" not in log:
+                raise MmcvConfigError("log_config needs an interval (as mmcv does)")
             self.set("train", "log_every", int(log["interval"]))
+        return evaluation or {}
         return evaluation
 
     def unread_top_keys(self) -> None:

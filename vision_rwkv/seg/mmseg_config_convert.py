@@ -47,6 +47,7 @@ ADAPTER_KEYS = {"conv_inplane": "conv_inplane", "n_points": "n_points", "deform_
 LAYER_DECAY_CONSTRUCTORS = ("MyLayerDecayOptimizerConstructor", "LayerDecayOptimizerConstructor")
 # top-level mmcv runtime keys without an effect on the results
 RUNTIME_KEYS = ("dist_params", "log_level", "workflow", "cudnn_benchmark", "gpu_ids", "opencv_num_threads",
+                "default_scope",
                 "mp_start_method", "auto_resume", "device", "custom_imports", "checkpoint_config", "evaluation",
                 "log_config")
 SECTIONS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "total_iters", "fp16",
@@ -100,7 +101,10 @@ class _Converter(ConverterBase):
         from vision_rwkv.models.convert import model_kwargs_from_original
 
         own, init = b.pop("pretrained", None), pretrained_checkpoint(b.pop("init_cfg", None))
-        path = pretrained or own or init
+        if pretrained and (own or init):  # (mmseg's EncoderDecoder and the original VRWKV refuse both)
+            self.unsupported.append(f"model.pretrained={pretrained!r} and the backbone's {own or init!r} are both "
+                                    f"set (mmseg refuses that); set model.pretrained=None in the config")
+        path = own or init or pretrained
         if isinstance(path, str) and "://" in path:
             self.notes.append(f"model.pretrained={path!r} is a URL: download it and set model.pretrained=PATH "
                               f"(nothing is downloaded here)")
@@ -523,8 +527,9 @@ class _Converter(ConverterBase):
                 self.unsupported.append(f"optimizer.constructor={constructor!r} has no equivalent here")
             self.set("optim", "layer_decay", None)
         for key, value in paramwise.items():
-            self.unsupported.append(f"optimizer.paramwise_cfg.{key}={value!r} has no equivalent here (norms, "
-                                    f"biases and the position embedding get no weight decay)")
+            hint = (" (norms, biases and the position embedding get no weight decay here)"
+                    if key in ("custom_keys", "norm_decay_mult", "bias_decay_mult") else "")
+            self.unsupported.append(f"optimizer.paramwise_cfg.{key}={value!r} has no equivalent here{hint}")
         self.leftovers(o, where, ("type", "lr", "weight_decay", "betas", "eps", "amsgrad", "constructor",
                                   "paramwise_cfg"))
         self.fp16_hook = self.optimizer_hook("gradient accumulation does not convert")
@@ -546,6 +551,8 @@ class _Converter(ConverterBase):
         warmup = lr.get("warmup")
         if warmup not in (None, "linear"):
             self.unsupported.append(f"lr_config.warmup={warmup!r}: the warm-up here is linear")
+        if warmup and not lr.get("warmup_iters"):
+            raise MmcvConfigError(f"lr_config warmup={warmup!r} needs warmup_iters > 0 (as mmcv does)")
         self.set("optim", "warmup_iters", int(lr.get("warmup_iters", 0)) if warmup else 0)
         if warmup:
             self.set("optim", "warmup_ratio", float(lr.get("warmup_ratio", 0.1)))
