@@ -229,6 +229,9 @@ class _Converter(ConverterBase):
             self.set("aug", "ratio", [round(float(v), 7) for v in crop.get("ratio", (3 / 4, 4 / 3))])
             self.train_interpolation = crop.get("interpolation", "bilinear")  # (mmcls's default)
             self.expect(crop, "efficientnet_style", False, f"{where}.RandomResizedCrop", "timm's crop sampler")
+            if crop.get("backend", "cv2") != "pillow":
+                self.notes.append(f"{where}.RandomResizedCrop backend={crop.get('backend', 'cv2')!r}: timm resizes "
+                                  f"with PIL here (the same interpolation, slightly different pixels)")
             self.leftovers(crop, f"{where}.RandomResizedCrop", ("type", "size", "scale", "ratio", "interpolation",
                                                                 "efficientnet_style"),
                            ignored=("backend", "max_attempts", "min_covered", "crop_padding"))
