@@ -183,6 +183,19 @@ def test_loss_forms_and_the_loader_batch(tmp_path):
         (pytest.approx(0.1 / 1.1), True, 32)
 
 
+def test_head_keys_loader_keys_and_total_epochs(tmp_path):
+    """custom_keys on VisionTransformerClsHead's own names (head.layers.*) act in mmcls (they were "no effect");
+    train_dataloader's other keys are read too; total_epochs must equal runner.max_epochs (mmcls asserts it)."""
+    text = "\n".join(_convert(_variant(tmp_path, "\n".join([
+        "model = dict(head=dict(_delete_=True, type='VisionTransformerClsHead', num_classes=1000, in_channels=192,"
+        " hidden_dim=768, loss=dict(type='CrossEntropyLoss')))",
+        "optimizer = dict(paramwise_cfg=dict(custom_keys={'head.layers': dict(lr_mult=10.0)}))",
+        "data = dict(train_dataloader=dict(samples_per_gpu=8, shuffle=False))"]))).unsupported)
+    assert "custom_keys['head.layers']" in text and "data.train_dataloader.shuffle=False" in text
+    with pytest.raises(MmcvConfigError, match="total_epochs=100 and runner.max_epochs=300 differ"):
+        _convert(_variant(tmp_path, "total_epochs = 100"))
+
+
 def test_backbone_weights_become_the_fine_tuning_checkpoint(tmp_path):
     """init_cfg=dict(type='Pretrained') (mmcls's way to start from backbone weights) was dropped silently."""
     conversion = _convert(_variant(tmp_path, "model = dict(backbone=dict(init_cfg=dict(type='Pretrained', "

@@ -174,6 +174,8 @@ class _Converter(ConverterBase):
         if not isinstance(d, dict):
             raise MmcvConfigError("the mmcls config has no `data` dict")
         loader = {**d, **(d.get("train_dataloader") or {})}  # (mmcls 0.x: train_dataloader overrides the two)
+        self.leftovers(d.get("train_dataloader") or {}, "data.train_dataloader",
+                       ("samples_per_gpu", "workers_per_gpu"), ignored=("persistent_workers", "pin_memory"))
         if "samples_per_gpu" in loader:
             self.set("train", "batch_size", int(loader["samples_per_gpu"]))
         if "workers_per_gpu" in loader:
@@ -428,6 +430,10 @@ class _Converter(ConverterBase):
         with torch.device("meta"):  # (the names mmcv matches: the original layout under backbone. / head.)
             model = timm.create_model(self.out["model"]["name"], **self.kwargs)
         names = [n if n.startswith("head.") else f"backbone.{n}" for n in ours_to_original(model.state_dict())]
+        if (self.mm["model"].get("head") or {}).get("type") == "VisionTransformerClsHead":  # (its own layout)
+            layers = ("head", "pre_logits") if self.kwargs.get("head_hidden_size") else ("head",)
+            names = [n for n in names if not n.startswith("head.")]
+            names += [f"head.layers.{layer}.{p}" for layer in layers for p in ("weight", "bias")]
         for key, value in keys.items():
             if any(key in n for n in names):
                 self.unsupported.append(f"optimizer.paramwise_cfg.custom_keys[{key!r}]={value!r}: per-parameter "
@@ -491,7 +497,11 @@ class _Converter(ConverterBase):
                               "20 of 300 cosine epochs)")
         self.leftovers(lr, "lr_config", ("policy", "min_lr", "min_lr_ratio", "step", "gamma", "by_epoch", "warmup",
                                          "warmup_iters", "warmup_ratio", "warmup_by_epoch"))
-        runner = dict(self.mm.get("runner") or {"type": "EpochBasedRunner", "max_epochs": self.mm.get("total_epochs")})
+        total = self.mm.get("total_epochs")
+        runner = dict(self.mm.get("runner") or {"type": "EpochBasedRunner", "max_epochs": total})
+        if total is not None and runner.get("max_epochs") != total:
+            raise MmcvConfigError(f"total_epochs={total} and runner.max_epochs={runner.get('max_epochs')} differ "
+                                  f"(mmcv requires them equal)")
         if runner.get("type", "EpochBasedRunner") != "EpochBasedRunner" or runner.get("max_epochs") is None:
             raise MmcvConfigError(f"runner={runner!r}: an EpochBasedRunner with max_epochs converts")
         self.set("train", "epochs", int(runner["max_epochs"]))

@@ -140,7 +140,6 @@ class ConverterBase:
                 raise MmcvConfigError("log_config needs an interval (as mmcv does)")
             self.set("train", "log_every", int(log["interval"]))
         return evaluation or {}
-        return evaluation
 
     def unread_top_keys(self) -> None:
         """Top-level names outside the sections read must be helper variables (norm_cfg, crop_size, ...): names the

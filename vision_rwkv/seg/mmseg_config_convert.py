@@ -271,10 +271,13 @@ class _Converter(ConverterBase):
         d = self.mm.get("data")
         if not isinstance(d, dict):
             raise MmcvConfigError("the mmseg config has no `data` dict")
-        if "samples_per_gpu" in d:
-            self.set("data", "batch_size", int(d["samples_per_gpu"]))
-        if "workers_per_gpu" in d:
-            self.set("data", "num_workers", int(d["workers_per_gpu"]))
+        loader = {**d, **(d.get("train_dataloader") or {})}  # (mmseg 0.x: train_dataloader overrides the two)
+        self.leftovers(d.get("train_dataloader") or {}, "data.train_dataloader",
+                       ("samples_per_gpu", "workers_per_gpu"), ignored=("persistent_workers", "pin_memory"))
+        if "samples_per_gpu" in loader:
+            self.set("data", "batch_size", int(loader["samples_per_gpu"]))
+        if "workers_per_gpu" in loader:
+            self.set("data", "num_workers", int(loader["workers_per_gpu"]))
         train = self.unwrap(d.get("train"), "data.train")
         val = self.unwrap(d.get("val"), "data.val")
         test = self.unwrap(d.get("test"), "data.test") if d.get("test") else None
@@ -570,6 +573,9 @@ class _Converter(ConverterBase):
 
     def runtime(self, stem: str) -> None:
         evaluation = self.intervals("ckpt_every", "eval_every", by_epoch=False, eval_by_epoch=False)
+        if self.mm.get("evaluation") is None:
+            self.notes.append("no evaluation section: mmseg's tools/train.py evaluates every iteration (its hook's "
+                              "default); train.eval_every keeps the schema's 16000")
         metric = evaluation.get("metric", "mIoU")
         if "mIoU" not in ([metric] if isinstance(metric, str) else list(metric)):
             self.notes.append(f"evaluation.metric={metric!r}: evaluations here report mIoU, mAcc and aAcc")
