@@ -170,16 +170,7 @@ class _Converter(ConverterBase):
 
     # ------------------------------------------------------------------ data
     def data(self) -> None:
-        d = self.mm.get("data")
-        if not isinstance(d, dict):
-            raise MmcvConfigError("the mmcls config has no `data` dict")
-        loader = {**d, **(d.get("train_dataloader") or {})}  # (mmcls 0.x: train_dataloader overrides the two)
-        self.leftovers(d.get("train_dataloader") or {}, "data.train_dataloader",
-                       ("samples_per_gpu", "workers_per_gpu"), ignored=("persistent_workers", "pin_memory"))
-        if "samples_per_gpu" in loader:
-            self.set("train", "batch_size", int(loader["samples_per_gpu"]))
-        if "workers_per_gpu" in loader:
-            self.set("data", "num_workers", int(loader["workers_per_gpu"]))
+        d = self.data_loader("train.batch_size")
         train, val = d.get("train") or {}, d.get("val") or {}
         self.set("data", "type", "imagefolder")
         for ds, key, where in ((train, "train_dir", "data.train"), (val, "val_dir", "data.val")):

@@ -96,6 +96,22 @@ class ConverterBase:
             steps[kind] = dict(step)
         return steps
 
+    def data_loader(self, batch_key: str) -> Dict[str, Any]:
+        """The ``data`` dict; its ``samples_per_gpu`` -> `batch_key` (section.key), ``workers_per_gpu`` ->
+        data.num_workers, as ``data.train_dataloader`` overrides them (mmseg / mmcls 0.x)."""
+        d = self.mm.get("data")
+        if not isinstance(d, dict):
+            raise MmcvConfigError(f"the {self.KIND} config has no `data` dict")
+        loader = d.get("train_dataloader") or {}
+        self.leftovers(loader, "data.train_dataloader", ("samples_per_gpu", "workers_per_gpu"),
+                       ignored=("persistent_workers", "pin_memory"))
+        loader = {**d, **loader}
+        if "samples_per_gpu" in loader:
+            self.set(*batch_key.split("."), int(loader["samples_per_gpu"]))
+        if "workers_per_gpu" in loader:
+            self.set("data", "num_workers", int(loader["workers_per_gpu"]))
+        return d
+
     def optimizer_hook(self, accumulation_hint: str) -> bool:
         """``optimizer_config``: ``grad_clip`` -> optim.clip_grad (null without one); accumulation is unsupported.
         Returns whether the hook trains in fp16 (mmcv's Fp16OptimizerHook, or a DistOptimizerHook with use_fp16)."""

@@ -268,16 +268,7 @@ class _Converter(ConverterBase):
 
     # ------------------------------------------------------------------ data
     def data(self) -> None:
-        d = self.mm.get("data")
-        if not isinstance(d, dict):
-            raise MmcvConfigError("the mmseg config has no `data` dict")
-        loader = {**d, **(d.get("train_dataloader") or {})}  # (mmseg 0.x: train_dataloader overrides the two)
-        self.leftovers(d.get("train_dataloader") or {}, "data.train_dataloader",
-                       ("samples_per_gpu", "workers_per_gpu"), ignored=("persistent_workers", "pin_memory"))
-        if "samples_per_gpu" in loader:
-            self.set("data", "batch_size", int(loader["samples_per_gpu"]))
-        if "workers_per_gpu" in loader:
-            self.set("data", "num_workers", int(loader["workers_per_gpu"]))
+        d = self.data_loader("data.batch_size")
         train = self.unwrap(d.get("train"), "data.train")
         val = self.unwrap(d.get("val"), "data.val")
         test = self.unwrap(d.get("test"), "data.test") if d.get("test") else None
