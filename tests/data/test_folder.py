@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vision_rwkv.data.folder import CsvImageDataset, ImageFolderDataset, load_rgb
+from vision_rwkv.data.folder import AnnFileDataset, CsvImageDataset, ImageFolderDataset, load_rgb
 from vision_rwkv.engine import EpochLoader
 
 
@@ -168,3 +168,21 @@ def test_a_validation_split_may_lack_a_class_folder(tmp_path):
         ImageFolderDataset(tmp_path / "val", classes=["cat", "dog"])
     with pytest.raises(FileNotFoundError, match="missing"):
         ImageFolderDataset(tmp_path / "val", classes=["ant", "dog"], allow_missing=True)
+
+
+def test_mmcls_annotation_lists(tmp_path):
+    """mmcls's ann_file: '<path> <class index>' lines under data_prefix (ImageNet's meta/val.txt over a flat val
+    folder); names with spaces; the indices count the classes given (the training folder's)."""
+    for name in ("a.png", "b c.png"):
+        Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(tmp_path / name)
+    (tmp_path / "val.txt").write_text("a.png 1\n\nb c.png 0\n")
+    ds = AnnFileDataset(tmp_path / "val.txt", tmp_path, classes=["cat", "dog"])
+    assert ds.samples == [(str(tmp_path / "a.png"), 1), (str(tmp_path / "b c.png"), 0)] and ds[1][1] == 0
+    assert AnnFileDataset(tmp_path / "val.txt", tmp_path).classes == ["0", "1"]
+    with pytest.raises(ValueError, match="class index 1, past the 1 classes"):
+        AnnFileDataset(tmp_path / "val.txt", tmp_path, classes=["cat"])
+    (tmp_path / "bad.txt").write_text("a.png 1\na.png cat\n")
+    with pytest.raises(ValueError, match=r"bad.txt line 2: expected '<path> <class index>'"):
+        AnnFileDataset(tmp_path / "bad.txt", tmp_path)
+    with pytest.raises(FileNotFoundError, match="annotation file not found"):
+        AnnFileDataset(tmp_path / "missing.txt", tmp_path)

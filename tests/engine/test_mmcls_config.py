@@ -43,6 +43,8 @@ def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, family, s
         {k: v for k, v in shipped["optim"].items() if k not in ("betas", "eps", "lr")}
     assert ours["sched"] == shipped["sched"] and ours["ema"] == shipped["ema"]
     assert ours["data"]["train_dir"] == "data/imagenet/train" and ours["data"]["input_size"] == 224
+    assert (ours["data"]["val_dir"], ours["data"]["val_ann_file"]) == \
+        ("data/imagenet/val", "data/imagenet/meta/val.txt")
     train = {k: ours["train"][k] for k in ("batch_size", "epochs", "keep_last", "eval_every_epochs", "log_every",
                                            "precision")}
     assert train == dict(batch_size=batch, epochs=300, keep_last=2, eval_every_epochs=1, log_every=100,
@@ -295,3 +297,17 @@ def test_a_users_config_converts_and_trains(tmp_path, load_tool):
         ([0.5, 0.5, 0.5], None, 1e-5, pytest.approx(1e-4), pytest.approx(0.999))
     result = train_classifier(cfg)
     assert result["run_dir"] == str(tmp_path / "run") and 0.0 <= result["top1"] <= 100.0
+    # ImageNet's validation layout: a flat folder and meta/val.txt, indices of the training folder's classes
+    from vision_rwkv.engine.classification import build_datasets, build_eval_dataset
+    flat = tmp_path / "data" / "flat"
+    flat.mkdir()
+    lines = []
+    for i, cls in enumerate(("cat", "dog", "cat")):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(flat / f"v{i}.png")
+        lines.append(f"v{i}.png {['cat', 'dog'].index(cls)}")
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    flat_cfg = load_config(dst, [f"data.val_dir={flat}", f"data.val_ann_file={tmp_path / 'val.txt'}"])
+    _, val, classes = build_datasets(flat_cfg)
+    assert classes == ["cat", "dog"] and [t for _, t in val.samples] == [0, 1, 0]
+    ds, names = build_eval_dataset(flat_cfg, ["cat", "dog"])
+    assert names == ["cat", "dog"] and [t for _, t in ds.samples] == [0, 1, 0]

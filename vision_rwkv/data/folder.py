@@ -188,6 +188,38 @@ class CsvImageDataset(_SkippingDataset):
         self.transform = transform
 
 
+class AnnFileDataset(_SkippingDataset):
+    """mmcls's annotation list (``ann_file``): one ``<path> <class index>`` per line, paths relative to ``root``
+    (mmcls's ``data_prefix``), as ImageNet's ``meta/val.txt`` lists the flat validation folder. The indices count
+    ``classes`` (e.g. the training folder's sorted class names, ImageNet's order too); without ``classes``, the
+    names are the indices. A line without a path and an integer label, or with a label past the classes, is an
+    error naming the line."""
+
+    def __init__(self, ann_file: str | os.PathLike, root: str | os.PathLike, transform: Callable | None = None,
+                 classes: Sequence[str] | None = None):
+        super().__init__()
+        self.ann_file, self.root = Path(ann_file), Path(root)
+        if not self.ann_file.is_file():
+            raise FileNotFoundError(f"annotation file not found: {self.ann_file}")
+        rows = []
+        for num, line in enumerate(self.ann_file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.strip().rsplit(None, 1)  # (mmcls: the last field is the label; names may hold spaces)
+            if len(parts) != 2 or not _is_int(parts[1]) or int(parts[1]) < 0:
+                raise ValueError(f"{self.ann_file} line {num}: expected '<path> <class index>', got {line!r}")
+            rows.append((parts[0], int(parts[1])))
+        if not rows:
+            raise ValueError(f"annotation file {self.ann_file} lists no images")
+        top = max(label for _, label in rows)
+        self.classes = list(classes) if classes is not None else [str(i) for i in range(top + 1)]
+        if top >= len(self.classes):
+            raise ValueError(f"{self.ann_file} has class index {top}, past the {len(self.classes)} classes")
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.samples = [(str(p if os.path.isabs(p) else self.root / p), y) for p, y in rows]
+        self.transform = transform
+
+
 def _is_int(s: str) -> bool:
     try:
         int(s)

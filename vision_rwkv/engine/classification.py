@@ -8,7 +8,8 @@ iteration, ``ModelEmaV3``, ``SoftTargetCrossEntropy`` / ``LabelSmoothingCrossEnt
 shared engine (:class:`~vision_rwkv.engine.loop.Trainer`: DDP, AMP, accumulation, clipping, exact resume).
 
 Data (``data.type``): ``shapes`` (embedded procedural data), ``imagefolder`` (``data.train_dir`` / ``data.val_dir``
-trees) or ``csv`` (``data.train_csv`` / ``data.val_csv`` with ``path,label`` columns, relative to ``data.csv_root``).
+trees, or mmcls's ``<path> <class index>`` lists under them: ``data.train_ann_file`` / ``data.val_ann_file``) or
+``csv`` (``data.train_csv`` / ``data.val_csv`` with ``path,label`` columns, relative to ``data.csv_root``).
 Unreadable images are skipped with a warning and counted: ``skipped_samples`` in ``train_metrics.csv`` and, when
 validation met any, in ``val_metrics.csv`` (whose top-1 is then over fewer images).
 
@@ -144,12 +145,16 @@ def _shapes(cfg: DictConfig, split: str, transform: Any) -> Dataset:
 
 
 def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str] | None = None) -> Dataset:
-    from ..data.folder import CsvImageDataset, ImageFolderDataset
+    from ..data.folder import AnnFileDataset, CsvImageDataset, ImageFolderDataset
     d = cfg.data
     if d.type == "imagefolder":
         root = d.train_dir if split == "train" else d.val_dir
         if not root:
             raise ConfigError(f"data.type=imagefolder needs data.{'train' if split == 'train' else 'val'}_dir")
+        ann_file = d.train_ann_file if split == "train" else d.val_ann_file
+        if ann_file:  # (mmcls's list of <path> <class index> under the folder, e.g. ImageNet's flat val)
+            names = classes if classes is not None else (list(d.classes) if d.classes else None)
+            return AnnFileDataset(ann_file, root, transform=transform, classes=names)
         # (a validation split may lack a class: fewer images of it, not an error; training may not)
         return ImageFolderDataset(root, transform=transform, classes=classes, allow_missing=split != "train")
     if d.type == "csv":
@@ -182,7 +187,10 @@ def build_eval_dataset(cfg: DictConfig, model_classes: list[str] | None = None) 
         ds = _shapes(cfg, cfg.eval.split if cfg.eval.split != "val" else cfg.data.shapes.val_split, eval_tf)
         classes = list(ds.classes)
     else:
-        ds = _file_dataset(cfg, "val", eval_tf, classes=list(cfg.data.classes) if cfg.data.classes else None)
+        names = list(cfg.data.classes) if cfg.data.classes else None
+        if names is None and cfg.data.type == "imagefolder" and cfg.data.val_ann_file and model_classes:
+            names = list(model_classes)  # (an annotation list's indices count the model's classes)
+        ds = _file_dataset(cfg, "val", eval_tf, classes=names)
         classes = list(ds.classes)
     if model_classes is None or classes == list(model_classes):
         return ds, classes

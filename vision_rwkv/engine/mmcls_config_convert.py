@@ -178,10 +178,8 @@ class _Converter(ConverterBase):
                 self.notes.append(f"{where}.type={ds.get('type')!r} is read as a class-per-folder image folder")
             if ds.get("data_prefix"):
                 self.set("data", key, str(ds["data_prefix"]))
-            if ds.get("ann_file"):
-                self.notes.append(f"{where}.ann_file={ds['ann_file']!r} (a list of files and labels) is not read: "
-                                  f"data.{key} needs a folder per class, or give data.type=csv with a path,label "
-                                  f"file")
+            if ds.get("ann_file"):  # (its class indices count the training folder's sorted classes, as mmcls's)
+                self.set("data", key.replace("_dir", "_ann_file"), str(ds["ann_file"]))
             if ds.get("classes") is not None:
                 self.set("data", "classes", self.class_names(ds["classes"], where))
             self.leftovers(ds, where, ("type", "data_prefix", "ann_file", "classes", "pipeline"),
