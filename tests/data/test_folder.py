@@ -179,10 +179,12 @@ def test_mmcls_annotation_lists(tmp_path):
     ds = AnnFileDataset(tmp_path / "val.txt", tmp_path, classes=["cat", "dog"])
     assert ds.samples == [(str(tmp_path / "a.png"), 1), (str(tmp_path / "b c.png"), 0)] and ds[1][1] == 0
     assert AnnFileDataset(tmp_path / "val.txt", tmp_path).classes == ["0", "1"]
-    with pytest.raises(ValueError, match="class index 1, past the 1 classes"):
+    with pytest.raises(ValueError, match=r"val.txt line 1: class index 1 is past the 1 classes \(cat\)"):
         AnnFileDataset(tmp_path / "val.txt", tmp_path, classes=["cat"])
     (tmp_path / "bad.txt").write_text("a.png 1\na.png cat\n")
     with pytest.raises(ValueError, match=r"bad.txt line 2: expected '<path> <class index>'"):
         AnnFileDataset(tmp_path / "bad.txt", tmp_path)
     with pytest.raises(FileNotFoundError, match="annotation file not found"):
         AnnFileDataset(tmp_path / "missing.txt", tmp_path)
+    with pytest.raises(FileNotFoundError, match="image folder root not found"):  # (every image would be skipped)
+        AnnFileDataset(tmp_path / "val.txt", tmp_path / "nope")

@@ -311,3 +311,10 @@ def test_a_users_config_converts_and_trains(tmp_path, load_tool):
     assert classes == ["cat", "dog"] and [t for _, t in val.samples] == [0, 1, 0]
     ds, names = build_eval_dataset(flat_cfg, ["cat", "dog"])
     assert names == ["cat", "dog"] and [t for _, t in ds.samples] == [0, 1, 0]
+    from vision_rwkv.engine import ConfigError
+    from vision_rwkv.engine.classification import check_training_config
+    (tmp_path / "bad.txt").write_text("v0.png 5\n")  # (a config error: one line from the tools, not a traceback)
+    with pytest.raises(ConfigError, match=r"data.val_ann_file: .*bad.txt line 1: class index 5 is past the 2"):
+        build_datasets(load_config(dst, [f"data.val_dir={flat}", f"data.val_ann_file={tmp_path / 'bad.txt'}"]))
+    with pytest.raises(ConfigError, match="data.val_ann_file lists images under an image folder"):
+        check_training_config(load_config(dst, ["data.type=csv", "data.val_ann_file=x.txt"]))

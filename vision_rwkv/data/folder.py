@@ -201,7 +201,9 @@ class AnnFileDataset(_SkippingDataset):
         self.ann_file, self.root = Path(ann_file), Path(root)
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"annotation file not found: {self.ann_file}")
-        rows = []
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder root not found: {self.root} (the folder {self.ann_file} lists)")
+        rows, lines = [], []
         for num, line in enumerate(self.ann_file.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
@@ -209,12 +211,15 @@ class AnnFileDataset(_SkippingDataset):
             if len(parts) != 2 or not _is_int(parts[1]) or int(parts[1]) < 0:
                 raise ValueError(f"{self.ann_file} line {num}: expected '<path> <class index>', got {line!r}")
             rows.append((parts[0], int(parts[1])))
+            lines.append(num)
         if not rows:
             raise ValueError(f"annotation file {self.ann_file} lists no images")
         top = max(label for _, label in rows)
         self.classes = list(classes) if classes is not None else [str(i) for i in range(top + 1)]
         if top >= len(self.classes):
-            raise ValueError(f"{self.ann_file} has class index {top}, past the {len(self.classes)} classes")
+            num = lines[[label for _, label in rows].index(top)]
+            raise ValueError(f"{self.ann_file} line {num}: class index {top} is past the {len(self.classes)} classes "
+                             f"({', '.join(self.classes[:5])}{', ...' if len(self.classes) > 5 else ''})")
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = [(str(p if os.path.isabs(p) else self.root / p), y) for p, y in rows]
         self.transform = transform

@@ -154,7 +154,11 @@ def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str
         ann_file = d.train_ann_file if split == "train" else d.val_ann_file
         if ann_file:  # (mmcls's list of <path> <class index> under the folder, e.g. ImageNet's flat val)
             names = classes if classes is not None else (list(d.classes) if d.classes else None)
-            return AnnFileDataset(ann_file, root, transform=transform, classes=names)
+            try:
+                return AnnFileDataset(ann_file, root, transform=transform, classes=names)
+            except ValueError as err:  # (its contents: a config-level error, one line from the tools)
+                key = "train_ann_file" if split == "train" else "val_ann_file"
+                raise ConfigError(f"data.{key}: {err}") from None
         # (a validation split may lack a class: fewer images of it, not an error; training may not)
         return ImageFolderDataset(root, transform=transform, classes=classes, allow_missing=split != "train")
     if d.type == "csv":
@@ -490,6 +494,10 @@ def check_training_config(cfg: DictConfig) -> None:
         raise ConfigError(f"sched.sched must be one of {', '.join(SCHEDULES)}, got {cfg.sched.sched!r}{why}")
     if cfg.optim.clip_mode not in CLIP_MODES:
         raise ConfigError(f"optim.clip_mode must be one of {', '.join(CLIP_MODES)}, got {cfg.optim.clip_mode!r}")
+    stray = [k for k in ("train_ann_file", "val_ann_file") if cfg.data.get(k)]
+    if stray and cfg.data.type != "imagefolder":
+        raise ConfigError(f"data.{stray[0]} lists images under an image folder: it needs data.type=imagefolder, "
+                          f"not {cfg.data.type}")
     if cfg.optim.decay_exempt not in ("norm_bias", "timm", "none"):
         raise ConfigError(f"optim.decay_exempt must be norm_bias, timm or none, got {cfg.optim.decay_exempt!r}")
     _positive_int(cfg, "aug.mixup_off_epoch", minimum=0)
