@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
+from file_tree import write_files
+
 RAND_AUG = """\
 # timm's increasing RandAugment ops, in mmcls's terms
 rand_increasing_policies = [
@@ -130,7 +132,5 @@ def write_tree(root: Path) -> Dict[tuple, Path]:
         name = f"{family}/{family}_{size}_{'16xb64' if batch == 64 else '8xb128'}_in1k.py"
         files[name] = classifier_config(family, size)
         paths[(family, size)] = root / name
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
+    write_files(root, files)
     return paths

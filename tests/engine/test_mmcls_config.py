@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from file_tree import write_files as _write
 from mmcls_config_tree import RECIPES, write_tree
 from vision_rwkv.engine import load_config
 from vision_rwkv.engine.mmcls_config_convert import convert_mmcls_config
@@ -50,13 +51,6 @@ def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, family, s
     assert train == dict(batch_size=batch, epochs=300, keep_last=2, eval_every_epochs=1, log_every=100,
                          precision="fp32")
     assert any("custom_keys['.absolute_pos_embed'] names no parameter" in n for n in conversion.notes)
-
-
-def _write(root, files):
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    return root / next(iter(files))
 
 
 def _variant(tmp_path, body):

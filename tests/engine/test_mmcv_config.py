@@ -1,15 +1,8 @@
 """The mmcv config reader (vision_rwkv.engine.mmcv_config): mmcv's _base_ merge, and no code runs."""
 import pytest
 
+from file_tree import write_files as _write
 from vision_rwkv.engine.mmcv_config import MmcvConfigError, read_mmcv_config
-
-
-def _write(root, files):
-    """Write {relative name: text} under root; returns the first file's path."""
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    return root / next(iter(files))
 
 
 def test_the_reader_merges_bases_as_mmcv_does(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
+from file_tree import write_files
+
 UPERNET_BASE = """\
 # UperNet with a ResNet-50 (the stock model base the configs start from)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
@@ -140,8 +142,5 @@ def write_tree(root: Path) -> Dict[str, Path]:
     files = {"_base_/models/upernet_r50.py": UPERNET_BASE, "_base_/datasets/ade20k.py": ADE20K_BASE,
              "_base_/default_runtime.py": RUNTIME_BASE, "_base_/schedules/schedule_160k.py": SCHEDULE_160K}
     files.update({f"ade20k/upernet_vrwkv_adapter_{s}_512_160k_ade20k.py": adapter_config(s) for s in ADAPTER_RECIPES})
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    write_files(root, files)
     return {s: root / f"ade20k/upernet_vrwkv_adapter_{s}_512_160k_ade20k.py" for s in ADAPTER_RECIPES}

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from file_tree import write_files as _write
 from mmseg_config_tree import ADAPTER_RECIPES, write_tree
+from seg_folders import write_seg_folders
 from vision_rwkv.models.vrwkv import VARIANT_ARGS
 from vision_rwkv.seg.config import load_seg_config
 from vision_rwkv.seg.mmseg_config_convert import conversion_yaml, convert_mmseg_config
@@ -49,13 +51,6 @@ def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, size):
                          run_dir=f"runs/seg/upernet_vrwkv_adapter_{size}_512_160k_ade20k")
     assert any("fp16" in n for n in conversion.notes)
     assert not any("img_norm_cfg" in n for n in conversion.notes)  # (a helper variable, unpacked into Normalize)
-
-
-def _write(root, files):
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    return root / next(iter(files))
 
 
 def _tiny_variant(tmp_path, body):
@@ -183,18 +178,6 @@ def test_a_plain_vrwkv_with_a_multilevel_neck_converts_only_when_allowed(tmp_pat
     assert cfg["backbone_kwargs"] == {"img_size": 512, "wkv_mode": "original", "wkv_chunks": 16}
 
 
-def _folder_data(root, n=3, classes=3):
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for i in range(n):
-            for sub, array in (("img", rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)),
-                               ("ann", rng.integers(0, classes, (32, 40), dtype=np.uint8))):
-                (root / sub / split).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(root / sub / split / f"{i}.png")
-
-
 CUSTOM = """\
 _base_ = ['../_base_/default_runtime.py']
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -250,7 +233,7 @@ def test_a_custom_dataset_config_converts_and_trains(tmp_path, load_tool):
     weights, gradient clipping, a smaller adapter) converts with the CLI, loads, and trains to an mIoU."""
     from vision_rwkv.seg.train import train_segmentor
 
-    _folder_data(tmp_path / "data")
+    write_seg_folders(tmp_path / "data", n=3, size=(32, 40), dirs=("img", "ann"))
     src = _write(tmp_path / "mm", {"configs/custom.py": CUSTOM.format(root=tmp_path / "data", work=tmp_path / "run"),
                                    "_base_/default_runtime.py": "log_level = 'INFO'\ncudnn_benchmark = True\n"})
     dst = tmp_path / "custom.yaml"

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seg_folders import write_seg_folders
 from vision_rwkv.engine import load_checkpoint, read_metrics_csv
 from vision_rwkv.seg import load_seg_config, test_segmentor, train_segmentor
 
@@ -175,18 +176,6 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     assert not (tmp_path / "config.yaml").exists()
 
 
-def _folder_data(root, n=4, classes=3):
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for i in range(n):
-            for sub, array in (("img_dir", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)),
-                               ("ann_dir", rng.integers(0, classes, (32, 32), dtype=np.uint8))):
-                (root / sub / split).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(root / sub / split / f"{i}.png")
-
-
 FOLDER = ["data.type=folder", "data.img_suffix=.png", "data.classes=[a,b,c]", "model.class_weight=null",
           "data.train_length=2000", "data.val_length=200"]
 
@@ -199,7 +188,7 @@ def _folder_cfg(tmp_path, *extra):
 def test_a_folder_dataset_under_data_root_trains_with_or_without_validation(tmp_path):
     """Folder datasets read img_dir / ann_dir relative to data.root (mmseg's data_root: it was ignored), and may
     train without validation folders (it was a config error)."""
-    _folder_data(tmp_path / "data")
+    write_seg_folders(tmp_path / "data")
     result = train_segmentor(_folder_cfg(tmp_path, "optim.max_iters=2", "train.ckpt_every=2"))
     assert result["step"] == 2 and "mIoU" not in result
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
@@ -218,7 +207,7 @@ def test_folder_dataset_config_errors(tmp_path, extra, message):
     """Repeated class names dropped per-class rows (results are keyed by name); a class_weight of another length
     was a traceback."""
     from vision_rwkv.engine import ConfigError
-    _folder_data(tmp_path / "data")
+    write_seg_folders(tmp_path / "data")
     cfg = _folder_cfg(tmp_path, *extra)
     with pytest.raises(ConfigError, match=message):
         train_segmentor(cfg)  # (before training: a palette was checked only by the test / predict tools)
@@ -240,7 +229,7 @@ def test_predictions_use_the_config_palette(tmp_path):
 
     from vision_rwkv.seg.predict_images import save_label_png
     from vision_rwkv.seg.train import config_palette
-    _folder_data(tmp_path / "data")
+    write_seg_folders(tmp_path / "data")
     palette = config_palette(_folder_cfg(tmp_path, "data.palette=[[10,20,30],[40,50,60],[70,80,90]]"), 3)
     path = save_label_png(np.array([[0, 1], [2, 0]]), tmp_path / "p.png", 3, palette=palette)
     img = Image.open(path)

@@ -66,11 +66,7 @@ class _Converter(ConverterBase):
     def model(self) -> None:
         from vision_rwkv.models.convert import model_kwargs_from_original
 
-        m = self.mm.get("model")
-        if not isinstance(m, dict):
-            raise MmcvConfigError("the mmcls config has no `model` dict")
-        if m.get("type", "ImageClassifier") != "ImageClassifier":
-            self.unsupported.append(f"model.type={m['type']!r}: only ImageClassifier models convert")
+        m = self.model_dict("ImageClassifier")
         b = dict(m.get("backbone") or {})
         kind = b.pop("type", None)
         family = {"VRWKV": "vrwkv", "VRWKV6": "vrwkv6"}.get(kind)

@@ -96,6 +96,15 @@ class ConverterBase:
             steps[kind] = dict(step)
         return steps
 
+    def model_dict(self, model_type: str) -> Dict[str, Any]:
+        """The ``model`` dict (an error without one); a type other than `model_type` is unsupported."""
+        m = self.mm.get("model")
+        if not isinstance(m, dict):
+            raise MmcvConfigError(f"the {self.KIND} config has no `model` dict")
+        if m.get("type", model_type) != model_type:
+            self.unsupported.append(f"model.type={m['type']!r}: only {model_type} models convert")
+        return m
+
     def data_loader(self, batch_key: str) -> Dict[str, Any]:
         """The ``data`` dict; its ``samples_per_gpu`` -> `batch_key` (section.key), ``workers_per_gpu`` ->
         data.num_workers, as ``data.train_dataloader`` overrides them (mmseg / mmcls 0.x)."""

@@ -72,11 +72,7 @@ class _Converter(ConverterBase):
 
     # ------------------------------------------------------------------ model
     def model(self) -> None:
-        m = self.mm.get("model")
-        if not isinstance(m, dict):
-            raise MmcvConfigError("the mmseg config has no `model` dict")
-        if m.get("type", "EncoderDecoder") != "EncoderDecoder":
-            self.unsupported.append(f"model.type={m['type']!r}: only EncoderDecoder segmentors convert")
+        m = self.model_dict("EncoderDecoder")
         backbone = dict(m.get("backbone") or {})
         kind = backbone.pop("type", None)
         if kind not in ("VRWKV_Adapter", "VRWKV"):
