@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from open_clip.loss import ClipLoss
 
-from vision_rwkv.engine import (ConfigError, DistInfo, EpochLoader, Trainer, all_reduce_sum, broadcast_object,
+from vision_rwkv.engine import (ConfigError, DistInfo, Trainer, all_reduce_sum, broadcast_object, build_train_loader,
                                 check_run_dir_is_free, cleanup_distributed, compile_for_training, init_distributed,
                                 load_config, print_rank0, save_config, seed_everything, to_dict, unwrap_model,
                                 wrap_ddp)
@@ -286,8 +286,9 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         raise ConfigError(f"train.batch_size {tc.batch_size} gives {tc.batch_size // info.world_size} samples per "
                           f"process ({info.world_size} processes), not a multiple of data.shapes_group_size "
                           f"{group_size}: each process's batch holds whole groups")
-    loader = EpochLoader(train_set, tc.batch_size // info.world_size, shuffle=True, drop_last=True, seed=tc.seed,
-                         num_workers=cfg.data.workers, info=info, group_size=group_size)
+    loader = build_train_loader("train.batch_size", train_set, tc.batch_size // info.world_size, shuffle=True,
+                                drop_last=True, seed=tc.seed, num_workers=cfg.data.workers, info=info,
+                                group_size=group_size)
     optimizer = build_optimizer(model, cfg.optim)
     steps_per_epoch = len(loader) // tc.grad_accum_steps
     total = int(tc.max_steps) if tc.max_steps is not None else int(tc.epochs) * steps_per_epoch

@@ -135,6 +135,8 @@ def test_batch_sizes_that_do_not_split_are_config_errors(tmp_path):
                                           "data.shapes_group_size 8"):
         train_clip(_cfg(tmp_path / "groups", "train.batch_size=12", "train.max_steps=1", "data.shapes_length=256",
                         "data.shapes_group_by=color", "data.shapes_group_size=8"))
+    with pytest.raises(ConfigError, match="^train.batch_size: dataset of 64 samples gives no batch of 128"):
+        train_clip(_cfg(tmp_path / "large", "train.batch_size=128", "train.max_steps=1", "data.shapes_length=64"))
 
 
 def test_csv_training_skips_and_counts_unreadable_images(tmp_path):

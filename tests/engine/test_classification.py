@@ -79,7 +79,8 @@ def test_original_recipe_decays_everything_but_norms_and_biases(name, layer_deca
 
 def test_tiny_vrwkv_overfits_64_images(tmp_path):
     cfg = load_config(DEMO, TINY + [
-        f"run_dir={tmp_path}", "data.shapes.train_length=64", "data.shapes.val_length=64", "data.shapes.val_split=train",
+        f"run_dir={tmp_path}", "data.shapes.train_length=64", "data.shapes.val_length=64",
+        "data.shapes.val_split=train",
         "aug.hflip=0.0", "aug.vflip=0.0", "train.batch_size=16", "train.epochs=25", "optim.lr=1e-2",
         "optim.weight_decay=0.0", "sched.warmup_epochs=1", "train.eval_every_epochs=25",
         "train.ckpt_every_epochs=25", "model.kwargs.embed_dim=48"])
@@ -216,12 +217,33 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     ("optim.clip_mode=agcc", "optim.clip_mode must be one of norm, value, agc"),
     ("sched.sched=plateau", "steps once an epoch on a validation metric"), ("sched.sched=cosin", "sched.sched"),
     ("aug.mixup_off_epoch=-1", "aug.mixup_off_epoch"), ("aug.bce_target_thresh=1.5", "aug.bce_target_thresh"),
-    ("aug.bce_pos_weight=0", "aug.bce_pos_weight")])
+    ("aug.bce_pos_weight=0", "aug.bce_pos_weight"), ("aug.repeats=0.5", "aug.repeats must be 0"),
+    ("aug.repeats_round=-1", "aug.repeats_round"), ("train.batch_size=4096", "train.batch_size: dataset of"),
+    ("aug.repeats=3 data.shapes.train_length=200", "train.batch_size, aug.repeats: repeated augmentation keeps")])
 def test_bad_values_are_config_errors_before_training(tmp_path, override, key):
     from vision_rwkv.engine import ConfigError
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
         train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}", *override.split()]))
     assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_repeated_augmentation_reaches_the_training_loader(tmp_path, monkeypatch):
+    """aug.repeats=2 (timm's --aug-repeats): the epoch's keys hold each image twice, with copy numbers 0 and 1 (so
+    that each copy is augmented anew), and the epoch keeps its number of steps."""
+    from vision_rwkv.engine import SeededSamples
+    keys = []
+    real_getitem = SeededSamples.__getitem__
+
+    def recording_getitem(self, key):
+        keys.append(tuple(key))
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(SeededSamples, "__getitem__", recording_getitem)
+    result = train_classifier(load_config(DEMO, TINY + [
+        f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=8", "train.batch_size=8",
+        "train.epochs=1", "aug.repeats=2", "aug.repeats_round=0", "data.num_workers=0"]))
+    assert result["step"] == 2 and len(keys) == 16 and len(set(keys)) == 16
+    assert sorted(k[2] for k in keys) == [0] * 8 + [1] * 8 and len({k[0] for k in keys}) == 8
 
 
 def test_best_loss_keeps_the_lowest(tmp_path):
@@ -529,7 +551,8 @@ def test_training_interpolation_may_be_timms_random():
 @pytest.mark.parametrize("override,key", [
     ("aug.interpolation=random", "aug.interpolation"), ("aug.train_interpolation=foo", "aug.train_interpolation"),
     ("aug.mixup_mode=element", "aug.mixup_mode"), ("aug.crop_mode=foo", "aug.crop_mode"),
-    ("aug.re_mode=foo", "aug.re_mode"), ("aug.hflip=2", "aug.hflip"), ("aug.label_smoothing=1.5", "aug.label_smoothing"),
+    ("aug.re_mode=foo", "aug.re_mode"), ("aug.hflip=2", "aug.hflip"),
+    ("aug.label_smoothing=1.5", "aug.label_smoothing"),
     ("ema.enabled=true ema.decay=1.5", "ema.decay"), ("sched.warmup_epochs=-1", "sched.warmup_epochs"),
     ("optim.betas=[0.9]", "optim.betas"), ("optim.opt=adamww", "optim.opt"),
     ("sched.sched=wsd sched.decay_epochs=400", "wsd schedule requires"),

@@ -1,4 +1,5 @@
 """Loader: DistributedSampler-compatible shards, mid-epoch start, augmentation independent of workers/resume."""
+import math
 import random
 
 import pytest
@@ -134,3 +135,89 @@ def test_every_batch_position_is_yielded_when_a_whole_batch_is_unreadable():
     ranks = [EpochLoader(_Unreadable({0, 2, 4}), 3, shuffle=False, info=DistInfo(r, 2)) for r in (0, 1)]
     counts = [len(list(r.iter_epoch(0))) for r in ranks]  # rank 0's first batch ([0, 2, 4]) is unreadable
     assert counts == [len(ranks[0]), len(ranks[1])] == [2, 2]
+
+
+class _Sized:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+@pytest.mark.parametrize("repeats", [1, 2, 3, 1.5, 2.5])
+def test_repeated_augmentation_order_is_timms(repeats):
+    """aug.repeats: the same indices, in the same order, on every rank as timm's RepeatAugSampler (whose seed is
+    the epoch: ours is seed + epoch, so seed 0), the same epoch length, for lengths off the 256 rounding too."""
+    from timm.data.distributed_sampler import RepeatAugSampler
+    for n, world in ((300, 1), (517, 2), (1000, 3), (70, 2)):
+        for rank in range(world):
+            ref = RepeatAugSampler(_Sized(n), num_replicas=world, rank=rank, num_repeats=repeats,
+                                   selected_round=0 if n < 256 * world else 256)
+            ours = ResumableSampler(n, world, rank, seed=0, repeats=repeats,
+                                    repeats_round=0 if n < 256 * world else 256)
+            for epoch in (0, 5):
+                ref.set_epoch(epoch), ours.set_epoch(epoch)
+                keys = list(ours)
+                assert [k[0] for k in keys] == list(ref) and len(ours) == len(ref) == len(keys)
+                assert all(k[1] == epoch for k in keys)
+
+
+def _every_key(n, world, repeats):
+    """The keys of the whole padded sequence, rank by rank (each rank past the rounding's cut)."""
+    ranks = [ResumableSampler(n, world, r, seed=4, repeats=repeats, repeats_round=0) for r in range(world)]
+    for s in ranks:
+        s.per_rank = math.ceil(math.ceil(n * repeats) / world)
+    return [list(s) for s in ranks]
+
+
+def test_repeated_copies_are_numbered_and_dealt_to_different_ranks():
+    """Each (index, copy) key occurs once an epoch over all ranks (the padding's repeats get new copy numbers), the
+    copies of an index go to different ranks when there are as many ranks as repeats, and a mid-epoch start gives
+    the tail of the same keys."""
+    keys = [k for rank in _every_key(41, 3, 3) for k in rank]
+    assert len(set(keys)) == len(keys) == 123 and {k[2] for k in keys} == {0, 1, 2}
+    ranks = [ResumableSampler(41, 3, r, seed=4, repeats=3, repeats_round=0) for r in range(3)]
+    where = {}
+    for r, s in enumerate(ranks):
+        for i, _, _ in s:
+            where.setdefault(i, []).append(r)
+    assert all(len(set(rs)) == len(rs) for rs in where.values()) and len(where) < 41  # (a third of the copies)
+    padded = [k for rank in _every_key(5, 4, 3) for k in rank]  # 15 keys padded to 16: the first index, copy 3
+    assert len(set(padded)) == 16 and sorted(k[2] for k in padded)[-1] == 3
+    fractional = [k for rank in _every_key(10, 2, 1.5) for k in rank]
+    assert len(set(fractional)) == 16 and sorted(k[2] for k in fractional)[-2:] == [1, 2]  # (15 + 1 padded)
+    ranks[1].set_start(5)
+    tail = list(ranks[1])
+    ranks[1].set_start(0)
+    assert tail == list(ranks[1])[5:] and len(ranks[1]) == 14
+
+
+def test_repeated_copies_are_augmented_differently_and_the_same_on_resume():
+    """Every copy of an image draws its own augmentation (the key's copy number seeds it): equal samples only for
+    equal keys; without repeats the seeds are those of before (copy 0)."""
+    loader = EpochLoader(_Rand(), 4, seed=2, repeats=2, repeats_round=0)
+    rows = torch.cat([b for _, b in loader.iter_epoch(1)])
+    assert len(rows) == 20 and len({float(r[0]) for r in rows}) == 10  # 10 images, each twice
+    by_index = {}
+    for r in rows:
+        by_index.setdefault(int(r[0]), []).append(r[1:])
+    assert all(len(v) == 2 and not torch.equal(v[0], v[1]) for v in by_index.values())
+    resumed = torch.cat([b for _, b in EpochLoader(_Rand(), 4, seed=2, repeats=2, repeats_round=0)
+                         .iter_epoch(1, start_batch=3)])
+    assert torch.equal(rows[12:], resumed)
+    from vision_rwkv.engine import SeededSamples
+    samples = SeededSamples(_Rand(), seed=2)
+    assert torch.equal(samples[(3, 1)], samples[(3, 1, 0)]) and not torch.equal(samples[(3, 1)], samples[(3, 1, 1)])
+
+
+def test_repeated_augmentation_errors_name_the_problem():
+    with pytest.raises(ValueError, match="0 \\(no repeated augmentation\\) or >= 1"):
+        ResumableSampler(10, repeats=0.5)
+    with pytest.raises(ValueError, match="no group_size"):
+        ResumableSampler(12, repeats=2, group_size=4)
+    with pytest.raises(ValueError, match="needs at least 512 samples, or a smaller repeats_round"):
+        EpochLoader(_Rand(), 2, repeats=3, info=DistInfo(0, 2))
+    from vision_rwkv.engine import ConfigError, build_train_loader
+    with pytest.raises(ConfigError, match="^train.batch_size: dataset of 20 samples gives no batch of 64"):
+        build_train_loader("train.batch_size", _Rand(), 64)

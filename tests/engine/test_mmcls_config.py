@@ -97,6 +97,8 @@ def _variant(tmp_path, body):
     ("custom_hooks = [dict(type='EMAHook', momentum=1e-4, interval=4)]", "EMAHook.interval=4"),
     ("model = dict(train_cfg=dict(augments=dict(type='BatchCutMix', alpha=1.0, prob=1.0, correct_lam=False)))",
      "correct_lam=False"),
+    ("sampler = dict(type='RepeatAugSampler', selected_ratio=3)", "sampler.selected_ratio=3"),
+    ("sampler = dict(type='InfiniteSampler')", "sampler=.*RepeatAugSampler or DistributedSampler convert"),
 ])
 def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
     import re
@@ -114,6 +116,20 @@ def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
 def test_configs_that_give_no_model_or_schedule_are_errors(tmp_path, body, message):
     with pytest.raises(MmcvConfigError, match=message):
         _convert(_variant(tmp_path, body))
+
+
+@pytest.mark.parametrize("body,repeats", [
+    ("sampler = dict(type='RepeatAugSampler')", (3.0, 256)),
+    ("sampler = dict(type='RepeatAugSampler', num_repeats=2, selected_round=0, seed=5)", (2.0, 0)),
+    ("sampler = dict(type='DistributedSampler', shuffle=True)", None),
+])
+def test_the_sampler_converts_to_repeated_augmentation(tmp_path, body, repeats):
+    """mmcls's RepeatAugSampler (the same order, rounding and sharding as timm's) is aug.repeats /
+    aug.repeats_round; DistributedSampler is the default."""
+    conversion = _convert(_variant(tmp_path, body))
+    assert conversion.unsupported == []
+    aug = conversion.config["aug"]
+    assert (None if "repeats" not in aug else (aug["repeats"], aug["repeats_round"])) == repeats
 
 
 def test_step_schedules_sgd_and_ema_convert(tmp_path):

@@ -202,6 +202,7 @@ def test_a_folder_dataset_under_data_root_trains_with_or_without_validation(tmp_
     (["data.classes=[a,b,a]"], r"data.classes names 'a' more than once"),
     (["model.class_weight=[1.0,2.0]"], r"model.class_weight has 2 entries, the data 3 classes"),
     (["data.palette=[[0,0,0],[1,2,3]]"], r"data.palette needs one \[r, g, b\]"),
+    (["data.batch_size=64"], r"data.batch_size: dataset of \d+ samples gives no batch of 64"),
 ])
 def test_folder_dataset_config_errors(tmp_path, extra, message):
     """Repeated class names dropped per-class rows (results are keyed by name); a class_weight of another length

@@ -31,8 +31,11 @@ Data loading (``loader.py``) -- deterministic and resumable
         DistributedSampler's shard; random augmentation is seeded per (seed, epoch, index); samples returned as
         ``None`` (unreadable) are dropped and counted in ``num_skipped``; a batch of nothing but those is replaced
         by the process's previous batch (every process takes every step).
-    ResumableSampler, ShardSampler (eval shards without padding), SeededSamples, seeded_rng(seed),
-    sample_seed(seed, epoch, index), collate_drop_none(batch), seed_everything(seed, rank=0, deterministic=False)
+        ``repeats=3`` is timm's repeated augmentation (``RepeatAugSampler``), each copy augmented anew.
+    build_train_loader(keys, dataset, batch_size, **kw) (an EpochLoader whose size errors are ConfigErrors naming
+    ``keys``), ResumableSampler, ShardSampler (eval shards without padding), SeededSamples, seeded_rng(seed),
+    sample_seed(seed, epoch, index, copy=0), collate_drop_none(batch), seed_everything(seed, rank=0,
+    deterministic=False)
 
 Checkpoints (``checkpoint.py``)
     atomic_save(obj, path) (temp file in the same folder + os.replace), load_checkpoint(path) (weights_only=True),
@@ -103,8 +106,8 @@ from .config import ConfigError, apply_overrides, config_layers, load_config, me
 from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
                           cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
                           is_main_process, launch_rank, print_rank0, reduce_dict, unwrap_model, wrap_ddp)
-from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler, collate_drop_none, sample_seed,
-                     seed_everything, seeded_rng)
+from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler, build_train_loader, collate_drop_none,
+                     sample_seed, seed_everything, seeded_rng)
 from .logger import MetricLogger, json_text, plot_curves, progress, read_metrics_csv
 from .loop import Trainer, clip_gradients, move_to_device
 from .precision import autocast, check_precision, make_grad_scaler, precision_dtype

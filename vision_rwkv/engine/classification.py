@@ -36,7 +36,7 @@ from .compiling import compile_for_training
 from .config import ConfigError, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, cleanup_distributed, init_distributed,
                           is_main_process, print_rank0, unwrap_model, wrap_ddp)
-from .loader import EpochLoader, ShardSampler, collate_drop_none, seed_everything
+from .loader import ShardSampler, build_train_loader, collate_drop_none, seed_everything
 from .logger import json_text, progress, pyplot, save_figure, short_text
 from .loop import CLIP_MODES, Trainer
 from .precision import autocast
@@ -501,6 +501,10 @@ def check_training_config(cfg: DictConfig) -> None:
     if cfg.optim.decay_exempt not in ("norm_bias", "timm", "none"):
         raise ConfigError(f"optim.decay_exempt must be norm_bias, timm or none, got {cfg.optim.decay_exempt!r}")
     _positive_int(cfg, "aug.mixup_off_epoch", minimum=0)
+    _positive_int(cfg, "aug.repeats_round", minimum=0)
+    if not (float(cfg.aug.repeats) == 0 or float(cfg.aug.repeats) >= 1):
+        raise ConfigError(f"aug.repeats must be 0 (off) or >= 1 (each image that many times an epoch), got "
+                          f"{cfg.aug.repeats}")
     a = cfg.aug
     choices = {"aug.mixup_mode": (a.mixup_mode, ("batch", "pair", "elem")),
                "aug.crop_mode": (a.crop_mode, ("center", "squash", "border")),
@@ -576,8 +580,11 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     seed_everything(cfg.seed, info.rank)
     model = wrap_ddp(model, info)
     t = cfg.train
-    loader = EpochLoader(train_set, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                         num_workers=cfg.data.num_workers, info=info, pin_memory=info.device.type == "cuda")
+    repeats = float(cfg.aug.repeats)
+    loader = build_train_loader("train.batch_size" + (", aug.repeats" if repeats else ""), train_set, t.batch_size,
+                                shuffle=True, drop_last=True, seed=cfg.seed, num_workers=cfg.data.num_workers,
+                                info=info, pin_memory=info.device.type == "cuda", repeats=repeats,
+                                repeats_round=int(cfg.aug.repeats_round))
     global_batch = t.batch_size * info.world_size * t.grad_accum_steps
     lr = lr_for_batch(cfg, global_batch)
     optimizer = build_optimizer(cfg, model, lr)

@@ -1,11 +1,12 @@
 """Resumable, deterministic data loading shared by the training tools.
 
 - :class:`ResumableSampler` shuffles like ``DistributedSampler`` (``randperm`` seeded by ``seed + epoch``, padded to
-  a multiple of the world size, rank ``r`` takes ``indices[r::world]``), can start in the middle of an epoch, and
-  yields ``(index, epoch)`` keys.
+  a multiple of the world size, rank ``r`` takes ``indices[r::world]``), or with repeated augmentation like timm's
+  ``RepeatAugSampler``; it can start in the middle of an epoch, and yields ``(index, epoch, copy)`` keys.
 - :class:`SeededSamples` runs ``dataset[index]`` with python/numpy/torch RNGs seeded from ``(seed, epoch, index)``
-  (and restores the caller's RNG afterwards), so random augmentation depends only on which sample of which epoch
-  it is: not on worker count, worker order, or on whether the run was resumed.
+  (and the copy number of a repeated sample; the caller's RNG is restored afterwards), so random augmentation
+  depends only on which sample of which epoch it is: not on worker count, worker order, or on whether the run was
+  resumed.
 - :class:`EpochLoader` puts both around a ``DataLoader`` (its own generator: it never consumes the global torch RNG)
   and drops samples the dataset returned as ``None`` (corrupt images), counting them in ``num_skipped``.
 - :func:`seed_everything` seeds python/numpy/torch (offset by rank) and optionally enables deterministic kernels.
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from .config import ConfigError
 from .distributed import DistInfo
 
 __all__ = ["seed_everything", "sample_seed", "seeded_rng", "SeededSamples", "ResumableSampler", "ShardSampler",
-           "EpochLoader", "collate_drop_none"]
+           "EpochLoader", "build_train_loader", "collate_drop_none"]
 
 
 def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> None:
@@ -42,9 +44,11 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> No
         torch.backends.cudnn.benchmark = False
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed that depends only on (seed, epoch, index)."""
-    return int(np.random.SeedSequence([int(seed) % (2 ** 32), int(epoch), int(index)]).generate_state(1)[0])
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """A 32-bit seed that depends only on (seed, epoch, index, copy); ``copy`` numbers the repeats of one sample in
+    one epoch (repeated augmentation), and copy 0 is the seed of an epoch without repeats."""
+    entropy = [int(seed) % (2 ** 32), int(epoch), int(index)] + ([int(copy)] if copy else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 @contextlib.contextmanager
@@ -63,7 +67,9 @@ def seeded_rng(seed: int):
 
 
 class SeededSamples(Dataset):
-    """``self[(index, epoch)]`` = ``dataset[index]`` computed under :func:`seeded_rng` of ``(seed, epoch, index)``."""
+    """``self[(index, epoch, copy)]`` = ``dataset[index]`` computed under :func:`seeded_rng` of
+    :func:`sample_seed` ``(seed, epoch, index, copy)``; keys ``(index, epoch)`` and ``index`` have copy 0 (and
+    epoch 0)."""
 
     def __init__(self, dataset: Dataset, seed: int = 0):
         self.dataset = dataset
@@ -72,9 +78,9 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Any:
-        index, epoch = (key, 0) if isinstance(key, (int, np.integer)) else key
-        with seeded_rng(sample_seed(self.seed, epoch, index)):
+    def __getitem__(self, key: int | tuple[int, ...]) -> Any:
+        index, epoch, copy = (key, 0, 0) if isinstance(key, (int, np.integer)) else (tuple(key) + (0,))[:3]
+        with seeded_rng(sample_seed(self.seed, epoch, index, copy)):
             return self.dataset[int(index)]
 
 
@@ -86,22 +92,47 @@ class ResumableSampler(Sampler):
     shuffled and dealt to the ranks (rank ``r`` takes groups ``r::world``). With a per-rank batch that is a multiple
     of G, every batch is made of whole groups (e.g. hard-negative batches from a dataset that puts similar samples
     next to each other), and the global batch is the same for any world size. ``length`` must be a multiple of G.
+
+    ``repeats >= 1`` is repeated augmentation as timm's ``RepeatAugSampler`` (``--aug-repeats``) does it: each index
+    of the shuffled order ``repeats`` times in a row (a fractional count: position ``i`` holds ``order[i //
+    repeats]``), padded cyclically to a multiple of the world size and dealt ``r::world``, so the copies of one image
+    go to different ranks; each rank keeps the first ``length // repeats_round * repeats_round / world`` (rounded
+    down; ``repeats_round=0``: ``ceil(length / world)``), so an epoch takes as many steps as one without repeats.
+    It yields ``(index, epoch, copy)``: ``copy`` numbers the repeats of an index within the epoch, so that each copy
+    is augmented differently (see :class:`SeededSamples`).
     """
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, group_size: int = 1):
+                 drop_last: bool = False, group_size: int = 1, repeats: float = 0, repeats_round: int = 256):
         if length <= 0:
             raise ValueError("cannot sample from an empty dataset")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
         if group_size < 1 or length % group_size:
             raise ValueError(f"group_size {group_size} must be >= 1 and divide the dataset length {length}")
+        if repeats and not float(repeats) >= 1:
+            raise ValueError(f"repeats must be 0 (no repeated augmentation) or >= 1, got {repeats}")
+        if repeats and group_size > 1:
+            raise ValueError("repeated augmentation samples single images: it takes no group_size")
+        if repeats_round < 0:
+            raise ValueError(f"repeats_round must be >= 0, got {repeats_round}")
         self.length, self.num_replicas, self.rank = int(length), int(num_replicas), int(rank)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.group_size = int(group_size)
+        self.repeats, self.repeats_round = float(repeats), int(repeats_round)
         self.epoch, self.start = 0, 0
         groups = self.length // self.group_size
-        if self.drop_last:
+        if self.repeats:
+            if self.repeats_round:
+                self.per_rank = self.length // self.repeats_round * self.repeats_round // self.num_replicas
+            else:
+                self.per_rank = math.ceil(self.length / self.num_replicas)
+            if self.per_rank == 0:
+                raise ValueError(f"repeated augmentation keeps {self.length} // {self.repeats_round} * "
+                                 f"{self.repeats_round} / {self.num_replicas} = 0 samples per process of an epoch "
+                                 f"(timm's rounding to whole {self.repeats_round}s): the dataset needs at least "
+                                 f"{self.repeats_round * self.num_replicas} samples, or a smaller repeats_round")
+        elif self.drop_last:
             self.per_rank = groups // self.num_replicas * self.group_size
         else:
             self.per_rank = math.ceil(groups / self.num_replicas) * self.group_size
@@ -112,14 +143,22 @@ class ResumableSampler(Sampler):
     def set_start(self, start: int) -> None:
         self.start = int(start)
 
+    def _order(self, n: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(n, generator=g).tolist()
+
     def indices(self) -> list[int]:
-        groups = self.length // self.group_size
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(groups, generator=g).tolist()
-        else:
-            order = list(range(groups))
+        """This rank's indices of the epoch (before ``set_start`` skips any)."""
+        return self.keys()[0]
+
+    def keys(self) -> tuple[list[int], list[int]]:
+        """This rank's indices of the epoch and each one's copy number (all 0 without repeats)."""
+        if self.repeats:
+            return self._repeated()
+        order = self._order(self.length // self.group_size)
         total = self.per_rank // self.group_size * self.num_replicas
         if total > len(order):
             pad = total - len(order)
@@ -128,11 +167,34 @@ class ResumableSampler(Sampler):
             order = order[:total]
         mine = order[self.rank:total:self.num_replicas]
         gs = self.group_size
-        return mine if gs == 1 else [g * gs + j for g in mine for j in range(gs)]
+        mine = mine if gs == 1 else [g * gs + j for g in mine for j in range(gs)]
+        return mine, [0] * len(mine)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.indices()[self.start:]:
-            yield (i, self.epoch)
+    def _repeated(self) -> tuple[list[int], list[int]]:
+        order, r = self._order(self.length), self.repeats
+        if r.is_integer():
+            seq = [i for i in order for _ in range(int(r))]
+            first_copies = [c for _ in order for c in range(int(r))]
+        else:
+            seq = [order[int(i // r)] for i in range(math.ceil(r * self.length))]
+            first_copies = [0] * len(seq)
+            for i in range(1, len(seq)):  # the copies of an index are consecutive
+                if seq[i] == seq[i - 1]:
+                    first_copies[i] = first_copies[i - 1] + 1
+        total = math.ceil(len(seq) / self.num_replicas) * self.num_replicas
+        passes = math.ceil(total / len(seq))  # the padding repeats the sequence from its start: later copies
+        seq, copies = seq * passes, [c + k * math.ceil(r) for k in range(passes) for c in first_copies]
+        picked = range(self.rank, total, self.num_replicas)[:self.per_rank]
+        return [seq[i] for i in picked], [copies[i] for i in picked]
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        indices, copies = self.keys()
+        if not self.repeats:
+            for i in indices[self.start:]:
+                yield (i, self.epoch)
+            return
+        for i, c in zip(indices[self.start:], copies[self.start:]):
+            yield (i, self.epoch, c)
 
     def __len__(self) -> int:
         return max(self.per_rank - self.start, 0)
@@ -178,13 +240,15 @@ class EpochLoader:
     one), so that every process takes the same number of steps (under DDP a missing step would leave the processes'
     collectives mismatched) and an epoch has ``len(loader)`` batches. ``num_skipped`` counts dropped samples since
     construction. ``group_size``: see
-    :class:`ResumableSampler` (batches of whole groups; ``batch_size`` must be a multiple of it).
+    :class:`ResumableSampler` (batches of whole groups; ``batch_size`` must be a multiple of it), as for
+    ``repeats`` / ``repeats_round`` (repeated augmentation).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0, num_workers: int = 0, collate_fn: Callable | None = None, pin_memory: bool = False,
                  info: DistInfo | None = None, seeded: bool = True, persistent_workers: bool = False,
-                 prefetch_factor: int | None = None, group_size: int = 1):
+                 prefetch_factor: int | None = None, group_size: int = 1, repeats: float = 0,
+                 repeats_round: int = 256):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(dataset) == 0:
@@ -201,7 +265,7 @@ class EpochLoader:
         self.collate = _DropNoneCollate(collate_fn)
         self.samples = SeededSamples(dataset, seed) if seeded else _KeyIndex(dataset)
         self.sampler = ResumableSampler(len(dataset), self.info.world_size, self.info.rank, shuffle, seed,
-                                        group_size=group_size)
+                                        group_size=group_size, repeats=repeats, repeats_round=repeats_round)
         self.num_skipped = 0
         self._last_batch: Any = None  # the stand-in for a batch whose every sample is unreadable
         if len(self) == 0:
@@ -243,6 +307,15 @@ class EpochLoader:
         if waiting:
             raise RuntimeError(f"every sample of this process's batches {waiting[0]}-{waiting[-1]} of epoch {epoch} "
                                "was unreadable, and no readable batch came before or after them: check the data")
+
+
+def build_train_loader(keys: str, dataset: Dataset, batch_size: int, **kwargs: Any) -> EpochLoader:
+    """``EpochLoader(dataset, batch_size, **kwargs)`` for a training tool: a batch size (or repeated augmentation)
+    the data cannot fill is a :class:`ConfigError` that names the config ``keys`` setting it."""
+    try:
+        return EpochLoader(dataset, batch_size, **kwargs)
+    except ValueError as err:
+        raise ConfigError(f"{keys}: {err}") from None
 
 
 class _KeyIndex(Dataset):

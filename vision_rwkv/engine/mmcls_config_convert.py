@@ -16,6 +16,7 @@ RandAugment, ColorJitter, RandomErasing, Normalize)     / ``vflip`` / ``auto_aug
                                                         ``re_*`` / ``mean`` / ``std`` / ``train_interpolation``
 test pipeline (Resize, CenterCrop)                      ``aug.crop_pct`` / ``interpolation``
 ``data`` (samples_per_gpu, data_prefix)                 ``train.batch_size``, ``data.train_dir`` / ``val_dir``
+``sampler`` RepeatAugSampler (num_repeats, ...)         ``aug.repeats`` / ``aug.repeats_round``
 ``optimizer`` (+ ``paramwise_cfg``), ``grad_clip``      ``optim.*``
 ``lr_config`` (CosineAnnealing / Step + linear warm-up) ``sched.*``
 ``runner.max_epochs``, ``checkpoint_config``,           ``train.*``, ``ema.*``, ``run_dir``, ``resume``,
@@ -41,7 +42,7 @@ SECTIONS = ("model", "data", "optimizer", "optimizer_config", "lr_config", "runn
             "evaluation", "log_config", "fp16", "work_dir", "resume_from", "load_from", "custom_hooks", "seed",
             "dist_params", "log_level", "workflow", "cudnn_benchmark", "gpu_ids", "opencv_num_threads",
             "mp_start_method", "auto_resume", "device", "custom_imports", "paramwise_cfg", "find_unused_parameters",
-            "total_epochs", "default_scope")
+            "total_epochs", "default_scope", "sampler")
 # mmcv optimizer type -> timm's name: the ones whose torch defaults timm builds alike (RMSprop: timm's alpha 0.9 and
 # momentum; Lamb: timm's trust-ratio variant and mmcls's weight decay 0.01 - neither converts)
 OPTIMIZERS = {"AdamW": "adamw", "Adam": "adam", "SGD": "sgd"}
@@ -182,8 +183,26 @@ class _Converter(ConverterBase):
                            ignored=("test_mode", "file_client_args"))
         self.train_pipeline(train.get("pipeline") or [])
         self.test_pipeline(val.get("pipeline") or [])
+        self.sampler(self.mm.get("sampler"))
         self.leftovers(d, "data", ("samples_per_gpu", "workers_per_gpu", "train", "val", "test"),
                        ignored=("train_dataloader", "val_dataloader", "test_dataloader", "persistent_workers"))
+
+    def sampler(self, sampler: Any) -> None:
+        """mmcls's training sampler: RepeatAugSampler is timm's repeated augmentation (the same order, rounding and
+        sharding); DistributedSampler is the default."""
+        if sampler is None:
+            return
+        if not isinstance(sampler, dict) or sampler.get("type") not in ("RepeatAugSampler", "DistributedSampler"):
+            self.unsupported.append(f"sampler={sampler!r}: RepeatAugSampler or DistributedSampler convert")
+            return
+        if sampler["type"] == "RepeatAugSampler":
+            self.set("aug", "repeats", float(sampler.get("num_repeats", 3)))
+            self.set("aug", "repeats_round", int(sampler.get("selected_round", 256)))
+            self.expect(sampler, "selected_ratio", 0, "sampler", "each process keeps 1 / world of the images",
+                        default=0)
+        self.expect(sampler, "shuffle", True, "sampler", "training shuffles", default=True)
+        self.leftovers(sampler, "sampler", ("type", "num_repeats", "selected_round", "selected_ratio", "shuffle"),
+                       ignored=("seed",))
 
     @staticmethod
     def class_names(classes: Any, where: str) -> List[str]:

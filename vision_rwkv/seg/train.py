@@ -282,7 +282,7 @@ def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
 def train_segmentor(cfg: Any) -> dict:
     """Train the segmentor described by `cfg` (a config from `load_seg_config`); returns the trainer's final
     metrics (step, train_loss, last validation mIoU / mAcc / aAcc in percent, best, files)."""
-    from vision_rwkv.engine import (EpochLoader, Trainer, check_run_dir_is_free, cleanup_distributed,
+    from vision_rwkv.engine import (Trainer, build_train_loader, check_run_dir_is_free, cleanup_distributed,
                                     compile_for_training, convert_sync_batchnorm, init_distributed, is_main_process,
                                     print_rank0, save_config, seed_everything, wrap_ddp)
 
@@ -313,8 +313,8 @@ def train_segmentor(cfg: Any) -> dict:
         scheduler = PolyWarmupLR(optimizer, o.max_iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr)
         ddp_model = wrap_ddp(model, info, find_unused_parameters=t.find_unused_parameters)
         ddp_model = compile_for_training(ddp_model, t.compile, t.compile_backend, t.compile_mode)
-        loader = EpochLoader(train_set, cfg.data.batch_size, shuffle=True, drop_last=True, seed=t.seed,
-                             num_workers=cfg.data.num_workers, info=info)
+        loader = build_train_loader("data.batch_size", train_set, cfg.data.batch_size, shuffle=True,
+                                    drop_last=True, seed=t.seed, num_workers=cfg.data.num_workers, info=info)
         last_full: dict[str, Any] = {}
 
         def evaluate(m: nn.Module) -> dict[str, float]:
