@@ -98,6 +98,10 @@ def _variant(tmp_path, body):
     ("model = dict(train_cfg=dict(augments=dict(type='BatchCutMix', alpha=1.0, prob=1.0, correct_lam=False)))",
      "correct_lam=False"),
     ("sampler = dict(type='RepeatAugSampler', selected_ratio=3)", "sampler.selected_ratio=3"),
+    ("optimizer_config = dict(type='DistOptimizerHook', update_interval=8, grad_clip=dict(max_norm=5.0))",
+     "optimizer_config.update_interval=8: set train.grad_accum_steps"),
+    ("optimizer = dict(constructor='LayerDecayOptimizerConstructor', paramwise_cfg=dict(num_layers=6,"
+     " layer_decay_rate=0.9))", "num_layers=6: layer decay counts the backbone's 12 blocks"),
     ("sampler = dict(type='InfiniteSampler')", "sampler=.*RepeatAugSampler or DistributedSampler convert"),
 ])
 def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
@@ -130,6 +134,17 @@ def test_the_sampler_converts_to_repeated_augmentation(tmp_path, body, repeats):
     assert conversion.unsupported == []
     aug = conversion.config["aug"]
     assert (None if "repeats" not in aug else (aug["repeats"], aug["repeats_round"])) == repeats
+
+
+def test_an_optimizer_without_lr_takes_torchs_default(tmp_path):
+    """mmcv builds torch.optim.AdamW(**cfg): 1e-3 without an lr (the converter failed with KeyError); torch 1.x's
+    SGD had no default lr."""
+    conversion = _convert(_variant(tmp_path, "optimizer = dict(_delete_=True, type='AdamW', weight_decay=0.05)"))
+    assert conversion.config["optim"]["lr"] == 1e-3 and conversion.unsupported == []
+    with pytest.raises(MmcvConfigError, match="optimizer.type='SGD' needs an lr"):
+        _convert(_variant(tmp_path / "sgd", "optimizer = dict(_delete_=True, type='SGD', momentum=0.9)"))
+    with pytest.raises(MmcvConfigError, match="data: .*ValueError"):
+        _convert(_variant(tmp_path / "batch", "data = dict(samples_per_gpu='{{_base_.data.samples_per_gpu}}')"))
 
 
 def test_step_schedules_sgd_and_ema_convert(tmp_path):

@@ -270,6 +270,11 @@ def test_a_custom_dataset_config_converts_and_trains(tmp_path, load_tool):
     ("optimizer = dict(paramwise_cfg=dict(custom_keys={'pos_embed': dict(decay_mult=0.0)}))",
      "paramwise_cfg.custom_keys"),
     ("optimizer_config = dict(cumulative_iters=4)", "gradient accumulation"),
+    ("optimizer_config = dict(type='DistOptimizerHook', update_interval=4, grad_clip=None, coalesce=True,"
+     " bucket_size_mb=-1, use_fp16=False)", "optimizer_config.update_interval=4: gradient accumulation"),
+    ("model = dict(auxiliary_head=dict(ignore_index=0))", "ignore_index=0 differs from the decode head's 255"),
+    ("optimizer = dict(_delete_=True, type='AdamW', paramwise_cfg=dict(norm_decay_mult=0.0))",
+     "norm_decay_mult=0.0, bias_decay_mult=1.0: norms and biases decay together here"),
     ("data = dict(train=dict(pipeline=[dict(type='LoadAnnotations', reduce_zero_label=False),"
      " dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)), dict(type='RandomCrop',"
      " crop_size=(512, 512)), dict(type='PhotoMetricDistortion', hue_delta=9), dict(type='Normalize',"
@@ -291,6 +296,42 @@ def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):
     unsupported = "\n".join(_convert(_tiny_variant(tmp_path, body + "\n")).unsupported)
     for part in expected.split("|"):
         assert re.search(part, unsupported), (part, unsupported)
+
+
+@pytest.mark.parametrize("optimizer,expected", [
+    ("dict(_delete_=True, type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01)",
+     dict(lr=6e-5, weight_decay=0.01, decay_exempt="none", layer_decay=None)),
+    ("dict(_delete_=True, type='AdamW', paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))",
+     dict(lr=1e-3, weight_decay=0.01, decay_exempt="norm_bias", layer_decay=None)),
+    ("dict(_delete_=True, type='AdamW', weight_decay=0.05, constructor='MyLayerDecayOptimizerConstructor',"
+     " paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.9))",
+     dict(lr=1e-3, weight_decay=0.05, decay_exempt="timm", layer_decay=0.9)),
+])
+def test_the_optimizer_decays_what_mmcv_decays(tmp_path, optimizer, expected):
+    """Without a paramwise_cfg mmcv decays every parameter (optim.decay_exempt=none; it was the 1-D / bias /
+    position-embedding exemption, silently), norm / bias_decay_mult=0 exempts norms and biases, the layer-decay
+    constructor keeps ours (noted); an lr the config leaves out is torch AdamW's 1e-3 (it was the schema's 6e-5)."""
+    conversion = _convert(_tiny_variant(tmp_path, f"optimizer = {optimizer}\n"))
+    assert conversion.unsupported == []
+    optim = _loaded(conversion, tmp_path)["optim"]
+    assert {k: optim[k] for k in expected} == expected and optim["betas"] == [0.9, 0.999]
+    assert any("decay_exempt=timm" in n for n in conversion.notes) == (expected["decay_exempt"] == "timm")
+
+
+@pytest.mark.parametrize("body,section", [
+    ("data = dict(train=dict(pipeline=[dict(type='RandomCrop')]))", "data: .*missing key 'crop_size'"),
+    ("optimizer = dict(betas=0.9)", "optimizer: .*TypeError"),
+    ("data = dict(train=dict(pipeline=[1, 2]))", "data: .*AttributeError"),
+    ("checkpoint_config = dict(interval='x')", "runtime: .*ValueError"),
+    ("model = dict(test_cfg=dict(mode='slide', crop_size='512', stride=341))", "model: .*a pair of sizes"),
+])
+def test_values_of_the_wrong_type_are_config_errors(tmp_path, body, section, load_tool, capsys):
+    """Each was a traceback from the converter (or, for the string crop size, a config of [5, 1, 2])."""
+    path = _tiny_variant(tmp_path, body + "\n")
+    with pytest.raises(MmcvConfigError, match=section):
+        _convert(path)
+    assert load_tool("convert_mmcv_config").main([str(path), str(tmp_path / "out.yaml")]) == 2
+    assert re.search(section, capsys.readouterr().err) and not (tmp_path / "out.yaml").exists()
 
 
 def test_cityscapes_configs_keep_their_layout(tmp_path):

@@ -50,6 +50,30 @@ def test_layer_decay_groups_follow_group_matcher(tiny_model_cfg):
     assert {g["lr_scale"] for g in flat} == {1.0}
 
 
+def test_decay_exempt_rules(tiny_model_cfg):
+    """optim.decay_exempt: timm (1-D parameters, biases, no_weight_decay()), norm_bias (norm layers' parameters and
+    biases only: mmcv's norm / bias_decay_mult=0) and none (every parameter decays: mmcv without paramwise_cfg)."""
+    model = create_segmentor(tiny_model_cfg(depth=2))
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decay_of(rule):
+        groups = seg_param_groups(model, weight_decay=0.05, layer_decay=0.5, decay_exempt=rule)
+        assert sum(len(g["params"]) for g in groups) == len(names)
+        return {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+
+    timm_rule, norm_bias, none = decay_of("timm"), decay_of("norm_bias"), decay_of("none")
+    assert set(none.values()) == {0.05}
+    for name in ("backbone.pos_embed", "backbone.blocks.0.spatial_mix.spatial_decay"):
+        assert timm_rule[name] == 0.0 and norm_bias[name] == 0.05
+    for name in ("backbone.blocks.0.norm1.weight", "neck.lateral.0.1.weight", "decode_head.conv_seg.bias"):
+        assert timm_rule[name] == norm_bias[name] == 0.0
+    assert timm_rule["decode_head.conv_seg.weight"] == norm_bias["decode_head.conv_seg.weight"] == 0.05
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, decay_exempt="none")
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.05}
+    with pytest.raises(ValueError, match="decay_exempt must be one of timm, norm_bias, none"):
+        seg_param_groups(model, 0.05, decay_exempt="all")
+
+
 def test_final_norm_trains_at_the_heads_rate(tiny_model_cfg):
     """With model.norm_intermediates the backbone's final norm is used: the original's layer-decay constructor
     gives it the full rate (timm's group_matcher had merged it into the last block: x decay)."""

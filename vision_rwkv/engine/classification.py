@@ -44,7 +44,7 @@ from .precision import autocast
 __all__ = ["create_classifier", "load_initial_weights", "build_datasets", "build_eval_dataset", "checkpoint_classes",
            "build_transforms", "build_optimizer", "build_scheduler", "build_mixup_and_loss", "even_batch",
            "mixup_enabled_in_epoch", "train_classifier", "evaluate_classifier", "evaluate_loader", "lr_for_batch",
-           "plot_confusion_matrix"]
+           "norm_and_bias_names", "norm_bias_param_groups", "plot_confusion_matrix"]
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -251,6 +251,16 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, lr: float) -> torch.optim
                                layer_decay=o.layer_decay, **kwargs)
 
 
+def norm_and_bias_names(model: nn.Module) -> set[str]:
+    """Names of the parameters mmcv's ``norm_decay_mult`` / ``bias_decay_mult`` apply to: those of normalisation
+    layers (batch, group, layer and instance norms) and every bias."""
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+    names = {f"{m_name}.{p_name}" if m_name else p_name
+             for m_name, m in model.named_modules() if isinstance(m, norms)
+             for p_name, _ in m.named_parameters(recurse=False)}
+    return names | {n for n, _ in model.named_parameters() if n.endswith(".bias") or n == "bias"}
+
+
 def norm_bias_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None,
                            exempt: bool = True) -> list[dict]:
     """Parameter groups with no weight decay on normalisation layers' parameters and on biases only (mmcv's
@@ -259,12 +269,7 @@ def norm_bias_param_groups(model: nn.Module, weight_decay: float, layer_decay: f
     ``exempt=False``: every parameter decays (mmcv without a paramwise_cfg). With ``layer_decay``, timm's
     layer-wise groups (``group_matcher``) under the same rule."""
     from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
-    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-    exempt_names = {f"{m_name}.{p_name}" if m_name else p_name
-                    for m_name, m in model.named_modules() if isinstance(m, norms)
-                    for p_name, _ in m.named_parameters(recurse=False)}
-    exempt_names |= {n for n, _ in model.named_parameters() if n.endswith(".bias") or n == "bias"}
-    skip = sorted(exempt_names) if exempt else []
+    skip = sorted(norm_and_bias_names(model)) if exempt else []
     if layer_decay is not None:
         return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay,
                                         no_weight_decay_list=skip, weight_decay_exclude_1d=False)

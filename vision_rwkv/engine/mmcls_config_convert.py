@@ -394,26 +394,25 @@ class _Converter(ConverterBase):
             opt = "nesterov" if o.get("nesterov") else "momentum"
             self.set("optim", "momentum", float(o.get("momentum", 0.0)))
         self.set("optim", "opt", opt)
-        self.set("optim", "lr", float(o["lr"]))
-        self.notes.append(f"optim.lr={float(o['lr']):g} is the config's, for its global batch (samples_per_gpu x "
+        if "lr" not in o and opt not in ("adamw", "adam"):  # (torch 1.x's SGD has no default lr)
+            raise MmcvConfigError(f"optimizer.type={o['type']!r} needs an lr (torch's SGD has no default)")
+        lr = float(o.get("lr", 1e-3))  # (torch.optim.Adam / AdamW's default, as mmcv builds them)
+        self.set("optim", "lr", lr)
+        self.notes.append(f"optim.lr={lr:g} is the config's, for its global batch (samples_per_gpu x "
                           f"GPUs); optim.lr=null scales optim.lr_base with the batch instead")
         self.set("optim", "weight_decay", float(o.get("weight_decay", 0.01 if opt == "adamw" else 0.0)))
         for key in ("betas", "eps", "momentum"):
             if key in o:
                 self.set("optim", key, [float(b) for b in o[key]] if key == "betas" else float(o[key]))
         paramwise = dict(o.get("paramwise_cfg") or {})
-        norm, bias = paramwise.pop("norm_decay_mult", 1.0), paramwise.pop("bias_decay_mult", 1.0)
-        if (norm, bias) == (0.0, 0.0):
-            self.set("optim", "decay_exempt", "norm_bias")
-        elif (norm, bias) == (1.0, 1.0):
-            self.set("optim", "decay_exempt", "none")
-        else:
-            self.unsupported.append(f"optimizer.paramwise_cfg norm_decay_mult={norm}, bias_decay_mult={bias}: "
-                                    f"norms and biases decay together here (both 0 or both 1)")
+        self.default_constructor_decay(paramwise)
         self.custom_keys(paramwise.pop("custom_keys", {}) or {})
         if o.get("constructor") in ("LayerDecayOptimizerConstructor", "MyLayerDecayOptimizerConstructor"):
             self.set("optim", "layer_decay", float(paramwise.pop("layer_decay_rate", 1.0)))
-            paramwise.pop("num_layers", None)
+            layers, depth = paramwise.pop("num_layers", None), self.depth()
+            if layers is not None and int(layers) != depth:
+                self.unsupported.append(f"optimizer.paramwise_cfg.num_layers={layers}: layer decay counts the "
+                                        f"backbone's {depth} blocks here")
         elif o.get("constructor") is not None:
             self.unsupported.append(f"optimizer.constructor={o['constructor']!r} has no equivalent here")
         for key, value in paramwise.items():
@@ -422,6 +421,13 @@ class _Converter(ConverterBase):
                                   "paramwise_cfg", "constructor"))
         self.fp16_hook = self.optimizer_hook("set train.grad_accum_steps (the lr and schedule count optimizer "
                                              "steps here)")
+
+    def depth(self) -> int:
+        """The converted model's number of blocks."""
+        from vision_rwkv.models import vrwkv, vrwkv6
+
+        variants = {**vrwkv.VARIANT_ARGS, **vrwkv6.VARIANT_ARGS}
+        return int(self.kwargs.get("depth", variants[self.out["model"]["name"]]["depth"]))
 
     def custom_keys(self, keys: Dict[str, Any]) -> None:
         """A custom key that names no parameter of the model (in mmcls's names: ``backbone.layers.0.att...``,
@@ -542,12 +548,9 @@ class _Converter(ConverterBase):
                 and "data" not in self.mm:
             raise MmcvConfigError("this is an mmpretrain / mmcls 1.x config (train_dataloader / optim_wrapper); "
                                   "the converter reads mmcls 0.x configs, the original Vision-RWKV repo's")
-        self.model()
-        self.data()
-        self.optimizer()
-        self.schedule()
-        self.runtime(stem)
-        self.unread_top_keys()
+        self.convert_sections([("model", self.model), ("data", self.data), ("optimizer", self.optimizer),
+                               ("lr_config / runner", self.schedule), ("runtime", lambda: self.runtime(stem)),
+                               ("top-level names", self.unread_top_keys)])
         if self.kwargs:
             self.set("model", "kwargs", self.kwargs)
         top = self.out.pop("top")

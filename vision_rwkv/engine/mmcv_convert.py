@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
@@ -42,8 +42,12 @@ def plain(value: Any) -> Any:
 
 
 def pair(value: Any) -> List[int]:
-    """An int or a two-element sequence as [a, b]."""
-    return [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
+    """An int or a two-element sequence as [a, b] (anything else: TypeError)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [int(value), int(value)]
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError(f"expected a size or a pair of sizes, got {value!r}")
+    return [int(v) for v in value]
 
 
 _UNSET = object()
@@ -62,6 +66,18 @@ class ConverterBase:
         self.out: Dict[str, Dict[str, Any]] = {s: {} for s in sections}
         self.notes: List[str] = []
         self.unsupported: List[str] = []
+
+    def convert_sections(self, steps: Sequence[Tuple[str, Callable[[], None]]]) -> None:
+        """Run each ``(section, step)`` of the conversion; a missing key or a value of the wrong type that a step
+        meets (mmcv would fail on it too) is an MmcvConfigError naming the section, not a traceback."""
+        for section, step in steps:
+            try:
+                step()
+            except MmcvConfigError:
+                raise
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+                what = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+                raise MmcvConfigError(f"{section}: a missing key or a value of the wrong type ({what})") from None
 
     def leftovers(self, d: Dict[str, Any], where: str, handled: Sequence[str], ignored: Sequence[str] = ()) -> None:
         """Every key of `d` not handled or ignored is unsupported (a setting this converter cannot carry over)."""
@@ -130,12 +146,26 @@ class ConverterBase:
         self.set("optim", "clip_grad", float(clip["max_norm"]) if clip else None)
         if clip:
             self.expect(clip, "norm_type", 2, "optimizer_config.grad_clip", "the clip is by the L2 norm")
-        if hook.pop("cumulative_iters", 1) != 1:
-            self.unsupported.append(f"optimizer_config.cumulative_iters: {accumulation_hint}")
+        for key in ("cumulative_iters", "update_interval"):  # (GradientCumulative / Swin's DistOptimizerHook)
+            steps = hook.pop(key, 1)
+            if steps != 1:
+                self.unsupported.append(f"optimizer_config.{key}={steps!r}: {accumulation_hint}")
         hook.pop("type", None)
         self.leftovers(hook, "optimizer_config", (), ignored=("loss_scale", "distributed", "coalesce",
-                                                              "bucket_size_mb", "update_interval"))
+                                                              "bucket_size_mb"))
         return fp16
+
+    def default_constructor_decay(self, paramwise: Dict[str, Any]) -> None:
+        """mmcv's DefaultOptimizerConstructor: every parameter decays unless ``norm_decay_mult`` /
+        ``bias_decay_mult`` are 0 (popped from `paramwise`); both 0 is optim.decay_exempt=norm_bias, both 1 none."""
+        norm, bias = paramwise.pop("norm_decay_mult", 1.0), paramwise.pop("bias_decay_mult", 1.0)
+        if (norm, bias) == (0.0, 0.0):
+            self.set("optim", "decay_exempt", "norm_bias")
+        elif (norm, bias) == (1.0, 1.0):
+            self.set("optim", "decay_exempt", "none")
+        else:
+            self.unsupported.append(f"optimizer.paramwise_cfg norm_decay_mult={norm}, bias_decay_mult={bias}: "
+                                    f"norms and biases decay together here (both 0 or both 1)")
 
     def intervals(self, ckpt_key: str, eval_key: str, by_epoch: bool, eval_by_epoch: bool) -> Dict[str, Any]:
         """``checkpoint_config`` / ``evaluation`` / ``log_config`` intervals -> train.`ckpt_key` / `eval_key` /

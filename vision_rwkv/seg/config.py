@@ -100,6 +100,8 @@ class OptimConfig:
     weight_decay: float = 0.01
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: Optional[float] = 0.95            # None / 1.0: no layer-wise decay
+    decay_exempt: str = "timm"                     # no decay on: timm = 1-D parameters, biases, no_weight_decay();
+    #                                                norm_bias = norm layers and biases; none = every parameter decays
     max_iters: int = 160000
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
@@ -220,6 +222,8 @@ def check_seg_values(cfg: Any) -> None:
         raise ConfigError(f"optim.warmup_iters must be in [0, optim.max_iters={o.max_iters}], got {o.warmup_iters}")
     if float(o.lr) <= 0:
         raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    if o.decay_exempt not in ("timm", "norm_bias", "none"):
+        raise ConfigError(f"optim.decay_exempt must be timm, norm_bias or none, got {o.decay_exempt!r}")
     if cfg.model.neck == "adapter":  # its levels are the input at strides 8 / 16 / 32
         sizes = [("data.crop_size", d.crop_size)] + ([("test.crop_size", t.crop_size)] if t.mode == "slide" else [])
         bad = [f"{k}={list(v)}" for k, v in sizes if any(int(s) % 32 for s in v)]

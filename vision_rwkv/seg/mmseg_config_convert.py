@@ -243,8 +243,8 @@ class _Converter(ConverterBase):
                                          ("kernel_size", 3, 3, "3x3 conv"), ("dilation", 1, 1, "no dilation"),
                                          ("act_cfg", {"type": "ReLU"}, {"type": "ReLU"}, "ReLU")):
             self.expect(h, key, value, where, f"the auxiliary head has {why} here", default=default)
-        defaults = {"dropout_ratio": 0.1, "align_corners": False}  # (mmseg's BaseDecodeHead)
-        for key in ("dropout_ratio", "align_corners", "num_classes"):
+        defaults = {"dropout_ratio": 0.1, "align_corners": False, "ignore_index": 255}  # (mmseg's BaseDecodeHead)
+        for key in ("dropout_ratio", "align_corners", "num_classes", "ignore_index"):
             ours, theirs = h.get(key, defaults.get(key)), decode.get(key, defaults.get(key))
             if not same_value(ours, theirs):
                 self.unsupported.append(f"{where}.{key}={ours!r} differs from the decode head's {theirs!r}; one "
@@ -496,11 +496,10 @@ class _Converter(ConverterBase):
         where = "optimizer"
         if o.get("type") != "AdamW":
             self.unsupported.append(f"optimizer.type={o.get('type')!r}: the segmentation recipe here is AdamW")
-        for key in ("lr", "weight_decay"):
-            if key in o:
-                self.set("optim", key, float(o[key]))
-        if "betas" in o:
-            self.set("optim", "betas", [float(b) for b in o["betas"]])
+        # (torch.optim.AdamW(**cfg), as mmcv builds it: torch's defaults for what the config leaves out)
+        self.set("optim", "lr", float(o.get("lr", 1e-3)))
+        self.set("optim", "weight_decay", float(o.get("weight_decay", 1e-2)))
+        self.set("optim", "betas", [float(b) for b in o.get("betas", (0.9, 0.999))])
         self.expect(o, "eps", 1e-8, where, "AdamW's eps is 1e-8 here")
         self.expect(o, "amsgrad", False, where, "no AMSGrad")
         constructor = o.get("constructor")
@@ -512,14 +511,17 @@ class _Converter(ConverterBase):
             if layers is not None and int(layers) != depth:
                 self.unsupported.append(f"optimizer.paramwise_cfg.num_layers={layers}: layer decay counts the "
                                         f"backbone's {depth} blocks here")
+            self.set("optim", "decay_exempt", "timm")
+            self.notes.append("optim.decay_exempt=timm: no weight decay on 1-D parameters, biases and the backbone's "
+                              "no_weight_decay() names (position embedding, decay / mix parameters); the layer-decay "
+                              "constructor exempts biases and the parameters that are 1-D in the original layout")
         else:
             if constructor is not None:
                 self.unsupported.append(f"optimizer.constructor={constructor!r} has no equivalent here")
             self.set("optim", "layer_decay", None)
+            self.default_constructor_decay(paramwise)
         for key, value in paramwise.items():
-            hint = (" (norms, biases and the position embedding get no weight decay here)"
-                    if key in ("custom_keys", "norm_decay_mult", "bias_decay_mult") else "")
-            self.unsupported.append(f"optimizer.paramwise_cfg.{key}={value!r} has no equivalent here{hint}")
+            self.unsupported.append(f"optimizer.paramwise_cfg.{key}={value!r} has no equivalent here")
         self.leftovers(o, where, ("type", "lr", "weight_decay", "betas", "eps", "amsgrad", "constructor",
                                   "paramwise_cfg"))
         self.fp16_hook = self.optimizer_hook("gradient accumulation does not convert")
@@ -608,13 +610,9 @@ class _Converter(ConverterBase):
             raise MmcvConfigError("this is an mmseg 1.x config (train_dataloader / optim_wrapper / "
                                   "param_scheduler); the converter reads mmseg 0.x configs, the original "
                                   "Vision-RWKV repo's")
-        self.model()
-        self.data()
-        self.optimizer()
-        self.schedule()
-        self.runtime(stem)
-        self.classes_check()
-        self.unread_top_keys()
+        self.convert_sections([("model", self.model), ("data", self.data), ("optimizer", self.optimizer),
+                               ("lr_config / runner", self.schedule), ("runtime", lambda: self.runtime(stem)),
+                               ("data classes", self.classes_check), ("top-level names", self.unread_top_keys)])
         if self.out["model"].get("neck") == "adapter" and self.out["test"].get("size_divisor") is None:
             self.set("test", "size_divisor", 32)
             self.notes.append("test.size_divisor=32 (the ViT-Adapter neck needs input sides that are multiples "

@@ -68,9 +68,11 @@ class PolyWarmupLR:
 
 
 def build_optimizer(model: Segmentor, lr: float, weight_decay: float = 0.01, layer_decay: float | None = None,
-                    betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over `seg_param_groups` with each group's lr = lr x its `lr_scale`."""
-    groups = seg_param_groups(model, weight_decay, layer_decay)
+                    betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                    decay_exempt: str = "timm") -> torch.optim.AdamW:
+    """AdamW over `seg_param_groups` (``decay_exempt``: the parameters without weight decay) with each group's
+    lr = lr x its `lr_scale`."""
+    groups = seg_param_groups(model, weight_decay, layer_decay, decay_exempt)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vision_rwkv.engine.classification import norm_and_bias_names
 from vision_rwkv.models.convert import CheckpointFileMismatchError, key_mismatches
 
 from .adapter import ViTAdapter
@@ -298,18 +299,28 @@ def create_segmentor(cfg: Mapping[str, Any], num_classes: int | None = None) -> 
     return Segmentor(backbone, int(n_cls), **cfg)
 
 
-def seg_param_groups(model: Segmentor, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+DECAY_EXEMPT = ("timm", "norm_bias", "none")
+
+
+def seg_param_groups(model: Segmentor, weight_decay: float, layer_decay: float | None = None,
+                     decay_exempt: str = "timm") -> list[dict]:
     """Optimizer groups: backbone with layer-wise lr decay from its `group_matcher`, heads at full lr.
 
     Layer ids come from timm's `group_parameters(backbone, backbone.group_matcher())` (stem 0, blocks 1..L; the
-    final norm goes with the heads); the neck and heads sit one layer above the backbone's last, so with decay d a parameter in
-    layer i gets lr scale d ** (top - i) (BEiT / mmseg convention: the last block gets d, the heads 1). Every group
-    carries `lr_scale`; 1-D parameters (norms, biases) and the backbone's `no_weight_decay()` names get no decay.
+    final norm goes with the heads); the neck and heads sit one layer above the backbone's last, so with decay d a
+    parameter in layer i gets lr scale d ** (top - i) (BEiT / mmseg convention: the last block gets d, the heads 1).
+    Every group carries `lr_scale`. No weight decay (`decay_exempt`): ``timm`` - on 1-D parameters (norms, biases,
+    ...), biases and the backbone's `no_weight_decay()` names; ``norm_bias`` - on normalisation layers' parameters
+    and biases only (mmcv's ``norm_decay_mult=0, bias_decay_mult=0``); ``none`` - every parameter decays (mmcv
+    without a ``paramwise_cfg``).
     """
     from timm.models import group_parameters
 
+    if decay_exempt not in DECAY_EXEMPT:
+        raise ValueError(f"decay_exempt must be one of {', '.join(DECAY_EXEMPT)}, got {decay_exempt!r}")
     backbone = model.backbone
     skip = set(backbone.no_weight_decay()) if hasattr(backbone, "no_weight_decay") else set()
+    norm_params = norm_and_bias_names(model)
     if layer_decay is not None and layer_decay != 1.0:
         if not hasattr(backbone, "group_matcher"):
             raise ValueError(f"layer-wise lr decay needs a backbone with group_matcher(); "
@@ -328,7 +339,10 @@ def seg_param_groups(model: Segmentor, weight_decay: float, layer_decay: float |
         if not param.requires_grad:
             continue
         bare = name[len("backbone."):] if name.startswith("backbone.") else None
-        no_decay = param.ndim <= 1 or name.endswith(".bias") or (bare is not None and bare in skip)
+        if decay_exempt == "timm":
+            no_decay = param.ndim <= 1 or name.endswith(".bias") or (bare is not None and bare in skip)
+        else:
+            no_decay = decay_exempt == "norm_bias" and name in norm_params
         key = (layer, no_decay)
         if key not in groups:
             groups[key] = {"params": [], "weight_decay": 0.0 if no_decay else weight_decay,

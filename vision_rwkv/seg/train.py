@@ -309,7 +309,7 @@ def train_segmentor(cfg: Any) -> dict:
                 model = convert_sync_batchnorm(model, info)
         model = model.to(info.device)
         optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, layer_decay=o.layer_decay,
-                                    betas=list(o.betas))
+                                    betas=list(o.betas), decay_exempt=o.decay_exempt)
         scheduler = PolyWarmupLR(optimizer, o.max_iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr)
         ddp_model = wrap_ddp(model, info, find_unused_parameters=t.find_unused_parameters)
         ddp_model = compile_for_training(ddp_model, t.compile, t.compile_backend, t.compile_mode)
