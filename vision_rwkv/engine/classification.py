@@ -494,7 +494,8 @@ def check_training_config(cfg: DictConfig) -> None:
     if not float(cfg.optim.weight_decay) >= 0:
         raise ConfigError(f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}")
     if cfg.sched.sched not in SCHEDULES:
-        why = " (it steps once an epoch on a validation metric; these step per optimizer step)" \
+        why = " (it steps once an epoch on a validation metric, and timm deprecates it: its state is not saved in " \
+            "checkpoints, so a resumed run would restart it)" \
             if cfg.sched.sched == "plateau" else ""
         raise ConfigError(f"sched.sched must be one of {', '.join(SCHEDULES)}, got {cfg.sched.sched!r}{why}")
     if cfg.optim.clip_mode not in CLIP_MODES:
