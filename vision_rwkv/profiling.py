@@ -16,9 +16,11 @@ Used by ``tools/profile_backbone.py`` and ``tools/benchmark_backbones.py``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import statistics
 import time
+import warnings
 from collections import Counter, defaultdict
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -432,9 +434,32 @@ def benchmark_backbones(configs: List[Dict], deadline_s: float = float("inf"),
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def forward_macs(label: str, res: int) -> int:
+    """MACs of one image's ``forward_features`` of the :data:`BACKBONES` model ``label`` at ``res`` px
+    (:func:`vision_rwkv.complexity.count_complexity`)."""
+    from .complexity import count_complexity
+    return count_complexity(BACKBONES[label], res).total
+
+
+def achieved_tflops(row: Dict) -> Optional[float]:
+    """The arithmetic rate a benchmark row's images/s mean: 2 FLOPs a MAC of the forward, x3 for a training step
+    (forward + both backward products), in TFLOP/s; None for a row without images/s or of another model."""
+    if "img_per_s" not in row or row["model"] not in BACKBONES:
+        return None
+    passes = 3 if row.get("kind") == "train" else 1
+    try:
+        macs = forward_macs(row["model"], int(row["res"]))
+    except Exception as err:  # (a display column: a device run's table must not be lost to it)
+        warnings.warn(f"no MAC count for {row['model']} at {row['res']} px: {type(err).__name__}: {err}")
+        return None
+    return row["img_per_s"] * 2 * passes * macs / 1e12
+
+
 def format_benchmark(results: List[Dict], anchors: Optional[Dict] = None) -> str:
     """Markdown tables: images/s and peak memory per (kind, mode, dtype, res), ratio to the same-size DeiT of the
-    same run and mode, and the original implementation's images/s from ``anchors`` (backbones.json) when given."""
+    same run and mode, the original implementation's images/s from ``anchors`` (backbones.json) when given, and
+    both models' arithmetic rates (:func:`achieved_tflops`)."""
     ok = {(r["model"], r.get("kind", "inference"), r.get("mode", "eager"), r["dtype"], r["res"]): r
           for r in results if "img_per_s" in r}
     anchor = {}
@@ -443,7 +468,7 @@ def format_benchmark(results: List[Dict], anchors: Optional[Dict] = None) -> str
             if "img_per_s" in a:
                 anchor[(a["model"], kind, a["dtype"], a["res"])] = a["img_per_s"]
     lines = ["| kind | mode | dtype | res | model | batch | img/s | peak GiB | DeiT img/s | x DeiT | DeiT GiB | "
-             "original img/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "original img/s | TFLOP/s | DeiT TFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         key = (r["model"], r.get("kind", "inference"), r.get("mode", "eager"), r["dtype"], r["res"])
         if r["model"].startswith("DeiT"):
@@ -451,14 +476,16 @@ def format_benchmark(results: List[Dict], anchors: Optional[Dict] = None) -> str
         if "img_per_s" not in r:
             why = r.get("error") or r.get("skipped") or "?"
             lines.append(f"| {key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[0]} | {r.get('batch')} | "
-                         f"{why[:60]} | | | | | |")
+                         f"{why[:60]} | | | | | | | |")
             continue
         mode = {"eager-unfused": "eager", "compile-plain": "compile"}.get(key[2], key[2])  # DeiT has no plain path
         d = ok.get((deit_of(r["model"]), key[1], mode, key[3], key[4]))
         orig = anchor.get((r["model"], key[1], key[3], key[4]))
         deit_cells = (f"{d['img_per_s']:.0f} | {r['img_per_s'] / d['img_per_s']:.2f} | {d['peak_mem_GiB']:.2f}"
                       if d else "- | - | -")
+        rates = [achieved_tflops(row) if row else None for row in (r, d)]
+        rate_cells = " | ".join("-" if v is None else f"{v:.0f}" for v in rates)
         lines.append(f"| {key[1]} | {key[2]} | {key[3]} | {key[4]} | {key[0]} | {r['batch']} | "
                      f"{r['img_per_s']:.0f} | {r['peak_mem_GiB']:.2f} | {deit_cells} | "
-                     f"{f'{orig:.0f}' if orig else '-'} |")
+                     f"{f'{orig:.0f}' if orig else '-'} | {rate_cells} |")
     return "\n".join(lines)

@@ -120,8 +120,22 @@ def test_benchmark_plan_and_table():
                     error="RuntimeError: x")]
     anchors = {"inference": [dict(model="VRWKV-T", res=1024, dtype="bf16", img_per_s=473.0)]}
     table = profiling.format_benchmark(results, anchors)
-    assert "| 2400 | 0.50 | 1000 | 2.40 | 0.60 | 473 |" in table
+    ours, deit = (round(img_s * 2 * profiling.forward_macs(m, 1024) / 1e12) for m, img_s in
+                  (("VRWKV-T", 2400.0), ("DeiT-T", 1000.0)))
+    assert (ours, deit) == (117, 199)  # (24.47 and 99.74 GMACs an image)
+    assert f"| 2400 | 0.50 | 1000 | 2.40 | 0.60 | 473 | {ours} | {deit} |" in table
     assert "RuntimeError: x" in table
+    train = dict(model="VRWKV-T", res=224, dtype="bf16", kind="train", img_per_s=1000.0)
+    assert profiling.achieved_tflops(train) == pytest.approx(3 * 2 * 1000 * profiling.forward_macs("VRWKV-T", 224)
+                                                            / 1e12)
+    assert profiling.achieved_tflops(dict(model="other", res=224, img_per_s=1.0)) is None
+    def broken(label, res):
+        raise RuntimeError("no meta kernel")
+
+    with pytest.MonkeyPatch.context() as mp, pytest.warns(UserWarning, match="no MAC count for VRWKV-T at 7 px"):
+        mp.setattr(profiling, "forward_macs", broken)  # (a display column: the table is kept)
+        assert profiling.achieved_tflops(dict(model="VRWKV-T", res=7, img_per_s=1.0)) is None
+        assert "| 2400 | 0.50 | 1000 | 2.40 | 0.60 | 473 | - | - |" in profiling.format_benchmark(results, anchors)
 
 
 def test_benchmark_skips_after_deadline():
