@@ -53,6 +53,11 @@ def test_the_released_recipes_convert_to_the_shipped_configs(tmp_path, family, s
     assert any("custom_keys['.absolute_pos_embed'] names no parameter" in n for n in conversion.notes)
 
 
+RANDAUG = ("data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224), dict(type='RandAugment',"
+           " policies={policies}, num_policies=2, total_level=10, magnitude_level=9{extra}), dict(type='Normalize',"
+           " mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]))")
+
+
 def _variant(tmp_path, body):
     write_tree(tmp_path)
     return _write(tmp_path, {"vrwkv/variant.py": "_base_ = './vrwkv_tiny_8xb128_in1k.py'\n" + body + "\n"})
@@ -98,6 +103,13 @@ def _variant(tmp_path, body):
     ("model = dict(train_cfg=dict(augments=dict(type='BatchCutMix', alpha=1.0, prob=1.0, correct_lam=False)))",
      "correct_lam=False"),
     ("sampler = dict(type='RepeatAugSampler', selected_ratio=3)", "sampler.selected_ratio=3"),
+    (RANDAUG.format(policies="{{_base_.rand_increasing_policies}}", extra=", hparams=dict(prob=1.0,"
+                    " random_negative_prob=0.0)"), "hparams.prob=1.0: timm's ops|hparams.random_negative_prob=0.0"),
+    (RANDAUG.format(policies="[dict(**p, prob=0.8) if p['type'] == 'Rotate' else p for p in"
+                    " {{_base_.rand_increasing_policies}}]", extra=""), "policies\\[3\\].prob=0.8"),
+    (RANDAUG.format(policies="[p if p['type'] != 'Shear' else dict(type='Shear', magnitude_key='magnitude',"
+                    " magnitude_range=(0, 0.3), direction='horizontal') for p in"
+                    " {{_base_.rand_increasing_policies}}]", extra=""), "policies other than timm's increasing set"),
     ("optimizer_config = dict(type='DistOptimizerHook', update_interval=8, grad_clip=dict(max_norm=5.0))",
      "optimizer_config.update_interval=8: set train.grad_accum_steps"),
     ("optimizer = dict(constructor='LayerDecayOptimizerConstructor', paramwise_cfg=dict(num_layers=6,"
@@ -136,6 +148,16 @@ def test_the_sampler_converts_to_repeated_augmentation(tmp_path, body, repeats):
     assert (None if "repeats" not in aug else (aug["repeats"], aug["repeats_round"])) == repeats
 
 
+def test_random_erasing_takes_a_single_aspect(tmp_path):
+    """mmcls reads aspect_range=a as (a, 1 / a): 0.3 is timm's own range (it was a TypeError)."""
+    conversion = _convert(_variant(tmp_path, (
+        "data = dict(train=dict(pipeline=[dict(type='RandomResizedCrop', size=224), dict(type='RandomErasing',"
+        " erase_prob=0.25, mode='rand', min_area_ratio=0.02, max_area_ratio=1 / 3, aspect_range=0.3,"
+        " fill_color=[103.53, 116.28, 123.675], fill_std=[57.375, 57.12, 58.395]), dict(type='Normalize',"
+        " mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]))")))
+    assert conversion.unsupported == [] and conversion.config["aug"]["re_prob"] == 0.25
+
+
 def test_an_optimizer_without_lr_takes_torchs_default(tmp_path):
     """mmcv builds torch.optim.AdamW(**cfg): 1e-3 without an lr (the converter failed with KeyError); torch 1.x's
     SGD had no default lr."""
@@ -160,7 +182,18 @@ def test_step_schedules_sgd_and_ema_convert(tmp_path):
     c = conversion.config
     assert c["optim"]["opt"] == "nesterov" and c["optim"]["lr"] == 0.1 and c["optim"]["momentum"] == 0.9
     assert (c["sched"]["sched"], c["sched"]["decay_milestones"], c["sched"]["decay_rate"], c["sched"]["on_updates"],
-            c["sched"]["warmup_epochs"]) == ("multistep", [30, 60], 0.2, False, 0)
+            c["sched"]["warmup_epochs"]) == ("multistep", [31, 61], 0.2, False, 0)
+    # (timm's multistep decays for milestone m from epoch m - 1, mmcv's Step from epoch m: the lr drops at 30, 60)
+    import timm.scheduler
+    import torch
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = timm.scheduler.MultiStepLRScheduler(opt, decay_t=c["sched"]["decay_milestones"], decay_rate=0.2)
+    lrs = []
+    for epoch in range(62):
+        sched.step(epoch)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[29] == 1.0 and lrs[30] == pytest.approx(0.2) and lrs[59] == pytest.approx(0.2)
+    assert lrs[60] == pytest.approx(0.04)
     assert c["ema"] == {"enabled": True, "decay": pytest.approx(1 - 4e-5)}
     assert (c["train"]["precision"], c["model"]["checkpoint"], c["run_dir"]) == \
         ("fp16", "pretrained/vrwkv_t_in1k_224.pth", "work_dirs/mine")

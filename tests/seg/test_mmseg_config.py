@@ -178,6 +178,92 @@ def test_a_plain_vrwkv_with_a_multilevel_neck_converts_only_when_allowed(tmp_pat
     assert cfg["backbone_kwargs"] == {"img_size": 512, "wkv_mode": "original", "wkv_chunks": 16}
 
 
+@pytest.mark.parametrize("out_indices,expected", [
+    ("out_indices=[11, 8, 5, 2], ", [2, 5, 8, 11]), ("out_indices=-1, ", [11] * 4), ("out_indices=[11], ", [11] * 4),
+    ("", [11] * 4), ("out_indices=[-10, -1], ", None)])
+def test_plain_vrwkv_levels_follow_the_originals_block_order(tmp_path, out_indices, expected):
+    """The original VRWKV returns its out_indices' features in block order and mmseg's MultiLevelNeck copies a
+    single one to its four levels (the original's default: -1); block 11 was the stride-4 level of [11, 8, 5, 2],
+    and -1 / [11] / none failed to build or took [2, 5, 8, 11]."""
+    path = _tiny_variant(tmp_path, "model = dict(backbone=dict(_delete_=True, type='VRWKV', embed_dims=192, depth=12,"
+                                   f" img_size=512, {out_indices}final_norm=True), neck=dict(type='MultiLevelNeck',"
+                                   " in_channels=[192], out_channels=192, scales=[4, 2, 1, 0.5]))\n")
+    conversion = _convert(path)
+    if expected is None:
+        assert any("out_indices=[-10, -1]: the MultiLevelNeck takes one block or four" in u
+                   for u in conversion.unsupported)
+        return
+    assert _loaded(conversion, tmp_path)["model"]["out_indices"] == expected
+    assert any("original's default -1" in n for n in conversion.notes) == (out_indices == "")
+
+
+def _dataset_variant(tmp_path, train, val="", pipeline="dict(type='LoadAnnotations')"):
+    return _tiny_variant(tmp_path, "data = dict(train=dict(_delete_=True, type='CustomDataset', data_root='data/my',"
+                         f" img_dir='img/train', ann_dir='ann/train', classes=('a', 'b'), {train}pipeline=["
+                         f"{pipeline}, dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),"
+                         " dict(type='RandomCrop', crop_size=(512, 512), cat_max_ratio=0.75),"
+                         " dict(type='Normalize', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]),"
+                         f" val=dict(_delete_=True, type='CustomDataset', {val or chr(32)}classes=('a', 'b'),"
+                         " pipeline={{_base_.test_pipeline}}), test=None)\n"
+                         "model = dict(decode_head=dict(num_classes=2), auxiliary_head=dict(num_classes=2))\n")
+
+
+def test_ignore_index_and_reduce_zero_label_are_the_losss_and_the_evaluations(tmp_path):
+    """mmseg's loss ignores the decode head's ignore_index and trains on LoadAnnotations' reduce_zero_label; its
+    evaluation uses the dataset's: a dataset value that differs is listed (it became the loss's), a head's other
+    than 255 converts (the crop message failed with KeyError), and the dataset's reduce_zero_label no longer turns
+    the training labels' reduction on."""
+    val = "data_root='data/my', img_dir='img/val', ann_dir='ann/val', "
+    differs = _convert(_dataset_variant(tmp_path / "a", "ignore_index=0, ", val))
+    assert any("data.train.ignore_index=0 differs from the decode head's 255" in u for u in differs.unsupported)
+    assert _loaded(differs, tmp_path)["data"]["ignore_index"] == 255
+    head = _convert(_tiny_variant(tmp_path / "b", "model = dict(decode_head=dict(ignore_index=0),"
+                                                  " auxiliary_head=dict(ignore_index=0))\n"))
+    assert _loaded(head, tmp_path, "b.yaml")["data"]["ignore_index"] == 0
+    assert any("RandomCrop.ignore_index=255: the crop's cat_max_ratio" in u for u in head.unsupported)
+    reduce_ds = _convert(_dataset_variant(tmp_path / "c", "reduce_zero_label=True, ", val))
+    assert any("LoadAnnotations's (training) is False, the dataset's (mmseg's evaluation) True" in u
+               for u in reduce_ds.unsupported)
+    assert _loaded(reduce_ds, tmp_path, "c.yaml")["data"]["reduce_zero_label"] is False
+    both = _convert(_dataset_variant(tmp_path / "d", "reduce_zero_label=True, ", val,
+                                     "dict(type='LoadAnnotations', reduce_zero_label=True)"))
+    assert both.unsupported == [u for u in both.unsupported if "reduce_zero_label" not in u]
+    assert _loaded(both, tmp_path, "d.yaml")["data"]["reduce_zero_label"] is True
+
+
+def test_a_val_dataset_without_data_root_is_not_put_under_trains(tmp_path):
+    """mmseg joins a dataset's own data_root only: val folders given in full stay where they are (they were
+    joined to train's root: data/my/data/my/img/val)."""
+    full = _convert(_dataset_variant(tmp_path / "a", "", "img_dir='data/my/img/val', ann_dir='data/my/ann/val', "))
+    data = _loaded(full, tmp_path)["data"]
+    assert (data["root"], data["val_img_dir"], data["val_ann_dir"]) == ("data/my", "img/val", "ann/val")
+    assert not any("data_root" in u for u in full.unsupported)
+    elsewhere = _convert(_dataset_variant(tmp_path / "b", "", "img_dir='other/img', ann_dir='other/ann', "))
+    assert any("data.val.data_root=None differs from data.train's 'data/my'" in u for u in elsewhere.unsupported)
+    absolute = _convert(_dataset_variant(tmp_path / "c", "", "img_dir='/srv/img', ann_dir='/srv/ann', "))
+    assert _loaded(absolute, tmp_path, "c.yaml")["data"]["val_img_dir"] == "/srv/img"
+
+
+def test_named_datasets_keep_their_suffixes_and_a_class_subset_is_listed(tmp_path):
+    """An ADE20KDataset / CityscapesDataset outside its own layout keeps the type's suffixes and label reduction
+    with classes given too (Cityscapes lost its suffixes); a subset of the classes (mmseg remaps the labels) is
+    listed."""
+    from vision_rwkv.seg.classes import CITYSCAPES_CLASSES
+    city = _convert(_tiny_variant(tmp_path / "a", (
+        "data = dict(train=dict(_delete_=True, type='CityscapesDataset', data_root='d', img_dir='i/t', ann_dir='a/t',"
+        f" classes={tuple(CITYSCAPES_CLASSES)!r}, pipeline={{{{_base_.train_pipeline}}}}),"
+        f" val=dict(_delete_=True, type='CityscapesDataset', data_root='d', img_dir='i/v', ann_dir='a/v',"
+        f" classes={tuple(CITYSCAPES_CLASSES)!r}, pipeline={{{{_base_.test_pipeline}}}}), test=None)\n"
+        "model = dict(decode_head=dict(num_classes=19), auxiliary_head=dict(num_classes=19))\n")))
+    data = _loaded(city, tmp_path)["data"]
+    assert (data["img_suffix"], data["seg_map_suffix"]) == ("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+    subset = _convert(_tiny_variant(tmp_path / "b", (
+        "data = dict(train=dict(_delete_=True, type='ADE20KDataset', data_root='d', img_dir='i/t', ann_dir='a/t',"
+        " classes=('wall', 'floor'), pipeline={{_base_.train_pipeline}}), val=None, test=None)\n"
+        "model = dict(decode_head=dict(num_classes=2), auxiliary_head=dict(num_classes=2))\n")))
+    assert any("a subset of ADE20KDataset's classes makes mmseg remap" in u for u in subset.unsupported)
+
+
 CUSTOM = """\
 _base_ = ['../_base_/default_runtime.py']
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -289,7 +375,7 @@ def test_a_custom_dataset_config_converts_and_trains(tmp_path, load_tool):
     ("data = dict(val=dict(pipeline=[dict(type='MultiScaleFlipAug', img_scale=[(2048, 512), (2048, 640)],"
      " transforms=[dict(type='Resize', keep_ratio=True)])]))", "img_scale=\\[\\(2048, 512\\), \\(2048, 640\\)\\]"),
     ("data = dict(train=dict(pipeline=[dict(type='Resize', img_scale=(2048, 512), ratio_range=(0.5, 2.0)),"
-     " dict(type='RandomCrop', crop_size=(512, 512), ignore_index=0), dict(type='Normalize',"
+     " dict(type='RandomCrop', crop_size=(512, 512), cat_max_ratio=0.75, ignore_index=0), dict(type='Normalize',"
      " mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])]))", "RandomCrop.ignore_index=0"),
 ])
 def test_each_setting_without_an_equivalent_is_named(tmp_path, body, expected):

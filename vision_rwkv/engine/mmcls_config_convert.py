@@ -272,8 +272,21 @@ class _Converter(ConverterBase):
         where = f"{where}.RandAugment"
         policies = ra.get("policies") or []
         ops = [(p.get("type"), tuple(p["magnitude_range"]) if "magnitude_range" in p else None) for p in policies]
-        if ops != RAND_INCREASING:
+        directions = [p.get("direction", "horizontal") for p in policies if p.get("type") in ("Shear", "Translate")]
+        if ops != RAND_INCREASING or directions != ["horizontal", "vertical"] * 2:
             self.unsupported.append(f"{where}: policies other than timm's increasing set (rand-...-inc1)")
+        # (timm applies each op with probability 0.5 and negates half of the magnitudes, mmcls's op defaults; the
+        # fill and interpolation are the pipeline's)
+        same = ("type", "magnitude_key", "magnitude_range", "direction", "pad_val", "interpolation")
+        for i, p in enumerate(policies):
+            for key, value in p.items():
+                if key not in same and not (key in ("prob", "random_negative_prob") and same_value(value, 0.5)):
+                    self.unsupported.append(f"{where}.policies[{i}].{key}={value!r}: timm's ops apply with "
+                                            f"probability 0.5 and negate half of the magnitudes")
+        for key, value in (ra.get("hparams") or {}).items():
+            if key not in same and not (key in ("prob", "random_negative_prob") and same_value(value, 0.5)):
+                self.unsupported.append(f"{where}.hparams.{key}={value!r}: timm's ops apply with probability 0.5 "
+                                        f"and negate half of the magnitudes")
         # magnitudes are levels of total_level (mmcls's default 30); timm's of 10
         scale = 10.0 / float(ra.get("total_level", 30))
         level = float(ra.get("magnitude_level", 9)) * scale
@@ -309,6 +322,8 @@ class _Converter(ConverterBase):
         elif mode not in ("rand", "const"):
             self.unsupported.append(f"{where}.mode={mode!r}: 'rand' or 'const' convert")
         aspect = er.get("aspect_range", (0.3, 1 / 0.3))
+        if isinstance(aspect, (int, float)):  # (mmcls: a float a is the range (a, 1 / a))
+            aspect = (float(aspect), 1 / float(aspect))
         if not all(math.isclose(float(a), b, rel_tol=1e-3) for a, b in zip(aspect, (0.3, 1 / 0.3))):
             self.unsupported.append(f"{where}.aspect_range={aspect!r}: timm erases boxes of aspect 0.3 to 1/0.3")
         self.expect(er, "min_area_ratio", 0.02, where, "timm erases 2% to 1/3 of the area")
@@ -469,8 +484,9 @@ class _Converter(ConverterBase):
         elif policy == "Step":
             step = lr.get("step")
             if isinstance(step, (list, tuple)):
-                self.set("sched", "sched", "multistep")
-                self.set("sched", "decay_milestones", [int(s) for s in step])
+                self.set("sched", "sched", "multistep")  # (timm decays for milestone m from epoch m - 1; mmcv
+                # from epoch m)
+                self.set("sched", "decay_milestones", [int(s) + 1 for s in step])
             else:
                 self.set("sched", "sched", "step")
                 self.set("sched", "decay_epochs", float(step))

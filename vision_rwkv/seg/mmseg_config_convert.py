@@ -137,9 +137,25 @@ class _Converter(ConverterBase):
         else:
             if adapter_args:
                 self.unsupported.append(f"model.backbone: {sorted(adapter_args)} are VRWKV_Adapter arguments")
-            if out_indices is not None:
-                self.set("model", "out_indices", [int(i) for i in
-                                                  ([out_indices] if isinstance(out_indices, int) else out_indices)])
+            self.plain_out_indices(out_indices)
+
+    def plain_out_indices(self, out_indices: Any) -> None:
+        """The plain VRWKV's out_indices (the original's default -1) as the four levels here: block order (the
+        original returns its features so), one index copied to the four levels (as mmseg's MultiLevelNeck does)."""
+        depth = self.depth()
+        given = [-1] if out_indices is None else [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        indices = sorted({int(i) + depth if int(i) < 0 else int(i) for i in given})
+        if not all(0 <= i < depth for i in indices):
+            raise MmcvConfigError(f"model.backbone.out_indices={out_indices!r}: the backbone has {depth} blocks")
+        if len(indices) == 1:
+            indices *= 4
+            if out_indices is None:
+                self.notes.append(f"model.backbone.out_indices: the original's default -1, block {depth - 1} for "
+                                  f"the four levels")
+        elif len(indices) != 4:
+            self.unsupported.append(f"model.backbone.out_indices={out_indices!r}: the MultiLevelNeck takes one "
+                                    f"block or four")
+        self.set("model", "out_indices", indices)
 
     def neck(self, neck: Any, adapter: bool) -> None:
         if adapter:
@@ -278,10 +294,19 @@ class _Converter(ConverterBase):
                                   "test_seg.py) the data.val split with data.val's test pipeline")
         elif test is not None:
             self.test_pipeline(test.get("pipeline") or [])
-        reduce = self.out["data"].pop("reduce_zero_label", None) if kind != "folder" else None
-        if (kind, reduce) in (("ade20k", False), ("cityscapes", True)):
-            self.unsupported.append(f"LoadAnnotations(reduce_zero_label={reduce}) with {kind}: its labels are read "
-                                    f"as {kind}'s own here (label 0 {'ignored' if kind == 'ade20k' else 'a class'})")
+        evaluated = bool(train.get("reduce_zero_label", train.get("type") == "ADE20KDataset"))
+        if evaluated != self.train_reduce:
+            self.unsupported.append(f"reduce_zero_label: LoadAnnotations's (training) is {self.train_reduce}, the "
+                                    f"dataset's (mmseg's evaluation) {evaluated}; one data.reduce_zero_label "
+                                    f"serves both here")
+        if kind == "folder":
+            self.set("data", "reduce_zero_label", self.train_reduce)
+        else:
+            self.out["data"].pop("reduce_zero_label", None)
+            if (kind, self.train_reduce) in (("ade20k", False), ("cityscapes", True)):
+                self.unsupported.append(f"LoadAnnotations(reduce_zero_label={self.train_reduce}) with {kind}: its "
+                                        f"labels are read as {kind}'s own here (label 0 "
+                                        f"{'ignored' if kind == 'ade20k' else 'a class'})")
         self.leftovers(d, "data", ("samples_per_gpu", "workers_per_gpu", "train", "val", "test"),
                        ignored=("train_dataloader", "val_dataloader", "test_dataloader", "shuffle",
                                 "persistent_workers"))
@@ -308,9 +333,8 @@ class _Converter(ConverterBase):
         self.set("data", "type", ours)
         if root is not None:
             self.set("data", "root", str(root))
-        if val is not None and val.get("data_root", root) != root:
-            self.unsupported.append(f"data.val.data_root={val.get('data_root')!r} differs from data.train's "
-                                    f"{root!r}; one data.root serves both here")
+        if val is not None and val.get("data_root") != root:  # (mmseg joins a dataset's own data_root only)
+            val = self.rebase(val, root, ours)
         if ours in ("ade20k", "cityscapes"):
             for key, ds in (("train_split", train), ("val_split", val)):
                 if ds is not None:
@@ -336,15 +360,20 @@ class _Converter(ConverterBase):
             if train.get(key) is not None:
                 self.set("data", key, train[key])
         classes = train.get("classes")
-        if classes is None and kind in LAYOUTS:
+        if kind in LAYOUTS:  # (the dataset type's own suffixes and label reduction, in any folder layout)
             from .classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
-            classes = ADE20K_CLASSES if kind == "ADE20KDataset" else CITYSCAPES_CLASSES
+            own = ADE20K_CLASSES if kind == "ADE20KDataset" else CITYSCAPES_CLASSES
             self.set("data", "img_suffix", train.get("img_suffix", ".jpg" if kind == "ADE20KDataset"
                                                      else "_leftImg8bit.png"))
             self.set("data", "seg_map_suffix", train.get("seg_map_suffix", ".png" if kind == "ADE20KDataset"
                                                          else "_gtFine_labelTrainIds.png"))
-            if kind == "ADE20KDataset":
-                self.set("data", "reduce_zero_label", True)
+            self.set("data", "reduce_zero_label", bool(train.get("reduce_zero_label", kind == "ADE20KDataset")))
+            if classes is not None and not same_value(list(classes) if isinstance(classes, (list, tuple))
+                                                      else classes, list(own)):
+                self.unsupported.append(f"data.train.classes: a subset of {kind}'s classes makes mmseg remap the "
+                                        f"stored labels (its label_map); here labels are read as stored: give "
+                                        f"them remapped, with a CustomDataset")
+            classes = own if classes is None else classes
         if classes is None:
             self.unsupported.append(f"data.train type {kind!r} names no classes: mmseg's dataset classes carry "
                                     f"their own; set data.classes (a list of names or a text file)")
@@ -358,6 +387,28 @@ class _Converter(ConverterBase):
                     self.unsupported.append(f"data.val.{key}={val[key]!r} differs from data.train's; one value "
                                             f"serves both here")
         return ours
+
+    def rebase(self, val: Dict[str, Any], root: Optional[str], ours: str) -> Dict[str, Any]:
+        """data.val under another data_root than data.train's (or none): its folders as paths under train's root
+        (absolute ones stay; mmseg joins a dataset's own data_root only), else unsupported."""
+        own = val.get("data_root")
+        rebased = dict(val)
+        for key in ("img_dir", "ann_dir"):
+            folder = val.get(key)
+            if not isinstance(folder, str):
+                continue
+            full = posixpath.join(str(own), folder) if own is not None else folder
+            if posixpath.isabs(full) or root is None:
+                rebased[key] = full
+            elif posixpath.normpath(full).startswith(posixpath.normpath(str(root)) + "/"):
+                rebased[key] = posixpath.relpath(posixpath.normpath(full), posixpath.normpath(str(root)))
+            else:
+                rebased[key] = None
+        if ours != "folder" or any(val.get(k) is not None and rebased[k] is None for k in ("img_dir", "ann_dir")):
+            self.unsupported.append(f"data.val.data_root={own!r} differs from data.train's {root!r}; one data.root "
+                                    f"serves both here")
+            return val
+        return rebased
 
     @staticmethod
     def _layout(kind: str, train: Dict[str, Any], val: Optional[Dict[str, Any]]) -> str:
@@ -379,8 +430,11 @@ class _Converter(ConverterBase):
         if ds.get("split"):
             self.unsupported.append(f"{where}.split={ds['split']!r}: split files do not convert; put the split's "
                                     f"images in their own folder")
-        if "ignore_index" in ds:
-            self.set("data", "ignore_index", int(ds["ignore_index"]))
+        head = self.out["data"].get("ignore_index", 255)  # (the decode head's: mmseg's loss ignores it)
+        if "ignore_index" in ds and int(ds["ignore_index"]) != head:  # (mmseg evaluates with the dataset's)
+            self.unsupported.append(f"{where}.ignore_index={ds['ignore_index']!r} differs from the decode head's "
+                                    f"{head} (mmseg's loss ignores the head's, its evaluation the dataset's); one "
+                                    f"data.ignore_index serves both here")
         handled = ("type", "data_root", "img_dir", "ann_dir", "pipeline", "split", "ignore_index")
         handled += ("img_suffix", "seg_map_suffix", "reduce_zero_label", "classes", "palette") if folder else ()
         self.leftovers(ds, where, handled, ignored=("test_mode", "file_client_args", "gt_seg_map_loader_cfg"))
@@ -396,9 +450,9 @@ class _Converter(ConverterBase):
         if known != sorted(known, key=TRAIN_STEPS.index):
             self.unsupported.append(f"{where}: steps in the order {' -> '.join(known)}; this package applies "
                                     f"{' -> '.join(TRAIN_STEPS)}")
-        ann = steps.get("LoadAnnotations", {})
-        if "reduce_zero_label" in ann:
-            self.set("data", "reduce_zero_label", bool(ann["reduce_zero_label"]))
+        # (training reads labels through LoadAnnotations, whose reduce_zero_label defaults to False; the dataset's
+        # own flag is mmseg's evaluation's: compared in data())
+        self.train_reduce = bool(steps.get("LoadAnnotations", {}).get("reduce_zero_label", False))
         resize = steps.get("Resize")
         if resize is None:
             self.unsupported.append(f"{where}: no Resize; the train pipeline here always rescales")
@@ -420,8 +474,9 @@ class _Converter(ConverterBase):
         else:
             self.set("data", "crop_size", pair(crop["crop_size"]))
             self.set("data", "cat_max_ratio", float(crop.get("cat_max_ratio", 1.0)))
-            if crop.get("ignore_index", 255) != self.out["data"].get("ignore_index", 255):
-                self.unsupported.append(f"{where}.RandomCrop.ignore_index={crop['ignore_index']}: the crop's "
+            crop_ignore = crop.get("ignore_index", 255)  # (mmseg's RandomCrop: only its cat_max_ratio reads it)
+            if crop_ignore != self.out["data"].get("ignore_index", 255) and float(crop.get("cat_max_ratio", 1.0)) < 1:
+                self.unsupported.append(f"{where}.RandomCrop.ignore_index={crop_ignore}: the crop's "
                                         f"cat_max_ratio leaves out data.ignore_index here")
             self.leftovers(crop, f"{where}.RandomCrop", ("type", "crop_size", "cat_max_ratio", "ignore_index"))
         flip = steps.get("RandomFlip")
