@@ -287,10 +287,13 @@ def create_model_and_transforms(
     return model, *_transforms(PreprocessCfg(**model.visual.preprocess_cfg), aug_cfg)
 
 
-def get_tokenizer(model_name: str = "RWKV-CLIP-B-32", context_length: Optional[int] = None):
-    """open_clip's SimpleTokenizer (CLIP BPE, SOT 49406, EOT 49407, pad 0) with the config's context length."""
-    get_model_config(model_name)  # clear error for unknown names
-    return open_clip.get_tokenizer(model_name, context_length=context_length)
+def get_tokenizer(model_name: str = "RWKV-CLIP-B-32", context_length: Optional[int] = None,
+                  cache_dir: Optional[str] = None, **kwargs: Any):
+    """open_clip's SimpleTokenizer (CLIP BPE, SOT 49406, EOT 49407, pad 0) with the model's context length, for a
+    config name or a ``local-dir:`` / ``hf-hub:`` folder as :func:`create_model` takes them (open_clip's
+    ``get_tokenizer`` arguments)."""
+    model_source(model_name, cache_dir, weights=False)  # clear error for unknown names / folders
+    return open_clip.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
 
 
 register_model_configs(CONFIG_DIR)

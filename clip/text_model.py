@@ -174,7 +174,7 @@ class TextRWKV(nn.Module):
         if text.dim() != 2:
             raise ValueError(f"text must be (batch, tokens) token ids, got shape {tuple(text.shape)}")
         if text.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"text must hold integer token ids, got dtype {text.dtype}")
+            raise TypeError(f"text token ids must be int64 or int32, got dtype {text.dtype}")
         if text.shape[1] > self.context_length:
             raise ValueError(f"text has {text.shape[1]} tokens, more than context_length {self.context_length}")
         if text.device.type == "cpu" and text.numel() and not torch.compiler.is_compiling():

@@ -82,6 +82,12 @@ def test_a_checkpoint_becomes_a_local_dir_folder(tmp_path, capsys):
     model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in src.state_dict().items())
+    # rwkv_clip's tokenizer takes the folder too, with open_clip's arguments (it refused the name and cache_dir)
+    tokenizer = rwkv_clip.get_tokenizer(f"local-dir:{out}", cache_dir=None)
+    assert tokenizer(["a red circle"]).shape == open_clip.get_tokenizer(f"local-dir:{out}")(["x"]).shape == \
+        (1, model.context_length)
+    with pytest.raises(FileNotFoundError, match="no open_clip_config.json"):
+        rwkv_clip.get_tokenizer(f"local-dir:{tmp_path / 'none'}")
     assert hub.main(["--model", NAME, "--checkpoint", str(ckpt), "--out", str(out)]) == 2  # not empty
     assert hub.main(["--model", NAME, "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.pt" in capsys.readouterr().err

@@ -145,7 +145,7 @@ def test_text_input_errors():
     t = _tiny_text()
     with pytest.raises(ValueError, match="context_length"):
         t(torch.zeros(1, 13, dtype=torch.long))
-    with pytest.raises(TypeError, match="integer token ids"):
+    with pytest.raises(TypeError, match="token ids must be int64 or int32, got dtype torch.float32"):
         t(torch.zeros(1, 12))
     with pytest.raises(ValueError, match="batch, tokens"):
         t(torch.zeros(12, dtype=torch.long))
