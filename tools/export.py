@@ -9,13 +9,16 @@
     python tools/export.py configs/segmentation/demo_shapes.yaml --checkpoint runs/seg/demo_shapes/checkpoints/best.pt
 
 MODEL_OR_CONFIG is a classifier - a timm model name (the VRWKV models and any other) or a classification config YAML
-with its training checkpoint -, an RWKV-CLIP model name (``--tower image|text``), or a segmentation config YAML;
+with its training checkpoint -, an RWKV-CLIP model name or train_clip config (``--tower image|text``), or a
+segmentation config YAML;
 configs take ``key=value`` overrides, and the class count comes from the checkpoint (a segmentation config's classes
 without one). The program is made for one input size (``--img-size H [W]``; default the model's, or the config's
 crop size) and, unless ``--static-batch`` (batch 2), any batch from 1 to ``--max-batch`` (1: a batch-1 program). The
 format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is run on the
 batches 1, 2 and 3 it takes (the static batch: 2) and compared with the eager model (``--atol``); a mismatch is an
-error (exit 1) and nothing is kept. Without ``--checkpoint`` (and, for a classification config, without
+error (exit 1) and nothing is written (a file already at ``--output`` stays as it was). An ONNX file holds the
+batch as a free dimension (``--max-batch`` is checked by .pt2 programs only) and the opset asked for (``--opset``;
+one the exporter cannot write is an error). Without ``--checkpoint`` (and, for a classification config, without
 model.pretrained / model.checkpoint) a warning says the program holds random, untrained weights. Prints a JSON
 summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
 """
@@ -52,7 +55,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--optimize", action="store_true",
                         help="run onnxscript's ONNX graph optimizer (minutes for 12 blocks; onnxruntime optimises "
                              "at load time anyway)")
-    parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the check against eager")
+    parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the check against eager (>= 0)")
     parsed = parse_config_args(parser, argv)
     args = parsed.options
     args.target, args.overrides = parsed.config, parsed.overrides
@@ -62,6 +65,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--max-batch is the limit of a dynamic batch; --static-batch fixes the batch at 2: give one")
     if args.max_batch is not None and args.max_batch < 1:
         parser.error(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.atol < 0:
+        parser.error(f"--atol must be >= 0, got {args.atol}")
+    if args.opset is not None and args.opset < 1:
+        parser.error(f"--opset must be a positive ONNX opset version, got {args.opset}")
     args.max_batch = 4096 if args.max_batch is None else args.max_batch
     args.format = _output_format(parser, args.format, args.output)
     return args
@@ -83,8 +90,24 @@ def _output_format(parser: argparse.ArgumentParser, fmt: Optional[str], output: 
     return known[suffix]
 
 
+def missing_onnx_packages() -> List[str]:
+    """The packages an ONNX export and its check need that are not installed."""
+    import importlib.util
+    return [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
+
+
+def _onnx_opset(path: Path) -> int:
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.format == "onnx" and missing_onnx_packages():
+        print(f"error: an ONNX export needs {', '.join(missing_onnx_packages())}: pip install onnx onnxscript "
+              f"onnxruntime (or pip install -e \".[onnx]\")", file=sys.stderr)
+        return 2
     import torch
 
     from vision_rwkv.export import (ExportMismatchError, build_export_target, export_onnx, export_program,
@@ -102,6 +125,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(warning, file=sys.stderr)
     stem = Path(args.target).stem if args.target.endswith((".yaml", ".yml")) else args.target.replace("/", "_")
     out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
+    tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (checked before it replaces anything at out)
     dynamic = not args.static_batch and args.max_batch > 1  # (max 1: a program of batch 1)
     if args.static_batch:
         checks = [example]
@@ -111,24 +135,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     print(f"exporting {args.target} for inputs {tuple(example.shape[1:])} ({args.format}, {batches})...",
           file=sys.stderr)
+    opset = None
     try:
         if args.format == "onnx":
-            export_onnx(model, example, out, not args.static_batch, args.max_batch, args.opset, args.optimize)
-            diff = verify_onnx(out, model, checks, atol=args.atol)
+            export_onnx(model, example, tmp, not args.static_batch, args.max_batch, args.opset, args.optimize)
+            opset = _onnx_opset(tmp)
+            if args.opset is not None and opset != args.opset:
+                raise ExportMismatchError(f"--opset {args.opset}: the exporter wrote opset {opset} (torch's ONNX "
+                                          f"exporter cannot convert this model to the opset asked for)")
+            diff = verify_onnx(tmp, model, checks, atol=args.atol)
         else:
             program = export_program(model, example, not args.static_batch, args.max_batch)
             diff = verify_program(program, model, checks, atol=args.atol)
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (torch.export.save wants .pt2)
-            torch.export.save(program, str(tmp))
-            tmp.replace(out)
+            torch.export.save(program, str(tmp))  # (torch.export.save wants .pt2)
+        tmp.replace(out)
     except ExportMismatchError as err:
-        out.unlink(missing_ok=True)
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        tmp.unlink(missing_ok=True)
     print(json.dumps({"output": str(out), "format": args.format, "input_shape": list(example.shape[1:]),
                       "input_dtype": str(example.dtype).replace("torch.", ""), "dynamic_batch": dynamic,
                       "checked_batches": [int(x.shape[0]) for x in checks], "max_abs_diff": diff,
+                      **({"opset": opset} if opset is not None else {}),
                       "seconds": round(time.perf_counter() - start, 1)}, indent=2))
     return 0
 

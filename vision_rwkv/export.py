@@ -31,7 +31,8 @@ __all__ = ["export_program", "export_onnx", "verify_program", "verify_onnx", "ma
 
 
 class ExportMismatchError(RuntimeError):
-    """An exported model's outputs differ from the eager model's beyond the tolerance."""
+    """An exported model fails its check against the eager model: its outputs differ beyond the tolerance, or the
+    runtime cannot load or run it."""
 
 
 class _ClipEncoder(nn.Module):
@@ -166,7 +167,11 @@ def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequenc
         import onnxruntime
     except ImportError as err:
         raise ImportError("verifying an ONNX file needs onnxruntime: pip install onnxruntime") from err
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # (onnxruntime's own error types: an invalid graph, an unsupported opset)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportMismatchError(f"onnxruntime cannot load the ONNX file {path}: {first}") from err
     name = session.get_inputs()[0].name
     with _eval_mode(model):
         return max(max_abs_diff(model(x), torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0]),
@@ -193,10 +198,12 @@ def _classifier_target(name: str, checkpoint, num_classes, size, overrides):
     return model, torch.randn(2, int(getattr(model, "in_chans", 3)), *(size or clf.input_size))
 
 
-def _clip_target(name: str, checkpoint, size, tower: str):
+def _clip_target(name: str, checkpoint, size, tower: str, kwargs: Optional[dict] = None):
     import rwkv_clip
 
-    model = rwkv_clip.create_model(name, pretrained=checkpoint, force_image_size=size)
+    if tower == "text" and size is not None:
+        raise ValueError(f"img_size {size} is the image tower's input: the text tower takes token ids")
+    model = rwkv_clip.create_model(name, pretrained=checkpoint, force_image_size=size, **(kwargs or {}))
     if tower == "image":
         return ImageEncoder(model), torch.randn(2, 3, *model.visual.image_size)
     tokens = rwkv_clip.get_tokenizer(name)(["a photo of a cat", "a diagram of a bridge"])
@@ -215,8 +222,9 @@ def build_export_target(name: str, checkpoint: Optional[Union[str, os.PathLike]]
                         tower: str = "image", overrides: Sequence[str] = ()) -> tuple[nn.Module, torch.Tensor]:
     """The module to export (eval mode) and an example batch of 2 for ``name``: a classifier - a timm model name or
     a classification config YAML, loaded as :func:`vision_rwkv.engine.predict.load_classifier` does (class count
-    from the checkpoint) -, an RWKV-CLIP model name (its ``tower``, "image" or "text"), or a segmentation config
-    YAML (class count from the checkpoint's decode head); configs take ``key=value`` ``overrides``. ``img_size`` (H,
+    from the checkpoint) -, an RWKV-CLIP model name or train_clip config (its ``tower``, "image" or "text"; the
+    other kinds take no tower but "image"), or a segmentation config YAML (class count from the checkpoint's decode
+    head); configs take ``key=value`` ``overrides``. ``img_size`` (H,
     W) or one int: the input size the program is made for (default: the model's, or the config's crop size)."""
     size = _size(img_size)
     if tower not in ("image", "text"):
@@ -226,12 +234,40 @@ def build_export_target(name: str, checkpoint: Optional[Union[str, os.PathLike]]
     from vision_rwkv.engine.predict import is_segmentation_config
 
     import rwkv_clip
-    if str(name).endswith((".yaml", ".yml")) and is_segmentation_config(name):
-        model, example = _seg_target(name, checkpoint, num_classes, size, overrides)
-    elif name in rwkv_clip.list_models():
-        if overrides:
+    clip_config = _clip_config(name)
+    if name in rwkv_clip.list_models() or clip_config is not None:
+        if num_classes is not None:
+            raise ValueError(f"num_classes={num_classes}: an RWKV-CLIP model has no classifier")
+        if clip_config is None and overrides:
             raise ValueError(f"key=value overrides {list(overrides)} apply to a config file, not to model {name!r}")
-        model, example = _clip_target(name, checkpoint, size, tower)
+        if clip_config is not None:
+            from rwkv_clip.train import load_clip_config
+            from vision_rwkv.engine.config import to_dict
+            cfg = load_clip_config(name, list(overrides))
+            model, example = _clip_target(cfg.model.name, checkpoint, size, tower, to_dict(cfg.model.kwargs))
+        else:
+            model, example = _clip_target(name, checkpoint, size, tower)
+    elif tower != "image":
+        raise ValueError(f"tower={tower!r} is a tower of an RWKV-CLIP model; {name!r} is not one (export it "
+                         f"without a tower)")
+    elif str(name).endswith((".yaml", ".yml")) and is_segmentation_config(name):
+        model, example = _seg_target(name, checkpoint, num_classes, size, overrides)
     else:
         model, example = _classifier_target(name, checkpoint, num_classes, size, overrides)
     return model.eval(), example
+
+
+def _clip_config(name: str) -> Optional[str]:
+    """The RWKV-CLIP model a train_clip config (a YAML whose ``model.name`` is an RWKV-CLIP model) names, else None."""
+    if not str(name).endswith((".yaml", ".yml")):
+        return None
+    import rwkv_clip
+
+    from vision_rwkv.engine.config import ConfigError, config_layers
+    try:
+        layers = config_layers(name)
+    except (OSError, ConfigError):  # (the classifier / segmentation loaders say what is wrong with the file)
+        return None
+    names = [(layer.get("model") or {}).get("name") for _, layer, _ in layers]
+    found = [n for n in names if n is not None]
+    return found[-1] if found and found[-1] in rwkv_clip.list_models() else None

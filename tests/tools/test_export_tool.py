@@ -97,6 +97,12 @@ def test_export_onnx_from_suffix_max_batch(max_batch, tmp_path, capsys):
     assert summary["format"] == "onnx" and summary["checked_batches"] == list(range(1, max_batch + 1))
     batch = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0]
     assert (batch.dim_value == 1) if max_batch == 1 else (batch.dim_param and not batch.dim_value)
+    assert summary["opset"] == onnx.load(str(out)).opset_import[0].version
+    if max_batch == 2:  # an opset the exporter cannot write (it wrote 18 and said success) is an error, no file
+        again = tmp_path / "m17.onnx"
+        assert load_tool("export").main([str(DEMO), *TINY, "--opset", "17", "--output", str(again)]) == 1
+        assert "--opset 17: the exporter wrote opset" in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 @pytest.mark.slow
@@ -107,3 +113,55 @@ def test_export_segmentation_onnx(seg_checkpoint, tmp_path, capsys):
                                      "--output", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["format"] == "onnx" and summary["max_abs_diff"] < 1e-4 and out.is_file()
+
+
+def test_tower_img_size_and_classes_only_where_they_apply(tmp_path, capsys):
+    """--tower text of a model that is not RWKV-CLIP was ignored (the classifier written as <name>_text.pt2);
+    an image size for the text tower and a class count for RWKV-CLIP were ignored too."""
+    tool = load_tool("export")
+    for argv, message in ((["vrwkv_tiny_patch16_224", "--tower", "text"], "tower='text' is a tower of an RWKV-CLIP"),
+                          (["RWKV-CLIP-Tiny-demo", "--tower", "text", "--img-size", "32"], "the text tower takes"),
+                          (["RWKV-CLIP-Tiny-demo", "--num-classes", "3"], "an RWKV-CLIP model has no classifier")):
+        assert tool.main([*argv, "--output", str(tmp_path / "x.pt2")]) == 2
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_train_clip_config_exports_its_model(tmp_path, capsys):
+    """A train_clip config names its RWKV-CLIP model and kwargs (it was read as a classification config: 'no value
+    for model.drop_path_rate')."""
+    out = tmp_path / "text.pt2"
+    config = ROOT / "configs" / "clip" / "demo_shapes.yaml"
+    assert load_tool("export").main([str(config), "model.kwargs={text_cfg: {layers: 1}}", "--tower", "text",
+                                     "--output", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    program = torch.export.load(str(out))
+    assert summary["input_dtype"] == "int64" and summary["input_shape"] == [24]
+    assert sum(1 for n in program.state_dict if ".blocks." in n and n.endswith("ln1.weight")) == 1
+
+
+def test_a_failed_check_keeps_the_file_already_there(tmp_path, capsys, monkeypatch):
+    """A rejected export wrote nothing but deleted the file already at --output (and ONNX replaced it before its
+    check); --atol < 0 rejected every output."""
+    import vision_rwkv.export as export
+    out = tmp_path / "m.pt2"
+    out.write_bytes(b"an earlier, good program")
+
+    def mismatch(*args, **kwargs):
+        raise export.ExportMismatchError("exported program: 3 of 3 outputs differ")
+
+    monkeypatch.setattr(export, "verify_program", mismatch)
+    assert load_tool("export").main(["vrwkv_tiny_patch16_224", "--img-size", "32", "--output", str(out)]) == 1
+    assert "3 of 3 outputs differ" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier, good program" and sorted(tmp_path.iterdir()) == [out]
+    for argv, message in ((["--atol", "-1"], "--atol must be >= 0"), (["--opset", "0"], "--opset must be")):
+        with pytest.raises(SystemExit):
+            load_tool("export").parse_args(["m", *argv])
+        assert message in capsys.readouterr().err
+
+
+def test_missing_onnx_packages_are_named_before_any_work(tmp_path, capsys, monkeypatch):
+    tool = load_tool("export")
+    monkeypatch.setattr(tool, "missing_onnx_packages", lambda: ["onnxruntime"])
+    assert tool.main(["no_such_model", "--output", str(tmp_path / "x.onnx")]) == 2  # (the model is never built)
+    assert "an ONNX export needs onnxruntime: pip install" in capsys.readouterr().err
