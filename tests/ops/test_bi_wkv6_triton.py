@@ -354,9 +354,12 @@ def test_bi_wkv6_triton_interpreter(interpreter_results, name):
         check_result(result, *CPU_CASES[name]["tol"])
     if CPU_CASES[name].get("decay"):  # the fused decay changes where -exp(w0 + z) is formed, not its value
         # (the walk kernels scale each direction's fp32 plane by the log decay before the planes are summed, the
-        # unfused route after: fp32 rounding of the order, ~6e-8; in 16 bits both round the same value to nearest)
+        # unfused route after: fp32 rounding of the order, ~6e-8; in 16 bits both round nearly the same value, which
+        # is the same 16-bit number unless the two fp32 values straddle a rounding boundary: one bf16 step, 2^-8 of
+        # the value, at most - seen on one host's CPU kernels and not on another's)
         walk = CPU_CASES[name].get("config", {}).get("algo", "walk") == "walk"
-        ulp = 2.0 ** -22 if walk and CPU_CASES[name].get("dtype", "fp32") == "fp32" else 0.0
+        sixteen = CPU_CASES[name].get("dtype", "fp32") != "fp32"
+        ulp = (2.0 ** -8 if sixteen else 2.0 ** -22) if walk else 0.0
         assert result["y_vs_unfused"] == 0.0 and result["gz_vs_unfused"] <= ulp, result
     if CPU_CASES[name].get("norm"):  # the GroupNorm * gate formed as y is stored: the unfused kernel's values
         assert result["gated_vs_unfused"] == 0.0 and result["gated_no_y_vs_kept"] == 0.0, result
