@@ -264,15 +264,64 @@ def test_kwargs_override(name):
     assert large.pos_grid == (24, 24)
 
 
+@pytest.mark.filterwarnings('default::UserWarning')
 @pytest.mark.parametrize('name', V4_NAMES[:1] + V6_NAMES[:1])
 def test_dynamic_img_size_kwargs(name):
-    """timm ViT's dynamic_img_size / dynamic_img_pad are accepted (these models always take any size); False is an
-    error that says so."""
+    """timm ViT's dynamic_img_size / dynamic_img_pad are accepted (these models always take any size, and say so
+    as ViT's flag does); False - ViT's default, carried over in configs - warns that the model stays dynamic (it
+    was an error)."""
     model = tiny_model(name, dynamic_img_size=True, dynamic_img_pad=True)
     assert model(torch.randn(1, 3, 21, 37)).shape == (1, 7)
+    assert model.dynamic_img_size is True and model.patch_embed.dynamic_img_pad is True
     for key in ('dynamic_img_size', 'dynamic_img_pad'):
-        with pytest.raises(ValueError, match='always takes any image size'):
-            tiny_model(name, **{key: False})
+        with pytest.warns(UserWarning, match='always takes any image size'):
+            other = tiny_model(name, **{key: False})
+        assert other(torch.randn(1, 3, 21, 37)).shape == (1, 7)
+
+
+@pytest.mark.parametrize('name', V4_NAMES[:1] + V6_NAMES[:1])
+def test_device_dtype_and_reset_classifier_follow_the_model(name):
+    """timm's create_model(device=, dtype=) builds the parameters there and in that dtype (it was a TypeError), and
+    reset_classifier makes the new head on the model's device in its dtype, as ViT's (it made an fp32 head that
+    failed the next bf16 forward)."""
+    model = tiny_model(name, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert all(p.is_meta for p in tiny_model(name, device='meta').parameters())
+    model.eval().reset_classifier(5)
+    assert model.head.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 5)
+    assert 'dtype' not in model._model_args and 'device' not in model._model_args
+
+
+@pytest.mark.parametrize('name', V4_NAMES[:1] + V6_NAMES[:1])
+def test_patch_embed_reports_timms_grid_attributes(name):
+    """timm ViT's PatchEmbed attributes that downstream code reads to fold tokens into maps: the nominal img_size,
+    grid_size, num_patches, dynamic_feat_size, feat_ratio; they follow set_input_size."""
+    model = tiny_model(name, img_size=(48, 80))
+    pe = model.patch_embed
+    p = pe.patch_size[0]
+    assert pe.img_size == (48, 80) and pe.grid_size == (48 // p, 80 // p) and pe.num_patches == (48 // p) * (80 // p)
+    assert pe.dynamic_feat_size((50, 70)) == model.feature_grid((50, 70)) and pe.feat_ratio() == p
+    assert pe.strict_img_size is False
+    model.set_input_size((96, 32))
+    assert pe.img_size == (96, 32) and pe.grid_size == (96 // p, 32 // p)
+
+
+@pytest.mark.parametrize('name', V4_NAMES[:1] + V6_NAMES[:1])
+def test_pretrained_strict_false_loads_what_fits(name, tmp_path):
+    """timm's pretrained_strict=False (model surgery: a deeper model from a shallower checkpoint) loads the tensors
+    that fit and warns about the rest (the filter raised on any mismatch); strict stays an error."""
+    from vision_rwkv.models.convert import CheckpointMismatchError
+    src = tiny_model(name, depth=2)
+    path = tmp_path / 'shallow.pth'
+    torch.save(src.state_dict(), path)
+    with pytest.warns(UserWarning, match='loading non-strictly'):
+        deep = tiny_model(name, depth=3, pretrained=True, pretrained_strict=False,
+                          pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.equal(deep.blocks[1].norm1.weight, src.blocks[1].norm1.weight) and len(deep.blocks) == 3
+    with pytest.raises(CheckpointMismatchError, match='missing keys'):
+        tiny_model(name, depth=3, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
 @pytest.mark.parametrize('name', ['vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'])

@@ -9,6 +9,8 @@ Any input size works: images are zero-padded to whole patches and the position e
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
@@ -80,7 +82,9 @@ class VisionRWKVBase(nn.Module):
         pos_embed_grid: (rows, cols) of the stored position embedding, overriding ``img_size // patch_size``
             (0 = derive from img_size).
         dynamic_img_size, dynamic_img_pad: accepted for timm ViT compatibility; these models always resample the
-            position embedding to the input's token grid and pad the image to whole patches (False is an error).
+            position embedding to the input's token grid and pad the image to whole patches (False warns that the
+            model stays dynamic).
+        device, dtype: where and in what dtype the parameters are made (timm's ``create_model(device=, dtype=)``).
     """
 
     def __init__(
@@ -103,12 +107,27 @@ class VisionRWKVBase(nn.Module):
             pos_embed_grid: Optional[Union[int, Tuple[int, int]]] = None,
             dynamic_img_size: bool = True,
             dynamic_img_pad: bool = True,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
         if not (dynamic_img_size and dynamic_img_pad):
-            raise ValueError(f'{type(self).__name__} always takes any image size (the position embedding is resampled '
-                             f'and the image zero-padded to whole patches); dynamic_img_size=False / '
-                             f'dynamic_img_pad=False are not supported')
+            warnings.warn(f'{type(self).__name__} always takes any image size (the position embedding is resampled '
+                          f'and the image zero-padded to whole patches): dynamic_img_size=False / '
+                          f'dynamic_img_pad=False leave it so', stacklevel=2)
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self._build(mixer_factory, img_size, patch_size, in_chans, num_classes, global_pool, embed_dim, depth,
+                        post_norm, init_values, final_norm, drop_rate, pos_drop_rate, drop_path_rate,
+                        head_hidden_size, pos_embed_grid)
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    def _build(self, mixer_factory: MixerFactory, img_size: Union[int, Tuple[int, int]],
+               patch_size: Union[int, Tuple[int, int]], in_chans: int, num_classes: int, global_pool: str,
+               embed_dim: int, depth: int, post_norm: bool, init_values: Optional[float], final_norm: bool,
+               drop_rate: float, pos_drop_rate: float, drop_path_rate: float, head_hidden_size: Optional[int],
+               pos_embed_grid: Optional[Union[int, Tuple[int, int]]]) -> None:
+        self.dynamic_img_size = True  # (timm ViT's flag: any input size; always so here)
         _check_pool(global_pool)
         if depth < 1:
             raise ValueError(f'depth must be >= 1, got {depth}')
@@ -123,7 +142,7 @@ class VisionRWKVBase(nn.Module):
         # the whole model; None: each mixer in its own node) - see _step_casts
         self.step_cast_blocks: Optional[int] = 0
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, img_size=img_size)
         self.patch_size = self.patch_embed.patch_size
         if not pos_embed_grid:
             self.pos_grid = self.patch_embed.feat_size(to_2tuple(img_size))
@@ -202,7 +221,9 @@ class VisionRWKVBase(nn.Module):
         if global_pool is not None:
             _check_pool(global_pool)
             self.global_pool = global_pool
-        self.head = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        ref = self.patch_embed.proj.weight  # (the new classifier on the model's device, in its dtype, as timm's)
+        self.head = nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype) \
+            if num_classes > 0 else nn.Identity()
 
     def set_input_size(
             self,
@@ -228,6 +249,7 @@ class VisionRWKVBase(nn.Module):
             self.patch_size = self.patch_embed.patch_size
             for info in self.feature_info:
                 info['reduction'] = max(self.patch_size)
+        self.patch_embed.img_size = img_size
         new_grid = self.patch_embed.feat_size(img_size)
         if new_grid != tuple(self.pos_grid):
             with torch.no_grad():

@@ -2,6 +2,7 @@
 every Vision-RWKV hub file and the ``build_model_with_cfg`` call (original-checkpoint filter, feature getter)."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Optional, Type
 
@@ -43,7 +44,8 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
     weights when it has them (timm's ``use_ema=True`` rule), an unreadable file an error naming it. timm then adapts
     and loads those weights (classifier, input channels) as it would the file's."""
     out_indices = kwargs.pop('out_indices', 3)
-    build = dict(pretrained_filter_fn=checkpoint_filter_fn,
+    strict = kwargs.get('pretrained_strict', True)  # (timm's; False: the filter keeps what fits, with a warning)
+    build = dict(pretrained_filter_fn=functools.partial(checkpoint_filter_fn, strict=strict),
                  feature_cfg=dict(out_indices=out_indices, feature_cls='getter'))
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')) \
         if pretrained else None
@@ -73,7 +75,7 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
         num_classes = 0 if features else getattr(model, 'num_classes', 1000)
 
         def filter_fn(state: dict, target: nn.Module) -> dict:
-            state = checkpoint_filter_fn(state, target)
+            state = checkpoint_filter_fn(state, target, strict=strict)
             if num_classes == source.get('num_classes'):  # timm then loads the classifier as it is
                 _check_classifier(variant, file, state, target)
             return state

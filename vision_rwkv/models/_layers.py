@@ -78,13 +78,36 @@ def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model',
 class PatchEmbed(nn.Module):
     """Conv patch embedding with bottom/right zero padding to a whole number of patches.
 
-    Returns the (B, C, H/p, W/p) feature map (H/p, W/p rounded up).
+    Returns the (B, C, H/p, W/p) feature map (H/p, W/p rounded up). ``img_size`` is the nominal input size: the
+    ``grid_size`` / ``num_patches`` timm's ``PatchEmbed`` reports (any other size is taken as well).
     """
 
-    def __init__(self, patch_size: int | Tuple[int, int] = 16, in_chans: int = 3, embed_dim: int = 768):
+    dynamic_img_pad = True  # (timm PatchEmbed's flags: inputs padded to whole patches, any size accepted)
+    strict_img_size = False
+
+    def __init__(self, patch_size: int | Tuple[int, int] = 16, in_chans: int = 3, embed_dim: int = 768,
+                 img_size: int | Tuple[int, int] = 224):
         super().__init__()
         self.patch_size = to_2tuple(patch_size)
+        self.img_size = tuple(to_2tuple(img_size))
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=True)
+
+    @property
+    def grid_size(self) -> GridSize:
+        """Token grid of the nominal ``img_size``."""
+        return self.feat_size(self.img_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | Tuple[int, int]:
+        """Input pixels per token (timm's ``PatchEmbed.feat_ratio``)."""
+        return max(self.patch_size) if as_scalar else self.patch_size
+
+    def dynamic_feat_size(self, img_size: Tuple[int, int]) -> GridSize:
+        """Token grid of an ``img_size`` input (timm's name for :meth:`feat_size`)."""
+        return self.feat_size(img_size)
 
     def set_patch_size(self, patch_size: int | Tuple[int, int]) -> None:
         """Switch to a new patch size, resampling the kernel so patches keep their embeddings as far as possible

@@ -273,7 +273,7 @@ def fit_pos_embed(pos_embed: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
-                         init_missing_layer_scale: bool = False) -> Dict[str, torch.Tensor]:
+                         init_missing_layer_scale: bool = False, strict: bool = True) -> Dict[str, torch.Tensor]:
     """timm ``pretrained_filter_fn``: turn an original or converted checkpoint into ``model``'s state dict.
 
     Unwraps and strips prefixes, converts the original layout, checks the family (v4 vs v6), resizes the position
@@ -283,7 +283,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
     checkpoint without classifier leaves the model's classifier out of the returned dict, for timm to load
     non-strictly with a new head). With ``init_missing_layer_scale``, layer-scale gammas the checkpoint lacks take
     the model's own values (its ``init_values``): the original segmentation recipe adds layer scale to a VRWKV-T
-    trained without it.
+    trained without it. ``strict=False`` (timm's ``pretrained_strict=False``: model surgery) warns about the
+    mismatches instead and returns the tensors that fit, for timm to load non-strictly (another family is still an
+    error).
     """
     sd = unwrap_state_dict(state_dict)
     family = detect_family(sd)
@@ -337,6 +339,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
     wrong_shape = sorted(
         f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(model_sd[k].shape)}'
         for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape and not adaptable(k))
+    if (missing or unexpected or wrong_shape) and not strict:
+        warnings.warn(f'loading non-strictly into {type(model).__name__}: {len(missing)} missing keys keep their '
+                      f'init, {len(unexpected)} unexpected keys and {len(wrong_shape)} tensors of another shape '
+                      f'are dropped'
+                      + (f'; {listed_keys(missing, "missing keys")}' if missing else '')
+                      + (f'; {listed_keys(unexpected, "unexpected keys")}' if unexpected else '')
+                      + (f'; {listed_keys(wrong_shape, "shape mismatches")}' if wrong_shape else ''), stacklevel=2)
+        bad = set(unexpected) | {k for k in set(sd) & set(model_sd) if sd[k].shape != model_sd[k].shape
+                                 and not adaptable(k)}
+        return {k: v for k, v in sd.items() if k not in bad}
     if missing or unexpected or wrong_shape:
         raise CheckpointMismatchError(
             f'checkpoint does not fit {type(model).__name__}:'

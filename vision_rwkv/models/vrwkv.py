@@ -269,6 +269,8 @@ class VRWKV(VisionRWKVBase):
             dynamic_img_pad: bool = True,
             wkv_mode: str = 'exact',
             wkv_chunks: int = 32,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         _check_wkv_mode(wkv_mode, wkv_chunks)
         hidden_dim = int(embed_dim * mlp_ratio)
@@ -284,7 +286,7 @@ class VRWKV(VisionRWKVBase):
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, post_norm=post_norm,
             init_values=init_values, final_norm=final_norm, drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
             drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid,
-            dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
+            dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad, device=device, dtype=dtype)
         self.family = 'vrwkv'
         self._record_wkv_args()
 

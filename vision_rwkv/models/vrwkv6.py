@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.models import generate_default_cfgs, register_model
@@ -60,6 +61,8 @@ class VRWKV6(VisionRWKVBase):
             pos_embed_grid: Optional[Union[int, Tuple[int, int]]] = None,
             dynamic_img_size: bool = True,
             dynamic_img_pad: bool = True,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         if embed_dim % head_size:
             raise ValueError(f'embed_dim {embed_dim} is not a multiple of head_size {head_size}')
@@ -78,7 +81,7 @@ class VRWKV6(VisionRWKVBase):
             global_pool=global_pool, embed_dim=embed_dim, depth=depth, post_norm=post_norm,
             init_values=init_values, final_norm=final_norm, drop_rate=drop_rate, pos_drop_rate=pos_drop_rate,
             drop_path_rate=drop_path_rate, head_hidden_size=head_hidden_size, pos_embed_grid=pos_embed_grid,
-            dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
+            dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad, device=device, dtype=dtype)
         self.family = 'vrwkv6'
         self.head_size = head_size
 
