@@ -11,19 +11,24 @@ latest checkpoint of the config's train.run_dir. No checkpoint is an error, as i
 mode with randomly initialised heads (``vision_rwkv.seg.predict_images.load_segmentor(config)`` builds such a model
 in Python).
 The config's test settings apply (``test.scale`` resize, ``test.mode`` whole / slide, ``test.crop_size``,
-``test.stride``, ``test.flip``, ``test.scales``); the class count comes from the checkpoint. Writes, to
+``test.stride``, ``test.flip``, ``test.scales``); the class count comes from the checkpoint, the class names from
+the checkpoint (``extra.classes``, recorded by tools/train_seg.py), else the config (a warning when their count does
+not fit). A file given twice is segmented once. Writes, to
 ``--out-dir`` (default ``predictions_seg``): one label PNG per image (``<name>.png``: class ids 0..K-1 in the
 config's class order as pixel values, plus ``--label-offset`` (1 for ADE20K's own 1..150, its benchmark's format);
 8-bit with a colour palette, 16-bit beyond 256 values; an image named like the other outputs gets a ``_``),
 ``overlays.png`` (the first ``--num-overlays`` images with
-their prediction overlaid and a class legend) and ``predictions.json`` (the checkpoint used, the pixel share of each
-class per image and the unreadable files). Exit status 2 for a bad command line or config, or a checkpoint that
-does not fit the config's model; 1 for a missing file or checkpoint, or no image files.
+their prediction overlaid and a class legend) and ``predictions.json`` (UTF-8, replaced atomically: the checkpoint
+used, the pixel share of each class per image and the unreadable files). Exit status 2 for a bad command line or
+config, an ``--out-dir`` that cannot be written (found before the model is loaded), or a checkpoint that does not
+fit the config's model; 1 for a missing file or checkpoint, no image files, or when not one image could be read
+(after predictions.json lists them).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -49,7 +54,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from vision_rwkv.engine import ConfigError
-    from vision_rwkv.engine.predict import image_files
+    from vision_rwkv.engine.predict import check_output_dir, image_files, write_text_atomic
     from vision_rwkv.engine.logger import json_text
     from vision_rwkv.models.convert import CheckpointMismatchError
     from vision_rwkv.seg.predict_images import class_fractions, load_trained_segmentor, save_label_png, segment_files
@@ -60,15 +65,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: --label-offset must be >= 0, got {args.label_offset}", file=sys.stderr)
         return 2
     try:
-        files = image_files(args.images)
+        check_output_dir(args.out_dir, "--out-dir")
+    except ValueError as err:  # (before the model is loaded and the images run)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        files = unique_files(image_files(args.images))
     except ValueError as err:  # no image files (a missing path is a FileNotFoundError: run_tool's exit 1)
         print(f"error: {err}", file=sys.stderr)
         return 1
     try:
-        model, cfg, classes, checkpoint = load_trained_segmentor(args.target, args.overrides, args.num_classes)
+        with warnings.catch_warnings(record=True) as caught:  # (class names that do not fit: one line each)
+            warnings.simplefilter("always")
+            model, cfg, classes, checkpoint = load_trained_segmentor(args.target, args.overrides, args.num_classes)
     except (ConfigError, ValueError, RuntimeError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
     try:
         palette = config_palette(cfg, len(classes))
     except ConfigError as err:
@@ -95,10 +109,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     summary = {"checkpoint": str(checkpoint), "images": len(files), "segmented": len(per_image),
                "unreadable": errors, "out_dir": str(out), "overlays": str(overlay) if overlay else None,
                "per_image": per_image}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "predictions.json").write_text(json_text(summary))
+    write_text_atomic(out / "predictions.json", json_text(summary))
     print(json_text({k: v for k, v in summary.items() if k != "per_image"}))
+    if not per_image:
+        print(f"error: not one of the {len(files)} images could be read (listed under 'unreadable' in "
+              f"{out / 'predictions.json'})", file=sys.stderr)
+        return 1
     return 0
+
+
+def unique_files(files: List[Path]) -> List[Path]:
+    """``files`` without repeats (the same file given twice, or by two paths), in their first order."""
+    seen: dict = {}
+    for f in files:
+        seen.setdefault(f.resolve(), f)
+    return list(seen.values())
 
 
 if __name__ == "__main__":

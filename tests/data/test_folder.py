@@ -188,3 +188,17 @@ def test_mmcls_annotation_lists(tmp_path):
         AnnFileDataset(tmp_path / "missing.txt", tmp_path)
     with pytest.raises(FileNotFoundError, match="image folder root not found"):  # (every image would be skipped)
         AnnFileDataset(tmp_path / "val.txt", tmp_path / "nope")
+
+
+def test_csv_integer_labels_as_indices_into_given_classes(tmp_path):
+    """label_indices: integer labels index the classes given (as an annotation list's do); labels that are all
+    class names still map by name; a label past the classes is an error naming it."""
+    (tmp_path / "l.csv").write_text("path,label\na.png,0\nb.png,2\n")
+    ds = CsvImageDataset(tmp_path / "l.csv", classes=["cat", "dog", "owl"], label_indices=True)
+    assert ds.classes == ["cat", "dog", "owl"] and ds.targets == [0, 2] and ds.integer_labels
+    with pytest.raises(ValueError, match="labels not in classes"):  # (without label_indices: names only)
+        CsvImageDataset(tmp_path / "l.csv", classes=["cat", "dog", "owl"])
+    by_name = CsvImageDataset(tmp_path / "l.csv", classes=[2, 0], label_indices=True)  # (YAML ints: strings)
+    assert by_name.classes == ["2", "0"] and by_name.targets == [1, 0]
+    with pytest.raises(ValueError, match="has label 2, past the 2 classes"):
+        CsvImageDataset(tmp_path / "l.csv", classes=["cat", "dog"], label_indices=True)

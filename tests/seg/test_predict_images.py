@@ -284,3 +284,61 @@ def test_overlay_row_titles_keep_long_names_inside(tmp_path, captured_figures):
     visualize.save_overlays(tmp_path / "a.png", [img], [None], [lab], ["a", "b"], titles=[name])
     title = figures[0].axes[0].get_title()
     assert len(title) == 40 and title.endswith("IMG_0001.jpg")
+
+
+def test_class_names_that_do_not_fit_warn_and_recorded_names_win(checkpoint, images, tmp_path, capsys):
+    """data.classes of 3 names for a 9-class checkpoint were dropped silently ('class <i>' labels); now a warning
+    says so. A checkpoint recording its classes (extra.classes, as tools/train_seg.py writes) names the labels,
+    with a warning when the config's names differ."""
+    one = ["--images", str(images / "im0.png"), "--no-progress"]
+    assert _tool().main([str(DEMO), "data.type=folder", "data.classes=[a,b,c]", "--checkpoint", str(checkpoint),
+                         "--out-dir", str(tmp_path / "o1"), *one]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the config names 3 classes (a, b, c) but the model has 9" in err and err.count("\n") == 1
+    named = tmp_path / "named.pt"
+    recorded = [f"thing{i}" for i in range(9)]
+    torch.save({"model": torch.load(checkpoint)["model"], "extra": {"classes": recorded}}, named)
+    assert _tool().main([str(DEMO), "data.type=folder", "data.classes=[a,b,c]", "--checkpoint", str(named),
+                         "--out-dir", str(tmp_path / "o2"), *one]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the config's 3 class names differ from the 9 that checkpoint" in err and "class <i>" not in err
+    per_image = json.loads((tmp_path / "o2" / "predictions.json").read_text(encoding="utf-8"))["per_image"]
+    assert set(per_image[str(images / "im0.png")]["classes"]) <= set(recorded)
+    with pytest.warns(UserWarning, match="differ from the 9"):  # (the shapes config's own 9 names)
+        _, _, classes = load_segmentor(DEMO, named)
+    assert classes == recorded
+
+
+def test_a_file_given_twice_is_segmented_once(checkpoint, images, tmp_path, capsys):
+    """The same file twice gave two label PNGs (im0.png, im0_.png) but one per_image entry; now it is deduplicated
+    (also when named by two paths), keeping the order given."""
+    im0, im1 = images / "im0.png", images / "im1.png"
+    assert _tool().main([str(DEMO), "--checkpoint", str(checkpoint), "--images", str(im1), str(im0), str(im1),
+                         str(images / ".." / "imgs" / "im0.png"), "--out-dir", str(tmp_path / "o"),
+                         "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 2 and summary["segmented"] == 2
+    assert sorted(p.name for p in (tmp_path / "o").glob("im*.png")) == ["im0.png", "im1.png"]
+    assert list(json.loads((tmp_path / "o" / "predictions.json").read_text())["per_image"]) == [str(im1), str(im0)]
+
+
+def test_unwritable_out_dir_is_one_line_before_the_model(images, tmp_path, capsys, monkeypatch):
+    """--out-dir naming a file (or a folder under one): a FileExistsError traceback after every image was run."""
+    tool = _tool()
+    import vision_rwkv.seg.predict_images as lib
+    monkeypatch.setattr(lib, "load_trained_segmentor", lambda *a, **k: pytest.fail("must not load the model"))
+    (tmp_path / "afile").write_text("")
+    for out, message in [(tmp_path / "afile", "is a file, not a folder"),
+                         (tmp_path / "afile" / "sub", f"{tmp_path / 'afile'} is a file")]:
+        assert tool.main([str(DEMO), "--images", str(images), "--out-dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --out-dir ") and message in err and err.count("\n") == 1
+
+
+def test_no_readable_image_exits_1_after_listing_them(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert _tool().main([str(DEMO), "--checkpoint", str(checkpoint), "--images", str(images / "bad.png"),
+                         "--out-dir", str(out), "--no-progress"]) == 1
+    assert "error: not one of the 1 images could be read" in capsys.readouterr().err
+    assert list(json.loads((out / "predictions.json").read_text(encoding="utf-8"))["unreadable"]) == [
+        str(images / "bad.png")]

@@ -193,3 +193,131 @@ def test_prediction_tools_refuse_a_device_this_machine_lacks(device, capsys):
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["--images", "x.png", "--device", device])
     assert exc.value.code == 2 and "--device" in capsys.readouterr().err
+
+
+def _plain_state_dict(trained, tmp_path):
+    """The trained run's weights as a plain state dict: no recorded class names, only the 8-row classifier."""
+    import torch
+
+    from vision_rwkv.engine import load_checkpoint
+    run, _ = trained
+    path = tmp_path / "plain.pt"
+    torch.save(load_checkpoint(run / "checkpoints" / "best.pt")["model"], path)
+    return path
+
+
+def _label_list(tmp_path, labels, name="val.csv"):
+    """(image folder tmp_path/val, a CSV next to it listing its images with integer ``labels``)."""
+    val = _image_folder(tmp_path / "val", ["x"], per_class=len(labels))
+    path = tmp_path / name
+    path.write_text("path,label\n" + "".join(f"val/x/{i}.png,{y}\n" for i, y in enumerate(labels)))
+    return val, path
+
+
+def _run_eval(argv, monkeypatch):
+    """tools/eval.py as a command: (exit status, stderr lines) via run_tool."""
+    import sys
+
+    from vision_rwkv.engine.cli import run_tool
+    monkeypatch.setattr(sys, "argv", ["eval.py", *map(str, argv)])
+    with pytest.raises(SystemExit) as exc:
+        run_tool(load_tool("eval").main)
+    return exc.value.code
+
+
+def test_integer_labels_count_the_checkpoints_classifier_not_the_data(trained, tmp_path):
+    """A subset of a split without its highest class (labels 0 and 3) against an 8-class checkpoint without names:
+    the model was built with max(label)+1 = 4 outputs (a shape-mismatch error), and model.num_classes=8 was
+    overridden. Now the class count is the classifier's rows (else model.num_classes)."""
+    plain = _plain_state_dict(trained, tmp_path)
+    val, csv_path = _label_list(tmp_path, [0, 3, 3])
+    common = [str(DEMO), *TINY, f"eval.out_dir={tmp_path / 'out'}", f"run_dir={tmp_path}"]
+    r = load_tool("eval").main([*common, "data.type=csv", f"data.val_csv={csv_path}", "--checkpoint", str(plain)])
+    assert r["classes"] == [str(i) for i in range(8)] and r["per_class_count"] == [1, 0, 0, 2, 0, 0, 0, 0]
+    ann = tmp_path / "val.txt"
+    ann.write_text("x/0.png 0\nx/1.png 3\nx/2.png 3\n")
+    r2 = load_tool("eval").main([*common, "data.type=imagefolder", f"data.val_dir={val}", f"data.val_ann_file={ann}",
+                                 "--checkpoint", str(plain)])
+    assert r2["per_class_count"] == r["per_class_count"] and r2["top1"] == r["top1"] and r2["loss"] == r["loss"]
+    r3 = load_tool("eval").main([*common, "data.type=csv", f"data.val_csv={csv_path}", "model.num_classes=8"])
+    assert len(r3["per_class_count"]) == 8  # (no checkpoint: model.num_classes)
+    from vision_rwkv.engine import ConfigError
+    _, past = _label_list(tmp_path / "past", [0, 8])
+    with pytest.raises(ConfigError, match="class index 8 is past the model's 8 classes"):
+        load_tool("eval").main([*common, "data.type=csv", f"data.val_csv={past}", "--checkpoint", str(plain)])
+
+
+def test_integer_csv_labels_index_the_checkpoints_class_names(trained, tmp_path, monkeypatch, capsys):
+    """An integer-labelled CSV against a checkpoint recording class names was refused ('0'..'7' are not the model's
+    classes); data.classes of YAML integers were not matched against the CSV's labels (a traceback); a label past
+    the classes was a ValueError traceback. Now: indices, as an annotation list's; strings; one error line."""
+    run, _ = trained
+    best = run / "checkpoints" / "best.pt"
+    from vision_rwkv.engine.classification import checkpoint_classes
+    names = checkpoint_classes(best)
+    val, csv_path = _label_list(tmp_path, [0, 3, 7])
+    common = [str(DEMO), *TINY, "data.type=csv", f"eval.out_dir={tmp_path / 'out'}", f"run_dir={tmp_path}"]
+    r = load_tool("eval").main([*common, f"data.val_csv={csv_path}", "--checkpoint", str(best)])
+    assert r["classes"] == names and r["per_class_count"] == [1, 0, 0, 1, 0, 0, 0, 1]
+    r2 = load_tool("eval").main([*common, f"data.val_csv={csv_path}", f"data.classes=[{','.join(names)}]",
+                                 "--checkpoint", str(best)])
+    assert r2["classes"] == names and r2["top1"] == r["top1"] and r2["loss"] == r["loss"]
+    plain = _plain_state_dict(trained, tmp_path)
+    r3 = load_tool("eval").main([*common, f"data.val_csv={csv_path}", "data.classes=[0,1,2,3,4,5,6,7]",
+                                 "--checkpoint", str(plain)])
+    assert r3["classes"] == [str(i) for i in range(8)] and r3["loss"] == pytest.approx(r["loss"])
+    _, past = _label_list(tmp_path / "past", [0, 9])
+    capsys.readouterr()
+    assert _run_eval([*common, f"data.val_csv={past}", "--checkpoint", best], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.val_csv: CSV ") and "label 9, past the 8 classes" in err
+    assert err.count("\n") == 1
+
+
+def test_no_readable_image_is_an_error_not_zero_percent(trained, tmp_path, monkeypatch, capsys):
+    """Every image unreadable: top-1 0.00% with exit 0 (and metrics.json as if real); now exit 1, one line."""
+    run, _ = trained
+    bad = tmp_path / "val" / "circle"
+    bad.mkdir(parents=True)
+    (bad / "a.png").write_bytes(b"\x89PNG broken")
+    (bad / "b.jpg").write_bytes(b"")
+    argv = [DEMO, *TINY, "data.type=imagefolder", f"data.val_dir={tmp_path / 'val'}", f"eval.out_dir={tmp_path / 'o'}",
+            "--checkpoint", run / "checkpoints" / "best.pt"]
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert _run_eval(argv, monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert "error: no evaluation image could be read: all 2 images" in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_empty_validation_folder_is_one_error_line(trained, tmp_path, monkeypatch, capsys):
+    run, _ = trained
+    (tmp_path / "val" / "circle").mkdir(parents=True)
+    argv = [DEMO, *TINY, "data.type=imagefolder", f"data.val_dir={tmp_path / 'val'}", f"eval.out_dir={tmp_path / 'o'}",
+            "--checkpoint", run / "checkpoints" / "best.pt"]
+    assert _run_eval(argv, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.val_dir: image folder ") and "has no images" in err and err.count("\n") == 1
+
+
+def test_eval_outputs_are_utf8_and_replaced_atomically(tmp_path, monkeypatch, capsys):
+    """metrics.json and per_class.csv went through open() in the locale's encoding, in place; now a temporary file
+    and os.replace, UTF-8 (a class named in Unicode). An eval.out_dir that is a file: one line, before the model."""
+    from vision_rwkv.engine import predict
+    written = []
+    real = predict.write_text_atomic
+    monkeypatch.setattr(predict, "write_text_atomic", lambda p, t: written.append(p.name) or real(p, t))
+    val = _image_folder(tmp_path / "val", ["ünï", "b"])
+    out = tmp_path / "out"
+    common = [str(DEMO), *TINY, "data.type=imagefolder", f"data.val_dir={val}", f"run_dir={tmp_path}"]
+    load_tool("eval").main([*common, f"eval.out_dir={out}"])
+    assert written == ["metrics.json", "per_class.csv"] and not list(out.glob(".*tmp*"))
+    assert (out / "per_class.csv").read_bytes().decode("utf-8").splitlines()[2].startswith("ünï,")
+    (tmp_path / "afile").write_text("")
+    mod = load_tool("eval")
+    monkeypatch.setattr(mod, "evaluate_classifier", lambda cfg: pytest.fail("must not evaluate"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        mod.main([*common, f"eval.out_dir={tmp_path / 'afile'}"])
+    assert exc.value.code == 2 and capsys.readouterr().err == f"error: eval.out_dir {tmp_path / 'afile'} is a file, " \
+                                                              "not a folder\n"

@@ -161,3 +161,68 @@ def test_a_file_given_twice_is_listed_twice_in_the_summary(trained, images, tmp_
                                       "--output", str(tmp_path / "p.csv"), "--grid", "", "--no-progress"]) == 0
     top1 = json.loads(capsys.readouterr().out)["top1"]
     assert [pair[0] for pair in top1] == [one, one] and top1[0][1] == top1[1][1]
+
+
+def test_grid_defaults_next_to_the_output(trained, images, tmp_path, capsys, monkeypatch):
+    """The grid defaulted to ./predictions.png whatever --output said (overwriting a file in the working folder);
+    now it is <output stem>.png next to --output, and --grid '' writes none."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "res" / "d.csv"
+    assert load_tool("predict").main([str(DEMO), *TINY, "--checkpoint", str(trained), "--images",
+                                      str(images / "s0.png"), "--output", str(out), "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["grid"] == str(out.with_suffix(".png"))
+    assert (tmp_path / "res" / "d.png").is_file() and not (tmp_path / "predictions.png").exists()
+    assert load_tool("predict").parse_args(["m", "--images", "x.png", "--grid", ""]).grid == ""
+
+
+def test_unwritable_output_is_one_line_before_the_model(tmp_path, capsys, monkeypatch):
+    """--output naming a folder, or under a file: a traceback after every image had been predicted; now one error
+    line (status 2) before the model is loaded."""
+    from vision_rwkv.engine import predict
+    monkeypatch.setattr(predict, "load_classifier", lambda *a, **k: pytest.fail("must not load the model"))
+    (tmp_path / "isdir.csv").mkdir()
+    (tmp_path / "afile").write_text("")
+    for output, grid, message in [(tmp_path / "isdir.csv", "", "is a folder"),
+                                  (tmp_path / "afile" / "x.csv", "", f"{tmp_path / 'afile'} is a file"),
+                                  (tmp_path / "ok.csv", tmp_path / "afile" / "g.png", "--grid")]:
+        argv = ["vrwkv_tiny_patch16_224", "--images", "x.png", "--output", str(output), "--grid", str(grid)]
+        assert load_tool("predict").main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_no_readable_image_exits_1_after_writing_the_table(trained, images, tmp_path, capsys):
+    """Every image unreadable: status 0 (and the requested grid silently missing); now 1, after the table."""
+    out = tmp_path / "bad.csv"
+    argv = [str(DEMO), *TINY, "--checkpoint", str(trained), "--images", str(images / "broken.jpg"),
+            "--output", str(out), "--no-progress"]
+    assert load_tool("predict").main(argv) == 1
+    captured = capsys.readouterr()
+    assert "error: not one of the 1 images could be read" in captured.err
+    assert json.loads(captured.out)["unreadable"] == [str(images / "broken.jpg")]
+    assert "Error" in list(csv.DictReader(out.open(encoding="utf-8")))[0]["error"]
+
+
+def test_predictions_are_written_utf8_and_atomically(tmp_path):
+    """write_predictions opened the table in place in the locale's encoding: under LANG=C a Unicode file name was a
+    UnicodeEncodeError and the previous table was left cut off. Now UTF-8, through a temporary file."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "p.csv"
+    out.write_text("previous\n")
+    code = ("import sys; from vision_rwkv.engine.predict import write_predictions as w; "
+            "w([{'file': 'sub dir/\\u00f1ame \\u65e5\\u672c.png', 'topk': [(0, 'caf\\u00e9', 0.5)]}], "
+            "sys.argv[1])")  # (an ASCII command line: the escapes are decoded by the child)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env)
+    assert list(csv.DictReader(out.open(encoding="utf-8")))[0]["file"] == "sub dir/\u00f1ame \u65e5\u672c.png"
+    from vision_rwkv.engine.predict import write_predictions
+    # a name as the C locale decodes a UTF-8 file name (surrogate escapes): its original bytes are written back
+    write_predictions([{"file": "\udcc3\udcb1.png", "topk": [(0, None, 0.5)]}], tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))[0]["file"] == "\u00f1.png"
+    with pytest.raises(ValueError):  # a failure while writing keeps the previous table whole
+        write_predictions([{"file": "a.png", "topk": [(0, None, "not a number")]}], out)
+    assert "\u65e5" in out.read_text(encoding="utf-8") and not list(tmp_path.glob(".*tmp*"))

@@ -25,6 +25,9 @@ def test_train_then_test_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert '"step": 3' in out
     assert (tmp_path / "checkpoints" / "best.pt").is_file() and (tmp_path / "val_metrics.json").is_file()
+    from vision_rwkv.data.shapes import SEG_CLASS_NAMES
+    from vision_rwkv.engine import load_checkpoint  # the class names predict_seg labels with (it had none)
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["extra"]["classes"] == list(SEG_CLASS_NAMES)
     assert _tool("test_seg").main([str(DEMO), *TINY, run, "test.mode=slide", "test.crop_size=[16,16]",
                                    "test.stride=[8,8]"]) == 0
     metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())

@@ -143,12 +143,14 @@ def _has_files(folder: Path, exts: tuple[str, ...]) -> bool:
 class CsvImageDataset(_SkippingDataset):
     """A CSV with a header naming ``path_col`` and ``label_col``; relative paths are resolved against ``root``
     (default: the CSV's folder). Labels are integers, or class names (mapped to the sorted names, or to the
-    order of ``classes`` if given). ``delimiter`` None: a tab for ``.tsv`` / ``.tab`` files, else a comma. A row
-    without a path or a label is an error naming its line."""
+    order of ``classes`` if given). With ``label_indices`` and ``classes``, integer labels that are not all class
+    names are indices into ``classes`` (as an annotation list's are). ``integer_labels`` says whether every label
+    is an integer. ``delimiter`` None: a tab for ``.tsv`` / ``.tab`` files, else a comma. A row without a path or a
+    label is an error naming its line."""
 
     def __init__(self, csv_path: str | os.PathLike, root: str | os.PathLike | None = None,
                  transform: Callable | None = None, path_col: str = "path", label_col: str = "label",
-                 classes: Sequence[str] | None = None, delimiter: str | None = None):
+                 classes: Sequence[str] | None = None, delimiter: str | None = None, label_indices: bool = False):
         super().__init__()
         self.csv_path = Path(csv_path)
         if not self.csv_path.is_file():
@@ -171,13 +173,19 @@ class CsvImageDataset(_SkippingDataset):
                 rows.append((path, label))
         if not rows:
             raise ValueError(f"CSV {self.csv_path} has no rows")
-        if all(_is_int(lbl) for _, lbl in rows) and classes is None:
+        self.integer_labels = all(_is_int(lbl) for _, lbl in rows)
+        names = [str(c) for c in classes] if classes is not None else None
+        by_name = names is not None and all(lbl in names for _, lbl in rows)
+        if self.integer_labels and not by_name and (names is None or label_indices):
             labels = [int(lbl) for _, lbl in rows]
             if min(labels) < 0:
                 raise ValueError(f"CSV {self.csv_path} has negative labels")
-            self.classes = [str(i) for i in range(max(labels) + 1)]
+            self.classes = names if names is not None else [str(i) for i in range(max(labels) + 1)]
+            if max(labels) >= len(self.classes):
+                raise ValueError(f"CSV {self.csv_path} has label {max(labels)}, past the {len(self.classes)} classes "
+                                 f"({', '.join(self.classes[:5])}{', ...' if len(self.classes) > 5 else ''})")
         else:
-            self.classes = list(classes) if classes is not None else sorted({lbl for _, lbl in rows})
+            self.classes = names if names is not None else sorted({lbl for _, lbl in rows})
             index = {c: i for i, c in enumerate(self.classes)}
             unknown = sorted({lbl for _, lbl in rows if lbl not in index})
             if unknown:

@@ -20,6 +20,7 @@ Shapes images at 32x32): 47.8% top-1 / 98.4% top-5 on 500 validation images (cha
 from __future__ import annotations
 
 import csv
+import io
 import time
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import check_run_dir_is_free, load_model_weights, model_record
+from .checkpoint import check_run_dir_is_free, load_model_weights, model_record, read_model_state
 from .compiling import compile_for_training
 from .config import ConfigError, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, cleanup_distributed, init_distributed,
@@ -144,7 +145,10 @@ def _shapes(cfg: DictConfig, split: str, transform: Any) -> Dataset:
                                 cache=s.cache)
 
 
-def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str] | None = None) -> Dataset:
+def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str] | None = None,
+                  label_indices: bool = False) -> Dataset:
+    """An image folder, annotation list or CSV split; its content errors (bad labels, no images) are ConfigErrors
+    naming the data key. ``label_indices``: a CSV's integer labels index ``classes``."""
     from ..data.folder import AnnFileDataset, CsvImageDataset, ImageFolderDataset
     d = cfg.data
     if d.type == "imagefolder":
@@ -160,12 +164,20 @@ def _file_dataset(cfg: DictConfig, split: str, transform: Any, classes: list[str
                 key = "train_ann_file" if split == "train" else "val_ann_file"
                 raise ConfigError(f"data.{key}: {err}") from None
         # (a validation split may lack a class: fewer images of it, not an error; training may not)
-        return ImageFolderDataset(root, transform=transform, classes=classes, allow_missing=split != "train")
+        try:
+            return ImageFolderDataset(root, transform=transform, classes=classes, allow_missing=split != "train")
+        except ValueError as err:  # (no images, stray class folders: one line from the tools)
+            raise ConfigError(f"data.{'train' if split == 'train' else 'val'}_dir: {err}") from None
     if d.type == "csv":
-        path = d.train_csv if split == "train" else d.val_csv
+        key = "train_csv" if split == "train" else "val_csv"
+        path = d[key]
         if not path:
-            raise ConfigError(f"data.type=csv needs data.{'train' if split == 'train' else 'val'}_csv")
-        return CsvImageDataset(path, root=d.csv_root, transform=transform, classes=classes)
+            raise ConfigError(f"data.type=csv needs data.{key}")
+        try:
+            return CsvImageDataset(path, root=d.csv_root, transform=transform, classes=classes,
+                                   label_indices=label_indices)
+        except ValueError as err:  # (its labels or columns: a config-level error, one line from the tools)
+            raise ConfigError(f"data.{key}: {err}") from None
     raise ConfigError(f"unknown data.type {d.type!r}; expected 'shapes', 'imagefolder' or 'csv'")
 
 
@@ -182,19 +194,25 @@ def build_datasets(cfg: DictConfig) -> tuple[Dataset, Dataset | None, list[str]]
     return train, val, list(train.classes)
 
 
-def build_eval_dataset(cfg: DictConfig, model_classes: list[str] | None = None) -> tuple[Dataset, list[str]]:
+def build_eval_dataset(cfg: DictConfig, model_classes: list[str] | None = None,
+                       num_outputs: int | None = None) -> tuple[Dataset, list[str]]:
     """The evaluation split with the eval transform (at ``eval.input_size`` if set). With ``model_classes`` (the
     classes a checkpoint was trained on) the labels follow the model's class order; a class the model does not
-    know is an error, a class without images in the split is fine."""
+    know is an error, a class without images in the split is fine. Integer labels (a CSV's, an annotation list's)
+    are indices: into ``data.classes``, else ``model_classes``, else ``num_outputs`` (the model's class count when
+    it records no names); a label past them is an error."""
     _, eval_tf = build_transforms(cfg)
     if cfg.data.type == "shapes":
         ds = _shapes(cfg, cfg.eval.split if cfg.eval.split != "val" else cfg.data.shapes.val_split, eval_tf)
         classes = list(ds.classes)
     else:
-        names = list(cfg.data.classes) if cfg.data.classes else None
-        if names is None and cfg.data.type == "imagefolder" and cfg.data.val_ann_file and model_classes:
-            names = list(model_classes)  # (an annotation list's indices count the model's classes)
-        ds = _file_dataset(cfg, "val", eval_tf, classes=names)
+        names = [str(c) for c in cfg.data.classes] if cfg.data.classes else None
+        by_index = cfg.data.type == "csv" or (cfg.data.type == "imagefolder" and bool(cfg.data.val_ann_file))
+        if names is None and by_index and model_classes:
+            names = list(model_classes)  # (an annotation list's or a CSV's indices count the model's classes)
+        ds = _file_dataset(cfg, "val", eval_tf, classes=names, label_indices=True)
+        if names is None and num_outputs and _integer_labelled(ds):
+            _widen_index_classes(ds, int(num_outputs), cfg)
         classes = list(ds.classes)
     if model_classes is None or classes == list(model_classes):
         return ds, classes
@@ -207,6 +225,31 @@ def build_eval_dataset(cfg: DictConfig, model_classes: list[str] | None = None) 
     ds.samples = [(path, index[label]) for path, label in ds.samples]
     ds.classes, ds.class_to_idx = list(model_classes), {c: i for i, c in enumerate(model_classes)}
     return ds, list(model_classes)
+
+
+def _integer_labelled(ds: Dataset) -> bool:
+    """Whether a file dataset's labels are class indices (an annotation list, a CSV of integers)."""
+    from ..data.folder import AnnFileDataset
+    return isinstance(ds, AnnFileDataset) or bool(getattr(ds, "integer_labels", False))
+
+
+def _widen_index_classes(ds: Any, num_outputs: int, cfg: DictConfig) -> None:
+    """Index-named classes ``'0'..'K-1'`` for a model of ``num_outputs`` classes (the data's labels may not reach
+    its last class); a label past them is a ConfigError."""
+    top = max((label for _, label in ds.samples), default=-1)
+    if top >= num_outputs:
+        key = "val_csv" if cfg.data.type == "csv" else "val_ann_file"
+        raise ConfigError(f"data.{key}: class index {top} is past the model's {num_outputs} classes")
+    ds.classes = [str(i) for i in range(num_outputs)]
+    ds.class_to_idx = {c: i for i, c in enumerate(ds.classes)}
+
+
+def eval_num_outputs(cfg: DictConfig, state: Mapping[str, Any] | None) -> int | None:
+    """The class count of the model to evaluate when its checkpoint records no class names: the classifier rows of
+    its weights (``state``), else ``model.num_classes``; None when neither says."""
+    from .predict import _head_rows
+    rows = _head_rows(state) if state is not None else None
+    return rows if rows is not None else (int(cfg.model.num_classes) if cfg.model.num_classes else None)
 
 
 def checkpoint_classes(path: str | Path) -> list[str] | None:
@@ -656,6 +699,20 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     return result
 
 
+def _per_class_csv(classes: list[str], r: dict[str, Any]) -> str:
+    """per_class.csv's text: class, accuracy (empty for a class without images), count; quoted where needed."""
+    buf = io.StringIO()
+    rows = csv.writer(buf)  # (quoted: class names may hold commas)
+    rows.writerow(["class", "accuracy", "count"])
+    for name, acc, cnt in zip(classes, r["per_class_accuracy"], r["per_class_count"]):
+        rows.writerow([name, "" if acc != acc else f"{acc:.4f}", cnt])
+    return buf.getvalue()
+
+
+class NoReadableImagesError(RuntimeError):
+    """Not one evaluation image could be read: there is no metric to report."""
+
+
 def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.model`` (any timm name; weights from ``eval.checkpoint`` -- a training checkpoint or a state
     dict -- or ``model.pretrained``) on the eval split at ``eval.input_size`` (default ``data.input_size``).
@@ -665,16 +722,23 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
     info = init_distributed(cfg.device)
     try:
         seed_everything(cfg.seed, info.rank)
-        ds, classes = build_eval_dataset(cfg, checkpoint_classes(cfg.eval.checkpoint) if cfg.eval.checkpoint else None)
+        ckpt = cfg.eval.checkpoint
+        model_classes = checkpoint_classes(ckpt) if ckpt else None
+        state = read_model_state(ckpt, cfg.eval.weights) if ckpt else None  # (read once: head rows and weights)
+        ds, classes = build_eval_dataset(cfg, model_classes, None if model_classes else eval_num_outputs(cfg, state))
         model = create_classifier(cfg, len(classes))
-        if cfg.eval.checkpoint:
-            load_model_weights(model, cfg.eval.checkpoint, key=cfg.eval.weights,
+        if ckpt:
+            load_model_weights(model, ckpt, key=cfg.eval.weights, state=state,
                                set_wkv_mode=wkv_mode_from_checkpoint(cfg))
+        del state
         model = model.to(info.device)
         loader = _eval_loader(ds, cfg.eval.batch_size or cfg.train.batch_size, cfg.data.num_workers, info)
         t0 = time.perf_counter()
         r = evaluate_loader(model, loader, len(classes), info.device, cfg.eval.precision or cfg.train.precision,
                             show_progress=cfg.train.show_progress)
+        if r["num_samples"] == 0:  # (no accuracy over 0 images: an error, not 0%)
+            raise NoReadableImagesError(f"no evaluation image could be read: all {r['skipped_samples']} images of "
+                                        f"the split are unreadable (see the warnings above)")
         r["eval_time_s"] = time.perf_counter() - t0
         r["input_size"] = int(cfg.eval.input_size or cfg.data.input_size)
         r["classes"] = classes
@@ -682,14 +746,9 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
         r["weights"] = cfg.eval.weights if cfg.eval.checkpoint else ("pretrained" if cfg.model.pretrained else "none")
         out_dir = Path(cfg.eval.out_dir or (Path(cfg.run_dir) / "eval"))
         if info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with open(out_dir / "metrics.json", "w") as f:
-                f.write(json_text(r))
-            with open(out_dir / "per_class.csv", "w", newline="") as f:
-                rows = csv.writer(f)  # (quoted: class names may hold commas)
-                rows.writerow(["class", "accuracy", "count"])
-                for name, acc, cnt in zip(classes, r["per_class_accuracy"], r["per_class_count"]):
-                    rows.writerow([name, "" if acc != acc else f"{acc:.4f}", cnt])
+            from .predict import write_text_atomic
+            write_text_atomic(out_dir / "metrics.json", json_text(r))
+            write_text_atomic(out_dir / "per_class.csv", _per_class_csv(classes, r))
             r["confusion_matrix_png"] = str(plot_confusion_matrix(
                 r["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
                 title=f"{cfg.model.name} top-1 {r['top1']:.2f}%"))

@@ -11,6 +11,7 @@ unreadable image is reported in its row (``error``) and the others are still pre
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .logger import progress, pyplot, save_figure, short_text, wrapped_text
 from .precision import autocast
 
 __all__ = ["Classifier", "load_classifier", "image_files", "predict_files", "write_predictions", "plot_predictions",
-           "is_segmentation_config"]
+           "is_segmentation_config", "write_text_atomic", "check_output_file", "check_output_dir"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -205,26 +206,68 @@ def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, bat
     return rows
 
 
-def write_predictions(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
-    """Write predictions as JSON (``.json``) or CSV (otherwise: ``file``, then ``index_k`` / ``class_k`` /
-    ``prob_k`` for each rank k, and ``error``)."""
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8 (verbatim line ends; a file name's undecodable bytes, as Python's C locale decodes
+    them, written back as they were) to a temporary file in ``path``'s folder, then ``os.replace`` it onto
+    ``path``: a failed write leaves the previous file whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_output_file(path: PathLike, what: str = "--output") -> None:
+    """ValueError naming ``what`` when the file ``path`` cannot be written: it is a folder, a file stands where one
+    of its folders should be, or its folder is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; name a file")
+    _check_folder_of(path.parent, what, path)
+
+
+def check_output_dir(path: PathLike, what: str = "--out-dir") -> None:
+    """ValueError naming ``what`` when ``path`` cannot be (made) a writable folder: it is a file, a file stands
+    where one of its folders should be, or it (its nearest existing folder) is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is a file, not a folder")
+    _check_folder_of(path, what, path)
+
+
+def _check_folder_of(folder: Path, what: str, path: Path) -> None:
+    """ValueError when the nearest existing one of ``folder`` and its parents is a file or not writable."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: folder {existing} is not writable")
+
+
+def write_predictions(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:
+    """Write predictions (UTF-8, atomically) as JSON (``.json``) or CSV (otherwise: ``file``, then ``index_k`` /
+    ``class_k`` / ``prob_k`` for each rank k, and ``error``)."""
+    path = Path(path)
     if path.suffix == ".json":
-        path.write_text(json.dumps(list(rows), indent=2))
-        return path
+        return write_text_atomic(path, json.dumps(list(rows), indent=2, ensure_ascii=False))
     k = max((len(r.get("topk", ())) for r in rows), default=0)
     header = ["file"] + [f"{c}_{j + 1}" for j in range(k) for c in ("index", "class", "prob")] + ["error"]
-    with open(path, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(header)
-        for r in rows:
-            cells: list[Any] = [r["file"]]
-            for j in range(k):
-                top = r.get("topk", ())
-                cells += [top[j][0], top[j][1] or "", f"{top[j][2]:.6f}"] if j < len(top) else ["", "", ""]
-            out.writerow(cells + [r.get("error", "")])
-    return path
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(header)
+    for r in rows:
+        cells: list[Any] = [r["file"]]
+        for j in range(k):
+            top = r.get("topk", ())
+            cells += [top[j][0], top[j][1] or "", f"{top[j][2]:.6f}"] if j < len(top) else ["", "", ""]
+        out.writerow(cells + [r.get("error", "")])
+    return write_text_atomic(path, buf.getvalue())
 
 
 def plot_predictions(rows: Sequence[dict[str, Any]], path: PathLike, max_images: int = 32, cols: int = 8) -> Path:

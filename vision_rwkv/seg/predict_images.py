@@ -16,6 +16,7 @@ the label map has the original image size.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -28,8 +29,8 @@ from .classes import ADE20K_CLASSES, CITYSCAPES_CLASSES
 from .inference import inference
 from .visualize import make_palette
 
-__all__ = ["load_segmentor", "load_trained_segmentor", "config_classes", "segment_files", "save_label_png",
-           "class_fractions"]
+__all__ = ["load_segmentor", "load_trained_segmentor", "config_classes", "recorded_classes", "segment_files",
+           "save_label_png", "class_fractions"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,7 +57,8 @@ def load_segmentor(config: PathLike, checkpoint: Optional[PathLike] = None, over
     ``num_classes``, else the config's classes.
     Without a checkpoint the backbone takes ``model.pretrained`` and the heads stay random (an untrained model, e.g.
     for export smoke tests; :func:`load_trained_segmentor` finds the run's checkpoint instead). Class names: the
-    config's when their count matches, else ``class <i>``."""
+    checkpoint's (``extra.classes``), else the config's, when their count matches, else ``class <i>`` with a
+    warning."""
     from .config import load_seg_config
 
     if checkpoint is not None and not Path(checkpoint).is_file():
@@ -84,6 +86,7 @@ def _build(cfg: Any, config: PathLike, checkpoint: Optional[PathLike],
     from .train import build_segmentor
 
     names = config_classes(cfg)
+    recorded = recorded_classes(checkpoint) if checkpoint is not None else None
     state = read_segmentor_state(checkpoint) if checkpoint is not None else None
     if state is not None and num_classes is None:
         head = state.get("decode_head.conv_seg.weight")
@@ -96,9 +99,35 @@ def _build(cfg: Any, config: PathLike, checkpoint: Optional[PathLike],
     model = build_segmentor(cfg, int(num_classes), load_pretrained=checkpoint is None)
     if state is not None:
         load_segmentor_weights(model, checkpoint, state)
-    if names is None or len(names) != num_classes:
-        names = [f"class {i}" for i in range(num_classes)]
-    return model.eval(), cfg, names
+    return model.eval(), cfg, _class_names(names, recorded, int(num_classes), checkpoint)
+
+
+def recorded_classes(checkpoint: PathLike) -> Optional[list[str]]:
+    """The class names a training checkpoint records (``extra.classes``, as tools/train_seg.py writes them), else
+    None (also for a file that cannot be read this way: its weights are read, and judged, elsewhere)."""
+    from vision_rwkv.engine.classification import checkpoint_classes
+    try:
+        return checkpoint_classes(checkpoint)
+    except Exception:  # noqa: BLE001  (a released file with objects weights_only refuses, a safetensors file)
+        return None
+
+
+def _class_names(config_names: Optional[list[str]], recorded: Optional[list[str]], num_classes: int,
+                 checkpoint: Optional[PathLike]) -> list[str]:
+    """The checkpoint's recorded names, else the config's, when their count is the model's; else ``class <i>``.
+    Names that do not fit (or differ from the checkpoint's) are a warning."""
+    if recorded is not None and len(recorded) == num_classes:
+        if config_names is not None and config_names != recorded:
+            warnings.warn(f"the config's {len(config_names)} class names differ from the {num_classes} that "
+                          f"checkpoint {checkpoint} records; using the checkpoint's", stacklevel=3)
+        return recorded
+    if config_names is not None and len(config_names) == num_classes:
+        return config_names
+    if config_names is not None:
+        warnings.warn(f"the config names {len(config_names)} classes ({', '.join(config_names[:5])}"
+                      f"{', ...' if len(config_names) > 5 else ''}) but the model has {num_classes}: the labels are "
+                      f"named 'class <i>' (the wrong config or checkpoint?)", stacklevel=3)
+    return [f"class {i}" for i in range(num_classes)]
 
 
 @torch.no_grad()

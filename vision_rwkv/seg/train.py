@@ -333,7 +333,8 @@ def train_segmentor(cfg: Any) -> dict:
                           best_mode="max",
                           ckpt_every_steps=t.ckpt_every, ckpt_every_epochs=0, keep_last=t.keep_last,
                           log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
-                          show_progress=t.show_progress)
+                          show_progress=t.show_progress,
+                          extra_state={"classes": list(train_set.classes)})  # (predict_seg names its labels so)
         if info.is_main:  # once the config, data and model are checked (the folder was checked first)
             save_config(cfg, run_dir / "config.yaml")
         result = trainer.fit(resume=t.resume)
