@@ -185,6 +185,27 @@ def _folder_cfg(tmp_path, *extra):
                 "data.ann_dir=ann_dir/train", *extra)
 
 
+def test_unreadable_validation_images_are_skipped_and_listed(tmp_path):
+    """One corrupt validation image stopped training's evaluation and test_seg with a DataLoader traceback: it is
+    skipped, counted and named (metrics.json), the others scored; none readable is a one-line config error."""
+    from vision_rwkv.engine import ConfigError
+    write_seg_folders(tmp_path / "data")
+    (tmp_path / "data" / "img_dir" / "val" / "2.png").write_bytes(b"not an image")
+    val = ("data.val_img_dir=img_dir/val", "data.val_ann_dir=ann_dir/val")
+    with pytest.warns(UserWarning, match="evaluation skipped 1 unreadable image"):
+        result = train_segmentor(_folder_cfg(tmp_path, "optim.max_iters=2", "train.ckpt_every=2", *val))
+    assert "mIoU" in result
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        tested = test_segmentor(_folder_cfg(tmp_path, *val, f"test.out_dir={tmp_path / 'test'}"))
+    written = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert written["skipped_samples"] == tested["skipped_samples"] == 1
+    assert "img_dir/val/2.png" in written["skipped_files"][0] and written["mIoU"] == tested["mIoU"]
+    for i in (0, 1, 3):
+        (tmp_path / "data" / "img_dir" / "val" / f"{i}.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match="no evaluation image could be read: all 4 are unreadable"):
+        test_segmentor(_folder_cfg(tmp_path, *val, f"test.out_dir={tmp_path / 'test2'}"))
+
+
 def test_a_folder_dataset_under_data_root_trains_with_or_without_validation(tmp_path):
     """Folder datasets read img_dir / ann_dir relative to data.root (mmseg's data_root: it was ignored), and may
     train without validation folders (it was a config error)."""

@@ -88,6 +88,10 @@ class SegDataset(Dataset, ABC):
         return sample
 
 
+class UnreadableImageError(ValueError):
+    """An image or mask file that cannot be decoded (corrupt, truncated, not an image)."""
+
+
 def read_seg_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file as mmseg reads it (OpenCV): alpha dropped, 16-bit scaled to 8 bits,
     turned upright by its EXIF orientation (a phone photo); the one reader of training, evaluation and prediction.
@@ -96,7 +100,7 @@ def read_seg_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(to_rgb(ImageOps.exif_transpose(im)))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+        raise UnreadableImageError(f"cannot read image {path}: {err}") from err
 
 
 MASK_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N", "1")  # single-channel label images (any byte order)
@@ -110,7 +114,7 @@ def _read_mask(path: Path) -> np.ndarray:
                                  f"(mode L/P/I/I;16), got mode {im.mode}")
             return np.asarray(im).astype(np.int64)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read mask {path}: {err}") from err
+        raise UnreadableImageError(f"cannot read mask {path}: {err}") from err
 
 
 class FolderSegDataset(SegDataset):

@@ -11,6 +11,7 @@ per-class table, PNG overlays. Metrics returned by this module are percentages.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -21,6 +22,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from ..engine.logger import json_text
+from ..engine.predict import write_text_atomic
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
 from .config import DataConfig
 from .convert import load_segmentor_weights
@@ -207,9 +209,12 @@ def evaluate_segmentor(
     normalised image, original-size mask). Each rank evaluates its shard; the confusion matrix is summed over
     ranks. Rank 0 writes an overlay PNG of its first `num_visualize` images when `overlay_path` is given; with
     `label_dir` every rank writes a label PNG per image of its shard there (class id + `label_offset`, named after
-    the image's relative path), with `overlay_dir` an overlay PNG per image (image | ground truth | prediction)."""
+    the image's relative path), with `overlay_dir` an overlay PNG per image (image | ground truth | prediction).
+    An image or mask that cannot be read is skipped and counted (``skipped_samples``, ``skipped_files``: the errors);
+    when none can be read the evaluation is a ConfigError."""
     from .predict_images import save_label_png
-    from vision_rwkv.engine import ShardSampler, autocast, get_rank, get_world_size, progress
+    from vision_rwkv.engine import (ConfigError, ShardSampler, all_gather_object, autocast, get_rank, get_world_size,
+                                    progress)
 
     base = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     was_training = base.training
@@ -220,12 +225,16 @@ def evaluate_segmentor(
     raw = dataset.dataset if isinstance(dataset, Subset) else dataset
     sampler = ShardSampler(len(dataset), get_world_size(), get_rank())
     # own generator: evaluation never consumes the global torch RNG (keeps training runs resumable exactly)
-    loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=num_workers,
+    loader = DataLoader(_SkipUnreadable(dataset), batch_size=1, sampler=sampler, num_workers=num_workers,
                         generator=torch.Generator().manual_seed(0))
+    skipped: list[str] = []
     metric = SegMetric(raw.num_classes, raw.ignore_index, raw.classes)
     align = getattr(base, "align_corners", False)
     vis: list[tuple[int, np.ndarray]] = []
     for i, sample in progress(enumerate(loader), total=len(loader), desc="eval", enabled=show_progress):
+        if "unreadable" in sample:
+            skipped.append(sample["unreadable"][0])
+            continue
         img = sample["image"].to(device)
         mask = sample["mask"]
         with autocast(precision, device):
@@ -242,7 +251,16 @@ def evaluate_segmentor(
                           raw.classes, raw.ignore_index, titles=[name], palette=palette)
         if overlay_path is not None and get_rank() == 0 and len(vis) < num_visualize:
             vis.append((sampler.rank + i * sampler.num_replicas, pred[0].numpy()))
+    skipped = [e for part in all_gather_object(skipped) for e in part]
+    if len(skipped) == len(dataset):
+        raise ConfigError(f"no evaluation image could be read: all {len(skipped)} are unreadable ({skipped[0]})")
     results = _percent(metric.compute())
+    results["skipped_samples"] = len(skipped)
+    if skipped:
+        results["skipped_files"] = skipped
+        if get_rank() == 0:
+            warnings.warn(f"evaluation skipped {len(skipped)} unreadable image(s): {'; '.join(skipped[:3])}"
+                          + (" ..." if len(skipped) > 3 else ""), stacklevel=2)
     if vis:
         images, gts, preds, names = [], [], [], []
         for idx, pred in vis:
@@ -255,6 +273,23 @@ def evaluate_segmentor(
                                                titles=names, palette=palette))
     base.train(was_training)
     return results
+
+
+class _SkipUnreadable(torch.utils.data.Dataset):
+    """``dataset[i]``, or ``{"unreadable": message}`` for a sample whose image or mask cannot be read."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from .datasets import UnreadableImageError
+        try:
+            return self.dataset[index]
+        except UnreadableImageError as err:
+            return {"unreadable": str(err)}
 
 
 def _test_kwargs(cfg: Any) -> dict:
@@ -274,8 +309,8 @@ def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
     table_path = out_dir / f"{stem}_per_class.txt"
-    json_path.write_text(json_text(results))
-    table_path.write_text(_table(results) + "\n")
+    write_text_atomic(json_path, json_text(results))
+    write_text_atomic(table_path, _table(results) + "\n")
     return {"json": str(json_path), "table": str(table_path)}
 
 
