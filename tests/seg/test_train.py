@@ -206,6 +206,17 @@ def test_unreadable_validation_images_are_skipped_and_listed(tmp_path):
         test_segmentor(_folder_cfg(tmp_path, *val, f"test.out_dir={tmp_path / 'test2'}"))
 
 
+def test_an_unreadable_training_image_is_skipped_and_counted(tmp_path):
+    """A corrupt training image stopped segmentation training (UnreadableImageError from a worker); it is dropped
+    from its batch and counted, as the classification trainer does."""
+    write_seg_folders(tmp_path / "data", n=4)
+    (tmp_path / "data" / "img_dir" / "train" / "1.png").write_bytes(b"junk")
+    with pytest.warns(UserWarning, match="skipping an unreadable training sample"):
+        result = train_segmentor(_folder_cfg(tmp_path, "optim.max_iters=4", "train.ckpt_every=4",
+                                             "data.batch_size=4"))
+    assert result["step"] == 4 and result["skipped_samples"] >= 1
+
+
 def test_a_folder_dataset_under_data_root_trains_with_or_without_validation(tmp_path):
     """Folder datasets read img_dir / ann_dir relative to data.root (mmseg's data_root: it was ignored), and may
     train without validation folders (it was a config error)."""

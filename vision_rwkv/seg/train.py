@@ -276,20 +276,33 @@ def evaluate_segmentor(
 
 
 class _SkipUnreadable(torch.utils.data.Dataset):
-    """``dataset[i]``, or ``{"unreadable": message}`` for a sample whose image or mask cannot be read."""
+    """``dataset[i]``, or for a sample whose image or mask cannot be read ``{"unreadable": message}`` (evaluation)
+    or, with ``as_none``, None and a warning once per sample (training: the loader drops and counts it, as the
+    classification trainer's datasets do)."""
 
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
+    def __init__(self, dataset: Any, as_none: bool = False):
+        self.dataset, self.as_none = dataset, as_none
+        self._warned: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getattr__(self, name: str) -> Any:  # (num_classes, classes, ... of the wrapped dataset)
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
         from .datasets import UnreadableImageError
         try:
             return self.dataset[index]
         except UnreadableImageError as err:
-            return {"unreadable": str(err)}
+            if not self.as_none:
+                return {"unreadable": str(err)}
+            if index not in self._warned:
+                self._warned.add(index)
+                warnings.warn(f"skipping an unreadable training sample: {err}", stacklevel=2)
+            return None
 
 
 def _test_kwargs(cfg: Any) -> dict:
@@ -348,8 +361,9 @@ def train_segmentor(cfg: Any) -> dict:
         scheduler = PolyWarmupLR(optimizer, o.max_iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr)
         ddp_model = wrap_ddp(model, info, find_unused_parameters=t.find_unused_parameters)
         ddp_model = compile_for_training(ddp_model, t.compile, t.compile_backend, t.compile_mode)
-        loader = build_train_loader("data.batch_size", train_set, cfg.data.batch_size, shuffle=True,
-                                    drop_last=True, seed=t.seed, num_workers=cfg.data.num_workers, info=info)
+        loader = build_train_loader("data.batch_size", _SkipUnreadable(train_set, as_none=True), cfg.data.batch_size,
+                                    shuffle=True, drop_last=True, seed=t.seed, num_workers=cfg.data.num_workers,
+                                    info=info)
         last_full: dict[str, Any] = {}
 
         def evaluate(m: nn.Module) -> dict[str, float]:
