@@ -81,3 +81,12 @@ def test_batch_and_a_built_model_and_errors():
     assert model.blocks[0] is not None  # (the hooks are removed: the model still runs)
     with pytest.raises(ValueError, match="unknown model 'vrwkv_tiyn'"):
         count_complexity("vrwkv_tiyn", 224)
+
+
+def test_a_given_model_is_left_as_it_was_and_cnns_count():
+    """A model passed in keeps its fused attention and its train mode (counting switched them off); a timm model
+    without an img_size argument (a CNN) is built without one."""
+    model = timm.create_model("deit_tiny_patch16_224", img_size=64, depth=2).train()
+    count_complexity(model, 64)
+    assert model.training and all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))
+    assert abs(count_complexity("resnet18", 224).total / 1e9 - 1.82) < 0.01

@@ -69,7 +69,10 @@ def stats_rows(models: list[str], resolutions: list[int]) -> list[dict]:
     for label in models:
         name = LABELS.get(label, label)
         for res in resolutions:
-            row = count_complexity(name, res).as_dict()
+            try:
+                row = count_complexity(name, res).as_dict()
+            except (TypeError, RuntimeError) as err:
+                raise type(err)(f"{label} at {res} px: {err}") from err
             rows.append({"label": label, "res": res, "wkv_GMACs": row["wkv_macs"] / 1e9, **row})
     by_key = {(r["label"], r["res"]): r for r in rows}
     for r in rows:
@@ -120,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--res: resolutions must be positive, got {bad}")
     try:
         rows = stats_rows(args.models, args.res)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, RuntimeError) as err:  # (an unknown name, a size the model cannot take)
+        print(f"error: {err}".splitlines()[0], file=sys.stderr)
         return 2
     columns = COLUMNS
     if args.anchors:

@@ -80,7 +80,7 @@ def _formula_hooks(model: nn.Module, counts: dict[str, int]) -> Iterator[None]:
         b, t, c = inputs[0].shape
         counts["wkv"] += b * v6_wkv_macs(t, c, module.head_size, module.mix_rank, module.time_decay_w1.shape[1])
 
-    handles = []
+    handles, unfused = [], []
     for module in model.modules():
         if isinstance(module, _NORMS):
             handles.append(module.register_forward_hook(norm_hook))
@@ -90,6 +90,7 @@ def _formula_hooks(model: nn.Module, counts: dict[str, int]) -> Iterator[None]:
             handles.append(module.register_forward_hook(v6_hook))
         if getattr(module, "fused_attn", None) is True:  # (timm's Attention: count q k^T and attn v as products)
             module.fused_attn = False
+            unfused.append(module)
 
     def no_arithmetic(*args: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return _value_of(args)
@@ -100,6 +101,8 @@ def _formula_hooks(model: nn.Module, counts: dict[str, int]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+        for module in unfused:
+            module.fused_attn = True
 
 
 def _value_of(args: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -111,8 +114,9 @@ def count_complexity(model: str | nn.Module, img_size: int | Sequence[int] = 224
                      **kwargs: Any) -> ModelComplexity:
     """Parameters and MACs (module docstring) of ``forward_features`` on a ``batch`` of ``img_size`` images.
 
-    ``model``: a timm model name (built on the meta device at ``img_size``, with ``kwargs``) or a built model
-    (counted as it is: give it on the meta device to avoid computing). Raises ValueError for an unknown name."""
+    ``model``: a timm model name (built on the meta device at ``img_size``, with ``kwargs``; a model without an
+    ``img_size`` argument, a CNN, is built without one) or a built model (counted as it is, and left as it was:
+    give it on the meta device to avoid computing). Raises ValueError for an unknown name."""
     import timm
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -123,16 +127,25 @@ def count_complexity(model: str | nn.Module, img_size: int | Sequence[int] = 224
             raise ValueError(f"unknown model {name!r} (not a timm model name; vision_rwkv registers vrwkv_* / "
                              f"vrwkv6_*)")
         with torch.device("meta"):
-            net = timm.create_model(name, img_size=(h, w), **kwargs)
+            try:
+                net = timm.create_model(name, img_size=(h, w), **kwargs)
+            except TypeError as err:
+                if "img_size" not in str(err):
+                    raise
+                net = timm.create_model(name, **kwargs)
     else:
         name, net = type(model).__name__, model
+    was_training = net.training
     net.eval()
     device = next(net.parameters()).device
     x = torch.empty(batch, 3, h, w, device=device)
     counts = {"norm": 0, "wkv": 0}
     flops = FlopCounterMode(display=False)
-    with torch.no_grad(), _formula_hooks(net, counts), flops:
-        feats = net.forward_features(x)
+    try:
+        with torch.no_grad(), _formula_hooks(net, counts), flops:
+            feats = net.forward_features(x)
+    finally:
+        net.train(was_training)
     tokens = int(feats.shape[1]) if feats.dim() == 3 else int(feats.shape[-1] * feats.shape[-2])
     return ModelComplexity(model=name, img_size=(h, w), params=sum(p.numel() for p in net.parameters()),
                            tokens=tokens, matmul_macs=flops.get_total_flops() // 2 // batch,

@@ -219,7 +219,8 @@ def test_a_fresh_run_refuses_a_folder_with_checkpoints_before_writing(tmp_path):
     ("aug.mixup_off_epoch=-1", "aug.mixup_off_epoch"), ("aug.bce_target_thresh=1.5", "aug.bce_target_thresh"),
     ("aug.bce_pos_weight=0", "aug.bce_pos_weight"), ("aug.repeats=0.5", "aug.repeats must be 0"),
     ("aug.repeats_round=-1", "aug.repeats_round"), ("train.batch_size=4096", "train.batch_size: dataset of"),
-    ("aug.repeats=3 data.shapes.train_length=200", "train.batch_size, aug.repeats: repeated augmentation keeps")])
+    ("aug.repeats=3 data.shapes.train_length=200 train.batch_size=256",
+     "train.batch_size, aug.repeats: dataset of 200 samples gives no batch of 256")])
 def test_bad_values_are_config_errors_before_training(tmp_path, override, key):
     from vision_rwkv.engine import ConfigError
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):

@@ -150,12 +150,10 @@ def test_repeated_augmentation_order_is_timms(repeats):
     """aug.repeats: the same indices, in the same order, on every rank as timm's RepeatAugSampler (whose seed is
     the epoch: ours is seed + epoch, so seed 0), the same epoch length, for lengths off the 256 rounding too."""
     from timm.data.distributed_sampler import RepeatAugSampler
-    for n, world in ((300, 1), (517, 2), (1000, 3), (70, 2)):
-        for rank in range(world):
-            ref = RepeatAugSampler(_Sized(n), num_replicas=world, rank=rank, num_repeats=repeats,
-                                   selected_round=0 if n < 256 * world else 256)
-            ours = ResumableSampler(n, world, rank, seed=0, repeats=repeats,
-                                    repeats_round=0 if n < 256 * world else 256)
+    for n, world, rnd in ((300, 1, 256), (517, 2, 256), (1000, 3, 256), (70, 2, 256), (200, 3, 0), (5, 4, 256)):
+        for rank in range(world):  # (fewer samples than the round: timm keeps ceil(n / world) a rank)
+            ref = RepeatAugSampler(_Sized(n), num_replicas=world, rank=rank, num_repeats=repeats, selected_round=rnd)
+            ours = ResumableSampler(n, world, rank, seed=0, repeats=repeats, repeats_round=rnd)
             for epoch in (0, 5):
                 ref.set_epoch(epoch), ours.set_epoch(epoch)
                 keys = list(ours)
@@ -216,8 +214,8 @@ def test_repeated_augmentation_errors_name_the_problem():
         ResumableSampler(10, repeats=0.5)
     with pytest.raises(ValueError, match="no group_size"):
         ResumableSampler(12, repeats=2, group_size=4)
-    with pytest.raises(ValueError, match="needs at least 512 samples, or a smaller repeats_round"):
-        EpochLoader(_Rand(), 2, repeats=3, info=DistInfo(0, 2))
+    with pytest.raises(ValueError, match="needs at least 131072 samples, or a smaller repeats_round"):
+        ResumableSampler(300, 512, 0, repeats=3)  # (300 // 256 * 256 / 512 processes = 0 each)
     from vision_rwkv.engine import ConfigError, build_train_loader
     with pytest.raises(ConfigError, match="^train.batch_size: dataset of 20 samples gives no batch of 64"):
         build_train_loader("train.batch_size", _Rand(), 64)

@@ -200,6 +200,10 @@ def test_unreadable_validation_images_are_skipped_and_listed(tmp_path):
     written = json.loads((tmp_path / "test" / "metrics.json").read_text())
     assert written["skipped_samples"] == tested["skipped_samples"] == 1
     assert "img_dir/val/2.png" in written["skipped_files"][0] and written["mIoU"] == tested["mIoU"]
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):  # (a Subset's batch fetch bypassed the skip)
+        first3 = test_segmentor(_folder_cfg(tmp_path, *val, "data.max_val_images=3",
+                                            f"test.out_dir={tmp_path / 'test3'}"))
+    assert first3["skipped_samples"] == 1
     for i in (0, 1, 3):
         (tmp_path / "data" / "img_dir" / "val" / f"{i}.png").write_bytes(b"")
     with pytest.raises(ConfigError, match="no evaluation image could be read: all 4 are unreadable"):

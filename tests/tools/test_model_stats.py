@@ -36,3 +36,6 @@ def test_errors_are_one_line(tmp_path, load_tool, capsys):
     assert "--anchors" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.main(["--res", "0"])
+    assert "--res: resolutions must be positive" in capsys.readouterr().err
+    assert tool.main(["--models", "DeiT-T", "--res", "8", "--anchors", ""]) == 2  # (smaller than a patch)
+    assert capsys.readouterr().err.startswith("error: DeiT-T at 8 px:")

@@ -97,7 +97,8 @@ class ResumableSampler(Sampler):
     of the shuffled order ``repeats`` times in a row (a fractional count: position ``i`` holds ``order[i //
     repeats]``), padded cyclically to a multiple of the world size and dealt ``r::world``, so the copies of one image
     go to different ranks; each rank keeps the first ``length // repeats_round * repeats_round / world`` (rounded
-    down; ``repeats_round=0``: ``ceil(length / world)``), so an epoch takes as many steps as one without repeats.
+    down; with fewer samples than ``repeats_round``, or ``repeats_round=0``: ``ceil(length / world)``), so an epoch
+    takes as many steps as one without repeats.
     It yields ``(index, epoch, copy)``: ``copy`` numbers the repeats of an index within the epoch, so that each copy
     is augmented differently (see :class:`SeededSamples`).
     """
@@ -122,11 +123,12 @@ class ResumableSampler(Sampler):
         self.repeats, self.repeats_round = float(repeats), int(repeats_round)
         self.epoch, self.start = 0, 0
         groups = self.length // self.group_size
-        if self.repeats:
-            if self.repeats_round:
+        if self.repeats:  # (timm's: whole rounds when the data has one, never more than the padded share)
+            if self.repeats_round and self.length >= self.repeats_round:
                 self.per_rank = self.length // self.repeats_round * self.repeats_round // self.num_replicas
             else:
                 self.per_rank = math.ceil(self.length / self.num_replicas)
+            self.per_rank = min(self.per_rank, math.ceil(math.ceil(self.repeats * self.length) / self.num_replicas))
             if self.per_rank == 0:
                 raise ValueError(f"repeated augmentation keeps {self.length} // {self.repeats_round} * "
                                  f"{self.repeats_round} / {self.num_replicas} = 0 samples per process of an epoch "

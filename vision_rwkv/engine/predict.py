@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -208,19 +209,30 @@ def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, bat
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
     """Write ``text`` as UTF-8 (verbatim line ends; a file name's undecodable bytes, as Python's C locale decodes
-    them, written back as they were) to a temporary file in ``path``'s folder, then ``os.replace`` it onto
-    ``path``: a failed write leaves the previous file whole."""
+    them, written back as they were) to a temporary file of its own in ``path``'s folder, then ``os.replace`` it
+    onto ``path``: a failed write leaves the previous file whole, concurrent writers never share a temporary file,
+    an existing file keeps its permissions and a symbolic link its target."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    target = path.resolve() if path.is_symlink() else path  # (a link's target is rewritten, the link kept)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:64]}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)  # (mkstemp makes it 0600: the file keeps its mode, a new one gets the usual)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output_file(path: PathLike, what: str = "--output") -> None:

@@ -252,7 +252,7 @@ def evaluate_segmentor(
         if overlay_path is not None and get_rank() == 0 and len(vis) < num_visualize:
             vis.append((sampler.rank + i * sampler.num_replicas, pred[0].numpy()))
     skipped = [e for part in all_gather_object(skipped) for e in part]
-    if len(skipped) == len(dataset):
+    if skipped and len(skipped) == len(dataset):
         raise ConfigError(f"no evaluation image could be read: all {len(skipped)} are unreadable ({skipped[0]})")
     results = _percent(metric.compute())
     results["skipped_samples"] = len(skipped)
@@ -288,7 +288,7 @@ class _SkipUnreadable(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getattr__(self, name: str) -> Any:  # (num_classes, classes, ... of the wrapped dataset)
-        if name == "dataset":
+        if name == "dataset" or name.startswith("_"):  # (not __getitems__: the DataLoader would bypass the skip)
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
