@@ -25,8 +25,6 @@ import torch.nn as nn
 
 __all__ = ["ModelComplexity", "count_complexity", "v4_wkv_macs", "v6_wkv_macs"]
 
-_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
 
 @dataclass
 class ModelComplexity:
@@ -67,6 +65,7 @@ def _formula_hooks(model: nn.Module, counts: dict[str, int]) -> Iterator[None]:
     from unittest import mock
 
     from vision_rwkv.models import mixing, vrwkv
+    from vision_rwkv.models._layers import NORM_LAYERS
 
     def norm_hook(module: nn.Module, inputs: tuple, _out: Any) -> None:
         affine = any(p is not None for p in (getattr(module, "weight", None), getattr(module, "bias", None)))
@@ -82,7 +81,7 @@ def _formula_hooks(model: nn.Module, counts: dict[str, int]) -> Iterator[None]:
 
     handles, unfused = [], []
     for module in model.modules():
-        if isinstance(module, _NORMS):
+        if isinstance(module, NORM_LAYERS):
             handles.append(module.register_forward_hook(norm_hook))
         elif isinstance(module, vrwkv.SpatialMix):
             handles.append(module.register_forward_hook(v4_hook))

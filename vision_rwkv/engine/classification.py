@@ -297,9 +297,9 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, lr: float) -> torch.optim
 def norm_and_bias_names(model: nn.Module) -> set[str]:
     """Names of the parameters mmcv's ``norm_decay_mult`` / ``bias_decay_mult`` apply to: those of normalisation
     layers (batch, group, layer and instance norms) and every bias."""
-    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+    from ..models._layers import NORM_LAYERS
     names = {f"{m_name}.{p_name}" if m_name else p_name
-             for m_name, m in model.named_modules() if isinstance(m, norms)
+             for m_name, m in model.named_modules() if isinstance(m, NORM_LAYERS)
              for p_name, _ in m.named_parameters(recurse=False)}
     return names | {n for n, _ in model.named_parameters() if n.endswith(".bias") or n == "bias"}
 
@@ -746,7 +746,7 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
         r["weights"] = cfg.eval.weights if cfg.eval.checkpoint else ("pretrained" if cfg.model.pretrained else "none")
         out_dir = Path(cfg.eval.out_dir or (Path(cfg.run_dir) / "eval"))
         if info.is_main:
-            from .predict import write_text_atomic
+            from .files import write_text_atomic
             write_text_atomic(out_dir / "metrics.json", json_text(r))
             write_text_atomic(out_dir / "per_class.csv", _per_class_csv(classes, r))
             r["confusion_matrix_png"] = str(plot_confusion_matrix(

@@ -316,12 +316,8 @@ def _check_types_like(root: DictConfig, cfg: DictConfig, file: Path, prefix: str
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (atomically) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
-    return path
+    from .files import write_text_atomic
+    return write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def to_dict(cfg: Any) -> Any:

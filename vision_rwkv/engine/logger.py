@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .distributed import is_main_process
+from .files import write_text_atomic
 
 __all__ = ["MetricLogger", "progress", "read_metrics_csv", "curve_names", "plot_curves", "pyplot", "save_figure",
            "json_text", "short_text", "wrapped_text"]
@@ -242,9 +244,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_rows(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())

@@ -14,7 +14,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -22,11 +21,12 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .files import write_text_atomic
 from .logger import progress, pyplot, save_figure, short_text, wrapped_text
 from .precision import autocast
 
 __all__ = ["Classifier", "load_classifier", "image_files", "predict_files", "write_predictions", "plot_predictions",
-           "is_segmentation_config", "write_text_atomic", "check_output_file", "check_output_dir"]
+           "is_segmentation_config", "check_output_file", "check_output_dir"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -205,34 +205,6 @@ def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, bat
     if pending:
         flush()
     return rows
-
-
-def write_text_atomic(path: PathLike, text: str) -> Path:
-    """Write ``text`` as UTF-8 (verbatim line ends; a file name's undecodable bytes, as Python's C locale decodes
-    them, written back as they were) to a temporary file of its own in ``path``'s folder, then ``os.replace`` it
-    onto ``path``: a failed write leaves the previous file whole, concurrent writers never share a temporary file,
-    an existing file keeps its permissions and a symbolic link its target."""
-    path = Path(path)
-    target = path.resolve() if path.is_symlink() else path  # (a link's target is rewritten, the link kept)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:64]}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            fh.write(text)
-        mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode)  # (mkstemp makes it 0600: the file keeps its mode, a new one gets the usual)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_output_file(path: PathLike, what: str = "--output") -> None:

@@ -35,10 +35,12 @@ from .mixing import (channel_position, channel_ratio, drop_path_scale, fusable_d
 
 __all__ = [
     'PatchEmbed', 'resample_pos_embed', 'check_image_batch', 'Block',
-    'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix',
+    'layer_ratios', 'channel_ratio', 'channel_position', 'lerp_mix', 'NORM_LAYERS',
 ]
 
 GridSize = Tuple[int, int]
+# the layers mmcv counts as normalisation (its norm_decay_mult, its FLOP counter's norm cost)
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 @register_notrace_function

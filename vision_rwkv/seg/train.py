@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from ..engine.logger import json_text
-from ..engine.predict import write_text_atomic
+from ..engine.files import write_text_atomic
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
 from .config import DataConfig
 from .convert import load_segmentor_weights

@@ -1,7 +1,7 @@
-"""vision_rwkv.engine.predict.write_text_atomic: the tools' result files, replaced whole."""
+"""vision_rwkv.engine.files.write_text_atomic: result files, replaced whole."""
 import threading
 
-from vision_rwkv.engine.predict import write_text_atomic
+from vision_rwkv.engine.files import write_text_atomic
 
 
 def test_concurrent_writers_modes_links_and_long_names(tmp_path):
