@@ -26,6 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS as _TV_IMAGE_EXTENSIONS
 from tqdm import tqdm
 
 from vision_rwkv.engine.config import ConfigError
+from vision_rwkv.engine.files import name_text
 from vision_rwkv.engine.logger import pyplot, save_figure, wrapped_text
 
 from .data import CsvCaptionDataset, load_image
@@ -430,12 +431,12 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
             raise FileNotFoundError(f"zero-shot ImageFolder root not found: {zs.path}")
         ds = VisibleImageFolder(zs.path, transform=transform, loader=load_image)
         if zs.classes == "folders":
-            classnames = [c.replace("_", " ") for c in ds.classes]
+            classnames = [name_text(c).replace("_", " ") for c in ds.classes]
         elif len(ds.classes) != len(classnames):
             raise ConfigError(f"ImageFolder {zs.path} has {len(ds.classes)} class folders but the class set "
                               f"{zs.classes!r} has {len(classnames)} names")
         else:
-            classnames = names_in_folder_order(ds.classes, classnames)
+            classnames = names_in_folder_order([name_text(c) for c in ds.classes], classnames)
     elif zs.data == "csv":
         if not zs.path:
             raise ConfigError("zero_shot.data=csv needs zero_shot.path (--zeroshot-path): the CSV of image + label")

@@ -119,9 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(2, "error: eval_zeroshot.py runs in one process: start it with python, not torchrun\n"
                     if launch_rank() == 0 else None)
     from rwkv_clip.evaluate import load_model_for_eval, run_evaluation
+    from vision_rwkv.engine.files import check_output_file
     from vision_rwkv.engine.logger import json_text
 
     cfg = eval_config(args)
+    check_output_file(args.output, "--output")  # (before the evaluation, not after it)
     model, tokenizer, preprocess = load_model_for_eval(args.model, args.pretrained, args.run_dir, args.device)
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)

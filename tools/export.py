@@ -112,9 +112,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from vision_rwkv.export import (ExportMismatchError, build_export_target, export_onnx, export_program,
                                     verify_onnx, verify_program)
+    from vision_rwkv.engine.files import check_output_file
     from vision_rwkv.engine.predict import untrained_warning
 
+    stem = Path(args.target).stem if args.target.endswith((".yaml", ".yml")) else args.target.replace("/", "_")
+    out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
     try:
+        check_output_file(out, "--output")  # (before the model is built and exported)
         model, example = build_export_target(args.target, args.checkpoint, args.num_classes, args.img_size,
                                              args.tower, args.overrides)
     except (ValueError, RuntimeError) as err:
@@ -123,8 +127,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     warning = untrained_warning(args.target, args.checkpoint, args.overrides, "so has the exported program")
     if warning:
         print(warning, file=sys.stderr)
-    stem = Path(args.target).stem if args.target.endswith((".yaml", ".yml")) else args.target.replace("/", "_")
-    out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
     tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (checked before it replaces anything at out)
     dynamic = not args.static_batch and args.max_batch > 1  # (max 1: a program of batch 1)
     if args.static_batch:

@@ -342,3 +342,25 @@ def test_zero_shot_csv_labels_as_indices_or_names(tmp_path):
         labels(["circle", "triangle", "square"])
     with pytest.raises(ValueError, match=r"z.csv: no rows"):  # (a torch.cat error of the empty encoding before)
         labels([])
+
+
+def test_zero_shot_folder_names_are_text_under_any_locale(tmp_path):
+    """A class folder whose name is not text in the locale's encoding (``café`` under LANG=C, here Latin-1 bytes
+    under UTF-8) lists with surrogates: its class name is decoded (name_text), so the prompts and a UTF-8 class file
+    match it, and its images are still read."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    from rwkv_clip.evaluate import EvalCfg, _zero_shot_loader
+    for name in (b"caf\xe9", b"plain"):
+        folder = os.path.join(os.fsencode(tmp_path), name)
+        os.mkdir(folder)
+        _write_images(type(tmp_path)(os.fsdecode(folder)), 2)
+    cfg = OmegaConf.structured(EvalCfg)
+    cfg.zero_shot.data, cfg.zero_shot.path, cfg.zero_shot.classes = "imagefolder", str(tmp_path), "folders"
+    loader, classnames, _ = _zero_shot_loader(cfg.zero_shot, cfg, transform=None)
+    assert classnames == ["caf\ufffd", "plain"] and len(loader.dataset) == 4 and loader.dataset[0][1] == 0
+    (tmp_path / "classes.txt").write_text("plain\ncaf\ufffd\n", encoding="utf-8")
+    cfg.zero_shot.classes = str(tmp_path / "classes.txt")
+    assert _zero_shot_loader(cfg.zero_shot, cfg, transform=None)[1] == ["caf\ufffd", "plain"]

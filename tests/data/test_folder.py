@@ -202,3 +202,22 @@ def test_csv_integer_labels_as_indices_into_given_classes(tmp_path):
     assert by_name.classes == ["2", "0"] and by_name.targets == [1, 0]
     with pytest.raises(ValueError, match="has label 2, past the 2 classes"):
         CsvImageDataset(tmp_path / "l.csv", classes=["cat", "dog"], label_indices=True)
+
+
+def test_class_names_are_the_same_under_every_locale(tmp_path):
+    """Under LC_ALL=C (PYTHONUTF8=0) Python lists a UTF-8 folder name ``café`` as ``'caf\\udcc3\\udca9'``: the class
+    names a run recorded depended on the training machine's locale (a model trained there refused the same folders
+    elsewhere). Class names are decoded as UTF-8; the images are still read through the names as listed."""
+    import os
+    import subprocess
+    import sys
+    for name in ("caf\u00e9", "plain"):
+        _save(tmp_path / name / "\u00efmg.png", "RGB")
+    code = ("import sys; from vision_rwkv.data.folder import ImageFolderDataset\n"
+            "ds = ImageFolderDataset(sys.argv[1])\n"
+            "print(ascii(ds.classes), len(ds.samples), ds[0][0].size, sys.getfilesystemencoding())\n")
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
+    out = subprocess.run([sys.executable, "-c", code, os.fsencode(tmp_path)], capture_output=True, env=env)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode().split() == ["['caf\\xe9',", "'plain']", "2", "(7,", "9)", "ascii"]
+    assert ImageFolderDataset(tmp_path).classes == ["caf\u00e9", "plain"]

@@ -126,3 +126,33 @@ def test_a_key_the_job_needs_but_the_config_lacks_is_one_error_line(capsys):
     assert status == 2 and result is None
     assert "error: the config has no value for 'train.epochs'" in err and "Traceback" not in err
     assert "'train.epochs=null' unsets a value" in err  # (the audit deleted a key to unset it)
+
+
+def test_run_tool_expands_home_in_option_values_and_reports_unwritable_outputs(monkeypatch, capsys):
+    from vision_rwkv.engine.cli import run_tool
+    from vision_rwkv.engine.files import OutputPathError
+    monkeypatch.setenv("HOME", "/home/someone")
+    monkeypatch.setattr("sys.argv", ["tool", "--checkpoint=~/w.pt", "--x=a~/b", "key=~/d", "--flag", "~/e"])
+    seen = []
+    with pytest.raises(SystemExit) as exc:
+        run_tool(lambda argv: seen.append(argv))
+    assert exc.value.code == 0  # (key=~/d: the config loader's; ~/e: the shell's)
+    assert seen == [["--checkpoint=/home/someone/w.pt", "--x=a~/b", "key=~/d", "--flag", "~/e"]]
+
+    def unwritable(argv):
+        raise OutputPathError("--output /ro/x.json: folder /ro is not writable")
+    with pytest.raises(SystemExit) as exc:
+        run_tool(unwritable)
+    assert exc.value.code == 2 and capsys.readouterr().err == "error: --output /ro/x.json: folder /ro is not writable\n"
+
+
+def test_run_tool_prints_what_the_console_encoding_cannot_show_escaped():
+    """A per-class table with an emoji class name crashed the seg tools on a cp1252 console after all the work."""
+    import subprocess
+    import sys
+    code = ("from vision_rwkv.engine.cli import run_tool\n"
+            "run_tool(lambda argv: print('class \\U0001f431 caf\\u00e9'))\n")
+    env = {**__import__("os").environ, "PYTHONIOENCODING": "cp1252"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
+    assert out.returncode == 0, out.stderr.decode()
+    assert out.stdout.decode("cp1252").strip() == "class \\U0001f431 caf\u00e9"

@@ -227,3 +227,21 @@ def test_readme_config_paths_work_outside_a_checkout(tmp_path, monkeypatch):
     assert resolve_config_path(path).resolve() == tmp_path / path
     with pytest.raises(ConfigError, match="config file not found: .*/configs/classification/nope.yaml"):
         load_config("configs/classification/nope.yaml")
+
+
+def test_home_folder_in_values_is_expanded(cfg_dir, monkeypatch):
+    """``key=~/path`` reaches the tools unexpanded (the shell expands ``~`` only at the start of a word): the
+    loader expands a leading ``~/`` in string values, lists included, and leaves other tildes alone."""
+    monkeypatch.setenv("HOME", "/home/someone")
+    cfg = load_config(cfg_dir / "child.yaml", ["train.run_dir=~/runs/a", "model.name=a~/b", "+extra.shards=[~/x.tar,y]",
+                                                "model.drop=~"])
+    assert cfg.train.run_dir == "/home/someone/runs/a" and cfg.model.name == "a~/b" and cfg.model.drop is None
+    assert list(cfg.extra.shards) == ["/home/someone/x.tar", "y"]
+
+
+def test_an_override_with_undecodable_bytes_is_one_config_error(cfg_dir):
+    """Under LC_ALL=C with PYTHONUTF8=0 a non-ASCII argument arrives with surrogates, which the YAML parser cannot
+    encode: a ConfigError naming the override and the way out, not a UnicodeEncodeError traceback."""
+    item = "train.run_dir=/tmp/d" + b"\xc3\xa4".decode("ascii", "surrogateescape")
+    with pytest.raises(ConfigError, match="not text in this locale.*UTF-8 locale"):
+        load_config(cfg_dir / "child.yaml", [item])

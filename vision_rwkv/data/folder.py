@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..engine.files import name_text
+
 __all__ = ["IMG_EXTENSIONS", "UNREADABLE_IMAGE_ERRORS", "load_rgb", "to_rgb", "eight_bit", "ImageFolderDataset",
            "CsvImageDataset"]
 
@@ -93,7 +95,9 @@ class ImageFolderDataset(_SkippingDataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder root not found: {self.root}")
-        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        # class name -> its folder's name as listed (the same class names under every locale: name_text)
+        folders = {name_text(p.name): p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        found = sorted(folders)
         if classes is None:
             classes = found
         else:
@@ -107,13 +111,13 @@ class ImageFolderDataset(_SkippingDataset):
         exts = tuple(e.lower() for e in extensions)
         self.samples = []
         for c in self.classes:
-            for dirpath, files in (_walk_visible(self.root / c) if c in found else ()):
+            for dirpath, files in (_walk_visible(self.root / folders[c]) if c in folders else ()):
                 for f in sorted(files):
                     if f.lower().endswith(exts):
                         self.samples.append((os.path.join(dirpath, f), self.class_to_idx[c]))
         if not self.samples:
             raise ValueError(f"image folder {self.root} has no images with extensions {list(exts)}")
-        extra = [c for c in found if c not in self.class_to_idx and _has_files(self.root / c, exts)]
+        extra = [c for c in found if c not in self.class_to_idx and _has_files(self.root / folders[c], exts)]
         if extra:  # e.g. a validation folder with a class the training folder lacks: its images would be dropped
             raise ValueError(f"image folder {self.root} has class folders with images that are not among the "
                              f"{len(self.classes)} classes given: {extra[:10]}")

@@ -34,6 +34,7 @@ from ..models.convert import (CheckpointFileMismatchError, CheckpointMismatchErr
                               select_weights)
 from .config import ConfigError
 from .distributed import all_gather_object, get_rank, is_main_process, unwrap_model
+from .files import check_output_dir
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
            "find_latest_checkpoint", "run_checkpoint", "load_model_weights", "read_model_state", "load_weights",
@@ -209,7 +210,9 @@ def check_run_dir_is_free(run_dir: str | os.PathLike, resume: str | os.PathLike 
     """Refuse a fresh run (``resume`` None) in a ``run_dir`` that holds an earlier run's checkpoints: the two runs'
     checkpoints would be pruned together by step number, and ``--resume latest``, ``best.pt`` and the metric logs
     would mix them. Raises :class:`RunDirInUseError` (a FileExistsError and a ConfigError) naming the folder and
-    the ways out."""
+    the ways out; and a ``run_dir`` that cannot be written (:class:`~vision_rwkv.engine.files.OutputPathError`),
+    before the data and the model are built."""
+    check_output_dir(run_dir, "run_dir")
     if not is_fresh_start(resume):
         return
     ckpt_dir = Path(run_dir) / "checkpoints"

@@ -11,6 +11,7 @@ both the option and an override of its key is an error. Options and positionals 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -20,16 +21,18 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 from ..models.convert import CheckpointMismatchError, CheckpointReadError
 from .config import ConfigError, override_key
 from .distributed import launch_rank
+from .files import OutputPathError
 
 # omegaconf's errors for a key the running job reads but the config lacks (deleted with ~key, or a config of
 # another tool): reported like a ConfigError
 _MISSING_KEY_ERRORS = (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue)
 # errors a tool prints as one line: a bad config (status 2; a run folder in use too), a missing file (1), a checkpoint
-# file that does not fit the model (2), one that cannot be read (1: truncated, not a checkpoint)
-_ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, CheckpointReadError,
+# file that does not fit the model (2), one that cannot be read (1: truncated, not a checkpoint), an output path that
+# cannot be written (2)
+_ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, CheckpointReadError, OutputPathError,
                     *_MISSING_KEY_ERRORS)
 
-__all__ = ["run_tool", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
+__all__ = ["run_tool", "home_expanded_option", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
            "add_predict_options", "parse_predict_args"]
 
 RESUME_HELP = "'latest' (newest checkpoint of the run folder) or a checkpoint path"
@@ -156,15 +159,16 @@ def missing_key_error(err: Exception) -> ConfigError:
 
 
 def _error_status(err: Exception, missing_file: int = 1) -> int:
-    """Print ``err`` as one ``error:`` line; the exit status for it: 2 for a config error or a checkpoint that does
-    not fit the model, ``missing_file`` for a missing file. Under torchrun a config error (the same in every
-    process) is printed by rank 0 alone, any other error by each process that meets it, with its rank."""
+    """Print ``err`` as one ``error:`` line; the exit status for it: 2 for a config error, a checkpoint that does
+    not fit the model or an output path that cannot be written, ``missing_file`` for a missing file. Under torchrun
+    a config error (the same in every process) is printed by rank 0 alone, any other error by each process that
+    meets it, with its rank."""
     if isinstance(err, _MISSING_KEY_ERRORS):
         err = missing_key_error(err)
     rank = launch_rank()
     if rank == 0 or not isinstance(err, ConfigError):
         print(f"error: {f'[rank {rank}] ' if rank else ''}{err}", file=sys.stderr)
-    return 2 if isinstance(err, (ConfigError, CheckpointMismatchError)) else missing_file
+    return 2 if isinstance(err, (ConfigError, CheckpointMismatchError, OutputPathError)) else missing_file
 
 
 def run_config_job(load: Callable[[], Any], job: Callable[[Any], Any]) -> tuple[int, Any]:
@@ -184,9 +188,23 @@ def run_config_job(load: Callable[[], Any], job: Callable[[Any], Any]) -> tuple[
 def run_tool(main: Callable[[list[str]], Any]) -> None:
     """Run a tool's ``main(argv)`` as a command: a config error or a checkpoint that does not fit the model exits
     with status 2, a missing file with 1, each
-    as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0."""
+    as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0.
+    ``--option=~/path`` gets its ``~`` expanded (:func:`home_expanded_option`).
+    Text the terminal's encoding cannot show (a class name with an emoji on a cp1252 console) is printed escaped."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        result = main(sys.argv[1:])
+        result = main([home_expanded_option(a) for a in sys.argv[1:]])
     except _ONE_LINE_ERRORS as err:
         sys.exit(_error_status(err))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def home_expanded_option(arg: str) -> str:
+    """``--option=~/path`` (``~user/path``) with the home folder expanded, as the shell does for ``--option ~/path``
+    but not after ``=``; any other argument as it is (``key=~/path`` overrides: the config loader expands them)."""
+    name, eq, value = arg.partition("=")
+    if not (arg.startswith("--") and eq and value.startswith("~")):
+        return arg
+    expanded = os.path.expanduser(value)
+    return f"{name}={expanded}" if expanded != value else arg

@@ -20,6 +20,7 @@ written for VRWKV (``model.name=resnet18 ~model.kwargs``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -194,6 +195,10 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
             parsed = OmegaConf.from_dotlist([f"{key}={value}"])
         except OmegaConfBaseException as err:
             raise ConfigError(f"cannot parse override {item!r}: {err}") from None
+        except UnicodeError:  # (undecodable bytes of the command line: Python under LC_ALL=C with PYTHONUTF8=0)
+            raise ConfigError(f"cannot parse override {item!r}: it holds bytes that are not text in this locale's "
+                              "encoding; run under a UTF-8 locale (e.g. LC_ALL=C.UTF-8) or without PYTHONUTF8=0"
+                              ) from None
         if add:
             _check_addable(cfg, key, item)
             try:
@@ -255,7 +260,24 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | None 
         OmegaConf.resolve(cfg)
         for file, root in roots:
             _check_types_like(root, cfg, file)
+        _expand_home(cfg)
     return cfg
+
+
+_HOME_PATH = re.compile(r"~[^/\\\s]*[/\\]")  # ~/... or ~user/... (a lone ~ is YAML's null)
+
+
+def _expand_home(node: Any) -> None:
+    """Expand a leading ``~/`` (``~user/``) of every string value, as the shell does for a word but not after
+    ``key=`` (``data.train_dir=~/train``), and never in a YAML file or on Windows."""
+    for key in list(node.keys() if isinstance(node, DictConfig) else range(len(node))):
+        if OmegaConf.is_missing(node, key):
+            continue
+        value = node[key]
+        if isinstance(value, (DictConfig, ListConfig)):
+            _expand_home(value)
+        elif isinstance(value, str) and _HOME_PATH.match(value):
+            node[key] = os.path.expanduser(value)
 
 
 def _check_open_keys(cfg: Any, prefix: str = "") -> None:

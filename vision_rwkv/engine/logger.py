@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .distributed import is_main_process
-from .files import write_text_atomic
+from .files import name_text, write_text_atomic
 
 __all__ = ["MetricLogger", "progress", "read_metrics_csv", "curve_names", "plot_curves", "pyplot", "save_figure",
            "json_text", "short_text", "wrapped_text"]
@@ -65,7 +65,20 @@ def pyplot():
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as ``path`` (parent folders created) and close it; returns the path."""
+    """Write ``fig`` as ``path`` (parent folders created) and close it; returns the path. Texts holding a file name's
+    undecodable bytes (a non-ASCII class folder under ``LANG=C``) are drawn decoded (:func:`name_text`): matplotlib
+    cannot draw them as they are."""
+    from matplotlib.text import Text
+
+    for axis in (a for ax in fig.axes for a in (ax.xaxis, ax.yaxis)):
+        for minor in (False, True):  # (tick labels are formatted again at each draw: set them decoded)
+            labels = [t.get_text() for t in axis.get_ticklabels(minor=minor)]
+            if any(name_text(t) != t for t in labels):
+                axis.set_ticklabels([name_text(t) for t in labels], minor=minor)
+    for text in fig.findobj(Text):
+        label = text.get_text()
+        if isinstance(label, str) and name_text(label) != label:
+            text.set_text(name_text(label))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

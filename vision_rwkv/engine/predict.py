@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .files import write_text_atomic
+from .files import check_output_dir, check_output_file, write_text_atomic  # (re-exported)
 from .logger import progress, pyplot, save_figure, short_text, wrapped_text
 from .precision import autocast
 
@@ -205,33 +205,6 @@ def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, bat
     if pending:
         flush()
     return rows
-
-
-def check_output_file(path: PathLike, what: str = "--output") -> None:
-    """ValueError naming ``what`` when the file ``path`` cannot be written: it is a folder, a file stands where one
-    of its folders should be, or its folder is not writable."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path} is a folder; name a file")
-    _check_folder_of(path.parent, what, path)
-
-
-def check_output_dir(path: PathLike, what: str = "--out-dir") -> None:
-    """ValueError naming ``what`` when ``path`` cannot be (made) a writable folder: it is a file, a file stands
-    where one of its folders should be, or it (its nearest existing folder) is not writable."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path} is a file, not a folder")
-    _check_folder_of(path, what, path)
-
-
-def _check_folder_of(folder: Path, what: str, path: Path) -> None:
-    """ValueError when the nearest existing one of ``folder`` and its parents is a file or not writable."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ValueError(f"{what} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {path}: folder {existing} is not writable")
 
 
 def write_predictions(rows: Sequence[dict[str, Any]], path: PathLike) -> Path:

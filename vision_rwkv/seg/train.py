@@ -433,18 +433,20 @@ def test_segmentor(cfg: Any) -> dict:
     `metrics_per_class.txt` and `overlays.png` to `test.out_dir` (default `<run_dir>/test`) and returns the
     metrics (percent) with the checkpoint used and the written files."""
     from vision_rwkv.engine import cleanup_distributed, init_distributed, is_main_process, print_rank0
+    from vision_rwkv.engine.files import check_output_dir
 
     info = init_distributed(cfg.train.device)
     threads = torch.get_num_threads()
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     try:
+        out_dir = Path(cfg.test.out_dir) if cfg.test.out_dir else Path(cfg.train.run_dir) / "test"
+        check_output_dir(out_dir, "test.out_dir")  # (before the model runs over the data)
         val_set = build_datasets(cfg, splits=("val",))["val"]
         model = build_segmentor(cfg, val_set.num_classes, load_pretrained=False)
         ckpt = resolve_checkpoint(cfg)
         load_segmentor_weights(model, ckpt)
         model = model.to(info.device)
-        out_dir = Path(cfg.test.out_dir) if cfg.test.out_dir else Path(cfg.train.run_dir) / "test"
         results = evaluate_segmentor(model, val_set, precision=cfg.train.precision, device=info.device,
                                      num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
                                      show_progress=cfg.train.show_progress and info.is_main,
