@@ -53,3 +53,16 @@ def test_configs_and_anchors_ship_in_the_wheel():
     assert sorted(p.name for p in (ROOT / "benchmarks" / "anchors").glob("*.json")) == ["backbones.json",
                                                                                        "kernels.json"]
     assert configs_dir() == ROOT / "configs" and anchors_dir() == ROOT / "benchmarks" / "anchors"  # a checkout
+
+
+def test_the_timm_floor_excludes_the_releases_the_package_breaks_on():
+    """An audit installed the lowest versions the requirements admitted: numpy 1.26, open_clip 3.0, albumentations
+    2.0 and omegaconf 2.3 pass the suite, timm below 1.0.31 does not (import errors below 1.0.17; then the original
+    recipe's weight-decay rule, the wsd / rsqrt schedules, meta-device MAC counts and timm's model args)."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    deps = {Requirement(d).name: Requirement(d) for d in tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    timm = deps["timm"].specifier
+    assert "1.0.30" not in timm and "1.0.31" in timm and version("timm") in timm
