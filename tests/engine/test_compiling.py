@@ -34,6 +34,15 @@ def test_bad_settings_name_the_key(backend, mode, key):
         compile_for_training(nn.Linear(2, 2), True, backend=backend, mode=mode)
 
 
+def test_cuda_graph_mode_off_cuda_warns(recwarn):
+    """compile_mode=reduce-overhead on CPU trained (27x slower to start than eager) with no word that CUDA graphs
+    were not used."""
+    with pytest.warns(UserWarning, match="train.compile_mode='reduce-overhead' replays CUDA graphs.*on cpu"):
+        compile_for_training(nn.Linear(2, 2), True, mode="reduce-overhead")
+    compile_for_training(nn.Linear(2, 2), True, mode="max-autotune-no-cudagraphs")
+    assert not [w for w in recwarn if "CUDA graphs" in str(w.message)]
+
+
 def test_import_tags_the_compile_caches_with_the_ops_sources():
     """A graph cached against older custom ops must not be replayed: importing vision_rwkv adds a hash of
     vision_rwkv/ops to torch's compile-cache key, after a tag the user set (fresh process)."""

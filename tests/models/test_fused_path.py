@@ -658,3 +658,16 @@ def test_patch_embed_tokens_match_conv(shape):
     tokens, grid = pe.forward_tokens(x)
     assert grid == tuple(ref.shape[-2:])
     torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2))
+
+
+@pytest.mark.slow
+def test_compile_dynamic_shapes_after_a_resize_to_partial_patches():
+    """``torch.compile(model, dynamic=True)`` (or torch's own switch to dynamic shapes at the second size) failed at
+    the first size that is not a multiple of the patch (the padding's ``(-h) % p`` broke torch's symbolic-shape
+    pass: "TensorReferenceAnalysis has no attribute python_mod"), although any size works in eager."""
+    torch._dynamo.reset()
+    model = timm.create_model("vrwkv_small_patch16_224", num_classes=5, embed_dim=16, depth=1).eval()
+    compiled = torch.compile(model, dynamic=True, backend="aot_eager", fullgraph=True)
+    for size in ((32, 32), (40, 56)):
+        x = torch.randn(2, 3, *size)
+        torch.testing.assert_close(compiled(x), model(x))

@@ -8,6 +8,7 @@ as CUDA graphs: no per-launch host cost).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -27,7 +28,7 @@ def compile_for_training(model: nn.Module, enabled: bool, backend: str = "induct
 
     ``where`` names the config section in errors (``train.compile_backend=...``). Unknown backends and modes, and a
     mode with a backend other than inductor (torch ignores it there), raise :class:`ConfigError` (a ValueError)
-    before anything compiles."""
+    before anything compiles; a CUDA-graph mode for a model off CUDA is a warning."""
     if not enabled:
         return model
     if mode is not None and mode not in COMPILE_MODES:
@@ -41,5 +42,10 @@ def compile_for_training(model: nn.Module, enabled: bool, backend: str = "induct
                           f"{sorted(backends)}")
     if mode is not None and backend != "inductor":
         raise ConfigError(f"{where}.compile_mode={mode!r} applies to the inductor backend only, not {backend!r}")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if mode == "reduce-overhead" and device.type != "cuda":
+        warnings.warn(f"{where}.compile_mode={mode!r} replays CUDA graphs, which need a CUDA device: on {device.type} "
+                      f"it compiles as the default mode (and takes longer to); set {where}.compile_mode=null",
+                      stacklevel=2)
     tag_compile_caches()  # (done at import of vision_rwkv.ops; again here in case the tag was reset since)
     return torch.compile(model, backend=backend, mode=mode)

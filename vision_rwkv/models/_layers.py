@@ -135,12 +135,17 @@ class PatchEmbed(nn.Module):
         """Token grid (rows, cols) produced for an image of ``img_size`` = (H, W)."""
         return tuple(math.ceil(s / p) for s, p in zip(img_size, self.patch_size))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h = (-x.shape[-2]) % self.patch_size[0]
-        pad_w = (-x.shape[-1]) % self.patch_size[1]
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` zero-padded at the bottom / right to whole patches. (The padding is written as
+        ``ceil(h / p) * p - h``: torch.compile with dynamic shapes fails on ``(-h) % p`` once it resizes.)"""
+        (h, w), (ph, pw) = x.shape[-2:], self.patch_size
+        pad_h, pad_w = (h + ph - 1) // ph * ph - h, (w + pw - 1) // pw * pw - w
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        return self.proj(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self._pad(x))
 
     def forward_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridSize]:
         """The same embedding as one GEMM straight into token layout: (B, in_chans, H, W) -> ((B, N, C), grid).
@@ -149,10 +154,7 @@ class PatchEmbed(nn.Module):
         avoids cuDNN's slow implicit-GEMM path for this stride = kernel convolution and the (B, C, H, W) ->
         (B, N, C) transpose copy. Used on the fused GPU path.
         """
-        pad_h = (-x.shape[-2]) % self.patch_size[0]
-        pad_w = (-x.shape[-1]) % self.patch_size[1]
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self._pad(x)
         b, c, h, w = x.shape
         ph, pw = self.patch_size
         grid = (h // ph, w // pw)
