@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -313,9 +314,9 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
         stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",))
     objective.trainer = trainer
-    if info.is_main:  # once the config, data and model are checked (the folder was checked first)
-        save_config(cfg, run_dir / "config.yaml")
-    result = trainer.fit(resume=resume)
+    # config.yaml once the config, data and model are checked and a resume has succeeded
+    result = trainer.fit(resume=resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
+                         if info.is_main else None)
     skipped = torch.tensor(float(trainer.extra_state.get("skipped_images", 0)))
     result["skipped_images"] = int(all_reduce_sum(skipped).item())
     result["history"] = list(trainer.history)

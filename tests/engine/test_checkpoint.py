@@ -212,3 +212,31 @@ def test_manager_checkpoints_resume_with_timms_resume_checkpoint(tmp_path):
     assert torch.equal(target.weight, model.weight)
     assert torch.equal(target_opt.state_dict()["state"][0]["momentum_buffer"],
                        opt.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_a_full_disk_is_named_when_a_checkpoint_cannot_be_written(tmp_path, monkeypatch):
+    """torch.save on a full disk ends with "RuntimeError: [enforce fail at inline_container.cc] unexpected pos",
+    the OSError only its cause; the tools print CheckpointWriteError as one line (exit 1)."""
+    import errno
+
+    from vision_rwkv.engine.cli import _ONE_LINE_ERRORS
+    ck.atomic_save({"a": torch.ones(2)}, tmp_path / "ckpt_00000001.pt")
+
+    def full(obj, f):
+        f.write(b"partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as err:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 59776 vs 59696") from err
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ck.CheckpointWriteError, match="no space left on the device to write the checkpoint .*"
+                                                      "ckpt_00000002.pt") as err:
+        ck.atomic_save({"a": torch.ones(2)}, tmp_path / "ckpt_00000002.pt")
+    assert isinstance(err.value, _ONE_LINE_ERRORS) and err.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000001.pt"]
+
+    def other(obj, f):
+        raise RuntimeError("some other failure")
+    monkeypatch.setattr(torch, "save", other)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        ck.atomic_save({}, tmp_path / "ckpt_00000003.pt")

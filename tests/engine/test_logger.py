@@ -1,4 +1,6 @@
 """Metric logging: CSV round trip and which columns the curves PNG draws."""
+import pytest
+
 from vision_rwkv.engine import MetricLogger, read_metrics_csv
 from vision_rwkv.engine.logger import curve_names, plot_curves
 
@@ -87,3 +89,53 @@ def test_non_finite_values_are_marked_not_left_as_gaps(tmp_path, captured_figure
     assert marks["train: 3 NaN/inf"] == [3, 4, 5] and "val" in marks
     assert not any("NaN" in label and label.startswith("val") for label in marks)
     assert "train: 3 NaN/inf" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_a_full_disk_leaves_no_half_row_and_no_empty_plot(tmp_path, monkeypatch):
+    """ENOSPC in the middle of a metrics-CSV append left a cut-off last row; in savefig, a 0-byte curves.png."""
+    import builtins
+    import io as _io
+
+    from vision_rwkv.engine.logger import MetricLogger, pyplot, save_figure
+    log = MetricLogger(tmp_path)
+    log.log(1, {"loss": 1.0})
+    before = (tmp_path / "train_metrics.csv").read_bytes()
+    real_open = builtins.open
+
+    class _Full(_io.StringIO):
+        def __init__(self, fh):
+            super().__init__()
+            self.fh = fh
+
+        def write(self, text):
+            self.fh.write(text[:5])  # (part of the row reaches the disk, then it is full)
+            self.fh.flush()
+            raise OSError(28, "No space left on device")
+
+        def __exit__(self, *a):
+            self.fh.close()
+
+    def full_open(path, mode="r", *a, **k):
+        fh = real_open(path, mode, *a, **k)
+        return _Full(fh) if "a" in mode and str(path).endswith("_metrics.csv") else fh
+    monkeypatch.setattr(builtins, "open", full_open)
+    with pytest.raises(OSError, match="No space"):
+        log.log(2, {"loss": 0.5})
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert (tmp_path / "train_metrics.csv").read_bytes() == before
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2])
+    first = save_figure(fig, tmp_path / "curves.png").read_bytes()
+    fig, ax = plt.subplots()
+    ax.plot([2, 1])
+
+    def full_savefig(self, path, **kw):
+        open(path, "wb").close()
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(type(fig), "savefig", full_savefig)
+    with pytest.raises(OSError, match="No space"):
+        save_figure(fig, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == [
+        "curves.png", "train_metrics.csv"]

@@ -144,7 +144,7 @@ def test_non_finite_loss_is_an_error(tmp_path):
     ds = torch.utils.data.TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
     t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), EpochLoader(ds, 4),
                 lambda m, b: m(b[0]).sum() * float("nan"), run_dir=tmp_path, epochs=1, show_progress=False)
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(FloatingPointError, match="non-finite loss nan at step 1 "):  # (the logs' first step is 1)
         t.fit()
 
 
@@ -661,3 +661,65 @@ def test_a_renumbering_resume_from_another_run_sets_its_best_pt_aside(tmp_path):
     assert not best.exists() or torch.load(best, weights_only=True)["save_id"] != b_best
     aside = list((tmp_path / "b" / "checkpoints").glob("abandoned_after_*/best.pt"))
     assert [torch.load(p, weights_only=True)["save_id"] for p in aside] == [b_best]
+
+
+def test_a_resume_that_cannot_continue_is_one_error_before_anything_loads(tmp_path):
+    """Other classes (a renamed class folder shifted what each classifier row means: it resumed with a warning) or
+    a model of another width (a 50-line torch size-mismatch dump) name the change; on_start (the tools write
+    config.yaml there) does not run, so the folder's config still describes its checkpoints."""
+    from vision_rwkv.engine import ConfigError
+    from vision_rwkv.models.convert import CheckpointFileMismatchError
+    t, _, _ = _counting_trainer(tmp_path, epochs=1, extra_state={"classes": ["cat", "dog"]}, must_match=("classes",))
+    t.fit()
+    started = []
+    renamed, _, _ = _counting_trainer(tmp_path, epochs=2, extra_state={"classes": ["dog", "zebra"]},
+                                      must_match=("classes",))
+    with pytest.raises(ConfigError, match=r"trained with other classes \(gone: \['cat'\]; new: \['zebra'\]\)"):
+        renamed.fit(resume="latest", on_start=lambda: started.append(1))
+    reordered, _, _ = _counting_trainer(tmp_path, epochs=2, extra_state={"classes": ["dog", "cat"]},
+                                        must_match=("classes",))
+    with pytest.raises(ConfigError, match="the same names in another order"):
+        reordered.fit(resume="latest")
+    wider, _, _ = _counting_trainer(tmp_path, epochs=2, extra_state={"classes": ["cat", "dog"]},
+                                    must_match=("classes",))
+    wider.model = nn.Linear(5, 2)
+    with pytest.raises(CheckpointFileMismatchError, match=r"1 shape mismatches \(weight: checkpoint \(2, 3\) vs "
+                                                          r"model \(2, 5\)\)"):
+        wider.fit(resume="latest", on_start=lambda: started.append(1))
+    assert not started
+    same, _, _ = _counting_trainer(tmp_path, epochs=2, extra_state={"classes": ["cat", "dog"]},
+                                   must_match=("classes",))
+    assert same.fit(resume="latest", on_start=lambda: started.append(1))["step"] == 10 and started == [1]
+
+
+def test_a_learning_rate_changed_for_the_resume_is_used(tmp_path):
+    """optim.lr changed on resume: the optimizer state brought the old rate back silently (timm's train.py builds
+    its schedule from the new arguments); now the configured rate is set again, with a warning."""
+    t, _, _ = _counting_trainer(tmp_path, epochs=1)
+    t.fit()
+    again, _, _ = _counting_trainer(tmp_path, epochs=2)
+    again.fit(resume="latest")
+    assert again.optimizer.param_groups[0]["lr"] == 0.01  # (the same rate: no warning, nothing changed)
+    t, _, _ = _counting_trainer(tmp_path / "b", epochs=1)
+    t.fit()
+    changed, _, _ = _counting_trainer(tmp_path / "b", epochs=2)
+    for g in changed.optimizer.param_groups:
+        g["lr"] = 0.5
+    with pytest.warns(UserWarning, match="base learning rate was 0.01, this run's config says 0.5"):
+        changed.fit(resume="latest")
+    rows = read_metrics_csv(tmp_path / "b" / "train_metrics.csv")
+    later = [r["lr"] for r in rows if r["step"] > 5]
+    assert later and set(later) == {0.5}
+
+
+def test_a_failed_plot_warns_and_the_run_reports(tmp_path, monkeypatch):
+    """A full disk while drawing curves.png ended a finished run with an OSError (and no final metrics)."""
+    from vision_rwkv.engine.logger import MetricLogger
+
+    def full(self, *a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(MetricLogger, "plot", full)
+    t, _, _ = _counting_trainer(tmp_path, epochs=1)
+    t.plot = True
+    with pytest.warns(UserWarning, match="could not draw the metric curves.*No space left"):
+        assert t.fit()["step"] == 5

@@ -131,6 +131,13 @@ def test_train_cli_resume_latest_continues_a_stopped_run(tmp_path):
     assert result["step"] == 4
     from vision_rwkv.engine import read_metrics_csv
     assert [int(r["step"]) for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2, 3, 4]
+    # a resume with another model width fails with the differences named, and the run folder's config.yaml still
+    # describes its checkpoints (it was rewritten before the checkpoint was found not to fit)
+    config = (tmp_path / "config.yaml").read_text()
+    from vision_rwkv.models.convert import CheckpointFileMismatchError
+    with pytest.raises(CheckpointFileMismatchError, match="cannot resume from .*shape mismatches"):
+        train.main([*base, "model.kwargs.embed_dim=24", "--resume", "latest"])
+    assert (tmp_path / "config.yaml").read_text() == config
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

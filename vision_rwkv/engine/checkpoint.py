@@ -17,6 +17,7 @@ so a crash never leaves a partial checkpoint under a real name.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -38,7 +39,7 @@ from .files import check_output_dir
 
 __all__ = ["atomic_save", "load_checkpoint", "capture_rng_state", "restore_rng_state", "CheckpointManager",
            "find_latest_checkpoint", "run_checkpoint", "load_model_weights", "read_model_state", "load_weights",
-           "model_record", "RunDirInUseError"]
+           "model_record", "RunDirInUseError", "CheckpointWriteError"]
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 _PARTIAL_RE = re.compile(r"^\.(ckpt_\d+|best)\.pt\.tmp\.\d+$")  # atomic_save's temporary names
@@ -55,10 +56,30 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        full = next((e for e in _error_chain(err) if isinstance(e, OSError) and e.errno == errno.ENOSPC), None)
+        if full is not None:  # (torch reports it as "unexpected pos ..." with the OSError as its cause)
+            raise CheckpointWriteError(errno.ENOSPC, f"no space left on the device to write the checkpoint {path} "
+                                       "(the earlier checkpoints are kept; free space, then --resume latest)"
+                                       ) from err
         raise
     return path
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk): one error line, exit status 1."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _error_chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -686,10 +686,10 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                       ckpt_every_steps=t.ckpt_every_steps, ckpt_every_epochs=t.ckpt_every_epochs,
                       keep_last=t.keep_last, log_every=t.log_every, tensorboard=t.tensorboard,
                       stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,
-                      extra_state={"classes": classes, **model_record(model)})
-    if info.is_main:  # once the config, data and model are checked (the folder was checked first)
-        save_config(cfg, run_dir / "config.yaml")
-    result = trainer.fit(resume=cfg.resume)
+                      extra_state={"classes": classes, **model_record(model)}, must_match=("classes",))
+    # config.yaml once the config, data and model are checked and a resume has succeeded (the folder was checked first)
+    result = trainer.fit(resume=cfg.resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
+                         if info.is_main else None)
     result.update(run_dir=str(run_dir), num_classes=num_classes, classes=classes,
                   checkpoint=str(trainer.ckpt.latest()) if trainer.ckpt.latest() else None,
                   total_time_s=time.perf_counter() - t_start)

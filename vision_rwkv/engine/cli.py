@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 from ..models.convert import CheckpointMismatchError, CheckpointReadError
+from .checkpoint import CheckpointWriteError
 from .config import ConfigError, override_key
 from .distributed import launch_rank
 from .files import OutputPathError
@@ -28,9 +29,9 @@ from .files import OutputPathError
 _MISSING_KEY_ERRORS = (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue)
 # errors a tool prints as one line: a bad config (status 2; a run folder in use too), a missing file (1), a checkpoint
 # file that does not fit the model (2), one that cannot be read (1: truncated, not a checkpoint), an output path that
-# cannot be written (2)
+# cannot be written (2), a checkpoint that cannot be written (1: a full disk)
 _ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, CheckpointReadError, OutputPathError,
-                    *_MISSING_KEY_ERRORS)
+                    CheckpointWriteError, *_MISSING_KEY_ERRORS)
 
 __all__ = ["run_tool", "home_expanded_option", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
            "add_predict_options", "parse_predict_args"]

@@ -65,7 +65,7 @@ def pyplot():
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as ``path`` (parent folders created) and close it; returns the path. Texts holding a file name's
+    """Write ``fig`` as ``path`` (parent folders created; atomically) and close it; returns the path. Texts holding a file name's
     undecodable bytes (a non-ASCII class folder under ``LANG=C``) are drawn decoded (:func:`name_text`): matplotlib
     cannot draw them as they are."""
     from matplotlib.text import Text
@@ -81,8 +81,13 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
             text.set_text(name_text(label))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    tmp = path.with_name(f".{path.stem[:64]}.{os.getpid()}.tmp{path.suffix}")  # (the format follows the suffix)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)  # (a full disk leaves the earlier plot, not an empty file)
+    finally:
+        tmp.unlink(missing_ok=True)
+        pyplot().close(fig)
     return path
 
 
@@ -209,8 +214,13 @@ class MetricLogger:
             header = list(header or []) + [k for k in row if k not in (header or [])]
             _write_rows(path, header, rows + [row])
         else:
-            with open(path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=header).writerow(row)
+            size = path.stat().st_size
+            try:
+                with open(path, "a", newline="", encoding="utf-8") as f:
+                    csv.DictWriter(f, fieldnames=header).writerow(row)
+            except OSError:  # (a full disk: no half row left at the end of the log)
+                os.truncate(path, size)
+                raise
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{split}/{k}", float(v), int(step))

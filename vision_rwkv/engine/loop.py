@@ -41,9 +41,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..models.convert import CheckpointReadError
+from ..models.convert import CheckpointFileMismatchError, CheckpointReadError, key_mismatches
 from .checkpoint import (CheckpointManager, check_run_dir_is_free, check_training_state, gather_rng_states,
                          is_fresh_start, load_checkpoint, restore_rank_rng, step_checkpoints)
+from .config import ConfigError
 from .distributed import DistInfo, all_reduce_sum, print_rank0, reduce_dict, unwrap_model, warn_rank0
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
@@ -100,7 +101,7 @@ class Trainer:
                  ckpt_every_steps: int | None = None, ckpt_every_epochs: int = 1, keep_last: int = 3,
                  log_every: int = 10, tensorboard: bool = False, after_step: Callable[["Trainer"], None] | None = None,
                  stop_after_steps: int | None = None, show_progress: bool = True, extra_state: dict | None = None,
-                 summed_extra: tuple[str, ...] = (), plot: bool = True):
+                 summed_extra: tuple[str, ...] = (), must_match: tuple[str, ...] = (), plot: bool = True):
         if grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
         self.info = info or DistInfo()
@@ -134,6 +135,7 @@ class Trainer:
                                    enabled=self.info.is_main)
         self.extra_state: dict[str, Any] = dict(extra_state or {})
         self.summed_extra = tuple(summed_extra)  # per-rank counters: saved as their sum, restored on rank 0
+        self.must_match = tuple(must_match)  # extra_state keys a resumed checkpoint must record the same
         self.step = 0            # optimizer steps done
         self.epoch = 0           # current epoch
         self.batch_in_epoch = 0  # batches of the current epoch consumed
@@ -192,13 +194,15 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         unwrap_model(self.model).load_state_dict(state["model"])
+        configured = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         moved = self._map_position(state)
+        lr_changed = self._keep_configured_lr(configured)
         saved_total = state.get("total_steps")
         if self.scheduler is not None and state.get("scheduler") is not None:
-            if (saved_total is None or int(saved_total) == self.total_steps) and not moved:
+            if (saved_total is None or int(saved_total) == self.total_steps) and not moved and not lr_changed:
                 self.scheduler.load_state_dict(state["scheduler"])
             else:  # a longer / shorter run (timm's train.py --resume with new --epochs), or a step count mapped to
                 # another batch: the new schedule at the new step (the saved one would run ahead of or behind it)
@@ -235,6 +239,24 @@ class Trainer:
         if not moved and window.get("steps"):  # (after a mapped position the steps are of another size)
             self._window, self._window_n = {k: float(v) for k, v in window["sums"].items()}, int(window["steps"])
         restore_rank_rng(state["rng"])
+
+    def _keep_configured_lr(self, configured: list[float]) -> bool:
+        """After the optimizer state is loaded: a base learning rate the config changed since the checkpoint (the
+        saved one came back with the state) is set again, with a warning, and the schedule follows it from the
+        resumed step, as timm's train.py does (its schedule is built from the new arguments); returns whether it
+        changed."""
+        groups = self.optimizer.param_groups
+        saved = [g.get("initial_lr", g["lr"]) for g in groups]
+        if len(saved) != len(configured) or all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(saved, configured)):
+            return False
+        for g, lr in zip(groups, configured):
+            g["lr"] = lr
+            if "initial_lr" in g:
+                g["initial_lr"] = lr
+        warn_rank0(f"the checkpoint's base learning rate was {max(saved):g}, this run's config says "
+                   f"{max(configured):g}: the run continues at the configured rate (its schedule from step "
+                   f"{self.step})")
+        return True
 
     def _train_samples(self) -> int | None:
         """The training set's length (None when the loader's dataset has none)."""
@@ -313,6 +335,7 @@ class Trainer:
             return False
         state, path = self._read_resume_state(path, latest=str(resume) == "latest")
         check_training_state(state, path)
+        self._check_resumable(state, path)
         self.load_state_dict(state)
         saved_step = int(state["step"])
         if self.step != saved_step:  # steps of another size (_map_position): the logs and checkpoints follow
@@ -334,6 +357,30 @@ class Trainer:
         print_rank0(f"[trainer] resumed from {path} at step {self.step} (epoch {self.epoch}, "
                     f"batch {self.batch_in_epoch}){done}")
         return True
+
+    def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """A checkpoint this run cannot continue: other ``must_match`` extra values (a classifier's classes: a
+        renamed class folder shifted what every row means), or a model that does not fit (another width, depth or
+        class count) - one error naming the differences, before anything is loaded."""
+        saved = state.get("extra") or {}
+        for key in self.must_match:
+            old, new = saved.get(key), self.extra_state.get(key)
+            if old is None or new is None or old == new:
+                continue
+            if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+                gone, added = [c for c in old if c not in new], [c for c in new if c not in old]
+                change = "; ".join(part for part in (
+                    f"gone: {_short_repr(gone)}" if gone else "", f"new: {_short_repr(added)}" if added else "",
+                    "the same names in another order" if not gone and not added else "") if part)
+            else:
+                change = f"{_short_repr(old)} -> {_short_repr(new)}"
+            raise ConfigError(f"cannot resume from {path}: it was trained with other {key} ({change}); resume with "
+                              f"the data it was trained on, or start a new run (e.g. from its weights)")
+        problems = key_mismatches(unwrap_model(self.model).state_dict(), state["model"])
+        if problems:
+            raise CheckpointFileMismatchError(
+                f"cannot resume from {path}: its model does not fit this run's ({'; '.join(problems)}); resume with "
+                "the model settings the run was trained with (its run_dir's config.yaml)")
 
     def _read_resume_state(self, path: Path, latest: bool) -> tuple[dict[str, Any], Path]:
         """The checkpoint at ``path``; for ``--resume latest`` an unreadable newest file (a damaged disk or copy)
@@ -374,7 +421,10 @@ class Trainer:
                     out = self.loss_fn(self.model, batch)
                 loss, extra = (out if isinstance(out, tuple) else (out, {}))
                 if not torch.isfinite(loss.detach()).all():
-                    raise FloatingPointError(f"non-finite loss {float(loss.detach())} at step {self.step}")
+                    raise FloatingPointError(
+                        f"non-finite loss {float(loss.detach())} at step {self.step + 1} (the logs' step numbering; "
+                        "a lower optim learning rate or gradient clipping may help; --resume latest continues from "
+                        "the last checkpoint)")
                 self.scaler.scale(loss / n).backward()
             total += float(loss.detach()) / n
             for k, v in extra.items():
@@ -477,9 +527,13 @@ class Trainer:
         self.save(self._best_metric_of(evaluated))
 
     # ------------------------------------------------------------------------------------------- fit
-    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
-        """Train to ``total_steps`` (resuming first if asked); returns the final metrics."""
+    def fit(self, resume: str | Path | None = None, on_start: Callable[[], Any] | None = None) -> dict[str, Any]:
+        """Train to ``total_steps`` (resuming first if asked); returns the final metrics. ``on_start`` runs once the
+        run has started or resumed (the tools write the run's ``config.yaml`` there: a resume that fails leaves the
+        folder's config describing its checkpoints)."""
         self.resume(resume)
+        if on_start is not None:
+            on_start()
         self._fit_start = time.perf_counter()
         window_samples, window_t = 0, time.perf_counter()  # (throughput: of this process's steps only)
         while self.step < self.total_steps:
@@ -532,7 +586,10 @@ class Trainer:
         if self.loader.num_skipped:
             print_rank0(f"[trainer] skipped {self.loader.num_skipped} unreadable samples")
         if self.plot:
-            self.logger.plot()
+            try:
+                self.logger.plot()
+            except OSError as err:  # (a full disk: the run, its checkpoints and its logs are done; the curves not)
+                warn_rank0(f"could not draw the metric curves in {self.run_dir}: {err}")
         self.logger.close()
         result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": self.last_train_loss,
                                   "train_time_s": self._train_time(),

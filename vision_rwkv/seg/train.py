@@ -12,6 +12,7 @@ per-class table, PNG overlays. Metrics returned by this module are percentages.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -383,10 +384,11 @@ def train_segmentor(cfg: Any) -> dict:
                           ckpt_every_steps=t.ckpt_every, ckpt_every_epochs=0, keep_last=t.keep_last,
                           log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
                           show_progress=t.show_progress,
-                          extra_state={"classes": list(train_set.classes)})  # (predict_seg names its labels so)
-        if info.is_main:  # once the config, data and model are checked (the folder was checked first)
-            save_config(cfg, run_dir / "config.yaml")
-        result = trainer.fit(resume=t.resume)
+                          extra_state={"classes": list(train_set.classes)},  # (predict_seg names its labels so)
+                          must_match=("classes",))
+        # config.yaml once the config, data and model are checked and a resume has succeeded
+        result = trainer.fit(resume=t.resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
+                             if info.is_main else None)
         if not last_full and trainer.extra_state.get("val_result"):  # no evaluation here: the checkpoint's last
             last_full.update(trainer.extra_state["val_result"])
         if last_full and info.is_main:
