@@ -65,9 +65,9 @@ def pyplot():
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as ``path`` (parent folders created; atomically) and close it; returns the path. Texts holding a file name's
-    undecodable bytes (a non-ASCII class folder under ``LANG=C``) are drawn decoded (:func:`name_text`): matplotlib
-    cannot draw them as they are."""
+    """Write ``fig`` as ``path`` (parent folders created; atomically) and close it; returns the path. Texts holding
+    a file name's undecodable bytes (a non-ASCII class folder under ``LANG=C``) are drawn decoded
+    (:func:`name_text`): matplotlib cannot draw them as they are."""
     from matplotlib.text import Text
 
     for axis in (a for ax in fig.axes for a in (ax.xaxis, ax.yaxis)):
