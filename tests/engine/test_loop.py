@@ -723,3 +723,26 @@ def test_a_failed_plot_warns_and_the_run_reports(tmp_path, monkeypatch):
     t.plot = True
     with pytest.warns(UserWarning, match="could not draw the metric curves.*No space left"):
         assert t.fit()["step"] == 5
+
+
+@pytest.mark.parametrize("samples,final_step", [(48, 11), (32, 9)])
+def test_a_resume_on_changed_data_still_ends_with_its_last_epoch(tmp_path, samples, final_step):
+    """Images added (removed) between a 2-epoch run's first epoch and its resume: the run kept its step count
+    (epochs x the new steps per epoch), so it trained one step into a third epoch (stopped one batch short of
+    the second one's end). It now ends with its last epoch: 5 steps + one epoch of 6 (4) steps."""
+    import warnings
+
+    def trainer(n):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        ds = torch.utils.data.TensorDataset(torch.randn(n, 3), torch.randint(0, 2, (n,)))
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), EpochLoader(ds, 8, seed=0),
+                       lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), run_dir=tmp_path, epochs=2,
+                       show_progress=False, plot=False, log_every=1)
+    assert trainer(40).fit()["step"] == 10
+    (tmp_path / "checkpoints" / "ckpt_00000010.pt").unlink()  # (back to the end of epoch 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = trainer(samples).fit(resume="latest")
+    assert result["step"] == final_step and result["epoch"] == 2
+    assert max(r["epoch"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")) <= 2

@@ -124,6 +124,7 @@ class Trainer:
             raise ValueError(f"nothing to train: the run has {self.total_steps} optimizer steps "
                              f"(epochs={epochs}, max_steps={max_steps})")
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self._by_epochs = max_steps is None  # (a resume on changed data keeps the epoch count, not the step count)
         self.eval_fn, self.eval_every_epochs, self.eval_every_steps = eval_fn, eval_every_epochs, eval_every_steps
         self.best_metric = best_metric
         self.ckpt_every_steps, self.ckpt_every_epochs = ckpt_every_steps, ckpt_every_epochs
@@ -200,6 +201,11 @@ class Trainer:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         moved = self._map_position(state)
         lr_changed = self._keep_configured_lr(configured)
+        saved_samples, samples = state.get("train_samples"), self._train_samples()
+        data_changed = saved_samples is not None and samples is not None and int(saved_samples) != samples
+        if data_changed and self._by_epochs and self.epoch < self.epochs:  # the run still ends with its last epoch
+            left_now = max(0, self.steps_per_epoch - self.batch_in_epoch // self.accum)
+            self.total_steps = self.step + left_now + (self.epochs - self.epoch - 1) * self.steps_per_epoch
         saved_total = state.get("total_steps")
         if self.scheduler is not None and state.get("scheduler") is not None:
             if (saved_total is None or int(saved_total) == self.total_steps) and not moved and not lr_changed:
@@ -217,11 +223,12 @@ class Trainer:
             if state.get("ema") is None:
                 raise RuntimeError("the run uses EMA but the checkpoint has no EMA state")
             self.ema.load_state_dict(state["ema"])
-        saved_samples, samples = state.get("train_samples"), self._train_samples()
-        if saved_samples is not None and samples is not None and int(saved_samples) != samples:
+        if data_changed:
+            ends = (f"; the run still ends after epoch {self.epochs}, now at step {self.total_steps}"
+                    if self._by_epochs else "")
             warn_rank0(f"checkpoint was written for a training set of {saved_samples} samples, this one has "
                        f"{samples}: the data changed, so the rest of epoch {self.epoch + 1} is drawn from another "
-                       "shuffle (samples already seen this epoch may come again, others not at all)")
+                       f"shuffle (samples already seen this epoch may come again, others not at all){ends}")
         saved_world = int(state.get("world_size", self.info.world_size))
         if saved_world != self.info.world_size and not moved:
             warn_rank0(f"checkpoint was written with world size {saved_world}, resuming with "
