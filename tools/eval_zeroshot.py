@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.exit(2, "error: eval_zeroshot.py runs in one process: start it with python, not torchrun\n"
                     if launch_rank() == 0 else None)
     from rwkv_clip.evaluate import load_model_for_eval, run_evaluation
-    from vision_rwkv.engine.files import check_output_file
+    from vision_rwkv.engine.files import check_output_file, write_text_atomic
     from vision_rwkv.engine.logger import json_text
 
     cfg = eval_config(args)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                              precision=args.precision)
     metrics = {k: v for k, v in metrics.items() if k != "zeroshot_predictions"}
     metrics["model"] = args.model or args.run_dir
-    out_path.write_text(json_text(metrics))
+    write_text_atomic(out_path, json_text(metrics))
     print(json_text({k: v for k, v in metrics.items() if not isinstance(v, list)}))
     return metrics
 

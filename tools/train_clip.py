@@ -25,13 +25,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rwkv_clip.train import load_clip_config, train_clip
     from vision_rwkv.engine import launch_rank
+    from vision_rwkv.engine.files import write_text_atomic
     from vision_rwkv.engine.logger import json_text
 
     cfg = load_clip_config(args.config, args.overrides)
     result = train_clip(cfg, resume=args.options.resume)
     if launch_rank() == 0 and not result.get("stopped"):  # (torchrun: the process group is gone by now)
         out = {k: v for k, v in result.items() if k != "history"}
-        Path(result["run_dir"], "result.json").write_text(json_text(out))
+        write_text_atomic(Path(result["run_dir"], "result.json"), json_text(out))
         print(json_text(out))
     return result
 

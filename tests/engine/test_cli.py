@@ -156,3 +156,24 @@ def test_run_tool_prints_what_the_console_encoding_cannot_show_escaped():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
     assert out.returncode == 0, out.stderr.decode()
     assert out.stdout.decode("cp1252").strip() == "class \\U0001f431 caf\u00e9"
+
+
+def test_a_full_disk_is_one_error_line(monkeypatch, capsys):
+    """ENOSPC anywhere in a tool (a metrics row, the final metrics) ended it with a traceback; other OSErrors keep
+    theirs."""
+    import errno
+
+    from vision_rwkv.engine.cli import run_tool
+    monkeypatch.setattr("sys.argv", ["tool"])
+
+    def full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/run/train_metrics.csv")
+    with pytest.raises(SystemExit) as exc:
+        run_tool(full)
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.startswith("error: no space left on the device writing /run/train_metrics.csv")
+
+    def denied(argv):
+        raise OSError(errno.EACCES, "Permission denied")
+    with pytest.raises(OSError, match="Permission denied"):
+        run_tool(denied)

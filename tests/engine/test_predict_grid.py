@@ -16,3 +16,18 @@ def test_prediction_tiles_name_the_class_and_the_file(tmp_path, captured_figures
     title = figures[0].axes[0].get_title()
     assert title.startswith("German short-haired\npointer 90.0%\n") and title.endswith("777.png")
     assert len(title.splitlines()[-1]) == 26
+
+
+def test_a_file_name_that_is_not_text_in_the_locale_is_drawn(tmp_path):
+    """Under LC_ALL=C PYTHONUTF8=0 an image ``ïmg 0.png`` lists with surrogates; the grid's title (laid out by
+    tight_layout before the figure is saved) failed with matplotlib's TypeError. Here Latin-1 bytes under UTF-8
+    give the same kind of name."""
+    import os
+
+    import vision_rwkv.engine.predict as predict
+    raw = os.path.join(os.fsencode(tmp_path), b"\xefmg 0.png")
+    Image.fromarray(np.zeros((6, 5, 3), np.uint8)).save(raw.decode("utf-8", "surrogateescape"), format="PNG")
+    name = os.fsdecode(raw)
+    assert "\udcef" in name
+    out = predict.plot_predictions([{"file": name, "topk": [[1, "caf\u00e9", 0.5]]}], tmp_path / "grid.png")
+    assert out.stat().st_size > 0

@@ -37,6 +37,7 @@ from .compiling import compile_for_training
 from .config import ConfigError, save_config, to_dict
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, cleanup_distributed, init_distributed,
                           is_main_process, print_rank0, unwrap_model, wrap_ddp)
+from .files import write_text_atomic
 from .loader import ShardSampler, build_train_loader, collate_drop_none, seed_everything
 from .logger import json_text, progress, pyplot, save_figure, short_text
 from .loop import CLIP_MODES, Trainer
@@ -694,8 +695,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                   checkpoint=str(trainer.ckpt.latest()) if trainer.ckpt.latest() else None,
                   total_time_s=time.perf_counter() - t_start)
     if info.is_main and not result.get("stopped"):
-        with open(run_dir / "final_metrics.json", "w") as f:
-            f.write(json_text({k: v for k, v in result.items() if k != "classes"}))
+        write_text_atomic(run_dir / "final_metrics.json",
+                          json_text({k: v for k, v in result.items() if k != "classes"}))
     return result
 
 
@@ -746,7 +747,6 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
         r["weights"] = cfg.eval.weights if cfg.eval.checkpoint else ("pretrained" if cfg.model.pretrained else "none")
         out_dir = Path(cfg.eval.out_dir or (Path(cfg.run_dir) / "eval"))
         if info.is_main:
-            from .files import write_text_atomic
             write_text_atomic(out_dir / "metrics.json", json_text(r))
             write_text_atomic(out_dir / "per_class.csv", _per_class_csv(classes, r))
             r["confusion_matrix_png"] = str(plot_confusion_matrix(

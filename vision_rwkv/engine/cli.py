@@ -11,6 +11,7 @@ both the option and an override of its key is an error. Options and positionals 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from dataclasses import dataclass, field
@@ -190,7 +191,8 @@ def run_tool(main: Callable[[list[str]], Any]) -> None:
     """Run a tool's ``main(argv)`` as a command: a config error or a checkpoint that does not fit the model exits
     with status 2, a missing file with 1, each
     as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0.
-    ``--option=~/path`` gets its ``~`` expanded (:func:`home_expanded_option`).
+    ``--option=~/path`` gets its ``~`` expanded (:func:`home_expanded_option`); a full disk (ENOSPC) is one line
+    too (exit 1).
     Text the terminal's encoding cannot show (a class name with an emoji on a cp1252 console) is printed escaped."""
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -198,6 +200,13 @@ def run_tool(main: Callable[[list[str]], Any]) -> None:
         result = main([home_expanded_option(a) for a in sys.argv[1:]])
     except _ONE_LINE_ERRORS as err:
         sys.exit(_error_status(err))
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        rank = launch_rank()  # (a full disk: what was written before it is whole; say so in one line)
+        print(f"error: {f'[rank {rank}] ' if rank else ''}no space left on the device"
+              f"{f' writing {err.filename}' if err.filename else ''}: {err}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)
 
 

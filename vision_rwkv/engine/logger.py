@@ -107,7 +107,8 @@ def curve_names(series: dict[str, list[dict[str, float]]], x: str = "step") -> l
 
 def short_text(text: str, width: int) -> str:
     """``text`` of at most ``width`` characters: longer ones keep both ends around an ellipsis (file names keep their
-    folder and extension)."""
+    folder and extension). A file name's undecodable bytes are decoded (:func:`name_text`: plots cannot draw them)."""
+    text = name_text(text)
     if len(text) <= width:
         return text
     head = (width - 1) // 2
@@ -115,9 +116,10 @@ def short_text(text: str, width: int) -> str:
 
 
 def wrapped_text(text: str, width: int, lines: int) -> str:
-    """``text`` wrapped at ``width`` characters on at most ``lines`` lines (an ellipsis ends what is cut)."""
+    """``text`` wrapped at ``width`` characters on at most ``lines`` lines (an ellipsis ends what is cut), decoded
+    as :func:`short_text` does."""
     import textwrap
-    return textwrap.fill(text, width, max_lines=lines, placeholder=" \u2026")
+    return textwrap.fill(name_text(text), width, max_lines=lines, placeholder=" \u2026")
 
 
 def _values(series: dict[str, list[dict[str, float]]], name: str) -> list[float]:

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from ..engine.files import write_text_atomic
 from ..engine.logger import json_text
 
 __all__ = ["SegMetric", "confusion_matrix", "metrics_from_confusion", "format_table", "SUMMARY_METRICS"]
@@ -122,4 +123,4 @@ class SegMetric:
     def save_json(results: dict, path: str | Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json_text(results))
+        write_text_atomic(path, json_text(results))

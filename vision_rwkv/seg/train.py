@@ -399,7 +399,7 @@ def train_segmentor(cfg: Any) -> dict:
         result["run_dir"] = str(run_dir)
         result["num_classes"] = train_set.num_classes
         if is_main_process():
-            (run_dir / "train_result.json").write_text(json_text(result))
+            write_text_atomic(run_dir / "train_result.json", json_text(result))
         return result
     finally:
         torch.set_num_threads(threads)
