@@ -303,10 +303,10 @@ def test_empty_validation_folder_is_one_error_line(trained, tmp_path, monkeypatc
 def test_eval_outputs_are_utf8_and_replaced_atomically(tmp_path, monkeypatch, capsys):
     """metrics.json and per_class.csv went through open() in the locale's encoding, in place; now a temporary file
     and os.replace, UTF-8 (a class named in Unicode). An eval.out_dir that is a file: one line, before the model."""
-    from vision_rwkv.engine import files
+    from vision_rwkv.engine import classification
     written = []
-    real = files.write_text_atomic
-    monkeypatch.setattr(files, "write_text_atomic", lambda p, t: written.append(p.name) or real(p, t))
+    real = classification.write_text_atomic
+    monkeypatch.setattr(classification, "write_text_atomic", lambda p, t: written.append(p.name) or real(p, t))
     val = _image_folder(tmp_path / "val", ["ünï", "b"])
     out = tmp_path / "out"
     common = [str(DEMO), *TINY, "data.type=imagefolder", f"data.val_dir={val}", f"run_dir={tmp_path}"]
