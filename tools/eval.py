@@ -28,8 +28,8 @@ from vision_rwkv.engine import ConfigError, launch_rank, load_config
 from vision_rwkv.engine.checkpoint import run_checkpoint
 from vision_rwkv.engine.classification import NoReadableImagesError, evaluate_classifier
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
+from vision_rwkv.engine.files import check_output_dir
 from vision_rwkv.engine.logger import json_text
-from vision_rwkv.engine.predict import check_output_dir
 from vision_rwkv.models.convert import MissingWeightsError
 
 

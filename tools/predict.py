@@ -54,7 +54,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def _unwritable_output(args: argparse.Namespace) -> Optional[str]:
     """The error line for an --output / --grid that cannot be written, or None."""
-    from vision_rwkv.engine.predict import check_output_file
+    from vision_rwkv.engine.files import check_output_file
     try:
         check_output_file(args.output, "--output")
         if args.grid:

@@ -55,7 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from vision_rwkv.engine import ConfigError
     from vision_rwkv.engine.files import write_text_atomic
-    from vision_rwkv.engine.predict import check_output_dir, image_files
+    from vision_rwkv.engine.files import check_output_dir
+    from vision_rwkv.engine.predict import image_files
     from vision_rwkv.engine.logger import json_text
     from vision_rwkv.models.convert import CheckpointMismatchError
     from vision_rwkv.seg.predict_images import class_fractions, load_trained_segmentor, save_label_png, segment_files

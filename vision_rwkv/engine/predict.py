@@ -21,12 +21,12 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .files import check_output_dir, check_output_file, write_text_atomic  # (re-exported)
+from .files import write_text_atomic
 from .logger import progress, pyplot, save_figure, short_text, wrapped_text
 from .precision import autocast
 
 __all__ = ["Classifier", "load_classifier", "image_files", "predict_files", "write_predictions", "plot_predictions",
-           "is_segmentation_config", "check_output_file", "check_output_dir"]
+           "is_segmentation_config"]
 
 PathLike = Union[str, os.PathLike]
 
