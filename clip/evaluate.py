@@ -28,6 +28,7 @@ from tqdm import tqdm
 from vision_rwkv.engine.config import ConfigError
 from vision_rwkv.engine.files import name_text
 from vision_rwkv.engine.logger import pyplot, save_figure, wrapped_text
+from vision_rwkv.engine.stopping import ignore_stop_signals
 
 from .data import CsvCaptionDataset, load_image
 
@@ -443,7 +444,8 @@ def _zero_shot_loader(zs: Any, cfg: Any, transform: Callable) -> tuple[DataLoade
         ds = _CsvLabels(zs.path, zs.img_key, zs.label_key, classnames, transform, label_type=zs.label_type)
     else:
         raise ConfigError(f"unknown zero_shot.data {zs.data!r} (shapes, imagefolder, csv, none)")
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers), classnames, templates
+    return (DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                       worker_init_fn=ignore_stop_signals), classnames, templates)
 
 
 class VisibleImageFolder(ImageFolder):
@@ -505,7 +507,7 @@ def _retrieval_loader(rt: Any, cfg: Any, transform: Callable) -> DataLoader:
     else:
         raise ConfigError(f"unknown retrieval.data {rt.data!r} (shapes, csv, karpathy, none)")
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
-                      collate_fn=collate_retrieval)
+                      collate_fn=collate_retrieval, worker_init_fn=ignore_stop_signals)
 
 
 def _unnormalize(x: torch.Tensor) -> torch.Tensor:

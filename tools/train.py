@@ -8,6 +8,7 @@
 ``--config CONFIG`` is an alias of the positional CONFIG. ``--resume latest`` (newest checkpoint in run_dir) or
 ``--resume PATH`` is the same as the override ``resume=latest`` / ``resume=PATH``. Overrides must name keys of
 configs/classification/base.yaml (``+key=value`` adds a key inside ``model.kwargs``, ``~key`` deletes one).
+SIGTERM / SIGUSR1 / Ctrl-C checkpoint the step in progress and exit 128 + the signal's number (143 / 138 / 130).
 """
 from __future__ import annotations
 

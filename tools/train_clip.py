@@ -9,7 +9,7 @@
 Overrides use the config's dotted keys (`train.max_steps=100`, `data.train=/data/cc3m.csv`); unknown keys are
 errors. ``--resume latest`` continues from the newest checkpoint of run_dir. Writes `<run_dir>/config.yaml`,
 checkpoints, `train_metrics.csv`, `val_metrics.csv`, `curves.png`, TensorBoard events, `retrieval_grid.png`
-and `result.json`.
+and `result.json`. SIGTERM / SIGUSR1 / Ctrl-C checkpoint the step in progress and exit 128 + the signal's number.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Shared by test_engine_ddp.py: train a tiny conv net (GroupNorm: SyncBN needs CUDA) on Shapes for a few steps, 1 or 2 processes."""
 import os
+import signal
 
 import torch
 from torch import nn
@@ -22,8 +23,11 @@ def build_model() -> nn.Module:
                          nn.Flatten(), nn.Linear(8, 8))
 
 
-def build_and_train(run_dir: str, global_batch: int, steps: int, accum: int = 1, compile: bool = False) -> dict:
-    """Train; returns the state dict plus ``allreduce_calls`` (gradient buckets all-reduced, DDP only)."""
+def build_and_train(run_dir: str, global_batch: int, steps: int, accum: int = 1, compile: bool = False,
+                    signal_at: tuple[int, int] | None = None, results: list | None = None) -> dict:
+    """Train; returns the state dict plus ``allreduce_calls`` (gradient buckets all-reduced, DDP only).
+    ``signal_at=(rank, step)``: that rank sends itself SIGTERM after that optimizer step; ``results`` gets fit's
+    result appended."""
     info = init_distributed("cpu")
     model = build_model()
     model = wrap_ddp(convert_sync_batchnorm(model, info), info)
@@ -45,9 +49,16 @@ def build_and_train(run_dir: str, global_batch: int, steps: int, accum: int = 1,
     def loss_fn(m, batch):
         return nn.functional.cross_entropy(m(batch[0]), batch[1])
 
+    def send_signal(t: Trainer) -> None:
+        if signal_at is not None and (info.rank, t.step) == tuple(signal_at):
+            os.kill(os.getpid(), signal.SIGTERM)
+
     trainer = Trainer(model, opt, loader, loss_fn, run_dir=run_dir, info=info, max_steps=steps,
-                      grad_accum_steps=accum, show_progress=False, ckpt_every_epochs=0, plot=False)
-    trainer.fit()
+                      grad_accum_steps=accum, show_progress=False, ckpt_every_epochs=0, plot=False,
+                      after_step=send_signal)
+    result = trainer.fit()
+    if results is not None:
+        results.append(result)
     state = {k: v.clone() for k, v in unwrap_model(model).state_dict().items()}
     state["allreduce_calls"] = calls
     cleanup_distributed()
@@ -62,3 +73,14 @@ def spawn_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, g
     state = build_and_train(run_dir, global_batch, steps, accum, compile)
     if rank == 0:
         torch.save(state, out_path)
+
+
+def spawn_stop_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, signal_at: tuple[int, int]):
+    """One rank of a 2-process run in which rank ``signal_at[0]`` alone gets SIGTERM after step ``signal_at[1]``;
+    each rank saves fit's result to ``out_path.<rank>``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    results: list = []
+    build_and_train(run_dir, 16, 6, signal_at=signal_at, results=results)
+    torch.save({k: v for k, v in results[0].items() if isinstance(v, (int, str, bool))}, f"{out_path}.{rank}")

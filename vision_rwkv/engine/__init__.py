@@ -18,7 +18,8 @@ Distributed (``distributed.py``) -- single process and torchrun share one code p
     cleanup_distributed(), wrap_ddp(model, info), unwrap_model(model), convert_sync_batchnorm(model, info)
     get_rank(), get_world_size(), is_main_process(), barrier(), print_rank0(...), launch_rank() (torchrun's RANK,
     also before / after the process group)
-    all_reduce_sum(t), all_reduce_mean(t), reduce_dict(d), all_gather_object(obj), broadcast_object(obj)
+    all_reduce_sum(t), all_reduce_max(t), all_reduce_mean(t), reduce_dict(d), all_gather_object(obj),
+    broadcast_object(obj)
 
 Precision (``precision.py``)
     autocast(precision, device) -> context ("fp32" no-op | "bf16" | "fp16"), make_grad_scaler(precision, device)
@@ -57,7 +58,7 @@ Training loop (``loop.py``)
             clip_mode="norm", eval_fn=None, eval_every_epochs=1, eval_every_steps=None, best_metric=None,
             best_mode="max", ckpt_every_steps=None, ckpt_every_epochs=1, keep_last=3, log_every=10,
             tensorboard=False, after_step=None, stop_after_steps=None, show_progress=True, extra_state=None,
-            summed_extra=(), plot=True)
+            summed_extra=(), plot=True, stop_on_signals=True)
         ``fit(resume=None | "latest" | path) -> dict`` (step, epoch, train_loss, train_time_s, last eval metrics,
         best) and, with ``plot``, draws ``curves.png``; ``train_step(micro_batches)``; ``evaluate()``;
         ``state_dict()`` / ``load_state_dict()``; ``save()``. Evaluation / checkpoints run when the step schedule,
@@ -68,8 +69,15 @@ Training loop (``loop.py``)
         saved with each checkpoint; on resume the values it gives describe the new run and win over the saved ones
         (a change warns), other saved keys are restored; its ``summed_extra`` keys are per-rank counters, saved as
         their sum over ranks and restored on rank 0 (0 on the others). An evaluation that raises is followed by a
-        checkpoint of its step (single process), then the error propagates.
+        checkpoint of its step (single process), then the error propagates. SIGTERM / SIGINT / SIGUSR1 during
+        ``fit`` end it after the step in progress, checkpointed; its result then has ``stopped_by`` and
+        ``exit_status`` (128 + the signal's number), and a resume makes the evaluation that step was due first.
     move_to_device(obj, device), clip_gradients(params, max_norm, mode)
+
+Stop signals (``stopping.py``)
+    StopSignals() (context: records the first stop signal instead of dying of it; Ctrl-C twice raises
+    KeyboardInterrupt), STOP_SIGNALS, ignore_stop_signals(worker_id) (every DataLoader's ``worker_init_fn``),
+    stop_exit_status(signum), signal_name(signum)
 
 Compilation (``compiling.py``)
     compile_for_training(model, enabled, backend="inductor", mode=None, where="train") -> the model or
@@ -103,7 +111,8 @@ from .checkpoint import (CheckpointManager, atomic_save, capture_rng_state, chec
                          read_model_state, restore_rank_rng, restore_rng_state)
 from .compiling import COMPILE_MODES, compile_for_training
 from .config import ConfigError, apply_overrides, config_layers, load_config, merge_strict, save_config, to_dict
-from .distributed import (DistInfo, all_gather_object, all_reduce_mean, all_reduce_sum, barrier, broadcast_object,
+from .distributed import (DistInfo, all_gather_object, all_reduce_max, all_reduce_mean, all_reduce_sum, barrier,
+                          broadcast_object,
                           cleanup_distributed, convert_sync_batchnorm, get_rank, get_world_size, init_distributed,
                           is_main_process, launch_rank, print_rank0, reduce_dict, unwrap_model, wrap_ddp)
 from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler, build_train_loader, collate_drop_none,

@@ -42,6 +42,7 @@ from .loader import ShardSampler, build_train_loader, collate_drop_none, seed_ev
 from .logger import json_text, progress, pyplot, save_figure, short_text
 from .loop import CLIP_MODES, Trainer
 from .precision import autocast
+from .stopping import ignore_stop_signals
 
 __all__ = ["create_classifier", "load_initial_weights", "build_datasets", "build_eval_dataset", "checkpoint_classes",
            "build_transforms", "build_optimizer", "build_scheduler", "build_mixup_and_loss", "even_batch",
@@ -497,7 +498,8 @@ def plot_confusion_matrix(conf: list[list[int]], class_names: list[str], path: s
 
 def _eval_loader(ds: Dataset, batch_size: int, num_workers: int, info: DistInfo) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), info.world_size, info.rank),
-                      num_workers=num_workers, collate_fn=collate_drop_none, pin_memory=info.device.type == "cuda")
+                      num_workers=num_workers, collate_fn=collate_drop_none, pin_memory=info.device.type == "cuda",
+                      worker_init_fn=ignore_stop_signals)
 
 
 # ------------------------------------------------------------------------------------------------- entry points

@@ -34,8 +34,8 @@ _MISSING_KEY_ERRORS = (ConfigAttributeError, ConfigKeyError, MissingMandatoryVal
 _ONE_LINE_ERRORS = (ConfigError, FileNotFoundError, CheckpointMismatchError, CheckpointReadError, OutputPathError,
                     CheckpointWriteError, *_MISSING_KEY_ERRORS)
 
-__all__ = ["run_tool", "home_expanded_option", "run_config_job", "ConfigArgs", "config_arg_parser", "parse_config_args",
-           "add_predict_options", "parse_predict_args"]
+__all__ = ["run_tool", "exit_status", "home_expanded_option", "run_config_job", "ConfigArgs", "config_arg_parser",
+           "parse_config_args", "add_predict_options", "parse_predict_args"]
 
 RESUME_HELP = "'latest' (newest checkpoint of the run folder) or a checkpoint path"
 
@@ -190,7 +190,8 @@ def run_config_job(load: Callable[[], Any], job: Callable[[Any], Any]) -> tuple[
 def run_tool(main: Callable[[list[str]], Any]) -> None:
     """Run a tool's ``main(argv)`` as a command: a config error or a checkpoint that does not fit the model exits
     with status 2, a missing file with 1, each
-    as one ``error:`` line instead of a traceback; an int result is the exit status, anything else exits 0.
+    as one ``error:`` line instead of a traceback; an int result is the exit status, a run stopped by a signal
+    exits 128 + its number (:func:`exit_status`), anything else exits 0.
     ``--option=~/path`` gets its ``~`` expanded (:func:`home_expanded_option`); a full disk (ENOSPC) is one line
     too (exit 1).
     Text the terminal's encoding cannot show (a class name with an emoji on a cp1252 console) is printed escaped."""
@@ -207,7 +208,17 @@ def run_tool(main: Callable[[list[str]], Any]) -> None:
         print(f"error: {f'[rank {rank}] ' if rank else ''}no space left on the device"
               f"{f' writing {err.filename}' if err.filename else ''}: {err}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(result if isinstance(result, int) else 0)
+    sys.exit(exit_status(result))
+
+
+def exit_status(result: Any) -> int:
+    """A tool's exit status from its ``main``'s result: an int is the status; a training run a signal stopped
+    (``exit_status`` in its result dict: 128 + the signal's number) exits with that; anything else 0."""
+    if isinstance(result, int):
+        return result
+    if isinstance(result, Mapping) and isinstance(result.get("exit_status"), int):
+        return int(result["exit_status"])
+    return 0
 
 
 def home_expanded_option(arg: str) -> str:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from .config import ConfigError
 from .distributed import DistInfo
+from .stopping import ignore_stop_signals
 
 __all__ = ["seed_everything", "sample_seed", "seeded_rng", "SeededSamples", "ResumableSampler", "ShardSampler",
            "EpochLoader", "build_train_loader", "collate_drop_none"]
@@ -289,7 +290,7 @@ class EpochLoader:
             kwargs["prefetch_factor"] = self.prefetch_factor
         dl = DataLoader(self.samples, batch_size=self.batch_size, sampler=self.sampler, num_workers=self.num_workers,
                         collate_fn=self.collate, pin_memory=self.pin_memory, drop_last=self.drop_last, generator=g,
-                        persistent_workers=False, **kwargs)
+                        persistent_workers=False, worker_init_fn=ignore_stop_signals, **kwargs)
         waiting: list[int] = []  # unreadable batches before any readable one: they take the next readable batch
         for pos, (batch, dropped) in enumerate(dl, start=start_batch):
             if pos >= n_batches:

@@ -227,15 +227,17 @@ class MetricLogger:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
 
-    def truncate_after(self, step: int, rescale: float = 1.0) -> None:
-        """Drop rows logged after ``step`` (a resumed run re-logs them); with ``rescale`` the kept rows' steps are
+    def truncate_after(self, step: int, rescale: float = 1.0, drop_at: tuple[str, ...] = ()) -> None:
+        """Drop rows logged after ``step`` (a resumed run re-logs them), and those of the ``drop_at`` splits logged
+        at ``step`` (an evaluation of that step the resumed run makes); with ``rescale`` the kept rows' steps are
         multiplied by it (rounded): a resume whose steps are of another size (another batch or world size) keeps one
         unit along the x axis."""
         if not self.enabled:
             return
         for path in self.run_dir.glob("*_metrics.csv"):
             header = _read_header(path)
-            rows = [r for r in _read_rows(path) if float(r.get("step", 0)) <= step]
+            last = step - 1 if path.name[: -len("_metrics.csv")] in drop_at else step
+            rows = [r for r in _read_rows(path) if float(r.get("step", 0)) <= last]
             if rescale != 1.0:
                 rows = [{**r, "step": round(float(r["step"]) * rescale)} if r.get("step") not in (None, "") else r
                         for r in rows]

@@ -28,6 +28,10 @@ Contracts:
   ``ckpt_every_steps``), the epoch schedule (``eval_every_epochs`` / ``ckpt_every_epochs``, at an epoch end; 0 or
   None = never) or the end of training asks, each at most once per step.
 - ``stop_after_steps`` ends ``fit`` early WITHOUT saving (a simulated crash, for resume tests).
+- SIGTERM / SIGINT / SIGUSR1 during ``fit`` (preemption, Ctrl-C) end it after the optimizer step in progress, with
+  a checkpoint of that step; the result then has ``stopped_by`` (the signal's name) and ``exit_status`` (128 + its
+  number), and ``--resume latest`` continues from the step (:mod:`.stopping`; ``stop_on_signals=False`` leaves the
+  signals alone).
 """
 from __future__ import annotations
 
@@ -45,10 +49,11 @@ from ..models.convert import CheckpointFileMismatchError, CheckpointReadError, k
 from .checkpoint import (CheckpointManager, check_run_dir_is_free, check_training_state, gather_rng_states,
                          is_fresh_start, load_checkpoint, restore_rank_rng, step_checkpoints)
 from .config import ConfigError
-from .distributed import DistInfo, all_reduce_sum, print_rank0, reduce_dict, unwrap_model, warn_rank0
+from .distributed import DistInfo, all_reduce_max, all_reduce_sum, print_rank0, reduce_dict, unwrap_model, warn_rank0
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
 from .precision import autocast, check_precision, make_grad_scaler
+from .stopping import StopSignals, signal_name, stop_exit_status
 
 __all__ = ["Trainer", "move_to_device", "clip_gradients"]
 
@@ -101,7 +106,8 @@ class Trainer:
                  ckpt_every_steps: int | None = None, ckpt_every_epochs: int = 1, keep_last: int = 3,
                  log_every: int = 10, tensorboard: bool = False, after_step: Callable[["Trainer"], None] | None = None,
                  stop_after_steps: int | None = None, show_progress: bool = True, extra_state: dict | None = None,
-                 summed_extra: tuple[str, ...] = (), must_match: tuple[str, ...] = (), plot: bool = True):
+                 summed_extra: tuple[str, ...] = (), must_match: tuple[str, ...] = (), plot: bool = True,
+                 stop_on_signals: bool = True):
         if grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
         self.info = info or DistInfo()
@@ -147,6 +153,9 @@ class Trainer:
         self._window_n = 0
         self._time_before = 0.0  # training seconds of the processes before a resume (up to their checkpoint)
         self._fit_start: float | None = None
+        self.stop_on_signals = stop_on_signals
+        self._signals: StopSignals | None = None  # (during fit)
+        self._eval_due = False  # the resumed checkpoint's step is still to be evaluated (a stop signal came first)
 
     # ------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -344,11 +353,12 @@ class Trainer:
         check_training_state(state, path)
         self._check_resumable(state, path)
         self.load_state_dict(state)
+        self._eval_due = bool(state.get("eval_due")) and self.eval_fn is not None
         saved_step = int(state["step"])
         if self.step != saved_step:  # steps of another size (_map_position): the logs and checkpoints follow
             # the rows of work after the checkpoint were lost; the kept ones take the new step size
             rescale = self.step / max(saved_step, 1)
-            self.logger.truncate_after(saved_step, rescale=rescale)
+            self.logger.truncate_after(saved_step, rescale=rescale, drop_at=("val",) if self._eval_due else ())
             if self.ckpt.best_step is not None:  # (best.pt itself is known by its save id)
                 self.ckpt.best_step = round(self.ckpt.best_step * rescale)
             tag = f"steps_of_{state.get('micro_batch_samples')}_samples"
@@ -356,7 +366,7 @@ class Trainer:
             print_rank0(f"[trainer] checkpoints of the earlier step size moved to {self.ckpt.dir / tag}; the run "
                         f"continues from {self.ckpt.dir / f'ckpt_{self.step:08d}.pt'}")
         else:
-            self.logger.truncate_after(self.step)
+            self.logger.truncate_after(self.step, drop_at=("val",) if self._eval_due else ())
             resumed_file = path
         for line in self.ckpt.resume_files(self.step, resumed_file):  # (later files and a foreign best.pt aside)
             print_rank0(f"[trainer] {line}")
@@ -503,8 +513,7 @@ class Trainer:
         (``*_every_steps``), the epoch schedule (``*_every_epochs``, at an epoch end) or the end of training asks.
         An evaluation that raises is followed by a checkpoint of the step (single process; the error propagates)."""
         evaluated = None
-        if self.eval_fn is not None and (done or self._every(self.step, self.eval_every_steps)
-                                         or (epoch_finished and self._every(self.epoch, self.eval_every_epochs))):
+        if self._eval_is_due(epoch_finished, done):
             try:
                 evaluated = self.evaluate()
             except Exception:
@@ -519,9 +528,18 @@ class Trainer:
                 or (epoch_finished and self._every(self.epoch, self.ckpt_every_epochs))):
             self._checkpoint(evaluated)
         elif evaluated:  # an evaluation between checkpoints: best.pt still follows the best metric
-            metric = self._best_metric_of(evaluated)
-            if metric is not None and self.ckpt.is_better(metric):
-                self.ckpt.save_best(self.state_dict(), self.step, metric)
+            self._track_best(evaluated)
+
+    def _eval_is_due(self, epoch_finished: bool, done: bool) -> bool:
+        """Whether the step just taken is evaluated: the step or epoch schedule, or the end of training, asks."""
+        return self.eval_fn is not None and (done or self._every(self.step, self.eval_every_steps)
+                                             or (epoch_finished and self._every(self.epoch, self.eval_every_epochs)))
+
+    def _track_best(self, evaluated: dict[str, float]) -> None:
+        """An evaluation without a checkpoint of its step: ``best.pt`` alone, when its metric is the best."""
+        metric = self._best_metric_of(evaluated)
+        if metric is not None and self.ckpt.is_better(metric):
+            self.ckpt.save_best(self.state_dict(), self.step, metric)
 
     def _best_metric_of(self, evaluated: dict[str, float] | None) -> float | None:
         if self.best_metric is None or not evaluated:
@@ -537,10 +555,45 @@ class Trainer:
     def fit(self, resume: str | Path | None = None, on_start: Callable[[], Any] | None = None) -> dict[str, Any]:
         """Train to ``total_steps`` (resuming first if asked); returns the final metrics. ``on_start`` runs once the
         run has started or resumed (the tools write the run's ``config.yaml`` there: a resume that fails leaves the
-        folder's config describing its checkpoints)."""
+        folder's config describing its checkpoints). A stop signal ends it early, checkpointed (module docstring)."""
+        if not self.stop_on_signals:
+            return self._fit(resume, on_start)
+        with StopSignals(announce=True) as self._signals:
+            try:
+                return self._fit(resume, on_start)
+            finally:
+                self._signals = None
+
+    def _stop_signal(self) -> int | None:
+        """The signal to stop on if any process got one, else None (the processes agree: under DDP one all-reduce
+        of the signal numbers, the same on every process at the same step)."""
+        local = self._signals.received if self._signals is not None else None
+        if self.info.world_size == 1:
+            return local
+        got = int(all_reduce_max(torch.tensor([local or 0], device=self._collective_device)).item())
+        return local or got or None
+
+    def _stop(self, signum: int, epoch_finished: bool) -> dict[str, Any]:
+        """End the run after this step: checkpoint it (every process: the RNG states are gathered) and report. An
+        evaluation this step was due is left to the resumed run (``eval_due``: it evaluates first)."""
+        state = self.state_dict()
+        state["eval_due"] = self._eval_is_due(epoch_finished, done=False)
+        path = self.ckpt.save(state, self.step)
+        self.logger.close()
+        name = signal_name(signum)
+        where = f" in {path}" if path is not None else ""
+        print_rank0(f"[trainer] stopped by {name} after step {self.step}/{self.total_steps}, checkpointed{where}; "
+                    "--resume latest continues from it")
+        return {"step": self.step, "epoch": self.epoch, "stopped": True, "stopped_by": name,
+                "exit_status": stop_exit_status(signum), "checkpoint": str(path) if path is not None else None}
+
+    def _fit(self, resume: str | Path | None, on_start: Callable[[], Any] | None) -> dict[str, Any]:
         self.resume(resume)
         if on_start is not None:
             on_start()
+        if self._eval_due:  # (the evaluation of a step a stop signal checkpointed before it)
+            self._eval_due = False
+            self._track_best(self.evaluate())
         self._fit_start = time.perf_counter()
         window_samples, window_t = 0, time.perf_counter()  # (throughput: of this process's steps only)
         while self.step < self.total_steps:
@@ -580,6 +633,11 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
                 if self.batch_in_epoch < self.steps_per_epoch * self.accum:  # epoch ends are handled below
+                    signum = self._stop_signal()
+                    if signum is not None:  # (before this step's evaluation: a preempted run has seconds left)
+                        if hasattr(bar, "close"):
+                            bar.close()
+                        return self._stop(signum, epoch_finished=False)
                     self._eval_and_checkpoint(epoch_finished=False, done=False)
             if hasattr(bar, "close"):
                 bar.close()
@@ -589,7 +647,11 @@ class Trainer:
                 self.batch_in_epoch = 0
                 if self.scheduler is not None and hasattr(self.scheduler, "step_update"):
                     self.scheduler.step(self.epoch)
-            self._eval_and_checkpoint(epoch_finished, done=self.step >= self.total_steps)
+            done = self.step >= self.total_steps
+            signum = None if done else self._stop_signal()  # (the last step: the run ends, evaluated, anyway)
+            if signum is not None:
+                return self._stop(signum, epoch_finished)
+            self._eval_and_checkpoint(epoch_finished, done=done)
         if self.loader.num_skipped:
             print_rank0(f"[trainer] skipped {self.loader.num_skipped} unreadable samples")
         if self.plot:

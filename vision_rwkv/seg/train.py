@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..engine.logger import json_text
 from ..engine.files import write_text_atomic
+from ..engine.stopping import ignore_stop_signals
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
 from .config import DataConfig
 from .convert import load_segmentor_weights
@@ -227,7 +228,7 @@ def evaluate_segmentor(
     sampler = ShardSampler(len(dataset), get_world_size(), get_rank())
     # own generator: evaluation never consumes the global torch RNG (keeps training runs resumable exactly)
     loader = DataLoader(_SkipUnreadable(dataset), batch_size=1, sampler=sampler, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0), worker_init_fn=ignore_stop_signals)
     skipped: list[str] = []
     metric = SegMetric(raw.num_classes, raw.ignore_index, raw.classes)
     align = getattr(base, "align_corners", False)
@@ -398,7 +399,7 @@ def train_segmentor(cfg: Any) -> dict:
             result["per_class"] = last_full["per_class"]
         result["run_dir"] = str(run_dir)
         result["num_classes"] = train_set.num_classes
-        if is_main_process():
+        if is_main_process() and not result.get("stopped"):  # (a stopped run is not finished: no result file)
             write_text_atomic(run_dir / "train_result.json", json_text(result))
         return result
     finally:
