@@ -7,7 +7,7 @@ import timm
 import torch
 
 import vision_rwkv  # noqa: F401
-from vision_rwkv.engine import load_checkpoint, load_config
+from vision_rwkv.engine import ConfigError, load_checkpoint, load_config
 from vision_rwkv.engine.classification import build_optimizer, build_scheduler, train_classifier
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "classification" / "demo_shapes.yaml"
@@ -369,6 +369,46 @@ def test_warmup_prefix_and_cooldown_epochs_are_trained(tmp_path):
     from vision_rwkv.engine import read_metrics_csv
     logged = [r["lr"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")]
     assert epochs == 4 and logged == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("noise", [[0.25, 1.0], 0.5])
+def test_lr_noise_cycles_and_k_decay_follow_timm(tmp_path, noise):
+    """timm's --lr-noise / --lr-noise-pct / --lr-noise-std / --lr-cycle-* / --lr-k-decay as sched.* keys: the logged
+    rates are timm's scheduler's, noise seeded by `seed`, two cosine cycles trained (the run doubles its epochs)."""
+    from timm.scheduler import create_scheduler_v2
+
+    from vision_rwkv.engine import read_metrics_csv
+    over = TINY + [f"run_dir={tmp_path}", "train.epochs=2", "sched.warmup_epochs=0", f"sched.noise={noise}",
+                   "sched.noise_pct=0.5", "sched.noise_std=0.8", "sched.cycle_limit=2", "sched.cycle_decay=0.5",
+                   "sched.k_decay=2.0", "data.shapes.train_length=32", "train.batch_size=8", "seed=7",
+                   "data.shapes.val_length=8", "train.log_every=1", "optim.lr=0.001", "sched.min_lr=1.0e-5"]
+    result = train_classifier(load_config(DEMO, over))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.001)
+    sched, epochs = create_scheduler_v2(opt, sched="cosine", num_epochs=2, warmup_epochs=0, min_lr=1e-5,
+                                        warmup_lr=1e-6, step_on_epochs=False, updates_per_epoch=4, noise=noise,
+                                        noise_pct=0.5, noise_std=0.8, noise_seed=7, cycle_limit=2, cycle_decay=0.5,
+                                        k_decay=2.0)
+    assert epochs == 4 and result["step"] == 16
+    want = []
+    for step in range(epochs * 4):
+        want.append(opt.param_groups[0]["lr"])
+        sched.step_update(num_updates=step + 1)
+    logged = [r["lr"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")]
+    assert logged == pytest.approx(want, rel=1e-6)
+    quiet, _ = create_scheduler_v2(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.001), sched="cosine",
+                                   num_epochs=2, min_lr=1e-5, step_on_epochs=False, updates_per_epoch=4,
+                                   cycle_limit=2, cycle_decay=0.5, k_decay=2.0)
+    assert any(abs(quiet._get_lr(t)[0] - w) > 1e-9 for t, w in enumerate(want))  # (the noise is on)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("sched.noise=[0.9,0.4]", "sched.noise"), ("sched.noise=[0.1,0.2,0.3]", "sched.noise"),
+    ("sched.noise=-0.5", "sched.noise"), ("sched.noise_pct=0", "sched.noise_pct"),
+    ("sched.cycle_limit=0", "sched.cycle_limit"), ("sched.cycle_limit=1.5", "sched.cycle_limit"),
+    ("sched.k_decay=-1", "sched.k_decay")])
+def test_lr_noise_and_cycle_settings_out_of_range_are_config_errors(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        train_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}", override]))
 
 
 def test_adaptive_gradient_clipping_as_timm_dispatches_it():

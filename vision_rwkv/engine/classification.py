@@ -348,7 +348,17 @@ def _create_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_p
                                        cooldown_epochs=s.cooldown_epochs, min_lr=min_lr, warmup_lr=s.warmup_lr,
                                        warmup_epochs=s.warmup_epochs, warmup_prefix=s.warmup_prefix,
                                        decay_rate=s.decay_rate, step_on_epochs=not s.on_updates,
-                                       updates_per_epoch=steps_per_epoch)
+                                       updates_per_epoch=steps_per_epoch, noise=_noise_range(s.noise),
+                                       noise_pct=s.noise_pct, noise_std=s.noise_std, noise_seed=cfg.seed,
+                                       cycle_mul=s.cycle_mul, cycle_decay=s.cycle_decay, cycle_limit=s.cycle_limit,
+                                       k_decay=s.k_decay)
+
+
+def _noise_range(noise: Any) -> float | list[float] | None:
+    """``sched.noise`` as timm takes it: None, one fraction of the epochs, or a list of them."""
+    if noise is None or isinstance(noise, (int, float)):
+        return noise
+    return [float(n) for n in noise]
 
 
 def _peak_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -579,6 +589,7 @@ def check_training_config(cfg: DictConfig) -> None:
     for key in ("sched.warmup_epochs", "sched.cooldown_epochs"):
         if float(OmegaConf.select(cfg, key)) < 0:
             raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}")
+    _check_sched_shape(cfg.sched)
     betas = cfg.optim.betas
     if betas is not None and (len(betas) not in (2, 3) or not all(0.0 <= float(b) < 1.0 for b in betas)):
         raise ConfigError(f"optim.betas must be 2 (or, for adan, 3) values in [0, 1), got {to_dict(betas)}")
@@ -599,6 +610,23 @@ def check_training_config(cfg: DictConfig) -> None:
         stats = OmegaConf.select(cfg, key)
         if stats is None or len(stats) != 3:
             raise ConfigError(f"{key} needs one value per RGB channel (3), got {to_dict(stats)}")
+
+
+def _check_sched_shape(s: DictConfig) -> None:
+    """The lr noise and cycle settings (timm's --lr-noise*, --lr-cycle-*, --lr-k-decay) in their ranges."""
+    noise = s.noise
+    fractions = [] if noise is None else [noise] if isinstance(noise, (int, float)) else list(noise)
+    if noise is not None and (not 1 <= len(fractions) <= 2 or not all(0 <= float(f) for f in fractions)
+                              or fractions != sorted(fractions)):
+        raise ConfigError("sched.noise is null, where the lr noise starts as a fraction of the epochs (e.g. 0.5), "
+                          f"or [start, end] fractions (e.g. [0.4, 0.9]); got {to_dict(noise)}")
+    positive = {"sched.noise_pct": s.noise_pct, "sched.noise_std": s.noise_std, "sched.cycle_mul": s.cycle_mul,
+                "sched.cycle_decay": s.cycle_decay, "sched.k_decay": s.k_decay}
+    for key, value in positive.items():
+        if not float(value) > 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    if int(s.cycle_limit) != s.cycle_limit or int(s.cycle_limit) < 1:
+        raise ConfigError(f"sched.cycle_limit must be a whole number >= 1, got {s.cycle_limit}")
 
 
 def train_classifier(cfg: DictConfig) -> dict[str, Any]:
