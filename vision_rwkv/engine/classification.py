@@ -680,7 +680,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     print_rank0(f"[train] {cfg.model.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
                 f"{num_classes} classes, {len(train_set)} train images, global batch {global_batch}, lr {lr:.3g}, "
                 f"{steps_per_epoch} steps/epoch x {epochs} epochs"
-                + (f" ({t.epochs} + warmup / cooldown)" if epochs != t.epochs else "")
+                + (f" ({t.epochs} + warmup / cooldown{' / lr cycles' if cfg.sched.cycle_limit > 1 else ''})"
+                   if epochs != t.epochs else "")
                 + f", world size {info.world_size}, {info.device}")
 
     def loss_fn(m: nn.Module, batch: Any):
