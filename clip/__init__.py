@@ -16,7 +16,6 @@ rwkv_clip.hub` write hub folders for `local-dir:` / `hf-hub:`).
 from .convert import build_from_original, convert_original_state_dict
 from .factory import (create_model, create_model_and_transforms, get_model_config, get_tokenizer, image_transforms,
                       list_models, load_checkpoint, load_state_dict, register_model_configs)
-from .hub import save_for_hf
 from .model import LOGIT_SCALE_MAX, ImageTower, RWKVCLIP
 from .open_clip_routes import install_open_clip_routes
 from .text_model import TextRWKV
@@ -29,3 +28,12 @@ __all__ = [
 ]
 
 install_open_clip_routes()
+
+
+def __getattr__(name: str):
+    """``rwkv_clip.save_for_hf``, imported when first used (importing ``.hub`` here made ``python -m rwkv_clip.hub``
+    warn that the module was in sys.modules before it ran)."""
+    if name == "save_for_hf":
+        from .hub import save_for_hf
+        return save_for_hf
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -566,6 +566,26 @@ class _LazyImages:
         return self.images[idx]
 
 
+def run_model_spec(run_dir: Union[str, Path], prefer_best: bool = False) -> tuple[str, dict, str]:
+    """(model name, model kwargs, checkpoint) of a ``train_clip`` run folder: its config.yaml's ``model.name`` and
+    ``model.kwargs``, and its newest checkpoint (``prefer_best``: ``best.pt`` where there is one)."""
+    from omegaconf import OmegaConf
+    from vision_rwkv.engine import find_latest_checkpoint
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: not a train_clip run folder")
+    run_cfg = OmegaConf.load(cfg_path)
+    if OmegaConf.select(run_cfg, "model.name") is None or OmegaConf.select(run_cfg, "eval.zero_shot") is None:
+        raise ConfigError(f"{run_dir} is not a train_clip run folder: its config.yaml has no model.name and "
+                          "eval.zero_shot (a classification or segmentation run?)")
+    kwargs = OmegaConf.to_container(run_cfg.model.kwargs, resolve=True) or {}
+    best = Path(run_dir) / "checkpoints" / "best.pt"
+    checkpoint = best if prefer_best and best.is_file() else find_latest_checkpoint(Path(run_dir) / "checkpoints")
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    return str(run_cfg.model.name), kwargs, str(checkpoint)
+
+
 def load_model_for_eval(model_name: Optional[str] = None, pretrained: Optional[str] = None,
                         run_dir: Optional[Union[str, Path]] = None, device: Union[str, torch.device] = "cpu",
                         context_length: Optional[int] = None) -> tuple[Any, Any, Callable]:
@@ -582,22 +602,8 @@ def load_model_for_eval(model_name: Optional[str] = None, pretrained: Optional[s
     from .factory import create_model_and_transforms, get_tokenizer, list_models
     kwargs: dict = {}
     if run_dir is not None:
-        from omegaconf import OmegaConf
-        from vision_rwkv.engine import find_latest_checkpoint
-        cfg_path = Path(run_dir) / "config.yaml"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path} not found: not a train_clip run folder")
-        run_cfg = OmegaConf.load(cfg_path)
-        if OmegaConf.select(run_cfg, "model.name") is None or OmegaConf.select(run_cfg, "eval.zero_shot") is None:
-            raise ConfigError(f"{run_dir} is not a train_clip run folder: its config.yaml has no model.name and "
-                              "eval.zero_shot (a classification or segmentation run?)")
-        model_name = model_name or str(run_cfg.model.name)
-        kwargs = OmegaConf.to_container(run_cfg.model.kwargs, resolve=True) or {}
-        if pretrained is None:
-            latest = find_latest_checkpoint(Path(run_dir) / "checkpoints")
-            if latest is None:
-                raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
-            pretrained = str(latest)
+        run_name, kwargs, run_checkpoint = run_model_spec(run_dir)
+        model_name, pretrained = model_name or run_name, pretrained or run_checkpoint
     if model_name is None:
         raise ConfigError("give a model name (--model) or a train_clip run folder (--run-dir)")
     if model_name in list_models():

@@ -239,6 +239,9 @@ def create_model(
     if force_image_size is not None:  # before loading: a checkpoint of another grid is resampled once, on load
         size = (force_image_size, force_image_size) if isinstance(force_image_size, int) else force_image_size
         model.visual.set_input_size(tuple(int(v) for v in size))
+    height, width = model.visual.image_size
+    cfg["vision_cfg"]["image_size"] = height if height == width else [height, width]
+    model.model_cfg = copy.deepcopy(cfg)  # the config that rebuilds this model (save_for_hf writes it)
     if pretrained:
         load_checkpoint(model, pretrained)
     # open_clip's preprocessing record (its transforms, get_model_preprocess_cfg and save_for_hf read it): the

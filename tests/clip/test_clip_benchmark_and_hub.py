@@ -91,3 +91,65 @@ def test_a_checkpoint_becomes_a_local_dir_folder(tmp_path, capsys):
     assert hub.main(["--model", NAME, "--checkpoint", str(ckpt), "--out", str(out)]) == 2  # not empty
     assert hub.main(["--model", NAME, "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def _image(height: int, width: int):
+    from PIL import Image
+    return Image.fromarray(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8).numpy())
+
+
+def _run_folder(tmp_path, kwargs: dict, steps=(2, 4)):
+    """A train_clip run folder as the trainer leaves it: config.yaml (model.name, model.kwargs, eval.zero_shot) and
+    checkpoints of the model those build (a different one per step; best.pt the first)."""
+    import yaml
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": NAME, "kwargs": kwargs},
+                                                     "eval": {"zero_shot": {"data": "none"}}}))
+    models = {}
+    for step in steps:
+        torch.manual_seed(step)
+        models[step] = rwkv_clip.create_model(NAME, **kwargs)
+        torch.save({"model": models[step].state_dict()}, run / "checkpoints" / f"ckpt_{step:08d}.pt")
+    os.link(run / "checkpoints" / f"ckpt_{steps[0]:08d}.pt", run / "checkpoints" / "best.pt")
+    return run, models
+
+
+def test_a_train_clip_run_with_model_kwargs_becomes_a_folder_that_reloads(tmp_path, capsys):
+    """The folder recorded the registered config, not the run's model.kwargs: it did not reload (missing keys), or
+    reloaded with the wrong preprocessing size (32 for a model trained at 48); a run could not be given at all."""
+    from rwkv_clip import hub
+    kwargs = {"vision_cfg": {"image_size": 48}, "text_cfg": {"layers": 2}}
+    run, models = _run_folder(tmp_path, kwargs)
+    assert hub.main(["--run-dir", str(run), "--out", str(tmp_path / "a")]) == 0
+    model, _, val = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'a'}")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in models[2].state_dict().items())  # best.pt's
+    assert model.visual.image_size == (48, 48) and val(_image(64, 80)).shape == (3, 48, 48)
+    assert json.loads((tmp_path / "a" / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]["layers"] == 2
+    ckpt = run / "checkpoints" / "ckpt_00000004.pt"  # --model with --checkpoint gives the registered config: refused
+    assert hub.main(["--model", NAME, "--checkpoint", str(ckpt), "--out", str(tmp_path / "b")]) == 2
+    assert "does not match the model" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert hub.main(["--run-dir", str(run), "--checkpoint", str(ckpt), "--out", str(tmp_path / "c")]) == 0
+    model = open_clip.create_model(f"local-dir:{tmp_path / 'c'}")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in models[4].state_dict().items())
+
+
+def test_save_for_hf_writes_the_config_the_model_was_built_with(tmp_path):
+    from rwkv_clip.model import RWKVCLIP
+    src = rwkv_clip.create_model(NAME, force_image_size=(48, 64), text_cfg={"layers": 2})
+    rwkv_clip.save_for_hf(src, tmp_path / "a")  # (no name needed: the model records its config)
+    assert open_clip.create_model(f"local-dir:{tmp_path / 'a'}").visual.image_size == (48, 64)
+    cfg = rwkv_clip.get_model_config(NAME)
+    cfg["text_cfg"]["layers"] = 3
+    plain = RWKVCLIP(**cfg)  # built without create_model: the name's config is used, and must fit
+    with pytest.raises(ValueError, match="does not rebuild this model's weights: 56 unexpected"):
+        rwkv_clip.save_for_hf(plain, tmp_path / "b", NAME)
+    with pytest.raises(ValueError, match="records no config"):
+        rwkv_clip.save_for_hf(plain, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_hub_module_runs_without_a_runpy_warning():
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "rwkv_clip.hub", "--help"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "RuntimeWarning" not in done.stderr, done.stderr
