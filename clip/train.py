@@ -312,7 +312,8 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         eval_fn=eval_fn, eval_every_epochs=cfg.eval.every_epochs, eval_every_steps=cfg.eval.every_steps,
         ckpt_every_steps=tc.ckpt_every_steps, ckpt_every_epochs=tc.ckpt_every_epochs, keep_last=tc.keep_last,
         log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
-        stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",))
+        stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",),
+        result_files=("result.json",))
     objective.trainer = trainer
     # config.yaml once the config, data and model are checked and a resume has succeeded
     result = trainer.fit(resume=resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")

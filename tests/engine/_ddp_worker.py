@@ -75,12 +75,29 @@ def spawn_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, g
         torch.save(state, out_path)
 
 
-def spawn_stop_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, signal_at: tuple[int, int]):
+def spawn_stop_entry(rank: int, world: int, port: int, run_dir: str, out_path: str, signal_at: tuple[int, int],
+                     slow_save: float = 0.0):
     """One rank of a 2-process run in which rank ``signal_at[0]`` alone gets SIGTERM after step ``signal_at[1]``;
-    each rank saves fit's result to ``out_path.<rank>``."""
+    each rank saves fit's result to ``out_path.<rank>``, with ``returned_at`` (when fit returned) and, on rank 0,
+    ``saved_at`` (when its checkpoint write ended, ``slow_save`` seconds late)."""
+    import time
+
+    from vision_rwkv.engine.checkpoint import CheckpointManager
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    saved_at = []
+    if rank == 0 and slow_save:
+        save = CheckpointManager.save
+
+        def slow(self, *args, **kwargs):
+            path = save(self, *args, **kwargs)
+            time.sleep(slow_save)
+            saved_at.append(time.time())
+            return path
+        CheckpointManager.save = slow
     results: list = []
     build_and_train(run_dir, 16, 6, signal_at=signal_at, results=results)
-    torch.save({k: v for k, v in results[0].items() if isinstance(v, (int, str, bool))}, f"{out_path}.{rank}")
+    record = {k: v for k, v in results[0].items() if isinstance(v, (int, str, bool))}
+    record.update(returned_at=time.time(), saved_at=saved_at[-1] if saved_at else None)
+    torch.save(record, f"{out_path}.{rank}")

@@ -17,7 +17,8 @@ from test_loop import _trainer  # noqa: E402
 
 from vision_rwkv.engine import load_checkpoint, read_metrics_csv  # noqa: E402
 from vision_rwkv.engine.cli import exit_status  # noqa: E402
-from vision_rwkv.engine.stopping import STOP_SIGNALS, StopSignals, ignore_stop_signals, stop_exit_status  # noqa: E402
+from vision_rwkv.engine.stopping import (STOP_SIGNALS, StopSignals, hold_after_stop, ignore_stop_signals,  # noqa: E402
+                                         stop_exit_status)
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="POSIX signals")
 
@@ -152,10 +153,46 @@ def _free_port() -> int:
 @pytest.mark.slow  # two spawned interpreters import torch + timm
 def test_ddp_processes_stop_after_the_same_step_when_one_gets_the_signal(tmp_path):
     out = tmp_path / "result"
-    mp.spawn(_ddp_worker.spawn_stop_entry, args=(2, _free_port(), str(tmp_path / "run"), str(out), (1, 2)),
+    mp.spawn(_ddp_worker.spawn_stop_entry, args=(2, _free_port(), str(tmp_path / "run"), str(out), (1, 2), 2.0),
              nprocs=2, join=True)
     results = [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)]
     for r in results:
         assert r["stopped"] and r["step"] == 2 and r["stopped_by"] == "SIGTERM" and r["exit_status"] == 143
     assert _steps_saved(tmp_path / "run") == [2]
+    # rank 1 returned (and would have exited: torchrun then kills the others) only once rank 0 had written
+    assert results[1]["returned_at"] >= results[0]["saved_at"]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt_00000002.pt")["step"] == 2
+
+
+def test_a_tool_process_keeps_ignoring_stop_signals_after_a_stop():
+    """torchrun closing the processes with SIGTERM, or a second Ctrl-C, after the stop: in a tool's process (which
+    ends with the run) they are ignored, so the exit is not cut short; a library caller gets its handlers back."""
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        hold_after_stop(True)
+        with StopSignals(announce=False):  # no stop: put back
+            pass
+        assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+        with StopSignals(announce=False):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in STOP_SIGNALS)
+        os.kill(os.getpid(), signal.SIGTERM)  # (ignored)
+    finally:
+        hold_after_stop(False)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    with StopSignals(announce=False):
+        os.kill(os.getpid(), signal.SIGUSR1)
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+def test_a_finished_runs_result_file_goes_when_the_run_goes_on(tmp_path):
+    """A finished run extended and then stopped kept the old final_metrics.json: it looked finished."""
+    _trainer(tmp_path, stop_after_steps=2).fit()
+    result = tmp_path / "final.json"
+    result.write_text("{}")
+    _trainer(tmp_path, result_files=("final.json",)).fit(resume="latest")  # steps to go: removed
+    assert not result.exists()
+    result.write_text("{}")
+    _trainer(tmp_path, result_files=("final.json",)).fit(resume="latest")  # finished: kept
+    assert result.exists()

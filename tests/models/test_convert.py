@@ -187,7 +187,8 @@ def test_timm_pretrained_from_original_pth(tmp_path, perturb):
                                   pretrained_cfg_overlay=dict(file=str(file)))
         with torch.no_grad():
             assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats.eval()(x), ref))
-    with pytest.raises(RuntimeError, match='head.weight'):  # the same class count: timm loads strictly
+    # the same class count: timm loads strictly (torch's "missing head.weight" did not say what to pass)
+    with pytest.raises(CheckpointMismatchError, match=r'has no classifier .*pass num_classes=N .*features_only=True'):
         timm.create_model('vrwkv_small_patch16_224', pretrained=True, **kw,
                           pretrained_cfg_overlay=dict(file=str(headless_path)))
     # a VRWKV checkpoint into a VRWKV6 model
@@ -570,3 +571,23 @@ def test_the_converter_says_how_timms_checkpoint_path_runs_released_v4_weights(t
         out = capsys.readouterr().out
         hint = "checkpoint_path= (validate.py --checkpoint) pass wkv_mode='original'"
         assert (hint in out) == name.startswith('vrwkv_')
+
+
+@pytest.mark.parametrize('layout', ['original', 'ours'])
+def test_an_rwkv_clip_checkpoint_is_named_as_such(tmp_path, layout):
+    """RWKV-CLIP weights given to a backbone: the text tower's RWKV-6 blocks made it 'a VRWKV6 state dict' for a v4
+    model, and 'no layers.* or blocks.* keys' for a v6 one; neither said it was a CLIP model."""
+    tower = timm.create_model('vrwkv6_tiny_patch16_224', embed_dim=32, depth=1, head_size=16,
+                              num_classes=0).state_dict()
+    if layout == 'original':
+        state = {'image_model.' + k: v for k, v in ours_to_original(tower).items()}
+        state['text_model.blocks.0.att.time_maa_x'] = torch.zeros(1, 1, 32)
+    else:
+        state = {'visual.trunk.' + k: v for k, v in tower.items()}
+        state['text.blocks.0.att.time_maa_x'] = torch.zeros(1, 1, 32)
+    state['logit_scale'] = torch.tensor(2.0)
+    for name in ('vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'):
+        extra = {'head_size': 16} if name.startswith('vrwkv6') else {}
+        model = timm.create_model(name, embed_dim=32, depth=1, **extra)
+        with pytest.raises(CheckpointMismatchError, match='is an RWKV-CLIP model .*rwkv_clip.create_model'):
+            checkpoint_filter_fn({'state_dict': {'module.' + k: v for k, v in state.items()}}, model)

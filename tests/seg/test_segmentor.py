@@ -229,3 +229,14 @@ def test_tiny_segmentor_overfits_a_few_images(tiny_model_cfg):
             if res["mIoU"] > 0.95:
                 break
     assert res["mIoU"] > 0.95 and res["aAcc"] > 0.99, history
+
+
+def test_backbone_file_errors_name_the_file(tmp_path, tiny_model_cfg):
+    """The family / width checks of the backbone filter said "checkpoint is a VRWKV6 state dict ..." without the
+    file (the classification loader names it)."""
+    import timm
+    v6 = timm.create_model("vrwkv6_tiny_patch16_224", img_size=32, patch_size=8, depth=2, embed_dim=32, head_size=16)
+    path = tmp_path / "v6.pth"
+    torch.save(v6.state_dict(), path)
+    with pytest.raises(RuntimeError, match=f"pretrained backbone {path} is a VRWKV6 state dict but the model is"):
+        create_segmentor(tiny_model_cfg(pretrained=str(path)))

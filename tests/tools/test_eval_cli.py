@@ -321,3 +321,23 @@ def test_eval_outputs_are_utf8_and_replaced_atomically(tmp_path, monkeypatch, ca
         mod.main([*common, f"eval.out_dir={tmp_path / 'afile'}"])
     assert exc.value.code == 2 and capsys.readouterr().err == f"error: eval.out_dir {tmp_path / 'afile'} is a file, " \
                                                               "not a folder\n"
+
+
+def test_a_segmentation_checkpoint_is_named_as_such(tmp_path):
+    """eval.py / predict.py given a train_seg checkpoint blamed its class names ("the evaluation data's classes are
+    not the model's") or its missing classifier; a released mmseg file the same."""
+    import torch
+
+    from vision_rwkv.engine.predict import load_classifier
+    from vision_rwkv.models.convert import CheckpointFileMismatchError
+    ours, original = tmp_path / "seg.pt", tmp_path / "upernet.pth"
+    torch.save({"model": {"backbone.pos_embed": torch.zeros(1, 4, 16), "decode_head.conv_seg.weight": torch.zeros(3)},
+                "extra": {"classes": ["bg", "circle", "rect"]}}, ours)
+    torch.save({"state_dict": {"backbone.layers.0.ln1.weight": torch.zeros(16),
+                               "decode_head.conv_seg.weight": torch.zeros(3)}}, original)
+    for path in (ours, original):  # (run_tool prints these errors as one line, exit 2)
+        with pytest.raises(CheckpointFileMismatchError, match=f"checkpoint {path} is a segmentation checkpoint .*"
+                                                              "tools/test_seg.py"):
+            load_tool("eval").main([str(DEMO), *TINY, f"eval.out_dir={tmp_path / 'out'}", "--checkpoint", str(path)])
+        with pytest.raises(CheckpointFileMismatchError, match="is a segmentation checkpoint"):
+            load_classifier(str(DEMO), path, TINY)

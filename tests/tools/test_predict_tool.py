@@ -226,3 +226,16 @@ def test_predictions_are_written_utf8_and_atomically(tmp_path):
     with pytest.raises(ValueError):  # a failure while writing keeps the previous table whole
         write_predictions([{"file": "a.png", "topk": [(0, None, "not a number")]}], out)
     assert "\u65e5" in out.read_text(encoding="utf-8") and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_config_with_a_1000_class_file_without_names_gets_imagenets_with_a_warning(tmp_path):
+    """A shipped *_in1k config and a released 1000-class file: the class columns were empty, with no word."""
+    import timm
+
+    from vision_rwkv.engine.predict import load_classifier
+    src = timm.create_model("vrwkv_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=16, depth=1)
+    path = tmp_path / "in1k.pth"
+    torch.save(src.state_dict(), path)
+    with pytest.warns(UserWarning, match="records no class names: the 1000 classes are named as ImageNet-1k's"):
+        clf = load_classifier(str(DEMO), path, TINY)
+    assert len(clf.classes) == 1000 and clf.classes[1] == "goldfish, Carassius auratus"

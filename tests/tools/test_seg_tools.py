@@ -95,3 +95,21 @@ def test_test_seg_mismatched_checkpoint_is_one_capped_error_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(f"error: checkpoint {bad} does not match the config's model: {n} missing keys (")
     assert f"... and {n - 20} more); {n} unexpected keys (" in err and err.count("\n") == 1 and len(err) < 4000
+
+
+def test_test_seg_names_a_classification_checkpoint_as_such(tmp_path, capsys):
+    """A classification file as the segmentation checkpoint: "the segmentation checkpoint has 2 unexpected keys
+    (head.fc.*)" (an original one) or a key count (ours) - now what the file is, and where it goes instead."""
+    import timm
+    import torch
+    src = timm.create_model("vrwkv_tiny_patch16_224", img_size=32, embed_dim=32, depth=2, num_classes=5)
+    ours, original = tmp_path / "cls.pt", tmp_path / "cls_original.pth"
+    torch.save({"model": src.state_dict()}, ours)
+    from vision_rwkv.models import ours_to_original
+    torch.save({"state_dict": {("backbone." + k if not k.startswith("head.") else "head.fc." + k[5:]): v
+                               for k, v in ours_to_original(src.state_dict()).items()}}, original)
+    for path in (ours, original):
+        argv = [str(DEMO), *TINY, f"train.run_dir={tmp_path}", "--checkpoint", str(path)]
+        assert _tool("test_seg").main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint {path} is not a segmentation checkpoint" in err and "model.pretrained" in err, err

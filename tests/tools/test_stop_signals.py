@@ -98,3 +98,12 @@ def test_clip_stops_on_sigterm(tmp_path):
             "train.ckpt_every_steps=100000", "data.workers=2", "data.shapes_length=2000"]
     _assert_stopped(_run_until_logged(args, run, signal.SIGTERM), run, signal.SIGTERM)
     assert not (run / "result.json").exists()
+
+
+def test_an_error_with_loader_workers_still_ends_the_tool(tmp_path):
+    """The workers ignore SIGTERM, and an error left their loader open: multiprocessing's exit handler SIGTERMed and
+    joined them forever (a NaN loss, an out-of-memory error or Ctrl-C twice hung the tool)."""
+    args = [sys.executable, "tools/train.py", str(DEMO), *TINY, f"run_dir={tmp_path}", "train.epochs=5",
+            "data.shapes.train_length=400", "data.num_workers=2", "optim.lr=1e30"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1 and "non-finite loss" in done.stderr, done.stderr[-2000:]

@@ -58,7 +58,7 @@ Training loop (``loop.py``)
             clip_mode="norm", eval_fn=None, eval_every_epochs=1, eval_every_steps=None, best_metric=None,
             best_mode="max", ckpt_every_steps=None, ckpt_every_epochs=1, keep_last=3, log_every=10,
             tensorboard=False, after_step=None, stop_after_steps=None, show_progress=True, extra_state=None,
-            summed_extra=(), plot=True, stop_on_signals=True)
+            summed_extra=(), plot=True, stop_on_signals=True, result_files=())
         ``fit(resume=None | "latest" | path) -> dict`` (step, epoch, train_loss, train_time_s, last eval metrics,
         best) and, with ``plot``, draws ``curves.png``; ``train_step(micro_batches)``; ``evaluate()``;
         ``state_dict()`` / ``load_state_dict()``; ``save()``. Evaluation / checkpoints run when the step schedule,
@@ -77,7 +77,8 @@ Training loop (``loop.py``)
 Stop signals (``stopping.py``)
     StopSignals() (context: records the first stop signal instead of dying of it; Ctrl-C twice raises
     KeyboardInterrupt), STOP_SIGNALS, ignore_stop_signals(worker_id) (every DataLoader's ``worker_init_fn``),
-    stop_exit_status(signum), signal_name(signum)
+    hold_after_stop() (the tools: stop signals stay ignored after a stop), stop_exit_status(signum),
+    signal_name(signum)
 
 Compilation (``compiling.py``)
     compile_for_training(model, enabled, backend="inductor", mode=None, where="train") -> the model or

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..models.convert import CheckpointFileMismatchError
 from .checkpoint import check_run_dir_is_free, load_model_weights, model_record, read_model_state
 from .compiling import compile_for_training
 from .config import ConfigError, save_config, to_dict
@@ -263,8 +264,22 @@ def checkpoint_classes(path: str | Path) -> list[str] | None:
         ckpt = load_checkpoint(path, mmap=True)
     except RuntimeError:  # a legacy (non-zip) torch file cannot be mapped
         ckpt = load_checkpoint(path)
+    if _holds_segmentor(ckpt):
+        raise CheckpointFileMismatchError(
+            f"checkpoint {path} is a segmentation checkpoint (decode_head.* weights), not a classifier: evaluate "
+            "it with tools/test_seg.py and predict with tools/predict_seg.py (its backbone can start a classifier: "
+            "model.checkpoint of tools/train.py)")
     classes = (ckpt.get("extra") or {}).get("classes") if isinstance(ckpt, dict) else None
     return [str(c) for c in classes] if classes else None
+
+
+def _holds_segmentor(checkpoint: Any) -> bool:
+    """Whether a checkpoint (a training checkpoint, a wrapped or plain state dict) holds a segmentor's weights."""
+    if not isinstance(checkpoint, Mapping):
+        return False
+    if any(str(k).startswith(("decode_head.", "module.decode_head.")) for k in checkpoint):
+        return True
+    return any(_holds_segmentor(checkpoint.get(k)) for k in ("model", "state_dict", "ema", "model_ema"))
 
 
 # ------------------------------------------------------------------------------------------------- optim
@@ -718,7 +733,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                       ckpt_every_steps=t.ckpt_every_steps, ckpt_every_epochs=t.ckpt_every_epochs,
                       keep_last=t.keep_last, log_every=t.log_every, tensorboard=t.tensorboard,
                       stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,
-                      extra_state={"classes": classes, **model_record(model)}, must_match=("classes",))
+                      extra_state={"classes": classes, **model_record(model)}, must_match=("classes",),
+                      result_files=("final_metrics.json",))
     # config.yaml once the config, data and model are checked and a resume has succeeded (the folder was checked first)
     result = trainer.fit(resume=cfg.resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
                          if info.is_main else None)

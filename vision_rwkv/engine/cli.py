@@ -24,6 +24,7 @@ from .checkpoint import CheckpointWriteError
 from .config import ConfigError, override_key
 from .distributed import launch_rank
 from .files import OutputPathError
+from .stopping import hold_after_stop
 
 # omegaconf's errors for a key the running job reads but the config lacks (deleted with ~key, or a config of
 # another tool): reported like a ConfigError
@@ -197,6 +198,7 @@ def run_tool(main: Callable[[list[str]], Any]) -> None:
     Text the terminal's encoding cannot show (a class name with an emoji on a cp1252 console) is printed escaped."""
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
+    hold_after_stop()  # (a run stopped by a signal: this process ends with it, no later signal cuts that short)
     try:
         result = main([home_expanded_option(a) for a in sys.argv[1:]])
     except _ONE_LINE_ERRORS as err:

@@ -31,7 +31,8 @@ Contracts:
 - SIGTERM / SIGINT / SIGUSR1 during ``fit`` (preemption, Ctrl-C) end it after the optimizer step in progress, with
   a checkpoint of that step; the result then has ``stopped_by`` (the signal's name) and ``exit_status`` (128 + its
   number), and ``--resume latest`` continues from the step (:mod:`.stopping`; ``stop_on_signals=False`` leaves the
-  signals alone).
+  signals alone). ``result_files`` (names in ``run_dir``: what the tool writes when the run ends) are removed when a
+  run starts or resumes with steps to go, so that a stopped extension of a finished run does not look finished.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ from ..models.convert import CheckpointFileMismatchError, CheckpointReadError, k
 from .checkpoint import (CheckpointManager, check_run_dir_is_free, check_training_state, gather_rng_states,
                          is_fresh_start, load_checkpoint, restore_rank_rng, step_checkpoints)
 from .config import ConfigError
-from .distributed import DistInfo, all_reduce_max, all_reduce_sum, print_rank0, reduce_dict, unwrap_model, warn_rank0
+from .distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, print_rank0, reduce_dict, unwrap_model,
+                          warn_rank0)
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
 from .precision import autocast, check_precision, make_grad_scaler
@@ -107,7 +109,7 @@ class Trainer:
                  log_every: int = 10, tensorboard: bool = False, after_step: Callable[["Trainer"], None] | None = None,
                  stop_after_steps: int | None = None, show_progress: bool = True, extra_state: dict | None = None,
                  summed_extra: tuple[str, ...] = (), must_match: tuple[str, ...] = (), plot: bool = True,
-                 stop_on_signals: bool = True):
+                 stop_on_signals: bool = True, result_files: tuple[str, ...] = ()):
         if grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
         self.info = info or DistInfo()
@@ -154,6 +156,7 @@ class Trainer:
         self._time_before = 0.0  # training seconds of the processes before a resume (up to their checkpoint)
         self._fit_start: float | None = None
         self.stop_on_signals = stop_on_signals
+        self.result_files = tuple(result_files)  # a finished run's files in run_dir, removed when it goes on
         self._signals: StopSignals | None = None  # (during fit)
         self._eval_due = False  # the resumed checkpoint's step is still to be evaluated (a stop signal came first)
 
@@ -576,9 +579,12 @@ class Trainer:
     def _stop(self, signum: int, epoch_finished: bool) -> dict[str, Any]:
         """End the run after this step: checkpoint it (every process: the RNG states are gathered) and report. An
         evaluation this step was due is left to the resumed run (``eval_due``: it evaluates first)."""
+        if self._signals is not None:
+            self._signals.announce = False  # (one from torchrun closing the processes: this one is stopping already)
         state = self.state_dict()
         state["eval_due"] = self._eval_is_due(epoch_finished, done=False)
         path = self.ckpt.save(state, self.step)
+        barrier()  # (no process exits before rank 0 has written the checkpoint: torchrun would kill it)
         self.logger.close()
         name = signal_name(signum)
         where = f" in {path}" if path is not None else ""
@@ -591,6 +597,9 @@ class Trainer:
         self.resume(resume)
         if on_start is not None:
             on_start()
+        if self.step < self.total_steps and self.info.is_main:  # (a finished run extended: its results are stale)
+            for name in self.result_files:
+                (self.run_dir / name).unlink(missing_ok=True)
         if self._eval_due:  # (the evaluation of a step a stop signal checkpointed before it)
             self._eval_due = False
             self._track_best(self.evaluate())

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -146,10 +147,13 @@ def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides
         net, transform, size = _from_timm(model, checkpoint, state, n)
     if class_names is not None:
         classes = _class_names(class_names, int(net.num_classes))
-    elif classes is None and not is_config and net.num_classes == 1000:
+    elif classes is None and net.num_classes == 1000:
         from timm.data import ImageNetInfo
         info = ImageNetInfo()
         classes = [info.index_to_description(i) for i in range(1000)]
+        if is_config:  # (a timm name means ImageNet; a config may be of another 1000-class dataset)
+            warnings.warn(f"{checkpoint or 'the model'} records no class names: the 1000 classes are named as "
+                          "ImageNet-1k's; give --class-names FILE for others", stacklevel=2)
     return Classifier(net.eval(), classes, transform, size)
 
 

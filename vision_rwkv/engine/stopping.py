@@ -7,16 +7,22 @@ SIGTERM, 130 for Ctrl-C), so that ``--resume latest`` continues from that very s
 stops at once, as without the handler. Under torchrun every process checks every step whether any process got a
 signal (one small all-reduce), so that all of them stop after the same step. DataLoader worker processes ignore
 these signals (:func:`ignore_stop_signals`, their ``worker_init_fn``): a signal sent to the whole process group
-(Ctrl-C, SLURM) would otherwise kill them under the main process.
+(Ctrl-C, SLURM) would otherwise kill them under the main process. Because they ignore SIGTERM, an exit handler kills
+the daemonic children still alive when the main process exits (after an error, their loader is left unclosed), where
+multiprocessing's own exit handler would SIGTERM them and wait forever. A tool's process (:func:`hold_after_stop`)
+keeps ignoring stop signals once one has stopped its run, so that one more (torchrun closing its workers, a second
+Ctrl-C) cannot cut its exit short.
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import signal
 import threading
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "ignore_stop_signals", "signal_name", "stop_exit_status"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "ignore_stop_signals", "hold_after_stop", "signal_name", "stop_exit_status"]
 
 # the signals that ask a training run to stop after its current step (SIGUSR1 does not exist on Windows)
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
@@ -28,6 +34,28 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     stop, then ends its workers; a worker whose main process dies exits on its own)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _kill_daemonic_children() -> None:
+    """At exit, before multiprocessing's handler (registered earlier, so run later): SIGKILL the daemonic children
+    still alive - DataLoader workers of a loader an error left open - which ignore the SIGTERM it would send them."""
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for p in children:
+        p.kill()
+    for p in children:
+        p.join(timeout=10)
+
+
+atexit.register(_kill_daemonic_children)
+
+_HOLD_AFTER_STOP = False
+
+
+def hold_after_stop(enabled: bool = True) -> None:
+    """Whether :class:`StopSignals` leaves stop signals ignored once one has been received (set by the tools, whose
+    process ends with the run; a library caller keeps its handlers back, Ctrl-C included)."""
+    global _HOLD_AFTER_STOP
+    _HOLD_AFTER_STOP = bool(enabled)
 
 
 def signal_name(signum: int) -> str:
@@ -60,8 +88,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        hold = _HOLD_AFTER_STOP and self.received is not None
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if hold else handler)
         self._previous.clear()
 
     def _record(self, signum: int, frame: Any) -> None:

@@ -105,9 +105,16 @@ def weights_in_folder(folder: str) -> str:
 
 
 def _check_classifier(variant: str, file: str, state: dict, model: nn.Module) -> None:
-    """A checkpoint classifier of another class count than the model's, which timm would load as it is (the model
-    has the cfg's class count): an error that says how to load it (torch's size-mismatch error would not)."""
+    """A checkpoint classifier of another class count than the model's, or none, which timm would load as it is (the
+    model has the cfg's class count): an error that says how to load it (torch's size-mismatch or missing-key error
+    would not)."""
     own = model.state_dict()
+    if any(k.startswith('head.') for k in own) and not any(k.startswith('head.') for k in state):
+        raise CheckpointMismatchError(  # (torch's "missing head.weight, head.bias" would follow)
+            f'{variant}: {file} has no classifier (a backbone or segmentation checkpoint), and the model keeps the '
+            f'pretrained cfg\'s {model.num_classes} classes, whose classifier timm loads from the file: pass '
+            'num_classes=N to create_model for a new N-class classifier, or num_classes=0 / features_only=True for '
+            'features')
     wrong = [k for k in state if k.startswith('head.') and k in own and state[k].shape != own[k].shape]
     if wrong:
         classes = state[wrong[-1]].shape[0]  # (the last classifier layer's outputs)

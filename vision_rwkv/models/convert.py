@@ -189,6 +189,19 @@ def detect_family(state_dict: Mapping[str, torch.Tensor]) -> str:
         f'`time_faaaa` / `time_maa_*` parameters (first keys: {names[:5]})')
 
 
+def reject_clip_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> None:
+    """:class:`CheckpointMismatchError` for an RWKV-CLIP checkpoint (the original's ``image_model.*`` /
+    ``text_model.*``, ours ``visual.trunk.*`` / ``text.*``, with ``logit_scale``): its text tower's RWKV-6 blocks
+    read as a VRWKV6 backbone and the errors that followed never said what the file was."""
+    names = list(state_dict)
+    towers = ('image_model.', 'text_model.', 'visual.trunk.', 'text.')
+    if 'logit_scale' in names and any(n.startswith(towers) for n in names):
+        raise CheckpointMismatchError(
+            'checkpoint is an RWKV-CLIP model (image and text towers, logit_scale), not a Vision-RWKV backbone: load '
+            'it with rwkv_clip.create_model(name, pretrained=FILE) or open_clip; its image tower is '
+            'model.visual.trunk, a timm VRWKV6 model whose state_dict() a classifier or segmentor can start from')
+
+
 def is_original_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """True for the original mmcls layout (``layers.{i}`` blocks), False for ours (``blocks.{i}``)."""
     names = list(state_dict)
@@ -288,6 +301,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module,
     error).
     """
     sd = unwrap_state_dict(state_dict)
+    reject_clip_checkpoint(sd)
     family = detect_family(sd)
     model_family = getattr(model, 'family', None)
     if model_family is not None and family != model_family:

@@ -90,6 +90,12 @@ def read_segmentor_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     from vision_rwkv.engine import read_model_state
 
     state = read_model_state(path)
+    heads = ("decode_head.", "auxiliary_head.", "aux_head.", "neck.")
+    if not any(strip_key_prefixes(k, ("module.",)).startswith(heads) for k in state):
+        raise SegCheckpointMismatchError(
+            f"checkpoint {path} is not a segmentation checkpoint (no decode_head, auxiliary head or neck weights: a "
+            "classification or backbone checkpoint?): give it as model.pretrained, the backbone's initial weights "
+            "for tools/train_seg.py")
     return convert_original_segmentor(state) if is_original_segmentor(state) else state
 
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vision_rwkv.engine.classification import norm_and_bias_names
-from vision_rwkv.models.convert import CheckpointFileMismatchError, key_mismatches
+from vision_rwkv.models.convert import CheckpointFileMismatchError, CheckpointMismatchError, key_mismatches
 
 from .adapter import ViTAdapter
 from .config import NECKS
@@ -92,7 +92,14 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
         state = {k[len("backbone."):]: v for k, v in state.items()}
     filter_fn = _checkpoint_filter(backbone)
     if filter_fn is not None:
-        state = filter_fn(state, backbone)
+        try:
+            state = filter_fn(state, backbone)
+        except CheckpointMismatchError as err:  # (the file named, as the classification loader names it)
+            if isinstance(err, CheckpointFileMismatchError):
+                raise
+            message = str(err)
+            message = f" {message[len('checkpoint '):]}" if message.startswith("checkpoint ") else f": {message}"
+            raise CheckpointFileMismatchError(f"pretrained backbone {path}{message}") from err
     own = backbone.state_dict()
     classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or "head"
     classifiers = [classifier] if isinstance(classifier, str) else list(classifier)

@@ -386,7 +386,7 @@ def train_segmentor(cfg: Any) -> dict:
                           log_every=t.log_every, tensorboard=t.tensorboard, stop_after_steps=t.stop_after_steps,
                           show_progress=t.show_progress,
                           extra_state={"classes": list(train_set.classes)},  # (predict_seg names its labels so)
-                          must_match=("classes",))
+                          must_match=("classes",), result_files=("train_result.json",))
         # config.yaml once the config, data and model are checked and a resume has succeeded
         result = trainer.fit(resume=t.resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
                              if info.is_main else None)
