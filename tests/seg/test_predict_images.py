@@ -144,9 +144,13 @@ def test_tool_writes_labels_overlays_and_summary(checkpoint, images, tmp_path, c
 def test_tool_errors(tmp_path, images, capsys):
     tool = _tool()
     headless = tmp_path / "headless.pt"  # weights without a decode head: no class count from the checkpoint
-    torch.save({"model": {"backbone.pos_embed": torch.zeros(1)}}, headless)
+    torch.save({"model": {"backbone.pos_embed": torch.zeros(1), "neck.conv.weight": torch.zeros(1)}}, headless)
     assert tool.main([str(DEMO), "data.type=folder", "--checkpoint", str(headless), "--images", str(images)]) == 2
     assert "class count" in capsys.readouterr().err
+    backbone = tmp_path / "backbone.pt"  # a classification / backbone file: said what it is
+    torch.save({"model": {"backbone.pos_embed": torch.zeros(1)}}, backbone)
+    assert tool.main([str(DEMO), "data.type=folder", "--checkpoint", str(backbone), "--images", str(images)]) == 2
+    assert f"checkpoint {backbone} is not a segmentation checkpoint" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         tool.main([str(DEMO), "--checkpoint", str(tmp_path / "no.pt"), "--images", str(images)])
     with pytest.raises(SystemExit) as exc:  # the option and the config key it sets: one of them

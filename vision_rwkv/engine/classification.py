@@ -255,8 +255,9 @@ def eval_num_outputs(cfg: DictConfig, state: Mapping[str, Any] | None) -> int | 
     return rows if rows is not None else (int(cfg.model.num_classes) if cfg.model.num_classes else None)
 
 
-def checkpoint_classes(path: str | Path) -> list[str] | None:
-    """The class names a training checkpoint of ``train_classifier`` records (``extra.classes``), else None."""
+def checkpoint_classes(path: str | Path, classifier: bool = True) -> list[str] | None:
+    """The class names a training checkpoint records (``extra.classes``), else None. With ``classifier`` (the
+    classification tools), a segmentation checkpoint is a :class:`CheckpointFileMismatchError` saying what it is."""
     if str(path).endswith(".safetensors"):
         return None
     from .checkpoint import load_checkpoint
@@ -264,7 +265,7 @@ def checkpoint_classes(path: str | Path) -> list[str] | None:
         ckpt = load_checkpoint(path, mmap=True)
     except RuntimeError:  # a legacy (non-zip) torch file cannot be mapped
         ckpt = load_checkpoint(path)
-    if _holds_segmentor(ckpt):
+    if classifier and _holds_segmentor(ckpt):
         raise CheckpointFileMismatchError(
             f"checkpoint {path} is a segmentation checkpoint (decode_head.* weights), not a classifier: evaluate "
             "it with tools/test_seg.py and predict with tools/predict_seg.py (its backbone can start a classifier: "

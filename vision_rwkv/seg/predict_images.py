@@ -107,7 +107,7 @@ def recorded_classes(checkpoint: PathLike) -> Optional[list[str]]:
     None (also for a file that cannot be read this way: its weights are read, and judged, elsewhere)."""
     from vision_rwkv.engine.classification import checkpoint_classes
     try:
-        return checkpoint_classes(checkpoint)
+        return checkpoint_classes(checkpoint, classifier=False)
     except Exception:  # noqa: BLE001  (a released file with objects weights_only refuses, a safetensors file)
         return None
 
