@@ -292,6 +292,43 @@ def test_resume_on_another_training_set_warns(tmp_path):
         other.load_state_dict(dict(state, train_samples=48))
 
 
+@pytest.mark.parametrize("kind", ["timm_cosine", "torch_lambda"])
+def test_a_resume_on_a_resized_training_set_ends_the_schedule_with_the_last_epoch(tmp_path, kind):
+    """Images added between a run and its resume: the run ended with its last epoch, but the schedule - built for
+    epochs x the new epoch length - was followed by step count, so it was cut short (or overran) there; a second
+    resume also lost the adjusted end. The schedule now follows the epoch-based position: the resumed rates are
+    those of the new schedule from the point in the epochs where the run stopped, ending at its end."""
+    import warnings
+
+    from timm.scheduler import CosineLRScheduler
+
+    def run(samples, resume=None, stop=None, folder="a"):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        spe = samples // 8
+        sched = (CosineLRScheduler(opt, t_initial=3 * spe, lr_min=0.01, t_in_epochs=False) if kind == "timm_cosine"
+                 else torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s)))
+        ds = torch.utils.data.TensorDataset(torch.randn(samples, 3), torch.randint(0, 2, (samples,)))
+        lrs = []
+        t = Trainer(model, opt, EpochLoader(ds, 8, seed=0), lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]),
+                    run_dir=tmp_path / folder, epochs=3, scheduler=sched, ckpt_every_steps=1, show_progress=False,
+                    plot=False,
+                    stop_after_steps=stop, after_step=lambda tr: lrs.append(tr.optimizer.param_groups[0]["lr"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # (the data-changed and schedule-length warnings)
+            result = t.fit(resume=resume)
+        return t, lrs, result
+
+    run(40, stop=8)  # 5 steps an epoch; killed after step 8, checkpointed at step 7: epoch 2, 2 steps in
+    grown, lrs, _ = run(56, resume="latest", stop=13)  # 7 steps an epoch: position 9 of 21 at the resume
+    assert grown.total_steps == 7 + 5 + 7
+    again, more, result = run(56, resume="latest")  # from step 12: a second resume keeps the end and the positions
+    assert result["step"] == again.total_steps == 19 and result["epoch"] == 3
+    _, fresh, _ = run(56, folder="b")  # the new data's uninterrupted schedule: positions 1..21
+    assert lrs[:-1] + more == pytest.approx(fresh[9:], rel=1e-12)  # (step 13 was lost: run again)
+
+
 def test_resume_warnings_are_said_by_rank_0_only(tmp_path, monkeypatch):
     """What every rank would say alike about a resumed checkpoint prints once under torchrun, not once per rank."""
     import warnings

@@ -94,6 +94,21 @@ def test_ctrl_c_twice_stops_at_once(tmp_path):
     assert max(_steps_saved(tmp_path)) == 2  # (the step-2 checkpoint of ckpt_every_steps=2; step 3 was not saved)
 
 
+def test_ctrl_c_again_once_the_stop_is_checkpointed_is_ignored(tmp_path):
+    """A second Ctrl-C after the stop's checkpoint, while the run winds down (the loader shutting its workers): it
+    was raised inside the loader's __del__ ("Exception ignored ... KeyboardInterrupt")."""
+    trainer = _trainer(tmp_path, after_step=_signal_at(3, signal.SIGINT))
+    close = trainer.logger.close
+
+    def close_after_a_second_ctrl_c():  # (_stop closes the logger after the checkpoint)
+        os.kill(os.getpid(), signal.SIGINT)
+        close()
+    trainer.logger.close = close_after_a_second_ctrl_c
+    result = trainer.fit()
+    assert result["stopped_by"] == "SIGINT" and result["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_stop_on_signals_false_leaves_the_handlers_alone(tmp_path):
     seen = []
 

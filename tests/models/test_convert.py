@@ -586,8 +586,15 @@ def test_an_rwkv_clip_checkpoint_is_named_as_such(tmp_path, layout):
         state = {'visual.trunk.' + k: v for k, v in tower.items()}
         state['text.blocks.0.att.time_maa_x'] = torch.zeros(1, 1, 32)
     state['logit_scale'] = torch.tensor(2.0)
+    path = tmp_path / 'clip.pt'
+    torch.save({'state_dict': {'module.' + k: v for k, v in state.items()}}, path)
     for name in ('vrwkv_tiny_patch16_224', 'vrwkv6_tiny_patch16_224'):
-        extra = {'head_size': 16} if name.startswith('vrwkv6') else {}
+        extra = {'head_size': 16} if name.startswith('vrwkv6') else {'wkv_mode': 'exact'}
         model = timm.create_model(name, embed_dim=32, depth=1, **extra)
         with pytest.raises(CheckpointMismatchError, match='is an RWKV-CLIP model .*rwkv_clip.create_model'):
             checkpoint_filter_fn({'state_dict': {'module.' + k: v for k, v in state.items()}}, model)
+        with pytest.raises(CheckpointMismatchError, match=f'{name}: checkpoint {path} is an RWKV-CLIP model'):
+            timm.create_model(name, pretrained=True, embed_dim=32, depth=1, **extra,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    with pytest.raises(CheckpointMismatchError, match='is an RWKV-CLIP model'):
+        convert_file(path, tmp_path / 'out.safetensors')

@@ -210,6 +210,8 @@ def run_tool(main: Callable[[list[str]], Any]) -> None:
         print(f"error: {f'[rank {rank}] ' if rank else ''}no space left on the device"
               f"{f' writing {err.filename}' if err.filename else ''}: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:  # (the handlers a stop left ignoring stay so; the flag is for this tool's run only)
+        hold_after_stop(False)
     sys.exit(exit_status(result))
 
 

@@ -133,6 +133,7 @@ class Trainer:
                              f"(epochs={epochs}, max_steps={max_steps})")
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         self._by_epochs = max_steps is None  # (a resume on changed data keeps the epoch count, not the step count)
+        self._schedule_offset = 0  # schedule position - step (a by-epoch run resumed on a training set of another size)
         self.eval_fn, self.eval_every_epochs, self.eval_every_steps = eval_fn, eval_every_epochs, eval_every_steps
         self.best_metric = best_metric
         self.ckpt_every_steps, self.ckpt_every_epochs = ckpt_every_steps, ckpt_every_epochs
@@ -215,9 +216,12 @@ class Trainer:
         lr_changed = self._keep_configured_lr(configured)
         saved_samples, samples = state.get("train_samples"), self._train_samples()
         data_changed = saved_samples is not None and samples is not None and int(saved_samples) != samples
-        if data_changed and self._by_epochs and self.epoch < self.epochs:  # the run still ends with its last epoch
-            left_now = max(0, self.steps_per_epoch - self.batch_in_epoch // self.accum)
-            self.total_steps = self.step + left_now + (self.epochs - self.epoch - 1) * self.steps_per_epoch
+        if self._by_epochs:  # the run ends with its last epoch, the schedule at the epoch-based position
+            done_now = min(self.batch_in_epoch // self.accum, self.steps_per_epoch)
+            # (0 unless the training set changed size since the step count began: then the steps so far are of
+            # epochs of another length, and the schedule, built for epochs of this one, is that many steps ahead)
+            self._schedule_offset = self.epoch * self.steps_per_epoch + done_now - self.step
+            self.total_steps = self.epochs * self.steps_per_epoch - self._schedule_offset
         saved_total = state.get("total_steps")
         if self.scheduler is not None and state.get("scheduler") is not None:
             if (saved_total is None or int(saved_total) == self.total_steps) and not moved and not lr_changed:
@@ -323,11 +327,11 @@ class Trainer:
         """The freshly built scheduler where ``self.step`` optimizer steps (and ``self.epoch`` epochs) leave it."""
         if hasattr(self.scheduler, "step_update"):  # timm: a function of the step / epoch count
             self.scheduler.step(self.epoch)
-            self.scheduler.step_update(num_updates=self.step)
+            self.scheduler.step_update(num_updates=self.step + self._schedule_offset)
             return
         with warnings.catch_warnings():  # torch: replay the steps ("scheduler.step() before optimizer.step()")
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(self.step):
+            for _ in range(self.step + self._schedule_offset):
                 self.scheduler.step()
 
     def save(self, metric: float | None = None) -> Path | None:
@@ -465,7 +469,7 @@ class Trainer:
             self.ema.update(unwrap_model(self.model), step=self.step)
         if self.scheduler is not None:
             if hasattr(self.scheduler, "step_update"):
-                self.scheduler.step_update(num_updates=self.step)
+                self.scheduler.step_update(num_updates=self.step + self._schedule_offset)
             else:
                 self.scheduler.step()
         if self.after_step is not None:
@@ -585,6 +589,8 @@ class Trainer:
         state["eval_due"] = self._eval_is_due(epoch_finished, done=False)
         path = self.ckpt.save(state, self.step)
         barrier()  # (no process exits before rank 0 has written the checkpoint: torchrun would kill it)
+        if self._signals is not None:  # (a second Ctrl-C now would only break the loader's shutdown)
+            self._signals.settled = True
         self.logger.close()
         name = signal_name(signum)
         where = f" in {path}" if path is not None else ""

@@ -9,7 +9,8 @@ signal (one small all-reduce), so that all of them stop after the same step. Dat
 these signals (:func:`ignore_stop_signals`, their ``worker_init_fn``): a signal sent to the whole process group
 (Ctrl-C, SLURM) would otherwise kill them under the main process. Because they ignore SIGTERM, an exit handler kills
 the daemonic children still alive when the main process exits (after an error, their loader is left unclosed), where
-multiprocessing's own exit handler would SIGTERM them and wait forever. A tool's process (:func:`hold_after_stop`)
+multiprocessing's own exit handler would SIGTERM them and wait forever (only children that ignore SIGTERM: the others
+are left to it). A tool's process (:func:`hold_after_stop`)
 keeps ignoring stop signals once one has stopped its run, so that one more (torchrun closing its workers, a second
 Ctrl-C) cannot cut its exit short.
 """
@@ -36,17 +37,36 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _kill_daemonic_children() -> None:
+def _kill_loader_workers() -> None:
     """At exit, before multiprocessing's handler (registered earlier, so run later): SIGKILL the daemonic children
-    still alive - DataLoader workers of a loader an error left open - which ignore the SIGTERM it would send them."""
-    children = [p for p in multiprocessing.active_children() if p.daemon]
-    for p in children:
+    that ignore SIGTERM - DataLoader workers of a loader an error left open - which that handler would SIGTERM, then
+    wait for forever. SIGCHLD goes back to its default first: the loader's own handler would report each killed
+    worker as an error ("killed by signal: Killed") over the one that ended the process."""
+    workers = [p for p in multiprocessing.active_children() if p.daemon and _ignores_sigterm(p.pid)]
+    if not workers:
+        return
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in workers:
         p.kill()
-    for p in children:
+    for p in workers:
         p.join(timeout=10)
 
 
-atexit.register(_kill_daemonic_children)
+def _ignores_sigterm(pid: int | None) -> bool:
+    """Whether process ``pid`` ignores SIGTERM (Linux: its ``SigIgn`` mask in /proc; elsewhere assumed, as for every
+    daemonic child there: multiprocessing would SIGTERM it anyway)."""
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next((line.split()[1] for line in f if line.startswith("SigIgn:")), None)
+    except OSError:
+        return True
+    return mask is None or bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
+atexit.register(_kill_loader_workers)
 
 _HOLD_AFTER_STOP = False
 
@@ -79,6 +99,7 @@ class StopSignals:
     def __init__(self, announce: bool = True):
         self.received: int | None = None
         self.announce = announce
+        self.settled = False  # set once a stop is checkpointed: later signals are ignored (Ctrl-C again included)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignals":
@@ -94,6 +115,8 @@ class StopSignals:
         self._previous.clear()
 
     def _record(self, signum: int, frame: Any) -> None:
+        if self.settled:  # (the stop's checkpoint is written: the run only winds down now)
+            return
         if self.received is not None:
             if signum == signal.SIGINT:  # Ctrl-C a second time: stop now, without the checkpoint
                 raise KeyboardInterrupt

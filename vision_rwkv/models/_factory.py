@@ -75,7 +75,12 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
         num_classes = 0 if features else getattr(model, 'num_classes', 1000)
 
         def filter_fn(state: dict, target: nn.Module) -> dict:
-            state = checkpoint_filter_fn(state, target, strict=strict)
+            try:
+                state = checkpoint_filter_fn(state, target, strict=strict)
+            except CheckpointMismatchError as err:  # (the file named: "checkpoint FILE is ...")
+                message = str(err)
+                message = f' {message[len("checkpoint "):]}' if message.startswith('checkpoint ') else f': {message}'
+                raise CheckpointMismatchError(f'{variant}: checkpoint {file}{message}') from err
             if num_classes == source.get('num_classes'):  # timm then loads the classifier as it is
                 _check_classifier(variant, file, state, target)
             return state

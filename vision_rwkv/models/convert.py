@@ -676,6 +676,7 @@ def convert_file(
     if not dst.endswith('.safetensors'):
         raise ValueError(f'output must be a .safetensors file, got {dst}')
     sd, record = read_weights_file(src, weights)
+    reject_clip_checkpoint(sd)
     family = detect_family(sd)
     if is_original_layout(sd):
         sd = original_to_ours(sd)
