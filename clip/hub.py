@@ -1,9 +1,9 @@
 """RWKV-CLIP models as open_clip hub folders (``open_clip_config.json`` + weights), for ``local-dir:FOLDER`` and,
 once uploaded, ``hf-hub:ORG/NAME``:
 
-    python -m rwkv_clip.hub --model RWKV-CLIP-B-32 --checkpoint runs/clip/checkpoints/best.pt --out my-rwkv-clip
-    python -m rwkv_clip.hub --run-dir runs/clip --out my-rwkv-clip     # a train_clip run, model.kwargs included
-    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:my-rwkv-clip")  # after import rwkv_clip
+    python -m rwkv_clip.hub --model RWKV-CLIP-B-32 --checkpoint runs/clip/checkpoints/ckpt_00010000.pt --out my-clip
+    python -m rwkv_clip.hub --run-dir runs/clip --out my-clip     # a train_clip run, model.kwargs included
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:my-clip")  # after import rwkv_clip
 
 open_clip's own ``push_to_hf_hub.save_for_hf`` needs a tokenizer with ``save_pretrained`` (its default
 SimpleTokenizer has none); RWKV-CLIP's tokenizer is rebuilt from the folder's config, so none is stored.
@@ -79,7 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--model", default=None, help="RWKV-CLIP config name (rwkv_clip.list_models()); with "
                         "--run-dir: the run's model.name")
     parser.add_argument("--run-dir", default=None, help="a train_clip run folder: the model as its config.yaml built "
-                        "it (model.name and model.kwargs), the weights of its best.pt, else its newest checkpoint")
+                        "it (model.name and model.kwargs), the weights of its newest checkpoint (of its best.pt "
+                        "where it has one)")
     parser.add_argument("--checkpoint", default=None, help="training checkpoint or state dict (.pt / .safetensors)")
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--bin", action="store_true", help="open_clip_pytorch_model.bin instead of .safetensors")

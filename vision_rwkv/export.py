@@ -206,7 +206,8 @@ def _clip_target(name: str, checkpoint, size, tower: str, kwargs: Optional[dict]
     model = rwkv_clip.create_model(name, pretrained=checkpoint, force_image_size=size, **(kwargs or {}))
     if tower == "image":
         return ImageEncoder(model), torch.randn(2, 3, *model.visual.image_size)
-    tokens = rwkv_clip.get_tokenizer(name)(["a photo of a cat", "a diagram of a bridge"])
+    tokenizer = rwkv_clip.get_tokenizer(name, context_length=model.context_length)  # (a config may change it)
+    tokens = tokenizer(["a photo of a cat", "a diagram of a bridge"])
     return TextEncoder(model), tokens
 
 

@@ -138,6 +138,10 @@ def test_a_train_clip_config_exports_its_model(tmp_path, capsys):
     program = torch.export.load(str(out))
     assert summary["input_dtype"] == "int64" and summary["input_shape"] == [24]
     assert sum(1 for n in program.state_dict if ".blocks." in n and n.endswith("ln1.weight")) == 1
+    # a config with its own text length: the example tokens take it (the base config's 24 failed: "more than 16")
+    assert load_tool("export").main([str(config), "model.kwargs={text_cfg: {layers: 1, context_length: 16}}",
+                                     "--tower", "text", "--output", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["input_shape"] == [16]
 
 
 def test_a_failed_check_keeps_the_file_already_there(tmp_path, capsys, monkeypatch):

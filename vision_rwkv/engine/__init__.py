@@ -74,7 +74,7 @@ Training loop (``loop.py``)
         ``exit_status`` (128 + the signal's number), and a resume makes the evaluation that step was due first.
     move_to_device(obj, device), clip_gradients(params, max_norm, mode)
 
-Stop signals (``stopping.py``)
+Stop signals (``stopping.py``, not imported here: ``from vision_rwkv.engine.stopping import ...``)
     StopSignals() (context: records the first stop signal instead of dying of it; Ctrl-C twice raises
     KeyboardInterrupt), STOP_SIGNALS, ignore_stop_signals(worker_id) (every DataLoader's ``worker_init_fn``),
     hold_after_stop() (the tools: stop signals stay ignored after a stop), stop_exit_status(signum),
