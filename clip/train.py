@@ -108,6 +108,9 @@ class TrainCfg:
     show_progress: bool = True
     stop_after_steps: Optional[int] = None    # stop early WITHOUT saving (simulated crash, for resume tests)
     threads: Optional[int] = None             # torch.set_num_threads per process
+    best_metric: Optional[str] = None         # an evaluation metric best.pt follows (higher is better): zeroshot_acc1,
+                                              # zeroshot_acc5, zeroshot_mean_per_class_recall, image_retrieval_recall@K,
+                                              # text_retrieval_recall@K (K = 1, 5, 10); None: no best.pt
 
 
 @dataclass
@@ -254,6 +257,25 @@ def train_clip(cfg: DictConfig | ClipTrainConfig | dict, resume: Optional[str] =
         cleanup_distributed()
 
 
+BEST_METRICS = {"zeroshot": ("zeroshot_acc1", "zeroshot_acc5", "zeroshot_mean_per_class_recall"),
+                "retrieval": tuple(f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10))}
+
+
+def _check_best_metric(cfg: DictConfig) -> None:
+    """train.best_metric names a metric the configured evaluation computes (ConfigError otherwise)."""
+    name = cfg.train.best_metric
+    if name is None:
+        return
+    part = next((p for p, names in BEST_METRICS.items() if name in names), None)
+    if part is None:
+        known = ", ".join(n for names in BEST_METRICS.values() for n in names)
+        raise ConfigError(f"train.best_metric {name!r} is not an evaluation metric ({known})")
+    data = cfg.eval.zero_shot.data if part == "zeroshot" else cfg.eval.retrieval.data
+    if data == "none":
+        key = "eval.zero_shot.data" if part == "zeroshot" else "eval.retrieval.data"
+        raise ConfigError(f"train.best_metric {name!r} needs its evaluation, but {key} is none")
+
+
 def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     tc = cfg.train
     if tc.batch_size < 1 or tc.batch_size % info.world_size:
@@ -271,6 +293,7 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
     if cfg.sched.name not in SCHEDULES:  # (before the model and the data are built)
         raise ConfigError(f"unknown sched.name {cfg.sched.name!r} ({', '.join(SCHEDULES)}; open_clip's 'const' is "
                           "'constant')")
+    _check_best_metric(cfg)
     run_dir = Path(cfg.run_dir)
     check_run_dir_is_free(run_dir, resume)  # fail fast, before the model and the data are built
     seed_everything(tc.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
@@ -313,7 +336,7 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         ckpt_every_steps=tc.ckpt_every_steps, ckpt_every_epochs=tc.ckpt_every_epochs, keep_last=tc.keep_last,
         log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
         stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",),
-        result_files=("result.json",))
+        result_files=("result.json",), best_metric=tc.best_metric, best_mode="max")
     objective.trainer = trainer
     # config.yaml once the config, data and model are checked and a resume has succeeded
     result = trainer.fit(resume=resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")

@@ -97,3 +97,24 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     wb = torch.load(find_latest_checkpoint(two / "checkpoints"), weights_only=True)["model"]
     for k in wa:
         assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_best_metric_keeps_the_best_evaluation_as_best_pt(tmp_path):
+    """train_clip kept no best.pt (the docs pointed to one): train.best_metric names the evaluation metric for it."""
+    import torch
+
+    import train_clip as cli
+    run = tmp_path / "run"
+    cfg = _write_cfg(tmp_path, run)
+    over = ["eval.retrieval.data=shapes", "eval.retrieval.length=24", "eval.every_epochs=0",
+            "eval.every_steps=1", "train.best_metric=image_retrieval_recall@5", "train.ckpt_every_steps=4"]
+    result = cli.main(["--config", str(cfg), *over])
+    rows = read_metrics_csv(run / "val_metrics.csv")
+    values = [r["image_retrieval_recall@5"] for r in rows]
+    assert len(values) == 4 and result["best"]["value"] == pytest.approx(max(values))
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == rows[values.index(max(values))]["step"] == result["best"]["step"]
+    for bad, message in (("train.best_metric=zeroshot_acc1", "eval.zero_shot.data is none"),
+                         ("train.best_metric=loss", "not an evaluation metric")):
+        with pytest.raises(Exception, match=message):
+            cli.main(["--config", str(cfg), f"run_dir={tmp_path / 'other'}", *over, bad])
