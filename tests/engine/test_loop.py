@@ -329,6 +329,61 @@ def test_a_resume_on_a_resized_training_set_ends_the_schedule_with_the_last_epoc
     assert lrs[:-1] + more == pytest.approx(fresh[9:], rel=1e-12)  # (step 13 was lost: run again)
 
 
+def _tiny_run(run_dir, samples, epochs=3, batch=4, sched=None, resume=None, stop=None, **kw):
+    """A seconds-long by-epoch run of a linear model (lrs logged per step; ``sched(opt, epochs, steps_per_epoch)``)."""
+    import warnings
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    gen = torch.Generator().manual_seed(1)
+    ds = torch.utils.data.TensorDataset(torch.randn(samples, 3, generator=gen),
+                                        torch.randint(0, 2, (samples,), generator=gen))
+    loader = EpochLoader(ds, batch, seed=0)
+    t = Trainer(model, opt, loader, lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]), run_dir=run_dir,
+                epochs=epochs, scheduler=sched(opt, epochs, len(loader)) if sched else None, log_every=1,
+                show_progress=False, plot=False, stop_after_steps=stop, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        t.fit(resume=resume)
+    return t
+
+
+def test_a_resized_training_set_with_equal_totals_by_chance_takes_the_new_schedule(tmp_path):
+    """40 -> 20 samples and 4 -> 7 epochs: the new run's total (40 steps) equals the checkpoint's, and the saved
+    schedule (another epoch length and count) came back: the rates ran 5 steps ahead, the last 5 at 0."""
+    def sched(opt, epochs, spe):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / (epochs * spe)))
+    _tiny_run(tmp_path / "a", 40, epochs=4, sched=sched, stop=16, ckpt_every_steps=1)  # checkpoint: step 15
+    resumed = _tiny_run(tmp_path / "a", 20, epochs=7, sched=sched, resume="latest")
+    fresh = _tiny_run(tmp_path / "b", 20, epochs=7, sched=sched)
+    lrs = [r["lr"] for r in read_metrics_csv(tmp_path / "a" / "train_metrics.csv")][15:]
+    want = [r["lr"] for r in read_metrics_csv(tmp_path / "b" / "train_metrics.csv")][10:]  # position 10 of 35
+    assert resumed.total_steps == 40 and lrs == pytest.approx(want, rel=1e-9) and min(lrs) > 0
+    assert fresh.step == 35
+
+
+def test_a_resume_with_coarser_steps_logs_one_row_per_step_and_none_at_step_0(tmp_path):
+    """Batch 4 -> 8: the kept rows' steps are rescaled by 0.4; rounding put two rows on a step and one at step 0."""
+    _tiny_run(tmp_path, 40, stop=7, ckpt_every_steps=5, eval_fn=lambda m: {"w": float(m.weight.sum())},
+              eval_every_steps=1, best_metric="w")
+    _tiny_run(tmp_path, 40, batch=8, resume="latest", eval_fn=lambda m: {"w": float(m.weight.sum())},
+              eval_every_steps=1, best_metric="w")
+    for split in ("train", "val"):
+        steps = [int(r["step"]) for r in read_metrics_csv(tmp_path / f"{split}_metrics.csv")]
+        assert steps == list(range(1, 16)), (split, steps)
+
+
+def test_a_step_is_not_evaluated_twice_when_a_smaller_training_set_puts_it_at_an_epoch_end(tmp_path):
+    """Step 7 evaluated and checkpointed mid-epoch; resumed on half the data, batch 7 is past the new epoch's end:
+    the epoch ended at once and evaluated step 7 again (two rows for one step)."""
+    kw = dict(ckpt_every_steps=7, eval_every_steps=7, eval_fn=lambda m: {"w": float(m.weight.sum())},
+              best_metric="w")
+    _tiny_run(tmp_path, 40, stop=8, **kw)
+    _tiny_run(tmp_path, 20, resume="latest", **kw)
+    steps = [int(r["step"]) for r in read_metrics_csv(tmp_path / "val_metrics.csv")]
+    assert steps == sorted(set(steps)) and steps[0] == 7
+
+
 def test_resume_warnings_are_said_by_rank_0_only(tmp_path, monkeypatch):
     """What every rank would say alike about a resumed checkpoint prints once under torchrun, not once per rank."""
     import warnings
@@ -524,10 +579,11 @@ def test_a_resume_with_steps_of_another_size_renumbers_checkpoints_and_logs(tmp_
                                                                                 "ckpt_00000004.pt"]
     assert [p.name for p in ckpts.glob("ckpt_*.pt")] == ["ckpt_00000002.pt"]
     assert load_checkpoint(ckpts / "ckpt_00000002.pt")["micro_batch_samples"] == 16
-    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [0, 1, 2, 2]  # (x 1/2)
+    # (x 1/2: the rows of old steps 2 and 4 stand for new steps 1 and 2; one row per step, none at step 0)
+    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2]
     run(16).fit(resume="latest")  # (from the renumbered checkpoint: no second mapping)
     assert sorted(p.name for p in ckpts.glob("ckpt_*.pt")) == ["ckpt_00000004.pt", "ckpt_00000006.pt"]
-    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")][4:] == [3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2, 3, 4, 5, 6]
 
 
 def _recorded(path) -> int:

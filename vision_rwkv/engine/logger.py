@@ -239,8 +239,7 @@ class MetricLogger:
             last = step - 1 if path.name[: -len("_metrics.csv")] in drop_at else step
             rows = [r for r in _read_rows(path) if float(r.get("step", 0)) <= last]
             if rescale != 1.0:
-                rows = [{**r, "step": round(float(r["step"]) * rescale)} if r.get("step") not in (None, "") else r
-                        for r in rows]
+                rows = _rescaled(rows, rescale)
             _write_rows(path, header or [], rows)
 
     def plot(self, filename: str = "curves.png") -> Path | None:
@@ -254,6 +253,21 @@ class MetricLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _rescaled(rows: list[dict[str, Any]], rescale: float) -> list[dict[str, Any]]:
+    """``rows`` with their steps multiplied by ``rescale``, rounded, at least 1; where rows of a coarser step size
+    land on one step, the last of them stands for it (one row per step, as the resumed run logs them)."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        if r.get("step") in (None, ""):
+            out.append(r)
+            continue
+        step = max(1, round(float(r["step"]) * rescale))
+        if out and out[-1].get("step") not in (None, "") and out[-1]["step"] == step:
+            out.pop()
+        out.append({**r, "step": step})
+    return out
 
 
 def _read_header(path: Path) -> list[str] | None:

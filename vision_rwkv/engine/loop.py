@@ -150,6 +150,7 @@ class Trainer:
         self.epoch = 0           # current epoch
         self.batch_in_epoch = 0  # batches of the current epoch consumed
         self.last_eval: dict[str, float] = {}
+        self._last_eval_step: int | None = None  # the step last evaluated (a step is never evaluated twice)
         self.last_train_loss: float | None = None  # the last logged window's mean loss
         self.history: list[dict[str, float]] = []
         self._window: dict[str, float] = {}  # sums of the step logs since the last logged row, and their count
@@ -176,7 +177,8 @@ class Trainer:
             "micro_batch_samples": self._micro_batch_samples(), "train_samples": self._train_samples(),
             "rng": gather_rng_states(),
             "extra": self._saved_extra(),
-            "last_eval": dict(self.last_eval), "last_train_loss": self.last_train_loss,
+            "last_eval": dict(self.last_eval), "last_eval_step": self._last_eval_step,
+            "last_train_loss": self.last_train_loss,
             "log_window": {"steps": self._window_n, "sums": self._window_sums()},
             "train_time_s": self._train_time(),
         }
@@ -224,7 +226,8 @@ class Trainer:
             self.total_steps = self.epochs * self.steps_per_epoch - self._schedule_offset
         saved_total = state.get("total_steps")
         if self.scheduler is not None and state.get("scheduler") is not None:
-            if (saved_total is None or int(saved_total) == self.total_steps) and not moved and not lr_changed:
+            if ((saved_total is None or int(saved_total) == self.total_steps) and not moved and not lr_changed
+                    and not data_changed):  # (a resized training set: equal totals by chance, another schedule)
                 self.scheduler.load_state_dict(state["scheduler"])
             else:  # a longer / shorter run (timm's train.py --resume with new --epochs), or a step count mapped to
                 # another batch: the new schedule at the new step (the saved one would run ahead of or behind it)
@@ -256,6 +259,7 @@ class Trainer:
         self.ckpt.load_best_tracking(state)
         # the results a finished run reports, so that resuming it does not lose them
         self.last_eval = dict(state.get("last_eval") or {})
+        self._last_eval_step = state.get("last_eval_step")
         self.last_train_loss = state.get("last_train_loss")
         self._time_before = float(state.get("train_time_s") or 0.0)
         window = state.get("log_window") or {}
@@ -367,7 +371,7 @@ class Trainer:
             rescale = self.step / max(saved_step, 1)
             self.logger.truncate_after(saved_step, rescale=rescale, drop_at=("val",) if self._eval_due else ())
             if self.ckpt.best_step is not None:  # (best.pt itself is known by its save id)
-                self.ckpt.best_step = round(self.ckpt.best_step * rescale)
+                self.ckpt.best_step = max(1, round(self.ckpt.best_step * rescale))
             tag = f"steps_of_{state.get('micro_batch_samples')}_samples"
             resumed_file = self.ckpt.renumber(self.state_dict(), self.step, tag)
             print_rank0(f"[trainer] checkpoints of the earlier step size moved to {self.ckpt.dir / tag}; the run "
@@ -490,7 +494,7 @@ class Trainer:
                 ema_module.eval()
                 metrics.update({f"ema_{k}": v for k, v in self.eval_fn(ema_module).items()})
         model.train()
-        self.last_eval = metrics
+        self.last_eval, self._last_eval_step = metrics, self.step
         self.logger.log(self.step, metrics, split="val", epoch=self.epoch_label())
         print_rank0(f"[eval] step {self.step} epoch {self.epoch_label()}: " +
                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -520,7 +524,8 @@ class Trainer:
         (``*_every_steps``), the epoch schedule (``*_every_epochs``, at an epoch end) or the end of training asks.
         An evaluation that raises is followed by a checkpoint of the step (single process; the error propagates)."""
         evaluated = None
-        if self._eval_is_due(epoch_finished, done):
+        # (a step evaluated already: a resume on a smaller training set can put the checkpoint's step at an epoch end)
+        if self._eval_is_due(epoch_finished, done) and self._last_eval_step != self.step:
             try:
                 evaluated = self.evaluate()
             except Exception:
