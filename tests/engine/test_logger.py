@@ -139,3 +139,23 @@ def test_a_full_disk_leaves_no_half_row_and_no_empty_plot(tmp_path, monkeypatch)
         save_figure(fig, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == [
         "curves.png", "train_metrics.csv"]
+
+
+def test_tensorboard_hides_the_events_a_resume_logs_again(tmp_path):
+    """A crash after step 5, a resume from step 3: the CSV was truncated, TensorBoard showed steps 4-5 twice (and the
+    step going backwards) - it now gets purge_step, so the later events of the crashed run are hidden."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    first = MetricLogger(tmp_path, tensorboard=True)
+    for step in range(1, 6):
+        first.log(step, {"loss": float(step)})
+    first.close()
+    resumed = MetricLogger(tmp_path, tensorboard=True)
+    resumed.truncate_after(3)
+    for step in range(4, 8):
+        resumed.log(step, {"loss": 10.0 + step})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    seen = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert seen == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0), (6, 16.0), (7, 17.0)]

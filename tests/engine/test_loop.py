@@ -384,6 +384,29 @@ def test_a_step_is_not_evaluated_twice_when_a_smaller_training_set_puts_it_at_an
     assert steps == sorted(set(steps)) and steps[0] == 7
 
 
+def test_an_error_in_fit_closes_the_tensorboard_writer(tmp_path):
+    """A failing run left TensorBoard's writer thread running (one more per failed run in a sweep or notebook)."""
+    import threading
+    pytest.importorskip("tensorboard")
+    before = threading.active_count()
+    for attempt in range(2):
+        model = nn.Linear(3, 2)
+        ds = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), EpochLoader(ds, 4, seed=0),
+                          lambda m, b: m(b[0]).sum() * float("nan"), run_dir=tmp_path / str(attempt), epochs=1,
+                          tensorboard=True, show_progress=False, plot=False)
+        with pytest.raises(FloatingPointError):
+            trainer.fit()
+        assert trainer.logger._tb is None
+    assert threading.active_count() == before
+
+
+def test_history_keeps_the_last_rows_only(tmp_path):
+    trainer = _tiny_run(tmp_path, 40, epochs=1)
+    assert [h["step"] for h in trainer.history] == list(range(1, 11))
+    assert trainer.history.maxlen == 10_000  # (a long run with log_every=1 grew it by ~0.5 KB a row for ever)
+
+
 def test_resume_warnings_are_said_by_rank_0_only(tmp_path, monkeypatch):
     """What every rank would say alike about a resumed checkpoint prints once under torchrun, not once per rank."""
     import warnings

@@ -231,7 +231,7 @@ class MetricLogger:
         """Drop rows logged after ``step`` (a resumed run re-logs them), and those of the ``drop_at`` splits logged
         at ``step`` (an evaluation of that step the resumed run makes); with ``rescale`` the kept rows' steps are
         multiplied by it (rounded): a resume whose steps are of another size (another batch or world size) keeps one
-        unit along the x axis."""
+        unit along the x axis. TensorBoard's events after the step are purged as well (its ``purge_step``)."""
         if not self.enabled:
             return
         for path in self.run_dir.glob("*_metrics.csv"):
@@ -241,6 +241,10 @@ class MetricLogger:
             if rescale != 1.0:
                 rows = _rescaled(rows, rescale)
             _write_rows(path, header or [], rows)
+        if self._tb is not None:  # TensorBoard hides the events of the later steps too (they are logged again)
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb.close()
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=round(step * rescale) + 1)
 
     def plot(self, filename: str = "curves.png") -> Path | None:
         """Draw all splits' metrics to ``<run_dir>/<filename>``."""

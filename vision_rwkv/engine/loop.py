@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import deque
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -152,7 +153,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self._last_eval_step: int | None = None  # the step last evaluated (a step is never evaluated twice)
         self.last_train_loss: float | None = None  # the last logged window's mean loss
-        self.history: list[dict[str, float]] = []
+        self.history: deque[dict[str, float]] = deque(maxlen=10_000)  # the last logged rows (all are in the CSV)
         self._window: dict[str, float] = {}  # sums of the step logs since the last logged row, and their count
         self._window_n = 0
         self._time_before = 0.0  # training seconds of the processes before a resume (up to their checkpoint)
@@ -605,6 +606,12 @@ class Trainer:
                 "exit_status": stop_exit_status(signum), "checkpoint": str(path) if path is not None else None}
 
     def _fit(self, resume: str | Path | None, on_start: Callable[[], Any] | None) -> dict[str, Any]:
+        try:
+            return self._train(resume, on_start)
+        finally:  # (an error too: TensorBoard's writer thread ends, its events are flushed)
+            self.logger.close()
+
+    def _train(self, resume: str | Path | None, on_start: Callable[[], Any] | None) -> dict[str, Any]:
         self.resume(resume)
         if on_start is not None:
             on_start()
