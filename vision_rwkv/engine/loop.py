@@ -597,7 +597,6 @@ class Trainer:
         barrier()  # (no process exits before rank 0 has written the checkpoint: torchrun would kill it)
         if self._signals is not None:  # (a second Ctrl-C now would only break the loader's shutdown)
             self._signals.settled = True
-        self.logger.close()
         name = signal_name(signum)
         where = f" in {path}" if path is not None else ""
         print_rank0(f"[trainer] stopped by {name} after step {self.step}/{self.total_steps}, checkpointed{where}; "
@@ -608,7 +607,7 @@ class Trainer:
     def _fit(self, resume: str | Path | None, on_start: Callable[[], Any] | None) -> dict[str, Any]:
         try:
             return self._train(resume, on_start)
-        finally:  # (an error too: TensorBoard's writer thread ends, its events are flushed)
+        finally:  # (every way out, an error too: TensorBoard's writer thread ends, its events are flushed)
             self.logger.close()
 
     def _train(self, resume: str | Path | None, on_start: Callable[[], Any] | None) -> dict[str, Any]:
@@ -655,7 +654,6 @@ class Trainer:
                     self.history.append({"step": self.step, **avg})
                     self._window, self._window_n, window_samples, window_t = {}, 0, 0, now
                 if self.stop_after_steps is not None and self.step >= self.stop_after_steps:
-                    self.logger.close()
                     return {"step": self.step, "stopped": True}
                 if self.step >= self.total_steps:
                     break
@@ -686,7 +684,6 @@ class Trainer:
                 self.logger.plot()
             except OSError as err:  # (a full disk: the run, its checkpoints and its logs are done; the curves not)
                 warn_rank0(f"could not draw the metric curves in {self.run_dir}: {err}")
-        self.logger.close()
         result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": self.last_train_loss,
                                   "train_time_s": self._train_time(),
                                   "skipped_samples": self.loader.num_skipped}
