@@ -175,7 +175,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
     of another class count (or none in the file) keeps its initialisation. Missing, unexpected (``strict``) or
     mis-shaped keys raise a RuntimeError naming the file. Returns the classifier keys left as initialised."""
     from ..models import VRWKV, VRWKV6
-    from ..models.convert import checkpoint_filter_fn, key_mismatches, trained_wkv_mode, unwrap_state_dict
+    from ..models.convert import (checkpoint_filter_fn, key_mismatches, trained_wkv_mode, unwrap_state_dict,
+                                  with_file_named)
 
     checkpoint = load_checkpoint_file(path) if state is None else None  # (also read for its record of the mode)
     sd = _model_state(checkpoint, key, path) if state is None else dict(state)
@@ -190,10 +191,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, key: str | None = "a
                 target.set_wkv_mode(record[0], chunks)
             sd = checkpoint_filter_fn(sd, target)
         except CheckpointMismatchError as err:  # the file named: "checkpoint PATH does not fit VRWKV: ..."
-            message = str(err)
-            if message.startswith("checkpoint "):
-                raise CheckpointFileMismatchError(f"checkpoint {path} {message[len('checkpoint '):]}") from err
-            raise CheckpointFileMismatchError(f"checkpoint {path}: {message}") from err
+            raise CheckpointFileMismatchError(with_file_named(err, f"checkpoint {path}")) from err
     own = target.state_dict()
     renewed: list[str] = []
     if new_classifier:

@@ -11,7 +11,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, load_pretrained
 from timm.models._builder import resolve_pretrained_cfg
 
-from .convert import CheckpointMismatchError, checkpoint_filter_fn, read_weights_file
+from .convert import CheckpointMismatchError, checkpoint_filter_fn, read_weights_file, with_file_named
 
 __all__ = ['hub_cfg', 'build_backbone', 'weights_in_folder']
 
@@ -78,9 +78,7 @@ def build_backbone(model_cls: Type[nn.Module], variant: str, pretrained: bool = 
             try:
                 state = checkpoint_filter_fn(state, target, strict=strict)
             except CheckpointMismatchError as err:  # (the file named: "checkpoint FILE is ...")
-                message = str(err)
-                message = f' {message[len("checkpoint "):]}' if message.startswith('checkpoint ') else f': {message}'
-                raise CheckpointMismatchError(f'{variant}: checkpoint {file}{message}') from err
+                raise CheckpointMismatchError(f'{variant}: {with_file_named(err, f"checkpoint {file}")}') from err
             if num_classes == source.get('num_classes'):  # timm then loads the classifier as it is
                 _check_classifier(variant, file, state, target)
             return state

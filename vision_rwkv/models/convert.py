@@ -102,6 +102,13 @@ class CheckpointFileMismatchError(CheckpointMismatchError, RuntimeError):
     ``load_state_dict`` is (callers that catch RuntimeError keep reporting it). The tools print it as one line."""
 
 
+def with_file_named(err: CheckpointMismatchError, named: str) -> str:
+    """The message of a checkpoint filter's ``err`` ("checkpoint is a VRWKV6 state dict ...", or one without the
+    subject) with the file named instead: ``named`` is e.g. "checkpoint PATH" or "pretrained backbone PATH"."""
+    message = str(err)
+    return f'{named} {message[len("checkpoint "):]}' if message.startswith('checkpoint ') else f'{named}: {message}'
+
+
 MAX_LISTED_KEYS = 20  # keys named per kind in a mismatch error; the rest are counted
 
 

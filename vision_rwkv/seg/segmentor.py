@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vision_rwkv.engine.classification import norm_and_bias_names
-from vision_rwkv.models.convert import CheckpointFileMismatchError, CheckpointMismatchError, key_mismatches
+from vision_rwkv.models.convert import (CheckpointFileMismatchError, CheckpointMismatchError, key_mismatches,
+                                       with_file_named)
 
 from .adapter import ViTAdapter
 from .config import NECKS
@@ -97,9 +98,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, strict: bool = 
         except CheckpointMismatchError as err:  # (the file named, as the classification loader names it)
             if isinstance(err, CheckpointFileMismatchError):
                 raise
-            message = str(err)
-            message = f" {message[len('checkpoint '):]}" if message.startswith("checkpoint ") else f": {message}"
-            raise CheckpointFileMismatchError(f"pretrained backbone {path}{message}") from err
+            raise CheckpointFileMismatchError(with_file_named(err, f"pretrained backbone {path}")) from err
     own = backbone.state_dict()
     classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or "head"
     classifiers = [classifier] if isinstance(classifier, str) else list(classifier)
