@@ -58,18 +58,14 @@ def _check_config_fits(model: nn.Module, cfg: dict) -> None:
     buffer names and shapes: a folder whose config does not rebuild its weights would fail to load."""
     from .model import RWKVCLIP
 
+    from vision_rwkv.models.convert import key_mismatches
+
     with torch.device("meta"):
         rebuilt = RWKVCLIP(**copy.deepcopy(cfg))
-    want = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if want == have:
-        return
-    missing, unexpected = sorted(want.keys() - have.keys()), sorted(have.keys() - want.keys())
-    shapes = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
-    parts = [f"{len(v)} {what} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
-             for what, v in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if v]
-    raise ValueError("the config does not rebuild this model's weights: " + "; ".join(parts)
-                     + " - give the config the model was built with")
+    problems = key_mismatches(rebuilt.state_dict(), model.state_dict())  # (the model's weights as the "checkpoint")
+    if problems:
+        raise ValueError("the config does not rebuild this model's weights: " + "; ".join(problems)
+                         + " - give the config the model was built with")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

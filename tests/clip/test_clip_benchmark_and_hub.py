@@ -142,7 +142,7 @@ def test_save_for_hf_writes_the_config_the_model_was_built_with(tmp_path):
     cfg = rwkv_clip.get_model_config(NAME)
     cfg["text_cfg"]["layers"] = 3
     plain = RWKVCLIP(**cfg)  # built without create_model: the name's config is used, and must fit
-    with pytest.raises(ValueError, match="does not rebuild this model's weights: 56 unexpected"):
+    with pytest.raises(ValueError, match="does not rebuild this model's weights: 56 unexpected keys"):
         rwkv_clip.save_for_hf(plain, tmp_path / "b", NAME)
     with pytest.raises(ValueError, match="records no config"):
         rwkv_clip.save_for_hf(plain, tmp_path / "b")
