@@ -43,7 +43,7 @@ def _trainer(run_dir, precision="fp32", **kw):
 
     return Trainer(model, opt, loader, loss_fn, run_dir=run_dir, epochs=3, scheduler=sched, ema=ema,
                    precision=precision, grad_accum_steps=2, clip_grad=1.0, eval_fn=eval_fn, best_metric="neg_w",
-                   ckpt_every_steps=2, keep_last=2, log_every=1, show_progress=False, plot=False, **kw)
+                   ckpt_every_steps=2, keep_last=2, log_every=1, show_progress=False, **{"plot": False, **kw})
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

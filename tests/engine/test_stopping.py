@@ -41,7 +41,7 @@ def _steps_saved(run_dir: Path) -> list[int]:
 def test_a_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, stop_step, signum):
     full = _trainer(tmp_path / "full")
     full.fit()
-    stopped = _trainer(tmp_path / "run", after_step=_signal_at(stop_step, signum))
+    stopped = _trainer(tmp_path / "run", after_step=_signal_at(stop_step, signum), plot=True)
     before = signal.getsignal(signal.SIGTERM)
     result = stopped.fit()
     assert signal.getsignal(signal.SIGTERM) is before  # the handlers are put back
@@ -52,6 +52,9 @@ def test_a_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, stop_step, 
     assert load_checkpoint(result["checkpoint"])["step"] == stop_step
     assert stop_step in _steps_saved(tmp_path / "run")
     assert max(_steps_saved(tmp_path / "run")) == stop_step  # nothing after the stop
+    curves = tmp_path / "run" / "curves.png"
+    assert curves.is_file()  # the curves of the run so far are drawn on a stop, too
+    curves.unlink()
 
     resumed = _trainer(tmp_path / "run")
     torch.manual_seed(99)  # a new process starts from another RNG state

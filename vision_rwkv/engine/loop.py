@@ -597,12 +597,22 @@ class Trainer:
         barrier()  # (no process exits before rank 0 has written the checkpoint: torchrun would kill it)
         if self._signals is not None:  # (a second Ctrl-C now would only break the loader's shutdown)
             self._signals.settled = True
+        self._draw_curves()  # (after the checkpoint: a preempted run's seconds go to its work first)
         name = signal_name(signum)
         where = f" in {path}" if path is not None else ""
         print_rank0(f"[trainer] stopped by {name} after step {self.step}/{self.total_steps}, checkpointed{where}; "
                     "--resume latest continues from it")
         return {"step": self.step, "epoch": self.epoch, "stopped": True, "stopped_by": name,
                 "exit_status": stop_exit_status(signum), "checkpoint": str(path) if path is not None else None}
+
+    def _draw_curves(self) -> None:
+        """``curves.png`` of the run so far (rank 0; a failure to draw is a warning, the run's work is saved)."""
+        if not self.plot:
+            return
+        try:
+            self.logger.plot()
+        except OSError as err:  # (a full disk: the run, its checkpoints and its logs are done; the curves not)
+            warn_rank0(f"could not draw the metric curves in {self.run_dir}: {err}")
 
     def _fit(self, resume: str | Path | None, on_start: Callable[[], Any] | None) -> dict[str, Any]:
         try:
@@ -679,11 +689,7 @@ class Trainer:
             self._eval_and_checkpoint(epoch_finished, done=done)
         if self.loader.num_skipped:
             print_rank0(f"[trainer] skipped {self.loader.num_skipped} unreadable samples")
-        if self.plot:
-            try:
-                self.logger.plot()
-            except OSError as err:  # (a full disk: the run, its checkpoints and its logs are done; the curves not)
-                warn_rank0(f"could not draw the metric curves in {self.run_dir}: {err}")
+        self._draw_curves()
         result: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "train_loss": self.last_train_loss,
                                   "train_time_s": self._train_time(),
                                   "skipped_samples": self.loader.num_skipped}
