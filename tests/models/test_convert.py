@@ -519,7 +519,7 @@ def test_convert_with_model_checks_without_resizing_and_errors_are_one_line(tmp_
                           ([str(tmp_path / 'tensor.pth'), str(tmp_path / 'x.safetensors')], 'holds no weights'),
                           ([str(path), str(tmp_path / 'none' / 'x.safetensors')], 'output folder not found'),
                           ([str(path), str(tmp_path / 'x.safetensors'), '--model', 'vrwkv_small_patch16_224'],
-                           'checkpoint embedding width 32 != model width 384')):
+                           f'checkpoint {path} embedding width 32 != model width 384')):
         assert cli.main(argv) == 1, argv
         err = capsys.readouterr().err
         assert err.startswith('error: ') and message in err and err.count('\n') == 1, err
@@ -596,5 +596,5 @@ def test_an_rwkv_clip_checkpoint_is_named_as_such(tmp_path, layout):
         with pytest.raises(CheckpointMismatchError, match=f'{name}: checkpoint {path} is an RWKV-CLIP model'):
             timm.create_model(name, pretrained=True, embed_dim=32, depth=1, **extra,
                               pretrained_cfg_overlay=dict(file=str(path)))
-    with pytest.raises(CheckpointMismatchError, match='is an RWKV-CLIP model'):
-        convert_file(path, tmp_path / 'out.safetensors')
+    with pytest.raises(CheckpointMismatchError, match=f'^checkpoint {path} is an RWKV-CLIP model'):
+        convert_file(path, tmp_path / 'out.safetensors')  # (the tool converts one file: its errors name it)

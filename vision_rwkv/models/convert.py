@@ -683,8 +683,11 @@ def convert_file(
     if not dst.endswith('.safetensors'):
         raise ValueError(f'output must be a .safetensors file, got {dst}')
     sd, record = read_weights_file(src, weights)
-    reject_clip_checkpoint(sd)
-    family = detect_family(sd)
+    try:  # (the errors name the file: the tool converts one)
+        reject_clip_checkpoint(sd)
+        family = detect_family(sd)
+    except CheckpointMismatchError as err:
+        raise CheckpointFileMismatchError(with_file_named(err, f'checkpoint {os.fspath(src)}')) from None
     if is_original_layout(sd):
         sd = original_to_ours(sd)
     num_classes = sd['head.weight'].shape[0] if 'head.weight' in sd else 0
@@ -698,7 +701,10 @@ def convert_file(
         model_kwargs.setdefault('num_classes', num_classes)
         with torch.device('meta'):
             model = timm.create_model(model_name, **model_kwargs)
-        checkpoint_filter_fn(sd, model)
+        try:
+            checkpoint_filter_fn(sd, model)
+        except CheckpointMismatchError as err:
+            raise CheckpointFileMismatchError(with_file_named(err, f'checkpoint {os.fspath(src)}')) from None
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     metadata = {'format': 'pt', 'family': family, 'layout': 'vision_rwkv'}
     if family == 'vrwkv' and record is not None:  # the Bi-WKV function the weights were trained with
