@@ -80,6 +80,10 @@ Stop signals (``stopping.py``, not imported here: ``from vision_rwkv.engine.stop
     hold_after_stop() (the tools: stop signals stay ignored after a stop), stop_exit_status(signum),
     signal_name(signum)
 
+Memory format (``memory_format.py``)
+    to_channels_last(model) (4-D weights and image inputs channels-last: timm's ``--channels-last``, config key
+    ``train.channels_last``), takes_channels_last(model), plain_layout(state) (checkpoints stay contiguous)
+
 Compilation (``compiling.py``)
     compile_for_training(model, enabled, backend="inductor", mode=None, where="train") -> the model or
     ``torch.compile(model, ...)`` (config keys ``train.compile`` / ``train.compile_backend`` / ``train.compile_mode``
@@ -120,4 +124,5 @@ from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler,
                      sample_seed, seed_everything, seeded_rng)
 from .logger import MetricLogger, json_text, plot_curves, progress, read_metrics_csv
 from .loop import Trainer, clip_gradients, move_to_device
+from .memory_format import plain_layout, takes_channels_last, to_channels_last
 from .precision import autocast, check_precision, make_grad_scaler, precision_dtype

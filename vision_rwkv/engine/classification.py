@@ -42,6 +42,7 @@ from .files import write_text_atomic
 from .loader import ShardSampler, build_train_loader, collate_drop_none, seed_everything
 from .logger import json_text, progress, pyplot, save_figure, short_text
 from .loop import CLIP_MODES, Trainer
+from .memory_format import to_channels_last
 from .precision import autocast
 from .stopping import ignore_stop_signals
 
@@ -674,6 +675,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
     seed_everything(cfg.seed, 0)  # identical initial weights on every rank
     model = create_classifier(cfg, num_classes)
     seed_everything(cfg.seed, info.rank)
+    if cfg.train.channels_last:  # (before the EMA copy and the wrappers)
+        to_channels_last(model)
     model = wrap_ddp(model, info)
     t = cfg.train
     repeats = float(cfg.aug.repeats)
@@ -758,6 +761,20 @@ def _per_class_csv(classes: list[str], r: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def check_eval_config(cfg: DictConfig) -> None:
+    """Check the ``eval.*`` values ``evaluate_classifier`` uses (each null = its training counterpart); a
+    :class:`ConfigError` names the key (a 0 batch was taken for null, a string for true)."""
+    e = cfg.eval
+    for key in ("batch_size", "input_size"):
+        if e[key] is not None:
+            _positive_int(cfg, f"eval.{key}")
+    if e.precision is not None and e.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"eval.precision must be fp32, bf16, fp16 or null (= train.precision), got {e.precision!r}")
+    if e.channels_last is not None and not isinstance(e.channels_last, bool):
+        raise ConfigError(f"eval.channels_last must be true, false or null (= train.channels_last), got "
+                          f"{e.channels_last!r}")
+
+
 class NoReadableImagesError(RuntimeError):
     """Not one evaluation image could be read: there is no metric to report."""
 
@@ -767,6 +784,7 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
     dict -- or ``model.pretrained``) on the eval split at ``eval.input_size`` (default ``data.input_size``).
     Writes ``metrics.json``, ``per_class.csv`` and ``confusion_matrix.png`` to ``eval.out_dir`` (default
     ``<run_dir>/eval``) and returns the metrics."""
+    check_eval_config(cfg)
     _set_threads(cfg)
     info = init_distributed(cfg.device)
     try:
@@ -781,6 +799,8 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
                                set_wkv_mode=wkv_mode_from_checkpoint(cfg))
         del state
         model = model.to(info.device)
+        if cfg.train.channels_last if cfg.eval.channels_last is None else cfg.eval.channels_last:
+            to_channels_last(model)
         loader = _eval_loader(ds, cfg.eval.batch_size or cfg.train.batch_size, cfg.data.num_workers, info)
         t0 = time.perf_counter()
         r = evaluate_loader(model, loader, len(classes), info.device, cfg.eval.precision or cfg.train.precision,

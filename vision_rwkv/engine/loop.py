@@ -55,6 +55,7 @@ from .distributed import (DistInfo, all_reduce_max, all_reduce_sum, barrier, pri
                           warn_rank0)
 from .loader import EpochLoader
 from .logger import MetricLogger, progress
+from .memory_format import plain_layout
 from .precision import autocast, check_precision, make_grad_scaler
 from .stopping import StopSignals, signal_name, stop_exit_status
 
@@ -168,11 +169,11 @@ class Trainer:
         """The full training state (call on every rank: RNG states are gathered)."""
         sched = self.scheduler.state_dict() if self.scheduler is not None else None
         return {
-            "model": unwrap_model(self.model).state_dict(),
+            "model": plain_layout(unwrap_model(self.model).state_dict()),  # (a channels-last model's too)
             "optimizer": self.optimizer.state_dict(),
             "scheduler": sched,
             "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": plain_layout(self.ema.state_dict()) if self.ema is not None else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "total_steps": self.total_steps, "world_size": self.info.world_size,
             "micro_batch_samples": self._micro_batch_samples(), "train_samples": self._train_samples(),

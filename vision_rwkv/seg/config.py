@@ -120,6 +120,8 @@ class TrainConfig:
     compile: bool = False                          # torch.compile the training forward; checkpoints stay plain
     compile_backend: str = "inductor"
     compile_mode: Optional[str] = None             # None | default | reduce-overhead | max-autotune | ...
+    channels_last: bool = False                    # convolution weights and images in channels-last order (timm's
+    #                                                --channels-last; cuDNN's NHWC convolutions); files stay plain
     resume: Optional[str] = None                   # None | "latest" | checkpoint path
     log_every: int = 50
     eval_every: Optional[int] = 16000              # iterations; None: only at the end
@@ -149,6 +151,7 @@ class TestConfig:
     save_labels: bool = False                      # a label PNG per test image in <out_dir>/labels (mmseg's --out)
     save_overlays: bool = False                    # an overlay PNG per test image in <out_dir>/overlays (--show-dir)
     label_offset: int = 0                          # added to the class ids in those PNGs (1: ADE20K's 1..150)
+    channels_last: Optional[bool] = None           # None: train.channels_last
 
 
 @dataclass

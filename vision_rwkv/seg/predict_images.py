@@ -135,17 +135,18 @@ def segment_files(model: nn.Module, cfg: Any, files: Sequence[PathLike], device:
                   precision: str = "fp32", show_progress: bool = True,
                   errors: Optional[dict[str, str]] = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(file, image (H, W, 3) uint8, label map (H, W) int64)`` per readable file, with the config's test
-    pipeline and test-time inference. An unreadable file is skipped; its reason goes to ``errors`` when given."""
+    pipeline and test-time inference. An unreadable file is skipped; its reason goes to ``errors`` when given.
+    ``model`` is moved to ``device`` (and made channels-last when the config's ``test.channels_last`` says so)."""
     from vision_rwkv.data.folder import UNREADABLE_IMAGE_ERRORS
     from vision_rwkv.engine import autocast, progress
 
     from .datasets import read_seg_image
 
-    from .train import _test_kwargs, test_transform
+    from .train import _test_kwargs, place_for_test, test_transform
 
     transform = test_transform(cfg)
     device = torch.device(device)
-    model = model.to(device)
+    model = place_for_test(model, cfg, device)
     align = getattr(model, "align_corners", False)
     for f in progress(files, desc="segment", enabled=show_progress, unit="img"):
         try:

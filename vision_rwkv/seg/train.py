@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from ..engine.logger import json_text
+from ..engine.memory_format import to_channels_last
 from ..engine.files import write_text_atomic
 from ..engine.stopping import ignore_stop_signals
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
@@ -313,6 +314,15 @@ def _test_kwargs(cfg: Any) -> dict:
                 scales=list(t.scales))
 
 
+def place_for_test(model: nn.Module, cfg: Any, device: Any) -> nn.Module:
+    """``model`` on ``device`` for testing, channels-last when ``test.channels_last`` (null: ``train.channels_last``)
+    says so."""
+    model = model.to(device)
+    if cfg.train.channels_last if cfg.test.channels_last is None else cfg.test.channels_last:
+        to_channels_last(model)
+    return model
+
+
 def _table(results: dict) -> str:
     """The per-class table of percent-valued `results` (format_table takes fractions)."""
     frac = {k: results[k] / 100.0 for k in ("mIoU", "mAcc", "aAcc")}
@@ -358,6 +368,8 @@ def train_segmentor(cfg: Any) -> dict:
             else:
                 model = convert_sync_batchnorm(model, info)
         model = model.to(info.device)
+        if t.channels_last:  # (before the wrappers)
+            to_channels_last(model)
         optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, layer_decay=o.layer_decay,
                                     betas=list(o.betas), decay_exempt=o.decay_exempt)
         scheduler = PolyWarmupLR(optimizer, o.max_iters, o.warmup_iters, o.warmup_ratio, o.power, o.min_lr)
@@ -449,7 +461,7 @@ def test_segmentor(cfg: Any) -> dict:
         model = build_segmentor(cfg, val_set.num_classes, load_pretrained=False)
         ckpt = resolve_checkpoint(cfg)
         load_segmentor_weights(model, ckpt)
-        model = model.to(info.device)
+        model = place_for_test(model, cfg, info.device)
         results = evaluate_segmentor(model, val_set, precision=cfg.train.precision, device=info.device,
                                      num_workers=cfg.data.num_workers, max_images=cfg.data.max_val_images,
                                      show_progress=cfg.train.show_progress and info.is_main,
