@@ -87,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if warning:
         print(warning, file=sys.stderr)
     rows = predict_files(clf, files, args.topk, args.batch_size, args.device, args.precision,
-                         show_progress=not args.no_progress)
+                         show_progress=not args.no_progress, channels_last=args.channels_last)
     table = write_predictions(rows, args.output)
     grid = plot_predictions(rows, args.grid) if args.grid and any("topk" in r for r in rows) else None
     failed = [r["file"] for r in rows if "error" in r]

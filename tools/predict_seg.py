@@ -48,6 +48,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parsed = parse_config_args(parser, argv, option_keys={"checkpoint": "test.checkpoint"})
     args = parsed.options
     args.target, args.overrides = parsed.config, parsed.overrides
+    if args.channels_last:  # (the config's key; a later override wins)
+        args.overrides = [*args.overrides, "test.channels_last=true"]
     return args
 
 

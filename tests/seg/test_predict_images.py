@@ -346,3 +346,21 @@ def test_no_readable_image_exits_1_after_listing_them(checkpoint, images, tmp_pa
     assert "error: not one of the 1 images could be read" in capsys.readouterr().err
     assert list(json.loads((out / "predictions.json").read_text(encoding="utf-8"))["unreadable"]) == [
         str(images / "bad.png")]
+
+
+def test_tool_channels_last_labels_as_the_plain_model(checkpoint, images, tmp_path, capsys, monkeypatch):
+    """--channels-last (the config's test.channels_last) makes the model channels-last; the label maps are the
+    plain model's."""
+    import vision_rwkv.seg.train as seg_train
+    converted = []
+    real = seg_train.to_channels_last
+    monkeypatch.setattr(seg_train, "to_channels_last", lambda m: converted.append(m) or real(m))
+    for flag in ([], ["--channels-last"]):
+        out = tmp_path / ("cl" if flag else "plain")
+        assert _tool().main([str(DEMO), "--checkpoint", str(checkpoint), "--images", str(images), "--out-dir",
+                             str(out), "--no-progress", *flag]) == 0
+        assert len(converted) == len(flag)
+    capsys.readouterr()
+    for name in ("im0.png", "im1.png", "im2.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "cl" / name)),
+                              np.asarray(Image.open(tmp_path / "plain" / name))), name

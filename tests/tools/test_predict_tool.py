@@ -55,6 +55,27 @@ def test_predict_from_training_checkpoint(trained, images, tmp_path, capsys):
     assert int(clf.model(x).argmax()) == int(good[0]["index_1"])
 
 
+def test_predict_channels_last_ranks_as_the_plain_model(trained, images, tmp_path, capsys, monkeypatch):
+    """--channels-last (timm's) makes the model channels-last; the table is the plain model's."""
+    import vision_rwkv.engine.predict as predict
+    converted = []
+    real = predict.to_channels_last
+    monkeypatch.setattr(predict, "to_channels_last", lambda m: converted.append(m) or real(m))
+    tables = {}
+    for flag in ([], ["--channels-last"]):
+        out = tmp_path / f"p{len(flag)}.json"
+        assert load_tool("predict").main([str(DEMO), *TINY, "--checkpoint", str(trained), "--images", str(images),
+                                          "--output", str(out), "--grid", "", "--no-progress", *flag]) == 0
+        assert len(converted) == len(flag)
+        tables[bool(flag)] = json.loads(out.read_text())
+    capsys.readouterr()
+    plain, cl = tables[False], tables[True]
+    assert len(cl) == len(plain) == 6 and sum("topk" in r for r in cl) == 5
+    for a, b in zip(plain, cl):
+        assert a["file"] == b["file"] and [t[0] for t in a.get("topk", [])] == [t[0] for t in b.get("topk", [])]
+        assert [t[2] for t in a.get("topk", [])] == pytest.approx([t[2] for t in b.get("topk", [])], abs=1e-5)
+
+
 def test_checkpoint_weights_are_read_once(trained, tmp_path, monkeypatch):
     """load_classifier reads the weights once for the classifier rows and the loading (config or timm name)."""
     import timm

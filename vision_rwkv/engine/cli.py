@@ -122,11 +122,13 @@ def parse_config_args(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 def add_predict_options(parser: argparse.ArgumentParser) -> None:
     """The options of every prediction tool (tools/predict.py, tools/predict_seg.py): ``--images`` (files and
-    folders), ``--num-classes``, ``--device``, ``--precision``, ``--no-progress``."""
+    folders), ``--num-classes``, ``--device``, ``--precision``, ``--channels-last``, ``--no-progress``."""
     parser.add_argument("--images", nargs="+", required=True, help="image files and folders")
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
     parser.add_argument("--device", default="cpu", type=device_arg, help="cpu (default), cuda, cuda:N")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--channels-last", action="store_true",
+                        help="convolution weights and images in channels-last order (timm's --channels-last)")
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from .files import write_text_atomic
 from .logger import progress, pyplot, save_figure, short_text, wrapped_text
+from .memory_format import to_channels_last
 from .precision import autocast
 
 __all__ = ["Classifier", "load_classifier", "image_files", "predict_files", "write_predictions", "plot_predictions",
@@ -177,14 +178,17 @@ def image_files(paths: Iterable[PathLike]) -> list[Path]:
 @torch.no_grad()
 def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, batch_size: int = 32,
                   device: Union[str, torch.device] = "cpu", precision: str = "fp32",
-                  show_progress: bool = True) -> list[dict[str, Any]]:
+                  show_progress: bool = True, channels_last: bool = False) -> list[dict[str, Any]]:
     """One row per file: ``file``, ``topk`` [(index, class name or None, probability)], best first; or ``file``
-    and ``error`` (the reason) for an image that cannot be read."""
+    and ``error`` (the reason) for an image that cannot be read. With ``channels_last`` the model (moved to
+    ``device`` in place) is made channels-last (:func:`~vision_rwkv.engine.memory_format.to_channels_last`)."""
     from vision_rwkv.data.folder import UNREADABLE_IMAGE_ERRORS, load_rgb
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     device = torch.device(device)
     model = clf.model.to(device)
+    if channels_last:
+        to_channels_last(model)
     rows: list[dict[str, Any]] = [{"file": str(f)} for f in files]
     pending: list[tuple[int, torch.Tensor]] = []
 
