@@ -159,3 +159,32 @@ def test_tensorboard_hides_the_events_a_resume_logs_again(tmp_path):
     events.Reload()
     seen = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert seen == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0), (6, 16.0), (7, 17.0)]
+
+
+def test_tensorboard_is_rescaled_with_the_csvs(tmp_path):
+    """A resume with steps of another size (another batch or world size) rescales the CSVs' steps; TensorBoard kept
+    the old units for the earlier events (a jump on its x axis). Its events are now those of the rescaled CSVs."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    first = MetricLogger(tmp_path, tensorboard=True)
+    for step in range(1, 9):
+        first.log(step, {"loss": float(step), "lr": 0.1 * step}, epoch=step // 4)
+        if step % 4 == 0:
+            first.log(step, {"top1": 10.0 * step}, split="val")
+    first.close()
+    resumed = MetricLogger(tmp_path, tensorboard=True)
+    resumed.truncate_after(6, rescale=0.5)  # (steps twice as big: step 6 is now step 3)
+    for step in range(4, 6):
+        resumed.log(step, {"loss": 100.0 + step, "lr": 1.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["train/loss", "train/lr", "val/top1"]
+    for tag in ("train/loss", "train/lr", "val/top1"):
+        split, column = tag.split("/")
+        seen = [(e.step, e.value) for e in events.Scalars(tag)]
+        rows = read_metrics_csv(tmp_path / f"{split}_metrics.csv")
+        assert seen == [(int(r["step"]), pytest.approx(r[column])) for r in rows], tag
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5]
+    assert [e.value for e in events.Scalars("val/top1")] == [40.0]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tb")) == ["tb"]

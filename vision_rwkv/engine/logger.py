@@ -231,19 +231,26 @@ class MetricLogger:
         """Drop rows logged after ``step`` (a resumed run re-logs them), and those of the ``drop_at`` splits logged
         at ``step`` (an evaluation of that step the resumed run makes); with ``rescale`` the kept rows' steps are
         multiplied by it (rounded): a resume whose steps are of another size (another batch or world size) keeps one
-        unit along the x axis. TensorBoard's events after the step are purged as well (its ``purge_step``)."""
+        unit along the x axis. TensorBoard's events after the step are purged as well (its ``purge_step``); with
+        ``rescale`` its events are rewritten from the rescaled CSVs (which hold every logged value), so its x axis
+        keeps one unit too (the rewritten events carry the time of the resume)."""
         if not self.enabled:
             return
+        kept: dict[str, list[dict[str, Any]]] = {}
         for path in self.run_dir.glob("*_metrics.csv"):
             header = _read_header(path)
-            last = step - 1 if path.name[: -len("_metrics.csv")] in drop_at else step
+            split = path.name[: -len("_metrics.csv")]
+            last = step - 1 if split in drop_at else step
             rows = [r for r in _read_rows(path) if float(r.get("step", 0)) <= last]
             if rescale != 1.0:
                 rows = _rescaled(rows, rescale)
             _write_rows(path, header or [], rows)
+            kept[split] = rows
         if self._tb is not None:  # TensorBoard hides the events of the later steps too (they are logged again)
             from torch.utils.tensorboard import SummaryWriter
             self._tb.close()
+            if rescale != 1.0:
+                _rewrite_tensorboard(self.run_dir / "tb", kept)
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=round(step * rescale) + 1)
 
     def plot(self, filename: str = "curves.png") -> Path | None:
@@ -257,6 +264,29 @@ class MetricLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _rewrite_tensorboard(folder: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
+    """Replace the event files of ``folder`` by one holding ``splits``' rows (``<split>/<column>`` at each row's
+    step, as :meth:`MetricLogger.log` writes them). Written into a new folder, then swapped in: a crash leaves the
+    old events or the new ones."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+    fresh, old = folder.with_name(folder.name + ".rewrite"), folder.with_name(folder.name + ".old")
+    for stale in (fresh, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    writer = SummaryWriter(str(fresh))
+    for split, rows in splits.items():
+        for row in rows:
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    writer.add_scalar(f"{split}/{key}", float(value), int(float(row["step"])))
+    writer.close()
+    if folder.exists():
+        folder.rename(old)
+    fresh.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _rescaled(rows: list[dict[str, Any]], rescale: float) -> list[dict[str, Any]]:
