@@ -139,6 +139,11 @@ def test_classification_training_and_evaluation_take_the_config_keys(tmp_path, m
                                                  ("eval.precision", "fp8", "eval.precision must be fp32, bf16")])
 def test_eval_values_are_checked_before_anything_is_built(tmp_path, key, value, message):
     """A 0 eval batch was taken for null (the training batch), a negative size and an unknown precision ended in
-    tracebacks from deep inside the evaluation."""
+    tracebacks from deep inside the evaluation; training took them and saved them in the run's config.yaml, so a
+    ``train && eval`` chain failed only at the evaluation."""
+    cfg = load_config(DEMO, TINY + [f"run_dir={tmp_path}", f"{key}={value}"])
     with pytest.raises(ConfigError, match=message):
-        evaluate_classifier(load_config(DEMO, TINY + [f"run_dir={tmp_path}", f"{key}={value}"]))
+        evaluate_classifier(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train_classifier(cfg)
+    assert not (tmp_path / "config.yaml").exists()

@@ -56,7 +56,8 @@ def test_predict_from_training_checkpoint(trained, images, tmp_path, capsys):
 
 
 def test_predict_channels_last_ranks_as_the_plain_model(trained, images, tmp_path, capsys, monkeypatch):
-    """--channels-last (timm's) makes the model channels-last; the table is the plain model's."""
+    """--channels-last (timm's), or the config's eval.channels_last, makes the model channels-last; the table is
+    the plain model's."""
     import vision_rwkv.engine.predict as predict
     converted = []
     real = predict.to_channels_last
@@ -69,6 +70,11 @@ def test_predict_channels_last_ranks_as_the_plain_model(trained, images, tmp_pat
         assert len(converted) == len(flag)
         tables[bool(flag)] = json.loads(out.read_text())
     capsys.readouterr()
+    out = tmp_path / "config.json"  # (the config's eval.channels_last, as predict_seg follows test.channels_last)
+    assert load_tool("predict").main([str(DEMO), *TINY, "eval.channels_last=true", "--checkpoint", str(trained),
+                                      "--images", str(images), "--output", str(out), "--grid", "",
+                                      "--no-progress"]) == 0
+    assert len(converted) == 2 and json.loads(out.read_text()) == tables[True]
     plain, cl = tables[False], tables[True]
     assert len(cl) == len(plain) == 6 and sum("topk" in r for r in cl) == 5
     for a, b in zip(plain, cl):

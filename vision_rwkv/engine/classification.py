@@ -547,10 +547,12 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
 
 def check_training_config(cfg: DictConfig) -> None:
     """Check the values ``train_classifier`` needs before anything is built (the config loader checks keys and
-    types): counts, the precision, the best metric, and the augmentation's ranges and per-channel statistics.
+    types): counts, the precision, the best metric, the ``eval.*`` values, and the augmentation's ranges and
+    per-channel statistics.
     Raises :class:`ConfigError` naming the key."""
     if not isinstance(cfg.model.name, str) or not cfg.model.name.strip():
         raise ConfigError(f"model.name must name a timm model, got {cfg.model.name!r}")
+    check_eval_config(cfg)  # (the run's config.yaml is what tools/eval.py evaluates with)
     for key in ("train.epochs", "train.batch_size", "train.grad_accum_steps", "train.log_every"):
         _positive_int(cfg, key)
     for key in ("train.eval_every_epochs", "train.ckpt_every_epochs", "train.keep_last"):

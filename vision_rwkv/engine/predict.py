@@ -35,11 +35,13 @@ PathLike = Union[str, os.PathLike]
 
 @dataclass
 class Classifier:
-    """An eval-mode classifier, its class names (None: indices only), eval transform and (H, W) input size."""
+    """An eval-mode classifier, its class names (None: indices only), eval transform and (H, W) input size;
+    ``channels_last``: the config asks for channels-last evaluation (``eval.channels_last``, null: train's)."""
     model: nn.Module
     classes: Optional[list[str]]
     transform: Callable
     input_size: tuple[int, int]
+    channels_last: bool = False
 
 
 def is_segmentation_config(path: PathLike) -> bool:
@@ -89,18 +91,20 @@ def _head_rows(sd: Mapping[str, Any]) -> Optional[int]:
 
 
 def _from_config(config: PathLike, checkpoint, state, overrides, n):
-    from .classification import build_transforms, create_classifier, wkv_mode_from_checkpoint
+    from .classification import build_transforms, check_eval_config, create_classifier, wkv_mode_from_checkpoint
     from .checkpoint import load_model_weights
     from .config import load_config
 
     cfg = load_config(config, overrides)
+    check_eval_config(cfg)
     if checkpoint is not None:  # the checkpoint holds every weight: no initial weights to fetch or load first
         cfg.model.pretrained, cfg.model.checkpoint = False, None
     model = create_classifier(cfg, n)
     if checkpoint is not None:  # as tools/eval.py --checkpoint loads it
         load_model_weights(model, checkpoint, state=state, set_wkv_mode=wkv_mode_from_checkpoint(cfg))
     size = int(cfg.eval.input_size or cfg.data.input_size)
-    return model, build_transforms(cfg)[1], (size, size)
+    channels_last = cfg.train.channels_last if cfg.eval.channels_last is None else cfg.eval.channels_last
+    return model, build_transforms(cfg)[1], (size, size), bool(channels_last)
 
 
 def _from_timm(name: str, checkpoint, state, n):
@@ -141,8 +145,9 @@ def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides
     if is_config:
         if is_segmentation_config(model):
             raise ValueError(f"{model} is a segmentation config; a classification config or model name is needed")
-        net, transform, size = _from_config(model, checkpoint, state, overrides, n)
+        net, transform, size, channels_last = _from_config(model, checkpoint, state, overrides, n)
     else:
+        channels_last = False
         if overrides:
             raise ValueError(f"key=value overrides {list(overrides)} apply to a config file, not to model {model!r}")
         net, transform, size = _from_timm(model, checkpoint, state, n)
@@ -155,7 +160,7 @@ def load_classifier(model: str, checkpoint: Optional[PathLike] = None, overrides
         if is_config:  # (a timm name means ImageNet; a config may be of another 1000-class dataset)
             warnings.warn(f"{checkpoint or 'the model'} records no class names: the 1000 classes are named as "
                           "ImageNet-1k's; give --class-names FILE for others", stacklevel=2)
-    return Classifier(net.eval(), classes, transform, size)
+    return Classifier(net.eval(), classes, transform, size, channels_last)
 
 
 def image_files(paths: Iterable[PathLike]) -> list[Path]:
@@ -180,14 +185,15 @@ def predict_files(clf: Classifier, files: Sequence[PathLike], topk: int = 5, bat
                   device: Union[str, torch.device] = "cpu", precision: str = "fp32",
                   show_progress: bool = True, channels_last: bool = False) -> list[dict[str, Any]]:
     """One row per file: ``file``, ``topk`` [(index, class name or None, probability)], best first; or ``file``
-    and ``error`` (the reason) for an image that cannot be read. With ``channels_last`` the model (moved to
-    ``device`` in place) is made channels-last (:func:`~vision_rwkv.engine.memory_format.to_channels_last`)."""
+    and ``error`` (the reason) for an image that cannot be read. With ``channels_last`` (or the config's, in
+    ``clf.channels_last``) the model (moved to ``device`` in place) is made channels-last
+    (:func:`~vision_rwkv.engine.memory_format.to_channels_last`)."""
     from vision_rwkv.data.folder import UNREADABLE_IMAGE_ERRORS, load_rgb
     if topk < 1:
         raise ValueError(f"topk must be >= 1, got {topk}")
     device = torch.device(device)
     model = clf.model.to(device)
-    if channels_last:
+    if channels_last or clf.channels_last:
         to_channels_last(model)
     rows: list[dict[str, Any]] = [{"file": str(f)} for f in files]
     pending: list[tuple[int, torch.Tensor]] = []
