@@ -44,6 +44,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     mode = f", wkv_mode {summary['wkv_mode']!r}" if summary['wkv_mode'] else ''
     print(f"wrote {summary['dst']}: {summary['family']} weights, {summary['num_tensors']} tensors, "
           f"{summary['num_classes']} classes{mode}")
+    if summary['dropped']:  # (a segmentor's file: its backbone is what a classifier or segmentor starts from)
+        parts = sorted({name.split('.')[0] for name in summary['dropped']})
+        print(f"  the backbone of a segmentation model: its {len(summary['dropped'])} {' / '.join(parts)} tensors "
+              "are left out")
     if summary['wkv_mode'] == 'original':  # (timm's checkpoint_path= / load_checkpoint do not read the metadata)
         print("  timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...)) runs it in "
               "'original'; with checkpoint_path= (validate.py --checkpoint) pass wkv_mode='original'")

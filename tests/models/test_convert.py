@@ -598,3 +598,28 @@ def test_an_rwkv_clip_checkpoint_is_named_as_such(tmp_path, layout):
                               pretrained_cfg_overlay=dict(file=str(path)))
     with pytest.raises(CheckpointMismatchError, match=f'^checkpoint {path} is an RWKV-CLIP model'):
         convert_file(path, tmp_path / 'out.safetensors')  # (the tool converts one file: its errors name it)
+
+
+def test_a_segmentation_checkpoint_converts_to_its_backbone_and_says_so(tmp_path, capsys):
+    """An mmseg-style file (backbone.* + neck.* / decode_head.* / auxiliary_head.*) becomes its backbone; the tool
+    wrote it as '0 classes' without a word about the neck and heads it left out. A classifier's head is kept."""
+    src = timm.create_model('vrwkv_tiny_patch16_224', img_size=32, embed_dim=32, depth=1, num_classes=4)
+    backbone = {k: v for k, v in src.state_dict().items() if not k.startswith('head.')}
+    heads = {'neck.lateral.0.weight': torch.randn(8, 32, 1, 1), 'decode_head.conv_seg.weight': torch.randn(3, 8, 1, 1),
+             'auxiliary_head.conv_seg.bias': torch.randn(3)}
+    seg = tmp_path / 'seg.pth'
+    torch.save({'state_dict': {**{'backbone.' + k: v for k, v in backbone.items()}, **heads}}, seg)
+    summary = convert_file(seg, tmp_path / 'seg.safetensors')
+    assert sorted(summary['dropped']) == sorted(heads) and summary['num_classes'] == 0
+    assert sorted(load_file(str(tmp_path / 'seg.safetensors'))) == sorted(backbone)
+    cls = tmp_path / 'cls.pth'
+    torch.save({'state_dict': {'backbone.' + k if not k.startswith('head.') else k: v
+                               for k, v in src.state_dict().items()}}, cls)
+    summary = convert_file(cls, tmp_path / 'cls.safetensors')
+    assert summary['dropped'] == [] and summary['num_classes'] == 4
+    capsys.readouterr()
+    assert _convert_cli().main([str(seg), str(tmp_path / 'cli.safetensors')]) == 0
+    out = capsys.readouterr().out
+    assert 'the backbone of a segmentation model: its 3 auxiliary_head / decode_head / neck tensors are left out' in out
+    assert _convert_cli().main([str(cls), str(tmp_path / 'cli2.safetensors')]) == 0
+    assert 'left out' not in capsys.readouterr().out

@@ -150,13 +150,15 @@ def strip_key_prefixes(name: str, prefixes: Sequence[str]) -> str:
     return name
 
 
-def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None,
+                      dropped: Optional[List[str]] = None) -> Dict[str, torch.Tensor]:
     """Return the flat tensor dict of ``checkpoint``.
 
     Accepts a raw state dict or one wrapped in ``'state_dict'`` / ``'model'`` / ``'module'``; strips
     ``module.`` / ``backbone.`` / ``_orig_mod.`` prefixes (and ``prefix`` if given, e.g. ``'image_model.'``); drops
     non-tensor entries (mmcls ``meta``). From an mm* model with ``backbone.`` keys it keeps the backbone and the
-    ``head.`` classifier, dropping a segmentor's ``decode_head.`` / ``auxiliary_head.`` / ``neck.`` weights.
+    ``head.`` classifier, dropping a segmentor's ``decode_head.`` / ``auxiliary_head.`` / ``neck.`` weights (their
+    names are appended to ``dropped`` when given).
     """
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f'expected a state dict (mapping of names to tensors), got {type(checkpoint).__name__}')
@@ -177,6 +179,8 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = Non
                 continue
             name = name[len(prefix):]
         elif nested and not name.startswith(('backbone.', 'head.')):
+            if dropped is not None:
+                dropped.append(name)
             continue
         out[strip_key_prefixes(name, _STRIP_PREFIXES)] = value
     if not out:
@@ -647,13 +651,14 @@ def _load_for_metadata(path: str | os.PathLike) -> Any:
         return load_checkpoint_file(path)
 
 
-def read_weights_file(path: str | os.PathLike, weights: Optional[str] = 'auto'
+def read_weights_file(path: str | os.PathLike, weights: Optional[str] = 'auto', dropped: Optional[List[str]] = None
                       ) -> Tuple[Dict[str, torch.Tensor], Optional[WkvRecord]]:
     """The weights of a checkpoint file by :func:`select_weights` (unwrapped, prefixes stripped, our names and
-    shapes unchanged) and, for v4 weights, :func:`trained_wkv_mode`. Errors name the file."""
+    shapes unchanged) and, for v4 weights, :func:`trained_wkv_mode`. Errors name the file. ``dropped``: as for
+    :func:`unwrap_state_dict` (a segmentor's neck and head weights)."""
     checkpoint = load_checkpoint_file(path)
     try:
-        sd = unwrap_state_dict(select_weights(checkpoint, weights, path))
+        sd = unwrap_state_dict(select_weights(checkpoint, weights, path), dropped=dropped)
     except TypeError as err:  # e.g. a file holding one tensor
         raise CheckpointReadError(f'checkpoint {os.fspath(path)} holds no weights: {err}') from err
     return sd, trained_wkv_mode(path, checkpoint, sd)
@@ -673,7 +678,8 @@ def convert_file(
     ``'model'``, ``'ema'``). With ``model_name`` the converted weights are checked against
     ``timm.create_model(model_name, **model_kwargs)`` (class count taken from the checkpoint) and any mismatch
     raises before writing. The write is atomic. Returns a summary dict (family, number of tensors, num_classes,
-    destination, wkv_mode). The file's metadata records the family, our layout and, for v4, the Bi-WKV function the
+    destination, wkv_mode, and ``dropped``: the names of a segmentor's neck and head weights, left out: the file
+    is its backbone). The file's metadata records the family, our layout and, for v4, the Bi-WKV function the
     weights were trained with when known (:func:`trained_wkv_mode`: ``'original'`` for the released checkpoints,
     the recorded mode for our own; none recorded, none written).
     """
@@ -682,7 +688,8 @@ def convert_file(
     dst = os.fspath(dst)
     if not dst.endswith('.safetensors'):
         raise ValueError(f'output must be a .safetensors file, got {dst}')
-    sd, record = read_weights_file(src, weights)
+    dropped: List[str] = []
+    sd, record = read_weights_file(src, weights, dropped=dropped)
     try:  # (the errors name the file: the tool converts one)
         reject_clip_checkpoint(sd)
         family = detect_family(sd)
@@ -716,4 +723,4 @@ def convert_file(
     save_file(sd, tmp, metadata=metadata)
     os.replace(tmp, dst)
     return dict(family=family, num_tensors=len(sd), num_classes=num_classes, dst=dst,
-                wkv_mode=metadata.get('wkv_mode'))
+                wkv_mode=metadata.get('wkv_mode'), dropped=dropped)
