@@ -82,7 +82,7 @@ Stop signals (``stopping.py``, not imported here: ``from vision_rwkv.engine.stop
 
 Memory format (``memory_format.py``)
     to_channels_last(model) (4-D weights and image inputs channels-last: timm's ``--channels-last``, config key
-    ``train.channels_last``), takes_channels_last(model), plain_layout(state) (checkpoints stay contiguous)
+    ``train.channels_last``), takes_channels_last(model), plain_layout(state) (checkpoint weights stay contiguous)
 
 Compilation (``compiling.py``)
     compile_for_training(model, enabled, backend="inductor", mode=None, where="train") -> the model or

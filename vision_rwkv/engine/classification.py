@@ -777,6 +777,11 @@ def check_eval_config(cfg: DictConfig) -> None:
                           f"{e.channels_last!r}")
 
 
+def eval_channels_last(cfg: DictConfig) -> bool:
+    """Whether evaluation runs channels-last: ``eval.channels_last``, null = ``train.channels_last``."""
+    return bool(cfg.train.channels_last if cfg.eval.channels_last is None else cfg.eval.channels_last)
+
+
 class NoReadableImagesError(RuntimeError):
     """Not one evaluation image could be read: there is no metric to report."""
 
@@ -801,7 +806,7 @@ def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
                                set_wkv_mode=wkv_mode_from_checkpoint(cfg))
         del state
         model = model.to(info.device)
-        if cfg.train.channels_last if cfg.eval.channels_last is None else cfg.eval.channels_last:
+        if eval_channels_last(cfg):
             to_channels_last(model)
         loader = _eval_loader(ds, cfg.eval.batch_size or cfg.train.batch_size, cfg.data.num_workers, info)
         t0 = time.perf_counter()

@@ -7,8 +7,9 @@ call site (training, evaluation, sliding-window crops) feeds cuDNN's NHWC convol
 results are those of the contiguous model up to the convolutions' summation order. A VRWKV backbone's tokens need
 no change: a channels-last patch embedding's output flattened to ``(B, H*W, C)`` is already contiguous.
 
-Checkpoint files stay in the plain (contiguous) layout (:func:`plain_layout`): a model without the option loads
-them, and safetensors, which refuses strided tensors, can write them.
+The weights in checkpoint files (model and EMA) stay in the plain (contiguous) layout (:func:`plain_layout`): a
+model without the option loads them, and safetensors, which refuses strided tensors, can write them (the optimizer's
+moments keep their parameters' layout).
 """
 from __future__ import annotations
 

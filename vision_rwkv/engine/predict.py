@@ -91,7 +91,8 @@ def _head_rows(sd: Mapping[str, Any]) -> Optional[int]:
 
 
 def _from_config(config: PathLike, checkpoint, state, overrides, n):
-    from .classification import build_transforms, check_eval_config, create_classifier, wkv_mode_from_checkpoint
+    from .classification import (build_transforms, check_eval_config, create_classifier, eval_channels_last,
+                                 wkv_mode_from_checkpoint)
     from .checkpoint import load_model_weights
     from .config import load_config
 
@@ -103,8 +104,7 @@ def _from_config(config: PathLike, checkpoint, state, overrides, n):
     if checkpoint is not None:  # as tools/eval.py --checkpoint loads it
         load_model_weights(model, checkpoint, state=state, set_wkv_mode=wkv_mode_from_checkpoint(cfg))
     size = int(cfg.eval.input_size or cfg.data.input_size)
-    channels_last = cfg.train.channels_last if cfg.eval.channels_last is None else cfg.eval.channels_last
-    return model, build_transforms(cfg)[1], (size, size), bool(channels_last)
+    return model, build_transforms(cfg)[1], (size, size), eval_channels_last(cfg)
 
 
 def _from_timm(name: str, checkpoint, state, n):
