@@ -188,3 +188,42 @@ def test_tensorboard_is_rescaled_with_the_csvs(tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5]
     assert [e.value for e in events.Scalars("val/top1")] == [40.0]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tb")) == ["tb"]
+
+
+def test_tensorboard_events_are_rescaled_by_a_resume_without_tensorboard(tmp_path):
+    """The resume that changed the step size ran with TensorBoard off: the earlier events kept the old units, and a
+    later resume with TensorBoard on mixed them with the new ones."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    first = MetricLogger(tmp_path, tensorboard=True)
+    for step in range(1, 7):
+        first.log(step, {"loss": float(step)})
+    first.close()
+    quiet = MetricLogger(tmp_path, tensorboard=False)
+    quiet.truncate_after(6, rescale=0.5)
+    quiet.log(4, {"loss": 40.0})
+    quiet.close()
+    loud = MetricLogger(tmp_path, tensorboard=True)
+    loud.truncate_after(4)
+    loud.log(5, {"loss": 50.0})
+    loud.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    seen = sorted((e.step, e.value) for e in events.Scalars("train/loss"))  # (files of one second: any order)
+    assert seen == [(1, 2.0), (2, 5.0), (3, 6.0), (5, 50.0)]  # (step 4 was logged with TensorBoard off: CSV only)
+
+
+def test_a_rescaled_resume_without_tensorboard_installed_keeps_its_events(tmp_path, monkeypatch, capsys):
+    """tensorboard uninstalled between runs: the CSVs are rescaled, the old events stay as they were, and a line says
+    so (no ImportError ends the resume)."""
+    import sys
+    (tmp_path / "tb").mkdir()
+    (tmp_path / "tb" / "events.out.tfevents.old").write_bytes(b"old events")
+    logger = MetricLogger(tmp_path)
+    for step in range(1, 5):
+        logger.log(step, {"loss": float(step)})
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # (its import now raises ImportError)
+    logger.truncate_after(4, rescale=0.5)
+    assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2]
+    assert (tmp_path / "tb" / "events.out.tfevents.old").read_bytes() == b"old events"
+    assert "keep the old step units" in capsys.readouterr().out

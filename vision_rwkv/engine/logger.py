@@ -232,8 +232,9 @@ class MetricLogger:
         at ``step`` (an evaluation of that step the resumed run makes); with ``rescale`` the kept rows' steps are
         multiplied by it (rounded): a resume whose steps are of another size (another batch or world size) keeps one
         unit along the x axis. TensorBoard's events after the step are purged as well (its ``purge_step``); with
-        ``rescale`` its events are rewritten from the rescaled CSVs (which hold every logged value), so its x axis
-        keeps one unit too (the rewritten events carry the time of the resume)."""
+        ``rescale`` its events (those of earlier runs too, when this one has TensorBoard off) are rewritten from the
+        rescaled CSVs (which hold every logged value), so its x axis keeps one unit too (the rewritten events carry
+        the time of the resume)."""
         if not self.enabled:
             return
         kept: dict[str, list[dict[str, Any]]] = {}
@@ -246,11 +247,15 @@ class MetricLogger:
                 rows = _rescaled(rows, rescale)
             _write_rows(path, header or [], rows)
             kept[split] = rows
+        if self._tb is not None:
+            self._tb.close()
+        if rescale != 1.0 and (self.run_dir / "tb").is_dir():  # (also with TensorBoard off in this run: a later
+            try:                                                 # one that turns it on keeps one unit)
+                _rewrite_tensorboard(self.run_dir / "tb", kept)
+            except ImportError as err:  # tensorboard is optional
+                print(f"[logger] TensorBoard events in {self.run_dir / 'tb'} keep the old step units: {err}")
         if self._tb is not None:  # TensorBoard hides the events of the later steps too (they are logged again)
             from torch.utils.tensorboard import SummaryWriter
-            self._tb.close()
-            if rescale != 1.0:
-                _rewrite_tensorboard(self.run_dir / "tb", kept)
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=round(step * rescale) + 1)
 
     def plot(self, filename: str = "curves.png") -> Path | None:
