@@ -141,23 +141,33 @@ def test_a_full_disk_leaves_no_half_row_and_no_empty_plot(tmp_path, monkeypatch)
         "curves.png", "train_metrics.csv"]
 
 
+def _tensorboard_run(run_dir, steps) -> None:
+    """A first run with TensorBoard: ``loss`` = the step at each of ``steps``."""
+    first = MetricLogger(run_dir, tensorboard=True)
+    for step in steps:
+        first.log(step, {"loss": float(step)})
+    first.close()
+
+
+def _scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of TensorBoard's ``tag`` events under ``run_dir/tb``, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
 def test_tensorboard_hides_the_events_a_resume_logs_again(tmp_path):
     """A crash after step 5, a resume from step 3: the CSV was truncated, TensorBoard showed steps 4-5 twice (and the
     step going backwards) - it now gets purge_step, so the later events of the crashed run are hidden."""
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    first = MetricLogger(tmp_path, tensorboard=True)
-    for step in range(1, 6):
-        first.log(step, {"loss": float(step)})
-    first.close()
+    _tensorboard_run(tmp_path, range(1, 6))
     resumed = MetricLogger(tmp_path, tensorboard=True)
     resumed.truncate_after(3)
     for step in range(4, 8):
         resumed.log(step, {"loss": 10.0 + step})
     resumed.close()
-    events = EventAccumulator(str(tmp_path / "tb"))
-    events.Reload()
-    seen = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    seen = _scalars(tmp_path, "train/loss")
     assert seen == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0), (6, 16.0), (7, 17.0)]
 
 
@@ -182,11 +192,10 @@ def test_tensorboard_is_rescaled_with_the_csvs(tmp_path):
     assert sorted(events.Tags()["scalars"]) == ["train/loss", "train/lr", "val/top1"]
     for tag in ("train/loss", "train/lr", "val/top1"):
         split, column = tag.split("/")
-        seen = [(e.step, e.value) for e in events.Scalars(tag)]
         rows = read_metrics_csv(tmp_path / f"{split}_metrics.csv")
-        assert seen == [(int(r["step"]), pytest.approx(r[column])) for r in rows], tag
-    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5]
-    assert [e.value for e in events.Scalars("val/top1")] == [40.0]
+        assert _scalars(tmp_path, tag) == [(int(r["step"]), pytest.approx(r[column])) for r in rows], tag
+    assert [step for step, _ in _scalars(tmp_path, "train/loss")] == [1, 2, 3, 4, 5]
+    assert [value for _, value in _scalars(tmp_path, "val/top1")] == [40.0]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tb")) == ["tb"]
 
 
@@ -194,11 +203,7 @@ def test_tensorboard_events_are_rescaled_by_a_resume_without_tensorboard(tmp_pat
     """The resume that changed the step size ran with TensorBoard off: the earlier events kept the old units, and a
     later resume with TensorBoard on mixed them with the new ones."""
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    first = MetricLogger(tmp_path, tensorboard=True)
-    for step in range(1, 7):
-        first.log(step, {"loss": float(step)})
-    first.close()
+    _tensorboard_run(tmp_path, range(1, 7))
     quiet = MetricLogger(tmp_path, tensorboard=False)
     quiet.truncate_after(6, rescale=0.5)
     quiet.log(4, {"loss": 40.0})
@@ -207,9 +212,7 @@ def test_tensorboard_events_are_rescaled_by_a_resume_without_tensorboard(tmp_pat
     loud.truncate_after(4)
     loud.log(5, {"loss": 50.0})
     loud.close()
-    events = EventAccumulator(str(tmp_path / "tb"))
-    events.Reload()
-    seen = sorted((e.step, e.value) for e in events.Scalars("train/loss"))  # (files of one second: any order)
+    seen = sorted(_scalars(tmp_path, "train/loss"))  # (files of one second: any order)
     assert seen == [(1, 2.0), (2, 5.0), (3, 6.0), (5, 50.0)]  # (step 4 was logged with TensorBoard off: CSV only)
 
 
