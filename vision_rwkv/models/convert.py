@@ -690,28 +690,25 @@ def convert_file(
         raise ValueError(f'output must be a .safetensors file, got {dst}')
     dropped: List[str] = []
     sd, record = read_weights_file(src, weights, dropped=dropped)
-    try:  # (the errors name the file: the tool converts one)
+    try:  # (the checkpoint errors name the file: the tool converts one)
         reject_clip_checkpoint(sd)
         family = detect_family(sd)
+        if is_original_layout(sd):
+            sd = original_to_ours(sd)
+        num_classes = sd['head.weight'].shape[0] if 'head.weight' in sd else 0
+        folder = os.path.dirname(os.path.abspath(dst))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f'output folder not found: {folder}')
+        if model_name is not None:  # a check: the weights are written as they are (not resized to the model's grid)
+            import timm
+            if not timm.is_model(model_name):
+                raise ValueError(f'unknown timm model {model_name!r} (timm.list_models("vrwkv*") lists ours)')
+            model_kwargs.setdefault('num_classes', num_classes)
+            with torch.device('meta'):
+                model = timm.create_model(model_name, **model_kwargs)
+            checkpoint_filter_fn(sd, model)
     except CheckpointMismatchError as err:
         raise CheckpointFileMismatchError(with_file_named(err, f'checkpoint {os.fspath(src)}')) from None
-    if is_original_layout(sd):
-        sd = original_to_ours(sd)
-    num_classes = sd['head.weight'].shape[0] if 'head.weight' in sd else 0
-    folder = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f'output folder not found: {folder}')
-    if model_name is not None:  # a check: the weights are written as they are (not resized to the model's grid)
-        import timm
-        if not timm.is_model(model_name):
-            raise ValueError(f'unknown timm model {model_name!r} (timm.list_models("vrwkv*") lists ours)')
-        model_kwargs.setdefault('num_classes', num_classes)
-        with torch.device('meta'):
-            model = timm.create_model(model_name, **model_kwargs)
-        try:
-            checkpoint_filter_fn(sd, model)
-        except CheckpointMismatchError as err:
-            raise CheckpointFileMismatchError(with_file_named(err, f'checkpoint {os.fspath(src)}')) from None
     sd = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
     metadata = {'format': 'pt', 'family': family, 'layout': 'vision_rwkv'}
     if family == 'vrwkv' and record is not None:  # the Bi-WKV function the weights were trained with
