@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -220,15 +221,16 @@ class _ClipObjective:
     def __init__(self, info: DistInfo, local_loss: bool, gather_with_grad: bool):
         self.loss = ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
                              rank=info.rank, world_size=info.world_size)
-        self.trainer: Optional[Trainer] = None
+        self.trainer: Callable[[], Optional[Trainer]] = lambda: None  # (weakly: the trainer holds this objective)
 
     def __call__(self, model, batch):
         images, texts, skipped = batch
         image_features, text_features, logit_scale = model(images, texts)
         loss = self.loss(image_features.float(), text_features.float(), logit_scale.float())
         n_skipped = int(skipped.sum())
-        if self.trainer is not None:
-            extra = self.trainer.extra_state
+        trainer = self.trainer()
+        if trainer is not None:
+            extra = trainer.extra_state
             extra["skipped_images"] = int(extra.get("skipped_images", 0)) + n_skipped
         return loss, {"logit_scale": float(logit_scale.detach()), "skipped_images": float(n_skipped)}
 
@@ -337,7 +339,7 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         log_every=tc.log_every, tensorboard=tc.tensorboard, after_step=_clamp_logit_scale,
         stop_after_steps=tc.stop_after_steps, show_progress=tc.show_progress, summed_extra=("skipped_images",),
         result_files=("result.json",), best_metric=tc.best_metric, best_mode="max")
-    objective.trainer = trainer
+    objective.trainer = weakref.ref(trainer)
     # config.yaml once the config, data and model are checked and a resume has succeeded
     result = trainer.fit(resume=resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
                          if info.is_main else None)

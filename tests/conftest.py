@@ -90,3 +90,44 @@ def load_tool():
             spec.loader.exec_module(cache[name])
         return cache[name]
     return _load
+
+
+@pytest.fixture
+def modules_left_by(monkeypatch):
+    """``modules_left_by(fn)``: calls ``fn()`` with the garbage collector off and returns the type names of the
+    ``nn.Module``s made during the call that outlive it. A run must free its model on return (on a GPU, memory that
+    waits for a collection is memory the next run lacks). As in a process's first run, where matplotlib's first
+    import keeps exceptions whose tracebacks hold the training frames, ``Trainer.fit`` leaves such a cycle."""
+    import gc
+    import warnings
+    import weakref
+
+    from vision_rwkv.engine.loop import Trainer
+    fit = Trainer.fit
+
+    def fit_leaving_a_cycle(self, *args, **kwargs):
+        try:
+            raise RuntimeError("kept")
+        except RuntimeError as err:
+            kept = err  # kept -> its traceback -> this frame (-> kept); the frame's f_back -> the trainer's caller
+        assert kept
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit_leaving_a_cycle)
+
+    def modules(seen=None) -> list:
+        with warnings.catch_warnings():  # (isinstance on some of torch's deprecated objects warns)
+            warnings.simplefilter("ignore")
+            return [o for o in gc.get_objects() if isinstance(o, torch.nn.Module) and (seen is None or o not in seen)]
+
+    def left_by(fn) -> list[str]:
+        before = weakref.WeakSet(modules())
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            fn()
+            return sorted({type(m).__name__ for m in modules(before)})
+        finally:
+            if enabled:
+                gc.enable()
+    return left_by

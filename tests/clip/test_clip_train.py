@@ -39,6 +39,13 @@ def test_tiny_model_overfits_small_caption_set(tmp_path):
     assert list((run / "checkpoints").glob("ckpt_*.pt"))
 
 
+def test_training_frees_its_model_on_return(tmp_path, modules_left_by):
+    """No reference cycle keeps the model after train_clip returns (the loss objective counts skipped images in the
+    trainer, which holds the objective)."""
+    cfg = _cfg(tmp_path, "data.shapes_length=8", "train.batch_size=4", "train.max_steps=2")
+    assert modules_left_by(lambda: train_clip(cfg)) == []
+
+
 def test_kill_and_resume_reproduces_the_loss(tmp_path):
     common = ["data.shapes_length=24", "train.batch_size=8", "train.max_steps=7", "train.ckpt_every_steps=2",
               "data.augment=true", "optim.lr=2e-3", "sched.name=cosine", "sched.warmup_steps=2"]

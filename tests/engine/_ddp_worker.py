@@ -101,3 +101,57 @@ def spawn_stop_entry(rank: int, world: int, port: int, run_dir: str, out_path: s
     record = {k: v for k, v in results[0].items() if isinstance(v, (int, str, bool))}
     record.update(returned_at=time.time(), saved_at=saved_at[-1] if saved_at else None)
     torch.save(record, f"{out_path}.{rank}")
+
+
+def spawn_cleanup_entry(rank: int, world: int, port: int, out_path: str, fail_rank: int | None = None):
+    """One rank of a 2-process check of ``cleanup_distributed``: a DDP model, left unreachable in its reference
+    cycle by the function that trained it, must be gone when the group is destroyed. Rank ``fail_rank`` calls it with
+    an exception on its way out. Each rank saves what it saw to ``out_path.<rank>``."""
+    import gc
+    import json
+    import warnings
+    import weakref
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    gc.disable()  # (the collection must come from cleanup_distributed, not from chance)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    info = init_distributed("cpu")
+
+    def train_one_step() -> weakref.ref:
+        model = wrap_ddp(build_model(), info)
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        run = {"model": model}
+        run["run"] = run  # a cycle, as tools/train.py's training leaves one (its DDP model outlived the function)
+        return weakref.ref(model)
+
+    ddp = train_one_step()
+    seen = {"alive_before_cleanup": ddp() is not None, "barriers": 0}
+    destroy, barrier = dist.destroy_process_group, dist.barrier
+
+    def recording_destroy(*args, **kwargs):
+        seen["alive_at_destroy"] = ddp() is not None
+        return destroy(*args, **kwargs)
+
+    def counting_barrier(*args, **kwargs):
+        seen["barriers"] += 1
+        return barrier(*args, **kwargs)
+
+    dist.destroy_process_group, dist.barrier = recording_destroy, counting_barrier
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            try:
+                if rank == fail_rank:
+                    raise KeyError("this rank failed")
+            finally:
+                cleanup_distributed()
+        except KeyError:
+            seen["raised"] = True
+    seen["warnings"] = [str(w.message) for w in caught]
+    seen["group_left"] = dist.is_initialized()
+    with open(f"{out_path}.{rank}", "w") as f:
+        json.dump(seen, f)

@@ -89,6 +89,14 @@ def test_tiny_vrwkv_overfits_64_images(tmp_path):
     assert result["train_loss"] < 0.3 and result["loss"] < 0.3
 
 
+def test_training_frees_its_model_on_return(tmp_path, modules_left_by):
+    """No reference cycle keeps the model after train_classifier returns (mixup's loss function asks the trainer
+    for the epoch, and the trainer holds the loss function)."""
+    cfg = load_config(DEMO, TINY + [f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=8",
+                                    "train.batch_size=8", "train.epochs=1", "aug.mixup=0.8", "ema.enabled=true"])
+    assert modules_left_by(lambda: train_classifier(cfg)) == []
+
+
 def test_kill_and_resume_gives_same_weights_with_full_augmentation(tmp_path):
     common = TINY + ["data.shapes.train_length=48", "data.shapes.val_length=16", "train.batch_size=8",
                      "train.epochs=2", "aug.auto_augment=rand-m9-n2-mstd0.5-inc1", "aug.re_prob=0.25",

@@ -55,6 +55,12 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert json.dumps(full["per_class"]) == json.dumps(resumed["per_class"])  # NaN for absent classes
 
 
+def test_training_frees_its_model_on_return(tmp_path, modules_left_by):
+    """No reference cycle keeps the segmentor after train_segmentor returns (the evaluation records its result in
+    the trainer, which holds the evaluation)."""
+    assert modules_left_by(lambda: train_segmentor(_cfg(tmp_path, "optim.max_iters=2", "train.eval_every=2"))) == []
+
+
 def test_resuming_a_finished_run_keeps_its_per_class_results(tmp_path):
     """`--resume latest` of a finished run (or of one killed after its last checkpoint) wrote train_result.json
     without per_class / files and no val_metrics files: the full evaluation lived in the process only."""

@@ -22,9 +22,10 @@ from __future__ import annotations
 import csv
 import io
 import time
+import weakref
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -705,10 +706,12 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                    if epochs != t.epochs else "")
                 + f", world size {info.world_size}, {info.device}")
 
+    trainer_ref: Callable[[], Trainer | None] = lambda: None  # (the trainer, built below: see loss_fn)
+
     def loss_fn(m: nn.Module, batch: Any):
         x, y = batch
-        if mixup is not None:
-            mixup.mixup_enabled = mixup_enabled_in_epoch(cfg, trainer.epoch)  # (the trainer is built below)
+        if mixup is not None:  # (the trainer holds loss_fn, so loss_fn holds it weakly: no cycle keeps the model)
+            mixup.mixup_enabled = mixup_enabled_in_epoch(cfg, trainer_ref().epoch)
             x, y = mixup(*even_batch(x, y))
         logits = m(x)
         loss = criterion(logits, y)
@@ -741,6 +744,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict[str, Any]:
                       stop_after_steps=t.stop_after_steps, show_progress=t.show_progress, plot=t.plot,
                       extra_state={"classes": classes, **model_record(model)}, must_match=("classes",),
                       result_files=("final_metrics.json",))
+    trainer_ref = weakref.ref(trainer)
     # config.yaml once the config, data and model are checked and a resume has succeeded (the folder was checked first)
     result = trainer.fit(resume=cfg.resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
                          if info.is_main else None)

@@ -12,9 +12,10 @@ per-class table, PNG overlays. Metrics returned by this module are percentages.
 from __future__ import annotations
 
 import warnings
+import weakref
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -379,6 +380,7 @@ def train_segmentor(cfg: Any) -> dict:
                                     shuffle=True, drop_last=True, seed=t.seed, num_workers=cfg.data.num_workers,
                                     info=info)
         last_full: dict[str, Any] = {}
+        trainer_ref: Callable[[], Trainer | None] = lambda: None  # (the trainer, built below: see evaluate)
 
         def evaluate(m: nn.Module) -> dict[str, float]:
             res = evaluate_segmentor(m, val_set, precision=t.precision, device=info.device,
@@ -386,7 +388,9 @@ def train_segmentor(cfg: Any) -> dict:
                                      show_progress=t.show_progress and info.is_main, **_test_kwargs(cfg))
             last_full.clear()
             last_full.update(res)  # the full result (per-class IoU) for the files written after fit
-            trainer.extra_state["val_result"] = res  # (checkpointed, plain numbers: a resumed finished run writes it)
+            # (checkpointed, plain numbers: a resumed finished run writes it; the trainer holds this function, so it
+            # holds the trainer weakly: no reference cycle keeps the model after training)
+            trainer_ref().extra_state["val_result"] = res
             return {k: res[k] for k in ("mIoU", "mAcc", "aAcc")}
 
         trainer = Trainer(ddp_model, optimizer, loader, _seg_loss, run_dir=run_dir, info=info,
@@ -399,6 +403,7 @@ def train_segmentor(cfg: Any) -> dict:
                           show_progress=t.show_progress,
                           extra_state={"classes": list(train_set.classes)},  # (predict_seg names its labels so)
                           must_match=("classes",), result_files=("train_result.json",))
+        trainer_ref = weakref.ref(trainer)
         # config.yaml once the config, data and model are checked and a resume has succeeded
         result = trainer.fit(resume=t.resume, on_start=partial(save_config, cfg, run_dir / "config.yaml")
                              if info.is_main else None)
