@@ -6,8 +6,8 @@ import timm
 import torch
 
 import vision_rwkv  # noqa: F401  (registers the models)
-from vision_rwkv.export import (ExportMismatchError, ImageEncoder, TextEncoder, build_export_target, export_onnx,
-                                export_program, max_abs_diff, verify_onnx, verify_program)
+from vision_rwkv.export import (ExportMismatchError, ImageEncoder, TextEncoder, build_export_target, dynamic_size_range,
+                                export_onnx, export_program, max_abs_diff, size_checks, verify_onnx, verify_program)
 
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 # patch 8 on 80x96: a 10x12 grid, 120 tokens (VRWKV6's reference past one chunk: the chunk states of an export)
@@ -33,6 +33,45 @@ def test_program_dynamic_batch_matches_eager(name):
     # the program also runs where autograd records (parameters require grad): no in-place out= ops traced
     out = program.module()(inputs[0])
     assert out.requires_grad and torch.allclose(out, model(inputs[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"])
+def test_program_dynamic_image_size_matches_eager(name):
+    """dynamic_size: one program for every height and width in [2p + 1, max_size] (patch multiples or not)."""
+    model = _model(name)
+    program = export_program(model, torch.randn(2, 3, 80, 96), dynamic_size=True, max_size=256)
+    inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 80, 96), (3, 64, 64), (2, 75, 90), (1, 17, 200),
+                                                      (2, 256, 33))]
+    assert verify_program(program, model, inputs + size_checks(model, inputs[0], 256), atol=1e-5) < 1e-5
+    assert dynamic_size_range(model, 256) == ((17, 17), (256, 256))
+    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 16, 64\) fails"):  # a token grid below 3 x 3
+        verify_program(program, model, [torch.randn(1, 3, 16, 64)])
+    with pytest.raises(ValueError, match="dynamic image size needs an example height in"):
+        export_program(model, torch.randn(2, 3, 16, 96), dynamic_size=True)
+    with pytest.raises(ValueError, match="max_size 12 is below"):
+        export_program(model, torch.randn(2, 3, 80, 96), dynamic_size=True, max_size=12)
+
+
+@pytest.mark.slow  # (its export alone takes ~20 s)
+def test_original_mode_program_takes_sizes_up_to_its_chunk_limit():
+    """The "original" v4 WKV's program takes chunks of up to ORIGINAL_MAX_BLOCK tokens (T <= 2048 with 32 chunks):
+    a larger input is one clear error in the check, not a wrong output."""
+    model = _model("vrwkv_tiny_patch16_224")
+    model.set_wkv_mode("original")
+    program = export_program(model, torch.randn(2, 3, 80, 96), dynamic_size=True, max_size=512)
+    assert verify_program(program, model, [torch.randn(1, 3, 360, 360), torch.randn(1, 3, 17, 500)]) < 1e-5
+    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 512, 512\) fails"):  # 4096 tokens
+        verify_program(program, model, [torch.randn(1, 3, 512, 512)])
+
+
+def test_a_segmentor_cannot_take_a_dynamic_size():
+    from vision_rwkv.resources import configs_dir
+    from vision_rwkv.seg import load_seg_config
+    from vision_rwkv.seg.train import build_segmentor
+    config = configs_dir() / "segmentation" / "demo_shapes.yaml"
+    seg = build_segmentor(load_seg_config(config, ["model.aux_channels=16"]), 9, load_pretrained=False)
+    with pytest.raises(ValueError, match=r"Segmentor cannot take a dynamic image size: .* example's \(32, 32\)"):
+        export_program(seg, torch.randn(2, 3, 32, 32), dynamic_size=True, max_size=64)
 
 
 def test_program_pads_an_image_size_off_the_patch_grid():
@@ -115,6 +154,8 @@ def test_clip_towers_export():
     tokens = rwkv_clip.get_tokenizer("RWKV-CLIP-Tiny-demo")(["a red circle", "two blue squares", "a star"])
     assert verify_program(export_program(image, images), image, [images[:1], images]) < 1e-5
     assert verify_program(export_program(text, tokens[:2]), text, [tokens, tokens[:1]]) < 1e-5
+    program = export_program(image, images, dynamic_size=True, max_size=64)  # the image tower at any size
+    assert verify_program(program, image, [torch.randn(2, 3, 40, 24), *size_checks(image, images, 64)]) < 1e-5
 
 
 def test_build_export_target_segmentation_config(tmp_path):
@@ -173,6 +214,19 @@ def test_onnx_matches_eager(name, tmp_path):
     path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "m.onnx")
     assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
     assert verify_onnx(path, model, [torch.randn(b, 3, 80, 96) for b in (1, 4)], atol=1e-5) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+@pytest.mark.parametrize("name", ["vrwkv_tiny_patch16_224", "vrwkv6_tiny_patch16_224"])
+def test_onnx_dynamic_image_size_matches_eager(name, tmp_path):
+    """The ONNX file's height and width are free dimensions; the symbolic chunk counts survive ONNX's truncating
+    integer division (160 and 64 tokens: whole chunks; 120 and 75: padded)."""
+    model = _model(name)
+    path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "m.onnx", dynamic_size=True, max_size=256)
+    inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 80, 96), (3, 64, 64), (2, 75, 90), (1, 17, 200),
+                                                      (2, 256, 33))]
+    assert verify_onnx(path, model, inputs + size_checks(model, inputs[0], 256), atol=1e-5) < 1e-5
 
 
 @pytest.mark.slow

@@ -13,10 +13,14 @@ with its training checkpoint -, an RWKV-CLIP model name or train_clip config (``
 segmentation config YAML;
 configs take ``key=value`` overrides, and the class count comes from the checkpoint (a segmentation config's classes
 without one). The program is made for one input size (``--img-size H [W]``; default the model's, or the config's
-crop size) and, unless ``--static-batch`` (batch 2), any batch from 1 to ``--max-batch`` (1: a batch-1 program). The
-format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is run on the
-batches 1, 2 and 3 it takes (the static batch: 2) and compared with the eager model (``--atol``); a mismatch is an
-error (exit 1) and nothing is written (a file already at ``--output`` stays as it was). An ONNX file holds the
+crop size) and, unless ``--static-batch`` (batch 2), any batch from 1 to ``--max-batch`` (1: a batch-1 program). With
+``--dynamic-size`` (VRWKV / VRWKV6 classifiers) one program takes every image height and width from 3 patches
+(2 p + 1 pixels) to ``--max-size`` (default 1024), patch multiples or not; ``--img-size`` is then the example it is
+traced with. The format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is
+run on the batches 1, 2 and 3 it takes (the static batch: 2) - with ``--dynamic-size`` also on the corners of its
+size range (smallest height with largest width, the reverse, the largest square) - and compared with the eager model
+(``--atol``); a mismatch, or a size the program does not take, is an error (exit 1) and nothing is written (a file
+already at ``--output`` stays as it was). An ONNX file holds the
 batch as a free dimension (``--max-batch`` is checked by .pt2 programs only) and the opset asked for (``--opset``;
 one the exporter cannot write is an error). Without ``--checkpoint`` (and, for a classification config, without
 model.pretrained / model.checkpoint) a warning says the program holds random, untrained weights. Prints a JSON
@@ -51,6 +55,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size at 2")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="largest batch of a dynamic-batch export (default 4096; 1: a batch-1 program)")
+    parser.add_argument("--dynamic-size", action="store_true",
+                        help="one program for every image height and width from 3 patches to --max-size")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="largest image side of a --dynamic-size export (default 1024)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--optimize", action="store_true",
                         help="run onnxscript's ONNX graph optimizer (minutes for 12 blocks; onnxruntime optimises "
@@ -65,6 +73,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--max-batch is the limit of a dynamic batch; --static-batch fixes the batch at 2: give one")
     if args.max_batch is not None and args.max_batch < 1:
         parser.error(f"--max-batch must be >= 1, got {args.max_batch}")
+    if args.max_size is not None and not args.dynamic_size:
+        parser.error("--max-size is the limit of a --dynamic-size export: give --dynamic-size too")
+    if args.dynamic_size and args.tower == "text":
+        parser.error("--dynamic-size is for image models; the text tower's input is a fixed-length token sequence")
+    args.max_size = 1024 if args.max_size is None else args.max_size
     if args.atol < 0:
         parser.error(f"--atol must be >= 0, got {args.atol}")
     if args.opset is not None and args.opset < 1:
@@ -111,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from vision_rwkv.export import (ExportMismatchError, build_export_target, export_onnx, export_program,
-                                    verify_onnx, verify_program)
+                                    dynamic_size_range, size_checks, verify_onnx, verify_program)
     from vision_rwkv.engine.files import check_output_file
     from vision_rwkv.engine.predict import untrained_warning
 
@@ -134,20 +147,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:  # batches 1, 2, 3 within the declared maximum
         checks = [example[:1], example, torch.cat([example, example[:1]])][:min(args.max_batch, 3)]
     batches = f"batch 1-{args.max_batch}" if dynamic else f"batch {checks[0].shape[0]}"
+    shape = tuple(example.shape[1:])
+    if args.dynamic_size:
+        try:
+            size_range = dynamic_size_range(model, args.max_size)
+            checks += size_checks(model, example, args.max_size)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        shape = f"{shape[0]} channels, any size up to {args.max_size}x{args.max_size} (traced at {shape[1:]})"
     start = time.perf_counter()
-    print(f"exporting {args.target} for inputs {tuple(example.shape[1:])} ({args.format}, {batches})...",
-          file=sys.stderr)
+    print(f"exporting {args.target} for inputs {shape} ({args.format}, {batches})...", file=sys.stderr)
     opset = None
+    sizes = dict(dynamic_size=args.dynamic_size, max_size=args.max_size)
     try:
         if args.format == "onnx":
-            export_onnx(model, example, tmp, not args.static_batch, args.max_batch, args.opset, args.optimize)
+            export_onnx(model, example, tmp, not args.static_batch, args.max_batch, args.opset, args.optimize,
+                        **sizes)
             opset = _onnx_opset(tmp)
             if args.opset is not None and opset != args.opset:
                 raise ExportMismatchError(f"--opset {args.opset}: the exporter wrote opset {opset} (torch's ONNX "
                                           f"exporter cannot convert this model to the opset asked for)")
             diff = verify_onnx(tmp, model, checks, atol=args.atol)
         else:
-            program = export_program(model, example, not args.static_batch, args.max_batch)
+            program = export_program(model, example, not args.static_batch, args.max_batch, **sizes)
             diff = verify_program(program, model, checks, atol=args.atol)
             out.parent.mkdir(parents=True, exist_ok=True)
             torch.export.save(program, str(tmp))  # (torch.export.save wants .pt2)
@@ -155,11 +178,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ExportMismatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ValueError as err:  # (a model whose program cannot take a dynamic size)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
         tmp.unlink(missing_ok=True)
     print(json.dumps({"output": str(out), "format": args.format, "input_shape": list(example.shape[1:]),
                       "input_dtype": str(example.dtype).replace("torch.", ""), "dynamic_batch": dynamic,
                       "checked_batches": [int(x.shape[0]) for x in checks], "max_abs_diff": diff,
+                      **({"size_range": {"min": list(size_range[0]), "max": list(size_range[1])},
+                          "checked_sizes": [list(x.shape[2:]) for x in checks]} if args.dynamic_size else {}),
                       **({"opset": opset} if opset is not None else {}),
                       "seconds": round(time.perf_counter() - start, 1)}, indent=2))
     return 0

@@ -11,8 +11,12 @@
 
 Any module whose forward takes one tensor and returns one works: the VRWKV / VRWKV6 classifiers and their
 feature maps, the segmentors, the RWKV-CLIP towers (:class:`ImageEncoder`, :class:`TextEncoder`). The image size
-is fixed by the example: the operators choose their algorithm (chunk and block counts) from the token count, so a
-program holds the choices of one resolution; export one per resolution. The batch may be dynamic. Export CPU
+is fixed by the example, unless ``export_program(..., dynamic_size=True)`` (or ``export_onnx``): then the reference
+operators trace their shape-generic form (tokens padded to whole blocks / chunks, closed-form carries between them)
+and one program takes every height and width in [2 p + 1, ``max_size``] (:func:`dynamic_size_range`; the VRWKV /
+VRWKV6 classifiers and the RWKV-CLIP image towers; a segmentor's heads specialise the size, a ValueError). The
+"original" v4 WKV mode's program checks at run time that its chunks hold at most 64 tokens (T <= 2048 with 32
+chunks); :func:`size_checks` gives the range's corners to verify. The batch may be dynamic. Export CPU
 models: the program then holds the plain-PyTorch operators, which ONNX runtimes run on any device (a CUDA model's
 Triton kernels are torch custom ops, which ONNX has no counterpart for; not checked on a device yet).
 """
@@ -27,7 +31,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["export_program", "export_onnx", "verify_program", "verify_onnx", "max_abs_diff", "build_export_target",
-           "ExportMismatchError", "ImageEncoder", "TextEncoder"]
+           "dynamic_size_range", "size_checks", "ExportMismatchError", "ImageEncoder", "TextEncoder"]
 
 
 class ExportMismatchError(RuntimeError):
@@ -72,11 +76,57 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-def _export_args(example: torch.Tensor, dynamic_batch: bool, max_batch: int):
+def dynamic_size_range(model: nn.Module, max_size: int = 1024) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The image sizes a ``dynamic_size`` export takes: ((min H, min W), (max H, max W)), the minimum 2 p + 1 for
+    the patch size p of the model's (first) patch embedding - a token grid of at least 3 x 3 (the Q-Shift's
+    shifted slices of a 2-wide grid would be a special case of the program) - and the maximum ``max_size``."""
+    from vision_rwkv.models._layers import PatchEmbed
+
+    embed = next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
+    if embed is None:
+        raise ValueError("export: a dynamic image size needs a vision-rwkv image model (one with a patch embedding)")
+    low = tuple(2 * int(p) + 1 for p in embed.patch_size)
+    if int(max_size) < max(low):
+        raise ValueError(f"export: max_size {max_size} is below the smallest image side of a dynamic-size program, "
+                         f"{max(low)} (3 patches)")
+    return low, (int(max_size), int(max_size))
+
+
+def _size_dims(model: nn.Module, example: torch.Tensor, max_size: int) -> dict:
+    """``dynamic_shapes`` entries for a symbolic image height and width (dims 2 and 3) over
+    :func:`dynamic_size_range`."""
+    if example.dim() != 4:
+        raise ValueError(f"export: a dynamic image size needs (B, C, H, W) inputs, got {tuple(example.shape)}")
+    low, high = dynamic_size_range(model, max_size)
+    dims = {}
+    for axis, name in ((2, "height"), (3, "width")):
+        lo, hi = low[axis - 2], high[axis - 2]
+        if not lo <= example.shape[axis] <= hi:
+            raise ValueError(f"export: a dynamic image size needs an example {name} in [{lo}, {hi}], got "
+                             f"{example.shape[axis]}")
+        dims[axis] = torch.export.Dim(name, min=lo, max=hi)
+    return dims
+
+
+def size_checks(model: nn.Module, example: torch.Tensor, max_size: int = 1024) -> list[torch.Tensor]:
+    """Batch-1 inputs at the corners of a dynamic-size program's range (:func:`dynamic_size_range`): smallest
+    height with the largest width, the reverse, and the largest square - where a size-specialised program or one
+    of the program's run-time guards would show."""
+    (lo_h, lo_w), (hi_h, hi_w) = dynamic_size_range(model, max_size)
+    channels = example.shape[1]
+    return [torch.randn(1, channels, h, w, dtype=example.dtype, device=example.device)
+            for h, w in ((lo_h, hi_w), (hi_h, lo_w), (hi_h, hi_w))]
+
+
+def _export_args(example: torch.Tensor, dynamic_batch: bool, max_batch: int, size_dims: Optional[dict] = None):
     """The example to trace and its ``dynamic_shapes``: batch symbolic in [1, ``max_batch``], or fixed (a static
-    batch, or ``max_batch`` 1: the example's first sample, since torch.export specialises a batch of 1)."""
+    batch, or ``max_batch`` 1: the example's first sample, since torch.export specialises a batch of 1); plus
+    ``size_dims`` (symbolic image dims, :func:`_size_dims`) when given."""
     if not isinstance(example, torch.Tensor) or example.dim() < 1:
         raise TypeError(f"export: the example input must be a batched tensor, got {type(example).__name__}")
+    if size_dims:
+        example, shapes = _export_args(example, dynamic_batch, max_batch)
+        return example, ({**(shapes[0] if shapes else {}), **size_dims},)
     if not dynamic_batch:
         return example, None
     if int(max_batch) < 1:
@@ -94,20 +144,46 @@ def _export_args(example: torch.Tensor, dynamic_batch: bool, max_batch: int):
 
 
 def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = True,
-                   max_batch: int = 4096) -> torch.export.ExportedProgram:
+                   max_batch: int = 4096, dynamic_size: bool = False,
+                   max_size: int = 1024) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` in eval mode for inputs shaped like ``example`` (B, ...): the batch dimension
     symbolic in [1, ``max_batch``] when ``dynamic_batch`` (the example batch must then be in [2, ``max_batch``]; a
     ``max_batch`` of 1 gives a program of batch 1, traced on the example's first sample), every other dimension
-    fixed. The model's train/eval mode is restored afterwards."""
-    example, shapes = _export_args(example, dynamic_batch, max_batch)
-    with _eval_mode(model):
+    fixed - unless ``dynamic_size``: then an image model's height and width are symbolic too, each in
+    [2 p + 1, ``max_size``] (p the patch size; any size in the range, patch multiple or not). The model's
+    train/eval mode is restored afterwards."""
+    size_dims = _size_dims(model, example, max_size) if dynamic_size else None
+    example, shapes = _export_args(example, dynamic_batch, max_batch, size_dims)
+    with _eval_mode(model), _size_specialised(model, example, size_dims):
         return torch.export.export(model, (example,), dynamic_shapes=shapes)
 
 
+@contextmanager
+def _size_specialised(model: nn.Module, example: torch.Tensor, size_dims: Optional[dict]):
+    """A dynamic-size export that torch.export finds specialised to the example's size: a ValueError naming the
+    model (the library's reference operators and backbones are shape-generic; other layers - a segmentor's heads -
+    may not be)."""
+    from torch._dynamo.exc import UserError
+    try:
+        yield
+    except UserError as err:
+        if not size_dims or "Constraints violated" not in str(err):
+            raise
+        raise _specialised_error(model, example) from err
+
+
+def _specialised_error(model: nn.Module, example: torch.Tensor) -> ValueError:
+    return ValueError(f"export: {type(model).__name__} cannot take a dynamic image size: its program specialises the "
+                      f"height and width to the example's {tuple(example.shape[2:])}; the VRWKV / VRWKV6 "
+                      f"classifiers and RWKV-CLIP image towers can - export this model for one size")
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], dynamic_batch: bool = True,
-                max_batch: int = 4096, opset: Optional[int] = None, optimize: bool = False) -> Path:
+                max_batch: int = 4096, opset: Optional[int] = None, optimize: bool = False,
+                dynamic_size: bool = False, max_size: int = 1024) -> Path:
     """Write ``model`` (eval mode) as an ONNX file at ``path`` through torch's dynamo exporter (needs the ``onnx``
-    and ``onnxscript`` packages: ``pip install vision-rwkv[onnx]``); batch dynamic as in :func:`export_program`.
+    and ``onnxscript`` packages: ``pip install vision-rwkv[onnx]``); batch and image size dynamic as in
+    :func:`export_program`.
     Input ``input``, output ``output``. ``optimize``: run onnxscript's graph optimizer (off by default: its time
     grows faster than the graph - minutes for a 12-block VRWKV6 - and onnxruntime optimises the graph when it
     loads it anyway). Returns the path."""
@@ -116,13 +192,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
             __import__(package)
         except ImportError as err:
             raise ImportError(f"ONNX export needs the {package!r} package: pip install onnx onnxscript") from err
-    example, shapes = _export_args(example, dynamic_batch, max_batch)
+    size_dims = _size_dims(model, example, max_size) if dynamic_size else None
+    example, shapes = _export_args(example, dynamic_batch, max_batch, size_dims)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _eval_mode(model):
+    with _eval_mode(model), _size_specialised(model, example, size_dims):
         onnx_program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
                                          input_names=["input"], output_names=["output"], optimize=optimize,
                                          verbose=False)
+    if size_dims and any(isinstance(d, int) for d in onnx_program.model.graph.inputs[0].shape[2:]):
+        raise _specialised_error(model, example)  # (the exporter specialised the size instead of failing)
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     onnx_program.save(str(tmp))
     os.replace(tmp, path)
@@ -154,8 +233,16 @@ def verify_program(program: torch.export.ExportedProgram, model: nn.Module, inpu
                    atol: float = 1e-4, rtol: float = 1e-4) -> float:
     """Run ``program`` and ``model`` (eval mode) on every input; the largest difference (:func:`max_abs_diff`)."""
     run = program.module()
+
+    def output(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return run(x)
+        except (AssertionError, RuntimeError) as err:  # (a run-time guard of the program: a size it does not take)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ExportMismatchError(f"exported program: input {tuple(x.shape)} fails: {first}") from err
+
     with _eval_mode(model):
-        return max(max_abs_diff(model(x), run(x), atol, rtol, f"exported program, input {tuple(x.shape)}")
+        return max(max_abs_diff(model(x), output(x), atol, rtol, f"exported program, input {tuple(x.shape)}")
                    for x in inputs)
 
 
@@ -173,9 +260,18 @@ def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequenc
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportMismatchError(f"onnxruntime cannot load the ONNX file {path}: {first}") from err
     name = session.get_inputs()[0].name
+
+    def output(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+        except Exception as err:  # (onnxruntime's own error types: a shape the graph does not take)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ExportMismatchError(f"ONNX model {path}: input {tuple(x.shape)} fails in onnxruntime: {first}") \
+                from err
+
     with _eval_mode(model):
-        return max(max_abs_diff(model(x), torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0]),
-                                atol, rtol, f"ONNX model {path}, input {tuple(x.shape)}") for x in inputs)
+        return max(max_abs_diff(model(x), output(x), atol, rtol, f"ONNX model {path}, input {tuple(x.shape)}")
+                   for x in inputs)
 
 
 def _size(img_size: Optional[Sequence[int]]) -> Optional[tuple[int, int]]:

@@ -65,10 +65,35 @@ def test_export_format_and_max_batch_options(capsys):
     for argv, message in ((["--format", "pt2", "--output", "x.onnx"], "suffix of onnx, not of --format pt2"),
                           (["--output", "x.bin"], "unknown suffix '.bin'"), (["--output", "x"], "no suffix"),
                           (["--max-batch", "0"], "--max-batch must be >= 1"),
-                          (["--static-batch", "--max-batch", "3"], "--static-batch fixes the batch")):
+                          (["--static-batch", "--max-batch", "3"], "--static-batch fixes the batch"),
+                          (["--max-size", "512"], "give --dynamic-size too"),
+                          (["--dynamic-size", "--tower", "text"], "the text tower's input")):
         with pytest.raises(SystemExit):
             tool.parse_args(["m", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_export_dynamic_size_pt2(tmp_path, capsys):
+    """--dynamic-size: one program for every size from 3 patches to --max-size, checked at its corners."""
+    out = tmp_path / "v4.pt2"
+    assert load_tool("export").main(["vrwkv_tiny_patch16_224", "--img-size", "48", "64", "--dynamic-size",
+                                     "--max-size", "128", "--output", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["size_range"] == {"min": [33, 33], "max": [128, 128]}
+    assert summary["checked_sizes"] == [[48, 64]] * 3 + [[33, 128], [128, 33], [128, 128]]
+    program = torch.export.load(str(out)).module()
+    assert program(torch.randn(2, 3, 75, 40)).shape == (2, 1000)  # a size it was not checked at
+    with pytest.raises(Exception):  # past --max-size: the program's own range check
+        program(torch.randn(1, 3, 129, 40))
+
+
+def test_export_dynamic_size_of_a_segmentor_is_refused(seg_checkpoint, tmp_path, capsys):
+    out = tmp_path / "seg.pt2"
+    assert load_tool("export").main([str(SEG_DEMO), "model.aux_channels=16", "--checkpoint", str(seg_checkpoint),
+                                     "--dynamic-size", "--max-size", "64", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Segmentor cannot take a dynamic image size" in err and "export this model for one size" in err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("max_batch", [1, 2])

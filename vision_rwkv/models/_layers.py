@@ -43,6 +43,12 @@ GridSize = Tuple[int, int]
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
+def _symbolic(*sizes: Any) -> bool:
+    """Whether any of ``sizes`` is a symbolic int (a dynamic dimension while torch.export / torch.compile traces):
+    branching on it would specialise the program to the example's value."""
+    return any(isinstance(s, torch.SymInt) for s in sizes)
+
+
 @register_notrace_function
 def check_image_batch(x: torch.Tensor, in_chans: int, model_name: str = 'model',
                       weight: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -140,7 +146,9 @@ class PatchEmbed(nn.Module):
         ``ceil(h / p) * p - h``: torch.compile with dynamic shapes fails on ``(-h) % p`` once it resizes.)"""
         (h, w), (ph, pw) = x.shape[-2:], self.patch_size
         pad_h, pad_w = (h + ph - 1) // ph * ph - h, (w + pw - 1) // pw * pw - w
-        if pad_h or pad_w:
+        # a symbolic size (torch.export with a dynamic H / W): pad unconditionally (a zero pad is a copy), so the
+        # program does not specialise on whether the size is a patch multiple
+        if _symbolic(pad_h, pad_w) or pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
@@ -173,7 +181,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: Gr
     ``resample_abs_pos_embed`` antialiases by default and differs by ~3e-3). Returns the input when the grids match.
     """
     src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
-    if src_grid == dst_grid:
+    if not _symbolic(*dst_grid) and src_grid == dst_grid:  # (symbolic: always resize, exact at the same size)
         return pos_embed
     num_tokens, dim = pos_embed.shape[-2:]
     if num_tokens != src_grid[0] * src_grid[1]:

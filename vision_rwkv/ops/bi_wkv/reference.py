@@ -134,6 +134,50 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
         return _bi_wkv_reference(w, u, k, v, mode, chunks, block)
 
 
+def _symbolic(n) -> bool:
+    """Whether the size ``n`` is symbolic (a dynamic dimension while torch.export / torch.compile traces): the
+    size-dependent branches below would specialise the program to the example's size."""
+    return isinstance(n, torch.SymInt)
+
+
+def _carry_matrix(w: torch.Tensor, nblk, dtype: torch.dtype) -> torch.Tensor:
+    """(C, nblk, nblk) factors [j, i] = exp(-w (i - 1 - j)) for j < i, 0 else (every exponent an integer distance
+    >= 0; the masked entries get exponent 0, so a growth w < 0 cannot overflow there)."""
+    idx = torch.arange(nblk, device=w.device)
+    d = idx[None, :] - 1 - idx[:, None]  # i - 1 - j
+    expo = torch.exp(-w[:, None, None] * d.clamp(min=0).to(dtype))
+    return torch.where(d >= 0, expo, torch.zeros((), dtype=dtype, device=w.device))
+
+
+def _blocks_apply_symbolic(x: torch.Tensor, mat: torch.Tensor, w: torch.Tensor, offset: int) -> torch.Tensor:
+    """:func:`_blocks_apply` for a symbolic T (torch.export with a dynamic image size): no branch on T - the
+    tokens always padded to whole blocks (zeros add nothing to either sum), and the carries between blocks one
+    closed-form (C, nblk, nblk) product per direction instead of :func:`decay_scan`'s size-dependent recursion
+    (O(nblk^2) per channel, nblk = ceil(T / L); the same function, other rounding)."""
+    c, m, t_len = x.shape
+    size = mat.shape[-1]
+    # at least two blocks (a zero block adds nothing): nblk = 1 would be a special case of the views below (a
+    # guard on T > L that the program would check at run time)
+    nblk = torch.sym_max(2, (t_len + size - 1) // size)
+    xb = F.pad(x, (0, nblk * size - t_len)).reshape(c, m * nblk, size)
+    idx = torch.arange(size, device=x.device, dtype=x.dtype)
+    to_end = torch.exp(-w[:, None] * (size - 1 - idx))
+    from_start = torch.exp(-w[:, None] * idx)
+    full = torch.matmul(xb, torch.cat([mat, to_end[:, :, None], from_start[:, :, None]], dim=2))
+    tot = full[..., :size]
+    carry = _carry_matrix(w * size, nblk, x.dtype)  # [j, i]: block j's sum carried to block i > j
+    ends = torch.matmul(full[..., size].reshape(c, m, nblk), carry)  # blocks before, decayed to t's block start
+    starts = torch.matmul(full[..., size + 1].reshape(c, m, nblk), carry.transpose(1, 2))  # blocks after
+    if offset:
+        scale = torch.exp(-offset * w)[:, None, None]
+        ends, starts = ends * scale, starts * scale
+    carries = torch.stack((ends, starts), dim=-1)  # (C, M, nblk, 2)
+    out = torch.baddbmm(tot, carries.view(c, m * nblk, 2), torch.stack((from_start, to_end), dim=1))
+    # the first T tokens as a new tensor: a slice view [..., :T] makes torch.export guard on its contiguity (T a
+    # multiple of L or not), which specialises the program
+    return out.view(c, m, nblk * size).index_select(2, torch.arange(t_len, device=x.device))
+
+
 def _blocks_apply(x: torch.Tensor, mat: torch.Tensor, w: torch.Tensor, block: int, offset: int) -> torch.Tensor:
     """``sum_n f_tn x_n`` for x (C, M, T), blocks of L = ``mat.shape[-1]`` tokens: inside a block the factors are
     the (C, L, L) matrix ``mat`` [n, t]; between blocks they are exp(-(|t-n| - 1 + offset) w).
@@ -142,6 +186,8 @@ def _blocks_apply(x: torch.Tensor, mat: torch.Tensor, w: torch.Tensor, block: in
     block's sums decayed to its end and from its start, which :func:`decay_scan` carries across blocks (decay w L)
     forwards and backwards. Every carry factor is ``exp(-w d)`` of an integer distance d >= 0."""
     c, m, t_len = x.shape
+    if _symbolic(t_len):
+        return _blocks_apply_symbolic(x, mat, w, offset)
     size = mat.shape[-1]
     nblk = -(-t_len // size)
     pad = nblk * size - t_len
@@ -170,7 +216,8 @@ def _blocks_apply(x: torch.Tensor, mat: torch.Tensor, w: torch.Tensor, block: in
 def _exact_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, block: int) -> torch.Tensor:
     """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T):
     blocks of min(block, T) tokens (:func:`_blocks_apply`), the in-block factors one symmetric matrix per channel."""
-    size = min(block, x.shape[-1])
+    t_len = x.shape[-1]
+    size = block if _symbolic(t_len) else min(block, t_len)  # (symbolic T: blocks of `block`, padded)
     idx = torch.arange(size, device=x.device, dtype=x.dtype)
     dist = (idx[:, None] - idx[None, :]).abs()  # (n, t)
     mat = torch.where(dist == 0, torch.exp(u)[:, None, None], torch.exp(-w[:, None, None] * (dist - 1).clamp(min=0)))

@@ -160,7 +160,10 @@ def _chunk_states_closed(upd: torch.Tensor, log_dec: torch.Tensor) -> torch.Tens
     (G, nc, N) float64 - every factor <= 1. O(nc^2 N^2) per group instead of O(nc N^2)."""
     nc = upd.shape[1]
     cum = torch.cumsum(log_dec, dim=1)  # (G, nc, N)
-    prev = F.pad(cum[:, :-1], (0, 0, 1, 0))  # L_{c-1}
+    if isinstance(nc, torch.SymInt):  # (a slice of nc - 1 chunks would make torch.export guard on nc != 2)
+        prev = cum - log_dec  # L_{c-1}
+    else:
+        prev = F.pad(cum[:, :-1], (0, 0, 1, 0))  # L_{c-1}
     idx = torch.arange(nc, device=upd.device)
     before = (idx[None, :] < idx[:, None])[None, :, :, None]  # c' < c, dims (1, c, c', 1)
     expo = torch.where(before, prev[:, :, None] - cum[:, None, :], torch.full((), float("-inf"), dtype=cum.dtype,
@@ -177,15 +180,19 @@ def _causal_chunked(r, k, v, logd, chunk):
     """
     g, t_len, n = r.shape
     dt = r.dtype
-    nc = -(-t_len // chunk)
+    symbolic = isinstance(t_len, torch.SymInt)  # (torch.export with a dynamic image size: no branch on T)
+    # symbolic T: always padded, to at least two chunks (the padding comes after every real token of this causal
+    # pass: it changes nothing), so the program holds one path for every T
+    # (symbolic: a ceiling without negative operands - ONNX's integer division truncates, not floors)
+    nc = torch.sym_max(2, (t_len + chunk - 1) // chunk) if symbolic else -(-t_len // chunk)
     pad = nc * chunk - t_len
-    if pad:
+    if symbolic or pad:
         r, k, v, logd = (F.pad(x, (0, 0, 0, pad)) for x in (r, k, v, logd))
     r, k, v, logd = (x.reshape(g * nc, chunk, n) for x in (r, k, v, logd))
     a = torch.cumsum(logd.double(), dim=1)  # A_i: log prod_{m <= i} d_m inside the chunk
     a_ex = F.pad(a[:, :-1], (0, 0, 1, 0))  # A_{i-1}
     y = _IntraChunk.apply(r, k, v, a)
-    if nc > 1:  # (exponents: exact float64 differences rounded once to dt; exp in dt)
+    if symbolic or nc > 1:  # (exponents: exact float64 differences rounded once to dt; exp in dt)
         q_dec = r * torch.exp(a_ex.to(dt))
         k_dec = k * torch.exp((a[:, -1:] - a).to(dt))  # decay from n (exclusive) to the chunk end
         upd = torch.matmul(k_dec.transpose(1, 2), v).reshape(g, nc, n, n)
@@ -195,6 +202,8 @@ def _causal_chunked(r, k, v, logd, chunk):
             chunk_decay = torch.exp(a[:, -1].to(dt)).reshape(g, nc, n, 1)
             state = _chunk_states(upd, chunk_decay).reshape(g * nc, n, n)
         y = y + torch.matmul(q_dec, state)
+    if symbolic:  # (a new tensor: a slice view makes torch.export guard on its contiguity, i.e. on pad == 0)
+        return y.reshape(g, nc * chunk, n).index_select(1, torch.arange(t_len, device=y.device))
     return y.reshape(g, nc * chunk, n)[:, :t_len]
 
 
@@ -219,7 +228,10 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     is recorded, any per-token decay below e^-2 (``TRAIN_MAX_DECAY``).
     """
     t_len = r.shape[1]
-    max_chunk = chunk or (32 if 64 < t_len <= 512 else 64)  # (CPU: bi_wkv6_direct's largest chunk)
+    if isinstance(t_len, torch.SymInt):  # torch.export with a dynamic image size: one chunk size for every T
+        max_chunk = chunk = chunk or 16  # (no bi_wkv6_direct while tracing: max_chunk unused)
+    else:
+        max_chunk = chunk or (32 if 64 < t_len <= 512 else 64)  # (CPU: bi_wkv6_direct's largest chunk)
     if chunk is None:
         chunk = 16 if t_len > 64 else 1 << max(t_len - 1, 0).bit_length()
     if chunk < 1 or chunk & (chunk - 1):
@@ -244,7 +256,8 @@ def _bi_wkv6_reference(r, k, v, logd, u, chunk, max_chunk):
     logd = logd.clamp(min=-1e4)
     xs = [x.to(dt).permute(0, 2, 1, 3).reshape(b * h, t_len, n) for x in (r, k, v, logd)]
     both = [torch.cat([x, x.flip(1)], dim=0) for x in xs]  # causal pass and reversed pass in one batch
-    chunk = min(chunk, 1 << (t_len - 1).bit_length())  # a power of two, no larger than needed
+    if not isinstance(t_len, torch.SymInt):  # (symbolic T: the chunk as given, the tokens padded)
+        chunk = min(chunk, 1 << (t_len - 1).bit_length())  # a power of two, no larger than needed
     y2 = _causal_chunked(*both, chunk)
     y = y2[: b * h] + y2[b * h:].flip(1)
     rr, kk, vv = xs[:3]
