@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from vision_rwkv.engine.config import ConfigError
 from vision_rwkv.engine.files import name_text
-from vision_rwkv.engine.logger import pyplot, save_figure, wrapped_text
+from vision_rwkv.engine.logger import save_figure, subplots, wrapped_text
 from vision_rwkv.engine.stopping import ignore_stop_signals
 
 from .data import CsvCaptionDataset, load_image
@@ -298,11 +298,10 @@ def save_retrieval_grid(path: Union[str, Path], queries: Sequence[str], images: 
         scores: (num_texts, num_images) similarities.
         text_to_image: (num_texts,) ground-truth image of each text (frames hits when given).
     """
-    plt = pyplot()
 
     rows = list(query_index) if query_index is not None else list(range(min(max_queries, len(queries))))
     k = min(top_k, scores.shape[1])
-    fig, axes = plt.subplots(len(rows), k, figsize=(2.0 * k, 2.2 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), k, figsize=(2.0 * k, 2.2 * len(rows)), squeeze=False)
     for r, q in enumerate(rows):
         top = scores[q].topk(k).indices.tolist()
         for c, idx in enumerate(top):

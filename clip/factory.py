@@ -11,9 +11,11 @@ given on purpose, downloads (through open_clip, into the Hugging Face cache).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
+import logging
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -296,7 +298,21 @@ def get_tokenizer(model_name: str = "RWKV-CLIP-B-32", context_length: Optional[i
     config name or a ``local-dir:`` / ``hf-hub:`` folder as :func:`create_model` takes them (open_clip's
     ``get_tokenizer`` arguments)."""
     model_source(model_name, cache_dir, weights=False)  # clear error for unknown names / folders
-    return open_clip.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
+    with _no_implicit_root_handler():
+        return open_clip.get_tokenizer(model_name, context_length=context_length, cache_dir=cache_dir, **kwargs)
+
+
+@contextlib.contextmanager
+def _no_implicit_root_handler():
+    """open_clip's ``get_tokenizer`` logs through the root logger (``logging.info``), which installs a handler
+    (``logging.basicConfig``) when the root has none: the caller's later ``basicConfig`` would then do nothing and
+    records of its own loggers would print twice. A handler so installed is removed again."""
+    before = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in logging.root.handlers if h not in before]:
+            logging.root.removeHandler(handler)
 
 
 register_model_configs(CONFIG_DIR)

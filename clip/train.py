@@ -28,6 +28,7 @@ from vision_rwkv.engine import (ConfigError, DistInfo, Trainer, all_reduce_sum, 
                                 check_run_dir_is_free, cleanup_distributed, compile_for_training, init_distributed,
                                 load_config, print_rank0, save_config, seed_everything, to_dict, unwrap_model,
                                 wrap_ddp)
+from vision_rwkv.engine.process_state import process_state_restored
 
 from .data import IMAGE_EXTENSIONS, CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
 from .evaluate import EvalCfg, run_evaluation
@@ -241,6 +242,7 @@ def _clamp_logit_scale(trainer: Trainer) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 
+@process_state_restored()
 def train_clip(cfg: DictConfig | ClipTrainConfig | dict, resume: Optional[str] = None) -> dict:
     """Train RWKV-CLIP as configured; returns the final metrics (train loss, last eval, skipped images, time).
 

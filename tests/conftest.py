@@ -131,3 +131,34 @@ def modules_left_by(monkeypatch):
             if enabled:
                 gc.enable()
     return left_by
+
+
+@pytest.fixture
+def process_snapshot():
+    """``snapshot()``: the process-wide settings a library run must leave as it found them (threads, the python /
+    numpy / torch random states, the determinism settings); the caller's values are made unusual first (2 threads,
+    warn-only deterministic mode, cuDNN benchmark on), and put back after the test."""
+    import random
+
+    import numpy as np
+
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = True
+    random.seed(12345)
+    np.random.seed(12345)
+    torch.manual_seed(12345)
+
+    def snapshot() -> dict:
+        return {"threads": torch.get_num_threads(), "python_rng": random.getstate(),
+                "numpy_rng": repr(np.random.get_state()), "torch_rng": torch.get_rng_state().tolist(),
+                "deterministic": (torch.are_deterministic_algorithms_enabled(),
+                                  torch.is_deterministic_algorithms_warn_only_enabled()),
+                "cudnn": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+                "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+    yield snapshot
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+    torch.backends.cudnn.benchmark = saved[3]

@@ -84,10 +84,9 @@ def stats_rows(models: list[str], resolutions: list[int]) -> list[dict]:
 
 def plot_stats(rows: list[dict], path: str | Path) -> Path:
     """GMACs against resolution, one line per model, log-log."""
-    from vision_rwkv.engine.logger import pyplot, save_figure
+    from vision_rwkv.engine.logger import save_figure, subplots
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = subplots(figsize=(6.4, 4.6))
     colors = {"T": "tab:blue", "S": "tab:orange", "B": "tab:green", "L": "tab:red"}  # one colour a size
     styles = {"VRWKV6": "-.", "VRWKV": "-", "DeiT": "--"}  # one line style a family
     for i, label in enumerate(dict.fromkeys(r["label"] for r in rows)):

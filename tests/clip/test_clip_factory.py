@@ -231,3 +231,16 @@ def test_open_clip_factory_arguments(tmp_path):
                                                           **copy.deepcopy(TINY_MODEL_KW))
     x = val(Image.fromarray(np.full((40, 30, 3), 255, np.uint8)))
     assert x.shape == (3, 24, 24) and torch.allclose(x, torch.full_like(x, 2.0))
+
+
+def test_get_tokenizer_leaves_the_root_logger_unconfigured():
+    """open_clip's get_tokenizer logs through the root logger, which configures it implicitly (a handler: the
+    caller's later logging.basicConfig would do nothing); ours leaves it as it was. A fresh interpreter: pytest's
+    own capture handlers sit on the root logger here."""
+    import subprocess
+    import sys
+    script = ("import logging, rwkv_clip; rwkv_clip.get_tokenizer('RWKV-CLIP-Tiny-demo'); "
+              "logging.basicConfig(level=logging.INFO); print(len(logging.root.handlers), logging.root.level)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", str(20)]  # the caller's basicConfig took effect (INFO = 20)

@@ -39,11 +39,13 @@ def test_tiny_model_overfits_small_caption_set(tmp_path):
     assert list((run / "checkpoints").glob("ckpt_*.pt"))
 
 
-def test_training_frees_its_model_on_return(tmp_path, modules_left_by):
+def test_training_leaves_the_process_as_it_found_it(tmp_path, modules_left_by, process_snapshot):
     """No reference cycle keeps the model after train_clip returns (the loss objective counts skipped images in the
-    trainer, which holds the objective)."""
-    cfg = _cfg(tmp_path, "data.shapes_length=8", "train.batch_size=4", "train.max_steps=2")
+    trainer, which holds the objective), and the caller's threads and random states come back."""
+    cfg = _cfg(tmp_path, "data.shapes_length=8", "train.batch_size=4", "train.max_steps=2", "train.threads=1")
+    before = process_snapshot()
     assert modules_left_by(lambda: train_clip(cfg)) == []
+    assert process_snapshot() == before
 
 
 def test_kill_and_resume_reproduces_the_loss(tmp_path):

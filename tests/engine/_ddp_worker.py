@@ -103,10 +103,12 @@ def spawn_stop_entry(rank: int, world: int, port: int, run_dir: str, out_path: s
     torch.save(record, f"{out_path}.{rank}")
 
 
-def spawn_cleanup_entry(rank: int, world: int, port: int, out_path: str, fail_rank: int | None = None):
+def spawn_cleanup_entry(rank: int, world: int, port: int, out_path: str, fail_rank: int | None = None,
+                        callers_group: bool = False):
     """One rank of a 2-process check of ``cleanup_distributed``: a DDP model, left unreachable in its reference
     cycle by the function that trained it, must be gone when the group is destroyed. Rank ``fail_rank`` calls it with
-    an exception on its way out. Each rank saves what it saw to ``out_path.<rank>``."""
+    an exception on its way out. ``callers_group``: the group is created here, before ``init_distributed`` adopts it
+    (cleanup must leave it, and a collective after works). Each rank saves what it saw to ``out_path.<rank>``."""
     import gc
     import json
     import warnings
@@ -118,8 +120,9 @@ def spawn_cleanup_entry(rank: int, world: int, port: int, out_path: str, fail_ra
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     gc.disable()  # (the collection must come from cleanup_distributed, not from chance)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    info = init_distributed("cpu")
+    if callers_group:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    info = init_distributed("cpu", timeout_s=60)
 
     def train_one_step() -> weakref.ref:
         model = wrap_ddp(build_model(), info)
@@ -153,5 +156,10 @@ def spawn_cleanup_entry(rank: int, world: int, port: int, out_path: str, fail_ra
             seen["raised"] = True
     seen["warnings"] = [str(w.message) for w in caught]
     seen["group_left"] = dist.is_initialized()
+    if seen["group_left"]:
+        total = torch.ones(())
+        dist.all_reduce(total)
+        seen["all_reduce_after"] = float(total)
+        dist.destroy_process_group()
     with open(f"{out_path}.{rank}", "w") as f:
         json.dump(seen, f)

@@ -89,12 +89,16 @@ def test_tiny_vrwkv_overfits_64_images(tmp_path):
     assert result["train_loss"] < 0.3 and result["loss"] < 0.3
 
 
-def test_training_frees_its_model_on_return(tmp_path, modules_left_by):
+def test_training_leaves_the_process_as_it_found_it(tmp_path, modules_left_by, process_snapshot):
     """No reference cycle keeps the model after train_classifier returns (mixup's loss function asks the trainer
-    for the epoch, and the trainer holds the loss function)."""
+    for the epoch, and the trainer holds the loss function), and the caller's threads, random states and
+    determinism settings come back (the run sets 1 thread, seeds everything, asks for deterministic kernels)."""
     cfg = load_config(DEMO, TINY + [f"run_dir={tmp_path}", "data.shapes.train_length=16", "data.shapes.val_length=8",
-                                    "train.batch_size=8", "train.epochs=1", "aug.mixup=0.8", "ema.enabled=true"])
+                                    "train.batch_size=8", "train.epochs=1", "aug.mixup=0.8", "ema.enabled=true",
+                                    "num_threads=1", "deterministic=true"])
+    before = process_snapshot()
     assert modules_left_by(lambda: train_classifier(cfg)) == []
+    assert process_snapshot() == before
 
 
 def test_kill_and_resume_gives_same_weights_with_full_augmentation(tmp_path):

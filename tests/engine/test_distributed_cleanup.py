@@ -1,6 +1,6 @@
 """``cleanup_distributed`` in 2-process gloo runs: the DDP model's reference cycle is collected before the group is
-destroyed (else gloo's threads outlive it into interpreter shutdown), the ranks meet at a final barrier, and a rank
-that fails skips it without leaving the others hanging."""
+destroyed (else gloo's threads outlive it into interpreter shutdown), the ranks meet at a final barrier, a rank that
+fails skips it without leaving the others hanging, and a group the caller created stays."""
 import json
 import socket
 import sys
@@ -19,9 +19,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path, fail_rank=None) -> list[dict]:
+def _run(tmp_path, fail_rank=None, callers_group=False) -> list[dict]:
     out = tmp_path / "seen"
-    mp.spawn(_ddp_worker.spawn_cleanup_entry, args=(2, _free_port(), str(out), fail_rank), nprocs=2, join=True)
+    mp.spawn(_ddp_worker.spawn_cleanup_entry, args=(2, _free_port(), str(out), fail_rank, callers_group), nprocs=2,
+             join=True)
     return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
 
 
@@ -41,3 +42,12 @@ def test_a_failing_rank_skips_the_barrier_and_the_other_is_warned(tmp_path):
     assert not other["group_left"]
     assert other["barriers"] == 1
     assert len(other["warnings"]) == 1 and "final barrier" in other["warnings"][0], other["warnings"]
+
+
+@pytest.mark.slow
+def test_a_group_the_caller_created_is_left_to_the_caller(tmp_path):
+    """Several runs in one torchrun process need one group for all (PyTorch cannot reliably create a group again in
+    a process): a group that existed before the run is adopted, and the run's cleanup leaves it working."""
+    for rank, seen in enumerate(_run(tmp_path, callers_group=True)):
+        assert seen["alive_before_cleanup"], rank
+        assert seen["barriers"] == 0 and seen["group_left"] and seen["all_reduce_after"] == 2.0, rank

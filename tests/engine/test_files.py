@@ -68,14 +68,14 @@ def test_output_checks_name_the_option_and_the_reason(tmp_path, monkeypatch):
 def test_save_figure_draws_c_locale_file_names(tmp_path):
     """Texts, legends and tick labels holding a file name's undecodable bytes (class folders listed under
     LANG=C): matplotlib's font code rejects them (TypeError); save_figure draws them decoded."""
-    from vision_rwkv.engine.logger import pyplot, save_figure
-    plt = pyplot()
+    from vision_rwkv.engine.logger import save_figure, subplots
     name = "caf\u00e9".encode().decode("ascii", "surrogateescape")
-    fig, ax = plt.subplots()
+    fig, ax = subplots()
     ax.set_title(name)
     ax.set_xticks([0, 1])
     ax.set_xticklabels([name, "b"], fontsize=5)
-    ax.legend(handles=[plt.Line2D([], [], label=name)])
+    from matplotlib.lines import Line2D
+    ax.legend(handles=[Line2D([], [], label=name)])
     out = save_figure(fig, tmp_path / "f.png")
     assert out.stat().st_size > 0
     assert ax.get_title() == "caf\u00e9" and ax.get_xticklabels()[0].get_text() == "caf\u00e9"

@@ -96,7 +96,7 @@ def test_a_full_disk_leaves_no_half_row_and_no_empty_plot(tmp_path, monkeypatch)
     import builtins
     import io as _io
 
-    from vision_rwkv.engine.logger import MetricLogger, pyplot, save_figure
+    from vision_rwkv.engine.logger import MetricLogger, save_figure, subplots
     log = MetricLogger(tmp_path)
     log.log(1, {"loss": 1.0})
     before = (tmp_path / "train_metrics.csv").read_bytes()
@@ -124,11 +124,10 @@ def test_a_full_disk_leaves_no_half_row_and_no_empty_plot(tmp_path, monkeypatch)
     monkeypatch.setattr(builtins, "open", real_open)
     assert (tmp_path / "train_metrics.csv").read_bytes() == before
 
-    plt = pyplot()
-    fig, ax = plt.subplots()
+    fig, ax = subplots()
     ax.plot([1, 2])
     first = save_figure(fig, tmp_path / "curves.png").read_bytes()
-    fig, ax = plt.subplots()
+    fig, ax = subplots()
     ax.plot([2, 1])
 
     def full_savefig(self, path, **kw):
@@ -230,3 +229,25 @@ def test_a_rescaled_resume_without_tensorboard_installed_keeps_its_events(tmp_pa
     assert [r["step"] for r in read_metrics_csv(tmp_path / "train_metrics.csv")] == [1, 2]
     assert (tmp_path / "tb" / "events.out.tfevents.old").read_bytes() == b"old events"
     assert "keep the old step units" in capsys.readouterr().out
+
+
+def test_plots_leave_the_callers_pyplot_alone(tmp_path):
+    """Drawing a run's figures neither switches the process's matplotlib backend (a notebook's inline one) nor
+    touches pyplot's figures: a fresh interpreter on the svg backend keeps it, and its current figure."""
+    import subprocess
+    import sys
+    script = f"""
+import matplotlib
+matplotlib.use("svg")
+import matplotlib.pyplot as plt
+mine = plt.figure()
+from vision_rwkv.engine.logger import MetricLogger
+log = MetricLogger({str(tmp_path)!r})
+log.log(1, {{"loss": 1.0}}); log.log(2, {{"loss": 0.5}})
+assert log.plot() is not None
+print(matplotlib.get_backend(), plt.get_fignums(), plt.gcf() is mine)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["svg", "[1]", "True"]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -55,10 +55,16 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert json.dumps(full["per_class"]) == json.dumps(resumed["per_class"])  # NaN for absent classes
 
 
-def test_training_frees_its_model_on_return(tmp_path, modules_left_by):
+def test_training_and_testing_leave_the_process_as_they_found_it(tmp_path, modules_left_by, process_snapshot):
     """No reference cycle keeps the segmentor after train_segmentor returns (the evaluation records its result in
-    the trainer, which holds the evaluation)."""
-    assert modules_left_by(lambda: train_segmentor(_cfg(tmp_path, "optim.max_iters=2", "train.eval_every=2"))) == []
+    the trainer, which holds the evaluation), and both entry points put back the caller's threads, random states
+    and determinism settings."""
+    cfg = _cfg(tmp_path, "optim.max_iters=2", "train.eval_every=2", "train.num_threads=1", "train.deterministic=true")
+    before = process_snapshot()
+    assert modules_left_by(lambda: train_segmentor(cfg)) == []
+    assert process_snapshot() == before
+    test_segmentor(cfg)
+    assert process_snapshot() == before
 
 
 def test_resuming_a_finished_run_keeps_its_per_class_results(tmp_path):

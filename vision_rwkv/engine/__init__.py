@@ -84,6 +84,10 @@ Memory format (``memory_format.py``)
     to_channels_last(model) (4-D weights and image inputs channels-last: timm's ``--channels-last``, config key
     ``train.channels_last``), takes_channels_last(model), plain_layout(state) (checkpoint weights stay contiguous)
 
+Process state (``process_state.py``)
+    process_state_restored() (context manager and decorator: torch's thread count, the python / numpy / torch random
+    states and the determinism settings come back after the block; every training and evaluation entry point)
+
 Compilation (``compiling.py``)
     compile_for_training(model, enabled, backend="inductor", mode=None, where="train") -> the model or
     ``torch.compile(model, ...)`` (config keys ``train.compile`` / ``train.compile_backend`` / ``train.compile_mode``
@@ -125,4 +129,5 @@ from .loader import (EpochLoader, ResumableSampler, SeededSamples, ShardSampler,
 from .logger import MetricLogger, json_text, plot_curves, progress, read_metrics_csv
 from .loop import Trainer, clip_gradients, move_to_device
 from .memory_format import plain_layout, takes_channels_last, to_channels_last
+from .process_state import process_state_restored
 from .precision import autocast, check_precision, make_grad_scaler, precision_dtype

@@ -41,9 +41,10 @@ from .distributed import (DistInfo, all_gather_object, all_reduce_sum, cleanup_d
                           is_main_process, print_rank0, unwrap_model, wrap_ddp)
 from .files import write_text_atomic
 from .loader import ShardSampler, build_train_loader, collate_drop_none, seed_everything
-from .logger import json_text, progress, pyplot, save_figure, short_text
+from .logger import json_text, progress, save_figure, short_text, subplots
 from .loop import CLIP_MODES, Trainer
 from .memory_format import to_channels_last
+from .process_state import process_state_restored
 from .precision import autocast
 from .stopping import ignore_stop_signals
 
@@ -490,13 +491,12 @@ rank over the forward time of the slowest)."""
 def plot_confusion_matrix(conf: list[list[int]], class_names: list[str], path: str | Path,
                           title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows = true class) as a PNG; counts written in the cells when small."""
-    plt = pyplot()
 
     m = np.asarray(conf, dtype=np.float64)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     n = len(class_names)
     size = min(max(4.0, 0.45 * n + 2), 30)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = subplots(figsize=(size, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     row_pt = 0.75 * size * 72 / n  # the points a class gets along an axis
     if row_pt >= 4:  # class names as long as they can be read (at most ~300 classes on the 30-inch figure)
@@ -649,17 +649,17 @@ def _check_sched_shape(s: DictConfig) -> None:
         raise ConfigError(f"sched.cycle_limit must be a whole number >= 1, got {s.cycle_limit}")
 
 
+@process_state_restored()
 def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     """Train per ``cfg`` (single process or under torchrun); returns the final metrics: ``top1``/``top5``/``loss``
     on the validation split (and ``ema_*``), ``train_loss``, ``train_time_s``, ``best``, ``run_dir``,
-    ``checkpoint`` (path of the last checkpoint)."""
+    ``checkpoint`` (path of the last checkpoint). The caller's threads, random states and determinism settings
+    come back afterwards (:func:`~vision_rwkv.engine.process_state.process_state_restored`)."""
     _set_threads(cfg)
     info = init_distributed(cfg.device)
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(cfg, info)
     finally:
-        torch.use_deterministic_algorithms(was_deterministic)
         cleanup_distributed()
 
 
@@ -790,6 +790,7 @@ class NoReadableImagesError(RuntimeError):
     """Not one evaluation image could be read: there is no metric to report."""
 
 
+@process_state_restored()
 def evaluate_classifier(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.model`` (any timm name; weights from ``eval.checkpoint`` -- a training checkpoint or a state
     dict -- or ``model.pretrained``) on the eval split at ``eval.input_size`` (default ``data.input_size``).

@@ -53,9 +53,15 @@ def _pick_device(device: str | torch.device | None, local_rank: int) -> torch.de
     return device
 
 
+# Whether the process group was created by init_distributed (and so is destroyed by cleanup_distributed); a group
+# the caller created is adopted and left to the caller.
+_CREATED_GROUP = False
+
+
 def init_distributed(device: str | torch.device | None = "auto", backend: str | None = None,
                      timeout_s: float = 1800.0) -> DistInfo:
-    """Initialise the process group when launched by torchrun (or already initialised); else single process.
+    """Initialise the process group when launched by torchrun; else single process. A group the caller already
+    initialised is adopted: :func:`cleanup_distributed` leaves it to the caller.
 
     ``device``: "auto" (CUDA if available), "cpu", "cuda"; under torchrun CUDA ranks use ``cuda:LOCAL_RANK``.
     ``backend``: default nccl for CUDA, gloo for CPU.
@@ -74,12 +80,16 @@ def init_distributed(device: str | torch.device | None = "auto", backend: str | 
         torch.cuda.set_device(dev)
     backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
     dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    global _CREATED_GROUP
+    _CREATED_GROUP = True
     return DistInfo(rank, world_size, local_rank, dev)
 
 
 def cleanup_distributed() -> None:
-    """End a run: destroy the process group if one is initialised, in an order that lets every rank exit cleanly,
-    and free what the run left in reference cycles (every trainer and evaluator calls it last).
+    """End a run: destroy the process group :func:`init_distributed` created (one the caller created before the run
+    was adopted and stays, e.g. for several runs in one torchrun process: PyTorch cannot reliably create a group
+    again in a process), in an order that lets every rank exit cleanly, and free what the run left in reference
+    cycles (every trainer and evaluator calls it last).
 
     1. Garbage is collected first. A run's model can sit in a reference cycle after its function has returned:
        the first plot of a process imports matplotlib, whose import-time exceptions keep their tracebacks, and those
@@ -89,12 +99,14 @@ def cleanup_distributed() -> None:
     2. Unless an exception is on its way out, the ranks meet at a barrier, so no rank closes its connections while
        another still talks to it. A rank that fails skips it; a peer's failure there is a warning, not an error.
     """
+    global _CREATED_GROUP
     gc.collect()
-    if not is_dist():
+    if not is_dist() or not _CREATED_GROUP:
         return
     if sys.exc_info()[0] is None:
         _final_barrier()
     dist.destroy_process_group()
+    _CREATED_GROUP = False
 
 
 def _final_barrier() -> None:

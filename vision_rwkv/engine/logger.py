@@ -13,13 +13,14 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from .distributed import is_main_process
 from .files import name_text, write_text_atomic
 
-__all__ = ["MetricLogger", "progress", "read_metrics_csv", "curve_names", "plot_curves", "pyplot", "save_figure",
+__all__ = ["MetricLogger", "progress", "read_metrics_csv", "curve_names", "plot_curves", "subplots", "save_figure",
            "json_text", "short_text", "wrapped_text"]
 
 
@@ -56,12 +57,16 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def pyplot():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (files only, no display needed)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    return plt
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs):
+    """``(figure, axes)`` as ``matplotlib.pyplot.subplots`` makes them, but drawn by Agg without pyplot: files only,
+    no display needed, and the process's pyplot - its backend (a notebook's inline one), its current figure - is
+    left alone."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
@@ -87,7 +92,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
         os.replace(tmp, path)  # (a full disk leaves the earlier plot, not an empty file)
     finally:
         tmp.unlink(missing_ok=True)
-        pyplot().close(fig)
+        plt = sys.modules.get("matplotlib.pyplot")  # (a figure of the caller's pyplot: closed, as pyplot keeps it)
+        if plt is not None and getattr(fig.canvas, "manager", None) is not None:
+            plt.close(fig)
     return path
 
 
@@ -150,7 +157,6 @@ def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLi
     to plot). Training's ``train_<m>`` shares the panel of the other splits' ``<m>``; counters that stayed 0 (no
     skipped images) get no panel; a positive metric spanning orders of magnitude is drawn on a log axis; NaN / inf
     values (a diverged loss) are crosses along the panel's foot, counted in the legend."""
-    plt = pyplot()
 
     series = _shared_panels(series)
     names = [n for n in curve_names(series, x) if any(v != 0 for v in _values(series, n))]
@@ -158,7 +164,7 @@ def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLi
         return None
     cols = min(3, len(names))
     nrows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    fig, axes = subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         for split, rows in series.items():
             pts = [(r[x], r[name]) for r in rows if name in r and x in r]

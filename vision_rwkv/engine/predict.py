@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .files import write_text_atomic
-from .logger import progress, pyplot, save_figure, short_text, wrapped_text
+from .logger import progress, save_figure, short_text, subplots, wrapped_text
 from .memory_format import to_channels_last
 from .precision import autocast
 
@@ -247,10 +247,9 @@ def plot_predictions(rows: Sequence[dict[str, Any]], path: PathLike, max_images:
     shown = [r for r in rows if "topk" in r][:max_images]
     if not shown:
         raise ValueError("no readable image to plot")
-    plt = pyplot()
     cols = min(cols, len(shown))
     nrows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.5 * nrows), squeeze=False)
+    fig, axes = subplots(nrows, cols, figsize=(2.2 * cols, 2.5 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, r in zip(axes.flat, shown):

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..engine.logger import json_text
 from ..engine.memory_format import to_channels_last
+from ..engine.process_state import process_state_restored
 from ..engine.files import write_text_atomic
 from ..engine.stopping import ignore_stop_signals
 from .datasets import ADE20KDataset, CityscapesDataset, FolderSegDataset, SegDataset, ShapesSegDataset
@@ -340,6 +341,7 @@ def _write_results(results: dict, out_dir: Path, stem: str) -> dict[str, str]:
     return {"json": str(json_path), "table": str(table_path)}
 
 
+@process_state_restored()
 def train_segmentor(cfg: Any) -> dict:
     """Train the segmentor described by `cfg` (a config from `load_seg_config`); returns the trainer's final
     metrics (step, train_loss, last validation mIoU / mAcc / aAcc in percent, best, files)."""
@@ -349,7 +351,6 @@ def train_segmentor(cfg: Any) -> dict:
 
     t, o = cfg.train, cfg.optim
     info = init_distributed(t.device)
-    threads = torch.get_num_threads()
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
     try:
@@ -420,7 +421,6 @@ def train_segmentor(cfg: Any) -> dict:
             write_text_atomic(run_dir / "train_result.json", json_text(result))
         return result
     finally:
-        torch.set_num_threads(threads)
         cleanup_distributed()
 
 
@@ -448,6 +448,7 @@ def resolve_checkpoint(cfg: Any) -> Path:
     return latest
 
 
+@process_state_restored()
 def test_segmentor(cfg: Any) -> dict:
     """Evaluate a trained segmentor on the validation split with `cfg.test` settings; writes `metrics.json`,
     `metrics_per_class.txt` and `overlays.png` to `test.out_dir` (default `<run_dir>/test`) and returns the
@@ -456,7 +457,6 @@ def test_segmentor(cfg: Any) -> dict:
     from vision_rwkv.engine.files import check_output_dir
 
     info = init_distributed(cfg.train.device)
-    threads = torch.get_num_threads()
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     try:
@@ -483,7 +483,6 @@ def test_segmentor(cfg: Any) -> dict:
             print_rank0(_table(results))
         return results
     finally:
-        torch.set_num_threads(threads)
         cleanup_distributed()
 
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vision_rwkv.engine.logger import pyplot, save_figure, short_text
+from vision_rwkv.engine.logger import save_figure, short_text, subplots
 
 __all__ = ["make_palette", "check_palette", "colorize", "save_overlays"]
 
@@ -72,7 +72,6 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
     present, in `palette` ((num_classes, 3) uint8; default :func:`make_palette`). Images are (H, W, 3) uint8 at the
     label maps' size. Without any ground truth (all None: predictions of unlabelled images) the rows have two
     panels, image and prediction."""
-    plt = pyplot()
     from matplotlib.patches import Patch
 
     palette = make_palette(len(class_names)) if palette is None else np.asarray(palette, dtype=np.uint8)
@@ -83,7 +82,7 @@ def save_overlays(path: str | Path, images: Sequence[np.ndarray], gts: Sequence[
     ncol = min(6, max(1, len(present)))
     legend_h = (0.2 + 0.17 * -(-len(present) // ncol)) if present else 0.0  # inches: every legend row gets room
     height = 3 * n + 0.3 + legend_h
-    fig, axes = plt.subplots(n, 2 + with_gt, figsize=(3 * (2 + with_gt), height), squeeze=False)
+    fig, axes = subplots(n, 2 + with_gt, figsize=(3 * (2 + with_gt), height), squeeze=False)
     for r, (img, gt, pred) in enumerate(zip(images, gts, preds)):
         panels = [("image", img)]
         for name, lab in ((("ground truth", gt),) if with_gt else ()) + (("prediction", pred),):
