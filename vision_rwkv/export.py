@@ -228,6 +228,12 @@ def max_abs_diff(reference: torch.Tensor, candidate: torch.Tensor, atol: float =
     return diff.max().item() if diff.numel() else 0.0
 
 
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message (runtimes' messages run on), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 @torch.no_grad()
 def verify_program(program: torch.export.ExportedProgram, model: nn.Module, inputs: Sequence[torch.Tensor],
                    atol: float = 1e-4, rtol: float = 1e-4) -> float:
@@ -238,8 +244,8 @@ def verify_program(program: torch.export.ExportedProgram, model: nn.Module, inpu
         try:
             return run(x)
         except (AssertionError, RuntimeError) as err:  # (a run-time guard of the program: a size it does not take)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ExportMismatchError(f"exported program: input {tuple(x.shape)} fails: {first}") from err
+            raise ExportMismatchError(f"exported program: input {tuple(x.shape)} fails: {_first_line(err)}") \
+                from err
 
     with _eval_mode(model):
         return max(max_abs_diff(model(x), output(x), atol, rtol, f"exported program, input {tuple(x.shape)}")
@@ -257,17 +263,15 @@ def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequenc
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # (onnxruntime's own error types: an invalid graph, an unsupported opset)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportMismatchError(f"onnxruntime cannot load the ONNX file {path}: {first}") from err
+        raise ExportMismatchError(f"onnxruntime cannot load the ONNX file {path}: {_first_line(err)}") from err
     name = session.get_inputs()[0].name
 
     def output(x: torch.Tensor) -> torch.Tensor:
         try:
             return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
         except Exception as err:  # (onnxruntime's own error types: a shape the graph does not take)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ExportMismatchError(f"ONNX model {path}: input {tuple(x.shape)} fails in onnxruntime: {first}") \
-                from err
+            raise ExportMismatchError(f"ONNX model {path}: input {tuple(x.shape)} fails in onnxruntime: "
+                                      f"{_first_line(err)}") from err
 
     with _eval_mode(model):
         return max(max_abs_diff(model(x), output(x), atol, rtol, f"ONNX model {path}, input {tuple(x.shape)}")

@@ -491,7 +491,6 @@ rank over the forward time of the slowest)."""
 def plot_confusion_matrix(conf: list[list[int]], class_names: list[str], path: str | Path,
                           title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows = true class) as a PNG; counts written in the cells when small."""
-
     m = np.asarray(conf, dtype=np.float64)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
     n = len(class_names)

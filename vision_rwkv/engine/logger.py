@@ -157,7 +157,6 @@ def plot_curves(series: dict[str, list[dict[str, float]]], path: str | os.PathLi
     to plot). Training's ``train_<m>`` shares the panel of the other splits' ``<m>``; counters that stayed 0 (no
     skipped images) get no panel; a positive metric spanning orders of magnitude is drawn on a log axis; NaN / inf
     values (a diverged loss) are crosses along the panel's foot, counted in the legend."""
-
     series = _shared_panels(series)
     names = [n for n in curve_names(series, x) if any(v != 0 for v in _values(series, n))]
     if not names:
