@@ -29,6 +29,7 @@ from timm.layers import (DropPath, LayerScale, register_notrace_function, regist
                          resample_patch_embed, to_2tuple)
 
 from vision_rwkv.ops import fused
+from vision_rwkv.ops._validate import is_symbolic
 
 from .mixing import (channel_position, channel_ratio, drop_path_scale, fusable_drop_path, fused_prenorm_step,
                      fuses_residual, layer_ratios, lerp_mix, takes_residual)
@@ -41,12 +42,6 @@ __all__ = [
 GridSize = Tuple[int, int]
 # the layers mmcv counts as normalisation (its norm_decay_mult, its FLOP counter's norm cost)
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
-
-
-def _symbolic(*sizes: Any) -> bool:
-    """Whether any of ``sizes`` is a symbolic int (a dynamic dimension while torch.export / torch.compile traces):
-    branching on it would specialise the program to the example's value."""
-    return any(isinstance(s, torch.SymInt) for s in sizes)
 
 
 @register_notrace_function
@@ -148,7 +143,7 @@ class PatchEmbed(nn.Module):
         pad_h, pad_w = (h + ph - 1) // ph * ph - h, (w + pw - 1) // pw * pw - w
         # a symbolic size (torch.export with a dynamic H / W): pad unconditionally (a zero pad is a copy), so the
         # program does not specialise on whether the size is a patch multiple
-        if _symbolic(pad_h, pad_w) or pad_h or pad_w:
+        if is_symbolic(pad_h, pad_w) or pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
 
@@ -181,7 +176,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: Gr
     ``resample_abs_pos_embed`` antialiases by default and differs by ~3e-3). Returns the input when the grids match.
     """
     src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
-    if not _symbolic(*dst_grid) and src_grid == dst_grid:  # (symbolic: always resize, exact at the same size)
+    if not is_symbolic(*dst_grid) and src_grid == dst_grid:  # (symbolic: always resize, exact at the same size)
         return pos_embed
     num_tokens, dim = pos_embed.shape[-2:]
     if num_tokens != src_grid[0] * src_grid[1]:

@@ -9,6 +9,12 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def is_symbolic(*sizes) -> bool:
+    """Whether any of ``sizes`` is a symbolic int (a dynamic dimension while torch.export / torch.compile traces):
+    branching on it would specialise the program to the example's value."""
+    return any(isinstance(s, torch.SymInt) for s in sizes)
+
+
 def check_tensors(op: str, **tensors: torch.Tensor) -> torch.device:
     """Every argument is a floating tensor of a supported dtype on one device; returns that device."""
     device = None

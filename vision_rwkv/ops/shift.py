@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ._validate import is_symbolic
+
 __all__ = ["q_shift", "bi_shift_1d", "quarter_bounds"]
 
 
@@ -37,7 +39,7 @@ def q_shift(x: torch.Tensor, grid_size: tuple[int, int], head_size: int | None =
     _check_tokens(x, "q_shift")
     try:
         # (a symbolic size - torch.export with a dynamic H / W - is kept: int() would specialise it)
-        gh, gw = (s if isinstance(s, torch.SymInt) else int(s) for s in grid_size)
+        gh, gw = (s if is_symbolic(s) else int(s) for s in grid_size)
     except (TypeError, ValueError):  # (an int, a 3-tuple, a string, ...)
         raise ValueError(f"q_shift: grid_size must be a pair of ints (H, W), got {grid_size!r}") from None
     b, n, c = x.shape

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .._triton_utils import autograd_needed
-from .._validate import check_chunks, reference_dtype, no_autocast
+from .._validate import check_chunks, is_symbolic, reference_dtype, no_autocast
 
 __all__ = ["bi_wkv_reference", "bi_wkv_naive", "decay_scan", "original_kernel_kv_grads", "MODES"]
 
@@ -134,12 +134,6 @@ def bi_wkv_reference(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch
         return _bi_wkv_reference(w, u, k, v, mode, chunks, block)
 
 
-def _symbolic(n) -> bool:
-    """Whether the size ``n`` is symbolic (a dynamic dimension while torch.export / torch.compile traces): the
-    size-dependent branches below would specialise the program to the example's size."""
-    return isinstance(n, torch.SymInt)
-
-
 def _carry_matrix(w: torch.Tensor, nblk, dtype: torch.dtype) -> torch.Tensor:
     """(C, nblk, nblk) factors [j, i] = exp(-w (i - 1 - j)) for j < i, 0 else (every exponent an integer distance
     >= 0; the masked entries get exponent 0, so a growth w < 0 cannot overflow there)."""
@@ -186,7 +180,7 @@ def _blocks_apply(x: torch.Tensor, mat: torch.Tensor, w: torch.Tensor, block: in
     block's sums decayed to its end and from its start, which :func:`decay_scan` carries across blocks (decay w L)
     forwards and backwards. Every carry factor is ``exp(-w d)`` of an integer distance d >= 0."""
     c, m, t_len = x.shape
-    if _symbolic(t_len):
+    if is_symbolic(t_len):
         return _blocks_apply_symbolic(x, mat, w, offset)
     size = mat.shape[-1]
     nblk = -(-t_len // size)
@@ -217,7 +211,7 @@ def _exact_weights_apply(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, bloc
     """``sum_n f_tn x_n`` with the Eq. 5 factors f_tn = exp(-(|t-n|-1) w) (n != t), f_tt = exp(u); x (C, M, T):
     blocks of min(block, T) tokens (:func:`_blocks_apply`), the in-block factors one symmetric matrix per channel."""
     t_len = x.shape[-1]
-    size = block if _symbolic(t_len) else min(block, t_len)  # (symbolic T: blocks of `block`, padded)
+    size = block if is_symbolic(t_len) else min(block, t_len)  # (symbolic T: blocks of `block`, padded)
     idx = torch.arange(size, device=x.device, dtype=x.dtype)
     dist = (idx[:, None] - idx[None, :]).abs()  # (n, t)
     mat = torch.where(dist == 0, torch.exp(u)[:, None, None], torch.exp(-w[:, None, None] * (dist - 1).clamp(min=0)))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .._triton_utils import autograd_needed, holds_values
-from .._validate import reference_dtype, no_autocast
+from .._validate import is_symbolic, reference_dtype, no_autocast
 from .direct import TRAIN_MAX_DECAY, bi_wkv6_direct
 
 __all__ = ["bi_wkv6_reference", "bi_wkv6_naive"]
@@ -160,7 +160,7 @@ def _chunk_states_closed(upd: torch.Tensor, log_dec: torch.Tensor) -> torch.Tens
     (G, nc, N) float64 - every factor <= 1. O(nc^2 N^2) per group instead of O(nc N^2)."""
     nc = upd.shape[1]
     cum = torch.cumsum(log_dec, dim=1)  # (G, nc, N)
-    if isinstance(nc, torch.SymInt):  # (a slice of nc - 1 chunks would make torch.export guard on nc != 2)
+    if is_symbolic(nc):  # (a slice of nc - 1 chunks would make torch.export guard on nc != 2)
         prev = cum - log_dec  # L_{c-1}
     else:
         prev = F.pad(cum[:, :-1], (0, 0, 1, 0))  # L_{c-1}
@@ -180,10 +180,10 @@ def _causal_chunked(r, k, v, logd, chunk):
     """
     g, t_len, n = r.shape
     dt = r.dtype
-    symbolic = isinstance(t_len, torch.SymInt)  # (torch.export with a dynamic image size: no branch on T)
+    symbolic = is_symbolic(t_len)  # (torch.export with a dynamic image size: no branch on T)
     # symbolic T: always padded, to at least two chunks (the padding comes after every real token of this causal
-    # pass: it changes nothing), so the program holds one path for every T
-    # (symbolic: a ceiling without negative operands - ONNX's integer division truncates, not floors)
+    # pass: it changes nothing), so the program holds one path for every T; its ceiling has no negative operands
+    # (ONNX's integer division truncates, not floors)
     nc = torch.sym_max(2, (t_len + chunk - 1) // chunk) if symbolic else -(-t_len // chunk)
     pad = nc * chunk - t_len
     if symbolic or pad:
@@ -228,7 +228,7 @@ def bi_wkv6_reference(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, logd: t
     is recorded, any per-token decay below e^-2 (``TRAIN_MAX_DECAY``).
     """
     t_len = r.shape[1]
-    if isinstance(t_len, torch.SymInt):  # torch.export with a dynamic image size: one chunk size for every T
+    if is_symbolic(t_len):  # torch.export with a dynamic image size: one chunk size for every T
         max_chunk = chunk = chunk or 16  # (no bi_wkv6_direct while tracing: max_chunk unused)
     else:
         max_chunk = chunk or (32 if 64 < t_len <= 512 else 64)  # (CPU: bi_wkv6_direct's largest chunk)
@@ -256,7 +256,7 @@ def _bi_wkv6_reference(r, k, v, logd, u, chunk, max_chunk):
     logd = logd.clamp(min=-1e4)
     xs = [x.to(dt).permute(0, 2, 1, 3).reshape(b * h, t_len, n) for x in (r, k, v, logd)]
     both = [torch.cat([x, x.flip(1)], dim=0) for x in xs]  # causal pass and reversed pass in one batch
-    if not isinstance(t_len, torch.SymInt):  # (symbolic T: the chunk as given, the tokens padded)
+    if not is_symbolic(t_len):  # (symbolic T: the chunk as given, the tokens padded)
         chunk = min(chunk, 1 << (t_len - 1).bit_length())  # a power of two, no larger than needed
     y2 = _causal_chunked(*both, chunk)
     y = y2[: b * h] + y2[b * h:].flip(1)
