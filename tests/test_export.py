@@ -7,7 +7,8 @@ import torch
 
 import vision_rwkv  # noqa: F401  (registers the models)
 from vision_rwkv.export import (ExportMismatchError, ImageEncoder, TextEncoder, build_export_target, dynamic_size_range,
-                                export_onnx, export_program, max_abs_diff, size_checks, verify_onnx, verify_program)
+                                dynamic_size_step, export_onnx, export_program, max_abs_diff, size_checks, verify_onnx,
+                                verify_program)
 
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 # patch 8 on 80x96: a 10x12 grid, 120 tokens (VRWKV6's reference past one chunk: the chunk states of an export)
@@ -64,14 +65,52 @@ def test_original_mode_program_takes_sizes_up_to_its_chunk_limit():
         verify_program(program, model, [torch.randn(1, 3, 512, 512)])
 
 
-def test_a_segmentor_cannot_take_a_dynamic_size():
+def _demo_segmentor() -> torch.nn.Module:
+    """The demo's segmentor (patch 4, strides 4-32: its coarsest level is the token grid max-pooled by 8), its
+    BatchNorm statistics away from their init."""
     from vision_rwkv.resources import configs_dir
     from vision_rwkv.seg import load_seg_config
     from vision_rwkv.seg.train import build_segmentor
+    torch.manual_seed(0)
     config = configs_dir() / "segmentation" / "demo_shapes.yaml"
-    seg = build_segmentor(load_seg_config(config, ["model.aux_channels=16"]), 9, load_pretrained=False)
-    with pytest.raises(ValueError, match=r"Segmentor cannot take a dynamic image size: .* example's \(32, 32\)"):
-        export_program(seg, torch.randn(2, 3, 32, 32), dynamic_size=True, max_size=64)
+    seg = build_segmentor(load_seg_config(config, ["model.aux_channels=16"]), 9, load_pretrained=False).eval()
+    for m in seg.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2)
+    return seg
+
+
+def test_segmentor_program_takes_every_size_from_a_2x2_coarsest_level():
+    """Neck pooling (ceil mode), pyramid pooling (bins 1, 2, 3, 6 over maps smaller than 6) and the heads' resizes
+    all shape-generic: one program from 33 px (9 tokens, a 2 x 2 stride-32 level) to max_size."""
+    seg = _demo_segmentor()
+    assert dynamic_size_range(seg, 128) == ((33, 33), (128, 128)) and dynamic_size_step(seg) == 1
+    program = export_program(seg, torch.randn(2, 3, 64, 48), dynamic_size=True, max_size=128)
+    inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 64, 48), (2, 33, 33), (3, 75, 41), (1, 128, 97))]
+    assert verify_program(program, seg, inputs + size_checks(seg, inputs[0], 128), atol=1e-5) < 1e-5
+    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 32, 64\) fails"):  # a 1-wide coarsest level
+        verify_program(program, seg, [torch.randn(1, 3, 32, 64)])
+    with pytest.raises(ValueError, match=r"example height in \[33, 128\]"):
+        export_program(seg, torch.randn(2, 3, 32, 48), dynamic_size=True, max_size=128)
+    with pytest.raises(ValueError, match="max_size 32 is below .* 33 \\(a 2 x 2 coarsest level\\)"):
+        dynamic_size_range(seg, 32)
+
+
+def test_a_size_specialising_layer_is_a_clear_error():
+    """A layer of the caller's that branches on the image size: a ValueError naming the model, not dynamo's."""
+    class WidthBranch(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            y = self.model(x)
+            return 2 * y if x.shape[-1] == 96 else y
+
+    wrapped = WidthBranch(_model("vrwkv_tiny_patch16_224"))
+    with pytest.raises(ValueError, match=r"WidthBranch cannot take a dynamic image size: .* example's \(80, 96\)"):
+        export_program(wrapped, torch.randn(2, 3, 80, 96), dynamic_size=True, max_size=128)
 
 
 def test_program_pads_an_image_size_off_the_patch_grid():
@@ -239,18 +278,37 @@ def test_onnx_max_batch_one_is_a_batch_one_file(tmp_path):
     assert verify_onnx(path, model, [torch.randn(1, 3, 80, 96)], atol=1e-5) < 1e-5
 
 
+def _adapter_segmentor() -> torch.nn.Module:
+    from vision_rwkv.seg.segmentor import create_segmentor
+    torch.manual_seed(0)
+    return create_segmentor(dict(
+        backbone="vrwkv_tiny_patch16_224", backbone_kwargs=dict(img_size=64, depth=4, embed_dim=48), num_classes=4,
+        decode_channels=32, aux_channels=16, neck="adapter",
+        adapter=dict(conv_inplane=8, init_values=0.5, interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]]))).eval()
+
+
 @pytest.mark.parametrize("fmt", ["pt2", pytest.param("onnx", marks=[pytest.mark.slow, pytest.mark.skipif(
     not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")])])
 def test_adapter_segmentor_exports(fmt, tmp_path):
     """The ViT-Adapter neck (deformable attention as grid_sample) exports with the backbone it interleaves with."""
-    from vision_rwkv.seg.segmentor import create_segmentor
-    torch.manual_seed(0)
-    model = create_segmentor(dict(
-        backbone="vrwkv_tiny_patch16_224", backbone_kwargs=dict(img_size=64, depth=4, embed_dim=48), num_classes=4,
-        decode_channels=32, aux_channels=16, neck="adapter",
-        adapter=dict(conv_inplane=8, init_values=0.5, interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]]))).eval()
+    model = _adapter_segmentor()
     example, inputs = torch.randn(2, 3, 64, 96), [torch.randn(b, 3, 64, 96) for b in (1, 3)]
     if fmt == "pt2":
         assert verify_program(export_program(model, example), model, inputs, atol=1e-5) < 1e-5
     else:
         assert verify_onnx(export_onnx(model, example, tmp_path / "s.onnx"), model, inputs, atol=1e-5) < 1e-5
+
+
+@pytest.mark.slow  # (~25 s)
+def test_adapter_segmentor_program_takes_multiples_of_32():
+    """The ViT-Adapter neck takes sides that are multiples of 32 (as its eager model does), from 64 (a 2 x 2 stride-32
+    level): its dynamic-size program is symbolic in steps of 32."""
+    model = _adapter_segmentor()
+    assert dynamic_size_step(model) == 32 and dynamic_size_range(model, 200) == ((64, 64), (192, 192))
+    program = export_program(model, torch.randn(2, 3, 64, 96), dynamic_size=True, max_size=200)
+    inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 64, 96), (2, 128, 64), (1, 96, 160))]
+    assert verify_program(program, model, inputs + size_checks(model, inputs[0], 200), atol=1e-5) < 1e-5
+    with pytest.raises(ValueError, match="multiples of 32; the example width is 80"):
+        export_program(model, torch.randn(2, 3, 64, 80), dynamic_size=True, max_size=200)
+    with pytest.raises(Exception, match="Guard failed|divisible"):  # the program's own check of a 80-px side
+        program.module()(torch.randn(1, 3, 64, 80))

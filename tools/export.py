@@ -14,9 +14,10 @@ segmentation config YAML;
 configs take ``key=value`` overrides, and the class count comes from the checkpoint (a segmentation config's classes
 without one). The program is made for one input size (``--img-size H [W]``; default the model's, or the config's
 crop size) and, unless ``--static-batch`` (batch 2), any batch from 1 to ``--max-batch`` (1: a batch-1 program). With
-``--dynamic-size`` (VRWKV / VRWKV6 classifiers) one program takes every image height and width from 3 patches
-(2 p + 1 pixels) to ``--max-size`` (default 1024), patch multiples or not; ``--img-size`` is then the example it is
-traced with. The format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is
+``--dynamic-size`` one program takes every image height and width from 3 patches (2 p + 1 pixels) to ``--max-size``
+(default 1024), patch multiples or not - a segmentor from where its coarsest pyramid level is 2 x 2 (33 pixels for
+patch 16), and with the ViT-Adapter neck multiples of 32 only -; ``--img-size`` is then the example it is traced
+with. The format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is
 run on the batches 1, 2 and 3 it takes (the static batch: 2) - with ``--dynamic-size`` also on the corners of its
 size range (smallest height with largest width, the reverse, the largest square) - and compared with the eager model
 (``--atol``); a mismatch, or a size the program does not take, is an error (exit 1) and nothing is written (a file
@@ -124,7 +125,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from vision_rwkv.export import (ExportMismatchError, build_export_target, export_onnx, export_program,
-                                    dynamic_size_range, size_checks, verify_onnx, verify_program)
+                                    dynamic_size_range, dynamic_size_step, size_checks, verify_onnx,
+                                    verify_program)
     from vision_rwkv.engine.files import check_output_file
     from vision_rwkv.engine.predict import untrained_warning
 
@@ -150,12 +152,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     shape = tuple(example.shape[1:])
     if args.dynamic_size:
         try:
-            size_range = dynamic_size_range(model, args.max_size)
+            size_range, step = dynamic_size_range(model, args.max_size), dynamic_size_step(model)
             checks += size_checks(model, example, args.max_size)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        shape = f"{shape[0]} channels, any size up to {args.max_size}x{args.max_size} (traced at {shape[1:]})"
+        low, high = size_range
+        sides = f" (sides multiples of {step})" if step > 1 else ""
+        shape = (f"{shape[0]} channels, any size from {low[0]}x{low[1]} to {high[0]}x{high[1]}{sides} "
+                 f"(traced at {shape[1:]})")
     start = time.perf_counter()
     print(f"exporting {args.target} for inputs {shape} ({args.format}, {batches})...", file=sys.stderr)
     opset = None
@@ -186,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(json.dumps({"output": str(out), "format": args.format, "input_shape": list(example.shape[1:]),
                       "input_dtype": str(example.dtype).replace("torch.", ""), "dynamic_batch": dynamic,
                       "checked_batches": [int(x.shape[0]) for x in checks], "max_abs_diff": diff,
-                      **({"size_range": {"min": list(size_range[0]), "max": list(size_range[1])},
+                      **({"size_range": {"min": list(size_range[0]), "max": list(size_range[1]), "step": step},
                           "checked_sizes": [list(x.shape[2:]) for x in checks]} if args.dynamic_size else {}),
                       **({"opset": opset} if opset is not None else {}),
                       "seconds": round(time.perf_counter() - start, 1)}, indent=2))

@@ -14,7 +14,8 @@ feature maps, the segmentors, the RWKV-CLIP towers (:class:`ImageEncoder`, :clas
 is fixed by the example, unless ``export_program(..., dynamic_size=True)`` (or ``export_onnx``): then the reference
 operators trace their shape-generic form (tokens padded to whole blocks / chunks, closed-form carries between them)
 and one program takes every height and width in [2 p + 1, ``max_size``] (:func:`dynamic_size_range`; the VRWKV /
-VRWKV6 classifiers and the RWKV-CLIP image towers; a segmentor's heads specialise the size, a ValueError). The
+VRWKV6 classifiers and the RWKV-CLIP image towers). A segmentor's range starts where its coarsest pyramid level is
+2 x 2 (33 px for patch 16); with the ViT-Adapter neck it takes multiples of 32 only (:func:`dynamic_size_step`). The
 "original" v4 WKV mode's program checks at run time that its chunks hold at most 64 tokens (T <= 2048 with 32
 chunks); :func:`size_checks` gives the range's corners to verify. The batch may be dynamic. Export CPU
 models: the program then holds the plain-PyTorch operators, which ONNX runtimes run on any device (a CUDA model's
@@ -76,35 +77,56 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+def dynamic_size_step(model: nn.Module) -> int:
+    """The multiple every image side of ``model``'s dynamic-size export must be: 32 for a segmentor with the
+    ViT-Adapter neck, else 1 (any size)."""
+    rule = getattr(model, "dynamic_size_rule", None)
+    return int(rule()[1]) if callable(rule) else 1
+
+
 def dynamic_size_range(model: nn.Module, max_size: int = 1024) -> tuple[tuple[int, int], tuple[int, int]]:
     """The image sizes a ``dynamic_size`` export takes: ((min H, min W), (max H, max W)), the minimum 2 p + 1 for
     the patch size p of the model's (first) patch embedding - a token grid of at least 3 x 3 (the Q-Shift's
-    shifted slices of a 2-wide grid would be a special case of the program) - and the maximum ``max_size``."""
+    shifted slices of a 2-wide grid would be a special case of the program) -, for a segmentor also every level of
+    its feature pyramid at least 2 x 2, and the maximum ``max_size``; both multiples of
+    :func:`dynamic_size_step`."""
     from vision_rwkv.models._layers import PatchEmbed
 
     embed = next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
     if embed is None:
         raise ValueError("export: a dynamic image size needs a vision-rwkv image model (one with a patch embedding)")
-    low = tuple(2 * int(p) + 1 for p in embed.patch_size)
-    if int(max_size) < max(low):
+    low = [2 * int(p) + 1 for p in embed.patch_size]
+    rule = getattr(model, "dynamic_size_rule", None)
+    if callable(rule):  # a segmentor
+        low = [max(side, int(rule()[0])) for side in low]
+    step = dynamic_size_step(model)
+    low = tuple(-(-side // step) * step for side in low)
+    high = int(max_size) // step * step
+    if high < max(low):
         raise ValueError(f"export: max_size {max_size} is below the smallest image side of a dynamic-size program, "
-                         f"{max(low)} (3 patches)")
-    return low, (int(max_size), int(max_size))
+                         f"{max(low)} ({'a 3 x 3 token grid' if rule is None else 'a 2 x 2 coarsest level'}"
+                         f"{f', sides multiples of {step}' if step > 1 else ''})")
+    return low, (high, high)
 
 
 def _size_dims(model: nn.Module, example: torch.Tensor, max_size: int) -> dict:
     """``dynamic_shapes`` entries for a symbolic image height and width (dims 2 and 3) over
-    :func:`dynamic_size_range`."""
+    :func:`dynamic_size_range` (multiples of :func:`dynamic_size_step`)."""
     if example.dim() != 4:
         raise ValueError(f"export: a dynamic image size needs (B, C, H, W) inputs, got {tuple(example.shape)}")
     low, high = dynamic_size_range(model, max_size)
+    step = dynamic_size_step(model)
     dims = {}
     for axis, name in ((2, "height"), (3, "width")):
         lo, hi = low[axis - 2], high[axis - 2]
         if not lo <= example.shape[axis] <= hi:
             raise ValueError(f"export: a dynamic image size needs an example {name} in [{lo}, {hi}], got "
                              f"{example.shape[axis]}")
-        dims[axis] = torch.export.Dim(name, min=lo, max=hi)
+        if example.shape[axis] % step:
+            raise ValueError(f"export: {type(model).__name__} takes image sides that are multiples of {step}; the "
+                             f"example {name} is {example.shape[axis]}")
+        dims[axis] = (torch.export.Dim(name, min=lo, max=hi) if step == 1 else
+                      step * torch.export.Dim(f"{name}_{step}s", min=lo // step, max=hi // step))
     return dims
 
 
@@ -150,8 +172,9 @@ def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool 
     symbolic in [1, ``max_batch``] when ``dynamic_batch`` (the example batch must then be in [2, ``max_batch``]; a
     ``max_batch`` of 1 gives a program of batch 1, traced on the example's first sample), every other dimension
     fixed - unless ``dynamic_size``: then an image model's height and width are symbolic too, each in
-    [2 p + 1, ``max_size``] (p the patch size; any size in the range, patch multiple or not). The model's
-    train/eval mode is restored afterwards."""
+    :func:`dynamic_size_range` - [2 p + 1, ``max_size``] for p the patch size, any size in the range, patch multiple
+    or not (a segmentor: from where its coarsest level is 2 x 2; with the ViT-Adapter neck, multiples of 32). The
+    model's train/eval mode is restored afterwards."""
     size_dims = _size_dims(model, example, max_size) if dynamic_size else None
     example, shapes = _export_args(example, dynamic_batch, max_batch, size_dims)
     with _eval_mode(model), _size_specialised(model, example, size_dims):
@@ -161,8 +184,8 @@ def export_program(model: nn.Module, example: torch.Tensor, dynamic_batch: bool 
 @contextmanager
 def _size_specialised(model: nn.Module, example: torch.Tensor, size_dims: Optional[dict]):
     """A dynamic-size export that torch.export finds specialised to the example's size: a ValueError naming the
-    model (the library's reference operators and backbones are shape-generic; other layers - a segmentor's heads -
-    may not be)."""
+    model (the library's operators, backbones, necks and heads are shape-generic; a layer of the caller's may not
+    be)."""
     from torch._dynamo.exc import UserError
     try:
         yield
@@ -174,8 +197,8 @@ def _size_specialised(model: nn.Module, example: torch.Tensor, size_dims: Option
 
 def _specialised_error(model: nn.Module, example: torch.Tensor) -> ValueError:
     return ValueError(f"export: {type(model).__name__} cannot take a dynamic image size: its program specialises the "
-                      f"height and width to the example's {tuple(example.shape[2:])}; the VRWKV / VRWKV6 "
-                      f"classifiers and RWKV-CLIP image towers can - export this model for one size")
+                      f"height and width to the example's {tuple(example.shape[2:])}; export this model for one "
+                      f"size")
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], dynamic_batch: bool = True,

@@ -79,7 +79,7 @@ def test_export_dynamic_size_pt2(tmp_path, capsys):
     assert load_tool("export").main([str(DEMO), *TINY, "--img-size", "16", "24", "--dynamic-size", "--max-size", "64",
                                      "--output", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["size_range"] == {"min": [9, 9], "max": [64, 64]}  # (patch 4)
+    assert summary["size_range"] == {"min": [9, 9], "max": [64, 64], "step": 1}  # (patch 4)
     assert summary["checked_sizes"] == [[16, 24]] * 3 + [[9, 64], [64, 9], [64, 64]]
     program = torch.export.load(str(out)).module()
     assert program(torch.randn(2, 3, 37, 22)).shape == (2, 1000)  # a size it was not checked at (no checkpoint: 1000)
@@ -87,13 +87,22 @@ def test_export_dynamic_size_pt2(tmp_path, capsys):
         program(torch.randn(1, 3, 65, 40))
 
 
-def test_export_dynamic_size_of_a_segmentor_is_refused(seg_checkpoint, tmp_path, capsys):
+def test_export_dynamic_size_of_a_segmentor(seg_checkpoint, tmp_path, capsys):
+    """A segmentor's range starts at a 2 x 2 coarsest level (patch 4 pooled by 8: 33 px), checked at its corners."""
     out = tmp_path / "seg.pt2"
     assert load_tool("export").main([str(SEG_DEMO), "model.aux_channels=16", "--checkpoint", str(seg_checkpoint),
-                                     "--dynamic-size", "--max-size", "64", "--output", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "Segmentor cannot take a dynamic image size" in err and "export this model for one size" in err
-    assert not out.exists()
+                                     "--img-size", "48", "40", "--dynamic-size", "--max-size", "64",
+                                     "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "any size from 33x33 to 64x64 (traced at (48, 40))" in captured.err
+    assert summary["size_range"] == {"min": [33, 33], "max": [64, 64], "step": 1}
+    assert summary["checked_sizes"] == [[48, 40]] * 3 + [[33, 64], [64, 33], [64, 64]]
+    assert torch.export.load(str(out)).module()(torch.randn(1, 3, 50, 37)).shape == (1, 9, 50, 37)
+    with pytest.raises(ValueError, match=r"example height in \[33, 64\]"):  # (the tool: exit 2 before exporting)
+        from vision_rwkv.export import build_export_target, export_program
+        model, _ = build_export_target(str(SEG_DEMO), seg_checkpoint)
+        export_program(model, torch.randn(2, 3, 32, 32), dynamic_size=True, max_size=64)
 
 
 @pytest.mark.parametrize("max_batch", [1, 2])

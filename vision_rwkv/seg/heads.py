@@ -7,12 +7,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ConvBNReLU, NormLayer
+from vision_rwkv.ops._validate import is_symbolic
+
+from .layers import AdaptiveAvgPool2d, ConvBNReLU, NormLayer
 
 
 def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
-    """Bilinear resize of an NCHW map to `size` (a no-op when the size already matches)."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """Bilinear resize of an NCHW map to `size` (a no-op when the size already matches; with symbolic sizes - a
+    dynamic-size export - always the resize, which is then the identity, so the program takes every size)."""
+    if not is_symbolic(*x.shape[-2:], *size) and tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
@@ -25,7 +28,7 @@ class PyramidPooling(nn.Module):
         super().__init__()
         self.align_corners = align_corners
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(in_chs, chs, 1, norm_layer=norm_layer))
+            nn.Sequential(AdaptiveAvgPool2d(s), ConvBNReLU(in_chs, chs, 1, norm_layer=norm_layer))
             for s in pool_scales)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ConvBNReLU, NormLayer
+from .layers import CeilMaxPool2d, ConvBNReLU, NormLayer
 
 
 class _Interpolate(nn.Module):
@@ -42,7 +42,7 @@ def _resample(chs: int, scale: float, norm_layer: NormLayer) -> nn.Module:
         return _Interpolate(scale)
     if scale < 1:
         k = int(round(1 / scale))
-        return nn.MaxPool2d(kernel_size=k, stride=k, ceil_mode=True)
+        return CeilMaxPool2d(k)
     layers = []
     for i in range(int(round(math.log2(scale)))):
         if i > 0:
@@ -72,6 +72,15 @@ class MultiLevelNeck(nn.Module):
         self.resample = nn.ModuleList(_resample(out_channels, s, norm_layer) for s in self.scales)
         self.fuse = nn.ModuleList(ConvBNReLU(out_channels, out_channels, 3, norm_layer=norm_layer)
                                   for _ in in_channels)
+
+    def min_tokens(self) -> int:
+        """The smallest input side (in tokens) for which every output level has at least 2 rows and columns - the
+        lower bound of a dynamic-size export, where a level of size 1 would be a special case of the program."""
+        need = 2
+        for s in self.scales:
+            if s < 1:  # max pooling by k (ceil mode): ceil(n / k) >= 2; a bilinear resize: floor(n s) >= 2
+                need = max(need, round(1 / s) + 1 if math.log2(s).is_integer() else math.ceil(2 / s))
+        return need
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(feats) != len(self.lateral):

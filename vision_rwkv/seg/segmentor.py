@@ -229,6 +229,15 @@ class Segmentor(nn.Module):
         self.backbone = backbone
         return dim
 
+    def dynamic_size_rule(self) -> tuple[int, int]:
+        """(smallest image side, side multiple) of a dynamic-size export: every level of the feature pyramid at least
+        2 x 2, where a level of size 1 would be a special case of the program (the multi-level neck pools the token
+        grid by up to 8 for stride 32); the ViT-Adapter neck takes multiples of 32 only, from 64."""
+        if isinstance(self.neck, ViTAdapter):
+            return 64, 32
+        reduction = int(self.feature_reductions[0])
+        return reduction * (self.neck.min_tokens() - 1) + 1, 1
+
     def extract_features(self, img: torch.Tensor) -> list[torch.Tensor]:
         """Backbone intermediates (in `out_indices` order) through the neck: a pyramid at `strides`."""
         if img.ndim != 4:
