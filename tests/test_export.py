@@ -270,6 +270,17 @@ def test_onnx_dynamic_image_size_matches_eager(name, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+def test_onnx_segmentor_dynamic_image_size_matches_eager(tmp_path):
+    """A segmentor's ONNX file: height and width free, the neck's padded pooling and the averaging-matrix pyramid
+    pooling as ONNX ops."""
+    seg = _demo_segmentor()
+    path = export_onnx(seg, torch.randn(2, 3, 64, 48), tmp_path / "s.onnx", dynamic_size=True, max_size=128)
+    inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 64, 48), (2, 33, 33), (3, 75, 41))]
+    assert verify_onnx(path, seg, inputs + size_checks(seg, inputs[0], 128), atol=1e-5) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
 def test_onnx_max_batch_one_is_a_batch_one_file(tmp_path):
     import onnx
     model = _model("vrwkv_tiny_patch16_224")
