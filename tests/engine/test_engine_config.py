@@ -245,3 +245,28 @@ def test_an_override_with_undecodable_bytes_is_one_config_error(cfg_dir):
     item = "train.run_dir=/tmp/d" + b"\xc3\xa4".decode("ascii", "surrogateescape")
     with pytest.raises(ConfigError, match="not text in this locale.*UTF-8 locale"):
         load_config(cfg_dir / "child.yaml", [item])
+
+
+@dataclass
+class _Flags:
+    compile: bool = False
+    channels_last: Optional[bool] = None
+
+
+@dataclass
+class _FlagSchema:
+    train: _Flags = field(default_factory=_Flags)
+
+
+@pytest.mark.parametrize("schema", [None, _FlagSchema])
+def test_true_false_keys_take_1_and_0_from_the_command_line(tmp_path, schema):
+    """1 / 0 set a true / false key with or without a schema; 2 or 0.5 is an error naming the key (a schema's
+    bool node would have taken 2 for true, the root file's typing refused 1)."""
+    (tmp_path / "flags.yaml").write_text("train:\n  compile: false\n  channels_last: false\n")
+    cfg = load_config(tmp_path / "flags.yaml", ["train.compile=1", "train.channels_last=0"], schema=schema)
+    assert cfg.train.compile is True and cfg.train.channels_last is False
+    for value in ("2", "0.5", "-1"):
+        with pytest.raises(ConfigError, match=rf"'train.compile' must be true / false \(or 1 / 0\), got {value}"):
+            load_config(tmp_path / "flags.yaml", [f"train.compile={value}"], schema=schema)
+    cfg = load_config(tmp_path / "flags.yaml", ["train.compile=yes"], schema=schema)  # (YAML's words stay)
+    assert cfg.train.compile is True

@@ -122,13 +122,13 @@ def test_classification_training_and_evaluation_take_the_config_keys(tmp_path, m
 
     base = TINY + [f"run_dir={tmp_path / 'true'}", f"eval.checkpoint={tmp_path / 'true' / 'checkpoints' / 'best.pt'}"]
     for train_flag, eval_flag, converts in (("true", "null", True), ("true", "false", False),
-                                            ("false", "true", True)):
+                                            ("false", "true", True), ("false", "1", True), ("true", "0", False)):
         converted.clear()
         r = evaluate_classifier(load_config(DEMO, base + [f"train.channels_last={train_flag}",
                                                           f"eval.channels_last={eval_flag}"]))
         assert bool(converted) == converts, (train_flag, eval_flag)
         assert r["top1"] == pytest.approx(runs["true"]["top1"])
-    with pytest.raises(ConfigError, match="eval.channels_last must be true, false or null.*'yes please'"):
+    with pytest.raises(ConfigError, match=r"eval.channels_last must be true, false \(1, 0\) or null.*'yes please'"):
         evaluate_classifier(load_config(DEMO, base + ["eval.channels_last=yes please"]))
     with pytest.raises(ConfigError, match="train.channels_last"):
         load_config(DEMO, TINY + ["train.channels_last=sometimes"])

@@ -775,8 +775,8 @@ def check_eval_config(cfg: DictConfig) -> None:
             _positive_int(cfg, f"eval.{key}")
     if e.precision is not None and e.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"eval.precision must be fp32, bf16, fp16 or null (= train.precision), got {e.precision!r}")
-    if e.channels_last is not None and not isinstance(e.channels_last, bool):
-        raise ConfigError(f"eval.channels_last must be true, false or null (= train.channels_last), got "
+    if e.channels_last is not None and not isinstance(e.channels_last, bool) and e.channels_last not in (0, 1):
+        raise ConfigError(f"eval.channels_last must be true, false (1, 0) or null (= train.channels_last), got "
                           f"{e.channels_last!r}")
 
 

@@ -210,8 +210,27 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
                                   f"({str(err).splitlines()[0]})") from None
             cfg = _strict(cfg)
         else:
-            cfg = merge_strict(cfg, parsed, where=f"override {item!r}")
+            cfg = merge_strict(cfg, _bool_from_digit(cfg, key, parsed, item), where=f"override {item!r}")
     return cfg
+
+
+def _bool_from_digit(cfg: DictConfig, key: str, parsed: DictConfig, item: str) -> DictConfig:
+    """An override of a true / false key with 1 or 0 sets true / false (any other number is a ConfigError, where a
+    schema would have taken 2 for true and the root file's typing would have refused 1)."""
+    from omegaconf.nodes import BooleanNode, ValueNode
+
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return parsed  # (an unknown key: merge_strict names it)
+        node = node._get_node(part)
+    value = OmegaConf.select(parsed, key)
+    is_bool = isinstance(node, BooleanNode) or (isinstance(node, ValueNode) and isinstance(node._value(), bool))
+    if not is_bool or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return parsed
+    if value not in (0, 1):
+        raise ConfigError(f"config key '{key}' must be true / false (or 1 / 0), got {value!r} in override {item!r}")
+    return OmegaConf.from_dotlist([f"{key}={'true' if value else 'false'}"])
 
 
 def _check_addable(cfg: DictConfig, key: str, item: str) -> None:
