@@ -1,5 +1,6 @@
 """vision_rwkv.export: torch.export programs and ONNX files of the models, checked against eager."""
 import importlib.util
+import shutil
 
 import pytest
 import timm
@@ -7,8 +8,8 @@ import torch
 
 import vision_rwkv  # noqa: F401  (registers the models)
 from vision_rwkv.export import (ExportMismatchError, ImageEncoder, TextEncoder, build_export_target, dynamic_size_range,
-                                dynamic_size_step, export_onnx, export_program, max_abs_diff, size_checks, verify_onnx,
-                                verify_program)
+                                dynamic_size_step, export_aoti, export_onnx, export_program, max_abs_diff, size_checks,
+                                verify_aoti, verify_onnx, verify_program)
 
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 # patch 8 on 80x96: a 10x12 grid, 120 tokens (VRWKV6's reference past one chunk: the chunk states of an export)
@@ -323,3 +324,29 @@ def test_adapter_segmentor_program_takes_multiples_of_32():
         export_program(model, torch.randn(2, 3, 64, 80), dynamic_size=True, max_size=200)
     with pytest.raises(Exception, match="Guard failed|divisible"):  # the program's own check of a 80-px side
         program.module()(torch.randn(1, 3, 64, 80))
+
+
+@pytest.mark.slow  # (~30 s: the C++ compile)
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="AOTInductor needs a C++ compiler")
+def test_aot_inductor_package_of_a_dynamic_size_program(tmp_path, monkeypatch):
+    """export_aoti compiles a dynamic-size program: the package matches eager at sizes off the patch grid (batch 1
+    included) and, with its input checks on, refuses a size above the range and a wrong channel count."""
+    torch.manual_seed(0)
+    model = timm.create_model("vrwkv_tiny_patch16_224", num_classes=7, depth=1, embed_dim=32, patch_size=8,
+                              img_size=(80, 96)).eval()
+    path = export_aoti(model, torch.randn(2, 3, 80, 96), tmp_path / "m.pt2", dynamic_size=True, max_size=128)
+    assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
+    inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 80, 96), (2, 75, 90), (1, 17, 128))]
+    assert verify_aoti(path, model, inputs, atol=1e-5) < 1e-5
+    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 64, 129\) fails: .*too large at 3, expected to "
+                                                  r"be <= 128"):
+        verify_aoti(path, model, [torch.randn(1, 3, 64, 129)])
+    monkeypatch.setenv("AOTI_RUNTIME_CHECK_INPUTS", "1")  # (the eager model refuses 4 channels first in verify_aoti)
+    with pytest.raises(RuntimeError, match="unmatched dim value at 1, expected: 3"):
+        torch._inductor.aoti_load_package(str(path))(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match="a .pt2 file"):
+        export_aoti(model, torch.randn(2, 3, 80, 96), tmp_path / "m.so")
+    monkeypatch.setenv("PATH", str(tmp_path))  # (no compiler on it)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(RuntimeError, match="AOTInductor needs a C\\+\\+ compiler"):
+        export_aoti(model, torch.randn(2, 3, 80, 96), tmp_path / "n.pt2")

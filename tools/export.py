@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Export a model for deployment: a torch.export program (.pt2) or an ONNX file, checked against the eager model.
+"""Export a model for deployment: a torch.export program (.pt2), an ONNX file or an AOTInductor package, checked
+against the eager model.
 
-    python tools/export.py MODEL_OR_CONFIG [key=value ...] [--checkpoint PATH] [--format pt2|onnx] [--output PATH]
+    python tools/export.py MODEL_OR_CONFIG [key=value ...] [--checkpoint PATH] [--format pt2|onnx|aoti] [--output P]
     python tools/export.py vrwkv_tiny_patch16_224 --checkpoint vrwkv_t.safetensors --format onnx
     python tools/export.py vrwkv_tiny_patch16_224 --checkpoint vrwkv_t.safetensors --output vrwkv_t.onnx
     python tools/export.py vrwkv6_small_patch16_224 --img-size 512 --output vrwkv6_s_512.pt2
     python tools/export.py RWKV-CLIP-B-32 --checkpoint clip.pt --tower text --format onnx
     python tools/export.py configs/segmentation/demo_shapes.yaml --checkpoint runs/seg/demo_shapes/checkpoints/best.pt
+    python tools/export.py vrwkv_tiny_patch16_224 --checkpoint vrwkv_t.safetensors --format aoti --dynamic-size
 
 MODEL_OR_CONFIG is a classifier - a timm model name (the VRWKV models and any other) or a classification config YAML
 with its training checkpoint -, an RWKV-CLIP model name or train_clip config (``--tower image|text``), or a
@@ -17,13 +19,16 @@ crop size) and, unless ``--static-batch`` (batch 2), any batch from 1 to ``--max
 ``--dynamic-size`` one program takes every image height and width from 3 patches (2 p + 1 pixels) to ``--max-size``
 (default 1024), patch multiples or not - a segmentor from where its coarsest pyramid level is 2 x 2 (33 pixels for
 patch 16), and with the ViT-Adapter neck multiples of 32 only -; ``--img-size`` is then the example it is traced
-with. The format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2. The exported model is
+with. The format is ``--format``, else the ``--output`` suffix (.pt2 or .onnx), else pt2; ``--format aoti`` compiles
+the program ahead of time with AOTInductor into a .pt2 package (default name <model>_aoti.pt2; needs a C++ compiler;
+it runs without the Python model code, and checks its inputs only where AOTI_RUNTIME_CHECK_INPUTS=1 is set, never
+their lower bounds - the check here runs with it set). The exported model is
 run on the batches 1, 2 and 3 it takes (the static batch: 2) - with ``--dynamic-size`` also on the corners of its
 size range (smallest height with largest width, the reverse, the largest square) - and compared with the eager model
 (``--atol``); a mismatch, or a size the program does not take, is an error (exit 1) and nothing is written (a file
-already at ``--output`` stays as it was). An ONNX file holds the
-batch as a free dimension (``--max-batch`` is checked by .pt2 programs only) and the opset asked for (``--opset``;
-one the exporter cannot write is an error). Without ``--checkpoint`` (and, for a classification config, without
+already at ``--output`` stays as it was). An ONNX file holds the batch as a free dimension (``--max-batch`` is
+checked by .pt2 programs and packages only) and the opset asked for (``--opset``; one the exporter cannot write is an
+error). Without ``--checkpoint`` (and, for a classification config, without
 model.pretrained / model.checkpoint) a warning says the program holds random, untrained weights. Prints a JSON
 summary. ONNX needs ``pip install onnx onnxscript onnxruntime``.
 """
@@ -38,7 +43,7 @@ from typing import List, Optional
 
 from vision_rwkv.engine.cli import config_arg_parser, parse_config_args
 
-FORMATS = ("pt2", "onnx")
+FORMATS = ("pt2", "onnx", "aoti")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -47,8 +52,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                checkpoint="weights (training checkpoint, state dict, safetensors)",
                                epilog=__doc__.split("\n\n", 1)[1], target="MODEL_OR_CONFIG")
     parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="output format (default: from the --output suffix, else pt2)")
-    parser.add_argument("--output", default=None, help="output file, .pt2 or .onnx (default: <model>.<format>)")
+                        help="output format: a torch.export program, an ONNX file or an AOTInductor package "
+                             "(default: from the --output suffix, else pt2)")
+    parser.add_argument("--output", default=None,
+                        help="output file, .pt2 or .onnx (default: <model>.pt2, <model>.onnx, <model>_aoti.pt2)")
     parser.add_argument("--img-size", type=int, nargs="+", default=None, metavar="S", help="input size H [W]")
     parser.add_argument("--num-classes", type=int, default=None, help="class count when the checkpoint has none")
     parser.add_argument("--tower", choices=("image", "text"), default="image",
@@ -94,7 +101,9 @@ def _output_format(parser: argparse.ArgumentParser, fmt: Optional[str], output: 
     if output is None:
         return fmt or "pt2"
     suffix = Path(output).suffix
-    known = {f".{f}": f for f in FORMATS}
+    if fmt == "aoti" and suffix == ".pt2":  # (an AOTInductor package is a .pt2 file too)
+        return fmt
+    known = {".pt2": "pt2", ".onnx": "onnx"}
     if suffix not in known:
         what = f"unknown suffix {suffix!r}" if suffix else "no suffix"
         parser.error(f"--output {output}: {what}; name it .pt2 (torch.export program) or .onnx (ONNX file)")
@@ -124,14 +133,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     import torch
 
-    from vision_rwkv.export import (ExportMismatchError, build_export_target, export_onnx, export_program,
-                                    dynamic_size_range, dynamic_size_step, size_checks, verify_onnx,
-                                    verify_program)
+    from vision_rwkv.export import (ExportMismatchError, build_export_target, cpp_compiler, export_aoti, export_onnx,
+                                    export_program, dynamic_size_range, dynamic_size_step, size_checks, verify_aoti,
+                                    verify_onnx, verify_program)
+    if args.format == "aoti" and cpp_compiler() is None:
+        print("error: an AOTInductor package needs a C++ compiler: install g++ or clang++, or set CXX",
+              file=sys.stderr)
+        return 2
     from vision_rwkv.engine.files import check_output_file
     from vision_rwkv.engine.predict import untrained_warning
 
     stem = Path(args.target).stem if args.target.endswith((".yaml", ".yml")) else args.target.replace("/", "_")
-    out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}.{args.format}")
+    suffix = {"aoti": "_aoti.pt2"}.get(args.format, f".{args.format}")
+    out = Path(args.output or f"{stem}{'_text' if args.tower == 'text' else ''}{suffix}")
     try:
         check_output_file(out, "--output")  # (before the model is built and exported)
         model, example = build_export_target(args.target, args.checkpoint, args.num_classes, args.img_size,
@@ -174,6 +188,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise ExportMismatchError(f"--opset {args.opset}: the exporter wrote opset {opset} (torch's ONNX "
                                           f"exporter cannot convert this model to the opset asked for)")
             diff = verify_onnx(tmp, model, checks, atol=args.atol)
+        elif args.format == "aoti":
+            export_aoti(model, example, tmp, not args.static_batch, args.max_batch, **sizes)
+            diff = verify_aoti(tmp, model, checks, atol=args.atol)
         else:
             program = export_program(model, example, not args.static_batch, args.max_batch, **sizes)
             diff = verify_program(program, model, checks, atol=args.atol)

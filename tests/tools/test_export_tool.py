@@ -1,6 +1,8 @@
-"""tools/export.py: a timm model name or a segmentation config -> a checked .pt2 / .onnx file and a JSON summary."""
+"""tools/export.py: a timm model name or a segmentation config -> a checked .pt2 / .onnx file (or AOTInductor package)
+and a JSON summary."""
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -62,7 +64,9 @@ def test_export_format_and_max_batch_options(capsys):
     assert tool.parse_args(["m", "--output", "d/x.pt2"]).format == "pt2"
     assert tool.parse_args(["m", "--format", "onnx"]).format == "onnx" and tool.parse_args(["m"]).format == "pt2"
     assert tool.parse_args(["m"]).max_batch == 4096
+    assert tool.parse_args(["m", "--format", "aoti", "--output", "x.pt2"]).format == "aoti"  # (a package is .pt2)
     for argv, message in ((["--format", "pt2", "--output", "x.onnx"], "suffix of onnx, not of --format pt2"),
+                          (["--format", "aoti", "--output", "x.onnx"], "suffix of onnx, not of --format aoti"),
                           (["--output", "x.bin"], "unknown suffix '.bin'"), (["--output", "x"], "no suffix"),
                           (["--max-batch", "0"], "--max-batch must be >= 1"),
                           (["--static-batch", "--max-batch", "3"], "--static-batch fixes the batch"),
@@ -85,6 +89,26 @@ def test_export_dynamic_size_pt2(tmp_path, capsys):
     assert program(torch.randn(2, 3, 37, 22)).shape == (2, 1000)  # a size it was not checked at (no checkpoint: 1000)
     with pytest.raises(Exception):  # past --max-size: the program's own range check
         program(torch.randn(1, 3, 65, 40))
+
+
+@pytest.mark.slow  # (~30 s: the C++ compile)
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="AOTInductor needs a C++ compiler")
+def test_export_aoti_package(tmp_path, capsys, monkeypatch):
+    """--format aoti: an AOTInductor package (default name <model>_aoti.pt2), checked with its input checks on;
+    without a C++ compiler, a usage error before anything is built."""
+    monkeypatch.chdir(tmp_path)
+    assert load_tool("export").main([str(DEMO), *TINY, "--img-size", "16", "24", "--dynamic-size", "--max-size", "48",
+                                     "--format", "aoti"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["format"] == "aoti" and summary["output"] == "demo_shapes_aoti.pt2"
+    assert summary["checked_sizes"] == [[16, 24]] * 3 + [[9, 48], [48, 9], [48, 48]] and summary["max_abs_diff"] < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_shapes_aoti.pt2"]
+    package = torch._inductor.aoti_load_package(str(tmp_path / "demo_shapes_aoti.pt2"))
+    assert package(torch.randn(2, 3, 37, 22)).shape == (2, 1000)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    assert load_tool("export").main([str(DEMO), *TINY, "--format", "aoti", "--output", "again.pt2"]) == 2
+    assert "needs a C++ compiler" in capsys.readouterr().err and not (tmp_path / "again.pt2").exists()
 
 
 def test_export_dynamic_size_of_a_segmentor(seg_checkpoint, tmp_path, capsys):
