@@ -125,6 +125,22 @@ def _onnx_opset(path: Path) -> int:
     return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def _example_in_range(example, size_range, step: int):
+    """The default example, its height and width moved into a dynamic-size range (multiples of ``step``): e.g. the
+    demo segmentation config's 32 x 32 crop, below a segmentor's 33-pixel minimum."""
+    import torch
+
+    (low_h, low_w), (high_h, high_w) = size_range
+    h = min(max(example.shape[2], low_h), high_h) // step * step
+    w = min(max(example.shape[3], low_w), high_w) // step * step
+    h, w = max(h, low_h), max(w, low_w)
+    if (h, w) == tuple(example.shape[2:]):
+        return example
+    print(f"note: tracing at {h}x{w}, inside the dynamic size range (the default example is "
+          f"{example.shape[2]}x{example.shape[3]}; --img-size sets it)", file=sys.stderr)
+    return torch.randn(example.shape[0], example.shape[1], h, w, dtype=example.dtype)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.format == "onnx" and missing_onnx_packages():
@@ -157,6 +173,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if warning:
         print(warning, file=sys.stderr)
     tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (checked before it replaces anything at out)
+    if args.dynamic_size and args.img_size is None:  # (the default example may lie outside the range)
+        try:
+            example = _example_in_range(example, dynamic_size_range(model, args.max_size), dynamic_size_step(model))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     dynamic = not args.static_batch and args.max_batch > 1  # (max 1: a program of batch 1)
     if args.static_batch:
         checks = [example]

@@ -18,8 +18,9 @@ operators trace their shape-generic form (tokens padded to whole blocks / chunks
 and one program takes every height and width in [2 p + 1, ``max_size``] (:func:`dynamic_size_range`; the VRWKV /
 VRWKV6 classifiers and the RWKV-CLIP image towers). A segmentor's range starts where its coarsest pyramid level is
 2 x 2 (33 px for patch 16); with the ViT-Adapter neck it takes multiples of 32 only (:func:`dynamic_size_step`). The
-"original" v4 WKV mode's program checks at run time that its chunks hold at most 64 tokens (T <= 2048 with 32
-chunks); :func:`size_checks` gives the range's corners to verify. The batch may be dynamic. Export CPU
+"original" v4 WKV mode's program takes chunks of at most 64 tokens (T <= 2048 with 32 chunks, 1024 with the
+segmentation weights' 16): a larger ``max_size`` is a ValueError naming the largest it takes, and the program checks
+it at run time; :func:`size_checks` gives the range's corners to verify. The batch may be dynamic. Export CPU
 models: the program then holds the plain-PyTorch operators, which ONNX runtimes run on any device (a CUDA model's
 Triton kernels are torch custom ops, which ONNX has no counterpart for; not checked on a device yet).
 """
@@ -109,7 +110,30 @@ def dynamic_size_range(model: nn.Module, max_size: int = 1024) -> tuple[tuple[in
         raise ValueError(f"export: max_size {max_size} is below the smallest image side of a dynamic-size program, "
                          f"{max(low)} ({'a 3 x 3 token grid' if rule is None else 'a 2 x 2 coarsest level'}"
                          f"{f', sides multiples of {step}' if step > 1 else ''})")
+    _check_original_mode_limit(model, embed.patch_size, high, step, max(low))
     return low, (high, high)
+
+
+def _check_original_mode_limit(model: nn.Module, patch: Sequence[int], high: int, step: int, low: int) -> None:
+    """The "original" v4 WKV mode's program takes chunks of at most ORIGINAL_MAX_BLOCK tokens (chunks x 64 tokens):
+    a largest square past that is a ValueError naming the largest side it takes."""
+    from vision_rwkv.ops.bi_wkv.reference import ORIGINAL_MAX_BLOCK
+
+    chunks = [m.wkv_chunks for m in model.modules() if getattr(m, "wkv_mode", None) == "original"]
+    if not chunks:
+        return
+    limit = min(chunks) * ORIGINAL_MAX_BLOCK
+
+    def tokens(side: int) -> int:
+        return -(-side // int(patch[0])) * -(-side // int(patch[1]))
+
+    if tokens(high) <= limit:
+        return
+    largest = next((s for s in range(high, low - 1, -step) if tokens(s) <= limit), None)
+    raise ValueError(f"export: max_size {high} is past the \"original\" v4 WKV mode's program limit: at most "
+                     f"{ORIGINAL_MAX_BLOCK} tokens per chunk, {limit} tokens with {min(chunks)} chunks; "
+                     + (f"give a max_size of at most {largest}" if largest else "no dynamic size fits it") +
+                     " (or the 'exact' mode, which has no limit)")
 
 
 def _size_dims(model: nn.Module, example: torch.Tensor, max_size: int) -> dict:
@@ -195,13 +219,15 @@ def _size_specialised(model: nn.Module, example: torch.Tensor, size_dims: Option
     except UserError as err:
         if not size_dims or "Constraints violated" not in str(err):
             raise
-        raise _specialised_error(model, example) from err
+        guards = [line.strip(" -") for line in str(err).splitlines() if line.lstrip().startswith("- ")]
+        raise _specialised_error(model, example, guards[0] if guards else None) from err
 
 
-def _specialised_error(model: nn.Module, example: torch.Tensor) -> ValueError:
+def _specialised_error(model: nn.Module, example: torch.Tensor, guard: Optional[str] = None) -> ValueError:
+    """``guard``: torch.export's first unmet constraint, quoted as the cause (up to 300 characters)."""
     return ValueError(f"export: {type(model).__name__} cannot take a dynamic image size: its program specialises the "
                       f"height and width to the example's {tuple(example.shape[2:])}; export this model for one "
-                      f"size")
+                      f"size{f' (torch.export: {guard[:300]})' if guard else ''}")
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], dynamic_batch: bool = True,

@@ -112,16 +112,17 @@ def test_export_aoti_package(tmp_path, capsys, monkeypatch):
 
 
 def test_export_dynamic_size_of_a_segmentor(seg_checkpoint, tmp_path, capsys):
-    """A segmentor's range starts at a 2 x 2 coarsest level (patch 4 pooled by 8: 33 px), checked at its corners."""
+    """A segmentor's range starts at a 2 x 2 coarsest level (patch 4 pooled by 8: 33 px), checked at its corners;
+    the config's 32 x 32 crop, below it, is moved into the range as the example (--img-size unset)."""
     out = tmp_path / "seg.pt2"
     assert load_tool("export").main([str(SEG_DEMO), "model.aux_channels=16", "--checkpoint", str(seg_checkpoint),
-                                     "--img-size", "48", "40", "--dynamic-size", "--max-size", "64",
-                                     "--output", str(out)]) == 0
+                                     "--dynamic-size", "--max-size", "64", "--output", str(out)]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
-    assert "any size from 33x33 to 64x64 (traced at (48, 40))" in captured.err
+    assert "note: tracing at 33x33, inside the dynamic size range (the default example is 32x32" in captured.err
+    assert "any size from 33x33 to 64x64 (traced at (33, 33))" in captured.err
     assert summary["size_range"] == {"min": [33, 33], "max": [64, 64], "step": 1}
-    assert summary["checked_sizes"] == [[48, 40]] * 3 + [[33, 64], [64, 33], [64, 64]]
+    assert summary["checked_sizes"] == [[33, 33]] * 3 + [[33, 64], [64, 33], [64, 64]]
     assert torch.export.load(str(out)).module()(torch.randn(1, 3, 50, 37)).shape == (1, 9, 50, 37)
     with pytest.raises(ValueError, match=r"example height in \[33, 64\]"):  # (the tool: exit 2 before exporting)
         from vision_rwkv.export import build_export_target, export_program

@@ -184,7 +184,8 @@ def resample_pos_embed(pos_embed: torch.Tensor, src_grid: GridSize, dst_grid: Gr
     grid = pos_embed.reshape(1, src_grid[0], src_grid[1], dim).permute(0, 3, 1, 2)
     orig_dtype = grid.dtype
     grid = F.interpolate(grid.float(), size=dst_grid, mode='bicubic', align_corners=False, antialias=False)
-    return grid.to(orig_dtype).flatten(2).transpose(1, 2)
+    # (cast last: a cast of the NCHW map before the transpose puts a stride guard into a dynamic-size bf16 program)
+    return grid.flatten(2).transpose(1, 2).to(orig_dtype)
 
 
 @register_notrace_module

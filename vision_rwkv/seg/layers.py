@@ -73,7 +73,11 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         bins_h, bins_w = (size, size) if isinstance(size, int) else size
         if bins_h is None or bins_w is None:
             raise ValueError("a dynamic-size AdaptiveAvgPool2d needs both output sizes")
-        return torch.einsum("ih,bchw,jw->bcij", _bin_means(h, bins_h, x), x, _bin_means(w, bins_w, x))
+        b, c = x.shape[:2]
+        maps = x.reshape(b * c, h, w)  # (3-D products of static batch sizes: no reshape of a symbolic dim)
+        rows = _bin_means(h, bins_h, x).expand(b * c, bins_h, h)
+        cols = _bin_means(w, bins_w, x).transpose(0, 1).expand(b * c, w, bins_w)
+        return torch.bmm(torch.bmm(rows, maps), cols).reshape(b, c, bins_h, bins_w)
 
 
 def evenly_spaced_indices(num_blocks: int, n: int = 4) -> list[int]:

@@ -291,7 +291,9 @@ def _bi_wkv_reference(w, u, k, v, mode, chunks, block):
     else:
         tot = _original_weights_apply(x, w, u, chunks, block)
     y = tot[:, :b] / tot[:, b:]
-    return y.permute(1, 2, 0).to(v.dtype).contiguous()  # (B, T, C) as the kernels write it
+    # (B, T, C) as the kernels write it; the layout first (a cast of the permuted view puts a guard of B != 1 into a
+    # dynamic-size half-precision program)
+    return y.permute(1, 2, 0).contiguous().to(v.dtype)
 
 
 @torch.no_grad()
