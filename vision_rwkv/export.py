@@ -266,8 +266,8 @@ AOTI_CHECK_ENV = "AOTI_RUNTIME_CHECK_INPUTS"
 def cpp_compiler() -> Optional[str]:
     """The C++ compiler AOTInductor would find (``$CXX``, g++, c++ or clang++ on PATH), or None."""
     import shutil
-    return next((shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c and
-                 shutil.which(c)), None)
+    candidates = filter(None, (os.environ.get("CXX", ""), "g++", "c++", "clang++"))
+    return next((found for found in map(shutil.which, candidates) if found), None)
 
 
 def export_aoti(model: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], dynamic_batch: bool = True,
@@ -276,7 +276,7 @@ def export_aoti(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
     library and the weights, which run without the Python model code (``torch._inductor.aoti_load_package(path)``,
     or ``torch::inductor::AOTIModelPackageLoader`` in C++), for the inputs of :func:`export_program` (batch and
     image size dynamic as there). Needs a C++ compiler (``$CXX``, g++ or clang++); about 30 s for a 1-block model
-    on 2 CPU cores, minutes for a full one. The package checks its inputs - channels, dtype, a batch or size above
+    on 2 CPU cores, ~100 s for VRWKV-T. The package checks its inputs - channels, dtype, a batch or size above
     the maximum - only in a process with ``AOTI_RUNTIME_CHECK_INPUTS=1``, and never the lower bounds (batch 1 would
     fail torch's check, which takes a dynamic minimum of 1 for 2): keep sizes in :func:`dynamic_size_range`.
     Returns the path."""

@@ -74,7 +74,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         if bins_h is None or bins_w is None:
             raise ValueError("a dynamic-size AdaptiveAvgPool2d needs both output sizes")
         b, c = x.shape[:2]
-        maps = x.reshape(b * c, h, w)  # (3-D products of static batch sizes: no reshape of a symbolic dim)
+        maps = x.reshape(b * c, h, w)  # (3-D bmms: a broadcast matmul's reshapes guarded the width at a fixed batch)
         rows = _bin_means(h, bins_h, x).expand(b * c, bins_h, h)
         cols = _bin_means(w, bins_w, x).transpose(0, 1).expand(b * c, w, bins_w)
         return torch.bmm(torch.bmm(rows, maps), cols).reshape(b, c, bins_h, bins_w)
