@@ -173,12 +173,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if warning:
         print(warning, file=sys.stderr)
     tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (checked before it replaces anything at out)
-    if args.dynamic_size and args.img_size is None:  # (the default example may lie outside the range)
+    if args.dynamic_size:
         try:
-            example = _example_in_range(example, dynamic_size_range(model, args.max_size), dynamic_size_step(model))
+            size_range, step = dynamic_size_range(model, args.max_size), dynamic_size_step(model)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        if args.img_size is None:  # (the default example may lie outside the range)
+            example = _example_in_range(example, size_range, step)
     dynamic = not args.static_batch and args.max_batch > 1  # (max 1: a program of batch 1)
     if args.static_batch:
         checks = [example]
@@ -187,15 +189,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     batches = f"batch 1-{args.max_batch}" if dynamic else f"batch {checks[0].shape[0]}"
     shape = tuple(example.shape[1:])
     if args.dynamic_size:
-        try:
-            size_range, step = dynamic_size_range(model, args.max_size), dynamic_size_step(model)
-            checks += size_checks(model, example, args.max_size)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        low, high = size_range
+        checks += size_checks(model, example, args.max_size)
+        (low_h, low_w), (high_h, high_w) = size_range
         sides = f" (sides multiples of {step})" if step > 1 else ""
-        shape = (f"{shape[0]} channels, any size from {low[0]}x{low[1]} to {high[0]}x{high[1]}{sides} "
+        shape = (f"{shape[0]} channels, any size from {low_h}x{low_w} to {high_h}x{high_w}{sides} "
                  f"(traced at {shape[1:]})")
     start = time.perf_counter()
     print(f"exporting {args.target} for inputs {shape} ({args.format}, {batches})...", file=sys.stderr)
