@@ -1,5 +1,6 @@
 """vision_rwkv.export: torch.export programs and ONNX files of the models, checked against eager."""
 import importlib.util
+import os
 import shutil
 
 import pytest
@@ -356,6 +357,7 @@ def test_aot_inductor_package_of_a_dynamic_size_program(tmp_path, monkeypatch):
     """export_aoti compiles a dynamic-size program: the package matches eager at sizes off the patch grid (batch 1
     included) and, with its input checks on, refuses a size above the range and a wrong channel count."""
     torch.manual_seed(0)
+    monkeypatch.delenv("AOTI_RUNTIME_CHECK_INPUTS", raising=False)
     model = timm.create_model("vrwkv_tiny_patch16_224", num_classes=7, depth=1, embed_dim=32, patch_size=8,
                               img_size=(80, 96)).eval()
     path = export_aoti(model, torch.randn(2, 3, 80, 96), tmp_path / "m.pt2", dynamic_size=True, max_size=128)
@@ -365,12 +367,19 @@ def test_aot_inductor_package_of_a_dynamic_size_program(tmp_path, monkeypatch):
     with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 64, 129\) fails: .*too large at 3, expected to "
                                                   r"be <= 128"):
         verify_aoti(path, model, [torch.randn(1, 3, 64, 129)])
+    assert "AOTI_RUNTIME_CHECK_INPUTS" not in os.environ  # (verify_aoti sets it while it runs, then restores it)
     monkeypatch.setenv("AOTI_RUNTIME_CHECK_INPUTS", "1")  # (the eager model refuses 4 channels first in verify_aoti)
     with pytest.raises(RuntimeError, match="unmatched dim value at 1, expected: 3"):
         torch._inductor.aoti_load_package(str(path))(torch.randn(1, 4, 64, 64))
+
+
+def test_aot_inductor_package_errors(tmp_path, monkeypatch):
+    """A package path that is not .pt2, and no C++ compiler on PATH: clear errors before anything is compiled."""
+    model = _model("vrwkv_tiny_patch16_224")
     with pytest.raises(ValueError, match="a .pt2 file"):
         export_aoti(model, torch.randn(2, 3, 80, 96), tmp_path / "m.so")
     monkeypatch.setenv("PATH", str(tmp_path))  # (no compiler on it)
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(RuntimeError, match="AOTInductor needs a C\\+\\+ compiler"):
         export_aoti(model, torch.randn(2, 3, 80, 96), tmp_path / "n.pt2")
+    assert not list(tmp_path.iterdir())
