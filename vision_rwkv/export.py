@@ -81,11 +81,17 @@ def _eval_mode(model: nn.Module):
         model.train(was_training)
 
 
+def _size_rule(model: nn.Module) -> Optional[tuple[int, int]]:
+    """A segmentor's (smallest side, side multiple) (``Segmentor.dynamic_size_rule``); None for other models."""
+    rule = getattr(model, "dynamic_size_rule", None)
+    return tuple(int(v) for v in rule()) if callable(rule) else None
+
+
 def dynamic_size_step(model: nn.Module) -> int:
     """The multiple every image side of ``model``'s dynamic-size export must be: 32 for a segmentor with the
     ViT-Adapter neck, else 1 (any size)."""
-    rule = getattr(model, "dynamic_size_rule", None)
-    return int(rule()[1]) if callable(rule) else 1
+    rule = _size_rule(model)
+    return rule[1] if rule else 1
 
 
 def dynamic_size_range(model: nn.Module, max_size: int = 1024) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -99,12 +105,9 @@ def dynamic_size_range(model: nn.Module, max_size: int = 1024) -> tuple[tuple[in
     embed = next((m for m in model.modules() if isinstance(m, PatchEmbed)), None)
     if embed is None:
         raise ValueError("export: a dynamic image size needs a vision-rwkv image model (one with a patch embedding)")
-    low = [2 * int(p) + 1 for p in embed.patch_size]
-    rule = getattr(model, "dynamic_size_rule", None)
-    if callable(rule):  # a segmentor
-        low = [max(side, int(rule()[0])) for side in low]
-    step = dynamic_size_step(model)
-    low = tuple(-(-side // step) * step for side in low)
+    rule = _size_rule(model)  # a segmentor's
+    smallest, step = rule or (0, 1)
+    low = tuple(-(-max(2 * int(p) + 1, smallest) // step) * step for p in embed.patch_size)
     high = int(max_size) // step * step
     if high < max(low):
         raise ValueError(f"export: max_size {max_size} is below the smallest image side of a dynamic-size program, "
@@ -327,18 +330,24 @@ def _first_line(err: BaseException) -> str:
 def verify_program(program: torch.export.ExportedProgram, model: nn.Module, inputs: Sequence[torch.Tensor],
                    atol: float = 1e-4, rtol: float = 1e-4) -> float:
     """Run ``program`` and ``model`` (eval mode) on every input; the largest difference (:func:`max_abs_diff`)."""
-    run = program.module()
+    # (AssertionError: a run-time guard of the program, a size it does not take)
+    return _compare(model, inputs, program.module(), (AssertionError, RuntimeError), "exported program", "", atol,
+                    rtol)
 
+
+def _compare(model: nn.Module, inputs: Sequence[torch.Tensor], run, failures: tuple, name: str, where: str,
+             atol: float, rtol: float) -> float:
+    """Run the exported model ``run`` and ``model`` (eval mode) on every input; the largest difference
+    (:func:`max_abs_diff`). ``run`` raising one of ``failures`` is an :class:`ExportMismatchError`
+    "``name``: input (shape) fails``where``: (its first line)"."""
     def output(x: torch.Tensor) -> torch.Tensor:
         try:
             return run(x)
-        except (AssertionError, RuntimeError) as err:  # (a run-time guard of the program: a size it does not take)
-            raise ExportMismatchError(f"exported program: input {tuple(x.shape)} fails: {_first_line(err)}") \
-                from err
+        except failures as err:
+            raise ExportMismatchError(f"{name}: input {tuple(x.shape)} fails{where}: {_first_line(err)}") from err
 
     with _eval_mode(model):
-        return max(max_abs_diff(model(x), output(x), atol, rtol, f"exported program, input {tuple(x.shape)}")
-                   for x in inputs)
+        return max(max_abs_diff(model(x), output(x), atol, rtol, f"{name}, input {tuple(x.shape)}") for x in inputs)
 
 
 @torch.no_grad()
@@ -355,16 +364,11 @@ def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequenc
         raise ExportMismatchError(f"onnxruntime cannot load the ONNX file {path}: {_first_line(err)}") from err
     name = session.get_inputs()[0].name
 
-    def output(x: torch.Tensor) -> torch.Tensor:
-        try:
-            return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
-        except Exception as err:  # (onnxruntime's own error types: a shape the graph does not take)
-            raise ExportMismatchError(f"ONNX model {path}: input {tuple(x.shape)} fails in onnxruntime: "
-                                      f"{_first_line(err)}") from err
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
 
-    with _eval_mode(model):
-        return max(max_abs_diff(model(x), output(x), atol, rtol, f"ONNX model {path}, input {tuple(x.shape)}")
-                   for x in inputs)
+    # (Exception: onnxruntime's own error types, a shape the graph does not take)
+    return _compare(model, inputs, run, (Exception,), f"ONNX model {path}", " in onnxruntime", atol, rtol)
 
 
 @torch.no_grad()
@@ -379,17 +383,8 @@ def verify_aoti(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequenc
             runner = torch._inductor.aoti_load_package(str(path))
         except Exception as err:  # (a missing file, or a .pt2 that is not an AOTInductor package)
             raise ExportMismatchError(f"cannot load the AOTInductor package {path}: {_first_line(err)}") from err
-
-        def output(x: torch.Tensor) -> torch.Tensor:
-            try:
-                return runner(x)
-            except RuntimeError as err:  # (the package's input check: a size it does not take)
-                raise ExportMismatchError(f"AOTInductor package {path}: input {tuple(x.shape)} fails: "
-                                          f"{_first_line(err)}") from err
-
-        with _eval_mode(model):
-            return max(max_abs_diff(model(x), output(x), atol, rtol, f"AOTInductor package, input {tuple(x.shape)}")
-                       for x in inputs)
+        # (RuntimeError: the package's input check, a size it does not take)
+        return _compare(model, inputs, runner, (RuntimeError,), f"AOTInductor package {path}", "", atol, rtol)
     finally:
         if previous is None:
             os.environ.pop(AOTI_CHECK_ENV, None)
