@@ -5,7 +5,8 @@
 
 Per step: each sample contributes one caption drawn uniformly from its captions; symmetric InfoNCE with
 open_clip's `ClipLoss` (features gathered across ranks with gradients, local-loss form); AdamW with the
-configured warm-up schedule; autocast (fp32/bf16/fp16 + GradScaler); gradient clipping; the logit scale is
+configured warm-up schedule; autocast (fp32/bf16/fp16 + GradScaler); gradient clipping; optionally channels-last
+images and image-tower weights (`train.channels_last`, also used by the in-training evaluation); the logit scale is
 clamped to [0, ln 100] after every optimiser step. Checkpoints are atomic and `resume="latest"` continues
 exactly (model, optimizer, scheduler, scaler, step, data position, RNG). Unreadable images are replaced by the
 next readable sample and counted (`skipped_images`). Runs under `torchrun` with DDP (gloo on CPU).
@@ -26,8 +27,8 @@ from open_clip.loss import ClipLoss
 
 from vision_rwkv.engine import (ConfigError, DistInfo, Trainer, all_reduce_sum, broadcast_object, build_train_loader,
                                 check_run_dir_is_free, cleanup_distributed, compile_for_training, init_distributed,
-                                load_config, print_rank0, save_config, seed_everything, to_dict, unwrap_model,
-                                wrap_ddp)
+                                load_config, print_rank0, save_config, seed_everything, to_channels_last, to_dict,
+                                unwrap_model, wrap_ddp)
 from vision_rwkv.engine.process_state import process_state_restored
 
 from .data import IMAGE_EXTENSIONS, CsvCaptionDataset, RandomCaptionDataset, ShapesCaptionSamples, TarCaptionDataset
@@ -95,6 +96,8 @@ class TrainCfg:
     compile: bool = False                     # torch.compile the training forward; checkpoints stay plain
     compile_backend: str = "inductor"
     compile_mode: Optional[str] = None        # None | default | reduce-overhead | max-autotune | ...
+    channels_last: bool = False               # the image tower's 4-D weights and the images in channels-last order
+                                              # (timm's --channels-last); checkpoints stay contiguous
     clip_grad: Optional[float] = 1.0
     grad_accum_steps: int = 1                 # micro-steps per optimizer step (each its own contrastive batch:
                                               # negatives come from the micro-batch, no feature cache)
@@ -306,6 +309,8 @@ def _train(cfg: DictConfig, info: DistInfo, resume: Optional[str]) -> dict:
         cfg.model.name, pretrained=cfg.model.pretrained, **to_dict(cfg.model.kwargs))
     model.set_grad_checkpointing(bool(cfg.model.grad_checkpointing))
     model = model.to(info.device)
+    if tc.channels_last:  # (the image tower only: its patch embedding is the model's one convolution; before DDP)
+        to_channels_last(model.visual)
     tokenizer = get_tokenizer(cfg.model.name, context_length=model.context_length)
 
     train_set = build_train_dataset(cfg.data, preprocess_train if cfg.data.augment else preprocess_val, tokenizer)

@@ -14,7 +14,7 @@ from vision_rwkv.export import (ExportMismatchError, ImageEncoder, TextEncoder, 
 
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 # patch 8 on 80x96: a 10x12 grid, 120 tokens (VRWKV6's reference past one chunk: the chunk states of an export)
-SMALL = dict(depth=2, embed_dim=64, patch_size=8, img_size=(80, 96))
+SMALL = dict(depth=1, embed_dim=64, patch_size=8, img_size=(80, 96))  # (one block: export time grows with depth)
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -72,14 +72,15 @@ def test_original_mode_program_takes_sizes_up_to_its_chunk_limit():
 
 
 def _demo_segmentor() -> torch.nn.Module:
-    """The demo's segmentor (patch 4, strides 4-32: its coarsest level is the token grid max-pooled by 8), its
-    BatchNorm statistics away from their init."""
+    """The demo's segmentor (patch 4, strides 4-32: its coarsest level is the token grid max-pooled by 8) with one
+    backbone block, its BatchNorm statistics away from their init."""
     from vision_rwkv.resources import configs_dir
     from vision_rwkv.seg import load_seg_config
     from vision_rwkv.seg.train import build_segmentor
     torch.manual_seed(0)
     config = configs_dir() / "segmentation" / "demo_shapes.yaml"
-    seg = build_segmentor(load_seg_config(config, ["model.aux_channels=16"]), 9, load_pretrained=False).eval()
+    seg = build_segmentor(load_seg_config(config, ["model.aux_channels=16", "model.backbone_kwargs.depth=1"]), 9,
+                          load_pretrained=False).eval()
     for m in seg.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.2)
@@ -213,7 +214,7 @@ def test_verify_program_rejects_a_wrong_program():
 
 def test_clip_towers_export():
     import rwkv_clip
-    model = rwkv_clip.create_model("RWKV-CLIP-Tiny-demo").eval()
+    model = rwkv_clip.create_model("RWKV-CLIP-Tiny-demo", vision_cfg=dict(depth=1), text_cfg=dict(layers=1)).eval()
     image, text = ImageEncoder(model), TextEncoder(model)
     images = torch.randn(2, 3, *model.visual.image_size)
     tokens = rwkv_clip.get_tokenizer("RWKV-CLIP-Tiny-demo")(["a red circle", "two blue squares", "a star"])

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="default 0")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="the image tower's weights and the images in channels-last order (timm's --channels-last); "
+                        "default: the run's train.channels_last with --run-dir, else off")
     p.add_argument("--output", default="eval_results.json", help="JSON output file")
     p.add_argument("--no-grid", action="store_true", help="do not write the retrieval PNG grid")
     return p
@@ -111,6 +114,16 @@ def eval_config(args: argparse.Namespace):
     return cfg
 
 
+def channels_last(args: argparse.Namespace) -> bool:
+    """--channels-last / --no-channels-last, else the run's ``train.channels_last`` (with --run-dir), else False."""
+    if args.channels_last is not None or args.run_dir is None:
+        return bool(args.channels_last)
+    from omegaconf import OmegaConf
+    # (config.yaml went through the schema: a boolean; a run from before the key has none)
+    return bool(OmegaConf.select(OmegaConf.load(Path(args.run_dir) / "config.yaml"), "train.channels_last",
+                                 default=False))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -125,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = eval_config(args)
     check_output_file(args.output, "--output")  # (before the evaluation, not after it)
     model, tokenizer, preprocess = load_model_for_eval(args.model, args.pretrained, args.run_dir, args.device)
+    if channels_last(args):
+        from vision_rwkv.engine import to_channels_last
+        to_channels_last(model.visual)
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     metrics = run_evaluation(model, tokenizer, preprocess, cfg, device=args.device, out_dir=out_path.parent,

@@ -216,3 +216,33 @@ def test_a_logit_bias_is_a_config_error_here(tmp_path):
     cfg.model.kwargs = {**TINY_MODEL_KW, "init_logit_bias": -10.0}
     with pytest.raises(ConfigError, match="init_logit_bias.*train_open_clip.py --siglip"):
         train_clip(cfg)
+
+
+def test_channels_last_training_matches_the_plain_run(tmp_path, monkeypatch):
+    """train.channels_last=true converts the image tower (once, before the wrappers): the losses and the weights are
+    the plain run's up to the convolution's summation order, through the in-training evaluation; the checkpoint's
+    weights stay contiguous."""
+    import rwkv_clip.train as clip_train
+    from vision_rwkv.engine import load_checkpoint
+
+    converted = []
+    real = clip_train.to_channels_last
+    monkeypatch.setattr(clip_train, "to_channels_last", lambda m: converted.append(m) or real(m))
+    runs = {}
+    for flag in ("false", "1"):
+        runs[flag] = train_clip(_cfg(tmp_path / flag, "data.shapes_length=8", "train.batch_size=4",
+                                     "train.max_steps=3", "train.ckpt_every_steps=3", "eval.retrieval.data=shapes",
+                                     "eval.retrieval.length=8", "eval.every_steps=3", "eval.grid_png=false",
+                                     f"train.channels_last={flag}"))
+    assert len(converted) == 1 and converted[0].__class__.__name__ == "ImageTower"
+    conv = next(m for m in converted[0].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    loss = {f: [h["loss"] for h in r["history"]] for f, r in runs.items()}
+    assert len(loss["1"]) == 3 and loss["1"] == pytest.approx(loss["false"], rel=1e-4, abs=1e-6)
+    assert runs["1"]["image_retrieval_recall@1"] == runs["false"]["image_retrieval_recall@1"]
+    states = {f: load_checkpoint(tmp_path / f / "checkpoints" / "ckpt_00000003.pt")["model"] for f in runs}
+    assert all(v.is_contiguous() for v in states["1"].values())
+    for k, v in states["false"].items():
+        torch.testing.assert_close(states["1"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    with pytest.raises(ConfigError, match="train.channels_last"):
+        load_clip_config(None, ["train.channels_last=sometimes"])

@@ -122,3 +122,40 @@ def test_eval_cli_refuses_torchrun(monkeypatch, capsys):
         with pytest.raises(SystemExit) as exc:
             mod.main(["--model", "ViT-B-32", "--pretrained", "w.pt"])
         assert exc.value.code == 2 and ("not torchrun" in capsys.readouterr().err) == said
+
+
+def test_eval_cli_channels_last_follows_the_run_unless_told(tmp_path, monkeypatch):
+    """--channels-last / --no-channels-last, else the run's train.channels_last (else off); the channels-last image
+    tower gives the plain one's metrics."""
+    import eval_zeroshot as cli
+    from omegaconf import OmegaConf
+
+    import vision_rwkv.engine as engine
+    run = tmp_path / "run"
+    _fake_run(run)
+    parse = cli.build_parser().parse_args
+    assert not cli.channels_last(parse(["--run-dir", str(run)]))  # (the run's default: false)
+    assert not cli.channels_last(parse(["--model", "x"])) and cli.channels_last(parse(["--model", "x",
+                                                                                       "--channels-last"]))
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.train.channels_last = True
+    OmegaConf.save(cfg, run / "config.yaml")
+    assert cli.channels_last(parse(["--run-dir", str(run)]))
+    assert not cli.channels_last(parse(["--run-dir", str(run), "--no-channels-last"]))
+    del cfg.train["channels_last"]  # (a run from before the key)
+    OmegaConf.save(cfg, run / "config.yaml")
+    assert not cli.channels_last(parse(["--run-dir", str(run)]))
+
+    converted = []
+    real = engine.to_channels_last
+    monkeypatch.setattr(engine, "to_channels_last", lambda m: converted.append(m) or real(m))
+    common = ["--run-dir", str(run), "--shapes-image-size", "16", "--zeroshot-length", "16", "--retrieval-length",
+              "8", "--batch-size", "8", "--no-grid"]
+    plain = cli.main(common + ["--output", str(tmp_path / "plain.json")])
+    assert converted == []
+    last = cli.main(common + ["--channels-last", "--output", str(tmp_path / "last.json")])
+    conv = next(m for m in converted[0].modules() if isinstance(m, torch.nn.Conv2d))  # (the patch embedding)
+    assert len(converted) == 1 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for k, v in plain.items():
+        if isinstance(v, float):
+            assert last[k] == pytest.approx(v, abs=1e-6), k

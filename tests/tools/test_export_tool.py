@@ -10,6 +10,7 @@ import torch
 from tool_helpers import DEMO, ROOT, TINY, load_tool
 
 SEG_DEMO = ROOT / "configs" / "segmentation" / "demo_shapes.yaml"
+ONE_BLOCK = "model.backbone_kwargs.depth=1"  # (the demo segmentor with one block: export time grows with depth)
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 
 
@@ -19,7 +20,7 @@ def seg_checkpoint(tmp_path_factory):
     from vision_rwkv.seg.train import build_segmentor
     path = tmp_path_factory.mktemp("seg") / "seg.pt"
     torch.manual_seed(0)
-    torch.save({"model": build_segmentor(load_seg_config(SEG_DEMO), 9).state_dict()}, path)
+    torch.save({"model": build_segmentor(load_seg_config(SEG_DEMO, [ONE_BLOCK]), 9).state_dict()}, path)
     return path
 
 
@@ -36,8 +37,8 @@ def test_export_timm_model_pt2(tmp_path, capsys):
 
 def test_export_segmentation_config(seg_checkpoint, tmp_path, capsys):
     out = tmp_path / "seg.pt2"
-    assert load_tool("export").main([str(SEG_DEMO), "model.aux_channels=16", "--checkpoint", str(seg_checkpoint),
-                                     "--static-batch", "--output", str(out)]) == 0
+    assert load_tool("export").main([str(SEG_DEMO), ONE_BLOCK, "model.aux_channels=16", "--checkpoint",
+                                     str(seg_checkpoint), "--static-batch", "--output", str(out)]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert "warning" not in captured.err
@@ -129,8 +130,9 @@ def test_export_dynamic_size_of_a_segmentor(seg_checkpoint, tmp_path, capsys):
     """A segmentor's range starts at a 2 x 2 coarsest level (patch 4 pooled by 8: 33 px), checked at its corners;
     the config's 32 x 32 crop, below it, is moved into the range as the example (--img-size unset)."""
     out = tmp_path / "seg.pt2"
-    assert load_tool("export").main([str(SEG_DEMO), "model.aux_channels=16", "--checkpoint", str(seg_checkpoint),
-                                     "--dynamic-size", "--max-size", "64", "--output", str(out)]) == 0
+    assert load_tool("export").main([str(SEG_DEMO), ONE_BLOCK, "model.aux_channels=16", "--checkpoint",
+                                     str(seg_checkpoint), "--dynamic-size", "--max-size", "64",
+                                     "--output", str(out)]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert "note: tracing at 33x33, inside the dynamic size range (the default example is 32x32" in captured.err
@@ -140,7 +142,7 @@ def test_export_dynamic_size_of_a_segmentor(seg_checkpoint, tmp_path, capsys):
     assert torch.export.load(str(out)).module()(torch.randn(1, 3, 50, 37)).shape == (1, 9, 50, 37)
     with pytest.raises(ValueError, match=r"example height in \[33, 64\]"):  # (the tool: exit 2 before exporting)
         from vision_rwkv.export import build_export_target, export_program
-        model, _ = build_export_target(str(SEG_DEMO), seg_checkpoint)
+        model, _ = build_export_target(str(SEG_DEMO), seg_checkpoint, overrides=[ONE_BLOCK])
         export_program(model, torch.randn(2, 3, 32, 32), dynamic_size=True, max_size=64)
 
 
@@ -182,7 +184,7 @@ def test_export_onnx_from_suffix_max_batch(max_batch, tmp_path, capsys):
 @pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
 def test_export_segmentation_onnx(seg_checkpoint, tmp_path, capsys):
     out = tmp_path / "seg.onnx"
-    assert load_tool("export").main([str(SEG_DEMO), "--checkpoint", str(seg_checkpoint), "--format", "onnx",
+    assert load_tool("export").main([str(SEG_DEMO), ONE_BLOCK, "--checkpoint", str(seg_checkpoint), "--format", "onnx",
                                      "--output", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["format"] == "onnx" and summary["max_abs_diff"] < 1e-4 and out.is_file()
