@@ -8,9 +8,9 @@ import timm
 import torch
 
 import vision_rwkv  # noqa: F401  (registers the models)
-from vision_rwkv.export import (ExportMismatchError, ImageEncoder, TextEncoder, build_export_target, dynamic_size_range,
-                                dynamic_size_step, export_aoti, export_onnx, export_program, max_abs_diff, size_checks,
-                                verify_aoti, verify_onnx, verify_program)
+from vision_rwkv.export import (CheckedProgram, ExportMismatchError, ImageEncoder, TextEncoder, build_export_target,
+                                dynamic_size_range, dynamic_size_step, export_aoti, export_onnx, export_program,
+                                max_abs_diff, size_checks, verify_aoti, verify_onnx, verify_program)
 
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 # patch 8 on 80x96: a 10x12 grid, 120 tokens (VRWKV6's reference past one chunk: the chunk states of an export)
@@ -47,7 +47,8 @@ def test_program_dynamic_image_size_matches_eager(name):
                                                       (2, 256, 33))]
     assert verify_program(program, model, inputs + size_checks(model, inputs[0], 256), atol=1e-5) < 1e-5
     assert dynamic_size_range(model, 256) == ((17, 17), (256, 256))
-    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 16, 64\) fails"):  # a token grid below 3 x 3
+    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 16, 64\) fails: .*height 16, where it must be "
+                                                  r"\[17, 256\]"):  # a token grid below 3 x 3 (the input check)
         verify_program(program, model, [torch.randn(1, 3, 16, 64)])
     with pytest.raises(ValueError, match="dynamic image size needs an example height in"):
         export_program(model, torch.randn(2, 3, 16, 96), dynamic_size=True)
@@ -96,7 +97,8 @@ def test_segmentor_program_takes_every_size_from_a_2x2_coarsest_level():
     program = export_program(seg, torch.randn(2, 3, 64, 48), dynamic_size=True, max_size=128)
     inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 64, 48), (2, 33, 33), (3, 75, 41), (1, 128, 97))]
     assert verify_program(program, seg, inputs + size_checks(seg, inputs[0], 128), atol=1e-5) < 1e-5
-    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 32, 64\) fails"):  # a 1-wide coarsest level
+    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 32, 64\) fails: .*height 32, where it must be "
+                                                  r"\[33, 128\]"):  # a 1-wide coarsest level
         verify_program(program, seg, [torch.randn(1, 3, 32, 64)])
     with pytest.raises(ValueError, match=r"example height in \[33, 128\]"):
         export_program(seg, torch.randn(2, 3, 32, 48), dynamic_size=True, max_size=128)
@@ -350,6 +352,9 @@ def test_adapter_segmentor_program_takes_multiples_of_32():
         export_program(model, torch.randn(2, 3, 64, 80), dynamic_size=True, max_size=200)
     with pytest.raises(Exception, match="Guard failed|divisible"):  # the program's own check of a 80-px side
         program.module()(torch.randn(1, 3, 64, 80))
+    checked = CheckedProgram(program)  # (what load_program gives: the step read from the program)
+    with pytest.raises(ValueError, match=r"width 80, where it must be a multiple of 32 in \[64, 192\]"):
+        checked(torch.randn(1, 3, 64, 80))
 
 
 @pytest.mark.slow  # (~30 s: the C++ compile)

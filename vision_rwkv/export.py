@@ -2,12 +2,13 @@
 against eager.
 
     import timm, torch, vision_rwkv
-    from vision_rwkv.export import export_aoti, export_onnx, export_program, verify_program
+    from vision_rwkv.export import export_aoti, export_onnx, export_program, load_program, verify_program
     model = timm.create_model("vrwkv_tiny_patch16_224").eval()
     example = torch.randn(2, 3, 224, 224)
     program = export_program(model, example)              # batch dynamic in [1, 4096]
     torch.export.save(program, "vrwkv_tiny.pt2")
     verify_program(program, model, [torch.randn(5, 3, 224, 224)])
+    load_program("vrwkv_tiny.pt2")(torch.randn(5, 3, 224, 224))  # its input checked first, in words
     export_onnx(model, example, "vrwkv_tiny.onnx")      # needs onnx + onnxscript (onnxruntime to verify)
     export_aoti(model, example, "vrwkv_tiny_aoti.pt2")  # AOTInductor: compiled, runs without the Python model
 
@@ -34,9 +35,11 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from .exported_program import CheckedProgram, load_program
+
 __all__ = ["export_program", "export_onnx", "export_aoti", "verify_program", "verify_onnx", "verify_aoti",
            "max_abs_diff", "build_export_target", "dynamic_size_range", "dynamic_size_step", "size_checks",
-           "ExportMismatchError", "ImageEncoder", "TextEncoder"]
+           "ExportMismatchError", "ImageEncoder", "TextEncoder", "load_program", "CheckedProgram"]
 
 
 class ExportMismatchError(RuntimeError):
@@ -329,10 +332,11 @@ def _first_line(err: BaseException) -> str:
 @torch.no_grad()
 def verify_program(program: torch.export.ExportedProgram, model: nn.Module, inputs: Sequence[torch.Tensor],
                    atol: float = 1e-4, rtol: float = 1e-4) -> float:
-    """Run ``program`` and ``model`` (eval mode) on every input; the largest difference (:func:`max_abs_diff`)."""
-    # (AssertionError: a run-time guard of the program, a size it does not take)
-    return _compare(model, inputs, program.module(), (AssertionError, RuntimeError), "exported program", "", atol,
-                    rtol)
+    """Run ``program`` (as :func:`load_program` gives it: its input checked first) and ``model`` (eval mode) on
+    every input; the largest difference (:func:`max_abs_diff`)."""
+    # (ValueError: the input check; AssertionError: a run-time guard of the program)
+    return _compare(model, inputs, CheckedProgram(program), (ValueError, AssertionError, RuntimeError),
+                    "exported program", "", atol, rtol)
 
 
 def _compare(model: nn.Module, inputs: Sequence[torch.Tensor], run, failures: tuple, name: str, where: str,

@@ -1,0 +1,108 @@
+"""vision_rwkv.exported_program: load_program / CheckedProgram check an exported program's input against what the
+program takes (read from the program), in words; they accept what the program's own guards accept."""
+import pytest
+import timm
+import torch
+from torch.export import Dim
+
+import vision_rwkv  # noqa: F401  (registers the models)
+from vision_rwkv.export import CheckedProgram, export_program, load_program, size_checks
+from vision_rwkv.exported_program import DimSpec
+
+LAYOUT = "float32 (batch, channels, height, width)"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return timm.create_model("vrwkv_tiny_patch16_224", depth=1, embed_dim=32, img_size=48, num_classes=3).eval()
+
+
+def _rejected_by_both(checked: CheckedProgram, x: torch.Tensor, message: str) -> None:
+    """The check raises a ValueError with ``message``; the program's own guards (or its first op) refuse ``x`` too."""
+    with pytest.raises(ValueError, match=message):
+        checked(x)
+    with pytest.raises((AssertionError, RuntimeError)):
+        checked.program_module(x)
+
+
+@pytest.mark.parametrize("kw, batch", [({}, "[1, 4096]"), ({"max_batch": 1}, "1"), ({"dynamic_batch": False}, "2")])
+def test_fixed_size_programs(model, kw, batch):
+    checked = CheckedProgram(export_program(model, torch.randn(2, 3, 48, 48), **kw))
+    assert checked.spec.summary() == f"{LAYOUT}: batch {batch}, channels 3, height 48, width 48"
+    x = torch.randn(2 if kw.get("dynamic_batch") is False else 1, 3, 48, 48)
+    torch.testing.assert_close(checked(x), model(x), rtol=1e-5, atol=1e-5)
+    _rejected_by_both(checked, torch.randn(3, 48, 48), r"input of shape \(3, 48, 48\): 3-D, where the program takes "
+                      r"4-D \(batch, channels, height, width\)")
+    _rejected_by_both(checked, torch.randn(x.shape[0], 4, 48, 48), "channels 4, where it must be 3; the program takes")
+    _rejected_by_both(checked, x.double(), rf"input of shape \({x.shape[0]}, 3, 48, 48\): dtype float64")
+    _rejected_by_both(checked, torch.randn(x.shape[0], 3, 48, 64), "width 64, where it must be 48")
+    if batch != "[1, 4096]":
+        _rejected_by_both(checked, torch.randn(3, 3, 48, 48), f"batch 3, where it must be {batch}")
+    with pytest.raises(TypeError, match="expected a tensor, got list"):
+        checked([x])
+
+
+def test_dynamic_size_program_takes_its_range_and_its_corners(model):
+    checked = CheckedProgram(export_program(model, torch.randn(2, 3, 48, 48), dynamic_size=True, max_size=128))
+    assert checked.spec.summary() == f"{LAYOUT}: batch [1, 4096], channels 3, height [33, 128], width [33, 128]"
+    for x in [torch.randn(3, 3, 75, 40), *size_checks(model, torch.randn(1, 3, 48, 48), 128)]:
+        torch.testing.assert_close(checked(x), checked.program_module(x), rtol=0, atol=0)
+    _rejected_by_both(checked, torch.randn(1, 3, 32, 64), r"height 32, where it must be \[33, 128\]")
+    _rejected_by_both(checked, torch.randn(1, 3, 64, 129), r"width 129, where it must be \[33, 128\]")
+
+
+class _Blocks32(torch.nn.Module):
+    """Takes sides in multiples of 32 (a reshape into 32 x 32 blocks), as the ViT-Adapter segmentor does."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        blocks = x.reshape(b, c, h // 32, 32, w // 32, 32)
+        return blocks.mean((3, 5)) * self.scale[:, None, None]
+
+
+def test_a_size_step_and_an_open_range_are_read_from_the_program():
+    """Sides ``32 * s`` with s in [2, 6] (a step of 32) and a batch without a maximum (``>= 1``)."""
+    program = torch.export.export(_Blocks32(), (torch.randn(2, 3, 64, 96),),
+                                  dynamic_shapes=({0: Dim("b"), 2: 32 * Dim("h", min=2, max=6),
+                                                   3: 32 * Dim("w", min=2, max=6)},))
+    checked = CheckedProgram(program)
+    assert checked.spec.dims[2] == DimSpec("height", 64, 192, 32)
+    assert checked.spec.summary() == (f"{LAYOUT}: batch >= 0, channels 3, height a multiple of 32 in [64, 192], "
+                                      "width a multiple of 32 in [64, 192]")
+    for shape in ((1, 3, 64, 192), (5000, 3, 192, 96)):
+        x = torch.randn(shape)
+        torch.testing.assert_close(checked(x), checked.program_module(x), rtol=0, atol=0)
+    _rejected_by_both(checked, torch.randn(2, 3, 64, 80), r"width 80, where it must be a multiple of 32 in \[64, 192\]")
+    _rejected_by_both(checked, torch.randn(2, 3, 224, 64), r"height 224, where it must be a multiple of 32 in \[64, ")
+
+
+def test_text_tower_program_takes_int64_tokens():
+    import rwkv_clip
+    from vision_rwkv.export import TextEncoder
+    clip = rwkv_clip.create_model("RWKV-CLIP-Tiny-demo", vision_cfg=dict(depth=1), text_cfg=dict(layers=1)).eval()
+    tokens = rwkv_clip.get_tokenizer("RWKV-CLIP-Tiny-demo")(["a red circle", "two blue squares"])
+    checked = CheckedProgram(export_program(TextEncoder(clip), tokens))
+    assert checked.spec.summary() == f"int64 (batch, tokens): batch [1, 4096], tokens {tokens.shape[1]}"
+    torch.testing.assert_close(checked(tokens[:1]), TextEncoder(clip)(tokens[:1]), rtol=1e-5, atol=1e-6)
+    _rejected_by_both(checked, tokens.float(), "dtype float32; the program takes int64")
+    _rejected_by_both(checked, tokens[:, :5], f"tokens 5, where it must be {tokens.shape[1]}")
+
+
+def test_load_program(model, tmp_path):
+    path = tmp_path / "m.pt2"
+    torch.export.save(export_program(model, torch.randn(2, 3, 48, 48)), str(path))
+    loaded = load_program(path)
+    x = torch.randn(2, 3, 48, 48)
+    torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="channels 1, where it must be 3"):
+        loaded(x[:, :1])
+    with pytest.raises(FileNotFoundError, match="exported program not found"):
+        load_program(tmp_path / "nope.pt2")
+    (tmp_path / "junk.pt2").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="is not a torch.export program"):
+        load_program(tmp_path / "junk.pt2")

@@ -1,0 +1,158 @@
+"""Load a ``torch.export`` program (``.pt2``) with its input checked first, in words that name the problem.
+
+    from vision_rwkv.export import load_program
+    model = load_program("vrwkv_tiny.pt2")   # an nn.Module
+    logits = model(images)                     # (B, 3, H, W) float32, in the range the program was exported for
+
+A program's own guards speak of its graph: a 3-D image, a 4-channel image or a width off the range all fail with
+``Guard failed: x.size()[1] == 3``. :class:`CheckedProgram` reads what the program takes from the program itself
+(its input's rank, dtype, fixed sizes, and the range and step of each dynamic size) and raises a ValueError naming the
+dimension, the value and what the program takes before running it. Inputs it accepts are the inputs the program's
+guards accept.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ["load_program", "CheckedProgram", "InputSpec", "DimSpec", "input_spec"]
+
+
+@dataclass(frozen=True)
+class DimSpec:
+    """One input dimension: ``low``..``high`` in steps of ``step`` (a fixed size: ``low == high``)."""
+
+    name: str
+    low: int
+    high: Optional[int]
+    step: int = 1
+
+    def describe(self) -> str:
+        """``3``, ``[33, 1024]``, ``a multiple of 32 in [64, 1024]`` or ``>= 1``."""
+        if self.low == self.high:
+            return str(self.low)
+        where = f">= {self.low}" if self.high is None else f"[{self.low}, {self.high}]"
+        return f"a multiple of {self.step} in {where}" if self.step > 1 else where
+
+    def takes(self, value: int) -> bool:
+        return self.low <= value <= (value if self.high is None else self.high) and (value - self.low) % self.step == 0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a program's one input takes: dtype, device and one :class:`DimSpec` per dimension."""
+
+    dtype: torch.dtype
+    device: Optional[torch.device]  # (that of its weights; None for a program without any)
+    dims: tuple[DimSpec, ...]
+
+    def layout(self) -> str:
+        return "(" + ", ".join(d.name for d in self.dims) + ")"
+
+    def summary(self) -> str:
+        """E.g. ``float32 (batch, channels, height, width): batch [1, 4096], channels 3, height 224, width 224``."""
+        return (f"{str(self.dtype).replace('torch.', '')} {self.layout()}: "
+                + ", ".join(f"{d.name} {d.describe()}" for d in self.dims))
+
+
+def _dim_names(rank: int, dtype: torch.dtype) -> tuple[str, ...]:
+    if rank == 4 and dtype.is_floating_point:
+        return "batch", "channels", "height", "width"
+    if rank == 2 and not dtype.is_floating_point:
+        return "batch", "tokens"
+    return tuple(f"dimension {i}" for i in range(rank))
+
+
+def _dim_spec(name: str, size, ranges: dict) -> DimSpec:
+    """A fixed size, or a symbolic one: ``a * s + b`` of one symbol ``s`` with its range."""
+    if not isinstance(size, torch.SymInt):
+        return DimSpec(name, int(size), int(size))
+    expr = size.node.expr
+    symbols = list(expr.free_symbols)
+    if len(symbols) != 1 or symbols[0] not in ranges:
+        return DimSpec(name, 0, None)  # (an expression this does not read: the program's own guards check it)
+    (sym,) = symbols
+    r = ranges[sym]
+    if not r.lower.is_Integer:
+        return DimSpec(name, 0, None)
+    lo = int(r.lower)
+    at_lo, at_next = int(expr.subs(sym, lo)), int(expr.subs(sym, lo + 1))
+    hi = int(expr.subs(sym, int(r.upper))) if r.upper.is_Integer else None  # (else torch's int_oo: no maximum)
+    return DimSpec(name, at_lo, hi, max(at_next - at_lo, 1))
+
+
+def input_spec(program: torch.export.ExportedProgram) -> InputSpec:
+    """What ``program``'s one user input takes (from its placeholder's fake tensor and its range constraints)."""
+    from torch.export.graph_signature import InputKind
+
+    users = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    if len(users) != 1:
+        raise ValueError(f"CheckedProgram takes a program of one input, this one has {len(users)}")
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == users[0])
+    val = node.meta["val"]
+    ranges = {}
+    for sym, r in program.range_constraints.items():
+        if getattr(sym, "is_Symbol", False):
+            ranges[sym] = r
+    names = _dim_names(val.dim(), val.dtype)
+    weights = [*program.state_dict.values(), *program.constants.values()]
+    device = next((t.device for t in weights if isinstance(t, torch.Tensor)), None)
+    return InputSpec(val.dtype, device, tuple(_dim_spec(n, s, ranges) for n, s in zip(names, val.shape)))
+
+
+def _shape(x: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in x.shape) + ")"
+
+
+class CheckedProgram(nn.Module):
+    """``program.module()`` behind a check of its input: a :class:`ValueError` (a :class:`TypeError` for what is not
+    a tensor) that names the dimension, the value and what the program takes. ``spec`` holds what it takes."""
+
+    def __init__(self, program: torch.export.ExportedProgram):
+        super().__init__()
+        self.spec = input_spec(program)
+        self.program_module = program.module()
+
+    def check(self, x) -> None:
+        """Raise if ``x`` is not an input the program takes."""
+        spec = self.spec
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"exported program input: expected a tensor, got {type(x).__name__}; it takes "
+                            f"{spec.summary()}")
+        problem = None
+        if x.dim() != len(spec.dims):
+            problem = f"{x.dim()}-D, where the program takes {len(spec.dims)}-D {spec.layout()}"
+        elif x.dtype != spec.dtype:
+            problem = f"dtype {str(x.dtype).replace('torch.', '')}"
+        elif spec.device is not None and x.device.type != spec.device.type:
+            problem = f"on {x.device}, where the program's weights are on {spec.device}"
+        else:
+            bad = next(((d, s) for d, s in zip(spec.dims, x.shape) if not d.takes(int(s))), None)
+            if bad is not None:
+                problem = f"{bad[0].name} {bad[1]}, where it must be {bad[0].describe()}"
+        if problem is not None:
+            raise ValueError(f"exported program input of shape {_shape(x)}: {problem}; the program takes "
+                             f"{spec.summary()}")
+
+    def forward(self, x: torch.Tensor):
+        self.check(x)
+        return self.program_module(x)
+
+
+def load_program(path: Union[str, os.PathLike]) -> CheckedProgram:
+    """The ``.pt2`` program at ``path`` (written by :func:`~vision_rwkv.export.export_program` and
+    ``torch.export.save``, or ``tools/export.py``) as a :class:`CheckedProgram`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported program not found: {path}")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as err:  # (an AOTInductor package or another zip: not a saved ExportedProgram)
+        raise ValueError(f"{path} is not a torch.export program (.pt2 from export_program / torch.export.save; an "
+                         f"AOTInductor package loads with torch._inductor.aoti_load_package): {err}") from err
+    return CheckedProgram(program)
