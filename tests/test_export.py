@@ -280,8 +280,25 @@ def test_build_export_target_classification_config(tmp_path):
 def test_onnx_matches_eager(name, tmp_path):
     model = _model(name)
     path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "m.onnx")
-    assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
+    assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # (no staging folder left)
     assert verify_onnx(path, model, [torch.randn(b, 3, 80, 96) for b in (1, 4)], atol=1e-5) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+def test_onnx_external_data_keeps_its_name(tmp_path):
+    """external_data=True (what torch does above 2 GB): the weights in ``m.onnx.data``, which the model names (written
+    under a temporary name and renamed, the model pointed at the temporary one); the pair moves as one."""
+    import onnx
+    model = _model("vrwkv_tiny_patch16_224")
+    path = export_onnx(model, torch.randn(2, 3, 80, 96), tmp_path / "out" / "m.onnx", external_data=True)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    locations = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"m.onnx.data"}
+    moved = tmp_path / "moved"
+    path.parent.rename(moved)
+    assert verify_onnx(moved / "m.onnx", model, [torch.randn(3, 3, 80, 96)], atol=1e-5) < 1e-5
 
 
 @pytest.mark.slow
@@ -367,7 +384,7 @@ def test_aot_inductor_package_of_a_dynamic_size_program(tmp_path, monkeypatch):
     model = timm.create_model("vrwkv_tiny_patch16_224", num_classes=7, depth=1, embed_dim=32, patch_size=8,
                               img_size=(80, 96)).eval()
     path = export_aoti(model, torch.randn(2, 3, 80, 96), tmp_path / "m.pt2", dynamic_size=True, max_size=128)
-    assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
+    assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
     inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 80, 96), (2, 75, 90), (1, 17, 128))]
     assert verify_aoti(path, model, inputs, atol=1e-5) < 1e-5
     with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 64, 129\) fails: .*too large at 3, expected to "

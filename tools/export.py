@@ -71,6 +71,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--optimize", action="store_true",
                         help="run onnxscript's ONNX graph optimizer (minutes for 12 blocks; onnxruntime optimises "
                              "at load time anyway)")
+    parser.add_argument("--external-data", action="store_true",
+                        help="ONNX: the weights in a file of their own, <output>.data (always above 2 GB)")
     parser.add_argument("--atol", type=float, default=1e-4, help="tolerance of the check against eager (>= 0)")
     parsed = parse_config_args(parser, argv)
     args = parsed.options
@@ -92,6 +94,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f"--opset must be a positive ONNX opset version, got {args.opset}")
     args.max_batch = 4096 if args.max_batch is None else args.max_batch
     args.format = _output_format(parser, args.format, args.output)
+    if args.external_data and args.format != "onnx":
+        parser.error(f"--external-data is for ONNX files, not --format {args.format}")
     return args
 
 
@@ -150,8 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from vision_rwkv.export import (ExportMismatchError, build_export_target, cpp_compiler, export_aoti, export_onnx,
-                                    export_program, dynamic_size_range, dynamic_size_step, size_checks, verify_aoti,
-                                    verify_onnx, verify_program)
+                                    export_program, dynamic_size_range, dynamic_size_step, publish, size_checks,
+                                    staging_dir, verify_aoti, verify_onnx, verify_program)
     if args.format == "aoti" and cpp_compiler() is None:
         print("error: an AOTInductor package needs a C++ compiler: install g++ or clang++, or set CXX",
               file=sys.stderr)
@@ -172,7 +176,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     warning = untrained_warning(args.target, args.checkpoint, args.overrides, "so has the exported program")
     if warning:
         print(warning, file=sys.stderr)
-    tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # (checked before it replaces anything at out)
     if args.dynamic_size:
         try:
             size_range, step = dynamic_size_range(model, args.max_size), dynamic_size_step(model)
@@ -199,37 +202,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     opset = None
     sizes = dict(dynamic_size=args.dynamic_size, max_size=args.max_size)
     try:
-        if args.format == "onnx":
-            export_onnx(model, example, tmp, not args.static_batch, args.max_batch, args.opset, args.optimize,
-                        **sizes)
-            opset = _onnx_opset(tmp)
-            if args.opset is not None and opset != args.opset:
-                raise ExportMismatchError(f"--opset {args.opset}: the exporter wrote opset {opset} (torch's ONNX "
-                                          f"exporter cannot convert this model to the opset asked for)")
-            diff = verify_onnx(tmp, model, checks, atol=args.atol)
-        elif args.format == "aoti":
-            export_aoti(model, example, tmp, not args.static_batch, args.max_batch, **sizes)
-            diff = verify_aoti(tmp, model, checks, atol=args.atol)
-        else:
-            program = export_program(model, example, not args.static_batch, args.max_batch, **sizes)
-            diff = verify_program(program, model, checks, atol=args.atol)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            torch.export.save(program, str(tmp))  # (torch.export.save wants .pt2)
-        tmp.replace(out)
+        # (written and checked in a staging folder next to out, under out's name, then moved: a file already at out
+        # stays as it was unless the new one passed its check, and an ONNX file's external data keeps its name)
+        with staging_dir(out) as stage:
+            staged = stage / out.name
+            if args.format == "onnx":
+                export_onnx(model, example, staged, not args.static_batch, args.max_batch, args.opset, args.optimize,
+                            **sizes, external_data=args.external_data or None)
+                opset = _onnx_opset(staged)
+                if args.opset is not None and opset != args.opset:
+                    raise ExportMismatchError(f"--opset {args.opset}: the exporter wrote opset {opset} (torch's "
+                                              f"ONNX exporter cannot convert this model to the opset asked for)")
+                diff = verify_onnx(staged, model, checks, atol=args.atol)
+            elif args.format == "aoti":
+                export_aoti(model, example, staged, not args.static_batch, args.max_batch, **sizes)
+                diff = verify_aoti(staged, model, checks, atol=args.atol)
+            else:
+                program = export_program(model, example, not args.static_batch, args.max_batch, **sizes)
+                diff = verify_program(program, model, checks, atol=args.atol)
+                torch.export.save(program, str(staged))  # (torch.export.save wants .pt2)
+            written = publish(stage, out)
     except ExportMismatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ValueError as err:  # (a model whose program cannot take a dynamic size)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    finally:
-        tmp.unlink(missing_ok=True)
+    others = [p.name for p in written if p.name != out.name]
     print(json.dumps({"output": str(out), "format": args.format, "input_shape": list(example.shape[1:]),
                       "input_dtype": str(example.dtype).replace("torch.", ""), "dynamic_batch": dynamic,
                       "checked_batches": [int(x.shape[0]) for x in checks], "max_abs_diff": diff,
                       **({"size_range": {"min": list(size_range[0]), "max": list(size_range[1]), "step": step},
                           "checked_sizes": [list(x.shape[2:]) for x in checks]} if args.dynamic_size else {}),
                       **({"opset": opset} if opset is not None else {}),
+                      **({"external_data": others} if others else {}),
                       "seconds": round(time.perf_counter() - start, 1)}, indent=2))
     return 0
 

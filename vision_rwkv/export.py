@@ -28,6 +28,8 @@ Triton kernels are torch custom ops, which ONNX has no counterpart for; not chec
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -39,7 +41,8 @@ from .exported_program import CheckedProgram, load_program
 
 __all__ = ["export_program", "export_onnx", "export_aoti", "verify_program", "verify_onnx", "verify_aoti",
            "max_abs_diff", "build_export_target", "dynamic_size_range", "dynamic_size_step", "size_checks",
-           "ExportMismatchError", "ImageEncoder", "TextEncoder", "load_program", "CheckedProgram"]
+           "ExportMismatchError", "ImageEncoder", "TextEncoder", "load_program", "CheckedProgram", "staging_dir",
+           "publish"]
 
 
 class ExportMismatchError(RuntimeError):
@@ -236,15 +239,40 @@ def _specialised_error(model: nn.Module, example: torch.Tensor, guard: Optional[
                       f"size{f' (torch.export: {guard[:300]})' if guard else ''}")
 
 
+@contextmanager
+def staging_dir(path: Union[str, os.PathLike]):
+    """A fresh hidden folder next to ``path`` (removed at exit, with what is left in it): write the files of an
+    export there under their final names, then :func:`publish` them. (An ONNX file's external data is referenced by
+    file name: written under a temporary name and renamed, the model would point at the temporary one.)"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.staging."))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, path: Union[str, os.PathLike]) -> list[Path]:
+    """Move every file of ``stage`` next to ``path``, the file named as ``path`` last (each move atomic: a reader
+    never finds the model file before its external data). Returns the moved files' new paths."""
+    path = Path(path)
+    files = sorted(stage.iterdir(), key=lambda f: f.name == path.name)
+    for f in files:
+        os.replace(f, path.parent / f.name)
+    return [path.parent / f.name for f in files]
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], dynamic_batch: bool = True,
                 max_batch: int = 4096, opset: Optional[int] = None, optimize: bool = False,
-                dynamic_size: bool = False, max_size: int = 1024) -> Path:
+                dynamic_size: bool = False, max_size: int = 1024, external_data: Optional[bool] = None) -> Path:
     """Write ``model`` (eval mode) as an ONNX file at ``path`` through torch's dynamo exporter (needs the ``onnx``
     and ``onnxscript`` packages: ``pip install vision-rwkv[onnx]``); batch and image size dynamic as in
     :func:`export_program`.
     Input ``input``, output ``output``. ``optimize``: run onnxscript's graph optimizer (off by default: its time
     grows faster than the graph - minutes for a 12-block VRWKV6 - and onnxruntime optimises the graph when it
-    loads it anyway). Returns the path."""
+    loads it anyway). ``external_data``: the weights in a file of their own next to it, ``<name>.data`` (None: only
+    above ONNX's 2 GB limit for one file, as torch decides). Returns the path."""
     for package in ("onnx", "onnxscript"):
         try:
             __import__(package)
@@ -253,16 +281,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
     size_dims = _size_dims(model, example, max_size) if dynamic_size else None
     example, shapes = _export_args(example, dynamic_batch, max_batch, size_dims)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with _eval_mode(model), _size_specialised(model, example, size_dims):
         onnx_program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=shapes, opset_version=opset,
                                          input_names=["input"], output_names=["output"], optimize=optimize,
                                          verbose=False)
     if size_dims and any(isinstance(d, int) for d in onnx_program.model.graph.inputs[0].shape[2:]):
         raise _specialised_error(model, example)  # (the exporter specialised the size instead of failing)
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
-    onnx_program.save(str(tmp))
-    os.replace(tmp, path)
+    with staging_dir(path) as stage:
+        onnx_program.save(str(stage / path.name), external_data=external_data)
+        publish(stage, path)
     return path
 
 

@@ -72,7 +72,8 @@ def test_export_format_and_max_batch_options(capsys):
                           (["--max-batch", "0"], "--max-batch must be >= 1"),
                           (["--static-batch", "--max-batch", "3"], "--static-batch fixes the batch"),
                           (["--max-size", "512"], "give --dynamic-size too"),
-                          (["--dynamic-size", "--tower", "text"], "the text tower's input")):
+                          (["--dynamic-size", "--tower", "text"], "the text tower's input"),
+                          (["--external-data"], "--external-data is for ONNX files, not --format pt2")):
         with pytest.raises(SystemExit):
             tool.parse_args(["m", *argv])
         assert message in capsys.readouterr().err
@@ -90,6 +91,9 @@ def test_export_dynamic_size_pt2(tmp_path, capsys):
     assert program(torch.randn(2, 3, 37, 22)).shape == (2, 1000)  # a size it was not checked at (no checkpoint: 1000)
     with pytest.raises(Exception):  # past --max-size: the program's own range check
         program(torch.randn(1, 3, 65, 40))
+    from vision_rwkv.export import load_program
+    with pytest.raises(ValueError, match=r"height 65, where it must be \[9, 64\]"):  # (the tool's range, in words)
+        load_program(out)(torch.randn(1, 3, 65, 40))
 
 
 def test_export_aoti_package(tmp_path, capsys, monkeypatch):
@@ -178,6 +182,11 @@ def test_export_onnx_from_suffix_max_batch(max_batch, tmp_path, capsys):
         assert load_tool("export").main([str(DEMO), *TINY, "--opset", "17", "--output", str(again)]) == 1
         assert "--opset 17: the exporter wrote opset" in capsys.readouterr().err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    else:  # --external-data: the weights in m_ext.onnx.data next to it, named in the summary
+        ext = tmp_path / "ext" / "m_ext.onnx"
+        assert load_tool("export").main([str(DEMO), *TINY, "--external-data", "--output", str(ext)]) == 0
+        assert json.loads(capsys.readouterr().out)["external_data"] == ["m_ext.onnx.data"]
+        assert sorted(p.name for p in ext.parent.iterdir()) == ["m_ext.onnx", "m_ext.onnx.data"]
 
 
 @pytest.mark.slow
