@@ -1,5 +1,8 @@
 """vision_rwkv.exported_program: load_program / CheckedProgram check an exported program's input against what the
-program takes (read from the program), in words; they accept what the program's own guards accept."""
+program takes (read from the program), in words; they accept what the program's own guards accept. load_onnx does
+the same for an ONNX file, from the range export_onnx records in it."""
+import importlib.util
+
 import pytest
 import timm
 import torch
@@ -10,6 +13,7 @@ from vision_rwkv.export import CheckedProgram, export_program, load_program, siz
 from vision_rwkv.exported_program import DimSpec
 
 LAYOUT = "float32 (batch, channels, height, width)"
+HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +36,9 @@ def test_fixed_size_programs(model, kw, batch):
     assert checked.spec.summary() == f"{LAYOUT}: batch {batch}, channels 3, height 48, width 48"
     x = torch.randn(2 if kw.get("dynamic_batch") is False else 1, 3, 48, 48)
     torch.testing.assert_close(checked(x), model(x), rtol=1e-5, atol=1e-5)
-    _rejected_by_both(checked, torch.randn(3, 48, 48), r"input of shape \(3, 48, 48\): 3-D, where the program takes "
+    _rejected_by_both(checked, torch.randn(3, 48, 48), r"input of shape \(3, 48, 48\): 3-D, where it takes "
                       r"4-D \(batch, channels, height, width\)")
-    _rejected_by_both(checked, torch.randn(x.shape[0], 4, 48, 48), "channels 4, where it must be 3; the program takes")
+    _rejected_by_both(checked, torch.randn(x.shape[0], 4, 48, 48), "channels 4, where it must be 3; it takes")
     _rejected_by_both(checked, x.double(), rf"input of shape \({x.shape[0]}, 3, 48, 48\): dtype float64")
     _rejected_by_both(checked, torch.randn(x.shape[0], 3, 48, 64), "width 64, where it must be 48")
     if batch != "[1, 4096]":
@@ -89,7 +93,7 @@ def test_text_tower_program_takes_int64_tokens():
     checked = CheckedProgram(export_program(TextEncoder(clip), tokens))
     assert checked.spec.summary() == f"int64 (batch, tokens): batch [1, 4096], tokens {tokens.shape[1]}"
     torch.testing.assert_close(checked(tokens[:1]), TextEncoder(clip)(tokens[:1]), rtol=1e-5, atol=1e-6)
-    _rejected_by_both(checked, tokens.float(), "dtype float32; the program takes int64")
+    _rejected_by_both(checked, tokens.float(), "dtype float32; it takes int64")
     _rejected_by_both(checked, tokens[:, :5], f"tokens 5, where it must be {tokens.shape[1]}")
 
 
@@ -106,3 +110,39 @@ def test_load_program(model, tmp_path):
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="is not a torch.export program"):
         load_program(tmp_path / "junk.pt2")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+def test_onnx_files_record_their_range_and_load_onnx_checks_it(model, tmp_path):
+    """export_onnx writes the program's input spec into the file's metadata (ONNX's free dimensions carry no range,
+    and onnxruntime bounds none); load_onnx checks inputs against it, or against the graph for a file without it."""
+    import onnx
+
+    from vision_rwkv.export import ONNX_INPUT_KEY, export_onnx, load_onnx
+    path = export_onnx(model, torch.randn(2, 3, 48, 48), tmp_path / "m.onnx", dynamic_size=True, max_size=96)
+    loaded = load_onnx(path)
+    program = CheckedProgram(export_program(model, torch.randn(2, 3, 48, 48), dynamic_size=True, max_size=96))
+    assert loaded.spec.summary() == program.spec.summary() == (f"{LAYOUT}: batch [1, 4096], channels 3, height "
+                                                               "[33, 96], width [33, 96]")
+    x = torch.randn(2, 3, 40, 96)
+    torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"ONNX model input of shape \(1, 3, 20, 48\): height 20, where it must be "
+                                         r"\[33, 96\]"):
+        loaded(torch.randn(1, 3, 20, 48))
+    with pytest.raises(ValueError, match="dtype float64"):
+        loaded(x.double())
+    # a file without the metadata (another exporter's): rank, dtype and fixed sizes from its graph
+    proto = onnx.load(str(path))
+    assert [p.key for p in proto.metadata_props] == [ONNX_INPUT_KEY]
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    bare = load_onnx(tmp_path / "bare.onnx")
+    assert bare.spec.summary() == f"{LAYOUT}: batch >= 0, channels 3, height >= 0, width >= 0"
+    torch.testing.assert_close(bare(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"3-D, where it takes 4-D"):
+        bare(torch.randn(3, 40, 40))
+    with pytest.raises(ValueError, match="channels 1, where it must be 3"):
+        bare(torch.randn(1, 1, 40, 40))
+    with pytest.raises(FileNotFoundError, match="ONNX file not found"):
+        load_onnx(tmp_path / "nope.onnx")

@@ -27,6 +27,7 @@ Triton kernels are torch custom ops, which ONNX has no counterpart for; not chec
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -37,12 +38,12 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .exported_program import CheckedProgram, load_program
+from .exported_program import ONNX_INPUT_KEY, CheckedOnnx, CheckedProgram, input_spec, load_onnx, load_program
 
 __all__ = ["export_program", "export_onnx", "export_aoti", "verify_program", "verify_onnx", "verify_aoti",
            "max_abs_diff", "build_export_target", "dynamic_size_range", "dynamic_size_step", "size_checks",
-           "ExportMismatchError", "ImageEncoder", "TextEncoder", "load_program", "CheckedProgram", "staging_dir",
-           "publish"]
+           "ExportMismatchError", "ImageEncoder", "TextEncoder", "load_program", "CheckedProgram", "load_onnx",
+           "CheckedOnnx", "staging_dir", "publish"]
 
 
 class ExportMismatchError(RuntimeError):
@@ -287,6 +288,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
                                          verbose=False)
     if size_dims and any(isinstance(d, int) for d in onnx_program.model.graph.inputs[0].shape[2:]):
         raise _specialised_error(model, example)  # (the exporter specialised the size instead of failing)
+    if onnx_program.exported_program is not None:  # (the range the file takes, which ONNX cannot express)
+        onnx_program.model.metadata_props[ONNX_INPUT_KEY] = input_spec(onnx_program.exported_program).to_json()
     with staging_dir(path) as stage:
         onnx_program.save(str(stage / path.name), external_data=external_data)
         publish(stage, path)
@@ -385,21 +388,14 @@ def _compare(model: nn.Module, inputs: Sequence[torch.Tensor], run, failures: tu
 def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequence[torch.Tensor], atol: float = 1e-4,
                 rtol: float = 1e-4) -> float:
     """Run the ONNX file in onnxruntime (CPU) and ``model`` (eval mode) on every input; the largest difference."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ImportError("verifying an ONNX file needs onnxruntime: pip install onnxruntime")
     try:
-        import onnxruntime
-    except ImportError as err:
-        raise ImportError("verifying an ONNX file needs onnxruntime: pip install onnxruntime") from err
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runner = CheckedOnnx(path)  # (as load_onnx gives it: its input checked first)
     except Exception as err:  # (onnxruntime's own error types: an invalid graph, an unsupported opset)
         raise ExportMismatchError(f"onnxruntime cannot load the ONNX file {path}: {_first_line(err)}") from err
-    name = session.get_inputs()[0].name
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
-
-    # (Exception: onnxruntime's own error types, a shape the graph does not take)
-    return _compare(model, inputs, run, (Exception,), f"ONNX model {path}", " in onnxruntime", atol, rtol)
+    # (Exception: the input check, onnxruntime's own error types, a shape the graph does not take)
+    return _compare(model, inputs, runner, (Exception,), f"ONNX model {path}", " in onnxruntime", atol, rtol)
 
 
 @torch.no_grad()

@@ -1,17 +1,25 @@
-"""Load a ``torch.export`` program (``.pt2``) with its input checked first, in words that name the problem.
+"""Load a ``torch.export`` program (``.pt2``) or an ONNX file with its input checked first, in words that name the
+problem.
 
     from vision_rwkv.export import load_program
     model = load_program("vrwkv_tiny.pt2")   # an nn.Module
     logits = model(images)                     # (B, 3, H, W) float32, in the range the program was exported for
 
-A program's own guards speak of its graph: a 3-D image, a 4-channel image or a width off the range all fail with
+A program's own guards speak of its graph: a 3-D image and a 4-channel image both fail with
 ``Guard failed: x.size()[1] == 3``. :class:`CheckedProgram` reads what the program takes from the program itself
 (its input's rank, dtype, fixed sizes, and the range and step of each dynamic size) and raises a ValueError naming the
 dimension, the value and what the program takes before running it. Inputs it accepts are the inputs the program's
 guards accept.
+
+An ONNX file's free dimensions carry no range, and onnxruntime bounds none: :func:`~vision_rwkv.export.export_onnx`
+records the program's :class:`InputSpec` in the file's metadata (``vision_rwkv.input``, JSON), and :func:`load_onnx`
+gives an onnxruntime session behind the same check (for a file without the entry: rank, dtype and fixed sizes from
+its graph).
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +28,10 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-__all__ = ["load_program", "CheckedProgram", "InputSpec", "DimSpec", "input_spec"]
+__all__ = ["load_program", "CheckedProgram", "load_onnx", "CheckedOnnx", "InputSpec", "DimSpec", "input_spec",
+           "ONNX_INPUT_KEY"]
+
+ONNX_INPUT_KEY = "vision_rwkv.input"  # an ONNX file's metadata entry holding its InputSpec (JSON)
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,43 @@ class InputSpec:
 
     def summary(self) -> str:
         """E.g. ``float32 (batch, channels, height, width): batch [1, 4096], channels 3, height 224, width 224``."""
-        return (f"{str(self.dtype).replace('torch.', '')} {self.layout()}: "
+        return (f"{_dtype_name(self.dtype)} {self.layout()}: "
                 + ", ".join(f"{d.name} {d.describe()}" for d in self.dims))
+
+    def to_json(self) -> str:
+        """The dtype and the dimensions as JSON (an ONNX file's ``vision_rwkv.input`` metadata; no device)."""
+        dims = [[d.name, d.low, d.high, d.step] for d in self.dims]
+        return json.dumps({"dtype": _dtype_name(self.dtype), "dims": dims})
+
+    @classmethod
+    def from_json(cls, text: str) -> "InputSpec":
+        data = json.loads(text)
+        dims = tuple(DimSpec(str(n), int(lo), None if hi is None else int(hi), int(st))
+                     for n, lo, hi, st in data["dims"])
+        return cls(getattr(torch, data["dtype"]), None, dims)
+
+    def check(self, x, what: str = "exported program") -> None:
+        """Raise a ValueError naming the problem (a TypeError for what is not a tensor) if ``x`` is not an input
+        this spec takes."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what} input: expected a tensor, got {type(x).__name__}; it takes {self.summary()}")
+        problem = None
+        if x.dim() != len(self.dims):
+            problem = f"{x.dim()}-D, where it takes {len(self.dims)}-D {self.layout()}"
+        elif x.dtype != self.dtype:
+            problem = f"dtype {_dtype_name(x.dtype)}"
+        elif self.device is not None and x.device.type != self.device.type:
+            problem = f"on {x.device}, where its weights are on {self.device}"
+        else:
+            bad = next(((d, s) for d, s in zip(self.dims, x.shape) if not d.takes(int(s))), None)
+            if bad is not None:
+                problem = f"{bad[0].name} {bad[1]}, where it must be {bad[0].describe()}"
+        if problem is not None:
+            raise ValueError(f"{what} input of shape {_shape(x)}: {problem}; it takes {self.summary()}")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def _dim_names(rank: int, dtype: torch.dtype) -> tuple[str, ...]:
@@ -118,29 +164,8 @@ class CheckedProgram(nn.Module):
         self.spec = input_spec(program)
         self.program_module = program.module()
 
-    def check(self, x) -> None:
-        """Raise if ``x`` is not an input the program takes."""
-        spec = self.spec
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"exported program input: expected a tensor, got {type(x).__name__}; it takes "
-                            f"{spec.summary()}")
-        problem = None
-        if x.dim() != len(spec.dims):
-            problem = f"{x.dim()}-D, where the program takes {len(spec.dims)}-D {spec.layout()}"
-        elif x.dtype != spec.dtype:
-            problem = f"dtype {str(x.dtype).replace('torch.', '')}"
-        elif spec.device is not None and x.device.type != spec.device.type:
-            problem = f"on {x.device}, where the program's weights are on {spec.device}"
-        else:
-            bad = next(((d, s) for d, s in zip(spec.dims, x.shape) if not d.takes(int(s))), None)
-            if bad is not None:
-                problem = f"{bad[0].name} {bad[1]}, where it must be {bad[0].describe()}"
-        if problem is not None:
-            raise ValueError(f"exported program input of shape {_shape(x)}: {problem}; the program takes "
-                             f"{spec.summary()}")
-
     def forward(self, x: torch.Tensor):
-        self.check(x)
+        self.spec.check(x, "exported program")
         return self.program_module(x)
 
 
@@ -156,3 +181,51 @@ def load_program(path: Union[str, os.PathLike]) -> CheckedProgram:
         raise ValueError(f"{path} is not a torch.export program (.pt2 from export_program / torch.export.save; an "
                          f"AOTInductor package loads with torch._inductor.aoti_load_package): {err}") from err
     return CheckedProgram(program)
+
+
+# ONNX input types (onnxruntime's names) -> torch dtypes, for a file without our metadata
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64,
+              "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32}
+
+
+def _onnx_input_spec(session) -> InputSpec:
+    """The file's ``vision_rwkv.input`` metadata (written by :func:`~vision_rwkv.export.export_onnx`: the ranges
+    and steps of the program it came from), else what its graph says: rank, dtype, fixed sizes (free ones unbounded)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if ONNX_INPUT_KEY in meta:
+        return InputSpec.from_json(meta[ONNX_INPUT_KEY])
+    inp = session.get_inputs()[0]
+    if inp.type not in _ORT_TYPES:
+        raise ValueError(f"load_onnx: input type {inp.type} is not one of {', '.join(_ORT_TYPES)}")
+    dtype = _ORT_TYPES[inp.type]
+    names = _dim_names(len(inp.shape), dtype)
+    dims = tuple(DimSpec(n, d, d) if isinstance(d, int) else DimSpec(n, 0, None) for n, d in zip(names, inp.shape))
+    return InputSpec(dtype, None, dims)
+
+
+class CheckedOnnx:
+    """An ONNX file in an onnxruntime session, called like the model (a tensor in, a tensor out), its input checked
+    first against the range the file records (onnxruntime itself bounds none of its free dimensions)."""
+
+    def __init__(self, path: Union[str, os.PathLike], providers: Optional[list] = None):
+        import onnxruntime
+
+        self.path = Path(path)
+        self.session = onnxruntime.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.spec = _onnx_input_spec(self.session)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.spec.check(x, "ONNX model")
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0])
+
+
+def load_onnx(path: Union[str, os.PathLike], providers: Optional[list] = None) -> CheckedOnnx:
+    """The ONNX file at ``path`` as a :class:`CheckedOnnx` (needs onnxruntime; ``providers``: onnxruntime's execution
+    providers, default CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file not found: {path}")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ImportError("load_onnx needs onnxruntime: pip install onnxruntime")
+    return CheckedOnnx(path, providers)
