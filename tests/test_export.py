@@ -10,7 +10,7 @@ import torch
 import vision_rwkv  # noqa: F401  (registers the models)
 from vision_rwkv.export import (CheckedProgram, ExportMismatchError, ImageEncoder, TextEncoder, build_export_target,
                                 dynamic_size_range, dynamic_size_step, export_aoti, export_onnx, export_program,
-                                max_abs_diff, size_checks, verify_aoti, verify_onnx, verify_program)
+                                load_aoti, max_abs_diff, size_checks, verify_aoti, verify_onnx, verify_program)
 
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
 # patch 8 on 80x96: a 10x12 grid, 120 tokens (VRWKV6's reference past one chunk: the chunk states of an export)
@@ -378,7 +378,8 @@ def test_adapter_segmentor_program_takes_multiples_of_32():
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="AOTInductor needs a C++ compiler")
 def test_aot_inductor_package_of_a_dynamic_size_program(tmp_path, monkeypatch):
     """export_aoti compiles a dynamic-size program: the package matches eager at sizes off the patch grid (batch 1
-    included) and, with its input checks on, refuses a size above the range and a wrong channel count."""
+    included) and, with its input checks on, refuses a size above the range and a wrong channel count; load_aoti
+    checks the range recorded in the package, the lower bounds too (which the package's own checks never do)."""
     torch.manual_seed(0)
     monkeypatch.delenv("AOTI_RUNTIME_CHECK_INPUTS", raising=False)
     model = timm.create_model("vrwkv_tiny_patch16_224", num_classes=7, depth=1, embed_dim=32, patch_size=8,
@@ -387,13 +388,23 @@ def test_aot_inductor_package_of_a_dynamic_size_program(tmp_path, monkeypatch):
     assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2"]
     inputs = [torch.randn(b, 3, h, w) for b, h, w in ((1, 80, 96), (2, 75, 90), (1, 17, 128))]
     assert verify_aoti(path, model, inputs, atol=1e-5) < 1e-5
-    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 64, 129\) fails: .*too large at 3, expected to "
-                                                  r"be <= 128"):
+    with pytest.raises(ExportMismatchError, match=r"input \(1, 3, 64, 129\) fails: .*width 129, where it must be "
+                                                  r"\[17, 128\]"):
         verify_aoti(path, model, [torch.randn(1, 3, 64, 129)])
     assert "AOTI_RUNTIME_CHECK_INPUTS" not in os.environ  # (verify_aoti sets it while it runs, then restores it)
-    monkeypatch.setenv("AOTI_RUNTIME_CHECK_INPUTS", "1")  # (the eager model refuses 4 channels first in verify_aoti)
+    loaded = load_aoti(path)
+    assert loaded.spec.summary() == ("float32 (batch, channels, height, width): batch [1, 4096], channels 3, height "
+                                     "[17, 128], width [17, 128]")
+    torch.testing.assert_close(loaded(inputs[1]), model(inputs[1]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"AOTInductor package input of shape \(1, 3, 9, 64\): height 9, where it "
+                                         r"must be \[17, 128\]"):  # (below the range: no check of the package's own)
+        loaded(torch.randn(1, 3, 9, 64))
+    monkeypatch.setenv("AOTI_RUNTIME_CHECK_INPUTS", "1")  # (the package's own checks, above the range)
+    runner = torch._inductor.aoti_load_package(str(path))
+    with pytest.raises(RuntimeError, match="too large at 3, expected to be <= 128"):
+        runner(torch.randn(1, 3, 64, 129))
     with pytest.raises(RuntimeError, match="unmatched dim value at 1, expected: 3"):
-        torch._inductor.aoti_load_package(str(path))(torch.randn(1, 4, 64, 64))
+        runner(torch.randn(1, 4, 64, 64))
 
 
 def test_aot_inductor_package_errors(tmp_path, monkeypatch):

@@ -38,12 +38,13 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .exported_program import ONNX_INPUT_KEY, CheckedOnnx, CheckedProgram, input_spec, load_onnx, load_program
+from .exported_program import (INPUT_SPEC_KEY, CheckedAoti, CheckedOnnx, CheckedProgram, input_spec, load_aoti,
+                               load_onnx, load_program)
 
 __all__ = ["export_program", "export_onnx", "export_aoti", "verify_program", "verify_onnx", "verify_aoti",
            "max_abs_diff", "build_export_target", "dynamic_size_range", "dynamic_size_step", "size_checks",
            "ExportMismatchError", "ImageEncoder", "TextEncoder", "load_program", "CheckedProgram", "load_onnx",
-           "CheckedOnnx", "staging_dir", "publish"]
+           "CheckedOnnx", "load_aoti", "CheckedAoti", "staging_dir", "publish"]
 
 
 class ExportMismatchError(RuntimeError):
@@ -289,7 +290,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
     if size_dims and any(isinstance(d, int) for d in onnx_program.model.graph.inputs[0].shape[2:]):
         raise _specialised_error(model, example)  # (the exporter specialised the size instead of failing)
     if onnx_program.exported_program is not None:  # (the range the file takes, which ONNX cannot express)
-        onnx_program.model.metadata_props[ONNX_INPUT_KEY] = input_spec(onnx_program.exported_program).to_json()
+        onnx_program.model.metadata_props[INPUT_SPEC_KEY] = input_spec(onnx_program.exported_program).to_json()
     with staging_dir(path) as stage:
         onnx_program.save(str(stage / path.name), external_data=external_data)
         publish(stage, path)
@@ -314,8 +315,8 @@ def export_aoti(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
     image size dynamic as there). Needs a C++ compiler (``$CXX``, g++ or clang++); about 30 s for a 1-block model
     on 2 CPU cores, ~100 s for VRWKV-T. The package checks its inputs - channels, dtype, a batch or size above
     the maximum - only in a process with ``AOTI_RUNTIME_CHECK_INPUTS=1``, and never the lower bounds (batch 1 would
-    fail torch's check, which takes a dynamic minimum of 1 for 2): keep sizes in :func:`dynamic_size_range`.
-    Returns the path."""
+    fail torch's check, which takes a dynamic minimum of 1 for 2); it records the program's input spec in its
+    metadata, which :func:`load_aoti` checks every input against. Returns the path."""
     path = Path(path)
     if path.suffix != ".pt2":
         raise ValueError(f"export: an AOTInductor package is a .pt2 file, got {path}")
@@ -325,8 +326,9 @@ def export_aoti(model: nn.Module, example: torch.Tensor, path: Union[str, os.Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp),
-                                                 inductor_configs={"aot_inductor.check_lowerbound": False})
+        configs = {"aot_inductor.check_lowerbound": False,  # (load_aoti checks them: the range in the metadata)
+                   "aot_inductor.metadata": {INPUT_SPEC_KEY: input_spec(program).to_json()}}
+        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp), inductor_configs=configs)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -401,17 +403,19 @@ def verify_onnx(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequenc
 @torch.no_grad()
 def verify_aoti(path: Union[str, os.PathLike], model: nn.Module, inputs: Sequence[torch.Tensor], atol: float = 1e-4,
                 rtol: float = 1e-4) -> float:
-    """Load the AOTInductor package at ``path`` and run it, with its input checks on (``AOTI_RUNTIME_CHECK_INPUTS=1``
-    while it runs), and ``model`` (eval mode) on every input; the largest difference (:func:`max_abs_diff`)."""
+    """Load the AOTInductor package at ``path`` as :func:`load_aoti` does (its input checked first) and run it, with
+    its own input checks on too (``AOTI_RUNTIME_CHECK_INPUTS=1`` while it runs), and ``model`` (eval mode) on every
+    input; the largest difference (:func:`max_abs_diff`)."""
     previous = os.environ.get(AOTI_CHECK_ENV)
     os.environ[AOTI_CHECK_ENV] = "1"  # (read at the package's first run)
     try:
         try:
-            runner = torch._inductor.aoti_load_package(str(path))
+            runner = CheckedAoti(path)
         except Exception as err:  # (a missing file, or a .pt2 that is not an AOTInductor package)
             raise ExportMismatchError(f"cannot load the AOTInductor package {path}: {_first_line(err)}") from err
-        # (RuntimeError: the package's input check, a size it does not take)
-        return _compare(model, inputs, runner, (RuntimeError,), f"AOTInductor package {path}", "", atol, rtol)
+        # (ValueError: the input check; RuntimeError: the package's own, a size it does not take)
+        return _compare(model, inputs, runner, (ValueError, RuntimeError), f"AOTInductor package {path}", "", atol,
+                        rtol)
     finally:
         if previous is None:
             os.environ.pop(AOTI_CHECK_ENV, None)

@@ -1,5 +1,5 @@
-"""Load a ``torch.export`` program (``.pt2``) or an ONNX file with its input checked first, in words that name the
-problem.
+"""Load a ``torch.export`` program (``.pt2``), an ONNX file or an AOTInductor package with its input checked first,
+in words that name the problem.
 
     from vision_rwkv.export import load_program
     model = load_program("vrwkv_tiny.pt2")   # an nn.Module
@@ -14,7 +14,8 @@ guards accept.
 An ONNX file's free dimensions carry no range, and onnxruntime bounds none: :func:`~vision_rwkv.export.export_onnx`
 records the program's :class:`InputSpec` in the file's metadata (``vision_rwkv.input``, JSON), and :func:`load_onnx`
 gives an onnxruntime session behind the same check (for a file without the entry: rank, dtype and fixed sizes from
-its graph).
+its graph). An AOTInductor package checks its inputs only with ``AOTI_RUNTIME_CHECK_INPUTS=1``, and no lower bound:
+:func:`~vision_rwkv.export.export_aoti` records the spec in the package's metadata, and :func:`load_aoti` checks it.
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-__all__ = ["load_program", "CheckedProgram", "load_onnx", "CheckedOnnx", "InputSpec", "DimSpec", "input_spec",
-           "ONNX_INPUT_KEY"]
+__all__ = ["load_program", "CheckedProgram", "load_onnx", "CheckedOnnx", "load_aoti", "CheckedAoti", "InputSpec",
+           "DimSpec", "input_spec", "INPUT_SPEC_KEY"]
 
-ONNX_INPUT_KEY = "vision_rwkv.input"  # an ONNX file's metadata entry holding its InputSpec (JSON)
+INPUT_SPEC_KEY = "vision_rwkv.input"  # the metadata entry of an ONNX file / AOTInductor package: its InputSpec (JSON)
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,8 @@ def _onnx_input_spec(session) -> InputSpec:
     """The file's ``vision_rwkv.input`` metadata (written by :func:`~vision_rwkv.export.export_onnx`: the ranges
     and steps of the program it came from), else what its graph says: rank, dtype, fixed sizes (free ones unbounded)."""
     meta = session.get_modelmeta().custom_metadata_map
-    if ONNX_INPUT_KEY in meta:
-        return InputSpec.from_json(meta[ONNX_INPUT_KEY])
+    if INPUT_SPEC_KEY in meta:
+        return InputSpec.from_json(meta[INPUT_SPEC_KEY])
     inp = session.get_inputs()[0]
     if inp.type not in _ORT_TYPES:
         raise ValueError(f"load_onnx: input type {inp.type} is not one of {', '.join(_ORT_TYPES)}")
@@ -229,3 +230,30 @@ def load_onnx(path: Union[str, os.PathLike], providers: Optional[list] = None) -
     if importlib.util.find_spec("onnxruntime") is None:
         raise ImportError("load_onnx needs onnxruntime: pip install onnxruntime")
     return CheckedOnnx(path, providers)
+
+
+class CheckedAoti:
+    """An AOTInductor package (``torch._inductor.aoti_load_package``) called like the model, its input checked first
+    against the spec :func:`~vision_rwkv.export.export_aoti` records in the package's metadata: the package's own
+    checks run only with ``AOTI_RUNTIME_CHECK_INPUTS=1`` and never check lower bounds. A package without the entry
+    runs unchecked (``spec`` None)."""
+
+    def __init__(self, path: Union[str, os.PathLike]):
+        self.path = Path(path)
+        self.runner = torch._inductor.aoti_load_package(str(self.path))
+        meta = self.runner.get_metadata()
+        self.spec = InputSpec.from_json(meta[INPUT_SPEC_KEY]) if INPUT_SPEC_KEY in meta else None
+
+    def __call__(self, x: torch.Tensor):
+        if self.spec is not None:
+            self.spec.check(x, "AOTInductor package")
+        return self.runner(x)
+
+
+def load_aoti(path: Union[str, os.PathLike]) -> CheckedAoti:
+    """The AOTInductor package at ``path`` (from :func:`~vision_rwkv.export.export_aoti` or ``tools/export.py
+    --format aoti``) as a :class:`CheckedAoti`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"AOTInductor package not found: {path}")
+    return CheckedAoti(path)
