@@ -299,6 +299,24 @@ def test_onnx_external_data_keeps_its_name(tmp_path):
     moved = tmp_path / "moved"
     path.parent.rename(moved)
     assert verify_onnx(moved / "m.onnx", model, [torch.randn(3, 3, 80, 96)], atol=1e-5) < 1e-5
+    export_onnx(model, torch.randn(2, 3, 80, 96), moved / "m.onnx")  # (again, one file: the old weights file goes)
+    assert sorted(p.name for p in moved.iterdir()) == ["m.onnx"]
+
+
+def test_staging_dir_leaves_nothing_after_a_failure(tmp_path):
+    """The staging folder, and the folders made for the output, are removed when the export fails; published files
+    stay, the output's folder with them."""
+    from vision_rwkv.export import publish, staging_dir
+    with pytest.raises(RuntimeError, match="export failed"):
+        with staging_dir(tmp_path / "a" / "b" / "m.onnx") as stage:
+            (stage / "m.onnx").write_bytes(b"half")
+            raise RuntimeError("export failed")
+    assert list(tmp_path.iterdir()) == []
+    with staging_dir(tmp_path / "a" / "b" / "m.onnx") as stage:
+        (stage / "m.onnx").write_bytes(b"model")
+        (stage / "m.onnx.data").write_bytes(b"weights")
+        assert [p.name for p in publish(stage, tmp_path / "a" / "b" / "m.onnx")] == ["m.onnx.data", "m.onnx"]
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["m.onnx", "m.onnx.data"]
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from torch.export import Dim
 
 import vision_rwkv  # noqa: F401  (registers the models)
 from vision_rwkv.export import CheckedProgram, export_program, load_program, size_checks
-from vision_rwkv.exported_program import DimSpec
 
 LAYOUT = "float32 (batch, channels, height, width)"
 HAS_ONNX = all(importlib.util.find_spec(p) for p in ("onnx", "onnxscript", "onnxruntime"))
@@ -75,7 +74,8 @@ def test_a_size_step_and_an_open_range_are_read_from_the_program():
                                   dynamic_shapes=({0: Dim("b"), 2: 32 * Dim("h", min=2, max=6),
                                                    3: 32 * Dim("w", min=2, max=6)},))
     checked = CheckedProgram(program)
-    assert checked.spec.dims[2] == DimSpec("height", 64, 192, 32)
+    height = checked.spec.dims[2]
+    assert (height.name, height.low, height.high, height.step) == ("height", 64, 192, 32)
     assert checked.spec.summary() == (f"{LAYOUT}: batch >= 0, channels 3, height a multiple of 32 in [64, 192], "
                                       "width a multiple of 32 in [64, 192]")
     for shape in ((1, 3, 64, 192), (5000, 3, 192, 96)):
@@ -83,6 +83,60 @@ def test_a_size_step_and_an_open_range_are_read_from_the_program():
         torch.testing.assert_close(checked(x), checked.program_module(x), rtol=0, atol=0)
     _rejected_by_both(checked, torch.randn(2, 3, 64, 80), r"width 80, where it must be a multiple of 32 in \[64, 192\]")
     _rejected_by_both(checked, torch.randn(2, 3, 224, 64), r"height 224, where it must be a multiple of 32 in \[64, ")
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _Tied(torch.nn.Module):
+    """Adds its input to its transpose: a square input, one size for both dimensions."""
+
+    def forward(self, x):
+        return x + x.t()
+
+
+def test_programs_exported_by_hand():
+    """Dim.AUTO's lower bound of 2 (torch's 0/1 specialisation) still takes 1; a derived size ``2 k + 1`` takes the
+    odd sizes only; two dimensions of one Dim must be equal; a keyword input is passed as a keyword; eval() is a
+    no-op."""
+    linear = _Linear().eval()
+    auto = CheckedProgram(torch.export.export(linear, (torch.randn(5, 4),), dynamic_shapes=({0: Dim.AUTO},)))
+    assert auto.spec.summary() == "float32 (dimension 0, dimension 1): dimension 0 >= 1, dimension 1 4"
+    x = torch.randn(1, 4)
+    torch.testing.assert_close(auto(x), linear(x))
+    assert auto.eval() is auto and auto.train(False) is auto
+    with pytest.raises(RuntimeError, match="no training mode"):
+        auto.train()
+
+    k = Dim("k", min=2, max=10)
+    odd = CheckedProgram(torch.export.export(_Linear(), (torch.randn(7, 4),), dynamic_shapes=({0: 2 * k + 1},)))
+    assert odd.spec.dims[0].describe() == "[5, 21] in steps of 2"
+    odd(torch.randn(9, 4))
+    with pytest.raises(ValueError, match=r"dimension 0 6, where it must be \[5, 21\] in steps of 2"):
+        odd(torch.randn(6, 4))  # (torch's guards let it through, with k = 2)
+
+    s = Dim("s", min=2, max=16)
+    tied = CheckedProgram(torch.export.export(_Tied(), (torch.randn(5, 5),), dynamic_shapes=({0: s, 1: s},)))
+    assert tied.spec.summary().endswith("(dimension 0, dimension 1: one size)")
+    tied(torch.randn(7, 7))
+    with pytest.raises(ValueError, match=r"dimension 0 5 and dimension 1 6 differ, where they are one size"):
+        tied(torch.randn(5, 6))
+    with pytest.raises(AssertionError):  # (what the program itself says)
+        tied.program_module(torch.randn(5, 6))
+
+    by_name = CheckedProgram(torch.export.export(linear, (), {"x": x}))
+    torch.testing.assert_close(by_name(x=x), linear(x))
+    torch.testing.assert_close(by_name(x), linear(x))
+    with pytest.raises(TypeError, match="one input \\(as x=\\)"):
+        by_name(y=x)
+    with pytest.raises(TypeError, match="one input \\(positionally\\), got 2 positional"):
+        auto(x, x)
 
 
 def test_text_tower_program_takes_int64_tokens():
@@ -94,6 +148,7 @@ def test_text_tower_program_takes_int64_tokens():
     assert checked.spec.summary() == f"int64 (batch, tokens): batch [1, 4096], tokens {tokens.shape[1]}"
     torch.testing.assert_close(checked(tokens[:1]), TextEncoder(clip)(tokens[:1]), rtol=1e-5, atol=1e-6)
     _rejected_by_both(checked, tokens.float(), "dtype float32; it takes int64")
+    torch.testing.assert_close(checked(tokens.int()), checked(tokens), rtol=0, atol=0)  # (int32 ids, widened)
     _rejected_by_both(checked, tokens[:, :5], f"tokens 5, where it must be {tokens.shape[1]}")
 
 
@@ -119,7 +174,7 @@ def test_onnx_files_record_their_range_and_load_onnx_checks_it(model, tmp_path):
     and onnxruntime bounds none); load_onnx checks inputs against it, or against the graph for a file without it."""
     import onnx
 
-    from vision_rwkv.export import ONNX_INPUT_KEY, export_onnx, load_onnx
+    from vision_rwkv.export import INPUT_SPEC_KEY, export_onnx, load_onnx
     path = export_onnx(model, torch.randn(2, 3, 48, 48), tmp_path / "m.onnx", dynamic_size=True, max_size=96)
     loaded = load_onnx(path)
     program = CheckedProgram(export_program(model, torch.randn(2, 3, 48, 48), dynamic_size=True, max_size=96))
@@ -134,7 +189,7 @@ def test_onnx_files_record_their_range_and_load_onnx_checks_it(model, tmp_path):
         loaded(x.double())
     # a file without the metadata (another exporter's): rank, dtype and fixed sizes from its graph
     proto = onnx.load(str(path))
-    assert [p.key for p in proto.metadata_props] == [ONNX_INPUT_KEY]
+    assert [p.key for p in proto.metadata_props] == [INPUT_SPEC_KEY]
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "bare.onnx"))
     bare = load_onnx(tmp_path / "bare.onnx")

@@ -201,6 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"exporting {args.target} for inputs {shape} ({args.format}, {batches})...", file=sys.stderr)
     opset = None
     sizes = dict(dynamic_size=args.dynamic_size, max_size=args.max_size)
+    staged = out
     try:
         # (written and checked in a staging folder next to out, under out's name, then moved: a file already at out
         # stays as it was unless the new one passed its check, and an ONNX file's external data keeps its name)
@@ -222,8 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 diff = verify_program(program, model, checks, atol=args.atol)
                 torch.export.save(program, str(staged))  # (torch.export.save wants .pt2)
             written = publish(stage, out)
-    except ExportMismatchError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except ExportMismatchError as err:  # (named as --output: the staging folder is gone)
+        print(f"error: {str(err).replace(str(staged), str(out))}", file=sys.stderr)
         return 1
     except ValueError as err:  # (a model whose program cannot take a dynamic size)
         print(f"error: {err}", file=sys.stderr)

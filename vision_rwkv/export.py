@@ -246,22 +246,43 @@ def staging_dir(path: Union[str, os.PathLike]):
     """A fresh hidden folder next to ``path`` (removed at exit, with what is left in it): write the files of an
     export there under their final names, then :func:`publish` them. (An ONNX file's external data is referenced by
     file name: written under a temporary name and renamed, the model would point at the temporary one.)"""
-    path = Path(path)
+    path = Path(path).absolute()
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # (deepest first)
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.staging."))
     try:
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # (those this made, where nothing was published: a failed export leaves nothing)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _onnx_external_files(path: Path) -> set[str]:
+    """The external data files the ONNX file at ``path`` names (none for a file that is not ONNX or unreadable)."""
+    try:
+        import onnx
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # (no onnx package, or not an ONNX file: nothing to clean up after)
+        return set()
+    return {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
 
 
 def publish(stage: Path, path: Union[str, os.PathLike]) -> list[Path]:
     """Move every file of ``stage`` next to ``path``, the file named as ``path`` last (each move atomic: a reader
-    never finds the model file before its external data). Returns the moved files' new paths."""
+    never finds the model file before its external data). An ONNX file replaced at ``path`` leaves no external data
+    file that only it named. Returns the moved files' new paths."""
     path = Path(path)
+    old_data = _onnx_external_files(path) if path.suffix == ".onnx" and path.is_file() else set()
     files = sorted(stage.iterdir(), key=lambda f: f.name == path.name)
     for f in files:
         os.replace(f, path.parent / f.name)
+    for name in old_data - {f.name for f in files}:
+        if "/" not in name and "\\" not in name:  # (a plain file name next to it, as exporters write)
+            (path.parent / name).unlink(missing_ok=True)
     return [path.parent / f.name for f in files]
 
 

@@ -8,8 +8,9 @@ in words that name the problem.
 A program's own guards speak of its graph: a 3-D image and a 4-channel image both fail with
 ``Guard failed: x.size()[1] == 3``. :class:`CheckedProgram` reads what the program takes from the program itself
 (its input's rank, dtype, fixed sizes, and the range and step of each dynamic size) and raises a ValueError naming the
-dimension, the value and what the program takes before running it. Inputs it accepts are the inputs the program's
-guards accept.
+dimension, the value and what the program takes before running it. It takes what the program was exported for
+(which torch's guards at times let more through than: a size of 0 under a minimum of 1, a derived size off its step);
+integer ids of another integer dtype are converted, as an embedding takes any.
 
 An ONNX file's free dimensions carry no range, and onnxruntime bounds none: :func:`~vision_rwkv.export.export_onnx`
 records the program's :class:`InputSpec` in the file's metadata (``vision_rwkv.input``, JSON), and :func:`load_onnx`
@@ -37,19 +38,25 @@ INPUT_SPEC_KEY = "vision_rwkv.input"  # the metadata entry of an ONNX file / AOT
 
 @dataclass(frozen=True)
 class DimSpec:
-    """One input dimension: ``low``..``high`` in steps of ``step`` (a fixed size: ``low == high``)."""
+    """One input dimension: ``low``..``high`` in steps of ``step`` (a fixed size: ``low == high``). Dimensions of the
+    same ``symbol`` (e.g. a square image's height and width) move together: ``(size - low) / step`` is the same."""
 
     name: str
     low: int
     high: Optional[int]
     step: int = 1
+    symbol: Optional[str] = None
 
     def describe(self) -> str:
-        """``3``, ``[33, 1024]``, ``a multiple of 32 in [64, 1024]`` or ``>= 1``."""
+        """``3``, ``[33, 1024]``, ``a multiple of 32 in [64, 1024]``, ``[5, 21] in steps of 2`` or ``>= 1``."""
         if self.low == self.high:
             return str(self.low)
         where = f">= {self.low}" if self.high is None else f"[{self.low}, {self.high}]"
-        return f"a multiple of {self.step} in {where}" if self.step > 1 else where
+        if self.step == 1:
+            return where
+        if self.low % self.step == 0:
+            return f"a multiple of {self.step} in {where}"
+        return f"{where} in steps of {self.step}"
 
     def takes(self, value: int) -> bool:
         return self.low <= value <= (value if self.high is None else self.high) and (value - self.low) % self.step == 0
@@ -68,26 +75,34 @@ class InputSpec:
 
     def summary(self) -> str:
         """E.g. ``float32 (batch, channels, height, width): batch [1, 4096], channels 3, height 224, width 224``."""
-        return (f"{_dtype_name(self.dtype)} {self.layout()}: "
-                + ", ".join(f"{d.name} {d.describe()}" for d in self.dims))
+        ties = [", ".join(d.name for d in self.dims if d.symbol == sym) for sym in self._tied_symbols()]
+        dims = ", ".join(f"{d.name} {d.describe()}" for d in self.dims)
+        return f"{_dtype_name(self.dtype)} {self.layout()}: {dims}" + "".join(f" ({t}: one size)" for t in ties)
+
+    def _tied_symbols(self) -> list[str]:
+        symbols = [d.symbol for d in self.dims if d.symbol is not None]
+        return sorted({s for s in symbols if symbols.count(s) > 1})
 
     def to_json(self) -> str:
-        """The dtype and the dimensions as JSON (an ONNX file's ``vision_rwkv.input`` metadata; no device)."""
-        dims = [[d.name, d.low, d.high, d.step] for d in self.dims]
+        """The dtype and the dimensions as JSON (the ``vision_rwkv.input`` metadata of an ONNX file or AOTInductor
+        package; no device)."""
+        dims = [[d.name, d.low, d.high, d.step, d.symbol] for d in self.dims]
         return json.dumps({"dtype": _dtype_name(self.dtype), "dims": dims})
 
     @classmethod
     def from_json(cls, text: str) -> "InputSpec":
         data = json.loads(text)
-        dims = tuple(DimSpec(str(n), int(lo), None if hi is None else int(hi), int(st))
-                     for n, lo, hi, st in data["dims"])
+        dims = tuple(DimSpec(str(n), int(lo), None if hi is None else int(hi), int(st), sym)
+                     for n, lo, hi, st, sym in data["dims"])
         return cls(getattr(torch, data["dtype"]), None, dims)
 
-    def check(self, x, what: str = "exported program") -> None:
-        """Raise a ValueError naming the problem (a TypeError for what is not a tensor) if ``x`` is not an input
-        this spec takes."""
+    def admit(self, x, what: str = "exported program") -> torch.Tensor:
+        """``x`` if this spec takes it (integer ids of another integer dtype widened or narrowed to the spec's, as an
+        embedding takes any), else a ValueError naming the problem (a TypeError for what is not a tensor)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{what} input: expected a tensor, got {type(x).__name__}; it takes {self.summary()}")
+        if x.dtype != self.dtype and _is_integer(x.dtype) and _is_integer(self.dtype):
+            x = x.to(self.dtype)
         problem = None
         if x.dim() != len(self.dims):
             problem = f"{x.dim()}-D, where it takes {len(self.dims)}-D {self.layout()}"
@@ -96,11 +111,23 @@ class InputSpec:
         elif self.device is not None and x.device.type != self.device.type:
             problem = f"on {x.device}, where its weights are on {self.device}"
         else:
-            bad = next(((d, s) for d, s in zip(self.dims, x.shape) if not d.takes(int(s))), None)
+            sizes = [int(s) for s in x.shape]
+            bad = next(((d, s) for d, s in zip(self.dims, sizes) if not d.takes(s)), None)
             if bad is not None:
                 problem = f"{bad[0].name} {bad[1]}, where it must be {bad[0].describe()}"
+            for sym in self._tied_symbols() if bad is None else ():
+                tied = [(d, s) for d, s in zip(self.dims, sizes) if d.symbol == sym]
+                if len({(s - d.low) // d.step for d, s in tied}) > 1:
+                    problem = (" and ".join(f"{d.name} {s}" for d, s in tied) + " differ, where they are one size ("
+                               + ", ".join(f"{d.name} {d.describe()}" for d, _ in tied) + ")")
+                    break
         if problem is not None:
             raise ValueError(f"{what} input of shape {_shape(x)}: {problem}; it takes {self.summary()}")
+        return x
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -116,7 +143,9 @@ def _dim_names(rank: int, dtype: torch.dtype) -> tuple[str, ...]:
 
 
 def _dim_spec(name: str, size, ranges: dict) -> DimSpec:
-    """A fixed size, or a symbolic one: ``a * s + b`` of one symbol ``s`` with its range."""
+    """A fixed size, or a symbolic one: ``a * s + b`` of one symbol ``s`` with its range. A plain symbol's lower bound
+    of 2 is torch's 0/1 specialisation (``Dim.AUTO``), not a limit: the program takes 1 (torch's own checks let sizes
+    0 and 1 through)."""
     if not isinstance(size, torch.SymInt):
         return DimSpec(name, int(size), int(size))
     expr = size.node.expr
@@ -128,9 +157,11 @@ def _dim_spec(name: str, size, ranges: dict) -> DimSpec:
     if not r.lower.is_Integer:
         return DimSpec(name, 0, None)
     lo = int(r.lower)
+    if lo == 2 and expr == sym:
+        lo = 1
     at_lo, at_next = int(expr.subs(sym, lo)), int(expr.subs(sym, lo + 1))
     hi = int(expr.subs(sym, int(r.upper))) if r.upper.is_Integer else None  # (else torch's int_oo: no maximum)
-    return DimSpec(name, at_lo, hi, max(at_next - at_lo, 1))
+    return DimSpec(name, at_lo, hi, max(at_next - at_lo, 1), str(sym))
 
 
 def input_spec(program: torch.export.ExportedProgram) -> InputSpec:
@@ -158,16 +189,32 @@ def _shape(x: torch.Tensor) -> str:
 
 class CheckedProgram(nn.Module):
     """``program.module()`` behind a check of its input: a :class:`ValueError` (a :class:`TypeError` for what is not
-    a tensor) that names the dimension, the value and what the program takes. ``spec`` holds what it takes."""
+    a tensor) that names the dimension, the value and what the program takes. ``spec`` holds what it takes.
+
+    It takes what the program was exported for, which is at times less than what torch's own guards let through:
+    a derived size off its step (``2 * s + 1`` given 6), or a size below a declared minimum of 1 (0)."""
 
     def __init__(self, program: torch.export.ExportedProgram):
         super().__init__()
         self.spec = input_spec(program)
+        args, kwargs = program.example_inputs or ((), {})
+        self.keyword = next(iter(kwargs)) if not args and len(kwargs) == 1 else None  # (exported with x=...)
         self.program_module = program.module()
 
-    def forward(self, x: torch.Tensor):
-        self.spec.check(x, "exported program")
-        return self.program_module(x)
+    def forward(self, *args, **kwargs):
+        inputs = [*args, *kwargs.values()]
+        if len(inputs) != 1 or (kwargs and self.keyword not in kwargs):
+            how = f"as {self.keyword}=" if self.keyword else "positionally"
+            raise TypeError(f"exported program: one input ({how}), got {len(args)} positional and keywords "
+                            f"{sorted(kwargs)}")
+        x = self.spec.admit(inputs[0], "exported program")
+        return self.program_module(**{self.keyword: x}) if self.keyword else self.program_module(x)
+
+    def train(self, mode: bool = True) -> "CheckedProgram":
+        """``eval()`` is a no-op (a program is exported in eval mode); training mode is an error."""
+        if mode:
+            raise RuntimeError("an exported program runs as it was exported (eval mode): it has no training mode")
+        return self
 
 
 def load_program(path: Union[str, os.PathLike]) -> CheckedProgram:
@@ -200,7 +247,8 @@ def _onnx_input_spec(session) -> InputSpec:
         raise ValueError(f"load_onnx: input type {inp.type} is not one of {', '.join(_ORT_TYPES)}")
     dtype = _ORT_TYPES[inp.type]
     names = _dim_names(len(inp.shape), dtype)
-    dims = tuple(DimSpec(n, d, d) if isinstance(d, int) else DimSpec(n, 0, None) for n, d in zip(names, inp.shape))
+    dims = tuple(DimSpec(n, d, d) if isinstance(d, int) else DimSpec(n, 0, None, 1, d if isinstance(d, str) else None)
+                 for n, d in zip(names, inp.shape))  # (free dimensions of one name: one size)
     return InputSpec(dtype, None, dims)
 
 
@@ -217,7 +265,7 @@ class CheckedOnnx:
         self.spec = _onnx_input_spec(self.session)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.spec.check(x, "ONNX model")
+        x = self.spec.admit(x, "ONNX model")
         return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0])
 
 
@@ -246,7 +294,7 @@ class CheckedAoti:
 
     def __call__(self, x: torch.Tensor):
         if self.spec is not None:
-            self.spec.check(x, "AOTInductor package")
+            x = self.spec.admit(x, "AOTInductor package")
         return self.runner(x)
 
 

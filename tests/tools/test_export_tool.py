@@ -253,3 +253,27 @@ def test_missing_onnx_packages_are_named_before_any_work(tmp_path, capsys, monke
     monkeypatch.setattr(tool, "missing_onnx_packages", lambda: ["onnxruntime"])
     assert tool.main(["no_such_model", "--output", str(tmp_path / "x.onnx")]) == 2  # (the model is never built)
     assert "an ONNX export needs onnxruntime: pip install" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the dev extra installs them)")
+def test_a_failed_check_names_the_output_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """The check runs on the files in a staging folder, gone when the error is read: the message names --output; a
+    new folder made for --output is removed again."""
+    import vision_rwkv.export as export
+    out = tmp_path / "new" / "deeper" / "m.onnx"
+
+    def fake_export(model, example, path, *args, **kwargs):
+        Path(path).write_bytes(b"onnx")
+        Path(f"{path}.data").write_bytes(b"weights")
+
+    def mismatch(path, *args, **kwargs):
+        raise export.ExportMismatchError(f"ONNX model {path}, input (1, 3, 32, 32): 3 of 1000 outputs differ")
+
+    monkeypatch.setattr(export, "export_onnx", fake_export)
+    monkeypatch.setattr(export, "verify_onnx", mismatch)
+    tool = load_tool("export")
+    monkeypatch.setattr(tool, "_onnx_opset", lambda path: 18)
+    assert tool.main(["vrwkv_tiny_patch16_224", "--img-size", "32", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: ONNX model {out}, input (1, 3, 32, 32): 3 of 1000 outputs differ" in err and "staging" not in err
+    assert list(tmp_path.iterdir()) == []
