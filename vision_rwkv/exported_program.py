@@ -173,10 +173,7 @@ def input_spec(program: torch.export.ExportedProgram) -> InputSpec:
         raise ValueError(f"CheckedProgram takes a program of one input, this one has {len(users)}")
     node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == users[0])
     val = node.meta["val"]
-    ranges = {}
-    for sym, r in program.range_constraints.items():
-        if getattr(sym, "is_Symbol", False):
-            ranges[sym] = r
+    ranges = {sym: r for sym, r in program.range_constraints.items() if getattr(sym, "is_Symbol", False)}
     names = _dim_names(val.dim(), val.dtype)
     weights = [*program.state_dict.values(), *program.constants.values()]
     device = next((t.device for t in weights if isinstance(t, torch.Tensor)), None)
@@ -197,8 +194,8 @@ class CheckedProgram(nn.Module):
     def __init__(self, program: torch.export.ExportedProgram):
         super().__init__()
         self.spec = input_spec(program)
-        args, kwargs = program.example_inputs or ((), {})
-        self.keyword = next(iter(kwargs)) if not args and len(kwargs) == 1 else None  # (exported with x=...)
+        args, kwargs = program.call_spec.in_spec.children()  # (the calling convention, saved with the program)
+        self.keyword = kwargs.context[0] if args.num_children == 0 and kwargs.num_children == 1 else None
         self.program_module = program.module()
 
     def forward(self, *args, **kwargs):
