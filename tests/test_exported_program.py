@@ -29,6 +29,12 @@ def _rejected_by_both(checked: CheckedProgram, x: torch.Tensor, message: str) ->
         checked.program_module(x)
 
 
+def _runs_as_the_program(checked: CheckedProgram, inputs) -> None:
+    """The check takes every input, and the output is the program's own."""
+    for x in inputs:
+        torch.testing.assert_close(checked(x), checked.program_module(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kw, batch", [({}, "[1, 4096]"), ({"max_batch": 1}, "1"), ({"dynamic_batch": False}, "2")])
 def test_fixed_size_programs(model, kw, batch):
     checked = CheckedProgram(export_program(model, torch.randn(2, 3, 48, 48), **kw))
@@ -49,8 +55,7 @@ def test_fixed_size_programs(model, kw, batch):
 def test_dynamic_size_program_takes_its_range_and_its_corners(model):
     checked = CheckedProgram(export_program(model, torch.randn(2, 3, 48, 48), dynamic_size=True, max_size=128))
     assert checked.spec.summary() == f"{LAYOUT}: batch [1, 4096], channels 3, height [33, 128], width [33, 128]"
-    for x in [torch.randn(3, 3, 75, 40), *size_checks(model, torch.randn(1, 3, 48, 48), 128)]:
-        torch.testing.assert_close(checked(x), checked.program_module(x), rtol=0, atol=0)
+    _runs_as_the_program(checked, [torch.randn(3, 3, 75, 40), *size_checks(model, torch.randn(1, 3, 48, 48), 128)])
     _rejected_by_both(checked, torch.randn(1, 3, 32, 64), r"height 32, where it must be \[33, 128\]")
     _rejected_by_both(checked, torch.randn(1, 3, 64, 129), r"width 129, where it must be \[33, 128\]")
 
@@ -69,7 +74,7 @@ class _Blocks32(torch.nn.Module):
 
 
 def test_a_size_step_and_an_open_range_are_read_from_the_program():
-    """Sides ``32 * s`` with s in [2, 6] (a step of 32) and a batch without a maximum (``>= 1``)."""
+    """Sides ``32 * s`` with s in [2, 6] (a step of 32) and a batch without a maximum (``>= 0``, Dim's default)."""
     program = torch.export.export(_Blocks32(), (torch.randn(2, 3, 64, 96),),
                                   dynamic_shapes=({0: Dim("b"), 2: 32 * Dim("h", min=2, max=6),
                                                    3: 32 * Dim("w", min=2, max=6)},))
@@ -78,9 +83,7 @@ def test_a_size_step_and_an_open_range_are_read_from_the_program():
     assert (height.name, height.low, height.high, height.step) == ("height", 64, 192, 32)
     assert checked.spec.summary() == (f"{LAYOUT}: batch >= 0, channels 3, height a multiple of 32 in [64, 192], "
                                       "width a multiple of 32 in [64, 192]")
-    for shape in ((1, 3, 64, 192), (5000, 3, 192, 96)):
-        x = torch.randn(shape)
-        torch.testing.assert_close(checked(x), checked.program_module(x), rtol=0, atol=0)
+    _runs_as_the_program(checked, [torch.randn(1, 3, 64, 192), torch.randn(5000, 3, 192, 96)])
     _rejected_by_both(checked, torch.randn(2, 3, 64, 80), r"width 80, where it must be a multiple of 32 in \[64, 192\]")
     _rejected_by_both(checked, torch.randn(2, 3, 224, 64), r"height 224, where it must be a multiple of 32 in \[64, ")
 
