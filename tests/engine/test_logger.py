@@ -170,6 +170,30 @@ def test_tensorboard_hides_the_events_a_resume_logs_again(tmp_path):
     assert seen == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0), (6, 16.0), (7, 17.0)]
 
 
+def test_a_resume_with_tensorboard_on_fills_in_the_steps_logged_without_it(tmp_path):
+    """A run logged without TensorBoard, resumed with it: the events of the earlier steps (those kept in the CSVs)
+    are written from the CSVs, where they were missing; a run that had events gets none twice."""
+    pytest.importorskip("tensorboard")
+    first = MetricLogger(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        first.log(step, {"loss": float(step)})
+        if step == 4:
+            first.log(step, {"top1": 40.0}, split="val")
+    first.close()
+    assert not (tmp_path / "tb").exists()
+    resumed = MetricLogger(tmp_path, tensorboard=True)
+    resumed.truncate_after(4)
+    for step in range(5, 7):
+        resumed.log(step, {"loss": 10.0 + step})
+    resumed.close()
+    assert _scalars(tmp_path, "train/loss") == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 15.0), (6, 16.0)]
+    assert _scalars(tmp_path, "val/top1") == [(4, 40.0)]
+    again = MetricLogger(tmp_path, tensorboard=True)  # (a second resume: the events are there already)
+    again.truncate_after(6)
+    again.close()
+    assert [step for step, _ in _scalars(tmp_path, "train/loss")] == [1, 2, 3, 4, 5, 6]
+
+
 def test_tensorboard_is_rescaled_with_the_csvs(tmp_path):
     """A resume with steps of another size (another batch or world size) rescales the CSVs' steps; TensorBoard kept
     the old units for the earlier events (a jump on its x axis). Its events are now those of the rescaled CSVs."""
@@ -196,6 +220,9 @@ def test_tensorboard_is_rescaled_with_the_csvs(tmp_path):
     assert [step for step, _ in _scalars(tmp_path, "train/loss")] == [1, 2, 3, 4, 5]
     assert [value for _, value in _scalars(tmp_path, "val/top1")] == [40.0]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tb")) == ["tb"]
+    # one event file, the rescaled rows first: written by another writer, the rows' file and the resumed run's were
+    # read in either order (named by a per-process counter compared as text, "...10" before "...9")
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
 
 
 def test_tensorboard_events_are_rescaled_by_a_resume_without_tensorboard(tmp_path):

@@ -194,6 +194,8 @@ class MetricLogger:
         self.run_dir = Path(run_dir)
         self.enabled = is_main_process() if enabled is None else enabled
         self._tb = None
+        # (a resume of a run logged without TensorBoard fills its events in from the CSVs: truncate_after)
+        self._tb_had_events = any((self.run_dir / "tb").glob("events.out.tfevents.*"))
         if self.enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
@@ -239,7 +241,8 @@ class MetricLogger:
         unit along the x axis. TensorBoard's events after the step are purged as well (its ``purge_step``); with
         ``rescale`` its events (those of earlier runs too, when this one has TensorBoard off) are rewritten from the
         rescaled CSVs (which hold every logged value), so its x axis keeps one unit too (the rewritten events carry
-        the time of the resume)."""
+        the time of the resume). A resume with TensorBoard on of a run logged without it writes the kept rows'
+        events from the CSVs too."""
         if not self.enabled:
             return
         kept: dict[str, list[dict[str, Any]]] = {}
@@ -252,16 +255,30 @@ class MetricLogger:
                 rows = _rescaled(rows, rescale)
             _write_rows(path, header or [], rows)
             kept[split] = rows
-        if self._tb is not None:
-            self._tb.close()
-        if rescale != 1.0 and (self.run_dir / "tb").is_dir():  # (also with TensorBoard off in this run: a later
-            try:                                                 # one that turns it on keeps one unit)
-                _rewrite_tensorboard(self.run_dir / "tb", kept)
-            except ImportError as err:  # tensorboard is optional
-                print(f"[logger] TensorBoard events in {self.run_dir / 'tb'} keep the old step units: {err}")
-        if self._tb is not None:  # TensorBoard hides the events of the later steps too (they are logged again)
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=round(step * rescale) + 1)
+        folder = self.run_dir / "tb"
+        if self._tb is None:
+            if rescale != 1.0 and folder.is_dir():  # (TensorBoard off in this run: a later one that turns it on
+                try:                                  # keeps one unit)
+                    _rewrite_tensorboard(folder, kept)
+                except ImportError as err:  # tensorboard is optional
+                    print(f"[logger] TensorBoard events in {folder} keep the old step units: {err}")
+            return
+        import shutil
+
+        from torch.utils.tensorboard import SummaryWriter
+        self._tb.close()
+        old = folder.with_name(folder.name + ".old")
+        if rescale != 1.0:  # (the earlier events, in the old step units, give way to the rescaled CSV rows)
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        # TensorBoard hides the events of the later steps too (they are logged again). The kept rows go into this
+        # writer's own file, ahead of what the run logs next: written by another writer, the two files could be read
+        # in either order (their names differ in a per-process counter, compared as text)
+        self._tb = SummaryWriter(str(folder), purge_step=round(step * rescale) + 1)
+        if rescale != 1.0 or not self._tb_had_events:  # (rescaled, or the run so far had TensorBoard off)
+            _add_rows(self._tb, kept)
+            self._tb.flush()
+        shutil.rmtree(old, ignore_errors=True)
 
     def plot(self, filename: str = "curves.png") -> Path | None:
         """Draw all splits' metrics to ``<run_dir>/<filename>``."""
@@ -276,6 +293,16 @@ class MetricLogger:
             self._tb = None
 
 
+def _add_rows(writer, splits: dict[str, list[dict[str, Any]]]) -> None:
+    """Write ``splits``' CSV rows as TensorBoard scalars (``<split>/<column>`` at each row's step, as
+    :meth:`MetricLogger.log` writes them)."""
+    for split, rows in splits.items():
+        for row in rows:
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    writer.add_scalar(f"{split}/{key}", float(value), int(float(row["step"])))
+
+
 def _rewrite_tensorboard(folder: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
     """Replace the event files of ``folder`` by one holding ``splits``' rows (``<split>/<column>`` at each row's
     step, as :meth:`MetricLogger.log` writes them). Written into a new folder, then swapped in: a crash leaves the
@@ -287,11 +314,7 @@ def _rewrite_tensorboard(folder: Path, splits: dict[str, list[dict[str, Any]]]) 
     for stale in (fresh, old):
         shutil.rmtree(stale, ignore_errors=True)
     writer = SummaryWriter(str(fresh))
-    for split, rows in splits.items():
-        for row in rows:
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    writer.add_scalar(f"{split}/{key}", float(value), int(float(row["step"])))
+    _add_rows(writer, splits)
     writer.close()
     if folder.exists():
         folder.rename(old)
