@@ -104,6 +104,11 @@ class _Tied(torch.nn.Module):
         return x + x.t()
 
 
+class _Sum(torch.nn.Module):
+    def forward(self, x):
+        return x.sum(1)
+
+
 def test_programs_exported_by_hand():
     """Dim.AUTO's lower bound of 2 (torch's 0/1 specialisation) still takes 1; a derived size ``2 k + 1`` takes the
     odd sizes only; two dimensions of one Dim must be equal; a keyword input is passed as a keyword; eval() is a
@@ -132,6 +137,13 @@ def test_programs_exported_by_hand():
         tied(torch.randn(5, 6))
     with pytest.raises(AssertionError):  # (what the program itself says)
         tied.program_module(torch.randn(5, 6))
+    # s and 2 s, s from 2: the plain one's range starts at 1 (0/1 specialisation), the tie still holds at s = 3
+    doubled = CheckedProgram(torch.export.export(_Sum(), (torch.randn(3, 6),), dynamic_shapes=({0: s, 1: 2 * s},)))
+    assert doubled.spec.summary().endswith("dimension 0 [1, 16], dimension 1 a multiple of 2 in [4, 32] "
+                                           "(dimension 0, dimension 1: one size)")
+    _runs_as_the_program(doubled, [torch.randn(3, 6), torch.randn(16, 32)])
+    with pytest.raises(ValueError, match="dimension 0 3 and dimension 1 8 differ"):
+        doubled(torch.randn(3, 8))
 
     by_name = CheckedProgram(torch.export.export(linear, (), {"x": x}))
     torch.testing.assert_close(by_name(x=x), linear(x))

@@ -39,13 +39,18 @@ INPUT_SPEC_KEY = "vision_rwkv.input"  # the metadata entry of an ONNX file / AOT
 @dataclass(frozen=True)
 class DimSpec:
     """One input dimension: ``low``..``high`` in steps of ``step`` (a fixed size: ``low == high``). Dimensions of the
-    same ``symbol`` (e.g. a square image's height and width) move together: ``(size - low) / step`` is the same."""
+    same ``symbol`` (e.g. a square image's height and width, or ``s`` and ``2 s``) move together: the symbol's value,
+    ``base + (size - low) / step`` (``base``: its value at ``low``), is the same."""
 
     name: str
     low: int
     high: Optional[int]
     step: int = 1
     symbol: Optional[str] = None
+    base: int = 0
+
+    def symbol_value(self, size: int) -> int:
+        return self.base + (size - self.low) // self.step
 
     def describe(self) -> str:
         """``3``, ``[33, 1024]``, ``a multiple of 32 in [64, 1024]``, ``[5, 21] in steps of 2`` or ``>= 1``."""
@@ -86,14 +91,14 @@ class InputSpec:
     def to_json(self) -> str:
         """The dtype and the dimensions as JSON (the ``vision_rwkv.input`` metadata of an ONNX file or AOTInductor
         package; no device)."""
-        dims = [[d.name, d.low, d.high, d.step, d.symbol] for d in self.dims]
+        dims = [[d.name, d.low, d.high, d.step, d.symbol, d.base] for d in self.dims]
         return json.dumps({"dtype": _dtype_name(self.dtype), "dims": dims})
 
     @classmethod
     def from_json(cls, text: str) -> "InputSpec":
         data = json.loads(text)
-        dims = tuple(DimSpec(str(n), int(lo), None if hi is None else int(hi), int(st), sym)
-                     for n, lo, hi, st, sym in data["dims"])
+        dims = tuple(DimSpec(str(n), int(lo), None if hi is None else int(hi), int(st), sym, int(base))
+                     for n, lo, hi, st, sym, base in data["dims"])
         return cls(getattr(torch, data["dtype"]), None, dims)
 
     def admit(self, x, what: str = "exported program") -> torch.Tensor:
@@ -117,7 +122,7 @@ class InputSpec:
                 problem = f"{bad[0].name} {bad[1]}, where it must be {bad[0].describe()}"
             for sym in self._tied_symbols() if bad is None else ():
                 tied = [(d, s) for d, s in zip(self.dims, sizes) if d.symbol == sym]
-                if len({(s - d.low) // d.step for d, s in tied}) > 1:
+                if len({d.symbol_value(s) for d, s in tied}) > 1:
                     problem = (" and ".join(f"{d.name} {s}" for d, s in tied) + " differ, where they are one size ("
                                + ", ".join(f"{d.name} {d.describe()}" for d, _ in tied) + ")")
                     break
@@ -161,7 +166,7 @@ def _dim_spec(name: str, size, ranges: dict) -> DimSpec:
         lo = 1
     at_lo, at_next = int(expr.subs(sym, lo)), int(expr.subs(sym, lo + 1))
     hi = int(expr.subs(sym, int(r.upper))) if r.upper.is_Integer else None  # (else torch's int_oo: no maximum)
-    return DimSpec(name, at_lo, hi, max(at_next - at_lo, 1), str(sym))
+    return DimSpec(name, at_lo, hi, max(at_next - at_lo, 1), str(sym), lo)
 
 
 def input_spec(program: torch.export.ExportedProgram) -> InputSpec:
